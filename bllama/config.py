@@ -1,0 +1,108 @@
+"""Model and training configuration.
+
+`bLlamaConfig()` is the original bLLaMa's 1.7B model (vocab 32000, seq_len 1024, hidden 2048, 16 heads,
+24 layers, FFN 8192). `bLlamaConfig.preset("tiny")` and friends give small models for tests and CPU demos.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Optional
+
+ACTIVATIONS = ("silu", "relu2")
+SCHEDULES = ("cosine", "two_stage")
+
+
+@dataclass
+class bLlamaConfig:
+    # model (field names of the original bLLaMa)
+    vocab_size: int = 32000
+    seq_len: int = 1024
+    hidden_size: int = 2048
+    num_heads: int = 16
+    num_layers: int = 24
+    dropout: float = 0.0
+    bias: bool = False
+    # model (what the b1.58 "subln" LLaMA needs on top)
+    num_kv_heads: Optional[int] = None  # None: same as num_heads (no grouped-query attention)
+    ffn_size: int = 8192
+    activation: str = "silu"  # "silu" or "relu2"
+    rope_theta: float = 10000.0
+    rms_eps: float = 1e-5
+    tie_embeddings: bool = True
+    quantize: bool = True  # False: plain full-precision nn.Linear (the baseline twin in benchmarks)
+    # training
+    batch_size: int = 8
+    lr: float = 1.5e-3
+    lr_stage2: Optional[float] = None  # two_stage schedule: peak of the second half (default lr * 2/3)
+    min_lr_ratio: float = 0.1
+    betas: tuple = (0.9, 0.95)
+    weight_decay: float = 0.1
+    warmup_steps: int = 375
+    max_steps: int = 10000  # length of the schedule
+    schedule: str = "cosine"  # "cosine" (warm-up + cosine) or "two_stage" (b1.58: LR drop + WD 0 at mid-run)
+    grad_clip: float = 1.0
+
+    def __post_init__(self):
+        if self.num_kv_heads is None:
+            self.num_kv_heads = self.num_heads
+        self.betas = tuple(self.betas)
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {ACTIVATIONS}, got {self.activation!r}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        if self.hidden_size % self.num_heads:
+            raise ValueError(f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}")
+        if self.num_heads % self.num_kv_heads:
+            raise ValueError(f"num_heads {self.num_heads} is not divisible by num_kv_heads {self.num_kv_heads}")
+        if (self.hidden_size // self.num_heads) % 2:
+            raise ValueError("head dimension must be even for RoPE")
+        for name in ("vocab_size", "seq_len", "hidden_size", "num_layers", "ffn_size"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_heads
+
+    @property
+    def lr2(self) -> float:
+        return self.lr_stage2 if self.lr_stage2 is not None else self.lr * 2 / 3
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["betas"] = list(self.betas)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "bLlamaConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown config fields: {sorted(unknown)}")
+        return cls(**d)
+
+    def replace(self, **overrides) -> "bLlamaConfig":
+        return dataclasses.replace(self, **overrides)
+
+    @classmethod
+    def preset(cls, name: str, **overrides) -> "bLlamaConfig":
+        if name not in PRESETS:
+            raise ValueError(f"unknown preset {name!r}; choose from {sorted(PRESETS)}")
+        return cls(**{**PRESETS[name], **overrides})
+
+
+# Input sizes (hidden_size, ffn_size) are multiples of 256 so every projection packs into GGUF TQ2_0 blocks.
+PRESETS = {
+    # ~5M parameters with a 2048-piece vocabulary: tests and CPU demos.
+    "tiny": dict(vocab_size=2048, seq_len=256, hidden_size=256, num_heads=8, num_kv_heads=4, num_layers=6,
+                 ffn_size=768, batch_size=16, lr=3e-3, warmup_steps=100, max_steps=2000),
+    # ~30M parameters.
+    "small": dict(vocab_size=8192, seq_len=512, hidden_size=512, num_heads=8, num_kv_heads=8, num_layers=8,
+                  ffn_size=1536, batch_size=16, lr=2e-3, warmup_steps=200, max_steps=10000),
+    # The original bLLaMa 1.7B (same as bLlamaConfig()).
+    "1.7b": dict(),
+    # Microsoft BitNet b1.58 2B4T shapes.
+    "2b4t": dict(vocab_size=128256, seq_len=4096, hidden_size=2560, num_heads=20, num_kv_heads=5, num_layers=30,
+                 ffn_size=6912, activation="relu2", rope_theta=500000.0, lr=1.2e-3, schedule="two_stage"),
+}

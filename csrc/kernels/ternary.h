@@ -1,0 +1,78 @@
+// Ternary weight x int8 activation kernels: the contract between the kernels and the model.
+//
+// One family per file (ternary_scalar.cpp, ternary_avx2.cpp, ternary_avx512.cpp); the scalar file is
+// the reference that every SIMD path must equal exactly (integer accumulation, same float epilogue).
+// The kernel is chosen once from the CPU's features; tests can force any supported kind.
+// Math: docs/architecture.md ("BitLinear, inference form").
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+namespace bllama {
+
+enum class KernelKind { Scalar, Avx2, Avx512Vnni };
+
+KernelKind best_kernel();                 // decided once from cpuid; BLLAMA_KERNEL=scalar|avx2|avx512 overrides
+bool kernel_supported(KernelKind kind);   // this CPU (and this build) can run it
+const char* kernel_name(KernelKind kind);
+
+// A ternary weight matrix [rows, cols] held at ~2 bits per weight in the kernels' own layout.
+// scale(r, k) is the fp32 scale of the 256-block holding element (r, k); uniform_scale() is set when
+// every block that has a nonzero code carries the same scale (the bLLaMa export), which allows a
+// faster epilogue.
+class TernaryMatrix {
+public:
+    // From GGUF TQ2_0 / TQ1_0 block data (rows * cols/256 blocks, row-major). cols % 256 == 0.
+    // Throws std::invalid_argument on bad shapes.
+    static TernaryMatrix from_tq2_0(const uint8_t* blocks, int64_t rows, int64_t cols);
+    static TernaryMatrix from_tq1_0(const uint8_t* blocks, int64_t rows, int64_t cols);
+    // From codes in {-1,0,1} (row-major) and one scale for the whole tensor (tests, benchmarks).
+    static TernaryMatrix from_codes(const int8_t* codes, int64_t rows, int64_t cols, float scale);
+
+    int64_t rows() const;
+    int64_t cols() const;
+    size_t bytes() const;                  // memory held
+    int8_t code(int64_t r, int64_t c) const;  // slow accessor for tests
+    float block_scale(int64_t r, int64_t c) const;
+    bool uniform_scale() const;
+
+    TernaryMatrix();
+    ~TernaryMatrix();
+    TernaryMatrix(TernaryMatrix&&) noexcept;
+    TernaryMatrix& operator=(TernaryMatrix&&) noexcept;
+
+    struct Impl;
+    const Impl& impl() const { return *impl_; }
+private:
+    std::unique_ptr<Impl> impl_;
+};
+
+// Per-token int8 activations for n_tokens rows of length cols, in the kernels' layout.
+// act_scale[t] is `a` of docs/architecture.md (127 / absmax), so y = acc * (s / a).
+struct QuantizedActs {
+    int64_t n_tokens = 0, cols = 0;
+    std::vector<float> act_scale;          // [n_tokens]
+    // kernel-private storage follows (quantized values, per-block sums, permuted copies ...)
+    std::vector<int8_t> q;                 // [n_tokens, cols] plain row-major int8 values (reference order)
+    std::vector<uint8_t> scratch;          // layout private to the selected kernel
+    std::vector<int32_t> block_sums;       // [n_tokens, cols/256] or as the kernel wants
+};
+
+// Quantize x [n_tokens, cols] (fp32, row-major) into out; reuses out's buffers (no allocation when sized).
+void quantize_acts(const float* x, int64_t n_tokens, int64_t cols, QuantizedActs& out,
+                   KernelKind kind = best_kernel());
+
+// y[t * ldy + r] = scale * sum_k code(r,k) * x.q[t,k] for r in [row_begin, row_end), all t.
+// The caller splits rows across threads; any range is valid. n_tokens == 1 is the decode GEMV;
+// larger n_tokens use a GEMM path that reuses unpacked weight tiles across tokens.
+void ternary_matmul(const TernaryMatrix& w, const QuantizedActs& x, float* y, int64_t ldy,
+                    int64_t row_begin, int64_t row_end, KernelKind kind = best_kernel());
+
+// Float head: y[t * ldy + r] = sum_k f16(w[r,k]) * x[t,k] (w row-major IEEE half, x fp32).
+void f16_matmul(const uint16_t* w, int64_t cols, const float* x, int64_t n_tokens, float* y,
+                int64_t ldy, int64_t row_begin, int64_t row_end, KernelKind kind = best_kernel());
+
+}  // namespace bllama

@@ -1,0 +1,51 @@
+"""Builds the bllama package and its C++ engine (bllama._engine) with CMake + ninja, pybind/cmake_example style."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from setuptools import Extension, find_packages, setup
+from setuptools.command.build_ext import build_ext
+
+ROOT = Path(__file__).resolve().parent
+
+
+class CMakeExtension(Extension):
+    def __init__(self, name: str):
+        super().__init__(name, sources=[])
+
+
+class CMakeBuild(build_ext):
+    def build_extension(self, ext: CMakeExtension) -> None:
+        out_dir = Path(self.get_ext_fullpath(ext.name)).resolve().parent
+        build_dir = Path(self.build_temp).resolve() / "cmake"
+        build_dir.mkdir(parents=True, exist_ok=True)
+        cfg = os.environ.get("BLLAMA_BUILD_TYPE", "Release")
+        args = [
+            f"-DCMAKE_LIBRARY_OUTPUT_DIRECTORY={out_dir}{os.sep}",
+            f"-DPython_EXECUTABLE={sys.executable}",
+            f"-DCMAKE_BUILD_TYPE={cfg}",
+            "-DBLLAMA_BUILD_TESTS=OFF", "-DBLLAMA_BUILD_BENCH=OFF", "-DBLLAMA_BUILD_PYTHON=ON",
+            "-G", "Ninja",
+        ]
+        jobs = os.environ.get("CMAKE_BUILD_PARALLEL_LEVEL", str(os.cpu_count() or 2))
+        subprocess.run(["cmake", "-S", str(ROOT), "-B", str(build_dir), *args], check=True)
+        subprocess.run(["cmake", "--build", str(build_dir), "--target", "_engine", "-j", jobs], check=True)
+
+
+setup(
+    name="bllama",
+    version="0.1.0",
+    description="Train BitNet b1.58 (ternary) LLaMA models in PyTorch and run them with a packed C++ engine",
+    packages=find_packages(include=["bllama", "bllama.*"]),
+    package_data={"bllama": ["*.txt", "assets/*"]},
+    python_requires=">=3.9",
+    # torch is pinned to the CPU build in the README and CI (`pip install torch==2.13.0`); any torch >= 2.5 works.
+    install_requires=["torch>=2.5", "pytorch-lightning>=2.2", "sentencepiece>=0.2", "protobuf", "numpy",
+                      "gguf>=0.10", "pyarrow", "tqdm", "matplotlib"],
+    extras_require={"test": ["pytest"]},
+    ext_modules=[CMakeExtension("bllama._engine")],
+    cmdclass={"build_ext": CMakeBuild},
+    entry_points={"console_scripts": ["bllama=bllama.cli:main"]},
+    zip_safe=False,
+)

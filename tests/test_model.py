@@ -1,0 +1,145 @@
+import copy
+import warnings
+
+import pytest
+import torch
+
+from bllama import bLlama, bLlamaConfig
+from bllama.bitlinear import BitLinear, quantize_activations, weight_scale
+from bllama.generate import apply_repetition_penalty, filter_top_k_top_p, generate_ids
+from bllama.model import Transformer, count_parameters
+
+
+def tiny(**kw):
+    base = dict(vocab_size=97, seq_len=64, hidden_size=64, num_heads=4, num_kv_heads=2, num_layers=2, ffn_size=128)
+    return bLlamaConfig(**{**base, **kw})
+
+
+def test_default_is_the_original_1p7b_counted_on_meta():
+    c = bLlamaConfig()
+    assert (c.vocab_size, c.seq_len, c.hidden_size, c.num_heads, c.num_layers, c.ffn_size) == \
+        (32000, 1024, 2048, 16, 24, 8192)
+    with torch.device("meta"):
+        m = Transformer(c)
+    d, f, v = 2048, 8192, 32000
+    per_layer = 4 * d * d + 3 * d * f + 2 * d + d + f  # projections, 2 pre-norms, 2 sub-norms
+    assert count_parameters(m) == v * d + 24 * per_layer + d  # tied head counted once
+    assert 1.67e9 < count_parameters(m) < 1.69e9
+
+
+def test_presets_sizes():
+    assert 2e6 < count_parameters(Transformer(bLlamaConfig.preset("tiny"))) < 1e7
+    assert 1e7 < count_parameters(Transformer(bLlamaConfig.preset("small"))) < 1e8
+    with pytest.raises(ValueError, match="unknown preset"):
+        bLlamaConfig.preset("huge")
+    with pytest.raises(ValueError, match="activation"):
+        bLlamaConfig(activation="gelu")
+
+
+def test_bitlinear_training_mode_is_fake_quant_with_ste():
+    torch.manual_seed(0)
+    layer = BitLinear(256, 32)
+    x = torch.randn(3, 5, 256, requires_grad=True)
+    y = layer(x)
+    s = weight_scale(layer.weight)
+    wq = (layer.weight / s).round().clamp(-1, 1) * s
+    a = 127 / x.abs().amax(-1, keepdim=True).clamp(min=1e-5)
+    xq = (x * a).round().clamp(-128, 127) / a
+    torch.testing.assert_close(y, xq @ wq.T, rtol=1e-5, atol=1e-5)
+    y.sum().backward()
+    # straight-through: gradients are those of a plain linear layer at the quantized point
+    torch.testing.assert_close(x.grad, wq.sum(0).expand_as(x).detach(), rtol=1e-5, atol=1e-5)
+    assert layer.weight.grad is not None and layer.weight.grad.abs().sum() > 0
+
+
+def test_bitlinear_quantized_equals_fake_quant():
+    torch.manual_seed(1)
+    for fin, fout in [(256, 64), (512, 17), (768, 256)]:
+        layer = BitLinear(fin, fout)
+        x = torch.randn(4, 7, fin) * 3
+        ref = layer(x)
+        layer.quantize()
+        assert layer.weight_codes.dtype == torch.int8 and set(layer.weight_codes.unique().tolist()) <= {-1, 0, 1}
+        assert not hasattr(layer, "weight") or "weight" not in dict(layer.named_parameters())
+        out = layer(x)
+        # Same function; only fp32 summation order differs (exact int sums * one multiply vs a float dot of
+        # rounded products): relative error ~1e-6, bounded here at 1e-5 of the output scale.
+        torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5 * ref.abs().max().item())
+
+
+def test_activation_quantization_matches_recipe():
+    x = torch.tensor([[0.5, -1.0, 0.25, 0.0]])
+    xq, a = quantize_activations(x)
+    assert a.item() == pytest.approx(127.0)
+    assert xq.tolist() == [[64.0, -127.0, 32.0, 0.0]]  # 63.5 rounds half to even -> 64
+
+
+@pytest.mark.parametrize("kw", [dict(), dict(activation="relu2", tie_embeddings=False), dict(num_kv_heads=1)])
+def test_cached_generation_equals_uncached(kw):
+    torch.manual_seed(2)
+    m = Transformer(tiny(**kw)).eval()
+    for _, layer in m.bitlinears():
+        layer.quantize()
+    prompt = [5, 17, 3, 42, 8]
+    a = generate_ids(m, prompt, 30, use_cache=True)
+    b = generate_ids(m, prompt, 30, use_cache=False)
+    assert a == b and len(a[0]) == 30
+    s1 = generate_ids(m, prompt, 20, do_sample=True, top_k=10, top_p=0.9, temperature=0.8, seed=7,
+                      num_return_sequences=3, use_cache=True)
+    s2 = generate_ids(m, prompt, 20, do_sample=True, top_k=10, top_p=0.9, temperature=0.8, seed=7,
+                      num_return_sequences=3, use_cache=False)
+    assert s1 == s2 and len(s1) == 3
+
+
+def test_cached_logits_equal_full_forward():
+    torch.manual_seed(3)
+    m = Transformer(tiny()).eval()
+    idx = torch.randint(0, 97, (2, 20))
+    full = m(idx)
+    from bllama.model import KVCache
+    cache = KVCache(m.config, 2, "cpu")
+    parts = [m(idx[:, :7], cache, 0), m(idx[:, 7:8], cache, 7), m(idx[:, 8:], cache, 8)]
+    torch.testing.assert_close(torch.cat(parts, 1), full, rtol=1e-4, atol=1e-4)
+
+
+def test_generation_stops_at_eos_and_validates():
+    torch.manual_seed(4)
+    m = Transformer(tiny()).eval()
+    greedy = generate_ids(m, [1, 2, 3], 10)[0]
+    eos = greedy[3]
+    out = generate_ids(m, [1, 2, 3], 10, eos_id=eos)[0]
+    assert out == greedy[:greedy.index(eos)]
+    with pytest.raises(ValueError, match="empty"):
+        generate_ids(m, [], 5)
+    with pytest.raises(IndexError, match="out of range"):
+        generate_ids(m, [1, 97], 5)
+    with pytest.raises(ValueError, match="context length"):
+        generate_ids(m, list(range(64)), 5)
+    with pytest.warns(UserWarning, match="exceeds the context"):
+        assert len(generate_ids(m, list(range(60)), 10)[0]) == 4
+
+
+def test_repetition_penalty_and_filters():
+    logits = torch.tensor([[2.0, -2.0, 1.0, 0.5]])
+    seen = torch.tensor([[0, 1]])
+    out = apply_repetition_penalty(logits, seen, 2.0)
+    assert out.tolist() == [[1.0, -4.0, 1.0, 0.5]]
+    f = filter_top_k_top_p(torch.tensor([[1.0, 3.0, 2.0, 0.0]]), top_k=2, top_p=None)
+    assert torch.isinf(f).tolist() == [[True, False, False, True]]
+    probs = torch.tensor([[0.5, 0.3, 0.15, 0.05]]).log()
+    f = filter_top_k_top_p(probs, top_k=None, top_p=0.75)
+    assert torch.isinf(f).tolist() == [[False, False, True, True]]
+
+
+def test_module_quantize_reports_sizes_and_warns_when_unquantized(sp_tokenizer):
+    torch.manual_seed(5)
+    m = bLlama(tiny(vocab_size=sp_tokenizer.vocab_size))
+    with pytest.warns(UserWarning, match="not quantized"):
+        m.generate("hello", sp_tokenizer, max_len=5)
+    info = m.quantize_weights_to_ternary()
+    assert info["bytes_after"] < info["bytes_before"]
+    assert info["packed_file_bytes"] < info["bytes_after"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        text = m.generate("hello", sp_tokenizer, max_len=5, do_sample=False, top_k=3, repetition_penalty=2)
+    assert isinstance(text, str) and text.startswith("hello")
