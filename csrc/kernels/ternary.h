@@ -8,10 +8,33 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <cstdlib>
 #include <memory>
+#include <new>
 #include <vector>
 
 namespace bllama {
+
+// 64-byte aligned storage so that SIMD loads of activation rows never split cache lines.
+template <class T>
+struct AlignedAllocator {
+    using value_type = T;
+    static constexpr size_t kAlign = 64;
+    AlignedAllocator() noexcept = default;
+    template <class U>
+    AlignedAllocator(const AlignedAllocator<U>&) noexcept {}
+    T* allocate(size_t n) {
+        const size_t bytes = (n * sizeof(T) + kAlign - 1) / kAlign * kAlign;
+        void* p = std::aligned_alloc(kAlign, bytes ? bytes : kAlign);
+        if (!p) throw std::bad_alloc();
+        return static_cast<T*>(p);
+    }
+    void deallocate(T* p, size_t) noexcept { std::free(p); }
+    template <class U>
+    bool operator==(const AlignedAllocator<U>&) const noexcept { return true; }
+    template <class U>
+    bool operator!=(const AlignedAllocator<U>&) const noexcept { return false; }
+};
 
 enum class KernelKind { Scalar, Avx2, Avx512Vnni };
 
@@ -55,10 +78,12 @@ private:
 struct QuantizedActs {
     int64_t n_tokens = 0, cols = 0;
     std::vector<float> act_scale;          // [n_tokens]
-    // kernel-private storage follows (quantized values, per-block sums, permuted copies ...)
-    std::vector<int8_t> q;                 // [n_tokens, cols] plain row-major int8 values (reference order)
-    std::vector<uint8_t> scratch;          // layout private to the selected kernel
-    std::vector<int32_t> block_sums;       // [n_tokens, cols/256] or as the kernel wants
+    // kernel-private storage follows. Every kernel kind produces and consumes the same layout, so acts
+    // quantized with one kind may be fed to any other.
+    std::vector<int8_t, AlignedAllocator<int8_t>> q;  // [n_tokens, cols] plain row-major int8 values
+    std::vector<uint8_t> scratch;          // unused for now
+    std::vector<int32_t> block_sums;       // [n_tokens, ceil(cols/256)]: sum of q over each 256-block
+    std::vector<int32_t> row_sums;         // [n_tokens]: sum of q over the whole row
 };
 
 // Quantize x [n_tokens, cols] (fp32, row-major) into out; reuses out's buffers (no allocation when sized).

@@ -1,0 +1,4 @@
+#include "kernels/ternary_impl.h"
+namespace bllama {
+const KernelOps* avx2_ops() { return nullptr; }
+}  // namespace bllama

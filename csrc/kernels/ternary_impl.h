@@ -1,0 +1,81 @@
+// Private to csrc/kernels: the packed weight layout and the per-kind function table.
+//
+// Weight layout ("16-row interleaved, 2-bit planes"). Rows are padded to a multiple of 16 and grouped
+// in 16s. Group g is one contiguous stream of cols/16 chunks of 64 bytes; chunk c covers columns
+// [16c, 16c+16) of the 16 rows. Byte 4*r + s of a chunk holds, at bits 2j..2j+1, the code (q + 1) of
+// row 16g + r, column 16c + 4j + s.
+// Why: a 64-byte load shifted right by 2j and masked with 3 gives, in each 32-bit lane, the four
+// unsigned codes of one row for four consecutive columns, which is exactly what vpdpbusd (and
+// vpmaddubsw + vpmaddwd) multiplies against one broadcast dword of contiguous int8 activations. So the
+// activations stay in plain order, one vector accumulates 16 (AVX-512) or 8 (AVX2) rows with no
+// horizontal reduction, and the GEMM gets its packed-B panel straight from the stored bytes.
+#pragma once
+
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <new>
+
+#include "kernels/ternary.h"
+
+namespace bllama {
+
+struct FreeDeleter {
+    void operator()(void* p) const noexcept { std::free(p); }
+};
+template <class T>
+using AlignedArray = std::unique_ptr<T[], FreeDeleter>;
+
+// 64-byte aligned, zero-filled, never null (size 0 still allocates one line).
+template <class T>
+AlignedArray<T> make_aligned(size_t n) {
+    const size_t bytes = ((n * sizeof(T)) + 63) / 64 * 64;
+    void* p = std::aligned_alloc(64, bytes ? bytes : 64);
+    if (!p) throw std::bad_alloc();
+    std::memset(p, 0, bytes ? bytes : 64);
+    return AlignedArray<T>(static_cast<T*>(p));
+}
+
+constexpr int64_t kBlock = 256;       // columns per scale block (GGUF QK_K)
+constexpr int64_t kGroupRows = 16;    // rows interleaved per stream
+constexpr int64_t kChunkCols = 16;    // columns per 64-byte chunk
+constexpr int64_t kChunkBytes = 64;
+
+struct TernaryMatrix::Impl {
+    int64_t rows = 0, cols = 0;
+    int64_t groups = 0;               // ceil(rows / 16)
+    int64_t nb = 0;                   // cols / 256
+    AlignedArray<uint8_t> packed;     // groups * cols * 4 bytes
+    // Per-block scales as [group][block][16 rows] so a vector load gives 16 rows of one block.
+    // All-zero blocks hold 0 whatever the file said: their d is meaningless and may be inf/nan.
+    AlignedArray<float> d;
+    bool uniform = true;
+    float scale = 0.0f;               // the common d when uniform
+
+    const uint8_t* group_ptr(int64_t g) const { return packed.get() + g * cols * 4; }
+    float* d_ptr(int64_t g) { return d.get() + g * nb * kGroupRows; }
+    const float* d_ptr(int64_t g) const { return d.get() + g * nb * kGroupRows; }
+};
+
+using QuantizeFn = void (*)(const float* x, int64_t n_tokens, int64_t cols, QuantizedActs& out);
+using TernaryMatmulFn = void (*)(const TernaryMatrix::Impl& w, const QuantizedActs& x, float* y,
+                                 int64_t ldy, int64_t row_begin, int64_t row_end);
+using F16MatmulFn = void (*)(const uint16_t* w, int64_t cols, const float* x, int64_t n_tokens,
+                             float* y, int64_t ldy, int64_t row_begin, int64_t row_end);
+
+struct KernelOps {
+    QuantizeFn quantize;
+    TernaryMatmulFn ternary_matmul;
+    F16MatmulFn f16_matmul;
+};
+
+// Each returns nullptr when that family is not compiled in (non-x86 build).
+const KernelOps* scalar_ops();
+const KernelOps* avx2_ops();
+const KernelOps* avx512_ops();
+
+// Shared by every family: sizes out's buffers (no allocation when already large enough).
+void resize_acts(QuantizedActs& out, int64_t n_tokens, int64_t cols);
+
+}  // namespace bllama

@@ -1,0 +1,378 @@
+// Scalar reference kernels, TernaryMatrix packing and the one-time kernel dispatch.
+// Every SIMD family must reproduce these results bit for bit (ternary) or within the documented
+// tolerance (f16 head).
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <stdexcept>
+#include <string>
+
+#include "half.h"
+#include "kernels/cpu_features.h"
+#include "kernels/ternary.h"
+#include "kernels/ternary_impl.h"
+
+namespace bllama {
+
+// ---------------------------------------------------------------------------------------------
+// Packing
+
+namespace {
+
+constexpr size_t kTq2BlockBytes = 66;
+constexpr size_t kTq1BlockBytes = 54;
+
+void check_shape(int64_t rows, int64_t cols) {
+    if (rows < 0 || cols <= 0 || cols % kBlock != 0)
+        throw std::invalid_argument("TernaryMatrix: need rows >= 0 and cols a positive multiple of 256, got " +
+                                    std::to_string(rows) + " x " + std::to_string(cols));
+}
+
+std::unique_ptr<TernaryMatrix::Impl> new_impl(int64_t rows, int64_t cols) {
+    auto p = std::make_unique<TernaryMatrix::Impl>();
+    p->rows = rows;
+    p->cols = cols;
+    p->groups = (rows + kGroupRows - 1) / kGroupRows;
+    p->nb = cols / kBlock;
+    p->packed = make_aligned<uint8_t>(static_cast<size_t>(p->groups * cols * 4));
+    // Padding rows must decode as zeros (code 1 in every field) so a kernel may compute them freely.
+    std::memset(p->packed.get(), 0x55, static_cast<size_t>(p->groups * cols * 4));
+    p->d = make_aligned<float>(static_cast<size_t>(p->groups * p->nb * kGroupRows));
+    return p;
+}
+
+// codes: one row of unsigned codes 0..2 (q + 1), length cols.
+void pack_row(TernaryMatrix::Impl& m, int64_t r, const uint8_t* codes) {
+    const int64_t g = r / kGroupRows, rr = r % kGroupRows;
+    uint8_t* dst = m.packed.get() + g * m.cols * 4 + rr * 4;
+    for (int64_t c = 0; c < m.cols / kChunkCols; ++c) {
+        const uint8_t* src = codes + c * kChunkCols;
+        for (int s = 0; s < 4; ++s)
+            dst[c * kChunkBytes + s] = static_cast<uint8_t>(src[s] | (src[4 + s] << 2) | (src[8 + s] << 4) |
+                                                            (src[12 + s] << 6));
+    }
+}
+
+// Tracks uniform_scale() while blocks are added: the first nonzero block's d (as fp32 bits, so +0 and
+// -0 or two nan payloads never count as equal) fixes the scale.
+struct ScaleTracker {
+    bool any = false, uniform = true;
+    uint32_t bits = 0;
+    float value = 0.0f;
+    void add(float d) {
+        uint32_t b;
+        std::memcpy(&b, &d, sizeof b);
+        if (!any) {
+            any = true;
+            bits = b;
+            value = d;
+        } else if (b != bits) {
+            uniform = false;
+        }
+    }
+};
+
+void set_block_scale(TernaryMatrix::Impl& m, int64_t r, int64_t b, const uint8_t* codes, float d,
+                     ScaleTracker& tr) {
+    bool nonzero = false;
+    for (int64_t k = 0; k < kBlock; ++k) nonzero |= codes[k] != 1;
+    m.d_ptr(r / kGroupRows)[b * kGroupRows + r % kGroupRows] = nonzero ? d : 0.0f;
+    if (nonzero) tr.add(d);
+}
+
+void finish(TernaryMatrix::Impl& m, const ScaleTracker& tr) {
+    m.uniform = tr.uniform;
+    m.scale = tr.any ? tr.value : 0.0f;
+}
+
+uint16_t load_u16(const uint8_t* p) { return static_cast<uint16_t>(p[0] | (p[1] << 8)); }
+
+}  // namespace
+
+TernaryMatrix TernaryMatrix::from_tq2_0(const uint8_t* blocks, int64_t rows, int64_t cols) {
+    check_shape(rows, cols);
+    auto m = new_impl(rows, cols);
+    std::vector<uint8_t> codes(static_cast<size_t>(cols));
+    ScaleTracker tr;
+    for (int64_t r = 0; r < rows; ++r) {
+        for (int64_t b = 0; b < m->nb; ++b) {
+            const uint8_t* blk = blocks + (r * m->nb + b) * kTq2BlockBytes;
+            uint8_t* dst = codes.data() + b * kBlock;
+            for (int h = 0; h < 2; ++h)
+                for (int j = 0; j < 4; ++j)
+                    for (int i = 0; i < 32; ++i) dst[h * 128 + j * 32 + i] = (blk[h * 32 + i] >> (2 * j)) & 3;
+            for (int64_t k = 0; k < kBlock; ++k)
+                if (dst[k] == 3)
+                    throw std::invalid_argument("TernaryMatrix::from_tq2_0: code 3 is not ternary (row " +
+                                                std::to_string(r) + ")");
+            set_block_scale(*m, r, b, dst, f16_to_f32(load_u16(blk + 64)), tr);
+        }
+        pack_row(*m, r, codes.data());
+    }
+    finish(*m, tr);
+    TernaryMatrix out;
+    out.impl_ = std::move(m);
+    return out;
+}
+
+TernaryMatrix TernaryMatrix::from_tq1_0(const uint8_t* blocks, int64_t rows, int64_t cols) {
+    check_shape(rows, cols);
+    auto m = new_impl(rows, cols);
+    std::vector<uint8_t> codes(static_cast<size_t>(cols));
+    ScaleTracker tr;
+    static const uint8_t pow3[5] = {1, 3, 9, 27, 81};
+    // A byte holds trits as a base-3 fraction scaled to 256: multiplying by 3^n (mod 256) moves trit n
+    // to the top, and (x * 3) >> 8 reads it off. Element order (gguf): qs[0..32) hold elements
+    // n*32 + m, qs[32..48) hold 160 + n*16 + m, qh[0..4) hold 240 + n*4 + m (4 trits per byte).
+    auto trit = [](uint8_t byte, uint8_t p) -> uint8_t {
+        const uint8_t v = static_cast<uint8_t>(byte * p);
+        return static_cast<uint8_t>((static_cast<uint16_t>(v) * 3) >> 8);
+    };
+    for (int64_t r = 0; r < rows; ++r) {
+        for (int64_t b = 0; b < m->nb; ++b) {
+            const uint8_t* blk = blocks + (r * m->nb + b) * kTq1BlockBytes;
+            uint8_t* dst = codes.data() + b * kBlock;
+            for (int n = 0; n < 5; ++n)
+                for (int i = 0; i < 32; ++i) dst[n * 32 + i] = trit(blk[i], pow3[n]);
+            for (int n = 0; n < 5; ++n)
+                for (int i = 0; i < 16; ++i) dst[160 + n * 16 + i] = trit(blk[32 + i], pow3[n]);
+            for (int n = 0; n < 4; ++n)
+                for (int i = 0; i < 4; ++i) dst[240 + n * 4 + i] = trit(blk[48 + i], pow3[n]);
+            set_block_scale(*m, r, b, dst, f16_to_f32(load_u16(blk + 52)), tr);
+        }
+        pack_row(*m, r, codes.data());
+    }
+    finish(*m, tr);
+    TernaryMatrix out;
+    out.impl_ = std::move(m);
+    return out;
+}
+
+TernaryMatrix TernaryMatrix::from_codes(const int8_t* codes, int64_t rows, int64_t cols, float scale) {
+    check_shape(rows, cols);
+    auto m = new_impl(rows, cols);
+    std::vector<uint8_t> u(static_cast<size_t>(cols));
+    ScaleTracker tr;
+    for (int64_t r = 0; r < rows; ++r) {
+        for (int64_t k = 0; k < cols; ++k) {
+            const int8_t v = codes[r * cols + k];
+            if (v < -1 || v > 1) throw std::invalid_argument("TernaryMatrix::from_codes: code outside {-1,0,1}");
+            u[static_cast<size_t>(k)] = static_cast<uint8_t>(v + 1);
+        }
+        for (int64_t b = 0; b < m->nb; ++b) set_block_scale(*m, r, b, u.data() + b * kBlock, scale, tr);
+        pack_row(*m, r, u.data());
+    }
+    finish(*m, tr);
+    // Explicitly uniform even if every block is zero: the caller gave one tensor scale.
+    m->uniform = true;
+    m->scale = scale;
+    TernaryMatrix out;
+    out.impl_ = std::move(m);
+    return out;
+}
+
+TernaryMatrix::TernaryMatrix() : impl_(std::make_unique<Impl>()) {}
+TernaryMatrix::~TernaryMatrix() = default;
+TernaryMatrix::TernaryMatrix(TernaryMatrix&&) noexcept = default;
+TernaryMatrix& TernaryMatrix::operator=(TernaryMatrix&&) noexcept = default;
+
+int64_t TernaryMatrix::rows() const { return impl_->rows; }
+int64_t TernaryMatrix::cols() const { return impl_->cols; }
+size_t TernaryMatrix::bytes() const {
+    return static_cast<size_t>(impl_->groups * impl_->cols * 4 + impl_->groups * impl_->nb * kGroupRows * 4);
+}
+int8_t TernaryMatrix::code(int64_t r, int64_t c) const {
+    const Impl& m = *impl_;
+    const int64_t g = r / kGroupRows, rr = r % kGroupRows, ch = c / kChunkCols, j = (c % kChunkCols) / 4,
+                  s = c % 4;
+    const uint8_t byte = m.group_ptr(g)[ch * kChunkBytes + rr * 4 + s];
+    return static_cast<int8_t>(((byte >> (2 * j)) & 3) - 1);
+}
+float TernaryMatrix::block_scale(int64_t r, int64_t c) const {
+    return impl_->d_ptr(r / kGroupRows)[(c / kBlock) * kGroupRows + r % kGroupRows];
+}
+bool TernaryMatrix::uniform_scale() const { return impl_->uniform; }
+
+// ---------------------------------------------------------------------------------------------
+// Scalar kernels
+
+void resize_acts(QuantizedActs& out, int64_t n_tokens, int64_t cols) {
+    const int64_t nb = (cols + kBlock - 1) / kBlock;
+    out.n_tokens = n_tokens;
+    out.cols = cols;
+    out.act_scale.resize(static_cast<size_t>(n_tokens));
+    out.q.resize(static_cast<size_t>(n_tokens * cols));
+    out.block_sums.resize(static_cast<size_t>(n_tokens * nb));
+    out.row_sums.resize(static_cast<size_t>(n_tokens));
+}
+
+namespace {
+
+void quantize_scalar(const float* x, int64_t n_tokens, int64_t cols, QuantizedActs& out) {
+    resize_acts(out, n_tokens, cols);
+    const int64_t nb = (cols + kBlock - 1) / kBlock;
+    for (int64_t t = 0; t < n_tokens; ++t) {
+        const float* xt = x + t * cols;
+        float amax = 0.0f;
+        for (int64_t k = 0; k < cols; ++k) amax = std::max(amax, std::fabs(xt[k]));
+        // Same fp32 ops in the same order as bllama/bitlinear.py, so q matches PyTorch bit for bit.
+        const float a = 127.0f / std::max(amax, 1e-5f);
+        out.act_scale[static_cast<size_t>(t)] = a;
+        int8_t* qt = out.q.data() + t * cols;
+        int32_t total = 0;
+        for (int64_t b = 0; b < nb; ++b) {
+            int32_t s = 0;
+            for (int64_t k = b * kBlock; k < std::min(cols, (b + 1) * kBlock); ++k) {
+                float v = std::nearbyint(xt[k] * a);  // ties to even in the default rounding mode
+                v = v < -128.0f ? -128.0f : (v > 127.0f ? 127.0f : v);
+                qt[k] = static_cast<int8_t>(v);
+                s += qt[k];
+            }
+            out.block_sums[static_cast<size_t>(t * nb + b)] = s;
+            total += s;
+        }
+        out.row_sums[static_cast<size_t>(t)] = total;
+    }
+}
+
+void ternary_matmul_scalar(const TernaryMatrix::Impl& w, const QuantizedActs& x, float* y, int64_t ldy,
+                           int64_t row_begin, int64_t row_end) {
+    const int64_t cols = w.cols, nb = w.nb;
+    std::vector<int8_t> row(static_cast<size_t>(cols));
+    for (int64_t r = row_begin; r < row_end; ++r) {
+        const uint8_t* gp = w.group_ptr(r / kGroupRows) + (r % kGroupRows) * 4;
+        for (int64_t k = 0; k < cols; ++k) {
+            const uint8_t byte = gp[(k / kChunkCols) * kChunkBytes + k % 4];
+            row[static_cast<size_t>(k)] = static_cast<int8_t>(((byte >> (2 * ((k % kChunkCols) / 4))) & 3) - 1);
+        }
+        const float* d = w.d_ptr(r / kGroupRows) + r % kGroupRows;
+        for (int64_t t = 0; t < x.n_tokens; ++t) {
+            const int8_t* q = x.q.data() + t * cols;
+            const float a = x.act_scale[static_cast<size_t>(t)];
+            if (w.uniform) {
+                int32_t acc = 0;
+                for (int64_t k = 0; k < cols; ++k) acc += row[static_cast<size_t>(k)] * q[k];
+                y[t * ldy + r] = static_cast<float>(acc) * (w.scale / a);
+            } else {
+                // Per-block form: blocks summed in ascending order, each as (float)acc_b * (d_b / a).
+                float s = 0.0f;
+                for (int64_t b = 0; b < nb; ++b) {
+                    int32_t acc = 0;
+                    for (int64_t k = b * kBlock; k < (b + 1) * kBlock; ++k) acc += row[static_cast<size_t>(k)] * q[k];
+                    s += static_cast<float>(acc) * (d[b * kGroupRows] / a);
+                }
+                y[t * ldy + r] = s;
+            }
+        }
+    }
+}
+
+void f16_matmul_scalar(const uint16_t* w, int64_t cols, const float* x, int64_t n_tokens, float* y,
+                       int64_t ldy, int64_t row_begin, int64_t row_end) {
+    std::vector<float> row(static_cast<size_t>(cols));
+    for (int64_t r = row_begin; r < row_end; ++r) {
+        for (int64_t k = 0; k < cols; ++k) row[static_cast<size_t>(k)] = f16_to_f32(w[r * cols + k]);
+        for (int64_t t = 0; t < n_tokens; ++t) {
+            const float* xt = x + t * cols;
+            float s = 0.0f;
+            for (int64_t k = 0; k < cols; ++k) s += row[static_cast<size_t>(k)] * xt[k];
+            y[t * ldy + r] = s;
+        }
+    }
+}
+
+const KernelOps kScalarOps = {quantize_scalar, ternary_matmul_scalar, f16_matmul_scalar};
+
+}  // namespace
+
+const KernelOps* scalar_ops() { return &kScalarOps; }
+
+// ---------------------------------------------------------------------------------------------
+// Dispatch
+
+namespace {
+
+const KernelOps* ops_for(KernelKind kind) {
+    switch (kind) {
+        case KernelKind::Scalar: return scalar_ops();
+        case KernelKind::Avx2: return cpu_features().avx2 ? avx2_ops() : nullptr;
+        case KernelKind::Avx512Vnni: return cpu_features().avx512_vnni ? avx512_ops() : nullptr;
+    }
+    return nullptr;
+}
+
+const KernelOps& ops(KernelKind kind) {
+    const KernelOps* o = ops_for(kind);
+    if (!o) throw std::invalid_argument(std::string("bllama: kernel '") + kernel_name(kind) +
+                                        "' is not supported on this CPU/build");
+    return *o;
+}
+
+KernelKind detect_best() {
+    KernelKind best = KernelKind::Scalar;
+    if (kernel_supported(KernelKind::Avx2)) best = KernelKind::Avx2;
+    if (kernel_supported(KernelKind::Avx512Vnni)) best = KernelKind::Avx512Vnni;
+    if (const char* env = std::getenv("BLLAMA_KERNEL")) {
+        const std::string e(env);
+        KernelKind want = best;
+        bool known = true;
+        if (e == "scalar") want = KernelKind::Scalar;
+        else if (e == "avx2") want = KernelKind::Avx2;
+        else if (e == "avx512") want = KernelKind::Avx512Vnni;
+        else known = false;
+        if (!known)
+            std::fprintf(stderr, "bllama: BLLAMA_KERNEL=%s not recognised (scalar|avx2|avx512), using %s\n",
+                         env, kernel_name(best));
+        else if (!kernel_supported(want))
+            std::fprintf(stderr, "bllama: BLLAMA_KERNEL=%s is not supported here, using %s\n", env,
+                         kernel_name(best));
+        else
+            best = want;
+    }
+    return best;
+}
+
+}  // namespace
+
+KernelKind best_kernel() {
+    static const KernelKind k = detect_best();
+    return k;
+}
+
+bool kernel_supported(KernelKind kind) { return ops_for(kind) != nullptr; }
+
+const char* kernel_name(KernelKind kind) {
+    switch (kind) {
+        case KernelKind::Scalar: return "scalar";
+        case KernelKind::Avx2: return "avx2";
+        case KernelKind::Avx512Vnni: return "avx512vnni";
+    }
+    return "?";
+}
+
+void quantize_acts(const float* x, int64_t n_tokens, int64_t cols, QuantizedActs& out, KernelKind kind) {
+    if (n_tokens < 0 || cols <= 0) throw std::invalid_argument("quantize_acts: bad shape");
+    ops(kind).quantize(x, n_tokens, cols, out);
+}
+
+void ternary_matmul(const TernaryMatrix& w, const QuantizedActs& x, float* y, int64_t ldy, int64_t row_begin,
+                    int64_t row_end, KernelKind kind) {
+    const TernaryMatrix::Impl& m = w.impl();
+    if (x.cols != m.cols) throw std::invalid_argument("ternary_matmul: activation cols != weight cols");
+    if (row_begin < 0 || row_end > m.rows || row_begin > row_end)
+        throw std::invalid_argument("ternary_matmul: bad row range");
+    if (x.n_tokens > 1 && ldy < row_end) throw std::invalid_argument("ternary_matmul: ldy < row_end");
+    if (row_begin == row_end || x.n_tokens == 0) return;
+    ops(kind).ternary_matmul(m, x, y, ldy, row_begin, row_end);
+}
+
+void f16_matmul(const uint16_t* w, int64_t cols, const float* x, int64_t n_tokens, float* y, int64_t ldy,
+                int64_t row_begin, int64_t row_end, KernelKind kind) {
+    if (cols <= 0 || row_begin < 0 || row_begin > row_end) throw std::invalid_argument("f16_matmul: bad shape");
+    if (row_begin == row_end || n_tokens <= 0) return;
+    ops(kind).f16_matmul(w, cols, x, n_tokens, y, ldy, row_begin, row_end);
+}
+
+}  // namespace bllama
