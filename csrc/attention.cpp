@@ -1,0 +1,78 @@
+// RoPE (NEOX pairing) and causal grouped-query attention over the KV cache.
+#include <cmath>
+
+#include "model.h"
+
+namespace bllama {
+
+void Model::rope_tables(int64_t n, int64_t pos) {
+    const int64_t half = cfg_.head_dim / 2;
+    for (int64_t t = 0; t < n; ++t)
+        for (int64_t i = 0; i < half; ++i) {
+            // Angle in float64, cos/sin rounded to fp32: the same table bllama/model.py builds.
+            const double a = static_cast<double>(pos + t) * inv_freq_[i];
+            cos_[t * half + i] = static_cast<float>(std::cos(a));
+            sin_[t * half + i] = static_cast<float>(std::sin(a));
+        }
+}
+
+// Rotates pairs (u[i], u[i + hd/2]) of every head of every token in x [n, n_heads * hd].
+void Model::apply_rope(float* x, int64_t n, int64_t n_heads) {
+    const int64_t hd = cfg_.head_dim, half = hd / 2;
+    for (int64_t t = 0; t < n; ++t) {
+        const float* cs = cos_.data() + t * half;
+        const float* sn = sin_.data() + t * half;
+        for (int64_t h = 0; h < n_heads; ++h) {
+            float* u = x + (t * n_heads + h) * hd;
+            for (int64_t i = 0; i < half; ++i) {
+                const float u1 = u[i], u2 = u[i + half];
+                u[i] = u1 * cs[i] - u2 * sn[i];
+                u[i + half] = u1 * sn[i] + u2 * cs[i];
+            }
+        }
+    }
+}
+
+// att_[t, h*hd:(h+1)*hd] = softmax(q k^T / sqrt(hd)) v over positions 0 .. pos+t, for every
+// (token, head) pair; pairs are split across the pool, each thread with its own score row.
+void Model::attention(int64_t layer, int64_t n, int64_t pos) {
+    const int64_t H = cfg_.n_heads, hd = cfg_.head_dim, KV = cfg_.kv_dim(), D = cfg_.dim;
+    const int64_t group = H / cfg_.n_kv_heads;
+    const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
+    const float* kc = k_cache_.data() + layer * ctx_ * KV;
+    const float* vc = v_cache_.data() + layer * ctx_ * KV;
+    pool_.run([&](int ti, int nt) {
+        float* sc = scores_.data() + static_cast<int64_t>(ti) * ctx_;
+        int64_t b, e;
+        split_range(n * H, ti, nt, 1, b, e);
+        for (int64_t task = b; task < e; ++task) {
+            const int64_t t = task / H, h = task % H, g = h / group;
+            const int64_t len = pos + t + 1;  // causal: keys 0 .. pos+t
+            const float* q = q_.data() + t * D + h * hd;
+            float mx = -INFINITY;
+            for (int64_t j = 0; j < len; ++j) {
+                const float* k = kc + j * KV + g * hd;
+                float s = 0.0f;
+                for (int64_t i = 0; i < hd; ++i) s += q[i] * k[i];
+                s *= scale;
+                sc[j] = s;
+                mx = s > mx ? s : mx;
+            }
+            float sum = 0.0f;
+            for (int64_t j = 0; j < len; ++j) {
+                sc[j] = std::exp(sc[j] - mx);
+                sum += sc[j];
+            }
+            const float inv = 1.0f / sum;
+            float* o = att_.data() + t * D + h * hd;
+            for (int64_t i = 0; i < hd; ++i) o[i] = 0.0f;
+            for (int64_t j = 0; j < len; ++j) {
+                const float w = sc[j] * inv;
+                const float* v = vc + j * KV + g * hd;
+                for (int64_t i = 0; i < hd; ++i) o[i] += w * v[i];
+            }
+        }
+    });
+}
+
+}  // namespace bllama

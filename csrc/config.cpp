@@ -1,0 +1,76 @@
+#include "config.h"
+
+namespace bllama {
+
+const char* activation_name(Activation a) { return a == Activation::Relu2 ? "relu2" : "silu"; }
+
+namespace {
+int64_t positive(const GgufFile& f, const std::string& key, int64_t v, int64_t max) {
+    if (v <= 0 || v > max)
+        throw ModelError("metadata '" + key + "' = " + std::to_string(v) + " is out of range [1, " + std::to_string(max) + "]");
+    return v;
+}
+}  // namespace
+
+ModelConfig read_config(const GgufFile& f) {
+    const std::string arch = f.get_string("general.architecture");
+    if (arch != "bitnet")
+        throw ModelError("unsupported architecture '" + arch + "' (general.architecture): this engine runs 'bitnet' models");
+    const std::string p = "bitnet.";
+    auto geti = [&](const std::string& k, int64_t max) { return positive(f, p + k, f.get_int(p + k), max); };
+
+    ModelConfig c;
+    c.dim = geti("embedding_length", 1 << 20);
+    c.n_layers = geti("block_count", 1 << 16);
+    c.ffn = geti("feed_forward_length", 1 << 22);
+    c.n_heads = geti("attention.head_count", 1 << 16);
+    c.context = geti("context_length", 1 << 22);
+    c.n_kv_heads = f.find(p + "attention.head_count_kv") ? geti("attention.head_count_kv", 1 << 16) : c.n_heads;
+    c.rms_eps = static_cast<float>(f.get_float(p + "attention.layer_norm_rms_epsilon"));
+    c.rope_theta = static_cast<float>(f.get_float(p + "rope.freq_base", 10000.0));
+    if (!(c.rms_eps > 0.0f && c.rms_eps < 1.0f))
+        throw ModelError("metadata 'bitnet.attention.layer_norm_rms_epsilon' = " + std::to_string(c.rms_eps) + " is not in (0, 1)");
+    if (!(c.rope_theta > 1.0f && c.rope_theta < 1e12f))
+        throw ModelError("metadata 'bitnet.rope.freq_base' = " + std::to_string(c.rope_theta) + " is not in (1, 1e12)");
+
+    if (c.dim % c.n_heads != 0)
+        throw ModelError("embedding_length " + std::to_string(c.dim) + " is not divisible by head_count " + std::to_string(c.n_heads));
+    c.head_dim = c.dim / c.n_heads;
+    if (c.head_dim % 2 != 0) throw ModelError("head dim " + std::to_string(c.head_dim) + " must be even for RoPE");
+    if (c.n_heads % c.n_kv_heads != 0)
+        throw ModelError("head_count " + std::to_string(c.n_heads) + " is not a multiple of head_count_kv " + std::to_string(c.n_kv_heads));
+    if (f.find(p + "rope.dimension_count")) {
+        const int64_t rd = f.get_int(p + "rope.dimension_count");
+        if (rd != c.head_dim)
+            throw ModelError("rope.dimension_count " + std::to_string(rd) + " != head dim " + std::to_string(c.head_dim) +
+                             " (partial rotary embeddings are not supported)");
+    }
+    if (c.dim % 256 != 0 || c.ffn % 256 != 0)
+        throw ModelError("embedding_length (" + std::to_string(c.dim) + ") and feed_forward_length (" + std::to_string(c.ffn) +
+                         ") must be multiples of 256 for ternary blocks");
+
+    const std::string act = f.get_string("bllama.activation", "silu");
+    if (act == "silu") c.activation = Activation::Silu;
+    else if (act == "relu2") c.activation = Activation::Relu2;
+    else throw ModelError("metadata 'bllama.activation' = '" + act + "': expected 'silu' or 'relu2'");
+
+    const GgufTensor* emb = f.find_tensor("token_embd.weight");
+    if (!emb) throw ModelError("missing tensor 'token_embd.weight'");
+    if (f.find(p + "vocab_size")) c.vocab = geti("vocab_size", int64_t(1) << 31);
+    else if (emb->n_dims == 2) c.vocab = emb->dims[1];
+    else throw ModelError("tensor 'token_embd.weight' must be 2-D");
+
+    const bool has_output = f.find_tensor("output.weight") != nullptr;
+    c.tied = f.get_bool("bllama.tie_embeddings", !has_output);
+    if (c.tied && has_output)
+        throw ModelError("bllama.tie_embeddings is true but the file also has 'output.weight'");
+    if (!c.tied && !has_output)
+        throw ModelError("bllama.tie_embeddings is false but the file has no 'output.weight'");
+
+    const GgufTensor* q0 = f.find_tensor("blk.0.attn_q.weight");
+    if (!q0) throw ModelError("missing tensor 'blk.0.attn_q.weight'");
+    c.weight_type = q0->type;
+    return c;
+}
+
+}  // namespace bllama

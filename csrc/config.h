@@ -1,0 +1,44 @@
+// Model hyper-parameters read from GGUF metadata (docs/architecture.md, "Config").
+#pragma once
+
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+
+#include "gguf.h"
+
+namespace bllama {
+
+// The file is a valid GGUF but not a model this engine can run (wrong architecture, missing or
+// inconsistent keys/tensors). Mapped to Python's ValueError like GgufError.
+class ModelError : public std::runtime_error {
+public:
+    using std::runtime_error::runtime_error;
+};
+
+enum class Activation { Silu, Relu2 };
+const char* activation_name(Activation a);
+
+struct ModelConfig {
+    int64_t vocab = 0;       // V
+    int64_t dim = 0;         // D
+    int64_t n_layers = 0;    // L
+    int64_t n_heads = 0;     // H
+    int64_t n_kv_heads = 0;  // Hkv
+    int64_t head_dim = 0;    // D / H
+    int64_t ffn = 0;         // F
+    int64_t context = 0;     // T as stored in the file
+    float rms_eps = 1e-5f;
+    float rope_theta = 10000.0f;
+    Activation activation = Activation::Silu;
+    bool tied = true;
+    uint32_t weight_type = 35;  // ggml type of the projections (TQ2_0 or TQ1_0)
+
+    int64_t kv_dim() const { return n_kv_heads * head_dim; }
+};
+
+// Reads and sanity-checks the config; vocab falls back to token_embd's row count, `tied` to the
+// absence of output.weight. Throws ModelError / GgufError.
+ModelConfig read_config(const GgufFile& f);
+
+}  // namespace bllama

@@ -1,0 +1,129 @@
+#include "engine.h"
+
+#include <chrono>
+#include <stdexcept>
+
+namespace bllama {
+
+namespace {
+using Clock = std::chrono::steady_clock;
+double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
+
+std::pair<std::unique_ptr<Model>, double> timed_load(const std::string& path, const LoadOptions& opts) {
+    const auto t0 = Clock::now();
+    auto m = Model::load(path, opts);
+    return {std::move(m), seconds_since(t0)};
+}
+}  // namespace
+
+const char* stop_reason_name(StopReason r) {
+    switch (r) {
+        case StopReason::Length: return "length";
+        case StopReason::StopToken: return "stop_token";
+        case StopReason::Callback: return "callback";
+        default: return "none";
+    }
+}
+
+Engine::Engine(const std::string& path, const LoadOptions& opts) : Engine(timed_load(path, opts)) {}
+
+Engine::Engine(std::pair<std::unique_ptr<Model>, double> loaded) : Engine(std::move(loaded.first), loaded.second) {}
+
+Engine::Engine(std::unique_ptr<Model> model, double load_seconds)
+    : model_(std::move(model)),
+      sampler_(model_->config().vocab),
+      logits_(static_cast<size_t>(model_->config().vocab)),
+      load_seconds_(load_seconds) {
+    stats_.load_seconds = load_seconds_;
+}
+
+void Engine::check_ids(const std::vector<int32_t>& ids, const char* what) const {
+    if (ids.empty()) throw std::invalid_argument(std::string(what) + " is empty");
+    const int64_t V = vocab_size();
+    for (size_t i = 0; i < ids.size(); ++i)
+        if (ids[i] < 0 || ids[i] >= V)
+            throw std::out_of_range(std::string(what) + ": token id " + std::to_string(ids[i]) + " at index " +
+                                    std::to_string(i) + " is out of range [0, " + std::to_string(V) + ")");
+}
+
+void Engine::reset() { n_past_ = 0; }
+
+std::vector<int32_t> Engine::generate(const std::vector<int32_t>& prompt, int64_t max_new_tokens,
+                                      const SamplingParams& params, const std::vector<int32_t>& stop_ids,
+                                      const TokenCallback& on_token) {
+    check_ids(prompt, "prompt");
+    if (max_new_tokens < 0) throw std::invalid_argument("max_new_tokens must be >= 0, got " + std::to_string(max_new_tokens));
+    const int64_t n_prompt = static_cast<int64_t>(prompt.size());
+    if (n_prompt > context_length() || max_new_tokens > context_length() - n_prompt)
+        throw std::out_of_range("prompt (" + std::to_string(n_prompt) + " tokens) + max_new_tokens (" +
+                                std::to_string(max_new_tokens) + ") exceeds the context length " +
+                                std::to_string(context_length()));
+    sampler_.reset(params);  // validates params before any work
+
+    stats_ = GenerateStats{};
+    stats_.load_seconds = load_seconds_;
+    stats_.prompt_tokens = n_prompt;
+    std::vector<int32_t> out;
+    out.reserve(static_cast<size_t>(max_new_tokens));
+    reset();
+    if (max_new_tokens == 0) {
+        stats_.stop_reason = StopReason::Length;
+        return out;
+    }
+    for (int32_t t : prompt) sampler_.observe(t);
+
+    auto t0 = Clock::now();
+    model_->forward(prompt.data(), n_prompt, 0, logits_.data(), false);
+    n_past_ = n_prompt;
+    int32_t next = sampler_.sample(logits_.data());
+    stats_.prompt_seconds = seconds_since(t0);
+
+    t0 = Clock::now();
+    for (;;) {
+        bool is_stop = false;
+        for (int32_t s : stop_ids) is_stop |= s == next;
+        if (is_stop) {
+            stats_.stop_reason = StopReason::StopToken;
+            break;
+        }
+        out.push_back(next);
+        sampler_.observe(next);
+        // Count the step before the callback so the stats hold even if the callback throws.
+        stats_.generated_tokens = static_cast<int64_t>(out.size());
+        stats_.decode_seconds = seconds_since(t0);
+        if (on_token && on_token(next)) {
+            stats_.stop_reason = StopReason::Callback;
+            break;
+        }
+        if (static_cast<int64_t>(out.size()) >= max_new_tokens) {
+            stats_.stop_reason = StopReason::Length;
+            break;
+        }
+        model_->forward(&next, 1, n_past_, logits_.data(), false);
+        ++n_past_;
+        ++stats_.decode_tokens;
+        next = sampler_.sample(logits_.data());
+    }
+    stats_.decode_seconds = seconds_since(t0);
+    stats_.generated_tokens = static_cast<int64_t>(out.size());
+    return out;
+}
+
+void Engine::logits(const std::vector<int32_t>& ids, float* out) {
+    check_ids(ids, "ids");
+    const int64_t n = static_cast<int64_t>(ids.size());
+    if (n > context_length())
+        throw std::out_of_range(std::to_string(n) + " tokens exceed the context length " + std::to_string(context_length()));
+    reset();
+    model_->forward(ids.data(), n, 0, out, true);
+    n_past_ = n;
+}
+
+std::vector<float> Engine::logits(const std::vector<int32_t>& ids) {
+    check_ids(ids, "ids");
+    std::vector<float> out(ids.size() * static_cast<size_t>(vocab_size()));
+    logits(ids, out.data());
+    return out;
+}
+
+}  // namespace bllama

@@ -1,0 +1,70 @@
+// The decode loop: prompt forward, sample, feed back, until max_new_tokens, a stop token, or the
+// per-token callback asks to stop. Owns the Model and the Sampler; not thread-safe (one caller).
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "model.h"
+#include "sampler.h"
+
+namespace bllama {
+
+enum class StopReason { None, Length, StopToken, Callback };
+const char* stop_reason_name(StopReason r);
+
+struct GenerateStats {
+    int64_t prompt_tokens = 0;
+    double prompt_seconds = 0;    // prompt forward + choosing the first token
+    int64_t decode_tokens = 0;    // single-token forwards run after the prompt
+    double decode_seconds = 0;    // their forwards + sampling
+    int64_t generated_tokens = 0; // ids returned
+    double load_seconds = 0;
+    StopReason stop_reason = StopReason::None;
+};
+
+// Called with each generated token (stop tokens excluded); return true to stop after it.
+using TokenCallback = std::function<bool(int32_t)>;
+
+class Engine {
+public:
+    Engine(const std::string& path, const LoadOptions& opts = {});
+    explicit Engine(std::unique_ptr<Model> model, double load_seconds = 0);
+
+    const Model& model() const { return *model_; }
+    const ModelConfig& config() const { return model_->config(); }
+    int64_t vocab_size() const { return model_->config().vocab; }
+    int64_t context_length() const { return model_->context(); }
+
+    // Generated ids (a stop token ends generation and is not included). Throws std::invalid_argument
+    // (empty prompt, bad sampling params, negative max_new_tokens) or std::out_of_range (token id
+    // outside [0, vocab), prompt + max_new_tokens > context length). Exceptions from the callback
+    // propagate. Always starts from an empty KV cache.
+    std::vector<int32_t> generate(const std::vector<int32_t>& prompt, int64_t max_new_tokens,
+                                  const SamplingParams& params, const std::vector<int32_t>& stop_ids = {},
+                                  const TokenCallback& on_token = nullptr);
+
+    // Logits for every position of ids, row-major [n, vocab], from an empty cache.
+    std::vector<float> logits(const std::vector<int32_t>& ids);
+    void logits(const std::vector<int32_t>& ids, float* out);  // out holds n * vocab floats
+
+    void reset();  // forget the cached sequence (generate/logits also start fresh)
+    const GenerateStats& last_stats() const { return stats_; }
+
+private:
+    explicit Engine(std::pair<std::unique_ptr<Model>, double> loaded);
+    void check_ids(const std::vector<int32_t>& ids, const char* what) const;
+
+    std::unique_ptr<Model> model_;
+    Sampler sampler_;
+    std::vector<float> logits_;  // [vocab], the last position's
+    GenerateStats stats_;
+    double load_seconds_ = 0;
+    int64_t n_past_ = 0;
+};
+
+}  // namespace bllama

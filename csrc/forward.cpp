@@ -1,0 +1,145 @@
+// The forward pass (docs/architecture.md, "Block"). Matmul rows are split across the pool and each
+// thread finishes its own rows (output scale, residual add, activation) so the elementwise work
+// is parallel too and needs no extra dispatch.
+#include <algorithm>
+#include <cmath>
+#include <stdexcept>
+#include <string>
+
+#include "half.h"
+#include "model.h"
+
+namespace bllama {
+
+namespace {
+
+constexpr int64_t kRowAlign = 16;  // row split granularity (keeps kernel row groups whole)
+
+void rmsnorm(const float* x, const float* w, float* out, int64_t n, int64_t d, float eps) {
+    for (int64_t t = 0; t < n; ++t) {
+        const float* xr = x + t * d;
+        float* o = out + t * d;
+        float ss = 0.0f;
+        for (int64_t i = 0; i < d; ++i) ss += xr[i] * xr[i];
+        const float r = 1.0f / std::sqrt(ss / static_cast<float>(d) + eps);
+        for (int64_t i = 0; i < d; ++i) o[i] = xr[i] * r * w[i];
+    }
+}
+
+inline float silu(float z) { return z / (1.0f + std::exp(-z)); }
+inline float relu2(float z) { return z > 0.0f ? z * z : 0.0f; }
+
+// y[:, rb:re] = W x for one BitLinear, times its optional output scale.
+void bitlinear_rows(const BitLinear& b, const QuantizedActs& x, float* y, int64_t ldy, int64_t n, int64_t rb,
+                    int64_t re, KernelKind kind) {
+    if (rb >= re) return;
+    ternary_matmul(b.w, x, y, ldy, rb, re, kind);
+    if (b.has_out_scale)
+        for (int64_t t = 0; t < n; ++t)
+            for (int64_t r = rb; r < re; ++r) y[t * ldy + r] *= b.out_scale;
+}
+
+}  // namespace
+
+void Model::forward(const int32_t* tokens, int64_t n, int64_t pos, float* logits, bool all_logits) {
+    if (n <= 0) throw std::invalid_argument("forward: no tokens");
+    if (pos < 0 || pos > ctx_ || n > ctx_ - pos)
+        throw std::out_of_range("forward: positions " + std::to_string(pos) + ".." + std::to_string(pos + n - 1) +
+                                " exceed the context length " + std::to_string(ctx_));
+    for (int64_t i = 0; i < n; ++i)
+        if (tokens[i] < 0 || tokens[i] >= cfg_.vocab)
+            throw std::out_of_range("token id " + std::to_string(tokens[i]) + " at index " + std::to_string(i) +
+                                    " is out of range [0, " + std::to_string(cfg_.vocab) + ")");
+    for (int64_t c = 0; c < n; c += max_batch_) {
+        const int64_t m = std::min(max_batch_, n - c);
+        const bool last = c + m == n;
+        if (all_logits) forward_chunk(tokens + c, m, pos + c, logits + c * cfg_.vocab, true);
+        else forward_chunk(tokens + c, m, pos + c, last ? logits : nullptr, false);
+    }
+}
+
+void Model::forward_chunk(const int32_t* tokens, int64_t n, int64_t pos, float* logits, bool all_logits) {
+    const ModelConfig& c = cfg_;
+    const int64_t D = c.dim, F = c.ffn, KV = c.kv_dim();
+    const KernelKind kind = kernel_;
+
+    for (int64_t t = 0; t < n; ++t) {
+        const uint16_t* row = embd_ + static_cast<int64_t>(tokens[t]) * D;
+        for (int64_t i = 0; i < D; ++i) x_[t * D + i] = f16_to_f32(row[i]);
+    }
+    rope_tables(n, pos);
+
+    for (int64_t l = 0; l < c.n_layers; ++l) {
+        const LayerWeights& L = layers_[static_cast<size_t>(l)];
+
+        // Attention: q, k, v share one quantized input.
+        rmsnorm(x_.data(), L.attn_norm.data(), xn_.data(), n, D, c.rms_eps);
+        quantize_acts(xn_.data(), n, D, qa_dim_, kind);
+        pool_.run([&](int i, int nt) {
+            int64_t b, e;
+            split_range(D, i, nt, kRowAlign, b, e);
+            bitlinear_rows(L.q, qa_dim_, q_.data(), D, n, b, e, kind);
+            split_range(KV, i, nt, kRowAlign, b, e);
+            bitlinear_rows(L.k, qa_dim_, k_.data(), KV, n, b, e, kind);
+            bitlinear_rows(L.v, qa_dim_, v_.data(), KV, n, b, e, kind);
+        });
+        apply_rope(q_.data(), n, c.n_heads);
+        apply_rope(k_.data(), n, c.n_kv_heads);
+        float* kc = k_cache_.data() + (l * ctx_ + pos) * KV;
+        float* vc = v_cache_.data() + (l * ctx_ + pos) * KV;
+        std::copy(k_.begin(), k_.begin() + n * KV, kc);
+        std::copy(v_.begin(), v_.begin() + n * KV, vc);
+        attention(l, n, pos);
+
+        rmsnorm(att_.data(), L.attn_sub_norm.data(), xn_.data(), n, D, c.rms_eps);
+        quantize_acts(xn_.data(), n, D, qa_dim_, kind);
+        pool_.run([&](int i, int nt) {
+            int64_t b, e;
+            split_range(D, i, nt, kRowAlign, b, e);
+            bitlinear_rows(L.o, qa_dim_, q_.data(), D, n, b, e, kind);
+            for (int64_t t = 0; t < n; ++t)
+                for (int64_t r = b; r < e; ++r) x_[t * D + r] += q_[t * D + r];
+        });
+
+        // Feed-forward: gate and up share one quantized input.
+        rmsnorm(x_.data(), L.ffn_norm.data(), xn_.data(), n, D, c.rms_eps);
+        quantize_acts(xn_.data(), n, D, qa_dim_, kind);
+        const bool relu_sq = c.activation == Activation::Relu2;
+        pool_.run([&](int i, int nt) {
+            int64_t b, e;
+            split_range(F, i, nt, kRowAlign, b, e);
+            bitlinear_rows(L.gate, qa_dim_, gate_.data(), F, n, b, e, kind);
+            bitlinear_rows(L.up, qa_dim_, up_.data(), F, n, b, e, kind);
+            for (int64_t t = 0; t < n; ++t) {
+                float* g = gate_.data() + t * F;
+                const float* u = up_.data() + t * F;
+                if (relu_sq)
+                    for (int64_t r = b; r < e; ++r) g[r] = relu2(g[r]) * u[r];
+                else
+                    for (int64_t r = b; r < e; ++r) g[r] = silu(g[r]) * u[r];
+            }
+        });
+        rmsnorm(gate_.data(), L.ffn_sub_norm.data(), xn_.data(), n, F, c.rms_eps);
+        quantize_acts(xn_.data(), n, F, qa_ffn_, kind);
+        pool_.run([&](int i, int nt) {
+            int64_t b, e;
+            split_range(D, i, nt, kRowAlign, b, e);
+            bitlinear_rows(L.down, qa_ffn_, q_.data(), D, n, b, e, kind);
+            for (int64_t t = 0; t < n; ++t)
+                for (int64_t r = b; r < e; ++r) x_[t * D + r] += q_[t * D + r];
+        });
+    }
+
+    if (!logits) return;
+    // Head: a float matmul over the final-normed rows (all of them, or only the last token's).
+    const int64_t first = all_logits ? 0 : n - 1, rows = n - first;
+    rmsnorm(x_.data() + first * D, output_norm_.data(), xn_.data(), rows, D, c.rms_eps);
+    const int64_t V = c.vocab;
+    pool_.run([&](int i, int nt) {
+        int64_t b, e;
+        split_range(V, i, nt, 64, b, e);
+        if (b < e) f16_matmul(head_, D, xn_.data(), rows, logits, V, b, e, kind);
+    });
+}
+
+}  // namespace bllama

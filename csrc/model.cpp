@@ -1,0 +1,202 @@
+// Loading: tensors are checked against the config (names, shapes, types) before any is used.
+#include "model.h"
+
+#include <cmath>
+#include <cstring>
+#include <set>
+
+#include "half.h"
+
+namespace bllama {
+
+namespace {
+
+std::string dims_str(const GgufTensor& t) {
+    std::string s = "{";
+    for (int i = 0; i < t.n_dims; ++i) s += (i ? ", " : "") + std::to_string(t.dims[i]);
+    return s + "}";
+}
+
+// Finds `name` and checks its ggml dims (contiguous dim first) and type.
+class TensorChecker {
+public:
+    explicit TensorChecker(const GgufFile& f) : f_(f) {}
+
+    const GgufTensor* find(const std::string& name) {
+        const GgufTensor* t = f_.find_tensor(name);
+        if (t) used_.insert(name);
+        return t;
+    }
+    const GgufTensor& get(const std::string& name, std::initializer_list<int64_t> dims,
+                          std::initializer_list<GgmlType> types) {
+        const GgufTensor* t = find(name);
+        if (!t) throw ModelError("missing tensor '" + name + "'");
+        bool type_ok = false;
+        std::string allowed;
+        for (GgmlType ty : types) {
+            type_ok |= t->type == static_cast<uint32_t>(ty);
+            allowed += (allowed.empty() ? "" : " or ") + ggml_type_name(static_cast<uint32_t>(ty));
+        }
+        if (!type_ok)
+            throw ModelError("tensor '" + name + "' has type " + ggml_type_name(t->type) + ", expected " + allowed);
+        bool shape_ok = t->n_dims == static_cast<int>(dims.size());
+        int i = 0;
+        for (int64_t d : dims) shape_ok = shape_ok && t->dims[i++] == d;
+        if (!shape_ok) {
+            std::string want = "{";
+            i = 0;
+            for (int64_t d : dims) want += (i++ ? ", " : "") + std::to_string(d);
+            throw ModelError("tensor '" + name + "' has ggml dims " + dims_str(*t) + ", expected " + want + "}");
+        }
+        return *t;
+    }
+    // Every tensor in the file must be one the model uses: anything else means a different model.
+    void check_all_used() const {
+        for (const GgufTensor& t : f_.tensors())
+            if (!used_.count(t.name)) throw ModelError("unexpected tensor '" + t.name + "' for a bitnet model");
+    }
+
+private:
+    const GgufFile& f_;
+    std::set<std::string> used_;
+};
+
+std::vector<float> f32_vector(const GgufTensor& t) {
+    std::vector<float> v(static_cast<size_t>(t.n_elements));
+    std::memcpy(v.data(), t.data, v.size() * sizeof(float));  // the mapping may be unaligned for floats
+    return v;
+}
+
+// f16 matrix from the mapping when it is 2-byte aligned, else (or for f32 files) an owned f16 copy.
+const uint16_t* f16_matrix(const GgufTensor& t, std::vector<uint16_t>& owned) {
+    const size_t n = static_cast<size_t>(t.n_elements);
+    if (t.type == static_cast<uint32_t>(GgmlType::F16)) {
+        if (reinterpret_cast<uintptr_t>(t.data) % alignof(uint16_t) == 0) return reinterpret_cast<const uint16_t*>(t.data);
+        owned.resize(n);
+        std::memcpy(owned.data(), t.data, n * 2);
+        return owned.data();
+    }
+    owned.resize(n);
+    for (size_t i = 0; i < n; ++i) {
+        float f;
+        std::memcpy(&f, t.data + 4 * i, 4);
+        owned[i] = f32_to_f16(f);
+    }
+    return owned.data();
+}
+
+BitLinear bitlinear(TensorChecker& tc, const std::string& prefix, int64_t in, int64_t out) {
+    const std::string name = prefix + ".weight";
+    const GgufTensor& t = tc.get(name, {in, out}, {GgmlType::TQ2_0, GgmlType::TQ1_0});
+    BitLinear b;
+    try {
+        b.w = t.type == static_cast<uint32_t>(GgmlType::TQ2_0) ? TernaryMatrix::from_tq2_0(t.data, out, in)
+                                                               : TernaryMatrix::from_tq1_0(t.data, out, in);
+    } catch (const std::invalid_argument& e) {
+        throw ModelError("tensor '" + name + "': " + e.what());
+    }
+    if (const GgufTensor* s = tc.find(prefix + ".scale")) {
+        tc.get(prefix + ".scale", {1}, {GgmlType::F32});
+        std::memcpy(&b.out_scale, s->data, 4);
+        if (!std::isfinite(b.out_scale)) throw ModelError("tensor '" + prefix + ".scale' is not finite");
+        b.has_out_scale = true;
+    }
+    return b;
+}
+
+}  // namespace
+
+std::unique_ptr<Model> Model::load(const std::string& path, const LoadOptions& opts) {
+    return load(GgufFile::open(path), opts);
+}
+
+std::unique_ptr<Model> Model::load(GgufFile file, const LoadOptions& opts) {
+    return std::unique_ptr<Model>(new Model(std::move(file), opts));  // private constructor
+}
+
+Model::Model(GgufFile file, const LoadOptions& opts)
+    : file_(std::move(file)), cfg_(read_config(file_)), kernel_(best_kernel()), pool_(opts.threads) {
+    load_weights();
+    allocate(opts);
+}
+
+Model::~Model() = default;
+
+void Model::load_weights() {
+    const ModelConfig& c = cfg_;
+    TensorChecker tc(file_);
+    const GgufTensor& emb = tc.get("token_embd.weight", {c.dim, c.vocab}, {GgmlType::F16, GgmlType::F32});
+    embd_ = f16_matrix(emb, embd_owned_);
+    if (c.tied) {
+        head_ = embd_;
+    } else {
+        head_ = f16_matrix(tc.get("output.weight", {c.dim, c.vocab}, {GgmlType::F16, GgmlType::F32}), head_owned_);
+    }
+    output_norm_ = f32_vector(tc.get("output_norm.weight", {c.dim}, {GgmlType::F32}));
+    layers_.resize(static_cast<size_t>(c.n_layers));
+    for (int64_t l = 0; l < c.n_layers; ++l) {
+        const std::string p = "blk." + std::to_string(l) + ".";
+        LayerWeights& L = layers_[static_cast<size_t>(l)];
+        L.attn_norm = f32_vector(tc.get(p + "attn_norm.weight", {c.dim}, {GgmlType::F32}));
+        L.attn_sub_norm = f32_vector(tc.get(p + "attn_sub_norm.weight", {c.dim}, {GgmlType::F32}));
+        L.ffn_norm = f32_vector(tc.get(p + "ffn_norm.weight", {c.dim}, {GgmlType::F32}));
+        L.ffn_sub_norm = f32_vector(tc.get(p + "ffn_sub_norm.weight", {c.ffn}, {GgmlType::F32}));
+        L.q = bitlinear(tc, p + "attn_q", c.dim, c.dim);
+        L.k = bitlinear(tc, p + "attn_k", c.dim, c.kv_dim());
+        L.v = bitlinear(tc, p + "attn_v", c.dim, c.kv_dim());
+        L.o = bitlinear(tc, p + "attn_output", c.dim, c.dim);
+        L.gate = bitlinear(tc, p + "ffn_gate", c.dim, c.ffn);
+        L.up = bitlinear(tc, p + "ffn_up", c.dim, c.ffn);
+        L.down = bitlinear(tc, p + "ffn_down", c.ffn, c.dim);
+    }
+    tc.check_all_used();
+}
+
+void Model::allocate(const LoadOptions& opts) {
+    const ModelConfig& c = cfg_;
+    ctx_ = opts.max_context > 0 ? std::min(opts.max_context, c.context) : c.context;
+    max_batch_ = std::max<int64_t>(1, std::min<int64_t>(opts.max_batch, ctx_));
+    // The cache is address space until touched, but refuse sizes no machine could ever fill.
+    const double kv_bytes = 2.0 * c.n_layers * ctx_ * c.kv_dim() * sizeof(float);
+    if (kv_bytes > 256.0 * (1ull << 30))
+        throw ModelError("context " + std::to_string(ctx_) + " needs " + std::to_string(kv_bytes / (1ull << 30)) +
+                         " GiB of KV cache; load with a smaller max context");
+    const size_t kv_count = static_cast<size_t>(c.n_layers * ctx_ * c.kv_dim());
+    k_cache_ = AnonArray<float>(kv_count);
+    v_cache_ = AnonArray<float>(kv_count);
+
+    const size_t B = static_cast<size_t>(max_batch_), D = c.dim, F = c.ffn, KV = c.kv_dim();
+    x_.assign(B * D, 0.0f);
+    xn_.assign(B * std::max(D, F), 0.0f);
+    q_.assign(B * D, 0.0f);
+    k_.assign(B * KV, 0.0f);
+    v_.assign(B * KV, 0.0f);
+    att_.assign(B * D, 0.0f);
+    gate_.assign(B * F, 0.0f);
+    up_.assign(B * F, 0.0f);
+    cos_.assign(B * c.head_dim / 2, 0.0f);
+    sin_.assign(B * c.head_dim / 2, 0.0f);
+    scores_.assign(static_cast<size_t>(pool_.size()) * ctx_, 0.0f);
+    inv_freq_.resize(c.head_dim / 2);
+    for (int64_t i = 0; i < c.head_dim / 2; ++i)  // float64 then rounded, as bllama/model.py does
+        inv_freq_[i] = (1.0 / std::pow(static_cast<double>(c.rope_theta), 2.0 * i / c.head_dim));
+    // Size the activation buffers once at the largest batch so forward() never grows them.
+    quantize_acts(xn_.data(), max_batch_, c.dim, qa_dim_, kernel_);
+    quantize_acts(xn_.data(), max_batch_, c.ffn, qa_ffn_, kernel_);
+}
+
+size_t Model::weight_bytes() const {
+    size_t b = 0;
+    for (const LayerWeights& L : layers_)
+        for (const BitLinear* w : {&L.q, &L.k, &L.v, &L.o, &L.gate, &L.up, &L.down}) b += w->w.bytes();
+    return b;
+}
+
+double Model::decode_bytes(int64_t pos) const {
+    const ModelConfig& c = cfg_;
+    const double head = 2.0 * c.vocab * c.dim, emb_row = 2.0 * c.dim;
+    const double kv = 2.0 * c.n_layers * (pos + 1) * c.kv_dim() * sizeof(float);
+    return static_cast<double>(weight_bytes()) + head + emb_row + kv;
+}
+
+}  // namespace bllama

@@ -1,0 +1,92 @@
+// A loaded bitnet model: weights in the kernels' layout, the KV cache, scratch buffers and the
+// thread pool, all created at load. forward() runs a chunk of tokens (a prompt: GEMM path) or a
+// single token (decode: GEMV path) and performs no allocation.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "config.h"
+#include "gguf.h"
+#include "kernels/ternary.h"
+#include "mapped_file.h"
+#include "threadpool.h"
+
+namespace bllama {
+
+struct LoadOptions {
+    int threads = 0;          // <= 0: default_thread_count()
+    int64_t max_context = 0;  // > 0: cap the KV cache below the file's context length
+    int64_t max_batch = 64;   // tokens per prompt chunk (longer prompts run in several chunks)
+};
+
+// One BitLinear: ternary codes with per-block scales, and the optional extra output scale tensor.
+struct BitLinear {
+    TernaryMatrix w;
+    float out_scale = 1.0f;
+    bool has_out_scale = false;
+};
+
+struct LayerWeights {
+    std::vector<float> attn_norm, attn_sub_norm, ffn_norm, ffn_sub_norm;
+    BitLinear q, k, v, o, gate, up, down;
+};
+
+class Model {
+public:
+    static std::unique_ptr<Model> load(const std::string& path, const LoadOptions& opts = {});
+    static std::unique_ptr<Model> load(GgufFile file, const LoadOptions& opts = {});
+
+    const ModelConfig& config() const { return cfg_; }
+    const GgufFile& gguf() const { return file_; }
+    int64_t context() const { return ctx_; }  // KV cache capacity (<= config().context)
+    int threads() const { return pool_.size(); }
+    KernelKind kernel() const { return kernel_; }
+
+    // Runs tokens[0, n) at positions pos .. pos+n-1, reading the KV cache for positions < pos and
+    // writing it for the new ones. logits receives vocab floats for the last token, or n * vocab
+    // (row per token) when all_logits. Throws std::out_of_range for bad ids / positions.
+    void forward(const int32_t* tokens, int64_t n, int64_t pos, float* logits, bool all_logits);
+
+    // Bytes a decode step at position pos reads: weights, head, one embedding row, the KV cache.
+    double decode_bytes(int64_t pos) const;
+    size_t weight_bytes() const;
+
+    Model(const Model&) = delete;
+    Model& operator=(const Model&) = delete;
+    ~Model();
+
+private:
+    Model(GgufFile file, const LoadOptions& opts);
+    void load_weights();
+    void allocate(const LoadOptions& opts);
+    void forward_chunk(const int32_t* tokens, int64_t n, int64_t pos, float* logits, bool all_logits);
+    void attention(int64_t layer, int64_t n, int64_t pos);
+    void rope_tables(int64_t n, int64_t pos);
+    void apply_rope(float* x, int64_t n, int64_t n_heads);
+
+    GgufFile file_;
+    ModelConfig cfg_;
+    KernelKind kernel_;
+    ThreadPool pool_;
+    int64_t ctx_ = 0, max_batch_ = 0;
+
+    std::vector<LayerWeights> layers_;
+    std::vector<float> output_norm_;
+    const uint16_t* embd_ = nullptr;   // [V, D] f16, in the mapping or in embd_owned_
+    const uint16_t* head_ = nullptr;   // [V, D] f16 (== embd_ when tied)
+    std::vector<uint16_t> embd_owned_, head_owned_;
+    std::vector<double> inv_freq_;     // [hd/2], float64 like bllama/model.py
+
+    // KV cache: [layer][position][kv_dim], fp32, committed lazily by the OS.
+    AnonArray<float> k_cache_, v_cache_;
+
+    // Scratch, sized for max_batch tokens.
+    std::vector<float> x_, xn_, q_, k_, v_, att_, gate_, up_, cos_, sin_;
+    std::vector<float> scores_;  // [threads, ctx]
+    QuantizedActs qa_dim_, qa_ffn_;
+};
+
+}  // namespace bllama

@@ -1,0 +1,48 @@
+// Next-token selection from logits: greedy, or temperature / top-k / top-p sampling, with an
+// optional repetition penalty over the tokens seen so far. All buffers are sized once for the
+// vocabulary; sample() does not allocate. Deterministic for a given seed and token history.
+#pragma once
+
+#include <cstdint>
+#include <random>
+#include <vector>
+
+namespace bllama {
+
+struct SamplingParams {
+    bool do_sample = false;          // false: greedy (argmax), whatever the other knobs say
+    float temperature = 1.0f;        // <= 0 also means greedy
+    int top_k = 0;                   // 0: off
+    float top_p = 1.0f;              // >= 1: off
+    float repetition_penalty = 1.0f; // 1: off; > 1 discourages repeats (HF/CTRL convention)
+    uint64_t seed = 0;
+};
+
+void validate(const SamplingParams& p);  // std::invalid_argument on NaN / negative values
+
+class Sampler {
+public:
+    explicit Sampler(int64_t vocab);
+
+    // Starts a new sequence: reseeds the RNG and forgets the seen tokens.
+    void reset(const SamplingParams& params);
+    // Marks a token as seen (prompt and generated tokens alike) for the repetition penalty.
+    void observe(int32_t token);
+    // Picks the next token. `logits` (vocab floats) is modified in place by the penalty/temperature.
+    int32_t sample(float* logits);
+
+private:
+    int32_t sample_filtered(float* logits);
+
+    int64_t vocab_;
+    SamplingParams params_;
+    std::mt19937_64 rng_;
+    std::vector<uint8_t> seen_;
+    std::vector<int32_t> seen_list_;
+    std::vector<int32_t> idx_;  // candidate ids, reordered by probability
+};
+
+// Index of the largest value; the lowest index wins ties.
+int32_t argmax(const float* x, int64_t n);
+
+}  // namespace bllama
