@@ -1,0 +1,245 @@
+"""The `bllama` command line: train, generate, export, eval, bench, demo, tokenizer and data tools."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+
+def _parse_overrides(items):
+    """--set key=value pairs -> dict with JSON-ish values (numbers, true/false, lists)."""
+    out = {}
+    for item in items or []:
+        if "=" not in item:
+            raise SystemExit(f"--set expects key=value, got {item!r}")
+        k, v = item.split("=", 1)
+        try:
+            out[k] = json.loads(v)
+        except json.JSONDecodeError:
+            out[k] = v
+    return out
+
+
+def _add_sampling(p):
+    p.add_argument("--max-new-tokens", type=int, default=128, help="tokens to generate at most (default 128)")
+    p.add_argument("--do-sample", action="store_true", help="sample instead of greedy decoding")
+    p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (with --do-sample)")
+    p.add_argument("--top-k", type=int, default=0, help="keep the k most likely tokens (0: off)")
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (1.0: off)")
+    p.add_argument("--repetition-penalty", type=float, default=1.0, help="divide/multiply logits of seen tokens")
+    p.add_argument("--seed", type=int, default=None, help="random seed for sampling")
+
+
+def cmd_train(args):
+    import torch
+
+    from .config import bLlamaConfig
+    from .data import TextDataModule
+    from .module import bLlama
+    from .tokenizer import SentencePieceTokenizer, train_sentencepiece
+    from .train import dataset_from_paths, make_trainer, save_run_files
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if args.tokenizer:
+        tok = SentencePieceTokenizer(args.tokenizer)
+    else:
+        text_files = [p for p in args.data if p.endswith(".txt")]
+        if not text_files:
+            raise SystemExit("no --tokenizer given and no .txt file to train one from")
+        print(f"training a {args.vocab_size}-piece SentencePiece BPE tokenizer on {len(text_files)} file(s)")
+        tok = SentencePieceTokenizer(train_sentencepiece(text_files, out / "tokenizer", vocab_size=args.vocab_size))
+    overrides = _parse_overrides(args.set)
+    overrides["vocab_size"] = tok.vocab_size
+    if args.batch_size:
+        overrides["batch_size"] = args.batch_size
+    if args.max_steps:
+        overrides.setdefault("max_steps", args.max_steps)
+    config = bLlamaConfig.preset(args.preset, **overrides)
+    torch.manual_seed(args.seed)
+    dataset = dataset_from_paths(args.data, tok, config.seq_len)
+    dm = TextDataModule(dataset, batch_size=config.batch_size, train_test_split=args.train_split, seed=args.seed,
+                        num_workers=args.num_workers)
+    model = bLlama(config)
+    print(f"model: preset {args.preset}, {model.num_parameters() / 1e6:.2f}M parameters; "
+          f"data: {len(dataset)} blocks of {config.seq_len} tokens")
+    save_run_files(out, config, tok)
+    callbacks = []
+    if args.histogram_every:
+        from .callbacks import WeightDistributionCallback
+
+        callbacks.append(WeightDistributionCallback(every_n_steps=args.histogram_every, out_dir=out / "weights"))
+    trainer = make_trainer(out, max_steps=args.max_steps, max_minutes=args.max_minutes, precision=args.precision,
+                           accelerator=args.accelerator, devices=args.devices, strategy=args.strategy,
+                           val_every=args.val_every, limit_val_batches=args.val_batches, callbacks=callbacks)
+    trainer.fit(model, dm, ckpt_path=args.resume)
+    print(f"wrote {out / 'checkpoints' / 'last.ckpt'}, {out / 'tokenizer.model'} and {out / 'config.json'}")
+
+
+def cmd_generate(args):
+    if args.model.endswith(".gguf") or Path(args.model).is_dir() and not (Path(args.model) / "checkpoints").exists():
+        from .runtime import Runtime
+
+        rt = Runtime.load(args.model, threads=args.threads)
+        for piece in rt.stream(args.prompt, max_new_tokens=args.max_new_tokens, do_sample=args.do_sample,
+                               temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                               repetition_penalty=args.repetition_penalty, seed=args.seed):
+            print(piece, end="", flush=True)
+        s = rt.stats
+        print(f"\n[{s['prompt_tokens']} prompt tokens at {s['prompt_tok_per_s']:.1f} tok/s, "
+              f"{s['decode_tokens']} new tokens at {s['decode_tok_per_s']:.1f} tok/s]", file=sys.stderr)
+        return
+    from .train import load_checkpoint, tokenizer_beside
+
+    model = load_checkpoint(args.model)
+    tok = args.tokenizer or tokenizer_beside(args.model)
+    model.quantize_weights_to_ternary()
+    print(model.generate(args.prompt, tok, max_len=args.max_new_tokens, do_sample=args.do_sample,
+                         temperature=args.temperature, top_k=args.top_k or None, top_p=args.top_p,
+                         repetition_penalty=args.repetition_penalty, seed=args.seed))
+
+
+def cmd_export(args):
+    from .export import export_gguf
+    from .tokenizer import SentencePieceTokenizer
+    from .train import load_checkpoint, tokenizer_beside
+
+    model = load_checkpoint(args.checkpoint)
+    tok = SentencePieceTokenizer(args.tokenizer) if args.tokenizer else tokenizer_beside(args.checkpoint)
+    t0 = time.perf_counter()
+    path = export_gguf(model, tok, args.output, weight_type=args.type)
+    print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB, {args.type}) in {time.perf_counter() - t0:.1f} s")
+
+
+def cmd_eval(args):
+    from .runtime import Runtime
+
+    rt = Runtime.load(args.model, threads=args.threads)
+    text = Path(args.data).read_text(encoding="utf-8")
+    if args.max_chars:
+        text = text[:args.max_chars]
+    r = rt.evaluate(text)
+    print(json.dumps(r, indent=2))
+
+
+def cmd_bench(args):
+    from .bench import run_bench
+
+    run_bench(model=args.model, preset=args.preset, threads=args.threads, prompt_tokens=args.prompt_tokens,
+              gen_tokens=args.gen_tokens, repeats=args.repeats, torch_compare=args.torch, json_out=args.json)
+
+
+def cmd_demo(args):
+    from .demo import run_demo
+
+    run_demo(out_dir=Path(args.out), minutes=args.minutes, prompt=args.prompt, max_new_tokens=args.max_new_tokens)
+
+
+def cmd_tokenizer_train(args):
+    from .tokenizer import train_sentencepiece
+
+    path = train_sentencepiece(args.files, args.output, vocab_size=args.vocab_size)
+    print(f"wrote {path}")
+
+
+def cmd_data_prepare(args):
+    from .data import prepare_tokens
+    from .tokenizer import load_tokenizer
+
+    prepare_tokens(args.files, load_tokenizer(args.tokenizer), args.output)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="bllama", description="Train, export and run BitNet b1.58 LLaMA models.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train a model with Lightning", description="Train a bLLaMa model.")
+    t.add_argument("data", nargs="+", help="training data: .txt files, .parquet (text column), .jsonl (text "
+                                           "field) or .bin token files from `bllama data prepare`")
+    t.add_argument("--preset", default="tiny", help="model preset: tiny, small, 1.7b, 2b4t (default tiny)")
+    t.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a config field, e.g. --set num_layers=4 --set activation=relu2 (repeatable)")
+    t.add_argument("--tokenizer", help="an existing SentencePiece tokenizer.model (default: train one)")
+    t.add_argument("--vocab-size", type=int, default=2048, help="pieces of the tokenizer trained when none given")
+    t.add_argument("--out", default="runs/bllama", help="output folder (checkpoints, tokenizer, logs)")
+    t.add_argument("--max-steps", type=int, default=None, help="stop after this many optimizer steps")
+    t.add_argument("--max-minutes", type=float, default=None, help="stop after this much wall time")
+    t.add_argument("--batch-size", type=int, default=None, help="sequences per batch (default: the preset's)")
+    t.add_argument("--precision", default="32-true", help="Lightning precision: 32-true, bf16-mixed, ...")
+    t.add_argument("--accelerator", default="auto", help="cpu, gpu or auto")
+    t.add_argument("--devices", default="auto", help="number of devices (or auto)")
+    t.add_argument("--strategy", default="auto", help="auto, ddp, fsdp, ...")
+    t.add_argument("--val-every", type=int, default=None, help="validate every N training steps")
+    t.add_argument("--val-batches", type=int, default=None, help="limit validation batches")
+    t.add_argument("--train-split", type=float, default=0.9, help="fraction of blocks for training (rest: val)")
+    t.add_argument("--num-workers", type=int, default=0, help="DataLoader workers")
+    t.add_argument("--histogram-every", type=int, default=0, help="write a ternary weight histogram PNG every N steps")
+    t.add_argument("--resume", default=None, help="a checkpoint to resume from")
+    t.add_argument("--seed", type=int, default=42, help="random seed")
+    t.set_defaults(func=cmd_train)
+
+    g = sub.add_parser("generate", help="generate text from a .gguf model (C++ engine) or a checkpoint (PyTorch)")
+    g.add_argument("model", help="model.gguf, or a training output folder / .ckpt")
+    g.add_argument("prompt", help="the prompt text")
+    g.add_argument("--threads", type=int, default=None, help="engine threads (default: all cores)")
+    g.add_argument("--tokenizer", default=None, help="tokenizer.model for a checkpoint (default: beside it)")
+    _add_sampling(g)
+    g.set_defaults(func=cmd_generate)
+
+    e = sub.add_parser("export", help="quantize a checkpoint and write a GGUF file")
+    e.add_argument("checkpoint", help="a .ckpt file or a training output folder")
+    e.add_argument("-o", "--output", required=True, help="the .gguf file to write")
+    e.add_argument("--type", default="tq2_0", choices=["tq2_0", "tq1_0"], help="ternary block type (default tq2_0)")
+    e.add_argument("--tokenizer", default=None, help="tokenizer.model (default: the one beside the checkpoint)")
+    e.set_defaults(func=cmd_export)
+
+    v = sub.add_parser("eval", help="perplexity and bits per character of a .gguf model on a text file")
+    v.add_argument("model", help="model.gguf")
+    v.add_argument("--data", required=True, help="a UTF-8 text file")
+    v.add_argument("--max-chars", type=int, default=None, help="evaluate only the first N characters")
+    v.add_argument("--threads", type=int, default=None, help="engine threads")
+    v.set_defaults(func=cmd_eval)
+
+    b = sub.add_parser("bench", help="prompt and decode speed of the engine")
+    b.add_argument("model", nargs="?", default=None, help="model.gguf (default: a random model of --preset)")
+    b.add_argument("--preset", default="1.7b", help="shapes of the random model when no file is given")
+    b.add_argument("--threads", type=int, nargs="+", default=None, help="thread counts to measure (default 1 and all)")
+    b.add_argument("--prompt-tokens", type=int, default=128, help="prompt length (default 128)")
+    b.add_argument("--gen-tokens", type=int, default=64, help="decoded tokens (default 64)")
+    b.add_argument("--repeats", type=int, default=3, help="runs per measurement; the median is reported")
+    b.add_argument("--torch", action="store_true", help="also time the PyTorch quantized model on the same shapes")
+    b.add_argument("--json", default=None, help="also write the results to this JSON file")
+    b.set_defaults(func=cmd_bench)
+
+    d = sub.add_parser("demo", help="train the tiny preset on built-in text, export it, and generate with the engine")
+    d.add_argument("--minutes", type=float, default=3.0, help="training time (default 3)")
+    d.add_argument("--out", default="runs/demo", help="output folder")
+    d.add_argument("--prompt", default="The Python language", help="prompt for the final generation")
+    d.add_argument("--max-new-tokens", type=int, default=100, help="tokens to generate")
+    d.set_defaults(func=cmd_demo)
+
+    tk = sub.add_parser("tokenizer", help="tokenizer tools").add_subparsers(dest="tokenizer_command", required=True)
+    tt = tk.add_parser("train", help="train a SentencePiece BPE tokenizer (byte fallback) on text files")
+    tt.add_argument("files", nargs="+", help="text files")
+    tt.add_argument("-o", "--output", required=True, help="model prefix: writes PREFIX.model")
+    tt.add_argument("--vocab-size", type=int, default=32000, help="number of pieces (default 32000)")
+    tt.set_defaults(func=cmd_tokenizer_train)
+
+    da = sub.add_parser("data", help="data tools").add_subparsers(dest="data_command", required=True)
+    dp = da.add_parser("prepare", help="tokenize a corpus once into a memory-mapped token file")
+    dp.add_argument("files", nargs="+", help="text, parquet or JSONL files")
+    dp.add_argument("--tokenizer", required=True, help="tokenizer.model")
+    dp.add_argument("-o", "--output", required=True, help="the token file to write (.bin)")
+    dp.set_defaults(func=cmd_data_prepare)
+    return p
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    args.func(args)
+
+
+if __name__ == "__main__":
+    main()

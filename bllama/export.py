@@ -1,0 +1,144 @@
+"""Write a bLLaMa model as a GGUF file (llama.cpp arch `bitnet`) that our engine and llama.cpp both run.
+
+Ternary projections are TQ2_0 (or TQ1_0) with every block's `d` equal to the tensor scale, norms f32, the
+embedding (and an untied head) f16, and the SentencePiece tokenizer embedded twice: as the standard
+`tokenizer.ggml.*` arrays and as the original model bytes (`bllama.tokenizer.sp_model`) so tokenization
+round-trips exactly. Written to a temporary file in the target folder, then renamed into place.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Union
+
+import numpy as np
+import torch
+
+from .config import bLlamaConfig
+
+TERNARY_TYPES = ("tq2_0", "tq1_0")
+PROJECTIONS = {"attn.q_proj": "attn_q", "attn.k_proj": "attn_k", "attn.v_proj": "attn_v",
+               "attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
+               "mlp.down_proj": "ffn_down"}
+NORMS = {"input_layernorm": "attn_norm", "attn.sub_norm": "attn_sub_norm",
+         "post_attention_layernorm": "ffn_norm", "mlp.sub_norm": "ffn_sub_norm"}
+QK = 256
+
+
+def pack_tq2_0(codes: np.ndarray, scale: float) -> np.ndarray:
+    """Codes {-1,0,1} [rows, cols] -> TQ2_0 bytes [rows, cols/256*66] with d = scale in every block.
+
+    Within each 128-value half of a block, byte m holds elements m, m+32, m+64, m+96 at shifts 0, 2, 4, 6.
+    """
+    rows, cols = codes.shape
+    if cols % QK:
+        raise ValueError(f"TQ2_0 needs rows whose length is a multiple of {QK}, got {cols}")
+    q = (codes.astype(np.int8) + 1).astype(np.uint8).reshape(rows, cols // QK, 2, 4, 32)
+    qs = q[:, :, :, 0] | (q[:, :, :, 1] << 2) | (q[:, :, :, 2] << 4) | (q[:, :, :, 3] << 6)
+    d = np.full((rows, cols // QK, 1), np.float16(scale)).view(np.uint8)  # the 2 bytes of one fp16 per block
+    return np.concatenate([qs.reshape(rows, cols // QK, 64), d], axis=-1).reshape(rows, -1)
+
+
+def pack_ternary(codes: np.ndarray, scale: float, weight_type: str) -> tuple:
+    import gguf
+
+    if weight_type == "tq2_0":
+        return pack_tq2_0(codes, scale), gguf.GGMLQuantizationType.TQ2_0
+    if weight_type == "tq1_0":
+        # gguf's TQ1_0 quantizer uses the block absmax as d, which is `scale` in every block with a nonzero.
+        values = codes.astype(np.float32) * np.float32(np.float16(scale))
+        return gguf.quants.quantize(values, gguf.GGMLQuantizationType.TQ1_0), gguf.GGMLQuantizationType.TQ1_0
+    raise ValueError(f"weight_type must be one of {TERNARY_TYPES}, got {weight_type!r}")
+
+
+def _atomic_target(path: Path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    return Path(tmp)
+
+
+def add_tokenizer(writer, tokenizer) -> None:
+    from .tokenizer import SentencePieceTokenizer
+
+    if not isinstance(tokenizer, SentencePieceTokenizer):
+        raise ValueError("export needs a SentencePiece tokenizer (bllama.tokenizer.SentencePieceTokenizer) to "
+                         f"embed in the GGUF file; got {type(tokenizer).__name__}")
+    writer.add_tokenizer_model("llama")
+    writer.add_token_list(tokenizer.pieces())
+    writer.add_token_scores(tokenizer.scores())
+    writer.add_token_types(tokenizer.token_types())
+    writer.add_bos_token_id(tokenizer.bos_id)
+    writer.add_eos_token_id(tokenizer.eos_id)
+    writer.add_unk_token_id(tokenizer.unk_id)
+    writer.add_add_bos_token(True)
+    writer.add_add_eos_token(False)
+    writer.add_array("bllama.tokenizer.sp_model", tokenizer.serialized())  # bytes -> a uint8 array
+
+
+def export_gguf(model, tokenizer, path: Union[str, os.PathLike], weight_type: str = "tq2_0",
+                name: str = "bllama") -> Path:
+    """Write `model` (a bLlama or Transformer) and its SentencePiece tokenizer to `path`; returns the path."""
+    import gguf
+
+    from .model import Transformer
+
+    net = model.model if hasattr(model, "model") and isinstance(model.model, Transformer) else model
+    cfg: bLlamaConfig = net.config
+    if not cfg.quantize:
+        raise ValueError("this model has full-precision linear layers (quantize=False); only b1.58 models export")
+    if cfg.bias:
+        raise ValueError("the GGUF `bitnet` architecture has no projection biases; export a model with bias=False")
+    if tokenizer.vocab_size != cfg.vocab_size:
+        raise ValueError(f"tokenizer has {tokenizer.vocab_size} tokens but the model's vocab_size is {cfg.vocab_size}")
+    for dim, what in ((cfg.hidden_size, "hidden_size"), (cfg.ffn_size, "ffn_size")):
+        if dim % QK:
+            raise ValueError(f"{what} {dim} is not a multiple of {QK}, which ternary GGUF blocks need")
+
+    path = Path(path)
+    tmp = _atomic_target(path)
+    w = gguf.GGUFWriter(str(tmp), "bitnet")
+    try:
+        w.add_name(name)
+        w.add_context_length(cfg.seq_len)
+        w.add_embedding_length(cfg.hidden_size)
+        w.add_block_count(cfg.num_layers)
+        w.add_feed_forward_length(cfg.ffn_size)
+        w.add_head_count(cfg.num_heads)
+        w.add_head_count_kv(cfg.num_kv_heads)
+        w.add_layer_norm_rms_eps(cfg.rms_eps)
+        w.add_rope_freq_base(cfg.rope_theta)
+        w.add_rope_dimension_count(cfg.head_dim)
+        w.add_vocab_size(cfg.vocab_size)
+        w.add_file_type(gguf.LlamaFileType.MOSTLY_TQ2_0 if weight_type == "tq2_0" else gguf.LlamaFileType.MOSTLY_TQ1_0)
+        w.add_string("bllama.activation", cfg.activation)
+        w.add_bool("bllama.tie_embeddings", cfg.tie_embeddings)
+        add_tokenizer(w, tokenizer)
+
+        with torch.no_grad():
+            f32 = lambda t: t.detach().float().cpu().numpy()
+            w.add_tensor("token_embd.weight", f32(net.embed_tokens.weight).astype(np.float16))
+            w.add_tensor("output_norm.weight", f32(net.norm.weight))
+            if not cfg.tie_embeddings:
+                w.add_tensor("output.weight", f32(net.lm_head.weight).astype(np.float16))
+            for i, block in enumerate(net.layers):
+                for attr, gname in NORMS.items():
+                    w.add_tensor(f"blk.{i}.{gname}.weight", f32(block.get_submodule(attr).weight))
+                for attr, gname in PROJECTIONS.items():
+                    layer = block.get_submodule(attr)
+                    codes = layer.ternary_codes().cpu().numpy()
+                    data, qtype = pack_ternary(codes, float(layer.ternary_scale()), weight_type)
+                    w.add_tensor(f"blk.{i}.{gname}.weight", data, raw_dtype=qtype)
+        w.write_header_to_file()
+        w.write_kv_data_to_file()
+        w.write_tensors_to_file(progress=False)
+        w.close()
+        os.replace(tmp, path)
+    except BaseException:
+        w.close()
+        raise
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path

@@ -1,0 +1,190 @@
+"""Runtime: the Python face of the C++ engine. `Runtime.load("model.gguf").generate("Once upon a time")`."""
+from __future__ import annotations
+
+import os
+import queue
+import threading
+from pathlib import Path
+from typing import Iterator, List, Optional, Sequence, Union
+
+import numpy as np
+
+from .evaluate import text_metrics
+
+
+def _engine_module():
+    try:
+        from . import _engine
+    except ImportError as e:  # pragma: no cover - depends on the build
+        raise ImportError("the bllama C++ engine is not built; run `pip install -e .` in the repository") from e
+    return _engine
+
+
+def _tokenizer_from_metadata(engine):
+    from .tokenizer import SentencePieceTokenizer
+
+    keys = set(engine.metadata_keys())
+    if "bllama.tokenizer.sp_model" in keys:
+        return SentencePieceTokenizer.from_bytes(bytes(bytearray(engine.metadata("bllama.tokenizer.sp_model"))))
+    if "tokenizer.ggml.tokens" not in keys:
+        raise ValueError("the model file carries no tokenizer (no tokenizer.ggml.tokens)")
+    model = engine.metadata("tokenizer.ggml.model") if "tokenizer.ggml.model" in keys else "llama"
+    if model != "llama":
+        raise ValueError(f"unsupported tokenizer.ggml.model {model!r} (only SentencePiece 'llama' is supported)")
+    get = lambda k, d=None: engine.metadata(k) if k in keys else d
+    tokens = list(engine.metadata("tokenizer.ggml.tokens"))
+    return SentencePieceTokenizer.from_vocab(
+        tokens, list(get("tokenizer.ggml.scores", [0.0] * len(tokens))),
+        list(get("tokenizer.ggml.token_type", [1] * len(tokens))),
+        bos_id=get("tokenizer.ggml.bos_token_id", 1), eos_id=get("tokenizer.ggml.eos_token_id", 2),
+        unk_id=get("tokenizer.ggml.unknown_token_id", 0))
+
+
+class _TextStream:
+    """Turns token ids into text deltas; holds back an incomplete UTF-8 sequence (byte-fallback tokens)."""
+
+    def __init__(self, tokenizer, prompt_ids, stop: Sequence[str]):
+        self.tok, self.prompt_ids, self.ids, self.stop = tokenizer, list(prompt_ids), [], list(stop or [])
+        self.prefix = tokenizer.decode(self.prompt_ids)
+        self.emitted = ""
+        self.stopped = False
+
+    def text(self) -> str:
+        full = self.tok.decode(self.prompt_ids + self.ids)
+        return full[len(self.prefix):] if full.startswith(self.prefix) else self.tok.decode(self.ids)
+
+    def push(self, token: int) -> str:
+        self.ids.append(token)
+        text = self.text()
+        for s in self.stop:
+            i = text.find(s)
+            if i >= 0:
+                text, self.stopped = text[:i], True
+        if text.endswith("\ufffd") and not self.stopped:
+            return ""
+        delta = text[len(self.emitted):] if text.startswith(self.emitted) else ""
+        self.emitted = text if text.startswith(self.emitted) else self.emitted
+        return delta
+
+
+class Runtime:
+    """A loaded model file. Create with Runtime.load(path, threads=None)."""
+
+    def __init__(self, engine, tokenizer, path: str):
+        self._engine, self.tokenizer, self.path = engine, tokenizer, path
+        self.stats: dict = {}
+
+    @classmethod
+    def load(cls, path: Union[str, os.PathLike], threads: Optional[int] = None) -> "Runtime":
+        path = Path(path)
+        if not path.exists():
+            raise FileNotFoundError(f"model file not found: {path}")
+        if path.is_dir():
+            raise IsADirectoryError(f"{path} is a folder; give a .gguf file")
+        if threads is not None and threads < 1:
+            raise ValueError(f"threads must be >= 1, got {threads}")
+        engine = _engine_module().Engine(str(path), threads)
+        return cls(engine, _tokenizer_from_metadata(engine), str(path))
+
+    # ---- facts ------------------------------------------------------------------------------------------
+    @property
+    def config(self) -> dict:
+        return dict(self._engine.config)
+
+    @property
+    def vocab_size(self) -> int:
+        return self._engine.vocab_size
+
+    @property
+    def context_length(self) -> int:
+        return self._engine.context_length
+
+    def _stop_ids(self) -> List[int]:
+        return [self.tokenizer.eos_id] if self.tokenizer.eos_id is not None else []
+
+    def _prompt_ids(self, prompt: str) -> List[int]:
+        if not isinstance(prompt, str):
+            raise TypeError(f"prompt must be a string, got {type(prompt).__name__}")
+        if not prompt:
+            raise ValueError("the prompt is empty")
+        return self.tokenizer.encode(prompt)
+
+    # ---- generation -------------------------------------------------------------------------------------
+    def _run(self, prompt_ids, max_new_tokens, do_sample, temperature, top_k, top_p, repetition_penalty, seed,
+             callback):
+        if max_new_tokens < 0:
+            raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+        ids = self._engine.generate(list(prompt_ids), int(max_new_tokens), temperature=float(temperature),
+                                    top_k=int(top_k or 0), top_p=float(top_p if top_p is not None else 1.0),
+                                    repetition_penalty=float(repetition_penalty),
+                                    seed=int(seed) if seed is not None else -1, do_sample=bool(do_sample),
+                                    stop_ids=self._stop_ids(), callback=callback)
+        self.stats = dict(self._engine.last_stats)
+        return ids
+
+    def generate(self, prompt: Union[str, Sequence[str]], max_new_tokens: int = 128, do_sample: bool = False,
+                 temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, repetition_penalty: float = 1.0,
+                 seed: Optional[int] = None, stop: Optional[Sequence[str]] = None) -> Union[str, List[str]]:
+        """The continuation of `prompt` (without the prompt); a list of prompts gives a list of continuations."""
+        if not isinstance(prompt, str):
+            return [self.generate(p, max_new_tokens, do_sample, temperature, top_k, top_p, repetition_penalty,
+                                  seed, stop) for p in prompt]
+        return "".join(self.stream(prompt, max_new_tokens, do_sample, temperature, top_k, top_p,
+                                   repetition_penalty, seed, stop))
+
+    def stream(self, prompt: str, max_new_tokens: int = 128, do_sample: bool = False, temperature: float = 1.0,
+               top_k: int = 0, top_p: float = 1.0, repetition_penalty: float = 1.0, seed: Optional[int] = None,
+               stop: Optional[Sequence[str]] = None) -> Iterator[str]:
+        """Yields the continuation's text as it is produced. The engine runs in a worker thread (GIL released)."""
+        prompt_ids = self._prompt_ids(prompt)
+        text = _TextStream(self.tokenizer, prompt_ids, stop)
+        q: "queue.Queue" = queue.Queue()
+        cancelled = threading.Event()
+        DONE = object()
+
+        def on_token(token: int) -> bool:
+            delta = text.push(token)
+            if delta:
+                q.put(delta)
+            return text.stopped or cancelled.is_set()  # True stops the engine
+
+        def work():
+            try:
+                self._run(prompt_ids, max_new_tokens, do_sample, temperature, top_k, top_p, repetition_penalty,
+                          seed, on_token)
+                q.put(DONE)
+            except BaseException as e:  # handed to the consumer
+                q.put(e)
+
+        worker = threading.Thread(target=work, daemon=True)
+        worker.start()
+        try:
+            while True:
+                item = q.get()
+                if item is DONE:
+                    break
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            cancelled.set()
+            worker.join()
+
+    # ---- scoring ----------------------------------------------------------------------------------------
+    def logits(self, token_ids: Sequence[int]) -> np.ndarray:
+        """Logits [len(token_ids), vocab] (float32), each position seeing the tokens before it."""
+        ids = [int(t) for t in token_ids]
+        if not ids:
+            raise ValueError("token_ids is empty")
+        return np.asarray(self._engine.logits(ids))
+
+    def evaluate(self, text: str) -> dict:
+        """Perplexity, NLL per token and bits per character over `text` in context-length windows."""
+        return text_metrics(text, self.tokenizer, self.context_length, self.logits)
+
+    def perplexity(self, text: str) -> float:
+        return self.evaluate(text)["perplexity"]
+
+    def __repr__(self) -> str:
+        c = self.config
+        return f"Runtime({self.path!r}, {c.get('num_layers')} layers, hidden {c.get('hidden_size')})"
