@@ -81,12 +81,21 @@ def default_corpus_documents() -> tuple[str, ...]:
     return tuple(d for d in docs if d)
 
 
+def _head_documents(max_chars: int) -> list[str]:
+    """The leading documents covering ``max_chars``, without parsing the stdlib if not needed."""
+    if default_corpus_documents.cache_info().currsize:
+        return list(default_corpus_documents())
+    docs = [d for d in [_zen()] + _topics() if d]
+    if sum(len(d) + 1 for d in docs) >= max_chars:
+        return docs
+    return list(default_corpus_documents())
+
+
 def default_corpus_text(max_chars: int | None = None) -> str:
     """The whole built-in corpus as one string (optionally cut to ``max_chars``).
 
     Takes about 2 s the first time (parsing the stdlib), cached afterwards.
     """
-    text = "\n".join(default_corpus_documents())
-    if max_chars is not None:
-        text = text[:max_chars]
-    return text
+    if max_chars is None:
+        return "\n".join(default_corpus_documents())
+    return "\n".join(_head_documents(max_chars))[:max_chars]
