@@ -90,6 +90,10 @@ struct QuantizedActs {
 void quantize_acts(const float* x, int64_t n_tokens, int64_t cols, QuantizedActs& out,
                    KernelKind kind = best_kernel());
 
+// Row ranges that start and end on multiples of this avoid recomputing a shared 16-row group in two
+// threads (any range is still correct).
+constexpr int64_t kTernaryRowGranule = 16;
+
 // y[t * ldy + r] = scale * sum_k code(r,k) * x.q[t,k] for r in [row_begin, row_end), all t.
 // The caller splits rows across threads; any range is valid. n_tokens == 1 is the decode GEMV;
 // larger n_tokens use a GEMM path that reuses unpacked weight tiles across tokens.

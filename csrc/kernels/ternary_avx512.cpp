@@ -1,4 +1,301 @@
+// AVX-512 VNNI kernels. Weights stay as 2-bit codes in memory (the layout in ternary_impl.h); a
+// shift+mask turns 64 stored bytes into four vectors of unsigned codes 0..2, and vpdpbusd multiplies
+// them against broadcast int8 activation dwords. sum(code * q) - sum(q) = sum((code - 1) * q) makes the
+// ternary product exact with one subtraction per output instead of sign handling per weight.
+#if defined(__x86_64__) || defined(__i386__)
+// gcc 12's own avx512fintrin.h trips -Wuninitialized (_mm512_undefined_* in cvtph_ps/reduce helpers).
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#include <immintrin.h>
+
+#include <algorithm>
+#include <array>
+#include <utility>
+#include <cmath>
+#include <cstring>
+
+#include "kernels/ternary_impl.h"
+
+namespace bllama {
+
+namespace {
+
+// Keeps gcc (-ffp-contract=fast in GNU mode) from fusing the per-block product into the following add:
+// the scalar reference rounds the product and the sum separately, and so must we.
+inline __m512 no_contract(__m512 v) {
+    __asm__("" : "+v"(v));
+    return v;
+}
+
+inline int32_t load_i32(const int8_t* p) {
+    int32_t v;
+    std::memcpy(&v, p, 4);
+    return v;
+}
+
+inline __mmask16 row_mask(int64_t g, int64_t rb, int64_t re) {
+    const int64_t lo = std::max<int64_t>(rb - g * kGroupRows, 0), hi = std::min<int64_t>(re - g * kGroupRows, kGroupRows);
+    if (hi <= lo) return 0;
+    return static_cast<__mmask16>(((1u << hi) - 1) & ~((1u << lo) - 1));
+}
+
+// ---- activations -----------------------------------------------------------------------------
+
+void quantize_avx512(const float* x, int64_t n_tokens, int64_t cols, QuantizedActs& out) {
+    resize_acts(out, n_tokens, cols);
+    const int64_t nb = (cols + kBlock - 1) / kBlock;
+    const __m512 sign = _mm512_set1_ps(-0.0f), lo = _mm512_set1_ps(-128.0f), hi = _mm512_set1_ps(127.0f);
+    for (int64_t t = 0; t < n_tokens; ++t) {
+        const float* xt = x + t * cols;
+        __m512 m = _mm512_setzero_ps();
+        int64_t k = 0;
+        for (; k + 16 <= cols; k += 16) m = _mm512_max_ps(m, _mm512_andnot_ps(sign, _mm512_loadu_ps(xt + k)));
+        if (k < cols) {
+            const __mmask16 mk = static_cast<__mmask16>((1u << (cols - k)) - 1);
+            m = _mm512_max_ps(m, _mm512_andnot_ps(sign, _mm512_maskz_loadu_ps(mk, xt + k)));
+        }
+        const float amax = _mm512_reduce_max_ps(m);
+        const float a = 127.0f / std::max(amax, 1e-5f);
+        out.act_scale[static_cast<size_t>(t)] = a;
+        const __m512 av = _mm512_set1_ps(a);
+        int8_t* qt = out.q.data() + t * cols;
+        int32_t total = 0;
+        for (int64_t b = 0; b < nb; ++b) {
+            const int64_t end = std::min(cols, (b + 1) * kBlock);
+            __m512i s = _mm512_setzero_si512();
+            for (k = b * kBlock; k < end; k += 16) {
+                const __mmask16 mk = end - k >= 16 ? __mmask16(0xffff) : static_cast<__mmask16>((1u << (end - k)) - 1);
+                __m512 v = _mm512_mul_ps(_mm512_maskz_loadu_ps(mk, xt + k), av);
+                v = _mm512_roundscale_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+                v = _mm512_min_ps(_mm512_max_ps(v, lo), hi);
+                const __m512i i = _mm512_cvtps_epi32(v);
+                s = _mm512_add_epi32(s, i);  // masked-off lanes are 0
+                _mm_mask_storeu_epi8(qt + k, mk, _mm512_cvtepi32_epi8(i));
+            }
+            const int32_t bs = _mm512_reduce_add_epi32(s);
+            out.block_sums[static_cast<size_t>(t * nb + b)] = bs;
+            total += bs;
+        }
+        out.row_sums[static_cast<size_t>(t)] = total;
+    }
+}
+
+// ---- ternary tiles: R groups of 16 rows x N tokens ----------------------------------------------
+
+struct TileArgs {
+    const TernaryMatrix::Impl* w;
+    const QuantizedActs* x;
+    float* y;
+    int64_t ldy, rb, re;
+    int64_t g0, t0;
+};
+
+template <int J>
+inline __m512i plane(__m512i w, __m512i m3) {
+    // A 16-bit shift is fine: the mask drops whatever crosses in from the neighbouring byte.
+    if constexpr (J == 0) return _mm512_and_si512(w, m3);
+    else return _mm512_and_si512(_mm512_srli_epi16(w, 2 * J), m3);
+}
+
+template <int R, int N, int J>
+inline void dot_plane(__m512i (&acc)[R][N], const __m512i (&wv)[R], const int8_t* const (&qp)[N], int64_t off,
+                      __m512i m3) {
+    __m512i xb[N];
+#pragma GCC unroll 8
+    for (int t = 0; t < N; ++t) xb[t] = _mm512_set1_epi32(load_i32(qp[t] + off + 4 * J));
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r) {
+        const __m512i c = plane<J>(wv[r], m3);
+#pragma GCC unroll 8
+        for (int t = 0; t < N; ++t) acc[r][t] = _mm512_dpbusd_epi32(acc[r][t], c, xb[t]);
+    }
+}
+
+// Integer dot products of chunks [c0, c1) into acc (not reset).
+template <int R, int N, bool Prefetch>
+inline void dot_chunks(__m512i (&acc)[R][N], const uint8_t* const (&wp)[R], const int8_t* const (&qp)[N], int64_t c0,
+                       int64_t c1) {
+    const __m512i m3 = _mm512_set1_epi8(3);
+    for (int64_t c = c0; c < c1; ++c) {
+        __m512i wv[R];
+#pragma GCC unroll 8
+        for (int r = 0; r < R; ++r) {
+            if constexpr (Prefetch) _mm_prefetch(reinterpret_cast<const char*>(wp[r] + c * kChunkBytes + 2048), _MM_HINT_T0);
+            wv[r] = _mm512_load_si512(wp[r] + c * kChunkBytes);
+        }
+        const int64_t off = c * kChunkCols;
+        dot_plane<R, N, 0>(acc, wv, qp, off, m3);
+        dot_plane<R, N, 1>(acc, wv, qp, off, m3);
+        dot_plane<R, N, 2>(acc, wv, qp, off, m3);
+        dot_plane<R, N, 3>(acc, wv, qp, off, m3);
+    }
+}
+
+template <int R, int N>
+void tile_uniform(const TileArgs& a) {
+    const TernaryMatrix::Impl& w = *a.w;
+    const QuantizedActs& x = *a.x;
+    const uint8_t* wp[R];
+    const int8_t* qp[N];
+    for (int r = 0; r < R; ++r) wp[r] = w.group_ptr(a.g0 + r);
+    for (int t = 0; t < N; ++t) qp[t] = x.q.data() + (a.t0 + t) * w.cols;
+    __m512i acc[R][N];
+    for (int r = 0; r < R; ++r)
+        for (int t = 0; t < N; ++t) acc[r][t] = _mm512_setzero_si512();
+    dot_chunks<R, N, N == 1>(acc, wp, qp, 0, w.cols / kChunkCols);
+    for (int t = 0; t < N; ++t) {
+        const int64_t tt = a.t0 + t;
+        const __m512i rs = _mm512_set1_epi32(x.row_sums[static_cast<size_t>(tt)]);
+        const __m512 f = _mm512_set1_ps(w.scale / x.act_scale[static_cast<size_t>(tt)]);
+        for (int r = 0; r < R; ++r) {
+            const int64_t g = a.g0 + r;
+            const __m512 v = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(acc[r][t], rs)), f);
+            _mm512_mask_storeu_ps(a.y + tt * a.ldy + g * kGroupRows, row_mask(g, a.rb, a.re), v);
+        }
+    }
+}
+
+template <int R, int N>
+void tile_blocks(const TileArgs& a) {
+    const TernaryMatrix::Impl& w = *a.w;
+    const QuantizedActs& x = *a.x;
+    const uint8_t* wp[R];
+    const int8_t* qp[N];
+    for (int r = 0; r < R; ++r) wp[r] = w.group_ptr(a.g0 + r);
+    for (int t = 0; t < N; ++t) qp[t] = x.q.data() + (a.t0 + t) * w.cols;
+    __m512 s[R][N];
+    __m512 av[N];
+    for (int t = 0; t < N; ++t) av[t] = _mm512_set1_ps(x.act_scale[static_cast<size_t>(a.t0 + t)]);
+    for (int r = 0; r < R; ++r)
+        for (int t = 0; t < N; ++t) s[r][t] = _mm512_setzero_ps();
+    constexpr int64_t kChunksPerBlock = kBlock / kChunkCols;
+    for (int64_t b = 0; b < w.nb; ++b) {
+        __m512i acc[R][N];
+        for (int r = 0; r < R; ++r)
+            for (int t = 0; t < N; ++t) acc[r][t] = _mm512_setzero_si512();
+        dot_chunks<R, N, false>(acc, wp, qp, b * kChunksPerBlock, (b + 1) * kChunksPerBlock);
+        for (int r = 0; r < R; ++r) {
+            const __m512 d = _mm512_load_ps(w.d_ptr(a.g0 + r) + b * kGroupRows);
+            for (int t = 0; t < N; ++t) {
+                const __m512i bs = _mm512_set1_epi32(x.block_sums[static_cast<size_t>((a.t0 + t) * w.nb + b)]);
+                const __m512 p = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(acc[r][t], bs)), _mm512_div_ps(d, av[t]));
+                s[r][t] = _mm512_add_ps(s[r][t], no_contract(p));
+            }
+        }
+    }
+    for (int t = 0; t < N; ++t)
+        for (int r = 0; r < R; ++r) {
+            const int64_t g = a.g0 + r;
+            _mm512_mask_storeu_ps(a.y + (a.t0 + t) * a.ldy + g * kGroupRows, row_mask(g, a.rb, a.re), s[r][t]);
+        }
+}
+
+using TileFn = void (*)(const TileArgs&);
+
+// Register budget (32 zmm): R*N accumulators + R weight vectors + N broadcasts + mask.
+constexpr int kMaxR = 4, kMaxN = 6;
+constexpr int kMaxRB = 2, kMaxNB = 4;  // per-block path also holds R*N float sums
+
+template <int R, int... Ns>
+constexpr std::array<TileFn, sizeof...(Ns)> uniform_row(std::integer_sequence<int, Ns...>) {
+    return {tile_uniform<R, Ns + 1>...};
+}
+template <int R, int... Ns>
+constexpr std::array<TileFn, sizeof...(Ns)> blocks_row(std::integer_sequence<int, Ns...>) {
+    return {tile_blocks<R, Ns + 1>...};
+}
+
+const std::array<TileFn, kMaxN> kUniform[kMaxR] = {
+    uniform_row<1>(std::make_integer_sequence<int, kMaxN>{}), uniform_row<2>(std::make_integer_sequence<int, kMaxN>{}),
+    uniform_row<3>(std::make_integer_sequence<int, kMaxN>{}), uniform_row<4>(std::make_integer_sequence<int, kMaxN>{})};
+const std::array<TileFn, kMaxNB> kBlocks[kMaxRB] = {blocks_row<1>(std::make_integer_sequence<int, kMaxNB>{}),
+                                                   blocks_row<2>(std::make_integer_sequence<int, kMaxNB>{})};
+
+void ternary_matmul_avx512(const TernaryMatrix::Impl& w, const QuantizedActs& x, float* y, int64_t ldy, int64_t rb,
+                           int64_t re) {
+    const int64_t g_begin = rb / kGroupRows, g_end = (re + kGroupRows - 1) / kGroupRows;
+    const int maxr = w.uniform ? kMaxR : kMaxRB, maxn = w.uniform ? kMaxN : kMaxNB;
+    TileArgs a{&w, &x, y, ldy, rb, re, 0, 0};
+    // Groups outer, tokens inner: an R-group weight panel (R * cols/4 bytes) stays in L2 while every
+    // token tile streams past it.
+    for (int64_t g = g_begin; g < g_end; g += maxr) {
+        const int r = static_cast<int>(std::min<int64_t>(maxr, g_end - g));
+        a.g0 = g;
+        for (int64_t t = 0; t < x.n_tokens; t += maxn) {
+            const int n = static_cast<int>(std::min<int64_t>(maxn, x.n_tokens - t));
+            a.t0 = t;
+            (w.uniform ? kUniform[r - 1][n - 1] : kBlocks[r - 1][n - 1])(a);
+        }
+    }
+}
+
+// ---- f16 head ------------------------------------------------------------------------------------
+
+template <int R, int N>
+void f16_tile(const uint16_t* w, int64_t cols, const float* x, float* y, int64_t ldy, int64_t r0, int64_t t0) {
+    __m512 acc[R][N];
+    for (int r = 0; r < R; ++r)
+        for (int t = 0; t < N; ++t) acc[r][t] = _mm512_setzero_ps();
+    const uint16_t* wr[R];
+    const float* xt[N];
+    for (int r = 0; r < R; ++r) wr[r] = w + (r0 + r) * cols;
+    for (int t = 0; t < N; ++t) xt[t] = x + (t0 + t) * cols;
+    int64_t k = 0;
+    for (; k + 16 <= cols; k += 16) {
+        __m512 xv[N];
+#pragma GCC unroll 8
+        for (int t = 0; t < N; ++t) xv[t] = _mm512_loadu_ps(xt[t] + k);
+#pragma GCC unroll 8
+        for (int r = 0; r < R; ++r) {
+            const __m512 wv = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(wr[r] + k)));
+#pragma GCC unroll 8
+            for (int t = 0; t < N; ++t) acc[r][t] = _mm512_fmadd_ps(wv, xv[t], acc[r][t]);
+        }
+    }
+    if (k < cols) {
+        const __mmask16 mk = static_cast<__mmask16>((1u << (cols - k)) - 1);
+        for (int r = 0; r < R; ++r) {
+            const __m512 wv = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mk, wr[r] + k));
+            for (int t = 0; t < N; ++t) acc[r][t] = _mm512_fmadd_ps(wv, _mm512_maskz_loadu_ps(mk, xt[t] + k), acc[r][t]);
+        }
+    }
+    for (int t = 0; t < N; ++t)
+        for (int r = 0; r < R; ++r) y[(t0 + t) * ldy + r0 + r] = _mm512_reduce_add_ps(acc[r][t]);
+}
+
+template <int R, int N>
+void f16_rows(const uint16_t* w, int64_t cols, const float* x, int64_t n_tokens, float* y, int64_t ldy, int64_t rb,
+              int64_t re) {
+    int64_t r = rb;
+    for (; r + R <= re; r += R) {
+        int64_t t = 0;
+        for (; t + N <= n_tokens; t += N) f16_tile<R, N>(w, cols, x, y, ldy, r, t);
+        for (; t < n_tokens; ++t) f16_tile<R, 1>(w, cols, x, y, ldy, r, t);
+    }
+    for (; r < re; ++r) {
+        int64_t t = 0;
+        for (; t + N <= n_tokens; t += N) f16_tile<1, N>(w, cols, x, y, ldy, r, t);
+        for (; t < n_tokens; ++t) f16_tile<1, 1>(w, cols, x, y, ldy, r, t);
+    }
+}
+
+void f16_matmul_avx512(const uint16_t* w, int64_t cols, const float* x, int64_t n_tokens, float* y, int64_t ldy,
+                       int64_t rb, int64_t re) {
+    if (n_tokens == 1) f16_rows<8, 1>(w, cols, x, n_tokens, y, ldy, rb, re);
+    else f16_rows<4, 4>(w, cols, x, n_tokens, y, ldy, rb, re);
+}
+
+const KernelOps kOps = {quantize_avx512, ternary_matmul_avx512, f16_matmul_avx512};
+
+}  // namespace
+
+const KernelOps* avx512_ops() { return &kOps; }
+
+}  // namespace bllama
+
+#else
 #include "kernels/ternary_impl.h"
 namespace bllama {
 const KernelOps* avx512_ops() { return nullptr; }
 }  // namespace bllama
+#endif
