@@ -1,0 +1,385 @@
+// Test helpers: a minimal GGUF v3 writer (with the file offsets of every field it writes, so tests
+// can corrupt known positions) and a random bitnet model generator that keeps the ternary codes and
+// scales for reference computations. Header-only; tests only.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <map>
+#include <random>
+#include <stdexcept>
+#include <string>
+#include <unistd.h>
+#include <vector>
+
+#include "half.h"
+
+namespace testutil {
+
+enum : uint32_t { T_U8 = 0, T_I8 = 1, T_U16 = 2, T_I16 = 3, T_U32 = 4, T_I32 = 5, T_F32 = 6, T_BOOL = 7,
+                  T_STRING = 8, T_ARRAY = 9, T_U64 = 10, T_I64 = 11, T_F64 = 12 };
+enum : uint32_t { G_F32 = 0, G_F16 = 1, G_TQ1_0 = 34, G_TQ2_0 = 35 };
+
+struct Layout {
+    size_t tensor_count_pos = 8, kv_count_pos = 16;
+    std::map<std::string, size_t> kv_key_pos;    // key length field
+    std::map<std::string, size_t> kv_type_pos;   // value type field
+    std::map<std::string, size_t> kv_value_pos;  // value (for arrays: element type field)
+    std::map<std::string, size_t> t_info_pos, t_ndim_pos, t_dims_pos, t_type_pos, t_offset_pos;
+    std::map<std::string, size_t> t_data_pos;    // absolute file offset of the data
+    size_t data_start = 0;
+};
+
+class Bytes {
+public:
+    std::vector<uint8_t> b;
+    template <class T>
+    void put(T v) {
+        const size_t n = b.size();
+        b.resize(n + sizeof(T));
+        std::memcpy(b.data() + n, &v, sizeof(T));
+    }
+    void str(const std::string& s) {
+        put<uint64_t>(s.size());
+        b.insert(b.end(), s.begin(), s.end());
+    }
+};
+
+class GgufBuilder {
+public:
+    uint32_t version = 3;
+    uint32_t alignment = 32;  // also written as general.alignment when != 32
+
+    void u32(const std::string& k, uint32_t v) { scalar(k, T_U32, v); }
+    void i32(const std::string& k, int32_t v) { scalar(k, T_I32, v); }
+    void u64(const std::string& k, uint64_t v) { scalar(k, T_U64, v); }
+    void f32(const std::string& k, float v) { scalar(k, T_F32, v); }
+    void f64(const std::string& k, double v) { scalar(k, T_F64, v); }
+    void boolean(const std::string& k, bool v) { scalar(k, T_BOOL, static_cast<uint8_t>(v)); }
+    void string(const std::string& k, const std::string& v) {
+        Bytes p;
+        p.str(v);
+        kvs_.push_back({k, T_STRING, p.b});
+    }
+    void strings(const std::string& k, const std::vector<std::string>& v) {
+        Bytes p;
+        p.put<uint32_t>(T_STRING);
+        p.put<uint64_t>(v.size());
+        for (auto& s : v) p.str(s);
+        kvs_.push_back({k, T_ARRAY, p.b});
+    }
+    template <class T>
+    void array(const std::string& k, uint32_t elem_type, const std::vector<T>& v) {
+        Bytes p;
+        p.put<uint32_t>(elem_type);
+        p.put<uint64_t>(v.size());
+        for (const T& x : v) p.put<T>(x);
+        kvs_.push_back({k, T_ARRAY, p.b});
+    }
+    void tensor(const std::string& name, std::vector<uint64_t> dims, uint32_t type, std::vector<uint8_t> data) {
+        tensors_.push_back({name, std::move(dims), type, std::move(data)});
+    }
+
+    std::vector<uint8_t> build(Layout* layout = nullptr) const {
+        Layout lay;
+        Bytes o;
+        o.put<uint32_t>(0x46554747u);
+        o.put<uint32_t>(version);
+        o.put<uint64_t>(tensors_.size());
+        const bool write_align = alignment != 32;
+        o.put<uint64_t>(kvs_.size() + (write_align ? 1 : 0));
+        auto put_kv = [&](const std::string& key, uint32_t type, const std::vector<uint8_t>& payload) {
+            lay.kv_key_pos[key] = o.b.size();
+            o.str(key);
+            lay.kv_type_pos[key] = o.b.size();
+            o.put<uint32_t>(type);
+            lay.kv_value_pos[key] = o.b.size();
+            o.b.insert(o.b.end(), payload.begin(), payload.end());
+        };
+        if (write_align) {
+            Bytes p;
+            p.put<uint32_t>(alignment);
+            put_kv("general.alignment", T_U32, p.b);
+        }
+        for (auto& kv : kvs_) put_kv(kv.key, kv.type, kv.payload);
+        uint64_t off = 0;
+        std::vector<uint64_t> offsets;
+        for (auto& t : tensors_) {
+            lay.t_info_pos[t.name] = o.b.size();
+            o.str(t.name);
+            lay.t_ndim_pos[t.name] = o.b.size();
+            o.put<uint32_t>(static_cast<uint32_t>(t.dims.size()));
+            lay.t_dims_pos[t.name] = o.b.size();
+            for (uint64_t d : t.dims) o.put<uint64_t>(d);
+            lay.t_type_pos[t.name] = o.b.size();
+            o.put<uint32_t>(t.type);
+            lay.t_offset_pos[t.name] = o.b.size();
+            o.put<uint64_t>(off);
+            offsets.push_back(off);
+            off += (t.data.size() + alignment - 1) / alignment * alignment;
+        }
+        o.b.resize((o.b.size() + alignment - 1) / alignment * alignment, 0);
+        lay.data_start = o.b.size();
+        for (size_t i = 0; i < tensors_.size(); ++i) {
+            lay.t_data_pos[tensors_[i].name] = lay.data_start + offsets[i];
+            o.b.resize(lay.data_start + offsets[i], 0);
+            o.b.insert(o.b.end(), tensors_[i].data.begin(), tensors_[i].data.end());
+        }
+        if (layout) *layout = lay;
+        return o.b;
+    }
+
+private:
+    template <class T>
+    void scalar(const std::string& k, uint32_t type, T v) {
+        Bytes p;
+        p.put<T>(v);
+        kvs_.push_back({k, type, p.b});
+    }
+    struct KV {
+        std::string key;
+        uint32_t type;
+        std::vector<uint8_t> payload;
+    };
+    struct Tensor {
+        std::string name;
+        std::vector<uint64_t> dims;
+        uint32_t type;
+        std::vector<uint8_t> data;
+    };
+    std::vector<KV> kvs_;
+    std::vector<Tensor> tensors_;
+};
+
+// --- ternary block encoders (GGUF TQ2_0 / TQ1_0, d = scale in every block) ---------------------
+
+inline std::vector<uint8_t> encode_tq2_0(const std::vector<int8_t>& codes, int64_t rows, int64_t cols, float scale) {
+    std::vector<uint8_t> out;
+    const uint16_t d = bllama::f32_to_f16(scale);
+    for (int64_t r = 0; r < rows; ++r)
+        for (int64_t b = 0; b < cols / 256; ++b) {
+            const int8_t* x = codes.data() + r * cols + b * 256;
+            for (int half = 0; half < 2; ++half)
+                for (int m = 0; m < 32; ++m) {
+                    uint8_t q = 0;
+                    for (int n = 0; n < 4; ++n) q |= static_cast<uint8_t>((x[half * 128 + m + 32 * n] + 1) << (2 * n));
+                    out.push_back(q);
+                }
+            out.push_back(static_cast<uint8_t>(d & 0xff));
+            out.push_back(static_cast<uint8_t>(d >> 8));
+        }
+    return out;
+}
+
+// Five trits per byte as a fixed-point fraction of 243 (ggml's TQ1_0): 32 bytes covering 160 values,
+// 16 bytes covering 80, then 4 bytes of 4 trits covering the last 16.
+inline uint8_t pack_trits(const int8_t* x, int n, int stride, bool pad_to_five) {
+    uint32_t q = 0;
+    for (int i = 0; i < n; ++i) q = q * 3 + static_cast<uint32_t>(x[i * stride] + 1);
+    if (pad_to_five) q *= 3;
+    return static_cast<uint8_t>((q * 256 + 242) / 243);
+}
+
+inline std::vector<uint8_t> encode_tq1_0(const std::vector<int8_t>& codes, int64_t rows, int64_t cols, float scale) {
+    std::vector<uint8_t> out;
+    const uint16_t d = bllama::f32_to_f16(scale);
+    for (int64_t r = 0; r < rows; ++r)
+        for (int64_t b = 0; b < cols / 256; ++b) {
+            const int8_t* x = codes.data() + r * cols + b * 256;
+            for (int m = 0; m < 32; ++m) out.push_back(pack_trits(x + m, 5, 32, false));
+            for (int m = 0; m < 16; ++m) out.push_back(pack_trits(x + 160 + m, 5, 16, false));
+            for (int j = 0; j < 4; ++j) out.push_back(pack_trits(x + 240 + j, 4, 4, true));
+            out.push_back(static_cast<uint8_t>(d & 0xff));
+            out.push_back(static_cast<uint8_t>(d >> 8));
+        }
+    return out;
+}
+
+// --- random bitnet models ------------------------------------------------------------------------
+
+struct Spec {
+    int64_t vocab = 384, dim = 256, layers = 2, heads = 4, kv_heads = 2, ffn = 512, context = 96;
+    bool relu2 = false, tied = true, tq1 = false, out_scales = false, f32_embedding = false;
+    float rope_theta = 10000.0f, eps = 1e-5f;
+    uint32_t seed = 1;
+};
+
+struct RefLinear {
+    int64_t rows = 0, cols = 0;
+    std::vector<int8_t> codes;  // [rows, cols]
+    float scale = 0;            // already rounded to fp16
+    float out_scale = 1.0f;
+};
+
+struct RefLayer {
+    std::vector<float> attn_norm, attn_sub_norm, ffn_norm, ffn_sub_norm;
+    RefLinear q, k, v, o, gate, up, down;
+};
+
+struct RefModel {
+    Spec spec;
+    std::vector<float> embd, head;  // [V, D] values as the engine sees them (f16-rounded)
+    std::vector<float> output_norm;
+    std::vector<RefLayer> layers;
+};
+
+inline std::vector<uint8_t> f32_bytes(const std::vector<float>& v) {
+    std::vector<uint8_t> b(v.size() * 4);
+    std::memcpy(b.data(), v.data(), b.size());
+    return b;
+}
+
+// Builds a random model; fills `ref` with the exact values the engine must compute with.
+inline GgufBuilder random_model(const Spec& s, RefModel* ref) {
+    std::mt19937 rng(s.seed);
+    std::normal_distribution<float> normal(0.0f, 1.0f);
+    std::uniform_int_distribution<int> trit(-1, 1);
+    std::uniform_real_distribution<float> uni(0.0f, 1.0f);
+    RefModel m;
+    m.spec = s;
+    GgufBuilder g;
+    g.string("general.architecture", "bitnet");
+    g.string("general.name", "random-test");
+    g.u32("bitnet.context_length", static_cast<uint32_t>(s.context));
+    g.u32("bitnet.embedding_length", static_cast<uint32_t>(s.dim));
+    g.u32("bitnet.block_count", static_cast<uint32_t>(s.layers));
+    g.u32("bitnet.feed_forward_length", static_cast<uint32_t>(s.ffn));
+    g.u32("bitnet.attention.head_count", static_cast<uint32_t>(s.heads));
+    g.u32("bitnet.attention.head_count_kv", static_cast<uint32_t>(s.kv_heads));
+    g.f32("bitnet.attention.layer_norm_rms_epsilon", s.eps);
+    g.f32("bitnet.rope.freq_base", s.rope_theta);
+    g.u32("bitnet.rope.dimension_count", static_cast<uint32_t>(s.dim / s.heads));
+    g.u32("bitnet.vocab_size", static_cast<uint32_t>(s.vocab));
+    g.string("bllama.activation", s.relu2 ? "relu2" : "silu");
+    g.boolean("bllama.tie_embeddings", s.tied);
+    g.string("tokenizer.ggml.model", "llama");
+    std::vector<std::string> toks;
+    std::vector<float> scores;
+    std::vector<int32_t> types;
+    for (int64_t i = 0; i < s.vocab; ++i) {
+        toks.push_back(i < 3 ? std::string(i == 0 ? "<unk>" : i == 1 ? "<s>" : "</s>") : "tok" + std::to_string(i));
+        scores.push_back(-static_cast<float>(i));
+        types.push_back(i < 3 ? 3 : 1);
+    }
+    g.strings("tokenizer.ggml.tokens", toks);
+    g.array<float>("tokenizer.ggml.scores", T_F32, scores);
+    g.array<int32_t>("tokenizer.ggml.token_type", T_I32, types);
+    g.u32("tokenizer.ggml.bos_token_id", 1);
+    g.u32("tokenizer.ggml.eos_token_id", 2);
+    std::vector<uint8_t> blob;
+    for (int i = 0; i < 300; ++i) blob.push_back(static_cast<uint8_t>(i * 7 + 3));
+    g.array<uint8_t>("bllama.tokenizer.sp_model", T_U8, blob);
+
+    auto f16_matrix = [&](const std::string& name, std::vector<float>& values) {
+        const size_t n = static_cast<size_t>(s.vocab * s.dim);
+        values.resize(n);
+        std::vector<uint8_t> bytes;
+        for (size_t i = 0; i < n; ++i) {
+            const uint16_t h = bllama::f32_to_f16(0.15f * normal(rng));
+            values[i] = bllama::f16_to_f32(h);
+        }
+        if (s.f32_embedding) {
+            bytes = f32_bytes(values);  // f16-exact values stored as f32: the engine's f16 copy is exact
+            g.tensor(name, {uint64_t(s.dim), uint64_t(s.vocab)}, G_F32, bytes);
+        } else {
+            for (float v : values) {
+                const uint16_t h = bllama::f32_to_f16(v);
+                bytes.push_back(static_cast<uint8_t>(h & 0xff));
+                bytes.push_back(static_cast<uint8_t>(h >> 8));
+            }
+            g.tensor(name, {uint64_t(s.dim), uint64_t(s.vocab)}, G_F16, bytes);
+        }
+    };
+    auto norm = [&](const std::string& name, int64_t n, std::vector<float>& w) {
+        w.resize(static_cast<size_t>(n));
+        for (auto& x : w) x = 0.6f + 0.8f * uni(rng);
+        g.tensor(name, {uint64_t(n)}, G_F32, f32_bytes(w));
+    };
+    auto linear = [&](const std::string& prefix, int64_t in, int64_t out, RefLinear& L) {
+        L.rows = out;
+        L.cols = in;
+        L.codes.resize(static_cast<size_t>(in * out));
+        for (auto& c : L.codes) c = static_cast<int8_t>(trit(rng));
+        L.scale = bllama::f16_to_f32(bllama::f32_to_f16((0.5f + uni(rng)) / std::sqrt(static_cast<float>(in))));
+        auto data = s.tq1 ? encode_tq1_0(L.codes, out, in, L.scale) : encode_tq2_0(L.codes, out, in, L.scale);
+        g.tensor(prefix + ".weight", {uint64_t(in), uint64_t(out)}, s.tq1 ? G_TQ1_0 : G_TQ2_0, data);
+        if (s.out_scales) {
+            L.out_scale = 0.5f + uni(rng);
+            g.tensor(prefix + ".scale", {1}, G_F32, f32_bytes({L.out_scale}));
+        }
+    };
+
+    f16_matrix("token_embd.weight", m.embd);
+    norm("output_norm.weight", s.dim, m.output_norm);
+    if (s.tied) m.head = m.embd;
+    else f16_matrix("output.weight", m.head);
+    const int64_t kvd = s.dim / s.heads * s.kv_heads;
+    m.layers.resize(static_cast<size_t>(s.layers));
+    for (int64_t l = 0; l < s.layers; ++l) {
+        RefLayer& L = m.layers[static_cast<size_t>(l)];
+        const std::string p = "blk." + std::to_string(l) + ".";
+        norm(p + "attn_norm.weight", s.dim, L.attn_norm);
+        norm(p + "attn_sub_norm.weight", s.dim, L.attn_sub_norm);
+        norm(p + "ffn_norm.weight", s.dim, L.ffn_norm);
+        norm(p + "ffn_sub_norm.weight", s.ffn, L.ffn_sub_norm);
+        linear(p + "attn_q", s.dim, s.dim, L.q);
+        linear(p + "attn_k", s.dim, kvd, L.k);
+        linear(p + "attn_v", s.dim, kvd, L.v);
+        linear(p + "attn_output", s.dim, s.dim, L.o);
+        linear(p + "ffn_gate", s.dim, s.ffn, L.gate);
+        linear(p + "ffn_up", s.dim, s.ffn, L.up);
+        linear(p + "ffn_down", s.ffn, s.dim, L.down);
+    }
+    if (ref) *ref = std::move(m);
+    return g;
+}
+
+// A file removed when the object goes away.
+struct TempFile {
+    std::string path;
+    explicit TempFile(const std::string& tag) {
+        path = "/tmp/bllama_test_" + tag + "_" + std::to_string(::getpid()) + ".gguf";
+    }
+    void write(const std::vector<uint8_t>& bytes) const {
+        FILE* f = std::fopen(path.c_str(), "wb");
+        if (!f) throw std::runtime_error("cannot write " + path);
+        if (!bytes.empty()) std::fwrite(bytes.data(), 1, bytes.size(), f);
+        std::fclose(f);
+    }
+    ~TempFile() { std::remove(path.c_str()); }
+};
+
+// Minimal check macros: print and count failures; main returns nonzero if any.
+inline int& failures() {
+    static int n = 0;
+    return n;
+}
+#define CHECK(cond)                                                                          \
+    do {                                                                                     \
+        if (!(cond)) {                                                                       \
+            std::fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #cond);    \
+            ++testutil::failures();                                                          \
+        }                                                                                    \
+    } while (0)
+
+// Runs fn and expects an exception of type E whose message contains `needle`.
+template <class E, class Fn>
+bool throws(Fn&& fn, const std::string& needle = "", std::string* msg = nullptr) {
+    try {
+        fn();
+    } catch (const E& e) {
+        if (msg) *msg = e.what();
+        if (needle.empty() || std::string(e.what()).find(needle) != std::string::npos) return true;
+        std::fprintf(stderr, "  exception message '%s' lacks '%s'\n", e.what(), needle.c_str());
+        return false;
+    } catch (const std::exception& e) {
+        std::fprintf(stderr, "  unexpected exception type: %s\n", e.what());
+        return false;
+    }
+    std::fprintf(stderr, "  no exception thrown (expected '%s')\n", needle.c_str());
+    return false;
+}
+
+}  // namespace testutil

@@ -1,0 +1,192 @@
+// GGUF round trip: a random bitnet model written by the test writer is read back through the
+// memory-mapped reader (metadata of every type, tensors, data bytes), its ternary blocks decode to
+// the codes written, and the model loads (also as GGUF v2, other alignments, an f32 embedding).
+#include <cmath>
+#include <cstdio>
+
+#include "engine.h"
+#include "gguf.h"
+#include "gguf_test_writer.h"
+#include "kernels/ternary.h"
+#include "model.h"
+
+using namespace bllama;
+using namespace testutil;
+
+static void test_metadata_round_trip() {
+    Spec s;
+    RefModel ref;
+    GgufBuilder g = random_model(s, &ref);
+    g.u64("test.u64", 1ull << 40);
+    g.i32("test.i32", -7);
+    g.f64("test.f64", 0.125);
+    g.array<int16_t>("test.i16s", T_I16, {-1, 2, -3});
+    g.strings("test.empty_strings", {});
+    TempFile tf("meta");
+    Layout lay;
+    tf.write(g.build(&lay));
+    GgufFile f = GgufFile::open(tf.path);
+    CHECK(f.version() == 3);
+    CHECK(f.alignment() == 32);
+    CHECK(f.data_offset() == lay.data_start);
+    CHECK(f.get_string("general.architecture") == "bitnet");
+    CHECK(f.get_int("bitnet.embedding_length") == s.dim);
+    CHECK(f.get_int("test.u64") == (int64_t(1) << 40));
+    CHECK(f.get_int("test.i32") == -7);
+    CHECK(f.get_float("test.f64") == 0.125);
+    CHECK(std::fabs(f.get_float("bitnet.attention.layer_norm_rms_epsilon") - 1e-5) < 1e-9);
+    CHECK(f.get_bool("bllama.tie_embeddings") == true);
+    CHECK(f.get_int("missing.key", 42) == 42);
+    CHECK(throws<GgufError>([&] { f.get_int("missing.key"); }, "missing metadata key 'missing.key'"));
+    CHECK(throws<GgufError>([&] { f.get_string("bitnet.block_count"); }, "expected string, got uint32"));
+    CHECK(throws<GgufError>([&] { f.get_float("general.name"); }, "'general.name'"));
+
+    const GgufKV* toks = f.find("tokenizer.ggml.tokens");
+    CHECK(toks && toks->type == GgufType::ARRAY && toks->elem_type == GgufType::STRING);
+    auto tv = f.string_array(*toks);
+    CHECK(tv.size() == static_cast<size_t>(s.vocab) && tv[1] == "<s>" && tv[100] == "tok100");
+    const GgufKV* scores = f.find("tokenizer.ggml.scores");
+    CHECK(scores && scores->elem_type == GgufType::F32 && scores->count == static_cast<uint64_t>(s.vocab));
+    float sc5;
+    std::memcpy(&sc5, f.raw_value(*scores) + 5 * 4, 4);
+    CHECK(sc5 == -5.0f);
+    const GgufKV* blob = f.find("bllama.tokenizer.sp_model");
+    CHECK(blob && blob->elem_type == GgufType::U8 && blob->count == 300);
+    CHECK(f.raw_value(*blob)[10] == static_cast<uint8_t>(73));
+    const GgufKV* i16s = f.find("test.i16s");
+    int16_t v2;
+    std::memcpy(&v2, f.raw_value(*i16s) + 4, 2);
+    CHECK(i16s->count == 3 && v2 == -3);
+    CHECK(f.string_array(*f.find("test.empty_strings")).empty());
+
+    // Tensors: names, dims, types, offsets and bytes.
+    const size_t n_tensors = 2 + 11 * static_cast<size_t>(s.layers);
+    CHECK(f.tensors().size() == n_tensors);
+    const GgufTensor* q = f.find_tensor("blk.1.attn_q.weight");
+    CHECK(q && q->n_dims == 2 && q->dims[0] == s.dim && q->dims[1] == s.dim && q->type == 35);
+    CHECK(q->nbytes == static_cast<uint64_t>(s.dim * s.dim / 256 * 66));
+    CHECK(q->data == f.file_data() + lay.t_data_pos["blk.1.attn_q.weight"]);
+    const GgufTensor* e = f.find_tensor("token_embd.weight");
+    uint16_t h;
+    std::memcpy(&h, e->data + 2 * 77, 2);
+    CHECK(f16_to_f32(h) == ref.embd[77]);
+    const GgufTensor* n = f.find_tensor("blk.0.ffn_sub_norm.weight");
+    float nv;
+    std::memcpy(&nv, n->data + 4 * 3, 4);
+    CHECK(n->n_dims == 1 && n->dims[0] == s.ffn && nv == ref.layers[0].ffn_sub_norm[3]);
+}
+
+// The test encoders agree with the kernels' decoders, for both ternary types.
+static void test_ternary_blocks() {
+    for (bool tq1 : {false, true}) {
+        Spec s;
+        s.tq1 = tq1;
+        s.layers = 1;
+        RefModel ref;
+        GgufFile f = GgufFile::from_bytes(random_model(s, &ref).build());
+        for (auto [name, L] : {std::pair<const char*, const RefLinear*>{"blk.0.attn_k.weight", &ref.layers[0].k},
+                               {"blk.0.ffn_down.weight", &ref.layers[0].down}}) {
+            const GgufTensor* t = f.find_tensor(name);
+            CHECK(t && t->type == (tq1 ? 34u : 35u));
+            TernaryMatrix m = tq1 ? TernaryMatrix::from_tq1_0(t->data, L->rows, L->cols)
+                                  : TernaryMatrix::from_tq2_0(t->data, L->rows, L->cols);
+            int bad = 0;
+            for (int64_t r = 0; r < L->rows; ++r)
+                for (int64_t c = 0; c < L->cols; ++c) bad += m.code(r, c) != L->codes[r * L->cols + c];
+            CHECK(bad == 0);
+            CHECK(m.block_scale(0, 0) == L->scale);
+        }
+    }
+}
+
+static std::vector<float> logits_of(GgufFile file, const std::vector<int32_t>& ids) {
+    LoadOptions o;
+    o.threads = 1;
+    Engine eng(Model::load(std::move(file), o));
+    return eng.logits(ids);
+}
+
+// v2 files, other alignments (1 forces the unaligned-f16 copy path) and an f32 embedding all load
+// and compute the same function.
+static void test_variants_load() {
+    Spec s;
+    s.layers = 1;
+    const std::vector<int32_t> ids = {1, 5, 9, 200};
+    GgufBuilder base = random_model(s, nullptr);
+    const auto want = logits_of(GgufFile::from_bytes(base.build()), ids);
+    for (uint32_t align : {1u, 8u, 64u, 4096u}) {
+        GgufBuilder g = random_model(s, nullptr);
+        g.alignment = align;
+        GgufFile f = GgufFile::from_bytes(g.build());
+        CHECK(f.alignment() == align);
+        CHECK(logits_of(std::move(f), ids) == want);
+    }
+    GgufBuilder v2 = random_model(s, nullptr);
+    v2.version = 2;
+    GgufFile f2 = GgufFile::from_bytes(v2.build());
+    CHECK(f2.version() == 2);
+    CHECK(logits_of(std::move(f2), ids) == want);
+    Spec s32 = s;
+    s32.f32_embedding = true;
+    CHECK(logits_of(GgufFile::from_bytes(random_model(s32, nullptr).build()), ids) == want);
+}
+
+static void test_model_config() {
+    Spec s;
+    s.relu2 = true;
+    s.tied = false;
+    s.tq1 = true;
+    s.kv_heads = 1;
+    TempFile tf("cfg");
+    tf.write(random_model(s, nullptr).build());
+    Engine eng(tf.path);
+    const ModelConfig& c = eng.config();
+    CHECK(c.vocab == s.vocab && c.dim == s.dim && c.n_layers == s.layers && c.n_heads == s.heads);
+    CHECK(c.n_kv_heads == 1 && c.head_dim == s.dim / s.heads && c.ffn == s.ffn && c.context == s.context);
+    CHECK(c.activation == Activation::Relu2 && !c.tied && c.weight_type == 34);
+    CHECK(eng.vocab_size() == s.vocab && eng.context_length() == s.context);
+    CHECK(eng.last_stats().load_seconds > 0);
+}
+
+static void test_model_errors() {
+    auto load = [](const GgufBuilder& g) { Model::load(GgufFile::from_bytes(g.build()), LoadOptions{1, 0, 8}); };
+    {
+        GgufBuilder g = random_model(Spec{}, nullptr);
+        g.string("general.architecture", "llama");  // duplicate key
+        CHECK(throws<GgufError>([&] { load(g); }, "duplicate metadata key 'general.architecture'"));
+    }
+    Spec s;
+    s.layers = 1;
+    // A different architecture: rebuild with the first key changed.
+    {
+        GgufBuilder g;
+        g.string("general.architecture", "llama");
+        CHECK(throws<ModelError>([&] { load(g); }, "unsupported architecture 'llama'"));
+    }
+    {
+        GgufBuilder g = random_model(s, nullptr);
+        g.tensor("blk.7.attn_q.weight", {256, 256}, G_TQ2_0, std::vector<uint8_t>(256 * 66));
+        CHECK(throws<ModelError>([&] { load(g); }, "unexpected tensor 'blk.7.attn_q.weight'"));
+    }
+    {
+        GgufBuilder g = random_model(s, nullptr);
+        g.tensor("output.weight", {uint64_t(s.dim), uint64_t(s.vocab)}, G_F16, std::vector<uint8_t>(s.dim * s.vocab * 2));
+        CHECK(throws<ModelError>([&] { load(g); }, "tie_embeddings"));
+    }
+    CHECK(throws<FileNotFound>([] { Engine e("/nonexistent/dir/model.gguf"); }, "no such file"));
+    CHECK(throws<FileError>([] { Engine e("/tmp"); }, "not a regular file"));
+}
+
+int main() {
+    test_metadata_round_trip();
+    test_ternary_blocks();
+    test_variants_load();
+    test_model_config();
+    test_model_errors();
+    if (failures()) {
+        std::fprintf(stderr, "test_gguf: %d failure(s)\n", failures());
+        return 1;
+    }
+    std::printf("test_gguf: ok\n");
+    return 0;
+}
