@@ -1,4 +1,330 @@
+// AVX2 kernels (no VNNI): the same 2-bit plane layout as AVX-512, one ymm = 8 rows x 4 columns.
+// vpmaddubsw multiplies unsigned codes 0..2 by int8 activations into int16 pairs, which are summed in
+// int16 over one 256-column block and only then widened with vpmaddwd: each vpmaddubsw lane lies in
+// [-512, 508] and a block adds 64 of them per lane, so the int16 sum stays in [-32768, 32512]: exact.
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+
+#include <algorithm>
+#include <array>
+#include <cmath>
+#include <cstring>
+#include <utility>
+
+#include "half.h"
+#include "kernels/ternary_impl.h"
+
+namespace bllama {
+
+namespace {
+
+// See ternary_avx512.cpp: keeps the per-block product from being fused into an FMA.
+inline __m256 no_contract(__m256 v) {
+    __asm__("" : "+x"(v));
+    return v;
+}
+
+inline int32_t load_i32(const int8_t* p) {
+    int32_t v;
+    std::memcpy(&v, p, 4);
+    return v;
+}
+
+// Lane i set (all ones) when row 8h + i lies in [rb, re).
+inline __m256i half_mask(int64_t h, int64_t rb, int64_t re) {
+    const __m256i idx = _mm256_add_epi32(_mm256_set1_epi32(static_cast<int32_t>(h * 8)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+    const __m256i ge = _mm256_cmpgt_epi32(idx, _mm256_set1_epi32(static_cast<int32_t>(rb - 1)));
+    const __m256i lt = _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int32_t>(re)), idx);
+    return _mm256_and_si256(ge, lt);
+}
+
+inline float hmax(__m256 v) {
+    __m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+    m = _mm_max_ss(m, _mm_shuffle_ps(m, m, 1));
+    return _mm_cvtss_f32(m);
+}
+
+inline int32_t hsum_i32(__m256i v) {
+    __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4e));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xb1));
+    return _mm_cvtsi128_si32(s);
+}
+
+inline float hsum_ps(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+    return _mm_cvtss_f32(s);
+}
+
+// ---- activations -----------------------------------------------------------------------------
+
+void quantize_avx2(const float* x, int64_t n_tokens, int64_t cols, QuantizedActs& out) {
+    resize_acts(out, n_tokens, cols);
+    const int64_t nb = (cols + kBlock - 1) / kBlock;
+    const __m256 sign = _mm256_set1_ps(-0.0f), lo = _mm256_set1_ps(-128.0f), hi = _mm256_set1_ps(127.0f);
+    const __m256i perm = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+    for (int64_t t = 0; t < n_tokens; ++t) {
+        const float* xt = x + t * cols;
+        __m256 m = _mm256_setzero_ps();
+        int64_t k = 0;
+        for (; k + 8 <= cols; k += 8) m = _mm256_max_ps(m, _mm256_andnot_ps(sign, _mm256_loadu_ps(xt + k)));
+        float amax = hmax(m);
+        for (; k < cols; ++k) amax = std::max(amax, std::fabs(xt[k]));
+        const float a = 127.0f / std::max(amax, 1e-5f);
+        out.act_scale[static_cast<size_t>(t)] = a;
+        const __m256 av = _mm256_set1_ps(a);
+        int8_t* qt = out.q.data() + t * cols;
+        auto q8 = [&](int64_t i) {
+            __m256 v = _mm256_mul_ps(_mm256_loadu_ps(xt + i), av);
+            v = _mm256_round_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+            return _mm256_cvtps_epi32(_mm256_min_ps(_mm256_max_ps(v, lo), hi));
+        };
+        int32_t total = 0;
+        for (int64_t b = 0; b < nb; ++b) {
+            const int64_t end = std::min(cols, (b + 1) * kBlock);
+            __m256i s = _mm256_setzero_si256();
+            for (k = b * kBlock; k + 32 <= end; k += 32) {
+                const __m256i i0 = q8(k), i1 = q8(k + 8), i2 = q8(k + 16), i3 = q8(k + 24);
+                s = _mm256_add_epi32(s, _mm256_add_epi32(_mm256_add_epi32(i0, i1), _mm256_add_epi32(i2, i3)));
+                // packs work per 128-bit lane; the permute restores element order.
+                const __m256i p = _mm256_packs_epi16(_mm256_packs_epi32(i0, i1), _mm256_packs_epi32(i2, i3));
+                _mm256_storeu_si256(reinterpret_cast<__m256i*>(qt + k), _mm256_permutevar8x32_epi32(p, perm));
+            }
+            int32_t bs = hsum_i32(s);
+            for (; k < end; ++k) {
+                float v = std::nearbyint(xt[k] * a);
+                v = v < -128.0f ? -128.0f : (v > 127.0f ? 127.0f : v);
+                qt[k] = static_cast<int8_t>(v);
+                bs += qt[k];
+            }
+            out.block_sums[static_cast<size_t>(t * nb + b)] = bs;
+            total += bs;
+        }
+        out.row_sums[static_cast<size_t>(t)] = total;
+    }
+}
+
+// ---- ternary tiles: R halves (8 rows each) x N tokens ---------------------------------------------
+
+struct TileArgs {
+    const TernaryMatrix::Impl* w;
+    const QuantizedActs* x;
+    float* y;
+    int64_t ldy, rb, re;
+    int64_t h0, t0;  // first 8-row half, first token
+};
+
+template <int J>
+inline __m256i plane(__m256i w, __m256i m3) {
+    if constexpr (J == 0) return _mm256_and_si256(w, m3);
+    else return _mm256_and_si256(_mm256_srli_epi16(w, 2 * J), m3);
+}
+
+// int16 sums of one 256-column block into acc16 (reset here).
+template <int R, int N>
+inline void block_dot16(__m256i (&acc16)[R][N], const uint8_t* const (&wp)[R], const int8_t* const (&qp)[N], int64_t b) {
+    const __m256i m3 = _mm256_set1_epi8(3);
+    for (int r = 0; r < R; ++r)
+        for (int t = 0; t < N; ++t) acc16[r][t] = _mm256_setzero_si256();
+    constexpr int64_t kChunksPerBlock = kBlock / kChunkCols;
+    for (int64_t c = b * kChunksPerBlock; c < (b + 1) * kChunksPerBlock; ++c) {
+        __m256i wv[R];
+#pragma GCC unroll 8
+        for (int r = 0; r < R; ++r) wv[r] = _mm256_load_si256(reinterpret_cast<const __m256i*>(wp[r] + c * kChunkBytes));
+        const int64_t off = c * kChunkCols;
+        auto step = [&](auto jc) {
+            constexpr int J = decltype(jc)::value;
+            __m256i xb[N];
+#pragma GCC unroll 8
+            for (int t = 0; t < N; ++t) xb[t] = _mm256_set1_epi32(load_i32(qp[t] + off + 4 * J));
+#pragma GCC unroll 8
+            for (int r = 0; r < R; ++r) {
+                const __m256i code = plane<J>(wv[r], m3);
+#pragma GCC unroll 8
+                for (int t = 0; t < N; ++t) acc16[r][t] = _mm256_add_epi16(acc16[r][t], _mm256_maddubs_epi16(code, xb[t]));
+            }
+        };
+        step(std::integral_constant<int, 0>{});
+        step(std::integral_constant<int, 1>{});
+        step(std::integral_constant<int, 2>{});
+        step(std::integral_constant<int, 3>{});
+    }
+}
+
+template <int R, int N>
+inline void tile_ptrs(const TileArgs& a, const uint8_t* (&wp)[R], const int8_t* (&qp)[N]) {
+    for (int r = 0; r < R; ++r) {
+        const int64_t h = a.h0 + r;
+        wp[r] = a.w->group_ptr(h / 2) + (h % 2) * 32;
+    }
+    for (int t = 0; t < N; ++t) qp[t] = a.x->q.data() + (a.t0 + t) * a.w->cols;
+}
+
+template <int R, int N>
+void tile_uniform(const TileArgs& a) {
+    const TernaryMatrix::Impl& w = *a.w;
+    const QuantizedActs& x = *a.x;
+    const uint8_t* wp[R];
+    const int8_t* qp[N];
+    tile_ptrs<R, N>(a, wp, qp);
+    const __m256i ones = _mm256_set1_epi16(1);
+    __m256i acc[R][N];
+    for (int r = 0; r < R; ++r)
+        for (int t = 0; t < N; ++t) acc[r][t] = _mm256_setzero_si256();
+    for (int64_t b = 0; b < w.nb; ++b) {
+        __m256i acc16[R][N];
+        block_dot16<R, N>(acc16, wp, qp, b);
+        for (int r = 0; r < R; ++r)
+            for (int t = 0; t < N; ++t) acc[r][t] = _mm256_add_epi32(acc[r][t], _mm256_madd_epi16(acc16[r][t], ones));
+    }
+    for (int t = 0; t < N; ++t) {
+        const int64_t tt = a.t0 + t;
+        const __m256i rs = _mm256_set1_epi32(x.row_sums[static_cast<size_t>(tt)]);
+        const __m256 f = _mm256_set1_ps(w.scale / x.act_scale[static_cast<size_t>(tt)]);
+        for (int r = 0; r < R; ++r) {
+            const int64_t h = a.h0 + r;
+            const __m256 v = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(acc[r][t], rs)), f);
+            _mm256_maskstore_ps(a.y + tt * a.ldy + h * 8, half_mask(h, a.rb, a.re), v);
+        }
+    }
+}
+
+template <int R, int N>
+void tile_blocks(const TileArgs& a) {
+    const TernaryMatrix::Impl& w = *a.w;
+    const QuantizedActs& x = *a.x;
+    const uint8_t* wp[R];
+    const int8_t* qp[N];
+    tile_ptrs<R, N>(a, wp, qp);
+    const __m256i ones = _mm256_set1_epi16(1);
+    __m256 s[R][N];
+    for (int r = 0; r < R; ++r)
+        for (int t = 0; t < N; ++t) s[r][t] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < w.nb; ++b) {
+        __m256i acc16[R][N];
+        block_dot16<R, N>(acc16, wp, qp, b);
+        for (int r = 0; r < R; ++r) {
+            const int64_t h = a.h0 + r;
+            const __m256 d = _mm256_load_ps(w.d_ptr(h / 2) + b * kGroupRows + (h % 2) * 8);
+            for (int t = 0; t < N; ++t) {
+                const size_t tt = static_cast<size_t>(a.t0 + t);
+                const __m256i v = _mm256_sub_epi32(_mm256_madd_epi16(acc16[r][t], ones),
+                                                   _mm256_set1_epi32(x.block_sums[tt * static_cast<size_t>(w.nb) + static_cast<size_t>(b)]));
+                const __m256 p = _mm256_mul_ps(_mm256_cvtepi32_ps(v), _mm256_div_ps(d, _mm256_set1_ps(x.act_scale[tt])));
+                s[r][t] = _mm256_add_ps(s[r][t], no_contract(p));
+            }
+        }
+    }
+    for (int t = 0; t < N; ++t)
+        for (int r = 0; r < R; ++r) {
+            const int64_t h = a.h0 + r;
+            _mm256_maskstore_ps(a.y + (a.t0 + t) * a.ldy + h * 8, half_mask(h, a.rb, a.re), s[r][t]);
+        }
+}
+
+using TileFn = void (*)(const TileArgs&);
+// 16 ymm: uniform holds 2*R*N accumulators (int16 + int32) + R weights + N broadcasts + 2 constants.
+constexpr int kMaxR = 4, kMaxN = 2;
+
+template <int R, int... Ns>
+constexpr std::array<TileFn, sizeof...(Ns)> uniform_row(std::integer_sequence<int, Ns...>) {
+    return {tile_uniform<R, Ns + 1>...};
+}
+template <int R, int... Ns>
+constexpr std::array<TileFn, sizeof...(Ns)> blocks_row(std::integer_sequence<int, Ns...>) {
+    return {tile_blocks<R, Ns + 1>...};
+}
+const std::array<TileFn, kMaxN> kUniform[kMaxR] = {
+    uniform_row<1>(std::make_integer_sequence<int, kMaxN>{}), uniform_row<2>(std::make_integer_sequence<int, kMaxN>{}),
+    uniform_row<3>(std::make_integer_sequence<int, kMaxN>{}), uniform_row<4>(std::make_integer_sequence<int, kMaxN>{})};
+const std::array<TileFn, kMaxN> kBlocks[kMaxR] = {
+    blocks_row<1>(std::make_integer_sequence<int, kMaxN>{}), blocks_row<2>(std::make_integer_sequence<int, kMaxN>{}),
+    blocks_row<3>(std::make_integer_sequence<int, kMaxN>{}), blocks_row<4>(std::make_integer_sequence<int, kMaxN>{})};
+
+void ternary_matmul_avx2(const TernaryMatrix::Impl& w, const QuantizedActs& x, float* y, int64_t ldy, int64_t rb,
+                         int64_t re) {
+    const int64_t h_begin = rb / 8, h_end = (re + 7) / 8;
+    // Decode: 4 halves (32 rows) share each activation broadcast. Prefill: 2 x 2 fits the 16 registers.
+    const int maxr = x.n_tokens == 1 ? 4 : 2;
+    TileArgs a{&w, &x, y, ldy, rb, re, 0, 0};
+    for (int64_t h = h_begin; h < h_end; h += maxr) {
+        const int r = static_cast<int>(std::min<int64_t>(maxr, h_end - h));
+        a.h0 = h;
+        for (int64_t t = 0; t < x.n_tokens; t += kMaxN) {
+            const int n = static_cast<int>(std::min<int64_t>(kMaxN, x.n_tokens - t));
+            a.t0 = t;
+            (w.uniform ? kUniform[r - 1][n - 1] : kBlocks[r - 1][n - 1])(a);
+        }
+    }
+}
+
+// ---- f16 head ------------------------------------------------------------------------------------
+
+template <int R, int N>
+void f16_tile(const uint16_t* w, int64_t cols, const float* x, float* y, int64_t ldy, int64_t r0, int64_t t0) {
+    __m256 acc[R][N];
+    for (int r = 0; r < R; ++r)
+        for (int t = 0; t < N; ++t) acc[r][t] = _mm256_setzero_ps();
+    const uint16_t* wr[R];
+    const float* xt[N];
+    for (int r = 0; r < R; ++r) wr[r] = w + (r0 + r) * cols;
+    for (int t = 0; t < N; ++t) xt[t] = x + (t0 + t) * cols;
+    int64_t k = 0;
+    for (; k + 8 <= cols; k += 8) {
+        __m256 xv[N];
+#pragma GCC unroll 8
+        for (int t = 0; t < N; ++t) xv[t] = _mm256_loadu_ps(xt[t] + k);
+#pragma GCC unroll 8
+        for (int r = 0; r < R; ++r) {
+            const __m256 wv = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(wr[r] + k)));
+#pragma GCC unroll 8
+            for (int t = 0; t < N; ++t) acc[r][t] = _mm256_fmadd_ps(wv, xv[t], acc[r][t]);
+        }
+    }
+    for (int t = 0; t < N; ++t)
+        for (int r = 0; r < R; ++r) {
+            float s = hsum_ps(acc[r][t]);
+            for (int64_t kk = k; kk < cols; ++kk) s += f16_to_f32(wr[r][kk]) * xt[t][kk];
+            y[(t0 + t) * ldy + r0 + r] = s;
+        }
+}
+
+template <int R, int N>
+void f16_rows(const uint16_t* w, int64_t cols, const float* x, int64_t n_tokens, float* y, int64_t ldy, int64_t rb,
+              int64_t re) {
+    int64_t r = rb;
+    for (; r + R <= re; r += R) {
+        int64_t t = 0;
+        for (; t + N <= n_tokens; t += N) f16_tile<R, N>(w, cols, x, y, ldy, r, t);
+        for (; t < n_tokens; ++t) f16_tile<R, 1>(w, cols, x, y, ldy, r, t);
+    }
+    for (; r < re; ++r) {
+        int64_t t = 0;
+        for (; t + N <= n_tokens; t += N) f16_tile<1, N>(w, cols, x, y, ldy, r, t);
+        for (; t < n_tokens; ++t) f16_tile<1, 1>(w, cols, x, y, ldy, r, t);
+    }
+}
+
+void f16_matmul_avx2(const uint16_t* w, int64_t cols, const float* x, int64_t n_tokens, float* y, int64_t ldy,
+                     int64_t rb, int64_t re) {
+    if (n_tokens == 1) f16_rows<8, 1>(w, cols, x, n_tokens, y, ldy, rb, re);
+    else f16_rows<4, 2>(w, cols, x, n_tokens, y, ldy, rb, re);
+}
+
+const KernelOps kOps = {quantize_avx2, ternary_matmul_avx2, f16_matmul_avx2};
+
+}  // namespace
+
+const KernelOps* avx2_ops() { return &kOps; }
+
+}  // namespace bllama
+
+#else
 #include "kernels/ternary_impl.h"
 namespace bllama {
 const KernelOps* avx2_ops() { return nullptr; }
 }  // namespace bllama
+#endif

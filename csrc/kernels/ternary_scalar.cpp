@@ -210,6 +210,15 @@ void resize_acts(QuantizedActs& out, int64_t n_tokens, int64_t cols) {
 
 namespace {
 
+// The reference rounds each per-block product before adding it. Without this, a build with -mfma or
+// -march=native could fuse s += p into an FMA and stop matching the SIMD kernels (which do the same).
+inline float no_contract(float v) {
+#if defined(__x86_64__) || defined(__i386__)
+    __asm__("" : "+x"(v));
+#endif
+    return v;
+}
+
 void quantize_scalar(const float* x, int64_t n_tokens, int64_t cols, QuantizedActs& out) {
     resize_acts(out, n_tokens, cols);
     const int64_t nb = (cols + kBlock - 1) / kBlock;
@@ -261,7 +270,7 @@ void ternary_matmul_scalar(const TernaryMatrix::Impl& w, const QuantizedActs& x,
                 for (int64_t b = 0; b < nb; ++b) {
                     int32_t acc = 0;
                     for (int64_t k = b * kBlock; k < (b + 1) * kBlock; ++k) acc += row[static_cast<size_t>(k)] * q[k];
-                    s += static_cast<float>(acc) * (d[b * kGroupRows] / a);
+                    s += no_contract(static_cast<float>(acc) * (d[b * kGroupRows] / a));
                 }
                 y[t * ldy + r] = s;
             }
