@@ -151,23 +151,34 @@ def train_sentencepiece(
 
     tmp_path = None
     try:
-        if texts is not None:
-            # Stream the extra texts through a temporary file so that the
-            # trainer sees one corpus (and the sampling limits still apply).
-            fd, tmp_path = tempfile.mkstemp(suffix=".txt", prefix="bllama_spm_", dir=out_dir)
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                for t in texts:
-                    fh.write(t)
-                    if not t.endswith("\n"):
-                        fh.write("\n")
-            file_list = file_list + [tmp_path]
-        if all(os.path.getsize(f) == 0 for f in file_list):
-            raise ValueError(f"tokenizer training corpus is empty: {file_list}")
-        kwargs["input"] = file_list
+        if texts is not None and not file_list:
+            # Only in-memory texts: feed them line by line, no temporary file.
+            lines = [ln for t in texts for ln in t.split("\n") if ln]
+            if not lines:
+                raise ValueError("tokenizer training corpus is empty (texts has no text)")
+            kwargs["sentence_iterator"] = iter(lines)
+        else:
+            if texts is not None:
+                # Files and texts: add the texts to the corpus through a temporary file.
+                fd, tmp_path = tempfile.mkstemp(suffix=".txt", prefix="bllama_spm_", dir=out_dir)
+                with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                    for t in texts:
+                        fh.write(t)
+                        if not t.endswith("\n"):
+                            fh.write("\n")
+                file_list = file_list + [tmp_path]
+            if all(os.path.getsize(f) == 0 for f in file_list):
+                raise ValueError(f"tokenizer training corpus is empty: {file_list}")
+            kwargs["input"] = file_list
         try:
             spm.SentencePieceTrainer.train(**kwargs)
         except RuntimeError as e:
             msg = str(e)
+            if "required_chars" in msg:
+                raise ValueError(
+                    f"vocab_size={vocab_size} is too small for the distinct characters this corpus needs "
+                    f"({msg.strip().rsplit(']', 1)[-1].strip()}); raise vocab_size or lower character_coverage"
+                ) from e
             if "Vocabulary size" in msg or "vocab_size" in msg:
                 raise ValueError(
                     f"corpus too small for vocab_size={vocab_size} ({msg.strip()}); "

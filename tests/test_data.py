@@ -412,3 +412,31 @@ def test_token_dataset_errors_and_split(token_file, tmp_path):
     assert dm.train_dataset.end == cut and dm.val_dataset.start == cut
     x, y = next(iter(dm.train_dataloader()))
     assert x.shape == (4, 16) and torch.equal(x[:, 1:], y[:, :-1])
+
+
+def test_datamodule_drives_a_lightning_fit(tmp_path):
+    pl = pytest.importorskip("pytorch_lightning")
+
+    class Bigram(pl.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.emb = torch.nn.Embedding(200, 200)
+            self.seen_val = 0
+
+        def training_step(self, batch, batch_idx):
+            x, y = batch
+            return torch.nn.functional.cross_entropy(self.emb(x).flatten(0, 1), y.flatten())
+
+        def validation_step(self, batch, batch_idx):
+            self.seen_val += batch[0].shape[0]
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    dm = TextDataModule(_numbered(10, L=8), batch_size=2, train_test_split=0.8, num_workers=0)
+    model = Bigram()
+    trainer = pl.Trainer(max_steps=3, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+                         val_check_interval=2, default_root_dir=str(tmp_path))
+    trainer.fit(model, datamodule=dm)
+    assert trainer.global_step == 3 and model.seen_val >= 2

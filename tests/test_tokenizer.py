@@ -176,6 +176,18 @@ def test_train_errors(tmp_path):
         train_sentencepiece(f, tmp_path / "tok", vocab_size=2000, hard_vocab_limit=True)
     with pytest.raises(ValueError, match="files"):
         train_sentencepiece(None, tmp_path / "tok", vocab_size=300)
+    many_chars = tmp_path / "chars.txt"
+    many_chars.write_text("".join(chr(0x4E00 + i) for i in range(120)) * 20 + "\n", encoding="utf-8")
+    with pytest.raises(ValueError, match="distinct characters"):
+        train_sentencepiece(many_chars, tmp_path / "tok", vocab_size=300)
+
+
+def test_training_is_deterministic(tmp_path):
+    f = tmp_path / "c.txt"
+    f.write_text("Some words repeat, some words do not; repeat words.\n" * 40, encoding="utf-8")
+    a = SentencePieceTokenizer(train_sentencepiece(f, tmp_path / "tok", vocab_size=300)).serialized()
+    b = SentencePieceTokenizer(train_sentencepiece(f, tmp_path / "tok", vocab_size=300)).serialized()
+    assert a == b
 
 
 def test_train_from_texts(tmp_path):
