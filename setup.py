@@ -43,7 +43,7 @@ setup(
     # torch is pinned to the CPU build in the README and CI (`pip install torch==2.13.0`); any torch >= 2.5 works.
     install_requires=["torch>=2.5", "pytorch-lightning>=2.2", "sentencepiece>=0.2", "protobuf", "numpy",
                       "gguf>=0.10", "pyarrow", "tqdm", "matplotlib"],
-    extras_require={"test": ["pytest"]},
+    extras_require={"test": ["pytest", "ninja", "cmake>=3.18"]},
     ext_modules=[CMakeExtension("bllama._engine")],
     cmdclass={"build_ext": CMakeBuild},
     entry_points={"console_scripts": ["bllama=bllama.cli:main"]},

@@ -88,8 +88,8 @@ def cmd_generate(args):
                                repetition_penalty=args.repetition_penalty, seed=args.seed):
             print(piece, end="", flush=True)
         s = rt.stats
-        print(f"\n[{s['prompt_tokens']} prompt tokens at {s['prompt_tok_per_s']:.1f} tok/s, "
-              f"{s['decode_tokens']} new tokens at {s['decode_tok_per_s']:.1f} tok/s]", file=sys.stderr)
+        print(f"\n[{s['prompt_tokens']} prompt tokens at {s['prompt_tokens_per_second']:.1f} tok/s, "
+              f"{s['decode_tokens']} new tokens at {s['decode_tokens_per_second']:.1f} tok/s]", file=sys.stderr)
         return
     from .train import load_checkpoint, tokenizer_beside
 

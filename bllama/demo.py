@@ -55,7 +55,7 @@ def run_demo(out_dir: Path, minutes: float = 3.0, prompt: str = "The Python lang
     model.generate(prompt, tok, max_len=max_new_tokens, repetition_penalty=1.1)
     torch_tps = max_new_tokens / (time.perf_counter() - t0)
     print(f"[5/5] C++ engine, greedy: {prompt}{text}")
-    print(f"      engine: prompt {s['prompt_tok_per_s']:.0f} tok/s, decode {s['decode_tok_per_s']:.0f} tok/s; "
+    print(f"      engine: prompt {s['prompt_tokens_per_second']:.0f} tok/s, decode {s['decode_tokens_per_second']:.0f} tok/s; "
           f"PyTorch generate: about {torch_tps:.0f} tok/s (prompt + decode)")
     print(f"done: {out_dir} holds the checkpoint (checkpoints/last.ckpt), tokenizer.model and model.gguf; try\n"
           f"  bllama generate {gguf_path} \"{prompt}\" --do-sample --temperature 0.8 --top-k 40")

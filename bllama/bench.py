@@ -1,0 +1,182 @@
+"""`bllama bench`: prompt and decode speed of the C++ engine, bytes per token, bandwidth use, load time, RSS.
+
+Without a model file it writes a random-weight GGUF of a preset's shapes (speed does not depend on the values).
+"""
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import resource
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import List, Optional
+
+import numpy as np
+
+from .config import bLlamaConfig
+
+
+def write_random_gguf(config: bLlamaConfig, path: Path, seed: int = 0) -> Path:
+    """A random b1.58 model of `config`'s shapes. One random code matrix per shape is reused by every layer
+    (each tensor still has its own bytes in the file, so nothing is shared in memory or cache)."""
+    import gguf
+
+    from .export import PROJECTIONS, pack_tq2_0
+
+    rng = np.random.default_rng(seed)
+    c = config
+    kv = c.num_kv_heads * c.head_dim
+    shapes = {"attn_q": (c.hidden_size, c.hidden_size), "attn_k": (kv, c.hidden_size), "attn_v": (kv, c.hidden_size),
+              "attn_output": (c.hidden_size, c.hidden_size), "ffn_gate": (c.ffn_size, c.hidden_size),
+              "ffn_up": (c.ffn_size, c.hidden_size), "ffn_down": (c.hidden_size, c.ffn_size)}
+    packed = {}
+    for name, shape in shapes.items():
+        if shape not in packed:
+            packed[shape] = pack_tq2_0(rng.integers(-1, 2, size=shape, dtype=np.int8), 0.02)
+    w = gguf.GGUFWriter(str(path), "bitnet")
+    w.add_context_length(c.seq_len)
+    w.add_embedding_length(c.hidden_size)
+    w.add_block_count(c.num_layers)
+    w.add_feed_forward_length(c.ffn_size)
+    w.add_head_count(c.num_heads)
+    w.add_head_count_kv(c.num_kv_heads)
+    w.add_layer_norm_rms_eps(c.rms_eps)
+    w.add_rope_freq_base(c.rope_theta)
+    w.add_vocab_size(c.vocab_size)
+    w.add_string("bllama.activation", c.activation)
+    w.add_bool("bllama.tie_embeddings", c.tie_embeddings)
+    w.add_tensor("token_embd.weight", (rng.standard_normal((c.vocab_size, c.hidden_size), dtype=np.float32) * 0.02)
+                 .astype(np.float16))
+    w.add_tensor("output_norm.weight", np.ones(c.hidden_size, np.float32))
+    if not c.tie_embeddings:
+        w.add_tensor("output.weight", (rng.standard_normal((c.vocab_size, c.hidden_size), dtype=np.float32) * 0.02)
+                     .astype(np.float16))
+    for i in range(c.num_layers):
+        for norm, dim in (("attn_norm", c.hidden_size), ("attn_sub_norm", c.hidden_size),
+                          ("ffn_norm", c.hidden_size), ("ffn_sub_norm", c.ffn_size)):
+            w.add_tensor(f"blk.{i}.{norm}.weight", np.ones(dim, np.float32))
+        for name in PROJECTIONS.values():
+            w.add_tensor(f"blk.{i}.{name}.weight", packed[shapes[name]], raw_dtype=gguf.GGMLQuantizationType.TQ2_0)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
+def bytes_per_token(path: Path) -> int:
+    """Bytes a decode step must read: every tensor once, except the embedding table, of which only one row is
+    read unless it is also the (tied) head."""
+    import gguf
+
+    r = gguf.GGUFReader(str(path))
+    names = {t.name: int(t.n_bytes) for t in r.tensors}
+    total = sum(names.values())
+    if "output.weight" in names:
+        emb = r.tensors[[t.name for t in r.tensors].index("token_embd.weight")]
+        total -= names["token_embd.weight"] - names["token_embd.weight"] // int(emb.shape[-1])
+    return total
+
+
+def _median_run(engine, prompt_len: int, gen: int, repeats: int, vocab: int, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    pp, tg = [], []
+    for _ in range(repeats):
+        ids = rng.integers(3, vocab, size=prompt_len).tolist()
+        engine.generate(ids, gen, stop_ids=[])
+        s = engine.last_stats
+        pp.append(s["prompt_tokens_per_second"])
+        tg.append(s["decode_tokens_per_second"])
+    return statistics.median(pp), statistics.median(tg)
+
+
+def _measure_engine(path: str, threads: int, prompt_tokens: int, gen_tokens: int, repeats: int, bpt: int) -> dict:
+    from . import _engine
+
+    t0 = time.perf_counter()
+    eng = _engine.Engine(path, threads)
+    load_s = time.perf_counter() - t0
+    pp, tg = _median_run(eng, prompt_tokens, gen_tokens, repeats, eng.vocab_size)
+    bw = _engine.read_bandwidth(threads) if hasattr(_engine, "read_bandwidth") else None
+    gbs = tg * bpt / 1e9
+    return {"threads": threads, "prompt_tok_s": round(pp, 1), "decode_tok_s": round(tg, 2), "load_s": round(load_s, 3),
+            "bytes_per_token": bpt, "decode_GB_s": round(gbs, 2),
+            "read_bandwidth_GB_s": round(bw, 2) if bw else None, "pct_of_bandwidth": round(100 * gbs / bw, 1) if bw else None,
+            "peak_rss_MiB": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+
+
+def run_bench(model: Optional[str] = None, preset: str = "1.7b", threads: Optional[List[int]] = None,
+              prompt_tokens: int = 128, gen_tokens: int = 64, repeats: int = 3, torch_compare: bool = False,
+              json_out: Optional[str] = None) -> dict:
+    tmpdir = None
+    if model is None:
+        tmpdir = tempfile.TemporaryDirectory(prefix="bllama-bench-")
+        cfg = bLlamaConfig.preset(preset)
+        t0 = time.perf_counter()
+        path = write_random_gguf(cfg, Path(tmpdir.name) / f"random-{preset}.gguf")
+        print(f"wrote a random {preset} model ({path.stat().st_size / 2**20:.0f} MiB) in {time.perf_counter() - t0:.1f} s")
+    else:
+        path = Path(model)
+    threads = threads or sorted({1, len(os.sched_getaffinity(0))})
+    bpt = bytes_per_token(path)
+    rows = []
+    ctx = multiprocessing.get_context("spawn")  # a fresh process per thread count: honest load time and RSS
+    with ctx.Pool(1, maxtasksperchild=1) as pool:
+        for t in threads:
+            rows.append(pool.apply(_measure_engine, (str(path), t, prompt_tokens, gen_tokens, repeats, bpt)))
+    result = {"model": str(path) if model else f"random {preset}", "file_MiB": round(path.stat().st_size / 2**20, 1),
+              "prompt_tokens": prompt_tokens, "gen_tokens": gen_tokens, "repeats": repeats, "engine": rows}
+    if torch_compare:
+        result["torch"] = torch_speed(model, preset, prompt_tokens, min(gen_tokens, 8), threads[-1])
+    print(format_table(result))
+    if json_out:
+        Path(json_out).write_text(json.dumps(result, indent=2))
+        print(f"wrote {json_out}")
+    if tmpdir is not None:
+        tmpdir.cleanup()
+    return result
+
+
+def torch_speed(model: Optional[str], preset: str, prompt_tokens: int, gen_tokens: int, threads: int) -> dict:
+    """The PyTorch quantized model (bLlama after quantize_weights_to_ternary) on the same shapes."""
+    import torch
+
+    from .generate import generate_ids
+    from .model import Transformer
+
+    if model is not None:
+        raise ValueError("--torch compares on a random model of --preset; give no model file")
+    torch.set_num_threads(threads)
+    net = Transformer(bLlamaConfig.preset(preset)).eval()
+    for _, layer in net.bitlinears():
+        layer.quantize()
+    ids = list(range(3, 3 + prompt_tokens))
+    t0 = time.perf_counter()
+    generate_ids(net, ids, 1)
+    t_prompt = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    generate_ids(net, ids, gen_tokens + 1)
+    t_all = time.perf_counter() - t0
+    return {"threads": threads, "prompt_tok_s": round(prompt_tokens / t_prompt, 2),
+            "decode_tok_s": round(gen_tokens / max(t_all - t_prompt, 1e-9), 3)}
+
+
+def format_table(r: dict) -> str:
+    lines = [f"model: {r['model']} ({r['file_MiB']} MiB), prompt {r['prompt_tokens']} tokens, "
+             f"decode {r['gen_tokens']} tokens, median of {r['repeats']}",
+             f"{'threads':>7} {'prompt tok/s':>12} {'decode tok/s':>12} {'GB/s':>6} {'% bw':>6} {'load s':>7} "
+             f"{'RSS MiB':>8}"]
+    for e in r["engine"]:
+        pct = f"{e['pct_of_bandwidth']:.0f}" if e["pct_of_bandwidth"] is not None else "-"
+        lines.append(f"{e['threads']:>7} {e['prompt_tok_s']:>12.1f} {e['decode_tok_s']:>12.2f} {e['decode_GB_s']:>6.2f} "
+                     f"{pct:>6} {e['load_s']:>7.3f} {e['peak_rss_MiB']:>8.0f}")
+    if "torch" in r:
+        t = r["torch"]
+        best = max(e["decode_tok_s"] for e in r["engine"])
+        lines.append(f"PyTorch quantized model, {t['threads']} threads: prompt {t['prompt_tok_s']} tok/s, decode "
+                     f"{t['decode_tok_s']} tok/s (engine decode is {best / max(t['decode_tok_s'], 1e-9):.0f}x)")
+    lines.append(f"bytes read per decoded token: {r['engine'][0]['bytes_per_token'] / 2**20:.1f} MiB")
+    return "\n".join(lines)
