@@ -1,0 +1,293 @@
+// pybind11 module bllama._engine: the C++ engine for Python. Long calls (load, generate, logits)
+// run with the GIL released; the per-token callback re-acquires it. C++ exceptions become
+// ValueError (bad file / bad arguments), IndexError (token ids, context length), FileNotFoundError,
+// OSError and RuntimeError, with the engine's message.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <climits>
+#include <cstring>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "engine.h"
+#include "gguf.h"
+#include "mapped_file.h"
+
+namespace py = pybind11;
+using namespace bllama;
+
+namespace {
+
+std::vector<int32_t> to_ids(const std::vector<int64_t>& ids, int64_t vocab, const char* what) {
+    std::vector<int32_t> out(ids.size());
+    for (size_t i = 0; i < ids.size(); ++i) {
+        if (ids[i] < 0 || ids[i] >= vocab)
+            throw std::out_of_range(std::string(what) + ": token id " + std::to_string(ids[i]) + " at index " +
+                                    std::to_string(i) + " is out of range [0, " + std::to_string(vocab) + ")");
+        out[i] = static_cast<int32_t>(ids[i]);
+    }
+    return out;
+}
+
+// Lossless for any bytes: invalid UTF-8 survives as surrogates (encode with "surrogateescape").
+py::str to_str(const char* p, size_t n) {
+    PyObject* o = PyUnicode_DecodeUTF8(p, static_cast<Py_ssize_t>(n), "surrogateescape");
+    if (!o) throw py::error_already_set();
+    return py::reinterpret_steal<py::str>(o);
+}
+
+template <class T>
+py::array numeric_array(const GgufFile& f, const GgufKV& kv) {
+    py::array_t<T> a(static_cast<py::ssize_t>(kv.count));
+    if (kv.count) std::memcpy(a.mutable_data(), f.raw_value(kv), kv.count * sizeof(T));
+    return std::move(a);
+}
+
+py::object scalar_value(const GgufFile& f, const GgufKV& kv) {
+    const uint8_t* p = f.raw_value(kv);
+    auto get = [p](auto v) { std::memcpy(&v, p, sizeof v); return v; };
+    switch (kv.type) {
+        case GgufType::U8: return py::int_(get(uint8_t{}));
+        case GgufType::I8: return py::int_(get(int8_t{}));
+        case GgufType::U16: return py::int_(get(uint16_t{}));
+        case GgufType::I16: return py::int_(get(int16_t{}));
+        case GgufType::U32: return py::int_(get(uint32_t{}));
+        case GgufType::I32: return py::int_(get(int32_t{}));
+        case GgufType::U64: return py::int_(get(uint64_t{}));
+        case GgufType::I64: return py::int_(get(int64_t{}));
+        case GgufType::F32: return py::float_(get(float{}));
+        case GgufType::F64: return py::float_(get(double{}));
+        case GgufType::BOOL: return py::bool_(get(uint8_t{}) != 0);
+        case GgufType::STRING: {
+            const std::string s = f.string_value(kv);
+            return to_str(s.data(), s.size());
+        }
+        default: throw std::runtime_error("unexpected metadata type");
+    }
+}
+
+py::object metadata_value(const GgufFile& f, const GgufKV& kv) {
+    if (kv.type != GgufType::ARRAY) return scalar_value(f, kv);
+    switch (kv.elem_type) {
+        case GgufType::U8:  // blobs such as bllama.tokenizer.sp_model
+            return py::bytes(reinterpret_cast<const char*>(f.raw_value(kv)), static_cast<size_t>(kv.count));
+        case GgufType::I8: return numeric_array<int8_t>(f, kv);
+        case GgufType::U16: return numeric_array<uint16_t>(f, kv);
+        case GgufType::I16: return numeric_array<int16_t>(f, kv);
+        case GgufType::U32: return numeric_array<uint32_t>(f, kv);
+        case GgufType::I32: return numeric_array<int32_t>(f, kv);
+        case GgufType::U64: return numeric_array<uint64_t>(f, kv);
+        case GgufType::I64: return numeric_array<int64_t>(f, kv);
+        case GgufType::F32: return numeric_array<float>(f, kv);
+        case GgufType::F64: return numeric_array<double>(f, kv);
+        case GgufType::BOOL: return numeric_array<bool>(f, kv);
+        case GgufType::STRING: {
+            py::list out(static_cast<size_t>(kv.count));
+            const uint8_t* p = f.raw_value(kv);
+            for (uint64_t i = 0; i < kv.count; ++i) {  // lengths were validated at open
+                uint64_t len;
+                std::memcpy(&len, p, 8);
+                out[static_cast<size_t>(i)] = to_str(reinterpret_cast<const char*>(p + 8), static_cast<size_t>(len));
+                p += 8 + len;
+            }
+            return std::move(out);
+        }
+        default: throw std::runtime_error("unexpected metadata array type");
+    }
+}
+
+class PyEngine {
+public:
+    PyEngine(const std::string& path, std::optional<int> threads, std::optional<int64_t> context_length) {
+        LoadOptions o;
+        if (threads) {
+            if (*threads <= 0) throw std::invalid_argument("threads must be a positive integer or None, got " + std::to_string(*threads));
+            o.threads = *threads;
+        }
+        if (context_length) {
+            if (*context_length <= 0)
+                throw std::invalid_argument("context_length must be positive or None, got " + std::to_string(*context_length));
+            o.max_context = *context_length;
+        }
+        py::gil_scoped_release nogil;
+        engine_ = std::make_unique<Engine>(path, o);
+    }
+
+    py::dict config() const {
+        const ModelConfig& c = engine_->config();
+        py::dict d;
+        d["vocab_size"] = c.vocab;
+        d["hidden_size"] = c.dim;
+        d["num_layers"] = c.n_layers;
+        d["num_heads"] = c.n_heads;
+        d["num_kv_heads"] = c.n_kv_heads;
+        d["head_dim"] = c.head_dim;
+        d["ffn_size"] = c.ffn;
+        d["seq_len"] = c.context;
+        d["context_length"] = engine_->context_length();
+        d["rms_eps"] = c.rms_eps;
+        d["rope_theta"] = c.rope_theta;
+        d["activation"] = activation_name(c.activation);
+        d["tie_embeddings"] = c.tied;
+        d["weight_type"] = ggml_type_name(c.weight_type);
+        d["kernel"] = kernel_name(engine_->model().kernel());
+        d["threads"] = engine_->model().threads();
+        d["weight_bytes"] = engine_->model().weight_bytes();
+        return d;
+    }
+
+    py::list generate(const std::vector<int64_t>& ids, int64_t max_new_tokens, float temperature, int top_k, float top_p,
+                      float repetition_penalty, const py::int_& seed, bool do_sample,
+                      const std::vector<int64_t>& stop_ids, const py::object& callback) {
+        const int64_t V = engine_->vocab_size();
+        const std::vector<int32_t> prompt = to_ids(ids, V, "prompt");
+        std::vector<int32_t> stops;
+        for (int64_t s : stop_ids)
+            if (s >= INT32_MIN && s <= INT32_MAX) stops.push_back(static_cast<int32_t>(s));  // others can never match
+        SamplingParams p;
+        p.do_sample = do_sample;
+        p.temperature = temperature;
+        p.top_k = top_k;
+        p.top_p = top_p;
+        p.repetition_penalty = repetition_penalty;
+        // A negative seed asks for a fresh random one; others are used modulo 2^64.
+        const bool random_seed = seed < py::int_(0);
+        p.seed = random_seed ? std::random_device{}() * 0x9E3779B97F4A7C15ull ^ std::random_device{}()
+                             : static_cast<uint64_t>(PyLong_AsUnsignedLongLongMask(seed.ptr()));
+
+        std::exception_ptr callback_error;
+        TokenCallback cb;
+        if (!callback.is_none()) {
+            cb = [&](int32_t token) -> bool {
+                py::gil_scoped_acquire gil;
+                try {
+                    return py::bool_(callback(token));
+                } catch (...) {  // kept and re-raised once the GIL is ours again, after generate()
+                    callback_error = std::current_exception();
+                    return true;
+                }
+            };
+        }
+        std::vector<int32_t> out;
+        {
+            py::gil_scoped_release nogil;
+            std::lock_guard<std::mutex> lock(mu_);
+            out = engine_->generate(prompt, max_new_tokens, p, stops, cb);
+        }
+        if (callback_error) std::rethrow_exception(callback_error);
+        py::list result(out.size());
+        for (size_t i = 0; i < out.size(); ++i) result[i] = out[i];
+        return result;
+    }
+
+    py::array_t<float> logits(const std::vector<int64_t>& ids) {
+        const int64_t V = engine_->vocab_size();
+        const std::vector<int32_t> toks = to_ids(ids, V, "ids");
+        if (toks.empty()) throw std::invalid_argument("ids is empty");
+        if (static_cast<int64_t>(toks.size()) > engine_->context_length())
+            throw std::out_of_range(std::to_string(toks.size()) + " tokens exceed the context length " +
+                                    std::to_string(engine_->context_length()));
+        py::array_t<float> out({static_cast<py::ssize_t>(toks.size()), static_cast<py::ssize_t>(V)});
+        float* dst = out.mutable_data();
+        {
+            py::gil_scoped_release nogil;
+            std::lock_guard<std::mutex> lock(mu_);
+            engine_->logits(toks, dst);
+        }
+        return out;
+    }
+
+    py::dict last_stats() {
+        GenerateStats s;
+        {
+            std::lock_guard<std::mutex> lock(mu_);
+            s = engine_->last_stats();
+        }
+        py::dict d;
+        d["prompt_tokens"] = s.prompt_tokens;
+        d["prompt_seconds"] = s.prompt_seconds;
+        d["decode_tokens"] = s.decode_tokens;
+        d["decode_seconds"] = s.decode_seconds;
+        d["generated_tokens"] = s.generated_tokens;
+        d["load_seconds"] = s.load_seconds;
+        d["prompt_tokens_per_second"] = s.prompt_seconds > 0 ? s.prompt_tokens / s.prompt_seconds : 0.0;
+        d["decode_tokens_per_second"] = s.decode_seconds > 0 ? s.decode_tokens / s.decode_seconds : 0.0;
+        d["stop_reason"] = stop_reason_name(s.stop_reason);
+        return d;
+    }
+
+    py::object metadata(const std::string& key) const {
+        const GgufFile& f = engine_->model().gguf();
+        const GgufKV* kv = f.find(key);
+        if (!kv) throw py::key_error("no metadata key '" + key + "'");
+        return metadata_value(f, *kv);
+    }
+
+    py::list metadata_keys() const {
+        py::list out;
+        for (const GgufKV& kv : engine_->model().gguf().kvs()) out.append(kv.key);
+        return out;
+    }
+
+    void reset() {
+        py::gil_scoped_release nogil;
+        std::lock_guard<std::mutex> lock(mu_);
+        engine_->reset();
+    }
+
+    int64_t vocab_size() const { return engine_->vocab_size(); }
+    int64_t context_length() const { return engine_->context_length(); }
+
+private:
+    std::unique_ptr<Engine> engine_;
+    std::mutex mu_;  // one call at a time: the engine's buffers and KV cache are shared state
+};
+
+}  // namespace
+
+PYBIND11_MODULE(_engine, m) {
+    m.doc() = "bLLaMa C++ inference engine (BitNet b1.58 ternary LLaMA, GGUF arch 'bitnet')";
+
+    py::register_exception_translator([](std::exception_ptr p) {
+        try {
+            if (p) std::rethrow_exception(p);
+        } catch (const FileNotFound& e) {
+            PyErr_SetString(PyExc_FileNotFoundError, e.what());
+        } catch (const FileError& e) {
+            PyErr_SetString(PyExc_OSError, e.what());
+        } catch (const GgufError& e) {
+            PyErr_SetString(PyExc_ValueError, e.what());
+        } catch (const ModelError& e) {
+            PyErr_SetString(PyExc_ValueError, e.what());
+        }
+    });
+
+    py::class_<PyEngine>(m, "Engine")
+        .def(py::init<const std::string&, std::optional<int>, std::optional<int64_t>>(), py::arg("path"),
+             py::arg("threads") = py::none(), py::arg("context_length") = py::none(),
+             "Load a GGUF 'bitnet' model. threads=None: the physical cores this process may use. "
+             "context_length=None: the file's; a smaller value caps the KV cache.")
+        .def_property_readonly("config", &PyEngine::config)
+        .def_property_readonly("vocab_size", &PyEngine::vocab_size)
+        .def_property_readonly("context_length", &PyEngine::context_length)
+        .def_property_readonly("last_stats", &PyEngine::last_stats)
+        .def("generate", &PyEngine::generate, py::arg("ids"), py::arg("max_new_tokens"), py::arg("temperature") = 1.0f,
+             py::arg("top_k") = 0, py::arg("top_p") = 1.0f, py::arg("repetition_penalty") = 1.0f,
+             py::arg("seed") = py::int_(0), py::arg("do_sample") = false, py::arg("stop_ids") = std::vector<int64_t>{},
+             py::arg("callback") = py::none(),
+             "Generated token ids (stop token excluded). callback(token) -> truthy stops; its exceptions propagate.")
+        .def("logits", &PyEngine::logits, py::arg("ids"), "float32 array [len(ids), vocab]")
+        .def("metadata", &PyEngine::metadata, py::arg("key"))
+        .def("metadata_keys", &PyEngine::metadata_keys)
+        .def("reset", &PyEngine::reset)
+        .def("__repr__", [](const PyEngine& e) {
+            return "<bllama._engine.Engine vocab=" + std::to_string(e.vocab_size()) +
+                   " context=" + std::to_string(e.context_length()) + ">";
+        });
+}
