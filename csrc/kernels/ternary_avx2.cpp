@@ -227,7 +227,7 @@ void tile_blocks(const TileArgs& a) {
 
 using TileFn = void (*)(const TileArgs&);
 // 16 ymm: uniform holds 2*R*N accumulators (int16 + int32) + R weights + N broadcasts + 2 constants.
-constexpr int kMaxR = 4, kMaxN = 2;
+constexpr int kMaxR = 2, kMaxN = 2;
 
 template <int R, int... Ns>
 constexpr std::array<TileFn, sizeof...(Ns)> uniform_row(std::integer_sequence<int, Ns...>) {
@@ -237,18 +237,18 @@ template <int R, int... Ns>
 constexpr std::array<TileFn, sizeof...(Ns)> blocks_row(std::integer_sequence<int, Ns...>) {
     return {tile_blocks<R, Ns + 1>...};
 }
-const std::array<TileFn, kMaxN> kUniform[kMaxR] = {
-    uniform_row<1>(std::make_integer_sequence<int, kMaxN>{}), uniform_row<2>(std::make_integer_sequence<int, kMaxN>{}),
-    uniform_row<3>(std::make_integer_sequence<int, kMaxN>{}), uniform_row<4>(std::make_integer_sequence<int, kMaxN>{})};
-const std::array<TileFn, kMaxN> kBlocks[kMaxR] = {
-    blocks_row<1>(std::make_integer_sequence<int, kMaxN>{}), blocks_row<2>(std::make_integer_sequence<int, kMaxN>{}),
-    blocks_row<3>(std::make_integer_sequence<int, kMaxN>{}), blocks_row<4>(std::make_integer_sequence<int, kMaxN>{})};
+const std::array<TileFn, kMaxN> kUniform[kMaxR] = {uniform_row<1>(std::make_integer_sequence<int, kMaxN>{}),
+                                                  uniform_row<2>(std::make_integer_sequence<int, kMaxN>{})};
+const std::array<TileFn, kMaxN> kBlocks[kMaxR] = {blocks_row<1>(std::make_integer_sequence<int, kMaxN>{}),
+                                                 blocks_row<2>(std::make_integer_sequence<int, kMaxN>{})};
 
 void ternary_matmul_avx2(const TernaryMatrix::Impl& w, const QuantizedActs& x, float* y, int64_t ldy, int64_t rb,
                          int64_t re) {
     const int64_t h_begin = rb / 8, h_end = (re + 7) / 8;
-    // Decode: 4 halves (32 rows) share each activation broadcast. Prefill: 2 x 2 fits the 16 registers.
-    const int maxr = x.n_tokens == 1 ? 4 : 2;
+    // Both halves of one group per tile: the matrix is read as one linear stream. Measured (decode,
+    // 8192x2048, one core): 2 halves 28.6 GB/s (compute-bound: ~36 uops per 64 bytes), 1 half 12.6,
+    // 4 halves 10.7 (spills). Software prefetch made no difference here.
+    const int maxr = 2;
     TileArgs a{&w, &x, y, ldy, rb, re, 0, 0};
     for (int64_t h = h_begin; h < h_end; h += maxr) {
         const int r = static_cast<int>(std::min<int64_t>(maxr, h_end - h));
@@ -292,6 +292,27 @@ void f16_tile(const uint16_t* w, int64_t cols, const float* x, float* y, int64_t
         }
 }
 
+// One token: one row at a time, four accumulators, prefetch ahead: the matrix is one linear stream.
+void f16_gemv_rows(const uint16_t* w, int64_t cols, const float* x, float* y, int64_t rb, int64_t re) {
+    auto cvt = [](const uint16_t* p) { return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))); };
+    for (int64_t r = rb; r < re; ++r) {
+        const uint16_t* wr = w + r * cols;
+        __m256 acc0 = _mm256_setzero_ps(), acc1 = acc0, acc2 = acc0, acc3 = acc0;
+        int64_t k = 0;
+        for (; k + 32 <= cols; k += 32) {
+            _mm_prefetch(reinterpret_cast<const char*>(wr + k) + 8192, _MM_HINT_T0);
+            acc0 = _mm256_fmadd_ps(cvt(wr + k), _mm256_loadu_ps(x + k), acc0);
+            acc1 = _mm256_fmadd_ps(cvt(wr + k + 8), _mm256_loadu_ps(x + k + 8), acc1);
+            acc2 = _mm256_fmadd_ps(cvt(wr + k + 16), _mm256_loadu_ps(x + k + 16), acc2);
+            acc3 = _mm256_fmadd_ps(cvt(wr + k + 24), _mm256_loadu_ps(x + k + 24), acc3);
+        }
+        for (; k + 8 <= cols; k += 8) acc0 = _mm256_fmadd_ps(cvt(wr + k), _mm256_loadu_ps(x + k), acc0);
+        float s = hsum_ps(_mm256_add_ps(_mm256_add_ps(acc0, acc1), _mm256_add_ps(acc2, acc3)));
+        for (; k < cols; ++k) s += f16_to_f32(wr[k]) * x[k];
+        y[r] = s;
+    }
+}
+
 template <int R, int N>
 void f16_rows(const uint16_t* w, int64_t cols, const float* x, int64_t n_tokens, float* y, int64_t ldy, int64_t rb,
               int64_t re) {
@@ -310,7 +331,7 @@ void f16_rows(const uint16_t* w, int64_t cols, const float* x, int64_t n_tokens,
 
 void f16_matmul_avx2(const uint16_t* w, int64_t cols, const float* x, int64_t n_tokens, float* y, int64_t ldy,
                      int64_t rb, int64_t re) {
-    if (n_tokens == 1) f16_rows<8, 1>(w, cols, x, n_tokens, y, ldy, rb, re);
+    if (n_tokens == 1) f16_gemv_rows(w, cols, x, y, rb, re);
     else f16_rows<4, 2>(w, cols, x, n_tokens, y, ldy, rb, re);
 }
 
