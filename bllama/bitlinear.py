@@ -37,14 +37,55 @@ def quantize_activations(x: torch.Tensor):
     return (x.float() * a).round().clamp(-128, 127), a
 
 
+class BitLinearFunction(torch.autograd.Function):
+    """Fake-quant linear with straight-through gradients that saves int8 tensors for backward.
+
+    Forward: y = (xq / a) @ (Wq * s)^T. Backward (STE): dx = dy @ (Wq * s), dW = dy^T @ (xq / a): the gradients
+    of a plain linear layer evaluated at the quantized point. Saving int8 codes and int8 activations plus their
+    scales instead of float copies cuts the activation memory of every projection by 4x (fp32) or 2x (bf16).
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias):
+        s = weight_scale(weight)
+        codes = ternarize(weight.detach().float(), s).to(torch.int8)
+        xq, a = quantize_activations(x)
+        w_deq = (codes.to(x.dtype) * s.to(x.dtype))
+        y = F.linear((xq / a).to(x.dtype), w_deq, bias)
+        ctx.save_for_backward(xq.to(torch.int8), a, codes, s)
+        ctx.x_dtype, ctx.w_dtype, ctx.has_bias = x.dtype, weight.dtype, bias is not None
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        xq, a, codes, s = ctx.saved_tensors
+        dt = dy.dtype
+        dx = dw = db = None
+        if ctx.needs_input_grad[0]:
+            dx = (dy @ (codes.to(dt) * s.to(dt))).to(ctx.x_dtype)
+        if ctx.needs_input_grad[1]:
+            x_deq = (xq.float() / a).to(dt)
+            dw = (dy.reshape(-1, dy.shape[-1]).T @ x_deq.reshape(-1, x_deq.shape[-1])).to(ctx.w_dtype)
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            db = dy.reshape(-1, dy.shape[-1]).sum(0)
+        return dx, dw, db
+
+
 class BitLinear(nn.Linear):
     def __init__(self, in_features: int, out_features: int, bias: bool = False, device=None, dtype=None):
         super().__init__(in_features, out_features, bias=bias, device=device, dtype=dtype)
         self.quantized = False
+        self.lean = True  # BitLinearFunction (int8 saved for backward); False: the textbook STE graph
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.quantized:
             return self._forward_quantized(x)
+        if self.lean:
+            return BitLinearFunction.apply(x, self.weight, self.bias)
+        return self._forward_ste(x)
+
+    def _forward_ste(self, x: torch.Tensor) -> torch.Tensor:
+        """The textbook straight-through form `x + (q(x) - x).detach()`; the reference for BitLinearFunction."""
         w = self.weight
         s = weight_scale(w)
         w = w + (ternarize(w, s) * s - w).detach()

@@ -143,3 +143,40 @@ def test_module_quantize_reports_sizes_and_warns_when_unquantized(sp_tokenizer):
         warnings.simplefilter("error")
         text = m.generate("hello", sp_tokenizer, max_len=5, do_sample=False, top_k=3, repetition_penalty=2)
     assert isinstance(text, str) and text.startswith("hello")
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_lean_autograd_function_matches_textbook_ste(bias):
+    torch.manual_seed(6)
+    layer = BitLinear(256, 48, bias=bias)
+    x = torch.randn(2, 9, 256)
+    outs = {}
+    for lean in (True, False):
+        layer.lean = lean
+        layer.zero_grad()
+        xi = x.clone().requires_grad_(True)
+        y = layer(xi)
+        (y * torch.linspace(-1, 1, 48)).sum().backward()
+        outs[lean] = (y.detach(), xi.grad, layer.weight.grad.clone(), layer.bias.grad.clone() if bias else None)
+    for a, b in zip(outs[True], outs[False]):
+        if a is not None:
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_lean_function_under_bf16_autocast_and_compile():
+    torch.manual_seed(7)
+    layer = BitLinear(256, 32)
+    x = torch.randn(4, 256, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = layer(x)
+    y.float().sum().backward()
+    assert layer.weight.grad.dtype == torch.float32 and torch.isfinite(layer.weight.grad).all()
+    # fullgraph=True fails on any graph break
+    compiled = torch.compile(layer, fullgraph=True, backend="aot_eager")
+    x2 = x.detach().clone().requires_grad_(True)
+    layer.zero_grad()
+    compiled(x2).sum().backward()
+    g_compiled = layer.weight.grad.clone()
+    layer.zero_grad()
+    layer(x.detach()).sum().backward()
+    torch.testing.assert_close(g_compiled, layer.weight.grad)
