@@ -1,4 +1,5 @@
 // RoPE (NEOX pairing) and causal grouped-query attention over the KV cache.
+#include <algorithm>
 #include <cmath>
 
 #include "model.h"
@@ -41,10 +42,11 @@ void Model::attention(int64_t layer, int64_t n, int64_t pos) {
     const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
     const float* kc = k_cache_.data() + layer * ctx_ * KV;
     const float* vc = v_cache_.data() + layer * ctx_ * KV;
-    pool_.run([&](int ti, int nt) {
-        float* sc = scores_.data() + static_cast<int64_t>(ti) * ctx_;
+    const int nc = static_cast<int>(std::min<int64_t>(n * H, pool_.size() == 1 ? 1 : pool_.size() * 4));
+    pool_.run(nc, [&](int chunk, int thread) {
+        float* sc = scores_.data() + static_cast<int64_t>(thread) * ctx_;
         int64_t b, e;
-        split_range(n * H, ti, nt, 1, b, e);
+        split_range(n * H, chunk, nc, 1, b, e);
         for (int64_t task = b; task < e; ++task) {
             const int64_t t = task / H, h = task % H, g = h / group;
             const int64_t len = pos + t + 1;  // causal: keys 0 .. pos+t

@@ -62,6 +62,8 @@ void Model::forward_chunk(const int32_t* tokens, int64_t n, int64_t pos, float* 
     const ModelConfig& c = cfg_;
     const int64_t D = c.dim, F = c.ffn, KV = c.kv_dim();
     const KernelKind kind = kernel_;
+    // Several chunks per thread so a thread that falls behind (or is descheduled) sheds work.
+    const int nc = pool_.size() == 1 ? 1 : pool_.size() * 4;
 
     for (int64_t t = 0; t < n; ++t) {
         const uint16_t* row = embd_ + static_cast<int64_t>(tokens[t]) * D;
@@ -75,11 +77,11 @@ void Model::forward_chunk(const int32_t* tokens, int64_t n, int64_t pos, float* 
         // Attention: q, k, v share one quantized input.
         rmsnorm(x_.data(), L.attn_norm.data(), xn_.data(), n, D, c.rms_eps);
         quantize_acts(xn_.data(), n, D, qa_dim_, kind);
-        pool_.run([&](int i, int nt) {
+        pool_.run(nc, [&](int i, int) {
             int64_t b, e;
-            split_range(D, i, nt, kRowAlign, b, e);
+            split_range(D, i, nc, kRowAlign, b, e);
             bitlinear_rows(L.q, qa_dim_, q_.data(), D, n, b, e, kind);
-            split_range(KV, i, nt, kRowAlign, b, e);
+            split_range(KV, i, nc, kRowAlign, b, e);
             bitlinear_rows(L.k, qa_dim_, k_.data(), KV, n, b, e, kind);
             bitlinear_rows(L.v, qa_dim_, v_.data(), KV, n, b, e, kind);
         });
@@ -93,9 +95,9 @@ void Model::forward_chunk(const int32_t* tokens, int64_t n, int64_t pos, float* 
 
         rmsnorm(att_.data(), L.attn_sub_norm.data(), xn_.data(), n, D, c.rms_eps);
         quantize_acts(xn_.data(), n, D, qa_dim_, kind);
-        pool_.run([&](int i, int nt) {
+        pool_.run(nc, [&](int i, int) {
             int64_t b, e;
-            split_range(D, i, nt, kRowAlign, b, e);
+            split_range(D, i, nc, kRowAlign, b, e);
             bitlinear_rows(L.o, qa_dim_, q_.data(), D, n, b, e, kind);
             for (int64_t t = 0; t < n; ++t)
                 for (int64_t r = b; r < e; ++r) x_[t * D + r] += q_[t * D + r];
@@ -105,9 +107,9 @@ void Model::forward_chunk(const int32_t* tokens, int64_t n, int64_t pos, float* 
         rmsnorm(x_.data(), L.ffn_norm.data(), xn_.data(), n, D, c.rms_eps);
         quantize_acts(xn_.data(), n, D, qa_dim_, kind);
         const bool relu_sq = c.activation == Activation::Relu2;
-        pool_.run([&](int i, int nt) {
+        pool_.run(nc, [&](int i, int) {
             int64_t b, e;
-            split_range(F, i, nt, kRowAlign, b, e);
+            split_range(F, i, nc, kRowAlign, b, e);
             bitlinear_rows(L.gate, qa_dim_, gate_.data(), F, n, b, e, kind);
             bitlinear_rows(L.up, qa_dim_, up_.data(), F, n, b, e, kind);
             for (int64_t t = 0; t < n; ++t) {
@@ -121,9 +123,9 @@ void Model::forward_chunk(const int32_t* tokens, int64_t n, int64_t pos, float* 
         });
         rmsnorm(gate_.data(), L.ffn_sub_norm.data(), xn_.data(), n, F, c.rms_eps);
         quantize_acts(xn_.data(), n, F, qa_ffn_, kind);
-        pool_.run([&](int i, int nt) {
+        pool_.run(nc, [&](int i, int) {
             int64_t b, e;
-            split_range(D, i, nt, kRowAlign, b, e);
+            split_range(D, i, nc, kRowAlign, b, e);
             bitlinear_rows(L.down, qa_ffn_, q_.data(), D, n, b, e, kind);
             for (int64_t t = 0; t < n; ++t)
                 for (int64_t r = b; r < e; ++r) x_[t * D + r] += q_[t * D + r];
@@ -135,9 +137,9 @@ void Model::forward_chunk(const int32_t* tokens, int64_t n, int64_t pos, float* 
     const int64_t first = all_logits ? 0 : n - 1, rows = n - first;
     rmsnorm(x_.data() + first * D, output_norm_.data(), xn_.data(), rows, D, c.rms_eps);
     const int64_t V = c.vocab;
-    pool_.run([&](int i, int nt) {
+    pool_.run(nc, [&](int i, int) {
         int64_t b, e;
-        split_range(V, i, nt, 64, b, e);
+        split_range(V, i, nc, 64, b, e);
         if (b < e) f16_matmul(head_, D, xn_.data(), rows, logits, V, b, e, kind);
     });
 }

@@ -3,6 +3,7 @@
 #include <chrono>
 #include <fstream>
 #include <set>
+#include <stdexcept>
 #include <string>
 #include <utility>
 
@@ -70,28 +71,55 @@ void ThreadPool::record_error() {
     if (!error_) error_ = std::current_exception();
 }
 
-void ThreadPool::dispatch(Thunk fn, void* ctx) {
-    if (n_threads_ == 1) {
-        fn(ctx, 0, 1);
+namespace {
+constexpr uint64_t kFieldBits = 20, kFieldMask = (1ull << kFieldBits) - 1;
+inline uint64_t pack(uint64_t gen, uint64_t next, uint64_t count) {
+    return (gen << (2 * kFieldBits)) | (next << kFieldBits) | count;
+}
+inline uint64_t gen_of(uint64_t w) { return w >> (2 * kFieldBits); }
+inline uint64_t next_of(uint64_t w) { return (w >> kFieldBits) & kFieldMask; }
+inline uint64_t count_of(uint64_t w) { return w & kFieldMask; }
+}  // namespace
+
+void ThreadPool::run_chunks(uint64_t gen, int thread) {
+    uint64_t w = work_.load(std::memory_order_acquire);
+    for (;;) {
+        if (gen_of(w) != gen || next_of(w) >= count_of(w)) return;
+        if (!work_.compare_exchange_weak(w, w + (1ull << kFieldBits), std::memory_order_acq_rel,
+                                         std::memory_order_acquire))
+            continue;  // w now holds the current value
+        // The claimed chunk keeps the job alive (dispatch waits for it), so fn_/ctx_ are valid.
+        try {
+            fn_(ctx_, static_cast<int>(next_of(w)), thread);
+        } catch (...) {
+            record_error();
+        }
+        done_.fetch_add(1, std::memory_order_acq_rel);
+        w = work_.load(std::memory_order_acquire);
+    }
+}
+
+void ThreadPool::dispatch(int n_chunks, Thunk fn, void* ctx) {
+    if (n_chunks <= 0) return;
+    if (n_threads_ == 1 || n_chunks == 1) {
+        for (int c = 0; c < n_chunks; ++c) fn(ctx, c, 0);
         return;
     }
+    if (static_cast<uint64_t>(n_chunks) > kFieldMask) throw std::invalid_argument("ThreadPool: too many chunks");
     fn_ = fn;
     ctx_ = ctx;
-    pending_.store(n_threads_ - 1, std::memory_order_relaxed);
-    generation_.fetch_add(1, std::memory_order_seq_cst);  // publishes fn_/ctx_/pending_
-    // A worker bumps sleeping_ (under mu_) before re-checking generation_, so either it sees the new
-    // generation or we see it asleep and wake it: no lost wake-ups, and no lock when all spin.
+    done_.store(0, std::memory_order_relaxed);
+    gen_ = (gen_ + 1) & ((1ull << (64 - 2 * kFieldBits)) - 1);
+    work_.store(pack(gen_, 0, static_cast<uint64_t>(n_chunks)), std::memory_order_seq_cst);  // publishes fn_/ctx_
+    // A worker bumps sleeping_ (under mu_) before re-checking work_, so either it sees the new job
+    // or we see it asleep and wake it: no lost wake-ups, and no lock while everyone spins.
     if (sleeping_.load(std::memory_order_seq_cst) > 0) {
         { std::lock_guard<std::mutex> lk(mu_); }
         cv_.notify_all();
     }
-    try {
-        fn(ctx, 0, n_threads_);
-    } catch (...) {
-        record_error();
-    }
+    run_chunks(gen_, 0);
     auto start = std::chrono::steady_clock::now();
-    for (int spins = 0; pending_.load(std::memory_order_acquire) != 0; ++spins) {
+    for (int spins = 0; done_.load(std::memory_order_acquire) != n_chunks; ++spins) {
         cpu_relax();
         if (spins % kSpinCheckEvery == 0 && std::chrono::steady_clock::now() - start > kSpinFor)
             std::this_thread::yield();
@@ -107,29 +135,24 @@ void ThreadPool::dispatch(Thunk fn, void* ctx) {
 }
 
 void ThreadPool::worker(int index) {
-    uint64_t seen = 0;
+    uint64_t seen = gen_of(work_.load(std::memory_order_acquire));
     for (;;) {
-        uint64_t g = generation_.load(std::memory_order_acquire);
+        uint64_t g = gen_of(work_.load(std::memory_order_acquire));
         auto start = std::chrono::steady_clock::now();
         for (int spins = 1; g == seen && !stop_.load(std::memory_order_relaxed); ++spins) {
             cpu_relax();
             if (spins % kSpinCheckEvery == 0 && std::chrono::steady_clock::now() - start > kSpinFor) {
                 std::unique_lock<std::mutex> lk(mu_);
                 sleeping_.fetch_add(1, std::memory_order_seq_cst);
-                cv_.wait(lk, [&] { return generation_.load(std::memory_order_seq_cst) != seen || stop_.load(); });
+                cv_.wait(lk, [&] { return gen_of(work_.load(std::memory_order_seq_cst)) != seen || stop_.load(); });
                 sleeping_.fetch_sub(1, std::memory_order_relaxed);
                 start = std::chrono::steady_clock::now();
             }
-            g = generation_.load(std::memory_order_acquire);
+            g = gen_of(work_.load(std::memory_order_acquire));
         }
         if (stop_.load(std::memory_order_relaxed)) return;
         seen = g;
-        try {
-            fn_(ctx_, index, n_threads_);
-        } catch (...) {
-            record_error();
-        }
-        pending_.fetch_sub(1, std::memory_order_acq_rel);
+        run_chunks(g, index);
     }
 }
 

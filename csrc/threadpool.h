@@ -1,7 +1,9 @@
-// A persistent pool for fork-join work in the forward pass. Workers are created once; run() wakes
-// them, the calling thread takes share 0, and run() returns when every share is done. Workers spin
-// briefly after each job (the next matmul is microseconds away during a forward) and then sleep on
-// a condition variable, so an idle engine costs nothing.
+// A persistent pool for fork-join work in the forward pass. Workers are created once; run() splits
+// a job into chunks that the calling thread and the workers claim dynamically (one atomic CAS per
+// chunk), and returns when every chunk is done. Dynamic claiming matters on shared machines: when a
+// worker is descheduled, the others take its chunks instead of the whole step waiting for it.
+// Workers spin briefly after each job (the next matmul is microseconds away during a forward) and
+// then sleep on a condition variable, so an idle engine costs nothing.
 #pragma once
 
 #include <atomic>
@@ -27,18 +29,20 @@ public:
 
     int size() const { return n_threads_; }
 
-    // Calls f(index, size()) once on each of size() threads (index 0 on the caller) and waits.
-    // No allocation: f is passed by address. The first exception thrown by any share is rethrown.
+    // Calls f(chunk, thread) for every chunk in [0, n_chunks), each exactly once, on any of the
+    // pool's threads (thread in [0, size()), 0 is the caller; use it to pick per-thread scratch),
+    // and waits for all. No allocation: f is passed by address. Rethrows the first exception.
     template <class F>
-    void run(F&& f) {
+    void run(int n_chunks, F&& f) {
         using Fn = std::remove_reference_t<F>;
-        dispatch([](void* ctx, int i, int n) { (*static_cast<Fn*>(ctx))(i, n); },
+        dispatch(n_chunks, [](void* ctx, int chunk, int thread) { (*static_cast<Fn*>(ctx))(chunk, thread); },
                  const_cast<void*>(static_cast<const void*>(&f)));
     }
 
 private:
     using Thunk = void (*)(void*, int, int);
-    void dispatch(Thunk fn, void* ctx);
+    void dispatch(int n_chunks, Thunk fn, void* ctx);
+    void run_chunks(uint64_t gen, int thread);
     void worker(int index);
     void record_error();
 
@@ -46,8 +50,11 @@ private:
     std::vector<std::thread> workers_;
     Thunk fn_ = nullptr;
     void* ctx_ = nullptr;
-    std::atomic<uint64_t> generation_{0};
-    std::atomic<int> pending_{0};
+    // work_ packs (generation:24 | next chunk:20 | chunk count:20). A chunk is claimed by a CAS that
+    // only succeeds for the live generation, so a late worker can never touch a finished job.
+    std::atomic<uint64_t> work_{0};
+    std::atomic<int> done_{0};
+    uint64_t gen_ = 0;
     std::atomic<int> sleeping_{0};
     std::atomic<bool> stop_{false};
     std::mutex mu_;
@@ -56,7 +63,7 @@ private:
     std::exception_ptr error_;
 };
 
-// [begin, end) of share i out of n for `total` items, boundaries on multiples of `align`.
+// [begin, end) of part i out of n for `total` items, boundaries on multiples of `align`.
 inline void split_range(int64_t total, int i, int n, int64_t align, int64_t& begin, int64_t& end) {
     const int64_t units = (total + align - 1) / align;
     const int64_t b = units * i / n, e = units * (i + 1) / n;
