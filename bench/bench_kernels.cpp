@@ -3,12 +3,14 @@
 //
 // Usage: bench_kernels [--json] [--kernel scalar|avx2|avx512] [--reps N]
 //
-// Method. Weights are rotated through a set larger than L3 (>= 96 MiB of packed codes per column
+// Method. Weights are rotated through a set larger than L3 (kRotateBytes = 256 MiB of packed codes per column
 // width), so every GEMV streams from DRAM, as decode does. Threads: one worker thread is spawned once
 // and spins on a generation counter; each matmul is split in two row ranges at 16-row boundaries and
 // ends in a barrier, like one model step, so the per-call sync cost is inside the timing (it is what
 // the model pays) but thread creation is not. Every figure is the median of --reps sweeps after one
-// warm-up sweep.
+// warm-up sweep, reported twice: by wall clock, and by "busy" time (per call, the larger of the two
+// threads' CPU times), because other processes share these cores (see Timing below). Percent of
+// bandwidth compares like with like (wall with wall, busy with busy).
 #include <algorithm>
 #include <atomic>
 #include <chrono>
@@ -20,6 +22,8 @@
 #include <random>
 #include <string>
 #include <thread>
+
+#include <time.h>
 #include <vector>
 
 // gcc 12 headers trip -Wuninitialized in the AVX-512 helpers used below.
@@ -38,6 +42,12 @@ namespace {
 
 double now_s() { return std::chrono::duration<double>(Clock::now().time_since_epoch()).count(); }
 
+double thread_cpu_s() {
+    timespec ts;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+    return static_cast<double>(ts.tv_sec) + ts.tv_nsec * 1e-9;
+}
+
 double median(std::vector<double> v) {
     std::sort(v.begin(), v.end());
     const size_t n = v.size();
@@ -53,19 +63,25 @@ public:
         gen_.fetch_add(1);
         worker_.join();
     }
-    void run(int nthreads, const std::function<void(int, int)>& fn) {
+    // Returns the larger of the parts' thread CPU times: what the call would take on otherwise idle
+    // cores (this machine is shared, so wall time also counts other people's processes).
+    double run(int nthreads, const std::function<void(int, int)>& fn) {
         if (nthreads == 1) {
+            const double c0 = thread_cpu_s();
             fn(0, 1);
-            return;
+            return thread_cpu_s() - c0;
         }
         job_ = &fn;
         done_.store(0, std::memory_order_relaxed);
         gen_.fetch_add(1, std::memory_order_release);
+        const double c0 = thread_cpu_s();
         fn(0, 2);
+        const double mine = thread_cpu_s() - c0;
         for (int spins = 0; done_.load(std::memory_order_acquire) == 0;) {
             if (++spins < 20000) _mm_pause();
             else std::this_thread::yield();  // the worker may have been descheduled (shared machine)
         }
+        return std::max(mine, worker_cpu_);
     }
 
 private:
@@ -80,7 +96,9 @@ private:
             }
             seen = gen_.load(std::memory_order_acquire);
             if (stop_.load()) return;
+            const double c0 = thread_cpu_s();
             (*job_)(1, 2);
+            worker_cpu_ = thread_cpu_s() - c0;
             done_.store(1, std::memory_order_release);
         }
     }
@@ -88,6 +106,7 @@ private:
     std::atomic<int> done_{0};
     std::atomic<bool> stop_{false};
     const std::function<void(int, int)>* job_ = nullptr;
+    double worker_cpu_ = 0;  // published by the release store to done_
     std::thread worker_;
 };
 
@@ -122,14 +141,26 @@ __attribute__((target("avx2"))) uint64_t read_avx2(const uint8_t* p, size_t n) {
     return static_cast<uint64_t>(_mm_cvtsi128_si64(_mm256_castsi256_si128(x)));
 }
 
+// One measurement: median seconds per call by the wall clock and by "busy" time (per call, the larger
+// of the threads' CPU times). On an idle machine the two agree; when other processes share the cores,
+// busy time shows what the kernel itself costs and wall time what this run actually got.
+struct Timing {
+    double wall = 0, busy = 0;
+};
+
+// Packed weights cycled through per shape: 8x L3 (32 MiB here), so decode reads come from DRAM.
+constexpr int64_t kRotateBytes = 256ll << 20;
+
 struct Row {
     std::string section, name;
     int threads;
-    double value;      // GB/s or GMAC/s
-    std::string unit;
-    double extra;      // % of bandwidth, or implied tok/s (0 when n/a)
-    std::string extra_unit;
-    double ms;         // median ms per call
+    double work;       // bytes or MACs per call
+    std::string unit;  // "GB/s" or "GMAC/s"
+    Timing t;
+    std::string extra_unit;  // "% of bw" or "tok/s ..." ("" when none)
+    double extra_wall = 0, extra_busy = 0;
+    double wall_rate() const { return work / t.wall / 1e9; }
+    double busy_rate() const { return work / t.busy / 1e9; }
 };
 
 struct Bench {
@@ -137,7 +168,30 @@ struct Bench {
     int reps = 7;
     KernelKind kind = best_kernel();
     std::vector<Row> rows;
-    double bw[3] = {0, 0, 0};
+    Timing bw_rate[3];  // GB/s (stored in the Timing fields) for 1 and 2 threads
+
+    // Runs `sweep` (which performs `calls` parallel calls and returns their summed busy time) reps+1
+    // times, drops the warm-up, returns medians per call.
+    template <class F>
+    Timing measure(int reps_, int64_t calls, F&& sweep) {
+        std::vector<double> wall, busy;
+        for (int rep = 0; rep <= reps_; ++rep) {
+            const double t0 = now_s();
+            const double b = sweep();
+            if (rep) {
+                wall.push_back((now_s() - t0) / calls);
+                busy.push_back(b / calls);
+            }
+        }
+        return {median(wall), median(busy)};
+    }
+
+    void add_bw_row(Row r, int nt) {
+        r.extra_unit = "% of bw";
+        r.extra_wall = 100.0 * r.wall_rate() / bw_rate[nt].wall;
+        r.extra_busy = 100.0 * r.busy_rate() / bw_rate[nt].busy;
+        rows.push_back(r);
+    }
 
     void bandwidth() {
         const size_t n = size_t(1) << 30;
@@ -146,26 +200,24 @@ struct Bench {
         const bool z = cpu_features().avx512_vnni;
         std::atomic<uint64_t> sink{0};
         for (int nt : {1, 2}) {
-            std::vector<double> ts;
-            for (int rep = 0; rep < std::max(3, reps / 2) + 1; ++rep) {
-                const double t0 = now_s();
-                pool.run(nt, [&](int part, int parts) {
+            const Timing t = measure(std::max(3, reps / 2), 1, [&] {
+                return pool.run(nt, [&](int part, int parts) {
                     const auto [b, e] = split(static_cast<int64_t>(n), part, parts, 4096);
                     sink += z ? read_avx512(buf.get() + b, size_t(e - b)) : read_avx2(buf.get() + b, size_t(e - b));
                 });
-                if (rep) ts.push_back(now_s() - t0);
-            }
-            const double t = median(ts);
-            bw[nt] = n / t / 1e9;
-            rows.push_back({"bandwidth", z ? "read 1 GiB, AVX-512 loads" : "read 1 GiB, AVX2 loads", nt, bw[nt], "GB/s", 0, "", t * 1e3});
+            });
+            Row r{"bandwidth", z ? "read 1 GiB, AVX-512 loads" : "read 1 GiB, AVX2 loads", nt, double(n), "GB/s", t, "", 0, 0};
+            bw_rate[nt] = {r.wall_rate(), r.busy_rate()};
+            rows.push_back(r);
         }
     }
 
-    // A matrix of `copies` stacked [R, cols] weights (packed >= 96 MiB), built from random TQ2_0 bytes.
+    // `copies` stacked [R, cols] weights in one matrix (>= kRotateBytes packed), from random TQ2_0 bytes.
     static TernaryMatrix big_matrix(int64_t cols, int64_t rows_total) {
         const int64_t nblk = rows_total * cols / 256;
         std::vector<uint8_t> blocks(static_cast<size_t>(nblk * 66));
         uint64_t s = 0x9e3779b97f4a7c15ull;
+        const uint16_t d = f32_to_f16(0.02f);
         for (int64_t i = 0; i < nblk; ++i) {
             uint8_t* b = &blocks[static_cast<size_t>(i * 66)];
             for (int k = 0; k < 64; k += 8) {
@@ -174,7 +226,6 @@ struct Bench {
                 v &= ~(((v & (v >> 1)) & 0x5555555555555555ull) << 1);  // field 3 -> 1: ternary codes only
                 std::memcpy(b + k, &v, 8);
             }
-            const uint16_t d = f32_to_f16(0.02f);
             b[64] = static_cast<uint8_t>(d & 0xff);
             b[65] = static_cast<uint8_t>(d >> 8);
         }
@@ -191,39 +242,37 @@ struct Bench {
         return qa;
     }
 
-    // Time one sweep of `calls` matmuls of [R, cols] over rotating row ranges; returns median s/call.
-    double time_ternary(const TernaryMatrix& w, int64_t R, const QuantizedActs& qa, std::vector<float>& y, int nt,
+    // `calls` matmuls of [R, cols] over rotating row ranges of w (so decode reads from DRAM).
+    Timing time_ternary(const TernaryMatrix& w, int64_t R, const QuantizedActs& qa, std::vector<float>& y, int nt,
                         int64_t calls, int reps_) {
         const int64_t copies = w.rows() / R;
-        std::vector<double> ts;
         int64_t next = 0;
-        for (int rep = 0; rep <= reps_; ++rep) {
-            const double t0 = now_s();
+        return measure(reps_, calls, [&] {
+            double busy = 0;
             for (int64_t c = 0; c < calls; ++c) {
                 const int64_t base = (next++ % copies) * R;
-                pool.run(nt, [&](int part, int parts) {
+                busy += pool.run(nt, [&](int part, int parts) {
                     const auto [b, e] = split(R, part, parts, kTernaryRowGranule);
                     ternary_matmul(w, qa, y.data(), w.rows(), base + b, base + e, kind);
                 });
             }
-            if (rep) ts.push_back((now_s() - t0) / calls);
-        }
-        return median(ts);
+            return busy;
+        });
     }
 
     struct Shape { const char* name; int64_t rows, cols; int per_layer; };
 
     void ternary(const char* model, const std::vector<Shape>& shapes, int layers, bool gemm) {
-        double gemm_s[2][2] = {{0, 0}, {0, 0}};  // [n index][threads-1] seconds per layer
+        Timing layer[2][3];  // [n index][threads] seconds per layer, summed over shapes
         std::vector<int64_t> col_set;
         for (const auto& s : shapes)
             if (std::find(col_set.begin(), col_set.end(), s.cols) == col_set.end()) col_set.push_back(s.cols);
         for (int64_t cols : col_set) {
-            int64_t lcm = 1;
+            int64_t unit = 1;
             for (const auto& s : shapes)
-                if (s.cols == cols) lcm = std::max(lcm, s.rows);  // rows of other shapes divide evenly or nearly
-            const int64_t want_rows = (96ll << 20) / (cols / 4);
-            const int64_t rows_total = (want_rows + lcm - 1) / lcm * lcm;
+                if (s.cols == cols) unit = std::max(unit, s.rows);
+            const int64_t want_rows = (kRotateBytes) / (cols / 4);
+            const int64_t rows_total = (want_rows + unit - 1) / unit * unit;
             const TernaryMatrix w = big_matrix(cols, rows_total);
             std::vector<float> y(static_cast<size_t>(rows_total * 512));
             const QuantizedActs q1 = acts(1, cols);
@@ -231,11 +280,9 @@ struct Bench {
                 if (s.cols != cols) continue;
                 const double bytes = static_cast<double>((s.rows + 15) / 16 * 16) * s.cols / 4;
                 const int64_t calls = std::max<int64_t>(rows_total / s.rows, 8);
-                for (int nt : {1, 2}) {
-                    const double t = time_ternary(w, s.rows, q1, y, nt, calls, reps);
-                    rows.push_back({std::string("gemv ") + model, std::string(s.name) + " " + std::to_string(s.rows) + "x" + std::to_string(s.cols), nt,
-                                    bytes / t / 1e9, "GB/s", 100.0 * bytes / t / 1e9 / bw[nt], "% of bw", t * 1e3});
-                }
+                for (int nt : {1, 2})
+                    add_bw_row({std::string("gemv ") + model, std::string(s.name) + " " + std::to_string(s.rows) + "x" + std::to_string(s.cols),
+                                nt, bytes, "GB/s", time_ternary(w, s.rows, q1, y, nt, calls, reps), "", 0, 0}, nt);
             }
             if (!gemm) continue;
             int ni = 0;
@@ -244,13 +291,12 @@ struct Bench {
                 for (const auto& s : shapes) {
                     if (s.cols != cols) continue;
                     for (int nt : {1, 2}) {
-                        const int r = std::max(2, reps / 3);
-                        const double t = time_ternary(w, s.rows, qn, y, nt, 1, r);
-                        const double macs = static_cast<double>(s.rows) * s.cols * n;
-                        gemm_s[ni][nt - 1] += t * s.per_layer;
+                        const Timing t = time_ternary(w, s.rows, qn, y, nt, 1, std::max(2, reps / 3));
+                        layer[ni][nt].wall += t.wall * s.per_layer;
+                        layer[ni][nt].busy += t.busy * s.per_layer;
                         rows.push_back({std::string("gemm ") + model + " n=" + std::to_string(n),
                                         std::string(s.name) + " " + std::to_string(s.rows) + "x" + std::to_string(s.cols), nt,
-                                        macs / t / 1e9, "GMAC/s", 0, "", t * 1e3});
+                                        static_cast<double>(s.rows) * s.cols * n, "GMAC/s", t, "", 0, 0});
                     }
                 }
                 ++ni;
@@ -262,9 +308,10 @@ struct Bench {
         int ni = 0;
         for (int64_t n : {128, 512}) {
             for (int nt : {1, 2}) {
-                const double t = gemm_s[ni][nt - 1];
-                rows.push_back({std::string("gemm ") + model + " n=" + std::to_string(n), "all ternary projections, one layer", nt,
-                                macs_layer * n / t / 1e9, "GMAC/s", n / (t * layers), "tok/s (x" + std::to_string(layers) + " layers)", t * 1e3});
+                const Timing t = layer[ni][nt];
+                rows.push_back({std::string("gemm ") + model + " n=" + std::to_string(n), "all ternary projections, 1 layer", nt,
+                                macs_layer * n, "GMAC/s", t, "tok/s (" + std::to_string(layers) + " layers)",
+                                n / (t.wall * layers), n / (t.busy * layers)});
             }
             ++ni;
         }
@@ -278,20 +325,14 @@ struct Bench {
             v = f32_to_f16(static_cast<float>(static_cast<int64_t>(s % 2001) - 1000) * 1e-4f);
         }
         std::vector<float> x(static_cast<size_t>(D), 0.5f), y(static_cast<size_t>(V));
-        const double bytes = static_cast<double>(V) * D * 2;
         for (int nt : {1, 2}) {
-            std::vector<double> ts;
-            for (int rep = 0; rep <= reps; ++rep) {
-                const double t0 = now_s();
-                pool.run(nt, [&](int part, int parts) {
+            const Timing t = measure(reps, 1, [&] {
+                return pool.run(nt, [&](int part, int parts) {
                     const auto [b, e] = split(V, part, parts, 16);
                     f16_matmul(w.data(), D, x.data(), 1, y.data(), V, b, e, kind);
                 });
-                if (rep) ts.push_back(now_s() - t0);
-            }
-            const double t = median(ts);
-            rows.push_back({"f16 head", "gemv " + std::to_string(V) + "x" + std::to_string(D), nt, bytes / t / 1e9, "GB/s",
-                            100.0 * bytes / t / 1e9 / bw[nt], "% of bw", t * 1e3});
+            });
+            add_bw_row({"f16 head", "gemv " + std::to_string(V) + "x" + std::to_string(D), nt, static_cast<double>(V) * D * 2, "GB/s", t, "", 0, 0}, nt);
         }
     }
 
@@ -300,22 +341,27 @@ struct Bench {
             std::printf("{\"kernel\": \"%s\", \"results\": [\n", kernel_name(kind));
             for (size_t i = 0; i < rows.size(); ++i) {
                 const Row& r = rows[i];
-                std::printf("  {\"section\": \"%s\", \"name\": \"%s\", \"threads\": %d, \"value\": %.3f, \"unit\": \"%s\", "
-                            "\"extra\": %.3f, \"extra_unit\": \"%s\", \"ms\": %.4f}%s\n",
-                            r.section.c_str(), r.name.c_str(), r.threads, r.value, r.unit.c_str(), r.extra, r.extra_unit.c_str(),
-                            r.ms, i + 1 < rows.size() ? "," : "");
+                std::printf("  {\"section\": \"%s\", \"name\": \"%s\", \"threads\": %d, \"unit\": \"%s\", \"wall\": %.3f, "
+                            "\"busy\": %.3f, \"ms_wall\": %.4f, \"ms_busy\": %.4f, \"extra_unit\": \"%s\", \"extra_wall\": %.2f, "
+                            "\"extra_busy\": %.2f}%s\n",
+                            r.section.c_str(), r.name.c_str(), r.threads, r.unit.c_str(), r.wall_rate(), r.busy_rate(),
+                            r.t.wall * 1e3, r.t.busy * 1e3, r.extra_unit.c_str(), r.extra_wall, r.extra_busy,
+                            i + 1 < rows.size() ? "," : "");
             }
             std::printf("]}\n");
             return;
         }
+        std::printf("\n%-40s %3s %10s %10s %-7s %9s", "", "thr", "wall", "busy", "unit", "ms(wall)");
+        std::printf("  %8s %8s\n", "wall", "busy");
         std::string last;
         for (const Row& r : rows) {
             if (r.section != last) {
-                std::printf("\n== %s\n", r.section.c_str());
+                std::printf("== %s\n", r.section.c_str());
                 last = r.section;
             }
-            std::printf("  %-42s %dT %9.2f %-7s %9.3f ms", r.name.c_str(), r.threads, r.value, r.unit.c_str(), r.ms);
-            if (!r.extra_unit.empty()) std::printf("  %7.1f %s", r.extra, r.extra_unit.c_str());
+            std::printf("  %-38s %2dT %10.2f %10.2f %-7s %9.3f", r.name.c_str(), r.threads, r.wall_rate(), r.busy_rate(),
+                        r.unit.c_str(), r.t.wall * 1e3);
+            if (!r.extra_unit.empty()) std::printf("  %8.1f %8.1f %s", r.extra_wall, r.extra_busy, r.extra_unit.c_str());
             std::printf("\n");
         }
     }
