@@ -2,6 +2,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "attention_kernels.h"
 #include "model.h"
 
 namespace bllama {
@@ -42,37 +43,16 @@ void Model::attention(int64_t layer, int64_t n, int64_t pos) {
     const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
     const float* kc = k_cache_.data() + layer * ctx_ * KV;
     const float* vc = v_cache_.data() + layer * ctx_ * KV;
-    const int nc = static_cast<int>(std::min<int64_t>(n * H, pool_.size() == 1 ? 1 : pool_.size() * 4));
+    const int nc = static_cast<int>(std::min<int64_t>(n * H, pool_.size() == 1 ? 1 : pool_.size() * 8));
     pool_.run(nc, [&](int chunk, int thread) {
         float* sc = scores_.data() + static_cast<int64_t>(thread) * ctx_;
         int64_t b, e;
         split_range(n * H, chunk, nc, 1, b, e);
         for (int64_t task = b; task < e; ++task) {
             const int64_t t = task / H, h = task % H, g = h / group;
-            const int64_t len = pos + t + 1;  // causal: keys 0 .. pos+t
-            const float* q = q_.data() + t * D + h * hd;
-            float mx = -INFINITY;
-            for (int64_t j = 0; j < len; ++j) {
-                const float* k = kc + j * KV + g * hd;
-                float s = 0.0f;
-                for (int64_t i = 0; i < hd; ++i) s += q[i] * k[i];
-                s *= scale;
-                sc[j] = s;
-                mx = s > mx ? s : mx;
-            }
-            float sum = 0.0f;
-            for (int64_t j = 0; j < len; ++j) {
-                sc[j] = std::exp(sc[j] - mx);
-                sum += sc[j];
-            }
-            const float inv = 1.0f / sum;
-            float* o = att_.data() + t * D + h * hd;
-            for (int64_t i = 0; i < hd; ++i) o[i] = 0.0f;
-            for (int64_t j = 0; j < len; ++j) {
-                const float w = sc[j] * inv;
-                const float* v = vc + j * KV + g * hd;
-                for (int64_t i = 0; i < hd; ++i) o[i] += w * v[i];
-            }
+            // Causal: keys 0 .. pos+t.
+            attend_(q_.data() + t * D + h * hd, kc + g * hd, vc + g * hd, KV, pos + t + 1, hd, scale, sc,
+                    att_.data() + t * D + h * hd);
         }
     });
 }

@@ -115,7 +115,7 @@ std::unique_ptr<Model> Model::load(GgufFile file, const LoadOptions& opts) {
 }
 
 Model::Model(GgufFile file, const LoadOptions& opts)
-    : file_(std::move(file)), cfg_(read_config(file_)), kernel_(best_kernel()), pool_(opts.threads) {
+    : file_(std::move(file)), cfg_(read_config(file_)), kernel_(best_kernel()), attend_(attend_for(kernel_)), pool_(opts.threads) {
     load_weights();
     allocate(opts);
 }

@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "attention_kernels.h"
 #include "config.h"
 #include "gguf.h"
 #include "kernels/ternary.h"
@@ -70,6 +71,7 @@ private:
     GgufFile file_;
     ModelConfig cfg_;
     KernelKind kernel_;
+    AttendFn attend_;
     ThreadPool pool_;
     int64_t ctx_ = 0, max_batch_ = 0;
 

@@ -1,0 +1,87 @@
+// AVX2 + FMA attention head (compiled with -mavx2 -mfma; called only when the CPU has them).
+#include <immintrin.h>
+
+#include <cmath>
+
+#include "attention_kernels.h"
+
+namespace bllama {
+
+namespace {
+
+inline float hsum(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+// exp(x) for x <= 0 (softmax after max subtraction): 2^n * p(r), |r| <= ln2/2, relative error ~2e-7.
+inline __m256 exp_neg(__m256 x) {
+    x = _mm256_max_ps(x, _mm256_set1_ps(-87.0f));
+    const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                                     _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+    __m256 p = _mm256_set1_ps(1.9875691500e-4f);
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+    p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
+    const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+    return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
+}
+
+}  // namespace
+
+void attend_avx2(const float* q, const float* k, const float* v, int64_t stride, int64_t len, int64_t hd,
+                 float scale, float* scores, float* out) {
+    if (hd % 8 != 0) return attend_scalar(q, k, v, stride, len, hd, scale, scores, out);
+    float mx = -INFINITY;
+    for (int64_t j = 0; j < len; ++j) {
+        const float* kj = k + j * stride;
+        __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+        int64_t i = 0;
+        for (; i + 16 <= hd; i += 16) {
+            a0 = _mm256_fmadd_ps(_mm256_loadu_ps(q + i), _mm256_loadu_ps(kj + i), a0);
+            a1 = _mm256_fmadd_ps(_mm256_loadu_ps(q + i + 8), _mm256_loadu_ps(kj + i + 8), a1);
+        }
+        for (; i < hd; i += 8) a0 = _mm256_fmadd_ps(_mm256_loadu_ps(q + i), _mm256_loadu_ps(kj + i), a0);
+        const float s = hsum(_mm256_add_ps(a0, a1)) * scale;
+        scores[j] = s;
+        mx = s > mx ? s : mx;
+    }
+    const __m256 vmx = _mm256_set1_ps(mx);
+    __m256 vsum = _mm256_setzero_ps();
+    int64_t j = 0;
+    for (; j + 8 <= len; j += 8) {
+        const __m256 e = exp_neg(_mm256_sub_ps(_mm256_loadu_ps(scores + j), vmx));
+        _mm256_storeu_ps(scores + j, e);
+        vsum = _mm256_add_ps(vsum, e);
+    }
+    float sum = hsum(vsum);
+    for (; j < len; ++j) {
+        scores[j] = std::exp(scores[j] - mx);
+        sum += scores[j];
+    }
+    const float inv = 1.0f / sum;
+    // One pass over the V rows, up to 64 output lanes held in registers.
+    for (int64_t i0 = 0; i0 < hd; i0 += 64) {
+        const int nb = static_cast<int>((hd - i0 < 64 ? hd - i0 : 64) / 8);
+        __m256 acc[8];
+        for (int b = 0; b < 8; ++b) acc[b] = _mm256_setzero_ps();
+        for (int64_t t = 0; t < len; ++t) {
+            const __m256 w = _mm256_set1_ps(scores[t]);
+            const float* vt = v + t * stride + i0;
+#pragma GCC unroll 8
+            for (int b = 0; b < 8; ++b)
+                if (b < nb) acc[b] = _mm256_fmadd_ps(w, _mm256_loadu_ps(vt + 8 * b), acc[b]);
+        }
+        const __m256 vinv = _mm256_set1_ps(inv);
+        for (int b = 0; b < nb; ++b) _mm256_storeu_ps(out + i0 + 8 * b, _mm256_mul_ps(acc[b], vinv));
+    }
+}
+
+}  // namespace bllama
