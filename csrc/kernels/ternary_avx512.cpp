@@ -291,6 +291,8 @@ void ternary_matmul_avx512(const TernaryMatrix::Impl& w, const QuantizedActs& x,
 
 // ---- f16 head ------------------------------------------------------------------------------------
 
+// Several tokens: R rows x N tokens of fp32 accumulators, the row tile reused (from L1) by every token
+// tile. 64 tokens, one core: 6x4 ~195 GFLOP/s, 8x3 ~193, 4x4 ~174, 3x8 and 2x8 under 100 (spills).
 template <int R, int N>
 void f16_tile(const uint16_t* w, int64_t cols, const float* x, float* y, int64_t ldy, int64_t r0, int64_t t0) {
     __m512 acc[R][N];
@@ -365,7 +367,7 @@ void f16_rows(const uint16_t* w, int64_t cols, const float* x, int64_t n_tokens,
 void f16_matmul_avx512(const uint16_t* w, int64_t cols, const float* x, int64_t n_tokens, float* y, int64_t ldy,
                        int64_t rb, int64_t re) {
     if (n_tokens == 1) f16_gemv_rows(w, cols, x, y, rb, re);
-    else f16_rows<4, 4>(w, cols, x, n_tokens, y, ldy, rb, re);
+    else f16_rows<6, 4>(w, cols, x, n_tokens, y, ldy, rb, re);
 }
 
 const KernelOps kOps = {quantize_avx512, ternary_matmul_avx512, f16_matmul_avx512};
