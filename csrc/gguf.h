@@ -97,6 +97,9 @@ public:
     std::vector<std::string> string_array(const GgufKV& kv) const;   // ARRAY of STRING
     const uint8_t* raw_value(const GgufKV& kv) const { return src_->data() + kv.value_offset; }
 
+    // The tensor's bytes were copied elsewhere and will not be read again: let the OS drop them.
+    void release(const GgufTensor& t) const { src_->release(static_cast<size_t>(t.data - src_->data()), t.nbytes); }
+
 private:
     void parse();
     std::unique_ptr<ByteSource> src_;

@@ -42,6 +42,14 @@ MappedFile::~MappedFile() {
     if (addr_) ::munmap(addr_, size_);
 }
 
+void MappedFile::release(size_t offset, size_t len) const {
+    // Only whole pages inside the range; clean file-backed pages are simply dropped from our RSS.
+    const size_t page = static_cast<size_t>(::sysconf(_SC_PAGESIZE));
+    const size_t begin = (offset + page - 1) / page * page, end = (offset + len) / page * page;
+    if (addr_ && end > begin && end <= size_)
+        ::madvise(static_cast<char*>(addr_) + begin, end - begin, MADV_DONTNEED);
+}
+
 void* anon_map(size_t bytes) {
     void* p = ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
     if (p == MAP_FAILED) throw std::bad_alloc();

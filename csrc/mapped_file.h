@@ -28,6 +28,8 @@ public:
     virtual ~ByteSource() = default;
     virtual const uint8_t* data() const = 0;
     virtual size_t size() const = 0;
+    // Hint that [offset, offset + len) will not be read again (the pages may leave memory).
+    virtual void release(size_t offset, size_t len) const {}
 };
 
 // The whole file mapped read-only and private. An empty file maps to (nullptr, 0).
@@ -41,6 +43,7 @@ public:
     const uint8_t* data() const override { return static_cast<const uint8_t*>(addr_); }
     size_t size() const override { return size_; }
     const std::string& path() const { return path_; }
+    void release(size_t offset, size_t len) const override;
 
 private:
     std::string path_;

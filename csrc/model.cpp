@@ -85,7 +85,7 @@ const uint16_t* f16_matrix(const GgufTensor& t, std::vector<uint16_t>& owned) {
     return owned.data();
 }
 
-BitLinear bitlinear(TensorChecker& tc, const std::string& prefix, int64_t in, int64_t out) {
+BitLinear bitlinear(const GgufFile& f, TensorChecker& tc, const std::string& prefix, int64_t in, int64_t out) {
     const std::string name = prefix + ".weight";
     const GgufTensor& t = tc.get(name, {in, out}, {GgmlType::TQ2_0, GgmlType::TQ1_0});
     BitLinear b;
@@ -95,6 +95,7 @@ BitLinear bitlinear(TensorChecker& tc, const std::string& prefix, int64_t in, in
     } catch (const std::invalid_argument& e) {
         throw ModelError("tensor '" + name + "': " + e.what());
     }
+    f.release(t);  // now held in the kernels' layout: keeps peak RSS near the model's own size
     if (const GgufTensor* s = tc.find(prefix + ".scale")) {
         tc.get(prefix + ".scale", {1}, {GgmlType::F32});
         std::memcpy(&b.out_scale, s->data, 4);
@@ -141,13 +142,13 @@ void Model::load_weights() {
         L.attn_sub_norm = f32_vector(tc.get(p + "attn_sub_norm.weight", {c.dim}, {GgmlType::F32}));
         L.ffn_norm = f32_vector(tc.get(p + "ffn_norm.weight", {c.dim}, {GgmlType::F32}));
         L.ffn_sub_norm = f32_vector(tc.get(p + "ffn_sub_norm.weight", {c.ffn}, {GgmlType::F32}));
-        L.q = bitlinear(tc, p + "attn_q", c.dim, c.dim);
-        L.k = bitlinear(tc, p + "attn_k", c.dim, c.kv_dim());
-        L.v = bitlinear(tc, p + "attn_v", c.dim, c.kv_dim());
-        L.o = bitlinear(tc, p + "attn_output", c.dim, c.dim);
-        L.gate = bitlinear(tc, p + "ffn_gate", c.dim, c.ffn);
-        L.up = bitlinear(tc, p + "ffn_up", c.dim, c.ffn);
-        L.down = bitlinear(tc, p + "ffn_down", c.ffn, c.dim);
+        L.q = bitlinear(file_, tc, p + "attn_q", c.dim, c.dim);
+        L.k = bitlinear(file_, tc, p + "attn_k", c.dim, c.kv_dim());
+        L.v = bitlinear(file_, tc, p + "attn_v", c.dim, c.kv_dim());
+        L.o = bitlinear(file_, tc, p + "attn_output", c.dim, c.dim);
+        L.gate = bitlinear(file_, tc, p + "ffn_gate", c.dim, c.ffn);
+        L.up = bitlinear(file_, tc, p + "ffn_up", c.dim, c.ffn);
+        L.down = bitlinear(file_, tc, p + "ffn_down", c.ffn, c.dim);
     }
     tc.check_all_used();
 }

@@ -24,7 +24,7 @@ int32_t argmax(const float* x, int64_t n) {
 }
 
 Sampler::Sampler(int64_t vocab) : vocab_(vocab), seen_(static_cast<size_t>(vocab), 0), idx_(static_cast<size_t>(vocab)) {
-    seen_list_.reserve(4096);
+    seen_list_.reserve(static_cast<size_t>(vocab));  // at most every id once: observe() never allocates
 }
 
 void Sampler::reset(const SamplingParams& params) {
