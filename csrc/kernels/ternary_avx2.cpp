@@ -73,7 +73,7 @@ void quantize_avx2(const float* x, int64_t n_tokens, int64_t cols, QuantizedActs
         for (; k + 8 <= cols; k += 8) m = _mm256_max_ps(m, _mm256_andnot_ps(sign, _mm256_loadu_ps(xt + k)));
         float amax = hmax(m);
         for (; k < cols; ++k) amax = std::max(amax, std::fabs(xt[k]));
-        const float a = 127.0f / std::max(amax, 1e-5f);
+        const float a = (1.0f / std::max(amax, 1e-5f)) * 127.0f;  // as PyTorch: see ternary_scalar.cpp
         out.act_scale[static_cast<size_t>(t)] = a;
         const __m256 av = _mm256_set1_ps(a);
         int8_t* qt = out.q.data() + t * cols;

@@ -55,7 +55,7 @@ void quantize_avx512(const float* x, int64_t n_tokens, int64_t cols, QuantizedAc
             m = _mm512_max_ps(m, _mm512_andnot_ps(sign, _mm512_maskz_loadu_ps(mk, xt + k)));
         }
         const float amax = _mm512_reduce_max_ps(m);
-        const float a = 127.0f / std::max(amax, 1e-5f);
+        const float a = (1.0f / std::max(amax, 1e-5f)) * 127.0f;  // as PyTorch: see ternary_scalar.cpp
         out.act_scale[static_cast<size_t>(t)] = a;
         const __m512 av = _mm512_set1_ps(a);
         int8_t* qt = out.q.data() + t * cols;

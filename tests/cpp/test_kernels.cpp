@@ -254,7 +254,7 @@ static void test_bad_shapes() {
 }
 
 static void test_quantize() {
-    // Hand-checked ties: absmax 127 gives a == 1 exactly.
+    // Hand-checked ties: absmax 127 gives a == 1 exactly ((1/127) * 127 rounds to 1 in fp32).
     {
         std::vector<float> x = {127.0f, 2.5f, 3.5f, -2.5f, -3.5f, 0.5f, 1.5f, -0.5f, 126.5f, -127.0f};
         const int8_t want[] = {127, 2, 4, -2, -4, 0, 2, 0, 126, -127};
@@ -270,7 +270,7 @@ static void test_quantize() {
         QuantizedActs qa;
         std::vector<float> z(300, 0.0f);
         quantize_acts(z.data(), 1, 300, qa, KernelKind::Scalar);
-        CHECK(qa.act_scale[0] == 127.0f / 1e-5f, "zero row a = 127/1e-5");
+        CHECK(qa.act_scale[0] == (1.0f / 1e-5f) * 127.0f, "zero row a = (1/1e-5) * 127");
     }
     for (int64_t cols : {1, 7, 63, 64, 100, 256, 1000, 2816, 8192}) {
         const int64_t n = 13;
@@ -282,7 +282,7 @@ static void test_quantize() {
         for (int64_t t = 0; t < n; ++t) {
             float amax = 0;
             for (int64_t k = 0; k < cols; ++k) amax = std::fmax(amax, std::fabs(x[static_cast<size_t>(t * cols + k)]));
-            const float a = 127.0f / std::fmax(amax, 1e-5f);
+            const float a = (1.0f / std::fmax(amax, 1e-5f)) * 127.0f;  // PyTorch's 127.0 / t
             bad += ref.act_scale[static_cast<size_t>(t)] != a;
             for (int64_t k = 0; k < cols; ++k) {
                 const float v = std::fmin(std::fmax(std::nearbyint(x[static_cast<size_t>(t * cols + k)] * a), -128.0f), 127.0f);
