@@ -108,7 +108,12 @@ BitLinear bitlinear(const GgufFile& f, TensorChecker& tc, const std::string& pre
 }  // namespace
 
 std::unique_ptr<Model> Model::load(const std::string& path, const LoadOptions& opts) {
-    return load(GgufFile::open(path), opts);
+    GgufFile f = GgufFile::open(path);  // its errors already name the path
+    try {
+        return load(std::move(f), opts);
+    } catch (const ModelError& e) {
+        throw ModelError("'" + path + "': " + e.what());
+    }
 }
 
 std::unique_ptr<Model> Model::load(GgufFile file, const LoadOptions& opts) {
