@@ -279,7 +279,9 @@ struct Bench {
             for (const auto& s : shapes) {
                 if (s.cols != cols) continue;
                 const double bytes = static_cast<double>((s.rows + 15) / 16 * 16) * s.cols / 4;
-                const int64_t calls = std::max<int64_t>(rows_total / s.rows, 8);
+                // Consecutive sweeps continue the rotation, so capping the calls per sweep keeps every read
+                // cold while bounding the run time when the worker thread is starved by other jobs.
+                const int64_t calls = std::min<int64_t>(std::max<int64_t>(rows_total / s.rows, 8), 48);
                 for (int nt : {1, 2})
                     add_bw_row({std::string("gemv ") + model, std::string(s.name) + " " + std::to_string(s.rows) + "x" + std::to_string(s.cols),
                                 nt, bytes, "GB/s", time_ternary(w, s.rows, q1, y, nt, calls, reps), "", 0, 0}, nt);
@@ -389,8 +391,14 @@ int main(int argc, char** argv) {
         }
     }
     const double t0 = now_s();
-    if (!json) std::printf("bench_kernels: kernel %s, %u hw threads, reps %d (median)\n", kernel_name(b.kind),
-                           std::thread::hardware_concurrency(), b.reps);
+    double load1 = -1;
+    if (FILE* f = std::fopen("/proc/loadavg", "r")) {
+        if (std::fscanf(f, "%lf", &load1) != 1) load1 = -1;
+        std::fclose(f);
+    }
+    if (!json)
+        std::printf("bench_kernels: kernel %s, %u hw threads, reps %d (median), load average at start %.2f\n",
+                    kernel_name(b.kind), std::thread::hardware_concurrency(), b.reps, load1);
     b.bandwidth();
     const bool gemm = b.kind != KernelKind::Scalar;  // scalar prefill would take minutes
     b.ternary("1.7B", {{"attn q/k/v/o", 2048, 2048, 4}, {"ffn gate/up", 8192, 2048, 2}, {"ffn down", 2048, 8192, 1}}, 24, gemm);
