@@ -248,6 +248,11 @@ static void test_bad_shapes() {
     try { (void)TernaryMatrix::from_tq1_0(buf.data(), 2, 128); } catch (const std::invalid_argument&) { threw = true; }
     CHECK(threw, "from_tq1_0 cols %% 256 != 0 must throw");
     threw = false;
+    std::vector<uint8_t> bad(66 * 4, 0x55);
+    bad[66 * 3 + 17] = 0x5d;  // one field == 3 in the last block
+    try { (void)TernaryMatrix::from_tq2_0(bad.data(), 2, 512); } catch (const std::invalid_argument&) { threw = true; }
+    CHECK(threw, "from_tq2_0 with a code of 3 must throw");
+    threw = false;
     std::vector<int8_t> codes(512, 0);
     try { (void)TernaryMatrix::from_codes(codes.data(), 1, 511, 1.0f); } catch (const std::invalid_argument&) { threw = true; }
     CHECK(threw, "from_codes cols %% 256 != 0 must throw");
