@@ -163,7 +163,8 @@ void tile_uniform(const TileArgs& a) {
 
 
 // N tokens (1..4) against one group. acc[u][t][j]: chunk parity u (decode only), token t, plane j.
-template <int N, int U>
+// PerBlock: the per-block scale epilogue after every 256 columns (non-uniform matrices).
+template <int N, int U, bool PerBlock>
 void tile_stream(const TileArgs& a) {
     const TernaryMatrix::Impl& w = *a.w;
     const QuantizedActs& x = *a.x;
@@ -172,37 +173,65 @@ void tile_stream(const TileArgs& a) {
     for (int t = 0; t < N; ++t) qp[t] = x.q.data() + (a.t0 + t) * w.cols;
     const __m512i m3 = _mm512_set1_epi8(3);
     __m512i acc[U][N][4];
-    for (int u = 0; u < U; ++u)
-        for (int t = 0; t < N; ++t)
-            for (int j = 0; j < 4; ++j) acc[u][t][j] = _mm512_setzero_si512();
-    const int64_t nch = w.cols / kChunkCols;  // a multiple of 16
-    for (int64_t c = 0; c < nch; c += U) {
-#pragma GCC unroll 4
-        for (int u = 0; u < U; ++u) {
-            _mm_prefetch(reinterpret_cast<const char*>(wp + (c + u) * kChunkBytes + kGemvPrefetch), _MM_HINT_T0);
-            const __m512i v = _mm512_load_si512(wp + (c + u) * kChunkBytes);
-            const __m512i p0 = plane<0>(v, m3), p1 = plane<1>(v, m3), p2 = plane<2>(v, m3), p3 = plane<3>(v, m3);
-#pragma GCC unroll 4
-            for (int t = 0; t < N; ++t) {
-                const int8_t* qc = qp[t] + (c + u) * kChunkCols;
-                acc[u][t][0] = _mm512_dpbusd_epi32(acc[u][t][0], p0, _mm512_set1_epi32(load_i32(qc)));
-                acc[u][t][1] = _mm512_dpbusd_epi32(acc[u][t][1], p1, _mm512_set1_epi32(load_i32(qc + 4)));
-                acc[u][t][2] = _mm512_dpbusd_epi32(acc[u][t][2], p2, _mm512_set1_epi32(load_i32(qc + 8)));
-                acc[u][t][3] = _mm512_dpbusd_epi32(acc[u][t][3], p3, _mm512_set1_epi32(load_i32(qc + 12)));
-            }
-        }
-    }
-    const __mmask16 mask = row_mask(a.g0, a.rb, a.re);
-    for (int t = 0; t < N; ++t) {
-        const int64_t tt = a.t0 + t;
+    auto reset = [&] {
+        for (int u = 0; u < U; ++u)
+            for (int t = 0; t < N; ++t)
+                for (int j = 0; j < 4; ++j) acc[u][t][j] = _mm512_setzero_si512();
+    };
+    auto total = [&](int t) {
         __m512i s = _mm512_setzero_si512();
         for (int u = 0; u < U; ++u)
             s = _mm512_add_epi32(s, _mm512_add_epi32(_mm512_add_epi32(acc[u][t][0], acc[u][t][1]),
                                                      _mm512_add_epi32(acc[u][t][2], acc[u][t][3])));
-        const __m512i rs = _mm512_set1_epi32(x.row_sums[static_cast<size_t>(tt)]);
-        const __m512 f = _mm512_set1_ps(w.scale / x.act_scale[static_cast<size_t>(tt)]);
-        const __m512 v = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(s, rs)), f);
-        _mm512_mask_storeu_ps(a.y + tt * a.ldy + a.g0 * kGroupRows, mask, v);
+        return s;
+    };
+    // Whole row (uniform) or one block (PerBlock) of chunks [c0, c1); both are multiples of 16.
+    auto run = [&](int64_t c0, int64_t c1) {
+        for (int64_t c = c0; c < c1; c += U) {
+#pragma GCC unroll 4
+            for (int u = 0; u < U; ++u) {
+                _mm_prefetch(reinterpret_cast<const char*>(wp + (c + u) * kChunkBytes + kGemvPrefetch), _MM_HINT_T0);
+                const __m512i v = _mm512_load_si512(wp + (c + u) * kChunkBytes);
+                const __m512i p0 = plane<0>(v, m3), p1 = plane<1>(v, m3), p2 = plane<2>(v, m3), p3 = plane<3>(v, m3);
+#pragma GCC unroll 4
+                for (int t = 0; t < N; ++t) {
+                    const int8_t* qc = qp[t] + (c + u) * kChunkCols;
+                    acc[u][t][0] = _mm512_dpbusd_epi32(acc[u][t][0], p0, _mm512_set1_epi32(load_i32(qc)));
+                    acc[u][t][1] = _mm512_dpbusd_epi32(acc[u][t][1], p1, _mm512_set1_epi32(load_i32(qc + 4)));
+                    acc[u][t][2] = _mm512_dpbusd_epi32(acc[u][t][2], p2, _mm512_set1_epi32(load_i32(qc + 8)));
+                    acc[u][t][3] = _mm512_dpbusd_epi32(acc[u][t][3], p3, _mm512_set1_epi32(load_i32(qc + 12)));
+                }
+            }
+        }
+    };
+    const __mmask16 mask = row_mask(a.g0, a.rb, a.re);
+    if constexpr (!PerBlock) {
+        reset();
+        run(0, w.cols / kChunkCols);
+        for (int t = 0; t < N; ++t) {
+            const size_t tt = static_cast<size_t>(a.t0 + t);
+            const __m512i rs = _mm512_set1_epi32(x.row_sums[tt]);
+            const __m512 f = _mm512_set1_ps(w.scale / x.act_scale[tt]);
+            const __m512 v = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(total(t), rs)), f);
+            _mm512_mask_storeu_ps(a.y + static_cast<int64_t>(tt) * a.ldy + a.g0 * kGroupRows, mask, v);
+        }
+    } else {
+        constexpr int64_t kChunksPerBlock = kBlock / kChunkCols;
+        __m512 s[N];
+        for (int t = 0; t < N; ++t) s[t] = _mm512_setzero_ps();
+        for (int64_t b = 0; b < w.nb; ++b) {
+            reset();
+            run(b * kChunksPerBlock, (b + 1) * kChunksPerBlock);
+            const __m512 d = _mm512_load_ps(w.d_ptr(a.g0) + b * kGroupRows);
+            for (int t = 0; t < N; ++t) {
+                const size_t tt = static_cast<size_t>(a.t0 + t);
+                const __m512i bs = _mm512_set1_epi32(x.block_sums[tt * static_cast<size_t>(w.nb) + static_cast<size_t>(b)]);
+                const __m512 p = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(total(t), bs)),
+                                               _mm512_div_ps(d, _mm512_set1_ps(x.act_scale[tt])));
+                s[t] = _mm512_add_ps(s[t], no_contract(p));
+            }
+        }
+        for (int t = 0; t < N; ++t) _mm512_mask_storeu_ps(a.y + (a.t0 + t) * a.ldy + a.g0 * kGroupRows, mask, s[t]);
     }
 }
 
@@ -269,9 +298,11 @@ void ternary_matmul_avx512(const TernaryMatrix::Impl& w, const QuantizedActs& x,
     const int64_t g_begin = rb / kGroupRows, g_end = (re + kGroupRows - 1) / kGroupRows;
     TileArgs a{&w, &x, y, ldy, rb, re, 0, 0};
     // Up to 4 tokens the weights dominate the traffic: stream one group at a time (see kGemvPrefetch).
-    static const TileFn kStream[] = {tile_stream<1, 2>, tile_stream<2, 1>, tile_stream<3, 1>, tile_stream<4, 1>};
-    if (w.uniform && x.n_tokens <= 4) {
-        for (a.g0 = g_begin; a.g0 < g_end; ++a.g0) kStream[x.n_tokens - 1](a);
+    static const TileFn kStream[2][4] = {
+        {tile_stream<1, 2, false>, tile_stream<2, 1, false>, tile_stream<3, 1, false>, tile_stream<4, 1, false>},
+        {tile_stream<1, 2, true>, tile_stream<2, 1, true>, tile_stream<3, 1, true>, tile_stream<4, 1, true>}};
+    if (x.n_tokens <= 4) {
+        for (a.g0 = g_begin; a.g0 < g_end; ++a.g0) kStream[w.uniform ? 0 : 1][x.n_tokens - 1](a);
         return;
     }
     // Groups outer, tokens inner: an R-group weight panel (R * cols/4 bytes) stays in L2 while every
