@@ -1,6 +1,7 @@
 #include "threadpool.h"
 
 #include <chrono>
+#include <cstdlib>
 #include <fstream>
 #include <set>
 #include <stdexcept>
@@ -20,8 +21,18 @@ namespace bllama {
 
 namespace {
 // How long a worker keeps polling for the next job before sleeping, and how long the caller polls
-// for completion before yielding its core (others may share this machine).
-constexpr auto kSpinFor = std::chrono::microseconds(300);
+// for completion before yielding its core. Short on purpose: on a machine shared with other busy
+// processes, long spins burn the timeslices of the very thread everyone waits for (measured on the
+// 2-core dev box under load: 300 us spins made 2 threads 2x slower than 1; 5-30 us did not).
+// BLLAMA_SPIN_US overrides it (read once).
+std::chrono::microseconds spin_for() {
+    static const std::chrono::microseconds v = [] {
+        const char* e = std::getenv("BLLAMA_SPIN_US");
+        const long us = e ? std::strtol(e, nullptr, 10) : 20;
+        return std::chrono::microseconds(us < 0 ? 0 : us);
+    }();
+    return v;
+}
 constexpr int kSpinCheckEvery = 64;
 
 int read_int(const std::string& path) {
@@ -52,7 +63,8 @@ int default_thread_count() {
     return hc ? static_cast<int>(hc) : 1;
 }
 
-ThreadPool::ThreadPool(int n_threads) : n_threads_(n_threads > 0 ? n_threads : default_thread_count()) {
+ThreadPool::ThreadPool(int n_threads)
+    : n_threads_(n_threads > 0 ? n_threads : default_thread_count()), spin_for_(spin_for()) {
     workers_.reserve(n_threads_ - 1);
     for (int i = 1; i < n_threads_; ++i) workers_.emplace_back([this, i] { worker(i); });
 }
@@ -121,7 +133,7 @@ void ThreadPool::dispatch(int n_chunks, Thunk fn, void* ctx) {
     auto start = std::chrono::steady_clock::now();
     for (int spins = 0; done_.load(std::memory_order_acquire) != n_chunks; ++spins) {
         cpu_relax();
-        if (spins % kSpinCheckEvery == 0 && std::chrono::steady_clock::now() - start > kSpinFor)
+        if (spins % kSpinCheckEvery == 0 && std::chrono::steady_clock::now() - start > spin_for_)
             std::this_thread::yield();
     }
     if (error_) {
@@ -141,7 +153,7 @@ void ThreadPool::worker(int index) {
         auto start = std::chrono::steady_clock::now();
         for (int spins = 1; g == seen && !stop_.load(std::memory_order_relaxed); ++spins) {
             cpu_relax();
-            if (spins % kSpinCheckEvery == 0 && std::chrono::steady_clock::now() - start > kSpinFor) {
+            if (spins % kSpinCheckEvery == 0 && std::chrono::steady_clock::now() - start > spin_for_) {
                 std::unique_lock<std::mutex> lk(mu_);
                 sleeping_.fetch_add(1, std::memory_order_seq_cst);
                 cv_.wait(lk, [&] { return gen_of(work_.load(std::memory_order_seq_cst)) != seen || stop_.load(); });

@@ -7,6 +7,7 @@
 #pragma once
 
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <cstdint>
 #include <exception>
@@ -47,6 +48,7 @@ private:
     void record_error();
 
     int n_threads_;
+    std::chrono::microseconds spin_for_;
     std::vector<std::thread> workers_;
     Thunk fn_ = nullptr;
     void* ctx_ = nullptr;
