@@ -74,7 +74,9 @@ private:
 };
 
 // Per-token int8 activations for n_tokens rows of length cols, in the kernels' layout.
-// act_scale[t] is `a` of docs/architecture.md (127 / absmax), so y = acc * (s / a).
+// act_scale[t] is `a` of docs/architecture.md, computed exactly as PyTorch evaluates `127.0 / m`:
+// (1.0f / m) * 127.0f with m = max(absmax, 1e-5f) (Tensor.__rtruediv__ is reciprocal-then-multiply);
+// q = clamp(nearbyint(x * a), -128, 127). Bitwise equal to bllama/bitlinear.py.
 struct QuantizedActs {
     int64_t n_tokens = 0, cols = 0;
     std::vector<float> act_scale;          // [n_tokens]
@@ -95,6 +97,9 @@ void quantize_acts(const float* x, int64_t n_tokens, int64_t cols, QuantizedActs
 constexpr int64_t kTernaryRowGranule = 16;
 
 // y[t * ldy + r] = scale * sum_k code(r,k) * x.q[t,k] for r in [row_begin, row_end), all t.
+// Exactly, with acc the int32 sum: uniform_scale(): y = (float)acc * (scale / a). Otherwise, per
+// 256-block b in ascending order: y = sum_b (float)acc_b * (d_b / a), each product rounded to fp32
+// before it is added (never fused). Every kernel kind gives bit-identical y.
 // The caller splits rows across threads; any range is valid. n_tokens == 1 is the decode GEMV;
 // larger n_tokens use a GEMM path that reuses unpacked weight tiles across tokens.
 void ternary_matmul(const TernaryMatrix& w, const QuantizedActs& x, float* y, int64_t ldy,
