@@ -1,6 +1,7 @@
 // Prompt and decode throughput of the engine on a random model of real shapes.
 //
-//   bench_decode [--shape 1.7b|2b4t] [--threads 1,2] [--prompt 128] [--decode 64] [--tq1] [--keep PATH]
+//   bench_decode [--shape 1.7b|2b4t] [--threads 1,2] [--prompt 128] [--decode 64] [--tq1] [--kv-f16]
+//                [--keep PATH]
 //
 // Writes a random GGUF (TQ2_0 codes, f16 tied embedding) to a temp file, then for each thread count
 // loads it (load time), runs a `prompt`-token prompt (prompt tok/s) and `decode` single-token steps
@@ -189,7 +190,7 @@ int main(int argc, char** argv) {
     const Shape* shape = &kShapes[0];
     std::vector<int> threads = {1, 2};
     int64_t n_prompt = 128, n_decode = 64;
-    bool tq1 = false;
+    bool tq1 = false, kv_f16 = false;
     std::string keep;
     for (int i = 1; i < argc; ++i) {
         const std::string a = argv[i];
@@ -214,17 +215,19 @@ int main(int argc, char** argv) {
         } else if (a == "--prompt") n_prompt = std::stoll(val());
         else if (a == "--decode") n_decode = std::stoll(val());
         else if (a == "--tq1") tq1 = true;
+        else if (a == "--kv-f16") kv_f16 = true;
         else if (a == "--keep") keep = val();
         else {
-            std::fprintf(stderr, "usage: %s [--shape 1.7b|2b4t] [--threads 1,2] [--prompt N] [--decode N] [--tq1] [--keep PATH]\n", argv[0]);
+            std::fprintf(stderr, "usage: %s [--shape 1.7b|2b4t] [--threads 1,2] [--prompt N] [--decode N] [--tq1] [--kv-f16] [--keep PATH]\n", argv[0]);
             return 2;
         }
     }
     const std::string path = keep.empty() ? "/tmp/bllama_bench_" + std::to_string(getpid()) + ".gguf" : keep;
-    std::printf("shape %s: vocab %lld, D %lld, %lld layers, %lld heads (%lld kv), FFN %lld, %s, %s, kernel %s\n",
+    std::printf("shape %s: vocab %lld, D %lld, %lld layers, %lld heads (%lld kv), FFN %lld, %s, %s, kernel %s%s\n",
                 shape->name, (long long)shape->vocab, (long long)shape->dim, (long long)shape->layers,
                 (long long)shape->heads, (long long)shape->kv_heads, (long long)shape->ffn,
-                shape->relu2 ? "relu2" : "silu", tq1 ? "TQ1_0" : "TQ2_0", kernel_name(best_kernel()));
+                shape->relu2 ? "relu2" : "silu", tq1 ? "TQ1_0" : "TQ2_0", kernel_name(best_kernel()),
+                kv_f16 ? ", fp16 KV" : "");
     auto t0 = Clock::now();
     if (keep.empty() || access(path.c_str(), R_OK) != 0) {
         write_model(*shape, tq1, path);
@@ -239,6 +242,7 @@ int main(int argc, char** argv) {
             LoadOptions o;
             o.threads = nt;
             o.max_context = n_prompt + n_decode;
+            o.kv_f16 = kv_f16;
             t0 = Clock::now();
             auto model = Model::load(path, o);
             const double load_s = secs(t0);

@@ -41,8 +41,7 @@ void Model::attention(int64_t layer, int64_t n, int64_t pos) {
     const int64_t H = cfg_.n_heads, hd = cfg_.head_dim, KV = cfg_.kv_dim(), D = cfg_.dim;
     const int64_t group = H / cfg_.n_kv_heads;
     const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
-    const float* kc = k_cache_.data() + layer * ctx_ * KV;
-    const float* vc = v_cache_.data() + layer * ctx_ * KV;
+    const int64_t base = layer * ctx_ * KV;
     const int nc = static_cast<int>(std::min<int64_t>(n * H, pool_.size() == 1 ? 1 : pool_.size() * 8));
     pool_.run(nc, [&](int chunk, int thread) {
         float* sc = scores_.data() + static_cast<int64_t>(thread) * ctx_;
@@ -51,8 +50,14 @@ void Model::attention(int64_t layer, int64_t n, int64_t pos) {
         for (int64_t task = b; task < e; ++task) {
             const int64_t t = task / H, h = task % H, g = h / group;
             // Causal: keys 0 .. pos+t.
-            attend_(q_.data() + t * D + h * hd, kc + g * hd, vc + g * hd, KV, pos + t + 1, hd, scale, sc,
-                    att_.data() + t * D + h * hd);
+            const float* q = q_.data() + t * D + h * hd;
+            float* o = att_.data() + t * D + h * hd;
+            if (kv_f16_)
+                attn_.attend_f16(q, k16_cache_.data() + base + g * hd, v16_cache_.data() + base + g * hd, KV,
+                                 pos + t + 1, hd, scale, sc, o);
+            else
+                attn_.attend_f32(q, k_cache_.data() + base + g * hd, v_cache_.data() + base + g * hd, KV,
+                                 pos + t + 1, hd, scale, sc, o);
         }
     });
 }

@@ -1,4 +1,4 @@
-// AVX2 + FMA attention head (compiled with -mavx2 -mfma; called only when the CPU has them).
+// AVX2 + FMA + F16C attention head (compiled with those flags; called only when the CPU has them).
 #include <immintrin.h>
 
 #include <cmath>
@@ -15,6 +15,9 @@ inline float hsum(__m256 v) {
     s = _mm_add_ss(s, _mm_movehdup_ps(s));
     return _mm_cvtss_f32(s);
 }
+
+inline __m256 load8(const float* p) { return _mm256_loadu_ps(p); }
+inline __m256 load8(const uint16_t* p) { return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))); }
 
 // exp(x) for x <= 0 (softmax after max subtraction): 2^n * p(r), |r| <= ln2/2, relative error ~2e-7.
 inline __m256 exp_neg(__m256 x) {
@@ -34,21 +37,23 @@ inline __m256 exp_neg(__m256 x) {
     return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
 }
 
-}  // namespace
-
-void attend_avx2(const float* q, const float* k, const float* v, int64_t stride, int64_t len, int64_t hd,
-                 float scale, float* scores, float* out) {
-    if (hd % 8 != 0) return attend_scalar(q, k, v, stride, len, hd, scale, scores, out);
+template <class KV>
+void attend(const float* q, const KV* k, const KV* v, int64_t stride, int64_t len, int64_t hd, float scale,
+            float* scores, float* out) {
+    if (hd % 8 != 0) {
+        if constexpr (sizeof(KV) == 4) return kAttentionScalar.attend_f32(q, k, v, stride, len, hd, scale, scores, out);
+        else return kAttentionScalar.attend_f16(q, k, v, stride, len, hd, scale, scores, out);
+    }
     float mx = -INFINITY;
     for (int64_t j = 0; j < len; ++j) {
-        const float* kj = k + j * stride;
+        const KV* kj = k + j * stride;
         __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
         int64_t i = 0;
         for (; i + 16 <= hd; i += 16) {
-            a0 = _mm256_fmadd_ps(_mm256_loadu_ps(q + i), _mm256_loadu_ps(kj + i), a0);
-            a1 = _mm256_fmadd_ps(_mm256_loadu_ps(q + i + 8), _mm256_loadu_ps(kj + i + 8), a1);
+            a0 = _mm256_fmadd_ps(_mm256_loadu_ps(q + i), load8(kj + i), a0);
+            a1 = _mm256_fmadd_ps(_mm256_loadu_ps(q + i + 8), load8(kj + i + 8), a1);
         }
-        for (; i < hd; i += 8) a0 = _mm256_fmadd_ps(_mm256_loadu_ps(q + i), _mm256_loadu_ps(kj + i), a0);
+        for (; i < hd; i += 8) a0 = _mm256_fmadd_ps(_mm256_loadu_ps(q + i), load8(kj + i), a0);
         const float s = hsum(_mm256_add_ps(a0, a1)) * scale;
         scores[j] = s;
         mx = s > mx ? s : mx;
@@ -74,14 +79,26 @@ void attend_avx2(const float* q, const float* k, const float* v, int64_t stride,
         for (int b = 0; b < 8; ++b) acc[b] = _mm256_setzero_ps();
         for (int64_t t = 0; t < len; ++t) {
             const __m256 w = _mm256_set1_ps(scores[t]);
-            const float* vt = v + t * stride + i0;
+            const KV* vt = v + t * stride + i0;
 #pragma GCC unroll 8
             for (int b = 0; b < 8; ++b)
-                if (b < nb) acc[b] = _mm256_fmadd_ps(w, _mm256_loadu_ps(vt + 8 * b), acc[b]);
+                if (b < nb) acc[b] = _mm256_fmadd_ps(w, load8(vt + 8 * b), acc[b]);
         }
         const __m256 vinv = _mm256_set1_ps(inv);
         for (int b = 0; b < nb; ++b) _mm256_storeu_ps(out + i0 + 8 * b, _mm256_mul_ps(acc[b], vinv));
     }
 }
+
+void to_f16(const float* x, uint16_t* y, int64_t n) {
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(y + i),
+                         _mm256_cvtps_ph(_mm256_loadu_ps(x + i), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+    if (i < n) kAttentionScalar.to_f16(x + i, y + i, n - i);
+}
+
+}  // namespace
+
+const AttentionKernels kAttentionAvx2 = {attend<float>, attend<uint16_t>, to_f16};
 
 }  // namespace bllama

@@ -12,6 +12,11 @@ namespace bllama {
 
 namespace {
 
+inline __m512 load16(const float* p) { return _mm512_loadu_ps(p); }
+inline __m512 load16(const uint16_t* p) {
+    return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+}
+
 // exp(x) for x <= 0 (softmax after max subtraction): 2^n * p(r), |r| <= ln2/2, relative error ~2e-7.
 inline __m512 exp_neg(__m512 x) {
     x = _mm512_max_ps(x, _mm512_set1_ps(-87.0f));
@@ -29,21 +34,23 @@ inline __m512 exp_neg(__m512 x) {
     return _mm512_scalef_ps(p, n);
 }
 
-}  // namespace
-
-void attend_avx512(const float* q, const float* k, const float* v, int64_t stride, int64_t len, int64_t hd,
-                   float scale, float* scores, float* out) {
-    if (hd % 16 != 0) return attend_avx2(q, k, v, stride, len, hd, scale, scores, out);
+template <class KV>
+void attend(const float* q, const KV* k, const KV* v, int64_t stride, int64_t len, int64_t hd, float scale,
+            float* scores, float* out) {
+    if (hd % 16 != 0) {
+        if constexpr (sizeof(KV) == 4) return kAttentionAvx2.attend_f32(q, k, v, stride, len, hd, scale, scores, out);
+        else return kAttentionAvx2.attend_f16(q, k, v, stride, len, hd, scale, scores, out);
+    }
     float mx = -INFINITY;
     for (int64_t j = 0; j < len; ++j) {
-        const float* kj = k + j * stride;
+        const KV* kj = k + j * stride;
         __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
         int64_t i = 0;
         for (; i + 32 <= hd; i += 32) {
-            a0 = _mm512_fmadd_ps(_mm512_loadu_ps(q + i), _mm512_loadu_ps(kj + i), a0);
-            a1 = _mm512_fmadd_ps(_mm512_loadu_ps(q + i + 16), _mm512_loadu_ps(kj + i + 16), a1);
+            a0 = _mm512_fmadd_ps(_mm512_loadu_ps(q + i), load16(kj + i), a0);
+            a1 = _mm512_fmadd_ps(_mm512_loadu_ps(q + i + 16), load16(kj + i + 16), a1);
         }
-        for (; i < hd; i += 16) a0 = _mm512_fmadd_ps(_mm512_loadu_ps(q + i), _mm512_loadu_ps(kj + i), a0);
+        for (; i < hd; i += 16) a0 = _mm512_fmadd_ps(_mm512_loadu_ps(q + i), load16(kj + i), a0);
         const float s = _mm512_reduce_add_ps(_mm512_add_ps(a0, a1)) * scale;
         scores[j] = s;
         mx = s > mx ? s : mx;
@@ -70,14 +77,26 @@ void attend_avx512(const float* q, const float* k, const float* v, int64_t strid
         for (int b = 0; b < 8; ++b) acc[b] = _mm512_setzero_ps();
         for (int64_t t = 0; t < len; ++t) {
             const __m512 w = _mm512_set1_ps(scores[t]);
-            const float* vt = v + t * stride + i0;
+            const KV* vt = v + t * stride + i0;
 #pragma GCC unroll 8
             for (int b = 0; b < 8; ++b)
-                if (b < nb) acc[b] = _mm512_fmadd_ps(w, _mm512_loadu_ps(vt + 16 * b), acc[b]);
+                if (b < nb) acc[b] = _mm512_fmadd_ps(w, load16(vt + 16 * b), acc[b]);
         }
         const __m512 vinv = _mm512_set1_ps(inv);
         for (int b = 0; b < nb; ++b) _mm512_storeu_ps(out + i0 + 16 * b, _mm512_mul_ps(acc[b], vinv));
     }
 }
+
+void to_f16(const float* x, uint16_t* y, int64_t n) {
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16)
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(y + i),
+                            _mm512_cvtps_ph(_mm512_loadu_ps(x + i), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+    if (i < n) kAttentionAvx2.to_f16(x + i, y + i, n - i);
+}
+
+}  // namespace
+
+const AttentionKernels kAttentionAvx512 = {attend<float>, attend<uint16_t>, to_f16};
 
 }  // namespace bllama

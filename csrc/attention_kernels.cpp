@@ -2,15 +2,23 @@
 
 #include <cmath>
 
+#include "half.h"
+
 namespace bllama {
 
-void attend_scalar(const float* q, const float* k, const float* v, int64_t stride, int64_t len, int64_t hd,
-                   float scale, float* scores, float* out) {
+namespace {
+
+inline float ld(const float* p) { return *p; }
+inline float ld(const uint16_t* p) { return f16_to_f32(*p); }
+
+template <class KV>
+void attend(const float* q, const KV* k, const KV* v, int64_t stride, int64_t len, int64_t hd, float scale,
+            float* scores, float* out) {
     float mx = -INFINITY;
     for (int64_t j = 0; j < len; ++j) {
-        const float* kj = k + j * stride;
+        const KV* kj = k + j * stride;
         float s = 0.0f;
-        for (int64_t i = 0; i < hd; ++i) s += q[i] * kj[i];
+        for (int64_t i = 0; i < hd; ++i) s += q[i] * ld(kj + i);
         s *= scale;
         scores[j] = s;
         mx = s > mx ? s : mx;
@@ -24,17 +32,25 @@ void attend_scalar(const float* q, const float* k, const float* v, int64_t strid
     for (int64_t i = 0; i < hd; ++i) out[i] = 0.0f;
     for (int64_t j = 0; j < len; ++j) {
         const float w = scores[j] * inv;
-        const float* vj = v + j * stride;
-        for (int64_t i = 0; i < hd; ++i) out[i] += w * vj[i];
+        const KV* vj = v + j * stride;
+        for (int64_t i = 0; i < hd; ++i) out[i] += w * ld(vj + i);
     }
 }
 
-AttendFn attend_for(KernelKind kind) {
-    if (!kernel_supported(kind)) return attend_scalar;
+void to_f16(const float* x, uint16_t* y, int64_t n) {
+    for (int64_t i = 0; i < n; ++i) y[i] = f32_to_f16(x[i]);
+}
+
+}  // namespace
+
+const AttentionKernels kAttentionScalar = {attend<float>, attend<uint16_t>, to_f16};
+
+const AttentionKernels& attention_kernels(KernelKind kind) {
+    if (!kernel_supported(kind)) return kAttentionScalar;
     switch (kind) {
-        case KernelKind::Avx512Vnni: return attend_avx512;
-        case KernelKind::Avx2: return attend_avx2;
-        default: return attend_scalar;
+        case KernelKind::Avx512Vnni: return kAttentionAvx512;
+        case KernelKind::Avx2: return kAttentionAvx2;
+        default: return kAttentionScalar;
     }
 }
 

@@ -87,10 +87,14 @@ void Model::forward_chunk(const int32_t* tokens, int64_t n, int64_t pos, float* 
         });
         apply_rope(q_.data(), n, c.n_heads);
         apply_rope(k_.data(), n, c.n_kv_heads);
-        float* kc = k_cache_.data() + (l * ctx_ + pos) * KV;
-        float* vc = v_cache_.data() + (l * ctx_ + pos) * KV;
-        std::copy(k_.begin(), k_.begin() + n * KV, kc);
-        std::copy(v_.begin(), v_.begin() + n * KV, vc);
+        const int64_t at = (l * ctx_ + pos) * KV;
+        if (kv_f16_) {
+            attn_.to_f16(k_.data(), k16_cache_.data() + at, n * KV);
+            attn_.to_f16(v_.data(), v16_cache_.data() + at, n * KV);
+        } else {
+            std::copy(k_.begin(), k_.begin() + n * KV, k_cache_.data() + at);
+            std::copy(v_.begin(), v_.begin() + n * KV, v_cache_.data() + at);
+        }
         attention(l, n, pos);
 
         rmsnorm(att_.data(), L.attn_sub_norm.data(), xn_.data(), n, D, c.rms_eps);

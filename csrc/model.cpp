@@ -121,7 +121,7 @@ std::unique_ptr<Model> Model::load(GgufFile file, const LoadOptions& opts) {
 }
 
 Model::Model(GgufFile file, const LoadOptions& opts)
-    : file_(std::move(file)), cfg_(read_config(file_)), kernel_(best_kernel()), attend_(attend_for(kernel_)), pool_(opts.threads) {
+    : file_(std::move(file)), cfg_(read_config(file_)), kernel_(best_kernel()), attn_(attention_kernels(kernel_)), kv_f16_(opts.kv_f16), pool_(opts.threads) {
     load_weights();
     allocate(opts);
 }
@@ -163,13 +163,18 @@ void Model::allocate(const LoadOptions& opts) {
     ctx_ = opts.max_context > 0 ? std::min(opts.max_context, c.context) : c.context;
     max_batch_ = std::max<int64_t>(1, std::min<int64_t>(opts.max_batch, ctx_));
     // The cache is address space until touched, but refuse sizes no machine could ever fill.
-    const double kv_bytes = 2.0 * c.n_layers * ctx_ * c.kv_dim() * sizeof(float);
+    const double kv_bytes = 2.0 * c.n_layers * ctx_ * c.kv_dim() * (kv_f16_ ? 2 : 4);
     if (kv_bytes > 256.0 * (1ull << 30))
         throw ModelError("context " + std::to_string(ctx_) + " needs " + std::to_string(kv_bytes / (1ull << 30)) +
                          " GiB of KV cache; load with a smaller max context");
     const size_t kv_count = static_cast<size_t>(c.n_layers * ctx_ * c.kv_dim());
-    k_cache_ = AnonArray<float>(kv_count);
-    v_cache_ = AnonArray<float>(kv_count);
+    if (kv_f16_) {
+        k16_cache_ = AnonArray<uint16_t>(kv_count);
+        v16_cache_ = AnonArray<uint16_t>(kv_count);
+    } else {
+        k_cache_ = AnonArray<float>(kv_count);
+        v_cache_ = AnonArray<float>(kv_count);
+    }
 
     const size_t B = static_cast<size_t>(max_batch_), D = c.dim, F = c.ffn, KV = c.kv_dim();
     x_.assign(B * D, 0.0f);
@@ -201,7 +206,7 @@ size_t Model::weight_bytes() const {
 double Model::decode_bytes(int64_t pos) const {
     const ModelConfig& c = cfg_;
     const double head = 2.0 * c.vocab * c.dim, emb_row = 2.0 * c.dim;
-    const double kv = 2.0 * c.n_layers * (pos + 1) * c.kv_dim() * sizeof(float);
+    const double kv = 2.0 * c.n_layers * (pos + 1) * c.kv_dim() * (kv_f16_ ? 2 : 4);
     return static_cast<double>(weight_bytes()) + head + emb_row + kv;
 }
 

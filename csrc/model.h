@@ -21,6 +21,7 @@ struct LoadOptions {
     int threads = 0;          // <= 0: default_thread_count()
     int64_t max_context = 0;  // > 0: cap the KV cache below the file's context length
     int64_t max_batch = 64;   // tokens per prompt chunk (longer prompts run in several chunks)
+    bool kv_f16 = false;      // fp16 KV cache: half the bytes at long contexts, ~1e-3 relative deviation
 };
 
 // One BitLinear: ternary codes with per-block scales, and the optional extra output scale tensor.
@@ -44,6 +45,7 @@ public:
     const GgufFile& gguf() const { return file_; }
     int64_t context() const { return ctx_; }  // KV cache capacity (<= config().context)
     int threads() const { return pool_.size(); }
+    bool kv_f16() const { return kv_f16_; }
     KernelKind kernel() const { return kernel_; }
 
     // Runs tokens[0, n) at positions pos .. pos+n-1, reading the KV cache for positions < pos and
@@ -71,7 +73,8 @@ private:
     GgufFile file_;
     ModelConfig cfg_;
     KernelKind kernel_;
-    AttendFn attend_;
+    const AttentionKernels& attn_;
+    bool kv_f16_ = false;
     ThreadPool pool_;
     int64_t ctx_ = 0, max_batch_ = 0;
 
@@ -82,8 +85,9 @@ private:
     std::vector<uint16_t> embd_owned_, head_owned_;
     std::vector<double> inv_freq_;     // [hd/2], float64 like bllama/model.py
 
-    // KV cache: [layer][position][kv_dim], fp32, committed lazily by the OS.
+    // KV cache: [layer][position][kv_dim], fp32 or fp16 (one pair is used), committed lazily by the OS.
     AnonArray<float> k_cache_, v_cache_;
+    AnonArray<uint16_t> k16_cache_, v16_cache_;
 
     // Scratch, sized for max_batch tokens.
     std::vector<float> x_, xn_, q_, k_, v_, att_, gate_, up_, cos_, sin_;

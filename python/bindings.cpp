@@ -104,8 +104,12 @@ py::object metadata_value(const GgufFile& f, const GgufKV& kv) {
 
 class PyEngine {
 public:
-    PyEngine(const std::string& path, std::optional<int> threads, std::optional<int64_t> context_length) {
+    PyEngine(const std::string& path, std::optional<int> threads, std::optional<int64_t> context_length,
+             const std::string& kv_cache_dtype) {
         LoadOptions o;
+        if (kv_cache_dtype == "float16") o.kv_f16 = true;
+        else if (kv_cache_dtype != "float32")
+            throw std::invalid_argument("kv_cache_dtype must be 'float32' or 'float16', got '" + kv_cache_dtype + "'");
         if (threads) {
             if (*threads <= 0) throw std::invalid_argument("threads must be a positive integer or None, got " + std::to_string(*threads));
             o.threads = *threads;
@@ -139,6 +143,7 @@ public:
         d["kernel"] = kernel_name(engine_->model().kernel());
         d["threads"] = engine_->model().threads();
         d["weight_bytes"] = engine_->model().weight_bytes();
+        d["kv_cache_dtype"] = engine_->model().kv_f16() ? "float16" : "float32";
         return d;
     }
 
@@ -269,10 +274,12 @@ PYBIND11_MODULE(_engine, m) {
     });
 
     py::class_<PyEngine>(m, "Engine")
-        .def(py::init<const std::string&, std::optional<int>, std::optional<int64_t>>(), py::arg("path"),
-             py::arg("threads") = py::none(), py::arg("context_length") = py::none(),
+        .def(py::init<const std::string&, std::optional<int>, std::optional<int64_t>, const std::string&>(),
+             py::arg("path"), py::arg("threads") = py::none(), py::arg("context_length") = py::none(),
+             py::arg("kv_cache_dtype") = "float32",
              "Load a GGUF 'bitnet' model. threads=None: the physical cores this process may use. "
-             "context_length=None: the file's; a smaller value caps the KV cache.")
+             "context_length=None: the file's; a smaller value caps the KV cache. kv_cache_dtype='float16' "
+             "halves the cache (exact model function: 'float32').")
         .def_property_readonly("config", &PyEngine::config)
         .def_property_readonly("vocab_size", &PyEngine::vocab_size)
         .def_property_readonly("context_length", &PyEngine::context_length)

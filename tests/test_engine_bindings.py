@@ -1,7 +1,7 @@
 """The C++ engine through its pybind11 module: same logits as the PyTorch model on an exported file,
 metadata of every type, generate() semantics (stop ids, callbacks, seeds, GIL), and the exceptions.
 
-Finds `bllama._engine` if installed, else a built `_engine*.so` under build*/ (skips when none).
+Loads the newest `_engine*.so` of bllama/ (in-place install) and build*/ (skips when there is none).
 """
 from __future__ import annotations
 
@@ -18,15 +18,17 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _load_engine_module():
-    try:
-        from bllama import _engine
-        return _engine
-    except ImportError:
-        pass
-    candidates = sorted(glob.glob(os.path.join(ROOT, "build*", "_engine*.so")), key=os.path.getmtime, reverse=True)
+    """The newest build of the module: the in-place install (bllama/_engine*.so) or a build*/ tree."""
+    candidates = glob.glob(os.path.join(ROOT, "bllama", "_engine*.so")) + \
+        glob.glob(os.path.join(ROOT, "build*", "_engine*.so"))
     if not candidates:
-        return None
-    spec = importlib.util.spec_from_file_location("_engine", candidates[0])
+        try:
+            from bllama import _engine
+            return _engine
+        except ImportError:
+            return None
+    newest = max(candidates, key=os.path.getmtime)
+    spec = importlib.util.spec_from_file_location("_engine", newest)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
@@ -181,6 +183,13 @@ def test_config_and_metadata(exported):
     with pytest.raises(KeyError):
         eng.metadata("no.such.key")
     assert _engine.Engine(path, context_length=16).context_length == 16
+    e16 = _engine.Engine(path, kv_cache_dtype="float16")
+    assert e16.config["kv_cache_dtype"] == "float16" and c["kv_cache_dtype"] == "float32"
+    ids = list(range(1, 30))
+    a, b = eng.logits(ids), e16.logits(ids)
+    assert np.abs(a - b).max() < 0.05 * max(1.0, float(np.abs(a).max()))
+    with pytest.raises(ValueError, match="kv_cache_dtype"):
+        _engine.Engine(path, kv_cache_dtype="int8")
 
 
 def test_generate_options_and_callbacks(exported):

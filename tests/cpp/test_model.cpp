@@ -210,6 +210,41 @@ static void test_forward_vs_reference() {
     check_config("mha 3 layers f32-emb theta5e5", mha);
 }
 
+// The opt-in fp16 KV cache stays close to the fp32 one (K/V rounded to 11 significant bits).
+static void test_kv_f16() {
+    Spec s;
+    s.layers = 3;
+    GgufBuilder g = random_model(s, nullptr);
+    const auto ids = random_ids(40, s.vocab, 9);
+    LoadOptions o;
+    o.threads = 2;
+    o.max_batch = 16;
+    Engine e32(Model::load(GgufFile::from_bytes(g.build()), o));
+    o.kv_f16 = true;
+    Engine e16(Model::load(GgufFile::from_bytes(g.build()), o));
+    CHECK(e16.model().kv_f16() && !e32.model().kv_f16());
+    const auto a = e32.logits(ids), b = e16.logits(ids);
+    double err = 0, scale = 1;
+    int same = 0;
+    for (size_t i = 0; i < a.size(); ++i) {
+        err = std::max(err, double(std::fabs(a[i] - b[i])));
+        scale = std::max(scale, double(std::fabs(a[i])));
+    }
+    for (int t = 0; t < 40; ++t) same += argmax(a.data() + t * s.vocab, s.vocab) == argmax(b.data() + t * s.vocab, s.vocab);
+    std::printf("  fp16 KV cache: max err %.2e (scale %.2f), argmax agreement %d/40\n", err, scale, same);
+    CHECK(err < 0.05 * scale);
+    CHECK(same >= 36);
+    // Token by token over the fp16 cache equals the chunked prompt over it.
+    auto m = Model::load(GgufFile::from_bytes(g.build()), o);
+    std::vector<float> step(s.vocab);
+    double step_err = 0;
+    for (int t = 0; t < 40; ++t) {
+        m->forward(&ids[t], 1, t, step.data(), false);
+        for (int64_t r = 0; r < s.vocab; ++r) step_err = std::max(step_err, double(std::fabs(step[r] - b[t * s.vocab + r])));
+    }
+    CHECK(step_err <= 1e-5 * scale);
+}
+
 static void test_sampler() {
     const int64_t V = 6;
     Sampler s(V);
@@ -355,6 +390,7 @@ static void test_generate() {
 
 int main() {
     test_forward_vs_reference();
+    test_kv_f16();
     test_sampler();
     test_generate();
     if (failures()) {
