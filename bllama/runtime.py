@@ -36,8 +36,8 @@ def _tokenizer_from_metadata(engine):
     return SentencePieceTokenizer.from_vocab(
         tokens, list(get("tokenizer.ggml.scores", [0.0] * len(tokens))),
         list(get("tokenizer.ggml.token_type", [1] * len(tokens))),
-        bos_id=get("tokenizer.ggml.bos_token_id", 1), eos_id=get("tokenizer.ggml.eos_token_id", 2),
-        unk_id=get("tokenizer.ggml.unknown_token_id", 0))
+        bos=get("tokenizer.ggml.bos_token_id", 1), eos=get("tokenizer.ggml.eos_token_id", 2),
+        unk=get("tokenizer.ggml.unknown_token_id", 0))
 
 
 class _TextStream:

@@ -38,3 +38,40 @@ def sp_tokenizer(sp_model_path):
     from bllama.tokenizer import SentencePieceTokenizer
 
     return SentencePieceTokenizer(sp_model_path)
+
+
+@pytest.fixture(scope="session")
+def trained_tiny(tmp_path_factory, sp_tokenizer):
+    """A small b1.58 model trained briefly on Tiny Shakespeare (or the built-in corpus when ../shared is absent),
+    shared by the learning test and the engine-vs-PyTorch tests. Returns a dict with the trained (not yet
+    quantized) bLlama, the tokenizer, held-out text, and the validation loss before and after training."""
+    from pathlib import Path
+
+    import pytorch_lightning as pl
+    import torch
+
+    from bllama import bLlama, bLlamaConfig
+    from bllama.data import ShakespeareDataset, TextDataModule
+
+    shakespeare = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "tinyshakespeare.txt"
+    if shakespeare.exists():
+        text = shakespeare.read_text(encoding="utf-8")
+    else:
+        from bllama.corpus import default_corpus_text
+        text = default_corpus_text(max_chars=1_100_000)
+    d = tmp_path_factory.mktemp("trained_tiny")
+    train_text, held_out = text[:300_000], text[-20_000:]
+    (d / "train.txt").write_text(train_text, encoding="utf-8")
+    torch.manual_seed(0)
+    cfg = bLlamaConfig.preset("tiny", vocab_size=sp_tokenizer.vocab_size, seq_len=128, num_layers=2,
+                              warmup_steps=20, max_steps=120, batch_size=16)
+    ds = ShakespeareDataset.from_file(d / "train.txt", tokenizer=sp_tokenizer, max_length=cfg.seq_len)
+    dm = TextDataModule(ds, batch_size=cfg.batch_size, train_test_split=0.9, seed=0)
+    model = bLlama(cfg)
+    trainer = pl.Trainer(max_steps=120, accelerator="cpu", logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, limit_val_batches=10)
+    start = trainer.validate(model, dm, verbose=False)[0]["val_loss"]
+    trainer.fit(model, dm)
+    end = trainer.validate(model, dm, verbose=False)[0]["val_loss"]
+    return {"model": model, "tokenizer": sp_tokenizer, "held_out": held_out, "start_loss": start, "end_loss": end,
+            "dir": d}
