@@ -238,7 +238,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    args.func(args)
+    try:
+        args.func(args)
+    except (FileNotFoundError, IsADirectoryError, ValueError, IndexError) as e:
+        # Bad input is the user's to fix: a one-line message, not a traceback.
+        print(f"bllama {args.command}: error: {e}", file=sys.stderr)
+        raise SystemExit(2)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,77 @@
+"""The `bllama` command line, end to end: tokenizer -> train -> export -> generate / eval / bench."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bllama.cli import build_parser
+
+
+def bllama(*args, timeout=600):
+    r = subprocess.run([sys.executable, "-m", "bllama.cli", *map(str, args)], capture_output=True, text=True,
+                       timeout=timeout)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
+    return r.stdout + r.stderr
+
+
+def test_every_option_has_help():
+    parser = build_parser()
+    subs = [a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction"][0]
+    for name, sub in subs.choices.items():
+        for action in sub._actions:
+            if action.dest != "help" and action.__class__.__name__ != "_SubParsersAction":
+                assert action.help, f"bllama {name} {action.option_strings or action.dest} has no help text"
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory, sp_corpus_text):
+    d = tmp_path_factory.mktemp("cli")
+    (d / "train.txt").write_text(sp_corpus_text[:120_000], encoding="utf-8")
+    out = bllama("train", d / "train.txt", "--preset", "tiny", "--vocab-size", 400, "--max-steps", 6,
+                 "--set", "num_layers=1", "--set", "seq_len=64", "--batch-size", 4, "--out", d / "run",
+                 "--histogram-every", 3)
+    assert "wrote" in out
+    return d
+
+
+def test_train_writes_checkpoint_tokenizer_config_and_histograms(run_dir):
+    run = run_dir / "run"
+    assert (run / "checkpoints" / "last.ckpt").exists()
+    assert (run / "tokenizer.model").exists()
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["num_layers"] == 1 and cfg["seq_len"] == 64 and cfg["vocab_size"] == 400
+    pngs = list((run / "weights").glob("*.png"))
+    assert pngs and all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
+
+
+def test_export_generate_eval_bench(run_dir):
+    gguf_path = run_dir / "m.gguf"
+    out = bllama("export", run_dir / "run", "-o", gguf_path)
+    assert gguf_path.exists() and str(gguf_path) in out
+    out = bllama("generate", gguf_path, "The Python", "--max-new-tokens", 8)
+    assert "tok/s" in out
+    out = bllama("generate", run_dir / "run", "The Python", "--max-new-tokens", 8)
+    assert "The Python" in out
+    out = bllama("eval", gguf_path, "--data", run_dir / "train.txt", "--max-chars", 3000)
+    metrics = json.loads(out[out.index("{"):])
+    assert metrics["perplexity"] > 1 and metrics["bits_per_char"] > 0
+    out = bllama("bench", "--preset", "tiny", "--threads", 1, 2, "--prompt-tokens", 16, "--gen-tokens", 8,
+                 "--repeats", 1, "--json", run_dir / "bench.json")
+    rows = json.loads((run_dir / "bench.json").read_text())["engine"]
+    assert [r["threads"] for r in rows] == [1, 2] and all(r["decode_tok_s"] > 0 for r in rows)
+
+
+def test_tokenizer_and_data_prepare(tmp_path, sp_corpus_text):
+    (tmp_path / "c.txt").write_text(sp_corpus_text[:60_000], encoding="utf-8")
+    bllama("tokenizer", "train", tmp_path / "c.txt", "-o", tmp_path / "tok", "--vocab-size", 400)
+    assert (tmp_path / "tok.model").exists()
+    bllama("data", "prepare", tmp_path / "c.txt", "--tokenizer", tmp_path / "tok.model", "-o", tmp_path / "c.bin")
+    assert (tmp_path / "c.bin").stat().st_size > 1000
+
+
+def test_bad_paths_fail_with_a_message(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "bllama.cli", "generate", str(tmp_path / "nope.gguf"), "hi"],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "error: model file not found" in r.stderr and "Traceback" not in r.stderr
