@@ -18,6 +18,7 @@
 #include "engine.h"
 #include "gguf.h"
 #include "mapped_file.h"
+#include "membw.h"
 
 namespace py = pybind11;
 using namespace bllama;
@@ -258,6 +259,12 @@ private:
 
 PYBIND11_MODULE(_engine, m) {
     m.doc() = "bLLaMa C++ inference engine (BitNet b1.58 ternary LLaMA, GGUF arch 'bitnet')";
+
+    m.def("read_bandwidth", [](int threads, size_t bytes, int repeats) {
+            py::gil_scoped_release nogil;
+            return bllama::measure_read_bandwidth(threads, bytes, repeats) / 1e9;
+        }, py::arg("threads"), py::arg("bytes") = size_t(1) << 30, py::arg("repeats") = 3,
+        "This machine's memory read bandwidth in GB/s with `threads` threads (best of `repeats`).");
 
     py::register_exception_translator([](std::exception_ptr p) {
         try {
