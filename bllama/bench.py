@@ -100,12 +100,14 @@ def _measure_engine(path: str, threads: int, prompt_tokens: int, gen_tokens: int
     eng = _engine.Engine(path, threads)
     load_s = time.perf_counter() - t0
     pp, tg = _median_run(eng, prompt_tokens, gen_tokens, repeats, eng.vocab_size)
-    bw = _engine.read_bandwidth(threads) if hasattr(_engine, "read_bandwidth") else None
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # before the bandwidth probe's buffer
+    del eng
+    bw = _engine.read_bandwidth(threads)
     gbs = tg * bpt / 1e9
     return {"threads": threads, "prompt_tok_s": round(pp, 1), "decode_tok_s": round(tg, 2), "load_s": round(load_s, 3),
             "bytes_per_token": bpt, "decode_GB_s": round(gbs, 2),
             "read_bandwidth_GB_s": round(bw, 2) if bw else None, "pct_of_bandwidth": round(100 * gbs / bw, 1) if bw else None,
-            "peak_rss_MiB": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+            "peak_rss_MiB": round(rss, 1)}
 
 
 def run_bench(model: Optional[str] = None, preset: str = "1.7b", threads: Optional[List[int]] = None,
