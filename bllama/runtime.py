@@ -24,14 +24,25 @@ def _tokenizer_from_metadata(engine):
     from .tokenizer import SentencePieceTokenizer
 
     keys = set(engine.metadata_keys())
+    get = lambda k, d=None: engine.metadata(k) if k in keys else d
+    if "bllama.tokenizer.hf_json" in keys:  # byte-level BPE (LLaMA-3 style tokenizer.json)
+        from .tokenizer_bpe import BPETokenizer
+
+        eos = get("bllama.eos_token_ids")
+        eos = [int(i) for i in eos] if eos is not None else \
+            ([int(get("tokenizer.ggml.eos_token_id"))] if "tokenizer.ggml.eos_token_id" in keys else [])
+        return BPETokenizer(bytes(bytearray(engine.metadata("bllama.tokenizer.hf_json"))).decode("utf-8"),
+                            bos_id=get("tokenizer.ggml.bos_token_id"), eos_ids=eos,
+                            add_bos=bool(get("tokenizer.ggml.add_bos_token", True)),
+                            chat_template=get("tokenizer.chat_template"))
     if "bllama.tokenizer.sp_model" in keys:
         return SentencePieceTokenizer.from_bytes(bytes(bytearray(engine.metadata("bllama.tokenizer.sp_model"))))
     if "tokenizer.ggml.tokens" not in keys:
         raise ValueError("the model file carries no tokenizer (no tokenizer.ggml.tokens)")
     model = engine.metadata("tokenizer.ggml.model") if "tokenizer.ggml.model" in keys else "llama"
     if model != "llama":
-        raise ValueError(f"unsupported tokenizer.ggml.model {model!r} (only SentencePiece 'llama' is supported)")
-    get = lambda k, d=None: engine.metadata(k) if k in keys else d
+        raise ValueError(f"unsupported tokenizer.ggml.model {model!r} (SentencePiece 'llama', or 'gpt2' with the "
+                         "tokenizer.json embedded as bllama.tokenizer.hf_json, are supported)")
     tokens = list(engine.metadata("tokenizer.ggml.tokens"))
     return SentencePieceTokenizer.from_vocab(
         tokens, list(get("tokenizer.ggml.scores", [0.0] * len(tokens))),
@@ -41,30 +52,47 @@ def _tokenizer_from_metadata(engine):
 
 
 class _TextStream:
-    """Turns token ids into text deltas; holds back an incomplete UTF-8 sequence (byte-fallback tokens)."""
+    """Turns generated token ids into text deltas. Holds back what may still change: an incomplete UTF-8
+    sequence (byte-fallback tokens) and a tail that could be the start of a stop string."""
 
     def __init__(self, tokenizer, prompt_ids, stop: Sequence[str]):
-        self.tok, self.prompt_ids, self.ids, self.stop = tokenizer, list(prompt_ids), [], list(stop or [])
+        self.tok, self.prompt_ids, self.ids = tokenizer, list(prompt_ids), []
+        self.stop = [s for s in (stop or []) if s]
         self.prefix = tokenizer.decode(self.prompt_ids)
         self.emitted = ""
         self.stopped = False
 
-    def text(self) -> str:
+    def _text(self) -> str:
+        # Decoding with the prompt keeps the space SentencePiece would drop at the start of a bare continuation.
         full = self.tok.decode(self.prompt_ids + self.ids)
-        return full[len(self.prefix):] if full.startswith(self.prefix) else self.tok.decode(self.ids)
-
-    def push(self, token: int) -> str:
-        self.ids.append(token)
-        text = self.text()
+        text = full[len(self.prefix):] if full.startswith(self.prefix) else self.tok.decode(self.ids)
         for s in self.stop:
             i = text.find(s)
             if i >= 0:
                 text, self.stopped = text[:i], True
-        if text.endswith("\ufffd") and not self.stopped:
-            return ""
-        delta = text[len(self.emitted):] if text.startswith(self.emitted) else ""
-        self.emitted = text if text.startswith(self.emitted) else self.emitted
+        return text
+
+    def _emit(self, text: str, upto: int) -> str:
+        delta = text[len(self.emitted):upto] if upto > len(self.emitted) else ""
+        self.emitted += delta
         return delta
+
+    def push(self, token: int) -> str:
+        self.ids.append(token)
+        text = self._text()
+        if self.stopped:
+            return self._emit(text, len(text))
+        safe = len(text) - 1 if text.endswith("\ufffd") else len(text)
+        for s in self.stop:
+            for k in range(min(len(s) - 1, len(text)), 0, -1):
+                if text.endswith(s[:k]):
+                    safe = min(safe, len(text) - k)
+                    break
+        return self._emit(text, safe)
+
+    def flush(self) -> str:
+        text = self._text()
+        return self._emit(text, len(text))
 
 
 class Runtime:
@@ -73,16 +101,28 @@ class Runtime:
     def __init__(self, engine, tokenizer, path: str):
         self._engine, self.tokenizer, self.path = engine, tokenizer, path
         self.stats: dict = {}
+        keys = set(engine.metadata_keys())
+        # every id that ends generation: a model may have several (LLaMA-3: <|end_of_text|>, <|eot_id|>)
+        eos = list(engine.metadata("bllama.eos_token_ids")) if "bllama.eos_token_ids" in keys else []
+        if tokenizer.eos_id is not None and tokenizer.eos_id not in eos:
+            eos.insert(0, tokenizer.eos_id)
+        self.eos_ids = [int(i) for i in eos]
 
     @classmethod
     def load(cls, path: Union[str, os.PathLike], threads: Optional[int] = None) -> "Runtime":
         path = Path(path)
         if not path.exists():
             raise FileNotFoundError(f"model file not found: {path}")
-        if path.is_dir():
-            raise IsADirectoryError(f"{path} is a folder; give a .gguf file")
         if threads is not None and threads < 1:
             raise ValueError(f"threads must be >= 1, got {threads}")
+        if path.is_dir():
+            if not (path / "config.json").exists():
+                raise IsADirectoryError(f"{path} is a folder without config.json; give a .gguf file or a "
+                                        "Hugging Face checkpoint folder")
+            from .hf_import import load_hf_dir_engine  # converted on the fly into a temporary GGUF
+
+            engine = load_hf_dir_engine(path, lambda p: _engine_module().Engine(p, threads))
+            return cls(engine, _tokenizer_from_metadata(engine), str(path))
         engine = _engine_module().Engine(str(path), threads)
         return cls(engine, _tokenizer_from_metadata(engine), str(path))
 
@@ -100,7 +140,7 @@ class Runtime:
         return self._engine.context_length
 
     def _stop_ids(self) -> List[int]:
-        return [self.tokenizer.eos_id] if self.tokenizer.eos_id is not None else []
+        return list(self.eos_ids)
 
     def _prompt_ids(self, prompt: str) -> List[int]:
         if not isinstance(prompt, str):
@@ -152,6 +192,9 @@ class Runtime:
             try:
                 self._run(prompt_ids, max_new_tokens, do_sample, temperature, top_k, top_p, repetition_penalty,
                           seed, on_token)
+                rest = text.flush()
+                if rest:
+                    q.put(rest)
                 q.put(DONE)
             except BaseException as e:  # handed to the consumer
                 q.put(e)

@@ -45,9 +45,9 @@ ModelConfig read_config(const GgufFile& f) {
             throw ModelError("rope.dimension_count " + std::to_string(rd) + " != head dim " + std::to_string(c.head_dim) +
                              " (partial rotary embeddings are not supported)");
     }
-    if (c.dim % 256 != 0 || c.ffn % 256 != 0)
-        throw ModelError("embedding_length (" + std::to_string(c.dim) + ") and feed_forward_length (" + std::to_string(c.ffn) +
-                         ") must be multiples of 256 for ternary blocks");
+    c.dim_in = (c.dim + 255) / 256 * 256;  // ternary rows are stored padded to whole 256-blocks
+    c.ffn_in = (c.ffn + 255) / 256 * 256;
+    c.sub_norms = f.get_bool("bllama.sub_norms", true);
 
     const std::string act = f.get_string("bllama.activation", "silu");
     if (act == "silu") c.activation = Activation::Silu;

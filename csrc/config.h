@@ -27,11 +27,18 @@ struct ModelConfig {
     int64_t n_kv_heads = 0;  // Hkv
     int64_t head_dim = 0;    // D / H
     int64_t ffn = 0;         // F
+    // Stored (padded) input lengths of the ternary tensors: D and F rounded up to a multiple of 256.
+    // A logical length that is not a multiple of 256 is stored zero-padded; the engine feeds zero
+    // activations to the padding, so the stored pad codes never contribute.
+    int64_t dim_in = 0, ffn_in = 0;
     int64_t context = 0;     // T as stored in the file
     float rms_eps = 1e-5f;
     float rope_theta = 10000.0f;
     Activation activation = Activation::Silu;
     bool tied = true;
+    // bllama.sub_norms (default true): the "subln" block. False: no attn_sub_norm / ffn_sub_norm
+    // (HF1BitLLM / Falcon3-1.58bit LLaMA blocks); o_proj and down_proj read their inputs unnormalized.
+    bool sub_norms = true;
     uint32_t weight_type = 35;  // ggml type of the projections (TQ2_0 or TQ1_0)
 
     int64_t kv_dim() const { return n_kv_heads * head_dim; }

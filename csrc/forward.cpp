@@ -26,6 +26,18 @@ void rmsnorm(const float* x, const float* w, float* out, int64_t n, int64_t d, f
     }
 }
 
+// BitLinear input: rows of rmsnorm(x, w) (or x itself when w is null: no sub-norm) written at stride dp
+// with the padding [d, dp) zeroed, so padded weight columns meet zero activations; then quantized.
+void bitlinear_input(const float* x, const float* w, float* xp, int64_t n, int64_t d, int64_t dp, float eps,
+                     QuantizedActs& qa, KernelKind kind) {
+    for (int64_t t = 0; t < n; ++t) {
+        if (w) rmsnorm(x + t * d, w, xp + t * dp, 1, d, eps);
+        else std::copy(x + t * d, x + (t + 1) * d, xp + t * dp);
+        std::fill(xp + t * dp + d, xp + (t + 1) * dp, 0.0f);
+    }
+    quantize_acts(xp, n, dp, qa, kind);
+}
+
 inline float silu(float z) { return z / (1.0f + std::exp(-z)); }
 inline float relu2(float z) { return z > 0.0f ? z * z : 0.0f; }
 
@@ -75,8 +87,7 @@ void Model::forward_chunk(const int32_t* tokens, int64_t n, int64_t pos, float* 
         const LayerWeights& L = layers_[static_cast<size_t>(l)];
 
         // Attention: q, k, v share one quantized input.
-        rmsnorm(x_.data(), L.attn_norm.data(), xn_.data(), n, D, c.rms_eps);
-        quantize_acts(xn_.data(), n, D, qa_dim_, kind);
+        bitlinear_input(x_.data(), L.attn_norm.data(), xp_.data(), n, D, c.dim_in, c.rms_eps, qa_dim_, kind);
         pool_.run(nc, [&](int i, int) {
             int64_t b, e;
             split_range(D, i, nc, kRowAlign, b, e);
@@ -97,8 +108,8 @@ void Model::forward_chunk(const int32_t* tokens, int64_t n, int64_t pos, float* 
         }
         attention(l, n, pos);
 
-        rmsnorm(att_.data(), L.attn_sub_norm.data(), xn_.data(), n, D, c.rms_eps);
-        quantize_acts(xn_.data(), n, D, qa_dim_, kind);
+        bitlinear_input(att_.data(), c.sub_norms ? L.attn_sub_norm.data() : nullptr, xp_.data(), n, D, c.dim_in,
+                        c.rms_eps, qa_dim_, kind);
         pool_.run(nc, [&](int i, int) {
             int64_t b, e;
             split_range(D, i, nc, kRowAlign, b, e);
@@ -108,8 +119,7 @@ void Model::forward_chunk(const int32_t* tokens, int64_t n, int64_t pos, float* 
         });
 
         // Feed-forward: gate and up share one quantized input.
-        rmsnorm(x_.data(), L.ffn_norm.data(), xn_.data(), n, D, c.rms_eps);
-        quantize_acts(xn_.data(), n, D, qa_dim_, kind);
+        bitlinear_input(x_.data(), L.ffn_norm.data(), xp_.data(), n, D, c.dim_in, c.rms_eps, qa_dim_, kind);
         const bool relu_sq = c.activation == Activation::Relu2;
         pool_.run(nc, [&](int i, int) {
             int64_t b, e;
@@ -125,8 +135,8 @@ void Model::forward_chunk(const int32_t* tokens, int64_t n, int64_t pos, float* 
                     for (int64_t r = b; r < e; ++r) g[r] = silu(g[r]) * u[r];
             }
         });
-        rmsnorm(gate_.data(), L.ffn_sub_norm.data(), xn_.data(), n, F, c.rms_eps);
-        quantize_acts(xn_.data(), n, F, qa_ffn_, kind);
+        bitlinear_input(gate_.data(), c.sub_norms ? L.ffn_sub_norm.data() : nullptr, xp_.data(), n, F, c.ffn_in,
+                        c.rms_eps, qa_ffn_, kind);
         pool_.run(nc, [&](int i, int) {
             int64_t b, e;
             split_range(D, i, nc, kRowAlign, b, e);

@@ -144,16 +144,19 @@ void Model::load_weights() {
         const std::string p = "blk." + std::to_string(l) + ".";
         LayerWeights& L = layers_[static_cast<size_t>(l)];
         L.attn_norm = f32_vector(tc.get(p + "attn_norm.weight", {c.dim}, {GgmlType::F32}));
-        L.attn_sub_norm = f32_vector(tc.get(p + "attn_sub_norm.weight", {c.dim}, {GgmlType::F32}));
+        if (c.sub_norms) {  // without them, a file that still has the tensors fails check_all_used()
+            L.attn_sub_norm = f32_vector(tc.get(p + "attn_sub_norm.weight", {c.dim}, {GgmlType::F32}));
+            L.ffn_sub_norm = f32_vector(tc.get(p + "ffn_sub_norm.weight", {c.ffn}, {GgmlType::F32}));
+        }
         L.ffn_norm = f32_vector(tc.get(p + "ffn_norm.weight", {c.dim}, {GgmlType::F32}));
-        L.ffn_sub_norm = f32_vector(tc.get(p + "ffn_sub_norm.weight", {c.ffn}, {GgmlType::F32}));
-        L.q = bitlinear(file_, tc, p + "attn_q", c.dim, c.dim);
-        L.k = bitlinear(file_, tc, p + "attn_k", c.dim, c.kv_dim());
-        L.v = bitlinear(file_, tc, p + "attn_v", c.dim, c.kv_dim());
-        L.o = bitlinear(file_, tc, p + "attn_output", c.dim, c.dim);
-        L.gate = bitlinear(file_, tc, p + "ffn_gate", c.dim, c.ffn);
-        L.up = bitlinear(file_, tc, p + "ffn_up", c.dim, c.ffn);
-        L.down = bitlinear(file_, tc, p + "ffn_down", c.ffn, c.dim);
+        // Inputs are stored padded to whole 256-blocks (config.h, dim_in / ffn_in).
+        L.q = bitlinear(file_, tc, p + "attn_q", c.dim_in, c.dim);
+        L.k = bitlinear(file_, tc, p + "attn_k", c.dim_in, c.kv_dim());
+        L.v = bitlinear(file_, tc, p + "attn_v", c.dim_in, c.kv_dim());
+        L.o = bitlinear(file_, tc, p + "attn_output", c.dim_in, c.dim);
+        L.gate = bitlinear(file_, tc, p + "ffn_gate", c.dim_in, c.ffn);
+        L.up = bitlinear(file_, tc, p + "ffn_up", c.dim_in, c.ffn);
+        L.down = bitlinear(file_, tc, p + "ffn_down", c.ffn_in, c.dim);
     }
     tc.check_all_used();
 }
@@ -179,6 +182,7 @@ void Model::allocate(const LoadOptions& opts) {
     const size_t B = static_cast<size_t>(max_batch_), D = c.dim, F = c.ffn, KV = c.kv_dim();
     x_.assign(B * D, 0.0f);
     xn_.assign(B * std::max(D, F), 0.0f);
+    xp_.assign(B * std::max(c.dim_in, c.ffn_in), 0.0f);  // BitLinear inputs, rows padded with zeros
     q_.assign(B * D, 0.0f);
     k_.assign(B * KV, 0.0f);
     v_.assign(B * KV, 0.0f);
@@ -192,8 +196,8 @@ void Model::allocate(const LoadOptions& opts) {
     for (int64_t i = 0; i < c.head_dim / 2; ++i)  // float64 then rounded, as bllama/model.py does
         inv_freq_[i] = (1.0 / std::pow(static_cast<double>(c.rope_theta), 2.0 * i / c.head_dim));
     // Size the activation buffers once at the largest batch so forward() never grows them.
-    quantize_acts(xn_.data(), max_batch_, c.dim, qa_dim_, kernel_);
-    quantize_acts(xn_.data(), max_batch_, c.ffn, qa_ffn_, kernel_);
+    quantize_acts(xp_.data(), max_batch_, c.dim_in, qa_dim_, kernel_);
+    quantize_acts(xp_.data(), max_batch_, c.ffn_in, qa_ffn_, kernel_);
 }
 
 size_t Model::weight_bytes() const {

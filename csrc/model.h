@@ -90,6 +90,7 @@ private:
     AnonArray<uint16_t> k16_cache_, v16_cache_;
 
     // Scratch, sized for max_batch tokens.
+    std::vector<float> xp_;  // [max_batch, max(dim_in, ffn_in)] BitLinear inputs with zeroed padding
     std::vector<float> x_, xn_, q_, k_, v_, att_, gate_, up_, cos_, sin_;
     std::vector<float> scores_;  // [threads, ctx]
     QuantizedActs qa_dim_, qa_ffn_;

@@ -140,6 +140,7 @@ public:
         d["rope_theta"] = c.rope_theta;
         d["activation"] = activation_name(c.activation);
         d["tie_embeddings"] = c.tied;
+        d["sub_norms"] = c.sub_norms;
         d["weight_type"] = ggml_type_name(c.weight_type);
         d["kernel"] = kernel_name(engine_->model().kernel());
         d["threads"] = engine_->model().threads();

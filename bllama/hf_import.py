@@ -1,0 +1,519 @@
+"""Convert a local Hugging Face BitNet b1.58 checkpoint folder into our GGUF (`bllama import HF_DIR -o m.gguf`).
+
+Supported (everything else raises `HFImportError`, a ValueError naming what is unsupported):
+
+* `BitNetForCausalLM` (model_type `bitnet`, e.g. microsoft/bitnet-b1.58-2B-4T): packed uint8 weights
+  [out/4, in] + `weight_scale`, `quantization_config.linear_class` "autobitlinear" (output multiplied by
+  weight_scale) or "bitlinear" (output divided by it); `quantization_mode: online` (latent weights) is
+  ternarized here exactly as transformers' WeightQuant does. Sub-norms `attn_sub_norm` / `ffn_sub_norm`.
+* `LlamaForCausalLM` with `quantization_config.quant_method: bitnet` (HF1BitLLM, Falcon3-1.58bit): packed
+  weights, no sub-norms -> written with `bllama.sub_norms = false` (the engine then skips them; an RMSNorm
+  of ones would still normalize, so it is not an equivalent).
+* 1bitLLM (`bitnet_b1_58-large` / `-3B`): full-precision latent weights, sub-norms `inner_attn_ln` /
+  `ffn_layernorm`, no quantization_config: ternarized per tensor (absmean, s = mean|W|) at import.
+
+The projection codes go to TQ2_0 with every block's d = 1 and the exact fp32 output scale in the
+`blk.N.<proj>.scale` {1} tensor (llama.cpp's bitnet graph multiplies by it too), so no precision is lost to
+an fp16 d. Inputs whose length is not a multiple of 256 (1bitLLM 3B: 3200 / 8640) are stored zero-padded to
+the next multiple of 256 (docs/architecture.md); the engine feeds zeros to the padding. llama.cpp cannot load
+such padded files (its shapes must equal the model's); files of 256-multiple shapes stay llama.cpp-readable.
+
+Tensors are streamed: safetensors is memory-mapped, one tensor (the embedding in row chunks) is converted at
+a time and written straight to the file, so peak memory is about the largest projection, not the model.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, Iterator, List, Optional, Tuple, Union
+
+import numpy as np
+
+from .export import QK, pack_tq2_0
+
+PROJ = {"self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
+        "self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
+        "mlp.down_proj": "ffn_down"}
+SUB_NORMS = {"bitnet": ("self_attn.attn_sub_norm", "mlp.ffn_sub_norm"),
+             "1bitllm": ("self_attn.inner_attn_ln", "mlp.ffn_layernorm")}
+EMBED_CHUNK_ROWS = 8192
+
+
+class HFImportError(ValueError):
+    """The folder is not a checkpoint this importer supports; the message says what is unsupported."""
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return json.load(fh)
+    except json.JSONDecodeError as e:
+        raise HFImportError(f"{path}: not valid JSON ({e})") from e
+
+
+# ---- safetensors, memory-mapped ------------------------------------------------------------------------------
+class _Tensors:
+    """Name -> tensor over one or several (sharded) safetensors files; nothing is read until asked for."""
+
+    def __init__(self, hf_dir: Path):
+        try:
+            from safetensors import safe_open
+        except ImportError as e:  # pragma: no cover
+            raise ImportError("importing Hugging Face checkpoints needs `safetensors` (pip install safetensors)") from e
+        index = hf_dir / "model.safetensors.index.json"
+        if index.exists():
+            weight_map = _read_json(index).get("weight_map") or {}
+            files = sorted(set(weight_map.values()))
+        else:
+            files = sorted(p.name for p in hf_dir.glob("*.safetensors"))
+            if not files:
+                found = sorted(p.name for p in hf_dir.iterdir())
+                hint = " (PyTorch .bin checkpoints are not supported; re-save with safetensors)" \
+                    if any(f.endswith(".bin") for f in found) else ""
+                raise HFImportError(f"{hf_dir}: no *.safetensors weights found{hint}")
+        self._handles = {}
+        self.where: Dict[str, str] = {}
+        for f in files:
+            h = safe_open(str(hf_dir / f), framework="pt")
+            self._handles[f] = h
+            for k in h.keys():
+                self.where[k] = f
+
+    def names(self):
+        return self.where.keys()
+
+    def __contains__(self, name):
+        return name in self.where
+
+    def _h(self, name):
+        if name not in self.where:
+            raise HFImportError(f"missing tensor '{name}' in the checkpoint")
+        return self._handles[self.where[name]]
+
+    def get(self, name):
+        return self._h(name).get_tensor(name)
+
+    def shape(self, name) -> Tuple[int, ...]:
+        return tuple(self._h(name).get_slice(name).get_shape())
+
+    def rows(self, name, a, b):
+        return self._h(name).get_slice(name)[a:b]
+
+
+# ---- what the checkpoint is ------------------------------------------------------------------------------------
+@dataclass
+class Plan:
+    style: str                     # "bitnet" | "llama-bitnet" | "1bitllm"
+    linear_class: str              # "autobitlinear" (multiply by weight_scale) | "bitlinear" (divide)
+    sub_norms: Optional[Tuple[str, str]]
+    activation: str
+    vocab: int
+    dim: int
+    ffn: int
+    layers: int
+    heads: int
+    kv_heads: int
+    context: int
+    rms_eps: float
+    rope_theta: float
+    tied: bool
+    bos_id: Optional[int] = None
+    eos_ids: List[int] = field(default_factory=list)
+
+    @property
+    def head_dim(self):
+        return self.dim // self.heads
+
+    @property
+    def dim_in(self):
+        return -(-self.dim // QK) * QK
+
+    @property
+    def ffn_in(self):
+        return -(-self.ffn // QK) * QK
+
+
+def _ids(v) -> List[int]:
+    if v is None:
+        return []
+    return [int(x) for x in v] if isinstance(v, (list, tuple)) else [int(v)]
+
+
+def _rope_theta(cfg: dict) -> float:
+    theta = cfg.get("rope_theta")
+    for key in ("rope_parameters", "rope_scaling"):
+        rp = cfg.get(key)
+        if not rp:
+            continue
+        if not isinstance(rp, dict):
+            raise HFImportError(f"config '{key}' = {rp!r} is not a dict")
+        kind = rp.get("rope_type", rp.get("type", "default"))
+        if kind not in ("default", None):
+            raise HFImportError(f"RoPE type {kind!r} ({key}) is not supported; only the default (unscaled) RoPE is")
+        if rp.get("partial_rotary_factor", 1.0) != 1.0:
+            raise HFImportError("partial rotary embeddings (partial_rotary_factor != 1) are not supported")
+        theta = rp.get("rope_theta", theta)
+    if cfg.get("partial_rotary_factor", 1.0) != 1.0:
+        raise HFImportError("partial rotary embeddings (partial_rotary_factor != 1) are not supported")
+    return float(theta if theta is not None else 10000.0)
+
+
+def plan_checkpoint(hf_dir: Path, cfg: dict, tensors: _Tensors) -> Plan:
+    mt = cfg.get("model_type")
+    archs = cfg.get("architectures") or []
+    qc = cfg.get("quantization_config") or {}
+    what = f"model_type {mt!r} (architectures {archs})"
+    if qc and qc.get("quant_method") != "bitnet":
+        raise HFImportError(f"unsupported quantization_config.quant_method {qc.get('quant_method')!r}: "
+                            "only 'bitnet' (ternary b1.58) checkpoints can be imported")
+    if qc.get("use_rms_norm"):
+        raise HFImportError("quantization_config.use_rms_norm (an RMSNorm inside every BitLinear) is not supported")
+    names = set(tensors.names())
+    has = lambda suffix: f"model.layers.0.{suffix}.weight" in names
+    if mt == "bitnet":
+        if not qc:
+            raise HFImportError(f"{what} without a bitnet quantization_config runs full-precision linears; "
+                                "not a b1.58 checkpoint")
+        style, sub = "bitnet", SUB_NORMS["bitnet"]
+    elif mt == "llama":
+        if has(SUB_NORMS["1bitllm"][0]):
+            style, sub = "1bitllm", SUB_NORMS["1bitllm"]
+        elif has(SUB_NORMS["bitnet"][0]):
+            style, sub = "bitnet", SUB_NORMS["bitnet"]
+        elif qc:
+            style, sub = "llama-bitnet", None
+        else:
+            raise HFImportError(f"{what} has no bitnet quantization_config and no 1bitLLM sub-norms "
+                                "(inner_attn_ln / ffn_layernorm): a full-precision LLaMA is not supported")
+    else:
+        raise HFImportError(f"unsupported {what}: supported are BitNetForCausalLM (model_type 'bitnet'), "
+                            "LlamaForCausalLM with quant_method 'bitnet', and 1bitLLM-style LLaMA checkpoints")
+    if sub and not has(sub[1]):
+        raise HFImportError(f"checkpoint has '{sub[0]}' but no '{sub[1]}' sub-norm in layer 0")
+    linear_class = qc.get("linear_class", "bitlinear")
+    if linear_class not in ("bitlinear", "autobitlinear"):
+        raise HFImportError(f"unsupported quantization_config.linear_class {linear_class!r}")
+    act = cfg.get("hidden_act", "silu")
+    if act not in ("silu", "relu2"):
+        raise HFImportError(f"unsupported hidden_act {act!r}: the engine implements 'silu' and 'relu2'")
+    for k in ("attention_bias", "mlp_bias"):
+        if cfg.get(k):
+            raise HFImportError(f"config {k} = true: projection biases are not supported")
+    biases = sorted(n for n in names if n.endswith(".bias"))
+    if biases:
+        raise HFImportError(f"bias tensors are not supported (e.g. '{biases[0]}')")
+
+    need = lambda k: cfg[k] if k in cfg else (_ for _ in ()).throw(HFImportError(f"config.json has no '{k}'"))
+    dim, heads = int(need("hidden_size")), int(need("num_attention_heads"))
+    kv = int(cfg.get("num_key_value_heads") or heads)
+    if dim % heads:
+        raise HFImportError(f"hidden_size {dim} is not divisible by num_attention_heads {heads}")
+    if cfg.get("head_dim") not in (None, dim // heads):
+        raise HFImportError(f"head_dim {cfg['head_dim']} != hidden_size / num_attention_heads = {dim // heads} "
+                            "is not supported")
+    if "model.embed_tokens.weight" not in names:
+        raise HFImportError("missing tensor 'model.embed_tokens.weight'")
+    vocab, edim = tensors.shape("model.embed_tokens.weight")
+    if edim != dim:
+        raise HFImportError(f"model.embed_tokens.weight has {edim} columns, hidden_size is {dim}")
+    tied = bool(cfg.get("tie_word_embeddings", False)) or "lm_head.weight" not in names
+    gen = _read_json(hf_dir / "generation_config.json") if (hf_dir / "generation_config.json").exists() else {}
+    eos: List[int] = []
+    for i in _ids(cfg.get("eos_token_id")) + _ids(gen.get("eos_token_id")):
+        if i not in eos:
+            eos.append(i)
+    bos = cfg.get("bos_token_id", gen.get("bos_token_id"))
+    return Plan(style=style, linear_class=linear_class, sub_norms=sub, activation=act, vocab=int(vocab), dim=dim,
+                ffn=int(need("intermediate_size")), layers=int(need("num_hidden_layers")), heads=heads,
+                kv_heads=kv, context=int(cfg.get("max_position_embeddings") or 2048),
+                rms_eps=float(cfg.get("rms_norm_eps", 1e-6)), rope_theta=_rope_theta(cfg), tied=tied,
+                bos_id=int(bos) if bos is not None else None, eos_ids=eos)
+
+
+# ---- ternary weights ---------------------------------------------------------------------------------------------
+def unpack_hf(packed: np.ndarray) -> np.ndarray:
+    """HF packed uint8 [R, in] -> codes int8 [4R, in]: bits 2i..2i+1 of P[r, c] hold W[i*R + r, c] + 1."""
+    p = np.asarray(packed, dtype=np.uint8)
+    codes = np.concatenate([(p >> (2 * i)) & 3 for i in range(4)], axis=0).astype(np.int8) - 1
+    if (codes > 1).any():
+        raise HFImportError("packed weights contain the code 3, which is not ternary")
+    return codes
+
+
+def ternary_from_hf(tensors: _Tensors, prefix: str, out: int, inp: int, linear_class: str) -> Tuple[np.ndarray, float]:
+    """(codes int8 [out, inp], fp32 output scale) of one projection, packed or latent."""
+    import torch
+
+    name = prefix + ".weight"
+    shape = tensors.shape(name)
+    w = tensors.get(name)
+    if w.dtype == torch.uint8:
+        if shape != (out // 4, inp) or out % 4:
+            raise HFImportError(f"packed tensor '{name}' has shape {list(shape)}, expected [{out // 4}, {inp}] "
+                                f"(4 ternary rows per byte, out features {out})")
+        codes = unpack_hf(w.numpy())
+        if prefix + ".weight_scale" not in tensors:
+            raise HFImportError(f"packed tensor '{name}' has no '{prefix}.weight_scale'")
+        ws = tensors.get(prefix + ".weight_scale").float().reshape(-1)
+        if ws.numel() != 1:
+            raise HFImportError(f"'{prefix}.weight_scale' has {ws.numel()} values; only one scale per tensor "
+                                "is supported")
+        ws = np.float32(ws.item())
+        if not np.isfinite(ws) or ws == 0:
+            raise HFImportError(f"'{prefix}.weight_scale' = {ws} is not a usable scale")
+        scale = ws if linear_class == "autobitlinear" else np.float32(1.0) / ws
+        return codes, float(scale)
+    if not w.is_floating_point():
+        raise HFImportError(f"tensor '{name}' has dtype {w.dtype}; expected packed uint8 or a float latent weight")
+    if shape != (out, inp):
+        raise HFImportError(f"tensor '{name}' has shape {list(shape)}, expected [{out}, {inp}]")
+    # transformers' WeightQuant / 1bitLLM weight_quant: scale = 1 / mean|W|; codes = clamp(round(W * scale))
+    w = w.float()
+    inv = 1.0 / w.abs().mean().clamp_(min=1e-5)
+    codes = (w * inv).round().clamp_(-1, 1).to(torch.int8).numpy()
+    return codes, float(np.float32(1.0) / np.float32(inv.item()))
+
+
+def _pad_cols(codes: np.ndarray, cols: int) -> np.ndarray:
+    if codes.shape[1] == cols:
+        return codes
+    out = np.zeros((codes.shape[0], cols), np.int8)
+    out[:, :codes.shape[1]] = codes
+    return out
+
+
+# ---- tokenizer ---------------------------------------------------------------------------------------------------
+def _token_name(v) -> Optional[str]:
+    if isinstance(v, dict):
+        return v.get("content")
+    return v if isinstance(v, str) else None
+
+
+def load_hf_tokenizer(hf_dir: Path, plan: Plan):
+    """SentencePiece (tokenizer.model) or byte-level BPE (tokenizer.json); fills plan.bos_id / eos_ids."""
+    tc = _read_json(hf_dir / "tokenizer_config.json") if (hf_dir / "tokenizer_config.json").exists() else {}
+    template = tc.get("chat_template")
+    if (hf_dir / "chat_template.jinja").exists():
+        template = (hf_dir / "chat_template.jinja").read_text(encoding="utf-8")
+    if isinstance(template, list):  # named templates: keep the default one
+        template = next((t.get("template") for t in template if t.get("name") == "default"), None)
+    if (hf_dir / "tokenizer.model").exists():
+        from .tokenizer import SentencePieceTokenizer
+
+        tok = SentencePieceTokenizer.from_file(hf_dir / "tokenizer.model")
+        if plan.bos_id is None:
+            plan.bos_id = tok.bos_id
+        if not plan.eos_ids and tok.eos_id is not None:
+            plan.eos_ids = [tok.eos_id]
+        kind = "sentencepiece"
+    elif (hf_dir / "tokenizer.json").exists():
+        from .tokenizer_bpe import BPETokenizer
+
+        text = (hf_dir / "tokenizer.json").read_text(encoding="utf-8")
+        probe = BPETokenizer(text)
+        for key in ("bos_token", "eos_token"):
+            tid = probe.piece_to_id(_token_name(tc.get(key))) if _token_name(tc.get(key)) else None
+            if tid is not None and key == "bos_token" and plan.bos_id is None:
+                plan.bos_id = tid
+            if tid is not None and key == "eos_token" and tid not in plan.eos_ids:
+                plan.eos_ids.append(tid)
+        tok = BPETokenizer(text, bos_id=plan.bos_id, eos_ids=plan.eos_ids,
+                           add_bos=bool(tc.get("add_bos_token", True)), chat_template=template)
+        kind = "bpe"
+    else:
+        raise HFImportError(f"{hf_dir}: no tokenizer.model (SentencePiece) or tokenizer.json (BPE) found")
+    if tok.vocab_size > plan.vocab:
+        raise HFImportError(f"the tokenizer has {tok.vocab_size} tokens but the model's vocabulary is {plan.vocab}")
+    for i in plan.eos_ids + ([plan.bos_id] if plan.bos_id is not None else []):
+        if not 0 <= i < plan.vocab:
+            raise HFImportError(f"special token id {i} is outside the vocabulary [0, {plan.vocab})")
+    return tok, kind, template
+
+
+def _add_tokenizer(w, tok, kind: str, plan: Plan, template: Optional[str]) -> None:
+    from .tokenizer import TOKEN_TYPE_UNUSED
+
+    if kind == "sentencepiece":
+        pieces, scores, types = tok.pieces(), tok.scores(), tok.token_types()
+        for i in range(len(pieces), plan.vocab):  # model rows the tokenizer never produces
+            pieces.append(f"[PAD{i}]")
+            scores.append(0.0)
+            types.append(TOKEN_TYPE_UNUSED)
+        w.add_tokenizer_model("llama")
+        w.add_token_list(pieces)
+        w.add_token_scores(scores)
+        w.add_token_types(types)
+        if tok.unk_id is not None:
+            w.add_unk_token_id(tok.unk_id)
+        w.add_add_bos_token(True)
+        w.add_array("bllama.tokenizer.sp_model", tok.serialized())
+    else:
+        v = tok.gguf_vocab(plan.vocab)
+        w.add_tokenizer_model("gpt2")
+        w.add_tokenizer_pre("llama-bpe" if tok.vocab_size >= 128000 else "default")
+        w.add_token_list(v["tokens"])
+        w.add_token_types(v["token_type"])
+        w.add_token_merges(v["merges"])
+        w.add_add_bos_token(tok.add_bos)
+        w.add_array("bllama.tokenizer.hf_json", tok.json_text.encode("utf-8"))  # bytes -> a uint8 array
+    w.add_add_eos_token(False)
+    if plan.bos_id is not None:
+        w.add_bos_token_id(plan.bos_id)
+    if plan.eos_ids:
+        w.add_eos_token_id(plan.eos_ids[0])
+        w.add_array("bllama.eos_token_ids", [int(i) for i in plan.eos_ids])
+    if template:
+        w.add_chat_template(template)
+
+
+# ---- the conversion ----------------------------------------------------------------------------------------------
+def _progress(total: int, enabled: bool, desc: str):
+    try:
+        from tqdm import tqdm
+    except ImportError:  # pragma: no cover - install_requires has it
+        class tqdm:  # noqa: N801 - minimal stand-in
+            def __init__(self, *a, **k): pass
+            def update(self, n=1): pass
+            def close(self): pass
+    return tqdm(total=total, disable=not enabled, desc=desc, unit="tensor", file=sys.stderr)
+
+
+def import_hf(hf_dir: Union[str, os.PathLike], output: Union[str, os.PathLike], progress: bool = True,
+              name: Optional[str] = None) -> Path:
+    """Convert the checkpoint folder `hf_dir` into the GGUF file `output` (written atomically); returns it."""
+    import gguf
+
+    from .export import _atomic_target
+
+    hf_dir = Path(hf_dir)
+    if not hf_dir.exists():
+        raise FileNotFoundError(f"checkpoint folder not found: {hf_dir}")
+    if not hf_dir.is_dir():
+        raise HFImportError(f"{hf_dir} is not a folder; give a Hugging Face checkpoint folder")
+    if not (hf_dir / "config.json").exists():
+        raise HFImportError(f"{hf_dir}: no config.json (not a Hugging Face checkpoint folder)")
+    cfg = _read_json(hf_dir / "config.json")
+    tensors = _Tensors(hf_dir)
+    plan = plan_checkpoint(hf_dir, cfg, tensors)
+    tok, tok_kind, template = load_hf_tokenizer(hf_dir, plan)
+    P = plan
+    kvd = P.kv_heads * P.head_dim
+    shapes = {"attn_q": (P.dim, P.dim), "attn_k": (kvd, P.dim), "attn_v": (kvd, P.dim), "attn_output": (P.dim, P.dim),
+              "ffn_gate": (P.ffn, P.dim), "ffn_up": (P.ffn, P.dim), "ffn_down": (P.dim, P.ffn)}
+
+    # Every tensor's name, numpy shape, dtype, ggml type and a function producing its bytes (in order).
+    jobs: List[tuple] = []
+    emb = "model.embed_tokens.weight"
+    jobs.append(("token_embd.weight", (P.vocab, P.dim), np.float16, None, ("embed", emb)))
+    jobs.append(("output_norm.weight", (P.dim,), np.float32, None, ("f32", "model.norm.weight", (P.dim,))))
+    if not P.tied:
+        jobs.append(("output.weight", (P.vocab, P.dim), np.float16, None, ("embed", "lm_head.weight")))
+    for i in range(P.layers):
+        hp, bp = f"model.layers.{i}.", f"blk.{i}."
+        norms = [("input_layernorm", "attn_norm", P.dim), ("post_attention_layernorm", "ffn_norm", P.dim)]
+        if P.sub_norms:
+            norms += [(P.sub_norms[0], "attn_sub_norm", P.dim), (P.sub_norms[1], "ffn_sub_norm", P.ffn)]
+        for hn, gn, n in norms:
+            jobs.append((bp + gn + ".weight", (n,), np.float32, None, ("f32", hp + hn + ".weight", (n,))))
+        for hn, gn in PROJ.items():
+            out, inp = shapes[gn]
+            inp_pad = -(-inp // QK) * QK
+            jobs.append((bp + gn + ".weight", (out, inp_pad // QK * 66), np.uint8, gguf.GGMLQuantizationType.TQ2_0,
+                         ("ternary", hp + hn, out, inp, inp_pad)))
+            jobs.append((bp + gn + ".scale", (1,), np.float32, None, ("scale", hp + hn)))
+    # Check the source shapes of norms / head up front so a bad checkpoint fails before writing anything.
+    for _, _, _, _, src in jobs:
+        if src[0] == "f32" and tensors.shape(src[1]) != src[2]:
+            raise HFImportError(f"tensor '{src[1]}' has shape {list(tensors.shape(src[1]))}, expected {list(src[2])}")
+        if src[0] == "embed" and tensors.shape(src[1]) != (P.vocab, P.dim):
+            raise HFImportError(f"tensor '{src[1]}' has shape {list(tensors.shape(src[1]))}, "
+                                f"expected [{P.vocab}, {P.dim}]")
+
+    output = Path(output)
+    tmp = _atomic_target(output)
+    w = gguf.GGUFWriter(str(tmp), "bitnet")
+    bar = None
+    try:
+        w.add_name(name or cfg.get("_name_or_path") or hf_dir.name)
+        w.add_context_length(P.context)
+        w.add_embedding_length(P.dim)
+        w.add_block_count(P.layers)
+        w.add_feed_forward_length(P.ffn)
+        w.add_head_count(P.heads)
+        w.add_head_count_kv(P.kv_heads)
+        w.add_layer_norm_rms_eps(P.rms_eps)
+        w.add_rope_freq_base(P.rope_theta)
+        w.add_rope_dimension_count(P.head_dim)
+        w.add_vocab_size(P.vocab)
+        w.add_file_type(gguf.LlamaFileType.MOSTLY_TQ2_0)
+        w.add_string("bllama.activation", P.activation)
+        w.add_bool("bllama.tie_embeddings", P.tied)
+        w.add_bool("bllama.sub_norms", P.sub_norms is not None)
+        w.add_string("bllama.source", f"hf:{P.style}:{P.linear_class}")
+        _add_tokenizer(w, tok, tok_kind, P, template)
+        for gname, shape, dtype, raw, _ in jobs:
+            nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
+            w.add_tensor_info(gname, shape, np.dtype(dtype), nbytes, raw_dtype=raw)
+        w.write_header_to_file()
+        w.write_kv_data_to_file()
+        w.write_ti_data_to_file()
+        fout = w.fout[0]
+        bar = _progress(len(jobs), progress, f"import {hf_dir.name}")
+        for gname, shape, dtype, raw, src in jobs:
+            for chunk_i, data in enumerate(_produce(tensors, P, src)):
+                if chunk_i == 0:
+                    w.write_padding(fout, fout.tell())
+                fout.write(np.ascontiguousarray(data).tobytes())
+            w.write_padding(fout, fout.tell())
+            bar.update(1)
+        w.tensors[0].clear()
+        w.close()
+        os.replace(tmp, output)
+    except BaseException:
+        w.close()
+        raise
+    finally:
+        if bar is not None:
+            bar.close()
+        if tmp.exists():
+            tmp.unlink()
+    return output
+
+
+def _produce(tensors: _Tensors, P: Plan, src) -> Iterator[np.ndarray]:
+    """The bytes of one output tensor, in one or more chunks."""
+    kind = src[0]
+    if kind == "embed":
+        n = tensors.shape(src[1])[0]
+        for a in range(0, n, EMBED_CHUNK_ROWS):
+            yield tensors.rows(src[1], a, min(n, a + EMBED_CHUNK_ROWS)).float().numpy().astype(np.float16)
+    elif kind == "f32":
+        yield tensors.get(src[1]).float().numpy().astype(np.float32)
+    elif kind == "ternary":
+        _, prefix, out, inp, inp_pad = src
+        codes, scale = ternary_from_hf(tensors, prefix, out, inp, P.linear_class)
+        P._scales = getattr(P, "_scales", {})
+        P._scales[prefix] = scale
+        yield pack_tq2_0(_pad_cols(codes, inp_pad), 1.0)
+    elif kind == "scale":
+        yield np.asarray([P._scales.pop(src[1])], dtype=np.float32)
+    else:  # pragma: no cover
+        raise AssertionError(kind)
+
+
+def load_hf_dir_engine(hf_dir: Union[str, os.PathLike], make_engine):
+    """Import `hf_dir` into a temporary GGUF, open it with make_engine(path), then delete the file (the engine
+    keeps its mapping, so the data stays readable until the engine is gone)."""
+    tmpdir = tempfile.mkdtemp(prefix="bllama-hf-")
+    path = Path(tmpdir) / "model.gguf"
+    try:
+        import_hf(hf_dir, path, progress=False)
+        return make_engine(str(path))
+    finally:
+        if path.exists():
+            path.unlink()
+        os.rmdir(tmpdir)

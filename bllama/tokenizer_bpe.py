@@ -1,0 +1,121 @@
+"""Byte-level BPE tokenizers (LLaMA-3 style `tokenizer.json`) through the Hugging Face `tokenizers` library.
+
+`BPETokenizer` has the same small interface as `SentencePieceTokenizer`: ``encode(text, add_bos=True,
+add_eos=False)``, ``decode(ids)``, ``bos_id``, ``eos_id``, ``eos_ids`` (every id that ends generation),
+``unk_id``, ``vocab_size``. BOS is prepended by us (never by the file's post-processor) so that encoding does
+not depend on how a given tokenizer.json configures its template.
+
+In a GGUF file the tokenizer lives twice: the exact `tokenizer.json` bytes in ``bllama.tokenizer.hf_json``
+(what the Runtime uses) and the standard ``tokenizer.ggml.model = "gpt2"`` tokens / token types / merges so
+llama.cpp can read it too.
+"""
+from __future__ import annotations
+
+import json
+from typing import Iterable, List, Optional, Sequence
+
+__all__ = ["BPETokenizer"]
+
+TOKEN_TYPE_NORMAL, TOKEN_TYPE_CONTROL, TOKEN_TYPE_USER_DEFINED, TOKEN_TYPE_UNUSED = 1, 3, 4, 5
+
+
+def _tokenizers():
+    try:
+        import tokenizers
+    except ImportError as e:  # pragma: no cover - install_requires has it
+        raise ImportError("byte-level BPE tokenizers need the `tokenizers` package (pip install tokenizers)") from e
+    return tokenizers
+
+
+class BPETokenizer:
+    """A `tokenizers.Tokenizer` plus the model's special ids."""
+
+    def __init__(self, json_text: str, bos_id: Optional[int] = None, eos_ids: Sequence[int] = (),
+                 add_bos: bool = True, chat_template: Optional[str] = None):
+        tk = _tokenizers()
+        try:
+            self.tok = tk.Tokenizer.from_str(json_text)
+        except Exception as e:  # the library raises its own Exception subclass
+            raise ValueError(f"not a valid tokenizer.json: {e}") from e
+        self.json_text = json_text
+        self._bos = bos_id
+        self._eos = [int(i) for i in eos_ids]
+        self.add_bos = bool(add_bos) and bos_id is not None
+        self.chat_template = chat_template
+        n = self.vocab_size
+        for what, i in [("bos", bos_id)] + [("eos", e) for e in self._eos]:
+            if i is not None and not 0 <= i < n:
+                raise ValueError(f"{what} id {i} is outside the tokenizer's vocabulary [0, {n})")
+
+    @classmethod
+    def from_file(cls, path, **kw) -> "BPETokenizer":
+        with open(path, encoding="utf-8") as fh:
+            return cls(fh.read(), **kw)
+
+    # -- the common interface ------------------------------------------------------------------------------
+    def encode(self, text: str, add_bos: bool = True, add_eos: bool = False) -> List[int]:
+        ids = self.tok.encode(text, add_special_tokens=False).ids
+        if add_bos and self.add_bos:
+            ids = [self._bos] + ids
+        if add_eos and self._eos:
+            ids = ids + [self._eos[0]]
+        return ids
+
+    def encode_batch(self, texts: Sequence[str], add_bos: bool = True, add_eos: bool = False) -> List[List[int]]:
+        return [self.encode(t, add_bos, add_eos) for t in texts]
+
+    def decode(self, ids: Iterable[int]) -> str:
+        return self.tok.decode([int(i) for i in ids], skip_special_tokens=True)
+
+    @property
+    def vocab_size(self) -> int:
+        return self.tok.get_vocab_size(with_added_tokens=True)
+
+    def __len__(self) -> int:
+        return self.vocab_size
+
+    @property
+    def bos_id(self) -> Optional[int]:
+        return self._bos
+
+    @property
+    def eos_id(self) -> Optional[int]:
+        return self._eos[0] if self._eos else None
+
+    @property
+    def eos_ids(self) -> List[int]:
+        return list(self._eos)
+
+    @property
+    def unk_id(self) -> Optional[int]:
+        return None
+
+    def id_to_piece(self, i: int) -> str:
+        return self.tok.id_to_token(int(i))
+
+    def piece_to_id(self, piece: str) -> Optional[int]:
+        return self.tok.token_to_id(piece)
+
+    # -- GGUF ----------------------------------------------------------------------------------------------
+    def gguf_vocab(self, vocab_size: Optional[int] = None) -> dict:
+        """tokens / token_type / merges for the standard `gpt2` GGUF tokenizer keys, padded to vocab_size."""
+        data = json.loads(self.json_text)
+        n = max(self.vocab_size, vocab_size or 0)
+        tokens: List[Optional[str]] = [None] * n
+        types = [TOKEN_TYPE_NORMAL] * n
+        for piece, i in self.tok.get_vocab(with_added_tokens=True).items():
+            if 0 <= i < n:
+                tokens[i] = piece
+        for added in data.get("added_tokens", []):
+            i = added.get("id")
+            if isinstance(i, int) and 0 <= i < n:
+                types[i] = TOKEN_TYPE_CONTROL if added.get("special") else TOKEN_TYPE_USER_DEFINED
+        for i, t in enumerate(tokens):
+            if t is None:  # ids the model has but the tokenizer never produces
+                tokens[i], types[i] = f"[PAD{i}]", TOKEN_TYPE_UNUSED
+        merges = (data.get("model") or {}).get("merges") or []
+        merges = [m if isinstance(m, str) else " ".join(m) for m in merges]  # newer files store pairs
+        return {"tokens": tokens, "token_type": types, "merges": merges}
+
+    def __repr__(self) -> str:
+        return f"BPETokenizer(vocab={self.vocab_size}, bos={self._bos}, eos={self._eos})"
