@@ -42,8 +42,10 @@ setup(
     python_requires=">=3.9",
     # torch is pinned to the CPU build in the README and CI (`pip install torch==2.13.0`); any torch >= 2.5 works.
     install_requires=["torch>=2.5", "pytorch-lightning>=2.2", "sentencepiece>=0.2", "protobuf", "numpy",
-                      "gguf>=0.10", "pyarrow", "tqdm", "matplotlib"],
-    extras_require={"test": ["pytest", "ninja", "cmake>=3.18"]},
+                      "gguf>=0.10", "pyarrow", "tqdm", "matplotlib", "tokenizers>=0.19", "safetensors>=0.4"],
+    # transformers (+ accelerate, which its bitnet quantizer requires) is only the reference in tests: neither
+    # pulls another torch when torch is already installed (checked with `pip install --dry-run -e ".[test]"`).
+    extras_require={"test": ["pytest", "ninja", "cmake>=3.18", "transformers>=4.52", "accelerate"]},
     ext_modules=[CMakeExtension("bllama._engine")],
     cmdclass={"build_ext": CMakeBuild},
     entry_points={"console_scripts": ["bllama=bllama.cli:main"]},

@@ -109,8 +109,23 @@ def cmd_export(args):
     model = load_checkpoint(args.checkpoint)
     tok = SentencePieceTokenizer(args.tokenizer) if args.tokenizer else tokenizer_beside(args.checkpoint)
     t0 = time.perf_counter()
+    if args.format == "hf":
+        from .hf_export import export_hf
+
+        path = export_hf(model, tok, args.output)
+        size = sum(p.stat().st_size for p in path.iterdir())
+        print(f"wrote {path}/ ({size / 2**20:.1f} MiB, Hugging Face BitNet) in {time.perf_counter() - t0:.1f} s")
+        return
     path = export_gguf(model, tok, args.output, weight_type=args.type)
     print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB, {args.type}) in {time.perf_counter() - t0:.1f} s")
+
+
+def cmd_import(args):
+    from .hf_import import import_hf
+
+    t0 = time.perf_counter()
+    path = import_hf(args.hf_dir, args.output, progress=not args.quiet)
+    print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB) in {time.perf_counter() - t0:.1f} s")
 
 
 def cmd_eval(args):
@@ -190,10 +205,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("export", help="quantize a checkpoint and write a GGUF file")
     e.add_argument("checkpoint", help="a .ckpt file or a training output folder")
-    e.add_argument("-o", "--output", required=True, help="the .gguf file to write")
+    e.add_argument("-o", "--output", required=True, help="the .gguf file (or, with --format hf, the folder) to write")
+    e.add_argument("--format", default="gguf", choices=["gguf", "hf"],
+                   help="gguf (our engine, llama.cpp) or hf (a transformers BitNetForCausalLM folder)")
     e.add_argument("--type", default="tq2_0", choices=["tq2_0", "tq1_0"], help="ternary block type (default tq2_0)")
     e.add_argument("--tokenizer", default=None, help="tokenizer.model (default: the one beside the checkpoint)")
     e.set_defaults(func=cmd_export)
+
+    im = sub.add_parser("import", help="convert a local Hugging Face BitNet b1.58 checkpoint folder into a GGUF file")
+    im.add_argument("hf_dir", help="folder with config.json, *.safetensors and tokenizer.model or tokenizer.json")
+    im.add_argument("-o", "--output", required=True, help="the .gguf file to write")
+    im.add_argument("--quiet", action="store_true", help="no progress bar")
+    im.set_defaults(func=cmd_import)
 
     v = sub.add_parser("eval", help="perplexity and bits per character of a .gguf model on a text file")
     v.add_argument("model", help="model.gguf")

@@ -6,6 +6,7 @@ Loads the newest `_engine*.so` of bllama/ (in-place install) and build*/ (skips 
 from __future__ import annotations
 
 import glob
+import sys
 import importlib.util
 import os
 import threading
@@ -31,6 +32,12 @@ def _load_engine_module():
     spec = importlib.util.spec_from_file_location("_engine", newest)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
+    # pybind11 registers `Engine` once per process: a second load (bllama.runtime's `from . import _engine`)
+    # would fail with "already registered", so this module also serves as bllama._engine for later tests.
+    import bllama
+    sys.modules.setdefault("bllama._engine", mod)
+    if not hasattr(bllama, "_engine"):
+        bllama._engine = mod
     return mod
 
 

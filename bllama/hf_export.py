@@ -1,0 +1,113 @@
+"""Write a bLLaMa model as a Hugging Face BitNet checkpoint (`bllama export --format hf`).
+
+The result loads with `transformers.BitNetForCausalLM.from_pretrained` (model_type `bitnet`, transformers >=
+4.52): the seven projections as packed uint8 [out/4, in] (bits 2i..2i+1 of P[r, c] hold W[i*R + r, c] + 1,
+R = out/4) plus `weight_scale` = our s (`quantization_config.linear_class = "autobitlinear"`: the output is
+multiplied by it, `quantization_mode = "offline"`), norms and the embedding in float32, and the tokenizer files
+(tokenizer.model + tokenizer_config.json). The function is the same as ours: HF's AutoBitLinear quantizes
+activations per token to int8 with 127 / absmax exactly like bllama/bitlinear.py, its RMSNorm and rotate_half
+RoPE are ours, and its BitNet block puts the sub-norms where we do.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Union
+
+import numpy as np
+import torch
+
+NAMES = {"attn.q_proj": "self_attn.q_proj", "attn.k_proj": "self_attn.k_proj", "attn.v_proj": "self_attn.v_proj",
+         "attn.o_proj": "self_attn.o_proj", "mlp.gate_proj": "mlp.gate_proj", "mlp.up_proj": "mlp.up_proj",
+         "mlp.down_proj": "mlp.down_proj"}
+NORMS = {"input_layernorm": "input_layernorm", "attn.sub_norm": "self_attn.attn_sub_norm",
+         "post_attention_layernorm": "post_attention_layernorm", "mlp.sub_norm": "mlp.ffn_sub_norm"}
+
+
+def pack_hf(codes: np.ndarray) -> np.ndarray:
+    """codes int8 [out, in] in {-1,0,1}, out % 4 == 0 -> HF packed uint8 [out/4, in]."""
+    out = codes.shape[0]
+    if out % 4:
+        raise ValueError(f"HF packing needs out features divisible by 4, got {out}")
+    q = (codes.astype(np.int16) + 1).astype(np.uint8).reshape(4, out // 4, -1)
+    return q[0] | (q[1] << 2) | (q[2] << 4) | (q[3] << 6)
+
+
+def export_hf(model, tokenizer, out_dir: Union[str, os.PathLike], dtype: str = "float32") -> Path:
+    """Write the checkpoint folder `out_dir` (created; an existing non-empty folder is refused)."""
+    from safetensors.torch import save_file
+
+    from .model import Transformer
+    from .tokenizer import SentencePieceTokenizer
+
+    net = model.model if hasattr(model, "model") and isinstance(model.model, Transformer) else model
+    cfg = net.config
+    if not cfg.quantize:
+        raise ValueError("this model has full-precision linear layers (quantize=False); only b1.58 models export")
+    if cfg.bias:
+        raise ValueError("transformers' BitNet has no projection biases; export a model with bias=False")
+    if not isinstance(tokenizer, SentencePieceTokenizer):
+        raise ValueError(f"export needs a SentencePiece tokenizer, got {type(tokenizer).__name__}")
+    if tokenizer.vocab_size != cfg.vocab_size:
+        raise ValueError(f"tokenizer has {tokenizer.vocab_size} tokens but the model's vocab_size is {cfg.vocab_size}")
+    tdtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}.get(dtype)
+    if tdtype is None:
+        raise ValueError(f"dtype must be float32, bfloat16 or float16, got {dtype!r}")
+    out_dir = Path(out_dir)
+    if out_dir.exists() and any(out_dir.iterdir()):
+        raise ValueError(f"{out_dir} exists and is not empty")
+
+    sd = {}
+    with torch.no_grad():
+        sd["model.embed_tokens.weight"] = net.embed_tokens.weight.detach().to(tdtype).contiguous()
+        sd["model.norm.weight"] = net.norm.weight.detach().to(tdtype).contiguous()
+        if not cfg.tie_embeddings:
+            sd["lm_head.weight"] = net.lm_head.weight.detach().to(tdtype).contiguous()
+        for i, block in enumerate(net.layers):
+            p = f"model.layers.{i}."
+            for ours, theirs in NORMS.items():
+                sd[p + theirs + ".weight"] = block.get_submodule(ours).weight.detach().to(tdtype).contiguous()
+            for ours, theirs in NAMES.items():
+                layer = block.get_submodule(ours)
+                codes = layer.ternary_codes().cpu().numpy().astype(np.int8)
+                sd[p + theirs + ".weight"] = torch.from_numpy(pack_hf(codes))
+                # float32 whatever the model dtype: s is an fp16-rounded float32 in our model
+                sd[p + theirs + ".weight_scale"] = layer.ternary_scale().detach().float().reshape(1).contiguous()
+    config = {
+        "architectures": ["BitNetForCausalLM"], "model_type": "bitnet",
+        "vocab_size": cfg.vocab_size, "hidden_size": cfg.hidden_size, "intermediate_size": cfg.ffn_size,
+        "num_hidden_layers": cfg.num_layers, "num_attention_heads": cfg.num_heads,
+        "num_key_value_heads": cfg.num_kv_heads, "hidden_act": cfg.activation,
+        "max_position_embeddings": cfg.seq_len, "rms_norm_eps": cfg.rms_eps,
+        "rope_theta": cfg.rope_theta, "rope_parameters": {"rope_type": "default", "rope_theta": cfg.rope_theta},
+        "tie_word_embeddings": bool(cfg.tie_embeddings), "attention_bias": False, "attention_dropout": 0.0,
+        "bos_token_id": tokenizer.bos_id, "eos_token_id": tokenizer.eos_id, "pad_token_id": None,
+        "torch_dtype": dtype, "dtype": dtype, "use_cache": True,
+        "quantization_config": {"quant_method": "bitnet", "linear_class": "autobitlinear",
+                                "quantization_mode": "offline"},
+    }
+    piece = lambda i: tokenizer.id_to_piece(i) if i is not None else None
+    tok_cfg = {"tokenizer_class": "LlamaTokenizer", "bos_token": piece(tokenizer.bos_id),
+               "eos_token": piece(tokenizer.eos_id), "unk_token": piece(tokenizer.unk_id),
+               "add_bos_token": True, "add_eos_token": False, "legacy": False,
+               "model_max_length": cfg.seq_len}
+    tmp = Path(tempfile.mkdtemp(prefix=".hf-export-", dir=out_dir.parent if out_dir.parent.exists() else None))
+    try:
+        save_file(sd, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        (tmp / "config.json").write_text(json.dumps(config, indent=2))
+        (tmp / "generation_config.json").write_text(json.dumps(
+            {"bos_token_id": tokenizer.bos_id, "eos_token_id": tokenizer.eos_id}, indent=2))
+        (tmp / "tokenizer_config.json").write_text(json.dumps(tok_cfg, indent=2))
+        (tmp / "special_tokens_map.json").write_text(json.dumps(
+            {k: tok_cfg[k] for k in ("bos_token", "eos_token", "unk_token") if tok_cfg[k]}, indent=2))
+        (tmp / "tokenizer.model").write_bytes(tokenizer.serialized())
+        if out_dir.exists():
+            out_dir.rmdir()
+        os.replace(tmp, out_dir)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    return out_dir

@@ -1,0 +1,90 @@
+"""`bllama export --format hf`: transformers.BitNetForCausalLM.from_pretrained loads what we write, and its
+logits match ours on the trained tiny model.
+
+Tolerance: both sides compute the same fp32 function (per-token int8 absmax activations, ternary codes times
+the same fp32 s), but in a different order (HF: fake-quantized (xq / a) @ W then * s; ours: (xq @ W) * s / a),
+so a 1-ulp difference can flip an activation rounding tie (one int8 by 1) and move later logits by ~1e-3 of
+their range. Position 0 must agree to 1e-5 relative; all positions to 2e-2; greedy argmax nearly everywhere.
+"""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+pytest.importorskip("transformers")
+pytest.importorskip("safetensors")
+
+import torch  # noqa: E402
+
+import hf_checkpoints  # noqa: E402,F401  (offline env vars, no torch.compile)
+
+
+def _eval_copy(model):
+    import copy
+
+    m = copy.deepcopy(model).eval()
+    return m
+
+
+def test_hf_export_loads_in_transformers_and_matches(trained_tiny, tmp_path):
+    from transformers import BitNetForCausalLM
+
+    from bllama.hf_export import export_hf
+
+    model, tok = _eval_copy(trained_tiny["model"]), trained_tiny["tokenizer"]
+    out = export_hf(model, tok, tmp_path / "hf")
+    names = {p.name for p in out.iterdir()}
+    assert {"config.json", "model.safetensors", "tokenizer.model", "tokenizer_config.json"} <= names
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["quantization_config"]["quant_method"] == "bitnet"
+    hf = BitNetForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
+    ids = tok.encode(trained_tiny["held_out"][:400])[:96]
+    with torch.no_grad():
+        ours = model.model(torch.tensor([ids]))[0].float().numpy()
+        theirs = hf(torch.tensor([ids])).logits[0].float().numpy()
+    rel = np.abs(ours - theirs).max(-1) / np.abs(ours).max(-1)
+    assert rel[0] < 1e-5, rel
+    assert np.all(rel < 2e-2) and np.mean(rel) < 5e-3, rel
+    assert np.mean(ours.argmax(-1) == theirs.argmax(-1)) >= 0.95
+
+
+def test_hf_export_roundtrips_through_import(trained_tiny, tmp_path):
+    """export --format hf, then import: the engine gives the logits of the direct GGUF export (up to the
+    same tie flips; the HF path keeps s in fp32 scale tensors, the direct path in fp16 d: both are s exactly)."""
+    from bllama.export import export_gguf
+    from bllama.hf_export import export_hf
+    from bllama.runtime import Runtime
+
+    model, tok = _eval_copy(trained_tiny["model"]), trained_tiny["tokenizer"]
+    a = Runtime.load(export_gguf(model, tok, tmp_path / "direct.gguf"))
+    b = Runtime.load(export_hf(model, tok, tmp_path / "hf"))
+    ids = tok.encode(trained_tiny["held_out"][:300])[:64]
+    la, lb = a.logits(ids), b.logits(ids)
+    rel = np.abs(la - lb).max(-1) / np.abs(la).max(-1)
+    assert rel[0] < 1e-5 and np.all(rel < 2e-2), rel
+    assert b.tokenizer.encode("hello world") == tok.encode("hello world")
+
+
+def test_pack_hf_matches_transformers():
+    from transformers.integrations.bitnet import pack_weights
+
+    from bllama.hf_export import pack_hf
+    from bllama.hf_import import unpack_hf
+
+    g = torch.Generator().manual_seed(3)
+    w = torch.randint(-1, 2, (32, 24), generator=g)
+    np.testing.assert_array_equal(pack_hf(w.numpy().astype(np.int8)), pack_weights(w.float().clone()).numpy())
+    np.testing.assert_array_equal(unpack_hf(pack_hf(w.numpy().astype(np.int8))), w.numpy())
+    with pytest.raises(ValueError, match="divisible by 4"):
+        pack_hf(np.zeros((6, 8), np.int8))
+
+
+def test_hf_export_refuses_nonempty_folder(trained_tiny, tmp_path):
+    from bllama.hf_export import export_hf
+
+    (tmp_path / "x").mkdir()
+    (tmp_path / "x" / "f").write_text("keep")
+    with pytest.raises(ValueError, match="not empty"):
+        export_hf(trained_tiny["model"], trained_tiny["tokenizer"], tmp_path / "x")
