@@ -201,3 +201,25 @@ def test_foreign_bitnet_file_without_bllama_keys(tmp_path, sp_tokenizer, qtype):
     ref = net(torch.tensor([ids]))[0].detach().numpy()
     rel = np.linalg.norm(rt.logits(ids) - ref) / np.linalg.norm(ref)
     assert rel < 5e-2, rel  # the bound of test_random_models_match_pytorch, for the same reason
+
+
+class CharTokenizer:
+    """Each character a token; lets the text-stream logic be tested without the engine."""
+
+    def encode(self, text):
+        return [ord(c) for c in text]
+
+    def decode(self, ids):
+        return "".join(chr(i) for i in ids)
+
+
+def test_text_stream_holds_back_partial_stop_strings():
+    from bllama.runtime import _TextStream
+
+    ts = _TextStream(CharTokenizer(), CharTokenizer().encode("P:"), stop=["\n\n", "END"])
+    out = [ts.push(ord(c)) for c in "ab\nc\n"]
+    assert "".join(out) == "ab\nc" and out[2] == ""  # the first "\n" waits: it may start "\n\n"
+    assert ts.push(ord("\n")) == "" and ts.stopped
+    ts = _TextStream(CharTokenizer(), [80], stop=["END"])
+    assert "".join(ts.push(ord(c)) for c in "xEN") == "x"
+    assert ts.flush() == "EN"  # the generation ended without the stop string: nothing is lost
