@@ -1,13 +1,8 @@
 """The C++ engine through its pybind11 module: same logits as the PyTorch model on an exported file,
 metadata of every type, generate() semantics (stop ids, callbacks, seeds, GIL), and the exceptions.
-
-Loads the newest `_engine*.so` of bllama/ (in-place install) and build*/ (skips when there is none).
 """
 from __future__ import annotations
 
-import glob
-import sys
-import importlib.util
 import os
 import threading
 
@@ -18,31 +13,7 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _load_engine_module():
-    """The newest build of the module: the in-place install (bllama/_engine*.so) or a build*/ tree."""
-    candidates = glob.glob(os.path.join(ROOT, "bllama", "_engine*.so")) + \
-        glob.glob(os.path.join(ROOT, "build*", "_engine*.so"))
-    if not candidates:
-        try:
-            from bllama import _engine
-            return _engine
-        except ImportError:
-            return None
-    newest = max(candidates, key=os.path.getmtime)
-    spec = importlib.util.spec_from_file_location("_engine", newest)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    # pybind11 registers `Engine` once per process: a second load (bllama.runtime's `from . import _engine`)
-    # would fail with "already registered", so this module also serves as bllama._engine for later tests.
-    import bllama
-    sys.modules.setdefault("bllama._engine", mod)
-    if not hasattr(bllama, "_engine"):
-        bllama._engine = mod
-    return mod
-
-
-_engine = _load_engine_module()
-pytestmark = pytest.mark.skipif(_engine is None, reason="C++ engine module not built")
+from bllama import _engine  # the installed module (pip install -e .); a missing build is a failure, not a skip
 
 
 def _export(net, path, weight_type="tq2_0"):
