@@ -34,6 +34,7 @@
 #include "half.h"
 #include "kernels/cpu_features.h"
 #include "kernels/ternary.h"
+#include "membw.h"
 
 using namespace bllama;
 using Clock = std::chrono::steady_clock;
@@ -128,30 +129,6 @@ std::pair<int64_t, int64_t> split(int64_t n, int part, int parts, int64_t align)
     return {std::min(b, n), std::min(e, n)};
 }
 
-// ---- memory read bandwidth -----------------------------------------------------------------------
-__attribute__((target("avx512f"))) uint64_t read_avx512(const uint8_t* p, size_t n) {
-    __m512i a0 = _mm512_setzero_si512(), a1 = a0, a2 = a0, a3 = a0;
-    for (size_t i = 0; i < n; i += 256) {
-        a0 = _mm512_xor_si512(a0, _mm512_load_si512(p + i));
-        a1 = _mm512_xor_si512(a1, _mm512_load_si512(p + i + 64));
-        a2 = _mm512_xor_si512(a2, _mm512_load_si512(p + i + 128));
-        a3 = _mm512_xor_si512(a3, _mm512_load_si512(p + i + 192));
-    }
-    const __m512i x = _mm512_xor_si512(_mm512_xor_si512(a0, a1), _mm512_xor_si512(a2, a3));
-    return static_cast<uint64_t>(_mm_cvtsi128_si64(_mm512_castsi512_si128(x)));
-}
-__attribute__((target("avx2"))) uint64_t read_avx2(const uint8_t* p, size_t n) {
-    __m256i a0 = _mm256_setzero_si256(), a1 = a0, a2 = a0, a3 = a0;
-    for (size_t i = 0; i < n; i += 128) {
-        a0 = _mm256_xor_si256(a0, _mm256_load_si256(reinterpret_cast<const __m256i*>(p + i)));
-        a1 = _mm256_xor_si256(a1, _mm256_load_si256(reinterpret_cast<const __m256i*>(p + i + 32)));
-        a2 = _mm256_xor_si256(a2, _mm256_load_si256(reinterpret_cast<const __m256i*>(p + i + 64)));
-        a3 = _mm256_xor_si256(a3, _mm256_load_si256(reinterpret_cast<const __m256i*>(p + i + 96)));
-    }
-    const __m256i x = _mm256_xor_si256(_mm256_xor_si256(a0, a1), _mm256_xor_si256(a2, a3));
-    return static_cast<uint64_t>(_mm_cvtsi128_si64(_mm256_castsi256_si128(x)));
-}
-
 // One measurement: median seconds per call by the wall clock and by "busy" time (per call, the larger
 // of the threads' CPU times). On an idle machine the two agree; when other processes share the cores,
 // busy time shows what the kernel itself costs and wall time what this run actually got.
@@ -214,7 +191,7 @@ struct Bench {
             const Timing t = measure(std::max(3, reps / 2), 1, [&] {
                 return pool.run(nt, [&](int part, int parts) {
                     const auto [b, e] = split(static_cast<int64_t>(n), part, parts, 4096);
-                    sink += z ? read_avx512(buf.get() + b, size_t(e - b)) : read_avx2(buf.get() + b, size_t(e - b));
+                    sink += read_stream(buf.get() + b, size_t(e - b));
                 });
             });
             Row r{"bandwidth", z ? "read 1 GiB, AVX-512 loads" : "read 1 GiB, AVX2 loads", nt, double(n), "GB/s", t, "", 0, 0};
