@@ -12,6 +12,6 @@ namespace bllama {
 uint64_t read_stream(const uint8_t* p, size_t n);
 
 // Bytes per second (best of `repeats`), reading `bytes` of memory with `threads` threads.
-double measure_read_bandwidth(int threads, size_t bytes = size_t(1) << 30, int repeats = 3);
+double measure_read_bandwidth(int threads, size_t bytes = size_t(1) << 30, int repeats = 5);
 
 }  // namespace bllama

@@ -264,7 +264,7 @@ PYBIND11_MODULE(_engine, m) {
     m.def("read_bandwidth", [](int threads, size_t bytes, int repeats) {
             py::gil_scoped_release nogil;
             return bllama::measure_read_bandwidth(threads, bytes, repeats) / 1e9;
-        }, py::arg("threads"), py::arg("bytes") = size_t(1) << 30, py::arg("repeats") = 3,
+        }, py::arg("threads"), py::arg("bytes") = size_t(1) << 30, py::arg("repeats") = 5,
         "This machine's memory read bandwidth in GB/s with `threads` threads (best of `repeats`).");
 
     py::register_exception_translator([](std::exception_ptr p) {
