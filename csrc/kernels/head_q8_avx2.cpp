@@ -1,0 +1,85 @@
+// Int8 head, AVX2: both operands sign-extended to int16 (vpmovsxbw) and multiplied with vpmaddwd into
+// int32 pairs. Exact for every int8 pair (|pair sum| <= 2 * 128 * 128), unlike vpmaddubsw, whose int16
+// pair sums would saturate for biased activations (2 * 255 * 127 > 32767). 16 columns per step; the
+// column tail (cols % 16) is added in scalar. Tiles of R rows x N tokens as in head_q8_avx512.cpp.
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+
+#include <cstdint>
+
+#include "kernels/head_q8.h"
+
+namespace bllama {
+
+namespace {
+
+inline int32_t hsum_i32(__m256i v) {
+    __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4e));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xb1));
+    return _mm_cvtsi128_si32(s);
+}
+
+inline __m256i load16(const int8_t* p) {
+    return _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+}
+
+template <int R, int N>
+void tile(const Q8Head& w, const QuantizedActs& x, float* y, int64_t ldy, int64_t r0, int64_t t0) {
+    const int64_t cols = w.cols();
+    const int8_t* wp[R];
+    const int8_t* qp[N];
+    for (int r = 0; r < R; ++r) wp[r] = w.row(r0 + r);
+    for (int t = 0; t < N; ++t) qp[t] = x.q.data() + (t0 + t) * cols;
+    __m256i acc[R][N];
+    for (int r = 0; r < R; ++r)
+        for (int t = 0; t < N; ++t) acc[r][t] = _mm256_setzero_si256();
+    int64_t c = 0;
+    for (; c + 16 <= cols; c += 16) {
+        __m256i a[N];
+        for (int t = 0; t < N; ++t) a[t] = load16(qp[t] + c);
+        for (int r = 0; r < R; ++r) {
+            const __m256i wv = load16(wp[r] + c);
+            for (int t = 0; t < N; ++t) acc[r][t] = _mm256_add_epi32(acc[r][t], _mm256_madd_epi16(wv, a[t]));
+        }
+    }
+    for (int t = 0; t < N; ++t) {
+        const float a = x.act_scale[static_cast<size_t>(t0 + t)];
+        for (int r = 0; r < R; ++r) {
+            const int64_t rr = r0 + r;
+            int32_t s = hsum_i32(acc[r][t]);
+            for (int64_t k = c; k < cols; ++k) s += static_cast<int32_t>(wp[r][k]) * qp[t][k];
+            y[(t0 + t) * ldy + rr] = static_cast<float>(s) * (w.scale(rr) / a);
+        }
+    }
+}
+
+template <int R>
+void row_block(const Q8Head& w, const QuantizedActs& x, float* y, int64_t ldy, int64_t r0) {
+    int64_t t = 0;
+    for (; t + 2 <= x.n_tokens; t += 2) tile<R, 2>(w, x, y, ldy, r0, t);
+    if (t < x.n_tokens) tile<R, 1>(w, x, y, ldy, r0, t);
+}
+
+void q8_head_avx2(const Q8Head& w, const QuantizedActs& x, float* y, int64_t ldy, int64_t rb, int64_t re) {
+    int64_t r = rb;
+    if (x.n_tokens == 1) {
+        for (; r + 8 <= re; r += 8) tile<8, 1>(w, x, y, ldy, r, 0);
+    } else {
+        for (; r + 4 <= re; r += 4) row_block<4>(w, x, y, ldy, r);
+    }
+    for (; r < re; ++r) row_block<1>(w, x, y, ldy, r);
+}
+
+}  // namespace
+
+Q8HeadMatmulFn q8_head_avx2_fn() { return q8_head_avx2; }
+
+}  // namespace bllama
+
+#else
+#include "kernels/head_q8.h"
+namespace bllama {
+Q8HeadMatmulFn q8_head_avx2_fn() { return nullptr; }
+}  // namespace bllama
+#endif
