@@ -48,6 +48,7 @@ def write_random_gguf(config: bLlamaConfig, path: Path, seed: int = 0) -> Path:
     w.add_vocab_size(c.vocab_size)
     w.add_string("bllama.activation", c.activation)
     w.add_bool("bllama.tie_embeddings", c.tie_embeddings)
+    add_synthetic_vocab(w, c.vocab_size)
     w.add_tensor("token_embd.weight", (rng.standard_normal((c.vocab_size, c.hidden_size), dtype=np.float32) * 0.02)
                  .astype(np.float16))
     w.add_tensor("output_norm.weight", np.ones(c.hidden_size, np.float32))
@@ -65,6 +66,23 @@ def write_random_gguf(config: bLlamaConfig, path: Path, seed: int = 0) -> Path:
     w.write_tensors_to_file()
     w.close()
     return path
+
+
+def add_synthetic_vocab(writer, vocab_size: int) -> None:
+    """A SentencePiece-style vocabulary (unk, bos, eos, 256 byte pieces, then made-up words) so that other
+    engines (llama.cpp's llama-bench) load the random benchmark model too."""
+    specials = ["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(256)]
+    if vocab_size < len(specials) + 1:
+        return
+    tokens = specials + [f"\u2581w{i}" for i in range(vocab_size - len(specials))]
+    types = [2, 3, 3] + [6] * 256 + [1] * (vocab_size - len(specials))
+    writer.add_tokenizer_model("llama")
+    writer.add_token_list(tokens)
+    writer.add_token_scores([0.0] * len(specials) + [-float(i) for i in range(vocab_size - len(specials))])
+    writer.add_token_types(types)
+    writer.add_bos_token_id(1)
+    writer.add_eos_token_id(2)
+    writer.add_unk_token_id(0)
 
 
 def bytes_per_token(path: Path) -> int:
@@ -93,18 +111,22 @@ def _median_run(engine, prompt_len: int, gen: int, repeats: int, vocab: int, see
     return statistics.median(pp), statistics.median(tg)
 
 
-def _measure_engine(path: str, threads: int, prompt_tokens: int, gen_tokens: int, repeats: int, bpt: int) -> dict:
+def _measure_engine(path: str, threads: int, prompt_tokens: int, gen_tokens: int, repeats: int, bpt: int,
+                    head: str = "f16") -> dict:
     from . import _engine
 
     t0 = time.perf_counter()
-    eng = _engine.Engine(path, threads)
+    eng = _engine.Engine(path, threads, head=head)
     load_s = time.perf_counter() - t0
+    if head == "q8":  # the engine reads its int8 copy (+ per-row scale and sum) instead of the f16 head
+        c = eng.config
+        bpt = bpt - 2 * c["vocab_size"] * c["hidden_size"] + c["head_bytes"]
     pp, tg = _median_run(eng, prompt_tokens, gen_tokens, repeats, eng.vocab_size)
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # before the bandwidth probe's buffer
     del eng
     bw = _engine.read_bandwidth(threads)
     gbs = tg * bpt / 1e9
-    return {"threads": threads, "prompt_tok_s": round(pp, 1), "decode_tok_s": round(tg, 2), "load_s": round(load_s, 3),
+    return {"threads": threads, "head": head, "prompt_tok_s": round(pp, 1), "decode_tok_s": round(tg, 2), "load_s": round(load_s, 3),
             "bytes_per_token": bpt, "decode_GB_s": round(gbs, 2),
             "read_bandwidth_GB_s": round(bw, 2) if bw else None, "pct_of_bandwidth": round(100 * gbs / bw, 1) if bw else None,
             "peak_rss_MiB": round(rss, 1)}
@@ -112,7 +134,7 @@ def _measure_engine(path: str, threads: int, prompt_tokens: int, gen_tokens: int
 
 def run_bench(model: Optional[str] = None, preset: str = "1.7b", threads: Optional[List[int]] = None,
               prompt_tokens: int = 128, gen_tokens: int = 64, repeats: int = 3, torch_compare: bool = False,
-              json_out: Optional[str] = None) -> dict:
+              json_out: Optional[str] = None, head: str = "f16") -> dict:
     tmpdir = None
     if model is None:
         tmpdir = tempfile.TemporaryDirectory(prefix="bllama-bench-")
@@ -128,9 +150,10 @@ def run_bench(model: Optional[str] = None, preset: str = "1.7b", threads: Option
     ctx = multiprocessing.get_context("spawn")  # a fresh process per thread count: honest load time and RSS
     with ctx.Pool(1, maxtasksperchild=1) as pool:
         for t in threads:
-            rows.append(pool.apply(_measure_engine, (str(path), t, prompt_tokens, gen_tokens, repeats, bpt)))
+            rows.append(pool.apply(_measure_engine, (str(path), t, prompt_tokens, gen_tokens, repeats, bpt, head)))
     result = {"model": str(path) if model else f"random {preset}", "file_MiB": round(path.stat().st_size / 2**20, 1),
-              "prompt_tokens": prompt_tokens, "gen_tokens": gen_tokens, "repeats": repeats, "engine": rows}
+              "prompt_tokens": prompt_tokens, "gen_tokens": gen_tokens, "repeats": repeats, "head": head,
+              "engine": rows}
     if torch_compare:
         result["torch"] = torch_speed(model, preset, prompt_tokens, min(gen_tokens, 8), threads[-1])
     print(format_table(result))
@@ -162,13 +185,13 @@ def torch_speed(model: Optional[str], preset: str, prompt_tokens: int, gen_token
     t0 = time.perf_counter()
     generate_ids(net, ids, gen_tokens + 1)
     t_all = time.perf_counter() - t0
-    return {"threads": threads, "prompt_tok_s": round(prompt_tokens / t_prompt, 2),
+    return {"threads": threads, "head": head, "prompt_tok_s": round(prompt_tokens / t_prompt, 2),
             "decode_tok_s": round(gen_tokens / max(t_all - t_prompt, 1e-9), 3)}
 
 
 def format_table(r: dict) -> str:
     lines = [f"model: {r['model']} ({r['file_MiB']} MiB), prompt {r['prompt_tokens']} tokens, "
-             f"decode {r['gen_tokens']} tokens, median of {r['repeats']}",
+             f"decode {r['gen_tokens']} tokens, median of {r['repeats']}, {r.get('head', 'f16')} head",
              f"{'threads':>7} {'prompt tok/s':>12} {'decode tok/s':>12} {'GB/s':>6} {'% bw':>6} {'load s':>7} "
              f"{'RSS MiB':>8}"]
     for e in r["engine"]:
