@@ -1,7 +1,7 @@
 // Prompt and decode throughput of the engine on a random model of real shapes.
 //
 //   bench_decode [--shape 1.7b|2b4t] [--threads 1,2] [--prompt 128] [--decode 64] [--tq1] [--kv-f16]
-//                [--keep PATH]
+//                [--keep PATH] [--head f16|q8]
 //
 // Writes a random GGUF (TQ2_0 codes, f16 tied embedding) to a temp file, then for each thread count
 // loads it (load time), runs a `prompt`-token prompt (prompt tok/s) and `decode` single-token steps
@@ -191,6 +191,7 @@ int main(int argc, char** argv) {
     std::vector<int> threads = {1, 2};
     int64_t n_prompt = 128, n_decode = 64;
     bool tq1 = false, kv_f16 = false;
+    HeadType head = HeadType::F16;
     std::string keep;
     for (int i = 1; i < argc; ++i) {
         const std::string a = argv[i];
@@ -217,25 +218,26 @@ int main(int argc, char** argv) {
         else if (a == "--tq1") tq1 = true;
         else if (a == "--kv-f16") kv_f16 = true;
         else if (a == "--keep") keep = val();
+        else if (a == "--head") head = parse_head_type(val());
         else {
-            std::fprintf(stderr, "usage: %s [--shape 1.7b|2b4t] [--threads 1,2] [--prompt N] [--decode N] [--tq1] [--kv-f16] [--keep PATH]\n", argv[0]);
+            std::fprintf(stderr, "usage: %s [--shape 1.7b|2b4t] [--threads 1,2] [--prompt N] [--decode N] [--tq1] [--kv-f16] [--keep PATH] [--head f16|q8]\n", argv[0]);
             return 2;
         }
     }
     const std::string path = keep.empty() ? "/tmp/bllama_bench_" + std::to_string(getpid()) + ".gguf" : keep;
-    std::printf("shape %s: vocab %lld, D %lld, %lld layers, %lld heads (%lld kv), FFN %lld, %s, %s, kernel %s%s\n",
+    std::printf("shape %s: vocab %lld, D %lld, %lld layers, %lld heads (%lld kv), FFN %lld, %s, %s, kernel %s%s, %s head\n",
                 shape->name, (long long)shape->vocab, (long long)shape->dim, (long long)shape->layers,
                 (long long)shape->heads, (long long)shape->kv_heads, (long long)shape->ffn,
                 shape->relu2 ? "relu2" : "silu", tq1 ? "TQ1_0" : "TQ2_0", kernel_name(best_kernel()),
-                kv_f16 ? ", fp16 KV" : "");
+                kv_f16 ? ", fp16 KV" : "", head_type_name(head));
     auto t0 = Clock::now();
     if (keep.empty() || access(path.c_str(), R_OK) != 0) {
         write_model(*shape, tq1, path);
         std::printf("wrote %s in %.1f s\n", path.c_str(), secs(t0));
     }
 
-    std::printf("%7s %8s %10s %10s %10s %10s %9s %9s\n", "threads", "load s", "prompt t/s", "decode t/s",
-                "MB/token", "GB/s", "weightsMB", "peakRSS");
+    std::printf("%7s %8s %10s %10s %10s %10s %9s %7s %9s\n", "threads", "load s", "prompt t/s", "decode t/s",
+                "MB/token", "GB/s", "weightsMB", "headMB", "peakRSS");
     int rc = 0;
     try {
         for (int nt : threads) {
@@ -243,6 +245,7 @@ int main(int argc, char** argv) {
             o.threads = nt;
             o.max_context = n_prompt + n_decode;
             o.kv_f16 = kv_f16;
+            o.head = head;
             t0 = Clock::now();
             auto model = Model::load(path, o);
             const double load_s = secs(t0);
@@ -262,8 +265,9 @@ int main(int argc, char** argv) {
             }
             const double decode_s = secs(t0);
             const double tps = n_decode / decode_s;
-            std::printf("%7d %8.2f %10.1f %10.2f %10.1f %10.2f %9.0f %8.0fM\n", nt, load_s, n_prompt / prompt_s, tps,
-                        bytes / n_decode / 1e6, bytes / decode_s / 1e9, model->weight_bytes() / 1e6, peak_rss_mib());
+            std::printf("%7d %8.2f %10.1f %10.2f %10.1f %10.2f %9.0f %7.0f %8.0fM\n", nt, load_s, n_prompt / prompt_s, tps,
+                        bytes / n_decode / 1e6, bytes / decode_s / 1e9, model->weight_bytes() / 1e6,
+                        model->head_bytes() / 1e6, peak_rss_mib());
             std::fflush(stdout);
         }
     } catch (const std::exception& e) {

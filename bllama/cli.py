@@ -82,7 +82,7 @@ def cmd_generate(args):
     if args.model.endswith(".gguf") or Path(args.model).is_dir() and not (Path(args.model) / "checkpoints").exists():
         from .runtime import Runtime
 
-        rt = Runtime.load(args.model, threads=args.threads)
+        rt = Runtime.load(args.model, threads=args.threads, head=args.head)
         for piece in rt.stream(args.prompt, max_new_tokens=args.max_new_tokens, do_sample=args.do_sample,
                                temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                                repetition_penalty=args.repetition_penalty, seed=args.seed):
@@ -131,7 +131,7 @@ def cmd_import(args):
 def cmd_eval(args):
     from .runtime import Runtime
 
-    rt = Runtime.load(args.model, threads=args.threads)
+    rt = Runtime.load(args.model, threads=args.threads, head=args.head)
     text = Path(args.data).read_text(encoding="utf-8")
     if args.max_chars:
         text = text[:args.max_chars]
@@ -143,7 +143,8 @@ def cmd_bench(args):
     from .bench import run_bench
 
     run_bench(model=args.model, preset=args.preset, threads=args.threads, prompt_tokens=args.prompt_tokens,
-              gen_tokens=args.gen_tokens, repeats=args.repeats, torch_compare=args.torch, json_out=args.json)
+              gen_tokens=args.gen_tokens, repeats=args.repeats, torch_compare=args.torch, json_out=args.json,
+              head=args.head)
 
 
 def cmd_demo(args):
@@ -199,6 +200,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("model", help="model.gguf, or a training output folder / .ckpt")
     g.add_argument("prompt", help="the prompt text")
     g.add_argument("--threads", type=int, default=None, help="engine threads (default: all cores)")
+    g.add_argument("--head", default="f16", choices=["f16", "q8"],
+                   help="LM head format: f16 (the file's, default) or q8 (int8 per-row scales, half the head bytes)")
     g.add_argument("--tokenizer", default=None, help="tokenizer.model for a checkpoint (default: beside it)")
     _add_sampling(g)
     g.set_defaults(func=cmd_generate)
@@ -223,6 +226,8 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--data", required=True, help="a UTF-8 text file")
     v.add_argument("--max-chars", type=int, default=None, help="evaluate only the first N characters")
     v.add_argument("--threads", type=int, default=None, help="engine threads")
+    v.add_argument("--head", default="f16", choices=["f16", "q8"],
+                   help="LM head format: f16 (the file's, default) or q8 (int8 per-row scales, half the head bytes)")
     v.set_defaults(func=cmd_eval)
 
     b = sub.add_parser("bench", help="prompt and decode speed of the engine")
@@ -234,6 +239,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--repeats", type=int, default=3, help="runs per measurement; the median is reported")
     b.add_argument("--torch", action="store_true", help="also time the PyTorch quantized model on the same shapes")
     b.add_argument("--json", default=None, help="also write the results to this JSON file")
+    b.add_argument("--head", default="f16", choices=["f16", "q8"],
+                   help="LM head format: f16 (the file's, default) or q8 (int8 per-row scales, half the head bytes)")
     b.set_defaults(func=cmd_bench)
 
     d = sub.add_parser("demo", help="train the tiny preset on built-in text, export it, and generate with the engine")

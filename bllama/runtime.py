@@ -96,7 +96,7 @@ class _TextStream:
 
 
 class Runtime:
-    """A loaded model file. Create with Runtime.load(path, threads=None)."""
+    """A loaded model file. Create with Runtime.load(path, threads=None, head="f16")."""
 
     def __init__(self, engine, tokenizer, path: str):
         self._engine, self.tokenizer, self.path = engine, tokenizer, path
@@ -109,8 +109,12 @@ class Runtime:
         self.eos_ids = [int(i) for i in eos]
 
     @classmethod
-    def load(cls, path: Union[str, os.PathLike], threads: Optional[int] = None) -> "Runtime":
+    def load(cls, path: Union[str, os.PathLike], threads: Optional[int] = None, head: str = "f16") -> "Runtime":
+        """head: "f16" runs the file's LM head as is; "q8" requantizes it to int8 with one scale per row at
+        load (half the head's bytes per decoded token; docs/engine.md, "LM head")."""
         path = Path(path)
+        if head not in ("f16", "q8"):
+            raise ValueError(f"head must be 'f16' or 'q8', got {head!r}")
         if not path.exists():
             raise FileNotFoundError(f"model file not found: {path}")
         if threads is not None and threads < 1:
@@ -121,9 +125,9 @@ class Runtime:
                                         "Hugging Face checkpoint folder")
             from .hf_import import load_hf_dir_engine  # converted on the fly into a temporary GGUF
 
-            engine = load_hf_dir_engine(path, lambda p: _engine_module().Engine(p, threads))
+            engine = load_hf_dir_engine(path, lambda p: _engine_module().Engine(p, threads, head=head))
             return cls(engine, _tokenizer_from_metadata(engine), str(path))
-        engine = _engine_module().Engine(str(path), threads)
+        engine = _engine_module().Engine(str(path), threads, head=head)
         return cls(engine, _tokenizer_from_metadata(engine), str(path))
 
     # ---- facts ------------------------------------------------------------------------------------------

@@ -151,6 +151,16 @@ void Model::forward_chunk(const int32_t* tokens, int64_t n, int64_t pos, float* 
     const int64_t first = all_logits ? 0 : n - 1, rows = n - first;
     rmsnorm(x_.data() + first * D, output_norm_.data(), xn_.data(), rows, D, c.rms_eps);
     const int64_t V = c.vocab;
+    if (head_type_ == HeadType::Q8) {
+        // Int8 head: the normed rows quantized per token like BitLinear inputs (kernels/head_q8.h).
+        quantize_acts(xn_.data(), rows, D, qa_head_, kind);
+        pool_.run(nc, [&](int i, int) {
+            int64_t b, e;
+            split_range(V, i, nc, 64, b, e);
+            if (b < e) q8_head_matmul(head_q8_, qa_head_, logits, V, b, e, kind);
+        });
+        return;
+    }
     pool_.run(nc, [&](int i, int) {
         int64_t b, e;
         split_range(V, i, nc, 64, b, e);

@@ -107,6 +107,14 @@ BitLinear bitlinear(const GgufFile& f, TensorChecker& tc, const std::string& pre
 
 }  // namespace
 
+const char* head_type_name(HeadType h) { return h == HeadType::Q8 ? "q8" : "f16"; }
+
+HeadType parse_head_type(const std::string& s) {
+    if (s == "f16") return HeadType::F16;
+    if (s == "q8") return HeadType::Q8;
+    throw std::invalid_argument("head must be 'f16' or 'q8', got '" + s + "'");
+}
+
 std::unique_ptr<Model> Model::load(const std::string& path, const LoadOptions& opts) {
     GgufFile f = GgufFile::open(path);  // its errors already name the path
     try {
@@ -122,21 +130,46 @@ std::unique_ptr<Model> Model::load(GgufFile file, const LoadOptions& opts) {
 
 Model::Model(GgufFile file, const LoadOptions& opts)
     : file_(std::move(file)), cfg_(read_config(file_)), kernel_(best_kernel()), attn_(attention_kernels(kernel_)), kv_f16_(opts.kv_f16), pool_(opts.threads) {
-    load_weights();
+    load_weights(opts.head);
     allocate(opts);
 }
 
 Model::~Model() = default;
 
-void Model::load_weights() {
+void Model::load_weights(HeadType head) {
     const ModelConfig& c = cfg_;
     TensorChecker tc(file_);
     const GgufTensor& emb = tc.get("token_embd.weight", {c.dim, c.vocab}, {GgmlType::F16, GgmlType::F32});
     embd_ = f16_matrix(emb, embd_owned_);
+    const GgufTensor* out = nullptr;
     if (c.tied) {
         head_ = embd_;
     } else {
-        head_ = f16_matrix(tc.get("output.weight", {c.dim, c.vocab}, {GgmlType::F16, GgmlType::F32}), head_owned_);
+        out = &tc.get("output.weight", {c.dim, c.vocab}, {GgmlType::F16, GgmlType::F32});
+        head_ = f16_matrix(*out, head_owned_);
+    }
+    head_type_ = head;
+    if (head == HeadType::Q8) {
+        // Requantize from the f16 values the f16 head would use, rows split across the pool. Afterwards
+        // only the int8 copy is read: a tied table's pages are touched again only for looked-up rows,
+        // and an untied f16 head is dropped (its mapping released, or its owned copy freed).
+        try {
+            head_q8_ = Q8Head(c.vocab, c.dim);
+        } catch (const std::invalid_argument& e) {
+            throw ModelError(std::string("q8 head: ") + e.what());
+        }
+        const int nc = pool_.size() * 4;
+        const uint16_t* src = head_;
+        pool_.run(nc, [&](int i, int) {
+            int64_t b, e;
+            split_range(c.vocab, i, nc, 64, b, e);
+            if (b < e) head_q8_.quantize_rows_f16(src, b, e);
+        });
+        if (out) {
+            if (head_owned_.empty()) file_.release(*out);
+            std::vector<uint16_t>().swap(head_owned_);
+        }
+        head_ = nullptr;
     }
     output_norm_ = f32_vector(tc.get("output_norm.weight", {c.dim}, {GgmlType::F32}));
     layers_.resize(static_cast<size_t>(c.n_layers));
@@ -198,6 +231,12 @@ void Model::allocate(const LoadOptions& opts) {
     // Size the activation buffers once at the largest batch so forward() never grows them.
     quantize_acts(xp_.data(), max_batch_, c.dim_in, qa_dim_, kernel_);
     quantize_acts(xp_.data(), max_batch_, c.ffn_in, qa_ffn_, kernel_);
+    if (head_type_ == HeadType::Q8) quantize_acts(xn_.data(), max_batch_, c.dim, qa_head_, kernel_);
+}
+
+size_t Model::head_bytes() const {
+    if (head_type_ == HeadType::Q8) return head_q8_.bytes();
+    return static_cast<size_t>(2 * cfg_.vocab * cfg_.dim);
 }
 
 size_t Model::weight_bytes() const {
@@ -209,7 +248,7 @@ size_t Model::weight_bytes() const {
 
 double Model::decode_bytes(int64_t pos) const {
     const ModelConfig& c = cfg_;
-    const double head = 2.0 * c.vocab * c.dim, emb_row = 2.0 * c.dim;
+    const double head = static_cast<double>(head_bytes()), emb_row = 2.0 * c.dim;
     const double kv = 2.0 * c.n_layers * (pos + 1) * c.kv_dim() * (kv_f16_ ? 2 : 4);
     return static_cast<double>(weight_bytes()) + head + emb_row + kv;
 }

@@ -11,17 +11,25 @@
 #include "attention_kernels.h"
 #include "config.h"
 #include "gguf.h"
+#include "kernels/head_q8.h"
 #include "kernels/ternary.h"
 #include "mapped_file.h"
 #include "threadpool.h"
 
 namespace bllama {
 
+// F16: the file's f16 head as is. Q8: requantized at load to int8 with one fp32 scale per row
+// (kernels/head_q8.h): half the head's bytes per decode token.
+enum class HeadType { F16, Q8 };
+const char* head_type_name(HeadType h);   // "f16" / "q8"
+HeadType parse_head_type(const std::string& s);  // throws std::invalid_argument
+
 struct LoadOptions {
     int threads = 0;          // <= 0: default_thread_count()
     int64_t max_context = 0;  // > 0: cap the KV cache below the file's context length
     int64_t max_batch = 64;   // tokens per prompt chunk (longer prompts run in several chunks)
     bool kv_f16 = false;      // fp16 KV cache: half the bytes at long contexts, ~1e-3 relative deviation
+    HeadType head = HeadType::F16;  // LM head format (docs/engine.md, "LM head")
 };
 
 // One BitLinear: ternary codes with per-block scales, and the optional extra output scale tensor.
@@ -47,6 +55,8 @@ public:
     int threads() const { return pool_.size(); }
     bool kv_f16() const { return kv_f16_; }
     KernelKind kernel() const { return kernel_; }
+    HeadType head_type() const { return head_type_; }
+    size_t head_bytes() const;  // bytes the head matmul reads per token
 
     // Runs tokens[0, n) at positions pos .. pos+n-1, reading the KV cache for positions < pos and
     // writing it for the new ones. logits receives vocab floats for the last token, or n * vocab
@@ -63,7 +73,7 @@ public:
 
 private:
     Model(GgufFile file, const LoadOptions& opts);
-    void load_weights();
+    void load_weights(HeadType head);
     void allocate(const LoadOptions& opts);
     void forward_chunk(const int32_t* tokens, int64_t n, int64_t pos, float* logits, bool all_logits);
     void attention(int64_t layer, int64_t n, int64_t pos);
@@ -83,6 +93,8 @@ private:
     const uint16_t* embd_ = nullptr;   // [V, D] f16, in the mapping or in embd_owned_
     const uint16_t* head_ = nullptr;   // [V, D] f16 (== embd_ when tied)
     std::vector<uint16_t> embd_owned_, head_owned_;
+    HeadType head_type_ = HeadType::F16;
+    Q8Head head_q8_;                   // HeadType::Q8: [V, D] int8 + per-row scales (head_ is then null)
     std::vector<double> inv_freq_;     // [hd/2], float64 like bllama/model.py
 
     // KV cache: [layer][position][kv_dim], fp32 or fp16 (one pair is used), committed lazily by the OS.
@@ -93,7 +105,7 @@ private:
     std::vector<float> xp_;  // [max_batch, max(dim_in, ffn_in)] BitLinear inputs with zeroed padding
     std::vector<float> x_, xn_, q_, k_, v_, att_, gate_, up_, cos_, sin_;
     std::vector<float> scores_;  // [threads, ctx]
-    QuantizedActs qa_dim_, qa_ffn_;
+    QuantizedActs qa_dim_, qa_ffn_, qa_head_;
 };
 
 }  // namespace bllama
