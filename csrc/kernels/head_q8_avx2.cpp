@@ -54,6 +54,31 @@ void tile(const Q8Head& w, const QuantizedActs& x, float* y, int64_t ldy, int64_
     }
 }
 
+// One token: one row at a time, four accumulators, prefetch ahead: one linear stream (see the AVX-512 file).
+constexpr int64_t kPrefetch = 4096;
+
+void gemv_rows(const Q8Head& w, const QuantizedActs& x, float* y, int64_t rb, int64_t re) {
+    const int64_t cols = w.cols();
+    const int8_t* q = x.q.data();
+    const float a = x.act_scale[0];
+    for (int64_t r = rb; r < re; ++r) {
+        const int8_t* wr = w.row(r);
+        __m256i acc0 = _mm256_setzero_si256(), acc1 = acc0, acc2 = acc0, acc3 = acc0;
+        int64_t k = 0;
+        for (; k + 64 <= cols; k += 64) {
+            _mm_prefetch(reinterpret_cast<const char*>(wr + k) + kPrefetch, _MM_HINT_T0);
+            acc0 = _mm256_add_epi32(acc0, _mm256_madd_epi16(load16(wr + k), load16(q + k)));
+            acc1 = _mm256_add_epi32(acc1, _mm256_madd_epi16(load16(wr + k + 16), load16(q + k + 16)));
+            acc2 = _mm256_add_epi32(acc2, _mm256_madd_epi16(load16(wr + k + 32), load16(q + k + 32)));
+            acc3 = _mm256_add_epi32(acc3, _mm256_madd_epi16(load16(wr + k + 48), load16(q + k + 48)));
+        }
+        for (; k + 16 <= cols; k += 16) acc0 = _mm256_add_epi32(acc0, _mm256_madd_epi16(load16(wr + k), load16(q + k)));
+        int32_t s = hsum_i32(_mm256_add_epi32(_mm256_add_epi32(acc0, acc1), _mm256_add_epi32(acc2, acc3)));
+        for (; k < cols; ++k) s += static_cast<int32_t>(wr[k]) * q[k];
+        y[r] = static_cast<float>(s) * (w.scale(r) / a);
+    }
+}
+
 template <int R>
 void row_block(const Q8Head& w, const QuantizedActs& x, float* y, int64_t ldy, int64_t r0) {
     int64_t t = 0;
@@ -62,12 +87,9 @@ void row_block(const Q8Head& w, const QuantizedActs& x, float* y, int64_t ldy, i
 }
 
 void q8_head_avx2(const Q8Head& w, const QuantizedActs& x, float* y, int64_t ldy, int64_t rb, int64_t re) {
+    if (x.n_tokens == 1) return gemv_rows(w, x, y, rb, re);
     int64_t r = rb;
-    if (x.n_tokens == 1) {
-        for (; r + 8 <= re; r += 8) tile<8, 1>(w, x, y, ldy, r, 0);
-    } else {
-        for (; r + 4 <= re; r += 4) row_block<4>(w, x, y, ldy, r);
-    }
+    for (; r + 4 <= re; r += 4) row_block<4>(w, x, y, ldy, r);
     for (; r < re; ++r) row_block<1>(w, x, y, ldy, r);
 }
 
