@@ -49,7 +49,8 @@ def run_demo(out_dir: Path, minutes: float = 3.0, prompt: str = "The Python lang
     print(f"[4/5] exported {gguf_path} ({gguf_path.stat().st_size / 2**20:.2f} MiB, ternary TQ2_0)")
 
     rt = Runtime.load(gguf_path)
-    text = rt.generate(prompt, max_new_tokens=max_new_tokens, repetition_penalty=1.1)
+    # A tiny model trained for minutes often predicts a document end early; show the full continuation.
+    text = rt.generate(prompt, max_new_tokens=max_new_tokens, repetition_penalty=1.1, stop_at_eos=False)
     s = rt.stats
     t0 = time.perf_counter()
     model.generate(prompt, tok, max_len=max_new_tokens, repetition_penalty=1.1)

@@ -155,30 +155,32 @@ class Runtime:
 
     # ---- generation -------------------------------------------------------------------------------------
     def _run(self, prompt_ids, max_new_tokens, do_sample, temperature, top_k, top_p, repetition_penalty, seed,
-             callback):
+             callback, stop_at_eos=True):
         if max_new_tokens < 0:
             raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
         ids = self._engine.generate(list(prompt_ids), int(max_new_tokens), temperature=float(temperature),
                                     top_k=int(top_k or 0), top_p=float(top_p if top_p is not None else 1.0),
                                     repetition_penalty=float(repetition_penalty),
                                     seed=int(seed) if seed is not None else -1, do_sample=bool(do_sample),
-                                    stop_ids=self._stop_ids(), callback=callback)
+                                    stop_ids=self._stop_ids() if stop_at_eos else [], callback=callback)
         self.stats = dict(self._engine.last_stats)
         return ids
 
     def generate(self, prompt: Union[str, Sequence[str]], max_new_tokens: int = 128, do_sample: bool = False,
                  temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, repetition_penalty: float = 1.0,
-                 seed: Optional[int] = None, stop: Optional[Sequence[str]] = None) -> Union[str, List[str]]:
-        """The continuation of `prompt` (without the prompt); a list of prompts gives a list of continuations."""
+                 seed: Optional[int] = None, stop: Optional[Sequence[str]] = None,
+                 stop_at_eos: bool = True) -> Union[str, List[str]]:
+        """The continuation of `prompt` (without the prompt); a list of prompts gives a list of continuations.
+        Generation ends at max_new_tokens, at the model's EOS (unless stop_at_eos=False) or at a `stop` string."""
         if not isinstance(prompt, str):
             return [self.generate(p, max_new_tokens, do_sample, temperature, top_k, top_p, repetition_penalty,
-                                  seed, stop) for p in prompt]
+                                  seed, stop, stop_at_eos) for p in prompt]
         return "".join(self.stream(prompt, max_new_tokens, do_sample, temperature, top_k, top_p,
-                                   repetition_penalty, seed, stop))
+                                   repetition_penalty, seed, stop, stop_at_eos))
 
     def stream(self, prompt: str, max_new_tokens: int = 128, do_sample: bool = False, temperature: float = 1.0,
                top_k: int = 0, top_p: float = 1.0, repetition_penalty: float = 1.0, seed: Optional[int] = None,
-               stop: Optional[Sequence[str]] = None) -> Iterator[str]:
+               stop: Optional[Sequence[str]] = None, stop_at_eos: bool = True) -> Iterator[str]:
         """Yields the continuation's text as it is produced. The engine runs in a worker thread (GIL released)."""
         prompt_ids = self._prompt_ids(prompt)
         text = _TextStream(self.tokenizer, prompt_ids, stop)
@@ -195,7 +197,7 @@ class Runtime:
         def work():
             try:
                 self._run(prompt_ids, max_new_tokens, do_sample, temperature, top_k, top_p, repetition_penalty,
-                          seed, on_token)
+                          seed, on_token, stop_at_eos)
                 rest = text.flush()
                 if rest:
                     q.put(rest)

@@ -114,6 +114,7 @@ def test_generate_stream_stop_and_batch(trained):
     b = rt.generate("ROMEO:", max_new_tokens=30, do_sample=True, temperature=0.9, top_k=20, top_p=0.9, seed=3)
     c = rt.generate("ROMEO:", max_new_tokens=30, do_sample=True, temperature=0.9, top_k=20, top_p=0.9, seed=4)
     assert a == b and a != c
+    assert len(rt.tokenizer.encode(rt.generate("ROMEO:", max_new_tokens=60, stop_at_eos=False), add_bos=False)) >= 50
     assert rt.generate(["ROMEO:", "JULIET:"], max_new_tokens=12) == [rt.generate("ROMEO:", max_new_tokens=12),
                                                                       rt.generate("JULIET:", max_new_tokens=12)]
     stream = rt.stream("ROMEO:", max_new_tokens=100)
