@@ -168,6 +168,8 @@ void Model::load_weights(HeadType head) {
         if (out) {
             if (head_owned_.empty()) file_.release(*out);
             std::vector<uint16_t>().swap(head_owned_);
+        } else if (embd_owned_.empty()) {
+            file_.release(emb);  // quantizing read the whole table; lookups fault back only their rows
         }
         head_ = nullptr;
     }
