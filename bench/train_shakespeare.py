@@ -34,6 +34,8 @@ def run(args, quantize: bool, tok_path: str, result_q=None):
     train_text, val_text = text[:cut], text[cut:]
     tok = SentencePieceTokenizer(tok_path)
     overrides = json.loads(args.set) if args.set else {}
+    if args.steps:
+        overrides["max_steps"] = args.steps  # the schedule's length: LR decays to its floor at the end of the run
     cfg = bLlamaConfig.preset(args.preset, vocab_size=tok.vocab_size, quantize=quantize, **overrides)
     train_ids = tok.encode(train_text)
     val_ids = tok.encode(val_text)
@@ -41,6 +43,7 @@ def run(args, quantize: bool, tok_path: str, result_q=None):
                         batch_size=cfg.batch_size, train_test_split=1.0, seed=args.seed,
                         val_dataset=PackedDataset(val_ids, max_length=cfg.seq_len, vocab_size=tok.vocab_size))
     model = bLlama(cfg)
+    params = model.num_parameters()  # before quantization turns weights into buffers
     steps_estimate = cfg.max_steps
 
     class Clock(pl.Callback):
@@ -56,9 +59,18 @@ def run(args, quantize: bool, tok_path: str, result_q=None):
                 self.tokens += batch[0].numel()
 
     clock = Clock()
+    curve = []
+
+    class Curve(pl.Callback):
+        def on_validation_end(self, trainer, module):
+            if "val_loss" in trainer.callback_metrics:
+                curve.append((trainer.global_step, round(float(trainer.callback_metrics["val_loss"]), 4)))
+                print(f"step {trainer.global_step}: val_loss {curve[-1][1]}", flush=True)
+
     trainer = pl.Trainer(accelerator="cpu", devices=1, max_time={"minutes": args.minutes}, max_steps=steps_estimate,
                          max_epochs=1000, logger=False, enable_checkpointing=False, enable_progress_bar=args.progress,
-                         limit_val_batches=0, callbacks=[clock])
+                         precision=args.precision, val_check_interval=args.val_every, check_val_every_n_epoch=None,
+                         limit_val_batches=args.val_batches, num_sanity_val_steps=0, callbacks=[clock, Curve()])
     t_start = time.perf_counter()
     trainer.fit(model, dm)
     train_s = time.perf_counter() - clock.t0
@@ -66,10 +78,11 @@ def run(args, quantize: bool, tok_path: str, result_q=None):
         model.quantize_weights_to_ternary()
     m = text_metrics(val_text, tok, cfg.seq_len, torch_logits_fn(model))
     result = {"linear": "b1.58 BitLinear" if quantize else "full precision", "preset": args.preset,
-              "params_M": round(model.num_parameters() / 1e6, 2), "steps": trainer.global_step,
+              "params_M": round(params / 1e6, 2), "steps": trainer.global_step,
               "train_tokens_per_s": round(clock.tokens / train_s, 1), "minutes": round((time.perf_counter() - t_start) / 60, 2),
               "val_nll_per_token": round(m["nll_per_token"], 4), "val_bits_per_char": round(m["bits_per_char"], 4),
-              "val_tokens": m["tokens"], "val_chars": m["chars"], "threads": args.threads}
+              "val_tokens": m["tokens"], "val_chars": m["chars"], "threads": args.threads, "precision": args.precision,
+              "schedule_steps": cfg.max_steps, "val_curve": curve}
     print(json.dumps(result), flush=True)
     if result_q is not None:
         result_q.put(result)
@@ -87,6 +100,10 @@ def main():
     p.add_argument("--twin", action="store_true", help="also train the full-precision twin (after, same settings)")
     p.add_argument("--parallel", action="store_true", help="run both at once, --threads each (same conditions)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--precision", default="bf16-mixed", help="Lightning precision (bf16-mixed: ~1.8x faster here)")
+    p.add_argument("--steps", type=int, default=None, help="schedule length in optimizer steps (default: preset's)")
+    p.add_argument("--val-every", type=int, default=200, help="validation (loss curve) every N steps")
+    p.add_argument("--val-batches", type=int, default=10, help="batches per periodic validation")
     p.add_argument("--progress", action="store_true")
     p.add_argument("--json", default=None)
     args = p.parse_args()
