@@ -111,6 +111,19 @@ def _median_run(engine, prompt_len: int, gen: int, repeats: int, vocab: int, see
     return statistics.median(pp), statistics.median(tg)
 
 
+def peak_rss_mib() -> float:
+    """This process's peak resident memory. VmHWM belongs to the address space, so unlike getrusage's ru_maxrss
+    it does not carry over the peak of the parent a spawned worker was forked from."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def _measure_engine(path: str, threads: int, prompt_tokens: int, gen_tokens: int, repeats: int, bpt: int,
                     head: str = "f16") -> dict:
     from . import _engine
@@ -122,7 +135,7 @@ def _measure_engine(path: str, threads: int, prompt_tokens: int, gen_tokens: int
         c = eng.config
         bpt = bpt - 2 * c["vocab_size"] * c["hidden_size"] + c["head_bytes"]
     pp, tg = _median_run(eng, prompt_tokens, gen_tokens, repeats, eng.vocab_size)
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # before the bandwidth probe's buffer
+    rss = peak_rss_mib()  # before the bandwidth probe's buffer
     del eng
     bw = _engine.read_bandwidth(threads)
     gbs = tg * bpt / 1e9
