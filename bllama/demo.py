@@ -9,6 +9,16 @@ import time
 from pathlib import Path
 
 
+def cpu_has_fast_bf16() -> bool:
+    """bf16 autocast is ~1.8x faster than fp32 where the CPU has bf16 dot products (AVX512_BF16 or AMX), and
+    much slower where it has to emulate them."""
+    try:
+        flags = open("/proc/cpuinfo").read()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
 def run_demo(out_dir: Path, minutes: float = 3.0, prompt: str = "The Python language", max_new_tokens: int = 100):
     import torch
 
@@ -37,9 +47,10 @@ def run_demo(out_dir: Path, minutes: float = 3.0, prompt: str = "The Python lang
     model = bLlama(config)
     save_run_files(out_dir, config, tok)
     print(f"[3/5] training the tiny b1.58 model ({model.num_parameters() / 1e6:.1f}M parameters) for "
-          f"{minutes:g} min on CPU")
+          f"{minutes:g} min on CPU ({'bf16-mixed' if cpu_has_fast_bf16() else 'fp32'})")
+    precision = "bf16-mixed" if cpu_has_fast_bf16() else "32-true"
     trainer = make_trainer(out_dir, max_minutes=minutes, max_steps=100_000, val_every=200, limit_val_batches=8,
-                           accelerator="cpu", devices=1)
+                           accelerator="cpu", devices=1, precision=precision)
     trainer.fit(model, dm)
     val = trainer.validate(model, dm, verbose=False)[0]["val_loss"]
     print(f"      validation loss {val:.3f} (perplexity {2.718281828 ** val:.1f}) after {trainer.global_step} steps")
@@ -50,12 +61,14 @@ def run_demo(out_dir: Path, minutes: float = 3.0, prompt: str = "The Python lang
 
     rt = Runtime.load(gguf_path)
     # A tiny model trained for minutes often predicts a document end early; show the full continuation.
-    text = rt.generate(prompt, max_new_tokens=max_new_tokens, repetition_penalty=1.1, stop_at_eos=False)
+    # Sampling reads better than greedy decoding at this size (greedy falls into loops).
+    text = rt.generate(prompt, max_new_tokens=max_new_tokens, do_sample=True, temperature=0.8, top_k=40, seed=0,
+                       stop_at_eos=False)
     s = rt.stats
     t0 = time.perf_counter()
     model.generate(prompt, tok, max_len=max_new_tokens, repetition_penalty=1.1)
     torch_tps = max_new_tokens / (time.perf_counter() - t0)
-    print(f"[5/5] C++ engine, greedy: {prompt}{text}")
+    print(f"[5/5] C++ engine, sampled (temperature 0.8, top-k 40):\n{prompt}{text}\n")
     print(f"      engine: prompt {s['prompt_tokens_per_second']:.0f} tok/s, decode {s['decode_tokens_per_second']:.0f} tok/s; "
           f"PyTorch generate: about {torch_tps:.0f} tok/s (prompt + decode)")
     print(f"done: {out_dir} holds the checkpoint (checkpoints/last.ckpt), tokenizer.model and model.gguf; try\n"
