@@ -24,7 +24,7 @@ def write_random_gguf(config: bLlamaConfig, path: Path, seed: int = 0) -> Path:
     (each tensor still has its own bytes in the file, so nothing is shared in memory or cache)."""
     import gguf
 
-    from .export import PROJECTIONS, pack_tq2_0
+    from .export import PROJECTIONS, add_bitnet_metadata, pack_tq2_0
 
     rng = np.random.default_rng(seed)
     c = config
@@ -37,17 +37,7 @@ def write_random_gguf(config: bLlamaConfig, path: Path, seed: int = 0) -> Path:
         if shape not in packed:
             packed[shape] = pack_tq2_0(rng.integers(-1, 2, size=shape, dtype=np.int8), 0.02)
     w = gguf.GGUFWriter(str(path), "bitnet")
-    w.add_context_length(c.seq_len)
-    w.add_embedding_length(c.hidden_size)
-    w.add_block_count(c.num_layers)
-    w.add_feed_forward_length(c.ffn_size)
-    w.add_head_count(c.num_heads)
-    w.add_head_count_kv(c.num_kv_heads)
-    w.add_layer_norm_rms_eps(c.rms_eps)
-    w.add_rope_freq_base(c.rope_theta)
-    w.add_vocab_size(c.vocab_size)
-    w.add_string("bllama.activation", c.activation)
-    w.add_bool("bllama.tie_embeddings", c.tie_embeddings)
+    add_bitnet_metadata(w, c)
     add_synthetic_vocab(w, c.vocab_size)
     w.add_tensor("token_embd.weight", (rng.standard_normal((c.vocab_size, c.hidden_size), dtype=np.float32) * 0.02)
                  .astype(np.float16))

@@ -59,6 +59,22 @@ def _atomic_target(path: Path):
     return Path(tmp)
 
 
+def add_bitnet_metadata(writer, cfg: bLlamaConfig) -> None:
+    """The llama.cpp `bitnet` hyperparameters plus the bllama.* keys that arch lacks."""
+    writer.add_context_length(cfg.seq_len)
+    writer.add_embedding_length(cfg.hidden_size)
+    writer.add_block_count(cfg.num_layers)
+    writer.add_feed_forward_length(cfg.ffn_size)
+    writer.add_head_count(cfg.num_heads)
+    writer.add_head_count_kv(cfg.num_kv_heads)
+    writer.add_layer_norm_rms_eps(cfg.rms_eps)
+    writer.add_rope_freq_base(cfg.rope_theta)
+    writer.add_rope_dimension_count(cfg.head_dim)
+    writer.add_vocab_size(cfg.vocab_size)
+    writer.add_string("bllama.activation", cfg.activation)
+    writer.add_bool("bllama.tie_embeddings", cfg.tie_embeddings)
+
+
 def add_tokenizer(writer, tokenizer) -> None:
     from .tokenizer import SentencePieceTokenizer
 
@@ -101,19 +117,8 @@ def export_gguf(model, tokenizer, path: Union[str, os.PathLike], weight_type: st
     w = gguf.GGUFWriter(str(tmp), "bitnet")
     try:
         w.add_name(name)
-        w.add_context_length(cfg.seq_len)
-        w.add_embedding_length(cfg.hidden_size)
-        w.add_block_count(cfg.num_layers)
-        w.add_feed_forward_length(cfg.ffn_size)
-        w.add_head_count(cfg.num_heads)
-        w.add_head_count_kv(cfg.num_kv_heads)
-        w.add_layer_norm_rms_eps(cfg.rms_eps)
-        w.add_rope_freq_base(cfg.rope_theta)
-        w.add_rope_dimension_count(cfg.head_dim)
-        w.add_vocab_size(cfg.vocab_size)
+        add_bitnet_metadata(w, cfg)
         w.add_file_type(gguf.LlamaFileType.MOSTLY_TQ2_0 if weight_type == "tq2_0" else gguf.LlamaFileType.MOSTLY_TQ1_0)
-        w.add_string("bllama.activation", cfg.activation)
-        w.add_bool("bllama.tie_embeddings", cfg.tie_embeddings)
         add_tokenizer(w, tokenizer)
 
         with torch.no_grad():

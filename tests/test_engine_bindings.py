@@ -20,22 +20,11 @@ def _export(net, path, weight_type="tq2_0"):
     """Write a quantized Transformer like bllama.export does, with a synthetic tokenizer."""
     import gguf
 
-    from bllama.export import NORMS, PROJECTIONS, pack_ternary
+    from bllama.export import NORMS, PROJECTIONS, add_bitnet_metadata, pack_ternary
 
     cfg = net.config
     w = gguf.GGUFWriter(str(path), "bitnet")
-    w.add_context_length(cfg.seq_len)
-    w.add_embedding_length(cfg.hidden_size)
-    w.add_block_count(cfg.num_layers)
-    w.add_feed_forward_length(cfg.ffn_size)
-    w.add_head_count(cfg.num_heads)
-    w.add_head_count_kv(cfg.num_kv_heads)
-    w.add_layer_norm_rms_eps(cfg.rms_eps)
-    w.add_rope_freq_base(cfg.rope_theta)
-    w.add_rope_dimension_count(cfg.head_dim)
-    w.add_vocab_size(cfg.vocab_size)
-    w.add_string("bllama.activation", cfg.activation)
-    w.add_bool("bllama.tie_embeddings", cfg.tie_embeddings)
+    add_bitnet_metadata(w, cfg)
     w.add_tokenizer_model("llama")
     w.add_token_list([f"tok{i}" for i in range(cfg.vocab_size - 1)] + ["caf\u00e9"])
     w.add_token_scores([-float(i) for i in range(cfg.vocab_size)])
