@@ -116,7 +116,7 @@ def cmd_export(args):
         size = sum(p.stat().st_size for p in path.iterdir())
         print(f"wrote {path}/ ({size / 2**20:.1f} MiB, Hugging Face BitNet) in {time.perf_counter() - t0:.1f} s")
         return
-    path = export_gguf(model, tok, args.output, weight_type=args.type)
+    path = export_gguf(model, tok, args.output, weight_type=args.type, progress=True)
     print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB, {args.type}) in {time.perf_counter() - t0:.1f} s")
 
 

@@ -94,7 +94,7 @@ def add_tokenizer(writer, tokenizer) -> None:
 
 
 def export_gguf(model, tokenizer, path: Union[str, os.PathLike], weight_type: str = "tq2_0",
-                name: str = "bllama") -> Path:
+                name: str = "bllama", progress: bool = False) -> Path:
     """Write `model` (a bLlama or Transformer) and its SentencePiece tokenizer to `path`; returns the path."""
     import gguf
 
@@ -127,7 +127,10 @@ def export_gguf(model, tokenizer, path: Union[str, os.PathLike], weight_type: st
             w.add_tensor("output_norm.weight", f32(net.norm.weight))
             if not cfg.tie_embeddings:
                 w.add_tensor("output.weight", f32(net.lm_head.weight).astype(np.float16))
-            for i, block in enumerate(net.layers):
+            from tqdm import tqdm
+
+            for i, block in enumerate(tqdm(net.layers, desc="packing ternary layers", unit="layer",
+                                           disable=not progress, leave=False)):
                 for attr, gname in NORMS.items():
                     w.add_tensor(f"blk.{i}.{gname}.weight", f32(block.get_submodule(attr).weight))
                 for attr, gname in PROJECTIONS.items():
@@ -137,7 +140,7 @@ def export_gguf(model, tokenizer, path: Union[str, os.PathLike], weight_type: st
                     w.add_tensor(f"blk.{i}.{gname}.weight", data, raw_dtype=qtype)
         w.write_header_to_file()
         w.write_kv_data_to_file()
-        w.write_tensors_to_file(progress=False)
+        w.write_tensors_to_file(progress=progress)
         w.close()
         os.replace(tmp, path)
     except BaseException:
