@@ -184,14 +184,24 @@ class Runtime:
         """Yields the continuation's text as it is produced. The engine runs in a worker thread (GIL released)."""
         prompt_ids = self._prompt_ids(prompt)
         text = _TextStream(self.tokenizer, prompt_ids, stop)
-        q: "queue.Queue" = queue.Queue()
+        # Bounded: the engine runs at most a few pieces ahead of the reader, so a reader that stops
+        # (closes the generator) stops the engine too instead of letting it finish max_new_tokens.
+        q: "queue.Queue" = queue.Queue(maxsize=4)
         cancelled = threading.Event()
         DONE = object()
+
+        def put(item) -> None:
+            while not cancelled.is_set():
+                try:
+                    q.put(item, timeout=0.05)
+                    return
+                except queue.Full:
+                    continue
 
         def on_token(token: int) -> bool:
             delta = text.push(token)
             if delta:
-                q.put(delta)
+                put(delta)
             return text.stopped or cancelled.is_set()  # True stops the engine
 
         def work():
@@ -200,10 +210,10 @@ class Runtime:
                           seed, on_token, stop_at_eos)
                 rest = text.flush()
                 if rest:
-                    q.put(rest)
-                q.put(DONE)
+                    put(rest)
+                put(DONE)
             except BaseException as e:  # handed to the consumer
-                q.put(e)
+                put(e)
 
         worker = threading.Thread(target=work, daemon=True)
         worker.start()
