@@ -15,21 +15,9 @@
 #include "kernels/head_q8.h"
 #include "kernels/ternary.h"
 
-using namespace bllama;
+#include "check_msg.h"
 
-static int g_failures = 0;
-static int g_checks = 0;
-#define CHECK(cond, ...)                                                             \
-    do {                                                                             \
-        ++g_checks;                                                                  \
-        if (!(cond)) {                                                               \
-            if (++g_failures <= 30) {                                                \
-                std::fprintf(stderr, "FAIL %s:%d: %s: ", __FILE__, __LINE__, #cond); \
-                std::fprintf(stderr, __VA_ARGS__);                                   \
-                std::fprintf(stderr, "\n");                                          \
-            }                                                                        \
-        }                                                                            \
-    } while (0)
+using namespace bllama;
 
 static const KernelKind kKinds[] = {KernelKind::Scalar, KernelKind::Avx2, KernelKind::Avx512Vnni};
 

@@ -14,21 +14,9 @@
 #include "half.h"
 #include "kernels/ternary.h"
 
-using namespace bllama;
+#include "check_msg.h"
 
-static int g_failures = 0;
-static int g_checks = 0;
-#define CHECK(cond, ...)                                                     \
-    do {                                                                     \
-        ++g_checks;                                                          \
-        if (!(cond)) {                                                       \
-            if (++g_failures <= 30) {                                        \
-                std::fprintf(stderr, "FAIL %s:%d: %s: ", __FILE__, __LINE__, #cond); \
-                std::fprintf(stderr, __VA_ARGS__);                           \
-                std::fprintf(stderr, "\n");                                  \
-            }                                                                \
-        }                                                                    \
-    } while (0)
+using namespace bllama;
 
 // ---- vectors written by gguf 0.19.0 (gguf.quants.quantize of a 2 x 512 ternary x d matrix) --------
 // Generated with:
