@@ -38,6 +38,13 @@ void bitlinear_input(const float* x, const float* w, float* xp, int64_t n, int64
     quantize_acts(xp, n, dp, qa, kind);
 }
 
+// x[t, r] += y[t, r] for rows [rb, re) of n tokens: the residual add, fused into each thread's share of
+// the output projection so it runs where those values are still in cache.
+void add_residual(float* x, const float* y, int64_t n, int64_t d, int64_t rb, int64_t re) {
+    for (int64_t t = 0; t < n; ++t)
+        for (int64_t r = rb; r < re; ++r) x[t * d + r] += y[t * d + r];
+}
+
 inline float silu(float z) { return z / (1.0f + std::exp(-z)); }
 inline float relu2(float z) { return z > 0.0f ? z * z : 0.0f; }
 
@@ -114,8 +121,7 @@ void Model::forward_chunk(const int32_t* tokens, int64_t n, int64_t pos, float* 
             int64_t b, e;
             split_range(D, i, nc, kRowAlign, b, e);
             bitlinear_rows(L.o, qa_dim_, q_.data(), D, n, b, e, kind);
-            for (int64_t t = 0; t < n; ++t)
-                for (int64_t r = b; r < e; ++r) x_[t * D + r] += q_[t * D + r];
+            add_residual(x_.data(), q_.data(), n, D, b, e);
         });
 
         // Feed-forward: gate and up share one quantized input.
@@ -141,8 +147,7 @@ void Model::forward_chunk(const int32_t* tokens, int64_t n, int64_t pos, float* 
             int64_t b, e;
             split_range(D, i, nc, kRowAlign, b, e);
             bitlinear_rows(L.down, qa_ffn_, q_.data(), D, n, b, e, kind);
-            for (int64_t t = 0; t < n; ++t)
-                for (int64_t r = b; r < e; ++r) x_[t * D + r] += q_[t * D + r];
+            add_residual(x_.data(), q_.data(), n, D, b, e);
         });
     }
 
