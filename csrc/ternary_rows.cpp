@@ -1,0 +1,80 @@
+#include "ternary_rows.h"
+
+#include <cstring>
+#include <string>
+
+#include "config.h"
+#include "kernels/ternary_impl.h"
+
+namespace bllama {
+
+int8_t TernaryRows::code(int64_t r, int64_t c) const {
+    const uint32_t word = words[static_cast<size_t>(r * words_per_row() + c / 16)];
+    const int j = static_cast<int>((c % 16) / 4), b = static_cast<int>(c % 4);
+    return static_cast<int8_t>(((ternary_rows_unpack(word, j) >> (8 * b)) & 0xFF) - 1);
+}
+
+TernaryRows ternary_rows_from_matrix(const TernaryMatrix& m, const char* name) {
+    const TernaryMatrix::Impl& im = m.impl();
+    if (!im.uniform)
+        throw ModelError(std::string("tensor '") + name +
+                         "' has different scales in different 256-blocks; the CUDA backend needs one scale per "
+                         "tensor (run this file on the CPU: device='cpu')");
+    TernaryRows t;
+    t.rows = im.rows;
+    t.cols = im.cols;
+    t.scale = im.scale;
+    const int64_t wpr = t.words_per_row();
+    t.words.resize(static_cast<size_t>(t.rows * wpr));
+    // Same dword per (row, 16 columns) in both layouts: only the 16-row interleave is undone.
+    for (int64_t r = 0; r < t.rows; ++r) {
+        const uint8_t* g = im.group_ptr(r / kGroupRows) + (r % kGroupRows) * 4;
+        uint32_t* dst = t.words.data() + r * wpr;
+        for (int64_t c = 0; c < wpr; ++c) std::memcpy(dst + c, g + c * kChunkBytes, 4);
+    }
+    return t;
+}
+
+TernaryRows ternary_rows_from_codes(const int8_t* q, int64_t rows, int64_t cols, float scale) {
+    if (rows <= 0 || cols <= 0 || cols % 256 != 0)
+        throw std::invalid_argument("ternary_rows_from_codes: need rows > 0 and cols a positive multiple of 256");
+    TernaryRows t;
+    t.rows = rows;
+    t.cols = cols;
+    t.scale = scale;
+    const int64_t wpr = t.words_per_row();
+    t.words.assign(static_cast<size_t>(rows * wpr), 0u);
+    for (int64_t r = 0; r < rows; ++r)
+        for (int64_t c = 0; c < cols; ++c) {
+            const int v = q[r * cols + c];
+            if (v < -1 || v > 1) throw std::invalid_argument("ternary_rows_from_codes: code outside {-1,0,1}");
+            const int64_t j = (c % 16) / 4, b = c % 4;
+            t.words[static_cast<size_t>(r * wpr + c / 16)] |= static_cast<uint32_t>(v + 1) << (8 * b + 2 * j);
+        }
+    return t;
+}
+
+void ternary_rows_matmul_ref(const TernaryRows& w, const QuantizedActs& x, float* y, int64_t ldy) {
+    if (x.cols != w.cols) throw std::invalid_argument("ternary_rows_matmul_ref: activation length != matrix cols");
+    const int64_t wpr = w.words_per_row();
+    for (int64_t t = 0; t < x.n_tokens; ++t) {
+        const int8_t* xq = x.q.data() + t * x.cols;
+        int32_t row_sum = 0;
+        for (int64_t k = 0; k < x.cols; ++k) row_sum += xq[k];
+        for (int64_t r = 0; r < w.rows; ++r) {
+            int32_t acc = 0;
+            for (int64_t c = 0; c < wpr; ++c) {
+                const uint32_t word = w.words[static_cast<size_t>(r * wpr + c)];
+                for (int j = 0; j < 4; ++j) {
+                    const uint32_t u4 = ternary_rows_unpack(word, j);  // what dp4a reads
+                    for (int b = 0; b < 4; ++b)
+                        acc += static_cast<int32_t>((u4 >> (8 * b)) & 0xFF) * xq[c * 16 + j * 4 + b];
+                }
+            }
+            acc -= row_sum;
+            y[t * ldy + r] = static_cast<float>(acc) * (w.scale / x.act_scale[static_cast<size_t>(t)]);
+        }
+    }
+}
+
+}  // namespace bllama
