@@ -57,12 +57,18 @@ def cmd_train(args):
         overrides["batch_size"] = args.batch_size
     if args.max_steps:
         overrides.setdefault("max_steps", args.max_steps)
+    fsdp = args.strategy == "fsdp"
+    # FSDP checkpoints activations with Lightning's per-block wrapper (make_trainer), everything else in the model
+    recompute = bool(args.activation_checkpointing or overrides.get("activation_checkpointing"))
+    overrides["activation_checkpointing"] = recompute and not fsdp
     config = bLlamaConfig.preset(args.preset, **overrides)
     torch.manual_seed(args.seed)
-    dataset = dataset_from_paths(args.data, tok, config.seq_len)
+    dataset = dataset_from_paths(args.data, tok, config.seq_len, sampling=args.sampling)
     dm = TextDataModule(dataset, batch_size=config.batch_size, train_test_split=args.train_split, seed=args.seed,
-                        num_workers=args.num_workers)
+                        num_workers=args.num_workers, resumable=True, pin_memory=torch.cuda.is_available())
     model = bLlama(config)
+    if args.compile:
+        model.compile_blocks()
     print(f"model: preset {args.preset}, {model.num_parameters() / 1e6:.2f}M parameters; "
           f"data: {len(dataset)} blocks of {config.seq_len} tokens")
     save_run_files(out, config, tok)
@@ -73,7 +79,10 @@ def cmd_train(args):
         callbacks.append(WeightDistributionCallback(every_n_steps=args.histogram_every, out_dir=out / "weights"))
     trainer = make_trainer(out, max_steps=args.max_steps, max_minutes=args.max_minutes, precision=args.precision,
                            accelerator=args.accelerator, devices=args.devices, strategy=args.strategy,
-                           val_every=args.val_every, limit_val_batches=args.val_batches, callbacks=callbacks)
+                           val_every=args.val_every, limit_val_batches=args.val_batches, callbacks=callbacks,
+                           accumulate=args.accumulate, activation_checkpointing=recompute and fsdp,
+                           sharding_strategy=args.sharding_strategy, state_dict_type=args.state_dict_type,
+                           checkpoint_every=args.checkpoint_every)
     trainer.fit(model, dm, ckpt_path=args.resume)
     print(f"wrote {out / 'checkpoints' / 'last.ckpt'}, {out / 'tokenizer.model'} and {out / 'config.json'}")
 
@@ -183,16 +192,34 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--max-steps", type=int, default=None, help="stop after this many optimizer steps")
     t.add_argument("--max-minutes", type=float, default=None, help="stop after this much wall time")
     t.add_argument("--batch-size", type=int, default=None, help="sequences per batch (default: the preset's)")
-    t.add_argument("--precision", default="32-true", help="Lightning precision: 32-true, bf16-mixed, ...")
+    t.add_argument("--precision", default="auto",
+                   help="Lightning precision: auto (bf16-mixed on a GPU with bf16: fp32 master weights and optimizer "
+                        "state, bf16 matmuls; 32-true otherwise), 32-true, bf16-mixed, ...")
     t.add_argument("--accelerator", default="auto", help="cpu, gpu or auto")
     t.add_argument("--devices", default="auto", help="number of devices (or auto)")
-    t.add_argument("--strategy", default="auto", help="auto, ddp, fsdp, ...")
+    t.add_argument("--strategy", default="auto",
+                   help="auto, ddp (small models, also on CPUs), fsdp (GPUs: one FSDP unit per transformer block)")
+    t.add_argument("--sharding-strategy", default="FULL_SHARD", choices=["FULL_SHARD", "SHARD_GRAD_OP",
+                                                                         "HYBRID_SHARD", "NO_SHARD"],
+                   help="with --strategy fsdp: what is sharded (default FULL_SHARD: weights, gradients, optimizer)")
+    t.add_argument("--state-dict-type", default="sharded", choices=["sharded", "full"],
+                   help="with --strategy fsdp: checkpoints as a directory of per-rank shards (default) or one file")
+    t.add_argument("--activation-checkpointing", action="store_true",
+                   help="recompute each block's activations in the backward pass (less memory, ~1/3 more compute)")
+    t.add_argument("--compile", action="store_true", help="torch.compile each transformer block")
+    t.add_argument("--accumulate", type=int, default=1,
+                   help="micro-batches per optimizer step (global batch = batch size x accumulate x devices)")
+    t.add_argument("--checkpoint-every", type=int, default=None,
+                   help="also write checkpoints/last.ckpt every N optimizer steps")
     t.add_argument("--val-every", type=int, default=None, help="validate every N training steps")
     t.add_argument("--val-batches", type=int, default=None, help="limit validation batches")
     t.add_argument("--train-split", type=float, default=0.9, help="fraction of blocks for training (rest: val)")
     t.add_argument("--num-workers", type=int, default=0, help="DataLoader workers")
+    t.add_argument("--sampling", default="sequential", choices=["sequential", "random"],
+                   help=".bin token files: consecutive blocks (shuffled) or blocks at random offsets")
     t.add_argument("--histogram-every", type=int, default=0, help="write a ternary weight histogram PNG every N steps")
-    t.add_argument("--resume", default=None, help="a checkpoint to resume from")
+    t.add_argument("--resume", default=None,
+                   help="a checkpoint to resume from: a .ckpt file, a sharded FSDP checkpoint directory, or 'last'")
     t.add_argument("--seed", type=int, default=42, help="random seed")
     t.set_defaults(func=cmd_train)
 

@@ -42,6 +42,9 @@ class bLlamaConfig:
     max_steps: int = 10000  # length of the schedule
     schedule: str = "cosine"  # "cosine" (warm-up + cosine) or "two_stage" (b1.58: LR drop + WD 0 at mid-run)
     grad_clip: float = 1.0
+    # Recompute each transformer block's activations in the backward pass instead of keeping them
+    # (torch.utils.checkpoint, non-reentrant): less memory for about one more forward pass of compute.
+    activation_checkpointing: bool = False
 
     def __post_init__(self):
         if self.num_kv_heads is None:

@@ -45,6 +45,8 @@ __all__ = [
     "JsonlDataset",
     "TokenDataset",
     "TextDataModule",
+    "StreamDataset",
+    "StreamSampler",
     "prepare_tokens",
     "tokenize_files",
 ]
@@ -609,6 +611,76 @@ class TokenDataset(Dataset):
 
 
 # --------------------------------------------------------------------------
+# resumable training stream
+# --------------------------------------------------------------------------
+class StreamDataset(Dataset):
+    """Sample number ``g = 0, 1, 2, ...`` of an endless stream over ``base``: pass ``e = g // len(base)`` is a fresh
+    seeded permutation of the blocks (``shuffle``), so every block is seen once per pass. What sample ``g`` is
+    depends on ``(seed, g)`` only: not on the batch size, the number of processes, workers or restarts. A base with
+    ``set_epoch`` (a randomly sampled :class:`TokenDataset`) is told the pass, so its random offsets change too."""
+
+    def __init__(self, base: Dataset, seed: int = 0, shuffle: bool = True):
+        if len(base) < 1:
+            raise ValueError("the training set is empty")
+        self.base, self.seed, self.shuffle = base, int(seed), shuffle
+        self._pass, self._perm = -1, None
+
+    def __len__(self) -> int:  # one pass; the sampler decides how far the stream goes
+        return len(self.base)
+
+    def index(self, g: int) -> tuple[int, int]:
+        """(pass, block index in base) of sample g."""
+        e, i = divmod(int(g), len(self.base))
+        if self.shuffle:
+            if e != self._pass:
+                self._perm = np.random.default_rng([self.seed, e]).permutation(len(self.base))
+                self._pass = e
+            i = int(self._perm[i])
+        return e, i
+
+    def __getitem__(self, g: int):
+        e, i = self.index(g)
+        if hasattr(self.base, "set_epoch"):
+            self.base.set_epoch(e)
+        return self.base[i]
+
+
+class StreamSampler(torch.utils.data.distributed.DistributedSampler):
+    """This rank's share ``start + rank, start + rank + world, ...`` of the global sample numbers
+    ``[0, world * length)``, beginning at global sample ``start`` (the samples a resumed run has already trained on).
+
+    ``len()`` is the whole run's share (``length``) even when resuming, because that is how Lightning counts a
+    resumed epoch: the batches it restored as done plus the ones this sampler still yields. A DistributedSampler
+    subclass so that Lightning does not wrap it in one of its own."""
+
+    def __init__(self, length: int, rank: int = 0, world: int = 1, start: int = 0):
+        # no super().__init__: it wants a dataset and a process group; only the attributes are shared
+        if start % world:
+            raise ValueError(f"start {start} is not a multiple of the world size {world}")
+        self.length, self.rank, self.num_replicas, self.start = int(length), int(rank), int(world), int(start)
+        self.epoch, self.shuffle, self.seed, self.drop_last = 0, False, 0, True
+
+    def __iter__(self):
+        end = self.length * self.num_replicas
+        return iter(range(self.start + self.rank, end, self.num_replicas))
+
+    def __len__(self) -> int:
+        return self.length
+
+
+class _StreamLoader(DataLoader):
+    """The loader of a :class:`StreamSampler`. Its position is the trainer's global step, which Lightning restores
+    before it builds the loader, so there is nothing of its own to save; having ``state_dict``/``load_state_dict``
+    tells Lightning that it resumes mid-epoch (no "dataloader is not resumable" warning)."""
+
+    def state_dict(self) -> dict:
+        return {"start": self.sampler.start}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
+# --------------------------------------------------------------------------
 # Lightning data module
 # --------------------------------------------------------------------------
 class TextDataModule(pl.LightningDataModule):
@@ -624,8 +696,9 @@ class TextDataModule(pl.LightningDataModule):
 
     def __init__(self, dataset: Dataset, batch_size: int = 8, train_test_split: float = 0.9, seed: int = 42,
                  num_workers: int = 0, *, split: str = "contiguous", val_dataset: Dataset | None = None,
-                 pin_memory: bool = False, drop_last: bool = False):
+                 pin_memory: bool = False, drop_last: bool = False, resumable: bool = False):
         super().__init__()
+        self.resumable = resumable
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if split not in ("contiguous", "random"):
@@ -678,7 +751,26 @@ class TextDataModule(pl.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_dataset, shuffle=True)
+        trainer = self.trainer if self.resumable else None
+        if trainer is None or trainer.max_steps is None or trainer.max_steps < 1:
+            return self._loader(self.train_dataset, shuffle=True)
+        return self._stream_loader(trainer)
+
+    def _stream_loader(self, trainer) -> DataLoader:
+        """``resumable=True`` under a Trainer with max_steps: the whole run is one Lightning epoch over a
+        :class:`StreamDataset` (reshuffled passes over the training blocks), and a run resumed from a checkpoint
+        starts at the first sample that the checkpointed steps did not train on, in any process count.
+
+        Lightning restores the trainer's global step before it asks for this loader; a plain shuffled loader
+        would restart the epoch from its first batch (training on those batches twice and never on the last ones).
+        """
+        per_step = self.batch_size * trainer.accumulate_grad_batches  # samples per rank per optimizer step
+        world, rank = trainer.world_size, trainer.global_rank
+        sampler = StreamSampler(trainer.max_steps * per_step, rank=rank, world=world,
+                                start=trainer.global_step * per_step * world)
+        return _StreamLoader(StreamDataset(self.train_dataset, seed=self.seed), batch_size=self.batch_size,
+                          sampler=sampler, num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
+                          pin_memory=self.pin_memory, drop_last=False)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.val_dataset, shuffle=False)

@@ -11,6 +11,7 @@ from typing import Optional
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 from .bitlinear import BitLinear
 from .config import bLlamaConfig
@@ -159,8 +160,14 @@ class Transformer(nn.Module):
                              f"[{int(idx.min())}, {int(idx.max())}]")
         cos, sin = self.rope_cos[start:start + T], self.rope_sin[start:start + T]
         x = self.embed_tokens(idx)
+        recompute = self.config.activation_checkpointing and self.training and cache is None and torch.is_grad_enabled()
         for i, layer in enumerate(self.layers):
-            x = layer(x, cos, sin, cache, i, start)
+            # A block that a strategy has wrapped (an FSDP unit, Lightning's checkpoint wrapper) is no longer a
+            # Block and is left to that strategy: FSDP checkpoints through activation_checkpointing_policy.
+            if recompute and isinstance(layer, Block):
+                x = checkpoint(layer, x, cos, sin, use_reentrant=False)
+            else:
+                x = layer(x, cos, sin, cache, i, start)
         return self.lm_head(self.norm(x))
 
     def bitlinears(self):

@@ -146,8 +146,10 @@ class bLlama(pl.LightningModule):
         # Weight decay on matrices only, not on norms, biases (the usual LLaMA practice).
         decay = [p for n, p in params if p.dim() >= 2]
         no_decay = [p for n, p in params if p.dim() < 2]
+        # fused (one kernel for the whole update) where every parameter is on a GPU, the default foreach elsewhere
+        fused = all(p.is_cuda for p in decay + no_decay) or None
         opt = torch.optim.AdamW([{"params": decay, "weight_decay": c.weight_decay},
-                                 {"params": no_decay, "weight_decay": 0.0}], lr=c.lr, betas=c.betas)
+                                 {"params": no_decay, "weight_decay": 0.0}], lr=c.lr, betas=c.betas, fused=fused)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: lr_multiplier(step, c))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
@@ -159,7 +161,16 @@ class bLlama(pl.LightningModule):
 
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
         val = gradient_clip_val if gradient_clip_val is not None else self.config.grad_clip
-        if val:
+        if not val:
+            return
+        from torch.distributed.fsdp import FullyShardedDataParallel
+
+        model = self.trainer.model
+        if isinstance(model, FullyShardedDataParallel):
+            # Lightning's FSDPPrecision refuses norm clipping ("`gradient_clip_algorithm='norm'` is currently not
+            # supported for `FSDPPrecision`"); FSDP's own clip_grad_norm_ all-reduces the norm of the shards.
+            model.clip_grad_norm_(val)
+        else:
             self.clip_gradients(optimizer, gradient_clip_val=val, gradient_clip_algorithm=gradient_clip_algorithm or "norm")
 
     def on_train_batch_end(self, outputs, batch, batch_idx):
@@ -171,3 +182,12 @@ class bLlama(pl.LightningModule):
     def fsdp_wrap_policy():
         """For FSDPStrategy(auto_wrap_policy=..., activation_checkpointing_policy=...): one unit per block."""
         return {Block}
+
+    def compile_blocks(self, **kwargs) -> None:
+        """torch.compile every transformer block in place (nn.Module.compile; state_dict keys unchanged).
+
+        The blocks share their code and shapes, so one graph serves all of them: compile time does not grow with
+        depth as it does for a whole-model torch.compile. The embedding, final norm, LM head and loss stay eager.
+        """
+        for layer in self.model.layers:
+            layer.compile(**kwargs)

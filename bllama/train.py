@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from datetime import timedelta
 from pathlib import Path
@@ -13,9 +14,13 @@ import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.loggers import CSVLogger
 from pytorch_lightning.plugins.io import TorchCheckpointIO
+from pytorch_lightning.strategies import FSDPStrategy
 
 from .config import bLlamaConfig
+from .model import Block
 from .module import bLlama
+
+SHARDING_STRATEGIES = ("FULL_SHARD", "SHARD_GRAD_OP", "HYBRID_SHARD", "NO_SHARD")
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -35,7 +40,88 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 os.unlink(tmp)
 
 
-def dataset_from_paths(paths: Sequence[str], tokenizer, max_length: int):
+class LastCheckpoint(ModelCheckpoint):
+    """ModelCheckpoint that also writes last.ckpt where a run stopped (--max-steps, --max-minutes).
+
+    Lightning 2.6 writes `last` at a stop only if no periodic checkpoint was written before, so with
+    every_n_train_steps a run stopped between two of them would resume from the older one and repeat the steps since.
+    """
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        super().on_train_end(trainer, pl_module)
+        if self.save_last and trainer.global_step > 0 and self._last_global_step_saved != trainer.global_step:
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+
+def _remove_path(p: Path) -> None:
+    if p.is_dir() and not p.is_symlink():
+        shutil.rmtree(p)
+    elif p.exists() or p.is_symlink():
+        p.unlink()
+
+
+class BitFSDPStrategy(FSDPStrategy):
+    """Lightning's FSDPStrategy whose sharded checkpoints are written atomically.
+
+    FSDPStrategy does not use the CheckpointIO plugin for `state_dict_type="sharded"`: every rank writes its shard
+    straight into the checkpoint directory (torch.distributed.checkpoint), so a crash mid-save would leave a
+    half-written `last.ckpt/`. Here all ranks write into `.NAME.tmp/` beside it and rank 0 swaps it into place
+    after a barrier (old -> `.NAME.old/`, tmp -> NAME, old removed; a crash between the two renames leaves the
+    previous checkpoint as `.NAME.old/`). Full state dicts go through the CheckpointIO (AtomicCheckpointIO).
+    Needs a filesystem that every rank sees, as sharded checkpoints always do.
+    """
+
+    def save_checkpoint(self, checkpoint, filepath, storage_options=None) -> None:
+        if self._state_dict_type != "sharded":
+            return super().save_checkpoint(checkpoint, filepath, storage_options)
+        path = Path(self.broadcast(str(filepath)))
+        tmp, old = path.with_name(f".{path.name}.tmp"), path.with_name(f".{path.name}.old")
+        if self.is_global_zero:
+            _remove_path(tmp)
+        self.barrier("bllama_sharded_save_start")
+        super().save_checkpoint(checkpoint, tmp, storage_options)
+        self.barrier("bllama_sharded_save_written")
+        if self.is_global_zero:
+            _remove_path(old)
+            if path.exists() or path.is_symlink():
+                os.replace(path, old)
+            os.replace(tmp, path)
+            _remove_path(old)
+        self.barrier("bllama_sharded_save_done")
+
+
+def make_fsdp_strategy(activation_checkpointing: bool = False, sharding_strategy: str = "FULL_SHARD",
+                       state_dict_type: str = "sharded", cls=BitFSDPStrategy, **kwargs) -> BitFSDPStrategy:
+    """FSDP with one wrapped unit per transformer block (and, if asked, one activation-checkpointed unit per block).
+
+    Parameters stay fp32 inside FSDP (fp32 all-gathers and gradient reduce-scatters); with
+    `precision="bf16-mixed"` Lightning's autocast runs the matmuls in bf16. Lightning's default for bf16-mixed under
+    FSDP would all-gather bf16 copies of the weights, so the ternary codes and scales would be computed from
+    bf16-rounded latent weights instead of the fp32 master weights a single device uses; this keeps both paths the
+    same function at the price of twice the parameter traffic (small next to a 64k-token step).
+    """
+    from torch.distributed.fsdp import MixedPrecision
+
+    if sharding_strategy not in SHARDING_STRATEGIES:
+        raise ValueError(f"sharding_strategy must be one of {SHARDING_STRATEGIES}, got {sharding_strategy!r}")
+    if state_dict_type not in ("sharded", "full"):
+        raise ValueError(f"state_dict_type must be 'sharded' or 'full', got {state_dict_type!r}")
+    fp32 = MixedPrecision(param_dtype=torch.float32, reduce_dtype=torch.float32, buffer_dtype=torch.float32)
+    return cls(auto_wrap_policy=bLlama.fsdp_wrap_policy(),
+               activation_checkpointing_policy={Block} if activation_checkpointing else None,
+               sharding_strategy=sharding_strategy, state_dict_type=state_dict_type, mixed_precision=fp32, **kwargs)
+
+
+def resolve_precision(precision: str, accelerator: str = "auto") -> str:
+    """Precision "auto": bf16-mixed (fp32 master weights and optimizer state, bf16 autocast) on a GPU with bf16,
+    else 32-true; any other value is returned unchanged."""
+    if precision != "auto":
+        return precision
+    gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
+    return "bf16-mixed" if gpu and torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "32-true"
+
+
+def dataset_from_paths(paths: Sequence[str], tokenizer, max_length: int, sampling: str = "sequential"):
     """One packed dataset from text (.txt), parquet, JSONL or prepared token files (.bin)."""
     from torch.utils.data import ConcatDataset
 
@@ -52,7 +138,7 @@ def dataset_from_paths(paths: Sequence[str], tokenizer, max_length: int):
         if s.endswith(".jsonl") or s.endswith(".json"):
             parts.append(JsonlDataset([p], tokenizer=tokenizer, max_length=max_length))
         elif s.endswith(".bin"):
-            parts.append(TokenDataset(p, max_length=max_length))
+            parts.append(TokenDataset(p, max_length=max_length, sampling=sampling))
         else:
             parts.append(ShakespeareDataset.from_file(p, tokenizer=tokenizer, max_length=max_length))
     if not parts:
@@ -61,20 +147,37 @@ def dataset_from_paths(paths: Sequence[str], tokenizer, max_length: int):
 
 
 def make_trainer(out_dir: Path, max_steps: Optional[int] = None, max_minutes: Optional[float] = None,
-                 precision: str = "32-true", accelerator: str = "auto", devices="auto", strategy="auto",
+                 precision: str = "auto", accelerator: str = "auto", devices="auto", strategy="auto",
                  val_every: Optional[int] = None, limit_val_batches=None, callbacks: Optional[List] = None,
-                 enable_progress_bar: bool = True, log_every: int = 10) -> pl.Trainer:
-    ckpt = ModelCheckpoint(dirpath=out_dir / "checkpoints", save_last=True, save_top_k=0 if val_every is None else 1,
-                           monitor="val_loss" if val_every else None)
+                 enable_progress_bar: bool = True, log_every: int = 10, accumulate: int = 1,
+                 activation_checkpointing: bool = False, sharding_strategy: str = "FULL_SHARD",
+                 state_dict_type: str = "sharded", checkpoint_every: Optional[int] = None) -> pl.Trainer:
+    """strategy="fsdp" builds make_fsdp_strategy(...) (the FSDP options apply only to it); any other strategy
+    (a name such as "ddp", or a Strategy object) goes to Lightning unchanged. With FSDP, activation checkpointing is
+    Lightning's per-block wrapper; with any other strategy set bLlamaConfig.activation_checkpointing instead."""
+    ckpt = LastCheckpoint(dirpath=out_dir / "checkpoints", save_last=True, save_top_k=0 if val_every is None else 1,
+                          monitor="val_loss" if val_every else None, every_n_train_steps=checkpoint_every)
     kwargs = {}
     if val_every:
         kwargs.update(val_check_interval=val_every, check_val_every_n_epoch=None)
+    if strategy == "fsdp":
+        if accelerator == "cpu" or accelerator == "auto" and not torch.cuda.is_available():
+            # Lightning refuses FSDPStrategy on CPUs ("The strategy `fsdp` requires a GPU accelerator") only by exact
+            # type, which our subclass escapes; torch's FSDP would then fail inside fit ("FSDP needs a non-CPU
+            # accelerator device"). Say it here, before any process is started.
+            raise ValueError("strategy 'fsdp' needs GPUs (torch's FullyShardedDataParallel picks no CPU device); "
+                             "use strategy 'ddp' on CPUs")
+        strategy = make_fsdp_strategy(activation_checkpointing=activation_checkpointing,
+                                      sharding_strategy=sharding_strategy, state_dict_type=state_dict_type)
     return pl.Trainer(
         default_root_dir=str(out_dir), max_steps=max_steps if max_steps else -1,
         max_epochs=None if max_steps or max_minutes else 1,
         max_time=timedelta(minutes=max_minutes) if max_minutes else None,
-        precision=precision, accelerator=accelerator, devices=devices, strategy=strategy,
+        precision=resolve_precision(precision, accelerator), accelerator=accelerator, devices=devices,
+        strategy=strategy, accumulate_grad_batches=accumulate,
         logger=CSVLogger(str(out_dir), name="logs"), callbacks=[ckpt, *(callbacks or [])],
+        # AtomicCheckpointIO serves every single-file save (single device, DDP, FSDP full state dicts) and removes
+        # old checkpoints (files or directories); sharded FSDP saves bypass it (BitFSDPStrategy makes those atomic).
         plugins=[AtomicCheckpointIO()], enable_progress_bar=enable_progress_bar, log_every_n_steps=log_every,
         limit_val_batches=limit_val_batches, num_sanity_val_steps=0, **kwargs)
 
@@ -86,16 +189,45 @@ def save_run_files(out_dir: Path, config: bLlamaConfig, tokenizer) -> None:
         tokenizer.save(out_dir / "tokenizer.model")
 
 
-def load_checkpoint(path) -> bLlama:
-    """A bLlama from a Lightning checkpoint written by bllama train (or any bLlama checkpoint)."""
+def is_sharded_checkpoint(path) -> bool:
+    """A directory written by FSDPStrategy(state_dict_type="sharded"): torch.distributed.checkpoint shards plus
+    Lightning's meta.pt."""
     path = Path(path)
-    if path.is_dir():
+    return path.is_dir() and (path / "meta.pt").is_file() and (path / ".metadata").is_file()
+
+
+def load_sharded_checkpoint(path) -> bLlama:
+    """A bLlama (on the CPU, in one process) from a sharded FSDP checkpoint directory.
+
+    Only the model weights are read (torch.distributed.checkpoint loads into the tensors of a freshly built model;
+    no process group is needed); the optimizer state, three times the size of the model, stays on disk.
+    """
+    import torch.distributed.checkpoint as dcp
+
+    path = Path(path)
+    meta = torch.load(path / "meta.pt", map_location="cpu", weights_only=False)
+    model = bLlama(meta["hyper_parameters"]["config"])
+    state = {"model": model.state_dict()}
+    dcp.load(state, checkpoint_id=str(path), no_dist=True)
+    model.load_state_dict(state["model"])
+    return model
+
+
+def load_checkpoint(path) -> bLlama:
+    """A bLlama from a Lightning checkpoint written by bllama train (or any bLlama checkpoint): a .ckpt file, a
+    sharded FSDP checkpoint directory, or a training output folder (its checkpoints/last.ckpt, file or directory)."""
+    path = Path(path)
+    if path.is_dir() and not is_sharded_checkpoint(path):
         cand = path / "checkpoints" / "last.ckpt"
         if not cand.exists():
             raise FileNotFoundError(f"no checkpoints/last.ckpt under {path}")
         path = cand
     if not path.exists():
         raise FileNotFoundError(f"checkpoint not found: {path}")
+    if path.is_dir():
+        if not is_sharded_checkpoint(path):
+            raise FileNotFoundError(f"{path} is a directory but not a sharded checkpoint (no meta.pt and .metadata)")
+        return load_sharded_checkpoint(path)
     return bLlama.load_from_checkpoint(str(path), map_location="cpu", weights_only=False)
 
 

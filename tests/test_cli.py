@@ -75,3 +75,30 @@ def test_bad_paths_fail_with_a_message(tmp_path):
     r = subprocess.run([sys.executable, "-m", "bllama.cli", "generate", str(tmp_path / "nope.gguf"), "hi"],
                        capture_output=True, text=True)
     assert r.returncode == 2 and "error: model file not found" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_train_token_file_with_scale_options_and_resume(run_dir):
+    """The options of a long run on a prepared token file: random block sampling, gradient accumulation, activation
+    checkpointing, periodic checkpoints, then --resume to extend the run."""
+    tok = run_dir / "run" / "tokenizer.model"
+    bllama("data", "prepare", run_dir / "train.txt", "--tokenizer", tok, "-o", run_dir / "t.bin")
+    common = ["--tokenizer", tok, "--preset", "tiny", "--set", "num_layers=1", "--set", "seq_len=64",
+              "--batch-size", 2, "--accumulate", 2, "--activation-checkpointing", "--sampling", "random",
+              "--checkpoint-every", 2, "--val-every", 2, "--val-batches", 1, "--out", run_dir / "scale",
+              "--set", "max_steps=6"]
+    bllama("train", run_dir / "t.bin", *common, "--max-steps", 3)  # stops between periodic checkpoints
+    cfg = json.loads((run_dir / "scale" / "config.json").read_text())
+    assert cfg["activation_checkpointing"] is True and cfg["max_steps"] == 6
+    import torch
+
+    ckpt = run_dir / "scale" / "checkpoints" / "last.ckpt"
+    assert torch.load(ckpt, map_location="cpu", weights_only=False)["global_step"] == 3  # saved where it stopped
+    bllama("train", run_dir / "t.bin", *common, "--max-steps", 6, "--resume", "last")  # what a job chain passes
+    assert torch.load(ckpt, map_location="cpu", weights_only=False)["global_step"] == 6
+
+
+def test_train_fsdp_on_cpu_fails_with_a_message(run_dir):
+    r = subprocess.run([sys.executable, "-m", "bllama.cli", "train", str(run_dir / "train.txt"), "--tokenizer",
+                        str(run_dir / "run" / "tokenizer.model"), "--strategy", "fsdp", "--accelerator", "cpu",
+                        "--max-steps", "1", "--out", str(run_dir / "fsdp")], capture_output=True, text=True)
+    assert r.returncode == 2 and "needs GPUs" in r.stderr and "Traceback" not in r.stderr

@@ -12,6 +12,8 @@ from bllama.data import (
     JsonlDataset,
     PackedDataset,
     ShakespeareDataset,
+    StreamDataset,
+    StreamSampler,
     TextDataModule,
     TokenDataset,
     prepare_tokens,
@@ -440,3 +442,83 @@ def test_datamodule_drives_a_lightning_fit(tmp_path):
                          val_check_interval=2, default_root_dir=str(tmp_path))
     trainer.fit(model, datamodule=dm)
     assert trainer.global_step == 3 and model.seen_val >= 2
+
+
+# ---- resumable training stream ------------------------------------------------------------------------------------
+def test_stream_passes_are_permutations_and_ranks_partition_the_stream():
+    ds = StreamDataset(_numbered(7), seed=3)
+    firsts = [int(ds[g][0][0]) // 4 for g in range(21)]  # block index of each sample
+    for p in range(3):
+        assert sorted(firsts[7 * p:7 * p + 7]) == list(range(7))  # every block once per pass
+    assert firsts[:7] != firsts[7:14]  # reshuffled each pass
+    assert firsts == [int(StreamDataset(_numbered(7), seed=3)[g][0][0]) // 4 for g in range(21)]  # seeded
+    assert firsts != [int(StreamDataset(_numbered(7), seed=4)[g][0][0]) // 4 for g in range(21)]
+
+    ranks = [list(StreamSampler(5, rank=r, world=3)) for r in range(3)]
+    assert sorted(sum(ranks, [])) == list(range(15)) and all(len(r) == 5 for r in ranks)
+    resumed = [list(StreamSampler(5, rank=r, world=3, start=6)) for r in range(3)]
+    assert [r[2:] for r in ranks] == resumed and len(StreamSampler(5, world=3, start=6)) == 5
+    with pytest.raises(ValueError, match="multiple"):
+        StreamSampler(5, world=3, start=4)
+
+
+def test_random_token_file_stream_changes_offsets_per_pass(token_file):
+    path = token_file[0]
+    ds = StreamDataset(TokenDataset(path, max_length=16, sampling="random", seed=1), shuffle=False)
+    n = len(ds)
+    assert not torch.equal(ds[0][0], ds[n][0])  # same block index, next pass: another random offset
+    again = StreamDataset(TokenDataset(path, max_length=16, sampling="random", seed=1), shuffle=False)
+    assert torch.equal(ds[n][0], again[n][0]) and torch.equal(ds[0][0], again[0][0])
+
+
+def test_resumable_datamodule_continues_where_a_crashed_run_stopped(tmp_path):
+    """In one process, through Lightning: a run that crashes after a mid-run checkpoint and is resumed trains on
+    exactly the batches of an uninterrupted run (a plain loader would restart the epoch: batches seen twice)."""
+    pl = pytest.importorskip("pytorch_lightning")
+
+    class Crash(RuntimeError):
+        pass
+
+    class Rec(pl.LightningModule):
+        def __init__(self, crash_at=None):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(1))
+            self.seen, self.crash_at = [], crash_at
+
+        def training_step(self, batch, batch_idx):
+            if self.global_step == self.crash_at:
+                raise Crash()
+            self.seen.append(batch[0][:, 0].tolist())
+            return self.w.sum() * 0 + batch[0].float().mean() * self.w.sum()
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    def run(name, crash_at=None, ckpt=None, resumable=True):
+        model = Rec(crash_at)
+        dm = TextDataModule(_numbered(5, L=4), batch_size=2, train_test_split=1.0, seed=0, resumable=resumable)
+        cb = pl.callbacks.ModelCheckpoint(dirpath=tmp_path / name, save_last=True, save_top_k=0,
+                                          every_n_train_steps=2)
+        trainer = pl.Trainer(max_steps=7, accelerator="cpu", logger=False, enable_progress_bar=False,
+                             enable_model_summary=False, callbacks=[cb], default_root_dir=str(tmp_path))
+        try:
+            trainer.fit(model, datamodule=dm, ckpt_path=ckpt)
+        except Crash:
+            pass
+        return model.seen
+
+    full = run("full")
+    assert len(full) == 7
+    first = run("crash", crash_at=5)  # checkpoints after steps 2 and 4, crashes before step 6
+    assert first == full[:5]
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        resumed = run("resume", ckpt=str(tmp_path / "crash" / "last.ckpt"))
+    assert first[:4] + resumed == full
+    assert not [w for w in caught if "not resumable" in str(w.message)]
+    # the reason for resumable=True: Lightning restarts a plain loader's epoch on resume
+    plain = run("plain", crash_at=5, resumable=False)
+    assert plain[:4] + run("plain2", ckpt=str(tmp_path / "plain" / "last.ckpt"), resumable=False) != \
+        run("plainfull", resumable=False)

@@ -1,0 +1,154 @@
+#!/usr/bin/env bash
+# Issue #5's GPU measurement in one call: training throughput of the default 1.7B b1.58 model on one GPU, and the
+# FSDP + sharded-checkpoint resume path of `bllama train` on that GPU.
+#
+#   bash bench/gpu_train_check.sh            # on the GPU machine, from anywhere; about 5 minutes on one H100
+#   DRY=1 bash bench/gpu_train_check.sh      # the same script path on a CPU with tiny shapes (a syntax/logic check)
+#
+# Runs, in order of value, each bounded in time, each failure logged and skipped (the script goes on):
+#   1. seq 2048: micro-batch 8 x accum 4 = 65,536 tokens per optimizer step, bf16-mixed, per-block torch.compile,
+#      fused AdamW. Out of memory (exit 3) -> the same with activation checkpointing -> micro 4 x accum 8 with it.
+#   2. seq 1024: micro-batch 16 x accum 4 = 65,536 tokens per step, same settings (same OOM fallbacks).
+#   3. `bllama train`'s Lightning path on this GPU: tests/scripts/parallel_resume.py fsdp (BitFSDPStrategy,
+#      bf16-mixed, activation checkpointing, sharded checkpoints: crash + resume and extend runs vs uninterrupted).
+#   4. if time is left: seq 2048 with activation checkpointing (its cost in tokens/s) and the FSDP check compiled.
+# Needs: python3 with torch (CUDA), pytorch-lightning, numpy, sentencepiece; the repository on PYTHONPATH (set
+# here), no build: `import bllama` does not load the C++ engine.
+# Output: $OUT (else bench/results/gpu_train_<UTC stamp>/): one JSON per run, gpu_train_check.log, summary.md;
+# the summary table is printed last. Exit status 1 if a run failed or timed out.
+# Env: OUT, PYTHON (python3), BUDGET_S (330: runs that would start after this many seconds are skipped), DRY=1,
+#      PRESET (1.7b), FORCE_OOM=1 (treat the first seq-2048 run as out of memory: exercises the fallback).
+set -u -o pipefail
+
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$REPO"
+export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
+PY=${PYTHON:-python3}
+STAMP=$(date -u +%Y-%m-%dT%H%MZ)
+RES=${OUT:-$REPO/bench/results/gpu_train_$STAMP}
+mkdir -p "$RES"
+exec > >(tee -a "$RES/gpu_train_check.log") 2>&1
+START=$(date +%s)
+BUDGET_S=${BUDGET_S:-330}
+elapsed() { echo $(( $(date +%s) - START )); }
+left() { echo $(( BUDGET_S - $(elapsed) )); }
+
+if [ "${DRY:-0}" = 1 ]; then
+    PRESET=${PRESET:-tiny}; DEV=cpu; SEQ_LONG=256; SEQ_SHORT=128; MB_LONG=4; MB_SHORT=8; ACCUM=2
+    STEPS=5; WARM=2; TLIM=10; COMPILE=${DRY_COMPILE:+--compile}; RUN_TIMEOUT=300; RESUME_ARGS=""
+    export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
+else
+    PRESET=${PRESET:-1.7b}; DEV=cuda; SEQ_LONG=2048; SEQ_SHORT=1024; MB_LONG=8; MB_SHORT=16; ACCUM=4
+    STEPS=12; WARM=2; TLIM=25; COMPILE=--compile; RUN_TIMEOUT=240; RESUME_ARGS="gpu"
+fi
+
+echo "== gpu_train_check: preset $PRESET on $DEV, results in $RES, budget ${BUDGET_S}s"
+(command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv) || true
+$PY - <<'EOF' || { echo "FATAL: cannot import bllama/torch"; exit 1; }
+import sys, torch, pytorch_lightning as pl, bllama, bllama.module, bllama.train
+assert not any(m.startswith("bllama._engine") for m in sys.modules), "the C++ engine was imported"
+print(f"python {sys.version.split()[0]}, torch {torch.__version__}, lightning {pl.__version__}, "
+      f"cuda {torch.cuda.is_available()} {torch.cuda.get_device_name() if torch.cuda.is_available() else ''}")
+EOF
+
+STATUS=()  # "name: status" lines for the summary
+
+# bench NAME SEQ MICRO ACCUM [extra args...]: one train_throughput run; returns its exit status (3 = out of memory)
+bench() {
+    local name=$1 seq=$2 micro=$3 accum=$4; shift 4
+    if [ "$(left)" -lt 40 ]; then
+        echo "-- $name: skipped (budget: $(elapsed)s used)"; STATUS+=("$name: skipped (budget)"); return 2
+    fi
+    local t=$(( $(left) < RUN_TIMEOUT ? $(left) : RUN_TIMEOUT ))
+    echo "-- $name: seq $seq, micro-batch $micro x accum $accum $* (timeout ${t}s, $(elapsed)s used)"
+    if [ "${FORCE_OOM:-0}" = 1 ] && [ "$name" = "seq${SEQ_LONG}" ]; then
+        echo "   FORCE_OOM: pretending $name ran out of memory"; STATUS+=("$name: oom (forced)"); return 3
+    fi
+    timeout --signal=TERM --kill-after=10 "$t" $PY bench/train_throughput.py --preset "$PRESET" --device "$DEV" \
+        --precision bf16-mixed $COMPILE --seq-len "$seq" --batch "$micro" --accum "$accum" --steps "$STEPS" \
+        --warmup "$WARM" --time-limit "$TLIM" --json "$RES/$name.json" "$@"
+    local rc=$?
+    case $rc in
+        0) STATUS+=("$name: ok") ;;
+        3) echo "   $name: OUT OF MEMORY"; STATUS+=("$name: oom") ;;
+        124|137) echo "   $name: TIMED OUT after ${t}s"; STATUS+=("$name: timeout") ;;
+        *) echo "   $name: FAILED (exit $rc)"; STATUS+=("$name: failed ($rc)") ;;
+    esac
+    return $rc
+}
+
+# measure SEQ MICRO ACCUM: the configuration, falling back on out-of-memory as described above
+measure() {
+    local seq=$1 micro=$2 accum=$3
+    bench "seq$seq" "$seq" "$micro" "$accum" && return 0
+    [ $? -eq 3 ] || return 1
+    bench "seq${seq}_ac" "$seq" "$micro" "$accum" --activation-checkpointing && return 0
+    [ $? -eq 3 ] || return 1
+    bench "seq${seq}_ac_half" "$seq" $(( micro / 2 )) $(( accum * 2 )) --activation-checkpointing
+}
+
+measure "$SEQ_LONG" "$MB_LONG" "$ACCUM"
+measure "$SEQ_SHORT" "$MB_SHORT" "$ACCUM"
+
+resume_check() {  # resume_check NAME ARGS...: the Lightning FSDP path (tests/scripts/parallel_resume.py)
+    local name=$1; shift
+    if [ "$(left)" -lt 45 ]; then echo "-- $name: skipped (budget)"; STATUS+=("$name: skipped (budget)"); return; fi
+    echo "-- $name: tests/scripts/parallel_resume.py fsdp $* ($(elapsed)s used)"
+    rm -rf "$RES/$name"; mkdir -p "$RES/$name"
+    timeout --signal=TERM --kill-after=10 "$(left)" $PY tests/scripts/parallel_resume.py fsdp "$RES/$name" "$@" \
+        > "$RES/$name/run.log" 2>&1
+    local rc=$?
+    grep -h "RESUME_SUMMARY" "$RES/$name/run.log" | sed 's/^RESUME_SUMMARY //' > "$RES/$name.json"
+    if [ $rc -eq 0 ] && [ -s "$RES/$name.json" ]; then
+        STATUS+=("$name: ok"); cat "$RES/$name.json"
+    else
+        STATUS+=("$name: failed ($rc)"); echo "   $name: FAILED (exit $rc); last lines:"; tail -n 25 "$RES/$name/run.log"
+    fi
+    rm -rf "$RES/$name"/{a,b,c,d,e}  # checkpoints: not results
+}
+
+resume_check fsdp_resume $RESUME_ARGS
+if [ ! -f "$RES/seq${SEQ_LONG}_ac.json" ]; then
+    bench "seq${SEQ_LONG}_ac" "$SEQ_LONG" "$MB_LONG" "$ACCUM" --activation-checkpointing || true
+fi
+[ -n "$COMPILE" ] && resume_check fsdp_resume_compiled $RESUME_ARGS compile
+
+echo
+echo "== statuses ($(elapsed)s in all)"
+printf '   %s\n' "${STATUS[@]}"
+$PY - "$RES" <<'EOF' | tee "$RES/summary.md"
+import json, pathlib, sys
+res = pathlib.Path(sys.argv[1])
+rows = []
+for p in sorted(res.glob("seq*.json")):
+    r = json.loads(p.read_text())
+    head = (f"| {p.stem} | {r['seq_len']} | {r['micro_batch']}x{r['accum']} = {r['tokens_per_step']} "
+            f"| {'yes' if r['activation_checkpointing'] else 'no'} | {'yes' if r['compile'] else 'no'} ")
+    if "error" in r:
+        rows.append(head + f"| OOM | | | {r.get('peak_mem_GiB')} | | |")
+        continue
+    rows.append(head + f"| {r['tokens_per_s']:,.0f} | {r['mfu_pct']} | {r['step_s']} | {r['peak_mem_GiB']} "
+                f"| {r['loss_start']} -> {r['loss_end']} | {r['warmup_s']} |")
+print(f"\n### bench/gpu_train_check.sh ({res.name})\n")
+runs = [json.loads(p.read_text()) for p in res.glob("seq*.json")]
+devs = sorted({r.get("device_name") for r in runs if r.get("device_name")})
+torches = sorted({r.get("torch") for r in runs if r.get("torch")})
+print(f"device: {', '.join(devs)}; torch {', '.join(torches)}; preset {runs[0]['preset'] if runs else '?'}, "
+      f"bf16-mixed (fp32 master weights and AdamW state), AdamW fused on CUDA\n")
+print("| run | seq | micro x accum = tokens/step | act. ckpt | compile | tokens/s | MFU % | s/step | peak GiB "
+      "| loss start -> end | warm-up s |")
+print("|---|---|---|---|---|---|---|---|---|---|---|")
+print("\n".join(rows) if rows else "| (no throughput result) ||||||||||")
+for p in sorted(res.glob("fsdp_resume*.json")):
+    txt = p.read_text().strip()
+    if not txt:
+        print(f"\n{p.stem}: no result"); continue
+    r = json.loads(txt)
+    print(f"\n{p.stem}: world {r['world_size']}, steps {r['steps']}, max |weight diff| crash-resume "
+          f"{r['max_weight_diff_crash_resume']:.3g}, extend {r['max_weight_diff_extend']:.3g}, max |loss diff| "
+          f"{r['max_loss_diff']:.3g}, sharded dir {r['checkpoint_is_directory']}")
+EOF
+# exit status: 1 when a run failed or timed out, or no throughput was measured (out of memory alone is a result)
+if printf '%s\n' "${STATUS[@]}" | grep -qE ': (failed|timeout)' || ! compgen -G "$RES/seq*.json" >/dev/null; then
+    exit 1
+fi
