@@ -28,6 +28,11 @@ class CMakeBuild(build_ext):
             "-DBLLAMA_BUILD_TESTS=OFF", "-DBLLAMA_BUILD_BENCH=OFF", "-DBLLAMA_BUILD_PYTHON=ON",
             "-G", "Ninja",
         ]
+        # BLLAMA_CUDA=OFF builds the CPU engine only even where nvcc exists; CUDA_ARCHS picks the GPU targets.
+        if "BLLAMA_CUDA" in os.environ:
+            args.append(f"-DBLLAMA_CUDA={os.environ['BLLAMA_CUDA']}")
+        if "CUDA_ARCHS" in os.environ:
+            args.append(f"-DCMAKE_CUDA_ARCHITECTURES={os.environ['CUDA_ARCHS']}")
         jobs = os.environ.get("CMAKE_BUILD_PARALLEL_LEVEL", str(os.cpu_count() or 2))
         subprocess.run(["cmake", "-S", str(ROOT), "-B", str(build_dir), *args], check=True)
         subprocess.run(["cmake", "--build", str(build_dir), "--target", "_engine", "-j", jobs], check=True)

@@ -115,11 +115,11 @@ def peak_rss_mib() -> float:
 
 
 def _measure_engine(path: str, threads: int, prompt_tokens: int, gen_tokens: int, repeats: int, bpt: int,
-                    head: str = "f16") -> dict:
+                    head: str = "f16", device: str = "cpu") -> dict:
     from . import _engine
 
     t0 = time.perf_counter()
-    eng = _engine.Engine(path, threads, head=head)
+    eng = _engine.Engine(path, None if device == "cuda" else threads, head=head, device=device)
     load_s = time.perf_counter() - t0
     if head == "q8":  # the engine reads its int8 copy (+ per-row scale and sum) instead of the f16 head
         c = eng.config
@@ -127,9 +127,10 @@ def _measure_engine(path: str, threads: int, prompt_tokens: int, gen_tokens: int
     pp, tg = _median_run(eng, prompt_tokens, gen_tokens, repeats, eng.vocab_size)
     rss = peak_rss_mib()  # before the bandwidth probe's buffer
     del eng
-    bw = _engine.read_bandwidth(threads)
+    # GPU copy bandwidth is measured by bench/bench_cuda_kernels (CUDA events), not from Python.
+    bw = None if device == "cuda" else _engine.read_bandwidth(threads)
     gbs = tg * bpt / 1e9
-    return {"threads": threads, "head": head, "prompt_tok_s": round(pp, 1), "decode_tok_s": round(tg, 2), "load_s": round(load_s, 3),
+    return {"threads": "cuda" if device == "cuda" else threads, "head": head, "prompt_tok_s": round(pp, 1), "decode_tok_s": round(tg, 2), "load_s": round(load_s, 3),
             "bytes_per_token": bpt, "decode_GB_s": round(gbs, 2),
             "read_bandwidth_GB_s": round(bw, 2) if bw else None, "pct_of_bandwidth": round(100 * gbs / bw, 1) if bw else None,
             "peak_rss_MiB": round(rss, 1)}
@@ -137,7 +138,7 @@ def _measure_engine(path: str, threads: int, prompt_tokens: int, gen_tokens: int
 
 def run_bench(model: Optional[str] = None, preset: str = "1.7b", threads: Optional[List[int]] = None,
               prompt_tokens: int = 128, gen_tokens: int = 64, repeats: int = 3, torch_compare: bool = False,
-              json_out: Optional[str] = None, head: str = "f16") -> dict:
+              json_out: Optional[str] = None, head: str = "f16", device: str = "cpu") -> dict:
     tmpdir = None
     if model is None:
         tmpdir = tempfile.TemporaryDirectory(prefix="bllama-bench-")
@@ -147,15 +148,16 @@ def run_bench(model: Optional[str] = None, preset: str = "1.7b", threads: Option
         print(f"wrote a random {preset} model ({path.stat().st_size / 2**20:.0f} MiB) in {time.perf_counter() - t0:.1f} s")
     else:
         path = Path(model)
-    threads = threads or sorted({1, len(os.sched_getaffinity(0))})
+    threads = [0] if device == "cuda" else threads or sorted({1, len(os.sched_getaffinity(0))})
     bpt = bytes_per_token(path)
     rows = []
     ctx = multiprocessing.get_context("spawn")  # a fresh process per thread count: honest load time and RSS
     with ctx.Pool(1, maxtasksperchild=1) as pool:
         for t in threads:
-            rows.append(pool.apply(_measure_engine, (str(path), t, prompt_tokens, gen_tokens, repeats, bpt, head)))
+            rows.append(pool.apply(_measure_engine, (str(path), t, prompt_tokens, gen_tokens, repeats, bpt, head, device)))
     result = {"model": str(path) if model else f"random {preset}", "file_MiB": round(path.stat().st_size / 2**20, 1),
               "prompt_tokens": prompt_tokens, "gen_tokens": gen_tokens, "repeats": repeats, "head": head,
+              "device": device,
               "engine": rows}
     if torch_compare:
         result["torch"] = torch_speed(model, preset, prompt_tokens, min(gen_tokens, 8), threads[-1])
@@ -207,4 +209,6 @@ def format_table(r: dict) -> str:
         lines.append(f"PyTorch quantized model, {t['threads']} threads: prompt {t['prompt_tok_s']} tok/s, decode "
                      f"{t['decode_tok_s']} tok/s (engine decode is {best / max(t['decode_tok_s'], 1e-9):.0f}x)")
     lines.append(f"bytes read per decoded token: {r['engine'][0]['bytes_per_token'] / 2**20:.1f} MiB")
+    if r.get("device") == "cuda":
+        lines.append("GPU: RSS is host memory; the GPU's copy bandwidth is in bench/bench_cuda_kernels' output")
     return "\n".join(lines)

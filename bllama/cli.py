@@ -91,7 +91,7 @@ def cmd_generate(args):
     if args.model.endswith(".gguf") or Path(args.model).is_dir() and not (Path(args.model) / "checkpoints").exists():
         from .runtime import Runtime
 
-        rt = Runtime.load(args.model, threads=args.threads, head=args.head)
+        rt = Runtime.load(args.model, threads=args.threads, head=args.head, device=args.device)
         for piece in rt.stream(args.prompt, max_new_tokens=args.max_new_tokens, do_sample=args.do_sample,
                                temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                                repetition_penalty=args.repetition_penalty, seed=args.seed):
@@ -140,7 +140,7 @@ def cmd_import(args):
 def cmd_eval(args):
     from .runtime import Runtime
 
-    rt = Runtime.load(args.model, threads=args.threads, head=args.head)
+    rt = Runtime.load(args.model, threads=args.threads, head=args.head, device=args.device)
     text = Path(args.data).read_text(encoding="utf-8")
     if args.max_chars:
         text = text[:args.max_chars]
@@ -153,7 +153,7 @@ def cmd_bench(args):
 
     run_bench(model=args.model, preset=args.preset, threads=args.threads, prompt_tokens=args.prompt_tokens,
               gen_tokens=args.gen_tokens, repeats=args.repeats, torch_compare=args.torch, json_out=args.json,
-              head=args.head)
+              head=args.head, device=args.device)
 
 
 def cmd_demo(args):
@@ -229,6 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--threads", type=int, default=None, help="engine threads (default: all cores)")
     g.add_argument("--head", default="f16", choices=["f16", "q8"],
                    help="LM head format: f16 (the file's, default) or q8 (int8 per-row scales, half the head bytes)")
+    g.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="run on the CPU (default) or the GPU")
     g.add_argument("--tokenizer", default=None, help="tokenizer.model for a checkpoint (default: beside it)")
     _add_sampling(g)
     g.set_defaults(func=cmd_generate)
@@ -255,6 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--threads", type=int, default=None, help="engine threads")
     v.add_argument("--head", default="f16", choices=["f16", "q8"],
                    help="LM head format: f16 (the file's, default) or q8 (int8 per-row scales, half the head bytes)")
+    v.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="run on the CPU (default) or the GPU")
     v.set_defaults(func=cmd_eval)
 
     b = sub.add_parser("bench", help="prompt and decode speed of the engine")
@@ -268,6 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--json", default=None, help="also write the results to this JSON file")
     b.add_argument("--head", default="f16", choices=["f16", "q8"],
                    help="LM head format: f16 (the file's, default) or q8 (int8 per-row scales, half the head bytes)")
+    b.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="run on the CPU (default) or the GPU")
     b.set_defaults(func=cmd_bench)
 
     d = sub.add_parser("demo", help="train the tiny preset on built-in text, export it, and generate with the engine")
@@ -294,10 +297,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None):
+    from .runtime import CudaUnavailableError
+
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except (FileNotFoundError, IsADirectoryError, ValueError, IndexError) as e:
+    except (FileNotFoundError, IsADirectoryError, ValueError, IndexError, CudaUnavailableError) as e:
         # Bad input is the user's to fix: a one-line message, not a traceback.
         print(f"bllama {args.command}: error: {e}", file=sys.stderr)
         raise SystemExit(2)

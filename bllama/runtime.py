@@ -20,6 +20,27 @@ def _engine_module():
     return _engine
 
 
+def cuda_status() -> str:
+    """Why device="cuda" can or cannot run here: "ok: <GPU>" or the reason."""
+    eng = _engine_module()
+    if not eng.cuda_compiled():
+        return "this build of bllama has no CUDA backend (CMake found no CUDA compiler when it was built)"
+    if eng.cuda_device_count() == 0:
+        return eng.cuda_device_description()
+    return "ok: " + eng.cuda_device_description()
+
+
+class CudaUnavailableError(RuntimeError):
+    """device="cuda" was asked for where the CUDA backend cannot run (no CUDA in the build, no GPU)."""
+
+
+def check_cuda() -> None:
+    """Raises CudaUnavailableError with the reason when the CUDA backend cannot run here."""
+    status = cuda_status()
+    if not status.startswith("ok: "):
+        raise CudaUnavailableError(f"device='cuda' is unavailable: {status}")
+
+
 def _tokenizer_from_metadata(engine):
     from .tokenizer import SentencePieceTokenizer
 
@@ -96,7 +117,7 @@ class _TextStream:
 
 
 class Runtime:
-    """A loaded model file. Create with Runtime.load(path, threads=None, head="f16")."""
+    """A loaded model file. Create with Runtime.load(path, threads=None, head="f16", device="cpu")."""
 
     def __init__(self, engine, tokenizer, path: str):
         self._engine, self.tokenizer, self.path = engine, tokenizer, path
@@ -109,12 +130,18 @@ class Runtime:
         self.eos_ids = [int(i) for i in eos]
 
     @classmethod
-    def load(cls, path: Union[str, os.PathLike], threads: Optional[int] = None, head: str = "f16") -> "Runtime":
+    def load(cls, path: Union[str, os.PathLike], threads: Optional[int] = None, head: str = "f16",
+             device: str = "cpu") -> "Runtime":
         """head: "f16" runs the file's LM head as is; "q8" requantizes it to int8 with one scale per row at
-        load (half the head's bytes per decoded token; docs/engine.md, "LM head")."""
+        load (half the head's bytes per decoded token; docs/engine.md, "LM head"). device: "cpu", or "cuda"
+        for the GPU backend (weights stay packed on the GPU; logits and sampling stay there too)."""
         path = Path(path)
         if head not in ("f16", "q8"):
             raise ValueError(f"head must be 'f16' or 'q8', got {head!r}")
+        if device not in ("cpu", "cuda"):
+            raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
+        if device == "cuda":
+            check_cuda()
         if not path.exists():
             raise FileNotFoundError(f"model file not found: {path}")
         if threads is not None and threads < 1:
@@ -125,9 +152,9 @@ class Runtime:
                                         "Hugging Face checkpoint folder")
             from .hf_import import load_hf_dir_engine  # converted on the fly into a temporary GGUF
 
-            engine = load_hf_dir_engine(path, lambda p: _engine_module().Engine(p, threads, head=head))
+            engine = load_hf_dir_engine(path, lambda p: _engine_module().Engine(p, threads, head=head, device=device))
             return cls(engine, _tokenizer_from_metadata(engine), str(path))
-        engine = _engine_module().Engine(str(path), threads, head=head)
+        engine = _engine_module().Engine(str(path), threads, head=head, device=device)
         return cls(engine, _tokenizer_from_metadata(engine), str(path))
 
     # ---- facts ------------------------------------------------------------------------------------------

@@ -9,10 +9,10 @@ namespace {
 using Clock = std::chrono::steady_clock;
 double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
 
-std::pair<std::unique_ptr<Model>, double> timed_load(const std::string& path, const LoadOptions& opts) {
+std::pair<std::unique_ptr<Backend>, double> timed_load(const std::string& path, const LoadOptions& opts) {
     const auto t0 = Clock::now();
-    auto m = Model::load(path, opts);
-    return {std::move(m), seconds_since(t0)};
+    auto b = opts.device == Device::Cuda ? make_cuda_backend(path, opts) : make_cpu_backend(Model::load(path, opts));
+    return {std::move(b), seconds_since(t0)};
 }
 }  // namespace
 
@@ -27,13 +27,13 @@ const char* stop_reason_name(StopReason r) {
 
 Engine::Engine(const std::string& path, const LoadOptions& opts) : Engine(timed_load(path, opts)) {}
 
-Engine::Engine(std::pair<std::unique_ptr<Model>, double> loaded) : Engine(std::move(loaded.first), loaded.second) {}
+Engine::Engine(std::pair<std::unique_ptr<Backend>, double> loaded) : Engine(std::move(loaded.first), loaded.second) {}
 
 Engine::Engine(std::unique_ptr<Model> model, double load_seconds)
-    : model_(std::move(model)),
-      sampler_(model_->config().vocab),
-      logits_(static_cast<size_t>(model_->config().vocab)),
-      load_seconds_(load_seconds) {
+    : Engine(make_cpu_backend(std::move(model)), load_seconds) {}
+
+Engine::Engine(std::unique_ptr<Backend> backend, double load_seconds)
+    : backend_(std::move(backend)), load_seconds_(load_seconds) {
     stats_.load_seconds = load_seconds_;
 }
 
@@ -58,7 +58,7 @@ std::vector<int32_t> Engine::generate(const std::vector<int32_t>& prompt, int64_
         throw std::out_of_range("prompt (" + std::to_string(n_prompt) + " tokens) + max_new_tokens (" +
                                 std::to_string(max_new_tokens) + ") exceeds the context length " +
                                 std::to_string(context_length()));
-    sampler_.reset(params);  // validates params before any work
+    validate(params);  // before any work
 
     stats_ = GenerateStats{};
     stats_.load_seconds = load_seconds_;
@@ -70,12 +70,10 @@ std::vector<int32_t> Engine::generate(const std::vector<int32_t>& prompt, int64_
         stats_.stop_reason = StopReason::Length;
         return out;
     }
-    for (int32_t t : prompt) sampler_.observe(t);
 
     auto t0 = Clock::now();
-    model_->forward(prompt.data(), n_prompt, 0, logits_.data(), false);
+    int32_t next = backend_->prefill(prompt, params);
     n_past_ = n_prompt;
-    int32_t next = sampler_.sample(logits_.data());
     stats_.prompt_seconds = seconds_since(t0);
 
     t0 = Clock::now();
@@ -87,7 +85,6 @@ std::vector<int32_t> Engine::generate(const std::vector<int32_t>& prompt, int64_
             break;
         }
         out.push_back(next);
-        sampler_.observe(next);
         // Count the step before the callback so the stats hold even if the callback throws.
         stats_.generated_tokens = static_cast<int64_t>(out.size());
         stats_.decode_seconds = seconds_since(t0);
@@ -99,10 +96,9 @@ std::vector<int32_t> Engine::generate(const std::vector<int32_t>& prompt, int64_
             stats_.stop_reason = StopReason::Length;
             break;
         }
-        model_->forward(&next, 1, n_past_, logits_.data(), false);
+        next = backend_->decode(next, n_past_);
         ++n_past_;
         ++stats_.decode_tokens;
-        next = sampler_.sample(logits_.data());
     }
     stats_.decode_seconds = seconds_since(t0);
     stats_.generated_tokens = static_cast<int64_t>(out.size());
@@ -115,7 +111,7 @@ void Engine::logits(const std::vector<int32_t>& ids, float* out) {
     if (n > context_length())
         throw std::out_of_range(std::to_string(n) + " tokens exceed the context length " + std::to_string(context_length()));
     reset();
-    model_->forward(ids.data(), n, 0, out, true);
+    backend_->logits(ids.data(), n, out);
     n_past_ = n;
 }
 

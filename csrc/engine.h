@@ -1,5 +1,6 @@
 // The decode loop: prompt forward, sample, feed back, until max_new_tokens, a stop token, or the
-// per-token callback asks to stop. Owns the Model and the Sampler; not thread-safe (one caller).
+// per-token callback asks to stop. Owns a Backend (the CPU Model + Sampler, or the CUDA backend);
+// not thread-safe (one caller).
 #pragma once
 
 #include <cstdint>
@@ -9,6 +10,7 @@
 #include <utility>
 #include <vector>
 
+#include "backend.h"
 #include "model.h"
 #include "sampler.h"
 
@@ -32,13 +34,17 @@ using TokenCallback = std::function<bool(int32_t)>;
 
 class Engine {
 public:
+    // opts.device picks the backend (Device::Cuda: csrc/cuda; throws where unavailable).
     Engine(const std::string& path, const LoadOptions& opts = {});
     explicit Engine(std::unique_ptr<Model> model, double load_seconds = 0);
+    explicit Engine(std::unique_ptr<Backend> backend, double load_seconds = 0);
 
-    const Model& model() const { return *model_; }
-    const ModelConfig& config() const { return model_->config(); }
-    int64_t vocab_size() const { return model_->config().vocab; }
-    int64_t context_length() const { return model_->context(); }
+    const Backend& backend() const { return *backend_; }
+    BackendInfo info() const { return backend_->info(); }
+    const GgufFile& gguf() const { return backend_->gguf(); }
+    const ModelConfig& config() const { return backend_->config(); }
+    int64_t vocab_size() const { return backend_->config().vocab; }
+    int64_t context_length() const { return backend_->context(); }
 
     // Generated ids (a stop token ends generation and is not included). Throws std::invalid_argument
     // (empty prompt, bad sampling params, negative max_new_tokens) or std::out_of_range (token id
@@ -56,12 +62,10 @@ public:
     const GenerateStats& last_stats() const { return stats_; }
 
 private:
-    explicit Engine(std::pair<std::unique_ptr<Model>, double> loaded);
+    explicit Engine(std::pair<std::unique_ptr<Backend>, double> loaded);
     void check_ids(const std::vector<int32_t>& ids, const char* what) const;
 
-    std::unique_ptr<Model> model_;
-    Sampler sampler_;
-    std::vector<float> logits_;  // [vocab], the last position's
+    std::unique_ptr<Backend> backend_;
     GenerateStats stats_;
     double load_seconds_ = 0;
     int64_t n_past_ = 0;

@@ -228,8 +228,7 @@ void Model::allocate(const LoadOptions& opts) {
     sin_.assign(B * c.head_dim / 2, 0.0f);
     scores_.assign(static_cast<size_t>(pool_.size()) * ctx_, 0.0f);
     inv_freq_.resize(c.head_dim / 2);
-    for (int64_t i = 0; i < c.head_dim / 2; ++i)  // float64 then rounded, as bllama/model.py does
-        inv_freq_[i] = (1.0 / std::pow(static_cast<double>(c.rope_theta), 2.0 * i / c.head_dim));
+    for (int64_t i = 0; i < c.head_dim / 2; ++i) inv_freq_[i] = rope_inv_freq(c, i);
     // Size the activation buffers once at the largest batch so forward() never grows them.
     quantize_acts(xp_.data(), max_batch_, c.dim_in, qa_dim_, kernel_);
     quantize_acts(xp_.data(), max_batch_, c.ffn_in, qa_ffn_, kernel_);

@@ -3,6 +3,7 @@
 // single token (decode: GEMV path) and performs no allocation.
 #pragma once
 
+#include <cmath>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -24,12 +25,20 @@ enum class HeadType { F16, Q8 };
 const char* head_type_name(HeadType h);   // "f16" / "q8"
 HeadType parse_head_type(const std::string& s);  // throws std::invalid_argument
 
+enum class Device { Cpu, Cuda };
+
+// RoPE frequency of pair i: float64 then rounded once, as bllama/model.py does (every backend uses this).
+inline double rope_inv_freq(const ModelConfig& c, int64_t i) {
+    return 1.0 / std::pow(static_cast<double>(c.rope_theta), 2.0 * static_cast<double>(i) / static_cast<double>(c.head_dim));
+}
+
 struct LoadOptions {
     int threads = 0;          // <= 0: default_thread_count()
     int64_t max_context = 0;  // > 0: cap the KV cache below the file's context length
     int64_t max_batch = 64;   // tokens per prompt chunk (longer prompts run in several chunks)
     bool kv_f16 = false;      // fp16 KV cache: half the bytes at long contexts, ~1e-3 relative deviation
     HeadType head = HeadType::F16;  // LM head format (docs/engine.md, "LM head")
+    Device device = Device::Cpu;    // Engine: which backend runs the model
 };
 
 // One BitLinear: ternary codes with per-block scales, and the optional extra output scale tensor.
@@ -62,6 +71,14 @@ public:
     // writing it for the new ones. logits receives vocab floats for the last token, or n * vocab
     // (row per token) when all_logits. Throws std::out_of_range for bad ids / positions.
     void forward(const int32_t* tokens, int64_t n, int64_t pos, float* logits, bool all_logits);
+
+    // The loaded weights, for backends that copy them elsewhere (csrc/cuda).
+    const LayerWeights& layer(int64_t l) const { return layers_[static_cast<size_t>(l)]; }
+    const std::vector<float>& output_norm() const { return output_norm_; }
+    const uint16_t* embedding_f16() const { return embd_; }   // [V, D]
+    const uint16_t* head_f16() const { return head_; }        // [V, D]; null when the head is Q8
+    // Hands back the mapped file (its metadata stays readable) and frees everything else.
+    static GgufFile release_file(std::unique_ptr<Model> m) { return std::move(m->file_); }
 
     // Bytes a decode step at position pos reads: weights, head, one embedding row, the KV cache.
     double decode_bytes(int64_t pos) const;

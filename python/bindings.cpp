@@ -106,8 +106,10 @@ py::object metadata_value(const GgufFile& f, const GgufKV& kv) {
 class PyEngine {
 public:
     PyEngine(const std::string& path, std::optional<int> threads, std::optional<int64_t> context_length,
-             const std::string& kv_cache_dtype, const std::string& head) {
+             const std::string& kv_cache_dtype, const std::string& head, const std::string& device) {
         LoadOptions o;
+        if (device == "cuda") o.device = Device::Cuda;
+        else if (device != "cpu") throw std::invalid_argument("device must be 'cpu' or 'cuda', got '" + device + "'");
         o.head = parse_head_type(head);
         if (kv_cache_dtype == "float16") o.kv_f16 = true;
         else if (kv_cache_dtype != "float32")
@@ -143,12 +145,15 @@ public:
         d["tie_embeddings"] = c.tied;
         d["sub_norms"] = c.sub_norms;
         d["weight_type"] = ggml_type_name(c.weight_type);
-        d["kernel"] = kernel_name(engine_->model().kernel());
-        d["threads"] = engine_->model().threads();
-        d["weight_bytes"] = engine_->model().weight_bytes();
-        d["kv_cache_dtype"] = engine_->model().kv_f16() ? "float16" : "float32";
-        d["head"] = head_type_name(engine_->model().head_type());
-        d["head_bytes"] = engine_->model().head_bytes();
+        const BackendInfo info = engine_->info();
+        d["device"] = info.device;
+        d["device_name"] = info.device_name;
+        d["kernel"] = info.kernel;
+        d["threads"] = info.threads;
+        d["weight_bytes"] = info.weight_bytes;
+        d["kv_cache_dtype"] = info.kv_f16 ? "float16" : "float32";
+        d["head"] = info.head;
+        d["head_bytes"] = info.head_bytes;
         return d;
     }
 
@@ -233,7 +238,7 @@ public:
     }
 
     py::object metadata(const std::string& key) const {
-        const GgufFile& f = engine_->model().gguf();
+        const GgufFile& f = engine_->gguf();
         const GgufKV* kv = f.find(key);
         if (!kv) throw py::key_error("no metadata key '" + key + "'");
         return metadata_value(f, *kv);
@@ -241,7 +246,7 @@ public:
 
     py::list metadata_keys() const {
         py::list out;
-        for (const GgufKV& kv : engine_->model().gguf().kvs()) out.append(kv.key);
+        for (const GgufKV& kv : engine_->gguf().kvs()) out.append(kv.key);
         return out;
     }
 
@@ -284,16 +289,21 @@ PYBIND11_MODULE(_engine, m) {
         }
     });
 
+    m.def("cuda_compiled", &bllama::cuda_compiled, "True when this build has the CUDA backend.");
+    m.def("cuda_device_count", &bllama::cuda_device_count, "CUDA devices visible (0 without a driver or GPU).");
+    m.def("cuda_device_description", &bllama::cuda_device_description,
+          "The GPU's name and size, or why there is none.");
+
     py::class_<PyEngine>(m, "Engine")
         .def(py::init<const std::string&, std::optional<int>, std::optional<int64_t>, const std::string&,
-                      const std::string&>(),
+                      const std::string&, const std::string&>(),
              py::arg("path"), py::arg("threads") = py::none(), py::arg("context_length") = py::none(),
-             py::arg("kv_cache_dtype") = "float32", py::arg("head") = "f16",
+             py::arg("kv_cache_dtype") = "float32", py::arg("head") = "f16", py::arg("device") = "cpu",
              "Load a GGUF 'bitnet' model. threads=None: the physical cores this process may use. "
              "context_length=None: the file's; a smaller value caps the KV cache. kv_cache_dtype='float16' "
              "halves the cache (exact model function: 'float32'). head='q8' requantizes the LM head to int8 "
              "with per-row scales at load (half its bytes per token, ~1e-3 relative logit error); 'f16' "
-             "runs the file's head as is.")
+             "runs the file's head as is. device='cuda' runs on the GPU (csrc/cuda): weights stay packed there.")
         .def_property_readonly("config", &PyEngine::config)
         .def_property_readonly("vocab_size", &PyEngine::vocab_size)
         .def_property_readonly("context_length", &PyEngine::context_length)

@@ -56,7 +56,8 @@ def _model(seed=0, **kw):
     from bllama.model import Transformer
 
     torch.manual_seed(seed)
-    cfg = bLlamaConfig(vocab_size=320, seq_len=64, hidden_size=256, num_heads=4, num_layers=2, ffn_size=512, **kw)
+    shape = dict(vocab_size=320, seq_len=64, hidden_size=256, num_heads=4, num_layers=2, ffn_size=512)
+    cfg = bLlamaConfig(**{**shape, **kw})
     net = Transformer(cfg).eval()
     with torch.no_grad():
         # Engine-visible values: f16 embedding/head, non-trivial norms, larger embeddings.

@@ -21,7 +21,9 @@ const char* device_description() {
     const cudaError_t e = cudaGetDeviceCount(&n);
     if (e != cudaSuccess) {
         cudaGetLastError();
-        desc = std::string("no CUDA device: ") + cudaGetErrorString(e);
+        // Without any NVIDIA driver cudart reports "driver version is insufficient": say what it means.
+        desc = std::string("no CUDA device (no NVIDIA driver or GPU visible; cudaGetDeviceCount: ") +
+               cudaGetErrorString(e) + ")";
         return desc.c_str();
     }
     if (n == 0) return "no CUDA device";
@@ -31,7 +33,7 @@ const char* device_description() {
         cudaGetLastError();
         return "CUDA device properties unavailable";
     }
-    char buf[256];
+    char buf[512];
     std::snprintf(buf, sizeof buf, "%s, sm_%d%d, %d SMs, %.1f GiB", p.name, p.major, p.minor, p.multiProcessorCount,
                   p.totalGlobalMem / 1073741824.0);
     desc = buf;

@@ -222,7 +222,7 @@ static void test_kv_f16() {
     Engine e32(Model::load(GgufFile::from_bytes(g.build()), o));
     o.kv_f16 = true;
     Engine e16(Model::load(GgufFile::from_bytes(g.build()), o));
-    CHECK(e16.model().kv_f16() && !e32.model().kv_f16());
+    CHECK(e16.info().kv_f16 && !e32.info().kv_f16);
     const auto a = e32.logits(ids), b = e16.logits(ids);
     double err = 0, scale = 1;
     int same = 0;

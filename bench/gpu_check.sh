@@ -1,0 +1,104 @@
+#!/usr/bin/env bash
+# Everything CUDA in one call on a GPU machine: build (sm_90 + sm_80), the GPU tests (ctest, then pytest through
+# the Python module), the kernel and end-to-end benchmarks; a short table last. Logs and JSON go to $OUT (the
+# device tool's folder) or bench/results/gpu-<date>/.
+#
+#   bash bench/gpu_check.sh            # engine: build + tests + benchmarks (about 5 minutes on an H100)
+#   SECTIONS="build bench" bash bench/gpu_check.sh   # a subset: build ctest pytest bench
+#
+# The GPU machine has no network: the Python deps it lacks travel as wheels in .whl/ (see bench/NOTES-cuda.md),
+# installed into /tmp/site. Every section runs even if an earlier one failed; the exit status is the first
+# failure's.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+STAMP=$(date -u +%Y-%m-%d)
+RES=${OUT:-$ROOT/bench/results/gpu-$STAMP}
+mkdir -p "$RES"
+SECTIONS=${SECTIONS:-"build ctest pytest bench"}
+JOBS=$(nproc)
+BUILD=$ROOT/build/gpu
+status=0
+declare -A RESULT
+
+note() { echo; echo "== $*"; }
+run_section() {  # name, command...: logs to $RES/<name>.log, records pass/FAIL
+    local name=$1; shift
+    note "$name"
+    local t0=$SECONDS
+    if "$@" 2>&1 | tee "$RES/$name.log"; then RESULT[$name]="ok ($((SECONDS - t0)) s)"
+    else RESULT[$name]="FAIL ($((SECONDS - t0)) s, see $name.log)"; [ $status -eq 0 ] && status=1; fi
+}
+
+note "machine"
+nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.mem --format=csv | tee "$RES/machine.txt"
+nvcc --version | tail -1 | tee -a "$RES/machine.txt"
+python3 -c "import torch, sys; print('python', sys.version.split()[0], 'torch', torch.__version__)" | tee -a "$RES/machine.txt"
+
+if compgen -G ".whl/*.whl" >/dev/null; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+        && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+fi
+
+build() {
+    cmake -G Ninja -S . -B "$BUILD" -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES="90;80" \
+        -DBLLAMA_BUILD_PYTHON=ON -DPython_EXECUTABLE="$(command -v python3)" \
+        -DCMAKE_LIBRARY_OUTPUT_DIRECTORY="$ROOT/bllama" && cmake --build "$BUILD" -j "$JOBS"
+}
+[[ " $SECTIONS " == *" build "* ]] && run_section build build
+
+# ctest: the GPU kernel tests must pass, not skip (a skip here means the GPU was not seen).
+ctest_gpu() {
+    ctest --test-dir "$BUILD" --output-on-failure -j 4 || return 1
+    ! grep -q "Not Run\|Skipped" "$BUILD/Testing/Temporary/LastTest.log"
+}
+[[ " $SECTIONS " == *" ctest "* ]] && run_section ctest ctest_gpu
+
+# pytest through the module built above (bllama/_engine*.so); the GPU tests plus the engine suites they reuse.
+pytest_gpu() {
+    PYTHONPATH=$ROOT${PYTHONPATH:+:$PYTHONPATH} python3 -m pytest -q -x -rs tests/test_cuda.py -p no:cacheprovider
+}
+[[ " $SECTIONS " == *" pytest "* ]] && run_section pytest pytest_gpu
+
+bench() {
+    "$BUILD/bench_cuda_kernels" --json "$RES/kernels.jsonl" || return 1
+    "$BUILD/bench_cuda_decode" --shape 1.7b --prompt 512 --decode 128 --batch 1,4,16,64 --keep /tmp/bllama-1.7b.gguf \
+        --json "$RES/decode-1.7b.json" || return 1
+    "$BUILD/bench_cuda_decode" --shape 1.7b --prompt 512 --decode 128 --batch 1 --kv-f16 --keep /tmp/bllama-1.7b.gguf \
+        --json "$RES/decode-1.7b-kvf16.json" || return 1
+    # the same file through Runtime (Python, what users call)
+    PYTHONPATH=$ROOT${PYTHONPATH:+:$PYTHONPATH} python3 -m bllama.cli bench /tmp/bllama-1.7b.gguf --device cuda \
+        --prompt-tokens 512 --gen-tokens 128 --repeats 3 --json "$RES/runtime-1.7b.json"
+}
+[[ " $SECTIONS " == *" bench "* ]] && run_section bench bench
+
+note "summary ($(head -2 "$RES/machine.txt" | tail -1 | cut -d, -f1), $STAMP)"
+for k in build ctest pytest bench; do [ -n "${RESULT[$k]:-}" ] && printf "%-8s %s\n" "$k" "${RESULT[$k]}"; done
+python3 - "$RES" <<'EOF'
+import json, sys, pathlib
+res = pathlib.Path(sys.argv[1])
+def load(name):
+    p = res / name
+    return json.loads(p.read_text()) if p.exists() else None
+d = load("decode-1.7b.json")
+if d:
+    print(f"copy bandwidth {d['copy_GB_s']:.0f} GB/s; batch-1 floor {d['floor_tok_s']:.0f} tok/s")
+    print(f"{'1.7B':<28}{'tok/s':>10}  target")
+    print(f"{'prompt 512, mma':<28}{d['prompt_tok_s_mma']:>10.0f}  >= 50000")
+    if d['prompt_tok_s_cublaslt'] > 0:
+        print(f"{'prompt 512, cublaslt':<28}{d['prompt_tok_s_cublaslt']:>10.0f}  >= 50000")
+    for r in d["decode"]:
+        print(f"{'decode batch %d' % r['batch']:<28}{r['tok_s']:>10.0f}  {'>= 2000' if r['batch'] == 1 else ''}")
+    print(f"{'decode batch 1, no graph':<28}{d['decode_no_graph']['tok_s']:>10.0f}")
+kp = res / "kernels.jsonl"
+if kp.exists():
+    rows = [json.loads(l) for l in kp.read_text().splitlines() if l.strip()]
+    for r in rows:
+        if r["bench"] == "gemv" and r["model"] == "1.7b" and r["tokens"] == 1:
+            print(f"gemv 1.7b {r['matrix']:<8} 1 token: {r['gbps']:6.0f} GB/s = {r['pct_copy']:3.0f}% of copy "
+                  f"(target >= 70% on the FFN shapes)")
+        if r["bench"] == "summary" and r["model"] == "1.7b":
+            print(f"matmuls only, 1.7b, {r['what']} [{r['kernel']}]: {r['value']}")
+EOF
+echo "results in $RES"
+exit $status

@@ -1,0 +1,57 @@
+// What the decode loop (Engine) needs from a device: run a prompt and pick the first token, feed a token
+// and pick the next, and produce all logits of a sequence. The CPU backend wraps Model + Sampler; the
+// CUDA backend (csrc/cuda/cuda_backend.cu) keeps logits and sampling on the GPU, so only one token id
+// crosses to the host per step.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "config.h"
+#include "gguf.h"
+#include "model.h"
+#include "sampler.h"
+
+namespace bllama {
+
+// Facts for Runtime.config / stats.
+struct BackendInfo {
+    std::string device;       // "cpu" or "cuda"
+    std::string device_name;  // CPU kernel family or the GPU's description
+    std::string kernel;       // ternary kernel family in use
+    int threads = 0;          // CPU threads (0 on the GPU)
+    size_t weight_bytes = 0;  // ternary weights as held in memory
+    bool kv_f16 = false;
+    std::string head;         // "f16" / "q8"
+    size_t head_bytes = 0;
+};
+
+class Backend {
+public:
+    virtual ~Backend() = default;
+    virtual const ModelConfig& config() const = 0;
+    virtual const GgufFile& gguf() const = 0;
+    virtual int64_t context() const = 0;
+    virtual BackendInfo info() const = 0;
+
+    // Starts a sequence: resets sampling to `params` (already validated), marks the prompt tokens as seen,
+    // runs the prompt at positions 0 .. n-1 and returns the first sampled token.
+    virtual int32_t prefill(const std::vector<int32_t>& prompt, const SamplingParams& params) = 0;
+    // Marks `token` seen, runs it at position `pos` and returns the next sampled token.
+    virtual int32_t decode(int32_t token, int64_t pos) = 0;
+    // Logits [n, vocab] for ids at positions 0 .. n-1, from an empty cache.
+    virtual void logits(const int32_t* ids, int64_t n, float* out) = 0;
+};
+
+// The CPU backend over a loaded Model.
+std::unique_ptr<Backend> make_cpu_backend(std::unique_ptr<Model> model);
+// The CUDA backend; throws std::runtime_error naming the reason when this build has no CUDA or no GPU is
+// present, ModelError when the file cannot run on the GPU.
+std::unique_ptr<Backend> make_cuda_backend(const std::string& path, const LoadOptions& opts);
+bool cuda_compiled();              // this build has the CUDA backend
+int cuda_device_count();           // 0 without a driver or GPU (or without CUDA in the build)
+std::string cuda_device_description();
+
+}  // namespace bllama

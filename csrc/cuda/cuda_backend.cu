@@ -1,0 +1,80 @@
+// The Engine's CUDA backend: one sequence in slot 0 of a CudaModel. Logits and sampling stay on the GPU;
+// a decode step is one graph replay and one 4-byte copy.
+#include <memory>
+#include <stdexcept>
+#include <string>
+
+#include "backend.h"
+#include "cuda/cuda_model.h"
+
+namespace bllama {
+
+namespace {
+
+class CudaBackend final : public Backend {
+public:
+    CudaBackend(std::unique_ptr<cuda::CudaModel> m, GgufFile file)
+        : model_(std::move(m)), file_(std::move(file)) {}
+
+    const ModelConfig& config() const override { return model_->config(); }
+    const GgufFile& gguf() const override { return file_; }
+    int64_t context() const override { return model_->context(); }
+    BackendInfo info() const override {
+        BackendInfo i;
+        i.device = "cuda";
+        i.device_name = cuda::device_description();
+        i.kernel = std::string("dp4a gemv + ") + cuda::prompt_gemm_name(model_->options().gemm) + " gemm";
+        i.weight_bytes = model_->weight_bytes();
+        i.kv_f16 = model_->options().kv_f16;
+        i.head = "f16";
+        i.head_bytes = model_->head_bytes();
+        return i;
+    }
+
+    int32_t prefill(const std::vector<int32_t>& prompt, const SamplingParams& params) override {
+        const int64_t n = static_cast<int64_t>(prompt.size());
+        model_->begin_sequence(0, prompt, params);
+        model_->prefill(0, prompt.data(), n, 0, nullptr);
+        return model_->sample_after_prefill(0, n);
+    }
+    int32_t decode(int32_t token, int64_t pos) override {
+        // The graph feeds the token it sampled; a caller's own token is uploaded first.
+        if (token != model_->pending_token(0) || pos != model_->pending_pos(0)) model_->set_pending(0, token, pos);
+        int32_t next = 0;
+        model_->decode_step(1, &next);
+        return next;
+    }
+    void logits(const int32_t* ids, int64_t n, float* out) override { model_->prefill(0, ids, n, 0, out); }
+
+private:
+    std::unique_ptr<cuda::CudaModel> model_;
+    GgufFile file_;
+};
+
+}  // namespace
+
+bool cuda_compiled() { return true; }
+int cuda_device_count() { return cuda::device_count(); }
+std::string cuda_device_description() { return cuda::device_description(); }
+
+std::unique_ptr<Backend> make_cuda_backend(const std::string& path, const LoadOptions& opts) {
+    if (cuda::device_count() == 0) throw std::runtime_error(std::string("device='cuda': ") + cuda::device_description());
+    if (opts.head != HeadType::F16)
+        throw std::invalid_argument("head='" + std::string(head_type_name(opts.head)) +
+                                    "' is a CPU option; the CUDA backend runs the file's f16 head");
+    // The CPU loader validates the file and decodes TQ2_0/TQ1_0; its tiny cache and scratch are freed
+    // with it once the weights are on the GPU.
+    LoadOptions cpu = opts;
+    cpu.device = Device::Cpu;
+    cpu.max_context = 1;
+    cpu.max_batch = 1;
+    std::unique_ptr<Model> m = Model::load(path, cpu);
+    cuda::CudaOptions co;
+    co.max_context = opts.max_context;
+    co.kv_f16 = opts.kv_f16;
+    co = cuda::cuda_options_from_env(co);
+    auto gpu = std::make_unique<cuda::CudaModel>(*m, co);
+    return std::make_unique<CudaBackend>(std::move(gpu), Model::release_file(std::move(m)));
+}
+
+}  // namespace bllama

@@ -1,0 +1,445 @@
+#include "cuda/cuda_model.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <stdexcept>
+#include <string>
+
+#include "ternary_rows.h"
+
+namespace bllama {
+namespace cuda {
+
+const char* prompt_gemm_name(PromptGemm g) { return g == PromptGemm::CublasLt ? "cublaslt" : "mma"; }
+
+CudaOptions cuda_options_from_env(CudaOptions o) {
+    if (const char* g = std::getenv("BLLAMA_CUDA_GEMM")) {
+        const std::string s = g;
+        if (s == "cublaslt") o.gemm = PromptGemm::CublasLt;
+        else if (s == "mma") o.gemm = PromptGemm::Mma;
+        else throw std::invalid_argument("BLLAMA_CUDA_GEMM must be 'mma' or 'cublaslt', got '" + s + "'");
+    }
+    if (const char* g = std::getenv("BLLAMA_CUDA_GRAPHS")) o.graphs = std::string(g) != "0";
+    return o;
+}
+
+namespace {
+
+// Small kernels that glue a decode step together (everything else is in kernels.cuh).
+
+// Start of a step: the pending token of each slot joins its seen set (the CPU Sampler's observe()).
+__global__ void mark_seen_kernel(const int32_t* tokens, uint8_t* seen, int V, int B) {
+    const int b = blockIdx.x * blockDim.x + threadIdx.x;
+    if (b < B) seen[static_cast<int64_t>(b) * V + tokens[b]] = 1;
+}
+
+// End of a step: every slot moves one position on (its next input is the token just sampled).
+__global__ void advance_kernel(int32_t* pos, int B) {
+    const int b = blockIdx.x * blockDim.x + threadIdx.x;
+    if (b < B) pos[b] += 1;
+}
+
+// Prompt chunk bookkeeping: pos[t] = pos0 + t, slot[t] = slot.
+__global__ void fill_positions_kernel(int32_t* pos, int32_t* slot_ids, int n, int pos0, int slot) {
+    const int t = blockIdx.x * blockDim.x + threadIdx.x;
+    if (t < n) {
+        pos[t] = pos0 + t;
+        slot_ids[t] = slot;
+    }
+}
+
+DevTernary stacked(const uint32_t* words, std::initializer_list<const TernaryRows*> parts,
+                   std::initializer_list<const BitLinear*> lin) {
+    DevTernary d;
+    d.words = words;
+    d.cols = static_cast<int>((*parts.begin())->cols);
+    d.n_seg = static_cast<int>(parts.size());
+    int i = 0, end = 0;
+    auto li = lin.begin();
+    for (const TernaryRows* p : parts) {
+        end += static_cast<int>(p->rows);
+        d.seg_end[i] = end;
+        d.seg_scale[i] = p->scale;
+        d.seg_out_scale[i] = (*li)->has_out_scale ? (*li)->out_scale : 1.0f;
+        ++i;
+        ++li;
+    }
+    d.rows = end;
+    return d;
+}
+
+}  // namespace
+
+CudaModel::CudaModel(const Model& cpu, const CudaOptions& opts) : cfg_(cpu.config()), opts_(opts) {
+    if (cuda::device_count() == 0) throw std::runtime_error(std::string("device='cuda': ") + device_description());
+    if (!cpu.head_f16())
+        throw ModelError("the CUDA backend runs the f16 LM head only (head='q8' is a CPU option)");
+    if (opts_.slots < 1 || opts_.slots > 256) throw std::invalid_argument("CUDA slots must be in [1, 256]");
+    if (opts_.max_batch < 1) throw std::invalid_argument("CUDA max_batch must be positive");
+    if (cfg_.head_dim % 2 || cfg_.head_dim > 256)
+        throw ModelError("the CUDA backend needs an even head_dim <= 256, got " + std::to_string(cfg_.head_dim));
+    ctx_ = opts_.max_context > 0 ? std::min<int64_t>(opts_.max_context, cfg_.context) : cfg_.context;
+    if (opts_.gemm == PromptGemm::CublasLt && !CublasLtGemm::available())
+        throw std::runtime_error("BLLAMA_CUDA_GEMM=cublaslt: cuBLASLt could not be loaded (libcublasLt.so.13; set "
+                                 "BLLAMA_CUBLASLT to its path) or this build had no cublasLt.h");
+    upload(cpu);
+    allocate();
+}
+
+CudaModel::~CudaModel() {
+    graphs_.clear();
+    if (h_tokens_) cudaFreeHost(h_tokens_);
+}
+
+void CudaModel::upload(const Model& cpu) {
+    const ModelConfig& c = cfg_;
+    const int64_t L = c.n_layers;
+    // Sizes first: one allocation for every matrix, one for every norm.
+    auto words_of = [](const BitLinear& b) { return static_cast<size_t>(b.w.rows() * (b.w.cols() / 16)); };
+    size_t total_words = 0;
+    for (int64_t l = 0; l < L; ++l) {
+        const LayerWeights& w = cpu.layer(l);
+        for (const BitLinear* b : {&w.q, &w.k, &w.v, &w.o, &w.gate, &w.up, &w.down}) total_words += words_of(*b);
+    }
+    words_ = DeviceBuffer<uint32_t>(total_words);
+    weight_bytes_ = total_words * 4;
+    const size_t norms_per_layer = static_cast<size_t>(2 * c.dim + (c.sub_norms ? c.dim + c.ffn : 0));
+    norms_ = DeviceBuffer<float>(static_cast<size_t>(L) * norms_per_layer + static_cast<size_t>(c.dim));
+
+    size_t wpos = 0, npos = 0;
+    auto put_words = [&](const TernaryRows& t) {
+        CUDA_CHECK(cudaMemcpy(words_.get() + wpos, t.words.data(), t.words.size() * 4, cudaMemcpyHostToDevice));
+        wpos += t.words.size();
+    };
+    auto put_norm = [&](const std::vector<float>& v) -> const float* {
+        float* dst = norms_.get() + npos;
+        CUDA_CHECK(cudaMemcpy(dst, v.data(), v.size() * 4, cudaMemcpyHostToDevice));
+        npos += v.size();
+        return dst;
+    };
+    layers_.resize(static_cast<size_t>(L));
+    for (int64_t l = 0; l < L; ++l) {
+        const LayerWeights& w = cpu.layer(l);
+        Layer& g = layers_[static_cast<size_t>(l)];
+        const std::string p = "blk." + std::to_string(l) + ".";
+        // Converted and uploaded a stack at a time, so host memory holds at most one layer's copy.
+        {
+            const TernaryRows q = ternary_rows_from_matrix(w.q.w, (p + "attn_q.weight").c_str());
+            const TernaryRows k = ternary_rows_from_matrix(w.k.w, (p + "attn_k.weight").c_str());
+            const TernaryRows v = ternary_rows_from_matrix(w.v.w, (p + "attn_v.weight").c_str());
+            g.qkv = stacked(words_.get() + wpos, {&q, &k, &v}, {&w.q, &w.k, &w.v});
+            put_words(q), put_words(k), put_words(v);
+        }
+        {
+            const TernaryRows o = ternary_rows_from_matrix(w.o.w, (p + "attn_output.weight").c_str());
+            g.o = stacked(words_.get() + wpos, {&o}, {&w.o});
+            put_words(o);
+        }
+        {
+            const TernaryRows ga = ternary_rows_from_matrix(w.gate.w, (p + "ffn_gate.weight").c_str());
+            const TernaryRows up = ternary_rows_from_matrix(w.up.w, (p + "ffn_up.weight").c_str());
+            g.gate_up = stacked(words_.get() + wpos, {&ga, &up}, {&w.gate, &w.up});
+            put_words(ga), put_words(up);
+        }
+        {
+            const TernaryRows d = ternary_rows_from_matrix(w.down.w, (p + "ffn_down.weight").c_str());
+            g.down = stacked(words_.get() + wpos, {&d}, {&w.down});
+            put_words(d);
+        }
+        g.attn_norm = put_norm(w.attn_norm);
+        g.ffn_norm = put_norm(w.ffn_norm);
+        g.attn_sub_norm = c.sub_norms ? put_norm(w.attn_sub_norm) : nullptr;
+        g.ffn_sub_norm = c.sub_norms ? put_norm(w.ffn_sub_norm) : nullptr;
+    }
+    output_norm_ = put_norm(cpu.output_norm());
+    qkv_rows_ = static_cast<int>(c.dim + 2 * c.kv_dim());
+
+    const size_t table = static_cast<size_t>(c.vocab * c.dim);
+    embd_ = DeviceBuffer<__half>(table);
+    CUDA_CHECK(cudaMemcpy(embd_.get(), cpu.embedding_f16(), table * 2, cudaMemcpyHostToDevice));
+    if (cpu.head_f16() == cpu.embedding_f16()) {
+        head_ = embd_.get();
+    } else {
+        head_owned_ = DeviceBuffer<__half>(table);
+        CUDA_CHECK(cudaMemcpy(head_owned_.get(), cpu.head_f16(), table * 2, cudaMemcpyHostToDevice));
+        head_ = head_owned_.get();
+    }
+
+    // RoPE tables exactly as the CPU builds them (float64 angle, fp32 cos/sin), for every position.
+    const int64_t half = c.head_dim / 2;
+    std::vector<float> cs(static_cast<size_t>(ctx_ * half)), sn(cs.size());
+    for (int64_t i = 0; i < half; ++i) {
+        const double inv_freq = rope_inv_freq(c, i);
+        for (int64_t p = 0; p < ctx_; ++p) {
+            const double a = static_cast<double>(p) * inv_freq;
+            cs[static_cast<size_t>(p * half + i)] = static_cast<float>(std::cos(a));
+            sn[static_cast<size_t>(p * half + i)] = static_cast<float>(std::sin(a));
+        }
+    }
+    cos_ = DeviceBuffer<float>(cs.size());
+    sin_ = DeviceBuffer<float>(sn.size());
+    CUDA_CHECK(cudaMemcpy(cos_.get(), cs.data(), cs.size() * 4, cudaMemcpyHostToDevice));
+    CUDA_CHECK(cudaMemcpy(sin_.get(), sn.data(), sn.size() * 4, cudaMemcpyHostToDevice));
+}
+
+void CudaModel::allocate() {
+    const ModelConfig& c = cfg_;
+    const int S = opts_.slots;
+    M_ = std::max(opts_.max_batch, S);
+    logit_rows_ = std::max(S, 64);  // all-logits requests run the head 64 rows at a time
+    const size_t M = static_cast<size_t>(M_);
+
+    kv_.f16 = opts_.kv_f16;
+    kv_.n_layers = static_cast<int>(c.n_layers);
+    kv_.ctx = static_cast<int>(ctx_);
+    kv_.kv_dim = static_cast<int>(c.kv_dim());
+    const size_t kv_elems = static_cast<size_t>(S) * c.n_layers * ctx_ * c.kv_dim();
+    if (kv_.f16) {
+        k16_ = DeviceBuffer<__half>(kv_elems);
+        v16_ = DeviceBuffer<__half>(kv_elems);
+        kv_.k = k16_.get();
+        kv_.v = v16_.get();
+    } else {
+        k32_ = DeviceBuffer<float>(kv_elems);
+        v32_ = DeviceBuffer<float>(kv_elems);
+        kv_.k = k32_.get();
+        kv_.v = v32_.get();
+    }
+
+    tok_buf_ = DeviceBuffer<int32_t>(M);
+    pos_buf_ = DeviceBuffer<int32_t>(M);
+    slot_buf_ = DeviceBuffer<int32_t>(M);
+    x_ = DeviceBuffer<float>(M * c.dim);
+    qkv_ = DeviceBuffer<float>(M * qkv_rows_);
+    att_ = DeviceBuffer<float>(M * c.dim);
+    gate_ = DeviceBuffer<float>(M * c.ffn);
+    xn_ = DeviceBuffer<float>(M * c.dim);
+    logits_ = DeviceBuffer<float>(static_cast<size_t>(logit_rows_) * c.vocab);
+    const size_t attn_ws = attention_decode_workspace_floats(S, static_cast<int>(c.n_heads), static_cast<int>(c.head_dim));
+    attn_ws_ = DeviceBuffer<float>(std::max<size_t>(1, attn_ws));
+    const size_t cols = static_cast<size_t>(std::max(c.dim_in, c.ffn_in));
+    act_q_ = DeviceBuffer<int8_t>(M * cols);
+    act_scale_ = DeviceBuffer<float>(M);
+    act_sum_ = DeviceBuffer<int32_t>(M);
+    if (opts_.gemm == PromptGemm::CublasLt)
+        cublaslt_ = std::make_unique<CublasLtGemm>(static_cast<int>(std::max(2 * c.ffn, static_cast<int64_t>(qkv_rows_))),
+                                                   static_cast<int>(cols), M_);
+
+    d_tokens_ = DeviceBuffer<int32_t>(static_cast<size_t>(S));
+    d_pos_ = DeviceBuffer<int32_t>(static_cast<size_t>(S));
+    d_slots_ = DeviceBuffer<int32_t>(static_cast<size_t>(S));
+    std::vector<int32_t> ids(static_cast<size_t>(S)), zeros(static_cast<size_t>(S), 0);
+    for (int s = 0; s < S; ++s) ids[static_cast<size_t>(s)] = s;
+    d_slots_.upload(ids.data(), ids.size(), stream_.get());
+    d_tokens_.upload(zeros.data(), zeros.size(), stream_.get());
+    d_pos_.upload(zeros.data(), zeros.size(), stream_.get());
+    d_seen_ = DeviceBuffer<uint8_t>(static_cast<size_t>(S) * c.vocab);
+    CUDA_CHECK(cudaMemsetAsync(d_seen_.get(), 0, d_seen_.bytes(), stream_.get()));
+    d_step_ = DeviceBuffer<uint64_t>(1);
+    CUDA_CHECK(cudaMemsetAsync(d_step_.get(), 0, 8, stream_.get()));
+    sample_ws_ = DeviceBuffer<uint8_t>(std::max<size_t>(1, sample_workspace_bytes(S, static_cast<int>(c.vocab))));
+    pending_tok_.assign(static_cast<size_t>(S), 0);
+    pending_pos_.assign(static_cast<size_t>(S), 0);
+    CUDA_CHECK(cudaMallocHost(reinterpret_cast<void**>(&h_tokens_), static_cast<size_t>(S) * sizeof(int32_t)));
+    stream_.sync();
+}
+
+size_t CudaModel::head_bytes() const { return static_cast<size_t>(cfg_.vocab * cfg_.dim * 2); }
+
+size_t CudaModel::device_bytes() const {
+    return words_.bytes() + norms_.bytes() + embd_.bytes() + head_owned_.bytes() + cos_.bytes() + sin_.bytes() +
+           k32_.bytes() + v32_.bytes() + k16_.bytes() + v16_.bytes() + tok_buf_.bytes() + pos_buf_.bytes() +
+           slot_buf_.bytes() + x_.bytes() + qkv_.bytes() + att_.bytes() + gate_.bytes() + xn_.bytes() +
+           logits_.bytes() + attn_ws_.bytes() + act_q_.bytes() + act_scale_.bytes() + act_sum_.bytes() +
+           d_seen_.bytes() + sample_ws_.bytes();
+}
+
+void CudaModel::check_slot(int slot) const {
+    if (slot < 0 || slot >= opts_.slots)
+        throw std::out_of_range("slot " + std::to_string(slot) + " is out of range [0, " + std::to_string(opts_.slots) + ")");
+}
+
+void CudaModel::matmul(const DevTernary& w, int n, float* y, int ldy, Epilogue ep) {
+    const DevActs a{act_q_.get(), act_scale_.get(), act_sum_.get(), w.cols};
+    if (n <= kGemvMaxTokens) ternary_gemv(w, a, n, y, ldy, ep, stream_.get());
+    else if (cublaslt_) cublaslt_->run(w, a, n, y, ldy, ep, stream_.get());
+    else ternary_gemm_mma(w, a, n, y, ldy, ep, stream_.get());
+}
+
+void CudaModel::layers(int n, const int32_t* d_pos, const int32_t* d_slot, bool prompt, int pos0, int slot) {
+    const ModelConfig& c = cfg_;
+    const int D = static_cast<int>(c.dim), F = static_cast<int>(c.ffn), H = static_cast<int>(c.n_heads);
+    const int Hkv = static_cast<int>(c.n_kv_heads), hd = static_cast<int>(c.head_dim);
+    const float eps = c.rms_eps;
+    cudaStream_t s = stream_.get();
+    auto acts = [&](int cols) { return DevActs{act_q_.get(), act_scale_.get(), act_sum_.get(), cols}; };
+    const Epilogue glu = c.activation == Activation::Relu2 ? Epilogue::GluRelu2 : Epilogue::GluSilu;
+
+    for (int l = 0; l < static_cast<int>(c.n_layers); ++l) {
+        const Layer& L = layers_[static_cast<size_t>(l)];
+        rmsnorm_quant(x_.get(), D, L.attn_norm, n, D, eps, acts(L.qkv.cols), s);
+        matmul(L.qkv, n, qkv_.get(), qkv_rows_, Epilogue::Store);
+        rope_kv_write(qkv_.get(), qkv_rows_, n, d_pos, d_slot, l, H, Hkv, hd, cos_.get(), sin_.get(), kv_, s);
+        if (prompt)
+            attention_prefill(qkv_.get(), qkv_rows_, n, pos0, slot, l, H, Hkv, hd, kv_, att_.get(), D, s);
+        else
+            attention_decode(qkv_.get(), qkv_rows_, n, d_pos, d_slot, l, H, Hkv, hd, kv_, att_.get(), D, attn_ws_.get(), s);
+        rmsnorm_quant(att_.get(), D, L.attn_sub_norm, n, D, eps, acts(L.o.cols), s);
+        matmul(L.o, n, x_.get(), D, Epilogue::AddTo);
+
+        rmsnorm_quant(x_.get(), D, L.ffn_norm, n, D, eps, acts(L.gate_up.cols), s);
+        matmul(L.gate_up, n, gate_.get(), F, glu);
+        rmsnorm_quant(gate_.get(), F, L.ffn_sub_norm, n, F, eps, acts(L.down.cols), s);
+        matmul(L.down, n, x_.get(), D, Epilogue::AddTo);
+    }
+}
+
+void CudaModel::head(int row0, int n) {
+    const int D = static_cast<int>(cfg_.dim);
+    rmsnorm(x_.get() + static_cast<size_t>(row0) * D, D, output_norm_, n, D, cfg_.rms_eps, xn_.get(), D, stream_.get());
+    head_f16(head_, static_cast<int>(cfg_.vocab), D, xn_.get(), n, logits_.get(), stream_.get());
+}
+
+void CudaModel::prefill(int slot, const int32_t* tokens, int64_t n, int64_t pos0, float* host_logits) {
+    check_slot(slot);
+    if (n <= 0) throw std::invalid_argument("prefill: no tokens");
+    if (pos0 < 0 || pos0 > ctx_ || n > ctx_ - pos0)
+        throw std::out_of_range("prefill: positions " + std::to_string(pos0) + ".." + std::to_string(pos0 + n - 1) +
+                                " exceed the context length " + std::to_string(ctx_));
+    for (int64_t i = 0; i < n; ++i)
+        if (tokens[i] < 0 || tokens[i] >= cfg_.vocab)
+            throw std::out_of_range("token id " + std::to_string(tokens[i]) + " at index " + std::to_string(i) +
+                                    " is out of range [0, " + std::to_string(cfg_.vocab) + ")");
+    cudaStream_t s = stream_.get();
+    const int V = static_cast<int>(cfg_.vocab), D = static_cast<int>(cfg_.dim);
+    for (int64_t c0 = 0; c0 < n; c0 += opts_.max_batch) {
+        const int m = static_cast<int>(std::min<int64_t>(opts_.max_batch, n - c0));
+        const int p0 = static_cast<int>(pos0 + c0);
+        tok_buf_.upload(tokens + c0, static_cast<size_t>(m), s);
+        fill_positions_kernel<<<(m + 255) / 256, 256, 0, s>>>(pos_buf_.get(), slot_buf_.get(), m, p0, slot);
+        CUDA_CHECK_LAUNCH();
+        embed(embd_.get(), D, tok_buf_.get(), m, x_.get(), s);
+        layers(m, pos_buf_.get(), slot_buf_.get(), /*prompt=*/true, p0, slot);
+        if (host_logits) {
+            for (int r = 0; r < m; r += logit_rows_) {
+                const int k = std::min(logit_rows_, m - r);
+                head(r, k);
+                CUDA_CHECK(cudaMemcpyAsync(host_logits + (c0 + r) * V, logits_.get(), static_cast<size_t>(k) * V * 4,
+                                           cudaMemcpyDeviceToHost, s));
+                stream_.sync();  // logits_ is reused by the next rows
+            }
+        } else if (c0 + m == n) {
+            head(m - 1, 1);  // the last token's logits stay on the device for sampling
+        }
+    }
+    stream_.sync();
+}
+
+void CudaModel::begin_sequence(int slot, const std::vector<int32_t>& seen, const SamplingParams& p) {
+    check_slot(slot);
+    DevSampling d;
+    d.greedy = !p.do_sample || p.temperature <= 0.0f;
+    d.temperature = p.temperature;
+    d.top_k = p.top_k;
+    d.top_p = p.top_p;
+    d.repetition_penalty = p.repetition_penalty;
+    d.seed = p.seed;
+    const bool same = d.greedy == sampling_.greedy && d.temperature == sampling_.temperature &&
+                      d.top_k == sampling_.top_k && d.top_p == sampling_.top_p &&
+                      d.repetition_penalty == sampling_.repetition_penalty && d.seed == sampling_.seed;
+    if (!same) graphs_.clear();  // the parameters are baked into the captured sample() launch
+    sampling_ = d;
+    const int V = static_cast<int>(cfg_.vocab);
+    std::vector<uint8_t> mask(static_cast<size_t>(V), 0);
+    for (int32_t t : seen)
+        if (t >= 0 && t < V) mask[static_cast<size_t>(t)] = 1;
+    CUDA_CHECK(cudaMemcpyAsync(d_seen_.get() + static_cast<size_t>(slot) * V, mask.data(), mask.size(),
+                               cudaMemcpyHostToDevice, stream_.get()));
+    CUDA_CHECK(cudaMemsetAsync(d_step_.get(), 0, 8, stream_.get()));
+    stream_.sync();  // mask is a host temporary
+}
+
+int32_t CudaModel::sample_after_prefill(int slot, int64_t pos) {
+    check_slot(slot);
+    cudaStream_t s = stream_.get();
+    const int V = static_cast<int>(cfg_.vocab);
+    sample(logits_.get(), V, 1, sampling_, d_seen_.get() + static_cast<size_t>(slot) * V, d_step_.get(),
+           d_tokens_.get() + slot, sample_ws_.get(), s);
+    const int32_t p = static_cast<int32_t>(pos);
+    CUDA_CHECK(cudaMemcpyAsync(d_pos_.get() + slot, &p, 4, cudaMemcpyHostToDevice, s));
+    CUDA_CHECK(cudaMemcpyAsync(h_tokens_ + slot, d_tokens_.get() + slot, 4, cudaMemcpyDeviceToHost, s));
+    stream_.sync();
+    pending_tok_[static_cast<size_t>(slot)] = h_tokens_[slot];
+    pending_pos_[static_cast<size_t>(slot)] = pos;
+    return h_tokens_[slot];
+}
+
+void CudaModel::set_pending(int slot, int32_t token, int64_t pos) {
+    check_slot(slot);
+    if (token < 0 || token >= cfg_.vocab) throw std::out_of_range("token id " + std::to_string(token) + " is out of range");
+    const int32_t p = static_cast<int32_t>(pos);
+    CUDA_CHECK(cudaMemcpyAsync(d_tokens_.get() + slot, &token, 4, cudaMemcpyHostToDevice, stream_.get()));
+    CUDA_CHECK(cudaMemcpyAsync(d_pos_.get() + slot, &p, 4, cudaMemcpyHostToDevice, stream_.get()));
+    stream_.sync();
+    pending_tok_[static_cast<size_t>(slot)] = token;
+    pending_pos_[static_cast<size_t>(slot)] = pos;
+}
+
+void CudaModel::record_decode_step(int B) {
+    cudaStream_t s = stream_.get();
+    const int V = static_cast<int>(cfg_.vocab), D = static_cast<int>(cfg_.dim);
+    mark_seen_kernel<<<(B + 127) / 128, 128, 0, s>>>(d_tokens_.get(), d_seen_.get(), V, B);
+    CUDA_CHECK_LAUNCH();
+    embed(embd_.get(), D, d_tokens_.get(), B, x_.get(), s);
+    layers(B, d_pos_.get(), d_slots_.get(), /*prompt=*/false, 0, 0);
+    head(0, B);
+    sample(logits_.get(), V, B, sampling_, d_seen_.get(), d_step_.get(), d_tokens_.get(), sample_ws_.get(), s);
+    advance_kernel<<<(B + 127) / 128, 128, 0, s>>>(d_pos_.get(), B);
+    CUDA_CHECK_LAUNCH();
+    CUDA_CHECK(cudaMemcpyAsync(h_tokens_, d_tokens_.get(), static_cast<size_t>(B) * 4, cudaMemcpyDeviceToHost, s));
+}
+
+void CudaModel::decode_step(int B, int32_t* out) {
+    if (B < 1 || B > opts_.slots)
+        throw std::out_of_range("decode batch " + std::to_string(B) + " is out of range [1, " + std::to_string(opts_.slots) + "]");
+    for (int b = 0; b < B; ++b)
+        if (pending_pos_[static_cast<size_t>(b)] >= ctx_)
+            throw std::out_of_range("slot " + std::to_string(b) + " is at position " +
+                                    std::to_string(pending_pos_[static_cast<size_t>(b)]) + ", past the context length " +
+                                    std::to_string(ctx_));
+    cudaStream_t s = stream_.get();
+    if (!opts_.graphs) {
+        record_decode_step(B);
+    } else {
+        auto it = graphs_.find(B);
+        if (it == graphs_.end()) {
+            cudaGraph_t graph = nullptr;
+            CUDA_CHECK(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal));
+            try {
+                record_decode_step(B);
+            } catch (...) {
+                cudaStreamEndCapture(s, &graph);
+                if (graph) cudaGraphDestroy(graph);
+                throw;
+            }
+            CUDA_CHECK(cudaStreamEndCapture(s, &graph));
+            cudaGraphExec_t exec = nullptr;
+            const cudaError_t e = cudaGraphInstantiate(&exec, graph, 0);
+            cudaGraphDestroy(graph);
+            CUDA_CHECK(e);
+            it = graphs_.emplace(B, GraphExec(exec)).first;
+        }
+        CUDA_CHECK(cudaGraphLaunch(it->second.get(), s));
+    }
+    stream_.sync();
+    for (int b = 0; b < B; ++b) {
+        out[b] = h_tokens_[b];
+        pending_tok_[static_cast<size_t>(b)] = h_tokens_[b];
+        pending_pos_[static_cast<size_t>(b)] += 1;
+    }
+}
+
+}  // namespace cuda
+}  // namespace bllama
