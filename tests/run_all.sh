@@ -19,7 +19,8 @@ cmake --build build/release -j "$JOBS"
 if command -v nvcc >/dev/null; then
   # The CUDA build must really have happened: a silently CPU-only build would hide broken GPU code.
   test -x build/release/bench_cuda_decode || { echo "nvcc is present but the CUDA backend was not built"; exit 1; }
-  echo "   (CUDA backend compiled with $(nvcc --version | tail -1 | cut -d, -f2 | xargs), sm_80 + sm_90)"
+  echo "   (CUDA backend compiled by nvcc $(nvcc --version | sed -n 's/.*release \([0-9.]*\).*/\1/p') for sm_80 + sm_90;" \
+       "cuBLASLt path: $(grep -q 'BLLAMA_CUBLASLT_INCLUDE:PATH=/' build/release/CMakeCache.txt && echo yes || echo no))"
 fi
 ctest --test-dir build/release --output-on-failure
 
