@@ -242,8 +242,10 @@ void CudaModel::allocate() {
     sample_ws_ = DeviceBuffer<uint8_t>(std::max<size_t>(1, sample_workspace_bytes(S, static_cast<int>(c.vocab))));
     pending_tok_.assign(static_cast<size_t>(S), 0);
     pending_pos_.assign(static_cast<size_t>(S), 0);
+    // upload() used plain cudaMemcpy (legacy default stream). From pageable memory it may return before its
+    // DMA has landed, and stream_ (non-blocking) does not wait for the legacy stream: wait for the device.
+    CUDA_CHECK(cudaDeviceSynchronize());
     CUDA_CHECK(cudaMallocHost(reinterpret_cast<void**>(&h_tokens_), static_cast<size_t>(S) * sizeof(int32_t)));
-    stream_.sync();
 }
 
 size_t CudaModel::head_bytes() const { return static_cast<size_t>(cfg_.vocab * cfg_.dim * 2); }
@@ -328,6 +330,9 @@ void CudaModel::prefill(int slot, const int32_t* tokens, int64_t n, int64_t pos0
                 head(r, k);
                 CUDA_CHECK(cudaMemcpyAsync(host_logits + (c0 + r) * V, logits_.get(), static_cast<size_t>(k) * V * 4,
                                            cudaMemcpyDeviceToHost, s));
+                if (c0 + m == n && r + k == m && k > 1)  // the last token's logits to row 0 (sample_after_prefill)
+                    CUDA_CHECK(cudaMemcpyAsync(logits_.get(), logits_.get() + static_cast<size_t>(k - 1) * V,
+                                               static_cast<size_t>(V) * 4, cudaMemcpyDeviceToDevice, s));
                 stream_.sync();  // logits_ is reused by the next rows
             }
         } else if (c0 + m == n) {
