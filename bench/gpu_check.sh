@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# Everything CUDA in one call on a GPU machine: build (sm_90 + sm_80), the GPU tests (ctest, then pytest through
+# Everything CUDA in one call on a GPU machine: build (sm_90; CUDA_ARCHS=80 for an A100), the GPU tests (ctest, then pytest through
 # the Python module), the kernel and end-to-end benchmarks; a short table last. Logs and JSON go to $OUT (the
 # device tool's folder) or bench/results/gpu-<date>/.
 #
 #   bash bench/gpu_check.sh            # engine: build + tests + benchmarks (about 5 minutes on an H100)
-#   SECTIONS="build bench" bash bench/gpu_check.sh   # a subset: build ctest pytest bench
+#   SECTIONS="build bench" bash bench/gpu_check.sh   # a subset of: build ctest pytest bench sanitize
+#   (sanitize: the GPU kernel tests under compute-sanitizer memcheck + racecheck; not in the default set)
 #
 # The GPU machine has no network: the Python deps it lacks travel as wheels in .whl/ (see bench/NOTES-cuda.md),
 # installed into /tmp/site. Every section runs even if an earlier one failed; the exit status is the first
@@ -41,8 +42,8 @@ if compgen -G ".whl/*.whl" >/dev/null; then
 fi
 
 build() {
-    cmake -G Ninja -S . -B "$BUILD" -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES="90;80" \
-        -DBLLAMA_BUILD_PYTHON=ON -DPython_EXECUTABLE="$(command -v python3)" \
+    cmake -G Ninja -S . -B "$BUILD" -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES="${CUDA_ARCHS:-90}" \
+        -DBLLAMA_BUILD_PYTHON=ON -DBLLAMA_BUILD_TESTS=ON -DBLLAMA_BUILD_BENCH=ON -DPython_EXECUTABLE="$(command -v python3)" \
         -DCMAKE_LIBRARY_OUTPUT_DIRECTORY="$ROOT/bllama" && cmake --build "$BUILD" -j "$JOBS"
 }
 [[ " $SECTIONS " == *" build "* ]] && run_section build build
@@ -72,8 +73,19 @@ bench() {
 }
 [[ " $SECTIONS " == *" bench "* ]] && run_section bench bench
 
+# Out-of-bounds accesses and shared-memory races in the kernels (a moving error is a race: METHOD.md).
+sanitize() {
+    local ok=0
+    for t in test_ternary_kernels test_ops; do
+        timeout 300 compute-sanitizer --tool memcheck --error-exitcode 9 "$BUILD/$t" || ok=1
+        timeout 300 compute-sanitizer --tool racecheck --error-exitcode 9 "$BUILD/$t" || ok=1
+    done
+    return $ok
+}
+[[ " $SECTIONS " == *" sanitize "* ]] && run_section sanitize sanitize
+
 note "summary ($(head -2 "$RES/machine.txt" | tail -1 | cut -d, -f1), $STAMP)"
-for k in build ctest pytest bench; do [ -n "${RESULT[$k]:-}" ] && printf "%-8s %s\n" "$k" "${RESULT[$k]}"; done
+for k in build ctest pytest bench sanitize; do [ -n "${RESULT[$k]:-}" ] && printf "%-8s %s\n" "$k" "${RESULT[$k]}"; done
 python3 - "$RES" <<'EOF'
 import json, sys, pathlib
 res = pathlib.Path(sys.argv[1])
