@@ -7,7 +7,8 @@
 //    every other kernel works row by row (the GEMV and the MMA GEMM both sum integers exactly);
 //  - sample_after_prefill takes the prompt's last row, with or without host logits;
 //  - B slots decoded together get exactly the tokens each gets decoded alone in slot 0 (greedy with a repetition
-//    penalty, so each slot's seen set matters), with graphs and without, for B = 3 (GEMV) and B = 12 (MMA);
+//    penalty, so each slot's seen set matters), with graphs and without, for B = 3 (GEMV) and B = 12 (MMA),
+//    fp32 and fp16 KV cache;
 //  - seeded sampling replays identically with and without graphs; new sampling parameters re-capture the graph;
 //  - decoding stops with std::out_of_range at the end of the context.
 // Exits 77 (ctest: skipped) without a GPU.
@@ -47,8 +48,10 @@ int argmax_row(const float* x, int V) {  // lowest index of the largest value, a
     return best;
 }
 
-std::unique_ptr<CudaModel> make_model(const Model& cpu, int slots, int max_batch, bool graphs, int64_t max_context = 0) {
+std::unique_ptr<CudaModel> make_model(const Model& cpu, int slots, int max_batch, bool graphs, int64_t max_context = 0,
+                                      bool kv_f16 = false) {
     CudaOptions o;
+    o.kv_f16 = kv_f16;
     o.slots = slots;
     o.max_batch = max_batch;
     o.graphs = graphs;
@@ -128,10 +131,11 @@ void test_prompt_chunking(const Model& cpu) {
           want);
 }
 
-void test_batched_decode(const Model& cpu) {
+void test_batched_decode(const Model& cpu, bool kv_f16) {
+    std::printf("batched decode, %s KV cache\n", kv_f16 ? "fp16" : "fp32");
     const int V = static_cast<int>(kShape.vocab), S = 12, steps = 12;
-    auto m = make_model(cpu, S, 64, true);
-    auto eager = make_model(cpu, S, 64, false);
+    auto m = make_model(cpu, S, 64, true, 0, kv_f16);
+    auto eager = make_model(cpu, S, 64, false, 0, kv_f16);
     std::vector<std::vector<int32_t>> prompts;
     for (int s = 0; s < S; ++s) prompts.push_back(make_ids(3 + 11 * s, 10 + s, V));  // 3 .. 124: GEMV and MMA
 
@@ -214,7 +218,8 @@ int main() {
         lo.max_batch = 1;
         auto cpu = Model::load(path, lo);
         test_prompt_chunking(*cpu);
-        test_batched_decode(*cpu);
+        test_batched_decode(*cpu, false);
+        test_batched_decode(*cpu, true);
         test_context_end(*cpu);
     } catch (const std::exception& e) {
         std::fprintf(stderr, "FAIL: exception: %s\n", e.what());
