@@ -269,29 +269,18 @@ private:
         const int k = copies(m);
         call(weights(m, 0), y_.get(), s);  // first call outside the capture (cuBLASLt picks its algorithm)
         stream_.sync();
-        cudaGraph_t graph = nullptr;
-        CUDA_CHECK(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal));
-        try {
+        const GraphExec exec = capture_graph(s, [&] {
             for (int i = 0; i < k; ++i) call(weights(m, i), y_.get(), s);
-        } catch (...) {
-            cudaStreamEndCapture(s, &graph);
-            if (graph) cudaGraphDestroy(graph);
-            throw;
-        }
-        CUDA_CHECK(cudaStreamEndCapture(s, &graph));
-        cudaGraphExec_t exec = nullptr;
-        CUDA_CHECK(cudaGraphInstantiate(&exec, graph, 0));
+        });
         CudaEvent e0, e1;
         std::vector<double> ms;
         for (int r = 0; r < opt_.warmup + opt_.reps; ++r) {
             e0.record(s);
-            CUDA_CHECK(cudaGraphLaunch(exec, s));
+            exec.launch(s);
             e1.record(s);
             const double t = e1.ms_since(e0);
             if (r >= opt_.warmup) ms.push_back(t);
         }
-        CUDA_CHECK(cudaGraphExecDestroy(exec));
-        CUDA_CHECK(cudaGraphDestroy(graph));
         return median(ms) * 1e3 / k;
     }
 

@@ -419,24 +419,8 @@ void CudaModel::decode_step(int B, int32_t* out) {
         record_decode_step(B);
     } else {
         auto it = graphs_.find(B);
-        if (it == graphs_.end()) {
-            cudaGraph_t graph = nullptr;
-            CUDA_CHECK(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal));
-            try {
-                record_decode_step(B);
-            } catch (...) {
-                cudaStreamEndCapture(s, &graph);
-                if (graph) cudaGraphDestroy(graph);
-                throw;
-            }
-            CUDA_CHECK(cudaStreamEndCapture(s, &graph));
-            cudaGraphExec_t exec = nullptr;
-            const cudaError_t e = cudaGraphInstantiate(&exec, graph, 0);
-            cudaGraphDestroy(graph);
-            CUDA_CHECK(e);
-            it = graphs_.emplace(B, GraphExec(exec)).first;
-        }
-        CUDA_CHECK(cudaGraphLaunch(it->second.get(), s));
+        if (it == graphs_.end()) it = graphs_.emplace(B, capture_graph(s, [&] { record_decode_step(B); })).first;
+        it->second.launch(s);
     }
     stream_.sync();
     for (int b = 0; b < B; ++b) {

@@ -37,31 +37,6 @@ struct CudaOptions {
 // Defaults overridden by the environment: BLLAMA_CUDA_GEMM=mma|cublaslt, BLLAMA_CUDA_GRAPHS=0.
 CudaOptions cuda_options_from_env(CudaOptions base);
 
-// Owns a captured-and-instantiated graph.
-class GraphExec {
-public:
-    GraphExec() = default;
-    explicit GraphExec(cudaGraphExec_t e) : e_(e) {}
-    ~GraphExec() {
-        if (e_) cudaGraphExecDestroy(e_);
-    }
-    GraphExec(GraphExec&& o) noexcept : e_(o.e_) { o.e_ = nullptr; }
-    GraphExec& operator=(GraphExec&& o) noexcept {
-        if (this != &o) {
-            if (e_) cudaGraphExecDestroy(e_);
-            e_ = o.e_;
-            o.e_ = nullptr;
-        }
-        return *this;
-    }
-    GraphExec(const GraphExec&) = delete;
-    GraphExec& operator=(const GraphExec&) = delete;
-    cudaGraphExec_t get() const { return e_; }
-
-private:
-    cudaGraphExec_t e_ = nullptr;
-};
-
 class CudaModel {
 public:
     // Uploads the weights of a CPU-loaded model (which validated the file). The CPU model may be freed

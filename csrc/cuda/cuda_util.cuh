@@ -105,4 +105,50 @@ private:
     cudaEvent_t e_ = nullptr;
 };
 
+// Owns an instantiated graph. Move-only.
+class GraphExec {
+public:
+    GraphExec() = default;
+    explicit GraphExec(cudaGraphExec_t e) : e_(e) {}
+    ~GraphExec() {
+        if (e_) cudaGraphExecDestroy(e_);
+    }
+    GraphExec(GraphExec&& o) noexcept : e_(std::exchange(o.e_, nullptr)) {}
+    GraphExec& operator=(GraphExec&& o) noexcept {
+        if (this != &o) {
+            if (e_) cudaGraphExecDestroy(e_);
+            e_ = std::exchange(o.e_, nullptr);
+        }
+        return *this;
+    }
+    GraphExec(const GraphExec&) = delete;
+    GraphExec& operator=(const GraphExec&) = delete;
+    cudaGraphExec_t get() const { return e_; }
+    void launch(cudaStream_t s) const { CUDA_CHECK(cudaGraphLaunch(e_, s)); }
+
+private:
+    cudaGraphExec_t e_ = nullptr;
+};
+
+// Captures everything record() enqueues on stream s (thread-local capture mode) into an instantiated graph.
+// If record() throws, the capture is ended and discarded before the exception goes on.
+template <class Record>
+GraphExec capture_graph(cudaStream_t s, Record&& record) {
+    cudaGraph_t graph = nullptr;
+    CUDA_CHECK(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal));
+    try {
+        record();
+    } catch (...) {
+        cudaStreamEndCapture(s, &graph);
+        if (graph) cudaGraphDestroy(graph);
+        throw;
+    }
+    CUDA_CHECK(cudaStreamEndCapture(s, &graph));
+    cudaGraphExec_t exec = nullptr;
+    const cudaError_t e = cudaGraphInstantiate(&exec, graph, 0);
+    cudaGraphDestroy(graph);
+    CUDA_CHECK(e);
+    return GraphExec(exec);
+}
+
 }  // namespace bllama

@@ -500,20 +500,17 @@ void test_attention_decode() {
         DeviceBuffer<float> dout(static_cast<size_t>(n) * D);
         DeviceBuffer<float> ws(cu::attention_decode_workspace_floats(n, hc.H, hc.hd));
         CudaStream stream;
-        cudaGraph_t graph;
-        cudaGraphExec_t exec;
-        CUDA_CHECK(cudaStreamBeginCapture(stream.get(), cudaStreamCaptureModeThreadLocal));
-        cu::attention_decode(dq.get(), D, n, dp.get(), ds.get(), 0, hc.H, hc.Hkv, hc.hd, c.desc(), dout.get(), D,
-                             ws.get(), stream.get());
-        CUDA_CHECK(cudaStreamEndCapture(stream.get(), &graph));
-        CUDA_CHECK(cudaGraphInstantiate(&exec, graph, 0));
+        const GraphExec exec = capture_graph(stream.get(), [&] {
+            cu::attention_decode(dq.get(), D, n, dp.get(), ds.get(), 0, hc.H, hc.Hkv, hc.hd, c.desc(), dout.get(), D,
+                                 ws.get(), stream.get());
+        });
         int bad = 0;
         std::vector<double> ref(hc.hd);
         for (int p : {0, 63, 64, 65, 500, 2047, 4095, 129, 1}) {
             pos = {p, std::max(0, ctx - 1 - p)};
             dp.upload(pos.data(), n, stream.get());
             poison(dout);
-            CUDA_CHECK(cudaGraphLaunch(exec, stream.get()));
+            exec.launch(stream.get());
             stream.sync();
             auto out = from_dev(dout, dout.size());
             for (int t = 0; t < n; ++t)
@@ -525,8 +522,6 @@ void test_attention_decode() {
                 }
         }
         CHECK(bad == 0, "attention_decode graph replays: %d heads off", bad);
-        CUDA_CHECK(cudaGraphExecDestroy(exec));
-        CUDA_CHECK(cudaGraphDestroy(graph));
     }
 }
 
@@ -836,28 +831,23 @@ void test_sample() {
         CudaStream stream;
         SamplingParams sp;
         sp.do_sample = true, sp.temperature = 1.0f, sp.top_k = 40, sp.top_p = 0.95f, sp.seed = 3;
-        cudaGraph_t graph;
-        cudaGraphExec_t exec;
-        CUDA_CHECK(cudaStreamBeginCapture(stream.get(), cudaStreamCaptureModeThreadLocal));
-        CUDA_CHECK(cudaMemcpyAsync(work.get(), dl.get(), 4 * static_cast<size_t>(V), cudaMemcpyDeviceToDevice,
-                                   stream.get()));
-        cu::sample(work.get(), V, 1, dev_params(sp), nullptr, step.get(), tok.get(), nullptr, stream.get());
-        CUDA_CHECK(cudaStreamEndCapture(stream.get(), &graph));
-        CUDA_CHECK(cudaGraphInstantiate(&exec, graph, 0));
+        const GraphExec exec = capture_graph(stream.get(), [&] {
+            CUDA_CHECK(cudaMemcpyAsync(work.get(), dl.get(), 4 * static_cast<size_t>(V), cudaMemcpyDeviceToDevice,
+                                       stream.get()));
+            cu::sample(work.get(), V, 1, dev_params(sp), nullptr, step.get(), tok.get(), nullptr, stream.get());
+        });
         const uint64_t s0 = read_step(step);
         std::vector<int32_t> seq1, seq2;
         for (int pass = 0; pass < 2; ++pass) {
             step.upload(&s0, 1);
             CUDA_CHECK(cudaDeviceSynchronize());
             for (int i = 0; i < 8; ++i) {
-                CUDA_CHECK(cudaGraphLaunch(exec, stream.get()));
+                exec.launch(stream.get());
                 stream.sync();
                 (pass ? seq2 : seq1).push_back(from_dev(tok, 1)[0]);
             }
         }
         CHECK(seq1 == seq2 && read_step(step) == s0 + 8, "sampling graph replays: not reproducible or step off");
-        CUDA_CHECK(cudaGraphExecDestroy(exec));
-        CUDA_CHECK(cudaGraphDestroy(graph));
     }
 
     // Frequencies against the exact distribution.

@@ -343,26 +343,17 @@ void check_graph(Context& ctx, std::mt19937& rng) {
     const bool lt = cuda::CublasLtGemm::available();
     if (lt) ctx.cublaslt(c);  // allocate outside the capture
     cudaStream_t s = ctx.stream.get();
-    cudaGraph_t graph = nullptr;
-    CUDA_CHECK(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal));
-    try {
+    const GraphExec exec = capture_graph(s, [&] {
         cuda::ternary_gemv(da.w, da.x, a.n, da.y.get(), a.ldy, a.ep, s);
         cuda::detail::ternary_gemm_mma_tile(db.w, db.x, b.n, db.y.get(), b.ldy, b.ep, s, cuda::detail::MmaTile::Large);
         if (lt) ctx.lt->run(dc.w, dc.x, c.n, dc.y.get(), c.ldy, c.ep, s);
         else cuda::ternary_gemm_mma(dc.w, dc.x, c.n, dc.y.get(), c.ldy, c.ep, s);
-    } catch (...) {
-        cudaStreamEndCapture(s, &graph);
-        if (graph) cudaGraphDestroy(graph);
-        throw;
-    }
-    CUDA_CHECK(cudaStreamEndCapture(s, &graph));
-    cudaGraphExec_t exec = nullptr;
-    CUDA_CHECK(cudaGraphInstantiate(&exec, graph, 0));
+    });
     for (int rep = 0; rep < 2; ++rep) {  // replayed twice: AddTo starts from the prior each time
         da.y.upload(a.prior.data(), a.prior.size(), s);
         db.y.upload(b.prior.data(), b.prior.size(), s);
         dc.y.upload(c.prior.data(), c.prior.size(), s);
-        CUDA_CHECK(cudaGraphLaunch(exec, s));
+        exec.launch(s);
         std::vector<float> ga(a.prior.size()), gb(b.prior.size()), gc(c.prior.size());
         da.y.download(ga.data(), ga.size(), s);
         db.y.download(gb.data(), gb.size(), s);
@@ -372,8 +363,6 @@ void check_graph(Context& ctx, std::mt19937& rng) {
         CHECK(compare(b, gb, "graph mma") == 0, "graph replay %d: ternary_gemm_mma", rep);
         CHECK(compare(c, gc, "graph glu") == 0, "graph replay %d: %s", rep, lt ? "cublaslt" : "ternary_gemm_mma");
     }
-    CUDA_CHECK(cudaGraphExecDestroy(exec));
-    CUDA_CHECK(cudaGraphDestroy(graph));
 }
 
 template <class F>
