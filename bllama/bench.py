@@ -139,6 +139,10 @@ def _measure_engine(path: str, threads: int, prompt_tokens: int, gen_tokens: int
 def run_bench(model: Optional[str] = None, preset: str = "1.7b", threads: Optional[List[int]] = None,
               prompt_tokens: int = 128, gen_tokens: int = 64, repeats: int = 3, torch_compare: bool = False,
               json_out: Optional[str] = None, head: str = "f16", device: str = "cpu") -> dict:
+    if device == "cuda":
+        from .runtime import check_cuda
+
+        check_cuda()  # before writing a 500 MB random model: says why the GPU cannot be used
     tmpdir = None
     if model is None:
         tmpdir = tempfile.TemporaryDirectory(prefix="bllama-bench-")
