@@ -131,10 +131,12 @@ class Runtime:
 
     @classmethod
     def load(cls, path: Union[str, os.PathLike], threads: Optional[int] = None, head: str = "f16",
-             device: str = "cpu") -> "Runtime":
+             device: str = "cpu", max_sequences: int = 1) -> "Runtime":
         """head: "f16" runs the file's LM head as is; "q8" requantizes it to int8 with one scale per row at
         load (half the head's bytes per decoded token; docs/engine.md, "LM head"). device: "cpu", or "cuda"
-        for the GPU backend (weights stay packed on the GPU; logits and sampling stay there too)."""
+        for the GPU backend (weights stay packed on the GPU; logits and sampling stay there too).
+        max_sequences (CUDA): KV caches for that many sequences, so generate([...]) decodes up to that many
+        prompts together (one token of each per step); on the CPU prompts run one after another."""
         path = Path(path)
         if head not in ("f16", "q8"):
             raise ValueError(f"head must be 'f16' or 'q8', got {head!r}")
@@ -152,9 +154,10 @@ class Runtime:
                                         "Hugging Face checkpoint folder")
             from .hf_import import load_hf_dir_engine  # converted on the fly into a temporary GGUF
 
-            engine = load_hf_dir_engine(path, lambda p: _engine_module().Engine(p, threads, head=head, device=device))
+            engine = load_hf_dir_engine(path, lambda p: _engine_module().Engine(p, threads, head=head, device=device,
+                                                                                max_sequences=max_sequences))
             return cls(engine, _tokenizer_from_metadata(engine), str(path))
-        engine = _engine_module().Engine(str(path), threads, head=head, device=device)
+        engine = _engine_module().Engine(str(path), threads, head=head, device=device, max_sequences=max_sequences)
         return cls(engine, _tokenizer_from_metadata(engine), str(path))
 
     # ---- facts ------------------------------------------------------------------------------------------
@@ -197,13 +200,41 @@ class Runtime:
                  temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, repetition_penalty: float = 1.0,
                  seed: Optional[int] = None, stop: Optional[Sequence[str]] = None,
                  stop_at_eos: bool = True) -> Union[str, List[str]]:
-        """The continuation of `prompt` (without the prompt); a list of prompts gives a list of continuations.
+        """The continuation of `prompt` (without the prompt); a list of prompts gives a list of continuations
+        (decoded together when the runtime was loaded with max_sequences > 1 on the GPU).
         Generation ends at max_new_tokens, at the model's EOS (unless stop_at_eos=False) or at a `stop` string."""
         if not isinstance(prompt, str):
+            prompts = list(prompt)
+            if self._engine.config.get("max_sequences", 1) > 1 and len(prompts) > 1:
+                return self._generate_batch(prompts, max_new_tokens, do_sample, temperature, top_k, top_p,
+                                            repetition_penalty, seed, stop, stop_at_eos)
             return [self.generate(p, max_new_tokens, do_sample, temperature, top_k, top_p, repetition_penalty,
-                                  seed, stop, stop_at_eos) for p in prompt]
+                                  seed, stop, stop_at_eos) for p in prompts]
         return "".join(self.stream(prompt, max_new_tokens, do_sample, temperature, top_k, top_p,
                                    repetition_penalty, seed, stop, stop_at_eos))
+
+    def _generate_batch(self, prompts, max_new_tokens, do_sample, temperature, top_k, top_p, repetition_penalty,
+                        seed, stop, stop_at_eos) -> List[str]:
+        if max_new_tokens < 0:
+            raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+        ids = [self._prompt_ids(p) for p in prompts]
+        outs = self._engine.generate_batch(ids, int(max_new_tokens), temperature=float(temperature),
+                                           top_k=int(top_k or 0), top_p=float(top_p if top_p is not None else 1.0),
+                                           repetition_penalty=float(repetition_penalty),
+                                           seed=int(seed) if seed is not None else -1, do_sample=bool(do_sample),
+                                           stop_ids=self._stop_ids() if stop_at_eos else [])
+        self.stats = dict(self._engine.last_stats)
+        texts = []
+        for prompt_ids, out in zip(ids, outs):
+            text = _TextStream(self.tokenizer, prompt_ids, stop)  # the same stop-string rules as stream()
+            pieces = []
+            for t in out:
+                pieces.append(text.push(t))
+                if text.stopped:
+                    break
+            pieces.append(text.flush())
+            texts.append("".join(p for p in pieces if p))
+        return texts
 
     def stream(self, prompt: str, max_new_tokens: int = 128, do_sample: bool = False, temperature: float = 1.0,
                top_k: int = 0, top_p: float = 1.0, repetition_penalty: float = 1.0, seed: Optional[int] = None,

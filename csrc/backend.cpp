@@ -49,6 +49,11 @@ private:
 
 }  // namespace
 
+std::vector<int32_t> Backend::prefill_batch(const std::vector<std::vector<int32_t>>&, const SamplingParams&) {
+    throw std::logic_error("this backend decodes one sequence at a time");
+}
+void Backend::decode_batch(int, int32_t*) { throw std::logic_error("this backend decodes one sequence at a time"); }
+
 std::unique_ptr<Backend> make_cpu_backend(std::unique_ptr<Model> model) {
     return std::make_unique<CpuBackend>(std::move(model));
 }

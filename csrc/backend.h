@@ -43,6 +43,16 @@ public:
     virtual int32_t decode(int32_t token, int64_t pos) = 0;
     // Logits [n, vocab] for ids at positions 0 .. n-1, from an empty cache.
     virtual void logits(const int32_t* ids, int64_t n, float* out) = 0;
+
+    // Batched decoding: up to max_sequences() sequences advance together, one token each per step.
+    // Backends without it keep 1 (Engine::generate_batch then runs the prompts one after another).
+    virtual int max_sequences() const { return 1; }
+    // Starts prompts.size() <= max_sequences() sequences in slots 0.. (each like prefill) and returns their
+    // first sampled tokens.
+    virtual std::vector<int32_t> prefill_batch(const std::vector<std::vector<int32_t>>& prompts,
+                                               const SamplingParams& params);
+    // Runs every sequence's last sampled token (slots 0 .. B-1) and writes the next ones to next[0, B).
+    virtual void decode_batch(int B, int32_t* next);
 };
 
 // The CPU backend over a loaded Model.

@@ -1,5 +1,6 @@
 #include "engine.h"
 
+#include <algorithm>
 #include <chrono>
 #include <stdexcept>
 
@@ -102,6 +103,79 @@ std::vector<int32_t> Engine::generate(const std::vector<int32_t>& prompt, int64_
     }
     stats_.decode_seconds = seconds_since(t0);
     stats_.generated_tokens = static_cast<int64_t>(out.size());
+    return out;
+}
+
+std::vector<std::vector<int32_t>> Engine::generate_batch(const std::vector<std::vector<int32_t>>& prompts,
+                                                         int64_t max_new_tokens, const SamplingParams& params,
+                                                         const std::vector<int32_t>& stop_ids) {
+    if (prompts.empty()) throw std::invalid_argument("generate_batch: no prompts");
+    for (const auto& p : prompts) {
+        check_ids(p, "prompt");
+        if (static_cast<int64_t>(p.size()) > context_length() || max_new_tokens > context_length() - static_cast<int64_t>(p.size()))
+            throw std::out_of_range("prompt (" + std::to_string(p.size()) + " tokens) + max_new_tokens (" +
+                                    std::to_string(max_new_tokens) + ") exceeds the context length " +
+                                    std::to_string(context_length()));
+    }
+    if (max_new_tokens < 0) throw std::invalid_argument("max_new_tokens must be >= 0, got " + std::to_string(max_new_tokens));
+    validate(params);
+
+    std::vector<std::vector<int32_t>> out(prompts.size());
+    GenerateStats total;
+    total.load_seconds = load_seconds_;
+    const int S = backend_->max_sequences();
+    if (S <= 1) {
+        for (size_t i = 0; i < prompts.size(); ++i) {
+            out[i] = generate(prompts[i], max_new_tokens, params, stop_ids);
+            total.prompt_tokens += stats_.prompt_tokens;
+            total.prompt_seconds += stats_.prompt_seconds;
+            total.decode_tokens += stats_.decode_tokens;
+            total.decode_seconds += stats_.decode_seconds;
+            total.generated_tokens += stats_.generated_tokens;
+        }
+        stats_ = total;
+        return out;
+    }
+    auto is_stop = [&](int32_t t) {
+        for (int32_t s : stop_ids)
+            if (s == t) return true;
+        return false;
+    };
+    for (size_t g0 = 0; g0 < prompts.size(); g0 += static_cast<size_t>(S)) {
+        const int B = static_cast<int>(std::min(prompts.size() - g0, static_cast<size_t>(S)));
+        const std::vector<std::vector<int32_t>> group(prompts.begin() + static_cast<std::ptrdiff_t>(g0),
+                                                      prompts.begin() + static_cast<std::ptrdiff_t>(g0) + B);
+        for (const auto& p : group) total.prompt_tokens += static_cast<int64_t>(p.size());
+        if (max_new_tokens == 0) continue;
+        auto t0 = Clock::now();
+        std::vector<int32_t> cur = backend_->prefill_batch(group, params);
+        total.prompt_seconds += seconds_since(t0);
+        std::vector<bool> done(static_cast<size_t>(B), false);
+        t0 = Clock::now();
+        for (;;) {
+            int live = 0;
+            for (int b = 0; b < B; ++b) {
+                auto& o = out[g0 + static_cast<size_t>(b)];
+                if (done[static_cast<size_t>(b)]) continue;
+                if (is_stop(cur[static_cast<size_t>(b)])) {
+                    done[static_cast<size_t>(b)] = true;
+                    continue;
+                }
+                o.push_back(cur[static_cast<size_t>(b)]);
+                if (static_cast<int64_t>(o.size()) >= max_new_tokens) done[static_cast<size_t>(b)] = true;
+                else ++live;
+            }
+            if (live == 0) break;
+            // Finished sequences keep stepping with the rest (their tokens are dropped): every sequence moves
+            // one position per step, and max_new_tokens fits every prompt's context, so none can overrun it.
+            backend_->decode_batch(B, cur.data());
+            total.decode_tokens += B;
+        }
+        total.decode_seconds += seconds_since(t0);
+    }
+    for (const auto& o : out) total.generated_tokens += static_cast<int64_t>(o.size());
+    stats_ = total;  // stop_reason stays None: each sequence stopped for its own reason
+    n_past_ = 0;
     return out;
 }
 

@@ -54,6 +54,16 @@ public:
                                   const SamplingParams& params, const std::vector<int32_t>& stop_ids = {},
                                   const TokenCallback& on_token = nullptr);
 
+    // Several prompts at once. With a backend that batches (CUDA, LoadOptions::sequences > 1) up to
+    // max_sequences() of them decode together, one token each per step; greedy results equal generate()'s
+    // per prompt up to float rounding order; sampling draws from a per-sequence stream of the same seed.
+    // Otherwise they run one after another. Same checks and stop rules as generate(), per sequence;
+    // last_stats() sums over the sequences (decode_tokens counts every token decoded in a batch).
+    std::vector<std::vector<int32_t>> generate_batch(const std::vector<std::vector<int32_t>>& prompts,
+                                                     int64_t max_new_tokens, const SamplingParams& params,
+                                                     const std::vector<int32_t>& stop_ids = {});
+    int max_sequences() const { return backend_->max_sequences(); }
+
     // Logits for every position of ids, row-major [n, vocab], from an empty cache.
     std::vector<float> logits(const std::vector<int32_t>& ids);
     void logits(const std::vector<int32_t>& ids, float* out);  // out holds n * vocab floats

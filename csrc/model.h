@@ -39,6 +39,7 @@ struct LoadOptions {
     bool kv_f16 = false;      // fp16 KV cache: half the bytes at long contexts, ~1e-3 relative deviation
     HeadType head = HeadType::F16;  // LM head format (docs/engine.md, "LM head")
     Device device = Device::Cpu;    // Engine: which backend runs the model
+    int sequences = 1;              // CUDA: sequences decoded together (KV cache for each); CPU: ignored
 };
 
 // One BitLinear: ternary codes with per-block scales, and the optional extra output scale tensor.

@@ -103,11 +103,37 @@ py::object metadata_value(const GgufFile& f, const GgufKV& kv) {
     }
 }
 
+std::vector<int32_t> int32_stops(const std::vector<int64_t>& stop_ids) {
+    std::vector<int32_t> stops;
+    for (int64_t s : stop_ids)
+        if (s >= INT32_MIN && s <= INT32_MAX) stops.push_back(static_cast<int32_t>(s));  // others can never match
+    return stops;
+}
+
+SamplingParams sampling_params(float temperature, int top_k, float top_p, float repetition_penalty,
+                               const py::int_& seed, bool do_sample) {
+    SamplingParams p;
+    p.do_sample = do_sample;
+    p.temperature = temperature;
+    p.top_k = top_k;
+    p.top_p = top_p;
+    p.repetition_penalty = repetition_penalty;
+    // A negative seed asks for a fresh random one; others are used modulo 2^64.
+    const bool random_seed = seed < py::int_(0);
+    p.seed = random_seed ? std::random_device{}() * 0x9E3779B97F4A7C15ull ^ std::random_device{}()
+                         : static_cast<uint64_t>(PyLong_AsUnsignedLongLongMask(seed.ptr()));
+    return p;
+}
+
 class PyEngine {
 public:
     PyEngine(const std::string& path, std::optional<int> threads, std::optional<int64_t> context_length,
-             const std::string& kv_cache_dtype, const std::string& head, const std::string& device) {
+             const std::string& kv_cache_dtype, const std::string& head, const std::string& device,
+             int max_sequences) {
         LoadOptions o;
+        if (max_sequences < 1 || max_sequences > 256)
+            throw std::invalid_argument("max_sequences must be in [1, 256], got " + std::to_string(max_sequences));
+        o.sequences = max_sequences;
         if (device == "cuda") o.device = Device::Cuda;
         else if (device != "cpu") throw std::invalid_argument("device must be 'cpu' or 'cuda', got '" + device + "'");
         o.head = parse_head_type(head);
@@ -154,6 +180,7 @@ public:
         d["kv_cache_dtype"] = info.kv_f16 ? "float16" : "float32";
         d["head"] = info.head;
         d["head_bytes"] = info.head_bytes;
+        d["max_sequences"] = engine_->max_sequences();
         return d;
     }
 
@@ -162,19 +189,8 @@ public:
                       const std::vector<int64_t>& stop_ids, const py::object& callback) {
         const int64_t V = engine_->vocab_size();
         const std::vector<int32_t> prompt = to_ids(ids, V, "prompt");
-        std::vector<int32_t> stops;
-        for (int64_t s : stop_ids)
-            if (s >= INT32_MIN && s <= INT32_MAX) stops.push_back(static_cast<int32_t>(s));  // others can never match
-        SamplingParams p;
-        p.do_sample = do_sample;
-        p.temperature = temperature;
-        p.top_k = top_k;
-        p.top_p = top_p;
-        p.repetition_penalty = repetition_penalty;
-        // A negative seed asks for a fresh random one; others are used modulo 2^64.
-        const bool random_seed = seed < py::int_(0);
-        p.seed = random_seed ? std::random_device{}() * 0x9E3779B97F4A7C15ull ^ std::random_device{}()
-                             : static_cast<uint64_t>(PyLong_AsUnsignedLongLongMask(seed.ptr()));
+        const std::vector<int32_t> stops = int32_stops(stop_ids);
+        const SamplingParams p = sampling_params(temperature, top_k, top_p, repetition_penalty, seed, do_sample);
 
         std::exception_ptr callback_error;
         TokenCallback cb;
@@ -198,6 +214,24 @@ public:
         if (callback_error) std::rethrow_exception(callback_error);
         py::list result(out.size());
         for (size_t i = 0; i < out.size(); ++i) result[i] = out[i];
+        return result;
+    }
+
+    py::list generate_batch(const std::vector<std::vector<int64_t>>& prompts, int64_t max_new_tokens,
+                            float temperature, int top_k, float top_p, float repetition_penalty, const py::int_& seed,
+                            bool do_sample, const std::vector<int64_t>& stop_ids) {
+        const int64_t V = engine_->vocab_size();
+        std::vector<std::vector<int32_t>> ps;
+        for (const auto& p : prompts) ps.push_back(to_ids(p, V, "prompt"));
+        const SamplingParams p = sampling_params(temperature, top_k, top_p, repetition_penalty, seed, do_sample);
+        std::vector<std::vector<int32_t>> out;
+        {
+            py::gil_scoped_release nogil;
+            std::lock_guard<std::mutex> lock(mu_);
+            out = engine_->generate_batch(ps, max_new_tokens, p, int32_stops(stop_ids));
+        }
+        py::list result;
+        for (const auto& o : out) result.append(py::cast(o));
         return result;
     }
 
@@ -296,14 +330,16 @@ PYBIND11_MODULE(_engine, m) {
 
     py::class_<PyEngine>(m, "Engine")
         .def(py::init<const std::string&, std::optional<int>, std::optional<int64_t>, const std::string&,
-                      const std::string&, const std::string&>(),
+                      const std::string&, const std::string&, int>(),
              py::arg("path"), py::arg("threads") = py::none(), py::arg("context_length") = py::none(),
              py::arg("kv_cache_dtype") = "float32", py::arg("head") = "f16", py::arg("device") = "cpu",
+             py::arg("max_sequences") = 1,
              "Load a GGUF 'bitnet' model. threads=None: the physical cores this process may use. "
              "context_length=None: the file's; a smaller value caps the KV cache. kv_cache_dtype='float16' "
              "halves the cache (exact model function: 'float32'). head='q8' requantizes the LM head to int8 "
              "with per-row scales at load (half its bytes per token, ~1e-3 relative logit error); 'f16' "
-             "runs the file's head as is. device='cuda' runs on the GPU (csrc/cuda): weights stay packed there.")
+             "runs the file's head as is. device='cuda' runs on the GPU (csrc/cuda): weights stay packed there; "
+             "max_sequences > 1 (CUDA) keeps a KV cache for that many sequences, decoded together by generate_batch.")
         .def_property_readonly("config", &PyEngine::config)
         .def_property_readonly("vocab_size", &PyEngine::vocab_size)
         .def_property_readonly("context_length", &PyEngine::context_length)
@@ -313,6 +349,11 @@ PYBIND11_MODULE(_engine, m) {
              py::arg("seed") = py::int_(0), py::arg("do_sample") = false, py::arg("stop_ids") = std::vector<int64_t>{},
              py::arg("callback") = py::none(),
              "Generated token ids (stop token excluded). callback(token) -> truthy stops; its exceptions propagate.")
+        .def("generate_batch", &PyEngine::generate_batch, py::arg("prompts"), py::arg("max_new_tokens"),
+             py::arg("temperature") = 1.0f, py::arg("top_k") = 0, py::arg("top_p") = 1.0f,
+             py::arg("repetition_penalty") = 1.0f, py::arg("seed") = py::int_(0), py::arg("do_sample") = false,
+             py::arg("stop_ids") = std::vector<int64_t>{},
+             "A list of generated id lists, one per prompt. Up to max_sequences prompts decode together.")
         .def("logits", &PyEngine::logits, py::arg("ids"), "float32 array [len(ids), vocab]")
         .def("metadata", &PyEngine::metadata, py::arg("key"))
         .def("metadata_keys", &PyEngine::metadata_keys)

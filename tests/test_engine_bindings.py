@@ -231,3 +231,22 @@ def test_errors(exported, tmp_path):
         eng.logits([2 ** 40])
     with pytest.raises(ValueError):
         eng.logits([])
+
+
+def test_generate_batch_equals_one_by_one(exported):
+    """On the CPU generate_batch runs the prompts one after another: the same ids as generate() each, the same
+    stop rules, and stats summed over the sequences."""
+    _, path = exported
+    eng = _engine.Engine(path, threads=2, max_sequences=4)
+    assert eng.config["max_sequences"] == 1  # the CPU backend decodes one sequence at a time
+    prompts = [[1, 5, 77], [9], [200, 3, 4, 5, 6]]
+    one = [eng.generate(p, 7, stop_ids=[11]) for p in prompts]
+    assert eng.generate_batch(prompts, 7, stop_ids=[11]) == one
+    st = eng.last_stats
+    assert st["prompt_tokens"] == 9 and st["generated_tokens"] == sum(map(len, one))
+    with pytest.raises(IndexError, match="out of range"):
+        eng.generate_batch([[1, 2], [1, 10**6]], 3)
+    with pytest.raises(ValueError, match="no prompts"):
+        eng.generate_batch([], 3)
+    with pytest.raises(ValueError, match="max_sequences"):
+        _engine.Engine(path, max_sequences=0)

@@ -46,6 +46,23 @@ public:
     }
     void logits(const int32_t* ids, int64_t n, float* out) override { model_->prefill(0, ids, n, 0, out); }
 
+    int max_sequences() const override { return model_->slots(); }
+    std::vector<int32_t> prefill_batch(const std::vector<std::vector<int32_t>>& prompts,
+                                       const SamplingParams& params) override {
+        if (prompts.size() > static_cast<size_t>(model_->slots()))
+            throw std::invalid_argument("prefill_batch: more prompts than sequences");
+        std::vector<int32_t> first(prompts.size());
+        for (size_t b = 0; b < prompts.size(); ++b) {
+            const int slot = static_cast<int>(b);
+            const int64_t n = static_cast<int64_t>(prompts[b].size());
+            model_->begin_sequence(slot, prompts[b], params);
+            model_->prefill(slot, prompts[b].data(), n, 0, nullptr);
+            first[b] = model_->sample_after_prefill(slot, n);
+        }
+        return first;
+    }
+    void decode_batch(int B, int32_t* next) override { model_->decode_step(B, next); }
+
 private:
     std::unique_ptr<cuda::CudaModel> model_;
     GgufFile file_;
@@ -72,6 +89,7 @@ std::unique_ptr<Backend> make_cuda_backend(const std::string& path, const LoadOp
     cuda::CudaOptions co;
     co.max_context = opts.max_context;
     co.kv_f16 = opts.kv_f16;
+    co.slots = opts.sequences;
     co = cuda::cuda_options_from_env(co);
     auto gpu = std::make_unique<cuda::CudaModel>(*m, co);
     return std::make_unique<CudaBackend>(std::move(gpu), Model::release_file(std::move(m)));
