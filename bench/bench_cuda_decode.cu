@@ -1,7 +1,7 @@
 // End-to-end GPU benchmark of the CUDA backend on a random model of real shapes.
 //
 //   bench_cuda_decode [--shape 1.7b|2b4t] [--prompt 512] [--decode 128] [--batch 1,4,16,64] [--kv-f16]
-//                     [--keep PATH] [--json PATH] [--reps 5]
+//                     [--keep PATH] [--json PATH] [--reps 5] [--no-variants]
 //
 // Measures, in one run on one device:
 //   copy GB/s   device-to-device cudaMemcpy of 1 GiB (bytes read + written), the bandwidth ceiling;
@@ -9,6 +9,10 @@
 //   decode      tok/s at batch 1 with the graph-captured step and without graphs (launch by launch),
 //               and batched (B sequences per step); per-step times are host-clock medians of whole steps,
 //               including the 4-byte token copy and the synchronization that generation really pays;
+//   variants    the opt-in decode paths A/B (CudaOptions fuse_norm, pdl): baseline, fuse_norm, pdl and
+//               fuse_norm+pdl, each its own CudaModel (4 slots, built from the same CPU model, one at a time,
+//               after the main model is freed), graph-captured decode at batch 1, 2 and 4; two rounds, the
+//               variants interleaved, so the spread between rounds of one variant shows the noise;
 //   floor       the bandwidth floor at batch 1: copy GB/s / bytes a step must read (ternary weights, f16 head,
 //               one embedding row, the KV cache up to the mean position).
 // Prompt times are medians of --reps prefills after one warm-up.
@@ -111,7 +115,7 @@ int main(int argc, char** argv) {
     std::string shape_name = "1.7b", keep, json;
     int64_t n_prompt = 512, n_decode = 128, decode_prompt = 128;
     std::vector<int> batches = {1, 4, 16, 64};
-    bool kv_f16 = false;
+    bool kv_f16 = false, variants = true;
     int reps = 5;
     for (int i = 1; i < argc; ++i) {
         const std::string a = argv[i];
@@ -126,6 +130,7 @@ int main(int argc, char** argv) {
         else if (a == "--keep") keep = val();
         else if (a == "--json") json = val();
         else if (a == "--reps") reps = std::stoi(val());
+        else if (a == "--no-variants") variants = false;
         else if (a == "--batch") {
             batches.clear();
             const std::string v = val();
@@ -136,7 +141,7 @@ int main(int argc, char** argv) {
             }
         } else {
             std::fprintf(stderr, "usage: %s [--shape 1.7b|2b4t] [--prompt N] [--decode N] [--batch 1,4,16] [--kv-f16] "
-                                 "[--keep PATH] [--json PATH] [--reps N]\n", argv[0]);
+                                 "[--keep PATH] [--json PATH] [--reps N] [--no-variants]\n", argv[0]);
             return 2;
         }
     }
@@ -169,12 +174,13 @@ int main(int argc, char** argv) {
     co.kv_f16 = kv_f16;
     co.slots = max_b;
     auto t0 = Clock::now();
-    CudaModel m(*cpu, co);
+    auto mp = std::make_unique<CudaModel>(*cpu, co);
+    CudaModel& m = *mp;
     const double load_s = secs(t0);
 
     // Bytes a batch-1 step reads: every packed weight, the f16 head, one embedding row, and the KV cache
     // of both k and v up to the mean position of the measured steps.
-    const ModelConfig& c = m.config();
+    const ModelConfig c = m.config();  // a copy: m is freed before the variants
     const double mean_pos = decode_prompt + n_decode / 2.0;
     const double kv_bytes = 2.0 * c.n_layers * mean_pos * c.kv_dim() * (kv_f16 ? 2 : 4);
     const double step_bytes = m.weight_bytes() + m.head_bytes() + 2.0 * c.dim + kv_bytes;
@@ -200,9 +206,46 @@ int main(int argc, char** argv) {
         CudaModel mng(*cpu, ng);
         nograph = run_decode(mng, 1, decode_prompt, n_decode);
     }
+    const double weight_mib = m.weight_bytes() / 1048576.0, head_mib = m.head_bytes() / 1048576.0;
+    const double alloc_mib = m.device_bytes() / 1048576.0;
+    mp.reset();  // the variants below build their own models, one at a time
+
+    // The opt-in decode paths, A/B: each variant its own model; two rounds, variants interleaved.
+    struct Variant {
+        const char* name;
+        bool fuse_norm, pdl;
+        bool pdl_active = false;
+        std::vector<std::vector<DecodeResult>> by_batch;  // [batch index][round]
+        Variant(const char* n, bool f, bool p) : name(n), fuse_norm(f), pdl(p), by_batch(3) {}
+    };
+    const int var_batches[3] = {1, 2, 4};
+    std::vector<Variant> var;
+    if (variants) {
+        var = {{"baseline", false, false}, {"fuse_norm", true, false}, {"pdl", false, true}, {"fuse_norm+pdl", true, true}};
+        for (int round = 0; round < 2; ++round)
+            for (Variant& v : var) {
+                CudaOptions vo = co;
+                vo.slots = 4;
+                vo.fuse_norm = v.fuse_norm;
+                vo.pdl = v.pdl;
+                CudaModel mv(*cpu, vo);
+                v.pdl_active = mv.pdl_active();
+                for (int bi = 0; bi < 3; ++bi) v.by_batch[bi].push_back(run_decode(mv, var_batches[bi], decode_prompt, n_decode));
+            }
+    }
+    auto mean_tok_s = [](const std::vector<DecodeResult>& r) {
+        double s = 0;
+        for (const DecodeResult& x : r) s += x.tok_s;
+        return r.empty() ? 0.0 : s / r.size();
+    };
+    auto spread_pct = [&](const std::vector<DecodeResult>& r) {  // (max - min) / mean of the rounds
+        double lo = 1e300, hi = 0;
+        for (const DecodeResult& x : r) lo = std::min(lo, x.tok_s), hi = std::max(hi, x.tok_s);
+        return r.empty() ? 0.0 : 100.0 * (hi - lo) / mean_tok_s(r);
+    };
 
     std::printf("\nload %.2f s, %.0f MiB packed weights + %.0f MiB head on the GPU (%.0f MiB allocated in all)\n",
-                load_s, m.weight_bytes() / 1048576.0, m.head_bytes() / 1048576.0, m.device_bytes() / 1048576.0);
+                load_s, weight_mib, head_mib, alloc_mib);
     std::printf("copy bandwidth %.0f GB/s; a batch-1 step reads %.1f MiB: floor %.0f tok/s\n", copy_gbs,
                 step_bytes / 1048576.0, floor_tok_s);
     std::printf("%-34s %12s %10s\n", "measurement", "tok/s", "ms/step");
@@ -212,6 +255,22 @@ int main(int argc, char** argv) {
         std::printf("%-34s %12.0f %10.3f\n", ("decode batch " + std::to_string(B) + ", graph").c_str(), r.tok_s, r.step_ms);
     std::printf("%-34s %12.0f %10.3f\n", "decode batch 1, no graph", nograph.tok_s, nograph.step_ms);
     std::printf("batch-1 decode at %.0f%% of the bandwidth floor\n", 100.0 * dec.front().second.tok_s / floor_tok_s);
+    if (!var.empty()) {
+        std::printf("\ndecode variants (own 4-slot model each, graphs; tok/s: mean of 2 rounds, spread = (max - min) / mean;"
+                    " vs base: B=1)\n");
+        std::printf("%-22s %10s %7s %9s %10s %7s %10s %7s %8s\n", "variant", "B=1 tok/s", "spread", "ms/step", "B=2 tok/s",
+                    "spread", "B=4 tok/s", "spread", "vs base");
+        const double base1 = mean_tok_s(var.front().by_batch[0]);
+        for (const Variant& v : var) {
+            std::vector<double> ms;
+            for (const DecodeResult& r : v.by_batch[0]) ms.push_back(r.step_ms);
+            const std::string name = std::string(v.name) + (v.pdl && !v.pdl_active ? " (no PDL)" : "");
+            std::printf("%-22s %10.0f %6.1f%% %9.3f %10.0f %6.1f%% %10.0f %6.1f%% %+7.1f%%\n", name.c_str(),
+                        mean_tok_s(v.by_batch[0]), spread_pct(v.by_batch[0]), median(ms), mean_tok_s(v.by_batch[1]),
+                        spread_pct(v.by_batch[1]), mean_tok_s(v.by_batch[2]), spread_pct(v.by_batch[2]),
+                        100.0 * (mean_tok_s(v.by_batch[0]) / base1 - 1.0));
+        }
+    }
 
     if (!json.empty()) {
         FILE* f = std::fopen(json.c_str(), "w");
@@ -224,6 +283,20 @@ int main(int argc, char** argv) {
         for (size_t i = 0; i < dec.size(); ++i)
             std::fprintf(f, "%s{\"batch\": %d, \"tok_s\": %.1f, \"step_ms\": %.4f}", i ? ", " : "", dec[i].first,
                          dec[i].second.tok_s, dec[i].second.step_ms);
+        std::fprintf(f, "],\n \"decode_variants\": [");
+        for (size_t i = 0; i < var.size(); ++i) {
+            const Variant& v = var[i];
+            for (int bi = 0; bi < 3; ++bi) {
+                const std::vector<DecodeResult>& r = v.by_batch[bi];
+                std::fprintf(f, "%s\n  {\"name\": \"%s\", \"fuse_norm\": %s, \"pdl\": %s, \"pdl_active\": %s, \"batch\": %d, "
+                                "\"tok_s\": %.1f, \"spread_pct\": %.2f, \"rounds\": [",
+                             i || bi ? "," : "", v.name, v.fuse_norm ? "true" : "false", v.pdl ? "true" : "false",
+                             v.pdl_active ? "true" : "false", var_batches[bi], mean_tok_s(r), spread_pct(r));
+                for (size_t k = 0; k < r.size(); ++k)
+                    std::fprintf(f, "%s{\"tok_s\": %.1f, \"step_ms\": %.4f}", k ? ", " : "", r[k].tok_s, r[k].step_ms);
+                std::fprintf(f, "]}");
+            }
+        }
         std::fprintf(f, "]}\n");
         std::fclose(f);
         std::printf("wrote %s\n", json.c_str());

@@ -13,7 +13,11 @@
 // rate = 2 * rows * tokens * cols / time ("int8 TOPS", the ternary products counted as int8 ones).
 // Kernels: gemv = ternary_gemv; mma = ternary_gemm_mma (its own tile choice), mma_large / mma_small =
 // that kernel with the tile forced; cublaslt = the whole CublasLtGemm::run (unpack to int8 + cuBLASLt
-// GEMM + epilogue kernel), what the model would pay on that path.
+// GEMM + epilogue kernel), what the model would pay on that path. Decode with the input norm, per call:
+// norm+gemv = rmsnorm_quant + ternary_gemv (the default decode path), gemv_normed = ternary_gemv_normed
+// (CudaOptions::fuse_norm); "+pdl": the same graph with the K calls chained by Programmatic Dependent
+// Launch (CudaOptions::pdl; sm_90 only, the rows are left out elsewhere), i.e. each call's first weight
+// loads overlap the previous call's tail.
 // Inputs are random (not zeros: see the device notes); the values are not checked here
 // (tests/cuda/test_ternary_kernels.cu does that).
 //
@@ -32,6 +36,7 @@
 
 #include "cuda/cuda_util.cuh"
 #include "cuda/kernels.cuh"
+#include "cuda/launch.cuh"
 #include "cuda/ternary_common.cuh"
 
 using namespace bllama;
@@ -61,6 +66,11 @@ __global__ void fill_words(uint32_t* w, size_t n, uint64_t seed) {
         for (int f = 0; f < 16; ++f) v |= (mix(seed * 0x9E3779B97F4A7C15ull + i * 16 + f) % 3) << (2 * f);
         w[i] = v;
     }
+}
+__global__ void fill_floats(float* x, size_t n, uint64_t seed, float lo, float hi) {
+    for (size_t i = static_cast<size_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
+         i += static_cast<size_t>(gridDim.x) * blockDim.x)
+        x[i] = lo + (hi - lo) * static_cast<float>(mix(seed + i) >> 8) * 0x1.0p-24f;
 }
 __global__ void fill_acts(int8_t* q, size_t n, uint64_t seed) {
     for (size_t i = static_cast<size_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
@@ -146,6 +156,32 @@ public:
                     });
             }
 
+        std::printf("\n== decode GEMV with its input norm, 1 token (float input; us per call)\n");
+        std::printf("%-6s %-8s %6s x %-5s %3s  %-10s %9s %9s %7s\n", "model", "matrix", "rows", "cols", "n", "kernel", "us",
+                    "GB/s", "% copy");
+        const bool pdl = cuda::pdl_supported();
+        if (!pdl) std::printf("(no PDL on this device: the +pdl rows are left out)\n");
+        for (const Matrix& m : mats_) {
+            const int n = 1;
+            auto norm_gemv = [&](const cuda::DevTernary& w, float* y, cudaStream_t s) {
+                cuda::rmsnorm_quant(xf_.get(), m.cols, nw_.get(), n, m.cols, 1e-5f, acts(m, n), s);
+                cuda::ternary_gemv(w, acts(m, n), n, y, m.out_rows(), m.ep, s);
+            };
+            auto normed = [&](const cuda::DevTernary& w, float* y, cudaStream_t s) {
+                cuda::ternary_gemv_normed(w, xf_.get(), m.cols, nw_.get(), m.cols, 1e-5f, n, y, m.out_rows(), m.ep, s);
+            };
+            auto plain = [&](const cuda::DevTernary& w, float* y, cudaStream_t s) {
+                cuda::ternary_gemv(w, acts(m, n), n, y, m.out_rows(), m.ep, s);
+            };
+            gemv_row(m, n, "norm+gemv", norm_gemv);
+            gemv_row(m, n, "gemv_normed", normed);
+            if (pdl) {
+                gemv_row(m, n, "gemv+pdl", plain, true);
+                gemv_row(m, n, "norm+gemv+pdl", norm_gemv, true);
+                gemv_row(m, n, "gemv_normed+pdl", normed, true);
+            }
+        }
+
         std::printf("\n== prompt GEMM (int8 TOPS = 2 * rows * tokens * cols / time)\n");
         std::printf("%-6s %-8s %6s x %-5s %4s  %-10s %9s %9s\n", "model", "matrix", "rows", "cols", "n", "kernel", "us", "TOPS");
         for (int n : {128, 512})
@@ -169,6 +205,7 @@ private:
     DeviceBuffer<int8_t> act_q_;
     DeviceBuffer<float> act_scale_, y_;
     DeviceBuffer<int32_t> act_rs_;
+    DeviceBuffer<float> xf_, nw_;  // float decode input [8, max_cols] and norm weights [max_cols]
     int max_rows_ = 0, max_cols_ = 0;
     std::unique_ptr<cuda::CublasLtGemm> lt_;
     struct Timing {
@@ -226,6 +263,12 @@ private:
         act_scale_.upload(sc.data(), sc.size(), stream_.get());
         act_rs_ = DeviceBuffer<int32_t>(kMaxTokens);
         act_rs_.upload(rs.data(), rs.size(), stream_.get());
+        xf_ = DeviceBuffer<float>(static_cast<size_t>(8) * max_cols_);
+        fill_floats<<<256, 256, 0, stream_.get()>>>(xf_.get(), xf_.size(), 3, -2.0f, 2.0f);
+        CUDA_CHECK_LAUNCH();
+        nw_ = DeviceBuffer<float>(static_cast<size_t>(max_cols_));
+        fill_floats<<<256, 256, 0, stream_.get()>>>(nw_.get(), nw_.size(), 4, 0.5f, 1.5f);
+        CUDA_CHECK_LAUNCH();
         y_ = DeviceBuffer<float>(static_cast<size_t>(kMaxTokens) * max_rows_);
         CUDA_CHECK(cudaMemsetAsync(y_.get(), 0, y_.bytes(), stream_.get()));
         stream_.sync();
@@ -263,14 +306,19 @@ private:
         return static_cast<int>(weights_.size() / (static_cast<size_t>(m.rows) * m.cols / 16));
     }
 
-    // Median time of one call, in microseconds: a graph of `copies` calls on rotating weights.
-    double time_calls(const Matrix& m, const std::function<void(const cuda::DevTernary&, float*, cudaStream_t)>& call) {
+    // Median time of one call, in microseconds: a graph of `copies` calls on rotating weights. pdl: every
+    // launch after the first with Programmatic Dependent Launch.
+    double time_calls(const Matrix& m, const std::function<void(const cuda::DevTernary&, float*, cudaStream_t)>& call,
+                      bool pdl = false) {
         cudaStream_t s = stream_.get();
         const int k = copies(m);
         call(weights(m, 0), y_.get(), s);  // first call outside the capture (cuBLASLt picks its algorithm)
         stream_.sync();
         const GraphExec exec = capture_graph(s, [&] {
-            for (int i = 0; i < k; ++i) call(weights(m, i), y_.get(), s);
+            for (int i = 0; i < k; ++i) {
+                cuda::PdlScope scope(pdl && i > 0);
+                call(weights(m, i), y_.get(), s);
+            }
         });
         CudaEvent e0, e1;
         std::vector<double> ms;
@@ -285,8 +333,8 @@ private:
     }
 
     void gemv_row(const Matrix& m, int n, const char* kernel,
-                  const std::function<void(const cuda::DevTernary&, float*, cudaStream_t)>& call) {
-        const double us = time_calls(m, call);
+                  const std::function<void(const cuda::DevTernary&, float*, cudaStream_t)>& call, bool pdl = false) {
+        const double us = time_calls(m, call, pdl);
         const double out_bytes = static_cast<double>(n) * m.out_rows() * 4 * (m.ep == Epilogue::AddTo ? 2 : 1);
         const double bytes = m.weight_bytes() + static_cast<double>(n) * m.cols + out_bytes;
         const double gbps = bytes / (us * 1e-6) / 1e9, pct = 100.0 * gbps / dev_.copy_gbps;
@@ -317,8 +365,9 @@ private:
     void summary() {
         std::printf("\n== ternary projections only, whole model\n");
         for (const char* model : {"1.7b", "2b4t"}) {
-            for (const char* kernel : {"gemv", "mma", "cublaslt"}) {
-                const int n = std::string(kernel) == "gemv" ? 1 : 512;
+            for (const char* kernel : {"gemv", "norm+gemv", "gemv_normed", "gemv+pdl", "norm+gemv+pdl", "gemv_normed+pdl",
+                                       "mma", "cublaslt"}) {
+                const int n = std::string(kernel).find("gemv") != std::string::npos ? 1 : 512;
                 double us = 0;
                 int found = 0;
                 for (const Timing& t : timings_)
@@ -329,8 +378,8 @@ private:
                 if (found != 4) continue;
                 const double total_ms = us * model_layers(model) * 1e-3;
                 if (n == 1) {
-                    std::printf("%-6s decode, 1 token, gemv:   %.3f ms per token (%d layers)\n", model, total_ms,
-                                model_layers(model));
+                    std::printf("%-6s decode, 1 token, %-16s %.3f ms per token (%d layers)\n", model, (std::string(kernel) + ":").c_str(),
+                                total_ms, model_layers(model));
                     emit("{\"bench\":\"summary\",\"model\":\"%s\",\"what\":\"decode_ms_per_token\",\"kernel\":\"%s\","
                          "\"value\":%.4f}",
                          model, kernel, total_ms);

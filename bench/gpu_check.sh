@@ -74,8 +74,8 @@ bench() {
     "$BUILD/bench_cuda_kernels" --json "$RES/kernels.jsonl" || return 1
     "$BUILD/bench_cuda_decode" --shape 1.7b --prompt 512 --decode 128 --batch 1,4,16,64 --keep /tmp/bllama-1.7b.gguf \
         --json "$RES/decode-1.7b.json" || return 1
-    "$BUILD/bench_cuda_decode" --shape 1.7b --prompt 512 --decode 128 --batch 1 --kv-f16 --keep /tmp/bllama-1.7b.gguf \
-        --json "$RES/decode-1.7b-kvf16.json" || return 1
+    "$BUILD/bench_cuda_decode" --shape 1.7b --prompt 512 --decode 128 --batch 1 --kv-f16 --no-variants \
+        --keep /tmp/bllama-1.7b.gguf --json "$RES/decode-1.7b-kvf16.json" || return 1
     # the same file through Runtime (Python, what users call)
     PYTHONPATH=$ROOT${PYTHONPATH:+:$PYTHONPATH} python3 -m bllama.cli bench /tmp/bllama-1.7b.gguf --device cuda \
         --prompt-tokens 512 --gen-tokens 128 --repeats 3 --json "$RES/runtime-1.7b.json"
@@ -111,15 +111,37 @@ if d:
     for r in d["decode"]:
         print(f"{'decode batch %d' % r['batch']:<28}{r['tok_s']:>10.0f}  {'>= 2000' if r['batch'] == 1 else ''}")
     print(f"{'decode batch 1, no graph':<28}{d['decode_no_graph']['tok_s']:>10.0f}")
+    # The opt-in decode paths (CudaOptions fuse_norm / pdl), each its own model, mean of 2 rounds.
+    var = {}
+    for v in d.get("decode_variants", []):
+        var.setdefault(v["name"], {})[v["batch"]] = v
+    if var:
+        base = var.get("baseline", {}).get(1, {}).get("tok_s", 0)
+        print(f"{'decode variants':<28}{'B=1':>10}{'B=2':>8}{'B=4':>8}  spread(B=1)  vs baseline (B=1)")
+        for name, by_b in var.items():
+            b1 = by_b.get(1, {})
+            note = "" if not b1.get("pdl") or b1.get("pdl_active") else "  (PDL not supported: ignored)"
+            rel = f"{100 * (b1['tok_s'] / base - 1):+.1f}%" if base and b1 else "-"
+            print(f"{'  ' + name:<28}{b1.get('tok_s', 0):>10.0f}{by_b.get(2, {}).get('tok_s', 0):>8.0f}"
+                  f"{by_b.get(4, {}).get('tok_s', 0):>8.0f}  {b1.get('spread_pct', 0):>10.1f}%  {rel}{note}")
 kp = res / "kernels.jsonl"
 if kp.exists():
     rows = [json.loads(l) for l in kp.read_text().splitlines() if l.strip()]
+    normed = {}
     for r in rows:
-        if r["bench"] == "gemv" and r["model"] == "1.7b" and r["tokens"] == 1:
+        if r["bench"] == "gemv" and r["model"] == "1.7b" and r["tokens"] == 1 and r["kernel"] == "gemv":
             print(f"gemv 1.7b {r['matrix']:<8} 1 token: {r['gbps']:6.0f} GB/s = {r['pct_copy']:3.0f}% of copy "
                   f"(target >= 70% on the FFN shapes)")
+        if r["bench"] == "gemv" and r["model"] == "1.7b" and r["tokens"] == 1:
+            normed.setdefault(r["matrix"], {})[r["kernel"]] = r["us"]
         if r["bench"] == "summary" and r["model"] == "1.7b":
             print(f"matmuls only, 1.7b, {r['what']} [{r['kernel']}]: {r['value']}")
+    # Decode GEMV with its input norm: rmsnorm_quant + gemv vs ternary_gemv_normed, each chained plainly / by PDL.
+    kinds = ["gemv", "norm+gemv", "gemv_normed", "gemv+pdl", "norm+gemv+pdl", "gemv_normed+pdl"]
+    if any("gemv_normed" in k for k in normed.values()):
+        print("us per call, 1.7b, 1 token: " + " | ".join(kinds))
+        for m, k in normed.items():
+            print(f"  {m:<8} " + " ".join(f"{k[x]:>7.2f}" if x in k else f"{'-':>7}" for x in kinds))
 EOF
 echo "results in $RES"
 exit $status

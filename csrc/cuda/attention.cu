@@ -26,6 +26,7 @@
 
 #include "cuda/cuda_util.cuh"
 #include "cuda/kernels.cuh"
+#include "cuda/launch.cuh"
 
 namespace bllama {
 namespace cuda {
@@ -117,6 +118,8 @@ __global__ void __launch_bounds__(kDecodeThreads)
     constexpr int kGroupsPerWarp = 32 / LPK;
     constexpr int kGroups = kGroupsPerWarp * (kDecodeThreads / 32);
     constexpr int kWarps = kDecodeThreads / 32;
+    pdl_trigger();
+    pdl_wait();  // q and the cache were just written; before the early exit below (launch.cuh)
 
     const int t = blockIdx.z;
     const int len = pos[t] + 1;
@@ -247,6 +250,8 @@ __global__ void __launch_bounds__(kDecodeThreads)
 __global__ void attn_combine_kernel(const float* __restrict__ ws_acc, const float2* __restrict__ ws_ml,
                                     const int32_t* __restrict__ pos, int H, int hd, float* __restrict__ out,
                                     int ldo) {
+    pdl_trigger();
+    pdl_wait();
     const int h = blockIdx.x, t = blockIdx.y;
     const int ns = attn_splits(pos[t] + 1);
     const int64_t p0 = part_index(t, h, 0, H);
@@ -298,10 +303,9 @@ void launch_split_typed(const DecodeArgs& a) {
     // Enough split blocks for the longest sequence the cache holds: attn_splits(len) <= ceil(len / kMinChunk)
     // and <= kAttnMaxSplits for every len <= ctx.
     const dim3 grid(std::min(kAttnMaxSplits, (a.kv.ctx + kMinChunk - 1) / kMinChunk), a.Hkv * n_sub, a.n);
-    attn_split_kernel<LPK, VEC, QG, T><<<grid, kDecodeThreads, 0, a.stream>>>(
-        a.q, a.ldq, a.pos, a.slot, a.layer, a.H, a.Hkv, a.hd, n_sub, a.scale_log2, static_cast<const T*>(a.kv.k),
-        static_cast<const T*>(a.kv.v), a.kv.n_layers, a.kv.ctx, a.kv.kv_dim, a.ws_acc, a.ws_ml);
-    CUDA_CHECK_LAUNCH();
+    launch(attn_split_kernel<LPK, VEC, QG, T>, grid, kDecodeThreads, 0, a.stream, a.q, a.ldq, a.pos, a.slot, a.layer,
+           a.H, a.Hkv, a.hd, n_sub, a.scale_log2, static_cast<const T*>(a.kv.k), static_cast<const T*>(a.kv.v),
+           a.kv.n_layers, a.kv.ctx, a.kv.kv_dim, a.ws_acc, a.ws_ml);
 }
 
 // Query heads per block: the whole GQA group up to 4 (larger groups take several blocks).
@@ -487,8 +491,7 @@ void attention_decode(const float* q, int ldq, int n, const int32_t* pos, const 
     else if (rows_aligned && hd == 256) launch_split<32, true>(a);
     else if (hd <= 64) launch_split<8, false>(a);
     else launch_split<32, false>(a);
-    attn_combine_kernel<<<dim3(H, n), hd <= 64 ? 64 : 128, 0, stream>>>(ws_acc, ws_ml, pos, H, hd, out, ldo);
-    CUDA_CHECK_LAUNCH();
+    launch(attn_combine_kernel, dim3(H, n), hd <= 64 ? 64 : 128, 0, stream, ws_acc, ws_ml, pos, H, hd, out, ldo);
 }
 
 void attention_prefill(const float* q, int ldq, int n, int pos0, int slot, int layer, int H, int Hkv, int hd,

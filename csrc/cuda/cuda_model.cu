@@ -7,6 +7,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "cuda/launch.cuh"
 #include "ternary_rows.h"
 
 namespace bllama {
@@ -22,21 +23,28 @@ CudaOptions cuda_options_from_env(CudaOptions o) {
         else throw std::invalid_argument("BLLAMA_CUDA_GEMM must be 'mma' or 'cublaslt', got '" + s + "'");
     }
     if (const char* g = std::getenv("BLLAMA_CUDA_GRAPHS")) o.graphs = std::string(g) != "0";
+    if (const char* g = std::getenv("BLLAMA_CUDA_FUSE_NORM")) o.fuse_norm = std::string(g) == "1";
+    if (const char* g = std::getenv("BLLAMA_CUDA_PDL")) o.pdl = std::string(g) == "1";
     return o;
 }
 
 namespace {
 
-// Small kernels that glue a decode step together (everything else is in kernels.cuh).
+// Small kernels that glue a decode step together (everything else is in kernels.cuh). Both wait before
+// touching anything (PDL, launch.cuh).
 
 // Start of a step: the pending token of each slot joins its seen set (the CPU Sampler's observe()).
 __global__ void mark_seen_kernel(const int32_t* tokens, uint8_t* seen, int V, int B) {
+    pdl_trigger();
+    pdl_wait();
     const int b = blockIdx.x * blockDim.x + threadIdx.x;
     if (b < B) seen[static_cast<int64_t>(b) * V + tokens[b]] = 1;
 }
 
 // End of a step: every slot moves one position on (its next input is the token just sampled).
 __global__ void advance_kernel(int32_t* pos, int B) {
+    pdl_trigger();
+    pdl_wait();  // the step's attention and RoPE read pos
     const int b = blockIdx.x * blockDim.x + threadIdx.x;
     if (b < B) pos[b] += 1;
 }
@@ -84,6 +92,7 @@ CudaModel::CudaModel(const Model& cpu, const CudaOptions& opts) : cfg_(cpu.confi
     if (opts_.gemm == PromptGemm::CublasLt && !CublasLtGemm::available())
         throw std::runtime_error("BLLAMA_CUDA_GEMM=cublaslt: cuBLASLt could not be loaded (libcublasLt.so.13; set "
                                  "BLLAMA_CUBLASLT to its path) or this build had no cublasLt.h");
+    pdl_ = opts_.pdl && pdl_supported();
     upload(cpu);
     allocate();
 }
@@ -270,31 +279,38 @@ void CudaModel::matmul(const DevTernary& w, int n, float* y, int ldy, Epilogue e
     else ternary_gemm_mma(w, a, n, y, ldy, ep, stream_.get());
 }
 
+void CudaModel::normed_matmul(bool fuse, const DevTernary& w, const float* x, int ldx, const float* norm_w, int d, int n,
+                              float* y, int ldy, Epilogue ep) {
+    if (fuse) {
+        ternary_gemv_normed(w, x, ldx, norm_w, d, cfg_.rms_eps, n, y, ldy, ep, stream_.get());
+    } else {
+        rmsnorm_quant(x, ldx, norm_w, n, d, cfg_.rms_eps, DevActs{act_q_.get(), act_scale_.get(), act_sum_.get(), w.cols},
+                      stream_.get());
+        matmul(w, n, y, ldy, ep);
+    }
+}
+
 void CudaModel::layers(int n, const int32_t* d_pos, const int32_t* d_slot, bool prompt, int pos0, int slot) {
     const ModelConfig& c = cfg_;
     const int D = static_cast<int>(c.dim), F = static_cast<int>(c.ffn), H = static_cast<int>(c.n_heads);
     const int Hkv = static_cast<int>(c.n_kv_heads), hd = static_cast<int>(c.head_dim);
-    const float eps = c.rms_eps;
     cudaStream_t s = stream_.get();
-    auto acts = [&](int cols) { return DevActs{act_q_.get(), act_scale_.get(), act_sum_.get(), cols}; };
     const Epilogue glu = c.activation == Activation::Relu2 ? Epilogue::GluRelu2 : Epilogue::GluSilu;
+    // fuse_norm: batch-1 decode steps only (prompt chunks keep rmsnorm_quant + GEMM; cuda_model.h).
+    const bool fuse = opts_.fuse_norm && !prompt && n <= kFuseNormMaxTokens;
 
     for (int l = 0; l < static_cast<int>(c.n_layers); ++l) {
         const Layer& L = layers_[static_cast<size_t>(l)];
-        rmsnorm_quant(x_.get(), D, L.attn_norm, n, D, eps, acts(L.qkv.cols), s);
-        matmul(L.qkv, n, qkv_.get(), qkv_rows_, Epilogue::Store);
+        normed_matmul(fuse, L.qkv, x_.get(), D, L.attn_norm, D, n, qkv_.get(), qkv_rows_, Epilogue::Store);
         rope_kv_write(qkv_.get(), qkv_rows_, n, d_pos, d_slot, l, H, Hkv, hd, cos_.get(), sin_.get(), kv_, s);
         if (prompt)
             attention_prefill(qkv_.get(), qkv_rows_, n, pos0, slot, l, H, Hkv, hd, kv_, att_.get(), D, s);
         else
             attention_decode(qkv_.get(), qkv_rows_, n, d_pos, d_slot, l, H, Hkv, hd, kv_, att_.get(), D, attn_ws_.get(), s);
-        rmsnorm_quant(att_.get(), D, L.attn_sub_norm, n, D, eps, acts(L.o.cols), s);
-        matmul(L.o, n, x_.get(), D, Epilogue::AddTo);
+        normed_matmul(fuse, L.o, att_.get(), D, L.attn_sub_norm, D, n, x_.get(), D, Epilogue::AddTo);
 
-        rmsnorm_quant(x_.get(), D, L.ffn_norm, n, D, eps, acts(L.gate_up.cols), s);
-        matmul(L.gate_up, n, gate_.get(), F, glu);
-        rmsnorm_quant(gate_.get(), F, L.ffn_sub_norm, n, F, eps, acts(L.down.cols), s);
-        matmul(L.down, n, x_.get(), D, Epilogue::AddTo);
+        normed_matmul(fuse, L.gate_up, x_.get(), D, L.ffn_norm, D, n, gate_.get(), F, glu);
+        normed_matmul(fuse, L.down, gate_.get(), F, L.ffn_sub_norm, F, n, x_.get(), D, Epilogue::AddTo);
     }
 }
 
@@ -381,6 +397,13 @@ int32_t CudaModel::sample_after_prefill(int slot, int64_t pos) {
     return h_tokens_[slot];
 }
 
+void CudaModel::download_logits(int rows, float* out) const {
+    if (rows < 0 || rows > logit_rows_) throw std::out_of_range("download_logits: rows out of range");
+    CUDA_CHECK(cudaMemcpyAsync(out, logits_.get(), static_cast<size_t>(rows) * cfg_.vocab * 4, cudaMemcpyDeviceToHost,
+                               stream_.get()));
+    stream_.sync();
+}
+
 void CudaModel::set_pending(int slot, int32_t token, int64_t pos) {
     check_slot(slot);
     if (token < 0 || token >= cfg_.vocab) throw std::out_of_range("token id " + std::to_string(token) + " is out of range");
@@ -395,14 +418,19 @@ void CudaModel::set_pending(int slot, int32_t token, int64_t pos) {
 void CudaModel::record_decode_step(int B) {
     cudaStream_t s = stream_.get();
     const int V = static_cast<int>(cfg_.vocab), D = static_cast<int>(cfg_.dim);
+    // The step's first kernel follows a copy (or the previous graph): a plain launch.
     mark_seen_kernel<<<(B + 127) / 128, 128, 0, s>>>(d_tokens_.get(), d_seen_.get(), V, B);
     CUDA_CHECK_LAUNCH();
-    embed(embd_.get(), D, d_tokens_.get(), B, x_.get(), s);
-    layers(B, d_pos_.get(), d_slots_.get(), /*prompt=*/false, 0, 0);
-    head(0, B);
-    sample(logits_.get(), V, B, sampling_, d_seen_.get(), d_step_.get(), d_tokens_.get(), sample_ws_.get(), s);
-    advance_kernel<<<(B + 127) / 128, 128, 0, s>>>(d_pos_.get(), B);
-    CUDA_CHECK_LAUNCH();
+    {
+        // pdl: every kernel from here to advance may start while the one ahead drains (launch.cuh). The GEMMs
+        // of a batched step (B > kGemvMaxTokens) and cuBLASLt do not take part: they launch plainly.
+        PdlScope pdl(pdl_);
+        embed(embd_.get(), D, d_tokens_.get(), B, x_.get(), s);
+        layers(B, d_pos_.get(), d_slots_.get(), /*prompt=*/false, 0, 0);
+        head(0, B);
+        sample(logits_.get(), V, B, sampling_, d_seen_.get(), d_step_.get(), d_tokens_.get(), sample_ws_.get(), s);
+        launch(advance_kernel, (B + 127) / 128, 128, 0, s, d_pos_.get(), B);
+    }
     CUDA_CHECK(cudaMemcpyAsync(h_tokens_, d_tokens_.get(), static_cast<size_t>(B) * 4, cudaMemcpyDeviceToHost, s));
 }
 

@@ -33,8 +33,19 @@ struct CudaOptions {
     int max_batch = 512;      // prompt tokens per chunk
     PromptGemm gemm = PromptGemm::Mma;
     bool graphs = true;       // false: decode steps launch kernel by kernel (debugging, timing the graph gain)
+    // Opt-in decode-step optimizations (off: the reviewed default path, kernel for kernel):
+    bool fuse_norm = false;   // batch-1 decode steps: ternary_gemv_normed instead of rmsnorm_quant + ternary_gemv
+                              // (4 launches per layer fewer; bit-identical results; kFuseNormMaxTokens)
+    bool pdl = false;         // Programmatic Dependent Launch for the decode step's kernels (sm_90+; ignored
+                              // below): each kernel starts while the one ahead drains (launch.cuh)
 };
-// Defaults overridden by the environment: BLLAMA_CUDA_GEMM=mma|cublaslt, BLLAMA_CUDA_GRAPHS=0.
+// Defaults overridden by the environment: BLLAMA_CUDA_GEMM=mma|cublaslt, BLLAMA_CUDA_GRAPHS=0,
+// BLLAMA_CUDA_FUSE_NORM=1, BLLAMA_CUDA_PDL=1.
+
+// fuse_norm applies to decode steps of at most this many tokens. ternary_gemv_normed runs 1..kGemvMaxTokens,
+// but every block re-reads the float rows, and from 2 tokens on the 1.7B shapes it was slower than the
+// unfused pair (H200, bench/NOTES-cuda.md: batch 2 -17%, batch 4 -24%).
+constexpr int kFuseNormMaxTokens = 1;
 CudaOptions cuda_options_from_env(CudaOptions base);
 
 class CudaModel {
@@ -50,6 +61,7 @@ public:
     int64_t context() const { return ctx_; }
     int slots() const { return opts_.slots; }
     const CudaOptions& options() const { return opts_; }
+    bool pdl_active() const { return pdl_; }               // options().pdl and the device supports it
     size_t weight_bytes() const { return weight_bytes_; }  // packed ternary words on the device
     size_t head_bytes() const;
     size_t device_bytes() const;                           // everything this model allocated
@@ -75,6 +87,11 @@ public:
 
     void synchronize() const { stream_.sync(); }
 
+    // Copies rows [0, rows) of the logits buffer to the host: after decode_step(B), rows < B hold that step's
+    // logits as sampling left them (the repetition penalty and, when sampling, the temperature applied in
+    // place). Tests and debugging; synchronizes.
+    void download_logits(int rows, float* out) const;
+
 private:
     struct Layer {
         DevTernary qkv, o, gate_up, down;
@@ -84,6 +101,10 @@ private:
     void upload(const Model& cpu);
     void allocate();
     void matmul(const DevTernary& w, int n, float* y, int ldy, Epilogue ep);
+    // y (ep) W * quant(rmsnorm(x, norm_w)) for n rows of d values at stride ldx: rmsnorm_quant + matmul, or
+    // with fuse, one ternary_gemv_normed (the same values).
+    void normed_matmul(bool fuse, const DevTernary& w, const float* x, int ldx, const float* norm_w, int d, int n,
+                       float* y, int ldy, Epilogue ep);
     // The transformer layers for n tokens already embedded in x_. Prompt: one slot, consecutive positions
     // from pos0 (attention_prefill). Decode: per-token positions/slots in d_pos/d_slot (attention_decode).
     void layers(int n, const int32_t* d_pos, const int32_t* d_slot, bool prompt, int pos0, int slot);
@@ -94,6 +115,7 @@ private:
 
     ModelConfig cfg_;
     CudaOptions opts_;
+    bool pdl_ = false;
     int64_t ctx_ = 0;
     int qkv_rows_ = 0;
     CudaStream stream_;

@@ -2,6 +2,7 @@
 #include <string>
 
 #include "cuda/kernels.cuh"
+#include "cuda/launch.cuh"
 
 namespace bllama {
 namespace cuda {
@@ -38,6 +39,13 @@ const char* device_description() {
                   p.totalGlobalMem / 1073741824.0);
     desc = buf;
     return desc.c_str();
+}
+
+bool pdl_supported() {
+    int dev = 0, major = 0;
+    CUDA_CHECK(cudaGetDevice(&dev));
+    CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev));
+    return major >= 9;
 }
 
 }  // namespace cuda

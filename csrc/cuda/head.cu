@@ -11,6 +11,7 @@
 
 #include "cuda/cuda_util.cuh"
 #include "cuda/kernels.cuh"
+#include "cuda/launch.cuh"
 
 namespace bllama {
 namespace cuda {
@@ -36,13 +37,25 @@ template <int NT, bool VEC8, bool STREAM>
 __global__ void __launch_bounds__(kHeadThreads)
     head_kernel(const __half* __restrict__ w, int V, int D, const float* __restrict__ x, int n,
                 float* __restrict__ logits) {
+    pdl_trigger();
     const int lane = threadIdx.x & 31;
     const int r0 = (blockIdx.x * (kHeadThreads / 32) + (threadIdx.x >> 5)) * kRows;
-    if (r0 >= V) return;  // whole warps only: no barrier follows
-    const int nr = min(kRows, V - r0);
     const __half* wr[kRows];
 #pragma unroll
     for (int r = 0; r < kRows; ++r) wr[r] = w + static_cast<int64_t>(min(r0 + r, V - 1)) * D;
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    // The weights are constant: the start of this warp's rows into L2 while the kernel ahead finishes (PDL,
+    // sm_90 only: elsewhere nothing runs ahead of the wait).
+    if (VEC8 && r0 < V)
+#pragma unroll
+        for (int r = 0; r < kRows; ++r)
+#pragma unroll
+            for (int i = 0; i < 4; ++i)
+                if (lane * 8 + i * 256 < D) prefetch_l2(wr[r] + lane * 8 + i * 256);
+#endif
+    pdl_wait();
+    if (r0 >= V) return;  // whole warps only: no barrier follows
+    const int nr = min(kRows, V - r0);
 
     for (int t0 = 0; t0 < n; t0 += NT) {
         const int nt = min(NT, n - t0);
@@ -108,10 +121,9 @@ void launch_head(const __half* w, int V, int D, const float* x, int n, float* lo
     const int rows_per_block = (kHeadThreads / 32) * kRows;
     const int grid = (V + rows_per_block - 1) / rows_per_block;
     const bool stream_w = n <= NT;
-    if (vec8 && stream_w) head_kernel<NT, true, true><<<grid, kHeadThreads, 0, stream>>>(w, V, D, x, n, logits);
-    else if (vec8) head_kernel<NT, true, false><<<grid, kHeadThreads, 0, stream>>>(w, V, D, x, n, logits);
-    else head_kernel<NT, false, false><<<grid, kHeadThreads, 0, stream>>>(w, V, D, x, n, logits);
-    CUDA_CHECK_LAUNCH();
+    if (vec8 && stream_w) launch(head_kernel<NT, true, true>, grid, kHeadThreads, 0, stream, w, V, D, x, n, logits);
+    else if (vec8) launch(head_kernel<NT, true, false>, grid, kHeadThreads, 0, stream, w, V, D, x, n, logits);
+    else launch(head_kernel<NT, false, false>, grid, kHeadThreads, 0, stream, w, V, D, x, n, logits);
 }
 
 }  // namespace

@@ -57,6 +57,15 @@ constexpr int kGemvMaxTokens = 8;
 void ternary_gemv(const DevTernary& w, const DevActs& x, int n_tokens, float* y, int ldy, Epilogue ep,
                   cudaStream_t stream);
 
+// rmsnorm_quant + ternary_gemv in one launch (decode, 1 <= n_tokens <= kGemvMaxTokens): every block
+// normalizes and quantizes the n float rows x[t * ldx + k] (k < d <= w.cols; columns [d, w.cols) are
+// zero) itself, with exactly rmsnorm_quant's arithmetic, so y is bit-identical to
+//   rmsnorm_quant(x, ldx, norm_w, n, d, eps, acts) ; ternary_gemv(w, acts, n, y, ldy, ep)
+// whatever the two kernels' block shapes (the sum of squares has a canonical order: norm_common.cuh).
+// norm_w null: no norm (quantization only). x must not overlap y.
+void ternary_gemv_normed(const DevTernary& w, const float* x, int ldx, const float* norm_w, int d, float eps,
+                         int n_tokens, float* y, int ldy, Epilogue ep, cudaStream_t stream);
+
 // Prompt GEMM for any n_tokens >= 1: our int8 tensor-core kernel (mma.sync m16n8k32, u8 codes x s8
 // activations), which unpacks the 2-bit words itself; the weights are never expanded in memory.
 void ternary_gemm_mma(const DevTernary& w, const DevActs& x, int n_tokens, float* y, int ldy, Epilogue ep,

@@ -1,20 +1,28 @@
 // Embedding lookup, RMSNorm, and the fused BitLinear input (RMSNorm + per-token int8 quantization).
 //
 // rmsnorm_quant / rmsnorm: one block per token row. The row stays in registers between the passes
-// (each thread holds up to NV vectors of VEC floats, coalesced: vector j of thread i is vector
-// i + j * blockDim of the row), so x is read from memory once. The quantizer uses exactly the CPU's fp32
-// operations (every rounding explicit: __fmul_rn and friends are never contracted into an FMA), so for
-// the same normed input the scale, the int8 codes and the row sum are bit-identical to quantize_acts.
+// (each thread holds up to 4 groups of 4 floats, coalesced: group j of thread i is group i + j * blockDim
+// of the row), so x is read from memory once. The sum of squares is added in the canonical order of
+// norm_common.cuh (independent of the block size, so ternary_gemv_normed reproduces it bit for bit), and
+// the quantizer uses exactly the CPU's fp32 operations (every rounding explicit: __fmul_rn and friends are
+// never contracted into an FMA), so for the same normed input the scale, the int8 codes and the row sum
+// are bit-identical to quantize_acts.
+//
+// Every kernel here may be launched with PDL (launch.cuh): it waits before touching x / tokens / outputs.
 #include <algorithm>
 #include <stdexcept>
 
 #include "cuda/cuda_util.cuh"
 #include "cuda/kernels.cuh"
+#include "cuda/launch.cuh"
+#include "cuda/norm_common.cuh"
 
 namespace bllama {
 namespace cuda {
 
 namespace {
+
+using namespace detail;
 
 // ---------------------------------------------------------------------------------------------------
 // Embedding
@@ -23,6 +31,8 @@ namespace {
 template <bool VEC8>
 __global__ void embed_kernel(const __half* __restrict__ table, int dim, const int32_t* __restrict__ tokens,
                              float* __restrict__ x) {
+    pdl_trigger();
+    pdl_wait();
     const int t = blockIdx.x;
     const __half* row = table + static_cast<int64_t>(tokens[t]) * dim;
     float* out = x + static_cast<int64_t>(t) * dim;
@@ -42,12 +52,9 @@ __global__ void embed_kernel(const __half* __restrict__ table, int dim, const in
 
 // ---------------------------------------------------------------------------------------------------
 // Block reductions: every thread gets the result. `red` is a block-private __shared__ array of 32;
-// each reduction uses its own array, so no barrier is needed before reuse.
+// each reduction uses its own array, so no barrier is needed before reuse. (The sum of squares has its
+// own, block-shape independent order: norm_common.cuh.)
 
-__device__ __forceinline__ float warp_sum(float v) {
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    return v;
-}
 __device__ __forceinline__ float warp_max(float v) {
     for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
     return v;
@@ -58,14 +65,6 @@ __device__ __forceinline__ int warp_sum_int(int v) {
 }
 
 // blockDim.x is a multiple of 32 (the launchers guarantee it).
-__device__ __forceinline__ float block_sum(float v, float* red) {
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
-    v = warp_sum(v);
-    if (lane == 0) red[warp] = v;
-    __syncthreads();
-    v = lane < nw ? red[lane] : 0.0f;
-    return warp_sum(v);
-}
 __device__ __forceinline__ float block_max(float v, float* red) {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
     v = warp_max(v);
@@ -83,118 +82,108 @@ __device__ __forceinline__ int block_sum_int(int v, int* red) {
     return warp_sum_int(v);
 }
 
-// Vector loads/stores of VEC (1 or 4) consecutive floats / int8s.
-template <int VEC>
-struct Vec;
-template <>
-struct Vec<1> {
-    __device__ static void load(const float* p, float* v) { v[0] = __ldg(p); }
-    __device__ static void store(float* p, const float* v) { p[0] = v[0]; }
-    __device__ static void store_q(int8_t* p, const int* q) { p[0] = static_cast<int8_t>(q[0]); }
-};
-template <>
-struct Vec<4> {
-    __device__ static void load(const float* p, float* v) {
-        const float4 f = __ldg(reinterpret_cast<const float4*>(p));
-        v[0] = f.x, v[1] = f.y, v[2] = f.z, v[3] = f.w;
+// Stores of group g (elements 4g .. 4g+3, only those < d). VEC4: one 16-byte (float) / 4-byte (int8) store.
+template <bool VEC4>
+__device__ __forceinline__ void store_group(float* row, int g, int d, const float (&v)[kNormGroup]) {
+    const int k0 = g * kNormGroup;
+    if (VEC4) {
+        if (k0 < d) *reinterpret_cast<float4*>(row + k0) = make_float4(v[0], v[1], v[2], v[3]);
+    } else {
+#pragma unroll
+        for (int c = 0; c < kNormGroup; ++c)
+            if (k0 + c < d) row[k0 + c] = v[c];
     }
-    __device__ static void store(float* p, const float* v) {
-        *reinterpret_cast<float4*>(p) = make_float4(v[0], v[1], v[2], v[3]);
+}
+template <bool VEC4>
+__device__ __forceinline__ void store_group_q(int8_t* row, int g, int d, const int (&q)[kNormGroup]) {
+    const int k0 = g * kNormGroup;
+    if (VEC4) {
+        if (k0 < d)
+            *reinterpret_cast<char4*>(row + k0) = make_char4(static_cast<signed char>(q[0]), static_cast<signed char>(q[1]),
+                                                             static_cast<signed char>(q[2]), static_cast<signed char>(q[3]));
+    } else {
+#pragma unroll
+        for (int c = 0; c < kNormGroup; ++c)
+            if (k0 + c < d) row[k0 + c] = static_cast<int8_t>(q[c]);
     }
-    __device__ static void store_q(int8_t* p, const int* q) {
-        *reinterpret_cast<char4*>(p) = make_char4(static_cast<signed char>(q[0]), static_cast<signed char>(q[1]),
-                                                  static_cast<signed char>(q[2]), static_cast<signed char>(q[3]));
-    }
-};
-
-// 1 / sqrtf(mean(x^2) + eps) with the CPU's roundings: ss / d, + eps, sqrt, reciprocal (all IEEE).
-__device__ __forceinline__ float rms_factor(float ss, int d, float eps) {
-    return __frcp_rn(__fsqrt_rn(__fadd_rn(__fdiv_rn(ss, static_cast<float>(d)), eps)));
 }
 
-// One row per block. The row (d values, d % VEC == 0) is held in registers: v[j] is vector
-// threadIdx.x + j * blockDim.x; NV * blockDim.x * VEC >= d. QUANT: write DevActs (q over `cols` columns,
-// zero past d, scale, row_sum); otherwise write the normed floats to out.
-template <int VEC, int NV, bool QUANT>
+constexpr int kNormGroupsPerThread = 4;  // norm_rows_kernel: up to 16 floats of the row per thread
+
+// One row per block. The row is held in registers as groups of 4 (norm_common.cuh): thread i holds groups
+// i + j * blockDim.x, j < 4, so 16 * blockDim.x >= d. VEC4: 16-byte loads and stores (d % 4 == 0, aligned
+// rows); otherwise scalar ones. QUANT: write DevActs (q over `cols` columns, zero past d, scale, row_sum);
+// otherwise write the normed floats to out.
+template <bool VEC4, bool QUANT>
 __global__ void __launch_bounds__(1024)
     norm_rows_kernel(const float* __restrict__ x, int ldx, const float* __restrict__ w, int d, float eps,
                      float* __restrict__ out, int ldo, int8_t* __restrict__ q, float* __restrict__ scale,
                      int32_t* __restrict__ row_sum, int cols) {
-    __shared__ float red_ss[32], red_max[32];
+    constexpr int NV = kNormGroupsPerThread;
+    __shared__ float red_c[NV * 32], red_max[32];  // red_c: the chunk sums (at most NV * 32 warps of them)
     __shared__ int red_sum[32];
-    const int t = blockIdx.x;
-    const float* xr = x + static_cast<int64_t>(t) * ldx;
-    const int nvec = d / VEC;
+    pdl_trigger();
+    const int t = blockIdx.x, T = blockDim.x;
+
+    // The norm weights are constant: requested before waiting for the kernel that wrote x. Zeros past d.
+    float wv[NV][kNormGroup];
+    if (w) {
+#pragma unroll
+        for (int j = 0; j < NV; ++j) load_group<VEC4>(w, threadIdx.x + j * T, d, wv[j]);
+    }
+    pdl_wait();
 
     // Issue all loads first (independent, in flight together), then reduce.
-    float v[NV][VEC];
+    const float* xr = x + static_cast<int64_t>(t) * ldx;
+    float v[NV][kNormGroup];
 #pragma unroll
-    for (int j = 0; j < NV; ++j) {
-        const int i = threadIdx.x + j * blockDim.x;
-        if (i < nvec) {
-            Vec<VEC>::load(xr + i * VEC, v[j]);
-        } else {
-#pragma unroll
-            for (int c = 0; c < VEC; ++c) v[j][c] = 0.0f;
-        }
-    }
+    for (int j = 0; j < NV; ++j) load_group<VEC4>(xr, threadIdx.x + j * T, d, v[j]);
 
     if (w) {
-        float ss = 0.0f;
+        // The canonical sum of squares: group threadIdx.x + j * T is lane `lane` of chunk warp + j * nw.
+        const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = T >> 5;
+        const int K = (d + kNormChunk - 1) / kNormChunk;
+#pragma unroll
+        for (int j = 0; j < NV; ++j) {
+            const float c = warp_sum_xor(sumsq_group(v[j]));
+            const int k = warp + j * nw;
+            if (lane == 0 && k < K) red_c[k] = c;
+        }
+        __syncthreads();
+        const float r = rms_factor(lane_sums_total(red_c, K, lane), d, eps);
 #pragma unroll
         for (int j = 0; j < NV; ++j)
 #pragma unroll
-            for (int c = 0; c < VEC; ++c) ss = fmaf(v[j][c], v[j][c], ss);
-        const float r = rms_factor(block_sum(ss, red_ss), d, eps);
-        // xn = (x * r) * w, two roundings as on the CPU.
-#pragma unroll
-        for (int j = 0; j < NV; ++j) {
-            const int i = threadIdx.x + j * blockDim.x;
-            if (i < nvec) {
-                float wv[VEC];
-                Vec<VEC>::load(w + i * VEC, wv);
-#pragma unroll
-                for (int c = 0; c < VEC; ++c) v[j][c] = __fmul_rn(__fmul_rn(v[j][c], r), wv[c]);
-            }
-        }
+            for (int c = 0; c < kNormGroup; ++c) v[j][c] = norm_value(v[j][c], r, wv[j][c]);  // 0 past d
     }
 
     if (!QUANT) {
         float* o = out + static_cast<int64_t>(t) * ldo;
 #pragma unroll
-        for (int j = 0; j < NV; ++j) {
-            const int i = threadIdx.x + j * blockDim.x;
-            if (i < nvec) Vec<VEC>::store(o + i * VEC, v[j]);
-        }
+        for (int j = 0; j < NV; ++j) store_group<VEC4>(o, threadIdx.x + j * T, d, v[j]);
         return;
     }
 
-    // absmax is order-independent (exact), so m and a equal the CPU's bit for bit.
     float amax = 0.0f;
 #pragma unroll
     for (int j = 0; j < NV; ++j)
 #pragma unroll
-        for (int c = 0; c < VEC; ++c) amax = fmaxf(amax, fabsf(v[j][c]));
-    const float m = fmaxf(block_max(amax, red_max), 1e-5f);
-    const float a = __fmul_rn(__frcp_rn(m), 127.0f);  // (1.0f / m) * 127.0f
+        for (int c = 0; c < kNormGroup; ++c) amax = fmaxf(amax, fabsf(v[j][c]));
+    const float a = quant_scale(block_max(amax, red_max));
 
     int8_t* qr = q + static_cast<int64_t>(t) * cols;
     int sum = 0;
 #pragma unroll
     for (int j = 0; j < NV; ++j) {
-        const int i = threadIdx.x + j * blockDim.x;
-        if (i < nvec) {
-            int qi[VEC];
+        int qi[kNormGroup];
 #pragma unroll
-            for (int c = 0; c < VEC; ++c) {
-                // nearbyint in the default mode rounds half to even, as __float2int_rn does.
-                qi[c] = min(127, max(-128, __float2int_rn(__fmul_rn(v[j][c], a))));
-                sum += qi[c];
-            }
-            Vec<VEC>::store_q(qr + i * VEC, qi);
+        for (int c = 0; c < kNormGroup; ++c) {
+            qi[c] = quant_code(v[j][c], a);  // 0 past d (v is 0 there)
+            sum += qi[c];
         }
+        store_group_q<VEC4>(qr, threadIdx.x + j * T, d, qi);
     }
-    for (int k = d + threadIdx.x; k < cols; k += blockDim.x) qr[k] = 0;  // padding columns
+    for (int k = d + threadIdx.x; k < cols; k += T) qr[k] = 0;  // padding columns
     sum = block_sum_int(sum, red_sum);
     if (threadIdx.x == 0) {
         scale[t] = a;
@@ -203,7 +192,9 @@ __global__ void __launch_bounds__(1024)
 }
 
 // Rows longer than the register cache holds (d > 16384): the same math, re-reading x (from L1/L2) in each
-// pass and recomputing xn, which gives the same values as the first computation.
+// pass and recomputing xn, which gives the same values as the first computation. Exactly 1024 threads:
+// warp w adds the chunk sums of its chunks w, w + 32, ... in order, which is lane w's sum of the canonical
+// order (norm_common.cuh).
 template <bool QUANT>
 __global__ void __launch_bounds__(1024) norm_rows_long_kernel(const float* __restrict__ x, int ldx,
                                                               const float* __restrict__ w, int d, float eps,
@@ -212,15 +203,25 @@ __global__ void __launch_bounds__(1024) norm_rows_long_kernel(const float* __res
                                                               int cols) {
     __shared__ float red_ss[32], red_max[32];
     __shared__ int red_sum[32];
+    pdl_trigger();
+    pdl_wait();
     const int t = blockIdx.x;
     const float* xr = x + static_cast<int64_t>(t) * ldx;
     float r = 1.0f;
     if (w) {
-        float ss = 0.0f;
-        for (int k = threadIdx.x; k < d; k += blockDim.x) ss = fmaf(xr[k], xr[k], ss);
-        r = rms_factor(block_sum(ss, red_ss), d, eps);
+        const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+        const int K = (d + kNormChunk - 1) / kNormChunk;
+        float p = 0.0f;
+        for (int k = warp; k < K; k += 32) {
+            float e[kNormGroup];
+            load_group<false>(xr, 32 * k + lane, d, e);
+            p = __fadd_rn(p, warp_sum_xor(sumsq_group(e)));
+        }
+        if (lane == 0) red_ss[warp] = p;
+        __syncthreads();
+        r = rms_factor(warp_sum_xor(red_ss[lane]), d, eps);
     }
-    auto xn = [&](int k) { return w ? __fmul_rn(__fmul_rn(xr[k], r), w[k]) : xr[k]; };
+    auto xn = [&](int k) { return w ? norm_value(xr[k], r, w[k]) : xr[k]; };
     if (!QUANT) {
         float* o = out + static_cast<int64_t>(t) * ldo;
         for (int k = threadIdx.x; k < d; k += blockDim.x) o[k] = xn(k);
@@ -228,12 +229,11 @@ __global__ void __launch_bounds__(1024) norm_rows_long_kernel(const float* __res
     }
     float amax = 0.0f;
     for (int k = threadIdx.x; k < d; k += blockDim.x) amax = fmaxf(amax, fabsf(xn(k)));
-    const float m = fmaxf(block_max(amax, red_max), 1e-5f);
-    const float a = __fmul_rn(__frcp_rn(m), 127.0f);
+    const float a = quant_scale(block_max(amax, red_max));
     int8_t* qr = q + static_cast<int64_t>(t) * cols;
     int sum = 0;
     for (int k = threadIdx.x; k < cols; k += blockDim.x) {
-        const int qi = k < d ? min(127, max(-128, __float2int_rn(__fmul_rn(xn(k), a)))) : 0;
+        const int qi = k < d ? quant_code(xn(k), a) : 0;
         qr[k] = static_cast<int8_t>(qi);
         sum += qi;
     }
@@ -246,34 +246,32 @@ __global__ void __launch_bounds__(1024) norm_rows_long_kernel(const float* __res
 
 bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
 
-// Picks the vector width, the registers per thread and the block size for a row of d values, then
-// launches norm_rows_kernel over n rows.
+// Picks the load width and the block size for a row of d values, then launches norm_rows_kernel over n rows.
 template <bool QUANT>
 void launch_norm_rows(const float* x, int ldx, const float* w, int n, int d, float eps, float* out, int ldo,
                       int8_t* q, float* scale, int32_t* row_sum, int cols, cudaStream_t stream) {
     if (n <= 0) return;
     if (d <= 0) throw std::invalid_argument("rmsnorm: d must be positive");
-    // float4 path: every row start and the weights 16-byte aligned, and (quantizing) the int8 rows too.
+    // 16-byte path: every row start and the weights 16-byte aligned, and (quantizing) the int8 rows too.
     bool vec4 = d % 4 == 0 && ldx % 4 == 0 && aligned16(x) && (!w || aligned16(w));
     if (QUANT) vec4 = vec4 && cols % 4 == 0 && (reinterpret_cast<uintptr_t>(q) & 3u) == 0;
     else vec4 = vec4 && ldo % 4 == 0 && aligned16(out);
-    const int vec = vec4 ? 4 : 1;
-    const int nvec = d / vec;
-    auto threads_for = [&](int nv) {
-        const int th = (nvec + nv - 1) / nv;
-        return std::max(128, (th + 31) / 32 * 32);
-    };
+    const int groups = (d + kNormGroup - 1) / kNormGroup;
     const dim3 grid(n);
-#define BLLAMA_NORM_LAUNCH(V, NV)                                                                        \
-    norm_rows_kernel<V, NV, QUANT><<<grid, threads_for(NV), 0, stream>>>(x, ldx, w, d, eps, out, ldo, q, \
-                                                                          scale, row_sum, cols)
-    // Both cached variants hold up to 16 floats per thread (64 registers at most at 1024 threads).
-    if (vec4 && nvec <= 4 * 1024) BLLAMA_NORM_LAUNCH(4, 4);
-    else if (!vec4 && nvec <= 16 * 1024) BLLAMA_NORM_LAUNCH(1, 16);
-    else
-        norm_rows_long_kernel<QUANT><<<grid, 1024, 0, stream>>>(x, ldx, w, d, eps, out, ldo, q, scale, row_sum, cols);
-#undef BLLAMA_NORM_LAUNCH
-    CUDA_CHECK_LAUNCH();
+    // The cached variant holds up to 16 floats per thread (64 registers at most at 1024 threads).
+    if (groups <= kNormGroupsPerThread * 1024) {
+        const int th = (groups + kNormGroupsPerThread - 1) / kNormGroupsPerThread;
+        const int threads = std::max(128, (th + 31) / 32 * 32);
+        if (vec4)
+            launch(norm_rows_kernel<true, QUANT>, grid, threads, 0, stream, x, ldx, w, d, eps, out, ldo, q, scale,
+                   row_sum, cols);
+        else
+            launch(norm_rows_kernel<false, QUANT>, grid, threads, 0, stream, x, ldx, w, d, eps, out, ldo, q, scale,
+                   row_sum, cols);
+    } else {
+        launch(norm_rows_long_kernel<QUANT>, grid, 1024, 0, stream, x, ldx, w, d, eps, out, ldo, q, scale, row_sum,
+               cols);
+    }
 }
 
 }  // namespace
@@ -282,9 +280,8 @@ void embed(const __half* table, int dim, const int32_t* tokens, int n, float* x,
     if (n <= 0) return;
     const bool vec8 = dim % 8 == 0 && aligned16(table) && aligned16(x);
     const int threads = std::min(256, std::max(32, ((vec8 ? dim / 8 : dim) + 31) / 32 * 32));
-    if (vec8) embed_kernel<true><<<n, threads, 0, stream>>>(table, dim, tokens, x);
-    else embed_kernel<false><<<n, threads, 0, stream>>>(table, dim, tokens, x);
-    CUDA_CHECK_LAUNCH();
+    if (vec8) launch(embed_kernel<true>, n, threads, 0, stream, table, dim, tokens, x);
+    else launch(embed_kernel<false>, n, threads, 0, stream, table, dim, tokens, x);
 }
 
 void rmsnorm_quant(const float* x, int ldx, const float* w, int n, int d, float eps, DevActs out,

@@ -9,6 +9,7 @@
 
 #include "cuda/cuda_util.cuh"
 #include "cuda/kernels.cuh"
+#include "cuda/launch.cuh"
 
 namespace bllama {
 namespace cuda {
@@ -23,6 +24,8 @@ __device__ __forceinline__ void store_kv(void* cache, bool f16, int64_t at, floa
 __global__ void rope_kv_kernel(float* __restrict__ qkv, int ldq, const int32_t* __restrict__ pos,
                                const int32_t* __restrict__ slot, int layer, int H, int Hkv, int hd,
                                const float* __restrict__ cos_tab, const float* __restrict__ sin_tab, KvCache kv) {
+    pdl_trigger();
+    pdl_wait();  // before the early exit below (launch.cuh)
     const int t = blockIdx.y;
     const int half = hd / 2;
     const int n_pairs = (H + Hkv) * half;
@@ -67,8 +70,7 @@ void rope_kv_write(float* qkv, int ldq, int n, const int32_t* pos, const int32_t
     if (n > 65535) throw std::invalid_argument("rope_kv_write: at most 65535 tokens per call");
     const int items = (H + Hkv) * (hd / 2) + Hkv * hd;
     const dim3 grid((items + 255) / 256, n);
-    rope_kv_kernel<<<grid, 256, 0, stream>>>(qkv, ldq, pos, slot, layer, H, Hkv, hd, cos_tab, sin_tab, kv);
-    CUDA_CHECK_LAUNCH();
+    launch(rope_kv_kernel, grid, 256, 0, stream, qkv, ldq, pos, slot, layer, H, Hkv, hd, cos_tab, sin_tab, kv);
 }
 
 }  // namespace cuda

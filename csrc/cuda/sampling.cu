@@ -24,6 +24,7 @@
 
 #include "cuda/cuda_util.cuh"
 #include "cuda/kernels.cuh"
+#include "cuda/launch.cuh"
 
 namespace bllama {
 namespace cuda {
@@ -53,6 +54,8 @@ template <bool VEC4>
 __global__ void __launch_bounds__(kThreads)
     greedy_kernel(float* __restrict__ logits, int V, float rp, const uint8_t* __restrict__ seen,
                   uint64_t* __restrict__ step, int32_t* __restrict__ tokens) {
+    pdl_trigger();
+    pdl_wait();
     const int row = blockIdx.x;
     float* L = logits + static_cast<int64_t>(row) * V;
     const uint8_t* S = seen ? seen + static_cast<int64_t>(row) * V : nullptr;
@@ -246,6 +249,8 @@ __global__ void __launch_bounds__(kThreads)
     sample_kernel(float* __restrict__ logits, int V, SampleArgs a, const uint8_t* __restrict__ seen,
                   uint64_t* __restrict__ step, int32_t* __restrict__ tokens) {
     __shared__ SampleSmem sm;
+    pdl_trigger();
+    pdl_wait();
     const int row = blockIdx.x;
     float* L = logits + static_cast<int64_t>(row) * V;
     const uint8_t* S = seen ? seen + static_cast<int64_t>(row) * V : nullptr;
@@ -308,7 +313,11 @@ __global__ void __launch_bounds__(kThreads)
     }
 }
 
-__global__ void increment_step_kernel(uint64_t* step) { *step += 1; }
+__global__ void increment_step_kernel(uint64_t* step) {
+    pdl_trigger();
+    pdl_wait();
+    *step += 1;
+}
 
 }  // namespace
 
@@ -323,9 +332,8 @@ void sample(float* logits, int V, int n, const DevSampling& p, const uint8_t* se
     if (p.greedy || !(p.temperature > 0.0f)) {
         const bool vec4 = V % 4 == 0 && (reinterpret_cast<uintptr_t>(logits) & 15u) == 0 &&
                           (reinterpret_cast<uintptr_t>(seen) & 3u) == 0;
-        if (vec4) greedy_kernel<true><<<n, kThreads, 0, stream>>>(logits, V, p.repetition_penalty, s, step, tokens);
-        else greedy_kernel<false><<<n, kThreads, 0, stream>>>(logits, V, p.repetition_penalty, s, step, tokens);
-        CUDA_CHECK_LAUNCH();
+        if (vec4) launch(greedy_kernel<true>, n, kThreads, 0, stream, logits, V, p.repetition_penalty, s, step, tokens);
+        else launch(greedy_kernel<false>, n, kThreads, 0, stream, logits, V, p.repetition_penalty, s, step, tokens);
         return;
     }
     SampleArgs a;
@@ -338,12 +346,11 @@ void sample(float* logits, int V, int n, const DevSampling& p, const uint8_t* se
     a.fix_scale = std::ldexp(1.0f, 63 - bits);
     a.seed = p.seed;
     a.inc_step = n == 1;
-    sample_kernel<<<n, kThreads, 0, stream>>>(logits, V, a, s, step, tokens);
-    CUDA_CHECK_LAUNCH();
+    launch(sample_kernel, n, kThreads, 0, stream, logits, V, a, s, step, tokens);
     if (n > 1 && step) {
-        // Every block read *step; only after all of them may it change: the next launch on the stream.
-        increment_step_kernel<<<1, 1, 0, stream>>>(step);
-        CUDA_CHECK_LAUNCH();
+        // Every block read *step; only after all of them may it change: the next launch on the stream
+        // (which, launched with PDL, waits for them before it touches *step).
+        launch(increment_step_kernel, 1, 1, 0, stream, step);
     }
 }
 

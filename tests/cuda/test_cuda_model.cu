@@ -10,7 +10,12 @@
 //    penalty, so each slot's seen set matters), with graphs and without, for B = 3 (GEMV) and B = 12 (MMA),
 //    fp32 and fp16 KV cache;
 //  - seeded sampling replays identically with and without graphs; new sampling parameters re-capture the graph;
-//  - decoding stops with std::out_of_range at the end of the context.
+//  - decoding stops with std::out_of_range at the end of the context;
+//  - the opt-in decode paths (fuse_norm, pdl, both) decode exactly the default's tokens with bit-identical logits
+//    at every step (the fused GEMV computes rmsnorm_quant's values exactly; PDL only changes when kernels start),
+//    for B = 1 (fused), 3 (GEMV, not fused: kFuseNormMaxTokens) and 12 (MMA; PDL launches around plain GEMM
+//    launches), with graphs (one graph replayed for every step: a race would show as a step whose logits move)
+//    and without.
 // Exits 77 (ctest: skipped) without a GPU.
 #include <unistd.h>
 
@@ -49,8 +54,10 @@ int argmax_row(const float* x, int V) {  // lowest index of the largest value, a
 }
 
 std::unique_ptr<CudaModel> make_model(const Model& cpu, int slots, int max_batch, bool graphs, int64_t max_context = 0,
-                                      bool kv_f16 = false) {
+                                      bool kv_f16 = false, bool fuse_norm = false, bool pdl = false) {
     CudaOptions o;
+    o.fuse_norm = fuse_norm;
+    o.pdl = pdl;
     o.kv_f16 = kv_f16;
     o.slots = slots;
     o.max_batch = max_batch;
@@ -178,6 +185,55 @@ void test_batched_decode(const Model& cpu, bool kv_f16) {
     CHECK(decode_alone(*m, p0, greedy, steps) == g, "greedy after sampling differs from greedy before");
 }
 
+// The opt-in decode paths against the default, step by step: tokens equal and logits bit-identical.
+void test_decode_options(const Model& cpu) {
+    const int V = static_cast<int>(kShape.vocab), S = 12;
+    const int steps_for_b[] = {80, 24, 12};  // B = 1 gets many replays of its graph
+    std::vector<std::vector<int32_t>> prompts;
+    for (int s = 0; s < S; ++s) prompts.push_back(make_ids(5 + 9 * s, 40 + s, V));
+    SamplingParams sp;
+    sp.repetition_penalty = 1.3f;
+    auto base = make_model(cpu, S, 64, true);
+    struct Variant {
+        const char* name;
+        bool fuse, pdl;
+    };
+    for (const Variant v : {Variant{"fuse_norm", true, false}, Variant{"pdl", false, true}, Variant{"fuse_norm+pdl", true, true}}) {
+        for (bool graphs : {true, false}) {
+            auto m = make_model(cpu, S, 64, graphs, 0, false, v.fuse, v.pdl);
+            if (v.pdl && graphs) std::printf("%s: PDL %s\n", v.name, m->pdl_active() ? "active" : "not supported here (ignored)");
+            int bi = 0;
+            for (int B : {1, 3, S}) {
+                const int steps = steps_for_b[bi++];
+                for (CudaModel* mm : {base.get(), m.get()})
+                    for (int b = 0; b < B; ++b) {
+                        const auto& p = prompts[static_cast<size_t>(b)];
+                        mm->begin_sequence(b, p, sp);
+                        mm->prefill(b, p.data(), static_cast<int64_t>(p.size()), 0, nullptr);
+                        mm->sample_after_prefill(b, static_cast<int64_t>(p.size()));
+                    }
+                std::vector<int32_t> ta(static_cast<size_t>(B)), tb(ta.size());
+                std::vector<float> la(static_cast<size_t>(B) * V), lb(la.size());
+                int tok_diff = 0, logit_steps = 0, first_bad = -1;
+                for (int i = 0; i < steps; ++i) {
+                    base->decode_step(B, ta.data());
+                    m->decode_step(B, tb.data());
+                    base->download_logits(B, la.data());
+                    m->download_logits(B, lb.data());
+                    tok_diff += ta != tb;
+                    if (std::memcmp(la.data(), lb.data(), la.size() * 4) != 0) {
+                        ++logit_steps;
+                        if (first_bad < 0) first_bad = i;
+                    }
+                }
+                CHECK(tok_diff == 0 && logit_steps == 0,
+                      "%s (graphs %d) B=%d: %d of %d steps decoded other tokens, %d had other logits (first: step %d)",
+                      v.name, graphs, B, tok_diff, steps, logit_steps, first_bad);
+            }
+        }
+    }
+}
+
 void test_context_end(const Model& cpu) {
     const int V = static_cast<int>(kShape.vocab);
     auto m = make_model(cpu, 1, 64, true, 40);
@@ -221,6 +277,7 @@ int main() {
         test_batched_decode(*cpu, false);
         test_batched_decode(*cpu, true);
         test_context_end(*cpu);
+        test_decode_options(*cpu);
     } catch (const std::exception& e) {
         std::fprintf(stderr, "FAIL: exception: %s\n", e.what());
         ++g_failures;

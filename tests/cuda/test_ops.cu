@@ -1,5 +1,6 @@
 // The CUDA backend's non-matmul kernels against CPU references (csrc/cuda/kernels.cuh): embedding,
-// RMSNorm (+ int8 quantization, bit-identical to quantize_acts without a norm), RoPE + KV-cache
+// RMSNorm (+ int8 quantization, bit-identical to quantize_acts without a norm; with one, bit-identical to a
+// host model of the canonical summation order of csrc/cuda/norm_common.cuh), RoPE + KV-cache
 // store, decode and prompt attention (float64 reference; decode also replayed from a CUDA graph at
 // several positions), the f16 LM head, and sampling (greedy == CPU argmax; sampled frequencies
 // against the CPU Sampler's exact probabilities). Inputs are fresh random data for every trial;
@@ -111,6 +112,46 @@ void ref_rmsnorm(const float* x, const float* w, float* out, int d, float eps) {
     for (int i = 0; i < d; ++i) out[i] = x[i] * r * w[i];
 }
 
+// The GPU's RMSNorm bit for bit: the sum of squares in the canonical order of csrc/cuda/norm_common.cuh
+// (groups of 4 by fma, chunks of 32 groups by a warp butterfly, lane sums over chunks k = lane mod 32 in
+// order, a last butterfly), then the CPU's roundings. Every operation is one IEEE float operation, on the
+// host as on the device.
+void canonical_rmsnorm(const float* x, const float* w, float* out, int d, float eps) {
+    auto butterfly = [](float (&v)[32]) {
+        for (int o = 16; o > 0; o >>= 1) {
+            float t[32];
+            for (int l = 0; l < 32; ++l) t[l] = v[l] + v[l ^ o];
+            std::copy(t, t + 32, v);
+        }
+        return v[0];
+    };
+    const int K = (d + 127) / 128;
+    std::vector<float> chunk(static_cast<size_t>(K));
+    for (int k = 0; k < K; ++k) {
+        float s[32];
+        for (int l = 0; l < 32; ++l) {
+            float e[4];
+            for (int c = 0; c < 4; ++c) {
+                const int i = 4 * (32 * k + l) + c;
+                e[c] = i < d ? x[i] : 0.0f;
+            }
+            s[l] = std::fma(e[3], e[3], std::fma(e[2], e[2], std::fma(e[1], e[1], e[0] * e[0])));
+        }
+        chunk[static_cast<size_t>(k)] = butterfly(s);
+    }
+    float p[32];
+    for (int l = 0; l < 32; ++l) {
+        p[l] = 0.0f;
+        for (int k = l; k < K; k += 32) p[l] = p[l] + chunk[static_cast<size_t>(k)];
+    }
+    const float ss = butterfly(p);
+    const float r = 1.0f / std::sqrt(ss / static_cast<float>(d) + eps);
+    for (int i = 0; i < d; ++i) {
+        const float xr = x[i] * r;
+        out[i] = xr * w[i];
+    }
+}
+
 struct NormCase {
     int n, d, cols, ldx;
 };
@@ -120,7 +161,8 @@ void test_rmsnorm_quant() {
     const NormCase cases[] = {{1, 2048, 2048, 2048}, {3, 2560, 2560, 2560}, {2, 8192, 8192, 8192},
                               {1, 16384, 16384, 16384}, {2, 6912, 6912, 6912}, {3, 37, 256, 41},
                               {2, 100, 256, 100},     {1, 20000, 20224, 20000}, {2, 5, 8, 7},
-                              {4, 2048, 2304, 2052}};
+                              {4, 2048, 2304, 2052},  {1, 130, 256, 130},       {2, 8192, 8448, 8195},
+                              {1, 16388, 16640, 16388}};
     int trial = 0;
     for (const NormCase& c : cases) {
         for (float mag : {1.0f, 1e-3f, 300.0f}) {
@@ -180,6 +222,16 @@ void test_rmsnorm_quant() {
             }
             CHECK(bad_n == 0, "rmsnorm n=%d d=%d mag=%g: %d values off by > 1e-6 (worst %g)", c.n, c.d, mag, bad_n,
                   worst);
+            // ... and bit-identical to the canonical order (whatever block size and load width the launcher chose).
+            int bad_c = 0;
+            std::vector<float> canon(static_cast<size_t>(c.d));
+            for (int t = 0; t < c.n; ++t) {
+                canonical_rmsnorm(x.data() + static_cast<size_t>(t) * c.ldx, w.data(), canon.data(), c.d, eps);
+                for (int k = 0; k < c.d; ++k)
+                    bad_c += std::memcmp(&canon[static_cast<size_t>(k)], &xn[static_cast<size_t>(t) * c.d + k], 4) != 0;
+            }
+            CHECK(bad_c == 0, "rmsnorm n=%d d=%d ldx=%d mag=%g: %d values differ from the canonical summation order",
+                  c.n, c.d, c.ldx, mag, bad_c);
 
             // With the norm: the GPU's normed floats quantized on the CPU must equal the fused kernel
             // exactly (same reduction); against the reference's normed rows, q within +-1, mostly equal.

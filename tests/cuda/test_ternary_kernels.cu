@@ -9,6 +9,10 @@
 // The CPU reference is TernaryMatrix::from_codes + ternary_matmul per segment (the engine's kernels),
 // times the segment's output scale, then the epilogue exactly as csrc/forward.cpp writes it.
 //
+// cuda::ternary_gemv_normed (RMSNorm + quantization inside the GEMV) must equal rmsnorm_quant + ternary_gemv
+// bit for bit, on every epilogue, with and without norm weights, any d <= cols, strided and unaligned rows,
+// token counts that split the launch, and replayed from a graph with PDL launches (sm_90).
+//
 // The seed is new every run and printed; BLLAMA_TEST_SEED=N repeats a run. Exit code 77 (ctest: skipped)
 // where there is no GPU.
 #include <algorithm>
@@ -26,6 +30,7 @@
 #include "check_msg.h"
 #include "cuda/cuda_util.cuh"
 #include "cuda/kernels.cuh"
+#include "cuda/launch.cuh"
 #include "cuda/ternary_common.cuh"
 #include "kernels/ternary.h"
 #include "ternary_rows.h"
@@ -365,6 +370,97 @@ void check_graph(Context& ctx, std::mt19937& rng) {
     }
 }
 
+// ternary_gemv_normed vs rmsnorm_quant + ternary_gemv on the weights of a random problem: float rows of d
+// values at stride ldx (NaN between d and ldx: never read), optionally norm weights, optionally one row far
+// below the quantizer's 1e-5 absmax floor; `offset` floats into the buffer (1: no 16-byte loads). Run
+// directly, then (graph) captured with PDL launches where the device has them and replayed `replays` times,
+// each replay from the prior. y must be bit-identical (NaN where the reference is NaN) and rows past
+// out_rows untouched.
+void check_normed(Context& ctx, std::mt19937& rng, int out_rows, int cols, int d, int n, Epilogue ep, int n_seg,
+                  bool with_norm, int offset, int replays) {
+    ++ctx.trials;
+    const Problem p = make_problem(rng, out_rows, cols, n, ep, n_seg);  // its weights, ldy and prior
+    DeviceProblem dp(p);
+    const int ldx = d + (rng() % 2 ? 0 : static_cast<int>(rng() % 9));
+    const float eps = 1e-5f;
+    std::vector<float> x(static_cast<size_t>(offset) + static_cast<size_t>(n) * ldx, std::nanf(""));
+    std::normal_distribution<float> nd(0.0f, 1.0f);
+    for (int t = 0; t < n; ++t) {
+        const float mag = t == 1 && rng() % 2 ? 1e-8f : log_uniform(rng, 1e-3f, 1e3f);
+        for (int k = 0; k < d; ++k) x[static_cast<size_t>(offset) + static_cast<size_t>(t) * ldx + k] = nd(rng) * mag;
+    }
+    std::vector<float> nw(static_cast<size_t>(d));
+    std::uniform_real_distribution<float> uw(0.2f, 2.0f);
+    for (auto& v : nw) v = uw(rng);
+    DeviceBuffer<float> dx(x.size()), dnw(nw.size()), scale(static_cast<size_t>(n)), y2(p.prior.size());
+    DeviceBuffer<int8_t> q(static_cast<size_t>(n) * cols);
+    DeviceBuffer<int32_t> rs(static_cast<size_t>(n));
+    cudaStream_t s = ctx.stream.get();
+    dx.upload(x.data(), x.size(), s);
+    dnw.upload(nw.data(), nw.size(), s);
+    const float* xin = dx.get() + offset;
+    const float* w = with_norm ? dnw.get() : nullptr;
+    const cuda::DevActs acts{q.get(), scale.get(), rs.get(), cols};
+    float* y1 = dp.y.get();
+
+    auto unfused = [&] {
+        cuda::rmsnorm_quant(xin, ldx, w, n, d, eps, acts, s);
+        cuda::ternary_gemv(dp.w, acts, n, y1, p.ldy, ep, s);
+    };
+    auto fused = [&] { cuda::ternary_gemv_normed(dp.w, xin, ldx, w, d, eps, n, y2.get(), p.ldy, ep, s); };
+    char desc[300];
+    std::snprintf(desc, sizeof desc, "normed: %s, d %d, ldx %d, offset %d, %s", p.desc.c_str(), d, ldx, offset,
+                  with_norm ? "norm" : "no norm");
+    std::vector<float> a(p.prior.size()), b(p.prior.size());
+    auto compare_ab = [&](const char* how) {
+        dp.y.download(a.data(), a.size(), s);
+        y2.download(b.data(), b.size(), s);
+        ctx.stream.sync();
+        int bad = 0;
+        for (int t = 0; t < n; ++t)
+            for (int r = 0; r < p.ldy; ++r) {
+                const size_t i = static_cast<size_t>(t) * p.ldy + r;
+                bool ok;
+                if (r >= out_rows) ok = bits(a[i]) == kPoisonBits && bits(b[i]) == kPoisonBits;
+                else if (bits(b[i]) == kPoisonBits) ok = false;
+                else ok = bits(a[i]) == bits(b[i]) || (std::isnan(a[i]) && std::isnan(b[i]));
+                if (!ok && ++bad <= 3)
+                    std::fprintf(stderr, "  %s (%s): t %d r %d: fused %.9g (0x%08x), unfused %.9g (0x%08x)\n", desc, how,
+                                 t, r, b[i], bits(b[i]), a[i], bits(a[i]));
+            }
+        CHECK(bad == 0, "%s (%s): %d elements differ from rmsnorm_quant + ternary_gemv", desc, how, bad);
+    };
+    auto reset = [&] {
+        dp.y.upload(p.prior.data(), p.prior.size(), s);
+        y2.upload(p.prior.data(), p.prior.size(), s);
+    };
+
+    reset();
+    unfused();
+    fused();
+    compare_ab("direct");
+    if (replays == 0) return;
+
+    // A graph as the decode step records it: a plain launch first (its activations are rewritten next), then
+    // the PDL launches. The activations are poisoned before every replay: they must be rewritten each time.
+    const GraphExec exec = capture_graph(s, [&] {
+        cuda::rmsnorm_quant(xin, ldx, w, n, d, eps, acts, s);
+        cuda::PdlScope pdl(cuda::pdl_supported());
+        unfused();
+        fused();
+    });
+    for (int rep = 0; rep < replays; ++rep) {
+        reset();
+        CUDA_CHECK(cudaMemsetAsync(q.get(), 0x5A, q.bytes(), s));
+        CUDA_CHECK(cudaMemsetAsync(scale.get(), 0xFF, scale.bytes(), s));
+        CUDA_CHECK(cudaMemsetAsync(rs.get(), 0x7F, rs.bytes(), s));
+        exec.launch(s);
+        char how[64];
+        std::snprintf(how, sizeof how, "graph + pdl, replay %d", rep);
+        compare_ab(how);
+    }
+}
+
 template <class F>
 bool throws_invalid(F&& f) {
     try {
@@ -385,6 +481,20 @@ void check_arguments(Context& ctx, std::mt19937& rng) {
     float* y = d.y.get();
     CHECK(throws_invalid([&] { cuda::ternary_gemv(d.w, d.x, 9, y, p.ldy, p.ep, s); }), "gemv accepted 9 tokens");
     CHECK(throws_invalid([&] { cuda::ternary_gemv(d.w, d.x, -1, y, p.ldy, p.ep, s); }), "gemv accepted -1 tokens");
+    {
+        DeviceBuffer<float> xf(9 * 512);
+        const float* xp = xf.get();
+        CHECK(throws_invalid([&] { cuda::ternary_gemv_normed(d.w, xp, 512, nullptr, 512, 1e-5f, 9, y, p.ldy, p.ep, s); }),
+              "gemv_normed accepted 9 tokens");
+        CHECK(throws_invalid([&] { cuda::ternary_gemv_normed(d.w, xp, 600, nullptr, 513, 1e-5f, 1, y, p.ldy, p.ep, s); }),
+              "gemv_normed accepted d > cols");
+        CHECK(throws_invalid([&] { cuda::ternary_gemv_normed(d.w, xp, 512, nullptr, 0, 1e-5f, 1, y, p.ldy, p.ep, s); }),
+              "gemv_normed accepted d = 0");
+        CHECK(throws_invalid([&] { cuda::ternary_gemv_normed(d.w, xp, 100, nullptr, 200, 1e-5f, 2, y, p.ldy, p.ep, s); }),
+              "gemv_normed accepted ldx < d");
+        CHECK(throws_invalid([&] { cuda::ternary_gemv_normed(d.w, nullptr, 512, nullptr, 512, 1e-5f, 1, y, p.ldy, p.ep, s); }),
+              "gemv_normed accepted a null input");
+    }
     CHECK(throws_invalid([&] { cuda::ternary_gemm_mma(d.w, d.x, 2, y, p.out_rows - 1, p.ep, s); }),
           "mma accepted ldy < rows");
     CHECK(throws_invalid([&] { cuda::ternary_gemm_mma(d.w, d.x, 2, y, p.ldy, Epilogue::GluSilu, s); }),
@@ -410,6 +520,7 @@ void check_arguments(Context& ctx, std::mt19937& rng) {
     d.y.upload(p.prior.data(), p.prior.size(), s);
     cuda::ternary_gemv(d.w, d.x, 0, y, p.ldy, p.ep, s);
     cuda::ternary_gemm_mma(d.w, d.x, 0, y, p.ldy, p.ep, s);
+    cuda::ternary_gemv_normed(d.w, nullptr, 512, nullptr, 512, 1e-5f, 0, y, p.ldy, p.ep, s);
     if (cuda::CublasLtGemm::available()) ctx.cublaslt(p).run(d.w, d.x, 0, y, p.ldy, p.ep, s);
     std::vector<float> got(p.prior.size());
     d.y.download(got.data(), got.size(), s);
@@ -485,6 +596,25 @@ int main() {
         // Rows longer than a block's shared memory holds for 8 tokens: the GEMV splits the tokens.
         ctx.check_all(make_problem(rng, 70, 30720, 8, Epilogue::AddTo, 2));
         ctx.check_all(make_problem(rng, 33, 30720, 37, Epilogue::GluSilu, 2));
+
+        // ternary_gemv_normed: every token count and column class, d == cols and d < cols (padded columns,
+        // odd d: scalar loads), strided and unaligned rows, with and without norm weights.
+        for (int n = 1; n <= cuda::kGemvMaxTokens; ++n)
+            for (int cols : {256, 512, 2048, 2560, 8192, 8448}) {
+                const int d = rng() % 3 == 0 ? cols : std::max(1, cols - static_cast<int>(rng() % 300));
+                check_normed(ctx, rng, pick(rng, rows_set), cols, d, n, random_ep(rng), 1 + static_cast<int>(rng() % 3),
+                             rng() % 4 != 0, rng() % 4 == 0 ? 1 : 0, n <= 2 ? 3 : 0);
+            }
+        // The model's decode shapes at 1 token (1.7B: q|k|v, o, gate|up, down), replayed from graphs with PDL.
+        check_normed(ctx, rng, 2048 + 2 * 2048, 2048, 2048, 1, Epilogue::Store, 3, true, 0, 20);
+        check_normed(ctx, rng, 2048, 2048, 2048, 1, Epilogue::AddTo, 1, true, 0, 20);
+        check_normed(ctx, rng, 8192, 2048, 2048, 1, Epilogue::GluSilu, 2, true, 0, 20);
+        check_normed(ctx, rng, 2048, 8192, 8192, 1, Epilogue::AddTo, 1, true, 0, 20);
+        check_normed(ctx, rng, 6912, 2560, 2560, 4, Epilogue::GluRelu2, 2, true, 0, 5);
+        // Rows longer than rmsnorm_quant's register cache (its long kernel), and more tokens than one block's
+        // shared memory holds at that length (the launch is split).
+        check_normed(ctx, rng, 70, 20224, 20000, 3, Epilogue::AddTo, 2, true, 0, 2);
+        check_normed(ctx, rng, 33, 30720, 30720, 8, Epilogue::GluSilu, 2, true, 1, 2);
 
         check_graph(ctx, rng);
         check_arguments(ctx, rng);
