@@ -4,7 +4,7 @@
 # device tool's folder) or bench/results/gpu-<date>/.
 #
 #   bash bench/gpu_check.sh            # engine: build + tests + benchmarks (about 5 minutes on an H100)
-#   SECTIONS="build bench" bash bench/gpu_check.sh   # a subset of: build ctest pytest bench sanitize
+#   SECTIONS="build bench" bash bench/gpu_check.sh   # a subset of: build probe bench ctest pytest sanitize
 #   (sanitize: the GPU kernel tests under compute-sanitizer memcheck + racecheck; not in the default set)
 #
 # The GPU machine has no network: the Python deps it lacks travel as wheels in .whl/ (see bench/NOTES-cuda.md),
@@ -16,7 +16,7 @@ ROOT=$PWD
 STAMP=$(date -u +%Y-%m-%d)
 RES=${OUT:-$ROOT/bench/results/gpu-$STAMP}
 mkdir -p "$RES"
-SECTIONS=${SECTIONS:-"build ctest pytest bench"}
+SECTIONS=${SECTIONS:-"build probe bench ctest pytest"}
 JOBS=$(nproc)
 BUILD=$ROOT/build/gpu
 status=0
@@ -78,6 +78,26 @@ bench() {
         --prompt-tokens 512 --gen-tokens 128 --repeats 3 --json "$RES/runtime-1.7b.json"
 }
 
+# The GPU engine from Python with and without PyTorch in the same process, in both import orders (a build
+# with a static cudart crashed when torch came first, 2026-11-28). A crash is rerun under cuda-gdb for its
+# backtrace (probe.log).
+probe() {
+    local model=/tmp/bllama-probe.gguf ok=0
+    PYTHONPATH=$ROOT${PYTHONPATH:+:$PYTHONPATH} python3 -c "from pathlib import Path; from bllama import bLlamaConfig; \
+from bllama.bench import write_random_gguf; write_random_gguf(bLlamaConfig.preset('tiny'), Path('$model'))" || return 1
+    ldd "$ROOT"/bllama/_engine*.so | grep -i cudart
+    local run="e = _engine.Engine('$model', device='cuda'); print(e.config['device_name'], e.generate([1, 2, 3], 8))"
+    for pre in "from bllama import _engine" "import torch; from bllama import _engine" "from bllama import _engine; import torch"; do
+        echo "-- $pre"
+        if ! PYTHONPATH=$ROOT${PYTHONPATH:+:$PYTHONPATH} timeout 60 python3 -c "$pre; $run"; then
+            ok=1
+            PYTHONPATH=$ROOT${PYTHONPATH:+:$PYTHONPATH} timeout 90 cuda-gdb -q -batch -ex run -ex "bt 40" \
+                --args python3 -c "$pre; $run" 2>&1 | grep -v "^\[New Thread\|^\[Thread" | tail -60
+        fi
+    done
+    return $ok
+}
+
 # Out-of-bounds accesses and shared-memory races in the kernels (a moving error is a race: METHOD.md).
 sanitize() {
     local ok=0
@@ -93,6 +113,7 @@ sanitize() {
 for sec in $SECTIONS; do
     case $sec in
         build) run_section build build ;;
+        probe) run_section probe probe ;;
         ctest) run_section ctest ctest_gpu ;;
         pytest) run_section pytest pytest_gpu ;;
         bench) run_section bench bench ;;
@@ -102,7 +123,7 @@ for sec in $SECTIONS; do
 done
 
 note "summary ($(head -2 "$RES/machine.txt" | tail -1 | cut -d, -f1), $STAMP)"
-for k in build ctest pytest bench sanitize; do [ -n "${RESULT[$k]:-}" ] && printf "%-8s %s\n" "$k" "${RESULT[$k]}"; done
+for k in build probe bench ctest pytest sanitize; do [ -n "${RESULT[$k]:-}" ] && printf "%-8s %s\n" "$k" "${RESULT[$k]}"; done
 python3 - "$RES" <<'EOF'
 import json, sys, pathlib
 res = pathlib.Path(sys.argv[1])
