@@ -29,6 +29,7 @@ run_section() {  # name, command...: logs to $RES/<name>.log, records pass/FAIL
     local t0=$SECONDS
     if "$@" 2>&1 | tee "$RES/$name.log"; then RESULT[$name]="ok ($((SECONDS - t0)) s)"
     else RESULT[$name]="FAIL ($((SECONDS - t0)) s, see $name.log)"; [ $status -eq 0 ] && status=1; fi
+    echo "== $name: ${RESULT[$name]} (at ${SECONDS} s of the call)"  # seen even if the call is cut later
 }
 
 note "machine"
@@ -69,10 +70,13 @@ pytest_gpu() {
 
 bench() {
     "$BUILD/bench_cuda_kernels" --json "$RES/kernels.jsonl" || return 1
+    echo "-- kernels done at $SECONDS s"
     "$BUILD/bench_cuda_decode" --shape 1.7b --prompt 512 --decode 128 --batch 1,4,16,64 --keep /tmp/bllama-1.7b.gguf \
         --json "$RES/decode-1.7b.json" || return 1
+    echo "-- decode done at $SECONDS s"
     "$BUILD/bench_cuda_decode" --shape 1.7b --prompt 512 --decode 128 --batch 1 --kv-f16 --no-variants \
         --keep /tmp/bllama-1.7b.gguf --json "$RES/decode-1.7b-kvf16.json" || return 1
+    echo "-- fp16-KV decode done at $SECONDS s"
     # the same file through Runtime (Python, what users call)
     PYTHONPATH=$ROOT${PYTHONPATH:+:$PYTHONPATH} python3 -m bllama.cli bench /tmp/bllama-1.7b.gguf --device cuda \
         --prompt-tokens 512 --gen-tokens 128 --repeats 3 --json "$RES/runtime-1.7b.json"

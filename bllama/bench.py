@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 import os
 import resource
 import statistics
@@ -155,10 +157,17 @@ def run_bench(model: Optional[str] = None, preset: str = "1.7b", threads: Option
     threads = [0] if device == "cuda" else threads or sorted({1, len(os.sched_getaffinity(0))})
     bpt = bytes_per_token(path)
     rows = []
-    ctx = multiprocessing.get_context("spawn")  # a fresh process per thread count: honest load time and RSS
-    with ctx.Pool(1, maxtasksperchild=1) as pool:
-        for t in threads:
-            rows.append(pool.apply(_measure_engine, (str(path), t, prompt_tokens, gen_tokens, repeats, bpt, head, device)))
+    ctx = multiprocessing.get_context("spawn")
+    for t in threads:
+        # A fresh process per measurement (honest load time and RSS). An executor, not a Pool: if the engine
+        # crashes the worker, Pool.apply waits forever, while the executor raises BrokenProcessPool.
+        with ProcessPoolExecutor(max_workers=1, mp_context=ctx) as pool:
+            try:
+                rows.append(pool.submit(_measure_engine, str(path), t, prompt_tokens, gen_tokens, repeats, bpt, head,
+                                        device).result())
+            except BrokenProcessPool as e:
+                raise RuntimeError(f"the engine process died measuring {path} "
+                                   f"({'cuda' if device == 'cuda' else f'{t} threads'}): {e}") from e
     result = {"model": str(path) if model else f"random {preset}", "file_MiB": round(path.stat().st_size / 2**20, 1),
               "prompt_tokens": prompt_tokens, "gen_tokens": gen_tokens, "repeats": repeats, "head": head,
               "device": device,
