@@ -16,7 +16,7 @@ ROOT=$PWD
 STAMP=$(date -u +%Y-%m-%d)
 RES=${OUT:-$ROOT/bench/results/gpu-$STAMP}
 mkdir -p "$RES"
-SECTIONS=${SECTIONS:-"build probe bench ctest pytest"}
+SECTIONS=${SECTIONS:-"build probe ctest pytest bench"}
 JOBS=$(nproc)
 BUILD=$ROOT/build/gpu
 status=0
