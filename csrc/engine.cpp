@@ -10,6 +10,10 @@ namespace {
 using Clock = std::chrono::steady_clock;
 double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
 
+bool is_stop(const std::vector<int32_t>& stop_ids, int32_t token) {
+    return std::find(stop_ids.begin(), stop_ids.end(), token) != stop_ids.end();
+}
+
 std::pair<std::unique_ptr<Backend>, double> timed_load(const std::string& path, const LoadOptions& opts) {
     const auto t0 = Clock::now();
     auto b = opts.device == Device::Cuda ? make_cuda_backend(path, opts) : make_cpu_backend(Model::load(path, opts));
@@ -47,11 +51,7 @@ void Engine::check_ids(const std::vector<int32_t>& ids, const char* what) const 
                                     std::to_string(i) + " is out of range [0, " + std::to_string(V) + ")");
 }
 
-void Engine::reset() { n_past_ = 0; }
-
-std::vector<int32_t> Engine::generate(const std::vector<int32_t>& prompt, int64_t max_new_tokens,
-                                      const SamplingParams& params, const std::vector<int32_t>& stop_ids,
-                                      const TokenCallback& on_token) {
+void Engine::check_request(const std::vector<int32_t>& prompt, int64_t max_new_tokens) const {
     check_ids(prompt, "prompt");
     if (max_new_tokens < 0) throw std::invalid_argument("max_new_tokens must be >= 0, got " + std::to_string(max_new_tokens));
     const int64_t n_prompt = static_cast<int64_t>(prompt.size());
@@ -59,6 +59,15 @@ std::vector<int32_t> Engine::generate(const std::vector<int32_t>& prompt, int64_
         throw std::out_of_range("prompt (" + std::to_string(n_prompt) + " tokens) + max_new_tokens (" +
                                 std::to_string(max_new_tokens) + ") exceeds the context length " +
                                 std::to_string(context_length()));
+}
+
+void Engine::reset() { n_past_ = 0; }
+
+std::vector<int32_t> Engine::generate(const std::vector<int32_t>& prompt, int64_t max_new_tokens,
+                                      const SamplingParams& params, const std::vector<int32_t>& stop_ids,
+                                      const TokenCallback& on_token) {
+    check_request(prompt, max_new_tokens);
+    const int64_t n_prompt = static_cast<int64_t>(prompt.size());
     validate(params);  // before any work
 
     stats_ = GenerateStats{};
@@ -79,9 +88,7 @@ std::vector<int32_t> Engine::generate(const std::vector<int32_t>& prompt, int64_
 
     t0 = Clock::now();
     for (;;) {
-        bool is_stop = false;
-        for (int32_t s : stop_ids) is_stop |= s == next;
-        if (is_stop) {
+        if (is_stop(stop_ids, next)) {
             stats_.stop_reason = StopReason::StopToken;
             break;
         }
@@ -110,14 +117,7 @@ std::vector<std::vector<int32_t>> Engine::generate_batch(const std::vector<std::
                                                          int64_t max_new_tokens, const SamplingParams& params,
                                                          const std::vector<int32_t>& stop_ids) {
     if (prompts.empty()) throw std::invalid_argument("generate_batch: no prompts");
-    for (const auto& p : prompts) {
-        check_ids(p, "prompt");
-        if (static_cast<int64_t>(p.size()) > context_length() || max_new_tokens > context_length() - static_cast<int64_t>(p.size()))
-            throw std::out_of_range("prompt (" + std::to_string(p.size()) + " tokens) + max_new_tokens (" +
-                                    std::to_string(max_new_tokens) + ") exceeds the context length " +
-                                    std::to_string(context_length()));
-    }
-    if (max_new_tokens < 0) throw std::invalid_argument("max_new_tokens must be >= 0, got " + std::to_string(max_new_tokens));
+    for (const auto& p : prompts) check_request(p, max_new_tokens);
     validate(params);
 
     std::vector<std::vector<int32_t>> out(prompts.size());
@@ -136,11 +136,6 @@ std::vector<std::vector<int32_t>> Engine::generate_batch(const std::vector<std::
         stats_ = total;
         return out;
     }
-    auto is_stop = [&](int32_t t) {
-        for (int32_t s : stop_ids)
-            if (s == t) return true;
-        return false;
-    };
     for (size_t g0 = 0; g0 < prompts.size(); g0 += static_cast<size_t>(S)) {
         const int B = static_cast<int>(std::min(prompts.size() - g0, static_cast<size_t>(S)));
         const std::vector<std::vector<int32_t>> group(prompts.begin() + static_cast<std::ptrdiff_t>(g0),
@@ -157,7 +152,7 @@ std::vector<std::vector<int32_t>> Engine::generate_batch(const std::vector<std::
             for (int b = 0; b < B; ++b) {
                 auto& o = out[g0 + static_cast<size_t>(b)];
                 if (done[static_cast<size_t>(b)]) continue;
-                if (is_stop(cur[static_cast<size_t>(b)])) {
+                if (is_stop(stop_ids, cur[static_cast<size_t>(b)])) {
                     done[static_cast<size_t>(b)] = true;
                     continue;
                 }

@@ -74,6 +74,8 @@ public:
 private:
     explicit Engine(std::pair<std::unique_ptr<Backend>, double> loaded);
     void check_ids(const std::vector<int32_t>& ids, const char* what) const;
+    // Valid ids, max_new_tokens >= 0, and prompt + max_new_tokens within the context (std::out_of_range).
+    void check_request(const std::vector<int32_t>& prompt, int64_t max_new_tokens) const;
 
     std::unique_ptr<Backend> backend_;
     GenerateStats stats_;

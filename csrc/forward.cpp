@@ -60,15 +60,20 @@ void bitlinear_rows(const BitLinear& b, const QuantizedActs& x, float* y, int64_
 
 }  // namespace
 
-void Model::forward(const int32_t* tokens, int64_t n, int64_t pos, float* logits, bool all_logits) {
-    if (n <= 0) throw std::invalid_argument("forward: no tokens");
-    if (pos < 0 || pos > ctx_ || n > ctx_ - pos)
-        throw std::out_of_range("forward: positions " + std::to_string(pos) + ".." + std::to_string(pos + n - 1) +
-                                " exceed the context length " + std::to_string(ctx_));
+void check_forward_args(const char* who, const int32_t* tokens, int64_t n, int64_t pos, int64_t context,
+                        int64_t vocab) {
+    if (n <= 0) throw std::invalid_argument(std::string(who) + ": no tokens");
+    if (pos < 0 || pos > context || n > context - pos)
+        throw std::out_of_range(std::string(who) + ": positions " + std::to_string(pos) + ".." +
+                                std::to_string(pos + n - 1) + " exceed the context length " + std::to_string(context));
     for (int64_t i = 0; i < n; ++i)
-        if (tokens[i] < 0 || tokens[i] >= cfg_.vocab)
+        if (tokens[i] < 0 || tokens[i] >= vocab)
             throw std::out_of_range("token id " + std::to_string(tokens[i]) + " at index " + std::to_string(i) +
-                                    " is out of range [0, " + std::to_string(cfg_.vocab) + ")");
+                                    " is out of range [0, " + std::to_string(vocab) + ")");
+}
+
+void Model::forward(const int32_t* tokens, int64_t n, int64_t pos, float* logits, bool all_logits) {
+    check_forward_args("forward", tokens, n, pos, ctx_, cfg_.vocab);
     for (int64_t c = 0; c < n; c += max_batch_) {
         const int64_t m = std::min(max_batch_, n - c);
         const bool last = c + m == n;

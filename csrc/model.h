@@ -54,6 +54,11 @@ struct LayerWeights {
     BitLinear q, k, v, o, gate, up, down;
 };
 
+// The checks every backend's forward makes before any work: n > 0 tokens at positions pos .. pos+n-1 within
+// `context` (std::invalid_argument / std::out_of_range naming `who`), every id in [0, vocab).
+void check_forward_args(const char* who, const int32_t* tokens, int64_t n, int64_t pos, int64_t context,
+                        int64_t vocab);
+
 class Model {
 public:
     static std::unique_ptr<Model> load(const std::string& path, const LoadOptions& opts = {});

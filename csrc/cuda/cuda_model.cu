@@ -322,14 +322,7 @@ void CudaModel::head(int row0, int n) {
 
 void CudaModel::prefill(int slot, const int32_t* tokens, int64_t n, int64_t pos0, float* host_logits) {
     check_slot(slot);
-    if (n <= 0) throw std::invalid_argument("prefill: no tokens");
-    if (pos0 < 0 || pos0 > ctx_ || n > ctx_ - pos0)
-        throw std::out_of_range("prefill: positions " + std::to_string(pos0) + ".." + std::to_string(pos0 + n - 1) +
-                                " exceed the context length " + std::to_string(ctx_));
-    for (int64_t i = 0; i < n; ++i)
-        if (tokens[i] < 0 || tokens[i] >= cfg_.vocab)
-            throw std::out_of_range("token id " + std::to_string(tokens[i]) + " at index " + std::to_string(i) +
-                                    " is out of range [0, " + std::to_string(cfg_.vocab) + ")");
+    check_forward_args("prefill", tokens, n, pos0, ctx_, cfg_.vocab);
     cudaStream_t s = stream_.get();
     const int V = static_cast<int>(cfg_.vocab), D = static_cast<int>(cfg_.dim);
     for (int64_t c0 = 0; c0 < n; c0 += opts_.max_batch) {
