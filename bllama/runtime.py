@@ -184,15 +184,20 @@ class Runtime:
         return self.tokenizer.encode(prompt)
 
     # ---- generation -------------------------------------------------------------------------------------
+    def _engine_sampling(self, do_sample, temperature, top_k, top_p, repetition_penalty, seed, stop_at_eos) -> dict:
+        """The engine's generate / generate_batch keyword arguments for Runtime's sampling options."""
+        return dict(temperature=float(temperature), top_k=int(top_k or 0),
+                    top_p=float(top_p if top_p is not None else 1.0), repetition_penalty=float(repetition_penalty),
+                    seed=int(seed) if seed is not None else -1, do_sample=bool(do_sample),
+                    stop_ids=self._stop_ids() if stop_at_eos else [])
+
     def _run(self, prompt_ids, max_new_tokens, do_sample, temperature, top_k, top_p, repetition_penalty, seed,
              callback, stop_at_eos=True):
         if max_new_tokens < 0:
             raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
-        ids = self._engine.generate(list(prompt_ids), int(max_new_tokens), temperature=float(temperature),
-                                    top_k=int(top_k or 0), top_p=float(top_p if top_p is not None else 1.0),
-                                    repetition_penalty=float(repetition_penalty),
-                                    seed=int(seed) if seed is not None else -1, do_sample=bool(do_sample),
-                                    stop_ids=self._stop_ids() if stop_at_eos else [], callback=callback)
+        ids = self._engine.generate(list(prompt_ids), int(max_new_tokens), callback=callback,
+                                    **self._engine_sampling(do_sample, temperature, top_k, top_p, repetition_penalty,
+                                                            seed, stop_at_eos))
         self.stats = dict(self._engine.last_stats)
         return ids
 
@@ -218,11 +223,9 @@ class Runtime:
         if max_new_tokens < 0:
             raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
         ids = [self._prompt_ids(p) for p in prompts]
-        outs = self._engine.generate_batch(ids, int(max_new_tokens), temperature=float(temperature),
-                                           top_k=int(top_k or 0), top_p=float(top_p if top_p is not None else 1.0),
-                                           repetition_penalty=float(repetition_penalty),
-                                           seed=int(seed) if seed is not None else -1, do_sample=bool(do_sample),
-                                           stop_ids=self._stop_ids() if stop_at_eos else [])
+        outs = self._engine.generate_batch(ids, int(max_new_tokens),
+                                           **self._engine_sampling(do_sample, temperature, top_k, top_p,
+                                                                   repetition_penalty, seed, stop_at_eos))
         self.stats = dict(self._engine.last_stats)
         texts = []
         for prompt_ids, out in zip(ids, outs):
