@@ -42,6 +42,9 @@ if compgen -G ".whl/*.whl" >/dev/null; then
         && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 fi
 
+# `import bllama` finds the package and the module the build section puts into bllama/ (no pip install there).
+export PYTHONPATH=$ROOT${PYTHONPATH:+:$PYTHONPATH}
+
 # cuBLASLt is opened at run time: point it at the image's library (the pip wheel under torch's environment) so
 # the cuBLASLt prompt path is tested and timed, not skipped.
 if [ -z "${BLLAMA_CUBLASLT:-}" ]; then
@@ -65,7 +68,7 @@ ctest_gpu() {
 
 # pytest through the module built above (bllama/_engine*.so); the GPU tests plus the engine suites they reuse.
 pytest_gpu() {
-    PYTHONPATH=$ROOT${PYTHONPATH:+:$PYTHONPATH} python3 -m pytest -q -rs tests/test_cuda.py -p no:cacheprovider
+    python3 -m pytest -q -rs tests/test_cuda.py -p no:cacheprovider
 }
 
 bench() {
@@ -78,7 +81,7 @@ bench() {
         --keep /tmp/bllama-1.7b.gguf --json "$RES/decode-1.7b-kvf16.json" || return 1
     echo "-- fp16-KV decode done at $SECONDS s"
     # the same file through Runtime (Python, what users call)
-    PYTHONPATH=$ROOT${PYTHONPATH:+:$PYTHONPATH} python3 -m bllama.cli bench /tmp/bllama-1.7b.gguf --device cuda \
+    python3 -m bllama.cli bench /tmp/bllama-1.7b.gguf --device cuda \
         --prompt-tokens 512 --gen-tokens 128 --repeats 3 --json "$RES/runtime-1.7b.json"
 }
 
@@ -87,15 +90,15 @@ bench() {
 # backtrace (probe.log).
 probe() {
     local model=/tmp/bllama-probe.gguf ok=0
-    PYTHONPATH=$ROOT${PYTHONPATH:+:$PYTHONPATH} python3 -c "from pathlib import Path; from bllama import bLlamaConfig; \
+    python3 -c "from pathlib import Path; from bllama import bLlamaConfig; \
 from bllama.bench import write_random_gguf; write_random_gguf(bLlamaConfig.preset('tiny'), Path('$model'))" || return 1
     ldd "$ROOT"/bllama/_engine*.so | grep -i cudart
     local run="e = _engine.Engine('$model', device='cuda'); print(e.config['device_name'], e.generate([1, 2, 3], 8))"
     for pre in "from bllama import _engine" "import torch; from bllama import _engine" "from bllama import _engine; import torch"; do
         echo "-- $pre"
-        if ! PYTHONPATH=$ROOT${PYTHONPATH:+:$PYTHONPATH} timeout 60 python3 -c "$pre; $run"; then
+        if ! timeout 60 python3 -c "$pre; $run"; then
             ok=1
-            PYTHONPATH=$ROOT${PYTHONPATH:+:$PYTHONPATH} timeout 90 cuda-gdb -q -batch -ex run -ex "bt 40" \
+            timeout 90 cuda-gdb -q -batch -ex run -ex "bt 40" \
                 --args python3 -c "$pre; $run" 2>&1 | grep -v "^\[New Thread\|^\[Thread" | tail -60
         fi
     done
