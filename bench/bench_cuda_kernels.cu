@@ -17,7 +17,8 @@
 // norm+gemv = rmsnorm_quant + ternary_gemv (the default decode path), gemv_normed = ternary_gemv_normed
 // (CudaOptions::fuse_norm); "+pdl": the same graph with the K calls chained by Programmatic Dependent
 // Launch (CudaOptions::pdl; sm_90 only, the rows are left out elsewhere), i.e. each call's first weight
-// loads overlap the previous call's tail.
+// loads overlap the previous call's tail. Decode attention (1 token, positions 128 and 1024): rope+attn =
+// rope_kv_write + attention_decode (three launches), fused = attention_decode_rope (CudaOptions::fuse_attn).
 // Inputs are random (not zeros: see the device notes); the values are not checked here
 // (tests/cuda/test_ternary_kernels.cu does that).
 //
@@ -182,6 +183,8 @@ public:
             }
         }
 
+        attention_rows(pdl);
+
         std::printf("\n== prompt GEMM (int8 TOPS = 2 * rows * tokens * cols / time)\n");
         std::printf("%-6s %-8s %6s x %-5s %4s  %-10s %9s %9s\n", "model", "matrix", "rows", "cols", "n", "kernel", "us", "TOPS");
         for (int n : {128, 512})
@@ -330,6 +333,76 @@ private:
             if (r >= opt_.warmup) ms.push_back(t);
         }
         return median(ms) * 1e3 / k;
+    }
+
+    // Decode attention for 1 token at a few positions, per call: the two-step path (rope_kv_write, then
+    // attention_decode: split + combine) against attention_decode_rope (one launch), each timed as a graph of
+    // one call per layer of an fp32 cache (each layer's keys are read from DRAM, as in a decode step).
+    void attention_rows(bool pdl) {
+        struct Heads {
+            const char* model;
+            int H, Hkv, hd;
+        };
+        std::printf("\n== decode attention with RoPE + KV store, 1 token (us per call, graph of one call per layer)\n");
+        std::printf("%-6s %3s/%-3s x %-4s %5s  %-16s %9s\n", "model", "H", "Hkv", "hd", "pos", "kernel", "us");
+        const int ctx = 2048;
+        for (const Heads& h : {Heads{"1.7b", 16, 16, 128}, Heads{"2b4t", 20, 5, 128}}) {
+            const int layers = model_layers(h.model), KV = h.Hkv * h.hd, ldq = h.H * h.hd + 2 * KV;
+            const size_t cache = static_cast<size_t>(layers) * ctx * KV;
+            DeviceBuffer<float> k(cache), v(cache), qkv(ldq), out(static_cast<size_t>(h.H) * h.hd);
+            DeviceBuffer<float> cs(static_cast<size_t>(ctx) * h.hd / 2), sn(cs.size());
+            DeviceBuffer<float> ws(cuda::attention_decode_workspace_floats(1, h.H, h.hd));
+            DeviceBuffer<int32_t> pos(1), slot(1);
+            cudaStream_t s = stream_.get();
+            for (DeviceBuffer<float>* b : {&k, &v, &qkv, &cs, &sn})  // small finite values; the exact ones do not matter
+                CUDA_CHECK(cudaMemsetAsync(b->get(), 0x3c, b->bytes(), s));
+            DeviceBuffer<int32_t> ctr(static_cast<size_t>(h.H));
+            CUDA_CHECK(cudaMemsetAsync(ctr.get(), 0, ctr.bytes(), s));
+            CUDA_CHECK(cudaMemsetAsync(slot.get(), 0, 4, s));
+            cuda::KvCache kv;
+            kv.k = k.get(), kv.v = v.get(), kv.n_layers = layers, kv.ctx = ctx, kv.kv_dim = KV;
+            for (int p : {128, 1024}) {
+                pos.upload(&p, 1, s);
+                stream_.sync();
+                auto two_step = [&](int l) {
+                    cuda::rope_kv_write(qkv.get(), ldq, 1, pos.get(), slot.get(), l, h.H, h.Hkv, h.hd, cs.get(), sn.get(), kv, s);
+                    cuda::attention_decode(qkv.get(), ldq, 1, pos.get(), slot.get(), l, h.H, h.Hkv, h.hd, kv, out.get(),
+                                           h.H * h.hd, ws.get(), s);
+                };
+                auto fused = [&](int l) {
+                    cuda::attention_decode_rope(qkv.get(), ldq, 1, pos.get(), slot.get(), l, h.H, h.Hkv, h.hd, cs.get(),
+                                                sn.get(), kv, out.get(), h.H * h.hd, ws.get(), ctr.get(), s);
+                };
+                struct Row {
+                    const char* name;
+                    std::function<void(int)> call;
+                    bool pdl;
+                };
+                for (const Row& r : {Row{"rope+attn", two_step, false}, Row{"fused", fused, false},
+                                     Row{"rope+attn+pdl", two_step, true}, Row{"fused+pdl", fused, true}}) {
+                    if (r.pdl && !pdl) continue;
+                    const GraphExec exec = capture_graph(s, [&] {
+                        for (int l = 0; l < layers; ++l) {
+                            cuda::PdlScope scope(r.pdl && l > 0);
+                            r.call(l);
+                        }
+                    });
+                    CudaEvent e0, e1;
+                    std::vector<double> ms;
+                    for (int i = 0; i < opt_.warmup + opt_.reps; ++i) {
+                        e0.record(s);
+                        exec.launch(s);
+                        e1.record(s);
+                        const double t = e1.ms_since(e0);
+                        if (i >= opt_.warmup) ms.push_back(t);
+                    }
+                    const double us = median(ms) * 1e3 / layers;
+                    std::printf("%-6s %3d/%-3d x %-4d %5d  %-16s %9.2f\n", h.model, h.H, h.Hkv, h.hd, p, r.name, us);
+                    emit("{\"bench\":\"attention\",\"model\":\"%s\",\"pos\":%d,\"kernel\":\"%s\",\"us\":%.3f}", h.model, p,
+                         r.name, us);
+                }
+            }
+        }
     }
 
     void gemv_row(const Matrix& m, int n, const char* kernel,

@@ -25,6 +25,7 @@ CudaOptions cuda_options_from_env(CudaOptions o) {
     if (const char* g = std::getenv("BLLAMA_CUDA_GRAPHS")) o.graphs = std::string(g) != "0";
     if (const char* g = std::getenv("BLLAMA_CUDA_FUSE_NORM")) o.fuse_norm = std::string(g) == "1";
     if (const char* g = std::getenv("BLLAMA_CUDA_PDL")) o.pdl = std::string(g) == "1";
+    if (const char* g = std::getenv("BLLAMA_CUDA_FUSE_ATTN")) o.fuse_attn = std::string(g) == "1";
     return o;
 }
 
@@ -228,6 +229,8 @@ void CudaModel::allocate() {
     logits_ = DeviceBuffer<float>(static_cast<size_t>(logit_rows_) * c.vocab);
     const size_t attn_ws = attention_decode_workspace_floats(S, static_cast<int>(c.n_heads), static_cast<int>(c.head_dim));
     attn_ws_ = DeviceBuffer<float>(std::max<size_t>(1, attn_ws));
+    attn_ctr_ = DeviceBuffer<int32_t>(static_cast<size_t>(S) * c.n_heads);  // attention_decode_rope: zero between calls
+    CUDA_CHECK(cudaMemsetAsync(attn_ctr_.get(), 0, attn_ctr_.bytes(), stream_.get()));
     const size_t cols = static_cast<size_t>(std::max(c.dim_in, c.ffn_in));
     act_q_ = DeviceBuffer<int8_t>(M * cols);
     act_scale_ = DeviceBuffer<float>(M);
@@ -263,7 +266,7 @@ size_t CudaModel::device_bytes() const {
     return words_.bytes() + norms_.bytes() + embd_.bytes() + head_owned_.bytes() + cos_.bytes() + sin_.bytes() +
            k32_.bytes() + v32_.bytes() + k16_.bytes() + v16_.bytes() + tok_buf_.bytes() + pos_buf_.bytes() +
            slot_buf_.bytes() + x_.bytes() + qkv_.bytes() + att_.bytes() + gate_.bytes() + xn_.bytes() +
-           logits_.bytes() + attn_ws_.bytes() + act_q_.bytes() + act_scale_.bytes() + act_sum_.bytes() +
+           logits_.bytes() + attn_ws_.bytes() + attn_ctr_.bytes() + act_q_.bytes() + act_scale_.bytes() + act_sum_.bytes() +
            d_seen_.bytes() + sample_ws_.bytes();
 }
 
@@ -302,11 +305,17 @@ void CudaModel::layers(int n, const int32_t* d_pos, const int32_t* d_slot, bool 
     for (int l = 0; l < static_cast<int>(c.n_layers); ++l) {
         const Layer& L = layers_[static_cast<size_t>(l)];
         normed_matmul(fuse, L.qkv, x_.get(), D, L.attn_norm, D, n, qkv_.get(), qkv_rows_, Epilogue::Store);
-        rope_kv_write(qkv_.get(), qkv_rows_, n, d_pos, d_slot, l, H, Hkv, hd, cos_.get(), sin_.get(), kv_, s);
-        if (prompt)
-            attention_prefill(qkv_.get(), qkv_rows_, n, pos0, slot, l, H, Hkv, hd, kv_, att_.get(), D, s);
-        else
-            attention_decode(qkv_.get(), qkv_rows_, n, d_pos, d_slot, l, H, Hkv, hd, kv_, att_.get(), D, attn_ws_.get(), s);
+        if (!prompt && opts_.fuse_attn) {
+            attention_decode_rope(qkv_.get(), qkv_rows_, n, d_pos, d_slot, l, H, Hkv, hd, cos_.get(), sin_.get(), kv_,
+                                  att_.get(), D, attn_ws_.get(), attn_ctr_.get(), s);
+        } else {
+            rope_kv_write(qkv_.get(), qkv_rows_, n, d_pos, d_slot, l, H, Hkv, hd, cos_.get(), sin_.get(), kv_, s);
+            if (prompt)
+                attention_prefill(qkv_.get(), qkv_rows_, n, pos0, slot, l, H, Hkv, hd, kv_, att_.get(), D, s);
+            else
+                attention_decode(qkv_.get(), qkv_rows_, n, d_pos, d_slot, l, H, Hkv, hd, kv_, att_.get(), D,
+                                 attn_ws_.get(), s);
+        }
         normed_matmul(fuse, L.o, att_.get(), D, L.attn_sub_norm, D, n, x_.get(), D, Epilogue::AddTo);
 
         normed_matmul(fuse, L.gate_up, x_.get(), D, L.ffn_norm, D, n, gate_.get(), F, glu);

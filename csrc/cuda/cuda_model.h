@@ -33,15 +33,17 @@ struct CudaOptions {
     int max_batch = 512;      // prompt tokens per chunk
     PromptGemm gemm = PromptGemm::Mma;
     bool graphs = true;       // false: decode steps launch kernel by kernel (debugging, timing the graph gain)
-    // Decode-step optimizations, both bit-identical to the plain path (tests/cuda/test_cuda_model.cu):
+    // Decode-step optimizations, all bit-identical to the plain path (tests/cuda/test_cuda_model.cu):
     bool fuse_norm = false;   // batch-1 decode steps: ternary_gemv_normed instead of rmsnorm_quant + ternary_gemv
                               // (4 launches per layer fewer; kFuseNormMaxTokens). Off: it lost to pdl alone.
     bool pdl = true;          // Programmatic Dependent Launch for the decode step's kernels (sm_90+; ignored
                               // below): each kernel starts while the one ahead drains (launch.cuh).
                               // On by default since it measured +23% at batch 1 on an H100 and an H200.
+    bool fuse_attn = false;   // decode steps: attention_decode_rope (RoPE, the KV store, the split attention and its
+                              // combine in one launch instead of three). Off until measured on a GPU.
 };
 // Defaults overridden by the environment: BLLAMA_CUDA_GEMM=mma|cublaslt, BLLAMA_CUDA_GRAPHS=0,
-// BLLAMA_CUDA_FUSE_NORM=1, BLLAMA_CUDA_PDL=0.
+// BLLAMA_CUDA_FUSE_NORM=1, BLLAMA_CUDA_PDL=0, BLLAMA_CUDA_FUSE_ATTN=1.
 
 // fuse_norm applies to decode steps of at most this many tokens. ternary_gemv_normed runs 1..kGemvMaxTokens,
 // but every block re-reads the float rows, and from 2 tokens on the 1.7B shapes it was slower than the
@@ -139,6 +141,7 @@ private:
     DeviceBuffer<int32_t> tok_buf_;  // [M] prompt chunk ids
     DeviceBuffer<int32_t> pos_buf_, slot_buf_;  // [M] prompt chunk positions / slot
     DeviceBuffer<float> x_, qkv_, att_, gate_, xn_, logits_, attn_ws_;
+    DeviceBuffer<int32_t> attn_ctr_;  // [slots][n_heads] split counters of attention_decode_rope
     DeviceBuffer<int8_t> act_q_;
     DeviceBuffer<float> act_scale_;
     DeviceBuffer<int32_t> act_sum_;

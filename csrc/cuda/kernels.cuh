@@ -137,6 +137,18 @@ void attention_decode(const float* q, int ldq, int n, const int32_t* pos, const 
                       int H, int Hkv, int hd, KvCache kv, float* out, int ldo, float* workspace,
                       cudaStream_t stream);
 
+// rope_kv_write + attention_decode in one launch (decode steps; bench/NOTES-cuda.md): qkv holds the raw q | k | v
+// projections. Each block rotates its query heads itself; the blocks that hold a token's own position rotate its
+// key, attend to it (and its value) from registers and store both in the cache; the last block of each head group
+// to finish combines the splits. Results (out and the cache) are bit-identical to the two-step path; the q and k
+// columns of qkv are left unspecified (rotated or not). Head sizes other than 64 / 128 / 256 (or unaligned rows)
+// run the two-step path. workspace: as attention_decode's. counters: n * H int32, zero before the first call
+// (cudaMemset once); every call leaves them zero. Their layout does not depend on n, so one buffer serves calls of
+// any token count up to its size.
+void attention_decode_rope(float* qkv, int ldq, int n, const int32_t* pos, const int32_t* slot, int layer, int H,
+                           int Hkv, int hd, const float* cos_tab, const float* sin_tab, KvCache kv, float* out, int ldo,
+                           float* workspace, int32_t* counters, cudaStream_t stream);
+
 // Prompt attention: n tokens of one slot at positions pos0 .. pos0 + n - 1 (their k, v already in the
 // cache), each attending positions 0 .. its own. Tiled over queries and keys (K/V tiles in shared memory).
 void attention_prefill(const float* q, int ldq, int n, int pos0, int slot, int layer, int H, int Hkv, int hd,

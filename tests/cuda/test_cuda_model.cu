@@ -11,8 +11,9 @@
 //    fp32 and fp16 KV cache;
 //  - seeded sampling replays identically with and without graphs; new sampling parameters re-capture the graph;
 //  - decoding stops with std::out_of_range at the end of the context;
-//  - the opt-in decode paths (fuse_norm, pdl, both) decode exactly the default's tokens with bit-identical logits
-//    at every step (the fused GEMV computes rmsnorm_quant's values exactly; PDL only changes when kernels start),
+//  - the opt-in decode paths (fuse_norm, pdl, fuse_attn and their combinations) decode exactly the default's tokens with bit-identical logits
+//    at every step (the fused GEMV computes rmsnorm_quant's values exactly, the fused attention the two-step
+//    path's; PDL only changes when kernels start),
 //    for B = 1 (fused), 3 (GEMV, not fused: kFuseNormMaxTokens) and 12 (MMA; PDL launches around plain GEMM
 //    launches), with graphs (one graph replayed for every step: a race would show as a step whose logits move)
 //    and without.
@@ -54,9 +55,11 @@ int argmax_row(const float* x, int V) {  // lowest index of the largest value, a
 }
 
 std::unique_ptr<CudaModel> make_model(const Model& cpu, int slots, int max_batch, bool graphs, int64_t max_context = 0,
-                                      bool kv_f16 = false, bool fuse_norm = false, bool pdl = false) {
+                                      bool kv_f16 = false, bool fuse_norm = false, bool pdl = false,
+                                      bool fuse_attn = false) {
     CudaOptions o;
     o.fuse_norm = fuse_norm;
+    o.fuse_attn = fuse_attn;
     o.pdl = pdl;
     o.kv_f16 = kv_f16;
     o.slots = slots;
@@ -196,11 +199,13 @@ void test_decode_options(const Model& cpu) {
     auto base = make_model(cpu, S, 64, true);
     struct Variant {
         const char* name;
-        bool fuse, pdl;
+        bool fuse, pdl, attn;
     };
-    for (const Variant v : {Variant{"fuse_norm", true, false}, Variant{"pdl", false, true}, Variant{"fuse_norm+pdl", true, true}}) {
+    for (const Variant v : {Variant{"fuse_norm", true, false, false}, Variant{"pdl", false, true, false},
+                            Variant{"fuse_norm+pdl", true, true, false}, Variant{"fuse_attn", false, false, true},
+                            Variant{"fuse_attn+pdl", false, true, true}, Variant{"fuse_attn+fuse_norm+pdl", true, true, true}}) {
         for (bool graphs : {true, false}) {
-            auto m = make_model(cpu, S, 64, graphs, 0, false, v.fuse, v.pdl);
+            auto m = make_model(cpu, S, 64, graphs, 0, false, v.fuse, v.pdl, v.attn);
             if (v.pdl && graphs) std::printf("%s: PDL %s\n", v.name, m->pdl_active() ? "active" : "not supported here (ignored)");
             int bi = 0;
             for (int B : {1, 3, S}) {
