@@ -147,7 +147,7 @@ if d:
     for r in d["decode"]:
         print(f"{'decode batch %d' % r['batch']:<28}{r['tok_s']:>10.0f}  {'>= 2000' if r['batch'] == 1 else ''}")
     print(f"{'decode batch 1, no graph':<28}{d['decode_no_graph']['tok_s']:>10.0f}")
-    # The opt-in decode paths (CudaOptions fuse_norm / pdl), each its own model, mean of 2 rounds.
+    # The decode paths (CudaOptions pdl / fuse_attn / fuse_norm), each its own model, mean of 2 rounds.
     var = {}
     for v in d.get("decode_variants", []):
         var.setdefault(v["name"], {})[v["batch"]] = v
@@ -178,6 +178,16 @@ if kp.exists():
         print("us per call, 1.7b, 1 token: " + " | ".join(kinds))
         for m, k in normed.items():
             print(f"  {m:<8} " + " ".join(f"{k[x]:>7.2f}" if x in k else f"{'-':>7}" for x in kinds))
+    # Decode attention per layer: rope_kv_write + attention_decode (3 launches) vs attention_decode_rope (1).
+    att = {}
+    for r in rows:
+        if r["bench"] == "attention":
+            att.setdefault((r["model"], r["pos"]), {})[r["kernel"]] = r["us"]
+    if att:
+        kinds = ["rope+attn", "fused", "rope+attn+pdl", "fused+pdl"]
+        print("attention us per layer, 1 token: " + " | ".join(kinds))
+        for (m, p), k in att.items():
+            print(f"  {m:<5} pos {p:<5} " + " ".join(f"{k[x]:>7.2f}" if x in k else f"{'-':>7}" for x in kinds))
 EOF
 echo "results in $RES"
 exit $status
