@@ -1,7 +1,7 @@
 // End-to-end GPU benchmark of the CUDA backend on a random model of real shapes.
 //
 //   bench_cuda_decode [--shape 1.7b|2b4t] [--prompt 512] [--decode 128] [--batch 1,4,16,64] [--kv-f16]
-//                     [--keep PATH] [--json PATH] [--reps 5] [--no-variants]
+//                     [--head f16|q8] [--keep PATH] [--json PATH] [--reps 5] [--no-variants]
 //
 // Measures, in one run on one device:
 //   copy GB/s   device-to-device cudaMemcpy of 1 GiB (bytes read + written), the bandwidth ceiling;
@@ -115,7 +115,7 @@ int main(int argc, char** argv) {
     std::string shape_name = "1.7b", keep, json;
     int64_t n_prompt = 512, n_decode = 128, decode_prompt = 128;
     std::vector<int> batches = {1, 4, 16, 64};
-    bool kv_f16 = false, variants = true;
+    bool kv_f16 = false, variants = true, head_q8 = false;
     int reps = 5;
     for (int i = 1; i < argc; ++i) {
         const std::string a = argv[i];
@@ -127,6 +127,11 @@ int main(int argc, char** argv) {
         else if (a == "--prompt") n_prompt = std::stoll(val());
         else if (a == "--decode") n_decode = std::stoll(val());
         else if (a == "--kv-f16") kv_f16 = true;
+        else if (a == "--head") {
+            const std::string h = val();
+            if (h != "f16" && h != "q8") throw std::invalid_argument("--head must be f16 or q8");
+            head_q8 = h == "q8";
+        }
         else if (a == "--keep") keep = val();
         else if (a == "--json") json = val();
         else if (a == "--reps") reps = std::stoi(val());
@@ -141,7 +146,7 @@ int main(int argc, char** argv) {
             }
         } else {
             std::fprintf(stderr, "usage: %s [--shape 1.7b|2b4t] [--prompt N] [--decode N] [--batch 1,4,16] [--kv-f16] "
-                                 "[--keep PATH] [--json PATH] [--reps N] [--no-variants]\n", argv[0]);
+                                 "[--head f16|q8] [--keep PATH] [--json PATH] [--reps N] [--no-variants]\n", argv[0]);
             return 2;
         }
     }
@@ -157,16 +162,17 @@ int main(int argc, char** argv) {
         bench::write_model(*shape, false, path);
         std::printf("wrote %s in %.1f s\n", path.c_str(), secs(t0));
     }
-    std::printf("device: %s\nshape %s: vocab %lld, D %lld, %lld layers, %lld heads (%lld kv), FFN %lld%s\n",
+    std::printf("device: %s\nshape %s: vocab %lld, D %lld, %lld layers, %lld heads (%lld kv), FFN %lld%s%s\n",
                 device_description(), shape->name, (long long)shape->vocab, (long long)shape->dim,
                 (long long)shape->layers, (long long)shape->heads, (long long)shape->kv_heads, (long long)shape->ffn,
-                kv_f16 ? ", fp16 KV" : "");
+                kv_f16 ? ", fp16 KV" : "", head_q8 ? ", int8 head" : "");
 
     const double copy_gbs = copy_bandwidth_gbs();
     const int max_b = *std::max_element(batches.begin(), batches.end());
     LoadOptions lo;
     lo.max_context = 1;
     lo.max_batch = 1;
+    lo.head = head_q8 ? HeadType::Q8 : HeadType::F16;  // q8: the CPU loader requantizes, the GPU runs its rows
     auto cpu = Model::load(path, lo);
 
     CudaOptions co;
@@ -178,7 +184,7 @@ int main(int argc, char** argv) {
     CudaModel& m = *mp;
     const double load_s = secs(t0);
 
-    // Bytes a batch-1 step reads: every packed weight, the f16 head, one embedding row, and the KV cache
+    // Bytes a batch-1 step reads: every packed weight, the head (f16 or int8), one embedding row, and the KV cache
     // of both k and v up to the mean position of the measured steps.
     const ModelConfig c = m.config();  // a copy: m is freed before the variants
     const double mean_pos = decode_prompt + n_decode / 2.0;
@@ -278,8 +284,9 @@ int main(int argc, char** argv) {
     if (!json.empty()) {
         FILE* f = std::fopen(json.c_str(), "w");
         if (!f) throw std::runtime_error("cannot write " + json);
-        std::fprintf(f, "{\"device\": \"%s\", \"shape\": \"%s\", \"kv_f16\": %s, \"copy_GB_s\": %.1f, \"load_s\": %.3f,\n",
-                     device_description(), shape->name, kv_f16 ? "true" : "false", copy_gbs, load_s);
+        std::fprintf(f, "{\"device\": \"%s\", \"shape\": \"%s\", \"kv_f16\": %s, \"head\": \"%s\", \"copy_GB_s\": %.1f, "
+                        "\"load_s\": %.3f,\n",
+                     device_description(), shape->name, kv_f16 ? "true" : "false", head_q8 ? "q8" : "f16", copy_gbs, load_s);
         std::fprintf(f, " \"step_bytes\": %.0f, \"floor_tok_s\": %.1f, \"prompt_tokens\": %lld, \"prompt_tok_s_mma\": %.1f, "
                         "\"prompt_tok_s_cublaslt\": %.1f,\n", step_bytes, floor_tok_s, (long long)n_prompt, pp_mma, pp_lt);
         std::fprintf(f, " \"decode_no_graph\": {\"tok_s\": %.1f, \"step_ms\": %.4f},\n \"decode\": [", nograph.tok_s, nograph.step_ms);

@@ -80,6 +80,9 @@ bench() {
     "$BUILD/bench_cuda_decode" --shape 1.7b --prompt 512 --decode 128 --batch 1 --kv-f16 --no-variants \
         --keep /tmp/bllama-1.7b.gguf --json "$RES/decode-1.7b-kvf16.json" || return 1
     echo "-- fp16-KV decode done at $SECONDS s"
+    "$BUILD/bench_cuda_decode" --shape 1.7b --prompt 512 --decode 128 --batch 1 --head q8 --no-variants \
+        --keep /tmp/bllama-1.7b.gguf --json "$RES/decode-1.7b-q8head.json" || return 1
+    echo "-- int8-head decode done at $SECONDS s"
     # the same file through Runtime (Python, what users call)
     python3 -m bllama.cli bench /tmp/bllama-1.7b.gguf --device cuda \
         --prompt-tokens 512 --gen-tokens 128 --repeats 3 --json "$RES/runtime-1.7b.json"
@@ -147,6 +150,10 @@ if d:
     for r in d["decode"]:
         print(f"{'decode batch %d' % r['batch']:<28}{r['tok_s']:>10.0f}  {'>= 2000' if r['batch'] == 1 else ''}")
     print(f"{'decode batch 1, no graph':<28}{d['decode_no_graph']['tok_s']:>10.0f}")
+    for name, label in (("decode-1.7b-kvf16.json", "decode batch 1, fp16 KV"), ("decode-1.7b-q8head.json", "decode batch 1, int8 head")):
+        e = load(name)
+        if e and e["decode"]:
+            print(f"{label:<28}{e['decode'][0]['tok_s']:>10.0f}")
     # The decode paths (CudaOptions pdl / fuse_attn / fuse_norm), each its own model, mean of 2 rounds.
     var = {}
     for v in d.get("decode_variants", []):

@@ -83,6 +83,7 @@ public:
     const std::vector<float>& output_norm() const { return output_norm_; }
     const uint16_t* embedding_f16() const { return embd_; }   // [V, D]
     const uint16_t* head_f16() const { return head_; }        // [V, D]; null when the head is Q8
+    const Q8Head& head_q8() const { return head_q8_; }        // HeadType::Q8 only (empty otherwise)
     // Hands back the mapped file (its metadata stays readable) and frees everything else.
     static GgufFile release_file(std::unique_ptr<Model> m) { return std::move(m->file_); }
 

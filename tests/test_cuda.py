@@ -173,9 +173,25 @@ def test_gpu_errors(random_model):
         gpu.generate([1] * T, 4)
     with pytest.raises(IndexError, match="context length"):
         gpu.logits([1] * (T + 1))
-    with pytest.raises(ValueError, match="q8"):
-        _engine.Engine(path, device="cuda", head="q8")
     assert len(gpu.generate([1, 2, 3], 3)) == 3  # still usable after the errors
+
+
+@needs_gpu
+def test_gpu_q8_head_matches_cpu_q8_head(random_model):
+    """head="q8": the GPU runs the CPU's int8 head rows (exact integer sums, the same epilogue), so it matches the
+    CPU's q8 engine as closely as the f16 paths match each other, and reads half the head's bytes."""
+    net, path = random_model
+    cpu = _engine.Engine(path, threads=2, head="q8")
+    gpu = _engine.Engine(path, device="cuda", head="q8")
+    f16 = _engine.Engine(path, device="cuda")
+    assert gpu.config["head"] == "q8" and f16.config["head"] == "f16"
+    assert gpu.config["head_bytes"] < 0.6 * f16.config["head_bytes"]
+    rng = np.random.default_rng(4)
+    for n in (1, 3, 9, 40):  # decode-sized and prompt-sized (all-logits rows in tiles)
+        ids = rng.integers(0, net.config.vocab_size, size=n).tolist()
+        _assert_close_to_cpu(gpu.logits(ids), cpu.logits(ids))
+    out = gpu.generate([1, 2, 3], 6)  # the decode graph with the int8 head
+    assert len(out) == 6 and all(0 <= t < net.config.vocab_size for t in out)
 
 
 @pytest.fixture(scope="module")

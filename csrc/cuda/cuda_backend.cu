@@ -26,7 +26,7 @@ public:
         i.kernel = std::string("dp4a gemv + ") + cuda::prompt_gemm_name(model_->options().gemm) + " gemm";
         i.weight_bytes = model_->weight_bytes();
         i.kv_f16 = model_->options().kv_f16;
-        i.head = "f16";
+        i.head = model_->head_is_q8() ? "q8" : "f16";
         i.head_bytes = model_->head_bytes();
         return i;
     }
@@ -76,11 +76,8 @@ std::string cuda_device_description() { return cuda::device_description(); }
 
 std::unique_ptr<Backend> make_cuda_backend(const std::string& path, const LoadOptions& opts) {
     if (cuda::device_count() == 0) throw std::runtime_error(std::string("device='cuda': ") + cuda::device_description());
-    if (opts.head != HeadType::F16)
-        throw std::invalid_argument("head='" + std::string(head_type_name(opts.head)) +
-                                    "' is a CPU option; the CUDA backend runs the file's f16 head");
     // The CPU loader validates the file and decodes TQ2_0/TQ1_0; its tiny cache and scratch are freed
-    // with it once the weights are on the GPU.
+    // with it once the weights are on the GPU. head="q8" is requantized by it too.
     LoadOptions cpu = opts;
     cpu.device = Device::Cpu;
     cpu.max_context = 1;

@@ -83,8 +83,6 @@ DevTernary stacked(const uint32_t* words, std::initializer_list<const TernaryRow
 
 CudaModel::CudaModel(const Model& cpu, const CudaOptions& opts) : cfg_(cpu.config()), opts_(opts) {
     if (cuda::device_count() == 0) throw std::runtime_error(std::string("device='cuda': ") + device_description());
-    if (!cpu.head_f16())
-        throw ModelError("the CUDA backend runs the f16 LM head only (head='q8' is a CPU option)");
     if (opts_.slots < 1 || opts_.slots > 256) throw std::invalid_argument("CUDA slots must be in [1, 256]");
     if (opts_.max_batch < 1) throw std::invalid_argument("CUDA max_batch must be positive");
     if (cfg_.head_dim % 2 || cfg_.head_dim > 256)
@@ -169,7 +167,13 @@ void CudaModel::upload(const Model& cpu) {
     const size_t table = static_cast<size_t>(c.vocab * c.dim);
     embd_ = DeviceBuffer<__half>(table);
     CUDA_CHECK(cudaMemcpy(embd_.get(), cpu.embedding_f16(), table * 2, cudaMemcpyHostToDevice));
-    if (cpu.head_f16() == cpu.embedding_f16()) {
+    if (cpu.head_type() == HeadType::Q8) {  // the CPU requantized the head to int8 rows (kernels/head_q8.h)
+        const Q8Head& h = cpu.head_q8();
+        head_q8_ = DeviceBuffer<int8_t>(table);
+        head_q8_scale_ = DeviceBuffer<float>(static_cast<size_t>(c.vocab));
+        CUDA_CHECK(cudaMemcpy(head_q8_.get(), h.row(0), table, cudaMemcpyHostToDevice));
+        CUDA_CHECK(cudaMemcpy(head_q8_scale_.get(), h.scales(), static_cast<size_t>(c.vocab) * 4, cudaMemcpyHostToDevice));
+    } else if (cpu.head_f16() == cpu.embedding_f16()) {
         head_ = embd_.get();
     } else {
         head_owned_ = DeviceBuffer<__half>(table);
@@ -260,10 +264,12 @@ void CudaModel::allocate() {
     CUDA_CHECK(cudaMallocHost(reinterpret_cast<void**>(&h_tokens_), static_cast<size_t>(S) * sizeof(int32_t)));
 }
 
-size_t CudaModel::head_bytes() const { return static_cast<size_t>(cfg_.vocab * cfg_.dim * 2); }
+size_t CudaModel::head_bytes() const {
+    return head_q8_.size() ? head_q8_.bytes() + head_q8_scale_.bytes() : static_cast<size_t>(cfg_.vocab * cfg_.dim * 2);
+}
 
 size_t CudaModel::device_bytes() const {
-    return words_.bytes() + norms_.bytes() + embd_.bytes() + head_owned_.bytes() + cos_.bytes() + sin_.bytes() +
+    return words_.bytes() + norms_.bytes() + embd_.bytes() + head_owned_.bytes() + head_q8_.bytes() + head_q8_scale_.bytes() + cos_.bytes() + sin_.bytes() +
            k32_.bytes() + v32_.bytes() + k16_.bytes() + v16_.bytes() + tok_buf_.bytes() + pos_buf_.bytes() +
            slot_buf_.bytes() + x_.bytes() + qkv_.bytes() + att_.bytes() + gate_.bytes() + xn_.bytes() +
            logits_.bytes() + attn_ws_.bytes() + attn_ctr_.bytes() + act_q_.bytes() + act_scale_.bytes() + act_sum_.bytes() +
@@ -325,7 +331,14 @@ void CudaModel::layers(int n, const int32_t* d_pos, const int32_t* d_slot, bool 
 
 void CudaModel::head(int row0, int n) {
     const int D = static_cast<int>(cfg_.dim);
-    rmsnorm(x_.get() + static_cast<size_t>(row0) * D, D, output_norm_, n, D, cfg_.rms_eps, xn_.get(), D, stream_.get());
+    const float* x = x_.get() + static_cast<size_t>(row0) * D;
+    if (head_q8_.size()) {  // as the CPU's q8 head: the normed rows quantized per token, then the int8 matmul
+        const DevActs a{act_q_.get(), act_scale_.get(), act_sum_.get(), D};
+        rmsnorm_quant(x, D, output_norm_, n, D, cfg_.rms_eps, a, stream_.get());
+        head_q8(head_q8_.get(), head_q8_scale_.get(), static_cast<int>(cfg_.vocab), D, a, n, logits_.get(), stream_.get());
+        return;
+    }
+    rmsnorm(x, D, output_norm_, n, D, cfg_.rms_eps, xn_.get(), D, stream_.get());
     head_f16(head_, static_cast<int>(cfg_.vocab), D, xn_.get(), n, logits_.get(), stream_.get());
 }
 

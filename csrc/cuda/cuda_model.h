@@ -54,7 +54,8 @@ CudaOptions cuda_options_from_env(CudaOptions base);
 class CudaModel {
 public:
     // Uploads the weights of a CPU-loaded model (which validated the file). The CPU model may be freed
-    // afterwards. Throws ModelError for files the GPU cannot run (per-block scales, q8 head).
+    // afterwards. Throws ModelError for files the GPU cannot run (per-block scales). The LM head is the CPU
+    // model's: f16, or the int8 rows of head="q8".
     CudaModel(const Model& cpu, const CudaOptions& opts);
     ~CudaModel();
     CudaModel(const CudaModel&) = delete;
@@ -66,7 +67,8 @@ public:
     const CudaOptions& options() const { return opts_; }
     bool pdl_active() const { return pdl_; }               // options().pdl and the device supports it
     size_t weight_bytes() const { return weight_bytes_; }  // packed ternary words on the device
-    size_t head_bytes() const;
+    size_t head_bytes() const;                             // what the head reads per token
+    bool head_is_q8() const { return head_q8_.size() != 0; }  // the int8 head (LoadOptions head="q8")
     size_t device_bytes() const;                           // everything this model allocated
 
     // Runs tokens[0, n) of `slot` at positions pos0 .. pos0 + n - 1 (prompt path, chunked). Afterwards
@@ -126,7 +128,9 @@ private:
     DeviceBuffer<uint32_t> words_;   // every ternary matrix, back to back
     DeviceBuffer<float> norms_;      // every norm weight, back to back
     DeviceBuffer<__half> embd_, head_owned_;
-    const __half* head_ = nullptr;   // embd_ when tied
+    const __half* head_ = nullptr;   // embd_ when tied; null with the q8 head
+    DeviceBuffer<int8_t> head_q8_;   // the CPU's head="q8" ([V, D] int8, one scale per row), or empty
+    DeviceBuffer<float> head_q8_scale_;
     DeviceBuffer<float> cos_, sin_;  // [ctx, hd/2]
     std::vector<Layer> layers_;
     const float* output_norm_ = nullptr;

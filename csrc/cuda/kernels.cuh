@@ -155,10 +155,17 @@ void attention_prefill(const float* q, int ldq, int n, int pos0, int slot, int l
                        KvCache kv, float* out, int ldo, cudaStream_t stream);
 
 // ---------------------------------------------------------------------------------------------------
-// LM head and sampling (head.cu, sampling.cu)
+// LM head and sampling (head.cu, head_q8.cu, sampling.cu)
 
 // logits[t * V + r] = sum_k float(w[r, k]) * x[t * D + k], fp32 accumulation; w [V, D] f16.
 void head_f16(const __half* w, int V, int D, const float* x, int n, float* logits, cudaStream_t stream);
+
+// The int8 head (the CPU's head="q8", csrc/kernels/head_q8.h): w [V, D] int8 with one fp32 scale per row, x the
+// int8 activations of the final-normed rows (rmsnorm_quant; row t at x.q + t * x.cols, D <= x.cols):
+// logits[t * V + r] = (float)acc * (row_scale[r] / x.scale[t]), acc = sum_k w[r, k] * x.q[t, k] in int32 (exact),
+// so for the same activations the logits are bit-identical to q8_head_matmul.
+void head_q8(const int8_t* w, const float* row_scale, int V, int D, const DevActs& x, int n, float* logits,
+             cudaStream_t stream);
 
 struct DevSampling {
     bool greedy = true;              // argmax, whatever the rest says

@@ -2,7 +2,8 @@
 // RMSNorm (+ int8 quantization, bit-identical to quantize_acts without a norm; with one, bit-identical to a
 // host model of the canonical summation order of csrc/cuda/norm_common.cuh), RoPE + KV-cache
 // store, decode and prompt attention (float64 reference; decode also replayed from a CUDA graph at
-// several positions; the fused RoPE + attention bit-identical to the two steps), the f16 LM head, and sampling (greedy == CPU argmax; sampled frequencies
+// several positions; the fused RoPE + attention bit-identical to the two steps), the f16 LM head, the int8
+// head (bit-identical to the CPU's), and sampling (greedy == CPU argmax; sampled frequencies
 // against the CPU Sampler's exact probabilities). Inputs are fresh random data for every trial;
 // outputs are poisoned (NaN / odd bytes) first, so every element must have been written.
 // Exits 77 (skipped) without a GPU.
@@ -20,6 +21,7 @@
 #include "cuda/kernels.cuh"
 #include "cuda/launch.cuh"
 #include "half.h"
+#include "kernels/head_q8.h"
 #include "kernels/ternary.h"
 #include "sampler.h"
 
@@ -787,6 +789,52 @@ void test_head() {
     }
 }
 
+// The int8 head against the CPU's q8_head_matmul on the same int8 rows and activations: bit-identical logits
+// (exact integer sums, the same fp32 epilogue). Vectorized rows (D % 16 == 0) and the scalar path, token counts
+// across the 1 / 2 / 4 / 8 tiles and past them (rows reused from L1), an all-zero row (scale 0), activations at
+// a padded row stride (x.cols > D).
+void test_head_q8() {
+    struct Case {
+        int V, D, n, pad;
+    };
+    const Case cases[] = {{32000, 2048, 1, 0}, {1000, 2048, 2, 0}, {1000, 2048, 3, 16}, {777, 2560, 8, 0},
+                          {500, 64, 11, 0},    {37, 40, 2, 0},     {100, 36, 5, 4},    {3001, 1024, 17, 0}};
+    for (const Case& c : cases) {
+        std::vector<float> w(static_cast<size_t>(c.V) * c.D), x(static_cast<size_t>(c.n) * c.D);
+        for (auto& f : w) f = randn() * 0.05f;
+        for (int k = 0; k < c.D; ++k) w[static_cast<size_t>(c.V / 2) * c.D + k] = 0.0f;
+        for (auto& f : x) f = randn();
+        const Q8Head h = Q8Head::from_f32(w.data(), c.V, c.D);
+        QuantizedActs qa;
+        quantize_acts(x.data(), c.n, c.D, qa, KernelKind::Scalar);
+        std::vector<float> want(static_cast<size_t>(c.n) * c.V);
+        q8_head_matmul(h, qa, want.data(), c.V, 0, c.V, KernelKind::Scalar);
+
+        const int cols = c.D + c.pad;  // the GPU's activation rows at stride cols
+        std::vector<int8_t> aq(static_cast<size_t>(c.n) * cols, 0);
+        for (int t = 0; t < c.n; ++t)
+            std::memcpy(aq.data() + static_cast<size_t>(t) * cols, qa.q.data() + static_cast<size_t>(t) * c.D, c.D);
+        std::vector<int8_t> hq(h.row(0), h.row(0) + static_cast<size_t>(c.V) * c.D);
+        std::vector<float> hs(h.scales(), h.scales() + c.V);
+        auto dw = to_dev(hq);
+        auto ds = to_dev(hs);
+        auto dq = to_dev(aq);
+        auto da = to_dev(qa.act_scale);
+        DeviceBuffer<float> dl(static_cast<size_t>(c.n) * c.V);
+        poison(dl);
+        cu::DevActs a;
+        a.q = dq.get();
+        a.scale = da.get();
+        a.cols = cols;
+        cu::head_q8(dw.get(), ds.get(), c.V, c.D, a, c.n, dl.get(), nullptr);
+        const auto got = from_dev(dl, dl.size());
+        int bad = 0;
+        for (size_t i = 0; i < got.size(); ++i) bad += std::memcmp(&got[i], &want[i], 4) != 0;
+        CHECK(bad == 0, "head_q8 V=%d D=%d n=%d cols=%d: %d of %zu logits differ from q8_head_matmul", c.V, c.D, c.n,
+              cols, bad, got.size());
+    }
+}
+
 // ---------------------------------------------------------------------------------------------------
 // Sampling
 
@@ -1089,6 +1137,7 @@ int main() {
         test_attention_decode_rope();
         test_attention_prefill();
         test_head();
+        test_head_q8();
         test_sample();
     } catch (const std::exception& e) {
         std::fprintf(stderr, "FAIL: exception: %s\n", e.what());
