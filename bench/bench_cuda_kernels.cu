@@ -317,10 +317,18 @@ private:
         const int k = copies(m);
         call(weights(m, 0), y_.get(), s);  // first call outside the capture (cuBLASLt picks its algorithm)
         stream_.sync();
+        return time_chain_us(k, pdl, [&](int i) { call(weights(m, i), y_.get(), s); });
+    }
+
+    // Median time per call, in microseconds, of a graph of k calls call(0) .. call(k - 1) on stream_ (pdl: every
+    // launch after the first with Programmatic Dependent Launch), replayed --warmup times untimed and --reps
+    // times between two events.
+    double time_chain_us(int k, bool pdl, const std::function<void(int)>& call) {
+        cudaStream_t s = stream_.get();
         const GraphExec exec = capture_graph(s, [&] {
             for (int i = 0; i < k; ++i) {
                 cuda::PdlScope scope(pdl && i > 0);
-                call(weights(m, i), y_.get(), s);
+                call(i);
             }
         });
         CudaEvent e0, e1;
@@ -381,22 +389,7 @@ private:
                 for (const Row& r : {Row{"rope+attn", two_step, false}, Row{"fused", fused, false},
                                      Row{"rope+attn+pdl", two_step, true}, Row{"fused+pdl", fused, true}}) {
                     if (r.pdl && !pdl) continue;
-                    const GraphExec exec = capture_graph(s, [&] {
-                        for (int l = 0; l < layers; ++l) {
-                            cuda::PdlScope scope(r.pdl && l > 0);
-                            r.call(l);
-                        }
-                    });
-                    CudaEvent e0, e1;
-                    std::vector<double> ms;
-                    for (int i = 0; i < opt_.warmup + opt_.reps; ++i) {
-                        e0.record(s);
-                        exec.launch(s);
-                        e1.record(s);
-                        const double t = e1.ms_since(e0);
-                        if (i >= opt_.warmup) ms.push_back(t);
-                    }
-                    const double us = median(ms) * 1e3 / layers;
+                    const double us = time_chain_us(layers, r.pdl, r.call);
                     std::printf("%-6s %3d/%-3d x %-4d %5d  %-16s %9.2f\n", h.model, h.H, h.Hkv, h.hd, p, r.name, us);
                     emit("{\"bench\":\"attention\",\"model\":\"%s\",\"pos\":%d,\"kernel\":\"%s\",\"us\":%.3f}", h.model, p,
                          r.name, us);

@@ -3,8 +3,10 @@
 # the Python module), the kernel and end-to-end benchmarks; a short table last. Logs and JSON go to $OUT (the
 # device tool's folder) or bench/results/gpu-<date>/.
 #
-#   bash bench/gpu_check.sh            # engine: build + tests + benchmarks (about 5 minutes on an H100)
-#   SECTIONS="build bench" bash bench/gpu_check.sh   # a subset of: build probe bench ctest pytest sanitize
+#   bash bench/gpu_check.sh            # engine: build + tests + benchmarks (over 8 minutes on an H100: split
+#                                      # it over two calls of one warm machine, bench/NOTES-cuda.md)
+#   SECTIONS="build bench" bash bench/gpu_check.sh   # a subset of: build probe ctest pytest bench sanitize
+#   (bench = kbench dbench rbench: the kernels, end-to-end C++ decode/prompt, the Runtime; each also alone)
 #   (sanitize: the GPU kernel tests under compute-sanitizer memcheck + racecheck; not in the default set)
 #
 # The GPU machine has no network: the Python deps it lacks travel as wheels in .whl/ (see bench/NOTES-cuda.md),
@@ -71,9 +73,13 @@ pytest_gpu() {
     python3 -m pytest -q -rs tests/test_cuda.py -p no:cacheprovider
 }
 
-bench() {
-    "$BUILD/bench_cuda_kernels" --json "$RES/kernels.jsonl" || return 1
-    echo "-- kernels done at $SECONDS s"
+# The benchmarks, in three sections (each timed in the summary): kbench = the kernels, dbench = end-to-end decode
+# and prompt in C++ (the variants, fp16 KV, the int8 head), rbench = the same file through Runtime (Python, what
+# users call). "bench" runs all three.
+kbench() {
+    "$BUILD/bench_cuda_kernels" --json "$RES/kernels.jsonl"
+}
+dbench() {
     "$BUILD/bench_cuda_decode" --shape 1.7b --prompt 512 --decode 128 --batch 1,4,16,64 --keep /tmp/bllama-1.7b.gguf \
         --json "$RES/decode-1.7b.json" || return 1
     echo "-- decode done at $SECONDS s"
@@ -81,9 +87,11 @@ bench() {
         --keep /tmp/bllama-1.7b.gguf --json "$RES/decode-1.7b-kvf16.json" || return 1
     echo "-- fp16-KV decode done at $SECONDS s"
     "$BUILD/bench_cuda_decode" --shape 1.7b --prompt 512 --decode 128 --batch 1 --head q8 --no-variants \
-        --keep /tmp/bllama-1.7b.gguf --json "$RES/decode-1.7b-q8head.json" || return 1
-    echo "-- int8-head decode done at $SECONDS s"
-    # the same file through Runtime (Python, what users call)
+        --keep /tmp/bllama-1.7b.gguf --json "$RES/decode-1.7b-q8head.json"
+}
+rbench() {
+    [ -f /tmp/bllama-1.7b.gguf ] || "$BUILD/bench_cuda_decode" --shape 1.7b --prompt 16 --decode 8 --batch 1 \
+        --no-variants --keep /tmp/bllama-1.7b.gguf >/dev/null || return 1
     python3 -m bllama.cli bench /tmp/bllama-1.7b.gguf --device cuda \
         --prompt-tokens 512 --gen-tokens 128 --repeats 3 --json "$RES/runtime-1.7b.json"
 }
@@ -126,14 +134,15 @@ for sec in $SECTIONS; do
         probe) run_section probe probe ;;
         ctest) run_section ctest ctest_gpu ;;
         pytest) run_section pytest pytest_gpu ;;
-        bench) run_section bench bench ;;
+        bench) run_section kbench kbench; run_section dbench dbench; run_section rbench rbench ;;
+        kbench|dbench|rbench) run_section "$sec" "$sec" ;;
         sanitize) run_section sanitize sanitize ;;
         *) echo "unknown section $sec" ;;
     esac
 done
 
 note "summary ($(head -2 "$RES/machine.txt" | tail -1 | cut -d, -f1), $STAMP)"
-for k in build probe bench ctest pytest sanitize; do [ -n "${RESULT[$k]:-}" ] && printf "%-8s %s\n" "$k" "${RESULT[$k]}"; done
+for k in build probe ctest pytest kbench dbench rbench sanitize; do [ -n "${RESULT[$k]:-}" ] && printf "%-8s %s\n" "$k" "${RESULT[$k]}"; done
 python3 - "$RES" <<'EOF'
 import json, sys, pathlib
 res = pathlib.Path(sys.argv[1])

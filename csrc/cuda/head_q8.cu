@@ -81,6 +81,7 @@ __global__ void __launch_bounds__(kHeadThreads)
                 }
             }
         } else {
+#pragma unroll 1
             for (int k = lane; k < D; k += 32) {
                 int wv[kRows];
 #pragma unroll
