@@ -273,3 +273,8 @@ def test_gpu_batched_generation_equals_one_by_one(trained_gguf):
     kw = dict(max_new_tokens=40, stop=["\n\n"])
     assert batched.generate(prompts, **kw) == [single.generate(p, **kw) for p in prompts]
     assert batched.stats["decode_tokens"] >= 40
+    # Seeded sampling too: every sequence has its own RNG counter, so it draws in a batch what it draws alone.
+    kw = dict(max_new_tokens=30, do_sample=True, temperature=1.2, top_k=50, seed=7)
+    sampled = batched.generate(prompts, **kw)
+    assert sampled == [single.generate(p, **kw) for p in prompts]
+    assert sampled != batched.generate(prompts, **dict(kw, seed=8))

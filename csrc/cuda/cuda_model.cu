@@ -253,8 +253,8 @@ void CudaModel::allocate() {
     d_pos_.upload(zeros.data(), zeros.size(), stream_.get());
     d_seen_ = DeviceBuffer<uint8_t>(static_cast<size_t>(S) * c.vocab);
     CUDA_CHECK(cudaMemsetAsync(d_seen_.get(), 0, d_seen_.bytes(), stream_.get()));
-    d_step_ = DeviceBuffer<uint64_t>(1);
-    CUDA_CHECK(cudaMemsetAsync(d_step_.get(), 0, 8, stream_.get()));
+    d_step_ = DeviceBuffer<uint64_t>(static_cast<size_t>(S));
+    CUDA_CHECK(cudaMemsetAsync(d_step_.get(), 0, d_step_.bytes(), stream_.get()));
     sample_ws_ = DeviceBuffer<uint8_t>(std::max<size_t>(1, sample_workspace_bytes(S, static_cast<int>(c.vocab))));
     pending_tok_.assign(static_cast<size_t>(S), 0);
     pending_pos_.assign(static_cast<size_t>(S), 0);
@@ -393,7 +393,7 @@ void CudaModel::begin_sequence(int slot, const std::vector<int32_t>& seen, const
         if (t >= 0 && t < V) mask[static_cast<size_t>(t)] = 1;
     CUDA_CHECK(cudaMemcpyAsync(d_seen_.get() + static_cast<size_t>(slot) * V, mask.data(), mask.size(),
                                cudaMemcpyHostToDevice, stream_.get()));
-    CUDA_CHECK(cudaMemsetAsync(d_step_.get(), 0, 8, stream_.get()));
+    CUDA_CHECK(cudaMemsetAsync(d_step_.get() + slot, 0, 8, stream_.get()));  // the slot's RNG counter
     stream_.sync();  // mask is a host temporary
 }
 
@@ -401,7 +401,7 @@ int32_t CudaModel::sample_after_prefill(int slot, int64_t pos) {
     check_slot(slot);
     cudaStream_t s = stream_.get();
     const int V = static_cast<int>(cfg_.vocab);
-    sample(logits_.get(), V, 1, sampling_, d_seen_.get() + static_cast<size_t>(slot) * V, d_step_.get(),
+    sample(logits_.get(), V, 1, sampling_, d_seen_.get() + static_cast<size_t>(slot) * V, d_step_.get() + slot,
            d_tokens_.get() + slot, sample_ws_.get(), s);
     const int32_t p = static_cast<int32_t>(pos);
     CUDA_CHECK(cudaMemcpyAsync(d_pos_.get() + slot, &p, 4, cudaMemcpyHostToDevice, s));

@@ -154,7 +154,7 @@ private:
     // Decode state, per slot: pending token and its position (device copies are what the graph reads).
     DeviceBuffer<int32_t> d_tokens_, d_pos_, d_slots_;
     DeviceBuffer<uint8_t> d_seen_;   // [slots, V]
-    DeviceBuffer<uint64_t> d_step_;  // RNG counter
+    DeviceBuffer<uint64_t> d_step_;  // [slots] RNG counters (a slot draws the same in a batch as alone)
     DeviceBuffer<uint8_t> sample_ws_;
     std::vector<int32_t> pending_tok_;
     std::vector<int64_t> pending_pos_;

@@ -179,9 +179,10 @@ struct DevSampling {
 // One token per row of logits [n, V] (modified in place by penalty and temperature) into tokens[t].
 // greedy: the largest logit, the lowest index on ties (the CPU's argmax, after the penalty).
 // Otherwise the CPU Sampler's distribution (csrc/sampler.cpp: penalty, temperature, top-k, then top-p
-// over the survivors) drawn with a counter-based RNG keyed by (seed, row, *step): same seed and history,
-// same tokens. seen: [n, V] bytes, nonzero for tokens already in that row's sequence (may be null when
-// repetition_penalty == 1). step: device counter, incremented once per call by the kernel (graph-safe).
+// over the survivors) drawn with a counter-based RNG keyed by (seed, step[t]): same seed and history, same
+// tokens, whatever the row (a sequence draws the same in a batch as alone). seen: [n, V] bytes, nonzero for
+// tokens already in that row's sequence (may be null when repetition_penalty == 1). step: n device counters,
+// one per row, each incremented once per call by the kernel (graph-safe); may be null (counter 0).
 // workspace: sample_workspace_bytes(n, V) bytes.
 size_t sample_workspace_bytes(int n, int V);
 void sample(float* logits, int V, int n, const DevSampling& p, const uint8_t* seen, uint64_t* step,

@@ -17,8 +17,10 @@
 //     order) passes u. Masses are 64-bit fixed point (p * 2^S, S chosen so V * 2^S <= 2^63): integer
 //     sums are exact in any order, so the result does not depend on thread scheduling. (p below 2^-S,
 //     about 1e-14, counts as zero mass.)
-// The random number is a counter-based hash of (seed, row, *step): same seed and history, same
-// tokens. *step is read by one thread and incremented once per call (graph-safe: no host involvement).
+// The random number is a counter-based hash of (seed, step[row]), each row with its own counter: same seed
+// and history, same tokens, in whichever row of whichever batch a sequence runs (a batched decode draws what
+// each sequence would draw alone). step[row] is read by one thread of the row's block and incremented once per
+// call (graph-safe: no host involvement).
 #include <cmath>
 #include <stdexcept>
 
@@ -109,7 +111,7 @@ __global__ void __launch_bounds__(kThreads)
         }
         if (lane == 0) {
             tokens[row] = best.i < V ? best.i : 0;  // all NaN: 0, like the CPU
-            if (row == 0 && step) *step += 1;       // nothing in this launch reads it
+            if (step) step[row] += 1;               // nothing else in this launch reads it
         }
     }
 }
@@ -124,7 +126,6 @@ struct SampleArgs {
     float top_p;          // < 1, or 1: off
     float fix_scale;      // 2^S
     uint64_t seed;
-    bool inc_step;        // this launch increments *step (one row; else a separate launch does)
 };
 
 struct SampleSmem {
@@ -255,7 +256,7 @@ __global__ void __launch_bounds__(kThreads)
     float* L = logits + static_cast<int64_t>(row) * V;
     const uint8_t* S = seen ? seen + static_cast<int64_t>(row) * V : nullptr;
     if (threadIdx.x == 0) {
-        sm.step = step ? *step : 0;
+        sm.step = step ? step[row] : 0;
         sm.token = 0;
     }
 
@@ -291,7 +292,7 @@ __global__ void __launch_bounds__(kThreads)
     }
     uint64_t total;
     const uint64_t incl = block_scan(own, sm, &total);
-    const uint64_t r = mix64(mix64(mix64(a.seed) ^ sm.step) + 0x9e3779b97f4a7c15ull * (static_cast<uint64_t>(row) + 1));
+    const uint64_t r = mix64(mix64(mix64(a.seed) ^ sm.step) + 0x9e3779b97f4a7c15ull);
     const uint64_t u = __umul64hi(r, total);  // uniform in [0, total); total >= 1 (the top element has p = 1)
     const uint64_t excl = incl - own;
     if (own > 0 && excl <= u && u < incl) {
@@ -309,14 +310,8 @@ __global__ void __launch_bounds__(kThreads)
     __syncthreads();
     if (threadIdx.x == 0) {
         tokens[row] = sm.token;
-        if (a.inc_step && step) *step = sm.step + 1;  // after the only read of *step in this launch
+        if (step) step[row] = sm.step + 1;  // after the only read of step[row] in this launch
     }
-}
-
-__global__ void increment_step_kernel(uint64_t* step) {
-    pdl_trigger();
-    pdl_wait();
-    *step += 1;
 }
 
 }  // namespace
@@ -345,13 +340,7 @@ void sample(float* logits, int V, int n, const DevSampling& p, const uint8_t* se
     while ((1 << bits) < V) ++bits;
     a.fix_scale = std::ldexp(1.0f, 63 - bits);
     a.seed = p.seed;
-    a.inc_step = n == 1;
     launch(sample_kernel, n, kThreads, 0, stream, logits, V, a, s, step, tokens);
-    if (n > 1 && step) {
-        // Every block read *step; only after all of them may it change: the next launch on the stream
-        // (which, launched with PDL, waits for them before it touches *step).
-        launch(increment_step_kernel, 1, 1, 0, stream, step);
-    }
 }
 
 }  // namespace cuda

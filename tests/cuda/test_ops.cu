@@ -959,12 +959,19 @@ std::vector<int32_t> sample_rows(const std::vector<float>& row, const std::vecto
     return b.run(sp, step, after);
 }
 
-uint64_t read_step(const DeviceBuffer<uint64_t>& s) { return from_dev(s, 1)[0]; }
+uint64_t read_step(const DeviceBuffer<uint64_t>& s) { return from_dev(s, 1)[0]; }  // row 0's counter
+
+// The RNG counters of rows [0, rows): base + r * stride.
+void set_steps(DeviceBuffer<uint64_t>& step, int rows, uint64_t base, uint64_t stride) {
+    std::vector<uint64_t> v(static_cast<size_t>(rows));
+    for (int r = 0; r < rows; ++r) v[static_cast<size_t>(r)] = base + static_cast<uint64_t>(r) * stride;
+    step.upload(v.data(), v.size());
+    CUDA_CHECK(cudaDeviceSynchronize());
+}
 
 void test_sample() {
-    DeviceBuffer<uint64_t> step(1);
-    const uint64_t zero = 0;
-    step.upload(&zero, 1);
+    DeviceBuffer<uint64_t> step(2048);  // one counter per row
+    set_steps(step, 2048, 0, 0);
 
     // Greedy == the CPU Sampler's argmax (after the penalty, lowest index on ties), logits penalized alike.
     for (int V : {50, 1001, 32000, 128256}) {
@@ -1025,21 +1032,30 @@ void test_sample() {
         for (int32_t t : got) bad += t != want;
         CHECK(bad == 0, "top_k=1 V=%d: got %d, want %d", V, got[0], want);
 
+        // Rows with the same logits, history, seed and counter draw the same token (a sequence samples the same
+        // in any row of any batch); other counters draw independently; every counter advances by one per call.
         sp.top_k = 0, sp.top_p = 0.9f, sp.temperature = 1.5f;
-        for (int rows : {1, 64}) {
-            const uint64_t s0 = read_step(step);
-            auto first = sample_rows(l, seen, rows, sp, step);
-            step.upload(&s0, 1);
-            auto again = sample_rows(l, seen, rows, sp, step);
-            CHECK(first == again, "sampling V=%d rows=%d: the same seed and step gave different tokens", V, rows);
-            CHECK(read_step(step) == s0 + 1, "sampling rows=%d: step not advanced by exactly 1", rows);
-            auto next = sample_rows(l, seen, rows, sp, step);
-            if (rows == 64) {
-                int distinct_rows = 0;  // rows must not all draw the same number
-                for (int r = 1; r < rows; ++r) distinct_rows += first[r] != first[0];
-                CHECK(distinct_rows > 0 && next != first, "sampling V=%d: rows or steps draw identical tokens", V);
-            }
-        }
+        const int rows = 64;
+        set_steps(step, rows, 500, 0);
+        const auto same = sample_rows(l, seen, rows, sp, step);
+        int unlike = 0;
+        for (int r = 1; r < rows; ++r) unlike += same[r] != same[0];
+        CHECK(unlike == 0, "sampling V=%d: %d of %d rows with equal counters drew another token than row 0", V, unlike,
+              rows);
+        const auto after = from_dev(step, rows);
+        int not_advanced = 0;
+        for (uint64_t c : after) not_advanced += c != 501;
+        CHECK(not_advanced == 0, "sampling V=%d: %d row counters not advanced by exactly 1", V, not_advanced);
+        set_steps(step, rows, 1000, 1);
+        const auto first = sample_rows(l, seen, rows, sp, step);
+        set_steps(step, rows, 1000, 1);
+        const auto again = sample_rows(l, seen, rows, sp, step);
+        CHECK(first == again, "sampling V=%d: the same seed and counters gave different tokens", V);
+        int distinct = 0;
+        for (int r = 1; r < rows; ++r) distinct += first[r] != first[0];
+        const auto next = sample_rows(l, seen, rows, sp, step);  // counters 1001 + r
+        CHECK(distinct > 0 && next != first, "sampling V=%d: other counters drew identical tokens", V);
+        set_steps(step, rows, 0, 0);
     }
 
     // Graph replay of a sampling call: the step advances with every replay.
@@ -1107,6 +1123,7 @@ void test_sample() {
         int64_t drawn = 0, out_of_range = 0;
         RowBatch batch(l, seen, rows);
         while (drawn < N) {
+            set_steps(step, rows, static_cast<uint64_t>(drawn), 1);  // every draw its own counter
             for (int32_t t : batch.run(sp, step)) {
                 if (t < 0 || t >= dc.V) ++out_of_range;
                 else ++counts[t];
