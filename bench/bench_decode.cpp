@@ -1,14 +1,17 @@
 // Prompt and decode throughput of the engine on a random model of real shapes.
 //
 //   bench_decode [--shape 1.7b|2b4t] [--threads 1,2] [--prompt 128] [--decode 64] [--tq1] [--kv-f16]
-//                [--keep PATH] [--head f16|q8]
+//                [--keep PATH] [--head f16|q8] [--batch 2,4,8]
 //
 // Writes a random GGUF (TQ2_0 codes, f16 tied embedding) to a temp file, then for each thread count
 // loads it (load time), runs a `prompt`-token prompt (prompt tok/s) and `decode` single-token steps
 // (decode tok/s), and reports bytes read per decode token, the implied GB/s and the peak RSS.
+// --batch: then B sequences (each with the same prompt in its own KV cache) decode together through
+// Model::forward_batch for `decode` steps; tokens/s counts every sequence's tokens.
 #include <sys/resource.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -44,6 +47,16 @@ int main(int argc, char** argv) {
     bool tq1 = false, kv_f16 = false;
     HeadType head = HeadType::F16;
     std::string keep;
+    std::vector<int> batches;
+    auto int_list = [](const std::string& v) {
+        std::vector<int> out;
+        for (size_t p = 0; p < v.size();) {
+            const size_t q = v.find(',', p);
+            out.push_back(std::stoi(v.substr(p, q - p)));
+            p = q == std::string::npos ? v.size() : q + 1;
+        }
+        return out;
+    };
     for (int i = 1; i < argc; ++i) {
         const std::string a = argv[i];
         auto val = [&]() -> std::string {
@@ -57,13 +70,9 @@ int main(int argc, char** argv) {
                 if (v == s.name) shape = &s;
             if (!shape) throw std::invalid_argument("unknown shape " + v + " (1.7b, 2b4t)");
         } else if (a == "--threads") {
-            threads.clear();
-            const std::string v = val();
-            for (size_t p = 0; p < v.size();) {
-                const size_t q = v.find(',', p);
-                threads.push_back(std::stoi(v.substr(p, q - p)));
-                p = q == std::string::npos ? v.size() : q + 1;
-            }
+            threads = int_list(val());
+        } else if (a == "--batch") {
+            batches = int_list(val());
         } else if (a == "--prompt") n_prompt = std::stoll(val());
         else if (a == "--decode") n_decode = std::stoll(val());
         else if (a == "--tq1") tq1 = true;
@@ -71,7 +80,7 @@ int main(int argc, char** argv) {
         else if (a == "--keep") keep = val();
         else if (a == "--head") head = parse_head_type(val());
         else {
-            std::fprintf(stderr, "usage: %s [--shape 1.7b|2b4t] [--threads 1,2] [--prompt N] [--decode N] [--tq1] [--kv-f16] [--keep PATH] [--head f16|q8]\n", argv[0]);
+            std::fprintf(stderr, "usage: %s [--shape 1.7b|2b4t] [--threads 1,2] [--prompt N] [--decode N] [--tq1] [--kv-f16] [--keep PATH] [--head f16|q8] [--batch 2,4,8]\n", argv[0]);
             return 2;
         }
     }
@@ -97,6 +106,7 @@ int main(int argc, char** argv) {
             o.max_context = n_prompt + n_decode;
             o.kv_f16 = kv_f16;
             o.head = head;
+            for (int B : batches) o.sequences = std::max(o.sequences, B);
             t0 = Clock::now();
             auto model = Model::load(path, o);
             const double load_s = secs(t0);
@@ -120,6 +130,27 @@ int main(int argc, char** argv) {
                         bytes / n_decode / 1e6, bytes / decode_s / 1e9, model->weight_bytes() / 1e6,
                         model->head_bytes() / 1e6, peak_rss_mib());
             std::fflush(stdout);
+            for (int B : batches) {
+                std::vector<int32_t> toks(static_cast<size_t>(B));
+                std::vector<int64_t> pos(static_cast<size_t>(B), n_prompt);
+                std::vector<float> lb(static_cast<size_t>(B) * shape->vocab);
+                for (int b = 0; b < B; ++b) {
+                    model->forward(ids.data(), n_prompt, 0, logits.data(), false, b);
+                    toks[static_cast<size_t>(b)] = argmax(logits.data(), shape->vocab);
+                }
+                t0 = Clock::now();
+                for (int64_t i = 0; i < n_decode; ++i) {
+                    model->forward_batch(toks.data(), pos.data(), B, lb.data());
+                    for (int b = 0; b < B; ++b) {
+                        toks[static_cast<size_t>(b)] = argmax(lb.data() + static_cast<size_t>(b) * shape->vocab, shape->vocab);
+                        pos[static_cast<size_t>(b)] += 1;
+                    }
+                }
+                const double bs = secs(t0);
+                std::printf("%7d   batch %2d: %10.2f tok/s decode (all sequences), %.2fx one sequence\n", nt, B,
+                            B * n_decode / bs, B * n_decode / bs / tps);
+                std::fflush(stdout);
+            }
         }
     } catch (const std::exception& e) {
         std::fprintf(stderr, "error: %s\n", e.what());

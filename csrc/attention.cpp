@@ -7,12 +7,13 @@
 
 namespace bllama {
 
-void Model::rope_tables(int64_t n, int64_t pos) {
+// cos_ / sin_ rows for the n rows of a chunk, each at its own position (row_pos_).
+void Model::rope_tables(int64_t n) {
     const int64_t half = cfg_.head_dim / 2;
     for (int64_t t = 0; t < n; ++t)
         for (int64_t i = 0; i < half; ++i) {
             // Angle in float64, cos/sin rounded to fp32: the same table bllama/model.py builds.
-            const double a = static_cast<double>(pos + t) * inv_freq_[i];
+            const double a = static_cast<double>(row_pos_[t]) * inv_freq_[i];
             cos_[t * half + i] = static_cast<float>(std::cos(a));
             sin_[t * half + i] = static_cast<float>(std::sin(a));
         }
@@ -35,13 +36,12 @@ void Model::apply_rope(float* x, int64_t n, int64_t n_heads) {
     }
 }
 
-// att_[t, h*hd:(h+1)*hd] = softmax(q k^T / sqrt(hd)) v over positions 0 .. pos+t, for every
-// (token, head) pair; pairs are split across the pool, each thread with its own score row.
-void Model::attention(int64_t layer, int64_t n, int64_t pos) {
+// att_[t, h*hd:(h+1)*hd] = softmax(q k^T / sqrt(hd)) v over positions 0 .. row_pos_[t] of sequence
+// row_slot_[t], for every (token, head) pair; pairs are split across the pool, each thread with its own score row.
+void Model::attention(int64_t layer, int64_t n) {
     const int64_t H = cfg_.n_heads, hd = cfg_.head_dim, KV = cfg_.kv_dim(), D = cfg_.dim;
     const int64_t group = H / cfg_.n_kv_heads;
     const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
-    const int64_t base = layer * ctx_ * KV;
     const int nc = static_cast<int>(std::min<int64_t>(n * H, pool_.size() == 1 ? 1 : pool_.size() * 8));
     pool_.run(nc, [&](int chunk, int thread) {
         float* sc = scores_.data() + static_cast<int64_t>(thread) * ctx_;
@@ -49,15 +49,16 @@ void Model::attention(int64_t layer, int64_t n, int64_t pos) {
         split_range(n * H, chunk, nc, 1, b, e);
         for (int64_t task = b; task < e; ++task) {
             const int64_t t = task / H, h = task % H, g = h / group;
-            // Causal: keys 0 .. pos+t.
+            // Causal: keys 0 .. row_pos_[t] of the row's own sequence.
+            const int64_t base = cache_row(row_slot_[t], layer, 0), len = row_pos_[t] + 1;
             const float* q = q_.data() + t * D + h * hd;
             float* o = att_.data() + t * D + h * hd;
             if (kv_f16_)
                 attn_.attend_f16(q, k16_cache_.data() + base + g * hd, v16_cache_.data() + base + g * hd, KV,
-                                 pos + t + 1, hd, scale, sc, o);
+                                 len, hd, scale, sc, o);
             else
                 attn_.attend_f32(q, k_cache_.data() + base + g * hd, v_cache_.data() + base + g * hd, KV,
-                                 pos + t + 1, hd, scale, sc, o);
+                                 len, hd, scale, sc, o);
         }
     });
 }

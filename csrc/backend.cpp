@@ -9,8 +9,14 @@ namespace {
 
 class CpuBackend final : public Backend {
 public:
-    explicit CpuBackend(std::unique_ptr<Model> m)
-        : model_(std::move(m)), sampler_(model_->config().vocab), logits_(static_cast<size_t>(model_->config().vocab)) {}
+    explicit CpuBackend(std::unique_ptr<Model> m) : model_(std::move(m)) {
+        const size_t S = static_cast<size_t>(model_->sequences()), V = static_cast<size_t>(model_->config().vocab);
+        samplers_.reserve(S);
+        for (size_t s = 0; s < S; ++s) samplers_.emplace_back(static_cast<int64_t>(V));
+        logits_.assign(S * V, 0.0f);
+        tokens_.assign(S, 0);
+        pos_.assign(S, 0);
+    }
 
     const ModelConfig& config() const override { return model_->config(); }
     const GgufFile& gguf() const override { return model_->gguf(); }
@@ -29,22 +35,61 @@ public:
     }
 
     int32_t prefill(const std::vector<int32_t>& prompt, const SamplingParams& params) override {
-        sampler_.reset(params);
-        for (int32_t t : prompt) sampler_.observe(t);
-        model_->forward(prompt.data(), static_cast<int64_t>(prompt.size()), 0, logits_.data(), false);
-        return sampler_.sample(logits_.data());
+        return start(0, prompt, params);
     }
     int32_t decode(int32_t token, int64_t pos) override {
-        sampler_.observe(token);
+        samplers_[0].observe(token);
         model_->forward(&token, 1, pos, logits_.data(), false);
-        return sampler_.sample(logits_.data());
+        return samplers_[0].sample(logits_.data());
     }
     void logits(const int32_t* ids, int64_t n, float* out) override { model_->forward(ids, n, 0, out, true); }
 
+    // Batched decoding: each sequence its own KV cache and Sampler (slot b seeded with seed + b draws what
+    // the sequence draws alone with that seed); a step runs the sequences' pending tokens as the rows of one forward_batch, so each
+    // weight is read once for all of them.
+    int max_sequences() const override { return model_->sequences(); }
+    std::vector<int32_t> prefill_batch(const std::vector<std::vector<int32_t>>& prompts,
+                                       const SamplingParams& params) override {
+        if (prompts.size() > samplers_.size()) throw std::invalid_argument("prefill_batch: more prompts than sequences");
+        std::vector<int32_t> first(prompts.size());
+        for (size_t b = 0; b < prompts.size(); ++b) {
+            SamplingParams pb = params;
+            pb.seed += b;
+            first[b] = start(static_cast<int>(b), prompts[b], pb);
+        }
+        return first;
+    }
+    void decode_batch(int B, int32_t* next) override {
+        if (B < 1 || B > static_cast<int>(samplers_.size())) throw std::invalid_argument("decode_batch: bad batch size");
+        const size_t V = static_cast<size_t>(model_->config().vocab);
+        for (int b = 0; b < B; ++b) samplers_[static_cast<size_t>(b)].observe(tokens_[static_cast<size_t>(b)]);
+        model_->forward_batch(tokens_.data(), pos_.data(), B, logits_.data());
+        for (int b = 0; b < B; ++b) {
+            const size_t i = static_cast<size_t>(b);
+            next[b] = tokens_[i] = samplers_[i].sample(logits_.data() + i * V);
+            pos_[i] += 1;
+        }
+    }
+
 private:
+    // A sequence in `slot`: its prompt at positions 0.., its first token sampled; it is pending at position n.
+    int32_t start(int slot, const std::vector<int32_t>& prompt, const SamplingParams& params) {
+        const size_t i = static_cast<size_t>(slot);
+        Sampler& s = samplers_[i];
+        s.reset(params);
+        for (int32_t t : prompt) s.observe(t);
+        const int64_t n = static_cast<int64_t>(prompt.size());
+        model_->forward(prompt.data(), n, 0, logits_.data(), false, slot);
+        tokens_[i] = s.sample(logits_.data());
+        pos_[i] = n;
+        return tokens_[i];
+    }
+
     std::unique_ptr<Model> model_;
-    Sampler sampler_;
-    std::vector<float> logits_;
+    std::vector<Sampler> samplers_;  // one per sequence
+    std::vector<float> logits_;      // [sequences, vocab]
+    std::vector<int32_t> tokens_;    // batched decoding: each sequence's pending token and its position
+    std::vector<int64_t> pos_;
 };
 
 }  // namespace

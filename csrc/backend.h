@@ -47,8 +47,8 @@ public:
     // Batched decoding: up to max_sequences() sequences advance together, one token each per step.
     // Backends without it keep 1 (Engine::generate_batch then runs the prompts one after another).
     virtual int max_sequences() const { return 1; }
-    // Starts prompts.size() <= max_sequences() sequences in slots 0.. (each like prefill) and returns their
-    // first sampled tokens.
+    // Starts prompts.size() <= max_sequences() sequences in slots 0.. (each like prefill; slot b samples with
+    // seed params.seed + b) and returns their first sampled tokens.
     virtual std::vector<int32_t> prefill_batch(const std::vector<std::vector<int32_t>>& prompts,
                                                const SamplingParams& params);
     // Runs every sequence's last sampled token (slots 0 .. B-1) and writes the next ones to next[0, B).

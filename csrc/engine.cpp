@@ -113,6 +113,13 @@ std::vector<int32_t> Engine::generate(const std::vector<int32_t>& prompt, int64_
     return out;
 }
 
+namespace {
+SamplingParams with_seed(SamplingParams p, uint64_t seed) {
+    p.seed = seed;
+    return p;
+}
+}  // namespace
+
 std::vector<std::vector<int32_t>> Engine::generate_batch(const std::vector<std::vector<int32_t>>& prompts,
                                                          int64_t max_new_tokens, const SamplingParams& params,
                                                          const std::vector<int32_t>& stop_ids) {
@@ -126,7 +133,7 @@ std::vector<std::vector<int32_t>> Engine::generate_batch(const std::vector<std::
     const int S = backend_->max_sequences();
     if (S <= 1) {
         for (size_t i = 0; i < prompts.size(); ++i) {
-            out[i] = generate(prompts[i], max_new_tokens, params, stop_ids);
+            out[i] = generate(prompts[i], max_new_tokens, with_seed(params, params.seed + i), stop_ids);
             total.prompt_tokens += stats_.prompt_tokens;
             total.prompt_seconds += stats_.prompt_seconds;
             total.decode_tokens += stats_.decode_tokens;
@@ -143,7 +150,8 @@ std::vector<std::vector<int32_t>> Engine::generate_batch(const std::vector<std::
         for (const auto& p : group) total.prompt_tokens += static_cast<int64_t>(p.size());
         if (max_new_tokens == 0) continue;
         auto t0 = Clock::now();
-        std::vector<int32_t> cur = backend_->prefill_batch(group, params);
+        // Prompt i samples with seed + i (the backend gives slot b of a group its seed + b).
+        std::vector<int32_t> cur = backend_->prefill_batch(group, with_seed(params, params.seed + g0));
         total.prompt_seconds += seconds_since(t0);
         std::vector<bool> done(static_cast<size_t>(B), false);
         t0 = Clock::now();

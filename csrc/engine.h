@@ -54,9 +54,11 @@ public:
                                   const SamplingParams& params, const std::vector<int32_t>& stop_ids = {},
                                   const TokenCallback& on_token = nullptr);
 
-    // Several prompts at once. With a backend that batches (CUDA, LoadOptions::sequences > 1) up to
-    // max_sequences() of them decode together, one token each per step; greedy results equal generate()'s
-    // per prompt up to float rounding order; sampling draws from a per-sequence stream of the same seed.
+    // Several prompts at once. With LoadOptions::sequences > 1 (CPU or CUDA) up to max_sequences() of them
+    // decode together, one token each per step (each weight read once for all of them). Prompt i samples with
+    // seed params.seed + i (so equal prompts still draw different samples) and gets exactly the tokens
+    // generate(prompts[i]) gets with that seed (CPU: up to 8 sequences, beyond that the f16 head's rounding
+    // order differs; CUDA: any batch).
     // Otherwise they run one after another. Same checks and stop rules as generate(), per sequence;
     // last_stats() sums over the sequences (decode_tokens counts every token decoded in a batch).
     std::vector<std::vector<int32_t>> generate_batch(const std::vector<std::vector<int32_t>>& prompts,

@@ -72,17 +72,31 @@ void check_forward_args(const char* who, const int32_t* tokens, int64_t n, int64
                                     " is out of range [0, " + std::to_string(vocab) + ")");
 }
 
-void Model::forward(const int32_t* tokens, int64_t n, int64_t pos, float* logits, bool all_logits) {
+void Model::forward(const int32_t* tokens, int64_t n, int64_t pos, float* logits, bool all_logits, int slot) {
     check_forward_args("forward", tokens, n, pos, ctx_, cfg_.vocab);
+    if (slot < 0 || slot >= sequences_)
+        throw std::out_of_range("sequence " + std::to_string(slot) + " is out of range [0, " + std::to_string(sequences_) +
+                                ")");
     for (int64_t c = 0; c < n; c += max_batch_) {
         const int64_t m = std::min(max_batch_, n - c);
         const bool last = c + m == n;
-        if (all_logits) forward_chunk(tokens + c, m, pos + c, logits + c * cfg_.vocab, true);
-        else forward_chunk(tokens + c, m, pos + c, last ? logits : nullptr, false);
+        for (int64_t t = 0; t < m; ++t) row_pos_[t] = pos + c + t, row_slot_[t] = slot;
+        if (all_logits) forward_rows(tokens + c, m, logits + c * cfg_.vocab, true);
+        else forward_rows(tokens + c, m, last ? logits : nullptr, false);
     }
 }
 
-void Model::forward_chunk(const int32_t* tokens, int64_t n, int64_t pos, float* logits, bool all_logits) {
+void Model::forward_batch(const int32_t* tokens, const int64_t* pos, int64_t n, float* logits) {
+    if (n <= 0 || n > sequences_)
+        throw std::invalid_argument("forward_batch: " + std::to_string(n) + " rows, need 1.." + std::to_string(sequences_));
+    for (int64_t t = 0; t < n; ++t) {
+        check_forward_args("forward_batch", tokens + t, 1, pos[t], ctx_, cfg_.vocab);
+        row_pos_[t] = pos[t], row_slot_[t] = t;
+    }
+    forward_rows(tokens, n, logits, true);
+}
+
+void Model::forward_rows(const int32_t* tokens, int64_t n, float* logits, bool all_logits) {
     const ModelConfig& c = cfg_;
     const int64_t D = c.dim, F = c.ffn, KV = c.kv_dim();
     const KernelKind kind = kernel_;
@@ -93,7 +107,7 @@ void Model::forward_chunk(const int32_t* tokens, int64_t n, int64_t pos, float* 
         const uint16_t* row = embd_ + static_cast<int64_t>(tokens[t]) * D;
         for (int64_t i = 0; i < D; ++i) x_[t * D + i] = f16_to_f32(row[i]);
     }
-    rope_tables(n, pos);
+    rope_tables(n);
 
     for (int64_t l = 0; l < c.n_layers; ++l) {
         const LayerWeights& L = layers_[static_cast<size_t>(l)];
@@ -110,15 +124,17 @@ void Model::forward_chunk(const int32_t* tokens, int64_t n, int64_t pos, float* 
         });
         apply_rope(q_.data(), n, c.n_heads);
         apply_rope(k_.data(), n, c.n_kv_heads);
-        const int64_t at = (l * ctx_ + pos) * KV;
-        if (kv_f16_) {
-            attn_.to_f16(k_.data(), k16_cache_.data() + at, n * KV);
-            attn_.to_f16(v_.data(), v16_cache_.data() + at, n * KV);
-        } else {
-            std::copy(k_.begin(), k_.begin() + n * KV, k_cache_.data() + at);
-            std::copy(v_.begin(), v_.begin() + n * KV, v_cache_.data() + at);
+        for (int64_t t = 0; t < n; ++t) {  // each row into its own sequence's cache, at its position
+            const int64_t at = cache_row(row_slot_[t], l, row_pos_[t]);
+            if (kv_f16_) {
+                attn_.to_f16(k_.data() + t * KV, k16_cache_.data() + at, KV);
+                attn_.to_f16(v_.data() + t * KV, v16_cache_.data() + at, KV);
+            } else {
+                std::copy(k_.begin() + t * KV, k_.begin() + (t + 1) * KV, k_cache_.data() + at);
+                std::copy(v_.begin() + t * KV, v_.begin() + (t + 1) * KV, v_cache_.data() + at);
+            }
         }
-        attention(l, n, pos);
+        attention(l, n);
 
         bitlinear_input(att_.data(), c.sub_norms ? L.attn_sub_norm.data() : nullptr, xp_.data(), n, D, c.dim_in,
                         c.rms_eps, qa_dim_, kind);

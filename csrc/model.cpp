@@ -200,12 +200,16 @@ void Model::allocate(const LoadOptions& opts) {
     const ModelConfig& c = cfg_;
     ctx_ = opts.max_context > 0 ? std::min(opts.max_context, c.context) : c.context;
     max_batch_ = std::max<int64_t>(1, std::min<int64_t>(opts.max_batch, ctx_));
+    if (opts.sequences < 1 || opts.sequences > max_batch_)
+        throw std::invalid_argument("sequences must be in [1, max_batch = " + std::to_string(max_batch_) + "], got " +
+                                    std::to_string(opts.sequences));
+    sequences_ = opts.sequences;
     // The cache is address space until touched, but refuse sizes no machine could ever fill.
-    const double kv_bytes = 2.0 * c.n_layers * ctx_ * c.kv_dim() * (kv_f16_ ? 2 : 4);
+    const double kv_bytes = 2.0 * sequences_ * c.n_layers * ctx_ * c.kv_dim() * (kv_f16_ ? 2 : 4);
     if (kv_bytes > 256.0 * (1ull << 30))
         throw ModelError("context " + std::to_string(ctx_) + " needs " + std::to_string(kv_bytes / (1ull << 30)) +
                          " GiB of KV cache; load with a smaller max context");
-    const size_t kv_count = static_cast<size_t>(c.n_layers * ctx_ * c.kv_dim());
+    const size_t kv_count = static_cast<size_t>(sequences_ * c.n_layers * ctx_ * c.kv_dim());
     if (kv_f16_) {
         k16_cache_ = AnonArray<uint16_t>(kv_count);
         v16_cache_ = AnonArray<uint16_t>(kv_count);
@@ -227,6 +231,8 @@ void Model::allocate(const LoadOptions& opts) {
     cos_.assign(B * c.head_dim / 2, 0.0f);
     sin_.assign(B * c.head_dim / 2, 0.0f);
     scores_.assign(static_cast<size_t>(pool_.size()) * ctx_, 0.0f);
+    row_pos_.assign(B, 0);
+    row_slot_.assign(B, 0);
     inv_freq_.resize(c.head_dim / 2);
     for (int64_t i = 0; i < c.head_dim / 2; ++i) inv_freq_[i] = rope_inv_freq(c, i);
     // Size the activation buffers once at the largest batch so forward() never grows them.

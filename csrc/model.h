@@ -39,7 +39,7 @@ struct LoadOptions {
     bool kv_f16 = false;      // fp16 KV cache: half the bytes at long contexts, ~1e-3 relative deviation
     HeadType head = HeadType::F16;  // LM head format (docs/engine.md, "LM head")
     Device device = Device::Cpu;    // Engine: which backend runs the model
-    int sequences = 1;              // CUDA: sequences decoded together (KV cache for each); CPU: ignored
+    int sequences = 1;              // sequences decoded together (a KV cache for each); CPU: <= max_batch
 };
 
 // One BitLinear: ternary codes with per-block scales, and the optional extra output scale tensor.
@@ -73,10 +73,15 @@ public:
     HeadType head_type() const { return head_type_; }
     size_t head_bytes() const;  // bytes the head matmul reads per token
 
-    // Runs tokens[0, n) at positions pos .. pos+n-1, reading the KV cache for positions < pos and
-    // writing it for the new ones. logits receives vocab floats for the last token, or n * vocab
-    // (row per token) when all_logits. Throws std::out_of_range for bad ids / positions.
-    void forward(const int32_t* tokens, int64_t n, int64_t pos, float* logits, bool all_logits);
+    // Runs tokens[0, n) of sequence `slot` at positions pos .. pos+n-1, reading its KV cache for positions < pos
+    // and writing it for the new ones. logits receives vocab floats for the last token, or n * vocab
+    // (row per token) when all_logits. Throws std::out_of_range for bad ids / positions / slot.
+    void forward(const int32_t* tokens, int64_t n, int64_t pos, float* logits, bool all_logits, int slot = 0);
+    // One decode step of sequences 0 .. n-1 together (n <= sequences()): token t at position pos[t] of sequence
+    // t. The matmuls read every weight once for all n rows; logits [n, vocab]. Row t's logits are bit-identical
+    // to forward(&tokens[t], 1, pos[t], ..., t) (every kernel works row by row).
+    void forward_batch(const int32_t* tokens, const int64_t* pos, int64_t n, float* logits);
+    int sequences() const { return sequences_; }
 
     // The loaded weights, for backends that copy them elsewhere (csrc/cuda).
     const LayerWeights& layer(int64_t l) const { return layers_[static_cast<size_t>(l)]; }
@@ -99,9 +104,13 @@ private:
     Model(GgufFile file, const LoadOptions& opts);
     void load_weights(HeadType head);
     void allocate(const LoadOptions& opts);
-    void forward_chunk(const int32_t* tokens, int64_t n, int64_t pos, float* logits, bool all_logits);
-    void attention(int64_t layer, int64_t n, int64_t pos);
-    void rope_tables(int64_t n, int64_t pos);
+    // The n rows at row_pos_ / row_slot_ (set by forward / forward_batch).
+    void forward_rows(const int32_t* tokens, int64_t n, float* logits, bool all_logits);
+    void attention(int64_t layer, int64_t n);
+    void rope_tables(int64_t n);
+    int64_t cache_row(int64_t slot, int64_t layer, int64_t pos) const {  // first element of a KV-cache row
+        return ((slot * cfg_.n_layers + layer) * ctx_ + pos) * cfg_.kv_dim();
+    }
     void apply_rope(float* x, int64_t n, int64_t n_heads);
 
     GgufFile file_;
@@ -111,6 +120,7 @@ private:
     bool kv_f16_ = false;
     ThreadPool pool_;
     int64_t ctx_ = 0, max_batch_ = 0;
+    int sequences_ = 1;
 
     std::vector<LayerWeights> layers_;
     std::vector<float> output_norm_;
@@ -121,7 +131,7 @@ private:
     Q8Head head_q8_;                   // HeadType::Q8: [V, D] int8 + per-row scales (head_ is then null)
     std::vector<double> inv_freq_;     // [hd/2], float64 like bllama/model.py
 
-    // KV cache: [layer][position][kv_dim], fp32 or fp16 (one pair is used), committed lazily by the OS.
+    // KV cache: [sequence][layer][position][kv_dim], fp32 or fp16 (one pair is used), committed lazily by the OS.
     AnonArray<float> k_cache_, v_cache_;
     AnonArray<uint16_t> k16_cache_, v16_cache_;
 
@@ -129,6 +139,7 @@ private:
     std::vector<float> xp_;  // [max_batch, max(dim_in, ffn_in)] BitLinear inputs with zeroed padding
     std::vector<float> x_, xn_, q_, k_, v_, att_, gate_, up_, cos_, sin_;
     std::vector<float> scores_;  // [threads, ctx]
+    std::vector<int64_t> row_pos_, row_slot_;  // [max_batch]: position and sequence of each row of a chunk
     QuantizedActs qa_dim_, qa_ffn_, qa_head_;
 };
 

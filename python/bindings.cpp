@@ -339,7 +339,8 @@ PYBIND11_MODULE(_engine, m) {
              "halves the cache (exact model function: 'float32'). head='q8' requantizes the LM head to int8 "
              "with per-row scales at load (half its bytes per token, ~1e-3 relative logit error); 'f16' "
              "runs the file's head as is. device='cuda' runs on the GPU (csrc/cuda): weights stay packed there; "
-             "max_sequences > 1 (CUDA) keeps a KV cache for that many sequences, decoded together by generate_batch.")
+             "max_sequences > 1 keeps a KV cache for that many sequences (CPU: at most 64), decoded together by "
+             "generate_batch.")
         .def_property_readonly("config", &PyEngine::config)
         .def_property_readonly("vocab_size", &PyEngine::vocab_size)
         .def_property_readonly("context_length", &PyEngine::context_length)

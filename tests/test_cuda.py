@@ -273,8 +273,8 @@ def test_gpu_batched_generation_equals_one_by_one(trained_gguf):
     kw = dict(max_new_tokens=40, stop=["\n\n"])
     assert batched.generate(prompts, **kw) == [single.generate(p, **kw) for p in prompts]
     assert batched.stats["decode_tokens"] >= 40
-    # Seeded sampling too: every sequence has its own RNG counter, so it draws in a batch what it draws alone.
-    kw = dict(max_new_tokens=30, do_sample=True, temperature=1.2, top_k=50, seed=7)
-    sampled = batched.generate(prompts, **kw)
-    assert sampled == [single.generate(p, **kw) for p in prompts]
-    assert sampled != batched.generate(prompts, **dict(kw, seed=8))
+    # Seeded sampling too: prompt i samples with seed + i, in a batch exactly as alone.
+    kw = dict(max_new_tokens=30, do_sample=True, temperature=1.2, top_k=50)
+    sampled = batched.generate(prompts, seed=7, **kw)
+    assert sampled == [single.generate(p, seed=7 + i, **kw) for i, p in enumerate(prompts)]
+    assert sampled != batched.generate(prompts, seed=8, **kw)

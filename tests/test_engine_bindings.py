@@ -234,16 +234,18 @@ def test_errors(exported, tmp_path):
 
 
 def test_generate_batch_equals_one_by_one(exported):
-    """On the CPU generate_batch runs the prompts one after another: the same ids as generate() each, the same
-    stop rules, and stats summed over the sequences."""
+    """generate_batch on the CPU, batched (max_sequences=4: one forward_batch per step) and one after another
+    (max_sequences=1): the same ids as generate() each, the same stop rules, and stats summed over the sequences."""
     _, path = exported
     eng = _engine.Engine(path, threads=2, max_sequences=4)
-    assert eng.config["max_sequences"] == 1  # the CPU backend decodes one sequence at a time
+    single = _engine.Engine(path, threads=2)
+    assert eng.config["max_sequences"] == 4 and single.config["max_sequences"] == 1
     prompts = [[1, 5, 77], [9], [200, 3, 4, 5, 6]]
-    one = [eng.generate(p, 7, stop_ids=[11]) for p in prompts]
-    assert eng.generate_batch(prompts, 7, stop_ids=[11]) == one
-    st = eng.last_stats
-    assert st["prompt_tokens"] == 9 and st["generated_tokens"] == sum(map(len, one))
+    one = [single.generate(p, 7, stop_ids=[11]) for p in prompts]
+    for e in (eng, single):
+        assert e.generate_batch(prompts, 7, stop_ids=[11]) == one
+        st = e.last_stats
+        assert st["prompt_tokens"] == 9 and st["generated_tokens"] == sum(map(len, one))
     with pytest.raises(IndexError, match="out of range"):
         eng.generate_batch([[1, 2], [1, 10**6]], 3)
     with pytest.raises(ValueError, match="no prompts"):

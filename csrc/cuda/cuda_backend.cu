@@ -82,6 +82,7 @@ std::unique_ptr<Backend> make_cuda_backend(const std::string& path, const LoadOp
     cpu.device = Device::Cpu;
     cpu.max_context = 1;
     cpu.max_batch = 1;
+    cpu.sequences = 1;  // the GPU keeps the sequences' caches
     std::unique_ptr<Model> m = Model::load(path, cpu);
     cuda::CudaOptions co;
     co.max_context = opts.max_context;

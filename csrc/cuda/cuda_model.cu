@@ -401,7 +401,9 @@ int32_t CudaModel::sample_after_prefill(int slot, int64_t pos) {
     check_slot(slot);
     cudaStream_t s = stream_.get();
     const int V = static_cast<int>(cfg_.vocab);
-    sample(logits_.get(), V, 1, sampling_, d_seen_.get() + static_cast<size_t>(slot) * V, d_step_.get() + slot,
+    DevSampling ps = sampling_;  // the decode graph's row `slot` draws with seed + slot: so does its first token
+    ps.seed += static_cast<uint64_t>(slot);
+    sample(logits_.get(), V, 1, ps, d_seen_.get() + static_cast<size_t>(slot) * V, d_step_.get() + slot,
            d_tokens_.get() + slot, sample_ws_.get(), s);
     const int32_t p = static_cast<int32_t>(pos);
     CUDA_CHECK(cudaMemcpyAsync(d_pos_.get() + slot, &p, 4, cudaMemcpyHostToDevice, s));

@@ -76,7 +76,8 @@ public:
     // are also copied there ([n, vocab]). Throws std::out_of_range on bad ids / positions / slot.
     void prefill(int slot, const int32_t* tokens, int64_t n, int64_t pos0, float* host_logits);
 
-    // Sampling state for a new sequence in `slot`: seen tokens (for the repetition penalty) = `seen`.
+    // Sampling state for a new sequence in `slot`: seen tokens (for the repetition penalty) = `seen`. The
+    // parameters are shared by all slots; slot b draws with seed params.seed + b.
     void begin_sequence(int slot, const std::vector<int32_t>& seen, const SamplingParams& params);
     // Samples the slot's first token from the logits prefill left, makes it the slot's next input at
     // position `pos` (the prompt length), and returns it.
@@ -154,7 +155,7 @@ private:
     // Decode state, per slot: pending token and its position (device copies are what the graph reads).
     DeviceBuffer<int32_t> d_tokens_, d_pos_, d_slots_;
     DeviceBuffer<uint8_t> d_seen_;   // [slots, V]
-    DeviceBuffer<uint64_t> d_step_;  // [slots] RNG counters (a slot draws the same in a batch as alone)
+    DeviceBuffer<uint64_t> d_step_;  // [slots] RNG counters
     DeviceBuffer<uint8_t> sample_ws_;
     std::vector<int32_t> pending_tok_;
     std::vector<int64_t> pending_pos_;

@@ -179,8 +179,8 @@ struct DevSampling {
 // One token per row of logits [n, V] (modified in place by penalty and temperature) into tokens[t].
 // greedy: the largest logit, the lowest index on ties (the CPU's argmax, after the penalty).
 // Otherwise the CPU Sampler's distribution (csrc/sampler.cpp: penalty, temperature, top-k, then top-p
-// over the survivors) drawn with a counter-based RNG keyed by (seed, step[t]): same seed and history, same
-// tokens, whatever the row (a sequence draws the same in a batch as alone). seen: [n, V] bytes, nonzero for
+// over the survivors) drawn with a counter-based RNG keyed by (seed + t, step[t]): row t draws what row 0 of a
+// one-row call draws with seed + t and the same counter and history. seen: [n, V] bytes, nonzero for
 // tokens already in that row's sequence (may be null when repetition_penalty == 1). step: n device counters,
 // one per row, each incremented once per call by the kernel (graph-safe); may be null (counter 0).
 // workspace: sample_workspace_bytes(n, V) bytes.

@@ -17,10 +17,10 @@
 //     order) passes u. Masses are 64-bit fixed point (p * 2^S, S chosen so V * 2^S <= 2^63): integer
 //     sums are exact in any order, so the result does not depend on thread scheduling. (p below 2^-S,
 //     about 1e-14, counts as zero mass.)
-// The random number is a counter-based hash of (seed, step[row]), each row with its own counter: same seed
-// and history, same tokens, in whichever row of whichever batch a sequence runs (a batched decode draws what
-// each sequence would draw alone). step[row] is read by one thread of the row's block and incremented once per
-// call (graph-safe: no host involvement).
+// The random number is a counter-based hash of (seed + row, step[row]), each row with its own counter: row t
+// of a batch draws exactly what row 0 draws alone with seed + t and the same history (the Engine gives prompt i
+// of a batch the seed + i). step[row] is read by one thread of the row's block and incremented once per call
+// (graph-safe: no host involvement).
 #include <cmath>
 #include <stdexcept>
 
@@ -292,7 +292,7 @@ __global__ void __launch_bounds__(kThreads)
     }
     uint64_t total;
     const uint64_t incl = block_scan(own, sm, &total);
-    const uint64_t r = mix64(mix64(mix64(a.seed) ^ sm.step) + 0x9e3779b97f4a7c15ull);
+    const uint64_t r = mix64(mix64(mix64(a.seed + static_cast<uint64_t>(row)) ^ sm.step) + 0x9e3779b97f4a7c15ull);
     const uint64_t u = __umul64hi(r, total);  // uniform in [0, total); total >= 1 (the top element has p = 1)
     const uint64_t excl = incl - own;
     if (own > 0 && excl <= u && u < incl) {

@@ -105,7 +105,11 @@ constexpr int64_t kTernaryRowGranule = 16;
 void ternary_matmul(const TernaryMatrix& w, const QuantizedActs& x, float* y, int64_t ldy,
                     int64_t row_begin, int64_t row_end, KernelKind kind = best_kernel());
 
-// Float head: y[t * ldy + r] = sum_k f16(w[r,k]) * x[t,k] (w row-major IEEE half, x fp32).
+// Float head: y[t * ldy + r] = sum_k f16(w[r,k]) * x[t,k] (w row-major IEEE half, x fp32). Up to
+// kF16ExactTokens tokens (decode steps, batched or not), each token's sums are added in one order that does
+// not depend on n_tokens, so a token's logits are the same alone or in a batch (per kernel kind); larger
+// n_tokens (prompt chunks) use register tiles with another order.
+constexpr int64_t kF16ExactTokens = 8;  // passes of 4 (AVX-512) or 2 (AVX2) tokens: the head is read 1-4 times
 void f16_matmul(const uint16_t* w, int64_t cols, const float* x, int64_t n_tokens, float* y,
                 int64_t ldy, int64_t row_begin, int64_t row_end, KernelKind kind = best_kernel());
 

@@ -292,24 +292,33 @@ void f16_tile(const uint16_t* w, int64_t cols, const float* x, float* y, int64_t
         }
 }
 
-// One token: one row at a time, four accumulators, prefetch ahead: the matrix is one linear stream.
-void f16_gemv_rows(const uint16_t* w, int64_t cols, const float* x, float* y, int64_t rb, int64_t re) {
+// Decode-sized batches: one row at a time, four accumulators per token, prefetch ahead: the matrix is one
+// linear stream. Every (row, token) sum is added in the same order whatever N (batched decoding equals decoding
+// alone, bit for bit).
+template <int N>
+void f16_gemv_rows(const uint16_t* w, int64_t cols, const float* x, float* y, int64_t ldy, int64_t rb, int64_t re) {
     auto cvt = [](const uint16_t* p) { return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))); };
     for (int64_t r = rb; r < re; ++r) {
         const uint16_t* wr = w + r * cols;
-        __m256 acc0 = _mm256_setzero_ps(), acc1 = acc0, acc2 = acc0, acc3 = acc0;
+        __m256 acc[N][4];
+        for (int t = 0; t < N; ++t) acc[t][0] = acc[t][1] = acc[t][2] = acc[t][3] = _mm256_setzero_ps();
         int64_t k = 0;
         for (; k + 32 <= cols; k += 32) {
             _mm_prefetch(reinterpret_cast<const char*>(wr + k) + 8192, _MM_HINT_T0);
-            acc0 = _mm256_fmadd_ps(cvt(wr + k), _mm256_loadu_ps(x + k), acc0);
-            acc1 = _mm256_fmadd_ps(cvt(wr + k + 8), _mm256_loadu_ps(x + k + 8), acc1);
-            acc2 = _mm256_fmadd_ps(cvt(wr + k + 16), _mm256_loadu_ps(x + k + 16), acc2);
-            acc3 = _mm256_fmadd_ps(cvt(wr + k + 24), _mm256_loadu_ps(x + k + 24), acc3);
+            __m256 wv[4];
+            for (int j = 0; j < 4; ++j) wv[j] = cvt(wr + k + 8 * j);
+            for (int t = 0; t < N; ++t)
+                for (int j = 0; j < 4; ++j)
+                    acc[t][j] = _mm256_fmadd_ps(wv[j], _mm256_loadu_ps(x + t * cols + k + 8 * j), acc[t][j]);
         }
-        for (; k + 8 <= cols; k += 8) acc0 = _mm256_fmadd_ps(cvt(wr + k), _mm256_loadu_ps(x + k), acc0);
-        float s = hsum_ps(_mm256_add_ps(_mm256_add_ps(acc0, acc1), _mm256_add_ps(acc2, acc3)));
-        for (; k < cols; ++k) s += f16_to_f32(wr[k]) * x[k];
-        y[r] = s;
+        const int64_t k8 = k;
+        for (int t = 0; t < N; ++t) {
+            const float* xt = x + t * cols;
+            for (k = k8; k + 8 <= cols; k += 8) acc[t][0] = _mm256_fmadd_ps(cvt(wr + k), _mm256_loadu_ps(xt + k), acc[t][0]);
+            float s = hsum_ps(_mm256_add_ps(_mm256_add_ps(acc[t][0], acc[t][1]), _mm256_add_ps(acc[t][2], acc[t][3])));
+            for (; k < cols; ++k) s += f16_to_f32(wr[k]) * xt[k];
+            y[t * ldy + r] = s;
+        }
     }
 }
 
@@ -331,8 +340,14 @@ void f16_rows(const uint16_t* w, int64_t cols, const float* x, int64_t n_tokens,
 
 void f16_matmul_avx2(const uint16_t* w, int64_t cols, const float* x, int64_t n_tokens, float* y, int64_t ldy,
                      int64_t rb, int64_t re) {
-    if (n_tokens == 1) f16_gemv_rows(w, cols, x, y, rb, re);
-    else f16_rows<4, 2>(w, cols, x, n_tokens, y, ldy, rb, re);
+    if (n_tokens > kF16ExactTokens) {  // prompt chunks: register tiles (another summation order)
+        f16_rows<4, 2>(w, cols, x, n_tokens, y, ldy, rb, re);
+        return;
+    }
+    for (int64_t t = 0; t < n_tokens; t += 2) {  // up to 2 tokens per pass over the rows (8 accumulators)
+        if (n_tokens - t >= 2) f16_gemv_rows<2>(w, cols, x + t * cols, y + t * ldy, ldy, rb, re);
+        else f16_gemv_rows<1>(w, cols, x + t * cols, y + t * ldy, ldy, rb, re);
+    }
 }
 
 const KernelOps kOps = {quantize_avx2, ternary_matmul_avx2, f16_matmul_avx2};

@@ -356,26 +356,36 @@ void f16_tile(const uint16_t* w, int64_t cols, const float* x, float* y, int64_t
         for (int r = 0; r < R; ++r) y[(t0 + t) * ldy + r0 + r] = _mm512_reduce_add_ps(acc[r][t]);
 }
 
-// One token: one row at a time with four accumulators, so the matrix is read as one linear stream
-// with a prefetch ahead (8 concurrent row streams measured ~27 GB/s vs bandwidth ~40).
-void f16_gemv_rows(const uint16_t* w, int64_t cols, const float* x, float* y, int64_t rb, int64_t re) {
+// Decode-sized batches: one row at a time with four accumulators per token, so the matrix is read as one
+// linear stream with a prefetch ahead (8 concurrent row streams measured ~27 GB/s vs bandwidth ~40). Every
+// (row, token) sum is added in the same order whatever N, so a token's logits do not depend on the batch it
+// is in (batched decoding equals decoding alone, bit for bit).
+template <int N>
+void f16_gemv_rows(const uint16_t* w, int64_t cols, const float* x, float* y, int64_t ldy, int64_t rb, int64_t re) {
     for (int64_t r = rb; r < re; ++r) {
         const uint16_t* wr = w + r * cols;
-        __m512 acc0 = _mm512_setzero_ps(), acc1 = acc0, acc2 = acc0, acc3 = acc0;
+        __m512 acc[N][4];
+        for (int t = 0; t < N; ++t) acc[t][0] = acc[t][1] = acc[t][2] = acc[t][3] = _mm512_setzero_ps();
         int64_t k = 0;
         for (; k + 64 <= cols; k += 64) {
             _mm_prefetch(reinterpret_cast<const char*>(wr + k) + kGemvPrefetch, _MM_HINT_T0);
             _mm_prefetch(reinterpret_cast<const char*>(wr + k) + kGemvPrefetch + 64, _MM_HINT_T0);
-            acc0 = _mm512_fmadd_ps(_mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(wr + k))), _mm512_loadu_ps(x + k), acc0);
-            acc1 = _mm512_fmadd_ps(_mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(wr + k + 16))), _mm512_loadu_ps(x + k + 16), acc1);
-            acc2 = _mm512_fmadd_ps(_mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(wr + k + 32))), _mm512_loadu_ps(x + k + 32), acc2);
-            acc3 = _mm512_fmadd_ps(_mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(wr + k + 48))), _mm512_loadu_ps(x + k + 48), acc3);
+            __m512 wv[4];
+            for (int j = 0; j < 4; ++j)
+                wv[j] = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(wr + k + 16 * j)));
+            for (int t = 0; t < N; ++t)
+                for (int j = 0; j < 4; ++j)
+                    acc[t][j] = _mm512_fmadd_ps(wv[j], _mm512_loadu_ps(x + t * cols + k + 16 * j), acc[t][j]);
         }
         for (; k < cols; k += 16) {
             const __mmask16 mk = cols - k >= 16 ? __mmask16(0xffff) : static_cast<__mmask16>((1u << (cols - k)) - 1);
-            acc0 = _mm512_fmadd_ps(_mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mk, wr + k)), _mm512_maskz_loadu_ps(mk, x + k), acc0);
+            const __m512 wv = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mk, wr + k));
+            for (int t = 0; t < N; ++t)
+                acc[t][0] = _mm512_fmadd_ps(wv, _mm512_maskz_loadu_ps(mk, x + t * cols + k), acc[t][0]);
         }
-        y[r] = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(acc0, acc1), _mm512_add_ps(acc2, acc3)));
+        for (int t = 0; t < N; ++t)
+            y[t * ldy + r] = _mm512_reduce_add_ps(
+                _mm512_add_ps(_mm512_add_ps(acc[t][0], acc[t][1]), _mm512_add_ps(acc[t][2], acc[t][3])));
     }
 }
 
@@ -397,8 +407,20 @@ void f16_rows(const uint16_t* w, int64_t cols, const float* x, int64_t n_tokens,
 
 void f16_matmul_avx512(const uint16_t* w, int64_t cols, const float* x, int64_t n_tokens, float* y, int64_t ldy,
                        int64_t rb, int64_t re) {
-    if (n_tokens == 1) f16_gemv_rows(w, cols, x, y, rb, re);
-    else f16_rows<6, 4>(w, cols, x, n_tokens, y, ldy, rb, re);
+    if (n_tokens > kF16ExactTokens) {  // prompt chunks: register tiles (another summation order)
+        f16_rows<6, 4>(w, cols, x, n_tokens, y, ldy, rb, re);
+        return;
+    }
+    for (int64_t t = 0; t < n_tokens; t += 4) {  // up to 4 tokens per pass over the rows (16 accumulators)
+        const float* xt = x + t * cols;
+        float* yt = y + t * ldy;
+        switch (std::min<int64_t>(4, n_tokens - t)) {
+            case 1: f16_gemv_rows<1>(w, cols, xt, yt, ldy, rb, re); break;
+            case 2: f16_gemv_rows<2>(w, cols, xt, yt, ldy, rb, re); break;
+            case 3: f16_gemv_rows<3>(w, cols, xt, yt, ldy, rb, re); break;
+            default: f16_gemv_rows<4>(w, cols, xt, yt, ldy, rb, re); break;
+        }
+    }
 }
 
 const KernelOps kOps = {quantize_avx512, ternary_matmul_avx512, f16_matmul_avx512};

@@ -4,7 +4,9 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <map>
+#include <memory>
 
 #include "engine.h"
 #include "gguf_test_writer.h"
@@ -388,11 +390,101 @@ static void test_generate() {
     CHECK(throws<std::invalid_argument>([&] { e.logits({}); }, "empty"));
 }
 
+
+// Batched CPU decoding (LoadOptions::sequences): each sequence's rows of forward_batch are bit-identical to the
+// sequence run alone (every kernel works row by row; each sequence has its own KV cache), for fp32 and fp16
+// caches, full and partial batches, prompts longer than a chunk; generate_batch equals generate() per prompt,
+// greedy with a repetition penalty and seeded sampling alike; bad slots, batch sizes and positions are refused.
+static void test_batched_decode() {
+    Spec s;
+    s.context = 64;
+    s.layers = 2;
+    GgufBuilder g = random_model(s, nullptr);
+    // 6 sequences: the ternary matmuls take their GEMM path above 4 tokens, the f16 head its exact passes.
+    const std::vector<std::vector<int32_t>> prompts = {random_ids(3, s.vocab, 21), random_ids(11, s.vocab, 22),
+                                                       random_ids(5, s.vocab, 23), random_ids(1, s.vocab, 24),
+                                                       random_ids(7, s.vocab, 25), random_ids(2, s.vocab, 26)};
+    const int S = static_cast<int>(prompts.size()), steps = 12;
+    const size_t V = static_cast<size_t>(s.vocab);
+    for (bool f16 : {false, true}) {
+        LoadOptions o;
+        o.threads = 2;
+        o.max_batch = 8;  // the 11-token prompt runs as two chunks
+        o.kv_f16 = f16;
+        o.sequences = S;
+        auto batched = Model::load(GgufFile::from_bytes(g.build()), o);
+        CHECK(batched->sequences() == S);
+        o.sequences = 1;
+        std::vector<std::unique_ptr<Model>> alone;
+        for (int b = 0; b < S; ++b) alone.push_back(Model::load(GgufFile::from_bytes(g.build()), o));
+        std::vector<float> la(V), lb(S * V);
+        std::vector<int32_t> tok(S);
+        std::vector<int64_t> pos(S);
+        for (int b = 0; b < S; ++b) {
+            const auto& p = prompts[static_cast<size_t>(b)];
+            batched->forward(p.data(), static_cast<int64_t>(p.size()), 0, lb.data(), false, b);
+            alone[static_cast<size_t>(b)]->forward(p.data(), static_cast<int64_t>(p.size()), 0, la.data(), false);
+            CHECK(std::memcmp(la.data(), lb.data(), V * 4) == 0);
+            tok[static_cast<size_t>(b)] = argmax(la.data(), s.vocab);
+            pos[static_cast<size_t>(b)] = static_cast<int64_t>(p.size());
+        }
+        int differ = 0;
+        for (int i = 0; i < steps; ++i) {
+            const int B = i % 3 == 2 ? 2 : S;  // now and then a partial batch (sequences 0 and 1 only)
+            batched->forward_batch(tok.data(), pos.data(), B, lb.data());
+            for (int b = 0; b < B; ++b) {
+                const size_t bi = static_cast<size_t>(b);
+                alone[bi]->forward(&tok[bi], 1, pos[bi], la.data(), false);
+                differ += std::memcmp(la.data(), lb.data() + bi * V, V * 4) != 0;
+                tok[bi] = argmax(la.data(), s.vocab);
+                pos[bi] += 1;
+            }
+        }
+        std::printf("  batched decode (%s KV): %d of the rows differ from the sequences run alone\n",
+                    f16 ? "fp16" : "fp32", differ);
+        CHECK(differ == 0);
+        CHECK(throws<std::invalid_argument>([&] { batched->forward_batch(tok.data(), pos.data(), S + 1, lb.data()); },
+                                            "forward_batch"));
+        CHECK(throws<std::out_of_range>([&] { batched->forward(tok.data(), 1, 0, lb.data(), false, S); }, "sequence 6"));
+        pos[0] = s.context;
+        CHECK(throws<std::out_of_range>([&] { batched->forward_batch(tok.data(), pos.data(), 1, lb.data()); },
+                                        "context length"));
+    }
+
+    LoadOptions o;
+    o.threads = 2;
+    o.max_batch = 8;
+    o.sequences = 9;
+    CHECK(throws<std::invalid_argument>([&] { Model::load(GgufFile::from_bytes(g.build()), o); }, "sequences"));
+    o.sequences = 4;  // 6 prompts: a group of 4, then 2
+    Engine eb(Model::load(GgufFile::from_bytes(g.build()), o));
+    Engine e1 = make_engine(g, 2, 8);
+    CHECK(eb.max_sequences() == 4 && e1.max_sequences() == 1);
+    SamplingParams greedy, sampled;
+    greedy.repetition_penalty = 1.3f;
+    sampled.do_sample = true, sampled.temperature = 1.3f, sampled.top_k = 40, sampled.seed = 5;
+    for (const SamplingParams* p : {&greedy, &sampled}) {  // prompt i samples with seed + i
+        for (Engine* e : {&eb, &e1}) {  // batched, and the one-after-another path of a single-sequence engine
+            const auto got = e->generate_batch(prompts, steps, *p, {});
+            for (int b = 0; b < S; ++b) {
+                SamplingParams own = *p;
+                own.seed = p->seed + static_cast<uint64_t>(b);
+                CHECK(got[static_cast<size_t>(b)] == e1.generate(prompts[static_cast<size_t>(b)], steps, own));
+            }
+        }
+    }
+    // The same prompt several times: sampled continuations differ (their seeds do), greedy ones do not.
+    const std::vector<std::vector<int32_t>> same(4, prompts[2]);
+    const auto s4 = eb.generate_batch(same, steps, sampled, {}), g4 = eb.generate_batch(same, steps, greedy, {});
+    CHECK(s4[0] != s4[1] && s4[1] != s4[2] && g4[0] == g4[3]);
+}
+
 int main() {
     test_forward_vs_reference();
     test_kv_f16();
     test_sampler();
     test_generate();
+    test_batched_decode();
     if (failures()) {
         std::fprintf(stderr, "test_model: %d failure(s)\n", failures());
         return 1;

@@ -9,8 +9,8 @@
 //  - B slots decoded together get exactly the tokens each gets decoded alone in slot 0 (greedy with a repetition
 //    penalty, so each slot's seen set matters), with graphs and without, for B = 3 (GEMV) and B = 12 (MMA),
 //    fp32 and fp16 KV cache;
-//  - seeded sampling replays identically with and without graphs, and a slot samples in a batch exactly what it
-//    samples alone; new sampling parameters re-capture the graph;
+//  - seeded sampling replays identically with and without graphs, and slot b samples in a batch exactly what its
+//    sequence samples alone with seed + b; new sampling parameters re-capture the graph;
 //  - decoding stops with std::out_of_range at the end of the context;
 //  - the opt-in decode paths (fuse_norm, pdl, fuse_attn and their combinations) decode exactly the default's tokens with bit-identical logits
 //    at every step (the fused GEMV computes rmsnorm_quant's values exactly, the fused attention the two-step
@@ -166,15 +166,18 @@ void test_batched_decode(const Model& cpu, bool kv_f16) {
         }
     }
 
-    // Seeded sampling: graph replays and eager launches advance the RNG counters alike, and each slot of a batch
-    // draws exactly what it draws alone (one counter per slot, keyed without the row).
+    // Seeded sampling: graph replays and eager launches advance the RNG counters alike, and slot b of a batch
+    // draws exactly what its sequence draws alone with seed + b (one counter per slot).
     SamplingParams rnd;
     rnd.do_sample = true, rnd.temperature = 1.5f, rnd.top_k = 100, rnd.top_p = 0.95f, rnd.seed = 11;
     const auto sampled = decode_batched(*m, prompts, rnd, steps);
     CHECK(sampled == decode_batched(*eager, prompts, rnd, steps), "sampled batched decode differs with and without graphs");
-    for (int b : {0, 4, S - 1})
-        CHECK(sampled[static_cast<size_t>(b)] == decode_alone(*m, prompts[static_cast<size_t>(b)], rnd, steps),
-              "sampled: slot %d of a batch of %d draws other tokens than alone", b, S);
+    for (int b : {0, 4, S - 1}) {
+        SamplingParams own = rnd;
+        own.seed = rnd.seed + static_cast<uint64_t>(b);
+        CHECK(sampled[static_cast<size_t>(b)] == decode_alone(*m, prompts[static_cast<size_t>(b)], own, steps),
+              "sampled: slot %d of a batch of %d draws other tokens than alone with seed + %d", b, S, b);
+    }
 
     // New sampling parameters must re-capture the graph (they are baked into its sample launch).
     const auto& p0 = prompts[5];

@@ -1032,29 +1032,34 @@ void test_sample() {
         for (int32_t t : got) bad += t != want;
         CHECK(bad == 0, "top_k=1 V=%d: got %d, want %d", V, got[0], want);
 
-        // Rows with the same logits, history, seed and counter draw the same token (a sequence samples the same
-        // in any row of any batch); other counters draw independently; every counter advances by one per call.
+        // Row r of a call draws what a one-row call draws with seed + r and the same counter and history (the
+        // Engine's prompt i of a batch samples with seed + i); every counter advances by one per call; the same
+        // counters replay the same tokens, other counters draw other ones.
         sp.top_k = 0, sp.top_p = 0.9f, sp.temperature = 1.5f;
         const int rows = 64;
         set_steps(step, rows, 500, 0);
-        const auto same = sample_rows(l, seen, rows, sp, step);
-        int unlike = 0;
-        for (int r = 1; r < rows; ++r) unlike += same[r] != same[0];
-        CHECK(unlike == 0, "sampling V=%d: %d of %d rows with equal counters drew another token than row 0", V, unlike,
-              rows);
+        const auto batch = sample_rows(l, seen, rows, sp, step);
         const auto after = from_dev(step, rows);
         int not_advanced = 0;
         for (uint64_t c : after) not_advanced += c != 501;
         CHECK(not_advanced == 0, "sampling V=%d: %d row counters not advanced by exactly 1", V, not_advanced);
+        int unlike = 0, distinct = 0;
+        for (int r : {0, 1, 17, 63}) {
+            SamplingParams one = sp;
+            one.seed = sp.seed + static_cast<uint64_t>(r);
+            set_steps(step, 1, 500, 0);
+            unlike += sample_rows(l, seen, 1, one, step)[0] != batch[static_cast<size_t>(r)];
+        }
+        for (int r = 1; r < rows; ++r) distinct += batch[r] != batch[0];
+        CHECK(unlike == 0 && distinct > 0,
+              "sampling V=%d: %d of 4 rows differ from the one-row draw with seed + row; %d rows differ from row 0", V,
+              unlike, distinct);
         set_steps(step, rows, 1000, 1);
         const auto first = sample_rows(l, seen, rows, sp, step);
         set_steps(step, rows, 1000, 1);
         const auto again = sample_rows(l, seen, rows, sp, step);
-        CHECK(first == again, "sampling V=%d: the same seed and counters gave different tokens", V);
-        int distinct = 0;
-        for (int r = 1; r < rows; ++r) distinct += first[r] != first[0];
         const auto next = sample_rows(l, seen, rows, sp, step);  // counters 1001 + r
-        CHECK(distinct > 0 && next != first, "sampling V=%d: other counters drew identical tokens", V);
+        CHECK(first == again && next != first, "sampling V=%d: counters do not replay / advance the draws", V);
         set_steps(step, rows, 0, 0);
     }
 
