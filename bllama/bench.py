@@ -91,12 +91,17 @@ def bytes_per_token(path: Path) -> int:
     return total
 
 
-def _median_run(engine, prompt_len: int, gen: int, repeats: int, vocab: int, seed: int = 0):
+def _median_run(engine, prompt_len: int, gen: int, repeats: int, vocab: int, seed: int = 0, sequences: int = 1):
+    """Median prompt and decode tok/s; sequences > 1: that many random prompts decoded together (generate_batch),
+    decode tok/s counting every sequence's tokens."""
     rng = np.random.default_rng(seed)
     pp, tg = [], []
     for _ in range(repeats):
-        ids = rng.integers(3, vocab, size=prompt_len).tolist()
-        engine.generate(ids, gen, stop_ids=[])
+        prompts = [rng.integers(3, vocab, size=prompt_len).tolist() for _ in range(sequences)]
+        if sequences > 1:
+            engine.generate_batch(prompts, gen, stop_ids=[])
+        else:
+            engine.generate(prompts[0], gen, stop_ids=[])
         s = engine.last_stats
         pp.append(s["prompt_tokens_per_second"])
         tg.append(s["decode_tokens_per_second"])
@@ -117,22 +122,23 @@ def peak_rss_mib() -> float:
 
 
 def _measure_engine(path: str, threads: int, prompt_tokens: int, gen_tokens: int, repeats: int, bpt: int,
-                    head: str = "f16", device: str = "cpu") -> dict:
+                    head: str = "f16", device: str = "cpu", sequences: int = 1) -> dict:
     from . import _engine
 
     t0 = time.perf_counter()
-    eng = _engine.Engine(path, None if device == "cuda" else threads, head=head, device=device)
+    eng = _engine.Engine(path, None if device == "cuda" else threads, head=head, device=device,
+                         max_sequences=sequences)
     load_s = time.perf_counter() - t0
     if head == "q8":  # the engine reads its int8 copy (+ per-row scale and sum) instead of the f16 head
         c = eng.config
         bpt = bpt - 2 * c["vocab_size"] * c["hidden_size"] + c["head_bytes"]
-    pp, tg = _median_run(eng, prompt_tokens, gen_tokens, repeats, eng.vocab_size)
+    pp, tg = _median_run(eng, prompt_tokens, gen_tokens, repeats, eng.vocab_size, sequences=sequences)
     rss = peak_rss_mib()  # before the bandwidth probe's buffer
     del eng
     # GPU copy bandwidth is measured by bench/bench_cuda_kernels (CUDA events), not from Python.
     bw = None if device == "cuda" else _engine.read_bandwidth(threads)
-    gbs = tg * bpt / 1e9
-    return {"threads": "cuda" if device == "cuda" else threads, "head": head, "prompt_tok_s": round(pp, 1), "decode_tok_s": round(tg, 2), "load_s": round(load_s, 3),
+    gbs = tg / sequences * bpt / 1e9  # bytes read per step: the weights once for all sequences
+    return {"threads": "cuda" if device == "cuda" else threads, "head": head, "sequences": sequences, "prompt_tok_s": round(pp, 1), "decode_tok_s": round(tg, 2), "load_s": round(load_s, 3),
             "bytes_per_token": bpt, "decode_GB_s": round(gbs, 2),
             "read_bandwidth_GB_s": round(bw, 2) if bw else None, "pct_of_bandwidth": round(100 * gbs / bw, 1) if bw else None,
             "peak_rss_MiB": round(rss, 1)}
@@ -140,7 +146,7 @@ def _measure_engine(path: str, threads: int, prompt_tokens: int, gen_tokens: int
 
 def run_bench(model: Optional[str] = None, preset: str = "1.7b", threads: Optional[List[int]] = None,
               prompt_tokens: int = 128, gen_tokens: int = 64, repeats: int = 3, torch_compare: bool = False,
-              json_out: Optional[str] = None, head: str = "f16", device: str = "cpu") -> dict:
+              json_out: Optional[str] = None, head: str = "f16", device: str = "cpu", sequences: int = 1) -> dict:
     if device == "cuda":
         from .runtime import check_cuda
 
@@ -164,13 +170,13 @@ def run_bench(model: Optional[str] = None, preset: str = "1.7b", threads: Option
         with ProcessPoolExecutor(max_workers=1, mp_context=ctx) as pool:
             try:
                 rows.append(pool.submit(_measure_engine, str(path), t, prompt_tokens, gen_tokens, repeats, bpt, head,
-                                        device).result())
+                                        device, sequences).result())
             except BrokenProcessPool as e:
                 raise RuntimeError(f"the engine process died measuring {path} "
                                    f"({'cuda' if device == 'cuda' else f'{t} threads'}): {e}") from e
     result = {"model": str(path) if model else f"random {preset}", "file_MiB": round(path.stat().st_size / 2**20, 1),
               "prompt_tokens": prompt_tokens, "gen_tokens": gen_tokens, "repeats": repeats, "head": head,
-              "device": device,
+              "device": device, "sequences": sequences,
               "engine": rows}
     if torch_compare:
         result["torch"] = torch_speed(model, preset, prompt_tokens, min(gen_tokens, 8), threads[-1])
@@ -209,7 +215,8 @@ def torch_speed(model: Optional[str], preset: str, prompt_tokens: int, gen_token
 
 def format_table(r: dict) -> str:
     lines = [f"model: {r['model']} ({r['file_MiB']} MiB), prompt {r['prompt_tokens']} tokens, "
-             f"decode {r['gen_tokens']} tokens, median of {r['repeats']}, {r.get('head', 'f16')} head",
+             f"decode {r['gen_tokens']} tokens, median of {r['repeats']}, {r.get('head', 'f16')} head"
+             + (f", {r['sequences']} sequences decoded together (tok/s: all of them)" if r.get("sequences", 1) > 1 else ""),
              f"{'threads':>7} {'prompt tok/s':>12} {'decode tok/s':>12} {'GB/s':>6} {'% bw':>6} {'load s':>7} "
              f"{'RSS MiB':>8}"]
     for e in r["engine"]:

@@ -153,7 +153,7 @@ def cmd_bench(args):
 
     run_bench(model=args.model, preset=args.preset, threads=args.threads, prompt_tokens=args.prompt_tokens,
               gen_tokens=args.gen_tokens, repeats=args.repeats, torch_compare=args.torch, json_out=args.json,
-              head=args.head, device=args.device)
+              head=args.head, device=args.device, sequences=args.sequences)
 
 
 def cmd_demo(args):
@@ -271,6 +271,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--head", default="f16", choices=["f16", "q8"],
                    help="LM head format: f16 (the file's, default) or q8 (int8 per-row scales, half the head bytes)")
     b.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="run on the CPU (default) or the GPU")
+    b.add_argument("--sequences", type=int, default=1,
+                   help="decode this many random prompts together (batched decoding; tok/s counts all of them)")
     b.set_defaults(func=cmd_bench)
 
     d = sub.add_parser("demo", help="train the tiny preset on built-in text, export it, and generate with the engine")

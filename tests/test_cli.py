@@ -61,6 +61,11 @@ def test_export_generate_eval_bench(run_dir):
                  "--repeats", 1, "--json", run_dir / "bench.json")
     rows = json.loads((run_dir / "bench.json").read_text())["engine"]
     assert [r["threads"] for r in rows] == [1, 2] and all(r["decode_tok_s"] > 0 for r in rows)
+    out = bllama("bench", gguf_path, "--threads", 2, "--prompt-tokens", 8, "--gen-tokens", 8, "--repeats", 1,
+                 "--sequences", 3, "--json", run_dir / "bench3.json")
+    r3 = json.loads((run_dir / "bench3.json").read_text())
+    assert "3 sequences decoded together" in out and r3["sequences"] == 3 and r3["engine"][0]["sequences"] == 3
+    assert r3["engine"][0]["decode_tok_s"] > 0
 
 
 def test_tokenizer_and_data_prepare(tmp_path, sp_corpus_text):
