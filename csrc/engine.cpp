@@ -128,6 +128,7 @@ std::vector<std::vector<int32_t>> Engine::generate_batch(const std::vector<std::
     validate(params);
 
     std::vector<std::vector<int32_t>> out(prompts.size());
+    for (auto& o : out) o.reserve(static_cast<size_t>(max_new_tokens));  // no allocation per decoded token
     GenerateStats total;
     total.load_seconds = load_seconds_;
     const int S = backend_->max_sequences();

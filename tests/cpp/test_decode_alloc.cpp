@@ -63,6 +63,25 @@ int main() {
         CHECK(counts[0] == counts[1]);
         CHECK(counts[1] <= 4);
     }
+
+    // Batched decoding (3 sequences, one forward_batch per step): the same, per call.
+    o.sequences = 3;
+    Engine eb(Model::load(GgufFile::from_bytes(random_model(s, nullptr).build()), o));
+    const std::vector<std::vector<int32_t>> prompts = {prompt, {4, 5}, {9, 8, 7, 6, 5}};
+    for (const SamplingParams* p : {&greedy, &sampled}) {
+        eb.generate_batch(prompts, 40, *p);  // warm-up
+        long counts[2];
+        int i = 0;
+        for (int64_t n : {10, 40}) {
+            const long before = g_allocs.load();
+            const auto out = eb.generate_batch(prompts, n, *p);
+            counts[i++] = g_allocs.load() - before;
+            CHECK(out.size() == 3 && static_cast<int64_t>(out[2].size()) == n);
+        }
+        std::printf("  batched %s: allocations for 10 steps %ld, for 40 steps %ld\n", p->do_sample ? "sampled" : "greedy",
+                    counts[0], counts[1]);
+        if (best_kernel() != KernelKind::Scalar) CHECK(counts[0] == counts[1]);
+    }
     if (failures()) {
         std::fprintf(stderr, "test_decode_alloc: %d failure(s)\n", failures());
         return 1;
