@@ -11,7 +11,9 @@
 #   2. seq 1024: micro-batch 16 x accum 4 = 65,536 tokens per step, same settings (same OOM fallbacks).
 #   3. `bllama train`'s Lightning path on this GPU: tests/scripts/parallel_resume.py fsdp (BitFSDPStrategy,
 #      bf16-mixed, activation checkpointing, sharded checkpoints: crash + resume and extend runs vs uninterrupted).
-#   4. if time is left: seq 2048 with activation checkpointing (its cost in tokens/s) and the FSDP check compiled.
+#   4. if time is left: the fused Triton quantizer (bench/triton_quant_check.py: bit-identity and kernel times, then
+#      eager seq-1024 training with and without BLLAMA_TRITON=1), seq 2048 with activation checkpointing (its cost in
+#      tokens/s) and the FSDP check compiled.
 # Needs: python3 with torch (CUDA), pytorch-lightning, numpy, sentencepiece; the repository on PYTHONPATH (set
 # here), no build: `import bllama` does not load the C++ engine.
 # Output: $OUT (else bench/results/gpu_train_<UTC stamp>/): one JSON per run, gpu_train_check.log, summary.md;
@@ -108,6 +110,22 @@ resume_check() {  # resume_check NAME ARGS...: the Lightning FSDP path (tests/sc
 }
 
 resume_check fsdp_resume $RESUME_ARGS
+
+# The fused Triton activation quantizer (bllama/triton_quant.py, BLLAMA_TRITON=1): bit-identity and kernel times on
+# this GPU, then eager training with and without it (torch.compile fuses the eager ops itself, so it is only for
+# eager mode; it becomes a default only if this shows a gain).
+triton_ab() {
+    if [ "$DEV" != cuda ] || ! $PY -c "import triton" 2>/dev/null; then
+        echo "-- triton: skipped (no GPU or no triton)"; STATUS+=("triton: skipped"); return
+    fi
+    if [ "$(left)" -lt 60 ]; then echo "-- triton: skipped (budget)"; STATUS+=("triton: skipped (budget)"); return; fi
+    echo "-- triton: bench/triton_quant_check.py ($(elapsed)s used)"
+    if timeout 90 $PY bench/triton_quant_check.py --json "$RES/triton_quant.json"; then STATUS+=("triton_quant_check: ok")
+    else STATUS+=("triton_quant_check: failed"); fi
+    COMPILE="" bench "seq${SEQ_SHORT}_eager" "$SEQ_SHORT" "$MB_SHORT" 1 || true
+    BLLAMA_TRITON=1 COMPILE="" bench "seq${SEQ_SHORT}_eager_triton" "$SEQ_SHORT" "$MB_SHORT" 1 || true
+}
+triton_ab
 if [ ! -f "$RES/seq${SEQ_LONG}_ac.json" ]; then
     bench "seq${SEQ_LONG}_ac" "$SEQ_LONG" "$MB_LONG" "$ACCUM" --activation-checkpointing || true
 fi
@@ -136,7 +154,7 @@ torches = sorted({r.get("torch") for r in runs if r.get("torch")})
 print(f"device: {', '.join(devs)}; torch {', '.join(torches)}; preset {runs[0]['preset'] if runs else '?'}, "
       f"bf16-mixed (fp32 master weights and AdamW state), AdamW fused on CUDA\n")
 print("| run | seq | micro x accum = tokens/step | act. ckpt | compile | tokens/s | MFU % | s/step | peak GiB "
-      "| loss start -> end | warm-up s |")
+      "| loss start -> end | warm-up s |")  # run names ending in _triton: BLLAMA_TRITON=1
 print("|---|---|---|---|---|---|---|---|---|---|---|")
 print("\n".join(rows) if rows else "| (no throughput result) ||||||||||")
 for p in sorted(res.glob("fsdp_resume*.json")):

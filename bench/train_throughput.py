@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
@@ -94,7 +95,7 @@ def main(argv=None):
     result = {"preset": a.preset, "linear": "fp" if a.fp_linear else "b1.58", "device": a.device,
               "device_name": torch.cuda.get_device_name() if cuda else "cpu", "precision": precision,
               "compile": a.compile, "activation_checkpointing": a.activation_checkpointing,
-              "seq_len": cfg.seq_len, "layers": cfg.num_layers, "micro_batch": a.batch, "accum": a.accum,
+              "triton_quant": os.environ.get("BLLAMA_TRITON") == "1", "seq_len": cfg.seq_len, "layers": cfg.num_layers, "micro_batch": a.batch, "accum": a.accum,
               "tokens_per_step": tokens_per_step, "data": a.data, "torch": torch.__version__}
 
     def report(extra, code=0):

@@ -11,6 +11,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from . import triton_quant
+
 
 def weight_scale(w: torch.Tensor) -> torch.Tensor:
     """Per-tensor absmean scale, rounded to fp16 because that is what the GGUF file stores.
@@ -49,10 +51,14 @@ class BitLinearFunction(torch.autograd.Function):
     def forward(ctx, x, weight, bias):
         s = weight_scale(weight)
         codes = ternarize(weight.detach().float(), s).to(torch.int8)
-        xq, a = quantize_activations(x)
         w_deq = (codes.to(x.dtype) * s.to(x.dtype))
-        y = F.linear((xq / a).to(x.dtype), w_deq, bias)
-        ctx.save_for_backward(xq.to(torch.int8), a, codes, s)
+        if triton_quant.enabled(x):  # one fused pass, the same bits (bllama/triton_quant.py; BLLAMA_TRITON=1)
+            xq8, a, x_deq = triton_quant.quantize_activations(x)
+        else:
+            xq, a = quantize_activations(x)
+            xq8, x_deq = xq.to(torch.int8), (xq / a).to(x.dtype)
+        y = F.linear(x_deq, w_deq, bias)
+        ctx.save_for_backward(xq8, a, codes, s)
         ctx.x_dtype, ctx.w_dtype, ctx.has_bias = x.dtype, weight.dtype, bias is not None
         return y
 
