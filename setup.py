@@ -50,7 +50,9 @@ setup(
                       "gguf>=0.10", "pyarrow", "tqdm", "matplotlib", "tokenizers>=0.19", "safetensors>=0.4"],
     # transformers (+ accelerate, which its bitnet quantizer requires) is only the reference in tests: neither
     # pulls another torch when torch is already installed (checked with `pip install --dry-run -e ".[test]"`).
-    extras_require={"test": ["pytest", "ninja", "cmake>=3.18", "transformers>=4.52", "accelerate"]},
+    # triton: the fused activation quantizer's test runs its kernel on the CPU through Triton's interpreter.
+    extras_require={"test": ["pytest", "ninja", "cmake>=3.18", "transformers>=4.52", "accelerate",
+                             "triton; platform_system == 'Linux' and platform_machine == 'x86_64'"]},
     ext_modules=[CMakeExtension("bllama._engine")],
     cmdclass={"build_ext": CMakeBuild},
     entry_points={"console_scripts": ["bllama=bllama.cli:main"]},
