@@ -93,7 +93,9 @@ rbench() {
     [ -f /tmp/bllama-1.7b.gguf ] || "$BUILD/bench_cuda_decode" --shape 1.7b --prompt 16 --decode 8 --batch 1 \
         --no-variants --keep /tmp/bllama-1.7b.gguf >/dev/null || return 1
     python3 -m bllama.cli bench /tmp/bllama-1.7b.gguf --device cuda \
-        --prompt-tokens 512 --gen-tokens 128 --repeats 3 --json "$RES/runtime-1.7b.json"
+        --prompt-tokens 512 --gen-tokens 128 --repeats 3 --json "$RES/runtime-1.7b.json" || return 1
+    python3 -m bllama.cli bench /tmp/bllama-1.7b.gguf --device cuda --sequences 16 \
+        --prompt-tokens 128 --gen-tokens 128 --repeats 3 --json "$RES/runtime-1.7b-b16.json"
 }
 
 # The GPU engine from Python with and without PyTorch in the same process, in both import orders (a build
@@ -163,6 +165,10 @@ if d:
         e = load(name)
         if e and e["decode"]:
             print(f"{label:<28}{e['decode'][0]['tok_s']:>10.0f}")
+    for name, label in (("runtime-1.7b.json", "Runtime (Python), batch 1"), ("runtime-1.7b-b16.json", "Runtime, 16 sequences")):
+        e = load(name)
+        if e and e.get("engine"):
+            print(f"{label:<28}{e['engine'][0]['decode_tok_s']:>10.0f}  (prompt {e['engine'][0]['prompt_tok_s']:.0f} tok/s)")
     # The decode paths (CudaOptions pdl / fuse_attn / fuse_norm), each its own model, mean of 2 rounds.
     var = {}
     for v in d.get("decode_variants", []):
