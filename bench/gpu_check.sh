@@ -9,6 +9,7 @@
 #   (bench = kbench dbench rbench: the kernels, end-to-end C++ decode/prompt, the Runtime; each also alone)
 #   (sanitize: the GPU kernel tests under compute-sanitizer memcheck + racecheck; not in the default set)
 #
+# BUDGET_S (default 400): sections that would start later than this many seconds into the call are skipped.
 # The GPU machine has no network: the Python deps it lacks travel as wheels in .whl/ (see bench/NOTES-cuda.md),
 # installed into /tmp/site. Every section runs even if an earlier one failed; the exit status is the first
 # failure's.
@@ -25,8 +26,15 @@ status=0
 declare -A RESULT
 
 note() { echo; echo "== $*"; }
+# No section starts after BUDGET_S seconds of the call (default 400; 0: no limit), so a call given a device
+# timeout of ~540 s still ends with its summary rather than being cut in the middle of a section.
+BUDGET_S=${BUDGET_S:-400}
 run_section() {  # name, command...: logs to $RES/<name>.log, records pass/FAIL
     local name=$1; shift
+    if [ "$BUDGET_S" -gt 0 ] && [ "$SECONDS" -ge "$BUDGET_S" ]; then
+        RESULT[$name]="skipped (budget: ${SECONDS} s >= BUDGET_S ${BUDGET_S} s)"; echo "== $name: ${RESULT[$name]}"
+        return
+    fi
     note "$name"
     local t0=$SECONDS
     if "$@" 2>&1 | tee "$RES/$name.log"; then RESULT[$name]="ok ($((SECONDS - t0)) s)"
