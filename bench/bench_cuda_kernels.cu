@@ -17,7 +17,8 @@
 // norm+gemv = rmsnorm_quant + ternary_gemv (the default decode path), gemv_normed = ternary_gemv_normed
 // (CudaOptions::fuse_norm); "+pdl": the same graph with the K calls chained by Programmatic Dependent
 // Launch (CudaOptions::pdl; sm_90 only, the rows are left out elsewhere), i.e. each call's first weight
-// loads overlap the previous call's tail. Decode attention (1 token, positions 128 and 1024): rope+attn =
+// loads overlap the previous call's tail; "+pf": each call also prefetches its whole matrix into L2 before it
+// waits (CudaOptions::prefetch_l2). Decode attention (1 token, positions 128 and 1024): rope+attn =
 // rope_kv_write + attention_decode (three launches), fused = attention_decode_rope (CudaOptions::fuse_attn).
 // Inputs are random (not zeros: see the device notes); the values are not checked here
 // (tests/cuda/test_ternary_kernels.cu does that).
@@ -178,6 +179,10 @@ public:
             gemv_row(m, n, "gemv_normed", normed);
             if (pdl) {
                 gemv_row(m, n, "gemv+pdl", plain, true);
+                gemv_row(m, n, "gemv+pdl+pf", [&](const cuda::DevTernary& w, float* y, cudaStream_t s) {
+                    cuda::L2PrefetchScope pf(true);  // each call asks L2 for its whole matrix before it waits
+                    plain(w, y, s);
+                }, true);
                 gemv_row(m, n, "norm+gemv+pdl", norm_gemv, true);
                 gemv_row(m, n, "gemv_normed+pdl", normed, true);
             }
@@ -431,7 +436,7 @@ private:
     void summary() {
         std::printf("\n== ternary projections only, whole model\n");
         for (const char* model : {"1.7b", "2b4t"}) {
-            for (const char* kernel : {"gemv", "norm+gemv", "gemv_normed", "gemv+pdl", "norm+gemv+pdl", "gemv_normed+pdl",
+            for (const char* kernel : {"gemv", "norm+gemv", "gemv_normed", "gemv+pdl", "gemv+pdl+pf", "norm+gemv+pdl", "gemv_normed+pdl",
                                        "mma", "cublaslt"}) {
                 const int n = std::string(kernel).find("gemv") != std::string::npos ? 1 : 512;
                 double us = 0;

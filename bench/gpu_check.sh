@@ -177,7 +177,7 @@ if d:
         e = load(name)
         if e and e.get("engine"):
             print(f"{label:<28}{e['engine'][0]['decode_tok_s']:>10.0f}  (prompt {e['engine'][0]['prompt_tok_s']:.0f} tok/s)")
-    # The decode paths (CudaOptions pdl / fuse_attn / fuse_norm), each its own model, mean of 2 rounds.
+    # The decode paths (CudaOptions pdl / prefetch_l2 / fuse_attn / fuse_norm), each its own model, mean of 2 rounds.
     var = {}
     for v in d.get("decode_variants", []):
         var.setdefault(v["name"], {})[v["batch"]] = v
@@ -203,7 +203,7 @@ if kp.exists():
         if r["bench"] == "summary" and r["model"] == "1.7b":
             print(f"matmuls only, 1.7b, {r['what']} [{r['kernel']}]: {r['value']}")
     # Decode GEMV with its input norm: rmsnorm_quant + gemv vs ternary_gemv_normed, each chained plainly / by PDL.
-    kinds = ["gemv", "norm+gemv", "gemv_normed", "gemv+pdl", "norm+gemv+pdl", "gemv_normed+pdl"]
+    kinds = ["gemv", "norm+gemv", "gemv_normed", "gemv+pdl", "gemv+pdl+pf", "norm+gemv+pdl", "gemv_normed+pdl"]
     if any("gemv_normed" in k for k in normed.values()):
         print("us per call, 1.7b, 1 token: " + " | ".join(kinds))
         for m, k in normed.items():

@@ -218,9 +218,8 @@ __global__ void __launch_bounds__(kDecodeThreads)
         r.get(qv[i]);
     }
 
-    // FUSED: the last split holds the token's own key (position len - 1); the loop below stops before it.
+    // FUSED: the last split holds the token's own key (position len - 1); the loop below takes it from registers.
     const bool own_key = FUSED && end == len;
-    const int loop_end = own_key ? end - 1 : end;
     float knew[kEpl], vnew[kEpl];
     if constexpr (FUSED) {
         const int half = hd / 2;
@@ -287,28 +286,34 @@ __global__ void __launch_bounds__(kDecodeThreads)
         }
     };
 
+    // Keys from the cache, except the token's own (FUSED): never loaded, taken from registers at its turn, which
+    // is its group's last iteration as in the unfused loop.
+    auto cached = [&](int jj) { return !own_key || jj != len - 1; };
     int j = begin + grp;
     Row8<T, VEC> kcur, vcur, knext, vnext;
-    if (j < loop_end) {
+    if (j < end && cached(j)) {
         kcur.load(kp + static_cast<int64_t>(j) * kv_dim, nvalid);
         vcur.load(vp + static_cast<int64_t>(j) * kv_dim, nvalid);
     }
-    while (j < loop_end) {
+    while (j < end) {
         const int jn = j + kGroups;
-        if (jn < loop_end) {  // prefetch the next key while this one is used
+        if (jn < end && cached(jn)) {  // prefetch the next key while this one is used
             knext.load(kp + static_cast<int64_t>(jn) * kv_dim, nvalid);
             vnext.load(vp + static_cast<int64_t>(jn) * kv_dim, nvalid);
         }
         float kf[kEpl], vf[kEpl];
-        kcur.get(kf);
-        vcur.get(vf);
+        if (cached(j)) {
+            kcur.get(kf);
+            vcur.get(vf);
+        } else {
+#pragma unroll
+            for (int c = 0; c < kEpl; ++c) kf[c] = knew[c], vf[c] = vnew[c];
+        }
         consume(kf, vf);
         kcur = knext;
         vcur = vnext;
         j = jn;
     }
-    // The own key comes last for the group whose turn it is, as it would in the unfused loop.
-    if (own_key && grp == (len - 1 - begin) % kGroups) consume(knew, vnew);
 
     // Merge the groups of each warp: lanes with the same head elements are LPK, 2*LPK, ... apart.
 #pragma unroll

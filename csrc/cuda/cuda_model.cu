@@ -26,6 +26,7 @@ CudaOptions cuda_options_from_env(CudaOptions o) {
     if (const char* g = std::getenv("BLLAMA_CUDA_FUSE_NORM")) o.fuse_norm = std::string(g) == "1";
     if (const char* g = std::getenv("BLLAMA_CUDA_PDL")) o.pdl = std::string(g) == "1";
     if (const char* g = std::getenv("BLLAMA_CUDA_FUSE_ATTN")) o.fuse_attn = std::string(g) == "1";
+    if (const char* g = std::getenv("BLLAMA_CUDA_PREFETCH")) o.prefetch_l2 = std::string(g) == "1";
     return o;
 }
 
@@ -442,6 +443,7 @@ void CudaModel::record_decode_step(int B) {
         // pdl: every kernel from here to advance may start while the one ahead drains (launch.cuh). The GEMMs
         // of a batched step (B > kGemvMaxTokens) and cuBLASLt do not take part: they launch plainly.
         PdlScope pdl(pdl_);
+        L2PrefetchScope prefetch(pdl_ && opts_.prefetch_l2);
         embed(embd_.get(), D, d_tokens_.get(), B, x_.get(), s);
         layers(B, d_pos_.get(), d_slots_.get(), /*prompt=*/false, 0, 0);
         head(0, B);

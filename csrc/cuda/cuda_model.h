@@ -39,11 +39,13 @@ struct CudaOptions {
     bool pdl = true;          // Programmatic Dependent Launch for the decode step's kernels (sm_90+; ignored
                               // below): each kernel starts while the one ahead drains (launch.cuh).
                               // On by default since it measured +23% at batch 1 on an H100 and an H200.
+    bool prefetch_l2 = false; // with pdl: each decode GEMV asks L2 for its whole matrix before it waits for the kernel
+                              // ahead (launch.cuh, L2PrefetchScope). Off until measured on a GPU.
     bool fuse_attn = false;   // decode steps: attention_decode_rope (RoPE, the KV store, the split attention and its
                               // combine in one launch instead of three). Off until measured on a GPU.
 };
 // Defaults overridden by the environment: BLLAMA_CUDA_GEMM=mma|cublaslt, BLLAMA_CUDA_GRAPHS=0,
-// BLLAMA_CUDA_FUSE_NORM=1, BLLAMA_CUDA_PDL=0, BLLAMA_CUDA_FUSE_ATTN=1.
+// BLLAMA_CUDA_FUSE_NORM=1, BLLAMA_CUDA_PDL=0, BLLAMA_CUDA_FUSE_ATTN=1, BLLAMA_CUDA_PREFETCH=1.
 
 // fuse_norm applies to decode steps of at most this many tokens. ternary_gemv_normed runs 1..kGemvMaxTokens,
 // but every block re-reads the float rows, and from 2 tokens on the 1.7B shapes it was slower than the

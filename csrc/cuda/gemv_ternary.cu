@@ -25,8 +25,8 @@
 // each step re-reads them (from L1). Its grid is sized for the redundant float reads (every block reads
 // the whole input): on an H200 that broadcast makes it a win at one token only (bench/NOTES-cuda.md).
 //
-// PDL (launch.cuh): the first weight words (constant) are requested before pdl_wait(); everything that
-// touches the activations, their scales or y comes after it.
+// PDL (launch.cuh): the first weight words (constant) are requested before pdl_wait() (with prefetch_l2, the
+// whole matrix is asked of L2 as well); everything that touches the activations, their scales or y comes after it.
 #include <algorithm>
 #include <cstdint>
 #include <mutex>
@@ -445,7 +445,8 @@ __device__ __forceinline__ void stage_normed(const NormSrc& x, int cols, uint4* 
 // Src: DevActs (ternary_gemv: int8 activations from rmsnorm_quant) or NormSrc (ternary_gemv_normed).
 template <int NT, int NR, int S, class Src>
 __global__ void __launch_bounds__(kBlockThreadsMax)
-    ternary_gemv_kernel(DevTernary w, Src x, float* __restrict__ y, int ldy, Epilogue ep, int n_units) {
+    ternary_gemv_kernel(DevTernary w, Src x, float* __restrict__ y, int ldy, Epilogue ep, int n_units,
+                        bool prefetch_all) {
     constexpr bool kNormed = std::is_same<Src, NormSrc>::value;
     constexpr int NTP = next_pow2(NT);
     constexpr int V = NR * NTP;       // partial sums per lane, value index p * NTP + t
@@ -492,6 +493,16 @@ __global__ void __launch_bounds__(kBlockThreadsMax)
     int unit = blockIdx.x * warps + (threadIdx.x >> 5);
     const int unit_stride = gridDim.x * warps;
     if (unit < n_units) load(unit, 0);  // in flight while the activations are staged
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900  // PDL only: elsewhere nothing runs ahead of the wait
+    if (prefetch_all) {  // the rest of the matrix into L2, this block's slice, before waiting (launch.cuh)
+        const char* base = reinterpret_cast<const char*>(w.words);
+        const size_t bytes = static_cast<size_t>(w.rows) * static_cast<size_t>(w.cols / 4);
+        const size_t slice = (bytes + gridDim.x - 1) / gridDim.x;
+        const size_t stop = (blockIdx.x + 1) * slice, end = stop < bytes ? stop : bytes;
+        for (size_t off = blockIdx.x * slice + threadIdx.x * 128; off < end; off += static_cast<size_t>(blockDim.x) * 128)
+            prefetch_l2(base + off);
+    }
+#endif
 
     float act_scale[NT];  // ternary_gemv_normed: each token's scale and row sum
     int act_sum[NT];
@@ -610,7 +621,7 @@ void launch_gemv(const DevTernary& w, const Src& x, float* y, int ldy, Epilogue 
     const int grid = std::max(1, std::min((n_units + warps - 1) / warps, max_blocks));
 
     allow_dynamic_smem(reinterpret_cast<const void*>(kernel), smem);
-    launch(kernel, grid, warps * 32, smem, stream, w, x, y, ldy, ep, n_units);
+    launch(kernel, grid, warps * 32, smem, stream, w, x, y, ldy, ep, n_units, l2_prefetch_flag());
 }
 
 template <int NT, class Src>

@@ -81,6 +81,26 @@ private:
     bool prev_;
 };
 
+// While an L2PrefetchScope(true) lives, the decode GEMVs launched by this thread first ask L2 for their whole
+// weight matrix (each block a slice; prefetch.global.L2, a hint that changes no result) before they wait for
+// the kernel ahead: with PDL a GEMV's blocks become resident while that kernel still runs, so its weights stream
+// in during it. CudaOptions::prefetch_l2 (opt-in until measured); without PDL it buys nothing.
+inline bool& l2_prefetch_flag() {
+    static thread_local bool on = false;
+    return on;
+}
+
+class L2PrefetchScope {
+public:
+    explicit L2PrefetchScope(bool on) : prev_(l2_prefetch_flag()) { l2_prefetch_flag() = on; }
+    ~L2PrefetchScope() { l2_prefetch_flag() = prev_; }
+    L2PrefetchScope(const L2PrefetchScope&) = delete;
+    L2PrefetchScope& operator=(const L2PrefetchScope&) = delete;
+
+private:
+    bool prev_;
+};
+
 // kernel<<<grid, block, smem, stream>>>(args...), with the PDL attribute while a PdlScope(true) is active;
 // checks the launch either way.
 template <class... Params, class... Args>

@@ -12,7 +12,7 @@
 //  - seeded sampling replays identically with and without graphs, and slot b samples in a batch exactly what its
 //    sequence samples alone with seed + b; new sampling parameters re-capture the graph;
 //  - decoding stops with std::out_of_range at the end of the context;
-//  - the opt-in decode paths (fuse_norm, pdl, fuse_attn and their combinations) decode exactly the default's tokens with bit-identical logits
+//  - the opt-in decode paths (fuse_norm, pdl, fuse_attn, prefetch_l2 and their combinations) decode exactly the default's tokens with bit-identical logits
 //    at every step (the fused GEMV computes rmsnorm_quant's values exactly, the fused attention the two-step
 //    path's; PDL only changes when kernels start),
 //    for B = 1 (fused), 3 (GEMV, not fused: kFuseNormMaxTokens) and 12 (MMA; PDL launches around plain GEMM
@@ -57,10 +57,11 @@ int argmax_row(const float* x, int V) {  // lowest index of the largest value, a
 
 std::unique_ptr<CudaModel> make_model(const Model& cpu, int slots, int max_batch, bool graphs, int64_t max_context = 0,
                                       bool kv_f16 = false, bool fuse_norm = false, bool pdl = false,
-                                      bool fuse_attn = false) {
+                                      bool fuse_attn = false, bool prefetch_l2 = false) {
     CudaOptions o;
     o.fuse_norm = fuse_norm;
     o.fuse_attn = fuse_attn;
+    o.prefetch_l2 = prefetch_l2;
     o.pdl = pdl;
     o.kv_f16 = kv_f16;
     o.slots = slots;
@@ -207,13 +208,15 @@ void test_decode_options(const Model& cpu) {
     auto base = make_model(cpu, S, 64, true);
     struct Variant {
         const char* name;
-        bool fuse, pdl, attn;
+        bool fuse, pdl, attn, prefetch;
     };
-    for (const Variant v : {Variant{"fuse_norm", true, false, false}, Variant{"pdl", false, true, false},
-                            Variant{"fuse_norm+pdl", true, true, false}, Variant{"fuse_attn", false, false, true},
-                            Variant{"fuse_attn+pdl", false, true, true}, Variant{"fuse_attn+fuse_norm+pdl", true, true, true}}) {
+    for (const Variant v : {Variant{"fuse_norm", true, false, false, false}, Variant{"pdl", false, true, false, false},
+                            Variant{"fuse_norm+pdl", true, true, false, false}, Variant{"fuse_attn", false, false, true, false},
+                            Variant{"fuse_attn+pdl", false, true, true, false},
+                            Variant{"pdl+prefetch", false, true, false, true},
+                            Variant{"all", true, true, true, true}}) {
         for (bool graphs : {true, false}) {
-            auto m = make_model(cpu, S, 64, graphs, 0, false, v.fuse, v.pdl, v.attn);
+            auto m = make_model(cpu, S, 64, graphs, 0, false, v.fuse, v.pdl, v.attn, v.prefetch);
             if (v.pdl && graphs) std::printf("%s: PDL %s\n", v.name, m->pdl_active() ? "active" : "not supported here (ignored)");
             int bi = 0;
             for (int B : {1, 3, S}) {
