@@ -63,43 +63,37 @@ __device__ __forceinline__ void prefetch_l2(const void* p) {
 // True when the current device can launch with PDL (compute capability 9.0 or newer). device.cu.
 bool pdl_supported();
 
-inline bool& pdl_flag() {
+// A launch option of this thread (one per Option), set for the launches made while a ThreadLaunchScope lives;
+// nested scopes restore the outer state.
+enum class LaunchOption { Pdl, L2Prefetch };
+template <LaunchOption Option>
+inline bool& launch_flag() {
     static thread_local bool on = false;
     return on;
 }
-
-// Launches made by this thread while a PdlScope(true) lives use PDL (nested scopes restore the outer
-// state). Pass true only where pdl_supported(): CudaModel decides once.
-class PdlScope {
+template <LaunchOption Option>
+class ThreadLaunchScope {
 public:
-    explicit PdlScope(bool on) : prev_(pdl_flag()) { pdl_flag() = on; }
-    ~PdlScope() { pdl_flag() = prev_; }
-    PdlScope(const PdlScope&) = delete;
-    PdlScope& operator=(const PdlScope&) = delete;
+    explicit ThreadLaunchScope(bool on) : prev_(launch_flag<Option>()) { launch_flag<Option>() = on; }
+    ~ThreadLaunchScope() { launch_flag<Option>() = prev_; }
+    ThreadLaunchScope(const ThreadLaunchScope&) = delete;
+    ThreadLaunchScope& operator=(const ThreadLaunchScope&) = delete;
 
 private:
     bool prev_;
 };
+
+// Launches made by this thread while a PdlScope(true) lives use PDL. Pass true only where pdl_supported():
+// CudaModel decides once.
+inline bool& pdl_flag() { return launch_flag<LaunchOption::Pdl>(); }
+using PdlScope = ThreadLaunchScope<LaunchOption::Pdl>;
 
 // While an L2PrefetchScope(true) lives, the decode GEMVs launched by this thread first ask L2 for their whole
 // weight matrix (each block a slice; prefetch.global.L2, a hint that changes no result) before they wait for
 // the kernel ahead: with PDL a GEMV's blocks become resident while that kernel still runs, so its weights stream
 // in during it. CudaOptions::prefetch_l2 (opt-in until measured); without PDL it buys nothing.
-inline bool& l2_prefetch_flag() {
-    static thread_local bool on = false;
-    return on;
-}
-
-class L2PrefetchScope {
-public:
-    explicit L2PrefetchScope(bool on) : prev_(l2_prefetch_flag()) { l2_prefetch_flag() = on; }
-    ~L2PrefetchScope() { l2_prefetch_flag() = prev_; }
-    L2PrefetchScope(const L2PrefetchScope&) = delete;
-    L2PrefetchScope& operator=(const L2PrefetchScope&) = delete;
-
-private:
-    bool prev_;
-};
+inline bool& l2_prefetch_flag() { return launch_flag<LaunchOption::L2Prefetch>(); }
+using L2PrefetchScope = ThreadLaunchScope<LaunchOption::L2Prefetch>;
 
 // kernel<<<grid, block, smem, stream>>>(args...), with the PDL attribute while a PdlScope(true) is active;
 // checks the launch either way.
