@@ -354,7 +354,8 @@ PYBIND11_MODULE(_engine, m) {
              py::arg("temperature") = 1.0f, py::arg("top_k") = 0, py::arg("top_p") = 1.0f,
              py::arg("repetition_penalty") = 1.0f, py::arg("seed") = py::int_(0), py::arg("do_sample") = false,
              py::arg("stop_ids") = std::vector<int64_t>{},
-             "A list of generated id lists, one per prompt. Up to max_sequences prompts decode together.")
+             "A list of generated id lists, one per prompt. Up to max_sequences prompts decode together; prompt i "
+             "samples with seed + i (what generate(prompts[i], seed=seed + i) returns).")
         .def("logits", &PyEngine::logits, py::arg("ids"), "float32 array [len(ids), vocab]")
         .def("metadata", &PyEngine::metadata, py::arg("key"))
         .def("metadata_keys", &PyEngine::metadata_keys)
