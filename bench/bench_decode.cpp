@@ -140,7 +140,7 @@ int main(int argc, char** argv) {
                 }
                 t0 = Clock::now();
                 for (int64_t i = 0; i < n_decode; ++i) {
-                    model->forward_batch(toks.data(), pos.data(), B, lb.data());
+                    model->forward_batch(toks.data(), pos.data(), nullptr, B, lb.data());
                     for (int b = 0; b < B; ++b) {
                         toks[static_cast<size_t>(b)] = argmax(lb.data() + static_cast<size_t>(b) * shape->vocab, shape->vocab);
                         pos[static_cast<size_t>(b)] += 1;

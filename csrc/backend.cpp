@@ -16,6 +16,9 @@ public:
         logits_.assign(S * V, 0.0f);
         tokens_.assign(S, 0);
         pos_.assign(S, 0);
+        row_tok_.assign(S, 0);
+        row_pos_.assign(S, 0);
+        row_slot_.assign(S, 0);
     }
 
     const ModelConfig& config() const override { return model_->config(); }
@@ -59,16 +62,25 @@ public:
         }
         return first;
     }
-    void decode_batch(int B, int32_t* next) override {
+    // Only the live sequences run (finished ones cost nothing): their pending tokens become the rows.
+    int decode_batch(int B, const uint8_t* live, int32_t* next) override {
         if (B < 1 || B > static_cast<int>(samplers_.size())) throw std::invalid_argument("decode_batch: bad batch size");
         const size_t V = static_cast<size_t>(model_->config().vocab);
-        for (int b = 0; b < B; ++b) samplers_[static_cast<size_t>(b)].observe(tokens_[static_cast<size_t>(b)]);
-        model_->forward_batch(tokens_.data(), pos_.data(), B, logits_.data());
+        int n = 0;
         for (int b = 0; b < B; ++b) {
-            const size_t i = static_cast<size_t>(b);
-            next[b] = tokens_[i] = samplers_[i].sample(logits_.data() + i * V);
+            if (live && !live[b]) continue;
+            const size_t i = static_cast<size_t>(b), r = static_cast<size_t>(n++);
+            samplers_[i].observe(tokens_[i]);
+            row_tok_[r] = tokens_[i], row_pos_[r] = pos_[i], row_slot_[r] = b;
+        }
+        if (n == 0) return 0;
+        model_->forward_batch(row_tok_.data(), row_pos_.data(), row_slot_.data(), n, logits_.data());
+        for (int r = 0; r < n; ++r) {
+            const size_t i = static_cast<size_t>(row_slot_[static_cast<size_t>(r)]);
+            next[i] = tokens_[i] = samplers_[i].sample(logits_.data() + static_cast<size_t>(r) * V);
             pos_[i] += 1;
         }
+        return n;
     }
 
 private:
@@ -90,6 +102,8 @@ private:
     std::vector<float> logits_;      // [sequences, vocab]
     std::vector<int32_t> tokens_;    // batched decoding: each sequence's pending token and its position
     std::vector<int64_t> pos_;
+    std::vector<int32_t> row_tok_, row_slot_;  // one step's rows: the live sequences' tokens and slots
+    std::vector<int64_t> row_pos_;
 };
 
 }  // namespace
@@ -97,7 +111,9 @@ private:
 std::vector<int32_t> Backend::prefill_batch(const std::vector<std::vector<int32_t>>&, const SamplingParams&) {
     throw std::logic_error("this backend decodes one sequence at a time");
 }
-void Backend::decode_batch(int, int32_t*) { throw std::logic_error("this backend decodes one sequence at a time"); }
+int Backend::decode_batch(int, const uint8_t*, int32_t*) {
+    throw std::logic_error("this backend decodes one sequence at a time");
+}
 
 std::unique_ptr<Backend> make_cpu_backend(std::unique_ptr<Model> model) {
     return std::make_unique<CpuBackend>(std::move(model));

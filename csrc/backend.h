@@ -51,8 +51,10 @@ public:
     // seed params.seed + b) and returns their first sampled tokens.
     virtual std::vector<int32_t> prefill_batch(const std::vector<std::vector<int32_t>>& prompts,
                                                const SamplingParams& params);
-    // Runs every sequence's last sampled token (slots 0 .. B-1) and writes the next ones to next[0, B).
-    virtual void decode_batch(int B, int32_t* next);
+    // Runs the last sampled token of each sequence b < B with live[b] (live null: all of them) and writes its next
+    // token to next[b]; the others may be run too (their next[b] then updated) or skipped (left as they are).
+    // Returns the number of sequences it ran.
+    virtual int decode_batch(int B, const uint8_t* live, int32_t* next);
 };
 
 // The CPU backend over a loaded Model.

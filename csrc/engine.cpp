@@ -154,26 +154,27 @@ std::vector<std::vector<int32_t>> Engine::generate_batch(const std::vector<std::
         // Prompt i samples with seed + i (the backend gives slot b of a group its seed + b).
         std::vector<int32_t> cur = backend_->prefill_batch(group, with_seed(params, params.seed + g0));
         total.prompt_seconds += seconds_since(t0);
-        std::vector<bool> done(static_cast<size_t>(B), false);
+        std::vector<uint8_t> done(static_cast<size_t>(B), 0), live(static_cast<size_t>(B), 1);
         t0 = Clock::now();
         for (;;) {
-            int live = 0;
+            int n_live = 0;
             for (int b = 0; b < B; ++b) {
                 auto& o = out[g0 + static_cast<size_t>(b)];
                 if (done[static_cast<size_t>(b)]) continue;
                 if (is_stop(stop_ids, cur[static_cast<size_t>(b)])) {
-                    done[static_cast<size_t>(b)] = true;
+                    done[static_cast<size_t>(b)] = 1;
                     continue;
                 }
                 o.push_back(cur[static_cast<size_t>(b)]);
-                if (static_cast<int64_t>(o.size()) >= max_new_tokens) done[static_cast<size_t>(b)] = true;
-                else ++live;
+                if (static_cast<int64_t>(o.size()) >= max_new_tokens) done[static_cast<size_t>(b)] = 1;
+                else ++n_live;
             }
-            if (live == 0) break;
-            // Finished sequences keep stepping with the rest (their tokens are dropped): every sequence moves
-            // one position per step, and max_new_tokens fits every prompt's context, so none can overrun it.
-            backend_->decode_batch(B, cur.data());
-            total.decode_tokens += B;
+            if (n_live == 0) break;
+            // Finished sequences are left out where the backend can (CPU); on the GPU they keep stepping with
+            // the rest and their tokens are dropped (max_new_tokens fits every prompt's context, so none can
+            // overrun it).
+            for (int b = 0; b < B; ++b) live[static_cast<size_t>(b)] = !done[static_cast<size_t>(b)];
+            total.decode_tokens += backend_->decode_batch(B, live.data(), cur.data());
         }
         total.decode_seconds += seconds_since(t0);
     }

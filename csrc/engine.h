@@ -60,7 +60,8 @@ public:
     // generate(prompts[i]) gets with that seed (CPU: up to 8 sequences, beyond that the f16 head's rounding
     // order differs; CUDA: any batch).
     // Otherwise they run one after another. Same checks and stop rules as generate(), per sequence;
-    // last_stats() sums over the sequences (decode_tokens counts every token decoded in a batch).
+    // last_stats() sums over the sequences (decode_tokens: the sequence steps run; on the CPU finished sequences
+    // leave the batch, on the GPU they keep stepping until the whole batch is done).
     std::vector<std::vector<int32_t>> generate_batch(const std::vector<std::vector<int32_t>>& prompts,
                                                      int64_t max_new_tokens, const SamplingParams& params,
                                                      const std::vector<int32_t>& stop_ids = {});

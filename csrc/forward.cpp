@@ -86,12 +86,18 @@ void Model::forward(const int32_t* tokens, int64_t n, int64_t pos, float* logits
     }
 }
 
-void Model::forward_batch(const int32_t* tokens, const int64_t* pos, int64_t n, float* logits) {
+void Model::forward_batch(const int32_t* tokens, const int64_t* pos, const int32_t* slots, int64_t n, float* logits) {
     if (n <= 0 || n > sequences_)
         throw std::invalid_argument("forward_batch: " + std::to_string(n) + " rows, need 1.." + std::to_string(sequences_));
     for (int64_t t = 0; t < n; ++t) {
         check_forward_args("forward_batch", tokens + t, 1, pos[t], ctx_, cfg_.vocab);
-        row_pos_[t] = pos[t], row_slot_[t] = t;
+        const int64_t s = slots ? slots[t] : t;
+        if (s < 0 || s >= sequences_)
+            throw std::out_of_range("forward_batch: sequence " + std::to_string(s) + " is out of range [0, " +
+                                    std::to_string(sequences_) + ")");
+        for (int64_t u = 0; u < t; ++u)  // two rows of one sequence would write the same cache row
+            if (row_slot_[u] == s) throw std::invalid_argument("forward_batch: sequence " + std::to_string(s) + " twice");
+        row_pos_[t] = pos[t], row_slot_[t] = s;
     }
     forward_rows(tokens, n, logits, true);
 }

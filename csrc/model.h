@@ -77,10 +77,11 @@ public:
     // and writing it for the new ones. logits receives vocab floats for the last token, or n * vocab
     // (row per token) when all_logits. Throws std::out_of_range for bad ids / positions / slot.
     void forward(const int32_t* tokens, int64_t n, int64_t pos, float* logits, bool all_logits, int slot = 0);
-    // One decode step of sequences 0 .. n-1 together (n <= sequences()): token t at position pos[t] of sequence
-    // t. The matmuls read every weight once for all n rows; logits [n, vocab]. Row t's logits are bit-identical
-    // to forward(&tokens[t], 1, pos[t], ..., t) (every kernel works row by row).
-    void forward_batch(const int32_t* tokens, const int64_t* pos, int64_t n, float* logits);
+    // One decode step of n sequences together: row t is token tokens[t] at position pos[t] of sequence slots[t]
+    // (slots null: sequence t; the slots must be distinct). The matmuls read every weight once for all n rows;
+    // logits [n, vocab]. Row t's logits are bit-identical to forward(&tokens[t], 1, pos[t], ..., slots[t]) (every
+    // kernel works row by row).
+    void forward_batch(const int32_t* tokens, const int64_t* pos, const int32_t* slots, int64_t n, float* logits);
     int sequences() const { return sequences_; }
 
     // The loaded weights, for backends that copy them elsewhere (csrc/cuda).

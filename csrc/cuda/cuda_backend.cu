@@ -61,7 +61,11 @@ public:
         }
         return first;
     }
-    void decode_batch(int B, int32_t* next) override { model_->decode_step(B, next); }
+    // One graph per batch size: every sequence steps (a finished one's token is dropped by the caller).
+    int decode_batch(int B, const uint8_t*, int32_t* next) override {
+        model_->decode_step(B, next);
+        return B;
+    }
 
 private:
     std::unique_ptr<cuda::CudaModel> model_;

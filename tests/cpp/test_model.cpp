@@ -393,7 +393,7 @@ static void test_generate() {
 
 // Batched CPU decoding (LoadOptions::sequences): each sequence's rows of forward_batch are bit-identical to the
 // sequence run alone (every kernel works row by row; each sequence has its own KV cache), for fp32 and fp16
-// caches, full and partial batches, prompts longer than a chunk; generate_batch equals generate() per prompt,
+// caches, all sequences and a subset in another row order, prompts longer than a chunk; generate_batch equals generate() per prompt,
 // greedy with a repetition penalty and seeded sampling alike; bad slots, batch sizes and positions are refused.
 static void test_batched_decode() {
     Spec s;
@@ -429,13 +429,21 @@ static void test_batched_decode() {
             pos[static_cast<size_t>(b)] = static_cast<int64_t>(p.size());
         }
         int differ = 0;
+        std::vector<int32_t> rt(S), rs(S);
+        std::vector<int64_t> rp(S);
         for (int i = 0; i < steps; ++i) {
-            const int B = i % 3 == 2 ? 2 : S;  // now and then a partial batch (sequences 0 and 1 only)
-            batched->forward_batch(tok.data(), pos.data(), B, lb.data());
-            for (int b = 0; b < B; ++b) {
-                const size_t bi = static_cast<size_t>(b);
+            // Every sequence as row = slot; now and then a subset in another order (rows -> slots 5, 2, 0), as
+            // the CPU backend runs when some sequences have finished.
+            std::vector<int32_t> slots;
+            if (i % 3 == 1) slots = {S - 1, 2, 0};
+            else for (int b = 0; b < S; ++b) slots.push_back(b);
+            const int n = static_cast<int>(slots.size());
+            for (int r = 0; r < n; ++r) rt[r] = tok[slots[r]], rp[r] = pos[slots[r]], rs[r] = slots[r];
+            batched->forward_batch(rt.data(), rp.data(), i % 3 == 1 ? rs.data() : nullptr, n, lb.data());
+            for (int r = 0; r < n; ++r) {
+                const size_t bi = static_cast<size_t>(slots[r]);
                 alone[bi]->forward(&tok[bi], 1, pos[bi], la.data(), false);
-                differ += std::memcmp(la.data(), lb.data() + bi * V, V * 4) != 0;
+                differ += std::memcmp(la.data(), lb.data() + static_cast<size_t>(r) * V, V * 4) != 0;
                 tok[bi] = argmax(la.data(), s.vocab);
                 pos[bi] += 1;
             }
@@ -443,11 +451,17 @@ static void test_batched_decode() {
         std::printf("  batched decode (%s KV): %d of the rows differ from the sequences run alone\n",
                     f16 ? "fp16" : "fp32", differ);
         CHECK(differ == 0);
-        CHECK(throws<std::invalid_argument>([&] { batched->forward_batch(tok.data(), pos.data(), S + 1, lb.data()); },
+        CHECK(throws<std::invalid_argument>([&] { batched->forward_batch(tok.data(), pos.data(), nullptr, S + 1, lb.data()); },
                                             "forward_batch"));
         CHECK(throws<std::out_of_range>([&] { batched->forward(tok.data(), 1, 0, lb.data(), false, S); }, "sequence 6"));
+        rs[0] = 1, rs[1] = 1;
+        CHECK(throws<std::invalid_argument>([&] { batched->forward_batch(rt.data(), rp.data(), rs.data(), 2, lb.data()); },
+                                            "sequence 1 twice"));
+        rs[0] = S;
+        CHECK(throws<std::out_of_range>([&] { batched->forward_batch(rt.data(), rp.data(), rs.data(), 1, lb.data()); },
+                                        "sequence 6 is out of range"));
         pos[0] = s.context;
-        CHECK(throws<std::out_of_range>([&] { batched->forward_batch(tok.data(), pos.data(), 1, lb.data()); },
+        CHECK(throws<std::out_of_range>([&] { batched->forward_batch(tok.data(), pos.data(), nullptr, 1, lb.data()); },
                                         "context length"));
     }
 
@@ -473,6 +487,20 @@ static void test_batched_decode() {
             }
         }
     }
+    // A stop token that ends some sequences early: the same tokens as one by one, and the finished sequences are
+    // left out of the later steps (each sequence is decoded only while it runs).
+    const int32_t stop = e1.generate(prompts[1], steps, greedy)[3];
+    const auto stopped = eb.generate_batch(prompts, steps, greedy, {stop});
+    int64_t want_steps = 0;
+    bool any_early = false;
+    for (int b = 0; b < S; ++b) {
+        const auto& got = stopped[static_cast<size_t>(b)];
+        CHECK(got == e1.generate(prompts[static_cast<size_t>(b)], steps, greedy, {stop}));
+        const bool early = static_cast<int64_t>(got.size()) < steps;
+        any_early |= early;
+        want_steps += static_cast<int64_t>(got.size()) - (early ? 0 : 1);
+    }
+    CHECK(any_early && eb.last_stats().decode_tokens == want_steps);
     // The same prompt several times: sampled continuations differ (their seeds do), greedy ones do not.
     const std::vector<std::vector<int32_t>> same(4, prompts[2]);
     const auto s4 = eb.generate_batch(same, steps, sampled, {}), g4 = eb.generate_batch(same, steps, greedy, {});
