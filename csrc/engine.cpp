@@ -154,26 +154,26 @@ std::vector<std::vector<int32_t>> Engine::generate_batch(const std::vector<std::
         // Prompt i samples with seed + i (the backend gives slot b of a group its seed + b).
         std::vector<int32_t> cur = backend_->prefill_batch(group, with_seed(params, params.seed + g0));
         total.prompt_seconds += seconds_since(t0);
-        std::vector<uint8_t> done(static_cast<size_t>(B), 0), live(static_cast<size_t>(B), 1);
+        std::vector<uint8_t> live(static_cast<size_t>(B), 1);  // 0 once the sequence has stopped
         t0 = Clock::now();
         for (;;) {
             int n_live = 0;
             for (int b = 0; b < B; ++b) {
                 auto& o = out[g0 + static_cast<size_t>(b)];
-                if (done[static_cast<size_t>(b)]) continue;
+                uint8_t& running = live[static_cast<size_t>(b)];
+                if (!running) continue;
                 if (is_stop(stop_ids, cur[static_cast<size_t>(b)])) {
-                    done[static_cast<size_t>(b)] = 1;
+                    running = 0;
                     continue;
                 }
                 o.push_back(cur[static_cast<size_t>(b)]);
-                if (static_cast<int64_t>(o.size()) >= max_new_tokens) done[static_cast<size_t>(b)] = 1;
+                if (static_cast<int64_t>(o.size()) >= max_new_tokens) running = 0;
                 else ++n_live;
             }
             if (n_live == 0) break;
             // Finished sequences are left out where the backend can (CPU); on the GPU they keep stepping with
             // the rest and their tokens are dropped (max_new_tokens fits every prompt's context, so none can
             // overrun it).
-            for (int b = 0; b < B; ++b) live[static_cast<size_t>(b)] = !done[static_cast<size_t>(b)];
             total.decode_tokens += backend_->decode_batch(B, live.data(), cur.data());
         }
         total.decode_seconds += seconds_since(t0);
