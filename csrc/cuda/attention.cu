@@ -453,6 +453,36 @@ void check_heads(int H, int Hkv, int hd, const KvCache& kv, const char* who) {
                                     ": bad head shape (need H % Hkv == 0, even hd <= 256, Hkv * hd == kv_dim)");
 }
 
+float scale_log2_for(int hd) { return (1.0f / std::sqrt(static_cast<float>(hd))) * kLog2e; }
+
+// The checks and the workspace split both decode launchers share (n >= 1).
+DecodeArgs decode_args(const char* who, const float* q, int ldq, int n, const int32_t* pos, const int32_t* slot,
+                       int layer, int H, int Hkv, int hd, const KvCache& kv, float* workspace, cudaStream_t stream) {
+    check_heads(H, Hkv, hd, kv, who);
+    if (n > 65535) throw std::invalid_argument(std::string(who) + ": at most 65535 tokens per call");
+    if (!workspace) throw std::invalid_argument(std::string(who) + ": null workspace");
+    float2* ws_ml = reinterpret_cast<float2*>(workspace + static_cast<size_t>(n) * H * kAttnMaxSplits * hd);
+    if (reinterpret_cast<uintptr_t>(ws_ml) & 7u) throw std::invalid_argument(std::string(who) + ": workspace misaligned");
+    return DecodeArgs{q, ldq, n, pos, slot, layer, H, Hkv, hd, kv, scale_log2_for(hd), workspace, ws_ml, stream, FusedArgs{}};
+}
+
+// Every q / K / V row start 16-byte aligned (the 8-values-per-lane kernels).
+bool vec_rows(const float* q, int ldq, const KvCache& kv) {
+    return ldq % 4 == 0 && kv.kv_dim % 8 == 0 && aligned16(q) && aligned16(kv.k) && aligned16(kv.v);
+}
+bool vec_head(int hd) { return hd == 64 || hd == 128 || hd == 256; }  // hd == 8 * lanes per key
+
+// The 8-values-per-lane split kernels (vec_rows), for the head sizes vec_head takes; false (nothing launched) for
+// other head sizes.
+template <bool FUSED>
+bool launch_split_vec(const DecodeArgs& a) {
+    if (a.hd == 64) launch_split<8, true, FUSED>(a);
+    else if (a.hd == 128) launch_split<16, true, FUSED>(a);
+    else if (a.hd == 256) launch_split<32, true, FUSED>(a);
+    else return false;
+    return true;
+}
+
 // ---------------------------------------------------------------------------------------------------
 // Prompt attention
 
@@ -586,8 +616,6 @@ void launch_prefill(const float* q, int ldq, int n, int pos0, int slot, int laye
     CUDA_CHECK_LAUNCH();
 }
 
-float scale_log2_for(int hd) { return (1.0f / std::sqrt(static_cast<float>(hd))) * kLog2e; }
-
 }  // namespace
 
 size_t attention_decode_workspace_floats(int n, int H, int hd) {
@@ -597,47 +625,29 @@ size_t attention_decode_workspace_floats(int n, int H, int hd) {
 void attention_decode(const float* q, int ldq, int n, const int32_t* pos, const int32_t* slot, int layer, int H,
                       int Hkv, int hd, KvCache kv, float* out, int ldo, float* workspace, cudaStream_t stream) {
     if (n <= 0) return;
-    check_heads(H, Hkv, hd, kv, "attention_decode");
-    if (n > 65535) throw std::invalid_argument("attention_decode: at most 65535 tokens per call");
-    float* ws_acc = workspace;
-    float2* ws_ml = reinterpret_cast<float2*>(workspace + static_cast<size_t>(n) * H * kAttnMaxSplits * hd);
-    if (reinterpret_cast<uintptr_t>(ws_ml) & 7u)
-        throw std::invalid_argument("attention_decode: workspace misaligned");
-    const DecodeArgs a{q, ldq, n, pos, slot, layer, H, Hkv, hd, kv, scale_log2_for(hd), ws_acc, ws_ml, stream, FusedArgs{}};
+    const DecodeArgs a = decode_args("attention_decode", q, ldq, n, pos, slot, layer, H, Hkv, hd, kv, workspace, stream);
     // 16-byte q/K/V loads (8 values per lane) when hd is 8 * (lanes per key) and every row start is aligned;
     // other head sizes take the scalar variant.
-    const bool rows_aligned =
-        ldq % 4 == 0 && kv.kv_dim % 8 == 0 && aligned16(q) && aligned16(kv.k) && aligned16(kv.v);
-    if (rows_aligned && hd == 64) launch_split<8, true>(a);
-    else if (rows_aligned && hd == 128) launch_split<16, true>(a);
-    else if (rows_aligned && hd == 256) launch_split<32, true>(a);
-    else if (hd <= 64) launch_split<8, false>(a);
-    else launch_split<32, false>(a);
-    launch(attn_combine_kernel, dim3(H, n), hd <= 64 ? 64 : 128, 0, stream, ws_acc, ws_ml, pos, H, hd, out, ldo);
+    if (!(vec_rows(q, ldq, kv) && launch_split_vec<false>(a))) {
+        if (hd <= 64) launch_split<8, false>(a);
+        else launch_split<32, false>(a);
+    }
+    launch(attn_combine_kernel, dim3(H, n), hd <= 64 ? 64 : 128, 0, stream, a.ws_acc, a.ws_ml, pos, H, hd, out, ldo);
 }
 
 void attention_decode_rope(float* qkv, int ldq, int n, const int32_t* pos, const int32_t* slot, int layer, int H,
                            int Hkv, int hd, const float* cos_tab, const float* sin_tab, KvCache kv, float* out, int ldo,
                            float* workspace, int32_t* counters, cudaStream_t stream) {
     if (n <= 0) return;
-    check_heads(H, Hkv, hd, kv, "attention_decode_rope");
-    if (n > 65535) throw std::invalid_argument("attention_decode_rope: at most 65535 tokens per call");
+    DecodeArgs a = decode_args("attention_decode_rope", qkv, ldq, n, pos, slot, layer, H, Hkv, hd, kv, workspace, stream);
     // The fused kernel keeps a lane's 8 elements and their RoPE partners (hd / 2 away) in one lane group: the
     // 16-byte layouts. Other head sizes and unaligned rows run the two-step path (same results).
-    const bool rows_aligned = ldq % 4 == 0 && kv.kv_dim % 8 == 0 && aligned16(qkv) && aligned16(kv.k) &&
-                              aligned16(kv.v);
-    if (!rows_aligned || (hd != 64 && hd != 128 && hd != 256)) {
+    if (!vec_rows(qkv, ldq, kv) || !vec_head(hd)) {
         rope_kv_write(qkv, ldq, n, pos, slot, layer, H, Hkv, hd, cos_tab, sin_tab, kv, stream);
         attention_decode(qkv, ldq, n, pos, slot, layer, H, Hkv, hd, kv, out, ldo, workspace, stream);
         return;
     }
-    if (!cos_tab || !sin_tab || !out || !workspace || !counters) throw std::invalid_argument("attention_decode_rope: null pointer");
-    const size_t parts = static_cast<size_t>(n) * H * kAttnMaxSplits;
-    float* ws_acc = workspace;
-    float2* ws_ml = reinterpret_cast<float2*>(workspace + parts * hd);
-    if (reinterpret_cast<uintptr_t>(ws_ml) & 7u)
-        throw std::invalid_argument("attention_decode_rope: workspace misaligned");
-    DecodeArgs a{qkv, ldq, n, pos, slot, layer, H, Hkv, hd, kv, scale_log2_for(hd), ws_acc, ws_ml, stream, FusedArgs{}};
+    if (!cos_tab || !sin_tab || !out || !counters) throw std::invalid_argument("attention_decode_rope: null pointer");
     a.fused.cos_tab = cos_tab;
     a.fused.sin_tab = sin_tab;
     a.fused.k_store = kv.k;
@@ -645,9 +655,7 @@ void attention_decode_rope(float* qkv, int ldq, int n, const int32_t* pos, const
     a.fused.counters = counters;
     a.fused.out = out;
     a.fused.ldo = ldo;
-    if (hd == 64) launch_split<8, true, true>(a);
-    else if (hd == 128) launch_split<16, true, true>(a);
-    else launch_split<32, true, true>(a);
+    launch_split_vec<true>(a);
 }
 
 void attention_prefill(const float* q, int ldq, int n, int pos0, int slot, int layer, int H, int Hkv, int hd,
