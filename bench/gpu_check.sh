@@ -70,14 +70,18 @@ build() {
         -DCMAKE_LIBRARY_OUTPUT_DIRECTORY="$ROOT/bllama" && cmake --build "$BUILD" -j "$JOBS"
 }
 
-# ctest: the GPU kernel tests must pass, not skip (a skip here means the GPU was not seen).
+# ctest: the GPU kernel tests must pass, not skip (a skip here means the GPU was not seen). ctest logs a test that
+# exits 77 (SKIP_RETURN_CODE) as passed; the CUDA tests print "SKIP: <reason>" first, which the log keeps.
 ctest_gpu() {
     ctest --test-dir "$BUILD" --output-on-failure -j 4 || return 1
-    ! grep -q "Not Run\|Skipped" "$BUILD/Testing/Temporary/LastTest.log"
+    ! grep -q "^SKIP:\|Not Run" "$BUILD/Testing/Temporary/LastTest.log"
 }
 
 # pytest through the module built above (bllama/_engine*.so); the GPU tests plus the engine suites they reuse.
+# Every GPU test skips without a usable device, so check first that this module sees one.
 pytest_gpu() {
+    python3 -c "from bllama import _engine as e; assert e.cuda_compiled() and e.cuda_device_count() > 0, 'the module sees no GPU'" \
+        || return 1
     python3 -m pytest -q -rs tests/test_cuda.py -p no:cacheprovider
 }
 

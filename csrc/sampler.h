@@ -15,6 +15,9 @@ struct SamplingParams {
     int top_k = 0;                   // 0: off
     float top_p = 1.0f;              // >= 1: off
     float repetition_penalty = 1.0f; // 1: off; > 1 discourages repeats (HF/CTRL convention)
+    // Reproducible per device kind: the CPU (mt19937_64, here) and the GPU (a counter-based hash, csrc/cuda/sampling.cu)
+    // draw from the same distribution with different generators, so for one seed only greedy decoding agrees
+    // across them.
     uint64_t seed = 0;
 };
 

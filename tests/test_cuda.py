@@ -7,6 +7,8 @@ model token for token, seeded sampling, chunked prompts, and the errors for bad 
 """
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -208,8 +210,26 @@ def test_gpu_q8_head_matches_cpu_q8_head(random_model):
     for n in (1, 3, 9, 40):  # decode-sized and prompt-sized (all-logits rows in tiles)
         ids = rng.integers(0, net.config.vocab_size, size=n).tolist()
         _assert_close_to_cpu(gpu.logits(ids), cpu.logits(ids))
-    out = gpu.generate([1, 2, 3], 6)  # the decode graph with the int8 head
-    assert len(out) == 6 and all(0 <= t < net.config.vocab_size for t in out)
+    # The decode graph with the int8 head (PDL, batched): every greedy token is the argmax of the GPU's own q8
+    # logits (up to the decode/prompt attention rounding, as in test_gpu_greedy_is_argmax_of_its_own_logits), and
+    # the graph decodes exactly what the plain launch-by-launch path decodes, alone and in a batch of 3.
+    prompt = [1, 2, 3]
+    out = gpu.generate(prompt, 12)
+    lg = gpu.logits((prompt + out)[:-1])[len(prompt) - 1:]
+    picked = lg[np.arange(len(out)), out]
+    assert np.all(picked >= lg.max(-1) - 0.02 * max(1.0, float(np.abs(lg).max())))
+    prompts = [prompt, [7, 8], [9, 10, 11, 12]]
+    batched = _engine.Engine(path, device="cuda", head="q8", max_sequences=3).generate_batch(prompts, 12)
+    old = {k: os.environ.get(k) for k in ("BLLAMA_CUDA_PDL", "BLLAMA_CUDA_GRAPHS")}
+    os.environ.update(BLLAMA_CUDA_PDL="0", BLLAMA_CUDA_GRAPHS="0")
+    try:
+        plain = _engine.Engine(path, device="cuda", head="q8")
+        plain_out = [plain.generate(p, 12) for p in prompts]
+    finally:
+        for k, v in old.items():
+            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+    assert plain_out[0] == out
+    assert batched == plain_out
 
 
 @pytest.fixture(scope="module")

@@ -365,10 +365,13 @@ __global__ void __launch_bounds__(kDecodeThreads)
         // every thread fences its partial stores before the block counts itself).
         __shared__ int s_last;
         __shared__ float s_wt[QG][kAttnMaxSplits], s_inv[QG];
-        const int ns = attn_splits(len);
+        // At most gridDim.x splits count: with a position past the context (a caller's error, garbage out) the
+        // counter must still come back to zero, or every later launch would leave this output unwritten.
+        const int ns = min(attn_splits(len), static_cast<int>(gridDim.x));
         __threadfence();
         __syncthreads();
         if (threadIdx.x == 0) {
+            __threadfence();  // the release by the thread that counts, after the barrier gathered the block's stores
             int32_t* ctr = fa.counters + static_cast<int64_t>(t) * gridDim.y + blockIdx.y;
             s_last = atomicAdd(ctr, 1) == ns - 1;
             if (s_last) *ctr = 0;  // every split of this launch has counted: ready for the next launch

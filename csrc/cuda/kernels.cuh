@@ -142,7 +142,8 @@ void attention_decode(const float* q, int ldq, int n, const int32_t* pos, const 
 // key, attend to it (and its value) from registers and store both in the cache; the last block of each head group
 // to finish combines the splits. Results (out and the cache) are bit-identical to the two-step path; the q and k
 // columns of qkv are left unspecified (rotated or not). Head sizes other than 64 / 128 / 256 (or unaligned rows)
-// run the two-step path. workspace: as attention_decode's. counters: n * H int32, zero before the first call
+// run the two-step path. The tokens of one call must be in distinct slots (a decode step's are): a token's blocks
+// read the cache rows another token of the same launch may be writing. workspace: as attention_decode's. counters: n * H int32, zero before the first call
 // (cudaMemset once); every call leaves them zero. Their layout does not depend on n, so one buffer serves calls of
 // any token count up to its size.
 void attention_decode_rope(float* qkv, int ldq, int n, const int32_t* pos, const int32_t* slot, int layer, int H,

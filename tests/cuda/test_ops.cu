@@ -588,11 +588,15 @@ void test_attention_decode() {
 // sequence of positions, each against a fresh two-step run: the split counters must be back at zero after
 // every launch or a later replay leaves its output unwritten (poisoned).
 void test_attention_decode_rope() {
-    const HeadCfg cfgs[] = {{32, 32, 64}, {20, 5, 128}, {16, 2, 64}, {2, 2, 256}, {8, 1, 128}, {6, 3, 40}};
+    // Groups of 2 (and blocks with fewer live heads than their capacity: 3 and 6 of 4) with both cache types, and
+    // one context past 4096 per fused head size, where the chunks are longer than the minimum of 64 keys.
+    const HeadCfg cfgs[] = {{32, 32, 64}, {20, 5, 128}, {16, 2, 64}, {2, 2, 256}, {8, 1, 128}, {6, 3, 40},
+                            {8, 4, 128},  {12, 2, 64},  {6, 2, 256}, {12, 4, 128}};
     for (const HeadCfg& hc : cfgs) {
         for (bool f16 : {false, true}) {
             for (int n : {1, 4}) {
-                const int KV = hc.Hkv * hc.hd, D = hc.H * hc.hd, ctx = 1000, layers = 2, layer = 1, slots = 5;
+                const int KV = hc.Hkv * hc.hd, D = hc.H * hc.hd, layers = 2, layer = 1, slots = 5;
+                const int ctx = (hc.H == 8 && hc.Hkv == 4) || (hc.H == 6 && hc.Hkv == 2) ? 4500 : 1000;
                 const int ldq = D + 2 * KV + (n == 4 ? 4 : 0), ldo = D + 3;
                 std::vector<float> cs, sn;
                 rope_tables(ctx, hc.hd, 10000.0, cs, sn);
