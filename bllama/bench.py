@@ -21,12 +21,13 @@ import numpy as np
 from .config import bLlamaConfig
 
 
-def write_random_gguf(config: bLlamaConfig, path: Path, seed: int = 0) -> Path:
-    """A random b1.58 model of `config`'s shapes. One random code matrix per shape is reused by every layer
-    (each tensor still has its own bytes in the file, so nothing is shared in memory or cache)."""
+def write_random_gguf(config: bLlamaConfig, path: Path, seed: int = 0, weight_type: str = "tq2_0") -> Path:
+    """A random b1.58 model of `config`'s shapes (weight_type: export.TERNARY_TYPES). One random code matrix per
+    shape is reused by every layer (each tensor still has its own bytes in the file, so nothing is shared in memory
+    or cache)."""
     import gguf
 
-    from .export import PROJECTIONS, add_bitnet_metadata, pack_tq2_0
+    from .export import PROJECTIONS, add_bitnet_metadata, add_packed_tensor, gguf_arch, pack_ternary
 
     rng = np.random.default_rng(seed)
     c = config
@@ -37,8 +38,8 @@ def write_random_gguf(config: bLlamaConfig, path: Path, seed: int = 0) -> Path:
     packed = {}
     for name, shape in shapes.items():
         if shape not in packed:
-            packed[shape] = pack_tq2_0(rng.integers(-1, 2, size=shape, dtype=np.int8), 0.02)
-    w = gguf.GGUFWriter(str(path), "bitnet")
+            packed[shape] = pack_ternary(rng.integers(-1, 2, size=shape, dtype=np.int8), 0.02, weight_type)
+    w = gguf.GGUFWriter(str(path), gguf_arch(c, weight_type))
     add_bitnet_metadata(w, c)
     add_synthetic_vocab(w, c.vocab_size)
     w.add_tensor("token_embd.weight", (rng.standard_normal((c.vocab_size, c.hidden_size), dtype=np.float32) * 0.02)
@@ -52,7 +53,7 @@ def write_random_gguf(config: bLlamaConfig, path: Path, seed: int = 0) -> Path:
                           ("ffn_norm", c.hidden_size), ("ffn_sub_norm", c.ffn_size)):
             w.add_tensor(f"blk.{i}.{norm}.weight", np.ones(dim, np.float32))
         for name in PROJECTIONS.values():
-            w.add_tensor(f"blk.{i}.{name}.weight", packed[shapes[name]], raw_dtype=gguf.GGMLQuantizationType.TQ2_0)
+            add_packed_tensor(w, f"blk.{i}.{name}.weight", *packed[shapes[name]], shapes[name])
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
@@ -80,14 +81,13 @@ def add_synthetic_vocab(writer, vocab_size: int) -> None:
 def bytes_per_token(path: Path) -> int:
     """Bytes a decode step must read: every tensor once, except the embedding table, of which only one row is
     read unless it is also the (tied) head."""
-    import gguf
+    from . import _engine
 
-    r = gguf.GGUFReader(str(path))
-    names = {t.name: int(t.n_bytes) for t in r.tensors}
-    total = sum(names.values())
-    if "output.weight" in names:
-        emb = r.tensors[[t.name for t in r.tensors].index("token_embd.weight")]
-        total -= names["token_embd.weight"] - names["token_embd.weight"] // int(emb.shape[-1])
+    tensors = {t["name"]: t for t in _engine.gguf_tensors(str(path))}
+    total = sum(int(t["nbytes"]) for t in tensors.values())
+    if "output.weight" in tensors:
+        emb = tensors["token_embd.weight"]
+        total -= int(emb["nbytes"]) - int(emb["nbytes"]) // int(emb["dims"][-1])
     return total
 
 

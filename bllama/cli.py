@@ -239,7 +239,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("-o", "--output", required=True, help="the .gguf file (or, with --format hf, the folder) to write")
     e.add_argument("--format", default="gguf", choices=["gguf", "hf"],
                    help="gguf (our engine, llama.cpp) or hf (a transformers BitNetForCausalLM folder)")
-    e.add_argument("--type", default="tq2_0", choices=["tq2_0", "tq1_0"], help="ternary block type (default tq2_0)")
+    e.add_argument("--type", default="tq2_0", choices=["tq2_0", "tq1_0", "i2_s"],
+                   help="ternary weight type (default tq2_0; tq1_0: 1.6 bits; i2_s: bitnet.cpp's type, which upstream "
+                        "llama.cpp cannot read)")
     e.add_argument("--tokenizer", default=None, help="tokenizer.model (default: the one beside the checkpoint)")
     e.set_defaults(func=cmd_export)
 

@@ -1,6 +1,7 @@
 """Write a bLLaMa model as a GGUF file (llama.cpp arch `bitnet`) that our engine and llama.cpp both run.
 
-Ternary projections are TQ2_0 (or TQ1_0) with every block's `d` equal to the tensor scale, norms f32, the
+Ternary projections are TQ2_0 (or TQ1_0) with every block's `d` equal to the tensor scale (or bitnet.cpp's I2_S, one
+fp32 scale per tensor: those files run in bitnet.cpp and in our engine, not in upstream llama.cpp), norms f32, the
 embedding (and an untied head) f16, and the SentencePiece tokenizer embedded twice: as the standard
 `tokenizer.ggml.*` arrays and as the original model bytes (`bllama.tokenizer.sp_model`) so tokenization
 round-trips exactly. Written to a temporary file in the target folder, then renamed into place.
@@ -17,7 +18,9 @@ import torch
 
 from .config import bLlamaConfig
 
-TERNARY_TYPES = ("tq2_0", "tq1_0")
+TERNARY_TYPES = ("tq2_0", "tq1_0", "i2_s")
+I2_S = 36  # bitnet.cpp's ggml type id for I2_S (gguf-py has no name for it; upstream ggml left 36 unassigned)
+FILE_TYPE_I2_S = 40  # bitnet.cpp's LLAMA_FTYPE_MOSTLY_I2_S
 PROJECTIONS = {"attn.q_proj": "attn_q", "attn.k_proj": "attn_k", "attn.v_proj": "attn_v",
                "attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
                "mlp.down_proj": "ffn_down"}
@@ -40,7 +43,48 @@ def pack_tq2_0(codes: np.ndarray, scale: float) -> np.ndarray:
     return np.concatenate([qs.reshape(rows, cols // QK, 64), d], axis=-1).reshape(rows, -1)
 
 
+def pack_i2_s(codes: np.ndarray, scale: float) -> np.ndarray:
+    """Codes {-1,0,1} [rows, cols] -> bitnet.cpp's I2_S bytes (what its quantize_i2_s writes on x86): the values in
+    row-major order in blocks of 128, value j of a block in byte j % 32 at shift 6 - 2 (j // 32), as q + 1; then
+    the tensor's fp32 scale in a 32-byte tail."""
+    rows, cols = codes.shape
+    if cols % QK:
+        raise ValueError(f"I2_S rows must have a length that is a multiple of {QK} here, got {cols}")
+    q = (codes.astype(np.int8) + 1).astype(np.uint8).reshape(-1, 4, 32)
+    packed = (q[:, 0] << 6) | (q[:, 1] << 4) | (q[:, 2] << 2) | q[:, 3]
+    tail = np.zeros(32, np.uint8)
+    tail[:4] = np.frombuffer(np.float32(scale).tobytes(), np.uint8)
+    return np.concatenate([packed.reshape(-1), tail])
+
+
+def add_packed_tensor(writer, name: str, data: np.ndarray, qtype, shape: tuple) -> None:
+    """Adds pack_ternary's (data, qtype) for a [rows, cols] matrix to a gguf.GGUFWriter."""
+    if qtype == I2_S:
+        # gguf-py cannot name type 36: add the bytes as a 1-D int8 tensor, then give its info the real dims
+        # ({cols, rows}, as bitnet.cpp writes them) and type; its byte count and data stay as they are.
+        writer.add_tensor(name, data.view(np.int8))
+        info = writer.tensors[-1][name]
+        info.shape, info.dtype = tuple(shape), I2_S
+    else:
+        writer.add_tensor(name, data, raw_dtype=qtype)
+
+
+def add_ternary_tensor(writer, name: str, codes: np.ndarray, scale: float, weight_type: str) -> None:
+    """Adds the ternary matrix `codes` * `scale` to a gguf.GGUFWriter in `weight_type` (TERNARY_TYPES)."""
+    add_packed_tensor(writer, name, *pack_ternary(codes, scale, weight_type), codes.shape)
+
+
+def gguf_arch(cfg: bLlamaConfig, weight_type: str) -> str:
+    """llama.cpp's `bitnet` for TQ2_0 / TQ1_0. For I2_S, bitnet.cpp's name for the ReLU^2, tied-head graph
+    (`bitnet-b1.58`, the official 2B-4T file's) where the model is one, else `bitnet`, which bitnet.cpp runs
+    with SiLU."""
+    if weight_type == "i2_s" and cfg.activation == "relu2" and cfg.tie_embeddings:
+        return "bitnet-b1.58"
+    return "bitnet"
+
+
 def pack_ternary(codes: np.ndarray, scale: float, weight_type: str) -> tuple:
+    """(bytes, ggml type) of codes * scale in weight_type; add_packed_tensor writes them."""
     import gguf
 
     if weight_type == "tq2_0":
@@ -49,6 +93,8 @@ def pack_ternary(codes: np.ndarray, scale: float, weight_type: str) -> tuple:
         # gguf's TQ1_0 quantizer uses the block absmax as d, which is `scale` in every block with a nonzero.
         values = codes.astype(np.float32) * np.float32(np.float16(scale))
         return gguf.quants.quantize(values, gguf.GGMLQuantizationType.TQ1_0), gguf.GGMLQuantizationType.TQ1_0
+    if weight_type == "i2_s":
+        return pack_i2_s(codes, scale), I2_S
     raise ValueError(f"weight_type must be one of {TERNARY_TYPES}, got {weight_type!r}")
 
 
@@ -102,6 +148,8 @@ def export_gguf(model, tokenizer, path: Union[str, os.PathLike], weight_type: st
 
     net = model.model if hasattr(model, "model") and isinstance(model.model, Transformer) else model
     cfg: bLlamaConfig = net.config
+    if weight_type not in TERNARY_TYPES:
+        raise ValueError(f"weight_type must be one of {TERNARY_TYPES}, got {weight_type!r}")
     if not cfg.quantize:
         raise ValueError("this model has full-precision linear layers (quantize=False); only b1.58 models export")
     if cfg.bias:
@@ -114,11 +162,12 @@ def export_gguf(model, tokenizer, path: Union[str, os.PathLike], weight_type: st
 
     path = Path(path)
     tmp = _atomic_target(path)
-    w = gguf.GGUFWriter(str(tmp), "bitnet")
+    w = gguf.GGUFWriter(str(tmp), gguf_arch(cfg, weight_type))
     try:
         w.add_name(name)
         add_bitnet_metadata(w, cfg)
-        w.add_file_type(gguf.LlamaFileType.MOSTLY_TQ2_0 if weight_type == "tq2_0" else gguf.LlamaFileType.MOSTLY_TQ1_0)
+        w.add_file_type({"tq2_0": gguf.LlamaFileType.MOSTLY_TQ2_0, "tq1_0": gguf.LlamaFileType.MOSTLY_TQ1_0,
+                         "i2_s": FILE_TYPE_I2_S}[weight_type])
         add_tokenizer(w, tokenizer)
 
         with torch.no_grad():
@@ -135,9 +184,8 @@ def export_gguf(model, tokenizer, path: Union[str, os.PathLike], weight_type: st
                     w.add_tensor(f"blk.{i}.{gname}.weight", f32(block.get_submodule(attr).weight))
                 for attr, gname in PROJECTIONS.items():
                     layer = block.get_submodule(attr)
-                    codes = layer.ternary_codes().cpu().numpy()
-                    data, qtype = pack_ternary(codes, float(layer.ternary_scale()), weight_type)
-                    w.add_tensor(f"blk.{i}.{gname}.weight", data, raw_dtype=qtype)
+                    add_ternary_tensor(w, f"blk.{i}.{gname}.weight", layer.ternary_codes().cpu().numpy(),
+                                       float(layer.ternary_scale()), weight_type)
         w.write_header_to_file()
         w.write_kv_data_to_file()
         w.write_tensors_to_file(progress=progress)

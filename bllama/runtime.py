@@ -61,10 +61,23 @@ def _tokenizer_from_metadata(engine):
     if "tokenizer.ggml.tokens" not in keys:
         raise ValueError("the model file carries no tokenizer (no tokenizer.ggml.tokens)")
     model = engine.metadata("tokenizer.ggml.model") if "tokenizer.ggml.model" in keys else "llama"
-    if model != "llama":
-        raise ValueError(f"unsupported tokenizer.ggml.model {model!r} (SentencePiece 'llama', or 'gpt2' with the "
-                         "tokenizer.json embedded as bllama.tokenizer.hf_json, are supported)")
     tokens = list(engine.metadata("tokenizer.ggml.tokens"))
+    if model == "gpt2":  # byte-level BPE as llama.cpp / bitnet.cpp store it (e.g. the official BitNet 2B-4T file)
+        from .tokenizer_bpe import BPETokenizer, tokenizer_json_from_gguf
+
+        if "tokenizer.ggml.merges" not in keys:
+            raise ValueError("the model file's gpt2 tokenizer has no tokenizer.ggml.merges")
+        text = tokenizer_json_from_gguf(tokens, list(engine.metadata("tokenizer.ggml.merges")),
+                                        list(get("tokenizer.ggml.token_type", [1] * len(tokens))),
+                                        str(get("tokenizer.ggml.pre", "default")))
+        eos = [int(get(k)) for k in ("tokenizer.ggml.eos_token_id", "tokenizer.ggml.eot_token_id",
+                                     "tokenizer.ggml.eom_token_id") if k in keys]
+        return BPETokenizer(text, bos_id=get("tokenizer.ggml.bos_token_id"), eos_ids=list(dict.fromkeys(eos)),
+                            add_bos=bool(get("tokenizer.ggml.add_bos_token", True)),
+                            chat_template=get("tokenizer.chat_template"))
+    if model != "llama":
+        raise ValueError(f"unsupported tokenizer.ggml.model {model!r}: SentencePiece 'llama' and byte-level BPE "
+                         "'gpt2' are supported")
     return SentencePieceTokenizer.from_vocab(
         tokens, list(get("tokenizer.ggml.scores", [0.0] * len(tokens))),
         list(get("tokenizer.ggml.token_type", [1] * len(tokens))),

@@ -14,9 +14,52 @@ from __future__ import annotations
 import json
 from typing import Iterable, List, Optional, Sequence
 
-__all__ = ["BPETokenizer"]
+__all__ = ["BPETokenizer", "tokenizer_json_from_gguf"]
 
 TOKEN_TYPE_NORMAL, TOKEN_TYPE_CONTROL, TOKEN_TYPE_USER_DEFINED, TOKEN_TYPE_UNUSED = 1, 3, 4, 5
+
+# A GGUF file names its pre-tokenizer (tokenizer.ggml.pre, llama.cpp's names) rather than storing it. The split
+# patterns of the two families we rebuild: LLaMA-3's (letters, numbers of up to 3 digits, punctuation runs, newline
+# runs), and GPT-2's, which is byte-level BPE's own default (ByteLevel with use_regex).
+LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+                r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+LLAMA3_PRE = ("llama-bpe", "llama3", "llama-v3")
+GPT2_PRE = ("gpt2", "default")
+
+
+def tokenizer_json_from_gguf(tokens: Sequence[str], merges: Sequence[str], token_types: Sequence[int],
+                             pre: str = "default") -> str:
+    """A `tokenizer.json` for a byte-level BPE vocabulary stored as GGUF `gpt2` keys (tokens, token types, merges,
+    the pre-tokenizer's name), as in files converted by llama.cpp or bitnet.cpp without our own
+    `bllama.tokenizer.hf_json`. Control and user-defined tokens become added tokens (matched whole, before BPE)."""
+    if pre in LLAMA3_PRE:
+        pre_tokenizer = {"type": "Sequence", "pretokenizers": [
+            {"type": "Split", "pattern": {"Regex": LLAMA3_SPLIT}, "behavior": "Isolated", "invert": False},
+            {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": False}]}
+    elif pre in GPT2_PRE:
+        pre_tokenizer = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True}
+    else:
+        raise ValueError(f"unsupported tokenizer.ggml.pre {pre!r}: byte-level BPE files with the pre-tokenizer "
+                         f"{', '.join(LLAMA3_PRE + GPT2_PRE)} can be read")
+    if len(token_types) != len(tokens):
+        raise ValueError(f"tokenizer.ggml.token_type has {len(token_types)} entries for {len(tokens)} tokens")
+    # Every token goes into the BPE vocabulary (the library gives an added token that is not in it the next free
+    # id, whatever the file says); control and user-defined ones are added tokens as well.
+    vocab, added = {}, []
+    for i, (piece, kind) in enumerate(zip(tokens, token_types)):
+        piece, kind = str(piece), int(kind)  # the engine's metadata arrays hold numpy scalars
+        vocab.setdefault(piece, i)
+        if kind in (TOKEN_TYPE_CONTROL, TOKEN_TYPE_USER_DEFINED):
+            added.append({"id": i, "content": piece, "single_word": False, "lstrip": False, "rstrip": False,
+                          "normalized": False, "special": kind == TOKEN_TYPE_CONTROL})
+    model = {"type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": None,
+             "end_of_word_suffix": None, "fuse_unk": False, "byte_fallback": False,
+             "ignore_merges": pre in LLAMA3_PRE, "vocab": vocab, "merges": [str(m) for m in merges]}
+    return json.dumps({"version": "1.0", "truncation": None, "padding": None, "added_tokens": added,
+                       "normalizer": None, "pre_tokenizer": pre_tokenizer, "post_processor": None,
+                       "decoder": {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True,
+                                   "use_regex": True},
+                       "model": model})
 
 
 def _tokenizers():

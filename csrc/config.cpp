@@ -13,10 +13,14 @@ int64_t positive(const GgufFile& f, const std::string& key, int64_t v, int64_t m
 }  // namespace
 
 ModelConfig read_config(const GgufFile& f) {
+    // llama.cpp's 'bitnet' (SiLU unless bllama.activation says otherwise), and bitnet.cpp's names for the
+    // BitNet b1.58 2B-4T graph ('bitnet-b1.58', earlier 'bitnet-25': the same blocks with ReLU^2 in the FFN).
     const std::string arch = f.get_string("general.architecture");
-    if (arch != "bitnet")
-        throw ModelError("unsupported architecture '" + arch + "' (general.architecture): this engine runs 'bitnet' models");
-    const std::string p = "bitnet.";
+    const bool b158 = arch == "bitnet-b1.58" || arch == "bitnet-25";
+    if (arch != "bitnet" && !b158)
+        throw ModelError("unsupported architecture '" + arch +
+                         "' (general.architecture): this engine runs 'bitnet', 'bitnet-b1.58' and 'bitnet-25' models");
+    const std::string p = arch + ".";
     auto geti = [&](const std::string& k, int64_t max) { return positive(f, p + k, f.get_int(p + k), max); };
 
     ModelConfig c;
@@ -29,9 +33,9 @@ ModelConfig read_config(const GgufFile& f) {
     c.rms_eps = static_cast<float>(f.get_float(p + "attention.layer_norm_rms_epsilon"));
     c.rope_theta = static_cast<float>(f.get_float(p + "rope.freq_base", 10000.0));
     if (!(c.rms_eps > 0.0f && c.rms_eps < 1.0f))
-        throw ModelError("metadata 'bitnet.attention.layer_norm_rms_epsilon' = " + std::to_string(c.rms_eps) + " is not in (0, 1)");
+        throw ModelError("metadata '" + p + "attention.layer_norm_rms_epsilon' = " + std::to_string(c.rms_eps) + " is not in (0, 1)");
     if (!(c.rope_theta > 1.0f && c.rope_theta < 1e12f))
-        throw ModelError("metadata 'bitnet.rope.freq_base' = " + std::to_string(c.rope_theta) + " is not in (1, 1e12)");
+        throw ModelError("metadata '" + p + "rope.freq_base' = " + std::to_string(c.rope_theta) + " is not in (1, 1e12)");
 
     if (c.dim % c.n_heads != 0)
         throw ModelError("embedding_length " + std::to_string(c.dim) + " is not divisible by head_count " + std::to_string(c.n_heads));
@@ -49,7 +53,7 @@ ModelConfig read_config(const GgufFile& f) {
     c.ffn_in = (c.ffn + 255) / 256 * 256;
     c.sub_norms = f.get_bool("bllama.sub_norms", true);
 
-    const std::string act = f.get_string("bllama.activation", "silu");
+    const std::string act = f.get_string("bllama.activation", b158 ? "relu2" : "silu");
     if (act == "silu") c.activation = Activation::Silu;
     else if (act == "relu2") c.activation = Activation::Relu2;
     else throw ModelError("metadata 'bllama.activation' = '" + act + "': expected 'silu' or 'relu2'");

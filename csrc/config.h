@@ -39,7 +39,7 @@ struct ModelConfig {
     // bllama.sub_norms (default true): the "subln" block. False: no attn_sub_norm / ffn_sub_norm
     // (HF1BitLLM / Falcon3-1.58bit LLaMA blocks); o_proj and down_proj read their inputs unnormalized.
     bool sub_norms = true;
-    uint32_t weight_type = 35;  // ggml type of the projections (TQ2_0 or TQ1_0)
+    uint32_t weight_type = 35;  // ggml type of the projections (TQ2_0, TQ1_0 or I2_S)
 
     int64_t kv_dim() const { return n_kv_heads * head_dim; }
 };

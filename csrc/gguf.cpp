@@ -145,12 +145,16 @@ size_t gguf_scalar_size(GgufType t) {
 
 const GgmlTypeInfo* ggml_type_info(uint32_t type) {
     static const struct { uint32_t id; GgmlTypeInfo info; } table[] = {
-        {0, {"F32", 1, 4}},       {1, {"F16", 1, 2}},       {2, {"Q4_0", 32, 18}},   {3, {"Q4_1", 32, 20}},
-        {6, {"Q5_0", 32, 22}},    {7, {"Q5_1", 32, 24}},    {8, {"Q8_0", 32, 34}},   {9, {"Q8_1", 32, 36}},
-        {10, {"Q2_K", 256, 84}},  {11, {"Q3_K", 256, 110}}, {12, {"Q4_K", 256, 144}}, {13, {"Q5_K", 256, 176}},
-        {14, {"Q6_K", 256, 210}}, {15, {"Q8_K", 256, 292}}, {24, {"I8", 1, 1}},      {25, {"I16", 1, 2}},
-        {26, {"I32", 1, 4}},      {27, {"I64", 1, 8}},      {28, {"F64", 1, 8}},     {30, {"BF16", 1, 2}},
-        {34, {"TQ1_0", 256, 54}}, {35, {"TQ2_0", 256, 66}},
+        {0, {"F32", 1, 4, 0}},       {1, {"F16", 1, 2, 0}},       {2, {"Q4_0", 32, 18, 0}},
+        {3, {"Q4_1", 32, 20, 0}},    {6, {"Q5_0", 32, 22, 0}},    {7, {"Q5_1", 32, 24, 0}},
+        {8, {"Q8_0", 32, 34, 0}},    {9, {"Q8_1", 32, 36, 0}},    {10, {"Q2_K", 256, 84, 0}},
+        {11, {"Q3_K", 256, 110, 0}}, {12, {"Q4_K", 256, 144, 0}}, {13, {"Q5_K", 256, 176, 0}},
+        {14, {"Q6_K", 256, 210, 0}}, {15, {"Q8_K", 256, 292, 0}}, {24, {"I8", 1, 1, 0}},
+        {25, {"I16", 1, 2, 0}},      {26, {"I32", 1, 4, 0}},      {27, {"I64", 1, 8, 0}},
+        {28, {"F64", 1, 8, 0}},      {30, {"BF16", 1, 2, 0}},     {34, {"TQ1_0", 256, 54, 0}},
+        {35, {"TQ2_0", 256, 66, 0}},
+        // bitnet.cpp (ggml_nbytes): 128 codes in 32 bytes, then one fp32 scale for the tensor in a 32-byte tail.
+        {36, {"I2_S", 128, 32, 32}},
     };
     for (const auto& e : table)
         if (e.id == type) return &e.info;
@@ -261,7 +265,8 @@ void GgufFile::parse() {
         if (t.dims[0] % ti->block_elems != 0)
             throw GgufError(what + ": row length " + std::to_string(t.dims[0]) + " is not a multiple of the " +
                             ti->name + " block size " + std::to_string(ti->block_elems) + at(nd_pos));
-        t.nbytes = n_el / static_cast<uint64_t>(ti->block_elems) * static_cast<uint64_t>(ti->block_bytes);
+        t.nbytes = n_el / static_cast<uint64_t>(ti->block_elems) * static_cast<uint64_t>(ti->block_bytes) +
+                   static_cast<uint64_t>(ti->tail_bytes);
         const size_t off_pos = c.pos();
         t.offset = c.read<uint64_t>("data offset of " + what);
         if (t.offset % alignment_ != 0)

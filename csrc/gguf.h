@@ -34,11 +34,13 @@ enum class GgmlType : uint32_t {
     F32 = 0, F16 = 1, Q4_0 = 2, Q4_1 = 3, Q5_0 = 6, Q5_1 = 7, Q8_0 = 8, Q8_1 = 9,
     Q2_K = 10, Q3_K = 11, Q4_K = 12, Q5_K = 13, Q6_K = 14, Q8_K = 15,
     I8 = 24, I16 = 25, I32 = 26, I64 = 27, F64 = 28, BF16 = 30, TQ1_0 = 34, TQ2_0 = 35,
+    I2_S = 36,  // bitnet.cpp's 2-bit ternary type (an id upstream ggml left unassigned; kernels/ternary.h)
 };
 struct GgmlTypeInfo {
     const char* name;
     int64_t block_elems;  // values per block
     int64_t block_bytes;  // bytes per block
+    int64_t tail_bytes;   // bytes after a tensor's blocks (I2_S: its fp32 scale, padded to 32)
 };
 const GgmlTypeInfo* ggml_type_info(uint32_t type);  // nullptr when unknown
 std::string ggml_type_name(uint32_t type);

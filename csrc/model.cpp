@@ -87,11 +87,14 @@ const uint16_t* f16_matrix(const GgufTensor& t, std::vector<uint16_t>& owned) {
 
 BitLinear bitlinear(const GgufFile& f, TensorChecker& tc, const std::string& prefix, int64_t in, int64_t out) {
     const std::string name = prefix + ".weight";
-    const GgufTensor& t = tc.get(name, {in, out}, {GgmlType::TQ2_0, GgmlType::TQ1_0});
+    const GgufTensor& t = tc.get(name, {in, out}, {GgmlType::TQ2_0, GgmlType::TQ1_0, GgmlType::I2_S});
     BitLinear b;
     try {
-        b.w = t.type == static_cast<uint32_t>(GgmlType::TQ2_0) ? TernaryMatrix::from_tq2_0(t.data, out, in)
-                                                               : TernaryMatrix::from_tq1_0(t.data, out, in);
+        switch (static_cast<GgmlType>(t.type)) {
+            case GgmlType::TQ2_0: b.w = TernaryMatrix::from_tq2_0(t.data, out, in); break;
+            case GgmlType::TQ1_0: b.w = TernaryMatrix::from_tq1_0(t.data, out, in); break;
+            default: b.w = TernaryMatrix::from_i2_s(t.data, out, in); break;
+        }
     } catch (const std::invalid_argument& e) {
         throw ModelError("tensor '" + name + "': " + e.what());
     }

@@ -323,6 +323,21 @@ PYBIND11_MODULE(_engine, m) {
         }
     });
 
+    m.def("gguf_tensors", [](const std::string& path) {
+            // The validating reader's view of a file's tensors (gguf-py's reader cannot name bitnet.cpp's I2_S).
+            const GgufFile f = GgufFile::open(path);
+            py::list out;
+            for (const GgufTensor& t : f.tensors()) {
+                py::dict d;
+                d["name"] = t.name;
+                d["type"] = ggml_type_name(t.type);
+                d["dims"] = std::vector<int64_t>(t.dims, t.dims + t.n_dims);
+                d["nbytes"] = t.nbytes;
+                out.append(d);
+            }
+            return out;
+        }, py::arg("path"), "[{name, type, dims (ggml order), nbytes}] of every tensor in a GGUF file.");
+
     m.def("cuda_compiled", &bllama::cuda_compiled, "True when this build has the CUDA backend.");
     m.def("cuda_device_count", &bllama::cuda_device_count, "CUDA devices visible (0 without a driver or GPU).");
     m.def("cuda_device_description", &bllama::cuda_device_description,

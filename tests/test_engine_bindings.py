@@ -20,10 +20,10 @@ def _export(net, path, weight_type="tq2_0"):
     """Write a quantized Transformer like bllama.export does, with a synthetic tokenizer."""
     import gguf
 
-    from bllama.export import NORMS, PROJECTIONS, add_bitnet_metadata, pack_ternary
+    from bllama.export import NORMS, PROJECTIONS, add_bitnet_metadata, add_ternary_tensor, gguf_arch
 
     cfg = net.config
-    w = gguf.GGUFWriter(str(path), "bitnet")
+    w = gguf.GGUFWriter(str(path), gguf_arch(cfg, weight_type))
     add_bitnet_metadata(w, cfg)
     w.add_tokenizer_model("llama")
     w.add_token_list([f"tok{i}" for i in range(cfg.vocab_size - 1)] + ["caf\u00e9"])
@@ -43,8 +43,8 @@ def _export(net, path, weight_type="tq2_0"):
             w.add_tensor(f"blk.{i}.{gname}.weight", f32(block.get_submodule(attr).weight))
         for attr, gname in PROJECTIONS.items():
             layer = block.get_submodule(attr)
-            data, qtype = pack_ternary(layer.ternary_codes().cpu().numpy(), float(layer.ternary_scale()), weight_type)
-            w.add_tensor(f"blk.{i}.{gname}.weight", data, raw_dtype=qtype)
+            add_ternary_tensor(w, f"blk.{i}.{gname}.weight", layer.ternary_codes().cpu().numpy(),
+                               float(layer.ternary_scale()), weight_type)
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file(progress=False)

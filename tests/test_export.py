@@ -62,6 +62,27 @@ def test_export_writes_bitnet_gguf(tmp_path, sp_tokenizer, weight_type, kw):
     assert tensors["token_embd.weight"].tensor_type == gguf.GGMLQuantizationType.F16
 
 
+@pytest.mark.parametrize("kw,arch", [(dict(), "bitnet"), (dict(activation="relu2"), "bitnet-b1.58"),
+                                     (dict(activation="relu2", tie_embeddings=False), "bitnet")])
+def test_export_i2_s_for_bitnet_cpp(tmp_path, sp_tokenizer, kw, arch):
+    """I2_S export: bitnet.cpp's b1.58 architecture where the model is one (ReLU^2, tied head), else `bitnet`;
+    every projection is the exact I2_S bytes of its codes and fp32 scale, and the engine runs the file."""
+    from bllama import _engine
+    from bllama.export import pack_i2_s
+
+    torch.manual_seed(1)
+    m = bLlama(small_cfg(sp_tokenizer.vocab_size, **kw))
+    m.quantize_weights_to_ternary()
+    path = export_gguf(m, sp_tokenizer, tmp_path / "m.gguf", weight_type="i2_s")
+    e = _engine.Engine(str(path), threads=1)
+    assert e.metadata("general.architecture") == arch and e.config["weight_type"] == "I2_S"
+    assert e.config["activation"] == kw.get("activation", "silu")
+    raw = path.read_bytes()
+    layer = m.model.layers[1].mlp.down_proj
+    assert pack_i2_s(layer.weight_codes.numpy(), layer.weight_scale.item()).tobytes() in raw
+    assert e.logits([1, 2, 3]).shape == (3, sp_tokenizer.vocab_size)
+
+
 def test_export_rejects_what_it_cannot_write(tmp_path, sp_tokenizer):
     v = sp_tokenizer.vocab_size
     with pytest.raises(ValueError, match="vocab_size"):

@@ -84,7 +84,7 @@ def engine_vs_torch(tmp_path, tokenizer, model, weight_type, n=80, seed=0):
     dict(num_heads=4, num_kv_heads=1, tie_embeddings=False),            # MQA + untied head
     dict(num_heads=2, num_kv_heads=2, hidden_size=512, ffn_size=768, rope_theta=500000.0),
 ])
-@pytest.mark.parametrize("weight_type", ["tq2_0", "tq1_0"])
+@pytest.mark.parametrize("weight_type", ["tq2_0", "tq1_0", "i2_s"])  # i2_s + relu2 + tied: bitnet.cpp's b1.58 arch
 def test_random_models_match_pytorch(tmp_path, sp_tokenizer, kw, weight_type):
     torch.manual_seed(sum(map(ord, weight_type + str(sorted(kw.items())))))
     model = random_model(sp_tokenizer.vocab_size, num_layers=2, **kw)

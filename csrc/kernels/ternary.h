@@ -52,6 +52,10 @@ public:
     // Throws std::invalid_argument on bad shapes.
     static TernaryMatrix from_tq2_0(const uint8_t* blocks, int64_t rows, int64_t cols);
     static TernaryMatrix from_tq1_0(const uint8_t* blocks, int64_t rows, int64_t cols);
+    // From bitnet.cpp's I2_S tensor data: rows * cols / 4 bytes of codes (128 values per 32 bytes, row-major),
+    // then the tensor's fp32 scale. cols % 256 == 0. Throws std::invalid_argument on bad shapes, code 3 or a
+    // scale that is not finite.
+    static TernaryMatrix from_i2_s(const uint8_t* data, int64_t rows, int64_t cols);
     // From codes in {-1,0,1} (row-major) and one scale for the whole tensor (tests, benchmarks).
     static TernaryMatrix from_codes(const int8_t* codes, int64_t rows, int64_t cols, float scale);
 

@@ -91,43 +91,79 @@ uint16_t load_u16(const uint8_t* p) { return static_cast<uint16_t>(p[0] | (p[1] 
 
 }  // namespace
 
+namespace {
+
+// TQ2_0 and I2_S both store a 256-value block as 64 bytes of bit planes: within each half of 128 values, byte m
+// holds values m, m + 32, m + 64, m + 96 as q + 1, in the bit pairs at shifts 0, 2, 4, 6 (TQ2_0) or 6, 4, 2, 0
+// (I2_S). Word-at-a-time repack of one block into row r's chunks (the load path of every model, ~4x faster than
+// per element): a 16-column chunk is one bit pair of 16 consecutive bytes, so two u64 loads, a shift and a mask
+// give its 16 codes, and four shifted 32-bit slices of those OR straight into our 4 bytes per row per chunk.
+// Returns whether the block has a nonzero code; throws on code 3.
+bool repack_plane_block(const uint8_t* blk, bool msb_first, uint8_t* row_dst, int64_t b, const char* who, int64_t r) {
+    static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "the u64 view of the block bytes assumes little endian");
+    constexpr uint64_t kLow = 0x5555555555555555ull, kMask = 0x0303030303030303ull;
+    uint64_t w[8];
+    std::memcpy(w, blk, 64);
+    bool nonzero = false;
+    for (uint64_t v : w) {
+        if (v & (v >> 1) & kLow)
+            throw std::invalid_argument(std::string(who) + ": code 3 is not ternary (row " + std::to_string(r) + ")");
+        nonzero |= v != kLow;
+    }
+    for (int lc = 0; lc < 16; ++lc) {
+        const int h = lc / 8, j = (lc % 8) / 2, half16 = lc % 2;
+        const int shift = 2 * (msb_first ? 3 - j : j);
+        const uint64_t lo = (w[h * 4 + half16 * 2] >> shift) & kMask;
+        const uint64_t hi = (w[h * 4 + half16 * 2 + 1] >> shift) & kMask;
+        const uint32_t out = static_cast<uint32_t>(lo) | static_cast<uint32_t>(lo >> 32) << 2 |
+                             static_cast<uint32_t>(hi) << 4 | static_cast<uint32_t>(hi >> 32) << 6;
+        std::memcpy(row_dst + (b * kBlock / kChunkCols + lc) * kChunkBytes, &out, 4);
+    }
+    return nonzero;
+}
+
+uint8_t* row_dst(TernaryMatrix::Impl& m, int64_t r) {
+    return m.packed.get() + (r / kGroupRows) * m.cols * 4 + (r % kGroupRows) * 4;
+}
+
+}  // namespace
+
 TernaryMatrix TernaryMatrix::from_tq2_0(const uint8_t* blocks, int64_t rows, int64_t cols) {
     check_shape(rows, cols);
     auto m = new_impl(rows, cols);
     ScaleTracker tr;
-    static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "the u64 view of the TQ2_0 bytes assumes little endian");
-    constexpr uint64_t kLow = 0x5555555555555555ull, kMask = 0x0303030303030303ull;
-    // Word-at-a-time repack (the load path of every model, ~4x faster than per element): a 16-column
-    // chunk of a TQ2_0 block is bit-plane j of 16 consecutive bytes (half h = chunk / 8,
-    // j = (chunk % 8) / 2), so two u64 loads, a shift and a mask give its 16 codes, and four shifted
-    // 32-bit slices of those OR straight into our 4 bytes per row per chunk.
     for (int64_t r = 0; r < rows; ++r) {
-        uint8_t* dst = m->packed.get() + (r / kGroupRows) * cols * 4 + (r % kGroupRows) * 4;
         for (int64_t b = 0; b < m->nb; ++b) {
             const uint8_t* blk = blocks + (r * m->nb + b) * kTq2BlockBytes;
-            uint64_t w[8];
-            std::memcpy(w, blk, 64);
-            bool nonzero = false;
-            for (uint64_t v : w) {
-                if (v & (v >> 1) & kLow)
-                    throw std::invalid_argument("TernaryMatrix::from_tq2_0: code 3 is not ternary (row " +
-                                                std::to_string(r) + ")");
-                nonzero |= v != kLow;
-            }
-            for (int lc = 0; lc < 16; ++lc) {
-                const int h = lc / 8, j = (lc % 8) / 2, half16 = lc % 2;
-                const uint64_t lo = (w[h * 4 + half16 * 2] >> (2 * j)) & kMask;
-                const uint64_t hi = (w[h * 4 + half16 * 2 + 1] >> (2 * j)) & kMask;
-                const uint32_t out = static_cast<uint32_t>(lo) | static_cast<uint32_t>(lo >> 32) << 2 |
-                                     static_cast<uint32_t>(hi) << 4 | static_cast<uint32_t>(hi >> 32) << 6;
-                std::memcpy(dst + (b * kBlock / kChunkCols + lc) * kChunkBytes, &out, 4);
-            }
+            const bool nonzero = repack_plane_block(blk, false, row_dst(*m, r), b, "TernaryMatrix::from_tq2_0", r);
             const float d = f16_to_f32(load_u16(blk + 64));
             m->d_ptr(r / kGroupRows)[b * kGroupRows + r % kGroupRows] = nonzero ? d : 0.0f;
             if (nonzero) tr.add(d);
         }
     }
     finish(*m, tr);
+    TernaryMatrix out;
+    out.impl_ = std::move(m);
+    return out;
+}
+
+TernaryMatrix TernaryMatrix::from_i2_s(const uint8_t* data, int64_t rows, int64_t cols) {
+    check_shape(rows, cols);
+    auto m = new_impl(rows, cols);
+    float scale;
+    std::memcpy(&scale, data + rows * cols / 4, 4);  // the tensor's scale follows its codes
+    if (!std::isfinite(scale))
+        throw std::invalid_argument("TernaryMatrix::from_i2_s: the tensor scale " + std::to_string(scale) +
+                                    " is not finite");
+    for (int64_t r = 0; r < rows; ++r) {
+        for (int64_t b = 0; b < m->nb; ++b) {
+            const uint8_t* blk = data + (r * m->nb + b) * 64;
+            const bool nonzero = repack_plane_block(blk, true, row_dst(*m, r), b, "TernaryMatrix::from_i2_s", r);
+            m->d_ptr(r / kGroupRows)[b * kGroupRows + r % kGroupRows] = nonzero ? scale : 0.0f;
+        }
+    }
+    m->uniform = true;  // one scale for the whole tensor, as from_codes
+    m->scale = scale;
     TernaryMatrix out;
     out.impl_ = std::move(m);
     return out;

@@ -99,6 +99,23 @@ static void test_ternary_blocks() {
     }
 }
 
+// bitnet.cpp's I2_S (type 36): rows * cols / 4 code bytes plus a 32-byte tail holding the tensor's scale
+// (ggml_nbytes in its fork); a file one byte short of that is refused, and rows must be whole 128-blocks.
+static void test_i2_s_size() {
+    const std::vector<uint8_t> codes(256 * 3 / 4 + 32, 0x55);
+    auto file = [&](size_t bytes, uint64_t cols) {
+        GgufBuilder g;
+        g.string("general.architecture", "bitnet-b1.58");
+        g.tensor("w", {cols, 3}, 36, std::vector<uint8_t>(codes.begin(), codes.begin() + static_cast<long>(bytes)));
+        return g.build();
+    };
+    GgufFile f = GgufFile::from_bytes(file(codes.size(), 256));
+    const GgufTensor* t = f.find_tensor("w");
+    CHECK(t && t->nbytes == 256 * 3 / 4 + 32 && ggml_type_name(t->type) == "I2_S");
+    CHECK(throws<GgufError>([&] { GgufFile::from_bytes(file(codes.size() - 1, 256)); }, "runs past the end"));
+    CHECK(throws<GgufError>([&] { GgufFile::from_bytes(file(codes.size(), 200)); }, "I2_S block size 128"));
+}
+
 static std::vector<float> logits_of(GgufFile file, const std::vector<int32_t>& ids) {
     LoadOptions o;
     o.threads = 1;
@@ -180,6 +197,7 @@ static void test_model_errors() {
 int main() {
     test_metadata_round_trip();
     test_ternary_blocks();
+    test_i2_s_size();
     test_variants_load();
     test_model_config();
     test_model_errors();

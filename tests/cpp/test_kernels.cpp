@@ -246,6 +246,74 @@ static void test_bad_shapes() {
     CHECK(threw, "from_codes cols %% 256 != 0 must throw");
 }
 
+// bitnet.cpp's I2_S, written the way its quantize_i2_s writes it (element by element over the tensor's values in
+// blocks of 128: value j of a block goes to byte j % 32 at shift 6 - 2 (j / 32), as q + 1), then the fp32 scale
+// and zero padding to a 32-byte tail. Independent of the word-at-a-time decoder under test.
+static std::vector<uint8_t> to_i2_s(const std::vector<int8_t>& c, float scale) {
+    std::vector<uint8_t> out(c.size() / 4 + 32, 0);
+    for (size_t i = 0; i < c.size(); ++i) {
+        const size_t blk = i / 128, j = i % 128;
+        out[blk * 32 + j % 32] |= static_cast<uint8_t>((c[i] + 1) << (6 - 2 * (j / 32)));
+    }
+    std::memcpy(&out[c.size() / 4], &scale, 4);
+    return out;
+}
+
+static void test_i2_s() {
+    // Two bytes checked by hand: byte 0 holds columns 0, 32, 64, 96 (codes +1, -1, 0, +1 -> 2, 0, 1, 2 =
+    // 0b10000110); byte 40 holds columns 136, 168, 200, 232 of row 0 (0, 0, -1, 0 -> 0b01010001).
+    std::vector<int8_t> hand(512, 0);
+    hand[0] = 1, hand[32] = -1, hand[96] = 1, hand[200] = -1;
+    const auto hb = to_i2_s(hand, 0.5f);
+    CHECK(hb.size() == 512 / 4 + 32 && hb[0] == 0x86 && hb[40] == 0x51, "I2_S hand bytes %02x %02x", hb[0], hb[40]);
+    const TernaryMatrix hm = TernaryMatrix::from_i2_s(hb.data(), 2, 256);
+    int bad = 0;
+    for (int64_t k = 0; k < 512; ++k) bad += hm.code(k / 256, k % 256) != hand[static_cast<size_t>(k)];
+    CHECK(bad == 0, "I2_S hand vector: %d codes differ", bad);
+
+    // Random tensors: the same codes and scale as from_codes, so the same matrix (codes, scales, products).
+    for (int64_t rows : {1, 5, 17, 40})
+        for (int64_t cols : {256, 768, 2560}) {
+            const auto c = random_codes(rows, cols, 0.1);
+            const float scale = 0.0371f;
+            const auto bytes = to_i2_s(c, scale);
+            const TernaryMatrix a = TernaryMatrix::from_codes(c.data(), rows, cols, scale);
+            const TernaryMatrix b = TernaryMatrix::from_i2_s(bytes.data(), rows, cols);
+            int wrong = 0;
+            for (int64_t r = 0; r < rows; ++r)
+                for (int64_t k = 0; k < cols; ++k) wrong += b.code(r, k) != c[static_cast<size_t>(r * cols + k)];
+            CHECK(wrong == 0, "I2_S %ldx%ld: %d codes differ", long(rows), long(cols), wrong);
+            CHECK(b.uniform_scale() && b.rows() == rows && b.cols() == cols && b.bytes() == a.bytes(), "I2_S shape/scale");
+            const auto x = make_acts(3, cols);
+            QuantizedActs qa;
+            quantize_acts(x.data(), 3, cols, qa);
+            std::vector<float> ya(static_cast<size_t>(3 * rows)), yb(ya.size());
+            ternary_matmul(a, qa, ya.data(), rows, 0, rows);
+            ternary_matmul(b, qa, yb.data(), rows, 0, rows);
+            CHECK(std::memcmp(ya.data(), yb.data(), ya.size() * 4) == 0, "I2_S %ldx%ld: products differ from from_codes",
+                  long(rows), long(cols));
+        }
+
+    auto throws = [](const std::vector<uint8_t>& d, int64_t rows, int64_t cols) {
+        try {
+            (void)TernaryMatrix::from_i2_s(d.data(), rows, cols);
+        } catch (const std::invalid_argument&) {
+            return true;
+        }
+        return false;
+    };
+    std::vector<uint8_t> ok = to_i2_s(std::vector<int8_t>(512, 0), 1.0f);
+    CHECK(!throws(ok, 2, 256), "a valid all-zero I2_S tensor must load");
+    std::vector<uint8_t> bad3 = ok;
+    bad3[77] = 0x57;  // one field == 3
+    CHECK(throws(bad3, 2, 256), "I2_S with a code of 3 must throw");
+    CHECK(throws(ok, 4, 128), "I2_S cols %% 256 != 0 must throw");
+    std::vector<uint8_t> nan_scale = ok;
+    const float nan = std::nanf("");
+    std::memcpy(&nan_scale[128], &nan, 4);
+    CHECK(throws(nan_scale, 2, 256), "I2_S with a NaN scale must throw");
+}
+
 static void test_quantize() {
     // Hand-checked ties: absmax 127 gives a == 1 exactly ((1/127) * 127 rounds to 1 in fp32).
     {
@@ -443,6 +511,7 @@ int main() {
     std::printf(" (best: %s)\n", kernel_name(best_kernel()));
     struct { const char* name; void (*fn)(); } tests[] = {
         {"gguf_vectors", test_gguf_vectors}, {"round_trips", test_round_trips}, {"bad_shapes", test_bad_shapes},
+        {"i2_s", test_i2_s},
         {"quantize", test_quantize},         {"scalar_vs_naive", test_scalar_vs_naive},
         {"simd_vs_scalar", test_simd_vs_scalar}, {"f16", test_f16},
     };
