@@ -9,8 +9,9 @@
 //   decode      tok/s at batch 1 with the graph-captured step and without graphs (launch by launch),
 //               and batched (B sequences per step); per-step times are host-clock medians of whole steps,
 //               including the 4-byte token copy and the synchronization that generation really pays;
-//   variants    the decode paths A/B (CudaOptions pdl, prefetch_l2, fuse_attn, fuse_norm): baseline (none), pdl (the
-//               default), pdl+prefetch, fuse_attn+pdl, fuse_attn+pdl+prefetch, fuse_attn+fuse_norm+pdl, each its own CudaModel (4 slots, built from the same CPU model, one at a time,
+//   variants    the decode paths A/B (CudaOptions pdl, prefetch_l2, fuse_attn, fuse_norm, norm_tail): baseline (none), pdl
+//               (the default), pdl+prefetch, fuse_attn+pdl, fuse_attn+pdl+prefetch, norm_tail+pdl, fuse_attn+norm_tail+pdl+pf
+//               (fuse_norm lost to pdl on 2026-11-28 and left the table), each its own CudaModel (4 slots, built from the same CPU model, one at a time,
 //               after the main model is freed), graph-captured decode at batch 1, 2 and 4; two rounds, the
 //               variants interleaved, so the spread between rounds of one variant shows the noise;
 //   floor       the bandwidth floor at batch 1: copy GB/s / bytes a step must read (ternary weights, f16 head,
@@ -219,18 +220,19 @@ int main(int argc, char** argv) {
     // The opt-in decode paths, A/B: each variant its own model; two rounds, variants interleaved.
     struct Variant {
         const char* name;
-        bool fuse_norm, pdl, fuse_attn, prefetch;
+        bool fuse_norm, pdl, fuse_attn, prefetch, norm_tail;
         bool pdl_active = false;
         std::vector<std::vector<DecodeResult>> by_batch;  // [batch index][round]
-        Variant(const char* n, bool f, bool p, bool a, bool l2)
-            : name(n), fuse_norm(f), pdl(p), fuse_attn(a), prefetch(l2), by_batch(3) {}
+        Variant(const char* n, bool f, bool p, bool a, bool l2, bool t = false)
+            : name(n), fuse_norm(f), pdl(p), fuse_attn(a), prefetch(l2), norm_tail(t), by_batch(3) {}
     };
     const int var_batches[3] = {1, 2, 4};
     std::vector<Variant> var;
     if (variants) {
         var = {{"baseline", false, false, false, false},      {"pdl", false, true, false, false},
                {"pdl+prefetch", false, true, false, true},     {"fuse_attn+pdl", false, true, true, false},
-               {"fuse_attn+pdl+prefetch", false, true, true, true}, {"fuse_attn+fuse_norm+pdl", true, true, true, false}};
+               {"fuse_attn+pdl+prefetch", false, true, true, true}, {"norm_tail+pdl", false, true, false, false, true},
+               {"fuse_attn+norm_tail+pdl+pf", false, true, true, true, true}};
         for (int round = 0; round < 2; ++round)
             for (Variant& v : var) {
                 CudaOptions vo = co;
@@ -239,6 +241,7 @@ int main(int argc, char** argv) {
                 vo.pdl = v.pdl;
                 vo.fuse_attn = v.fuse_attn;
                 vo.prefetch_l2 = v.prefetch;
+                vo.norm_tail = v.norm_tail;
                 CudaModel mv(*cpu, vo);
                 v.pdl_active = mv.pdl_active();
                 for (int bi = 0; bi < 3; ++bi) v.by_batch[bi].push_back(run_decode(mv, var_batches[bi], decode_prompt, n_decode));
@@ -269,14 +272,14 @@ int main(int argc, char** argv) {
     if (!var.empty()) {
         std::printf("\ndecode variants (own 4-slot model each, graphs; tok/s: mean of 2 rounds, spread = (max - min) / mean;"
                     " vs base: B=1)\n");
-        std::printf("%-25s %10s %7s %9s %10s %7s %10s %7s %8s\n", "variant", "B=1 tok/s", "spread", "ms/step", "B=2 tok/s",
+        std::printf("%-28s %10s %7s %9s %10s %7s %10s %7s %8s\n", "variant", "B=1 tok/s", "spread", "ms/step", "B=2 tok/s",
                     "spread", "B=4 tok/s", "spread", "vs base");
         const double base1 = mean_tok_s(var.front().by_batch[0]);
         for (const Variant& v : var) {
             std::vector<double> ms;
             for (const DecodeResult& r : v.by_batch[0]) ms.push_back(r.step_ms);
             const std::string name = std::string(v.name) + (v.pdl && !v.pdl_active ? " (no PDL)" : "");
-            std::printf("%-25s %10.0f %6.1f%% %9.3f %10.0f %6.1f%% %10.0f %6.1f%% %+7.1f%%\n", name.c_str(),
+            std::printf("%-28s %10.0f %6.1f%% %9.3f %10.0f %6.1f%% %10.0f %6.1f%% %+7.1f%%\n", name.c_str(),
                         mean_tok_s(v.by_batch[0]), spread_pct(v.by_batch[0]), median(ms), mean_tok_s(v.by_batch[1]),
                         spread_pct(v.by_batch[1]), mean_tok_s(v.by_batch[2]), spread_pct(v.by_batch[2]),
                         100.0 * (mean_tok_s(v.by_batch[0]) / base1 - 1.0));
@@ -300,11 +303,12 @@ int main(int argc, char** argv) {
             const Variant& v = var[i];
             for (int bi = 0; bi < 3; ++bi) {
                 const std::vector<DecodeResult>& r = v.by_batch[bi];
-                std::fprintf(f, "%s\n  {\"name\": \"%s\", \"fuse_norm\": %s, \"pdl\": %s, \"fuse_attn\": %s, \"prefetch_l2\": %s, \"pdl_active\": %s, "
+                std::fprintf(f, "%s\n  {\"name\": \"%s\", \"fuse_norm\": %s, \"pdl\": %s, \"fuse_attn\": %s, \"prefetch_l2\": %s, \"norm_tail\": %s, \"pdl_active\": %s, "
                                 "\"batch\": %d, "
                                 "\"tok_s\": %.1f, \"spread_pct\": %.2f, \"rounds\": [",
                              i || bi ? "," : "", v.name, v.fuse_norm ? "true" : "false", v.pdl ? "true" : "false",
-                             v.fuse_attn ? "true" : "false", v.prefetch ? "true" : "false", v.pdl_active ? "true" : "false", var_batches[bi], mean_tok_s(r), spread_pct(r));
+                             v.fuse_attn ? "true" : "false", v.prefetch ? "true" : "false", v.norm_tail ? "true" : "false",
+                             v.pdl_active ? "true" : "false", var_batches[bi], mean_tok_s(r), spread_pct(r));
                 for (size_t k = 0; k < r.size(); ++k)
                     std::fprintf(f, "%s{\"tok_s\": %.1f, \"step_ms\": %.4f}", k ? ", " : "", r[k].tok_s, r[k].step_ms);
                 std::fprintf(f, "]}");

@@ -185,6 +185,14 @@ public:
                 }, true);
                 gemv_row(m, n, "norm+gemv+pdl", norm_gemv, true);
                 gemv_row(m, n, "gemv_normed+pdl", normed, true);
+                // The norm of the GEMV's own output for the next BitLinear: a second launch, or the GEMV's tail.
+                gemv_row(m, n, "gemv+norm+pdl", [&](const cuda::DevTernary& w, float* y, cudaStream_t s) {
+                    plain(w, y, s);
+                    cuda::rmsnorm_quant(y, m.out_rows(), nw_.get(), n, m.out_rows(), 1e-5f, tail(m).out, s);
+                }, true);
+                gemv_row(m, n, "gemv+tail+pdl", [&](const cuda::DevTernary& w, float* y, cudaStream_t s) {
+                    cuda::ternary_gemv_tail(w, acts(m, n), n, y, m.out_rows(), m.ep, tail(m), s);
+                }, true);
             }
         }
 
@@ -213,7 +221,10 @@ private:
     DeviceBuffer<int8_t> act_q_;
     DeviceBuffer<float> act_scale_, y_;
     DeviceBuffer<int32_t> act_rs_;
-    DeviceBuffer<float> xf_, nw_;  // float decode input [8, max_cols] and norm weights [max_cols]
+    DeviceBuffer<float> xf_, nw_;  // float decode input [8, max_cols] and norm weights [max(rows, cols)]
+    DeviceBuffer<int8_t> tail_q_;  // the next activations a norm tail writes [8, max_rows rounded up to 256]
+    DeviceBuffer<float> tail_scale_;
+    DeviceBuffer<int32_t> tail_rs_, tail_ctr_;
     int max_rows_ = 0, max_cols_ = 0;
     std::unique_ptr<cuda::CublasLtGemm> lt_;
     struct Timing {
@@ -274,12 +285,24 @@ private:
         xf_ = DeviceBuffer<float>(static_cast<size_t>(8) * max_cols_);
         fill_floats<<<256, 256, 0, stream_.get()>>>(xf_.get(), xf_.size(), 3, -2.0f, 2.0f);
         CUDA_CHECK_LAUNCH();
-        nw_ = DeviceBuffer<float>(static_cast<size_t>(max_cols_));
+        nw_ = DeviceBuffer<float>(static_cast<size_t>(std::max(max_cols_, max_rows_)));
         fill_floats<<<256, 256, 0, stream_.get()>>>(nw_.get(), nw_.size(), 4, 0.5f, 1.5f);
         CUDA_CHECK_LAUNCH();
         y_ = DeviceBuffer<float>(static_cast<size_t>(kMaxTokens) * max_rows_);
         CUDA_CHECK(cudaMemsetAsync(y_.get(), 0, y_.bytes(), stream_.get()));
+        tail_q_ = DeviceBuffer<int8_t>(static_cast<size_t>(8) * ((max_rows_ + 255) / 256 * 256));
+        tail_scale_ = DeviceBuffer<float>(8);
+        tail_rs_ = DeviceBuffer<int32_t>(8);
+        tail_ctr_ = DeviceBuffer<int32_t>(1);
+        CUDA_CHECK(cudaMemsetAsync(tail_ctr_.get(), 0, 4, stream_.get()));
         stream_.sync();
+    }
+
+    // What the GEMV of m writes for the next BitLinear with a norm tail (its output rows, normed and quantized).
+    cuda::NormTail tail(const Matrix& m) const {
+        return cuda::NormTail{nw_.get(), 1e-5f,
+                              cuda::DevActs{tail_q_.get(), tail_scale_.get(), tail_rs_.get(), (m.out_rows() + 255) / 256 * 256},
+                              tail_ctr_.get()};
     }
 
     cuda::DevActs acts(const Matrix& m, int n) const {
@@ -437,7 +460,7 @@ private:
         std::printf("\n== ternary projections only, whole model\n");
         for (const char* model : {"1.7b", "2b4t"}) {
             for (const char* kernel : {"gemv", "norm+gemv", "gemv_normed", "gemv+pdl", "gemv+pdl+pf", "norm+gemv+pdl", "gemv_normed+pdl",
-                                       "mma", "cublaslt"}) {
+                                       "gemv+norm+pdl", "gemv+tail+pdl", "mma", "cublaslt"}) {
                 const int n = std::string(kernel).find("gemv") != std::string::npos ? 1 : 512;
                 double us = 0;
                 int found = 0;

@@ -207,7 +207,8 @@ if kp.exists():
         if r["bench"] == "summary" and r["model"] == "1.7b":
             print(f"matmuls only, 1.7b, {r['what']} [{r['kernel']}]: {r['value']}")
     # Decode GEMV with its input norm: rmsnorm_quant + gemv vs ternary_gemv_normed, each chained plainly / by PDL.
-    kinds = ["gemv", "norm+gemv", "gemv_normed", "gemv+pdl", "gemv+pdl+pf", "norm+gemv+pdl", "gemv_normed+pdl"]
+    kinds = ["gemv", "norm+gemv", "gemv_normed", "gemv+pdl", "gemv+pdl+pf", "norm+gemv+pdl", "gemv_normed+pdl",
+             "gemv+norm+pdl", "gemv+tail+pdl"]
     if any("gemv_normed" in k for k in normed.values()):
         print("us per call, 1.7b, 1 token: " + " | ".join(kinds))
         for m, k in normed.items():

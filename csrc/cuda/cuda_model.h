@@ -43,9 +43,13 @@ struct CudaOptions {
                               // ahead (launch.cuh, L2PrefetchScope). Off until measured on a GPU.
     bool fuse_attn = false;   // decode steps: attention_decode_rope (RoPE, the KV store, the split attention and its
                               // combine in one launch instead of three). Off until measured on a GPU.
+    bool norm_tail = false;   // decode steps (fuse_norm off): the o, gate|up and down GEMVs compute the next
+                              // BitLinear's input in their last block (ternary_gemv_tail; 3 launches per layer fewer).
+                              // Off until measured on a GPU.
 };
 // Defaults overridden by the environment: BLLAMA_CUDA_GEMM=mma|cublaslt, BLLAMA_CUDA_GRAPHS=0,
-// BLLAMA_CUDA_FUSE_NORM=1, BLLAMA_CUDA_PDL=0, BLLAMA_CUDA_FUSE_ATTN=1, BLLAMA_CUDA_PREFETCH=1.
+// BLLAMA_CUDA_FUSE_NORM=1, BLLAMA_CUDA_PDL=0, BLLAMA_CUDA_FUSE_ATTN=1, BLLAMA_CUDA_PREFETCH=1,
+// BLLAMA_CUDA_NORM_TAIL=1.
 
 // fuse_norm applies to decode steps of at most this many tokens. ternary_gemv_normed runs 1..kGemvMaxTokens,
 // but every block re-reads the float rows, and from 2 tokens on the 1.7B shapes it was slower than the
@@ -109,10 +113,19 @@ private:
     void upload(const Model& cpu);
     void allocate();
     void matmul(const DevTernary& w, int n, float* y, int ldy, Epilogue ep);
+    // The matmul after this one and its input norm, for a norm tail (CudaOptions::norm_tail).
+    struct NextInput {
+        const DevTernary* w;
+        const float* norm_w;  // null: quantization only
+        int32_t* counter;     // the tail's counter (tail_ctr_)
+    };
     // y (ep) W * quant(rmsnorm(x, norm_w)) for n rows of d values at stride ldx: rmsnorm_quant + matmul, or
-    // with fuse, one ternary_gemv_normed (the same values).
-    void normed_matmul(bool fuse, const DevTernary& w, const float* x, int ldx, const float* norm_w, int d, int n,
-                       float* y, int ldy, Epilogue ep);
+    // with fuse, one ternary_gemv_normed (the same values). ready: the activations are already in act_* (the
+    // previous GEMV's norm tail wrote them). next: this GEMV's last block also writes the input of next->w,
+    // rmsnorm_quant(y, next->norm_w), into act_* (ternary_gemv_tail).
+    void normed_matmul(bool fuse, bool ready, const DevTernary& w, const float* x, int ldx, const float* norm_w, int d,
+                       int n, float* y, int ldy, Epilogue ep, const NextInput* next = nullptr);
+    DevActs acts(int cols) const { return DevActs{act_q_.get(), act_scale_.get(), act_sum_.get(), cols}; }
     // The transformer layers for n tokens already embedded in x_. Prompt: one slot, consecutive positions
     // from pos0 (attention_prefill). Decode: per-token positions/slots in d_pos/d_slot (attention_decode).
     void layers(int n, const int32_t* d_pos, const int32_t* d_slot, bool prompt, int pos0, int slot);
@@ -149,6 +162,7 @@ private:
     DeviceBuffer<int32_t> pos_buf_, slot_buf_;  // [M] prompt chunk positions / slot
     DeviceBuffer<float> x_, qkv_, att_, gate_, xn_, logits_, attn_ws_;
     DeviceBuffer<int32_t> attn_ctr_;  // [slots][n_heads] split counters of attention_decode_rope
+    DeviceBuffer<int32_t> tail_ctr_;  // [n_layers][3] block counters of the norm tails (o, gate|up, down)
     DeviceBuffer<int8_t> act_q_;
     DeviceBuffer<float> act_scale_;
     DeviceBuffer<int32_t> act_sum_;

@@ -38,6 +38,7 @@
 #include "cuda/kernels.cuh"
 #include "cuda/launch.cuh"
 #include "cuda/norm_common.cuh"
+#include "cuda/norm_tail.cuh"
 #include "cuda/ternary_common.cuh"
 
 namespace bllama {
@@ -443,10 +444,11 @@ __device__ __forceinline__ void stage_normed(const NormSrc& x, int cols, uint4* 
 // NT tokens (compile time: the accumulators live in registers), NR rows per unit, S loads per row and
 // lane per chunk (one chunk = 32 * S * 16 bytes of a row; rows longer than that take several chunks).
 // Src: DevActs (ternary_gemv: int8 activations from rmsnorm_quant) or NormSrc (ternary_gemv_normed).
-template <int NT, int NR, int S, class Src>
+// TAIL (ternary_gemv_tail): the last block to finish then computes the next BitLinear's input (norm_tail.cuh).
+template <int NT, int NR, int S, class Src, bool TAIL>
 __global__ void __launch_bounds__(kBlockThreadsMax)
     ternary_gemv_kernel(DevTernary w, Src x, float* __restrict__ y, int ldy, Epilogue ep, int n_units,
-                        bool prefetch_all) {
+                        bool prefetch_all, NormTail tail) {
     constexpr bool kNormed = std::is_same<Src, NormSrc>::value;
     constexpr int NTP = next_pow2(NT);
     constexpr int V = NR * NTP;       // partial sums per lane, value index p * NTP + t
@@ -511,10 +513,13 @@ __global__ void __launch_bounds__(kBlockThreadsMax)
     } else {
         pdl_wait();
         const uint4* xq = reinterpret_cast<const uint4*>(x.q);
+        // TAIL: the last block may write these bytes later in this launch (ternary_gemv_tail over its own input),
+        // so not through the read-only path.
 #pragma unroll
         for (int t = 0; t < NT; ++t)
             for (int c = threadIdx.x; c < a16; c += blockDim.x)
-                s_act[t * a16 + act_slot(c)] = __ldg(xq + static_cast<size_t>(t) * a16 + c);
+                s_act[t * a16 + act_slot(c)] = TAIL ? __ldcg(xq + static_cast<size_t>(t) * a16 + c)
+                                                    : __ldg(xq + static_cast<size_t>(t) * a16 + c);
         __syncthreads();
     }
 
@@ -593,17 +598,19 @@ __global__ void __launch_bounds__(kBlockThreadsMax)
             if (leader && valid && p < NR / 2) y[static_cast<size_t>(t) * ldy + r] = detail::glu_value(ep, val, up);
         }
     }
+    if constexpr (TAIL) detail::norm_tail<NT>(tail, y, ldy, out_rows, reinterpret_cast<float*>(s_act));
 }
 
+// tail (DevActs only; null: none): returns false, having launched the GEMV alone, where one block cannot hold the
+// tail's rows (the caller then runs rmsnorm_quant).
 template <int NT, int S, class Src>
-void launch_gemv(const DevTernary& w, const Src& x, float* y, int ldy, Epilogue ep, int out_rows,
-                 cudaStream_t stream) {
+bool launch_gemv(const DevTernary& w, const Src& x, float* y, int ldy, Epilogue ep, int out_rows,
+                 cudaStream_t stream, const NormTail* tail = nullptr) {
     constexpr bool kNormed = std::is_same<Src, NormSrc>::value;
     constexpr int NR = pick_nr(NT, S);
-    const auto kernel = ternary_gemv_kernel<NT, NR, S, Src>;
     const int rows_per_unit = detail::is_glu(ep) ? NR / 2 : NR;
     const int n_units = (out_rows + rows_per_unit - 1) / rows_per_unit;
-    const int smem = kNormed ? normed_smem_bytes(NT, w.cols) : NT * w.cols;
+    int smem = kNormed ? normed_smem_bytes(NT, w.cols) : NT * w.cols;
     const DeviceLimits& dl = device_limits();
 
     // Grid shape. Every block stages NT * cols activation bytes, which costs L2 traffic; a block count of
@@ -619,32 +626,52 @@ void launch_gemv(const DevTernary& w, const Src& x, float* y, int ldy, Epilogue 
     while (warps < kBlockThreadsMax / 32 && ((n_units + warps - 1) / warps > max_blocks || warps * blocks_by_smem < 16))
         warps *= 2;
     const int grid = std::max(1, std::min((n_units + warps - 1) / warps, max_blocks));
-
-    allow_dynamic_smem(reinterpret_cast<const void*>(kernel), smem);
-    launch(kernel, grid, warps * 32, smem, stream, w, x, y, ldy, ep, n_units, l2_prefetch_flag());
+    // The tail holds its rows in registers: where a block of the most threads can, the blocks get the warps it needs
+    // (the grid stays as it is, so every SM still streams weights; the added warps may find no unit).
+    bool fused_tail = false;
+    if constexpr (!kNormed && NT <= detail::kTailMaxTokens) {
+        if (tail && detail::norm_tail_fits(NT, out_rows, kBlockThreadsMax)) {
+            while (!detail::norm_tail_fits(NT, out_rows, warps * 32)) warps *= 2;
+            fused_tail = true;
+            smem = std::max(smem, detail::norm_tail_smem_bytes(NT, out_rows));
+        }
+    }
+    const NormTail no_tail{};
+    auto go = [&](auto kernel, const NormTail& t) {
+        allow_dynamic_smem(reinterpret_cast<const void*>(kernel), smem);
+        launch(kernel, grid, warps * 32, smem, stream, w, x, y, ldy, ep, n_units, l2_prefetch_flag(), t);
+    };
+    if constexpr (!kNormed && NT <= detail::kTailMaxTokens) {
+        if (fused_tail) {
+            go(ternary_gemv_kernel<NT, NR, S, Src, true>, *tail);
+            return true;
+        }
+    }
+    go(ternary_gemv_kernel<NT, NR, S, Src, false>, no_tail);
+    return !tail;
 }
 
 template <int NT, class Src>
-void launch_gemv_s(const DevTernary& w, const Src& x, float* y, int ldy, Epilogue ep, int out_rows,
-                   cudaStream_t stream) {
+bool launch_gemv_s(const DevTernary& w, const Src& x, float* y, int ldy, Epilogue ep, int out_rows,
+                   cudaStream_t stream, const NormTail* tail) {
     const int n16 = w.cols / 64;
-    if (n16 <= 32) launch_gemv<NT, 1>(w, x, y, ldy, ep, out_rows, stream);
-    else if (n16 <= 64) launch_gemv<NT, 2>(w, x, y, ldy, ep, out_rows, stream);
-    else launch_gemv<NT, 4>(w, x, y, ldy, ep, out_rows, stream);
+    if (n16 <= 32) return launch_gemv<NT, 1>(w, x, y, ldy, ep, out_rows, stream, tail);
+    if (n16 <= 64) return launch_gemv<NT, 2>(w, x, y, ldy, ep, out_rows, stream, tail);
+    return launch_gemv<NT, 4>(w, x, y, ldy, ep, out_rows, stream, tail);
 }
 
 template <class Src>
-void launch_gemv_n(int nt, const DevTernary& w, const Src& x, float* y, int ldy, Epilogue ep, int out_rows,
-                   cudaStream_t stream) {
+bool launch_gemv_n(int nt, const DevTernary& w, const Src& x, float* y, int ldy, Epilogue ep, int out_rows,
+                   cudaStream_t stream, const NormTail* tail = nullptr) {
     switch (nt) {
-        case 1: launch_gemv_s<1>(w, x, y, ldy, ep, out_rows, stream); break;
-        case 2: launch_gemv_s<2>(w, x, y, ldy, ep, out_rows, stream); break;
-        case 3: launch_gemv_s<3>(w, x, y, ldy, ep, out_rows, stream); break;
-        case 4: launch_gemv_s<4>(w, x, y, ldy, ep, out_rows, stream); break;
-        case 5: launch_gemv_s<5>(w, x, y, ldy, ep, out_rows, stream); break;
-        case 6: launch_gemv_s<6>(w, x, y, ldy, ep, out_rows, stream); break;
-        case 7: launch_gemv_s<7>(w, x, y, ldy, ep, out_rows, stream); break;
-        default: launch_gemv_s<8>(w, x, y, ldy, ep, out_rows, stream); break;
+        case 1: return launch_gemv_s<1>(w, x, y, ldy, ep, out_rows, stream, tail);
+        case 2: return launch_gemv_s<2>(w, x, y, ldy, ep, out_rows, stream, tail);
+        case 3: return launch_gemv_s<3>(w, x, y, ldy, ep, out_rows, stream, tail);
+        case 4: return launch_gemv_s<4>(w, x, y, ldy, ep, out_rows, stream, tail);
+        case 5: return launch_gemv_s<5>(w, x, y, ldy, ep, out_rows, stream, tail);
+        case 6: return launch_gemv_s<6>(w, x, y, ldy, ep, out_rows, stream, tail);
+        case 7: return launch_gemv_s<7>(w, x, y, ldy, ep, out_rows, stream, tail);
+        default: return launch_gemv_s<8>(w, x, y, ldy, ep, out_rows, stream, tail);
     }
 }
 
@@ -671,6 +698,27 @@ void ternary_gemv(const DevTernary& w, const DevActs& x, int n_tokens, float* y,
         xs.row_sum = x.row_sum + t0;
         launch_gemv_n(nt, w, xs, y + static_cast<size_t>(t0) * ldy, ldy, ep, out_rows, stream);
     }
+}
+
+bool ternary_gemv_tail(const DevTernary& w, const DevActs& x, int n_tokens, float* y, int ldy, Epilogue ep,
+                       const NormTail& tail, cudaStream_t stream) {
+    const int out_rows = check_ternary_args("ternary_gemv_tail", w, x, n_tokens, y, ldy, ep);
+    auto fail = [&](const std::string& why) { throw std::invalid_argument("ternary_gemv_tail: " + why); };
+    if (n_tokens > kGemvMaxTokens)
+        fail("n_tokens " + std::to_string(n_tokens) + " > " + std::to_string(kGemvMaxTokens) + " (use a GEMM)");
+    if (tail.out.cols < out_rows)
+        fail("tail.out.cols " + std::to_string(tail.out.cols) + " < output rows " + std::to_string(out_rows));
+    if (n_tokens == 0) return false;
+    if (!tail.counter || !tail.out.q || !tail.out.scale || !tail.out.row_sum) fail("null pointer");
+    auto aligned16 = [](const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; };
+    // In the kernel: one launch for all the tokens, 16-byte loads of y and the norm weights, 4-byte code stores.
+    const bool in_kernel = n_tokens * w.cols <= device_limits().smem_block_optin && out_rows % 4 == 0 &&
+                           ldy % 4 == 0 && aligned16(y) && (!tail.norm_w || aligned16(tail.norm_w)) &&
+                           tail.out.cols % 4 == 0 && (reinterpret_cast<uintptr_t>(tail.out.q) & 3u) == 0;
+    if (in_kernel && launch_gemv_n(n_tokens, w, x, y, ldy, ep, out_rows, stream, &tail)) return true;
+    if (!in_kernel) ternary_gemv(w, x, n_tokens, y, ldy, ep, stream);
+    rmsnorm_quant(y, ldy, tail.norm_w, n_tokens, out_rows, tail.eps, tail.out, stream);
+    return false;
 }
 
 void ternary_gemv_normed(const DevTernary& w, const float* x, int ldx, const float* norm_w, int d, float eps,

@@ -57,6 +57,25 @@ constexpr int kGemvMaxTokens = 8;
 void ternary_gemv(const DevTernary& w, const DevActs& x, int n_tokens, float* y, int ldy, Epilogue ep,
                   cudaStream_t stream);
 
+// The next BitLinear's input, computed by a decode GEMV's last block (the "norm tail", CudaOptions::norm_tail):
+// once every block has stored its rows of y, the block that finishes last runs
+//   rmsnorm_quant(y, ldy, norm_w, n_tokens, out_rows, eps, out)
+// itself (csrc/cuda/norm_tail.cuh), so the decode step saves that launch and its wait. Bit-identical to calling
+// rmsnorm_quant after the GEMV, which the launcher does instead where the tail cannot run in the kernel (rows one
+// block cannot hold in registers, unaligned rows or weights, a launch split over the tokens). norm_w null: no norm
+// (quantization only). out may be the GEMV's own input x: every block has read x before the last one starts.
+// counter: one int32 of device memory, zero before the first call and left zero; calls that may overlap (other
+// streams) need their own.
+struct NormTail {
+    const float* norm_w = nullptr;  // [out_rows]
+    float eps = 0.0f;
+    DevActs out;                    // out.cols >= out_rows
+    int32_t* counter = nullptr;
+};
+// Returns whether the norm ran inside the GEMV (false: the launcher's fallback ran it as its own kernel).
+bool ternary_gemv_tail(const DevTernary& w, const DevActs& x, int n_tokens, float* y, int ldy, Epilogue ep,
+                       const NormTail& tail, cudaStream_t stream);
+
 // rmsnorm_quant + ternary_gemv in one launch (decode, 1 <= n_tokens <= kGemvMaxTokens): every block
 // normalizes and quantizes the n float rows x[t * ldx + k] (k < d <= w.cols; columns [d, w.cols) are
 // zero) itself, with exactly rmsnorm_quant's arithmetic, so y is bit-identical to

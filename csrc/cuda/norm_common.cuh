@@ -37,6 +37,16 @@ __device__ __forceinline__ float warp_sum_xor(float v) {
     return v;
 }
 
+// Max and integer sum over the warp (order-independent: exact), every lane gets the result.
+__device__ __forceinline__ float warp_max(float v) {
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+__device__ __forceinline__ int warp_sum_int(int v) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
 // The canonical total from the K chunk sums c[0 .. K) (shared memory); called by a whole warp, every lane
 // gets the total.
 __device__ __forceinline__ float lane_sums_total(const float* c, int K, int lane) {

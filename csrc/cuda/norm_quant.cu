@@ -55,15 +55,6 @@ __global__ void embed_kernel(const __half* __restrict__ table, int dim, const in
 // each reduction uses its own array, so no barrier is needed before reuse. (The sum of squares has its
 // own, block-shape independent order: norm_common.cuh.)
 
-__device__ __forceinline__ float warp_max(float v) {
-    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
-    return v;
-}
-__device__ __forceinline__ int warp_sum_int(int v) {
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    return v;
-}
-
 // blockDim.x is a multiple of 32 (the launchers guarantee it).
 __device__ __forceinline__ float block_max(float v, float* red) {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;

@@ -12,7 +12,7 @@
 //  - seeded sampling replays identically with and without graphs, and slot b samples in a batch exactly what its
 //    sequence samples alone with seed + b; new sampling parameters re-capture the graph;
 //  - decoding stops with std::out_of_range at the end of the context;
-//  - the opt-in decode paths (fuse_norm, pdl, fuse_attn, prefetch_l2 and their combinations) decode exactly the default's tokens with bit-identical logits
+//  - the opt-in decode paths (fuse_norm, pdl, fuse_attn, prefetch_l2, norm_tail and their combinations) decode exactly the default's tokens with bit-identical logits
 //    at every step (the fused GEMV computes rmsnorm_quant's values exactly, the fused attention the two-step
 //    path's; PDL only changes when kernels start),
 //    for B = 1 (fused), 3 (GEMV, not fused: kFuseNormMaxTokens) and 12 (MMA; PDL launches around plain GEMM
@@ -57,9 +57,10 @@ int argmax_row(const float* x, int V) {  // lowest index of the largest value, a
 
 std::unique_ptr<CudaModel> make_model(const Model& cpu, int slots, int max_batch, bool graphs, int64_t max_context = 0,
                                       bool kv_f16 = false, bool fuse_norm = false, bool pdl = false,
-                                      bool fuse_attn = false, bool prefetch_l2 = false) {
+                                      bool fuse_attn = false, bool prefetch_l2 = false, bool norm_tail = false) {
     CudaOptions o;
     o.fuse_norm = fuse_norm;
+    o.norm_tail = norm_tail;
     o.fuse_attn = fuse_attn;
     o.prefetch_l2 = prefetch_l2;
     o.pdl = pdl;
@@ -208,15 +209,21 @@ void test_decode_options(const Model& cpu) {
     auto base = make_model(cpu, S, 64, true);
     struct Variant {
         const char* name;
-        bool fuse, pdl, attn, prefetch;
+        bool fuse, pdl, attn, prefetch, tail;
     };
-    for (const Variant v : {Variant{"fuse_norm", true, false, false, false}, Variant{"pdl", false, true, false, false},
-                            Variant{"fuse_norm+pdl", true, true, false, false}, Variant{"fuse_attn", false, false, true, false},
-                            Variant{"fuse_attn+pdl", false, true, true, false},
-                            Variant{"pdl+prefetch", false, true, false, true},
-                            Variant{"all", true, true, true, true}}) {
+    // norm_tail runs at B = 1 and 3 (GEMV steps; with fuse_norm, B = 3 only); B = 12 takes the GEMM path.
+    for (const Variant v : {Variant{"fuse_norm", true, false, false, false, false},
+                            Variant{"pdl", false, true, false, false, false},
+                            Variant{"fuse_norm+pdl", true, true, false, false, false},
+                            Variant{"fuse_attn", false, false, true, false, false},
+                            Variant{"fuse_attn+pdl", false, true, true, false, false},
+                            Variant{"pdl+prefetch", false, true, false, true, false},
+                            Variant{"norm_tail", false, false, false, false, true},
+                            Variant{"norm_tail+pdl", false, true, false, false, true},
+                            Variant{"fuse_attn+norm_tail+pdl+prefetch", false, true, true, true, true},
+                            Variant{"all", true, true, true, true, true}}) {
         for (bool graphs : {true, false}) {
-            auto m = make_model(cpu, S, 64, graphs, 0, false, v.fuse, v.pdl, v.attn, v.prefetch);
+            auto m = make_model(cpu, S, 64, graphs, 0, false, v.fuse, v.pdl, v.attn, v.prefetch, v.tail);
             if (v.pdl && graphs) std::printf("%s: PDL %s\n", v.name, m->pdl_active() ? "active" : "not supported here (ignored)");
             int bi = 0;
             for (int B : {1, 3, S}) {

@@ -12,6 +12,8 @@
 // cuda::ternary_gemv_normed (RMSNorm + quantization inside the GEMV) must equal rmsnorm_quant + ternary_gemv
 // bit for bit, on every epilogue, with and without norm weights, any d <= cols, strided and unaligned rows,
 // token counts that split the launch, and replayed from a graph with PDL launches (sm_90).
+// cuda::ternary_gemv_tail must equal ternary_gemv + rmsnorm_quant of its output bit for bit (y and the next
+// activations), over its own input too, in and out of graphs.
 //
 // The seed is new every run and printed; BLLAMA_TEST_SEED=N repeats a run. Exit code 77 (ctest: skipped)
 // where there is no GPU.
@@ -31,6 +33,7 @@
 #include "cuda/cuda_util.cuh"
 #include "cuda/kernels.cuh"
 #include "cuda/launch.cuh"
+#include "cuda/norm_tail.cuh"
 #include "cuda/ternary_common.cuh"
 #include "kernels/ternary.h"
 #include "ternary_rows.h"
@@ -82,7 +85,8 @@ float log_uniform(std::mt19937& rng, float lo, float hi) {
     return std::exp(u(rng));
 }
 
-Problem make_problem(std::mt19937& rng, int out_rows, int cols, int n, Epilogue ep, int n_seg) {
+// ldy4: a row stride that is a multiple of 4 (what ternary_gemv_tail's in-kernel norm needs).
+Problem make_problem(std::mt19937& rng, int out_rows, int cols, int n, Epilogue ep, int n_seg, bool ldy4 = false) {
     Problem p;
     p.out_rows = out_rows;
     p.cols = cols;
@@ -90,6 +94,7 @@ Problem make_problem(std::mt19937& rng, int out_rows, int cols, int n, Epilogue 
     p.ep = ep;
     p.rows = is_glu(ep) ? 2 * out_rows : out_rows;
     p.ldy = out_rows + (rng() % 2 ? 0 : static_cast<int>(rng() % 37));
+    if (ldy4) p.ldy = (p.ldy + 3) / 4 * 4;
     if (is_glu(ep)) {
         p.n_seg = 2;
         p.seg_end[0] = out_rows;
@@ -464,6 +469,103 @@ void check_normed(Context& ctx, std::mt19937& rng, int out_rows, int cols, int d
     }
 }
 
+// ternary_gemv_tail vs ternary_gemv + rmsnorm_quant(y) on a random problem: y and the next activations (codes over
+// next_cols columns, scale, row sum) bit-identical, the counter back at zero. alias: the tail writes over the GEMV's
+// own input activations (as CudaModel does). Shapes a block cannot hold (more than kTailMaxTokens tokens, rows not
+// a multiple of 4, too many values) take the launcher's fallback and must give the same. Then (replays) a graph
+// with a plain launch first and the tail call with PDL, replayed from fresh inputs each time.
+void check_tail(Context& ctx, std::mt19937& rng, int out_rows, int cols, int n, Epilogue ep, int n_seg, bool with_norm,
+                bool alias, int next_cols, int replays) {
+    ++ctx.trials;
+    const Problem p = make_problem(rng, out_rows, cols, n, ep, n_seg, /*ldy4=*/true);
+    // In the kernel exactly where a block of 256 threads holds the rows (kernels.cuh, norm_tail.cuh); else the fallback.
+    const bool want_fused = n <= cuda::detail::kTailMaxTokens && out_rows % 4 == 0 && next_cols % 4 == 0 &&
+                            cuda::detail::norm_tail_fits(n, out_rows, 256);
+    DeviceProblem da(p);
+    cudaStream_t s = ctx.stream.get();
+    const float eps = 1e-5f;
+    std::vector<float> nw(static_cast<size_t>(out_rows));
+    std::uniform_real_distribution<float> uw(0.2f, 2.0f);
+    for (auto& v : nw) v = uw(rng);
+    DeviceBuffer<float> dnw(nw.size()), yb(p.prior.size()), s_ref(static_cast<size_t>(n)), s_out(static_cast<size_t>(n));
+    DeviceBuffer<int8_t> q_ref(static_cast<size_t>(n) * next_cols), q_out(static_cast<size_t>(n) * next_cols);
+    DeviceBuffer<int8_t> xq(static_cast<size_t>(n) * std::max(cols, next_cols));  // the tail's copy of x
+    DeviceBuffer<float> xs(static_cast<size_t>(n));
+    DeviceBuffer<int32_t> xrs(static_cast<size_t>(n)), rs_ref(static_cast<size_t>(n)), rs_out(static_cast<size_t>(n));
+    DeviceBuffer<int32_t> ctr(1);
+    dnw.upload(nw.data(), nw.size(), s);
+    CUDA_CHECK(cudaMemsetAsync(ctr.get(), 0, 4, s));
+    const float* w = with_norm ? dnw.get() : nullptr;
+    const cuda::DevActs ref_out{q_ref.get(), s_ref.get(), rs_ref.get(), next_cols};
+    const cuda::DevActs x_b{xq.get(), xs.get(), xrs.get(), cols};
+    const cuda::DevActs out_b = alias ? cuda::DevActs{xq.get(), xs.get(), xrs.get(), next_cols}
+                                      : cuda::DevActs{q_out.get(), s_out.get(), rs_out.get(), next_cols};
+    const cuda::NormTail tail{w, eps, out_b, ctr.get()};
+    auto reset = [&] {
+        da.y.upload(p.prior.data(), p.prior.size(), s);
+        yb.upload(p.prior.data(), p.prior.size(), s);
+        CUDA_CHECK(cudaMemsetAsync(xq.get(), 0x5A, xq.bytes(), s));  // past n * cols too: the tail's padding must be written
+        xq.upload(p.qa.q.data(), p.qa.q.size(), s);
+        xs.upload(p.qa.act_scale.data(), static_cast<size_t>(n), s);
+        xrs.upload(p.row_sum.data(), static_cast<size_t>(n), s);
+        CUDA_CHECK(cudaMemsetAsync(q_ref.get(), 0x5A, q_ref.bytes(), s));
+        CUDA_CHECK(cudaMemsetAsync(q_out.get(), 0x5A, q_out.bytes(), s));
+    };
+    auto reference = [&] {
+        cuda::ternary_gemv(da.w, da.x, n, da.y.get(), p.ldy, ep, s);
+        cuda::rmsnorm_quant(da.y.get(), p.ldy, w, n, out_rows, eps, ref_out, s);
+    };
+    bool was_fused = false;
+    auto fused = [&] { was_fused = cuda::ternary_gemv_tail(da.w, x_b, n, yb.get(), p.ldy, ep, tail, s); };
+    char desc[300];
+    std::snprintf(desc, sizeof desc, "tail: %s, next cols %d, %s%s", p.desc.c_str(), next_cols, with_norm ? "norm" : "no norm",
+                  alias ? ", over its own input" : "");
+    auto compare = [&](const char* how) {
+        std::vector<float> ya(p.prior.size()), yv(p.prior.size()), sa(static_cast<size_t>(n)), sb(sa.size());
+        std::vector<int8_t> qa(static_cast<size_t>(n) * next_cols), qb(qa.size());
+        std::vector<int32_t> ra(static_cast<size_t>(n)), rb(ra.size());
+        int32_t c = -1;
+        da.y.download(ya.data(), ya.size(), s);
+        yb.download(yv.data(), yv.size(), s);
+        q_ref.download(qa.data(), qa.size(), s);
+        DeviceBuffer<int8_t>* qo = alias ? &xq : &q_out;
+        CUDA_CHECK(cudaMemcpyAsync(qb.data(), qo->get(), qb.size(), cudaMemcpyDeviceToHost, s));
+        s_ref.download(sa.data(), sa.size(), s);
+        CUDA_CHECK(cudaMemcpyAsync(sb.data(), out_b.scale, sb.size() * 4, cudaMemcpyDeviceToHost, s));
+        rs_ref.download(ra.data(), ra.size(), s);
+        CUDA_CHECK(cudaMemcpyAsync(rb.data(), out_b.row_sum, rb.size() * 4, cudaMemcpyDeviceToHost, s));
+        ctr.download(&c, 1, s);
+        ctx.stream.sync();
+        int bad_y = 0;
+        for (size_t i = 0; i < ya.size(); ++i) bad_y += bits(ya[i]) != bits(yv[i]) && !(std::isnan(ya[i]) && std::isnan(yv[i]));
+        CHECK(bad_y == 0, "%s (%s): %d elements of y differ from ternary_gemv", desc, how, bad_y);
+        CHECK(std::memcmp(qa.data(), qb.data(), qa.size()) == 0, "%s (%s): the next activations' codes differ from rmsnorm_quant",
+              desc, how);
+        CHECK(std::memcmp(sa.data(), sb.data(), sa.size() * 4) == 0 && ra == rb, "%s (%s): scale or row sum differs", desc, how);
+        CHECK(c == 0, "%s (%s): counter left at %d", desc, how, c);
+    };
+    reset();
+    reference();
+    fused();
+    compare("direct");
+    CHECK(was_fused == want_fused, "%s: the norm ran %s the GEMV, expected %s", desc, was_fused ? "inside" : "after",
+          want_fused ? "inside" : "after");
+    if (replays == 0) return;
+    const GraphExec exec = capture_graph(s, [&] {
+        cuda::rmsnorm_quant(da.y.get(), p.ldy, w, n, out_rows, eps, ref_out, s);  // a plain first launch
+        cuda::PdlScope pdl(cuda::pdl_supported());
+        reference();
+        fused();
+    });
+    for (int rep = 0; rep < replays; ++rep) {
+        reset();
+        exec.launch(s);
+        char how[48];
+        std::snprintf(how, sizeof how, "graph + pdl, replay %d", rep);
+        compare(how);
+    }
+}
+
 template <class F>
 bool throws_invalid(F&& f) {
     try {
@@ -497,6 +599,17 @@ void check_arguments(Context& ctx, std::mt19937& rng) {
               "gemv_normed accepted ldx < d");
         CHECK(throws_invalid([&] { cuda::ternary_gemv_normed(d.w, nullptr, 512, nullptr, 512, 1e-5f, 1, y, p.ldy, p.ep, s); }),
               "gemv_normed accepted a null input");
+    }
+    {
+        DeviceBuffer<int32_t> c(1);
+        cuda::NormTail t{nullptr, 1e-5f, cuda::DevActs{d.x.q, d.x.scale, d.x.row_sum, 32}, c.get()};
+        CHECK(throws_invalid([&] { cuda::ternary_gemv_tail(d.w, d.x, 2, y, p.ldy, p.ep, t, s); }),
+              "gemv_tail accepted out.cols < output rows");
+        t.out.cols = 512;
+        CHECK(throws_invalid([&] { cuda::ternary_gemv_tail(d.w, d.x, 9, y, p.ldy, p.ep, t, s); }), "gemv_tail accepted 9 tokens");
+        t.counter = nullptr;
+        CHECK(throws_invalid([&] { cuda::ternary_gemv_tail(d.w, d.x, 1, y, p.ldy, p.ep, t, s); }),
+              "gemv_tail accepted a null counter");
     }
     CHECK(throws_invalid([&] { cuda::ternary_gemm_mma(d.w, d.x, 2, y, p.out_rows - 1, p.ep, s); }),
           "mma accepted ldy < rows");
@@ -618,6 +731,25 @@ int main() {
         // shared memory holds at that length (the launch is split).
         check_normed(ctx, rng, 70, 20224, 20000, 3, Epilogue::AddTo, 2, true, 0, 2);
         check_normed(ctx, rng, 33, 30720, 30720, 8, Epilogue::GluSilu, 2, true, 1, 2);
+
+        // ternary_gemv_tail: the model's decode shapes (1.7B o -> gate|up, gate|up -> down, down -> the next q|k|v;
+        // 2B-4T's), over separate buffers and over its own input, with and without norm weights; token counts on both
+        // sides of kTailMaxTokens; rows the kernel cannot take (not a multiple of 4, or too many for one block).
+        for (int n : {1, 2, 4})
+            check_tail(ctx, rng, 2048, 2048, n, Epilogue::AddTo, 1, true, n != 2, 8192, n == 1 ? 10 : 2);
+        check_tail(ctx, rng, 8192, 2048, 1, Epilogue::GluSilu, 2, true, true, 8192, 10);
+        check_tail(ctx, rng, 8192, 2048, 2, Epilogue::GluSilu, 2, true, false, 8192, 2);  // 2 x 8192: fallback
+        check_tail(ctx, rng, 2048, 8192, 1, Epilogue::AddTo, 1, true, true, 2048, 10);
+        check_tail(ctx, rng, 2048, 8192, 3, Epilogue::AddTo, 1, false, false, 2048, 0);
+        check_tail(ctx, rng, 2560, 2560, 1, Epilogue::AddTo, 1, true, true, 2560, 3);
+        check_tail(ctx, rng, 6912, 2560, 1, Epilogue::GluRelu2, 2, true, true, 6912, 3);
+        check_tail(ctx, rng, 2560, 6912, 2, Epilogue::AddTo, 1, true, false, 2560, 0);
+        for (int n = 1; n <= cuda::kGemvMaxTokens; ++n) {
+            const int rows = pick(rng, {4, 16, 100, 128, 257, 1000, 4100});
+            const int next = (rows + 255) / 256 * 256 + (rng() % 2 ? 256 : 0);
+            check_tail(ctx, rng, rows, pick(rng, {256, 512, 2048, 2560}), n, random_ep(rng), 1 + static_cast<int>(rng() % 3),
+                       rng() % 4 != 0, rng() % 2 == 0, next, 0);
+        }
 
         check_graph(ctx, rng);
         check_arguments(ctx, rng);
