@@ -39,13 +39,14 @@ struct CudaOptions {
     bool pdl = true;          // Programmatic Dependent Launch for the decode step's kernels (sm_90+; ignored
                               // below): each kernel starts while the one ahead drains (launch.cuh).
                               // On by default since it measured +23% at batch 1 on an H100 and an H200.
+    // Measured on an H200 (2026-11-28, bench/RESULTS.md), all three off by default:
     bool prefetch_l2 = false; // with pdl: each decode GEMV asks L2 for its whole matrix before it waits for the kernel
-                              // ahead (launch.cuh, L2PrefetchScope). Off until measured on a GPU.
+                              // ahead (launch.cuh, L2PrefetchScope). No effect.
     bool fuse_attn = false;   // decode steps: attention_decode_rope (RoPE, the KV store, the split attention and its
-                              // combine in one launch instead of three). Off until measured on a GPU.
+                              // combine in one launch instead of three). +2.2% on the 1.7B, slower on GQA (2B4T).
     bool norm_tail = false;   // decode steps (fuse_norm off): the o, gate|up and down GEMVs compute the next
                               // BitLinear's input in their last block (ternary_gemv_tail; 3 launches per layer fewer).
-                              // Off until measured on a GPU.
+                              // -8%: one block's norm is slower than a PDL-started norm kernel.
 };
 // Defaults overridden by the environment: BLLAMA_CUDA_GEMM=mma|cublaslt, BLLAMA_CUDA_GRAPHS=0,
 // BLLAMA_CUDA_FUSE_NORM=1, BLLAMA_CUDA_PDL=0, BLLAMA_CUDA_FUSE_ATTN=1, BLLAMA_CUDA_PREFETCH=1,
