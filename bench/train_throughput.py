@@ -174,7 +174,17 @@ def main(argv=None):
         "mfu_pct": round(100 * achieved / (peak * 1e12), 1) if peak else None,
         "peak_mem_GiB": round(peak_mem, 2), "peak_reserved_GiB": round(reserved, 2) if reserved else None,
         "loss_start": round(losses[0], 4), "loss_end": round(losses[-1], 4),
-        "losses": [round(v, 4) for v in losses]})
+        "losses": [round(v, 4) for v in losses], "dynamo": dynamo_counters()})
+
+
+def dynamo_counters() -> dict:
+    """torch.compile's graph count and graph breaks in this run (a break inside BitLinear would show here first)."""
+    try:
+        from torch._dynamo.utils import counters
+    except ImportError:  # pragma: no cover - very old torch
+        return {}
+    return {"unique_graphs": int(counters["stats"].get("unique_graphs", 0)),
+            "graph_breaks": int(sum(counters["graph_break"].values()))}
 
 
 if __name__ == "__main__":

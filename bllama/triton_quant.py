@@ -90,6 +90,8 @@ def quantize_activations(x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, t
     d = torch.empty(x.shape, dtype=x.dtype, device=x.device)
     a = torch.empty(x.shape[:-1] + (1,), dtype=torch.float32, device=x.device)
     block = triton.next_power_of_2(cols)
+    # enable_fp_fusion=False: Triton contracts y * a + C into one FMA by default, which would round the exact
+    # product where eager PyTorch rounds fl(y * a) first (tens of thousands of codes off per 2^25 on a GPU).
     kernel[(rows,)](xc, q, a, d, cols, BLOCK=block, TO_BF16=x.dtype == torch.bfloat16,
-                    num_warps=4 if block <= 2048 else 8)
+                    num_warps=4 if block <= 2048 else 8, enable_fp_fusion=False)
     return q, a, d
