@@ -92,9 +92,11 @@ def cmd_generate(args):
         from .runtime import Runtime
 
         rt = Runtime.load(args.model, threads=args.threads, head=args.head, device=args.device)
-        for piece in rt.stream(args.prompt, max_new_tokens=args.max_new_tokens, do_sample=args.do_sample,
-                               temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                               repetition_penalty=args.repetition_penalty, seed=args.seed):
+        sampling = dict(max_new_tokens=args.max_new_tokens, do_sample=args.do_sample, temperature=args.temperature,
+                        top_k=args.top_k, top_p=args.top_p, repetition_penalty=args.repetition_penalty, seed=args.seed)
+        pieces = (rt.chat([{"role": "user", "content": args.prompt}], stream=True, **sampling) if args.chat
+                  else rt.stream(args.prompt, **sampling))
+        for piece in pieces:
             print(piece, end="", flush=True)
         s = rt.stats
         print(f"\n[{s['prompt_tokens']} prompt tokens at {s['prompt_tokens_per_second']:.1f} tok/s, "
@@ -102,6 +104,8 @@ def cmd_generate(args):
         return
     from .train import load_checkpoint, tokenizer_beside
 
+    if args.chat:
+        raise SystemExit("bllama generate: --chat needs a .gguf model (its chat template)")
     model = load_checkpoint(args.model)
     tok = args.tokenizer or tokenizer_beside(args.model)
     model.quantize_weights_to_ternary()
@@ -231,6 +235,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="LM head format: f16 (the file's, default) or q8 (int8 per-row scales, half the head bytes)")
     g.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="run on the CPU (default) or the GPU")
     g.add_argument("--tokenizer", default=None, help="tokenizer.model for a checkpoint (default: beside it)")
+    g.add_argument("--chat", action="store_true",
+                   help="(.gguf) send the prompt as one user message through the file's chat template")
     _add_sampling(g)
     g.set_defaults(func=cmd_generate)
 

@@ -258,7 +258,11 @@ class Runtime:
                top_k: int = 0, top_p: float = 1.0, repetition_penalty: float = 1.0, seed: Optional[int] = None,
                stop: Optional[Sequence[str]] = None, stop_at_eos: bool = True) -> Iterator[str]:
         """Yields the continuation's text as it is produced. The engine runs in a worker thread (GIL released)."""
-        prompt_ids = self._prompt_ids(prompt)
+        return self._stream_ids(self._prompt_ids(prompt), max_new_tokens, do_sample, temperature, top_k, top_p,
+                                repetition_penalty, seed, stop, stop_at_eos)
+
+    def _stream_ids(self, prompt_ids, max_new_tokens, do_sample, temperature, top_k, top_p, repetition_penalty, seed,
+                    stop, stop_at_eos) -> Iterator[str]:
         text = _TextStream(self.tokenizer, prompt_ids, stop)
         # Bounded: the engine runs at most a few pieces ahead of the reader, so a reader that stops
         # (closes the generator) stops the engine too instead of letting it finish max_new_tokens.
@@ -304,6 +308,33 @@ class Runtime:
         finally:
             cancelled.set()
             worker.join()
+
+    # ---- chat -------------------------------------------------------------------------------------------
+    def chat_prompt_ids(self, messages, add_generation_prompt: bool = True) -> List[int]:
+        """The token ids of `messages` ([{"role": ..., "content": ...}, ...]) rendered with the model file's chat
+        template (tokenizer.chat_template, bllama/chat.py); ValueError when the file has none."""
+        from .chat import render_chat
+
+        tok = self.tokenizer
+        template = getattr(tok, "chat_template", None)
+        if not template:
+            raise ValueError(f"{self.path}: the model file has no chat template (tokenizer.chat_template)")
+        bos = tok.id_to_piece(tok.bos_id) if tok.bos_id is not None else ""
+        eos = tok.id_to_piece(tok.eos_id) if tok.eos_id is not None else ""
+        text = render_chat(template, messages, add_generation_prompt, bos, eos)
+        # The template writes BOS itself where the model wants one: as the id, never twice.
+        if bos and text.startswith(bos):
+            return [tok.bos_id] + tok.encode(text[len(bos):], add_bos=False)
+        return tok.encode(text, add_bos=False)
+
+    def chat(self, messages, max_new_tokens: int = 256, do_sample: bool = False, temperature: float = 1.0,
+             top_k: int = 0, top_p: float = 1.0, repetition_penalty: float = 1.0, seed: Optional[int] = None,
+             stop: Optional[Sequence[str]] = None, stream: bool = False) -> Union[str, Iterator[str]]:
+        """The assistant's reply to `messages` under the file's chat template; ends at an end-of-turn / EOS id
+        (every id in eos_ids), a `stop` string or max_new_tokens. stream=True yields the text as it comes."""
+        pieces = self._stream_ids(self.chat_prompt_ids(messages), max_new_tokens, do_sample, temperature, top_k,
+                                  top_p, repetition_penalty, seed, stop, True)
+        return pieces if stream else "".join(pieces)
 
     # ---- scoring ----------------------------------------------------------------------------------------
     def logits(self, token_ids: Sequence[int]) -> np.ndarray:

@@ -105,7 +105,7 @@ def _weights(seed=0):
     return w
 
 
-def write_file(path, weights, weight_type, arch, tokenizer, bllama_keys):
+def write_file(path, weights, weight_type, arch, tokenizer, bllama_keys, chat_template=None):
     """bitnet.cpp-style when bllama_keys is False (its metadata only, gpt2 tokenizer keys, type 36 weights)."""
     import gguf
 
@@ -131,6 +131,8 @@ def write_file(path, weights, weight_type, arch, tokenizer, bllama_keys):
     w.add_bos_token_id(0)
     w.add_eos_token_id(1)
     w.add_uint32("tokenizer.ggml.eot_token_id", 2)
+    if chat_template:
+        w.add_chat_template(chat_template)
     for name, t in weights.items():
         if t.dtype == np.int8:  # ternary codes, scale 1/64: exact in TQ2_0's fp16 d and in I2_S's fp32
             add_ternary_tensor(w, name, t, 1.0 / 64, weight_type)
