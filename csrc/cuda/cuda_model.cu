@@ -352,7 +352,7 @@ void CudaModel::head(int row0, int n) {
     const int D = static_cast<int>(cfg_.dim);
     const float* x = x_.get() + static_cast<size_t>(row0) * D;
     if (head_q8_.size()) {  // as the CPU's q8 head: the normed rows quantized per token, then the int8 matmul
-        const DevActs a{act_q_.get(), act_scale_.get(), act_sum_.get(), D};
+        const DevActs a = acts(D);
         rmsnorm_quant(x, D, output_norm_, n, D, cfg_.rms_eps, a, stream_.get());
         head_q8(head_q8_.get(), head_q8_scale_.get(), static_cast<int>(cfg_.vocab), D, a, n, logits_.get(), stream_.get());
         return;

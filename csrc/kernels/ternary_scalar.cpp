@@ -43,10 +43,14 @@ std::unique_ptr<TernaryMatrix::Impl> new_impl(int64_t rows, int64_t cols) {
     return p;
 }
 
+// Where row r's 4 bytes of its first 16-column chunk live (rows are interleaved in groups of kGroupRows).
+uint8_t* row_dst(TernaryMatrix::Impl& m, int64_t r) {
+    return m.packed.get() + (r / kGroupRows) * m.cols * 4 + (r % kGroupRows) * 4;
+}
+
 // codes: one row of unsigned codes 0..2 (q + 1), length cols.
 void pack_row(TernaryMatrix::Impl& m, int64_t r, const uint8_t* codes) {
-    const int64_t g = r / kGroupRows, rr = r % kGroupRows;
-    uint8_t* dst = m.packed.get() + g * m.cols * 4 + rr * 4;
+    uint8_t* dst = row_dst(m, r);
     for (int64_t c = 0; c < m.cols / kChunkCols; ++c) {
         const uint8_t* src = codes + c * kChunkCols;
         for (int s = 0; s < 4; ++s)
@@ -74,11 +78,16 @@ struct ScaleTracker {
     }
 };
 
+// Block b of row r gets scale d; an all-zero block may carry any d in the file and is stored with 0.
+void store_block_scale(TernaryMatrix::Impl& m, int64_t r, int64_t b, bool nonzero, float d) {
+    m.d_ptr(r / kGroupRows)[b * kGroupRows + r % kGroupRows] = nonzero ? d : 0.0f;
+}
+
 void set_block_scale(TernaryMatrix::Impl& m, int64_t r, int64_t b, const uint8_t* codes, float d,
                      ScaleTracker& tr) {
     bool nonzero = false;
     for (int64_t k = 0; k < kBlock; ++k) nonzero |= codes[k] != 1;
-    m.d_ptr(r / kGroupRows)[b * kGroupRows + r % kGroupRows] = nonzero ? d : 0.0f;
+    store_block_scale(m, r, b, nonzero, d);
     if (nonzero) tr.add(d);
 }
 
@@ -89,17 +98,13 @@ void finish(TernaryMatrix::Impl& m, const ScaleTracker& tr) {
 
 uint16_t load_u16(const uint8_t* p) { return static_cast<uint16_t>(p[0] | (p[1] << 8)); }
 
-}  // namespace
-
-namespace {
-
 // TQ2_0 and I2_S both store a 256-value block as 64 bytes of bit planes: within each half of 128 values, byte m
 // holds values m, m + 32, m + 64, m + 96 as q + 1, in the bit pairs at shifts 0, 2, 4, 6 (TQ2_0) or 6, 4, 2, 0
-// (I2_S). Word-at-a-time repack of one block into row r's chunks (the load path of every model, ~4x faster than
+// (I2_S). Word-at-a-time repack of one block into row r's chunks (dst: row_dst) (the load path of every model, ~4x faster than
 // per element): a 16-column chunk is one bit pair of 16 consecutive bytes, so two u64 loads, a shift and a mask
 // give its 16 codes, and four shifted 32-bit slices of those OR straight into our 4 bytes per row per chunk.
 // Returns whether the block has a nonzero code; throws on code 3.
-bool repack_plane_block(const uint8_t* blk, bool msb_first, uint8_t* row_dst, int64_t b, const char* who, int64_t r) {
+bool repack_plane_block(const uint8_t* blk, bool msb_first, uint8_t* dst, int64_t b, const char* who, int64_t r) {
     static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "the u64 view of the block bytes assumes little endian");
     constexpr uint64_t kLow = 0x5555555555555555ull, kMask = 0x0303030303030303ull;
     uint64_t w[8];
@@ -117,13 +122,9 @@ bool repack_plane_block(const uint8_t* blk, bool msb_first, uint8_t* row_dst, in
         const uint64_t hi = (w[h * 4 + half16 * 2 + 1] >> shift) & kMask;
         const uint32_t out = static_cast<uint32_t>(lo) | static_cast<uint32_t>(lo >> 32) << 2 |
                              static_cast<uint32_t>(hi) << 4 | static_cast<uint32_t>(hi >> 32) << 6;
-        std::memcpy(row_dst + (b * kBlock / kChunkCols + lc) * kChunkBytes, &out, 4);
+        std::memcpy(dst + (b * kBlock / kChunkCols + lc) * kChunkBytes, &out, 4);
     }
     return nonzero;
-}
-
-uint8_t* row_dst(TernaryMatrix::Impl& m, int64_t r) {
-    return m.packed.get() + (r / kGroupRows) * m.cols * 4 + (r % kGroupRows) * 4;
 }
 
 }  // namespace
@@ -137,7 +138,7 @@ TernaryMatrix TernaryMatrix::from_tq2_0(const uint8_t* blocks, int64_t rows, int
             const uint8_t* blk = blocks + (r * m->nb + b) * kTq2BlockBytes;
             const bool nonzero = repack_plane_block(blk, false, row_dst(*m, r), b, "TernaryMatrix::from_tq2_0", r);
             const float d = f16_to_f32(load_u16(blk + 64));
-            m->d_ptr(r / kGroupRows)[b * kGroupRows + r % kGroupRows] = nonzero ? d : 0.0f;
+            store_block_scale(*m, r, b, nonzero, d);
             if (nonzero) tr.add(d);
         }
     }
@@ -158,8 +159,8 @@ TernaryMatrix TernaryMatrix::from_i2_s(const uint8_t* data, int64_t rows, int64_
     for (int64_t r = 0; r < rows; ++r) {
         for (int64_t b = 0; b < m->nb; ++b) {
             const uint8_t* blk = data + (r * m->nb + b) * 64;
-            const bool nonzero = repack_plane_block(blk, true, row_dst(*m, r), b, "TernaryMatrix::from_i2_s", r);
-            m->d_ptr(r / kGroupRows)[b * kGroupRows + r % kGroupRows] = nonzero ? scale : 0.0f;
+            store_block_scale(*m, r, b, repack_plane_block(blk, true, row_dst(*m, r), b, "TernaryMatrix::from_i2_s", r),
+                              scale);
         }
     }
     m->uniform = true;  // one scale for the whole tensor, as from_codes
