@@ -131,11 +131,16 @@ from bllama.bench import write_random_gguf; write_random_gguf(bLlamaConfig.prese
 }
 
 # Out-of-bounds accesses and shared-memory races in the kernels (a moving error is a race: METHOD.md).
+# memcheck of every suite first, racecheck after: racecheck is the slow one (on an H100 racecheck of
+# test_ternary_kernels was still running when a 235 s call (build + memcheck of it) ended), so a call cut
+# at its limit still has every memcheck result.
 sanitize() {
-    local ok=0
-    for t in test_ternary_kernels test_ops test_cuda_model; do
-        timeout 300 compute-sanitizer --tool memcheck --error-exitcode 9 "$BUILD/$t" || ok=1
-        timeout 300 compute-sanitizer --tool racecheck --error-exitcode 9 "$BUILD/$t" || ok=1
+    local ok=0 tool t
+    for tool in memcheck racecheck; do
+        for t in test_ternary_kernels test_ops test_cuda_model; do
+            echo "-- compute-sanitizer --tool $tool $t"
+            timeout 300 compute-sanitizer --tool $tool --error-exitcode 9 "$BUILD/$t" || ok=1
+        done
     done
     return $ok
 }

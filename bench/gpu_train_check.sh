@@ -2,7 +2,7 @@
 # Issue #5's GPU measurement in one call: training throughput of the default 1.7B b1.58 model on one GPU, and the
 # FSDP + sharded-checkpoint resume path of `bllama train` on that GPU.
 #
-#   bash bench/gpu_train_check.sh            # on the GPU machine, from anywhere; about 7 minutes on one H100
+#   bash bench/gpu_train_check.sh            # on the GPU machine, from anywhere; 305 s on an H200 (2026-11-28)
 #                                            # (device tool: timeout_s=540 for the default BUDGET_S=450)
 #   DRY=1 bash bench/gpu_train_check.sh      # the same script path on a CPU with tiny shapes (a syntax/logic check)
 #
@@ -13,7 +13,7 @@
 #   3. `bllama train`'s Lightning path on this GPU: tests/scripts/parallel_resume.py fsdp (BitFSDPStrategy,
 #      bf16-mixed, activation checkpointing, sharded checkpoints: crash + resume and extend runs vs uninterrupted).
 #   4. if time is left: the fused Triton quantizer (bench/triton_quant_check.py: bit-identity and kernel times, then
-#      eager seq-1024 training, micro-batch 4, with and without BLLAMA_TRITON=1: eager keeps ~4x the activations of the
+#      eager seq-1024 training, micro-batch 4, with BLLAMA_TRITON=0 and =1: eager keeps ~4x the activations of the
 #      compiled model), seq 2048 with activation checkpointing (its cost in tokens/s) and the FSDP check compiled.
 #      These are optional: one cut by the budget is reported as such and does not fail the script.
 # Needs: python3 with torch (CUDA), pytorch-lightning, numpy, sentencepiece; the repository on PYTHONPATH (set
@@ -124,9 +124,9 @@ resume_check() {  # resume_check NAME ARGS...: the Lightning FSDP path (tests/sc
 
 resume_check fsdp_resume $RESUME_ARGS
 
-# The fused Triton activation quantizer (bllama/triton_quant.py, BLLAMA_TRITON=1): bit-identity and kernel times on
-# this GPU, then eager training with and without it (torch.compile fuses the eager ops itself, so it is only for
-# eager mode; it becomes a default only if this shows a gain).
+# The fused Triton activation quantizer (bllama/triton_quant.py, on by default on CUDA since the 2026-11-28 runs showed
+# a gain; BLLAMA_TRITON=0 turns it off): bit-identity and kernel times on this GPU, then eager training without and
+# with it (torch.compile fuses the eager ops itself, so it is only for eager mode).
 triton_ab() {
     if [ "$DEV" != cuda ] || ! $PY -c "import triton" 2>/dev/null; then
         echo "-- triton: skipped (no GPU or no triton)"; STATUS+=("triton: skipped"); return
@@ -136,7 +136,7 @@ triton_ab() {
     local t=$(( $(left) < 90 ? $(left) : 90 ))
     if timeout "$t" $PY bench/triton_quant_check.py --json "$RES/triton_quant.json"; then STATUS+=("triton_quant_check: ok")
     else STATUS+=("triton_quant_check: failed"); fi
-    COMPILE="" bench "seq${SEQ_SHORT}_eager" "$SEQ_SHORT" "$MB_EAGER" 1 || true
+    BLLAMA_TRITON=0 COMPILE="" bench "seq${SEQ_SHORT}_eager" "$SEQ_SHORT" "$MB_EAGER" 1 || true
     BLLAMA_TRITON=1 COMPILE="" bench "seq${SEQ_SHORT}_eager_triton" "$SEQ_SHORT" "$MB_EAGER" 1 || true
 }
 OPTIONAL=1
@@ -172,7 +172,7 @@ torches = sorted({r.get("torch") for r in runs if r.get("torch")})
 print(f"device: {', '.join(devs)}; torch {', '.join(torches)}; preset {runs[0]['preset'] if runs else '?'}, "
       f"bf16-mixed (fp32 master weights and AdamW state), AdamW fused on CUDA\n")
 print("| run | seq | micro x accum = tokens/step | act. ckpt | compile | tokens/s | MFU % | s/step "
-      "| peak GiB allocated / reserved | loss start -> end | warm-up s | graphs / breaks |")  # _triton: BLLAMA_TRITON=1
+      "| peak GiB allocated / reserved | loss start -> end | warm-up s | graphs / breaks |")  # _triton: BLLAMA_TRITON=1, _eager: =0
 print("|---|---|---|---|---|---|---|---|---|---|---|---|")
 print("\n".join(rows) if rows else "| (no throughput result) |||||||||||")
 for p in sorted(res.glob("fsdp_resume*.json")):

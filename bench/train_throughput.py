@@ -50,6 +50,13 @@ def flops_per_token(cfg: bLlamaConfig) -> float:
     return 6 * matmul_params + 12 * L * cfg.seq_len * d
 
 
+def triton_quant_used(device: str, compiled: bool) -> bool:
+    """Whether BitLinear's eager forward quantizes activations with the Triton kernel here (compiled blocks never do)."""
+    from bllama import triton_quant
+
+    return not compiled and triton_quant.enabled(torch.zeros(1, 8, device=device))
+
+
 def corpus_tokens(vocab_size: int) -> torch.Tensor:
     from bllama.corpus import default_corpus_text
 
@@ -95,7 +102,7 @@ def main(argv=None):
     result = {"preset": a.preset, "linear": "fp" if a.fp_linear else "b1.58", "device": a.device,
               "device_name": torch.cuda.get_device_name() if cuda else "cpu", "precision": precision,
               "compile": a.compile, "activation_checkpointing": a.activation_checkpointing,
-              "triton_quant": os.environ.get("BLLAMA_TRITON") == "1", "seq_len": cfg.seq_len, "layers": cfg.num_layers, "micro_batch": a.batch, "accum": a.accum,
+              "triton_quant": triton_quant_used(a.device, a.compile), "seq_len": cfg.seq_len, "layers": cfg.num_layers, "micro_batch": a.batch, "accum": a.accum,
               "tokens_per_step": tokens_per_step, "data": a.data, "torch": torch.__version__}
 
     def report(extra, code=0):

@@ -70,3 +70,24 @@ def test_triton_path_is_off_unless_asked(monkeypatch):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     assert not triton_quant.enabled(x)  # a CPU tensor without the interpreter: the eager path
     assert not triton_quant.enabled(x.half())
+
+
+def test_kernel_is_used_only_where_it_was_measured(monkeypatch):
+    """The default: CUDA tensors only (where it was measured bit-identical and faster); BLLAMA_TRITON=0 wins
+    everywhere; the CPU runs it only through the interpreter and only when asked (BLLAMA_TRITON=1)."""
+    import torch
+    from bllama import triton_quant
+
+    x = torch.ones(2, 64)
+    monkeypatch.delenv("BLLAMA_TRITON", raising=False)
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert not triton_quant.enabled(x)  # interpreter present but not asked for
+    monkeypatch.setenv("BLLAMA_TRITON", "1")
+    assert triton_quant.enabled(x)
+    assert not triton_quant.enabled(x.half())  # a dtype whose rounding it does not reproduce
+    assert not triton_quant.enabled(torch.ones(2, triton_quant.MAX_COLS + 1))
+    monkeypatch.setenv("BLLAMA_TRITON", "0")
+    assert not triton_quant.enabled(x)
+    monkeypatch.delenv("TRITON_INTERPRET")
+    monkeypatch.setenv("BLLAMA_TRITON", "1")
+    assert not triton_quant.enabled(x)  # a CPU tensor without the interpreter
