@@ -139,6 +139,27 @@ def add_tokenizer(writer, tokenizer) -> None:
     writer.add_array("bllama.tokenizer.sp_model", tokenizer.serialized())  # bytes -> a uint8 array
 
 
+def add_model_tensors(writer, net, weight_type: str, progress: bool = False) -> None:
+    """Add a Transformer's tensors under their GGUF names: f16 embedding (and untied head), f32 norms, and every
+    projection packed as `weight_type` from its ternary codes and scale."""
+    from tqdm import tqdm
+
+    f32 = lambda t: t.detach().float().cpu().numpy()
+    with torch.no_grad():
+        writer.add_tensor("token_embd.weight", f32(net.embed_tokens.weight).astype(np.float16))
+        writer.add_tensor("output_norm.weight", f32(net.norm.weight))
+        if not net.config.tie_embeddings:
+            writer.add_tensor("output.weight", f32(net.lm_head.weight).astype(np.float16))
+        for i, block in enumerate(tqdm(net.layers, desc="packing ternary layers", unit="layer",
+                                       disable=not progress, leave=False)):
+            for attr, gname in NORMS.items():
+                writer.add_tensor(f"blk.{i}.{gname}.weight", f32(block.get_submodule(attr).weight))
+            for attr, gname in PROJECTIONS.items():
+                layer = block.get_submodule(attr)
+                add_ternary_tensor(writer, f"blk.{i}.{gname}.weight", layer.ternary_codes().cpu().numpy(),
+                                   float(layer.ternary_scale()), weight_type)
+
+
 def export_gguf(model, tokenizer, path: Union[str, os.PathLike], weight_type: str = "tq2_0",
                 name: str = "bllama", progress: bool = False) -> Path:
     """Write `model` (a bLlama or Transformer) and its SentencePiece tokenizer to `path`; returns the path."""
@@ -170,22 +191,7 @@ def export_gguf(model, tokenizer, path: Union[str, os.PathLike], weight_type: st
                          "i2_s": FILE_TYPE_I2_S}[weight_type])
         add_tokenizer(w, tokenizer)
 
-        with torch.no_grad():
-            f32 = lambda t: t.detach().float().cpu().numpy()
-            w.add_tensor("token_embd.weight", f32(net.embed_tokens.weight).astype(np.float16))
-            w.add_tensor("output_norm.weight", f32(net.norm.weight))
-            if not cfg.tie_embeddings:
-                w.add_tensor("output.weight", f32(net.lm_head.weight).astype(np.float16))
-            from tqdm import tqdm
-
-            for i, block in enumerate(tqdm(net.layers, desc="packing ternary layers", unit="layer",
-                                           disable=not progress, leave=False)):
-                for attr, gname in NORMS.items():
-                    w.add_tensor(f"blk.{i}.{gname}.weight", f32(block.get_submodule(attr).weight))
-                for attr, gname in PROJECTIONS.items():
-                    layer = block.get_submodule(attr)
-                    add_ternary_tensor(w, f"blk.{i}.{gname}.weight", layer.ternary_codes().cpu().numpy(),
-                                       float(layer.ternary_scale()), weight_type)
+        add_model_tensors(w, net, weight_type, progress)
         w.write_header_to_file()
         w.write_kv_data_to_file()
         w.write_tensors_to_file(progress=progress)

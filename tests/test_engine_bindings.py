@@ -20,7 +20,7 @@ def _export(net, path, weight_type="tq2_0"):
     """Write a quantized Transformer like bllama.export does, with a synthetic tokenizer."""
     import gguf
 
-    from bllama.export import NORMS, PROJECTIONS, add_bitnet_metadata, add_ternary_tensor, gguf_arch
+    from bllama.export import add_bitnet_metadata, add_model_tensors, gguf_arch
 
     cfg = net.config
     w = gguf.GGUFWriter(str(path), gguf_arch(cfg, weight_type))
@@ -33,18 +33,7 @@ def _export(net, path, weight_type="tq2_0"):
     w.add_array("bllama.tokenizer.sp_model", b"\x00\x01blob\xff")  # bytes -> UINT8 array
     w.add_float64("test.f64", 0.25)
     w.add_int64("test.i64", -5)
-    f32 = lambda t: t.detach().float().cpu().numpy()
-    w.add_tensor("token_embd.weight", f32(net.embed_tokens.weight).astype(np.float16))
-    w.add_tensor("output_norm.weight", f32(net.norm.weight))
-    if not cfg.tie_embeddings:
-        w.add_tensor("output.weight", f32(net.lm_head.weight).astype(np.float16))
-    for i, block in enumerate(net.layers):
-        for attr, gname in NORMS.items():
-            w.add_tensor(f"blk.{i}.{gname}.weight", f32(block.get_submodule(attr).weight))
-        for attr, gname in PROJECTIONS.items():
-            layer = block.get_submodule(attr)
-            add_ternary_tensor(w, f"blk.{i}.{gname}.weight", layer.ternary_codes().cpu().numpy(),
-                               float(layer.ternary_scale()), weight_type)
+    add_model_tensors(w, net, weight_type)
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file(progress=False)
