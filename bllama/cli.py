@@ -39,7 +39,7 @@ def cmd_train(args):
     from .data import TextDataModule
     from .module import bLlama
     from .tokenizer import SentencePieceTokenizer, train_sentencepiece
-    from .train import dataset_from_paths, make_trainer, save_run_files
+    from .train import dataset_from_paths, make_trainer, resolve_compile, save_run_files
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -67,7 +67,7 @@ def cmd_train(args):
     dm = TextDataModule(dataset, batch_size=config.batch_size, train_test_split=args.train_split, seed=args.seed,
                         num_workers=args.num_workers, resumable=True, pin_memory=torch.cuda.is_available())
     model = bLlama(config)
-    if args.compile:
+    if resolve_compile(args.compile, args.accelerator):
         model.compile_blocks()
     print(f"model: preset {args.preset}, {model.num_parameters() / 1e6:.2f}M parameters; "
           f"data: {len(dataset)} blocks of {config.seq_len} tokens")
@@ -210,7 +210,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --strategy fsdp: checkpoints as a directory of per-rank shards (default) or one file")
     t.add_argument("--activation-checkpointing", action="store_true",
                    help="recompute each block's activations in the backward pass (less memory, ~1/3 more compute)")
-    t.add_argument("--compile", action="store_true", help="torch.compile each transformer block")
+    t.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                   help="torch.compile each transformer block (default: on a GPU yes, on a CPU no)")
     t.add_argument("--accumulate", type=int, default=1,
                    help="micro-batches per optimizer step (global batch = batch size x accumulate x devices)")
     t.add_argument("--checkpoint-every", type=int, default=None,

@@ -11,7 +11,7 @@ from bllama import bLlama, bLlamaConfig
 from bllama.data import PackedDataset, TextDataModule
 from bllama.module import lr_multiplier, stage2_start
 from bllama.train import (AtomicCheckpointIO, BitFSDPStrategy, load_checkpoint, make_fsdp_strategy, make_trainer,
-                          resolve_precision)
+                          resolve_compile, resolve_precision)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -125,6 +125,15 @@ def test_fsdp_strategy_is_configured_per_block_but_needs_a_gpu(tmp_path):
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="needs GPUs"):
             make_trainer(tmp_path, strategy="fsdp", accelerator="auto", devices=2)
+
+
+def test_compile_defaults_to_on_for_gpus_only(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_compile(None, "auto") is False and resolve_compile(None, "cpu") is False
+    assert resolve_compile(None, "gpu") is True
+    assert resolve_compile(True, "cpu") is True and resolve_compile(False, "gpu") is False
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert resolve_compile(None, "auto") is True and resolve_compile(None, "cpu") is False
 
 
 def test_precision_auto_is_bf16_mixed_on_a_bf16_gpu(monkeypatch):
