@@ -32,12 +32,12 @@ def enabled(x: torch.Tensor) -> bool:
     """Whether BitLinear should quantize x with the kernel: not turned off, Triton importable, x on an sm_80+ GPU
     (or the interpreter asked for), a row short enough, and not while torch.compile traces (it fuses the eager
     ops itself)."""
+    if torch.compiler.is_compiling():  # first: nothing else of this function enters a compiled graph
+        return False
     flag = os.environ.get("BLLAMA_TRITON")
     if flag == "0" or x.shape[-1] > MAX_COLS or x.numel() == 0:
         return False
     if x.dtype not in (torch.float32, torch.bfloat16):  # the dtypes whose rounding the kernel reproduces
-        return False
-    if torch.compiler.is_compiling():
         return False
     if x.is_cuda:
         if not _verified_class(x.device.index if x.device.index is not None else torch.cuda.current_device()):
