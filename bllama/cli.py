@@ -160,6 +160,14 @@ def cmd_bench(args):
               head=args.head, device=args.device, sequences=args.sequences)
 
 
+def cmd_serve(args):
+    from .runtime import Runtime
+    from .server import serve
+
+    rt = Runtime.load(args.model, threads=args.threads, head=args.head, device=args.device)
+    serve(rt, host=args.host, port=args.port, model_id=args.name, default_max_tokens=args.max_tokens)
+
+
 def cmd_demo(args):
     from .demo import run_demo
 
@@ -283,6 +291,18 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--sequences", type=int, default=1,
                    help="decode this many random prompts together (batched decoding; tok/s counts all of them)")
     b.set_defaults(func=cmd_bench)
+
+    sv = sub.add_parser("serve", help="serve a .gguf model over HTTP (OpenAI-compatible completions and chat)")
+    sv.add_argument("model", help="model.gguf (or a Hugging Face checkpoint folder)")
+    sv.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    sv.add_argument("--port", type=int, default=8080, help="port (default 8080; 0 picks a free one)")
+    sv.add_argument("--name", default=None, help="model id in replies and /v1/models (default: the file's stem)")
+    sv.add_argument("--max-tokens", type=int, default=256, help="new tokens when a request names no max_tokens")
+    sv.add_argument("--threads", type=int, default=None, help="engine threads (default: all cores)")
+    sv.add_argument("--head", default="f16", choices=["f16", "q8"],
+                    help="LM head format: f16 (the file's, default) or q8 (int8 per-row scales, half the head bytes)")
+    sv.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="run on the CPU (default) or the GPU")
+    sv.set_defaults(func=cmd_serve)
 
     d = sub.add_parser("demo", help="train the tiny preset on built-in text, export it, and generate with the engine")
     d.add_argument("--minutes", type=float, default=3.0, help="training time (default 3)")

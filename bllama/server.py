@@ -1,0 +1,267 @@
+"""`bllama serve`: an OpenAI-compatible HTTP server over one Runtime (Python's standard library only).
+
+    POST /v1/completions       {"prompt": "...", "max_tokens": 64, "temperature": 0, "stream": false, ...}
+    POST /v1/chat/completions  {"messages": [{"role": "user", "content": "..."}], ...}  (the file's chat template)
+    GET  /v1/models, GET /health
+
+One engine serves one request at a time: the others wait for it (a lock), each on its own connection thread. A
+streamed reply (`"stream": true`) is sent as server-sent events, piece by piece, and a client that hangs up stops
+the generation. Requests the engine cannot honour (a prompt longer than the context, an option it does not have)
+get a 400 with an OpenAI-style error body that names the problem, never a silently different answer.
+"""
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Iterator, Optional, Tuple
+
+MAX_BODY = 8 << 20  # bytes: a request larger than this is refused before it is read
+FINISH = {"stop_token": "stop", "callback": "stop", "length": "length"}  # engine stop reasons -> OpenAI's
+
+
+class RequestError(ValueError):
+    """A request the server refuses, with the HTTP status to answer."""
+
+    def __init__(self, message: str, status: int = HTTPStatus.BAD_REQUEST):
+        super().__init__(message)
+        self.status = status
+
+
+def _number(body: dict, key: str, default, kind, lo=None, hi=None):
+    value = body.get(key, default)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and value != int(value)):
+        raise RequestError(f"'{key}' must be {'an integer' if kind is int else 'a number'}, got {value!r}")
+    value = kind(value)
+    if (lo is not None and value < lo) or (hi is not None and value > hi):
+        raise RequestError(f"'{key}' must be in [{lo}, {hi}], got {value}")
+    return value
+
+
+def sampling_options(body: dict, default_max_tokens: int) -> dict:
+    """Runtime keyword arguments from an OpenAI request body; refuses what the engine would not honour."""
+    for key, off in (("n", 1), ("best_of", 1), ("frequency_penalty", 0), ("presence_penalty", 0), ("echo", False),
+                     ("logprobs", None), ("top_logprobs", None), ("logit_bias", None), ("suffix", None),
+                     ("tools", None), ("response_format", None)):
+        if body.get(key, off) not in (off, None) and not (key == "logprobs" and body.get(key) is False):
+            raise RequestError(f"'{key}' is not supported by this server (only {key}={off!r})")
+    max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
+    temperature = _number(body, "temperature", 1.0, float, 0.0, 2.0)
+    stop = body.get("stop")
+    if isinstance(stop, str):
+        stop = [stop]
+    if stop is not None and (not isinstance(stop, list) or not all(isinstance(s, str) for s in stop)):
+        raise RequestError(f"'stop' must be a string or a list of strings, got {stop!r}")
+    seed = body.get("seed")
+    if seed is not None:
+        seed = _number(body, "seed", None, int, 0, 2**63 - 1)
+    return dict(max_new_tokens=_number({"max_tokens": max_tokens}, "max_tokens", default_max_tokens, int, 0),
+                do_sample=temperature > 0, temperature=temperature if temperature > 0 else 1.0,
+                top_p=_number(body, "top_p", 1.0, float, 0.0, 1.0), top_k=_number(body, "top_k", 0, int, 0),
+                repetition_penalty=_number(body, "repetition_penalty", 1.0, float, 0.0), seed=seed, stop=stop)
+
+
+class Server(ThreadingHTTPServer):
+    """An HTTP server bound to one Runtime; `model_id` is the name /v1/models reports and replies carry."""
+
+    daemon_threads = True
+
+    def __init__(self, runtime, address: Tuple[str, int], model_id: str, default_max_tokens: int = 256,
+                 quiet: bool = False):
+        self.runtime, self.model_id, self.default_max_tokens, self.quiet = runtime, model_id, default_max_tokens, quiet
+        self.engine_lock = threading.Lock()
+        super().__init__(address, Handler)
+
+    @property
+    def url(self) -> str:
+        host, port = self.server_address[:2]
+        return f"http://{host}:{port}"
+
+
+class Handler(BaseHTTPRequestHandler):
+    server: Server
+    protocol_version = "HTTP/1.1"  # keep-alive for JSON replies; a stream closes its connection at its end
+    _streaming = False
+
+    # ---- plumbing ---------------------------------------------------------------------------------------
+    def log_message(self, fmt, *args):
+        if not self.server.quiet:
+            super().log_message(fmt, *args)
+
+    def _send_json(self, status: int, obj: dict) -> None:
+        data = json.dumps(obj).encode("utf-8")
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _send_error(self, status: int, message: str) -> None:
+        error = {"message": message, "type": "invalid_request_error" if status < 500 else "server_error",
+                 "code": int(status)}
+        self.close_connection = True  # the body may be unread: nothing more can be parsed from this connection
+        if self._streaming:  # the 200 and some events are out: the error is the last event
+            self.wfile.write(b"data: " + json.dumps({"error": error}).encode("utf-8") + b"\n\n")
+            self.wfile.flush()
+            return
+        data = json.dumps({"error": error}).encode("utf-8")
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.send_header("Connection", "close")
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _body(self) -> dict:
+        length = self.headers.get("Content-Length")
+        if length is None:
+            raise RequestError("a request body with a Content-Length is required", HTTPStatus.LENGTH_REQUIRED)
+        if not length.isdigit() or int(length) > MAX_BODY:
+            raise RequestError(f"the request body must be at most {MAX_BODY} bytes", HTTPStatus.REQUEST_ENTITY_TOO_LARGE)
+        raw = self.rfile.read(int(length))
+        try:
+            body = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise RequestError(f"the request body is not valid JSON: {e}") from None
+        if not isinstance(body, dict):
+            raise RequestError("the request body must be a JSON object")
+        return body
+
+    def do_GET(self):
+        if self.path == "/health":
+            self._send_json(HTTPStatus.OK, {"status": "ok"})
+        elif self.path == "/v1/models":
+            self._send_json(HTTPStatus.OK, {"object": "list", "data": [
+                {"id": self.server.model_id, "object": "model", "created": 0, "owned_by": "bllama"}]})
+        else:
+            self._send_error(HTTPStatus.NOT_FOUND, f"no such endpoint: GET {self.path}")
+
+    def do_POST(self):
+        self._streaming = False
+        routes = {"/v1/completions": self._completions, "/v1/chat/completions": self._chat}
+        route = routes.get(self.path)
+        try:
+            if route is None:
+                raise RequestError(f"no such endpoint: POST {self.path}", HTTPStatus.NOT_FOUND)
+            route(self._body())
+        except RequestError as e:
+            self._send_error(e.status, str(e))
+        except (ValueError, TypeError, IndexError, KeyError) as e:  # the Runtime's and engine's own checks
+            self._send_error(HTTPStatus.BAD_REQUEST, str(e).strip("'\""))
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the client hung up; the generation was stopped by closing its stream
+        except Exception as e:  # noqa: BLE001 - reported to the client rather than dropped
+            self._send_error(HTTPStatus.INTERNAL_SERVER_ERROR, f"{type(e).__name__}: {e}")
+
+    # ---- endpoints --------------------------------------------------------------------------------------
+    def _completions(self, body: dict) -> None:
+        prompt = body.get("prompt")
+        if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
+            prompt = prompt[0]
+        if not isinstance(prompt, str) or not prompt:
+            raise RequestError("'prompt' must be a non-empty string (one prompt per request)")
+        opts = sampling_options(body, self.server.default_max_tokens)
+        rt = self.server.runtime
+        self._reply(body, "text_completion", "cmpl", lambda: rt.stream(prompt, **opts))
+
+    def _chat(self, body: dict) -> None:
+        messages = body.get("messages")
+        if not isinstance(messages, list) or not messages:
+            raise RequestError("'messages' must be a non-empty list of {role, content} objects")
+        opts = sampling_options(body, self.server.default_max_tokens)
+        rt = self.server.runtime
+        self._reply(body, "chat.completion", "chatcmpl", lambda: rt.chat(messages, stream=True, **opts))
+
+    def _reply(self, body: dict, kind: str, prefix: str, start) -> None:
+        """Runs start() (a generator of text pieces) under the engine lock; answers as JSON or as a stream."""
+        stream = bool(body.get("stream", False))
+        include_usage = bool((body.get("stream_options") or {}).get("include_usage", False))
+        rid, created = f"{prefix}-{uuid.uuid4().hex[:24]}", int(time.time())
+        with self.server.engine_lock:
+            pieces = start()
+            try:
+                first = next(pieces, None)  # errors (prompt too long, bad messages) surface here, before any reply
+                if not stream:
+                    text = (first or "") + "".join(pieces)
+                    self._send_json(HTTPStatus.OK, self._final(kind, rid, created, text))
+                    return
+                self._stream(kind, rid, created, first, pieces, include_usage)
+            finally:
+                pieces.close()  # a client gone mid-stream stops the engine here
+
+    def _usage(self) -> dict:
+        s = self.server.runtime.stats
+        return {"prompt_tokens": s.get("prompt_tokens", 0), "completion_tokens": s.get("generated_tokens", 0),
+                "total_tokens": s.get("prompt_tokens", 0) + s.get("generated_tokens", 0)}
+
+    def _finish_reason(self) -> str:
+        return FINISH.get(self.server.runtime.stats.get("stop_reason"), "stop")
+
+    def _final(self, kind: str, rid: str, created: int, text: str) -> dict:
+        if kind == "chat.completion":
+            choice = {"index": 0, "message": {"role": "assistant", "content": text}}
+        else:
+            choice = {"index": 0, "text": text, "logprobs": None}
+        choice["finish_reason"] = self._finish_reason()
+        return {"id": rid, "object": kind, "created": created, "model": self.server.model_id, "choices": [choice],
+                "usage": self._usage()}
+
+    def _stream(self, kind: str, rid: str, created: int, first: Optional[str], pieces: Iterator[str],
+                include_usage: bool) -> None:
+        self.send_response(HTTPStatus.OK)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Cache-Control", "no-cache")
+        self.send_header("Connection", "close")  # the end of the stream is the end of the connection
+        self.end_headers()
+        self.close_connection = self._streaming = True
+        chat = kind == "chat.completion"
+        obj = kind + ".chunk" if chat else kind
+
+        def event(choices, usage=None):
+            chunk = {"id": rid, "object": obj, "created": created, "model": self.server.model_id, "choices": choices}
+            if include_usage:
+                chunk["usage"] = usage
+            self.wfile.write(b"data: " + json.dumps(chunk).encode("utf-8") + b"\n\n")
+            self.wfile.flush()
+
+        def delta(text: str) -> dict:
+            return {"index": 0, "delta": {"content": text}, "finish_reason": None} if chat else \
+                {"index": 0, "text": text, "logprobs": None, "finish_reason": None}
+
+        if chat:
+            event([{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}])
+        if first:
+            event([delta(first)])
+        for piece in pieces:
+            event([delta(piece)])
+        end = delta("")
+        end["finish_reason"] = self._finish_reason()
+        if chat:
+            end["delta"] = {}
+        event([end])
+        if include_usage:
+            event([], self._usage())
+        self.wfile.write(b"data: [DONE]\n\n")
+        self.wfile.flush()
+
+
+def serve(runtime, host: str = "127.0.0.1", port: int = 8080, model_id: Optional[str] = None,
+          default_max_tokens: int = 256) -> None:
+    """Serves `runtime` until interrupted (Ctrl-C)."""
+    from pathlib import Path
+
+    server = Server(runtime, (host, port), model_id or Path(runtime.path).stem, default_max_tokens)
+    print(f"serving {runtime.path} as '{server.model_id}' at {server.url} "
+          f"(OpenAI-compatible: POST /v1/completions, POST /v1/chat/completions; GET /v1/models, /health)",
+          flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        print("stopped", flush=True)
+    finally:
+        server.server_close()
