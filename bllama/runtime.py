@@ -87,21 +87,44 @@ def _tokenizer_from_metadata(engine):
 
 class _TextStream:
     """Turns generated token ids into text deltas. Holds back what may still change: an incomplete UTF-8
-    sequence (byte-fallback tokens) and a tail that could be the start of a stop string."""
+    sequence (byte-fallback tokens) and a tail that could be the start of a stop string.
+
+    Each token costs a decode of a few tokens, not of the whole prompt and reply: the text of tokens before
+    `anchor` is final, so only a short window is decoded again, starting CONTEXT tokens before the anchor (what
+    the new tokens' text depends on: SentencePiece drops a leading space only at the start of the decoded text).
+    Decoding everything each time cost 260 us per token after a 2000-token prompt, a quarter of a GPU decode step.
+    """
+
+    CONTEXT = 4
 
     def __init__(self, tokenizer, prompt_ids, stop: Sequence[str]):
-        self.tok, self.prompt_ids, self.ids = tokenizer, list(prompt_ids), []
+        self.tok, self.tokens = tokenizer, list(prompt_ids)
         self.stop = [s for s in (stop or []) if s]
-        self.prefix = tokenizer.decode(self.prompt_ids)
+        self.anchor = len(self.tokens)  # tokens before it are decoded into self.final
+        self.final = ""  # the continuation's text up to the anchor
         self.emitted = ""
         self.stopped = False
 
+    def _decoded(self) -> str:
+        """The continuation's text so far; its end may still be an incomplete character."""
+        start = max(0, self.anchor - self.CONTEXT)
+        head = self.tok.decode(self.tokens[start:self.anchor])
+        while not head and start > 0:  # a window of control tokens only: reach back to real text
+            start = max(0, start - self.CONTEXT)
+            head = self.tok.decode(self.tokens[start:self.anchor])
+        window = self.tok.decode(self.tokens[start:])
+        # A prompt ending inside a character decodes differently once the reply completes it: take the reply alone.
+        tail = window[len(head):] if window.startswith(head) else self.tok.decode(self.tokens[self.anchor:])
+        if tail.endswith("\ufffd"):
+            return self.final + tail
+        self.final += tail
+        self.anchor = len(self.tokens)
+        return self.final
+
     def _text(self) -> str:
-        # Decoding with the prompt keeps the space SentencePiece would drop at the start of a bare continuation.
-        full = self.tok.decode(self.prompt_ids + self.ids)
-        text = full[len(self.prefix):] if full.startswith(self.prefix) else self.tok.decode(self.ids)
+        text = self._decoded()
         for s in self.stop:
-            i = text.find(s)
+            i = text.find(s, max(0, len(self.emitted) - len(s)))  # the emitted text never holds a whole stop string
             if i >= 0:
                 text, self.stopped = text[:i], True
         return text
@@ -112,7 +135,7 @@ class _TextStream:
         return delta
 
     def push(self, token: int) -> str:
-        self.ids.append(token)
+        self.tokens.append(token)
         text = self._text()
         if self.stopped:
             return self._emit(text, len(text))

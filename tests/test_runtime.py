@@ -243,3 +243,77 @@ def test_text_stream_holds_back_partial_stop_strings():
     ts = _TextStream(CharTokenizer(), [80], stop=["END"])
     assert "".join(ts.push(ord(c)) for c in "xEN") == "x"
     assert ts.flush() == "EN"  # the generation ended without the stop string: nothing is lost
+
+
+class FullDecodeStream:
+    """The slow reference for _TextStream: decodes the prompt and the whole reply at every token."""
+
+    def __init__(self, tok, prompt_ids, stop):
+        self.tok, self.prompt_ids, self.ids, self.stop = tok, list(prompt_ids), [], [s for s in stop or [] if s]
+        self.prefix, self.emitted, self.stopped = tok.decode(self.prompt_ids), "", False
+
+    def _text(self):
+        full = self.tok.decode(self.prompt_ids + self.ids)
+        text = full[len(self.prefix):] if full.startswith(self.prefix) else self.tok.decode(self.ids)
+        for s in self.stop:
+            if (i := text.find(s)) >= 0:
+                text, self.stopped = text[:i], True
+        return text
+
+    def _emit(self, text, upto):
+        delta = text[len(self.emitted):upto] if upto > len(self.emitted) else ""
+        self.emitted += delta
+        return delta
+
+    def push(self, token):
+        self.ids.append(token)
+        text = self._text()
+        if self.stopped:
+            return self._emit(text, len(text))
+        safe = len(text) - 1 if text.endswith("\ufffd") else len(text)
+        for s in self.stop:
+            for k in range(min(len(s) - 1, len(text)), 0, -1):
+                if text.endswith(s[:k]):
+                    safe = min(safe, len(text) - k)
+                    break
+        return self._emit(text, safe)
+
+    def flush(self):
+        return self._emit(self._text(), len(self._text()))
+
+
+@pytest.mark.parametrize("kind", ["sentencepiece", "bpe"])
+def test_text_stream_windowed_decode_equals_full_decode(kind, sp_tokenizer):
+    """Every delta of the windowed _TextStream equals the full-decode reference's, on real text, on random ids
+    (byte-fallback pieces split characters; control tokens in runs), with and without stop strings."""
+    from bllama.runtime import _TextStream
+
+    if kind == "bpe":
+        from test_i2s import llama3_style_tokenizer
+        tok = llama3_style_tokenizer()
+    else:
+        tok = sp_tokenizer
+    rng = np.random.default_rng(0)
+    text = "ROMEO: Is the day so young? \u00e9t\u00e9 \u2014 caf\u00e9 \U0001f600 na\u00efve\n\nJULIET: Ay, me! " * 3
+    real = tok.encode(text)
+    controls = [i for i in (tok.bos_id, tok.eos_id) if i is not None]
+    cases = [(real[:5], real[5:], None), (real[:1], real[1:], ["\n\n"]), (real[:30], real[30:], ["Ay", "me!"])]
+    # a whole window of control tokens, then a piece with a leading space (SentencePiece drops it at the start)
+    cases += [(real[:5], [c] * 6 + tok.encode(" the day is young", add_bos=False), None) for c in controls]
+    for _ in range(40):
+        ids = rng.integers(0, tok.vocab_size, size=int(rng.integers(2, 60))).tolist()
+        if controls and rng.random() < 0.5:  # a run of control tokens mid-reply
+            at = int(rng.integers(1, len(ids)))
+            ids[at:at] = [controls[0]] * int(rng.integers(1, 10))
+        cut = int(rng.integers(1, len(ids)))
+        stop = None if rng.random() < 0.5 else [tok.decode(real[3:5]), "e"]
+        cases.append((ids[:cut], ids[cut:], stop))
+    for prompt, reply, stop in cases:
+        fast, slow = _TextStream(tok, prompt, stop), FullDecodeStream(tok, prompt, stop)
+        for t in reply:
+            assert fast.push(t) == slow.push(t), (prompt, reply, stop)
+            assert fast.stopped == slow.stopped
+            if slow.stopped:
+                break
+        assert fast.flush() == slow.flush()
+        assert fast.emitted == slow.emitted
