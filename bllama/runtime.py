@@ -213,7 +213,9 @@ class Runtime:
     def _stop_ids(self) -> List[int]:
         return list(self.eos_ids)
 
-    def _prompt_ids(self, prompt: str) -> List[int]:
+    def encode(self, prompt: str) -> List[int]:
+        """The token ids generate() and stream() feed the engine for `prompt` (BOS included where the model uses
+        one); TypeError / ValueError for a non-string or empty prompt."""
         if not isinstance(prompt, str):
             raise TypeError(f"prompt must be a string, got {type(prompt).__name__}")
         if not prompt:
@@ -260,7 +262,7 @@ class Runtime:
                         seed, stop, stop_at_eos) -> List[str]:
         if max_new_tokens < 0:
             raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
-        ids = [self._prompt_ids(p) for p in prompts]
+        ids = [self.encode(p) for p in prompts]
         outs = self._engine.generate_batch(ids, int(max_new_tokens),
                                            **self._engine_sampling(do_sample, temperature, top_k, top_p,
                                                                    repetition_penalty, seed, stop_at_eos))
@@ -281,11 +283,15 @@ class Runtime:
                top_k: int = 0, top_p: float = 1.0, repetition_penalty: float = 1.0, seed: Optional[int] = None,
                stop: Optional[Sequence[str]] = None, stop_at_eos: bool = True) -> Iterator[str]:
         """Yields the continuation's text as it is produced. The engine runs in a worker thread (GIL released)."""
-        return self._stream_ids(self._prompt_ids(prompt), max_new_tokens, do_sample, temperature, top_k, top_p,
+        return self.stream_ids(self.encode(prompt), max_new_tokens, do_sample, temperature, top_k, top_p,
                                 repetition_penalty, seed, stop, stop_at_eos)
 
-    def _stream_ids(self, prompt_ids, max_new_tokens, do_sample, temperature, top_k, top_p, repetition_penalty, seed,
-                    stop, stop_at_eos) -> Iterator[str]:
+    def stream_ids(self, prompt_ids: Sequence[int], max_new_tokens: int = 128, do_sample: bool = False,
+                   temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, repetition_penalty: float = 1.0,
+                   seed: Optional[int] = None, stop: Optional[Sequence[str]] = None,
+                   stop_at_eos: bool = True) -> Iterator[str]:
+        """stream() from token ids (encode() or chat_prompt_ids() give them): nothing runs until the first
+        next(); closing the iterator stops the engine within a few tokens."""
         text = _TextStream(self.tokenizer, prompt_ids, stop)
         # Bounded: the engine runs at most a few pieces ahead of the reader, so a reader that stops
         # (closes the generator) stops the engine too instead of letting it finish max_new_tokens.
@@ -355,7 +361,7 @@ class Runtime:
              stop: Optional[Sequence[str]] = None, stream: bool = False) -> Union[str, Iterator[str]]:
         """The assistant's reply to `messages` under the file's chat template; ends at an end-of-turn / EOS id
         (every id in eos_ids), a `stop` string or max_new_tokens. stream=True yields the text as it comes."""
-        pieces = self._stream_ids(self.chat_prompt_ids(messages), max_new_tokens, do_sample, temperature, top_k,
+        pieces = self.stream_ids(self.chat_prompt_ids(messages), max_new_tokens, do_sample, temperature, top_k,
                                   top_p, repetition_penalty, seed, stop, True)
         return pieces if stream else "".join(pieces)
 

@@ -4,23 +4,29 @@
     POST /v1/chat/completions  {"messages": [{"role": "user", "content": "..."}], ...}  (the file's chat template)
     GET  /v1/models, GET /health
 
-One engine serves one request at a time: the others wait for it (a lock), each on its own connection thread. A
-streamed reply (`"stream": true`) is sent as server-sent events, piece by piece, and a client that hangs up stops
-the generation. Requests the engine cannot honour (a prompt longer than the context, an option it does not have)
-get a 400 with an OpenAI-style error body that names the problem, never a silently different answer.
+One engine serves one request at a time: the others wait for it (a lock), each on its own connection thread, with
+their prompts already tokenized. A streamed reply (`"stream": true`) goes out as server-sent events piece by piece;
+a client that hangs up, or stops reading for `client_timeout` seconds, ends its generation and frees the engine.
+Requests the engine cannot honour (a prompt longer than the context, an option it does not have, a malformed
+value) get a 400 with an OpenAI-style error body that names the problem, never a silently different answer.
 """
 from __future__ import annotations
 
 import json
+import math
 import threading
 import time
 import uuid
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Iterator, Optional, Tuple
+from typing import Iterator, List, Optional, Tuple
 
-MAX_BODY = 8 << 20  # bytes: a request larger than this is refused before it is read
+MAX_BODY = 8 << 20  # bytes: a larger request is refused unread (and its connection closed)
 FINISH = {"stop_token": "stop", "callback": "stop", "length": "length"}  # engine stop reasons -> OpenAI's
+# Fields this server cannot honour, each with the values that mean "not used" (those are accepted).
+UNSUPPORTED = {"n": (1,), "best_of": (1,), "frequency_penalty": (0,), "presence_penalty": (0,), "echo": (False,),
+               "logprobs": (False, 0), "top_logprobs": (0,), "logit_bias": ({},), "suffix": ("",), "tools": ([],),
+               "tool_choice": ("none",), "response_format": ({"type": "text"},)}
 
 
 class RequestError(ValueError):
@@ -31,49 +37,89 @@ class RequestError(ValueError):
         self.status = status
 
 
-def _number(body: dict, key: str, default, kind, lo=None, hi=None):
-    value = body.get(key, default)
+def _refuse_constant(name: str):
+    raise RequestError(f"the request body holds {name}, which is not a JSON number")
+
+
+def _number(body: dict, key: str, default, kind, lo=None, hi=None, lo_open=False):
+    value = body.get(key)
     if value is None:
         return default
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and value != int(value)):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+            or (kind is int and value != int(value)):
         raise RequestError(f"'{key}' must be {'an integer' if kind is int else 'a number'}, got {value!r}")
     value = kind(value)
-    if (lo is not None and value < lo) or (hi is not None and value > hi):
-        raise RequestError(f"'{key}' must be in [{lo}, {hi}], got {value}")
+    if (lo is not None and (value <= lo if lo_open else value < lo)) or (hi is not None and value > hi):
+        raise RequestError(f"'{key}' must be in {'(' if lo_open else '['}{lo}, {hi if hi is not None else 'inf'}], "
+                           f"got {value}")
     return value
 
 
-def sampling_options(body: dict, default_max_tokens: int) -> dict:
-    """Runtime keyword arguments from an OpenAI request body; refuses what the engine would not honour."""
-    for key, off in (("n", 1), ("best_of", 1), ("frequency_penalty", 0), ("presence_penalty", 0), ("echo", False),
-                     ("logprobs", None), ("top_logprobs", None), ("logit_bias", None), ("suffix", None),
-                     ("tools", None), ("response_format", None)):
-        if body.get(key, off) not in (off, None) and not (key == "logprobs" and body.get(key) is False):
-            raise RequestError(f"'{key}' is not supported by this server (only {key}={off!r})")
-    max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
+def _flag(body: dict, key: str) -> bool:
+    value = body.get(key, False)
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise RequestError(f"'{key}' must be true or false, got {value!r}")
+    return value
+
+
+def sampling_options(body: dict) -> dict:
+    """Runtime keyword arguments from an OpenAI request body (max_new_tokens: None when the request sets none);
+    refuses what the engine would not honour."""
+    for key, off in UNSUPPORTED.items():
+        if body.get(key) is not None and body[key] not in off:
+            raise RequestError(f"'{key}' is not supported by this server (only {off[0]!r} or leaving it out)")
+    key = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
     temperature = _number(body, "temperature", 1.0, float, 0.0, 2.0)
     stop = body.get("stop")
     if isinstance(stop, str):
         stop = [stop]
     if stop is not None and (not isinstance(stop, list) or not all(isinstance(s, str) for s in stop)):
         raise RequestError(f"'stop' must be a string or a list of strings, got {stop!r}")
-    seed = body.get("seed")
-    if seed is not None:
-        seed = _number(body, "seed", None, int, 0, 2**63 - 1)
-    return dict(max_new_tokens=_number({"max_tokens": max_tokens}, "max_tokens", default_max_tokens, int, 0),
-                do_sample=temperature > 0, temperature=temperature if temperature > 0 else 1.0,
-                top_p=_number(body, "top_p", 1.0, float, 0.0, 1.0), top_k=_number(body, "top_k", 0, int, 0),
-                repetition_penalty=_number(body, "repetition_penalty", 1.0, float, 0.0), seed=seed, stop=stop)
+    seed = _number(body, "seed", None, int, -2**63, 2**64 - 1)
+    return dict(max_new_tokens=_number(body, key, None, int, 0), do_sample=temperature > 0,
+                temperature=temperature if temperature > 0 else 1.0,
+                top_p=_number(body, "top_p", 1.0, float, 0.0, 1.0, lo_open=True),
+                top_k=_number(body, "top_k", 0, int, 0),
+                repetition_penalty=_number(body, "repetition_penalty", 1.0, float, 0.0, lo_open=True),
+                seed=None if seed is None else seed % 2**63,  # the engine's seeds are non-negative (-1: random)
+                stop=stop)
+
+
+def chat_messages(messages) -> List[dict]:
+    """OpenAI messages for the chat template: content given as a list of text parts becomes one string."""
+    if not isinstance(messages, list) or not messages:
+        raise RequestError("'messages' must be a non-empty list of {role, content} objects")
+    out = []
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict):
+            raise RequestError(f"message {i} must be an object with 'role' and 'content'")
+        content = m.get("content")
+        if isinstance(content, list):
+            if not all(isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str)
+                       for p in content):
+                raise RequestError(f"message {i}: only text content parts are supported")
+            m = {**m, "content": "".join(p["text"] for p in content)}
+        out.append(m)
+    return out
 
 
 class Server(ThreadingHTTPServer):
-    """An HTTP server bound to one Runtime; `model_id` is the name /v1/models reports and replies carry."""
+    """An HTTP server bound to one Runtime; `model_id` is the name /v1/models reports and replies carry.
+    default_max_tokens: the most new tokens of a request that sets no max_tokens (fewer if the context is fuller).
+    client_timeout: seconds a client may stall (not send, not read) before its connection is dropped."""
 
     daemon_threads = True
 
     def __init__(self, runtime, address: Tuple[str, int], model_id: str, default_max_tokens: int = 256,
-                 quiet: bool = False):
-        self.runtime, self.model_id, self.default_max_tokens, self.quiet = runtime, model_id, default_max_tokens, quiet
+                 quiet: bool = False, client_timeout: float = 60.0):
+        if default_max_tokens < 1:
+            raise ValueError(f"default_max_tokens must be >= 1, got {default_max_tokens}")
+        if not client_timeout > 0:
+            raise ValueError(f"client_timeout must be > 0 seconds, got {client_timeout}")
+        self.runtime, self.model_id, self.default_max_tokens = runtime, model_id, default_max_tokens
+        self.quiet, self.client_timeout = quiet, client_timeout
         self.engine_lock = threading.Lock()
         super().__init__(address, Handler)
 
@@ -88,46 +134,52 @@ class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive for JSON replies; a stream closes its connection at its end
     _streaming = False
 
+    def setup(self):
+        self.timeout = self.server.client_timeout  # StreamRequestHandler applies it to the socket
+        super().setup()
+
     # ---- plumbing ---------------------------------------------------------------------------------------
     def log_message(self, fmt, *args):
         if not self.server.quiet:
             super().log_message(fmt, *args)
 
-    def _send_json(self, status: int, obj: dict) -> None:
+    def _send_json(self, status: int, obj: dict, close: bool = False) -> None:
         data = json.dumps(obj).encode("utf-8")
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
+        if close:
+            self.send_header("Connection", "close")
+            self.close_connection = True
         self.end_headers()
         self.wfile.write(data)
 
     def _send_error(self, status: int, message: str) -> None:
         error = {"message": message, "type": "invalid_request_error" if status < 500 else "server_error",
                  "code": int(status)}
-        self.close_connection = True  # the body may be unread: nothing more can be parsed from this connection
         if self._streaming:  # the 200 and some events are out: the error is the last event
             self.wfile.write(b"data: " + json.dumps({"error": error}).encode("utf-8") + b"\n\n")
             self.wfile.flush()
+            self.close_connection = True
             return
-        data = json.dumps({"error": error}).encode("utf-8")
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.send_header("Connection", "close")
-        self.end_headers()
-        self.wfile.write(data)
+        # The body may be unread: nothing more can be parsed from this connection.
+        self._send_json(status, {"error": error}, close=True)
 
     def _body(self) -> dict:
         length = self.headers.get("Content-Length")
         if length is None:
             raise RequestError("a request body with a Content-Length is required", HTTPStatus.LENGTH_REQUIRED)
-        if not length.isdigit() or int(length) > MAX_BODY:
+        if not length.strip().isdigit():
+            raise RequestError(f"invalid Content-Length {length!r}")
+        if int(length) > MAX_BODY:
             raise RequestError(f"the request body must be at most {MAX_BODY} bytes", HTTPStatus.REQUEST_ENTITY_TOO_LARGE)
         raw = self.rfile.read(int(length))
         try:
-            body = json.loads(raw.decode("utf-8"))
+            body = json.loads(raw.decode("utf-8"), parse_constant=_refuse_constant)
         except (UnicodeDecodeError, json.JSONDecodeError) as e:
             raise RequestError(f"the request body is not valid JSON: {e}") from None
+        except RecursionError:
+            raise RequestError("the request body is nested too deeply") from None
         if not isinstance(body, dict):
             raise RequestError("the request body must be a JSON object")
         return body
@@ -144,19 +196,23 @@ class Handler(BaseHTTPRequestHandler):
     def do_POST(self):
         self._streaming = False
         routes = {"/v1/completions": self._completions, "/v1/chat/completions": self._chat}
-        route = routes.get(self.path)
         try:
+            route = routes.get(self.path)
             if route is None:
                 raise RequestError(f"no such endpoint: POST {self.path}", HTTPStatus.NOT_FOUND)
             route(self._body())
         except RequestError as e:
-            self._send_error(e.status, str(e))
-        except (ValueError, TypeError, IndexError, KeyError) as e:  # the Runtime's and engine's own checks
-            self._send_error(HTTPStatus.BAD_REQUEST, str(e).strip("'\""))
-        except (BrokenPipeError, ConnectionResetError):
-            pass  # the client hung up; the generation was stopped by closing its stream
-        except Exception as e:  # noqa: BLE001 - reported to the client rather than dropped
-            self._send_error(HTTPStatus.INTERNAL_SERVER_ERROR, f"{type(e).__name__}: {e}")
+            self._reply_error(e.status, str(e))
+        except OSError:  # the client hung up or stalled past client_timeout; its generation has been stopped
+            self.close_connection = True
+        except Exception as e:  # noqa: BLE001 - a bug of ours: reported, not hidden behind a dropped connection
+            self._reply_error(HTTPStatus.INTERNAL_SERVER_ERROR, f"{type(e).__name__}: {e}")
+
+    def _reply_error(self, status: int, message: str) -> None:
+        try:
+            self._send_error(status, message)
+        except OSError:
+            self.close_connection = True
 
     # ---- endpoints --------------------------------------------------------------------------------------
     def _completions(self, body: dict) -> None:
@@ -165,27 +221,36 @@ class Handler(BaseHTTPRequestHandler):
             prompt = prompt[0]
         if not isinstance(prompt, str) or not prompt:
             raise RequestError("'prompt' must be a non-empty string (one prompt per request)")
-        opts = sampling_options(body, self.server.default_max_tokens)
-        rt = self.server.runtime
-        self._reply(body, "text_completion", "cmpl", lambda: rt.stream(prompt, **opts))
+        opts = sampling_options(body)
+        self._reply(body, "text_completion", "cmpl", lambda rt: rt.encode(prompt), opts)
 
     def _chat(self, body: dict) -> None:
-        messages = body.get("messages")
-        if not isinstance(messages, list) or not messages:
-            raise RequestError("'messages' must be a non-empty list of {role, content} objects")
-        opts = sampling_options(body, self.server.default_max_tokens)
-        rt = self.server.runtime
-        self._reply(body, "chat.completion", "chatcmpl", lambda: rt.chat(messages, stream=True, **opts))
+        messages = chat_messages(body.get("messages"))
+        opts = sampling_options(body)
+        self._reply(body, "chat.completion", "chatcmpl", lambda rt: rt.chat_prompt_ids(messages), opts)
 
-    def _reply(self, body: dict, kind: str, prefix: str, start) -> None:
-        """Runs start() (a generator of text pieces) under the engine lock; answers as JSON or as a stream."""
-        stream = bool(body.get("stream", False))
-        include_usage = bool((body.get("stream_options") or {}).get("include_usage", False))
+    def _reply(self, body: dict, kind: str, prefix: str, prompt_ids, opts: dict) -> None:
+        """Tokenizes (outside the engine lock), then generates under it; answers as JSON or as a stream."""
+        stream = _flag(body, "stream")
+        options = body.get("stream_options")
+        if options is not None and not isinstance(options, dict):
+            raise RequestError(f"'stream_options' must be an object, got {options!r}")
+        include_usage = _flag(options or {}, "include_usage")
+        rt = self.server.runtime
+        try:
+            ids = prompt_ids(rt)  # the Runtime's checks: empty prompt, no chat template, a message without content
+        except (ValueError, TypeError, KeyError) as e:
+            raise RequestError(str(e).strip("'\"")) from None
+        if opts["max_new_tokens"] is None:  # as much as asked for by default, as fits in the context
+            opts["max_new_tokens"] = max(0, min(self.server.default_max_tokens, rt.context_length - len(ids)))
         rid, created = f"{prefix}-{uuid.uuid4().hex[:24]}", int(time.time())
         with self.server.engine_lock:
-            pieces = start()
+            pieces = rt.stream_ids(ids, **opts)
             try:
-                first = next(pieces, None)  # errors (prompt too long, bad messages) surface here, before any reply
+                try:
+                    first = next(pieces, None)  # the engine's checks (context length, sampling values) raise here
+                except (ValueError, IndexError) as e:
+                    raise RequestError(str(e)) from None
                 if not stream:
                     text = (first or "") + "".join(pieces)
                     self._send_json(HTTPStatus.OK, self._final(kind, rid, created, text))
@@ -255,7 +320,10 @@ def serve(runtime, host: str = "127.0.0.1", port: int = 8080, model_id: Optional
     """Serves `runtime` until interrupted (Ctrl-C)."""
     from pathlib import Path
 
-    server = Server(runtime, (host, port), model_id or Path(runtime.path).stem, default_max_tokens)
+    try:
+        server = Server(runtime, (host, port), model_id or Path(runtime.path).stem, default_max_tokens)
+    except OSError as e:  # the port is taken, the address is not this machine's, ...
+        raise ValueError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
     print(f"serving {runtime.path} as '{server.model_id}' at {server.url} "
           f"(OpenAI-compatible: POST /v1/completions, POST /v1/chat/completions; GET /v1/models, /health)",
           flush=True)

@@ -3,11 +3,13 @@ streamed or not; bad requests get a 400 that names the problem; a client that ha
 the next one; concurrent clients are served one after the other, each with its own answer."""
 from __future__ import annotations
 
+import http.client
 import json
 import socket
 import subprocess
 import sys
 import threading
+import time
 import urllib.error
 import urllib.request
 
@@ -149,6 +151,10 @@ def test_stop_strings_and_zero_tokens(served):
     ("/v1/completions", {"prompt": "a", "n": 2}, 400, "'n' is not supported"),
     ("/v1/completions", {"prompt": "a", "presence_penalty": 0.5}, 400, "'presence_penalty' is not supported"),
     ("/v1/completions", {"prompt": "a", "temperature": 5}, 400, "'temperature' must be in [0.0, 2.0]"),
+    ("/v1/completions", {"prompt": "a", "top_p": 0}, 400, "'top_p' must be in (0.0, 1.0]"),
+    ("/v1/completions", {"prompt": "a", "stream": "false"}, 400, "'stream' must be true or false"),
+    ("/v1/completions", {"prompt": "a", "stream": True, "stream_options": "x"}, 400, "'stream_options' must be"),
+    ("/v1/completions", {"prompt": "a", "response_format": {"type": "json_object"}}, 400, "'response_format' is not"),
     ("/v1/completions", {"prompt": "a", "max_tokens": "ten"}, 400, "'max_tokens' must be an integer"),
     ("/v1/completions", {"prompt": "a", "stop": 3}, 400, "'stop' must be a string or a list"),
     ("/v1/completions", {"prompt": "word " * 400, "max_tokens": 4}, 400, "context length"),
@@ -166,10 +172,20 @@ def test_bad_requests_say_why(served, path, body, status, message):
 
 def test_bad_bodies_models_and_health(served, files):
     url, _ = served
-    status, r = post(url, "/v1/completions", None, raw=b"{not json")
-    assert status == 400 and "not valid JSON" in r["error"]["message"]
-    status, r = post(url, "/v1/completions", None, raw=b"[1, 2]")
-    assert status == 400 and "JSON object" in r["error"]["message"]
+    for raw, message in ((b"{not json", "not valid JSON"), (b"[1, 2]", "JSON object"),
+                         (b'{"prompt": "a", "temperature": NaN}', "NaN"), (b"[" * 100000, "nested too deeply"),
+                         (b'{"prompt": "a", "max_tokens": 1e400}', "'max_tokens' must be an integer"),
+                         (b'{"prompt": "a", "temperature": 1e400}', "'temperature' must be a number")):
+        status, r = post(url, "/v1/completions", None, raw=raw)
+        assert status == 400 and message in r["error"]["message"], (raw[:40], r)
+    host, port = url[len("http://"):].split(":")
+    for headers, status, message in (("Content-Length: -5\r\n", 400, "invalid Content-Length"),
+                                     ("", 411, "Content-Length"),
+                                     (f"Content-Length: {(8 << 20) + 1}\r\n", 413, "at most")):
+        with socket.create_connection((host, int(port)), timeout=30) as s:
+            s.sendall(f"POST /v1/completions HTTP/1.1\r\nHost: x\r\n{headers}\r\n".encode())
+            reply = s.makefile("rb").read().decode()
+        assert reply.startswith(f"HTTP/1.1 {status}") and message in reply, reply
     with urllib.request.urlopen(url + "/v1/models", timeout=30) as resp:
         assert [m["id"] for m in json.loads(resp.read())["data"]] == ["tiny"]
     with urllib.request.urlopen(url + "/health", timeout=30) as resp:
@@ -183,7 +199,7 @@ def test_bad_bodies_models_and_health(served, files):
         stop(server)
 
 
-def test_hang_up_mid_stream_frees_the_engine(served):
+def test_hang_up_mid_stream_frees_the_real_engine(served):
     url, rt = served
     host, port = url[len("http://"):].split(":")
     body = json.dumps({"prompt": PROMPT, "max_tokens": 100, "temperature": 0.8, "stream": True}).encode()
@@ -227,3 +243,91 @@ def test_cli_serve(files):
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_defaults_fit_the_context_and_harmless_fields_pass(served):
+    url, rt = served
+    prompt = "ROMEO:"
+    while len(rt.encode(prompt + " ROMEO:")) < rt.context_length - 30:  # the default 256 new tokens cannot fit
+        prompt += " ROMEO:"
+    room = rt.context_length - len(rt.encode(prompt))
+    assert 0 < room < 100
+    status, r = post(url, "/v1/completions", {"prompt": prompt, "temperature": 0})
+    assert status == 200, r
+    assert r["usage"]["completion_tokens"] <= room and r["choices"][0]["text"] == rt.generate(prompt, room)
+    status, r = post(url, "/v1/completions", {"prompt": PROMPT, "max_completion_tokens": None, "max_tokens": 2,
+                                              "temperature": 0, "response_format": {"type": "text"},
+                                              "logit_bias": {}, "tools": [], "n": 1, "seed": -7})
+    assert status == 200 and r["usage"]["completion_tokens"] <= 2, r
+
+
+def test_content_parts_and_keep_alive(served_chat):
+    url, rt = served_chat
+    parts = [{"role": "user", "content": [{"type": "text", "text": "H"}, {"type": "text", "text": "i"}]}]
+    host, port = url[len("http://"):].split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=60)
+    replies = []
+    for messages in (MSGS, parts):  # two requests, one connection
+        conn.request("POST", "/v1/chat/completions", json.dumps({"messages": messages, "max_tokens": 6,
+                                                                 "temperature": 0}))
+        resp = conn.getresponse()
+        assert resp.status == 200
+        replies.append(json.loads(resp.read())["choices"][0]["message"]["content"])
+    conn.close()
+    assert replies[0] == replies[1] == rt.chat(MSGS, max_new_tokens=6)
+    bad = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]
+    status, r = post(url, "/v1/chat/completions", {"messages": bad})
+    assert status == 400 and "only text content parts" in r["error"]["message"]
+
+
+class SlowRuntime:
+    """Stands in for Runtime where the server's own behaviour is tested: big pieces, forever, and a record of
+    whether the server closed the generation (that is what stops the real engine)."""
+
+    path, context_length = "slow.gguf", 1 << 30
+
+    def __init__(self):
+        self.stats, self.produced, self.closed = {}, 0, threading.Event()
+
+    def encode(self, prompt):
+        return [1, 2, 3]
+
+    def stream_ids(self, ids, max_new_tokens, **kw):
+        try:
+            for i in range(max_new_tokens):
+                time.sleep(0.001)
+                self.produced = i + 1
+                self.stats = {"prompt_tokens": 3, "generated_tokens": i + 1, "stop_reason": "length"}
+                yield "x" * 65536
+        finally:
+            self.closed.set()
+
+
+def _stream_request(host, port, rcvbuf):
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    s.connect((host, port))
+    body = json.dumps({"prompt": "a", "max_tokens": 10**6, "stream": True}).encode()
+    s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: " + str(len(body)).encode()
+              + b"\r\n\r\n" + body)
+    assert s.recv(64).startswith(b"HTTP/1.1 200")
+    return s
+
+
+def test_hang_up_stops_the_generation_and_a_stalled_reader_times_out():
+    rt = SlowRuntime()
+    server = start(rt, "slow")
+    server.client_timeout = 1.0
+    host, port = server.server_address[:2]
+    try:
+        _stream_request(host, port, 4096).close()  # hang up
+        assert rt.closed.wait(30) and rt.produced < 10**6
+        rt.closed.clear()
+        stalled = _stream_request(host, port, 4096)  # never reads again: the server's writes block
+        t0 = time.monotonic()
+        status, r = post(server.url, "/v1/completions", {"prompt": "b", "max_tokens": 2})
+        assert status == 200 and r["usage"]["completion_tokens"] == 2
+        assert rt.closed.is_set() and time.monotonic() - t0 < 30
+        stalled.close()
+    finally:
+        stop(server)
