@@ -21,13 +21,18 @@ import numpy as np
 from .config import bLlamaConfig
 
 
-def write_random_gguf(config: bLlamaConfig, path: Path, seed: int = 0, weight_type: str = "tq2_0") -> Path:
+def write_random_gguf(config: bLlamaConfig, path: Path, seed: int = 0, weight_type: str = "tq2_0",
+                      tokenizer=None) -> Path:
     """A random b1.58 model of `config`'s shapes (weight_type: export.TERNARY_TYPES). One random code matrix per
     shape is reused by every layer (each tensor still has its own bytes in the file, so nothing is shared in memory
-    or cache)."""
+    or cache). With a SentencePiece `tokenizer` (its vocabulary the config's) the file carries it, so Runtime can
+    load it; else a made-up vocabulary."""
     import gguf
 
-    from .export import PROJECTIONS, add_bitnet_metadata, add_packed_tensor, gguf_arch, pack_ternary
+    from .export import PROJECTIONS, add_bitnet_metadata, add_packed_tensor, add_tokenizer, gguf_arch, pack_ternary
+
+    if tokenizer is not None and tokenizer.vocab_size != config.vocab_size:
+        raise ValueError(f"tokenizer has {tokenizer.vocab_size} pieces, the config's vocab_size is {config.vocab_size}")
 
     rng = np.random.default_rng(seed)
     c = config
@@ -41,7 +46,10 @@ def write_random_gguf(config: bLlamaConfig, path: Path, seed: int = 0, weight_ty
             packed[shape] = pack_ternary(rng.integers(-1, 2, size=shape, dtype=np.int8), 0.02, weight_type)
     w = gguf.GGUFWriter(str(path), gguf_arch(c, weight_type))
     add_bitnet_metadata(w, c)
-    add_synthetic_vocab(w, c.vocab_size)
+    if tokenizer is not None:
+        add_tokenizer(w, tokenizer)
+    else:
+        add_synthetic_vocab(w, c.vocab_size)
     w.add_tensor("token_embd.weight", (rng.standard_normal((c.vocab_size, c.hidden_size), dtype=np.float32) * 0.02)
                  .astype(np.float16))
     w.add_tensor("output_norm.weight", np.ones(c.hidden_size, np.float32))

@@ -164,7 +164,8 @@ def cmd_serve(args):
     from .runtime import Runtime
     from .server import serve
 
-    rt = Runtime.load(args.model, threads=args.threads, head=args.head, device=args.device)
+    rt = Runtime.load(args.model, threads=args.threads, head=args.head, device=args.device,
+                      max_sequences=args.max_sequences)
     serve(rt, host=args.host, port=args.port, model_id=args.name, default_max_tokens=args.max_tokens)
 
 
@@ -302,6 +303,8 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--head", default="f16", choices=["f16", "q8"],
                     help="LM head format: f16 (the file's, default) or q8 (int8 per-row scales, half the head bytes)")
     sv.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="run on the CPU (default) or the GPU")
+    sv.add_argument("--max-sequences", type=int, default=1,
+                    help="decode up to this many waiting requests together (one KV cache each; default 1)")
     sv.set_defaults(func=cmd_serve)
 
     d = sub.add_parser("demo", help="train the tiny preset on built-in text, export it, and generate with the engine")

@@ -5,7 +5,7 @@ import os
 import queue
 import threading
 from pathlib import Path
-from typing import Iterator, List, Optional, Sequence, Union
+from typing import Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -260,24 +260,38 @@ class Runtime:
 
     def _generate_batch(self, prompts, max_new_tokens, do_sample, temperature, top_k, top_p, repetition_penalty,
                         seed, stop, stop_at_eos) -> List[str]:
+        ids = [self.encode(p) for p in prompts]
+        outs = self.generate_ids_batch(ids, max_new_tokens, do_sample, temperature, top_k, top_p, repetition_penalty,
+                                       seed, stop_at_eos)
+        return [self.text_of(prompt_ids, out, stop)[0] for prompt_ids, out in zip(ids, outs)]
+
+    def generate_ids_batch(self, prompt_ids: Sequence[Sequence[int]], max_new_tokens: int, do_sample: bool = False,
+                           temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
+                           repetition_penalty: float = 1.0, seed: Optional[int] = None,
+                           stop_at_eos: bool = True) -> List[List[int]]:
+        """The new token ids of each prompt (ids), decoded together in groups of max_sequences; prompt i samples
+        with seed + i. A list ends at max_new_tokens or before an EOS id. text_of() turns one into text."""
         if max_new_tokens < 0:
             raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
-        ids = [self.encode(p) for p in prompts]
-        outs = self._engine.generate_batch(ids, int(max_new_tokens),
+        outs = self._engine.generate_batch([list(p) for p in prompt_ids], int(max_new_tokens),
                                            **self._engine_sampling(do_sample, temperature, top_k, top_p,
                                                                    repetition_penalty, seed, stop_at_eos))
         self.stats = dict(self._engine.last_stats)
-        texts = []
-        for prompt_ids, out in zip(ids, outs):
-            text = _TextStream(self.tokenizer, prompt_ids, stop)  # the same stop-string rules as stream()
-            pieces = []
-            for t in out:
-                pieces.append(text.push(t))
-                if text.stopped:
-                    break
-            pieces.append(text.flush())
-            texts.append("".join(p for p in pieces if p))
-        return texts
+        return [list(o) for o in outs]
+
+    def text_of(self, prompt_ids: Sequence[int], ids: Sequence[int],
+                stop: Optional[Sequence[str]] = None) -> Tuple[str, int, bool]:
+        """(the text of new token ids after prompt_ids, cut before the first stop string; how many of the ids it
+        took: up to the one that completed a stop string; whether a stop string ended it), by stream()'s rules."""
+        text = _TextStream(self.tokenizer, prompt_ids, stop)
+        pieces, used = [], 0
+        for t in ids:
+            pieces.append(text.push(t))
+            used += 1
+            if text.stopped:
+                break
+        pieces.append(text.flush())
+        return "".join(pieces), used, text.stopped
 
     def stream(self, prompt: str, max_new_tokens: int = 128, do_sample: bool = False, temperature: float = 1.0,
                top_k: int = 0, top_p: float = 1.0, repetition_penalty: float = 1.0, seed: Optional[int] = None,

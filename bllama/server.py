@@ -17,6 +17,8 @@ import math
 import threading
 import time
 import uuid
+from collections import Counter
+from dataclasses import dataclass
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Iterator, List, Optional, Tuple
@@ -105,23 +107,91 @@ def chat_messages(messages) -> List[dict]:
     return out
 
 
+@dataclass
+class _Job:
+    """A non-streamed request waiting for the engine; whichever handler gets the engine first runs it."""
+
+    ids: List[int]
+    opts: dict
+    result: Optional[dict] = None
+    error: Optional[BaseException] = None
+
+    @property
+    def key(self) -> tuple:  # requests decode together only with the same sampling
+        o = self.opts
+        return o["do_sample"], o["temperature"], o["top_k"], o["top_p"], o["repetition_penalty"]
+
+
 class Server(ThreadingHTTPServer):
     """An HTTP server bound to one Runtime; `model_id` is the name /v1/models reports and replies carry.
     default_max_tokens: the most new tokens of a request that sets no max_tokens (fewer if the context is fuller).
-    client_timeout: seconds a client may stall (not send, not read) before its connection is dropped."""
+    client_timeout: seconds a client may stall (not send, not read) before its connection is dropped.
+    A runtime loaded with max_sequences > 1 decodes waiting non-streamed requests together (greedy ones, and
+    sampled ones without a seed: a seeded request runs alone so that it gets exactly its own samples)."""
 
     daemon_threads = True
 
     def __init__(self, runtime, address: Tuple[str, int], model_id: str, default_max_tokens: int = 256,
-                 quiet: bool = False, client_timeout: float = 60.0):
+                 quiet: bool = False, client_timeout: float = 60.0, batch_wait_s: float = 0.01):
         if default_max_tokens < 1:
             raise ValueError(f"default_max_tokens must be >= 1, got {default_max_tokens}")
         if not client_timeout > 0:
             raise ValueError(f"client_timeout must be > 0 seconds, got {client_timeout}")
         self.runtime, self.model_id, self.default_max_tokens = runtime, model_id, default_max_tokens
-        self.quiet, self.client_timeout = quiet, client_timeout
+        self.quiet, self.client_timeout, self.batch_wait_s = quiet, client_timeout, batch_wait_s
         self.engine_lock = threading.Lock()
+        self.max_batch = int(runtime.config.get("max_sequences", 1))
+        self.pending: List[_Job] = []
+        self.pending_lock = threading.Lock()
+        self.batch_sizes: Counter = Counter()  # how many batches of each size ran
         super().__init__(address, Handler)
+
+    def run_batch(self, job: _Job) -> None:
+        """Under the engine lock: decodes `job` with the waiting jobs that can share its step, sets their results.
+        With room in the batch it first waits batch_wait_s for more: clients whose replies just went out send their
+        next request within milliseconds, and a decode step of a large model takes longer than that wait."""
+        with self.pending_lock:
+            room = len(self.pending) < self.max_batch
+        if room and self.batch_wait_s > 0:
+            time.sleep(self.batch_wait_s)
+        with self.pending_lock:
+            batch = self._take_batch(job)
+        rt, o = self.runtime, job.opts
+        try:
+            outs = rt.generate_ids_batch([j.ids for j in batch], max(j.opts["max_new_tokens"] for j in batch),
+                                         o["do_sample"], o["temperature"], o["top_k"], o["top_p"],
+                                         o["repetition_penalty"], None)
+        except (ValueError, IndexError) as e:  # the engine's own checks
+            for j in batch:
+                j.error = RequestError(str(e))
+            return
+        except Exception as e:  # noqa: BLE001 - each waiting handler reports it
+            for j in batch:
+                j.error = e
+            return
+        self.batch_sizes[len(batch)] += 1
+        for j, out in zip(batch, outs):
+            n = j.opts["max_new_tokens"]
+            text, used, stopped = rt.text_of(j.ids, out[:n], j.opts["stop"])
+            j.result = {"text": text, "finish_reason": "stop" if stopped or len(out) < n else "length",
+                        "usage": {"prompt_tokens": len(j.ids), "completion_tokens": used,
+                                  "total_tokens": len(j.ids) + used}}
+
+    def _take_batch(self, job: _Job) -> List[_Job]:
+        """job and up to max_batch - 1 waiting jobs with its sampling, such that every prompt still fits the
+        context with the batch's largest max_tokens (the engine decodes them all that far)."""
+        self.pending.remove(job)
+        batch, ctx = [job], self.runtime.context_length
+        if len(job.ids) + job.opts["max_new_tokens"] > ctx:
+            return batch  # the engine refuses it with its own message
+        for j in list(self.pending):
+            if len(batch) == self.max_batch:
+                break
+            top = max(m.opts["max_new_tokens"] for m in batch + [j])
+            if j.key == job.key and all(len(m.ids) + top <= ctx for m in batch + [j]):
+                batch.append(j)
+                self.pending.remove(j)
+        return batch
 
     @property
     def url(self) -> str:
@@ -244,6 +314,18 @@ class Handler(BaseHTTPRequestHandler):
         if opts["max_new_tokens"] is None:  # as much as asked for by default, as fits in the context
             opts["max_new_tokens"] = max(0, min(self.server.default_max_tokens, rt.context_length - len(ids)))
         rid, created = f"{prefix}-{uuid.uuid4().hex[:24]}", int(time.time())
+        srv = self.server
+        if not stream and srv.max_batch > 1 and (not opts["do_sample"] or opts["seed"] is None):
+            job = _Job(ids, opts)
+            with srv.pending_lock:
+                srv.pending.append(job)
+            with srv.engine_lock:
+                if job.result is None and job.error is None:  # else a batch that ran meanwhile took it
+                    srv.run_batch(job)
+            if job.error is not None:
+                raise job.error
+            self._send_json(HTTPStatus.OK, self._final(kind, rid, created, job.result))
+            return
         with self.server.engine_lock:
             pieces = rt.stream_ids(ids, **opts)
             try:
@@ -253,7 +335,8 @@ class Handler(BaseHTTPRequestHandler):
                     raise RequestError(str(e)) from None
                 if not stream:
                     text = (first or "") + "".join(pieces)
-                    self._send_json(HTTPStatus.OK, self._final(kind, rid, created, text))
+                    result = {"text": text, "finish_reason": self._finish_reason(), "usage": self._usage()}
+                    self._send_json(HTTPStatus.OK, self._final(kind, rid, created, result))
                     return
                 self._stream(kind, rid, created, first, pieces, include_usage)
             finally:
@@ -267,14 +350,15 @@ class Handler(BaseHTTPRequestHandler):
     def _finish_reason(self) -> str:
         return FINISH.get(self.server.runtime.stats.get("stop_reason"), "stop")
 
-    def _final(self, kind: str, rid: str, created: int, text: str) -> dict:
+    def _final(self, kind: str, rid: str, created: int, result: dict) -> dict:
+        """The reply object for result {text, finish_reason, usage}."""
         if kind == "chat.completion":
-            choice = {"index": 0, "message": {"role": "assistant", "content": text}}
+            choice = {"index": 0, "message": {"role": "assistant", "content": result["text"]}}
         else:
-            choice = {"index": 0, "text": text, "logprobs": None}
-        choice["finish_reason"] = self._finish_reason()
+            choice = {"index": 0, "text": result["text"], "logprobs": None}
+        choice["finish_reason"] = result["finish_reason"]
         return {"id": rid, "object": kind, "created": created, "model": self.server.model_id, "choices": [choice],
-                "usage": self._usage()}
+                "usage": result["usage"]}
 
     def _stream(self, kind: str, rid: str, created: int, first: Optional[str], pieces: Iterator[str],
                 include_usage: bool) -> None:

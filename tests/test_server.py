@@ -284,7 +284,7 @@ class SlowRuntime:
     """Stands in for Runtime where the server's own behaviour is tested: big pieces, forever, and a record of
     whether the server closed the generation (that is what stops the real engine)."""
 
-    path, context_length = "slow.gguf", 1 << 30
+    path, context_length, config = "slow.gguf", 1 << 30, {"max_sequences": 1}
 
     def __init__(self):
         self.stats, self.produced, self.closed = {}, 0, threading.Event()
@@ -331,3 +331,85 @@ def test_hang_up_stops_the_generation_and_a_stalled_reader_times_out():
         stalled.close()
     finally:
         stop(server)
+
+
+@pytest.fixture(scope="module")
+def served_batched(files):
+    """A server whose runtime decodes up to 4 sequences together, and a one-sequence Runtime for the answers."""
+    server = start(Runtime.load(files[1], threads=1, max_sequences=4), "tiny")
+    yield server, Runtime.load(files[1], threads=1)
+    stop(server)
+
+
+def _ask_together(server, bodies):
+    """Sends every body at once while the engine is held, so they all wait; returns the replies in order."""
+    got = [None] * len(bodies)
+
+    def ask(i):
+        got[i] = post(server.url, "/v1/completions", bodies[i])
+
+    with server.engine_lock:
+        threads = [threading.Thread(target=ask, args=(i,)) for i in range(len(bodies))]
+        for t in threads:
+            t.start()
+        deadline = time.monotonic() + 60
+        while len(server.pending) < len(bodies) and time.monotonic() < deadline:
+            time.sleep(0.01)
+    for t in threads:
+        t.join(timeout=120)
+    return got
+
+
+def test_waiting_requests_decode_together_with_their_own_answers(served_batched):
+    server, rt = served_batched
+    cases = [("ROMEO:", 20, None), ("First Citizen:\nWe are", 7, None), ("The king", 12, ["e"]),
+             ("KING HENRY:\nNow", 0, None), ("JULIET:", 16, None), ("O, ", 3, None)]
+    bodies = [{"prompt": p, "max_tokens": n, "temperature": 0, **({"stop": s} if s else {})} for p, n, s in cases]
+    before = sum(server.batch_sizes.values())
+    got = _ask_together(server, bodies)
+    for (prompt, n, stop_), (status, r) in zip(cases, got):
+        want = rt.generate(prompt, max_new_tokens=n, stop=stop_)  # alone, through the engine's callback path
+        finish = {"stop_token": "stop", "callback": "stop", "length": "length"}[rt.stats["stop_reason"]]
+        assert status == 200, r
+        assert r["choices"][0]["text"] == want, prompt
+        assert r["choices"][0]["finish_reason"] == finish, prompt
+        assert r["usage"]["prompt_tokens"] == rt.stats["prompt_tokens"]
+        assert r["usage"]["completion_tokens"] == rt.stats["generated_tokens"], prompt
+    # six requests, at most four at a time: two batches (4 + 2), none alone
+    assert sum(server.batch_sizes.values()) - before == 2 and server.batch_sizes[4] >= 1
+
+
+def test_seeded_requests_run_alone(served_batched):
+    server, rt = served_batched
+    bodies = [{"prompt": "ROMEO:", "max_tokens": 16, "temperature": 0.9, "seed": s} for s in (1, 2, 3)]
+    before = dict(server.batch_sizes)
+    got = [None] * len(bodies)
+
+    def ask(i):
+        got[i] = post(server.url, "/v1/completions", bodies[i])
+
+    with server.engine_lock:  # all three wait for the engine at once, and still must not share it
+        threads = [threading.Thread(target=ask, args=(i,)) for i in range(len(bodies))]
+        for t in threads:
+            t.start()
+        time.sleep(0.5)
+        assert not server.pending
+    for t in threads:
+        t.join(timeout=120)
+    for b, (status, r) in zip(bodies, got):
+        assert status == 200
+        assert r["choices"][0]["text"] == rt.generate("ROMEO:", max_new_tokens=16, do_sample=True, temperature=0.9,
+                                                      seed=b["seed"])
+    assert dict(server.batch_sizes) == before  # none went through the batch path
+
+
+def test_random_benchmark_model_carries_a_tokenizer(tmp_path, sp_tokenizer):
+    """bench/serve_throughput.py's model: write_random_gguf with a SentencePiece tokenizer loads in Runtime."""
+    from bllama import bLlamaConfig
+    from bllama.bench import write_random_gguf
+
+    cfg = bLlamaConfig.preset("tiny", vocab_size=sp_tokenizer.vocab_size, num_layers=1)
+    rt = Runtime.load(write_random_gguf(cfg, tmp_path / "r.gguf", tokenizer=sp_tokenizer), threads=1)
+    assert rt.encode("To be") == sp_tokenizer.encode("To be") and isinstance(rt.generate("To be", 4), str)
+    with pytest.raises(ValueError, match="vocab_size"):
+        write_random_gguf(cfg.replace(vocab_size=cfg.vocab_size + 1), tmp_path / "bad.gguf", tokenizer=sp_tokenizer)
