@@ -117,9 +117,15 @@ class _Job:
     error: Optional[BaseException] = None
 
     @property
-    def key(self) -> tuple:  # requests decode together only with the same sampling
+    def key(self) -> tuple:  # requests decode together only with the same sampling (greedy ignores the rest)
         o = self.opts
-        return o["do_sample"], o["temperature"], o["top_k"], o["top_p"], o["repetition_penalty"]
+        if not o["do_sample"]:
+            return False, o["repetition_penalty"]
+        return True, o["temperature"], o["top_k"], o["top_p"], o["repetition_penalty"]
+
+    @property
+    def n(self) -> int:
+        return self.opts["max_new_tokens"]
 
 
 class Server(ThreadingHTTPServer):
@@ -140,55 +146,75 @@ class Server(ThreadingHTTPServer):
         self.runtime, self.model_id, self.default_max_tokens = runtime, model_id, default_max_tokens
         self.quiet, self.client_timeout, self.batch_wait_s = quiet, client_timeout, batch_wait_s
         self.engine_lock = threading.Lock()
+        # The CPU engine's batched head rounds differently above 8 sequences (docs/engine.md): beyond that a
+        # request's greedy answer could differ from its answer alone.
         self.max_batch = int(runtime.config.get("max_sequences", 1))
+        if runtime.config.get("device", "cpu") == "cpu":
+            self.max_batch = min(self.max_batch, 8)
         self.pending: List[_Job] = []
         self.pending_lock = threading.Lock()
         self.batch_sizes: Counter = Counter()  # how many batches of each size ran
         super().__init__(address, Handler)
 
     def run_batch(self, job: _Job) -> None:
-        """Under the engine lock: decodes `job` with the waiting jobs that can share its step, sets their results.
-        With room in the batch it first waits batch_wait_s for more: clients whose replies just went out send their
-        next request within milliseconds, and a decode step of a large model takes longer than that wait."""
+        """Under the engine lock: decodes `job` with the waiting jobs that can share its steps and sets a result or
+        an error on every one of them. With room in the batch it first waits batch_wait_s for more: clients whose
+        replies just went out send their next request within milliseconds, and a decode step of a large model
+        takes longer than that wait."""
         with self.pending_lock:
             room = len(self.pending) < self.max_batch
         if room and self.batch_wait_s > 0:
             time.sleep(self.batch_wait_s)
         with self.pending_lock:
             batch = self._take_batch(job)
-        rt, o = self.runtime, job.opts
         try:
-            outs = rt.generate_ids_batch([j.ids for j in batch], max(j.opts["max_new_tokens"] for j in batch),
-                                         o["do_sample"], o["temperature"], o["top_k"], o["top_p"],
-                                         o["repetition_penalty"], None)
-        except (ValueError, IndexError) as e:  # the engine's own checks
-            for j in batch:
-                j.error = RequestError(str(e))
-            return
-        except Exception as e:  # noqa: BLE001 - each waiting handler reports it
+            self._decode(batch)
+        except (ValueError, IndexError) as e:  # the engine's checks cover every prompt: find whose it is
+            if len(batch) == 1:
+                job.error = RequestError(str(e))
+            else:
+                for j in batch:
+                    self._decode_alone(j)
+        except Exception as e:  # noqa: BLE001 - reported by each waiting handler
             for j in batch:
                 j.error = e
-            return
+        finally:
+            for j in batch:  # no handler may find its job neither answered nor failed
+                if j.result is None and j.error is None:
+                    j.error = RuntimeError("the batch this request was in failed")
+
+    def _decode_alone(self, job: _Job) -> None:
+        try:
+            self._decode([job])
+        except (ValueError, IndexError) as e:
+            job.error = RequestError(str(e))
+        except Exception as e:  # noqa: BLE001
+            job.error = e
+
+    def _decode(self, batch: List[_Job]) -> None:
+        rt, o = self.runtime, batch[0].opts
+        outs = rt.generate_ids_batch([j.ids for j in batch], max(j.n for j in batch), o["do_sample"],
+                                     o["temperature"], o["top_k"], o["top_p"], o["repetition_penalty"], None)
         self.batch_sizes[len(batch)] += 1
         for j, out in zip(batch, outs):
-            n = j.opts["max_new_tokens"]
-            text, used, stopped = rt.text_of(j.ids, out[:n], j.opts["stop"])
-            j.result = {"text": text, "finish_reason": "stop" if stopped or len(out) < n else "length",
+            text, used, stopped = rt.text_of(j.ids, out[:j.n], j.opts["stop"])
+            j.result = {"text": text, "finish_reason": "stop" if stopped or len(out) < j.n else "length",
                         "usage": {"prompt_tokens": len(j.ids), "completion_tokens": used,
                                   "total_tokens": len(j.ids) + used}}
 
     def _take_batch(self, job: _Job) -> List[_Job]:
-        """job and up to max_batch - 1 waiting jobs with its sampling, such that every prompt still fits the
-        context with the batch's largest max_tokens (the engine decodes them all that far)."""
+        """job and up to max_batch - 1 waiting jobs with its sampling whose max_tokens are within a factor of 2 of
+        its own (the engine decodes every sequence of a batch as far as the longest: a short request must not wait
+        long for a long one), such that every prompt still fits the context with the batch's largest max_tokens."""
         self.pending.remove(job)
         batch, ctx = [job], self.runtime.context_length
-        if len(job.ids) + job.opts["max_new_tokens"] > ctx:
+        if len(job.ids) + job.n > ctx:
             return batch  # the engine refuses it with its own message
         for j in list(self.pending):
             if len(batch) == self.max_batch:
                 break
-            top = max(m.opts["max_new_tokens"] for m in batch + [j])
-            if j.key == job.key and all(len(m.ids) + top <= ctx for m in batch + [j]):
+            top = max(m.n for m in batch + [j])
+            if j.key == job.key and job.n / 2 <= j.n <= job.n * 2 and all(len(m.ids) + top <= ctx for m in batch + [j]):
                 batch.append(j)
                 self.pending.remove(j)
         return batch
@@ -316,6 +342,10 @@ class Handler(BaseHTTPRequestHandler):
         rid, created = f"{prefix}-{uuid.uuid4().hex[:24]}", int(time.time())
         srv = self.server
         if not stream and srv.max_batch > 1 and (not opts["do_sample"] or opts["seed"] is None):
+            vocab = getattr(rt, "vocab_size", None)  # checked here so that no bad prompt fails a whole batch
+            if not ids or (vocab is not None and not all(0 <= t < vocab for t in ids)):
+                raise RequestError("the prompt encodes to no tokens" if not ids else "the prompt has token ids "
+                                   f"outside the vocabulary [0, {vocab})")
             job = _Job(ids, opts)
             with srv.pending_lock:
                 srv.pending.append(job)

@@ -362,8 +362,8 @@ def _ask_together(server, bodies):
 
 def test_waiting_requests_decode_together_with_their_own_answers(served_batched):
     server, rt = served_batched
-    cases = [("ROMEO:", 20, None), ("First Citizen:\nWe are", 7, None), ("The king", 12, ["e"]),
-             ("KING HENRY:\nNow", 0, None), ("JULIET:", 16, None), ("O, ", 3, None)]
+    cases = [("ROMEO:", 16, None), ("First Citizen:\nWe are", 9, None), ("The king", 12, ["e"]),
+             ("KING HENRY:\nNow", 10, None), ("JULIET:", 16, None), ("O, ", 8, None)]
     bodies = [{"prompt": p, "max_tokens": n, "temperature": 0, **({"stop": s} if s else {})} for p, n, s in cases]
     before = sum(server.batch_sizes.values())
     got = _ask_together(server, bodies)
@@ -413,3 +413,68 @@ def test_random_benchmark_model_carries_a_tokenizer(tmp_path, sp_tokenizer):
     assert rt.encode("To be") == sp_tokenizer.encode("To be") and isinstance(rt.generate("To be", 4), str)
     with pytest.raises(ValueError, match="vocab_size"):
         write_random_gguf(cfg.replace(vocab_size=cfg.vocab_size + 1), tmp_path / "bad.gguf", tokenizer=sp_tokenizer)
+
+
+def test_batches_keep_sampling_and_lengths_apart(served_batched):
+    server, rt = served_batched
+    greedy = {"prompt": "ROMEO:", "max_tokens": 12, "temperature": 0}
+    bodies = [greedy, {**greedy, "prompt": "JULIET:", "top_p": 0.5},  # greedy ignores top_p: same batch
+              {"prompt": "ROMEO:", "max_tokens": 24, "temperature": 0.9}, {"prompt": "ROMEO:", "max_tokens": 24,
+                                                                            "temperature": 0.9},
+              {**greedy, "repetition_penalty": 1.3}, {**greedy, "prompt": "JULIET:", "repetition_penalty": 1.3},
+              {**greedy, "max_tokens": 1}, {**greedy, "max_tokens": 60}]  # too far apart to wait for each other
+    before = server.batch_sizes.copy()
+    got = _ask_together(server, bodies)
+    assert all(status == 200 for status, _ in got), got
+    ran = server.batch_sizes - before
+    assert ran == {2: 3, 1: 2}, ran
+    texts = [r["choices"][0]["text"] for _, r in got]
+    assert texts[2] != texts[3]  # one batch, unseeded: prompt i samples with its own seed
+    assert texts[4] == rt.generate("ROMEO:", 12, repetition_penalty=1.3) != texts[0]
+    assert texts[0] == rt.generate("ROMEO:", 12) and texts[6] == rt.generate("ROMEO:", 1)
+
+
+class BatchRuntime:
+    """A runtime double for the batch path's bookkeeping: prompt [7] ends at EOS after 2 tokens, a prompt holding
+    666 is one the engine refuses, a prompt holding 999 breaks text_of."""
+
+    path, context_length, vocab_size, config = "fake.gguf", 1000, 1000, {"max_sequences": 4, "device": "cpu"}
+
+    def __init__(self):
+        self.calls = []
+
+    def encode(self, prompt):
+        return [int(t) for t in prompt.split()]
+
+    def generate_ids_batch(self, prompt_ids, max_new_tokens, *args):
+        self.calls.append(len(prompt_ids))
+        if any(666 in p for p in prompt_ids):
+            raise IndexError("a prompt the engine refuses")
+        return [[1, 1] if p == [7] else [1] * max_new_tokens for p in prompt_ids]
+
+    def text_of(self, prompt_ids, ids, stop=None):
+        if 999 in prompt_ids:
+            raise RuntimeError("text_of broke")
+        return "a" * len(ids), len(ids), False
+
+
+def test_batch_bookkeeping_eos_and_failures():
+    rt = BatchRuntime()
+    server = start(rt, "fake")
+    try:
+        got = _ask_together(server, [{"prompt": p, "max_tokens": 5, "temperature": 0} for p in ("7", "8", "9 9")])
+        assert rt.calls == [3]
+        assert [(r["choices"][0]["finish_reason"], r["usage"]["completion_tokens"]) for _, r in got] == \
+            [("stop", 2), ("length", 5), ("length", 5)]
+        # a prompt the engine refuses fails alone: the others of its batch are decoded again without it
+        rt.calls.clear()
+        got = _ask_together(server, [{"prompt": p, "max_tokens": 5, "temperature": 0} for p in ("8", "666", "9")])
+        assert [status for status, _ in got] == [200, 400, 200] and rt.calls == [3, 1, 1, 1]
+        assert "refuses" in got[1][1]["error"]["message"]
+        # a failure after decoding: every request of the batch gets an answer or an error, none is stranded
+        got = _ask_together(server, [{"prompt": p, "max_tokens": 5, "temperature": 0} for p in ("8", "999", "9")])
+        assert sorted(status for status, _ in got) == [500, 500, 500] and not server.pending
+        status, r = post(server.url, "/v1/completions", {"prompt": "1000", "max_tokens": 2, "temperature": 0})
+        assert status == 400 and "outside the vocabulary" in r["error"]["message"]
+    finally:
+        stop(server)
