@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import json
 import math
+import select
+import socket
 import threading
 import time
 import uuid
@@ -364,13 +366,26 @@ class Handler(BaseHTTPRequestHandler):
                 except (ValueError, IndexError) as e:
                     raise RequestError(str(e)) from None
                 if not stream:
-                    text = (first or "") + "".join(pieces)
+                    parts = [first or ""]
+                    for piece in pieces:
+                        parts.append(piece)
+                        if self._client_gone():  # nobody will read the reply: stop the engine now
+                            raise ConnectionResetError("the client hung up")
+                    text = "".join(parts)
                     result = {"text": text, "finish_reason": self._finish_reason(), "usage": self._usage()}
                     self._send_json(HTTPStatus.OK, self._final(kind, rid, created, result))
                     return
                 self._stream(kind, rid, created, first, pieces, include_usage)
             finally:
                 pieces.close()  # a client gone mid-stream stops the engine here
+
+    def _client_gone(self) -> bool:
+        """Whether the client has closed its connection (readable, and a peek reads end of file)."""
+        try:
+            readable, _, _ = select.select([self.connection], [], [], 0)
+            return bool(readable) and self.connection.recv(1, socket.MSG_PEEK) == b""
+        except OSError:
+            return True
 
     def _usage(self) -> dict:
         s = self.server.runtime.stats

@@ -323,6 +323,17 @@ def test_hang_up_stops_the_generation_and_a_stalled_reader_times_out():
         _stream_request(host, port, 4096).close()  # hang up
         assert rt.closed.wait(30) and rt.produced < 10**6
         rt.closed.clear()
+        rt.produced = 0
+        # not streamed: the reply would come at the end, but a client that hangs up ends the generation too
+        with socket.create_connection((host, port), timeout=30) as s:
+            body = json.dumps({"prompt": "a", "max_tokens": 10**6}).encode()
+            s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: " + str(len(body)).encode()
+                      + b"\r\n\r\n" + body)
+            deadline = time.monotonic() + 30
+            while rt.produced < 5 and time.monotonic() < deadline:  # it has started
+                time.sleep(0.01)
+        assert rt.closed.wait(30) and rt.produced < 10**6
+        rt.closed.clear()
         stalled = _stream_request(host, port, 4096)  # never reads again: the server's writes block
         t0 = time.monotonic()
         status, r = post(server.url, "/v1/completions", {"prompt": "b", "max_tokens": 2})
