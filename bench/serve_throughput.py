@@ -41,7 +41,8 @@ def random_model(preset: str, vocab: int, folder: Path) -> Path:
     return write_random_gguf(cfg, folder / f"random-{preset}.gguf", tokenizer=tok)
 
 
-def run(path: Path, sequences: int, clients: int, requests: int, max_tokens: int, threads: int) -> dict:
+def run(path: Path, sequences: int, clients: int, requests: int, max_tokens: int, threads: int,
+        stream: bool = False) -> dict:
     rt = Runtime.load(path, threads=threads, max_sequences=sequences)
     server = Server(rt, ("127.0.0.1", 0), "bench", quiet=True)
     threading.Thread(target=server.serve_forever, daemon=True).start()
@@ -52,12 +53,17 @@ def run(path: Path, sequences: int, clients: int, requests: int, max_tokens: int
     def client(c: int) -> None:
         for r in range(c, requests, clients):
             prompt = " ".join(words[r * 37 % (len(words) - 40):][:24])
-            body = json.dumps({"prompt": prompt, "max_tokens": max_tokens, "temperature": 0}).encode()
+            body = json.dumps({"prompt": prompt, "max_tokens": max_tokens, "temperature": 0, "stream": stream,
+                               "stream_options": {"include_usage": True} if stream else None}).encode()
             t0 = time.perf_counter()
             try:
                 with urllib.request.urlopen(urllib.request.Request(server.url + "/v1/completions", data=body),
                                             timeout=600) as resp:
-                    n = json.loads(resp.read())["usage"]["completion_tokens"]
+                    if stream:  # the usage comes in the last event before [DONE]
+                        events = [e[6:] for e in resp.read().decode().split("\n\n") if e.startswith("data: {")]
+                        n = json.loads(events[-1])["usage"]["completion_tokens"]
+                    else:
+                        n = json.loads(resp.read())["usage"]["completion_tokens"]
             except Exception as e:  # noqa: BLE001 - counted and reported
                 with lock:
                     errors.append(repr(e))
@@ -75,7 +81,7 @@ def run(path: Path, sequences: int, clients: int, requests: int, max_tokens: int
     wall = time.perf_counter() - t0
     server.shutdown()
     server.server_close()
-    return {"sequences": sequences, "clients": clients, "requests": requests, "max_tokens": max_tokens,
+    return {"sequences": sequences, "stream": stream, "clients": clients, "requests": requests, "max_tokens": max_tokens,
             "threads": threads, "completion_tokens": tokens[0], "wall_s": round(wall, 2),
             "tokens_per_s": round(tokens[0] / wall, 1), "latency_median_s": round(statistics.median(latencies), 2),
             "latency_max_s": round(max(latencies), 2), "batches": dict(sorted(server.batch_sizes.items())),
@@ -92,15 +98,16 @@ def main(argv=None) -> int:
     p.add_argument("--requests", type=int, default=16, help="requests in all")
     p.add_argument("--max-tokens", type=int, default=48, help="new tokens per request")
     p.add_argument("--threads", type=int, default=None, help="engine threads (default: all cores)")
+    p.add_argument("--stream", action="store_true", help="streamed requests (server-sent events) instead of plain")
     p.add_argument("--json", default=None, help="also write the results here")
     a = p.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(a.model) if a.model else random_model(a.preset, a.vocab, Path(tmp))
         print(f"model {path.name if a.model else f'random {a.preset}, vocab {a.vocab}'}; {a.clients} clients, "
-              f"{a.requests} requests x {a.max_tokens} tokens, greedy", flush=True)
+              f"{a.requests} requests x {a.max_tokens} tokens, greedy{', streamed' if a.stream else ''}", flush=True)
         rows = []
         for s in a.sequences:
-            r = run(path, s, a.clients, a.requests, a.max_tokens, a.threads)
+            r = run(path, s, a.clients, a.requests, a.max_tokens, a.threads, a.stream)
             rows.append(r)
             print(f"max_sequences {s}: {r['tokens_per_s']:8.1f} tok/s  latency median {r['latency_median_s']} s, "
                   f"max {r['latency_max_s']} s  batches {r['batches']}  errors {len(r['errors'])}", flush=True)

@@ -268,22 +268,29 @@ class Runtime:
     def generate_ids_batch(self, prompt_ids: Sequence[Sequence[int]], max_new_tokens: int, do_sample: bool = False,
                            temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
                            repetition_penalty: float = 1.0, seed: Optional[int] = None,
-                           stop_at_eos: bool = True) -> List[List[int]]:
+                           stop_at_eos: bool = True, on_token=None) -> List[List[int]]:
         """The new token ids of each prompt (ids), decoded together in groups of max_sequences; prompt i samples
-        with seed + i. A list ends at max_new_tokens or before an EOS id. text_of() turns one into text."""
+        with seed + i. A list ends at max_new_tokens or before an EOS id. on_token(i, token) runs for every
+        returned token of prompt i (in the calling thread); truthy ends that sequence. text_stream() / text_of()
+        turn ids into text."""
         if max_new_tokens < 0:
             raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
-        outs = self._engine.generate_batch([list(p) for p in prompt_ids], int(max_new_tokens),
+        outs = self._engine.generate_batch([list(p) for p in prompt_ids], int(max_new_tokens), callback=on_token,
                                            **self._engine_sampling(do_sample, temperature, top_k, top_p,
                                                                    repetition_penalty, seed, stop_at_eos))
         self.stats = dict(self._engine.last_stats)
         return [list(o) for o in outs]
 
+    def text_stream(self, prompt_ids: Sequence[int], stop: Optional[Sequence[str]] = None) -> "_TextStream":
+        """The incremental detokenizer stream() uses: .push(token) -> new text, .flush() -> the rest,
+        .stopped once a stop string ended the text."""
+        return _TextStream(self.tokenizer, prompt_ids, stop)
+
     def text_of(self, prompt_ids: Sequence[int], ids: Sequence[int],
                 stop: Optional[Sequence[str]] = None) -> Tuple[str, int, bool]:
         """(the text of new token ids after prompt_ids, cut before the first stop string; how many of the ids it
         took: up to the one that completed a stop string; whether a stop string ended it), by stream()'s rules."""
-        text = _TextStream(self.tokenizer, prompt_ids, stop)
+        text = self.text_stream(prompt_ids, stop)
         pieces, used = [], 0
         for t in ids:
             pieces.append(text.push(t))

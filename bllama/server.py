@@ -4,26 +4,29 @@
     POST /v1/chat/completions  {"messages": [{"role": "user", "content": "..."}], ...}  (the file's chat template)
     GET  /v1/models, GET /health
 
-One engine serves one request at a time: the others wait for it (a lock), each on its own connection thread, with
-their prompts already tokenized. A streamed reply (`"stream": true`) goes out as server-sent events piece by piece;
-a client that hangs up, or stops reading for `client_timeout` seconds, ends its generation and frees the engine.
-Requests the engine cannot honour (a prompt longer than the context, an option it does not have, a malformed
-value) get a 400 with an OpenAI-style error body that names the problem, never a silently different answer.
+Each connection has its own thread; it tokenizes its request and hands it to the one engine thread, which decodes
+waiting requests of the same sampling together (up to the runtime's max_sequences; a seeded request alone, so it
+gets exactly its own samples) and sends each its text as the tokens come. A streamed reply (`"stream": true`) goes
+out as server-sent events piece by piece. A client that hangs up, or stops reading for `client_timeout` seconds,
+ends its own sequence; the others go on. Requests the engine cannot honour (a prompt longer than the context, an
+option it does not have, a malformed value) get a 400 with an OpenAI-style error body that names the problem,
+never a silently different answer.
 """
 from __future__ import annotations
 
 import json
 import math
+import queue
 import select
 import socket
 import threading
 import time
 import uuid
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Iterator, List, Optional, Tuple
+from typing import List, Optional, Tuple
 
 MAX_BODY = 8 << 20  # bytes: a larger request is refused unread (and its connection closed)
 FINISH = {"stop_token": "stop", "callback": "stop", "length": "length"}  # engine stop reasons -> OpenAI's
@@ -111,16 +114,20 @@ def chat_messages(messages) -> List[dict]:
 
 @dataclass
 class _Job:
-    """A non-streamed request waiting for the engine; whichever handler gets the engine first runs it."""
+    """A tokenized request. The engine thread puts ("delta", text) (streams only), then ("done", result) or
+    ("error", exception) on `events`; the handler sets `cancelled` when its client is gone."""
 
     ids: List[int]
     opts: dict
-    result: Optional[dict] = None
-    error: Optional[BaseException] = None
+    stream: bool
+    events: "queue.Queue" = field(default_factory=queue.Queue)
+    cancelled: threading.Event = field(default_factory=threading.Event)
 
     @property
     def key(self) -> tuple:  # requests decode together only with the same sampling (greedy ignores the rest)
         o = self.opts
+        if o["do_sample"] and o["seed"] is not None:
+            return ("seeded", id(self))  # alone: prompt i of a batch samples with seed + i
         if not o["do_sample"]:
             return False, o["repetition_penalty"]
         return True, o["temperature"], o["top_k"], o["top_p"], o["repetition_penalty"]
@@ -134,8 +141,8 @@ class Server(ThreadingHTTPServer):
     """An HTTP server bound to one Runtime; `model_id` is the name /v1/models reports and replies carry.
     default_max_tokens: the most new tokens of a request that sets no max_tokens (fewer if the context is fuller).
     client_timeout: seconds a client may stall (not send, not read) before its connection is dropped.
-    A runtime loaded with max_sequences > 1 decodes waiting non-streamed requests together (greedy ones, and
-    sampled ones without a seed: a seeded request runs alone so that it gets exactly its own samples)."""
+    batch_wait_s: with room in a batch, how long the engine thread waits for more requests before it starts one
+    (clients whose replies just went out send their next request within milliseconds)."""
 
     daemon_threads = True
 
@@ -147,68 +154,52 @@ class Server(ThreadingHTTPServer):
             raise ValueError(f"client_timeout must be > 0 seconds, got {client_timeout}")
         self.runtime, self.model_id, self.default_max_tokens = runtime, model_id, default_max_tokens
         self.quiet, self.client_timeout, self.batch_wait_s = quiet, client_timeout, batch_wait_s
-        self.engine_lock = threading.Lock()
         # The CPU engine's batched head rounds differently above 8 sequences (docs/engine.md): beyond that a
         # request's greedy answer could differ from its answer alone.
         self.max_batch = int(runtime.config.get("max_sequences", 1))
         if runtime.config.get("device", "cpu") == "cpu":
             self.max_batch = min(self.max_batch, 8)
         self.pending: List[_Job] = []
-        self.pending_lock = threading.Lock()
+        self.work = threading.Condition()
         self.batch_sizes: Counter = Counter()  # how many batches of each size ran
+        self._closing = False
         super().__init__(address, Handler)
+        self._engine_thread = threading.Thread(target=self._engine_loop, name="bllama-engine", daemon=True)
+        self._engine_thread.start()
 
-    def run_batch(self, job: _Job) -> None:
-        """Under the engine lock: decodes `job` with the waiting jobs that can share its steps and sets a result or
-        an error on every one of them. With room in the batch it first waits batch_wait_s for more: clients whose
-        replies just went out send their next request within milliseconds, and a decode step of a large model
-        takes longer than that wait."""
-        with self.pending_lock:
-            room = len(self.pending) < self.max_batch
-        if room and self.batch_wait_s > 0:
-            time.sleep(self.batch_wait_s)
-        with self.pending_lock:
-            batch = self._take_batch(job)
-        try:
-            self._decode(batch)
-        except (ValueError, IndexError) as e:  # the engine's checks cover every prompt: find whose it is
-            if len(batch) == 1:
-                job.error = RequestError(str(e))
-            else:
-                for j in batch:
-                    self._decode_alone(j)
-        except Exception as e:  # noqa: BLE001 - reported by each waiting handler
-            for j in batch:
-                j.error = e
-        finally:
-            for j in batch:  # no handler may find its job neither answered nor failed
-                if j.result is None and j.error is None:
-                    j.error = RuntimeError("the batch this request was in failed")
+    def submit(self, job: _Job) -> None:
+        with self.work:
+            self.pending.append(job)
+            self.work.notify()
 
-    def _decode_alone(self, job: _Job) -> None:
-        try:
-            self._decode([job])
-        except (ValueError, IndexError) as e:
-            job.error = RequestError(str(e))
-        except Exception as e:  # noqa: BLE001
-            job.error = e
+    def server_close(self) -> None:
+        with self.work:
+            self._closing = True
+            self.work.notify()
+        super().server_close()
 
-    def _decode(self, batch: List[_Job]) -> None:
-        rt, o = self.runtime, batch[0].opts
-        outs = rt.generate_ids_batch([j.ids for j in batch], max(j.n for j in batch), o["do_sample"],
-                                     o["temperature"], o["top_k"], o["top_p"], o["repetition_penalty"], None)
-        self.batch_sizes[len(batch)] += 1
-        for j, out in zip(batch, outs):
-            text, used, stopped = rt.text_of(j.ids, out[:j.n], j.opts["stop"])
-            j.result = {"text": text, "finish_reason": "stop" if stopped or len(out) < j.n else "length",
-                        "usage": {"prompt_tokens": len(j.ids), "completion_tokens": used,
-                                  "total_tokens": len(j.ids) + used}}
+    def _engine_loop(self) -> None:
+        while True:
+            with self.work:
+                while not self.pending and not self._closing:
+                    self.work.wait()
+                if self._closing:
+                    return
+                room = len(self.pending) < self.max_batch
+            if room and self.max_batch > 1 and self.batch_wait_s > 0:
+                time.sleep(self.batch_wait_s)
+            with self.work:
+                batch = self._take_batch()
+            try:
+                self._run(batch)
+            except BaseException as e:  # noqa: BLE001 - the engine thread must outlive any one batch
+                for j in batch:  # a handler takes the first end event it sees; a second one is never read
+                    j.events.put(("error", e))
 
-    def _take_batch(self, job: _Job) -> List[_Job]:
-        """job and up to max_batch - 1 waiting jobs with its sampling whose max_tokens are within a factor of 2 of
-        its own (the engine decodes every sequence of a batch as far as the longest: a short request must not wait
-        long for a long one), such that every prompt still fits the context with the batch's largest max_tokens."""
-        self.pending.remove(job)
+    def _take_batch(self) -> List[_Job]:
+        """The oldest waiting job and up to max_batch - 1 more with its sampling, such that every prompt still fits
+        the context with the batch's largest max_tokens (the engine checks every prompt against it)."""
+        job = self.pending.pop(0)
         batch, ctx = [job], self.runtime.context_length
         if len(job.ids) + job.n > ctx:
             return batch  # the engine refuses it with its own message
@@ -216,10 +207,73 @@ class Server(ThreadingHTTPServer):
             if len(batch) == self.max_batch:
                 break
             top = max(m.n for m in batch + [j])
-            if j.key == job.key and job.n / 2 <= j.n <= job.n * 2 and all(len(m.ids) + top <= ctx for m in batch + [j]):
+            if j.key == job.key and all(len(m.ids) + top <= ctx for m in batch + [j]):
                 batch.append(j)
                 self.pending.remove(j)
         return batch
+
+    def _run(self, batch: List[_Job]) -> None:
+        """Decodes a batch; every job ends with exactly one "done" or "error" event."""
+        rt = self.runtime
+        for j in [j for j in batch if j.n == 0]:  # nothing to decode (the engine would still step them once)
+            if len(j.ids) > rt.context_length:
+                j.events.put(("error", RequestError(f"the prompt ({len(j.ids)} tokens) exceeds the context length "
+                                                    f"{rt.context_length}")))
+            else:
+                j.events.put(("done", {"text": "", "finish_reason": "length", "usage": {
+                    "prompt_tokens": len(j.ids), "completion_tokens": 0, "total_tokens": len(j.ids)}}))
+            batch.remove(j)
+        if not batch:
+            return
+        o = batch[0].opts
+        texts = [rt.text_stream(j.ids, j.opts["stop"]) for j in batch]
+        used = [0] * len(batch)
+        finished = [False] * len(batch)
+
+        def finish(i: int, ended_early: bool) -> None:
+            j, t = batch[i], texts[i]
+            rest = t.flush()
+            if rest and j.stream:
+                j.events.put(("delta", rest))
+            j.events.put(("done", {"text": t.emitted, "usage": {"prompt_tokens": len(j.ids), "completion_tokens":
+                                   used[i], "total_tokens": len(j.ids) + used[i]},
+                                   "finish_reason": "stop" if t.stopped or ended_early else "length"}))
+            finished[i] = True
+
+        def on_token(i: int, token: int) -> bool:
+            j, t = batch[i], texts[i]
+            used[i] += 1
+            delta = t.push(token)
+            if delta and j.stream:
+                j.events.put(("delta", delta))
+            if t.stopped or used[i] >= j.n or j.cancelled.is_set():
+                finish(i, False)
+                return True
+            return False
+
+        try:
+            rt.generate_ids_batch([j.ids for j in batch], max(j.n for j in batch), o["do_sample"], o["temperature"],
+                                  o["top_k"], o["top_p"], o["repetition_penalty"], o["seed"], on_token=on_token)
+            self.batch_sizes[len(batch)] += 1
+        except (ValueError, IndexError) as e:  # the engine's checks cover every prompt before any token
+            if len(batch) > 1 and not any(used):
+                for j in batch:  # find whose prompt it is: only that request fails
+                    self._run([j])
+                return
+            for i, j in enumerate(batch):
+                if not finished[i]:
+                    j.events.put(("error", RequestError(str(e))))
+                    finished[i] = True
+            return
+        except Exception as e:  # noqa: BLE001 - each waiting handler reports it
+            for i, j in enumerate(batch):
+                if not finished[i]:
+                    j.events.put(("error", e))
+                    finished[i] = True
+            return
+        for i, j in enumerate(batch):
+            if not finished[i]:  # ended at EOS before its max_tokens, or at max_tokens 0
+                finish(i, used[i] < j.n)
 
     @property
     def url(self) -> str:
@@ -328,7 +382,7 @@ class Handler(BaseHTTPRequestHandler):
         self._reply(body, "chat.completion", "chatcmpl", lambda rt: rt.chat_prompt_ids(messages), opts)
 
     def _reply(self, body: dict, kind: str, prefix: str, prompt_ids, opts: dict) -> None:
-        """Tokenizes (outside the engine lock), then generates under it; answers as JSON or as a stream."""
+        """Tokenizes here, hands the request to the engine thread, answers as JSON or as a stream."""
         stream = _flag(body, "stream")
         options = body.get("stream_options")
         if options is not None and not isinstance(options, dict):
@@ -339,45 +393,34 @@ class Handler(BaseHTTPRequestHandler):
             ids = prompt_ids(rt)  # the Runtime's checks: empty prompt, no chat template, a message without content
         except (ValueError, TypeError, KeyError) as e:
             raise RequestError(str(e).strip("'\"")) from None
+        vocab = getattr(rt, "vocab_size", None)  # checked here, so that no bad prompt fails the others of a batch
+        if not ids or (vocab is not None and not all(0 <= t < vocab for t in ids)):
+            raise RequestError("the prompt encodes to no tokens" if not ids else
+                               f"the prompt has token ids outside the vocabulary [0, {vocab})")
         if opts["max_new_tokens"] is None:  # as much as asked for by default, as fits in the context
             opts["max_new_tokens"] = max(0, min(self.server.default_max_tokens, rt.context_length - len(ids)))
         rid, created = f"{prefix}-{uuid.uuid4().hex[:24]}", int(time.time())
-        srv = self.server
-        if not stream and srv.max_batch > 1 and (not opts["do_sample"] or opts["seed"] is None):
-            vocab = getattr(rt, "vocab_size", None)  # checked here so that no bad prompt fails a whole batch
-            if not ids or (vocab is not None and not all(0 <= t < vocab for t in ids)):
-                raise RequestError("the prompt encodes to no tokens" if not ids else "the prompt has token ids "
-                                   f"outside the vocabulary [0, {vocab})")
-            job = _Job(ids, opts)
-            with srv.pending_lock:
-                srv.pending.append(job)
-            with srv.engine_lock:
-                if job.result is None and job.error is None:  # else a batch that ran meanwhile took it
-                    srv.run_batch(job)
-            if job.error is not None:
-                raise job.error
-            self._send_json(HTTPStatus.OK, self._final(kind, rid, created, job.result))
-            return
-        with self.server.engine_lock:
-            pieces = rt.stream_ids(ids, **opts)
+        job = _Job(ids, opts, stream)
+        self.server.submit(job)
+        try:
+            first = self._next_event(job)  # an error before any text (context length, sampling values) is a 400
+            if first[0] == "error":
+                raise first[1]
+            if stream:
+                self._stream(kind, rid, created, job, first, include_usage)
+            else:
+                self._send_json(HTTPStatus.OK, self._final(kind, rid, created, first[1]))
+        finally:
+            job.cancelled.set()  # a no-op for a finished job; ends the sequence of one whose client is gone
+
+    def _next_event(self, job: _Job) -> tuple:
+        """The job's next event; raises ConnectionResetError if the client hangs up while it waits."""
+        while True:
             try:
-                try:
-                    first = next(pieces, None)  # the engine's checks (context length, sampling values) raise here
-                except (ValueError, IndexError) as e:
-                    raise RequestError(str(e)) from None
-                if not stream:
-                    parts = [first or ""]
-                    for piece in pieces:
-                        parts.append(piece)
-                        if self._client_gone():  # nobody will read the reply: stop the engine now
-                            raise ConnectionResetError("the client hung up")
-                    text = "".join(parts)
-                    result = {"text": text, "finish_reason": self._finish_reason(), "usage": self._usage()}
-                    self._send_json(HTTPStatus.OK, self._final(kind, rid, created, result))
-                    return
-                self._stream(kind, rid, created, first, pieces, include_usage)
-            finally:
-                pieces.close()  # a client gone mid-stream stops the engine here
+                return job.events.get(timeout=0.05)
+            except queue.Empty:
+                if self._client_gone():  # nobody will read the reply: end the sequence now
+                    raise ConnectionResetError("the client hung up") from None
 
     def _client_gone(self) -> bool:
         """Whether the client has closed its connection (readable, and a peek reads end of file)."""
@@ -386,14 +429,6 @@ class Handler(BaseHTTPRequestHandler):
             return bool(readable) and self.connection.recv(1, socket.MSG_PEEK) == b""
         except OSError:
             return True
-
-    def _usage(self) -> dict:
-        s = self.server.runtime.stats
-        return {"prompt_tokens": s.get("prompt_tokens", 0), "completion_tokens": s.get("generated_tokens", 0),
-                "total_tokens": s.get("prompt_tokens", 0) + s.get("generated_tokens", 0)}
-
-    def _finish_reason(self) -> str:
-        return FINISH.get(self.server.runtime.stats.get("stop_reason"), "stop")
 
     def _final(self, kind: str, rid: str, created: int, result: dict) -> dict:
         """The reply object for result {text, finish_reason, usage}."""
@@ -405,8 +440,7 @@ class Handler(BaseHTTPRequestHandler):
         return {"id": rid, "object": kind, "created": created, "model": self.server.model_id, "choices": [choice],
                 "usage": result["usage"]}
 
-    def _stream(self, kind: str, rid: str, created: int, first: Optional[str], pieces: Iterator[str],
-                include_usage: bool) -> None:
+    def _stream(self, kind: str, rid: str, created: int, job: _Job, first: tuple, include_usage: bool) -> None:
         self.send_response(HTTPStatus.OK)
         self.send_header("Content-Type", "text/event-stream")
         self.send_header("Cache-Control", "no-cache")
@@ -429,17 +463,19 @@ class Handler(BaseHTTPRequestHandler):
 
         if chat:
             event([{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}])
-        if first:
-            event([delta(first)])
-        for piece in pieces:
-            event([delta(piece)])
+        kind_, value = first
+        while kind_ == "delta":
+            event([delta(value)])
+            kind_, value = self._next_event(job)
+        if kind_ == "error":
+            raise value
         end = delta("")
-        end["finish_reason"] = self._finish_reason()
+        end["finish_reason"] = value["finish_reason"]
         if chat:
             end["delta"] = {}
         event([end])
         if include_usage:
-            event([], self._usage())
+            event([], value["usage"])
         self.wfile.write(b"data: [DONE]\n\n")
         self.wfile.flush()
 

@@ -122,7 +122,8 @@ SamplingParams with_seed(SamplingParams p, uint64_t seed) {
 
 std::vector<std::vector<int32_t>> Engine::generate_batch(const std::vector<std::vector<int32_t>>& prompts,
                                                          int64_t max_new_tokens, const SamplingParams& params,
-                                                         const std::vector<int32_t>& stop_ids) {
+                                                         const std::vector<int32_t>& stop_ids,
+                                                         const BatchTokenCallback& on_token) {
     if (prompts.empty()) throw std::invalid_argument("generate_batch: no prompts");
     for (const auto& p : prompts) check_request(p, max_new_tokens);
     validate(params);
@@ -134,7 +135,9 @@ std::vector<std::vector<int32_t>> Engine::generate_batch(const std::vector<std::
     const int S = backend_->max_sequences();
     if (S <= 1) {
         for (size_t i = 0; i < prompts.size(); ++i) {
-            out[i] = generate(prompts[i], max_new_tokens, with_seed(params, params.seed + i), stop_ids);
+            TokenCallback own;
+            if (on_token) own = [&on_token, i](int32_t t) { return on_token(static_cast<int>(i), t); };
+            out[i] = generate(prompts[i], max_new_tokens, with_seed(params, params.seed + i), stop_ids, own);
             total.prompt_tokens += stats_.prompt_tokens;
             total.prompt_seconds += stats_.prompt_seconds;
             total.decode_tokens += stats_.decode_tokens;
@@ -167,7 +170,8 @@ std::vector<std::vector<int32_t>> Engine::generate_batch(const std::vector<std::
                     continue;
                 }
                 o.push_back(cur[static_cast<size_t>(b)]);
-                if (static_cast<int64_t>(o.size()) >= max_new_tokens) running = 0;
+                const bool stop_here = on_token && on_token(static_cast<int>(g0) + b, cur[static_cast<size_t>(b)]);
+                if (stop_here || static_cast<int64_t>(o.size()) >= max_new_tokens) running = 0;
                 else ++n_live;
             }
             if (n_live == 0) break;

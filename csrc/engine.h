@@ -31,6 +31,8 @@ struct GenerateStats {
 
 // Called with each generated token (stop tokens excluded); return true to stop after it.
 using TokenCallback = std::function<bool(int32_t)>;
+// generate_batch's: (prompt index, token) for every returned token; truthy ends that sequence after it.
+using BatchTokenCallback = std::function<bool(int, int32_t)>;
 
 class Engine {
 public:
@@ -61,10 +63,13 @@ public:
     // order differs; CUDA: any batch).
     // Otherwise they run one after another. Same checks and stop rules as generate(), per sequence;
     // last_stats() sums over the sequences (decode_tokens: the sequence steps run; on the CPU finished sequences
-    // leave the batch, on the GPU they keep stepping until the whole batch is done).
+    // leave the batch, on the GPU they keep stepping until the whole batch is done). on_token(i, token) runs for
+    // every returned token of prompt i; truthy ends that sequence after it (the others go on); its exceptions
+    // propagate.
     std::vector<std::vector<int32_t>> generate_batch(const std::vector<std::vector<int32_t>>& prompts,
                                                      int64_t max_new_tokens, const SamplingParams& params,
-                                                     const std::vector<int32_t>& stop_ids = {});
+                                                     const std::vector<int32_t>& stop_ids = {},
+                                                     const BatchTokenCallback& on_token = nullptr);
     int max_sequences() const { return backend_->max_sequences(); }
 
     // Logits for every position of ids, row-major [n, vocab], from an empty cache.

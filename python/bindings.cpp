@@ -219,17 +219,32 @@ public:
 
     py::list generate_batch(const std::vector<std::vector<int64_t>>& prompts, int64_t max_new_tokens,
                             float temperature, int top_k, float top_p, float repetition_penalty, const py::int_& seed,
-                            bool do_sample, const std::vector<int64_t>& stop_ids) {
+                            bool do_sample, const std::vector<int64_t>& stop_ids, const py::object& callback) {
         const int64_t V = engine_->vocab_size();
         std::vector<std::vector<int32_t>> ps;
         for (const auto& p : prompts) ps.push_back(to_ids(p, V, "prompt"));
         const SamplingParams p = sampling_params(temperature, top_k, top_p, repetition_penalty, seed, do_sample);
+        std::exception_ptr callback_error;
+        BatchTokenCallback cb;
+        if (!callback.is_none()) {
+            cb = [&](int sequence, int32_t token) -> bool {
+                py::gil_scoped_acquire gil;
+                if (callback_error) return true;  // the first exception ends every sequence
+                try {
+                    return py::bool_(callback(sequence, token));
+                } catch (...) {  // re-raised once the GIL is ours again, after generate_batch()
+                    callback_error = std::current_exception();
+                    return true;
+                }
+            };
+        }
         std::vector<std::vector<int32_t>> out;
         {
             py::gil_scoped_release nogil;
             std::lock_guard<std::mutex> lock(mu_);
-            out = engine_->generate_batch(ps, max_new_tokens, p, int32_stops(stop_ids));
+            out = engine_->generate_batch(ps, max_new_tokens, p, int32_stops(stop_ids), cb);
         }
+        if (callback_error) std::rethrow_exception(callback_error);
         py::list result;
         for (const auto& o : out) result.append(py::cast(o));
         return result;
@@ -368,9 +383,10 @@ PYBIND11_MODULE(_engine, m) {
         .def("generate_batch", &PyEngine::generate_batch, py::arg("prompts"), py::arg("max_new_tokens"),
              py::arg("temperature") = 1.0f, py::arg("top_k") = 0, py::arg("top_p") = 1.0f,
              py::arg("repetition_penalty") = 1.0f, py::arg("seed") = py::int_(0), py::arg("do_sample") = false,
-             py::arg("stop_ids") = std::vector<int64_t>{},
+             py::arg("stop_ids") = std::vector<int64_t>{}, py::arg("callback") = py::none(),
              "A list of generated id lists, one per prompt. Up to max_sequences prompts decode together; prompt i "
-             "samples with seed + i (what generate(prompts[i], seed=seed + i) returns).")
+             "samples with seed + i (what generate(prompts[i], seed=seed + i) returns). callback(i, token) runs "
+             "for every returned token of prompt i; truthy ends that sequence; an exception ends all and propagates.")
         .def("logits", &PyEngine::logits, py::arg("ids"), "float32 array [len(ids), vocab]")
         .def("metadata", &PyEngine::metadata, py::arg("key"))
         .def("metadata_keys", &PyEngine::metadata_keys)

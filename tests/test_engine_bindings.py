@@ -235,6 +235,19 @@ def test_generate_batch_equals_one_by_one(exported):
         assert e.generate_batch(prompts, 7, stop_ids=[11]) == one
         st = e.last_stats
         assert st["prompt_tokens"] == 9 and st["generated_tokens"] == sum(map(len, one))
+    # callback(i, token): every returned token with its prompt's index; truthy ends only that sequence
+    for e in (eng, single):
+        seen = [[], [], []]
+        cut = e.generate_batch(prompts, 7, callback=lambda i, t: seen[i].append(t) or (i == 2 and len(seen[2]) == 2))
+        full = e.generate_batch(prompts, 7)
+        assert cut == seen and cut[2] == full[2][:2] and cut[:2] == full[:2]
+
+        def boom(i, t):
+            raise KeyError("from the callback")
+
+        with pytest.raises(KeyError, match="from the callback"):
+            e.generate_batch(prompts, 7, callback=boom)
+        assert e.generate_batch(prompts, 7) == full  # the engine is fine afterwards
     with pytest.raises(IndexError, match="out of range"):
         eng.generate_batch([[1, 2], [1, 10**6]], 3)
     with pytest.raises(ValueError, match="no prompts"):

@@ -280,27 +280,47 @@ def test_content_parts_and_keep_alive(served_chat):
     assert status == 400 and "only text content parts" in r["error"]["message"]
 
 
+class FakeText:
+    """A text stream double: each token is `piece`."""
+
+    def __init__(self, piece):
+        self.piece, self.emitted, self.stopped = piece, "", False
+
+    def push(self, token):
+        self.emitted += self.piece
+        return self.piece
+
+    def flush(self):
+        return ""
+
+
 class SlowRuntime:
     """Stands in for Runtime where the server's own behaviour is tested: big pieces, forever, and a record of
-    whether the server closed the generation (that is what stops the real engine)."""
+    whether the server ended the generation (its callback returning true is what stops the real engine)."""
 
     path, context_length, config = "slow.gguf", 1 << 30, {"max_sequences": 1}
 
     def __init__(self):
-        self.stats, self.produced, self.closed = {}, 0, threading.Event()
+        self.produced, self.closed = 0, threading.Event()
 
     def encode(self, prompt):
         return [1, 2, 3]
 
-    def stream_ids(self, ids, max_new_tokens, **kw):
+    def text_stream(self, ids, stop):
+        return FakeText("x" * 65536)
+
+    def generate_ids_batch(self, prompt_ids, max_new_tokens, *args, on_token=None):
+        out = []
         try:
             for i in range(max_new_tokens):
                 time.sleep(0.001)
                 self.produced = i + 1
-                self.stats = {"prompt_tokens": 3, "generated_tokens": i + 1, "stop_reason": "length"}
-                yield "x" * 65536
+                out.append(1)
+                if on_token(0, 1):
+                    break
         finally:
             self.closed.set()
+        return [out]
 
 
 def _stream_request(host, port, rcvbuf):
@@ -347,28 +367,58 @@ def test_hang_up_stops_the_generation_and_a_stalled_reader_times_out():
 @pytest.fixture(scope="module")
 def served_batched(files):
     """A server whose runtime decodes up to 4 sequences together, and a one-sequence Runtime for the answers."""
-    server = start(Runtime.load(files[1], threads=1, max_sequences=4), "tiny")
+    server = start(Gated(Runtime.load(files[1], threads=1, max_sequences=4)), "tiny")
     yield server, Runtime.load(files[1], threads=1)
     stop(server)
 
 
-def _ask_together(server, bodies):
-    """Sends every body at once while the engine is held, so they all wait; returns the replies in order."""
-    got = [None] * len(bodies)
+class Gated:
+    """A runtime whose decoding waits while `gate` is clear (everything else is the wrapped runtime's)."""
 
-    def ask(i):
-        got[i] = post(server.url, "/v1/completions", bodies[i])
+    def __init__(self, rt):
+        self.rt, self.gate, self.entered = rt, threading.Event(), threading.Event()
+        self.gate.set()
 
-    with server.engine_lock:
-        threads = [threading.Thread(target=ask, args=(i,)) for i in range(len(bodies))]
-        for t in threads:
-            t.start()
-        deadline = time.monotonic() + 60
-        while len(server.pending) < len(bodies) and time.monotonic() < deadline:
-            time.sleep(0.01)
+    def __getattr__(self, name):
+        return getattr(self.rt, name)
+
+    def generate_ids_batch(self, *args, **kw):
+        self.entered.set()
+        self.gate.wait(60)
+        return self.rt.generate_ids_batch(*args, **kw)
+
+
+def _wait(cond, seconds=60):
+    deadline = time.monotonic() + seconds
+    while not cond() and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert cond()
+
+
+def _ask_together(server, bodies, hold_prompt="O"):
+    """Sends every body while the engine thread is busy (a request held at the gate), so that they all wait in
+    `pending` together before any is decoded; returns the replies in order."""
+    got = [None] * (len(bodies) + 1)
+
+    def ask(i, body):
+        got[i] = post(server.url, "/v1/completions", body)
+
+    gate = server.runtime.gate
+    gate.clear()
+    threads = [threading.Thread(target=ask, args=(len(bodies), {"prompt": hold_prompt, "max_tokens": 1, "seed": 1}))]
+    server.runtime.entered.clear()
+    threads[0].start()
+    assert server.runtime.entered.wait(60)  # the engine thread took it and waits at the gate
+    assert not server.pending
+    time.sleep(0.05)
+    threads += [threading.Thread(target=ask, args=(i, b)) for i, b in enumerate(bodies)]
+    for t in threads[1:]:
+        t.start()
+    _wait(lambda: len(server.pending) == len(bodies))
+    gate.set()
     for t in threads:
         t.join(timeout=120)
-    return got
+    return got[:-1]
 
 
 def test_waiting_requests_decode_together_with_their_own_answers(served_batched):
@@ -376,7 +426,7 @@ def test_waiting_requests_decode_together_with_their_own_answers(served_batched)
     cases = [("ROMEO:", 16, None), ("First Citizen:\nWe are", 9, None), ("The king", 12, ["e"]),
              ("KING HENRY:\nNow", 10, None), ("JULIET:", 16, None), ("O, ", 8, None)]
     bodies = [{"prompt": p, "max_tokens": n, "temperature": 0, **({"stop": s} if s else {})} for p, n, s in cases]
-    before = sum(server.batch_sizes.values())
+    before = server.batch_sizes.copy()
     got = _ask_together(server, bodies)
     for (prompt, n, stop_), (status, r) in zip(cases, got):
         want = rt.generate(prompt, max_new_tokens=n, stop=stop_)  # alone, through the engine's callback path
@@ -386,32 +436,20 @@ def test_waiting_requests_decode_together_with_their_own_answers(served_batched)
         assert r["choices"][0]["finish_reason"] == finish, prompt
         assert r["usage"]["prompt_tokens"] == rt.stats["prompt_tokens"]
         assert r["usage"]["completion_tokens"] == rt.stats["generated_tokens"], prompt
-    # six requests, at most four at a time: two batches (4 + 2), none alone
-    assert sum(server.batch_sizes.values()) - before == 2 and server.batch_sizes[4] >= 1
+    # six requests, at most four at a time: two batches (4 + 2); the 1 is _ask_together's held request
+    assert server.batch_sizes - before == {4: 1, 2: 1, 1: 1}
 
 
 def test_seeded_requests_run_alone(served_batched):
     server, rt = served_batched
     bodies = [{"prompt": "ROMEO:", "max_tokens": 16, "temperature": 0.9, "seed": s} for s in (1, 2, 3)]
-    before = dict(server.batch_sizes)
-    got = [None] * len(bodies)
-
-    def ask(i):
-        got[i] = post(server.url, "/v1/completions", bodies[i])
-
-    with server.engine_lock:  # all three wait for the engine at once, and still must not share it
-        threads = [threading.Thread(target=ask, args=(i,)) for i in range(len(bodies))]
-        for t in threads:
-            t.start()
-        time.sleep(0.5)
-        assert not server.pending
-    for t in threads:
-        t.join(timeout=120)
+    before = server.batch_sizes.copy()
+    got = _ask_together(server, bodies)  # all three wait for the engine at once, and still must not share it
     for b, (status, r) in zip(bodies, got):
         assert status == 200
         assert r["choices"][0]["text"] == rt.generate("ROMEO:", max_new_tokens=16, do_sample=True, temperature=0.9,
                                                       seed=b["seed"])
-    assert dict(server.batch_sizes) == before  # none went through the batch path
+    assert server.batch_sizes - before == {1: 4}  # the three and _ask_together's own held request
 
 
 def test_random_benchmark_model_carries_a_tokenizer(tmp_path, sp_tokenizer):
@@ -433,58 +471,73 @@ def test_batches_keep_sampling_and_lengths_apart(served_batched):
               {"prompt": "ROMEO:", "max_tokens": 24, "temperature": 0.9}, {"prompt": "ROMEO:", "max_tokens": 24,
                                                                             "temperature": 0.9},
               {**greedy, "repetition_penalty": 1.3}, {**greedy, "prompt": "JULIET:", "repetition_penalty": 1.3},
-              {**greedy, "max_tokens": 1}, {**greedy, "max_tokens": 60}]  # too far apart to wait for each other
+              {**greedy, "max_tokens": 1}, {**greedy, "max_tokens": 60}]  # each leaves the batch at its own end
     before = server.batch_sizes.copy()
     got = _ask_together(server, bodies)
     assert all(status == 200 for status, _ in got), got
     ran = server.batch_sizes - before
-    assert ran == {2: 3, 1: 2}, ran
+    assert ran == {4: 1, 2: 2, 1: 1}, ran  # 4 greedy, 2 sampled, 2 with the penalty; 1: the held request
     texts = [r["choices"][0]["text"] for _, r in got]
     assert texts[2] != texts[3]  # one batch, unseeded: prompt i samples with its own seed
     assert texts[4] == rt.generate("ROMEO:", 12, repetition_penalty=1.3) != texts[0]
     assert texts[0] == rt.generate("ROMEO:", 12) and texts[6] == rt.generate("ROMEO:", 1)
+    assert texts[7] == rt.generate("ROMEO:", 60) and texts[1] == rt.generate("JULIET:", 12)
 
 
 class BatchRuntime:
-    """A runtime double for the batch path's bookkeeping: prompt [7] ends at EOS after 2 tokens, a prompt holding
-    666 is one the engine refuses, a prompt holding 999 breaks text_of."""
+    """A runtime double for the batch bookkeeping: prompt [7] ends at EOS after 2 tokens, a prompt holding 666 is
+    one the engine refuses, a prompt holding 999 breaks the text stream."""
 
     path, context_length, vocab_size, config = "fake.gguf", 1000, 1000, {"max_sequences": 4, "device": "cpu"}
 
     def __init__(self):
-        self.calls = []
+        self.calls, self.gate, self.entered = [], threading.Event(), threading.Event()
+        self.gate.set()
 
     def encode(self, prompt):
         return [int(t) for t in prompt.split()]
 
-    def generate_ids_batch(self, prompt_ids, max_new_tokens, *args):
+    def text_stream(self, ids, stop):
+        if 999 in ids:
+            raise RuntimeError("the text stream broke")
+        return FakeText("a")
+
+    def generate_ids_batch(self, prompt_ids, max_new_tokens, *args, on_token=None):
+        self.entered.set()
+        self.gate.wait(60)
         self.calls.append(len(prompt_ids))
         if any(666 in p for p in prompt_ids):
             raise IndexError("a prompt the engine refuses")
-        return [[1, 1] if p == [7] else [1] * max_new_tokens for p in prompt_ids]
-
-    def text_of(self, prompt_ids, ids, stop=None):
-        if 999 in prompt_ids:
-            raise RuntimeError("text_of broke")
-        return "a" * len(ids), len(ids), False
+        outs = []
+        for i, p in enumerate(prompt_ids):
+            outs.append([])
+            for t in ([1, 1] if p == [7] else [1] * max_new_tokens):
+                outs[-1].append(t)
+                if on_token(i, t):
+                    break
+        return outs
 
 
 def test_batch_bookkeeping_eos_and_failures():
     rt = BatchRuntime()
     server = start(rt, "fake")
     try:
-        got = _ask_together(server, [{"prompt": p, "max_tokens": 5, "temperature": 0} for p in ("7", "8", "9 9")])
-        assert rt.calls == [3]
+        ask = lambda prompts: _ask_together(server, [{"prompt": p, "max_tokens": 5, "temperature": 0} for p in prompts],
+                                            hold_prompt="5")
+        got = ask(("7", "8", "9 9"))
+        assert rt.calls == [1, 3]
         assert [(r["choices"][0]["finish_reason"], r["usage"]["completion_tokens"]) for _, r in got] == \
             [("stop", 2), ("length", 5), ("length", 5)]
         # a prompt the engine refuses fails alone: the others of its batch are decoded again without it
         rt.calls.clear()
-        got = _ask_together(server, [{"prompt": p, "max_tokens": 5, "temperature": 0} for p in ("8", "666", "9")])
-        assert [status for status, _ in got] == [200, 400, 200] and rt.calls == [3, 1, 1, 1]
+        got = ask(("8", "666", "9"))
+        assert [status for status, _ in got] == [200, 400, 200] and rt.calls == [1, 3, 1, 1, 1]
         assert "refuses" in got[1][1]["error"]["message"]
-        # a failure after decoding: every request of the batch gets an answer or an error, none is stranded
-        got = _ask_together(server, [{"prompt": p, "max_tokens": 5, "temperature": 0} for p in ("8", "999", "9")])
+        # a failure outside the engine: every request of the batch gets an answer, and the engine thread goes on
+        got = ask(("8", "999", "9"))
         assert sorted(status for status, _ in got) == [500, 500, 500] and not server.pending
+        status, r = post(server.url, "/v1/completions", {"prompt": "8", "max_tokens": 2, "temperature": 0})
+        assert status == 200 and r["choices"][0]["text"] == "aa"
         status, r = post(server.url, "/v1/completions", {"prompt": "1000", "max_tokens": 2, "temperature": 0})
         assert status == 400 and "outside the vocabulary" in r["error"]["message"]
     finally:

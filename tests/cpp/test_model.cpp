@@ -501,6 +501,20 @@ static void test_batched_decode() {
         want_steps += static_cast<int64_t>(got.size()) - (early ? 0 : 1);
     }
     CHECK(any_early && eb.last_stats().decode_tokens == want_steps);
+    // The per-sequence callback: sees every returned token with its prompt's index; truthy ends only that sequence.
+    const auto plain = eb.generate_batch(prompts, steps, greedy, {});
+    for (Engine* e : {&eb, &e1}) {
+        std::vector<std::vector<int32_t>> seen(static_cast<size_t>(S));
+        const auto cut = e->generate_batch(prompts, steps, greedy, {}, [&](int i, int32_t t) {
+            seen[static_cast<size_t>(i)].push_back(t);
+            return i == 1 && seen[1].size() == 3;
+        });
+        CHECK(seen == cut && cut[1].size() == 3);
+        for (int b = 0; b < S; ++b) {
+            const auto& want = plain[static_cast<size_t>(b)];
+            CHECK(b == 1 ? std::equal(cut[1].begin(), cut[1].end(), want.begin()) : cut[static_cast<size_t>(b)] == want);
+        }
+    }
     // The same prompt several times: sampled continuations differ (their seeds do), greedy ones do not.
     const std::vector<std::vector<int32_t>> same(4, prompts[2]);
     const auto s4 = eb.generate_batch(same, steps, sampled, {}), g4 = eb.generate_batch(same, steps, greedy, {});
