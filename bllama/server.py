@@ -29,7 +29,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import List, Optional, Tuple
 
 MAX_BODY = 8 << 20  # bytes: a larger request is refused unread (and its connection closed)
-FINISH = {"stop_token": "stop", "callback": "stop", "length": "length"}  # engine stop reasons -> OpenAI's
 # Fields this server cannot honour, each with the values that mean "not used" (those are accepted).
 UNSUPPORTED = {"n": (1,), "best_of": (1,), "frequency_penalty": (0,), "presence_penalty": (0,), "echo": (False,),
                "logprobs": (False, 0), "top_logprobs": (0,), "logit_bias": ({},), "suffix": ("",), "tools": ([],),
@@ -163,19 +162,29 @@ class Server(ThreadingHTTPServer):
         self.work = threading.Condition()
         self.batch_sizes: Counter = Counter()  # how many batches of each size ran
         self._closing = False
+        self._running: List[_Job] = []
         super().__init__(address, Handler)
         self._engine_thread = threading.Thread(target=self._engine_loop, name="bllama-engine", daemon=True)
         self._engine_thread.start()
 
     def submit(self, job: _Job) -> None:
         with self.work:
+            if self._closing:
+                raise RequestError("the server is shutting down", HTTPStatus.SERVICE_UNAVAILABLE)
             self.pending.append(job)
             self.work.notify()
 
     def server_close(self) -> None:
+        """Stops the engine thread: waiting requests get a 503, running ones end at their next token."""
         with self.work:
             self._closing = True
+            for j in self.pending:
+                j.events.put(("error", RequestError("the server is shutting down", HTTPStatus.SERVICE_UNAVAILABLE)))
+            self.pending.clear()
+            for j in self._running:
+                j.cancelled.set()
             self.work.notify()
+        self._engine_thread.join(timeout=30)
         super().server_close()
 
     def _engine_loop(self) -> None:
@@ -188,17 +197,27 @@ class Server(ThreadingHTTPServer):
                 room = len(self.pending) < self.max_batch
             if room and self.max_batch > 1 and self.batch_wait_s > 0:
                 time.sleep(self.batch_wait_s)
-            with self.work:
-                batch = self._take_batch()
+            batch: List[_Job] = []
             try:
-                self._run(batch)
+                with self.work:
+                    batch = self._running = self._take_batch()
+                if batch:
+                    self._run(batch)
             except BaseException as e:  # noqa: BLE001 - the engine thread must outlive any one batch
                 for j in batch:  # a handler takes the first end event it sees; a second one is never read
                     j.events.put(("error", e))
+            finally:
+                with self.work:
+                    self._running = []
 
     def _take_batch(self) -> List[_Job]:
         """The oldest waiting job and up to max_batch - 1 more with its sampling, such that every prompt still fits
         the context with the batch's largest max_tokens (the engine checks every prompt against it)."""
+        for j in [j for j in self.pending if j.cancelled.is_set()]:  # their clients left while they waited
+            self.pending.remove(j)
+            j.events.put(("error", ConnectionResetError("the client hung up")))
+        if not self.pending:
+            return []
         job = self.pending.pop(0)
         batch, ctx = [job], self.runtime.context_length
         if len(job.ids) + job.n > ctx:
@@ -225,10 +244,22 @@ class Server(ThreadingHTTPServer):
             batch.remove(j)
         if not batch:
             return
+        texts = []
+        for j in list(batch):
+            try:
+                texts.append(rt.text_stream(j.ids, j.opts["stop"]))
+            except Exception as e:  # noqa: BLE001 - this request's own failure: the others go on
+                j.events.put(("error", e))
+                batch.remove(j)
+        if not batch:
+            return
         o = batch[0].opts
-        texts = [rt.text_stream(j.ids, j.opts["stop"]) for j in batch]
         used = [0] * len(batch)
         finished = [False] * len(batch)
+
+        def fail(i: int, error: BaseException) -> None:
+            batch[i].events.put(("error", error))
+            finished[i] = True
 
         def finish(i: int, ended_early: bool) -> None:
             j, t = batch[i], texts[i]
@@ -242,14 +273,18 @@ class Server(ThreadingHTTPServer):
 
         def on_token(i: int, token: int) -> bool:
             j, t = batch[i], texts[i]
-            used[i] += 1
-            delta = t.push(token)
-            if delta and j.stream:
-                j.events.put(("delta", delta))
-            if t.stopped or used[i] >= j.n or j.cancelled.is_set():
-                finish(i, False)
+            try:
+                used[i] += 1
+                delta = t.push(token)
+                if delta and j.stream:
+                    j.events.put(("delta", delta))
+                if t.stopped or used[i] >= j.n or j.cancelled.is_set():
+                    finish(i, False)
+                    return True
+                return False
+            except Exception as e:  # noqa: BLE001 - this request's own failure: its sequence ends, the others go on
+                fail(i, e)
                 return True
-            return False
 
         try:
             rt.generate_ids_batch([j.ids for j in batch], max(j.n for j in batch), o["do_sample"], o["temperature"],
@@ -272,8 +307,11 @@ class Server(ThreadingHTTPServer):
                     finished[i] = True
             return
         for i, j in enumerate(batch):
-            if not finished[i]:  # ended at EOS before its max_tokens, or at max_tokens 0
-                finish(i, used[i] < j.n)
+            if not finished[i]:  # ended at EOS before its max_tokens
+                try:
+                    finish(i, used[i] < j.n)
+                except Exception as e:  # noqa: BLE001
+                    fail(i, e)
 
     @property
     def url(self) -> str:

@@ -16,7 +16,7 @@ import urllib.request
 import pytest
 
 from bllama.runtime import Runtime
-from bllama.server import Server
+from bllama.server import RequestError, Server
 
 from test_chat import TEMPLATE
 from test_i2s import _weights, llama3_style_tokenizer, write_file
@@ -464,6 +464,25 @@ def test_random_benchmark_model_carries_a_tokenizer(tmp_path, sp_tokenizer):
         write_random_gguf(cfg.replace(vocab_size=cfg.vocab_size + 1), tmp_path / "bad.gguf", tokenizer=sp_tokenizer)
 
 
+def test_streamed_and_plain_requests_share_a_batch(served_batched):
+    server, rt = served_batched
+    prompts = ["ROMEO:", "JULIET:", "The king", "O, "]
+    bodies = [{"prompt": p, "max_tokens": 10 + 3 * i, "temperature": 0, "stream": i % 2 == 0,
+               "stream_options": {"include_usage": True} if i % 2 == 0 else None} for i, p in enumerate(prompts)]
+    before = server.batch_sizes.copy()
+    got = _ask_together(server, bodies)
+    assert server.batch_sizes - before == {4: 1, 1: 1}
+    for i, (prompt, (status, r)) in enumerate(zip(prompts, got)):
+        want = rt.generate(prompt, max_new_tokens=10 + 3 * i)
+        assert status == 200
+        if i % 2 == 0:  # SSE: the deltas, then the finish, then the usage, then [DONE]
+            chunks = [json.loads(e) for e in r[:-1]]
+            assert r[-1] == "[DONE]" and "".join(c["choices"][0]["text"] for c in chunks if c["choices"]) == want
+            assert chunks[-1]["usage"]["completion_tokens"] == rt.stats["generated_tokens"]
+        else:
+            assert r["choices"][0]["text"] == want and r["usage"]["completion_tokens"] == rt.stats["generated_tokens"]
+
+
 def test_batches_keep_sampling_and_lengths_apart(served_batched):
     server, rt = served_batched
     greedy = {"prompt": "ROMEO:", "max_tokens": 12, "temperature": 0}
@@ -518,6 +537,32 @@ class BatchRuntime:
         return outs
 
 
+def test_close_answers_waiting_requests_and_refuses_new_ones():
+    rt = BatchRuntime()
+    server = start(rt, "fake")
+    got = {}
+    rt.gate.clear()
+    held = threading.Thread(target=lambda: got.setdefault("held", post(server.url, "/v1/completions",
+                                                                       {"prompt": "5", "max_tokens": 3})))
+    held.start()
+    assert rt.entered.wait(60)
+    waiting = threading.Thread(target=lambda: got.setdefault("waiting", post(server.url, "/v1/completions",
+                                                                             {"prompt": "6", "max_tokens": 3})))
+    waiting.start()
+    _wait(lambda: len(server.pending) == 1)
+    server.shutdown()  # stops accepting connections; the engine thread still holds "held" at the gate
+    closer = threading.Thread(target=server.server_close)
+    closer.start()
+    waiting.join(30)
+    assert got["waiting"][0] == 503 and "shutting down" in got["waiting"][1]["error"]["message"]
+    with pytest.raises(RequestError, match="shutting down"):
+        server.submit(None)
+    rt.gate.set()  # the running request ends at its next token (cancelled), and the engine thread exits
+    closer.join(30)
+    held.join(30)
+    assert not closer.is_alive() and not server._engine_thread.is_alive()
+
+
 def test_batch_bookkeeping_eos_and_failures():
     rt = BatchRuntime()
     server = start(rt, "fake")
@@ -533,9 +578,10 @@ def test_batch_bookkeeping_eos_and_failures():
         got = ask(("8", "666", "9"))
         assert [status for status, _ in got] == [200, 400, 200] and rt.calls == [1, 3, 1, 1, 1]
         assert "refuses" in got[1][1]["error"]["message"]
-        # a failure outside the engine: every request of the batch gets an answer, and the engine thread goes on
+        # one request's own failure (its text stream) fails it alone; the engine thread goes on
         got = ask(("8", "999", "9"))
-        assert sorted(status for status, _ in got) == [500, 500, 500] and not server.pending
+        assert [status for status, _ in got] == [200, 500, 200] and not server.pending
+        assert "text stream broke" in got[1][1]["error"]["message"]
         status, r = post(server.url, "/v1/completions", {"prompt": "8", "max_tokens": 2, "temperature": 0})
         assert status == 200 and r["choices"][0]["text"] == "aa"
         status, r = post(server.url, "/v1/completions", {"prompt": "1000", "max_tokens": 2, "temperature": 0})
