@@ -22,6 +22,13 @@ def _parse_overrides(items):
     return out
 
 
+def _add_engine_options(p):
+    """How the engine holds the model: the LM head format and the device."""
+    p.add_argument("--head", default="f16", choices=["f16", "q8"],
+                   help="LM head format: f16 (the file's, default) or q8 (int8 per-row scales, half the head bytes)")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="run on the CPU (default) or the GPU")
+
+
 def _add_sampling(p):
     p.add_argument("--max-new-tokens", type=int, default=128, help="tokens to generate at most (default 128)")
     p.add_argument("--do-sample", action="store_true", help="sample instead of greedy decoding")
@@ -241,9 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("model", help="model.gguf, or a training output folder / .ckpt")
     g.add_argument("prompt", help="the prompt text")
     g.add_argument("--threads", type=int, default=None, help="engine threads (default: all cores)")
-    g.add_argument("--head", default="f16", choices=["f16", "q8"],
-                   help="LM head format: f16 (the file's, default) or q8 (int8 per-row scales, half the head bytes)")
-    g.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="run on the CPU (default) or the GPU")
+    _add_engine_options(g)
     g.add_argument("--tokenizer", default=None, help="tokenizer.model for a checkpoint (default: beside it)")
     g.add_argument("--chat", action="store_true",
                    help="(.gguf) send the prompt as one user message through the file's chat template")
@@ -272,9 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--data", required=True, help="a UTF-8 text file")
     v.add_argument("--max-chars", type=int, default=None, help="evaluate only the first N characters")
     v.add_argument("--threads", type=int, default=None, help="engine threads")
-    v.add_argument("--head", default="f16", choices=["f16", "q8"],
-                   help="LM head format: f16 (the file's, default) or q8 (int8 per-row scales, half the head bytes)")
-    v.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="run on the CPU (default) or the GPU")
+    _add_engine_options(v)
     v.set_defaults(func=cmd_eval)
 
     b = sub.add_parser("bench", help="prompt and decode speed of the engine")
@@ -286,9 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--repeats", type=int, default=3, help="runs per measurement; the median is reported")
     b.add_argument("--torch", action="store_true", help="also time the PyTorch quantized model on the same shapes")
     b.add_argument("--json", default=None, help="also write the results to this JSON file")
-    b.add_argument("--head", default="f16", choices=["f16", "q8"],
-                   help="LM head format: f16 (the file's, default) or q8 (int8 per-row scales, half the head bytes)")
-    b.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="run on the CPU (default) or the GPU")
+    _add_engine_options(b)
     b.add_argument("--sequences", type=int, default=1,
                    help="decode this many random prompts together (batched decoding; tok/s counts all of them)")
     b.set_defaults(func=cmd_bench)
@@ -300,9 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--name", default=None, help="model id in replies and /v1/models (default: the file's stem)")
     sv.add_argument("--max-tokens", type=int, default=256, help="new tokens when a request names no max_tokens")
     sv.add_argument("--threads", type=int, default=None, help="engine threads (default: all cores)")
-    sv.add_argument("--head", default="f16", choices=["f16", "q8"],
-                    help="LM head format: f16 (the file's, default) or q8 (int8 per-row scales, half the head bytes)")
-    sv.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="run on the CPU (default) or the GPU")
+    _add_engine_options(sv)
     sv.add_argument("--max-sequences", type=int, default=1,
                     help="decode up to this many waiting requests together (one KV cache each; default 1)")
     sv.set_defaults(func=cmd_serve)
