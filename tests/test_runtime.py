@@ -245,41 +245,23 @@ def test_text_stream_holds_back_partial_stop_strings():
     assert ts.flush() == "EN"  # the generation ended without the stop string: nothing is lost
 
 
-class FullDecodeStream:
-    """The slow reference for _TextStream: decodes the prompt and the whole reply at every token."""
+def FullDecodeStream(tok, prompt_ids, stop):
+    """The slow reference for _TextStream's decoding: the prompt and the whole reply decoded at every token, the
+    stop strings searched over the whole text (the hold-back rules of push/flush are _TextStream's own)."""
+    from bllama.runtime import _TextStream
 
-    def __init__(self, tok, prompt_ids, stop):
-        self.tok, self.prompt_ids, self.ids, self.stop = tok, list(prompt_ids), [], [s for s in stop or [] if s]
-        self.prefix, self.emitted, self.stopped = tok.decode(self.prompt_ids), "", False
+    class Full(_TextStream):
+        def _text(self):
+            prompt, reply = self.tokens[:n_prompt], self.tokens[n_prompt:]
+            full, prefix = self.tok.decode(self.tokens), self.tok.decode(prompt)
+            text = full[len(prefix):] if full.startswith(prefix) else self.tok.decode(reply)
+            for s in self.stop:
+                if (i := text.find(s)) >= 0:
+                    text, self.stopped = text[:i], True
+            return text
 
-    def _text(self):
-        full = self.tok.decode(self.prompt_ids + self.ids)
-        text = full[len(self.prefix):] if full.startswith(self.prefix) else self.tok.decode(self.ids)
-        for s in self.stop:
-            if (i := text.find(s)) >= 0:
-                text, self.stopped = text[:i], True
-        return text
-
-    def _emit(self, text, upto):
-        delta = text[len(self.emitted):upto] if upto > len(self.emitted) else ""
-        self.emitted += delta
-        return delta
-
-    def push(self, token):
-        self.ids.append(token)
-        text = self._text()
-        if self.stopped:
-            return self._emit(text, len(text))
-        safe = len(text) - 1 if text.endswith("\ufffd") else len(text)
-        for s in self.stop:
-            for k in range(min(len(s) - 1, len(text)), 0, -1):
-                if text.endswith(s[:k]):
-                    safe = min(safe, len(text) - k)
-                    break
-        return self._emit(text, safe)
-
-    def flush(self):
-        return self._emit(self._text(), len(self._text()))
+    n_prompt = len(prompt_ids)
+    return Full(tok, prompt_ids, stop)
 
 
 @pytest.mark.parametrize("kind", ["sentencepiece", "bpe"])
