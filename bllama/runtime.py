@@ -5,7 +5,7 @@ import os
 import queue
 import threading
 from pathlib import Path
-from typing import Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Iterator, List, Optional, Sequence, Union
 
 import numpy as np
 
@@ -263,7 +263,7 @@ class Runtime:
         ids = [self.encode(p) for p in prompts]
         outs = self.generate_ids_batch(ids, max_new_tokens, do_sample, temperature, top_k, top_p, repetition_penalty,
                                        seed, stop_at_eos)
-        return [self.text_of(prompt_ids, out, stop)[0] for prompt_ids, out in zip(ids, outs)]
+        return [self.text_of(prompt_ids, out, stop) for prompt_ids, out in zip(ids, outs)]
 
     def generate_ids_batch(self, prompt_ids: Sequence[Sequence[int]], max_new_tokens: int, do_sample: bool = False,
                            temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
@@ -286,19 +286,15 @@ class Runtime:
         .stopped once a stop string ended the text."""
         return _TextStream(self.tokenizer, prompt_ids, stop)
 
-    def text_of(self, prompt_ids: Sequence[int], ids: Sequence[int],
-                stop: Optional[Sequence[str]] = None) -> Tuple[str, int, bool]:
-        """(the text of new token ids after prompt_ids, cut before the first stop string; how many of the ids it
-        took: up to the one that completed a stop string; whether a stop string ended it), by stream()'s rules."""
+    def text_of(self, prompt_ids: Sequence[int], ids: Sequence[int], stop: Optional[Sequence[str]] = None) -> str:
+        """The text of new token ids after prompt_ids, cut before the first stop string, by stream()'s rules."""
         text = self.text_stream(prompt_ids, stop)
-        pieces, used = [], 0
         for t in ids:
-            pieces.append(text.push(t))
-            used += 1
+            text.push(t)
             if text.stopped:
                 break
-        pieces.append(text.flush())
-        return "".join(pieces), used, text.stopped
+        text.flush()
+        return text.emitted
 
     def stream(self, prompt: str, max_new_tokens: int = 128, do_sample: bool = False, temperature: float = 1.0,
                top_k: int = 0, top_p: float = 1.0, repetition_penalty: float = 1.0, seed: Optional[int] = None,

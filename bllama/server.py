@@ -135,6 +135,11 @@ class _Job:
     def n(self) -> int:
         return self.opts["max_new_tokens"]
 
+    def done(self, text: str, completion_tokens: int, finish_reason: str) -> None:
+        p = len(self.ids)
+        self.events.put(("done", {"text": text, "finish_reason": finish_reason, "usage": {
+            "prompt_tokens": p, "completion_tokens": completion_tokens, "total_tokens": p + completion_tokens}}))
+
 
 class Server(ThreadingHTTPServer):
     """An HTTP server bound to one Runtime; `model_id` is the name /v1/models reports and replies carry.
@@ -239,8 +244,7 @@ class Server(ThreadingHTTPServer):
                 j.events.put(("error", RequestError(f"the prompt ({len(j.ids)} tokens) exceeds the context length "
                                                     f"{rt.context_length}")))
             else:
-                j.events.put(("done", {"text": "", "finish_reason": "length", "usage": {
-                    "prompt_tokens": len(j.ids), "completion_tokens": 0, "total_tokens": len(j.ids)}}))
+                j.done("", 0, "length")
             batch.remove(j)
         if not batch:
             return
@@ -266,9 +270,7 @@ class Server(ThreadingHTTPServer):
             rest = t.flush()
             if rest and j.stream:
                 j.events.put(("delta", rest))
-            j.events.put(("done", {"text": t.emitted, "usage": {"prompt_tokens": len(j.ids), "completion_tokens":
-                                   used[i], "total_tokens": len(j.ids) + used[i]},
-                                   "finish_reason": "stop" if t.stopped or ended_early else "length"}))
+            j.done(t.emitted, used[i], "stop" if t.stopped or ended_early else "length")
             finished[i] = True
 
         def on_token(i: int, token: int) -> bool:
@@ -286,6 +288,7 @@ class Server(ThreadingHTTPServer):
                 fail(i, e)
                 return True
 
+        error = None
         try:
             rt.generate_ids_batch([j.ids for j in batch], max(j.n for j in batch), o["do_sample"], o["temperature"],
                                   o["top_k"], o["top_p"], o["repetition_penalty"], o["seed"], on_token=on_token)
@@ -295,23 +298,19 @@ class Server(ThreadingHTTPServer):
                 for j in batch:  # find whose prompt it is: only that request fails
                     self._run([j])
                 return
-            for i, j in enumerate(batch):
-                if not finished[i]:
-                    j.events.put(("error", RequestError(str(e))))
-                    finished[i] = True
-            return
+            error = RequestError(str(e))
         except Exception as e:  # noqa: BLE001 - each waiting handler reports it
-            for i, j in enumerate(batch):
-                if not finished[i]:
-                    j.events.put(("error", e))
-                    finished[i] = True
-            return
+            error = e
         for i, j in enumerate(batch):
-            if not finished[i]:  # ended at EOS before its max_tokens
-                try:
-                    finish(i, used[i] < j.n)
-                except Exception as e:  # noqa: BLE001
-                    fail(i, e)
+            if finished[i]:
+                continue
+            if error is not None:
+                fail(i, error)
+                continue
+            try:
+                finish(i, used[i] < j.n)  # it ended at EOS before its max_tokens
+            except Exception as e:  # noqa: BLE001
+                fail(i, e)
 
     @property
     def url(self) -> str:
