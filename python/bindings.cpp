@@ -103,6 +103,20 @@ py::object metadata_value(const GgufFile& f, const GgufKV& kv) {
     }
 }
 
+// A Python token callback called from the engine (which runs without the GIL): takes the GIL, and keeps an
+// exception in `error` for the caller to re-raise once generation returns; an exception ends generation.
+template <class... Args>
+bool call_python(const py::object& fn, std::exception_ptr& error, Args... args) {
+    py::gil_scoped_acquire gil;
+    if (error) return true;
+    try {
+        return py::bool_(fn(args...));
+    } catch (...) {
+        error = std::current_exception();
+        return true;
+    }
+}
+
 std::vector<int32_t> int32_stops(const std::vector<int64_t>& stop_ids) {
     std::vector<int32_t> stops;
     for (int64_t s : stop_ids)
@@ -194,17 +208,8 @@ public:
 
         std::exception_ptr callback_error;
         TokenCallback cb;
-        if (!callback.is_none()) {
-            cb = [&](int32_t token) -> bool {
-                py::gil_scoped_acquire gil;
-                try {
-                    return py::bool_(callback(token));
-                } catch (...) {  // kept and re-raised once the GIL is ours again, after generate()
-                    callback_error = std::current_exception();
-                    return true;
-                }
-            };
-        }
+        if (!callback.is_none())
+            cb = [&](int32_t token) { return call_python(callback, callback_error, token); };
         std::vector<int32_t> out;
         {
             py::gil_scoped_release nogil;
@@ -226,18 +231,8 @@ public:
         const SamplingParams p = sampling_params(temperature, top_k, top_p, repetition_penalty, seed, do_sample);
         std::exception_ptr callback_error;
         BatchTokenCallback cb;
-        if (!callback.is_none()) {
-            cb = [&](int sequence, int32_t token) -> bool {
-                py::gil_scoped_acquire gil;
-                if (callback_error) return true;  // the first exception ends every sequence
-                try {
-                    return py::bool_(callback(sequence, token));
-                } catch (...) {  // re-raised once the GIL is ours again, after generate_batch()
-                    callback_error = std::current_exception();
-                    return true;
-                }
-            };
-        }
+        if (!callback.is_none())  // after an exception every sequence ends at its next token
+            cb = [&](int sequence, int32_t token) { return call_python(callback, callback_error, sequence, token); };
         std::vector<std::vector<int32_t>> out;
         {
             py::gil_scoped_release nogil;
