@@ -112,13 +112,17 @@ def make_fsdp_strategy(activation_checkpointing: bool = False, sharding_strategy
                sharding_strategy=sharding_strategy, state_dict_type=state_dict_type, mixed_precision=fp32, **kwargs)
 
 
+def trains_on_gpu(accelerator: str = "auto") -> bool:
+    """Whether Lightning's `accelerator` argument puts training on a GPU ("auto": when CUDA is available)."""
+    return accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
+
+
 def resolve_precision(precision: str, accelerator: str = "auto") -> str:
     """Precision "auto": bf16-mixed (fp32 master weights and optimizer state, bf16 autocast) on a GPU with bf16,
     else 32-true; any other value is returned unchanged."""
     if precision != "auto":
         return precision
-    gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
-    return "bf16-mixed" if gpu and torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "32-true"
+    return "bf16-mixed" if trains_on_gpu(accelerator) and torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "32-true"
 
 
 def resolve_compile(compile: Optional[bool], accelerator: str = "auto") -> bool:
@@ -126,9 +130,7 @@ def resolve_compile(compile: Optional[bool], accelerator: str = "auto") -> bool:
     compiled 1.7B step is 3.9x the eager one (47,035 vs 12,136 tokens/s at sequence 1024, bench/RESULTS.md) and
     keeps a third of the activations. On a CPU it also pays (+37% on the tiny preset here, after ~12 s of compiling)
     but needs a C++ toolchain at run time, which a laptop may lack, so there it stays opt-in."""
-    if compile is not None:
-        return compile
-    return accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
+    return compile if compile is not None else trains_on_gpu(accelerator)
 
 
 def dataset_from_paths(paths: Sequence[str], tokenizer, max_length: int, sampling: str = "sequential"):
