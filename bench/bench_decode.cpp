@@ -20,9 +20,9 @@
 #include <string>
 #include <vector>
 
-#include "engine.h"
+#include "engine/engine.h"
 #include "random_gguf.h"
-#include "half.h"
+#include "kernels/half.h"
 #include "kernels/ternary.h"
 
 using namespace bllama;

@@ -31,7 +31,7 @@
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #include <immintrin.h>
 
-#include "half.h"
+#include "kernels/half.h"
 #include "kernels/cpu_features.h"
 #include "kernels/ternary.h"
 #include "membw.h"

@@ -10,7 +10,7 @@
 #include <string>
 #include <vector>
 
-#include "half.h"
+#include "kernels/half.h"
 
 namespace bllama {
 namespace bench {

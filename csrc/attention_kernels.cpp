@@ -2,7 +2,7 @@
 
 #include <cmath>
 
-#include "half.h"
+#include "kernels/half.h"
 
 namespace bllama {
 

@@ -3,7 +3,7 @@
 #include <cstring>
 #include <string>
 
-#include "config.h"
+#include "engine/config.h"
 #include "kernels/ternary_impl.h"
 
 namespace bllama {

@@ -15,9 +15,9 @@
 #include <string>
 #include <vector>
 
-#include "engine.h"
-#include "gguf.h"
-#include "mapped_file.h"
+#include "engine/engine.h"
+#include "engine/gguf.h"
+#include "engine/mapped_file.h"
 #include "membw.h"
 
 namespace py = pybind11;

@@ -4,7 +4,7 @@
 #include <stdexcept>
 #include <string>
 
-#include "backend.h"
+#include "engine/backend.h"
 #include "cuda/cuda_model.h"
 
 namespace bllama {

@@ -14,11 +14,11 @@
 #include <string>
 #include <vector>
 
-#include "config.h"
+#include "engine/config.h"
 #include "cuda/cuda_util.cuh"
 #include "cuda/kernels.cuh"
-#include "model.h"
-#include "sampler.h"
+#include "cpu/model.h"
+#include "engine/sampler.h"
 
 namespace bllama {
 namespace cuda {

@@ -4,7 +4,7 @@
 #include <stdexcept>
 #include <string>
 
-#include "half.h"
+#include "kernels/half.h"
 #include "kernels/cpu_features.h"
 #include "kernels/head_q8.h"
 

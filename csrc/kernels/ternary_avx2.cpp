@@ -11,7 +11,7 @@
 #include <cstring>
 #include <utility>
 
-#include "half.h"
+#include "kernels/half.h"
 #include "kernels/ternary_impl.h"
 
 namespace bllama {

@@ -9,7 +9,7 @@
 #include <stdexcept>
 #include <string>
 
-#include "half.h"
+#include "kernels/half.h"
 #include "kernels/cpu_features.h"
 #include "kernels/ternary.h"
 #include "kernels/ternary_impl.h"

@@ -14,7 +14,7 @@
 #include <unistd.h>
 #include <vector>
 
-#include "half.h"
+#include "kernels/half.h"
 
 namespace testutil {
 

@@ -7,7 +7,7 @@
 #include <cstdlib>
 #include <new>
 
-#include "engine.h"
+#include "engine/engine.h"
 #include "gguf_test_writer.h"
 
 static std::atomic<long> g_allocs{0};

@@ -4,11 +4,11 @@
 #include <cmath>
 #include <cstdio>
 
-#include "engine.h"
-#include "gguf.h"
+#include "engine/engine.h"
+#include "engine/gguf.h"
 #include "gguf_test_writer.h"
 #include "kernels/ternary.h"
-#include "model.h"
+#include "cpu/model.h"
 
 using namespace bllama;
 using namespace testutil;

@@ -11,7 +11,7 @@
 #include <string>
 #include <vector>
 
-#include "half.h"
+#include "kernels/half.h"
 #include "kernels/ternary.h"
 
 #include "check_msg.h"

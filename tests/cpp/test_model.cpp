@@ -8,9 +8,9 @@
 #include <map>
 #include <memory>
 
-#include "engine.h"
+#include "engine/engine.h"
 #include "gguf_test_writer.h"
-#include "sampler.h"
+#include "engine/sampler.h"
 
 using namespace bllama;
 using namespace testutil;

@@ -6,7 +6,7 @@
 #include <vector>
 
 #include "check_msg.h"
-#include "config.h"
+#include "engine/config.h"
 #include "ternary_rows.h"
 
 using namespace bllama;

@@ -20,10 +20,10 @@
 #include "cuda/cuda_util.cuh"
 #include "cuda/kernels.cuh"
 #include "cuda/launch.cuh"
-#include "half.h"
+#include "kernels/half.h"
 #include "kernels/head_q8.h"
 #include "kernels/ternary.h"
-#include "sampler.h"
+#include "engine/sampler.h"
 
 using namespace bllama;
 namespace cu = bllama::cuda;

@@ -10,9 +10,9 @@
 #include <utility>
 #include <vector>
 
-#include "backend.h"
-#include "model.h"
-#include "sampler.h"
+#include "engine/backend.h"
+#include "cpu/model.h"
+#include "engine/sampler.h"
 
 namespace bllama {
 

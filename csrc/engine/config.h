@@ -5,7 +5,7 @@
 #include <stdexcept>
 #include <string>
 
-#include "gguf.h"
+#include "engine/gguf.h"
 
 namespace bllama {
 

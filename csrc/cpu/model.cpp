@@ -1,11 +1,11 @@
 // Loading: tensors are checked against the config (names, shapes, types) before any is used.
-#include "model.h"
+#include "cpu/model.h"
 
 #include <cmath>
 #include <cstring>
 #include <set>
 
-#include "half.h"
+#include "kernels/half.h"
 
 namespace bllama {
 

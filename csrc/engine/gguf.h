@@ -13,7 +13,7 @@
 #include <unordered_map>
 #include <vector>
 
-#include "mapped_file.h"
+#include "engine/mapped_file.h"
 
 namespace bllama {
 

@@ -1,4 +1,4 @@
-#include "backend.h"
+#include "engine/backend.h"
 
 #include <stdexcept>
 

@@ -6,8 +6,8 @@
 #include <stdexcept>
 #include <string>
 
-#include "half.h"
-#include "model.h"
+#include "kernels/half.h"
+#include "cpu/model.h"
 
 namespace bllama {
 

@@ -3,7 +3,7 @@
 #include <cmath>
 
 #include "attention_kernels.h"
-#include "model.h"
+#include "cpu/model.h"
 
 namespace bllama {
 

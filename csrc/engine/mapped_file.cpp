@@ -1,4 +1,4 @@
-#include "mapped_file.h"
+#include "engine/mapped_file.h"
 
 #include <cerrno>
 #include <cstring>

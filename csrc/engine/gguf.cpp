@@ -1,4 +1,4 @@
-#include "gguf.h"
+#include "engine/gguf.h"
 
 #include <algorithm>
 #include <cstring>

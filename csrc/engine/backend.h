@@ -9,10 +9,10 @@
 #include <string>
 #include <vector>
 
-#include "config.h"
-#include "gguf.h"
-#include "model.h"
-#include "sampler.h"
+#include "engine/config.h"
+#include "engine/gguf.h"
+#include "cpu/model.h"
+#include "engine/sampler.h"
 
 namespace bllama {
 

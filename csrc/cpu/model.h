@@ -10,12 +10,12 @@
 #include <vector>
 
 #include "attention_kernels.h"
-#include "config.h"
-#include "gguf.h"
+#include "engine/config.h"
+#include "engine/gguf.h"
 #include "kernels/head_q8.h"
 #include "kernels/ternary.h"
-#include "mapped_file.h"
-#include "threadpool.h"
+#include "engine/mapped_file.h"
+#include "engine/threadpool.h"
 
 namespace bllama {
 
