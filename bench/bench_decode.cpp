@@ -21,9 +21,9 @@
 #include <vector>
 
 #include "engine/engine.h"
-#include "random_gguf.h"
 #include "kernels/half.h"
 #include "kernels/ternary.h"
+#include "random_gguf.h"
 
 using namespace bllama;
 using namespace bllama::bench;

@@ -31,8 +31,9 @@
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #include <immintrin.h>
 
-#include "kernels/half.h"
 #include "kernels/cpu_features.h"
+#include "kernels/half.h"
+#include "kernels/head_f16.h"
 #include "kernels/ternary.h"
 #include "membw.h"
 

@@ -4,7 +4,7 @@
 #include <string>
 
 #include "engine/config.h"
-#include "kernels/ternary_impl.h"
+#include "kernels/pack.h"
 
 namespace bllama {
 

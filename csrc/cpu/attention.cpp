@@ -2,7 +2,6 @@
 #include <algorithm>
 #include <cmath>
 
-#include "attention_kernels.h"
 #include "cpu/model.h"
 
 namespace bllama {
@@ -54,10 +53,10 @@ void Model::attention(int64_t layer, int64_t n) {
             const float* q = q_.data() + t * D + h * hd;
             float* o = att_.data() + t * D + h * hd;
             if (kv_f16_)
-                attn_.attend_f16(q, k16_cache_.data() + base + g * hd, v16_cache_.data() + base + g * hd, KV,
+                kernels_.attend_f16(q, k16_cache_.data() + base + g * hd, v16_cache_.data() + base + g * hd, KV,
                                  len, hd, scale, sc, o);
             else
-                attn_.attend_f32(q, k_cache_.data() + base + g * hd, v_cache_.data() + base + g * hd, KV,
+                kernels_.attend_f32(q, k_cache_.data() + base + g * hd, v_cache_.data() + base + g * hd, KV,
                                  len, hd, scale, sc, o);
         }
     });

@@ -6,8 +6,9 @@
 #include <stdexcept>
 #include <string>
 
-#include "kernels/half.h"
 #include "cpu/model.h"
+#include "kernels/half.h"
+#include "kernels/head_f16.h"
 
 namespace bllama {
 
@@ -133,8 +134,8 @@ void Model::forward_rows(const int32_t* tokens, int64_t n, float* logits, bool a
         for (int64_t t = 0; t < n; ++t) {  // each row into its own sequence's cache, at its position
             const int64_t at = cache_row(row_slot_[t], l, row_pos_[t]);
             if (kv_f16_) {
-                attn_.to_f16(k_.data() + t * KV, k16_cache_.data() + at, KV);
-                attn_.to_f16(v_.data() + t * KV, v16_cache_.data() + at, KV);
+                kernels_.to_f16(k_.data() + t * KV, k16_cache_.data() + at, KV);
+                kernels_.to_f16(v_.data() + t * KV, v16_cache_.data() + at, KV);
             } else {
                 std::copy(k_.begin() + t * KV, k_.begin() + (t + 1) * KV, k_cache_.data() + at);
                 std::copy(v_.begin() + t * KV, v_.begin() + (t + 1) * KV, v_cache_.data() + at);

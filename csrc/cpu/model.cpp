@@ -132,7 +132,7 @@ std::unique_ptr<Model> Model::load(GgufFile file, const LoadOptions& opts) {
 }
 
 Model::Model(GgufFile file, const LoadOptions& opts)
-    : file_(std::move(file)), cfg_(read_config(file_)), kernel_(best_kernel()), attn_(attention_kernels(kernel_)), kv_f16_(opts.kv_f16), pool_(opts.threads) {
+    : file_(std::move(file)), cfg_(read_config(file_)), kernel_(best_kernel()), kernels_(kernel_table(kernel_)), kv_f16_(opts.kv_f16), pool_(opts.threads) {
     load_weights(opts.head);
     allocate(opts);
 }

@@ -9,13 +9,13 @@
 #include <string>
 #include <vector>
 
-#include "attention_kernels.h"
 #include "engine/config.h"
 #include "engine/gguf.h"
-#include "kernels/head_q8.h"
-#include "kernels/ternary.h"
 #include "engine/mapped_file.h"
 #include "engine/threadpool.h"
+#include "kernels/dispatch.h"
+#include "kernels/head_q8.h"
+#include "kernels/ternary.h"
 
 namespace bllama {
 
@@ -117,7 +117,7 @@ private:
     GgufFile file_;
     ModelConfig cfg_;
     KernelKind kernel_;
-    const AttentionKernels& attn_;
+    const KernelTable& kernels_;  // kernel_'s table: the attention calls go through it
     bool kv_f16_ = false;
     ThreadPool pool_;
     int64_t ctx_ = 0, max_batch_ = 0;

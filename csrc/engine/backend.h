@@ -9,9 +9,9 @@
 #include <string>
 #include <vector>
 
+#include "cpu/model.h"
 #include "engine/config.h"
 #include "engine/gguf.h"
-#include "cpu/model.h"
 #include "engine/sampler.h"
 
 namespace bllama {

@@ -10,8 +10,8 @@
 #include <utility>
 #include <vector>
 
-#include "engine/backend.h"
 #include "cpu/model.h"
+#include "engine/backend.h"
 #include "engine/sampler.h"
 
 namespace bllama {

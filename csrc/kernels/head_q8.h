@@ -10,9 +10,9 @@
 // Output: y[t * ldy + r] = (float)acc * (d_r / a_t), acc = sum_k q[r,k] * x.q[t,k] in int32 (exact:
 // |acc| <= 128 * 127 * cols < 2^31 for cols <= kQ8HeadMaxCols). Every kernel kind computes the same
 // acc and the same epilogue, so all kinds give bit-identical y.
-// One family per file: head_q8_scalar.cpp (reference, row quantization, dispatch), head_q8_avx2.cpp
-// (vpmovsxbw + vpmaddwd: exact for every int8 pair), head_q8_avx512.cpp (vpdpbusd on q + 128, with
-// 128 * rowsum(w) subtracted: rowsum is kept per row at load).
+// Files: pack.cpp (row quantization), ref.cpp (the reference kernel), head_q8_avx2.cpp (vpmovsxbw +
+// vpmaddwd: exact for every int8 pair), head_q8_avx512.cpp (vpdpbusd on q + 128, with 128 * rowsum(w)
+// subtracted: rowsum is kept per row at load); dispatch.h chooses.
 #pragma once
 
 #include <cstdint>
@@ -62,12 +62,5 @@ private:
 // w.cols(); the caller splits rows across threads (any range is valid).
 void q8_head_matmul(const Q8Head& w, const QuantizedActs& x, float* y, int64_t ldy, int64_t row_begin,
                     int64_t row_end, KernelKind kind = best_kernel());
-
-// Private to the head_q8_*.cpp files: each family's kernel, nullptr when not compiled in.
-using Q8HeadMatmulFn = void (*)(const Q8Head& w, const QuantizedActs& x, float* y, int64_t ldy,
-                                int64_t row_begin, int64_t row_end);
-Q8HeadMatmulFn q8_head_scalar_fn();
-Q8HeadMatmulFn q8_head_avx2_fn();
-Q8HeadMatmulFn q8_head_avx512_fn();
 
 }  // namespace bllama

@@ -8,6 +8,7 @@
 #include <cstdint>
 
 #include "kernels/head_q8.h"
+#include "kernels/simd.h"
 
 namespace bllama {
 
@@ -86,22 +87,15 @@ void row_block(const Q8Head& w, const QuantizedActs& x, float* y, int64_t ldy, i
     if (t < x.n_tokens) tile<R, 1>(w, x, y, ldy, r0, t);
 }
 
-void q8_head_avx2(const Q8Head& w, const QuantizedActs& x, float* y, int64_t ldy, int64_t rb, int64_t re) {
+}  // namespace
+
+void q8_head_matmul_avx2(const Q8Head& w, const QuantizedActs& x, float* y, int64_t ldy, int64_t rb, int64_t re) {
     if (x.n_tokens == 1) return gemv_rows(w, x, y, rb, re);
     int64_t r = rb;
     for (; r + 4 <= re; r += 4) row_block<4>(w, x, y, ldy, r);
     for (; r < re; ++r) row_block<1>(w, x, y, ldy, r);
 }
 
-}  // namespace
-
-Q8HeadMatmulFn q8_head_avx2_fn() { return q8_head_avx2; }
-
 }  // namespace bllama
 
-#else
-#include "kernels/head_q8.h"
-namespace bllama {
-Q8HeadMatmulFn q8_head_avx2_fn() { return nullptr; }
-}  // namespace bllama
 #endif

@@ -14,6 +14,7 @@
 #include <cstdint>
 
 #include "kernels/head_q8.h"
+#include "kernels/simd.h"
 
 namespace bllama {
 
@@ -100,22 +101,15 @@ void row_block(const Q8Head& w, const QuantizedActs& x, float* y, int64_t ldy, i
     }
 }
 
-void q8_head_avx512(const Q8Head& w, const QuantizedActs& x, float* y, int64_t ldy, int64_t rb, int64_t re) {
+}  // namespace
+
+void q8_head_matmul_avx512(const Q8Head& w, const QuantizedActs& x, float* y, int64_t ldy, int64_t rb, int64_t re) {
     if (x.n_tokens == 1) return gemv_rows(w, x, y, rb, re);
     int64_t r = rb;
     for (; r + 4 <= re; r += 4) row_block<4>(w, x, y, ldy, r);
     for (; r < re; ++r) row_block<1>(w, x, y, ldy, r);
 }
 
-}  // namespace
-
-Q8HeadMatmulFn q8_head_avx512_fn() { return q8_head_avx512; }
-
 }  // namespace bllama
 
-#else
-#include "kernels/head_q8.h"
-namespace bllama {
-Q8HeadMatmulFn q8_head_avx512_fn() { return nullptr; }
-}  // namespace bllama
 #endif

@@ -1,8 +1,8 @@
 // Ternary weight x int8 activation kernels: the contract between the kernels and the model.
 //
-// One family per file (ternary_scalar.cpp, ternary_avx2.cpp, ternary_avx512.cpp); the scalar file is
-// the reference that every SIMD path must equal exactly (integer accumulation, same float epilogue).
-// The kernel is chosen once from the CPU's features; tests can force any supported kind.
+// The scalar reference (ref.cpp) is what every SIMD path (ternary_avx2.cpp, ternary_avx512.cpp) must equal
+// exactly (integer accumulation, same float epilogue); pack.cpp builds the weight layout. The kernel kind is
+// chosen once (dispatch.h); tests can force any supported kind.
 // Math: docs/architecture.md ("BitLinear, inference form").
 #pragma once
 
@@ -12,6 +12,8 @@
 #include <memory>
 #include <new>
 #include <vector>
+
+#include "kernels/dispatch.h"
 
 namespace bllama {
 
@@ -35,12 +37,6 @@ struct AlignedAllocator {
     template <class U>
     bool operator!=(const AlignedAllocator<U>&) const noexcept { return false; }
 };
-
-enum class KernelKind { Scalar, Avx2, Avx512Vnni };
-
-KernelKind best_kernel();                 // decided once from cpuid; BLLAMA_KERNEL=scalar|avx2|avx512 overrides
-bool kernel_supported(KernelKind kind);   // this CPU (and this build) can run it
-const char* kernel_name(KernelKind kind);
 
 // A ternary weight matrix [rows, cols] held at ~2 bits per weight in the kernels' own layout.
 // scale(r, k) is the fp32 scale of the 256-block holding element (r, k); uniform_scale() is set when
@@ -108,13 +104,5 @@ constexpr int64_t kTernaryRowGranule = 16;
 // larger n_tokens use a GEMM path that reuses unpacked weight tiles across tokens.
 void ternary_matmul(const TernaryMatrix& w, const QuantizedActs& x, float* y, int64_t ldy,
                     int64_t row_begin, int64_t row_end, KernelKind kind = best_kernel());
-
-// Float head: y[t * ldy + r] = sum_k f16(w[r,k]) * x[t,k] (w row-major IEEE half, x fp32). Up to
-// kF16ExactTokens tokens (decode steps, batched or not), each token's sums are added in one order that does
-// not depend on n_tokens, so a token's logits are the same alone or in a batch (per kernel kind); larger
-// n_tokens (prompt chunks) use register tiles with another order.
-constexpr int64_t kF16ExactTokens = 8;  // passes of 4 (AVX-512) or 2 (AVX2) tokens: the head is read 1-4 times
-void f16_matmul(const uint16_t* w, int64_t cols, const float* x, int64_t n_tokens, float* y,
-                int64_t ldy, int64_t row_begin, int64_t row_end, KernelKind kind = best_kernel());
 
 }  // namespace bllama

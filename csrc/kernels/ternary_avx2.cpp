@@ -11,8 +11,8 @@
 #include <cstring>
 #include <utility>
 
-#include "kernels/half.h"
-#include "kernels/ternary_impl.h"
+#include "kernels/pack.h"
+#include "kernels/simd.h"
 
 namespace bllama {
 
@@ -52,14 +52,9 @@ inline int32_t hsum_i32(__m256i v) {
     return _mm_cvtsi128_si32(s);
 }
 
-inline float hsum_ps(__m256 v) {
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
-    return _mm_cvtss_f32(s);
-}
-
 // ---- activations -----------------------------------------------------------------------------
+
+}  // namespace
 
 void quantize_avx2(const float* x, int64_t n_tokens, int64_t cols, QuantizedActs& out) {
     resize_acts(out, n_tokens, cols);
@@ -73,7 +68,7 @@ void quantize_avx2(const float* x, int64_t n_tokens, int64_t cols, QuantizedActs
         for (; k + 8 <= cols; k += 8) m = _mm256_max_ps(m, _mm256_andnot_ps(sign, _mm256_loadu_ps(xt + k)));
         float amax = hmax(m);
         for (; k < cols; ++k) amax = std::max(amax, std::fabs(xt[k]));
-        const float a = (1.0f / std::max(amax, 1e-5f)) * 127.0f;  // as PyTorch: see ternary_scalar.cpp
+        const float a = (1.0f / std::max(amax, 1e-5f)) * 127.0f;  // as PyTorch: see ref.cpp
         out.act_scale[static_cast<size_t>(t)] = a;
         const __m256 av = _mm256_set1_ps(a);
         int8_t* qt = out.q.data() + t * cols;
@@ -106,6 +101,8 @@ void quantize_avx2(const float* x, int64_t n_tokens, int64_t cols, QuantizedActs
         out.row_sums[static_cast<size_t>(t)] = total;
     }
 }
+
+namespace {
 
 // ---- ternary tiles: R halves (8 rows each) x N tokens ---------------------------------------------
 
@@ -242,8 +239,11 @@ const std::array<TileFn, kMaxN> kUniform[kMaxR] = {uniform_row<1>(std::make_inte
 const std::array<TileFn, kMaxN> kBlocks[kMaxR] = {blocks_row<1>(std::make_integer_sequence<int, kMaxN>{}),
                                                  blocks_row<2>(std::make_integer_sequence<int, kMaxN>{})};
 
-void ternary_matmul_avx2(const TernaryMatrix::Impl& w, const QuantizedActs& x, float* y, int64_t ldy, int64_t rb,
+}  // namespace
+
+void ternary_matmul_avx2(const TernaryMatrix& m, const QuantizedActs& x, float* y, int64_t ldy, int64_t rb,
                          int64_t re) {
+    const TernaryMatrix::Impl& w = m.impl();
     const int64_t h_begin = rb / 8, h_end = (re + 7) / 8;
     // Both halves of one group per tile: the matrix is read as one linear stream. Measured (decode,
     // 8192x2048, one core): 2 halves 28.6 GB/s (compute-bound: ~36 uops per 64 bytes), 1 half 12.6,
@@ -261,106 +261,6 @@ void ternary_matmul_avx2(const TernaryMatrix::Impl& w, const QuantizedActs& x, f
     }
 }
 
-// ---- f16 head ------------------------------------------------------------------------------------
-
-template <int R, int N>
-void f16_tile(const uint16_t* w, int64_t cols, const float* x, float* y, int64_t ldy, int64_t r0, int64_t t0) {
-    __m256 acc[R][N];
-    for (int r = 0; r < R; ++r)
-        for (int t = 0; t < N; ++t) acc[r][t] = _mm256_setzero_ps();
-    const uint16_t* wr[R];
-    const float* xt[N];
-    for (int r = 0; r < R; ++r) wr[r] = w + (r0 + r) * cols;
-    for (int t = 0; t < N; ++t) xt[t] = x + (t0 + t) * cols;
-    int64_t k = 0;
-    for (; k + 8 <= cols; k += 8) {
-        __m256 xv[N];
-#pragma GCC unroll 8
-        for (int t = 0; t < N; ++t) xv[t] = _mm256_loadu_ps(xt[t] + k);
-#pragma GCC unroll 8
-        for (int r = 0; r < R; ++r) {
-            const __m256 wv = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(wr[r] + k)));
-#pragma GCC unroll 8
-            for (int t = 0; t < N; ++t) acc[r][t] = _mm256_fmadd_ps(wv, xv[t], acc[r][t]);
-        }
-    }
-    for (int t = 0; t < N; ++t)
-        for (int r = 0; r < R; ++r) {
-            float s = hsum_ps(acc[r][t]);
-            for (int64_t kk = k; kk < cols; ++kk) s += f16_to_f32(wr[r][kk]) * xt[t][kk];
-            y[(t0 + t) * ldy + r0 + r] = s;
-        }
-}
-
-// Decode-sized batches: one row at a time, four accumulators per token, prefetch ahead: the matrix is one
-// linear stream. Every (row, token) sum is added in the same order whatever N (batched decoding equals decoding
-// alone, bit for bit).
-template <int N>
-void f16_gemv_rows(const uint16_t* w, int64_t cols, const float* x, float* y, int64_t ldy, int64_t rb, int64_t re) {
-    auto cvt = [](const uint16_t* p) { return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))); };
-    for (int64_t r = rb; r < re; ++r) {
-        const uint16_t* wr = w + r * cols;
-        __m256 acc[N][4];
-        for (int t = 0; t < N; ++t) acc[t][0] = acc[t][1] = acc[t][2] = acc[t][3] = _mm256_setzero_ps();
-        int64_t k = 0;
-        for (; k + 32 <= cols; k += 32) {
-            _mm_prefetch(reinterpret_cast<const char*>(wr + k) + 8192, _MM_HINT_T0);
-            __m256 wv[4];
-            for (int j = 0; j < 4; ++j) wv[j] = cvt(wr + k + 8 * j);
-            for (int t = 0; t < N; ++t)
-                for (int j = 0; j < 4; ++j)
-                    acc[t][j] = _mm256_fmadd_ps(wv[j], _mm256_loadu_ps(x + t * cols + k + 8 * j), acc[t][j]);
-        }
-        const int64_t k8 = k;
-        for (int t = 0; t < N; ++t) {
-            const float* xt = x + t * cols;
-            for (k = k8; k + 8 <= cols; k += 8) acc[t][0] = _mm256_fmadd_ps(cvt(wr + k), _mm256_loadu_ps(xt + k), acc[t][0]);
-            float s = hsum_ps(_mm256_add_ps(_mm256_add_ps(acc[t][0], acc[t][1]), _mm256_add_ps(acc[t][2], acc[t][3])));
-            for (; k < cols; ++k) s += f16_to_f32(wr[k]) * xt[k];
-            y[t * ldy + r] = s;
-        }
-    }
-}
-
-template <int R, int N>
-void f16_rows(const uint16_t* w, int64_t cols, const float* x, int64_t n_tokens, float* y, int64_t ldy, int64_t rb,
-              int64_t re) {
-    int64_t r = rb;
-    for (; r + R <= re; r += R) {
-        int64_t t = 0;
-        for (; t + N <= n_tokens; t += N) f16_tile<R, N>(w, cols, x, y, ldy, r, t);
-        for (; t < n_tokens; ++t) f16_tile<R, 1>(w, cols, x, y, ldy, r, t);
-    }
-    for (; r < re; ++r) {
-        int64_t t = 0;
-        for (; t + N <= n_tokens; t += N) f16_tile<1, N>(w, cols, x, y, ldy, r, t);
-        for (; t < n_tokens; ++t) f16_tile<1, 1>(w, cols, x, y, ldy, r, t);
-    }
-}
-
-void f16_matmul_avx2(const uint16_t* w, int64_t cols, const float* x, int64_t n_tokens, float* y, int64_t ldy,
-                     int64_t rb, int64_t re) {
-    if (n_tokens > kF16ExactTokens) {  // prompt chunks: register tiles (another summation order)
-        f16_rows<4, 2>(w, cols, x, n_tokens, y, ldy, rb, re);
-        return;
-    }
-    for (int64_t t = 0; t < n_tokens; t += 2) {  // up to 2 tokens per pass over the rows (8 accumulators)
-        if (n_tokens - t >= 2) f16_gemv_rows<2>(w, cols, x + t * cols, y + t * ldy, ldy, rb, re);
-        else f16_gemv_rows<1>(w, cols, x + t * cols, y + t * ldy, ldy, rb, re);
-    }
-}
-
-const KernelOps kOps = {quantize_avx2, ternary_matmul_avx2, f16_matmul_avx2};
-
-}  // namespace
-
-const KernelOps* avx2_ops() { return &kOps; }
-
 }  // namespace bllama
 
-#else
-#include "kernels/ternary_impl.h"
-namespace bllama {
-const KernelOps* avx2_ops() { return nullptr; }
-}  // namespace bllama
 #endif

@@ -1,4 +1,4 @@
-// AVX-512 VNNI kernels. Weights stay as 2-bit codes in memory (the layout in ternary_impl.h); a
+// AVX-512 VNNI kernels. Weights stay as 2-bit codes in memory (the layout in pack.h); a
 // shift+mask turns 64 stored bytes into four vectors of unsigned codes 0..2, and vpdpbusd multiplies
 // them against broadcast int8 activation dwords. sum(code * q) - sum(q) = sum((code - 1) * q) makes the
 // ternary product exact with one subtraction per output instead of sign handling per weight.
@@ -14,7 +14,8 @@
 #include <cmath>
 #include <cstring>
 
-#include "kernels/ternary_impl.h"
+#include "kernels/pack.h"
+#include "kernels/simd.h"
 
 namespace bllama {
 
@@ -41,6 +42,8 @@ inline __mmask16 row_mask(int64_t g, int64_t rb, int64_t re) {
 
 // ---- activations -----------------------------------------------------------------------------
 
+}  // namespace
+
 void quantize_avx512(const float* x, int64_t n_tokens, int64_t cols, QuantizedActs& out) {
     resize_acts(out, n_tokens, cols);
     const int64_t nb = (cols + kBlock - 1) / kBlock;
@@ -55,7 +58,7 @@ void quantize_avx512(const float* x, int64_t n_tokens, int64_t cols, QuantizedAc
             m = _mm512_max_ps(m, _mm512_andnot_ps(sign, _mm512_maskz_loadu_ps(mk, xt + k)));
         }
         const float amax = _mm512_reduce_max_ps(m);
-        const float a = (1.0f / std::max(amax, 1e-5f)) * 127.0f;  // as PyTorch: see ternary_scalar.cpp
+        const float a = (1.0f / std::max(amax, 1e-5f)) * 127.0f;  // as PyTorch: see ref.cpp
         out.act_scale[static_cast<size_t>(t)] = a;
         const __m512 av = _mm512_set1_ps(a);
         int8_t* qt = out.q.data() + t * cols;
@@ -79,6 +82,8 @@ void quantize_avx512(const float* x, int64_t n_tokens, int64_t cols, QuantizedAc
         out.row_sums[static_cast<size_t>(t)] = total;
     }
 }
+
+namespace {
 
 // ---- ternary tiles: R groups of 16 rows x N tokens ----------------------------------------------
 
@@ -160,7 +165,6 @@ void tile_uniform(const TileArgs& a) {
         }
     }
 }
-
 
 // N tokens (1..4) against one group. acc[u][t][j]: chunk parity u (decode only), token t, plane j.
 // PerBlock: the per-block scale epilogue after every 256 columns (non-uniform matrices).
@@ -293,8 +297,11 @@ const std::array<TileFn, kMaxN> kUniform[kMaxR] = {
 const std::array<TileFn, kMaxNB> kBlocks[kMaxRB] = {blocks_row<1>(std::make_integer_sequence<int, kMaxNB>{}),
                                                    blocks_row<2>(std::make_integer_sequence<int, kMaxNB>{})};
 
-void ternary_matmul_avx512(const TernaryMatrix::Impl& w, const QuantizedActs& x, float* y, int64_t ldy, int64_t rb,
+}  // namespace
+
+void ternary_matmul_avx512(const TernaryMatrix& m, const QuantizedActs& x, float* y, int64_t ldy, int64_t rb,
                            int64_t re) {
+    const TernaryMatrix::Impl& w = m.impl();
     const int64_t g_begin = rb / kGroupRows, g_end = (re + kGroupRows - 1) / kGroupRows;
     TileArgs a{&w, &x, y, ldy, rb, re, 0, 0};
     // Up to 4 tokens the weights dominate the traffic: stream one group at a time (see kGemvPrefetch).
@@ -320,120 +327,6 @@ void ternary_matmul_avx512(const TernaryMatrix::Impl& w, const QuantizedActs& x,
     }
 }
 
-// ---- f16 head ------------------------------------------------------------------------------------
-
-// Several tokens: R rows x N tokens of fp32 accumulators, the row tile reused (from L1) by every token
-// tile. 64 tokens, one core: 6x4 ~195 GFLOP/s, 8x3 ~193, 4x4 ~174, 3x8 and 2x8 under 100 (spills).
-template <int R, int N>
-void f16_tile(const uint16_t* w, int64_t cols, const float* x, float* y, int64_t ldy, int64_t r0, int64_t t0) {
-    __m512 acc[R][N];
-    for (int r = 0; r < R; ++r)
-        for (int t = 0; t < N; ++t) acc[r][t] = _mm512_setzero_ps();
-    const uint16_t* wr[R];
-    const float* xt[N];
-    for (int r = 0; r < R; ++r) wr[r] = w + (r0 + r) * cols;
-    for (int t = 0; t < N; ++t) xt[t] = x + (t0 + t) * cols;
-    int64_t k = 0;
-    for (; k + 16 <= cols; k += 16) {
-        __m512 xv[N];
-#pragma GCC unroll 8
-        for (int t = 0; t < N; ++t) xv[t] = _mm512_loadu_ps(xt[t] + k);
-#pragma GCC unroll 8
-        for (int r = 0; r < R; ++r) {
-            const __m512 wv = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(wr[r] + k)));
-#pragma GCC unroll 8
-            for (int t = 0; t < N; ++t) acc[r][t] = _mm512_fmadd_ps(wv, xv[t], acc[r][t]);
-        }
-    }
-    if (k < cols) {
-        const __mmask16 mk = static_cast<__mmask16>((1u << (cols - k)) - 1);
-        for (int r = 0; r < R; ++r) {
-            const __m512 wv = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mk, wr[r] + k));
-            for (int t = 0; t < N; ++t) acc[r][t] = _mm512_fmadd_ps(wv, _mm512_maskz_loadu_ps(mk, xt[t] + k), acc[r][t]);
-        }
-    }
-    for (int t = 0; t < N; ++t)
-        for (int r = 0; r < R; ++r) y[(t0 + t) * ldy + r0 + r] = _mm512_reduce_add_ps(acc[r][t]);
-}
-
-// Decode-sized batches: one row at a time with four accumulators per token, so the matrix is read as one
-// linear stream with a prefetch ahead (8 concurrent row streams measured ~27 GB/s vs bandwidth ~40). Every
-// (row, token) sum is added in the same order whatever N, so a token's logits do not depend on the batch it
-// is in (batched decoding equals decoding alone, bit for bit).
-template <int N>
-void f16_gemv_rows(const uint16_t* w, int64_t cols, const float* x, float* y, int64_t ldy, int64_t rb, int64_t re) {
-    for (int64_t r = rb; r < re; ++r) {
-        const uint16_t* wr = w + r * cols;
-        __m512 acc[N][4];
-        for (int t = 0; t < N; ++t) acc[t][0] = acc[t][1] = acc[t][2] = acc[t][3] = _mm512_setzero_ps();
-        int64_t k = 0;
-        for (; k + 64 <= cols; k += 64) {
-            _mm_prefetch(reinterpret_cast<const char*>(wr + k) + kGemvPrefetch, _MM_HINT_T0);
-            _mm_prefetch(reinterpret_cast<const char*>(wr + k) + kGemvPrefetch + 64, _MM_HINT_T0);
-            __m512 wv[4];
-            for (int j = 0; j < 4; ++j)
-                wv[j] = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(wr + k + 16 * j)));
-            for (int t = 0; t < N; ++t)
-                for (int j = 0; j < 4; ++j)
-                    acc[t][j] = _mm512_fmadd_ps(wv[j], _mm512_loadu_ps(x + t * cols + k + 16 * j), acc[t][j]);
-        }
-        for (; k < cols; k += 16) {
-            const __mmask16 mk = cols - k >= 16 ? __mmask16(0xffff) : static_cast<__mmask16>((1u << (cols - k)) - 1);
-            const __m512 wv = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mk, wr + k));
-            for (int t = 0; t < N; ++t)
-                acc[t][0] = _mm512_fmadd_ps(wv, _mm512_maskz_loadu_ps(mk, x + t * cols + k), acc[t][0]);
-        }
-        for (int t = 0; t < N; ++t)
-            y[t * ldy + r] = _mm512_reduce_add_ps(
-                _mm512_add_ps(_mm512_add_ps(acc[t][0], acc[t][1]), _mm512_add_ps(acc[t][2], acc[t][3])));
-    }
-}
-
-template <int R, int N>
-void f16_rows(const uint16_t* w, int64_t cols, const float* x, int64_t n_tokens, float* y, int64_t ldy, int64_t rb,
-              int64_t re) {
-    int64_t r = rb;
-    for (; r + R <= re; r += R) {
-        int64_t t = 0;
-        for (; t + N <= n_tokens; t += N) f16_tile<R, N>(w, cols, x, y, ldy, r, t);
-        for (; t < n_tokens; ++t) f16_tile<R, 1>(w, cols, x, y, ldy, r, t);
-    }
-    for (; r < re; ++r) {
-        int64_t t = 0;
-        for (; t + N <= n_tokens; t += N) f16_tile<1, N>(w, cols, x, y, ldy, r, t);
-        for (; t < n_tokens; ++t) f16_tile<1, 1>(w, cols, x, y, ldy, r, t);
-    }
-}
-
-void f16_matmul_avx512(const uint16_t* w, int64_t cols, const float* x, int64_t n_tokens, float* y, int64_t ldy,
-                       int64_t rb, int64_t re) {
-    if (n_tokens > kF16ExactTokens) {  // prompt chunks: register tiles (another summation order)
-        f16_rows<6, 4>(w, cols, x, n_tokens, y, ldy, rb, re);
-        return;
-    }
-    for (int64_t t = 0; t < n_tokens; t += 4) {  // up to 4 tokens per pass over the rows (16 accumulators)
-        const float* xt = x + t * cols;
-        float* yt = y + t * ldy;
-        switch (std::min<int64_t>(4, n_tokens - t)) {
-            case 1: f16_gemv_rows<1>(w, cols, xt, yt, ldy, rb, re); break;
-            case 2: f16_gemv_rows<2>(w, cols, xt, yt, ldy, rb, re); break;
-            case 3: f16_gemv_rows<3>(w, cols, xt, yt, ldy, rb, re); break;
-            default: f16_gemv_rows<4>(w, cols, xt, yt, ldy, rb, re); break;
-        }
-    }
-}
-
-const KernelOps kOps = {quantize_avx512, ternary_matmul_avx512, f16_matmul_avx512};
-
-}  // namespace
-
-const KernelOps* avx512_ops() { return &kOps; }
-
 }  // namespace bllama
 
-#else
-#include "kernels/ternary_impl.h"
-namespace bllama {
-const KernelOps* avx512_ops() { return nullptr; }
-}  // namespace bllama
 #endif

@@ -5,8 +5,9 @@
 #include <random>
 #include <vector>
 
-#include "attention_kernels.h"
 #include "gguf_test_writer.h"
+#include "kernels/dispatch.h"
+#include "kernels/ref.h"
 
 using namespace bllama;
 
@@ -19,7 +20,7 @@ int main() {
             std::printf("  %s: not supported here, skipped\n", kernel_name(kind));
             continue;
         }
-        const AttentionKernels& ak = attention_kernels(kind);
+        const KernelTable& ak = kernel_table(kind);
         for (int64_t hd : {6, 8, 64, 72, 80, 128, 256}) {
             for (int64_t len : {1, 2, 7, 16, 17, 33, 300}) {
                 const int64_t stride = hd * 3 + 8;  // a row of several kv heads
@@ -28,8 +29,7 @@ int main() {
                 for (auto& x : k) x = normal(rng);
                 for (auto& x : v) x = normal(rng);
                 const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
-                kAttentionScalar.attend_f32(q.data(), k.data() + 5, v.data() + 5, stride, len, hd, scale, sc.data(),
-                                            want.data());
+                attend_f32_ref(q.data(), k.data() + 5, v.data() + 5, stride, len, hd, scale, sc.data(), want.data());
                 ak.attend_f32(q.data(), k.data() + 5, v.data() + 5, stride, len, hd, scale, sc.data(), got.data());
                 double err = 0;
                 for (int64_t i = 0; i < hd; ++i) err = std::max(err, double(std::fabs(got[i] - want[i])));
@@ -38,11 +38,11 @@ int main() {
                 std::vector<uint16_t> k16(k.size()), v16(v.size()), k16s(k.size());
                 ak.to_f16(k.data(), k16.data(), static_cast<int64_t>(k.size()));
                 ak.to_f16(v.data(), v16.data(), static_cast<int64_t>(v.size()));
-                kAttentionScalar.to_f16(k.data(), k16s.data(), static_cast<int64_t>(k.size()));
+                to_f16_ref(k.data(), k16s.data(), static_cast<int64_t>(k.size()));
                 CHECK(k16 == k16s);
                 std::vector<float> want16(hd), got16(hd);
-                kAttentionScalar.attend_f16(q.data(), k16.data() + 5, v16.data() + 5, stride, len, hd, scale,
-                                            sc.data(), want16.data());
+                attend_f16_ref(q.data(), k16.data() + 5, v16.data() + 5, stride, len, hd, scale, sc.data(),
+                               want16.data());
                 ak.attend_f16(q.data(), k16.data() + 5, v16.data() + 5, stride, len, hd, scale, sc.data(),
                               got16.data());
                 for (int64_t i = 0; i < hd; ++i) err = std::max(err, double(std::fabs(got16[i] - want16[i])));
@@ -60,7 +60,7 @@ int main() {
         q[0] = 1000.0f;
         k[7 * hd] = 1000.0f;
         for (int64_t i = 0; i < len * hd; ++i) v[i] = static_cast<float>(i / hd);
-        attention_kernels(best_kernel()).attend_f32(q.data(), k.data(), v.data(), hd, len, hd, 0.125f, sc.data(), out.data());
+        kernel_table().attend_f32(q.data(), k.data(), v.data(), hd, len, hd, 0.125f, sc.data(), out.data());
         for (float x : out) CHECK(x == 7.0f);
     }
     if (testutil::failures()) {

@@ -4,11 +4,11 @@
 #include <cmath>
 #include <cstdio>
 
+#include "cpu/model.h"
 #include "engine/engine.h"
 #include "engine/gguf.h"
 #include "gguf_test_writer.h"
 #include "kernels/ternary.h"
-#include "cpu/model.h"
 
 using namespace bllama;
 using namespace testutil;

@@ -13,6 +13,7 @@
 
 #include "kernels/half.h"
 #include "kernels/head_q8.h"
+#include "kernels/ref.h"
 #include "kernels/ternary.h"
 
 #include "check_msg.h"
@@ -36,7 +37,7 @@ static bool throws(F f) {
 static void check_kinds_equal(const Q8Head& h, const QuantizedActs& x, const std::string& what) {
     const int64_t rows = h.rows(), n = x.n_tokens;
     std::vector<float> ref(static_cast<size_t>(rows * n), -1.0f);
-    q8_head_matmul(h, x, ref.data(), rows, 0, rows, KernelKind::Scalar);
+    q8_head_matmul_ref(h, x, ref.data(), rows, 0, rows);
     for (KernelKind k : kKinds) {
         if (!kernel_supported(k)) continue;
         std::vector<float> y(ref.size(), -2.0f);

@@ -11,7 +11,11 @@
 #include <string>
 #include <vector>
 
+#include "kernels/dispatch.h"
 #include "kernels/half.h"
+#include "kernels/head_f16.h"
+#include "kernels/head_q8.h"
+#include "kernels/ref.h"
 #include "kernels/ternary.h"
 
 #include "check_msg.h"
@@ -337,7 +341,7 @@ static void test_quantize() {
         const int64_t n = 13;
         const auto x = make_acts(n, cols);
         QuantizedActs ref;
-        quantize_acts(x.data(), n, cols, ref, KernelKind::Scalar);
+        quantize_ref(x.data(), n, cols, ref);
         // Scalar against the formula written out here once more.
         int bad = 0;
         for (int64_t t = 0; t < n; ++t) {
@@ -400,9 +404,9 @@ static void test_scalar_vs_naive() {
             CHECK(w.uniform_scale() == uniform, "uniform flag");
             const auto x = make_acts(n, cols);
             QuantizedActs qa;
-            quantize_acts(x.data(), n, cols, qa, KernelKind::Scalar);
+            quantize_ref(x.data(), n, cols, qa);
             std::vector<float> y(static_cast<size_t>(n * rows));
-            ternary_matmul(w, qa, y.data(), rows, 0, rows, KernelKind::Scalar);
+            ternary_matmul_ref(w, qa, y.data(), rows, 0, rows);
             int bad = 0, far = 0;
             for (int64_t t = 0; t < n; ++t)
                 for (int64_t r = 0; r < rows; ++r) {
@@ -439,9 +443,8 @@ static void test_simd_vs_scalar() {
                 for (auto [rb, re] : ranges) {
                     if (rb > re || re > rows) continue;
                     std::vector<float> ref(static_cast<size_t>(n * ldy), -7.5f);
-                    ternary_matmul(w, qa, ref.data(), ldy, rb, re, KernelKind::Scalar);
-                    for (KernelKind k : ks) {
-                        if (k == KernelKind::Scalar) continue;
+                    ternary_matmul_ref(w, qa, ref.data(), ldy, rb, re);
+                    for (KernelKind k : ks) {  // Scalar too: its table entry must be the reference
                         std::vector<float> y(static_cast<size_t>(n * ldy), -7.5f);
                         ternary_matmul(w, qa, y.data(), ldy, rb, re, k);
                         CHECK(std::memcmp(y.data(), ref.data(), y.size() * 4) == 0,
@@ -466,7 +469,7 @@ static void test_f16() {
                 for (auto& v : x) v = nd(rng);
                 const int64_t ldy = rows + 1;
                 std::vector<float> ref(static_cast<size_t>(n * ldy), 3.0f);
-                f16_matmul(w.data(), cols, x.data(), n, ref.data(), ldy, 0, rows, KernelKind::Scalar);
+                f16_matmul_ref(w.data(), cols, x.data(), n, ref.data(), ldy, 0, rows);
                 // Rigorous bound for recursive fp32 summation of n products: |err| <= gamma_n * sum|w x|
                 // with gamma_n = n u / (1 - n u), u = 2^-24 (Higham, Accuracy and Stability, 3.1). Any
                 // order or FMA use obeys the same bound, so two fp32 results differ by at most twice it.
@@ -505,6 +508,33 @@ static void test_f16() {
             }
 }
 
+// The one table: the Scalar kind is exactly the reference functions, every supported kind fills every
+// family, and a kind this CPU/build cannot run is refused rather than silently replaced.
+static void test_dispatch_table() {
+    const KernelTable& sc = kernel_table(KernelKind::Scalar);
+    CHECK(sc.quantize == quantize_ref && sc.ternary_matmul == ternary_matmul_ref && sc.f16_matmul == f16_matmul_ref &&
+              sc.q8_head_matmul == q8_head_matmul_ref && sc.attend_f32 == attend_f32_ref &&
+              sc.attend_f16 == attend_f16_ref && sc.to_f16 == to_f16_ref,
+          "the scalar table is the reference");
+    CHECK(&kernel_table() == &kernel_table(best_kernel()), "default table is the best kind's");
+    for (KernelKind k : {KernelKind::Scalar, KernelKind::Avx2, KernelKind::Avx512Vnni}) {
+        if (!kernel_supported(k)) {
+            bool threw = false;
+            try {
+                kernel_table(k);
+            } catch (const std::invalid_argument&) {
+                threw = true;
+            }
+            CHECK(threw, "%s: unsupported kind must throw", kernel_name(k));
+            continue;
+        }
+        const KernelTable& t = kernel_table(k);
+        CHECK(t.quantize && t.ternary_matmul && t.f16_matmul && t.q8_head_matmul && t.attend_f32 && t.attend_f16 &&
+                  t.to_f16,
+              "%s: every family filled", kernel_name(k));
+    }
+}
+
 int main() {
     std::printf("kernels supported:");
     for (KernelKind k : kinds()) std::printf(" %s", kernel_name(k));
@@ -514,6 +544,7 @@ int main() {
         {"i2_s", test_i2_s},
         {"quantize", test_quantize},         {"scalar_vs_naive", test_scalar_vs_naive},
         {"simd_vs_scalar", test_simd_vs_scalar}, {"f16", test_f16},
+        {"dispatch_table", test_dispatch_table},
     };
     for (auto& t : tests) {
         const int before = g_failures;

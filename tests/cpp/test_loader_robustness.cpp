@@ -8,10 +8,10 @@
 #include <functional>
 #include <random>
 
+#include "cpu/model.h"
 #include "engine/engine.h"
 #include "engine/gguf.h"
 #include "gguf_test_writer.h"
-#include "cpu/model.h"
 
 using namespace bllama;
 using namespace testutil;

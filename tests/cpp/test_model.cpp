@@ -9,8 +9,8 @@
 #include <memory>
 
 #include "engine/engine.h"
-#include "gguf_test_writer.h"
 #include "engine/sampler.h"
+#include "gguf_test_writer.h"
 
 using namespace bllama;
 using namespace testutil;

@@ -1,9 +1,11 @@
 // AVX2 + FMA + F16C attention head (compiled with those flags; called only when the CPU has them).
+#if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
 
 #include <cmath>
 
-#include "attention_kernels.h"
+#include "kernels/ref.h"
+#include "kernels/simd.h"
 
 namespace bllama {
 
@@ -41,8 +43,8 @@ template <class KV>
 void attend(const float* q, const KV* k, const KV* v, int64_t stride, int64_t len, int64_t hd, float scale,
             float* scores, float* out) {
     if (hd % 8 != 0) {
-        if constexpr (sizeof(KV) == 4) return kAttentionScalar.attend_f32(q, k, v, stride, len, hd, scale, scores, out);
-        else return kAttentionScalar.attend_f16(q, k, v, stride, len, hd, scale, scores, out);
+        if constexpr (sizeof(KV) == 4) return attend_f32_ref(q, k, v, stride, len, hd, scale, scores, out);
+        else return attend_f16_ref(q, k, v, stride, len, hd, scale, scores, out);
     }
     float mx = -INFINITY;
     for (int64_t j = 0; j < len; ++j) {
@@ -89,16 +91,25 @@ void attend(const float* q, const KV* k, const KV* v, int64_t stride, int64_t le
     }
 }
 
-void to_f16(const float* x, uint16_t* y, int64_t n) {
+}  // namespace
+
+void to_f16_avx2(const float* x, uint16_t* y, int64_t n) {
     int64_t i = 0;
     for (; i + 8 <= n; i += 8)
         _mm_storeu_si128(reinterpret_cast<__m128i*>(y + i),
                          _mm256_cvtps_ph(_mm256_loadu_ps(x + i), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
-    if (i < n) kAttentionScalar.to_f16(x + i, y + i, n - i);
+    if (i < n) to_f16_ref(x + i, y + i, n - i);
 }
 
-}  // namespace
-
-const AttentionKernels kAttentionAvx2 = {attend<float>, attend<uint16_t>, to_f16};
+void attend_f32_avx2(const float* q, const float* k, const float* v, int64_t stride, int64_t len, int64_t hd,
+                     float scale, float* scores, float* out) {
+    attend(q, k, v, stride, len, hd, scale, scores, out);
+}
+void attend_f16_avx2(const float* q, const uint16_t* k, const uint16_t* v, int64_t stride, int64_t len,
+                     int64_t hd, float scale, float* scores, float* out) {
+    attend(q, k, v, stride, len, hd, scale, scores, out);
+}
 
 }  // namespace bllama
+
+#endif

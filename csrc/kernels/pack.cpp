@@ -1,23 +1,21 @@
-// Scalar reference kernels, TernaryMatrix packing and the one-time kernel dispatch.
-// Every SIMD family must reproduce these results bit for bit (ternary) or within the documented
-// tolerance (f16 head).
+// Weights into the kernels' layouts, once at load: TernaryMatrix (pack.h) from GGUF TQ2_0 / TQ1_0 / I2_S blocks
+// or plain codes, and the int8 head's rows (Q8Head, head_q8.h) from f16 / f32. Also the activation buffers'
+// sizing that every quantizer shares.
 #include <algorithm>
 #include <cmath>
-#include <cstdio>
-#include <cstdlib>
 #include <cstring>
 #include <stdexcept>
 #include <string>
 
 #include "kernels/half.h"
-#include "kernels/cpu_features.h"
+#include "kernels/head_q8.h"
+#include "kernels/pack.h"
 #include "kernels/ternary.h"
-#include "kernels/ternary_impl.h"
 
 namespace bllama {
 
 // ---------------------------------------------------------------------------------------------
-// Packing
+// TernaryMatrix
 
 namespace {
 
@@ -248,9 +246,6 @@ float TernaryMatrix::block_scale(int64_t r, int64_t c) const {
 }
 bool TernaryMatrix::uniform_scale() const { return impl_->uniform; }
 
-// ---------------------------------------------------------------------------------------------
-// Scalar kernels
-
 void resize_acts(QuantizedActs& out, int64_t n_tokens, int64_t cols) {
     const int64_t nb = (cols + kBlock - 1) / kBlock;
     out.n_tokens = n_tokens;
@@ -261,182 +256,62 @@ void resize_acts(QuantizedActs& out, int64_t n_tokens, int64_t cols) {
     out.row_sums.resize(static_cast<size_t>(n_tokens));
 }
 
-namespace {
-
-// The reference rounds each per-block product before adding it. Without this, a build with -mfma or
-// -march=native could fuse s += p into an FMA and stop matching the SIMD kernels (which do the same).
-inline float no_contract(float v) {
-#if defined(__x86_64__) || defined(__i386__)
-    __asm__("" : "+x"(v));
-#endif
-    return v;
-}
-
-void quantize_scalar(const float* x, int64_t n_tokens, int64_t cols, QuantizedActs& out) {
-    resize_acts(out, n_tokens, cols);
-    const int64_t nb = (cols + kBlock - 1) / kBlock;
-    for (int64_t t = 0; t < n_tokens; ++t) {
-        const float* xt = x + t * cols;
-        float amax = 0.0f;
-        for (int64_t k = 0; k < cols; ++k) amax = std::max(amax, std::fabs(xt[k]));
-        // Same fp32 ops in the same order as bllama/bitlinear.py, so a and q match PyTorch bit for bit.
-        // PyTorch evaluates `127.0 / t` as `t.reciprocal() * 127` (Tensor.__rtruediv__), which differs
-        // from a correctly rounded 127 / t in the last bit for ~15% of inputs; we follow PyTorch.
-        const float a = (1.0f / std::max(amax, 1e-5f)) * 127.0f;
-        out.act_scale[static_cast<size_t>(t)] = a;
-        int8_t* qt = out.q.data() + t * cols;
-        int32_t total = 0;
-        for (int64_t b = 0; b < nb; ++b) {
-            int32_t s = 0;
-            for (int64_t k = b * kBlock; k < std::min(cols, (b + 1) * kBlock); ++k) {
-                float v = std::nearbyint(xt[k] * a);  // ties to even in the default rounding mode
-                v = v < -128.0f ? -128.0f : (v > 127.0f ? 127.0f : v);
-                qt[k] = static_cast<int8_t>(v);
-                s += qt[k];
-            }
-            out.block_sums[static_cast<size_t>(t * nb + b)] = s;
-            total += s;
-        }
-        out.row_sums[static_cast<size_t>(t)] = total;
-    }
-}
-
-void ternary_matmul_scalar(const TernaryMatrix::Impl& w, const QuantizedActs& x, float* y, int64_t ldy,
-                           int64_t row_begin, int64_t row_end) {
-    const int64_t cols = w.cols, nb = w.nb;
-    std::vector<int8_t> row(static_cast<size_t>(cols));
-    for (int64_t r = row_begin; r < row_end; ++r) {
-        const uint8_t* gp = w.group_ptr(r / kGroupRows) + (r % kGroupRows) * 4;
-        for (int64_t k = 0; k < cols; ++k) {
-            const uint8_t byte = gp[(k / kChunkCols) * kChunkBytes + k % 4];
-            row[static_cast<size_t>(k)] = static_cast<int8_t>(((byte >> (2 * ((k % kChunkCols) / 4))) & 3) - 1);
-        }
-        const float* d = w.d_ptr(r / kGroupRows) + r % kGroupRows;
-        for (int64_t t = 0; t < x.n_tokens; ++t) {
-            const int8_t* q = x.q.data() + t * cols;
-            const float a = x.act_scale[static_cast<size_t>(t)];
-            if (w.uniform) {
-                int32_t acc = 0;
-                for (int64_t k = 0; k < cols; ++k) acc += row[static_cast<size_t>(k)] * q[k];
-                y[t * ldy + r] = static_cast<float>(acc) * (w.scale / a);
-            } else {
-                // Per-block form: blocks summed in ascending order, each as (float)acc_b * (d_b / a).
-                float s = 0.0f;
-                for (int64_t b = 0; b < nb; ++b) {
-                    int32_t acc = 0;
-                    for (int64_t k = b * kBlock; k < (b + 1) * kBlock; ++k) acc += row[static_cast<size_t>(k)] * q[k];
-                    s += no_contract(static_cast<float>(acc) * (d[b * kGroupRows] / a));
-                }
-                y[t * ldy + r] = s;
-            }
-        }
-    }
-}
-
-void f16_matmul_scalar(const uint16_t* w, int64_t cols, const float* x, int64_t n_tokens, float* y,
-                       int64_t ldy, int64_t row_begin, int64_t row_end) {
-    std::vector<float> row(static_cast<size_t>(cols));
-    for (int64_t r = row_begin; r < row_end; ++r) {
-        for (int64_t k = 0; k < cols; ++k) row[static_cast<size_t>(k)] = f16_to_f32(w[r * cols + k]);
-        for (int64_t t = 0; t < n_tokens; ++t) {
-            const float* xt = x + t * cols;
-            float s = 0.0f;
-            for (int64_t k = 0; k < cols; ++k) s += row[static_cast<size_t>(k)] * xt[k];
-            y[t * ldy + r] = s;
-        }
-    }
-}
-
-const KernelOps kScalarOps = {quantize_scalar, ternary_matmul_scalar, f16_matmul_scalar};
-
-}  // namespace
-
-const KernelOps* scalar_ops() { return &kScalarOps; }
-
 // ---------------------------------------------------------------------------------------------
-// Dispatch
+// Q8Head
 
-namespace {
+Q8Head::Q8Head(int64_t rows, int64_t cols) : rows_(rows), cols_(cols) {
+    if (rows < 0 || cols <= 0 || cols > kQ8HeadMaxCols)
+        throw std::invalid_argument("Q8Head: need rows >= 0 and 0 < cols <= " + std::to_string(kQ8HeadMaxCols) +
+                                    ", got " + std::to_string(rows) + " x " + std::to_string(cols));
+    q_.assign(static_cast<size_t>(rows * cols), 0);
+    scale_.assign(static_cast<size_t>(rows), 0.0f);
+    sum_.assign(static_cast<size_t>(rows), 0);
+}
 
-const KernelOps* ops_for(KernelKind kind) {
-    switch (kind) {
-        case KernelKind::Scalar: return scalar_ops();
-        case KernelKind::Avx2: return cpu_features().avx2 ? avx2_ops() : nullptr;
-        case KernelKind::Avx512Vnni: return cpu_features().avx512_vnni ? avx512_ops() : nullptr;
+template <class Load>
+void Q8Head::quantize_rows(Load load, int64_t row_begin, int64_t row_end) {
+    if (row_begin < 0 || row_end > rows_ || row_begin > row_end)
+        throw std::invalid_argument("Q8Head: bad row range");
+    std::vector<float> buf(static_cast<size_t>(cols_));
+    for (int64_t r = row_begin; r < row_end; ++r) {
+        float m = 0.0f;
+        for (int64_t k = 0; k < cols_; ++k) {
+            const float v = load(r * cols_ + k);
+            if (!std::isfinite(v))
+                throw std::invalid_argument("Q8Head: non-finite weight at row " + std::to_string(r) + ", column " +
+                                            std::to_string(k));
+            buf[static_cast<size_t>(k)] = v;
+            m = std::max(m, std::fabs(v));
+        }
+        const float d = m / 127.0f;
+        int8_t* q = q_.data() + r * cols_;
+        int32_t s = 0;
+        for (int64_t k = 0; k < cols_; ++k) {
+            float v = d > 0.0f ? std::nearbyint(buf[static_cast<size_t>(k)] / d) : 0.0f;  // ties to even
+            v = std::min(127.0f, std::max(-127.0f, v));  // |w / d| <= 127 up to one rounding
+            q[k] = static_cast<int8_t>(v);
+            s += q[k];
+        }
+        scale_[static_cast<size_t>(r)] = d;
+        sum_[static_cast<size_t>(r)] = s;
     }
-    return nullptr;
 }
 
-const KernelOps& ops(KernelKind kind) {
-    const KernelOps* o = ops_for(kind);
-    if (!o) throw std::invalid_argument(std::string("bllama: kernel '") + kernel_name(kind) +
-                                        "' is not supported on this CPU/build");
-    return *o;
+void Q8Head::quantize_rows_f16(const uint16_t* w, int64_t row_begin, int64_t row_end) {
+    quantize_rows([w](int64_t i) { return f16_to_f32(w[i]); }, row_begin, row_end);
 }
-
-KernelKind detect_best() {
-    KernelKind best = KernelKind::Scalar;
-    if (kernel_supported(KernelKind::Avx2)) best = KernelKind::Avx2;
-    if (kernel_supported(KernelKind::Avx512Vnni)) best = KernelKind::Avx512Vnni;
-    if (const char* env = std::getenv("BLLAMA_KERNEL")) {
-        const std::string e(env);
-        KernelKind want = best;
-        bool known = true;
-        if (e == "scalar") want = KernelKind::Scalar;
-        else if (e == "avx2") want = KernelKind::Avx2;
-        else if (e == "avx512") want = KernelKind::Avx512Vnni;
-        else known = false;
-        if (!known)
-            std::fprintf(stderr, "bllama: BLLAMA_KERNEL=%s not recognised (scalar|avx2|avx512), using %s\n",
-                         env, kernel_name(best));
-        else if (!kernel_supported(want))
-            std::fprintf(stderr, "bllama: BLLAMA_KERNEL=%s is not supported here, using %s\n", env,
-                         kernel_name(best));
-        else
-            best = want;
-    }
-    return best;
+void Q8Head::quantize_rows_f32(const float* w, int64_t row_begin, int64_t row_end) {
+    quantize_rows([w](int64_t i) { return w[i]; }, row_begin, row_end);
 }
-
-}  // namespace
-
-KernelKind best_kernel() {
-    static const KernelKind k = detect_best();
-    return k;
+Q8Head Q8Head::from_f16(const uint16_t* w, int64_t rows, int64_t cols) {
+    Q8Head h(rows, cols);
+    h.quantize_rows_f16(w, 0, rows);
+    return h;
 }
-
-bool kernel_supported(KernelKind kind) { return ops_for(kind) != nullptr; }
-
-const char* kernel_name(KernelKind kind) {
-    switch (kind) {
-        case KernelKind::Scalar: return "scalar";
-        case KernelKind::Avx2: return "avx2";
-        case KernelKind::Avx512Vnni: return "avx512vnni";
-    }
-    return "?";
-}
-
-void quantize_acts(const float* x, int64_t n_tokens, int64_t cols, QuantizedActs& out, KernelKind kind) {
-    if (n_tokens < 0 || cols <= 0) throw std::invalid_argument("quantize_acts: bad shape");
-    ops(kind).quantize(x, n_tokens, cols, out);
-}
-
-void ternary_matmul(const TernaryMatrix& w, const QuantizedActs& x, float* y, int64_t ldy, int64_t row_begin,
-                    int64_t row_end, KernelKind kind) {
-    const TernaryMatrix::Impl& m = w.impl();
-    if (x.cols != m.cols) throw std::invalid_argument("ternary_matmul: activation cols != weight cols");
-    if (row_begin < 0 || row_end > m.rows || row_begin > row_end)
-        throw std::invalid_argument("ternary_matmul: bad row range");
-    if (x.n_tokens > 1 && ldy < row_end) throw std::invalid_argument("ternary_matmul: ldy < row_end");
-    if (row_begin == row_end || x.n_tokens == 0) return;
-    ops(kind).ternary_matmul(m, x, y, ldy, row_begin, row_end);
-}
-
-void f16_matmul(const uint16_t* w, int64_t cols, const float* x, int64_t n_tokens, float* y, int64_t ldy,
-                int64_t row_begin, int64_t row_end, KernelKind kind) {
-    if (cols <= 0 || row_begin < 0 || row_begin > row_end) throw std::invalid_argument("f16_matmul: bad shape");
-    if (row_begin == row_end || n_tokens <= 0) return;
-    ops(kind).f16_matmul(w, cols, x, n_tokens, y, ldy, row_begin, row_end);
+Q8Head Q8Head::from_f32(const float* w, int64_t rows, int64_t cols) {
+    Q8Head h(rows, cols);
+    h.quantize_rows_f32(w, 0, rows);
+    return h;
 }
 
 }  // namespace bllama

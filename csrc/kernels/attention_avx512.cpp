@@ -1,12 +1,13 @@
 // AVX-512 attention head (compiled with -mavx512f...; called only when the CPU has it).
 // GCC 12's AVX-512 headers trip -Wmaybe-uninitialized on their own _mm512_undefined_ps() (a known
 // false positive in _mm512_reduce_add_ps and friends); silence it for this file only.
+#if defined(__x86_64__) || defined(__i386__)
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #include <immintrin.h>
 
 #include <cmath>
 
-#include "attention_kernels.h"
+#include "kernels/simd.h"
 
 namespace bllama {
 
@@ -38,8 +39,8 @@ template <class KV>
 void attend(const float* q, const KV* k, const KV* v, int64_t stride, int64_t len, int64_t hd, float scale,
             float* scores, float* out) {
     if (hd % 16 != 0) {
-        if constexpr (sizeof(KV) == 4) return kAttentionAvx2.attend_f32(q, k, v, stride, len, hd, scale, scores, out);
-        else return kAttentionAvx2.attend_f16(q, k, v, stride, len, hd, scale, scores, out);
+        if constexpr (sizeof(KV) == 4) return attend_f32_avx2(q, k, v, stride, len, hd, scale, scores, out);
+        else return attend_f16_avx2(q, k, v, stride, len, hd, scale, scores, out);
     }
     float mx = -INFINITY;
     for (int64_t j = 0; j < len; ++j) {
@@ -87,16 +88,25 @@ void attend(const float* q, const KV* k, const KV* v, int64_t stride, int64_t le
     }
 }
 
-void to_f16(const float* x, uint16_t* y, int64_t n) {
+}  // namespace
+
+void to_f16_avx512(const float* x, uint16_t* y, int64_t n) {
     int64_t i = 0;
     for (; i + 16 <= n; i += 16)
         _mm256_storeu_si256(reinterpret_cast<__m256i*>(y + i),
                             _mm512_cvtps_ph(_mm512_loadu_ps(x + i), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
-    if (i < n) kAttentionAvx2.to_f16(x + i, y + i, n - i);
+    if (i < n) to_f16_avx2(x + i, y + i, n - i);
 }
 
-}  // namespace
-
-const AttentionKernels kAttentionAvx512 = {attend<float>, attend<uint16_t>, to_f16};
+void attend_f32_avx512(const float* q, const float* k, const float* v, int64_t stride, int64_t len, int64_t hd,
+                       float scale, float* scores, float* out) {
+    attend(q, k, v, stride, len, hd, scale, scores, out);
+}
+void attend_f16_avx512(const float* q, const uint16_t* k, const uint16_t* v, int64_t stride, int64_t len,
+                       int64_t hd, float scale, float* scores, float* out) {
+    attend(q, k, v, stride, len, hd, scale, scores, out);
+}
 
 }  // namespace bllama
+
+#endif

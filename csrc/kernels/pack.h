@@ -1,4 +1,5 @@
-// Private to csrc/kernels: the packed weight layout and the per-kind function table.
+// Private to csrc/kernels (and the CUDA layout, which reads it): the packed ternary weight layout that
+// pack.cpp builds and every ternary kernel reads.
 //
 // Weight layout ("16-row interleaved, 2-bit planes"). Rows are padded to a multiple of 16 and grouped
 // in 16s. Group g is one contiguous stream of cols/16 chunks of 64 bytes; chunk c covers columns
@@ -57,23 +58,6 @@ struct TernaryMatrix::Impl {
     float* d_ptr(int64_t g) { return d.get() + g * nb * kGroupRows; }
     const float* d_ptr(int64_t g) const { return d.get() + g * nb * kGroupRows; }
 };
-
-using QuantizeFn = void (*)(const float* x, int64_t n_tokens, int64_t cols, QuantizedActs& out);
-using TernaryMatmulFn = void (*)(const TernaryMatrix::Impl& w, const QuantizedActs& x, float* y,
-                                 int64_t ldy, int64_t row_begin, int64_t row_end);
-using F16MatmulFn = void (*)(const uint16_t* w, int64_t cols, const float* x, int64_t n_tokens,
-                             float* y, int64_t ldy, int64_t row_begin, int64_t row_end);
-
-struct KernelOps {
-    QuantizeFn quantize;
-    TernaryMatmulFn ternary_matmul;
-    F16MatmulFn f16_matmul;
-};
-
-// Each returns nullptr when that family is not compiled in (non-x86 build).
-const KernelOps* scalar_ops();
-const KernelOps* avx2_ops();
-const KernelOps* avx512_ops();
 
 // Shared by every family: sizes out's buffers (no allocation when already large enough).
 void resize_acts(QuantizedActs& out, int64_t n_tokens, int64_t cols);

@@ -1,0 +1,130 @@
+// One KernelTable per kernel kind, the choice of kind (once, from the feature probe and BLLAMA_KERNEL), and
+// the checked entry points of the families: each validates its arguments, then makes one indirect call.
+#include "kernels/dispatch.h"
+
+#include <cstdio>
+#include <cstdlib>
+#include <stdexcept>
+#include <string>
+
+#include "kernels/cpu_features.h"
+#include "kernels/head_f16.h"
+#include "kernels/head_q8.h"
+#include "kernels/ref.h"
+#include "kernels/simd.h"
+#include "kernels/ternary.h"
+
+namespace bllama {
+
+namespace {
+
+const KernelTable kScalar = {quantize_ref,       ternary_matmul_ref, f16_matmul_ref, q8_head_matmul_ref,
+                             attend_f32_ref,     attend_f16_ref,     to_f16_ref};
+#ifdef BLLAMA_KERNELS_X86
+const KernelTable kAvx2 = {quantize_avx2,   ternary_matmul_avx2, f16_matmul_avx2, q8_head_matmul_avx2,
+                           attend_f32_avx2, attend_f16_avx2,     to_f16_avx2};
+const KernelTable kAvx512 = {quantize_avx512,   ternary_matmul_avx512, f16_matmul_avx512, q8_head_matmul_avx512,
+                             attend_f32_avx512, attend_f16_avx512,     to_f16_avx512};
+#endif
+
+// nullptr when this CPU (or this build) cannot run the kind.
+const KernelTable* find_table(KernelKind kind) {
+    switch (kind) {
+        case KernelKind::Scalar: return &kScalar;
+#ifdef BLLAMA_KERNELS_X86
+        case KernelKind::Avx2: return cpu_features().avx2 ? &kAvx2 : nullptr;
+        case KernelKind::Avx512Vnni: return cpu_features().avx512_vnni ? &kAvx512 : nullptr;
+#else
+        default: return nullptr;
+#endif
+    }
+    return nullptr;
+}
+
+const KernelTable& table_for(KernelKind kind, const char* who) {
+    const KernelTable* t = find_table(kind);
+    if (!t) throw std::invalid_argument(std::string(who) + ": kernel '" + kernel_name(kind) +
+                                        "' is not supported on this CPU/build");
+    return *t;
+}
+
+KernelKind detect_best() {
+    KernelKind best = KernelKind::Scalar;
+    if (kernel_supported(KernelKind::Avx2)) best = KernelKind::Avx2;
+    if (kernel_supported(KernelKind::Avx512Vnni)) best = KernelKind::Avx512Vnni;
+    if (const char* env = std::getenv("BLLAMA_KERNEL")) {
+        const std::string e(env);
+        KernelKind want = best;
+        bool known = true;
+        if (e == "scalar") want = KernelKind::Scalar;
+        else if (e == "avx2") want = KernelKind::Avx2;
+        else if (e == "avx512") want = KernelKind::Avx512Vnni;
+        else known = false;
+        if (!known)
+            std::fprintf(stderr, "bllama: BLLAMA_KERNEL=%s not recognised (scalar|avx2|avx512), using %s\n",
+                         env, kernel_name(best));
+        else if (!kernel_supported(want))
+            std::fprintf(stderr, "bllama: BLLAMA_KERNEL=%s is not supported here, using %s\n", env,
+                         kernel_name(best));
+        else
+            best = want;
+    }
+    return best;
+}
+
+}  // namespace
+
+KernelKind best_kernel() {
+    static const KernelKind k = detect_best();
+    return k;
+}
+
+bool kernel_supported(KernelKind kind) { return find_table(kind) != nullptr; }
+
+const char* kernel_name(KernelKind kind) {
+    switch (kind) {
+        case KernelKind::Scalar: return "scalar";
+        case KernelKind::Avx2: return "avx2";
+        case KernelKind::Avx512Vnni: return "avx512vnni";
+    }
+    return "?";
+}
+
+const KernelTable& kernel_table(KernelKind kind) { return table_for(kind, "bllama"); }
+
+// ---- entry points --------------------------------------------------------------------------------
+
+void quantize_acts(const float* x, int64_t n_tokens, int64_t cols, QuantizedActs& out, KernelKind kind) {
+    if (n_tokens < 0 || cols <= 0) throw std::invalid_argument("quantize_acts: bad shape");
+    kernel_table(kind).quantize(x, n_tokens, cols, out);
+}
+
+void ternary_matmul(const TernaryMatrix& w, const QuantizedActs& x, float* y, int64_t ldy, int64_t row_begin,
+                    int64_t row_end, KernelKind kind) {
+    if (x.cols != w.cols()) throw std::invalid_argument("ternary_matmul: activation cols != weight cols");
+    if (row_begin < 0 || row_end > w.rows() || row_begin > row_end)
+        throw std::invalid_argument("ternary_matmul: bad row range");
+    if (x.n_tokens > 1 && ldy < row_end) throw std::invalid_argument("ternary_matmul: ldy < row_end");
+    if (row_begin == row_end || x.n_tokens == 0) return;
+    kernel_table(kind).ternary_matmul(w, x, y, ldy, row_begin, row_end);
+}
+
+void f16_matmul(const uint16_t* w, int64_t cols, const float* x, int64_t n_tokens, float* y, int64_t ldy,
+                int64_t row_begin, int64_t row_end, KernelKind kind) {
+    if (cols <= 0 || row_begin < 0 || row_begin > row_end) throw std::invalid_argument("f16_matmul: bad shape");
+    if (row_begin == row_end || n_tokens <= 0) return;
+    kernel_table(kind).f16_matmul(w, cols, x, n_tokens, y, ldy, row_begin, row_end);
+}
+
+void q8_head_matmul(const Q8Head& w, const QuantizedActs& x, float* y, int64_t ldy, int64_t row_begin,
+                    int64_t row_end, KernelKind kind) {
+    if (x.cols != w.cols()) throw std::invalid_argument("q8_head_matmul: activation cols != head cols");
+    if (row_begin < 0 || row_end > w.rows() || row_begin > row_end)
+        throw std::invalid_argument("q8_head_matmul: bad row range");
+    if (x.n_tokens > 1 && ldy < row_end) throw std::invalid_argument("q8_head_matmul: ldy < row_end");
+    const KernelTable& t = table_for(kind, "q8_head_matmul");  // before the empty-range return, as always
+    if (row_begin == row_end || x.n_tokens == 0) return;
+    t.q8_head_matmul(w, x, y, ldy, row_begin, row_end);
+}
+
+}  // namespace bllama

@@ -1,0 +1,55 @@
+// The CPU kernels are chosen once, through one table. Every kernel family (activation quantizer, ternary
+// matmul, f16 head, int8 head, attention) for one instruction set is one KernelTable, filled in
+// dispatch.cpp from the feature probe (cpu_features.h); BLLAMA_KERNEL forces a kind for tests and benchmarks.
+//
+// The files of csrc/kernels, llama.cpp ggml-cpu style:
+//   cpu_features  what this CPU and OS can run (cpuid + xgetbv)
+//   dispatch      this table, the choice of kind, and the checked entry points of ternary.h / head_f16.h /
+//                 head_q8.h (they validate arguments, then make one indirect call)
+//   pack          weights into the kernels' layouts (TernaryMatrix from GGUF blocks, Q8Head from f16/f32)
+//   ref           the portable scalar reference of every family: what every SIMD file must reproduce
+//   <family>_<isa>.cpp  one family for one instruction set (ternary, head_f16, head_q8, attention x avx2,
+//                 avx512), built with that ISA's flags (CMakeLists.txt keys them on the file suffix)
+#pragma once
+
+#include <cstdint>
+
+namespace bllama {
+
+struct QuantizedActs;
+class TernaryMatrix;
+class Q8Head;
+
+enum class KernelKind { Scalar, Avx2, Avx512Vnni };
+
+KernelKind best_kernel();                 // decided once from cpuid; BLLAMA_KERNEL=scalar|avx2|avx512 overrides
+bool kernel_supported(KernelKind kind);   // this CPU (and this build) can run it
+const char* kernel_name(KernelKind kind);
+
+// The contracts are in the family headers named below; a kind's entries all obey them.
+struct KernelTable {
+    // ternary.h: quantize_acts, ternary_matmul (bit-identical across kinds)
+    void (*quantize)(const float* x, int64_t n_tokens, int64_t cols, QuantizedActs& out);
+    void (*ternary_matmul)(const TernaryMatrix& w, const QuantizedActs& x, float* y, int64_t ldy,
+                           int64_t row_begin, int64_t row_end);
+    // head_f16.h: f16_matmul
+    void (*f16_matmul)(const uint16_t* w, int64_t cols, const float* x, int64_t n_tokens, float* y,
+                       int64_t ldy, int64_t row_begin, int64_t row_end);
+    // head_q8.h: q8_head_matmul (bit-identical across kinds)
+    void (*q8_head_matmul)(const Q8Head& w, const QuantizedActs& x, float* y, int64_t ldy, int64_t row_begin,
+                           int64_t row_end);
+    // Attention, one head for one query over the KV cache (at long contexts the largest cost after the
+    // weights): out[0, hd) = sum_j softmax_j(scale * q.k_j) v_j for j in [0, len), with k_j = k + j * stride
+    // and v_j = v + j * stride; scores is scratch for len floats. The cache holds fp32 (exactly the model's
+    // function) or fp16 (half the bytes, opt-in); to_f16 rounds to nearest even.
+    void (*attend_f32)(const float* q, const float* k, const float* v, int64_t stride, int64_t len, int64_t hd,
+                       float scale, float* scores, float* out);
+    void (*attend_f16)(const float* q, const uint16_t* k, const uint16_t* v, int64_t stride, int64_t len,
+                       int64_t hd, float scale, float* scores, float* out);
+    void (*to_f16)(const float* x, uint16_t* y, int64_t n);
+};
+
+// The table of a kind. Throws std::invalid_argument when this CPU or build cannot run it.
+const KernelTable& kernel_table(KernelKind kind = best_kernel());
+
+}  // namespace bllama

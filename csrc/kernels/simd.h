@@ -1,0 +1,41 @@
+// Private to csrc/kernels: the entry points each <family>_<isa>.cpp defines, which dispatch.cpp gathers into
+// that ISA's KernelTable. Signatures as in KernelTable (dispatch.h); a new ISA adds its block here.
+#pragma once
+
+#include <cstdint>
+
+#include "kernels/dispatch.h"
+
+namespace bllama {
+
+#if defined(__x86_64__) || defined(__i386__)
+#define BLLAMA_KERNELS_X86 1
+
+void quantize_avx2(const float* x, int64_t n_tokens, int64_t cols, QuantizedActs& out);
+void ternary_matmul_avx2(const TernaryMatrix& w, const QuantizedActs& x, float* y, int64_t ldy, int64_t rb,
+                         int64_t re);
+void f16_matmul_avx2(const uint16_t* w, int64_t cols, const float* x, int64_t n_tokens, float* y, int64_t ldy,
+                     int64_t rb, int64_t re);
+void q8_head_matmul_avx2(const Q8Head& w, const QuantizedActs& x, float* y, int64_t ldy, int64_t rb, int64_t re);
+void attend_f32_avx2(const float* q, const float* k, const float* v, int64_t stride, int64_t len, int64_t hd,
+                     float scale, float* scores, float* out);
+void attend_f16_avx2(const float* q, const uint16_t* k, const uint16_t* v, int64_t stride, int64_t len,
+                     int64_t hd, float scale, float* scores, float* out);
+void to_f16_avx2(const float* x, uint16_t* y, int64_t n);
+
+void quantize_avx512(const float* x, int64_t n_tokens, int64_t cols, QuantizedActs& out);
+void ternary_matmul_avx512(const TernaryMatrix& w, const QuantizedActs& x, float* y, int64_t ldy, int64_t rb,
+                           int64_t re);
+void f16_matmul_avx512(const uint16_t* w, int64_t cols, const float* x, int64_t n_tokens, float* y, int64_t ldy,
+                       int64_t rb, int64_t re);
+void q8_head_matmul_avx512(const Q8Head& w, const QuantizedActs& x, float* y, int64_t ldy, int64_t rb,
+                           int64_t re);
+void attend_f32_avx512(const float* q, const float* k, const float* v, int64_t stride, int64_t len, int64_t hd,
+                       float scale, float* scores, float* out);
+void attend_f16_avx512(const float* q, const uint16_t* k, const uint16_t* v, int64_t stride, int64_t len,
+                       int64_t hd, float scale, float* scores, float* out);
+void to_f16_avx512(const float* x, uint16_t* y, int64_t n);
+
+#endif
+
+}  // namespace bllama
