@@ -30,7 +30,7 @@
 #include <string>
 #include <vector>
 
-#include "../../bench/random_gguf.h"
+#include "random_gguf.h"
 #include "check_msg.h"
 #include "cuda/cuda_model.h"
 

@@ -4,12 +4,11 @@
 #pragma once
 
 #include <cstdint>
-#include <cstdio>
 #include <cstring>
-#include <stdexcept>
 #include <string>
 #include <vector>
 
+#include "gguf_writer.h"
 #include "kernels/half.h"
 
 namespace bllama {
@@ -34,75 +33,8 @@ struct Rng {  // xorshift64*: fast enough to fill a gigabyte of codes
     }
 };
 
-// Streams a GGUF v3 file: header and tensor infos first (offsets precomputed), then the data.
-class StreamWriter {
-public:
-    struct Tensor {
-        std::string name;
-        std::vector<uint64_t> dims;
-        uint32_t type;
-        uint64_t nbytes;
-    };
-    std::vector<uint8_t> kv;
-    uint64_t n_kv = 0;
-    std::vector<Tensor> tensors;
-
-    void key(const std::string& k, uint32_t type) {
-        str(kv, k);
-        put<uint32_t>(kv, type);
-        ++n_kv;
-    }
-    void u32(const std::string& k, uint32_t v) { key(k, 4); put(kv, v); }
-    void f32(const std::string& k, float v) { key(k, 6); put(kv, v); }
-    void boolean(const std::string& k, bool v) { key(k, 7); put<uint8_t>(kv, v); }
-    void string(const std::string& k, const std::string& v) { key(k, 8); str(kv, v); }
-
-    // fill(buffer) produces a tensor's bytes.
-    template <class Fill>
-    void write(const std::string& path, Fill fill) {
-        FILE* f = std::fopen(path.c_str(), "wb");
-        if (!f) throw std::runtime_error("cannot write " + path);
-        std::vector<uint8_t> h;
-        put<uint32_t>(h, 0x46554747u);
-        put<uint32_t>(h, 3);
-        put<uint64_t>(h, tensors.size());
-        put<uint64_t>(h, n_kv);
-        h.insert(h.end(), kv.begin(), kv.end());
-        uint64_t off = 0;
-        for (auto& t : tensors) {
-            str(h, t.name);
-            put<uint32_t>(h, static_cast<uint32_t>(t.dims.size()));
-            for (uint64_t d : t.dims) put<uint64_t>(h, d);
-            put<uint32_t>(h, t.type);
-            put<uint64_t>(h, off);
-            off += (t.nbytes + 31) / 32 * 32;
-        }
-        h.resize((h.size() + 31) / 32 * 32, 0);
-        std::fwrite(h.data(), 1, h.size(), f);
-        std::vector<uint8_t> buf;
-        for (auto& t : tensors) {
-            buf.assign((t.nbytes + 31) / 32 * 32, 0);
-            fill(t, buf.data());
-            std::fwrite(buf.data(), 1, buf.size(), f);
-        }
-        if (std::fclose(f) != 0) throw std::runtime_error("write failed: " + path);
-    }
-
-private:
-    template <class T>
-    static void put(std::vector<uint8_t>& b, T v) {
-        const size_t n = b.size();
-        b.resize(n + sizeof v);
-        std::memcpy(b.data() + n, &v, sizeof v);
-    }
-    static void str(std::vector<uint8_t>& b, const std::string& s) {
-        put<uint64_t>(b, s.size());
-        b.insert(b.end(), s.begin(), s.end());
-    }
-};
-
 inline void write_model(const Shape& s, bool tq1, const std::string& path) {
-    StreamWriter w;
+    testutil::GgufBuilder w;
     w.string("general.architecture", "bitnet");
     w.u32("bitnet.context_length", static_cast<uint32_t>(s.context));
     w.u32("bitnet.embedding_length", static_cast<uint32_t>(s.dim));
@@ -118,7 +50,7 @@ inline void write_model(const Shape& s, bool tq1, const std::string& path) {
     const uint32_t tq = tq1 ? 34 : 35;
     const uint64_t blk = tq1 ? 54 : 66;
     auto add = [&](const std::string& n, std::vector<uint64_t> dims, uint32_t type, uint64_t nbytes) {
-        w.tensors.push_back({n, std::move(dims), type, nbytes});
+        w.tensor_streamed(n, std::move(dims), type, nbytes);
     };
     const uint64_t D = s.dim, F = s.ffn, KV = s.dim / s.heads * s.kv_heads, V = s.vocab;
     add("token_embd.weight", {D, V}, 1, D * V * 2);
@@ -139,21 +71,21 @@ inline void write_model(const Shape& s, bool tq1, const std::string& path) {
     uint8_t tq2_bytes[81];
     for (int i = 0; i < 81; ++i) tq2_bytes[i] = static_cast<uint8_t>(i % 3 | (i / 3 % 3) << 2 | (i / 9 % 3) << 4 | (i / 27) << 6);
     Rng rng{0x1234567u};
-    w.write(path, [&](const StreamWriter::Tensor& t, uint8_t* out) {
-        if (t.type == 0) {  // norms near 1
-            for (uint64_t i = 0; i < t.nbytes / 4; ++i) {
+    w.write(path, [&](const std::string&, uint32_t type, uint64_t nbytes, uint8_t* out) {
+        if (type == 0) {  // norms near 1
+            for (uint64_t i = 0; i < nbytes / 4; ++i) {
                 const float v = 0.8f + (rng.next() >> 40) * (0.4f / 16777216.0f);
                 std::memcpy(out + 4 * i, &v, 4);
             }
-        } else if (t.type == 1) {  // embedding: small f16 values
-            for (uint64_t i = 0; i < t.nbytes / 2; ++i) {
+        } else if (type == 1) {  // embedding: small f16 values
+            for (uint64_t i = 0; i < nbytes / 2; ++i) {
                 const uint16_t h = f32_to_f16(((rng.next() >> 40) * (1.0f / 16777216.0f) - 0.5f) * 0.1f);
                 std::memcpy(out + 2 * i, &h, 2);
             }
         } else {
             const uint16_t d = f32_to_f16(0.02f);
             const uint64_t qbytes = blk - 2;
-            for (uint64_t b = 0; b < t.nbytes / blk; ++b) {
+            for (uint64_t b = 0; b < nbytes / blk; ++b) {
                 uint8_t* p = out + b * blk;
                 for (uint64_t i = 0; i < qbytes; i += 8) {
                     uint64_t r = rng.next();
@@ -165,7 +97,6 @@ inline void write_model(const Shape& s, bool tq1, const std::string& path) {
         }
     });
 }
-
 
 inline const Shape* find_shape(const std::string& name) {
     for (const Shape& s : kShapes)
