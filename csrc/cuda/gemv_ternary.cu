@@ -17,28 +17,17 @@
 // - Warps loop over units (grid-stride) and prefetch the next unit's words before the epilogue of this
 //   one; the first unit's words are requested before the activations are staged, hiding that latency.
 //
-// ternary_gemv_normed is the same kernel with another staging step (Src = NormSrc): every block computes
-// the RMSNorm + int8 quantization of the float input rows itself (norm_common.cuh, bit-identical to
-// rmsnorm_quant) while its first weight words are in flight, and writes the codes straight into its
-// shared-memory activations; scale and row sum stay in registers. Three steps (sum of squares, absmax,
-// codes), one barrier each; at one or two tokens the rows are held in registers (read once), otherwise
-// each step re-reads them (from L1). Its grid is sized for the redundant float reads (every block reads
-// the whole input): on an H200 that broadcast makes it a win at one token only (bench/NOTES-cuda.md).
-//
-// PDL (launch.cuh): the first weight words (constant) are requested before pdl_wait() (with prefetch_l2, the
-// whole matrix is asked of L2 as well); everything that touches the activations, their scales or y comes after it.
+// PDL (launch.cuh): the first weight words (constant) are requested before pdl_wait(); everything that touches
+// the activations, their scales or y comes after it.
 #include <algorithm>
 #include <cstdint>
 #include <mutex>
 #include <stdexcept>
 #include <string>
-#include <type_traits>
 
 #include "cuda/cuda_util.cuh"
 #include "cuda/kernels.cuh"
 #include "cuda/launch.cuh"
-#include "cuda/norm_common.cuh"
-#include "cuda/norm_tail.cuh"
 #include "cuda/ternary_common.cuh"
 
 namespace bllama {
@@ -47,8 +36,11 @@ namespace cuda {
 // ---------------------------------------------------------------------------------------------------
 // Shared host helpers (declared in ternary_common.cuh)
 
-int check_ternary_matrix(const char* who, const DevTernary& w, int n_tokens, const float* y, int ldy, Epilogue ep) {
+int check_ternary_args(const char* who, const DevTernary& w, const DevActs& x, int n_tokens, const float* y,
+                       int ldy, Epilogue ep) {
     auto fail = [&](const std::string& why) { throw std::invalid_argument(std::string(who) + ": " + why); };
+    if (x.cols != w.cols)
+        fail("activation length " + std::to_string(x.cols) + " != matrix cols " + std::to_string(w.cols));
     if (n_tokens < 0) fail("negative n_tokens");
     if (w.rows <= 0 || w.cols <= 0 || w.cols % 256 != 0)
         fail("need rows > 0 and cols a positive multiple of 256, got " + std::to_string(w.rows) + " x " +
@@ -65,16 +57,6 @@ int check_ternary_matrix(const char* who, const DevTernary& w, int n_tokens, con
     if (n_tokens == 0) return out_rows;
     if (!w.words || !y) fail("null pointer");
     if (reinterpret_cast<uintptr_t>(w.words) % 16) fail("weights must be 16-byte aligned");
-    return out_rows;
-}
-
-int check_ternary_args(const char* who, const DevTernary& w, const DevActs& x, int n_tokens, const float* y,
-                       int ldy, Epilogue ep) {
-    auto fail = [&](const std::string& why) { throw std::invalid_argument(std::string(who) + ": " + why); };
-    if (x.cols != w.cols)
-        fail("activation length " + std::to_string(x.cols) + " != matrix cols " + std::to_string(w.cols));
-    const int out_rows = check_ternary_matrix(who, w, n_tokens, y, ldy, ep);
-    if (n_tokens == 0) return out_rows;
     if (!x.q || !x.scale || !x.row_sum) fail("null pointer");
     if (reinterpret_cast<uintptr_t>(x.q) % 16) fail("weights and activations must be 16-byte aligned");
     return out_rows;
@@ -149,307 +131,11 @@ __device__ __forceinline__ int reduce_scatter(int (&v)[V], int lane, int& idx) {
     return s;
 }
 
-// ---------------------------------------------------------------------------------------------------
-// ternary_gemv_normed's staging: RMSNorm + quantization of the float rows inside each block.
-
-// The float input of ternary_gemv_normed (one launch's tokens).
-struct NormSrc {
-    const float* x;  // [NT, ldx]
-    int ldx;
-    const float* w;  // [d] norm weights, or null: no norm (quantization only)
-    int d;           // 1 <= d <= cols
-    float eps;
-    bool vec4;       // d % 4 == 0, ldx % 4 == 0, x and w 16-byte aligned: 16-byte loads
-};
-
-constexpr int kMaxWarps = kBlockThreadsMax / 32;
-
-// Shared memory of the normed kernel: the NT * cols activation bytes, then the chunk sums of squares
-// [NT][cols / 128] floats, then per-warp absmax [NT][kMaxWarps] floats and row sums [NT][kMaxWarps] ints.
-constexpr int normed_smem_bytes(int nt, int cols) {
-    return nt * cols + nt * (cols / detail::kNormChunk) * 4 + nt * kMaxWarps * 8;
-}
-
-template <int N, class T>
-__device__ __forceinline__ T pick(const T (&a)[N], int i) {  // a[i] with only compile-time indices
-    T v = a[0];
-#pragma unroll
-    for (int k = 1; k < N; ++k)
-        if (i == k) v = a[k];
-    return v;
-}
-
-__device__ __forceinline__ void load_norm_group(const NormSrc& x, const float* row, int g, float (&e)[detail::kNormGroup]) {
-    if (x.vec4) detail::load_group<true>(row, g, x.d, e);
-    else detail::load_group<false>(row, g, x.d, e);
-}
-
-// xn of the group's 4 elements (0 past d: x and w are 0 there).
-__device__ __forceinline__ float normed(const NormSrc& x, float e, float r, float w) {
-    return x.w ? detail::norm_value(e, r, w) : e;
-}
-
-// Both stagings below write the block's activations exactly as rmsnorm_quant + the unfused staging would:
-// the codes of token t at s_act[t * cols / 16 + act_slot(c)] (16-byte chunks c, zeros past d), and each
-// token's scale and row sum into scale[t], row_sum[t] of every thread. They execute pdl_wait() after their
-// norm-weight loads (constant) and end with a barrier. Warp w takes the 128-element chunks w, w + W, ...
-// (lane l: group 32k + l of chunk k); three barriers: after the chunk sums of squares, after the per-warp
-// absmax, after the codes and per-warp row sums.
-
-// The rows held in registers (when every warp has at most CAP chunks of the stored row): the norm weights
-// are loaded before pdl_wait(), x once after it; no re-reads.
-template <int NT, int CAP>
-__device__ __forceinline__ void stage_normed_cached(const NormSrc& x, int cols, uint4* s_act, float (&scale)[NT],
-                                                    int (&row_sum)[NT]) {
-    using namespace detail;
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, W = blockDim.x >> 5;
-    const int Kc = cols / kNormChunk;                   // chunks of the stored row (Kc <= CAP * W)
-    const int K = (x.d + kNormChunk - 1) / kNormChunk;  // chunks with data
-    const int a16 = cols >> 4;
-    float* s_chunk = reinterpret_cast<float*>(reinterpret_cast<int8_t*>(s_act) + NT * cols);  // [NT][Kc]
-    float* s_max = s_chunk + NT * Kc;                                                           // [NT][kMaxWarps]
-    int* s_sum = reinterpret_cast<int*>(s_max + NT * kMaxWarps);                                // [NT][kMaxWarps]
-    uint32_t* s_words = reinterpret_cast<uint32_t*>(s_act);
-
-    float wv[CAP][kNormGroup];  // zeros past d (and for chunks past Kc)
-    if (x.w) {
-#pragma unroll
-        for (int i = 0; i < CAP; ++i) load_norm_group(x, x.w, 32 * (warp + i * W) + lane, wv[i]);
-    }
-    pdl_wait();
-    float e[CAP][NT][kNormGroup];
-#pragma unroll
-    for (int i = 0; i < CAP; ++i)
-#pragma unroll
-        for (int t = 0; t < NT; ++t) load_norm_group(x, x.x + static_cast<int64_t>(t) * x.ldx, 32 * (warp + i * W) + lane, e[i][t]);
-
-    // 1. Chunk sums of squares (canonical order, norm_common.cuh).
-    if (x.w) {
-#pragma unroll
-        for (int i = 0; i < CAP; ++i) {
-            const int k = warp + i * W;
-            if (k >= K) continue;  // warp-uniform
-#pragma unroll
-            for (int t = 0; t < NT; ++t) {
-                const float c = warp_sum_xor(sumsq_group(e[i][t]));
-                if (lane == 0) s_chunk[t * Kc + k] = c;
-            }
-        }
-    }
-    __syncthreads();
-
-    // 2. xn in place, and its absmax.
-    float amax[NT];
-#pragma unroll
-    for (int t = 0; t < NT; ++t) {
-        const float r = x.w ? rms_factor(lane_sums_total(s_chunk + t * Kc, K, lane), x.d, x.eps) : 1.0f;
-        amax[t] = 0.0f;
-#pragma unroll
-        for (int i = 0; i < CAP; ++i)
-#pragma unroll
-            for (int c = 0; c < kNormGroup; ++c) {
-                e[i][t][c] = normed(x, e[i][t][c], r, x.w ? wv[i][c] : 0.0f);
-                amax[t] = fmaxf(amax[t], fabsf(e[i][t][c]));
-            }
-#pragma unroll
-        for (int o = 16; o > 0; o >>= 1) amax[t] = fmaxf(amax[t], __shfl_xor_sync(0xffffffffu, amax[t], o));
-        if (lane == 0) s_max[t * kMaxWarps + warp] = amax[t];
-    }
-    __syncthreads();
-
-    // 3. The codes of every chunk of the stored row (zeros past d), 4 per 32-bit shared-memory word.
-#pragma unroll
-    for (int t = 0; t < NT; ++t) {
-        float m = 0.0f;
-        for (int i = 0; i < W; ++i) m = fmaxf(m, s_max[t * kMaxWarps + i]);
-        const float a = quant_scale(m);
-        scale[t] = a;
-        int sum = 0;
-#pragma unroll
-        for (int i = 0; i < CAP; ++i) {
-            const int k = warp + i * W;
-            if (k >= Kc) continue;
-            uint32_t packed = 0;
-#pragma unroll
-            for (int c = 0; c < kNormGroup; ++c) {
-                const int q = quant_code(e[i][t][c], a);
-                sum += q;
-                packed |= (static_cast<uint32_t>(q) & 0xffu) << (8 * c);
-            }
-            const int g = 32 * k + lane;  // bytes 4 (g & 3) .. +3 of the 16-byte activation chunk g / 4
-            s_words[(t * a16 + act_slot(g >> 2)) * 4 + (g & 3)] = packed;
-        }
-#pragma unroll
-        for (int o = 16; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
-        if (lane == 0) s_sum[t * kMaxWarps + warp] = sum;
-    }
-    __syncthreads();  // also publishes the codes
-#pragma unroll
-    for (int t = 0; t < NT; ++t) {
-        int total = 0;
-        for (int i = 0; i < W; ++i) total += s_sum[t * kMaxWarps + i];
-        row_sum[t] = total;
-    }
-}
-
-// Any row length: three passes over the rows, each batched so several loads per lane are in flight (pass 1
-// reads x from L2; passes 2 and 3 re-read it from L1 together with the norm weights, prefetched into L1
-// before pdl_wait(); fewer chunks per step there keep the registers in check).
-template <int NT>
-__device__ __forceinline__ void stage_normed_streamed(const NormSrc& x, int cols, uint4* s_act, float (&scale)[NT],
-                                                      int (&row_sum)[NT]) {
-    using namespace detail;
-    constexpr int U1 = NT >= 8 ? 1 : 8 / NT;
-    constexpr int U = NT >= 4 ? 1 : 4 / NT;
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, W = blockDim.x >> 5;
-    const int Kc = cols / kNormChunk;                  // chunks of the stored row
-    const int K = (x.d + kNormChunk - 1) / kNormChunk;  // chunks with data
-    const int a16 = cols >> 4;
-    float* s_chunk = reinterpret_cast<float*>(reinterpret_cast<int8_t*>(s_act) + NT * cols);  // [NT][Kc]
-    float* s_max = s_chunk + NT * Kc;                                                           // [NT][kMaxWarps]
-    int* s_sum = reinterpret_cast<int*>(s_max + NT * kMaxWarps);                                // [NT][kMaxWarps]
-    uint32_t* s_words = reinterpret_cast<uint32_t*>(s_act);
-
-    // The norm weights are constant: into L1 before waiting for the kernel that wrote x.
-    if (x.w)
-        for (int k = warp; k < K; k += W)
-            if ((32 * k + lane) * kNormGroup < x.d) prefetch_l1(x.w + (32 * k + lane) * kNormGroup);
-    pdl_wait();
-
-    auto row = [&](int t) { return x.x + static_cast<int64_t>(t) * x.ldx; };
-
-    // 1. Chunk sums of squares (canonical order, norm_common.cuh).
-    if (x.w) {
-        for (int k0 = warp; k0 < K; k0 += U1 * W) {
-            float e[U1][NT][kNormGroup];
-#pragma unroll
-            for (int u = 0; u < U1; ++u)
-#pragma unroll
-                for (int t = 0; t < NT; ++t) load_norm_group(x, row(t), 32 * (k0 + u * W) + lane, e[u][t]);
-#pragma unroll
-            for (int u = 0; u < U1; ++u) {
-                if (k0 + u * W >= K) continue;  // warp-uniform
-#pragma unroll
-                for (int t = 0; t < NT; ++t) {
-                    const float c = warp_sum_xor(sumsq_group(e[u][t]));
-                    if (lane == 0) s_chunk[t * Kc + k0 + u * W] = c;
-                }
-            }
-        }
-    }
-    __syncthreads();
-    float r[NT];
-#pragma unroll
-    for (int t = 0; t < NT; ++t) r[t] = x.w ? rms_factor(lane_sums_total(s_chunk + t * Kc, K, lane), x.d, x.eps) : 1.0f;
-
-    // 2. absmax of xn.
-    float amax[NT];
-#pragma unroll
-    for (int t = 0; t < NT; ++t) amax[t] = 0.0f;
-    for (int k0 = warp; k0 < K; k0 += U * W) {
-        float e[U][NT][kNormGroup], wv[U][kNormGroup];
-#pragma unroll
-        for (int u = 0; u < U; ++u) {
-            const int g = 32 * (k0 + u * W) + lane;
-            if (x.w) load_norm_group(x, x.w, g, wv[u]);
-#pragma unroll
-            for (int t = 0; t < NT; ++t) load_norm_group(x, row(t), g, e[u][t]);
-        }
-#pragma unroll
-        for (int u = 0; u < U; ++u)
-#pragma unroll
-            for (int t = 0; t < NT; ++t)
-#pragma unroll
-                for (int c = 0; c < kNormGroup; ++c)
-                    amax[t] = fmaxf(amax[t], fabsf(normed(x, e[u][t][c], r[t], x.w ? wv[u][c] : 0.0f)));
-    }
-#pragma unroll
-    for (int t = 0; t < NT; ++t) {
-#pragma unroll
-        for (int o = 16; o > 0; o >>= 1) amax[t] = fmaxf(amax[t], __shfl_xor_sync(0xffffffffu, amax[t], o));
-        if (lane == 0) s_max[t * kMaxWarps + warp] = amax[t];
-    }
-    __syncthreads();
-    float a[NT];
-#pragma unroll
-    for (int t = 0; t < NT; ++t) {
-        float m = 0.0f;
-        for (int i = 0; i < W; ++i) m = fmaxf(m, s_max[t * kMaxWarps + i]);
-        a[t] = quant_scale(m);
-    }
-
-    // 3. The codes of every chunk of the stored row (zeros past d), 4 per 32-bit shared-memory word.
-    int sum[NT];
-#pragma unroll
-    for (int t = 0; t < NT; ++t) sum[t] = 0;
-    for (int k0 = warp; k0 < Kc; k0 += U * W) {
-        float e[U][NT][kNormGroup], wv[U][kNormGroup];
-#pragma unroll
-        for (int u = 0; u < U; ++u) {
-            const int g = 32 * (k0 + u * W) + lane;
-            if (x.w) load_norm_group(x, x.w, g, wv[u]);
-#pragma unroll
-            for (int t = 0; t < NT; ++t) load_norm_group(x, row(t), g, e[u][t]);
-        }
-#pragma unroll
-        for (int u = 0; u < U; ++u) {
-            if (k0 + u * W >= Kc) continue;
-            const int g = 32 * (k0 + u * W) + lane;
-#pragma unroll
-            for (int t = 0; t < NT; ++t) {
-                uint32_t packed = 0;
-#pragma unroll
-                for (int c = 0; c < kNormGroup; ++c) {
-                    const int q = quant_code(normed(x, e[u][t][c], r[t], x.w ? wv[u][c] : 0.0f), a[t]);
-                    sum[t] += q;
-                    packed |= (static_cast<uint32_t>(q) & 0xffu) << (8 * c);
-                }
-                // Group g: bytes 4 (g & 3) .. +3 of the 16-byte activation chunk g / 4.
-                s_words[(t * a16 + act_slot(g >> 2)) * 4 + (g & 3)] = packed;
-            }
-        }
-    }
-#pragma unroll
-    for (int t = 0; t < NT; ++t) {
-#pragma unroll
-        for (int o = 16; o > 0; o >>= 1) sum[t] += __shfl_xor_sync(0xffffffffu, sum[t], o);
-        if (lane == 0) s_sum[t * kMaxWarps + warp] = sum[t];
-    }
-    __syncthreads();  // also publishes the codes
-#pragma unroll
-    for (int t = 0; t < NT; ++t) {
-        int total = 0;
-        for (int i = 0; i < W; ++i) total += s_sum[t * kMaxWarps + i];
-        row_sum[t] = total;
-        scale[t] = a[t];
-    }
-}
-
-// In registers at one or two tokens: 8 (4) groups per lane and token, 32 floats (every 1.7B / 2B-4T row at one
-// token with the launcher's warp counts); longer rows and more tokens (where both stagings in one kernel
-// would spill) take the streamed staging.
-template <int NT>
-__device__ __forceinline__ void stage_normed(const NormSrc& x, int cols, uint4* s_act, float (&scale)[NT],
-                                             int (&row_sum)[NT]) {
-    if constexpr (NT <= 2) {
-        constexpr int CAP = 8 / NT;
-        if (cols / detail::kNormChunk <= CAP * static_cast<int>(blockDim.x >> 5)) {
-            stage_normed_cached<NT, CAP>(x, cols, s_act, scale, row_sum);
-            return;
-        }
-    }
-    stage_normed_streamed<NT>(x, cols, s_act, scale, row_sum);
-}
-
 // NT tokens (compile time: the accumulators live in registers), NR rows per unit, S loads per row and
 // lane per chunk (one chunk = 32 * S * 16 bytes of a row; rows longer than that take several chunks).
-// Src: DevActs (ternary_gemv: int8 activations from rmsnorm_quant) or NormSrc (ternary_gemv_normed).
-// TAIL (ternary_gemv_tail): the last block to finish then computes the next BitLinear's input (norm_tail.cuh).
-template <int NT, int NR, int S, class Src, bool TAIL>
+template <int NT, int NR, int S>
 __global__ void __launch_bounds__(kBlockThreadsMax)
-    ternary_gemv_kernel(DevTernary w, Src x, float* __restrict__ y, int ldy, Epilogue ep, int n_units,
-                        bool prefetch_all, NormTail tail) {
-    constexpr bool kNormed = std::is_same<Src, NormSrc>::value;
+    ternary_gemv_kernel(DevTernary w, DevActs x, float* __restrict__ y, int ldy, Epilogue ep, int n_units) {
     constexpr int NTP = next_pow2(NT);
     constexpr int V = NR * NTP;       // partial sums per lane, value index p * NTP + t
     constexpr int TG = NT <= 4 ? NT : 2;  // tokens whose activations are held in registers at once
@@ -495,33 +181,13 @@ __global__ void __launch_bounds__(kBlockThreadsMax)
     int unit = blockIdx.x * warps + (threadIdx.x >> 5);
     const int unit_stride = gridDim.x * warps;
     if (unit < n_units) load(unit, 0);  // in flight while the activations are staged
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900  // PDL only: elsewhere nothing runs ahead of the wait
-    if (prefetch_all) {  // the rest of the matrix into L2, this block's slice, before waiting (launch.cuh)
-        const char* base = reinterpret_cast<const char*>(w.words);
-        const size_t bytes = static_cast<size_t>(w.rows) * static_cast<size_t>(w.cols / 4);
-        const size_t slice = (bytes + gridDim.x - 1) / gridDim.x;
-        const size_t stop = (blockIdx.x + 1) * slice, end = stop < bytes ? stop : bytes;
-        for (size_t off = blockIdx.x * slice + threadIdx.x * 128; off < end; off += static_cast<size_t>(blockDim.x) * 128)
-            prefetch_l2(base + off);
-    }
-#endif
-
-    float act_scale[NT];  // ternary_gemv_normed: each token's scale and row sum
-    int act_sum[NT];
-    if constexpr (kNormed) {
-        stage_normed<NT>(x, w.cols, s_act, act_scale, act_sum);
-    } else {
-        pdl_wait();
-        const uint4* xq = reinterpret_cast<const uint4*>(x.q);
-        // TAIL: the last block may write these bytes later in this launch (ternary_gemv_tail over its own input),
-        // so not through the read-only path.
+    pdl_wait();
+    const uint4* xq = reinterpret_cast<const uint4*>(x.q);
 #pragma unroll
-        for (int t = 0; t < NT; ++t)
-            for (int c = threadIdx.x; c < a16; c += blockDim.x)
-                s_act[t * a16 + act_slot(c)] = TAIL ? __ldcg(xq + static_cast<size_t>(t) * a16 + c)
-                                                    : __ldg(xq + static_cast<size_t>(t) * a16 + c);
-        __syncthreads();
-    }
+    for (int t = 0; t < NT; ++t)
+        for (int c = threadIdx.x; c < a16; c += blockDim.x)
+            s_act[t * a16 + act_slot(c)] = __ldg(xq + static_cast<size_t>(t) * a16 + c);
+    __syncthreads();
 
     for (; unit < n_units; unit += unit_stride) {
         int acc[NR][NTP];
@@ -576,18 +242,7 @@ __global__ void __launch_bounds__(kBlockThreadsMax)
         const int r = slot_row(unit, p);
         const bool valid = t < NT && r >= 0;
         float val = 0.0f;
-        if (valid) {
-            int32_t rs;
-            float sc;
-            if constexpr (kNormed) {
-                rs = pick(act_sum, t);
-                sc = pick(act_scale, t);
-            } else {
-                rs = x.row_sum[t];
-                sc = x.scale[t];
-            }
-            val = detail::bitlinear_value(sum - rs, detail::segment_scales(w, r), sc);
-        }
+        if (valid) val = detail::bitlinear_value(sum - x.row_sum[t], detail::segment_scales(w, r), x.scale[t]);
         const bool leader = (lane & (32 / V - 1)) == 0;  // one lane per value
         if (!glu) {
             if (leader && valid) detail::store_value(ep, y + static_cast<size_t>(t) * ldy + r, val);
@@ -598,80 +253,53 @@ __global__ void __launch_bounds__(kBlockThreadsMax)
             if (leader && valid && p < NR / 2) y[static_cast<size_t>(t) * ldy + r] = detail::glu_value(ep, val, up);
         }
     }
-    if constexpr (TAIL) detail::norm_tail<NT>(tail, y, ldy, out_rows, reinterpret_cast<float*>(s_act));
 }
 
-// tail (DevActs only; null: none): returns false, having launched the GEMV alone, where one block cannot hold the
-// tail's rows (the caller then runs rmsnorm_quant).
-template <int NT, int S, class Src>
-bool launch_gemv(const DevTernary& w, const Src& x, float* y, int ldy, Epilogue ep, int out_rows,
-                 cudaStream_t stream, const NormTail* tail = nullptr) {
-    constexpr bool kNormed = std::is_same<Src, NormSrc>::value;
+template <int NT, int S>
+void launch_gemv(const DevTernary& w, const DevActs& x, float* y, int ldy, Epilogue ep, int out_rows,
+                 cudaStream_t stream) {
     constexpr int NR = pick_nr(NT, S);
     const int rows_per_unit = detail::is_glu(ep) ? NR / 2 : NR;
     const int n_units = (out_rows + rows_per_unit - 1) / rows_per_unit;
-    int smem = kNormed ? normed_smem_bytes(NT, w.cols) : NT * w.cols;
+    const int smem = NT * w.cols;
     const DeviceLimits& dl = device_limits();
 
     // Grid shape. Every block stages NT * cols activation bytes, which costs L2 traffic; a block count of
-    // at most rows / (16 NT) keeps that under a quarter of the weight bytes. (Normed: every block reads
-    // the NT float rows and the norm weights, (NT + 1) * cols * 4 bytes, so at most rows / (64 (NT + 1))
-    // blocks: about one per SM on the 1.7B shapes.) But at least one block per SM, so that every SM streams
-    // weights. Within that, as few warps per block as give every warp one unit (more, smaller blocks spread
-    // a small matrix over more SMs); past it, the warps loop over units. And enough warps per block that the
-    // blocks that fit in an SM's shared memory hold 16 warps.
+    // at most rows / (16 NT) keeps that under a quarter of the weight bytes. But at least one block per SM,
+    // so that every SM streams weights. Within that, as few warps per block as give every warp one unit
+    // (more, smaller blocks spread a small matrix over more SMs); past it, the warps loop over units. And
+    // enough warps per block that the blocks that fit in an SM's shared memory hold 16 warps.
     const int blocks_by_smem = std::max(1, dl.smem_per_sm / (smem + 1024));
-    const int max_blocks = std::max(dl.sms, kNormed ? w.rows / (64 * (NT + 1)) : w.rows / (16 * NT));
+    const int max_blocks = std::max(dl.sms, w.rows / (16 * NT));
     int warps = 1;
     while (warps < kBlockThreadsMax / 32 && ((n_units + warps - 1) / warps > max_blocks || warps * blocks_by_smem < 16))
         warps *= 2;
     const int grid = std::max(1, std::min((n_units + warps - 1) / warps, max_blocks));
-    // The tail holds its rows in registers: where a block of the most threads can, the blocks get the warps it needs
-    // (the grid stays as it is, so every SM still streams weights; the added warps may find no unit).
-    bool fused_tail = false;
-    if constexpr (!kNormed && NT <= detail::kTailMaxTokens) {
-        if (tail && detail::norm_tail_fits(NT, out_rows, kBlockThreadsMax)) {
-            while (!detail::norm_tail_fits(NT, out_rows, warps * 32)) warps *= 2;
-            fused_tail = true;
-            smem = std::max(smem, detail::norm_tail_smem_bytes(NT, out_rows));
-        }
-    }
-    const NormTail no_tail{};
-    auto go = [&](auto kernel, const NormTail& t) {
-        allow_dynamic_smem(reinterpret_cast<const void*>(kernel), smem);
-        launch(kernel, grid, warps * 32, smem, stream, w, x, y, ldy, ep, n_units, l2_prefetch_flag(), t);
-    };
-    if constexpr (!kNormed && NT <= detail::kTailMaxTokens) {
-        if (fused_tail) {
-            go(ternary_gemv_kernel<NT, NR, S, Src, true>, *tail);
-            return true;
-        }
-    }
-    go(ternary_gemv_kernel<NT, NR, S, Src, false>, no_tail);
-    return !tail;
+    const auto kernel = ternary_gemv_kernel<NT, NR, S>;
+    allow_dynamic_smem(reinterpret_cast<const void*>(kernel), smem);
+    launch(kernel, grid, warps * 32, smem, stream, w, x, y, ldy, ep, n_units);
 }
 
-template <int NT, class Src>
-bool launch_gemv_s(const DevTernary& w, const Src& x, float* y, int ldy, Epilogue ep, int out_rows,
-                   cudaStream_t stream, const NormTail* tail) {
+template <int NT>
+void launch_gemv_s(const DevTernary& w, const DevActs& x, float* y, int ldy, Epilogue ep, int out_rows,
+                   cudaStream_t stream) {
     const int n16 = w.cols / 64;
-    if (n16 <= 32) return launch_gemv<NT, 1>(w, x, y, ldy, ep, out_rows, stream, tail);
-    if (n16 <= 64) return launch_gemv<NT, 2>(w, x, y, ldy, ep, out_rows, stream, tail);
-    return launch_gemv<NT, 4>(w, x, y, ldy, ep, out_rows, stream, tail);
+    if (n16 <= 32) launch_gemv<NT, 1>(w, x, y, ldy, ep, out_rows, stream);
+    else if (n16 <= 64) launch_gemv<NT, 2>(w, x, y, ldy, ep, out_rows, stream);
+    else launch_gemv<NT, 4>(w, x, y, ldy, ep, out_rows, stream);
 }
 
-template <class Src>
-bool launch_gemv_n(int nt, const DevTernary& w, const Src& x, float* y, int ldy, Epilogue ep, int out_rows,
-                   cudaStream_t stream, const NormTail* tail = nullptr) {
+void launch_gemv_n(int nt, const DevTernary& w, const DevActs& x, float* y, int ldy, Epilogue ep, int out_rows,
+                   cudaStream_t stream) {
     switch (nt) {
-        case 1: return launch_gemv_s<1>(w, x, y, ldy, ep, out_rows, stream, tail);
-        case 2: return launch_gemv_s<2>(w, x, y, ldy, ep, out_rows, stream, tail);
-        case 3: return launch_gemv_s<3>(w, x, y, ldy, ep, out_rows, stream, tail);
-        case 4: return launch_gemv_s<4>(w, x, y, ldy, ep, out_rows, stream, tail);
-        case 5: return launch_gemv_s<5>(w, x, y, ldy, ep, out_rows, stream, tail);
-        case 6: return launch_gemv_s<6>(w, x, y, ldy, ep, out_rows, stream, tail);
-        case 7: return launch_gemv_s<7>(w, x, y, ldy, ep, out_rows, stream, tail);
-        default: return launch_gemv_s<8>(w, x, y, ldy, ep, out_rows, stream, tail);
+        case 1: return launch_gemv_s<1>(w, x, y, ldy, ep, out_rows, stream);
+        case 2: return launch_gemv_s<2>(w, x, y, ldy, ep, out_rows, stream);
+        case 3: return launch_gemv_s<3>(w, x, y, ldy, ep, out_rows, stream);
+        case 4: return launch_gemv_s<4>(w, x, y, ldy, ep, out_rows, stream);
+        case 5: return launch_gemv_s<5>(w, x, y, ldy, ep, out_rows, stream);
+        case 6: return launch_gemv_s<6>(w, x, y, ldy, ep, out_rows, stream);
+        case 7: return launch_gemv_s<7>(w, x, y, ldy, ep, out_rows, stream);
+        default: return launch_gemv_s<8>(w, x, y, ldy, ep, out_rows, stream);
     }
 }
 
@@ -696,53 +324,6 @@ void ternary_gemv(const DevTernary& w, const DevActs& x, int n_tokens, float* y,
         xs.q = x.q + static_cast<size_t>(t0) * x.cols;
         xs.scale = x.scale + t0;
         xs.row_sum = x.row_sum + t0;
-        launch_gemv_n(nt, w, xs, y + static_cast<size_t>(t0) * ldy, ldy, ep, out_rows, stream);
-    }
-}
-
-bool ternary_gemv_tail(const DevTernary& w, const DevActs& x, int n_tokens, float* y, int ldy, Epilogue ep,
-                       const NormTail& tail, cudaStream_t stream) {
-    const int out_rows = check_ternary_args("ternary_gemv_tail", w, x, n_tokens, y, ldy, ep);
-    auto fail = [&](const std::string& why) { throw std::invalid_argument("ternary_gemv_tail: " + why); };
-    if (n_tokens > kGemvMaxTokens)
-        fail("n_tokens " + std::to_string(n_tokens) + " > " + std::to_string(kGemvMaxTokens) + " (use a GEMM)");
-    if (tail.out.cols < out_rows)
-        fail("tail.out.cols " + std::to_string(tail.out.cols) + " < output rows " + std::to_string(out_rows));
-    if (n_tokens == 0) return false;
-    if (!tail.counter || !tail.out.q || !tail.out.scale || !tail.out.row_sum) fail("null pointer");
-    auto aligned16 = [](const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; };
-    // In the kernel: one launch for all the tokens, 16-byte loads of y and the norm weights, 4-byte code stores.
-    const bool in_kernel = n_tokens * w.cols <= device_limits().smem_block_optin && out_rows % 4 == 0 &&
-                           ldy % 4 == 0 && aligned16(y) && (!tail.norm_w || aligned16(tail.norm_w)) &&
-                           tail.out.cols % 4 == 0 && (reinterpret_cast<uintptr_t>(tail.out.q) & 3u) == 0;
-    if (in_kernel && launch_gemv_n(n_tokens, w, x, y, ldy, ep, out_rows, stream, &tail)) return true;
-    if (!in_kernel) ternary_gemv(w, x, n_tokens, y, ldy, ep, stream);
-    rmsnorm_quant(y, ldy, tail.norm_w, n_tokens, out_rows, tail.eps, tail.out, stream);
-    return false;
-}
-
-void ternary_gemv_normed(const DevTernary& w, const float* x, int ldx, const float* norm_w, int d, float eps,
-                         int n_tokens, float* y, int ldy, Epilogue ep, cudaStream_t stream) {
-    const char* who = "ternary_gemv_normed";
-    const int out_rows = check_ternary_matrix(who, w, n_tokens, y, ldy, ep);
-    auto fail = [&](const std::string& why) { throw std::invalid_argument(std::string(who) + ": " + why); };
-    if (n_tokens > kGemvMaxTokens)
-        fail("n_tokens " + std::to_string(n_tokens) + " > " + std::to_string(kGemvMaxTokens) + " (use a GEMM)");
-    if (d < 1 || d > w.cols) fail("d " + std::to_string(d) + " outside [1, cols " + std::to_string(w.cols) + "]");
-    if (n_tokens == 0) return;
-    if (!x) fail("null pointer");
-    if (n_tokens > 1 && ldx < d) fail("ldx " + std::to_string(ldx) + " < d " + std::to_string(d));
-    auto aligned16 = [](const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; };
-    NormSrc src{x, ldx, norm_w, d, eps, false};
-    src.vec4 = d % 4 == 0 && (n_tokens == 1 || ldx % 4 == 0) && aligned16(x) && (!norm_w || aligned16(norm_w));
-    // Split the tokens when their rows do not fit in one block's shared memory.
-    const int per_launch = std::min(n_tokens, device_limits().smem_block_optin / normed_smem_bytes(1, w.cols));
-    if (per_launch < 1)
-        fail("cols " + std::to_string(w.cols) + " exceeds the shared memory of one block");
-    for (int t0 = 0; t0 < n_tokens; t0 += per_launch) {
-        const int nt = std::min(per_launch, n_tokens - t0);
-        NormSrc xs = src;
-        xs.x = x + static_cast<size_t>(t0) * ldx;
         launch_gemv_n(nt, w, xs, y + static_cast<size_t>(t0) * ldy, ldy, ep, out_rows, stream);
     }
 }

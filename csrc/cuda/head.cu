@@ -51,7 +51,7 @@ __global__ void __launch_bounds__(kHeadThreads)
         for (int r = 0; r < kRows; ++r)
 #pragma unroll
             for (int i = 0; i < 4; ++i)
-                if (lane * 8 + i * 256 < D) prefetch_l2(wr[r] + lane * 8 + i * 256);
+                if (lane * 8 + i * 256 < D) prefetch_global_l2(wr[r] + lane * 8 + i * 256);
 #endif
     pdl_wait();
     if (r0 >= V) return;  // whole warps only: no barrier follows

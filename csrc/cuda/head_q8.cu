@@ -48,7 +48,7 @@ __global__ void __launch_bounds__(kHeadThreads)
         for (int r = 0; r < kRows; ++r)
 #pragma unroll
             for (int i = 0; i < 2; ++i)
-                if (lane * 16 + i * 512 < D) prefetch_l2(wr[r] + lane * 16 + i * 512);
+                if (lane * 16 + i * 512 < D) prefetch_global_l2(wr[r] + lane * 16 + i * 512);
 #endif
     pdl_wait();
     if (r0 >= V) return;  // whole warps only: no barrier follows

@@ -57,8 +57,6 @@ __host__ __device__ constexpr bool is_glu(Epilogue ep) {
 // Returns the number of output rows: w.rows, or R = w.rows / 2 for the GLU modes.
 int check_ternary_args(const char* who, const DevTernary& w, const DevActs& x, int n_tokens, const float* y,
                        int ldy, Epilogue ep);
-// The same checks without the activations (ternary_gemv_normed checks its float input itself).
-int check_ternary_matrix(const char* who, const DevTernary& w, int n_tokens, const float* y, int ldy, Epilogue ep);
 
 namespace detail {
 // ternary_gemm_mma with its tile shape forced (benchmarks and tests; Auto is what ternary_gemm_mma does):
