@@ -28,7 +28,7 @@
 #include <vector>
 
 #include "cuda/cuda_model.h"
-#include "cuda/cuda_util.cuh"
+#include "cuda/kernels/cuda_util.cuh"
 #include "random_gguf.h"
 
 using namespace bllama;

@@ -34,10 +34,10 @@
 #include <string>
 #include <vector>
 
-#include "cuda/cuda_util.cuh"
-#include "cuda/kernels.cuh"
-#include "cuda/launch.cuh"
-#include "cuda/ternary_common.cuh"
+#include "cuda/kernels/cuda_util.cuh"
+#include "cuda/kernels/kernels.cuh"
+#include "cuda/kernels/launch.cuh"
+#include "cuda/kernels/ternary_common.cuh"
 
 using namespace bllama;
 using cuda::Epilogue;

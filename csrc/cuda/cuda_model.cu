@@ -7,8 +7,8 @@
 #include <stdexcept>
 #include <string>
 
-#include "cuda/launch.cuh"
-#include "ternary_rows.h"
+#include "cuda/kernels/launch.cuh"
+#include "cuda/layout.h"
 
 namespace bllama {
 namespace cuda {

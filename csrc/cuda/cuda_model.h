@@ -1,4 +1,4 @@
-// A bitnet model on one GPU: packed ternary weights (ternary_rows.h layout, ~2 bits per weight, never
+// A bitnet model on one GPU: packed ternary weights (cuda/layout.h layout, ~2 bits per weight, never
 // expanded), f16 embedding/head, a KV cache for `slots` independent sequences, and preallocated scratch.
 //
 // Prompt chunks run kernel by kernel (GEMM path). A decode step for slots 0 .. B-1 is one CUDA graph,
@@ -15,8 +15,8 @@
 #include <vector>
 
 #include "config.h"
-#include "cuda/cuda_util.cuh"
-#include "cuda/kernels.cuh"
+#include "cuda/kernels/cuda_util.cuh"
+#include "cuda/kernels/kernels.cuh"
 #include "model.h"
 #include "sampler.h"
 

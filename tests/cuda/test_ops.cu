@@ -17,9 +17,9 @@
 #include <vector>
 
 #include "check_msg.h"
-#include "cuda/cuda_util.cuh"
-#include "cuda/kernels.cuh"
-#include "cuda/launch.cuh"
+#include "cuda/kernels/cuda_util.cuh"
+#include "cuda/kernels/kernels.cuh"
+#include "cuda/kernels/launch.cuh"
 #include "half.h"
 #include "kernels/head_q8.h"
 #include "kernels/ternary.h"

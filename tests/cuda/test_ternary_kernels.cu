@@ -27,12 +27,12 @@
 #include <vector>
 
 #include "check_msg.h"
-#include "cuda/cuda_util.cuh"
-#include "cuda/kernels.cuh"
-#include "cuda/launch.cuh"
-#include "cuda/ternary_common.cuh"
+#include "cuda/kernels/cuda_util.cuh"
+#include "cuda/kernels/kernels.cuh"
+#include "cuda/kernels/launch.cuh"
+#include "cuda/kernels/ternary_common.cuh"
+#include "cuda/layout.h"
 #include "kernels/ternary.h"
-#include "ternary_rows.h"
 
 using namespace bllama;
 using cuda::Epilogue;

@@ -9,10 +9,10 @@
 #include <algorithm>
 #include <stdexcept>
 
-#include "cuda/cuda_util.cuh"
-#include "cuda/head_common.cuh"
-#include "cuda/kernels.cuh"
-#include "cuda/launch.cuh"
+#include "cuda/kernels/cuda_util.cuh"
+#include "cuda/kernels/head_common.cuh"
+#include "cuda/kernels/kernels.cuh"
+#include "cuda/kernels/launch.cuh"
 
 namespace bllama {
 namespace cuda {

@@ -20,7 +20,7 @@ namespace cuda {
 // ---------------------------------------------------------------------------------------------------
 // Ternary matmuls (gemv_ternary.cu, gemm_ternary_mma.cu, gemm_cublaslt.cu)
 
-// A ternary matrix on the device in the ternary_rows.h layout. Several BitLinears that read the same
+// A ternary matrix on the device in the cuda/layout.h layout. Several BitLinears that read the same
 // input may be stacked by rows (q|k|v, gate|up) so one launch runs them all: segment i covers rows
 // [i ? seg_end[i-1] : 0, seg_end[i]) and carries that BitLinear's scale and output scale.
 constexpr int kMaxSegments = 3;

@@ -27,7 +27,7 @@
 
 #include <utility>
 
-#include "cuda/cuda_util.cuh"
+#include "cuda/kernels/cuda_util.cuh"
 
 namespace bllama {
 namespace cuda {

@@ -12,10 +12,10 @@
 #include <algorithm>
 #include <stdexcept>
 
-#include "cuda/cuda_util.cuh"
-#include "cuda/kernels.cuh"
-#include "cuda/launch.cuh"
-#include "cuda/norm_common.cuh"
+#include "cuda/kernels/cuda_util.cuh"
+#include "cuda/kernels/kernels.cuh"
+#include "cuda/kernels/launch.cuh"
+#include "cuda/kernels/norm_common.cuh"
 
 namespace bllama {
 namespace cuda {

@@ -7,8 +7,8 @@
 // the CPU rounds twice. The division is IEEE (no fast math) like the CPU's.
 #pragma once
 
-#include "cuda/cuda_util.cuh"
-#include "cuda/kernels.cuh"
+#include "cuda/kernels/cuda_util.cuh"
+#include "cuda/kernels/kernels.cuh"
 
 namespace bllama {
 namespace cuda {

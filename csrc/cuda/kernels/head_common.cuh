@@ -7,7 +7,7 @@
 
 #include <cstdint>
 
-#include "cuda/launch.cuh"
+#include "cuda/kernels/launch.cuh"
 
 namespace bllama {
 namespace cuda {

@@ -1,4 +1,4 @@
-// Decode GEMV: y = W x for 1..8 tokens, W ternary in the ternary_rows.h layout, x int8.
+// Decode GEMV: y = W x for 1..8 tokens, W ternary in the cuda/layout.h layout, x int8.
 //
 // Decode is a stream over the weights (2 bits each), so the kernel is built to keep the memory system
 // busy and to touch each weight byte once:
@@ -25,10 +25,10 @@
 #include <stdexcept>
 #include <string>
 
-#include "cuda/cuda_util.cuh"
-#include "cuda/kernels.cuh"
-#include "cuda/launch.cuh"
-#include "cuda/ternary_common.cuh"
+#include "cuda/kernels/cuda_util.cuh"
+#include "cuda/kernels/kernels.cuh"
+#include "cuda/kernels/launch.cuh"
+#include "cuda/kernels/ternary_common.cuh"
 
 namespace bllama {
 namespace cuda {
