@@ -9,9 +9,8 @@
 //   decode      tok/s at batch 1 with the graph-captured step and without graphs (launch by launch),
 //               and batched (B sequences per step); per-step times are host-clock medians of whole steps,
 //               including the 4-byte token copy and the synchronization that generation really pays;
-//   variants    the decode paths A/B (CudaOptions pdl, prefetch_l2, fuse_attn, fuse_norm, norm_tail): baseline (none), pdl
-//               (the default), pdl+prefetch, fuse_attn+pdl, fuse_attn+pdl+prefetch, norm_tail+pdl, fuse_attn+norm_tail+pdl+pf
-//               (fuse_norm lost to pdl on 2026-11-28 and left the table), each its own CudaModel (4 slots, built from the same CPU model, one at a time,
+//   variants    the decode paths A/B (CudaOptions pdl): baseline (plain launches) and pdl (the default), each its
+//               own CudaModel (4 slots, built from the same CPU model, one at a time,
 //               after the main model is freed), graph-captured decode at batch 1, 2 and 4; two rounds, the
 //               variants interleaved, so the spread between rounds of one variant shows the noise;
 //   floor       the bandwidth floor at batch 1: copy GB/s / bytes a step must read (ternary weights, f16 head,
@@ -29,7 +28,7 @@
 #include <vector>
 
 #include "cuda/cuda_model.h"
-#include "cuda/cuda_util.cuh"
+#include "cuda/kernels/cuda_util.cuh"
 #include "random_gguf.h"
 
 using namespace bllama;
@@ -217,31 +216,23 @@ int main(int argc, char** argv) {
     const double alloc_mib = m.device_bytes() / 1048576.0;
     mp.reset();  // the variants below build their own models, one at a time
 
-    // The opt-in decode paths, A/B: each variant its own model; two rounds, variants interleaved.
+    // The decode paths, A/B: each variant its own model; two rounds, variants interleaved.
     struct Variant {
         const char* name;
-        bool fuse_norm, pdl, fuse_attn, prefetch, norm_tail;
+        bool pdl;
         bool pdl_active = false;
         std::vector<std::vector<DecodeResult>> by_batch;  // [batch index][round]
-        Variant(const char* n, bool f, bool p, bool a, bool l2, bool t = false)
-            : name(n), fuse_norm(f), pdl(p), fuse_attn(a), prefetch(l2), norm_tail(t), by_batch(3) {}
+        Variant(const char* n, bool p) : name(n), pdl(p), by_batch(3) {}
     };
     const int var_batches[3] = {1, 2, 4};
     std::vector<Variant> var;
     if (variants) {
-        var = {{"baseline", false, false, false, false},      {"pdl", false, true, false, false},
-               {"pdl+prefetch", false, true, false, true},     {"fuse_attn+pdl", false, true, true, false},
-               {"fuse_attn+pdl+prefetch", false, true, true, true}, {"norm_tail+pdl", false, true, false, false, true},
-               {"fuse_attn+norm_tail+pdl+pf", false, true, true, true, true}};
+        var = {{"baseline", false}, {"pdl", true}};
         for (int round = 0; round < 2; ++round)
             for (Variant& v : var) {
                 CudaOptions vo = co;
                 vo.slots = 4;
-                vo.fuse_norm = v.fuse_norm;
                 vo.pdl = v.pdl;
-                vo.fuse_attn = v.fuse_attn;
-                vo.prefetch_l2 = v.prefetch;
-                vo.norm_tail = v.norm_tail;
                 CudaModel mv(*cpu, vo);
                 v.pdl_active = mv.pdl_active();
                 for (int bi = 0; bi < 3; ++bi) v.by_batch[bi].push_back(run_decode(mv, var_batches[bi], decode_prompt, n_decode));
@@ -303,12 +294,10 @@ int main(int argc, char** argv) {
             const Variant& v = var[i];
             for (int bi = 0; bi < 3; ++bi) {
                 const std::vector<DecodeResult>& r = v.by_batch[bi];
-                std::fprintf(f, "%s\n  {\"name\": \"%s\", \"fuse_norm\": %s, \"pdl\": %s, \"fuse_attn\": %s, \"prefetch_l2\": %s, \"norm_tail\": %s, \"pdl_active\": %s, "
-                                "\"batch\": %d, "
+                std::fprintf(f, "%s\n  {\"name\": \"%s\", \"pdl\": %s, \"pdl_active\": %s, \"batch\": %d, "
                                 "\"tok_s\": %.1f, \"spread_pct\": %.2f, \"rounds\": [",
-                             i || bi ? "," : "", v.name, v.fuse_norm ? "true" : "false", v.pdl ? "true" : "false",
-                             v.fuse_attn ? "true" : "false", v.prefetch ? "true" : "false", v.norm_tail ? "true" : "false",
-                             v.pdl_active ? "true" : "false", var_batches[bi], mean_tok_s(r), spread_pct(r));
+                             i || bi ? "," : "", v.name, v.pdl ? "true" : "false", v.pdl_active ? "true" : "false",
+                             var_batches[bi], mean_tok_s(r), spread_pct(r));
                 for (size_t k = 0; k < r.size(); ++k)
                     std::fprintf(f, "%s{\"tok_s\": %.1f, \"step_ms\": %.4f}", k ? ", " : "", r[k].tok_s, r[k].step_ms);
                 std::fprintf(f, "]}");

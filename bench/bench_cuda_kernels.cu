@@ -14,12 +14,10 @@
 // Kernels: gemv = ternary_gemv; mma = ternary_gemm_mma (its own tile choice), mma_large / mma_small =
 // that kernel with the tile forced; cublaslt = the whole CublasLtGemm::run (unpack to int8 + cuBLASLt
 // GEMM + epilogue kernel), what the model would pay on that path. Decode with the input norm, per call:
-// norm+gemv = rmsnorm_quant + ternary_gemv (the default decode path), gemv_normed = ternary_gemv_normed
-// (CudaOptions::fuse_norm); "+pdl": the same graph with the K calls chained by Programmatic Dependent
-// Launch (CudaOptions::pdl; sm_90 only, the rows are left out elsewhere), i.e. each call's first weight
-// loads overlap the previous call's tail; "+pf": each call also prefetches its whole matrix into L2 before it
-// waits (CudaOptions::prefetch_l2). Decode attention (1 token, positions 128 and 1024): rope+attn =
-// rope_kv_write + attention_decode (three launches), fused = attention_decode_rope (CudaOptions::fuse_attn).
+// norm+gemv = rmsnorm_quant + ternary_gemv (the decode path); "+pdl": the same graph with the K calls chained
+// by Programmatic Dependent Launch (CudaOptions::pdl; sm_90 only, the rows are left out elsewhere), i.e. each
+// call's first weight loads overlap the previous call's tail. Decode attention (1 token, positions 128 and
+// 1024): rope+attn = rope_kv_write + attention_decode (three launches).
 // Inputs are random (not zeros: see the device notes); the values are not checked here
 // (tests/cuda/test_ternary_kernels.cu does that).
 //
@@ -36,10 +34,10 @@
 #include <string>
 #include <vector>
 
-#include "cuda/cuda_util.cuh"
-#include "cuda/kernels.cuh"
-#include "cuda/launch.cuh"
-#include "cuda/ternary_common.cuh"
+#include "cuda/kernels/cuda_util.cuh"
+#include "cuda/kernels/kernels.cuh"
+#include "cuda/kernels/launch.cuh"
+#include "cuda/kernels/ternary_common.cuh"
 
 using namespace bllama;
 using cuda::Epilogue;
@@ -169,30 +167,13 @@ public:
                 cuda::rmsnorm_quant(xf_.get(), m.cols, nw_.get(), n, m.cols, 1e-5f, acts(m, n), s);
                 cuda::ternary_gemv(w, acts(m, n), n, y, m.out_rows(), m.ep, s);
             };
-            auto normed = [&](const cuda::DevTernary& w, float* y, cudaStream_t s) {
-                cuda::ternary_gemv_normed(w, xf_.get(), m.cols, nw_.get(), m.cols, 1e-5f, n, y, m.out_rows(), m.ep, s);
-            };
             auto plain = [&](const cuda::DevTernary& w, float* y, cudaStream_t s) {
                 cuda::ternary_gemv(w, acts(m, n), n, y, m.out_rows(), m.ep, s);
             };
             gemv_row(m, n, "norm+gemv", norm_gemv);
-            gemv_row(m, n, "gemv_normed", normed);
             if (pdl) {
                 gemv_row(m, n, "gemv+pdl", plain, true);
-                gemv_row(m, n, "gemv+pdl+pf", [&](const cuda::DevTernary& w, float* y, cudaStream_t s) {
-                    cuda::L2PrefetchScope pf(true);  // each call asks L2 for its whole matrix before it waits
-                    plain(w, y, s);
-                }, true);
                 gemv_row(m, n, "norm+gemv+pdl", norm_gemv, true);
-                gemv_row(m, n, "gemv_normed+pdl", normed, true);
-                // The norm of the GEMV's own output for the next BitLinear: a second launch, or the GEMV's tail.
-                gemv_row(m, n, "gemv+norm+pdl", [&](const cuda::DevTernary& w, float* y, cudaStream_t s) {
-                    plain(w, y, s);
-                    cuda::rmsnorm_quant(y, m.out_rows(), nw_.get(), n, m.out_rows(), 1e-5f, tail(m).out, s);
-                }, true);
-                gemv_row(m, n, "gemv+tail+pdl", [&](const cuda::DevTernary& w, float* y, cudaStream_t s) {
-                    cuda::ternary_gemv_tail(w, acts(m, n), n, y, m.out_rows(), m.ep, tail(m), s);
-                }, true);
             }
         }
 
@@ -222,9 +203,6 @@ private:
     DeviceBuffer<float> act_scale_, y_;
     DeviceBuffer<int32_t> act_rs_;
     DeviceBuffer<float> xf_, nw_;  // float decode input [8, max_cols] and norm weights [max(rows, cols)]
-    DeviceBuffer<int8_t> tail_q_;  // the next activations a norm tail writes [8, max_rows rounded up to 256]
-    DeviceBuffer<float> tail_scale_;
-    DeviceBuffer<int32_t> tail_rs_, tail_ctr_;
     int max_rows_ = 0, max_cols_ = 0;
     std::unique_ptr<cuda::CublasLtGemm> lt_;
     struct Timing {
@@ -290,19 +268,7 @@ private:
         CUDA_CHECK_LAUNCH();
         y_ = DeviceBuffer<float>(static_cast<size_t>(kMaxTokens) * max_rows_);
         CUDA_CHECK(cudaMemsetAsync(y_.get(), 0, y_.bytes(), stream_.get()));
-        tail_q_ = DeviceBuffer<int8_t>(static_cast<size_t>(8) * ((max_rows_ + 255) / 256 * 256));
-        tail_scale_ = DeviceBuffer<float>(8);
-        tail_rs_ = DeviceBuffer<int32_t>(8);
-        tail_ctr_ = DeviceBuffer<int32_t>(1);
-        CUDA_CHECK(cudaMemsetAsync(tail_ctr_.get(), 0, 4, stream_.get()));
         stream_.sync();
-    }
-
-    // What the GEMV of m writes for the next BitLinear with a norm tail (its output rows, normed and quantized).
-    cuda::NormTail tail(const Matrix& m) const {
-        return cuda::NormTail{nw_.get(), 1e-5f,
-                              cuda::DevActs{tail_q_.get(), tail_scale_.get(), tail_rs_.get(), (m.out_rows() + 255) / 256 * 256},
-                              tail_ctr_.get()};
     }
 
     cuda::DevActs acts(const Matrix& m, int n) const {
@@ -371,9 +337,8 @@ private:
         return median(ms) * 1e3 / k;
     }
 
-    // Decode attention for 1 token at a few positions, per call: the two-step path (rope_kv_write, then
-    // attention_decode: split + combine) against attention_decode_rope (one launch), each timed as a graph of
-    // one call per layer of an fp32 cache (each layer's keys are read from DRAM, as in a decode step).
+    // Decode attention for 1 token at a few positions, per call: rope_kv_write, then attention_decode (split +
+    // combine), timed as a graph of one call per layer of an fp32 cache (each layer's keys are read from DRAM, as in a decode step).
     void attention_rows(bool pdl) {
         struct Heads {
             const char* model;
@@ -392,8 +357,6 @@ private:
             cudaStream_t s = stream_.get();
             for (DeviceBuffer<float>* b : {&k, &v, &qkv, &cs, &sn})  // small finite values; the exact ones do not matter
                 CUDA_CHECK(cudaMemsetAsync(b->get(), 0x3c, b->bytes(), s));
-            DeviceBuffer<int32_t> ctr(static_cast<size_t>(h.H));
-            CUDA_CHECK(cudaMemsetAsync(ctr.get(), 0, ctr.bytes(), s));
             CUDA_CHECK(cudaMemsetAsync(slot.get(), 0, 4, s));
             cuda::KvCache kv;
             kv.k = k.get(), kv.v = v.get(), kv.n_layers = layers, kv.ctx = ctx, kv.kv_dim = KV;
@@ -405,17 +368,12 @@ private:
                     cuda::attention_decode(qkv.get(), ldq, 1, pos.get(), slot.get(), l, h.H, h.Hkv, h.hd, kv, out.get(),
                                            h.H * h.hd, ws.get(), s);
                 };
-                auto fused = [&](int l) {
-                    cuda::attention_decode_rope(qkv.get(), ldq, 1, pos.get(), slot.get(), l, h.H, h.Hkv, h.hd, cs.get(),
-                                                sn.get(), kv, out.get(), h.H * h.hd, ws.get(), ctr.get(), s);
-                };
                 struct Row {
                     const char* name;
                     std::function<void(int)> call;
                     bool pdl;
                 };
-                for (const Row& r : {Row{"rope+attn", two_step, false}, Row{"fused", fused, false},
-                                     Row{"rope+attn+pdl", two_step, true}, Row{"fused+pdl", fused, true}}) {
+                for (const Row& r : {Row{"rope+attn", two_step, false}, Row{"rope+attn+pdl", two_step, true}}) {
                     if (r.pdl && !pdl) continue;
                     const double us = time_chain_us(layers, r.pdl, r.call);
                     std::printf("%-6s %3d/%-3d x %-4d %5d  %-16s %9.2f\n", h.model, h.H, h.Hkv, h.hd, p, r.name, us);
@@ -459,8 +417,7 @@ private:
     void summary() {
         std::printf("\n== ternary projections only, whole model\n");
         for (const char* model : {"1.7b", "2b4t"}) {
-            for (const char* kernel : {"gemv", "norm+gemv", "gemv_normed", "gemv+pdl", "gemv+pdl+pf", "norm+gemv+pdl", "gemv_normed+pdl",
-                                       "gemv+norm+pdl", "gemv+tail+pdl", "mma", "cublaslt"}) {
+            for (const char* kernel : {"gemv", "norm+gemv", "gemv+pdl", "norm+gemv+pdl", "mma", "cublaslt"}) {
                 const int n = std::string(kernel).find("gemv") != std::string::npos ? 1 : 512;
                 double us = 0;
                 int found = 0;

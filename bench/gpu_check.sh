@@ -186,7 +186,7 @@ if d:
         e = load(name)
         if e and e.get("engine"):
             print(f"{label:<28}{e['engine'][0]['decode_tok_s']:>10.0f}  (prompt {e['engine'][0]['prompt_tok_s']:.0f} tok/s)")
-    # The decode paths (CudaOptions pdl / prefetch_l2 / fuse_attn / fuse_norm), each its own model, mean of 2 rounds.
+    # The decode paths (CudaOptions pdl on / off), each its own model, mean of 2 rounds.
     var = {}
     for v in d.get("decode_variants", []):
         var.setdefault(v["name"], {})[v["batch"]] = v
@@ -202,29 +202,28 @@ if d:
 kp = res / "kernels.jsonl"
 if kp.exists():
     rows = [json.loads(l) for l in kp.read_text().splitlines() if l.strip()]
-    normed = {}
+    gemv_us = {}
     for r in rows:
         if r["bench"] == "gemv" and r["model"] == "1.7b" and r["tokens"] == 1 and r["kernel"] == "gemv":
             print(f"gemv 1.7b {r['matrix']:<8} 1 token: {r['gbps']:6.0f} GB/s = {r['pct_copy']:3.0f}% of copy "
                   f"(target >= 70% on the FFN shapes)")
         if r["bench"] == "gemv" and r["model"] == "1.7b" and r["tokens"] == 1:
-            normed.setdefault(r["matrix"], {})[r["kernel"]] = r["us"]
+            gemv_us.setdefault(r["matrix"], {})[r["kernel"]] = r["us"]
         if r["bench"] == "summary" and r["model"] == "1.7b":
             print(f"matmuls only, 1.7b, {r['what']} [{r['kernel']}]: {r['value']}")
-    # Decode GEMV with its input norm: rmsnorm_quant + gemv vs ternary_gemv_normed, each chained plainly / by PDL.
-    kinds = ["gemv", "norm+gemv", "gemv_normed", "gemv+pdl", "gemv+pdl+pf", "norm+gemv+pdl", "gemv_normed+pdl",
-             "gemv+norm+pdl", "gemv+tail+pdl"]
-    if any("gemv_normed" in k for k in normed.values()):
+    # Decode GEMV alone and with its input norm (rmsnorm_quant + gemv), each chained plainly / by PDL.
+    kinds = ["gemv", "norm+gemv", "gemv+pdl", "norm+gemv+pdl"]
+    if any("norm+gemv" in k for k in gemv_us.values()):
         print("us per call, 1.7b, 1 token: " + " | ".join(kinds))
-        for m, k in normed.items():
+        for m, k in gemv_us.items():
             print(f"  {m:<8} " + " ".join(f"{k[x]:>7.2f}" if x in k else f"{'-':>7}" for x in kinds))
-    # Decode attention per layer: rope_kv_write + attention_decode (3 launches) vs attention_decode_rope (1).
+    # Decode attention per layer: rope_kv_write + attention_decode (3 launches), plainly / by PDL.
     att = {}
     for r in rows:
         if r["bench"] == "attention":
             att.setdefault((r["model"], r["pos"]), {})[r["kernel"]] = r["us"]
     if att:
-        kinds = ["rope+attn", "fused", "rope+attn+pdl", "fused+pdl"]
+        kinds = ["rope+attn", "rope+attn+pdl"]
         print("attention us per layer, 1 token: " + " | ".join(kinds))
         for (m, p), k in att.items():
             print(f"  {m:<5} pos {p:<5} " + " ".join(f"{k[x]:>7.2f}" if x in k else f"{'-':>7}" for x in kinds))

@@ -7,8 +7,8 @@
 #include <stdexcept>
 #include <string>
 
-#include "cuda/launch.cuh"
-#include "ternary_rows.h"
+#include "cuda/kernels/launch.cuh"
+#include "cuda/layout.h"
 
 namespace bllama {
 namespace cuda {
@@ -23,11 +23,7 @@ CudaOptions cuda_options_from_env(CudaOptions o) {
         else throw std::invalid_argument("BLLAMA_CUDA_GEMM must be 'mma' or 'cublaslt', got '" + s + "'");
     }
     if (const char* g = std::getenv("BLLAMA_CUDA_GRAPHS")) o.graphs = std::string(g) != "0";
-    if (const char* g = std::getenv("BLLAMA_CUDA_FUSE_NORM")) o.fuse_norm = std::string(g) == "1";
     if (const char* g = std::getenv("BLLAMA_CUDA_PDL")) o.pdl = std::string(g) == "1";
-    if (const char* g = std::getenv("BLLAMA_CUDA_FUSE_ATTN")) o.fuse_attn = std::string(g) == "1";
-    if (const char* g = std::getenv("BLLAMA_CUDA_PREFETCH")) o.prefetch_l2 = std::string(g) == "1";
-    if (const char* g = std::getenv("BLLAMA_CUDA_NORM_TAIL")) o.norm_tail = std::string(g) == "1";
     return o;
 }
 
@@ -235,10 +231,6 @@ void CudaModel::allocate() {
     logits_ = DeviceBuffer<float>(static_cast<size_t>(logit_rows_) * c.vocab);
     const size_t attn_ws = attention_decode_workspace_floats(S, static_cast<int>(c.n_heads), static_cast<int>(c.head_dim));
     attn_ws_ = DeviceBuffer<float>(std::max<size_t>(1, attn_ws));
-    attn_ctr_ = DeviceBuffer<int32_t>(static_cast<size_t>(S) * c.n_heads);  // attention_decode_rope: zero between calls
-    CUDA_CHECK(cudaMemsetAsync(attn_ctr_.get(), 0, attn_ctr_.bytes(), stream_.get()));
-    tail_ctr_ = DeviceBuffer<int32_t>(static_cast<size_t>(3 * c.n_layers));  // zero between calls
-    CUDA_CHECK(cudaMemsetAsync(tail_ctr_.get(), 0, tail_ctr_.bytes(), stream_.get()));
     const size_t cols = static_cast<size_t>(std::max(c.dim_in, c.ffn_in));
     act_q_ = DeviceBuffer<int8_t>(M * cols);
     act_scale_ = DeviceBuffer<float>(M);
@@ -276,7 +268,7 @@ size_t CudaModel::device_bytes() const {
     return words_.bytes() + norms_.bytes() + embd_.bytes() + head_owned_.bytes() + head_q8_.bytes() + head_q8_scale_.bytes() + cos_.bytes() + sin_.bytes() +
            k32_.bytes() + v32_.bytes() + k16_.bytes() + v16_.bytes() + tok_buf_.bytes() + pos_buf_.bytes() +
            slot_buf_.bytes() + x_.bytes() + qkv_.bytes() + att_.bytes() + gate_.bytes() + xn_.bytes() +
-           logits_.bytes() + attn_ws_.bytes() + attn_ctr_.bytes() + tail_ctr_.bytes() + act_q_.bytes() + act_scale_.bytes() + act_sum_.bytes() +
+           logits_.bytes() + attn_ws_.bytes() + act_q_.bytes() + act_scale_.bytes() + act_sum_.bytes() +
            d_seen_.bytes() + sample_ws_.bytes();
 }
 
@@ -292,19 +284,10 @@ void CudaModel::matmul(const DevTernary& w, int n, float* y, int ldy, Epilogue e
     else ternary_gemm_mma(w, a, n, y, ldy, ep, stream_.get());
 }
 
-void CudaModel::normed_matmul(bool fuse, bool ready, const DevTernary& w, const float* x, int ldx, const float* norm_w,
-                              int d, int n, float* y, int ldy, Epilogue ep, const NextInput* next) {
-    if (fuse) {
-        ternary_gemv_normed(w, x, ldx, norm_w, d, cfg_.rms_eps, n, y, ldy, ep, stream_.get());
-        return;
-    }
-    if (!ready) rmsnorm_quant(x, ldx, norm_w, n, d, cfg_.rms_eps, acts(w.cols), stream_.get());
-    if (next) {
-        const NormTail t{next->norm_w, cfg_.rms_eps, acts(next->w->cols), next->counter};
-        ternary_gemv_tail(w, acts(w.cols), n, y, ldy, ep, t, stream_.get());
-    } else {
-        matmul(w, n, y, ldy, ep);
-    }
+void CudaModel::normed_matmul(const DevTernary& w, const float* x, int ldx, const float* norm_w, int d, int n,
+                              float* y, int ldy, Epilogue ep) {
+    rmsnorm_quant(x, ldx, norm_w, n, d, cfg_.rms_eps, acts(w.cols), stream_.get());
+    matmul(w, n, y, ldy, ep);
 }
 
 void CudaModel::layers(int n, const int32_t* d_pos, const int32_t* d_slot, bool prompt, int pos0, int slot) {
@@ -314,37 +297,19 @@ void CudaModel::layers(int n, const int32_t* d_pos, const int32_t* d_slot, bool 
     const int n_layers = static_cast<int>(c.n_layers);
     cudaStream_t s = stream_.get();
     const Epilogue glu = c.activation == Activation::Relu2 ? Epilogue::GluRelu2 : Epilogue::GluSilu;
-    // fuse_norm: batch-1 decode steps only (prompt chunks keep rmsnorm_quant + GEMM; cuda_model.h).
-    const bool fuse = opts_.fuse_norm && !prompt && n <= kFuseNormMaxTokens;
-    // norm_tail: the GEMVs whose output feeds a norm (o -> ffn_norm, gate|up -> ffn_sub_norm, down -> the next
-    // layer's attn_norm) write that next input themselves; the matmuls after them start from it.
-    const bool tail = opts_.norm_tail && !prompt && !fuse && n <= kGemvMaxTokens;
 
     for (int l = 0; l < n_layers; ++l) {
         const Layer& L = layers_[static_cast<size_t>(l)];
-        const Layer* N = l + 1 < n_layers ? &layers_[static_cast<size_t>(l + 1)] : nullptr;
-        int32_t* ctr = tail_ctr_.get() + 3 * l;
-        const NextInput to_gate_up{&L.gate_up, L.ffn_norm, ctr}, to_down{&L.down, L.ffn_sub_norm, ctr + 1};
-        const NextInput to_next_qkv{N ? &N->qkv : nullptr, N ? N->attn_norm : nullptr, ctr + 2};
-
-        normed_matmul(fuse, tail && l > 0, L.qkv, x_.get(), D, L.attn_norm, D, n, qkv_.get(), qkv_rows_, Epilogue::Store);
-        if (!prompt && opts_.fuse_attn) {
-            attention_decode_rope(qkv_.get(), qkv_rows_, n, d_pos, d_slot, l, H, Hkv, hd, cos_.get(), sin_.get(), kv_,
-                                  att_.get(), D, attn_ws_.get(), attn_ctr_.get(), s);
-        } else {
-            rope_kv_write(qkv_.get(), qkv_rows_, n, d_pos, d_slot, l, H, Hkv, hd, cos_.get(), sin_.get(), kv_, s);
-            if (prompt)
-                attention_prefill(qkv_.get(), qkv_rows_, n, pos0, slot, l, H, Hkv, hd, kv_, att_.get(), D, s);
-            else
-                attention_decode(qkv_.get(), qkv_rows_, n, d_pos, d_slot, l, H, Hkv, hd, kv_, att_.get(), D,
-                                 attn_ws_.get(), s);
-        }
-        normed_matmul(fuse, false, L.o, att_.get(), D, L.attn_sub_norm, D, n, x_.get(), D, Epilogue::AddTo,
-                      tail ? &to_gate_up : nullptr);
-        normed_matmul(fuse, tail, L.gate_up, x_.get(), D, L.ffn_norm, D, n, gate_.get(), F, glu,
-                      tail ? &to_down : nullptr);
-        normed_matmul(fuse, tail, L.down, gate_.get(), F, L.ffn_sub_norm, F, n, x_.get(), D, Epilogue::AddTo,
-                      tail && N ? &to_next_qkv : nullptr);
+        normed_matmul(L.qkv, x_.get(), D, L.attn_norm, D, n, qkv_.get(), qkv_rows_, Epilogue::Store);
+        rope_kv_write(qkv_.get(), qkv_rows_, n, d_pos, d_slot, l, H, Hkv, hd, cos_.get(), sin_.get(), kv_, s);
+        if (prompt)
+            attention_prefill(qkv_.get(), qkv_rows_, n, pos0, slot, l, H, Hkv, hd, kv_, att_.get(), D, s);
+        else
+            attention_decode(qkv_.get(), qkv_rows_, n, d_pos, d_slot, l, H, Hkv, hd, kv_, att_.get(), D,
+                             attn_ws_.get(), s);
+        normed_matmul(L.o, att_.get(), D, L.attn_sub_norm, D, n, x_.get(), D, Epilogue::AddTo);
+        normed_matmul(L.gate_up, x_.get(), D, L.ffn_norm, D, n, gate_.get(), F, glu);
+        normed_matmul(L.down, gate_.get(), F, L.ffn_sub_norm, F, n, x_.get(), D, Epilogue::AddTo);
     }
 }
 
@@ -461,7 +426,6 @@ void CudaModel::record_decode_step(int B) {
         // pdl: every kernel from here to advance may start while the one ahead drains (launch.cuh). The GEMMs
         // of a batched step (B > kGemvMaxTokens) and cuBLASLt do not take part: they launch plainly.
         PdlScope pdl(pdl_);
-        L2PrefetchScope prefetch(pdl_ && opts_.prefetch_l2);
         embed(embd_.get(), D, d_tokens_.get(), B, x_.get(), s);
         layers(B, d_pos_.get(), d_slots_.get(), /*prompt=*/false, 0, 0);
         head(0, B);

@@ -1,4 +1,4 @@
-// A bitnet model on one GPU: packed ternary weights (ternary_rows.h layout, ~2 bits per weight, never
+// A bitnet model on one GPU: packed ternary weights (cuda/layout.h layout, ~2 bits per weight, never
 // expanded), f16 embedding/head, a KV cache for `slots` independent sequences, and preallocated scratch.
 //
 // Prompt chunks run kernel by kernel (GEMM path). A decode step for slots 0 .. B-1 is one CUDA graph,
@@ -14,10 +14,10 @@
 #include <string>
 #include <vector>
 
-#include "engine/config.h"
-#include "cuda/cuda_util.cuh"
-#include "cuda/kernels.cuh"
 #include "cpu/model.h"
+#include "cuda/kernels/cuda_util.cuh"
+#include "cuda/kernels/kernels.cuh"
+#include "engine/config.h"
 #include "engine/sampler.h"
 
 namespace bllama {
@@ -33,29 +33,11 @@ struct CudaOptions {
     int max_batch = 512;      // prompt tokens per chunk
     PromptGemm gemm = PromptGemm::Mma;
     bool graphs = true;       // false: decode steps launch kernel by kernel (debugging, timing the graph gain)
-    // Decode-step optimizations, all bit-identical to the plain path (tests/cuda/test_cuda_model.cu):
-    bool fuse_norm = false;   // batch-1 decode steps: ternary_gemv_normed instead of rmsnorm_quant + ternary_gemv
-                              // (4 launches per layer fewer; kFuseNormMaxTokens). Off: it lost to pdl alone.
     bool pdl = true;          // Programmatic Dependent Launch for the decode step's kernels (sm_90+; ignored
                               // below): each kernel starts while the one ahead drains (launch.cuh).
                               // On by default since it measured +23% at batch 1 on an H100 and an H200.
-    // Measured on an H200 (2026-11-28, bench/RESULTS.md), all three off by default:
-    bool prefetch_l2 = false; // with pdl: each decode GEMV asks L2 for its whole matrix before it waits for the kernel
-                              // ahead (launch.cuh, L2PrefetchScope). No effect.
-    bool fuse_attn = false;   // decode steps: attention_decode_rope (RoPE, the KV store, the split attention and its
-                              // combine in one launch instead of three). +2.2% on the 1.7B, slower on GQA (2B4T).
-    bool norm_tail = false;   // decode steps (fuse_norm off): the o, gate|up and down GEMVs compute the next
-                              // BitLinear's input in their last block (ternary_gemv_tail; 3 launches per layer fewer).
-                              // -8%: one block's norm is slower than a PDL-started norm kernel.
 };
-// Defaults overridden by the environment: BLLAMA_CUDA_GEMM=mma|cublaslt, BLLAMA_CUDA_GRAPHS=0,
-// BLLAMA_CUDA_FUSE_NORM=1, BLLAMA_CUDA_PDL=0, BLLAMA_CUDA_FUSE_ATTN=1, BLLAMA_CUDA_PREFETCH=1,
-// BLLAMA_CUDA_NORM_TAIL=1.
-
-// fuse_norm applies to decode steps of at most this many tokens. ternary_gemv_normed runs 1..kGemvMaxTokens,
-// but every block re-reads the float rows, and from 2 tokens on the 1.7B shapes it was slower than the
-// unfused pair (H200, bench/NOTES-cuda.md: batch 2 -17%, batch 4 -24%).
-constexpr int kFuseNormMaxTokens = 1;
+// Defaults overridden by the environment: BLLAMA_CUDA_GEMM=mma|cublaslt, BLLAMA_CUDA_GRAPHS=0, BLLAMA_CUDA_PDL=0.
 CudaOptions cuda_options_from_env(CudaOptions base);
 
 class CudaModel {
@@ -114,18 +96,9 @@ private:
     void upload(const Model& cpu);
     void allocate();
     void matmul(const DevTernary& w, int n, float* y, int ldy, Epilogue ep);
-    // The matmul after this one and its input norm, for a norm tail (CudaOptions::norm_tail).
-    struct NextInput {
-        const DevTernary* w;
-        const float* norm_w;  // null: quantization only
-        int32_t* counter;     // the tail's counter (tail_ctr_)
-    };
-    // y (ep) W * quant(rmsnorm(x, norm_w)) for n rows of d values at stride ldx: rmsnorm_quant + matmul, or
-    // with fuse, one ternary_gemv_normed (the same values). ready: the activations are already in act_* (the
-    // previous GEMV's norm tail wrote them). next: this GEMV's last block also writes the input of next->w,
-    // rmsnorm_quant(y, next->norm_w), into act_* (ternary_gemv_tail).
-    void normed_matmul(bool fuse, bool ready, const DevTernary& w, const float* x, int ldx, const float* norm_w, int d,
-                       int n, float* y, int ldy, Epilogue ep, const NextInput* next = nullptr);
+    // y (ep) W * quant(rmsnorm(x, norm_w)) for n rows of d values at stride ldx: rmsnorm_quant, then matmul.
+    void normed_matmul(const DevTernary& w, const float* x, int ldx, const float* norm_w, int d, int n, float* y,
+                       int ldy, Epilogue ep);
     DevActs acts(int cols) const { return DevActs{act_q_.get(), act_scale_.get(), act_sum_.get(), cols}; }
     // The transformer layers for n tokens already embedded in x_. Prompt: one slot, consecutive positions
     // from pos0 (attention_prefill). Decode: per-token positions/slots in d_pos/d_slot (attention_decode).
@@ -162,8 +135,6 @@ private:
     DeviceBuffer<int32_t> tok_buf_;  // [M] prompt chunk ids
     DeviceBuffer<int32_t> pos_buf_, slot_buf_;  // [M] prompt chunk positions / slot
     DeviceBuffer<float> x_, qkv_, att_, gate_, xn_, logits_, attn_ws_;
-    DeviceBuffer<int32_t> attn_ctr_;  // [slots][n_heads] split counters of attention_decode_rope
-    DeviceBuffer<int32_t> tail_ctr_;  // [n_layers][3] block counters of the norm tails (o, gate|up, down)
     DeviceBuffer<int8_t> act_q_;
     DeviceBuffer<float> act_scale_;
     DeviceBuffer<int32_t> act_sum_;

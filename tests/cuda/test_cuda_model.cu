@@ -1,4 +1,4 @@
-// CudaModel end to end on a small random model (bench/random_gguf.h). The kernel tests check each kernel
+// CudaModel end to end on a small random model (tests/support/random_gguf.h). The kernel tests check each kernel
 // against the CPU; this one checks the orchestration (buffers, strides, chunking, slots, positions, the decode
 // state machine, graph capture and re-capture) with answers that must be bit-identical by construction, so no
 // tolerance is involved:
@@ -12,12 +12,10 @@
 //  - seeded sampling replays identically with and without graphs, and slot b samples in a batch exactly what its
 //    sequence samples alone with seed + b; new sampling parameters re-capture the graph;
 //  - decoding stops with std::out_of_range at the end of the context;
-//  - the opt-in decode paths (fuse_norm, pdl, fuse_attn, prefetch_l2, norm_tail and their combinations) decode exactly the default's tokens with bit-identical logits
-//    at every step (the fused GEMV computes rmsnorm_quant's values exactly, the fused attention the two-step
-//    path's; PDL only changes when kernels start),
-//    for B = 1 (fused), 3 (GEMV, not fused: kFuseNormMaxTokens) and 12 (MMA; PDL launches around plain GEMM
-//    launches), with graphs (one graph replayed for every step: a race would show as a step whose logits move)
-//    and without.
+//  - decode steps with PDL (CudaOptions::pdl) decode exactly the plainly launched steps' tokens with bit-identical
+//    logits at every step (PDL only changes when kernels start), for B = 1, 3 (GEMV) and 12 (MMA; PDL launches
+//    around plain GEMM launches), with graphs (one graph replayed for every step: a race would show as a step
+//    whose logits move) and without.
 // Exits 77 (ctest: skipped) without a GPU.
 #include <unistd.h>
 
@@ -56,13 +54,8 @@ int argmax_row(const float* x, int V) {  // lowest index of the largest value, a
 }
 
 std::unique_ptr<CudaModel> make_model(const Model& cpu, int slots, int max_batch, bool graphs, int64_t max_context = 0,
-                                      bool kv_f16 = false, bool fuse_norm = false, bool pdl = false,
-                                      bool fuse_attn = false, bool prefetch_l2 = false, bool norm_tail = false) {
+                                      bool kv_f16 = false, bool pdl = false) {
     CudaOptions o;
-    o.fuse_norm = fuse_norm;
-    o.norm_tail = norm_tail;
-    o.fuse_attn = fuse_attn;
-    o.prefetch_l2 = prefetch_l2;
     o.pdl = pdl;
     o.kv_f16 = kv_f16;
     o.slots = slots;
@@ -198,8 +191,8 @@ void test_batched_decode(const Model& cpu, bool kv_f16) {
     CHECK(decode_alone(*m, p0, greedy, steps) == g, "greedy after sampling differs from greedy before");
 }
 
-// The opt-in decode paths against the default, step by step: tokens equal and logits bit-identical.
-void test_decode_options(const Model& cpu) {
+// Decode steps with PDL against plain launches, step by step: tokens equal and logits bit-identical.
+void test_decode_pdl(const Model& cpu) {
     const int V = static_cast<int>(kShape.vocab), S = 12;
     const int steps_for_b[] = {80, 24, 12};  // B = 1 gets many replays of its graph
     std::vector<std::vector<int32_t>> prompts;
@@ -207,52 +200,37 @@ void test_decode_options(const Model& cpu) {
     SamplingParams sp;
     sp.repetition_penalty = 1.3f;
     auto base = make_model(cpu, S, 64, true);
-    struct Variant {
-        const char* name;
-        bool fuse, pdl, attn, prefetch, tail;
-    };
-    // norm_tail runs at B = 1 and 3 (GEMV steps; with fuse_norm, B = 3 only); B = 12 takes the GEMM path.
-    for (const Variant v : {Variant{"fuse_norm", true, false, false, false, false},
-                            Variant{"pdl", false, true, false, false, false},
-                            Variant{"fuse_norm+pdl", true, true, false, false, false},
-                            Variant{"fuse_attn", false, false, true, false, false},
-                            Variant{"fuse_attn+pdl", false, true, true, false, false},
-                            Variant{"pdl+prefetch", false, true, false, true, false},
-                            Variant{"norm_tail", false, false, false, false, true},
-                            Variant{"norm_tail+pdl", false, true, false, false, true},
-                            Variant{"fuse_attn+norm_tail+pdl+prefetch", false, true, true, true, true},
-                            Variant{"all", true, true, true, true, true}}) {
-        for (bool graphs : {true, false}) {
-            auto m = make_model(cpu, S, 64, graphs, 0, false, v.fuse, v.pdl, v.attn, v.prefetch, v.tail);
-            if (v.pdl && graphs) std::printf("%s: PDL %s\n", v.name, m->pdl_active() ? "active" : "not supported here (ignored)");
-            int bi = 0;
-            for (int B : {1, 3, S}) {
-                const int steps = steps_for_b[bi++];
-                for (CudaModel* mm : {base.get(), m.get()})
-                    for (int b = 0; b < B; ++b) {
-                        const auto& p = prompts[static_cast<size_t>(b)];
-                        mm->begin_sequence(b, p, sp);
-                        mm->prefill(b, p.data(), static_cast<int64_t>(p.size()), 0, nullptr);
-                        mm->sample_after_prefill(b, static_cast<int64_t>(p.size()));
-                    }
-                std::vector<int32_t> ta(static_cast<size_t>(B)), tb(ta.size());
-                std::vector<float> la(static_cast<size_t>(B) * V), lb(la.size());
-                int tok_diff = 0, logit_steps = 0, first_bad = -1;
-                for (int i = 0; i < steps; ++i) {
-                    base->decode_step(B, ta.data());
-                    m->decode_step(B, tb.data());
-                    base->download_logits(B, la.data());
-                    m->download_logits(B, lb.data());
-                    tok_diff += ta != tb;
-                    if (std::memcmp(la.data(), lb.data(), la.size() * 4) != 0) {
-                        ++logit_steps;
-                        if (first_bad < 0) first_bad = i;
-                    }
+    const char* name = "pdl";
+    for (bool graphs : {true, false}) {
+        auto m = make_model(cpu, S, 64, graphs, 0, false, /*pdl=*/true);
+        if (graphs) std::printf("%s: PDL %s\n", name, m->pdl_active() ? "active" : "not supported here (ignored)");
+        int bi = 0;
+        for (int B : {1, 3, S}) {
+            const int steps = steps_for_b[bi++];
+            for (CudaModel* mm : {base.get(), m.get()})
+                for (int b = 0; b < B; ++b) {
+                    const auto& p = prompts[static_cast<size_t>(b)];
+                    mm->begin_sequence(b, p, sp);
+                    mm->prefill(b, p.data(), static_cast<int64_t>(p.size()), 0, nullptr);
+                    mm->sample_after_prefill(b, static_cast<int64_t>(p.size()));
                 }
-                CHECK(tok_diff == 0 && logit_steps == 0,
-                      "%s (graphs %d) B=%d: %d of %d steps decoded other tokens, %d had other logits (first: step %d)",
-                      v.name, graphs, B, tok_diff, steps, logit_steps, first_bad);
+            std::vector<int32_t> ta(static_cast<size_t>(B)), tb(ta.size());
+            std::vector<float> la(static_cast<size_t>(B) * V), lb(la.size());
+            int tok_diff = 0, logit_steps = 0, first_bad = -1;
+            for (int i = 0; i < steps; ++i) {
+                base->decode_step(B, ta.data());
+                m->decode_step(B, tb.data());
+                base->download_logits(B, la.data());
+                m->download_logits(B, lb.data());
+                tok_diff += ta != tb;
+                if (std::memcmp(la.data(), lb.data(), la.size() * 4) != 0) {
+                    ++logit_steps;
+                    if (first_bad < 0) first_bad = i;
+                }
             }
+            CHECK(tok_diff == 0 && logit_steps == 0,
+                  "%s (graphs %d) B=%d: %d of %d steps decoded other tokens, %d had other logits (first: step %d)",
+                  name, graphs, B, tok_diff, steps, logit_steps, first_bad);
         }
     }
 }
@@ -300,7 +278,7 @@ int main() {
         test_batched_decode(*cpu, false);
         test_batched_decode(*cpu, true);
         test_context_end(*cpu);
-        test_decode_options(*cpu);
+        test_decode_pdl(*cpu);
     } catch (const std::exception& e) {
         std::fprintf(stderr, "FAIL: exception: %s\n", e.what());
         ++g_failures;

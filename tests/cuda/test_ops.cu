@@ -2,7 +2,7 @@
 // RMSNorm (+ int8 quantization, bit-identical to quantize_acts without a norm; with one, bit-identical to a
 // host model of the canonical summation order of csrc/cuda/norm_common.cuh), RoPE + KV-cache
 // store, decode and prompt attention (float64 reference; decode also replayed from a CUDA graph at
-// several positions; the fused RoPE + attention bit-identical to the two steps), the f16 LM head, the int8
+// several positions), the f16 LM head, the int8
 // head (bit-identical to the CPU's), and sampling (greedy == CPU argmax; sampled frequencies
 // against the CPU Sampler's exact probabilities). Inputs are fresh random data for every trial;
 // outputs are poisoned (NaN / odd bytes) first, so every element must have been written.
@@ -17,9 +17,9 @@
 #include <vector>
 
 #include "check_msg.h"
-#include "cuda/cuda_util.cuh"
-#include "cuda/kernels.cuh"
-#include "cuda/launch.cuh"
+#include "cuda/kernels/cuda_util.cuh"
+#include "cuda/kernels/kernels.cuh"
+#include "cuda/kernels/launch.cuh"
 #include "kernels/half.h"
 #include "kernels/head_q8.h"
 #include "kernels/ternary.h"
@@ -105,7 +105,7 @@ void test_embed() {
 // ---------------------------------------------------------------------------------------------------
 // RMSNorm and the fused quantizer
 
-// RMSNorm of one row with the CPU engine's fp32 operations (csrc/forward.cpp) except that the sum of
+// RMSNorm of one row with the CPU engine's fp32 operations (csrc/cpu/forward.cpp) except that the sum of
 // squares is exact (float64): the engine's sequential fp32 sum drifts by ~sqrt(d) ulps over 16384
 // values, more than the 1e-6 asked of the GPU, whose tree sum stays within a few ulps.
 void ref_rmsnorm(const float* x, const float* w, float* out, int d, float eps) {
@@ -580,141 +580,6 @@ void test_attention_decode() {
     }
 }
 
-// attention_decode_rope against the two-step path it fuses (rope_kv_write, then attention_decode) on twin
-// copies of the same cache and projections: the outputs and the caches must be bit-identical. Covers the
-// fused head sizes (64 / 128 / 256) and a fallback one (40), GQA groups of 1 to 8 (several blocks per kv head
-// at 8), fp32 and fp16 caches, one token and a batch of four slots, positions on both sides of the split
-// boundaries. Then a CUDA graph of the fused call (launched with PDL where supported) replayed at a
-// sequence of positions, each against a fresh two-step run: the split counters must be back at zero after
-// every launch or a later replay leaves its output unwritten (poisoned).
-void test_attention_decode_rope() {
-    // Groups of 2 (and blocks with fewer live heads than their capacity: 3 and 6 of 4) with both cache types, and
-    // one context past 4096 per fused head size, where the chunks are longer than the minimum of 64 keys.
-    const HeadCfg cfgs[] = {{32, 32, 64}, {20, 5, 128}, {16, 2, 64}, {2, 2, 256}, {8, 1, 128}, {6, 3, 40},
-                            {8, 4, 128},  {12, 2, 64},  {6, 2, 256}, {12, 4, 128}};
-    for (const HeadCfg& hc : cfgs) {
-        for (bool f16 : {false, true}) {
-            for (int n : {1, 4}) {
-                const int KV = hc.Hkv * hc.hd, D = hc.H * hc.hd, layers = 2, layer = 1, slots = 5;
-                const int ctx = (hc.H == 8 && hc.Hkv == 4) || (hc.H == 6 && hc.Hkv == 2) ? 4500 : 1000;
-                const int ldq = D + 2 * KV + (n == 4 ? 4 : 0), ldo = D + 3;
-                std::vector<float> cs, sn;
-                rope_tables(ctx, hc.hd, 10000.0, cs, sn);
-                auto dc = to_dev(cs);
-                auto dsn = to_dev(sn);
-                std::vector<int32_t> pos(n), slot(n);
-                for (int t = 0; t < n; ++t) {  // distinct slots, as in a batched decode step
-                    slot[t] = (t * 2 + 1) % slots;
-                    const int pick = randint(0, 4);
-                    pos[t] = pick == 0 ? randint(0, 3) : pick == 1 ? 64 * randint(1, 3) - randint(0, 1)
-                           : pick == 2 ? ctx - 1 : randint(0, ctx - 1);
-                }
-                TestCache ca(slots, layers, ctx, KV, f16), cb(slots, layers, ctx, KV, f16);
-                ca.fill_random(0.6f);
-                cb.hk = ca.hk, cb.hv = ca.hv;
-                ca.upload();
-                cb.upload();
-                std::vector<float> qkv(static_cast<size_t>(n) * ldq);
-                for (auto& f : qkv) f = randn() * 2.0f;
-                auto qa = to_dev(qkv), qb = to_dev(qkv);
-                auto dp = to_dev(pos);
-                auto ds = to_dev(slot);
-                DeviceBuffer<float> oa(static_cast<size_t>(n) * ldo), ob(oa.size());
-                DeviceBuffer<float> wa(cu::attention_decode_workspace_floats(n, hc.H, hc.hd)), wb(wa.size());
-                poison(oa), poison(ob), poison(wa), poison(wb);
-                DeviceBuffer<int32_t> ctr(static_cast<size_t>(n) * hc.H);
-                poison(ctr, 0);
-                cu::rope_kv_write(qa.get(), ldq, n, dp.get(), ds.get(), layer, hc.H, hc.Hkv, hc.hd, dc.get(), dsn.get(),
-                                  ca.desc(), nullptr);
-                cu::attention_decode(qa.get(), ldq, n, dp.get(), ds.get(), layer, hc.H, hc.Hkv, hc.hd, ca.desc(), oa.get(),
-                                     ldo, wa.get(), nullptr);
-                cu::attention_decode_rope(qb.get(), ldq, n, dp.get(), ds.get(), layer, hc.H, hc.Hkv, hc.hd, dc.get(),
-                                          dsn.get(), cb.desc(), ob.get(), ldo, wb.get(), ctr.get(), nullptr);
-                const auto xa = from_dev(oa, oa.size()), xb = from_dev(ob, ob.size());
-                ca.download();
-                cb.download();
-                int untouched = 0;
-                for (int t = 0; t < n; ++t)
-                    for (int j = D; j < ldo; ++j) untouched += !is_poison_f(xb[static_cast<size_t>(t) * ldo + j]);
-                const bool out_same = std::memcmp(xa.data(), xb.data(), xa.size() * 4) == 0;
-                const bool cache_same = ca.hk == cb.hk && ca.hv == cb.hv;
-                int ctr_left = 0;
-                for (int32_t c : from_dev(ctr, ctr.size())) ctr_left += c != 0;
-                CHECK(out_same && cache_same && untouched == 0 && ctr_left == 0,
-                      "attention_decode_rope H=%d Hkv=%d hd=%d f16=%d n=%d pos[0]=%d: output %s, cache %s, %d columns "
-                      "past H*hd written, %d counters not reset",
-                      hc.H, hc.Hkv, hc.hd, f16, n, pos[0], out_same ? "identical" : "DIFFERS",
-                      cache_same ? "identical" : "DIFFERS", untouched, ctr_left);
-            }
-        }
-    }
-
-    // One graph of two layers' fused calls back to back (the second launched with PDL where supported, as in the
-    // decode graph: it may start while the first drains, and it reuses the counters the first just reset), replayed
-    // at many positions, each replay against a fresh two-step run of both layers.
-    {
-        const HeadCfg hc{16, 4, 64};
-        const int KV = hc.Hkv * hc.hd, D = hc.H * hc.hd, ldq = D + 2 * KV, ctx = 5000, n = 2, L = 2;  // chunks > 64 past 4096
-        std::vector<float> cs, sn;
-        rope_tables(ctx, hc.hd, 10000.0, cs, sn);
-        auto dc = to_dev(cs);
-        auto dsn = to_dev(sn);
-        TestCache ca(2, L, ctx, KV, false), cb(2, L, ctx, KV, false);
-        ca.fill_random(0.6f);
-        cb.hk = ca.hk, cb.hv = ca.hv;
-        ca.upload();
-        cb.upload();
-        std::vector<int32_t> slot = {1, 0}, pos = {0, 0};
-        auto dp = to_dev(pos);
-        auto ds = to_dev(slot);
-        const size_t qn = static_cast<size_t>(n) * ldq, on = static_cast<size_t>(n) * D;
-        DeviceBuffer<float> qa(L * qn), qb(L * qn), oa(L * on), ob(L * on);  // per layer: its own projections
-        DeviceBuffer<float> wa(cu::attention_decode_workspace_floats(n, hc.H, hc.hd)), wb(wa.size());
-        poison(wb);
-        DeviceBuffer<int32_t> ctr(static_cast<size_t>(n) * hc.H);
-        poison(ctr, 0);
-        CudaStream stream;
-        const GraphExec exec = capture_graph(stream.get(), [&] {
-            for (int l = 0; l < L; ++l) {
-                cu::PdlScope pdl(l > 0 && cu::pdl_supported());  // the first kernel of a graph launches plainly
-                cu::attention_decode_rope(qb.get() + l * qn, ldq, n, dp.get(), ds.get(), l, hc.H, hc.Hkv, hc.hd, dc.get(),
-                                          dsn.get(), cb.desc(), ob.get() + l * on, D, wb.get(), ctr.get(), stream.get());
-            }
-        });
-        int bad = 0, replays = 0;
-        for (int p : {0, 1, 63, 64, 65, 127, 128, 500, 2047, 4095, 4999, 4500, 129, 2}) {
-            pos = {p, std::max(0, ctx - 1 - p)};
-            std::vector<float> qkv(L * qn);
-            for (auto& f : qkv) f = randn();
-            qa.upload(qkv.data(), qkv.size());
-            qb.upload(qkv.data(), qkv.size());
-            dp.upload(pos.data(), n);
-            CUDA_CHECK(cudaDeviceSynchronize());
-            poison(oa), poison(ob);
-            for (int l = 0; l < L; ++l) {
-                cu::rope_kv_write(qa.get() + l * qn, ldq, n, dp.get(), ds.get(), l, hc.H, hc.Hkv, hc.hd, dc.get(),
-                                  dsn.get(), ca.desc(), nullptr);
-                cu::attention_decode(qa.get() + l * qn, ldq, n, dp.get(), ds.get(), l, hc.H, hc.Hkv, hc.hd, ca.desc(),
-                                     oa.get() + l * on, D, wa.get(), nullptr);
-            }
-            CUDA_CHECK(cudaDeviceSynchronize());
-            exec.launch(stream.get());
-            stream.sync();
-            const auto xa = from_dev(oa, oa.size()), xb = from_dev(ob, ob.size());
-            bad += std::memcmp(xa.data(), xb.data(), xa.size() * 4) != 0;
-            ++replays;
-        }
-        ca.download();
-        cb.download();
-        int ctr_left = 0;
-        for (int32_t c : from_dev(ctr, ctr.size())) ctr_left += c != 0;
-        CHECK(bad == 0 && ca.hk == cb.hk && ca.hv == cb.hv && ctr_left == 0,
-              "attention_decode_rope graph replays (2 layers, PDL %s): %d of %d replays differ, cache %s, %d counters "
-              "left nonzero", cu::pdl_supported() ? "on" : "off", bad, replays,
-              ca.hk == cb.hk && ca.hv == cb.hv ? "identical" : "DIFFERS", ctr_left);
-    }
-}
-
 void test_attention_prefill() {
     const HeadCfg cfgs[] = {{32, 32, 64}, {20, 5, 128}, {8, 2, 64}, {6, 3, 40}, {4, 1, 128}, {2, 2, 256}, {3, 1, 6}};
     for (const HeadCfg& hc : cfgs) {
@@ -852,7 +717,7 @@ void test_head_q8() {
 // ---------------------------------------------------------------------------------------------------
 // Sampling
 
-// The CPU Sampler's exact distribution (csrc/sampler.cpp): penalty, p = exp((l - max) / T) in fp32, the
+// The CPU Sampler's exact distribution (csrc/engine/sampler.cpp): penalty, p = exp((l - max) / T) in fp32, the
 // order (p desc, id asc), top-k, then the shortest prefix whose mass reaches top_p of the survivors'.
 std::vector<double> cpu_probs(std::vector<float> l, const std::vector<uint8_t>& seen, const SamplingParams& sp) {
     const int V = static_cast<int>(l.size());
@@ -1170,7 +1035,6 @@ int main() {
         test_rmsnorm_quant();
         test_rope_kv();
         test_attention_decode();
-        test_attention_decode_rope();
         test_attention_prefill();
         test_head();
         test_head_q8();

@@ -7,13 +7,10 @@
 // poisoned with a NaN pattern no kernel computes (AddTo: finite random prior values in the rows it
 // owns) so that an element left unwritten, or written outside [0, out_rows) of a row of ldy, is caught.
 // The CPU reference is TernaryMatrix::from_codes + ternary_matmul per segment (the engine's kernels),
-// times the segment's output scale, then the epilogue exactly as csrc/forward.cpp writes it.
+// times the segment's output scale, then the epilogue exactly as csrc/cpu/forward.cpp writes it.
 //
-// cuda::ternary_gemv_normed (RMSNorm + quantization inside the GEMV) must equal rmsnorm_quant + ternary_gemv
-// bit for bit, on every epilogue, with and without norm weights, any d <= cols, strided and unaligned rows,
-// token counts that split the launch, and replayed from a graph with PDL launches (sm_90).
-// cuda::ternary_gemv_tail must equal ternary_gemv + rmsnorm_quant of its output bit for bit (y and the next
-// activations), over its own input too, in and out of graphs.
+// The decode step's pair rmsnorm_quant + ternary_gemv, replayed from a graph with PDL launches (sm_90), must
+// equal the same pair launched plainly bit for bit, on the model's decode shapes.
 //
 // The seed is new every run and printed; BLLAMA_TEST_SEED=N repeats a run. Exit code 77 (ctest: skipped)
 // where there is no GPU.
@@ -30,13 +27,12 @@
 #include <vector>
 
 #include "check_msg.h"
-#include "cuda/cuda_util.cuh"
-#include "cuda/kernels.cuh"
-#include "cuda/launch.cuh"
-#include "cuda/norm_tail.cuh"
-#include "cuda/ternary_common.cuh"
+#include "cuda/kernels/cuda_util.cuh"
+#include "cuda/kernels/kernels.cuh"
+#include "cuda/kernels/launch.cuh"
+#include "cuda/kernels/ternary_common.cuh"
+#include "cuda/layout.h"
 #include "kernels/ternary.h"
-#include "ternary_rows.h"
 
 using namespace bllama;
 using cuda::Epilogue;
@@ -85,8 +81,7 @@ float log_uniform(std::mt19937& rng, float lo, float hi) {
     return std::exp(u(rng));
 }
 
-// ldy4: a row stride that is a multiple of 4 (what ternary_gemv_tail's in-kernel norm needs).
-Problem make_problem(std::mt19937& rng, int out_rows, int cols, int n, Epilogue ep, int n_seg, bool ldy4 = false) {
+Problem make_problem(std::mt19937& rng, int out_rows, int cols, int n, Epilogue ep, int n_seg) {
     Problem p;
     p.out_rows = out_rows;
     p.cols = cols;
@@ -94,7 +89,6 @@ Problem make_problem(std::mt19937& rng, int out_rows, int cols, int n, Epilogue 
     p.ep = ep;
     p.rows = is_glu(ep) ? 2 * out_rows : out_rows;
     p.ldy = out_rows + (rng() % 2 ? 0 : static_cast<int>(rng() % 37));
-    if (ldy4) p.ldy = (p.ldy + 3) / 4 * 4;
     if (is_glu(ep)) {
         p.n_seg = 2;
         p.seg_end[0] = out_rows;
@@ -375,14 +369,14 @@ void check_graph(Context& ctx, std::mt19937& rng) {
     }
 }
 
-// ternary_gemv_normed vs rmsnorm_quant + ternary_gemv on the weights of a random problem: float rows of d
-// values at stride ldx (NaN between d and ldx: never read), optionally norm weights, optionally one row far
-// below the quantizer's 1e-5 absmax floor; `offset` floats into the buffer (1: no 16-byte loads). Run
-// directly, then (graph) captured with PDL launches where the device has them and replayed `replays` times,
-// each replay from the prior. y must be bit-identical (NaN where the reference is NaN) and rows past
-// out_rows untouched.
-void check_normed(Context& ctx, std::mt19937& rng, int out_rows, int cols, int d, int n, Epilogue ep, int n_seg,
-                  bool with_norm, int offset, int replays) {
+// rmsnorm_quant + ternary_gemv (the decode step's BitLinear) on the weights of a random problem, from float rows of
+// d values at stride ldx (NaN between d and ldx: never read), optionally with norm weights, optionally one row far
+// below the quantizer's 1e-5 absmax floor; `offset` floats into the buffer (1: no 16-byte loads). Launched plainly
+// once for the reference, then captured as the decode step records it (a plain launch first, then PDL launches
+// where the device has them) and replayed `replays` times from the prior, with the activations poisoned before
+// every replay (they must be rewritten each time). y must be bit-identical and rows past out_rows untouched.
+void check_pdl_graph(Context& ctx, std::mt19937& rng, int out_rows, int cols, int d, int n, Epilogue ep, int n_seg,
+                     bool with_norm, int offset, int replays) {
     ++ctx.trials;
     const Problem p = make_problem(rng, out_rows, cols, n, ep, n_seg);  // its weights, ldy and prior
     DeviceProblem dp(p);
@@ -397,7 +391,7 @@ void check_normed(Context& ctx, std::mt19937& rng, int out_rows, int cols, int d
     std::vector<float> nw(static_cast<size_t>(d));
     std::uniform_real_distribution<float> uw(0.2f, 2.0f);
     for (auto& v : nw) v = uw(rng);
-    DeviceBuffer<float> dx(x.size()), dnw(nw.size()), scale(static_cast<size_t>(n)), y2(p.prior.size());
+    DeviceBuffer<float> dx(x.size()), dnw(nw.size()), scale(static_cast<size_t>(n)), y_ref(p.prior.size());
     DeviceBuffer<int8_t> q(static_cast<size_t>(n) * cols);
     DeviceBuffer<int32_t> rs(static_cast<size_t>(n));
     cudaStream_t s = ctx.stream.get();
@@ -406,163 +400,44 @@ void check_normed(Context& ctx, std::mt19937& rng, int out_rows, int cols, int d
     const float* xin = dx.get() + offset;
     const float* w = with_norm ? dnw.get() : nullptr;
     const cuda::DevActs acts{q.get(), scale.get(), rs.get(), cols};
-    float* y1 = dp.y.get();
-
-    auto unfused = [&] {
+    auto bitlinear = [&](float* y) {
         cuda::rmsnorm_quant(xin, ldx, w, n, d, eps, acts, s);
-        cuda::ternary_gemv(dp.w, acts, n, y1, p.ldy, ep, s);
+        cuda::ternary_gemv(dp.w, acts, n, y, p.ldy, ep, s);
     };
-    auto fused = [&] { cuda::ternary_gemv_normed(dp.w, xin, ldx, w, d, eps, n, y2.get(), p.ldy, ep, s); };
     char desc[300];
-    std::snprintf(desc, sizeof desc, "normed: %s, d %d, ldx %d, offset %d, %s", p.desc.c_str(), d, ldx, offset,
+    std::snprintf(desc, sizeof desc, "pdl graph: %s, d %d, ldx %d, offset %d, %s", p.desc.c_str(), d, ldx, offset,
                   with_norm ? "norm" : "no norm");
-    std::vector<float> a(p.prior.size()), b(p.prior.size());
-    auto compare_ab = [&](const char* how) {
-        dp.y.download(a.data(), a.size(), s);
-        y2.download(b.data(), b.size(), s);
+    std::vector<float> want(p.prior.size()), got(p.prior.size());
+    y_ref.upload(p.prior.data(), p.prior.size(), s);
+    bitlinear(y_ref.get());
+    y_ref.download(want.data(), want.size(), s);
+
+    const GraphExec exec = capture_graph(s, [&] {
+        cuda::rmsnorm_quant(xin, ldx, w, n, d, eps, acts, s);
+        cuda::PdlScope pdl(cuda::pdl_supported());
+        bitlinear(dp.y.get());
+    });
+    for (int rep = 0; rep < replays; ++rep) {
+        dp.y.upload(p.prior.data(), p.prior.size(), s);
+        CUDA_CHECK(cudaMemsetAsync(q.get(), 0x5A, q.bytes(), s));
+        CUDA_CHECK(cudaMemsetAsync(scale.get(), 0xFF, scale.bytes(), s));
+        CUDA_CHECK(cudaMemsetAsync(rs.get(), 0x7F, rs.bytes(), s));
+        exec.launch(s);
+        dp.y.download(got.data(), got.size(), s);
         ctx.stream.sync();
         int bad = 0;
         for (int t = 0; t < n; ++t)
             for (int r = 0; r < p.ldy; ++r) {
                 const size_t i = static_cast<size_t>(t) * p.ldy + r;
                 bool ok;
-                if (r >= out_rows) ok = bits(a[i]) == kPoisonBits && bits(b[i]) == kPoisonBits;
-                else if (bits(b[i]) == kPoisonBits) ok = false;
-                else ok = bits(a[i]) == bits(b[i]) || (std::isnan(a[i]) && std::isnan(b[i]));
+                if (r >= out_rows) ok = bits(got[i]) == kPoisonBits && bits(want[i]) == kPoisonBits;
+                else if (bits(got[i]) == kPoisonBits) ok = false;
+                else ok = bits(got[i]) == bits(want[i]) || (std::isnan(got[i]) && std::isnan(want[i]));
                 if (!ok && ++bad <= 3)
-                    std::fprintf(stderr, "  %s (%s): t %d r %d: fused %.9g (0x%08x), unfused %.9g (0x%08x)\n", desc, how,
-                                 t, r, b[i], bits(b[i]), a[i], bits(a[i]));
+                    std::fprintf(stderr, "  %s (replay %d): t %d r %d: graph %.9g (0x%08x), plain %.9g (0x%08x)\n", desc,
+                                 rep, t, r, got[i], bits(got[i]), want[i], bits(want[i]));
             }
-        CHECK(bad == 0, "%s (%s): %d elements differ from rmsnorm_quant + ternary_gemv", desc, how, bad);
-    };
-    auto reset = [&] {
-        dp.y.upload(p.prior.data(), p.prior.size(), s);
-        y2.upload(p.prior.data(), p.prior.size(), s);
-    };
-
-    reset();
-    unfused();
-    fused();
-    compare_ab("direct");
-    if (replays == 0) return;
-
-    // A graph as the decode step records it: a plain launch first (its activations are rewritten next), then
-    // the PDL launches. The activations are poisoned before every replay: they must be rewritten each time.
-    // The fused launch also prefetches its whole matrix into L2 before it waits (CudaOptions::prefetch_l2): a hint
-    // that must not change a bit.
-    const GraphExec exec = capture_graph(s, [&] {
-        cuda::rmsnorm_quant(xin, ldx, w, n, d, eps, acts, s);
-        cuda::PdlScope pdl(cuda::pdl_supported());
-        unfused();
-        cuda::L2PrefetchScope prefetch(true);
-        fused();
-    });
-    for (int rep = 0; rep < replays; ++rep) {
-        reset();
-        CUDA_CHECK(cudaMemsetAsync(q.get(), 0x5A, q.bytes(), s));
-        CUDA_CHECK(cudaMemsetAsync(scale.get(), 0xFF, scale.bytes(), s));
-        CUDA_CHECK(cudaMemsetAsync(rs.get(), 0x7F, rs.bytes(), s));
-        exec.launch(s);
-        char how[64];
-        std::snprintf(how, sizeof how, "graph + pdl (+ L2 prefetch), replay %d", rep);
-        compare_ab(how);
-    }
-}
-
-// ternary_gemv_tail vs ternary_gemv + rmsnorm_quant(y) on a random problem: y and the next activations (codes over
-// next_cols columns, scale, row sum) bit-identical, the counter back at zero. alias: the tail writes over the GEMV's
-// own input activations (as CudaModel does). Shapes a block cannot hold (more than kTailMaxTokens tokens, rows not
-// a multiple of 4, too many values) take the launcher's fallback and must give the same. Then (replays) a graph
-// with a plain launch first and the tail call with PDL, replayed from fresh inputs each time.
-void check_tail(Context& ctx, std::mt19937& rng, int out_rows, int cols, int n, Epilogue ep, int n_seg, bool with_norm,
-                bool alias, int next_cols, int replays) {
-    ++ctx.trials;
-    const Problem p = make_problem(rng, out_rows, cols, n, ep, n_seg, /*ldy4=*/true);
-    // In the kernel exactly where a block of 256 threads holds the rows (kernels.cuh, norm_tail.cuh); else the fallback.
-    const bool want_fused = n <= cuda::detail::kTailMaxTokens && out_rows % 4 == 0 && next_cols % 4 == 0 &&
-                            cuda::detail::norm_tail_fits(n, out_rows, 256);
-    DeviceProblem da(p);
-    cudaStream_t s = ctx.stream.get();
-    const float eps = 1e-5f;
-    std::vector<float> nw(static_cast<size_t>(out_rows));
-    std::uniform_real_distribution<float> uw(0.2f, 2.0f);
-    for (auto& v : nw) v = uw(rng);
-    DeviceBuffer<float> dnw(nw.size()), yb(p.prior.size()), s_ref(static_cast<size_t>(n)), s_out(static_cast<size_t>(n));
-    DeviceBuffer<int8_t> q_ref(static_cast<size_t>(n) * next_cols), q_out(static_cast<size_t>(n) * next_cols);
-    DeviceBuffer<int8_t> xq(static_cast<size_t>(n) * std::max(cols, next_cols));  // the tail's copy of x
-    DeviceBuffer<float> xs(static_cast<size_t>(n));
-    DeviceBuffer<int32_t> xrs(static_cast<size_t>(n)), rs_ref(static_cast<size_t>(n)), rs_out(static_cast<size_t>(n));
-    DeviceBuffer<int32_t> ctr(1);
-    dnw.upload(nw.data(), nw.size(), s);
-    CUDA_CHECK(cudaMemsetAsync(ctr.get(), 0, 4, s));
-    const float* w = with_norm ? dnw.get() : nullptr;
-    const cuda::DevActs ref_out{q_ref.get(), s_ref.get(), rs_ref.get(), next_cols};
-    const cuda::DevActs x_b{xq.get(), xs.get(), xrs.get(), cols};
-    const cuda::DevActs out_b = alias ? cuda::DevActs{xq.get(), xs.get(), xrs.get(), next_cols}
-                                      : cuda::DevActs{q_out.get(), s_out.get(), rs_out.get(), next_cols};
-    const cuda::NormTail tail{w, eps, out_b, ctr.get()};
-    auto reset = [&] {
-        da.y.upload(p.prior.data(), p.prior.size(), s);
-        yb.upload(p.prior.data(), p.prior.size(), s);
-        CUDA_CHECK(cudaMemsetAsync(xq.get(), 0x5A, xq.bytes(), s));  // past n * cols too: the tail's padding must be written
-        xq.upload(p.qa.q.data(), p.qa.q.size(), s);
-        xs.upload(p.qa.act_scale.data(), static_cast<size_t>(n), s);
-        xrs.upload(p.row_sum.data(), static_cast<size_t>(n), s);
-        CUDA_CHECK(cudaMemsetAsync(q_ref.get(), 0x5A, q_ref.bytes(), s));
-        CUDA_CHECK(cudaMemsetAsync(q_out.get(), 0x5A, q_out.bytes(), s));
-    };
-    auto reference = [&] {
-        cuda::ternary_gemv(da.w, da.x, n, da.y.get(), p.ldy, ep, s);
-        cuda::rmsnorm_quant(da.y.get(), p.ldy, w, n, out_rows, eps, ref_out, s);
-    };
-    bool was_fused = false;
-    auto fused = [&] { was_fused = cuda::ternary_gemv_tail(da.w, x_b, n, yb.get(), p.ldy, ep, tail, s); };
-    char desc[300];
-    std::snprintf(desc, sizeof desc, "tail: %s, next cols %d, %s%s", p.desc.c_str(), next_cols, with_norm ? "norm" : "no norm",
-                  alias ? ", over its own input" : "");
-    auto compare = [&](const char* how) {
-        std::vector<float> ya(p.prior.size()), yv(p.prior.size()), sa(static_cast<size_t>(n)), sb(sa.size());
-        std::vector<int8_t> qa(static_cast<size_t>(n) * next_cols), qb(qa.size());
-        std::vector<int32_t> ra(static_cast<size_t>(n)), rb(ra.size());
-        int32_t c = -1;
-        da.y.download(ya.data(), ya.size(), s);
-        yb.download(yv.data(), yv.size(), s);
-        q_ref.download(qa.data(), qa.size(), s);
-        DeviceBuffer<int8_t>* qo = alias ? &xq : &q_out;
-        CUDA_CHECK(cudaMemcpyAsync(qb.data(), qo->get(), qb.size(), cudaMemcpyDeviceToHost, s));
-        s_ref.download(sa.data(), sa.size(), s);
-        CUDA_CHECK(cudaMemcpyAsync(sb.data(), out_b.scale, sb.size() * 4, cudaMemcpyDeviceToHost, s));
-        rs_ref.download(ra.data(), ra.size(), s);
-        CUDA_CHECK(cudaMemcpyAsync(rb.data(), out_b.row_sum, rb.size() * 4, cudaMemcpyDeviceToHost, s));
-        ctr.download(&c, 1, s);
-        ctx.stream.sync();
-        int bad_y = 0;
-        for (size_t i = 0; i < ya.size(); ++i) bad_y += bits(ya[i]) != bits(yv[i]) && !(std::isnan(ya[i]) && std::isnan(yv[i]));
-        CHECK(bad_y == 0, "%s (%s): %d elements of y differ from ternary_gemv", desc, how, bad_y);
-        CHECK(std::memcmp(qa.data(), qb.data(), qa.size()) == 0, "%s (%s): the next activations' codes differ from rmsnorm_quant",
-              desc, how);
-        CHECK(std::memcmp(sa.data(), sb.data(), sa.size() * 4) == 0 && ra == rb, "%s (%s): scale or row sum differs", desc, how);
-        CHECK(c == 0, "%s (%s): counter left at %d", desc, how, c);
-    };
-    reset();
-    reference();
-    fused();
-    compare("direct");
-    CHECK(was_fused == want_fused, "%s: the norm ran %s the GEMV, expected %s", desc, was_fused ? "inside" : "after",
-          want_fused ? "inside" : "after");
-    if (replays == 0) return;
-    const GraphExec exec = capture_graph(s, [&] {
-        cuda::rmsnorm_quant(da.y.get(), p.ldy, w, n, out_rows, eps, ref_out, s);  // a plain first launch
-        cuda::PdlScope pdl(cuda::pdl_supported());
-        reference();
-        fused();
-    });
-    for (int rep = 0; rep < replays; ++rep) {
-        reset();
-        exec.launch(s);
-        char how[48];
-        std::snprintf(how, sizeof how, "graph + pdl, replay %d", rep);
-        compare(how);
+        CHECK(bad == 0, "%s (replay %d): %d elements differ from plain launches", desc, rep, bad);
     }
 }
 
@@ -586,31 +461,6 @@ void check_arguments(Context& ctx, std::mt19937& rng) {
     float* y = d.y.get();
     CHECK(throws_invalid([&] { cuda::ternary_gemv(d.w, d.x, 9, y, p.ldy, p.ep, s); }), "gemv accepted 9 tokens");
     CHECK(throws_invalid([&] { cuda::ternary_gemv(d.w, d.x, -1, y, p.ldy, p.ep, s); }), "gemv accepted -1 tokens");
-    {
-        DeviceBuffer<float> xf(9 * 512);
-        const float* xp = xf.get();
-        CHECK(throws_invalid([&] { cuda::ternary_gemv_normed(d.w, xp, 512, nullptr, 512, 1e-5f, 9, y, p.ldy, p.ep, s); }),
-              "gemv_normed accepted 9 tokens");
-        CHECK(throws_invalid([&] { cuda::ternary_gemv_normed(d.w, xp, 600, nullptr, 513, 1e-5f, 1, y, p.ldy, p.ep, s); }),
-              "gemv_normed accepted d > cols");
-        CHECK(throws_invalid([&] { cuda::ternary_gemv_normed(d.w, xp, 512, nullptr, 0, 1e-5f, 1, y, p.ldy, p.ep, s); }),
-              "gemv_normed accepted d = 0");
-        CHECK(throws_invalid([&] { cuda::ternary_gemv_normed(d.w, xp, 100, nullptr, 200, 1e-5f, 2, y, p.ldy, p.ep, s); }),
-              "gemv_normed accepted ldx < d");
-        CHECK(throws_invalid([&] { cuda::ternary_gemv_normed(d.w, nullptr, 512, nullptr, 512, 1e-5f, 1, y, p.ldy, p.ep, s); }),
-              "gemv_normed accepted a null input");
-    }
-    {
-        DeviceBuffer<int32_t> c(1);
-        cuda::NormTail t{nullptr, 1e-5f, cuda::DevActs{d.x.q, d.x.scale, d.x.row_sum, 32}, c.get()};
-        CHECK(throws_invalid([&] { cuda::ternary_gemv_tail(d.w, d.x, 2, y, p.ldy, p.ep, t, s); }),
-              "gemv_tail accepted out.cols < output rows");
-        t.out.cols = 512;
-        CHECK(throws_invalid([&] { cuda::ternary_gemv_tail(d.w, d.x, 9, y, p.ldy, p.ep, t, s); }), "gemv_tail accepted 9 tokens");
-        t.counter = nullptr;
-        CHECK(throws_invalid([&] { cuda::ternary_gemv_tail(d.w, d.x, 1, y, p.ldy, p.ep, t, s); }),
-              "gemv_tail accepted a null counter");
-    }
     CHECK(throws_invalid([&] { cuda::ternary_gemm_mma(d.w, d.x, 2, y, p.out_rows - 1, p.ep, s); }),
           "mma accepted ldy < rows");
     CHECK(throws_invalid([&] { cuda::ternary_gemm_mma(d.w, d.x, 2, y, p.ldy, Epilogue::GluSilu, s); }),
@@ -636,7 +486,6 @@ void check_arguments(Context& ctx, std::mt19937& rng) {
     d.y.upload(p.prior.data(), p.prior.size(), s);
     cuda::ternary_gemv(d.w, d.x, 0, y, p.ldy, p.ep, s);
     cuda::ternary_gemm_mma(d.w, d.x, 0, y, p.ldy, p.ep, s);
-    cuda::ternary_gemv_normed(d.w, nullptr, 512, nullptr, 512, 1e-5f, 0, y, p.ldy, p.ep, s);
     if (cuda::CublasLtGemm::available()) ctx.cublaslt(p).run(d.w, d.x, 0, y, p.ldy, p.ep, s);
     std::vector<float> got(p.prior.size());
     d.y.download(got.data(), got.size(), s);
@@ -713,43 +562,16 @@ int main() {
         ctx.check_all(make_problem(rng, 70, 30720, 8, Epilogue::AddTo, 2));
         ctx.check_all(make_problem(rng, 33, 30720, 37, Epilogue::GluSilu, 2));
 
-        // ternary_gemv_normed: every token count and column class, d == cols and d < cols (padded columns,
-        // odd d: scalar loads), strided and unaligned rows, with and without norm weights.
-        for (int n = 1; n <= cuda::kGemvMaxTokens; ++n)
-            for (int cols : {256, 512, 2048, 2560, 8192, 8448}) {
-                const int d = rng() % 3 == 0 ? cols : std::max(1, cols - static_cast<int>(rng() % 300));
-                check_normed(ctx, rng, pick(rng, rows_set), cols, d, n, random_ep(rng), 1 + static_cast<int>(rng() % 3),
-                             rng() % 4 != 0, rng() % 4 == 0 ? 1 : 0, n <= 2 ? 3 : 0);
-            }
-        // The model's decode shapes at 1 token (1.7B: q|k|v, o, gate|up, down), replayed from graphs with PDL.
-        check_normed(ctx, rng, 2048 + 2 * 2048, 2048, 2048, 1, Epilogue::Store, 3, true, 0, 20);
-        check_normed(ctx, rng, 2048, 2048, 2048, 1, Epilogue::AddTo, 1, true, 0, 20);
-        check_normed(ctx, rng, 8192, 2048, 2048, 1, Epilogue::GluSilu, 2, true, 0, 20);
-        check_normed(ctx, rng, 2048, 8192, 8192, 1, Epilogue::AddTo, 1, true, 0, 20);
-        check_normed(ctx, rng, 6912, 2560, 2560, 4, Epilogue::GluRelu2, 2, true, 0, 5);
-        // Rows longer than rmsnorm_quant's register cache (its long kernel), and more tokens than one block's
-        // shared memory holds at that length (the launch is split).
-        check_normed(ctx, rng, 70, 20224, 20000, 3, Epilogue::AddTo, 2, true, 0, 2);
-        check_normed(ctx, rng, 33, 30720, 30720, 8, Epilogue::GluSilu, 2, true, 1, 2);
-
-        // ternary_gemv_tail: the model's decode shapes (1.7B o -> gate|up, gate|up -> down, down -> the next q|k|v;
-        // 2B-4T's), over separate buffers and over its own input, with and without norm weights; token counts on both
-        // sides of kTailMaxTokens; rows the kernel cannot take (not a multiple of 4, or too many for one block).
-        for (int n : {1, 2, 4})
-            check_tail(ctx, rng, 2048, 2048, n, Epilogue::AddTo, 1, true, n != 2, 8192, n == 1 ? 10 : 2);
-        check_tail(ctx, rng, 8192, 2048, 1, Epilogue::GluSilu, 2, true, true, 8192, 10);
-        check_tail(ctx, rng, 8192, 2048, 2, Epilogue::GluSilu, 2, true, false, 8192, 2);  // 2 x 8192: fallback
-        check_tail(ctx, rng, 2048, 8192, 1, Epilogue::AddTo, 1, true, true, 2048, 10);
-        check_tail(ctx, rng, 2048, 8192, 3, Epilogue::AddTo, 1, false, false, 2048, 0);
-        check_tail(ctx, rng, 2560, 2560, 1, Epilogue::AddTo, 1, true, true, 2560, 3);
-        check_tail(ctx, rng, 6912, 2560, 1, Epilogue::GluRelu2, 2, true, true, 6912, 3);
-        check_tail(ctx, rng, 2560, 6912, 2, Epilogue::AddTo, 1, true, false, 2560, 0);
-        for (int n = 1; n <= cuda::kGemvMaxTokens; ++n) {
-            const int rows = pick(rng, {4, 16, 100, 128, 257, 1000, 4100});
-            const int next = (rows + 255) / 256 * 256 + (rng() % 2 ? 256 : 0);
-            check_tail(ctx, rng, rows, pick(rng, {256, 512, 2048, 2560}), n, random_ep(rng), 1 + static_cast<int>(rng() % 3),
-                       rng() % 4 != 0, rng() % 2 == 0, next, 0);
-        }
+        // The decode step's norm + GEMV at the model's decode shapes (1.7B: q|k|v, o, gate|up, down at 1 token;
+        // 2B-4T gate|up at 4), replayed from graphs with PDL; then rows longer than rmsnorm_quant's register cache
+        // (its long kernel), and more tokens than one block's shared memory holds at that length (the launch is split).
+        check_pdl_graph(ctx, rng, 2048 + 2 * 2048, 2048, 2048, 1, Epilogue::Store, 3, true, 0, 20);
+        check_pdl_graph(ctx, rng, 2048, 2048, 2048, 1, Epilogue::AddTo, 1, true, 0, 20);
+        check_pdl_graph(ctx, rng, 8192, 2048, 2048, 1, Epilogue::GluSilu, 2, true, 0, 20);
+        check_pdl_graph(ctx, rng, 2048, 8192, 8192, 1, Epilogue::AddTo, 1, true, 0, 20);
+        check_pdl_graph(ctx, rng, 6912, 2560, 2560, 4, Epilogue::GluRelu2, 2, true, 0, 5);
+        check_pdl_graph(ctx, rng, 70, 20224, 20000, 3, Epilogue::AddTo, 2, true, 0, 2);
+        check_pdl_graph(ctx, rng, 33, 30720, 30720, 8, Epilogue::GluSilu, 2, true, 1, 2);
 
         check_graph(ctx, rng);
         check_arguments(ctx, rng);

@@ -20,7 +20,7 @@ namespace cuda {
 // ---------------------------------------------------------------------------------------------------
 // Ternary matmuls (gemv_ternary.cu, gemm_ternary_mma.cu, gemm_cublaslt.cu)
 
-// A ternary matrix on the device in the ternary_rows.h layout. Several BitLinears that read the same
+// A ternary matrix on the device in the cuda/layout.h layout. Several BitLinears that read the same
 // input may be stacked by rows (q|k|v, gate|up) so one launch runs them all: segment i covers rows
 // [i ? seg_end[i-1] : 0, seg_end[i]) and carries that BitLinear's scale and output scale.
 constexpr int kMaxSegments = 3;
@@ -56,34 +56,6 @@ enum class Epilogue : int {
 constexpr int kGemvMaxTokens = 8;
 void ternary_gemv(const DevTernary& w, const DevActs& x, int n_tokens, float* y, int ldy, Epilogue ep,
                   cudaStream_t stream);
-
-// The next BitLinear's input, computed by a decode GEMV's last block (the "norm tail", CudaOptions::norm_tail):
-// once every block has stored its rows of y, the block that finishes last runs
-//   rmsnorm_quant(y, ldy, norm_w, n_tokens, out_rows, eps, out)
-// itself (csrc/cuda/norm_tail.cuh), so the decode step saves that launch and its wait. Bit-identical to calling
-// rmsnorm_quant after the GEMV, which the launcher does instead where the tail cannot run in the kernel (rows one
-// block cannot hold in registers, unaligned rows or weights, a launch split over the tokens). norm_w null: no norm
-// (quantization only). out may be the GEMV's own input x: every block has read x before the last one starts.
-// counter: one int32 of device memory, zero before the first call and left zero; calls that may overlap (other
-// streams) need their own.
-struct NormTail {
-    const float* norm_w = nullptr;  // [out_rows]
-    float eps = 0.0f;
-    DevActs out;                    // out.cols >= out_rows
-    int32_t* counter = nullptr;
-};
-// Returns whether the norm ran inside the GEMV (false: the launcher's fallback ran it as its own kernel).
-bool ternary_gemv_tail(const DevTernary& w, const DevActs& x, int n_tokens, float* y, int ldy, Epilogue ep,
-                       const NormTail& tail, cudaStream_t stream);
-
-// rmsnorm_quant + ternary_gemv in one launch (decode, 1 <= n_tokens <= kGemvMaxTokens): every block
-// normalizes and quantizes the n float rows x[t * ldx + k] (k < d <= w.cols; columns [d, w.cols) are
-// zero) itself, with exactly rmsnorm_quant's arithmetic, so y is bit-identical to
-//   rmsnorm_quant(x, ldx, norm_w, n, d, eps, acts) ; ternary_gemv(w, acts, n, y, ldy, ep)
-// whatever the two kernels' block shapes (the sum of squares has a canonical order: norm_common.cuh).
-// norm_w null: no norm (quantization only). x must not overlap y.
-void ternary_gemv_normed(const DevTernary& w, const float* x, int ldx, const float* norm_w, int d, float eps,
-                         int n_tokens, float* y, int ldy, Epilogue ep, cudaStream_t stream);
 
 // Prompt GEMM for any n_tokens >= 1: our int8 tensor-core kernel (mma.sync m16n8k32, u8 codes x s8
 // activations), which unpacks the 2-bit words itself; the weights are never expanded in memory.
@@ -156,19 +128,6 @@ void attention_decode(const float* q, int ldq, int n, const int32_t* pos, const 
                       int H, int Hkv, int hd, KvCache kv, float* out, int ldo, float* workspace,
                       cudaStream_t stream);
 
-// rope_kv_write + attention_decode in one launch (decode steps; bench/NOTES-cuda.md): qkv holds the raw q | k | v
-// projections. Each block rotates its query heads itself; the blocks that hold a token's own position rotate its
-// key, attend to it (and its value) from registers and store both in the cache; the last block of each head group
-// to finish combines the splits. Results (out and the cache) are bit-identical to the two-step path; the q and k
-// columns of qkv are left unspecified (rotated or not). Head sizes other than 64 / 128 / 256 (or unaligned rows)
-// run the two-step path. The tokens of one call must be in distinct slots (a decode step's are): a token's blocks
-// read the cache rows another token of the same launch may be writing. workspace: as attention_decode's. counters: n * H int32, zero before the first call
-// (cudaMemset once); every call leaves them zero. Their layout does not depend on n, so one buffer serves calls of
-// any token count up to its size.
-void attention_decode_rope(float* qkv, int ldq, int n, const int32_t* pos, const int32_t* slot, int layer, int H,
-                           int Hkv, int hd, const float* cos_tab, const float* sin_tab, KvCache kv, float* out, int ldo,
-                           float* workspace, int32_t* counters, cudaStream_t stream);
-
 // Prompt attention: n tokens of one slot at positions pos0 .. pos0 + n - 1 (their k, v already in the
 // cache), each attending positions 0 .. its own. Tiled over queries and keys (K/V tiles in shared memory).
 void attention_prefill(const float* q, int ldq, int n, int pos0, int slot, int layer, int H, int Hkv, int hd,
@@ -198,7 +157,7 @@ struct DevSampling {
 
 // One token per row of logits [n, V] (modified in place by penalty and temperature) into tokens[t].
 // greedy: the largest logit, the lowest index on ties (the CPU's argmax, after the penalty).
-// Otherwise the CPU Sampler's distribution (csrc/sampler.cpp: penalty, temperature, top-k, then top-p
+// Otherwise the CPU Sampler's distribution (csrc/engine/sampler.cpp: penalty, temperature, top-k, then top-p
 // over the survivors) drawn with a counter-based RNG keyed by (seed + t, step[t]): row t draws what row 0 of a
 // one-row call draws with seed + t and the same counter and history. seen: [n, V] bytes, nonzero for
 // tokens already in that row's sequence (may be null when repetition_penalty == 1). step: n device counters,

@@ -9,16 +9,16 @@
 #include <algorithm>
 #include <stdexcept>
 
-#include "cuda/cuda_util.cuh"
-#include "cuda/kernels.cuh"
-#include "cuda/launch.cuh"
+#include "cuda/kernels/cuda_util.cuh"
+#include "cuda/kernels/head_common.cuh"
+#include "cuda/kernels/kernels.cuh"
+#include "cuda/kernels/launch.cuh"
 
 namespace bllama {
 namespace cuda {
 
 namespace {
 
-constexpr int kHeadThreads = 256;
 constexpr int kRows = 2;  // rows per warp: each x load is reused for both
 
 // 8 halves -> 8 floats.
@@ -37,23 +37,9 @@ template <int NT, bool VEC8, bool STREAM>
 __global__ void __launch_bounds__(kHeadThreads)
     head_kernel(const __half* __restrict__ w, int V, int D, const float* __restrict__ x, int n,
                 float* __restrict__ logits) {
-    pdl_trigger();
     const int lane = threadIdx.x & 31;
-    const int r0 = (blockIdx.x * (kHeadThreads / 32) + (threadIdx.x >> 5)) * kRows;
     const __half* wr[kRows];
-#pragma unroll
-    for (int r = 0; r < kRows; ++r) wr[r] = w + static_cast<int64_t>(min(r0 + r, V - 1)) * D;
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    // The weights are constant: the start of this warp's rows into L2 while the kernel ahead finishes (PDL,
-    // sm_90 only: elsewhere nothing runs ahead of the wait).
-    if (VEC8 && r0 < V)
-#pragma unroll
-        for (int r = 0; r < kRows; ++r)
-#pragma unroll
-            for (int i = 0; i < 4; ++i)
-                if (lane * 8 + i * 256 < D) prefetch_l2(wr[r] + lane * 8 + i * 256);
-#endif
-    pdl_wait();
+    const int r0 = head_warp_start<kRows, 4, VEC8>(w, V, D, wr);  // the first 2 KiB of each row prefetched
     if (r0 >= V) return;  // whole warps only: no barrier follows
     const int nr = min(kRows, V - r0);
 

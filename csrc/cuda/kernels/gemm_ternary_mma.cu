@@ -5,7 +5,7 @@
 //
 // Tiling. A block computes BM weight rows x BN tokens, stepping over the columns 128 at a time (one
 // k-tile) through a 3-stage cp.async pipeline in shared memory:
-//   weights: BM rows x 8 words (32 bytes per row, packed as in ternary_rows.h)
+//   weights: BM rows x 8 words (32 bytes per row, packed as in cuda/layout.h)
 //   tokens:  BN rows x 128 int8, each row padded to 144 bytes (conflict-free 16-byte reads, see below)
 // Each warp owns WM x WN of the block (WM/16 m-tiles times WN/8 n-tiles of mma accumulators).
 //
@@ -26,9 +26,9 @@
 #include <stdexcept>
 #include <string>
 
-#include "cuda/cuda_util.cuh"
-#include "cuda/kernels.cuh"
-#include "cuda/ternary_common.cuh"
+#include "cuda/kernels/cuda_util.cuh"
+#include "cuda/kernels/kernels.cuh"
+#include "cuda/kernels/ternary_common.cuh"
 
 namespace bllama {
 namespace cuda {

@@ -1,14 +1,14 @@
 // What the three ternary matmul paths (gemv_ternary.cu, gemm_ternary_mma.cu, gemm_cublaslt.cu) share:
 // argument checks, cached device properties, and the BitLinear epilogue, so that all of them round
-// exactly like the CPU engine (csrc/forward.cpp):
+// exactly like the CPU engine (csrc/cpu/forward.cpp):
 //   v = ((float)acc * (seg_scale / act_scale)) * seg_out_scale
 // then Store (y = v), AddTo (y = y + v), or a GLU of a gate and an up value. Every float operation is an
 // explicit _rn intrinsic: nvcc contracts a * b + c into an FMA by default, which would round once where
 // the CPU rounds twice. The division is IEEE (no fast math) like the CPU's.
 #pragma once
 
-#include "cuda/cuda_util.cuh"
-#include "cuda/kernels.cuh"
+#include "cuda/kernels/cuda_util.cuh"
+#include "cuda/kernels/kernels.cuh"
 
 namespace bllama {
 namespace cuda {
@@ -57,8 +57,6 @@ __host__ __device__ constexpr bool is_glu(Epilogue ep) {
 // Returns the number of output rows: w.rows, or R = w.rows / 2 for the GLU modes.
 int check_ternary_args(const char* who, const DevTernary& w, const DevActs& x, int n_tokens, const float* y,
                        int ldy, Epilogue ep);
-// The same checks without the activations (ternary_gemv_normed checks its float input itself).
-int check_ternary_matrix(const char* who, const DevTernary& w, int n_tokens, const float* y, int ldy, Epilogue ep);
 
 namespace detail {
 // ternary_gemm_mma with its tile shape forced (benchmarks and tests; Auto is what ternary_gemm_mma does):

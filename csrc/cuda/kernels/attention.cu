@@ -14,9 +14,6 @@
 //     are merged with shuffles, the 4 warps through shared memory, and the block writes one partial
 //     (max, sum, acc[hd]) to the workspace.
 //  2. attn_combine_kernel, grid (H, n): merges the partials of each head with log-sum-exp weights.
-// Decode fused (attention_decode_rope, one launch): the split kernel with FUSED set also applies RoPE to its
-// queries and to the token's own key (which it stores in the cache and uses from registers), and the last split
-// block of each head group to finish runs the combine (same arithmetic: combine_weights / combine_value).
 //
 // Prompt: attn_prefill_kernel, grid (ceil(n / 16), H), 128 threads: 16 queries of one head per block,
 // 8 threads per query. Q (transposed), K (transposed, padded) and V tiles of BK keys in shared memory;
@@ -27,9 +24,9 @@
 #include <stdexcept>
 #include <string>
 
-#include "cuda/cuda_util.cuh"
-#include "cuda/kernels.cuh"
-#include "cuda/launch.cuh"
+#include "cuda/kernels/cuda_util.cuh"
+#include "cuda/kernels/kernels.cuh"
+#include "cuda/kernels/launch.cuh"
 
 namespace bllama {
 namespace cuda {
@@ -111,10 +108,9 @@ __device__ __forceinline__ void merge_state(float& m, float& l, float (&a)[kEpl]
     m = mx;
 }
 
-// The combine of one head's partials, shared by attn_combine_kernel and the fused split kernel's last block so
-// that both give the same bits. combine_weights is run by one warp: wt[s] = 2^(m_s - M) for the ns splits
-// (M their max) and *inv_sum = 1 / sum_s l_s wt[s]; then out[e] = combine_value(e) * inv_sum. Loads go through
-// L2 (__ldcg): in the fused kernel other blocks of the same launch wrote the partials.
+// The combine of one head's partials (attn_combine_kernel). combine_weights is run by one warp: wt[s] =
+// 2^(m_s - M) for the ns splits (M their max) and *inv_sum = 1 / sum_s l_s wt[s]; then out[e] =
+// combine_value(e) * inv_sum. Loads go through L2 (__ldcg).
 static_assert(kAttnMaxSplits == 64, "combine_weights reads the splits as two per lane of one warp");
 __device__ __forceinline__ void combine_weights(const float2* __restrict__ ml, int ns, int lane, float* wt,
                                                 float* inv_sum) {
@@ -137,55 +133,16 @@ __device__ __forceinline__ float combine_value(const float* __restrict__ acc, co
     return o;
 }
 
-// What the fused decode path (attention_decode_rope) adds: the RoPE tables, the cache for the new row's
-// stores, the split counters and the output.
-struct FusedArgs {
-    const float* cos_tab = nullptr;  // [ctx, hd/2]
-    const float* sin_tab = nullptr;
-    void* k_store = nullptr;         // kv.k, kv.v (written at the token's own position only)
-    void* v_store = nullptr;
-    int32_t* counters = nullptr;  // [n][gridDim.y] (gridDim.y <= H), zero between launches
-    float* out = nullptr;
-    int ldo = 0;
-};
-
-// NEOX RoPE of a lane's 8 consecutive head elements e0 .. e0+7 when hd == 8 * LPK: element i pairs with
-// i + hd/2, held by lane ^ (LPK / 2) of the same group (lo: this lane holds the first half). rope_kv.cu's
-// fp32 operations, every rounding explicit: u[i] = u1*c - u2*s, u[i + hd/2] = u1*s + u2*c.
-template <int LPK>
-__device__ __forceinline__ void rope8(float (&u)[kEpl], const float (&c)[kEpl], const float (&s)[kEpl], bool lo,
-                                      unsigned gmask) {
-    float o[kEpl];
-#pragma unroll
-    for (int k = 0; k < kEpl; ++k) o[k] = __shfl_xor_sync(gmask, u[k], LPK / 2);
-#pragma unroll
-    for (int k = 0; k < kEpl; ++k)
-        u[k] = lo ? __fsub_rn(__fmul_rn(u[k], c[k]), __fmul_rn(o[k], s[k]))
-                  : __fadd_rn(__fmul_rn(o[k], s[k]), __fmul_rn(u[k], c[k]));
-}
-
-__device__ __forceinline__ float through(float v, float) { return v; }
-__device__ __forceinline__ float through(float v, __half) { return __half2float(__float2half_rn(v)); }
-__device__ __forceinline__ void put(float* p, float v) { *p = v; }
-__device__ __forceinline__ void put(__half* p, float v) { *p = __float2half_rn(v); }  // round to nearest even
-
 // LPK lanes per key (hd <= 8 * LPK); QG query heads per block; T the cache element type.
-// FUSED (attention_decode_rope; VEC only, hd == 8 * LPK): q holds the raw projections (q | k | v columns, not yet
-// rotated). Every block rotates its query heads itself; the blocks of the last split rotate the token's own
-// key, use it and its value from registers (the key the unfused kernel would read back from the cache, same
-// bits, fp16-rounded for an fp16 cache) and the first sub-group's block stores both in the cache. Each block
-// then counts itself done; the last block of its (token, sub-group) combines the partials (attn_combine_kernel's
-// arithmetic) and writes the output. Bit-identical to rope_kv_write + the unfused kernel + attn_combine_kernel.
-template <int LPK, bool VEC, int QG, class T, bool FUSED>
+template <int LPK, bool VEC, int QG, class T>
 __global__ void __launch_bounds__(kDecodeThreads)
     attn_split_kernel(const float* __restrict__ q, int ldq, const int32_t* __restrict__ pos,
                       const int32_t* __restrict__ slot, int layer, int H, int Hkv, int hd, int n_sub,
                       float scale_log2, const T* __restrict__ kc, const T* __restrict__ vc, int n_layers, int ctx,
-                      int kv_dim, float* __restrict__ ws_acc, float2* __restrict__ ws_ml, FusedArgs fa) {
+                      int kv_dim, float* __restrict__ ws_acc, float2* __restrict__ ws_ml) {
     constexpr int kGroupsPerWarp = 32 / LPK;
     constexpr int kGroups = kGroupsPerWarp * (kDecodeThreads / 32);
     constexpr int kWarps = kDecodeThreads / 32;
-    static_assert(!FUSED || VEC, "the fused path needs hd == 8 * LPK");
     pdl_trigger();
     pdl_wait();  // q and the cache were just written; before the early exit below (launch.cuh)
 
@@ -216,41 +173,6 @@ __global__ void __launch_bounds__(kDecodeThreads)
         if (i < nq) r.load(q + static_cast<int64_t>(t) * ldq + (h0 + i) * hd + e0, nvalid);
         else r.load(q, 0);  // VEC: any valid row (unused); scalar: zeros
         r.get(qv[i]);
-    }
-
-    // FUSED: the last split holds the token's own key (position len - 1); the loop below takes it from registers.
-    const bool own_key = FUSED && end == len;
-    float knew[kEpl], vnew[kEpl];
-    if constexpr (FUSED) {
-        const int half = hd / 2;
-        const bool lo = e0 < half;
-        const float* cr = fa.cos_tab + static_cast<int64_t>(len - 1) * half + (lo ? e0 : e0 - half);
-        const float* sr = fa.sin_tab + (cr - fa.cos_tab);
-        float c[kEpl], sn[kEpl];
-#pragma unroll
-        for (int k = 0; k < kEpl; ++k) c[k] = __ldg(cr + k), sn[k] = __ldg(sr + k);
-#pragma unroll
-        for (int i = 0; i < QG; ++i) rope8<LPK>(qv[i], c, sn, lo, gmask);
-        if (own_key) {  // block-uniform
-            const float* kr = q + static_cast<int64_t>(t) * ldq + H * hd + g * hd + e0;
-            Row8<float, VEC> kraw, vraw;
-            kraw.load(kr, nvalid);
-            vraw.load(kr + Hkv * hd, nvalid);
-            kraw.get(knew);
-            vraw.get(vnew);
-            rope8<LPK>(knew, c, sn, lo, gmask);
-#pragma unroll
-            for (int k = 0; k < kEpl; ++k) knew[k] = through(knew[k], T()), vnew[k] = through(vnew[k], T());
-            if (blockIdx.y % n_sub == 0 && grp == 0) {  // one block per kv head stores the row, once
-                const int64_t at = ((static_cast<int64_t>(slot[t]) * n_layers + layer) * ctx + (len - 1)) * kv_dim +
-                                   g * hd + e0;
-#pragma unroll
-                for (int k = 0; k < kEpl; ++k) {
-                    put(static_cast<T*>(fa.k_store) + at + k, knew[k]);
-                    put(static_cast<T*>(fa.v_store) + at + k, vnew[k]);
-                }
-            }
-        }
     }
 
     const int64_t base = (static_cast<int64_t>(slot[t]) * n_layers + layer) * ctx * kv_dim + g * hd + e0;
@@ -286,29 +208,21 @@ __global__ void __launch_bounds__(kDecodeThreads)
         }
     };
 
-    // Keys from the cache, except the token's own (FUSED): never loaded, taken from registers at its turn, which
-    // is its group's last iteration as in the unfused loop.
-    auto cached = [&](int jj) { return !own_key || jj != len - 1; };
     int j = begin + grp;
     Row8<T, VEC> kcur, vcur, knext, vnext;
-    if (j < end && cached(j)) {
+    if (j < end) {
         kcur.load(kp + static_cast<int64_t>(j) * kv_dim, nvalid);
         vcur.load(vp + static_cast<int64_t>(j) * kv_dim, nvalid);
     }
     while (j < end) {
         const int jn = j + kGroups;
-        if (jn < end && cached(jn)) {  // prefetch the next key while this one is used
+        if (jn < end) {  // prefetch the next key while this one is used
             knext.load(kp + static_cast<int64_t>(jn) * kv_dim, nvalid);
             vnext.load(vp + static_cast<int64_t>(jn) * kv_dim, nvalid);
         }
         float kf[kEpl], vf[kEpl];
-        if (cached(j)) {
-            kcur.get(kf);
-            vcur.get(vf);
-        } else {
-#pragma unroll
-            for (int c = 0; c < kEpl; ++c) kf[c] = knew[c], vf[c] = vnew[c];
-        }
+        kcur.get(kf);
+        vcur.get(vf);
         consume(kf, vf);
         kcur = knext;
         vcur = vnext;
@@ -359,35 +273,6 @@ __global__ void __launch_bounds__(kDecodeThreads)
         ws_acc[pi * hd + e] = a;
         if (e == 0) ws_ml[pi] = make_float2(mx, sum);
     }
-
-    if constexpr (FUSED) {
-        // The last split block of this (token, sub-group) to finish combines (the threadFenceReduction pattern:
-        // every thread fences its partial stores before the block counts itself).
-        __shared__ int s_last;
-        __shared__ float s_wt[QG][kAttnMaxSplits], s_inv[QG];
-        // At most gridDim.x splits count: with a position past the context (a caller's error, garbage out) the
-        // counter must still come back to zero, or every later launch would leave this output unwritten.
-        const int ns = min(attn_splits(len), static_cast<int>(gridDim.x));
-        __threadfence();
-        __syncthreads();
-        if (threadIdx.x == 0) {
-            __threadfence();  // the release by the thread that counts, after the barrier gathered the block's stores
-            int32_t* ctr = fa.counters + static_cast<int64_t>(t) * gridDim.y + blockIdx.y;
-            s_last = atomicAdd(ctr, 1) == ns - 1;
-            if (s_last) *ctr = 0;  // every split of this launch has counted: ready for the next launch
-        }
-        __syncthreads();
-        if (!s_last) return;
-        __threadfence();
-        static_assert(QG <= kWarps, "one warp per query head for the weights");
-        if (warp < nq) combine_weights(ws_ml + part_index(t, h0 + warp, 0, H), ns, lane, s_wt[warp], &s_inv[warp]);
-        __syncthreads();
-        for (int idx = threadIdx.x; idx < nq * hd; idx += kDecodeThreads) {
-            const int i = idx / hd, e = idx % hd;
-            const float o = combine_value(ws_acc + part_index(t, h0 + i, 0, H) * hd, s_wt[i], ns, hd, e);
-            fa.out[static_cast<int64_t>(t) * fa.ldo + (h0 + i) * hd + e] = o * s_inv[i];
-        }
-    }
 }
 
 // One block per (head, token): out = sum_s acc_s * 2^(m_s - M) / sum_s l_s * 2^(m_s - M).
@@ -419,32 +304,31 @@ struct DecodeArgs {
     float* ws_acc;
     float2* ws_ml;
     cudaStream_t stream;
-    FusedArgs fused;  // attention_decode_rope only
 };
 
-template <int LPK, bool VEC, bool FUSED, int QG, class T>
+template <int LPK, bool VEC, int QG, class T>
 void launch_split_typed(const DecodeArgs& a) {
     const int n_sub = (a.H / a.Hkv + QG - 1) / QG;
     // Enough split blocks for the longest sequence the cache holds: attn_splits(len) <= ceil(len / kMinChunk)
     // and <= kAttnMaxSplits for every len <= ctx.
     const dim3 grid(std::min(kAttnMaxSplits, (a.kv.ctx + kMinChunk - 1) / kMinChunk), a.Hkv * n_sub, a.n);
-    launch(attn_split_kernel<LPK, VEC, QG, T, FUSED>, grid, kDecodeThreads, 0, a.stream, a.q, a.ldq, a.pos, a.slot,
+    launch(attn_split_kernel<LPK, VEC, QG, T>, grid, kDecodeThreads, 0, a.stream, a.q, a.ldq, a.pos, a.slot,
            a.layer, a.H, a.Hkv, a.hd, n_sub, a.scale_log2, static_cast<const T*>(a.kv.k), static_cast<const T*>(a.kv.v),
-           a.kv.n_layers, a.kv.ctx, a.kv.kv_dim, a.ws_acc, a.ws_ml, a.fused);
+           a.kv.n_layers, a.kv.ctx, a.kv.kv_dim, a.ws_acc, a.ws_ml);
 }
 
 // Query heads per block: the whole GQA group up to 4 (larger groups take several blocks).
-template <int LPK, bool VEC, bool FUSED = false>
+template <int LPK, bool VEC>
 void launch_split(const DecodeArgs& a) {
     const int G = a.H / a.Hkv;
     if (a.kv.f16) {
-        if (G == 1) launch_split_typed<LPK, VEC, FUSED, 1, __half>(a);
-        else if (G == 2) launch_split_typed<LPK, VEC, FUSED, 2, __half>(a);
-        else launch_split_typed<LPK, VEC, FUSED, 4, __half>(a);
+        if (G == 1) launch_split_typed<LPK, VEC, 1, __half>(a);
+        else if (G == 2) launch_split_typed<LPK, VEC, 2, __half>(a);
+        else launch_split_typed<LPK, VEC, 4, __half>(a);
     } else {
-        if (G == 1) launch_split_typed<LPK, VEC, FUSED, 1, float>(a);
-        else if (G == 2) launch_split_typed<LPK, VEC, FUSED, 2, float>(a);
-        else launch_split_typed<LPK, VEC, FUSED, 4, float>(a);
+        if (G == 1) launch_split_typed<LPK, VEC, 1, float>(a);
+        else if (G == 2) launch_split_typed<LPK, VEC, 2, float>(a);
+        else launch_split_typed<LPK, VEC, 4, float>(a);
     }
 }
 
@@ -458,7 +342,7 @@ void check_heads(int H, int Hkv, int hd, const KvCache& kv, const char* who) {
 
 float scale_log2_for(int hd) { return (1.0f / std::sqrt(static_cast<float>(hd))) * kLog2e; }
 
-// The checks and the workspace split both decode launchers share (n >= 1).
+// The checks and the workspace split of attention_decode (n >= 1).
 DecodeArgs decode_args(const char* who, const float* q, int ldq, int n, const int32_t* pos, const int32_t* slot,
                        int layer, int H, int Hkv, int hd, const KvCache& kv, float* workspace, cudaStream_t stream) {
     check_heads(H, Hkv, hd, kv, who);
@@ -466,22 +350,20 @@ DecodeArgs decode_args(const char* who, const float* q, int ldq, int n, const in
     if (!workspace) throw std::invalid_argument(std::string(who) + ": null workspace");
     float2* ws_ml = reinterpret_cast<float2*>(workspace + static_cast<size_t>(n) * H * kAttnMaxSplits * hd);
     if (reinterpret_cast<uintptr_t>(ws_ml) & 7u) throw std::invalid_argument(std::string(who) + ": workspace misaligned");
-    return DecodeArgs{q, ldq, n, pos, slot, layer, H, Hkv, hd, kv, scale_log2_for(hd), workspace, ws_ml, stream, FusedArgs{}};
+    return DecodeArgs{q, ldq, n, pos, slot, layer, H, Hkv, hd, kv, scale_log2_for(hd), workspace, ws_ml, stream};
 }
 
 // Every q / K / V row start 16-byte aligned (the 8-values-per-lane kernels).
 bool vec_rows(const float* q, int ldq, const KvCache& kv) {
     return ldq % 4 == 0 && kv.kv_dim % 8 == 0 && aligned16(q) && aligned16(kv.k) && aligned16(kv.v);
 }
-bool vec_head(int hd) { return hd == 64 || hd == 128 || hd == 256; }  // hd == 8 * lanes per key
 
-// The 8-values-per-lane split kernels (vec_rows), for the head sizes vec_head takes; false (nothing launched) for
-// other head sizes.
-template <bool FUSED>
+// The 8-values-per-lane split kernels (vec_rows), for hd 64 / 128 / 256 (8 * lanes per key); false (nothing
+// launched) for other head sizes.
 bool launch_split_vec(const DecodeArgs& a) {
-    if (a.hd == 64) launch_split<8, true, FUSED>(a);
-    else if (a.hd == 128) launch_split<16, true, FUSED>(a);
-    else if (a.hd == 256) launch_split<32, true, FUSED>(a);
+    if (a.hd == 64) launch_split<8, true>(a);
+    else if (a.hd == 128) launch_split<16, true>(a);
+    else if (a.hd == 256) launch_split<32, true>(a);
     else return false;
     return true;
 }
@@ -631,34 +513,11 @@ void attention_decode(const float* q, int ldq, int n, const int32_t* pos, const 
     const DecodeArgs a = decode_args("attention_decode", q, ldq, n, pos, slot, layer, H, Hkv, hd, kv, workspace, stream);
     // 16-byte q/K/V loads (8 values per lane) when hd is 8 * (lanes per key) and every row start is aligned;
     // other head sizes take the scalar variant.
-    if (!(vec_rows(q, ldq, kv) && launch_split_vec<false>(a))) {
+    if (!(vec_rows(q, ldq, kv) && launch_split_vec(a))) {
         if (hd <= 64) launch_split<8, false>(a);
         else launch_split<32, false>(a);
     }
     launch(attn_combine_kernel, dim3(H, n), hd <= 64 ? 64 : 128, 0, stream, a.ws_acc, a.ws_ml, pos, H, hd, out, ldo);
-}
-
-void attention_decode_rope(float* qkv, int ldq, int n, const int32_t* pos, const int32_t* slot, int layer, int H,
-                           int Hkv, int hd, const float* cos_tab, const float* sin_tab, KvCache kv, float* out, int ldo,
-                           float* workspace, int32_t* counters, cudaStream_t stream) {
-    if (n <= 0) return;
-    DecodeArgs a = decode_args("attention_decode_rope", qkv, ldq, n, pos, slot, layer, H, Hkv, hd, kv, workspace, stream);
-    // The fused kernel keeps a lane's 8 elements and their RoPE partners (hd / 2 away) in one lane group: the
-    // 16-byte layouts. Other head sizes and unaligned rows run the two-step path (same results).
-    if (!vec_rows(qkv, ldq, kv) || !vec_head(hd)) {
-        rope_kv_write(qkv, ldq, n, pos, slot, layer, H, Hkv, hd, cos_tab, sin_tab, kv, stream);
-        attention_decode(qkv, ldq, n, pos, slot, layer, H, Hkv, hd, kv, out, ldo, workspace, stream);
-        return;
-    }
-    if (!cos_tab || !sin_tab || !out || !counters) throw std::invalid_argument("attention_decode_rope: null pointer");
-    a.fused.cos_tab = cos_tab;
-    a.fused.sin_tab = sin_tab;
-    a.fused.k_store = kv.k;
-    a.fused.v_store = kv.v;
-    a.fused.counters = counters;
-    a.fused.out = out;
-    a.fused.ldo = ldo;
-    launch_split_vec<true>(a);
 }
 
 void attention_prefill(const float* q, int ldq, int n, int pos0, int slot, int layer, int H, int Hkv, int hd,

@@ -1,5 +1,5 @@
 // Next-token selection on the device: greedy (argmax) or the CPU Sampler's distribution
-// (csrc/sampler.cpp: repetition penalty, temperature, top-k, then top-p over the survivors).
+// (csrc/engine/sampler.cpp: repetition penalty, temperature, top-k, then top-p over the survivors).
 //
 // Greedy, the decode hot path: one block of 1024 threads per row, one pass over the logits with
 // 16-byte loads (penalty applied and written back on the way), then a block argmax; ties go to the
@@ -24,9 +24,9 @@
 #include <cmath>
 #include <stdexcept>
 
-#include "cuda/cuda_util.cuh"
-#include "cuda/kernels.cuh"
-#include "cuda/launch.cuh"
+#include "cuda/kernels/cuda_util.cuh"
+#include "cuda/kernels/kernels.cuh"
+#include "cuda/kernels/launch.cuh"
 
 namespace bllama {
 namespace cuda {

@@ -1,4 +1,4 @@
-// The GPU weight layout (ternary_rows.h), checked on the CPU: codes round-trip from both the CPU matrix
+// The GPU weight layout (cuda/layout.h), checked on the CPU: codes round-trip from both the CPU matrix
 // and raw codes, the host reference of the GPU matmul equals the CPU engine's ternary_matmul bit for bit,
 // and a file with per-block scales is refused.
 #include <cstring>
@@ -6,8 +6,8 @@
 #include <vector>
 
 #include "check_msg.h"
+#include "cuda/layout.h"
 #include "engine/config.h"
-#include "ternary_rows.h"
 
 using namespace bllama;
 
@@ -59,6 +59,6 @@ int main() {
         }
         CHECK(!m.uniform_scale() && threw, "per-block scales were not refused with the tensor's name");
     }
-    std::printf("test_ternary_rows: %d checks, %d failures\n", g_checks, g_failures);
+    std::printf("test_cuda_layout: %d checks, %d failures\n", g_checks, g_failures);
     return g_failures ? 1 : 0;
 }

@@ -27,7 +27,7 @@
 
 #include <utility>
 
-#include "cuda/cuda_util.cuh"
+#include "cuda/kernels/cuda_util.cuh"
 
 namespace bllama {
 namespace cuda {
@@ -49,11 +49,8 @@ __device__ __forceinline__ void pdl_trigger() {
 #endif
 }
 
-// Prefetch of constant data (weights) into L1 / L2 before pdl_wait(); no register is tied up.
-__device__ __forceinline__ void prefetch_l1(const void* p) {
-    asm volatile("prefetch.global.L1 [%0];" ::"l"(p));
-}
-__device__ __forceinline__ void prefetch_l2(const void* p) {
+// Prefetch of constant data (weights) into L2 before pdl_wait() (the LM heads); no register is tied up.
+__device__ __forceinline__ void prefetch_global_l2(const void* p) {
     asm volatile("prefetch.global.L2 [%0];" ::"l"(p));
 }
 
@@ -63,37 +60,22 @@ __device__ __forceinline__ void prefetch_l2(const void* p) {
 // True when the current device can launch with PDL (compute capability 9.0 or newer). device.cu.
 bool pdl_supported();
 
-// A launch option of this thread (one per Option), set for the launches made while a ThreadLaunchScope lives;
-// nested scopes restore the outer state.
-enum class LaunchOption { Pdl, L2Prefetch };
-template <LaunchOption Option>
-inline bool& launch_flag() {
+// Launches made by this thread while a PdlScope(true) lives use PDL; nested scopes restore the outer state.
+// Pass true only where pdl_supported(): CudaModel decides once.
+inline bool& pdl_flag() {
     static thread_local bool on = false;
     return on;
 }
-template <LaunchOption Option>
-class ThreadLaunchScope {
+class PdlScope {
 public:
-    explicit ThreadLaunchScope(bool on) : prev_(launch_flag<Option>()) { launch_flag<Option>() = on; }
-    ~ThreadLaunchScope() { launch_flag<Option>() = prev_; }
-    ThreadLaunchScope(const ThreadLaunchScope&) = delete;
-    ThreadLaunchScope& operator=(const ThreadLaunchScope&) = delete;
+    explicit PdlScope(bool on) : prev_(pdl_flag()) { pdl_flag() = on; }
+    ~PdlScope() { pdl_flag() = prev_; }
+    PdlScope(const PdlScope&) = delete;
+    PdlScope& operator=(const PdlScope&) = delete;
 
 private:
     bool prev_;
 };
-
-// Launches made by this thread while a PdlScope(true) lives use PDL. Pass true only where pdl_supported():
-// CudaModel decides once.
-inline bool& pdl_flag() { return launch_flag<LaunchOption::Pdl>(); }
-using PdlScope = ThreadLaunchScope<LaunchOption::Pdl>;
-
-// While an L2PrefetchScope(true) lives, the decode GEMVs launched by this thread first ask L2 for their whole
-// weight matrix (each block a slice; prefetch.global.L2, a hint that changes no result) before they wait for
-// the kernel ahead: with PDL a GEMV's blocks become resident while that kernel still runs, so its weights stream
-// in during it. CudaOptions::prefetch_l2 (opt-in until measured); without PDL it buys nothing.
-inline bool& l2_prefetch_flag() { return launch_flag<LaunchOption::L2Prefetch>(); }
-using L2PrefetchScope = ThreadLaunchScope<LaunchOption::L2Prefetch>;
 
 // kernel<<<grid, block, smem, stream>>>(args...), with the PDL attribute while a PdlScope(true) is active;
 // checks the launch either way.

@@ -3,7 +3,7 @@
 // rmsnorm_quant / rmsnorm: one block per token row. The row stays in registers between the passes
 // (each thread holds up to 4 groups of 4 floats, coalesced: group j of thread i is group i + j * blockDim
 // of the row), so x is read from memory once. The sum of squares is added in the canonical order of
-// norm_common.cuh (independent of the block size, so ternary_gemv_normed reproduces it bit for bit), and
+// norm_common.cuh (independent of the block size, so every block shape gives the same bits), and
 // the quantizer uses exactly the CPU's fp32 operations (every rounding explicit: __fmul_rn and friends are
 // never contracted into an FMA), so for the same normed input the scale, the int8 codes and the row sum
 // are bit-identical to quantize_acts.
@@ -12,10 +12,10 @@
 #include <algorithm>
 #include <stdexcept>
 
-#include "cuda/cuda_util.cuh"
-#include "cuda/kernels.cuh"
-#include "cuda/launch.cuh"
-#include "cuda/norm_common.cuh"
+#include "cuda/kernels/cuda_util.cuh"
+#include "cuda/kernels/kernels.cuh"
+#include "cuda/kernels/launch.cuh"
+#include "cuda/kernels/norm_common.cuh"
 
 namespace bllama {
 namespace cuda {

@@ -1,8 +1,8 @@
 #include <cstdio>
 #include <string>
 
-#include "cuda/kernels.cuh"
-#include "cuda/launch.cuh"
+#include "cuda/kernels/kernels.cuh"
+#include "cuda/kernels/launch.cuh"
 
 namespace bllama {
 namespace cuda {

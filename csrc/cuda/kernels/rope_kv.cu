@@ -7,9 +7,9 @@
 //   u[i] = u1*c - u2*s,  u[i + hd/2] = u1*s + u2*c.
 #include <stdexcept>
 
-#include "cuda/cuda_util.cuh"
-#include "cuda/kernels.cuh"
-#include "cuda/launch.cuh"
+#include "cuda/kernels/cuda_util.cuh"
+#include "cuda/kernels/kernels.cuh"
+#include "cuda/kernels/launch.cuh"
 
 namespace bllama {
 namespace cuda {

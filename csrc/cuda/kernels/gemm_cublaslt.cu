@@ -28,9 +28,9 @@
 #include <tuple>
 #include <vector>
 
-#include "cuda/cuda_util.cuh"
-#include "cuda/kernels.cuh"
-#include "cuda/ternary_common.cuh"
+#include "cuda/kernels/cuda_util.cuh"
+#include "cuda/kernels/kernels.cuh"
+#include "cuda/kernels/ternary_common.cuh"
 
 #if BLLAMA_HAVE_CUBLASLT
 #include <cublasLt.h>

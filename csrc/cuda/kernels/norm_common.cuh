@@ -1,6 +1,6 @@
-// The arithmetic of the BitLinear input (RMSNorm + per-row int8 quantization) that rmsnorm_quant /
-// rmsnorm (norm_quant.cu) and ternary_gemv_normed (gemv_ternary.cu) share, so that the fused GEMV's
-// activations are bit-identical to rmsnorm_quant's whatever the block shapes of the two kernels.
+// The arithmetic of the BitLinear input (RMSNorm + per-row int8 quantization) that rmsnorm_quant and
+// rmsnorm (norm_quant.cu) share, so that their results do not depend on the block shape a kernel picks
+// (tests/cuda/test_ops.cu checks the order against a host model of it).
 //
 // Every float operation is an explicit _rn intrinsic or fmaf (nvcc would otherwise contract a * b + c).
 //

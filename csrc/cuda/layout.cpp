@@ -1,4 +1,4 @@
-#include "ternary_rows.h"
+#include "cuda/layout.h"
 
 #include <cstring>
 #include <string>

@@ -7,7 +7,7 @@
 // of four consecutive columns 16w+4j .. 16w+4j+3, which is what one dp4a / one int8 MMA register
 // multiplies against four contiguous int8 activations. Unsigned codes need no sign fix-up in registers:
 // sum_k q_k x_k = sum_k u_k x_k - sum_k x_k, and sum_k x_k (the activation row sum) is computed once per
-// token by the quantizer. It is the same per-row dword as the CPU layout (kernels/ternary_impl.h) with
+// token by the quantizer. It is the same per-row dword as the CPU layout (kernels/pack.h) with
 // the 16-row interleave undone.
 //
 // Scales: the GPU backend keeps one fp32 scale per tensor (the bLLaMa and BitNet convention, where every

@@ -10,16 +10,16 @@
 #include <stdexcept>
 #include <string>
 
-#include "cuda/cuda_util.cuh"
-#include "cuda/kernels.cuh"
-#include "cuda/launch.cuh"
+#include "cuda/kernels/cuda_util.cuh"
+#include "cuda/kernels/head_common.cuh"
+#include "cuda/kernels/kernels.cuh"
+#include "cuda/kernels/launch.cuh"
 
 namespace bllama {
 namespace cuda {
 
 namespace {
 
-constexpr int kHeadThreads = 256;
 constexpr int kRows = 4;  // rows per warp: each activation load is reused for all of them
 
 __device__ __forceinline__ int dot16(const uint4& w, const uint4& a, int acc) {
@@ -35,22 +35,9 @@ template <int NT, bool VEC16, bool STREAM>
 __global__ void __launch_bounds__(kHeadThreads)
     head_q8_kernel(const int8_t* __restrict__ w, const float* __restrict__ row_scale, int V, int D, DevActs x, int n,
                    float* __restrict__ logits) {
-    pdl_trigger();
     const int lane = threadIdx.x & 31;
-    const int r0 = (blockIdx.x * (kHeadThreads / 32) + (threadIdx.x >> 5)) * kRows;
     const int8_t* wr[kRows];
-#pragma unroll
-    for (int r = 0; r < kRows; ++r) wr[r] = w + static_cast<int64_t>(min(r0 + r, V - 1)) * D;
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    // The weights are constant: the start of this warp's rows into L2 while the kernel ahead finishes (PDL).
-    if (VEC16 && r0 < V)
-#pragma unroll
-        for (int r = 0; r < kRows; ++r)
-#pragma unroll
-            for (int i = 0; i < 2; ++i)
-                if (lane * 16 + i * 512 < D) prefetch_l2(wr[r] + lane * 16 + i * 512);
-#endif
-    pdl_wait();
+    const int r0 = head_warp_start<kRows, 2, VEC16>(w, V, D, wr);  // the first 1 KiB of each row prefetched
     if (r0 >= V) return;  // whole warps only: no barrier follows
     const int nr = min(kRows, V - r0);
 
