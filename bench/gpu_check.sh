@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Everything CUDA in one call on a GPU machine: build (sm_90; CUDA_ARCHS=80 for an A100), the GPU tests (ctest, then pytest through
 # the Python module), the kernel and end-to-end benchmarks; a short table last. Logs and JSON go to $OUT (the
-# device tool's folder) or bench/results/gpu-<date>/.
+# device tool's folder) or bench/results/<date>-gpu-check/ (results/README.md indexes them).
 #
 #   bash bench/gpu_check.sh            # engine: build + tests + benchmarks (over 8 minutes on an H100: split
 #                                      # it over two calls of one warm machine, bench/NOTES-cuda.md)
@@ -17,7 +17,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 STAMP=$(date -u +%Y-%m-%d)
-RES=${OUT:-$ROOT/bench/results/gpu-$STAMP}
+RES=${OUT:-$ROOT/bench/results/$STAMP-gpu-check}
 mkdir -p "$RES"
 SECTIONS=${SECTIONS:-"build probe ctest pytest bench"}
 JOBS=$(nproc)

@@ -18,7 +18,7 @@
 #      These are optional: one cut by the budget is reported as such and does not fail the script.
 # Needs: python3 with torch (CUDA), pytorch-lightning, numpy, sentencepiece; the repository on PYTHONPATH (set
 # here), no build: `import bllama` does not load the C++ engine.
-# Output: $OUT (else bench/results/gpu_train_<UTC stamp>/): one JSON per run, gpu_train_check.log, summary.md;
+# Output: $OUT (else bench/results/<UTC stamp>-gpu-train/): one JSON per run, gpu_train_check.log, summary.md;
 # the summary table is printed last. Exit status 1 if a run failed or timed out.
 # Env: OUT, PYTHON (python3), BUDGET_S (450: a run starts only if the time it needs is left: 150 s for a compiled
 #      1.7B run (cold compile of forward and backward), 60 s for an eager one), DRY=1,
@@ -30,7 +30,7 @@ cd "$REPO"
 export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
 PY=${PYTHON:-python3}
 STAMP=$(date -u +%Y-%m-%dT%H%MZ)
-RES=${OUT:-$REPO/bench/results/gpu_train_$STAMP}
+RES=${OUT:-$REPO/bench/results/$STAMP-gpu-train}
 mkdir -p "$RES"
 exec > >(tee -a "$RES/gpu_train_check.log") 2>&1
 START=$(date +%s)

@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# Every CPU engine benchmark in one go, on a quiet machine; outputs land in bench/results/ with a timestamp.
+# Every CPU engine benchmark in one go, on a quiet machine; outputs land in one folder, bench/results/<UTC stamp>-cpu-suite/.
 #   bash bench/run_cpu_suite.sh                 # kernels, 1.7B and 2B4T end to end, PyTorch comparison, batched
 #   LLAMA_BENCH=/path/to/llama-bench bash bench/run_cpu_suite.sh   # also llama.cpp on the same files
 set -euo pipefail
 cd "$(dirname "$0")/.."
-OUT=bench/results
 STAMP=$(date -u +%Y-%m-%dT%H%MZ)
+OUT=bench/results/${STAMP}-cpu-suite
 mkdir -p "$OUT"
 echo "machine: $(lscpu | sed -n 's/^Model name: *//p'), $(nproc) cores; load: $(cat /proc/loadavg)"
 cmake -G Ninja -S . -B build/release -DCMAKE_BUILD_TYPE=Release -DBLLAMA_BUILD_PYTHON=OFF >/dev/null
