@@ -28,7 +28,9 @@
 
 // gcc 12 headers trip -Wuninitialized in the AVX-512 helpers used below.
 #pragma GCC diagnostic ignored "-Wuninitialized"
+#ifndef __clang__  // a gcc-only warning (clang warns about the unknown name instead)
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
 static inline void spin_pause() { _mm_pause(); }

@@ -60,6 +60,7 @@ uint64_t read_neon(const uint8_t* p, size_t n) {
 }
 #endif
 
+#if !defined(__aarch64__)  // aarch64 always has NEON
 uint64_t read_scalar(const uint8_t* p, size_t n) {
     uint64_t a = 0, b = 0;
     for (size_t i = 0; i < n; i += 16) {
@@ -71,6 +72,7 @@ uint64_t read_scalar(const uint8_t* p, size_t n) {
     }
     return a ^ b;
 }
+#endif
 
 }  // namespace
 
