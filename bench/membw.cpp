@@ -1,6 +1,10 @@
 #include "membw.h"
 
+#if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
+#elif defined(__aarch64__)
+#include <arm_neon.h>
+#endif
 
 #include <algorithm>
 #include <atomic>
@@ -17,6 +21,7 @@
 namespace bllama {
 namespace {
 
+#if defined(__x86_64__) || defined(__i386__)
 // Four independent accumulators keep several loads in flight.
 __attribute__((target("avx512f"))) uint64_t read_avx512(const uint8_t* p, size_t n) {
     __m512i a0 = _mm512_setzero_si512(), a1 = a0, a2 = a0, a3 = a0;
@@ -41,7 +46,21 @@ __attribute__((target("avx2"))) uint64_t read_avx2(const uint8_t* p, size_t n) {
     const __m256i x = _mm256_xor_si256(_mm256_xor_si256(a0, a1), _mm256_xor_si256(a2, a3));
     return static_cast<uint64_t>(_mm_cvtsi128_si64(_mm256_castsi256_si128(x)));
 }
+#elif defined(__aarch64__)
+// 128-bit NEON loads are the widest aarch64 has (SVE aside); four accumulators as above.
+uint64_t read_neon(const uint8_t* p, size_t n) {
+    uint8x16_t a0 = vdupq_n_u8(0), a1 = a0, a2 = a0, a3 = a0;
+    for (size_t i = 0; i < n; i += 64) {
+        a0 = veorq_u8(a0, vld1q_u8(p + i));
+        a1 = veorq_u8(a1, vld1q_u8(p + i + 16));
+        a2 = veorq_u8(a2, vld1q_u8(p + i + 32));
+        a3 = veorq_u8(a3, vld1q_u8(p + i + 48));
+    }
+    return vgetq_lane_u64(vreinterpretq_u64_u8(veorq_u8(veorq_u8(a0, a1), veorq_u8(a2, a3))), 0);
+}
+#endif
 
+#if !defined(__aarch64__)  // aarch64 always has NEON
 uint64_t read_scalar(const uint8_t* p, size_t n) {
     uint64_t a = 0, b = 0;
     for (size_t i = 0; i < n; i += 16) {
@@ -53,11 +72,18 @@ uint64_t read_scalar(const uint8_t* p, size_t n) {
     }
     return a ^ b;
 }
+#endif
 
 }  // namespace
 
 uint64_t read_stream(const uint8_t* p, size_t n) {
+#if defined(__x86_64__) || defined(__i386__)
     static const auto fn = cpu_features().avx512_vnni ? read_avx512 : cpu_features().avx2 ? read_avx2 : read_scalar;
+#elif defined(__aarch64__)
+    static const auto fn = read_neon;
+#else
+    static const auto fn = read_scalar;
+#endif
     return fn(p, n);
 }
 

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Every test of the project: the C++ engine under ctest (release, then AddressSanitizer + UBSan), then pytest.
+# Every test of the project: the C++ engine under ctest (release; aarch64 under qemu, tests/run_arm.sh; then
+# AddressSanitizer + UBSan), then pytest.
 # Where nvcc exists the release build also compiles the CUDA backend (csrc/cuda, sm_80 + sm_90) and its GPU
 # tests and benchmarks, so GPU code never rots unseen; without a GPU those tests report "skipped".
 set -euo pipefail
@@ -23,6 +24,9 @@ if command -v nvcc >/dev/null; then
        "cuBLASLt path: $(grep -q 'BLLAMA_CUBLASLT_INCLUDE:PATH=/' build/release/CMakeCache.txt && echo yes || echo no))"
 fi
 ctest --test-dir build/release --output-on-failure
+
+echo "== C++ engine: aarch64 cross build + ctest under qemu, logits vs this build's scalar reference"
+HOST_BUILD=build/release bash tests/run_arm.sh
 
 echo "== C++ engine: AddressSanitizer + UBSan build + ctest (CPU code)"
 cmake -G Ninja -S . -B build/asan -DCMAKE_BUILD_TYPE=Debug -DBLLAMA_SANITIZE=ON -DBLLAMA_CUDA=OFF \

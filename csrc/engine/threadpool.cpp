@@ -8,11 +8,15 @@
 #include <string>
 #include <utility>
 
+#if defined(__linux__)
 #include <sched.h>
+#endif
 
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
 static inline void cpu_relax() { _mm_pause(); }
+#elif defined(__aarch64__)
+static inline void cpu_relax() { __asm__ __volatile__("yield"); }
 #else
 static inline void cpu_relax() {}
 #endif
@@ -35,15 +39,18 @@ std::chrono::microseconds spin_for() {
 }
 constexpr int kSpinCheckEvery = 64;
 
+#if defined(__linux__)
 int read_int(const std::string& path) {
     std::ifstream f(path);
     int v = -1;
     if (!(f >> v)) return -1;
     return v;
 }
+#endif
 }  // namespace
 
 int default_thread_count() {
+#if defined(__linux__)  // sched_getaffinity and the sysfs topology are Linux's; elsewhere every hardware thread
     cpu_set_t set;
     CPU_ZERO(&set);
     int allowed = 0;
@@ -59,6 +66,7 @@ int default_thread_count() {
     }
     if (!cores.empty()) return static_cast<int>(cores.size());
     if (allowed > 0) return allowed;
+#endif
     const unsigned hc = std::thread::hardware_concurrency();
     return hc ? static_cast<int>(hc) : 1;
 }

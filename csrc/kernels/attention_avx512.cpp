@@ -2,7 +2,9 @@
 // GCC 12's AVX-512 headers trip -Wmaybe-uninitialized on their own _mm512_undefined_ps() (a known
 // false positive in _mm512_reduce_add_ps and friends); silence it for this file only.
 #if defined(__x86_64__) || defined(__i386__)
+#ifndef __clang__  // a gcc-only warning (clang warns about the unknown name instead)
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
 #include <immintrin.h>
 
 #include <cmath>

@@ -2,6 +2,10 @@
 
 #if defined(__x86_64__) || defined(__i386__)
 #include <cpuid.h>
+#elif defined(__aarch64__) && (defined(__linux__) || defined(__ANDROID__))
+#include <sys/auxv.h>
+#elif defined(__aarch64__) && defined(__APPLE__)
+#include <sys/sysctl.h>
 #endif
 
 namespace bllama {
@@ -36,6 +40,47 @@ CpuFeatures detect() {
     f.avx512_vnni = f.avx2 && os_zmm && avx512f && avx512dq && avx512bw && avx512vl && vnni;
     return f;
 }
+#elif defined(__aarch64__)
+#if defined(__linux__) || defined(__ANDROID__)
+// The kernel reports what the core can run (and what qemu-user emulates for its -cpu model). The bit
+// numbers are the Linux uapi's (asm/hwcap.h), spelled out for libcs whose headers predate them.
+CpuFeatures detect() {
+    constexpr unsigned long kHwcapAsimd = 1ul << 1, kHwcapAsimdDp = 1ul << 20, kHwcap2I8mm = 1ul << 13;
+    const unsigned long hw = getauxval(AT_HWCAP), hw2 = getauxval(AT_HWCAP2);
+    CpuFeatures f;
+    f.neon = hw & kHwcapAsimd;
+    f.dotprod = f.neon && (hw & kHwcapAsimdDp);
+    f.i8mm = f.dotprod && (hw2 & kHwcap2I8mm);
+    return f;
+}
+#elif defined(__APPLE__)
+bool sysctl_flag(const char* name) {
+    int v = 0;
+    size_t n = sizeof v;
+    return sysctlbyname(name, &v, &n, nullptr, 0) == 0 && v != 0;
+}
+// Every Apple arm64 core has NEON; M1 and later (and A11+) report dot product, M2 and later i8mm.
+CpuFeatures detect() {
+    CpuFeatures f;
+    f.neon = true;
+    f.dotprod = sysctl_flag("hw.optional.arm.FEAT_DotProd");
+    f.i8mm = f.dotprod && sysctl_flag("hw.optional.arm.FEAT_I8MM");
+    return f;
+}
+#else
+// No run-time probe on this OS: what the compiler was told the target has (-march / -mcpu).
+CpuFeatures detect() {
+    CpuFeatures f;
+    f.neon = true;
+#ifdef __ARM_FEATURE_DOTPROD
+    f.dotprod = true;
+#endif
+#ifdef __ARM_FEATURE_MATMUL_INT8
+    f.i8mm = f.dotprod;
+#endif
+    return f;
+}
+#endif
 #else
 CpuFeatures detect() { return {}; }
 #endif

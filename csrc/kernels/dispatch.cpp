@@ -26,6 +26,13 @@ const KernelTable kAvx2 = {quantize_avx2,   ternary_matmul_avx2, f16_matmul_avx2
 const KernelTable kAvx512 = {quantize_avx512,   ternary_matmul_avx512, f16_matmul_avx512, q8_head_matmul_avx512,
                              attend_f32_avx512, attend_f16_avx512,     to_f16_avx512};
 #endif
+#ifdef BLLAMA_KERNELS_ARM
+// The f16 head and attention are float work that sdot does not help: the dotprod kind shares NEON's.
+const KernelTable kNeon = {quantize_neon,   ternary_matmul_neon, f16_matmul_neon, q8_head_matmul_neon,
+                           attend_f32_neon, attend_f16_neon,     to_f16_neon};
+const KernelTable kDotprod = {quantize_neon,   ternary_matmul_dotprod, f16_matmul_neon, q8_head_matmul_dotprod,
+                              attend_f32_neon, attend_f16_neon,        to_f16_neon};
+#endif
 
 // nullptr when this CPU (or this build) cannot run the kind.
 const KernelTable* find_table(KernelKind kind) {
@@ -34,9 +41,12 @@ const KernelTable* find_table(KernelKind kind) {
 #ifdef BLLAMA_KERNELS_X86
         case KernelKind::Avx2: return cpu_features().avx2 ? &kAvx2 : nullptr;
         case KernelKind::Avx512Vnni: return cpu_features().avx512_vnni ? &kAvx512 : nullptr;
-#else
-        default: return nullptr;
 #endif
+#ifdef BLLAMA_KERNELS_ARM
+        case KernelKind::Neon: return cpu_features().neon ? &kNeon : nullptr;
+        case KernelKind::Dotprod: return cpu_features().dotprod ? &kDotprod : nullptr;
+#endif
+        default: return nullptr;
     }
     return nullptr;
 }
@@ -50,18 +60,13 @@ const KernelTable& table_for(KernelKind kind, const char* who) {
 
 KernelKind detect_best() {
     KernelKind best = KernelKind::Scalar;
-    if (kernel_supported(KernelKind::Avx2)) best = KernelKind::Avx2;
-    if (kernel_supported(KernelKind::Avx512Vnni)) best = KernelKind::Avx512Vnni;
+    for (KernelKind k : kAllKernelKinds)  // later kinds of one architecture are the faster ones
+        if (kernel_supported(k)) best = k;
     if (const char* env = std::getenv("BLLAMA_KERNEL")) {
-        const std::string e(env);
         KernelKind want = best;
-        bool known = true;
-        if (e == "scalar") want = KernelKind::Scalar;
-        else if (e == "avx2") want = KernelKind::Avx2;
-        else if (e == "avx512") want = KernelKind::Avx512Vnni;
-        else known = false;
-        if (!known)
-            std::fprintf(stderr, "bllama: BLLAMA_KERNEL=%s not recognised (scalar|avx2|avx512), using %s\n",
+        if (!kernel_from_name(env, &want))
+            std::fprintf(stderr,
+                         "bllama: BLLAMA_KERNEL=%s not recognised (scalar|avx2|avx512|neon|dotprod), using %s\n",
                          env, kernel_name(best));
         else if (!kernel_supported(want))
             std::fprintf(stderr, "bllama: BLLAMA_KERNEL=%s is not supported here, using %s\n", env,
@@ -86,8 +91,24 @@ const char* kernel_name(KernelKind kind) {
         case KernelKind::Scalar: return "scalar";
         case KernelKind::Avx2: return "avx2";
         case KernelKind::Avx512Vnni: return "avx512vnni";
+        case KernelKind::Neon: return "neon";
+        case KernelKind::Dotprod: return "dotprod";
     }
     return "?";
+}
+
+bool kernel_from_name(const char* name, KernelKind* kind) {
+    const std::string n(name);
+    if (n == "avx512") {  // the short name BLLAMA_KERNEL has always taken
+        *kind = KernelKind::Avx512Vnni;
+        return true;
+    }
+    for (KernelKind k : kAllKernelKinds)
+        if (n == kernel_name(k)) {
+            *kind = k;
+            return true;
+        }
+    return false;
 }
 
 const KernelTable& kernel_table(KernelKind kind) { return table_for(kind, "bllama"); }

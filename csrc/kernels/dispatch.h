@@ -3,13 +3,15 @@
 // dispatch.cpp from the feature probe (cpu_features.h); BLLAMA_KERNEL forces a kind for tests and benchmarks.
 //
 // The files of csrc/kernels, llama.cpp ggml-cpu style:
-//   cpu_features  what this CPU and OS can run (cpuid + xgetbv)
+//   cpu_features  what this CPU and OS can run (x86: cpuid + xgetbv; aarch64: getauxval / sysctl)
 //   dispatch      this table, the choice of kind, and the checked entry points of ternary.h / head_f16.h /
 //                 head_q8.h (they validate arguments, then make one indirect call)
 //   pack          weights into the kernels' layouts (TernaryMatrix from GGUF blocks, Q8Head from f16/f32)
 //   ref           the portable scalar reference of every family: what every SIMD file must reproduce
 //   <family>_<isa>.cpp  one family for one instruction set (ternary, head_f16, head_q8, attention x avx2,
-//                 avx512), built with that ISA's flags (CMakeLists.txt keys them on the file suffix)
+//                 avx512 on x86; neon, dotprod on aarch64), built with that ISA's flags (CMakeLists.txt keys
+//                 them on the file suffix and compiles only the target architecture's files)
+//   neon_tiles.h  the aarch64 tile drivers that the neon and dotprod files share (each instantiates its own)
 #pragma once
 
 #include <cstdint>
@@ -20,9 +22,15 @@ struct QuantizedActs;
 class TernaryMatrix;
 class Q8Head;
 
-enum class KernelKind { Scalar, Avx2, Avx512Vnni };
+// Neon: plain Advanced SIMD (every aarch64 core, e.g. the Raspberry Pi 3/4's Cortex-A53/A72). Dotprod: + sdot
+// (Armv8.2 dot product: Apple M1 and later, Graviton2/3/4, Ampere Altra, Cortex-A76 and later).
+enum class KernelKind { Scalar, Avx2, Avx512Vnni, Neon, Dotprod };
+// Every kind, supported here or not (tests iterate it), in order of preference within an architecture.
+constexpr KernelKind kAllKernelKinds[] = {KernelKind::Scalar, KernelKind::Avx2, KernelKind::Avx512Vnni,
+                                          KernelKind::Neon, KernelKind::Dotprod};
 
-KernelKind best_kernel();                 // decided once from cpuid; BLLAMA_KERNEL=scalar|avx2|avx512 overrides
+KernelKind best_kernel();                 // decided once from the feature probe; BLLAMA_KERNEL overrides
+bool kernel_from_name(const char* name, KernelKind* kind);  // BLLAMA_KERNEL's names: scalar|avx2|avx512|neon|dotprod
 bool kernel_supported(KernelKind kind);   // this CPU (and this build) can run it
 const char* kernel_name(KernelKind kind);
 

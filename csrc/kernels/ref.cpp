@@ -23,6 +23,8 @@ namespace {
 inline float no_contract(float v) {
 #if defined(__x86_64__) || defined(__i386__)
     __asm__("" : "+x"(v));
+#elif defined(__aarch64__)
+    __asm__("" : "+w"(v));
 #endif
     return v;
 }

@@ -38,4 +38,28 @@ void to_f16_avx512(const float* x, uint16_t* y, int64_t n);
 
 #endif
 
+#if defined(__aarch64__) || defined(_M_ARM64)
+#define BLLAMA_KERNELS_ARM 1
+
+// *_neon.cpp: plain Advanced SIMD (armv8-a, every aarch64 core).
+void quantize_neon(const float* x, int64_t n_tokens, int64_t cols, QuantizedActs& out);
+void ternary_matmul_neon(const TernaryMatrix& w, const QuantizedActs& x, float* y, int64_t ldy, int64_t rb,
+                         int64_t re);
+void f16_matmul_neon(const uint16_t* w, int64_t cols, const float* x, int64_t n_tokens, float* y, int64_t ldy,
+                     int64_t rb, int64_t re);
+void q8_head_matmul_neon(const Q8Head& w, const QuantizedActs& x, float* y, int64_t ldy, int64_t rb, int64_t re);
+void attend_f32_neon(const float* q, const float* k, const float* v, int64_t stride, int64_t len, int64_t hd,
+                     float scale, float* scores, float* out);
+void attend_f16_neon(const float* q, const uint16_t* k, const uint16_t* v, int64_t stride, int64_t len,
+                     int64_t hd, float scale, float* scores, float* out);
+void to_f16_neon(const float* x, uint16_t* y, int64_t n);
+
+// *_dotprod.cpp: + the Armv8.2 dot product (sdot).
+void ternary_matmul_dotprod(const TernaryMatrix& w, const QuantizedActs& x, float* y, int64_t ldy, int64_t rb,
+                            int64_t re);
+void q8_head_matmul_dotprod(const Q8Head& w, const QuantizedActs& x, float* y, int64_t ldy, int64_t rb,
+                            int64_t re);
+
+#endif
+
 }  // namespace bllama

@@ -5,7 +5,9 @@
 #if defined(__x86_64__) || defined(__i386__)
 // gcc 12's own avx512fintrin.h trips -Wuninitialized (_mm512_undefined_* in cvtph_ps/reduce helpers).
 #pragma GCC diagnostic ignored "-Wuninitialized"
+#ifndef __clang__  // a gcc-only warning (clang warns about the unknown name instead)
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
 #include <immintrin.h>
 
 #include <algorithm>

@@ -15,7 +15,8 @@ int main() {
     std::mt19937 rng(3);
     std::normal_distribution<float> normal(0.0f, 1.0f);
     int checked = 0;
-    for (KernelKind kind : {KernelKind::Avx2, KernelKind::Avx512Vnni}) {
+    for (KernelKind kind : kAllKernelKinds) {
+        if (kind == KernelKind::Scalar) continue;  // the reference itself
         if (!kernel_supported(kind)) {
             std::printf("  %s: not supported here, skipped\n", kernel_name(kind));
             continue;
@@ -54,7 +55,7 @@ int main() {
         }
     }
     // Extreme scores: one key dominates completely (exp underflow must give 0, not NaN).
-    if (kernel_supported(KernelKind::Avx512Vnni) || kernel_supported(KernelKind::Avx2)) {
+    if (kernel_supported(KernelKind::Avx512Vnni) || kernel_supported(KernelKind::Avx2) || kernel_supported(KernelKind::Neon)) {
         const int64_t hd = 64, len = 40;
         std::vector<float> q(hd, 0.0f), k(len * hd, 0.0f), v(len * hd), sc(len), out(hd);
         q[0] = 1000.0f;

@@ -20,7 +20,7 @@
 
 using namespace bllama;
 
-static const KernelKind kKinds[] = {KernelKind::Scalar, KernelKind::Avx2, KernelKind::Avx512Vnni};
+static const auto& kKinds = kAllKernelKinds;
 
 template <class F>
 static bool throws(F f) {

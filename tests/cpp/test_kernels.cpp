@@ -135,7 +135,7 @@ static std::vector<uint8_t> to_tq2(const std::vector<int8_t>& c, int64_t rows, i
 
 static std::vector<KernelKind> kinds() {
     std::vector<KernelKind> k;
-    for (KernelKind kind : {KernelKind::Scalar, KernelKind::Avx2, KernelKind::Avx512Vnni})
+    for (KernelKind kind : kAllKernelKinds)
         if (kernel_supported(kind)) k.push_back(kind);
     return k;
 }
@@ -517,7 +517,7 @@ static void test_dispatch_table() {
               sc.attend_f16 == attend_f16_ref && sc.to_f16 == to_f16_ref,
           "the scalar table is the reference");
     CHECK(&kernel_table() == &kernel_table(best_kernel()), "default table is the best kind's");
-    for (KernelKind k : {KernelKind::Scalar, KernelKind::Avx2, KernelKind::Avx512Vnni}) {
+    for (KernelKind k : kAllKernelKinds) {
         if (!kernel_supported(k)) {
             bool threw = false;
             try {
