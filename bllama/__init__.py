@@ -2,9 +2,8 @@
 
 Imports are lazy so that `bllama.Runtime` (the C++ engine) does not pull in torch and Lightning.
 """
+from ._version import __version__
 from .config import PRESETS, bLlamaConfig
-
-__version__ = "0.1.0"
 
 _LAZY = {"bLlama": ".module", "Runtime": ".runtime"}
 

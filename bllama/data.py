@@ -21,7 +21,6 @@ from __future__ import annotations
 import glob as _glob
 import json
 import os
-import tempfile
 from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
@@ -35,6 +34,7 @@ except ImportError:  # pragma: no cover
 
 from tqdm.auto import tqdm
 
+from .atomic import atomic_write
 from .tokenizer import SentencePieceTokenizer, load_tokenizer, tokenizer_checksum
 
 __all__ = [
@@ -394,12 +394,6 @@ class JsonlDataset(PackedDataset):
 # --------------------------------------------------------------------------
 # on-disk token files
 # --------------------------------------------------------------------------
-def _atomic_tmp(path: str) -> tuple[int, str]:
-    d = os.path.dirname(os.path.abspath(path)) or "."
-    os.makedirs(d, exist_ok=True)
-    return tempfile.mkstemp(dir=d, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
-
-
 def prepare_tokens(
     input_files: str | os.PathLike | Sequence[str | os.PathLike],
     tokenizer: Any,
@@ -427,12 +421,12 @@ def prepare_tokens(
     out_path = os.fspath(out_path)
     meta_path = out_path + SIDECAR_SUFFIX
 
-    fd, tmp = _atomic_tmp(out_path)
-    tmp_meta = None
-    try:
+    # Both files land only on success; the meta file is replaced last, so it never describes a token file that
+    # is not there yet.
+    with atomic_write(meta_path, "w", encoding="utf-8") as mh:
         count = 0
         ndocs = 0
-        with os.fdopen(fd, "wb") as fh:
+        with atomic_write(out_path) as fh:
             pending: list[np.ndarray] = []
             npending = 0
             for arr, nd in tokenize_files(files, tok, text_field=text_field, add_bos=add_bos, progress=progress):
@@ -446,10 +440,8 @@ def prepare_tokens(
             if pending:
                 np.concatenate(pending).astype(dtype.newbyteorder("<"), copy=False).tofile(fh)
                 count += npending
-            fh.flush()
-            os.fsync(fh.fileno())
-        if count == 0:
-            raise ValueError(f"empty corpus: no tokens in {files}")
+            if count == 0:
+                raise ValueError(f"empty corpus: no tokens in {files}")
         meta = {
             "format": "bllama-tokens",
             "version": 1,
@@ -462,18 +454,8 @@ def prepare_tokens(
             "tokenizer_checksum": tokenizer_checksum(tok),
             "sources": [os.path.abspath(f) for f in files],
         }
-        mfd, tmp_meta = _atomic_tmp(meta_path)
-        with os.fdopen(mfd, "w", encoding="utf-8") as mh:
-            json.dump(meta, mh, indent=2)
-            mh.write("\n")
-        os.replace(tmp, out_path)
-        tmp = None
-        os.replace(tmp_meta, meta_path)
-        tmp_meta = None
-    finally:
-        for t in (tmp, tmp_meta):
-            if t is not None and os.path.exists(t):
-                os.remove(t)
+        json.dump(meta, mh, indent=2)
+        mh.write("\n")
     print(f"bllama: wrote {count:,} tokens ({ndocs:,} documents, {dtype.name}) to {out_path} (+ {os.path.basename(meta_path)})")
     return meta
 

@@ -9,13 +9,13 @@ round-trips exactly. Written to a temporary file in the target folder, then rena
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Union
 
 import numpy as np
 import torch
 
+from .atomic import atomic_path
 from .config import bLlamaConfig
 
 TERNARY_TYPES = ("tq2_0", "tq1_0", "i2_s")
@@ -98,13 +98,6 @@ def pack_ternary(codes: np.ndarray, scale: float, weight_type: str) -> tuple:
     raise ValueError(f"weight_type must be one of {TERNARY_TYPES}, got {weight_type!r}")
 
 
-def _atomic_target(path: Path):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    return Path(tmp)
-
-
 def add_bitnet_metadata(writer, cfg: bLlamaConfig) -> None:
     """The llama.cpp `bitnet` hyperparameters plus the bllama.* keys that arch lacks."""
     writer.add_context_length(cfg.seq_len)
@@ -182,25 +175,19 @@ def export_gguf(model, tokenizer, path: Union[str, os.PathLike], weight_type: st
             raise ValueError(f"{what} {dim} is not a multiple of {QK}, which ternary GGUF blocks need")
 
     path = Path(path)
-    tmp = _atomic_target(path)
-    w = gguf.GGUFWriter(str(tmp), gguf_arch(cfg, weight_type))
-    try:
-        w.add_name(name)
-        add_bitnet_metadata(w, cfg)
-        w.add_file_type({"tq2_0": gguf.LlamaFileType.MOSTLY_TQ2_0, "tq1_0": gguf.LlamaFileType.MOSTLY_TQ1_0,
-                         "i2_s": FILE_TYPE_I2_S}[weight_type])
-        add_tokenizer(w, tokenizer)
+    with atomic_path(path) as tmp:
+        w = gguf.GGUFWriter(str(tmp), gguf_arch(cfg, weight_type))
+        try:
+            w.add_name(name)
+            add_bitnet_metadata(w, cfg)
+            w.add_file_type({"tq2_0": gguf.LlamaFileType.MOSTLY_TQ2_0, "tq1_0": gguf.LlamaFileType.MOSTLY_TQ1_0,
+                             "i2_s": FILE_TYPE_I2_S}[weight_type])
+            add_tokenizer(w, tokenizer)
 
-        add_model_tensors(w, net, weight_type, progress)
-        w.write_header_to_file()
-        w.write_kv_data_to_file()
-        w.write_tensors_to_file(progress=progress)
-        w.close()
-        os.replace(tmp, path)
-    except BaseException:
-        w.close()
-        raise
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+            add_model_tensors(w, net, weight_type, progress)
+            w.write_header_to_file()
+            w.write_kv_data_to_file()
+            w.write_tensors_to_file(progress=progress)
+        finally:
+            w.close()
     return path
