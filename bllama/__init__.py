@@ -4,6 +4,7 @@ Imports are lazy so that `bllama.Runtime` (the C++ engine) does not pull in torc
 """
 from ._version import __version__
 from .config import PRESETS, bLlamaConfig
+from .sampling import SamplingParams
 
 _LAZY = {"bLlama": ".module", "Runtime": ".runtime"}
 
@@ -16,4 +17,4 @@ def __getattr__(name):
     raise AttributeError(f"module 'bllama' has no attribute {name!r}")
 
 
-__all__ = ["bLlamaConfig", "bLlama", "PRESETS", "Runtime"]
+__all__ = ["bLlamaConfig", "bLlama", "PRESETS", "Runtime", "SamplingParams"]

@@ -39,6 +39,14 @@ def _add_sampling(p):
     p.add_argument("--seed", type=int, default=None, help="random seed for sampling")
 
 
+def _sampling_of(args):
+    """The SamplingParams of _add_sampling's flags."""
+    from .sampling import SamplingParams
+
+    return SamplingParams(do_sample=args.do_sample, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                          repetition_penalty=args.repetition_penalty, seed=args.seed)
+
+
 def cmd_train(args):
     import torch
 
@@ -99,10 +107,9 @@ def cmd_generate(args):
         from .runtime import Runtime
 
         rt = Runtime.load(args.model, threads=args.threads, head=args.head, device=args.device)
-        sampling = dict(max_new_tokens=args.max_new_tokens, do_sample=args.do_sample, temperature=args.temperature,
-                        top_k=args.top_k, top_p=args.top_p, repetition_penalty=args.repetition_penalty, seed=args.seed)
-        pieces = (rt.chat([{"role": "user", "content": args.prompt}], stream=True, **sampling) if args.chat
-                  else rt.stream(args.prompt, **sampling))
+        sampling = _sampling_of(args)
+        pieces = (rt.chat([{"role": "user", "content": args.prompt}], args.max_new_tokens, sampling, stream=True)
+                  if args.chat else rt.stream(args.prompt, args.max_new_tokens, sampling))
         for piece in pieces:
             print(piece, end="", flush=True)
         s = rt.stats
@@ -116,9 +123,7 @@ def cmd_generate(args):
     model = load_checkpoint(args.model)
     tok = args.tokenizer or tokenizer_beside(args.model)
     model.quantize_weights_to_ternary()
-    print(model.generate(args.prompt, tok, max_len=args.max_new_tokens, do_sample=args.do_sample,
-                         temperature=args.temperature, top_k=args.top_k or None, top_p=args.top_p,
-                         repetition_penalty=args.repetition_penalty, seed=args.seed))
+    print(model.generate(args.prompt, tok, max_len=args.max_new_tokens, **_sampling_of(args).as_dict()))
 
 
 def cmd_export(args):

@@ -10,6 +10,7 @@ from typing import Iterator, List, Optional, Sequence, Union
 import numpy as np
 
 from .evaluate import text_metrics
+from .sampling import SamplingParams
 
 
 def _engine_module():
@@ -223,61 +224,51 @@ class Runtime:
         return self.tokenizer.encode(prompt)
 
     # ---- generation -------------------------------------------------------------------------------------
-    def _engine_sampling(self, do_sample, temperature, top_k, top_p, repetition_penalty, seed, stop_at_eos) -> dict:
-        """The engine's generate / generate_batch keyword arguments for Runtime's sampling options."""
-        return dict(temperature=float(temperature), top_k=int(top_k or 0),
-                    top_p=float(top_p if top_p is not None else 1.0), repetition_penalty=float(repetition_penalty),
-                    seed=int(seed) if seed is not None else -1, do_sample=bool(do_sample),
-                    stop_ids=self._stop_ids() if stop_at_eos else [])
+    # Every generating method takes `sampling` (a SamplingParams, default greedy) plus its fields as keyword
+    # overrides, so rt.generate(p, do_sample=True, temperature=0.8, seed=0) keeps working; SamplingParams.of folds
+    # them into one object.
+    def _engine_kwargs(self, sampling: SamplingParams, stop_at_eos: bool) -> dict:
+        """The engine's generate / generate_batch keyword arguments: the sampling fields and the stop ids."""
+        return dict(sampling.engine_kwargs(), stop_ids=self._stop_ids() if stop_at_eos else [])
 
-    def _run(self, prompt_ids, max_new_tokens, do_sample, temperature, top_k, top_p, repetition_penalty, seed,
-             callback, stop_at_eos=True):
+    def _run(self, prompt_ids, max_new_tokens, sampling: SamplingParams, callback, stop_at_eos=True):
         if max_new_tokens < 0:
             raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
         ids = self._engine.generate(list(prompt_ids), int(max_new_tokens), callback=callback,
-                                    **self._engine_sampling(do_sample, temperature, top_k, top_p, repetition_penalty,
-                                                            seed, stop_at_eos))
+                                    **self._engine_kwargs(sampling, stop_at_eos))
         self.stats = dict(self._engine.last_stats)
         return ids
 
-    def generate(self, prompt: Union[str, Sequence[str]], max_new_tokens: int = 128, do_sample: bool = False,
-                 temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, repetition_penalty: float = 1.0,
-                 seed: Optional[int] = None, stop: Optional[Sequence[str]] = None,
-                 stop_at_eos: bool = True) -> Union[str, List[str]]:
+    def generate(self, prompt: Union[str, Sequence[str]], max_new_tokens: int = 128,
+                 sampling: Optional[SamplingParams] = None, *, stop: Optional[Sequence[str]] = None,
+                 stop_at_eos: bool = True, **overrides) -> Union[str, List[str]]:
         """The continuation of `prompt` (without the prompt); a list of prompts gives a list of continuations
         (decoded together when the runtime was loaded with max_sequences > 1; prompt i samples with seed + i, so
         equal prompts still get different samples, and each gets what generate(prompt_i, seed=seed + i) gives).
         Generation ends at max_new_tokens, at the model's EOS (unless stop_at_eos=False) or at a `stop` string."""
+        sampling = SamplingParams.of(sampling, **overrides)
         if not isinstance(prompt, str):
             prompts = list(prompt)
             if self._engine.config.get("max_sequences", 1) > 1 and len(prompts) > 1:
-                return self._generate_batch(prompts, max_new_tokens, do_sample, temperature, top_k, top_p,
-                                            repetition_penalty, seed, stop, stop_at_eos)
-            return [self.generate(p, max_new_tokens, do_sample, temperature, top_k, top_p, repetition_penalty,
-                                  None if seed is None else seed + i, stop, stop_at_eos) for i, p in enumerate(prompts)]
-        return "".join(self.stream(prompt, max_new_tokens, do_sample, temperature, top_k, top_p,
-                                   repetition_penalty, seed, stop, stop_at_eos))
+                ids = [self.encode(p) for p in prompts]
+                outs = self.generate_ids_batch(ids, max_new_tokens, sampling, stop_at_eos=stop_at_eos)
+                return [self.text_of(prompt_ids, out, stop) for prompt_ids, out in zip(ids, outs)]
+            return [self.generate(p, max_new_tokens, sampling.for_sequence(i), stop=stop, stop_at_eos=stop_at_eos)
+                    for i, p in enumerate(prompts)]
+        return "".join(self.stream(prompt, max_new_tokens, sampling, stop=stop, stop_at_eos=stop_at_eos))
 
-    def _generate_batch(self, prompts, max_new_tokens, do_sample, temperature, top_k, top_p, repetition_penalty,
-                        seed, stop, stop_at_eos) -> List[str]:
-        ids = [self.encode(p) for p in prompts]
-        outs = self.generate_ids_batch(ids, max_new_tokens, do_sample, temperature, top_k, top_p, repetition_penalty,
-                                       seed, stop_at_eos)
-        return [self.text_of(prompt_ids, out, stop) for prompt_ids, out in zip(ids, outs)]
-
-    def generate_ids_batch(self, prompt_ids: Sequence[Sequence[int]], max_new_tokens: int, do_sample: bool = False,
-                           temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
-                           repetition_penalty: float = 1.0, seed: Optional[int] = None,
-                           stop_at_eos: bool = True, on_token=None) -> List[List[int]]:
+    def generate_ids_batch(self, prompt_ids: Sequence[Sequence[int]], max_new_tokens: int,
+                           sampling: Optional[SamplingParams] = None, *, stop_at_eos: bool = True, on_token=None,
+                           **overrides) -> List[List[int]]:
         """The new token ids of each prompt (ids), decoded together in groups of max_sequences; prompt i samples
         with seed + i. A list ends at max_new_tokens or before an EOS id. on_token(i, token) runs for every
         returned token of prompt i (in the calling thread); truthy ends that sequence. text_stream() / text_of()
         turn ids into text."""
         if max_new_tokens < 0:
             raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+        sampling = SamplingParams.of(sampling, **overrides)
         outs = self._engine.generate_batch([list(p) for p in prompt_ids], int(max_new_tokens), callback=on_token,
-                                           **self._engine_sampling(do_sample, temperature, top_k, top_p,
-                                                                   repetition_penalty, seed, stop_at_eos))
+                                           **self._engine_kwargs(sampling, stop_at_eos))
         self.stats = dict(self._engine.last_stats)
         return [list(o) for o in outs]
 
@@ -296,19 +287,18 @@ class Runtime:
         text.flush()
         return text.emitted
 
-    def stream(self, prompt: str, max_new_tokens: int = 128, do_sample: bool = False, temperature: float = 1.0,
-               top_k: int = 0, top_p: float = 1.0, repetition_penalty: float = 1.0, seed: Optional[int] = None,
-               stop: Optional[Sequence[str]] = None, stop_at_eos: bool = True) -> Iterator[str]:
+    def stream(self, prompt: str, max_new_tokens: int = 128, sampling: Optional[SamplingParams] = None, *,
+               stop: Optional[Sequence[str]] = None, stop_at_eos: bool = True, **overrides) -> Iterator[str]:
         """Yields the continuation's text as it is produced. The engine runs in a worker thread (GIL released)."""
-        return self.stream_ids(self.encode(prompt), max_new_tokens, do_sample, temperature, top_k, top_p,
-                                repetition_penalty, seed, stop, stop_at_eos)
+        return self.stream_ids(self.encode(prompt), max_new_tokens, sampling, stop=stop, stop_at_eos=stop_at_eos,
+                               **overrides)
 
-    def stream_ids(self, prompt_ids: Sequence[int], max_new_tokens: int = 128, do_sample: bool = False,
-                   temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, repetition_penalty: float = 1.0,
-                   seed: Optional[int] = None, stop: Optional[Sequence[str]] = None,
-                   stop_at_eos: bool = True) -> Iterator[str]:
+    def stream_ids(self, prompt_ids: Sequence[int], max_new_tokens: int = 128,
+                   sampling: Optional[SamplingParams] = None, *, stop: Optional[Sequence[str]] = None,
+                   stop_at_eos: bool = True, **overrides) -> Iterator[str]:
         """stream() from token ids (encode() or chat_prompt_ids() give them): nothing runs until the first
         next(); closing the iterator stops the engine within a few tokens."""
+        sampling = SamplingParams.of(sampling, **overrides)
         text = _TextStream(self.tokenizer, prompt_ids, stop)
         # Bounded: the engine runs at most a few pieces ahead of the reader, so a reader that stops
         # (closes the generator) stops the engine too instead of letting it finish max_new_tokens.
@@ -332,8 +322,7 @@ class Runtime:
 
         def work():
             try:
-                self._run(prompt_ids, max_new_tokens, do_sample, temperature, top_k, top_p, repetition_penalty,
-                          seed, on_token, stop_at_eos)
+                self._run(prompt_ids, max_new_tokens, sampling, on_token, stop_at_eos)
                 rest = text.flush()
                 if rest:
                     put(rest)
@@ -373,13 +362,12 @@ class Runtime:
             return [tok.bos_id] + tok.encode(text[len(bos):], add_bos=False)
         return tok.encode(text, add_bos=False)
 
-    def chat(self, messages, max_new_tokens: int = 256, do_sample: bool = False, temperature: float = 1.0,
-             top_k: int = 0, top_p: float = 1.0, repetition_penalty: float = 1.0, seed: Optional[int] = None,
-             stop: Optional[Sequence[str]] = None, stream: bool = False) -> Union[str, Iterator[str]]:
+    def chat(self, messages, max_new_tokens: int = 256, sampling: Optional[SamplingParams] = None, *,
+             stop: Optional[Sequence[str]] = None, stream: bool = False, **overrides) -> Union[str, Iterator[str]]:
         """The assistant's reply to `messages` under the file's chat template; ends at an end-of-turn / EOS id
         (every id in eos_ids), a `stop` string or max_new_tokens. stream=True yields the text as it comes."""
-        pieces = self.stream_ids(self.chat_prompt_ids(messages), max_new_tokens, do_sample, temperature, top_k,
-                                  top_p, repetition_penalty, seed, stop, True)
+        pieces = self.stream_ids(self.chat_prompt_ids(messages), max_new_tokens, sampling, stop=stop,
+                                 stop_at_eos=True, **overrides)
         return pieces if stream else "".join(pieces)
 
     # ---- scoring ----------------------------------------------------------------------------------------

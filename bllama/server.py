@@ -28,6 +28,8 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import List, Optional, Tuple
 
+from .sampling import SamplingParams
+
 MAX_BODY = 8 << 20  # bytes: a larger request is refused unread (and its connection closed)
 # Fields this server cannot honour, each with the values that mean "not used" (those are accepted).
 UNSUPPORTED = {"n": (1,), "best_of": (1,), "frequency_penalty": (0,), "presence_penalty": (0,), "echo": (False,),
@@ -71,8 +73,8 @@ def _flag(body: dict, key: str) -> bool:
 
 
 def sampling_options(body: dict) -> dict:
-    """Runtime keyword arguments from an OpenAI request body (max_new_tokens: None when the request sets none);
-    refuses what the engine would not honour."""
+    """What an OpenAI request body asks for: {"max_new_tokens" (None when the request sets none), "sampling" (a
+    SamplingParams), "stop"}; refuses what the engine would not honour."""
     for key, off in UNSUPPORTED.items():
         if body.get(key) is not None and body[key] not in off:
             raise RequestError(f"'{key}' is not supported by this server (only {off[0]!r} or leaving it out)")
@@ -84,13 +86,13 @@ def sampling_options(body: dict) -> dict:
     if stop is not None and (not isinstance(stop, list) or not all(isinstance(s, str) for s in stop)):
         raise RequestError(f"'stop' must be a string or a list of strings, got {stop!r}")
     seed = _number(body, "seed", None, int, -2**63, 2**64 - 1)
-    return dict(max_new_tokens=_number(body, key, None, int, 0), do_sample=temperature > 0,
-                temperature=temperature if temperature > 0 else 1.0,
-                top_p=_number(body, "top_p", 1.0, float, 0.0, 1.0, lo_open=True),
-                top_k=_number(body, "top_k", 0, int, 0),
-                repetition_penalty=_number(body, "repetition_penalty", 1.0, float, 0.0, lo_open=True),
-                seed=None if seed is None else seed % 2**63,  # the engine's seeds are non-negative (-1: random)
-                stop=stop)
+    sampling = SamplingParams(do_sample=temperature > 0, temperature=temperature if temperature > 0 else 1.0,
+                              top_p=_number(body, "top_p", 1.0, float, 0.0, 1.0, lo_open=True),
+                              top_k=_number(body, "top_k", 0, int, 0),
+                              repetition_penalty=_number(body, "repetition_penalty", 1.0, float, 0.0, lo_open=True),
+                              # the engine's seeds are non-negative (-1: random)
+                              seed=None if seed is None else seed % 2**63)
+    return dict(max_new_tokens=_number(body, key, None, int, 0), sampling=sampling, stop=stop)
 
 
 def chat_messages(messages) -> List[dict]:
@@ -124,12 +126,12 @@ class _Job:
 
     @property
     def key(self) -> tuple:  # requests decode together only with the same sampling (greedy ignores the rest)
-        o = self.opts
-        if o["do_sample"] and o["seed"] is not None:
+        s: SamplingParams = self.opts["sampling"]
+        if s.do_sample and s.seed is not None:
             return ("seeded", id(self))  # alone: prompt i of a batch samples with seed + i
-        if not o["do_sample"]:
-            return False, o["repetition_penalty"]
-        return True, o["temperature"], o["top_k"], o["top_p"], o["repetition_penalty"]
+        if not s.do_sample:
+            return False, s.repetition_penalty
+        return True, s.temperature, s.top_k, s.top_p, s.repetition_penalty
 
     @property
     def n(self) -> int:
@@ -290,8 +292,7 @@ class Server(ThreadingHTTPServer):
 
         error = None
         try:
-            rt.generate_ids_batch([j.ids for j in batch], max(j.n for j in batch), o["do_sample"], o["temperature"],
-                                  o["top_k"], o["top_p"], o["repetition_penalty"], o["seed"], on_token=on_token)
+            rt.generate_ids_batch([j.ids for j in batch], max(j.n for j in batch), o["sampling"], on_token=on_token)
             self.batch_sizes[len(batch)] += 1
         except (ValueError, IndexError) as e:  # the engine's checks cover every prompt before any token
             if len(batch) > 1 and not any(used):

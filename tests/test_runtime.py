@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from bllama import Runtime, bLlama, bLlamaConfig
+from bllama import Runtime, SamplingParams, bLlama, bLlamaConfig
 from bllama.evaluate import text_metrics, torch_logits_fn
 from bllama.export import export_gguf
 from bllama.generate import generate_ids
@@ -114,6 +114,9 @@ def test_generate_stream_stop_and_batch(trained):
     b = rt.generate("ROMEO:", max_new_tokens=30, do_sample=True, temperature=0.9, top_k=20, top_p=0.9, seed=3)
     c = rt.generate("ROMEO:", max_new_tokens=30, do_sample=True, temperature=0.9, top_k=20, top_p=0.9, seed=4)
     assert a == b and a != c
+    sampled = SamplingParams(do_sample=True, temperature=0.9, top_k=20, top_p=0.9)
+    assert rt.generate("ROMEO:", 30, SamplingParams.of(sampled, seed=3)) == a  # the object and the keywords agree
+    assert rt.generate("ROMEO:", 30, sampled, seed=4) == c  # keyword overrides on top of an object
     assert len(rt.tokenizer.encode(rt.generate("ROMEO:", max_new_tokens=60, stop_at_eos=False), add_bos=False)) >= 50
     assert rt.generate(["ROMEO:", "JULIET:"], max_new_tokens=12) == [rt.generate("ROMEO:", max_new_tokens=12),
                                                                       rt.generate("JULIET:", max_new_tokens=12)]
