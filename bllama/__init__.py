@@ -3,10 +3,10 @@
 Imports are lazy so that `bllama.Runtime` (the C++ engine) does not pull in torch and Lightning.
 """
 from ._version import __version__
-from .config import PRESETS, bLlamaConfig
+from .model.config import PRESETS, bLlamaConfig
 from .sampling import SamplingParams
 
-_LAZY = {"bLlama": ".module", "Runtime": ".runtime"}
+_LAZY = {"bLlama": ".train.module", "Runtime": ".runtime"}
 
 
 def __getattr__(name):

@@ -50,11 +50,11 @@ def _sampling_of(args):
 def cmd_train(args):
     import torch
 
-    from .config import bLlamaConfig
+    from .model.config import bLlamaConfig
     from .data import TextDataModule
-    from .module import bLlama
-    from .tokenizer import SentencePieceTokenizer, train_sentencepiece
-    from .train import dataset_from_paths, make_trainer, resolve_compile, save_run_files
+    from .train.module import bLlama
+    from .tokenizers.sentencepiece import SentencePieceTokenizer, train_sentencepiece
+    from .train.trainer import dataset_from_paths, make_trainer, resolve_compile, save_run_files
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -89,7 +89,7 @@ def cmd_train(args):
     save_run_files(out, config, tok)
     callbacks = []
     if args.histogram_every:
-        from .callbacks import WeightDistributionCallback
+        from .train.callbacks import WeightDistributionCallback
 
         callbacks.append(WeightDistributionCallback(every_n_steps=args.histogram_every, out_dir=out / "weights"))
     trainer = make_trainer(out, max_steps=args.max_steps, max_minutes=args.max_minutes, precision=args.precision,
@@ -116,7 +116,7 @@ def cmd_generate(args):
         print(f"\n[{s['prompt_tokens']} prompt tokens at {s['prompt_tokens_per_second']:.1f} tok/s, "
               f"{s['decode_tokens']} new tokens at {s['decode_tokens_per_second']:.1f} tok/s]", file=sys.stderr)
         return
-    from .train import load_checkpoint, tokenizer_beside
+    from .train.trainer import load_checkpoint, tokenizer_beside
 
     if args.chat:
         raise SystemExit("bllama generate: --chat needs a .gguf model (its chat template)")
@@ -127,15 +127,15 @@ def cmd_generate(args):
 
 
 def cmd_export(args):
-    from .export import export_gguf
-    from .tokenizer import SentencePieceTokenizer
-    from .train import load_checkpoint, tokenizer_beside
+    from .convert.gguf_export import export_gguf
+    from .tokenizers.sentencepiece import SentencePieceTokenizer
+    from .train.trainer import load_checkpoint, tokenizer_beside
 
     model = load_checkpoint(args.checkpoint)
     tok = SentencePieceTokenizer(args.tokenizer) if args.tokenizer else tokenizer_beside(args.checkpoint)
     t0 = time.perf_counter()
     if args.format == "hf":
-        from .hf_export import export_hf
+        from .convert.hf_export import export_hf
 
         path = export_hf(model, tok, args.output)
         size = sum(p.stat().st_size for p in path.iterdir())
@@ -146,7 +146,7 @@ def cmd_export(args):
 
 
 def cmd_import(args):
-    from .hf_import import import_hf
+    from .convert.hf_import import import_hf
 
     t0 = time.perf_counter()
     path = import_hf(args.hf_dir, args.output, progress=not args.quiet)
@@ -165,7 +165,7 @@ def cmd_eval(args):
 
 
 def cmd_bench(args):
-    from .bench import run_bench
+    from .tools.bench import run_bench
 
     run_bench(model=args.model, preset=args.preset, threads=args.threads, prompt_tokens=args.prompt_tokens,
               gen_tokens=args.gen_tokens, repeats=args.repeats, torch_compare=args.torch, json_out=args.json,
@@ -174,7 +174,7 @@ def cmd_bench(args):
 
 def cmd_serve(args):
     from .runtime import Runtime
-    from .server import serve
+    from .serve.server import serve
 
     rt = Runtime.load(args.model, threads=args.threads, head=args.head, device=args.device,
                       max_sequences=args.max_sequences)
@@ -182,13 +182,13 @@ def cmd_serve(args):
 
 
 def cmd_demo(args):
-    from .demo import run_demo
+    from .tools.demo import run_demo
 
     run_demo(out_dir=Path(args.out), minutes=args.minutes, prompt=args.prompt, max_new_tokens=args.max_new_tokens)
 
 
 def cmd_tokenizer_train(args):
-    from .tokenizer import train_sentencepiece
+    from .tokenizers.sentencepiece import train_sentencepiece
 
     path = train_sentencepiece(args.files, args.output, vocab_size=args.vocab_size)
     print(f"wrote {path}")
@@ -196,7 +196,7 @@ def cmd_tokenizer_train(args):
 
 def cmd_data_prepare(args):
     from .data import prepare_tokens
-    from .tokenizer import load_tokenizer
+    from .tokenizers.sentencepiece import load_tokenizer
 
     prepare_tokens(args.files, load_tokenizer(args.tokenizer), args.output)
 

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from bllama import Runtime, SamplingParams, bLlama, bLlamaConfig
-from bllama.evaluate import text_metrics, torch_logits_fn
-from bllama.export import export_gguf
-from bllama.generate import generate_ids
+from bllama.tools.evaluate import text_metrics, torch_logits_fn
+from bllama.convert.gguf_export import export_gguf
+from bllama.model.generate import generate_ids
 
 
 def f16_rounded(model):
@@ -237,7 +237,7 @@ class CharTokenizer:
 
 
 def test_text_stream_holds_back_partial_stop_strings():
-    from bllama.runtime import _TextStream
+    from bllama.runtime.text_stream import _TextStream
 
     ts = _TextStream(CharTokenizer(), CharTokenizer().encode("P:"), stop=["\n\n", "END"])
     out = [ts.push(ord(c)) for c in "ab\nc\n"]
@@ -251,7 +251,7 @@ def test_text_stream_holds_back_partial_stop_strings():
 def FullDecodeStream(tok, prompt_ids, stop):
     """The slow reference for _TextStream's decoding: the prompt and the whole reply decoded at every token, the
     stop strings searched over the whole text (the hold-back rules of push/flush are _TextStream's own)."""
-    from bllama.runtime import _TextStream
+    from bllama.runtime.text_stream import _TextStream
 
     class Full(_TextStream):
         def _text(self):
@@ -271,7 +271,7 @@ def FullDecodeStream(tok, prompt_ids, stop):
 def test_text_stream_windowed_decode_equals_full_decode(kind, sp_tokenizer):
     """Every delta of the windowed _TextStream equals the full-decode reference's, on real text, on random ids
     (byte-fallback pieces split characters; control tokens in runs), with and without stop strings."""
-    from bllama.runtime import _TextStream
+    from bllama.runtime.text_stream import _TextStream
 
     if kind == "bpe":
         from test_i2s import llama3_style_tokenizer

@@ -13,9 +13,9 @@ from pytorch_lightning.loggers import CSVLogger
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 from pytorch_lightning.strategies import FSDPStrategy
 
-from .atomic import atomic_path, remove_path, replace_dir
-from .config import bLlamaConfig
-from .model import Block
+from ..atomic import atomic_path, remove_path, replace_dir
+from ..model.config import bLlamaConfig
+from ..model.transformer import Block
 from .module import bLlama
 
 SHARDING_STRATEGIES = ("FULL_SHARD", "SHARD_GRAD_OP", "HYBRID_SHARD", "NO_SHARD")
@@ -116,7 +116,7 @@ def dataset_from_paths(paths: Sequence[str], tokenizer, max_length: int, samplin
     """One packed dataset from text (.txt), parquet, JSONL or prepared token files (.bin)."""
     from torch.utils.data import ConcatDataset
 
-    from .data import GepetoDataset, JsonlDataset, ShakespeareDataset, TokenDataset
+    from ..data import GepetoDataset, JsonlDataset, ShakespeareDataset, TokenDataset
 
     parts = []
     parquet = [p for p in paths if str(p).endswith(".parquet")]
@@ -224,7 +224,7 @@ def load_checkpoint(path) -> bLlama:
 
 def tokenizer_beside(checkpoint_path):
     """The tokenizer.model that bllama train wrote next to its checkpoints."""
-    from .tokenizer import SentencePieceTokenizer
+    from ..tokenizers.sentencepiece import SentencePieceTokenizer
 
     p = Path(checkpoint_path)
     for d in [p] + list(p.parents)[:3]:

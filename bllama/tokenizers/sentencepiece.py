@@ -22,7 +22,7 @@ from typing import Any, Iterable, Sequence
 
 import sentencepiece as spm
 
-from .atomic import atomic_write
+from ..atomic import atomic_write
 
 __all__ = [
     "TOKEN_TYPE_NORMAL",

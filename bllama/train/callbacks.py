@@ -16,7 +16,7 @@ except ImportError:  # pragma: no cover
     import lightning.pytorch as pl  # type: ignore
     from lightning.pytorch.utilities import rank_zero_info  # type: ignore
 
-from .atomic import atomic_path
+from ..atomic import atomic_path
 
 __all__ = ["WeightDistributionCallback", "ternary_fractions", "plot_ternary_distribution"]
 

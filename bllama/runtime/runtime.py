@@ -9,148 +9,11 @@ from typing import Iterator, List, Optional, Sequence, Union
 
 import numpy as np
 
-from .evaluate import text_metrics
-from .sampling import SamplingParams
-
-
-def _engine_module():
-    try:
-        from . import _engine
-    except ImportError as e:  # pragma: no cover - depends on the build
-        raise ImportError("the bllama C++ engine is not built; run `pip install -e .` in the repository") from e
-    return _engine
-
-
-def cuda_status() -> str:
-    """Why device="cuda" can or cannot run here: "ok: <GPU>" or the reason."""
-    eng = _engine_module()
-    if not eng.cuda_compiled():
-        return "this build of bllama has no CUDA backend (CMake found no CUDA compiler when it was built)"
-    if eng.cuda_device_count() == 0:
-        return eng.cuda_device_description()
-    return "ok: " + eng.cuda_device_description()
-
-
-class CudaUnavailableError(RuntimeError):
-    """device="cuda" was asked for where the CUDA backend cannot run (no CUDA in the build, no GPU)."""
-
-
-def check_cuda() -> None:
-    """Raises CudaUnavailableError with the reason when the CUDA backend cannot run here."""
-    status = cuda_status()
-    if not status.startswith("ok: "):
-        raise CudaUnavailableError(f"device='cuda' is unavailable: {status}")
-
-
-def _tokenizer_from_metadata(engine):
-    from .tokenizer import SentencePieceTokenizer
-
-    keys = set(engine.metadata_keys())
-    get = lambda k, d=None: engine.metadata(k) if k in keys else d
-    if "bllama.tokenizer.hf_json" in keys:  # byte-level BPE (LLaMA-3 style tokenizer.json)
-        from .tokenizer_bpe import BPETokenizer
-
-        eos = get("bllama.eos_token_ids")
-        eos = [int(i) for i in eos] if eos is not None else \
-            ([int(get("tokenizer.ggml.eos_token_id"))] if "tokenizer.ggml.eos_token_id" in keys else [])
-        return BPETokenizer(bytes(bytearray(engine.metadata("bllama.tokenizer.hf_json"))).decode("utf-8"),
-                            bos_id=get("tokenizer.ggml.bos_token_id"), eos_ids=eos,
-                            add_bos=bool(get("tokenizer.ggml.add_bos_token", True)),
-                            chat_template=get("tokenizer.chat_template"))
-    if "bllama.tokenizer.sp_model" in keys:
-        return SentencePieceTokenizer.from_bytes(bytes(bytearray(engine.metadata("bllama.tokenizer.sp_model"))))
-    if "tokenizer.ggml.tokens" not in keys:
-        raise ValueError("the model file carries no tokenizer (no tokenizer.ggml.tokens)")
-    model = engine.metadata("tokenizer.ggml.model") if "tokenizer.ggml.model" in keys else "llama"
-    tokens = list(engine.metadata("tokenizer.ggml.tokens"))
-    if model == "gpt2":  # byte-level BPE as llama.cpp / bitnet.cpp store it (e.g. the official BitNet 2B-4T file)
-        from .tokenizer_bpe import BPETokenizer, tokenizer_json_from_gguf
-
-        if "tokenizer.ggml.merges" not in keys:
-            raise ValueError("the model file's gpt2 tokenizer has no tokenizer.ggml.merges")
-        text = tokenizer_json_from_gguf(tokens, list(engine.metadata("tokenizer.ggml.merges")),
-                                        list(get("tokenizer.ggml.token_type", [1] * len(tokens))),
-                                        str(get("tokenizer.ggml.pre", "default")))
-        eos = [int(get(k)) for k in ("tokenizer.ggml.eos_token_id", "tokenizer.ggml.eot_token_id",
-                                     "tokenizer.ggml.eom_token_id") if k in keys]
-        return BPETokenizer(text, bos_id=get("tokenizer.ggml.bos_token_id"), eos_ids=list(dict.fromkeys(eos)),
-                            add_bos=bool(get("tokenizer.ggml.add_bos_token", True)),
-                            chat_template=get("tokenizer.chat_template"))
-    if model != "llama":
-        raise ValueError(f"unsupported tokenizer.ggml.model {model!r}: SentencePiece 'llama' and byte-level BPE "
-                         "'gpt2' are supported")
-    return SentencePieceTokenizer.from_vocab(
-        tokens, list(get("tokenizer.ggml.scores", [0.0] * len(tokens))),
-        list(get("tokenizer.ggml.token_type", [1] * len(tokens))),
-        bos=get("tokenizer.ggml.bos_token_id", 1), eos=get("tokenizer.ggml.eos_token_id", 2),
-        unk=get("tokenizer.ggml.unknown_token_id", 0))
-
-
-class _TextStream:
-    """Turns generated token ids into text deltas. Holds back what may still change: an incomplete UTF-8
-    sequence (byte-fallback tokens) and a tail that could be the start of a stop string.
-
-    Each token costs a decode of a few tokens, not of the whole prompt and reply: the text of tokens before
-    `anchor` is final, so only a short window is decoded again, starting CONTEXT tokens before the anchor (what
-    the new tokens' text depends on: SentencePiece drops a leading space only at the start of the decoded text).
-    Decoding everything each time cost 260 us per token after a 2000-token prompt, a quarter of a GPU decode step.
-    """
-
-    CONTEXT = 4
-
-    def __init__(self, tokenizer, prompt_ids, stop: Sequence[str]):
-        self.tok, self.tokens = tokenizer, list(prompt_ids)
-        self.stop = [s for s in (stop or []) if s]
-        self.anchor = len(self.tokens)  # tokens before it are decoded into self.final
-        self.final = ""  # the continuation's text up to the anchor
-        self.emitted = ""
-        self.stopped = False
-
-    def _decoded(self) -> str:
-        """The continuation's text so far; its end may still be an incomplete character."""
-        start = max(0, self.anchor - self.CONTEXT)
-        head = self.tok.decode(self.tokens[start:self.anchor])
-        while not head and start > 0:  # a window of control tokens only: reach back to real text
-            start = max(0, start - self.CONTEXT)
-            head = self.tok.decode(self.tokens[start:self.anchor])
-        window = self.tok.decode(self.tokens[start:])
-        # A prompt ending inside a character decodes differently once the reply completes it: take the reply alone.
-        tail = window[len(head):] if window.startswith(head) else self.tok.decode(self.tokens[self.anchor:])
-        if tail.endswith("\ufffd"):
-            return self.final + tail
-        self.final += tail
-        self.anchor = len(self.tokens)
-        return self.final
-
-    def _text(self) -> str:
-        text = self._decoded()
-        for s in self.stop:
-            i = text.find(s, max(0, len(self.emitted) - len(s)))  # the emitted text never holds a whole stop string
-            if i >= 0:
-                text, self.stopped = text[:i], True
-        return text
-
-    def _emit(self, text: str, upto: int) -> str:
-        delta = text[len(self.emitted):upto] if upto > len(self.emitted) else ""
-        self.emitted += delta
-        return delta
-
-    def push(self, token: int) -> str:
-        self.tokens.append(token)
-        text = self._text()
-        if self.stopped:
-            return self._emit(text, len(text))
-        safe = len(text) - 1 if text.endswith("\ufffd") else len(text)
-        for s in self.stop:
-            for k in range(min(len(s) - 1, len(text)), 0, -1):
-                if text.endswith(s[:k]):
-                    safe = min(safe, len(text) - k)
-                    break
-        return self._emit(text, safe)
-
-    def flush(self) -> str:
-        text = self._text()
-        return self._emit(text, len(text))
+from ..tools.evaluate import text_metrics
+from ..sampling import SamplingParams
+from ..tokenizers.from_gguf import tokenizer_from_gguf
+from .engine import engine_module, check_cuda
+from .text_stream import _TextStream
 
 
 class Runtime:
@@ -190,13 +53,13 @@ class Runtime:
             if not (path / "config.json").exists():
                 raise IsADirectoryError(f"{path} is a folder without config.json; give a .gguf file or a "
                                         "Hugging Face checkpoint folder")
-            from .hf_import import load_hf_dir_engine  # converted on the fly into a temporary GGUF
+            from ..convert.hf_import import load_hf_dir_engine  # converted on the fly into a temporary GGUF
 
-            engine = load_hf_dir_engine(path, lambda p: _engine_module().Engine(p, threads, head=head, device=device,
+            engine = load_hf_dir_engine(path, lambda p: engine_module().Engine(p, threads, head=head, device=device,
                                                                                 max_sequences=max_sequences))
-            return cls(engine, _tokenizer_from_metadata(engine), str(path))
-        engine = _engine_module().Engine(str(path), threads, head=head, device=device, max_sequences=max_sequences)
-        return cls(engine, _tokenizer_from_metadata(engine), str(path))
+            return cls(engine, tokenizer_from_gguf(engine), str(path))
+        engine = engine_module().Engine(str(path), threads, head=head, device=device, max_sequences=max_sequences)
+        return cls(engine, tokenizer_from_gguf(engine), str(path))
 
     # ---- facts ------------------------------------------------------------------------------------------
     @property
@@ -347,8 +210,8 @@ class Runtime:
     # ---- chat -------------------------------------------------------------------------------------------
     def chat_prompt_ids(self, messages, add_generation_prompt: bool = True) -> List[int]:
         """The token ids of `messages` ([{"role": ..., "content": ...}, ...]) rendered with the model file's chat
-        template (tokenizer.chat_template, bllama/chat.py); ValueError when the file has none."""
-        from .chat import render_chat
+        template (tokenizer.chat_template, bllama/tokenizers/chat.py); ValueError when the file has none."""
+        from ..tokenizers.chat import render_chat
 
         tok = self.tokenizer
         template = getattr(tok, "chat_template", None)

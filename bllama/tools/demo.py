@@ -22,14 +22,14 @@ def cpu_has_fast_bf16() -> bool:
 def run_demo(out_dir: Path, minutes: float = 3.0, prompt: str = "The Python language", max_new_tokens: int = 100):
     import torch
 
-    from .config import bLlamaConfig
-    from .corpus import default_corpus_text
-    from .data import ShakespeareDataset, TextDataModule
-    from .export import export_gguf
-    from .module import bLlama
-    from .runtime import Runtime
-    from .tokenizer import SentencePieceTokenizer, train_sentencepiece
-    from .train import make_trainer, save_run_files
+    from ..model.config import bLlamaConfig
+    from ..train.corpus import default_corpus_text
+    from ..data import ShakespeareDataset, TextDataModule
+    from ..convert.gguf_export import export_gguf
+    from ..train.module import bLlama
+    from ..runtime import Runtime
+    from ..tokenizers.sentencepiece import SentencePieceTokenizer, train_sentencepiece
+    from ..train.trainer import make_trainer, save_run_files
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

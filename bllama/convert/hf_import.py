@@ -33,8 +33,8 @@ from typing import Dict, Iterator, List, Optional, Tuple, Union
 
 import numpy as np
 
-from .atomic import atomic_path
-from .export import QK, pack_tq2_0
+from ..atomic import atomic_path
+from .gguf_schema import QK, pack_tq2_0
 
 PROJ = {"self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
         "self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
@@ -303,7 +303,7 @@ def load_hf_tokenizer(hf_dir: Path, plan: Plan):
     if isinstance(template, list):  # named templates: keep the default one
         template = next((t.get("template") for t in template if t.get("name") == "default"), None)
     if (hf_dir / "tokenizer.model").exists():
-        from .tokenizer import SentencePieceTokenizer
+        from ..tokenizers.sentencepiece import SentencePieceTokenizer
 
         tok = SentencePieceTokenizer.from_file(hf_dir / "tokenizer.model")
         if plan.bos_id is None:
@@ -312,7 +312,7 @@ def load_hf_tokenizer(hf_dir: Path, plan: Plan):
             plan.eos_ids = [tok.eos_id]
         kind = "sentencepiece"
     elif (hf_dir / "tokenizer.json").exists():
-        from .tokenizer_bpe import BPETokenizer
+        from ..tokenizers.bpe import BPETokenizer
 
         text = (hf_dir / "tokenizer.json").read_text(encoding="utf-8")
         probe = BPETokenizer(text)
@@ -336,7 +336,7 @@ def load_hf_tokenizer(hf_dir: Path, plan: Plan):
 
 
 def _add_tokenizer(w, tok, kind: str, plan: Plan, template: Optional[str]) -> None:
-    from .tokenizer import TOKEN_TYPE_UNUSED
+    from ..tokenizers.sentencepiece import TOKEN_TYPE_UNUSED
 
     if kind == "sentencepiece":
         pieces, scores, types = tok.pieces(), tok.scores(), tok.token_types()
