@@ -54,7 +54,7 @@ def cmd_train(args):
     from .data import TextDataModule
     from .train.module import bLlama
     from .tokenizers.sentencepiece import SentencePieceTokenizer, train_sentencepiece
-    from .train.trainer import dataset_from_paths, make_trainer, resolve_compile, save_run_files
+    from .train.trainer import dataset_from_paths, resolve_compile, run
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -86,19 +86,17 @@ def cmd_train(args):
         model.compile_blocks()
     print(f"model: preset {args.preset}, {model.num_parameters() / 1e6:.2f}M parameters; "
           f"data: {len(dataset)} blocks of {config.seq_len} tokens")
-    save_run_files(out, config, tok)
     callbacks = []
     if args.histogram_every:
         from .train.callbacks import WeightDistributionCallback
 
         callbacks.append(WeightDistributionCallback(every_n_steps=args.histogram_every, out_dir=out / "weights"))
-    trainer = make_trainer(out, max_steps=args.max_steps, max_minutes=args.max_minutes, precision=args.precision,
-                           accelerator=args.accelerator, devices=args.devices, strategy=args.strategy,
-                           val_every=args.val_every, limit_val_batches=args.val_batches, callbacks=callbacks,
-                           accumulate=args.accumulate, activation_checkpointing=recompute and fsdp,
-                           sharding_strategy=args.sharding_strategy, state_dict_type=args.state_dict_type,
-                           checkpoint_every=args.checkpoint_every)
-    trainer.fit(model, dm, ckpt_path=args.resume)
+    run(out, model, tok, dm, resume=args.resume, max_steps=args.max_steps, max_minutes=args.max_minutes,
+        precision=args.precision, accelerator=args.accelerator, devices=args.devices, strategy=args.strategy,
+        val_every=args.val_every, limit_val_batches=args.val_batches, callbacks=callbacks,
+        accumulate=args.accumulate, activation_checkpointing=recompute and fsdp,
+        sharding_strategy=args.sharding_strategy, state_dict_type=args.state_dict_type,
+        checkpoint_every=args.checkpoint_every)
     print(f"wrote {out / 'checkpoints' / 'last.ckpt'}, {out / 'tokenizer.model'} and {out / 'config.json'}")
 
 

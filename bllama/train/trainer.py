@@ -180,6 +180,17 @@ def save_run_files(out_dir: Path, config: bLlamaConfig, tokenizer) -> None:
         tokenizer.save(out_dir / "tokenizer.model")
 
 
+def run(out_dir: Path, model: bLlama, tokenizer, datamodule, resume: Optional[str] = None,
+        **trainer_options) -> pl.Trainer:
+    """The one training loop behind `bllama train` and the demo: writes the run folder's config.json and
+    tokenizer.model, then fits `model` on `datamodule` with make_trainer(out_dir, **trainer_options) (checkpoints in
+    out_dir/checkpoints), from the checkpoint `resume` if given. Returns the trainer."""
+    save_run_files(out_dir, model.config, tokenizer)
+    trainer = make_trainer(out_dir, **trainer_options)
+    trainer.fit(model, datamodule, ckpt_path=resume)
+    return trainer
+
+
 def is_sharded_checkpoint(path) -> bool:
     """A directory written by FSDPStrategy(state_dict_type="sharded"): torch.distributed.checkpoint shards plus
     Lightning's meta.pt."""
