@@ -179,6 +179,14 @@ class Server(ThreadingHTTPServer):
         o = batch[0].opts
         used = [0] * len(batch)
         finished = [False] * len(batch)
+        counted = []
+
+        def count_batch() -> None:
+            # At the first token, when the engine has taken every prompt: before any reply of the batch goes out,
+            # so a client holding its reply sees its batch in batch_sizes.
+            if not counted:
+                counted.append(True)
+                self.batch_sizes[len(batch)] += 1
 
         def fail(i: int, error: BaseException) -> None:
             batch[i].events.put(("error", error))
@@ -194,6 +202,7 @@ class Server(ThreadingHTTPServer):
 
         def on_token(i: int, token: int) -> bool:
             j, t = batch[i], texts[i]
+            count_batch()
             try:
                 used[i] += 1
                 delta = t.push(token)
@@ -210,7 +219,7 @@ class Server(ThreadingHTTPServer):
         error = None
         try:
             rt.generate_ids_batch([j.ids for j in batch], max(j.n for j in batch), o["sampling"], on_token=on_token)
-            self.batch_sizes[len(batch)] += 1
+            count_batch()
         except (ValueError, IndexError) as e:  # the engine's checks cover every prompt before any token
             if len(batch) > 1 and not any(used):
                 for j in batch:  # find whose prompt it is: only that request fails
