@@ -1,5 +1,6 @@
 """Builds the bllama package and its C++ engine (bllama._engine) with CMake + ninja, pybind/cmake_example style."""
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -8,6 +9,15 @@ from setuptools import Extension, find_packages, setup
 from setuptools.command.build_ext import build_ext
 
 ROOT = Path(__file__).resolve().parent
+
+
+def read_version() -> str:
+    """bllama/_version.py's __version__, read as text: importing bllama here would need torch at build time."""
+    text = (ROOT / "bllama" / "_version.py").read_text(encoding="utf-8")
+    match = re.search(r'^__version__ = "([^"]+)"$', text, re.MULTILINE)
+    if match is None:
+        raise RuntimeError("bllama/_version.py has no __version__ line")
+    return match.group(1)
 
 
 class CMakeExtension(Extension):
@@ -40,7 +50,7 @@ class CMakeBuild(build_ext):
 
 setup(
     name="bllama",
-    version="0.1.0",
+    version=read_version(),
     description="Train BitNet b1.58 (ternary) LLaMA models in PyTorch and run them with a packed C++ engine",
     packages=find_packages(include=["bllama", "bllama.*"]),
     package_data={"bllama": ["*.txt", "assets/*"]},

@@ -11,8 +11,8 @@ MODEL=$(mktemp -d)/random-$PRESET.gguf
 python - "$PRESET" "$MODEL" <<'PY'
 import sys
 from pathlib import Path
-from bllama.bench import write_random_gguf
-from bllama.config import bLlamaConfig
+from bllama.tools.bench import write_random_gguf
+from bllama.model.config import bLlamaConfig
 write_random_gguf(bLlamaConfig.preset(sys.argv[1]), Path(sys.argv[2]))
 print("wrote", sys.argv[2])
 PY

@@ -116,7 +116,7 @@ rbench() {
 probe() {
     local model=/tmp/bllama-probe.gguf ok=0
     python3 -c "from pathlib import Path; from bllama import bLlamaConfig; \
-from bllama.bench import write_random_gguf; write_random_gguf(bLlamaConfig.preset('tiny'), Path('$model'))" || return 1
+from bllama.tools.bench import write_random_gguf; write_random_gguf(bLlamaConfig.preset('tiny'), Path('$model'))" || return 1
     ldd "$ROOT"/bllama/_engine*.so | grep -i cudart
     local run="e = _engine.Engine('$model', device='cuda'); print(e.config['device_name'], e.generate([1, 2, 3], 8))"
     for pre in "from bllama import _engine" "import torch; from bllama import _engine" "from bllama import _engine; import torch"; do

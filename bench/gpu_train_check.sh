@@ -53,7 +53,7 @@ fi
 echo "== gpu_train_check: preset $PRESET on $DEV, results in $RES, budget ${BUDGET_S}s"
 (command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv) || true
 $PY - <<'EOF' || { echo "FATAL: cannot import bllama/torch"; exit 1; }
-import sys, torch, pytorch_lightning as pl, bllama, bllama.module, bllama.train
+import sys, torch, pytorch_lightning as pl, bllama, bllama.train.module, bllama.train.trainer
 assert not any(m.startswith("bllama._engine") for m in sys.modules), "the C++ engine was imported"
 print(f"python {sys.version.split()[0]}, torch {torch.__version__}, lightning {pl.__version__}, "
       f"cuda {torch.cuda.is_available()} {torch.cuda.get_device_name() if torch.cuda.is_available() else ''}")
@@ -124,7 +124,7 @@ resume_check() {  # resume_check NAME ARGS...: the Lightning FSDP path (tests/sc
 
 resume_check fsdp_resume $RESUME_ARGS
 
-# The fused Triton activation quantizer (bllama/triton_quant.py, on by default on CUDA since the 2026-11-28 runs showed
+# The fused Triton activation quantizer (bllama/model/triton_quant.py, on by default on CUDA since the 2026-11-28 runs showed
 # a gain; BLLAMA_TRITON=0 turns it off): bit-identity and kernel times on this GPU, then eager training without and
 # with it (torch.compile fuses the eager ops itself, so it is only for eager mode).
 triton_ab() {

@@ -78,7 +78,7 @@ def main():
     size = write_checkpoint(d, a.layers)
     out = Path(tmp.name) / "out.gguf"
     # Peak RSS of a fresh interpreter doing only the import (VmHWM is per address space).
-    code = ("from bllama.hf_import import import_hf; from bllama.bench import peak_rss_mib; import sys; "
+    code = ("from bllama.convert.hf_import import import_hf; from bllama.tools.bench import peak_rss_mib; import sys; "
             f"import_hf({str(d)!r}, {str(out)!r}, progress=False); print(peak_rss_mib())")
     t0 = time.perf_counter()
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

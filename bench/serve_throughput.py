@@ -4,7 +4,7 @@
     python bench/serve_throughput.py MODEL.gguf --sequences 1 4 --clients 4 --requests 16 --max-tokens 48
 
 Each of --clients threads sends its share of --requests greedy completions (prompts cut from the built-in corpus)
-one after another over HTTP to an in-process server (bllama.server.Server). For every --sequences value the model
+one after another over HTTP to an in-process server (bllama.serve.server.Server). For every --sequences value the model
 is loaded with that max_sequences. Reported: completion tokens per second over the whole run (wall clock), the
 median and worst request latency, and the batches the server ran. Without a model file, a random model of
 --preset's shapes is written with a SentencePiece tokenizer trained on the built-in corpus (--vocab pieces).
@@ -25,14 +25,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bllama import bLlamaConfig  # noqa: E402
-from bllama.corpus import default_corpus_text  # noqa: E402
+from bllama.train.corpus import default_corpus_text  # noqa: E402
 from bllama.runtime import Runtime  # noqa: E402
-from bllama.server import Server  # noqa: E402
+from bllama.serve.server import Server  # noqa: E402
 
 
 def random_model(preset: str, vocab: int, folder: Path) -> Path:
-    from bllama.bench import write_random_gguf
-    from bllama.tokenizer import SentencePieceTokenizer, train_sentencepiece
+    from bllama.tools.bench import write_random_gguf
+    from bllama.tokenizers.sentencepiece import SentencePieceTokenizer, train_sentencepiece
 
     text = folder / "corpus.txt"
     text.write_text(default_corpus_text(), encoding="utf-8")

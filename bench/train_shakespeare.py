@@ -24,8 +24,8 @@ def run(args, quantize: bool, tok_path: str, result_q=None):
 
     from bllama import bLlama, bLlamaConfig
     from bllama.data import PackedDataset, TextDataModule
-    from bllama.evaluate import text_metrics, torch_logits_fn
-    from bllama.tokenizer import SentencePieceTokenizer
+    from bllama.tools.evaluate import text_metrics, torch_logits_fn
+    from bllama.tokenizers.sentencepiece import SentencePieceTokenizer
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -108,7 +108,7 @@ def main():
     p.add_argument("--json", default=None)
     args = p.parse_args()
 
-    from bllama.tokenizer import train_sentencepiece
+    from bllama.tokenizers.sentencepiece import train_sentencepiece
 
     text = Path(args.data).read_text(encoding="utf-8")
     work = ROOT / "build-bench"

@@ -58,7 +58,7 @@ def triton_quant_used(device: str, compiled: bool) -> bool:
 
 
 def corpus_tokens(vocab_size: int) -> torch.Tensor:
-    from bllama.corpus import default_corpus_text
+    from bllama.train.corpus import default_corpus_text
 
     data = torch.frombuffer(bytearray(default_corpus_text().encode("utf-8")), dtype=torch.uint8).long()
     return data % vocab_size

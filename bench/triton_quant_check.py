@@ -17,7 +17,7 @@ import sys
 import torch
 
 from bllama import triton_quant
-from bllama.bitlinear import quantize_activations
+from bllama.model.bitlinear import quantize_activations
 
 
 def eager(x):

@@ -2,11 +2,11 @@
 
 Imports are lazy so that `bllama.Runtime` (the C++ engine) does not pull in torch and Lightning.
 """
-from .config import PRESETS, bLlamaConfig
+from ._version import __version__
+from .model.config import PRESETS, bLlamaConfig
+from .sampling import SamplingParams
 
-__version__ = "0.1.0"
-
-_LAZY = {"bLlama": ".module", "Runtime": ".runtime"}
+_LAZY = {"bLlama": ".train.module", "Runtime": ".runtime"}
 
 
 def __getattr__(name):
@@ -17,4 +17,4 @@ def __getattr__(name):
     raise AttributeError(f"module 'bllama' has no attribute {name!r}")
 
 
-__all__ = ["bLlamaConfig", "bLlama", "PRESETS", "Runtime"]
+__all__ = ["bLlamaConfig", "bLlama", "PRESETS", "Runtime", "SamplingParams"]

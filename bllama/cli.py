@@ -39,14 +39,22 @@ def _add_sampling(p):
     p.add_argument("--seed", type=int, default=None, help="random seed for sampling")
 
 
+def _sampling_of(args):
+    """The SamplingParams of _add_sampling's flags."""
+    from .sampling import SamplingParams
+
+    return SamplingParams(do_sample=args.do_sample, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                          repetition_penalty=args.repetition_penalty, seed=args.seed)
+
+
 def cmd_train(args):
     import torch
 
-    from .config import bLlamaConfig
+    from .model.config import bLlamaConfig
     from .data import TextDataModule
-    from .module import bLlama
-    from .tokenizer import SentencePieceTokenizer, train_sentencepiece
-    from .train import dataset_from_paths, make_trainer, resolve_compile, save_run_files
+    from .train.module import bLlama
+    from .tokenizers.sentencepiece import SentencePieceTokenizer, train_sentencepiece
+    from .train.trainer import dataset_from_paths, resolve_compile, run
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -78,19 +86,17 @@ def cmd_train(args):
         model.compile_blocks()
     print(f"model: preset {args.preset}, {model.num_parameters() / 1e6:.2f}M parameters; "
           f"data: {len(dataset)} blocks of {config.seq_len} tokens")
-    save_run_files(out, config, tok)
     callbacks = []
     if args.histogram_every:
-        from .callbacks import WeightDistributionCallback
+        from .train.callbacks import WeightDistributionCallback
 
         callbacks.append(WeightDistributionCallback(every_n_steps=args.histogram_every, out_dir=out / "weights"))
-    trainer = make_trainer(out, max_steps=args.max_steps, max_minutes=args.max_minutes, precision=args.precision,
-                           accelerator=args.accelerator, devices=args.devices, strategy=args.strategy,
-                           val_every=args.val_every, limit_val_batches=args.val_batches, callbacks=callbacks,
-                           accumulate=args.accumulate, activation_checkpointing=recompute and fsdp,
-                           sharding_strategy=args.sharding_strategy, state_dict_type=args.state_dict_type,
-                           checkpoint_every=args.checkpoint_every)
-    trainer.fit(model, dm, ckpt_path=args.resume)
+    run(out, model, tok, dm, resume=args.resume, max_steps=args.max_steps, max_minutes=args.max_minutes,
+        precision=args.precision, accelerator=args.accelerator, devices=args.devices, strategy=args.strategy,
+        val_every=args.val_every, limit_val_batches=args.val_batches, callbacks=callbacks,
+        accumulate=args.accumulate, activation_checkpointing=recompute and fsdp,
+        sharding_strategy=args.sharding_strategy, state_dict_type=args.state_dict_type,
+        checkpoint_every=args.checkpoint_every)
     print(f"wrote {out / 'checkpoints' / 'last.ckpt'}, {out / 'tokenizer.model'} and {out / 'config.json'}")
 
 
@@ -99,38 +105,35 @@ def cmd_generate(args):
         from .runtime import Runtime
 
         rt = Runtime.load(args.model, threads=args.threads, head=args.head, device=args.device)
-        sampling = dict(max_new_tokens=args.max_new_tokens, do_sample=args.do_sample, temperature=args.temperature,
-                        top_k=args.top_k, top_p=args.top_p, repetition_penalty=args.repetition_penalty, seed=args.seed)
-        pieces = (rt.chat([{"role": "user", "content": args.prompt}], stream=True, **sampling) if args.chat
-                  else rt.stream(args.prompt, **sampling))
+        sampling = _sampling_of(args)
+        pieces = (rt.chat([{"role": "user", "content": args.prompt}], args.max_new_tokens, sampling, stream=True)
+                  if args.chat else rt.stream(args.prompt, args.max_new_tokens, sampling))
         for piece in pieces:
             print(piece, end="", flush=True)
         s = rt.stats
         print(f"\n[{s['prompt_tokens']} prompt tokens at {s['prompt_tokens_per_second']:.1f} tok/s, "
               f"{s['decode_tokens']} new tokens at {s['decode_tokens_per_second']:.1f} tok/s]", file=sys.stderr)
         return
-    from .train import load_checkpoint, tokenizer_beside
+    from .train.trainer import load_checkpoint, tokenizer_beside
 
     if args.chat:
         raise SystemExit("bllama generate: --chat needs a .gguf model (its chat template)")
     model = load_checkpoint(args.model)
     tok = args.tokenizer or tokenizer_beside(args.model)
     model.quantize_weights_to_ternary()
-    print(model.generate(args.prompt, tok, max_len=args.max_new_tokens, do_sample=args.do_sample,
-                         temperature=args.temperature, top_k=args.top_k or None, top_p=args.top_p,
-                         repetition_penalty=args.repetition_penalty, seed=args.seed))
+    print(model.generate(args.prompt, tok, max_len=args.max_new_tokens, **_sampling_of(args).as_dict()))
 
 
 def cmd_export(args):
-    from .export import export_gguf
-    from .tokenizer import SentencePieceTokenizer
-    from .train import load_checkpoint, tokenizer_beside
+    from .convert.gguf_export import export_gguf
+    from .tokenizers.sentencepiece import SentencePieceTokenizer
+    from .train.trainer import load_checkpoint, tokenizer_beside
 
     model = load_checkpoint(args.checkpoint)
     tok = SentencePieceTokenizer(args.tokenizer) if args.tokenizer else tokenizer_beside(args.checkpoint)
     t0 = time.perf_counter()
     if args.format == "hf":
-        from .hf_export import export_hf
+        from .convert.hf_export import export_hf
 
         path = export_hf(model, tok, args.output)
         size = sum(p.stat().st_size for p in path.iterdir())
@@ -141,7 +144,7 @@ def cmd_export(args):
 
 
 def cmd_import(args):
-    from .hf_import import import_hf
+    from .convert.hf_import import import_hf
 
     t0 = time.perf_counter()
     path = import_hf(args.hf_dir, args.output, progress=not args.quiet)
@@ -160,7 +163,7 @@ def cmd_eval(args):
 
 
 def cmd_bench(args):
-    from .bench import run_bench
+    from .tools.bench import run_bench
 
     run_bench(model=args.model, preset=args.preset, threads=args.threads, prompt_tokens=args.prompt_tokens,
               gen_tokens=args.gen_tokens, repeats=args.repeats, torch_compare=args.torch, json_out=args.json,
@@ -169,7 +172,7 @@ def cmd_bench(args):
 
 def cmd_serve(args):
     from .runtime import Runtime
-    from .server import serve
+    from .serve.server import serve
 
     rt = Runtime.load(args.model, threads=args.threads, head=args.head, device=args.device,
                       max_sequences=args.max_sequences)
@@ -177,13 +180,13 @@ def cmd_serve(args):
 
 
 def cmd_demo(args):
-    from .demo import run_demo
+    from .tools.demo import run_demo
 
     run_demo(out_dir=Path(args.out), minutes=args.minutes, prompt=args.prompt, max_new_tokens=args.max_new_tokens)
 
 
 def cmd_tokenizer_train(args):
-    from .tokenizer import train_sentencepiece
+    from .tokenizers.sentencepiece import train_sentencepiece
 
     path = train_sentencepiece(args.files, args.output, vocab_size=args.vocab_size)
     print(f"wrote {path}")
@@ -191,7 +194,7 @@ def cmd_tokenizer_train(args):
 
 def cmd_data_prepare(args):
     from .data import prepare_tokens
-    from .tokenizer import load_tokenizer
+    from .tokenizers.sentencepiece import load_tokenizer
 
     prepare_tokens(args.files, load_tokenizer(args.tokenizer), args.output)
 

@@ -17,14 +17,14 @@ Café, naïve, façade, über and résumé contain accented letters; 東京 and 
 @pytest.fixture(scope="session")
 def sp_corpus_text() -> str:
     """The text the session tokenizer was trained on (self-made + built-in corpus)."""
-    from bllama.corpus import default_corpus_text
+    from bllama.train.corpus import default_corpus_text
 
     return _SELF_MADE * 20 + default_corpus_text(max_chars=200_000)
 
 
 @pytest.fixture(scope="session")
 def sp_model_path(tmp_path_factory, sp_corpus_text) -> str:
-    from bllama.tokenizer import train_sentencepiece
+    from bllama.tokenizers.sentencepiece import train_sentencepiece
 
     d = tmp_path_factory.mktemp("sp")
     corpus = d / "corpus.txt"
@@ -35,7 +35,7 @@ def sp_model_path(tmp_path_factory, sp_corpus_text) -> str:
 @pytest.fixture(scope="session")
 def sp_tokenizer(sp_model_path):
     """A SentencePieceTokenizer (BPE, byte fallback, vocab 384, LLaMA ids)."""
-    from bllama.tokenizer import SentencePieceTokenizer
+    from bllama.tokenizers.sentencepiece import SentencePieceTokenizer
 
     return SentencePieceTokenizer(sp_model_path)
 
@@ -57,7 +57,7 @@ def trained_tiny(tmp_path_factory, sp_tokenizer):
     if shakespeare.exists():
         text = shakespeare.read_text(encoding="utf-8")
     else:
-        from bllama.corpus import default_corpus_text
+        from bllama.train.corpus import default_corpus_text
         text = default_corpus_text(max_chars=1_100_000)
     d = tmp_path_factory.mktemp("trained_tiny")
     train_text, held_out = text[:300_000], text[-20_000:]

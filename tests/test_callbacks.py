@@ -9,7 +9,7 @@ from torch import nn
 
 pl = pytest.importorskip("pytorch_lightning")
 
-from bllama.callbacks import WeightDistributionCallback, plot_ternary_distribution, ternary_fractions  # noqa: E402
+from bllama.train.callbacks import WeightDistributionCallback, plot_ternary_distribution, ternary_fractions  # noqa: E402
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -1,4 +1,4 @@
-"""Chat prompts from a model file's template (bllama/chat.py, Runtime.chat, `bllama generate --chat`)."""
+"""Chat prompts from a model file's template (bllama/tokenizers/chat.py, Runtime.chat, `bllama generate --chat`)."""
 from __future__ import annotations
 
 import subprocess
@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from bllama.chat import ChatTemplateError, render_chat
+from bllama.tokenizers.chat import ChatTemplateError, render_chat
 from bllama.runtime import Runtime
 
 from test_i2s import _weights, llama3_style_tokenizer, write_file

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from bllama import _engine
-from bllama.export import export_gguf
+from bllama.convert.gguf_export import export_gguf
 from bllama.runtime import CudaUnavailableError, Runtime, cuda_status
 
 from test_engine_bindings import _export, _model

@@ -17,10 +17,11 @@ from bllama import _engine  # the installed module (pip install -e .); a missing
 
 
 def _export(net, path, weight_type="tq2_0"):
-    """Write a quantized Transformer like bllama.export does, with a synthetic tokenizer."""
+    """Write a quantized Transformer like bllama.convert.gguf_export does, with a synthetic tokenizer."""
     import gguf
 
-    from bllama.export import add_bitnet_metadata, add_model_tensors, gguf_arch
+    from bllama.convert.gguf_export import add_model_tensors
+    from bllama.convert.gguf_schema import add_bitnet_metadata, gguf_arch
 
     cfg = net.config
     w = gguf.GGUFWriter(str(path), gguf_arch(cfg, weight_type))
@@ -41,8 +42,8 @@ def _export(net, path, weight_type="tq2_0"):
 
 
 def _model(seed=0, **kw):
-    from bllama.config import bLlamaConfig
-    from bllama.model import Transformer
+    from bllama.model.config import bLlamaConfig
+    from bllama.model.transformer import Transformer
 
     torch.manual_seed(seed)
     shape = dict(vocab_size=320, seq_len=64, hidden_size=256, num_heads=4, num_layers=2, ffn_size=512)

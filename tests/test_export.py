@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from bllama import bLlama, bLlamaConfig
-from bllama.export import export_gguf, pack_tq2_0
+from bllama.convert.gguf_export import export_gguf
+from bllama.convert.gguf_schema import pack_tq2_0
 
 
 def small_cfg(vocab, **kw):
@@ -68,7 +69,7 @@ def test_export_i2_s_for_bitnet_cpp(tmp_path, sp_tokenizer, kw, arch):
     """I2_S export: bitnet.cpp's b1.58 architecture where the model is one (ReLU^2, tied head), else `bitnet`;
     every projection is the exact I2_S bytes of its codes and fp32 scale, and the engine runs the file."""
     from bllama import _engine
-    from bllama.export import pack_i2_s
+    from bllama.convert.gguf_schema import pack_i2_s
 
     torch.manual_seed(1)
     m = bLlama(small_cfg(sp_tokenizer.vocab_size, **kw))

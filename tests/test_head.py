@@ -16,8 +16,8 @@ import pytest
 import torch
 
 from bllama import Runtime, bLlama, bLlamaConfig
-from bllama.evaluate import text_metrics
-from bllama.export import export_gguf
+from bllama.tools.evaluate import text_metrics
+from bllama.convert.gguf_export import export_gguf
 
 
 def q8_rel_error(m: np.ndarray) -> float:

@@ -31,7 +31,7 @@ def _eval_copy(model):
 def test_hf_export_loads_in_transformers_and_matches(trained_tiny, tmp_path):
     from transformers import BitNetForCausalLM
 
-    from bllama.hf_export import export_hf
+    from bllama.convert.hf_export import export_hf
 
     model, tok = _eval_copy(trained_tiny["model"]), trained_tiny["tokenizer"]
     out = export_hf(model, tok, tmp_path / "hf")
@@ -53,8 +53,8 @@ def test_hf_export_loads_in_transformers_and_matches(trained_tiny, tmp_path):
 def test_hf_export_roundtrips_through_import(trained_tiny, tmp_path):
     """export --format hf, then import: the engine gives the logits of the direct GGUF export (up to the
     same tie flips; the HF path keeps s in fp32 scale tensors, the direct path in fp16 d: both are s exactly)."""
-    from bllama.export import export_gguf
-    from bllama.hf_export import export_hf
+    from bllama.convert.gguf_export import export_gguf
+    from bllama.convert.hf_export import export_hf
     from bllama.runtime import Runtime
 
     model, tok = _eval_copy(trained_tiny["model"]), trained_tiny["tokenizer"]
@@ -70,8 +70,8 @@ def test_hf_export_roundtrips_through_import(trained_tiny, tmp_path):
 def test_pack_hf_matches_transformers():
     from transformers.integrations.bitnet import pack_weights
 
-    from bllama.hf_export import pack_hf
-    from bllama.hf_import import unpack_hf
+    from bllama.convert.hf_export import pack_hf
+    from bllama.convert.hf_import import unpack_hf
 
     g = torch.Generator().manual_seed(3)
     w = torch.randint(-1, 2, (32, 24), generator=g)
@@ -82,7 +82,7 @@ def test_pack_hf_matches_transformers():
 
 
 def test_hf_export_refuses_nonempty_folder(trained_tiny, tmp_path):
-    from bllama.hf_export import export_hf
+    from bllama.convert.hf_export import export_hf
 
     (tmp_path / "x").mkdir()
     (tmp_path / "x" / "f").write_text("keep")

@@ -178,7 +178,7 @@ def test_sentencepiece_checkpoint_tokenizer(checkpoints, sp_tokenizer):
 
 
 def test_unsupported_checkpoints_say_what(checkpoints, tmp_path):
-    from bllama.hf_import import HFImportError, import_hf
+    from bllama.convert.hf_import import HFImportError, import_hf
 
     _, src = checkpoints["2b4t-like"]
 
@@ -219,7 +219,7 @@ def test_unsupported_checkpoints_say_what(checkpoints, tmp_path):
 def test_unpack_matches_transformers():
     from transformers.integrations.bitnet import pack_weights, unpack_weights
 
-    from bllama.hf_import import unpack_hf
+    from bllama.convert.hf_import import unpack_hf
 
     g = torch.Generator().manual_seed(1)
     w = torch.randint(-1, 2, (64, 48), generator=g).float()

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from bllama import _engine
-from bllama.export import add_ternary_tensor, pack_i2_s
+from bllama.convert.gguf_schema import add_ternary_tensor, pack_i2_s
 from bllama.runtime import Runtime
-from bllama.tokenizer_bpe import BPETokenizer, tokenizer_json_from_gguf
+from bllama.tokenizers.bpe import BPETokenizer, tokenizer_json_from_gguf
 
 from hf_checkpoints import SPECIALS, TEXT
 
@@ -53,7 +53,7 @@ def llama3_style_tokenizer() -> BPETokenizer:
     ignore_merges, the specials as added tokens."""
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 
-    from bllama.tokenizer_bpe import LLAMA3_SPLIT
+    from bllama.tokenizers.bpe import LLAMA3_SPLIT
 
     tok = Tokenizer(models.BPE(ignore_merges=True))
     tok.pre_tokenizer = pre_tokenizers.Sequence([

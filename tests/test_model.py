@@ -5,9 +5,9 @@ import pytest
 import torch
 
 from bllama import bLlama, bLlamaConfig
-from bllama.bitlinear import BitLinear, quantize_activations, weight_scale
-from bllama.generate import apply_repetition_penalty, filter_top_k_top_p, generate_ids
-from bllama.model import Transformer, count_parameters
+from bllama.model.bitlinear import BitLinear, quantize_activations, weight_scale
+from bllama.model.generate import apply_repetition_penalty, filter_top_k_top_p, generate_ids
+from bllama.model.transformer import Transformer, count_parameters
 
 
 def tiny(**kw):
@@ -96,7 +96,7 @@ def test_cached_logits_equal_full_forward():
     m = Transformer(tiny()).eval()
     idx = torch.randint(0, 97, (2, 20))
     full = m(idx)
-    from bllama.model import KVCache
+    from bllama.model.transformer import KVCache
     cache = KVCache(m.config, 2, "cpu")
     parts = [m(idx[:, :7], cache, 0), m(idx[:, 7:8], cache, 7), m(idx[:, 8:], cache, 8)]
     torch.testing.assert_close(torch.cat(parts, 1), full, rtol=1e-4, atol=1e-4)

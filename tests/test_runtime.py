@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from bllama import Runtime, bLlama, bLlamaConfig
-from bllama.evaluate import text_metrics, torch_logits_fn
-from bllama.export import export_gguf
-from bllama.generate import generate_ids
+from bllama import Runtime, SamplingParams, bLlama, bLlamaConfig
+from bllama.tools.evaluate import text_metrics, torch_logits_fn
+from bllama.convert.gguf_export import export_gguf
+from bllama.model.generate import generate_ids
 
 
 def f16_rounded(model):
@@ -114,6 +114,9 @@ def test_generate_stream_stop_and_batch(trained):
     b = rt.generate("ROMEO:", max_new_tokens=30, do_sample=True, temperature=0.9, top_k=20, top_p=0.9, seed=3)
     c = rt.generate("ROMEO:", max_new_tokens=30, do_sample=True, temperature=0.9, top_k=20, top_p=0.9, seed=4)
     assert a == b and a != c
+    sampled = SamplingParams(do_sample=True, temperature=0.9, top_k=20, top_p=0.9)
+    assert rt.generate("ROMEO:", 30, SamplingParams.of(sampled, seed=3)) == a  # the object and the keywords agree
+    assert rt.generate("ROMEO:", 30, sampled, seed=4) == c  # keyword overrides on top of an object
     assert len(rt.tokenizer.encode(rt.generate("ROMEO:", max_new_tokens=60, stop_at_eos=False), add_bos=False)) >= 50
     assert rt.generate(["ROMEO:", "JULIET:"], max_new_tokens=12) == [rt.generate("ROMEO:", max_new_tokens=12),
                                                                       rt.generate("JULIET:", max_new_tokens=12)]
@@ -234,7 +237,7 @@ class CharTokenizer:
 
 
 def test_text_stream_holds_back_partial_stop_strings():
-    from bllama.runtime import _TextStream
+    from bllama.runtime.text_stream import _TextStream
 
     ts = _TextStream(CharTokenizer(), CharTokenizer().encode("P:"), stop=["\n\n", "END"])
     out = [ts.push(ord(c)) for c in "ab\nc\n"]
@@ -248,7 +251,7 @@ def test_text_stream_holds_back_partial_stop_strings():
 def FullDecodeStream(tok, prompt_ids, stop):
     """The slow reference for _TextStream's decoding: the prompt and the whole reply decoded at every token, the
     stop strings searched over the whole text (the hold-back rules of push/flush are _TextStream's own)."""
-    from bllama.runtime import _TextStream
+    from bllama.runtime.text_stream import _TextStream
 
     class Full(_TextStream):
         def _text(self):
@@ -268,7 +271,7 @@ def FullDecodeStream(tok, prompt_ids, stop):
 def test_text_stream_windowed_decode_equals_full_decode(kind, sp_tokenizer):
     """Every delta of the windowed _TextStream equals the full-decode reference's, on real text, on random ids
     (byte-fallback pieces split characters; control tokens in runs), with and without stop strings."""
-    from bllama.runtime import _TextStream
+    from bllama.runtime.text_stream import _TextStream
 
     if kind == "bpe":
         from test_i2s import llama3_style_tokenizer

@@ -1,4 +1,4 @@
-"""`bllama serve` (bllama/server.py): the OpenAI-compatible endpoints give what Runtime gives for the same request,
+"""`bllama serve` (bllama/serve/): the OpenAI-compatible endpoints give what Runtime gives for the same request,
 streamed or not; bad requests get a 400 that names the problem; a client that hangs up mid-stream does not block
 the next one; concurrent clients are served one after the other, each with its own answer."""
 from __future__ import annotations
@@ -16,7 +16,8 @@ import urllib.request
 import pytest
 
 from bllama.runtime import Runtime
-from bllama.server import RequestError, Server
+from bllama.serve.protocol import RequestError
+from bllama.serve.server import Server
 
 from test_chat import TEMPLATE
 from test_i2s import _weights, llama3_style_tokenizer, write_file
@@ -39,7 +40,7 @@ def stop(server):
 @pytest.fixture(scope="module")
 def files(tmp_path_factory, trained_tiny):
     """(a random-weight file with a chat template, the trained tiny model's file: diverse samples, no template)."""
-    from bllama.export import export_gguf
+    from bllama.convert.gguf_export import export_gguf
 
     d = tmp_path_factory.mktemp("serve")
     return (write_file(d / "chat.gguf", _weights(), "tq2_0", "bitnet-b1.58", llama3_style_tokenizer(), False,
@@ -455,7 +456,7 @@ def test_seeded_requests_run_alone(served_batched):
 def test_random_benchmark_model_carries_a_tokenizer(tmp_path, sp_tokenizer):
     """bench/serve_throughput.py's model: write_random_gguf with a SentencePiece tokenizer loads in Runtime."""
     from bllama import bLlamaConfig
-    from bllama.bench import write_random_gguf
+    from bllama.tools.bench import write_random_gguf
 
     cfg = bLlamaConfig.preset("tiny", vocab_size=sp_tokenizer.vocab_size, num_layers=1)
     rt = Runtime.load(write_random_gguf(cfg, tmp_path / "r.gguf", tokenizer=sp_tokenizer), threads=1)

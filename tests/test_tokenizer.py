@@ -5,7 +5,7 @@ import pickle
 
 import pytest
 
-from bllama.tokenizer import (
+from bllama.tokenizers.sentencepiece import (
     TOKEN_TYPE_BYTE,
     TOKEN_TYPE_CONTROL,
     TOKEN_TYPE_NORMAL,

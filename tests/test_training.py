@@ -9,8 +9,8 @@ import torch
 
 from bllama import bLlama, bLlamaConfig
 from bllama.data import PackedDataset, TextDataModule
-from bllama.module import lr_multiplier, stage2_start
-from bllama.train import (AtomicCheckpointIO, BitFSDPStrategy, load_checkpoint, make_fsdp_strategy, make_trainer,
+from bllama.train.module import lr_multiplier, stage2_start
+from bllama.train.trainer import (AtomicCheckpointIO, BitFSDPStrategy, load_checkpoint, make_fsdp_strategy, make_trainer,
                           resolve_compile, resolve_precision)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -105,7 +105,7 @@ def test_fsdp_strategy_is_configured_per_block_but_needs_a_gpu(tmp_path):
     from pytorch_lightning.strategies import FSDPStrategy
     from torch.distributed.fsdp import ShardingStrategy
 
-    from bllama.model import Block
+    from bllama.model.transformer import Block
 
     # Lightning's own FSDPStrategy refuses CPU accelerators outright.
     s = FSDPStrategy(auto_wrap_policy=bLlama.fsdp_wrap_policy(), activation_checkpointing_policy={Block})
@@ -280,7 +280,7 @@ def test_train_throughput_bench_reports_json_and_out_of_memory(tmp_path, monkeyp
     def oom(*a, **k):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
 
-    monkeypatch.setattr("bllama.model.Transformer.forward", oom)
+    monkeypatch.setattr("bllama.model.transformer.Transformer.forward", oom)
     assert tt.main(args[:-1] + [str(tmp_path / "oom.json")]) == 3
     r = json.loads((tmp_path / "oom.json").read_text())
     assert r["error"] == "oom" and "out of memory" in r["message"] and r["seq_len"] == 64

@@ -1,4 +1,4 @@
-"""The Triton activation quantizer (bllama/triton_quant.py) against the eager path, on the CPU through Triton's
+"""The Triton activation quantizer (bllama/model/triton_quant.py) against the eager path, on the CPU through Triton's
 interpreter (TRITON_INTERPRET=1, set in a child process before Triton is imported): the int8 codes, the per-token
 multipliers and the dequantized rows must be bit-identical for float32 and bfloat16 inputs, and BitLinear's
 forward output and gradients must not change when BLLAMA_TRITON=1 routes it through the kernel.
@@ -17,7 +17,7 @@ pytest.importorskip("triton")
 CHILD = textwrap.dedent("""
     import torch
     from bllama import triton_quant
-    from bllama.bitlinear import BitLinear, quantize_activations
+    from bllama.model.bitlinear import BitLinear, quantize_activations
 
     torch.manual_seed(0)
     bad = []

@@ -15,7 +15,7 @@ shorter than the run, so the run crosses passes over the data):
   D: checkpoints every 2 steps, stops at max_steps=3 (LastCheckpoint writes last.ckpt at step 3); E resumes it
      with max_steps=STEPS.
 Rank 0 writes the per-step losses and the final weights, read back from the checkpoints with
-bllama.train.load_checkpoint (a sharded checkpoint directory for fsdp), to OUT_DIR/result.pt.
+bllama.train.trainer.load_checkpoint (a sharded checkpoint directory for fsdp), to OUT_DIR/result.pt.
 
 fsdp on CPU: Lightning's accelerator connector refuses `FSDPStrategy` on a CPU accelerator, but only by exact type
 (our BitFSDPStrategy subclass passes), and torch's FullyShardedDataParallel refuses to pick a device by itself on a
@@ -36,7 +36,7 @@ import torch
 
 from bllama import bLlama, bLlamaConfig
 from bllama.data import PackedDataset, TextDataModule
-from bllama.train import BitFSDPStrategy, load_checkpoint, make_fsdp_strategy, make_trainer
+from bllama.train.trainer import BitFSDPStrategy, load_checkpoint, make_fsdp_strategy, make_trainer
 
 
 

@@ -22,6 +22,8 @@ from typing import Any, Iterable, Sequence
 
 import sentencepiece as spm
 
+from ..atomic import atomic_write
+
 __all__ = [
     "TOKEN_TYPE_NORMAL",
     "TOKEN_TYPE_UNKNOWN",
@@ -366,17 +368,8 @@ class SentencePieceTokenizer:
 
     def save(self, path: str | os.PathLike) -> str:
         path = os.fspath(path)
-        d = os.path.dirname(os.path.abspath(path))
-        os.makedirs(d, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=d, prefix=".tokenizer-", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(self._proto)
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.remove(tmp)
-            raise
+        with atomic_write(path) as fh:
+            fh.write(self._proto)
         return path
 
     def checksum(self) -> str:

@@ -2,9 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from datetime import timedelta
 from pathlib import Path
 from typing import List, Optional, Sequence
@@ -16,8 +13,9 @@ from pytorch_lightning.loggers import CSVLogger
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 from pytorch_lightning.strategies import FSDPStrategy
 
-from .config import bLlamaConfig
-from .model import Block
+from ..atomic import atomic_path, remove_path, replace_dir
+from ..model.config import bLlamaConfig
+from ..model.transformer import Block
 from .module import bLlama
 
 SHARDING_STRATEGIES = ("FULL_SHARD", "SHARD_GRAD_OP", "HYBRID_SHARD", "NO_SHARD")
@@ -28,16 +26,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     save never leaves a truncated checkpoint where a good one was."""
 
     def save_checkpoint(self, checkpoint, path, storage_options=None):
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        os.close(fd)
-        try:
+        with atomic_path(path) as tmp:
             torch.save(checkpoint, tmp)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
 
 
 class LastCheckpoint(ModelCheckpoint):
@@ -51,13 +41,6 @@ class LastCheckpoint(ModelCheckpoint):
         super().on_train_end(trainer, pl_module)
         if self.save_last and trainer.global_step > 0 and self._last_global_step_saved != trainer.global_step:
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
-
-
-def _remove_path(p: Path) -> None:
-    if p.is_dir() and not p.is_symlink():
-        shutil.rmtree(p)
-    elif p.exists() or p.is_symlink():
-        p.unlink()
 
 
 class BitFSDPStrategy(FSDPStrategy):
@@ -75,18 +58,14 @@ class BitFSDPStrategy(FSDPStrategy):
         if self._state_dict_type != "sharded":
             return super().save_checkpoint(checkpoint, filepath, storage_options)
         path = Path(self.broadcast(str(filepath)))
-        tmp, old = path.with_name(f".{path.name}.tmp"), path.with_name(f".{path.name}.old")
+        tmp = path.with_name(f".{path.name}.tmp")  # one name every rank derives, unlike atomic_dir's
         if self.is_global_zero:
-            _remove_path(tmp)
+            remove_path(tmp)
         self.barrier("bllama_sharded_save_start")
         super().save_checkpoint(checkpoint, tmp, storage_options)
         self.barrier("bllama_sharded_save_written")
         if self.is_global_zero:
-            _remove_path(old)
-            if path.exists() or path.is_symlink():
-                os.replace(path, old)
-            os.replace(tmp, path)
-            _remove_path(old)
+            replace_dir(tmp, path)
         self.barrier("bllama_sharded_save_done")
 
 
@@ -137,7 +116,7 @@ def dataset_from_paths(paths: Sequence[str], tokenizer, max_length: int, samplin
     """One packed dataset from text (.txt), parquet, JSONL or prepared token files (.bin)."""
     from torch.utils.data import ConcatDataset
 
-    from .data import GepetoDataset, JsonlDataset, ShakespeareDataset, TokenDataset
+    from ..data import GepetoDataset, JsonlDataset, ShakespeareDataset, TokenDataset
 
     parts = []
     parquet = [p for p in paths if str(p).endswith(".parquet")]
@@ -201,6 +180,17 @@ def save_run_files(out_dir: Path, config: bLlamaConfig, tokenizer) -> None:
         tokenizer.save(out_dir / "tokenizer.model")
 
 
+def run(out_dir: Path, model: bLlama, tokenizer, datamodule, resume: Optional[str] = None,
+        **trainer_options) -> pl.Trainer:
+    """The one training loop behind `bllama train` and the demo: writes the run folder's config.json and
+    tokenizer.model, then fits `model` on `datamodule` with make_trainer(out_dir, **trainer_options) (checkpoints in
+    out_dir/checkpoints), from the checkpoint `resume` if given. Returns the trainer."""
+    save_run_files(out_dir, model.config, tokenizer)
+    trainer = make_trainer(out_dir, **trainer_options)
+    trainer.fit(model, datamodule, ckpt_path=resume)
+    return trainer
+
+
 def is_sharded_checkpoint(path) -> bool:
     """A directory written by FSDPStrategy(state_dict_type="sharded"): torch.distributed.checkpoint shards plus
     Lightning's meta.pt."""
@@ -245,7 +235,7 @@ def load_checkpoint(path) -> bLlama:
 
 def tokenizer_beside(checkpoint_path):
     """The tokenizer.model that bllama train wrote next to its checkpoints."""
-    from .tokenizer import SentencePieceTokenizer
+    from ..tokenizers.sentencepiece import SentencePieceTokenizer
 
     p = Path(checkpoint_path)
     for d in [p] + list(p.parents)[:3]:

@@ -52,7 +52,7 @@ class BitLinearFunction(torch.autograd.Function):
         s = weight_scale(weight)
         codes = ternarize(weight.detach().float(), s).to(torch.int8)
         w_deq = (codes.to(x.dtype) * s.to(x.dtype))
-        if triton_quant.enabled(x):  # one fused pass, the same bits (bllama/triton_quant.py; BLLAMA_TRITON=0 turns it off)
+        if triton_quant.enabled(x):  # one fused pass, the same bits (bllama/model/triton_quant.py; BLLAMA_TRITON=0 turns it off)
             xq8, a, x_deq = triton_quant.quantize_activations(x)
         else:
             xq, a = quantize_activations(x)

@@ -16,6 +16,8 @@ except ImportError:  # pragma: no cover
     import lightning.pytorch as pl  # type: ignore
     from lightning.pytorch.utilities import rank_zero_info  # type: ignore
 
+from ..atomic import atomic_path
+
 __all__ = ["WeightDistributionCallback", "ternary_fractions", "plot_ternary_distribution"]
 
 _NUM = re.compile(r"\.(\d+)(?=\.|$)")
@@ -97,15 +99,8 @@ def plot_ternary_distribution(fractions: "OrderedDict[str, tuple[float, float, f
     if title:
         fig.suptitle(title, fontsize=9, x=0.99, ha="right")
     fig.tight_layout()
-    d = os.path.dirname(os.path.abspath(path))
-    os.makedirs(d, exist_ok=True)
-    tmp = path + ".tmp.png"
-    try:
+    with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
     return path
 
 

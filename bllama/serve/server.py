@@ -15,7 +15,6 @@ never a silently different answer.
 from __future__ import annotations
 
 import json
-import math
 import queue
 import select
 import socket
@@ -28,88 +27,8 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import List, Optional, Tuple
 
-MAX_BODY = 8 << 20  # bytes: a larger request is refused unread (and its connection closed)
-# Fields this server cannot honour, each with the values that mean "not used" (those are accepted).
-UNSUPPORTED = {"n": (1,), "best_of": (1,), "frequency_penalty": (0,), "presence_penalty": (0,), "echo": (False,),
-               "logprobs": (False, 0), "top_logprobs": (0,), "logit_bias": ({},), "suffix": ("",), "tools": ([],),
-               "tool_choice": ("none",), "response_format": ({"type": "text"},)}
-
-
-class RequestError(ValueError):
-    """A request the server refuses, with the HTTP status to answer."""
-
-    def __init__(self, message: str, status: int = HTTPStatus.BAD_REQUEST):
-        super().__init__(message)
-        self.status = status
-
-
-def _refuse_constant(name: str):
-    raise RequestError(f"the request body holds {name}, which is not a JSON number")
-
-
-def _number(body: dict, key: str, default, kind, lo=None, hi=None, lo_open=False):
-    value = body.get(key)
-    if value is None:
-        return default
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
-            or (kind is int and value != int(value)):
-        raise RequestError(f"'{key}' must be {'an integer' if kind is int else 'a number'}, got {value!r}")
-    value = kind(value)
-    if (lo is not None and (value <= lo if lo_open else value < lo)) or (hi is not None and value > hi):
-        raise RequestError(f"'{key}' must be in {'(' if lo_open else '['}{lo}, {hi if hi is not None else 'inf'}], "
-                           f"got {value}")
-    return value
-
-
-def _flag(body: dict, key: str) -> bool:
-    value = body.get(key, False)
-    if value is None:
-        return False
-    if not isinstance(value, bool):
-        raise RequestError(f"'{key}' must be true or false, got {value!r}")
-    return value
-
-
-def sampling_options(body: dict) -> dict:
-    """Runtime keyword arguments from an OpenAI request body (max_new_tokens: None when the request sets none);
-    refuses what the engine would not honour."""
-    for key, off in UNSUPPORTED.items():
-        if body.get(key) is not None and body[key] not in off:
-            raise RequestError(f"'{key}' is not supported by this server (only {off[0]!r} or leaving it out)")
-    key = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
-    temperature = _number(body, "temperature", 1.0, float, 0.0, 2.0)
-    stop = body.get("stop")
-    if isinstance(stop, str):
-        stop = [stop]
-    if stop is not None and (not isinstance(stop, list) or not all(isinstance(s, str) for s in stop)):
-        raise RequestError(f"'stop' must be a string or a list of strings, got {stop!r}")
-    seed = _number(body, "seed", None, int, -2**63, 2**64 - 1)
-    return dict(max_new_tokens=_number(body, key, None, int, 0), do_sample=temperature > 0,
-                temperature=temperature if temperature > 0 else 1.0,
-                top_p=_number(body, "top_p", 1.0, float, 0.0, 1.0, lo_open=True),
-                top_k=_number(body, "top_k", 0, int, 0),
-                repetition_penalty=_number(body, "repetition_penalty", 1.0, float, 0.0, lo_open=True),
-                seed=None if seed is None else seed % 2**63,  # the engine's seeds are non-negative (-1: random)
-                stop=stop)
-
-
-def chat_messages(messages) -> List[dict]:
-    """OpenAI messages for the chat template: content given as a list of text parts becomes one string."""
-    if not isinstance(messages, list) or not messages:
-        raise RequestError("'messages' must be a non-empty list of {role, content} objects")
-    out = []
-    for i, m in enumerate(messages):
-        if not isinstance(m, dict):
-            raise RequestError(f"message {i} must be an object with 'role' and 'content'")
-        content = m.get("content")
-        if isinstance(content, list):
-            if not all(isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str)
-                       for p in content):
-                raise RequestError(f"message {i}: only text content parts are supported")
-            m = {**m, "content": "".join(p["text"] for p in content)}
-        out.append(m)
-    return out
-
+from ..sampling import SamplingParams
+from .protocol import MAX_BODY, RequestError, bool_option, chat_messages, refuse_constant, sampling_options
 
 @dataclass
 class _Job:
@@ -124,12 +43,12 @@ class _Job:
 
     @property
     def key(self) -> tuple:  # requests decode together only with the same sampling (greedy ignores the rest)
-        o = self.opts
-        if o["do_sample"] and o["seed"] is not None:
+        s: SamplingParams = self.opts["sampling"]
+        if s.do_sample and s.seed is not None:
             return ("seeded", id(self))  # alone: prompt i of a batch samples with seed + i
-        if not o["do_sample"]:
-            return False, o["repetition_penalty"]
-        return True, o["temperature"], o["top_k"], o["top_p"], o["repetition_penalty"]
+        if not s.do_sample:
+            return False, s.repetition_penalty
+        return True, s.temperature, s.top_k, s.top_p, s.repetition_penalty
 
     @property
     def n(self) -> int:
@@ -260,6 +179,14 @@ class Server(ThreadingHTTPServer):
         o = batch[0].opts
         used = [0] * len(batch)
         finished = [False] * len(batch)
+        counted = []
+
+        def count_batch() -> None:
+            # At the first token, when the engine has taken every prompt: before any reply of the batch goes out,
+            # so a client holding its reply sees its batch in batch_sizes.
+            if not counted:
+                counted.append(True)
+                self.batch_sizes[len(batch)] += 1
 
         def fail(i: int, error: BaseException) -> None:
             batch[i].events.put(("error", error))
@@ -275,6 +202,7 @@ class Server(ThreadingHTTPServer):
 
         def on_token(i: int, token: int) -> bool:
             j, t = batch[i], texts[i]
+            count_batch()
             try:
                 used[i] += 1
                 delta = t.push(token)
@@ -290,9 +218,8 @@ class Server(ThreadingHTTPServer):
 
         error = None
         try:
-            rt.generate_ids_batch([j.ids for j in batch], max(j.n for j in batch), o["do_sample"], o["temperature"],
-                                  o["top_k"], o["top_p"], o["repetition_penalty"], o["seed"], on_token=on_token)
-            self.batch_sizes[len(batch)] += 1
+            rt.generate_ids_batch([j.ids for j in batch], max(j.n for j in batch), o["sampling"], on_token=on_token)
+            count_batch()
         except (ValueError, IndexError) as e:  # the engine's checks cover every prompt before any token
             if len(batch) > 1 and not any(used):
                 for j in batch:  # find whose prompt it is: only that request fails
@@ -364,7 +291,7 @@ class Handler(BaseHTTPRequestHandler):
             raise RequestError(f"the request body must be at most {MAX_BODY} bytes", HTTPStatus.REQUEST_ENTITY_TOO_LARGE)
         raw = self.rfile.read(int(length))
         try:
-            body = json.loads(raw.decode("utf-8"), parse_constant=_refuse_constant)
+            body = json.loads(raw.decode("utf-8"), parse_constant=refuse_constant)
         except (UnicodeDecodeError, json.JSONDecodeError) as e:
             raise RequestError(f"the request body is not valid JSON: {e}") from None
         except RecursionError:
@@ -420,11 +347,11 @@ class Handler(BaseHTTPRequestHandler):
 
     def _reply(self, body: dict, kind: str, prefix: str, prompt_ids, opts: dict) -> None:
         """Tokenizes here, hands the request to the engine thread, answers as JSON or as a stream."""
-        stream = _flag(body, "stream")
+        stream = bool_option(body, "stream")
         options = body.get("stream_options")
         if options is not None and not isinstance(options, dict):
             raise RequestError(f"'stream_options' must be an object, got {options!r}")
-        include_usage = _flag(options or {}, "include_usage")
+        include_usage = bool_option(options or {}, "include_usage")
         rt = self.server.runtime
         try:
             ids = prompt_ids(rt)  # the Runtime's checks: empty prompt, no chat template, a message without content

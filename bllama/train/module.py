@@ -10,9 +10,9 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 
-from .config import bLlamaConfig
-from .generate import generate_ids
-from .model import Block, Transformer, count_parameters
+from ..model.config import bLlamaConfig
+from ..model.generate import generate_ids
+from ..model.transformer import Block, Transformer, count_parameters
 
 
 def lr_multiplier(step: int, config: bLlamaConfig) -> float:
@@ -98,7 +98,7 @@ class bLlama(pl.LightningModule):
                  repetition_penalty: float = 1.0, num_return_sequences: int = 1, seed: Optional[int] = None,
                  use_cache: bool = True) -> Union[str, List[str]]:
         """Text continuing `prompt` (prompt included), up to max_len new tokens or EOS."""
-        from .tokenizer import load_tokenizer
+        from ..tokenizers.sentencepiece import load_tokenizer
 
         if not self.is_quantized():
             warnings.warn("the model is not quantized: generating with training-mode (fake-quantized) BitLinear "

@@ -22,14 +22,14 @@ def cpu_has_fast_bf16() -> bool:
 def run_demo(out_dir: Path, minutes: float = 3.0, prompt: str = "The Python language", max_new_tokens: int = 100):
     import torch
 
-    from .config import bLlamaConfig
-    from .corpus import default_corpus_text
-    from .data import ShakespeareDataset, TextDataModule
-    from .export import export_gguf
-    from .module import bLlama
-    from .runtime import Runtime
-    from .tokenizer import SentencePieceTokenizer, train_sentencepiece
-    from .train import make_trainer, save_run_files
+    from ..model.config import bLlamaConfig
+    from ..train.corpus import default_corpus_text
+    from ..data import ShakespeareDataset, TextDataModule
+    from ..convert.gguf_export import export_gguf
+    from ..train.module import bLlama
+    from ..runtime import Runtime
+    from ..tokenizers.sentencepiece import SentencePieceTokenizer, train_sentencepiece
+    from ..train.trainer import run
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -45,13 +45,11 @@ def run_demo(out_dir: Path, minutes: float = 3.0, prompt: str = "The Python lang
     dataset = ShakespeareDataset.from_file(corpus, tokenizer=tok, max_length=config.seq_len)
     dm = TextDataModule(dataset, batch_size=config.batch_size, train_test_split=0.95, seed=0)
     model = bLlama(config)
-    save_run_files(out_dir, config, tok)
     print(f"[3/5] training the tiny b1.58 model ({model.num_parameters() / 1e6:.1f}M parameters) for "
           f"{minutes:g} min on CPU ({'bf16-mixed' if cpu_has_fast_bf16() else 'fp32'})")
     precision = "bf16-mixed" if cpu_has_fast_bf16() else "32-true"
-    trainer = make_trainer(out_dir, max_minutes=minutes, max_steps=100_000, val_every=200, limit_val_batches=8,
-                           accelerator="cpu", devices=1, precision=precision)
-    trainer.fit(model, dm)
+    trainer = run(out_dir, model, tok, dm, max_minutes=minutes, max_steps=100_000, val_every=200, limit_val_batches=8,
+                  accelerator="cpu", devices=1, precision=precision)
     val = trainer.validate(model, dm, verbose=False)[0]["val_loss"]
     print(f"      validation loss {val:.3f} (perplexity {2.718281828 ** val:.1f}) after {trainer.global_step} steps")
 

@@ -6,7 +6,7 @@ from typing import List, Optional, Sequence
 
 import torch
 
-from .model import KVCache, Transformer
+from .transformer import KVCache, Transformer
 
 
 def apply_repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:

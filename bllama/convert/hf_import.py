@@ -33,7 +33,8 @@ from typing import Dict, Iterator, List, Optional, Tuple, Union
 
 import numpy as np
 
-from .export import QK, pack_tq2_0
+from ..atomic import atomic_path
+from .gguf_schema import QK, pack_tq2_0
 
 PROJ = {"self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
         "self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
@@ -302,7 +303,7 @@ def load_hf_tokenizer(hf_dir: Path, plan: Plan):
     if isinstance(template, list):  # named templates: keep the default one
         template = next((t.get("template") for t in template if t.get("name") == "default"), None)
     if (hf_dir / "tokenizer.model").exists():
-        from .tokenizer import SentencePieceTokenizer
+        from ..tokenizers.sentencepiece import SentencePieceTokenizer
 
         tok = SentencePieceTokenizer.from_file(hf_dir / "tokenizer.model")
         if plan.bos_id is None:
@@ -311,7 +312,7 @@ def load_hf_tokenizer(hf_dir: Path, plan: Plan):
             plan.eos_ids = [tok.eos_id]
         kind = "sentencepiece"
     elif (hf_dir / "tokenizer.json").exists():
-        from .tokenizer_bpe import BPETokenizer
+        from ..tokenizers.bpe import BPETokenizer
 
         text = (hf_dir / "tokenizer.json").read_text(encoding="utf-8")
         probe = BPETokenizer(text)
@@ -335,7 +336,7 @@ def load_hf_tokenizer(hf_dir: Path, plan: Plan):
 
 
 def _add_tokenizer(w, tok, kind: str, plan: Plan, template: Optional[str]) -> None:
-    from .tokenizer import TOKEN_TYPE_UNUSED
+    from ..tokenizers.sentencepiece import TOKEN_TYPE_UNUSED
 
     if kind == "sentencepiece":
         pieces, scores, types = tok.pieces(), tok.scores(), tok.token_types()
@@ -387,8 +388,6 @@ def import_hf(hf_dir: Union[str, os.PathLike], output: Union[str, os.PathLike], 
     """Convert the checkpoint folder `hf_dir` into the GGUF file `output` (written atomically); returns it."""
     import gguf
 
-    from .export import _atomic_target
-
     hf_dir = Path(hf_dir)
     if not hf_dir.exists():
         raise FileNotFoundError(f"checkpoint folder not found: {hf_dir}")
@@ -434,53 +433,47 @@ def import_hf(hf_dir: Union[str, os.PathLike], output: Union[str, os.PathLike], 
                                 f"expected [{P.vocab}, {P.dim}]")
 
     output = Path(output)
-    tmp = _atomic_target(output)
-    w = gguf.GGUFWriter(str(tmp), "bitnet")
     bar = None
-    try:
-        w.add_name(name or cfg.get("_name_or_path") or hf_dir.name)
-        w.add_context_length(P.context)
-        w.add_embedding_length(P.dim)
-        w.add_block_count(P.layers)
-        w.add_feed_forward_length(P.ffn)
-        w.add_head_count(P.heads)
-        w.add_head_count_kv(P.kv_heads)
-        w.add_layer_norm_rms_eps(P.rms_eps)
-        w.add_rope_freq_base(P.rope_theta)
-        w.add_rope_dimension_count(P.head_dim)
-        w.add_vocab_size(P.vocab)
-        w.add_file_type(gguf.LlamaFileType.MOSTLY_TQ2_0)
-        w.add_string("bllama.activation", P.activation)
-        w.add_bool("bllama.tie_embeddings", P.tied)
-        w.add_bool("bllama.sub_norms", P.sub_norms is not None)
-        w.add_string("bllama.source", f"hf:{P.style}:{P.linear_class}")
-        _add_tokenizer(w, tok, tok_kind, P, template)
-        for gname, shape, dtype, raw, _ in jobs:
-            nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
-            w.add_tensor_info(gname, shape, np.dtype(dtype), nbytes, raw_dtype=raw)
-        w.write_header_to_file()
-        w.write_kv_data_to_file()
-        w.write_ti_data_to_file()
-        fout = w.fout[0]
-        bar = _progress(len(jobs), progress, f"import {hf_dir.name}")
-        for gname, shape, dtype, raw, src in jobs:
-            for chunk_i, data in enumerate(_produce(tensors, P, src)):
-                if chunk_i == 0:
-                    w.write_padding(fout, fout.tell())
-                fout.write(np.ascontiguousarray(data).tobytes())
-            w.write_padding(fout, fout.tell())
-            bar.update(1)
-        w.tensors[0].clear()
-        w.close()
-        os.replace(tmp, output)
-    except BaseException:
-        w.close()
-        raise
-    finally:
-        if bar is not None:
-            bar.close()
-        if tmp.exists():
-            tmp.unlink()
+    with atomic_path(output) as tmp:
+        w = gguf.GGUFWriter(str(tmp), "bitnet")
+        try:
+            w.add_name(name or cfg.get("_name_or_path") or hf_dir.name)
+            w.add_context_length(P.context)
+            w.add_embedding_length(P.dim)
+            w.add_block_count(P.layers)
+            w.add_feed_forward_length(P.ffn)
+            w.add_head_count(P.heads)
+            w.add_head_count_kv(P.kv_heads)
+            w.add_layer_norm_rms_eps(P.rms_eps)
+            w.add_rope_freq_base(P.rope_theta)
+            w.add_rope_dimension_count(P.head_dim)
+            w.add_vocab_size(P.vocab)
+            w.add_file_type(gguf.LlamaFileType.MOSTLY_TQ2_0)
+            w.add_string("bllama.activation", P.activation)
+            w.add_bool("bllama.tie_embeddings", P.tied)
+            w.add_bool("bllama.sub_norms", P.sub_norms is not None)
+            w.add_string("bllama.source", f"hf:{P.style}:{P.linear_class}")
+            _add_tokenizer(w, tok, tok_kind, P, template)
+            for gname, shape, dtype, raw, _ in jobs:
+                nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
+                w.add_tensor_info(gname, shape, np.dtype(dtype), nbytes, raw_dtype=raw)
+            w.write_header_to_file()
+            w.write_kv_data_to_file()
+            w.write_ti_data_to_file()
+            fout = w.fout[0]
+            bar = _progress(len(jobs), progress, f"import {hf_dir.name}")
+            for gname, shape, dtype, raw, src in jobs:
+                for chunk_i, data in enumerate(_produce(tensors, P, src)):
+                    if chunk_i == 0:
+                        w.write_padding(fout, fout.tell())
+                    fout.write(np.ascontiguousarray(data).tobytes())
+                w.write_padding(fout, fout.tell())
+                bar.update(1)
+            w.tensors[0].clear()
+        finally:
+            w.close()
+            if bar is not None:
+                bar.close()
     return output
 
 

@@ -5,20 +5,20 @@ The result loads with `transformers.BitNetForCausalLM.from_pretrained` (model_ty
 R = out/4) plus `weight_scale` = our s (`quantization_config.linear_class = "autobitlinear"`: the output is
 multiplied by it, `quantization_mode = "offline"`), norms and the embedding in float32, and the tokenizer files
 (tokenizer.model + tokenizer_config.json). The function is the same as ours: HF's AutoBitLinear quantizes
-activations per token to int8 with 127 / absmax exactly like bllama/bitlinear.py, its RMSNorm and rotate_half
+activations per token to int8 with 127 / absmax exactly like bllama/model/bitlinear.py, its RMSNorm and rotate_half
 RoPE are ours, and its BitNet block puts the sub-norms where we do.
 """
 from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Union
 
 import numpy as np
 import torch
+
+from ..atomic import atomic_dir
 
 NAMES = {"attn.q_proj": "self_attn.q_proj", "attn.k_proj": "self_attn.k_proj", "attn.v_proj": "self_attn.v_proj",
          "attn.o_proj": "self_attn.o_proj", "mlp.gate_proj": "mlp.gate_proj", "mlp.up_proj": "mlp.up_proj",
@@ -40,8 +40,8 @@ def export_hf(model, tokenizer, out_dir: Union[str, os.PathLike], dtype: str = "
     """Write the checkpoint folder `out_dir` (created; an existing non-empty folder is refused)."""
     from safetensors.torch import save_file
 
-    from .model import Transformer
-    from .tokenizer import SentencePieceTokenizer
+    from ..model.transformer import Transformer
+    from ..tokenizers.sentencepiece import SentencePieceTokenizer
 
     net = model.model if hasattr(model, "model") and isinstance(model.model, Transformer) else model
     cfg = net.config
@@ -94,8 +94,7 @@ def export_hf(model, tokenizer, out_dir: Union[str, os.PathLike], dtype: str = "
                "eos_token": piece(tokenizer.eos_id), "unk_token": piece(tokenizer.unk_id),
                "add_bos_token": True, "add_eos_token": False, "legacy": False,
                "model_max_length": cfg.seq_len}
-    tmp = Path(tempfile.mkdtemp(prefix=".hf-export-", dir=out_dir.parent if out_dir.parent.exists() else None))
-    try:
+    with atomic_dir(out_dir) as tmp:
         save_file(sd, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         (tmp / "config.json").write_text(json.dumps(config, indent=2))
         (tmp / "generation_config.json").write_text(json.dumps(
@@ -104,10 +103,4 @@ def export_hf(model, tokenizer, out_dir: Union[str, os.PathLike], dtype: str = "
         (tmp / "special_tokens_map.json").write_text(json.dumps(
             {k: tok_cfg[k] for k in ("bos_token", "eos_token", "unk_token") if tok_cfg[k]}, indent=2))
         (tmp / "tokenizer.model").write_bytes(tokenizer.serialized())
-        if out_dir.exists():
-            out_dir.rmdir()
-        os.replace(tmp, out_dir)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
     return out_dir

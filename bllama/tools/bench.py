@@ -18,7 +18,7 @@ from typing import List, Optional
 
 import numpy as np
 
-from .config import bLlamaConfig
+from ..model.config import bLlamaConfig
 
 
 def write_random_gguf(config: bLlamaConfig, path: Path, seed: int = 0, weight_type: str = "tq2_0",
@@ -29,7 +29,8 @@ def write_random_gguf(config: bLlamaConfig, path: Path, seed: int = 0, weight_ty
     load it; else a made-up vocabulary."""
     import gguf
 
-    from .export import PROJECTIONS, add_bitnet_metadata, add_packed_tensor, add_tokenizer, gguf_arch, pack_ternary
+    from ..convert.gguf_schema import (PROJECTIONS, add_bitnet_metadata, add_packed_tensor, add_tokenizer,
+                                       gguf_arch, pack_ternary)
 
     if tokenizer is not None and tokenizer.vocab_size != config.vocab_size:
         raise ValueError(f"tokenizer has {tokenizer.vocab_size} pieces, the config's vocab_size is {config.vocab_size}")
@@ -89,7 +90,7 @@ def add_synthetic_vocab(writer, vocab_size: int) -> None:
 def bytes_per_token(path: Path) -> int:
     """Bytes a decode step must read: every tensor once, except the embedding table, of which only one row is
     read unless it is also the (tied) head."""
-    from . import _engine
+    from .. import _engine
 
     tensors = {t["name"]: t for t in _engine.gguf_tensors(str(path))}
     total = sum(int(t["nbytes"]) for t in tensors.values())
@@ -131,7 +132,7 @@ def peak_rss_mib() -> float:
 
 def _measure_engine(path: str, threads: int, prompt_tokens: int, gen_tokens: int, repeats: int, bpt: int,
                     head: str = "f16", device: str = "cpu", sequences: int = 1) -> dict:
-    from . import _engine
+    from .. import _engine
 
     t0 = time.perf_counter()
     eng = _engine.Engine(path, None if device == "cuda" else threads, head=head, device=device,
@@ -156,7 +157,7 @@ def run_bench(model: Optional[str] = None, preset: str = "1.7b", threads: Option
               prompt_tokens: int = 128, gen_tokens: int = 64, repeats: int = 3, torch_compare: bool = False,
               json_out: Optional[str] = None, head: str = "f16", device: str = "cpu", sequences: int = 1) -> dict:
     if device == "cuda":
-        from .runtime import check_cuda
+        from ..runtime import check_cuda
 
         check_cuda()  # before writing a 500 MB random model: says why the GPU cannot be used
     tmpdir = None
@@ -201,8 +202,8 @@ def torch_speed(model: Optional[str], preset: str, prompt_tokens: int, gen_token
     """The PyTorch quantized model (bLlama after quantize_weights_to_ternary) on the same shapes."""
     import torch
 
-    from .generate import generate_ids
-    from .model import Transformer
+    from ..model.generate import generate_ids
+    from ..model.transformer import Transformer
 
     if model is not None:
         raise ValueError("--torch compares on a random model of --preset; give no model file")

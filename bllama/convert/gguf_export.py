@@ -1,0 +1,82 @@
+"""Write a bLLaMa model as a GGUF file (llama.cpp arch `bitnet`) that our engine and llama.cpp both run.
+
+Ternary projections are TQ2_0 (or TQ1_0) with every block's `d` equal to the tensor scale (or bitnet.cpp's I2_S, one
+fp32 scale per tensor: those files run in bitnet.cpp and in our engine, not in upstream llama.cpp), norms f32, the
+embedding (and an untied head) f16, and the SentencePiece tokenizer embedded twice: as the standard
+`tokenizer.ggml.*` arrays and as the original model bytes (`bllama.tokenizer.sp_model`) so tokenization
+round-trips exactly. Written to a temporary file in the target folder, then renamed into place.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Union
+
+import numpy as np
+import torch
+
+from ..atomic import atomic_path
+from ..model.config import bLlamaConfig
+from .gguf_schema import (FILE_TYPE_I2_S, NORMS, PROJECTIONS, QK, TERNARY_TYPES, add_bitnet_metadata,
+                          add_ternary_tensor, add_tokenizer, gguf_arch)
+
+
+def add_model_tensors(writer, net, weight_type: str, progress: bool = False) -> None:
+    """Add a Transformer's tensors under their GGUF names: f16 embedding (and untied head), f32 norms, and every
+    projection packed as `weight_type` from its ternary codes and scale."""
+    from tqdm import tqdm
+
+    f32 = lambda t: t.detach().float().cpu().numpy()
+    with torch.no_grad():
+        writer.add_tensor("token_embd.weight", f32(net.embed_tokens.weight).astype(np.float16))
+        writer.add_tensor("output_norm.weight", f32(net.norm.weight))
+        if not net.config.tie_embeddings:
+            writer.add_tensor("output.weight", f32(net.lm_head.weight).astype(np.float16))
+        for i, block in enumerate(tqdm(net.layers, desc="packing ternary layers", unit="layer",
+                                       disable=not progress, leave=False)):
+            for attr, gname in NORMS.items():
+                writer.add_tensor(f"blk.{i}.{gname}.weight", f32(block.get_submodule(attr).weight))
+            for attr, gname in PROJECTIONS.items():
+                layer = block.get_submodule(attr)
+                add_ternary_tensor(writer, f"blk.{i}.{gname}.weight", layer.ternary_codes().cpu().numpy(),
+                                   float(layer.ternary_scale()), weight_type)
+
+
+def export_gguf(model, tokenizer, path: Union[str, os.PathLike], weight_type: str = "tq2_0",
+                name: str = "bllama", progress: bool = False) -> Path:
+    """Write `model` (a bLlama or Transformer) and its SentencePiece tokenizer to `path`; returns the path."""
+    import gguf
+
+    from ..model.transformer import Transformer
+
+    net = model.model if hasattr(model, "model") and isinstance(model.model, Transformer) else model
+    cfg: bLlamaConfig = net.config
+    if weight_type not in TERNARY_TYPES:
+        raise ValueError(f"weight_type must be one of {TERNARY_TYPES}, got {weight_type!r}")
+    if not cfg.quantize:
+        raise ValueError("this model has full-precision linear layers (quantize=False); only b1.58 models export")
+    if cfg.bias:
+        raise ValueError("the GGUF `bitnet` architecture has no projection biases; export a model with bias=False")
+    if tokenizer.vocab_size != cfg.vocab_size:
+        raise ValueError(f"tokenizer has {tokenizer.vocab_size} tokens but the model's vocab_size is {cfg.vocab_size}")
+    for dim, what in ((cfg.hidden_size, "hidden_size"), (cfg.ffn_size, "ffn_size")):
+        if dim % QK:
+            raise ValueError(f"{what} {dim} is not a multiple of {QK}, which ternary GGUF blocks need")
+
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        w = gguf.GGUFWriter(str(tmp), gguf_arch(cfg, weight_type))
+        try:
+            w.add_name(name)
+            add_bitnet_metadata(w, cfg)
+            w.add_file_type({"tq2_0": gguf.LlamaFileType.MOSTLY_TQ2_0, "tq1_0": gguf.LlamaFileType.MOSTLY_TQ1_0,
+                             "i2_s": FILE_TYPE_I2_S}[weight_type])
+            add_tokenizer(w, tokenizer)
+
+            add_model_tensors(w, net, weight_type, progress)
+            w.write_header_to_file()
+            w.write_kv_data_to_file()
+            w.write_tensors_to_file(progress=progress)
+        finally:
+            w.close()
+    return path

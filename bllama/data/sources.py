@@ -1,0 +1,227 @@
+"""Reading documents: expanding paths and globs, and streaming text files, parquet rows and JSON lines as token
+arrays (``BOS doc EOS`` per document) with bounded memory."""
+from __future__ import annotations
+
+import glob as _glob
+import json
+import os
+from typing import Any, Iterable, Iterator, Sequence
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from ..tokenizers.sentencepiece import SentencePieceTokenizer
+
+_PROGRESS_MIN_BYTES = 1 << 20  # show a progress bar from 1 MiB of input on
+_TEXT_CHUNK_CHARS = 1 << 20  # plain text files are read and encoded in ~1 MiB pieces
+_PARQUET_BATCH_ROWS = 1024
+_JSONL_BATCH_DOCS = 1024
+_JSONL_EXT = (".jsonl", ".ndjson", ".json")
+_PARQUET_EXT = (".parquet", ".pq")
+
+
+def token_dtype(vocab_size: int) -> np.dtype:
+    """uint16 when every id fits (vocab <= 65536), else uint32."""
+    if vocab_size <= 0:
+        raise ValueError(f"vocab_size must be positive, got {vocab_size}")
+    return np.dtype(np.uint16) if vocab_size <= 1 << 16 else np.dtype(np.uint32)
+
+
+def expand_paths(paths_or_glob: str | os.PathLike | Sequence[str | os.PathLike]) -> list[str]:
+    items = [paths_or_glob] if isinstance(paths_or_glob, (str, os.PathLike)) else list(paths_or_glob)
+    if not items:
+        raise ValueError("no input files given")
+    out: list[str] = []
+    for item in items:
+        p = os.fspath(item)
+        if any(c in p for c in "*?["):
+            matches = sorted(_glob.glob(p, recursive=True))
+            if not matches:
+                raise FileNotFoundError(f"no files match {p!r}")
+            out.extend(matches)
+        elif os.path.isdir(p):
+            raise ValueError(f"{p} is a directory; pass files or a glob such as {os.path.join(p, '*.parquet')!r}")
+        elif not os.path.isfile(p):
+            raise FileNotFoundError(f"input file not found: {p}")
+        else:
+            out.append(p)
+    return out
+
+
+def file_kind(path: str) -> str:
+    low = path.lower()
+    if low.endswith(_PARQUET_EXT):
+        return "parquet"
+    if low.endswith(_JSONL_EXT):
+        return "jsonl"
+    return "text"
+
+
+def _iter_parquet_batches(path: str, field: str) -> Iterator[tuple[list[str], float]]:
+    import pyarrow.parquet as pq
+
+    try:
+        pf = pq.ParquetFile(path)
+    except Exception as e:
+        raise ValueError(f"{path}: not a readable parquet file ({e})") from e
+    names = pf.schema_arrow.names
+    if field not in names:
+        raise ValueError(f"{path}: no {field!r} column (columns: {names})")
+    total_rows = max(pf.metadata.num_rows, 1)
+    size = os.path.getsize(path)
+    for batch in pf.iter_batches(batch_size=_PARQUET_BATCH_ROWS, columns=[field]):
+        col = batch.column(0).to_pylist()
+        docs = [t for t in col if t]
+        for t in docs:
+            if not isinstance(t, str):
+                raise ValueError(f"{path}: column {field!r} holds {type(t).__name__}, not text")
+        yield docs, size * len(col) / total_rows
+
+
+def _iter_jsonl_batches(path: str, field: str) -> Iterator[tuple[list[str], float]]:
+    docs: list[str] = []
+    nbytes = 0
+    with open(path, "rb") as fh:
+        for lineno, raw in enumerate(fh, 1):
+            nbytes += len(raw)
+            line = raw.strip()
+            if not line:
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{lineno}: invalid JSON ({e})") from e
+            if not isinstance(obj, dict) or field not in obj:
+                raise ValueError(f"{path}:{lineno}: no {field!r} field")
+            text = obj[field]
+            if text is None:
+                continue
+            if not isinstance(text, str):
+                raise ValueError(f"{path}:{lineno}: field {field!r} is {type(text).__name__}, not text")
+            if text:
+                docs.append(text)
+            if len(docs) >= _JSONL_BATCH_DOCS:
+                yield docs, nbytes
+                docs, nbytes = [], 0
+    yield docs, nbytes
+
+
+def _iter_text_chunks(path: str, chunk_chars: int) -> Iterator[str]:
+    """Read a text file in pieces that each (but the first) start with '\\n'."""
+    with open(path, encoding="utf-8") as fh:
+        carry = ""
+        while True:
+            block = fh.read(chunk_chars)
+            if not block:
+                break
+            buf = carry + block
+            cut = buf.rfind("\n")
+            if cut <= 0:  # no newline to cut at (or only at 0): keep reading
+                carry = buf
+                continue
+            yield buf[:cut]
+            carry = buf[cut:]
+        if carry:
+            yield carry
+
+
+class DocumentEncoder:
+    """Encodes documents as ``BOS doc EOS`` id arrays (exact for chunked text)."""
+
+    def __init__(self, tokenizer: Any, add_bos: bool = True, add_eos: bool = True):
+        self.tok = tokenizer
+        self.vocab_size = int(tokenizer.vocab_size)
+        self.dtype = token_dtype(self.vocab_size)
+        self.bos = getattr(tokenizer, "bos_id", None) if add_bos else None
+        self.eos = tokenizer.eos_id if add_eos else None
+        # For a text cut just before a '\n', SentencePiece adds a dummy '▁'
+        # prefix that whole-text encoding would not have; no piece contains
+        # '\n', so dropping those leading ids makes chunked encoding exact.
+        self.cont_prefix: list[int] | None = None
+        if isinstance(tokenizer, SentencePieceTokenizer):
+            nl = tokenizer.encode("\n", add_bos=False)
+            if nl and nl[-1] == tokenizer.piece_to_id("<0x0A>"):
+                self.cont_prefix = nl[:-1]
+
+    def _enc(self, texts: list[str]) -> list[list[int]]:
+        batch = getattr(self.tok, "encode_batch", None)
+        if batch is not None and len(texts) > 1:
+            return batch(texts, add_bos=False, add_eos=False)
+        return [self.tok.encode(t, add_bos=False, add_eos=False) for t in texts]
+
+    def _array(self, ids: Iterable[int], n: int) -> np.ndarray:
+        arr = np.fromiter(ids, dtype=np.int64, count=n)
+        if n and (arr.min() < 0 or arr.max() >= np.iinfo(self.dtype).max + 1):
+            raise ValueError(f"token id out of range for {self.dtype} (vocab_size {self.vocab_size})")
+        return arr.astype(self.dtype)
+
+    def documents(self, texts: list[str]) -> np.ndarray:
+        seqs = self._enc(texts)
+        pre = [] if self.bos is None else [self.bos]
+        post = [] if self.eos is None else [self.eos]
+        flat: list[int] = []
+        for s in seqs:
+            flat.extend(pre)
+            flat.extend(s)
+            flat.extend(post)
+        return self._array(flat, len(flat))
+
+    def text_chunk(self, text: str, first: bool, last: bool) -> np.ndarray:
+        ids = self.tok.encode(text, add_bos=False, add_eos=False)
+        if not first and self.cont_prefix is not None:
+            k = len(self.cont_prefix)
+            if ids[:k] == self.cont_prefix:
+                ids = ids[k:]
+        if first and self.bos is not None:
+            ids = [self.bos] + ids
+        if last and self.eos is not None:
+            ids = ids + [self.eos]
+        return self._array(ids, len(ids))
+
+
+def tokenize_files(
+    files: Sequence[str],
+    tokenizer: Any,
+    *,
+    text_field: str = "text",
+    add_bos: bool = True,
+    add_eos: bool = True,
+    progress: bool | None = None,
+    chunk_chars: int = _TEXT_CHUNK_CHARS,
+    kind: str | None = None,
+) -> Iterator[tuple[np.ndarray, int]]:
+    """Stream ``(token_array, n_documents_finished)`` pieces from input files.
+
+    Plain text files are one document each; parquet files (``text_field``
+    column) and JSON-lines files (``text_field`` key) hold one document per
+    row / line (the kind is chosen by extension: .parquet/.pq, .jsonl/.ndjson/.json,
+    anything else is text; ``kind`` forces one).  Memory is bounded by one
+    batch, whatever the corpus size.
+    """
+    if kind not in (None, "text", "parquet", "jsonl"):
+        raise ValueError(f"unknown file kind {kind!r}")
+    enc = DocumentEncoder(tokenizer, add_bos=add_bos, add_eos=add_eos)
+    total = sum(os.path.getsize(f) for f in files)
+    show = total >= _PROGRESS_MIN_BYTES if progress is None else progress
+    with tqdm(total=total, unit="B", unit_scale=True, desc="tokenizing", disable=not show,
+              dynamic_ncols=True, leave=False) as bar:
+        for path in files:
+            fkind = kind or file_kind(path)
+            if fkind == "text":
+                pending: str | None = None
+                first = True
+                for chunk in _iter_text_chunks(path, chunk_chars):
+                    if pending is not None:
+                        yield enc.text_chunk(pending, first, last=False), 0
+                        bar.update(len(pending.encode("utf-8")))
+                        first = False
+                    pending = chunk
+                if pending is not None:
+                    yield enc.text_chunk(pending, first, last=True), 1
+                    bar.update(len(pending.encode("utf-8")))
+            else:
+                it = _iter_parquet_batches(path, text_field) if fkind == "parquet" else _iter_jsonl_batches(path, text_field)
+                for docs, nbytes in it:
+                    if docs:
+                        yield enc.documents(docs), len(docs)
+                    bar.update(nbytes)

@@ -1,0 +1,253 @@
+"""Runtime: the Python face of the C++ engine. `Runtime.load("model.gguf").generate("Once upon a time")`."""
+from __future__ import annotations
+
+import os
+import queue
+import threading
+from pathlib import Path
+from typing import Iterator, List, Optional, Sequence, Union
+
+import numpy as np
+
+from ..tools.evaluate import text_metrics
+from ..sampling import SamplingParams
+from ..tokenizers.from_gguf import tokenizer_from_gguf
+from .engine import engine_module, check_cuda
+from .text_stream import _TextStream
+
+
+class Runtime:
+    """A loaded model file. Create with Runtime.load(path, threads=None, head="f16", device="cpu")."""
+
+    def __init__(self, engine, tokenizer, path: str):
+        self._engine, self.tokenizer, self.path = engine, tokenizer, path
+        self.stats: dict = {}
+        keys = set(engine.metadata_keys())
+        # every id that ends generation: a model may have several (LLaMA-3: <|end_of_text|>, <|eot_id|>)
+        eos = list(engine.metadata("bllama.eos_token_ids")) if "bllama.eos_token_ids" in keys else []
+        if tokenizer.eos_id is not None and tokenizer.eos_id not in eos:
+            eos.insert(0, tokenizer.eos_id)
+        self.eos_ids = [int(i) for i in eos]
+
+    @classmethod
+    def load(cls, path: Union[str, os.PathLike], threads: Optional[int] = None, head: str = "f16",
+             device: str = "cpu", max_sequences: int = 1) -> "Runtime":
+        """head: "f16" runs the file's LM head as is; "q8" requantizes it to int8 with one scale per row at
+        load (half the head's bytes per decoded token; docs/engine.md, "LM head"). device: "cpu", or "cuda"
+        for the GPU backend (weights stay packed on the GPU; logits and sampling stay there too).
+        max_sequences: KV caches for that many sequences (CPU: at most 64), so generate([...]) decodes up to that
+        many prompts together, one token of each per step: every weight is read once for all of them (on a
+        2-core CPU, 4 sequences give 2.4x and 8 give 2.7x the tokens/s of one; docs/engine.md, "Batched decoding")."""
+        path = Path(path)
+        if head not in ("f16", "q8"):
+            raise ValueError(f"head must be 'f16' or 'q8', got {head!r}")
+        if device not in ("cpu", "cuda"):
+            raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
+        if device == "cuda":
+            check_cuda()
+        if not path.exists():
+            raise FileNotFoundError(f"model file not found: {path}")
+        if threads is not None and threads < 1:
+            raise ValueError(f"threads must be >= 1, got {threads}")
+        if path.is_dir():
+            if not (path / "config.json").exists():
+                raise IsADirectoryError(f"{path} is a folder without config.json; give a .gguf file or a "
+                                        "Hugging Face checkpoint folder")
+            from ..convert.hf_import import load_hf_dir_engine  # converted on the fly into a temporary GGUF
+
+            engine = load_hf_dir_engine(path, lambda p: engine_module().Engine(p, threads, head=head, device=device,
+                                                                                max_sequences=max_sequences))
+            return cls(engine, tokenizer_from_gguf(engine), str(path))
+        engine = engine_module().Engine(str(path), threads, head=head, device=device, max_sequences=max_sequences)
+        return cls(engine, tokenizer_from_gguf(engine), str(path))
+
+    # ---- facts ------------------------------------------------------------------------------------------
+    @property
+    def config(self) -> dict:
+        return dict(self._engine.config)
+
+    @property
+    def vocab_size(self) -> int:
+        return self._engine.vocab_size
+
+    @property
+    def context_length(self) -> int:
+        return self._engine.context_length
+
+    def _stop_ids(self) -> List[int]:
+        return list(self.eos_ids)
+
+    def encode(self, prompt: str) -> List[int]:
+        """The token ids generate() and stream() feed the engine for `prompt` (BOS included where the model uses
+        one); TypeError / ValueError for a non-string or empty prompt."""
+        if not isinstance(prompt, str):
+            raise TypeError(f"prompt must be a string, got {type(prompt).__name__}")
+        if not prompt:
+            raise ValueError("the prompt is empty")
+        return self.tokenizer.encode(prompt)
+
+    # ---- generation -------------------------------------------------------------------------------------
+    # Every generating method takes `sampling` (a SamplingParams, default greedy) plus its fields as keyword
+    # overrides, so rt.generate(p, do_sample=True, temperature=0.8, seed=0) keeps working; SamplingParams.of folds
+    # them into one object.
+    def _engine_kwargs(self, sampling: SamplingParams, stop_at_eos: bool) -> dict:
+        """The engine's generate / generate_batch keyword arguments: the sampling fields and the stop ids."""
+        return dict(sampling.engine_kwargs(), stop_ids=self._stop_ids() if stop_at_eos else [])
+
+    def _run(self, prompt_ids, max_new_tokens, sampling: SamplingParams, callback, stop_at_eos=True):
+        if max_new_tokens < 0:
+            raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+        ids = self._engine.generate(list(prompt_ids), int(max_new_tokens), callback=callback,
+                                    **self._engine_kwargs(sampling, stop_at_eos))
+        self.stats = dict(self._engine.last_stats)
+        return ids
+
+    def generate(self, prompt: Union[str, Sequence[str]], max_new_tokens: int = 128,
+                 sampling: Optional[SamplingParams] = None, *, stop: Optional[Sequence[str]] = None,
+                 stop_at_eos: bool = True, **overrides) -> Union[str, List[str]]:
+        """The continuation of `prompt` (without the prompt); a list of prompts gives a list of continuations
+        (decoded together when the runtime was loaded with max_sequences > 1; prompt i samples with seed + i, so
+        equal prompts still get different samples, and each gets what generate(prompt_i, seed=seed + i) gives).
+        Generation ends at max_new_tokens, at the model's EOS (unless stop_at_eos=False) or at a `stop` string."""
+        sampling = SamplingParams.of(sampling, **overrides)
+        if not isinstance(prompt, str):
+            prompts = list(prompt)
+            if self._engine.config.get("max_sequences", 1) > 1 and len(prompts) > 1:
+                ids = [self.encode(p) for p in prompts]
+                outs = self.generate_ids_batch(ids, max_new_tokens, sampling, stop_at_eos=stop_at_eos)
+                return [self.text_of(prompt_ids, out, stop) for prompt_ids, out in zip(ids, outs)]
+            return [self.generate(p, max_new_tokens, sampling.for_sequence(i), stop=stop, stop_at_eos=stop_at_eos)
+                    for i, p in enumerate(prompts)]
+        return "".join(self.stream(prompt, max_new_tokens, sampling, stop=stop, stop_at_eos=stop_at_eos))
+
+    def generate_ids_batch(self, prompt_ids: Sequence[Sequence[int]], max_new_tokens: int,
+                           sampling: Optional[SamplingParams] = None, *, stop_at_eos: bool = True, on_token=None,
+                           **overrides) -> List[List[int]]:
+        """The new token ids of each prompt (ids), decoded together in groups of max_sequences; prompt i samples
+        with seed + i. A list ends at max_new_tokens or before an EOS id. on_token(i, token) runs for every
+        returned token of prompt i (in the calling thread); truthy ends that sequence. text_stream() / text_of()
+        turn ids into text."""
+        if max_new_tokens < 0:
+            raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+        sampling = SamplingParams.of(sampling, **overrides)
+        outs = self._engine.generate_batch([list(p) for p in prompt_ids], int(max_new_tokens), callback=on_token,
+                                           **self._engine_kwargs(sampling, stop_at_eos))
+        self.stats = dict(self._engine.last_stats)
+        return [list(o) for o in outs]
+
+    def text_stream(self, prompt_ids: Sequence[int], stop: Optional[Sequence[str]] = None) -> "_TextStream":
+        """The incremental detokenizer stream() uses: .push(token) -> new text, .flush() -> the rest,
+        .stopped once a stop string ended the text."""
+        return _TextStream(self.tokenizer, prompt_ids, stop)
+
+    def text_of(self, prompt_ids: Sequence[int], ids: Sequence[int], stop: Optional[Sequence[str]] = None) -> str:
+        """The text of new token ids after prompt_ids, cut before the first stop string, by stream()'s rules."""
+        text = self.text_stream(prompt_ids, stop)
+        for t in ids:
+            text.push(t)
+            if text.stopped:
+                break
+        text.flush()
+        return text.emitted
+
+    def stream(self, prompt: str, max_new_tokens: int = 128, sampling: Optional[SamplingParams] = None, *,
+               stop: Optional[Sequence[str]] = None, stop_at_eos: bool = True, **overrides) -> Iterator[str]:
+        """Yields the continuation's text as it is produced. The engine runs in a worker thread (GIL released)."""
+        return self.stream_ids(self.encode(prompt), max_new_tokens, sampling, stop=stop, stop_at_eos=stop_at_eos,
+                               **overrides)
+
+    def stream_ids(self, prompt_ids: Sequence[int], max_new_tokens: int = 128,
+                   sampling: Optional[SamplingParams] = None, *, stop: Optional[Sequence[str]] = None,
+                   stop_at_eos: bool = True, **overrides) -> Iterator[str]:
+        """stream() from token ids (encode() or chat_prompt_ids() give them): nothing runs until the first
+        next(); closing the iterator stops the engine within a few tokens."""
+        sampling = SamplingParams.of(sampling, **overrides)
+        text = _TextStream(self.tokenizer, prompt_ids, stop)
+        # Bounded: the engine runs at most a few pieces ahead of the reader, so a reader that stops
+        # (closes the generator) stops the engine too instead of letting it finish max_new_tokens.
+        q: "queue.Queue" = queue.Queue(maxsize=4)
+        cancelled = threading.Event()
+        DONE = object()
+
+        def put(item) -> None:
+            while not cancelled.is_set():
+                try:
+                    q.put(item, timeout=0.05)
+                    return
+                except queue.Full:
+                    continue
+
+        def on_token(token: int) -> bool:
+            delta = text.push(token)
+            if delta:
+                put(delta)
+            return text.stopped or cancelled.is_set()  # True stops the engine
+
+        def work():
+            try:
+                self._run(prompt_ids, max_new_tokens, sampling, on_token, stop_at_eos)
+                rest = text.flush()
+                if rest:
+                    put(rest)
+                put(DONE)
+            except BaseException as e:  # handed to the consumer
+                put(e)
+
+        worker = threading.Thread(target=work, daemon=True)
+        worker.start()
+        try:
+            while True:
+                item = q.get()
+                if item is DONE:
+                    break
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            cancelled.set()
+            worker.join()
+
+    # ---- chat -------------------------------------------------------------------------------------------
+    def chat_prompt_ids(self, messages, add_generation_prompt: bool = True) -> List[int]:
+        """The token ids of `messages` ([{"role": ..., "content": ...}, ...]) rendered with the model file's chat
+        template (tokenizer.chat_template, bllama/tokenizers/chat.py); ValueError when the file has none."""
+        from ..tokenizers.chat import render_chat
+
+        tok = self.tokenizer
+        template = getattr(tok, "chat_template", None)
+        if not template:
+            raise ValueError(f"{self.path}: the model file has no chat template (tokenizer.chat_template)")
+        bos = tok.id_to_piece(tok.bos_id) if tok.bos_id is not None else ""
+        eos = tok.id_to_piece(tok.eos_id) if tok.eos_id is not None else ""
+        text = render_chat(template, messages, add_generation_prompt, bos, eos)
+        # The template writes BOS itself where the model wants one: as the id, never twice.
+        if bos and text.startswith(bos):
+            return [tok.bos_id] + tok.encode(text[len(bos):], add_bos=False)
+        return tok.encode(text, add_bos=False)
+
+    def chat(self, messages, max_new_tokens: int = 256, sampling: Optional[SamplingParams] = None, *,
+             stop: Optional[Sequence[str]] = None, stream: bool = False, **overrides) -> Union[str, Iterator[str]]:
+        """The assistant's reply to `messages` under the file's chat template; ends at an end-of-turn / EOS id
+        (every id in eos_ids), a `stop` string or max_new_tokens. stream=True yields the text as it comes."""
+        pieces = self.stream_ids(self.chat_prompt_ids(messages), max_new_tokens, sampling, stop=stop,
+                                 stop_at_eos=True, **overrides)
+        return pieces if stream else "".join(pieces)
+
+    # ---- scoring ----------------------------------------------------------------------------------------
+    def logits(self, token_ids: Sequence[int]) -> np.ndarray:
+        """Logits [len(token_ids), vocab] (float32), each position seeing the tokens before it."""
+        ids = [int(t) for t in token_ids]
+        if not ids:
+            raise ValueError("token_ids is empty")
+        return np.asarray(self._engine.logits(ids))
+
+    def evaluate(self, text: str) -> dict:
+        """Perplexity, NLL per token and bits per character over `text` in context-length windows."""
+        return text_metrics(text, self.tokenizer, self.context_length, self.logits)
+
+    def perplexity(self, text: str) -> float:
+        return self.evaluate(text)["perplexity"]
+
+    def __repr__(self) -> str:
+        c = self.config
+        return f"Runtime({self.path!r}, {c.get('num_layers')} layers, hidden {c.get('hidden_size')})"

@@ -1,0 +1,1 @@
+"""Tokenizers: SentencePiece, byte-level BPE, chat templates, and rebuilding either from a GGUF file."""
