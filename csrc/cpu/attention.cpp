@@ -11,7 +11,7 @@ void Model::rope_tables(int64_t n) {
     const int64_t half = cfg_.head_dim / 2;
     for (int64_t t = 0; t < n; ++t)
         for (int64_t i = 0; i < half; ++i) {
-            // Angle in float64, cos/sin rounded to fp32: the same table bllama/model.py builds.
+            // Angle in float64, cos/sin rounded to fp32: the same table bllama/model/transformer.py builds.
             const double a = static_cast<double>(row_pos_[t]) * inv_freq_[i];
             cos_[t * half + i] = static_cast<float>(std::cos(a));
             sin_[t * half + i] = static_cast<float>(std::sin(a));

@@ -38,7 +38,7 @@ void quantize_ref(const float* x, int64_t n_tokens, int64_t cols, QuantizedActs&
         const float* xt = x + t * cols;
         float amax = 0.0f;
         for (int64_t k = 0; k < cols; ++k) amax = std::max(amax, std::fabs(xt[k]));
-        // Same fp32 ops in the same order as bllama/bitlinear.py, so a and q match PyTorch bit for bit.
+        // Same fp32 ops in the same order as bllama/model/bitlinear.py, so a and q match PyTorch bit for bit.
         // PyTorch evaluates `127.0 / t` as `t.reciprocal() * 127` (Tensor.__rtruediv__), which differs
         // from a correctly rounded 127 / t in the last bit for ~15% of inputs; we follow PyTorch.
         const float a = (1.0f / std::max(amax, 1e-5f)) * 127.0f;

@@ -76,7 +76,7 @@ private:
 // Per-token int8 activations for n_tokens rows of length cols, in the kernels' layout.
 // act_scale[t] is `a` of docs/architecture.md, computed exactly as PyTorch evaluates `127.0 / m`:
 // (1.0f / m) * 127.0f with m = max(absmax, 1e-5f) (Tensor.__rtruediv__ is reciprocal-then-multiply);
-// q = clamp(nearbyint(x * a), -128, 127). Bitwise equal to bllama/bitlinear.py.
+// q = clamp(nearbyint(x * a), -128, 127). Bitwise equal to bllama/model/bitlinear.py.
 struct QuantizedActs {
     int64_t n_tokens = 0, cols = 0;
     std::vector<float> act_scale;          // [n_tokens]
