@@ -11,7 +11,7 @@ per-block torch.compile (--compile, bLlama.compile_blocks) and per-block activat
 (--activation-checkpointing). The learning rate follows the module's own schedule (warm-up, then cosine) squeezed
 into the run: --lr-warmup steps of warm-up to the preset's peak LR, decaying over --steps.
 
-Data (--data): "corpus" (default) is the built-in English corpus (bllama.corpus, ~2.2 MB) as byte tokens, so the
+Data (--data): "corpus" (default) is the built-in English corpus (bllama/train/corpus.py, ~2.2 MB) as byte tokens, so the
 loss has real structure to learn and falls within a few steps; "random" is uniform random tokens (the loss can only
 fall by memorization).
 
@@ -52,7 +52,7 @@ def flops_per_token(cfg: bLlamaConfig) -> float:
 
 def triton_quant_used(device: str, compiled: bool) -> bool:
     """Whether BitLinear's eager forward quantizes activations with the Triton kernel here (compiled blocks never do)."""
-    from bllama import triton_quant
+    from bllama.model import triton_quant
 
     return not compiled and triton_quant.enabled(torch.zeros(1, 8, device=device))
 

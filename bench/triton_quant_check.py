@@ -16,7 +16,7 @@ import sys
 
 import torch
 
-from bllama import triton_quant
+from bllama.model import triton_quant
 from bllama.model.bitlinear import quantize_activations
 
 

@@ -16,7 +16,7 @@ pytest.importorskip("triton")
 
 CHILD = textwrap.dedent("""
     import torch
-    from bllama import triton_quant
+    from bllama.model import triton_quant
     from bllama.model.bitlinear import BitLinear, quantize_activations
 
     torch.manual_seed(0)
@@ -61,7 +61,7 @@ def test_triton_quantizer_matches_eager_bit_for_bit():
 def test_triton_path_is_off_unless_asked(monkeypatch):
     import torch
 
-    from bllama import triton_quant
+    from bllama.model import triton_quant
 
     x = torch.randn(2, 8)
     monkeypatch.delenv("BLLAMA_TRITON", raising=False)
@@ -76,7 +76,7 @@ def test_kernel_is_used_only_where_it_was_measured(monkeypatch):
     """The default: CUDA tensors only (where it was measured bit-identical and faster); BLLAMA_TRITON=0 wins
     everywhere; the CPU runs it only through the interpreter and only when asked (BLLAMA_TRITON=1)."""
     import torch
-    from bllama import triton_quant
+    from bllama.model import triton_quant
 
     x = torch.ones(2, 64)
     monkeypatch.delenv("BLLAMA_TRITON", raising=False)

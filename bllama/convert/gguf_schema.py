@@ -107,7 +107,7 @@ def add_tokenizer(writer, tokenizer) -> None:
     from ..tokenizers.sentencepiece import SentencePieceTokenizer
 
     if not isinstance(tokenizer, SentencePieceTokenizer):
-        raise ValueError("export needs a SentencePiece tokenizer (bllama.tokenizer.SentencePieceTokenizer) to "
+        raise ValueError("export needs a SentencePiece tokenizer (bllama.tokenizers.sentencepiece.SentencePieceTokenizer) to "
                          f"embed in the GGUF file; got {type(tokenizer).__name__}")
     writer.add_tokenizer_model("llama")
     writer.add_token_list(tokenizer.pieces())
