@@ -9,38 +9,10 @@
 
 namespace bllama {
 
-namespace {
-
-[[noreturn]] void refuse_block_scales(const std::string& name) {
-    throw ModelError("tensor '" + name +
-                     "' has different scales in different 256-blocks; the CUDA backend needs one scale per "
-                     "tensor (run this file on the CPU: device='cpu')");
-}
-
-}  // namespace
-
 int8_t TernaryRows::code(int64_t r, int64_t c) const {
     const uint32_t word = words[static_cast<size_t>(r * words_per_row() + c / 16)];
     const int j = static_cast<int>((c % 16) / 4), b = static_cast<int>(c % 4);
     return static_cast<int8_t>(((ternary_rows_unpack(word, j) >> (8 * b)) & 0xFF) - 1);
-}
-
-TernaryRows ternary_rows_from_matrix(const TernaryMatrix& m, const char* name) {
-    const TernaryMatrix::Impl& im = m.impl();
-    if (!im.uniform) refuse_block_scales(name);
-    TernaryRows t;
-    t.rows = im.rows;
-    t.cols = im.cols;
-    t.scale = im.scale;
-    const int64_t wpr = t.words_per_row();
-    t.words.resize(static_cast<size_t>(t.rows * wpr));
-    // Same dword per (row, 16 columns) in both layouts: only the 16-row interleave is undone.
-    for (int64_t r = 0; r < t.rows; ++r) {
-        const uint8_t* g = im.group_ptr(r / kGroupRows) + (r % kGroupRows) * 4;
-        uint32_t* dst = t.words.data() + r * wpr;
-        for (int64_t c = 0; c < wpr; ++c) std::memcpy(dst + c, g + c * kChunkBytes, 4);
-    }
-    return t;
 }
 
 TernaryRows ternary_rows_from_gguf(const GgufTensor& t) {
@@ -75,7 +47,10 @@ TernaryRows ternary_rows_from_gguf(const GgufTensor& t) {
     } catch (const std::invalid_argument& e) {
         throw ModelError("tensor '" + t.name + "': " + e.what());
     }
-    if (!tr.uniform) refuse_block_scales(t.name);
+    if (!tr.uniform)
+        throw ModelError("tensor '" + t.name +
+                         "' has different scales in different 256-blocks; the CUDA backend needs one scale per "
+                         "tensor (run this file on the CPU: device='cpu')");
     return out;
 }
 
