@@ -35,7 +35,8 @@ struct CudaOptions {
     bool graphs = true;       // false: decode steps launch kernel by kernel (debugging, timing the graph gain)
     bool pdl = true;          // Programmatic Dependent Launch for the decode step's kernels (sm_90+; ignored
                               // below): each kernel starts while the one ahead drains (launch.cuh).
-                              // On by default since it measured +23% at batch 1 on an H100 and an H200.
+                              // On by default: it measured faster at batch 1 on an H100 and an H200
+                              // (bench/NOTES-cuda.md, "Not yet done", item 1).
     HeadType head = HeadType::F16;  // Q8: the head requantized at load to int8 rows as the CPU does (kernels/head_q8.h)
     int threads = 0;          // host threads for that requantization (<= 0: default_thread_count())
 };

@@ -83,9 +83,10 @@ uint16_t load_u16(const uint8_t* p) { return static_cast<uint16_t>(p[0] | (p[1] 
 
 // TQ2_0 and I2_S both store a 256-value block as 64 bytes of bit planes: within each half of 128 values, byte m
 // holds values m, m + 32, m + 64, m + 96 as q + 1, in the bit pairs at shifts 0, 2, 4, 6 (TQ2_0) or 6, 4, 2, 0
-// (I2_S). Word-at-a-time repack of block b of one row into its dwords (the load path of every model, ~4x faster
-// than per element): a 16-column chunk is one bit pair of 16 consecutive bytes, so two u64 loads, a shift and a
-// mask give its 16 codes, and four shifted 32-bit slices of those OR straight into the row's dword.
+// (I2_S). Word-at-a-time repack of block b of one row into its dwords (the load path of every model, so it is
+// worth being faster than per element: bench/NOTES-kernels.md): a 16-column chunk is one bit pair of 16
+// consecutive bytes, so two u64 loads, a shift and a mask give its 16 codes, and four shifted 32-bit slices of
+// those OR straight into the row's dword.
 // Returns whether the block has a nonzero code; throws on code 3.
 bool repack_plane_block(const uint8_t* blk, bool msb_first, uint8_t* dst, int64_t stride, int64_t b, const char* who,
                         int64_t r) {
