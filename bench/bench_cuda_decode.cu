@@ -10,11 +10,13 @@
 //               and batched (B sequences per step); per-step times are host-clock medians of whole steps,
 //               including the 4-byte token copy and the synchronization that generation really pays;
 //   variants    the decode paths A/B (CudaOptions pdl): baseline (plain launches) and pdl (the default), each its
-//               own CudaModel (4 slots, built from the same CPU model, one at a time,
+//               own CudaModel (4 slots, built from the same file, one at a time,
 //               after the main model is freed), graph-captured decode at batch 1, 2 and 4; two rounds, the
 //               variants interleaved, so the spread between rounds of one variant shows the noise;
 //   floor       the bandwidth floor at batch 1: copy GB/s / bytes a step must read (ternary weights, f16 head,
 //               one embedding row, the KV cache up to the mean position).
+//   load        seconds to build the main CudaModel from the open file: checks, repack, q8 requantization, upload
+//               (before the loader was shared it timed only the repack from a CPU-loaded model and the upload).
 // Prompt times are medians of --reps prefills after one warm-up.
 #include <unistd.h>
 
@@ -169,18 +171,15 @@ int main(int argc, char** argv) {
 
     const double copy_gbs = copy_bandwidth_gbs();
     const int max_b = *std::max_element(batches.begin(), batches.end());
-    LoadOptions lo;
-    lo.max_context = 1;
-    lo.max_batch = 1;
-    lo.head = head_q8 ? HeadType::Q8 : HeadType::F16;  // q8: the CPU loader requantizes, the GPU runs its rows
-    auto cpu = Model::load(path, lo);
+    const GgufFile file = GgufFile::open(path);
 
     CudaOptions co;
     co.max_context = std::max(n_prompt, decode_prompt + n_decode) + 8;
     co.kv_f16 = kv_f16;
     co.slots = max_b;
+    co.head = head_q8 ? HeadType::Q8 : HeadType::F16;  // q8: requantized at load as the CPU does, the GPU runs its rows
     auto t0 = Clock::now();
-    auto mp = std::make_unique<CudaModel>(*cpu, co);
+    auto mp = std::make_unique<CudaModel>(file, co);
     CudaModel& m = *mp;
     const double load_s = secs(t0);
 
@@ -198,7 +197,7 @@ int main(int argc, char** argv) {
         CudaOptions lt = co;
         lt.gemm = PromptGemm::CublasLt;
         lt.slots = 1;
-        CudaModel mlt(*cpu, lt);
+        CudaModel mlt(file, lt);
         pp_lt = run_prompt(mlt, n_prompt, reps);
     }
 
@@ -209,7 +208,7 @@ int main(int argc, char** argv) {
         CudaOptions ng = co;
         ng.graphs = false;
         ng.slots = 1;
-        CudaModel mng(*cpu, ng);
+        CudaModel mng(file, ng);
         nograph = run_decode(mng, 1, decode_prompt, n_decode);
     }
     const double weight_mib = m.weight_bytes() / 1048576.0, head_mib = m.head_bytes() / 1048576.0;
@@ -233,7 +232,7 @@ int main(int argc, char** argv) {
                 CudaOptions vo = co;
                 vo.slots = 4;
                 vo.pdl = v.pdl;
-                CudaModel mv(*cpu, vo);
+                CudaModel mv(file, vo);
                 v.pdl_active = mv.pdl_active();
                 for (int bi = 0; bi < 3; ++bi) v.by_batch[bi].push_back(run_decode(mv, var_batches[bi], decode_prompt, n_decode));
             }

@@ -80,21 +80,21 @@ std::string cuda_device_description() { return cuda::device_description(); }
 
 std::unique_ptr<Backend> make_cuda_backend(const std::string& path, const LoadOptions& opts) {
     if (cuda::device_count() == 0) throw std::runtime_error(std::string("device='cuda': ") + cuda::device_description());
-    // The CPU loader validates the file and decodes TQ2_0/TQ1_0; its tiny cache and scratch are freed
-    // with it once the weights are on the GPU. head="q8" is requantized by it too.
-    LoadOptions cpu = opts;
-    cpu.device = Device::Cpu;
-    cpu.max_context = 1;
-    cpu.max_batch = 1;
-    cpu.sequences = 1;  // the GPU keeps the sequences' caches
-    std::unique_ptr<Model> m = Model::load(path, cpu);
+    GgufFile file = GgufFile::open(path);  // its errors already name the path
     cuda::CudaOptions co;
     co.max_context = opts.max_context;
     co.kv_f16 = opts.kv_f16;
     co.slots = opts.sequences;
+    co.head = opts.head;
+    co.threads = opts.threads;
     co = cuda::cuda_options_from_env(co);
-    auto gpu = std::make_unique<cuda::CudaModel>(*m, co);
-    return std::make_unique<CudaBackend>(std::move(gpu), Model::release_file(std::move(m)));
+    std::unique_ptr<cuda::CudaModel> gpu;
+    try {
+        gpu = std::make_unique<cuda::CudaModel>(file, co);
+    } catch (const ModelError& e) {
+        throw ModelError("'" + path + "': " + e.what());  // named like the CPU loader's errors
+    }
+    return std::make_unique<CudaBackend>(std::move(gpu), std::move(file));
 }
 
 }  // namespace bllama

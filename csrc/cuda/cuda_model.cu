@@ -9,6 +9,7 @@
 
 #include "cuda/kernels/launch.cuh"
 #include "cuda/layout.h"
+#include "engine/weights.h"
 
 namespace bllama {
 namespace cuda {
@@ -58,7 +59,7 @@ __global__ void fill_positions_kernel(int32_t* pos, int32_t* slot_ids, int n, in
 }
 
 DevTernary stacked(const uint32_t* words, std::initializer_list<const TernaryRows*> parts,
-                   std::initializer_list<const BitLinear*> lin) {
+                   std::initializer_list<const BitLinearTensor*> lin) {
     DevTernary d;
     d.words = words;
     d.cols = static_cast<int>((*parts.begin())->cols);
@@ -79,7 +80,7 @@ DevTernary stacked(const uint32_t* words, std::initializer_list<const TernaryRow
 
 }  // namespace
 
-CudaModel::CudaModel(const Model& cpu, const CudaOptions& opts) : cfg_(cpu.config()), opts_(opts) {
+CudaModel::CudaModel(const GgufFile& file, const CudaOptions& opts) : cfg_(read_config(file)), opts_(opts) {
     if (cuda::device_count() == 0) throw std::runtime_error(std::string("device='cuda': ") + device_description());
     if (opts_.slots < 1 || opts_.slots > 256) throw std::invalid_argument("CUDA slots must be in [1, 256]");
     if (opts_.max_batch < 1) throw std::invalid_argument("CUDA max_batch must be positive");
@@ -90,7 +91,7 @@ CudaModel::CudaModel(const Model& cpu, const CudaOptions& opts) : cfg_(cpu.confi
         throw std::runtime_error("BLLAMA_CUDA_GEMM=cublaslt: cuBLASLt could not be loaded (libcublasLt.so.13; set "
                                  "BLLAMA_CUBLASLT to its path) or this build had no cublasLt.h");
     pdl_ = opts_.pdl && pdl_supported();
-    upload(cpu);
+    upload(file);
     allocate();
 }
 
@@ -99,27 +100,33 @@ CudaModel::~CudaModel() {
     if (h_tokens_) cudaFreeHost(h_tokens_);
 }
 
-void CudaModel::upload(const Model& cpu) {
+void CudaModel::upload(const GgufFile& file) {
     const ModelConfig& c = cfg_;
     const int64_t L = c.n_layers;
+    const ModelTensors t = check_model_tensors(file, c);
     // Sizes first: one allocation for every matrix, one for every norm.
-    auto words_of = [](const BitLinear& b) { return static_cast<size_t>(b.w.rows() * (b.w.cols() / 16)); };
     size_t total_words = 0;
-    for (int64_t l = 0; l < L; ++l) {
-        const LayerWeights& w = cpu.layer(l);
-        for (const BitLinear* b : {&w.q, &w.k, &w.v, &w.o, &w.gate, &w.up, &w.down}) total_words += words_of(*b);
-    }
+    for (const LayerTensors& w : t.layers)
+        for (const BitLinearTensor* b : {&w.q, &w.k, &w.v, &w.o, &w.gate, &w.up, &w.down})
+            total_words += static_cast<size_t>(b->rows * (b->cols / 16));
     words_ = DeviceBuffer<uint32_t>(total_words);
     weight_bytes_ = total_words * 4;
     const size_t norms_per_layer = static_cast<size_t>(2 * c.dim + (c.sub_norms ? c.dim + c.ffn : 0));
     norms_ = DeviceBuffer<float>(static_cast<size_t>(L) * norms_per_layer + static_cast<size_t>(c.dim));
 
     size_t wpos = 0, npos = 0;
-    auto put_words = [&](const TernaryRows& t) {
-        CUDA_CHECK(cudaMemcpy(words_.get() + wpos, t.words.data(), t.words.size() * 4, cudaMemcpyHostToDevice));
-        wpos += t.words.size();
+    // Packed straight from the file's blocks, a tensor at a time; its pages are dropped once packed.
+    auto pack = [&](const BitLinearTensor& b) {
+        TernaryRows r = ternary_rows_from_gguf(*b.weight);
+        file.release(*b.weight);
+        return r;
     };
-    auto put_norm = [&](const std::vector<float>& v) -> const float* {
+    auto put_words = [&](const TernaryRows& r) {
+        CUDA_CHECK(cudaMemcpy(words_.get() + wpos, r.words.data(), r.words.size() * 4, cudaMemcpyHostToDevice));
+        wpos += r.words.size();
+    };
+    auto put_norm = [&](const GgufTensor& n) -> const float* {
+        const std::vector<float> v = f32_values(n);
         float* dst = norms_.get() + npos;
         CUDA_CHECK(cudaMemcpy(dst, v.data(), v.size() * 4, cudaMemcpyHostToDevice));
         npos += v.size();
@@ -127,57 +134,60 @@ void CudaModel::upload(const Model& cpu) {
     };
     layers_.resize(static_cast<size_t>(L));
     for (int64_t l = 0; l < L; ++l) {
-        const LayerWeights& w = cpu.layer(l);
+        const LayerTensors& w = t.layers[static_cast<size_t>(l)];
         Layer& g = layers_[static_cast<size_t>(l)];
-        const std::string p = "blk." + std::to_string(l) + ".";
         // Converted and uploaded a stack at a time, so host memory holds at most one layer's copy.
         {
-            const TernaryRows q = ternary_rows_from_matrix(w.q.w, (p + "attn_q.weight").c_str());
-            const TernaryRows k = ternary_rows_from_matrix(w.k.w, (p + "attn_k.weight").c_str());
-            const TernaryRows v = ternary_rows_from_matrix(w.v.w, (p + "attn_v.weight").c_str());
+            const TernaryRows q = pack(w.q), k = pack(w.k), v = pack(w.v);
             g.qkv = stacked(words_.get() + wpos, {&q, &k, &v}, {&w.q, &w.k, &w.v});
             put_words(q), put_words(k), put_words(v);
         }
         {
-            const TernaryRows o = ternary_rows_from_matrix(w.o.w, (p + "attn_output.weight").c_str());
+            const TernaryRows o = pack(w.o);
             g.o = stacked(words_.get() + wpos, {&o}, {&w.o});
             put_words(o);
         }
         {
-            const TernaryRows ga = ternary_rows_from_matrix(w.gate.w, (p + "ffn_gate.weight").c_str());
-            const TernaryRows up = ternary_rows_from_matrix(w.up.w, (p + "ffn_up.weight").c_str());
+            const TernaryRows ga = pack(w.gate), up = pack(w.up);
             g.gate_up = stacked(words_.get() + wpos, {&ga, &up}, {&w.gate, &w.up});
             put_words(ga), put_words(up);
         }
         {
-            const TernaryRows d = ternary_rows_from_matrix(w.down.w, (p + "ffn_down.weight").c_str());
+            const TernaryRows d = pack(w.down);
             g.down = stacked(words_.get() + wpos, {&d}, {&w.down});
             put_words(d);
         }
-        g.attn_norm = put_norm(w.attn_norm);
-        g.ffn_norm = put_norm(w.ffn_norm);
-        g.attn_sub_norm = c.sub_norms ? put_norm(w.attn_sub_norm) : nullptr;
-        g.ffn_sub_norm = c.sub_norms ? put_norm(w.ffn_sub_norm) : nullptr;
+        g.attn_norm = put_norm(*w.attn_norm);
+        g.ffn_norm = put_norm(*w.ffn_norm);
+        g.attn_sub_norm = c.sub_norms ? put_norm(*w.attn_sub_norm) : nullptr;
+        g.ffn_sub_norm = c.sub_norms ? put_norm(*w.ffn_sub_norm) : nullptr;
     }
-    output_norm_ = put_norm(cpu.output_norm());
+    output_norm_ = put_norm(*t.output_norm);
     qkv_rows_ = static_cast<int>(c.dim + 2 * c.kv_dim());
 
+    // The embedding and head as f16 (converted when the file has f32), as the CPU reads them.
     const size_t table = static_cast<size_t>(c.vocab * c.dim);
+    std::vector<uint16_t> embd_owned, head_owned;
+    const uint16_t* embd = f16_values(*t.embedding, embd_owned);
     embd_ = DeviceBuffer<__half>(table);
-    CUDA_CHECK(cudaMemcpy(embd_.get(), cpu.embedding_f16(), table * 2, cudaMemcpyHostToDevice));
-    if (cpu.head_type() == HeadType::Q8) {  // the CPU requantized the head to int8 rows (kernels/head_q8.h)
-        const Q8Head& h = cpu.head_q8();
+    CUDA_CHECK(cudaMemcpy(embd_.get(), embd, table * 2, cudaMemcpyHostToDevice));
+    const uint16_t* head = c.tied ? embd : f16_values(*t.output, head_owned);
+    if (opts_.head == HeadType::Q8) {  // requantized to int8 rows exactly as the CPU's head="q8"
+        ThreadPool pool(opts_.threads);
+        const Q8Head h = requantize_head_q8(head, c.vocab, c.dim, pool);
         head_q8_ = DeviceBuffer<int8_t>(table);
         head_q8_scale_ = DeviceBuffer<float>(static_cast<size_t>(c.vocab));
         CUDA_CHECK(cudaMemcpy(head_q8_.get(), h.row(0), table, cudaMemcpyHostToDevice));
         CUDA_CHECK(cudaMemcpy(head_q8_scale_.get(), h.scales(), static_cast<size_t>(c.vocab) * 4, cudaMemcpyHostToDevice));
-    } else if (cpu.head_f16() == cpu.embedding_f16()) {
+    } else if (c.tied) {
         head_ = embd_.get();
     } else {
         head_owned_ = DeviceBuffer<__half>(table);
-        CUDA_CHECK(cudaMemcpy(head_owned_.get(), cpu.head_f16(), table * 2, cudaMemcpyHostToDevice));
+        CUDA_CHECK(cudaMemcpy(head_owned_.get(), head, table * 2, cudaMemcpyHostToDevice));
         head_ = head_owned_.get();
     }
+    file.release(*t.embedding);  // on the device now; the host reads neither again
+    if (t.output) file.release(*t.output);
 
     // RoPE tables exactly as the CPU builds them (float64 angle, fp32 cos/sin), for every position.
     const int64_t half = c.head_dim / 2;

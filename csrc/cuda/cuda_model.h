@@ -35,17 +35,21 @@ struct CudaOptions {
     bool graphs = true;       // false: decode steps launch kernel by kernel (debugging, timing the graph gain)
     bool pdl = true;          // Programmatic Dependent Launch for the decode step's kernels (sm_90+; ignored
                               // below): each kernel starts while the one ahead drains (launch.cuh).
-                              // On by default since it measured +23% at batch 1 on an H100 and an H200.
+                              // On by default: it measured faster at batch 1 on an H100 and an H200
+                              // (bench/NOTES-cuda.md, "Not yet done", item 1).
+    HeadType head = HeadType::F16;  // Q8: the head requantized at load to int8 rows as the CPU does (kernels/head_q8.h)
+    int threads = 0;          // host threads for that requantization (<= 0: default_thread_count())
 };
 // Defaults overridden by the environment: BLLAMA_CUDA_GEMM=mma|cublaslt, BLLAMA_CUDA_GRAPHS=0, BLLAMA_CUDA_PDL=0.
 CudaOptions cuda_options_from_env(CudaOptions base);
 
 class CudaModel {
 public:
-    // Uploads the weights of a CPU-loaded model (which validated the file). The CPU model may be freed
-    // afterwards. Throws ModelError for files the GPU cannot run (per-block scales). The LM head is the CPU
-    // model's: f16, or the int8 rows of head="q8".
-    CudaModel(const Model& cpu, const CudaOptions& opts);
+    // Checks the file's tensors against its config (engine/weights.h, the CPU loader's checks), packs the ternary
+    // blocks straight into the GPU layout (cuda/layout.h) and uploads everything; the file's pages of the uploaded
+    // tensors are released, its metadata stays readable. Throws ModelError for files the GPU cannot run
+    // (per-block scales) as well as for invalid ones.
+    CudaModel(const GgufFile& file, const CudaOptions& opts);
     ~CudaModel();
     CudaModel(const CudaModel&) = delete;
     CudaModel& operator=(const CudaModel&) = delete;
@@ -93,7 +97,7 @@ private:
         const float *attn_norm, *attn_sub_norm, *ffn_norm, *ffn_sub_norm;  // sub-norms null when absent
     };
 
-    void upload(const Model& cpu);
+    void upload(const GgufFile& file);
     void allocate();
     void matmul(const DevTernary& w, int n, float* y, int ldy, Epilogue ep);
     // y (ep) W * quant(rmsnorm(x, norm_w)) for n rows of d values at stride ldx: rmsnorm_quant, then matmul.

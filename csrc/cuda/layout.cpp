@@ -1,6 +1,7 @@
 #include "cuda/layout.h"
 
 #include <cstring>
+#include <memory>
 #include <string>
 
 #include "engine/config.h"
@@ -14,25 +15,43 @@ int8_t TernaryRows::code(int64_t r, int64_t c) const {
     return static_cast<int8_t>(((ternary_rows_unpack(word, j) >> (8 * b)) & 0xFF) - 1);
 }
 
-TernaryRows ternary_rows_from_matrix(const TernaryMatrix& m, const char* name) {
-    const TernaryMatrix::Impl& im = m.impl();
-    if (!im.uniform)
-        throw ModelError(std::string("tensor '") + name +
+TernaryRows ternary_rows_from_gguf(const GgufTensor& t) {
+    TernaryEncoding enc;
+    switch (static_cast<GgmlType>(t.type)) {
+        case GgmlType::TQ2_0: enc = TernaryEncoding::TQ2_0; break;
+        case GgmlType::TQ1_0: enc = TernaryEncoding::TQ1_0; break;
+        case GgmlType::I2_S: enc = TernaryEncoding::I2_S; break;
+        default: throw ModelError("tensor '" + t.name + "' has type " + ggml_type_name(t.type) + ", not a ternary type");
+    }
+    TernaryRows out;
+    out.cols = t.dims[0];
+    out.rows = t.n_dims == 2 ? t.dims[1] : 0;
+    if (t.n_dims != 2 || out.rows < 0 || out.cols <= 0 || out.cols % 256 != 0)
+        throw ModelError("tensor '" + t.name + "': ternary_rows_from_gguf needs 2 dims with cols a positive multiple of 256");
+    const int64_t wpr = out.words_per_row(), nb = out.cols / 256;
+    out.words.resize(static_cast<size_t>(out.rows * wpr));
+    std::vector<float> d(static_cast<size_t>(nb));
+    std::unique_ptr<bool[]> nonzero(new bool[static_cast<size_t>(nb)]);
+    ScaleTracker tr;
+    try {
+        const float tensor_scale = enc == TernaryEncoding::I2_S ? i2_s_scale(t.data, out.rows, out.cols, "I2_S") : 0.0f;
+        for (int64_t r = 0; r < out.rows; ++r) {
+            uint8_t* dst = reinterpret_cast<uint8_t*>(out.words.data() + r * wpr);
+            repack_ternary_row(enc, t.data, out.rows, out.cols, r, dst, 4, d.data(), nonzero.get(),
+                               ggml_type_name(t.type).c_str());
+            for (int64_t b = 0; b < nb; ++b)
+                if (nonzero[b]) tr.add(d[static_cast<size_t>(b)]);
+        }
+        // As the CPU matrix: I2_S has its one scale even when every code is 0; else the nonzero blocks' scale.
+        out.scale = enc == TernaryEncoding::I2_S ? tensor_scale : (tr.any ? tr.value : 0.0f);
+    } catch (const std::invalid_argument& e) {
+        throw ModelError("tensor '" + t.name + "': " + e.what());
+    }
+    if (!tr.uniform)
+        throw ModelError("tensor '" + t.name +
                          "' has different scales in different 256-blocks; the CUDA backend needs one scale per "
                          "tensor (run this file on the CPU: device='cpu')");
-    TernaryRows t;
-    t.rows = im.rows;
-    t.cols = im.cols;
-    t.scale = im.scale;
-    const int64_t wpr = t.words_per_row();
-    t.words.resize(static_cast<size_t>(t.rows * wpr));
-    // Same dword per (row, 16 columns) in both layouts: only the 16-row interleave is undone.
-    for (int64_t r = 0; r < t.rows; ++r) {
-        const uint8_t* g = im.group_ptr(r / kGroupRows) + (r % kGroupRows) * 4;
-        uint32_t* dst = t.words.data() + r * wpr;
-        for (int64_t c = 0; c < wpr; ++c) std::memcpy(dst + c, g + c * kChunkBytes, 4);
-    }
-    return t;
+    return out;
 }
 
 TernaryRows ternary_rows_from_codes(const int8_t* q, int64_t rows, int64_t cols, float scale) {

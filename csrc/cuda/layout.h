@@ -18,6 +18,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "engine/gguf.h"
 #include "kernels/ternary.h"
 
 namespace bllama {
@@ -31,8 +32,10 @@ struct TernaryRows {
     int8_t code(int64_t r, int64_t c) const;  // q in {-1, 0, 1}
 };
 
-// From the engine's CPU matrix; throws ModelError (what = `name`) when its blocks carry different scales.
-TernaryRows ternary_rows_from_matrix(const TernaryMatrix& m, const char* name);
+// Straight from a GGUF tensor's bytes (TQ2_0, TQ1_0 or I2_S; ggml dims {cols, rows}, cols % 256 == 0), with the
+// decoders the CPU layout uses (kernels/pack.h): the load path, one repack. Throws ModelError naming the tensor for
+// per-block scales, a code 3 or a non-finite I2_S scale.
+TernaryRows ternary_rows_from_gguf(const GgufTensor& t);
 // From codes q in {-1, 0, 1}, row-major [rows, cols] (tests, benchmarks).
 TernaryRows ternary_rows_from_codes(const int8_t* q, int64_t rows, int64_t cols, float scale);
 

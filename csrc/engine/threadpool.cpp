@@ -26,8 +26,8 @@ namespace bllama {
 namespace {
 // How long a worker keeps polling for the next job before sleeping, and how long the caller polls
 // for completion before yielding its core. Short on purpose: on a machine shared with other busy
-// processes, long spins burn the timeslices of the very thread everyone waits for (measured on the
-// 2-core dev box under load: 300 us spins made 2 threads 2x slower than 1; 5-30 us did not).
+// processes, long spins burn the timeslices of the very thread everyone waits for (measured: bench/NOTES-kernels.md,
+// "Measurements from code comments").
 // BLLAMA_SPIN_US overrides it (read once).
 std::chrono::microseconds spin_for() {
     static const std::chrono::microseconds v = [] {

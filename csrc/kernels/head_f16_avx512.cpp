@@ -22,7 +22,7 @@ namespace {
 constexpr int64_t kGemvPrefetch = 8192;
 
 // Several tokens: R rows x N tokens of fp32 accumulators, the row tile reused (from L1) by every token
-// tile. 64 tokens, one core: 6x4 ~195 GFLOP/s, 8x3 ~193, 4x4 ~174, 3x8 and 2x8 under 100 (spills).
+// tile. 6x4 and 8x3 measured fastest, 4x4 a little slower; 3x8 and 2x8 spill (bench/NOTES-kernels.md).
 template <int R, int N>
 void f16_tile(const uint16_t* w, int64_t cols, const float* x, float* y, int64_t ldy, int64_t r0, int64_t t0) {
     __m512 acc[R][N];
@@ -56,7 +56,7 @@ void f16_tile(const uint16_t* w, int64_t cols, const float* x, float* y, int64_t
 }
 
 // Decode-sized batches: one row at a time with four accumulators per token, so the matrix is read as one
-// linear stream with a prefetch ahead (8 concurrent row streams measured ~27 GB/s vs bandwidth ~40). Every
+// linear stream with a prefetch ahead (concurrent row streams measured well below bandwidth). Every
 // (row, token) sum is added in the same order whatever N, so a token's logits do not depend on the batch it
 // is in (batched decoding equals decoding alone, bit for bit).
 template <int N>

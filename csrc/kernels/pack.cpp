@@ -46,35 +46,20 @@ uint8_t* row_dst(TernaryMatrix::Impl& m, int64_t r) {
     return m.packed.get() + (r / kGroupRows) * m.cols * 4 + (r % kGroupRows) * 4;
 }
 
-// codes: one row of unsigned codes 0..2 (q + 1), length cols.
-void pack_row(TernaryMatrix::Impl& m, int64_t r, const uint8_t* codes) {
-    uint8_t* dst = row_dst(m, r);
-    for (int64_t c = 0; c < m.cols / kChunkCols; ++c) {
+// Unsigned codes 0..2 (q + 1) of n columns (n % 16 == 0) into dwords at dst, dst + stride, ... (pack.h).
+void pack_codes(const uint8_t* codes, int64_t n, uint8_t* dst, int64_t stride) {
+    for (int64_t c = 0; c < n / kChunkCols; ++c) {
         const uint8_t* src = codes + c * kChunkCols;
         for (int s = 0; s < 4; ++s)
-            dst[c * kChunkBytes + s] = static_cast<uint8_t>(src[s] | (src[4 + s] << 2) | (src[8 + s] << 4) |
-                                                            (src[12 + s] << 6));
+            dst[c * stride + s] = static_cast<uint8_t>(src[s] | (src[4 + s] << 2) | (src[8 + s] << 4) |
+                                                       (src[12 + s] << 6));
     }
 }
 
-// Tracks uniform_scale() while blocks are added: the first nonzero block's d (as fp32 bits, so +0 and
-// -0 or two nan payloads never count as equal) fixes the scale.
-struct ScaleTracker {
-    bool any = false, uniform = true;
-    uint32_t bits = 0;
-    float value = 0.0f;
-    void add(float d) {
-        uint32_t b;
-        std::memcpy(&b, &d, sizeof b);
-        if (!any) {
-            any = true;
-            bits = b;
-            value = d;
-        } else if (b != bits) {
-            uniform = false;
-        }
-    }
-};
+// codes: one row of unsigned codes 0..2 (q + 1), length cols.
+void pack_row(TernaryMatrix::Impl& m, int64_t r, const uint8_t* codes) {
+    pack_codes(codes, m.cols, row_dst(m, r), kChunkBytes);
+}
 
 // Block b of row r gets scale d; an all-zero block may carry any d in the file and is stored with 0.
 void store_block_scale(TernaryMatrix::Impl& m, int64_t r, int64_t b, bool nonzero, float d) {
@@ -98,11 +83,13 @@ uint16_t load_u16(const uint8_t* p) { return static_cast<uint16_t>(p[0] | (p[1] 
 
 // TQ2_0 and I2_S both store a 256-value block as 64 bytes of bit planes: within each half of 128 values, byte m
 // holds values m, m + 32, m + 64, m + 96 as q + 1, in the bit pairs at shifts 0, 2, 4, 6 (TQ2_0) or 6, 4, 2, 0
-// (I2_S). Word-at-a-time repack of one block into row r's chunks (dst: row_dst) (the load path of every model, ~4x faster than
-// per element): a 16-column chunk is one bit pair of 16 consecutive bytes, so two u64 loads, a shift and a mask
-// give its 16 codes, and four shifted 32-bit slices of those OR straight into our 4 bytes per row per chunk.
+// (I2_S). Word-at-a-time repack of block b of one row into its dwords (the load path of every model, so it is
+// worth being faster than per element: bench/NOTES-kernels.md): a 16-column chunk is one bit pair of 16
+// consecutive bytes, so two u64 loads, a shift and a mask give its 16 codes, and four shifted 32-bit slices of
+// those OR straight into the row's dword.
 // Returns whether the block has a nonzero code; throws on code 3.
-bool repack_plane_block(const uint8_t* blk, bool msb_first, uint8_t* dst, int64_t b, const char* who, int64_t r) {
+bool repack_plane_block(const uint8_t* blk, bool msb_first, uint8_t* dst, int64_t stride, int64_t b, const char* who,
+                        int64_t r) {
     static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "the u64 view of the block bytes assumes little endian");
     constexpr uint64_t kLow = 0x5555555555555555ull, kMask = 0x0303030303030303ull;
     uint64_t w[8];
@@ -120,84 +107,111 @@ bool repack_plane_block(const uint8_t* blk, bool msb_first, uint8_t* dst, int64_
         const uint64_t hi = (w[h * 4 + half16 * 2 + 1] >> shift) & kMask;
         const uint32_t out = static_cast<uint32_t>(lo) | static_cast<uint32_t>(lo >> 32) << 2 |
                              static_cast<uint32_t>(hi) << 4 | static_cast<uint32_t>(hi >> 32) << 6;
-        std::memcpy(dst + (b * kBlock / kChunkCols + lc) * kChunkBytes, &out, 4);
+        std::memcpy(dst + (b * kBlock / kChunkCols + lc) * stride, &out, 4);
     }
     return nonzero;
+}
+
+// One TQ1_0 block's 256 codes (q + 1). A byte holds trits as a base-3 fraction scaled to 256: multiplying by
+// 3^n (mod 256) moves trit n to the top, and (x * 3) >> 8 reads it off. Element order (gguf): qs[0..32) hold
+// elements n*32 + m, qs[32..48) hold 160 + n*16 + m, qh[0..4) hold 240 + n*4 + m (4 trits per byte).
+void decode_tq1_block(const uint8_t* blk, uint8_t* dst) {
+    static const uint8_t pow3[5] = {1, 3, 9, 27, 81};
+    auto trit = [](uint8_t byte, uint8_t p) -> uint8_t {
+        const uint8_t v = static_cast<uint8_t>(byte * p);
+        return static_cast<uint8_t>((static_cast<uint16_t>(v) * 3) >> 8);
+    };
+    for (int n = 0; n < 5; ++n)
+        for (int i = 0; i < 32; ++i) dst[n * 32 + i] = trit(blk[i], pow3[n]);
+    for (int n = 0; n < 5; ++n)
+        for (int i = 0; i < 16; ++i) dst[160 + n * 16 + i] = trit(blk[32 + i], pow3[n]);
+    for (int n = 0; n < 4; ++n)
+        for (int i = 0; i < 4; ++i) dst[240 + n * 4 + i] = trit(blk[48 + i], pow3[n]);
+}
+
+}  // namespace
+
+void repack_ternary_row(TernaryEncoding enc, const uint8_t* data, int64_t rows, int64_t cols, int64_t r,
+                        uint8_t* dst, int64_t stride, float* d, bool* nonzero, const char* who) {
+    const int64_t nb = cols / kBlock;
+    float tensor_scale = 0.0f;
+    if (enc == TernaryEncoding::I2_S) std::memcpy(&tensor_scale, data + rows * cols / 4, 4);
+    for (int64_t b = 0; b < nb; ++b) {
+        switch (enc) {
+            case TernaryEncoding::TQ2_0: {
+                const uint8_t* blk = data + (r * nb + b) * kTq2BlockBytes;
+                nonzero[b] = repack_plane_block(blk, false, dst, stride, b, who, r);
+                d[b] = f16_to_f32(load_u16(blk + 64));
+                break;
+            }
+            case TernaryEncoding::I2_S:
+                nonzero[b] = repack_plane_block(data + (r * nb + b) * 64, true, dst, stride, b, who, r);
+                d[b] = tensor_scale;
+                break;
+            case TernaryEncoding::TQ1_0: {
+                const uint8_t* blk = data + (r * nb + b) * kTq1BlockBytes;
+                uint8_t codes[kBlock];
+                decode_tq1_block(blk, codes);
+                bool nz = false;
+                for (int64_t k = 0; k < kBlock; ++k) nz |= codes[k] != 1;
+                nonzero[b] = nz;
+                pack_codes(codes, kBlock, dst + b * (kBlock / kChunkCols) * stride, stride);
+                d[b] = f16_to_f32(load_u16(blk + 52));
+                break;
+            }
+        }
+    }
+}
+
+float i2_s_scale(const uint8_t* data, int64_t rows, int64_t cols, const char* who) {
+    float scale;
+    std::memcpy(&scale, data + rows * cols / 4, 4);  // the tensor's scale follows its codes
+    if (!std::isfinite(scale))
+        throw std::invalid_argument(std::string(who) + ": the tensor scale " + std::to_string(scale) + " is not finite");
+    return scale;
+}
+
+namespace {
+
+// The three GGUF constructors: `who` names the public one in errors.
+std::unique_ptr<TernaryMatrix::Impl> from_gguf(TernaryEncoding enc, const uint8_t* data, int64_t rows, int64_t cols,
+                                               const char* who) {
+    check_shape(rows, cols);
+    auto m = new_impl(rows, cols);
+    const float tensor_scale = enc == TernaryEncoding::I2_S ? i2_s_scale(data, rows, cols, who) : 0.0f;
+    std::vector<float> d(static_cast<size_t>(m->nb));
+    std::unique_ptr<bool[]> nonzero(new bool[static_cast<size_t>(m->nb)]);
+    ScaleTracker tr;
+    for (int64_t r = 0; r < rows; ++r) {
+        repack_ternary_row(enc, data, rows, cols, r, row_dst(*m, r), kChunkBytes, d.data(), nonzero.get(), who);
+        for (int64_t b = 0; b < m->nb; ++b) {
+            store_block_scale(*m, r, b, nonzero[b], d[static_cast<size_t>(b)]);
+            if (nonzero[b]) tr.add(d[static_cast<size_t>(b)]);
+        }
+    }
+    finish(*m, tr);
+    if (enc == TernaryEncoding::I2_S) {  // one scale for the whole tensor, as from_codes
+        m->uniform = true;
+        m->scale = tensor_scale;
+    }
+    return m;
 }
 
 }  // namespace
 
 TernaryMatrix TernaryMatrix::from_tq2_0(const uint8_t* blocks, int64_t rows, int64_t cols) {
-    check_shape(rows, cols);
-    auto m = new_impl(rows, cols);
-    ScaleTracker tr;
-    for (int64_t r = 0; r < rows; ++r) {
-        for (int64_t b = 0; b < m->nb; ++b) {
-            const uint8_t* blk = blocks + (r * m->nb + b) * kTq2BlockBytes;
-            const bool nonzero = repack_plane_block(blk, false, row_dst(*m, r), b, "TernaryMatrix::from_tq2_0", r);
-            const float d = f16_to_f32(load_u16(blk + 64));
-            store_block_scale(*m, r, b, nonzero, d);
-            if (nonzero) tr.add(d);
-        }
-    }
-    finish(*m, tr);
     TernaryMatrix out;
-    out.impl_ = std::move(m);
+    out.impl_ = from_gguf(TernaryEncoding::TQ2_0, blocks, rows, cols, "TernaryMatrix::from_tq2_0");
     return out;
 }
-
-TernaryMatrix TernaryMatrix::from_i2_s(const uint8_t* data, int64_t rows, int64_t cols) {
-    check_shape(rows, cols);
-    auto m = new_impl(rows, cols);
-    float scale;
-    std::memcpy(&scale, data + rows * cols / 4, 4);  // the tensor's scale follows its codes
-    if (!std::isfinite(scale))
-        throw std::invalid_argument("TernaryMatrix::from_i2_s: the tensor scale " + std::to_string(scale) +
-                                    " is not finite");
-    for (int64_t r = 0; r < rows; ++r) {
-        for (int64_t b = 0; b < m->nb; ++b) {
-            const uint8_t* blk = data + (r * m->nb + b) * 64;
-            store_block_scale(*m, r, b, repack_plane_block(blk, true, row_dst(*m, r), b, "TernaryMatrix::from_i2_s", r),
-                              scale);
-        }
-    }
-    m->uniform = true;  // one scale for the whole tensor, as from_codes
-    m->scale = scale;
-    TernaryMatrix out;
-    out.impl_ = std::move(m);
-    return out;
-}
-
 TernaryMatrix TernaryMatrix::from_tq1_0(const uint8_t* blocks, int64_t rows, int64_t cols) {
-    check_shape(rows, cols);
-    auto m = new_impl(rows, cols);
-    std::vector<uint8_t> codes(static_cast<size_t>(cols));
-    ScaleTracker tr;
-    static const uint8_t pow3[5] = {1, 3, 9, 27, 81};
-    // A byte holds trits as a base-3 fraction scaled to 256: multiplying by 3^n (mod 256) moves trit n
-    // to the top, and (x * 3) >> 8 reads it off. Element order (gguf): qs[0..32) hold elements
-    // n*32 + m, qs[32..48) hold 160 + n*16 + m, qh[0..4) hold 240 + n*4 + m (4 trits per byte).
-    auto trit = [](uint8_t byte, uint8_t p) -> uint8_t {
-        const uint8_t v = static_cast<uint8_t>(byte * p);
-        return static_cast<uint8_t>((static_cast<uint16_t>(v) * 3) >> 8);
-    };
-    for (int64_t r = 0; r < rows; ++r) {
-        for (int64_t b = 0; b < m->nb; ++b) {
-            const uint8_t* blk = blocks + (r * m->nb + b) * kTq1BlockBytes;
-            uint8_t* dst = codes.data() + b * kBlock;
-            for (int n = 0; n < 5; ++n)
-                for (int i = 0; i < 32; ++i) dst[n * 32 + i] = trit(blk[i], pow3[n]);
-            for (int n = 0; n < 5; ++n)
-                for (int i = 0; i < 16; ++i) dst[160 + n * 16 + i] = trit(blk[32 + i], pow3[n]);
-            for (int n = 0; n < 4; ++n)
-                for (int i = 0; i < 4; ++i) dst[240 + n * 4 + i] = trit(blk[48 + i], pow3[n]);
-            set_block_scale(*m, r, b, dst, f16_to_f32(load_u16(blk + 52)), tr);
-        }
-        pack_row(*m, r, codes.data());
-    }
-    finish(*m, tr);
     TernaryMatrix out;
-    out.impl_ = std::move(m);
+    out.impl_ = from_gguf(TernaryEncoding::TQ1_0, blocks, rows, cols, "TernaryMatrix::from_tq1_0");
+    return out;
+}
+TernaryMatrix TernaryMatrix::from_i2_s(const uint8_t* data, int64_t rows, int64_t cols) {
+    TernaryMatrix out;
+    out.impl_ = from_gguf(TernaryEncoding::I2_S, data, rows, cols, "TernaryMatrix::from_i2_s");
     return out;
 }
 

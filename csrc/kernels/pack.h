@@ -62,4 +62,41 @@ struct TernaryMatrix::Impl {
 // Shared by every family: sizes out's buffers (no allocation when already large enough).
 void resize_acts(QuantizedActs& out, int64_t n_tokens, int64_t cols);
 
+// ---------------------------------------------------------------------------------------------
+// The GGUF ternary decoders, shared with the GPU layout (cuda/layout.h) so that both build from the file's
+// bytes with one decoder each.
+
+enum class TernaryEncoding { TQ2_0, TQ1_0, I2_S };  // engine/gguf.h's GgmlType of the same names
+
+// Row r of a GGUF ternary tensor (data: the whole tensor as the file stores it; cols % 256 == 0) repacked into
+// the dwords both weight layouts are made of: dword c holds columns [16c, 16c + 16), column 16c + 4j + s at bits
+// 8s + 2j as the code q + 1. Dword c goes to dst + c * stride bytes: kChunkBytes in this layout (16 rows
+// interleaved), 4 in the GPU's plain rows. For each 256-block b, nonzero[b] says whether it has a nonzero code
+// and d[b] is its scale (TQ2_0 / TQ1_0: the block's d; I2_S: the tensor's one scale, which the caller checks
+// once with i2_s_scale). Throws std::invalid_argument starting with `who` on code 3.
+void repack_ternary_row(TernaryEncoding enc, const uint8_t* data, int64_t rows, int64_t cols, int64_t r,
+                        uint8_t* dst, int64_t stride, float* d, bool* nonzero, const char* who);
+// The fp32 scale after an I2_S tensor's rows * cols / 4 code bytes; throws std::invalid_argument starting with
+// `who` when it is not finite.
+float i2_s_scale(const uint8_t* data, int64_t rows, int64_t cols, const char* who);
+
+// Tracks TernaryMatrix::uniform_scale() while nonzero blocks are added: the first one's d (as fp32 bits, so +0
+// and -0 or two nan payloads never count as equal) fixes the scale.
+struct ScaleTracker {
+    bool any = false, uniform = true;
+    uint32_t bits = 0;
+    float value = 0.0f;
+    void add(float d) {
+        uint32_t b;
+        std::memcpy(&b, &d, sizeof b);
+        if (!any) {
+            any = true;
+            bits = b;
+            value = d;
+        } else if (b != bits) {
+            uniform = false;
+        }
+    }
+};
+
 }  // namespace bllama

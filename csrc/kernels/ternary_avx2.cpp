@@ -245,9 +245,8 @@ void ternary_matmul_avx2(const TernaryMatrix& m, const QuantizedActs& x, float* 
                          int64_t re) {
     const TernaryMatrix::Impl& w = m.impl();
     const int64_t h_begin = rb / 8, h_end = (re + 7) / 8;
-    // Both halves of one group per tile: the matrix is read as one linear stream. Measured (decode,
-    // 8192x2048, one core): 2 halves 28.6 GB/s (compute-bound: ~36 uops per 64 bytes), 1 half 12.6,
-    // 4 halves 10.7 (spills). Software prefetch made no difference here.
+    // Both halves of one group per tile: the matrix is read as one linear stream; 1 half was slower and 4
+    // spill (bench/NOTES-kernels.md, "Measurements from code comments"). Software prefetch made no difference.
     const int maxr = 2;
     TileArgs a{&w, &x, y, ldy, rb, re, 0, 0};
     for (int64_t h = h_begin; h < h_end; h += maxr) {

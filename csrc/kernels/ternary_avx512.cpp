@@ -98,10 +98,10 @@ struct TileArgs {
 };
 
 // Decode (one token). One 16-row group at a time, so the whole matrix is read as a single linear
-// stream (groups are contiguous): 2-4 concurrent streams measured 20-35% slower here. U chunks per
+// stream (groups are contiguous): concurrent streams measured slower here. U chunks per
 // iteration with one accumulator per (chunk, plane) keep the vpdpbusd chains short; a software
-// prefetch 8 KiB ahead (it runs on into the next group, which is read next) took one core from ~33 to
-// ~41 GB/s, i.e. to the measured read bandwidth (1/2/4/6/8/16 KiB tried).
+// prefetch 8 KiB ahead (it runs on into the next group, which is read next) took one core to the
+// measured read bandwidth (numbers and distances tried: bench/NOTES-kernels.md).
 constexpr int64_t kGemvPrefetch = 8192;
 
 template <int J>
@@ -279,8 +279,7 @@ void tile_blocks(const TileArgs& a) {
 using TileFn = void (*)(const TileArgs&);
 
 // Register budget (32 zmm): R*N accumulators + R weight vectors + N broadcasts + mask + a code
-// vector. Measured on Zen 5 (2048x2048, 128 tokens, one core): 4x4 ~500 GMAC/s, about two vpdpbusd
-// per cycle; 3x4..2x8 are within noise, 4x6 and 4x7 spill and drop to 320-350.
+// vector. 4x4 measured fastest (about two vpdpbusd per cycle); larger tiles spill (bench/NOTES-kernels.md).
 constexpr int kMaxR = 4, kMaxN = 4;
 constexpr int kMaxRB = 2, kMaxNB = 4;  // per-block path also holds R*N float sums
 

@@ -53,7 +53,7 @@ int argmax_row(const float* x, int V) {  // lowest index of the largest value, a
     return best;
 }
 
-std::unique_ptr<CudaModel> make_model(const Model& cpu, int slots, int max_batch, bool graphs, int64_t max_context = 0,
+std::unique_ptr<CudaModel> make_model(const GgufFile& file, int slots, int max_batch, bool graphs, int64_t max_context = 0,
                                       bool kv_f16 = false, bool pdl = false) {
     CudaOptions o;
     o.pdl = pdl;
@@ -62,7 +62,7 @@ std::unique_ptr<CudaModel> make_model(const Model& cpu, int slots, int max_batch
     o.max_batch = max_batch;
     o.graphs = graphs;
     o.max_context = max_context;
-    return std::make_unique<CudaModel>(cpu, o);
+    return std::make_unique<CudaModel>(file, o);
 }
 
 std::vector<float> prompt_logits(CudaModel& m, const std::vector<int32_t>& ids, int64_t pos0 = 0) {
@@ -104,10 +104,10 @@ std::vector<std::vector<int32_t>> decode_batched(CudaModel& m, const std::vector
     return out;
 }
 
-void test_prompt_chunking(const Model& cpu) {
+void test_prompt_chunking(const GgufFile& file) {
     const int V = static_cast<int>(kShape.vocab);
-    auto whole = make_model(cpu, 1, 512, true);
-    auto chunked = make_model(cpu, 1, 37, true);  // chunk edges off the 16-query tiles; a last chunk of 2 (GEMV)
+    auto whole = make_model(file, 1, 512, true);
+    auto chunked = make_model(file, 1, 37, true);  // chunk edges off the 16-query tiles; a last chunk of 2 (GEMV)
     const auto ids = make_ids(150, 1, V);
     const auto a = prompt_logits(*whole, ids);
     const auto b = prompt_logits(*chunked, ids);
@@ -137,11 +137,11 @@ void test_prompt_chunking(const Model& cpu) {
           want);
 }
 
-void test_batched_decode(const Model& cpu, bool kv_f16) {
+void test_batched_decode(const GgufFile& file, bool kv_f16) {
     std::printf("batched decode, %s KV cache\n", kv_f16 ? "fp16" : "fp32");
     const int V = static_cast<int>(kShape.vocab), S = 12, steps = 12;
-    auto m = make_model(cpu, S, 64, true, 0, kv_f16);
-    auto eager = make_model(cpu, S, 64, false, 0, kv_f16);
+    auto m = make_model(file, S, 64, true, 0, kv_f16);
+    auto eager = make_model(file, S, 64, false, 0, kv_f16);
     std::vector<std::vector<int32_t>> prompts;
     for (int s = 0; s < S; ++s) prompts.push_back(make_ids(3 + 11 * s, 10 + s, V));  // 3 .. 124: GEMV and MMA
 
@@ -192,17 +192,17 @@ void test_batched_decode(const Model& cpu, bool kv_f16) {
 }
 
 // Decode steps with PDL against plain launches, step by step: tokens equal and logits bit-identical.
-void test_decode_pdl(const Model& cpu) {
+void test_decode_pdl(const GgufFile& file) {
     const int V = static_cast<int>(kShape.vocab), S = 12;
     const int steps_for_b[] = {80, 24, 12};  // B = 1 gets many replays of its graph
     std::vector<std::vector<int32_t>> prompts;
     for (int s = 0; s < S; ++s) prompts.push_back(make_ids(5 + 9 * s, 40 + s, V));
     SamplingParams sp;
     sp.repetition_penalty = 1.3f;
-    auto base = make_model(cpu, S, 64, true);
+    auto base = make_model(file, S, 64, true);
     const char* name = "pdl";
     for (bool graphs : {true, false}) {
-        auto m = make_model(cpu, S, 64, graphs, 0, false, /*pdl=*/true);
+        auto m = make_model(file, S, 64, graphs, 0, false, /*pdl=*/true);
         if (graphs) std::printf("%s: PDL %s\n", name, m->pdl_active() ? "active" : "not supported here (ignored)");
         int bi = 0;
         for (int B : {1, 3, S}) {
@@ -235,9 +235,9 @@ void test_decode_pdl(const Model& cpu) {
     }
 }
 
-void test_context_end(const Model& cpu) {
+void test_context_end(const GgufFile& file) {
     const int V = static_cast<int>(kShape.vocab);
-    auto m = make_model(cpu, 1, 64, true, 40);
+    auto m = make_model(file, 1, 64, true, 40);
     CHECK(m->context() == 40, "context %lld, want 40", static_cast<long long>(m->context()));
     const auto p = make_ids(30, 7, V);
     SamplingParams greedy;
@@ -270,15 +270,12 @@ int main() {
     const std::string path = "/tmp/bllama_test_cuda_model_" + std::to_string(getpid()) + ".gguf";
     try {
         bench::write_model(kShape, false, path);
-        LoadOptions lo;
-        lo.max_context = 1;
-        lo.max_batch = 1;
-        auto cpu = Model::load(path, lo);
-        test_prompt_chunking(*cpu);
-        test_batched_decode(*cpu, false);
-        test_batched_decode(*cpu, true);
-        test_context_end(*cpu);
-        test_decode_pdl(*cpu);
+        const GgufFile file = GgufFile::open(path);
+        test_prompt_chunking(file);
+        test_batched_decode(file, false);
+        test_batched_decode(file, true);
+        test_context_end(file);
+        test_decode_pdl(file);
     } catch (const std::exception& e) {
         std::fprintf(stderr, "FAIL: exception: %s\n", e.what());
         ++g_failures;
