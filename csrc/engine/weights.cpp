@@ -60,6 +60,29 @@ private:
     std::set<std::string> used_;
 };
 
+// A NaN or Inf in a norm, the embedding or the head would load without a word and turn every logit into NaN; the
+// file is refused by the tensor's name instead. f16: exponent bits all ones. A scan of the embedding costs about
+// as much as reading it once, which a load does anyway.
+void check_finite(const GgufTensor& t) {
+    const size_t n = static_cast<size_t>(t.n_elements);
+    size_t bad = n;
+    if (t.type == static_cast<uint32_t>(GgmlType::F16)) {
+        for (size_t i = 0; i < n && bad == n; ++i) {
+            uint16_t h;
+            std::memcpy(&h, t.data + 2 * i, 2);
+            if ((h & 0x7C00u) == 0x7C00u) bad = i;
+        }
+    } else {
+        for (size_t i = 0; i < n && bad == n; ++i) {
+            uint32_t u;
+            std::memcpy(&u, t.data + 4 * i, 4);
+            if ((u & 0x7F800000u) == 0x7F800000u) bad = i;
+        }
+    }
+    if (bad != n)
+        throw ModelError("tensor '" + t.name + "' holds a non-finite value (NaN or Inf) at element " + std::to_string(bad));
+}
+
 BitLinearTensor bitlinear(TensorChecker& tc, const std::string& prefix, int64_t in, int64_t out) {
     BitLinearTensor b;
     b.weight = &tc.get(prefix + ".weight", {in, out}, {GgmlType::TQ2_0, GgmlType::TQ1_0, GgmlType::I2_S});
@@ -102,6 +125,12 @@ ModelTensors check_model_tensors(const GgufFile& f, const ModelConfig& c) {
         L.down = bitlinear(tc, p + "ffn_down", c.ffn_in, c.dim);
     }
     tc.check_all_used();
+    check_finite(*m.embedding);
+    if (m.output) check_finite(*m.output);
+    check_finite(*m.output_norm);
+    for (const LayerTensors& L : m.layers)
+        for (const GgufTensor* t : {L.attn_norm, L.ffn_norm, L.attn_sub_norm, L.ffn_sub_norm})
+            if (t) check_finite(*t);
     return m;
 }
 

@@ -36,8 +36,8 @@ struct ModelTensors {
     std::vector<LayerTensors> layers;
 };
 
-// Throws ModelError naming the first tensor that is missing, of the wrong type or shape, unexpected, or (a
-// ".scale") not finite. The pointers live as long as `f`.
+// Throws ModelError naming the first tensor that is missing, of the wrong type or shape, unexpected, or holding a
+// non-finite value (norms, embedding, head, ".scale"; block scales are checked as the blocks are packed). The pointers live as long as `f`.
 ModelTensors check_model_tensors(const GgufFile& f, const ModelConfig& c);
 
 // An f32 tensor's values (the mapping may be unaligned for floats).

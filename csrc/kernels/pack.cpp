@@ -160,6 +160,12 @@ void repack_ternary_row(TernaryEncoding enc, const uint8_t* data, int64_t rows, 
                 break;
             }
         }
+        // A nonzero block's scale multiplies real weights: NaN or Inf there would make every output NaN. An
+        // all-zero block's scale is never used and may hold anything (pack.h).
+        if (nonzero[b] && !std::isfinite(d[b]))
+            throw std::invalid_argument(std::string(who) + ": block scale " + std::to_string(d[b]) +
+                                        " is not finite (row " + std::to_string(r) + ", block " + std::to_string(b) +
+                                        ")");
     }
 }
 

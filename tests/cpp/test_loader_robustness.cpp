@@ -233,6 +233,22 @@ void test_crafted(const Fixture& f) {
         // Rename attn_k to attn_q (same length names).
         std::memcpy(b.data() + L.t_info_pos.at("blk.0.attn_k.weight") + 8, q.data(), q.size());
     }, "duplicate tensor name");
+    // Non-finite values where they would turn every logit into NaN (issue 14): refused by the tensor's name.
+    crafted(f, "norm NaN", [&](auto& b) { poke<float>(b, L.t_data_pos.at("blk.0.attn_norm.weight") + 12, NAN); },
+            "tensor 'blk.0.attn_norm.weight' holds a non-finite value (NaN or Inf) at element 3");
+    crafted(f, "sub-norm Inf", [&](auto& b) { poke<float>(b, L.t_data_pos.at("blk.0.ffn_sub_norm.weight"), INFINITY); },
+            "tensor 'blk.0.ffn_sub_norm.weight' holds a non-finite value");
+    crafted(f, "output norm -Inf", [&](auto& b) { poke<float>(b, L.t_data_pos.at("output_norm.weight") + 4, -INFINITY); },
+            "tensor 'output_norm.weight' holds a non-finite value (NaN or Inf) at element 1");
+    crafted(f, "embedding f16 NaN", [&](auto& b) { poke<uint16_t>(b, L.t_data_pos.at("token_embd.weight") + 2 * 300, 0x7E00); },
+            "tensor 'token_embd.weight' holds a non-finite value (NaN or Inf) at element 300");
+    crafted(f, "embedding f16 Inf", [&](auto& b) { poke<uint16_t>(b, L.t_data_pos.at("token_embd.weight"), 0xFC00); },
+            "tensor 'token_embd.weight' holds a non-finite value");
+    // TQ2_0 block: 64 bytes of codes, then its f16 scale d. Row 0, block 0 of a random tensor has nonzero codes.
+    crafted(f, "block scale NaN", [&](auto& b) { poke<uint16_t>(b, L.t_data_pos.at(q) + 64, 0x7E00); },
+            "tensor '" + q + "': TernaryMatrix::from_tq2_0: block scale nan is not finite (row 0, block 0)");
+    crafted(f, "block scale Inf", [&](auto& b) { poke<uint16_t>(b, L.t_data_pos.at("blk.0.ffn_down.weight") + 64, 0x7C00); },
+            "block scale inf is not finite");
     crafted(f, "norm type f16", [&](auto& b) { poke<uint32_t>(b, L.t_type_pos.at("output_norm.weight"), 1); }, "expected F32");
 
     // Alignment: crafted by a builder that writes general.alignment, then poked.
