@@ -12,9 +12,8 @@ q = round-half-even(x * a) by the 1.5 * 2^23 trick (exact for |x * a| <= 128), c
 q / a (div_rn) rounded to the input dtype. The results are bit-identical to `quantize_activations`
 (tests/test_triton_quant.py, run on the CPU with TRITON_INTERPRET=1).
 
-On by default for CUDA tensors on sm_80 or newer when Triton is installed: on an H100 and an H200 (2026-11-28,
-bench/gpu_train_check.sh) it was bit-identical and 7-8x faster than the eager ops on the 1.7B activation shapes,
-and eager 1.7B training ran 12.5% faster with it (bench/RESULTS.md). BLLAMA_TRITON=0 turns it off;
+On by default for CUDA tensors on sm_80 or newer when Triton is installed, because on the GPUs it was measured on
+it is bit-identical to the eager ops and faster (bench/NOTES-training.md, "Measurements from code comments"). BLLAMA_TRITON=0 turns it off;
 BLLAMA_TRITON=1 also runs it through Triton's interpreter on the CPU (TRITON_INTERPRET=1: the tests).
 """
 from __future__ import annotations

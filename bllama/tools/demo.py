@@ -10,8 +10,8 @@ from pathlib import Path
 
 
 def cpu_has_fast_bf16() -> bool:
-    """bf16 autocast is ~1.8x faster than fp32 where the CPU has bf16 dot products (AVX512_BF16 or AMX), and
-    much slower where it has to emulate them."""
+    """bf16 autocast pays where the CPU has bf16 dot products (AVX512_BF16 or AMX) and is much slower where it has
+    to emulate them (bench/NOTES-training.md)."""
     try:
         flags = open("/proc/cpuinfo").read()
     except OSError:
