@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The aarch64 engine on an x86 machine (issue #17): cross-compile the C++ engine and its ctest suite with Debian's
-# g++-aarch64-linux-gnu, run the suite under qemu-user twice (-cpu max: scalar + neon + dotprod kinds, dotprod
-# chosen; -cpu cortex-a72: no dotprod, so the dispatch must fall back to neon), then check end to end that small
-# random models give the same logits as the host's scalar reference (tests/cpp/logits_dump.cpp).
+# g++-aarch64-linux-gnu, run the suite under qemu-user twice (-cpu max: scalar + neon + dotprod + i8mm kinds, i8mm
+# chosen; -cpu cortex-a72: no dotprod or i8mm, so the dispatch must fall back to neon), then check end to end that
+# small random models give the same logits as the host's scalar reference (tests/cpp/logits_dump.cpp).
 # Emulation checks results, never speed (bench/NOTES-kernels.md).
 #
 # Tools missing: installed when this is root on Debian/Ubuntu; otherwise skipped with the reason, or a failure
@@ -55,19 +55,24 @@ BLLAMA_KERNEL=scalar "$HOST_BUILD/logits_dump" write "$out" "$out/host_scalar.bi
 BLLAMA_KERNEL=scalar QEMU_CPU=max qemu "$ARM_BUILD/logits_dump" write "$out" "$out/arm_scalar.bin" >/dev/null
 QEMU_CPU=max qemu "$ARM_BUILD/logits_dump" write "$out" "$out/arm_best.bin" >"$out/best.log"
 head -1 "$out/best.log"
-grep -q "kernel dotprod" "$out/best.log" || { echo "-cpu max did not choose the dotprod kernel"; exit 1; }
+grep -q "kernel i8mm" "$out/best.log" || { echo "-cpu max did not choose the i8mm kernel"; exit 1; }
+QEMU_CPU=max BLLAMA_KERNEL=dotprod qemu "$ARM_BUILD/logits_dump" write "$out" "$out/arm_dotprod.bin" >"$out/dotprod.log"
+head -1 "$out/dotprod.log"
+grep -q "kernel dotprod" "$out/dotprod.log" || { echo "BLLAMA_KERNEL=dotprod was not honoured"; exit 1; }
 QEMU_CPU=max BLLAMA_KERNEL=neon qemu "$ARM_BUILD/logits_dump" write "$out" "$out/arm_forced.bin" >"$out/forced.log"
 head -1 "$out/forced.log"
 grep -q "kernel neon" "$out/forced.log" || { echo "BLLAMA_KERNEL=neon was not honoured"; exit 1; }
-QEMU_CPU=cortex-a72 BLLAMA_KERNEL=dotprod qemu "$ARM_BUILD/logits_dump" write "$out" "$out/arm_a72.bin" >"$out/a72.log" 2>&1
-head -2 "$out/a72.log"
-grep -q "kernel neon" "$out/a72.log" || { echo "cortex-a72 did not fall back to the neon kernel"; exit 1; }
+# A forced kind the CPU lacks falls back to the best it has (with a warning): i8mm and dotprod on a Cortex-A72.
+for want in i8mm dotprod; do
+  QEMU_CPU=cortex-a72 BLLAMA_KERNEL=$want qemu "$ARM_BUILD/logits_dump" write "$out" "$out/arm_a72_$want.bin" >"$out/a72.log" 2>&1
+  head -2 "$out/a72.log"
+  grep -q "kernel neon" "$out/a72.log" || { echo "cortex-a72 with BLLAMA_KERNEL=$want did not fall back to neon"; exit 1; }
+done
 cmp=("$HOST_BUILD/logits_dump" compare)
 # The scalar kind is the same arithmetic in the same order on both architectures: same bytes.
 "${cmp[@]}" "$out/arm_scalar.bin" "$out/host_scalar.bin" 0
-# neon and dotprod differ only in integer dot products, which are exact: same bytes as each other.
-"${cmp[@]}" "$out/arm_forced.bin" "$out/arm_best.bin" 0
-"${cmp[@]}" "$out/arm_a72.bin" "$out/arm_best.bin" 0
+# neon, dotprod and i8mm differ only in integer dot products, which are exact: same bytes as each other.
+for f in arm_dotprod arm_forced arm_a72_i8mm arm_a72_dotprod; do "${cmp[@]}" "$out/$f.bin" "$out/arm_best.bin" 0; done
 # Against the scalar reference the SIMD kinds differ only where the reference allows (the f16 head's summation
 # order, attention's exp), exactly as AVX2 / AVX-512 do on x86 (measured: ~2e-6 of logits of magnitude ~2).
 "${cmp[@]}" "$out/arm_best.bin" "$out/host_scalar.bin" 1e-4

@@ -9,7 +9,7 @@ struct CpuFeatures {
     bool avx512_vnni = false;  // AVX-512 F/BW/VL/DQ + VNNI, with the OS saving ZMM and opmask state
     bool neon = false;         // aarch64 Advanced SIMD (fp16 conversions included: they are armv8.0)
     bool dotprod = false;      // + sdot/udot (FEAT_DotProd, Armv8.2)
-    bool i8mm = false;         // + smmla (FEAT_I8MM, Armv8.6): probed and reported, no kernel uses it yet
+    bool i8mm = false;         // + smmla (FEAT_I8MM, Armv8.6): the i8mm kind's prompt GEMM
 };
 
 const CpuFeatures& cpu_features();

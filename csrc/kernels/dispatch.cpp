@@ -32,6 +32,9 @@ const KernelTable kNeon = {quantize_neon,   ternary_matmul_neon, f16_matmul_neon
                            attend_f32_neon, attend_f16_neon,     to_f16_neon};
 const KernelTable kDotprod = {quantize_neon,   ternary_matmul_dotprod, f16_matmul_neon, q8_head_matmul_dotprod,
                               attend_f32_neon, attend_f16_neon,        to_f16_neon};
+// smmla only pays where several tokens share the weights: everything but the ternary GEMM is dotprod's.
+const KernelTable kI8mm = {quantize_neon,   ternary_matmul_i8mm, f16_matmul_neon, q8_head_matmul_dotprod,
+                           attend_f32_neon, attend_f16_neon,     to_f16_neon};
 #endif
 
 // nullptr when this CPU (or this build) cannot run the kind.
@@ -45,6 +48,7 @@ const KernelTable* find_table(KernelKind kind) {
 #ifdef BLLAMA_KERNELS_ARM
         case KernelKind::Neon: return cpu_features().neon ? &kNeon : nullptr;
         case KernelKind::Dotprod: return cpu_features().dotprod ? &kDotprod : nullptr;
+        case KernelKind::I8mm: return cpu_features().i8mm ? &kI8mm : nullptr;
 #endif
         default: return nullptr;
     }
@@ -66,7 +70,7 @@ KernelKind detect_best() {
         KernelKind want = best;
         if (!kernel_from_name(env, &want))
             std::fprintf(stderr,
-                         "bllama: BLLAMA_KERNEL=%s not recognised (scalar|avx2|avx512|neon|dotprod), using %s\n",
+                         "bllama: BLLAMA_KERNEL=%s not recognised (scalar|avx2|avx512|neon|dotprod|i8mm), using %s\n",
                          env, kernel_name(best));
         else if (!kernel_supported(want))
             std::fprintf(stderr, "bllama: BLLAMA_KERNEL=%s is not supported here, using %s\n", env,
@@ -93,6 +97,7 @@ const char* kernel_name(KernelKind kind) {
         case KernelKind::Avx512Vnni: return "avx512vnni";
         case KernelKind::Neon: return "neon";
         case KernelKind::Dotprod: return "dotprod";
+        case KernelKind::I8mm: return "i8mm";
     }
     return "?";
 }

@@ -9,9 +9,9 @@
 //   pack          weights into the kernels' layouts (TernaryMatrix from GGUF blocks, Q8Head from f16/f32)
 //   ref           the portable scalar reference of every family: what every SIMD file must reproduce
 //   <family>_<isa>.cpp  one family for one instruction set (ternary, head_f16, head_q8, attention x avx2,
-//                 avx512 on x86; neon, dotprod on aarch64), built with that ISA's flags (CMakeLists.txt keys
+//                 avx512 on x86; neon, dotprod, i8mm on aarch64), built with that ISA's flags (CMakeLists.txt keys
 //                 them on the file suffix and compiles only the target architecture's files)
-//   neon_tiles.h  the aarch64 tile drivers that the neon and dotprod files share (each instantiates its own)
+//   neon_tiles.h  the aarch64 tile drivers that the neon, dotprod and i8mm files share (each instantiates its own)
 #pragma once
 
 #include <cstdint>
@@ -23,14 +23,15 @@ class TernaryMatrix;
 class Q8Head;
 
 // Neon: plain Advanced SIMD (every aarch64 core, e.g. the Raspberry Pi 3/4's Cortex-A53/A72). Dotprod: + sdot
-// (Armv8.2 dot product: Apple M1 and later, Graviton2/3/4, Ampere Altra, Cortex-A76 and later).
-enum class KernelKind { Scalar, Avx2, Avx512Vnni, Neon, Dotprod };
+// (Armv8.2 dot product: Apple M1 and later, Graviton2/3/4, Ampere Altra, Cortex-A76 and later). I8mm: dotprod
+// with the prompt's ternary GEMM on smmla (Armv8.6 int8 matrix multiply: Apple M2 and later, Graviton3/4).
+enum class KernelKind { Scalar, Avx2, Avx512Vnni, Neon, Dotprod, I8mm };
 // Every kind, supported here or not (tests iterate it), in order of preference within an architecture.
 constexpr KernelKind kAllKernelKinds[] = {KernelKind::Scalar, KernelKind::Avx2, KernelKind::Avx512Vnni,
-                                          KernelKind::Neon, KernelKind::Dotprod};
+                                          KernelKind::Neon, KernelKind::Dotprod, KernelKind::I8mm};
 
 KernelKind best_kernel();                 // decided once from the feature probe; BLLAMA_KERNEL overrides
-bool kernel_from_name(const char* name, KernelKind* kind);  // BLLAMA_KERNEL's names: scalar|avx2|avx512|neon|dotprod
+bool kernel_from_name(const char* name, KernelKind* kind);  // BLLAMA_KERNEL: scalar|avx2|avx512|neon|dotprod|i8mm
 bool kernel_supported(KernelKind kind);   // this CPU (and this build) can run it
 const char* kernel_name(KernelKind kind);
 

@@ -1,6 +1,6 @@
-// Private to the aarch64 kernel files: the tile drivers that ternary_neon.cpp / ternary_dotprod.cpp and
-// head_q8_neon.cpp / head_q8_dotprod.cpp share. Only the integer dot product differs between the two kinds
-// (widening multiply-accumulate vs sdot); everything around it (row groups, token tiles, the float epilogue
+// Private to the aarch64 kernel files: the tile drivers that ternary_{neon,dotprod,i8mm}.cpp and
+// head_q8_neon.cpp / head_q8_dotprod.cpp share. Only the integer dot product differs between the kinds
+// (widening multiply-accumulate, sdot or smmla); everything around it (row groups, token tiles, the float epilogue
 // that must equal ref.cpp bit for bit) is here, once.
 //
 // Everything is in an anonymous namespace on purpose: each file instantiates its own copy with its own ISA
@@ -100,6 +100,54 @@ void ternary_group_tile(const TernaryMatrix::Impl& w, const QuantizedActs& x, fl
     for (int t = 0; t < N; ++t)
         for (int i = 0; i < 4; ++i) store_rows(y + (t0 + t) * ldy, row0 + 4 * i, s[i][t], rb, re);
 }
+
+#if defined(__ARM_FEATURE_DOTPROD)
+// The sdot Dot of ternary_dotprod.cpp (whose header says how it works); here so that the i8mm file, built with
+// +dotprod as well, can send one-token tiles to it. Only files compiled with +dotprod see it.
+struct SdotDot {
+    template <int N>
+    static void block(int32x4_t (&acc)[4][N], const uint8_t* wp, const int8_t* const (&qp)[N], int64_t b) {
+        constexpr int64_t kChunksPerBlock = kBlock / kChunkCols;
+        const int64_t c0 = b * kChunksPerBlock, c1 = c0 + kChunksPerBlock;
+        if constexpr (N == 1) {
+            const uint8x16_t m1 = vdupq_n_u8(0x0c), m2 = vdupq_n_u8(0x30), m0 = vdupq_n_u8(0x03);
+            int32x4_t a1[4], a4[4], a16[4];  // planes 0 and 3; plane 1 (x4); plane 2 (x16)
+            for (int i = 0; i < 4; ++i) a1[i] = a4[i] = a16[i] = vdupq_n_s32(0);
+            for (int64_t c = c0; c < c1; ++c) {
+                const int8x16_t xv = vld1q_s8(qp[0] + c * kChunkCols);
+                for (int i = 0; i < 4; ++i) {
+                    const uint8x16_t wv = vld1q_u8(wp + c * kChunkBytes + 16 * i);
+                    a1[i] = vdotq_laneq_s32(a1[i], vreinterpretq_s8_u8(vandq_u8(wv, m0)), xv, 0);
+                    a4[i] = vdotq_laneq_s32(a4[i], vreinterpretq_s8_u8(vandq_u8(wv, m1)), xv, 1);
+                    a16[i] = vdotq_laneq_s32(a16[i], vreinterpretq_s8_u8(vandq_u8(wv, m2)), xv, 2);
+                    a1[i] = vdotq_laneq_s32(a1[i], vreinterpretq_s8_u8(vshrq_n_u8(wv, 6)), xv, 3);
+                }
+            }
+            for (int i = 0; i < 4; ++i)
+                acc[i][0] = vsraq_n_s32(vsraq_n_s32(vaddq_s32(acc[i][0], a1[i]), a4[i], 2), a16[i], 4);
+        } else {
+            for (int64_t c = c0; c < c1; ++c) {
+                uint8x16_t wv[4];
+                for (int i = 0; i < 4; ++i) wv[i] = vld1q_u8(wp + c * kChunkBytes + 16 * i);
+                int8x16_t xv[N];
+                for (int t = 0; t < N; ++t) xv[t] = vld1q_s8(qp[t] + c * kChunkCols);
+                auto plane = [&](auto jc) {
+                    constexpr int J = decltype(jc)::value;
+                    for (int i = 0; i < 4; ++i) {
+                        const int8x16_t code = ternary_plane<J>(wv[i]);
+                        for (int t = 0; t < N; ++t) acc[i][t] = vdotq_laneq_s32(acc[i][t], code, xv[t], J);
+                    }
+                };
+                plane(std::integral_constant<int, 0>{});
+                plane(std::integral_constant<int, 1>{});
+                plane(std::integral_constant<int, 2>{});
+                plane(std::integral_constant<int, 3>{});
+            }
+        }
+    }
+};
+
+#endif
 
 // The tile for the n <= N tokens left.
 template <class Dot, int N>

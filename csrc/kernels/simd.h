@@ -60,6 +60,10 @@ void ternary_matmul_dotprod(const TernaryMatrix& w, const QuantizedActs& x, floa
 void q8_head_matmul_dotprod(const Q8Head& w, const QuantizedActs& x, float* y, int64_t ldy, int64_t rb,
                             int64_t re);
 
+// *_i8mm.cpp: + the Armv8.6 int8 matrix multiply (smmla), for the prompt; one token goes to the dotprod GEMV.
+void ternary_matmul_i8mm(const TernaryMatrix& w, const QuantizedActs& x, float* y, int64_t ldy, int64_t rb,
+                         int64_t re);
+
 #endif
 
 }  // namespace bllama
