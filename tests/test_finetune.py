@@ -165,3 +165,108 @@ def test_hf_imported_gguf_loads_with_its_scale_tensors(ckpts, tmp_path):
     for (_, a), (_, b) in zip(m.model.bitlinears(), back.model.bitlinears()):
         assert torch.equal(a.ternary_codes(), b.ternary_codes())
         assert float(a.ternary_scale()) == float(b.ternary_scale())
+
+
+def _train(argv):
+    from bllama.cli import main
+
+    main(["train", *argv, "--accelerator", "cpu", "--precision", "32-true", "--num-workers", "0", "--no-compile"])
+
+
+def _weights(out):
+    from bllama.train.trainer import load_checkpoint
+
+    return {k: v.clone() for k, v in load_checkpoint(out).state_dict().items()}
+
+
+def test_convert_with_warmup_lowers_loss_and_resumes_exactly(ckpts, tmp_path):
+    """Full-precision LLaMA -> b1.58 with a quantization warm-up through the CLI: the loss stays finite through the
+    switch and falls; a run stopped and resumed ends with the weights of an uninterrupted one."""
+    import csv
+
+    from hf_checkpoints import TEXT
+
+    data = tmp_path / "text.txt"
+    data.write_text(TEXT * 4, encoding="utf-8")
+    common = [str(data), "--init-from", str(ckpts["llama"]), "--quant-warmup-steps", "6", "--batch-size", "4",
+              "--set", "seq_len=64", "--set", "max_steps=16", "--set", "lr=3e-3", "--set", "warmup_steps=2",
+              "--seed", "3"]
+    _train(common + ["--out", str(tmp_path / "a"), "--max-steps", "16"])
+    rows = list(csv.DictReader(open(next((tmp_path / "a" / "logs").rglob("metrics.csv")))))
+    losses = [float(r["train_loss"]) for r in rows if r.get("train_loss")]
+    lams = [float(r["quant_lambda"]) for r in rows if r.get("quant_lambda")]
+    assert losses and all(np.isfinite(losses)) and lams and lams[-1] == 1.0  # logged after the switch (step 6)
+
+    from bllama import bLlama
+    from bllama.train.trainer import load_checkpoint
+
+    def b158_loss(model):  # the fully quantized function on the training text
+        ids = torch.tensor([model_tok.encode(TEXT)[:65]])
+        with torch.no_grad():
+            logits = model.eval()(ids[:, :-1])
+        return float(torch.nn.functional.cross_entropy(logits[0], ids[0, 1:]))
+
+    start = bLlama.from_pretrained(ckpts["llama"])
+    model_tok = start.pretrained.tokenizer
+    assert b158_loss(load_checkpoint(tmp_path / "a")) < 0.7 * b158_loss(start)
+    _train(common + ["--out", str(tmp_path / "b"), "--max-steps", "8"])
+    _train(common + ["--out", str(tmp_path / "b"), "--max-steps", "16", "--resume",
+                     str(tmp_path / "b" / "checkpoints" / "last.ckpt")])
+    a, b = _weights(tmp_path / "a"), _weights(tmp_path / "b")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=1e-6), k
+    assert (tmp_path / "a" / "tokenizer.json").exists() and (tmp_path / "a" / "chat_template.jinja").exists()
+
+
+def test_quant_blend_ends_are_linear_and_bitlinear():
+    import torch.nn.functional as F
+
+    from bllama.model.bitlinear import BitLinear
+
+    torch.manual_seed(0)
+    layer = BitLinear(256, 64)
+    x = torch.randn(3, 256)
+    full = layer(x)
+    layer.quant_mix = 0.0
+    assert torch.allclose(layer(x), F.linear(x, layer.weight), atol=1e-6)
+    layer.quant_mix = 0.999999
+    assert torch.allclose(layer(x), full, atol=1e-3)
+    layer.quant_mix = 0.5
+    y = layer(x)
+    assert torch.isfinite(y).all()
+    y.sum().backward()
+    assert torch.isfinite(layer.weight.grad).all()
+
+
+def test_sft_labels_mask_everything_but_assistant_tokens(ckpts):
+    from bllama import bLlama
+    from bllama.train.sft import IGNORE, chat_tokens, encode_rendered
+
+    info = bLlama.from_pretrained(ckpts["llama"]).pretrained
+    tok, template = info.tokenizer, "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}" \
+                                    "{% if add_generation_prompt %}assistant:{% endif %}"
+    msgs = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "the quick fox"},
+            {"role": "assistant", "content": "lazy dog"}, {"role": "user", "content": "once upon"},
+            {"role": "assistant", "content": "a time"}]
+    ids, trained = chat_tokens(msgs, tok, template)
+    p1 = "system: Be brief.\nuser: the quick fox\nassistant:"
+    r1 = " lazy dog\n"
+    p2 = "user: once upon\nassistant:"
+    r2 = " a time\n"
+    eos = tok.eos_ids[0]
+    expect = [(t, False) for t in encode_rendered(tok, p1)] + [(t, True) for t in tok.encode(r1, add_bos=False)] + \
+        [(eos, True)] + [(t, False) for t in tok.encode(p2, add_bos=False)] + \
+        [(t, True) for t in tok.encode(r2, add_bos=False)] + [(eos, True)]
+    assert list(zip(ids, trained)) == expect
+    from bllama.train.sft import ChatSFTDataset
+    import json, tempfile, os
+    with tempfile.TemporaryDirectory() as d:
+        p = os.path.join(d, "c.jsonl")
+        open(p, "w").write(json.dumps({"messages": msgs}) + "\n" + json.dumps({"messages": msgs[:3]}) + "\n")
+        ds = ChatSFTDataset([p], tok, template, 128)
+        x, y = ds[1]
+        n = len(chat_tokens(msgs[:3], tok, template)[0]) - 1
+        assert x.shape == y.shape == (len(ids) - 1,)
+        assert y.tolist()[:n] == [t if keep else IGNORE for t, keep in zip(ids[1:n + 1], trained[1:n + 1])]
+        assert (y[n:] == IGNORE).all()
