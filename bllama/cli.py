@@ -58,16 +58,7 @@ def cmd_train(args):
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    if args.tokenizer:
-        tok = SentencePieceTokenizer(args.tokenizer)
-    else:
-        text_files = [p for p in args.data if p.endswith(".txt")]
-        if not text_files:
-            raise SystemExit("no --tokenizer given and no .txt file to train one from")
-        print(f"training a {args.vocab_size}-piece SentencePiece BPE tokenizer on {len(text_files)} file(s)")
-        tok = SentencePieceTokenizer(train_sentencepiece(text_files, out / "tokenizer", vocab_size=args.vocab_size))
     overrides = _parse_overrides(args.set)
-    overrides["vocab_size"] = tok.vocab_size
     if args.batch_size:
         overrides["batch_size"] = args.batch_size
     if args.max_steps:
@@ -76,17 +67,46 @@ def cmd_train(args):
     # FSDP checkpoints activations with Lightning's per-block wrapper (make_trainer), everything else in the model
     recompute = bool(args.activation_checkpointing or overrides.get("activation_checkpointing"))
     overrides["activation_checkpointing"] = recompute and not fsdp
-    config = bLlamaConfig.preset(args.preset, **overrides)
     torch.manual_seed(args.seed)
-    dataset = dataset_from_paths(args.data, tok, config.seq_len, sampling=args.sampling)
+    template = None
+    if args.init_from:  # the checkpoint's architecture, weights, tokenizer and chat template
+        from .convert.hf_load import load_pretrained
+        from .train.run_tokenizer import save_tokenizer_files
+
+        model, info = load_pretrained(args.init_from, **overrides)
+        config, tok, template = model.config, info.tokenizer, info.chat_template
+        save_tokenizer_files(out, tok, template)
+        print(f"initialized from {args.init_from} ({info.source})")
+    else:
+        if args.tokenizer:
+            tok = SentencePieceTokenizer(args.tokenizer)
+        else:
+            text_files = [p for p in args.data if p.endswith(".txt")]
+            if not text_files:
+                raise SystemExit("no --tokenizer given and no .txt file to train one from")
+            print(f"training a {args.vocab_size}-piece SentencePiece BPE tokenizer on {len(text_files)} file(s)")
+            tok = SentencePieceTokenizer(train_sentencepiece(text_files, out / "tokenizer", vocab_size=args.vocab_size))
+        overrides["vocab_size"] = tok.vocab_size
+        config = bLlamaConfig.preset(args.preset, **overrides)
+        model = bLlama(config)
+    if args.sft:
+        from .train.sft import ChatSFTDataset
+
+        dataset = ChatSFTDataset(args.data, tok, template or getattr(tok, "chat_template", None), config.seq_len)
+    else:
+        dataset = dataset_from_paths(args.data, tok, config.seq_len, sampling=args.sampling)
     dm = TextDataModule(dataset, batch_size=config.batch_size, train_test_split=args.train_split, seed=args.seed,
                         num_workers=args.num_workers, resumable=True, pin_memory=torch.cuda.is_available())
-    model = bLlama(config)
     if resolve_compile(args.compile, args.accelerator):
         model.compile_blocks()
-    print(f"model: preset {args.preset}, {model.num_parameters() / 1e6:.2f}M parameters; "
+    print(f"model: {'from ' + args.init_from if args.init_from else 'preset ' + args.preset}, "
+          f"{model.num_parameters() / 1e6:.2f}M parameters; "
           f"data: {len(dataset)} blocks of {config.seq_len} tokens")
     callbacks = []
+    if args.quant_warmup_steps:
+        from .train.quant_warmup import QuantWarmup
+
+        callbacks.append(QuantWarmup(args.quant_warmup_steps))
     if args.histogram_every:
         from .train.callbacks import WeightDistributionCallback
 
@@ -97,7 +117,7 @@ def cmd_train(args):
         accumulate=args.accumulate, activation_checkpointing=recompute and fsdp,
         sharding_strategy=args.sharding_strategy, state_dict_type=args.state_dict_type,
         checkpoint_every=args.checkpoint_every)
-    print(f"wrote {out / 'checkpoints' / 'last.ckpt'}, {out / 'tokenizer.model'} and {out / 'config.json'}")
+    print(f"wrote {out / 'checkpoints' / 'last.ckpt'}, the tokenizer and {out / 'config.json'}")
 
 
 def cmd_generate(args):
@@ -129,8 +149,14 @@ def cmd_export(args):
     from .tokenizers.sentencepiece import SentencePieceTokenizer
     from .train.trainer import load_checkpoint, tokenizer_beside
 
+    from .train.run_tokenizer import load_run_tokenizer
+
     model = load_checkpoint(args.checkpoint)
-    tok = SentencePieceTokenizer(args.tokenizer) if args.tokenizer else tokenizer_beside(args.checkpoint)
+    template = None
+    if args.tokenizer:
+        tok = SentencePieceTokenizer(args.tokenizer)
+    else:
+        tok, template = load_run_tokenizer(args.checkpoint)
     t0 = time.perf_counter()
     if args.format == "hf":
         from .convert.hf_export import export_hf
@@ -139,7 +165,8 @@ def cmd_export(args):
         size = sum(p.stat().st_size for p in path.iterdir())
         print(f"wrote {path}/ ({size / 2**20:.1f} MiB, Hugging Face BitNet) in {time.perf_counter() - t0:.1f} s")
         return
-    path = export_gguf(model, tok, args.output, weight_type=args.type, progress=True)
+    path = export_gguf(model, tok, args.output, weight_type=args.type, progress=True, force_arch=args.force_arch,
+                       chat_template=template)
     print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB, {args.type}) in {time.perf_counter() - t0:.1f} s")
 
 
@@ -244,6 +271,15 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--histogram-every", type=int, default=0, help="write a ternary weight histogram PNG every N steps")
     t.add_argument("--resume", default=None,
                    help="a checkpoint to resume from: a .ckpt file, a sharded FSDP checkpoint directory, or 'last'")
+    t.add_argument("--init-from", default=None, metavar="PATH",
+                   help="start from real weights: a Hugging Face LLaMA / BitNet folder or a .gguf file (its "
+                        "architecture, tokenizer and chat template; --preset and --tokenizer are not used)")
+    t.add_argument("--quant-warmup-steps", type=int, default=0, metavar="N",
+                   help="blend ternary weights and int8 activations in over N steps (converting a full-precision "
+                        "model to b1.58)")
+    t.add_argument("--sft", action="store_true",
+                   help="chat SFT: the data are JSONL lines of {\"messages\": [...]}, rendered with the model's chat "
+                        "template; only assistant tokens are trained on")
     t.add_argument("--seed", type=int, default=42, help="random seed")
     t.set_defaults(func=cmd_train)
 
@@ -267,6 +303,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="ternary weight type (default tq2_0; tq1_0: 1.6 bits; i2_s: bitnet.cpp's type, which upstream "
                         "llama.cpp cannot read)")
     e.add_argument("--tokenizer", default=None, help="tokenizer.model (default: the one beside the checkpoint)")
+    e.add_argument("--force-arch", default=None, choices=["bitnet", "bitnet-b1.58"],
+                   help="write this general.architecture even where it does not describe the model (a model without "
+                        "sub-norms: only our engine runs such a file correctly)")
     e.set_defaults(func=cmd_export)
 
     im = sub.add_parser("import", help="convert a local Hugging Face BitNet b1.58 checkpoint folder into a GGUF file")

@@ -58,13 +58,14 @@ def make_checkpoint(path: Path, style: str = "bitnet", *, hidden: int = 256, ffn
                     heads: int = 4, kv_heads: int = 2, act: str = "relu2", tied: bool = True,
                     linear_class: str = "autobitlinear", vocab: int = 0, tokenizer: str = "bpe", sp_model=None,
                     theta: float = 500000.0, rope_form: str = "parameters", seed: int = 0, context: int = 128,
-                    rms_eps: float = 1e-5) -> Path:
+                    rms_eps: float = 1e-5, dtype=torch.float32) -> Path:
     """Write a checkpoint folder.
 
     style: "bitnet" (BitNetForCausalLM, packed weights + weight_scale of `linear_class`),
            "bitnet-online" (BitNetForCausalLM, autobitlinear online: latent weights),
            "llama-bitnet" (LlamaForCausalLM with quant_method bitnet: packed, no sub-norms),
-           "1bitllm" (model_type llama, latent weights, sub-norms inner_attn_ln / ffn_layernorm, no quant config).
+           "1bitllm" (model_type llama, latent weights, sub-norms inner_attn_ln / ffn_layernorm, no quant config),
+           "llama" (a full-precision LlamaForCausalLM, weights stored as `dtype`).
     """
     from safetensors.torch import save_file
     from transformers import BitNetConfig, BitNetForCausalLM, LlamaConfig, LlamaForCausalLM
@@ -90,7 +91,7 @@ def make_checkpoint(path: Path, style: str = "bitnet", *, hidden: int = 256, ffn
                   num_attention_heads=heads, num_key_value_heads=kv_heads, hidden_act=act,
                   max_position_embeddings=context, rms_norm_eps=rms_eps, tie_word_embeddings=tied,
                   bos_token_id=bos, eos_token_id=eos if len(eos) > 1 else eos[0])
-    if style == "llama-bitnet":
+    if style in ("llama-bitnet", "llama"):
         cfg = LlamaConfig(**common, rope_parameters={"rope_type": "default", "rope_theta": theta})
         model = LlamaForCausalLM(cfg)
     else:
@@ -110,7 +111,7 @@ def make_checkpoint(path: Path, style: str = "bitnet", *, hidden: int = 256, ffn
             if style == "1bitllm":
                 k = k.replace("self_attn.attn_sub_norm", "self_attn.inner_attn_ln").replace(
                     "mlp.ffn_sub_norm", "mlp.ffn_layernorm")
-            sd[k] = v.float().contiguous()
+            sd[k] = v.to(dtype).contiguous()
     save_file(sd, str(path / "model.safetensors"), metadata={"format": "pt"})
     d = cfg.to_dict()
     d.pop("transformers_version", None)

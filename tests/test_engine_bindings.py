@@ -126,8 +126,9 @@ def test_config_and_metadata(exported):
     assert eng.vocab_size == cfg.vocab_size and eng.context_length == cfg.seq_len
     keys = eng.metadata_keys()
     assert "general.architecture" in keys and "tokenizer.ggml.tokens" in keys
-    assert eng.metadata("general.architecture") == "bitnet"
-    assert eng.metadata("bitnet.block_count") == cfg.num_layers
+    arch = "bitnet-b1.58" if cfg.activation == "relu2" else "bitnet"  # ReLU^2 never under llama.cpp's SiLU `bitnet`
+    assert eng.metadata("general.architecture") == arch
+    assert eng.metadata(f"{arch}.block_count") == cfg.num_layers
     toks = eng.metadata("tokenizer.ggml.tokens")
     assert len(toks) == cfg.vocab_size and toks[3] == "tok3" and toks[-1] == "caf\u00e9"
     scores = eng.metadata("tokenizer.ggml.scores")
@@ -137,7 +138,7 @@ def test_config_and_metadata(exported):
     assert eng.metadata("bllama.tokenizer.sp_model") == b"\x00\x01blob\xff"
     assert eng.metadata("test.f64") == 0.25 and eng.metadata("test.i64") == -5
     assert eng.metadata("bllama.tie_embeddings") is cfg.tie_embeddings
-    assert abs(eng.metadata("bitnet.attention.layer_norm_rms_epsilon") - cfg.rms_eps) < 1e-9
+    assert abs(eng.metadata(f"{arch}.attention.layer_norm_rms_epsilon") - cfg.rms_eps) < 1e-9
     with pytest.raises(KeyError):
         eng.metadata("no.such.key")
     assert _engine.Engine(path, context_length=16).context_length == 16

@@ -41,9 +41,10 @@ def test_export_writes_bitnet_gguf(tmp_path, sp_tokenizer, weight_type, kw):
     r = gguf.GGUFReader(str(path))
     fields = {k: f for k, f in r.fields.items()}
     val = lambda k: fields[k].contents()
-    assert val("general.architecture") == "bitnet"
-    assert val("bitnet.embedding_length") == 256 and val("bitnet.block_count") == 2
-    assert val("bitnet.attention.head_count_kv") == 2 and val("bitnet.feed_forward_length") == 512
+    arch = "bitnet-b1.58" if kw.get("activation") == "relu2" else "bitnet"  # ReLU^2 never under llama.cpp's SiLU `bitnet`
+    assert val("general.architecture") == arch
+    assert val(f"{arch}.embedding_length") == 256 and val(f"{arch}.block_count") == 2
+    assert val(f"{arch}.attention.head_count_kv") == 2 and val(f"{arch}.feed_forward_length") == 512
     assert val("bllama.activation") == kw.get("activation", "silu")
     assert val("tokenizer.ggml.model") == "llama"
     assert bytes(val("bllama.tokenizer.sp_model")) == sp_tokenizer.serialized()
@@ -64,7 +65,7 @@ def test_export_writes_bitnet_gguf(tmp_path, sp_tokenizer, weight_type, kw):
 
 
 @pytest.mark.parametrize("kw,arch", [(dict(), "bitnet"), (dict(activation="relu2"), "bitnet-b1.58"),
-                                     (dict(activation="relu2", tie_embeddings=False), "bitnet")])
+                                     (dict(activation="relu2", tie_embeddings=False), "bitnet-b1.58")])
 def test_export_i2_s_for_bitnet_cpp(tmp_path, sp_tokenizer, kw, arch):
     """I2_S export: bitnet.cpp's b1.58 architecture where the model is one (ReLU^2, tied head), else `bitnet`;
     every projection is the exact I2_S bytes of its codes and fp32 scale, and the engine runs the file."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Union
+from typing import Optional, Union
 
 import numpy as np
 import torch
@@ -35,6 +35,8 @@ def add_model_tensors(writer, net, weight_type: str, progress: bool = False) -> 
         for i, block in enumerate(tqdm(net.layers, desc="packing ternary layers", unit="layer",
                                        disable=not progress, leave=False)):
             for attr, gname in NORMS.items():
+                if "sub_norm" in gname and not net.config.sub_norms:
+                    continue
                 writer.add_tensor(f"blk.{i}.{gname}.weight", f32(block.get_submodule(attr).weight))
             for attr, gname in PROJECTIONS.items():
                 layer = block.get_submodule(attr)
@@ -43,8 +45,12 @@ def add_model_tensors(writer, net, weight_type: str, progress: bool = False) -> 
 
 
 def export_gguf(model, tokenizer, path: Union[str, os.PathLike], weight_type: str = "tq2_0",
-                name: str = "bllama", progress: bool = False) -> Path:
-    """Write `model` (a bLlama or Transformer) and its SentencePiece tokenizer to `path`; returns the path."""
+                name: str = "bllama", progress: bool = False, force_arch: Optional[str] = None,
+                chat_template: Optional[str] = None) -> Path:
+    """Write `model` (a bLlama or Transformer) and its tokenizer (SentencePiece, or a byte-level BPE one from a
+    Hugging Face checkpoint) to `path`; returns the path. The architecture name is gguf_arch's choice (it refuses
+    a model that no name describes unless `force_arch` names one); `chat_template` (else the tokenizer's own, if
+    it has one) is written as tokenizer.chat_template."""
     import gguf
 
     from ..model.transformer import Transformer
@@ -57,21 +63,30 @@ def export_gguf(model, tokenizer, path: Union[str, os.PathLike], weight_type: st
         raise ValueError("this model has full-precision linear layers (quantize=False); only b1.58 models export")
     if cfg.bias:
         raise ValueError("the GGUF `bitnet` architecture has no projection biases; export a model with bias=False")
-    if tokenizer.vocab_size != cfg.vocab_size:
+    from ..tokenizers.bpe import BPETokenizer
+
+    # A Hugging Face model's embedding may have more rows than its tokenizer.json has tokens (padded for speed);
+    # the BPE writer pads the token list. A SentencePiece tokenizer must match the model exactly.
+    padded_ok = isinstance(tokenizer, BPETokenizer) and tokenizer.vocab_size < cfg.vocab_size
+    if tokenizer.vocab_size != cfg.vocab_size and not padded_ok:
         raise ValueError(f"tokenizer has {tokenizer.vocab_size} tokens but the model's vocab_size is {cfg.vocab_size}")
     for dim, what in ((cfg.hidden_size, "hidden_size"), (cfg.ffn_size, "ffn_size")):
         if dim % QK:
             raise ValueError(f"{what} {dim} is not a multiple of {QK}, which ternary GGUF blocks need")
 
+    gguf_arch(cfg, weight_type, force_arch)  # refuses before anything is written
     path = Path(path)
     with atomic_path(path) as tmp:
-        w = gguf.GGUFWriter(str(tmp), gguf_arch(cfg, weight_type))
+        w = gguf.GGUFWriter(str(tmp), gguf_arch(cfg, weight_type, force_arch))
         try:
             w.add_name(name)
             add_bitnet_metadata(w, cfg)
             w.add_file_type({"tq2_0": gguf.LlamaFileType.MOSTLY_TQ2_0, "tq1_0": gguf.LlamaFileType.MOSTLY_TQ1_0,
                              "i2_s": FILE_TYPE_I2_S}[weight_type])
-            add_tokenizer(w, tokenizer)
+            add_tokenizer(w, tokenizer, cfg.vocab_size)
+            template = chat_template or getattr(tokenizer, "chat_template", None)
+            if template:
+                w.add_chat_template(template)
 
             add_model_tensors(w, net, weight_type, progress)
             w.write_header_to_file()

@@ -3,6 +3,8 @@ metadata keys of the `bitnet` arch plus bllama.*, and the ternary packers (TQ2_0
 The engine (csrc/) reads the same names."""
 from __future__ import annotations
 
+from typing import Optional
+
 import numpy as np
 
 from ..model.config import bLlamaConfig
@@ -63,11 +65,36 @@ def add_ternary_tensor(writer, name: str, codes: np.ndarray, scale: float, weigh
     add_packed_tensor(writer, name, *pack_ternary(codes, scale, weight_type), codes.shape)
 
 
-def gguf_arch(cfg: bLlamaConfig, weight_type: str) -> str:
-    """llama.cpp's `bitnet` for TQ2_0 / TQ1_0. For I2_S, bitnet.cpp's name for the ReLU^2, tied-head graph
-    (`bitnet-b1.58`, the official 2B-4T file's) where the model is one, else `bitnet`, which bitnet.cpp runs
-    with SiLU."""
-    if weight_type == "i2_s" and cfg.activation == "relu2" and cfg.tie_embeddings:
+ARCHES = ("bitnet", "bitnet-b1.58", "bitnet-25")  # what the engine (csrc/engine/config.cpp) reads
+
+
+class ArchitectureError(ValueError):
+    """No GGUF architecture name describes the model's graph; the message names the flag that forces one."""
+
+
+def gguf_arch(cfg: bLlamaConfig, weight_type: str, force_arch: Optional[str] = None) -> str:
+    """The general.architecture a model is written under, chosen so that no reader runs a different graph:
+
+    * SiLU with sub-norms: llama.cpp's `bitnet` (its graph exactly).
+    * ReLU^2 with sub-norms: bitnet.cpp's `bitnet-b1.58` (the 2B-4T graph). llama.cpp's `bitnet` graph is SiLU, so
+      a ReLU^2 file under `bitnet` would run there with the wrong activation and no error; upstream llama.cpp
+      does not know `bitnet-b1.58` and refuses the file instead.
+    * No sub-norms (LLaMA blocks, e.g. converted from a full-precision LLaMA): refused. llama.cpp's `bitnet`
+      graph has sub-norms and its `llama` graph rotates other dimension pairs; no name describes the model.
+      `force_arch="bitnet"` (bllama export --force-arch bitnet) writes it anyway with bllama.sub_norms = false,
+      which our engine honours and other readers reject or misread.
+    """
+    if force_arch is not None:
+        if force_arch not in ARCHES:
+            raise ValueError(f"force_arch must be one of {ARCHES}, got {force_arch!r}")
+        return force_arch
+    if not cfg.sub_norms:
+        raise ArchitectureError(
+            "this model has no sub-norms (bLlamaConfig.sub_norms = false, LLaMA blocks): no GGUF architecture "
+            "describes it (llama.cpp's `bitnet` graph applies sub-norms, its `llama` graph another RoPE layout), "
+            "so llama.cpp would refuse or misread the file. Our engine runs it with bllama.sub_norms = false: "
+            "pass force_arch='bitnet' (bllama export --force-arch bitnet) to write it anyway")
+    if cfg.activation == "relu2":
         return "bitnet-b1.58"
     return "bitnet"
 
@@ -101,11 +128,16 @@ def add_bitnet_metadata(writer, cfg: bLlamaConfig) -> None:
     writer.add_vocab_size(cfg.vocab_size)
     writer.add_string("bllama.activation", cfg.activation)
     writer.add_bool("bllama.tie_embeddings", cfg.tie_embeddings)
+    writer.add_bool("bllama.sub_norms", cfg.sub_norms)
 
 
-def add_tokenizer(writer, tokenizer) -> None:
+def add_tokenizer(writer, tokenizer, vocab_size: Optional[int] = None) -> None:
+    from ..tokenizers.bpe import BPETokenizer
     from ..tokenizers.sentencepiece import SentencePieceTokenizer
 
+    if isinstance(tokenizer, BPETokenizer):  # a Hugging Face tokenizer.json, written as the importer writes it
+        add_bpe_tokenizer(writer, tokenizer, vocab_size or tokenizer.vocab_size)
+        return
     if not isinstance(tokenizer, SentencePieceTokenizer):
         raise ValueError("export needs a SentencePiece tokenizer (bllama.tokenizers.sentencepiece.SentencePieceTokenizer) to "
                          f"embed in the GGUF file; got {type(tokenizer).__name__}")
@@ -119,3 +151,21 @@ def add_tokenizer(writer, tokenizer) -> None:
     writer.add_add_bos_token(True)
     writer.add_add_eos_token(False)
     writer.add_array("bllama.tokenizer.sp_model", tokenizer.serialized())  # bytes -> a uint8 array
+
+
+def add_bpe_tokenizer(writer, tokenizer, vocab_size: int) -> None:
+    """A byte-level BPE tokenizer (tokenizer.json) as llama.cpp's `gpt2` arrays plus the exact JSON bytes."""
+    v = tokenizer.gguf_vocab(vocab_size)
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre("llama-bpe" if tokenizer.vocab_size >= 128000 else "default")
+    writer.add_token_list(v["tokens"])
+    writer.add_token_types(v["token_type"])
+    writer.add_token_merges(v["merges"])
+    writer.add_add_bos_token(tokenizer.add_bos)
+    writer.add_add_eos_token(False)
+    if tokenizer.bos_id is not None:
+        writer.add_bos_token_id(tokenizer.bos_id)
+    if tokenizer.eos_ids:
+        writer.add_eos_token_id(tokenizer.eos_ids[0])
+        writer.add_array("bllama.eos_token_ids", [int(i) for i in tokenizer.eos_ids])
+    writer.add_array("bllama.tokenizer.hf_json", tokenizer.json_text.encode("utf-8"))  # bytes -> a uint8 array

@@ -82,10 +82,15 @@ class BitLinear(nn.Linear):
         super().__init__(in_features, out_features, bias=bias, device=device, dtype=dtype)
         self.quantized = False
         self.lean = True  # BitLinearFunction (int8 saved for backward); False: the textbook STE graph
+        # Quantization warm-up (bllama/train/quant_warmup.py): lambda in [0, 1) blends the full-precision layer into
+        # the quantized one; None means fully quantized.
+        self.quant_mix = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.quantized:
             return self._forward_quantized(x)
+        if self.quant_mix is not None and self.quant_mix < 1:
+            return self._forward_blend(x, float(self.quant_mix))
         if self.lean:
             return BitLinearFunction.apply(x, self.weight, self.bias)
         return self._forward_ste(x)
@@ -97,6 +102,16 @@ class BitLinear(nn.Linear):
         w = w + (ternarize(w, s) * s - w).detach()
         xq, a = quantize_activations(x)
         x = x + ((xq / a).to(x.dtype) - x).detach()
+        return F.linear(x, w, self.bias)
+
+    def _forward_blend(self, x: torch.Tensor, lam: float) -> torch.Tensor:
+        """`x + lam * (q(x) - x).detach()` for the weight and the activations: the full-precision layer at lam = 0,
+        the straight-through b1.58 layer at lam = 1, with the gradient of a plain linear layer throughout."""
+        w = self.weight
+        s = weight_scale(w)
+        w = w + lam * (ternarize(w, s) * s - w).detach()
+        xq, a = quantize_activations(x)
+        x = x + lam * ((xq / a).to(x.dtype) - x).detach()
         return F.linear(x, w, self.bias)
 
     def _forward_quantized(self, x: torch.Tensor) -> torch.Tensor:

@@ -30,6 +30,9 @@ class bLlamaConfig:
     rope_theta: float = 10000.0
     rms_eps: float = 1e-5
     tie_embeddings: bool = True
+    # RMSNorms before o_proj and down_proj (the b1.58 "subln" blocks). False: plain LLaMA blocks, as in models
+    # converted from a full-precision LLaMA / HF1BitLLM checkpoints (GGUF bllama.sub_norms = false).
+    sub_norms: bool = True
     quantize: bool = True  # False: plain full-precision nn.Linear (the baseline twin in benchmarks)
     # training
     batch_size: int = 8

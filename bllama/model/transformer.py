@@ -1,7 +1,8 @@
 """The BitNet b1.58 "subln" LLaMA (docs/architecture.md), as a plain nn.Module.
 
 Every block: pre-norm attention with a sub-norm before the output projection, and a gated FFN with a
-sub-norm before the down projection. All seven projections are BitLinear; the LM head is full precision.
+sub-norm before the down projection (config.sub_norms=False drops both: a plain LLaMA block).
+All seven projections are BitLinear; the LM head is full precision.
 """
 from __future__ import annotations
 
@@ -73,7 +74,7 @@ class Attention(nn.Module):
         self.k_proj = Linear(config.hidden_size, kv, bias=config.bias)
         self.v_proj = Linear(config.hidden_size, kv, bias=config.bias)
         self.o_proj = Linear(config.hidden_size, config.hidden_size, bias=config.bias)
-        self.sub_norm = RMSNorm(config.hidden_size, config.rms_eps)
+        self.sub_norm = RMSNorm(config.hidden_size, config.rms_eps) if config.sub_norms else nn.Identity()
         self.head_dim = hd
 
     def forward(self, x, cos, sin, cache: Optional[KVCache], layer: int, start: int):
@@ -104,7 +105,7 @@ class FeedForward(nn.Module):
         self.gate_proj = Linear(config.hidden_size, config.ffn_size, bias=config.bias)
         self.up_proj = Linear(config.hidden_size, config.ffn_size, bias=config.bias)
         self.down_proj = Linear(config.ffn_size, config.hidden_size, bias=config.bias)
-        self.sub_norm = RMSNorm(config.ffn_size, config.rms_eps)
+        self.sub_norm = RMSNorm(config.ffn_size, config.rms_eps) if config.sub_norms else nn.Identity()
         self.relu2 = config.activation == "relu2"
 
     def forward(self, x):

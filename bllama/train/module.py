@@ -50,6 +50,16 @@ class bLlama(pl.LightningModule):
         self.model = Transformer(config)
         self._last_batch_time: Optional[float] = None
 
+    @classmethod
+    def from_pretrained(cls, path, quantize=None, **overrides) -> "bLlama":
+        """A bLlama with the weights of a Hugging Face LLaMA / BitNet folder or one of our GGUF files
+        (bllama/convert/hf_load.py); its tokenizer and chat template are in `model.pretrained`."""
+        from ..convert.hf_load import load_pretrained
+
+        model, info = load_pretrained(path, quantize=quantize, **overrides)
+        model.pretrained = info
+        return model
+
     # ---- model ------------------------------------------------------------------------------------------
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         return self.model(idx)

@@ -1,0 +1,317 @@
+"""Real weights into a trainable bLlama: `load_pretrained(path)` (= `bLlama.from_pretrained`).
+
+Sources:
+
+* Hugging Face `LlamaForCausalLM`-family folders (model_type llama / mistral without sliding window) in fp16, bf16
+  or fp32: no sub-norms, so the model gets `sub_norms=False`. With `quantize=False` it is the checkpoint's function
+  exactly (full-precision nn.Linear); with `quantize=True` (the default) the weights become the latent weights of
+  BitLinear layers, which is where 1.58-bit conversion starts (`--quant-warmup-steps`).
+* Hugging Face `BitNetForCausalLM` folders: latent (bf16 master / `quantization_mode: online`) weights are taken as
+  they are; packed uint8 codes + `weight_scale` become latent weights `codes * s / f`, with s the output scale and
+  f the fraction of nonzero codes, so that absmean re-quantization gives back exactly those codes and (to fp16)
+  that scale. What is lost: the master weights' distance from the rounding thresholds, so every latent weight
+  starts at 0 or +-s/f, and fine-tuning must move a weight by about s/(2f) before its code changes.
+  Also LLaMA folders with `quant_method: bitnet` (packed, no sub-norms) and 1bitLLM ones (latent, sub-norms
+  `inner_attn_ln` / `ffn_layernorm`).
+* Our GGUF files (TQ2_0 / TQ1_0 / I2_S): codes x scale as latent weights, the same way as packed HF weights.
+
+Tensors are read one at a time from memory-mapped safetensors (shards included) into the model's own parameters,
+so peak memory is the model in fp32 plus one source tensor.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Union
+
+import numpy as np
+import torch
+
+from ..model.config import bLlamaConfig
+from .hf_import import HFImportError, SUB_NORMS, _ids, _read_json, _rope_theta, _Tensors, unpack_hf
+
+# HF names inside a layer -> ours (Transformer.layers.N.<ours>)
+LAYER_NAMES = {"self_attn.q_proj": "attn.q_proj", "self_attn.k_proj": "attn.k_proj", "self_attn.v_proj": "attn.v_proj",
+               "self_attn.o_proj": "attn.o_proj", "mlp.gate_proj": "mlp.gate_proj", "mlp.up_proj": "mlp.up_proj",
+               "mlp.down_proj": "mlp.down_proj", "input_layernorm": "input_layernorm",
+               "post_attention_layernorm": "post_attention_layernorm"}
+DEFAULT_MAX_SEQ_LEN = 4096  # a 128k-context model trains on blocks this long unless seq_len is given
+
+
+@dataclass
+class Pretrained:
+    """What a checkpoint brings besides its weights."""
+    tokenizer: object                      # SentencePieceTokenizer or BPETokenizer
+    chat_template: Optional[str] = None
+    source: str = ""                       # "hf:llama", "hf:bitnet", "gguf", ...
+
+
+def latent_from_ternary(codes: torch.Tensor, scale: float) -> torch.Tensor:
+    """Latent weights whose absmean ternarization (bitlinear.weight_scale / ternarize) gives back `codes` and
+    `scale`: codes * scale / (fraction of nonzero codes)."""
+    codes = codes.float()
+    frac = float(codes.abs().mean())
+    return codes * (scale / frac) if frac > 0 else codes * 0.0
+
+
+# ---- Hugging Face folders --------------------------------------------------------------------------------------
+def _hf_config(cfg: dict, tensors: _Tensors, overrides: dict):
+    """(bLlamaConfig, style) of a HF config.json; refuses what the model cannot compute, naming the field."""
+    mt = cfg.get("model_type")
+    qc = cfg.get("quantization_config") or {}
+    if qc and qc.get("quant_method") != "bitnet":
+        raise HFImportError(f"unsupported quantization_config.quant_method {qc.get('quant_method')!r}: full-precision "
+                            "weights or 'bitnet' (ternary b1.58) ones can be loaded")
+    if qc.get("use_rms_norm"):
+        raise HFImportError("quantization_config.use_rms_norm (an RMSNorm inside every BitLinear) is not supported")
+    if qc.get("linear_class", "bitlinear") not in ("bitlinear", "autobitlinear"):
+        raise HFImportError(f"unsupported quantization_config.linear_class {qc.get('linear_class')!r}")
+    names = set(tensors.names())
+    has = lambda suffix: f"model.layers.0.{suffix}.weight" in names
+    if mt == "mistral" and cfg.get("sliding_window") not in (None, 0) and \
+            int(cfg["sliding_window"]) < int(cfg.get("max_position_embeddings") or 0):
+        raise HFImportError(f"config sliding_window = {cfg['sliding_window']}: sliding-window attention is not "
+                            "implemented (set it to null only if the model never sees longer contexts)")
+    if mt == "bitnet":
+        style, sub = "bitnet", SUB_NORMS["bitnet"]
+    elif mt in ("llama", "mistral"):
+        sub = SUB_NORMS["1bitllm"] if has(SUB_NORMS["1bitllm"][0]) else \
+            SUB_NORMS["bitnet"] if has(SUB_NORMS["bitnet"][0]) else None
+        style = "1bitllm" if sub == SUB_NORMS["1bitllm"] else "llama-bitnet" if qc else "llama"
+    else:
+        raise HFImportError(f"unsupported model_type {mt!r} (architectures {cfg.get('architectures')}): "
+                            "LlamaForCausalLM / MistralForCausalLM and BitNetForCausalLM folders can be loaded")
+    act = cfg.get("hidden_act", "silu")
+    if act not in ("silu", "relu2"):
+        raise HFImportError(f"unsupported hidden_act {act!r}: 'silu' and 'relu2' are implemented")
+    for k in ("attention_bias", "mlp_bias"):
+        if cfg.get(k):
+            raise HFImportError(f"config {k} = true: projection biases are not supported")
+    biases = sorted(n for n in names if n.endswith(".bias"))
+    if biases:
+        raise HFImportError(f"bias tensors are not supported (e.g. '{biases[0]}')")
+    for k in ("hidden_size", "num_attention_heads", "num_hidden_layers", "intermediate_size"):
+        if k not in cfg:
+            raise HFImportError(f"config.json has no '{k}'")
+    dim, heads = int(cfg["hidden_size"]), int(cfg["num_attention_heads"])
+    if cfg.get("head_dim") not in (None, dim // heads) or dim % heads:
+        raise HFImportError(f"head_dim {cfg.get('head_dim')} with hidden_size {dim} and {heads} heads is not "
+                            "supported (head_dim must be hidden_size / num_attention_heads)")
+    vocab, edim = tensors.shape("model.embed_tokens.weight")
+    if edim != dim:
+        raise HFImportError(f"model.embed_tokens.weight has {edim} columns, hidden_size is {dim}")
+    context = int(cfg.get("max_position_embeddings") or 2048)
+    fields = dict(vocab_size=int(vocab), seq_len=min(context, DEFAULT_MAX_SEQ_LEN), hidden_size=dim, num_heads=heads,
+                  num_kv_heads=int(cfg.get("num_key_value_heads") or heads), num_layers=int(cfg["num_hidden_layers"]),
+                  ffn_size=int(cfg["intermediate_size"]), activation=act, rope_theta=_rope_theta(cfg),
+                  rms_eps=float(cfg.get("rms_norm_eps", 1e-6)), sub_norms=sub is not None,
+                  tie_embeddings=bool(cfg.get("tie_word_embeddings", False)) or "lm_head.weight" not in names,
+                  quantize=True)  # a full-precision LLaMA too: its weights become latent ones (conversion)
+    fields.update(overrides)
+    if fields["seq_len"] > context:
+        raise HFImportError(f"seq_len {fields['seq_len']} exceeds the model's max_position_embeddings {context}")
+    return bLlamaConfig(**fields), style, sub, qc.get("linear_class", "bitlinear")
+
+
+def _hf_weight(tensors: _Tensors, prefix: str, linear_class: str) -> torch.Tensor:
+    """A projection's weight as a latent float tensor: packed codes x scale re-expressed, latent ones as stored."""
+    w = tensors.get(prefix + ".weight")
+    if w.dtype != torch.uint8:
+        return w
+    if prefix + ".weight_scale" not in tensors:
+        raise HFImportError(f"packed tensor '{prefix}.weight' has no '{prefix}.weight_scale'")
+    ws = tensors.get(prefix + ".weight_scale").float().reshape(-1)
+    if ws.numel() != 1 or not torch.isfinite(ws).all() or float(ws) == 0:
+        raise HFImportError(f"'{prefix}.weight_scale' must be one finite nonzero value, got {ws.tolist()[:4]}")
+    scale = float(ws) if linear_class == "autobitlinear" else 1.0 / float(ws)  # "bitlinear" divides by it
+    return latent_from_ternary(torch.from_numpy(unpack_hf(w.numpy())), scale)
+
+
+def _copy(param: torch.Tensor, value: torch.Tensor, name: str) -> None:
+    if tuple(value.shape) != tuple(param.shape):
+        raise HFImportError(f"tensor '{name}' has shape {list(value.shape)}, the model expects {list(param.shape)}")
+    param.copy_(value.to(param.dtype))
+
+
+def _hf_tokenizer(hf_dir: Path, cfg: dict, vocab: int) -> Pretrained:
+    from types import SimpleNamespace
+
+    from .hf_import import load_hf_tokenizer
+
+    gen = _read_json(hf_dir / "generation_config.json") if (hf_dir / "generation_config.json").exists() else {}
+    eos = list(dict.fromkeys(_ids(cfg.get("eos_token_id")) + _ids(gen.get("eos_token_id"))))
+    bos = cfg.get("bos_token_id", gen.get("bos_token_id"))
+    plan = SimpleNamespace(vocab=vocab, bos_id=int(bos) if bos is not None else None, eos_ids=eos)
+    tok, kind, template = load_hf_tokenizer(hf_dir, plan)
+    if kind == "bpe":
+        tok._eos = list(plan.eos_ids)  # every end-of-turn id the config names, not only tokenizer_config's
+    return Pretrained(tokenizer=tok, chat_template=template)
+
+
+def load_hf(hf_dir: Union[str, os.PathLike], quantize: Optional[bool] = None, **overrides):
+    """(bLlama, Pretrained) from a Hugging Face checkpoint folder; `overrides` are bLlamaConfig fields (training
+    hyperparameters, seq_len)."""
+    from ..train.module import bLlama
+
+    hf_dir = Path(hf_dir)
+    if not (hf_dir / "config.json").exists():
+        raise HFImportError(f"{hf_dir}: no config.json (not a Hugging Face checkpoint folder)")
+    cfg = _read_json(hf_dir / "config.json")
+    tensors = _Tensors(hf_dir)
+    if quantize is not None:
+        overrides = {**overrides, "quantize": quantize}
+    config, style, sub, linear_class = _hf_config(cfg, tensors, overrides)
+    model = bLlama(config)
+    net = model.model
+    with torch.no_grad():
+        _copy(net.embed_tokens.weight, tensors.get("model.embed_tokens.weight"), "model.embed_tokens.weight")
+        _copy(net.norm.weight, tensors.get("model.norm.weight"), "model.norm.weight")
+        if not config.tie_embeddings:
+            _copy(net.lm_head.weight, tensors.get("lm_head.weight"), "lm_head.weight")
+        for i, block in enumerate(net.layers):
+            hp = f"model.layers.{i}."
+            names = dict(LAYER_NAMES)
+            if sub:
+                names.update({sub[0]: "attn.sub_norm", sub[1]: "mlp.sub_norm"})
+            for hn, ours in names.items():
+                param = block.get_submodule(ours).weight
+                value = _hf_weight(tensors, hp + hn, linear_class) if hn.endswith("_proj") else \
+                    tensors.get(hp + hn + ".weight")
+                _copy(param, value, hp + hn + ".weight")
+    info = _hf_tokenizer(hf_dir, cfg, config.vocab_size)
+    info.source = f"hf:{style}"
+    return model, info
+
+
+# ---- our GGUF files --------------------------------------------------------------------------------------------
+class _GGUFMetadata:
+    """GGUFReader fields behind the engine's metadata_keys() / metadata() interface (for tokenizer_from_gguf)."""
+
+    def __init__(self, reader):
+        self.fields = reader.fields
+
+    def metadata_keys(self):
+        return list(self.fields)
+
+    def metadata(self, key):
+        return self.fields[key].contents()
+
+
+def _reader(path):
+    """A gguf.GGUFReader that also reads bitnet.cpp's I2_S tensors (type 36, which gguf-py has no name for): their
+    bytes (n/4 of 2-bit codes and a 32-byte scale tail) come back as uint8 with tensor_type the int 36."""
+    import gguf
+    from gguf.gguf_reader import ReaderTensor
+
+    from .gguf_schema import I2_S
+
+    class Reader(gguf.GGUFReader):
+        def _build_tensors(self, start_offs, fields):
+            i2s = [f for f in fields if int(f.parts[4][0]) == I2_S]
+            super()._build_tensors(start_offs, [f for f in fields if int(f.parts[4][0]) != I2_S])
+            for field in i2s:
+                _, name, _, dims, _, offset = field.parts
+                n = int(np.prod(dims))
+                offs = int(start_offs + offset[0])
+                self.tensors.append(ReaderTensor(name=str(bytes(name), encoding="utf-8"), tensor_type=I2_S, shape=dims,
+                                                 n_elements=n, n_bytes=n // 4 + 32, data_offset=offs,
+                                                 data=self._get(offs, np.uint8, n // 4 + 32), field=field))
+
+    return Reader(str(path))
+
+
+def _unpack_i2_s(raw: np.ndarray, rows: int, cols: int) -> np.ndarray:
+    """The inverse of gguf_schema.pack_i2_s: (codes int8 [rows, cols], scale)."""
+    raw = np.asarray(raw).view(np.uint8).reshape(-1)
+    n = rows * cols
+    packed = raw[:n // 4].reshape(-1, 32)
+    q = np.stack([(packed >> s) & 3 for s in (6, 4, 2, 0)], axis=1)  # [blocks, 4, 32]
+    codes = q.reshape(rows, cols).astype(np.int8) - 1
+    scale = float(raw[n // 4:n // 4 + 4].view(np.float32)[0])
+    return codes, scale
+
+
+def _gguf_ternary(tensor, out: int, inp: int):
+    """(codes [out, inp], scale) of a TQ2_0 / TQ1_0 / I2_S tensor (padded columns dropped)."""
+    import gguf
+
+    from .gguf_schema import I2_S
+
+    cols = int(tensor.shape[0])  # ggml dims: {cols (padded to 256), rows}
+    if int(tensor.tensor_type) == I2_S:
+        codes, scale = _unpack_i2_s(tensor.data, out, cols)
+    elif tensor.tensor_type in (gguf.GGMLQuantizationType.TQ2_0, gguf.GGMLQuantizationType.TQ1_0):
+        values = gguf.quants.dequantize(tensor.data, tensor.tensor_type).reshape(out, cols)
+        codes = np.sign(values).astype(np.int8)
+        scale = float(np.abs(values).max()) if codes.any() else 1.0
+    else:
+        raise ValueError(f"tensor '{tensor.name}' has type {tensor.tensor_type.name}: TQ2_0, TQ1_0 or I2_S expected")
+    return codes[:, :inp], scale
+
+
+def load_gguf(path: Union[str, os.PathLike], **overrides):
+    """(bLlama, Pretrained) from one of our GGUF files: codes x scale as latent weights."""
+    import gguf
+
+    from ..tokenizers.from_gguf import tokenizer_from_gguf
+    from ..train.module import bLlama
+    from .gguf_schema import ARCHES, NORMS, PROJECTIONS
+
+    r = _reader(path)
+    meta = _GGUFMetadata(r)
+    get = lambda k, d=None: meta.metadata(k) if k in meta.fields else d
+    arch = get("general.architecture")
+    if arch not in ARCHES:
+        raise ValueError(f"{path}: unsupported general.architecture {arch!r}; {ARCHES} can be loaded")
+    p = arch + "."
+    tensors = {t.name: t for t in r.tensors}
+    emb = tensors["token_embd.weight"]
+    dim, heads = int(get(p + "embedding_length")), int(get(p + "attention.head_count"))
+    fields = dict(vocab_size=int(get(p + "vocab_size", emb.shape[1])), seq_len=int(get(p + "context_length")),
+                  hidden_size=dim, num_heads=heads, num_kv_heads=int(get(p + "attention.head_count_kv", heads)),
+                  num_layers=int(get(p + "block_count")), ffn_size=int(get(p + "feed_forward_length")),
+                  activation=str(get("bllama.activation", "silu" if arch == "bitnet" else "relu2")),
+                  rope_theta=float(get(p + "rope.freq_base", 10000.0)),
+                  rms_eps=float(get(p + "attention.layer_norm_rms_epsilon")),
+                  tie_embeddings=bool(get("bllama.tie_embeddings", "output.weight" not in tensors)),
+                  sub_norms=bool(get("bllama.sub_norms", True)))
+    fields.update(overrides)
+    config = bLlamaConfig(**fields)
+    model = bLlama(config)
+    net = model.model
+    f32 = lambda name, shape: torch.from_numpy(
+        gguf.quants.dequantize(tensors[name].data, tensors[name].tensor_type).astype(np.float32).reshape(shape))
+    with torch.no_grad():
+        net.embed_tokens.weight.copy_(f32("token_embd.weight", net.embed_tokens.weight.shape))
+        net.norm.weight.copy_(f32("output_norm.weight", net.norm.weight.shape))
+        if not config.tie_embeddings:
+            net.lm_head.weight.copy_(f32("output.weight", net.lm_head.weight.shape))
+        for i, block in enumerate(net.layers):
+            for attr, gname in NORMS.items():
+                if "sub_norm" in gname and not config.sub_norms:
+                    continue
+                w = block.get_submodule(attr).weight
+                w.copy_(f32(f"blk.{i}.{gname}.weight", w.shape))
+            for attr, gname in PROJECTIONS.items():
+                layer = block.get_submodule(attr)
+                codes, scale = _gguf_ternary(tensors[f"blk.{i}.{gname}.weight"], layer.out_features, layer.in_features)
+                if f"blk.{i}.{gname}.scale" in tensors:  # imported HF files: d = 1 and the scale beside it
+                    scale *= float(np.asarray(tensors[f"blk.{i}.{gname}.scale"].data).reshape(-1)[0])
+                layer.weight.copy_(latent_from_ternary(torch.from_numpy(codes), scale))
+    tok = tokenizer_from_gguf(meta)
+    template = get("tokenizer.chat_template")
+    return model, Pretrained(tokenizer=tok, chat_template=str(template) if template else None, source="gguf")
+
+
+def load_pretrained(path: Union[str, os.PathLike], quantize: Optional[bool] = None, **overrides):
+    """(bLlama, Pretrained) from a Hugging Face folder or a .gguf file (see the module docstring)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    if path.is_file():
+        if quantize is False:
+            raise ValueError("a GGUF file holds ternary weights: it loads as a b1.58 model (quantize=True)")
+        return load_gguf(path, **overrides)
+    return load_hf(path, quantize=quantize, **overrides)

@@ -1,0 +1,272 @@
+"""Real weights into bLlama (bllama/convert/hf_load.py): Hugging Face LLaMA / BitNet folders and our GGUF files give
+the function they define, survive export, and fine-tune."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytest.importorskip("transformers")
+pytest.importorskip("safetensors")
+
+import torch  # noqa: E402
+
+from hf_checkpoints import make_checkpoint, reference_model  # noqa: E402
+from test_hf_import import assert_logits_match  # noqa: E402
+
+PROMPT = "The quick brown fox jumps over the lazy dog once upon a time"
+
+
+@pytest.fixture(scope="module")
+def ckpts(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ft")
+    return {
+        "llama": make_checkpoint(root / "llama", "llama", act="silu", tied=False, kv_heads=2, theta=10000.0,
+                                 rms_eps=1e-6, dtype=torch.bfloat16),
+        "llama-tied": make_checkpoint(root / "llama-tied", "llama", act="silu", tied=True, kv_heads=4,
+                                      dtype=torch.float16),
+        "packed": make_checkpoint(root / "packed", "bitnet"),
+        "packed-bitlinear": make_checkpoint(root / "packed-bitlinear", "bitnet", act="silu", linear_class="bitlinear",
+                                            tied=False),
+        "online": make_checkpoint(root / "online", "bitnet-online", kv_heads=1),
+    }
+
+
+def logits_of(model, ids):
+    with torch.no_grad():
+        return model(torch.tensor([ids]))[0].float().numpy()
+
+
+def fp16_scales(ref, linear_class):
+    """The reference with its weight_scale rounded to fp16, as bLlama (and the GGUF file) hold every scale."""
+    with torch.no_grad():
+        for n, b in list(ref.named_buffers()) + list(ref.named_parameters()):
+            if n.endswith("weight_scale"):
+                s = b.float() if linear_class == "autobitlinear" else 1.0 / b.float()
+                s = s.half().float()
+                b.copy_(s if linear_class == "autobitlinear" else 1.0 / s)
+    return ref
+
+
+@pytest.mark.parametrize("name", ["llama", "llama-tied"])
+def test_full_precision_llama_equals_transformers(ckpts, name):
+    from bllama import bLlama
+
+    m = bLlama.from_pretrained(ckpts[name], quantize=False).eval()
+    assert not m.config.sub_norms and not m.config.quantize
+    ids = m.pretrained.tokenizer.encode(PROMPT)
+    r = reference_model(ckpts[name], "llama")(torch.tensor([ids])).logits[0].detach().float().numpy()
+    rel = np.abs(r - logits_of(m, ids)).max(-1) / np.abs(r).max(-1)
+    assert rel.max() <= 1e-4, rel
+
+
+@pytest.mark.parametrize("name,linear_class", [("packed", "autobitlinear"), ("packed-bitlinear", "bitlinear")])
+def test_packed_bitnet_equals_transformers(ckpts, name, linear_class):
+    from bllama import bLlama
+
+    m = bLlama.from_pretrained(ckpts[name]).eval()
+    assert m.config.sub_norms and m.config.quantize
+    ids = m.pretrained.tokenizer.encode(PROMPT)
+    ref = fp16_scales(reference_model(ckpts[name], "bitnet"), linear_class)
+    assert_logits_match(ref(torch.tensor([ids])).logits[0].detach().float().numpy(), logits_of(m, ids))
+
+
+def test_latent_bitnet_keeps_master_weights(ckpts):
+    """bf16 / online master weights are the latent weights as stored; the logits differ from transformers' only by
+    our fp16 per-tensor scale (docs/architecture.md), which moves a few int8 activations across a rounding step."""
+    from safetensors import safe_open
+
+    from bllama import bLlama
+
+    m = bLlama.from_pretrained(ckpts["online"]).eval()
+    with safe_open(str(ckpts["online"] / "model.safetensors"), framework="pt") as f:
+        w = f.get_tensor("model.layers.1.mlp.down_proj.weight")
+    assert torch.equal(m.model.layers[1].mlp.down_proj.weight.detach(), w.float())
+    ids = m.pretrained.tokenizer.encode(PROMPT)
+    r = reference_model(ckpts["online"], "bitnet-online")(torch.tensor([ids])).logits[0].detach().float().numpy()
+    ours = logits_of(m, ids)
+    rel = np.abs(r - ours).max(-1) / np.abs(r).max(-1)
+    assert rel.max() < 3e-2 and rel.mean() < 1.5e-2, rel
+    assert np.mean(r.argmax(-1) == ours.argmax(-1)) >= 0.9
+
+
+def test_unsupported_configs_name_the_field(ckpts, tmp_path):
+    import json
+    import shutil
+
+    from bllama.convert.hf_import import HFImportError
+    from bllama.convert.hf_load import load_pretrained
+
+    for patch, field in [({"rope_scaling": {"rope_type": "llama3", "factor": 8.0}}, "rope_scaling"),
+                         ({"model_type": "gpt2"}, "model_type"),
+                         ({"quantization_config": {"quant_method": "gptq"}}, "quant_method"),
+                         ({"attention_bias": True}, "attention_bias"),
+                         ({"model_type": "mistral", "sliding_window": 16}, "sliding_window")]:
+        d = tmp_path / field
+        shutil.copytree(ckpts["llama"], d)
+        cfg = json.loads((d / "config.json").read_text())
+        cfg.pop("rope_parameters", None)
+        cfg.update(patch)
+        (d / "config.json").write_text(json.dumps(cfg))
+        with pytest.raises(HFImportError, match=field):
+            load_pretrained(d)
+
+
+def test_llama_converted_exports_and_engine_agrees(ckpts, tmp_path):
+    """A LLaMA loaded as b1.58 (no sub-norms) is refused under `bitnet` unless forced; forced, the engine computes
+    what bLlama computes, and the file carries the checkpoint's BPE tokenizer and chat template."""
+    from bllama import bLlama
+    from bllama.convert.gguf_export import export_gguf
+    from bllama.convert.gguf_schema import ArchitectureError
+    from bllama.runtime import Runtime
+
+    m = bLlama.from_pretrained(ckpts["llama"]).eval()
+    assert m.config.quantize and not m.config.sub_norms
+    m.quantize_weights_to_ternary()
+    tok = m.pretrained.tokenizer
+    with pytest.raises(ArchitectureError, match="force-arch"):
+        export_gguf(m, tok, tmp_path / "m.gguf")
+    assert not list(tmp_path.iterdir())
+    path = export_gguf(m, tok, tmp_path / "m.gguf", force_arch="bitnet", chat_template=m.pretrained.chat_template)
+    rt = Runtime.load(path)
+    assert rt._engine.metadata("bllama.sub_norms") is False
+    ids = tok.encode(PROMPT)
+    assert rt.tokenizer.encode(PROMPT) == ids and rt.tokenizer.chat_template == m.pretrained.chat_template
+    ours = logits_of(m, ids)
+    assert_logits_match(ours, rt.logits(ids))
+
+
+@pytest.mark.parametrize("weight_type", ["tq2_0", "tq1_0", "i2_s"])
+def test_gguf_loads_back_as_the_same_ternary_model(ckpts, tmp_path, weight_type):
+    from bllama import bLlama
+    from bllama.convert.gguf_export import export_gguf
+
+    m = bLlama.from_pretrained(ckpts["packed"]).eval()
+    tok = m.pretrained.tokenizer
+    path = export_gguf(m, tok, tmp_path / "m.gguf", weight_type=weight_type)
+    back = bLlama.from_pretrained(path).eval()
+    assert back.config.activation == "relu2" and back.config.sub_norms
+    for (_, a), (_, b) in zip(m.model.bitlinears(), back.model.bitlinears()):
+        assert torch.equal(a.ternary_codes(), b.ternary_codes())
+        assert float(a.ternary_scale()) == float(b.ternary_scale())
+    ids = tok.encode(PROMPT)
+    assert back.pretrained.tokenizer.encode(PROMPT) == ids
+    # the embedding went through f16 in the file
+    np.testing.assert_allclose(logits_of(back, ids), logits_of(m, ids), rtol=0, atol=2e-2 * np.abs(logits_of(m, ids)).max())
+
+
+def test_hf_imported_gguf_loads_with_its_scale_tensors(ckpts, tmp_path):
+    """`bllama import` writes d = 1 blocks plus an fp32 `.scale` tensor: the scale is taken from there."""
+    from bllama import bLlama
+    from bllama.convert.hf_import import import_hf
+
+    path = import_hf(ckpts["packed"], tmp_path / "i.gguf", progress=False)
+    back = bLlama.from_pretrained(path).eval()
+    m = bLlama.from_pretrained(ckpts["packed"]).eval()
+    for (_, a), (_, b) in zip(m.model.bitlinears(), back.model.bitlinears()):
+        assert torch.equal(a.ternary_codes(), b.ternary_codes())
+        assert float(a.ternary_scale()) == float(b.ternary_scale())
+
+
+def _train(argv):
+    from bllama.cli import main
+
+    main(["train", *argv, "--accelerator", "cpu", "--precision", "32-true", "--num-workers", "0", "--no-compile"])
+
+
+def _weights(out):
+    from bllama.train.trainer import load_checkpoint
+
+    return {k: v.clone() for k, v in load_checkpoint(out).state_dict().items()}
+
+
+def test_convert_with_warmup_lowers_loss_and_resumes_exactly(ckpts, tmp_path):
+    """Full-precision LLaMA -> b1.58 with a quantization warm-up through the CLI: the loss stays finite through the
+    switch and falls; a run stopped and resumed ends with the weights of an uninterrupted one."""
+    import csv
+
+    from hf_checkpoints import TEXT
+
+    data = tmp_path / "text.txt"
+    data.write_text(TEXT * 4, encoding="utf-8")
+    common = [str(data), "--init-from", str(ckpts["llama"]), "--quant-warmup-steps", "6", "--batch-size", "4",
+              "--set", "seq_len=64", "--set", "max_steps=16", "--set", "lr=3e-3", "--set", "warmup_steps=2",
+              "--seed", "3"]
+    _train(common + ["--out", str(tmp_path / "a"), "--max-steps", "16"])
+    rows = list(csv.DictReader(open(next((tmp_path / "a" / "logs").rglob("metrics.csv")))))
+    losses = [float(r["train_loss"]) for r in rows if r.get("train_loss")]
+    lams = [float(r["quant_lambda"]) for r in rows if r.get("quant_lambda")]
+    assert losses and all(np.isfinite(losses)) and lams and lams[-1] == 1.0  # logged after the switch (step 6)
+
+    from bllama import bLlama
+    from bllama.train.trainer import load_checkpoint
+
+    def b158_loss(model):  # the fully quantized function on the training text
+        ids = torch.tensor([model_tok.encode(TEXT)[:65]])
+        with torch.no_grad():
+            logits = model.eval()(ids[:, :-1])
+        return float(torch.nn.functional.cross_entropy(logits[0], ids[0, 1:]))
+
+    start = bLlama.from_pretrained(ckpts["llama"])
+    model_tok = start.pretrained.tokenizer
+    assert b158_loss(load_checkpoint(tmp_path / "a")) < 0.7 * b158_loss(start)
+    _train(common + ["--out", str(tmp_path / "b"), "--max-steps", "8"])
+    _train(common + ["--out", str(tmp_path / "b"), "--max-steps", "16", "--resume",
+                     str(tmp_path / "b" / "checkpoints" / "last.ckpt")])
+    a, b = _weights(tmp_path / "a"), _weights(tmp_path / "b")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=1e-6), k
+    assert (tmp_path / "a" / "tokenizer.json").exists() and (tmp_path / "a" / "chat_template.jinja").exists()
+
+
+def test_quant_blend_ends_are_linear_and_bitlinear():
+    import torch.nn.functional as F
+
+    from bllama.model.bitlinear import BitLinear
+
+    torch.manual_seed(0)
+    layer = BitLinear(256, 64)
+    x = torch.randn(3, 256)
+    full = layer(x)
+    layer.quant_mix = 0.0
+    assert torch.allclose(layer(x), F.linear(x, layer.weight), atol=1e-6)
+    layer.quant_mix = 0.999999
+    assert torch.allclose(layer(x), full, atol=1e-3)
+    layer.quant_mix = 0.5
+    y = layer(x)
+    assert torch.isfinite(y).all()
+    y.sum().backward()
+    assert torch.isfinite(layer.weight.grad).all()
+
+
+def test_sft_labels_mask_everything_but_assistant_tokens(ckpts):
+    from bllama import bLlama
+    from bllama.train.sft import IGNORE, chat_tokens, encode_rendered
+
+    info = bLlama.from_pretrained(ckpts["llama"]).pretrained
+    tok, template = info.tokenizer, "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}" \
+                                    "{% if add_generation_prompt %}assistant:{% endif %}"
+    msgs = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "the quick fox"},
+            {"role": "assistant", "content": "lazy dog"}, {"role": "user", "content": "once upon"},
+            {"role": "assistant", "content": "a time"}]
+    ids, trained = chat_tokens(msgs, tok, template)
+    p1 = "system: Be brief.\nuser: the quick fox\nassistant:"
+    r1 = " lazy dog\n"
+    p2 = "user: once upon\nassistant:"
+    r2 = " a time\n"
+    eos = tok.eos_ids[0]
+    expect = [(t, False) for t in encode_rendered(tok, p1)] + [(t, True) for t in tok.encode(r1, add_bos=False)] + \
+        [(eos, True)] + [(t, False) for t in tok.encode(p2, add_bos=False)] + \
+        [(t, True) for t in tok.encode(r2, add_bos=False)] + [(eos, True)]
+    assert list(zip(ids, trained)) == expect
+    from bllama.train.sft import ChatSFTDataset
+    import json, tempfile, os
+    with tempfile.TemporaryDirectory() as d:
+        p = os.path.join(d, "c.jsonl")
+        open(p, "w").write(json.dumps({"messages": msgs}) + "\n" + json.dumps({"messages": msgs[:3]}) + "\n")
+        ds = ChatSFTDataset([p], tok, template, 128)
+        x, y = ds[1]
+        n = len(chat_tokens(msgs[:3], tok, template)[0]) - 1
+        assert x.shape == y.shape == (len(ids) - 1,)
+        assert y.tolist()[:n] == [t if keep else IGNORE for t, keep in zip(ids[1:n + 1], trained[1:n + 1])]
+        assert (y[n:] == IGNORE).all()
