@@ -131,6 +131,13 @@ def cmd_export(args):
 
     model = load_checkpoint(args.checkpoint)
     tok = SentencePieceTokenizer(args.tokenizer) if args.tokenizer else tokenizer_beside(args.checkpoint)
+    template = None
+    if args.chat_template:
+        from .tokenizers.chat_templates import resolve_chat_template
+
+        if args.format != "gguf":
+            raise ValueError("--chat-template is written into GGUF files (--format gguf)")
+        template = resolve_chat_template(args.chat_template)
     t0 = time.perf_counter()
     if args.format == "hf":
         from .convert.hf_export import export_hf
@@ -139,8 +146,10 @@ def cmd_export(args):
         size = sum(p.stat().st_size for p in path.iterdir())
         print(f"wrote {path}/ ({size / 2**20:.1f} MiB, Hugging Face BitNet) in {time.perf_counter() - t0:.1f} s")
         return
-    path = export_gguf(model, tok, args.output, weight_type=args.type, progress=True)
-    print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB, {args.type}) in {time.perf_counter() - t0:.1f} s")
+    path = export_gguf(model, tok, args.output, weight_type=args.type, progress=True, chat_template=template)
+    chat = f", chat template {args.chat_template}" if template else ""
+    print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB, {args.type}{chat}) "
+          f"in {time.perf_counter() - t0:.1f} s")
 
 
 def cmd_import(args):
@@ -267,6 +276,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="ternary weight type (default tq2_0; tq1_0: 1.6 bits; i2_s: bitnet.cpp's type, which upstream "
                         "llama.cpp cannot read)")
     e.add_argument("--tokenizer", default=None, help="tokenizer.model (default: the one beside the checkpoint)")
+    e.add_argument("--chat-template", default=None, metavar="NAME|FILE",
+                   help="store a chat template so chat and `bllama serve` chat work: a built-in name (chatml, "
+                        "llama3) or a Jinja file in the Hugging Face convention; it must render before it is written")
     e.set_defaults(func=cmd_export)
 
     im = sub.add_parser("import", help="convert a local Hugging Face BitNet b1.58 checkpoint folder into a GGUF file")

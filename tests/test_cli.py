@@ -68,6 +68,53 @@ def test_export_generate_eval_bench(run_dir):
     assert r3["engine"][0]["decode_tok_s"] > 0
 
 
+def test_export_with_a_chat_template(run_dir, tmp_path):
+    """`bllama export --chat-template` writes a built-in (by name) or a file's template as tokenizer.chat_template,
+    and refuses one that does not render, writing nothing (issue #19 item 2)."""
+    from bllama.runtime import Runtime
+    from bllama.tokenizers.chat_templates import builtin_chat_templates
+
+    builtins = builtin_chat_templates()
+    assert {"chatml", "llama3"} <= set(builtins)
+    out = bllama("export", run_dir / "run", "-o", tmp_path / "chatml.gguf", "--chat-template", "ChatML")
+    assert "chat template ChatML" in out
+    rt = Runtime.load(tmp_path / "chatml.gguf", threads=1)
+    assert rt._engine.metadata("tokenizer.chat_template") == builtins["chatml"]
+    if getattr(rt.tokenizer, "chat_template", None):  # SentencePiece files honour it where from_gguf passes it on
+        reply = rt.chat([{"role": "user", "content": "Hi"}], max_new_tokens=4)
+        assert isinstance(reply, str)
+    own = tmp_path / "own.jinja"
+    own.write_text("{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}\n{% endfor %}[assistant] ",
+                   encoding="utf-8")
+    bllama("export", run_dir / "run", "-o", tmp_path / "own.gguf", "--chat-template", own)
+    rt = Runtime.load(tmp_path / "own.gguf", threads=1)
+    assert rt._engine.metadata("tokenizer.chat_template") == own.read_text(encoding="utf-8")
+
+    broken = tmp_path / "broken.jinja"
+    broken.write_text("{% for m in messages %}{{ m['content'] }}", encoding="utf-8")  # no endfor
+    for template, message in ((broken, "does not render"), ("vicuna", "chatml, llama3")):
+        r = subprocess.run([sys.executable, "-m", "bllama.cli", "export", str(run_dir / "run"), "-o",
+                            str(tmp_path / "bad.gguf"), "--chat-template", str(template)],
+                           capture_output=True, text=True, timeout=600)
+        assert r.returncode == 2 and message in r.stderr, r.stderr[-2000:]
+        assert not (tmp_path / "bad.gguf").exists()
+
+
+def test_builtin_chat_templates_render_every_role():
+    from bllama.tokenizers.chat import render_chat
+    from bllama.tokenizers.chat_templates import builtin_chat_templates, check_chat_template
+
+    msgs = [{"role": "user", "content": "Hi"}]
+    assert render_chat(builtin_chat_templates()["chatml"], msgs) == (
+        "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n")
+    assert render_chat(builtin_chat_templates()["llama3"], msgs, bos_token="<s>") == (
+        "<s><|start_header_id|>user<|end_header_id|>\n\nHi<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n")
+    for template in builtin_chat_templates().values():
+        check_chat_template(template, "<s>", "</s>")
+    with pytest.raises(ValueError, match="without its messages"):
+        check_chat_template("{{ bos_token }}hello", "<s>", "</s>")
+
+
 def test_tokenizer_and_data_prepare(tmp_path, sp_corpus_text):
     (tmp_path / "c.txt").write_text(sp_corpus_text[:60_000], encoding="utf-8")
     bllama("tokenizer", "train", tmp_path / "c.txt", "-o", tmp_path / "tok", "--vocab-size", 400)

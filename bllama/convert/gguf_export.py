@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Union
+from typing import Optional, Union
 
 import numpy as np
 import torch
@@ -43,8 +43,10 @@ def add_model_tensors(writer, net, weight_type: str, progress: bool = False) -> 
 
 
 def export_gguf(model, tokenizer, path: Union[str, os.PathLike], weight_type: str = "tq2_0",
-                name: str = "bllama", progress: bool = False) -> Path:
-    """Write `model` (a bLlama or Transformer) and its SentencePiece tokenizer to `path`; returns the path."""
+                name: str = "bllama", progress: bool = False, chat_template: Optional[str] = None) -> Path:
+    """Write `model` (a bLlama or Transformer) and its SentencePiece tokenizer to `path`; returns the path.
+    chat_template: Jinja text stored as `tokenizer.chat_template` (what Runtime.chat and `bllama serve` render);
+    it must render a conversation first (bllama/tokenizers/chat_templates), so no file carries a broken one."""
     import gguf
 
     from ..model.transformer import Transformer
@@ -63,6 +65,12 @@ def export_gguf(model, tokenizer, path: Union[str, os.PathLike], weight_type: st
         if dim % QK:
             raise ValueError(f"{what} {dim} is not a multiple of {QK}, which ternary GGUF blocks need")
 
+    if chat_template is not None:
+        from ..tokenizers.chat_templates import check_chat_template
+
+        bos, eos = (tokenizer.id_to_piece(i) for i in (tokenizer.bos_id, tokenizer.eos_id))
+        check_chat_template(chat_template, bos, eos)
+
     path = Path(path)
     with atomic_path(path) as tmp:
         w = gguf.GGUFWriter(str(tmp), gguf_arch(cfg, weight_type))
@@ -72,6 +80,8 @@ def export_gguf(model, tokenizer, path: Union[str, os.PathLike], weight_type: st
             w.add_file_type({"tq2_0": gguf.LlamaFileType.MOSTLY_TQ2_0, "tq1_0": gguf.LlamaFileType.MOSTLY_TQ1_0,
                              "i2_s": FILE_TYPE_I2_S}[weight_type])
             add_tokenizer(w, tokenizer)
+            if chat_template is not None:
+                w.add_chat_template(chat_template)
 
             add_model_tensors(w, net, weight_type, progress)
             w.write_header_to_file()
