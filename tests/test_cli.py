@@ -100,6 +100,36 @@ def test_export_with_a_chat_template(run_dir, tmp_path):
         assert not (tmp_path / "bad.gguf").exists()
 
 
+def test_counts_versions_run_folders_and_scoring_stats(run_dir, tmp_path):
+    """Issue #19 item 6: generate reports the tokens it generated (it said one fewer: the decode steps), eval takes a
+    run folder as generate does, `bllama --version`, and rt.stats describes logits() / perplexity() calls too."""
+    import re
+
+    from bllama import __version__
+    from bllama.runtime import Runtime
+
+    assert bllama("--version").strip() == f"bllama {__version__}"
+    gguf_path = tmp_path / "m.gguf"
+    bllama("export", run_dir / "run", "-o", gguf_path)
+    out = bllama("generate", gguf_path, "The Python", "--max-new-tokens", 12, "--threads", 1)
+    rt = Runtime.load(gguf_path, threads=1)
+    rt.generate("The Python", max_new_tokens=12)
+    assert rt.stats["decode_tokens"] == rt.stats["generated_tokens"] - 1
+    assert re.search(r"(\d+) new tokens", out).group(1) == str(rt.stats["generated_tokens"]), out
+
+    out = bllama("eval", run_dir / "run", "--data", run_dir / "train.txt", "--max-chars", 3000)
+    torch_metrics = json.loads(out[out.index("{"):])
+    out = bllama("eval", gguf_path, "--data", run_dir / "train.txt", "--max-chars", 3000)
+    engine_metrics = json.loads(out[out.index("{"):])
+    assert torch_metrics["tokens"] == engine_metrics["tokens"]
+    assert abs(torch_metrics["perplexity"] / engine_metrics["perplexity"] - 1) < 0.05  # f16 embedding, int8 head
+
+    rt.logits([1, 5, 7])
+    assert rt.stats["prompt_tokens"] == 3 and rt.stats["generated_tokens"] == 0 and rt.stats["prompt_seconds"] > 0
+    r = rt.evaluate((run_dir / "train.txt").read_text(encoding="utf-8")[:3000])
+    assert rt.stats["prompt_tokens"] == r["tokens"]  # each window feeds as many tokens as it scores
+
+
 def test_builtin_chat_templates_render_every_role():
     from bllama.tokenizers.chat import render_chat
     from bllama.tokenizers.chat_templates import builtin_chat_templates, check_chat_template
