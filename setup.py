@@ -53,9 +53,9 @@ setup(
     version=read_version(),
     description="Train BitNet b1.58 (ternary) LLaMA models in PyTorch and run them with a packed C++ engine",
     packages=find_packages(include=["bllama", "bllama.*"]),
-    package_data={"bllama": ["*.txt", "assets/*"]},
+    package_data={"bllama": ["*.txt", "assets/*", "tokenizers/chat_templates/*.jinja"]},
     python_requires=">=3.9",
-    # torch is pinned to the CPU build in the README and CI (`pip install torch==2.13.0`); any torch >= 2.5 works.
+    # The README and CI pin torch==2.13.0 (the README says how to get its CPU build); any torch >= 2.5 works.
     install_requires=["torch>=2.5", "pytorch-lightning>=2.2", "sentencepiece>=0.2", "protobuf", "numpy",
                       "gguf>=0.10", "pyarrow", "tqdm", "matplotlib", "tokenizers>=0.19", "safetensors>=0.4",
                       "jinja2"],  # chat templates (bllama/chat.py); torch brings it too

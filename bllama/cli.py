@@ -120,8 +120,14 @@ def cmd_train(args):
     print(f"wrote {out / 'checkpoints' / 'last.ckpt'}, the tokenizer and {out / 'config.json'}")
 
 
+def _is_checkpoint(model: str) -> bool:
+    """A training run (folder with checkpoints/, a .ckpt, a sharded checkpoint) rather than what Runtime.load opens
+    (a .gguf file or a Hugging Face folder): generate and eval run it in PyTorch."""
+    return not (model.endswith(".gguf") or Path(model).is_dir() and not (Path(model) / "checkpoints").exists())
+
+
 def cmd_generate(args):
-    if args.model.endswith(".gguf") or Path(args.model).is_dir() and not (Path(args.model) / "checkpoints").exists():
+    if not _is_checkpoint(args.model):
         from .runtime import Runtime
 
         rt = Runtime.load(args.model, threads=args.threads, head=args.head, device=args.device)
@@ -132,7 +138,8 @@ def cmd_generate(args):
             print(piece, end="", flush=True)
         s = rt.stats
         print(f"\n[{s['prompt_tokens']} prompt tokens at {s['prompt_tokens_per_second']:.1f} tok/s, "
-              f"{s['decode_tokens']} new tokens at {s['decode_tokens_per_second']:.1f} tok/s]", file=sys.stderr)
+              f"{s['generated_tokens']} new tokens, decoding at {s['decode_tokens_per_second']:.1f} tok/s]",
+              file=sys.stderr)  # the first new token comes from the prompt's forward: decode steps are one fewer
         return
     from .train.trainer import load_checkpoint, tokenizer_beside
 
@@ -147,9 +154,8 @@ def cmd_generate(args):
 def cmd_export(args):
     from .convert.gguf_export import export_gguf
     from .tokenizers.sentencepiece import SentencePieceTokenizer
-    from .train.trainer import load_checkpoint, tokenizer_beside
-
     from .train.run_tokenizer import load_run_tokenizer
+    from .train.trainer import load_checkpoint
 
     model = load_checkpoint(args.checkpoint)
     template = None
@@ -157,6 +163,12 @@ def cmd_export(args):
         tok = SentencePieceTokenizer(args.tokenizer)
     else:
         tok, template = load_run_tokenizer(args.checkpoint)
+    if args.chat_template:
+        from .tokenizers.chat_templates import resolve_chat_template
+
+        if args.format != "gguf":
+            raise ValueError("--chat-template is written into GGUF files (--format gguf)")
+        template = resolve_chat_template(args.chat_template)
     t0 = time.perf_counter()
     if args.format == "hf":
         from .convert.hf_export import export_hf
@@ -167,7 +179,9 @@ def cmd_export(args):
         return
     path = export_gguf(model, tok, args.output, weight_type=args.type, progress=True, force_arch=args.force_arch,
                        chat_template=template)
-    print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB, {args.type}) in {time.perf_counter() - t0:.1f} s")
+    chat = f", chat template {args.chat_template}" if args.chat_template else ""
+    print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB, {args.type}{chat}) "
+          f"in {time.perf_counter() - t0:.1f} s")
 
 
 def cmd_import(args):
@@ -179,14 +193,23 @@ def cmd_import(args):
 
 
 def cmd_eval(args):
-    from .runtime import Runtime
-
-    rt = Runtime.load(args.model, threads=args.threads, head=args.head, device=args.device)
     text = Path(args.data).read_text(encoding="utf-8")
     if args.max_chars:
         text = text[:args.max_chars]
-    r = rt.evaluate(text)
-    print(json.dumps(r, indent=2))
+    if _is_checkpoint(args.model):  # as generate does: the ternary model in PyTorch, the same windows as the engine
+        from .tokenizers.sentencepiece import SentencePieceTokenizer
+        from .tools.evaluate import text_metrics, torch_logits_fn
+        from .train.trainer import load_checkpoint, tokenizer_beside
+
+        model = load_checkpoint(args.model)
+        tok = SentencePieceTokenizer(args.tokenizer) if args.tokenizer else tokenizer_beside(args.model)
+        model.quantize_weights_to_ternary()
+        print(json.dumps(text_metrics(text, tok, model.config.seq_len, torch_logits_fn(model)), indent=2))
+        return
+    from .runtime import Runtime
+
+    rt = Runtime.load(args.model, threads=args.threads, head=args.head, device=args.device)
+    print(json.dumps(rt.evaluate(text), indent=2))
 
 
 def cmd_bench(args):
@@ -227,7 +250,10 @@ def cmd_data_prepare(args):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from ._version import __version__
+
     p = argparse.ArgumentParser(prog="bllama", description="Train, export and run BitNet b1.58 LLaMA models.")
+    p.add_argument("--version", action="version", version=f"bllama {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train a model with Lightning", description="Train a bLLaMa model.")
@@ -306,6 +332,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--force-arch", default=None, choices=["bitnet", "bitnet-b1.58"],
                    help="write this general.architecture even where it does not describe the model (a model without "
                         "sub-norms: only our engine runs such a file correctly)")
+    e.add_argument("--chat-template", default=None, metavar="NAME|FILE",
+                   help="store a chat template so chat and `bllama serve` chat work: a built-in name (chatml, "
+                        "llama3) or a Jinja file in the Hugging Face convention; it must render before it is written")
     e.set_defaults(func=cmd_export)
 
     im = sub.add_parser("import", help="convert a local Hugging Face BitNet b1.58 checkpoint folder into a GGUF file")
@@ -314,8 +343,9 @@ def build_parser() -> argparse.ArgumentParser:
     im.add_argument("--quiet", action="store_true", help="no progress bar")
     im.set_defaults(func=cmd_import)
 
-    v = sub.add_parser("eval", help="perplexity and bits per character of a .gguf model on a text file")
-    v.add_argument("model", help="model.gguf")
+    v = sub.add_parser("eval", help="perplexity and bits per character of a model on a text file")
+    v.add_argument("model", help="model.gguf (C++ engine), or a training output folder / .ckpt (PyTorch)")
+    v.add_argument("--tokenizer", default=None, help="tokenizer.model for a checkpoint (default: beside it)")
     v.add_argument("--data", required=True, help="a UTF-8 text file")
     v.add_argument("--max-chars", type=int, default=None, help="evaluate only the first N characters")
     v.add_argument("--threads", type=int, default=None, help="engine threads")

@@ -129,3 +129,17 @@ def test_plot_is_readable_for_a_big_model(tmp_path):
 def test_invalid_every_n_steps():
     with pytest.raises(ValueError):
         WeightDistributionCallback(every_n_steps=0)
+
+
+def test_progress_bar_of_a_step_bounded_run_has_no_negative_epoch_count(tmp_path):
+    """Lightning's rich bar printed "Epoch 0/-2" for a run bounded by steps (max_epochs -1) (issue #19 item 6)."""
+    from bllama.train.trainer import make_trainer
+
+    trainer = make_trainer(tmp_path, max_steps=5, accelerator="cpu")
+    bar = trainer.progress_bar_callback
+    bar.setup(trainer, None, "fit")
+    trainer.fit_loop.max_epochs = -1  # what fit() makes of max_epochs=None with a step limit (_parse_loop_limits)
+    assert "/-" not in bar._get_train_description(0) and "Epoch 0" in bar._get_train_description(0)
+    one = make_trainer(tmp_path, accelerator="cpu")  # one epoch: the limit is still shown
+    one.progress_bar_callback.setup(one, None, "fit")
+    assert one.progress_bar_callback._get_train_description(0).strip() == "Epoch 0/0"

@@ -68,6 +68,83 @@ def test_export_generate_eval_bench(run_dir):
     assert r3["engine"][0]["decode_tok_s"] > 0
 
 
+def test_export_with_a_chat_template(run_dir, tmp_path):
+    """`bllama export --chat-template` writes a built-in (by name) or a file's template as tokenizer.chat_template,
+    and refuses one that does not render, writing nothing (issue #19 item 2)."""
+    from bllama.runtime import Runtime
+    from bllama.tokenizers.chat_templates import builtin_chat_templates
+
+    builtins = builtin_chat_templates()
+    assert {"chatml", "llama3"} <= set(builtins)
+    out = bllama("export", run_dir / "run", "-o", tmp_path / "chatml.gguf", "--chat-template", "ChatML")
+    assert "chat template ChatML" in out
+    rt = Runtime.load(tmp_path / "chatml.gguf", threads=1)
+    assert rt._engine.metadata("tokenizer.chat_template") == builtins["chatml"]
+    if getattr(rt.tokenizer, "chat_template", None):  # SentencePiece files honour it where from_gguf passes it on
+        reply = rt.chat([{"role": "user", "content": "Hi"}], max_new_tokens=4)
+        assert isinstance(reply, str)
+    own = tmp_path / "own.jinja"
+    own.write_text("{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}\n{% endfor %}[assistant] ",
+                   encoding="utf-8")
+    bllama("export", run_dir / "run", "-o", tmp_path / "own.gguf", "--chat-template", own)
+    rt = Runtime.load(tmp_path / "own.gguf", threads=1)
+    assert rt._engine.metadata("tokenizer.chat_template") == own.read_text(encoding="utf-8")
+
+    broken = tmp_path / "broken.jinja"
+    broken.write_text("{% for m in messages %}{{ m['content'] }}", encoding="utf-8")  # no endfor
+    for template, message in ((broken, "does not render"), ("vicuna", "chatml, llama3")):
+        r = subprocess.run([sys.executable, "-m", "bllama.cli", "export", str(run_dir / "run"), "-o",
+                            str(tmp_path / "bad.gguf"), "--chat-template", str(template)],
+                           capture_output=True, text=True, timeout=600)
+        assert r.returncode == 2 and message in r.stderr, r.stderr[-2000:]
+        assert not (tmp_path / "bad.gguf").exists()
+
+
+def test_counts_versions_run_folders_and_scoring_stats(run_dir, tmp_path):
+    """Issue #19 item 6: generate reports the tokens it generated (it said one fewer: the decode steps), eval takes a
+    run folder as generate does, `bllama --version`, and rt.stats describes logits() / perplexity() calls too."""
+    import re
+
+    from bllama import __version__
+    from bllama.runtime import Runtime
+
+    assert bllama("--version").strip() == f"bllama {__version__}"
+    gguf_path = tmp_path / "m.gguf"
+    bllama("export", run_dir / "run", "-o", gguf_path)
+    out = bllama("generate", gguf_path, "The Python", "--max-new-tokens", 12, "--threads", 1)
+    rt = Runtime.load(gguf_path, threads=1)
+    rt.generate("The Python", max_new_tokens=12)
+    assert rt.stats["decode_tokens"] == rt.stats["generated_tokens"] - 1
+    assert re.search(r"(\d+) new tokens", out).group(1) == str(rt.stats["generated_tokens"]), out
+
+    out = bllama("eval", run_dir / "run", "--data", run_dir / "train.txt", "--max-chars", 3000)
+    torch_metrics = json.loads(out[out.index("{"):])
+    out = bllama("eval", gguf_path, "--data", run_dir / "train.txt", "--max-chars", 3000)
+    engine_metrics = json.loads(out[out.index("{"):])
+    assert torch_metrics["tokens"] == engine_metrics["tokens"]
+    assert abs(torch_metrics["perplexity"] / engine_metrics["perplexity"] - 1) < 0.05  # f16 embedding, int8 head
+
+    rt.logits([1, 5, 7])
+    assert rt.stats["prompt_tokens"] == 3 and rt.stats["generated_tokens"] == 0 and rt.stats["prompt_seconds"] > 0
+    r = rt.evaluate((run_dir / "train.txt").read_text(encoding="utf-8")[:3000])
+    assert rt.stats["prompt_tokens"] == r["tokens"]  # each window feeds as many tokens as it scores
+
+
+def test_builtin_chat_templates_render_every_role():
+    from bllama.tokenizers.chat import render_chat
+    from bllama.tokenizers.chat_templates import builtin_chat_templates, check_chat_template
+
+    msgs = [{"role": "user", "content": "Hi"}]
+    assert render_chat(builtin_chat_templates()["chatml"], msgs) == (
+        "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n")
+    assert render_chat(builtin_chat_templates()["llama3"], msgs, bos_token="<s>") == (
+        "<s><|start_header_id|>user<|end_header_id|>\n\nHi<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n")
+    for template in builtin_chat_templates().values():
+        check_chat_template(template, "<s>", "</s>")
+    with pytest.raises(ValueError, match="without its messages"):
+        check_chat_template("{{ bos_token }}hello", "<s>", "</s>")
+
+
 def test_tokenizer_and_data_prepare(tmp_path, sp_corpus_text):
     (tmp_path / "c.txt").write_text(sp_corpus_text[:60_000], encoding="utf-8")
     bllama("tokenizer", "train", tmp_path / "c.txt", "-o", tmp_path / "tok", "--vocab-size", 400)

@@ -302,3 +302,27 @@ def test_text_stream_windowed_decode_equals_full_decode(kind, sp_tokenizer):
                 break
         assert fast.flush() == slow.flush()
         assert fast.emitted == slow.emitted
+
+
+@pytest.mark.parametrize("kind", ["sentencepiece", "bpe"])
+def test_text_stream_never_shows_half_a_character(kind, sp_tokenizer):
+    """A character split across byte tokens comes out whole once its last byte arrives: no delta holds U+FFFD.
+    SentencePiece decodes <0xF0><0x9F> as two U+FFFD, so holding back one character was not enough (issue #19)."""
+    from bllama.runtime.text_stream import _TextStream
+
+    if kind == "bpe":
+        from test_i2s import llama3_style_tokenizer
+        tok = llama3_style_tokenizer()
+    else:
+        tok = sp_tokenizer
+    # characters the session tokenizer never saw: byte-fallback pieces, 2, 3 and 4 bytes each
+    text = " caf\u00e9 \u0436\u0436 \u2603 \U0001f680 na\u00efve \U0001f680\U0001f680 ok"
+    ids = tok.encode(text, add_bos=False)
+    partial = [tok.decode(ids[:k]) for k in range(1, len(ids))]
+    assert any(p.count("\ufffd") >= (2 if kind == "sentencepiece" else 1) for p in partial)  # the case exists
+    prompt = tok.encode("P:")
+    ts = _TextStream(tok, prompt, None)
+    deltas = [ts.push(t) for t in ids] + [ts.flush()]
+    assert not any("\ufffd" in d for d in deltas), deltas
+    whole = tok.decode(prompt + ids)
+    assert whole.endswith("".join(deltas)) and "".join(deltas).strip() == text.strip()

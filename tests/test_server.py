@@ -163,6 +163,9 @@ def test_stop_strings_and_zero_tokens(served):
     ("/v1/chat/completions", {"messages": []}, 400, "'messages' must be a non-empty list"),
     ("/v1/chat/completions", {"messages": MSGS}, 400, "no chat template"),
     ("/v1/embeddings", {"input": "a"}, 404, "no such endpoint"),
+    ("/v1/completions", {"prompt": "a", "model": "gpt-4"}, 404, "'gpt-4' is not served here"),
+    ("/v1/chat/completions", {"messages": MSGS, "model": "gpt-4"}, 404, "serves 'tiny'"),
+    ("/v1/completions", {"prompt": "a", "model": 3}, 404, "3 is not served"),
 ])
 def test_bad_requests_say_why(served, path, body, status, message):
     url, _ = served
@@ -260,6 +263,8 @@ def test_defaults_fit_the_context_and_harmless_fields_pass(served):
                                               "temperature": 0, "response_format": {"type": "text"},
                                               "logit_bias": {}, "tools": [], "n": 1, "seed": -7})
     assert status == 200 and r["usage"]["completion_tokens"] <= 2, r
+    status, r = post(url, "/v1/completions", {"prompt": PROMPT, "max_tokens": 2, "model": "tiny"})  # ours, by name
+    assert status == 200 and r["model"] == "tiny", r
 
 
 def test_content_parts_and_keep_alive(served_chat):

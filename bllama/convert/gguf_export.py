@@ -49,8 +49,9 @@ def export_gguf(model, tokenizer, path: Union[str, os.PathLike], weight_type: st
                 chat_template: Optional[str] = None) -> Path:
     """Write `model` (a bLlama or Transformer) and its tokenizer (SentencePiece, or a byte-level BPE one from a
     Hugging Face checkpoint) to `path`; returns the path. The architecture name is gguf_arch's choice (it refuses
-    a model that no name describes unless `force_arch` names one); `chat_template` (else the tokenizer's own, if
-    it has one) is written as tokenizer.chat_template."""
+    a model that no name describes unless `force_arch` names one). chat_template (else the tokenizer's own, if it
+    has one) is stored as `tokenizer.chat_template` (what Runtime.chat and `bllama serve` render); a template
+    given here must render a conversation first (bllama/tokenizers/chat_templates), so no file carries a broken one."""
     import gguf
 
     from ..model.transformer import Transformer
@@ -75,6 +76,12 @@ def export_gguf(model, tokenizer, path: Union[str, os.PathLike], weight_type: st
             raise ValueError(f"{what} {dim} is not a multiple of {QK}, which ternary GGUF blocks need")
 
     gguf_arch(cfg, weight_type, force_arch)  # refuses before anything is written
+    if chat_template is not None:
+        from ..tokenizers.chat_templates import check_chat_template
+
+        bos, eos = (tokenizer.id_to_piece(i) if i is not None else "" for i in (tokenizer.bos_id, tokenizer.eos_id))
+        check_chat_template(chat_template, bos, eos)
+
     path = Path(path)
     with atomic_path(path) as tmp:
         w = gguf.GGUFWriter(str(tmp), gguf_arch(cfg, weight_type, force_arch))

@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import queue
 import threading
+import time
 from pathlib import Path
 from typing import Iterator, List, Optional, Sequence, Union
 
@@ -239,11 +240,32 @@ class Runtime:
         ids = [int(t) for t in token_ids]
         if not ids:
             raise ValueError("token_ids is empty")
-        return np.asarray(self._engine.logits(ids))
+        t0 = time.perf_counter()
+        out = np.asarray(self._engine.logits(ids))
+        self.stats = self._scoring_stats(len(ids), time.perf_counter() - t0)
+        return out
+
+    def _scoring_stats(self, tokens: int, seconds: float) -> dict:
+        """rt.stats after logits() / evaluate(): the tokens scored count as prompt tokens (one forward, no decode)."""
+        stats = dict(self._engine.last_stats)
+        stats.update(prompt_tokens=tokens, prompt_seconds=seconds, decode_tokens=0, decode_seconds=0.0,
+                     generated_tokens=0, prompt_tokens_per_second=tokens / seconds if seconds > 0 else 0.0,
+                     decode_tokens_per_second=0.0, stop_reason="none")
+        return stats
 
     def evaluate(self, text: str) -> dict:
         """Perplexity, NLL per token and bits per character over `text` in context-length windows."""
-        return text_metrics(text, self.tokenizer, self.context_length, self.logits)
+        scored = {"tokens": 0, "seconds": 0.0}
+
+        def logits_fn(ids):
+            out = self.logits(ids)
+            scored["tokens"] += self.stats["prompt_tokens"]
+            scored["seconds"] += self.stats["prompt_seconds"]
+            return out
+
+        result = text_metrics(text, self.tokenizer, self.context_length, logits_fn)
+        self.stats = self._scoring_stats(scored["tokens"], scored["seconds"])
+        return result
 
     def perplexity(self, text: str) -> float:
         return self.evaluate(text)["perplexity"]

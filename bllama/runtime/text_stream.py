@@ -4,6 +4,19 @@ from __future__ import annotations
 from typing import Sequence
 
 
+# The longest incomplete UTF-8 sequence is 3 bytes; a tokenizer may decode each of its bytes to its own U+FFFD.
+_MAX_INCOMPLETE = 3
+
+
+def _incomplete_tail(text: str) -> int:
+    """How many trailing U+FFFD characters to hold back: they may be the bytes of a character whose remaining
+    bytes are still to come (SentencePiece's byte fallback decodes <0xE2><0x80> as two of them, not one)."""
+    n = 0
+    while n < _MAX_INCOMPLETE and n < len(text) and text[len(text) - 1 - n] == "\ufffd":
+        n += 1
+    return n
+
+
 class _TextStream:
     """Turns generated token ids into text deltas. Holds back what may still change: an incomplete UTF-8
     sequence (byte-fallback tokens) and a tail that could be the start of a stop string.
@@ -58,7 +71,7 @@ class _TextStream:
         text = self._text()
         if self.stopped:
             return self._emit(text, len(text))
-        safe = len(text) - 1 if text.endswith("\ufffd") else len(text)
+        safe = len(text) - _incomplete_tail(text)
         for s in self.stop:
             for k in range(min(len(s) - 1, len(text)), 0, -1):
                 if text.endswith(s[:k]):

@@ -10,7 +10,7 @@ gets exactly its own samples) and sends each its text as the tokens come. A stre
 out as server-sent events piece by piece. A client that hangs up, or stops reading for `client_timeout` seconds,
 ends its own sequence; the others go on. Requests the engine cannot honour (a prompt longer than the context, an
 option it does not have, a malformed value) get a 400 with an OpenAI-style error body that names the problem,
-never a silently different answer.
+never a silently different answer; a request for a model other than the one served gets a 404 naming both.
 """
 from __future__ import annotations
 
@@ -316,13 +316,23 @@ class Handler(BaseHTTPRequestHandler):
             route = routes.get(self.path)
             if route is None:
                 raise RequestError(f"no such endpoint: POST {self.path}", HTTPStatus.NOT_FOUND)
-            route(self._body())
+            body = self._body()
+            self._check_model(body)
+            route(body)
         except RequestError as e:
             self._reply_error(e.status, str(e))
         except OSError:  # the client hung up or stalled past client_timeout; its generation has been stopped
             self.close_connection = True
         except Exception as e:  # noqa: BLE001 - a bug of ours: reported, not hidden behind a dropped connection
             self._reply_error(HTTPStatus.INTERNAL_SERVER_ERROR, f"{type(e).__name__}: {e}")
+
+    def _check_model(self, body: dict) -> None:
+        """A request naming another model is refused (404, as OpenAI answers model_not_found), not answered by ours;
+        a request that names no model gets ours."""
+        model = body.get("model")
+        if model is not None and model != self.server.model_id:
+            raise RequestError(f"the model {model!r} is not served here; this server serves "
+                               f"{self.server.model_id!r} (GET /v1/models)", HTTPStatus.NOT_FOUND)
 
     def _reply_error(self, status: int, message: str) -> None:
         try:

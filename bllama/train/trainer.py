@@ -17,6 +17,7 @@ from ..atomic import atomic_path, remove_path, replace_dir
 from ..model.config import bLlamaConfig
 from ..model.transformer import Block
 from .module import bLlama
+from .progress import progress_bar
 
 SHARDING_STRATEGIES = ("FULL_SHARD", "SHARD_GRAD_OP", "HYBRID_SHARD", "NO_SHARD")
 
@@ -160,13 +161,14 @@ def make_trainer(out_dir: Path, max_steps: Optional[int] = None, max_minutes: Op
                              "use strategy 'ddp' on CPUs")
         strategy = make_fsdp_strategy(activation_checkpointing=activation_checkpointing,
                                       sharding_strategy=sharding_strategy, state_dict_type=state_dict_type)
+    bar = progress_bar() if enable_progress_bar else None
     return pl.Trainer(
         default_root_dir=str(out_dir), max_steps=max_steps if max_steps else -1,
         max_epochs=None if max_steps or max_minutes else 1,
         max_time=timedelta(minutes=max_minutes) if max_minutes else None,
         precision=resolve_precision(precision, accelerator), accelerator=accelerator, devices=devices,
         strategy=strategy, accumulate_grad_batches=accumulate,
-        logger=CSVLogger(str(out_dir), name="logs"), callbacks=[ckpt, *(callbacks or [])],
+        logger=CSVLogger(str(out_dir), name="logs"), callbacks=[ckpt, *(callbacks or []), *([bar] if bar else [])],
         # AtomicCheckpointIO serves every single-file save (single device, DDP, FSDP full state dicts) and removes
         # old checkpoints (files or directories); sharded FSDP saves bypass it (BitFSDPStrategy makes those atomic).
         plugins=[AtomicCheckpointIO()], enable_progress_bar=enable_progress_bar, log_every_n_steps=log_every,
