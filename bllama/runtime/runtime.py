@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import queue
 import threading
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, List, Optional, Sequence, Union
 
@@ -16,12 +17,22 @@ from .engine import engine_module, check_cuda
 from .text_stream import _TextStream
 
 
+class RuntimeBusyError(RuntimeError):
+    """This thread asked a Runtime for a generation while one of its own is still unfinished (an open stream, or a
+    call from inside a token callback): waiting would wait for itself forever."""
+
+
 class Runtime:
-    """A loaded model file. Create with Runtime.load(path, threads=None, head="f16", device="cpu")."""
+    """A loaded model file. Create with Runtime.load(path, threads=None, head="f16", device="cpu").
+
+    One generation runs at a time: calls from several threads wait their turn; a thread that starts a second one
+    while its own first is unfinished (say two interleaved streams) gets RuntimeBusyError instead of a hang."""
 
     def __init__(self, engine, tokenizer, path: str):
         self._engine, self.tokenizer, self.path = engine, tokenizer, path
         self.stats: dict = {}
+        self._turn = threading.Lock()
+        self._turn_holder: Optional[int] = None  # the thread whose generation holds _turn
         keys = set(engine.metadata_keys())
         # every id that ends generation: a model may have several (LLaMA-3: <|end_of_text|>, <|eot_id|>)
         eos = list(engine.metadata("bllama.eos_token_ids")) if "bllama.eos_token_ids" in keys else []
@@ -87,6 +98,21 @@ class Runtime:
         return self.tokenizer.encode(prompt)
 
     # ---- generation -------------------------------------------------------------------------------------
+    @contextmanager
+    def _engine_turn(self):
+        """Holds the engine for one generation (a stream holds it from its first next() until it ends or closes)."""
+        me = threading.get_ident()
+        if self._turn_holder == me:
+            raise RuntimeBusyError("this Runtime is busy with an unfinished generation of this same thread (an open "
+                                   "stream, or a token callback calling back in): finish or close it first, or load "
+                                   "another Runtime for concurrent generations")
+        with self._turn:
+            self._turn_holder = me
+            try:
+                yield
+            finally:
+                self._turn_holder = None
+
     # Every generating method takes `sampling` (a SamplingParams, default greedy) plus its fields as keyword
     # overrides, so rt.generate(p, do_sample=True, temperature=0.8, seed=0) keeps working; SamplingParams.of folds
     # them into one object.
@@ -130,9 +156,10 @@ class Runtime:
         if max_new_tokens < 0:
             raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
         sampling = SamplingParams.of(sampling, **overrides)
-        outs = self._engine.generate_batch([list(p) for p in prompt_ids], int(max_new_tokens), callback=on_token,
-                                           **self._engine_kwargs(sampling, stop_at_eos))
-        self.stats = dict(self._engine.last_stats)
+        with self._engine_turn():
+            outs = self._engine.generate_batch([list(p) for p in prompt_ids], int(max_new_tokens),
+                                               callback=on_token, **self._engine_kwargs(sampling, stop_at_eos))
+            self.stats = dict(self._engine.last_stats)
         return [list(o) for o in outs]
 
     def text_stream(self, prompt_ids: Sequence[int], stop: Optional[Sequence[str]] = None) -> "_TextStream":
@@ -193,19 +220,20 @@ class Runtime:
             except BaseException as e:  # handed to the consumer
                 put(e)
 
-        worker = threading.Thread(target=work, daemon=True)
-        worker.start()
-        try:
-            while True:
-                item = q.get()
-                if item is DONE:
-                    break
-                if isinstance(item, BaseException):
-                    raise item
-                yield item
-        finally:
-            cancelled.set()
-            worker.join()
+        with self._engine_turn():  # taken by the reading thread: the worker generates on its behalf
+            worker = threading.Thread(target=work, daemon=True)
+            worker.start()
+            try:
+                while True:
+                    item = q.get()
+                    if item is DONE:
+                        break
+                    if isinstance(item, BaseException):
+                        raise item
+                    yield item
+            finally:
+                cancelled.set()
+                worker.join()
 
     # ---- chat -------------------------------------------------------------------------------------------
     def chat_prompt_ids(self, messages, add_generation_prompt: bool = True) -> List[int]:
@@ -239,7 +267,8 @@ class Runtime:
         ids = [int(t) for t in token_ids]
         if not ids:
             raise ValueError("token_ids is empty")
-        return np.asarray(self._engine.logits(ids))
+        with self._engine_turn():
+            return np.asarray(self._engine.logits(ids))
 
     def evaluate(self, text: str) -> dict:
         """Perplexity, NLL per token and bits per character over `text` in context-length windows."""
