@@ -65,3 +65,60 @@ def test_sentencepiece_gguf_files_honour_their_chat_template(tmp_path, sp_tokeni
     ids = rt.chat_prompt_ids([{"role": "user", "content": "Hello"}])
     assert ids[0] == tok.bos_id and ids.count(tok.eos_id) == 1
     assert isinstance(rt.chat([{"role": "user", "content": "Hello"}], max_new_tokens=3), str)
+
+
+HOSTILE = {
+    "repeat": "{{ 'a' * 10**9 }}",
+    "power": "{{ 10 ** 1000000000 }}",
+    "huge range": "{% for i in range(10**9) %}x{% endfor %}",
+    "nested loops": "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}",
+    "loops over a set range": "{% set r = range(100000) %}{% for i in r %}{% for j in r %}{% endfor %}{% endfor %}",
+    "doubling sets": "{% set a = 'x' * 1000 %}" + "".join(
+        f"{{% set a = a ~ a ~ a ~ a ~ a ~ a ~ a ~ a %}}" for _ in range(12)) + "{{ a }}",
+    "doubling namespace": "{% set ns = namespace(s='ab') %}{% for i in range(64) %}{% set ns.s = ns.s + ns.s %}"
+                          "{% endfor %}{{ ns.s }}",
+    "padding filter": "{{ 'a' | center(1000000000) }}",
+    "padding method": "{{ 'a'.ljust(1000000000) }}",
+    "format width": "{{ '%999999999s' % 'a' }}{{ '{:999999999}'.format('a') }}",
+    "join": "{{ range(100000) | join('x' * 100000) }}",
+    "replace": "{{ ('a' * 100000).replace('a', 'b' * 100000) }}",
+    "output": "{% for i in range(100000) %}{{ 'y' * 1000 }}{% endfor %}",
+    "recursion": "{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}",
+}
+
+
+@pytest.mark.parametrize("name", sorted(HOSTILE))
+def test_hostile_templates_are_refused_quickly_with_a_clear_error(name):
+    import time
+
+    t0 = time.monotonic()
+    with pytest.raises(ChatTemplateError, match="chat template"):
+        render_chat(HOSTILE[name], [{"role": "user", "content": "hi"}])
+    assert time.monotonic() - t0 < 10
+
+
+def test_the_server_answers_a_hostile_template_with_400_not_500(tmp_path):
+    """range(10**9) raised OverflowError, which the server reported as a 500."""
+    import json
+    import threading
+    import urllib.error
+    import urllib.request
+
+    from bllama.serve.server import Server
+    from test_i2s import _weights, write_file
+
+    tok = llama3_style_tokenizer()
+    path = write_file(tmp_path / "evil.gguf", _weights(), "tq2_0", "bitnet", tok, True,
+                      chat_template="{% for i in range(10**9) %}x{% endfor %}")
+    server = Server(Runtime.load(path, threads=1), ("127.0.0.1", 0), "evil", quiet=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        req = urllib.request.Request(server.url + "/v1/chat/completions", method="POST",
+                                     data=json.dumps({"messages": [{"role": "user", "content": "hi"}]}).encode(),
+                                     headers={"Content-Type": "application/json"})
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(req, timeout=60)
+        assert e.value.code == 400 and b"chat template" in e.value.read()
+    finally:
+        server.shutdown()
+        server.server_close()

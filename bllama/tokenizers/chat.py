@@ -75,15 +75,22 @@ def encode_chat(tokenizer, template: str, messages, add_generation_prompt: bool 
 
 def _render(template: str, msgs: list, add_generation_prompt: bool, bos_token: str, eos_token: str) -> str:
     from jinja2 import TemplateError
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    from .chat_sandbox import BoundedSandbox, TemplateLimitError
 
     def raise_exception(message):
         raise ChatTemplateError(f"the chat template refused these messages: {message}")
 
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+    env = BoundedSandbox(trim_blocks=True, lstrip_blocks=True)
     env.globals["raise_exception"] = raise_exception
     try:
-        return env.from_string(template).render(messages=msgs, add_generation_prompt=add_generation_prompt,
-                                                bos_token=bos_token, eos_token=eos_token)
+        return env.render_bounded(template, messages=msgs, add_generation_prompt=add_generation_prompt,
+                                  bos_token=bos_token, eos_token=eos_token)
+    except ChatTemplateError:
+        raise
+    except TemplateLimitError as e:
+        raise ChatTemplateError(str(e)) from None
     except TemplateError as e:  # syntax errors, undefined names, sandbox violations
         raise ChatTemplateError(f"the chat template failed: {e}") from e
+    except Exception as e:  # noqa: BLE001 - anything else a model file's template raises (range(10**9): Overflow)
+        raise ChatTemplateError(f"the chat template failed: {type(e).__name__}: {e}") from None
