@@ -168,8 +168,25 @@ public:
                 throw std::invalid_argument("context_length must be positive or None, got " + std::to_string(*context_length));
             o.max_context = *context_length;
         }
-        py::gil_scoped_release nogil;
-        engine_ = std::make_unique<Engine>(path, o);
+        bool out_of_memory = false;
+        {
+            py::gil_scoped_release nogil;
+            try {
+                engine_ = std::make_unique<Engine>(path, o);
+            } catch (const std::bad_alloc&) {
+                out_of_memory = true;  // reported below, with the GIL, as a MemoryError that says what to change
+            }
+        }
+        if (out_of_memory) {
+            const std::string ctx = context_length ? "context_length=" + std::to_string(*context_length)
+                                                   : "the file's context length";
+            PyErr_SetString(PyExc_MemoryError,
+                            ("not enough memory to load '" + path + "': its weights and a " + kv_cache_dtype +
+                             " KV cache for " + ctx + " x " + std::to_string(max_sequences) +
+                             " sequence(s) do not fit; pass a smaller context_length, kv_cache_dtype='float16' "
+                             "or fewer max_sequences").c_str());
+            throw py::error_already_set();
+        }
     }
 
     py::dict config() const {

@@ -42,13 +42,16 @@ class Runtime:
 
     @classmethod
     def load(cls, path: Union[str, os.PathLike], threads: Optional[int] = None, head: str = "f16",
-             device: str = "cpu", max_sequences: int = 1) -> "Runtime":
+             device: str = "cpu", max_sequences: int = 1, context_length: Optional[int] = None,
+             kv_cache_dtype: str = "float32") -> "Runtime":
         """head: "f16" runs the file's LM head as is; "q8" requantizes it to int8 with one scale per row at
         load (half the head's bytes per decoded token; docs/engine.md, "LM head"). device: "cpu", or "cuda"
         for the GPU backend (weights stay packed on the GPU; logits and sampling stay there too).
         max_sequences: KV caches for that many sequences (CPU: at most 64), so generate([...]) decodes up to that
         many prompts together, one token of each per step: every weight is read once for all of them (on a
-        2-core CPU, 4 sequences give 2.4x and 8 give 2.7x the tokens/s of one; docs/engine.md, "Batched decoding")."""
+        2-core CPU, 4 sequences give 2.4x and 8 give 2.7x the tokens/s of one; docs/engine.md, "Batched decoding").
+        context_length: None for the file's; a smaller value caps the KV cache (a file whose context does not fit in
+        memory raises MemoryError saying so). kv_cache_dtype: "float32" (exact) or "float16" (half the cache)."""
         path = Path(path)
         if head not in ("f16", "q8"):
             raise ValueError(f"head must be 'f16' or 'q8', got {head!r}")
@@ -60,16 +63,21 @@ class Runtime:
             raise FileNotFoundError(f"model file not found: {path}")
         if threads is not None and threads < 1:
             raise ValueError(f"threads must be >= 1, got {threads}")
+        if context_length is not None and (not isinstance(context_length, int) or context_length < 1):
+            raise ValueError(f"context_length must be a positive integer or None, got {context_length!r}")
+        if kv_cache_dtype not in ("float32", "float16"):
+            raise ValueError(f"kv_cache_dtype must be 'float32' or 'float16', got {kv_cache_dtype!r}")
+        options = dict(head=head, device=device, max_sequences=max_sequences, context_length=context_length,
+                       kv_cache_dtype=kv_cache_dtype)
         if path.is_dir():
             if not (path / "config.json").exists():
                 raise IsADirectoryError(f"{path} is a folder without config.json; give a .gguf file or a "
                                         "Hugging Face checkpoint folder")
             from ..convert.hf_import import load_hf_dir_engine  # converted on the fly into a temporary GGUF
 
-            engine = load_hf_dir_engine(path, lambda p: engine_module().Engine(p, threads, head=head, device=device,
-                                                                                max_sequences=max_sequences))
+            engine = load_hf_dir_engine(path, lambda p: engine_module().Engine(p, threads, **options))
             return cls(engine, tokenizer_from_gguf(engine), str(path))
-        engine = engine_module().Engine(str(path), threads, head=head, device=device, max_sequences=max_sequences)
+        engine = engine_module().Engine(str(path), threads, **options)
         return cls(engine, tokenizer_from_gguf(engine), str(path))
 
     # ---- facts ------------------------------------------------------------------------------------------
