@@ -12,7 +12,7 @@ import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Iterator, Union
+from typing import IO, Callable, Iterator, Optional, Union
 
 PathLike = Union[str, os.PathLike]
 
@@ -95,8 +95,12 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _no_space_message(target: Path, tmp: Path, size_hint: int | None) -> str:
+def _no_space_message(target: Path, tmp: Path, size_hint) -> str:
     written = tmp.stat().st_size if tmp.exists() else 0
+    try:
+        size_hint = size_hint() if callable(size_hint) else size_hint
+    except Exception:  # noqa: BLE001 - a hint, never a second error on top of the full disk
+        size_hint = None
     free = shutil.disk_usage(target.parent).free
     need = f"about {size_hint / 2**20:.1f} MiB" if size_hint else f"more than the {written / 2**20:.1f} MiB written"
     return (f"no space left on the device writing {target}: it needs {need}, and "
@@ -104,12 +108,13 @@ def _no_space_message(target: Path, tmp: Path, size_hint: int | None) -> str:
 
 
 @contextmanager
-def atomic_path(target: PathLike, size_hint: int | None = None) -> Iterator[Path]:
+def atomic_path(target: PathLike, size_hint: Optional[Union[int, Callable[[], int]]] = None) -> Iterator[Path]:
     """Yields a fresh temporary path beside `target` (same folder, so the rename stays on one filesystem) for
     the caller to write. On a clean exit the file is fsynced and renamed over `target`, and the folder fsynced;
     on any exception the temporary file is removed and `target` is left as it was. The file gets the mode a plain
     open() would (0666 less the umask), and temporaries of earlier interrupted saves of `target` are removed.
-    A full disk raises an OSError (ENOSPC) naming `target` and the space needed (size_hint bytes, when known)."""
+    A full disk raises an OSError (ENOSPC) naming `target` and the space needed (size_hint bytes, when known; a
+    callable is asked only then, so a writer can say once it knows)."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temps(target)

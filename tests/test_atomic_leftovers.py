@@ -77,3 +77,25 @@ def test_a_full_disk_names_the_file_and_the_space_needed(tmp_path):
     assert e.value.errno == errno.ENOSPC
     assert str(target) in str(e.value) and "3072.0 MiB" in str(e.value) and "free" in str(e.value)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_full_disk_during_gguf_export_says_which_file_and_how_much(tmp_path, monkeypatch, sp_tokenizer):
+    import gguf
+    import torch
+
+    from bllama import bLlama, bLlamaConfig
+    from bllama.convert.gguf_export import export_gguf
+
+    torch.manual_seed(0)
+    model = bLlama(bLlamaConfig(vocab_size=sp_tokenizer.vocab_size, hidden_size=256, num_layers=1, num_heads=4,
+                                ffn_size=256, seq_len=64))
+    model.quantize_weights_to_ternary()
+
+    def full_disk(self, *a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(gguf.GGUFWriter, "write_tensors_to_file", full_disk)
+    target = tmp_path / "m.gguf"
+    with pytest.raises(OSError, match=r"m\.gguf: it needs about 0\.\d MiB") as e:
+        export_gguf(model, sp_tokenizer, target)
+    assert e.value.errno == errno.ENOSPC and list(tmp_path.iterdir()) == []

@@ -64,7 +64,8 @@ def export_gguf(model, tokenizer, path: Union[str, os.PathLike], weight_type: st
             raise ValueError(f"{what} {dim} is not a multiple of {QK}, which ternary GGUF blocks need")
 
     path = Path(path)
-    with atomic_path(path) as tmp:
+    w = None  # the size a full disk reports: the tensors' bytes, known once they are added
+    with atomic_path(path, size_hint=lambda: sum(t.nbytes for shard in w.tensors for t in shard.values())) as tmp:
         w = gguf.GGUFWriter(str(tmp), gguf_arch(cfg, weight_type))
         try:
             w.add_name(name)
