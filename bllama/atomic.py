@@ -5,12 +5,14 @@ Hugging Face folders) goes through here. Torch-free on purpose: the engine-only 
 """
 from __future__ import annotations
 
+import errno
 import os
+import re
 import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Iterator, Union
+from typing import IO, Callable, Iterator, Optional, Union
 
 PathLike = Union[str, os.PathLike]
 
@@ -42,19 +44,93 @@ def remove_path(p: Path) -> None:
         p.unlink()
 
 
+def _umask() -> int:
+    """This process's umask, read without changing it (os.umask sets it, and a file another thread created in
+    between would get the wrong mode)."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _temp_prefix(target: Path) -> str:
+    return f".{target.name}.{os.getpid()}."
+
+
+def remove_stale_temps(target: PathLike) -> None:
+    """Removes what interrupted saves of `target` left beside it: our own temporaries for that name only
+    (.NAME.PID.XXXXXXXX.tmp whose process is gone, and .NAME.XXXXXXXX.tmp from before PIDs were in the name),
+    never another file. A save killed with kill -9 cannot clean up after itself; the next one does."""
+    target = Path(target)
+    ours = re.compile(r"\." + re.escape(target.name) + r"\.(?:(\d+)\.)?[a-z0-9_]{8}\.tmp")
+    try:
+        entries = list(os.scandir(target.parent))
+    except OSError:
+        return
+    for entry in entries:
+        hit = ours.fullmatch(entry.name)
+        if not hit or (hit.group(1) and _alive(int(hit.group(1)))):
+            continue
+        try:
+            remove_path(Path(entry.path))
+        except OSError:
+            pass  # another cleaner got there first, or it is not ours to remove after all
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True  # another thread of this process may be saving right now
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return pid < 2**31  # someone else's live process (or a name no process can have)
+    return True
+
+
+def _no_space_message(target: Path, tmp: Path, size_hint) -> str:
+    written = tmp.stat().st_size if tmp.exists() else 0
+    try:
+        size_hint = size_hint() if callable(size_hint) else size_hint
+    except Exception:  # noqa: BLE001 - a hint, never a second error on top of the full disk
+        size_hint = None
+    free = shutil.disk_usage(target.parent).free
+    need = f"about {size_hint / 2**20:.1f} MiB" if size_hint else f"more than the {written / 2**20:.1f} MiB written"
+    return (f"no space left on the device writing {target}: it needs {need}, and "
+            f"{free / 2**20:.1f} MiB are free there (with the partial file removed)")
+
+
 @contextmanager
-def atomic_path(target: PathLike) -> Iterator[Path]:
+def atomic_path(target: PathLike, size_hint: Optional[Union[int, Callable[[], int]]] = None) -> Iterator[Path]:
     """Yields a fresh temporary path beside `target` (same folder, so the rename stays on one filesystem) for
     the caller to write. On a clean exit the file is fsynced and renamed over `target`, and the folder fsynced;
-    on any exception the temporary file is removed and `target` is left as it was."""
+    on any exception the temporary file is removed and `target` is left as it was. The file gets the mode a plain
+    open() would (0666 less the umask), and temporaries of earlier interrupted saves of `target` are removed.
+    A full disk raises an OSError (ENOSPC) naming `target` and the space needed (size_hint bytes, when known; a
+    callable is asked only then, so a writer can say once it knows)."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    remove_stale_temps(target)
+    fd, name = tempfile.mkstemp(prefix=_temp_prefix(target), suffix=".tmp", dir=target.parent)
     os.close(fd)
     tmp = Path(name)
     try:
-        yield tmp
-        _fsync_file(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())
+        try:
+            yield tmp
+            _fsync_file(tmp)
+        except OSError as e:
+            if e.errno != errno.ENOSPC:
+                raise
+            message = _no_space_message(target, tmp, size_hint)
+            raise OSError(errno.ENOSPC, message) from e
         os.replace(tmp, target)
         _fsync_dir(target.parent)
     finally:
@@ -89,8 +165,10 @@ def atomic_dir(target: PathLike) -> Iterator[Path]:
     (replace_dir), on any exception it is removed with everything in it and `target` is left as it was."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    remove_stale_temps(target)
+    tmp = Path(tempfile.mkdtemp(prefix=_temp_prefix(target), suffix=".tmp", dir=target.parent))
     try:
+        os.chmod(tmp, 0o777 & ~_umask())
         yield tmp
         replace_dir(tmp, target)
     finally:

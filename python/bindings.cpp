@@ -1,11 +1,15 @@
 // pybind11 module bllama._engine: the C++ engine for Python. Long calls (load, generate, logits)
-// run with the GIL released; the per-token callback re-acquires it. C++ exceptions become
+// run with the GIL released; the per-token callback re-acquires it. One call runs on an engine at a time: the turn is
+// taken with the GIL released (a thread that waited for it while holding the GIL would block the running call's
+// token callback, which needs the GIL: a deadlock), and a callback that calls back into its own engine gets a
+// RuntimeError ("busy") instead of waiting for itself. C++ exceptions become
 // ValueError (bad file / bad arguments), IndexError (token ids, context length), FileNotFoundError,
 // OSError and RuntimeError, with the engine's message.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <atomic>
 #include <climits>
 #include <cstring>
 #include <memory>
@@ -13,6 +17,7 @@
 #include <optional>
 #include <random>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "engine/engine.h"
@@ -163,8 +168,25 @@ public:
                 throw std::invalid_argument("context_length must be positive or None, got " + std::to_string(*context_length));
             o.max_context = *context_length;
         }
-        py::gil_scoped_release nogil;
-        engine_ = std::make_unique<Engine>(path, o);
+        bool out_of_memory = false;
+        {
+            py::gil_scoped_release nogil;
+            try {
+                engine_ = std::make_unique<Engine>(path, o);
+            } catch (const std::bad_alloc&) {
+                out_of_memory = true;  // reported below, with the GIL, as a MemoryError that says what to change
+            }
+        }
+        if (out_of_memory) {
+            const std::string ctx = context_length ? "context_length=" + std::to_string(*context_length)
+                                                   : "the file's context length";
+            PyErr_SetString(PyExc_MemoryError,
+                            ("not enough memory to load '" + path + "': its weights and a " + kv_cache_dtype +
+                             " KV cache for " + ctx + " x " + std::to_string(max_sequences) +
+                             " sequence(s) do not fit; pass a smaller context_length, kv_cache_dtype='float16' "
+                             "or fewer max_sequences").c_str());
+            throw py::error_already_set();
+        }
     }
 
     py::dict config() const {
@@ -213,7 +235,7 @@ public:
         std::vector<int32_t> out;
         {
             py::gil_scoped_release nogil;
-            std::lock_guard<std::mutex> lock(mu_);
+            const Turn turn(*this);
             out = engine_->generate(prompt, max_new_tokens, p, stops, cb);
         }
         if (callback_error) std::rethrow_exception(callback_error);
@@ -236,7 +258,7 @@ public:
         std::vector<std::vector<int32_t>> out;
         {
             py::gil_scoped_release nogil;
-            std::lock_guard<std::mutex> lock(mu_);
+            const Turn turn(*this);
             out = engine_->generate_batch(ps, max_new_tokens, p, int32_stops(stop_ids), cb);
         }
         if (callback_error) std::rethrow_exception(callback_error);
@@ -256,7 +278,7 @@ public:
         float* dst = out.mutable_data();
         {
             py::gil_scoped_release nogil;
-            std::lock_guard<std::mutex> lock(mu_);
+            const Turn turn(*this);
             engine_->logits(toks, dst);
         }
         return out;
@@ -265,7 +287,8 @@ public:
     py::dict last_stats() {
         GenerateStats s;
         {
-            std::lock_guard<std::mutex> lock(mu_);
+            py::gil_scoped_release nogil;  // the call holding the turn may be waiting for the GIL in its callback
+            const Turn turn(*this);
             s = engine_->last_stats();
         }
         py::dict d;
@@ -296,7 +319,7 @@ public:
 
     void reset() {
         py::gil_scoped_release nogil;
-        std::lock_guard<std::mutex> lock(mu_);
+        const Turn turn(*this);
         engine_->reset();
     }
 
@@ -304,8 +327,24 @@ public:
     int64_t context_length() const { return engine_->context_length(); }
 
 private:
+    // The right to use the engine, held for one call: its buffers and KV cache are shared state. Take it only
+    // with the GIL released.
+    struct Turn {
+        PyEngine& e;
+        std::unique_lock<std::mutex> lock;
+        explicit Turn(PyEngine& engine) : e(engine), lock(engine.mu_, std::defer_lock) {
+            if (e.owner_.load() == std::this_thread::get_id())
+                throw std::runtime_error("the engine is busy: this thread is already inside a call on it (a token "
+                                         "callback may not call back into its own engine)");
+            lock.lock();
+            e.owner_.store(std::this_thread::get_id());
+        }
+        ~Turn() { e.owner_.store(std::thread::id()); }  // before `lock` unlocks
+    };
+
     std::unique_ptr<Engine> engine_;
-    std::mutex mu_;  // one call at a time: the engine's buffers and KV cache are shared state
+    std::mutex mu_;
+    std::atomic<std::thread::id> owner_{};  // the thread holding mu_, for the re-entry check
 };
 
 }  // namespace

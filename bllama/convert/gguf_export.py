@@ -83,7 +83,8 @@ def export_gguf(model, tokenizer, path: Union[str, os.PathLike], weight_type: st
         check_chat_template(chat_template, bos, eos)
 
     path = Path(path)
-    with atomic_path(path) as tmp:
+    w = None  # the size a full disk reports: the tensors' bytes, known once they are added
+    with atomic_path(path, size_hint=lambda: sum(t.nbytes for shard in w.tensors for t in shard.values())) as tmp:
         w = gguf.GGUFWriter(str(tmp), gguf_arch(cfg, weight_type, force_arch))
         try:
             w.add_name(name)

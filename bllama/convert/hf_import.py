@@ -68,7 +68,11 @@ class _Tensors:
         index = hf_dir / "model.safetensors.index.json"
         if index.exists():
             weight_map = _read_json(index).get("weight_map") or {}
-            files = sorted(set(weight_map.values()))
+            files = sorted(set(weight_map.values()), key=str)
+            for f in files:  # names inside the folder only: an index must not make us open /etc/... or ../..
+                parts = Path(f).parts if isinstance(f, str) else ()
+                if not parts or Path(f).is_absolute() or ".." in parts or "\\" in f or ":" in f:
+                    raise HFImportError(f"{index}: weight_map names {f!r}, which is not a file name inside {hf_dir}")
         else:
             files = sorted(p.name for p in hf_dir.glob("*.safetensors"))
             if not files:

@@ -5,6 +5,7 @@ import os
 import queue
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, List, Optional, Sequence, Union
 
@@ -17,12 +18,22 @@ from .engine import engine_module, check_cuda
 from .text_stream import _TextStream
 
 
+class RuntimeBusyError(RuntimeError):
+    """This thread asked a Runtime for a generation while one of its own is still unfinished (an open stream, or a
+    call from inside a token callback): waiting would wait for itself forever."""
+
+
 class Runtime:
-    """A loaded model file. Create with Runtime.load(path, threads=None, head="f16", device="cpu")."""
+    """A loaded model file. Create with Runtime.load(path, threads=None, head="f16", device="cpu").
+
+    One generation runs at a time: calls from several threads wait their turn; a thread that starts a second one
+    while its own first is unfinished (say two interleaved streams) gets RuntimeBusyError instead of a hang."""
 
     def __init__(self, engine, tokenizer, path: str):
         self._engine, self.tokenizer, self.path = engine, tokenizer, path
         self.stats: dict = {}
+        self._turn = threading.Lock()
+        self._turn_holder: Optional[int] = None  # the thread whose generation holds _turn
         keys = set(engine.metadata_keys())
         # every id that ends generation: a model may have several (LLaMA-3: <|end_of_text|>, <|eot_id|>)
         eos = list(engine.metadata("bllama.eos_token_ids")) if "bllama.eos_token_ids" in keys else []
@@ -32,13 +43,16 @@ class Runtime:
 
     @classmethod
     def load(cls, path: Union[str, os.PathLike], threads: Optional[int] = None, head: str = "f16",
-             device: str = "cpu", max_sequences: int = 1) -> "Runtime":
+             device: str = "cpu", max_sequences: int = 1, context_length: Optional[int] = None,
+             kv_cache_dtype: str = "float32") -> "Runtime":
         """head: "f16" runs the file's LM head as is; "q8" requantizes it to int8 with one scale per row at
         load (half the head's bytes per decoded token; docs/engine.md, "LM head"). device: "cpu", or "cuda"
         for the GPU backend (weights stay packed on the GPU; logits and sampling stay there too).
         max_sequences: KV caches for that many sequences (CPU: at most 64), so generate([...]) decodes up to that
         many prompts together, one token of each per step: every weight is read once for all of them (on a
-        2-core CPU, 4 sequences give 2.4x and 8 give 2.7x the tokens/s of one; docs/engine.md, "Batched decoding")."""
+        2-core CPU, 4 sequences give 2.4x and 8 give 2.7x the tokens/s of one; docs/engine.md, "Batched decoding").
+        context_length: None for the file's; a smaller value caps the KV cache (a file whose context does not fit in
+        memory raises MemoryError saying so). kv_cache_dtype: "float32" (exact) or "float16" (half the cache)."""
         path = Path(path)
         if head not in ("f16", "q8"):
             raise ValueError(f"head must be 'f16' or 'q8', got {head!r}")
@@ -50,16 +64,21 @@ class Runtime:
             raise FileNotFoundError(f"model file not found: {path}")
         if threads is not None and threads < 1:
             raise ValueError(f"threads must be >= 1, got {threads}")
+        if context_length is not None and (not isinstance(context_length, int) or context_length < 1):
+            raise ValueError(f"context_length must be a positive integer or None, got {context_length!r}")
+        if kv_cache_dtype not in ("float32", "float16"):
+            raise ValueError(f"kv_cache_dtype must be 'float32' or 'float16', got {kv_cache_dtype!r}")
+        options = dict(head=head, device=device, max_sequences=max_sequences, context_length=context_length,
+                       kv_cache_dtype=kv_cache_dtype)
         if path.is_dir():
             if not (path / "config.json").exists():
                 raise IsADirectoryError(f"{path} is a folder without config.json; give a .gguf file or a "
                                         "Hugging Face checkpoint folder")
             from ..convert.hf_import import load_hf_dir_engine  # converted on the fly into a temporary GGUF
 
-            engine = load_hf_dir_engine(path, lambda p: engine_module().Engine(p, threads, head=head, device=device,
-                                                                                max_sequences=max_sequences))
+            engine = load_hf_dir_engine(path, lambda p: engine_module().Engine(p, threads, **options))
             return cls(engine, tokenizer_from_gguf(engine), str(path))
-        engine = engine_module().Engine(str(path), threads, head=head, device=device, max_sequences=max_sequences)
+        engine = engine_module().Engine(str(path), threads, **options)
         return cls(engine, tokenizer_from_gguf(engine), str(path))
 
     # ---- facts ------------------------------------------------------------------------------------------
@@ -88,6 +107,21 @@ class Runtime:
         return self.tokenizer.encode(prompt)
 
     # ---- generation -------------------------------------------------------------------------------------
+    @contextmanager
+    def _engine_turn(self):
+        """Holds the engine for one generation (a stream holds it from its first next() until it ends or closes)."""
+        me = threading.get_ident()
+        if self._turn_holder == me:
+            raise RuntimeBusyError("this Runtime is busy with an unfinished generation of this same thread (an open "
+                                   "stream, or a token callback calling back in): finish or close it first, or load "
+                                   "another Runtime for concurrent generations")
+        with self._turn:
+            self._turn_holder = me
+            try:
+                yield
+            finally:
+                self._turn_holder = None
+
     # Every generating method takes `sampling` (a SamplingParams, default greedy) plus its fields as keyword
     # overrides, so rt.generate(p, do_sample=True, temperature=0.8, seed=0) keeps working; SamplingParams.of folds
     # them into one object.
@@ -131,9 +165,10 @@ class Runtime:
         if max_new_tokens < 0:
             raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
         sampling = SamplingParams.of(sampling, **overrides)
-        outs = self._engine.generate_batch([list(p) for p in prompt_ids], int(max_new_tokens), callback=on_token,
-                                           **self._engine_kwargs(sampling, stop_at_eos))
-        self.stats = dict(self._engine.last_stats)
+        with self._engine_turn():
+            outs = self._engine.generate_batch([list(p) for p in prompt_ids], int(max_new_tokens),
+                                               callback=on_token, **self._engine_kwargs(sampling, stop_at_eos))
+            self.stats = dict(self._engine.last_stats)
         return [list(o) for o in outs]
 
     def text_stream(self, prompt_ids: Sequence[int], stop: Optional[Sequence[str]] = None) -> "_TextStream":
@@ -194,37 +229,32 @@ class Runtime:
             except BaseException as e:  # handed to the consumer
                 put(e)
 
-        worker = threading.Thread(target=work, daemon=True)
-        worker.start()
-        try:
-            while True:
-                item = q.get()
-                if item is DONE:
-                    break
-                if isinstance(item, BaseException):
-                    raise item
-                yield item
-        finally:
-            cancelled.set()
-            worker.join()
+        with self._engine_turn():  # taken by the reading thread: the worker generates on its behalf
+            worker = threading.Thread(target=work, daemon=True)
+            worker.start()
+            try:
+                while True:
+                    item = q.get()
+                    if item is DONE:
+                        break
+                    if isinstance(item, BaseException):
+                        raise item
+                    yield item
+            finally:
+                cancelled.set()
+                worker.join()
 
     # ---- chat -------------------------------------------------------------------------------------------
     def chat_prompt_ids(self, messages, add_generation_prompt: bool = True) -> List[int]:
         """The token ids of `messages` ([{"role": ..., "content": ...}, ...]) rendered with the model file's chat
         template (tokenizer.chat_template, bllama/tokenizers/chat.py); ValueError when the file has none."""
-        from ..tokenizers.chat import render_chat
+        from ..tokenizers.chat import encode_chat
 
-        tok = self.tokenizer
-        template = getattr(tok, "chat_template", None)
+        template = getattr(self.tokenizer, "chat_template", None)
         if not template:
             raise ValueError(f"{self.path}: the model file has no chat template (tokenizer.chat_template)")
-        bos = tok.id_to_piece(tok.bos_id) if tok.bos_id is not None else ""
-        eos = tok.id_to_piece(tok.eos_id) if tok.eos_id is not None else ""
-        text = render_chat(template, messages, add_generation_prompt, bos, eos)
-        # The template writes BOS itself where the model wants one: as the id, never twice.
-        if bos and text.startswith(bos):
-            return [tok.bos_id] + tok.encode(text[len(bos):], add_bos=False)
-        return tok.encode(text, add_bos=False)
+        # Contents are plain text; control tokens come only from the template's markup (BOS included: as the id).
+        return encode_chat(self.tokenizer, template, messages, add_generation_prompt)
 
     def chat(self, messages, max_new_tokens: int = 256, sampling: Optional[SamplingParams] = None, *,
              stop: Optional[Sequence[str]] = None, stream: bool = False, **overrides) -> Union[str, Iterator[str]]:
@@ -240,9 +270,10 @@ class Runtime:
         ids = [int(t) for t in token_ids]
         if not ids:
             raise ValueError("token_ids is empty")
-        t0 = time.perf_counter()
-        out = np.asarray(self._engine.logits(ids))
-        self.stats = self._scoring_stats(len(ids), time.perf_counter() - t0)
+        with self._engine_turn():
+            t0 = time.perf_counter()
+            out = np.asarray(self._engine.logits(ids))
+            self.stats = self._scoring_stats(len(ids), time.perf_counter() - t0)
         return out
 
     def _scoring_stats(self, tokens: int, seconds: float) -> dict:

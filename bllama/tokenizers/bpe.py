@@ -107,6 +107,20 @@ class BPETokenizer:
     def encode_batch(self, texts: Sequence[str], add_bos: bool = True, add_eos: bool = False) -> List[List[int]]:
         return [self.encode(t, add_bos, add_eos) for t in texts]
 
+    def encode_plain(self, text: str) -> List[int]:
+        """`text` as plain text: a special token's spelling inside it is encoded as characters, never as the
+        control token (chat message contents: a user must not be able to write <|eot_id|> and forge a turn)."""
+        plain = getattr(self, "_plain", None)
+        if plain is None:  # a second tokenizer, so the shared one's settings never change under another thread
+            plain = _tokenizers().Tokenizer.from_str(self.json_text)
+            plain.encode_special_tokens = True
+            self._plain = plain
+        return plain.encode(text, add_special_tokens=False).ids
+
+    def special_pieces(self) -> dict:
+        """{spelling: id} of the control (special) tokens: what a chat template writes to get them."""
+        return {t.content: int(i) for i, t in self.tok.get_added_tokens_decoder().items() if t.special}
+
     def decode(self, ids: Iterable[int]) -> str:
         return self.tok.decode([int(i) for i in ids], skip_special_tokens=True)
 

@@ -5,9 +5,10 @@ as strings, so a template that writes the BOS token itself gets it once.
 """
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+import re
+from typing import Dict, List, Mapping, Sequence
 
-__all__ = ["render_chat"]
+__all__ = ["render_chat", "encode_chat"]
 
 
 class ChatTemplateError(ValueError):
@@ -30,18 +31,66 @@ def _check_messages(messages) -> list:
 def render_chat(template: str, messages, add_generation_prompt: bool = True, bos_token: str = "",
                 eos_token: str = "") -> str:
     """The prompt text for `messages` (a list of {"role", "content"} dicts) under `template`."""
-    from jinja2 import TemplateError
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
+    return _render(template, _check_messages(messages), add_generation_prompt, bos_token, eos_token)
 
+
+# Message contents are rendered with every control token's spelling (and the mark itself) replaced by the mark and
+# one private-use character naming it, so that after rendering the only spellings left are the template's own
+# markup. Filters such as trim or upper leave the private-use pair as it is.
+_MARK = "\U0010FFFD"
+_CODE0 = 0xF0000
+
+
+def encode_chat(tokenizer, template: str, messages, add_generation_prompt: bool = True) -> List[int]:
+    """The token ids of `messages` under `template`, control tokens only where the template's markup writes them:
+    a message whose content spells <|eot_id|> or </s> gets those characters as text, not the control token, so
+    users cannot close their turn and forge another. The tokenizer needs special_pieces() ({spelling: id} of its
+    control tokens) and encode_plain(text) (text with no control tokens and no BOS)."""
     msgs = _check_messages(messages)
+    specials: Dict[str, int] = {p: i for p, i in tokenizer.special_pieces().items() if p}
+    bos = tokenizer.id_to_piece(tokenizer.bos_id) if tokenizer.bos_id is not None else ""
+    eos = tokenizer.id_to_piece(tokenizer.eos_id) if tokenizer.eos_id is not None else ""
+    table = [_MARK] + sorted(specials, key=len, reverse=True)
+    if len(table) > 0xFFFD - (_CODE0 & 0xFFFF):
+        raise ValueError(f"the tokenizer has {len(table)} control tokens, too many to escape")
+    escape = re.compile("|".join(re.escape(t) for t in table))
+    codes = {t: _MARK + chr(_CODE0 + k) for k, t in enumerate(table)}
+    for m in msgs:
+        m["content"] = escape.sub(lambda hit: codes[hit.group(0)], m["content"])
+    text = _render(template, msgs, add_generation_prompt, bos, eos)
+    unescape = re.compile(re.escape(_MARK) + "([\U000F0000-\U000FFFFD])")
+    plain = lambda t: tokenizer.encode_plain(unescape.sub(lambda hit: table[ord(hit.group(1)) - _CODE0], t))
+    ids: List[int] = []
+    pos = 0
+    if specials:
+        for hit in re.finditer("|".join(re.escape(t) for t in table[1:]), text):
+            if hit.start() > pos:
+                ids += plain(text[pos:hit.start()])
+            ids.append(specials[hit.group(0)])
+            pos = hit.end()
+    if pos < len(text):
+        ids += plain(text[pos:])
+    return ids
+
+
+def _render(template: str, msgs: list, add_generation_prompt: bool, bos_token: str, eos_token: str) -> str:
+    from jinja2 import TemplateError
+
+    from .chat_sandbox import BoundedSandbox, TemplateLimitError
 
     def raise_exception(message):
         raise ChatTemplateError(f"the chat template refused these messages: {message}")
 
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+    env = BoundedSandbox(trim_blocks=True, lstrip_blocks=True)
     env.globals["raise_exception"] = raise_exception
     try:
-        return env.from_string(template).render(messages=msgs, add_generation_prompt=add_generation_prompt,
-                                                bos_token=bos_token, eos_token=eos_token)
+        return env.render_bounded(template, messages=msgs, add_generation_prompt=add_generation_prompt,
+                                  bos_token=bos_token, eos_token=eos_token)
+    except ChatTemplateError:
+        raise
+    except TemplateLimitError as e:
+        raise ChatTemplateError(str(e)) from None
     except TemplateError as e:  # syntax errors, undefined names, sandbox violations
         raise ChatTemplateError(f"the chat template failed: {e}") from e
+    except Exception as e:  # noqa: BLE001 - anything else a model file's template raises (range(10**9): Overflow)
+        raise ChatTemplateError(f"the chat template failed: {type(e).__name__}: {e}") from None

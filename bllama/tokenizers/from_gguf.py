@@ -3,6 +3,14 @@ from __future__ import annotations
 
 
 def tokenizer_from_gguf(engine):
+    """tokenizer_of_gguf, with the file's chat template (tokenizer.chat_template) on it whatever its kind."""
+    tok = tokenizer_of_gguf(engine)
+    if "tokenizer.chat_template" in set(engine.metadata_keys()):
+        tok.chat_template = engine.metadata("tokenizer.chat_template")
+    return tok
+
+
+def tokenizer_of_gguf(engine):
     """The tokenizer a model file carries, rebuilt from its metadata (read through the engine's metadata()):
     the exact SentencePiece or tokenizer.json bytes bllama embeds, else llama.cpp's tokenizer.ggml.* arrays."""
     from .sentencepiece import SentencePieceTokenizer

@@ -213,6 +213,7 @@ class SentencePieceTokenizer:
             with open(model_path, "rb") as fh:
                 model_proto = fh.read()
         self.model_path = model_path
+        self.chat_template: str | None = None  # a GGUF file's tokenizer.chat_template, set by tokenizer_from_gguf
         self._proto = bytes(model_proto)
         self.sp = spm.SentencePieceProcessor()
         try:
@@ -320,6 +321,18 @@ class SentencePieceTokenizer:
         return self.sp.encode(list(texts), add_bos=add_bos and self.bos_id is not None,
                               add_eos=add_eos and self.eos_id is not None,
                               num_threads=num_threads if num_threads is not None else -1)
+
+    def encode_plain(self, text: str) -> list[int]:
+        """`text` as plain text, no BOS: SentencePiece never produces a control token from text."""
+        return self.sp.encode(text)
+
+    def special_pieces(self) -> dict[str, int]:
+        """{spelling: id} of the control tokens (BOS, EOS, ...): what a chat template writes to get them."""
+        pieces = getattr(self, "_control_cache", None)
+        if pieces is None:
+            pieces = {self.sp.id_to_piece(i): i for i in range(self.vocab_size) if self.sp.is_control(i)}
+            self._control_cache = pieces
+        return dict(pieces)
 
     def decode(self, ids: Iterable[int]) -> str:
         """Decode ids to text; control tokens (BOS/EOS/...) are dropped."""

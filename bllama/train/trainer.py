@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import pickle
 from datetime import timedelta
 from pathlib import Path
 from typing import List, Optional, Sequence
@@ -22,13 +23,44 @@ from .progress import progress_bar
 SHARDING_STRATEGIES = ("FULL_SHARD", "SHARD_GRAD_OP", "HYBRID_SHARD", "NO_SHARD")
 
 
+class UnsafeCheckpointError(ValueError):
+    """A checkpoint whose pickle needs more than tensors and plain data (numbers, strings, lists, dicts): loading
+    it could run code, so it is refused."""
+
+
+def torch_load_data(path, what: str = "checkpoint"):
+    """torch.load with weights_only=True: tensors and plain containers only, so a hostile pickle (one that calls
+    os.system, say) is refused before anything in it runs. Every file bllama writes loads this way (the config is
+    stored as a plain dict)."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise UnsafeCheckpointError(_refusal(path, what, e)) from None
+
+
+def _refusal(path, what: str, e: Exception) -> str:
+    reason = str(e).strip().splitlines()
+    reason = next((line for line in reason if "GLOBAL" in line or "Unsupported" in line), reason[0] if reason else "")
+    return (f"{path}: refusing to load this {what}: it holds Python objects beyond tensors and plain data, and "
+            f"unpickling them could run code ({reason.strip()}). bllama's own checkpoints never need that; "
+            "if you wrote and trust this file, load it yourself with torch.load(..., weights_only=False).")
+
+
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Checkpoints are written to a temporary file beside the target and renamed into place, so an interrupted
-    save never leaves a truncated checkpoint where a good one was."""
+    save never leaves a truncated checkpoint where a good one was. They are read back (--resume) with
+    weights_only=True, like every checkpoint bllama loads (torch_load_data)."""
 
     def save_checkpoint(self, checkpoint, path, storage_options=None):
         with atomic_path(path) as tmp:
             torch.save(checkpoint, tmp)
+
+    def load_checkpoint(self, path, map_location=None, weights_only=None):
+        try:
+            return super().load_checkpoint(path, map_location=map_location or (lambda storage, loc: storage),
+                                           weights_only=True)
+        except pickle.UnpicklingError as e:
+            raise UnsafeCheckpointError(_refusal(path, "checkpoint", e)) from None
 
 
 class LastCheckpoint(ModelCheckpoint):
@@ -209,7 +241,7 @@ def load_sharded_checkpoint(path) -> bLlama:
     import torch.distributed.checkpoint as dcp
 
     path = Path(path)
-    meta = torch.load(path / "meta.pt", map_location="cpu", weights_only=False)
+    meta = torch_load_data(path / "meta.pt", "sharded checkpoint's meta.pt")
     model = bLlama(meta["hyper_parameters"]["config"])
     state = {"model": model.state_dict()}
     dcp.load(state, checkpoint_id=str(path), no_dist=True)
@@ -232,7 +264,10 @@ def load_checkpoint(path) -> bLlama:
         if not is_sharded_checkpoint(path):
             raise FileNotFoundError(f"{path} is a directory but not a sharded checkpoint (no meta.pt and .metadata)")
         return load_sharded_checkpoint(path)
-    return bLlama.load_from_checkpoint(str(path), map_location="cpu", weights_only=False)
+    try:
+        return bLlama.load_from_checkpoint(str(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise UnsafeCheckpointError(_refusal(path, "checkpoint", e)) from None
 
 
 def tokenizer_beside(checkpoint_path):
