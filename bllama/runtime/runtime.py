@@ -211,7 +211,7 @@ class Runtime:
     def chat_prompt_ids(self, messages, add_generation_prompt: bool = True) -> List[int]:
         """The token ids of `messages` ([{"role": ..., "content": ...}, ...]) rendered with the model file's chat
         template (tokenizer.chat_template, bllama/tokenizers/chat.py); ValueError when the file has none."""
-        from ..tokenizers.chat import render_chat
+        from ..tokenizers.chat import encode_rendered, render_chat
 
         tok = self.tokenizer
         template = getattr(tok, "chat_template", None)
@@ -219,11 +219,7 @@ class Runtime:
             raise ValueError(f"{self.path}: the model file has no chat template (tokenizer.chat_template)")
         bos = tok.id_to_piece(tok.bos_id) if tok.bos_id is not None else ""
         eos = tok.id_to_piece(tok.eos_id) if tok.eos_id is not None else ""
-        text = render_chat(template, messages, add_generation_prompt, bos, eos)
-        # The template writes BOS itself where the model wants one: as the id, never twice.
-        if bos and text.startswith(bos):
-            return [tok.bos_id] + tok.encode(text[len(bos):], add_bos=False)
-        return tok.encode(text, add_bos=False)
+        return encode_rendered(tok, render_chat(template, messages, add_generation_prompt, bos, eos))
 
     def chat(self, messages, max_new_tokens: int = 256, sampling: Optional[SamplingParams] = None, *,
              stop: Optional[Sequence[str]] = None, stream: bool = False, **overrides) -> Union[str, Iterator[str]]:

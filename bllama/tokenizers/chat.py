@@ -45,3 +45,12 @@ def render_chat(template: str, messages, add_generation_prompt: bool = True, bos
                                                 bos_token=bos_token, eos_token=eos_token)
     except TemplateError as e:  # syntax errors, undefined names, sandbox violations
         raise ChatTemplateError(f"the chat template failed: {e}") from e
+
+
+def encode_rendered(tokenizer, text: str) -> list:
+    """Token ids of text render_chat wrote: the template writes BOS itself where the model wants one, so a leading
+    BOS string becomes the id (never tokenized as text, never added twice). Runtime.chat and SFT both encode so."""
+    bos = tokenizer.id_to_piece(tokenizer.bos_id) if tokenizer.bos_id is not None else ""
+    if bos and text.startswith(bos):
+        return [tokenizer.bos_id] + tokenizer.encode(text[len(bos):], add_bos=False)
+    return tokenizer.encode(text, add_bos=False)

@@ -16,15 +16,9 @@ from typing import List, Sequence, Tuple
 import torch
 from torch.utils.data import Dataset
 
+from ..tokenizers.chat import encode_rendered  # the encoding Runtime.chat_prompt_ids uses
+
 IGNORE = -100
-
-
-def encode_rendered(tok, text: str) -> List[int]:
-    """Token ids of rendered chat text as Runtime.chat_prompt_ids encodes them: a leading BOS string as the id."""
-    bos = tok.id_to_piece(tok.bos_id) if tok.bos_id is not None else ""
-    if bos and text.startswith(bos):
-        return [tok.bos_id] + tok.encode(text[len(bos):], add_bos=False)
-    return tok.encode(text, add_bos=False)
 
 
 def _eos_ids(tok) -> List[int]:
