@@ -6,7 +6,8 @@ from ._version import __version__
 from .model.config import PRESETS, bLlamaConfig
 from .sampling import SamplingParams
 
-_LAZY = {"bLlama": ".train.module", "Runtime": ".runtime"}
+# Transformer: the original bLLaMa exported it here (`from bllama import Transformer`).
+_LAZY = {"bLlama": ".train.module", "Runtime": ".runtime", "Transformer": ".model.transformer"}
 
 
 def __getattr__(name):

@@ -188,7 +188,7 @@ def cmd_import(args):
     from .convert.hf_import import import_hf
 
     t0 = time.perf_counter()
-    path = import_hf(args.hf_dir, args.output, progress=not args.quiet)
+    path = import_hf(args.hf_dir, args.output, progress=not args.quiet, force_arch=args.force_arch)
     print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB) in {time.perf_counter() - t0:.1f} s")
 
 
@@ -341,6 +341,8 @@ def build_parser() -> argparse.ArgumentParser:
     im.add_argument("hf_dir", help="folder with config.json, *.safetensors and tokenizer.model or tokenizer.json")
     im.add_argument("-o", "--output", required=True, help="the .gguf file to write")
     im.add_argument("--quiet", action="store_true", help="no progress bar")
+    im.add_argument("--force-arch", default=None, choices=["bitnet", "bitnet-b1.58"],
+                    help="write this general.architecture even where it does not describe the model (see export)")
     im.set_defaults(func=cmd_import)
 
     v = sub.add_parser("eval", help="perplexity and bits per character of a model on a text file")

@@ -119,7 +119,8 @@ def test_import_cli_and_gguf_contents(checkpoints, tmp_path):
     rd = gguf.GGUFReader(str(out))
     f = {k: rd.fields[k] for k in rd.fields}
     s = lambda k: bytes(f[k].parts[f[k].data[0]]).decode()
-    assert s("tokenizer.ggml.model") == "gpt2" and s("general.architecture") == "bitnet"
+    # ReLU^2 with sub-norms: bitnet.cpp's architecture, the one gguf_arch picks for `bllama export` too
+    assert s("tokenizer.ggml.model") == "gpt2" and s("general.architecture") == "bitnet-b1.58"
     assert "tokenizer.ggml.merges" in f and "bllama.tokenizer.hf_json" in f
     assert "{% for m in messages %}" in s("tokenizer.chat_template")
     t = {t.name: t for t in rd.tensors}
@@ -226,3 +227,25 @@ def test_unpack_matches_transformers():
     packed = pack_weights(w.clone())
     np.testing.assert_array_equal(unpack_hf(packed.numpy()), w.numpy().astype(np.int8))
     np.testing.assert_array_equal(unpack_weights(packed, torch.float32).numpy(), w.numpy())
+
+
+def test_import_without_sub_norms_follows_the_export_rule(checkpoints, tmp_path):
+    """A LLaMA-bitnet checkpoint (no sub-norms) is refused under any architecture unless forced, as `bllama export`
+    refuses such a model (gguf_schema.gguf_arch); forced, the file says bllama.sub_norms = false. Runtime.load of
+    the folder still works (its temporary file is for our engine only)."""
+    from bllama.convert.gguf_schema import ArchitectureError
+    from bllama.convert.hf_import import import_hf
+    from bllama.runtime import Runtime
+
+    _, path = checkpoints["llama-bitnet"]
+    with pytest.raises(ArchitectureError, match="force-arch"):
+        import_hf(path, tmp_path / "x.gguf", progress=False)
+    assert not list(tmp_path.iterdir())
+    r = subprocess.run([sys.executable, "-m", "bllama.cli", "import", str(path), "-o", str(tmp_path / "x.gguf"),
+                        "--quiet", "--force-arch", "bitnet"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    forced, direct = Runtime.load(tmp_path / "x.gguf"), Runtime.load(path)
+    assert forced._engine.metadata("general.architecture") == "bitnet"
+    assert forced._engine.metadata("bllama.sub_norms") is False
+    ids = direct.tokenizer.encode(PROMPT)
+    assert (forced.logits(ids) == direct.logits(ids)).all()

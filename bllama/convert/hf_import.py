@@ -8,7 +8,9 @@ Supported (everything else raises `HFImportError`, a ValueError naming what is u
   ternarized here exactly as transformers' WeightQuant does. Sub-norms `attn_sub_norm` / `ffn_sub_norm`.
 * `LlamaForCausalLM` with `quantization_config.quant_method: bitnet` (HF1BitLLM, Falcon3-1.58bit): packed
   weights, no sub-norms -> written with `bllama.sub_norms = false` (the engine then skips them; an RMSNorm
-  of ones would still normalize, so it is not an equivalent).
+  of ones would still normalize, so it is not an equivalent). No GGUF architecture describes that graph, so
+  `bllama import` refuses it unless `--force-arch bitnet` is given (gguf_schema.gguf_arch, the rule export uses;
+  ReLU^2 models go under `bitnet-b1.58`); Runtime.load of such a folder forces it, the file being its own.
 * 1bitLLM (`bitnet_b1_58-large` / `-3B`): full-precision latent weights, sub-norms `inner_attn_ln` /
   `ffn_layernorm`, no quantization_config: ternarized per tensor (absmean, s = mean|W|) at import.
 
@@ -34,7 +36,8 @@ from typing import Dict, Iterator, List, Optional, Tuple, Union
 import numpy as np
 
 from ..atomic import atomic_path
-from .gguf_schema import QK, pack_tq2_0
+from ..model.config import bLlamaConfig
+from .gguf_schema import QK, ArchitectureError, gguf_arch, pack_tq2_0
 
 PROJ = {"self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
         "self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
@@ -388,8 +391,10 @@ def _progress(total: int, enabled: bool, desc: str):
 
 
 def import_hf(hf_dir: Union[str, os.PathLike], output: Union[str, os.PathLike], progress: bool = True,
-              name: Optional[str] = None) -> Path:
-    """Convert the checkpoint folder `hf_dir` into the GGUF file `output` (written atomically); returns it."""
+              name: Optional[str] = None, force_arch: Optional[str] = None) -> Path:
+    """Convert the checkpoint folder `hf_dir` into the GGUF file `output` (written atomically); returns it.
+    The architecture name is gguf_arch's choice, as for `bllama export`: a checkpoint without sub-norms (the
+    LLaMA-bitnet style) is refused unless `force_arch` names one (ArchitectureError, before anything is written)."""
     import gguf
 
     hf_dir = Path(hf_dir)
@@ -404,6 +409,7 @@ def import_hf(hf_dir: Union[str, os.PathLike], output: Union[str, os.PathLike], 
     plan = plan_checkpoint(hf_dir, cfg, tensors)
     tok, tok_kind, template = load_hf_tokenizer(hf_dir, plan)
     P = plan
+    arch = gguf_arch(bLlamaConfig(activation=P.activation, sub_norms=P.sub_norms is not None), "tq2_0", force_arch)
     kvd = P.kv_heads * P.head_dim
     shapes = {"attn_q": (P.dim, P.dim), "attn_k": (kvd, P.dim), "attn_v": (kvd, P.dim), "attn_output": (P.dim, P.dim),
               "ffn_gate": (P.ffn, P.dim), "ffn_up": (P.ffn, P.dim), "ffn_down": (P.dim, P.ffn)}
@@ -439,7 +445,7 @@ def import_hf(hf_dir: Union[str, os.PathLike], output: Union[str, os.PathLike], 
     output = Path(output)
     bar = None
     with atomic_path(output) as tmp:
-        w = gguf.GGUFWriter(str(tmp), "bitnet")
+        w = gguf.GGUFWriter(str(tmp), arch)
         try:
             w.add_name(name or cfg.get("_name_or_path") or hf_dir.name)
             w.add_context_length(P.context)
@@ -508,7 +514,10 @@ def load_hf_dir_engine(hf_dir: Union[str, os.PathLike], make_engine):
     tmpdir = tempfile.mkdtemp(prefix="bllama-hf-")
     path = Path(tmpdir) / "model.gguf"
     try:
-        import_hf(hf_dir, path, progress=False)
+        try:
+            import_hf(hf_dir, path, progress=False)
+        except ArchitectureError:  # no sub-norms: the file is read by our engine only, which honours the flag
+            import_hf(hf_dir, path, progress=False, force_arch="bitnet")
         return make_engine(str(path))
     finally:
         if path.exists():

@@ -60,10 +60,16 @@ def encode_chat(tokenizer, template: str, messages, add_generation_prompt: bool 
     text = _render(template, msgs, add_generation_prompt, bos, eos)
     unescape = re.compile(re.escape(_MARK) + "([\U000F0000-\U000FFFFD])")
     plain = lambda t: tokenizer.encode_plain(unescape.sub(lambda hit: table[ord(hit.group(1)) - _CODE0], t))
+    return _encode_split(tokenizer, text, specials, plain)
+
+
+def _encode_split(tokenizer, text: str, specials: Dict[str, int], plain) -> List[int]:
+    """`text` cut at every control-token spelling in `specials` (longest first): those become their ids, the
+    pieces between go through plain()."""
     ids: List[int] = []
     pos = 0
     if specials:
-        for hit in re.finditer("|".join(re.escape(t) for t in table[1:]), text):
+        for hit in re.finditer("|".join(re.escape(t) for t in sorted(specials, key=len, reverse=True)), text):
             if hit.start() > pos:
                 ids += plain(text[pos:hit.start()])
             ids.append(specials[hit.group(0)])
@@ -94,3 +100,11 @@ def _render(template: str, msgs: list, add_generation_prompt: bool, bos_token: s
         raise ChatTemplateError(f"the chat template failed: {e}") from e
     except Exception as e:  # noqa: BLE001 - anything else a model file's template raises (range(10**9): Overflow)
         raise ChatTemplateError(f"the chat template failed: {type(e).__name__}: {e}") from None
+
+
+def encode_rendered(tokenizer, text: str) -> list:
+    """Token ids of text a template rendered, with control tokens wherever their spelling appears (markup and BOS
+    included) and everything else as plain text: the split encode_chat makes, without its escaping of message
+    contents. SFT encodes its training conversations so, so they tokenize as Runtime.chat's prompts do."""
+    specials = {p: i for p, i in tokenizer.special_pieces().items() if p}
+    return _encode_split(tokenizer, text, specials, tokenizer.encode_plain)

@@ -54,3 +54,4 @@ def tokenizer_of_gguf(engine):
         list(get("tokenizer.ggml.token_type", [1] * len(tokens))),
         bos=get("tokenizer.ggml.bos_token_id", 1), eos=get("tokenizer.ggml.eos_token_id", 2),
         unk=get("tokenizer.ggml.unknown_token_id", 0))
+

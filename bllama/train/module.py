@@ -67,16 +67,18 @@ class bLlama(pl.LightningModule):
     def num_parameters(self) -> int:
         return count_parameters(self)
 
-    def quantize_weights_to_ternary(self) -> dict:
-        """Switch every BitLinear to int8 ternary codes + one scale (irreversible); returns size info."""
+    def quantize_weights_to_ternary(self, verbose: bool = True) -> dict:
+        """Switch every BitLinear to int8 ternary codes + one scale (irreversible); returns size info, printed
+        unless verbose=False (the original bLLaMa's argument)."""
         before = self.model_size_bytes()
         for _, layer in self.model.bitlinears():
             layer.quantize()
         after = self.model_size_bytes()
         info = {"bytes_before": before, "bytes_after": after, "packed_file_bytes": self.packed_size_bytes()}
-        print(f"quantized {len(self.model.bitlinears())} BitLinear layers: in memory {before / 2**20:.1f} MiB -> "
-              f"{after / 2**20:.1f} MiB (int8 codes, 1 byte/weight); a GGUF TQ2_0 file packs them at 2.06 bits "
-              f"per weight: about {info['packed_file_bytes'] / 2**20:.1f} MiB with an f16 embedding")
+        if verbose:
+            print(f"quantized {len(self.model.bitlinears())} BitLinear layers: in memory {before / 2**20:.1f} MiB -> "
+                  f"{after / 2**20:.1f} MiB (int8 codes, 1 byte/weight); a GGUF TQ2_0 file packs them at 2.06 bits "
+                  f"per weight: about {info['packed_file_bytes'] / 2**20:.1f} MiB with an f16 embedding")
         return info
 
     def is_quantized(self) -> bool:
@@ -106,10 +108,14 @@ class bLlama(pl.LightningModule):
     def generate(self, prompt: str, tokenizer, max_len: int = 200, do_sample: bool = False,
                  temperature: float = 1.0, top_k: Optional[int] = None, top_p: Optional[float] = None,
                  repetition_penalty: float = 1.0, num_return_sequences: int = 1, seed: Optional[int] = None,
-                 use_cache: bool = True) -> Union[str, List[str]]:
-        """Text continuing `prompt` (prompt included), up to max_len new tokens or EOS."""
+                 use_cache: bool = True, device: Optional[Union[str, torch.device]] = None) -> Union[str, List[str]]:
+        """Text continuing `prompt` (prompt included), up to max_len new tokens or EOS (a list of
+        num_return_sequences texts when more than one). device (the original bLLaMa's argument): move the model
+        there first; None keeps it where it is."""
         from ..tokenizers.sentencepiece import load_tokenizer
 
+        if device is not None:
+            self.to(device)
         if not self.is_quantized():
             warnings.warn("the model is not quantized: generating with training-mode (fake-quantized) BitLinear "
                           "layers; call quantize_weights_to_ternary() first for the real ternary model")

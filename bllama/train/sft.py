@@ -16,15 +16,9 @@ from typing import List, Sequence, Tuple
 import torch
 from torch.utils.data import Dataset
 
+from ..tokenizers.chat import encode_rendered  # the encoding Runtime.chat_prompt_ids uses
+
 IGNORE = -100
-
-
-def encode_rendered(tok, text: str) -> List[int]:
-    """Token ids of rendered chat text as Runtime.chat_prompt_ids encodes them: a leading BOS string as the id."""
-    bos = tok.id_to_piece(tok.bos_id) if tok.bos_id is not None else ""
-    if bos and text.startswith(bos):
-        return [tok.bos_id] + tok.encode(text[len(bos):], add_bos=False)
-    return tok.encode(text, add_bos=False)
 
 
 def _eos_ids(tok) -> List[int]:
@@ -52,8 +46,8 @@ def chat_tokens(messages: Sequence[dict], tok, template: str) -> Tuple[List[int]
             raise ValueError("the chat template does not render a conversation as a prefix of its continuation "
                              "(the text before an assistant turn changes when the turn is added); SFT needs one "
                              "that does")
-        context = encode_rendered(tok, prompt) if not done else tok.encode(prompt[len(done):], add_bos=False)
-        reply = tok.encode(full[len(prompt):], add_bos=False)
+        context = encode_rendered(tok, prompt[len(done):])
+        reply = encode_rendered(tok, full[len(prompt):])
         if eos_ids and (not reply or reply[-1] not in eos_ids):
             reply.append(eos_ids[0])
         ids += context + reply
