@@ -91,7 +91,7 @@ def run(args, quantize: bool, tok_path: str, result_q=None):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"))
+    p.add_argument("--data", default=str(ROOT / "bench" / "data" / "tinyshakespeare.txt"))
     p.add_argument("--minutes", type=float, default=10.0)
     p.add_argument("--preset", default="tiny")
     p.add_argument("--set", default=None, help='JSON config overrides, e.g. \'{"num_layers": 4}\'')

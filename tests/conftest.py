@@ -42,7 +42,7 @@ def sp_tokenizer(sp_model_path):
 
 @pytest.fixture(scope="session")
 def trained_tiny(tmp_path_factory, sp_tokenizer):
-    """A small b1.58 model trained briefly on Tiny Shakespeare (or the built-in corpus when ../shared is absent),
+    """A small b1.58 model trained briefly on Tiny Shakespeare (bench/data, shipped with the repository),
     shared by the learning test and the engine-vs-PyTorch tests. Returns a dict with the trained (not yet
     quantized) bLlama, the tokenizer, held-out text, and the validation loss before and after training."""
     from pathlib import Path
@@ -53,12 +53,7 @@ def trained_tiny(tmp_path_factory, sp_tokenizer):
     from bllama import bLlama, bLlamaConfig
     from bllama.data import ShakespeareDataset, TextDataModule
 
-    shakespeare = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "tinyshakespeare.txt"
-    if shakespeare.exists():
-        text = shakespeare.read_text(encoding="utf-8")
-    else:
-        from bllama.train.corpus import default_corpus_text
-        text = default_corpus_text(max_chars=1_100_000)
+    text = (Path(__file__).resolve().parents[1] / "bench" / "data" / "tinyshakespeare.txt").read_text(encoding="utf-8")
     d = tmp_path_factory.mktemp("trained_tiny")
     train_text, held_out = text[:300_000], text[-20_000:]
     (d / "train.txt").write_text(train_text, encoding="utf-8")

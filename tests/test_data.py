@@ -21,7 +21,8 @@ from bllama.data import (
     tokenize_files,
 )
 
-SHAKESPEARE = "/work/shared/data/tinyshakespeare.txt"
+SHAKESPEARE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench", "data",
+                           "tinyshakespeare.txt")  # shipped with the repository
 
 DOCS = [
     "First Citizen:\nBefore we proceed any further, hear me speak.",
@@ -135,7 +136,6 @@ def test_text_file_errors(sp_tokenizer, tmp_path):
         ShakespeareDataset.from_file(short, sp_tokenizer, max_length=1024)
 
 
-@pytest.mark.skipif(not os.path.isfile(SHAKESPEARE), reason="tinyshakespeare.txt not available")
 def test_tinyshakespeare(sp_tokenizer):
     ds = ShakespeareDataset.from_file(SHAKESPEARE, sp_tokenizer, max_length=256, progress=False)
     assert ds.num_tokens > 300_000 and len(ds) == (ds.num_tokens - 1) // 256

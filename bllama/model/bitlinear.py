@@ -1,6 +1,6 @@
 """BitLinear: the b1.58 linear layer (ternary weights, per-token int8 activations).
 
-Training mode quantizes on the fly with straight-through estimators (REFERENCE section 1).
+Training mode quantizes on the fly with straight-through estimators, as in the BitNet b1.58 papers.
 `quantize()` switches a layer to inference mode: it keeps int8 ternary codes and one scale and
 computes `(xq @ codes^T) * (s / a)` from them, the same function the C++ engine computes
 (docs/architecture.md).
