@@ -51,6 +51,21 @@ class HFImportError(ValueError):
     """The folder is not a checkpoint this importer supports; the message says what is unsupported."""
 
 
+def checked_activation(cfg: dict, names) -> str:
+    """The checkpoint's activation, after refusing what no bLLaMa model computes (another activation, projection
+    biases); import and from_pretrained share these refusals."""
+    act = cfg.get("hidden_act", "silu")
+    if act not in ("silu", "relu2"):
+        raise HFImportError(f"unsupported hidden_act {act!r}: the engine implements 'silu' and 'relu2'")
+    for k in ("attention_bias", "mlp_bias"):
+        if cfg.get(k):
+            raise HFImportError(f"config {k} = true: projection biases are not supported")
+    biases = sorted(n for n in names if n.endswith(".bias"))
+    if biases:
+        raise HFImportError(f"bias tensors are not supported (e.g. '{biases[0]}')")
+    return act
+
+
 def _read_json(path: Path) -> dict:
     try:
         with open(path, encoding="utf-8") as fh:
@@ -205,15 +220,7 @@ def plan_checkpoint(hf_dir: Path, cfg: dict, tensors: _Tensors) -> Plan:
     linear_class = qc.get("linear_class", "bitlinear")
     if linear_class not in ("bitlinear", "autobitlinear"):
         raise HFImportError(f"unsupported quantization_config.linear_class {linear_class!r}")
-    act = cfg.get("hidden_act", "silu")
-    if act not in ("silu", "relu2"):
-        raise HFImportError(f"unsupported hidden_act {act!r}: the engine implements 'silu' and 'relu2'")
-    for k in ("attention_bias", "mlp_bias"):
-        if cfg.get(k):
-            raise HFImportError(f"config {k} = true: projection biases are not supported")
-    biases = sorted(n for n in names if n.endswith(".bias"))
-    if biases:
-        raise HFImportError(f"bias tensors are not supported (e.g. '{biases[0]}')")
+    act = checked_activation(cfg, names)
 
     need = lambda k: cfg[k] if k in cfg else (_ for _ in ()).throw(HFImportError(f"config.json has no '{k}'"))
     dim, heads = int(need("hidden_size")), int(need("num_attention_heads"))

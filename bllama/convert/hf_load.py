@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from ..model.config import bLlamaConfig
-from .hf_import import HFImportError, SUB_NORMS, _ids, _read_json, _rope_theta, _Tensors, unpack_hf
+from .hf_import import HFImportError, SUB_NORMS, checked_activation, _ids, _read_json, _rope_theta, _Tensors, unpack_hf
 
 # HF names inside a layer -> ours (Transformer.layers.N.<ours>)
 LAYER_NAMES = {"self_attn.q_proj": "attn.q_proj", "self_attn.k_proj": "attn.k_proj", "self_attn.v_proj": "attn.v_proj",
@@ -83,15 +83,7 @@ def _hf_config(cfg: dict, tensors: _Tensors, overrides: dict):
     else:
         raise HFImportError(f"unsupported model_type {mt!r} (architectures {cfg.get('architectures')}): "
                             "LlamaForCausalLM / MistralForCausalLM and BitNetForCausalLM folders can be loaded")
-    act = cfg.get("hidden_act", "silu")
-    if act not in ("silu", "relu2"):
-        raise HFImportError(f"unsupported hidden_act {act!r}: 'silu' and 'relu2' are implemented")
-    for k in ("attention_bias", "mlp_bias"):
-        if cfg.get(k):
-            raise HFImportError(f"config {k} = true: projection biases are not supported")
-    biases = sorted(n for n in names if n.endswith(".bias"))
-    if biases:
-        raise HFImportError(f"bias tensors are not supported (e.g. '{biases[0]}')")
+    act = checked_activation(cfg, names)
     for k in ("hidden_size", "num_attention_heads", "num_hidden_layers", "intermediate_size"):
         if k not in cfg:
             raise HFImportError(f"config.json has no '{k}'")
