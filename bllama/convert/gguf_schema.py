@@ -153,8 +153,9 @@ def add_tokenizer(writer, tokenizer, vocab_size: Optional[int] = None) -> None:
     writer.add_array("bllama.tokenizer.sp_model", tokenizer.serialized())  # bytes -> a uint8 array
 
 
-def add_bpe_tokenizer(writer, tokenizer, vocab_size: int) -> None:
-    """A byte-level BPE tokenizer (tokenizer.json) as llama.cpp's `gpt2` arrays plus the exact JSON bytes."""
+def add_bpe_vocab(writer, tokenizer, vocab_size: int) -> None:
+    """A byte-level BPE tokenizer (tokenizer.json) as llama.cpp's `gpt2` arrays plus the exact JSON bytes; the
+    BOS/EOS ids are the caller's (the importer takes them from the checkpoint's config)."""
     v = tokenizer.gguf_vocab(vocab_size)
     writer.add_tokenizer_model("gpt2")
     writer.add_tokenizer_pre("llama-bpe" if tokenizer.vocab_size >= 128000 else "default")
@@ -162,10 +163,15 @@ def add_bpe_tokenizer(writer, tokenizer, vocab_size: int) -> None:
     writer.add_token_types(v["token_type"])
     writer.add_token_merges(v["merges"])
     writer.add_add_bos_token(tokenizer.add_bos)
+    writer.add_array("bllama.tokenizer.hf_json", tokenizer.json_text.encode("utf-8"))  # bytes -> a uint8 array
+
+
+def add_bpe_tokenizer(writer, tokenizer, vocab_size: int) -> None:
+    """add_bpe_vocab with the tokenizer's own BOS and EOS ids."""
+    add_bpe_vocab(writer, tokenizer, vocab_size)
     writer.add_add_eos_token(False)
     if tokenizer.bos_id is not None:
         writer.add_bos_token_id(tokenizer.bos_id)
     if tokenizer.eos_ids:
         writer.add_eos_token_id(tokenizer.eos_ids[0])
         writer.add_array("bllama.eos_token_ids", [int(i) for i in tokenizer.eos_ids])
-    writer.add_array("bllama.tokenizer.hf_json", tokenizer.json_text.encode("utf-8"))  # bytes -> a uint8 array

@@ -37,7 +37,7 @@ import numpy as np
 
 from ..atomic import atomic_path
 from ..model.config import bLlamaConfig
-from .gguf_schema import QK, ArchitectureError, gguf_arch, pack_tq2_0
+from .gguf_schema import QK, ArchitectureError, add_bpe_vocab, gguf_arch, pack_tq2_0
 
 PROJ = {"self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
         "self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
@@ -367,14 +367,7 @@ def _add_tokenizer(w, tok, kind: str, plan: Plan, template: Optional[str]) -> No
         w.add_add_bos_token(True)
         w.add_array("bllama.tokenizer.sp_model", tok.serialized())
     else:
-        v = tok.gguf_vocab(plan.vocab)
-        w.add_tokenizer_model("gpt2")
-        w.add_tokenizer_pre("llama-bpe" if tok.vocab_size >= 128000 else "default")
-        w.add_token_list(v["tokens"])
-        w.add_token_types(v["token_type"])
-        w.add_token_merges(v["merges"])
-        w.add_add_bos_token(tok.add_bos)
-        w.add_array("bllama.tokenizer.hf_json", tok.json_text.encode("utf-8"))  # bytes -> a uint8 array
+        add_bpe_vocab(w, tok, plan.vocab)
     w.add_add_eos_token(False)
     if plan.bos_id is not None:
         w.add_bos_token_id(plan.bos_id)
