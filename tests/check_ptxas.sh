@@ -23,7 +23,6 @@ if [ ${#FILES[@]} -eq 0 ]; then
     FILES=(csrc/cuda/kernels/gemv_ternary.cu csrc/cuda/kernels/norm_quant.cu csrc/cuda/kernels/attention.cu
            csrc/cuda/kernels/rope_kv.cu csrc/cuda/kernels/head.cu csrc/cuda/kernels/head_q8.cu
            csrc/cuda/kernels/sampling.cu)
-    for f in csrc/cuda/kernels/decode_variants.cu; do [ -f "$f" ] && FILES+=("$f"); done
 fi
 TMP=$(mktemp -d)
 trap 'rm -rf "$TMP"' EXIT
