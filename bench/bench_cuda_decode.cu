@@ -73,8 +73,9 @@ struct DecodeResult {
     double tok_s = 0, step_ms = 0;
 };
 
-// B sequences: each slot gets a prompt, then `steps` batched decode steps.
-DecodeResult run_decode(CudaModel& m, int B, int64_t n_prompt, int64_t steps) {
+// B sequences: each slot gets a prompt, then `steps` batched decode steps (k_steps > 1: decode_steps, K steps per
+// host synchronization; a step's time is then a K-step call's over K).
+DecodeResult run_decode(CudaModel& m, int B, int64_t n_prompt, int64_t steps, int k_steps = 1) {
     const int64_t V = m.config().vocab;
     SamplingParams greedy;
     for (int b = 0; b < B; ++b) {
@@ -83,19 +84,23 @@ DecodeResult run_decode(CudaModel& m, int B, int64_t n_prompt, int64_t steps) {
         m.prefill(b, ids.data(), n_prompt, 0, nullptr);
         m.sample_after_prefill(b, n_prompt);
     }
-    std::vector<int32_t> out(static_cast<size_t>(B));
+    const int K = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(k_steps, steps - 1)));
+    std::vector<int32_t> out(static_cast<size_t>(B) * K);
     m.decode_step(B, out.data());  // warm-up: graph capture and instantiation
     std::vector<double> step_s;
+    int64_t done = 0;
     const auto t0 = Clock::now();
-    for (int64_t i = 1; i < steps; ++i) {
+    while (done + K <= steps - 1) {
         const auto t = Clock::now();
-        m.decode_step(B, out.data());
-        step_s.push_back(secs(t));
+        if (K == 1) m.decode_step(B, out.data());
+        else m.decode_steps(B, K, out.data());
+        step_s.push_back(secs(t) / K);
+        done += K;
     }
     const double total = secs(t0);
     DecodeResult r;
     r.step_ms = median(step_s) * 1e3;
-    r.tok_s = B * (steps - 1) / total;
+    r.tok_s = B * done / total;
     return r;
 }
 
@@ -117,7 +122,7 @@ int main(int argc, char** argv) {
     std::string shape_name = "1.7b", keep, json;
     int64_t n_prompt = 512, n_decode = 128, decode_prompt = 128;
     std::vector<int> batches = {1, 4, 16, 64};
-    bool kv_f16 = false, variants = true, head_q8 = false;
+    bool kv_f16 = false, variants = true, head_q8 = false, stage1 = false;
     int reps = 5;
     for (int i = 1; i < argc; ++i) {
         const std::string a = argv[i];
@@ -138,6 +143,7 @@ int main(int argc, char** argv) {
         else if (a == "--json") json = val();
         else if (a == "--reps") reps = std::stoi(val());
         else if (a == "--no-variants") variants = false;
+        else if (a == "--stage1") stage1 = true;
         else if (a == "--batch") {
             batches.clear();
             const std::string v = val();
@@ -148,7 +154,7 @@ int main(int argc, char** argv) {
             }
         } else {
             std::fprintf(stderr, "usage: %s [--shape 1.7b|2b4t] [--prompt N] [--decode N] [--batch 1,4,16] [--kv-f16] "
-                                 "[--head f16|q8] [--keep PATH] [--json PATH] [--reps N] [--no-variants]\n", argv[0]);
+                                 "[--head f16|q8] [--keep PATH] [--json PATH] [--reps N] [--no-variants] [--stage1]\n", argv[0]);
             return 2;
         }
     }
@@ -219,22 +225,31 @@ int main(int argc, char** argv) {
     struct Variant {
         const char* name;
         bool pdl;
+        int k_steps = 1;            // issue #18's decode-step experiments (--stage1): steps per host sync
+        bool fused_argmax = false;  // and the greedy token inside the head kernel
         bool pdl_active = false;
         std::vector<std::vector<DecodeResult>> by_batch;  // [batch index][round]
-        Variant(const char* n, bool p) : name(n), pdl(p), by_batch(3) {}
+        Variant(const char* n, bool p, bool am = false, int k = 1) : name(n), pdl(p), k_steps(k), fused_argmax(am), by_batch(3) {}
     };
     const int var_batches[3] = {1, 2, 4};
     std::vector<Variant> var;
     if (variants) {
         var = {{"baseline", false}, {"pdl", true}};
+        if (stage1) {  // each on top of pdl (the default); tests/cuda/test_decode_variants.cu checks them first
+            var.push_back({"pdl+fused_argmax", true, true});
+            var.push_back({"pdl+K8", true, false, 8});
+            var.push_back({"pdl+argmax+K8", true, true, 8});
+        }
         for (int round = 0; round < 2; ++round)
             for (Variant& v : var) {
                 CudaOptions vo = co;
                 vo.slots = 4;
                 vo.pdl = v.pdl;
+                vo.fused_argmax = v.fused_argmax;
                 CudaModel mv(file, vo);
                 v.pdl_active = mv.pdl_active();
-                for (int bi = 0; bi < 3; ++bi) v.by_batch[bi].push_back(run_decode(mv, var_batches[bi], decode_prompt, n_decode));
+                for (int bi = 0; bi < 3; ++bi)
+                    v.by_batch[bi].push_back(run_decode(mv, var_batches[bi], decode_prompt, n_decode, v.k_steps));
             }
     }
     auto mean_tok_s = [](const std::vector<DecodeResult>& r) {

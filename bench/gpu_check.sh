@@ -8,6 +8,12 @@
 #   SECTIONS="build bench" bash bench/gpu_check.sh   # a subset of: build probe ctest pytest bench sanitize
 #   (bench = kbench dbench rbench: the kernels, end-to-end C++ decode/prompt, the Runtime; each also alone)
 #   (sanitize: the GPU kernel tests under compute-sanitizer memcheck + racecheck; not in the default set)
+#   SECTIONS="build vcheck stage0 stage1" bash bench/gpu_check.sh   # issue #18 (persistent decode), in this order:
+#     vcheck  tests/cuda/test_decode_variants first (the stage-1 variants against today's path, bit-exact);
+#     stage0  bench_cuda_stage0: the producer/consumer weight stream and the cross-block hop (watchdog + deadline);
+#     stage1  bench_cuda_decode --stage1: today's path and the variants, same machine, alternated.
+#   A build made here (sm_90a) can travel: PREBUILT=build/gpu-carry (carry it) skips the build section's compile
+#   when the binaries are there (see bench/NOTES-cuda.md, "Issue 18").
 #
 # BUDGET_S (default 400): sections that would start later than this many seconds into the call are skipped.
 # The GPU machine has no network: the Python deps it lacks travel as wheels in .whl/ (see bench/NOTES-cuda.md),
@@ -21,7 +27,8 @@ RES=${OUT:-$ROOT/bench/results/$STAMP-gpu-check}
 mkdir -p "$RES"
 SECTIONS=${SECTIONS:-"build probe ctest pytest bench"}
 JOBS=$(nproc)
-BUILD=$ROOT/build/gpu
+BUILD=${PREBUILT:+$ROOT/$PREBUILT}
+BUILD=${BUILD:-$ROOT/build/gpu}
 status=0
 declare -A RESULT
 
@@ -65,10 +72,28 @@ fi
 echo "cuBLASLt: ${BLLAMA_CUBLASLT:-not found}" | tee -a "$RES/machine.txt"
 
 build() {
+    if [ -n "${PREBUILT:-}" ] && [ -x "$BUILD/bench_cuda_stage0" ] && [ -x "$BUILD/test_decode_variants" ]; then
+        echo "prebuilt binaries in $BUILD: no compile"; return 0
+    fi
     cmake -G Ninja -S . -B "$BUILD" -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES="${CUDA_ARCHS:-90}" \
         -DBLLAMA_BUILD_PYTHON=ON -DBLLAMA_BUILD_TESTS=ON -DBLLAMA_BUILD_BENCH=ON -DPython_EXECUTABLE="$(command -v python3)" \
         -DCMAKE_LIBRARY_OUTPUT_DIRECTORY="$ROOT/bllama" && cmake --build "$BUILD" -j "$JOBS"
 }
+
+# Issue #18. Each binary runs under `timeout` (host deadline) and its kernels under their own globaltimer watchdog,
+# so a hang costs seconds, not the call.
+vcheck() {
+    timeout -k 5 120 "$BUILD/test_decode_variants"
+}
+stage0() {
+    timeout -k 5 150 "$BUILD/bench_cuda_stage0" --deadline-s 10 --json "$RES/stage0.jsonl" || return 1
+    timeout -k 5 100 "$BUILD/bench_cuda_stage0" --deadline-s 10 --cols 8192 --mib 256 --json "$RES/stage0-cols8192.jsonl"
+}
+stage1() {
+    timeout -k 5 240 "$BUILD/bench_cuda_decode" --shape 1.7b --prompt 512 --decode 128 --batch 1 --stage1 \
+        --keep /tmp/bllama-1.7b.gguf --json "$RES/stage1-1.7b.json"
+}
+# (cpu_threads: reserved for bench/cpu_threads.sh, added by another change)
 
 # ctest: the GPU kernel tests must pass, not skip (a skip here means the GPU was not seen). ctest logs a test that
 # exits 77 (SKIP_RETURN_CODE) as passed; the CUDA tests print "SKIP: <reason>" first, which the log keeps.
@@ -156,12 +181,13 @@ for sec in $SECTIONS; do
         bench) run_section kbench kbench; run_section dbench dbench; run_section rbench rbench ;;
         kbench|dbench|rbench) run_section "$sec" "$sec" ;;
         sanitize) run_section sanitize sanitize ;;
+        vcheck|stage0|stage1) run_section "$sec" "$sec" ;;
         *) echo "unknown section $sec" ;;
     esac
 done
 
 note "summary ($(head -2 "$RES/machine.txt" | tail -1 | cut -d, -f1), $STAMP)"
-for k in build probe ctest pytest kbench dbench rbench sanitize; do [ -n "${RESULT[$k]:-}" ] && printf "%-8s %s\n" "$k" "${RESULT[$k]}"; done
+for k in build probe ctest pytest kbench dbench rbench sanitize vcheck stage0 stage1; do [ -n "${RESULT[$k]:-}" ] && printf "%-8s %s\n" "$k" "${RESULT[$k]}"; done
 python3 - "$RES" <<'EOF'
 import json, sys, pathlib
 res = pathlib.Path(sys.argv[1])
@@ -199,6 +225,32 @@ if d:
             rel = f"{100 * (b1['tok_s'] / base - 1):+.1f}%" if base and b1 else "-"
             print(f"{'  ' + name:<28}{b1.get('tok_s', 0):>10.0f}{by_b.get(2, {}).get('tok_s', 0):>8.0f}"
                   f"{by_b.get(4, {}).get('tok_s', 0):>8.0f}  {b1.get('spread_pct', 0):>10.1f}%  {rel}{note}")
+# Issue #18: stage 0 (stream GB/s vs copy; hop us) and stage 1 (decode variants, batch 1).
+for name in ("stage0.jsonl", "stage0-cols8192.jsonl"):
+    p = res / name
+    if p.exists():
+        rows = [json.loads(l) for l in p.read_text().splitlines() if l.strip()]
+        copy = next((r["GB_s"] for r in rows if r["feed"] == "copy"), 0)
+        best = {}
+        for r in rows:
+            if r["bench"] == "stream" and r["feed"] in ("tma", "direct"):
+                k = (r["feed"], r["alu"])
+                if r["GB_s"] > best.get(k, {}).get("GB_s", 0):
+                    best[k] = r
+        print(f"{name}: copy {copy:.0f} GB/s; best stream GB/s (chunk, stages) by feed x alu:")
+        for (feed, alu), r in sorted(best.items()):
+            print(f"  {feed:<6} {alu:<5} {r['GB_s']:7.0f} ({100 * r['GB_s'] / copy if copy else 0:.0f}% of copy; "
+                  f"{r['chunk']} B x {r['stages']}){'' if r['exact'] else '  NOT EXACT'}")
+        for r in rows:
+            if r["bench"] == "hop":
+                print(f"  hop {r['feed']:<14} {r['us']:.3f} us{'' if r['exact'] else '  WRONG DATA'}")
+s1 = load("stage1-1.7b.json")
+if s1:
+    base = next((v["tok_s"] for v in s1["decode_variants"] if v["name"] == "pdl" and v["batch"] == 1), 0)
+    print("stage 1, 1.7B batch 1 (tok/s, vs pdl = today's default):")
+    for v in s1["decode_variants"]:
+        if v["batch"] == 1:
+            print(f"  {v['name']:<24}{v['tok_s']:>8.0f}  {100 * (v['tok_s'] / base - 1) if base else 0:+.1f}%  spread {v['spread_pct']:.1f}%")
 kp = res / "kernels.jsonl"
 if kp.exists():
     rows = [json.loads(l) for l in kp.read_text().splitlines() if l.strip()]

@@ -262,6 +262,12 @@ void CudaModel::allocate() {
     d_step_ = DeviceBuffer<uint64_t>(static_cast<size_t>(S));
     CUDA_CHECK(cudaMemsetAsync(d_step_.get(), 0, d_step_.bytes(), stream_.get()));
     sample_ws_ = DeviceBuffer<uint8_t>(std::max<size_t>(1, sample_workspace_bytes(S, static_cast<int>(c.vocab))));
+    if (opts_.fused_argmax) {  // the fused head's state: zero now, left zero by every step
+        argmax_key_ = DeviceBuffer<unsigned long long>(1);
+        argmax_count_ = DeviceBuffer<unsigned>(1);
+        CUDA_CHECK(cudaMemsetAsync(argmax_key_.get(), 0, argmax_key_.bytes(), stream_.get()));
+        CUDA_CHECK(cudaMemsetAsync(argmax_count_.get(), 0, argmax_count_.bytes(), stream_.get()));
+    }
     pending_tok_.assign(static_cast<size_t>(S), 0);
     pending_pos_.assign(static_cast<size_t>(S), 0);
     // upload() used plain cudaMemcpy (legacy default stream). From pageable memory it may return before its
@@ -438,11 +444,53 @@ void CudaModel::record_decode_step(int B) {
         PdlScope pdl(pdl_);
         embed(embd_.get(), D, d_tokens_.get(), B, x_.get(), s);
         layers(B, d_pos_.get(), d_slots_.get(), /*prompt=*/false, 0, 0);
-        head(0, B);
-        sample(logits_.get(), V, B, sampling_, d_seen_.get(), d_step_.get(), d_tokens_.get(), sample_ws_.get(), s);
+        if (fused_argmax_active(B)) {
+            rmsnorm(x_.get(), D, output_norm_, 1, D, cfg_.rms_eps, xn_.get(), D, s);
+            head_f16_argmax(head_, V, D, xn_.get(), logits_.get(), argmax_key_.get(), argmax_count_.get(),
+                            d_tokens_.get(), d_step_.get(), s);
+        } else {
+            head(0, B);
+            sample(logits_.get(), V, B, sampling_, d_seen_.get(), d_step_.get(), d_tokens_.get(), sample_ws_.get(), s);
+        }
         launch(advance_kernel, (B + 127) / 128, 128, 0, s, d_pos_.get(), B);
     }
     CUDA_CHECK(cudaMemcpyAsync(h_tokens_, d_tokens_.get(), static_cast<size_t>(B) * 4, cudaMemcpyDeviceToHost, s));
+}
+
+bool CudaModel::fused_argmax_active(int B) const {
+    const bool greedy = sampling_.greedy || !(sampling_.temperature > 0.0f);
+    return opts_.fused_argmax && B == 1 && greedy && sampling_.repetition_penalty == 1.0f && head_ && !head_q8_.size();
+}
+
+void CudaModel::decode_steps(int B, int K, int32_t* out) {
+    if (K < 1) throw std::out_of_range("decode_steps: K must be >= 1");
+    if (K == 1) return decode_step(B, out);
+    if (B < 1 || B > opts_.slots)
+        throw std::out_of_range("decode batch " + std::to_string(B) + " is out of range [1, " + std::to_string(opts_.slots) + "]");
+    for (int b = 0; b < B; ++b)
+        if (pending_pos_[static_cast<size_t>(b)] + K > ctx_)
+            throw std::out_of_range("slot " + std::to_string(b) + ": " + std::to_string(K) + " steps from position " +
+                                    std::to_string(pending_pos_[static_cast<size_t>(b)]) + " pass the context length " +
+                                    std::to_string(ctx_));
+    cudaStream_t s = stream_.get();
+    if (d_hist_.size() < static_cast<size_t>(K) * B) d_hist_ = DeviceBuffer<int32_t>(static_cast<size_t>(K) * B);
+    for (int k = 0; k < K; ++k) {
+        if (!opts_.graphs) {
+            record_decode_step(B);
+        } else {
+            auto it = graphs_.find(B);
+            if (it == graphs_.end()) it = graphs_.emplace(B, capture_graph(s, [&] { record_decode_step(B); })).first;
+            it->second.launch(s);
+        }
+        CUDA_CHECK(cudaMemcpyAsync(d_hist_.get() + static_cast<size_t>(k) * B, d_tokens_.get(), static_cast<size_t>(B) * 4,
+                                   cudaMemcpyDeviceToDevice, s));
+    }
+    CUDA_CHECK(cudaMemcpyAsync(out, d_hist_.get(), static_cast<size_t>(K) * B * 4, cudaMemcpyDeviceToHost, s));
+    stream_.sync();
+    for (int b = 0; b < B; ++b) {
+        pending_tok_[static_cast<size_t>(b)] = out[static_cast<size_t>(K - 1) * B + b];
+        pending_pos_[static_cast<size_t>(b)] += K;
+    }
 }
 
 void CudaModel::decode_step(int B, int32_t* out) {

@@ -39,6 +39,10 @@ struct CudaOptions {
                               // (bench/NOTES-cuda.md, "Not yet done", item 1).
     HeadType head = HeadType::F16;  // Q8: the head requantized at load to int8 rows as the CPU does (kernels/head_q8.h)
     int threads = 0;          // host threads for that requantization (<= 0: default_thread_count())
+    // Decode-step experiments of issue #18, off by default (bench_cuda_decode's variants; tests/cuda/
+    // test_decode_variants.cu checks them against the default path): the greedy token taken inside the f16 head
+    // kernel (fused_argmax; batch 1, greedy, no repetition penalty, f16 head, else ignored).
+    bool fused_argmax = false;
 };
 // Defaults overridden by the environment: BLLAMA_CUDA_GEMM=mma|cublaslt, BLLAMA_CUDA_GRAPHS=0, BLLAMA_CUDA_PDL=0.
 CudaOptions cuda_options_from_env(CudaOptions base);
@@ -79,6 +83,10 @@ public:
     // One decode step for slots 0 .. B-1: each slot's pending token runs at its position, the next
     // tokens are sampled and written to out[0, B). The slot's next input is the token it returned.
     void decode_step(int B, int32_t* out);
+    // K decode steps with one host synchronization (issue #18 experiment): the step's graph is replayed K times
+    // back to back, each step's tokens gathered on the device; out[k * B + b] is slot b's token of step k.
+    // The same tokens as K calls of decode_step; the caller sees no token before all K are done (no early stop).
+    void decode_steps(int B, int K, int32_t* out);
     // Overrides a slot's pending token and position (when the caller feeds a token it chose itself).
     void set_pending(int slot, int32_t token, int64_t pos);
     int32_t pending_token(int slot) const { return pending_tok_[static_cast<size_t>(slot)]; }
@@ -154,6 +162,10 @@ private:
     int32_t* h_tokens_ = nullptr;    // pinned [slots]
     DevSampling sampling_;
     std::map<int, GraphExec> graphs_;  // by B, for sampling_
+    DeviceBuffer<int32_t> d_hist_;   // decode_steps: [K, B] tokens
+    DeviceBuffer<unsigned long long> argmax_key_;  // fused_argmax state (zero between steps)
+    DeviceBuffer<unsigned> argmax_count_;
+    bool fused_argmax_active(int B) const;
 };
 
 }  // namespace cuda

@@ -139,6 +139,12 @@ void attention_prefill(const float* q, int ldq, int n, int pos0, int slot, int l
 // logits[t * V + r] = sum_k float(w[r, k]) * x[t * D + k], fp32 accumulation; w [V, D] f16.
 void head_f16(const __half* w, int V, int D, const float* x, int n, float* logits, cudaStream_t stream);
 
+// Decode-step experiment (issue #18, off by default): head_f16 for one token that also writes the greedy token
+// (the largest logit, the lowest index on ties, as sample() with greedy and no repetition penalty) into tokens[0]
+// and advances step[0] when not null. key / count: one zeroed u64 and u32 of device state, left zeroed.
+void head_f16_argmax(const __half* w, int V, int D, const float* x, float* logits, unsigned long long* key,
+                     unsigned* count, int32_t* tokens, uint64_t* step, cudaStream_t stream);
+
 // The int8 head (the CPU's head="q8", csrc/kernels/head_q8.h): w [V, D] int8 with one fp32 scale per row, x the
 // int8 activations of the final-normed rows (rmsnorm_quant; row t at x.q + t * x.cols, D <= x.cols):
 // logits[t * V + r] = (float)acc * (row_scale[r] / x.scale[t]), acc = sum_k w[r, k] * x.q[t, k] in int32 (exact),
