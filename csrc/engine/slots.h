@@ -50,6 +50,9 @@ struct SlotRequest {
     std::vector<int32_t> stop_ids;
     bool logprob = false;  // report each token's logprob
     int top_logprobs = 0;  // and this many alternatives (implies logprob)
+    // The seed was drawn at random (the caller named none): on a backend with one sampling setting per batch the
+    // request may then take the running batch's seed instead.
+    bool any_seed = false;
 };
 
 struct SlotEvent {
@@ -98,7 +101,7 @@ private:
     int logprob_ask(const State& s) const { return s.req.logprob ? s.req.top_logprobs : -1; }
     // The event for a token sampled by slot s (its finish decided here); frees the slot when it ends.
     SlotEvent sampled(int s, int32_t token, const TokenLogprobs* lp);
-    void check_sampling_fits(const SamplingParams& p) const;
+    void fit_sampling(SlotRequest& req) const;
 
     Backend& backend_;
     KvLedger& kept_;
