@@ -305,8 +305,9 @@ class Runtime:
     def _scoring_stats(self, tokens: int, seconds: float) -> dict:
         """rt.stats after logits() / evaluate(): the tokens scored count as prompt tokens (one forward, no decode)."""
         stats = dict(self._engine.last_stats)
-        stats.update(prompt_tokens=tokens, prompt_seconds=seconds, decode_tokens=0, decode_seconds=0.0,
-                     generated_tokens=0, prompt_tokens_per_second=tokens / seconds if seconds > 0 else 0.0,
+        stats.update(prompt_tokens=tokens, cached_tokens=0, prompt_seconds=seconds, decode_tokens=0,
+                     decode_seconds=0.0, generated_tokens=0,
+                     prompt_tokens_per_second=tokens / seconds if seconds > 0 else 0.0,
                      decode_tokens_per_second=0.0, stop_reason="none")
         return stats
 
