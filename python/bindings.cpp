@@ -284,6 +284,56 @@ public:
         return out;
     }
 
+    // ---- continuous batching (engine/slots.h) ----
+    int slot_add(const std::vector<int64_t>& ids, int64_t max_new_tokens, float temperature, int top_k, float top_p,
+                 float repetition_penalty, const py::int_& seed, bool do_sample, const std::vector<int64_t>& stop_ids,
+                 bool logprob, int top_logprobs) {
+        SlotRequest req;
+        req.prompt = to_ids(ids, engine_->vocab_size(), "prompt");
+        req.max_new_tokens = max_new_tokens;
+        req.params = sampling_params(temperature, top_k, top_p, repetition_penalty, seed, do_sample);
+        req.stop_ids = int32_stops(stop_ids);
+        req.logprob = logprob;
+        req.top_logprobs = top_logprobs;
+        req.any_seed = seed < py::int_(0);
+        py::gil_scoped_release nogil;
+        const Turn turn(*this);
+        return engine_->slots().add(std::move(req));
+    }
+
+    // [(slot, token or None, logprob or None, ((id, logprob), ...), finish or None, cached_tokens)]
+    py::list slot_step() {
+        std::vector<SlotEvent> events;
+        {
+            py::gil_scoped_release nogil;
+            const Turn turn(*this);
+            events = engine_->slots().step();
+        }
+        py::list out;
+        for (const SlotEvent& e : events) {
+            py::tuple top(e.logprobs.top.size());
+            for (size_t i = 0; i < e.logprobs.top.size(); ++i)
+                top[i] = py::make_tuple(e.logprobs.top[i].first, e.logprobs.top[i].second);
+            const char* finish = finish_reason_name(e.finish);
+            out.append(py::make_tuple(e.slot, e.token >= 0 ? py::object(py::int_(e.token)) : py::none(),
+                                      e.has_logprob ? py::object(py::float_(e.logprobs.logprob)) : py::none(), top,
+                                      *finish ? py::object(py::str(finish)) : py::none(), e.cached_tokens));
+        }
+        return out;
+    }
+
+    void slot_cancel(int slot) {
+        py::gil_scoped_release nogil;
+        const Turn turn(*this);
+        engine_->slots().cancel(slot);
+    }
+
+    int slot_active() {
+        py::gil_scoped_release nogil;
+        const Turn turn(*this);
+        return engine_->slots_active();
+    }
+
     py::dict last_stats() {
         GenerateStats s;
         {
@@ -293,6 +343,7 @@ public:
         }
         py::dict d;
         d["prompt_tokens"] = s.prompt_tokens;
+        d["cached_tokens"] = s.cached_tokens;
         d["prompt_seconds"] = s.prompt_seconds;
         d["decode_tokens"] = s.decode_tokens;
         d["decode_seconds"] = s.decode_seconds;
@@ -358,6 +409,8 @@ PYBIND11_MODULE(_engine, m) {
         }, py::arg("threads"), py::arg("bytes") = size_t(1) << 30, py::arg("repeats") = 5,
         "This machine's memory read bandwidth in GB/s with `threads` threads (best of `repeats`).");
 
+    // Engine.slot_add when every slot is busy (bllama/runtime/slots.py raises its SlotsFullError from it).
+    py::register_exception<SlotsFull>(m, "SlotsFull", PyExc_RuntimeError);
     py::register_exception_translator([](std::exception_ptr p) {
         try {
             if (p) std::rethrow_exception(p);
@@ -422,6 +475,17 @@ PYBIND11_MODULE(_engine, m) {
              "samples with seed + i (what generate(prompts[i], seed=seed + i) returns). callback(i, token) runs "
              "for every returned token of prompt i; truthy ends that sequence; an exception ends all and propagates.")
         .def("logits", &PyEngine::logits, py::arg("ids"), "float32 array [len(ids), vocab]")
+        .def("slot_add", &PyEngine::slot_add, py::arg("ids"), py::arg("max_new_tokens"), py::arg("temperature") = 1.0f,
+             py::arg("top_k") = 0, py::arg("top_p") = 1.0f, py::arg("repetition_penalty") = 1.0f,
+             py::arg("seed") = py::int_(0), py::arg("do_sample") = false, py::arg("stop_ids") = std::vector<int64_t>{},
+             py::arg("logprob") = false, py::arg("top_logprobs") = 0,
+             "Continuous batching: puts a request in a free slot (longest kept prefix, else least recently used) and "
+             "returns the slot; SlotsFull when none is free. Runs nothing.")
+        .def("slot_step", &PyEngine::slot_step,
+             "One step of every running slot plus one prompt chunk of a joining one: a list of (slot, token|None, "
+             "logprob|None, ((id, logprob), ...), 'length'|'stop'|None, cached_tokens).")
+        .def("slot_cancel", &PyEngine::slot_cancel, py::arg("slot"), "Retires a slot now (its KV cache is kept).")
+        .def("slot_active", &PyEngine::slot_active, "Slots taken.")
         .def("metadata", &PyEngine::metadata, py::arg("key"))
         .def("metadata_keys", &PyEngine::metadata_keys)
         .def("reset", &PyEngine::reset)

@@ -15,6 +15,7 @@ from ..tools.evaluate import text_metrics
 from ..sampling import SamplingParams
 from ..tokenizers.from_gguf import tokenizer_from_gguf
 from .engine import engine_module, check_cuda
+from .slots import Slots
 from .text_stream import _TextStream
 
 
@@ -27,13 +28,18 @@ class Runtime:
     """A loaded model file. Create with Runtime.load(path, threads=None, head="f16", device="cpu").
 
     One generation runs at a time: calls from several threads wait their turn; a thread that starts a second one
-    while its own first is unfinished (say two interleaved streams) gets RuntimeBusyError instead of a hang."""
+    while its own first is unfinished (say two interleaved streams) gets RuntimeBusyError instead of a hang.
+
+    The KV cache the last generation left in sequence slot 0 is kept: a next prompt that starts with the same
+    tokens (a chat's next turn) runs only the tokens after the shared prefix, with the same results as a cold
+    cache (stats["cached_tokens"] counts the reused ones). slots() gives continuous batching over all the slots."""
 
     def __init__(self, engine, tokenizer, path: str):
         self._engine, self.tokenizer, self.path = engine, tokenizer, path
         self.stats: dict = {}
         self._turn = threading.Lock()
         self._turn_holder: Optional[int] = None  # the thread whose generation holds _turn
+        self._slots: Optional[Slots] = None
         keys = set(engine.metadata_keys())
         # every id that ends generation: a model may have several (LLaMA-3: <|end_of_text|>, <|eot_id|>)
         eos = list(engine.metadata("bllama.eos_token_ids")) if "bllama.eos_token_ids" in keys else []
@@ -108,19 +114,39 @@ class Runtime:
 
     # ---- generation -------------------------------------------------------------------------------------
     @contextmanager
-    def _engine_turn(self):
-        """Holds the engine for one generation (a stream holds it from its first next() until it ends or closes)."""
+    def _engine_turn(self, slots: bool = False):
+        """Holds the engine for one generation (a stream holds it from its first next() until it ends or closes), or
+        for one call of Slots (slots=True). A one-shot generation while slots are taken raises RuntimeBusyError: it
+        would overwrite their KV caches."""
         me = threading.get_ident()
         if self._turn_holder == me:
             raise RuntimeBusyError("this Runtime is busy with an unfinished generation of this same thread (an open "
                                    "stream, or a token callback calling back in): finish or close it first, or load "
                                    "another Runtime for concurrent generations")
         with self._turn:
+            if not slots and self._slots is not None:
+                running = self._engine.slot_active()
+                if running:
+                    raise RuntimeBusyError(f"this Runtime's slots() hold {running} unfinished request(s): one-shot "
+                                           "generation would overwrite their KV caches; add the request to the slots, "
+                                           "or wait until they finish (or cancel them)")
             self._turn_holder = me
             try:
                 yield
             finally:
                 self._turn_holder = None
+
+    def slots(self) -> Slots:
+        """Continuous batching over the runtime's max_sequences slots (bllama/runtime/slots.py): add requests at
+        any time, step() all of them one token at a time. The same object on every call."""
+        if self._slots is None:
+            self._slots = Slots(self)
+        return self._slots
+
+    def reset_cache(self) -> None:
+        """Forgets every kept KV cache: the next generation runs its whole prompt (RuntimeBusyError while slots run)."""
+        with self._engine_turn():
+            self._engine.reset()
 
     # Every generating method takes `sampling` (a SamplingParams, default greedy) plus its fields as keyword
     # overrides, so rt.generate(p, do_sample=True, temperature=0.8, seed=0) keeps working; SamplingParams.of folds
@@ -279,8 +305,9 @@ class Runtime:
     def _scoring_stats(self, tokens: int, seconds: float) -> dict:
         """rt.stats after logits() / evaluate(): the tokens scored count as prompt tokens (one forward, no decode)."""
         stats = dict(self._engine.last_stats)
-        stats.update(prompt_tokens=tokens, prompt_seconds=seconds, decode_tokens=0, decode_seconds=0.0,
-                     generated_tokens=0, prompt_tokens_per_second=tokens / seconds if seconds > 0 else 0.0,
+        stats.update(prompt_tokens=tokens, cached_tokens=0, prompt_seconds=seconds, decode_tokens=0,
+                     decode_seconds=0.0, generated_tokens=0,
+                     prompt_tokens_per_second=tokens / seconds if seconds > 0 else 0.0,
                      decode_tokens_per_second=0.0, stop_reason="none")
         return stats
 

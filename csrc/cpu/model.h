@@ -83,6 +83,7 @@ public:
     // kernel works row by row).
     void forward_batch(const int32_t* tokens, const int64_t* pos, const int32_t* slots, int64_t n, float* logits);
     int sequences() const { return sequences_; }
+    int64_t max_batch() const { return max_batch_; }  // tokens per prompt chunk
 
     // The loaded weights, for backends that copy them elsewhere (csrc/cuda).
     const LayerWeights& layer(int64_t l) const { return layers_[static_cast<size_t>(l)]; }

@@ -1,5 +1,6 @@
 // The Engine's CUDA backend: one sequence in slot 0 of a CudaModel. Logits and sampling stay on the GPU;
 // a decode step is one graph replay and one 4-byte copy.
+#include <algorithm>
 #include <memory>
 #include <stdexcept>
 #include <string>
@@ -67,9 +68,67 @@ public:
         return B;
     }
 
+    // Continuous batching (engine/slots.h). Compiled, not yet run on a GPU. The decode graph bakes in one sampling
+    // setting for all rows and draws row b with seed + b, so running slots share one setting (Slots refuses others
+    // with SlotsFull until they finish) and a sampled slot b draws with seed + b. KV reuse stays off
+    // (exact_kv_reuse false): the prompt GEMMs (MMA / cuBLASLt) and the decode GEMV are not checked bit for bit
+    // against each other on a GPU yet. Logprobs: refused (the logits are sampled in place on the device).
+    bool per_slot_sampling() const override { return false; }
+    int64_t prompt_chunk() const override { return model_->options().max_batch; }
+    void begin_slot(int slot, const std::vector<int32_t>& seen, const SamplingParams& params) override {
+        SamplingParams p = params;
+        if (!p.do_sample || p.temperature <= 0.0f) {  // greedy: one canonical setting, so the graphs are kept
+            p = SamplingParams{};
+            p.repetition_penalty = params.repetition_penalty;
+        }
+        model_->begin_sequence(slot, seen, p);
+        rest_.resize(static_cast<size_t>(model_->slots()), 0);
+        rest_[static_cast<size_t>(slot)] = 0;  // no reuse: its prompt starts at position 0
+    }
+    int32_t prefill_slot(int slot, const int32_t* tokens, int64_t n, int64_t pos, bool sample, int lp_top,
+                         TokenLogprobs*) override {
+        if (lp_top >= 0) throw std::invalid_argument("logprobs are not available on device='cuda' yet");
+        model_->prefill(slot, tokens, n, pos, nullptr);
+        rest_.resize(static_cast<size_t>(model_->slots()), 0);
+        rest_[static_cast<size_t>(slot)] = pos + n;
+        return sample ? model_->sample_after_prefill(slot, pos + n) : -1;
+    }
+    // The graph steps slots 0 .. B-1 (B = the highest slot asked for + 1). A slot in that range that is not asked
+    // for runs too: its row is parked at its rest position (the first one its cache has not written), so what it
+    // writes lands where nothing is kept (a joining slot's next prompt chunk overwrites it) and never past the
+    // context; its sampler state is reset when a request next takes it (begin_sequence).
+    void decode_slots(int n, const int32_t* slots, const int32_t* tokens, const int64_t* pos, int32_t* next,
+                      const int* lp_top, TokenLogprobs*) override {
+        const int S = model_->slots();
+        rest_.resize(static_cast<size_t>(S), 0);
+        asked_.assign(static_cast<size_t>(S), 0);
+        int B = 0;
+        for (int r = 0; r < n; ++r) {
+            const int s = slots[r];
+            if (s < 0 || s >= S) throw std::out_of_range("decode_slots: slot " + std::to_string(s) + " is out of range");
+            if (lp_top && lp_top[r] >= 0) throw std::invalid_argument("logprobs are not available on device='cuda' yet");
+            asked_[static_cast<size_t>(s)] = 1;
+            B = std::max(B, s + 1);
+            if (model_->pending_token(s) != tokens[r] || model_->pending_pos(s) != pos[r])
+                model_->set_pending(s, tokens[r], pos[r]);
+        }
+        for (int b = 0; b < B; ++b)
+            if (!asked_[static_cast<size_t>(b)] && model_->pending_pos(b) != rest_[static_cast<size_t>(b)])
+                model_->set_pending(b, model_->pending_token(b), rest_[static_cast<size_t>(b)]);
+        step_out_.resize(static_cast<size_t>(S));
+        model_->decode_step(B, step_out_.data());
+        for (int r = 0; r < n; ++r) {
+            next[r] = step_out_[static_cast<size_t>(slots[r])];
+            rest_[static_cast<size_t>(slots[r])] = pos[r] + 1;
+        }
+    }
+
 private:
     std::unique_ptr<cuda::CudaModel> model_;
     GgufFile file_;
+    std::vector<int64_t> rest_;     // per slot: the first position its cache has not written (where an idle row runs)
+    std::vector<uint8_t> asked_;
+    std::vector<int32_t> step_out_;
 };
 
 }  // namespace

@@ -1,7 +1,7 @@
 #include "engine/backend.h"
 
+#include <algorithm>
 #include <stdexcept>
-
 
 namespace bllama {
 
@@ -19,6 +19,8 @@ public:
         row_tok_.assign(S, 0);
         row_pos_.assign(S, 0);
         row_slot_.assign(S, 0);
+        prefill_logits_.assign(V, 0.0f);
+        raw_row_.assign(V, 0.0f);
     }
 
     const ModelConfig& config() const override { return model_->config(); }
@@ -83,7 +85,46 @@ public:
         return n;
     }
 
+    // Continuous batching. Prompt chunks (GEMM) and decode steps (GEMV) compute every row alone with integer sums
+    // and the same per-row float order, so the KV values they write agree bit for bit
+    // (tests/cpp/test_slots.cpp checks it on every kernel kind this machine has).
+    bool exact_kv_reuse() const override { return true; }
+    int64_t prompt_chunk() const override { return model_->max_batch(); }
+    void begin_slot(int slot, const std::vector<int32_t>& seen, const SamplingParams& params) override {
+        Sampler& s = samplers_.at(static_cast<size_t>(slot));
+        s.reset(params);
+        for (int32_t t : seen) s.observe(t);
+    }
+    int32_t prefill_slot(int slot, const int32_t* tokens, int64_t n, int64_t pos, bool sample, int lp_top,
+                         TokenLogprobs* lp) override {
+        Sampler& s = samplers_.at(static_cast<size_t>(slot));
+        model_->forward(tokens, n, pos, prefill_logits_.data(), false, slot);
+        if (!sample) return -1;
+        return sample_row(s, prefill_logits_.data(), lp_top, lp);
+    }
+    void decode_slots(int n, const int32_t* slots, const int32_t* tokens, const int64_t* pos, int32_t* next,
+                      const int* lp_top, TokenLogprobs* lps) override {
+        if (n < 1 || n > static_cast<int>(samplers_.size())) throw std::invalid_argument("decode_slots: bad row count");
+        for (int r = 0; r < n; ++r) samplers_.at(static_cast<size_t>(slots[r])).observe(tokens[r]);
+        model_->forward_batch(tokens, pos, slots, n, logits_.data());
+        const size_t V = static_cast<size_t>(model_->config().vocab);
+        for (int r = 0; r < n; ++r)
+            next[r] = sample_row(samplers_[static_cast<size_t>(slots[r])], logits_.data() + static_cast<size_t>(r) * V,
+                                 lp_top ? lp_top[r] : -1, lps ? lps + r : nullptr);
+    }
+
 private:
+    // Samples from a raw logits row; the logprobs (lp_top >= 0) come from the row before the sampler's penalty and
+    // temperature change it in place.
+    int32_t sample_row(Sampler& s, float* row, int lp_top, TokenLogprobs* lp) {
+        if (lp_top < 0 || !lp) return s.sample(row);
+        const size_t V = static_cast<size_t>(model_->config().vocab);
+        std::copy(row, row + V, raw_row_.begin());
+        const int32_t t = s.sample(row);
+        compute_logprobs(raw_row_.data(), static_cast<int64_t>(V), t, lp_top, *lp);
+        return t;
+    }
+
     // A sequence in `slot`: its prompt at positions 0.., its first token sampled; it is pending at position n.
     int32_t start(int slot, const std::vector<int32_t>& prompt, const SamplingParams& params) {
         const size_t i = static_cast<size_t>(slot);
@@ -104,6 +145,7 @@ private:
     std::vector<int64_t> pos_;
     std::vector<int32_t> row_tok_, row_slot_;  // one step's rows: the live sequences' tokens and slots
     std::vector<int64_t> row_pos_;
+    std::vector<float> prefill_logits_, raw_row_;  // slots: a prompt chunk's last row; a row before sampling
 };
 
 }  // namespace
@@ -113,6 +155,15 @@ std::vector<int32_t> Backend::prefill_batch(const std::vector<std::vector<int32_
 }
 int Backend::decode_batch(int, const uint8_t*, int32_t*) {
     throw std::logic_error("this backend decodes one sequence at a time");
+}
+void Backend::begin_slot(int, const std::vector<int32_t>&, const SamplingParams&) {
+    throw std::logic_error("this backend has no slots");
+}
+int32_t Backend::prefill_slot(int, const int32_t*, int64_t, int64_t, bool, int, TokenLogprobs*) {
+    throw std::logic_error("this backend has no slots");
+}
+void Backend::decode_slots(int, const int32_t*, const int32_t*, const int64_t*, int32_t*, const int*, TokenLogprobs*) {
+    throw std::logic_error("this backend has no slots");
 }
 
 std::unique_ptr<Backend> make_cpu_backend(std::unique_ptr<Model> model) {

@@ -13,6 +13,7 @@
 #include "engine/config.h"
 #include "engine/gguf.h"
 #include "engine/sampler.h"
+#include "engine/slots.h"
 
 namespace bllama {
 
@@ -55,6 +56,26 @@ public:
     // token to next[b]; the others may be run too (their next[b] then updated) or skipped (left as they are).
     // Returns the number of sequences it ran.
     virtual int decode_batch(int B, const uint8_t* live, int32_t* next);
+
+    // Continuous batching (engine/slots.h): every slot starts, runs prompt chunks and decodes on its own.
+    // The defaults throw std::logic_error (a backend with max_sequences() == 1 still offers them for slot 0).
+    // True where a prompt chunk writes the same KV values, bit for bit, as decode steps of the same tokens
+    // (and any chunking does too): only then may a kept KV cache be resumed (prefix reuse).
+    virtual bool exact_kv_reuse() const { return false; }
+    // True where each slot samples with its own settings and seed; otherwise all running slots share one setting
+    // and slot b samples with seed + b.
+    virtual bool per_slot_sampling() const { return true; }
+    virtual int64_t prompt_chunk() const { return 64; }  // tokens a prompt forward runs at once
+    // Resets slot's sampler to params (validated) and marks `seen` (the whole prompt) as seen.
+    virtual void begin_slot(int slot, const std::vector<int32_t>& seen, const SamplingParams& params);
+    // Runs tokens[0, n) of `slot` at positions pos .. pos+n-1. With sample: returns the next token sampled from the
+    // last row's logits (and its logprobs in *lp when lp_top >= 0: lp_top alternatives); otherwise returns -1.
+    virtual int32_t prefill_slot(int slot, const int32_t* tokens, int64_t n, int64_t pos, bool sample, int lp_top,
+                                 TokenLogprobs* lp);
+    // One decode step of n rows: token tokens[r] of slot slots[r] (distinct) at position pos[r]; each row marks its
+    // token seen and samples next[r] with its slot's sampler. lp_top[r] >= 0 fills lps[r] (raw-logit logprobs).
+    virtual void decode_slots(int n, const int32_t* slots, const int32_t* tokens, const int64_t* pos, int32_t* next,
+                              const int* lp_top, TokenLogprobs* lps);
 };
 
 // The CPU backend over a loaded Model.

@@ -38,8 +38,22 @@ Engine::Engine(std::unique_ptr<Model> model, double load_seconds)
     : Engine(make_cpu_backend(std::move(model)), load_seconds) {}
 
 Engine::Engine(std::unique_ptr<Backend> backend, double load_seconds)
-    : backend_(std::move(backend)), load_seconds_(load_seconds) {
+    : backend_(std::move(backend)), load_seconds_(load_seconds),
+      kept_(static_cast<size_t>(std::max(1, backend_->max_sequences()))) {
     stats_.load_seconds = load_seconds_;
+    // Sized once: the decode loop appends a token per step and must not allocate (tests/cpp/test_decode_alloc.cpp).
+    for (auto& k : kept_) k.reserve(static_cast<size_t>(backend_->context()));
+}
+
+Slots& Engine::slots() {
+    if (!slots_) slots_ = std::make_unique<Slots>(*backend_, kept_);
+    return *slots_;
+}
+
+void Engine::check_no_slots(const char* what) const {
+    if (slots_active() > 0)
+        throw std::runtime_error(std::string("the engine is busy: ") + std::to_string(slots_active()) +
+                                 " slot(s) are running; " + what + " would overwrite their KV cache");
 }
 
 void Engine::check_ids(const std::vector<int32_t>& ids, const char* what) const {
@@ -51,17 +65,11 @@ void Engine::check_ids(const std::vector<int32_t>& ids, const char* what) const 
                                     std::to_string(i) + " is out of range [0, " + std::to_string(V) + ")");
 }
 
-void Engine::check_request(const std::vector<int32_t>& prompt, int64_t max_new_tokens) const {
-    check_ids(prompt, "prompt");
-    if (max_new_tokens < 0) throw std::invalid_argument("max_new_tokens must be >= 0, got " + std::to_string(max_new_tokens));
-    const int64_t n_prompt = static_cast<int64_t>(prompt.size());
-    if (n_prompt > context_length() || max_new_tokens > context_length() - n_prompt)
-        throw std::out_of_range("prompt (" + std::to_string(n_prompt) + " tokens) + max_new_tokens (" +
-                                std::to_string(max_new_tokens) + ") exceeds the context length " +
-                                std::to_string(context_length()));
+void Engine::reset() {
+    check_no_slots("reset()");
+    n_past_ = 0;
+    for (auto& k : kept_) k.clear();
 }
-
-void Engine::reset() { n_past_ = 0; }
 
 std::vector<int32_t> Engine::generate(const std::vector<int32_t>& prompt, int64_t max_new_tokens,
                                       const SamplingParams& params, const std::vector<int32_t>& stop_ids,
@@ -69,21 +77,36 @@ std::vector<int32_t> Engine::generate(const std::vector<int32_t>& prompt, int64_
     check_request(prompt, max_new_tokens);
     const int64_t n_prompt = static_cast<int64_t>(prompt.size());
     validate(params);  // before any work
+    check_no_slots("generate()");
 
     stats_ = GenerateStats{};
     stats_.load_seconds = load_seconds_;
     stats_.prompt_tokens = n_prompt;
     std::vector<int32_t> out;
     out.reserve(static_cast<size_t>(max_new_tokens));
-    reset();
+    n_past_ = 0;
     if (max_new_tokens == 0) {
         stats_.stop_reason = StopReason::Length;
         return out;
     }
 
     auto t0 = Clock::now();
-    int32_t next = backend_->prefill(prompt, params);
+    // Slot 0's kept KV cache covers prompt[0, reuse): only the rest runs. The ledger forgets the positions about to
+    // be overwritten before anything runs, and learns each token once its KV is written, so it stays true if a
+    // forward or the callback throws.
+    auto& kept = kept_[0];
+    const int64_t reuse = backend_->exact_kv_reuse() ? reusable_prefix(kept, prompt) : 0;
+    kept.resize(static_cast<size_t>(reuse));
+    int32_t next;
+    if (reuse > 0) {
+        backend_->begin_slot(0, prompt, params);
+        next = backend_->prefill_slot(0, prompt.data() + reuse, n_prompt - reuse, reuse, true, -1, nullptr);
+    } else {
+        next = backend_->prefill(prompt, params);
+    }
+    kept.assign(prompt.begin(), prompt.end());
     n_past_ = n_prompt;
+    stats_.cached_tokens = reuse;
     stats_.prompt_seconds = seconds_since(t0);
 
     t0 = Clock::now();
@@ -105,6 +128,7 @@ std::vector<int32_t> Engine::generate(const std::vector<int32_t>& prompt, int64_
             break;
         }
         next = backend_->decode(next, n_past_);
+        kept.push_back(out.back());
         ++n_past_;
         ++stats_.decode_tokens;
     }
@@ -127,6 +151,8 @@ std::vector<std::vector<int32_t>> Engine::generate_batch(const std::vector<std::
     if (prompts.empty()) throw std::invalid_argument("generate_batch: no prompts");
     for (const auto& p : prompts) check_request(p, max_new_tokens);
     validate(params);
+    check_no_slots("generate_batch()");
+    for (auto& k : kept_) k.clear();  // the batch overwrites the slots' caches (slot 0's is kept again when S <= 1)
 
     std::vector<std::vector<int32_t>> out(prompts.size());
     for (auto& o : out) o.reserve(static_cast<size_t>(max_new_tokens));  // no allocation per decoded token
@@ -193,8 +219,10 @@ void Engine::logits(const std::vector<int32_t>& ids, float* out) {
     const int64_t n = static_cast<int64_t>(ids.size());
     if (n > context_length())
         throw std::out_of_range(std::to_string(n) + " tokens exceed the context length " + std::to_string(context_length()));
-    reset();
+    check_no_slots("logits()");
+    kept_[0].clear();
     backend_->logits(ids.data(), n, out);
+    kept_[0] = ids;
     n_past_ = n;
 }
 

@@ -13,6 +13,7 @@
 #include "cpu/model.h"
 #include "engine/backend.h"
 #include "engine/sampler.h"
+#include "engine/slots.h"
 
 namespace bllama {
 
@@ -21,6 +22,7 @@ const char* stop_reason_name(StopReason r);
 
 struct GenerateStats {
     int64_t prompt_tokens = 0;
+    int64_t cached_tokens = 0;    // of those, reused from the KV cache the previous sequence left (not run again)
     double prompt_seconds = 0;    // prompt forward + choosing the first token
     int64_t decode_tokens = 0;    // single-token forwards run after the prompt
     double decode_seconds = 0;    // their forwards + sampling
@@ -51,7 +53,9 @@ public:
     // Generated ids (a stop token ends generation and is not included). Throws std::invalid_argument
     // (empty prompt, bad sampling params, negative max_new_tokens) or std::out_of_range (token id
     // outside [0, vocab), prompt + max_new_tokens > context length). Exceptions from the callback
-    // propagate. Always starts from an empty KV cache.
+    // propagate. Runs in sequence slot 0 and resumes at the longest common prefix of the prompt with the tokens
+    // slot 0's KV cache holds (the previous generate's prompt and reply, or a Slots request's) where the backend's
+    // KV reuse is exact (Backend::exact_kv_reuse): the tokens are those of a cold cache, only the time differs.
     std::vector<int32_t> generate(const std::vector<int32_t>& prompt, int64_t max_new_tokens,
                                   const SamplingParams& params, const std::vector<int32_t>& stop_ids = {},
                                   const TokenCallback& on_token = nullptr);
@@ -76,19 +80,28 @@ public:
     std::vector<float> logits(const std::vector<int32_t>& ids);
     void logits(const std::vector<int32_t>& ids, float* out);  // out holds n * vocab floats
 
-    void reset();  // forget the cached sequence (generate/logits also start fresh)
+    // Continuous batching over the max_sequences() slots (engine/slots.h), created on first use. While any slot is
+    // taken, generate / generate_batch / logits / reset throw std::runtime_error (they would overwrite its cache).
+    Slots& slots();
+    int slots_active() const { return slots_ ? slots_->active() : 0; }
+
+    void reset();  // forget every kept KV cache (the next generate starts cold)
     const GenerateStats& last_stats() const { return stats_; }
 
 private:
     explicit Engine(std::pair<std::unique_ptr<Backend>, double> loaded);
     void check_ids(const std::vector<int32_t>& ids, const char* what) const;
-    // Valid ids, max_new_tokens >= 0, and prompt + max_new_tokens within the context (std::out_of_range).
-    void check_request(const std::vector<int32_t>& prompt, int64_t max_new_tokens) const;
+    void check_request(const std::vector<int32_t>& prompt, int64_t max_new_tokens) const {
+        bllama::check_request(prompt, max_new_tokens, vocab_size(), context_length());
+    }
+    void check_no_slots(const char* what) const;
 
     std::unique_ptr<Backend> backend_;
     GenerateStats stats_;
     double load_seconds_ = 0;
     int64_t n_past_ = 0;
+    KvLedger kept_;                 // what each slot's KV cache holds (shared with slots_)
+    std::unique_ptr<Slots> slots_;
 };
 
 }  // namespace bllama

@@ -1,0 +1,116 @@
+"""Continuous batching: Runtime.slots() gives the engine's sequence slots as a step-wise API for a scheduler.
+
+    slots = rt.slots()
+    s = slots.add(prompt_ids, SamplingParams(), max_new_tokens=64, stop_ids=rt.eos_ids)
+    while slots.active():
+        for ev in slots.step():   # one token of every running slot + one prompt chunk of a joining one
+            ...
+
+Each slot keeps its own sampler and seed, so a request gets exactly the tokens Runtime generates for it alone
+(greedy, or sampled with the same seed), whatever joins or leaves around it. A slot that ends keeps its KV cache;
+a later request sharing a prefix with it resumes there (prefix reuse). docs/engine.md, "Slots".
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import List, Optional, Sequence, Tuple
+
+from ..sampling import SamplingParams
+from .engine import engine_module
+
+MAX_TOP_LOGPROBS = 20  # the engine's kMaxTopLogprobs (csrc/engine/slots.h); OpenAI's top_logprobs cap too
+_INT32_MAX = 2**31 - 1
+
+
+class SlotsFullError(RuntimeError):
+    """Every slot is busy (or, on device='cuda', none can take the request's sampling settings until the running
+    slots finish): retry after a step that finished a slot."""
+
+
+@dataclass(frozen=True)
+class SlotEvent:
+    slot: int
+    # The sampled token; None when the slot stopped on a stop id (not part of the reply) or the event only reports
+    # a prompt chunk run for a joining slot.
+    token: Optional[int]
+    # log_softmax of the model's raw logits (before penalty / temperature) at `token`; None unless asked for.
+    logprob: Optional[float]
+    top_logprobs: Tuple[Tuple[int, float], ...]  # up to the slot's `logprobs` count, best first (empty if 0)
+    # None while running; "length" (max_new_tokens reached with this token) or "stop" (a stop id).
+    finish_reason: Optional[str]
+    cached_tokens: int  # prompt tokens reused from a kept KV cache (0: a cold start); the same on every event
+
+
+class Slots:
+    """The sequence slots of a Runtime (capacity = its max_sequences). add() / step() / cancel() / active() each
+    take the Runtime's turn (so they wait for a running Runtime.generate, and step() runs with the GIL released);
+    while any slot is taken, the Runtime's one-shot calls (generate, stream, chat, logits, ...) raise
+    RuntimeBusyError instead of overwriting the slots' caches. Use from one scheduling thread."""
+
+    def __init__(self, runtime):
+        self._rt = runtime
+        self._engine = runtime._engine
+        self.capacity: int = int(self._engine.config.get("max_sequences", 1))
+
+    def add(self, ids: Sequence[int], sampling: Optional[SamplingParams], max_new_tokens: int,
+            stop_ids: Sequence[int] = (), logprobs: int = 0, *, token_logprob: bool = False) -> int:
+        """Puts a request in a free slot and returns the slot; runs nothing (step() does).
+
+        The checks of Runtime's generation calls: ValueError for an empty prompt or bad sampling settings,
+        IndexError for an id outside the vocabulary or prompt + max_new_tokens past the context length.
+        logprobs: how many top alternatives each event reports (0..20; > 0 also reports the token's own logprob);
+        token_logprob=True reports the token's logprob without alternatives. SlotsFullError when no slot is free.
+        The free slot whose kept tokens share the longest prefix with `ids` is chosen, else the least recently
+        used one."""
+        sampling = SamplingParams.of(sampling)
+        ids = list(ids)
+        if not ids:
+            raise ValueError("the prompt is empty")
+        vocab = self._rt.vocab_size
+        for i, t in enumerate(ids):
+            if not isinstance(t, int) or isinstance(t, bool):
+                raise TypeError(f"prompt: token id at index {i} is not an integer: {t!r}")
+            if not 0 <= t < vocab:
+                raise IndexError(f"prompt: token id {t} at index {i} is out of range [0, {vocab})")
+        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int):
+            raise TypeError(f"max_new_tokens must be an integer, got {max_new_tokens!r}")
+        if max_new_tokens < 0:
+            raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+        if max_new_tokens > self._rt.context_length - len(ids):
+            raise IndexError(f"prompt ({len(ids)} tokens) + max_new_tokens ({max_new_tokens}) exceeds the context "
+                             f"length {self._rt.context_length}")
+        if isinstance(logprobs, bool) or not isinstance(logprobs, int) or not 0 <= logprobs <= MAX_TOP_LOGPROBS:
+            raise ValueError(f"logprobs must be an integer in [0, {MAX_TOP_LOGPROBS}], got {logprobs!r}")
+        stops = [int(s) for s in stop_ids if 0 <= int(s) < vocab]  # others can never be sampled
+        kwargs = sampling.engine_kwargs()
+        kwargs["top_k"] = min(kwargs["top_k"], _INT32_MAX)  # any top_k >= vocab keeps every candidate
+        with self._rt._engine_turn(slots=True):
+            try:
+                return self._engine.slot_add(ids, int(max_new_tokens), stop_ids=stops,
+                                             logprob=bool(token_logprob or logprobs), top_logprobs=logprobs, **kwargs)
+            except engine_module().SlotsFull as e:
+                raise SlotsFullError(str(e)) from None
+
+    def step(self) -> List[SlotEvent]:
+        """One decode token for every running slot (one batched forward) plus at most one prompt chunk (the
+        engine's max_batch tokens) of one joining slot, the GIL released; one event per slot that produced
+        something, [] when idle. A slot whose event has a finish_reason is free again."""
+        with self._rt._engine_turn(slots=True):
+            raw = self._engine.slot_step()
+        return [SlotEvent(*e) for e in raw]
+
+    def cancel(self, slot: int) -> None:
+        """Retires a slot at once (no event); its KV cache and tokens stay for prefix reuse. IndexError for a slot
+        outside [0, capacity)."""
+        if isinstance(slot, bool) or not isinstance(slot, int) or not 0 <= slot < self.capacity:
+            raise IndexError(f"slot {slot!r} is out of range [0, {self.capacity})")
+        with self._rt._engine_turn(slots=True):
+            self._engine.slot_cancel(slot)
+
+    def active(self) -> int:
+        """Slots taken (joining, decoding, or finished but not yet reported by step())."""
+        with self._rt._engine_turn(slots=True):
+            return self._engine.slot_active()
+
+    def __repr__(self) -> str:
+        return f"Slots(capacity={self.capacity}, active={self.active()})"

@@ -1,0 +1,227 @@
+#include "engine/slots.h"
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+
+#include "engine/backend.h"
+
+namespace bllama {
+
+int64_t reusable_prefix(const std::vector<int32_t>& kept, const std::vector<int32_t>& prompt) {
+    const size_t cap = prompt.empty() ? 0 : prompt.size() - 1;
+    const size_t n = std::min(kept.size(), cap);
+    size_t i = 0;
+    while (i < n && kept[i] == prompt[i]) ++i;
+    return static_cast<int64_t>(i);
+}
+
+void check_request(const std::vector<int32_t>& prompt, int64_t max_new_tokens, int64_t vocab, int64_t context) {
+    if (prompt.empty()) throw std::invalid_argument("prompt is empty");
+    for (size_t i = 0; i < prompt.size(); ++i)
+        if (prompt[i] < 0 || prompt[i] >= vocab)
+            throw std::out_of_range("prompt: token id " + std::to_string(prompt[i]) + " at index " + std::to_string(i) +
+                                    " is out of range [0, " + std::to_string(vocab) + ")");
+    if (max_new_tokens < 0) throw std::invalid_argument("max_new_tokens must be >= 0, got " + std::to_string(max_new_tokens));
+    const int64_t n_prompt = static_cast<int64_t>(prompt.size());
+    if (n_prompt > context || max_new_tokens > context - n_prompt)
+        throw std::out_of_range("prompt (" + std::to_string(n_prompt) + " tokens) + max_new_tokens (" +
+                                std::to_string(max_new_tokens) + ") exceeds the context length " + std::to_string(context));
+}
+
+void compute_logprobs(const float* logits, int64_t vocab, int32_t token, int top, TokenLogprobs& out) {
+    // log_softmax in double: the sum over a large vocabulary keeps its digits.
+    const float mx = *std::max_element(logits, logits + vocab);
+    double sum = 0;
+    for (int64_t i = 0; i < vocab; ++i) sum += std::exp(static_cast<double>(logits[i]) - mx);
+    const double lse = static_cast<double>(mx) + std::log(sum);
+    out.logprob = static_cast<float>(static_cast<double>(logits[token]) - lse);
+    out.top.clear();
+    const int k = static_cast<int>(std::min<int64_t>(std::max(top, 0), vocab));
+    if (k == 0) return;
+    std::vector<int32_t> idx(static_cast<size_t>(vocab));
+    std::iota(idx.begin(), idx.end(), 0);
+    std::partial_sort(idx.begin(), idx.begin() + k, idx.end(), [logits](int32_t a, int32_t b) {
+        return logits[a] > logits[b] || (logits[a] == logits[b] && a < b);
+    });
+    for (int i = 0; i < k; ++i)
+        out.top.emplace_back(idx[static_cast<size_t>(i)], static_cast<float>(static_cast<double>(logits[idx[static_cast<size_t>(i)]]) - lse));
+}
+
+const char* finish_reason_name(FinishReason r) {
+    switch (r) {
+        case FinishReason::Length: return "length";
+        case FinishReason::Stop: return "stop";
+        default: return "";
+    }
+}
+
+namespace {
+bool greedy(const SamplingParams& p) { return !p.do_sample || p.temperature <= 0.0f; }
+// What a backend with one shared sampling setting compares (seeds apart): greedy requests differ only in their penalty.
+bool same_setting(const SamplingParams& a, const SamplingParams& b) {
+    if (greedy(a) || greedy(b)) return greedy(a) && greedy(b) && a.repetition_penalty == b.repetition_penalty;
+    return a.temperature == b.temperature && a.top_k == b.top_k && a.top_p == b.top_p &&
+           a.repetition_penalty == b.repetition_penalty;
+}
+}  // namespace
+
+Slots::Slots(Backend& backend, KvLedger& kept) : backend_(backend), kept_(kept) {
+    const size_t S = static_cast<size_t>(backend.max_sequences());
+    if (kept_.size() != S) throw std::logic_error("Slots: the KV ledger must have one entry per sequence");
+    slots_.resize(S);
+    row_slot_.resize(S), row_tok_.resize(S), row_next_.resize(S), row_pos_.resize(S), row_lp_.resize(S);
+    row_logprobs_.resize(S);
+}
+
+int Slots::active() const {
+    return static_cast<int>(std::count_if(slots_.begin(), slots_.end(), [](const State& s) { return s.phase != Phase::Free; }));
+}
+
+void Slots::fit_sampling(SlotRequest& req) const {
+    if (backend_.per_slot_sampling()) return;
+    for (const State& s : slots_) {
+        if (s.phase == Phase::Free) continue;
+        const SamplingParams& running = s.req.params;
+        bool fits = same_setting(running, req.params);
+        if (fits && !greedy(req.params) && req.params.seed != running.seed) {
+            if (req.any_seed) req.params.seed = running.seed;  // any seed will do: the batch's
+            else fits = false;
+        }
+        if (!fits)
+            throw SlotsFull("this backend runs one sampling setting per batch: a request with other settings (or, "
+                            "when sampling, another seed) waits until the running slots finish");
+        return;  // every running slot has the same setting
+    }
+}
+
+int Slots::add(SlotRequest req) {
+    check_request(req.prompt, req.max_new_tokens, backend_.config().vocab, backend_.context());
+    validate(req.params);
+    if (req.top_logprobs < 0 || req.top_logprobs > kMaxTopLogprobs)
+        throw std::invalid_argument("top logprobs must be in [0, " + std::to_string(kMaxTopLogprobs) + "], got " +
+                                    std::to_string(req.top_logprobs));
+    if (req.top_logprobs > 0) req.logprob = true;
+    fit_sampling(req);
+
+    // The free slot with the longest reusable prefix; ties (and no prefix at all) go to the least recently used.
+    const bool reuse = backend_.exact_kv_reuse();
+    int best = -1;
+    int64_t best_prefix = -1;
+    for (int s = 0; s < capacity(); ++s) {
+        const State& st = slots_[static_cast<size_t>(s)];
+        if (st.phase != Phase::Free) continue;
+        const int64_t prefix = reuse ? reusable_prefix(kept_[static_cast<size_t>(s)], req.prompt) : 0;
+        if (prefix > best_prefix || (prefix == best_prefix && st.last_used < slots_[static_cast<size_t>(best)].last_used))
+            best = s, best_prefix = prefix;
+    }
+    if (best < 0) throw SlotsFull("every slot is busy (" + std::to_string(capacity()) + " slots)");
+
+    State& st = slots_[static_cast<size_t>(best)];
+    // Positions from the prefix on are about to be overwritten: the ledger forgets them first.
+    kept_[static_cast<size_t>(best)].resize(static_cast<size_t>(best_prefix));
+    backend_.begin_slot(best, req.prompt, req.params);
+    st = State{};
+    st.req = std::move(req);
+    st.phase = st.req.max_new_tokens == 0 ? Phase::Report : Phase::Prefill;
+    st.next_prompt = best_prefix;
+    st.cached = best_prefix;
+    st.last_used = ++clock_;
+    return best;
+}
+
+void Slots::cancel(int slot) {
+    if (slot < 0 || slot >= capacity())
+        throw std::out_of_range("slot " + std::to_string(slot) + " is out of range [0, " + std::to_string(capacity()) + ")");
+    slots_[static_cast<size_t>(slot)].phase = Phase::Free;  // the ledger already holds what its KV cache holds
+}
+
+SlotEvent Slots::sampled(int s, int32_t token, const TokenLogprobs* lp) {
+    State& st = slots_[static_cast<size_t>(s)];
+    SlotEvent ev;
+    ev.slot = s;
+    ev.cached_tokens = st.cached;
+    const auto& stops = st.req.stop_ids;
+    if (std::find(stops.begin(), stops.end(), token) != stops.end()) {
+        ev.finish = FinishReason::Stop;  // the stop id is not part of the reply (and never runs)
+        st.phase = Phase::Free;
+        return ev;
+    }
+    ev.token = token;
+    if (lp) ev.has_logprob = true, ev.logprobs = *lp;
+    if (++st.generated >= st.req.max_new_tokens) {
+        ev.finish = FinishReason::Length;
+        st.phase = Phase::Free;
+    } else {
+        st.phase = Phase::Decode;
+        st.pending = token;
+    }
+    return ev;
+}
+
+std::vector<SlotEvent> Slots::step() {
+    std::vector<SlotEvent> events;
+    // Requests that asked for no tokens end without running anything.
+    for (int s = 0; s < capacity(); ++s) {
+        State& st = slots_[static_cast<size_t>(s)];
+        if (st.phase != Phase::Report) continue;
+        SlotEvent ev;
+        ev.slot = s, ev.finish = FinishReason::Length, ev.cached_tokens = st.cached;
+        events.push_back(std::move(ev));
+        st.phase = Phase::Free;
+    }
+
+    // One decode token for every running slot, as the rows of one forward.
+    int n = 0;
+    for (int s = 0; s < capacity(); ++s) {
+        const State& st = slots_[static_cast<size_t>(s)];
+        if (st.phase != Phase::Decode) continue;
+        const size_t r = static_cast<size_t>(n++);
+        row_slot_[r] = s, row_tok_[r] = st.pending, row_pos_[r] = st.pos, row_lp_[r] = logprob_ask(st);
+    }
+    if (n > 0) {
+        backend_.decode_slots(n, row_slot_.data(), row_tok_.data(), row_pos_.data(), row_next_.data(), row_lp_.data(),
+                              row_logprobs_.data());
+        for (int r = 0; r < n; ++r) {
+            const int s = row_slot_[static_cast<size_t>(r)];
+            State& st = slots_[static_cast<size_t>(s)];
+            kept_[static_cast<size_t>(s)].push_back(st.pending);  // its KV is written now
+            st.pos += 1;
+            events.push_back(sampled(s, row_next_[static_cast<size_t>(r)],
+                                     row_lp_[static_cast<size_t>(r)] >= 0 ? &row_logprobs_[static_cast<size_t>(r)] : nullptr));
+        }
+    }
+
+    // One prompt chunk of the joining slot that was added first.
+    int joining = -1;
+    for (int s = 0; s < capacity(); ++s) {
+        const State& st = slots_[static_cast<size_t>(s)];
+        if (st.phase == Phase::Prefill && (joining < 0 || st.last_used < slots_[static_cast<size_t>(joining)].last_used))
+            joining = s;
+    }
+    if (joining >= 0) {
+        State& st = slots_[static_cast<size_t>(joining)];
+        const auto& prompt = st.req.prompt;
+        const int64_t n_prompt = static_cast<int64_t>(prompt.size());
+        const int64_t m = std::min(backend_.prompt_chunk(), n_prompt - st.next_prompt);
+        const bool last = st.next_prompt + m == n_prompt;
+        TokenLogprobs lp;
+        const int ask = logprob_ask(st);
+        const int32_t token = backend_.prefill_slot(joining, prompt.data() + st.next_prompt, m, st.next_prompt, last,
+                                                    ask, &lp);
+        auto& kept = kept_[static_cast<size_t>(joining)];
+        kept.insert(kept.end(), prompt.begin() + st.next_prompt, prompt.begin() + st.next_prompt + m);
+        st.next_prompt += m;
+        if (last) {
+            st.pos = n_prompt;
+            events.push_back(sampled(joining, token, ask >= 0 ? &lp : nullptr));
+        } else {
+            SlotEvent ev;
+            ev.slot = joining, ev.cached_tokens = st.cached;
+            events.push_back(std::move(ev));
+        }
+    }
+    return events;
+}
+
+}  // namespace bllama

@@ -1,0 +1,348 @@
+// Continuous batching and prefix reuse (engine/slots.h) against one-at-a-time runs on random-weight models:
+// requests that join a running batch, mixed sampling settings, stop ids and lengths, logprobs, refusals; and
+// resuming a kept KV cache (Engine::generate and Slots) gives the tokens of a cold cache, with prompt chunks that
+// start at other positions than the cold run's.
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <map>
+#include <memory>
+#include <random>
+
+#include "engine/engine.h"
+#include "gguf_test_writer.h"
+
+using namespace bllama;
+using namespace testutil;
+
+namespace {
+
+std::vector<int32_t> random_ids(int n, int64_t vocab, uint32_t seed) {
+    std::mt19937 rng(seed);
+    std::vector<int32_t> ids(static_cast<size_t>(n));
+    for (auto& t : ids) t = static_cast<int32_t>(rng() % static_cast<uint32_t>(vocab));
+    return ids;
+}
+
+Spec small_spec() {
+    Spec s;
+    s.context = 96;
+    s.layers = 2;
+    return s;
+}
+
+Engine make_engine(const GgufBuilder& g, int sequences, bool kv_f16 = false) {
+    LoadOptions o;
+    o.threads = 2;
+    o.max_batch = std::max(8, sequences);  // prompts of more than 8 tokens run in several chunks
+    o.sequences = sequences;
+    o.kv_f16 = kv_f16;
+    return Engine(Model::load(GgufFile::from_bytes(g.build()), o));
+}
+
+std::vector<int32_t> concat(std::vector<int32_t> a, const std::vector<int32_t>& b) {
+    a.insert(a.end(), b.begin(), b.end());
+    return a;
+}
+
+SamplingParams greedy_penalty() {
+    SamplingParams p;
+    p.repetition_penalty = 1.3f;
+    return p;
+}
+SamplingParams sampled(uint64_t seed, int top_k = 40) {
+    SamplingParams p;
+    p.do_sample = true, p.temperature = 1.2f, p.top_k = top_k, p.top_p = 0.95f, p.seed = seed;
+    return p;
+}
+
+struct Run {
+    std::vector<int32_t> tokens;
+    FinishReason finish = FinishReason::None;
+    int64_t cached = -1;
+    int events = 0;
+};
+
+// Steps until every slot in `runs` has finished; `between(step)` may add requests mid-way.
+template <class Between>
+void drive(Slots& slots, std::map<int, Run>& runs, Between between) {
+    for (int step = 0; step < 1000; ++step) {
+        between(step);
+        const auto events = slots.step();
+        if (events.empty() && slots.active() == 0) return;
+        for (const SlotEvent& e : events) {
+            Run& r = runs[e.slot];
+            CHECK(r.finish == FinishReason::None);  // nothing after a slot's last event
+            ++r.events;
+            if (r.cached < 0) r.cached = e.cached_tokens;
+            CHECK(r.cached == e.cached_tokens);  // the same on every event of a request
+            if (e.token >= 0) r.tokens.push_back(e.token);
+            r.finish = e.finish;
+        }
+    }
+    CHECK(!"drive: slots never finished");
+}
+
+// Prompt chunks and decode steps write the same KV values: a kept cache resumed by generate() gives the tokens of a
+// cold cache, turn after turn of a growing conversation, greedy (with a penalty) and seeded sampling, fp32 and fp16.
+void test_generate_prefix_reuse() {
+    const Spec s = small_spec();
+    const GgufBuilder g = random_model(s, nullptr);
+    for (bool f16 : {false, true})
+        for (const SamplingParams& p : {greedy_penalty(), sampled(7)}) {
+            Engine warm = make_engine(g, 1, f16);
+            std::vector<int32_t> history = random_ids(5, s.vocab, 31);
+            int reused_turns = 0;
+            for (int turn = 0; turn < 5; ++turn) {
+                const std::vector<int32_t> prompt = history;
+                const auto got = warm.generate(prompt, 6, p);
+                const int64_t cached = warm.last_stats().cached_tokens;
+                Engine cold = make_engine(g, 1, f16);
+                const auto want = cold.generate(prompt, 6, p);
+                CHECK(got == want);
+                CHECK(cold.last_stats().cached_tokens == 0);
+                // The cache held the previous prompt and all but the last generated token: all of it is shared.
+                if (turn > 0) CHECK(cached > 0 && cached < static_cast<int64_t>(prompt.size()));
+                reused_turns += cached > 0;
+                // Next turn: this reply with its last token dropped (as a chat template re-encoding may change
+                // it), then a new user turn of 3..9 tokens.
+                history = concat(prompt, std::vector<int32_t>(got.begin(), got.end() - (got.empty() ? 0 : 1)));
+                history = concat(history, random_ids(3 + 2 * turn, s.vocab, 40 + static_cast<uint32_t>(turn)));
+            }
+            CHECK(reused_turns == 4);
+            // The same prompt again runs only its last token.
+            const auto again = random_ids(12, s.vocab, 50);
+            const auto a1 = warm.generate(again, 4, p);
+            const auto a2 = warm.generate(again, 4, p);
+            CHECK(a1 == a2);
+            CHECK(warm.last_stats().cached_tokens == 11);
+            // logits() overwrites slot 0 and is remembered as what it holds.
+            warm.logits(random_ids(20, s.vocab, 51));
+            const auto after = warm.generate(again, 4, p);
+            CHECK(after == a1 && warm.last_stats().cached_tokens == 0);
+            warm.reset();
+            warm.generate(again, 4, p);
+            CHECK(warm.last_stats().cached_tokens == 0);
+        }
+}
+
+// A request that joins a running batch gets exactly its one-at-a-time tokens; mixed sampling settings share steps;
+// stop ids and max_new_tokens end slots with the right reason and free them at once.
+void test_join_running_batch() {
+    const Spec s = small_spec();
+    const GgufBuilder g = random_model(s, nullptr);
+    Engine e = make_engine(g, 4);
+    Slots& slots = e.slots();
+    CHECK(slots.capacity() == 4);
+    struct Req {
+        std::vector<int32_t> prompt;
+        int64_t max_new;
+        SamplingParams p;
+        std::vector<int32_t> stops;
+    };
+    const std::vector<Req> reqs = {
+        {random_ids(21, s.vocab, 1), 14, sampled(3), {}},          // three prompt chunks
+        {random_ids(4, s.vocab, 2), 10, greedy_penalty(), {}},
+        {random_ids(9, s.vocab, 3), 12, sampled(11, 0), {}},
+        {random_ids(2, s.vocab, 4), 9, SamplingParams{}, {}},
+        {random_ids(17, s.vocab, 5), 8, sampled(5), {}},           // joins when a slot frees
+    };
+    // Solo runs, and a stop id taken from one of them so that request ends on it.
+    std::vector<std::vector<int32_t>> want;
+    for (const Req& r : reqs) {
+        Engine solo = make_engine(g, 1);
+        want.push_back(solo.generate(r.prompt, r.max_new, r.p, r.stops));
+    }
+    std::vector<Req> rs = reqs;
+    rs[2].stops = {want[2][5]};
+    {
+        Engine solo = make_engine(g, 1);
+        want[2] = solo.generate(rs[2].prompt, rs[2].max_new, rs[2].p, rs[2].stops);
+        CHECK(static_cast<int64_t>(want[2].size()) < rs[2].max_new);
+    }
+    std::map<int, Run> runs;
+    std::map<int, int> slot_of;  // request -> slot
+    size_t added = 0;
+    auto add = [&]() {
+        const size_t i = added++;
+        const int slot = slots.add(SlotRequest{rs[i].prompt, rs[i].max_new, rs[i].p, rs[i].stops, false, 0});
+        runs[slot] = Run{};
+        slot_of[static_cast<int>(i)] = slot;
+    };
+    std::map<int, Run> done;  // by request
+    for (int step = 0; step < 400 && (added < rs.size() || slots.active() > 0); ++step) {
+        // A first (three prompt chunks), B once A decodes, C and D together, E as soon as a slot is free.
+        if (step == 0 || step == 5) add();
+        if (step == 7) add(), add();
+        if (step > 7 && added == 4 && slots.active() < slots.capacity()) add();
+        for (const SlotEvent& ev : slots.step()) {
+            Run& r = runs[ev.slot];
+            CHECK(r.finish == FinishReason::None);
+            if (r.cached < 0) r.cached = ev.cached_tokens;
+            if (ev.token >= 0) r.tokens.push_back(ev.token);
+            r.finish = ev.finish;
+            if (ev.finish != FinishReason::None)
+                for (auto& [req, slot] : slot_of)
+                    if (slot == ev.slot && !done.count(req)) done[req] = r;
+        }
+    }
+    CHECK(added == rs.size() && slots.active() == 0);
+    for (size_t i = 0; i < rs.size(); ++i) {
+        const Run& r = done[static_cast<int>(i)];
+        const bool same = r.tokens == want[i];
+        if (!same) std::fprintf(stderr, "  request %zu: %zu tokens, want %zu\n", i, r.tokens.size(), want[i].size());
+        CHECK(same);
+        CHECK(r.finish == (i == 2 ? FinishReason::Stop : FinishReason::Length));
+    }
+    CHECK(slots.step().empty());
+}
+
+// All 8 slots decoding together (the CPU head's exact range): each gets its solo tokens.
+void test_full_batch() {
+    const Spec s = small_spec();
+    const GgufBuilder g = random_model(s, nullptr);
+    for (int S : {8, 12}) {
+        Engine e = make_engine(g, S);
+        std::vector<std::vector<int32_t>> want(static_cast<size_t>(S));
+        std::map<int, int> req_of;
+        for (int i = 0; i < S; ++i) {
+            const auto prompt = random_ids(1 + i % 5, s.vocab, 100 + static_cast<uint32_t>(i));
+            const SamplingParams p = i % 2 ? sampled(static_cast<uint64_t>(i)) : greedy_penalty();
+            Engine solo = make_engine(g, 1);
+            want[static_cast<size_t>(i)] = solo.generate(prompt, 10, p);
+            req_of[e.slots().add(SlotRequest{prompt, 10, p, {}, false, 0})] = i;
+        }
+        bool threw = throws<SlotsFull>([&] { e.slots().add(SlotRequest{{1}, 1, {}, {}, false, 0}); }, "busy");
+        CHECK(threw);
+        std::map<int, Run> runs;
+        drive(e.slots(), runs, [](int) {});
+        int differ = 0;
+        for (auto& [slot, r] : runs) differ += r.tokens != want[static_cast<size_t>(req_of[slot])];
+        std::printf("  %d slots decoding together: %d of %d requests differ from their solo runs\n", S, differ, S);
+        if (S <= 8) CHECK(differ == 0);  // beyond 8 rows the f16 head's tiles may round differently (docs/engine.md)
+    }
+}
+
+// A free slot's kept KV cache serves the next request with a shared prefix: the slot with the longest one is
+// chosen, the tokens equal a cold run's, and cached_tokens says how many prompt tokens were reused.
+void test_slot_prefix_reuse() {
+    const Spec s = small_spec();
+    const GgufBuilder g = random_model(s, nullptr);
+    Engine e = make_engine(g, 3);
+    Slots& slots = e.slots();
+    const auto a = random_ids(19, s.vocab, 61), b = random_ids(6, s.vocab, 62);
+    std::map<int, Run> runs;
+    const int sa = slots.add(SlotRequest{a, 7, sampled(1), {}, false, 0});
+    const int sb = slots.add(SlotRequest{b, 5, greedy_penalty(), {}, false, 0});
+    drive(slots, runs, [](int) {});
+    CHECK(runs[sa].cached == 0 && runs[sb].cached == 0);
+    // Follow-ups: a's conversation grows; b's prompt is b itself (all but its last token reusable).
+    const auto a2 = concat(concat(a, runs[sa].tokens), random_ids(11, s.vocab, 63));
+    std::map<int, Run> runs2;
+    const int sb2 = slots.add(SlotRequest{b, 5, greedy_penalty(), {}, false, 0});
+    const int sa2 = slots.add(SlotRequest{a2, 9, sampled(2), {}, false, 0});
+    CHECK(sa2 == sa && sb2 == sb);
+    drive(slots, runs2, [](int) {});
+    CHECK(runs2[sa2].cached == static_cast<int64_t>(a.size() + runs[sa].tokens.size()) - 1);
+    CHECK(runs2[sb2].cached == static_cast<int64_t>(b.size()) - 1);
+    Engine cold = make_engine(g, 1);
+    CHECK(runs2[sa2].tokens == cold.generate(a2, 9, sampled(2)));
+    CHECK(runs2[sb2].tokens == cold.generate(b, 5, greedy_penalty()));
+    CHECK(runs2[sb2].tokens == runs[sb].tokens);
+    // A request sharing nothing goes to the least recently used free slot (the third, never used).
+    std::map<int, Run> runs3;
+    const int sc = slots.add(SlotRequest{random_ids(3, s.vocab, 64), 2, {}, {}, false, 0});
+    CHECK(sc != sa && sc != sb);
+    drive(slots, runs3, [](int) {});
+    // Engine::generate shares slot 0's ledger with the slots.
+    const int64_t slot0_tokens = sa == 0 ? static_cast<int64_t>(a2.size() + runs2[sa].tokens.size()) - 1 : -1;
+    const auto x = e.generate(sa == 0 ? a2 : b, 3, {});
+    CHECK(x == cold.generate(sa == 0 ? a2 : b, 3, {}));
+    if (slot0_tokens > 0) CHECK(e.last_stats().cached_tokens == static_cast<int64_t>(a2.size()) - 1);
+}
+
+// Cancel, max_new_tokens 0, busy refusals, request checks, logprobs.
+void test_edges_and_logprobs() {
+    const Spec s = small_spec();
+    const GgufBuilder g = random_model(s, nullptr);
+    Engine e = make_engine(g, 2);
+    Slots& slots = e.slots();
+    const auto p = random_ids(10, s.vocab, 71);
+    CHECK(throws<std::invalid_argument>([&] { slots.add(SlotRequest{{}, 3, {}, {}, false, 0}); }, "prompt is empty"));
+    CHECK(throws<std::out_of_range>([&] { slots.add(SlotRequest{{1, static_cast<int32_t>(s.vocab)}, 3, {}, {}, false, 0}); },
+                                    "index 1"));
+    CHECK(throws<std::out_of_range>([&] { slots.add(SlotRequest{p, s.context, {}, {}, false, 0}); }, "context length"));
+    SamplingParams bad;
+    bad.top_p = 0;
+    CHECK(throws<std::invalid_argument>([&] { slots.add(SlotRequest{p, 3, bad, {}, false, 0}); }, "top_p"));
+    CHECK(throws<std::invalid_argument>([&] { slots.add(SlotRequest{p, 3, {}, {}, true, kMaxTopLogprobs + 1}); }, "logprobs"));
+    CHECK(slots.active() == 0);
+
+    // max_new_tokens 0: one event, "length", no token, nothing run.
+    const int z = slots.add(SlotRequest{p, 0, {}, {}, false, 0});
+    auto ev = slots.step();
+    CHECK(ev.size() == 1 && ev[0].slot == z && ev[0].token < 0 && ev[0].finish == FinishReason::Length);
+    CHECK(slots.active() == 0);
+
+    // Cancel mid-prefill and mid-decode: the slot frees, the engine's one-shot calls are refused while busy.
+    const int c = slots.add(SlotRequest{random_ids(20, s.vocab, 72), 30, {}, {}, false, 0});
+    CHECK(throws<std::runtime_error>([&] { e.generate(p, 2, {}); }, "busy"));
+    CHECK(throws<std::runtime_error>([&] { e.logits(p); }, "busy"));
+    ev = slots.step();  // one chunk of 8: an event without a token
+    CHECK(ev.size() == 1 && ev[0].token < 0 && ev[0].finish == FinishReason::None);
+    slots.cancel(c);
+    CHECK(slots.active() == 0 && slots.step().empty());
+    CHECK(throws<std::out_of_range>([&] { slots.cancel(2); }, "slot 2"));
+
+    // Logprobs: log_softmax of the raw logits (a cold engine's logits()) at each token, top entries best first,
+    // with a penalty and temperature that change what is sampled from but not what is reported.
+    Engine ref = make_engine(g, 1);
+    SamplingParams sp = sampled(9);
+    sp.repetition_penalty = 1.5f;
+    const int sl = slots.add(SlotRequest{p, 6, sp, {}, true, 5});
+    const int sn = slots.add(SlotRequest{random_ids(4, s.vocab, 73), 6, {}, {}, false, 0});
+    std::vector<SlotEvent> got;
+    for (int i = 0; i < 40 && slots.active(); ++i)
+        for (auto& x : slots.step()) {
+            if (x.slot == sn) CHECK(!x.has_logprob && x.logprobs.top.empty());
+            if (x.slot == sl && x.token >= 0) got.push_back(x);
+        }
+    CHECK(got.size() == 6);
+    std::vector<int32_t> seq = p;
+    const size_t V = static_cast<size_t>(s.vocab);
+    double max_err = 0;
+    for (const SlotEvent& x : got) {
+        const auto logits = ref.logits(seq);
+        const float* row = logits.data() + (seq.size() - 1) * V;
+        double mx = row[0], sum = 0;
+        for (size_t i = 0; i < V; ++i) mx = std::max(mx, static_cast<double>(row[i]));
+        for (size_t i = 0; i < V; ++i) sum += std::exp(row[i] - mx);
+        const double lse = mx + std::log(sum);
+        CHECK(x.has_logprob && x.logprobs.top.size() == 5);
+        max_err = std::max(max_err, std::fabs(x.logprobs.logprob - (row[x.token] - lse)));
+        for (size_t k = 0; k < x.logprobs.top.size(); ++k) {
+            const auto [id, lp] = x.logprobs.top[k];
+            max_err = std::max(max_err, std::fabs(lp - (row[id] - lse)));
+            if (k > 0) CHECK(lp <= x.logprobs.top[k - 1].second);
+        }
+        seq.push_back(x.token);
+    }
+    std::printf("  logprobs: max |engine - reference| = %.2e\n", max_err);
+    CHECK(max_err < 1e-5);
+}
+
+}  // namespace
+
+int main() {
+    test_generate_prefix_reuse();
+    test_join_running_batch();
+    test_full_batch();
+    test_slot_prefix_reuse();
+    test_edges_and_logprobs();
+    if (failures()) {
+        std::fprintf(stderr, "test_slots: %d failure(s)\n", failures());
+        return 1;
+    }
+    std::printf("test_slots: ok\n");
+    return 0;
+}
