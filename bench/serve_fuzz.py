@@ -183,16 +183,12 @@ def main(argv=None) -> int:
     import tempfile
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from bllama import bLlamaConfig
     from bllama.runtime import Runtime
     from bllama.serve.server import Server
-    from bllama.tools.bench import write_random_gguf
-    from serve_throughput import corpus_tokenizer
+    from serve_throughput import random_model
 
     with tempfile.TemporaryDirectory() as tmp:
-        tok = corpus_tokenizer(Path(tmp), 512)
-        cfg = bLlamaConfig.preset("tiny", vocab_size=tok.vocab_size, num_layers=1)
-        rt = Runtime.load(write_random_gguf(cfg, Path(tmp) / "m.gguf", tokenizer=tok), threads=1, max_sequences=4)
+        rt = Runtime.load(random_model("tiny", 512, Path(tmp)), threads=1, max_sequences=4)
         server = Server(rt, ("127.0.0.1", 0), "fuzz", quiet=True)
         threading.Thread(target=server.serve_forever, daemon=True).start()
         try:

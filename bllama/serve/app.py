@@ -200,7 +200,6 @@ class ServeApp:
                           _with_seed(opts["sampling"], (seed + i) % 2**63)}, stream, sink, index=i)
                 for i in range(opts["n"])]
         self.scheduler.submit(jobs)  # 429 when the queue is full, 503 when closing
-        self.metrics.request(200, len(ids) * len(jobs))  # counted at admission; refusals are counted as they go
         return _Reply(self, jobs, events, kind, f"{prefix}-{uuid.uuid4().hex[:24]}", stream, include_usage,
                       opts["logprobs"])
 
@@ -286,6 +285,7 @@ class _Reply(Response):
         usage = {"prompt_tokens": p, "completion_tokens": usage["completion_tokens"],
                  "total_tokens": p + usage["completion_tokens"]}
         choices = [self._choice(i, results[i]) for i in range(len(self.jobs))]
+        self.app.metrics.request(200, p)
         await self._send_json(200, {"id": self.rid, "object": self.kind, "created": self.created,
                                     "model": self.app.model_id, "choices": choices, "usage": usage})
 
@@ -363,8 +363,9 @@ class _Reply(Response):
                 if len(done) == len(self.jobs):
                     break
             index, what, value = await self._next()
+        p = len(self.jobs[0].ids)
+        self.app.metrics.request(200, p)
         if self.include_usage:
             c = sum(r["usage"]["completion_tokens"] for r in done.values())
-            p = len(self.jobs[0].ids)
             await event([], {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c})
         await self._send({"type": "http.response.body", "body": b"data: [DONE]\n\n", "more_body": False})

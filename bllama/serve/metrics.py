@@ -62,7 +62,7 @@ class Metrics:
 
             metric("requests_total", "counter", "Requests answered, by HTTP status.",
                    [(f'{{status="{s}"}}', c) for s, c in sorted(self.requests.items())] or [("", 0)])
-            metric("prompt_tokens_total", "counter", "Prompt tokens of requests admitted.", [("", self.prompt_tokens)])
+            metric("prompt_tokens_total", "counter", "Prompt tokens of requests answered.", [("", self.prompt_tokens)])
             metric("prompt_tokens_cached_total", "counter", "Prompt tokens reused from a kept KV cache.",
                    [("", self.cached_tokens)])
             metric("completion_tokens_total", "counter", "Tokens generated.", [("", self.completion_tokens)])
