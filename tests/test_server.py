@@ -27,8 +27,8 @@ PROMPT = "ROMEO:\nWhat say you"
 MSGS = [{"role": "user", "content": "Hi"}]
 
 
-def start(runtime, name):
-    server = Server(runtime, ("127.0.0.1", 0), name, quiet=True)
+def start(runtime, name, **kw):
+    server = Server(runtime, ("127.0.0.1", 0), name, quiet=True, **kw)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return server
 
@@ -374,7 +374,7 @@ def test_hang_up_stops_the_generation_and_a_stalled_reader_times_out():
 @pytest.fixture(scope="module")
 def served_batched(files):
     """A server whose runtime decodes up to 4 sequences together, and a one-sequence Runtime for the answers."""
-    server = start(Gated(Runtime.load(files[1], threads=1, max_sequences=4)), "tiny")
+    server = start(Gated(Runtime.load(files[1], threads=1, max_sequences=4)), "tiny", scheduler="static")
     yield server, Runtime.load(files[1], threads=1)
     stop(server)
 
