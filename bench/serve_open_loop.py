@@ -125,8 +125,8 @@ def chat_run(url, turns) -> list:
     words = default_corpus_text(max_chars=20_000).split()
     prompt, out = "", []
     for t in range(turns):
-        prompt += "\nUser: " + " ".join(words[t * 30:t * 30 + 30]) + "\nAssistant:"
-        rec = stream_request(url, "/v1/completions", {"prompt": prompt, "max_tokens": 16, "temperature": 0,
+        prompt += "\nUser: " + " ".join(words[t * 12:t * 12 + 12]) + "\nAssistant:"
+        rec = stream_request(url, "/v1/completions", {"prompt": prompt, "max_tokens": 12, "temperature": 0,
                                                       "stream": True})
         out.append(round(rec["events"][0] - rec["sent"], 4) if rec["events"] else None)
         prompt += rec.get("text", "")
