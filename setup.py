@@ -62,8 +62,11 @@ setup(
     # transformers (+ accelerate, which its bitnet quantizer requires) is only the reference in tests: neither
     # pulls another torch when torch is already installed (checked with `pip install --dry-run -e ".[test]"`).
     # triton: the fused activation quantizer's test runs its kernel on the CPU through Triton's interpreter.
-    extras_require={"test": ["pytest", "ninja", "cmake>=3.18", "transformers>=4.52", "accelerate",
-                             "triton; platform_system == 'Linux' and platform_machine == 'x86_64'"]},
+    # serve: `bllama serve`'s HTTP layer (ASGI: Starlette on uvicorn); the tests run it, so test brings it too.
+    extras_require={"serve": ["starlette>=0.40", "uvicorn>=0.30"],
+                    "test": ["pytest", "ninja", "cmake>=3.18", "transformers>=4.52", "accelerate",
+                             "triton; platform_system == 'Linux' and platform_machine == 'x86_64'",
+                             "starlette>=0.40", "uvicorn>=0.30"]},
     ext_modules=[CMakeExtension("bllama._engine")],
     cmdclass={"build_ext": CMakeBuild},
     entry_points={"console_scripts": ["bllama=bllama.cli:main"]},

@@ -3,6 +3,16 @@
     python bench/serve_throughput.py                          # random 1.7B-shaped model, 8192-piece vocabulary
     python bench/serve_throughput.py MODEL.gguf --sequences 1 4 --clients 4 --requests 16 --max-tokens 48
 
+Open-loop load (--open-loop): requests arrive at random (Poisson, --rates per second) with mixed prompt and reply
+lengths, streamed, against `bllama serve` subprocesses, one per server to compare (--server NAME=DIR:SCHEDULER, DIR
+a checkout whose bllama is imported; SCHEDULER "-" for a server without --scheduler). Servers alternate at every
+rate (--repeats times). Reported per run: completion tokens/s, time to first token and inter-token latency p50/p99,
+and requests refused (429/503) or lost (anything else). --chat-turns N also runs one growing conversation of N
+turns per server and reports each turn's time to first token.
+
+    python bench/serve_throughput.py --open-loop --preset small --rates 1 2 4 --server old=/tmp/serve-old:- \
+        --server new=.:continuous --sequences 8 --threads 2
+
 Each of --clients threads sends its share of --requests greedy completions (prompts cut from the built-in corpus)
 one after another over HTTP to an in-process server (bllama.serve.server.Server). For every --sequences value the model
 is loaded with that max_sequences. Reported: completion tokens per second over the whole run (wall clock), the
@@ -44,7 +54,7 @@ def random_model(preset: str, vocab: int, folder: Path) -> Path:
 def run(path: Path, sequences: int, clients: int, requests: int, max_tokens: int, threads: int,
         stream: bool = False) -> dict:
     rt = Runtime.load(path, threads=threads, max_sequences=sequences)
-    server = Server(rt, ("127.0.0.1", 0), "bench", quiet=True)
+    server = Server(rt, ("127.0.0.1", 0), "bench", quiet=True, scheduler="static")
     threading.Thread(target=server.serve_forever, daemon=True).start()
     words = default_corpus_text(max_chars=200_000).split()
     latencies, tokens, errors = [], [0], []
@@ -88,6 +98,9 @@ def run(path: Path, sequences: int, clients: int, requests: int, max_tokens: int
             "errors": errors}
 
 
+from serve_open_loop import add_open_loop_args, run_open_loop  # noqa: E402
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model", nargs="?", default=None, help="model.gguf (default: a random model of --preset)")
@@ -100,7 +113,10 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=None, help="engine threads (default: all cores)")
     p.add_argument("--stream", action="store_true", help="streamed requests (server-sent events) instead of plain")
     p.add_argument("--json", default=None, help="also write the results here")
+    add_open_loop_args(p)
     a = p.parse_args(argv)
+    if a.open_loop:
+        return run_open_loop(a, random_model)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(a.model) if a.model else random_model(a.preset, a.vocab, Path(tmp))
         print(f"model {path.name if a.model else f'random {a.preset}, vocab {a.vocab}'}; {a.clients} clients, "

@@ -222,11 +222,15 @@ def cmd_bench(args):
 
 def cmd_serve(args):
     from .runtime import Runtime
+    from .serve.limits import ServeLimits
     from .serve.server import serve
 
+    limits = ServeLimits(**{name: getattr(args, name) for name in ServeLimits.__dataclass_fields__})
     rt = Runtime.load(args.model, threads=args.threads, head=args.head, device=args.device,
                       max_sequences=args.max_sequences)
-    serve(rt, host=args.host, port=args.port, model_id=args.name, default_max_tokens=args.max_tokens)
+    serve(rt, host=args.host, port=args.port, model_id=args.name, default_max_tokens=args.max_tokens,
+          api_key=args.api_key, limits=limits, allowed_hosts=args.allow_host, cors_origins=args.cors_origin,
+          scheduler=args.scheduler, quiet=args.quiet)
 
 
 def cmd_demo(args):
@@ -247,6 +251,24 @@ def cmd_data_prepare(args):
     from .tokenizers.sentencepiece import load_tokenizer
 
     prepare_tokens(args.files, load_tokenizer(args.tokenizer), args.output)
+
+
+def _add_serve_limits(sv) -> None:
+    """One flag per field of ServeLimits (docs/security.md lists them with the reason for each)."""
+    from .serve.limits import ServeLimits
+
+    helps = {"max_body_bytes": "largest request body", "max_prompt_chars": "longest prompt in characters "
+             "(default 32 x the context length)", "max_stop": "stop strings per request", "max_stop_chars":
+             "characters per stop string", "max_n": "choices (n) per request", "max_queue": "sequences waiting for "
+             "a slot before 429s", "max_tokenizing": "prompts tokenized at once", "max_connections": "open "
+             "connections before 503s", "header_timeout_s": "seconds to send a request's headers", "body_timeout_s":
+             "seconds to send a request's body", "client_timeout_s": "seconds a client may stop reading a reply",
+             "keep_alive_s": "seconds an idle connection stays open"}
+    for name, f in ServeLimits.__dataclass_fields__.items():
+        seconds = name.endswith("_s")
+        flag = "--" + (name[:-2] if seconds else name).replace("_", "-")
+        sv.add_argument(flag, dest=name, type=float if seconds else int, default=f.default,
+                        help=helps[name] + (f" (default {f.default})" if f.default is not None else ""))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -377,7 +399,18 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--threads", type=int, default=None, help="engine threads (default: all cores)")
     _add_engine_options(sv)
     sv.add_argument("--max-sequences", type=int, default=1,
-                    help="decode up to this many waiting requests together (one KV cache each; default 1)")
+                    help="slots: decode up to this many requests together (one KV cache each; default 1)")
+    sv.add_argument("--scheduler", choices=["auto", "continuous", "static"], default="auto",
+                    help="continuous: requests join the running batch at the next token (default where the engine "
+                         "has slots); static: a batch runs to its end before the next starts")
+    sv.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' on all but /health "
+                                                    "(default: $BLLAMA_API_KEY; none: no key)")
+    sv.add_argument("--allow-host", action="append", default=[], metavar="NAME",
+                    help="a Host name to accept besides the bound address and localhost (repeatable)")
+    sv.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
+                    help="let web pages of this origin call the API, e.g. http://localhost:3000 (repeatable)")
+    sv.add_argument("--quiet", action="store_true", help="no access log")
+    _add_serve_limits(sv)
     sv.set_defaults(func=cmd_serve)
 
     d = sub.add_parser("demo", help="train the tiny preset on built-in text, export it, and generate with the engine")

@@ -3,6 +3,7 @@ streamed or not; bad requests get a 400 that names the problem; a client that ha
 the next one; concurrent clients are served one after the other, each with its own answer."""
 from __future__ import annotations
 
+import dataclasses
 import http.client
 import json
 import socket
@@ -26,8 +27,8 @@ PROMPT = "ROMEO:\nWhat say you"
 MSGS = [{"role": "user", "content": "Hi"}]
 
 
-def start(runtime, name):
-    server = Server(runtime, ("127.0.0.1", 0), name, quiet=True)
+def start(runtime, name, **kw):
+    server = Server(runtime, ("127.0.0.1", 0), name, quiet=True, **kw)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return server
 
@@ -149,7 +150,7 @@ def test_stop_strings_and_zero_tokens(served):
 @pytest.mark.parametrize("path, body, status, message", [
     ("/v1/completions", {"max_tokens": 4}, 400, "'prompt' must be a non-empty string"),
     ("/v1/completions", {"prompt": ["a", "b"]}, 400, "'prompt' must be a non-empty string"),
-    ("/v1/completions", {"prompt": "a", "n": 2}, 400, "'n' is not supported"),
+    ("/v1/completions", {"prompt": "a", "n": 0}, 400, "'n' must be in [1, 16]"),
     ("/v1/completions", {"prompt": "a", "presence_penalty": 0.5}, 400, "'presence_penalty' is not supported"),
     ("/v1/completions", {"prompt": "a", "temperature": 5}, 400, "'temperature' must be in [0.0, 2.0]"),
     ("/v1/completions", {"prompt": "a", "top_p": 0}, 400, "'top_p' must be in (0.0, 1.0]"),
@@ -183,11 +184,11 @@ def test_bad_bodies_models_and_health(served, files):
         status, r = post(url, "/v1/completions", None, raw=raw)
         assert status == 400 and message in r["error"]["message"], (raw[:40], r)
     host, port = url[len("http://"):].split(":")
-    for headers, status, message in (("Content-Length: -5\r\n", 400, "invalid Content-Length"),
+    for headers, status, message in (("Content-Length: -5\r\n", 400, "Content-Length"),
                                      ("", 411, "Content-Length"),
                                      (f"Content-Length: {(8 << 20) + 1}\r\n", 413, "at most")):
         with socket.create_connection((host, int(port)), timeout=30) as s:
-            s.sendall(f"POST /v1/completions HTTP/1.1\r\nHost: x\r\n{headers}\r\n".encode())
+            s.sendall(f"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n{headers}\r\n".encode())
             reply = s.makefile("rb").read().decode()
         assert reply.startswith(f"HTTP/1.1 {status}") and message in reply, reply
     with urllib.request.urlopen(url + "/v1/models", timeout=30) as resp:
@@ -208,7 +209,7 @@ def test_hang_up_mid_stream_frees_the_real_engine(served):
     host, port = url[len("http://"):].split(":")
     body = json.dumps({"prompt": PROMPT, "max_tokens": 100, "temperature": 0.8, "stream": True}).encode()
     with socket.create_connection((host, int(port)), timeout=30) as s:
-        s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
                   b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
         assert s.recv(64).startswith(b"HTTP/1.1 200")  # the stream has started; hang up now
     text, *_ = expected(rt, max_new_tokens=5)
@@ -334,7 +335,7 @@ def _stream_request(host, port, rcvbuf):
     s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
     s.connect((host, port))
     body = json.dumps({"prompt": "a", "max_tokens": 10**6, "stream": True}).encode()
-    s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: " + str(len(body)).encode()
+    s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: " + str(len(body)).encode()
               + b"\r\n\r\n" + body)
     assert s.recv(64).startswith(b"HTTP/1.1 200")
     return s
@@ -343,7 +344,7 @@ def _stream_request(host, port, rcvbuf):
 def test_hang_up_stops_the_generation_and_a_stalled_reader_times_out():
     rt = SlowRuntime()
     server = start(rt, "slow")
-    server.client_timeout = 1.0
+    server.limits = server.app.limits = dataclasses.replace(server.limits, client_timeout_s=1.0)
     host, port = server.server_address[:2]
     try:
         _stream_request(host, port, 4096).close()  # hang up
@@ -353,7 +354,7 @@ def test_hang_up_stops_the_generation_and_a_stalled_reader_times_out():
         # not streamed: the reply would come at the end, but a client that hangs up ends the generation too
         with socket.create_connection((host, port), timeout=30) as s:
             body = json.dumps({"prompt": "a", "max_tokens": 10**6}).encode()
-            s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: " + str(len(body)).encode()
+            s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: " + str(len(body)).encode()
                       + b"\r\n\r\n" + body)
             deadline = time.monotonic() + 30
             while rt.produced < 5 and time.monotonic() < deadline:  # it has started
@@ -373,7 +374,7 @@ def test_hang_up_stops_the_generation_and_a_stalled_reader_times_out():
 @pytest.fixture(scope="module")
 def served_batched(files):
     """A server whose runtime decodes up to 4 sequences together, and a one-sequence Runtime for the answers."""
-    server = start(Gated(Runtime.load(files[1], threads=1, max_sequences=4)), "tiny")
+    server = start(Gated(Runtime.load(files[1], threads=1, max_sequences=4)), "tiny", scheduler="static")
     yield server, Runtime.load(files[1], threads=1)
     stop(server)
 
@@ -415,12 +416,12 @@ def _ask_together(server, bodies, hold_prompt="O"):
     server.runtime.entered.clear()
     threads[0].start()
     assert server.runtime.entered.wait(60)  # the engine thread took it and waits at the gate
-    assert not server.pending
+    assert not server.scheduler.pending
     time.sleep(0.05)
     threads += [threading.Thread(target=ask, args=(i, b)) for i, b in enumerate(bodies)]
     for t in threads[1:]:
         t.start()
-    _wait(lambda: len(server.pending) == len(bodies))
+    _wait(lambda: len(server.scheduler.pending) == len(bodies))
     gate.set()
     for t in threads:
         t.join(timeout=120)
@@ -555,18 +556,18 @@ def test_close_answers_waiting_requests_and_refuses_new_ones():
     waiting = threading.Thread(target=lambda: got.setdefault("waiting", post(server.url, "/v1/completions",
                                                                              {"prompt": "6", "max_tokens": 3})))
     waiting.start()
-    _wait(lambda: len(server.pending) == 1)
+    _wait(lambda: len(server.scheduler.pending) == 1)
     server.shutdown()  # stops accepting connections; the engine thread still holds "held" at the gate
     closer = threading.Thread(target=server.server_close)
     closer.start()
     waiting.join(30)
     assert got["waiting"][0] == 503 and "shutting down" in got["waiting"][1]["error"]["message"]
     with pytest.raises(RequestError, match="shutting down"):
-        server.submit(None)
+        server.scheduler.submit([])
     rt.gate.set()  # the running request ends at its next token (cancelled), and the engine thread exits
     closer.join(30)
     held.join(30)
-    assert not closer.is_alive() and not server._engine_thread.is_alive()
+    assert not closer.is_alive() and not server.scheduler._thread.is_alive()
 
 
 def test_batch_bookkeeping_eos_and_failures():
@@ -586,7 +587,7 @@ def test_batch_bookkeeping_eos_and_failures():
         assert "refuses" in got[1][1]["error"]["message"]
         # one request's own failure (its text stream) fails it alone; the engine thread goes on
         got = ask(("8", "999", "9"))
-        assert [status for status, _ in got] == [200, 500, 200] and not server.pending
+        assert [status for status, _ in got] == [200, 500, 200] and not server.scheduler.pending
         assert "text stream broke" in got[1][1]["error"]["message"]
         status, r = post(server.url, "/v1/completions", {"prompt": "8", "max_tokens": 2, "temperature": 0})
         assert status == 200 and r["choices"][0]["text"] == "aa"

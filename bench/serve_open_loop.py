@@ -1,0 +1,173 @@
+"""Open-loop load for bench/serve_throughput.py: Poisson arrivals against `bllama serve` subprocesses.
+
+Each request is a streamed greedy completion; its time to first token (TTFT) is from sending to the first event
+with text, its inter-token latencies (ITL) the gaps between later events (one event per token, save where a held
+character joins two). Nothing waits for a reply before sending the next request (open loop), so an overloaded server
+shows as growing TTFT, or as 429/503 refusals, never as a slower arrival rate.
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from bllama.train.corpus import default_corpus_text
+
+
+def add_open_loop_args(p) -> None:
+    p.add_argument("--open-loop", action="store_true", help="Poisson arrivals against server subprocesses")
+    p.add_argument("--server", action="append", default=[], metavar="NAME=DIR:SCHEDULER",
+                   help="a server to compare (repeatable; default: this tree, static and continuous)")
+    p.add_argument("--rates", type=float, nargs="+", default=[0.5, 1, 2], help="arrivals per second")
+    p.add_argument("--per-rate", type=int, default=40, help="requests per run")
+    p.add_argument("--repeats", type=int, default=1, help="runs per server and rate (alternating)")
+    p.add_argument("--prompt-words", type=int, nargs=2, default=[8, 96], help="prompt length range, in words")
+    p.add_argument("--reply-tokens", type=int, nargs=2, default=[8, 64], help="max_tokens range")
+    p.add_argument("--chat-turns", type=int, default=0, help="also a growing chat of this many turns per server")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=None, help="folder for the raw per-request records and the summary")
+
+
+def pct(values, q):
+    if not values:
+        return None
+    v = sorted(values)
+    return round(v[min(len(v) - 1, int(q / 100 * len(v)))], 4)
+
+
+def start_server(name, folder, scheduler, model, a):
+    cmd = [sys.executable, "-m", "bllama.cli", "serve", str(model), "--port", "0", "--max-sequences",
+           str(max(a.sequences)), "--name", "bench"]
+    if a.threads:
+        cmd += ["--threads", str(a.threads)]
+    if scheduler != "-":
+        cmd += ["--scheduler", scheduler, "--quiet", "--max-queue", "256"]
+    env = {**os.environ, "PYTHONPATH": str(Path(folder).resolve())}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env,
+                            cwd=str(Path(folder).resolve()))
+    line = proc.stdout.readline()
+    if "serving" not in line:
+        proc.kill()
+        raise RuntimeError(f"{name}: the server did not start: {line!r}")
+    return proc, line.split(" at ")[1].split()[0]
+
+
+def stream_request(url, path, body, timeout=600) -> dict:
+    rec = {"sent": time.perf_counter(), "status": None, "events": [], "tokens": 0}
+    req = urllib.request.Request(url + path, data=json.dumps(body).encode(),
+                                 headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            rec["status"] = resp.status
+            for line in resp:
+                if not line.startswith(b"data: {"):
+                    continue
+                chunk = json.loads(line[6:])
+                if chunk.get("usage"):
+                    rec["tokens"] = chunk["usage"]["completion_tokens"]
+                c = (chunk.get("choices") or [{}])[0]
+                piece = c.get("text") or (c.get("delta") or {}).get("content")
+                if piece:
+                    rec["events"].append(time.perf_counter())
+                    rec["text"] = rec.get("text", "") + piece
+    except urllib.error.HTTPError as e:
+        rec["status"] = e.code
+    except Exception as e:  # noqa: BLE001 - a lost request: counted
+        rec["status"] = f"lost: {type(e).__name__}: {e}"
+    rec["end"] = time.perf_counter()
+    return rec
+
+
+def one_run(url, rate, a, seed) -> dict:
+    rng = random.Random(seed)
+    words = default_corpus_text(max_chars=200_000).split()
+    threads, records = [], []
+    t = time.perf_counter()
+    for i in range(a.per_rate):
+        t += rng.expovariate(rate)
+        n = rng.randint(*a.prompt_words)
+        start = rng.randrange(len(words) - n)
+        body = {"prompt": " ".join(words[start:start + n]), "max_tokens": rng.randint(*a.reply_tokens),
+                "temperature": 0, "stream": True, "stream_options": {"include_usage": True}}
+        delay = t - time.perf_counter()
+        if delay > 0:
+            time.sleep(delay)
+        th = threading.Thread(target=lambda b=body: records.append(stream_request(url, "/v1/completions", b)))
+        th.start()
+        threads.append(th)
+    for th in threads:
+        th.join()
+    ok = [r for r in records if r["status"] == 200]
+    ttft = [r["events"][0] - r["sent"] for r in ok if r["events"]]
+    itl = [b - a_ for r in ok for a_, b in zip(r["events"], r["events"][1:])]
+    wall = max(r["end"] for r in records) - min(r["sent"] for r in records)
+    return {"rate": rate, "requests": len(records), "ok": len(ok),
+            "refused": sum(r["status"] in (429, 503) for r in records),
+            "lost": [r["status"] for r in records if r["status"] not in (200, 429, 503)],
+            "completion_tokens": sum(r["tokens"] for r in ok), "wall_s": round(wall, 2),
+            "tokens_per_s": round(sum(r["tokens"] for r in ok) / wall, 2),
+            "ttft_p50_s": pct(ttft, 50), "ttft_p99_s": pct(ttft, 99), "itl_p50_s": pct(itl, 50),
+            "itl_p99_s": pct(itl, 99), "records": records}
+
+
+def chat_run(url, turns) -> list:
+    """One growing conversation through /v1/completions (the random model has no chat template): each turn's prompt
+    is the previous prompt, its reply and a new user line, so a kept slot holds all but the new line."""
+    words = default_corpus_text(max_chars=20_000).split()
+    prompt, out = "", []
+    for t in range(turns):
+        prompt += "\nUser: " + " ".join(words[t * 12:t * 12 + 12]) + "\nAssistant:"
+        rec = stream_request(url, "/v1/completions", {"prompt": prompt, "max_tokens": 12, "temperature": 0,
+                                                      "stream": True})
+        out.append(round(rec["events"][0] - rec["sent"], 4) if rec["events"] else None)
+        prompt += rec.get("text", "")
+    return out
+
+
+def run_open_loop(a, random_model) -> int:
+    servers = [s.partition("=")[::2] for s in a.server] or [("static", ".:static"), ("continuous", ".:continuous")]
+    servers = [(name, *spec.rsplit(":", 1)) for name, spec in servers]
+    out = Path(a.out) if a.out else None
+    if out:
+        out.mkdir(parents=True, exist_ok=True)
+    rows, chats = [], {}
+    with tempfile.TemporaryDirectory() as tmp:
+        model = Path(a.model) if a.model else random_model(a.preset, a.vocab, Path(tmp))
+        print(f"model {model.name}; servers {[s[0] for s in servers]}; rates {a.rates}/s x {a.per_rate} requests; "
+              f"{max(a.sequences)} slots", flush=True)
+        for rep in range(a.repeats):
+            for rate in a.rates:
+                for name, folder, sched in servers:  # alternating at every rate
+                    proc, url = start_server(name, folder, sched, model, a)
+                    try:
+                        stream_request(url, "/v1/completions", {"prompt": "warm up", "max_tokens": 4,
+                                                                "stream": True})
+                        r = one_run(url, rate, a, seed=a.seed * 1000 + int(rate * 100) + rep)
+                        if a.chat_turns and rate == a.rates[0] and rep == 0:
+                            chats[name] = chat_run(url, a.chat_turns)
+                    finally:
+                        proc.terminate()
+                        proc.wait(30)
+                    r.update(server=name, repeat=rep)
+                    if out:
+                        (out / f"{name}-rate{rate}-rep{rep}.json").write_text(json.dumps(r, indent=1))
+                    r.pop("records")
+                    rows.append(r)
+                    print(f"{name:>11} rate {rate:5.2f}/s: {r['tokens_per_s']:7.2f} tok/s  TTFT p50 {r['ttft_p50_s']} "
+                          f"p99 {r['ttft_p99_s']} s  ITL p50 {r['itl_p50_s']} p99 {r['itl_p99_s']} s  ok {r['ok']}/"
+                          f"{r['requests']} refused {r['refused']} lost {len(r['lost'])}", flush=True)
+    summary = {"rows": rows, "chat_ttft_s": chats}
+    for name, ttfts in chats.items():
+        print(f"{name:>11} chat TTFT by turn: {ttfts}", flush=True)
+    if out:
+        (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    return 1 if any(r["lost"] for r in rows) else 0

@@ -1,0 +1,371 @@
+"""The ASGI application of `bllama serve` (Starlette): the OpenAI-compatible endpoints over a scheduler.
+
+    POST /v1/completions       {"prompt": "...", "max_tokens": 64, "temperature": 0, "stream": false, ...}
+    POST /v1/chat/completions  {"messages": [{"role": "user", "content": "..."}], ...}  (the file's chat template)
+    GET  /v1/models, GET /health, GET /metrics (Prometheus text)
+
+An endpoint reads and checks the body (size and deadline first), tokenizes the prompt in a worker thread (a few at
+a time), queues one Job per choice with the scheduler and answers as JSON or as server-sent events while the
+engine thread produces the text. A client that hangs up ends its sequences; one that stops reading for
+client_timeout seconds is disconnected. Every refusal is a JSON error with the status that fits.
+"""
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from http import HTTPStatus
+from typing import List, Optional
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
+
+from .limits import ServeLimits
+from .protocol import (RequestError, bool_option, chat_messages, check_text, error_object, parse_body,
+                       sampling_options, text_length)
+from .scheduler import Job
+
+
+class ClientGone(Exception):
+    """The client hung up (or stopped reading): its sequences have been cancelled."""
+
+
+def json_error(status: int, message: str, headers: Optional[dict] = None, close: bool = False) -> JSONResponse:
+    headers = dict(headers or {})
+    if close:  # the body may be unread: nothing more can be parsed from this connection
+        headers["Connection"] = "close"
+    return JSONResponse(error_object(status, message), status_code=int(status), headers=headers)
+
+
+class ServeApp:
+    """runtime: the Runtime (or a double); scheduler: a started StaticScheduler / ContinuousScheduler on it."""
+
+    def __init__(self, runtime, scheduler, metrics, model_id: str, default_max_tokens: int = 256,
+                 limits: ServeLimits = ServeLimits()):
+        if default_max_tokens < 1:
+            raise ValueError(f"default_max_tokens must be >= 1, got {default_max_tokens}")
+        self.runtime, self.scheduler, self.metrics = runtime, scheduler, metrics
+        self.model_id, self.default_max_tokens, self.limits = model_id, default_max_tokens, limits
+        self._tokenizing: Optional[asyncio.Semaphore] = None  # made on the event loop, at the first request
+        self._waiting_to_tokenize = 0
+        routes = [Route("/health", self.health, methods=["GET"]), Route("/v1/models", self.models, methods=["GET"]),
+                  Route("/metrics", self.metrics_text, methods=["GET"]),
+                  Route("/v1/completions", self.completions, methods=["POST"]),
+                  Route("/v1/chat/completions", self.chat, methods=["POST"])]
+        self.app = Starlette(routes=routes, exception_handlers={HTTPException: self._http_error,
+                                                                 RequestError: self._request_error,
+                                                                 Exception: self._server_error})
+
+    # ---- errors -----------------------------------------------------------------------------------------
+    async def _http_error(self, request: Request, e: HTTPException) -> Response:
+        message = {404: f"no such endpoint: {request.method} {request.url.path}",
+                   405: f"{request.method} is not allowed on {request.url.path} (allowed: "
+                        f"{(e.headers or {}).get('Allow', '')})"}.get(e.status_code, e.detail)
+        self.metrics.request(e.status_code)
+        return json_error(e.status_code, message, e.headers)
+
+    async def _request_error(self, request: Request, e: RequestError) -> Response:
+        self.metrics.request(e.status)
+        return json_error(e.status, str(e), e.headers, close=True)
+
+    async def _server_error(self, request: Request, e: Exception) -> Response:  # a bug of ours: said, not hidden
+        self.metrics.request(500)
+        return json_error(500, f"{type(e).__name__}: {e}", close=True)
+
+    # ---- GET --------------------------------------------------------------------------------------------
+    async def health(self, request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    async def models(self, request: Request) -> Response:
+        ctx = self.runtime.context_length
+        return JSONResponse({"object": "list", "data": [{"id": self.model_id, "object": "model", "created": 0,
+                                                         "owned_by": "bllama", "context_length": ctx,
+                                                         "max_model_len": ctx}]})
+
+    async def metrics_text(self, request: Request) -> Response:
+        s = self.scheduler
+        return PlainTextResponse(self.metrics.render(s.queue_depth() + self._waiting_to_tokenize, s.running(),
+                                                     s.capacity), media_type="text/plain; version=0.0.4")
+
+    # ---- POST -------------------------------------------------------------------------------------------
+    async def _body(self, request: Request) -> dict:
+        """The JSON body, refused before it is read when too large, and after body_timeout_s when too slow."""
+        limit = self.limits.max_body_bytes
+        length = request.headers.get("content-length")
+        if length is None and "transfer-encoding" not in request.headers:
+            raise RequestError("a request body with a Content-Length is required", HTTPStatus.LENGTH_REQUIRED)
+        if length is not None and int(length) > limit:  # h11 has checked it is a number
+            raise RequestError(f"the request body must be at most {limit} bytes (--max-body-bytes)",
+                               HTTPStatus.REQUEST_ENTITY_TOO_LARGE)
+
+        async def read() -> bytes:
+            chunks, size = [], 0
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:  # chunked transfer: no length up front
+                    raise RequestError(f"the request body must be at most {limit} bytes (--max-body-bytes)",
+                                       HTTPStatus.REQUEST_ENTITY_TOO_LARGE)
+                chunks.append(chunk)
+            return b"".join(chunks)
+
+        try:
+            raw = await asyncio.wait_for(read(), self.limits.body_timeout_s)
+        except asyncio.TimeoutError:
+            raise RequestError(f"the request body did not arrive within {self.limits.body_timeout_s:g} s "
+                               f"(--body-timeout)", HTTPStatus.REQUEST_TIMEOUT) from None
+        body = parse_body(raw)
+        model = body.get("model")  # another model's name is refused (404, as OpenAI's model_not_found)
+        if model is not None and model != self.model_id:
+            raise RequestError(f"the model {model!r} is not served here; this server serves {self.model_id!r} "
+                               f"(GET /v1/models)", HTTPStatus.NOT_FOUND)
+        return body
+
+    def _check_chars(self, n: int) -> None:
+        limit = self.limits.prompt_chars(self.runtime.context_length)
+        if n > limit:
+            raise RequestError(f"the prompt is {n} characters long; at most {limit} are allowed "
+                               f"(--max-prompt-chars), and a prompt that long could not fit the context length "
+                               f"{self.runtime.context_length} anyway")
+
+    def _options(self, body: dict, chat: bool) -> dict:
+        lim = self.limits
+        return sampling_options(body, chat, lim.max_stop, lim.max_stop_chars, lim.max_n)
+
+    async def completions(self, request: Request) -> Response:
+        body = await self._body(request)
+        prompt = body.get("prompt")
+        if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
+            prompt = prompt[0]
+        if not isinstance(prompt, str) or not prompt:
+            raise RequestError("'prompt' must be a non-empty string (one prompt per request)")
+        check_text(prompt, "'prompt'")
+        self._check_chars(len(prompt))
+        opts = self._options(body, chat=False)
+        return await self._reply(body, "text_completion", "cmpl", lambda rt: rt.encode(prompt), opts)
+
+    async def chat(self, request: Request) -> Response:
+        body = await self._body(request)
+        messages = chat_messages(body.get("messages"))
+        self._check_chars(text_length(messages))
+        opts = self._options(body, chat=True)
+        return await self._reply(body, "chat.completion", "chatcmpl", lambda rt: rt.chat_prompt_ids(messages), opts)
+
+    async def _tokenize(self, prompt_ids) -> List[int]:
+        """prompt_ids(runtime) in a worker thread, at most max_tokenizing at once; the waiting ones count against
+        max_queue like the sequences waiting for a slot."""
+        if self._tokenizing is None:
+            self._tokenizing = asyncio.Semaphore(self.limits.max_tokenizing)
+        if self._waiting_to_tokenize + self.scheduler.queue_depth() >= self.limits.max_queue:
+            raise RequestError(f"the server is busy (--max-queue {self.limits.max_queue}); retry later",
+                               HTTPStatus.TOO_MANY_REQUESTS, {"Retry-After": "1"})
+        self._waiting_to_tokenize += 1
+        try:
+            async with self._tokenizing:
+                return await asyncio.get_running_loop().run_in_executor(None, prompt_ids, self.runtime)
+        except (ValueError, TypeError, KeyError) as e:  # empty prompt, no chat template, a message without content
+            raise RequestError(str(e).strip("'\"")) from None
+        finally:
+            self._waiting_to_tokenize -= 1
+
+    async def _reply(self, body: dict, kind: str, prefix: str, prompt_ids, opts: dict) -> Response:
+        stream = bool_option(body, "stream")
+        options = body.get("stream_options")
+        if options is not None and not isinstance(options, dict):
+            raise RequestError(f"'stream_options' must be an object, got {options!r}")
+        include_usage = bool_option(options or {}, "include_usage")
+        if opts["logprobs"] is not None and not getattr(self.scheduler, "logprobs", False):
+            raise RequestError("logprobs need the continuous scheduler (--scheduler continuous)")
+        ids = await self._tokenize(prompt_ids)
+        rt = self.runtime
+        vocab = getattr(rt, "vocab_size", None)  # checked here, so that no bad prompt fails the others of a batch
+        if not ids or (vocab is not None and not all(0 <= t < vocab for t in ids)):
+            raise RequestError("the prompt encodes to no tokens" if not ids else
+                               f"the prompt has token ids outside the vocabulary [0, {vocab})")
+        if opts["max_new_tokens"] is None:  # as much as asked for by default, as fits in the context
+            opts["max_new_tokens"] = max(0, min(self.default_max_tokens, rt.context_length - len(ids)))
+        events: asyncio.Queue = asyncio.Queue()
+        loop = asyncio.get_running_loop()
+
+        def sink(index: int, what: str, value) -> None:  # called from the engine thread
+            try:
+                loop.call_soon_threadsafe(events.put_nowait, (index, what, value))
+            except RuntimeError:  # the event loop has closed: nobody is waiting any more
+                pass
+
+        seed = opts["sampling"].seed
+        jobs = [Job(ids, {**opts, "sampling": opts["sampling"] if seed is None or i == 0 else
+                          _with_seed(opts["sampling"], (seed + i) % 2**63)}, stream, sink, index=i)
+                for i in range(opts["n"])]
+        self.scheduler.submit(jobs)  # 429 when the queue is full, 503 when closing
+        return _Reply(self, jobs, events, kind, f"{prefix}-{uuid.uuid4().hex[:24]}", stream, include_usage,
+                      opts["logprobs"])
+
+
+def _with_seed(sampling, seed):
+    import dataclasses
+
+    return dataclasses.replace(sampling, seed=seed)
+
+
+class _Reply(Response):
+    """Waits on its jobs' events and answers: one JSON object, or server-sent events as the text comes."""
+
+    def __init__(self, app: ServeApp, jobs: List[Job], events: asyncio.Queue, kind: str, rid: str, stream: bool,
+                 include_usage: bool, logprobs: Optional[int]):
+        self.app, self.jobs, self.events, self.kind, self.rid = app, jobs, events, kind, rid
+        self.stream, self.include_usage, self.logprobs = stream, include_usage, logprobs
+        self.created = int(time.time())
+        self.chat = kind == "chat.completion"
+        self.background = None
+
+    async def __call__(self, scope, receive, send) -> None:
+        watcher = asyncio.ensure_future(self._watch(receive))
+        self._send_raw, self._abort = send, scope.get("bllama.abort")
+        try:
+            await (self._streamed() if self.stream else self._plain())
+        except ClientGone:
+            pass
+        finally:
+            for j in self.jobs:  # a no-op for finished jobs; ends the sequences of a client that is gone
+                j.cancelled.set()
+            watcher.cancel()
+
+    async def _watch(self, receive) -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        for j in self.jobs:
+            j.cancelled.set()
+        self.events.put_nowait((None, "gone", None))
+
+    async def _next(self) -> tuple:
+        index, what, value = await self.events.get()
+        if what == "gone":
+            raise ClientGone()
+        return index, what, value
+
+    async def _send(self, message: dict) -> None:
+        """Sends, or drops the connection of a client that has not read for client_timeout seconds."""
+        try:
+            await asyncio.wait_for(self._send_raw(message), self.app.limits.client_timeout_s)
+        except asyncio.TimeoutError:
+            if self._abort is not None:
+                self._abort()
+            raise ClientGone() from None
+        except OSError:
+            raise ClientGone() from None
+
+    async def _send_json(self, status: int, obj: dict, headers: Optional[dict] = None) -> None:
+        import json
+
+        data = json.dumps(obj).encode("utf-8")
+        head = [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]
+        head += [(k.lower().encode(), str(v).encode()) for k, v in (headers or {}).items()]
+        await self._send({"type": "http.response.start", "status": int(status), "headers": head})
+        await self._send({"type": "http.response.body", "body": data})
+
+    async def _error(self, error: BaseException) -> None:
+        status = error.status if isinstance(error, RequestError) else 500
+        message = str(error) if isinstance(error, RequestError) else f"{type(error).__name__}: {error}"
+        self.app.metrics.request(status)
+        await self._send_json(status, error_object(status, message), {"Connection": "close"})
+
+    async def _plain(self) -> None:
+        results = {}
+        while len(results) < len(self.jobs):
+            index, what, value = await self._next()
+            if what == "error":
+                return await self._error(value)
+            if what == "done":
+                results[index] = value
+        usage = {k: sum(r["usage"][k] for r in results.values()) for k in ("completion_tokens",)}
+        p = len(self.jobs[0].ids)
+        usage = {"prompt_tokens": p, "completion_tokens": usage["completion_tokens"],
+                 "total_tokens": p + usage["completion_tokens"]}
+        choices = [self._choice(i, results[i]) for i in range(len(self.jobs))]
+        self.app.metrics.request(200, p)
+        await self._send_json(200, {"id": self.rid, "object": self.kind, "created": self.created,
+                                    "model": self.app.model_id, "choices": choices, "usage": usage})
+
+    def _choice(self, i: int, result: dict) -> dict:
+        lp = self._logprobs(result.get("logprobs") or []) if self.logprobs is not None else None
+        if self.chat:
+            choice = {"index": i, "message": {"role": "assistant", "content": result["text"]}, "logprobs": lp}
+        else:
+            choice = {"index": i, "text": result["text"], "logprobs": lp}
+        choice["finish_reason"] = result["finish_reason"]
+        return choice
+
+    def _logprobs(self, entries, offset: int = 0) -> Optional[dict]:
+        """OpenAI's logprobs object for [(token id, logprob, ((id, logprob), ...)), ...]."""
+        text = lambda t: self.app.runtime.tokenizer.decode([t])
+        k = self.logprobs
+        if self.chat:
+            item = lambda t, lp: {"token": text(t), "logprob": lp, "bytes": list(text(t).encode("utf-8"))}
+            return {"content": [{**item(t, lp), "top_logprobs": [item(a, b) for a, b in tops[:k]]}
+                                for t, lp, tops in entries]}
+        tokens = [text(t) for t, _, _ in entries]
+        offsets = []
+        for s in tokens:
+            offsets.append(offset)
+            offset += len(s)
+        return {"tokens": tokens, "token_logprobs": [lp for _, lp, _ in entries],
+                "top_logprobs": [{text(a): b for a, b in tops[:k]} for _, _, tops in entries] if k else None,
+                "text_offset": offsets}
+
+    async def _streamed(self) -> None:
+        first = await self._next()
+        if first[1] == "error":
+            return await self._error(first[2])
+        await self._send({"type": "http.response.start", "status": 200, "headers": [
+            (b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache"), (b"connection", b"close")]})
+        obj = self.kind + ".chunk" if self.chat else self.kind
+        import json
+
+        async def event(choices, usage=None):
+            chunk = {"id": self.rid, "object": obj, "created": self.created, "model": self.app.model_id,
+                     "choices": choices}
+            if self.include_usage:
+                chunk["usage"] = usage
+            await self._send({"type": "http.response.body", "body": b"data: " + json.dumps(chunk).encode("utf-8")
+                              + b"\n\n", "more_body": True})
+
+        def delta(i: int, text: str, entries=()) -> dict:
+            lp = self._logprobs(list(entries)) if self.logprobs is not None else None
+            return {"index": i, "delta": {"content": text}, "logprobs": lp, "finish_reason": None} if self.chat \
+                else {"index": i, "text": text, "logprobs": lp, "finish_reason": None}
+
+        if self.chat:
+            for i in range(len(self.jobs)):
+                await event([{"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
+                              "finish_reason": None}])
+        done = {}
+        index, what, value = first
+        while True:
+            if what == "delta":
+                text, entries = value if isinstance(value, tuple) else (value, ())
+                await event([delta(index, text, entries)])
+            elif what == "error":  # the 200 and some events are out: the error is the last event
+                status = value.status if isinstance(value, RequestError) else 500
+                message = str(value) if isinstance(value, RequestError) else f"{type(value).__name__}: {value}"
+                await self._send({"type": "http.response.body", "more_body": False,
+                                  "body": b"data: " + json.dumps(error_object(status, message)).encode() + b"\n\n"})
+                return
+            else:
+                done[index] = value
+                end = delta(index, "")
+                end["finish_reason"] = value["finish_reason"]
+                if self.chat:
+                    end["delta"] = {}
+                await event([end])
+                if len(done) == len(self.jobs):
+                    break
+            index, what, value = await self._next()
+        p = len(self.jobs[0].ids)
+        self.app.metrics.request(200, p)
+        if self.include_usage:
+            c = sum(r["usage"]["completion_tokens"] for r in done.values())
+            await event([], {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c})
+        await self._send({"type": "http.response.body", "body": b"data: [DONE]\n\n", "more_body": False})

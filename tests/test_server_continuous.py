@@ -1,0 +1,162 @@
+"""`bllama serve` with continuous batching (issue #15): a request joining a running batch gets exactly the answer
+it gets alone (greedy, or sampled with its seed), a chat's next turn reuses the kept cache and still answers as a
+cold one, logprobs are the log-softmax of the model's logits, n > 1 are separate seeded sequences, and a client
+that hangs up frees its slot."""
+from __future__ import annotations
+
+import json
+import re
+import socket
+import threading
+import time
+import urllib.request
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("uvicorn")
+
+from bllama import Runtime  # noqa: E402
+from bllama.convert.gguf_export import export_gguf  # noqa: E402
+from bllama.serve.server import Server  # noqa: E402
+
+from test_runtime import random_model  # noqa: E402
+from test_server import post  # noqa: E402
+
+TEMPLATE = ("{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}\n{% endfor %}"
+            "{% if add_generation_prompt %}<assistant>{% endif %}")
+
+
+@pytest.fixture(scope="module")
+def model_path(tmp_path_factory, sp_tokenizer):
+    torch.manual_seed(7)
+    model = random_model(sp_tokenizer.vocab_size, num_layers=2, seq_len=512)
+    return str(export_gguf(model, sp_tokenizer, tmp_path_factory.mktemp("cserve") / "m.gguf", chat_template=TEMPLATE))
+
+
+@pytest.fixture(scope="module")
+def served(model_path):
+    """(server with 4 slots, continuous; a one-sequence Runtime on the same file for the expected answers)."""
+    server = Server(Runtime.load(model_path, threads=1, max_sequences=4), ("127.0.0.1", 0), "m", quiet=True,
+                    scheduler="continuous")
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield server, Runtime.load(model_path, threads=1)
+    server.shutdown()
+    server.server_close()
+
+
+def _wait(cond, seconds=60):
+    deadline = time.monotonic() + seconds
+    while not cond() and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert cond()
+
+
+def test_requests_joining_a_running_batch_get_their_solo_answers(served):
+    server, rt = served
+    host, port = server.server_address[:2]
+    long_body = json.dumps({"prompt": "The long one", "max_tokens": 200, "temperature": 0, "stream": True}).encode()
+    s = socket.create_connection((host, port), timeout=120)
+    s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: " + str(len(long_body)).encode()
+              + b"\r\n\r\n" + long_body)
+    reader = s.makefile("rb")
+    assert reader.readline().startswith(b"HTTP/1.1 200")
+    _wait(lambda: server.scheduler.running() == 1)
+    joined = server.scheduler.joined_running
+    bodies = [{"prompt": "ROMEO:", "max_tokens": 12, "temperature": 0},
+              {"prompt": "To be or", "max_tokens": 16, "temperature": 0.9, "top_k": 40, "seed": 5},
+              {"prompt": "ROMEO:", "max_tokens": 16, "temperature": 0.8, "top_p": 0.9, "seed": 6},
+              {"prompt": "JULIET: ah", "max_tokens": 9, "temperature": 0, "repetition_penalty": 1.3, "stop": ["e"]}]
+    got = [None] * len(bodies)
+    threads = [threading.Thread(target=lambda i=i: got.__setitem__(i, post(server.url, "/v1/completions", bodies[i])))
+               for i in range(len(bodies))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert server.scheduler.joined_running - joined >= len(bodies) - 1  # they joined a running batch
+    for b, (status, r) in zip(bodies, got):
+        want = rt.generate(b["prompt"], max_new_tokens=b["max_tokens"], do_sample=b["temperature"] > 0,
+                           temperature=b["temperature"] or 1.0, top_k=b.get("top_k", 0), top_p=b.get("top_p", 1.0),
+                           seed=b.get("seed"), repetition_penalty=b.get("repetition_penalty", 1.0),
+                           stop=b.get("stop"))
+        assert status == 200 and r["choices"][0]["text"] == want, (b, r)
+        assert r["usage"]["completion_tokens"] == rt.stats["generated_tokens"]
+    rest = reader.read().decode()  # the long one, to its end
+    s.close()
+    # chunked transfer: each event is its own chunk
+    text = "".join(json.loads(e)["choices"][0]["text"] for e in re.findall(r"data: (\{.*\})\n\n", rest))
+    assert text == rt.generate("The long one", max_new_tokens=200)
+
+
+def test_chat_turns_reuse_the_cache_and_answer_as_cold(served):
+    server, rt = served
+    messages = [{"role": "user", "content": "Hello there, how are you?"}]
+    for turn in range(3):
+        before = server.metrics.cached_tokens
+        status, r = post(server.url, "/v1/chat/completions", {"messages": messages, "max_tokens": 8, "temperature": 0})
+        assert status == 200
+        rt.reset_cache()  # the expected answer from a cold cache
+        assert r["choices"][0]["message"]["content"] == rt.chat(messages, max_new_tokens=8)
+        if turn:  # the history is in a kept slot: only the new turn is prefilled
+            assert server.metrics.cached_tokens - before >= len(rt.chat_prompt_ids(messages[:-2])) - 1
+        messages = messages + [r["choices"][0]["message"], {"role": "user", "content": f"And turn {turn}?"}]
+
+
+def test_logprobs_are_the_models(served):
+    server, rt = served
+    status, r = post(server.url, "/v1/completions", {"prompt": "ROMEO:", "max_tokens": 3, "temperature": 0,
+                                                     "logprobs": 3})
+    assert status == 200, r
+    lp = r["choices"][0]["logprobs"]
+    assert len(lp["tokens"]) == 3 == len(lp["token_logprobs"]) == len(lp["top_logprobs"])
+    ids = rt.encode("ROMEO:")
+    logits = rt.logits(ids)[-1].astype(np.float64)
+    want = logits - np.log(np.exp(logits - logits.max()).sum()) - logits.max()
+    best = np.argsort(-want)[:3]
+    assert abs(lp["token_logprobs"][0] - want[best[0]]) < 1e-3
+    assert [round(v, 3) for v in lp["top_logprobs"][0].values()] == [round(want[b], 3) for b in best] or \
+        len(set(rt.tokenizer.decode([b]) for b in best)) < 3  # two ids may print alike
+    status, r = post(server.url, "/v1/chat/completions", {"messages": [{"role": "user", "content": "Hi"}],
+                                                          "max_tokens": 2, "temperature": 0, "logprobs": True,
+                                                          "top_logprobs": 2})
+    content = r["choices"][0]["logprobs"]["content"]
+    assert status == 200 and len(content) == 2 and all(len(c["top_logprobs"]) == 2 for c in content)
+    assert content[0]["logprob"] == pytest.approx(content[0]["top_logprobs"][0]["logprob"], abs=1e-6)
+    status, events = post(server.url, "/v1/completions", {"prompt": "ROMEO:", "max_tokens": 3, "temperature": 0,
+                                                          "logprobs": 0, "stream": True})
+    chunks = [json.loads(e) for e in events[:-1]]
+    streamed = [v for c in chunks for v in (c["choices"][0]["logprobs"] or {}).get("token_logprobs", [])]
+    assert streamed == pytest.approx(lp["token_logprobs"], abs=1e-6)
+
+
+def test_n_choices_are_separate_seeded_slots(served):
+    server, rt = served
+    status, r = post(server.url, "/v1/completions", {"prompt": "ROMEO:", "max_tokens": 10, "temperature": 0.9,
+                                                     "seed": 40, "n": 3})
+    assert status == 200 and [c["index"] for c in r["choices"]] == [0, 1, 2]
+    want = [rt.generate("ROMEO:", max_new_tokens=10, do_sample=True, temperature=0.9, seed=40 + i) for i in range(3)]
+    assert [c["text"] for c in r["choices"]] == want and len(set(want)) > 1
+    status, events = post(server.url, "/v1/chat/completions", {"messages": [{"role": "user", "content": "Hi"}],
+                                                               "max_tokens": 5, "temperature": 0, "n": 2,
+                                                               "stream": True})
+    chunks = [json.loads(e) for e in events[:-1]]
+    texts = ["".join(c["choices"][0]["delta"].get("content", "") for c in chunks if c["choices"][0]["index"] == i)
+             for i in range(2)]
+    assert texts[0] == texts[1] == rt.chat([{"role": "user", "content": "Hi"}], max_new_tokens=5)
+
+
+def test_hang_up_frees_the_slot(served):
+    server, rt = served
+    host, port = server.server_address[:2]
+    body = json.dumps({"prompt": "ROMEO:", "max_tokens": 400, "temperature": 0.8, "stream": True}).encode()
+    with socket.create_connection((host, port), timeout=30) as s:
+        s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: " + str(len(body)).encode()
+                  + b"\r\n\r\n" + body)
+        assert s.recv(64).startswith(b"HTTP/1.1 200")
+        _wait(lambda: server.scheduler.running() == 1)
+    _wait(lambda: server.scheduler.running() == 0 and server.scheduler.slots.active() == 0, 30)
+    with urllib.request.urlopen(server.url + "/metrics", timeout=30) as resp:
+        text = resp.read().decode()
+    assert "bllama_running_sequences 0" in text and "bllama_slots 4" in text
