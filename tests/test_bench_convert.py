@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_convert_benchmark_smoke(tmp_path):
     out = tmp_path / "convert.json"
     env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    r = subprocess.run([sys.executable, str(ROOT / "bench" / "convert_shakespeare.py"), "-T", "0.05", "-M", "0.03",
+    r = subprocess.run([sys.executable, str(ROOT / "bench" / "convert_shakespeare.py"), "-T", "0.05", "-M", "0.03", "--jobs", "2",
                         "--preset", "tiny", "--set", '{"num_layers": 1, "seq_len": 64, "batch_size": 4}',
                         "--vocab-size", "512", "--val-chars", "1000", "--json", str(out)],
                        capture_output=True, text=True, env=env, timeout=600)
