@@ -145,6 +145,8 @@ def main():
     p.add_argument("--threads", type=int, default=1, help="torch threads per process (budgets assume 1)")
     p.add_argument("--jobs", type=int, default=1, choices=(1, 2, 3), help="processes running independent runs")
     p.add_argument("--precision", default="bf16-mixed", help="Lightning precision of every run")
+    p.add_argument("--cpu-seconds-per-step", default=None, metavar="FP,B158",
+                   help="skip the probe and use these CPU seconds per step (a previous run's cpu_seconds_per_step)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--progress", action="store_true")
     p.add_argument("--json", default=None)
@@ -159,7 +161,10 @@ def main():
     args.tokenizer = str(train_sentencepiece([work / "train_text.txt"], work / "convert_tok",
                                              vocab_size=args.vocab_size))
     setup = Setup(args)
-    c_fp, c_q = cpu_seconds_per_step(setup, False), cpu_seconds_per_step(setup, True)
+    if args.cpu_seconds_per_step:
+        c_fp, c_q = (float(v) for v in args.cpu_seconds_per_step.split(","))
+    else:
+        c_fp, c_q = cpu_seconds_per_step(setup, False), cpu_seconds_per_step(setup, True)
     steps = lambda minutes, sec: max(10, int(minutes * 60 / sec))
     T, M = args.teacher_minutes, args.convert_minutes
     plan = {"teacher": steps(T, c_fp), "converted": steps(M, c_q), "scratch-M": steps(M, c_q),
@@ -168,7 +173,8 @@ def main():
                .num_parameters() / 1e6, 2), "threads": args.threads, "jobs": args.jobs, "precision": args.precision,
                "budget": "process CPU time on one thread per run; steps = budget / probed CPU s per step",
                "teacher_cpu_minutes": T, "convert_cpu_minutes": M,
-               "cpu_seconds_per_step": {"fp": round(c_fp, 3), "b1.58": round(c_q, 3)}, "steps": plan, "runs": {}}
+               "cpu_seconds_per_step": {"fp": round(c_fp, 3), "b1.58": round(c_q, 3)},
+               "probed": not args.cpu_seconds_per_step, "steps": plan, "runs": {}}
     print(json.dumps({k: results[k] for k in ("cpu_seconds_per_step", "steps")}), flush=True)
     chains = [[("teacher", plan["teacher"]), ("converted", plan["converted"])],
               [("scratch-TM", plan["scratch-TM"])], [("scratch-M", plan["scratch-M"])]]
