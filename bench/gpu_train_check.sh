@@ -15,7 +15,8 @@
 #   4. if time is left: the fused Triton quantizer (bench/triton_quant_check.py: bit-identity and kernel times, then
 #      eager seq-1024 training, micro-batch 4, with BLLAMA_TRITON=0 and =1: eager keeps ~4x the activations of the
 #      compiled model), seq 2048 with activation checkpointing (its cost in tokens/s) and the FSDP check compiled.
-#      These are optional: one cut by the budget is reported as such and does not fail the script.
+#      These are optional: one cut by the budget is reported as such and does not fail the script. First among
+#      them (issue 13): fine-tuning throughput of the 2B4T shapes, seq 2048, micro 4 x accum 4, act. checkpointing.
 # Needs: python3 with torch (CUDA), pytorch-lightning, numpy, sentencepiece; the repository on PYTHONPATH (set
 # here), no build: `import bllama` does not load the C++ engine.
 # Output: $OUT (else bench/results/<UTC stamp>-gpu-train/): one JSON per run, gpu_train_check.log, summary.md;
@@ -139,7 +140,18 @@ triton_ab() {
     BLLAMA_TRITON=0 COMPILE="" bench "seq${SEQ_SHORT}_eager" "$SEQ_SHORT" "$MB_EAGER" 1 || true
     BLLAMA_TRITON=1 COMPILE="" bench "seq${SEQ_SHORT}_eager_triton" "$SEQ_SHORT" "$MB_EAGER" 1 || true
 }
+# Issue 13: fine-tuning throughput and peak memory at the Microsoft 2B4T shapes (relu2, GQA 20/5 heads, vocab 128256,
+# 2.4B parameters): the step `bllama train --init-from bitnet-b1.58-2B-4T-bf16` runs (the weights' values do not
+# change its cost). fp32 master weights + AdamW state alone are ~39 GB, so activation checkpointing from the start.
+finetune_2b4t() {
+    local preset=2b4t seq=2048 micro=4 accum=4
+    [ "${DRY:-0}" = 1 ] && { preset=tiny; seq=$SEQ_SHORT; micro=2; accum=2; }
+    PRESET=$preset bench "seq${seq}_2b4t_ac" "$seq" "$micro" "$accum" --activation-checkpointing && return 0
+    [ $? -eq 3 ] || return 1
+    PRESET=$preset bench "seq${seq}_2b4t_ac_half" "$seq" $(( micro / 2 )) $(( accum * 2 )) --activation-checkpointing
+}
 OPTIONAL=1
+finetune_2b4t || true
 triton_ab
 if [ ! -f "$RES/seq${SEQ_LONG}_ac.json" ]; then
     bench "seq${SEQ_LONG}_ac" "$SEQ_LONG" "$MB_LONG" "$ACCUM" --activation-checkpointing || true
