@@ -140,11 +140,11 @@ def chat_run(url, turns) -> list:
 
 
 def summarize(rows, names, rates) -> list:
-    """Medians over the repeats per server and rate, with each server's ratios to the first one (as a table)."""
+    """Medians over the repeats per server and rate, with each server's ratios to the first one (as a table);
+    `python bench/serve_open_loop.py OUT/summary.json` prints it again from a run's summary."""
     keys = ("tokens_per_s", "ttft_p50_s", "ttft_p99_s", "tpot_p50_s", "itl_p99_s")
     out = []
     for rate in rates:
-        base = None
         for name in names:
             runs = [r for r in rows if r["server"] == name and r["rate"] == rate]
             m = {k: statistics.median(r[k] for r in runs if r[k] is not None) if any(r[k] is not None for r in runs)
@@ -152,19 +152,25 @@ def summarize(rows, names, rates) -> list:
             m.update(server=name, rate=rate, runs=len(runs), ok=sum(r["ok"] for r in runs),
                      refused=sum(r["refused"] for r in runs), lost=sum(len(r["lost"]) for r in runs),
                      requests=sum(r["requests"] for r in runs))
-            base = base or m
-            m["tok_s_vs_first"] = round(m["tokens_per_s"] / base["tokens_per_s"], 3) if base["tokens_per_s"] else None
-            m["first_ttft_p99_over_this"] = (round(base["ttft_p99_s"] / m["ttft_p99_s"], 2)
-                                             if m["ttft_p99_s"] and base["ttft_p99_s"] else None)
+            # Ratios within a repeat (same arrivals, run back to back), then their median: steadier than a ratio of
+            # medians on a machine whose load drifts between repeats.
+            first = {r["repeat"]: r for r in rows if r["server"] == names[0] and r["rate"] == rate}
+            pairs = [(first[r["repeat"]], r) for r in runs if r["repeat"] in first]
+            tok = [r["tokens_per_s"] / f["tokens_per_s"] for f, r in pairs if f["tokens_per_s"]]
+            ttft = [f["ttft_p99_s"] / r["ttft_p99_s"] for f, r in pairs if f["ttft_p99_s"] and r["ttft_p99_s"]]
+            m["tok_s_vs_first"] = round(statistics.median(tok), 3) if tok else None
+            m["first_ttft_p99_over_this"] = round(statistics.median(ttft), 2) if ttft else None
+            m["first_ttft_p99_over_this_range"] = [round(min(ttft), 2), round(max(ttft), 2)] if ttft else None
             out.append(m)
     print("| server | rate /s | runs | tok/s | TTFT p50 | TTFT p99 | TPOT p50 | ITL p99 | answered / refused / lost | "
-          f"tok/s vs {names[0]} | {names[0]} TTFT p99 / this |")
+          f"tok/s / {names[0]}'s | {names[0]}'s TTFT p99 / this (range) |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for m in out:
         ms = lambda v: "-" if v is None else f"{v * 1000:.0f} ms"  # noqa: E731
         print(f"| {m['server']} | {m['rate']:g} | {m['runs']} | {m['tokens_per_s']:.1f} | {ms(m['ttft_p50_s'])} | "
               f"{ms(m['ttft_p99_s'])} | {ms(m['tpot_p50_s'])} | {ms(m['itl_p99_s'])} | {m['ok']} / {m['refused']} / "
-              f"{m['lost']} of {m['requests']} | {m['tok_s_vs_first']} | {m['first_ttft_p99_over_this']} |", flush=True)
+              f"{m['lost']} of {m['requests']} | {m['tok_s_vs_first']} | {m['first_ttft_p99_over_this']} "
+              f"({m['first_ttft_p99_over_this_range']}) |", flush=True)
     return out
 
 
@@ -211,3 +217,9 @@ def run_open_loop(a, random_model) -> int:
     if out:
         (out / "summary.json").write_text(json.dumps(summary, indent=1))
     return 1 if any(r["lost"] for r in rows) else 0
+
+
+if __name__ == "__main__":  # the table of an earlier run: python bench/serve_open_loop.py OUT/summary.json
+    _rows = json.loads(Path(sys.argv[1]).read_text())["rows"]
+    _names = list(dict.fromkeys(r["server"] for r in _rows))
+    summarize(_rows, _names, list(dict.fromkeys(r["rate"] for r in _rows)))

@@ -23,8 +23,11 @@ class Mailbox:
         self.loop = loop
         self._items: deque = deque()  # (queue, item); deque.append / popleft are atomic
         self._rung = False  # a delivery is scheduled and has not started draining yet
+        self._closed = False  # the loop has closed: events are dropped
 
     def post(self, queue: asyncio.Queue, item) -> None:
+        if self._closed:
+            return
         self._items.append((queue, item))
         held = getattr(_held, "mailboxes", None)
         if held is not None:  # inside one_handoff(): rung once when it ends
@@ -39,6 +42,7 @@ class Mailbox:
         try:
             self.loop.call_soon_threadsafe(self._deliver)
         except RuntimeError:  # the event loop has closed: nobody is waiting any more
+            self._closed = True
             self._items.clear()
 
     def _deliver(self) -> None:
