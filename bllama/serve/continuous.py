@@ -12,8 +12,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Dict, List
 
-from .protocol import RequestError
 from .handoff import one_handoff
+from .protocol import RequestError
 from .scheduler import Job, SchedulerBase, shutting_down
 
 
