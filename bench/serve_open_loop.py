@@ -32,7 +32,10 @@ def add_open_loop_args(p) -> None:
     p.add_argument("--repeats", type=int, default=1, help="runs per server and rate (alternating)")
     p.add_argument("--prompt-words", type=int, nargs=2, default=[8, 96], help="prompt length range, in words")
     p.add_argument("--reply-tokens", type=int, nargs=2, default=[8, 64], help="max_tokens range")
-    p.add_argument("--chat-turns", type=int, default=0, help="also a growing chat of this many turns per server")
+    p.add_argument("--chat-turns", type=int, default=0,
+                   help="also a growing chat of this many turns per server (once per repeat, after the first rate)")
+    p.add_argument("--max-queue", type=int, default=256,
+                   help="the servers' --max-queue: past it they refuse with 429 (set it low to test overload)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="folder for the raw per-request records and the summary")
 
@@ -50,7 +53,7 @@ def start_server(name, folder, scheduler, model, a):
     if a.threads:
         cmd += ["--threads", str(a.threads)]
     if scheduler != "-":
-        cmd += ["--scheduler", scheduler, "--quiet", "--max-queue", "256"]
+        cmd += ["--scheduler", scheduler, "--quiet", "--max-queue", str(a.max_queue)]
     env = {**os.environ, "PYTHONPATH": str(Path(folder).resolve())}
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env,
                             cwd=str(Path(folder).resolve()))
@@ -109,6 +112,9 @@ def one_run(url, rate, a, seed) -> dict:
     ok = [r for r in records if r["status"] == 200]
     ttft = [r["events"][0] - r["sent"] for r in ok if r["events"]]
     itl = [b - a_ for r in ok for a_, b in zip(r["events"], r["events"][1:])]
+    # Time per output token after the first, per request: unlike the gaps between events it does not depend on how
+    # many tokens one event (or one TCP read) carries.
+    tpot = [(r["events"][-1] - r["events"][0]) / (r["tokens"] - 1) for r in ok if len(r["events"]) > 1 and r["tokens"] > 1]
     wall = max(r["end"] for r in records) - min(r["sent"] for r in records)
     return {"rate": rate, "requests": len(records), "ok": len(ok),
             "refused": sum(r["status"] in (429, 503) for r in records),
@@ -116,7 +122,7 @@ def one_run(url, rate, a, seed) -> dict:
             "completion_tokens": sum(r["tokens"] for r in ok), "wall_s": round(wall, 2),
             "tokens_per_s": round(sum(r["tokens"] for r in ok) / wall, 2),
             "ttft_p50_s": pct(ttft, 50), "ttft_p99_s": pct(ttft, 99), "itl_p50_s": pct(itl, 50),
-            "itl_p99_s": pct(itl, 99), "records": records}
+            "itl_p99_s": pct(itl, 99), "tpot_p50_s": pct(tpot, 50), "tpot_p99_s": pct(tpot, 99), "records": records}
 
 
 def chat_run(url, turns) -> list:
@@ -130,6 +136,41 @@ def chat_run(url, turns) -> list:
                                                       "stream": True})
         out.append(round(rec["events"][0] - rec["sent"], 4) if rec["events"] else None)
         prompt += rec.get("text", "")
+    return out
+
+
+def summarize(rows, names, rates) -> list:
+    """Medians over the repeats per server and rate, with each server's ratios to the first one (as a table);
+    `python bench/serve_open_loop.py OUT/summary.json` prints it again from a run's summary."""
+    keys = ("tokens_per_s", "ttft_p50_s", "ttft_p99_s", "tpot_p50_s", "itl_p99_s")
+    out = []
+    for rate in rates:
+        for name in names:
+            runs = [r for r in rows if r["server"] == name and r["rate"] == rate]
+            m = {k: statistics.median(r[k] for r in runs if r[k] is not None) if any(r[k] is not None for r in runs)
+                 else None for k in keys}
+            m.update(server=name, rate=rate, runs=len(runs), ok=sum(r["ok"] for r in runs),
+                     refused=sum(r["refused"] for r in runs), lost=sum(len(r["lost"]) for r in runs),
+                     requests=sum(r["requests"] for r in runs))
+            # Ratios within a repeat (same arrivals, run back to back), then their median: steadier than a ratio of
+            # medians on a machine whose load drifts between repeats.
+            first = {r["repeat"]: r for r in rows if r["server"] == names[0] and r["rate"] == rate}
+            pairs = [(first[r["repeat"]], r) for r in runs if r["repeat"] in first]
+            tok = [r["tokens_per_s"] / f["tokens_per_s"] for f, r in pairs if f["tokens_per_s"]]
+            ttft = [f["ttft_p99_s"] / r["ttft_p99_s"] for f, r in pairs if f["ttft_p99_s"] and r["ttft_p99_s"]]
+            m["tok_s_vs_first"] = round(statistics.median(tok), 3) if tok else None
+            m["first_ttft_p99_over_this"] = round(statistics.median(ttft), 2) if ttft else None
+            m["first_ttft_p99_over_this_range"] = [round(min(ttft), 2), round(max(ttft), 2)] if ttft else None
+            out.append(m)
+    print("| server | rate /s | runs | tok/s | TTFT p50 | TTFT p99 | TPOT p50 | ITL p99 | answered / refused / lost | "
+          f"tok/s / {names[0]}'s | {names[0]}'s TTFT p99 / this (range) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for m in out:
+        ms = lambda v: "-" if v is None else f"{v * 1000:.0f} ms"  # noqa: E731
+        print(f"| {m['server']} | {m['rate']:g} | {m['runs']} | {m['tokens_per_s']:.1f} | {ms(m['ttft_p50_s'])} | "
+              f"{ms(m['ttft_p99_s'])} | {ms(m['tpot_p50_s'])} | {ms(m['itl_p99_s'])} | {m['ok']} / {m['refused']} / "
+              f"{m['lost']} of {m['requests']} | {m['tok_s_vs_first']} | {m['first_ttft_p99_over_this']} "
+              f"({m['first_ttft_p99_over_this_range']}) |", flush=True)
     return out
 
 
@@ -152,8 +193,8 @@ def run_open_loop(a, random_model) -> int:
                         stream_request(url, "/v1/completions", {"prompt": "warm up", "max_tokens": 4,
                                                                 "stream": True})
                         r = one_run(url, rate, a, seed=a.seed * 1000 + int(rate * 100) + rep)
-                        if a.chat_turns and rate == a.rates[0] and rep == 0:
-                            chats[name] = chat_run(url, a.chat_turns)
+                        if a.chat_turns and rate == a.rates[0]:
+                            chats.setdefault(name, []).append(chat_run(url, a.chat_turns))
                     finally:
                         proc.terminate()
                         proc.wait(30)
@@ -163,11 +204,22 @@ def run_open_loop(a, random_model) -> int:
                     r.pop("records")
                     rows.append(r)
                     print(f"{name:>11} rate {rate:5.2f}/s: {r['tokens_per_s']:7.2f} tok/s  TTFT p50 {r['ttft_p50_s']} "
-                          f"p99 {r['ttft_p99_s']} s  ITL p50 {r['itl_p50_s']} p99 {r['itl_p99_s']} s  ok {r['ok']}/"
-                          f"{r['requests']} refused {r['refused']} lost {len(r['lost'])}", flush=True)
-    summary = {"rows": rows, "chat_ttft_s": chats}
-    for name, ttfts in chats.items():
-        print(f"{name:>11} chat TTFT by turn: {ttfts}", flush=True)
+                          f"p99 {r['ttft_p99_s']} s  ITL p50 {r['itl_p50_s']} p99 {r['itl_p99_s']} s  TPOT p50 "
+                          f"{r['tpot_p50_s']} s  ok {r['ok']}/{r['requests']} refused {r['refused']} lost "
+                          f"{len(r['lost'])}  (load {os.getloadavg()[0]:.1f})", flush=True)
+    medians = summarize(rows, [s[0] for s in servers], a.rates)
+    chat_medians = {name: [statistics.median(c[t] for c in runs if c[t] is not None) for t in range(a.chat_turns)]
+                    for name, runs in chats.items()}
+    summary = {"rows": rows, "medians": medians, "chat_ttft_s": chats, "chat_ttft_median_s": chat_medians}
+    for name, ttfts in chat_medians.items():
+        print(f"{name:>11} chat TTFT by turn (median of {len(chats[name])}): {[round(t, 4) for t in ttfts]}; "
+              f"turn {len(ttfts)} / turn 1 = {ttfts[-1] / ttfts[0]:.2f}", flush=True)
     if out:
         (out / "summary.json").write_text(json.dumps(summary, indent=1))
     return 1 if any(r["lost"] for r in rows) else 0
+
+
+if __name__ == "__main__":  # the table of an earlier run: python bench/serve_open_loop.py OUT/summary.json
+    _rows = json.loads(Path(sys.argv[1]).read_text())["rows"]
+    _names = list(dict.fromkeys(r["server"] for r in _rows))
+    summarize(_rows, _names, list(dict.fromkeys(r["rate"] for r in _rows)))

@@ -131,6 +131,23 @@ def test_logprobs_are_the_models(served):
     assert streamed == pytest.approx(lp["token_logprobs"], abs=1e-6)
 
 
+def test_logprob_tokens_keep_their_leading_space(served):
+    server, rt = served
+    tok = rt.tokenizer
+    spaced = [i for i in range(tok.vocab_size) if tok.id_to_piece(i).startswith("\u2581") and len(tok.id_to_piece(i)) > 1
+              and tok.decode([i]).strip()][:50]
+    assert spaced  # a SentencePiece vocabulary has word-initial pieces
+    for i in spaced:  # decode([i]) alone drops the space a word-initial piece carries inside a text
+        assert server.app.token_text(i) == " " + tok.id_to_piece(i)[1:], tok.id_to_piece(i)
+    status, r = post(server.url, "/v1/completions", {"prompt": "ROMEO: the", "max_tokens": 12, "temperature": 0,
+                                                     "logprobs": 0})
+    assert status == 200, r
+    tokens, text = r["choices"][0]["logprobs"]["tokens"], r["choices"][0]["text"]
+    if "\ufffd" not in "".join(tokens):  # byte tokens of one character print as U+FFFD each
+        assert "".join(tokens) == text
+        assert r["choices"][0]["logprobs"]["text_offset"] == [len("".join(tokens[:k])) for k in range(len(tokens))]
+
+
 def test_n_choices_are_separate_seeded_slots(served):
     server, rt = served
     status, r = post(server.url, "/v1/completions", {"prompt": "ROMEO:", "max_tokens": 10, "temperature": 0.9,

@@ -23,6 +23,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
+from .handoff import Mailbox
 from .limits import ServeLimits
 from .protocol import (RequestError, bool_option, chat_messages, check_text, error_object, parse_body,
                        sampling_options, text_length)
@@ -51,6 +52,9 @@ class ServeApp:
         self.model_id, self.default_max_tokens, self.limits = model_id, default_max_tokens, limits
         self._tokenizing: Optional[asyncio.Semaphore] = None  # made on the event loop, at the first request
         self._waiting_to_tokenize = 0
+        self._mailbox: Optional[Mailbox] = None  # the engine thread's events for the event loop (handoff.py)
+        self._token_texts: dict = {}  # token id -> its text in a logprobs object
+        self._anchor_ids: Optional[List[int]] = None
         routes = [Route("/health", self.health, methods=["GET"]), Route("/v1/models", self.models, methods=["GET"]),
                   Route("/metrics", self.metrics_text, methods=["GET"]),
                   Route("/v1/completions", self.completions, methods=["POST"]),
@@ -58,6 +62,35 @@ class ServeApp:
         self.app = Starlette(routes=routes, exception_handlers={HTTPException: self._http_error,
                                                                  RequestError: self._request_error,
                                                                  Exception: self._server_error})
+
+    def token_text(self, token: int) -> str:
+        """One token's text as it reads inside a reply: decoded after an anchor token and cut after the anchor's
+        text, so SentencePiece keeps the piece's leading space (decode([t]) alone drops it at the start of a
+        text). Byte tokens of a character split over several tokens give U+FFFD, as OpenAI's do."""
+        cache = self._token_texts
+        if token not in cache:
+            tok, anchor = self.runtime.tokenizer, self._anchor()
+            text = tok.decode([token])
+            if anchor:
+                head, joined = tok.decode(anchor), tok.decode(anchor + [token])
+                if joined.startswith(head):
+                    text = joined[len(head):]
+            if len(cache) < 1 << 16:
+                cache[token] = text
+            return text
+        return cache[token]
+
+    def _anchor(self) -> List[int]:
+        """A token that decodes to plain text on its own (the last one of "a"), or [] when none is found."""
+        if self._anchor_ids is None:
+            tok, self._anchor_ids = self.runtime.tokenizer, []
+            try:
+                ids = list(tok.encode("a", add_bos=False))
+            except Exception:  # noqa: BLE001 - a tokenizer without that signature: decode([t]) alone
+                ids = []
+            if ids and tok.decode(ids[-1:]).strip():
+                self._anchor_ids = ids[-1:]
+        return self._anchor_ids
 
     # ---- errors -----------------------------------------------------------------------------------------
     async def _http_error(self, request: Request, e: HTTPException) -> Response:
@@ -188,12 +221,12 @@ class ServeApp:
             opts["max_new_tokens"] = max(0, min(self.default_max_tokens, rt.context_length - len(ids)))
         events: asyncio.Queue = asyncio.Queue()
         loop = asyncio.get_running_loop()
+        if self._mailbox is None or self._mailbox.loop is not loop:
+            self._mailbox = Mailbox(loop)
+        post = self._mailbox.post
 
         def sink(index: int, what: str, value) -> None:  # called from the engine thread
-            try:
-                loop.call_soon_threadsafe(events.put_nowait, (index, what, value))
-            except RuntimeError:  # the event loop has closed: nobody is waiting any more
-                pass
+            post(events, (index, what, value))
 
         seed = opts["sampling"].seed
         jobs = [Job(ids, {**opts, "sampling": opts["sampling"] if seed is None or i == 0 else
@@ -300,7 +333,7 @@ class _Reply(Response):
 
     def _logprobs(self, entries, offset: int = 0) -> Optional[dict]:
         """OpenAI's logprobs object for [(token id, logprob, ((id, logprob), ...)), ...]."""
-        text = lambda t: self.app.runtime.tokenizer.decode([t])
+        text = self.app.token_text
         k = self.logprobs
         if self.chat:
             item = lambda t, lp: {"token": text(t), "logprob": lp, "bytes": list(text(t).encode("utf-8"))}
@@ -324,13 +357,20 @@ class _Reply(Response):
         obj = self.kind + ".chunk" if self.chat else self.kind
         import json
 
+        out: List[bytes] = []  # events not yet written: those that came together go out in one write
+
         async def event(choices, usage=None):
             chunk = {"id": self.rid, "object": obj, "created": self.created, "model": self.app.model_id,
                      "choices": choices}
             if self.include_usage:
                 chunk["usage"] = usage
-            await self._send({"type": "http.response.body", "body": b"data: " + json.dumps(chunk).encode("utf-8")
-                              + b"\n\n", "more_body": True})
+            out.append(b"data: " + json.dumps(chunk).encode("utf-8") + b"\n\n")
+
+        async def flush(last: bytes = b"") -> None:
+            body = b"".join(out) + last
+            out.clear()
+            if body:
+                await self._send({"type": "http.response.body", "body": body, "more_body": not last})
 
         def delta(i: int, text: str, entries=()) -> dict:
             lp = self._logprobs(list(entries)) if self.logprobs is not None else None
@@ -350,8 +390,7 @@ class _Reply(Response):
             elif what == "error":  # the 200 and some events are out: the error is the last event
                 status = value.status if isinstance(value, RequestError) else 500
                 message = str(value) if isinstance(value, RequestError) else f"{type(value).__name__}: {value}"
-                await self._send({"type": "http.response.body", "more_body": False,
-                                  "body": b"data: " + json.dumps(error_object(status, message)).encode() + b"\n\n"})
+                await flush(b"data: " + json.dumps(error_object(status, message)).encode() + b"\n\n")
                 return
             else:
                 done[index] = value
@@ -362,10 +401,12 @@ class _Reply(Response):
                 await event([end])
                 if len(done) == len(self.jobs):
                     break
+            if self.events.empty():  # nothing more has come: what is buffered goes out now
+                await flush()
             index, what, value = await self._next()
         p = len(self.jobs[0].ids)
         self.app.metrics.request(200, p)
         if self.include_usage:
             c = sum(r["usage"]["completion_tokens"] for r in done.values())
             await event([], {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c})
-        await self._send({"type": "http.response.body", "body": b"data: [DONE]\n\n", "more_body": False})
+        await flush(b"data: [DONE]\n\n")

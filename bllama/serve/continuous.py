@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Dict, List
 
+from .handoff import one_handoff
 from .protocol import RequestError
 from .scheduler import Job, SchedulerBase, shutting_down
 
@@ -57,13 +58,17 @@ class ContinuousScheduler(SchedulerBase):
                     r.job.fail(shutting_down())
                 return
             try:
-                self._admit()
-                self._retire_cancelled()
-                if self._active:
-                    events = self.slots.step()
-                    self.steps += 1
-                    for ev in events:
-                        self._on_event(ev)
+                with one_handoff():  # this step's events reach the event loop in one call (handoff.py)
+                    self._admit()
+                    self._retire_cancelled()
+                    if self._active:
+                        events = self.slots.step()
+                        self.steps += 1
+                        tokens = 0
+                        for ev in events:
+                            tokens += self._on_event(ev)
+                        if tokens and self.metrics is not None:
+                            self.metrics.tokens(tokens)  # once per step: one take of the metrics lock
             except BaseException as e:  # noqa: BLE001 - the engine thread must outlive any one failure
                 for slot, r in list(self._active.items()):
                     self._retire(slot)
@@ -125,15 +130,17 @@ class ContinuousScheduler(SchedulerBase):
                 self._retire(slot)
                 self._finish(r, "stop")
 
-    def _on_event(self, ev) -> None:
+    def _on_event(self, ev) -> int:
+        """Passes one slot's event on to its job; returns the tokens it counts (0 or 1)."""
         r = self._active.get(ev.slot)
         if r is None:  # retired this step
-            return
+            return 0
         job = r.job
         try:
             if ev.token is not None:
                 r.used += 1
-                self._token(job, ev.cached_tokens)
+                if job.first_token_at is None:
+                    self._first_token(job, ev.cached_tokens)
                 if job.opts.get("logprobs") is not None:
                     r.entries.append((ev.token, ev.logprob, tuple(ev.top_logprobs)))
                     r.unsent += 1
@@ -146,21 +153,19 @@ class ContinuousScheduler(SchedulerBase):
                     else:
                         self._active.pop(ev.slot, None)
                     self._finish(r, "stop")
-                    return
+                    return 1
             if ev.finish_reason is not None:
                 self._active.pop(ev.slot, None)
                 self._finish(r, ev.finish_reason)
         except Exception as e:  # noqa: BLE001 - this request's own failure (its text stream): it ends alone
             self._retire(ev.slot)
             job.fail(e)
+        return int(ev.token is not None)
 
-    def _token(self, job: Job, cached: int = 0) -> None:
-        if job.first_token_at is None and self.metrics is not None:
-            job.first_token_at = time.monotonic()
+    def _first_token(self, job: Job, cached: int) -> None:
+        job.first_token_at = time.monotonic()
+        if self.metrics is not None:
             self.metrics.first_token(job.first_token_at - job.submitted, cached)
-            self.metrics.tokens(1)
-            return
-        super()._token(job)
 
     @staticmethod
     def _unsent(r: _Running) -> list:
