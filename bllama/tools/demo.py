@@ -85,7 +85,7 @@ def run_demo(out_dir: Path, steps: int = 300, prompt: str = "ROMEO:", max_new_to
     t0 = time.perf_counter()
     text = sample(shipped, prompt, max_new_tokens)
     print(f"[1/5] the shipped model ({shakespeare_model().name}, 5M parameters, trained on Tiny Shakespeare; "
-          f"{time.perf_counter() - t0:.1f} s):")
+          f"{time.perf_counter() - t0:.2f} s):")
     show("shipped model", prompt, text)
 
     corpus, what = demo_corpus()
