@@ -1,6 +1,7 @@
 """Builds the bllama package and its C++ engine (bllama._engine) with CMake + ninja, pybind/cmake_example style."""
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -25,27 +26,44 @@ class CMakeExtension(Extension):
         super().__init__(name, sources=[])
 
 
+def engine_cmake_args() -> list:
+    """The configuration of build/release, shared by pip's extension build and tests/run_all.sh's ctest build
+    (`python setup.py --print-cmake-args` prints it): one configuration, so the engine compiles once for both.
+    BLLAMA_CUDA (AUTO by default: the CUDA backend where a GPU driver exists or CI=true), CUDA_ARCHS and
+    BLLAMA_BUILD_TYPE come from the environment; ccache is used where installed."""
+    args = [
+        f"-DCMAKE_BUILD_TYPE={os.environ.get('BLLAMA_BUILD_TYPE', 'Release')}",
+        f"-DBLLAMA_CUDA={os.environ.get('BLLAMA_CUDA', 'AUTO')}",
+        "-DBLLAMA_BUILD_TESTS=ON", "-DBLLAMA_BUILD_BENCH=ON", "-DBLLAMA_BUILD_PYTHON=ON",
+        "-G", "Ninja",
+    ]
+    if "CUDA_ARCHS" in os.environ:
+        args.append(f"-DCMAKE_CUDA_ARCHITECTURES={os.environ['CUDA_ARCHS']}")
+    if shutil.which("ccache"):  # a launcher changes every compile command, so both builds must agree on it
+        args += [f"-DCMAKE_{lang}_COMPILER_LAUNCHER=ccache" for lang in ("C", "CXX", "CUDA")]
+    return args
+
+
 class CMakeBuild(build_ext):
     def build_extension(self, ext: CMakeExtension) -> None:
         out_dir = Path(self.get_ext_fullpath(ext.name)).resolve().parent
-        build_dir = Path(self.build_temp).resolve() / "cmake"
+        # build/release in the source tree (BLLAMA_BUILD_DIR elsewhere), not setuptools' throw-away temporary folder:
+        # tests/run_all.sh builds its C++ tests in the same folder with the same configuration, so the engine's
+        # objects compile once, and a reinstall recompiles only what changed.
+        build_dir = Path(os.environ.get("BLLAMA_BUILD_DIR", ROOT / "build" / "release")).resolve()
         build_dir.mkdir(parents=True, exist_ok=True)
-        cfg = os.environ.get("BLLAMA_BUILD_TYPE", "Release")
-        args = [
-            f"-DCMAKE_LIBRARY_OUTPUT_DIRECTORY={out_dir}{os.sep}",
-            f"-DPython_EXECUTABLE={sys.executable}",
-            f"-DCMAKE_BUILD_TYPE={cfg}",
-            "-DBLLAMA_BUILD_TESTS=OFF", "-DBLLAMA_BUILD_BENCH=OFF", "-DBLLAMA_BUILD_PYTHON=ON",
-            "-G", "Ninja",
-        ]
-        # BLLAMA_CUDA=OFF builds the CPU engine only even where nvcc exists; CUDA_ARCHS picks the GPU targets.
-        if "BLLAMA_CUDA" in os.environ:
-            args.append(f"-DBLLAMA_CUDA={os.environ['BLLAMA_CUDA']}")
-        if "CUDA_ARCHS" in os.environ:
-            args.append(f"-DCMAKE_CUDA_ARCHITECTURES={os.environ['CUDA_ARCHS']}")
+        args = [f"-DCMAKE_LIBRARY_OUTPUT_DIRECTORY={out_dir}{os.sep}", f"-DPython_EXECUTABLE={sys.executable}",
+                *engine_cmake_args()]
         jobs = os.environ.get("CMAKE_BUILD_PARALLEL_LEVEL", str(os.cpu_count() or 2))
+        print(f"bllama: building the engine module bllama._engine in {build_dir} (shared with tests/run_all.sh's "
+              f"ctest build; BLLAMA_CUDA={os.environ.get('BLLAMA_CUDA', 'AUTO')})", flush=True)
         subprocess.run(["cmake", "-S", str(ROOT), "-B", str(build_dir), *args], check=True)
         subprocess.run(["cmake", "--build", str(build_dir), "--target", "_engine", "-j", jobs], check=True)
+
+
+if sys.argv[1:] == ["--print-cmake-args"]:  # for tests/run_all.sh: the configuration, one argument a line
+    print("\n".join(engine_cmake_args()))
+    sys.exit(0)
 
 
 setup(

@@ -236,7 +236,7 @@ def cmd_serve(args):
 def cmd_demo(args):
     from .tools.demo import run_demo
 
-    run_demo(out_dir=Path(args.out), minutes=args.minutes, prompt=args.prompt, max_new_tokens=args.max_new_tokens)
+    run_demo(out_dir=Path(args.out), steps=args.steps, prompt=args.prompt, max_new_tokens=args.max_new_tokens)
 
 
 def cmd_tokenizer_train(args):
@@ -291,8 +291,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--max-minutes", type=float, default=None, help="stop after this much wall time")
     t.add_argument("--batch-size", type=int, default=None, help="sequences per batch (default: the preset's)")
     t.add_argument("--precision", default="auto",
-                   help="Lightning precision: auto (bf16-mixed on a GPU with bf16: fp32 master weights and optimizer "
-                        "state, bf16 matmuls; 32-true otherwise), 32-true, bf16-mixed, ...")
+                   help="Lightning precision: auto (bf16-mixed on a GPU with bf16 and on a CPU with bf16 dot products: "
+                        "fp32 master weights and optimizer state, bf16 matmuls; 32-true otherwise), 32-true, "
+                        "bf16-mixed, ...")
     t.add_argument("--accelerator", default="auto", help="cpu, gpu or auto")
     t.add_argument("--devices", default="auto", help="number of devices (or auto)")
     t.add_argument("--strategy", default="auto",
@@ -413,11 +414,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_serve_limits(sv)
     sv.set_defaults(func=cmd_serve)
 
-    d = sub.add_parser("demo", help="train the tiny preset on built-in text, export it, and generate with the engine")
-    d.add_argument("--minutes", type=float, default=3.0, help="training time (default 3)")
+    d = sub.add_parser("demo", help="generate with the shipped model, then train, export and run a tiny model")
+    d.add_argument("--steps", type=int, default=300, help="training steps of the demo's own model (default 300)")
     d.add_argument("--out", default="runs/demo", help="output folder")
-    d.add_argument("--prompt", default="The Python language", help="prompt for the final generation")
-    d.add_argument("--max-new-tokens", type=int, default=100, help="tokens to generate")
+    d.add_argument("--prompt", default="ROMEO:", help="prompt for both models")
+    d.add_argument("--max-new-tokens", type=int, default=80, help="tokens to generate")
     d.set_defaults(func=cmd_demo)
 
     tk = sub.add_parser("tokenizer", help="tokenizer tools").add_subparsers(dest="tokenizer_command", required=True)

@@ -1,41 +1,46 @@
 #!/usr/bin/env bash
 # Every test of the project: the C++ engine under ctest (release; aarch64 under qemu, tests/run_arm.sh; then
 # AddressSanitizer + UBSan), then pytest.
-# Where nvcc exists the release build also compiles the CUDA backend (csrc/cuda, sm_80 + sm_90) and its GPU
-# tests and benchmarks, so GPU code never rots unseen; without a GPU those tests report "skipped".
+# Each configuration is built once: build/release is shared with pip's extension build (same configuration), the
+# aarch64 and sanitizer builds are different compilations by nature. Where nvcc exists and a GPU driver is present
+# (or CI=true, or BLLAMA_CUDA=ON) the release build also compiles the CUDA backend (csrc/cuda, sm_80 + sm_90) and
+# its GPU tests and benchmarks, so GPU code never rots unseen; without a GPU those tests report "skipped".
 set -euo pipefail
 cd "$(dirname "$0")/.."
 JOBS=${JOBS:-2}
 
-# A GPU driver (libcuda) means this machine can run CUDA code; CI compiles the CUDA sources everywhere.
-has_gpu_driver() { command -v nvidia-smi >/dev/null || ldconfig -p 2>/dev/null | grep -q 'libcuda\.so'; }
+# build/release is configured exactly as pip's extension build configures it (setup.py --print-cmake-args): after
+# `pip install -e .` the engine's objects are already compiled there and only the tests and benchmarks are new.
+mapfile -t CONFIG < <(python setup.py --print-cmake-args)
+# BLLAMA_CUDA=AUTO (the default) compiles the CUDA backend where nvcc exists and either a GPU driver is present or
+# CI=true; without a driver its tests could only be skipped, and nvcc is most of the build's time.
+has_gpu_driver() { command -v nvidia-smi >/dev/null || [ -e /proc/driver/nvidia/version ] || ldconfig -p 2>/dev/null | grep -q 'libcuda\.so'; }
+CUDA_WANTED=no
+if command -v nvcc >/dev/null && { [ "${BLLAMA_CUDA:-AUTO}" = ON ] || { [ "${BLLAMA_CUDA:-AUTO}" = AUTO ] && { [ "${CI:-}" = true ] || has_gpu_driver; }; }; }; then
+  CUDA_WANTED=yes
+fi
 
-if command -v nvcc >/dev/null; then
+if [ "$CUDA_WANTED" = yes ]; then
   # cuBLASLt's headers for the cuBLASLt prompt path (the library itself is opened at run time on a GPU machine).
   if python -c "import importlib.util as u, pathlib as p, sys; s = u.find_spec('nvidia'); sys.exit(0 if s and any(p.Path(r).glob('cu*/include/cublasLt.h') for r in s.submodule_search_locations) else 1)" 2>/dev/null \
       || ls /usr/local/cuda/include/cublasLt.h >/dev/null 2>&1; then
     :
-  elif [ "${CI:-}" = true ] || [ "${BLLAMA_CUDA:-}" = ON ] || has_gpu_driver; then
+  else
     echo "== fetching cuBLASLt headers (nvidia-cublas) for the CUDA build's cuBLASLt path"
     python -m pip install -q "nvidia-cublas>=13,<14"
-  else
-    echo "== no GPU driver here: not downloading nvidia-cublas (set CI=true or BLLAMA_CUDA=ON to fetch it);" \
-         "the CUDA sources still compile, without the cuBLASLt path"
   fi
+  WHY="CUDA backend included: $( [ "${CI:-}" = true ] && echo CI=true || { [ "${BLLAMA_CUDA:-AUTO}" = ON ] && echo BLLAMA_CUDA=ON || echo 'a GPU driver is present'; })"
+elif command -v nvcc >/dev/null; then
+  WHY="CPU only: nvcc exists but no GPU driver (CI=true or BLLAMA_CUDA=ON compiles the CUDA backend too)"
+else
+  WHY="CPU only: no nvcc"
 fi
 
-# Each configuration below is a different build (release with CUDA, aarch64, sanitizers); ccache, where installed,
-# lets a rerun and pip's build of the same sources reuse object files.
-LAUNCHER=()
-if command -v ccache >/dev/null; then
-  LAUNCHER=(-DCMAKE_C_COMPILER_LAUNCHER=ccache -DCMAKE_CXX_COMPILER_LAUNCHER=ccache -DCMAKE_CUDA_COMPILER_LAUNCHER=ccache)
-  echo "== ccache: $(command -v ccache)"
-fi
-
-echo "== C++ engine: release build + ctest (build/release: engine, C++ tests, benchmarks$(command -v nvcc >/dev/null && echo ', CUDA backend'); reused if up to date)"
-cmake -G Ninja -S . -B build/release -DCMAKE_BUILD_TYPE=Release -DBLLAMA_BUILD_PYTHON=OFF "${LAUNCHER[@]}" >/dev/null
+echo "== C++ engine: release build + ctest in build/release (${CONFIG[*]}): the engine (compiled by pip's build" \
+     "if it ran, else now), the C++ tests and benchmarks; $WHY"
+cmake -S . -B build/release "${CONFIG[@]}" >/dev/null
 cmake --build build/release -j "$JOBS"
-if command -v nvcc >/dev/null; then
+if [ "$CUDA_WANTED" = yes ]; then
   # The CUDA build must really have happened: a silently CPU-only build would hide broken GPU code.
   test -x build/release/bench_cuda_decode || { echo "nvcc is present but the CUDA backend was not built"; exit 1; }
   echo "   (CUDA backend compiled by nvcc $(nvcc --version | sed -n 's/.*release \([0-9.]*\).*/\1/p') for sm_80 + sm_90;" \
@@ -48,6 +53,10 @@ HOST_BUILD=build/release bash tests/run_arm.sh
 
 echo "== C++ engine: AddressSanitizer + UBSan build + ctest (build/asan: CPU code in Debug with sanitizers, a" \
      "separate build because every object differs; reused if up to date)"
+LAUNCHER=()
+if command -v ccache >/dev/null; then
+  LAUNCHER=(-DCMAKE_C_COMPILER_LAUNCHER=ccache -DCMAKE_CXX_COMPILER_LAUNCHER=ccache)
+fi
 cmake -G Ninja -S . -B build/asan -DCMAKE_BUILD_TYPE=Debug -DBLLAMA_SANITIZE=ON -DBLLAMA_CUDA=OFF \
       -DBLLAMA_BUILD_PYTHON=OFF -DBLLAMA_BUILD_BENCH=OFF "${LAUNCHER[@]}" >/dev/null
 cmake --build build/asan -j "$JOBS"

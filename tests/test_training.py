@@ -136,9 +136,15 @@ def test_compile_defaults_to_on_for_gpus_only(monkeypatch):
     assert resolve_compile(None, "auto") is True and resolve_compile(None, "cpu") is False
 
 
-def test_precision_auto_is_bf16_mixed_on_a_bf16_gpu(monkeypatch):
-    assert resolve_precision("32-true", "gpu") == "32-true"
-    assert resolve_precision("auto", "cpu") == "32-true"
+def test_precision_auto_is_bf16_mixed_where_bf16_is_fast(monkeypatch):
+    from bllama.train import trainer
+
+    assert resolve_precision("32-true", "gpu") == "32-true" and resolve_precision("32-true", "cpu") == "32-true"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for fast, want in ((True, "bf16-mixed"), (False, "32-true")):  # a CPU with or without bf16 dot products
+        monkeypatch.setattr(trainer, "cpu_has_fast_bf16", lambda: fast)
+        assert resolve_precision("auto", "cpu") == resolve_precision("auto", "auto") == want
+    monkeypatch.setattr(trainer, "cpu_has_fast_bf16", lambda: False)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
     assert resolve_precision("auto", "gpu") == resolve_precision("auto", "auto") == "bf16-mixed"

@@ -44,6 +44,35 @@ def add_model_tensors(writer, net, weight_type: str, progress: bool = False) -> 
                                    float(layer.ternary_scale()), weight_type)
 
 
+def end_of_turn_stops(tokenizer, template: str) -> tuple:
+    """(ids, strings) that end generation for a SentencePiece model under chat `template`: the template's end-of-turn
+    marker (`<|im_end|>` in ChatML) as a token id where the vocabulary has it as one piece, else as a stop string
+    (a model fine-tuned on the template writes it in several pieces). The EOS id is always one of the ids."""
+    from ..tokenizers.chat_templates import end_of_turn_marker
+
+    bos, eos = (tokenizer.id_to_piece(i) if i is not None else "" for i in (tokenizer.bos_id, tokenizer.eos_id))
+    ids = [tokenizer.eos_id] if tokenizer.eos_id is not None else []
+    marker = end_of_turn_marker(template, bos, eos)
+    if not marker:
+        return ids, []
+    i = tokenizer.piece_to_id(marker)
+    if tokenizer.id_to_piece(i) == marker and i != tokenizer.unk_id:
+        return list(dict.fromkeys(ids + [i])), []
+    return ids, [marker]
+
+
+def add_end_of_turn(writer, tokenizer, template: str) -> None:
+    """The stops of end_of_turn_stops as GGUF metadata: the end-of-turn id as llama.cpp's eot_token_id and in
+    bllama.eos_token_ids (every id Runtime stops at), or the marker in bllama.stop_strings (which the runtime's
+    text streams stop at)."""
+    ids, strings = end_of_turn_stops(tokenizer, template)
+    if len(ids) > 1:
+        writer.add_eot_token_id(ids[-1])
+        writer.add_array("bllama.eos_token_ids", [int(i) for i in ids])
+    if strings:
+        writer.add_array("bllama.stop_strings", strings)
+
+
 def export_gguf(model, tokenizer, path: Union[str, os.PathLike], weight_type: str = "tq2_0",
                 name: str = "bllama", progress: bool = False, force_arch: Optional[str] = None,
                 chat_template: Optional[str] = None) -> Path:
@@ -95,6 +124,8 @@ def export_gguf(model, tokenizer, path: Union[str, os.PathLike], weight_type: st
             template = chat_template or getattr(tokenizer, "chat_template", None)
             if template:
                 w.add_chat_template(template)
+                if not isinstance(tokenizer, BPETokenizer):  # a BPE tokenizer writes its own eos_token_ids
+                    add_end_of_turn(w, tokenizer, template)
 
             add_model_tensors(w, net, weight_type, progress)
             w.write_header_to_file()

@@ -31,7 +31,8 @@ class _TextStream:
 
     def __init__(self, tokenizer, prompt_ids, stop: Sequence[str]):
         self.tok, self.tokens = tokenizer, list(prompt_ids)
-        self.stop = [s for s in (stop or []) if s]
+        # the caller's stops and the model file's own (bllama.stop_strings: a chat template's end-of-turn text)
+        self.stop = [s for s in (*(stop or []), *getattr(tokenizer, "stop_strings", ())) if s]
         self.anchor = len(self.tokens)  # tokens before it are decoded into self.final
         self.final = ""  # the continuation's text up to the anchor
         self.emitted = ""

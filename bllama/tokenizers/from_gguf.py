@@ -3,10 +3,14 @@ from __future__ import annotations
 
 
 def tokenizer_from_gguf(engine):
-    """tokenizer_of_gguf, with the file's chat template (tokenizer.chat_template) on it whatever its kind."""
+    """tokenizer_of_gguf, with the file's chat template (tokenizer.chat_template) and the strings that end generation
+    (bllama.stop_strings: a chat template's end-of-turn marker that is not one token) on it whatever its kind."""
     tok = tokenizer_of_gguf(engine)
-    if "tokenizer.chat_template" in set(engine.metadata_keys()):
+    keys = set(engine.metadata_keys())
+    if "tokenizer.chat_template" in keys:
         tok.chat_template = engine.metadata("tokenizer.chat_template")
+    if "bllama.stop_strings" in keys:
+        tok.stop_strings = [str(s) for s in engine.metadata("bllama.stop_strings")]
     return tok
 
 

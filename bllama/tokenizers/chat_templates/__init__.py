@@ -48,3 +48,18 @@ def check_chat_template(template: str, bos_token: str = "", eos_token: str = "",
     if missing:
         raise ValueError(f"{what} renders a conversation without its messages (missing {missing[0]!r})")
     return text
+
+
+_REPLY = "\ue000reply\ue001"  # a reply no template touches, so what the template writes after it is its own markup
+
+
+def end_of_turn_marker(template: str, bos_token: str = "", eos_token: str = "") -> Optional[str]:
+    """What `template` writes right after an assistant's reply (ChatML `<|im_end|>`, LLaMA-3 `<|eot_id|>`, often the
+    EOS token): the text a model trained on the template emits when its turn is over, so generation must stop there.
+    None when the template writes nothing after a reply."""
+    text = render_chat(template, [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": _REPLY}],
+                       add_generation_prompt=False, bos_token=bos_token, eos_token=eos_token)
+    if _REPLY not in text:
+        return None
+    after = text.split(_REPLY, 1)[1].strip()
+    return after.split()[0] if after else None
