@@ -45,6 +45,8 @@ if [ "$CUDA_WANTED" = yes ]; then
   test -x build/release/bench_cuda_decode || { echo "nvcc is present but the CUDA backend was not built"; exit 1; }
   echo "   (CUDA backend compiled by nvcc $(nvcc --version | sed -n 's/.*release \([0-9.]*\).*/\1/p') for sm_80 + sm_90;" \
        "cuBLASLt path: $(grep -q 'BLLAMA_CUBLASLT_INCLUDE:PATH=/' build/release/CMakeCache.txt && echo yes || echo no))"
+  echo "== CUDA decode kernels: ptxas budgets (registers, spills, stack, shared memory; tests/ptxas_budget.txt)"
+  bash tests/check_ptxas.sh
 fi
 ctest --test-dir build/release --output-on-failure
 
