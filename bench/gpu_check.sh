@@ -156,6 +156,7 @@ for sec in $SECTIONS; do
         bench) run_section kbench kbench; run_section dbench dbench; run_section rbench rbench ;;
         kbench|dbench|rbench) run_section "$sec" "$sec" ;;
         sanitize) run_section sanitize sanitize ;;
+        cputhreads) run_section cputhreads bash bench/cpu_threads.sh ;;  # CPU decode vs threads (issue 20)
         *) echo "unknown section $sec" ;;
     esac
 done
