@@ -25,7 +25,7 @@ const KernelTable kScalar = {quantize_ref,       ternary_matmul_ref, f16_matmul_
 const KernelTable kAvx2 = {quantize_avx2,   ternary_matmul_avx2, f16_matmul_avx2, q8_head_matmul_avx2,
                            attend_f32_avx2, attend_f16_avx2,     to_f16_avx2,     q4_head_matmul_avx2};
 const KernelTable kAvx512 = {quantize_avx512,   ternary_matmul_avx512, f16_matmul_avx512, q8_head_matmul_avx512,
-                             attend_f32_avx512, attend_f16_avx512,     to_f16_avx512,     q4_head_matmul_avx2};
+                             attend_f32_avx512, attend_f16_avx512,     to_f16_avx512,     q4_head_matmul_avx512};
 #endif
 #ifdef BLLAMA_KERNELS_ARM
 // The f16 head and attention are float work that sdot does not help: the dotprod kind shares NEON's.

@@ -15,8 +15,8 @@
 // acc[j] = fma((float)p, d_b, acc[j]) (fused, one rounding); then s = ((acc0+acc4) + (acc2+acc6)) +
 // ((acc1+acc5) + (acc3+acc7)) and y[t * ldy + r] = s / a_t. The lane split is what one vpmaddubsw + vpmaddwd
 // (or one sdot / vpdpbusd) per 32 bytes produces, so SIMD paths need no reordering.
-// Files: head_q4.cpp (packing), ref.cpp (the reference), head_q4_avx2.cpp (x86; the AVX-512 kind uses it too:
-// the head is bandwidth-bound at 256 bits), dispatch.cpp (the checked entry point).
+// Files: head_q4.cpp (packing), ref.cpp (the reference), head_q4_avx2.cpp, head_q4_avx512.cpp (the one-token GEMV
+// with 256-bit vpdpbusd), head_q4_{neon,dotprod}.cpp (+ head_q4_arm.h), dispatch.cpp (the checked entry point).
 #pragma once
 
 #include <cstdint>

@@ -29,6 +29,8 @@ void ternary_matmul_avx512(const TernaryMatrix& w, const QuantizedActs& x, float
                            int64_t re);
 void f16_matmul_avx512(const uint16_t* w, int64_t cols, const float* x, int64_t n_tokens, float* y, int64_t ldy,
                        int64_t rb, int64_t re);
+void q4_head_matmul_avx512(const Q4Head& w, const QuantizedActs& x, float* y, int64_t ldy, int64_t rb,
+                           int64_t re);
 void q8_head_matmul_avx512(const Q8Head& w, const QuantizedActs& x, float* y, int64_t ldy, int64_t rb,
                            int64_t re);
 void attend_f32_avx512(const float* q, const float* k, const float* v, int64_t stride, int64_t len, int64_t hd,
