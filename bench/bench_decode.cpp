@@ -1,7 +1,8 @@
 // Prompt and decode throughput of the engine on a random model of real shapes.
 //
-//   bench_decode [--shape 1.7b|2b4t] [--threads 1,2] [--prompt 128] [--decode 64] [--tq1] [--kv-f16]
-//                [--keep PATH] [--head f16|q8] [--batch 2,4,8]
+//   bench_decode [--shape 1.7b|2b4t] [--threads 1,2] [--prompt 128] [--decode 64] [--tq1] [--kv-f32]
+//                [--keep PATH] [--head q4|q8|f16] [--batch 2,4,8]
+// Defaults are the engine's (LoadOptions): the 4-bit head and the fp16 KV cache.
 //
 // Writes a random GGUF (TQ2_0 codes, f16 tied embedding) to a temp file, then for each thread count
 // loads it (load time), runs a `prompt`-token prompt (prompt tok/s) and `decode` single-token steps
@@ -44,8 +45,8 @@ int main(int argc, char** argv) {
     const Shape* shape = &kShapes[0];
     std::vector<int> threads = {1, 2};
     int64_t n_prompt = 128, n_decode = 64;
-    bool tq1 = false, kv_f16 = false;
-    HeadType head = HeadType::F16;
+    bool tq1 = false, kv_f16 = LoadOptions{}.kv_f16;
+    HeadType head = LoadOptions{}.head;
     std::string keep;
     std::vector<int> batches;
     auto int_list = [](const std::string& v) {
@@ -77,10 +78,11 @@ int main(int argc, char** argv) {
         else if (a == "--decode") n_decode = std::stoll(val());
         else if (a == "--tq1") tq1 = true;
         else if (a == "--kv-f16") kv_f16 = true;
+        else if (a == "--kv-f32") kv_f16 = false;
         else if (a == "--keep") keep = val();
         else if (a == "--head") head = parse_head_type(val());
         else {
-            std::fprintf(stderr, "usage: %s [--shape 1.7b|2b4t] [--threads 1,2] [--prompt N] [--decode N] [--tq1] [--kv-f16] [--keep PATH] [--head f16|q8] [--batch 2,4,8]\n", argv[0]);
+            std::fprintf(stderr, "usage: %s [--shape 1.7b|2b4t] [--threads 1,2] [--prompt N] [--decode N] [--tq1] [--kv-f16|--kv-f32] [--keep PATH] [--head q4|q8|f16] [--batch 2,4,8]\n", argv[0]);
             return 2;
         }
     }
@@ -89,7 +91,7 @@ int main(int argc, char** argv) {
                 shape->name, (long long)shape->vocab, (long long)shape->dim, (long long)shape->layers,
                 (long long)shape->heads, (long long)shape->kv_heads, (long long)shape->ffn,
                 shape->relu2 ? "relu2" : "silu", tq1 ? "TQ1_0" : "TQ2_0", kernel_name(best_kernel()),
-                kv_f16 ? ", fp16 KV" : "", head_type_name(head));
+                kv_f16 ? ", fp16 KV" : ", fp32 KV", head_type_name(head));
     auto t0 = Clock::now();
     if (keep.empty() || access(path.c_str(), R_OK) != 0) {
         write_model(*shape, tq1, path);

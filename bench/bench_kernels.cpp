@@ -43,6 +43,8 @@ static inline void spin_pause() {}
 #include "kernels/cpu_features.h"
 #include "kernels/half.h"
 #include "kernels/head_f16.h"
+#include "kernels/head_q4.h"
+#include "kernels/head_q8.h"
 #include "kernels/ternary.h"
 #include "membw.h"
 
@@ -336,6 +338,40 @@ struct Bench {
         }
     }
 
+    // The requantized heads (head="q8" / "q4") on the same values: GB/s of the bytes each reads per token.
+    void low_byte_heads(int64_t V, int64_t D) {
+        std::vector<float> w(static_cast<size_t>(V * D));
+        uint64_t s = 88172645463325252ull;
+        for (auto& v : w) {
+            s ^= s << 13; s ^= s >> 7; s ^= s << 17;
+            v = static_cast<float>(static_cast<int64_t>(s % 2001) - 1000) * 1e-4f;
+        }
+        const Q8Head q8 = Q8Head::from_f32(w.data(), V, D);
+        const Q4Head q4 = Q4Head::from_f32(w.data(), V, D);
+        std::vector<float>().swap(w);
+        std::vector<float> x(static_cast<size_t>(D)), y(static_cast<size_t>(V));
+        for (int64_t i = 0; i < D; ++i) x[static_cast<size_t>(i)] = static_cast<float>(i % 17) - 8.0f;
+        QuantizedActs qa;
+        quantize_acts(x.data(), 1, D, qa, kind);
+        const std::string shape = "gemv " + std::to_string(V) + "x" + std::to_string(D);
+        for (int nt : {1, 2}) {
+            Timing t = measure(reps, 1, [&] {
+                return pool.run(nt, [&](int part, int parts) {
+                    const auto [b, e] = split(V, part, parts, 64);
+                    q8_head_matmul(q8, qa, y.data(), V, b, e, kind);
+                });
+            });
+            add_bw_row({"q8 head", shape, nt, static_cast<double>(q8.bytes()), "GB/s", t, "", 0, 0}, nt);
+            t = measure(reps, 1, [&] {
+                return pool.run(nt, [&](int part, int parts) {
+                    const auto [b, e] = split(V, part, parts, 64);
+                    q4_head_matmul(q4, qa, y.data(), V, b, e, kind);
+                });
+            });
+            add_bw_row({"q4 head", shape, nt, static_cast<double>(q4.bytes()), "GB/s", t, "", 0, 0}, nt);
+        }
+    }
+
     void print(bool json) const {
         if (json) {
             std::printf("{\"kernel\": \"%s\", \"results\": [\n", kernel_name(kind));
@@ -371,10 +407,11 @@ struct Bench {
 
 int main(int argc, char** argv) {
     Bench b;
-    bool json = false;
+    bool json = false, heads_only = false;
     for (int i = 1; i < argc; ++i) {
         const std::string a = argv[i];
         if (a == "--json") json = true;
+        else if (a == "--heads-only") heads_only = true;
         else if (a == "--reps" && i + 1 < argc) b.reps = std::max(1, std::atoi(argv[++i]));
         else if (a == "--kernel" && i + 1 < argc) {
             const std::string k = argv[++i];
@@ -383,7 +420,7 @@ int main(int argc, char** argv) {
                 return 2;
             }
         } else {
-            std::fprintf(stderr, "usage: %s [--json] [--kernel scalar|avx2|avx512|neon|dotprod] [--reps N]\n", argv[0]);
+            std::fprintf(stderr, "usage: %s [--json] [--kernel scalar|avx2|avx512|neon|dotprod] [--reps N] [--heads-only]\n", argv[0]);
             return 2;
         }
     }
@@ -398,9 +435,10 @@ int main(int argc, char** argv) {
                     kernel_name(b.kind), std::thread::hardware_concurrency(), b.reps, load1);
     b.bandwidth();
     const bool gemm = b.kind != KernelKind::Scalar;  // scalar prefill would take minutes
-    b.ternary("1.7B", {{"attn q/k/v/o", 2048, 2048, 4}, {"ffn gate/up", 8192, 2048, 2}, {"ffn down", 2048, 8192, 1}}, 24, gemm);
-    b.ternary("2B4T", {{"attn q/o", 2560, 2560, 2}, {"attn k/v", 640, 2560, 2}, {"ffn gate/up", 6912, 2560, 2}, {"ffn down", 2560, 6912, 1}}, 30, gemm);
+    if (!heads_only) b.ternary("1.7B", {{"attn q/k/v/o", 2048, 2048, 4}, {"ffn gate/up", 8192, 2048, 2}, {"ffn down", 2048, 8192, 1}}, 24, gemm);
+    if (!heads_only) b.ternary("2B4T", {{"attn q/o", 2560, 2560, 2}, {"attn k/v", 640, 2560, 2}, {"ffn gate/up", 6912, 2560, 2}, {"ffn down", 2560, 6912, 1}}, 30, gemm);
     b.f16_head(32000, 2048);
+    b.low_byte_heads(128256, 2560);
     b.print(json);
     if (!json) std::printf("\ntotal %.1f s\n", now_s() - t0);
     return 0;

@@ -182,6 +182,7 @@ for sec in $SECTIONS; do
         kbench|dbench|rbench) run_section "$sec" "$sec" ;;
         sanitize) run_section sanitize sanitize ;;
         vcheck|stage0|stage1) run_section "$sec" "$sec" ;;
+        cputhreads) run_section cputhreads bash bench/cpu_threads.sh ;;  # CPU decode vs threads (issue 20)
         *) echo "unknown section $sec" ;;
     esac
 done

@@ -156,8 +156,8 @@ public:
         if (device == "cuda") o.device = Device::Cuda;
         else if (device != "cpu") throw std::invalid_argument("device must be 'cpu' or 'cuda', got '" + device + "'");
         o.head = parse_head_type(head);
-        if (kv_cache_dtype == "float16") o.kv_f16 = true;
-        else if (kv_cache_dtype != "float32")
+        o.kv_f16 = kv_cache_dtype == "float16";
+        if (!o.kv_f16 && kv_cache_dtype != "float32")
             throw std::invalid_argument("kv_cache_dtype must be 'float32' or 'float16', got '" + kv_cache_dtype + "'");
         if (threads) {
             if (*threads <= 0) throw std::invalid_argument("threads must be a positive integer or None, got " + std::to_string(*threads));
@@ -449,13 +449,13 @@ PYBIND11_MODULE(_engine, m) {
         .def(py::init<const std::string&, std::optional<int>, std::optional<int64_t>, const std::string&,
                       const std::string&, const std::string&, int>(),
              py::arg("path"), py::arg("threads") = py::none(), py::arg("context_length") = py::none(),
-             py::arg("kv_cache_dtype") = "float32", py::arg("head") = "f16", py::arg("device") = "cpu",
+             py::arg("kv_cache_dtype") = "float16", py::arg("head") = "q4", py::arg("device") = "cpu",
              py::arg("max_sequences") = 1,
              "Load a GGUF 'bitnet' model. threads=None: the physical cores this process may use. "
              "context_length=None: the file's; a smaller value caps the KV cache. kv_cache_dtype='float16' "
-             "halves the cache (exact model function: 'float32'). head='q8' requantizes the LM head to int8 "
-             "with per-row scales at load (half its bytes per token, ~1e-3 relative logit error); 'f16' "
-             "runs the file's head as is. device='cuda' runs on the GPU (csrc/cuda): weights stay packed there; "
+             "(default) halves the cache (exact model function: 'float32'). head='q4' (default) requantizes the "
+             "LM head to 4 bits with an f16 scale per 32 columns at load (0.28x the f16 head's bytes per token); "
+             "'q8' to int8 with per-row scales; 'f16' runs the file's head as is. device='cuda' runs on the GPU (csrc/cuda): weights stay packed there; "
              "max_sequences > 1 keeps a KV cache for that many sequences (CPU: at most 64), decoded together by "
              "generate_batch.")
         .def_property_readonly("config", &PyEngine::config)

@@ -35,9 +35,9 @@ def test_device_cuda_without_gpu_names_the_reason(tmp_path):
     path = tmp_path / "m.gguf"
     _export(_model(), path)
     with pytest.raises(CudaUnavailableError, match="device='cuda' is unavailable"):
-        Runtime.load(path, device="cuda")
+        Runtime.load(path, device="cuda", head="f16", kv_cache_dtype="float32")
     with pytest.raises(RuntimeError, match="device='cuda'"):
-        _engine.Engine(str(path), device="cuda")
+        _engine.Engine(str(path), device="cuda", head="f16", kv_cache_dtype="float32")
     from bllama.cli import main
 
     with pytest.raises(SystemExit) as e:
@@ -49,9 +49,9 @@ def test_bad_device_name(tmp_path):
     path = tmp_path / "m.gguf"
     _export(_model(), path)
     with pytest.raises(ValueError, match="device must be"):
-        Runtime.load(path, device="tpu")
+        Runtime.load(path, device="tpu", head="f16", kv_cache_dtype="float32")
     with pytest.raises(ValueError, match="device must be"):
-        _engine.Engine(str(path), device="gpu")
+        _engine.Engine(str(path), device="gpu", head="f16", kv_cache_dtype="float32")
 
 
 # ---- with a GPU ---------------------------------------------------------------------------------------
@@ -86,9 +86,9 @@ def test_gpu_logits_match_cpu(random_model, gemm, monkeypatch):
     net, path = random_model
     if gemm == "cublaslt":
         monkeypatch.setenv("BLLAMA_CUDA_GEMM", "cublaslt")
-    cpu = _engine.Engine(path, threads=2)
+    cpu = _engine.Engine(path, threads=2, head="f16", kv_cache_dtype="float32")
     try:
-        gpu = _engine.Engine(path, device="cuda")
+        gpu = _engine.Engine(path, device="cuda", head="f16", kv_cache_dtype="float32")
     except RuntimeError as e:
         if gemm == "cublaslt" and "cuBLASLt" in str(e):
             pytest.skip(str(e))
@@ -111,10 +111,10 @@ def test_gpu_gemm_paths_agree_exactly(random_model, monkeypatch):
     """Both prompt GEMMs do exact integer sums with the same epilogue: identical logits."""
     _, path = random_model
     ids = list(range(3, 60))
-    a = _engine.Engine(path, device="cuda").logits(ids)
+    a = _engine.Engine(path, device="cuda", head="f16", kv_cache_dtype="float32").logits(ids)
     monkeypatch.setenv("BLLAMA_CUDA_GEMM", "cublaslt")
     try:
-        b = _engine.Engine(path, device="cuda").logits(ids)
+        b = _engine.Engine(path, device="cuda", head="f16", kv_cache_dtype="float32").logits(ids)
     except RuntimeError as e:
         pytest.skip(str(e))
     np.testing.assert_array_equal(a, b)
@@ -123,7 +123,7 @@ def test_gpu_gemm_paths_agree_exactly(random_model, monkeypatch):
 @needs_gpu
 def test_gpu_greedy_is_argmax_of_its_own_logits(random_model):
     net, path = random_model
-    gpu = _engine.Engine(path, device="cuda")
+    gpu = _engine.Engine(path, device="cuda", head="f16", kv_cache_dtype="float32")
     prompt = [1, 5, 77, 200]
     out = gpu.generate(prompt, 20)
     full = prompt + out
@@ -142,15 +142,15 @@ def test_gpu_greedy_is_argmax_of_its_own_logits(random_model):
 def test_gpu_kv_f16_close_to_cpu_f16(random_model):
     net, path = random_model
     ids = list(range(2, 50))
-    g = _engine.Engine(path, device="cuda", kv_cache_dtype="float16").logits(ids)
-    c = _engine.Engine(path, threads=2, kv_cache_dtype="float16").logits(ids)
+    g = _engine.Engine(path, device="cuda", kv_cache_dtype="float16", head="f16").logits(ids)
+    c = _engine.Engine(path, threads=2, kv_cache_dtype="float16", head="f16").logits(ids)
     _assert_close_to_cpu(g, c)
 
 
 @needs_gpu
 def test_gpu_sampling_is_seeded_and_top_k_1_is_greedy(random_model):
     _, path = random_model
-    gpu = _engine.Engine(path, device="cuda")
+    gpu = _engine.Engine(path, device="cuda", head="f16", kv_cache_dtype="float32")
     prompt = [4, 9, 16]
     # A temperature that makes the 20 best tokens comparable: these random models' logits are so spread that at T = 0.9,
     # and still at T = 3, nearly all the mass sat on one token and every seed drew the same 24 tokens (H200,
@@ -164,7 +164,7 @@ def test_gpu_sampling_is_seeded_and_top_k_1_is_greedy(random_model):
     greedy = gpu.generate(prompt, 24)
     assert gpu.generate(prompt, 24, do_sample=True, top_k=1, seed=5) == greedy
     # the penalty changes greedy choices the same way on both devices for the first token
-    cpu = _engine.Engine(path, threads=2)
+    cpu = _engine.Engine(path, threads=2, head="f16", kv_cache_dtype="float32")
     assert gpu.generate(prompt, 1, repetition_penalty=1.5) == cpu.generate(prompt, 1, repetition_penalty=1.5)
 
 
@@ -176,17 +176,17 @@ def test_gpu_decode_options_decode_the_same_tokens(random_model, env, monkeypatc
     _, path = random_model
     prompt = [4, 9, 16, 25, 36]
     kw = [dict(repetition_penalty=1.3), dict(do_sample=True, temperature=1.2, top_k=40, seed=9)]
-    want = [_engine.Engine(path, device="cuda").generate(prompt, 40, **k) for k in kw]
+    want = [_engine.Engine(path, device="cuda", head="f16", kv_cache_dtype="float32").generate(prompt, 40, **k) for k in kw]
     for k, v in env.items():
         monkeypatch.setenv(k, v)
-    gpu = _engine.Engine(path, device="cuda")
+    gpu = _engine.Engine(path, device="cuda", head="f16", kv_cache_dtype="float32")
     assert [gpu.generate(prompt, 40, **k) for k in kw] == want
 
 
 @needs_gpu
 def test_gpu_errors(random_model):
     net, path = random_model
-    gpu = _engine.Engine(path, device="cuda")
+    gpu = _engine.Engine(path, device="cuda", head="f16", kv_cache_dtype="float32")
     V, T = net.config.vocab_size, gpu.context_length
     with pytest.raises(IndexError, match="out of range"):
         gpu.generate([1, V], 4)
@@ -202,9 +202,9 @@ def test_gpu_q8_head_matches_cpu_q8_head(random_model):
     """head="q8": the GPU runs the CPU's int8 head rows (exact integer sums, the same epilogue), so it matches the
     CPU's q8 engine as closely as the f16 paths match each other, and reads half the head's bytes."""
     net, path = random_model
-    cpu = _engine.Engine(path, threads=2, head="q8")
-    gpu = _engine.Engine(path, device="cuda", head="q8")
-    f16 = _engine.Engine(path, device="cuda")
+    cpu = _engine.Engine(path, threads=2, head="q8", kv_cache_dtype="float32")
+    gpu = _engine.Engine(path, device="cuda", head="q8", kv_cache_dtype="float32")
+    f16 = _engine.Engine(path, device="cuda", head="f16", kv_cache_dtype="float32")
     assert gpu.config["head"] == "q8" and f16.config["head"] == "f16"
     assert gpu.config["head_bytes"] < 0.6 * f16.config["head_bytes"]
     rng = np.random.default_rng(4)
@@ -220,11 +220,11 @@ def test_gpu_q8_head_matches_cpu_q8_head(random_model):
     picked = lg[np.arange(len(out)), out]
     assert np.all(picked >= lg.max(-1) - 0.02 * max(1.0, float(np.abs(lg).max())))
     prompts = [prompt, [7, 8], [9, 10, 11, 12]]
-    batched = _engine.Engine(path, device="cuda", head="q8", max_sequences=3).generate_batch(prompts, 12)
+    batched = _engine.Engine(path, device="cuda", head="q8", max_sequences=3, kv_cache_dtype="float32").generate_batch(prompts, 12)
     old = {k: os.environ.get(k) for k in ("BLLAMA_CUDA_PDL", "BLLAMA_CUDA_GRAPHS")}
     os.environ.update(BLLAMA_CUDA_PDL="0", BLLAMA_CUDA_GRAPHS="0")
     try:
-        plain = _engine.Engine(path, device="cuda", head="q8")
+        plain = _engine.Engine(path, device="cuda", head="q8", kv_cache_dtype="float32")
         plain_out = [plain.generate(p, 12) for p in prompts]
     finally:
         for k, v in old.items():
@@ -242,7 +242,7 @@ def trained_gguf(trained_tiny, tmp_path_factory):
 
 @needs_gpu
 def test_trained_greedy_identical_on_gpu_and_cpu(trained_gguf):
-    cpu, gpu = Runtime.load(trained_gguf, threads=2), Runtime.load(trained_gguf, device="cuda")
+    cpu, gpu = Runtime.load(trained_gguf, threads=2, head="f16", kv_cache_dtype="float32"), Runtime.load(trained_gguf, device="cuda", head="f16", kv_cache_dtype="float32")
     for prompt in ["ROMEO:", "First Citizen:\nWe are", "The king"]:
         ids = cpu.tokenizer.encode(prompt)
         a = gpu._engine.generate(ids, 100, stop_ids=[])
@@ -266,8 +266,8 @@ def test_gpu_prompt_longer_than_a_chunk(tmp_path):
     path = tmp_path / "long.gguf"
     _export(net, path)
     ids = torch.randint(0, net.config.vocab_size, (1100,), generator=torch.Generator().manual_seed(1)).tolist()
-    g = _engine.Engine(str(path), device="cuda").logits(ids)
-    c = _engine.Engine(str(path), threads=2).logits(ids)
+    g = _engine.Engine(str(path), device="cuda", head="f16", kv_cache_dtype="float32").logits(ids)
+    c = _engine.Engine(str(path), threads=2, head="f16", kv_cache_dtype="float32").logits(ids)
     _assert_close_to_cpu(g, c)
 
 
@@ -288,7 +288,7 @@ def test_gpu_hf_checkpoints_match_cpu(name, tmp_path, sp_model_path):
 
     style, kw = CASES[name]
     path = make_checkpoint(tmp_path / name, style, sp_model=sp_model_path, **kw)
-    cpu, gpu = Runtime.load(path, threads=2), Runtime.load(path, device="cuda")
+    cpu, gpu = Runtime.load(path, threads=2, head="f16", kv_cache_dtype="float32"), Runtime.load(path, device="cuda", head="f16", kv_cache_dtype="float32")
     ids = cpu.tokenizer.encode(PROMPT)
     assert len(ids) > 10
     for n in (1, 5, len(ids)):  # GEMV (<= 8 tokens) and GEMM prompt paths
@@ -305,8 +305,8 @@ def test_gpu_hf_checkpoints_match_cpu(name, tmp_path, sp_model_path):
 def test_gpu_batched_generation_equals_one_by_one(trained_gguf):
     """Up to max_sequences prompts decode together on the GPU; each gets exactly the tokens it gets alone
     (greedy: the batched GEMV sums each token's row exactly as the single-token one), stop strings included."""
-    batched = Runtime.load(trained_gguf, device="cuda", max_sequences=4)
-    single = Runtime.load(trained_gguf, device="cuda")
+    batched = Runtime.load(trained_gguf, device="cuda", max_sequences=4, head="f16", kv_cache_dtype="float32")
+    single = Runtime.load(trained_gguf, device="cuda", head="f16", kv_cache_dtype="float32")
     assert batched.config["max_sequences"] == 4
     prompts = ["ROMEO:", "First Citizen:\nWe are", "The king", "JULIET:", "O, "]  # 5 > 4: two groups
     kw = dict(max_new_tokens=40, stop=["\n\n"])

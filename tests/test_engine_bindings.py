@@ -74,7 +74,7 @@ def exported(request, tmp_path_factory):
 
 def test_logits_match_pytorch(exported):
     net, path = exported
-    eng = _engine.Engine(path, threads=2)
+    eng = _engine.Engine(path, threads=2, head="f16", kv_cache_dtype="float32")  # the exact model, as PyTorch's
     ids = torch.randint(0, net.config.vocab_size, (1, 40), generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
         want = net(ids)[0].numpy()
@@ -97,7 +97,7 @@ def test_logits_match_pytorch(exported):
 
 def test_greedy_generate_matches_pytorch(exported):
     net, path = exported
-    eng = _engine.Engine(path)
+    eng = _engine.Engine(path, head="f16", kv_cache_dtype="float32")  # the exact model, as PyTorch's
     prompt = [1, 5, 77, 200]
     out = eng.generate(prompt, 10)
     seq = list(prompt)
@@ -116,7 +116,7 @@ def test_greedy_generate_matches_pytorch(exported):
 
 def test_config_and_metadata(exported):
     net, path = exported
-    eng = _engine.Engine(path, threads=1)
+    eng = _engine.Engine(path, threads=1, kv_cache_dtype="float32")
     c = eng.config
     cfg = net.config
     assert (c["vocab_size"], c["hidden_size"], c["num_layers"], c["num_heads"], c["num_kv_heads"], c["ffn_size"]) == \

@@ -71,7 +71,7 @@ def test_engine_matches_transformers(checkpoints, name):
     from bllama.runtime import Runtime
 
     style, path = checkpoints[name]
-    rt = Runtime.load(path)  # imported on the fly
+    rt = Runtime.load(path, head="f16", kv_cache_dtype="float32")  # imported on the fly; the exact model
     ids = rt.tokenizer.encode(PROMPT)
     assert len(ids) > 10
     ref = f16_embeddings(reference_model(path, style))
@@ -97,7 +97,7 @@ def test_wrong_scale_semantics_would_be_caught(checkpoints, tmp_path):
     cfg = json.loads((bad / "config.json").read_text())
     cfg["quantization_config"]["linear_class"] = "autobitlinear"
     (bad / "config.json").write_text(json.dumps(cfg))
-    rt = Runtime.load(bad)
+    rt = Runtime.load(bad, head="f16", kv_cache_dtype="float32")  # exact, so only the relabelling can fail it
     ids = rt.tokenizer.encode(PROMPT)
     ref = f16_embeddings(reference_model(src, style))
     with torch.no_grad():

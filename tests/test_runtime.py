@@ -21,12 +21,16 @@ def f16_rounded(model):
     return model
 
 
+EXACT = dict(head="f16", kv_cache_dtype="float32")
+
+
 @pytest.fixture(scope="module")
 def trained(trained_tiny, tmp_path_factory):
     model = f16_rounded(trained_tiny["model"])
     model.quantize_weights_to_ternary()
     path = export_gguf(model, trained_tiny["tokenizer"], tmp_path_factory.mktemp("rt") / "tiny.gguf")
-    return {**trained_tiny, "model": model, "path": path, "rt": Runtime.load(path, threads=2)}
+    # The exact model (f16 head, fp32 KV cache; the defaults are the low-byte ones): these tests compare with PyTorch.
+    return {**trained_tiny, "model": model, "path": path, "rt": Runtime.load(path, threads=2, **EXACT)}
 
 
 def test_trained_greedy_continuation_identical_for_100_tokens(trained):
@@ -63,7 +67,7 @@ def random_model(vocab, **kw):
 
 
 def engine_vs_torch(tmp_path, tokenizer, model, weight_type, n=80, seed=0):
-    rt = Runtime.load(export_gguf(model, tokenizer, tmp_path / "m.gguf", weight_type=weight_type), threads=2)
+    rt = Runtime.load(export_gguf(model, tokenizer, tmp_path / "m.gguf", weight_type=weight_type), threads=2, **EXACT)
     ids = torch.randint(3, tokenizer.vocab_size, (n,), generator=torch.Generator().manual_seed(seed)).tolist()
     ref = model.model(torch.tensor([ids]))[0].detach().numpy()
     out = rt.logits(ids)
@@ -132,7 +136,7 @@ def test_cpu_batched_generation_equals_one_by_one(trained):
     """max_sequences on the CPU: up to 4 prompts decode together (one forward_batch per step); each gets exactly
     what it gets alone, greedy (stop strings included) and sampled (prompt i with seed + i)."""
     rt = trained["rt"]
-    rt4 = Runtime.load(trained["path"], threads=2, max_sequences=4)
+    rt4 = Runtime.load(trained["path"], threads=2, max_sequences=4, **EXACT)
     assert rt4.config["max_sequences"] == 4 and rt.config["max_sequences"] == 1
     prompts = ["ROMEO:", "First Citizen:\nWe are", "The king", "JULIET:", "O, "]  # 5 > 4: two groups
     kw = dict(max_new_tokens=40, stop=["\n\n"])

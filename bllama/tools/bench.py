@@ -131,14 +131,14 @@ def peak_rss_mib() -> float:
 
 
 def _measure_engine(path: str, threads: int, prompt_tokens: int, gen_tokens: int, repeats: int, bpt: int,
-                    head: str = "f16", device: str = "cpu", sequences: int = 1) -> dict:
+                    head: str = "q4", device: str = "cpu", sequences: int = 1) -> dict:
     from .. import _engine
 
     t0 = time.perf_counter()
     eng = _engine.Engine(path, None if device == "cuda" else threads, head=head, device=device,
                          max_sequences=sequences)
     load_s = time.perf_counter() - t0
-    if head == "q8":  # the engine reads its int8 copy (+ per-row scale and sum) instead of the f16 head
+    if head != "f16":  # the engine reads its requantized copy (and its scales) instead of the f16 head
         c = eng.config
         bpt = bpt - 2 * c["vocab_size"] * c["hidden_size"] + c["head_bytes"]
     pp, tg = _median_run(eng, prompt_tokens, gen_tokens, repeats, eng.vocab_size, sequences=sequences)
@@ -155,7 +155,7 @@ def _measure_engine(path: str, threads: int, prompt_tokens: int, gen_tokens: int
 
 def run_bench(model: Optional[str] = None, preset: str = "1.7b", threads: Optional[List[int]] = None,
               prompt_tokens: int = 128, gen_tokens: int = 64, repeats: int = 3, torch_compare: bool = False,
-              json_out: Optional[str] = None, head: str = "f16", device: str = "cpu", sequences: int = 1) -> dict:
+              json_out: Optional[str] = None, head: str = "q4", device: str = "cpu", sequences: int = 1) -> dict:
     if device == "cuda":
         from ..runtime import check_cuda
 

@@ -184,13 +184,16 @@ void Model::forward_rows(const int32_t* tokens, int64_t n, float* logits, bool a
     const int64_t first = all_logits ? 0 : n - 1, rows = n - first;
     rmsnorm(x_.data() + first * D, output_norm_.data(), xn_.data(), rows, D, c.rms_eps);
     const int64_t V = c.vocab;
-    if (head_type_ == HeadType::Q8) {
-        // Int8 head: the normed rows quantized per token like BitLinear inputs (kernels/head_q8.h).
+    if (head_type_ != HeadType::F16) {
+        // Int8 / 4-bit head: the normed rows quantized per token like BitLinear inputs (kernels/head_q8.h, head_q4.h).
         quantize_acts(xn_.data(), rows, D, qa_head_, kind);
+        const bool q4 = head_type_ == HeadType::Q4;
         pool_.run(nc, [&](int i, int) {
             int64_t b, e;
             split_range(V, i, nc, 64, b, e);
-            if (b < e) q8_head_matmul(head_q8_, qa_head_, logits, V, b, e, kind);
+            if (b >= e) return;
+            if (q4) q4_head_matmul(head_q4_, qa_head_, logits, V, b, e, kind);
+            else q8_head_matmul(head_q8_, qa_head_, logits, V, b, e, kind);
         });
         return;
     }

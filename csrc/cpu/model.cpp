@@ -27,12 +27,13 @@ BitLinear bitlinear(const GgufFile& f, const BitLinearTensor& t) {
 
 }  // namespace
 
-const char* head_type_name(HeadType h) { return h == HeadType::Q8 ? "q8" : "f16"; }
+const char* head_type_name(HeadType h) { return h == HeadType::Q8 ? "q8" : h == HeadType::Q4 ? "q4" : "f16"; }
 
 HeadType parse_head_type(const std::string& s) {
     if (s == "f16") return HeadType::F16;
     if (s == "q8") return HeadType::Q8;
-    throw std::invalid_argument("head must be 'f16' or 'q8', got '" + s + "'");
+    if (s == "q4") return HeadType::Q4;
+    throw std::invalid_argument("head must be 'f16', 'q8' or 'q4', got '" + s + "'");
 }
 
 std::unique_ptr<Model> Model::load(const std::string& path, const LoadOptions& opts) {
@@ -49,7 +50,7 @@ std::unique_ptr<Model> Model::load(GgufFile file, const LoadOptions& opts) {
 }
 
 Model::Model(GgufFile file, const LoadOptions& opts)
-    : file_(std::move(file)), cfg_(read_config(file_)), kernel_(best_kernel()), kernels_(kernel_table(kernel_)), kv_f16_(opts.kv_f16), pool_(opts.threads) {
+    : file_(std::move(file)), cfg_(read_config(file_)), kernel_(best_kernel()), kernels_(kernel_table(kernel_)), kv_f16_(opts.kv_f16), pool_(opts.threads, opts.pin_threads) {
     load_weights(opts.head);
     allocate(opts);
 }
@@ -61,12 +62,27 @@ void Model::load_weights(HeadType head) {
     const ModelTensors t = check_model_tensors(file_, c);
     embd_ = f16_values(*t.embedding, embd_owned_);
     head_ = c.tied ? embd_ : f16_values(*t.output, head_owned_);
+    if (head == HeadType::Q4 && c.dim % kQ4Block != 0) head = HeadType::Q8;  // Q4 blocks need whole 32-column runs
     head_type_ = head;
-    if (head == HeadType::Q8) {
+    if (head == HeadType::Q4) {
+        try {
+            head_q4_ = Q4Head(c.vocab, c.dim);
+            const int nc = pool_.size() * 4;
+            pool_.run(nc, [&](int i, int) {
+                int64_t b, e;
+                split_range(c.vocab, i, nc, 64, b, e);
+                if (b < e) head_q4_.quantize_rows_f16(head_, b, e);
+            });
+        } catch (const std::invalid_argument& e) {
+            throw ModelError(std::string("q4 head: ") + e.what());
+        }
+    } else if (head == HeadType::Q8) {
+        head_q8_ = requantize_head_q8(head_, c.vocab, c.dim, pool_);
+    }
+    if (head != HeadType::F16) {
         // Requantize from the f16 values the f16 head would use. Afterwards only the int8 copy is read: a tied
         // table's pages are touched again only for looked-up rows, and an untied f16 head is dropped (its mapping
         // released, or its owned copy freed).
-        head_q8_ = requantize_head_q8(head_, c.vocab, c.dim, pool_);
         if (t.output) {
             if (head_owned_.empty()) file_.release(*t.output);
             std::vector<uint16_t>().swap(head_owned_);
@@ -138,11 +154,12 @@ void Model::allocate(const LoadOptions& opts) {
     // Size the activation buffers once at the largest batch so forward() never grows them.
     quantize_acts(xp_.data(), max_batch_, c.dim_in, qa_dim_, kernel_);
     quantize_acts(xp_.data(), max_batch_, c.ffn_in, qa_ffn_, kernel_);
-    if (head_type_ == HeadType::Q8) quantize_acts(xn_.data(), max_batch_, c.dim, qa_head_, kernel_);
+    if (head_type_ != HeadType::F16) quantize_acts(xn_.data(), max_batch_, c.dim, qa_head_, kernel_);
 }
 
 size_t Model::head_bytes() const {
     if (head_type_ == HeadType::Q8) return head_q8_.bytes();
+    if (head_type_ == HeadType::Q4) return head_q4_.bytes();
     return static_cast<size_t>(2 * cfg_.vocab * cfg_.dim);
 }
 

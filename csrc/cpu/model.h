@@ -14,15 +14,18 @@
 #include "engine/mapped_file.h"
 #include "engine/threadpool.h"
 #include "kernels/dispatch.h"
+#include "kernels/head_q4.h"
 #include "kernels/head_q8.h"
 #include "kernels/ternary.h"
 
 namespace bllama {
 
-// F16: the file's f16 head as is. Q8: requantized at load to int8 with one fp32 scale per row
-// (kernels/head_q8.h): half the head's bytes per decode token.
-enum class HeadType { F16, Q8 };
-const char* head_type_name(HeadType h);   // "f16" / "q8"
+// F16: the file's f16 head as is (exact). Q8: requantized at load to int8 with one fp32 scale per row
+// (kernels/head_q8.h): half the head's bytes per decode token. Q4: 4-bit with one f16 scale per 32 columns
+// (kernels/head_q4.h): 0.28x the f16 head's bytes, held-out perplexity within 0.5% of f16 (bench/head_accuracy.py);
+// the default. A hidden size that is not a multiple of 32 loads Q4 as Q8.
+enum class HeadType { F16, Q8, Q4 };
+const char* head_type_name(HeadType h);   // "f16" / "q8" / "q4"
 HeadType parse_head_type(const std::string& s);  // throws std::invalid_argument
 
 enum class Device { Cpu, Cuda };
@@ -36,10 +39,13 @@ struct LoadOptions {
     int threads = 0;          // <= 0: default_thread_count()
     int64_t max_context = 0;  // > 0: cap the KV cache below the file's context length
     int64_t max_batch = 64;   // tokens per prompt chunk (longer prompts run in several chunks)
-    bool kv_f16 = false;      // fp16 KV cache: half the bytes at long contexts, ~1e-3 relative deviation
-    HeadType head = HeadType::F16;  // LM head format (docs/engine.md, "LM head")
+    // fp16 KV cache (the default, as every peer engine): half the cache's bytes per decode token, ~1e-3 relative
+    // deviation of the attention output; false: fp32, exactly the model's function.
+    bool kv_f16 = true;
+    HeadType head = HeadType::Q4;   // LM head format (docs/engine.md, "LM head"); F16 for exact logits
     Device device = Device::Cpu;    // Engine: which backend runs the model
     int sequences = 1;              // sequences decoded together (a KV cache for each); CPU: <= max_batch
+    bool pin_threads = false;       // pin the pool's workers to physical cores (ThreadPool; BLLAMA_PIN=1 too)
 };
 
 // One BitLinear: ternary codes with per-block scales, and the optional extra output scale tensor.
@@ -68,6 +74,7 @@ public:
     const GgufFile& gguf() const { return file_; }
     int64_t context() const { return ctx_; }  // KV cache capacity (<= config().context)
     int threads() const { return pool_.size(); }
+    uint64_t pool_handoffs() const { return pool_.handoffs(); }  // jobs handed to the workers so far
     bool kv_f16() const { return kv_f16_; }
     KernelKind kernel() const { return kernel_; }
     HeadType head_type() const { return head_type_; }
@@ -91,6 +98,7 @@ public:
     const uint16_t* embedding_f16() const { return embd_; }   // [V, D]
     const uint16_t* head_f16() const { return head_; }        // [V, D]; null when the head is Q8
     const Q8Head& head_q8() const { return head_q8_; }        // HeadType::Q8 only (empty otherwise)
+    const Q4Head& head_q4() const { return head_q4_; }        // HeadType::Q4 only (empty otherwise)
     // Hands back the mapped file (its metadata stays readable) and frees everything else.
     static GgufFile release_file(std::unique_ptr<Model> m) { return std::move(m->file_); }
 
@@ -131,6 +139,7 @@ private:
     std::vector<uint16_t> embd_owned_, head_owned_;
     HeadType head_type_ = HeadType::F16;
     Q8Head head_q8_;                   // HeadType::Q8: [V, D] int8 + per-row scales (head_ is then null)
+    Q4Head head_q4_;                   // HeadType::Q4: [V, D] 4-bit + per-block scales (head_ is then null)
     std::vector<double> inv_freq_;     // [hd/2], float64 like bllama/model.py
 
     // KV cache: [sequence][layer][position][kv_dim], fp32 or fp16 (one pair is used), committed lazily by the OS.

@@ -144,7 +144,7 @@ std::unique_ptr<Backend> make_cuda_backend(const std::string& path, const LoadOp
     co.max_context = opts.max_context;
     co.kv_f16 = opts.kv_f16;
     co.slots = opts.sequences;
-    co.head = opts.head;
+    co.head = opts.head == HeadType::Q4 ? HeadType::Q8 : opts.head;  // no 4-bit GPU head: its int8 one instead
     co.threads = opts.threads;
     co = cuda::cuda_options_from_env(co);
     std::unique_ptr<cuda::CudaModel> gpu;

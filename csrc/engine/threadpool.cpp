@@ -9,6 +9,7 @@
 #include <utility>
 
 #if defined(__linux__)
+#include <pthread.h>
 #include <sched.h>
 #endif
 
@@ -49,6 +50,47 @@ int read_int(const std::string& path) {
 #endif
 }  // namespace
 
+std::vector<int> physical_core_cpus() {
+    std::vector<int> cpus;
+#if defined(__linux__)
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    if (sched_getaffinity(0, sizeof set, &set) != 0) return cpus;
+    std::set<std::pair<int, int>> seen;  // (package, core)
+    for (int cpu = 0; cpu < CPU_SETSIZE; ++cpu) {
+        if (!CPU_ISSET(cpu, &set)) continue;
+        const std::string base = "/sys/devices/system/cpu/cpu" + std::to_string(cpu) + "/topology/";
+        const int core = read_int(base + "core_id"), pkg = read_int(base + "physical_package_id");
+        if (core < 0) return {};  // unknown topology: do not guess
+        if (seen.emplace(pkg, core).second) cpus.push_back(cpu);
+    }
+#endif
+    return cpus;
+}
+
+namespace {
+bool pin_from_env() {
+    static const bool v = [] {
+        const char* e = std::getenv("BLLAMA_PIN");
+        return e && e[0] == '1';
+    }();
+    return v;
+}
+
+// Pins the calling thread to one CPU; false where that is not possible (another OS, a CPU outside the mask).
+bool pin_current_thread(int cpu) {
+#if defined(__linux__)
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    CPU_SET(cpu, &set);
+    return pthread_setaffinity_np(pthread_self(), sizeof set, &set) == 0;
+#else
+    (void)cpu;
+    return false;
+#endif
+}
+}  // namespace
+
 int default_thread_count() {
 #if defined(__linux__)  // sched_getaffinity and the sysfs topology are Linux's; elsewhere every hardware thread
     cpu_set_t set;
@@ -71,10 +113,21 @@ int default_thread_count() {
     return hc ? static_cast<int>(hc) : 1;
 }
 
-ThreadPool::ThreadPool(int n_threads)
+ThreadPool::ThreadPool(int n_threads, bool pin)
     : n_threads_(n_threads > 0 ? n_threads : default_thread_count()), spin_for_(spin_for()) {
+    std::vector<int> cpus;
+    if (pin || pin_from_env()) cpus = physical_core_cpus();
+    // Worker i takes core i; core 0 is left to the caller's thread. More workers than cores: no pinning at all
+    // (two pinned workers on one core would wait for each other at every job).
+    pinned_ = n_threads_ > 1 && static_cast<int>(cpus.size()) >= n_threads_;
     workers_.reserve(n_threads_ - 1);
-    for (int i = 1; i < n_threads_; ++i) workers_.emplace_back([this, i] { worker(i); });
+    for (int i = 1; i < n_threads_; ++i) {
+        const int cpu = pinned_ ? cpus[static_cast<size_t>(i)] : -1;
+        workers_.emplace_back([this, i, cpu] {
+            if (cpu >= 0) pin_current_thread(cpu);
+            worker(i);
+        });
+    }
 }
 
 ThreadPool::~ThreadPool() {
@@ -128,6 +181,7 @@ void ThreadPool::dispatch(int n_chunks, Thunk fn, void* ctx) {
     if (static_cast<uint64_t>(n_chunks) > kFieldMask) throw std::invalid_argument("ThreadPool: too many chunks");
     fn_ = fn;
     ctx_ = ctx;
+    handoffs_.fetch_add(1, std::memory_order_relaxed);
     done_.store(0, std::memory_order_relaxed);
     gen_ = (gen_ + 1) & ((1ull << (64 - 2 * kFieldBits)) - 1);
     work_.store(pack(gen_, 0, static_cast<uint64_t>(n_chunks)), std::memory_order_seq_cst);  // publishes fn_/ctx_

@@ -20,15 +20,27 @@ namespace bllama {
 
 // Physical cores this process may run on (affinity mask, SMT siblings counted once); >= 1.
 int default_thread_count();
+// One CPU of each physical core this process may run on (the first of its SMT siblings), in core order: where
+// pinned workers go. Empty where the topology cannot be read (pinning is then skipped).
+std::vector<int> physical_core_cpus();
 
 class ThreadPool {
 public:
-    explicit ThreadPool(int n_threads);  // total threads, the caller included; <= 0 -> default
+    // n_threads: total threads, the caller included; <= 0 -> default. pin: worker i runs only on the i-th physical
+    // core (physical_core_cpus(); the caller's own thread is left as it is, it belongs to the application), so
+    // the OS cannot stack two workers on one core or move a worker away from its cache; also set by
+    // BLLAMA_PIN=1. Off by default: on a machine shared with other busy processes a pinned worker cannot flee
+    // to an idle core (docs/engine.md, "Threads").
+    explicit ThreadPool(int n_threads, bool pin = false);
     ~ThreadPool();
     ThreadPool(const ThreadPool&) = delete;
     ThreadPool& operator=(const ThreadPool&) = delete;
 
     int size() const { return n_threads_; }
+    bool pinned() const { return pinned_; }
+    // Jobs handed to the workers so far (run() calls with more than one chunk on more than one thread): what a
+    // forward pass pays in synchronization, counted by benchmarks.
+    uint64_t handoffs() const { return handoffs_.load(std::memory_order_relaxed); }
 
     // Calls f(chunk, thread) for every chunk in [0, n_chunks), each exactly once, on any of the
     // pool's threads (thread in [0, size()), 0 is the caller; use it to pick per-thread scratch),
@@ -48,6 +60,8 @@ private:
     void record_error();
 
     int n_threads_;
+    bool pinned_ = false;
+    std::atomic<uint64_t> handoffs_{0};
     std::chrono::microseconds spin_for_;
     std::vector<std::thread> workers_;
     Thunk fn_ = nullptr;

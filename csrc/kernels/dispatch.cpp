@@ -9,6 +9,7 @@
 
 #include "kernels/cpu_features.h"
 #include "kernels/head_f16.h"
+#include "kernels/head_q4.h"
 #include "kernels/head_q8.h"
 #include "kernels/ref.h"
 #include "kernels/simd.h"
@@ -19,22 +20,22 @@ namespace bllama {
 namespace {
 
 const KernelTable kScalar = {quantize_ref,       ternary_matmul_ref, f16_matmul_ref, q8_head_matmul_ref,
-                             attend_f32_ref,     attend_f16_ref,     to_f16_ref};
+                             attend_f32_ref,     attend_f16_ref,     to_f16_ref,         q4_head_matmul_ref};
 #ifdef BLLAMA_KERNELS_X86
 const KernelTable kAvx2 = {quantize_avx2,   ternary_matmul_avx2, f16_matmul_avx2, q8_head_matmul_avx2,
-                           attend_f32_avx2, attend_f16_avx2,     to_f16_avx2};
+                           attend_f32_avx2, attend_f16_avx2,     to_f16_avx2,     q4_head_matmul_avx2};
 const KernelTable kAvx512 = {quantize_avx512,   ternary_matmul_avx512, f16_matmul_avx512, q8_head_matmul_avx512,
-                             attend_f32_avx512, attend_f16_avx512,     to_f16_avx512};
+                             attend_f32_avx512, attend_f16_avx512,     to_f16_avx512,     q4_head_matmul_avx512};
 #endif
 #ifdef BLLAMA_KERNELS_ARM
 // The f16 head and attention are float work that sdot does not help: the dotprod kind shares NEON's.
 const KernelTable kNeon = {quantize_neon,   ternary_matmul_neon, f16_matmul_neon, q8_head_matmul_neon,
-                           attend_f32_neon, attend_f16_neon,     to_f16_neon};
+                           attend_f32_neon, attend_f16_neon,     to_f16_neon,     q4_head_matmul_neon};
 const KernelTable kDotprod = {quantize_neon,   ternary_matmul_dotprod, f16_matmul_neon, q8_head_matmul_dotprod,
-                              attend_f32_neon, attend_f16_neon,        to_f16_neon};
+                              attend_f32_neon, attend_f16_neon,        to_f16_neon,     q4_head_matmul_dotprod};
 // smmla only pays where several tokens share the weights: everything but the ternary GEMM is dotprod's.
 const KernelTable kI8mm = {quantize_neon,   ternary_matmul_i8mm, f16_matmul_neon, q8_head_matmul_dotprod,
-                           attend_f32_neon, attend_f16_neon,     to_f16_neon};
+                           attend_f32_neon, attend_f16_neon,     to_f16_neon,     q4_head_matmul_dotprod};
 #endif
 
 // nullptr when this CPU (or this build) cannot run the kind.
@@ -151,6 +152,17 @@ void q8_head_matmul(const Q8Head& w, const QuantizedActs& x, float* y, int64_t l
     const KernelTable& t = table_for(kind, "q8_head_matmul");  // before the empty-range return, as always
     if (row_begin == row_end || x.n_tokens == 0) return;
     t.q8_head_matmul(w, x, y, ldy, row_begin, row_end);
+}
+
+void q4_head_matmul(const Q4Head& w, const QuantizedActs& x, float* y, int64_t ldy, int64_t row_begin,
+                    int64_t row_end, KernelKind kind) {
+    if (x.cols != w.cols()) throw std::invalid_argument("q4_head_matmul: activation cols != head cols");
+    if (row_begin < 0 || row_end > w.rows() || row_begin > row_end)
+        throw std::invalid_argument("q4_head_matmul: bad row range");
+    if (x.n_tokens > 1 && ldy < row_end) throw std::invalid_argument("q4_head_matmul: ldy < row_end");
+    const KernelTable& t = table_for(kind, "q4_head_matmul");
+    if (row_begin == row_end || x.n_tokens == 0) return;
+    t.q4_head_matmul(w, x, y, ldy, row_begin, row_end);
 }
 
 }  // namespace bllama

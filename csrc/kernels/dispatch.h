@@ -6,7 +6,8 @@
 //   cpu_features  what this CPU and OS can run (x86: cpuid + xgetbv; aarch64: getauxval / sysctl)
 //   dispatch      this table, the choice of kind, and the checked entry points of ternary.h / head_f16.h /
 //                 head_q8.h (they validate arguments, then make one indirect call)
-//   pack          weights into the kernels' layouts (TernaryMatrix from GGUF blocks, Q8Head from f16/f32)
+//   pack          weights into the kernels' layouts (TernaryMatrix from GGUF blocks, Q8Head from f16/f32;
+//                 head_q4.cpp: Q4Head)
 //   ref           the portable scalar reference of every family: what every SIMD file must reproduce
 //   <family>_<isa>.cpp  one family for one instruction set (ternary, head_f16, head_q8, attention x avx2,
 //                 avx512 on x86; neon, dotprod, i8mm on aarch64), built with that ISA's flags (CMakeLists.txt keys
@@ -21,6 +22,7 @@ namespace bllama {
 struct QuantizedActs;
 class TernaryMatrix;
 class Q8Head;
+class Q4Head;
 
 // Neon: plain Advanced SIMD (every aarch64 core, e.g. the Raspberry Pi 3/4's Cortex-A53/A72). Dotprod: + sdot
 // (Armv8.2 dot product: Apple M1 and later, Graviton2/3/4, Ampere Altra, Cortex-A76 and later). I8mm: dotprod
@@ -56,6 +58,9 @@ struct KernelTable {
     void (*attend_f16)(const float* q, const uint16_t* k, const uint16_t* v, int64_t stride, int64_t len,
                        int64_t hd, float scale, float* scores, float* out);
     void (*to_f16)(const float* x, uint16_t* y, int64_t n);
+    // head_q4.h: q4_head_matmul (bit-identical across kinds)
+    void (*q4_head_matmul)(const Q4Head& w, const QuantizedActs& x, float* y, int64_t ldy, int64_t row_begin,
+                           int64_t row_end);
 };
 
 // The table of a kind. Throws std::invalid_argument when this CPU or build cannot run it.

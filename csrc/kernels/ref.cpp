@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "kernels/half.h"
+#include "kernels/head_q4.h"
 #include "kernels/head_q8.h"
 #include "kernels/pack.h"
 #include "kernels/ternary.h"
@@ -120,6 +121,31 @@ void q8_head_matmul_ref(const Q8Head& w, const QuantizedActs& x, float* y, int64
             int32_t acc = 0;
             for (int64_t k = 0; k < cols; ++k) acc += static_cast<int32_t>(wr[k]) * q[k];
             y[t * ldy + r] = static_cast<float>(acc) * (w.scale(r) / x.act_scale[static_cast<size_t>(t)]);
+        }
+    }
+}
+
+// ---- 4-bit head ----------------------------------------------------------------------------------
+
+void q4_head_matmul_ref(const Q4Head& w, const QuantizedActs& x, float* y, int64_t ldy, int64_t rb, int64_t re) {
+    const int64_t cols = w.cols();
+    for (int64_t r = rb; r < re; ++r) {
+        for (int64_t t = 0; t < x.n_tokens; ++t) {
+            const int8_t* q = x.q.data() + t * cols;
+            float acc[8] = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
+            for (int64_t b = 0; b < w.blocks(); ++b) {
+                const float d = f16_to_f32(w.scales(r)[b]);
+                for (int j = 0; j < 8; ++j) {
+                    int32_t p = 0;
+                    for (int i = 0; i < 4; ++i) {
+                        const int64_t k = b * kQ4Block + 4 * j + i;
+                        p += w.value(r, k) * q[k];
+                    }
+                    acc[j] = std::fma(static_cast<float>(p), d, acc[j]);
+                }
+            }
+            const float s = ((acc[0] + acc[4]) + (acc[2] + acc[6])) + ((acc[1] + acc[5]) + (acc[3] + acc[7]));
+            y[t * ldy + r] = s / x.act_scale[static_cast<size_t>(t)];
         }
     }
 }

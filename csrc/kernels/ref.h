@@ -15,6 +15,7 @@ void ternary_matmul_ref(const TernaryMatrix& w, const QuantizedActs& x, float* y
 void f16_matmul_ref(const uint16_t* w, int64_t cols, const float* x, int64_t n_tokens, float* y, int64_t ldy,
                     int64_t rb, int64_t re);
 void q8_head_matmul_ref(const Q8Head& w, const QuantizedActs& x, float* y, int64_t ldy, int64_t rb, int64_t re);
+void q4_head_matmul_ref(const Q4Head& w, const QuantizedActs& x, float* y, int64_t ldy, int64_t rb, int64_t re);
 void attend_f32_ref(const float* q, const float* k, const float* v, int64_t stride, int64_t len, int64_t hd,
                     float scale, float* scores, float* out);
 void attend_f16_ref(const float* q, const uint16_t* k, const uint16_t* v, int64_t stride, int64_t len, int64_t hd,

@@ -17,6 +17,7 @@ void ternary_matmul_avx2(const TernaryMatrix& w, const QuantizedActs& x, float* 
 void f16_matmul_avx2(const uint16_t* w, int64_t cols, const float* x, int64_t n_tokens, float* y, int64_t ldy,
                      int64_t rb, int64_t re);
 void q8_head_matmul_avx2(const Q8Head& w, const QuantizedActs& x, float* y, int64_t ldy, int64_t rb, int64_t re);
+void q4_head_matmul_avx2(const Q4Head& w, const QuantizedActs& x, float* y, int64_t ldy, int64_t rb, int64_t re);
 void attend_f32_avx2(const float* q, const float* k, const float* v, int64_t stride, int64_t len, int64_t hd,
                      float scale, float* scores, float* out);
 void attend_f16_avx2(const float* q, const uint16_t* k, const uint16_t* v, int64_t stride, int64_t len,
@@ -28,6 +29,8 @@ void ternary_matmul_avx512(const TernaryMatrix& w, const QuantizedActs& x, float
                            int64_t re);
 void f16_matmul_avx512(const uint16_t* w, int64_t cols, const float* x, int64_t n_tokens, float* y, int64_t ldy,
                        int64_t rb, int64_t re);
+void q4_head_matmul_avx512(const Q4Head& w, const QuantizedActs& x, float* y, int64_t ldy, int64_t rb,
+                           int64_t re);
 void q8_head_matmul_avx512(const Q8Head& w, const QuantizedActs& x, float* y, int64_t ldy, int64_t rb,
                            int64_t re);
 void attend_f32_avx512(const float* q, const float* k, const float* v, int64_t stride, int64_t len, int64_t hd,
@@ -48,6 +51,7 @@ void ternary_matmul_neon(const TernaryMatrix& w, const QuantizedActs& x, float* 
 void f16_matmul_neon(const uint16_t* w, int64_t cols, const float* x, int64_t n_tokens, float* y, int64_t ldy,
                      int64_t rb, int64_t re);
 void q8_head_matmul_neon(const Q8Head& w, const QuantizedActs& x, float* y, int64_t ldy, int64_t rb, int64_t re);
+void q4_head_matmul_neon(const Q4Head& w, const QuantizedActs& x, float* y, int64_t ldy, int64_t rb, int64_t re);
 void attend_f32_neon(const float* q, const float* k, const float* v, int64_t stride, int64_t len, int64_t hd,
                      float scale, float* scores, float* out);
 void attend_f16_neon(const float* q, const uint16_t* k, const uint16_t* v, int64_t stride, int64_t len,
@@ -58,6 +62,8 @@ void to_f16_neon(const float* x, uint16_t* y, int64_t n);
 void ternary_matmul_dotprod(const TernaryMatrix& w, const QuantizedActs& x, float* y, int64_t ldy, int64_t rb,
                             int64_t re);
 void q8_head_matmul_dotprod(const Q8Head& w, const QuantizedActs& x, float* y, int64_t ldy, int64_t rb,
+                            int64_t re);
+void q4_head_matmul_dotprod(const Q4Head& w, const QuantizedActs& x, float* y, int64_t ldy, int64_t rb,
                             int64_t re);
 
 // *_i8mm.cpp: + the Armv8.6 int8 matrix multiply (smmla), for the prompt; one token goes to the dotprod GEMV.

@@ -36,7 +36,7 @@ int write_logits(const std::string& dir, const std::string& out_path) {
         const bool tq1 = s.relu2;
         const std::string path = dir + "/" + s.name + ".gguf";
         bench::write_model(s, tq1, path);
-        for (HeadType head : {HeadType::F16, HeadType::Q8}) {
+        for (HeadType head : {HeadType::F16, HeadType::Q8, HeadType::Q4}) {
             LoadOptions o;
             o.threads = 1;
             o.head = head;

@@ -125,8 +125,16 @@ static std::vector<int32_t> random_ids(int n, int64_t vocab, uint32_t seed) {
     return ids;
 }
 
-static Engine make_engine(const GgufBuilder& g, int threads, int64_t max_batch) {
+// The exact model: the file's f16 head and an fp32 KV cache (the defaults are the low-byte ones, issue 20).
+static LoadOptions exact_options() {
     LoadOptions o;
+    o.head = HeadType::F16;
+    o.kv_f16 = false;
+    return o;
+}
+
+static Engine make_engine(const GgufBuilder& g, int threads, int64_t max_batch) {
+    LoadOptions o = exact_options();
     o.threads = threads;
     o.max_batch = max_batch;
     return Engine(Model::load(GgufFile::from_bytes(g.build()), o));
@@ -178,7 +186,7 @@ static void check_config(const char* label, const Spec& s) {
     for (size_t i = 0; i < got.size(); ++i) chunk_err = std::max(chunk_err, double(std::fabs(chunked[i] - got[i])));
     CHECK(chunk_err <= 1e-5 * std::max(1.0, max_ref));
 
-    LoadOptions o;
+    LoadOptions o = exact_options();
     o.threads = 2;
     auto model = Model::load(GgufFile::from_bytes(g.build()), o);
     std::vector<float> step(s.vocab);
@@ -218,7 +226,7 @@ static void test_kv_f16() {
     s.layers = 3;
     GgufBuilder g = random_model(s, nullptr);
     const auto ids = random_ids(40, s.vocab, 9);
-    LoadOptions o;
+    LoadOptions o = exact_options();
     o.threads = 2;
     o.max_batch = 16;
     Engine e32(Model::load(GgufFile::from_bytes(g.build()), o));
@@ -465,7 +473,7 @@ static void test_batched_decode() {
                                         "context length"));
     }
 
-    LoadOptions o;
+    LoadOptions o = exact_options();  // as make_engine's e1 below
     o.threads = 2;
     o.max_batch = 8;
     o.sequences = 9;
