@@ -38,7 +38,10 @@ fi
 
 echo "== C++ engine: release build + ctest in build/release (${CONFIG[*]}): the engine (compiled by pip's build" \
      "if it ran, else now), the C++ tests and benchmarks; $WHY"
-cmake -S . -B build/release "${CONFIG[@]}" >/dev/null
+# pip builds in an isolated environment that is deleted afterwards, so the cache may name a ninja that no longer
+# exists: point it at this environment's (the test extra installs one). Compile commands are unchanged, so the
+# objects pip compiled stay up to date.
+cmake -S . -B build/release "${CONFIG[@]}" -DCMAKE_MAKE_PROGRAM="$(command -v ninja)" >/dev/null
 cmake --build build/release -j "$JOBS"
 if [ "$CUDA_WANTED" = yes ]; then
   # The CUDA build must really have happened: a silently CPU-only build would hide broken GPU code.
