@@ -221,7 +221,7 @@ def test_foreign_bitnet_file_without_bllama_keys(tmp_path, sp_tokenizer, qtype):
             w.add_tensor(f"blk.{i}.{n}.weight", gguf.quants.quantize(values, qtype), raw_dtype=qtype)
     w.write_header_to_file(); w.write_kv_data_to_file(); w.write_tensors_to_file(); w.close()
 
-    rt = Runtime.load(tmp_path / "foreign.gguf")
+    rt = Runtime.load(tmp_path / "foreign.gguf", **EXACT)
     text = "Café naïve 😀 and  spaces, ROMEO!"
     assert rt.tokenizer.encode(text) == sp_tokenizer.encode(text)
     ids = sp_tokenizer.encode("First Citizen: we are accounted poor citizens")
