@@ -1,8 +1,8 @@
 """bLLaMa against ik_llama.cpp (the fastest CPU BitNet engine we know) in one run, on the same weights.
 
 Builds ik_llama.cpp's llama-bench and llama-quantize from its public source OUTSIDE this repository (a git URL
-or a local source folder; -j2, CPU only, its flash-attention kernels off: the benchmark does not use them),
-writes random-weight models of each preset (speed does not depend on the values) as TQ2_0 for us and as I2_S
+or a local source folder; -j2, CPU only, flash attention only for the default KV types: with it off entirely,
+libggml still calls its kernels and llama-bench fails to link), writes random-weight models of each preset (speed does not depend on the values) as TQ2_0 for us and as I2_S
 for ik_llama.cpp, which requantizes it to IQ2_BN (its TQ2_0 requantize crashes) with the same head type as ours
 (f16 head: f16; our 4-bit head: its Q4_0, the same 4.5 bits a weight and 32-column blocks), and runs rounds that
 alternate the engines (the start rotates each round): prompt 128 tokens (pp128) and 64 decoded tokens right after
@@ -44,7 +44,7 @@ def build_ik(src: str, work: Path) -> Path:
         return bindir
     sh(["cmake", "-S", src, "-B", build, "-DCMAKE_BUILD_TYPE=Release", "-DGGML_NATIVE=ON", "-DGGML_CUDA=OFF",
         "-DLLAMA_BUILD_SERVER=OFF", "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_CURL=OFF",
-        "-DGGML_IQK_FLASH_ATTENTION=OFF", "-DGGML_IQK_FA_ALL_QUANTS=OFF"], stdout=subprocess.DEVNULL)
+        "-DGGML_IQK_FA_ALL_QUANTS=OFF"], stdout=subprocess.DEVNULL)
     sh(["cmake", "--build", build, "-j2", "--target", "llama-bench", "llama-quantize"], stdout=subprocess.DEVNULL)
     return bindir
 
