@@ -13,26 +13,14 @@ import urllib.request
 
 import numpy as np
 import pytest
-import torch
 
 pytest.importorskip("uvicorn")
 
 from bllama import Runtime  # noqa: E402
-from bllama.convert.gguf_export import export_gguf  # noqa: E402
 from bllama.serve.server import Server  # noqa: E402
 
-from test_runtime import random_model  # noqa: E402
 from test_server import post  # noqa: E402
-
-TEMPLATE = ("{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}\n{% endfor %}"
-            "{% if add_generation_prompt %}<assistant>{% endif %}")
-
-
-@pytest.fixture(scope="module")
-def model_path(tmp_path_factory, sp_tokenizer):
-    torch.manual_seed(7)
-    model = random_model(sp_tokenizer.vocab_size, num_layers=2, seq_len=512)
-    return str(export_gguf(model, sp_tokenizer, tmp_path_factory.mktemp("cserve") / "m.gguf", chat_template=TEMPLATE))
+from test_slots import model_path  # noqa: E402,F401 - the same random chat model the engine's slot tests use
 
 
 @pytest.fixture(scope="module")
