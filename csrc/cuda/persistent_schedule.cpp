@@ -45,6 +45,19 @@ struct Builder {
         for (int c : it.bumps) ++count[static_cast<size_t>(c)];
         s.items.push_back(std::move(it));
     }
+    // One item per row tile [r0, r0 + tile) of `total` output rows, each waiting on `wait`; `fill` sets the tile's
+    // reads, writes and bumps.
+    template <class Fill>
+    void add_tiles(PersistOp op, int layer, int64_t total, int64_t tile, PersistWait wait, Fill fill) {
+        int index = 0;
+        for (int64_t r0 = 0; r0 < total; r0 += tile, ++index) {
+            PersistItem it;
+            it.op = op, it.layer = layer, it.index = index, it.row0 = r0, it.rows = std::min(tile, total - r0);
+            it.waits = {wait};
+            fill(it);
+            add(std::move(it));
+        }
+    }
 };
 
 int64_t tile_rows(int64_t row_bytes, int tile_bytes, int multiple) {
@@ -120,23 +133,17 @@ PersistSchedule build_persistent_schedule(const PersistShape& sh, const PersistO
                 return ov(g * G * hd, (g + 1) * G * hd) || ov(qd + g * hd, qd + (g + 1) * hd) ||
                        ov(qd + kvd + g * hd, qd + kvd + (g + 1) * hd);
             };
-            const PersistWait w_prev = b.all_of(prev);
-            int index = 0;
-            for (int64_t r0 = 0; r0 < qkv_rows; r0 += qkv_t, ++index) {
-                PersistItem it;
-                it.op = PersistOp::Qkv, it.layer = l, it.index = index, it.row0 = r0;
-                it.rows = std::min(qkv_t, qkv_rows - r0);
-                it.waits = {w_prev};
+            b.add_tiles(PersistOp::Qkv, l, qkv_rows, qkv_t, b.all_of(prev), [&](PersistItem& it) {
                 it.reads = {x_all};
-                it.writes = {{PersistBuf::Qkv, r0, r0 + it.rows}};
+                it.writes = {{PersistBuf::Qkv, it.row0, it.row0 + it.rows}};
                 if (o.fine_deps) {
                     for (int64_t g = 0; g < Hkv; ++g)
-                        if (group_rows_overlap(g, r0, r0 + it.rows)) it.bumps.push_back(c_qkv_g[static_cast<size_t>(g)]);
+                        if (group_rows_overlap(g, it.row0, it.row0 + it.rows))
+                            it.bumps.push_back(c_qkv_g[static_cast<size_t>(g)]);
                 } else {
                     it.bumps = {c_qkv};
                 }
-                b.add(std::move(it));
-            }
+            });
             // attention: (kv head, split). Reads q of the group's heads; the split's keys from the cache, except the
             // current position, whose key and value come from qkv (rotated in registers); the split holding pos
             // stores them in the cache.
@@ -146,7 +153,7 @@ PersistSchedule build_persistent_schedule(const PersistShape& sh, const PersistO
                 c_att_g[static_cast<size_t>(g)] = o.fine_deps ? b.counter("attn" + L + ".g" + std::to_string(g)) : c_att;
             std::vector<PersistWait> w_qkv_g;
             for (int64_t g = 0; g < Hkv; ++g) w_qkv_g.push_back(b.all_of(c_qkv_g[static_cast<size_t>(g)]));
-            index = 0;
+            int index = 0;
             for (int64_t g = 0; g < Hkv; ++g)
                 for (int sp = 0; sp < n_splits; ++sp, ++index) {
                     PersistItem it;
@@ -191,43 +198,25 @@ PersistSchedule build_persistent_schedule(const PersistShape& sh, const PersistO
             }
             // o: x += W_o subnorm(att), row tiles.
             const int c_o = b.counter("o" + L);
-            const PersistWait w_comb = b.all_of(c_comb);
-            index = 0;
-            for (int64_t r0 = 0; r0 < sh.dim; r0 += o_t, ++index) {
-                PersistItem it;
-                it.op = PersistOp::O, it.layer = l, it.index = index, it.row0 = r0, it.rows = std::min(o_t, sh.dim - r0);
-                it.waits = {w_comb};
-                it.reads = {{PersistBuf::Att, 0, qd}, {PersistBuf::X, r0, r0 + it.rows}};
-                it.writes = {{PersistBuf::X, r0, r0 + it.rows}};
+            b.add_tiles(PersistOp::O, l, sh.dim, o_t, b.all_of(c_comb), [&](PersistItem& it) {
+                it.reads = {{PersistBuf::Att, 0, qd}, {PersistBuf::X, it.row0, it.row0 + it.rows}};
+                it.writes = {{PersistBuf::X, it.row0, it.row0 + it.rows}};
                 it.bumps = {c_o};
-                b.add(std::move(it));
-            }
+            });
             // gate|up: h = glu(W_gate n, W_up n) with n = ffn_norm(x), output-row tiles (2 weight rows each).
             const int c_gu = b.counter("gate_up" + L);
-            const PersistWait w_o = b.all_of(c_o);
-            index = 0;
-            for (int64_t r0 = 0; r0 < sh.ffn; r0 += gu_t, ++index) {
-                PersistItem it;
-                it.op = PersistOp::GateUp, it.layer = l, it.index = index, it.row0 = r0, it.rows = std::min(gu_t, sh.ffn - r0);
-                it.waits = {w_o};
+            b.add_tiles(PersistOp::GateUp, l, sh.ffn, gu_t, b.all_of(c_o), [&](PersistItem& it) {
                 it.reads = {x_all};
-                it.writes = {{PersistBuf::H, r0, r0 + it.rows}};
+                it.writes = {{PersistBuf::H, it.row0, it.row0 + it.rows}};
                 it.bumps = {c_gu};
-                b.add(std::move(it));
-            }
+            });
             // down: x += W_down subnorm(h).
             const int c_dn = b.counter("down" + L);
-            const PersistWait w_gu = b.all_of(c_gu);
-            index = 0;
-            for (int64_t r0 = 0; r0 < sh.dim; r0 += dn_t, ++index) {
-                PersistItem it;
-                it.op = PersistOp::Down, it.layer = l, it.index = index, it.row0 = r0, it.rows = std::min(dn_t, sh.dim - r0);
-                it.waits = {w_gu};
-                it.reads = {{PersistBuf::H, 0, sh.ffn}, {PersistBuf::X, r0, r0 + it.rows}};
-                it.writes = {{PersistBuf::X, r0, r0 + it.rows}};
+            b.add_tiles(PersistOp::Down, l, sh.dim, dn_t, b.all_of(c_gu), [&](PersistItem& it) {
+                it.reads = {{PersistBuf::H, 0, sh.ffn}, {PersistBuf::X, it.row0, it.row0 + it.rows}};
+                it.writes = {{PersistBuf::X, it.row0, it.row0 + it.rows}};
                 it.bumps = {c_dn};
-                b.add(std::move(it));
-            }
+            });
             prev = c_dn;
         }
         // head tiles (final norm recomputed), each with its argmax candidate; one argmax item writes the token.
