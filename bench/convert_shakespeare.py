@@ -31,7 +31,7 @@ import multiprocessing as mp
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from shakespeare_split import DEFAULT_DATA, split_text, train_tokenizer
 
 
 def fit(model, dm, precision: str, callbacks=(), progress: bool = False) -> dict:
@@ -58,13 +58,12 @@ class Setup:
 
         torch.set_num_threads(args.threads)
         self.args = args
-        text = Path(args.data).read_text(encoding="utf-8")
-        cut = int(len(text) * 0.9)
-        self.val_text = text[cut:][:args.val_chars]
+        train_text, val_text = split_text(args.data)
+        self.val_text = val_text[:args.val_chars]
         self.tok = SentencePieceTokenizer(args.tokenizer)
         self.overrides = json.loads(args.set) if args.set else {}
         self.base = bLlamaConfig.preset(args.preset, vocab_size=self.tok.vocab_size, **self.overrides)
-        self.dm = TextDataModule(PackedDataset(self.tok.encode(text[:cut]), max_length=self.base.seq_len,
+        self.dm = TextDataModule(PackedDataset(self.tok.encode(train_text), max_length=self.base.seq_len,
                                                vocab_size=self.tok.vocab_size),
                                  batch_size=self.base.batch_size, train_test_split=1.0, seed=args.seed)
 
@@ -132,7 +131,7 @@ def run_chain(args, chain: list[tuple[str, int]]) -> dict:
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", default=str(ROOT / "bench" / "data" / "tinyshakespeare.txt"))
+    p.add_argument("--data", default=str(DEFAULT_DATA))
     p.add_argument("--teacher-minutes", "-T", type=float, default=12.0, help="teacher's budget, CPU minutes")
     p.add_argument("--convert-minutes", "-M", type=float, default=6.0, help="conversion's budget, CPU minutes")
     p.add_argument("--preset", default="small")
@@ -152,14 +151,7 @@ def main():
     p.add_argument("--json", default=None)
     args = p.parse_args()
 
-    from bllama.tokenizers.sentencepiece import train_sentencepiece
-
-    text = Path(args.data).read_text(encoding="utf-8")
-    work = ROOT / "build-bench"
-    work.mkdir(exist_ok=True)
-    (work / "train_text.txt").write_text(text[:int(len(text) * 0.9)], encoding="utf-8")
-    args.tokenizer = str(train_sentencepiece([work / "train_text.txt"], work / "convert_tok",
-                                             vocab_size=args.vocab_size))
+    args.tokenizer = train_tokenizer(split_text(args.data)[0], "convert_tok", args.vocab_size)
     setup = Setup(args)
     if args.cpu_seconds_per_step:
         c_fp, c_q = (float(v) for v in args.cpu_seconds_per_step.split(","))

@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import multiprocessing as mp
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from shakespeare_split import DEFAULT_DATA, split_text, train_tokenizer
 
 
 def run(args, quantize: bool, tok_path: str, result_q=None):
@@ -29,9 +28,7 @@ def run(args, quantize: bool, tok_path: str, result_q=None):
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    text = Path(args.data).read_text(encoding="utf-8")
-    cut = int(len(text) * 0.9)
-    train_text, val_text = text[:cut], text[cut:]
+    train_text, val_text = split_text(args.data)
     tok = SentencePieceTokenizer(tok_path)
     overrides = json.loads(args.set) if args.set else {}
     if args.steps:
@@ -51,7 +48,7 @@ def run(args, quantize: bool, tok_path: str, result_q=None):
         t0 = None
 
         def on_train_batch_start(self, trainer, module, batch, idx):
-            if idx == 5 and self.t0 is None:  # skip warm-up steps
+            if idx == min(5, steps_estimate // 2) and self.t0 is None:  # skip warm-up steps (fewer in short runs)
                 self.t0, self.tokens = time.perf_counter(), 0
 
         def on_train_batch_end(self, trainer, module, out, batch, idx):
@@ -91,7 +88,7 @@ def run(args, quantize: bool, tok_path: str, result_q=None):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", default=str(ROOT / "bench" / "data" / "tinyshakespeare.txt"))
+    p.add_argument("--data", default=str(DEFAULT_DATA))
     p.add_argument("--minutes", type=float, default=10.0)
     p.add_argument("--preset", default="tiny")
     p.add_argument("--set", default=None, help='JSON config overrides, e.g. \'{"num_layers": 4}\'')
@@ -108,13 +105,7 @@ def main():
     p.add_argument("--json", default=None)
     args = p.parse_args()
 
-    from bllama.tokenizers.sentencepiece import train_sentencepiece
-
-    text = Path(args.data).read_text(encoding="utf-8")
-    work = ROOT / "build-bench"
-    work.mkdir(exist_ok=True)
-    (work / "train_text.txt").write_text(text[:int(len(text) * 0.9)], encoding="utf-8")
-    tok_path = train_sentencepiece([work / "train_text.txt"], work / "shakespeare_tok", vocab_size=args.vocab_size)
+    tok_path = train_tokenizer(split_text(args.data)[0], "shakespeare_tok", args.vocab_size)
     results = []
     if args.twin and args.parallel:
         q = mp.get_context("spawn").Queue()
