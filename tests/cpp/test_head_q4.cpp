@@ -98,7 +98,7 @@ static void test_packing() {
     w[static_cast<size_t>(cols + 40)] = -0.8f;
     w[static_cast<size_t>(cols + 41)] = 0.1f;
     const Q4Head h = Q4Head::from_f32(w.data(), 2, cols);
-    CHECK(h.bytes() == 2 * cols / 2 + 2 * 2 * 2, "bytes %zu", h.bytes());
+    CHECK(h.tiles() == 1 && h.bytes() == kQ4Tile * (cols / 2 + 2 * 2), "bytes %zu", h.bytes());  // rows padded to a tile
     CHECK(h.value(0, 5) == -8 && h.scale(0, 5) == f16_to_f32(f32_to_f16(1.6f / -8.0f)), "outlier %d %g", h.value(0, 5),
           h.scale(0, 5));
     for (int64_t k = 0; k < cols; ++k) {
