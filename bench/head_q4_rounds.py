@@ -5,6 +5,8 @@ Medians over rounds, and per-round ratios' medians, so a busy machine's load hit
 
     python bench/head_q4_rounds.py --old build/baseline --new build/release --rounds 5 --out results_dir
 
+Children run at this script's niceness (on a shared machine: `nice -n 10 python bench/head_q4_rounds.py ...`).
+
 --old / --new: folders holding bench_kernels and bench_decode (e.g. main's build and this branch's).
 """
 from __future__ import annotations
@@ -20,7 +22,7 @@ KERNEL_ROW = re.compile(r"^\s+(gemv \d+x\d+|read 1 GiB.*?)\s+(\d)T\s+([\d.]+)\s+
 
 
 def run(cmd: list[str], log: Path | None) -> str:
-    out = subprocess.run(["nice", "-n", "10", *cmd], check=True, capture_output=True, text=True).stdout
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout  # at the caller's niceness
     if log:
         with log.open("a") as f:
             f.write("$ " + " ".join(cmd) + "\n" + out + "\n")
@@ -58,6 +60,8 @@ def main():
     p.add_argument("--shapes", nargs="+", default=["1.7b", "2b4t"])
     p.add_argument("--threads", default="1,2", help="decode thread counts (the kernels always run 1 and 2)")
     p.add_argument("--reps", type=int, default=5, help="bench_kernels --reps")
+    p.add_argument("--prompt", type=int, default=128, help="bench_decode --prompt")
+    p.add_argument("--decode", type=int, default=64, help="bench_decode --decode")
     p.add_argument("--work", default=None, help="folder for the random model files (default: a temporary one)")
     p.add_argument("--out", default=None, help="folder for the raw logs")
     args = p.parse_args()
@@ -79,7 +83,7 @@ def main():
             rot = variants[r % 3:] + variants[:r % 3]
             for b, head in rot:
                 o = run([str(builds[b] / "bench_decode"), "--shape", s, "--threads", str(args.threads), "--head", head,
-                         "--keep", str(work / f"{s}.gguf")], out / f"decode_{s}.txt" if out else None)
+                         "--prompt", str(args.prompt), "--decode", str(args.decode), "--keep", str(work / f"{s}.gguf")], out / f"decode_{s}.txt" if out else None)
                 for t, tps in decode_tps(o).items():
                     dec[(s, (b, head), t)].append(tps)
                     print(f"round {r + 1}: {s} {t} thr, {b} build, {head} head: {tps:.2f} tok/s", flush=True)
