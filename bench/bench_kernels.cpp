@@ -1,5 +1,5 @@
 // Kernel benchmark: ternary GEMV (decode) against measured memory bandwidth, ternary GEMM (prefill)
-// in GMAC/s, and the f16 head GEMV.
+// in GMAC/s, and the LM heads (f16, q8, q4 alternating) at the 1.7B and 2B4T shapes.
 //
 // Usage: bench_kernels [--json] [--kernel scalar|avx2|avx512|neon|dotprod] [--reps N]
 //
@@ -319,33 +319,18 @@ struct Bench {
         }
     }
 
-    void f16_head(int64_t V, int64_t D) {
-        std::vector<uint16_t> w(static_cast<size_t>(V * D));
-        uint64_t s = 88172645463325252ull;
-        for (auto& v : w) {
-            s ^= s << 13; s ^= s >> 7; s ^= s << 17;
-            v = f32_to_f16(static_cast<float>(static_cast<int64_t>(s % 2001) - 1000) * 1e-4f);
-        }
-        std::vector<float> x(static_cast<size_t>(D), 0.5f), y(static_cast<size_t>(V));
-        for (int nt : {1, 2}) {
-            const Timing t = measure(reps, 1, [&] {
-                return pool.run(nt, [&](int part, int parts) {
-                    const auto [b, e] = split(V, part, parts, 16);
-                    f16_matmul(w.data(), D, x.data(), 1, y.data(), V, b, e, kind);
-                });
-            });
-            add_bw_row({"f16 head", "gemv " + std::to_string(V) + "x" + std::to_string(D), nt, static_cast<double>(V) * D * 2, "GB/s", t, "", 0, 0}, nt);
-        }
-    }
-
-    // The requantized heads (head="q8" / "q4") on the same values: GB/s of the bytes each reads per token.
-    void low_byte_heads(int64_t V, int64_t D) {
+    // The three LM head formats at one shape on the same values (head="f16" / "q8" / "q4"), in GB/s of the bytes
+    // each reads per token. The formats alternate call by call within every rep, so a change of load on this
+    // shared machine hits all three alike and their ratios are same-run ratios.
+    void heads(int64_t V, int64_t D) {
         std::vector<float> w(static_cast<size_t>(V * D));
         uint64_t s = 88172645463325252ull;
         for (auto& v : w) {
             s ^= s << 13; s ^= s >> 7; s ^= s << 17;
             v = static_cast<float>(static_cast<int64_t>(s % 2001) - 1000) * 1e-4f;
         }
+        std::vector<uint16_t> wh(w.size());
+        for (size_t i = 0; i < w.size(); ++i) wh[i] = f32_to_f16(w[i]);
         const Q8Head q8 = Q8Head::from_f32(w.data(), V, D);
         const Q4Head q4 = Q4Head::from_f32(w.data(), V, D);
         std::vector<float>().swap(w);
@@ -354,21 +339,30 @@ struct Bench {
         QuantizedActs qa;
         quantize_acts(x.data(), 1, D, qa, kind);
         const std::string shape = "gemv " + std::to_string(V) + "x" + std::to_string(D);
+        const char* names[3] = {"f16 head", "q8 head", "q4 head"};
+        const double bytes[3] = {static_cast<double>(V) * D * 2, static_cast<double>(q8.bytes()),
+                                 static_cast<double>(q4.bytes())};
+        auto call = [&](int h, int nt) {
+            return pool.run(nt, [&](int part, int parts) {
+                const auto [b, e] = split(V, part, parts, 64);
+                if (h == 0) f16_matmul(wh.data(), D, x.data(), 1, y.data(), V, b, e, kind);
+                else if (h == 1) q8_head_matmul(q8, qa, y.data(), V, b, e, kind);
+                else q4_head_matmul(q4, qa, y.data(), V, b, e, kind);
+            });
+        };
         for (int nt : {1, 2}) {
-            Timing t = measure(reps, 1, [&] {
-                return pool.run(nt, [&](int part, int parts) {
-                    const auto [b, e] = split(V, part, parts, 64);
-                    q8_head_matmul(q8, qa, y.data(), V, b, e, kind);
-                });
-            });
-            add_bw_row({"q8 head", shape, nt, static_cast<double>(q8.bytes()), "GB/s", t, "", 0, 0}, nt);
-            t = measure(reps, 1, [&] {
-                return pool.run(nt, [&](int part, int parts) {
-                    const auto [b, e] = split(V, part, parts, 64);
-                    q4_head_matmul(q4, qa, y.data(), V, b, e, kind);
-                });
-            });
-            add_bw_row({"q4 head", shape, nt, static_cast<double>(q4.bytes()), "GB/s", t, "", 0, 0}, nt);
+            std::vector<double> wall[3], busy[3];
+            for (int rep = 0; rep <= reps; ++rep)
+                for (int h = 0; h < 3; ++h) {
+                    const double t0 = now_s();
+                    const double b = call(h, nt);
+                    if (rep) {  // rep 0 warms up
+                        wall[h].push_back(now_s() - t0);
+                        busy[h].push_back(b);
+                    }
+                }
+            for (int h = 0; h < 3; ++h)
+                add_bw_row({names[h], shape, nt, bytes[h], "GB/s", {median(wall[h]), median(busy[h])}, "", 0, 0}, nt);
         }
     }
 
@@ -437,8 +431,8 @@ int main(int argc, char** argv) {
     const bool gemm = b.kind != KernelKind::Scalar;  // scalar prefill would take minutes
     if (!heads_only) b.ternary("1.7B", {{"attn q/k/v/o", 2048, 2048, 4}, {"ffn gate/up", 8192, 2048, 2}, {"ffn down", 2048, 8192, 1}}, 24, gemm);
     if (!heads_only) b.ternary("2B4T", {{"attn q/o", 2560, 2560, 2}, {"attn k/v", 640, 2560, 2}, {"ffn gate/up", 6912, 2560, 2}, {"ffn down", 2560, 6912, 1}}, 30, gemm);
-    b.f16_head(32000, 2048);
-    b.low_byte_heads(128256, 2560);
+    b.heads(32000, 2048);   // the 1.7B preset's head (tests/support/random_gguf.h)
+    b.heads(128256, 2560);  // 2B4T's
     b.print(json);
     if (!json) std::printf("\ntotal %.1f s\n", now_s() - t0);
     return 0;

@@ -15,16 +15,30 @@ Q4Head::Q4Head(int64_t rows, int64_t cols) : rows_(rows), cols_(cols) {
         throw std::invalid_argument("Q4Head: need rows >= 0 and 0 < cols <= 65536 with cols a multiple of " +
                                     std::to_string(kQ4Block) + ", got " + std::to_string(rows) + " x " +
                                     std::to_string(cols));
-    nib_.assign(static_cast<size_t>(rows * cols / 2), 0x88);  // u = 8: q = 0
-    scale_.assign(static_cast<size_t>(rows * blocks()), 0);
+    nib_.assign(static_cast<size_t>(tiles() * blocks() * kQ4TileBlockBytes), 0x88);  // u = 8: q = 0
+    scale_.assign(static_cast<size_t>(tiles() * blocks() * kQ4Tile), 0);
 }
+
+namespace {
+// Where column k's nibble of row r lives: the byte offset in nib_ (layout in head_q4.h); high = the high nibble.
+int64_t nibble_byte(int64_t r, int64_t k, int64_t blocks, bool& high) {
+    const int64_t b = k / kQ4Block, j = k % kQ4Block;
+    high = j >= 16;
+    const int64_t c = (j % 16) / 4;
+    return ((r / kQ4Tile) * blocks + b) * kQ4TileBlockBytes + 64 * c + 4 * (r % kQ4Tile) + j % 4;
+}
+int64_t scale_index(int64_t r, int64_t b, int64_t blocks) { return ((r / kQ4Tile) * blocks + b) * kQ4Tile + r % kQ4Tile; }
+}  // namespace
 
 int Q4Head::value(int64_t r, int64_t k) const {
-    const uint8_t byte = row(r)[(k / kQ4Block) * 16 + (k % 16)];
-    return ((k % kQ4Block) < 16 ? (byte & 0x0F) : (byte >> 4)) - 8;
+    bool high;
+    const uint8_t byte = nib_[static_cast<size_t>(nibble_byte(r, k, blocks(), high))];
+    return (high ? (byte >> 4) : (byte & 0x0F)) - 8;
 }
 
-float Q4Head::scale(int64_t r, int64_t k) const { return f16_to_f32(scales(r)[k / kQ4Block]); }
+float Q4Head::scale(int64_t r, int64_t k) const {
+    return f16_to_f32(scale_[static_cast<size_t>(scale_index(r, k / kQ4Block, blocks()))]);
+}
 
 template <class Load>
 void Q4Head::quantize_rows(Load load, int64_t row_begin, int64_t row_end) {
@@ -46,14 +60,18 @@ void Q4Head::quantize_rows(Load load, int64_t row_begin, int64_t row_end) {
             if (!std::isfinite(d))
                 throw std::invalid_argument("Q4Head: weight " + std::to_string(m) + " at row " + std::to_string(r) +
                                             " exceeds the f16 scale's range");
-            scale_[static_cast<size_t>(r * blocks() + b)] = dh;
-            uint8_t* out = nib_.data() + r * (cols_ / 2) + b * 16;
+            scale_[static_cast<size_t>(scale_index(r, b, blocks()))] = dh;
             int u[kQ4Block];
             for (int64_t i = 0; i < kQ4Block; ++i) {
                 const float q = d != 0.0f ? std::nearbyint(v[i] / d) : 0.0f;  // ties to even
                 u[i] = static_cast<int>(std::min(7.0f, std::max(-8.0f, q))) + 8;
             }
-            for (int i = 0; i < 16; ++i) out[i] = static_cast<uint8_t>(u[i] | (u[i + 16] << 4));
+            // Each byte belongs to one row, so row ranges on separate threads never share a byte.
+            for (int i = 0; i < 16; ++i) {
+                bool high;
+                nib_[static_cast<size_t>(nibble_byte(r, b * kQ4Block + i, blocks(), high))] =
+                    static_cast<uint8_t>(u[i] | (u[i + 16] << 4));
+            }
         }
     }
 }

@@ -7,16 +7,20 @@
 //
 // Weights: block b of row r holds columns [32b, 32b + 32). With m the value of largest magnitude in the block
 // (the first one on ties), d = f16(m / -8) (round to nearest even) and q[k] = clamp(nearbyint(w[k] / d), -8, 7)
-// with d as stored (converted back to fp32); an all-zero block has d = 0 and q = 0. Stored as u = q + 8 in
-// nibbles: byte i of a block holds u[i] in its low and u[i + 16] in its high nibble.
+// with d as stored (converted back to fp32); an all-zero block has d = 0 and q = 0.
+// Layout (in memory only, built at load): rows in tiles of kQ4Tile = 16 (the last tile padded with q = 0, d = 0
+// rows). Tile T, block b is 256 bytes: byte 64c + 4i + k (c, k in [0, 4), i in [0, 16)) holds u = q + 8 of row
+// 16T + i at column 32b + 4c + k in its low nibble and at column 32b + 16 + 4c + k in its high nibble; then the
+// tile's 16 f16 scales of block b, row by row. So one 64-byte load is 16 rows x 4 columns per nibble plane: a
+// mask (low plane) or a mask of the high bits (high plane, 16u) gives what vpdpbusd / sdot multiplies by four
+// activations broadcast to every lane, one int32 lane per row; no lane crosses another.
 // Activations: quantize_acts (ternary.h) of the final-normed hidden rows: per token a = 127/absmax, int8 x.
-// Output, exactly (every kind gives bit-identical y): eight fp32 lanes acc[0..8) start at +0; for each block b
-// in ascending order and each lane j, p = sum_{i<4} q[32b+4j+i] * x[32b+4j+i] (an exact int32) and
-// acc[j] = fma((float)p, d_b, acc[j]) (fused, one rounding); then s = ((acc0+acc4) + (acc2+acc6)) +
-// ((acc1+acc5) + (acc3+acc7)) and y[t * ldy + r] = s / a_t. The lane split is what one vpmaddubsw + vpmaddwd
-// (or one sdot / vpdpbusd) per 32 bytes produces, so SIMD paths need no reordering.
-// Files: head_q4.cpp (packing), ref.cpp (the reference), head_q4_avx2.cpp, head_q4_avx512.cpp (the one-token GEMV
-// with 256-bit vpdpbusd), head_q4_{neon,dotprod}.cpp (+ head_q4_arm.h), dispatch.cpp (the checked entry point).
+// Output, exactly (every kind gives bit-identical y): acc starts at +0; for each block b in ascending order,
+// p = sum_{k<32} q[32b+k] * x[32b+k] (an exact int32, any summation order) and acc = fma((float)p, d_b, acc)
+// (fused, one rounding); y[t * ldy + r] = acc / a_t. SIMD paths compute p as sum(u * x) - 8 * sum(x) (the
+// activation block sums once per call) and carry 16 (AVX-512) or 8 / 4 rows' acc in the lanes of one register.
+// Files: head_q4.cpp (packing), ref.cpp (the reference), head_q4_avx2.cpp (vpmaddubsw), head_q4_avx512.cpp
+// (512-bit vpdpbusd), head_q4_{neon,dotprod}.cpp (+ head_q4_arm.h), dispatch.cpp (the checked entry point).
 #pragma once
 
 #include <cstdint>
@@ -27,6 +31,8 @@
 namespace bllama {
 
 constexpr int64_t kQ4Block = 32;
+constexpr int64_t kQ4Tile = 16;                              // rows interleaved per tile
+constexpr int64_t kQ4TileBlockBytes = kQ4Tile * kQ4Block / 2;  // 256 nibble bytes per (tile, block)
 
 class Q4Head {
 public:
@@ -45,8 +51,10 @@ public:
     int64_t rows() const { return rows_; }
     int64_t cols() const { return cols_; }
     int64_t blocks() const { return cols_ / kQ4Block; }  // per row
-    const uint8_t* row(int64_t r) const { return nib_.data() + r * (cols_ / 2); }       // blocks() x 16 bytes
-    const uint16_t* scales(int64_t r) const { return scale_.data() + r * blocks(); }  // blocks() f16 scales
+    int64_t tiles() const { return (rows_ + kQ4Tile - 1) / kQ4Tile; }
+    // Tile t: blocks() x kQ4TileBlockBytes nibble bytes, and blocks() x kQ4Tile f16 scales (layout above).
+    const uint8_t* tile_nibbles(int64_t t) const { return nib_.data() + t * blocks() * kQ4TileBlockBytes; }
+    const uint16_t* tile_scales(int64_t t) const { return scale_.data() + t * blocks() * kQ4Tile; }
     // The signed value of column k of row r (q in [-8, 7]), and its block's scale as fp32.
     int value(int64_t r, int64_t k) const;
     float scale(int64_t r, int64_t k) const;
@@ -57,9 +65,19 @@ private:
     void quantize_rows(Load load, int64_t row_begin, int64_t row_end);
 
     int64_t rows_ = 0, cols_ = 0;
-    std::vector<uint8_t, AlignedAllocator<uint8_t>> nib_;  // [rows, cols / 2]
-    std::vector<uint16_t> scale_;                          // [rows, cols / 32] f16
+    std::vector<uint8_t, AlignedAllocator<uint8_t>> nib_;    // [tiles, blocks, 256]
+    std::vector<uint16_t, AlignedAllocator<uint16_t>> scale_;  // [tiles, blocks, 16] f16
 };
+
+// -8 * (the sum of block b's 32 activations) for each block of one token's int8 row: the u = q + 8 offset's
+// share of sum(u * x), which the SIMD paths add back once per block (exact in int32).
+inline void q4_offset_sums(const int8_t* x, int64_t blocks, int32_t* out) {
+    for (int64_t b = 0; b < blocks; ++b) {
+        int32_t s = 0;
+        for (int64_t k = 0; k < kQ4Block; ++k) s += x[b * kQ4Block + k];
+        out[b] = -8 * s;
+    }
+}
 
 // y[t * ldy + r] for r in [row_begin, row_end), t in [0, x.n_tokens) (formula above). x.cols must equal
 // w.cols(); the caller splits rows across threads (any range is valid).

@@ -1,14 +1,22 @@
-// 4-bit head for the AVX-512 VNNI kind, one token (the decode GEMV): head_q4_avx2.cpp's two-row loop with the
-// 256-bit vpdpbusd (AVX512VL + VNNI; 512-bit registers measured slower here: their lane shuffles all queue on one
-// port). Per block, p = vpdpbusd(-(8 * x four-column sums), u, x) is exactly the int32 four-column sums of q * x
-// of head_q4.h (u = q + 8), so one instruction replaces AVX2's vpmaddubsw / vpsubw / vpmaddwd and the result is
-// bit-identical. Several tokens and an odd last row take the AVX2 path.
+// 4-bit head for the AVX-512 VNNI kind: one tile (16 rows, head_q4.h's layout) in the 16 int32 / fp32 lanes of
+// a zmm register. Per block, each 64-byte load is 16 rows x 4 columns in each nibble plane: the low plane is
+// `v & 0x0F`, the high plane `v & 0xF0` (= 16u, so its vpdpbusd sums are 16x and one exact shift by 4 undoes
+// that), and each vpdpbusd multiplies by four activations broadcast from memory. The int32 chain starts at the
+// block's -8 * sum(x), so p is exactly head_q4.h's block sum; one fma per block and tile, in block order, gives
+// every row's reference result. No lane crosses another. Up to four tokens share one decode of a tile.
 #if defined(__x86_64__) || defined(__i386__)
+// GCC 12's AVX-512 headers trip -W(maybe-)uninitialized inside _mm512_cvtph_ps / set1 (the false positive of
+// head_q8_avx512.cpp); silence it for this file only.
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#ifndef __clang__  // a gcc-only warning (clang warns about the unknown name instead)
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
 #include <immintrin.h>
 
 #include <cstdint>
+#include <cstring>
+#include <vector>
 
-#include "kernels/half.h"
 #include "kernels/head_q4.h"
 #include "kernels/simd.h"
 
@@ -16,57 +24,76 @@ namespace bllama {
 
 namespace {
 
-constexpr int64_t kPrefetch = 2048;
-
-inline float reduce8(__m256 acc) {  // ((a0+a4) + (a2+a6)) + ((a1+a5) + (a3+a7)), as head_q4.h defines
-    const __m128 v4 = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
-    const __m128 v2 = _mm_add_ps(v4, _mm_movehl_ps(v4, v4));
-    return _mm_cvtss_f32(_mm_add_ss(v2, _mm_shuffle_ps(v2, v2, 1)));
+inline __m512i broadcast4(const int8_t* x) {  // x[0..4) as one int32, in every lane
+    int32_t v;
+    std::memcpy(&v, x, sizeof v);
+    return _mm512_set1_epi32(v);
 }
 
-void two_rows(const Q4Head& w, const int8_t* q, float a, float* y, int64_t r) {
+// acc[t] (lane i = row 16 * tile + i) for tokens x[0..N), offs[t] = q4_offset_sums of token t.
+template <int N>
+void tile_dot(const Q4Head& w, int64_t tile, const int8_t* const* x, const int32_t* const* offs, __m512* acc) {
     const int64_t nb = w.blocks();
-    const uint8_t* n0 = w.row(r);
-    const uint8_t* n1 = w.row(r + 1);
-    const uint16_t* s0 = w.scales(r);
-    const uint16_t* s1 = w.scales(r + 1);
-    const __m256i low = _mm256_set1_epi8(0x0F), eight = _mm256_set1_epi8(8);
-    __m256 acc0 = _mm256_setzero_ps(), acc1 = acc0;
-    alignas(32) float d0[8], d1[8];
+    const uint8_t* nib = w.tile_nibbles(tile);
+    const uint16_t* sc = w.tile_scales(tile);
+    const __m512i lo_mask = _mm512_set1_epi8(0x0F), hi_mask = _mm512_set1_epi8(static_cast<char>(0xF0));
+    for (int t = 0; t < N; ++t) acc[t] = _mm512_setzero_ps();
     for (int64_t b = 0; b < nb; ++b) {
-        if (b % 8 == 0) {
-            if (b + 8 <= nb) {
-                _mm256_store_ps(d0, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(s0 + b))));
-                _mm256_store_ps(d1, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(s1 + b))));
-            } else {
-                for (int64_t j = b; j < nb; ++j) d0[j - b] = f16_to_f32(s0[j]), d1[j - b] = f16_to_f32(s1[j]);
-            }
-            _mm_prefetch(reinterpret_cast<const char*>(n0 + b * 16) + kPrefetch, _MM_HINT_T0);
-            _mm_prefetch(reinterpret_cast<const char*>(n1 + b * 16) + kPrefetch, _MM_HINT_T0);
+        const uint8_t* p = nib + b * kQ4TileBlockBytes;
+        __m512i lo[4], hi[4];
+        for (int c = 0; c < 4; ++c) {
+            const __m512i v = _mm512_load_si512(p + 64 * c);
+            lo[c] = _mm512_and_si512(v, lo_mask);
+            hi[c] = _mm512_and_si512(v, hi_mask);
         }
-        const __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q + b * kQ4Block));
-        const __m256i neg = _mm256_sub_epi32(_mm256_setzero_si256(),
-                                             _mm256_dpbusd_epi32(_mm256_setzero_si256(), eight, xv));
-        const __m128i raw0 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(n0 + b * 16));
-        const __m128i raw1 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(n1 + b * 16));
-        const __m256i u0 = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(raw0, 4), raw0), low);
-        const __m256i u1 = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(raw1, 4), raw1), low);
-        const __m256i p0 = _mm256_dpbusd_epi32(neg, u0, xv);
-        const __m256i p1 = _mm256_dpbusd_epi32(neg, u1, xv);
-        acc0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p0), _mm256_broadcast_ss(d0 + b % 8), acc0);
-        acc1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p1), _mm256_broadcast_ss(d1 + b % 8), acc1);
+        const __m512 d = _mm512_cvtph_ps(_mm256_load_si256(reinterpret_cast<const __m256i*>(sc + b * kQ4Tile)));
+        for (int t = 0; t < N; ++t) {
+            const int8_t* xb = x[t] + b * kQ4Block;
+            __m512i sl = _mm512_set1_epi32(offs[t][b]), sh = _mm512_setzero_si512();
+            for (int c = 0; c < 4; ++c) {
+                sl = _mm512_dpbusd_epi32(sl, lo[c], broadcast4(xb + 4 * c));
+                sh = _mm512_dpbusd_epi32(sh, hi[c], broadcast4(xb + 16 + 4 * c));
+            }
+            const __m512i sum = _mm512_add_epi32(sl, _mm512_srai_epi32(sh, 4));
+            acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), d, acc[t]);
+        }
     }
-    y[r] = reduce8(acc0) / a;
-    y[r + 1] = reduce8(acc1) / a;
+}
+
+template <int N>
+void tiles(const Q4Head& w, const QuantizedActs& x, const std::vector<int32_t>& offs, float* y, int64_t ldy,
+           int64_t rb, int64_t re, int64_t t0) {
+    const int64_t cols = w.cols(), nb = w.blocks();
+    const int8_t* xq[N];
+    const int32_t* off[N];
+    __m512 inv_a[N];
+    for (int t = 0; t < N; ++t) {
+        xq[t] = x.q.data() + (t0 + t) * cols;
+        off[t] = offs.data() + (t0 + t) * nb;
+        inv_a[t] = _mm512_set1_ps(x.act_scale[static_cast<size_t>(t0 + t)]);
+    }
+    for (int64_t tile = rb / kQ4Tile; tile * kQ4Tile < re; ++tile) {
+        __m512 acc[N];
+        tile_dot<N>(w, tile, xq, off, acc);
+        const int64_t r0 = tile * kQ4Tile;
+        const int64_t lo = rb > r0 ? rb - r0 : 0, hi = re < r0 + kQ4Tile ? re - r0 : kQ4Tile;
+        const __mmask16 m = static_cast<__mmask16>(((1u << hi) - 1) & ~((1u << lo) - 1));
+        for (int t = 0; t < N; ++t)
+            _mm512_mask_storeu_ps(y + (t0 + t) * ldy + r0, m, _mm512_div_ps(acc[t], inv_a[t]));
+    }
 }
 
 }  // namespace
 
 void q4_head_matmul_avx512(const Q4Head& w, const QuantizedActs& x, float* y, int64_t ldy, int64_t rb, int64_t re) {
-    if (x.n_tokens != 1) return q4_head_matmul_avx2(w, x, y, ldy, rb, re);
-    int64_t r = rb;
-    for (; r + 2 <= re; r += 2) two_rows(w, x.q.data(), x.act_scale[0], y, r);
-    if (r < re) q4_head_matmul_avx2(w, x, y, ldy, r, re);
+    if (rb >= re) return;
+    const int64_t nb = w.blocks();
+    std::vector<int32_t> offs(static_cast<size_t>(x.n_tokens * nb));
+    for (int64_t t = 0; t < x.n_tokens; ++t) q4_offset_sums(x.q.data() + t * w.cols(), nb, offs.data() + t * nb);
+    int64_t t = 0;
+    for (; t + 4 <= x.n_tokens; t += 4) tiles<4>(w, x, offs, y, ldy, rb, re, t);
+    for (; t + 2 <= x.n_tokens; t += 2) tiles<2>(w, x, offs, y, ldy, rb, re, t);
+    if (t < x.n_tokens) tiles<1>(w, x, offs, y, ldy, rb, re, t);
 }
 
 }  // namespace bllama

@@ -1,23 +1,28 @@
-// 4-bit head, plain NEON: the products by widening multiplies (|q * x| <= 1024 fits int16), pairwise widening
-// adds to the four-column int32 sums of head_q4.h. The row loop is head_q4_arm.h's.
+// 4-bit head, plain NEON: widening multiply-accumulates of each 4-row x 4-column group by its four activations
+// (int16 lanes: 8 products of |u * x| <= 15 * 128 per block, no overflow), then pairwise widening adds to each
+// row's int32 block sum. The tile loop is head_q4_arm.h's.
 #if defined(__aarch64__) || defined(_M_ARM64)
 #include "kernels/head_q4_arm.h"
 #include "kernels/simd.h"
 
 namespace bllama {
 
-namespace {
-inline int32x4_t four_sums(int8x16_t w, int8x16_t x) {  // lanes: columns 0-3, 4-7, 8-11, 12-15
-    const int16x8_t p0 = vmull_s8(vget_low_s8(w), vget_low_s8(x)), p1 = vmull_high_s8(w, x);
-    return vpaddq_s32(vpaddlq_s16(p0), vpaddlq_s16(p1));
-}
-}  // namespace
-
 void q4_head_matmul_neon(const Q4Head& w, const QuantizedActs& x, float* y, int64_t ldy, int64_t rb, int64_t re) {
-    q4_rows(w, x, y, ldy, rb, re, [](int8x16_t w0, int8x16_t w1, int8x16_t x0, int8x16_t x1, int32x4_t& lo,
-                                     int32x4_t& hi) {
-        lo = four_sums(w0, x0);
-        hi = four_sums(w1, x1);
+    q4_tiles(w, x, y, ldy, rb, re, [](const uint8_t* p, const int8_t* xb, int32x4_t* s) {
+        const uint8x16_t mask = vdupq_n_u8(0x0F);
+        for (int j = 0; j < 4; ++j) {
+            int16x8_t r01 = vdupq_n_s16(0), r23 = r01;  // rows 4j, 4j+1 / 4j+2, 4j+3, four columns each
+            for (int c = 0; c < 4; ++c) {
+                const uint8x16_t v = vld1q_u8(p + 64 * c + 16 * j);
+                const int8x16_t lo = vreinterpretq_s8_u8(vandq_u8(v, mask)), hi = vreinterpretq_s8_u8(vshrq_n_u8(v, 4));
+                const int8x16_t xl = q4_broadcast4(xb + 4 * c), xh = q4_broadcast4(xb + 16 + 4 * c);
+                r01 = vmlal_s8(r01, vget_low_s8(lo), vget_low_s8(xl));
+                r23 = vmlal_high_s8(r23, lo, xl);
+                r01 = vmlal_s8(r01, vget_low_s8(hi), vget_low_s8(xh));
+                r23 = vmlal_high_s8(r23, hi, xh);
+            }
+            s[j] = vaddq_s32(s[j], vpaddq_s32(vpaddlq_s16(r01), vpaddlq_s16(r23)));
+        }
     });
 }
 

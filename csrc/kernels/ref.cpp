@@ -132,20 +132,13 @@ void q4_head_matmul_ref(const Q4Head& w, const QuantizedActs& x, float* y, int64
     for (int64_t r = rb; r < re; ++r) {
         for (int64_t t = 0; t < x.n_tokens; ++t) {
             const int8_t* q = x.q.data() + t * cols;
-            float acc[8] = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
+            float acc = 0.0f;
             for (int64_t b = 0; b < w.blocks(); ++b) {
-                const float d = f16_to_f32(w.scales(r)[b]);
-                for (int j = 0; j < 8; ++j) {
-                    int32_t p = 0;
-                    for (int i = 0; i < 4; ++i) {
-                        const int64_t k = b * kQ4Block + 4 * j + i;
-                        p += w.value(r, k) * q[k];
-                    }
-                    acc[j] = std::fma(static_cast<float>(p), d, acc[j]);
-                }
+                int32_t p = 0;
+                for (int64_t k = b * kQ4Block; k < (b + 1) * kQ4Block; ++k) p += w.value(r, k) * q[k];
+                acc = std::fma(static_cast<float>(p), w.scale(r, b * kQ4Block), acc);
             }
-            const float s = ((acc[0] + acc[4]) + (acc[2] + acc[6])) + ((acc[1] + acc[5]) + (acc[3] + acc[7]));
-            y[t * ldy + r] = s / x.act_scale[static_cast<size_t>(t)];
+            y[t * ldy + r] = acc / x.act_scale[static_cast<size_t>(t)];
         }
     }
 }

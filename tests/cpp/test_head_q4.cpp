@@ -18,6 +18,7 @@
 #include "kernels/ternary.h"
 
 #include "check_msg.h"
+#include "head_kinds.h"
 
 using namespace bllama;
 
@@ -29,21 +30,6 @@ static bool throws(F f) {
         return true;
     }
     return false;
-}
-
-static void check_kinds_equal(const Q4Head& h, const QuantizedActs& x, const std::string& what) {
-    const int64_t rows = h.rows(), n = x.n_tokens;
-    std::vector<float> ref(static_cast<size_t>(rows * n), -1.0f);
-    q4_head_matmul_ref(h, x, ref.data(), rows, 0, rows);
-    for (KernelKind k : kAllKernelKinds) {
-        if (!kernel_supported(k)) continue;
-        std::vector<float> y(ref.size(), -2.0f);
-        const int64_t mid = rows / 3;
-        q4_head_matmul(h, x, y.data(), rows, 0, mid, k);
-        q4_head_matmul(h, x, y.data(), rows, mid, rows, k);
-        CHECK(std::memcmp(y.data(), ref.data(), ref.size() * sizeof(float)) == 0, "%s: kind %s != scalar",
-              what.c_str(), kernel_name(k));
-    }
 }
 
 static void test_random_shapes() {
@@ -66,7 +52,7 @@ static void test_random_shapes() {
             QuantizedActs qa;
             quantize_acts(xs.data(), n, cols, qa, KernelKind::Scalar);
             const std::string what = std::to_string(rows) + "x" + std::to_string(cols) + ", " + std::to_string(n) + " tokens";
-            check_kinds_equal(h, qa, what);
+            check_kinds_equal(h, qa, what, q4_head_matmul_ref, q4_head_matmul);
 
             // The reference against the same integers in double: the eight lanes' fma chains and the final sum
             // and division round at most nb + 4 times, each by 2^-24 of a partial sum bounded by the sum of |terms|.
@@ -98,7 +84,7 @@ static void test_packing() {
     w[static_cast<size_t>(cols + 40)] = -0.8f;
     w[static_cast<size_t>(cols + 41)] = 0.1f;
     const Q4Head h = Q4Head::from_f32(w.data(), 2, cols);
-    CHECK(h.bytes() == 2 * cols / 2 + 2 * 2 * 2, "bytes %zu", h.bytes());
+    CHECK(h.tiles() == 1 && h.bytes() == kQ4Tile * (cols / 2 + 2 * 2), "bytes %zu", h.bytes());  // rows padded to a tile
     CHECK(h.value(0, 5) == -8 && h.scale(0, 5) == f16_to_f32(f32_to_f16(1.6f / -8.0f)), "outlier %d %g", h.value(0, 5),
           h.scale(0, 5));
     for (int64_t k = 0; k < cols; ++k) {

@@ -17,6 +17,7 @@
 #include "kernels/ternary.h"
 
 #include "check_msg.h"
+#include "head_kinds.h"
 
 using namespace bllama;
 
@@ -30,23 +31,6 @@ static bool throws(F f) {
         return true;
     }
     return false;
-}
-
-// Runs every supported kind over [0, rows) split in two uneven ranges (as threads would) and memcmps
-// against the scalar output.
-static void check_kinds_equal(const Q8Head& h, const QuantizedActs& x, const std::string& what) {
-    const int64_t rows = h.rows(), n = x.n_tokens;
-    std::vector<float> ref(static_cast<size_t>(rows * n), -1.0f);
-    q8_head_matmul_ref(h, x, ref.data(), rows, 0, rows);
-    for (KernelKind k : kKinds) {
-        if (!kernel_supported(k)) continue;
-        std::vector<float> y(ref.size(), -2.0f);
-        const int64_t mid = rows / 3;
-        q8_head_matmul(h, x, y.data(), rows, 0, mid, k);
-        q8_head_matmul(h, x, y.data(), rows, mid, rows, k);
-        CHECK(std::memcmp(y.data(), ref.data(), ref.size() * sizeof(float)) == 0, "%s: kind %s != scalar",
-              what.c_str(), kernel_name(k));
-    }
 }
 
 static void test_random_shapes() {
@@ -69,7 +53,7 @@ static void test_random_shapes() {
             QuantizedActs qa;
             quantize_acts(xs.data(), n, cols, qa, KernelKind::Scalar);
             const std::string what = std::to_string(rows) + "x" + std::to_string(cols) + ", " + std::to_string(n) + " tokens";
-            check_kinds_equal(h, qa, what);
+            check_kinds_equal(h, qa, what, q8_head_matmul_ref, q8_head_matmul);
 
             // Scalar vs a naive double formula. acc is an exact integer; y = fl(fl(acc) * fl(d / a)): three
             // roundings, so |y - exact| <= 3 * 2^-24 * |exact| (+ a little for the products of (1+e)).
@@ -118,7 +102,7 @@ static void test_extremes() {
         qa.q[static_cast<size_t>(cols + k)] = -128;
         qa.q[static_cast<size_t>(2 * cols + k)] = static_cast<int8_t>(k % 2 ? -128 : 127);
     }
-    check_kinds_equal(h, qa, "extremes");
+    check_kinds_equal(h, qa, "extremes", q8_head_matmul_ref, q8_head_matmul);
     std::vector<float> y(static_cast<size_t>(rows * n));
     for (KernelKind k : kKinds) {
         if (!kernel_supported(k)) continue;
