@@ -76,6 +76,14 @@ public:
     // token seen and samples next[r] with its slot's sampler. lp_top[r] >= 0 fills lps[r] (raw-logit logprobs).
     virtual void decode_slots(int n, const int32_t* slots, const int32_t* tokens, const int64_t* pos, int32_t* next,
                               const int* lp_top, TokenLogprobs* lps);
+    // One step of mixed rows (SlotRow): decode rows first, then each joining slot's prompt rows, consecutive and at
+    // increasing positions. Row r with sample set writes next[r] (and lps[r] when its lp_top >= 0); other rows'
+    // entries are left alone. True from mixed_step(): one forward runs all rows (each weight read once for decode
+    // and prompt rows alike), up to max_step_rows() of them; the default runs decode_slots for the decode rows and
+    // prefill_slot for each slot's prompt rows.
+    virtual bool mixed_step() const { return false; }
+    virtual int64_t max_step_rows() const { return prompt_chunk(); }
+    virtual void step_rows(const std::vector<SlotRow>& rows, int32_t* next, TokenLogprobs* lps);
 };
 
 // The CPU backend over a loaded Model.

@@ -1,7 +1,7 @@
 // Continuous batching: a fixed set of sequence slots (one KV cache each) that requests join and leave between
-// steps. A step runs one decode token for every running slot (one Backend::decode_slots, so each weight is read
-// once for all of them) plus at most one prompt chunk of one joining slot, so a long prompt holds the others up
-// for one chunk at most. Each slot keeps its own sampler and seed: a request gets exactly the tokens it gets
+// steps. A step runs one decode token for every running slot plus prompt rows of joining slots within a token
+// budget (step_tokens), all as the rows of one forward where the backend can (Backend::mixed_step: each weight is
+// read once for decode and prompt rows alike), so a long prompt holds the others up by one budget per step at most. Each slot keeps its own sampler and seed: a request gets exactly the tokens it gets
 // alone (docs/engine.md, "Slots"). A slot that ends keeps its KV cache; a later request whose prompt shares a
 // prefix with what a free slot holds resumes there (prefix reuse), on backends whose prompt and decode paths
 // write bit-identical KV (Backend::exact_kv_reuse). Not thread-safe: the caller serializes (bindings: the turn).
@@ -39,6 +39,18 @@ struct TokenLogprobs {
 // Fills out from a raw logits row (vocab floats): log_softmax at `token` and the `top` best entries.
 void compute_logprobs(const float* logits, int64_t vocab, int32_t token, int top, TokenLogprobs& out);
 constexpr int kMaxTopLogprobs = 20;
+
+// One row of a step (Backend::step_rows): token `token` of `slot` at position `pos`. decode: a decode row (its token
+// is marked seen before sampling; a prompt row's tokens were marked by begin_slot). sample: the next token is drawn
+// from this row's logits (decode rows, and a prompt's last row); lp_top >= 0 also reports its logprobs.
+struct SlotRow {
+    int32_t slot = 0;
+    int32_t token = 0;
+    int64_t pos = 0;
+    bool decode = false;
+    bool sample = false;
+    int lp_top = -1;
+};
 
 enum class FinishReason { None, Length, Stop };
 const char* finish_reason_name(FinishReason r);  // "" / "length" / "stop"
@@ -85,6 +97,11 @@ public:
     // Retires a slot now (no event); its KV cache and tokens stay for reuse. Unknown slot: std::out_of_range.
     void cancel(int slot);
     int active() const;  // slots taken (joining, running, or finished but not yet reported)
+    // Tokens a step runs on a backend with mixed steps (Backend::mixed_step): every decode row, then prompt rows
+    // of joining slots up to this many rows in all (at least one; at most Backend::max_step_rows()). Default:
+    // Backend::prompt_chunk() (64 on the CPU). Fewer: shorter steps for the running slots, slower prompts.
+    int64_t step_tokens() const { return step_tokens_; }
+    void set_step_tokens(int64_t n);  // std::invalid_argument for n < 1
 
 private:
     enum class Phase { Free, Prefill, Decode, Report };
@@ -107,11 +124,12 @@ private:
     KvLedger& kept_;
     std::vector<State> slots_;
     uint64_t clock_ = 0;
-    // decode_slots' rows, sized once
-    std::vector<int32_t> row_slot_, row_tok_, row_next_;
-    std::vector<int64_t> row_pos_;
-    std::vector<int> row_lp_;
+    int64_t step_tokens_ = 0;
+    // One step's rows and what they sampled, reserved once
+    std::vector<SlotRow> rows_;
+    std::vector<int32_t> row_next_;
     std::vector<TokenLogprobs> row_logprobs_;
+    std::vector<int> joining_;
 };
 
 }  // namespace bllama
