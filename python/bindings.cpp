@@ -295,7 +295,6 @@ public:
         req.stop_ids = int32_stops(stop_ids);
         req.logprob = logprob;
         req.top_logprobs = top_logprobs;
-        req.any_seed = seed < py::int_(0);
         py::gil_scoped_release nogil;
         const Turn turn(*this);
         return engine_->slots().add(std::move(req));

@@ -23,8 +23,7 @@ _INT32_MAX = 2**31 - 1
 
 
 class SlotsFullError(RuntimeError):
-    """Every slot is busy (or, on device='cuda', none can take the request's sampling settings until the running
-    slots finish): retry after a step that finished a slot."""
+    """Every slot is busy: retry after a step that finished a slot."""
 
 
 @dataclass(frozen=True)

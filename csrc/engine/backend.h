@@ -62,9 +62,6 @@ public:
     // True where a prompt chunk writes the same KV values, bit for bit, as decode steps of the same tokens
     // (and any chunking does too): only then may a kept KV cache be resumed (prefix reuse).
     virtual bool exact_kv_reuse() const { return false; }
-    // True where each slot samples with its own settings and seed; otherwise all running slots share one setting
-    // and slot b samples with seed + b.
-    virtual bool per_slot_sampling() const { return true; }
     virtual int64_t prompt_chunk() const { return 64; }  // tokens a prompt forward runs at once
     // Resets slot's sampler to params (validated) and marks `seen` (the whole prompt) as seen.
     virtual void begin_slot(int slot, const std::vector<int32_t>& seen, const SamplingParams& params);

@@ -56,16 +56,6 @@ const char* finish_reason_name(FinishReason r) {
     }
 }
 
-namespace {
-bool greedy(const SamplingParams& p) { return !p.do_sample || p.temperature <= 0.0f; }
-// What a backend with one shared sampling setting compares (seeds apart): greedy requests differ only in their penalty.
-bool same_setting(const SamplingParams& a, const SamplingParams& b) {
-    if (greedy(a) || greedy(b)) return greedy(a) && greedy(b) && a.repetition_penalty == b.repetition_penalty;
-    return a.temperature == b.temperature && a.top_k == b.top_k && a.top_p == b.top_p &&
-           a.repetition_penalty == b.repetition_penalty;
-}
-}  // namespace
-
 Slots::Slots(Backend& backend, KvLedger& kept) : backend_(backend), kept_(kept) {
     const size_t S = static_cast<size_t>(backend.max_sequences());
     if (kept_.size() != S) throw std::logic_error("Slots: the KV ledger must have one entry per sequence");
@@ -86,23 +76,6 @@ int Slots::active() const {
     return static_cast<int>(std::count_if(slots_.begin(), slots_.end(), [](const State& s) { return s.phase != Phase::Free; }));
 }
 
-void Slots::fit_sampling(SlotRequest& req) const {
-    if (backend_.per_slot_sampling()) return;
-    for (const State& s : slots_) {
-        if (s.phase == Phase::Free) continue;
-        const SamplingParams& running = s.req.params;
-        bool fits = same_setting(running, req.params);
-        if (fits && !greedy(req.params) && req.params.seed != running.seed) {
-            if (req.any_seed) req.params.seed = running.seed;  // any seed will do: the batch's
-            else fits = false;
-        }
-        if (!fits)
-            throw SlotsFull("this backend runs one sampling setting per batch: a request with other settings (or, "
-                            "when sampling, another seed) waits until the running slots finish");
-        return;  // every running slot has the same setting
-    }
-}
-
 int Slots::add(SlotRequest req) {
     check_request(req.prompt, req.max_new_tokens, backend_.config().vocab, backend_.context());
     validate(req.params);
@@ -110,7 +83,6 @@ int Slots::add(SlotRequest req) {
         throw std::invalid_argument("top logprobs must be in [0, " + std::to_string(kMaxTopLogprobs) + "], got " +
                                     std::to_string(req.top_logprobs));
     if (req.top_logprobs > 0) req.logprob = true;
-    fit_sampling(req);
 
     // The free slot with the longest reusable prefix; ties (and no prefix at all) go to the least recently used.
     const bool reuse = backend_.exact_kv_reuse();

@@ -62,9 +62,6 @@ struct SlotRequest {
     std::vector<int32_t> stop_ids;
     bool logprob = false;  // report each token's logprob
     int top_logprobs = 0;  // and this many alternatives (implies logprob)
-    // The seed was drawn at random (the caller named none): on a backend with one sampling setting per batch the
-    // request may then take the running batch's seed instead.
-    bool any_seed = false;
 };
 
 struct SlotEvent {
@@ -76,7 +73,7 @@ struct SlotEvent {
     int64_t cached_tokens = 0;  // prompt tokens reused from the slot's kept KV cache
 };
 
-// add() when every slot is busy, or (backends without per-slot sampling) none can take the request's settings now.
+// add() when every slot is busy.
 class SlotsFull : public std::runtime_error {
 public:
     using std::runtime_error::runtime_error;
@@ -118,7 +115,6 @@ private:
     int logprob_ask(const State& s) const { return s.req.logprob ? s.req.top_logprobs : -1; }
     // The event for a token sampled by slot s (its finish decided here); frees the slot when it ends.
     SlotEvent sampled(int s, int32_t token, const TokenLogprobs* lp);
-    void fit_sampling(SlotRequest& req) const;
 
     Backend& backend_;
     KvLedger& kept_;
