@@ -154,14 +154,8 @@ private:
         host_logits_.assign(S * V, 0.0f);
         raw_row_.assign(V, 0.0f);
     }
-    // Samples from a raw logits row (modified in place by the sampler); logprobs (lp_top >= 0) from a copy taken first.
     int32_t sample_row(Sampler& s, float* row, int lp_top, TokenLogprobs* lp) {
-        if (lp_top < 0 || !lp) return s.sample(row);
-        const size_t V = static_cast<size_t>(model_->config().vocab);
-        std::copy(row, row + V, raw_row_.begin());
-        const int32_t t = s.sample(row);
-        compute_logprobs(raw_row_.data(), static_cast<int64_t>(V), t, lp_top, *lp);
-        return t;
+        return sample_with_logprobs(s, row, model_->config().vocab, lp_top, lp, raw_row_.data());
     }
 
     std::unique_ptr<cuda::CudaModel> model_;

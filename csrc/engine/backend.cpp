@@ -147,15 +147,9 @@ public:
     }
 
 private:
-    // Samples from a raw logits row; the logprobs (lp_top >= 0) come from the row before the sampler's penalty and
-    // temperature change it in place.
+    // The logprobs (lp_top >= 0) come from the row before the sampler's penalty and temperature change it in place.
     int32_t sample_row(Sampler& s, float* row, int lp_top, TokenLogprobs* lp) {
-        if (lp_top < 0 || !lp) return s.sample(row);
-        const size_t V = static_cast<size_t>(model_->config().vocab);
-        std::copy(row, row + V, raw_row_.begin());
-        const int32_t t = s.sample(row);
-        compute_logprobs(raw_row_.data(), static_cast<int64_t>(V), t, lp_top, *lp);
-        return t;
+        return sample_with_logprobs(s, row, model_->config().vocab, lp_top, lp, raw_row_.data());
     }
 
     // A sequence in `slot`: its prompt at positions 0.., its first token sampled; it is pending at position n.

@@ -48,6 +48,14 @@ void compute_logprobs(const float* logits, int64_t vocab, int32_t token, int top
         out.top.emplace_back(idx[static_cast<size_t>(i)], static_cast<float>(static_cast<double>(logits[idx[static_cast<size_t>(i)]]) - lse));
 }
 
+int32_t sample_with_logprobs(Sampler& s, float* row, int64_t vocab, int lp_top, TokenLogprobs* lp, float* scratch) {
+    if (lp_top < 0 || !lp) return s.sample(row);
+    std::copy(row, row + vocab, scratch);
+    const int32_t t = s.sample(row);
+    compute_logprobs(scratch, vocab, t, lp_top, *lp);
+    return t;
+}
+
 const char* finish_reason_name(FinishReason r) {
     switch (r) {
         case FinishReason::Length: return "length";

@@ -39,6 +39,9 @@ struct TokenLogprobs {
 // Fills out from a raw logits row (vocab floats): log_softmax at `token` and the `top` best entries.
 void compute_logprobs(const float* logits, int64_t vocab, int32_t token, int top, TokenLogprobs& out);
 constexpr int kMaxTopLogprobs = 20;
+// Samples from a raw logits row with s (which changes the row in place); with lp_top >= 0 and lp, also fills *lp from
+// a copy of the raw row taken first into scratch (vocab floats). Every backend's per-slot sampling.
+int32_t sample_with_logprobs(Sampler& s, float* row, int64_t vocab, int lp_top, TokenLogprobs* lp, float* scratch);
 
 // One row of a step (Backend::step_rows): token `token` of `slot` at position `pos`. decode: a decode row (its token
 // is marked seen before sampling; a prompt row's tokens were marked by begin_slot). sample: the next token is drawn
