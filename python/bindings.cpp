@@ -295,7 +295,6 @@ public:
         req.stop_ids = int32_stops(stop_ids);
         req.logprob = logprob;
         req.top_logprobs = top_logprobs;
-        req.any_seed = seed < py::int_(0);
         py::gil_scoped_release nogil;
         const Turn turn(*this);
         return engine_->slots().add(std::move(req));
@@ -326,6 +325,13 @@ public:
         py::gil_scoped_release nogil;
         const Turn turn(*this);
         engine_->slots().cancel(slot);
+    }
+
+    int64_t slot_step_tokens(int64_t n) {  // n > 0: set the step's token budget; returns the budget
+        py::gil_scoped_release nogil;
+        const Turn turn(*this);
+        if (n > 0) engine_->slots().set_step_tokens(n);
+        return engine_->slots().step_tokens();
     }
 
     int slot_active() {
@@ -482,10 +488,12 @@ PYBIND11_MODULE(_engine, m) {
              "Continuous batching: puts a request in a free slot (longest kept prefix, else least recently used) and "
              "returns the slot; SlotsFull when none is free. Runs nothing.")
         .def("slot_step", &PyEngine::slot_step,
-             "One step of every running slot plus one prompt chunk of a joining one: a list of (slot, token|None, "
+             "One step of every running slot plus prompt rows of joining ones (the step's token budget): a list of (slot, token|None, "
              "logprob|None, ((id, logprob), ...), 'length'|'stop'|None, cached_tokens).")
         .def("slot_cancel", &PyEngine::slot_cancel, py::arg("slot"), "Retires a slot now (its KV cache is kept).")
         .def("slot_active", &PyEngine::slot_active, "Slots taken.")
+        .def("slot_step_tokens", &PyEngine::slot_step_tokens, py::arg("n") = 0,
+             "Tokens a step runs (decode rows, then joining prompts' rows); n > 0 sets it. Returns it.")
         .def("metadata", &PyEngine::metadata, py::arg("key"))
         .def("metadata_keys", &PyEngine::metadata_keys)
         .def("reset", &PyEngine::reset)

@@ -3,6 +3,10 @@ one-at-a-time runs of the same random-weight model: a request joining a running 
 cache gives the tokens of a cold one, logprobs are the log-softmax of the raw logits, refusals name the problem."""
 from __future__ import annotations
 
+import sys
+import threading
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -227,3 +231,107 @@ def test_runtime_chat_runs_only_the_new_turn(model_path):
         assert warm.chat(msgs, max_new_tokens=10, sampling=sampling) == cold.chat(msgs, max_new_tokens=10,
                                                                                     sampling=sampling)
         assert warm.stats["cached_tokens"] == 0
+
+
+@pytest.mark.parametrize("budget", [1, 5, 19, 100])
+def test_mixed_steps_under_a_token_budget_keep_solo_tokens(model_path, solo, budget):
+    """Several requests join at once while others decode; the step's budget (odd, smaller than the decoding slots,
+    larger than max_batch allows) changes only when prompt rows run, never a token or a logprob."""
+    rt = Runtime.load(model_path, threads=2, max_sequences=4)
+    slots = rt.slots()
+    assert slots.step_tokens == 64  # the prompt chunk (max_batch) by default
+    slots.step_tokens = budget
+    assert slots.step_tokens == budget
+    g = torch.Generator().manual_seed(5)
+    ids = lambda n: torch.randint(3, solo.vocab_size, (n,), generator=g).tolist()
+    reqs = [  # (prompt, sampling, max_new_tokens, logprobs)
+        (ids(9), SamplingParams(repetition_penalty=1.2), 14, 0),
+        (ids(2), SamplingParams(do_sample=True, temperature=1.1, seed=6), 18, 2),
+        (ids(45), SamplingParams(do_sample=True, top_k=20, seed=7), 8, 0),  # these two join together
+        (ids(6), SamplingParams(), 10, 3),
+        (ids(1), SamplingParams(do_sample=True, top_p=0.8, seed=8), 6, 0),  # these as slots free
+        (ids(33), SamplingParams(do_sample=True, seed=9), 5, 1),
+    ]
+    slot_of, done, pending = {}, {}, list(range(len(reqs)))
+
+    def on_step(step, runs):
+        for i, slot in slot_of.items():
+            if i not in done and slot in runs and runs[slot]["finish"]:
+                done[i] = runs[slot]
+        due = {0: [0, 1], 2: [2, 3]}.get(step, [])
+        if step > 2 and pending and slots.active() < slots.capacity:
+            due = pending[:1]
+        for i in due:
+            p, s, n, lp = reqs[i]
+            slot = slots.add(p, s, n, logprobs=lp)
+            runs.pop(slot, None)
+            slot_of[i] = slot
+            pending.remove(i)
+
+    runs = drive(slots, on_step)
+    on_step(-1, runs)
+    assert not pending
+    ref = Runtime.load(model_path, threads=2, max_sequences=4)  # default budget: the logprobs to compare with
+    for i, (p, s, n, lp) in enumerate(reqs):
+        assert done[i]["tokens"] == alone(solo, p, n, s), i
+        evs = [e for e in done[i]["events"] if e.token is not None]
+        if lp:
+            r = ref.slots()
+            slot = r.add(p, s, n, logprobs=lp)
+            want = [e for e in drive(r)[slot]["events"] if e.token is not None]
+            assert [(e.logprob, e.top_logprobs) for e in evs] == [(e.logprob, e.top_logprobs) for e in want], i
+        else:
+            assert all(e.logprob is None for e in evs)
+
+
+def test_step_tokens_is_checked(model_path):
+    slots = Runtime.load(model_path, threads=2, max_sequences=2).slots()
+    for bad in (0, -3, 2**40, 1.5, True, "8"):
+        with pytest.raises(ValueError, match="step_tokens"):
+            slots.step_tokens = bad
+
+
+@pytest.fixture(scope="module")
+def wide_model_path(tmp_path_factory, sp_tokenizer):
+    """A model whose step takes long enough for another thread to be scheduled many times over."""
+    torch.manual_seed(8)
+    model = random_model(sp_tokenizer.vocab_size, num_layers=4, seq_len=256, hidden_size=512, ffn_size=1536)
+    return str(export_gguf(model, sp_tokenizer, tmp_path_factory.mktemp("wide") / "m.gguf", chat_template=TEMPLATE))
+
+
+def test_step_releases_the_gil(wide_model_path):
+    """Another Python thread runs while step() is inside the engine. With the switch interval at 1000 s the
+    interpreter never takes the GIL from the stepping thread by itself: the watcher can see `in_step` set only if
+    step() released it. Steps repeat until that happens once (a step could end before the watcher wakes); with the
+    GIL held it never happens, however often it is tried."""
+    rt = Runtime.load(wide_model_path, threads=1, max_sequences=2)
+    slots = rt.slots()
+    slots.add(list(range(3, 200)), None, 40)
+    slots.add(list(range(5, 60)), None, 40)
+    state = {"in_step": False, "done": False}
+    seen_in_step = threading.Event()
+
+    def watcher():
+        while not state["done"]:
+            if state["in_step"]:
+                seen_in_step.set()
+            time.sleep(0)  # gives the GIL back each round, so the stepping thread is never starved either
+
+    old = sys.getswitchinterval()
+    t = threading.Thread(target=watcher, daemon=True)
+    sys.setswitchinterval(1000.0)
+    try:
+        t.start()
+        for _ in range(40):
+            state["in_step"] = True
+            slots.step()
+            state["in_step"] = False
+            if seen_in_step.is_set():
+                break
+    finally:
+        state["done"] = True
+        sys.setswitchinterval(old)
+        t.join()
+    assert seen_in_step.is_set(), "no other thread ran during 40 steps: step() holds the GIL"
+    while slots.active():
+        slots.step()

@@ -3,7 +3,7 @@
     slots = rt.slots()
     s = slots.add(prompt_ids, SamplingParams(), max_new_tokens=64, stop_ids=rt.eos_ids)
     while slots.active():
-        for ev in slots.step():   # one token of every running slot + one prompt chunk of a joining one
+        for ev in slots.step():   # one token of every running slot + prompt rows of joining ones
             ...
 
 Each slot keeps its own sampler and seed, so a request gets exactly the tokens Runtime generates for it alone
@@ -23,8 +23,7 @@ _INT32_MAX = 2**31 - 1
 
 
 class SlotsFullError(RuntimeError):
-    """Every slot is busy (or, on device='cuda', none can take the request's sampling settings until the running
-    slots finish): retry after a step that finished a slot."""
+    """Every slot is busy: retry after a step that finished a slot."""
 
 
 @dataclass(frozen=True)
@@ -92,12 +91,28 @@ class Slots:
                 raise SlotsFullError(str(e)) from None
 
     def step(self) -> List[SlotEvent]:
-        """One decode token for every running slot (one batched forward) plus at most one prompt chunk (the
-        engine's max_batch tokens) of one joining slot, the GIL released; one event per slot that produced
-        something, [] when idle. A slot whose event has a finish_reason is free again."""
+        """One decode token for every running slot plus prompt rows of joining slots (oldest first) up to
+        `step_tokens` rows in all, as one forward on the CPU (each weight read once for all rows), the GIL
+        released; one event per slot that produced something (a joining slot whose prompt is not done yet: an
+        event without a token), [] when idle. A slot whose event has a finish_reason is free again."""
         with self._rt._engine_turn(slots=True):
             raw = self._engine.slot_step()
         return [SlotEvent(*e) for e in raw]
+
+    @property
+    def step_tokens(self) -> int:
+        """The step's token budget: decode rows always run; joining prompts get what is left, at least one row
+        (CPU: at most max_batch rows in all). Default: the engine's prompt chunk (max_batch, 64). Smaller: shorter
+        steps for the running slots (inter-token latency), slower prompts (time to first token)."""
+        with self._rt._engine_turn(slots=True):
+            return int(self._engine.slot_step_tokens(0))
+
+    @step_tokens.setter
+    def step_tokens(self, n: int) -> None:
+        if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= _INT32_MAX:
+            raise ValueError(f"step_tokens must be an integer in [1, {_INT32_MAX}], got {n!r}")
+        with self._rt._engine_turn(slots=True):
+            self._engine.slot_step_tokens(n)
 
     def cancel(self, slot: int) -> None:
         """Retires a slot at once (no event); its KV cache and tokens stay for prefix reuse. IndexError for a slot

@@ -84,7 +84,7 @@ class ContinuousScheduler(SchedulerBase):
                     return
                 job = self.pending.pop(0)
             if not self._start(job):
-                with self.work:  # no slot for it after all (CUDA: another sampling mode is running): next step
+                with self.work:  # no slot for it after all: next step
                     self.pending.insert(0, job)
                 return
 

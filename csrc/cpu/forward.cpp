@@ -88,19 +88,42 @@ void Model::forward(const int32_t* tokens, int64_t n, int64_t pos, float* logits
 }
 
 void Model::forward_batch(const int32_t* tokens, const int64_t* pos, const int32_t* slots, int64_t n, float* logits) {
-    if (n <= 0 || n > sequences_)
-        throw std::invalid_argument("forward_batch: " + std::to_string(n) + " rows, need 1.." + std::to_string(sequences_));
+    forward_batch(tokens, pos, slots, n, logits, nullptr, n);
+}
+
+void Model::forward_batch(const int32_t* tokens, const int64_t* pos, const int32_t* slots, int64_t n, float* logits,
+                          const int64_t* logit_rows, int64_t n_logits) {
+    // Rows are bounded by the scratch buffers (max_batch); without `slots`, row t is sequence t.
+    const int64_t cap = slots ? max_batch_ : sequences_;
+    if (n <= 0 || n > cap)
+        throw std::invalid_argument("forward_batch: " + std::to_string(n) + " rows, need 1.." + std::to_string(cap));
     for (int64_t t = 0; t < n; ++t) {
         check_forward_args("forward_batch", tokens + t, 1, pos[t], ctx_, cfg_.vocab);
         const int64_t s = slots ? slots[t] : t;
         if (s < 0 || s >= sequences_)
             throw std::out_of_range("forward_batch: sequence " + std::to_string(s) + " is out of range [0, " +
                                     std::to_string(sequences_) + ")");
-        for (int64_t u = 0; u < t; ++u)  // two rows of one sequence would write the same cache row
-            if (row_slot_[u] == s) throw std::invalid_argument("forward_batch: sequence " + std::to_string(s) + " twice");
+        // A sequence may take several rows (a prompt chunk beside decode rows): every row's K/V is stored before
+        // any row attends, so a row sees its own sequence's earlier rows. Two rows at one position would write the
+        // same cache row.
+        for (int64_t u = 0; u < t; ++u)
+            if (row_slot_[u] == s && row_pos_[u] == pos[t])
+                throw std::invalid_argument("forward_batch: sequence " + std::to_string(s) + " twice at position " +
+                                            std::to_string(pos[t]));
         row_pos_[t] = pos[t], row_slot_[t] = s;
     }
-    forward_rows(tokens, n, logits, true);
+    if (!logit_rows) {
+        if (n_logits != n) throw std::invalid_argument("forward_batch: n_logits must be n without logit_rows");
+        forward_rows(tokens, n, logits, true);
+        return;
+    }
+    if (n_logits < 0 || n_logits > n) throw std::invalid_argument("forward_batch: n_logits out of range");
+    for (int64_t i = 0; i < n_logits; ++i)
+        if (logit_rows[i] < 0 || logit_rows[i] >= n || (i > 0 && logit_rows[i] <= logit_rows[i - 1]))
+            throw std::invalid_argument("forward_batch: logit rows must be increasing row indices in [0, " +
+                                        std::to_string(n) + ")");
+    forward_rows(tokens, n, nullptr, false);
+    if (n_logits > 0) head(logit_rows, n_logits, logits);
 }
 
 void Model::forward_rows(const int32_t* tokens, int64_t n, float* logits, bool all_logits) {
@@ -180,13 +203,24 @@ void Model::forward_rows(const int32_t* tokens, int64_t n, float* logits, bool a
     }
 
     if (!logits) return;
-    // Head: a float matmul over the final-normed rows (all of them, or only the last token's).
-    const int64_t first = all_logits ? 0 : n - 1, rows = n - first;
-    rmsnorm(x_.data() + first * D, output_norm_.data(), xn_.data(), rows, D, c.rms_eps);
-    const int64_t V = c.vocab;
+    // The head over all rows, or only the last token's.
+    const int64_t first = all_logits ? 0 : n - 1;
+    for (int64_t t = first; t < n; ++t) head_rows_[t - first] = t;
+    head(head_rows_.data(), n - first, logits);
+}
+
+// Head: a float (or int8 / 4-bit) matmul over the final-normed hidden rows rows[0..m) of x_, logits row i for rows[i].
+// Every head kernel computes a row alone (the f16 one for up to kF16ExactTokens rows), so which other rows share
+// the call does not change a row's logits.
+void Model::head(const int64_t* rows, int64_t m, float* logits) {
+    const ModelConfig& c = cfg_;
+    const int64_t D = c.dim, V = c.vocab;
+    const KernelKind kind = kernel_;
+    const int nc = pool_.size() == 1 ? 1 : pool_.size() * 4;
+    for (int64_t i = 0; i < m; ++i) rmsnorm(x_.data() + rows[i] * D, output_norm_.data(), xn_.data() + i * D, 1, D, c.rms_eps);
     if (head_type_ != HeadType::F16) {
         // Int8 / 4-bit head: the normed rows quantized per token like BitLinear inputs (kernels/head_q8.h, head_q4.h).
-        quantize_acts(xn_.data(), rows, D, qa_head_, kind);
+        quantize_acts(xn_.data(), m, D, qa_head_, kind);
         const bool q4 = head_type_ == HeadType::Q4;
         pool_.run(nc, [&](int i, int) {
             int64_t b, e;
@@ -200,7 +234,7 @@ void Model::forward_rows(const int32_t* tokens, int64_t n, float* logits, bool a
     pool_.run(nc, [&](int i, int) {
         int64_t b, e;
         split_range(V, i, nc, 64, b, e);
-        if (b < e) f16_matmul(head_, D, xn_.data(), rows, logits, V, b, e, kind);
+        if (b < e) f16_matmul(head_, D, xn_.data(), m, logits, V, b, e, kind);
     });
 }
 

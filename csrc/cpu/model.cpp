@@ -149,6 +149,7 @@ void Model::allocate(const LoadOptions& opts) {
     scores_.assign(static_cast<size_t>(pool_.size()) * ctx_, 0.0f);
     row_pos_.assign(B, 0);
     row_slot_.assign(B, 0);
+    head_rows_.assign(B, 0);
     inv_freq_.resize(c.head_dim / 2);
     for (int64_t i = 0; i < c.head_dim / 2; ++i) inv_freq_[i] = rope_inv_freq(c, i);
     // Size the activation buffers once at the largest batch so forward() never grows them.

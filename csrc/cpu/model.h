@@ -89,6 +89,13 @@ public:
     // logits [n, vocab]. Row t's logits are bit-identical to forward(&tokens[t], 1, pos[t], ..., slots[t]) (every
     // kernel works row by row).
     void forward_batch(const int32_t* tokens, const int64_t* pos, const int32_t* slots, int64_t n, float* logits);
+    // The same for up to max_batch() rows where a sequence may take several rows at distinct positions (a prompt
+    // chunk beside other sequences' decode rows; each row attends to positions 0 .. pos[t] of its sequence, the
+    // earlier ones already in the cache or rows of this call), and the head runs only for logit_rows (increasing
+    // row indices): logits [n_logits, vocab], row i for row logit_rows[i]. Each row's values are bit-identical to
+    // running it alone (for the f16 head: up to kF16ExactTokens logit rows).
+    void forward_batch(const int32_t* tokens, const int64_t* pos, const int32_t* slots, int64_t n, float* logits,
+                       const int64_t* logit_rows, int64_t n_logits);
     int sequences() const { return sequences_; }
     int64_t max_batch() const { return max_batch_; }  // tokens per prompt chunk
 
@@ -117,6 +124,7 @@ private:
     // The n rows at row_pos_ / row_slot_ (set by forward / forward_batch).
     void forward_rows(const int32_t* tokens, int64_t n, float* logits, bool all_logits);
     void attention(int64_t layer, int64_t n);
+    void head(const int64_t* rows, int64_t m, float* logits);  // logits of hidden rows rows[0..m) of x_
     void rope_tables(int64_t n);
     int64_t cache_row(int64_t slot, int64_t layer, int64_t pos) const {  // first element of a KV-cache row
         return ((slot * cfg_.n_layers + layer) * ctx_ + pos) * cfg_.kv_dim();
@@ -151,6 +159,7 @@ private:
     std::vector<float> x_, xn_, q_, k_, v_, att_, gate_, up_, cos_, sin_;
     std::vector<float> scores_;  // [threads, ctx]
     std::vector<int64_t> row_pos_, row_slot_;  // [max_batch]: position and sequence of each row of a chunk
+    std::vector<int64_t> head_rows_;           // [max_batch]: forward_rows' head rows
     QuantizedActs qa_dim_, qa_ffn_, qa_head_;
 };
 

@@ -68,47 +68,55 @@ public:
         return B;
     }
 
-    // Continuous batching (engine/slots.h). Compiled, not yet run on a GPU. The decode graph bakes in one sampling
-    // setting for all rows and draws row b with seed + b, so running slots share one setting (Slots refuses others
-    // with SlotsFull until they finish) and a sampled slot b draws with seed + b. KV reuse stays off
+    // Continuous batching (engine/slots.h). Compiled, not yet run on a GPU. Each slot samples on the host with its
+    // own Sampler (the CPU's: settings and seed per request), so mixed settings share a batch and a seeded request
+    // draws in a batch what it draws alone in the slots; logprobs come from the same raw logits rows. The device runs
+    // every slot greedy without a penalty, so the logits it leaves are the raw ones and, for a greedy slot without
+    // penalty or logprobs, its argmax is already the host's answer (no copy). The host Sampler's generator is not
+    // the GPU sampler's: a sampled request through the slots draws other tokens than Engine::generate on the GPU
+    // with the same seed (greedy agrees). Rows that sample on the host copy their logits to the host each step
+    // (V floats each): fine for now, a per-row device sampler would avoid it. KV reuse stays off
     // (exact_kv_reuse false): the prompt GEMMs (MMA / cuBLASLt) and the decode GEMV are not checked bit for bit
-    // against each other on a GPU yet. Logprobs: refused (the logits are sampled in place on the device).
-    bool per_slot_sampling() const override { return false; }
+    // against each other on a GPU yet.
     int64_t prompt_chunk() const override { return model_->options().max_batch; }
     void begin_slot(int slot, const std::vector<int32_t>& seen, const SamplingParams& params) override {
-        SamplingParams p = params;
-        if (!p.do_sample || p.temperature <= 0.0f) {  // greedy: one canonical setting, so the graphs are kept
-            p = SamplingParams{};
-            p.repetition_penalty = params.repetition_penalty;
-        }
-        model_->begin_sequence(slot, seen, p);
-        rest_.resize(static_cast<size_t>(model_->slots()), 0);
+        ensure_slot_state();
+        model_->begin_sequence(slot, {}, SamplingParams{});  // greedy, no penalty: one setting, graphs are kept
+        Sampler& s = samplers_.at(static_cast<size_t>(slot));
+        s.reset(params);
+        for (int32_t t : seen) s.observe(t);
+        on_device_[static_cast<size_t>(slot)] = device_greedy(params);
         rest_[static_cast<size_t>(slot)] = 0;  // no reuse: its prompt starts at position 0
     }
     int32_t prefill_slot(int slot, const int32_t* tokens, int64_t n, int64_t pos, bool sample, int lp_top,
-                         TokenLogprobs*) override {
-        if (lp_top >= 0) throw std::invalid_argument("logprobs are not available on device='cuda' yet");
-        model_->prefill(slot, tokens, n, pos, nullptr);
-        rest_.resize(static_cast<size_t>(model_->slots()), 0);
+                         TokenLogprobs* lp) override {
+        ensure_slot_state();
+        model_->prefill(slot, tokens, n, pos, nullptr);  // leaves the last row's logits in the device's row 0
         rest_[static_cast<size_t>(slot)] = pos + n;
-        return sample ? model_->sample_after_prefill(slot, pos + n) : -1;
+        if (!sample) return -1;
+        model_->download_logits(1, host_logits_.data());
+        const int32_t next = sample_row(samplers_.at(static_cast<size_t>(slot)), host_logits_.data(),
+                                        lp ? lp_top : -1, lp);
+        model_->set_pending(slot, next, pos + n);  // the slot's next decode input, whatever the device would pick
+        return next;
     }
     // The graph steps slots 0 .. B-1 (B = the highest slot asked for + 1). A slot in that range that is not asked
     // for runs too: its row is parked at its rest position (the first one its cache has not written), so what it
     // writes lands where nothing is kept (a joining slot's next prompt chunk overwrites it) and never past the
-    // context; its sampler state is reset when a request next takes it (begin_sequence).
+    // context; its sampler state is reset when a request next takes it (begin_slot).
     void decode_slots(int n, const int32_t* slots, const int32_t* tokens, const int64_t* pos, int32_t* next,
-                      const int* lp_top, TokenLogprobs*) override {
+                      const int* lp_top, TokenLogprobs* lps) override {
+        ensure_slot_state();
         const int S = model_->slots();
-        rest_.resize(static_cast<size_t>(S), 0);
         asked_.assign(static_cast<size_t>(S), 0);
-        int B = 0;
+        int B = 0, host_rows = 0;
         for (int r = 0; r < n; ++r) {
             const int s = slots[r];
             if (s < 0 || s >= S) throw std::out_of_range("decode_slots: slot " + std::to_string(s) + " is out of range");
-            if (lp_top && lp_top[r] >= 0) throw std::invalid_argument("logprobs are not available on device='cuda' yet");
+            if (asked_[static_cast<size_t>(s)]) throw std::invalid_argument("decode_slots: slot " + std::to_string(s) + " twice");
             asked_[static_cast<size_t>(s)] = 1;
             B = std::max(B, s + 1);
+            if (!on_device_[static_cast<size_t>(s)] || (lp_top && lp_top[r] >= 0)) host_rows = std::max(host_rows, s + 1);
             if (model_->pending_token(s) != tokens[r] || model_->pending_pos(s) != pos[r])
                 model_->set_pending(s, tokens[r], pos[r]);
         }
@@ -117,15 +125,46 @@ public:
                 model_->set_pending(b, model_->pending_token(b), rest_[static_cast<size_t>(b)]);
         step_out_.resize(static_cast<size_t>(S));
         model_->decode_step(B, step_out_.data());
+        // Rows 0 .. host_rows-1 of the step's logits (raw: the device ran greedy without a penalty) to the host.
+        if (host_rows > 0) model_->download_logits(host_rows, host_logits_.data());
+        const size_t V = static_cast<size_t>(model_->config().vocab);
         for (int r = 0; r < n; ++r) {
-            next[r] = step_out_[static_cast<size_t>(slots[r])];
-            rest_[static_cast<size_t>(slots[r])] = pos[r] + 1;
+            const size_t s = static_cast<size_t>(slots[r]);
+            Sampler& sampler = samplers_[s];
+            sampler.observe(tokens[r]);
+            const int lp = lp_top ? lp_top[r] : -1;
+            if (on_device_[s] && lp < 0) next[r] = step_out_[s];  // the device's argmax is the host's answer
+            else next[r] = sample_row(sampler, host_logits_.data() + s * V, lps ? lp : -1, lps ? lps + r : nullptr);
+            rest_[s] = pos[r] + 1;
         }
     }
 
 private:
+    // A greedy request without a penalty: the device's own argmax (ties to the lowest id, as the CPU's) is its token.
+    static bool device_greedy(const SamplingParams& p) {
+        return (!p.do_sample || p.temperature <= 0.0f) && p.repetition_penalty == 1.0f;
+    }
+    void ensure_slot_state() {
+        const size_t S = static_cast<size_t>(model_->slots()), V = static_cast<size_t>(model_->config().vocab);
+        if (samplers_.size() == S) return;
+        samplers_.clear();
+        for (size_t s = 0; s < S; ++s) samplers_.emplace_back(static_cast<int64_t>(V));
+        on_device_.assign(S, 1);
+        rest_.assign(S, 0);
+        host_logits_.assign(S * V, 0.0f);
+        raw_row_.assign(V, 0.0f);
+    }
+    int32_t sample_row(Sampler& s, float* row, int lp_top, TokenLogprobs* lp) {
+        return sample_with_logprobs(s, row, model_->config().vocab, lp_top, lp, raw_row_.data());
+    }
+
     std::unique_ptr<cuda::CudaModel> model_;
     GgufFile file_;
+    // Slots, sized on first use: a host Sampler per slot, whether the device's greedy token serves it, and rows of
+    // logits copied back.
+    std::vector<Sampler> samplers_;
+    std::vector<uint8_t> on_device_;
+    std::vector<float> host_logits_, raw_row_;
     std::vector<int64_t> rest_;     // per slot: the first position its cache has not written (where an idle row runs)
     std::vector<uint8_t> asked_;
     std::vector<int32_t> step_out_;

@@ -21,6 +21,8 @@ public:
         row_slot_.assign(S, 0);
         prefill_logits_.assign(V, 0.0f);
         raw_row_.assign(V, 0.0f);
+        const size_t R = static_cast<size_t>(model_->max_batch());
+        step_tok_.assign(R, 0), step_slot_.assign(R, 0), step_pos_.assign(R, 0), step_logit_rows_.assign(R, 0);
     }
 
     const ModelConfig& config() const override { return model_->config(); }
@@ -113,16 +115,41 @@ public:
                                  lp_top ? lp_top[r] : -1, lps ? lps + r : nullptr);
     }
 
-private:
-    // Samples from a raw logits row; the logprobs (lp_top >= 0) come from the row before the sampler's penalty and
-    // temperature change it in place.
-    int32_t sample_row(Sampler& s, float* row, int lp_top, TokenLogprobs* lp) {
-        if (lp_top < 0 || !lp) return s.sample(row);
+    // Mixed steps: decode rows and prompt rows of joining slots as the rows of one forward_batch; the head runs only
+    // for the rows that sample (decode rows, a prompt's last row), each with its slot's sampler.
+    bool mixed_step() const override { return true; }
+    int64_t max_step_rows() const override { return model_->max_batch(); }
+    void step_rows(const std::vector<SlotRow>& rows, int32_t* next, TokenLogprobs* lps) override {
+        const int64_t n = static_cast<int64_t>(rows.size());
+        if (n == 0) return;
+        if (n > model_->max_batch())
+            throw std::invalid_argument("step_rows: " + std::to_string(n) + " rows, more than max_batch = " +
+                                        std::to_string(model_->max_batch()));
+        int64_t m = 0;
+        for (int64_t r = 0; r < n; ++r) {
+            const SlotRow& row = rows[static_cast<size_t>(r)];
+            step_tok_[static_cast<size_t>(r)] = row.token, step_pos_[static_cast<size_t>(r)] = row.pos;
+            step_slot_[static_cast<size_t>(r)] = row.slot;
+            if (!row.sample) continue;
+            if (m == static_cast<int64_t>(samplers_.size()))
+                throw std::invalid_argument("step_rows: more sampled rows than sequences");
+            step_logit_rows_[static_cast<size_t>(m++)] = r;
+        }
+        model_->forward_batch(step_tok_.data(), step_pos_.data(), step_slot_.data(), n, logits_.data(),
+                              step_logit_rows_.data(), m);
         const size_t V = static_cast<size_t>(model_->config().vocab);
-        std::copy(row, row + V, raw_row_.begin());
-        const int32_t t = s.sample(row);
-        compute_logprobs(raw_row_.data(), static_cast<int64_t>(V), t, lp_top, *lp);
-        return t;
+        for (int64_t i = 0; i < m; ++i) {
+            const size_t r = static_cast<size_t>(step_logit_rows_[static_cast<size_t>(i)]);
+            Sampler& s = samplers_.at(static_cast<size_t>(rows[r].slot));
+            if (rows[r].decode) s.observe(rows[r].token);
+            next[r] = sample_row(s, logits_.data() + static_cast<size_t>(i) * V, rows[r].lp_top, lps ? lps + r : nullptr);
+        }
+    }
+
+private:
+    // The logprobs (lp_top >= 0) come from the row before the sampler's penalty and temperature change it in place.
+    int32_t sample_row(Sampler& s, float* row, int lp_top, TokenLogprobs* lp) {
+        return sample_with_logprobs(s, row, model_->config().vocab, lp_top, lp, raw_row_.data());
     }
 
     // A sequence in `slot`: its prompt at positions 0.., its first token sampled; it is pending at position n.
@@ -146,6 +173,8 @@ private:
     std::vector<int32_t> row_tok_, row_slot_;  // one step's rows: the live sequences' tokens and slots
     std::vector<int64_t> row_pos_;
     std::vector<float> prefill_logits_, raw_row_;  // slots: a prompt chunk's last row; a row before sampling
+    std::vector<int32_t> step_tok_, step_slot_;    // step_rows' rows (max_batch) and the rows that sample
+    std::vector<int64_t> step_pos_, step_logit_rows_;
 };
 
 }  // namespace
@@ -164,6 +193,42 @@ int32_t Backend::prefill_slot(int, const int32_t*, int64_t, int64_t, bool, int, 
 }
 void Backend::decode_slots(int, const int32_t*, const int32_t*, const int64_t*, int32_t*, const int*, TokenLogprobs*) {
     throw std::logic_error("this backend has no slots");
+}
+
+// Without one forward for mixed rows: one decode_slots for the decode rows, one prefill_slot per slot's prompt rows.
+void Backend::step_rows(const std::vector<SlotRow>& rows, int32_t* next, TokenLogprobs* lps) {
+    size_t r = 0;
+    std::vector<int32_t> slots, tokens, out;
+    std::vector<int64_t> pos;
+    std::vector<int> lp_top;
+    for (; r < rows.size() && rows[r].decode; ++r) {
+        if (!rows[r].sample) throw std::logic_error("step_rows: a decode row that does not sample");
+        slots.push_back(rows[r].slot), tokens.push_back(rows[r].token), pos.push_back(rows[r].pos);
+        lp_top.push_back(rows[r].lp_top);
+    }
+    if (r > 0) {
+        out.resize(r);
+        std::vector<TokenLogprobs> lp(r);
+        decode_slots(static_cast<int>(r), slots.data(), tokens.data(), pos.data(), out.data(), lp_top.data(), lp.data());
+        for (size_t i = 0; i < r; ++i) {
+            next[i] = out[i];
+            if (lps && lp_top[i] >= 0) lps[i] = std::move(lp[i]);
+        }
+    }
+    while (r < rows.size()) {
+        const size_t b = r;
+        tokens.clear();
+        for (; r < rows.size() && !rows[r].decode && rows[r].slot == rows[b].slot; ++r) {
+            if (r > b && (rows[r].pos != rows[r - 1].pos + 1 || rows[r - 1].sample))
+                throw std::logic_error("step_rows: a slot's prompt rows must be consecutive and sample only at the end");
+            tokens.push_back(rows[r].token);
+        }
+        if (tokens.empty()) throw std::logic_error("step_rows: decode rows must come first");
+        const SlotRow& last = rows[r - 1];
+        const int32_t t = prefill_slot(last.slot, tokens.data(), static_cast<int64_t>(tokens.size()), rows[b].pos,
+                                       last.sample, last.sample ? last.lp_top : -1, lps ? lps + (r - 1) : nullptr);
+        if (last.sample) next[r - 1] = t;
+    }
 }
 
 std::unique_ptr<Backend> make_cpu_backend(std::unique_ptr<Model> model) {

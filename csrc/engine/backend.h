@@ -62,9 +62,6 @@ public:
     // True where a prompt chunk writes the same KV values, bit for bit, as decode steps of the same tokens
     // (and any chunking does too): only then may a kept KV cache be resumed (prefix reuse).
     virtual bool exact_kv_reuse() const { return false; }
-    // True where each slot samples with its own settings and seed; otherwise all running slots share one setting
-    // and slot b samples with seed + b.
-    virtual bool per_slot_sampling() const { return true; }
     virtual int64_t prompt_chunk() const { return 64; }  // tokens a prompt forward runs at once
     // Resets slot's sampler to params (validated) and marks `seen` (the whole prompt) as seen.
     virtual void begin_slot(int slot, const std::vector<int32_t>& seen, const SamplingParams& params);
@@ -76,6 +73,14 @@ public:
     // token seen and samples next[r] with its slot's sampler. lp_top[r] >= 0 fills lps[r] (raw-logit logprobs).
     virtual void decode_slots(int n, const int32_t* slots, const int32_t* tokens, const int64_t* pos, int32_t* next,
                               const int* lp_top, TokenLogprobs* lps);
+    // One step of mixed rows (SlotRow): decode rows first, then each joining slot's prompt rows, consecutive and at
+    // increasing positions. Row r with sample set writes next[r] (and lps[r] when its lp_top >= 0); other rows'
+    // entries are left alone. True from mixed_step(): one forward runs all rows (each weight read once for decode
+    // and prompt rows alike), up to max_step_rows() of them; the default runs decode_slots for the decode rows and
+    // prefill_slot for each slot's prompt rows.
+    virtual bool mixed_step() const { return false; }
+    virtual int64_t max_step_rows() const { return prompt_chunk(); }
+    virtual void step_rows(const std::vector<SlotRow>& rows, int32_t* next, TokenLogprobs* lps);
 };
 
 // The CPU backend over a loaded Model.

@@ -48,6 +48,14 @@ void compute_logprobs(const float* logits, int64_t vocab, int32_t token, int top
         out.top.emplace_back(idx[static_cast<size_t>(i)], static_cast<float>(static_cast<double>(logits[idx[static_cast<size_t>(i)]]) - lse));
 }
 
+int32_t sample_with_logprobs(Sampler& s, float* row, int64_t vocab, int lp_top, TokenLogprobs* lp, float* scratch) {
+    if (lp_top < 0 || !lp) return s.sample(row);
+    std::copy(row, row + vocab, scratch);
+    const int32_t t = s.sample(row);
+    compute_logprobs(scratch, vocab, t, lp_top, *lp);
+    return t;
+}
+
 const char* finish_reason_name(FinishReason r) {
     switch (r) {
         case FinishReason::Length: return "length";
@@ -56,43 +64,24 @@ const char* finish_reason_name(FinishReason r) {
     }
 }
 
-namespace {
-bool greedy(const SamplingParams& p) { return !p.do_sample || p.temperature <= 0.0f; }
-// What a backend with one shared sampling setting compares (seeds apart): greedy requests differ only in their penalty.
-bool same_setting(const SamplingParams& a, const SamplingParams& b) {
-    if (greedy(a) || greedy(b)) return greedy(a) && greedy(b) && a.repetition_penalty == b.repetition_penalty;
-    return a.temperature == b.temperature && a.top_k == b.top_k && a.top_p == b.top_p &&
-           a.repetition_penalty == b.repetition_penalty;
-}
-}  // namespace
-
 Slots::Slots(Backend& backend, KvLedger& kept) : backend_(backend), kept_(kept) {
     const size_t S = static_cast<size_t>(backend.max_sequences());
     if (kept_.size() != S) throw std::logic_error("Slots: the KV ledger must have one entry per sequence");
     slots_.resize(S);
-    row_slot_.resize(S), row_tok_.resize(S), row_next_.resize(S), row_pos_.resize(S), row_lp_.resize(S);
-    row_logprobs_.resize(S);
+    step_tokens_ = backend.prompt_chunk();
+    rows_.reserve(static_cast<size_t>(std::max<int64_t>(backend.max_step_rows(), S)) + S);
+    row_next_.reserve(rows_.capacity());
+    row_logprobs_.resize(rows_.capacity());
+    joining_.reserve(S);
+}
+
+void Slots::set_step_tokens(int64_t n) {
+    if (n < 1) throw std::invalid_argument("step tokens must be >= 1, got " + std::to_string(n));
+    step_tokens_ = n;
 }
 
 int Slots::active() const {
     return static_cast<int>(std::count_if(slots_.begin(), slots_.end(), [](const State& s) { return s.phase != Phase::Free; }));
-}
-
-void Slots::fit_sampling(SlotRequest& req) const {
-    if (backend_.per_slot_sampling()) return;
-    for (const State& s : slots_) {
-        if (s.phase == Phase::Free) continue;
-        const SamplingParams& running = s.req.params;
-        bool fits = same_setting(running, req.params);
-        if (fits && !greedy(req.params) && req.params.seed != running.seed) {
-            if (req.any_seed) req.params.seed = running.seed;  // any seed will do: the batch's
-            else fits = false;
-        }
-        if (!fits)
-            throw SlotsFull("this backend runs one sampling setting per batch: a request with other settings (or, "
-                            "when sampling, another seed) waits until the running slots finish");
-        return;  // every running slot has the same setting
-    }
 }
 
 int Slots::add(SlotRequest req) {
@@ -102,7 +91,6 @@ int Slots::add(SlotRequest req) {
         throw std::invalid_argument("top logprobs must be in [0, " + std::to_string(kMaxTopLogprobs) + "], got " +
                                     std::to_string(req.top_logprobs));
     if (req.top_logprobs > 0) req.logprob = true;
-    fit_sampling(req);
 
     // The free slot with the longest reusable prefix; ties (and no prefix at all) go to the least recently used.
     const bool reuse = backend_.exact_kv_reuse();
@@ -171,53 +159,74 @@ std::vector<SlotEvent> Slots::step() {
         st.phase = Phase::Free;
     }
 
-    // One decode token for every running slot, as the rows of one forward.
-    int n = 0;
+    // The step's rows: one decode token of every running slot, then prompt rows of joining slots (oldest first)
+    // within the token budget. Decode rows always run (the budget never delays a running reply); joining slots get
+    // what the budget leaves, at least one row, so they progress however many slots decode.
+    rows_.clear();
     for (int s = 0; s < capacity(); ++s) {
         const State& st = slots_[static_cast<size_t>(s)];
         if (st.phase != Phase::Decode) continue;
-        const size_t r = static_cast<size_t>(n++);
-        row_slot_[r] = s, row_tok_[r] = st.pending, row_pos_[r] = st.pos, row_lp_[r] = logprob_ask(st);
+        SlotRow row;
+        row.slot = s, row.token = st.pending, row.pos = st.pos, row.decode = true, row.sample = true;
+        row.lp_top = logprob_ask(st);
+        rows_.push_back(row);
     }
-    if (n > 0) {
-        backend_.decode_slots(n, row_slot_.data(), row_tok_.data(), row_pos_.data(), row_next_.data(), row_lp_.data(),
-                              row_logprobs_.data());
-        for (int r = 0; r < n; ++r) {
-            const int s = row_slot_[static_cast<size_t>(r)];
-            State& st = slots_[static_cast<size_t>(s)];
-            kept_[static_cast<size_t>(s)].push_back(st.pending);  // its KV is written now
-            st.pos += 1;
-            events.push_back(sampled(s, row_next_[static_cast<size_t>(r)],
-                                     row_lp_[static_cast<size_t>(r)] >= 0 ? &row_logprobs_[static_cast<size_t>(r)] : nullptr));
-        }
-    }
-
-    // One prompt chunk of the joining slot that was added first.
-    int joining = -1;
-    for (int s = 0; s < capacity(); ++s) {
+    const int64_t n_decode = static_cast<int64_t>(rows_.size());
+    int64_t prompt_budget = backend_.prompt_chunk();  // a backend with separate prompt forwards: one chunk a step
+    if (backend_.mixed_step())
+        prompt_budget = std::min(std::max<int64_t>(step_tokens_ - n_decode, 1), backend_.max_step_rows() - n_decode);
+    joining_.clear();
+    for (int s = 0; s < capacity(); ++s)
+        if (slots_[static_cast<size_t>(s)].phase == Phase::Prefill) joining_.push_back(s);
+    std::sort(joining_.begin(), joining_.end(), [this](int a, int b) {
+        return slots_[static_cast<size_t>(a)].last_used < slots_[static_cast<size_t>(b)].last_used;
+    });
+    size_t n_joining = 0;  // joining slots with rows this step: joining_[0 .. n_joining)
+    for (const int s : joining_) {
+        if (prompt_budget <= 0) break;
         const State& st = slots_[static_cast<size_t>(s)];
-        if (st.phase == Phase::Prefill && (joining < 0 || st.last_used < slots_[static_cast<size_t>(joining)].last_used))
-            joining = s;
+        const int64_t n_prompt = static_cast<int64_t>(st.req.prompt.size());
+        const int64_t m = std::min(prompt_budget, n_prompt - st.next_prompt);
+        prompt_budget -= m;
+        for (int64_t i = 0; i < m; ++i) {
+            SlotRow row;
+            row.slot = s, row.pos = st.next_prompt + i, row.token = st.req.prompt[static_cast<size_t>(row.pos)];
+            row.sample = row.pos == n_prompt - 1;
+            row.lp_top = row.sample ? logprob_ask(st) : -1;
+            rows_.push_back(row);
+        }
+        ++n_joining;
     }
-    if (joining >= 0) {
-        State& st = slots_[static_cast<size_t>(joining)];
-        const auto& prompt = st.req.prompt;
-        const int64_t n_prompt = static_cast<int64_t>(prompt.size());
-        const int64_t m = std::min(backend_.prompt_chunk(), n_prompt - st.next_prompt);
-        const bool last = st.next_prompt + m == n_prompt;
-        TokenLogprobs lp;
-        const int ask = logprob_ask(st);
-        const int32_t token = backend_.prefill_slot(joining, prompt.data() + st.next_prompt, m, st.next_prompt, last,
-                                                    ask, &lp);
-        auto& kept = kept_[static_cast<size_t>(joining)];
-        kept.insert(kept.end(), prompt.begin() + st.next_prompt, prompt.begin() + st.next_prompt + m);
-        st.next_prompt += m;
-        if (last) {
-            st.pos = n_prompt;
-            events.push_back(sampled(joining, token, ask >= 0 ? &lp : nullptr));
+    if (rows_.empty()) return events;
+
+    row_next_.assign(rows_.size(), -1);
+    row_logprobs_.resize(std::max(row_logprobs_.size(), rows_.size()));
+    backend_.step_rows(rows_, row_next_.data(), row_logprobs_.data());
+
+    // The KV of every row is written now: the ledger learns the tokens, then the events.
+    for (int64_t r = 0; r < n_decode; ++r) {
+        const SlotRow& row = rows_[static_cast<size_t>(r)];
+        State& st = slots_[static_cast<size_t>(row.slot)];
+        kept_[static_cast<size_t>(row.slot)].push_back(row.token);
+        st.pos += 1;
+        events.push_back(sampled(row.slot, row_next_[static_cast<size_t>(r)],
+                                 row.lp_top >= 0 ? &row_logprobs_[static_cast<size_t>(r)] : nullptr));
+    }
+    size_t r = static_cast<size_t>(n_decode);
+    for (size_t j = 0; j < n_joining; ++j) {
+        const int s = joining_[j];
+        State& st = slots_[static_cast<size_t>(s)];
+        auto& kept = kept_[static_cast<size_t>(s)];
+        const size_t first = r;
+        for (; r < rows_.size() && rows_[r].slot == s; ++r) kept.push_back(rows_[r].token);
+        st.next_prompt += static_cast<int64_t>(r - first);
+        const SlotRow& last = rows_[r - 1];
+        if (last.sample) {
+            st.pos = st.next_prompt;
+            events.push_back(sampled(s, row_next_[r - 1], last.lp_top >= 0 ? &row_logprobs_[r - 1] : nullptr));
         } else {
             SlotEvent ev;
-            ev.slot = joining, ev.cached_tokens = st.cached;
+            ev.slot = s, ev.cached_tokens = st.cached;
             events.push_back(std::move(ev));
         }
     }

@@ -1,7 +1,7 @@
 // Continuous batching: a fixed set of sequence slots (one KV cache each) that requests join and leave between
-// steps. A step runs one decode token for every running slot (one Backend::decode_slots, so each weight is read
-// once for all of them) plus at most one prompt chunk of one joining slot, so a long prompt holds the others up
-// for one chunk at most. Each slot keeps its own sampler and seed: a request gets exactly the tokens it gets
+// steps. A step runs one decode token for every running slot plus prompt rows of joining slots within a token
+// budget (step_tokens), all as the rows of one forward where the backend can (Backend::mixed_step: each weight is
+// read once for decode and prompt rows alike), so a long prompt holds the others up by one budget per step at most. Each slot keeps its own sampler and seed: a request gets exactly the tokens it gets
 // alone (docs/engine.md, "Slots"). A slot that ends keeps its KV cache; a later request whose prompt shares a
 // prefix with what a free slot holds resumes there (prefix reuse), on backends whose prompt and decode paths
 // write bit-identical KV (Backend::exact_kv_reuse). Not thread-safe: the caller serializes (bindings: the turn).
@@ -39,6 +39,21 @@ struct TokenLogprobs {
 // Fills out from a raw logits row (vocab floats): log_softmax at `token` and the `top` best entries.
 void compute_logprobs(const float* logits, int64_t vocab, int32_t token, int top, TokenLogprobs& out);
 constexpr int kMaxTopLogprobs = 20;
+// Samples from a raw logits row with s (which changes the row in place); with lp_top >= 0 and lp, also fills *lp from
+// a copy of the raw row taken first into scratch (vocab floats). Every backend's per-slot sampling.
+int32_t sample_with_logprobs(Sampler& s, float* row, int64_t vocab, int lp_top, TokenLogprobs* lp, float* scratch);
+
+// One row of a step (Backend::step_rows): token `token` of `slot` at position `pos`. decode: a decode row (its token
+// is marked seen before sampling; a prompt row's tokens were marked by begin_slot). sample: the next token is drawn
+// from this row's logits (decode rows, and a prompt's last row); lp_top >= 0 also reports its logprobs.
+struct SlotRow {
+    int32_t slot = 0;
+    int32_t token = 0;
+    int64_t pos = 0;
+    bool decode = false;
+    bool sample = false;
+    int lp_top = -1;
+};
 
 enum class FinishReason { None, Length, Stop };
 const char* finish_reason_name(FinishReason r);  // "" / "length" / "stop"
@@ -50,9 +65,6 @@ struct SlotRequest {
     std::vector<int32_t> stop_ids;
     bool logprob = false;  // report each token's logprob
     int top_logprobs = 0;  // and this many alternatives (implies logprob)
-    // The seed was drawn at random (the caller named none): on a backend with one sampling setting per batch the
-    // request may then take the running batch's seed instead.
-    bool any_seed = false;
 };
 
 struct SlotEvent {
@@ -64,7 +76,7 @@ struct SlotEvent {
     int64_t cached_tokens = 0;  // prompt tokens reused from the slot's kept KV cache
 };
 
-// add() when every slot is busy, or (backends without per-slot sampling) none can take the request's settings now.
+// add() when every slot is busy.
 class SlotsFull : public std::runtime_error {
 public:
     using std::runtime_error::runtime_error;
@@ -85,6 +97,11 @@ public:
     // Retires a slot now (no event); its KV cache and tokens stay for reuse. Unknown slot: std::out_of_range.
     void cancel(int slot);
     int active() const;  // slots taken (joining, running, or finished but not yet reported)
+    // Tokens a step runs on a backend with mixed steps (Backend::mixed_step): every decode row, then prompt rows
+    // of joining slots up to this many rows in all (at least one; at most Backend::max_step_rows()). Default:
+    // Backend::prompt_chunk() (64 on the CPU). Fewer: shorter steps for the running slots, slower prompts.
+    int64_t step_tokens() const { return step_tokens_; }
+    void set_step_tokens(int64_t n);  // std::invalid_argument for n < 1
 
 private:
     enum class Phase { Free, Prefill, Decode, Report };
@@ -101,17 +118,17 @@ private:
     int logprob_ask(const State& s) const { return s.req.logprob ? s.req.top_logprobs : -1; }
     // The event for a token sampled by slot s (its finish decided here); frees the slot when it ends.
     SlotEvent sampled(int s, int32_t token, const TokenLogprobs* lp);
-    void fit_sampling(SlotRequest& req) const;
 
     Backend& backend_;
     KvLedger& kept_;
     std::vector<State> slots_;
     uint64_t clock_ = 0;
-    // decode_slots' rows, sized once
-    std::vector<int32_t> row_slot_, row_tok_, row_next_;
-    std::vector<int64_t> row_pos_;
-    std::vector<int> row_lp_;
+    int64_t step_tokens_ = 0;
+    // One step's rows and what they sampled, reserved once
+    std::vector<SlotRow> rows_;
+    std::vector<int32_t> row_next_;
     std::vector<TokenLogprobs> row_logprobs_;
+    std::vector<int> joining_;
 };
 
 }  // namespace bllama

@@ -462,7 +462,7 @@ static void test_batched_decode() {
         CHECK(throws<std::invalid_argument>([&] { batched->forward_batch(tok.data(), pos.data(), nullptr, S + 1, lb.data()); },
                                             "forward_batch"));
         CHECK(throws<std::out_of_range>([&] { batched->forward(tok.data(), 1, 0, lb.data(), false, S); }, "sequence 6"));
-        rs[0] = 1, rs[1] = 1;
+        rs[0] = 1, rs[1] = 1, rp[1] = rp[0];  // one sequence at one position twice (distinct positions may share it)
         CHECK(throws<std::invalid_argument>([&] { batched->forward_batch(rt.data(), rp.data(), rs.data(), 2, lb.data()); },
                                             "sequence 1 twice"));
         rs[0] = S;

@@ -5,6 +5,8 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
+#include <tuple>
 #include <map>
 #include <memory>
 #include <random>
@@ -31,10 +33,10 @@ Spec small_spec() {
     return s;
 }
 
-Engine make_engine(const GgufBuilder& g, int sequences, bool kv_f16 = false) {
+Engine make_engine(const GgufBuilder& g, int sequences, bool kv_f16 = false, int64_t max_batch = 8) {
     LoadOptions o;
     o.threads = 2;
-    o.max_batch = std::max(8, sequences);  // prompts of more than 8 tokens run in several chunks
+    o.max_batch = std::max<int64_t>(max_batch, sequences);  // prompts of more than 8 tokens run in several chunks
     o.sequences = sequences;
     o.kv_f16 = kv_f16;
     return Engine(Model::load(GgufFile::from_bytes(g.build()), o));
@@ -331,6 +333,178 @@ void test_edges_and_logprobs() {
     CHECK(max_err < 1e-5);
 }
 
+
+// Model::forward_batch with one sequence in several rows (a prompt chunk beside other sequences' decode rows) and
+// the head only for chosen rows: every chosen row's logits are bit-identical to the row run alone, for fp32 / fp16
+// caches and the f16 / 4-bit heads; two rows of one sequence at one position and bad logit rows are refused.
+void test_mixed_rows_forward() {
+    const Spec s = small_spec();
+    const GgufBuilder g = random_model(s, nullptr);
+    const size_t V = static_cast<size_t>(s.vocab);
+    for (bool f16 : {false, true})
+        for (HeadType head : {HeadType::F16, HeadType::Q4}) {
+            LoadOptions o;
+            o.threads = 2, o.max_batch = 16, o.sequences = 3, o.kv_f16 = f16, o.head = head;
+            auto mixed = Model::load(GgufFile::from_bytes(g.build()), o);
+            o.sequences = 1;
+            std::vector<std::unique_ptr<Model>> alone;
+            for (int b = 0; b < 3; ++b) alone.push_back(Model::load(GgufFile::from_bytes(g.build()), o));
+            // Sequences 0 and 2 hold prompts of 5 and 9 tokens; sequence 1 is empty.
+            const auto p0 = random_ids(5, s.vocab, 80), p1 = random_ids(11, s.vocab, 81), p2 = random_ids(9, s.vocab, 82);
+            std::vector<float> la(V), lb(16 * V);
+            for (auto [b, p] : {std::pair<int, const std::vector<int32_t>*>{0, &p0}, {2, &p2}}) {
+                mixed->forward(p->data(), static_cast<int64_t>(p->size()), 0, lb.data(), false, b);
+                alone[static_cast<size_t>(b)]->forward(p->data(), static_cast<int64_t>(p->size()), 0, la.data(), false);
+            }
+            // Rows: decode of 0 at 5, prompt of 1 at 0..6, decode of 2 at 9; then the rest of 1's prompt (7..10)
+            // with the next decodes. Logit rows: the decode rows and (second step) the prompt's last row.
+            std::vector<int32_t> tok = {p0[0], p1[0], p1[1], p1[2], p1[3], p1[4], p1[5], p1[6], p2[1]};
+            std::vector<int64_t> pos = {5, 0, 1, 2, 3, 4, 5, 6, 9};
+            std::vector<int32_t> seq = {0, 1, 1, 1, 1, 1, 1, 1, 2};
+            std::vector<int64_t> want_rows = {0, 8};
+            mixed->forward_batch(tok.data(), pos.data(), seq.data(), 9, lb.data(), want_rows.data(), 2);
+            int differ = 0;
+            alone[0]->forward(&tok[0], 1, 5, la.data(), false);
+            differ += std::memcmp(la.data(), lb.data(), V * 4) != 0;
+            alone[2]->forward(&tok[8], 1, 9, la.data(), false);
+            differ += std::memcmp(la.data(), lb.data() + V, V * 4) != 0;
+            tok = {p0[1], p1[7], p1[8], p1[9], p1[10], p2[2]};
+            pos = {6, 7, 8, 9, 10, 10};
+            seq = {0, 1, 1, 1, 1, 2};
+            want_rows = {0, 4, 5};
+            mixed->forward_batch(tok.data(), pos.data(), seq.data(), 6, lb.data(), want_rows.data(), 3);
+            alone[0]->forward(&tok[0], 1, 6, la.data(), false);
+            differ += std::memcmp(la.data(), lb.data(), V * 4) != 0;
+            alone[1]->forward(p1.data(), 11, 0, la.data(), false);  // the whole prompt alone, in two chunks of 8
+            differ += std::memcmp(la.data(), lb.data() + V, V * 4) != 0;
+            alone[2]->forward(&tok[5], 1, 10, la.data(), false);
+            differ += std::memcmp(la.data(), lb.data() + 2 * V, V * 4) != 0;
+            std::printf("  mixed rows (%s KV, %s head): %d of 5 logit rows differ from the rows run alone\n",
+                        f16 ? "fp16" : "fp32", head_type_name(head), differ);
+            CHECK(differ == 0);
+            // Refusals.
+            seq = {1, 1}, pos = {3, 3}, tok = {1, 2};
+            CHECK(throws<std::invalid_argument>([&] { mixed->forward_batch(tok.data(), pos.data(), seq.data(), 2, lb.data()); },
+                                                "sequence 1 twice at position 3"));
+            pos = {3, 4};
+            want_rows = {1, 0};
+            CHECK(throws<std::invalid_argument>(
+                [&] { mixed->forward_batch(tok.data(), pos.data(), seq.data(), 2, lb.data(), want_rows.data(), 2); },
+                "logit rows"));
+            want_rows = {2};
+            CHECK(throws<std::invalid_argument>(
+                [&] { mixed->forward_batch(tok.data(), pos.data(), seq.data(), 2, lb.data(), want_rows.data(), 1); },
+                "logit rows"));
+            std::vector<int32_t> many(17, 1), many_seq(17, 1);
+            std::vector<int64_t> many_pos(17);
+            for (int i = 0; i < 17; ++i) many_pos[static_cast<size_t>(i)] = i;
+            CHECK(throws<std::invalid_argument>(
+                [&] { mixed->forward_batch(many.data(), many_pos.data(), many_seq.data(), 17, lb.data()); }, "17 rows"));
+        }
+}
+
+// Mixed steps under token budgets (odd, smaller than the running slots, larger than max_batch): several requests
+// join at once and later, with mixed settings, stop ids and logprobs; each gets its solo tokens, and its logprobs
+// are bit-identical to those of any other budget.
+void test_mixed_step_budgets() {
+    const Spec s = small_spec();
+    const GgufBuilder g = random_model(s, nullptr);
+    struct Req {
+        std::vector<int32_t> prompt;
+        int64_t max_new;
+        SamplingParams p;
+        int top;  // logprob alternatives, -1: none
+    };
+    const std::vector<Req> reqs = {
+        {random_ids(12, s.vocab, 91), 16, greedy_penalty(), -1},  // start together
+        {random_ids(3, s.vocab, 92), 20, sampled(4), 3},
+        {random_ids(20, s.vocab, 93), 9, sampled(8), -1},         // join together at step 3
+        {random_ids(7, s.vocab, 94), 11, SamplingParams{}, 0},
+        {random_ids(1, s.vocab, 95), 6, sampled(9, 0), -1},
+        {random_ids(30, s.vocab, 96), 7, greedy_penalty(), 2},    // joins when a slot frees
+        {random_ids(2, s.vocab, 97), 5, sampled(12), -1},
+    };
+    std::vector<std::vector<int32_t>> want;
+    for (const Req& r : reqs) {
+        Engine solo = make_engine(g, 1);
+        want.push_back(solo.generate(r.prompt, r.max_new, r.p));
+    }
+    std::vector<std::vector<SlotEvent>> first_lps;  // per request, from the first budget
+    for (int64_t budget : {1, 2, 3, 5, 7, 13, 16, 64}) {
+        Engine e = make_engine(g, 5, false, 16);
+        Slots& slots = e.slots();
+        slots.set_step_tokens(budget);
+        CHECK(slots.step_tokens() == budget);
+        std::map<int, int> req_of;  // slot -> request running there
+        std::vector<std::vector<int32_t>> got(reqs.size());
+        std::vector<std::vector<SlotEvent>> lps(reqs.size());
+        std::vector<int> finished(reqs.size(), 0);
+        size_t added = 0;
+        auto add = [&]() {
+            const Req& r = reqs[added];
+            const int slot = slots.add(SlotRequest{r.prompt, r.max_new, r.p, {}, r.top >= 0, std::max(r.top, 0)});
+            req_of[slot] = static_cast<int>(added++);
+        };
+        for (int step = 0; step < 600 && (added < reqs.size() || slots.active() > 0); ++step) {
+            if (step == 0) add(), add();
+            if (step == 3) add(), add(), add();
+            if (step > 3 && added < reqs.size() && slots.active() < slots.capacity()) add();
+            for (const SlotEvent& ev : slots.step()) {
+                const int i = req_of.at(ev.slot);
+                CHECK(!finished[static_cast<size_t>(i)]);
+                if (ev.token >= 0) got[static_cast<size_t>(i)].push_back(ev.token);
+                if (ev.has_logprob) lps[static_cast<size_t>(i)].push_back(ev);
+                if (ev.finish != FinishReason::None) finished[static_cast<size_t>(i)] = 1;
+            }
+        }
+        CHECK(added == reqs.size() && slots.active() == 0);
+        int differ = 0;
+        for (size_t i = 0; i < reqs.size(); ++i) {
+            differ += got[i] != want[i];
+            CHECK(lps[i].size() == (reqs[i].top >= 0 ? want[i].size() : 0));
+        }
+        std::printf("  step budget %2lld: %d of %zu requests differ from their solo runs\n",
+                    static_cast<long long>(budget), differ, reqs.size());
+        CHECK(differ == 0);
+        if (first_lps.empty()) first_lps = lps;
+        for (size_t i = 0; i < reqs.size(); ++i)
+            for (size_t k = 0; k < std::min(lps[i].size(), first_lps[i].size()); ++k) {
+                const TokenLogprobs& a = lps[i][k].logprobs;
+                const TokenLogprobs& b = first_lps[i][k].logprobs;
+                CHECK(a.logprob == b.logprob && a.top == b.top);
+            }
+    }
+}
+
+// What a step runs: decode rows first, then max(budget - decoding, 1) prompt rows, split across joining slots oldest
+// first. Seen through the events: a joining slot's first token comes on the step its last prompt row runs.
+void test_step_budget_split() {
+    const Spec s = small_spec();
+    const GgufBuilder g = random_model(s, nullptr);
+    for (auto [budget, decoding, want_steps_a, want_steps_b] :
+         {std::tuple<int64_t, int, int, int>{5, 3, 5, 11}, {2, 3, 10, 20}, {16, 3, 1, 2}, {13, 0, 1, 2}}) {
+        // Joining prompts a (10 tokens) and b (10 tokens): a is served first, b with what a leaves.
+        Engine e = make_engine(g, 5, false, 16);
+        Slots& slots = e.slots();
+        slots.set_step_tokens(budget);
+        for (int d = 0; d < decoding; ++d) slots.add(SlotRequest{random_ids(1, s.vocab, 200 + d), 60, {}, {}, false, 0});
+        while (decoding > 0 && slots.step().size() < static_cast<size_t>(decoding)) {
+        }
+        const int a = slots.add(SlotRequest{random_ids(10, s.vocab, 210), 3, {}, {}, false, 0});
+        const int b = slots.add(SlotRequest{random_ids(10, s.vocab, 211), 3, {}, {}, false, 0});
+        int first_a = -1, first_b = -1;
+        for (int step = 1; step <= 40 && (first_a < 0 || first_b < 0); ++step)
+            for (const SlotEvent& ev : slots.step()) {
+                if (ev.slot == a && ev.token >= 0 && first_a < 0) first_a = step;
+                if (ev.slot == b && ev.token >= 0 && first_b < 0) first_b = step;
+            }
+        std::printf("  budget %lld, %d decoding: first tokens after %d and %d steps\n", static_cast<long long>(budget),
+                    decoding, first_a, first_b);
+        CHECK(first_a == want_steps_a && first_b == want_steps_b);
+    }
+    Engine e = make_engine(g, 2);
+    CHECK(throws<std::invalid_argument>([&] { e.slots().set_step_tokens(0); }, "step tokens"));
+}
 }  // namespace
 
 int main() {
@@ -339,6 +513,9 @@ int main() {
     test_full_batch();
     test_slot_prefix_reuse();
     test_edges_and_logprobs();
+    test_mixed_rows_forward();
+    test_mixed_step_budgets();
+    test_step_budget_split();
     if (failures()) {
         std::fprintf(stderr, "test_slots: %d failure(s)\n", failures());
         return 1;
