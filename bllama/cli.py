@@ -231,7 +231,7 @@ def cmd_serve(args):
                       max_sequences=args.max_sequences)
     serve(rt, host=args.host, port=args.port, model_id=args.name, default_max_tokens=args.max_tokens,
           api_key=args.api_key, limits=limits, allowed_hosts=args.allow_host, cors_origins=args.cors_origin,
-          scheduler=args.scheduler, quiet=args.quiet)
+          scheduler=args.scheduler, step_tokens=args.step_tokens, quiet=args.quiet)
 
 
 def cmd_demo(args):
@@ -405,6 +405,9 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--scheduler", choices=["auto", "continuous", "static"], default="auto",
                     help="continuous: requests join the running batch at the next token (default where the engine "
                          "has slots); static: a batch runs to its end before the next starts")
+    sv.add_argument("--step-tokens", type=int, default=None, metavar="N",
+                    help="continuous: token rows per engine step, decoding requests first, the rest for joining "
+                         "prompts (default 64); smaller: steadier inter-token latency, larger: sooner first tokens")
     sv.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' on all but /health "
                                                     "(default: $BLLAMA_API_KEY; none: no key)")
     sv.add_argument("--allow-host", action="append", default=[], metavar="NAME",

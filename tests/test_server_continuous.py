@@ -25,9 +25,10 @@ from test_slots import model_path  # noqa: E402,F401 - the same random chat mode
 
 @pytest.fixture(scope="module")
 def served(model_path):
-    """(server with 4 slots, continuous; a one-sequence Runtime on the same file for the expected answers)."""
+    """(server with 4 slots, continuous; a one-sequence Runtime on the same file for the expected answers). A step
+    budget of 5 rows makes joining prompts span several steps, mixed with the running decodes."""
     server = Server(Runtime.load(model_path, threads=1, max_sequences=4), ("127.0.0.1", 0), "m", quiet=True,
-                    scheduler="continuous")
+                    scheduler="continuous", step_tokens=5)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     yield server, Runtime.load(model_path, threads=1)
     server.shutdown()
@@ -64,6 +65,7 @@ def test_requests_joining_a_running_batch_get_their_solo_answers(served):
     for t in threads:
         t.join(120)
     assert server.scheduler.joined_running - joined >= len(bodies) - 1  # they joined a running batch
+    assert server.scheduler.slots.step_tokens == 5
     for b, (status, r) in zip(bodies, got):
         want = rt.generate(b["prompt"], max_new_tokens=b["max_tokens"], do_sample=b["temperature"] > 0,
                            temperature=b["temperature"] or 1.0, top_k=b.get("top_k", 0), top_p=b.get("top_p", 1.0),
@@ -165,3 +167,9 @@ def test_hang_up_frees_the_slot(served):
     with urllib.request.urlopen(server.url + "/metrics", timeout=30) as resp:
         text = resp.read().decode()
     assert "bllama_running_sequences 0" in text and "bllama_slots 4" in text
+
+
+def test_a_bad_step_budget_is_refused_before_serving(model_path):
+    with pytest.raises(ValueError, match="step_tokens"):
+        Server(Runtime.load(model_path, threads=1, max_sequences=2), ("127.0.0.1", 0), "m", quiet=True,
+               scheduler="continuous", step_tokens=0)

@@ -30,9 +30,11 @@ class ContinuousScheduler(SchedulerBase):
     kind = "continuous"
     logprobs = True  # the slots report log-probabilities
 
-    def __init__(self, runtime, metrics=None, max_queue: int = 64):
+    def __init__(self, runtime, metrics=None, max_queue: int = 64, step_tokens=None):
         super().__init__(runtime, metrics, max_queue)
         self.slots = runtime.slots()
+        if step_tokens is not None:  # checked (ValueError) before the engine thread starts
+            self.slots.step_tokens = step_tokens
         self.capacity = self.slots.capacity
         self.stop_ids = list(getattr(runtime, "eos_ids", []) or [])
         self._active: Dict[int, _Running] = {}

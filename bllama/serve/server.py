@@ -29,15 +29,17 @@ from .scheduler import StaticScheduler
 API_KEY_ENV = "BLLAMA_API_KEY"
 
 
-def make_scheduler(runtime, kind: str, metrics: Metrics, limits: ServeLimits, batch_wait_s: float = 0.01):
+def make_scheduler(runtime, kind: str, metrics: Metrics, limits: ServeLimits, batch_wait_s: float = 0.01,
+                   step_tokens: Optional[int] = None):
     """kind: "static" (batches that run to their end), "continuous" (slots; needs Runtime.slots()) or "auto"
-    (continuous where the runtime has slots)."""
+    (continuous where the runtime has slots). step_tokens: continuous only, rows per engine step (Slots.step_tokens;
+    None: the engine's default)."""
     if kind == "auto":
         kind = "continuous" if callable(getattr(runtime, "slots", None)) else "static"
     if kind == "continuous":
         from .continuous import ContinuousScheduler
 
-        return ContinuousScheduler(runtime, metrics, limits.max_queue).start()
+        return ContinuousScheduler(runtime, metrics, limits.max_queue, step_tokens).start()
     if kind != "static":
         raise ValueError(f"unknown scheduler {kind!r} (static, continuous or auto)")
     return StaticScheduler(runtime, metrics, limits.max_queue, batch_wait_s).start()
@@ -65,7 +67,8 @@ class Server:
     def __init__(self, runtime, address: Tuple[str, int], model_id: str, default_max_tokens: int = 256,
                  quiet: bool = False, client_timeout: Optional[float] = None, batch_wait_s: float = 0.01,
                  limits: Optional[ServeLimits] = None, api_key: Optional[str] = None,
-                 allowed_hosts: Iterable[str] = (), cors_origins: Iterable[str] = (), scheduler: str = "auto"):
+                 allowed_hosts: Iterable[str] = (), cors_origins: Iterable[str] = (), scheduler: str = "auto",
+                 step_tokens: Optional[int] = None):
         limits = limits or ServeLimits()
         if client_timeout is not None:
             from dataclasses import replace
@@ -84,7 +87,11 @@ class Server:
             raise
         self.server_address = self.socket.getsockname()
         self.metrics = Metrics()
-        self.scheduler = make_scheduler(runtime, scheduler, self.metrics, limits, batch_wait_s)
+        try:
+            self.scheduler = make_scheduler(runtime, scheduler, self.metrics, limits, batch_wait_s, step_tokens)
+        except Exception:
+            self.socket.close()
+            raise
         self.app = ServeApp(runtime, self.scheduler, self.metrics, model_id, default_max_tokens, limits)
         asgi = self.app.app
         cors_origins = list(cors_origins)
