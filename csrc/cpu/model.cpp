@@ -4,16 +4,19 @@
 
 #include "engine/weights.h"
 
+#include <cstdio>
+#include <cstdlib>
+
 namespace bllama {
 
 namespace {
 
-BitLinear bitlinear(const GgufFile& f, const BitLinearTensor& t) {
+BitLinear bitlinear(const GgufFile& f, const BitLinearTensor& t, TernaryLayout tq1) {
     BitLinear b;
     try {
         switch (static_cast<GgmlType>(t.weight->type)) {
             case GgmlType::TQ2_0: b.w = TernaryMatrix::from_tq2_0(t.weight->data, t.rows, t.cols); break;
-            case GgmlType::TQ1_0: b.w = TernaryMatrix::from_tq1_0(t.weight->data, t.rows, t.cols); break;
+            case GgmlType::TQ1_0: b.w = TernaryMatrix::from_tq1_0(t.weight->data, t.rows, t.cols, tq1); break;
             default: b.w = TernaryMatrix::from_i2_s(t.weight->data, t.rows, t.cols); break;
         }
     } catch (const std::invalid_argument& e) {
@@ -26,6 +29,30 @@ BitLinear bitlinear(const GgufFile& f, const BitLinearTensor& t) {
 }
 
 }  // namespace
+
+Tq1Layout parse_tq1_layout(const std::string& s) {
+    if (s == "auto") return Tq1Layout::Auto;
+    if (s == "2bit") return Tq1Layout::TwoBit;
+    if (s == "base3") return Tq1Layout::Base3;
+    throw std::invalid_argument("tq1_layout must be 'auto', '2bit' or 'base3', got '" + s + "'");
+}
+
+TernaryLayout resolve_tq1_layout(Tq1Layout l, KernelKind kind) {
+    if (l == Tq1Layout::Auto) {
+        if (const char* env = std::getenv("BLLAMA_TQ1_LAYOUT")) {
+            try {
+                l = parse_tq1_layout(env);
+            } catch (const std::invalid_argument& e) {
+                std::fprintf(stderr, "bllama: BLLAMA_TQ1_LAYOUT: %s; using auto\n", e.what());
+            }
+        }
+    }
+    if (l == Tq1Layout::Base3) return TernaryLayout::Base3;
+    if (l == Tq1Layout::TwoBit) return TernaryLayout::TwoBit;
+    // 1.6 bits read 0.81x the bytes per token, and with a base-3 kernel decode and prompt measured no slower
+    // than the 2-bit repack (bench/RESULTS.md, "TQ1_0 at 1.6 bits"); without one the scalar reference would run.
+    return has_base3_kernel(kind) ? TernaryLayout::Base3 : TernaryLayout::TwoBit;
+}
 
 const char* head_type_name(HeadType h) { return h == HeadType::Q8 ? "q8" : h == HeadType::Q4 ? "q4" : "f16"; }
 
@@ -51,13 +78,13 @@ std::unique_ptr<Model> Model::load(GgufFile file, const LoadOptions& opts) {
 
 Model::Model(GgufFile file, const LoadOptions& opts)
     : file_(std::move(file)), cfg_(read_config(file_)), kernel_(best_kernel()), kernels_(kernel_table(kernel_)), kv_f16_(opts.kv_f16), pool_(opts.threads, opts.pin_threads) {
-    load_weights(opts.head);
+    load_weights(opts.head, resolve_tq1_layout(opts.tq1_layout, kernel_));
     allocate(opts);
 }
 
 Model::~Model() = default;
 
-void Model::load_weights(HeadType head) {
+void Model::load_weights(HeadType head, TernaryLayout tq1) {
     const ModelConfig& c = cfg_;
     const ModelTensors t = check_model_tensors(file_, c);
     embd_ = f16_values(*t.embedding, embd_owned_);
@@ -102,13 +129,13 @@ void Model::load_weights(HeadType head) {
             L.ffn_sub_norm = f32_values(*T.ffn_sub_norm);
         }
         L.ffn_norm = f32_values(*T.ffn_norm);
-        L.q = bitlinear(file_, T.q);
-        L.k = bitlinear(file_, T.k);
-        L.v = bitlinear(file_, T.v);
-        L.o = bitlinear(file_, T.o);
-        L.gate = bitlinear(file_, T.gate);
-        L.up = bitlinear(file_, T.up);
-        L.down = bitlinear(file_, T.down);
+        L.q = bitlinear(file_, T.q, tq1);
+        L.k = bitlinear(file_, T.k, tq1);
+        L.v = bitlinear(file_, T.v, tq1);
+        L.o = bitlinear(file_, T.o, tq1);
+        L.gate = bitlinear(file_, T.gate, tq1);
+        L.up = bitlinear(file_, T.up, tq1);
+        L.down = bitlinear(file_, T.down, tq1);
     }
 }
 

@@ -23,6 +23,9 @@ void attend_f32_avx2(const float* q, const float* k, const float* v, int64_t str
 void attend_f16_avx2(const float* q, const uint16_t* k, const uint16_t* v, int64_t stride, int64_t len,
                      int64_t hd, float scale, float* scores, float* out);
 void to_f16_avx2(const float* x, uint16_t* y, int64_t n);
+// ternary1_avx2.cpp: the base-3 layout (TernaryLayout::Base3).
+void ternary1_matmul_avx2(const TernaryMatrix& w, const QuantizedActs& x, float* y, int64_t ldy, int64_t rb,
+                          int64_t re);
 
 void quantize_avx512(const float* x, int64_t n_tokens, int64_t cols, QuantizedActs& out);
 void ternary_matmul_avx512(const TernaryMatrix& w, const QuantizedActs& x, float* y, int64_t ldy, int64_t rb,
@@ -38,6 +41,8 @@ void attend_f32_avx512(const float* q, const float* k, const float* v, int64_t s
 void attend_f16_avx512(const float* q, const uint16_t* k, const uint16_t* v, int64_t stride, int64_t len,
                        int64_t hd, float scale, float* scores, float* out);
 void to_f16_avx512(const float* x, uint16_t* y, int64_t n);
+void ternary1_matmul_avx512(const TernaryMatrix& w, const QuantizedActs& x, float* y, int64_t ldy, int64_t rb,
+                            int64_t re);
 
 #endif
 

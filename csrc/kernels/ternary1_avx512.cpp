@@ -1,0 +1,288 @@
+// AVX-512 VNNI kernels for the base-3 layout (pack.h: five trits per byte, 1.625 bits per weight). A 64-byte
+// chunk gives its planes one at a time: two unsigned byte compares read the top trit of x (the codes 0..2 of 16
+// rows x 4 columns, which vpdpbusd multiplies against a broadcast activation dword), and x + 2x moves the next
+// trit to the top. As in ternary_avx512.cpp, sum(code * q) - sum(q) is the ternary product.
+// Decode (up to 4 tokens) streams the packed bytes; the prompt GEMM decodes an R-group panel once into a
+// per-thread buffer of codes and reuses it for every token tile.
+#if defined(__x86_64__) || defined(__i386__)
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#ifndef __clang__
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cstring>
+#include <vector>
+
+#include "kernels/pack.h"
+#include "kernels/simd.h"
+
+namespace bllama {
+
+namespace {
+
+// The product of a block is rounded before it is added, as in the scalar reference (see ternary_avx512.cpp).
+inline __m512 no_contract(__m512 v) {
+    __asm__("" : "+v"(v));
+    return v;
+}
+
+inline int32_t load_i32(const int8_t* p) {
+    int32_t v;
+    std::memcpy(&v, p, 4);
+    return v;
+}
+
+inline __m512i bcast(const int8_t* p) { return _mm512_set1_epi32(load_i32(p)); }
+
+inline __mmask16 row_mask(int64_t g, int64_t rb, int64_t re) {
+    const int64_t lo = std::max<int64_t>(rb - g * kGroupRows, 0), hi = std::min<int64_t>(re - g * kGroupRows, kGroupRows);
+    if (hi <= lo) return 0;
+    return static_cast<__mmask16>(((1u << hi) - 1) & ~((1u << lo) - 1));
+}
+
+struct Trits {
+    __m512i t1 = _mm512_set1_epi8(86), t2 = _mm512_set1_epi8(static_cast<char>(171)), one = _mm512_set1_epi8(1);
+    // The top trit of every byte: floor(3x / 256) = [x >= 86] + [x >= 171].
+    __m512i top(__m512i x) const {
+        const __m512i c = _mm512_maskz_mov_epi8(_mm512_cmpge_epu8_mask(x, t1), one);
+        return _mm512_mask_add_epi8(c, _mm512_cmpge_epu8_mask(x, t2), c, one);
+    }
+    static __m512i next(__m512i x) { return _mm512_add_epi8(x, _mm512_add_epi8(x, x)); }  // 3x mod 256
+};
+
+constexpr int64_t kPrefetch = 8192;  // as the 2-bit GEMV (bench/NOTES-kernels.md)
+
+struct Args {
+    const TernaryMatrix::Impl* w;
+    const QuantizedActs* x;
+    float* y;
+    int64_t ldy, rb, re;
+};
+
+// ---- decode: N tokens (1..4) against one 16-row group, streamed -------------------------------------------
+
+// acc[t][n]: token t, plane n (the tail chunk's four planes share the first four).
+template <int N, int K>
+inline void dot_chunk(__m512i (&acc)[N][5], const uint8_t* src, const int8_t* const (&qp)[N], int64_t col,
+                      const Trits& tr) {
+    _mm_prefetch(reinterpret_cast<const char*>(src + kPrefetch), _MM_HINT_T0);
+    __m512i x = _mm512_load_si512(src);
+#pragma GCC unroll 5
+    for (int n = 0; n < K; ++n) {
+        const __m512i c = tr.top(x);
+#pragma GCC unroll 4
+        for (int t = 0; t < N; ++t) acc[t][n] = _mm512_dpbusd_epi32(acc[t][n], c, bcast(qp[t] + col + 4 * n));
+        if (n + 1 < K) x = Trits::next(x);
+    }
+}
+
+template <int N>
+inline void dot_block(__m512i (&acc)[N][5], const uint8_t* blk, const int8_t* const (&qp)[N], int64_t col0,
+                      const Trits& tr) {
+    for (int64_t c = 0; c < kB3FullChunks; ++c)
+        dot_chunk<N, 5>(acc, blk + c * kChunkBytes, qp, col0 + c * kB3ChunkCols, tr);
+    dot_chunk<N, 4>(acc, blk + kB3FullChunks * kChunkBytes, qp, col0 + kB3TailCol, tr);
+}
+
+template <int N>
+inline __m512i sum5(const __m512i (&acc)[N][5], int t) {
+    return _mm512_add_epi32(_mm512_add_epi32(_mm512_add_epi32(acc[t][0], acc[t][1]), _mm512_add_epi32(acc[t][2], acc[t][3])),
+                            acc[t][4]);
+}
+
+template <int N, bool PerBlock>
+void gemv_group(const Args& a, int64_t g, int64_t t0) {
+    const TernaryMatrix::Impl& w = *a.w;
+    const QuantizedActs& x = *a.x;
+    const uint8_t* wp = w.group_ptr3(g);
+    const int8_t* qp[N];
+    for (int t = 0; t < N; ++t) qp[t] = x.q.data() + (t0 + t) * w.cols;
+    const Trits tr;
+    __m512i acc[N][5];
+    auto reset = [&] {
+        for (int t = 0; t < N; ++t)
+            for (int n = 0; n < 5; ++n) acc[t][n] = _mm512_setzero_si512();
+    };
+    const __mmask16 mask = row_mask(g, a.rb, a.re);
+    if constexpr (!PerBlock) {
+        reset();
+        for (int64_t b = 0; b < w.nb; ++b) dot_block<N>(acc, wp + b * kB3BlockBytes, qp, b * kBlock, tr);
+        for (int t = 0; t < N; ++t) {
+            const size_t tt = static_cast<size_t>(t0 + t);
+            const __m512i rs = _mm512_set1_epi32(x.row_sums[tt]);
+            const __m512 f = _mm512_set1_ps(w.scale / x.act_scale[tt]);
+            const __m512 v = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(sum5<N>(acc, t), rs)), f);
+            _mm512_mask_storeu_ps(a.y + static_cast<int64_t>(tt) * a.ldy + g * kGroupRows, mask, v);
+        }
+    } else {
+        __m512 s[N];
+        for (int t = 0; t < N; ++t) s[t] = _mm512_setzero_ps();
+        for (int64_t b = 0; b < w.nb; ++b) {
+            reset();
+            dot_block<N>(acc, wp + b * kB3BlockBytes, qp, b * kBlock, tr);
+            const __m512 d = _mm512_load_ps(w.d_ptr(g) + b * kGroupRows);
+            for (int t = 0; t < N; ++t) {
+                const size_t tt = static_cast<size_t>(t0 + t);
+                const __m512i bs = _mm512_set1_epi32(x.block_sums[tt * static_cast<size_t>(w.nb) + static_cast<size_t>(b)]);
+                const __m512 p = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(sum5<N>(acc, t), bs)),
+                                               _mm512_div_ps(d, _mm512_set1_ps(x.act_scale[tt])));
+                s[t] = _mm512_add_ps(s[t], no_contract(p));
+            }
+        }
+        for (int t = 0; t < N; ++t) _mm512_mask_storeu_ps(a.y + (t0 + t) * a.ldy + g * kGroupRows, mask, s[t]);
+    }
+}
+
+// ---- prompt: R groups decoded to codes once, then R x N tiles ----------------------------------------------
+
+// Group g's codes 0..2 as cols/4 vectors of 64 bytes: vector m holds the 16 rows' columns [4m, 4m + 4) in dword
+// lanes, exactly what a 2-bit plane gives (pack.h).
+void decode_group(const TernaryMatrix::Impl& w, int64_t g, uint8_t* out) {
+    const Trits tr;
+    const uint8_t* wp = w.group_ptr3(g);
+    for (int64_t b = 0; b < w.nb; ++b) {
+        const uint8_t* blk = wp + b * kB3BlockBytes;
+        uint8_t* ob = out + b * kBlock * kGroupRows;  // 64 vectors per block
+        for (int64_t c = 0; c <= kB3FullChunks; ++c) {
+            const int k = c < kB3FullChunks ? 5 : 4;
+            __m512i x = _mm512_load_si512(blk + c * kChunkBytes);
+            for (int n = 0; n < k; ++n) {
+                _mm512_store_si512(ob + (c * 5 + n) * kChunkBytes, tr.top(x));
+                x = Trits::next(x);
+            }
+        }
+    }
+}
+
+template <int R, int N>
+inline void dot_codes(__m512i (&acc)[R][N], const uint8_t* const (&cp)[R], const int8_t* const (&qp)[N], int64_t m0,
+                      int64_t m1) {
+    for (int64_t m = m0; m < m1; ++m) {
+        __m512i xb[N];
+#pragma GCC unroll 4
+        for (int t = 0; t < N; ++t) xb[t] = bcast(qp[t] + 4 * m);
+#pragma GCC unroll 4
+        for (int r = 0; r < R; ++r) {
+            const __m512i c = _mm512_load_si512(cp[r] + m * kChunkBytes);
+#pragma GCC unroll 4
+            for (int t = 0; t < N; ++t) acc[r][t] = _mm512_dpbusd_epi32(acc[r][t], c, xb[t]);
+        }
+    }
+}
+
+template <int R, int N>
+void tile_uniform(const Args& a, const uint8_t* codes, int64_t g0, int64_t t0) {
+    const TernaryMatrix::Impl& w = *a.w;
+    const QuantizedActs& x = *a.x;
+    const uint8_t* cp[R];
+    const int8_t* qp[N];
+    for (int r = 0; r < R; ++r) cp[r] = codes + r * w.cols * kGroupRows;
+    for (int t = 0; t < N; ++t) qp[t] = x.q.data() + (t0 + t) * w.cols;
+    __m512i acc[R][N];
+    for (int r = 0; r < R; ++r)
+        for (int t = 0; t < N; ++t) acc[r][t] = _mm512_setzero_si512();
+    dot_codes<R, N>(acc, cp, qp, 0, w.cols / 4);
+    for (int t = 0; t < N; ++t) {
+        const size_t tt = static_cast<size_t>(t0 + t);
+        const __m512i rs = _mm512_set1_epi32(x.row_sums[tt]);
+        const __m512 f = _mm512_set1_ps(w.scale / x.act_scale[tt]);
+        for (int r = 0; r < R; ++r) {
+            const int64_t g = g0 + r;
+            const __m512 v = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(acc[r][t], rs)), f);
+            _mm512_mask_storeu_ps(a.y + static_cast<int64_t>(tt) * a.ldy + g * kGroupRows, row_mask(g, a.rb, a.re), v);
+        }
+    }
+}
+
+template <int R, int N>
+void tile_blocks(const Args& a, const uint8_t* codes, int64_t g0, int64_t t0) {
+    const TernaryMatrix::Impl& w = *a.w;
+    const QuantizedActs& x = *a.x;
+    const uint8_t* cp[R];
+    const int8_t* qp[N];
+    for (int r = 0; r < R; ++r) cp[r] = codes + r * w.cols * kGroupRows;
+    for (int t = 0; t < N; ++t) qp[t] = x.q.data() + (t0 + t) * w.cols;
+    __m512 s[R][N], av[N];
+    for (int t = 0; t < N; ++t) av[t] = _mm512_set1_ps(x.act_scale[static_cast<size_t>(t0 + t)]);
+    for (int r = 0; r < R; ++r)
+        for (int t = 0; t < N; ++t) s[r][t] = _mm512_setzero_ps();
+    constexpr int64_t kQuads = kBlock / 4;
+    for (int64_t b = 0; b < w.nb; ++b) {
+        __m512i acc[R][N];
+        for (int r = 0; r < R; ++r)
+            for (int t = 0; t < N; ++t) acc[r][t] = _mm512_setzero_si512();
+        dot_codes<R, N>(acc, cp, qp, b * kQuads, (b + 1) * kQuads);
+        for (int r = 0; r < R; ++r) {
+            const __m512 d = _mm512_load_ps(w.d_ptr(g0 + r) + b * kGroupRows);
+            for (int t = 0; t < N; ++t) {
+                const __m512i bs = _mm512_set1_epi32(x.block_sums[static_cast<size_t>((t0 + t) * w.nb + b)]);
+                const __m512 p = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(acc[r][t], bs)), _mm512_div_ps(d, av[t]));
+                s[r][t] = _mm512_add_ps(s[r][t], no_contract(p));
+            }
+        }
+    }
+    for (int t = 0; t < N; ++t)
+        for (int r = 0; r < R; ++r) {
+            const int64_t g = g0 + r;
+            _mm512_mask_storeu_ps(a.y + (t0 + t) * a.ldy + g * kGroupRows, row_mask(g, a.rb, a.re), s[r][t]);
+        }
+}
+
+using TileFn = void (*)(const Args&, const uint8_t*, int64_t, int64_t);
+
+// Register budget as the 2-bit GEMM (ternary_avx512.cpp): 4 x 4 uniform, 2 x 4 with per-block float sums.
+constexpr int kMaxR = 4, kMaxN = 4, kMaxRB = 2;
+
+template <bool PerBlock, int R, int N>
+constexpr TileFn tile() {
+    if constexpr (PerBlock) return tile_blocks<R, N>;
+    else return tile_uniform<R, N>;
+}
+
+template <bool PerBlock>
+TileFn pick_tile(int r, int n) {
+    static const TileFn k[kMaxR][kMaxN] = {
+        {tile<PerBlock, 1, 1>(), tile<PerBlock, 1, 2>(), tile<PerBlock, 1, 3>(), tile<PerBlock, 1, 4>()},
+        {tile<PerBlock, 2, 1>(), tile<PerBlock, 2, 2>(), tile<PerBlock, 2, 3>(), tile<PerBlock, 2, 4>()},
+        {tile<PerBlock, 3, 1>(), tile<PerBlock, 3, 2>(), tile<PerBlock, 3, 3>(), tile<PerBlock, 3, 4>()},
+        {tile<PerBlock, 4, 1>(), tile<PerBlock, 4, 2>(), tile<PerBlock, 4, 3>(), tile<PerBlock, 4, 4>()}};
+    return k[r - 1][n - 1];
+}
+
+}  // namespace
+
+void ternary1_matmul_avx512(const TernaryMatrix& m, const QuantizedActs& x, float* y, int64_t ldy, int64_t rb,
+                            int64_t re) {
+    const TernaryMatrix::Impl& w = m.impl();
+    const int64_t g_begin = rb / kGroupRows, g_end = (re + kGroupRows - 1) / kGroupRows;
+    const Args a{&w, &x, y, ldy, rb, re};
+    if (x.n_tokens <= 4) {
+        using GemvFn = void (*)(const Args&, int64_t, int64_t);
+        static const GemvFn kGemv[2][4] = {
+            {gemv_group<1, false>, gemv_group<2, false>, gemv_group<3, false>, gemv_group<4, false>},
+            {gemv_group<1, true>, gemv_group<2, true>, gemv_group<3, true>, gemv_group<4, true>}};
+        const GemvFn f = kGemv[w.uniform ? 0 : 1][x.n_tokens - 1];
+        for (int64_t g = g_begin; g < g_end; ++g) f(a, g, 0);
+        return;
+    }
+    // Groups outer, tokens inner: the panel's codes (R * 16 * cols bytes) stay in L2 while every token tile
+    // streams past them; each thread keeps its own buffer, grown once.
+    thread_local std::vector<uint8_t, AlignedAllocator<uint8_t>> codes;
+    const int maxr = w.uniform ? kMaxR : kMaxRB;
+    const size_t need = static_cast<size_t>(maxr * w.cols * kGroupRows);
+    if (codes.size() < need) codes.resize(need);
+    for (int64_t g = g_begin; g < g_end; g += maxr) {
+        const int r = static_cast<int>(std::min<int64_t>(maxr, g_end - g));
+        for (int i = 0; i < r; ++i) decode_group(w, g + i, codes.data() + i * w.cols * kGroupRows);
+        for (int64_t t = 0; t < x.n_tokens; t += kMaxN) {
+            const int n = static_cast<int>(std::min<int64_t>(kMaxN, x.n_tokens - t));
+            (w.uniform ? pick_tile<false>(r, n) : pick_tile<true>(r, n))(a, codes.data(), g, t);
+        }
+    }
+}
+
+}  // namespace bllama
+
+#endif
