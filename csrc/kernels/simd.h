@@ -41,6 +41,12 @@ void attend_f32_avx512(const float* q, const float* k, const float* v, int64_t s
 void attend_f16_avx512(const float* q, const uint16_t* k, const uint16_t* v, int64_t stride, int64_t len,
                        int64_t hd, float scale, float* scores, float* out);
 void to_f16_avx512(const float* x, uint16_t* y, int64_t n);
+// The prompt GEMM of ternary_matmul_avx512 for the r <= ternary_gemm_panel_groups_avx512(w) groups from g, reading
+// their 2-bit codes from panel (r * cols * 4 bytes, the layout of pack.h, group after group) when it is not null:
+// the base-3 kernels expand a panel into it and reuse the 2-bit tiles.
+int ternary_gemm_panel_groups_avx512(const TernaryMatrix& w);
+void ternary_gemm_panel_avx512(const TernaryMatrix& w, const uint8_t* panel, int64_t g, int r, const QuantizedActs& x,
+                               float* y, int64_t ldy, int64_t rb, int64_t re);
 void ternary1_matmul_avx512(const TernaryMatrix& w, const QuantizedActs& x, float* y, int64_t ldy, int64_t rb,
                             int64_t re);
 

@@ -2,8 +2,9 @@
 // chunk gives its planes one at a time: two unsigned byte compares read the top trit of x (the codes 0..2 of 16
 // rows x 4 columns, which vpdpbusd multiplies against a broadcast activation dword), and x + 2x moves the next
 // trit to the top. As in ternary_avx512.cpp, sum(code * q) - sum(q) is the ternary product.
-// Decode (up to 4 tokens) streams the packed bytes; the prompt GEMM decodes an R-group panel once into a
-// per-thread buffer of codes and reuses it for every token tile.
+// Decode (up to 4 tokens) streams the packed bytes; the prompt GEMM expands an R-group panel once into the 2-bit
+// layout in a per-thread buffer and runs ternary_avx512.cpp's tiles over it (a buffer of plain codes, 1 byte a
+// weight, measured slower: 4x the L2 traffic per token tile).
 #if defined(__x86_64__) || defined(__i386__)
 #pragma GCC diagnostic ignored "-Wuninitialized"
 #ifndef __clang__
@@ -135,120 +136,32 @@ void gemv_group(const Args& a, int64_t g, int64_t t0) {
     }
 }
 
-// ---- prompt: R groups decoded to codes once, then R x N tiles ----------------------------------------------
+// ---- prompt: R groups expanded once to the 2-bit layout, then the 2-bit GEMM tiles --------------------------
 
-// Group g's codes 0..2 as cols/4 vectors of 64 bytes: vector m holds the 16 rows' columns [4m, 4m + 4) in dword
-// lanes, exactly what a 2-bit plane gives (pack.h).
-void decode_group(const TernaryMatrix::Impl& w, int64_t g, uint8_t* out) {
+// Group g's codes in the 2-bit layout (pack.h, cols * 4 bytes): the plane of columns [4m, 4m + 4) goes to chunk
+// m / 4 at bits 2 (m % 4). Codes are at most 2, so 16-bit shifts never carry into the neighbouring byte.
+void expand_group(const TernaryMatrix::Impl& w, int64_t g, uint8_t* out) {
     const Trits tr;
     const uint8_t* wp = w.group_ptr3(g);
+    constexpr int64_t kPlanes = kBlock / 4;  // 64 per block
     for (int64_t b = 0; b < w.nb; ++b) {
         const uint8_t* blk = wp + b * kB3BlockBytes;
-        uint8_t* ob = out + b * kBlock * kGroupRows;  // 64 vectors per block
+        __m512i p[kPlanes];
         for (int64_t c = 0; c <= kB3FullChunks; ++c) {
             const int k = c < kB3FullChunks ? 5 : 4;
             __m512i x = _mm512_load_si512(blk + c * kChunkBytes);
             for (int n = 0; n < k; ++n) {
-                _mm512_store_si512(ob + (c * 5 + n) * kChunkBytes, tr.top(x));
+                p[c * 5 + n] = tr.top(x);
                 x = Trits::next(x);
             }
         }
-    }
-}
-
-template <int R, int N>
-inline void dot_codes(__m512i (&acc)[R][N], const uint8_t* const (&cp)[R], const int8_t* const (&qp)[N], int64_t m0,
-                      int64_t m1) {
-    for (int64_t m = m0; m < m1; ++m) {
-        __m512i xb[N];
-#pragma GCC unroll 4
-        for (int t = 0; t < N; ++t) xb[t] = bcast(qp[t] + 4 * m);
-#pragma GCC unroll 4
-        for (int r = 0; r < R; ++r) {
-            const __m512i c = _mm512_load_si512(cp[r] + m * kChunkBytes);
-#pragma GCC unroll 4
-            for (int t = 0; t < N; ++t) acc[r][t] = _mm512_dpbusd_epi32(acc[r][t], c, xb[t]);
+        uint8_t* ob = out + b * kBlock * 4;
+        for (int64_t j = 0; j < kPlanes / 4; ++j) {
+            const __m512i v = _mm512_or_si512(_mm512_or_si512(p[4 * j], _mm512_slli_epi16(p[4 * j + 1], 2)),
+                                              _mm512_or_si512(_mm512_slli_epi16(p[4 * j + 2], 4), _mm512_slli_epi16(p[4 * j + 3], 6)));
+            _mm512_store_si512(ob + j * kChunkBytes, v);
         }
     }
-}
-
-template <int R, int N>
-void tile_uniform(const Args& a, const uint8_t* codes, int64_t g0, int64_t t0) {
-    const TernaryMatrix::Impl& w = *a.w;
-    const QuantizedActs& x = *a.x;
-    const uint8_t* cp[R];
-    const int8_t* qp[N];
-    for (int r = 0; r < R; ++r) cp[r] = codes + r * w.cols * kGroupRows;
-    for (int t = 0; t < N; ++t) qp[t] = x.q.data() + (t0 + t) * w.cols;
-    __m512i acc[R][N];
-    for (int r = 0; r < R; ++r)
-        for (int t = 0; t < N; ++t) acc[r][t] = _mm512_setzero_si512();
-    dot_codes<R, N>(acc, cp, qp, 0, w.cols / 4);
-    for (int t = 0; t < N; ++t) {
-        const size_t tt = static_cast<size_t>(t0 + t);
-        const __m512i rs = _mm512_set1_epi32(x.row_sums[tt]);
-        const __m512 f = _mm512_set1_ps(w.scale / x.act_scale[tt]);
-        for (int r = 0; r < R; ++r) {
-            const int64_t g = g0 + r;
-            const __m512 v = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(acc[r][t], rs)), f);
-            _mm512_mask_storeu_ps(a.y + static_cast<int64_t>(tt) * a.ldy + g * kGroupRows, row_mask(g, a.rb, a.re), v);
-        }
-    }
-}
-
-template <int R, int N>
-void tile_blocks(const Args& a, const uint8_t* codes, int64_t g0, int64_t t0) {
-    const TernaryMatrix::Impl& w = *a.w;
-    const QuantizedActs& x = *a.x;
-    const uint8_t* cp[R];
-    const int8_t* qp[N];
-    for (int r = 0; r < R; ++r) cp[r] = codes + r * w.cols * kGroupRows;
-    for (int t = 0; t < N; ++t) qp[t] = x.q.data() + (t0 + t) * w.cols;
-    __m512 s[R][N], av[N];
-    for (int t = 0; t < N; ++t) av[t] = _mm512_set1_ps(x.act_scale[static_cast<size_t>(t0 + t)]);
-    for (int r = 0; r < R; ++r)
-        for (int t = 0; t < N; ++t) s[r][t] = _mm512_setzero_ps();
-    constexpr int64_t kQuads = kBlock / 4;
-    for (int64_t b = 0; b < w.nb; ++b) {
-        __m512i acc[R][N];
-        for (int r = 0; r < R; ++r)
-            for (int t = 0; t < N; ++t) acc[r][t] = _mm512_setzero_si512();
-        dot_codes<R, N>(acc, cp, qp, b * kQuads, (b + 1) * kQuads);
-        for (int r = 0; r < R; ++r) {
-            const __m512 d = _mm512_load_ps(w.d_ptr(g0 + r) + b * kGroupRows);
-            for (int t = 0; t < N; ++t) {
-                const __m512i bs = _mm512_set1_epi32(x.block_sums[static_cast<size_t>((t0 + t) * w.nb + b)]);
-                const __m512 p = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(acc[r][t], bs)), _mm512_div_ps(d, av[t]));
-                s[r][t] = _mm512_add_ps(s[r][t], no_contract(p));
-            }
-        }
-    }
-    for (int t = 0; t < N; ++t)
-        for (int r = 0; r < R; ++r) {
-            const int64_t g = g0 + r;
-            _mm512_mask_storeu_ps(a.y + (t0 + t) * a.ldy + g * kGroupRows, row_mask(g, a.rb, a.re), s[r][t]);
-        }
-}
-
-using TileFn = void (*)(const Args&, const uint8_t*, int64_t, int64_t);
-
-// Register budget as the 2-bit GEMM (ternary_avx512.cpp): 4 x 4 uniform, 2 x 4 with per-block float sums.
-constexpr int kMaxR = 4, kMaxN = 4, kMaxRB = 2;
-
-template <bool PerBlock, int R, int N>
-constexpr TileFn tile() {
-    if constexpr (PerBlock) return tile_blocks<R, N>;
-    else return tile_uniform<R, N>;
-}
-
-template <bool PerBlock>
-TileFn pick_tile(int r, int n) {
-    static const TileFn k[kMaxR][kMaxN] = {
-        {tile<PerBlock, 1, 1>(), tile<PerBlock, 1, 2>(), tile<PerBlock, 1, 3>(), tile<PerBlock, 1, 4>()},
-        {tile<PerBlock, 2, 1>(), tile<PerBlock, 2, 2>(), tile<PerBlock, 2, 3>(), tile<PerBlock, 2, 4>()},
-        {tile<PerBlock, 3, 1>(), tile<PerBlock, 3, 2>(), tile<PerBlock, 3, 3>(), tile<PerBlock, 3, 4>()},
-        {tile<PerBlock, 4, 1>(), tile<PerBlock, 4, 2>(), tile<PerBlock, 4, 3>(), tile<PerBlock, 4, 4>()}};
-    return k[r - 1][n - 1];
 }
 
 }  // namespace
@@ -267,19 +180,16 @@ void ternary1_matmul_avx512(const TernaryMatrix& m, const QuantizedActs& x, floa
         for (int64_t g = g_begin; g < g_end; ++g) f(a, g, 0);
         return;
     }
-    // Groups outer, tokens inner: the panel's codes (R * 16 * cols bytes) stay in L2 while every token tile
-    // streams past them; each thread keeps its own buffer, grown once.
-    thread_local std::vector<uint8_t, AlignedAllocator<uint8_t>> codes;
-    const int maxr = w.uniform ? kMaxR : kMaxRB;
-    const size_t need = static_cast<size_t>(maxr * w.cols * kGroupRows);
-    if (codes.size() < need) codes.resize(need);
+    // Groups outer, tokens inner: R groups expanded to 2 bits (R * cols/4 bytes, in L2) while every token tile
+    // streams past them in the 2-bit GEMM's own tiles; each thread keeps its own buffer, grown once.
+    thread_local std::vector<uint8_t, AlignedAllocator<uint8_t>> panel;
+    const int maxr = ternary_gemm_panel_groups_avx512(m);
+    const size_t need = static_cast<size_t>(maxr * w.cols * 4);
+    if (panel.size() < need) panel.resize(need);
     for (int64_t g = g_begin; g < g_end; g += maxr) {
         const int r = static_cast<int>(std::min<int64_t>(maxr, g_end - g));
-        for (int i = 0; i < r; ++i) decode_group(w, g + i, codes.data() + i * w.cols * kGroupRows);
-        for (int64_t t = 0; t < x.n_tokens; t += kMaxN) {
-            const int n = static_cast<int>(std::min<int64_t>(kMaxN, x.n_tokens - t));
-            (w.uniform ? pick_tile<false>(r, n) : pick_tile<true>(r, n))(a, codes.data(), g, t);
-        }
+        for (int i = 0; i < r; ++i) expand_group(w, g + i, panel.data() + i * w.cols * 4);
+        ternary_gemm_panel_avx512(m, panel.data(), g, r, x, y, ldy, rb, re);
     }
 }
 
