@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # TQ1_0 at 1.6 bits (base-3 layout) against the 2-bit repack of the same file, alternating in one run (the order
 # flips each round), with the memory read bandwidth probe at each thread count (bench_decode --probe).
-# Prints every round's bench_decode rows; bench/tq1_layout_summary.py turns them into medians and ratios.
+# Prints every round's bench_decode rows (tagged shape, layout, round); bench/RESULTS.md ("TQ1_0 at 1.6 bits") has the medians.
 #   bench/tq1_layout.sh [build dir] [rounds] [shapes...]      e.g. bench/tq1_layout.sh build/release 5 1.7b 2b4t
 set -euo pipefail
 BUILD=${1:-build/release}
