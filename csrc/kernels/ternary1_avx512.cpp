@@ -16,6 +16,7 @@
 #include <cstring>
 #include <vector>
 
+#include "kernels/cpu_features.h"
 #include "kernels/pack.h"
 #include "kernels/simd.h"
 
@@ -137,10 +138,71 @@ void gemv_group(const Args& a, int64_t g, int64_t t0) {
 }
 
 // ---- prompt: R groups expanded once to the 2-bit layout, then the 2-bit GEMM tiles --------------------------
+// A block's 64 planes are the same in both layouts (plane m = columns [4m, 4m + 4)); base-3 chunk c holds planes
+// 5c .. 5c + 4, 2-bit chunk j planes 4j .. 4j + 3. So four base-3 chunks A..D (20 planes) are five 2-bit chunks:
+//   [a0 a1 a2 a3] [a4 b0 b1 b2] [b3 b4 c0 c1] [c2 c3 c4 d0] [d1 d2 d3 d4]
+// and the 4-trit tail chunk is the last 2-bit chunk [e0 e1 e2 e3].
 
-// Group g's codes in the 2-bit layout (pack.h, cols * 4 bytes): the plane of columns [4m, 4m + 4) goes to chunk
-// m / 4 at bits 2 (m % 4). Codes are at most 2, so 16-bit shifts never carry into the neighbouring byte.
-void expand_group(const TernaryMatrix::Impl& w, int64_t g, uint8_t* out) {
+// With VBMI each byte of those is two table lookups (base-3 byte -> its trits' 2-bit fields at their place in the
+// output byte) and an OR: ~90 instructions per 16 x 256 block instead of ~500 for decoding 64 planes by compares,
+// which cost 4-6% of a 128-token GEMM (bench/NOTES-kernels.md, "TQ1_0 prompt").
+struct ExpandTables {
+    // kA0 = a0..a3 at fields 0..3 (also the tail chunk's), kA1 = a4 at 0, kB1 = b0..b2 at 1..3, kB2 = b3 b4 at 0 1,
+    // kC2 = c0 c1 at 2 3, kC3 = c2..c4 at 0..2, kD3 = d0 at 3, kD4 = d1..d4 at 0..3.
+    enum { kA0, kA1, kB1, kB2, kC2, kC3, kD3, kD4, kCount };
+    alignas(64) uint8_t t[kCount][256];
+    ExpandTables() {
+        // {first trit, count, first field} of each table.
+        static constexpr int kSpec[kCount][3] = {{0, 4, 0}, {4, 1, 0}, {0, 3, 1}, {3, 2, 0},
+                                                 {0, 2, 2}, {2, 3, 0}, {0, 1, 3}, {1, 4, 0}};
+        for (int i = 0; i < kCount; ++i)
+            for (int b = 0; b < 256; ++b) {
+                int v = 0;
+                for (int n = 0; n < kSpec[i][1]; ++n)
+                    v |= base3_trit(static_cast<uint8_t>(b), kSpec[i][0] + n) << (2 * (kSpec[i][2] + n));
+                t[i][b] = static_cast<uint8_t>(v);
+            }
+    }
+};
+
+const ExpandTables& expand_tables() {
+    static const ExpandTables t;
+    return t;
+}
+
+// table[x] for every byte: vpermi2b looks up 128 entries (index bits 0..6), the top bit picks the half.
+__attribute__((target("avx512vbmi"))) inline __m512i lookup(const uint8_t* table, __m512i x, __mmask64 top) {
+    const __m512i lo = _mm512_permutex2var_epi8(_mm512_load_si512(table), x, _mm512_load_si512(table + 64));
+    const __m512i hi = _mm512_permutex2var_epi8(_mm512_load_si512(table + 128), x, _mm512_load_si512(table + 192));
+    return _mm512_mask_blend_epi8(top, lo, hi);
+}
+
+__attribute__((target("avx512vbmi"))) void expand_group_vbmi(const TernaryMatrix::Impl& w, int64_t g, uint8_t* out) {
+    const ExpandTables& T = expand_tables();
+    const uint8_t* wp = w.group_ptr3(g);
+    for (int64_t b = 0; b < w.nb; ++b) {
+        const uint8_t* blk = wp + b * kB3BlockBytes;
+        uint8_t* ob = out + b * kBlock * 4;
+        for (int64_t k = 0; k < kB3FullChunks / 4; ++k) {
+            const __m512i A = _mm512_load_si512(blk + (4 * k) * kChunkBytes), B = _mm512_load_si512(blk + (4 * k + 1) * kChunkBytes),
+                          C = _mm512_load_si512(blk + (4 * k + 2) * kChunkBytes), D = _mm512_load_si512(blk + (4 * k + 3) * kChunkBytes);
+            const __mmask64 ta = _mm512_movepi8_mask(A), tb = _mm512_movepi8_mask(B), tc = _mm512_movepi8_mask(C),
+                            td = _mm512_movepi8_mask(D);
+            uint8_t* o = ob + 5 * k * kChunkBytes;
+            _mm512_store_si512(o, lookup(T.t[ExpandTables::kA0], A, ta));
+            _mm512_store_si512(o + kChunkBytes, _mm512_or_si512(lookup(T.t[ExpandTables::kA1], A, ta), lookup(T.t[ExpandTables::kB1], B, tb)));
+            _mm512_store_si512(o + 2 * kChunkBytes, _mm512_or_si512(lookup(T.t[ExpandTables::kB2], B, tb), lookup(T.t[ExpandTables::kC2], C, tc)));
+            _mm512_store_si512(o + 3 * kChunkBytes, _mm512_or_si512(lookup(T.t[ExpandTables::kC3], C, tc), lookup(T.t[ExpandTables::kD3], D, td)));
+            _mm512_store_si512(o + 4 * kChunkBytes, lookup(T.t[ExpandTables::kD4], D, td));
+        }
+        const __m512i E = _mm512_load_si512(blk + kB3FullChunks * kChunkBytes);
+        _mm512_store_si512(ob + (kBlock / kChunkCols - 1) * kChunkBytes, lookup(T.t[ExpandTables::kA0], E, _mm512_movepi8_mask(E)));
+    }
+}
+
+// Without VBMI (Cascade Lake): every plane decoded by compares, then four planes to a byte. Codes are at most 2, so
+// 16-bit shifts never carry into the neighbouring byte.
+void expand_group_compare(const TernaryMatrix::Impl& w, int64_t g, uint8_t* out) {
     const Trits tr;
     const uint8_t* wp = w.group_ptr3(g);
     constexpr int64_t kPlanes = kBlock / 4;  // 64 per block
@@ -166,6 +228,10 @@ void expand_group(const TernaryMatrix::Impl& w, int64_t g, uint8_t* out) {
 
 }  // namespace
 
+void expand_base3_group_avx512(const TernaryMatrix& m, int64_t g, uint8_t* out, bool vbmi) {
+    (vbmi ? expand_group_vbmi : expand_group_compare)(m.impl(), g, out);
+}
+
 void ternary1_matmul_avx512(const TernaryMatrix& m, const QuantizedActs& x, float* y, int64_t ldy, int64_t rb,
                             int64_t re) {
     const TernaryMatrix::Impl& w = m.impl();
@@ -186,9 +252,10 @@ void ternary1_matmul_avx512(const TernaryMatrix& m, const QuantizedActs& x, floa
     const int maxr = ternary_gemm_panel_groups_avx512(m);
     const size_t need = static_cast<size_t>(maxr * w.cols * 4);
     if (panel.size() < need) panel.resize(need);
+    const bool vbmi = cpu_features().avx512_vbmi;
     for (int64_t g = g_begin; g < g_end; g += maxr) {
         const int r = static_cast<int>(std::min<int64_t>(maxr, g_end - g));
-        for (int i = 0; i < r; ++i) expand_group(w, g + i, panel.data() + i * w.cols * 4);
+        for (int i = 0; i < r; ++i) expand_base3_group_avx512(m, g + i, panel.data() + i * w.cols * 4, vbmi);
         ternary_gemm_panel_avx512(m, panel.data(), g, r, x, y, ldy, rb, re);
     }
 }

@@ -12,7 +12,10 @@
 
 #include "cpu/model.h"
 #include "engine/engine.h"
+#include "kernels/cpu_features.h"
 #include "kernels/dispatch.h"
+#include "kernels/pack.h"
+#include "kernels/simd.h"
 #include "kernels/half.h"
 #include "kernels/ref.h"
 #include "kernels/ternary.h"
@@ -103,6 +106,35 @@ static void test_layout() {
     CHECK(threw, "code 2 must throw");
 }
 
+// The prompt GEMMs' expansion of a base-3 group to the 2-bit layout gives exactly the 2-bit matrix's bytes (padding
+// rows included), by every path this CPU can run. 2560 columns: every one of the 243 (and 81) byte values occurs.
+static void test_expand() {
+#ifdef BLLAMA_KERNELS_X86
+    for (int64_t rows : {16, 40}) {
+        const int64_t cols = 2560;
+        const auto c = random_codes(rows, cols, 0.1);
+        const TernaryMatrix w3 = TernaryMatrix::from_codes(c.data(), rows, cols, 0.5f, TernaryLayout::Base3);
+        const TernaryMatrix w2 = TernaryMatrix::from_codes(c.data(), rows, cols, 0.5f);
+        std::vector<uint8_t, AlignedAllocator<uint8_t>> out(static_cast<size_t>(cols * 4));
+        for (int64_t g = 0; g < (rows + 15) / 16; ++g) {
+            const uint8_t* want = w2.impl().group_ptr(g);
+            if (cpu_features().avx2) {
+                expand_base3_group_avx2(w3, g, out.data());
+                CHECK(std::memcmp(out.data(), want, out.size()) == 0, "avx2 expansion: rows=%ld group %ld", long(rows), long(g));
+            }
+            for (bool vbmi : {false, true}) {
+                if (!cpu_features().avx512_vnni || (vbmi && !cpu_features().avx512_vbmi)) continue;
+                expand_base3_group_avx512(w3, g, out.data(), vbmi);
+                CHECK(std::memcmp(out.data(), want, out.size()) == 0, "avx512 expansion (vbmi=%d): rows=%ld group %ld",
+                      int(vbmi), long(rows), long(g));
+            }
+        }
+    }
+    std::printf("  expansions: avx2=%d avx512=%d vbmi=%d\n", int(cpu_features().avx2), int(cpu_features().avx512_vnni),
+                int(cpu_features().avx512_vbmi));
+#endif
+}
+
 // Every kind on the base-3 matrix == the scalar reference on the 2-bit one, bit for bit.
 static void test_kernels() {
     const auto ks = kinds();
@@ -186,6 +218,7 @@ static void test_model() {
 
 int main() {
     test_layout();
+    test_expand();
     test_kernels();
     test_model();
     std::printf("test_ternary1: %d checks, %d failures\n", g_checks, g_failures);
