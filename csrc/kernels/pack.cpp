@@ -52,14 +52,22 @@ std::unique_ptr<TernaryMatrix::Impl> new_impl(int64_t rows, int64_t cols, Ternar
     return p;
 }
 
-// k trits codes[0], codes[4], ... (most significant first) as a base-3 byte (pack.h): ceil(v * 256 / 3^k).
-uint8_t base3_byte(const uint8_t* codes, int k) {
-    int v = 0, p = 1;
-    for (int n = 0; n < k; ++n) {
-        v = v * 3 + codes[4 * n];
-        p *= 3;
+// The base-3 bytes (pack.h) of every value v of five trits (243) and of four (81): ceil(v * 256 / 3^k), looked up so
+// that packing costs a few multiply-adds per byte instead of a division (the load time of a TQ1_0 file).
+struct Base3Bytes {
+    uint8_t five[243]{}, four[81]{};
+    constexpr Base3Bytes() {
+        for (int v = 0; v < 243; ++v) five[v] = static_cast<uint8_t>((v * 256 + 242) / 243);
+        for (int v = 0; v < 81; ++v) four[v] = static_cast<uint8_t>((v * 256 + 80) / 81);
     }
-    return static_cast<uint8_t>((v * 256 + p - 1) / p);
+};
+constexpr Base3Bytes kBase3Bytes;
+
+// k trits codes[0], codes[4], ... (most significant first, each 0..2: from_codes checks them, the TQ1_0 decoder
+// makes no other) as a base-3 byte.
+inline uint8_t base3_byte(const uint8_t* codes, int k) {
+    const int v4 = ((codes[0] * 3 + codes[4]) * 3 + codes[8]) * 3 + codes[12];
+    return k == 5 ? kBase3Bytes.five[v4 * 3 + codes[16]] : kBase3Bytes.four[v4];
 }
 
 // One row of unsigned codes 0..2 (q + 1), length cols, into the base-3 layout.
@@ -227,8 +235,11 @@ std::unique_ptr<TernaryMatrix::Impl> from_gguf(TernaryEncoding enc, const uint8_
     for (int64_t r = 0; r < rows; ++r) {
         if (m->base3) {
             repack_ternary_row(enc, data, rows, cols, r, dwords.data(), 4, d.data(), nonzero.get(), who);
-            for (int64_t k = 0; k < cols; ++k)
-                codes[static_cast<size_t>(k)] = (dwords[static_cast<size_t>((k / kChunkCols) * 4 + k % 4)] >> (2 * ((k % kChunkCols) / 4))) & 3;
+            // Dword ch holds columns 16 ch + 4 j + s at bits 2 j of its byte s (pack.h).
+            for (int64_t ch = 0; ch < cols / kChunkCols; ++ch)
+                for (int j = 0; j < 4; ++j)
+                    for (int si = 0; si < 4; ++si)
+                        codes[static_cast<size_t>(ch * kChunkCols + 4 * j + si)] = (dwords[static_cast<size_t>(ch * 4 + si)] >> (2 * j)) & 3;
             pack_row_base3(*m, r, codes.data());
         } else {
             repack_ternary_row(enc, data, rows, cols, r, row_dst(*m, r), kChunkBytes, d.data(), nonzero.get(), who);
