@@ -3,6 +3,7 @@
 #include "cpu/model.h"
 
 #include "engine/weights.h"
+#include "kernels/cpu_features.h"
 
 #include <cstdio>
 #include <cstdlib>
@@ -49,9 +50,12 @@ TernaryLayout resolve_tq1_layout(Tq1Layout l, KernelKind kind) {
     }
     if (l == Tq1Layout::Base3) return TernaryLayout::Base3;
     if (l == Tq1Layout::TwoBit) return TernaryLayout::TwoBit;
-    // 1.6 bits read 0.81x the bytes per token, and with a base-3 kernel decode and prompt measured no slower
-    // than the 2-bit repack (bench/RESULTS.md, "TQ1_0 at 1.6 bits"); without one the scalar reference would run.
-    return has_base3_kernel(kind) ? TernaryLayout::Base3 : TernaryLayout::TwoBit;
+    // Base 3 where it is not slower than the 2-bit repack (bench/RESULTS.md, "TQ1_0 at 1.6 bits"): AVX-512 VNNI
+    // with VBMI (decode reads 0.81x the bytes; the prompt GEMM's table-lookup expansion costs ~1-2%). Not AVX2
+    // (its compare expansion left the prompt at 0.94x and 3-4-token batches at 0.8x), not AVX-512 without VBMI
+    // (the compare expansion, ~4%), not ARM (no base-3 kernel: the scalar reference would run).
+    return kind == KernelKind::Avx512Vnni && has_base3_kernel(kind) && cpu_features().avx512_vbmi ? TernaryLayout::Base3
+                                                                                                  : TernaryLayout::TwoBit;
 }
 
 const char* head_type_name(HeadType h) { return h == HeadType::Q8 ? "q8" : h == HeadType::Q4 ? "q4" : "f16"; }

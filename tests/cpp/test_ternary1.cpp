@@ -208,8 +208,12 @@ static void test_model() {
     CHECK(resolve_tq1_layout(Tq1Layout::Base3, KernelKind::Scalar) == TernaryLayout::Base3, "base3");
     if (!std::getenv("BLLAMA_TQ1_LAYOUT")) {
         CHECK(resolve_tq1_layout(Tq1Layout::Auto, KernelKind::Scalar) == TernaryLayout::TwoBit, "auto on scalar");
-        CHECK(resolve_tq1_layout(Tq1Layout::Auto, best_kernel()) ==
-                  (has_base3_kernel() ? TernaryLayout::Base3 : TernaryLayout::TwoBit), "auto on best");
+        // The auto rule (resolve_tq1_layout): base 3 only where it measured no slower, AVX-512 VNNI with VBMI.
+        const bool fast = best_kernel() == KernelKind::Avx512Vnni && cpu_features().avx512_vbmi;
+        CHECK(resolve_tq1_layout(Tq1Layout::Auto, best_kernel()) == (fast ? TernaryLayout::Base3 : TernaryLayout::TwoBit),
+              "auto on best");
+        for (KernelKind k : {KernelKind::Avx2, KernelKind::Neon, KernelKind::Dotprod, KernelKind::I8mm})
+            CHECK(resolve_tq1_layout(Tq1Layout::Auto, k) == TernaryLayout::TwoBit, "auto on %s", kernel_name(k));
     }
     bool threw = false;
     try { (void)parse_tq1_layout("1.6"); } catch (const std::invalid_argument&) { threw = true; }
