@@ -1,6 +1,6 @@
 // Prompt and decode throughput of the engine on a random model of real shapes.
 //
-//   bench_decode [--shape 1.7b|2b4t] [--threads 1,2] [--prompt 128] [--decode 64] [--tq1] [--kv-f32]
+//   bench_decode [--shape 1.7b|2b4t] [--threads 1,2] [--prompt 128] [--decode 64] [--tq1] [--tq1-layout auto|2bit|base3] [--probe] [--kv-f32]
 //                [--keep PATH] [--head q4|q8|f16] [--batch 2,4,8]
 // Defaults are the engine's (LoadOptions): the 4-bit head and the fp16 KV cache.
 //
@@ -24,6 +24,7 @@
 #include "engine/engine.h"
 #include "kernels/half.h"
 #include "kernels/ternary.h"
+#include "membw.h"
 #include "random_gguf.h"
 
 using namespace bllama;
@@ -45,7 +46,8 @@ int main(int argc, char** argv) {
     const Shape* shape = &kShapes[0];
     std::vector<int> threads = {1, 2};
     int64_t n_prompt = 128, n_decode = 64;
-    bool tq1 = false, kv_f16 = LoadOptions{}.kv_f16;
+    bool tq1 = false, kv_f16 = LoadOptions{}.kv_f16, probe = false;
+    Tq1Layout tq1_layout = Tq1Layout::Auto;
     HeadType head = LoadOptions{}.head;
     std::string keep;
     std::vector<int> batches;
@@ -77,12 +79,14 @@ int main(int argc, char** argv) {
         } else if (a == "--prompt") n_prompt = std::stoll(val());
         else if (a == "--decode") n_decode = std::stoll(val());
         else if (a == "--tq1") tq1 = true;
+        else if (a == "--tq1-layout") tq1_layout = parse_tq1_layout(val());
+        else if (a == "--probe") probe = true;  // the memory read bandwidth probe (bench/membw.h) at each thread count
         else if (a == "--kv-f16") kv_f16 = true;
         else if (a == "--kv-f32") kv_f16 = false;
         else if (a == "--keep") keep = val();
         else if (a == "--head") head = parse_head_type(val());
         else {
-            std::fprintf(stderr, "usage: %s [--shape 1.7b|2b4t] [--threads 1,2] [--prompt N] [--decode N] [--tq1] [--kv-f16|--kv-f32] [--keep PATH] [--head q4|q8|f16] [--batch 2,4,8]\n", argv[0]);
+            std::fprintf(stderr, "usage: %s [--shape 1.7b|2b4t] [--threads 1,2] [--prompt N] [--decode N] [--tq1] [--tq1-layout auto|2bit|base3] [--probe] [--kv-f16|--kv-f32] [--keep PATH] [--head q4|q8|f16] [--batch 2,4,8]\n", argv[0]);
             return 2;
         }
     }
@@ -92,6 +96,9 @@ int main(int argc, char** argv) {
                 (long long)shape->heads, (long long)shape->kv_heads, (long long)shape->ffn,
                 shape->relu2 ? "relu2" : "silu", tq1 ? "TQ1_0" : "TQ2_0", kernel_name(best_kernel()),
                 kv_f16 ? ", fp16 KV" : ", fp32 KV", head_type_name(head));
+    if (tq1)
+        std::printf("TQ1_0 layout: %s\n",
+                    resolve_tq1_layout(tq1_layout, best_kernel()) == TernaryLayout::Base3 ? "base3 (1.6-bit)" : "2bit (repack)");
     auto t0 = Clock::now();
     if (keep.empty() || access(path.c_str(), R_OK) != 0) {
         write_model(*shape, tq1, path);
@@ -108,6 +115,7 @@ int main(int argc, char** argv) {
             o.max_context = n_prompt + n_decode;
             o.kv_f16 = kv_f16;
             o.head = head;
+            o.tq1_layout = tq1_layout;
             for (int B : batches) o.sequences = std::max(o.sequences, B);
             t0 = Clock::now();
             auto model = Model::load(path, o);
@@ -131,6 +139,7 @@ int main(int argc, char** argv) {
             std::printf("%7d %8.2f %10.1f %10.2f %10.1f %10.2f %9.0f %7.0f %8.0fM\n", nt, load_s, n_prompt / prompt_s, tps,
                         bytes / n_decode / 1e6, bytes / decode_s / 1e9, model->weight_bytes() / 1e6,
                         model->head_bytes() / 1e6, peak_rss_mib());
+            if (probe) std::printf("%7d   probe: %.2f GB/s memory read bandwidth\n", nt, measure_read_bandwidth(nt) / 1e9);
             std::fflush(stdout);
             for (int B : batches) {
                 std::vector<int32_t> toks(static_cast<size_t>(B));

@@ -148,8 +148,9 @@ class PyEngine {
 public:
     PyEngine(const std::string& path, std::optional<int> threads, std::optional<int64_t> context_length,
              const std::string& kv_cache_dtype, const std::string& head, const std::string& device,
-             int max_sequences) {
+             int max_sequences, const std::string& tq1_layout) {
         LoadOptions o;
+        o.tq1_layout = parse_tq1_layout(tq1_layout);
         if (max_sequences < 1 || max_sequences > 256)
             throw std::invalid_argument("max_sequences must be in [1, 256], got " + std::to_string(max_sequences));
         o.sequences = max_sequences;
@@ -453,17 +454,18 @@ PYBIND11_MODULE(_engine, m) {
 
     py::class_<PyEngine>(m, "Engine")
         .def(py::init<const std::string&, std::optional<int>, std::optional<int64_t>, const std::string&,
-                      const std::string&, const std::string&, int>(),
+                      const std::string&, const std::string&, int, const std::string&>(),
              py::arg("path"), py::arg("threads") = py::none(), py::arg("context_length") = py::none(),
              py::arg("kv_cache_dtype") = "float16", py::arg("head") = "q4", py::arg("device") = "cpu",
-             py::arg("max_sequences") = 1,
+             py::arg("max_sequences") = 1, py::arg("tq1_layout") = "auto",
              "Load a GGUF 'bitnet' model. threads=None: the physical cores this process may use. "
              "context_length=None: the file's; a smaller value caps the KV cache. kv_cache_dtype='float16' "
              "(default) halves the cache (exact model function: 'float32'). head='q4' (default) requantizes the "
              "LM head to 4 bits with an f16 scale per 32 columns at load (0.28x the f16 head's bytes per token); "
              "'q8' to int8 with per-row scales; 'f16' runs the file's head as is. device='cuda' runs on the GPU (csrc/cuda): weights stay packed there; "
              "max_sequences > 1 keeps a KV cache for that many sequences (CPU: at most 64), decoded together by "
-             "generate_batch.")
+             "generate_batch. tq1_layout: TQ1_0 files on the CPU: 'auto' (default) keeps them at 1.6 bits where "
+             "this CPU has a base-3 kernel (x86 AVX2 / AVX-512), '2bit' repacks them to 2 bits, 'base3' forces 1.6 bits.")
         .def_property_readonly("config", &PyEngine::config)
         .def_property_readonly("vocab_size", &PyEngine::vocab_size)
         .def_property_readonly("context_length", &PyEngine::context_length)

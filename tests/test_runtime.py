@@ -96,6 +96,19 @@ def test_random_models_match_pytorch(tmp_path, sp_tokenizer, kw, weight_type):
     assert rel < 5e-2 and agree > 0.9, (rel, agree)
 
 
+def test_tq1_layouts_give_identical_logits(tmp_path, sp_tokenizer):
+    """A TQ1_0 file held at 1.6 bits (base3) and repacked to 2 bits gives bit-identical logits (integer sums,
+    the same epilogue); a bad layout name is a ValueError."""
+    torch.manual_seed(21)
+    model = random_model(sp_tokenizer.vocab_size, num_layers=2, num_heads=4, num_kv_heads=2)
+    path = export_gguf(model, sp_tokenizer, tmp_path / "m.gguf", weight_type="tq1_0")
+    ids = list(range(3, 40))
+    out = {l: Runtime.load(path, threads=2, tq1_layout=l, **EXACT).logits(ids) for l in ("2bit", "base3", "auto")}
+    assert np.array_equal(out["2bit"], out["base3"]) and np.array_equal(out["2bit"], out["auto"])
+    with pytest.raises(ValueError, match="tq1_layout"):
+        Runtime.load(path, tq1_layout="1.6bit")
+
+
 def test_random_model_check_fails_on_a_wrong_reference(tmp_path, sp_tokenizer):
     torch.manual_seed(5)
     model = random_model(sp_tokenizer.vocab_size, num_layers=2, num_heads=4, num_kv_heads=2)

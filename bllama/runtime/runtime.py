@@ -50,7 +50,7 @@ class Runtime:
     @classmethod
     def load(cls, path: Union[str, os.PathLike], threads: Optional[int] = None, head: str = "q4",
              device: str = "cpu", max_sequences: int = 1, context_length: Optional[int] = None,
-             kv_cache_dtype: str = "float16") -> "Runtime":
+             kv_cache_dtype: str = "float16", tq1_layout: str = "auto") -> "Runtime":
         """head: "q4" (default) requantizes the LM head at load to 4 bits with an f16 scale per 32 columns (0.28x
         the f16 head's bytes per decoded token, held-out perplexity within 0.5% of f16; on the GPU it runs as
         "q8"); "q8" to int8 with one scale per row; "f16" runs the file's head as is, exactly (docs/engine.md,
@@ -61,7 +61,10 @@ class Runtime:
         2-core CPU, 4 sequences give 2.4x and 8 give 2.7x the tokens/s of one; docs/engine.md, "Batched decoding").
         context_length: None for the file's; a smaller value caps the KV cache (a file whose context does not fit in
         memory raises MemoryError saying so). kv_cache_dtype: "float16" (default: half the cache's bytes per token)
-        or "float32" (exactly the model's function)."""
+        or "float32" (exactly the model's function). tq1_layout: how TQ1_0 files are held on the CPU: "auto" (default)
+        at 1.6 bits where that is not slower (AVX-512 VNNI with VBMI), else 2 bits; "2bit" repacked to 2 bits,
+        "base3" at 1.6 bits; the
+        logits are bit-identical either way (docs/engine.md, "Weight formats")."""
         path = Path(path)
         if head not in ("f16", "q8", "q4"):
             raise ValueError(f"head must be 'f16', 'q8' or 'q4', got {head!r}")
@@ -77,8 +80,10 @@ class Runtime:
             raise ValueError(f"context_length must be a positive integer or None, got {context_length!r}")
         if kv_cache_dtype not in ("float32", "float16"):
             raise ValueError(f"kv_cache_dtype must be 'float32' or 'float16', got {kv_cache_dtype!r}")
+        if tq1_layout not in ("auto", "2bit", "base3"):
+            raise ValueError(f"tq1_layout must be 'auto', '2bit' or 'base3', got {tq1_layout!r}")
         options = dict(head=head, device=device, max_sequences=max_sequences, context_length=context_length,
-                       kv_cache_dtype=kv_cache_dtype)
+                       kv_cache_dtype=kv_cache_dtype, tq1_layout=tq1_layout)
         if path.is_dir():
             if not (path / "config.json").exists():
                 raise IsADirectoryError(f"{path} is a folder without config.json; give a .gguf file or a "

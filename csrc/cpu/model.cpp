@@ -3,17 +3,21 @@
 #include "cpu/model.h"
 
 #include "engine/weights.h"
+#include "kernels/cpu_features.h"
+
+#include <cstdio>
+#include <cstdlib>
 
 namespace bllama {
 
 namespace {
 
-BitLinear bitlinear(const GgufFile& f, const BitLinearTensor& t) {
+BitLinear bitlinear(const GgufFile& f, const BitLinearTensor& t, TernaryLayout tq1) {
     BitLinear b;
     try {
         switch (static_cast<GgmlType>(t.weight->type)) {
             case GgmlType::TQ2_0: b.w = TernaryMatrix::from_tq2_0(t.weight->data, t.rows, t.cols); break;
-            case GgmlType::TQ1_0: b.w = TernaryMatrix::from_tq1_0(t.weight->data, t.rows, t.cols); break;
+            case GgmlType::TQ1_0: b.w = TernaryMatrix::from_tq1_0(t.weight->data, t.rows, t.cols, tq1); break;
             default: b.w = TernaryMatrix::from_i2_s(t.weight->data, t.rows, t.cols); break;
         }
     } catch (const std::invalid_argument& e) {
@@ -26,6 +30,33 @@ BitLinear bitlinear(const GgufFile& f, const BitLinearTensor& t) {
 }
 
 }  // namespace
+
+Tq1Layout parse_tq1_layout(const std::string& s) {
+    if (s == "auto") return Tq1Layout::Auto;
+    if (s == "2bit") return Tq1Layout::TwoBit;
+    if (s == "base3") return Tq1Layout::Base3;
+    throw std::invalid_argument("tq1_layout must be 'auto', '2bit' or 'base3', got '" + s + "'");
+}
+
+TernaryLayout resolve_tq1_layout(Tq1Layout l, KernelKind kind) {
+    if (l == Tq1Layout::Auto) {
+        if (const char* env = std::getenv("BLLAMA_TQ1_LAYOUT")) {
+            try {
+                l = parse_tq1_layout(env);
+            } catch (const std::invalid_argument& e) {
+                std::fprintf(stderr, "bllama: BLLAMA_TQ1_LAYOUT: %s; using auto\n", e.what());
+            }
+        }
+    }
+    if (l == Tq1Layout::Base3) return TernaryLayout::Base3;
+    if (l == Tq1Layout::TwoBit) return TernaryLayout::TwoBit;
+    // Base 3 where it is not slower than the 2-bit repack (bench/RESULTS.md, "TQ1_0 at 1.6 bits"): AVX-512 VNNI
+    // with VBMI (decode reads 0.81x the bytes; the prompt GEMM's table-lookup expansion costs ~1-2%). Not AVX2
+    // (its compare expansion left the prompt at 0.94x and 3-4-token batches at 0.8x), not AVX-512 without VBMI
+    // (the compare expansion, ~4%), not ARM (no base-3 kernel: the scalar reference would run).
+    return kind == KernelKind::Avx512Vnni && has_base3_kernel(kind) && cpu_features().avx512_vbmi ? TernaryLayout::Base3
+                                                                                                  : TernaryLayout::TwoBit;
+}
 
 const char* head_type_name(HeadType h) { return h == HeadType::Q8 ? "q8" : h == HeadType::Q4 ? "q4" : "f16"; }
 
@@ -51,13 +82,13 @@ std::unique_ptr<Model> Model::load(GgufFile file, const LoadOptions& opts) {
 
 Model::Model(GgufFile file, const LoadOptions& opts)
     : file_(std::move(file)), cfg_(read_config(file_)), kernel_(best_kernel()), kernels_(kernel_table(kernel_)), kv_f16_(opts.kv_f16), pool_(opts.threads, opts.pin_threads) {
-    load_weights(opts.head);
+    load_weights(opts.head, resolve_tq1_layout(opts.tq1_layout, kernel_));
     allocate(opts);
 }
 
 Model::~Model() = default;
 
-void Model::load_weights(HeadType head) {
+void Model::load_weights(HeadType head, TernaryLayout tq1) {
     const ModelConfig& c = cfg_;
     const ModelTensors t = check_model_tensors(file_, c);
     embd_ = f16_values(*t.embedding, embd_owned_);
@@ -102,13 +133,13 @@ void Model::load_weights(HeadType head) {
             L.ffn_sub_norm = f32_values(*T.ffn_sub_norm);
         }
         L.ffn_norm = f32_values(*T.ffn_norm);
-        L.q = bitlinear(file_, T.q);
-        L.k = bitlinear(file_, T.k);
-        L.v = bitlinear(file_, T.v);
-        L.o = bitlinear(file_, T.o);
-        L.gate = bitlinear(file_, T.gate);
-        L.up = bitlinear(file_, T.up);
-        L.down = bitlinear(file_, T.down);
+        L.q = bitlinear(file_, T.q, tq1);
+        L.k = bitlinear(file_, T.k, tq1);
+        L.v = bitlinear(file_, T.v, tq1);
+        L.o = bitlinear(file_, T.o, tq1);
+        L.gate = bitlinear(file_, T.gate, tq1);
+        L.up = bitlinear(file_, T.up, tq1);
+        L.down = bitlinear(file_, T.down, tq1);
     }
 }
 

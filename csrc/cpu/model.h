@@ -25,6 +25,10 @@ namespace bllama {
 // (kernels/head_q4.h): 0.28x the f16 head's bytes, held-out perplexity within 0.5% of f16 (bench/head_accuracy.py);
 // the default. A hidden size that is not a multiple of 32 loads Q4 as Q8.
 enum class HeadType { F16, Q8, Q4 };
+// How a TQ1_0 file's projections are held (LoadOptions::tq1_layout; docs/engine.md, "Weight formats").
+enum class Tq1Layout { Auto, TwoBit, Base3 };
+Tq1Layout parse_tq1_layout(const std::string& s);  // "auto" / "2bit" / "base3"; std::invalid_argument otherwise
+TernaryLayout resolve_tq1_layout(Tq1Layout l, KernelKind kind);  // Auto (and BLLAMA_TQ1_LAYOUT) made concrete
 const char* head_type_name(HeadType h);   // "f16" / "q8" / "q4"
 HeadType parse_head_type(const std::string& s);  // throws std::invalid_argument
 
@@ -46,6 +50,10 @@ struct LoadOptions {
     Device device = Device::Cpu;    // Engine: which backend runs the model
     int sequences = 1;              // sequences decoded together (a KV cache for each); CPU: <= max_batch
     bool pin_threads = false;       // pin the pool's workers to physical cores (ThreadPool; BLLAMA_PIN=1 too)
+    // TQ1_0 files: Auto keeps them at 1.6 bits (TernaryLayout::Base3) where that measured no slower than the 2-bit
+    // repack (the AVX-512 kind on a CPU with VBMI; resolve_tq1_layout) and repacks them to 2 bits elsewhere;
+    // BLLAMA_TQ1_LAYOUT=2bit|base3 overrides Auto.
+    Tq1Layout tq1_layout = Tq1Layout::Auto;
 };
 
 // One BitLinear: ternary codes with per-block scales, and the optional extra output scale tensor.
@@ -119,7 +127,7 @@ public:
 
 private:
     Model(GgufFile file, const LoadOptions& opts);
-    void load_weights(HeadType head);
+    void load_weights(HeadType head, TernaryLayout tq1);
     void allocate(const LoadOptions& opts);
     // The n rows at row_pos_ / row_slot_ (set by forward / forward_batch).
     void forward_rows(const int32_t* tokens, int64_t n, float* logits, bool all_logits);

@@ -35,9 +35,11 @@ CpuFeatures detect() {
     if (__get_cpuid_max(0, nullptr) < 7) return f;
     __cpuid_count(7, 0, eax, ebx, ecx, edx);
     const bool avx2 = ebx & (1u << 5), avx512f = ebx & (1u << 16), avx512dq = ebx & (1u << 17),
-               avx512bw = ebx & (1u << 30), avx512vl = ebx & (1u << 31), vnni = ecx & (1u << 11);
+               avx512bw = ebx & (1u << 30), avx512vl = ebx & (1u << 31), vbmi = ecx & (1u << 1),
+               vnni = ecx & (1u << 11);
     f.avx2 = os_ymm && avx2 && fma && f16c;
     f.avx512_vnni = f.avx2 && os_zmm && avx512f && avx512dq && avx512bw && avx512vl && vnni;
+    f.avx512_vbmi = f.avx512_vnni && vbmi;
     return f;
 }
 #elif defined(__aarch64__)

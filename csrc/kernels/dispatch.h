@@ -9,7 +9,7 @@
 //   pack          weights into the kernels' layouts (TernaryMatrix from GGUF blocks, Q8Head from f16/f32;
 //                 head_q4.cpp: Q4Head)
 //   ref           the portable scalar reference of every family: what every SIMD file must reproduce
-//   <family>_<isa>.cpp  one family for one instruction set (ternary, head_f16, head_q8, attention x avx2,
+//   <family>_<isa>.cpp  one family for one instruction set (ternary, ternary1 (base-3), head_f16, head_q8, attention x avx2,
 //                 avx512 on x86; neon, dotprod, i8mm on aarch64), built with that ISA's flags (CMakeLists.txt keys
 //                 them on the file suffix and compiles only the target architecture's files)
 //   neon_tiles.h  the aarch64 tile drivers that the neon, dotprod and i8mm files share (each instantiates its own)
@@ -61,6 +61,10 @@ struct KernelTable {
     // head_q4.h: q4_head_matmul (bit-identical across kinds)
     void (*q4_head_matmul)(const Q4Head& w, const QuantizedActs& x, float* y, int64_t ldy, int64_t row_begin,
                            int64_t row_end);
+    // ternary.h: ternary_matmul of a TernaryLayout::Base3 matrix (the 1.6-bit TQ1_0 path; ternary_matmul above
+    // takes the 2-bit layout only); nullptr where the kind has none (the scalar reference runs it).
+    void (*ternary_matmul_base3)(const TernaryMatrix& w, const QuantizedActs& x, float* y, int64_t ldy,
+                                 int64_t row_begin, int64_t row_end);
 };
 
 // The table of a kind. Throws std::invalid_argument when this CPU or build cannot run it.

@@ -28,17 +28,59 @@ void check_shape(int64_t rows, int64_t cols) {
                                     std::to_string(rows) + " x " + std::to_string(cols));
 }
 
-std::unique_ptr<TernaryMatrix::Impl> new_impl(int64_t rows, int64_t cols) {
+std::unique_ptr<TernaryMatrix::Impl> new_impl(int64_t rows, int64_t cols, TernaryLayout layout) {
     auto p = std::make_unique<TernaryMatrix::Impl>();
     p->rows = rows;
     p->cols = cols;
     p->groups = (rows + kGroupRows - 1) / kGroupRows;
     p->nb = cols / kBlock;
-    p->packed = make_aligned<uint8_t>(static_cast<size_t>(p->groups * cols * 4));
+    p->base3 = layout == TernaryLayout::Base3;
     // Padding rows must decode as zeros (code 1 in every field) so a kernel may compute them freely.
-    std::memset(p->packed.get(), 0x55, static_cast<size_t>(p->groups * cols * 4));
+    if (p->base3) {
+        const int64_t blocks = p->groups * p->nb;
+        p->packed = make_aligned<uint8_t>(static_cast<size_t>(blocks * kB3BlockBytes));
+        for (int64_t i = 0; i < blocks; ++i) {
+            uint8_t* blk = p->packed.get() + i * kB3BlockBytes;
+            std::memset(blk, kB3Zero5, static_cast<size_t>(kB3FullChunks * kChunkBytes));
+            std::memset(blk + kB3FullChunks * kChunkBytes, kB3Zero4, kChunkBytes);
+        }
+    } else {
+        p->packed = make_aligned<uint8_t>(static_cast<size_t>(p->groups * cols * 4));
+        std::memset(p->packed.get(), 0x55, static_cast<size_t>(p->groups * cols * 4));
+    }
     p->d = make_aligned<float>(static_cast<size_t>(p->groups * p->nb * kGroupRows));
     return p;
+}
+
+// The base-3 bytes (pack.h) of every value v of five trits (243) and of four (81): ceil(v * 256 / 3^k), looked up so
+// that packing costs a few multiply-adds per byte instead of a division (the load time of a TQ1_0 file).
+struct Base3Bytes {
+    uint8_t five[243]{}, four[81]{};
+    constexpr Base3Bytes() {
+        for (int v = 0; v < 243; ++v) five[v] = static_cast<uint8_t>((v * 256 + 242) / 243);
+        for (int v = 0; v < 81; ++v) four[v] = static_cast<uint8_t>((v * 256 + 80) / 81);
+    }
+};
+constexpr Base3Bytes kBase3Bytes;
+
+// k trits codes[0], codes[4], ... (most significant first, each 0..2: from_codes checks them, the TQ1_0 decoder
+// makes no other) as a base-3 byte.
+inline uint8_t base3_byte(const uint8_t* codes, int k) {
+    const int v4 = ((codes[0] * 3 + codes[4]) * 3 + codes[8]) * 3 + codes[12];
+    return k == 5 ? kBase3Bytes.five[v4 * 3 + codes[16]] : kBase3Bytes.four[v4];
+}
+
+// One row of unsigned codes 0..2 (q + 1), length cols, into the base-3 layout.
+void pack_row_base3(TernaryMatrix::Impl& m, int64_t r, const uint8_t* codes) {
+    uint8_t* g = m.packed.get() + (r / kGroupRows) * m.nb * kB3BlockBytes + (r % kGroupRows) * 4;
+    for (int64_t b = 0; b < m.nb; ++b) {
+        const uint8_t* cb = codes + b * kBlock;
+        uint8_t* gb = g + b * kB3BlockBytes;
+        for (int s = 0; s < 4; ++s) {
+            for (int64_t c = 0; c < kB3FullChunks; ++c) gb[c * kChunkBytes + s] = base3_byte(cb + c * kB3ChunkCols + s, 5);
+            gb[kB3FullChunks * kChunkBytes + s] = base3_byte(cb + kB3TailCol + s, 4);
+        }
+    }
 }
 
 // Where row r's 4 bytes of its first 16-column chunk live (rows are interleaved in groups of kGroupRows).
@@ -181,15 +223,27 @@ namespace {
 
 // The three GGUF constructors: `who` names the public one in errors.
 std::unique_ptr<TernaryMatrix::Impl> from_gguf(TernaryEncoding enc, const uint8_t* data, int64_t rows, int64_t cols,
-                                               const char* who) {
+                                               const char* who, TernaryLayout layout = TernaryLayout::TwoBit) {
     check_shape(rows, cols);
-    auto m = new_impl(rows, cols);
+    auto m = new_impl(rows, cols, layout);
     const float tensor_scale = enc == TernaryEncoding::I2_S ? i2_s_scale(data, rows, cols, who) : 0.0f;
     std::vector<float> d(static_cast<size_t>(m->nb));
     std::unique_ptr<bool[]> nonzero(new bool[static_cast<size_t>(m->nb)]);
+    // Base3: each row goes through the one decoder of every encoding into plain dwords (pack.h), then into codes.
+    std::vector<uint8_t> dwords(m->base3 ? static_cast<size_t>(cols / 4) : 0), codes(m->base3 ? static_cast<size_t>(cols) : 0);
     ScaleTracker tr;
     for (int64_t r = 0; r < rows; ++r) {
-        repack_ternary_row(enc, data, rows, cols, r, row_dst(*m, r), kChunkBytes, d.data(), nonzero.get(), who);
+        if (m->base3) {
+            repack_ternary_row(enc, data, rows, cols, r, dwords.data(), 4, d.data(), nonzero.get(), who);
+            // Dword ch holds columns 16 ch + 4 j + s at bits 2 j of its byte s (pack.h).
+            for (int64_t ch = 0; ch < cols / kChunkCols; ++ch)
+                for (int j = 0; j < 4; ++j)
+                    for (int si = 0; si < 4; ++si)
+                        codes[static_cast<size_t>(ch * kChunkCols + 4 * j + si)] = (dwords[static_cast<size_t>(ch * 4 + si)] >> (2 * j)) & 3;
+            pack_row_base3(*m, r, codes.data());
+        } else {
+            repack_ternary_row(enc, data, rows, cols, r, row_dst(*m, r), kChunkBytes, d.data(), nonzero.get(), who);
+        }
         for (int64_t b = 0; b < m->nb; ++b) {
             store_block_scale(*m, r, b, nonzero[b], d[static_cast<size_t>(b)]);
             if (nonzero[b]) tr.add(d[static_cast<size_t>(b)]);
@@ -210,9 +264,9 @@ TernaryMatrix TernaryMatrix::from_tq2_0(const uint8_t* blocks, int64_t rows, int
     out.impl_ = from_gguf(TernaryEncoding::TQ2_0, blocks, rows, cols, "TernaryMatrix::from_tq2_0");
     return out;
 }
-TernaryMatrix TernaryMatrix::from_tq1_0(const uint8_t* blocks, int64_t rows, int64_t cols) {
+TernaryMatrix TernaryMatrix::from_tq1_0(const uint8_t* blocks, int64_t rows, int64_t cols, TernaryLayout layout) {
     TernaryMatrix out;
-    out.impl_ = from_gguf(TernaryEncoding::TQ1_0, blocks, rows, cols, "TernaryMatrix::from_tq1_0");
+    out.impl_ = from_gguf(TernaryEncoding::TQ1_0, blocks, rows, cols, "TernaryMatrix::from_tq1_0", layout);
     return out;
 }
 TernaryMatrix TernaryMatrix::from_i2_s(const uint8_t* data, int64_t rows, int64_t cols) {
@@ -221,9 +275,10 @@ TernaryMatrix TernaryMatrix::from_i2_s(const uint8_t* data, int64_t rows, int64_
     return out;
 }
 
-TernaryMatrix TernaryMatrix::from_codes(const int8_t* codes, int64_t rows, int64_t cols, float scale) {
+TernaryMatrix TernaryMatrix::from_codes(const int8_t* codes, int64_t rows, int64_t cols, float scale,
+                                       TernaryLayout layout) {
     check_shape(rows, cols);
-    auto m = new_impl(rows, cols);
+    auto m = new_impl(rows, cols, layout);
     std::vector<uint8_t> u(static_cast<size_t>(cols));
     ScaleTracker tr;
     for (int64_t r = 0; r < rows; ++r) {
@@ -233,7 +288,8 @@ TernaryMatrix TernaryMatrix::from_codes(const int8_t* codes, int64_t rows, int64
             u[static_cast<size_t>(k)] = static_cast<uint8_t>(v + 1);
         }
         for (int64_t b = 0; b < m->nb; ++b) set_block_scale(*m, r, b, u.data() + b * kBlock, scale, tr);
-        pack_row(*m, r, u.data());
+        if (m->base3) pack_row_base3(*m, r, u.data());
+        else pack_row(*m, r, u.data());
     }
     finish(*m, tr);
     // Explicitly uniform even if every block is zero: the caller gave one tensor scale.
@@ -252,10 +308,31 @@ TernaryMatrix& TernaryMatrix::operator=(TernaryMatrix&&) noexcept = default;
 int64_t TernaryMatrix::rows() const { return impl_->rows; }
 int64_t TernaryMatrix::cols() const { return impl_->cols; }
 size_t TernaryMatrix::bytes() const {
-    return static_cast<size_t>(impl_->groups * impl_->cols * 4 + impl_->groups * impl_->nb * kGroupRows * 4);
+    const int64_t codes = impl_->base3 ? impl_->groups * impl_->nb * kB3BlockBytes : impl_->groups * impl_->cols * 4;
+    return static_cast<size_t>(codes + impl_->groups * impl_->nb * kGroupRows * 4);
 }
+TernaryLayout TernaryMatrix::layout() const { return impl_->base3 ? TernaryLayout::Base3 : TernaryLayout::TwoBit; }
+
+namespace {
+
+// Code (q + 1) of row r, column k of a base-3 matrix.
+uint8_t base3_code(const TernaryMatrix::Impl& m, int64_t r, int64_t k) {
+    const int64_t b = k / kBlock, kk = k % kBlock;
+    const int64_t chunk = kk < kB3TailCol ? kk / kB3ChunkCols : kB3FullChunks;
+    const int64_t o = kk - chunk * kB3ChunkCols;
+    const uint8_t byte = m.group_ptr3(r / kGroupRows)[b * kB3BlockBytes + chunk * kChunkBytes + (r % kGroupRows) * 4 + o % 4];
+    return base3_trit(byte, static_cast<int>(o / 4));
+}
+
+}  // namespace
+
+void base3_row_codes(const TernaryMatrix::Impl& m, int64_t r, int8_t* out) {
+    for (int64_t k = 0; k < m.cols; ++k) out[k] = static_cast<int8_t>(base3_code(m, r, k) - 1);
+}
+
 int8_t TernaryMatrix::code(int64_t r, int64_t c) const {
     const Impl& m = *impl_;
+    if (m.base3) return static_cast<int8_t>(base3_code(m, r, c) - 1);
     const int64_t g = r / kGroupRows, rr = r % kGroupRows, ch = c / kChunkCols, j = (c % kChunkCols) / 4,
                   s = c % 4;
     const uint8_t byte = m.group_ptr(g)[ch * kChunkBytes + rr * 4 + s];

@@ -43,11 +43,36 @@ constexpr int64_t kGroupRows = 16;    // rows interleaved per stream
 constexpr int64_t kChunkCols = 16;    // columns per 64-byte chunk
 constexpr int64_t kChunkBytes = 64;
 
+// Base-3 layout (TernaryLayout::Base3, "16-row interleaved, five trits per byte"): 1.625 bits per weight, the
+// 1.6-bit form of TQ1_0 files. Rows are grouped in 16s as above; group g is one contiguous stream of nb blocks of
+// kB3BlockBytes. A block's 256 columns are 12 chunks of 20 columns and a tail chunk of 16, 64 bytes each. Byte
+// 4*r + s of chunk c < 12 holds the five codes (q + 1) of row 16g + r at columns 20c + 4n + s, n = 0..4; the tail
+// chunk holds four, at columns 240 + 4n + s. A byte's trits t_0 (most significant) .. t_{k-1} are stored as the
+// fixed-point fraction B = ceil(v * 256 / 3^k), v = sum t_n 3^(k-1-n): multiplying B by 3^n (mod 256) brings
+// trit n to the top, where it is floor(3 x / 256), i.e. [x >= 86] + [x >= 171] (base3_trit).
+// Why: plane n of a chunk (trit n of its 64 bytes) is, like a 2-bit plane above, 16 rows x 4 consecutive
+// columns in dword lanes, which vpdpbusd multiplies against one broadcast dword of plain-order activations; a
+// plane costs two byte adds (the next x = 3x) and two unsigned compares instead of a shift and a mask, and the
+// stream is 0.81x the 2-bit layout's bytes.
+constexpr int64_t kB3ChunkCols = 20;                  // columns per full chunk (5 trits per byte)
+constexpr int64_t kB3FullChunks = 12;                 // full chunks per block: columns [0, 240)
+constexpr int64_t kB3TailCol = kB3FullChunks * kB3ChunkCols;  // the 16-column tail chunk (4 trits per byte)
+constexpr int64_t kB3BlockBytes = (kB3FullChunks + 1) * kChunkBytes;  // 832 per 16 rows x 256 columns
+constexpr uint8_t kB3Zero5 = 128, kB3Zero4 = 127;     // bytes of five / four zero weights (codes 1)
+
+// Trit n of a base-3 byte.
+inline uint8_t base3_trit(uint8_t b, int n) {
+    static constexpr uint8_t kPow3[5] = {1, 3, 9, 27, 81};
+    const uint8_t x = static_cast<uint8_t>(b * kPow3[n]);
+    return static_cast<uint8_t>((x * 3) >> 8);
+}
+
 struct TernaryMatrix::Impl {
     int64_t rows = 0, cols = 0;
     int64_t groups = 0;               // ceil(rows / 16)
     int64_t nb = 0;                   // cols / 256
-    AlignedArray<uint8_t> packed;     // groups * cols * 4 bytes
+    bool base3 = false;               // TernaryLayout::Base3 (packed is then groups * nb * kB3BlockBytes bytes)
+    AlignedArray<uint8_t> packed;     // groups * cols * 4 bytes (2-bit layout)
     // Per-block scales as [group][block][16 rows] so a vector load gives 16 rows of one block.
     // All-zero blocks hold 0 whatever the file said: their d is meaningless and may be inf/nan.
     AlignedArray<float> d;
@@ -55,12 +80,17 @@ struct TernaryMatrix::Impl {
     float scale = 0.0f;               // the common d when uniform
 
     const uint8_t* group_ptr(int64_t g) const { return packed.get() + g * cols * 4; }
+    const uint8_t* group_ptr3(int64_t g) const { return packed.get() + g * nb * kB3BlockBytes; }
     float* d_ptr(int64_t g) { return d.get() + g * nb * kGroupRows; }
     const float* d_ptr(int64_t g) const { return d.get() + g * nb * kGroupRows; }
 };
 
 // Shared by every family: sizes out's buffers (no allocation when already large enough).
 void resize_acts(QuantizedActs& out, int64_t n_tokens, int64_t cols);
+
+// Row r of a base-3 matrix as codes in {-1, 0, 1} (out: cols values): the slow decode the reference and the
+// tests read.
+void base3_row_codes(const TernaryMatrix::Impl& m, int64_t r, int8_t* out);
 
 // ---------------------------------------------------------------------------------------------
 // The GGUF ternary decoders, shared with the GPU layout (cuda/layout.h) so that both build from the file's

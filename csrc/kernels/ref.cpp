@@ -67,10 +67,14 @@ void ternary_matmul_ref(const TernaryMatrix& m, const QuantizedActs& x, float* y
     const int64_t cols = w.cols, nb = w.nb;
     std::vector<int8_t> row(static_cast<size_t>(cols));
     for (int64_t r = row_begin; r < row_end; ++r) {
-        const uint8_t* gp = w.group_ptr(r / kGroupRows) + (r % kGroupRows) * 4;
-        for (int64_t k = 0; k < cols; ++k) {
-            const uint8_t byte = gp[(k / kChunkCols) * kChunkBytes + k % 4];
-            row[static_cast<size_t>(k)] = static_cast<int8_t>(((byte >> (2 * ((k % kChunkCols) / 4))) & 3) - 1);
+        if (w.base3) {  // both layouts: the same codes, so the same y
+            base3_row_codes(w, r, row.data());
+        } else {
+            const uint8_t* gp = w.group_ptr(r / kGroupRows) + (r % kGroupRows) * 4;
+            for (int64_t k = 0; k < cols; ++k) {
+                const uint8_t byte = gp[(k / kChunkCols) * kChunkBytes + k % 4];
+                row[static_cast<size_t>(k)] = static_cast<int8_t>(((byte >> (2 * ((k % kChunkCols) / 4))) & 3) - 1);
+            }
         }
         const float* d = w.d_ptr(r / kGroupRows) + r % kGroupRows;
         for (int64_t t = 0; t < x.n_tokens; ++t) {

@@ -23,6 +23,15 @@ void attend_f32_avx2(const float* q, const float* k, const float* v, int64_t str
 void attend_f16_avx2(const float* q, const uint16_t* k, const uint16_t* v, int64_t stride, int64_t len,
                      int64_t hd, float scale, float* scores, float* out);
 void to_f16_avx2(const float* x, uint16_t* y, int64_t n);
+// ternary_matmul_avx2's tiles for the rows of group g in [rb, re), every token, reading the group's 2-bit codes
+// from panel (w.cols * 4 bytes, pack.h's layout, 32-byte aligned): the base-3 prompt path expands a group into it.
+void ternary_gemm_group_avx2(const TernaryMatrix& w, const uint8_t* panel, int64_t g, const QuantizedActs& x, float* y,
+                             int64_t ldy, int64_t rb, int64_t re);
+// Group g of a base-3 matrix in the 2-bit layout (w.cols * 4 bytes at out, 32-byte aligned), by compares.
+void expand_base3_group_avx2(const TernaryMatrix& w, int64_t g, uint8_t* out);
+// ternary1_avx2.cpp: the base-3 layout (TernaryLayout::Base3).
+void ternary1_matmul_avx2(const TernaryMatrix& w, const QuantizedActs& x, float* y, int64_t ldy, int64_t rb,
+                          int64_t re);
 
 void quantize_avx512(const float* x, int64_t n_tokens, int64_t cols, QuantizedActs& out);
 void ternary_matmul_avx512(const TernaryMatrix& w, const QuantizedActs& x, float* y, int64_t ldy, int64_t rb,
@@ -38,6 +47,17 @@ void attend_f32_avx512(const float* q, const float* k, const float* v, int64_t s
 void attend_f16_avx512(const float* q, const uint16_t* k, const uint16_t* v, int64_t stride, int64_t len,
                        int64_t hd, float scale, float* scores, float* out);
 void to_f16_avx512(const float* x, uint16_t* y, int64_t n);
+// The prompt GEMM of ternary_matmul_avx512 for the r <= ternary_gemm_panel_groups_avx512(w) groups from g, reading
+// their 2-bit codes from panel (r * cols * 4 bytes, the layout of pack.h, group after group) when it is not null:
+// the base-3 kernels expand a panel into it and reuse the 2-bit tiles.
+int ternary_gemm_panel_groups_avx512(const TernaryMatrix& w);
+void ternary_gemm_panel_avx512(const TernaryMatrix& w, const uint8_t* panel, int64_t g, int r, const QuantizedActs& x,
+                               float* y, int64_t ldy, int64_t rb, int64_t re);
+// Group g of a base-3 matrix in the 2-bit layout (w.cols * 4 bytes at out, 64-byte aligned): by table lookups
+// (vbmi: needs cpu_features().avx512_vbmi) or by compares; the prompt GEMM's expansion, exposed for the tests.
+void expand_base3_group_avx512(const TernaryMatrix& w, int64_t g, uint8_t* out, bool vbmi);
+void ternary1_matmul_avx512(const TernaryMatrix& w, const QuantizedActs& x, float* y, int64_t ldy, int64_t rb,
+                            int64_t re);
 
 #endif
 

@@ -38,7 +38,12 @@ struct AlignedAllocator {
     bool operator!=(const AlignedAllocator<U>&) const noexcept { return false; }
 };
 
-// A ternary weight matrix [rows, cols] held at ~2 bits per weight in the kernels' own layout.
+// How a TernaryMatrix holds its codes (pack.h): TwoBit, 2 bits per weight (every kernel kind); Base3, five
+// trits per byte, 1.625 bits per weight, 0.81x the bytes each decode token reads (the 1.6-bit path of TQ1_0
+// files; kinds without a base-3 kernel run it on the scalar reference: see has_base3_kernel).
+enum class TernaryLayout { TwoBit, Base3 };
+
+// A ternary weight matrix [rows, cols] held at ~2 or ~1.6 bits per weight in the kernels' own layout.
 // scale(r, k) is the fp32 scale of the 256-block holding element (r, k); uniform_scale() is set when
 // every block that has a nonzero code carries the same scale (the bLLaMa export), which allows a
 // faster epilogue.
@@ -47,13 +52,15 @@ public:
     // From GGUF TQ2_0 / TQ1_0 block data (rows * cols/256 blocks, row-major). cols % 256 == 0.
     // Throws std::invalid_argument on bad shapes.
     static TernaryMatrix from_tq2_0(const uint8_t* blocks, int64_t rows, int64_t cols);
-    static TernaryMatrix from_tq1_0(const uint8_t* blocks, int64_t rows, int64_t cols);
+    static TernaryMatrix from_tq1_0(const uint8_t* blocks, int64_t rows, int64_t cols,
+                                    TernaryLayout layout = TernaryLayout::TwoBit);
     // From bitnet.cpp's I2_S tensor data: rows * cols / 4 bytes of codes (128 values per 32 bytes, row-major),
     // then the tensor's fp32 scale. cols % 256 == 0. Throws std::invalid_argument on bad shapes, code 3 or a
     // scale that is not finite.
     static TernaryMatrix from_i2_s(const uint8_t* data, int64_t rows, int64_t cols);
     // From codes in {-1,0,1} (row-major) and one scale for the whole tensor (tests, benchmarks).
-    static TernaryMatrix from_codes(const int8_t* codes, int64_t rows, int64_t cols, float scale);
+    static TernaryMatrix from_codes(const int8_t* codes, int64_t rows, int64_t cols, float scale,
+                                    TernaryLayout layout = TernaryLayout::TwoBit);
 
     int64_t rows() const;
     int64_t cols() const;
@@ -61,6 +68,7 @@ public:
     int8_t code(int64_t r, int64_t c) const;  // slow accessor for tests
     float block_scale(int64_t r, int64_t c) const;
     bool uniform_scale() const;
+    TernaryLayout layout() const;
 
     TernaryMatrix();
     ~TernaryMatrix();
@@ -104,5 +112,9 @@ constexpr int64_t kTernaryRowGranule = 16;
 // larger n_tokens use a GEMM path that reuses unpacked weight tiles across tokens.
 void ternary_matmul(const TernaryMatrix& w, const QuantizedActs& x, float* y, int64_t ldy,
                     int64_t row_begin, int64_t row_end, KernelKind kind = best_kernel());
+
+// Whether `kind` has a SIMD kernel for the base-3 layout (otherwise ternary_matmul runs Base3 matrices on the
+// scalar reference, correct but slow: the loader then keeps TQ1_0 files in the 2-bit layout).
+bool has_base3_kernel(KernelKind kind = best_kernel());
 
 }  // namespace bllama

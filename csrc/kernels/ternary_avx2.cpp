@@ -112,6 +112,7 @@ struct TileArgs {
     float* y;
     int64_t ldy, rb, re;
     int64_t h0, t0;  // first 8-row half, first token
+    const uint8_t* panel = nullptr;  // set: the 2-bit codes of the tile's one group (not w's own)
 };
 
 template <int J>
@@ -155,7 +156,7 @@ template <int R, int N>
 inline void tile_ptrs(const TileArgs& a, const uint8_t* (&wp)[R], const int8_t* (&qp)[N]) {
     for (int r = 0; r < R; ++r) {
         const int64_t h = a.h0 + r;
-        wp[r] = a.w->group_ptr(h / 2) + (h % 2) * 32;
+        wp[r] = (a.panel ? a.panel : a.w->group_ptr(h / 2)) + (h % 2) * 32;
     }
     for (int t = 0; t < N; ++t) qp[t] = a.x->q.data() + (a.t0 + t) * a.w->cols;
 }
@@ -257,6 +258,20 @@ void ternary_matmul_avx2(const TernaryMatrix& m, const QuantizedActs& x, float* 
             a.t0 = t;
             (w.uniform ? kUniform[r - 1][n - 1] : kBlocks[r - 1][n - 1])(a);
         }
+    }
+}
+
+void ternary_gemm_group_avx2(const TernaryMatrix& m, const uint8_t* panel, int64_t g, const QuantizedActs& x, float* y,
+                             int64_t ldy, int64_t rb, int64_t re) {
+    const TernaryMatrix::Impl& w = m.impl();
+    const int64_t h0 = std::max(2 * g, rb / 8), h1 = std::min(2 * g + 2, (re + 7) / 8);
+    if (h1 <= h0) return;
+    const int r = static_cast<int>(h1 - h0);
+    TileArgs a{&w, &x, y, ldy, rb, re, h0, 0, panel};
+    for (int64_t t = 0; t < x.n_tokens; t += kMaxN) {
+        const int n = static_cast<int>(std::min<int64_t>(kMaxN, x.n_tokens - t));
+        a.t0 = t;
+        (w.uniform ? kUniform[r - 1][n - 1] : kBlocks[r - 1][n - 1])(a);
     }
 }
 

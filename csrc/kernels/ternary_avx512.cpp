@@ -95,6 +95,7 @@ struct TileArgs {
     float* y;
     int64_t ldy, rb, re;
     int64_t g0, t0;
+    const uint8_t* panel = nullptr;  // set: the tile's groups' 2-bit codes, group after group (not w's own)
 };
 
 // Decode (one token). One 16-row group at a time, so the whole matrix is read as a single linear
@@ -150,7 +151,7 @@ void tile_uniform(const TileArgs& a) {
     const QuantizedActs& x = *a.x;
     const uint8_t* wp[R];
     const int8_t* qp[N];
-    for (int r = 0; r < R; ++r) wp[r] = w.group_ptr(a.g0 + r);
+    for (int r = 0; r < R; ++r) wp[r] = a.panel ? a.panel + r * w.cols * 4 : w.group_ptr(a.g0 + r);
     for (int t = 0; t < N; ++t) qp[t] = x.q.data() + (a.t0 + t) * w.cols;
     __m512i acc[R][N];
     for (int r = 0; r < R; ++r)
@@ -247,7 +248,7 @@ void tile_blocks(const TileArgs& a) {
     const QuantizedActs& x = *a.x;
     const uint8_t* wp[R];
     const int8_t* qp[N];
-    for (int r = 0; r < R; ++r) wp[r] = w.group_ptr(a.g0 + r);
+    for (int r = 0; r < R; ++r) wp[r] = a.panel ? a.panel + r * w.cols * 4 : w.group_ptr(a.g0 + r);
     for (int t = 0; t < N; ++t) qp[t] = x.q.data() + (a.t0 + t) * w.cols;
     __m512 s[R][N];
     __m512 av[N];
@@ -315,16 +316,22 @@ void ternary_matmul_avx512(const TernaryMatrix& m, const QuantizedActs& x, float
     }
     // Groups outer, tokens inner: an R-group weight panel (R * cols/4 bytes) stays in L2 while every
     // token tile streams past it.
-    const int maxr = w.uniform ? kMaxR : kMaxRB;
+    const int maxr = ternary_gemm_panel_groups_avx512(m);
+    for (int64_t g = g_begin; g < g_end; g += maxr)
+        ternary_gemm_panel_avx512(m, nullptr, g, static_cast<int>(std::min<int64_t>(maxr, g_end - g)), x, y, ldy, rb, re);
+}
+
+int ternary_gemm_panel_groups_avx512(const TernaryMatrix& m) { return m.impl().uniform ? kMaxR : kMaxRB; }
+
+void ternary_gemm_panel_avx512(const TernaryMatrix& m, const uint8_t* panel, int64_t g, int r, const QuantizedActs& x,
+                               float* y, int64_t ldy, int64_t rb, int64_t re) {
+    const TernaryMatrix::Impl& w = m.impl();
+    TileArgs a{&w, &x, y, ldy, rb, re, g, 0, panel};
     const int maxn = w.uniform ? kMaxN : kMaxNB;
-    for (int64_t g = g_begin; g < g_end; g += maxr) {
-        const int r = static_cast<int>(std::min<int64_t>(maxr, g_end - g));
-        a.g0 = g;
-        for (int64_t t = 0; t < x.n_tokens; t += maxn) {
-            const int n = static_cast<int>(std::min<int64_t>(maxn, x.n_tokens - t));
-            a.t0 = t;
-            (w.uniform ? kUniform[r - 1][n - 1] : kBlocks[r - 1][n - 1])(a);
-        }
+    for (int64_t t = 0; t < x.n_tokens; t += maxn) {
+        const int n = static_cast<int>(std::min<int64_t>(maxn, x.n_tokens - t));
+        a.t0 = t;
+        (w.uniform ? kUniform[r - 1][n - 1] : kBlocks[r - 1][n - 1])(a);
     }
 }
 
