@@ -120,6 +120,7 @@ int main(int argc, char** argv) {
             const double prompt_s = secs(t0);
             int32_t tok = argmax(logits.data(), shape->vocab);
             double bytes = 0;
+            const uint64_t handoffs0 = model->pool_handoffs(), sleeps0 = model->pool_sleeps();
             t0 = Clock::now();
             for (int64_t i = 0; i < n_decode; ++i) {
                 model->forward(&tok, 1, n_prompt + i, logits.data(), false);
@@ -131,6 +132,8 @@ int main(int argc, char** argv) {
             std::printf("%7d %8.2f %10.1f %10.2f %10.1f %10.2f %9.0f %7.0f %8.0fM\n", nt, load_s, n_prompt / prompt_s, tps,
                         bytes / n_decode / 1e6, bytes / decode_s / 1e9, model->weight_bytes() / 1e6,
                         model->head_bytes() / 1e6, peak_rss_mib());
+            std::printf("%7d   pool: %.1f handoffs, %.1f worker sleeps per decode token\n", nt,
+                        double(model->pool_handoffs() - handoffs0) / n_decode, double(model->pool_sleeps() - sleeps0) / n_decode);
             std::fflush(stdout);
             for (int B : batches) {
                 std::vector<int32_t> toks(static_cast<size_t>(B));
