@@ -44,6 +44,10 @@ constexpr int kSpinCheckEvery = 16;  // pause instructions between clock reads (
 // runnable threads than cores, and spinning on would burn the timeslice of a thread that everyone waits for
 // (measured: 300 us spins made 2 threads 2x slower than 1 under load, bench/NOTES-kernels.md).
 constexpr std::chrono::microseconds kPreemptedGap{20};
+// A spin's first microseconds only poll (most jobs of a decode step follow the previous one within this); after
+// that each poll also yields the core, so on an oversubscribed machine a thread queued behind the spinner (often
+// the caller with the next job's serial work) runs at once instead of after the whole spin.
+constexpr std::chrono::microseconds kPureSpin{10};
 // After a preemption a thread's spin budget shrinks 4x (to nothing after kMaxShift halvings) and grows back 2x per
 // kCalmWaits waits without one: a decode token waits ~100 times, so it recovers within a few tokens of quiet.
 constexpr int kMaxShift = 8, kCalmWaits = 32;
@@ -74,7 +78,16 @@ bool ThreadPool::spin_until(SpinState& st, Ready&& ready) const {
                 break;
             }
             if (t - start > budget) break;
-            last = t;
+            if (t - start > kPureSpin) {
+                std::this_thread::yield();
+                last = Clock::now();  // a yield that ran another thread for a while: a preemption
+                if (last - t > kPreemptedGap) {
+                    preempted = true;
+                    break;
+                }
+            } else {
+                last = t;
+            }
         }
     }
     if (preempted) {
