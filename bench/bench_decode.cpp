@@ -128,6 +128,7 @@ int main(int argc, char** argv) {
             const double prompt_s = secs(t0);
             int32_t tok = argmax(logits.data(), shape->vocab);
             double bytes = 0;
+            const uint64_t handoffs0 = model->pool_handoffs(), sleeps0 = model->pool_sleeps();
             t0 = Clock::now();
             for (int64_t i = 0; i < n_decode; ++i) {
                 model->forward(&tok, 1, n_prompt + i, logits.data(), false);
@@ -140,6 +141,8 @@ int main(int argc, char** argv) {
                         bytes / n_decode / 1e6, bytes / decode_s / 1e9, model->weight_bytes() / 1e6,
                         model->head_bytes() / 1e6, peak_rss_mib());
             if (probe) std::printf("%7d   probe: %.2f GB/s memory read bandwidth\n", nt, measure_read_bandwidth(nt) / 1e9);
+            std::printf("%7d   pool: %.1f handoffs, %.1f worker sleeps per decode token\n", nt,
+                        double(model->pool_handoffs() - handoffs0) / n_decode, double(model->pool_sleeps() - sleeps0) / n_decode);
             std::fflush(stdout);
             for (int B : batches) {
                 std::vector<int32_t> toks(static_cast<size_t>(B));

@@ -18,13 +18,14 @@ void Model::rope_tables(int64_t n) {
         }
 }
 
-// Rotates pairs (u[i], u[i + hd/2]) of every head of every token in x [n, n_heads * hd].
-void Model::apply_rope(float* x, int64_t n, int64_t n_heads) {
+// Rotates pairs (u[i], u[i + hd/2]) of heads [h0, h1) of every token in x [n, n_heads * hd]. A head is rotated
+// on its own, so threads owning different heads can rotate them at the same time.
+void Model::apply_rope(float* x, int64_t n, int64_t n_heads, int64_t h0, int64_t h1) {
     const int64_t hd = cfg_.head_dim, half = hd / 2;
     for (int64_t t = 0; t < n; ++t) {
         const float* cs = cos_.data() + t * half;
         const float* sn = sin_.data() + t * half;
-        for (int64_t h = 0; h < n_heads; ++h) {
+        for (int64_t h = h0; h < h1; ++h) {
             float* u = x + (t * n_heads + h) * hd;
             for (int64_t i = 0; i < half; ++i) {
                 const float u1 = u[i], u2 = u[i + half];
@@ -35,30 +36,50 @@ void Model::apply_rope(float* x, int64_t n, int64_t n_heads) {
     }
 }
 
-// att_[t, h*hd:(h+1)*hd] = softmax(q k^T / sqrt(hd)) v over positions 0 .. row_pos_[t] of sequence
-// row_slot_[t], for every (token, head) pair; pairs are split across the pool, each thread with its own score row.
-void Model::attention(int64_t layer, int64_t n) {
-    const int64_t H = cfg_.n_heads, hd = cfg_.head_dim, KV = cfg_.kv_dim(), D = cfg_.dim;
-    const int64_t group = H / cfg_.n_kv_heads;
+// Columns [b, e) of k_ / v_'s n rows into each row's own sequence's cache, at its position.
+void Model::write_kv(int64_t layer, int64_t n, int64_t b, int64_t e) {
+    const int64_t KV = cfg_.kv_dim();
+    for (int64_t t = 0; t < n; ++t) {
+        const int64_t at = cache_row(row_slot_[t], layer, row_pos_[t]);
+        const float* k = k_.data() + t * KV;
+        const float* v = v_.data() + t * KV;
+        if (kv_f16_) {
+            kernels_.to_f16(k + b, k16_cache_.data() + at + b, e - b);
+            kernels_.to_f16(v + b, v16_cache_.data() + at + b, e - b);
+        } else {
+            std::copy(k + b, k + e, k_cache_.data() + at + b);
+            std::copy(v + b, v + e, v_cache_.data() + at + b);
+        }
+    }
+}
+
+// att_[t, h*hd:(h+1)*hd] = softmax(q k^T / sqrt(hd)) v over positions 0 .. row_pos_[t] of sequence row_slot_[t],
+// with `thread`'s score row.
+void Model::attend_one(int64_t layer, int64_t t, int64_t h, int thread) {
+    const int64_t hd = cfg_.head_dim, KV = cfg_.kv_dim(), D = cfg_.dim;
+    const int64_t g = h / (cfg_.n_heads / cfg_.n_kv_heads);
     const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
+    float* sc = scores_.data() + static_cast<int64_t>(thread) * ctx_;
+    // Causal: keys 0 .. row_pos_[t] of the row's own sequence.
+    const int64_t base = cache_row(row_slot_[t], layer, 0), len = row_pos_[t] + 1;
+    const float* q = q_.data() + t * D + h * hd;
+    float* o = att_.data() + t * D + h * hd;
+    if (kv_f16_)
+        kernels_.attend_f16(q, k16_cache_.data() + base + g * hd, v16_cache_.data() + base + g * hd, KV, len, hd,
+                            scale, sc, o);
+    else
+        kernels_.attend_f32(q, k_cache_.data() + base + g * hd, v_cache_.data() + base + g * hd, KV, len, hd, scale,
+                            sc, o);
+}
+
+// Every (token, head) pair of the n rows, split across the pool.
+void Model::attention(int64_t layer, int64_t n) {
+    const int64_t H = cfg_.n_heads;
     const int nc = static_cast<int>(std::min<int64_t>(n * H, pool_.size() == 1 ? 1 : pool_.size() * 8));
     pool_.run(nc, [&](int chunk, int thread) {
-        float* sc = scores_.data() + static_cast<int64_t>(thread) * ctx_;
         int64_t b, e;
         split_range(n * H, chunk, nc, 1, b, e);
-        for (int64_t task = b; task < e; ++task) {
-            const int64_t t = task / H, h = task % H, g = h / group;
-            // Causal: keys 0 .. row_pos_[t] of the row's own sequence.
-            const int64_t base = cache_row(row_slot_[t], layer, 0), len = row_pos_[t] + 1;
-            const float* q = q_.data() + t * D + h * hd;
-            float* o = att_.data() + t * D + h * hd;
-            if (kv_f16_)
-                kernels_.attend_f16(q, k16_cache_.data() + base + g * hd, v16_cache_.data() + base + g * hd, KV,
-                                 len, hd, scale, sc, o);
-            else
-                kernels_.attend_f32(q, k_cache_.data() + base + g * hd, v_cache_.data() + base + g * hd, KV,
-                                 len, hd, scale, sc, o);
-        }
+        for (int64_t task = b; task < e; ++task) attend_one(layer, task / H, task % H, thread);
     });
 }
 

@@ -138,33 +138,46 @@ void Model::forward_rows(const int32_t* tokens, int64_t n, float* logits, bool a
         for (int64_t i = 0; i < D; ++i) x_[t * D + i] = f16_to_f32(row[i]);
     }
     rope_tables(n);
+    // The fused attention block (below) hands out one chunk per kv head: with at least 4 per thread, dynamic
+    // claiming still balances the threads (and sheds a descheduled one's share); with fewer (2B4T's 5 kv heads on 2
+    // threads would split 3:2) the projections are split by rows and attention runs as its own job.
+    const int64_t KVH = c.n_kv_heads, hd = c.head_dim, group = c.n_heads / c.n_kv_heads;
+    const bool fused_attention = KVH >= 4 * pool_.size() && hd % kRowAlign == 0;
 
     for (int64_t l = 0; l < c.n_layers; ++l) {
         const LayerWeights& L = layers_[static_cast<size_t>(l)];
 
         // Attention: q, k, v share one quantized input.
         bitlinear_input(x_.data(), L.attn_norm.data(), xp_.data(), n, D, c.dim_in, c.rms_eps, qa_dim_, kind);
-        pool_.run(nc, [&](int i, int) {
-            int64_t b, e;
-            split_range(D, i, nc, kRowAlign, b, e);
-            bitlinear_rows(L.q, qa_dim_, q_.data(), D, n, b, e, kind);
-            split_range(KV, i, nc, kRowAlign, b, e);
-            bitlinear_rows(L.k, qa_dim_, k_.data(), KV, n, b, e, kind);
-            bitlinear_rows(L.v, qa_dim_, v_.data(), KV, n, b, e, kind);
-        });
-        apply_rope(q_.data(), n, c.n_heads);
-        apply_rope(k_.data(), n, c.n_kv_heads);
-        for (int64_t t = 0; t < n; ++t) {  // each row into its own sequence's cache, at its position
-            const int64_t at = cache_row(row_slot_[t], l, row_pos_[t]);
-            if (kv_f16_) {
-                kernels_.to_f16(k_.data() + t * KV, k16_cache_.data() + at, KV);
-                kernels_.to_f16(v_.data() + t * KV, v16_cache_.data() + at, KV);
-            } else {
-                std::copy(k_.begin() + t * KV, k_.begin() + (t + 1) * KV, k_cache_.data() + at);
-                std::copy(v_.begin() + t * KV, v_.begin() + (t + 1) * KV, v_cache_.data() + at);
-            }
+        if (fused_attention) {
+            // One job: kv head g's chunk computes the q rows of its query heads and its own k, v rows, rotates them,
+            // writes k, v into the cache and attends. Attention reads no other chunk's rows, so the step from the
+            // projections to attention needs no handoff, and rope and the cache writes run in parallel.
+            pool_.run(static_cast<int>(KVH), [&](int g, int thread) {
+                const int64_t qb = g * group * hd, qe = qb + group * hd, kb = g * hd, ke = kb + hd;
+                bitlinear_rows(L.q, qa_dim_, q_.data(), D, n, qb, qe, kind);
+                bitlinear_rows(L.k, qa_dim_, k_.data(), KV, n, kb, ke, kind);
+                bitlinear_rows(L.v, qa_dim_, v_.data(), KV, n, kb, ke, kind);
+                apply_rope(q_.data(), n, c.n_heads, g * group, (g + 1) * group);
+                apply_rope(k_.data(), n, KVH, g, g + 1);
+                write_kv(l, n, kb, ke);
+                for (int64_t t = 0; t < n; ++t)
+                    for (int64_t h = g * group; h < (g + 1) * group; ++h) attend_one(l, t, h, thread);
+            });
+        } else {
+            pool_.run(nc, [&](int i, int) {
+                int64_t b, e;
+                split_range(D, i, nc, kRowAlign, b, e);
+                bitlinear_rows(L.q, qa_dim_, q_.data(), D, n, b, e, kind);
+                split_range(KV, i, nc, kRowAlign, b, e);
+                bitlinear_rows(L.k, qa_dim_, k_.data(), KV, n, b, e, kind);
+                bitlinear_rows(L.v, qa_dim_, v_.data(), KV, n, b, e, kind);
+            });
+            apply_rope(q_.data(), n, c.n_heads, 0, c.n_heads);
+            apply_rope(k_.data(), n, KVH, 0, KVH);
+            write_kv(l, n, 0, KV);
+            attention(l, n);
         }
-        attention(l, n);
 
         bitlinear_input(att_.data(), c.sub_norms ? L.attn_sub_norm.data() : nullptr, xp_.data(), n, D, c.dim_in,
                         c.rms_eps, qa_dim_, kind);

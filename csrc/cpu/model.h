@@ -83,6 +83,7 @@ public:
     int64_t context() const { return ctx_; }  // KV cache capacity (<= config().context)
     int threads() const { return pool_.size(); }
     uint64_t pool_handoffs() const { return pool_.handoffs(); }  // jobs handed to the workers so far
+    uint64_t pool_sleeps() const { return pool_.sleeps(); }      // times a worker slept between jobs
     bool kv_f16() const { return kv_f16_; }
     KernelKind kernel() const { return kernel_; }
     HeadType head_type() const { return head_type_; }
@@ -133,11 +134,13 @@ private:
     void forward_rows(const int32_t* tokens, int64_t n, float* logits, bool all_logits);
     void attention(int64_t layer, int64_t n);
     void head(const int64_t* rows, int64_t m, float* logits);  // logits of hidden rows rows[0..m) of x_
+    void attend_one(int64_t layer, int64_t t, int64_t h, int thread);
+    void write_kv(int64_t layer, int64_t n, int64_t b, int64_t e);
     void rope_tables(int64_t n);
     int64_t cache_row(int64_t slot, int64_t layer, int64_t pos) const {  // first element of a KV-cache row
         return ((slot * cfg_.n_layers + layer) * ctx_ + pos) * cfg_.kv_dim();
     }
-    void apply_rope(float* x, int64_t n, int64_t n_heads);
+    void apply_rope(float* x, int64_t n, int64_t n_heads, int64_t h0, int64_t h1);
 
     GgufFile file_;
     ModelConfig cfg_;

@@ -1,5 +1,6 @@
 #include "engine/threadpool.h"
 
+#include <algorithm>
 #include <chrono>
 #include <cstdlib>
 #include <fstream>
@@ -25,20 +26,81 @@ static inline void cpu_relax() {}
 namespace bllama {
 
 namespace {
-// How long a worker keeps polling for the next job before sleeping, and how long the caller polls
-// for completion before yielding its core. Short on purpose: on a machine shared with other busy
-// processes, long spins burn the timeslices of the very thread everyone waits for (measured: bench/NOTES-kernels.md,
-// "Measurements from code comments").
-// BLLAMA_SPIN_US overrides it (read once).
-std::chrono::microseconds spin_for() {
+// How long a thread keeps polling (for the next job, or for the job's last chunk) before it sleeps or yields its
+// core. Long enough to cover the serial work between two jobs of a decode step (an rmsnorm over the FFN width is
+// ~10 us), so back-to-back jobs find the workers awake. BLLAMA_SPIN_US overrides it (read once); the constructor's
+// spin_us overrides both.
+constexpr long kDefaultSpinUs = 50;
+std::chrono::microseconds spin_from_env() {
     static const std::chrono::microseconds v = [] {
         const char* e = std::getenv("BLLAMA_SPIN_US");
-        const long us = e ? std::strtol(e, nullptr, 10) : 20;
+        const long us = e ? std::strtol(e, nullptr, 10) : kDefaultSpinUs;
         return std::chrono::microseconds(us < 0 ? 0 : us);
     }();
     return v;
 }
-constexpr int kSpinCheckEvery = 64;
+constexpr int kSpinCheckEvery = 16;  // pause instructions between clock reads (~0.2-1 us)
+// A gap this long between two clock reads of a spin means the thread was descheduled: the machine has more
+// runnable threads than cores, and spinning on would burn the timeslice of a thread that everyone waits for
+// (measured: 300 us spins made 2 threads 2x slower than 1 under load, bench/NOTES-kernels.md).
+constexpr std::chrono::microseconds kPreemptedGap{20};
+// A spin's first microseconds only poll (most jobs of a decode step follow the previous one within this); after
+// that each poll also yields the core, so on an oversubscribed machine a thread queued behind the spinner (often
+// the caller with the next job's serial work) runs at once instead of after the whole spin.
+constexpr std::chrono::microseconds kPureSpin{10};
+// After a preemption a thread's spin budget shrinks 4x (to nothing after kMaxShift halvings) and grows back 2x per
+// kCalmWaits waits without one: a decode token waits ~100 times, so it recovers within a few tokens of quiet.
+constexpr int kMaxShift = 8, kCalmWaits = 32;
+
+using Clock = std::chrono::steady_clock;
+}  // namespace
+
+// Polls ready() with a pause between polls for at most this thread's budget; true as soon as ready() is. Returns
+// early (false) when the thread is found descheduled, and adapts the budget (see kMaxShift).
+template <class Ready>
+bool ThreadPool::spin_until(SpinState& st, Ready&& ready) const {
+    if (ready()) return true;
+    const std::chrono::nanoseconds budget(st.shift >= kMaxShift ? 0 : std::chrono::nanoseconds(spin_for_).count() >> st.shift);
+    bool preempted = false, ok = false;
+    if (budget.count() > 0) {
+        const auto start = Clock::now();
+        auto last = start;
+        for (int i = 1;; ++i) {
+            if (ready()) {
+                ok = true;
+                break;
+            }
+            cpu_relax();
+            if (i % kSpinCheckEvery) continue;
+            const auto t = Clock::now();
+            if (t - last > kPreemptedGap) {
+                preempted = true;
+                break;
+            }
+            if (t - start > budget) break;
+            if (t - start > kPureSpin) {
+                std::this_thread::yield();
+                last = Clock::now();  // a yield that ran another thread for a while: a preemption
+                if (last - t > kPreemptedGap) {
+                    preempted = true;
+                    break;
+                }
+            } else {
+                last = t;
+            }
+        }
+    }
+    if (preempted) {
+        st.shift = std::min(st.shift + 2, kMaxShift);
+        st.calm = 0;
+    } else if (st.shift > 0 && ++st.calm >= kCalmWaits) {
+        --st.shift;
+        st.calm = 0;
+    }
+    return ok || ready();
+}
+
+namespace {
 
 #if defined(__linux__)
 int read_int(const std::string& path) {
@@ -113,8 +175,8 @@ int default_thread_count() {
     return hc ? static_cast<int>(hc) : 1;
 }
 
-ThreadPool::ThreadPool(int n_threads, bool pin)
-    : n_threads_(n_threads > 0 ? n_threads : default_thread_count()), spin_for_(spin_for()) {
+ThreadPool::ThreadPool(int n_threads, bool pin, int spin_us)
+    : n_threads_(n_threads > 0 ? n_threads : default_thread_count()), spin_for_(spin_us < 0 ? spin_from_env() : std::chrono::microseconds(spin_us)) {
     std::vector<int> cpus;
     if (pin || pin_from_env()) cpus = physical_core_cpus();
     // Worker i takes core i; core 0 is left to the caller's thread. More workers than cores: no pinning at all
@@ -192,12 +254,11 @@ void ThreadPool::dispatch(int n_chunks, Thunk fn, void* ctx) {
         cv_.notify_all();
     }
     run_chunks(gen_, 0);
-    auto start = std::chrono::steady_clock::now();
-    for (int spins = 0; done_.load(std::memory_order_acquire) != n_chunks; ++spins) {
-        cpu_relax();
-        if (spins % kSpinCheckEvery == 0 && std::chrono::steady_clock::now() - start > spin_for_)
-            std::this_thread::yield();
-    }
+    // Every chunk is claimed now; the ones still running belong to workers. Past the spin, yield the core: the
+    // thread we wait for may be queued behind us.
+    auto finished = [&] { return done_.load(std::memory_order_acquire) == n_chunks; };
+    if (!spin_until(caller_spin_, finished))
+        while (!finished()) std::this_thread::yield();
     if (error_) {
         std::exception_ptr e;
         {
@@ -209,24 +270,22 @@ void ThreadPool::dispatch(int n_chunks, Thunk fn, void* ctx) {
 }
 
 void ThreadPool::worker(int index) {
-    uint64_t seen = gen_of(work_.load(std::memory_order_acquire));
+    SpinState spin;
+    // The generation before any job (not the current one): a worker that starts late still joins a job that is
+    // already running, so a live job's unclaimed chunks never wait on a sleeping worker.
+    uint64_t seen = 0;
+    auto new_job = [&] { return gen_of(work_.load(std::memory_order_acquire)) != seen || stop_.load(std::memory_order_relaxed); };
     for (;;) {
-        uint64_t g = gen_of(work_.load(std::memory_order_acquire));
-        auto start = std::chrono::steady_clock::now();
-        for (int spins = 1; g == seen && !stop_.load(std::memory_order_relaxed); ++spins) {
-            cpu_relax();
-            if (spins % kSpinCheckEvery == 0 && std::chrono::steady_clock::now() - start > spin_for_) {
-                std::unique_lock<std::mutex> lk(mu_);
-                sleeping_.fetch_add(1, std::memory_order_seq_cst);
-                cv_.wait(lk, [&] { return gen_of(work_.load(std::memory_order_seq_cst)) != seen || stop_.load(); });
-                sleeping_.fetch_sub(1, std::memory_order_relaxed);
-                start = std::chrono::steady_clock::now();
-            }
-            g = gen_of(work_.load(std::memory_order_acquire));
+        if (!spin_until(spin, new_job)) {
+            std::unique_lock<std::mutex> lk(mu_);
+            sleeping_.fetch_add(1, std::memory_order_seq_cst);
+            sleeps_.fetch_add(1, std::memory_order_relaxed);
+            cv_.wait(lk, [&] { return gen_of(work_.load(std::memory_order_seq_cst)) != seen || stop_.load(); });
+            sleeping_.fetch_sub(1, std::memory_order_relaxed);
         }
         if (stop_.load(std::memory_order_relaxed)) return;
-        seen = g;
-        run_chunks(g, index);
+        seen = gen_of(work_.load(std::memory_order_acquire));
+        run_chunks(seen, index);
     }
 }
 

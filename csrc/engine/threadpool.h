@@ -2,8 +2,9 @@
 // a job into chunks that the calling thread and the workers claim dynamically (one atomic CAS per
 // chunk), and returns when every chunk is done. Dynamic claiming matters on shared machines: when a
 // worker is descheduled, the others take its chunks instead of the whole step waiting for it.
-// Workers spin briefly after each job (the next matmul is microseconds away during a forward) and
-// then sleep on a condition variable, so an idle engine costs nothing.
+// Workers spin for a bounded time after each job (the next matmul is microseconds away during a forward) and
+// then sleep on a condition variable, so an idle engine costs nothing; a thread that finds itself descheduled
+// while spinning (an oversubscribed machine) stops spinning at once and spins less for a while.
 #pragma once
 
 #include <atomic>
@@ -31,7 +32,8 @@ public:
     // the OS cannot stack two workers on one core or move a worker away from its cache; also set by
     // BLLAMA_PIN=1. Off by default: on a machine shared with other busy processes a pinned worker cannot flee
     // to an idle core (docs/engine.md, "Threads").
-    explicit ThreadPool(int n_threads, bool pin = false);
+    // spin_us: how long a waiting thread polls before it sleeps (< 0: BLLAMA_SPIN_US, default 50; 0: never polls).
+    explicit ThreadPool(int n_threads, bool pin = false, int spin_us = -1);
     ~ThreadPool();
     ThreadPool(const ThreadPool&) = delete;
     ThreadPool& operator=(const ThreadPool&) = delete;
@@ -41,10 +43,14 @@ public:
     // Jobs handed to the workers so far (run() calls with more than one chunk on more than one thread): what a
     // forward pass pays in synchronization, counted by benchmarks.
     uint64_t handoffs() const { return handoffs_.load(std::memory_order_relaxed); }
+    // Times a worker gave up spinning and slept: each costs the next job a wake-up (a futex call and the
+    // scheduler's latency) on that worker.
+    uint64_t sleeps() const { return sleeps_.load(std::memory_order_relaxed); }
 
     // Calls f(chunk, thread) for every chunk in [0, n_chunks), each exactly once, on any of the
     // pool's threads (thread in [0, size()), 0 is the caller; use it to pick per-thread scratch),
-    // and waits for all. No allocation: f is passed by address. Rethrows the first exception.
+    // and waits for all. No allocation: f is passed by address. Rethrows the first exception once no chunk runs (chunks
+    // not started by then may be skipped).
     template <class F>
     void run(int n_chunks, F&& f) {
         using Fn = std::remove_reference_t<F>;
@@ -54,6 +60,11 @@ public:
 
 private:
     using Thunk = void (*)(void*, int, int);
+    struct SpinState {  // one per waiting thread: how far its spin budget is cut after preemptions
+        int shift = 0, calm = 0;
+    };
+    template <class Ready>
+    bool spin_until(SpinState& st, Ready&& ready) const;
     void dispatch(int n_chunks, Thunk fn, void* ctx);
     void run_chunks(uint64_t gen, int thread);
     void worker(int index);
@@ -61,7 +72,8 @@ private:
 
     int n_threads_;
     bool pinned_ = false;
-    std::atomic<uint64_t> handoffs_{0};
+    std::atomic<uint64_t> handoffs_{0}, sleeps_{0};
+    SpinState caller_spin_;  // run() is called by one thread at a time
     std::chrono::microseconds spin_for_;
     std::vector<std::thread> workers_;
     Thunk fn_ = nullptr;

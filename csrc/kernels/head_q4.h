@@ -79,6 +79,16 @@ inline void q4_offset_sums(const int8_t* x, int64_t blocks, int32_t* out) {
     }
 }
 
+// q4_offset_sums of every token of x (token t's at [t * blocks, (t + 1) * blocks)), in this thread's scratch buffer:
+// it grows on first use only, so decoding allocates nothing per token.
+inline const std::vector<int32_t>& q4_all_offset_sums(const QuantizedActs& x, int64_t cols, int64_t blocks) {
+    thread_local std::vector<int32_t> offs;
+    const size_t need = static_cast<size_t>(x.n_tokens * blocks);
+    if (offs.size() < need) offs.resize(need);
+    for (int64_t t = 0; t < x.n_tokens; ++t) q4_offset_sums(x.q.data() + t * cols, blocks, offs.data() + t * blocks);
+    return offs;
+}
+
 // y[t * ldy + r] for r in [row_begin, row_end), t in [0, x.n_tokens) (formula above). x.cols must equal
 // w.cols(); the caller splits rows across threads (any range is valid).
 void q4_head_matmul(const Q4Head& w, const QuantizedActs& x, float* y, int64_t ldy, int64_t row_begin,

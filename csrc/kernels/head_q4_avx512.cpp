@@ -88,8 +88,7 @@ void tiles(const Q4Head& w, const QuantizedActs& x, const std::vector<int32_t>& 
 void q4_head_matmul_avx512(const Q4Head& w, const QuantizedActs& x, float* y, int64_t ldy, int64_t rb, int64_t re) {
     if (rb >= re) return;
     const int64_t nb = w.blocks();
-    std::vector<int32_t> offs(static_cast<size_t>(x.n_tokens * nb));
-    for (int64_t t = 0; t < x.n_tokens; ++t) q4_offset_sums(x.q.data() + t * w.cols(), nb, offs.data() + t * nb);
+    const std::vector<int32_t>& offs = q4_all_offset_sums(x, w.cols(), nb);
     int64_t t = 0;
     for (; t + 4 <= x.n_tokens; t += 4) tiles<4>(w, x, offs, y, ldy, rb, re, t);
     for (; t + 2 <= x.n_tokens; t += 2) tiles<2>(w, x, offs, y, ldy, rb, re, t);

@@ -1,0 +1,140 @@
+// The forward pass's thread pool (csrc/engine/threadpool.h) under random jobs: every chunk runs exactly once, on a
+// thread index in range that no other running chunk holds at the same time (per-thread scratch relies on it),
+// whatever the pool size (oversubscribed too: more threads than this machine's cores), the spin budget (0: workers
+// always sleep; huge: they never do) or a worker that is descheduled mid-chunk (sleeps). Exceptions thrown by
+// chunks reach the caller and leave the pool usable; the handoff counter counts exactly the jobs handed out.
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <cstdio>
+#include <memory>
+#include <random>
+#include <stdexcept>
+#include <thread>
+#include <vector>
+
+#include "check_msg.h"
+#include "engine/threadpool.h"
+
+using namespace bllama;
+
+namespace {
+
+// Runs `jobs` random jobs on `pool`; with sleepy, some chunks run by workers sleep (a descheduled worker).
+void random_jobs(ThreadPool& pool, int jobs, bool sleepy, uint32_t seed, const char* what) {
+    std::mt19937 rng(seed);
+    std::vector<std::unique_ptr<std::atomic<int>>> busy;  // per thread index: chunks running on it right now
+    for (int t = 0; t < pool.size(); ++t) busy.push_back(std::make_unique<std::atomic<int>>(0));
+    uint64_t expected_handoffs = pool.handoffs();
+    for (int j = 0; j < jobs; ++j) {
+        const int n = std::uniform_int_distribution<int>(0, j % 10 == 0 ? 2000 : 40)(rng);
+        const int sleeper = sleepy ? std::uniform_int_distribution<int>(0, 4 * n + 1)(rng) : -1;
+        std::vector<std::atomic<int>> hits(static_cast<size_t>(n));
+        for (auto& h : hits) h.store(0);
+        std::atomic<int> bad_thread{0}, shared_thread{0};
+        pool.run(n, [&](int chunk, int thread) {
+            if (thread < 0 || thread >= pool.size()) {
+                bad_thread.fetch_add(1);
+                return;
+            }
+            if (busy[static_cast<size_t>(thread)]->fetch_add(1) != 0) shared_thread.fetch_add(1);
+            if (chunk == sleeper && thread != 0) std::this_thread::sleep_for(std::chrono::milliseconds(2));
+            hits[static_cast<size_t>(chunk)].fetch_add(1, std::memory_order_relaxed);
+            busy[static_cast<size_t>(thread)]->fetch_sub(1);
+        });
+        int wrong = 0;
+        for (auto& h : hits) wrong += h.load() != 1;
+        CHECK(wrong == 0, "%s: job %d of %d chunks: %d chunks not run exactly once", what, j, n, wrong);
+        CHECK(bad_thread.load() == 0, "%s: job %d: thread index out of range", what, j);
+        CHECK(shared_thread.load() == 0, "%s: job %d: two chunks ran on one thread index at once", what, j);
+        if (n > 1 && pool.size() > 1) ++expected_handoffs;
+    }
+    CHECK(pool.handoffs() == expected_handoffs, "%s: %llu handoffs counted, %llu jobs handed out", what,
+          (unsigned long long)pool.handoffs(), (unsigned long long)expected_handoffs);
+}
+
+// Chunks that throw: run() rethrows one of them once no chunk runs any more (none runs after run() returns; chunks
+// not started yet may be skipped), and the next jobs run normally.
+void exceptions(ThreadPool& pool, const char* what) {
+    for (int j = 0; j < 50; ++j) {
+        const int n = 1 + j % 17;
+        std::atomic<int> ran{0}, after{0};
+        std::atomic<bool> returned{false};
+        bool caught = false;
+        try {
+            pool.run(n, [&](int chunk, int) {
+                if (returned.load()) after.fetch_add(1);
+                ran.fetch_add(1);
+                if (chunk % 3 == j % 3) throw std::runtime_error("chunk " + std::to_string(chunk));
+            });
+        } catch (const std::runtime_error&) {
+            caught = true;
+        }
+        returned.store(true);
+        const bool should_throw = n > j % 3;
+        CHECK(caught == should_throw, "%s: job %d of %d chunks: exception %s", what, j, n, caught ? "thrown" : "lost");
+        // One thread stops at the first exception; with workers the claimed chunks all finish.
+        const int at_least = should_throw ? 1 + j % 3 : n;  // the serial path runs chunks in order
+        CHECK(ran.load() >= at_least && ran.load() <= n, "%s: job %d: %d of %d chunks ran", what, j, ran.load(), n);
+        std::atomic<int> sum{0};
+        pool.run(64, [&](int chunk, int) { sum.fetch_add(chunk); });
+        CHECK(sum.load() == 64 * 63 / 2, "%s: job after a throwing one: sum %d", what, sum.load());
+        CHECK(after.load() == 0, "%s: a chunk ran after run() returned", what);
+    }
+}
+
+// A job that finishes only once every thread index has run one of its chunks: the workers do take part (a pool
+// whose caller ran everything would pass the other checks), and a chunk that waits for a late or descheduled
+// worker does not stop the others. A hang here is the failure (ctest's timeout).
+void every_thread_joins(ThreadPool& pool) {
+    const int n = pool.size();
+    std::vector<std::atomic<int>> ran(static_cast<size_t>(n));
+    for (auto& r : ran) r.store(0);
+    auto all_ran = [&] {
+        for (auto& r : ran)
+            if (r.load() == 0) return false;
+        return true;
+    };
+    pool.run(n, [&](int, int thread) {
+        ran[static_cast<size_t>(thread)].fetch_add(1);
+        while (!all_ran()) std::this_thread::yield();
+    });
+}
+
+}  // namespace
+
+int main() {
+    const int sizes[] = {1, 2, 3, 5, 8};  // 5 and 8 oversubscribe a 2-core machine
+    const int spins[] = {0, 50, 1000000};  // never spin, the default, spin "forever" (bounded by preemption only)
+    uint32_t seed = 1;
+    for (int n : sizes)
+        for (int spin : spins) {
+            char what[64];
+            std::snprintf(what, sizeof what, "%d threads, spin %d us", n, spin);
+            ThreadPool pool(n, false, spin);
+            CHECK(pool.size() == n, "%s: size %d", what, pool.size());
+            every_thread_joins(pool);
+            random_jobs(pool, 300, false, seed++, what);
+            random_jobs(pool, 60, true, seed++, what);
+            exceptions(pool, what);
+            if (spin == 0 && n > 1) {  // a worker that never spins sleeps after every job (a hang is the failure)
+                every_thread_joins(pool);
+                while (pool.sleeps() == 0) std::this_thread::yield();
+            }
+            std::this_thread::sleep_for(std::chrono::milliseconds(5));  // idle: workers go to sleep
+            every_thread_joins(pool);
+            random_jobs(pool, 20, false, seed++, what);
+        }
+    // Pools created and destroyed at once, with workers still starting, spinning or asleep.
+    for (int i = 0; i < 50; ++i) {
+        ThreadPool pool(1 + i % 4, false, i % 3 == 0 ? 0 : 50);
+        if (i % 2) pool.run(8, [](int, int) {});
+    }
+    // Pinning is best effort: it may be refused (fewer cores than threads), but the pool works either way.
+    {
+        ThreadPool pool(2, true);
+        random_jobs(pool, 50, false, seed++, "pinned");
+    }
+    std::printf("%d checks, %d failures\n", g_checks, g_failures);
+    return g_failures ? 1 : 0;
+}
