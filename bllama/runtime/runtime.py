@@ -62,7 +62,8 @@ class Runtime:
         context_length: None for the file's; a smaller value caps the KV cache (a file whose context does not fit in
         memory raises MemoryError saying so). kv_cache_dtype: "float16" (default: half the cache's bytes per token)
         or "float32" (exactly the model's function). tq1_layout: how TQ1_0 files are held on the CPU: "auto" (default)
-        at 1.6 bits where that is not slower (AVX-512 VNNI with VBMI), else 2 bits; "2bit" repacked to 2 bits,
+        at 1.6 bits where decoding is faster so (AVX-512 VNNI with VBMI; prompts 5-8% slower), else 2 bits; "2bit"
+        repacked to 2 bits (the faster prompt),
         "base3" at 1.6 bits; the
         logits are bit-identical either way (docs/engine.md, "Weight formats")."""
         path = Path(path)

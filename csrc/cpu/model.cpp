@@ -50,8 +50,8 @@ TernaryLayout resolve_tq1_layout(Tq1Layout l, KernelKind kind) {
     }
     if (l == Tq1Layout::Base3) return TernaryLayout::Base3;
     if (l == Tq1Layout::TwoBit) return TernaryLayout::TwoBit;
-    // Base 3 where it is not slower than the 2-bit repack (bench/RESULTS.md, "TQ1_0 at 1.6 bits"): AVX-512 VNNI
-    // with VBMI (decode reads 0.81x the bytes; the prompt GEMM's table-lookup expansion costs ~1-2%). Not AVX2
+    // Base 3 where decode is faster than with the 2-bit repack (bench/RESULTS.md, "Quiet rerun, third session"):
+    // AVX-512 VNNI with VBMI (decode 1.04-1.07x on 0.85x the bytes; prompts 0.92-0.95x, the panel expansion). Not AVX2
     // (its compare expansion left the prompt at 0.94x and 3-4-token batches at 0.8x), not AVX-512 without VBMI
     // (the compare expansion, ~4%), not ARM (no base-3 kernel: the scalar reference would run).
     return kind == KernelKind::Avx512Vnni && has_base3_kernel(kind) && cpu_features().avx512_vbmi ? TernaryLayout::Base3

@@ -50,8 +50,9 @@ struct LoadOptions {
     Device device = Device::Cpu;    // Engine: which backend runs the model
     int sequences = 1;              // sequences decoded together (a KV cache for each); CPU: <= max_batch
     bool pin_threads = false;       // pin the pool's workers to physical cores (ThreadPool; BLLAMA_PIN=1 too)
-    // TQ1_0 files: Auto keeps them at 1.6 bits (TernaryLayout::Base3) where that measured no slower than the 2-bit
-    // repack (the AVX-512 kind on a CPU with VBMI; resolve_tq1_layout) and repacks them to 2 bits elsewhere;
+    // TQ1_0 files: Auto keeps them at 1.6 bits (TernaryLayout::Base3) where decode measured faster than the 2-bit
+    // repack (the AVX-512 kind on a CPU with VBMI; resolve_tq1_layout; prompts are 5-8% slower there) and repacks
+    // them to 2 bits elsewhere;
     // BLLAMA_TQ1_LAYOUT=2bit|base3 overrides Auto.
     Tq1Layout tq1_layout = Tq1Layout::Auto;
 };

@@ -208,7 +208,7 @@ static void test_model() {
     CHECK(resolve_tq1_layout(Tq1Layout::Base3, KernelKind::Scalar) == TernaryLayout::Base3, "base3");
     if (!std::getenv("BLLAMA_TQ1_LAYOUT")) {
         CHECK(resolve_tq1_layout(Tq1Layout::Auto, KernelKind::Scalar) == TernaryLayout::TwoBit, "auto on scalar");
-        // The auto rule (resolve_tq1_layout): base 3 only where it measured no slower, AVX-512 VNNI with VBMI.
+        // The auto rule (resolve_tq1_layout): base 3 only where decode measured faster, AVX-512 VNNI with VBMI.
         const bool fast = best_kernel() == KernelKind::Avx512Vnni && cpu_features().avx512_vbmi;
         CHECK(resolve_tq1_layout(Tq1Layout::Auto, best_kernel()) == (fast ? TernaryLayout::Base3 : TernaryLayout::TwoBit),
               "auto on best");
