@@ -27,6 +27,14 @@ def test_the_split_is_the_model_cards():
     assert train.count("\n") == 35525 and len(train) <= 0.9 * len(text) < len(train) + 200
 
 
+def test_the_demo_quotes_the_cards_training_length():
+    """What the demo says of the shipped model's training is the recipe in its card (they must change together)."""
+    from pathlib import Path
+
+    card = (Path(demo.__file__).parents[1] / "assets" / "MODEL_CARD.md").read_text(encoding="utf-8")
+    assert re.findall(r"--max-steps (\d+)", card) == [str(demo.SHIPPED_STEPS)]
+
+
 def test_the_shipped_model_is_small_chats_and_writes_shakespeare():
     path = shakespeare_model()
     assert path == SHAKESPEARE_MODEL and path.stat().st_size < 4 * 2**20
