@@ -175,8 +175,17 @@ int default_thread_count() {
     return hc ? static_cast<int>(hc) : 1;
 }
 
+// A pool with more threads than the cores it may use never polls by default: a polling thread holds a core that
+// another of the pool's threads needs for its chunk (4 threads on 2 cores, 1.7B decode: 27.6 tok/s without the spin,
+// 26.0 with it; bench/NOTES-kernels.md). BLLAMA_SPIN_US or spin_us still set it.
+static std::chrono::microseconds default_spin(int n_threads) {
+    if (std::getenv("BLLAMA_SPIN_US") == nullptr && n_threads > default_thread_count()) return std::chrono::microseconds(0);
+    return spin_from_env();
+}
+
 ThreadPool::ThreadPool(int n_threads, bool pin, int spin_us)
-    : n_threads_(n_threads > 0 ? n_threads : default_thread_count()), spin_for_(spin_us < 0 ? spin_from_env() : std::chrono::microseconds(spin_us)) {
+    : n_threads_(n_threads > 0 ? n_threads : default_thread_count()),
+      spin_for_(spin_us < 0 ? default_spin(n_threads_) : std::chrono::microseconds(spin_us)) {
     std::vector<int> cpus;
     if (pin || pin_from_env()) cpus = physical_core_cpus();
     // Worker i takes core i; core 0 is left to the caller's thread. More workers than cores: no pinning at all

@@ -32,13 +32,15 @@ public:
     // the OS cannot stack two workers on one core or move a worker away from its cache; also set by
     // BLLAMA_PIN=1. Off by default: on a machine shared with other busy processes a pinned worker cannot flee
     // to an idle core (docs/engine.md, "Threads").
-    // spin_us: how long a waiting thread polls before it sleeps (< 0: BLLAMA_SPIN_US, default 50; 0: never polls).
+    // spin_us: how long a waiting thread polls before it sleeps (< 0: BLLAMA_SPIN_US, default 50, or 0 for a pool
+    // with more threads than default_thread_count() cores; 0: never polls).
     explicit ThreadPool(int n_threads, bool pin = false, int spin_us = -1);
     ~ThreadPool();
     ThreadPool(const ThreadPool&) = delete;
     ThreadPool& operator=(const ThreadPool&) = delete;
 
     int size() const { return n_threads_; }
+    std::chrono::microseconds spin_budget() const { return spin_for_; }
     bool pinned() const { return pinned_; }
     // Jobs handed to the workers so far (run() calls with more than one chunk on more than one thread): what a
     // forward pass pays in synchronization, counted by benchmarks.

@@ -7,6 +7,7 @@
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
 #include <memory>
 #include <random>
 #include <stdexcept>
@@ -125,6 +126,15 @@ int main() {
             every_thread_joins(pool);
             random_jobs(pool, 20, false, seed++, what);
         }
+    // The default spin budget: the env's or 50 us for a pool that fits the cores, none for an oversubscribed one
+    // (its polling threads would hold cores that its other threads need); an explicit budget is kept either way.
+    if (std::getenv("BLLAMA_SPIN_US") == nullptr) {
+        const int cores = default_thread_count();
+        CHECK(ThreadPool(cores).spin_budget().count() == 50, "a pool of %d threads on %d cores: spin %lld us", cores,
+              cores, static_cast<long long>(ThreadPool(cores).spin_budget().count()));
+        CHECK(ThreadPool(cores + 1).spin_budget().count() == 0, "an oversubscribed pool (%d threads) spins", cores + 1);
+        CHECK(ThreadPool(cores + 1, false, 30).spin_budget().count() == 30, "an explicit spin budget was overridden");
+    }
     // Pools created and destroyed at once, with workers still starting, spinning or asleep.
     for (int i = 0; i < 50; ++i) {
         ThreadPool pool(1 + i % 4, false, i % 3 == 0 ? 0 : 50);
