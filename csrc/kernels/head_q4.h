@@ -79,15 +79,26 @@ inline void q4_offset_sums(const int8_t* x, int64_t blocks, int32_t* out) {
     }
 }
 
-// q4_offset_sums of every token of x (token t's at [t * blocks, (t + 1) * blocks)), in this thread's scratch buffer:
-// it grows on first use only, so decoding allocates nothing per token.
-inline const std::vector<int32_t>& q4_all_offset_sums(const QuantizedActs& x, int64_t cols, int64_t blocks) {
-    thread_local std::vector<int32_t> offs;
-    const size_t need = static_cast<size_t>(x.n_tokens * blocks);
-    if (offs.size() < need) offs.resize(need);
-    for (int64_t t = 0; t < x.n_tokens; ++t) q4_offset_sums(x.q.data() + t * cols, blocks, offs.data() + t * blocks);
-    return offs;
-}
+// q4_offset_sums of tokens [t0, t0 + n) of x (n <= 4; token t0 + k's at rows[k]): on the stack for up to
+// kStackBlocks blocks a token (hidden sizes to 16384), so decoding allocates nothing whichever thread runs a head
+// chunk; larger hidden sizes use a thread-local buffer that grows on its first use.
+struct Q4GroupOffsets {
+    static constexpr int64_t kStackBlocks = 512;
+    int32_t local[4 * kStackBlocks];
+    const int32_t* rows[4];
+    Q4GroupOffsets(const QuantizedActs& x, int64_t cols, int64_t blocks, int64_t t0, int n) {
+        int32_t* base = local;
+        if (blocks > kStackBlocks) {
+            thread_local std::vector<int32_t> big;
+            if (big.size() < static_cast<size_t>(4 * blocks)) big.resize(static_cast<size_t>(4 * blocks));
+            base = big.data();
+        }
+        for (int k = 0; k < n; ++k) {
+            q4_offset_sums(x.q.data() + (t0 + k) * cols, blocks, base + k * blocks);
+            rows[k] = base + k * blocks;
+        }
+    }
+};
 
 // y[t * ldy + r] for r in [row_begin, row_end), t in [0, x.n_tokens) (formula above). x.cols must equal
 // w.cols(); the caller splits rows across threads (any range is valid).

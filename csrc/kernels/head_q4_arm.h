@@ -28,10 +28,10 @@ template <class BlockDot>
 void q4_tiles(const Q4Head& w, const QuantizedActs& x, float* y, int64_t ldy, int64_t rb, int64_t re, BlockDot dot) {
     if (rb >= re) return;
     const int64_t cols = w.cols(), nb = w.blocks();
-    const std::vector<int32_t>& all_offs = q4_all_offset_sums(x, cols, nb);
     for (int64_t t = 0; t < x.n_tokens; ++t) {
         const int8_t* q = x.q.data() + t * cols;
-        const int32_t* offs = all_offs.data() + t * nb;
+        const Q4GroupOffsets group(x, cols, nb, t, 1);
+        const int32_t* offs = group.rows[0];
         const float32x4_t a = vdupq_n_f32(x.act_scale[static_cast<size_t>(t)]);
         for (int64_t tile = rb / kQ4Tile; tile * kQ4Tile < re; ++tile) {
             const uint8_t* nib = w.tile_nibbles(tile);

@@ -61,15 +61,15 @@ void tile_dot(const Q4Head& w, int64_t tile, const int8_t* const* x, const int32
 }
 
 template <int N>
-void tiles(const Q4Head& w, const QuantizedActs& x, const std::vector<int32_t>& offs, float* y, int64_t ldy,
-           int64_t rb, int64_t re, int64_t t0) {
+void tiles(const Q4Head& w, const QuantizedActs& x, float* y, int64_t ldy, int64_t rb, int64_t re, int64_t t0) {
     const int64_t cols = w.cols(), nb = w.blocks();
     const int8_t* xq[N];
+    const Q4GroupOffsets offs(x, cols, nb, t0, N);
     const int32_t* off[N];
     __m512 inv_a[N];
     for (int t = 0; t < N; ++t) {
         xq[t] = x.q.data() + (t0 + t) * cols;
-        off[t] = offs.data() + (t0 + t) * nb;
+        off[t] = offs.rows[t];
         inv_a[t] = _mm512_set1_ps(x.act_scale[static_cast<size_t>(t0 + t)]);
     }
     for (int64_t tile = rb / kQ4Tile; tile * kQ4Tile < re; ++tile) {
@@ -87,12 +87,10 @@ void tiles(const Q4Head& w, const QuantizedActs& x, const std::vector<int32_t>& 
 
 void q4_head_matmul_avx512(const Q4Head& w, const QuantizedActs& x, float* y, int64_t ldy, int64_t rb, int64_t re) {
     if (rb >= re) return;
-    const int64_t nb = w.blocks();
-    const std::vector<int32_t>& offs = q4_all_offset_sums(x, w.cols(), nb);
     int64_t t = 0;
-    for (; t + 4 <= x.n_tokens; t += 4) tiles<4>(w, x, offs, y, ldy, rb, re, t);
-    for (; t + 2 <= x.n_tokens; t += 2) tiles<2>(w, x, offs, y, ldy, rb, re, t);
-    if (t < x.n_tokens) tiles<1>(w, x, offs, y, ldy, rb, re, t);
+    for (; t + 4 <= x.n_tokens; t += 4) tiles<4>(w, x, y, ldy, rb, re, t);
+    for (; t + 2 <= x.n_tokens; t += 2) tiles<2>(w, x, y, ldy, rb, re, t);
+    if (t < x.n_tokens) tiles<1>(w, x, y, ldy, rb, re, t);
 }
 
 }  // namespace bllama
