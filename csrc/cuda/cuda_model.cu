@@ -462,6 +462,14 @@ bool CudaModel::fused_argmax_active(int B) const {
     return opts_.fused_argmax && B == 1 && greedy && sampling_.repetition_penalty == 1.0f && head_ && !head_q8_.size();
 }
 
+void CudaModel::launch_decode_step(int B) {
+    if (!opts_.graphs) return record_decode_step(B);
+    cudaStream_t s = stream_.get();
+    auto it = graphs_.find(B);
+    if (it == graphs_.end()) it = graphs_.emplace(B, capture_graph(s, [&] { record_decode_step(B); })).first;
+    it->second.launch(s);
+}
+
 void CudaModel::decode_steps(int B, int K, int32_t* out) {
     if (K < 1) throw std::out_of_range("decode_steps: K must be >= 1");
     if (K == 1) return decode_step(B, out);
@@ -475,13 +483,7 @@ void CudaModel::decode_steps(int B, int K, int32_t* out) {
     cudaStream_t s = stream_.get();
     if (d_hist_.size() < static_cast<size_t>(K) * B) d_hist_ = DeviceBuffer<int32_t>(static_cast<size_t>(K) * B);
     for (int k = 0; k < K; ++k) {
-        if (!opts_.graphs) {
-            record_decode_step(B);
-        } else {
-            auto it = graphs_.find(B);
-            if (it == graphs_.end()) it = graphs_.emplace(B, capture_graph(s, [&] { record_decode_step(B); })).first;
-            it->second.launch(s);
-        }
+        launch_decode_step(B);
         CUDA_CHECK(cudaMemcpyAsync(d_hist_.get() + static_cast<size_t>(k) * B, d_tokens_.get(), static_cast<size_t>(B) * 4,
                                    cudaMemcpyDeviceToDevice, s));
     }
@@ -501,14 +503,7 @@ void CudaModel::decode_step(int B, int32_t* out) {
             throw std::out_of_range("slot " + std::to_string(b) + " is at position " +
                                     std::to_string(pending_pos_[static_cast<size_t>(b)]) + ", past the context length " +
                                     std::to_string(ctx_));
-    cudaStream_t s = stream_.get();
-    if (!opts_.graphs) {
-        record_decode_step(B);
-    } else {
-        auto it = graphs_.find(B);
-        if (it == graphs_.end()) it = graphs_.emplace(B, capture_graph(s, [&] { record_decode_step(B); })).first;
-        it->second.launch(s);
-    }
+    launch_decode_step(B);
     stream_.sync();
     for (int b = 0; b < B; ++b) {
         out[b] = h_tokens_[b];

@@ -118,6 +118,7 @@ private:
     // Final norm + head for rows [row0, row0 + n) of x_ into logits_ rows [0, n).
     void head(int row0, int n);
     void record_decode_step(int B);  // the kernels of one step, on stream_
+    void launch_decode_step(int B);  // record_decode_step(B), through its captured graph when opts_.graphs
     void check_slot(int slot) const;
 
     ModelConfig cfg_;
