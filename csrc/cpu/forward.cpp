@@ -16,12 +16,20 @@ namespace {
 
 constexpr int64_t kRowAlign = 16;  // row split granularity (keeps kernel row groups whole)
 
+// The sum of squares runs in 16 interleaved partial sums, added in a fixed order at the end: the compiler can keep
+// them in vector registers (one long chain of dependent adds cost as much as a whole prompt row's matmuls on small
+// models), and the result is the same bits on every machine and in every path.
 void rmsnorm(const float* x, const float* w, float* out, int64_t n, int64_t d, float eps) {
     for (int64_t t = 0; t < n; ++t) {
         const float* xr = x + t * d;
         float* o = out + t * d;
+        float part[16] = {0};
+        int64_t i = 0;
+        for (; i + 16 <= d; i += 16)
+            for (int j = 0; j < 16; ++j) part[j] += xr[i + j] * xr[i + j];
+        for (; i < d; ++i) part[i % 16] += xr[i] * xr[i];
         float ss = 0.0f;
-        for (int64_t i = 0; i < d; ++i) ss += xr[i] * xr[i];
+        for (int j = 0; j < 16; ++j) ss += part[j];
         const float r = 1.0f / std::sqrt(ss / static_cast<float>(d) + eps);
         for (int64_t i = 0; i < d; ++i) o[i] = xr[i] * r * w[i];
     }
@@ -46,7 +54,6 @@ void add_residual(float* x, const float* y, int64_t n, int64_t d, int64_t rb, in
         for (int64_t r = rb; r < re; ++r) x[t * d + r] += y[t * d + r];
 }
 
-inline float silu(float z) { return z / (1.0f + std::exp(-z)); }
 inline float relu2(float z) { return z > 0.0f ? z * z : 0.0f; }
 
 // y[:, rb:re] = W x for one BitLinear, times its optional output scale.
@@ -202,7 +209,7 @@ void Model::forward_rows(const int32_t* tokens, int64_t n, float* logits, bool a
                 if (relu_sq)
                     for (int64_t r = b; r < e; ++r) g[r] = relu2(g[r]) * u[r];
                 else
-                    for (int64_t r = b; r < e; ++r) g[r] = silu(g[r]) * u[r];
+                    kernels_.silu_mul(g + b, u + b, e - b);
             }
         });
         bitlinear_input(gate_.data(), c.sub_norms ? L.ffn_sub_norm.data() : nullptr, xp_.data(), n, F, c.ffn_in,

@@ -65,6 +65,10 @@ struct KernelTable {
     // takes the 2-bit layout only); nullptr where the kind has none (the scalar reference runs it).
     void (*ternary_matmul_base3)(const TernaryMatrix& w, const QuantizedActs& x, float* y, int64_t ldy,
                                  int64_t row_begin, int64_t row_end);
+    // The SiLU gate of the feed-forward: g[i] = silu(g[i]) * u[i] (silu(z) = z / (1 + exp(-z))), to float rounding
+    // and the exp polynomial of the attention kernels (~2e-7 relative); a value's result does not depend on n or
+    // on its index, so prompt and decode rows get the same bits.
+    void (*silu_mul)(float* g, const float* u, int64_t n);
 };
 
 // The table of a kind. Throws std::invalid_argument when this CPU or build cannot run it.

@@ -23,6 +23,7 @@ void attend_f32_avx2(const float* q, const float* k, const float* v, int64_t str
 void attend_f16_avx2(const float* q, const uint16_t* k, const uint16_t* v, int64_t stride, int64_t len,
                      int64_t hd, float scale, float* scores, float* out);
 void to_f16_avx2(const float* x, uint16_t* y, int64_t n);
+void silu_mul_avx2(float* g, const float* u, int64_t n);
 // ternary_matmul_avx2's tiles for the rows of group g in [rb, re), every token, reading the group's 2-bit codes
 // from panel (w.cols * 4 bytes, pack.h's layout, 32-byte aligned): the base-3 prompt path expands a group into it.
 void ternary_gemm_group_avx2(const TernaryMatrix& w, const uint8_t* panel, int64_t g, const QuantizedActs& x, float* y,
@@ -34,6 +35,7 @@ void ternary1_matmul_avx2(const TernaryMatrix& w, const QuantizedActs& x, float*
                           int64_t re);
 
 void quantize_avx512(const float* x, int64_t n_tokens, int64_t cols, QuantizedActs& out);
+void silu_mul_avx512(float* g, const float* u, int64_t n);
 void ternary_matmul_avx512(const TernaryMatrix& w, const QuantizedActs& x, float* y, int64_t ldy, int64_t rb,
                            int64_t re);
 void f16_matmul_avx512(const uint16_t* w, int64_t cols, const float* x, int64_t n_tokens, float* y, int64_t ldy,
