@@ -72,9 +72,54 @@ void Model::attend_one(int64_t layer, int64_t t, int64_t h, int thread) {
                             sc, o);
 }
 
-// Every (token, head) pair of the n rows, split across the pool.
+// Rows of one sequence at consecutive positions (a prompt chunk) from this many on share an fp32 copy of the
+// keys and values: attention then loads plain floats instead of converting every fp16 key and value again for
+// every query row and head (the copy costs one conversion per position).
+constexpr int64_t kSharedKvRows = 4;
+
+void Model::attend_rows(int64_t layer, int64_t g, int64_t t0, int64_t t1, int thread) {
+    const int64_t group = cfg_.n_heads / cfg_.n_kv_heads, hd = cfg_.head_dim, KV = cfg_.kv_dim(), D = cfg_.dim;
+    const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
+    float* sc = scores_.data() + static_cast<int64_t>(thread) * ctx_;
+    for (int64_t t = t0; t < t1;) {
+        int64_t u = t + 1;  // [t, u): one sequence's rows at consecutive positions
+        while (u < t1 && row_slot_[u] == row_slot_[t] && row_pos_[u] == row_pos_[u - 1] + 1) ++u;
+        if (!kv_f16_ || u - t < kSharedKvRows) {
+            for (; t < u; ++t)
+                for (int64_t h = g * group; h < (g + 1) * group; ++h) attend_one(layer, t, h, thread);
+            continue;
+        }
+        int64_t len = 0;  // keys the run's rows see: positions 0 .. the largest row position
+        for (int64_t r = t; r < u; ++r) len = std::max(len, row_pos_[r] + 1);
+        float* k32 = kv32_.data() + static_cast<int64_t>(thread) * 2 * ctx_ * hd;
+        float* v32 = k32 + ctx_ * hd;
+        const int64_t base = cache_row(row_slot_[t], layer, 0) + g * hd;
+        for (int64_t j = 0; j < len; ++j) {
+            kernels_.to_f32(k16_cache_.data() + base + j * KV, k32 + j * hd, hd);
+            kernels_.to_f32(v16_cache_.data() + base + j * KV, v32 + j * hd, hd);
+        }
+        for (; t < u; ++t)
+            for (int64_t h = g * group; h < (g + 1) * group; ++h)
+                kernels_.attend_f32(q_.data() + t * D + h * hd, k32, v32, hd, row_pos_[t] + 1, hd, scale, sc,
+                                    att_.data() + t * D + h * hd);
+    }
+}
+
+// Every row's attention, split across the pool: by (kv head, rows) pieces where a prompt chunk's rows can share
+// their keys (attend_rows), else by (token, head) pairs.
 void Model::attention(int64_t layer, int64_t n) {
-    const int64_t H = cfg_.n_heads;
+    const int64_t H = cfg_.n_heads, KVH = cfg_.n_kv_heads;
+    if (kv_f16_ && n >= kSharedKvRows * 2) {
+        // Each kv head's rows in pieces of at least kSharedKvRows * 2, enough pieces to balance the threads.
+        const int64_t want = std::max<int64_t>(1, (pool_.size() == 1 ? 1 : pool_.size() * 4) / KVH);
+        const int64_t pieces = std::min(want, n / (kSharedKvRows * 2));
+        pool_.run(static_cast<int>(KVH * pieces), [&](int chunk, int thread) {
+            int64_t b, e;
+            split_range(n, chunk % pieces, static_cast<int>(pieces), 1, b, e);
+            attend_rows(layer, chunk / pieces, b, e, thread);
+        });
+        return;
+    }
     const int nc = static_cast<int>(std::min<int64_t>(n * H, pool_.size() == 1 ? 1 : pool_.size() * 8));
     pool_.run(nc, [&](int chunk, int thread) {
         int64_t b, e;

@@ -168,8 +168,7 @@ void Model::forward_rows(const int32_t* tokens, int64_t n, float* logits, bool a
                 apply_rope(q_.data(), n, c.n_heads, g * group, (g + 1) * group);
                 apply_rope(k_.data(), n, KVH, g, g + 1);
                 write_kv(l, n, kb, ke);
-                for (int64_t t = 0; t < n; ++t)
-                    for (int64_t h = g * group; h < (g + 1) * group; ++h) attend_one(l, t, h, thread);
+                attend_rows(l, g, 0, n, thread);
             });
         } else {
             pool_.run(nc, [&](int i, int) {

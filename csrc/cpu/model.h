@@ -136,6 +136,9 @@ private:
     void attention(int64_t layer, int64_t n);
     void head(const int64_t* rows, int64_t m, float* logits);  // logits of hidden rows rows[0..m) of x_
     void attend_one(int64_t layer, int64_t t, int64_t h, int thread);
+    // attend_one for every query head of kv head g and rows [t0, t1): a run of prompt rows of one sequence
+    // shares one fp32 copy of its fp16 keys and values (the same bits: the conversion is exact).
+    void attend_rows(int64_t layer, int64_t g, int64_t t0, int64_t t1, int thread);
     void write_kv(int64_t layer, int64_t n, int64_t b, int64_t e);
     void rope_tables(int64_t n);
     int64_t cache_row(int64_t slot, int64_t layer, int64_t pos) const {  // first element of a KV-cache row
@@ -170,6 +173,7 @@ private:
     std::vector<float> xp_;  // [max_batch, max(dim_in, ffn_in)] BitLinear inputs with zeroed padding
     std::vector<float> x_, xn_, q_, k_, v_, att_, gate_, up_, cos_, sin_;
     std::vector<float> scores_;  // [threads, ctx]
+    AnonArray<float> kv32_;      // [threads][2][ctx * head_dim]: attend_rows' fp32 keys and values (fp16 cache only)
     std::vector<int64_t> row_pos_, row_slot_;  // [max_batch]: position and sequence of each row of a chunk
     std::vector<int64_t> head_rows_;           // [max_batch]: forward_rows' head rows
     QuantizedActs qa_dim_, qa_ffn_, qa_head_;

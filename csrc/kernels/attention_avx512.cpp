@@ -180,6 +180,13 @@ void to_f16_avx512(const float* x, uint16_t* y, int64_t n) {
     if (i < n) to_f16_avx2(x + i, y + i, n - i);
 }
 
+void to_f32_avx512(const uint16_t* x, float* y, int64_t n) {
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16)
+        _mm512_storeu_ps(y + i, _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + i))));
+    if (i < n) to_f32_avx2(x + i, y + i, n - i);
+}
+
 void attend_f32_avx512(const float* q, const float* k, const float* v, int64_t stride, int64_t len, int64_t hd,
                        float scale, float* scores, float* out) {
     attend(q, k, v, stride, len, hd, scale, scores, out);

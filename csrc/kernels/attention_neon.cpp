@@ -92,6 +92,12 @@ void to_f16_neon(const float* x, uint16_t* y, int64_t n) {
     if (i < n) to_f16_ref(x + i, y + i, n - i);
 }
 
+void to_f32_neon(const uint16_t* x, float* y, int64_t n) {
+    int64_t i = 0;
+    for (; i + 4 <= n; i += 4) vst1q_f32(y + i, vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(x + i))));
+    if (i < n) to_f32_ref(x + i, y + i, n - i);
+}
+
 void attend_f32_neon(const float* q, const float* k, const float* v, int64_t stride, int64_t len, int64_t hd,
                      float scale, float* scores, float* out) {
     attend(q, k, v, stride, len, hd, scale, scores, out);

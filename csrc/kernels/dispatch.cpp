@@ -21,27 +21,27 @@ namespace {
 
 const KernelTable kScalar = {quantize_ref,       ternary_matmul_ref, f16_matmul_ref, q8_head_matmul_ref,
                              attend_f32_ref,     attend_f16_ref,     to_f16_ref,         q4_head_matmul_ref,
-                             ternary_matmul_ref, silu_mul_ref};
+                             ternary_matmul_ref, silu_mul_ref, to_f32_ref};
 #ifdef BLLAMA_KERNELS_X86
 const KernelTable kAvx2 = {quantize_avx2,   ternary_matmul_avx2, f16_matmul_avx2, q8_head_matmul_avx2,
                            attend_f32_avx2, attend_f16_avx2,     to_f16_avx2,     q4_head_matmul_avx2,
-                           ternary1_matmul_avx2, silu_mul_avx2};
+                           ternary1_matmul_avx2, silu_mul_avx2, to_f32_avx2};
 const KernelTable kAvx512 = {quantize_avx512,   ternary_matmul_avx512, f16_matmul_avx512, q8_head_matmul_avx512,
                              attend_f32_avx512, attend_f16_avx512,     to_f16_avx512,     q4_head_matmul_avx512,
-                             ternary1_matmul_avx512, silu_mul_avx512};
+                             ternary1_matmul_avx512, silu_mul_avx512, to_f32_avx512};
 #endif
 #ifdef BLLAMA_KERNELS_ARM
 // The f16 head and attention are float work that sdot does not help: the dotprod kind shares NEON's.
 const KernelTable kNeon = {quantize_neon,   ternary_matmul_neon, f16_matmul_neon, q8_head_matmul_neon,
                            attend_f32_neon, attend_f16_neon,     to_f16_neon,     q4_head_matmul_neon,
-                           nullptr, silu_mul_ref};
+                           nullptr, silu_mul_ref, to_f32_neon};
 const KernelTable kDotprod = {quantize_neon,   ternary_matmul_dotprod, f16_matmul_neon, q8_head_matmul_dotprod,
                               attend_f32_neon, attend_f16_neon,        to_f16_neon,     q4_head_matmul_dotprod,
-                              nullptr, silu_mul_ref};
+                              nullptr, silu_mul_ref, to_f32_neon};
 // smmla only pays where several tokens share the weights: everything but the ternary GEMM is dotprod's.
 const KernelTable kI8mm = {quantize_neon,   ternary_matmul_i8mm, f16_matmul_neon, q8_head_matmul_dotprod,
                            attend_f32_neon, attend_f16_neon,     to_f16_neon,     q4_head_matmul_dotprod,
-                           nullptr, silu_mul_ref};
+                           nullptr, silu_mul_ref, to_f32_neon};
 #endif
 
 // nullptr when this CPU (or this build) cannot run the kind.

@@ -69,6 +69,8 @@ struct KernelTable {
     // and the exp polynomial of the attention kernels (~2e-7 relative); a value's result does not depend on n or
     // on its index, so prompt and decode rows get the same bits.
     void (*silu_mul)(float* g, const float* u, int64_t n);
+    // fp16 to fp32 (exact: every kind gives the same bits); attention copies a prompt chunk's keys with it.
+    void (*to_f32)(const uint16_t* x, float* y, int64_t n);
 };
 
 // The table of a kind. Throws std::invalid_argument when this CPU or build cannot run it.

@@ -21,6 +21,7 @@ void attend_f32_ref(const float* q, const float* k, const float* v, int64_t stri
 void attend_f16_ref(const float* q, const uint16_t* k, const uint16_t* v, int64_t stride, int64_t len, int64_t hd,
                     float scale, float* scores, float* out);
 void to_f16_ref(const float* x, uint16_t* y, int64_t n);
+void to_f32_ref(const uint16_t* x, float* y, int64_t n);
 void silu_mul_ref(float* g, const float* u, int64_t n);
 
 }  // namespace bllama

@@ -23,6 +23,7 @@ void attend_f32_avx2(const float* q, const float* k, const float* v, int64_t str
 void attend_f16_avx2(const float* q, const uint16_t* k, const uint16_t* v, int64_t stride, int64_t len,
                      int64_t hd, float scale, float* scores, float* out);
 void to_f16_avx2(const float* x, uint16_t* y, int64_t n);
+void to_f32_avx2(const uint16_t* x, float* y, int64_t n);
 void silu_mul_avx2(float* g, const float* u, int64_t n);
 // ternary_matmul_avx2's tiles for the rows of group g in [rb, re), every token, reading the group's 2-bit codes
 // from panel (w.cols * 4 bytes, pack.h's layout, 32-byte aligned): the base-3 prompt path expands a group into it.
@@ -49,6 +50,7 @@ void attend_f32_avx512(const float* q, const float* k, const float* v, int64_t s
 void attend_f16_avx512(const float* q, const uint16_t* k, const uint16_t* v, int64_t stride, int64_t len,
                        int64_t hd, float scale, float* scores, float* out);
 void to_f16_avx512(const float* x, uint16_t* y, int64_t n);
+void to_f32_avx512(const uint16_t* x, float* y, int64_t n);
 // The prompt GEMM of ternary_matmul_avx512 for the r <= ternary_gemm_panel_groups_avx512(w) groups from g, reading
 // their 2-bit codes from panel (r * cols * 4 bytes, the layout of pack.h, group after group) when it is not null:
 // the base-3 kernels expand a panel into it and reuse the 2-bit tiles.
@@ -79,6 +81,7 @@ void attend_f32_neon(const float* q, const float* k, const float* v, int64_t str
 void attend_f16_neon(const float* q, const uint16_t* k, const uint16_t* v, int64_t stride, int64_t len,
                      int64_t hd, float scale, float* scores, float* out);
 void to_f16_neon(const float* x, uint16_t* y, int64_t n);
+void to_f32_neon(const uint16_t* x, float* y, int64_t n);
 
 // *_dotprod.cpp: + the Armv8.2 dot product (sdot).
 void ternary_matmul_dotprod(const TernaryMatrix& w, const QuantizedActs& x, float* y, int64_t ldy, int64_t rb,

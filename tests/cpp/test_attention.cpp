@@ -2,6 +2,7 @@
 // included) for head sizes and lengths that exercise every tail path.
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <random>
 #include <vector>
 
@@ -52,6 +53,39 @@ int main() {
                 CHECK(err <= 1e-5);
                 ++checked;
             }
+        }
+    }
+    // fp16 -> fp32 is exact, so every kind converts every non-NaN half the same way; and a head over fp16 keys and
+    // values equals the head over their fp32 copies, bit for bit (Model::attend_rows relies on both).
+    for (KernelKind kind : kAllKernelKinds) {
+        if (!kernel_supported(kind)) continue;
+        const KernelTable& ak = kernel_table(kind);
+        std::vector<uint16_t> all(65536);
+        for (int i = 0; i < 65536; ++i) all[static_cast<size_t>(i)] = static_cast<uint16_t>(i);
+        std::vector<float> want(65536), got(65536);
+        to_f32_ref(all.data(), want.data(), 65536);
+        ak.to_f32(all.data() + 3, got.data() + 3, 65533);  // an odd start and length: the tails too
+        to_f32_ref(all.data(), got.data(), 3);
+        int differ = 0;
+        for (int i = 0; i < 65536; ++i)
+            if (!std::isnan(want[static_cast<size_t>(i)]) && std::memcmp(&want[static_cast<size_t>(i)], &got[static_cast<size_t>(i)], 4) != 0) ++differ;
+        CHECK(differ == 0);
+        for (int64_t hd : {64, 72, 128}) {
+            const int64_t len = 37, stride = hd * 2;
+            std::vector<float> q(hd), kv(len * stride), k32(len * hd), v32(len * hd), sc(len), a(hd), b(hd);
+            std::vector<uint16_t> k16(len * stride), v16(len * stride);
+            for (auto& x : q) x = normal(rng);
+            for (auto& x : kv) x = normal(rng);
+            to_f16_ref(kv.data(), k16.data(), len * stride);
+            for (auto& x : kv) x = normal(rng);
+            to_f16_ref(kv.data(), v16.data(), len * stride);
+            for (int64_t j = 0; j < len; ++j) {
+                ak.to_f32(k16.data() + j * stride, k32.data() + j * hd, hd);
+                ak.to_f32(v16.data() + j * stride, v32.data() + j * hd, hd);
+            }
+            ak.attend_f16(q.data(), k16.data(), v16.data(), stride, len, hd, 0.125f, sc.data(), a.data());
+            ak.attend_f32(q.data(), k32.data(), v32.data(), hd, len, hd, 0.125f, sc.data(), b.data());
+            CHECK(std::memcmp(a.data(), b.data(), hd * sizeof(float)) == 0);
         }
     }
     // Extreme scores: one key dominates completely (exp underflow must give 0, not NaN).

@@ -516,7 +516,8 @@ static void test_dispatch_table() {
     const KernelTable& sc = kernel_table(KernelKind::Scalar);
     CHECK(sc.quantize == quantize_ref && sc.ternary_matmul == ternary_matmul_ref && sc.f16_matmul == f16_matmul_ref &&
               sc.q8_head_matmul == q8_head_matmul_ref && sc.attend_f32 == attend_f32_ref &&
-              sc.attend_f16 == attend_f16_ref && sc.to_f16 == to_f16_ref,
+              sc.attend_f16 == attend_f16_ref && sc.to_f16 == to_f16_ref && sc.silu_mul == silu_mul_ref &&
+              sc.to_f32 == to_f32_ref,
           "the scalar table is the reference");
     CHECK(&kernel_table() == &kernel_table(best_kernel()), "default table is the best kind's");
     for (KernelKind k : kAllKernelKinds) {
@@ -532,7 +533,7 @@ static void test_dispatch_table() {
         }
         const KernelTable& t = kernel_table(k);
         CHECK(t.quantize && t.ternary_matmul && t.f16_matmul && t.q8_head_matmul && t.attend_f32 && t.attend_f16 &&
-                  t.to_f16,
+                  t.to_f16 && t.silu_mul && t.to_f32,
               "%s: every family filled", kernel_name(k));
     }
 }

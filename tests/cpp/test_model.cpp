@@ -253,6 +253,19 @@ static void test_kv_f16() {
         for (int64_t r = 0; r < s.vocab; ++r) step_err = std::max(step_err, double(std::fabs(step[r] - b[t * s.vocab + r])));
     }
     CHECK(step_err <= 1e-5 * scale);
+    // The KV cache a chunked prompt writes is the one token-by-token decoding writes, bit for bit (prefix reuse
+    // depends on it: Backend::exact_kv_reuse), although a chunk's rows attend over an fp32 copy of the fp16 keys and
+    // values (Model::attend_rows): the next decode step's logits are the same bits.
+    for (int64_t chunk : {16, 40}) {
+        o.max_batch = chunk;
+        auto chunked = Model::load(GgufFile::from_bytes(g.build()), o);
+        chunked->forward(ids.data(), 40, 0, nullptr, false);
+        std::vector<float> after_chunk(s.vocab), after_steps(s.vocab);
+        const int32_t next = 3;
+        chunked->forward(&next, 1, 40, after_chunk.data(), false);
+        m->forward(&next, 1, 40, after_steps.data(), false);
+        CHECK(after_chunk == after_steps);
+    }
 }
 
 static void test_sampler() {
