@@ -109,7 +109,6 @@ static void test_layout() {
 // The prompt GEMMs' expansion of a base-3 group to the 2-bit layout gives exactly the 2-bit matrix's bytes (padding
 // rows included), by every path this CPU can run. 2560 columns: every one of the 243 (and 81) byte values occurs.
 static void test_expand() {
-#ifdef BLLAMA_KERNELS_X86
     for (int64_t rows : {16, 40}) {
         const int64_t cols = 2560;
         const auto c = random_codes(rows, cols, 0.1);
@@ -118,18 +117,29 @@ static void test_expand() {
         std::vector<uint8_t, AlignedAllocator<uint8_t>> out(static_cast<size_t>(cols * 4));
         for (int64_t g = 0; g < (rows + 15) / 16; ++g) {
             const uint8_t* want = w2.impl().group_ptr(g);
+            auto same = [&] { return std::memcmp(out.data(), want, out.size()) == 0; };
+#ifdef BLLAMA_KERNELS_ARM
+            expand_base3_group_neon(w3, g, out.data());
+            CHECK(same(), "neon expansion: rows=%ld group %ld", long(rows), long(g));
+#endif
+#ifdef BLLAMA_KERNELS_X86
             if (cpu_features().avx2) {
                 expand_base3_group_avx2(w3, g, out.data());
-                CHECK(std::memcmp(out.data(), want, out.size()) == 0, "avx2 expansion: rows=%ld group %ld", long(rows), long(g));
+                CHECK(same(), "avx2 expansion: rows=%ld group %ld", long(rows), long(g));
             }
             for (bool vbmi : {false, true}) {
                 if (!cpu_features().avx512_vnni || (vbmi && !cpu_features().avx512_vbmi)) continue;
                 expand_base3_group_avx512(w3, g, out.data(), vbmi);
-                CHECK(std::memcmp(out.data(), want, out.size()) == 0, "avx512 expansion (vbmi=%d): rows=%ld group %ld",
-                      int(vbmi), long(rows), long(g));
+                CHECK(same(), "avx512 expansion (vbmi=%d): rows=%ld group %ld", int(vbmi), long(rows), long(g));
             }
+#endif
+            (void)same;
         }
     }
+#ifdef BLLAMA_KERNELS_ARM
+    std::printf("  expansions: neon\n");
+#endif
+#ifdef BLLAMA_KERNELS_X86
     std::printf("  expansions: avx2=%d avx512=%d vbmi=%d\n", int(cpu_features().avx2), int(cpu_features().avx512_vnni),
                 int(cpu_features().avx512_vbmi));
 #endif
