@@ -68,11 +68,15 @@ for want in i8mm dotprod; do
   head -2 "$out/a72.log"
   grep -q "kernel neon" "$out/a72.log" || { echo "cortex-a72 with BLLAMA_KERNEL=$want did not fall back to neon"; exit 1; }
 done
+# TQ1_0 at 1.6 bits when asked for (the tiny-relu2 model; auto repacks it to 2 bits on aarch64): the base-3 kernels
+# of i8mm (-cpu max) and neon (cortex-a72) must give the 2-bit layout's bytes.
+QEMU_CPU=max BLLAMA_TQ1_LAYOUT=base3 qemu "$ARM_BUILD/logits_dump" write "$out" "$out/arm_base3.bin" >/dev/null
+QEMU_CPU=cortex-a72 BLLAMA_TQ1_LAYOUT=base3 qemu "$ARM_BUILD/logits_dump" write "$out" "$out/arm_a72_base3.bin" >/dev/null
 cmp=("$HOST_BUILD/logits_dump" compare)
 # The scalar kind is the same arithmetic in the same order on both architectures: same bytes.
 "${cmp[@]}" "$out/arm_scalar.bin" "$out/host_scalar.bin" 0
 # neon, dotprod and i8mm differ only in integer dot products, which are exact: same bytes as each other.
-for f in arm_dotprod arm_forced arm_a72_i8mm arm_a72_dotprod; do "${cmp[@]}" "$out/$f.bin" "$out/arm_best.bin" 0; done
+for f in arm_dotprod arm_forced arm_a72_i8mm arm_a72_dotprod arm_base3 arm_a72_base3; do "${cmp[@]}" "$out/$f.bin" "$out/arm_best.bin" 0; done
 # Against the scalar reference the SIMD kinds differ only where the reference allows (the f16 head's summation
 # order, attention's exp), exactly as AVX2 / AVX-512 do on x86 (measured: ~2e-6 of logits of magnitude ~2).
 "${cmp[@]}" "$out/arm_best.bin" "$out/host_scalar.bin" 1e-4

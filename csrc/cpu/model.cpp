@@ -53,7 +53,10 @@ TernaryLayout resolve_tq1_layout(Tq1Layout l, KernelKind kind) {
     // Base 3 where decode is faster than with the 2-bit repack (bench/RESULTS.md, "Quiet rerun, third session"):
     // AVX-512 VNNI with VBMI (decode 1.04-1.07x on 0.85x the bytes; prompts 0.92-0.95x, the panel expansion). Not AVX2
     // (its compare expansion left the prompt at 0.94x and 3-4-token batches at 0.8x), not AVX-512 without VBMI
-    // (the compare expansion, ~4%), not ARM (no base-3 kernel: the scalar reference would run).
+    // (the compare expansion, ~4%), not ARM: its base-3 kernels (ternary1_neon.cpp) are checked under qemu but never
+    // timed on ARM hardware, and they spend four instructions per 16 weights decoding trits where the 2-bit layout
+    // spends one or two, so whether the 0.81x bytes win depends on the core's bandwidth per instruction: unmeasured,
+    // the 2-bit repack stays the default and base3 is the explicit choice for the resident memory.
     return kind == KernelKind::Avx512Vnni && has_base3_kernel(kind) && cpu_features().avx512_vbmi ? TernaryLayout::Base3
                                                                                                   : TernaryLayout::TwoBit;
 }

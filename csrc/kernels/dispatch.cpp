@@ -34,14 +34,14 @@ const KernelTable kAvx512 = {quantize_avx512,   ternary_matmul_avx512, f16_matmu
 // The f16 head and attention are float work that sdot does not help: the dotprod kind shares NEON's.
 const KernelTable kNeon = {quantize_neon,   ternary_matmul_neon, f16_matmul_neon, q8_head_matmul_neon,
                            attend_f32_neon, attend_f16_neon,     to_f16_neon,     q4_head_matmul_neon,
-                           nullptr, silu_mul_ref, to_f32_neon};
+                           ternary1_matmul_neon, silu_mul_ref, to_f32_neon};
 const KernelTable kDotprod = {quantize_neon,   ternary_matmul_dotprod, f16_matmul_neon, q8_head_matmul_dotprod,
                               attend_f32_neon, attend_f16_neon,        to_f16_neon,     q4_head_matmul_dotprod,
-                              nullptr, silu_mul_ref, to_f32_neon};
+                              ternary1_matmul_dotprod, silu_mul_ref, to_f32_neon};
 // smmla only pays where several tokens share the weights: everything but the ternary GEMM is dotprod's.
 const KernelTable kI8mm = {quantize_neon,   ternary_matmul_i8mm, f16_matmul_neon, q8_head_matmul_dotprod,
                            attend_f32_neon, attend_f16_neon,     to_f16_neon,     q4_head_matmul_dotprod,
-                           nullptr, silu_mul_ref, to_f32_neon};
+                           ternary1_matmul_i8mm, silu_mul_ref, to_f32_neon};
 #endif
 
 // nullptr when this CPU (or this build) cannot run the kind.

@@ -54,11 +54,11 @@ inline int8x16_t ternary_plane(uint8x16_t w) {
 //
 // Dot::block<N>(acc, wp, qp, b) adds to acc[i][t] (lanes = rows 4i..4i+3 of the group) the int32 sums
 // sum_k (code + 1) * x.q[t, k] over the 256 columns of block b. The "+1" is taken off here with the
-// activations' block / row sums, exactly as in the x86 kernels.
+// activations' block / row sums, exactly as in the x86 kernels. wp is group g's codes in the Dot's layout: the
+// matrix's own stream, or (base-3 prompts, ternary1_arm.h) the group expanded to 2 bits in a scratch panel.
 template <class Dot, int N>
-void ternary_group_tile(const TernaryMatrix::Impl& w, const QuantizedActs& x, float* y, int64_t ldy, int64_t rb,
-                        int64_t re, int64_t g, int64_t t0) {
-    const uint8_t* wp = w.group_ptr(g);
+void ternary_group_tile(const TernaryMatrix::Impl& w, const uint8_t* wp, const QuantizedActs& x, float* y,
+                        int64_t ldy, int64_t rb, int64_t re, int64_t g, int64_t t0) {
     const int8_t* qp[N];
     for (int t = 0; t < N; ++t) qp[t] = x.q.data() + (t0 + t) * w.cols;
     int32x4_t acc[4][N];
@@ -100,6 +100,48 @@ void ternary_group_tile(const TernaryMatrix::Impl& w, const QuantizedActs& x, fl
     for (int t = 0; t < N; ++t)
         for (int i = 0; i < 4; ++i) store_rows(y + (t0 + t) * ldy, row0 + 4 * i, s[i][t], rb, re);
 }
+
+// The plain-NEON Dot (ternary_neon.cpp, and the base-3 prompt path of ternary1_neon.cpp). A 16-byte load of a
+// 64-byte chunk holds 4 rows x 4 columns per plane (pack.h). smlal/smlal2 multiply the plane's codes (0..2) by the
+// activation dword broadcast to every row and add the products into int16 lanes, one lane per (row, column mod 4).
+// A lane adds one product in [-256, 254] per chunk and plane, 64 per 256-column block, so its sum stays in
+// [-16384, 16256]: exact in int16. Per block, saddlp + addp fold the four lanes of a row into one int32. Tiles of
+// up to 2 tokens: 16 int16 accumulators + 4 weight vectors.
+struct WideningDot {
+    template <int N>
+    static void block(int32x4_t (&acc)[4][N], const uint8_t* wp, const int8_t* const (&qp)[N], int64_t b) {
+        int16x8_t lo[4][N], hi[4][N];  // lo: rows 4i, 4i+1; hi: rows 4i+2, 4i+3 (4 column lanes each)
+        for (int i = 0; i < 4; ++i)
+            for (int t = 0; t < N; ++t) lo[i][t] = hi[i][t] = vdupq_n_s16(0);
+        constexpr int64_t kChunksPerBlock = kBlock / kChunkCols;
+        for (int64_t c = b * kChunksPerBlock; c < (b + 1) * kChunksPerBlock; ++c) {
+            uint8x16_t wv[4];
+            for (int i = 0; i < 4; ++i) wv[i] = vld1q_u8(wp + c * kChunkBytes + 16 * i);
+            int8x16_t xv[N];
+            for (int t = 0; t < N; ++t) xv[t] = vld1q_s8(qp[t] + c * kChunkCols);
+            auto plane = [&](auto jc) {
+                constexpr int J = decltype(jc)::value;
+                int8x16_t xb[N];  // columns 4J..4J+3, repeated for every row
+                for (int t = 0; t < N; ++t)
+                    xb[t] = vreinterpretq_s8_u32(vdupq_laneq_u32(vreinterpretq_u32_s8(xv[t]), J));
+                for (int i = 0; i < 4; ++i) {
+                    const int8x16_t code = ternary_plane<J>(wv[i]);
+                    for (int t = 0; t < N; ++t) {
+                        lo[i][t] = vmlal_s8(lo[i][t], vget_low_s8(code), vget_low_s8(xb[t]));
+                        hi[i][t] = vmlal_high_s8(hi[i][t], code, xb[t]);
+                    }
+                }
+            };
+            plane(std::integral_constant<int, 0>{});
+            plane(std::integral_constant<int, 1>{});
+            plane(std::integral_constant<int, 2>{});
+            plane(std::integral_constant<int, 3>{});
+        }
+        for (int i = 0; i < 4; ++i)
+            for (int t = 0; t < N; ++t)
+                acc[i][t] = vaddq_s32(acc[i][t], vpaddq_s32(vpaddlq_s16(lo[i][t]), vpaddlq_s16(hi[i][t])));
+    }
+};
 
 #if defined(__ARM_FEATURE_DOTPROD)
 // The sdot Dot of ternary_dotprod.cpp (whose header says how it works); here so that the i8mm file, built with
@@ -151,11 +193,11 @@ struct SdotDot {
 
 // The tile for the n <= N tokens left.
 template <class Dot, int N>
-void ternary_tile_upto(int64_t n, const TernaryMatrix::Impl& w, const QuantizedActs& x, float* y, int64_t ldy,
-                       int64_t rb, int64_t re, int64_t g, int64_t t0) {
+void ternary_tile_upto(int64_t n, const TernaryMatrix::Impl& w, const uint8_t* wp, const QuantizedActs& x, float* y,
+                       int64_t ldy, int64_t rb, int64_t re, int64_t g, int64_t t0) {
     if constexpr (N > 1)
-        if (n < N) return ternary_tile_upto<Dot, N - 1>(n, w, x, y, ldy, rb, re, g, t0);
-    ternary_group_tile<Dot, N>(w, x, y, ldy, rb, re, g, t0);
+        if (n < N) return ternary_tile_upto<Dot, N - 1>(n, w, wp, x, y, ldy, rb, re, g, t0);
+    ternary_group_tile<Dot, N>(w, wp, x, y, ldy, rb, re, g, t0);
 }
 
 // Rows [rb, re) for every token: one group (a linear 4 * cols byte stream) at a time, tokens in tiles of up to
@@ -166,7 +208,8 @@ void ternary_matmul_groups(const TernaryMatrix& m, const QuantizedActs& x, float
     const TernaryMatrix::Impl& w = m.impl();
     for (int64_t g = rb / kGroupRows; g < (re + kGroupRows - 1) / kGroupRows; ++g)
         for (int64_t t = 0; t < x.n_tokens; t += MaxN)
-            ternary_tile_upto<Dot, MaxN>(std::min<int64_t>(MaxN, x.n_tokens - t), w, x, y, ldy, rb, re, g, t);
+            ternary_tile_upto<Dot, MaxN>(std::min<int64_t>(MaxN, x.n_tokens - t), w, w.group_ptr(g), x, y, ldy, rb, re, g,
+                                         t);
 }
 
 // ---- int8 head: R rows x N tokens ----------------------------------------------------------------------

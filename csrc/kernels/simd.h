@@ -82,6 +82,11 @@ void attend_f16_neon(const float* q, const uint16_t* k, const uint16_t* v, int64
                      int64_t hd, float scale, float* scores, float* out);
 void to_f16_neon(const float* x, uint16_t* y, int64_t n);
 void to_f32_neon(const uint16_t* x, float* y, int64_t n);
+// ternary1_neon.cpp: the base-3 layout (TernaryLayout::Base3). expand_base3_group_neon writes group g in the 2-bit
+// layout (w.cols * 4 bytes at out): the prompt path of every aarch64 kind, exposed for the tests.
+void ternary1_matmul_neon(const TernaryMatrix& w, const QuantizedActs& x, float* y, int64_t ldy, int64_t rb,
+                          int64_t re);
+void expand_base3_group_neon(const TernaryMatrix& w, int64_t g, uint8_t* out);
 
 // *_dotprod.cpp: + the Armv8.2 dot product (sdot).
 void ternary_matmul_dotprod(const TernaryMatrix& w, const QuantizedActs& x, float* y, int64_t ldy, int64_t rb,
@@ -90,10 +95,14 @@ void q8_head_matmul_dotprod(const Q8Head& w, const QuantizedActs& x, float* y, i
                             int64_t re);
 void q4_head_matmul_dotprod(const Q4Head& w, const QuantizedActs& x, float* y, int64_t ldy, int64_t rb,
                             int64_t re);
+void ternary1_matmul_dotprod(const TernaryMatrix& w, const QuantizedActs& x, float* y, int64_t ldy, int64_t rb,
+                             int64_t re);
 
 // *_i8mm.cpp: + the Armv8.6 int8 matrix multiply (smmla), for the prompt; one token goes to the dotprod GEMV.
 void ternary_matmul_i8mm(const TernaryMatrix& w, const QuantizedActs& x, float* y, int64_t ldy, int64_t rb,
                          int64_t re);
+void ternary1_matmul_i8mm(const TernaryMatrix& w, const QuantizedActs& x, float* y, int64_t ldy, int64_t rb,
+                          int64_t re);
 
 #endif
 

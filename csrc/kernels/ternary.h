@@ -40,7 +40,7 @@ struct AlignedAllocator {
 
 // How a TernaryMatrix holds its codes (pack.h): TwoBit, 2 bits per weight (every kernel kind); Base3, five
 // trits per byte, 1.625 bits per weight, 0.81x the bytes each decode token reads (the 1.6-bit path of TQ1_0
-// files; kinds without a base-3 kernel run it on the scalar reference: see has_base3_kernel).
+// files; every SIMD kind has a base-3 kernel, ternary1_<isa>.cpp; see has_base3_kernel).
 enum class TernaryLayout { TwoBit, Base3 };
 
 // A ternary weight matrix [rows, cols] held at ~2 or ~1.6 bits per weight in the kernels' own layout.
@@ -114,7 +114,7 @@ void ternary_matmul(const TernaryMatrix& w, const QuantizedActs& x, float* y, in
                     int64_t row_begin, int64_t row_end, KernelKind kind = best_kernel());
 
 // Whether `kind` has a SIMD kernel for the base-3 layout (otherwise ternary_matmul runs Base3 matrices on the
-// scalar reference, correct but slow: the loader then keeps TQ1_0 files in the 2-bit layout).
+// scalar reference, correct but slow: the loader's auto rule then keeps TQ1_0 files in the 2-bit layout).
 bool has_base3_kernel(KernelKind kind = best_kernel());
 
 }  // namespace bllama

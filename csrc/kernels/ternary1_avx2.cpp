@@ -7,34 +7,15 @@
 #include <immintrin.h>
 
 #include <algorithm>
-#include <cstring>
 #include <vector>
 
 #include "kernels/pack.h"
 #include "kernels/simd.h"
+#include "kernels/ternary_avx2.h"
 
 namespace bllama {
 
 namespace {
-
-inline __m256 no_contract(__m256 v) {
-    __asm__("" : "+x"(v));
-    return v;
-}
-
-inline __m256i bcast(const int8_t* p) {
-    int32_t v;
-    std::memcpy(&v, p, 4);
-    return _mm256_set1_epi32(v);
-}
-
-// Lane i set (all ones) when row 8h + i lies in [rb, re).
-inline __m256i half_mask(int64_t h, int64_t rb, int64_t re) {
-    const __m256i idx = _mm256_add_epi32(_mm256_set1_epi32(static_cast<int32_t>(h * 8)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
-    const __m256i ge = _mm256_cmpgt_epi32(idx, _mm256_set1_epi32(static_cast<int32_t>(rb - 1)));
-    const __m256i lt = _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int32_t>(re)), idx);
-    return _mm256_and_si256(ge, lt);
-}
 
 struct Trits {
     // x >= 86 and x >= 171 as signed compares after flipping the sign bit: x ^ 0x80 > 85 - 128, > 170 - 128.

@@ -13,36 +13,16 @@
 #include <immintrin.h>
 
 #include <algorithm>
-#include <cstring>
 #include <vector>
 
 #include "kernels/cpu_features.h"
 #include "kernels/pack.h"
 #include "kernels/simd.h"
+#include "kernels/ternary_avx512.h"
 
 namespace bllama {
 
 namespace {
-
-// The product of a block is rounded before it is added, as in the scalar reference (see ternary_avx512.cpp).
-inline __m512 no_contract(__m512 v) {
-    __asm__("" : "+v"(v));
-    return v;
-}
-
-inline int32_t load_i32(const int8_t* p) {
-    int32_t v;
-    std::memcpy(&v, p, 4);
-    return v;
-}
-
-inline __m512i bcast(const int8_t* p) { return _mm512_set1_epi32(load_i32(p)); }
-
-inline __mmask16 row_mask(int64_t g, int64_t rb, int64_t re) {
-    const int64_t lo = std::max<int64_t>(rb - g * kGroupRows, 0), hi = std::min<int64_t>(re - g * kGroupRows, kGroupRows);
-    if (hi <= lo) return 0;
-    return static_cast<__mmask16>(((1u << hi) - 1) & ~((1u << lo) - 1));
-}
 
 struct Trits {
     __m512i t1 = _mm512_set1_epi8(86), t2 = _mm512_set1_epi8(static_cast<char>(171)), one = _mm512_set1_epi8(1);
@@ -53,8 +33,6 @@ struct Trits {
     }
     static __m512i next(__m512i x) { return _mm512_add_epi8(x, _mm512_add_epi8(x, x)); }  // 3x mod 256
 };
-
-constexpr int64_t kPrefetch = 8192;  // as the 2-bit GEMV (bench/NOTES-kernels.md)
 
 struct Args {
     const TernaryMatrix::Impl* w;
@@ -69,7 +47,7 @@ struct Args {
 template <int N, int K>
 inline void dot_chunk(__m512i (&acc)[N][5], const uint8_t* src, const int8_t* const (&qp)[N], int64_t col,
                       const Trits& tr) {
-    _mm_prefetch(reinterpret_cast<const char*>(src + kPrefetch), _MM_HINT_T0);
+    _mm_prefetch(reinterpret_cast<const char*>(src + kGemvPrefetch), _MM_HINT_T0);
     __m512i x = _mm512_load_si512(src);
 #pragma GCC unroll 5
     for (int n = 0; n < K; ++n) {

@@ -8,35 +8,15 @@
 #include <algorithm>
 #include <array>
 #include <cmath>
-#include <cstring>
 #include <utility>
 
 #include "kernels/pack.h"
 #include "kernels/simd.h"
+#include "kernels/ternary_avx2.h"
 
 namespace bllama {
 
 namespace {
-
-// See ternary_avx512.cpp: keeps the per-block product from being fused into an FMA.
-inline __m256 no_contract(__m256 v) {
-    __asm__("" : "+x"(v));
-    return v;
-}
-
-inline int32_t load_i32(const int8_t* p) {
-    int32_t v;
-    std::memcpy(&v, p, 4);
-    return v;
-}
-
-// Lane i set (all ones) when row 8h + i lies in [rb, re).
-inline __m256i half_mask(int64_t h, int64_t rb, int64_t re) {
-    const __m256i idx = _mm256_add_epi32(_mm256_set1_epi32(static_cast<int32_t>(h * 8)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
-    const __m256i ge = _mm256_cmpgt_epi32(idx, _mm256_set1_epi32(static_cast<int32_t>(rb - 1)));
-    const __m256i lt = _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int32_t>(re)), idx);
-    return _mm256_and_si256(ge, lt);
-}
 
 inline float hmax(__m256 v) {
     __m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));

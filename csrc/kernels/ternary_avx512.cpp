@@ -14,33 +14,14 @@
 #include <array>
 #include <utility>
 #include <cmath>
-#include <cstring>
 
 #include "kernels/pack.h"
 #include "kernels/simd.h"
+#include "kernels/ternary_avx512.h"
 
 namespace bllama {
 
 namespace {
-
-// Keeps gcc (-ffp-contract=fast in GNU mode) from fusing the per-block product into the following add:
-// the scalar reference rounds the product and the sum separately, and so must we.
-inline __m512 no_contract(__m512 v) {
-    __asm__("" : "+v"(v));
-    return v;
-}
-
-inline int32_t load_i32(const int8_t* p) {
-    int32_t v;
-    std::memcpy(&v, p, 4);
-    return v;
-}
-
-inline __mmask16 row_mask(int64_t g, int64_t rb, int64_t re) {
-    const int64_t lo = std::max<int64_t>(rb - g * kGroupRows, 0), hi = std::min<int64_t>(re - g * kGroupRows, kGroupRows);
-    if (hi <= lo) return 0;
-    return static_cast<__mmask16>(((1u << hi) - 1) & ~((1u << lo) - 1));
-}
 
 // ---- activations -----------------------------------------------------------------------------
 
@@ -100,10 +81,8 @@ struct TileArgs {
 
 // Decode (one token). One 16-row group at a time, so the whole matrix is read as a single linear
 // stream (groups are contiguous): concurrent streams measured slower here. U chunks per
-// iteration with one accumulator per (chunk, plane) keep the vpdpbusd chains short; a software
-// prefetch 8 KiB ahead (it runs on into the next group, which is read next) took one core to the
-// measured read bandwidth (numbers and distances tried: bench/NOTES-kernels.md).
-constexpr int64_t kGemvPrefetch = 8192;
+// iteration with one accumulator per (chunk, plane) keep the vpdpbusd chains short; kGemvPrefetch
+// (ternary_avx512.h) took one core to the measured read bandwidth.
 
 template <int J>
 inline __m512i plane(__m512i w, __m512i m3) {

@@ -18,6 +18,7 @@
 #include "kernels/neon_tiles.h"
 #include "kernels/pack.h"
 #include "kernels/simd.h"
+#include "kernels/ternary1_arm.h"
 
 namespace bllama {
 
@@ -82,6 +83,12 @@ struct SmmlaDot {
 void ternary_matmul_i8mm(const TernaryMatrix& w, const QuantizedActs& x, float* y, int64_t ldy, int64_t rb,
                          int64_t re) {
     ternary_matmul_groups<SmmlaDot, 4>(w, x, y, ldy, rb, re);
+}
+
+// The base-3 layout (ternary1_arm.h): decode on dotprod's SdotDot3, prompts on smmla over each group expanded to 2 bits.
+void ternary1_matmul_i8mm(const TernaryMatrix& w, const QuantizedActs& x, float* y, int64_t ldy, int64_t rb,
+                          int64_t re) {
+    ternary1_matmul_arm<SdotDot3, SmmlaDot, 4>(w, x, y, ldy, rb, re);
 }
 
 }  // namespace bllama

@@ -1,11 +1,8 @@
 // Plain NEON (armv8-a: every aarch64 core, the Raspberry Pi 3/4's Cortex-A53/A72 included): the activation
 // quantizer and the ternary matmul without sdot.
 //
-// A 16-byte load of a 64-byte chunk holds 4 rows x 4 columns per plane (pack.h). smlal/smlal2 multiply the
-// plane's codes (0..2) by the activation dword broadcast to every row and add the products into int16 lanes,
-// one lane per (row, column mod 4). A lane adds one product in [-256, 254] per chunk and plane, 64 per
-// 256-column block, so its sum stays in [-16384, 16256]: exact in int16. Per block, saddlp + addp fold the
-// four lanes of a row into one int32. Tiles of up to 2 tokens: 16 int16 accumulators + 4 weight vectors.
+// The widening ternary product (WideningDot) is in neon_tiles.h, where the base-3 prompt path (ternary1_neon.cpp)
+// runs it too.
 #if defined(__aarch64__) || defined(_M_ARM64)
 #include <arm_neon.h>
 
@@ -63,46 +60,6 @@ void quantize_neon(const float* x, int64_t n_tokens, int64_t cols, QuantizedActs
         out.row_sums[static_cast<size_t>(t)] = total;
     }
 }
-
-namespace {
-
-struct WideningDot {
-    template <int N>
-    static void block(int32x4_t (&acc)[4][N], const uint8_t* wp, const int8_t* const (&qp)[N], int64_t b) {
-        int16x8_t lo[4][N], hi[4][N];  // lo: rows 4i, 4i+1; hi: rows 4i+2, 4i+3 (4 column lanes each)
-        for (int i = 0; i < 4; ++i)
-            for (int t = 0; t < N; ++t) lo[i][t] = hi[i][t] = vdupq_n_s16(0);
-        constexpr int64_t kChunksPerBlock = kBlock / kChunkCols;
-        for (int64_t c = b * kChunksPerBlock; c < (b + 1) * kChunksPerBlock; ++c) {
-            uint8x16_t wv[4];
-            for (int i = 0; i < 4; ++i) wv[i] = vld1q_u8(wp + c * kChunkBytes + 16 * i);
-            int8x16_t xv[N];
-            for (int t = 0; t < N; ++t) xv[t] = vld1q_s8(qp[t] + c * kChunkCols);
-            auto plane = [&](auto jc) {
-                constexpr int J = decltype(jc)::value;
-                int8x16_t xb[N];  // columns 4J..4J+3, repeated for every row
-                for (int t = 0; t < N; ++t)
-                    xb[t] = vreinterpretq_s8_u32(vdupq_laneq_u32(vreinterpretq_u32_s8(xv[t]), J));
-                for (int i = 0; i < 4; ++i) {
-                    const int8x16_t code = ternary_plane<J>(wv[i]);
-                    for (int t = 0; t < N; ++t) {
-                        lo[i][t] = vmlal_s8(lo[i][t], vget_low_s8(code), vget_low_s8(xb[t]));
-                        hi[i][t] = vmlal_high_s8(hi[i][t], code, xb[t]);
-                    }
-                }
-            };
-            plane(std::integral_constant<int, 0>{});
-            plane(std::integral_constant<int, 1>{});
-            plane(std::integral_constant<int, 2>{});
-            plane(std::integral_constant<int, 3>{});
-        }
-        for (int i = 0; i < 4; ++i)
-            for (int t = 0; t < N; ++t)
-                acc[i][t] = vaddq_s32(acc[i][t], vpaddq_s32(vpaddlq_s16(lo[i][t]), vpaddlq_s16(hi[i][t])));
-    }
-};
-
-}  // namespace
 
 void ternary_matmul_neon(const TernaryMatrix& w, const QuantizedActs& x, float* y, int64_t ldy, int64_t rb,
                          int64_t re) {

@@ -19,6 +19,7 @@
 #include "kernels/ternary.h"
 
 #include "check_msg.h"
+#include "kind_ranges.h"
 
 using namespace bllama;
 
@@ -131,13 +132,6 @@ static std::vector<uint8_t> to_tq2(const std::vector<int8_t>& c, int64_t rows, i
             encode_tq2_block(q, block_is_zero(q) ? uint16_t(0x7c00) : dfun(r, b), &out[static_cast<size_t>((r * cols / 256 + b) * 66)]);
         }
     return out;
-}
-
-static std::vector<KernelKind> kinds() {
-    std::vector<KernelKind> k;
-    for (KernelKind kind : kAllKernelKinds)
-        if (kernel_supported(kind)) k.push_back(kind);
-    return k;
 }
 
 enum class ActStyle { Normal, Zero, Huge, Tiny, Ties, Outlier };
@@ -323,7 +317,7 @@ static void test_quantize() {
     {
         std::vector<float> x = {127.0f, 2.5f, 3.5f, -2.5f, -3.5f, 0.5f, 1.5f, -0.5f, 126.5f, -127.0f};
         const int8_t want[] = {127, 2, 4, -2, -4, 0, 2, 0, 126, -127};
-        for (KernelKind k : kinds()) {
+        for (KernelKind k : supported_kinds()) {
             QuantizedActs qa;
             quantize_acts(x.data(), 1, static_cast<int64_t>(x.size()), qa, k);
             CHECK(qa.act_scale[0] == 1.0f, "%s a", kernel_name(k));
@@ -355,7 +349,7 @@ static void test_quantize() {
             }
         }
         CHECK(bad == 0, "scalar quantize vs formula cols=%ld: %d", long(cols), bad);
-        for (KernelKind k : kinds()) {
+        for (KernelKind k : supported_kinds()) {
             QuantizedActs qa;
             // Pre-size with junk to check that buffers are reused and fully overwritten.
             qa.q.assign(static_cast<size_t>(n * cols + 5), 99);
@@ -423,7 +417,6 @@ static void test_scalar_vs_naive() {
 }
 
 static void test_simd_vs_scalar() {
-    const auto ks = kinds();
     int configs = 0;
     for (int64_t cols : {256, 768, 2048, 2816, 8192})
         for (int64_t rows : {1, 3, 17, 63, 100})
@@ -439,28 +432,20 @@ static void test_simd_vs_scalar() {
                 const auto x = make_acts(n, cols);
                 QuantizedActs qa;
                 quantize_acts(x.data(), n, cols, qa);
-                const int64_t ldy = rows + 3;
-                const std::vector<std::pair<int64_t, int64_t>> ranges = {
-                    {0, rows}, {rows > 3 ? 1 : 0, rows > 3 ? rows - 2 : rows}, {rows / 3 | 1, rows}, {rows / 2, rows / 2 + 1}};
-                for (auto [rb, re] : ranges) {
-                    if (rb > re || re > rows) continue;
-                    std::vector<float> ref(static_cast<size_t>(n * ldy), -7.5f);
-                    ternary_matmul_ref(w, qa, ref.data(), ldy, rb, re);
-                    for (KernelKind k : ks) {  // Scalar too: its table entry must be the reference
-                        std::vector<float> y(static_cast<size_t>(n * ldy), -7.5f);
-                        ternary_matmul(w, qa, y.data(), ldy, rb, re, k);
-                        CHECK(std::memcmp(y.data(), ref.data(), y.size() * 4) == 0,
-                              "%s != scalar: rows=%ld cols=%ld n=%ld range=[%ld,%ld) uniform=%d", kernel_name(k), long(rows),
-                              long(cols), long(n), long(rb), long(re), int(uniform));
-                    }
-                    ++configs;
-                }
+                configs += check_kinds_over_ranges(
+                    rows, n,
+                    "vs scalar: rows=" + std::to_string(rows) + " cols=" + std::to_string(cols) + " n=" + std::to_string(n) +
+                        " uniform=" + std::to_string(uniform),
+                    [&](float* y, int64_t ldy, int64_t rb, int64_t re) { ternary_matmul_ref(w, qa, y, ldy, rb, re); },
+                    [&](KernelKind k, float* y, int64_t ldy, int64_t rb, int64_t re) {
+                        ternary_matmul(w, qa, y, ldy, rb, re, k);
+                    });
             }
-    std::printf("  simd vs scalar: %d configurations x %zu kinds\n", configs, ks.size());
+    std::printf("  simd vs scalar: %d configurations x %zu kinds\n", configs, supported_kinds().size());
 }
 
 static void test_f16() {
-    const auto ks = kinds();
+    const auto ks = supported_kinds();
     std::normal_distribution<float> nd(0.0f, 1.0f);
     for (int64_t cols : {16, 100, 256, 2048, 2560})
         for (int64_t rows : {1, 3, 17, 40})
@@ -540,7 +525,7 @@ static void test_dispatch_table() {
 
 int main() {
     std::printf("kernels supported:");
-    for (KernelKind k : kinds()) std::printf(" %s", kernel_name(k));
+    for (KernelKind k : supported_kinds()) std::printf(" %s", kernel_name(k));
     std::printf(" (best: %s)\n", kernel_name(best_kernel()));
     struct { const char* name; void (*fn)(); } tests[] = {
         {"gguf_vectors", test_gguf_vectors}, {"round_trips", test_round_trips}, {"bad_shapes", test_bad_shapes},

@@ -24,17 +24,11 @@
 #include "ternary_encoders.h"
 #undef CHECK  // the model writer's one-argument CHECK; this file uses check_msg.h's
 #include "check_msg.h"
+#include "kind_ranges.h"
 
 using namespace bllama;
 
 static std::mt19937 rng(20261206);
-
-static std::vector<KernelKind> kinds() {
-    std::vector<KernelKind> out;
-    for (KernelKind k : kAllKernelKinds)
-        if (kernel_supported(k)) out.push_back(k);
-    return out;
-}
 
 // Codes in {-1, 0, 1}, a fraction `zero_blocks` of the 256-blocks all zero (their scale is never used).
 static std::vector<int8_t> random_codes(int64_t rows, int64_t cols, double zero_blocks) {
@@ -109,7 +103,6 @@ static void test_layout() {
 // The prompt GEMMs' expansion of a base-3 group to the 2-bit layout gives exactly the 2-bit matrix's bytes (padding
 // rows included), by every path this CPU can run. 2560 columns: every one of the 243 (and 81) byte values occurs.
 static void test_expand() {
-#ifdef BLLAMA_KERNELS_X86
     for (int64_t rows : {16, 40}) {
         const int64_t cols = 2560;
         const auto c = random_codes(rows, cols, 0.1);
@@ -118,18 +111,29 @@ static void test_expand() {
         std::vector<uint8_t, AlignedAllocator<uint8_t>> out(static_cast<size_t>(cols * 4));
         for (int64_t g = 0; g < (rows + 15) / 16; ++g) {
             const uint8_t* want = w2.impl().group_ptr(g);
+            auto same = [&] { return std::memcmp(out.data(), want, out.size()) == 0; };
+#ifdef BLLAMA_KERNELS_ARM
+            expand_base3_group_neon(w3, g, out.data());
+            CHECK(same(), "neon expansion: rows=%ld group %ld", long(rows), long(g));
+#endif
+#ifdef BLLAMA_KERNELS_X86
             if (cpu_features().avx2) {
                 expand_base3_group_avx2(w3, g, out.data());
-                CHECK(std::memcmp(out.data(), want, out.size()) == 0, "avx2 expansion: rows=%ld group %ld", long(rows), long(g));
+                CHECK(same(), "avx2 expansion: rows=%ld group %ld", long(rows), long(g));
             }
             for (bool vbmi : {false, true}) {
                 if (!cpu_features().avx512_vnni || (vbmi && !cpu_features().avx512_vbmi)) continue;
                 expand_base3_group_avx512(w3, g, out.data(), vbmi);
-                CHECK(std::memcmp(out.data(), want, out.size()) == 0, "avx512 expansion (vbmi=%d): rows=%ld group %ld",
-                      int(vbmi), long(rows), long(g));
+                CHECK(same(), "avx512 expansion (vbmi=%d): rows=%ld group %ld", int(vbmi), long(rows), long(g));
             }
+#endif
+            (void)same;
         }
     }
+#ifdef BLLAMA_KERNELS_ARM
+    std::printf("  expansions: neon\n");
+#endif
+#ifdef BLLAMA_KERNELS_X86
     std::printf("  expansions: avx2=%d avx512=%d vbmi=%d\n", int(cpu_features().avx2), int(cpu_features().avx512_vnni),
                 int(cpu_features().avx512_vbmi));
 #endif
@@ -137,7 +141,6 @@ static void test_expand() {
 
 // Every kind on the base-3 matrix == the scalar reference on the 2-bit one, bit for bit.
 static void test_kernels() {
-    const auto ks = kinds();
     int configs = 0;
     for (int64_t cols : {256, 768, 2048, 2816})
         for (int64_t rows : {1, 5, 16, 17, 40, 100})
@@ -152,24 +155,18 @@ static void test_kernels() {
                 const auto x = make_acts(n, cols);
                 QuantizedActs qa;
                 quantize_acts(x.data(), n, cols, qa);
-                const int64_t ldy = rows + 3;
-                const std::vector<std::pair<int64_t, int64_t>> ranges = {
-                    {0, rows}, {rows > 3 ? 1 : 0, rows > 3 ? rows - 2 : rows}, {rows / 3 | 1, rows}, {rows / 2, rows / 2 + 1}};
-                for (auto [rb, re] : ranges) {
-                    if (rb > re || re > rows) continue;
-                    std::vector<float> ref(static_cast<size_t>(n * ldy), -7.5f);
-                    ternary_matmul(w2, qa, ref.data(), ldy, rb, re, KernelKind::Scalar);
-                    for (KernelKind k : ks) {
-                        std::vector<float> y(static_cast<size_t>(n * ldy), -7.5f);
-                        ternary_matmul(w3, qa, y.data(), ldy, rb, re, k);
-                        CHECK(std::memcmp(y.data(), ref.data(), y.size() * 4) == 0,
-                              "base3 %s != 2-bit scalar: rows=%ld cols=%ld n=%ld range=[%ld,%ld) uniform=%d", kernel_name(k),
-                              long(rows), long(cols), long(n), long(rb), long(re), int(uniform));
-                    }
-                    ++configs;
-                }
+                configs += check_kinds_over_ranges(
+                    rows, n,
+                    "base3 vs 2-bit scalar: rows=" + std::to_string(rows) + " cols=" + std::to_string(cols) +
+                        " n=" + std::to_string(n) + " uniform=" + std::to_string(uniform),
+                    [&](float* y, int64_t ldy, int64_t rb, int64_t re) {
+                        ternary_matmul(w2, qa, y, ldy, rb, re, KernelKind::Scalar);
+                    },
+                    [&](KernelKind k, float* y, int64_t ldy, int64_t rb, int64_t re) {
+                        ternary_matmul(w3, qa, y, ldy, rb, re, k);
+                    });
             }
-    std::printf("  base3 kernels vs 2-bit scalar: %d configurations x %zu kinds\n", configs, ks.size());
+    std::printf("  base3 kernels vs 2-bit scalar: %d configurations x %zu kinds\n", configs, supported_kinds().size());
 }
 
 // A TQ1_0 model's logits (prompt chunks and decode steps) are bit-identical through either layout, on the best
