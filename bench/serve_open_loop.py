@@ -7,6 +7,7 @@ shows as growing TTFT, or as 429/503 refusals, never as a slower arrival rate.
 """
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import random
@@ -36,6 +37,10 @@ def add_open_loop_args(p) -> None:
                    help="also a growing chat of this many turns per server (once per repeat, after the first rate)")
     p.add_argument("--max-queue", type=int, default=256,
                    help="the servers' --max-queue: past it they refuse with 429 (set it low to test overload)")
+    p.add_argument("--client", choices=("asyncio", "threads"), default="asyncio",
+                   help="asyncio: every request on one event loop in this process (one thread stamps every event, so "
+                        "the times do not include waits for the GIL between client threads); threads: a thread per "
+                        "request with urllib (the first sessions' client)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="folder for the raw per-request records and the summary")
 
@@ -90,25 +95,99 @@ def stream_request(url, path, body, timeout=600) -> dict:
     return rec
 
 
-def one_run(url, rate, a, seed) -> dict:
+def _on_sse_line(rec, line: bytes) -> None:
+    if not line.startswith(b"data: {"):
+        return
+    chunk = json.loads(line[6:])
+    if chunk.get("usage"):
+        rec["tokens"] = chunk["usage"]["completion_tokens"]
+    c = (chunk.get("choices") or [{}])[0]
+    piece = c.get("text") or (c.get("delta") or {}).get("content")
+    if piece:
+        rec["events"].append(time.perf_counter())
+        rec["text"] = rec.get("text", "") + piece
+
+
+async def astream_request(url, path, body, sent=None) -> dict:
+    """stream_request on an event loop: HTTP/1.1 by hand (chunked or not), each SSE line stamped as it arrives."""
+    rec = {"sent": sent if sent is not None else time.perf_counter(), "status": None, "events": [], "tokens": 0}
+    host, _, port = url.split("//", 1)[1].rstrip("/").partition(":")
+    data = json.dumps(body).encode()
+    writer = None
+    try:
+        reader, writer = await asyncio.open_connection(host, int(port or 80))
+        writer.write(f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
+                     f"Content-Length: {len(data)}\r\nConnection: close\r\n\r\n".encode() + data)
+        await writer.drain()
+        head = await reader.readuntil(b"\r\n\r\n")
+        rec["status"] = int(head.split(b" ", 2)[1])
+        chunked = b"transfer-encoding: chunked" in head.lower()
+        pending = b""
+        while True:
+            if chunked:
+                size = int((await reader.readuntil(b"\r\n")).split(b";")[0], 16)
+                if size == 0:
+                    break
+                piece = (await reader.readexactly(size + 2))[:-2]
+            else:
+                piece = await reader.read(65536)
+                if not piece:
+                    break
+            pending += piece
+            *lines, pending = pending.split(b"\n")
+            for line in lines:
+                _on_sse_line(rec, line.rstrip(b"\r"))
+        if pending:
+            _on_sse_line(rec, pending.rstrip(b"\r"))
+    except Exception as e:  # noqa: BLE001 - a lost request: counted
+        rec["status"] = f"lost: {type(e).__name__}: {e}"
+    finally:
+        if writer is not None:
+            writer.close()
+    rec["end"] = time.perf_counter()
+    return rec
+
+
+def _arrivals(rate, a, seed) -> list:
     rng = random.Random(seed)
     words = default_corpus_text(max_chars=200_000).split()
-    threads, records = [], []
-    t = time.perf_counter()
+    out, t = [], 0.0
     for i in range(a.per_rate):
         t += rng.expovariate(rate)
         n = rng.randint(*a.prompt_words)
         start = rng.randrange(len(words) - n)
-        body = {"prompt": " ".join(words[start:start + n]), "max_tokens": rng.randint(*a.reply_tokens),
-                "temperature": 0, "stream": True, "stream_options": {"include_usage": True}}
-        delay = t - time.perf_counter()
+        out.append((t, {"prompt": " ".join(words[start:start + n]), "max_tokens": rng.randint(*a.reply_tokens),
+                        "temperature": 0, "stream": True, "stream_options": {"include_usage": True}}))
+    return out
+
+
+async def _send_all(url, arrivals) -> list:
+    loop_start = time.perf_counter()
+    tasks = []
+    for t, body in arrivals:
+        delay = loop_start + t - time.perf_counter()
         if delay > 0:
-            time.sleep(delay)
-        th = threading.Thread(target=lambda b=body: records.append(stream_request(url, "/v1/completions", b)))
-        th.start()
-        threads.append(th)
-    for th in threads:
-        th.join()
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(astream_request(url, "/v1/completions", body, sent=time.perf_counter())))
+    return list(await asyncio.gather(*tasks))
+
+
+def one_run(url, rate, a, seed) -> dict:
+    arrivals = _arrivals(rate, a, seed)
+    if getattr(a, "client", "threads") == "asyncio":
+        records = asyncio.run(_send_all(url, arrivals))
+    else:
+        threads, records = [], []
+        t0 = time.perf_counter()
+        for t, body in arrivals:
+            delay = t0 + t - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+            th = threading.Thread(target=lambda b=body: records.append(stream_request(url, "/v1/completions", b)))
+            th.start()
+            threads.append(th)
+        for th in threads:
+            th.join()
     ok = [r for r in records if r["status"] == 200]
     ttft = [r["events"][0] - r["sent"] for r in ok if r["events"]]
     itl = [b - a_ for r in ok for a_, b in zip(r["events"], r["events"][1:])]

@@ -174,3 +174,25 @@ def test_a_bad_step_budget_is_refused_before_serving(model_path):
     with pytest.raises(ValueError, match="step_tokens"):
         Server(Runtime.load(model_path, threads=1, max_sequences=2), ("127.0.0.1", 0), "m", quiet=True,
                scheduler="continuous", step_tokens=0)
+
+
+def test_bench_clients_read_the_same_stream(served):
+    """bench/serve_open_loop.py's two load clients (asyncio with HTTP/1.1 by hand, and urllib in threads) read the
+    same text, usage and event count from one streamed reply, and both count a refused request as its status."""
+    import asyncio
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    from serve_open_loop import astream_request, stream_request
+
+    server, rt = served
+    body = {"prompt": "ROMEO:", "max_tokens": 24, "temperature": 0, "stream": True,
+            "stream_options": {"include_usage": True}}
+    a = asyncio.run(astream_request(server.url, "/v1/completions", body))
+    t = stream_request(server.url, "/v1/completions", body)
+    assert a["status"] == t["status"] == 200
+    assert a["text"] == t["text"] == rt.generate("ROMEO:", max_new_tokens=24)
+    assert a["tokens"] == t["tokens"] == 24 and len(a["events"]) == len(t["events"]) > 1
+    bad = {**body, "max_tokens": -1}
+    assert asyncio.run(astream_request(server.url, "/v1/completions", bad))["status"] == 400
