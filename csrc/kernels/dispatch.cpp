@@ -11,6 +11,7 @@
 #include "kernels/head_f16.h"
 #include "kernels/head_q4.h"
 #include "kernels/head_q8.h"
+#include "kernels/pack.h"
 #include "kernels/ref.h"
 #include "kernels/simd.h"
 #include "kernels/ternary.h"
@@ -19,27 +20,27 @@ namespace bllama {
 
 namespace {
 
-const KernelTable kScalar = {quantize_ref,       ternary_matmul_ref, f16_matmul_ref, q8_head_matmul_ref,
+const KernelTable kScalar = {quantize_rows_ref,       ternary_matmul_ref, f16_matmul_ref, q8_head_matmul_ref,
                              attend_f32_ref,     attend_f16_ref,     to_f16_ref,         q4_head_matmul_ref,
                              ternary_matmul_ref, silu_mul_ref, to_f32_ref};
 #ifdef BLLAMA_KERNELS_X86
-const KernelTable kAvx2 = {quantize_avx2,   ternary_matmul_avx2, f16_matmul_avx2, q8_head_matmul_avx2,
+const KernelTable kAvx2 = {quantize_rows_avx2,   ternary_matmul_avx2, f16_matmul_avx2, q8_head_matmul_avx2,
                            attend_f32_avx2, attend_f16_avx2,     to_f16_avx2,     q4_head_matmul_avx2,
                            ternary1_matmul_avx2, silu_mul_avx2, to_f32_avx2};
-const KernelTable kAvx512 = {quantize_avx512,   ternary_matmul_avx512, f16_matmul_avx512, q8_head_matmul_avx512,
+const KernelTable kAvx512 = {quantize_rows_avx512,   ternary_matmul_avx512, f16_matmul_avx512, q8_head_matmul_avx512,
                              attend_f32_avx512, attend_f16_avx512,     to_f16_avx512,     q4_head_matmul_avx512,
                              ternary1_matmul_avx512, silu_mul_avx512, to_f32_avx512};
 #endif
 #ifdef BLLAMA_KERNELS_ARM
 // The f16 head and attention are float work that sdot does not help: the dotprod kind shares NEON's.
-const KernelTable kNeon = {quantize_neon,   ternary_matmul_neon, f16_matmul_neon, q8_head_matmul_neon,
+const KernelTable kNeon = {quantize_rows_neon,   ternary_matmul_neon, f16_matmul_neon, q8_head_matmul_neon,
                            attend_f32_neon, attend_f16_neon,     to_f16_neon,     q4_head_matmul_neon,
                            ternary1_matmul_neon, silu_mul_ref, to_f32_neon};
-const KernelTable kDotprod = {quantize_neon,   ternary_matmul_dotprod, f16_matmul_neon, q8_head_matmul_dotprod,
+const KernelTable kDotprod = {quantize_rows_neon,   ternary_matmul_dotprod, f16_matmul_neon, q8_head_matmul_dotprod,
                               attend_f32_neon, attend_f16_neon,        to_f16_neon,     q4_head_matmul_dotprod,
                               ternary1_matmul_dotprod, silu_mul_ref, to_f32_neon};
 // smmla only pays where several tokens share the weights: everything but the ternary GEMM is dotprod's.
-const KernelTable kI8mm = {quantize_neon,   ternary_matmul_i8mm, f16_matmul_neon, q8_head_matmul_dotprod,
+const KernelTable kI8mm = {quantize_rows_neon,   ternary_matmul_i8mm, f16_matmul_neon, q8_head_matmul_dotprod,
                            attend_f32_neon, attend_f16_neon,     to_f16_neon,     q4_head_matmul_dotprod,
                            ternary1_matmul_i8mm, silu_mul_ref, to_f32_neon};
 #endif
@@ -129,7 +130,14 @@ const KernelTable& kernel_table(KernelKind kind) { return table_for(kind, "bllam
 
 void quantize_acts(const float* x, int64_t n_tokens, int64_t cols, QuantizedActs& out, KernelKind kind) {
     if (n_tokens < 0 || cols <= 0) throw std::invalid_argument("quantize_acts: bad shape");
-    kernel_table(kind).quantize(x, n_tokens, cols, out);
+    resize_acts(out, n_tokens, cols);
+    kernel_table(kind).quantize(x, 0, n_tokens, cols, out);
+}
+
+void quantize_acts_rows(const float* x, int64_t t0, int64_t t1, int64_t cols, QuantizedActs& out, KernelKind kind) {
+    if (cols != out.cols || t0 < 0 || t0 > t1 || t1 > out.n_tokens)
+        throw std::invalid_argument("quantize_acts_rows: rows or cols outside the sized activations");
+    kernel_table(kind).quantize(x, t0, t1, cols, out);
 }
 
 void ternary_matmul(const TernaryMatrix& w, const QuantizedActs& x, float* y, int64_t ldy, int64_t row_begin,

@@ -39,8 +39,9 @@ const char* kernel_name(KernelKind kind);
 
 // The contracts are in the family headers named below; a kind's entries all obey them.
 struct KernelTable {
-    // ternary.h: quantize_acts, ternary_matmul (bit-identical across kinds)
-    void (*quantize)(const float* x, int64_t n_tokens, int64_t cols, QuantizedActs& out);
+    // ternary.h: quantize_acts (rows [t0, t1) of x into out, already sized), ternary_matmul (bit-identical across
+    // kinds)
+    void (*quantize)(const float* x, int64_t t0, int64_t t1, int64_t cols, QuantizedActs& out);
     void (*ternary_matmul)(const TernaryMatrix& w, const QuantizedActs& x, float* y, int64_t ldy,
                            int64_t row_begin, int64_t row_end);
     // head_f16.h: f16_matmul

@@ -34,8 +34,12 @@ inline float no_contract(float v) {
 
 void quantize_ref(const float* x, int64_t n_tokens, int64_t cols, QuantizedActs& out) {
     resize_acts(out, n_tokens, cols);
+    quantize_rows_ref(x, 0, n_tokens, cols, out);
+}
+
+void quantize_rows_ref(const float* x, int64_t t0, int64_t t1, int64_t cols, QuantizedActs& out) {
     const int64_t nb = (cols + kBlock - 1) / kBlock;
-    for (int64_t t = 0; t < n_tokens; ++t) {
+    for (int64_t t = t0; t < t1; ++t) {
         const float* xt = x + t * cols;
         float amax = 0.0f;
         for (int64_t k = 0; k < cols; ++k) amax = std::max(amax, std::fabs(xt[k]));

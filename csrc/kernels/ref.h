@@ -9,7 +9,8 @@
 
 namespace bllama {
 
-void quantize_ref(const float* x, int64_t n_tokens, int64_t cols, QuantizedActs& out);
+void quantize_ref(const float* x, int64_t n_tokens, int64_t cols, QuantizedActs& out);  // resize + all rows
+void quantize_rows_ref(const float* x, int64_t t0, int64_t t1, int64_t cols, QuantizedActs& out);
 void ternary_matmul_ref(const TernaryMatrix& w, const QuantizedActs& x, float* y, int64_t ldy, int64_t rb,
                         int64_t re);
 void f16_matmul_ref(const uint16_t* w, int64_t cols, const float* x, int64_t n_tokens, float* y, int64_t ldy,

@@ -11,7 +11,7 @@ namespace bllama {
 #if defined(__x86_64__) || defined(__i386__)
 #define BLLAMA_KERNELS_X86 1
 
-void quantize_avx2(const float* x, int64_t n_tokens, int64_t cols, QuantizedActs& out);
+void quantize_rows_avx2(const float* x, int64_t t0, int64_t t1, int64_t cols, QuantizedActs& out);
 void ternary_matmul_avx2(const TernaryMatrix& w, const QuantizedActs& x, float* y, int64_t ldy, int64_t rb,
                          int64_t re);
 void f16_matmul_avx2(const uint16_t* w, int64_t cols, const float* x, int64_t n_tokens, float* y, int64_t ldy,
@@ -35,7 +35,7 @@ void expand_base3_group_avx2(const TernaryMatrix& w, int64_t g, uint8_t* out);
 void ternary1_matmul_avx2(const TernaryMatrix& w, const QuantizedActs& x, float* y, int64_t ldy, int64_t rb,
                           int64_t re);
 
-void quantize_avx512(const float* x, int64_t n_tokens, int64_t cols, QuantizedActs& out);
+void quantize_rows_avx512(const float* x, int64_t t0, int64_t t1, int64_t cols, QuantizedActs& out);
 void silu_mul_avx512(float* g, const float* u, int64_t n);
 void ternary_matmul_avx512(const TernaryMatrix& w, const QuantizedActs& x, float* y, int64_t ldy, int64_t rb,
                            int64_t re);
@@ -69,7 +69,7 @@ void ternary1_matmul_avx512(const TernaryMatrix& w, const QuantizedActs& x, floa
 #define BLLAMA_KERNELS_ARM 1
 
 // *_neon.cpp: plain Advanced SIMD (armv8-a, every aarch64 core).
-void quantize_neon(const float* x, int64_t n_tokens, int64_t cols, QuantizedActs& out);
+void quantize_rows_neon(const float* x, int64_t t0, int64_t t1, int64_t cols, QuantizedActs& out);
 void ternary_matmul_neon(const TernaryMatrix& w, const QuantizedActs& x, float* y, int64_t ldy, int64_t rb,
                          int64_t re);
 void f16_matmul_neon(const uint16_t* w, int64_t cols, const float* x, int64_t n_tokens, float* y, int64_t ldy,

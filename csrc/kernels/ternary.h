@@ -99,6 +99,10 @@ struct QuantizedActs {
 // Quantize x [n_tokens, cols] (fp32, row-major) into out; reuses out's buffers (no allocation when sized).
 void quantize_acts(const float* x, int64_t n_tokens, int64_t cols, QuantizedActs& out,
                    KernelKind kind = best_kernel());
+// Rows [t0, t1) of x (still indexed from row 0) into out, already sized for them (resize_acts, pack.h), so that
+// threads can quantize disjoint rows of one batch; the same bits as quantize_acts.
+void quantize_acts_rows(const float* x, int64_t t0, int64_t t1, int64_t cols, QuantizedActs& out,
+                        KernelKind kind = best_kernel());
 
 // Row ranges that start and end on multiples of this avoid recomputing a shared 16-row group in two
 // threads (any range is still correct).

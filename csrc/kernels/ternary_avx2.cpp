@@ -36,12 +36,11 @@ inline int32_t hsum_i32(__m256i v) {
 
 }  // namespace
 
-void quantize_avx2(const float* x, int64_t n_tokens, int64_t cols, QuantizedActs& out) {
-    resize_acts(out, n_tokens, cols);
+void quantize_rows_avx2(const float* x, int64_t t0, int64_t t1, int64_t cols, QuantizedActs& out) {
     const int64_t nb = (cols + kBlock - 1) / kBlock;
     const __m256 sign = _mm256_set1_ps(-0.0f), lo = _mm256_set1_ps(-128.0f), hi = _mm256_set1_ps(127.0f);
     const __m256i perm = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
-    for (int64_t t = 0; t < n_tokens; ++t) {
+    for (int64_t t = t0; t < t1; ++t) {
         const float* xt = x + t * cols;
         __m256 m = _mm256_setzero_ps();
         int64_t k = 0;

@@ -27,11 +27,10 @@ namespace {
 
 }  // namespace
 
-void quantize_avx512(const float* x, int64_t n_tokens, int64_t cols, QuantizedActs& out) {
-    resize_acts(out, n_tokens, cols);
+void quantize_rows_avx512(const float* x, int64_t t0, int64_t t1, int64_t cols, QuantizedActs& out) {
     const int64_t nb = (cols + kBlock - 1) / kBlock;
     const __m512 sign = _mm512_set1_ps(-0.0f), lo = _mm512_set1_ps(-128.0f), hi = _mm512_set1_ps(127.0f);
-    for (int64_t t = 0; t < n_tokens; ++t) {
+    for (int64_t t = t0; t < t1; ++t) {
         const float* xt = x + t * cols;
         __m512 m = _mm512_setzero_ps();
         int64_t k = 0;

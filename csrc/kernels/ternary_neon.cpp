@@ -15,11 +15,10 @@
 
 namespace bllama {
 
-void quantize_neon(const float* x, int64_t n_tokens, int64_t cols, QuantizedActs& out) {
-    resize_acts(out, n_tokens, cols);
+void quantize_rows_neon(const float* x, int64_t t0, int64_t t1, int64_t cols, QuantizedActs& out) {
     const int64_t nb = (cols + kBlock - 1) / kBlock;
     const float32x4_t lo = vdupq_n_f32(-128.0f), hi = vdupq_n_f32(127.0f);
-    for (int64_t t = 0; t < n_tokens; ++t) {
+    for (int64_t t = t0; t < t1; ++t) {
         const float* xt = x + t * cols;
         // fmaxnm ignores a NaN operand, as std::max(amax, NaN) in ref.cpp does.
         float32x4_t m = vdupq_n_f32(0.0f);

@@ -499,7 +499,7 @@ static void test_f16() {
 // family, and a kind this CPU/build cannot run is refused rather than silently replaced.
 static void test_dispatch_table() {
     const KernelTable& sc = kernel_table(KernelKind::Scalar);
-    CHECK(sc.quantize == quantize_ref && sc.ternary_matmul == ternary_matmul_ref && sc.f16_matmul == f16_matmul_ref &&
+    CHECK(sc.quantize == quantize_rows_ref && sc.ternary_matmul == ternary_matmul_ref && sc.f16_matmul == f16_matmul_ref &&
               sc.q8_head_matmul == q8_head_matmul_ref && sc.attend_f32 == attend_f32_ref &&
               sc.attend_f16 == attend_f16_ref && sc.to_f16 == to_f16_ref && sc.silu_mul == silu_mul_ref &&
               sc.to_f32 == to_f32_ref,

@@ -23,6 +23,9 @@ struct Shape {
 inline const Shape kShapes[] = {
     {"1.7b", 32000, 2048, 24, 16, 16, 8192, 1024, false, 10000.0f},
     {"2b4t", 128256, 2560, 30, 20, 5, 6912, 4096, true, 500000.0f},
+    // bLlamaConfig.preset("small", vocab_size=2048): the model bench/serve_throughput.py serves (compute-bound:
+    // its weights fit in cache, so its prompt speed is the serving benchmark's time to first token)
+    {"small", 2048, 512, 8, 8, 8, 1536, 512, false, 10000.0f},
 };
 
 struct Rng {  // xorshift64*: fast enough to fill a gigabyte of codes
