@@ -1,6 +1,6 @@
 // Prompt and decode throughput of the engine on a random model of real shapes.
 //
-//   bench_decode [--shape 1.7b|2b4t] [--threads 1,2] [--prompt 128] [--decode 64] [--tq1] [--tq1-layout auto|2bit|base3] [--probe] [--kv-f32]
+//   bench_decode [--shape 1.7b|2b4t|small] [--threads 1,2] [--prompt 128] [--decode 64] [--tq1] [--tq1-layout auto|2bit|base3] [--probe] [--kv-f32]
 //                [--keep PATH] [--head q4|q8|f16] [--batch 2,4,8]
 // Defaults are the engine's (LoadOptions): the 4-bit head and the fp16 KV cache.
 //
@@ -71,7 +71,7 @@ int main(int argc, char** argv) {
             shape = nullptr;
             for (const Shape& s : kShapes)
                 if (v == s.name) shape = &s;
-            if (!shape) throw std::invalid_argument("unknown shape " + v + " (1.7b, 2b4t)");
+            if (!shape) throw std::invalid_argument("unknown shape " + v + " (1.7b, 2b4t, small)");
         } else if (a == "--threads") {
             threads = int_list(val());
         } else if (a == "--batch") {
@@ -86,7 +86,7 @@ int main(int argc, char** argv) {
         else if (a == "--keep") keep = val();
         else if (a == "--head") head = parse_head_type(val());
         else {
-            std::fprintf(stderr, "usage: %s [--shape 1.7b|2b4t] [--threads 1,2] [--prompt N] [--decode N] [--tq1] [--tq1-layout auto|2bit|base3] [--probe] [--kv-f16|--kv-f32] [--keep PATH] [--head q4|q8|f16] [--batch 2,4,8]\n", argv[0]);
+            std::fprintf(stderr, "usage: %s [--shape 1.7b|2b4t|small] [--threads 1,2] [--prompt N] [--decode N] [--tq1] [--tq1-layout auto|2bit|base3] [--probe] [--kv-f16|--kv-f32] [--keep PATH] [--head q4|q8|f16] [--batch 2,4,8]\n", argv[0]);
             return 2;
         }
     }
