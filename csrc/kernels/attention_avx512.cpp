@@ -44,9 +44,19 @@ void attend(const float* q, const KV* k, const KV* v, int64_t stride, int64_t le
         if constexpr (sizeof(KV) == 4) return attend_f32_avx2(q, k, v, stride, len, hd, scale, scores, out);
         else return attend_f16_avx2(q, k, v, stride, len, hd, scale, scores, out);
     }
+    // One head's K and V rows are hd values every `stride` (a whole cache row of all kv heads, 4 KiB at 1.7B's
+    // shapes): the hardware prefetchers do not follow a stride that crosses a page per row, so every row was a
+    // demand miss. A software prefetch kAhead rows ahead keeps several rows in flight.
+    constexpr int64_t kAhead = 16;  // 0 / 4 / 8 / 16 / 32 / 64 tried: bench/NOTES-kernels.md
+    const int64_t row_bytes = hd * static_cast<int64_t>(sizeof(KV));
+    auto prefetch_row = [&](const KV* r) {
+        const char* c = reinterpret_cast<const char*>(r);
+        for (int64_t b = 0; b < row_bytes; b += 64) _mm_prefetch(c + b, _MM_HINT_T0);
+    };
     float mx = -INFINITY;
     for (int64_t j = 0; j < len; ++j) {
         const KV* kj = k + j * stride;
+        if (j + kAhead < len) prefetch_row(kj + kAhead * stride);
         __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
         int64_t i = 0;
         for (; i + 32 <= hd; i += 32) {
@@ -81,6 +91,7 @@ void attend(const float* q, const KV* k, const KV* v, int64_t stride, int64_t le
         for (int64_t t = 0; t < len; ++t) {
             const __m512 w = _mm512_set1_ps(scores[t]);
             const KV* vt = v + t * stride + i0;
+            if (i0 == 0 && t + kAhead < len) prefetch_row(vt + kAhead * stride);
 #pragma GCC unroll 8
             for (int b = 0; b < 8; ++b)
                 if (b < nb) acc[b] = _mm512_fmadd_ps(w, load16(vt + 16 * b), acc[b]);
