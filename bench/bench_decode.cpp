@@ -140,7 +140,9 @@ int main(int argc, char** argv) {
             std::printf("%7d %8.2f %10.1f %10.2f %10.1f %10.2f %9.0f %7.0f %8.0fM\n", nt, load_s, n_prompt / prompt_s, tps,
                         bytes / n_decode / 1e6, bytes / decode_s / 1e9, model->weight_bytes() / 1e6,
                         model->head_bytes() / 1e6, peak_rss_mib());
-            if (probe) std::printf("%7d   probe: %.2f GB/s memory read bandwidth\n", nt, measure_read_bandwidth(nt) / 1e9);
+            if (probe)
+                std::printf("%7d   probe: %.2f GB/s memory read bandwidth (2 MiB pages; 4 KiB pages: %.2f)\n", nt,
+                            measure_read_bandwidth(nt) / 1e9, measure_read_bandwidth(nt, size_t(1) << 30, 5, false) / 1e9);
             std::printf("%7d   pool: %.1f handoffs, %.1f worker sleeps per decode token\n", nt,
                         double(model->pool_handoffs() - handoffs0) / n_decode, double(model->pool_sleeps() - sleeps0) / n_decode);
             std::fflush(stdout);

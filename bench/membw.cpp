@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "kernels/cpu_features.h"
+#include "kernels/huge_pages.h"
 
 namespace bllama {
 namespace {
@@ -87,13 +88,14 @@ uint64_t read_stream(const uint8_t* p, size_t n) {
     return fn(p, n);
 }
 
-double measure_read_bandwidth(int threads, size_t bytes, int repeats) {
+double measure_read_bandwidth(int threads, size_t bytes, int repeats, bool huge_pages) {
     if (threads < 1) throw std::invalid_argument("threads must be >= 1");
     const size_t per = bytes / threads / 4096 * 4096;
     if (per == 0) throw std::invalid_argument("buffer too small for the thread count");
-    std::unique_ptr<uint8_t[], void (*)(void*)> buf(static_cast<uint8_t*>(std::aligned_alloc(64, per * threads)),
-                                                    std::free);
+    const size_t align = huge_pages ? kHugePage : 64, size = (per * threads + align - 1) / align * align;
+    std::unique_ptr<uint8_t[], void (*)(void*)> buf(static_cast<uint8_t*>(std::aligned_alloc(align, size)), std::free);
     if (!buf) throw std::bad_alloc();
+    if (huge_pages) advise_huge_pages(buf.get(), per * threads);
     std::memset(buf.get(), 1, per * threads);  // fault every page in before timing
     double best = 0;
     std::atomic<uint64_t> sink{0};

@@ -6,6 +6,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "cpu/decode_profile.h"
 #include "cpu/model.h"
 #include "kernels/half.h"
 #include "kernels/head_f16.h"
@@ -13,6 +14,7 @@
 namespace bllama {
 
 namespace {
+
 
 constexpr int64_t kRowAlign = 16;  // row split granularity (keeps kernel row groups whole)
 
@@ -139,6 +141,24 @@ void Model::forward_rows(const int32_t* tokens, int64_t n, float* logits, bool a
     const KernelKind kind = kernel_;
     // Several chunks per thread so a thread that falls behind (or is descheduled) sheds work.
     const int nc = pool_.size() == 1 ? 1 : pool_.size() * 4;
+#ifdef BLLAMA_DECODE_PROFILE
+    const bool prof_on = n == 1 && logits && !all_logits;
+    if (prof_on) {
+        g_prof.tokens++, g_prof.threads = pool_.size();
+        const double kv_row = double(KV) * (kv_f16_ ? 2 : 4);
+        for (const LayerWeights& L : layers_) {
+            g_prof.bytes[DecodeProfile::kQkvAttn] += gemv_read_bytes(L.q.w) + gemv_read_bytes(L.k.w) +
+                                                     gemv_read_bytes(L.v.w) + 2 * kv_row * double(row_pos_[0] + 1);
+            g_prof.bytes[DecodeProfile::kO] += gemv_read_bytes(L.o.w);
+            g_prof.bytes[DecodeProfile::kGateUp] += gemv_read_bytes(L.gate.w) + gemv_read_bytes(L.up.w);
+            g_prof.bytes[DecodeProfile::kDown] += gemv_read_bytes(L.down.w);
+        }
+        g_prof.bytes[DecodeProfile::kHead] += double(head_bytes());
+    }
+    g_prof_active = prof_on;
+    const double prof_t0 = prof_on ? prof_now() : 0;
+    double prof_t = prof_t0;
+#endif
 
     for (int64_t t = 0; t < n; ++t) {
         const uint16_t* row = embd_ + static_cast<int64_t>(tokens[t]) * D;
@@ -150,25 +170,36 @@ void Model::forward_rows(const int32_t* tokens, int64_t n, float* logits, bool a
     // threads would split 3:2) the projections are split by rows and attention runs as its own job.
     const int64_t KVH = c.n_kv_heads, hd = c.head_dim, group = c.n_heads / c.n_kv_heads;
     const bool fused_attention = KVH >= 4 * pool_.size() && hd % kRowAlign == 0;
+    PROF_MARK(kEmbed)
 
     for (int64_t l = 0; l < c.n_layers; ++l) {
         const LayerWeights& L = layers_[static_cast<size_t>(l)];
 
         // Attention: q, k, v share one quantized input.
         bitlinear_input(x_.data(), L.attn_norm.data(), xp_.data(), n, D, c.dim_in, c.rms_eps, qa_dim_, kind);
+        PROF_MARK(kAttnIn)
         if (fused_attention) {
             // One job: kv head g's chunk computes the q rows of its query heads and its own k, v rows, rotates them,
             // writes k, v into the cache and attends. Attention reads no other chunk's rows, so the step from the
             // projections to attention needs no handoff, and rope and the cache writes run in parallel.
             pool_.run(static_cast<int>(KVH), [&](int g, int thread) {
+                PROF_CHUNK_BEGIN
                 const int64_t qb = g * group * hd, qe = qb + group * hd, kb = g * hd, ke = kb + hd;
                 bitlinear_rows(L.q, qa_dim_, q_.data(), D, n, qb, qe, kind);
                 bitlinear_rows(L.k, qa_dim_, k_.data(), KV, n, kb, ke, kind);
                 bitlinear_rows(L.v, qa_dim_, v_.data(), KV, n, kb, ke, kind);
+#ifdef BLLAMA_DECODE_PROFILE
+                const double pm_ = prof_on ? prof_now() : 0;
+                if (prof_on && thread < 16) g_prof.qkv_busy[thread] += pm_ - pc0_;
+#endif
                 apply_rope(q_.data(), n, c.n_heads, g * group, (g + 1) * group);
                 apply_rope(k_.data(), n, KVH, g, g + 1);
                 write_kv(l, n, kb, ke);
                 attend_rows(l, g, 0, n, thread);
+#ifdef BLLAMA_DECODE_PROFILE
+                if (prof_on && thread < 16) g_prof.attn_busy[thread] += prof_now() - pm_;
+#endif
+                PROF_CHUNK_END(kQkvAttn, thread)
             });
         } else {
             pool_.run(nc, [&](int i, int) {
@@ -184,20 +215,29 @@ void Model::forward_rows(const int32_t* tokens, int64_t n, float* logits, bool a
             write_kv(l, n, 0, KV);
             attention(l, n);
         }
+        PROF_MARK(kQkvAttn)
 
         bitlinear_input(att_.data(), c.sub_norms ? L.attn_sub_norm.data() : nullptr, xp_.data(), n, D, c.dim_in,
                         c.rms_eps, qa_dim_, kind);
-        pool_.run(nc, [&](int i, int) {
+        PROF_MARK(kOIn)
+        pool_.run(nc, [&](int i, int th) {
+            (void)th;
+            PROF_CHUNK_BEGIN
             int64_t b, e;
             split_range(D, i, nc, kRowAlign, b, e);
             bitlinear_rows(L.o, qa_dim_, q_.data(), D, n, b, e, kind);
             add_residual(x_.data(), q_.data(), n, D, b, e);
+            PROF_CHUNK_END(kO, th)
         });
+        PROF_MARK(kO)
 
         // Feed-forward: gate and up share one quantized input.
         bitlinear_input(x_.data(), L.ffn_norm.data(), xp_.data(), n, D, c.dim_in, c.rms_eps, qa_dim_, kind);
+        PROF_MARK(kFfnIn)
         const bool relu_sq = c.activation == Activation::Relu2;
-        pool_.run(nc, [&](int i, int) {
+        pool_.run(nc, [&](int i, int th) {
+            (void)th;
+            PROF_CHUNK_BEGIN
             int64_t b, e;
             split_range(F, i, nc, kRowAlign, b, e);
             bitlinear_rows(L.gate, qa_dim_, gate_.data(), F, n, b, e, kind);
@@ -210,15 +250,22 @@ void Model::forward_rows(const int32_t* tokens, int64_t n, float* logits, bool a
                 else
                     kernels_.silu_mul(g + b, u + b, e - b);
             }
+            PROF_CHUNK_END(kGateUp, th)
         });
+        PROF_MARK(kGateUp)
         bitlinear_input(gate_.data(), c.sub_norms ? L.ffn_sub_norm.data() : nullptr, xp_.data(), n, F, c.ffn_in,
                         c.rms_eps, qa_ffn_, kind);
-        pool_.run(nc, [&](int i, int) {
+        PROF_MARK(kDownIn)
+        pool_.run(nc, [&](int i, int th) {
+            (void)th;
+            PROF_CHUNK_BEGIN
             int64_t b, e;
             split_range(D, i, nc, kRowAlign, b, e);
             bitlinear_rows(L.down, qa_ffn_, q_.data(), D, n, b, e, kind);
             add_residual(x_.data(), q_.data(), n, D, b, e);
+            PROF_CHUNK_END(kDown, th)
         });
+        PROF_MARK(kDown)
     }
 
     if (!logits) return;
@@ -226,6 +273,10 @@ void Model::forward_rows(const int32_t* tokens, int64_t n, float* logits, bool a
     const int64_t first = all_logits ? 0 : n - 1;
     for (int64_t t = first; t < n; ++t) head_rows_[t - first] = t;
     head(head_rows_.data(), n - first, logits);
+#ifdef BLLAMA_DECODE_PROFILE
+    if (prof_on) g_prof.total += prof_now() - prof_t0;
+    g_prof_active = false;
+#endif
 }
 
 // Head: a float (or int8 / 4-bit) matmul over the final-normed hidden rows rows[0..m) of x_, logits row i for rows[i].
@@ -236,25 +287,40 @@ void Model::head(const int64_t* rows, int64_t m, float* logits) {
     const int64_t D = c.dim, V = c.vocab;
     const KernelKind kind = kernel_;
     const int nc = pool_.size() == 1 ? 1 : pool_.size() * 4;
+#ifdef BLLAMA_DECODE_PROFILE
+    const bool prof_on = g_prof_active;
+    double prof_t = prof_on ? prof_now() : 0;
+#endif
     for (int64_t i = 0; i < m; ++i) rmsnorm(x_.data() + rows[i] * D, output_norm_.data(), xn_.data() + i * D, 1, D, c.rms_eps);
     if (head_type_ != HeadType::F16) {
         // Int8 / 4-bit head: the normed rows quantized per token like BitLinear inputs (kernels/head_q8.h, head_q4.h).
         quantize_acts(xn_.data(), m, D, qa_head_, kind);
+        PROF_MARK(kHeadIn)
         const bool q4 = head_type_ == HeadType::Q4;
-        pool_.run(nc, [&](int i, int) {
+        pool_.run(nc, [&](int i, int th) {
+            (void)th;
+            PROF_CHUNK_BEGIN
             int64_t b, e;
             split_range(V, i, nc, 64, b, e);
-            if (b >= e) return;
-            if (q4) q4_head_matmul(head_q4_, qa_head_, logits, V, b, e, kind);
-            else q8_head_matmul(head_q8_, qa_head_, logits, V, b, e, kind);
+            if (b < e) {
+                if (q4) q4_head_matmul(head_q4_, qa_head_, logits, V, b, e, kind);
+                else q8_head_matmul(head_q8_, qa_head_, logits, V, b, e, kind);
+            }
+            PROF_CHUNK_END(kHead, th)
         });
+        PROF_MARK(kHead)
         return;
     }
-    pool_.run(nc, [&](int i, int) {
+    PROF_MARK(kHeadIn)
+    pool_.run(nc, [&](int i, int th) {
+        (void)th;
+        PROF_CHUNK_BEGIN
         int64_t b, e;
         split_range(V, i, nc, 64, b, e);
         if (b < e) f16_matmul(head_, D, xn_.data(), m, logits, V, b, e, kind);
+        PROF_CHUNK_END(kHead, th)
     });
+    PROF_MARK(kHead)
 }
 
 }  // namespace bllama

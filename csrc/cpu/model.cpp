@@ -206,11 +206,19 @@ size_t Model::weight_bytes() const {
     return b;
 }
 
+double gemv_read_bytes(const TernaryMatrix& w) {
+    const double scales = static_cast<double>((w.rows() + 15) / 16 * 16) * static_cast<double>(w.cols() / 256) * 4;
+    return static_cast<double>(w.bytes()) - (w.uniform_scale() ? scales : 0.0);
+}
+
 double Model::decode_bytes(int64_t pos) const {
     const ModelConfig& c = cfg_;
     const double head = static_cast<double>(head_bytes()), emb_row = 2.0 * c.dim;
     const double kv = 2.0 * c.n_layers * (pos + 1) * c.kv_dim() * (kv_f16_ ? 2 : 4);
-    return static_cast<double>(weight_bytes()) + head + emb_row + kv;
+    double weights = 0;  // what the GEMVs read, not weight_bytes() (memory held)
+    for (const LayerWeights& L : layers_)
+        for (const BitLinear* w : {&L.q, &L.k, &L.v, &L.o, &L.gate, &L.up, &L.down}) weights += gemv_read_bytes(w->w);
+    return weights + head + emb_row + kv;
 }
 
 }  // namespace bllama

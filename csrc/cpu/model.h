@@ -74,6 +74,10 @@ struct LayerWeights {
 void check_forward_args(const char* who, const int32_t* tokens, int64_t n, int64_t pos, int64_t context,
                         int64_t vocab);
 
+// Bytes one decode GEMV reads from w: its codes, and its per-block scales only where they differ (a uniform
+// matrix's epilogue uses the one scale, so its scale array, 1/16 of the codes, is never read).
+double gemv_read_bytes(const TernaryMatrix& w);
+
 class Model {
 public:
     static std::unique_ptr<Model> load(const std::string& path, const LoadOptions& opts = {});

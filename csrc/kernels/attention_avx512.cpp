@@ -21,6 +21,16 @@ inline __m512 load16(const uint16_t* p) {
     return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
 }
 
+// One head's K and V rows are hd values every `stride` (a whole cache row of all kv heads, 4 KiB at 1.7B's shapes):
+// the hardware prefetchers do not follow a stride that crosses a page per row, so every row was a demand miss. A
+// software prefetch kAhead rows ahead keeps several rows in flight.
+constexpr int64_t kAhead = 16;  // 0 / 4 / 8 / 16 / 32 / 64 tried: bench/NOTES-kernels.md
+template <class KV>
+inline void prefetch_row(const KV* r, int64_t hd) {
+    const char* c = reinterpret_cast<const char*>(r);
+    for (int64_t b = 0; b < hd * static_cast<int64_t>(sizeof(KV)); b += 64) _mm_prefetch(c + b, _MM_HINT_T0);
+}
+
 // Lane j of the result = the sum of the 16 lanes of a[j]: a transpose-and-add tree (45 shuffles and adds for 16
 // sums, against ~8 each for a horizontal reduction per vector). A lane's summation order does not depend on the
 // other vectors, so a key's score is the same bits whichever block position it takes.
@@ -64,7 +74,10 @@ void scores_any(const float* q, const KV* k, int64_t stride, int64_t len, int64_
     for (int64_t j0 = 0; j0 < len; j0 += 16) {
         const int nk = static_cast<int>(len - j0 < 16 ? len - j0 : 16);
         __m512 acc[16];
-        for (int kk = 0; kk < 16; ++kk) acc[kk] = kk < nk ? dot_any(q, k + (j0 + kk) * stride, hd) : _mm512_setzero_ps();
+        for (int kk = 0; kk < 16; ++kk) {
+            if (j0 + kk + kAhead < len) prefetch_row(k + (j0 + kk + kAhead) * stride, hd);
+            acc[kk] = kk < nk ? dot_any(q, k + (j0 + kk) * stride, hd) : _mm512_setzero_ps();
+        }
         store_block(acc, nk, scale, scores + j0, vmx);
     }
 }
@@ -81,6 +94,7 @@ void scores_fixed(const float* q, const KV* k, int64_t stride, int64_t len, floa
 #pragma GCC unroll 16
         for (int kk = 0; kk < 16; ++kk) {
             const KV* kj = k + (j0 + (kk < nk ? kk : nk - 1)) * stride;
+            if (j0 + kk + kAhead < len) prefetch_row(kj + kAhead * stride, NQ * 16);
             __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
 #pragma GCC unroll 4
             for (int n = 0; n < NQ; n += 2) {
@@ -107,6 +121,7 @@ void pv_fixed(const KV* v, int64_t stride, int64_t len, const float* scores, flo
         for (int s = 0; s < S; ++s) {
             const __m512 w = _mm512_set1_ps(scores[t + s]);
             const KV* vt = v + (t + s) * stride;
+            if (t + s + kAhead < len) prefetch_row(vt + kAhead * stride, NB * 16);
 #pragma GCC unroll 8
             for (int b = 0; b < NB; ++b) acc[s][b] = _mm512_fmadd_ps(w, load16(vt + 16 * b), acc[s][b]);
         }
@@ -161,6 +176,7 @@ void attend(const float* q, const KV* k, const KV* v, int64_t stride, int64_t le
         for (int64_t t = 0; t < len; ++t) {
             const __m512 w = _mm512_set1_ps(scores[t]);
             const KV* vt = v + t * stride + i0;
+            if (i0 == 0 && t + kAhead < len) prefetch_row(vt + kAhead * stride, hd);
 #pragma GCC unroll 8
             for (int b = 0; b < 8; ++b)
                 if (b < nb) acc[b] = _mm512_fmadd_ps(w, load16(vt + 16 * b), acc[b]);

@@ -18,6 +18,7 @@
 #include <memory>
 #include <new>
 
+#include "kernels/huge_pages.h"
 #include "kernels/ternary.h"
 
 namespace bllama {
@@ -28,12 +29,14 @@ struct FreeDeleter {
 template <class T>
 using AlignedArray = std::unique_ptr<T[], FreeDeleter>;
 
-// 64-byte aligned, zero-filled, never null (size 0 still allocates one line).
+// 64-byte aligned (2 MiB and on huge pages from 2 MiB up: huge_pages.h), zero-filled, never null (size 0 still
+// allocates one line).
 template <class T>
 AlignedArray<T> make_aligned(size_t n) {
-    const size_t bytes = ((n * sizeof(T)) + 63) / 64 * 64;
-    void* p = std::aligned_alloc(64, bytes ? bytes : 64);
+    const size_t bytes = ((n * sizeof(T)) + 63) / 64 * 64, align = large_alignment(bytes, 64);
+    void* p = std::aligned_alloc(align, bytes ? (bytes + align - 1) / align * align : 64);
     if (!p) throw std::bad_alloc();
+    advise_huge_pages(p, bytes);
     std::memset(p, 0, bytes ? bytes : 64);
     return AlignedArray<T>(static_cast<T*>(p));
 }

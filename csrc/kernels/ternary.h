@@ -14,10 +14,12 @@
 #include <vector>
 
 #include "kernels/dispatch.h"
+#include "kernels/huge_pages.h"
 
 namespace bllama {
 
-// 64-byte aligned storage so that SIMD loads of activation rows never split cache lines.
+// 64-byte aligned storage so that SIMD loads of activation rows never split cache lines; from 2 MiB up (the
+// 4-bit and int8 heads) 2 MiB aligned and on huge pages (huge_pages.h).
 template <class T>
 struct AlignedAllocator {
     using value_type = T;
@@ -26,9 +28,10 @@ struct AlignedAllocator {
     template <class U>
     AlignedAllocator(const AlignedAllocator<U>&) noexcept {}
     T* allocate(size_t n) {
-        const size_t bytes = (n * sizeof(T) + kAlign - 1) / kAlign * kAlign;
-        void* p = std::aligned_alloc(kAlign, bytes ? bytes : kAlign);
+        const size_t bytes = (n * sizeof(T) + kAlign - 1) / kAlign * kAlign, align = large_alignment(bytes, kAlign);
+        void* p = std::aligned_alloc(align, bytes ? (bytes + align - 1) / align * align : kAlign);
         if (!p) throw std::bad_alloc();
+        advise_huge_pages(p, bytes);
         return static_cast<T*>(p);
     }
     void deallocate(T* p, size_t) noexcept { std::free(p); }
