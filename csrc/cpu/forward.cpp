@@ -10,6 +10,7 @@
 #include "cpu/model.h"
 #include "kernels/half.h"
 #include "kernels/head_f16.h"
+#include "kernels/pack.h"
 
 namespace bllama {
 
@@ -38,15 +39,29 @@ void rmsnorm(const float* x, const float* w, float* out, int64_t n, int64_t d, f
 }
 
 // BitLinear input: rows of rmsnorm(x, w) (or x itself when w is null: no sub-norm) written at stride dp
-// with the padding [d, dp) zeroed, so padded weight columns meet zero activations; then quantized.
-void bitlinear_input(const float* x, const float* w, float* xp, int64_t n, int64_t d, int64_t dp, float eps,
-                     QuantizedActs& qa, KernelKind kind) {
-    for (int64_t t = 0; t < n; ++t) {
-        if (w) rmsnorm(x + t * d, w, xp + t * dp, 1, d, eps);
-        else std::copy(x + t * d, x + (t + 1) * d, xp + t * dp);
-        std::fill(xp + t * dp + d, xp + (t + 1) * dp, 0.0f);
-    }
-    quantize_acts(xp, n, dp, qa, kind);
+// with the padding [d, dp) zeroed, so padded weight columns meet zero activations; then quantized. A prompt chunk's
+// rows are split across the pool (each row's bits do not depend on which thread runs it): run by one thread they
+// were ~7% of a small model's prompt time, with the other threads waiting.
+constexpr int64_t kParallelInputValues = 32768;  // rows x width from which the split pays for a pool handoff
+
+void bitlinear_input(ThreadPool& pool, const float* x, const float* w, float* xp, int64_t n, int64_t d, int64_t dp,
+                     float eps, QuantizedActs& qa, KernelKind kind) {
+    resize_acts(qa, n, dp);
+    auto rows = [&](int64_t t0, int64_t t1) {
+        for (int64_t t = t0; t < t1; ++t) {
+            if (w) rmsnorm(x + t * d, w, xp + t * dp, 1, d, eps);
+            else std::copy(x + t * d, x + (t + 1) * d, xp + t * dp);
+            std::fill(xp + t * dp + d, xp + (t + 1) * dp, 0.0f);
+        }
+        quantize_acts_rows(xp, t0, t1, dp, qa, kind);
+    };
+    if (pool.size() == 1 || n < 4 || n * d < kParallelInputValues) return rows(0, n);
+    const int nc = static_cast<int>(std::min<int64_t>(n, pool.size() * 2));
+    pool.run(nc, [&](int i, int) {
+        int64_t b, e;
+        split_range(n, i, nc, 1, b, e);
+        if (b < e) rows(b, e);
+    });
 }
 
 // x[t, r] += y[t, r] for rows [rb, re) of n tokens: the residual add, fused into each thread's share of
@@ -176,7 +191,7 @@ void Model::forward_rows(const int32_t* tokens, int64_t n, float* logits, bool a
         const LayerWeights& L = layers_[static_cast<size_t>(l)];
 
         // Attention: q, k, v share one quantized input.
-        bitlinear_input(x_.data(), L.attn_norm.data(), xp_.data(), n, D, c.dim_in, c.rms_eps, qa_dim_, kind);
+        bitlinear_input(pool_, x_.data(), L.attn_norm.data(), xp_.data(), n, D, c.dim_in, c.rms_eps, qa_dim_, kind);
         PROF_MARK(kAttnIn)
         if (fused_attention) {
             // One job: kv head g's chunk computes the q rows of its query heads and its own k, v rows, rotates them,
@@ -217,7 +232,7 @@ void Model::forward_rows(const int32_t* tokens, int64_t n, float* logits, bool a
         }
         PROF_MARK(kQkvAttn)
 
-        bitlinear_input(att_.data(), c.sub_norms ? L.attn_sub_norm.data() : nullptr, xp_.data(), n, D, c.dim_in,
+        bitlinear_input(pool_, att_.data(), c.sub_norms ? L.attn_sub_norm.data() : nullptr, xp_.data(), n, D, c.dim_in,
                         c.rms_eps, qa_dim_, kind);
         PROF_MARK(kOIn)
         pool_.run(nc, [&](int i, int th) {
@@ -232,7 +247,7 @@ void Model::forward_rows(const int32_t* tokens, int64_t n, float* logits, bool a
         PROF_MARK(kO)
 
         // Feed-forward: gate and up share one quantized input.
-        bitlinear_input(x_.data(), L.ffn_norm.data(), xp_.data(), n, D, c.dim_in, c.rms_eps, qa_dim_, kind);
+        bitlinear_input(pool_, x_.data(), L.ffn_norm.data(), xp_.data(), n, D, c.dim_in, c.rms_eps, qa_dim_, kind);
         PROF_MARK(kFfnIn)
         const bool relu_sq = c.activation == Activation::Relu2;
         pool_.run(nc, [&](int i, int th) {
@@ -253,7 +268,7 @@ void Model::forward_rows(const int32_t* tokens, int64_t n, float* logits, bool a
             PROF_CHUNK_END(kGateUp, th)
         });
         PROF_MARK(kGateUp)
-        bitlinear_input(gate_.data(), c.sub_norms ? L.ffn_sub_norm.data() : nullptr, xp_.data(), n, F, c.ffn_in,
+        bitlinear_input(pool_, gate_.data(), c.sub_norms ? L.ffn_sub_norm.data() : nullptr, xp_.data(), n, F, c.ffn_in,
                         c.rms_eps, qa_ffn_, kind);
         PROF_MARK(kDownIn)
         pool_.run(nc, [&](int i, int th) {
