@@ -2,10 +2,10 @@
 # The quiet-VM batch of 2026-12-06 (fourth session), in this order, from the repository root with the extension
 # built: the prompt/decode A/B against the session's start (b9a1ced) on three shapes, the decode-bandwidth A/B,
 # the peer comparison, the open-loop serving runs (static vs continuous, asyncio client).
-#   IK=<ik_llama.cpp source> WORK=<build+model folder> BUILD=<CPU release build with benchmarks>
+#   IK=<ik_llama.cpp source> LLAMACPP=<llama.cpp source> BITNET=<bitnet.cpp source> WORK=<build+model folder> BUILD=<CPU release build with benchmarks>
 #   BASE=<bench_decode built at b9a1ced> OUT=<output folder> bash run.sh
 set -eux
-: "${IK:?}" "${WORK:?}" "${BUILD:?}" "${BASE:?}"; OUT=${OUT:-qb}; mkdir -p "$OUT"
+: "${IK:?}" "${LLAMACPP:?}" "${BITNET:?}" "${WORK:?}" "${BUILD:?}" "${BASE:?}"; OUT=${OUT:-qb}; mkdir -p "$OUT"
 for r in 1 2 3; do
   for v in base new; do
     bin=$BASE; [ $v = new ] && bin=$BUILD/bench_decode
@@ -15,7 +15,7 @@ for r in 1 2 3; do
   done
 done
 python bench/decode_bw_ab.py --base b9a1ced --rounds 5 --work "$WORK/bwab" --out "$OUT/decode_bw" > "$OUT/decode_bw.txt" 2>&1
-python bench/peer_compare.py --ik "$IK" --work "$WORK" --presets 1.7b 2b4t --rounds 3 --json "$OUT/peers.json" > "$OUT/peers.txt" 2>&1
+python bench/peer_compare.py --ik "$IK" --llamacpp "$LLAMACPP" --bitnet "$BITNET" --work "$WORK" --presets 1.7b 2b4t --rounds 3 --json "$OUT/peers.json" > "$OUT/peers.txt" 2>&1
 python bench/serve_throughput.py --open-loop --preset small --vocab 2048 --sequences 8 --threads 2 --reply-tokens 8 48 \
   --prompt-words 8 64 --server static=.:static --server continuous=.:continuous --rates 4 8 16 24 40 --per-rate 48 \
   --repeats 3 --chat-turns 10 --out "$OUT/serve" > "$OUT/serve.txt" 2>&1
