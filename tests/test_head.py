@@ -31,8 +31,10 @@ def q8_rel_error(m: np.ndarray) -> float:
 
 
 def q4_rel_error(m: np.ndarray) -> float:
-    """Relative Frobenius error of the engine's 4-bit head: per 32 columns, the value of largest magnitude maps to
-    -8 (scale rounded to f16), q = clip(rint(w / d), -8, 7)."""
+    """Relative Frobenius error of absmax 4-bit quantization: per 32 columns, the value of largest magnitude maps to
+    -8 (scale rounded to f16), q = clip(rint(w / d), -8, 7). The engine searches each block's scale for a squared
+    error never larger than this one's (weighted by the final norm's gain squared, which is 1 in an untrained
+    model), so this bounds its error from above."""
     m = m.astype(np.float32)
     b = m.reshape(m.shape[0], -1, 32)
     big = np.take_along_axis(b, np.abs(b).argmax(-1)[..., None], -1)
