@@ -128,19 +128,19 @@ def score(args, gguf, held, model, tok, work):
     if args.simulate:
         if model is None:
             raise SystemExit("--simulate needs a fresh training run (remove the cached .gguf or use a new --work)")
-        w = model.lm_head.weight.detach().float().numpy().copy()
+        w = model.model.lm_head.weight.detach().float().numpy().copy()
         V, D = w.shape
         for name, bits, block in [("w8 per row", 8, -1), ("w8 /32", 8, 32), ("w6 /16", 6, 16), ("w6 /32", 6, 32),
                                   ("w5 /32", 5, 32), ("w4 /32", 4, 32), ("w4 /16", 4, 16), ("w4 per row", 4, -1)]:
             with torch.no_grad():
-                model.lm_head.weight.copy_(torch.from_numpy(fake_quant(w, bits, block)))
+                model.model.lm_head.weight.copy_(torch.from_numpy(fake_quant(w, bits, block)))
             path = export_gguf(model, tok, work / "sim.gguf")
             r = Runtime.load(path, threads=1).evaluate(held)
             per = bits + (0 if block < 0 else 16 / block)
             rows.append({"head": name, "engine": False, "perplexity": r["perplexity"], "tokens": r["tokens"],
                          "head_bytes": int(V * D * per / 8)})
         with torch.no_grad():
-            model.lm_head.weight.copy_(torch.from_numpy(w))
+            model.model.lm_head.weight.copy_(torch.from_numpy(w))
     ref = rows[0]["perplexity"]
     print(f"{'head':<12} {'bytes':>10} {'perplexity':>11} {'vs f16':>8}")
     for r in rows:

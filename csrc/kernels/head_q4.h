@@ -6,13 +6,14 @@
 // coarsens its own 32 columns (bench/head_accuracy.py measures held-out perplexity with each head format).
 //
 // Weights: block b of row r holds columns [32b, 32b + 32) as q[k] in [-8, 7] and one f16 scale d: w[k] ~ q[k] * d.
-// Any (d, q) is a valid block; the quantizer at load chooses them (q4_quantize_block below): the scale that
-// minimizes the block's squared error, each column's error weighted by an importance the caller knows (the model
-// passes the final norm's gain squared: the head's input column k scales with it), searched over candidate scales
-// around absmax / 8 and absmax / 7 and refined by least squares; q[k] = clamp(nearbyint(w[k] / d), -8, 7) with d as
-// stored. It is never worse than llama.cpp's Q4_0 rule (kept as Q4ScaleRule::AbsMax, the baseline): with m the
-// value of largest magnitude in the block (the first one on ties), d = f16(m / -8) (round to nearest even). An
-// all-zero block has d = 0 and q = 0.
+// Any (d, q) is a valid block; the quantizer at load chooses them (q4_quantize_block below): the scale of least
+// squared error among candidates around absmax / 8 and absmax / 7, each refined by least squares, each column's
+// error weighted by an importance the caller knows (the model passes the final norm's gain squared: the head's
+// input column k scales with it); q[k] = clamp(nearbyint(w[k] / d), -8, 7) with d as stored. Per block it is never
+// worse than llama.cpp's Q4_0 rule (kept as Q4ScaleRule::AbsMax, the baseline): with m the value of largest
+// magnitude in the block (the first one on ties), d = f16(m / -8) (round to nearest even). On the shipped model
+// the search moved held-out perplexity from +0.95% over the f16 head (absmax) to -0.02% (bench/RESULTS.md,
+// "4-bit head: searched scales"). An all-zero block has d = 0 and q = 0.
 // Layout (in memory only, built at load): rows in tiles of kQ4Tile = 16 (the last tile padded with q = 0, d = 0
 // rows). Tile T, block b is 256 bytes: byte 64c + 4i + k (c, k in [0, 4), i in [0, 16)) holds u = q + 8 of row
 // 16T + i at column 32b + 4c + k in its low nibble and at column 32b + 16 + 4c + k in its high nibble; then the
@@ -24,7 +25,7 @@
 // p = sum_{k<32} q[32b+k] * x[32b+k] (an exact int32, any summation order) and acc = fma((float)p, d_b, acc)
 // (fused, one rounding); y[t * ldy + r] = acc / a_t. SIMD paths compute p as sum(u * x) - 8 * sum(x) (the
 // activation block sums once per call) and carry 16 (AVX-512) or 8 / 4 rows' acc in the lanes of one register.
-// Files: head_q4.cpp (packing), ref.cpp (the reference), head_q4_avx2.cpp (vpmaddubsw), head_q4_avx512.cpp
+// Files: head_q4.cpp (quantization and packing), ref.cpp (the reference), head_q4_avx2.cpp (vpmaddubsw), head_q4_avx512.cpp
 // (512-bit vpdpbusd), head_q4_{neon,dotprod}.cpp (+ head_q4_arm.h), dispatch.cpp (the checked entry point).
 #pragma once
 
