@@ -8,17 +8,25 @@ their dequantized values into an f16 head (weights only: it leaves out the int8 
 engine's q8/q4 add), to show what a format would cost before writing its kernel.
 
     python bench/head_accuracy.py --steps 600 --out bench/results/2026-12-06-cpu-head-accuracy
+
+--model FILE skips training and scores that file instead, on the held-out lines of the split the shipped model
+was trained and measured on (bllama/assets/MODEL_CARD.md: the lines after the last line break before 90% of the
+characters), all of them unless --chars is given:
+
+    python bench/head_accuracy.py --model bllama/assets/shakespeare-5m.gguf --chars 0
 """
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # the checkout's bllama (and its built engine), not whichever one is installed
 
 
 def fake_quant(w: np.ndarray, bits: int, block: int) -> np.ndarray:
@@ -62,7 +70,10 @@ def train(args, tok):
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--steps", type=int, default=600, help="training steps (tiny preset, batch 16, one thread)")
-    p.add_argument("--chars", type=int, default=60_000, help="held-out characters to score")
+    p.add_argument("--chars", type=int, default=60_000, help="held-out characters to score (0: all)")
+    p.add_argument("--model", default=None, help="score this .gguf on the shipped model's held-out lines instead "
+                                                 "of training one")
+    p.add_argument("--threads", type=int, default=1, help="engine threads")
     p.add_argument("--simulate", action="store_true", help="also score weight-only formats through an f16 head")
     p.add_argument("--heads", nargs="+", default=["f16", "q8", "q4"], help="engine head formats (f16 first)")
     p.add_argument("--work", default=None, help="folder for the tokenizer and model (default: a temporary one)")
@@ -71,11 +82,18 @@ def main():
 
     import tempfile
 
-    import torch
-
-    from bllama import Runtime
     from bllama.convert.gguf_export import export_gguf
     from bllama.tokenizers.sentencepiece import SentencePieceTokenizer, train_sentencepiece
+
+    if args.model:
+        from bllama.tools.demo import split_lines
+
+        gguf = Path(args.model)
+        held = split_lines((ROOT / "bench" / "data" / "tinyshakespeare.txt").read_text(encoding="utf-8"))[1]
+        if args.simulate:
+            raise SystemExit("--simulate needs a fresh training run, not --model")
+        print(f"model {gguf}, {len(held)} held-out characters of the model card's split", flush=True)
+        return score(args, gguf, held[: args.chars or None], None, None, None)
 
     work = Path(args.work or tempfile.mkdtemp(prefix="head_accuracy_"))
     work.mkdir(parents=True, exist_ok=True)
@@ -89,12 +107,20 @@ def main():
     if not gguf.exists():
         model, held = train(args, tok)
         export_gguf(model, tok, gguf)
-    held = held[: args.chars]
+    held = held[: args.chars or None]
     print(f"model {gguf} (training CPU {time.process_time() - t0:.0f} s)", flush=True)
+    return score(args, gguf, held, model, tok, work)
+
+
+def score(args, gguf, held, model, tok, work):
+    import torch
+
+    from bllama import Runtime
+    from bllama.convert.gguf_export import export_gguf
 
     rows = []
     for head in args.heads:
-        rt = Runtime.load(gguf, threads=1, head=head)
+        rt = Runtime.load(gguf, threads=args.threads, head=head)
         r = rt.evaluate(held)
         rows.append({"head": head, "engine": True, "perplexity": r["perplexity"], "tokens": r["tokens"],
                      "head_bytes": rt.config["head_bytes"]})
@@ -102,19 +128,19 @@ def main():
     if args.simulate:
         if model is None:
             raise SystemExit("--simulate needs a fresh training run (remove the cached .gguf or use a new --work)")
-        w = model.lm_head.weight.detach().float().numpy().copy()
+        w = model.model.lm_head.weight.detach().float().numpy().copy()
         V, D = w.shape
         for name, bits, block in [("w8 per row", 8, -1), ("w8 /32", 8, 32), ("w6 /16", 6, 16), ("w6 /32", 6, 32),
                                   ("w5 /32", 5, 32), ("w4 /32", 4, 32), ("w4 /16", 4, 16), ("w4 per row", 4, -1)]:
             with torch.no_grad():
-                model.lm_head.weight.copy_(torch.from_numpy(fake_quant(w, bits, block)))
+                model.model.lm_head.weight.copy_(torch.from_numpy(fake_quant(w, bits, block)))
             path = export_gguf(model, tok, work / "sim.gguf")
             r = Runtime.load(path, threads=1).evaluate(held)
             per = bits + (0 if block < 0 else 16 / block)
             rows.append({"head": name, "engine": False, "perplexity": r["perplexity"], "tokens": r["tokens"],
                          "head_bytes": int(V * D * per / 8)})
         with torch.no_grad():
-            model.lm_head.weight.copy_(torch.from_numpy(w))
+            model.model.lm_head.weight.copy_(torch.from_numpy(w))
     ref = rows[0]["perplexity"]
     print(f"{'head':<12} {'bytes':>10} {'perplexity':>11} {'vs f16':>8}")
     for r in rows:
@@ -124,7 +150,9 @@ def main():
     if args.out:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
-        (out / "results.json").write_text(json.dumps({"steps": args.steps, "tokens": rows[0]["tokens"],
+        (out / "results.json").write_text(json.dumps({"model": str(args.model) if args.model else None,
+                                                      "steps": None if args.model else args.steps,
+                                                      "chars": len(held), "tokens": rows[0]["tokens"],
                                                       "rows": rows}, indent=1))
 
 

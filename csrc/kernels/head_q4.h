@@ -5,9 +5,15 @@
 // token's), so its bytes are decode time. Per-block scales keep the rounding error local: one large weight only
 // coarsens its own 32 columns (bench/head_accuracy.py measures held-out perplexity with each head format).
 //
-// Weights: block b of row r holds columns [32b, 32b + 32). With m the value of largest magnitude in the block
-// (the first one on ties), d = f16(m / -8) (round to nearest even) and q[k] = clamp(nearbyint(w[k] / d), -8, 7)
-// with d as stored (converted back to fp32); an all-zero block has d = 0 and q = 0.
+// Weights: block b of row r holds columns [32b, 32b + 32) as q[k] in [-8, 7] and one f16 scale d: w[k] ~ q[k] * d.
+// Any (d, q) is a valid block; the quantizer at load chooses them (q4_quantize_block below): the scale of least
+// squared error among candidates around absmax / 8 and absmax / 7, each refined by least squares, each column's
+// error weighted by an importance the caller knows (the model passes the final norm's gain squared: the head's
+// input column k scales with it); q[k] = clamp(nearbyint(w[k] / d), -8, 7) with d as stored. Per block it is never
+// worse than llama.cpp's Q4_0 rule (kept as Q4ScaleRule::AbsMax, the baseline): with m the value of largest
+// magnitude in the block (the first one on ties), d = f16(m / -8) (round to nearest even). On the shipped model
+// the search moved held-out perplexity from +0.95% over the f16 head (absmax) to -0.02% (bench/RESULTS.md,
+// "4-bit head: searched scales"). An all-zero block has d = 0 and q = 0.
 // Layout (in memory only, built at load): rows in tiles of kQ4Tile = 16 (the last tile padded with q = 0, d = 0
 // rows). Tile T, block b is 256 bytes: byte 64c + 4i + k (c, k in [0, 4), i in [0, 16)) holds u = q + 8 of row
 // 16T + i at column 32b + 4c + k in its low nibble and at column 32b + 16 + 4c + k in its high nibble; then the
@@ -19,7 +25,7 @@
 // p = sum_{k<32} q[32b+k] * x[32b+k] (an exact int32, any summation order) and acc = fma((float)p, d_b, acc)
 // (fused, one rounding); y[t * ldy + r] = acc / a_t. SIMD paths compute p as sum(u * x) - 8 * sum(x) (the
 // activation block sums once per call) and carry 16 (AVX-512) or 8 / 4 rows' acc in the lanes of one register.
-// Files: head_q4.cpp (packing), ref.cpp (the reference), head_q4_avx2.cpp (vpmaddubsw), head_q4_avx512.cpp
+// Files: head_q4.cpp (quantization and packing), ref.cpp (the reference), head_q4_avx2.cpp (vpmaddubsw), head_q4_avx512.cpp
 // (512-bit vpdpbusd), head_q4_{neon,dotprod}.cpp (+ head_q4_arm.h), dispatch.cpp (the checked entry point).
 #pragma once
 
@@ -34,6 +40,24 @@ constexpr int64_t kQ4Block = 32;
 constexpr int64_t kQ4Tile = 16;                              // rows interleaved per tile
 constexpr int64_t kQ4TileBlockBytes = kQ4Tile * kQ4Block / 2;  // 256 nibble bytes per (tile, block)
 
+// How a block's scale is chosen: AbsMax is llama.cpp's Q4_0 rule (the baseline, for comparisons); Search is the
+// weighted least-squares search (the default).
+enum class Q4ScaleRule { AbsMax, Search };
+
+// Quantizes one block of kQ4Block finite weights v: writes q (in [-8, 7]) and returns the scale as f16 bits.
+// importance: kQ4Block finite weights >= 0 of each column's squared error, or null (uniform). Throws
+// std::invalid_argument when the absmax scale m / -8 overflows f16 (|m| > 524224); a searched scale that would
+// overflow is skipped.
+uint16_t q4_quantize_block(const float* v, const float* importance, Q4ScaleRule rule, int8_t* q);
+// The block's importance-weighted squared reconstruction error sum_k imp[k] * (v[k] - q[k] * d)^2 in double
+// (importance null: uniform), d the f16 scale's value: what q4_quantize_block's Search minimizes.
+double q4_block_error(const float* v, const float* importance, uint16_t d, const int8_t* q);
+
+// The column importance for a head whose input is RMSNorm(h) * gamma (the model's final norm): column k's input
+// scales with gamma[k], so its weight error costs in proportion to gamma[k]^2. Empty (uniform) where that is not
+// a usable weighting: a non-finite square or all zeros.
+std::vector<float> q4_importance_from_norm(const float* gamma, int64_t n);
+
 class Q4Head {
 public:
     Q4Head() = default;
@@ -42,11 +66,17 @@ public:
     Q4Head(int64_t rows, int64_t cols);
 
     // Quantize rows [row_begin, row_end) of a row-major f16 / f32 matrix with this head's shape (separate
-    // ranges may run on separate threads). Throws std::invalid_argument on a non-finite weight.
-    void quantize_rows_f16(const uint16_t* w, int64_t row_begin, int64_t row_end);
-    void quantize_rows_f32(const float* w, int64_t row_begin, int64_t row_end);
-    static Q4Head from_f16(const uint16_t* w, int64_t rows, int64_t cols);
-    static Q4Head from_f32(const float* w, int64_t rows, int64_t cols);
+    // ranges may run on separate threads) with q4_quantize_block; importance: cols() column weights or null.
+    // Throws std::invalid_argument on a non-finite weight, a negative or non-finite importance, or a block whose
+    // absmax scale overflows f16.
+    void quantize_rows_f16(const uint16_t* w, int64_t row_begin, int64_t row_end, const float* importance = nullptr,
+                           Q4ScaleRule rule = Q4ScaleRule::Search);
+    void quantize_rows_f32(const float* w, int64_t row_begin, int64_t row_end, const float* importance = nullptr,
+                           Q4ScaleRule rule = Q4ScaleRule::Search);
+    static Q4Head from_f16(const uint16_t* w, int64_t rows, int64_t cols, const float* importance = nullptr,
+                           Q4ScaleRule rule = Q4ScaleRule::Search);
+    static Q4Head from_f32(const float* w, int64_t rows, int64_t cols, const float* importance = nullptr,
+                           Q4ScaleRule rule = Q4ScaleRule::Search);
 
     int64_t rows() const { return rows_; }
     int64_t cols() const { return cols_; }
@@ -62,7 +92,7 @@ public:
 
 private:
     template <class Load>
-    void quantize_rows(Load load, int64_t row_begin, int64_t row_end);
+    void quantize_rows(Load load, int64_t row_begin, int64_t row_end, const float* importance, Q4ScaleRule rule);
 
     int64_t rows_ = 0, cols_ = 0;
     std::vector<uint8_t, AlignedAllocator<uint8_t>> nib_;    // [tiles, blocks, 256]
