@@ -221,7 +221,6 @@ void ternary1_matmul_avx512(const TernaryMatrix& m, const QuantizedActs& x, floa
             {gemv_group<1, false>, gemv_group<2, false>, gemv_group<3, false>, gemv_group<4, false>},
             {gemv_group<1, true>, gemv_group<2, true>, gemv_group<3, true>, gemv_group<4, true>}};
         const GemvFn f = kGemv[w.uniform ? 0 : 1][x.n_tokens - 1];
-        prefetch_start(w.group_ptr3(g_begin), (g_end - g_begin) * w.nb * kB3BlockBytes);
         for (int64_t g = g_begin; g < g_end; ++g) f(a, g, 0);
         return;
     }

@@ -289,7 +289,6 @@ void ternary_matmul_avx512(const TernaryMatrix& m, const QuantizedActs& x, float
         {tile_stream<1, 2, false>, tile_stream<2, 1, false>, tile_stream<3, 1, false>, tile_stream<4, 1, false>},
         {tile_stream<1, 2, true>, tile_stream<2, 1, true>, tile_stream<3, 1, true>, tile_stream<4, 1, true>}};
     if (x.n_tokens <= 4) {
-        prefetch_start(w.group_ptr(g_begin), (g_end - g_begin) * w.cols * 4);
         for (a.g0 = g_begin; a.g0 < g_end; ++a.g0) kStream[w.uniform ? 0 : 1][x.n_tokens - 1](a);
         return;
     }

@@ -43,14 +43,6 @@ inline __mmask16 row_mask(int64_t g, int64_t rb, int64_t re) {
 // to the measured read bandwidth (numbers and distances tried: bench/NOTES-kernels.md).
 constexpr int64_t kGemvPrefetch = 8192;
 
-// The first kGemvPrefetch bytes of a decode range, requested at once before its stream starts: the in-loop prefetch
-// only ever runs ahead of the stream, so a range's first 8 KiB were demand misses, one after another. A decode
-// token reads ~2,000 such ranges on 1.7B (a q, k and v piece per kv head, o/gate/up/down chunks per thread).
-inline void prefetch_start(const uint8_t* p, int64_t bytes) {
-    const int64_t n = bytes < kGemvPrefetch ? bytes : kGemvPrefetch;
-    for (int64_t o = 0; o < n; o += 64) _mm_prefetch(reinterpret_cast<const char*>(p + o), _MM_HINT_T0);
-}
-
 }  // namespace
 }  // namespace bllama
 
