@@ -22,3 +22,13 @@ python bench/serve_throughput.py --open-loop --preset small --vocab 2048 --seque
 python bench/serve_throughput.py --open-loop --preset small --vocab 2048 --sequences 8 --threads 2 --reply-tokens 8 48 \
   --prompt-words 8 64 --server static=.:static --server continuous=.:continuous --rates 80 --per-rate 96 \
   --repeats 2 --max-queue 16 --out "$OUT/serve_over" > "$OUT/serve_over.txt" 2>&1
+# The decode-range start prefetch and the weight arena together, against the commit before them (NOPS: bench_decode
+# built at a9bad72), 1.7B f16 and q4 heads, 2 threads, alternating.
+if [ -n "${NOPS:-}" ]; then
+  for r in 1 2 3 4; do
+    for h in f16 q4; do
+      "$NOPS" --shape 1.7b --threads 2 --prompt 16 --decode 64 --head $h --keep "$WORK/ab-1.7b.gguf" > "$OUT/ps_before_${h}_$r.txt" 2>&1
+      "$BUILD/bench_decode" --shape 1.7b --threads 2 --prompt 16 --decode 64 --head $h --keep "$WORK/ab-1.7b.gguf" > "$OUT/ps_after_${h}_$r.txt" 2>&1
+    done
+  done
+fi
