@@ -36,19 +36,21 @@ void Model::apply_rope(float* x, int64_t n, int64_t n_heads, int64_t h0, int64_t
     }
 }
 
-// Columns [b, e) of k_ / v_'s n rows into each row's own sequence's cache, at its position.
+// Columns [b, e) of k_ / v_'s n rows (whole kv heads) into each row's own sequence's cache, at its position.
 void Model::write_kv(int64_t layer, int64_t n, int64_t b, int64_t e) {
-    const int64_t KV = cfg_.kv_dim();
+    const int64_t KV = cfg_.kv_dim(), hd = cfg_.head_dim;
     for (int64_t t = 0; t < n; ++t) {
-        const int64_t at = cache_row(row_slot_[t], layer, row_pos_[t]);
-        const float* k = k_.data() + t * KV;
-        const float* v = v_.data() + t * KV;
-        if (kv_f16_) {
-            kernels_.to_f16(k + b, k16_cache_.data() + at + b, e - b);
-            kernels_.to_f16(v + b, v16_cache_.data() + at + b, e - b);
-        } else {
-            std::copy(k + b, k + e, k_cache_.data() + at + b);
-            std::copy(v + b, v + e, v_cache_.data() + at + b);
+        for (int64_t g = b / hd; g < e / hd; ++g) {
+            const int64_t at = cache_head(row_slot_[t], layer, g) + row_pos_[t] * hd;
+            const float* k = k_.data() + t * KV + g * hd;
+            const float* v = v_.data() + t * KV + g * hd;
+            if (kv_f16_) {
+                kernels_.to_f16(k, k16_cache_.data() + at, hd);
+                kernels_.to_f16(v, v16_cache_.data() + at, hd);
+            } else {
+                std::copy(k, k + hd, k_cache_.data() + at);
+                std::copy(v, v + hd, v_cache_.data() + at);
+            }
         }
     }
 }
@@ -56,19 +58,19 @@ void Model::write_kv(int64_t layer, int64_t n, int64_t b, int64_t e) {
 // att_[t, h*hd:(h+1)*hd] = softmax(q k^T / sqrt(hd)) v over positions 0 .. row_pos_[t] of sequence row_slot_[t],
 // with `thread`'s score row.
 void Model::attend_one(int64_t layer, int64_t t, int64_t h, int thread) {
-    const int64_t hd = cfg_.head_dim, KV = cfg_.kv_dim(), D = cfg_.dim;
+    const int64_t hd = cfg_.head_dim, D = cfg_.dim;
     const int64_t g = h / (cfg_.n_heads / cfg_.n_kv_heads);
     const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
     float* sc = scores_.data() + static_cast<int64_t>(thread) * ctx_;
     // Causal: keys 0 .. row_pos_[t] of the row's own sequence.
-    const int64_t base = cache_row(row_slot_[t], layer, 0), len = row_pos_[t] + 1;
+    const int64_t base = cache_head(row_slot_[t], layer, g), len = row_pos_[t] + 1;
     const float* q = q_.data() + t * D + h * hd;
     float* o = att_.data() + t * D + h * hd;
     if (kv_f16_)
-        kernels_.attend_f16(q, k16_cache_.data() + base + g * hd, v16_cache_.data() + base + g * hd, KV, len, hd,
+        kernels_.attend_f16(q, k16_cache_.data() + base, v16_cache_.data() + base, hd, len, hd,
                             scale, sc, o);
     else
-        kernels_.attend_f32(q, k_cache_.data() + base + g * hd, v_cache_.data() + base + g * hd, KV, len, hd, scale,
+        kernels_.attend_f32(q, k_cache_.data() + base, v_cache_.data() + base, hd, len, hd, scale,
                             sc, o);
 }
 
@@ -78,7 +80,7 @@ void Model::attend_one(int64_t layer, int64_t t, int64_t h, int thread) {
 constexpr int64_t kSharedKvRows = 4;
 
 void Model::attend_rows(int64_t layer, int64_t g, int64_t t0, int64_t t1, int thread) {
-    const int64_t group = cfg_.n_heads / cfg_.n_kv_heads, hd = cfg_.head_dim, KV = cfg_.kv_dim(), D = cfg_.dim;
+    const int64_t group = cfg_.n_heads / cfg_.n_kv_heads, hd = cfg_.head_dim, D = cfg_.dim;
     const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
     float* sc = scores_.data() + static_cast<int64_t>(thread) * ctx_;
     for (int64_t t = t0; t < t1;) {
@@ -93,11 +95,9 @@ void Model::attend_rows(int64_t layer, int64_t g, int64_t t0, int64_t t1, int th
         for (int64_t r = t; r < u; ++r) len = std::max(len, row_pos_[r] + 1);
         float* k32 = kv32_.data() + static_cast<int64_t>(thread) * 2 * ctx_ * hd;
         float* v32 = k32 + ctx_ * hd;
-        const int64_t base = cache_row(row_slot_[t], layer, 0) + g * hd;
-        for (int64_t j = 0; j < len; ++j) {
-            kernels_.to_f32(k16_cache_.data() + base + j * KV, k32 + j * hd, hd);
-            kernels_.to_f32(v16_cache_.data() + base + j * KV, v32 + j * hd, hd);
-        }
+        const int64_t base = cache_head(row_slot_[t], layer, g);
+        kernels_.to_f32(k16_cache_.data() + base, k32, len * hd);
+        kernels_.to_f32(v16_cache_.data() + base, v32, len * hd);
         for (; t < u; ++t)
             for (int64_t h = g * group; h < (g + 1) * group; ++h)
                 kernels_.attend_f32(q_.data() + t * D + h * hd, k32, v32, hd, row_pos_[t] + 1, hd, scale, sc,

@@ -145,8 +145,11 @@ private:
     void attend_rows(int64_t layer, int64_t g, int64_t t0, int64_t t1, int thread);
     void write_kv(int64_t layer, int64_t n, int64_t b, int64_t e);
     void rope_tables(int64_t n);
-    int64_t cache_row(int64_t slot, int64_t layer, int64_t pos) const {  // first element of a KV-cache row
-        return ((slot * cfg_.n_layers + layer) * ctx_ + pos) * cfg_.kv_dim();
+    // First element of kv head g's keys (or values) in the cache: [ctx][head_dim], position after position, so a
+    // decode step's attention reads each head's keys as one stream (rows of all heads interleaved put one head's
+    // consecutive keys a whole cache row apart, a stride the hardware prefetchers do not follow).
+    int64_t cache_head(int64_t slot, int64_t layer, int64_t g) const {
+        return ((slot * cfg_.n_layers + layer) * cfg_.n_kv_heads + g) * ctx_ * cfg_.head_dim;
     }
     void apply_rope(float* x, int64_t n, int64_t n_heads, int64_t h0, int64_t h1);
 
@@ -169,7 +172,7 @@ private:
     Q4Head head_q4_;                   // HeadType::Q4: [V, D] 4-bit + per-block scales (head_ is then null)
     std::vector<double> inv_freq_;     // [hd/2], float64 like bllama/model.py
 
-    // KV cache: [sequence][layer][position][kv_dim], fp32 or fp16 (one pair is used), committed lazily by the OS.
+    // KV cache: [sequence][layer][kv head][position][head_dim] (cache_head), fp32 or fp16 (one pair is used), committed lazily by the OS.
     AnonArray<float> k_cache_, v_cache_;
     AnonArray<uint16_t> k16_cache_, v16_cache_;
 
