@@ -69,33 +69,8 @@ def start_server(name, folder, scheduler, model, a):
     return proc, line.split(" at ")[1].split()[0]
 
 
-def stream_request(url, path, body, timeout=600) -> dict:
-    rec = {"sent": time.perf_counter(), "status": None, "events": [], "tokens": 0}
-    req = urllib.request.Request(url + path, data=json.dumps(body).encode(),
-                                 headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
-            rec["status"] = resp.status
-            for line in resp:
-                if not line.startswith(b"data: {"):
-                    continue
-                chunk = json.loads(line[6:])
-                if chunk.get("usage"):
-                    rec["tokens"] = chunk["usage"]["completion_tokens"]
-                c = (chunk.get("choices") or [{}])[0]
-                piece = c.get("text") or (c.get("delta") or {}).get("content")
-                if piece:
-                    rec["events"].append(time.perf_counter())
-                    rec["text"] = rec.get("text", "") + piece
-    except urllib.error.HTTPError as e:
-        rec["status"] = e.code
-    except Exception as e:  # noqa: BLE001 - a lost request: counted
-        rec["status"] = f"lost: {type(e).__name__}: {e}"
-    rec["end"] = time.perf_counter()
-    return rec
-
-
 def _on_sse_line(rec, line: bytes) -> None:
+    """One server-sent-events line of a completion stream into rec: its usage, and a stamped event per text piece."""
     if not line.startswith(b"data: {"):
         return
     chunk = json.loads(line[6:])
@@ -106,6 +81,23 @@ def _on_sse_line(rec, line: bytes) -> None:
     if piece:
         rec["events"].append(time.perf_counter())
         rec["text"] = rec.get("text", "") + piece
+
+
+def stream_request(url, path, body, timeout=600) -> dict:
+    rec = {"sent": time.perf_counter(), "status": None, "events": [], "tokens": 0}
+    req = urllib.request.Request(url + path, data=json.dumps(body).encode(),
+                                 headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            rec["status"] = resp.status
+            for line in resp:
+                _on_sse_line(rec, line.rstrip(b"\r\n"))
+    except urllib.error.HTTPError as e:
+        rec["status"] = e.code
+    except Exception as e:  # noqa: BLE001 - a lost request: counted
+        rec["status"] = f"lost: {type(e).__name__}: {e}"
+    rec["end"] = time.perf_counter()
+    return rec
 
 
 async def astream_request(url, path, body, sent=None) -> dict:
