@@ -129,7 +129,7 @@ void Model::forward_batch(const int32_t* tokens, const int64_t* pos, const int32
                                     std::to_string(sequences_) + ")");
         // A sequence may take several rows (a prompt chunk beside decode rows): every row's K/V is stored before
         // any row attends, so a row sees its own sequence's earlier rows. Two rows at one position would write the
-        // same cache row.
+        // same cache entries.
         for (int64_t u = 0; u < t; ++u)
             if (row_slot_[u] == s && row_pos_[u] == pos[t])
                 throw std::invalid_argument("forward_batch: sequence " + std::to_string(s) + " twice at position " +

@@ -5,6 +5,7 @@
 #include <cmath>
 
 #include "kernels/exp_avx2.h"
+#include "kernels/prefetch_rows_x86.h"
 #include "kernels/ref.h"
 #include "kernels/simd.h"
 
@@ -29,17 +30,11 @@ void attend(const float* q, const KV* k, const KV* v, int64_t stride, int64_t le
         if constexpr (sizeof(KV) == 4) return attend_f32_ref(q, k, v, stride, len, hd, scale, scores, out);
         else return attend_f16_ref(q, k, v, stride, len, hd, scale, scores, out);
     }
-    // Strided rows defeat the hardware prefetchers: prefetch kAhead rows ahead (attention_avx512.cpp says why).
-    constexpr int64_t kAhead = 16;
-    const int64_t row_bytes = hd * static_cast<int64_t>(sizeof(KV));
-    auto prefetch_row = [&](const KV* r) {
-        const char* c = reinterpret_cast<const char*>(r);
-        for (int64_t b = 0; b < row_bytes; b += 64) _mm_prefetch(c + b, _MM_HINT_T0);
-    };
+    constexpr int64_t kAhead = kAttendPrefetchRows;  // prefetch_rows_x86.h says why
     float mx = -INFINITY;
     for (int64_t j = 0; j < len; ++j) {
         const KV* kj = k + j * stride;
-        if (j + kAhead < len) prefetch_row(kj + kAhead * stride);
+        if (j + kAhead < len) prefetch_row(kj + kAhead * stride, hd);
         __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
         int64_t i = 0;
         for (; i + 16 <= hd; i += 16) {
@@ -73,7 +68,7 @@ void attend(const float* q, const KV* k, const KV* v, int64_t stride, int64_t le
         for (int64_t t = 0; t < len; ++t) {
             const __m256 w = _mm256_set1_ps(scores[t]);
             const KV* vt = v + t * stride + i0;
-            if (i0 == 0 && t + kAhead < len) prefetch_row(vt + kAhead * stride);
+            if (i0 == 0 && t + kAhead < len) prefetch_row(vt + kAhead * stride, hd);
 #pragma GCC unroll 8
             for (int b = 0; b < 8; ++b)
                 if (b < nb) acc[b] = _mm256_fmadd_ps(w, load8(vt + 8 * b), acc[b]);

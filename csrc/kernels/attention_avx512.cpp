@@ -10,6 +10,7 @@
 #include <cmath>
 
 #include "kernels/exp_avx512.h"
+#include "kernels/prefetch_rows_x86.h"
 #include "kernels/simd.h"
 
 namespace bllama {
@@ -21,15 +22,7 @@ inline __m512 load16(const uint16_t* p) {
     return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
 }
 
-// One head's K and V rows are hd values every `stride` (a whole cache row of all kv heads, 4 KiB at 1.7B's shapes):
-// the hardware prefetchers do not follow a stride that crosses a page per row, so every row was a demand miss. A
-// software prefetch kAhead rows ahead keeps several rows in flight.
-constexpr int64_t kAhead = 16;  // 0 / 4 / 8 / 16 / 32 / 64 tried: bench/NOTES-kernels.md
-template <class KV>
-inline void prefetch_row(const KV* r, int64_t hd) {
-    const char* c = reinterpret_cast<const char*>(r);
-    for (int64_t b = 0; b < hd * static_cast<int64_t>(sizeof(KV)); b += 64) _mm_prefetch(c + b, _MM_HINT_T0);
-}
+constexpr int64_t kAhead = kAttendPrefetchRows;
 
 // Lane j of the result = the sum of the 16 lanes of a[j]: a transpose-and-add tree (45 shuffles and adds for 16
 // sums, against ~8 each for a horizontal reduction per vector). A lane's summation order does not depend on the
