@@ -12,13 +12,18 @@ namespace bllama {
 
 namespace {
 
-BitLinear bitlinear(const GgufFile& f, const BitLinearTensor& t, TernaryLayout tq1) {
+// The layout a BitLinear tensor is packed in.
+TernaryLayout packed_layout(const BitLinearTensor& t, TernaryLayout tq1) {
+    return static_cast<GgmlType>(t.weight->type) == GgmlType::TQ1_0 ? tq1 : TernaryLayout::TwoBit;
+}
+
+BitLinear bitlinear(const GgufFile& f, WeightArena& arena, const BitLinearTensor& t, TernaryLayout tq1) {
     BitLinear b;
     try {
         switch (static_cast<GgmlType>(t.weight->type)) {
-            case GgmlType::TQ2_0: b.w = TernaryMatrix::from_tq2_0(t.weight->data, t.rows, t.cols); break;
-            case GgmlType::TQ1_0: b.w = TernaryMatrix::from_tq1_0(t.weight->data, t.rows, t.cols, tq1); break;
-            default: b.w = TernaryMatrix::from_i2_s(t.weight->data, t.rows, t.cols); break;
+            case GgmlType::TQ2_0: b.w = TernaryMatrix::from_tq2_0(t.weight->data, t.rows, t.cols, &arena); break;
+            case GgmlType::TQ1_0: b.w = TernaryMatrix::from_tq1_0(t.weight->data, t.rows, t.cols, tq1, &arena); break;
+            default: b.w = TernaryMatrix::from_i2_s(t.weight->data, t.rows, t.cols, &arena); break;
         }
     } catch (const std::invalid_argument& e) {
         throw ModelError("tensor '" + t.weight->name + "': " + e.what());
@@ -131,6 +136,12 @@ void Model::load_weights(HeadType head, TernaryLayout tq1) {
         head_ = nullptr;
     }
     layers_.resize(static_cast<size_t>(c.n_layers));
+    // Every layer's packed codes in one huge-page buffer (WeightArena), sized by a first pass over the shapes.
+    size_t packed = 0;
+    for (const LayerTensors& T : t.layers)
+        for (const BitLinearTensor* b : {&T.q, &T.k, &T.v, &T.o, &T.gate, &T.up, &T.down})
+            packed += (TernaryMatrix::packed_bytes(b->rows, b->cols, packed_layout(*b, tq1)) + 63) / 64 * 64;
+    WeightArena arena(packed);
     for (int64_t l = 0; l < c.n_layers; ++l) {
         const LayerTensors& T = t.layers[static_cast<size_t>(l)];
         LayerWeights& L = layers_[static_cast<size_t>(l)];
@@ -140,13 +151,13 @@ void Model::load_weights(HeadType head, TernaryLayout tq1) {
             L.ffn_sub_norm = f32_values(*T.ffn_sub_norm);
         }
         L.ffn_norm = f32_values(*T.ffn_norm);
-        L.q = bitlinear(file_, T.q, tq1);
-        L.k = bitlinear(file_, T.k, tq1);
-        L.v = bitlinear(file_, T.v, tq1);
-        L.o = bitlinear(file_, T.o, tq1);
-        L.gate = bitlinear(file_, T.gate, tq1);
-        L.up = bitlinear(file_, T.up, tq1);
-        L.down = bitlinear(file_, T.down, tq1);
+        L.q = bitlinear(file_, arena, T.q, tq1);
+        L.k = bitlinear(file_, arena, T.k, tq1);
+        L.v = bitlinear(file_, arena, T.v, tq1);
+        L.o = bitlinear(file_, arena, T.o, tq1);
+        L.gate = bitlinear(file_, arena, T.gate, tq1);
+        L.up = bitlinear(file_, arena, T.up, tq1);
+        L.down = bitlinear(file_, arena, T.down, tq1);
     }
 }
 

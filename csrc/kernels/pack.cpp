@@ -28,7 +28,14 @@ void check_shape(int64_t rows, int64_t cols) {
                                     std::to_string(rows) + " x " + std::to_string(cols));
 }
 
-std::unique_ptr<TernaryMatrix::Impl> new_impl(int64_t rows, int64_t cols, TernaryLayout layout) {
+AlignedArray<uint8_t> packed_storage(size_t bytes, WeightArena* arena) {
+    if (arena)
+        if (uint8_t* p = arena->take(bytes)) return AlignedArray<uint8_t>(p, FreeDeleter{arena->owner()});
+    return make_aligned<uint8_t>(bytes);
+}
+
+std::unique_ptr<TernaryMatrix::Impl> new_impl(int64_t rows, int64_t cols, TernaryLayout layout,
+                                              WeightArena* arena = nullptr) {
     auto p = std::make_unique<TernaryMatrix::Impl>();
     p->rows = rows;
     p->cols = cols;
@@ -38,14 +45,14 @@ std::unique_ptr<TernaryMatrix::Impl> new_impl(int64_t rows, int64_t cols, Ternar
     // Padding rows must decode as zeros (code 1 in every field) so a kernel may compute them freely.
     if (p->base3) {
         const int64_t blocks = p->groups * p->nb;
-        p->packed = make_aligned<uint8_t>(static_cast<size_t>(blocks * kB3BlockBytes));
+        p->packed = packed_storage(static_cast<size_t>(blocks * kB3BlockBytes), arena);
         for (int64_t i = 0; i < blocks; ++i) {
             uint8_t* blk = p->packed.get() + i * kB3BlockBytes;
             std::memset(blk, kB3Zero5, static_cast<size_t>(kB3FullChunks * kChunkBytes));
             std::memset(blk + kB3FullChunks * kChunkBytes, kB3Zero4, kChunkBytes);
         }
     } else {
-        p->packed = make_aligned<uint8_t>(static_cast<size_t>(p->groups * cols * 4));
+        p->packed = packed_storage(static_cast<size_t>(p->groups * cols * 4), arena);
         std::memset(p->packed.get(), 0x55, static_cast<size_t>(p->groups * cols * 4));
     }
     p->d = make_aligned<float>(static_cast<size_t>(p->groups * p->nb * kGroupRows));
@@ -223,9 +230,9 @@ namespace {
 
 // The three GGUF constructors: `who` names the public one in errors.
 std::unique_ptr<TernaryMatrix::Impl> from_gguf(TernaryEncoding enc, const uint8_t* data, int64_t rows, int64_t cols,
-                                               const char* who, TernaryLayout layout = TernaryLayout::TwoBit) {
+                                               const char* who, TernaryLayout layout, WeightArena* arena) {
     check_shape(rows, cols);
-    auto m = new_impl(rows, cols, layout);
+    auto m = new_impl(rows, cols, layout, arena);
     const float tensor_scale = enc == TernaryEncoding::I2_S ? i2_s_scale(data, rows, cols, who) : 0.0f;
     std::vector<float> d(static_cast<size_t>(m->nb));
     std::unique_ptr<bool[]> nonzero(new bool[static_cast<size_t>(m->nb)]);
@@ -259,20 +266,46 @@ std::unique_ptr<TernaryMatrix::Impl> from_gguf(TernaryEncoding enc, const uint8_
 
 }  // namespace
 
-TernaryMatrix TernaryMatrix::from_tq2_0(const uint8_t* blocks, int64_t rows, int64_t cols) {
+TernaryMatrix TernaryMatrix::from_tq2_0(const uint8_t* blocks, int64_t rows, int64_t cols, WeightArena* arena) {
     TernaryMatrix out;
-    out.impl_ = from_gguf(TernaryEncoding::TQ2_0, blocks, rows, cols, "TernaryMatrix::from_tq2_0");
+    out.impl_ = from_gguf(TernaryEncoding::TQ2_0, blocks, rows, cols, "TernaryMatrix::from_tq2_0", TernaryLayout::TwoBit,
+                          arena);
     return out;
 }
-TernaryMatrix TernaryMatrix::from_tq1_0(const uint8_t* blocks, int64_t rows, int64_t cols, TernaryLayout layout) {
+TernaryMatrix TernaryMatrix::from_tq1_0(const uint8_t* blocks, int64_t rows, int64_t cols, TernaryLayout layout,
+                                        WeightArena* arena) {
     TernaryMatrix out;
-    out.impl_ = from_gguf(TernaryEncoding::TQ1_0, blocks, rows, cols, "TernaryMatrix::from_tq1_0", layout);
+    out.impl_ = from_gguf(TernaryEncoding::TQ1_0, blocks, rows, cols, "TernaryMatrix::from_tq1_0", layout, arena);
     return out;
 }
-TernaryMatrix TernaryMatrix::from_i2_s(const uint8_t* data, int64_t rows, int64_t cols) {
+TernaryMatrix TernaryMatrix::from_i2_s(const uint8_t* data, int64_t rows, int64_t cols, WeightArena* arena) {
     TernaryMatrix out;
-    out.impl_ = from_gguf(TernaryEncoding::I2_S, data, rows, cols, "TernaryMatrix::from_i2_s");
+    out.impl_ = from_gguf(TernaryEncoding::I2_S, data, rows, cols, "TernaryMatrix::from_i2_s", TernaryLayout::TwoBit,
+                          arena);
     return out;
+}
+
+size_t TernaryMatrix::packed_bytes(int64_t rows, int64_t cols, TernaryLayout layout) {
+    if (rows < 0 || cols <= 0 || cols % kBlock != 0) return 0;  // no matrix has that shape (its packing throws)
+    const int64_t groups = (rows + kGroupRows - 1) / kGroupRows;
+    return static_cast<size_t>(layout == TernaryLayout::Base3 ? groups * (cols / kBlock) * kB3BlockBytes
+                                                              : groups * cols * 4);
+}
+
+WeightArena::WeightArena(size_t bytes) {
+    size_ = (bytes + kHugePage - 1) / kHugePage * kHugePage;
+    void* p = std::aligned_alloc(kHugePage, size_ ? size_ : kHugePage);
+    if (!p) throw std::bad_alloc();
+    advise_huge_pages(p, size_);  // before the first touch: the packing writes every byte it hands out
+    slab_ = std::shared_ptr<void>(p, std::free);
+}
+
+uint8_t* WeightArena::take(size_t bytes) {
+    const size_t n = (bytes + 63) / 64 * 64;
+    if (n > size_ - used_) return nullptr;
+    uint8_t* p = static_cast<uint8_t*>(slab_.get()) + used_;
+    used_ += n;
+    return p;
 }
 
 TernaryMatrix TernaryMatrix::from_codes(const int8_t* codes, int64_t rows, int64_t cols, float scale,

@@ -23,8 +23,12 @@
 
 namespace bllama {
 
+// Frees its own allocation, or, for memory carved from a WeightArena, drops its share of the arena's buffer.
 struct FreeDeleter {
-    void operator()(void* p) const noexcept { std::free(p); }
+    std::shared_ptr<void> owner;
+    void operator()(void* p) const noexcept {
+        if (!owner) std::free(p);
+    }
 };
 template <class T>
 using AlignedArray = std::unique_ptr<T[], FreeDeleter>;

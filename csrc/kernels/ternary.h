@@ -46,6 +46,24 @@ struct AlignedAllocator {
 // files; every SIMD kind has a base-3 kernel, ternary1_<isa>.cpp; see has_base3_kernel).
 enum class TernaryLayout { TwoBit, Base3 };
 
+// One huge-page-backed buffer that the packed codes of many matrices (a model's) are carved from: every matrix's
+// codes then sit on 2 MiB pages whatever its own size (a 1 MiB q/k/v/o projection alone gets 4 KiB pages, or wastes
+// 1 MiB when rounded up), and the memory is their sum rounded up to one huge page. Matrices that take from it share
+// its ownership: it is freed with the last of them.
+class WeightArena {
+public:
+    explicit WeightArena(size_t bytes);  // std::bad_alloc when the buffer cannot be had
+    // `bytes` from the buffer, 64-byte aligned, or nullptr when it has no room left (the caller allocates its own).
+    uint8_t* take(size_t bytes);
+    const std::shared_ptr<void>& owner() const { return slab_; }
+    size_t size() const { return size_; }
+    size_t used() const { return used_; }
+
+private:
+    std::shared_ptr<void> slab_;
+    size_t size_ = 0, used_ = 0;
+};
+
 // A ternary weight matrix [rows, cols] held at ~2 or ~1.6 bits per weight in the kernels' own layout.
 // scale(r, k) is the fp32 scale of the 256-block holding element (r, k); uniform_scale() is set when
 // every block that has a nonzero code carries the same scale (the bLLaMa export), which allows a
@@ -54,13 +72,17 @@ class TernaryMatrix {
 public:
     // From GGUF TQ2_0 / TQ1_0 block data (rows * cols/256 blocks, row-major). cols % 256 == 0.
     // Throws std::invalid_argument on bad shapes.
-    static TernaryMatrix from_tq2_0(const uint8_t* blocks, int64_t rows, int64_t cols);
+    // With `arena`, the packed codes are taken from it where it has room (WeightArena).
+    static TernaryMatrix from_tq2_0(const uint8_t* blocks, int64_t rows, int64_t cols, WeightArena* arena = nullptr);
     static TernaryMatrix from_tq1_0(const uint8_t* blocks, int64_t rows, int64_t cols,
-                                    TernaryLayout layout = TernaryLayout::TwoBit);
+                                    TernaryLayout layout = TernaryLayout::TwoBit, WeightArena* arena = nullptr);
     // From bitnet.cpp's I2_S tensor data: rows * cols / 4 bytes of codes (128 values per 32 bytes, row-major),
     // then the tensor's fp32 scale. cols % 256 == 0. Throws std::invalid_argument on bad shapes, code 3 or a
     // scale that is not finite.
-    static TernaryMatrix from_i2_s(const uint8_t* data, int64_t rows, int64_t cols);
+    static TernaryMatrix from_i2_s(const uint8_t* data, int64_t rows, int64_t cols, WeightArena* arena = nullptr);
+    // The bytes of packed codes a [rows, cols] matrix holds in `layout` (what it takes from a WeightArena); 0 for a
+    // shape no matrix can have.
+    static size_t packed_bytes(int64_t rows, int64_t cols, TernaryLayout layout);
     // From codes in {-1,0,1} (row-major) and one scale for the whole tensor (tests, benchmarks).
     static TernaryMatrix from_codes(const int8_t* codes, int64_t rows, int64_t cols, float scale,
                                     TernaryLayout layout = TernaryLayout::TwoBit);

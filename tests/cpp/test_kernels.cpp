@@ -523,6 +523,44 @@ static void test_dispatch_table() {
     }
 }
 
+// Matrices packed into a WeightArena hold the same codes and give the same products as matrices that own their
+// memory; the arena hands out 64-byte aligned, disjoint pieces, refuses what does not fit (the matrix then owns
+// its codes), and its buffer lives as long as any matrix carved from it (ASan, in CI, checks the last use below).
+static void test_weight_arena() {
+    const int64_t rows = 40, cols = 512;  // 3 groups of 16 rows: 6144 bytes of 2-bit codes, base-3 fewer
+    const auto c = random_codes(rows, cols);
+    const auto tq2 = to_tq2(c, rows, cols, [](int64_t, int64_t) { return uint16_t(0x3c00); });
+    CHECK(TernaryMatrix::packed_bytes(rows, cols, TernaryLayout::TwoBit) == 3 * 512 * 4, "2-bit packed bytes");
+    CHECK(TernaryMatrix::packed_bytes(rows, 300, TernaryLayout::TwoBit) == 0, "no such shape: 0 bytes");
+    const auto x_f = make_acts(3, cols);
+    QuantizedActs x;
+    quantize_acts(x_f.data(), 3, cols, x, KernelKind::Scalar);
+    std::vector<float> want(static_cast<size_t>(3 * rows)), got(want.size());
+    const TernaryMatrix own = TernaryMatrix::from_tq2_0(tq2.data(), rows, cols);
+    ternary_matmul(own, x, want.data(), rows, 0, rows);
+    std::vector<TernaryMatrix> carved;
+    {
+        WeightArena arena(2 * TernaryMatrix::packed_bytes(rows, cols, TernaryLayout::TwoBit) + 100);
+        CHECK(arena.size() % kHugePage == 0 && arena.size() > 0, "arena rounded to huge pages");
+        uint8_t* odd = arena.take(1);  // a 1-byte piece still takes a whole aligned line
+        CHECK(odd && reinterpret_cast<uintptr_t>(odd) % 64 == 0 && arena.used() == 64, "aligned pieces");
+        carved.push_back(TernaryMatrix::from_tq2_0(tq2.data(), rows, cols, &arena));
+        carved.push_back(TernaryMatrix::from_tq2_0(tq2.data(), rows, cols, &arena));
+        CHECK(arena.used() == 64 + 2 * 6144, "two matrices carved");
+        CHECK(arena.take(arena.size()) == nullptr, "an arena without room refuses");
+        WeightArena tiny(1);
+        uint8_t* all = tiny.take(tiny.size());
+        CHECK(all != nullptr && tiny.take(64) == nullptr, "full arena");
+        carved.push_back(TernaryMatrix::from_tq2_0(tq2.data(), rows, cols, &tiny));  // falls back to its own memory
+    }  // the arenas' objects are gone; their buffers are not
+    for (const TernaryMatrix& m : carved) {
+        for (int64_t r = 0; r < rows; r += 7)
+            for (int64_t k = 0; k < cols; k += 37) CHECK(m.code(r, k) == own.code(r, k), "same codes");
+        ternary_matmul(m, x, got.data(), rows, 0, rows);
+        CHECK(std::memcmp(got.data(), want.data(), got.size() * sizeof(float)) == 0, "same products");
+    }
+}
+
 int main() {
     std::printf("kernels supported:");
     for (KernelKind k : supported_kinds()) std::printf(" %s", kernel_name(k));
@@ -532,7 +570,7 @@ int main() {
         {"i2_s", test_i2_s},
         {"quantize", test_quantize},         {"scalar_vs_naive", test_scalar_vs_naive},
         {"simd_vs_scalar", test_simd_vs_scalar}, {"f16", test_f16},
-        {"dispatch_table", test_dispatch_table},
+        {"dispatch_table", test_dispatch_table}, {"weight_arena", test_weight_arena},
     };
     for (auto& t : tests) {
         const int before = g_failures;
