@@ -4,6 +4,7 @@
 
 #include "engine/weights.h"
 #include "kernels/cpu_features.h"
+#include "kernels/huge_pages.h"
 
 #include <cstdio>
 #include <cstdlib>
@@ -182,6 +183,14 @@ void Model::allocate(const LoadOptions& opts) {
         k_cache_ = AnonArray<float>(kv_count);
         v_cache_ = AnonArray<float>(kv_count);
     }
+    // On 2 MiB pages a decode step's attention reads each head's keys and values ~1.6x faster (4 KiB pages: a TLB
+    // miss and a stopped hardware prefetcher every 16 positions): 1.7B decode 1.065x at position ~160, 1.23x at
+    // ~800. The price: a sequence commits its cache in 2 MiB steps, which for contexts under 8K (a head's keys
+    // under 2 MiB) is the whole of it at its first token, as the peer engines' caches are.
+    advise_huge_pages(k16_cache_.data(), k16_cache_.size() * sizeof(uint16_t));
+    advise_huge_pages(v16_cache_.data(), v16_cache_.size() * sizeof(uint16_t));
+    advise_huge_pages(k_cache_.data(), k_cache_.size() * sizeof(float));
+    advise_huge_pages(v_cache_.data(), v_cache_.size() * sizeof(float));
 
     const size_t B = static_cast<size_t>(max_batch_), D = c.dim, F = c.ffn, KV = c.kv_dim();
     x_.assign(B * D, 0.0f);

@@ -61,8 +61,9 @@ private:
     std::vector<uint8_t> bytes_;
 };
 
-// Zero-filled anonymous memory whose pages are only committed when first touched: the KV cache
-// is sized for the full context but a short conversation only pays for what it uses.
+// Zero-filled anonymous memory whose pages are only committed when first touched: the KV cache is sized for the
+// full context and each sequence commits its part when first used (in 2 MiB steps where the model asks for huge
+// pages, Model::allocate).
 template <class T>
 class AnonArray {
 public:
