@@ -26,8 +26,10 @@ from bllama.train.corpus import default_corpus_text
 
 def add_open_loop_args(p) -> None:
     p.add_argument("--open-loop", action="store_true", help="Poisson arrivals against server subprocesses")
-    p.add_argument("--server", action="append", default=[], metavar="NAME=DIR:SCHEDULER",
-                   help="a server to compare (repeatable; default: this tree, static and continuous)")
+    p.add_argument("--server", action="append", default=[], metavar="NAME=DIR:SCHEDULER[:ARGS]",
+                   help="a server to compare (repeatable; default: this tree, static and continuous); SCHEDULER - "
+                        "passes none (a tree from before --scheduler); ARGS: more `bllama serve` options, e.g. "
+                        "'--poll 1'")
     p.add_argument("--rates", type=float, nargs="+", default=[0.5, 1, 2], help="arrivals per second")
     p.add_argument("--per-rate", type=int, default=40, help="requests per run")
     p.add_argument("--repeats", type=int, default=1, help="runs per server and rate (alternating)")
@@ -52,13 +54,14 @@ def pct(values, q):
     return round(v[min(len(v) - 1, int(q / 100 * len(v)))], 4)
 
 
-def start_server(name, folder, scheduler, model, a):
+def start_server(name, folder, scheduler, model, a, extra=()):
     cmd = [sys.executable, "-m", "bllama.cli", "serve", str(model), "--port", "0", "--max-sequences",
            str(max(a.sequences)), "--name", "bench"]
     if a.threads:
         cmd += ["--threads", str(a.threads)]
     if scheduler != "-":
         cmd += ["--scheduler", scheduler, "--quiet", "--max-queue", str(a.max_queue)]
+    cmd += list(extra)
     env = {**os.environ, "PYTHONPATH": str(Path(folder).resolve())}
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env,
                             cwd=str(Path(folder).resolve()))
@@ -247,7 +250,7 @@ def summarize(rows, names, rates) -> list:
 
 def run_open_loop(a, random_model) -> int:
     servers = [s.partition("=")[::2] for s in a.server] or [("static", ".:static"), ("continuous", ".:continuous")]
-    servers = [(name, *spec.rsplit(":", 1)) for name, spec in servers]
+    servers = [(name, *(spec.split(":", 2) + [""])[:3]) for name, spec in servers]
     out = Path(a.out) if a.out else None
     if out:
         out.mkdir(parents=True, exist_ok=True)
@@ -258,8 +261,8 @@ def run_open_loop(a, random_model) -> int:
               f"{max(a.sequences)} slots", flush=True)
         for rep in range(a.repeats):
             for rate in a.rates:
-                for name, folder, sched in servers:  # alternating at every rate
-                    proc, url = start_server(name, folder, sched, model, a)
+                for name, folder, sched, extra in servers:  # alternating at every rate
+                    proc, url = start_server(name, folder, sched, model, a, extra.split())
                     try:
                         stream_request(url, "/v1/completions", {"prompt": "warm up", "max_tokens": 4,
                                                                 "stream": True})

@@ -20,6 +20,7 @@
 #include <thread>
 #include <vector>
 
+#include "engine/doorbell.h"
 #include "engine/engine.h"
 #include "engine/gguf.h"
 #include "engine/mapped_file.h"
@@ -415,6 +416,16 @@ PYBIND11_MODULE(_engine, m) {
             return bllama::measure_read_bandwidth(threads, bytes, repeats) / 1e9;
         }, py::arg("threads"), py::arg("bytes") = size_t(1) << 30, py::arg("repeats") = 5,
         "This machine's memory read bandwidth in GB/s with `threads` threads (best of `repeats`).");
+
+    py::class_<Doorbell>(m, "Doorbell", "A counter one thread rings and another waits on by spinning (engine/doorbell.h).")
+        .def(py::init<>())
+        .def("ring", &Doorbell::ring)
+        .def("rings", &Doorbell::rings)
+        .def("wait", [](const Doorbell& d, uint64_t seen, double timeout_s) {
+                py::gil_scoped_release nogil;
+                return d.wait(seen, timeout_s);
+            }, py::arg("seen"), py::arg("timeout_s"),
+            "Spins (the GIL released, no system call) until rings() != seen (True) or timeout_s passes (False).");
 
     // Engine.slot_add when every slot is busy (bllama/runtime/slots.py raises its SlotsFullError from it).
     py::register_exception<SlotsFull>(m, "SlotsFull", PyExc_RuntimeError);

@@ -256,3 +256,25 @@ def test_generate_batch_equals_one_by_one(exported):
         eng.generate_batch([], 3)
     with pytest.raises(ValueError, match="max_sequences"):
         _engine.Engine(path, max_sequences=0)
+
+
+def test_doorbell_wait_releases_the_gil_and_wakes_on_a_ring():
+    """_engine.Doorbell (bllama serve --poll): a wait spins without the GIL, so a Python thread can ring it; it
+    returns True on that ring, False after its timeout, and a bad timeout is a ValueError."""
+    import time
+
+    bell = _engine.Doorbell()
+    seen = bell.rings()
+    ringer = threading.Timer(0.05, bell.ring)  # a Python thread: it needs the GIL while the wait runs
+    ringer.start()
+    t0 = time.monotonic()
+    assert bell.wait(seen, 30.0) is True
+    assert time.monotonic() - t0 < 10
+    ringer.join()
+    assert bell.rings() == seen + 1
+    t0 = time.monotonic()
+    assert bell.wait(bell.rings(), 0.02) is False
+    assert time.monotonic() - t0 >= 0.02
+    for bad in (-1.0, float("nan"), 1e9):
+        with pytest.raises(ValueError, match="timeout"):
+            bell.wait(bell.rings(), bad)

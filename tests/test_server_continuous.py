@@ -196,3 +196,31 @@ def test_bench_clients_read_the_same_stream(served):
     assert a["tokens"] == t["tokens"] == 24 and len(a["events"]) == len(t["events"]) > 1
     bad = {**body, "max_tokens": -1}
     assert asyncio.run(astream_request(server.url, "/v1/completions", bad))["status"] == 400
+
+
+@pytest.mark.parametrize("scheduler", ["continuous", "static"])
+def test_a_polling_engine_thread_answers_as_a_sleeping_one_and_stops_at_once(model_path, scheduler):
+    """--poll: requests that arrive while the idle engine thread spins (not sleeps) get the answers they get alone,
+    the spin sees each arrival (the doorbell rings once per request), and closing ends a 60 s spin at once."""
+    server = Server(Runtime.load(model_path, threads=1, max_sequences=2), ("127.0.0.1", 0), "m", quiet=True,
+                    scheduler=scheduler, poll_s=60.0)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    rt = Runtime.load(model_path, threads=1)
+    try:
+        for i, prompt in enumerate(["ROMEO:", "To be or", "JULIET: ah"]):
+            time.sleep(0.05)  # the engine thread is idle, spinning on the doorbell
+            status, r = post(server.url, "/v1/completions", {"prompt": prompt, "max_tokens": 8, "temperature": 0})
+            assert status == 200 and r["choices"][0]["text"] == rt.generate(prompt, max_new_tokens=8)
+            assert server.scheduler._bell.rings() == i + 1
+    finally:
+        t0 = time.monotonic()
+        server.shutdown()
+        server.server_close()
+        assert time.monotonic() - t0 < 10  # the close rang the bell: no 60 s spin to sit out
+
+
+@pytest.mark.parametrize("bad", [-1, 61, float("nan"), float("inf"), True, "1"])
+def test_a_bad_poll_is_refused_before_serving(model_path, bad):
+    with pytest.raises(ValueError, match="poll"):
+        Server(Runtime.load(model_path, threads=1, max_sequences=2), ("127.0.0.1", 0), "m", quiet=True,
+               scheduler="continuous", poll_s=bad)

@@ -30,8 +30,8 @@ class ContinuousScheduler(SchedulerBase):
     kind = "continuous"
     logprobs = True  # the slots report log-probabilities
 
-    def __init__(self, runtime, metrics=None, max_queue: int = 64, step_tokens=None):
-        super().__init__(runtime, metrics, max_queue)
+    def __init__(self, runtime, metrics=None, max_queue: int = 64, step_tokens=None, poll_s: float = 0.0):
+        super().__init__(runtime, metrics, max_queue, poll_s=poll_s)
         self.slots = runtime.slots()
         if step_tokens is not None:  # checked (ValueError) before the engine thread starts
             self.slots.step_tokens = step_tokens
@@ -50,9 +50,8 @@ class ContinuousScheduler(SchedulerBase):
 
     def _loop(self) -> None:
         while True:
+            self._wait_for_work(lambda: bool(self._active))
             with self.work:
-                while not self.pending and not self._active and not self._closing:
-                    self.work.wait()
                 closing = self._closing
             if closing:
                 for slot, r in list(self._active.items()):

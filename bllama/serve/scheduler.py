@@ -14,8 +14,11 @@ from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Callable, List, Optional
 
+from ..runtime.engine import engine_module
 from ..sampling import SamplingParams
 from .protocol import RequestError
+
+MAX_POLL_S = 60.0  # `bllama serve --poll`: the longest idle spin accepted
 
 
 @dataclass
@@ -65,8 +68,14 @@ class SchedulerBase:
     """What both schedulers share: the waiting list, admission (429 when full, 503 when closing), the engine
     thread's life."""
 
-    def __init__(self, runtime, metrics=None, max_queue: int = 64, retry_after_s: int = 1):
+    def __init__(self, runtime, metrics=None, max_queue: int = 64, retry_after_s: int = 1, poll_s: float = 0.0):
         self.runtime, self.metrics, self.max_queue, self.retry_after_s = runtime, metrics, max_queue, retry_after_s
+        if isinstance(poll_s, bool) or not isinstance(poll_s, (int, float)) or not 0 <= poll_s <= MAX_POLL_S:
+            raise ValueError(f"poll must be a number of seconds in [0, {MAX_POLL_S}], got {poll_s!r}")
+        self.poll_s = float(poll_s)
+        # With poll_s, an idle engine thread first spins this long in the engine (no GIL, no system call) before it
+        # sleeps, so the core that runs the next request's prompt is awake (engine/doorbell.h says why).
+        self._bell = engine_module().Doorbell() if self.poll_s > 0 else None
         self.pending: List[Job] = []
         self.work = threading.Condition()
         self._closing = False
@@ -88,6 +97,8 @@ class SchedulerBase:
                                    {"Retry-After": str(self.retry_after_s)})
             self.pending.extend(jobs)
             self.work.notify()
+        if self._bell is not None:
+            self._bell.ring()
 
     def queue_depth(self) -> int:
         return len(self.pending)
@@ -101,8 +112,21 @@ class SchedulerBase:
             self.pending.clear()
             self._cancel_running()
             self.work.notify()
+        if self._bell is not None:
+            self._bell.ring()
         if self._thread.is_alive():
             self._thread.join(timeout=30)
+
+    def _wait_for_work(self, busy) -> None:
+        """Returns once a job waits, the scheduler is closing or busy() (work under way) holds; with poll_s, an idle
+        thread spins up to poll_s before it sleeps on the condition."""
+        if self._bell is not None:
+            seen = self._bell.rings()  # before the check: a submit after it rings past `seen`
+            if not (self.pending or self._closing or busy()):
+                self._bell.wait(seen, self.poll_s)
+        with self.work:
+            while not (self.pending or self._closing or busy()):
+                self.work.wait()
 
     def _drop_cancelled(self) -> None:
         """Waiting jobs whose clients left (called with `work` held)."""
@@ -127,8 +151,8 @@ class StaticScheduler(SchedulerBase):
 
     kind = "static"
 
-    def __init__(self, runtime, metrics=None, max_queue: int = 64, batch_wait_s: float = 0.01):
-        super().__init__(runtime, metrics, max_queue)
+    def __init__(self, runtime, metrics=None, max_queue: int = 64, batch_wait_s: float = 0.01, poll_s: float = 0.0):
+        super().__init__(runtime, metrics, max_queue, poll_s=poll_s)
         self.batch_wait_s = batch_wait_s
         # The CPU engine's batched head rounds differently above 8 sequences (docs/engine.md): beyond that a
         # request's greedy answer could differ from its answer alone.
@@ -147,9 +171,8 @@ class StaticScheduler(SchedulerBase):
 
     def _loop(self) -> None:
         while True:
+            self._wait_for_work(lambda: False)
             with self.work:
-                while not self.pending and not self._closing:
-                    self.work.wait()
                 if self._closing:
                     return
                 room = len(self.pending) < self.capacity

@@ -30,19 +30,20 @@ API_KEY_ENV = "BLLAMA_API_KEY"
 
 
 def make_scheduler(runtime, kind: str, metrics: Metrics, limits: ServeLimits, batch_wait_s: float = 0.01,
-                   step_tokens: Optional[int] = None):
+                   step_tokens: Optional[int] = None, poll_s: float = 0.0):
     """kind: "static" (batches that run to their end), "continuous" (slots; needs Runtime.slots()) or "auto"
     (continuous where the runtime has slots). step_tokens: continuous only, rows per engine step (Slots.step_tokens;
-    None: the engine's default)."""
+    None: the engine's default). poll_s: how long an idle engine thread spins for the next request before it
+    sleeps (0: it sleeps at once; SchedulerBase)."""
     if kind == "auto":
         kind = "continuous" if callable(getattr(runtime, "slots", None)) else "static"
     if kind == "continuous":
         from .continuous import ContinuousScheduler
 
-        return ContinuousScheduler(runtime, metrics, limits.max_queue, step_tokens).start()
+        return ContinuousScheduler(runtime, metrics, limits.max_queue, step_tokens, poll_s).start()
     if kind != "static":
         raise ValueError(f"unknown scheduler {kind!r} (static, continuous or auto)")
-    return StaticScheduler(runtime, metrics, limits.max_queue, batch_wait_s).start()
+    return StaticScheduler(runtime, metrics, limits.max_queue, batch_wait_s, poll_s).start()
 
 
 class _Uvicorn(uvicorn.Server):
@@ -62,13 +63,14 @@ class Server:
     """An HTTP server bound to one Runtime; `model_id` is the name /v1/models reports and replies carry.
     default_max_tokens: the most new tokens of a request that sets no max_tokens (fewer if the context is fuller).
     api_key: required as a Bearer token on every endpoint but /health. allowed_hosts: Host names accepted beside
-    the bound address and localhost. cors_origins: origins whose browsers may call the API."""
+    the bound address and localhost. cors_origins: origins whose browsers may call the API. poll_s: seconds an idle
+    engine thread keeps its core awake waiting for the next request (0: none; `bllama serve --poll`)."""
 
     def __init__(self, runtime, address: Tuple[str, int], model_id: str, default_max_tokens: int = 256,
                  quiet: bool = False, client_timeout: Optional[float] = None, batch_wait_s: float = 0.01,
                  limits: Optional[ServeLimits] = None, api_key: Optional[str] = None,
                  allowed_hosts: Iterable[str] = (), cors_origins: Iterable[str] = (), scheduler: str = "auto",
-                 step_tokens: Optional[int] = None):
+                 step_tokens: Optional[int] = None, poll_s: float = 0.0):
         limits = limits or ServeLimits()
         if client_timeout is not None:
             from dataclasses import replace
@@ -88,7 +90,7 @@ class Server:
         self.server_address = self.socket.getsockname()
         self.metrics = Metrics()
         try:
-            self.scheduler = make_scheduler(runtime, scheduler, self.metrics, limits, batch_wait_s, step_tokens)
+            self.scheduler = make_scheduler(runtime, scheduler, self.metrics, limits, batch_wait_s, step_tokens, poll_s)
         except Exception:
             self.socket.close()
             raise

@@ -14,14 +14,7 @@
 #include <sched.h>
 #endif
 
-#if defined(__x86_64__) || defined(__i386__)
-#include <immintrin.h>
-static inline void cpu_relax() { _mm_pause(); }
-#elif defined(__aarch64__)
-static inline void cpu_relax() { __asm__ __volatile__("yield"); }
-#else
-static inline void cpu_relax() {}
-#endif
+#include "engine/cpu_relax.h"
 
 namespace bllama {
 
