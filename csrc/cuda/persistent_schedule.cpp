@@ -53,7 +53,7 @@ struct Builder {
         for (int64_t r0 = 0; r0 < total; r0 += tile, ++index) {
             PersistItem it;
             it.op = op, it.layer = layer, it.index = index, it.row0 = r0, it.rows = std::min(tile, total - r0);
-            it.waits = {wait};
+            it.waits.push_back(wait);
             fill(it);
             add(std::move(it));
         }
@@ -158,7 +158,7 @@ PersistSchedule build_persistent_schedule(const PersistShape& sh, const PersistO
                 for (int sp = 0; sp < n_splits; ++sp, ++index) {
                     PersistItem it;
                     it.op = PersistOp::Attn, it.layer = l, it.index = index, it.kv_head = static_cast<int>(g), it.split = sp;
-                    it.waits = {w_qkv_g[static_cast<size_t>(g)]};
+                    it.waits.push_back(w_qkv_g[static_cast<size_t>(g)]);
                     it.bumps = {c_att_g[static_cast<size_t>(g)]};
                     const int64_t k0 = static_cast<int64_t>(sp) * o.keys_per_split;
                     const int64_t k1 = std::min(len, k0 + o.keys_per_split);
@@ -190,7 +190,7 @@ PersistSchedule build_persistent_schedule(const PersistShape& sh, const PersistO
             for (int64_t h = 0; h < H; ++h) {
                 PersistItem it;
                 it.op = PersistOp::Combine, it.layer = l, it.index = static_cast<int>(h), it.head = static_cast<int>(h);
-                it.waits = {w_att_g[static_cast<size_t>(h / G)]};
+                it.waits.push_back(w_att_g[static_cast<size_t>(h / G)]);
                 it.reads = {{PersistBuf::Part, h * n_splits * (hd + 2), (h * n_splits + used) * (hd + 2)}};
                 it.writes = {{PersistBuf::Att, h * hd, (h + 1) * hd}};
                 it.bumps = {c_comb};
@@ -225,7 +225,7 @@ PersistSchedule build_persistent_schedule(const PersistShape& sh, const PersistO
             PersistItem it;
             it.op = PersistOp::Head, it.index = static_cast<int>(t), it.row0 = t * head_t;
             it.rows = std::min(head_t, sh.vocab - it.row0);
-            it.waits = {w_last};
+            it.waits.push_back(w_last);
             it.reads = {x_all};
             it.writes = {{PersistBuf::Logits, it.row0, it.row0 + it.rows}, {PersistBuf::Cand, t, t + 1}};
             it.bumps = {c_head};
@@ -233,7 +233,7 @@ PersistSchedule build_persistent_schedule(const PersistShape& sh, const PersistO
         }
         PersistItem am;
         am.op = PersistOp::Argmax;
-        am.waits = {b.all_of(c_head)};
+        am.waits.push_back(b.all_of(c_head));
         am.reads = {{PersistBuf::Cand, 0, n_head_tiles}};
         am.writes = {{PersistBuf::Tok, 0, 1}};
         am.bumps = {c_tok};

@@ -107,6 +107,14 @@ void ternary_group_tile(const TernaryMatrix::Impl& w, const uint8_t* wp, const Q
 // A lane adds one product in [-256, 254] per chunk and plane, 64 per 256-column block, so its sum stays in
 // [-16384, 16256]: exact in int16. Per block, saddlp + addp fold the four lanes of a row into one int32. Tiles of
 // up to 2 tokens: 16 int16 accumulators + 4 weight vectors.
+// Chunk c of a group: its four 16-byte weight vectors (rows 4i..4i+3) and each token's 16 activations of its columns.
+template <int N>
+inline void load_chunk(const uint8_t* wp, const int8_t* const (&qp)[N], int64_t c, uint8x16_t (&wv)[4],
+                       int8x16_t (&xv)[N]) {
+    for (int i = 0; i < 4; ++i) wv[i] = vld1q_u8(wp + c * kChunkBytes + 16 * i);
+    for (int t = 0; t < N; ++t) xv[t] = vld1q_s8(qp[t] + c * kChunkCols);
+}
+
 struct WideningDot {
     template <int N>
     static void block(int32x4_t (&acc)[4][N], const uint8_t* wp, const int8_t* const (&qp)[N], int64_t b) {
@@ -116,9 +124,8 @@ struct WideningDot {
         constexpr int64_t kChunksPerBlock = kBlock / kChunkCols;
         for (int64_t c = b * kChunksPerBlock; c < (b + 1) * kChunksPerBlock; ++c) {
             uint8x16_t wv[4];
-            for (int i = 0; i < 4; ++i) wv[i] = vld1q_u8(wp + c * kChunkBytes + 16 * i);
             int8x16_t xv[N];
-            for (int t = 0; t < N; ++t) xv[t] = vld1q_s8(qp[t] + c * kChunkCols);
+            load_chunk(wp, qp, c, wv, xv);
             auto plane = [&](auto jc) {
                 constexpr int J = decltype(jc)::value;
                 int8x16_t xb[N];  // columns 4J..4J+3, repeated for every row
@@ -170,9 +177,8 @@ struct SdotDot {
         } else {
             for (int64_t c = c0; c < c1; ++c) {
                 uint8x16_t wv[4];
-                for (int i = 0; i < 4; ++i) wv[i] = vld1q_u8(wp + c * kChunkBytes + 16 * i);
                 int8x16_t xv[N];
-                for (int t = 0; t < N; ++t) xv[t] = vld1q_s8(qp[t] + c * kChunkCols);
+                load_chunk(wp, qp, c, wv, xv);
                 auto plane = [&](auto jc) {
                     constexpr int J = decltype(jc)::value;
                     for (int i = 0; i < 4; ++i) {
