@@ -417,7 +417,8 @@ PYBIND11_MODULE(_engine, m) {
         }, py::arg("threads"), py::arg("bytes") = size_t(1) << 30, py::arg("repeats") = 5,
         "This machine's memory read bandwidth in GB/s with `threads` threads (best of `repeats`).");
 
-    py::class_<Doorbell>(m, "Doorbell", "A counter one thread rings and another waits on by spinning (engine/doorbell.h).")
+    py::class_<Doorbell>(m, "Doorbell",
+                         "A counter one thread rings and another waits on by spinning (engine/doorbell.h).")
         .def(py::init<>())
         .def("ring", &Doorbell::ring)
         .def("rings", &Doorbell::rings)

@@ -96,9 +96,7 @@ class SchedulerBase:
                                    f"{self.max_queue}); retry later", HTTPStatus.TOO_MANY_REQUESTS,
                                    {"Retry-After": str(self.retry_after_s)})
             self.pending.extend(jobs)
-            self.work.notify()
-        if self._bell is not None:
-            self._bell.ring()
+            self._wake_engine()
 
     def queue_depth(self) -> int:
         return len(self.pending)
@@ -111,11 +109,15 @@ class SchedulerBase:
                 j.fail(shutting_down())
             self.pending.clear()
             self._cancel_running()
-            self.work.notify()
-        if self._bell is not None:
-            self._bell.ring()
+            self._wake_engine()
         if self._thread.is_alive():
             self._thread.join(timeout=30)
+
+    def _wake_engine(self) -> None:
+        """Wakes the engine thread, asleep on the condition or spinning on the doorbell (called with `work` held)."""
+        self.work.notify()
+        if self._bell is not None:
+            self._bell.ring()
 
     def _wait_for_work(self, busy) -> None:
         """Returns once a job waits, the scheduler is closing or busy() (work under way) holds; with poll_s, an idle

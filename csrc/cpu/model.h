@@ -172,7 +172,8 @@ private:
     Q4Head head_q4_;                   // HeadType::Q4: [V, D] 4-bit + per-block scales (head_ is then null)
     std::vector<double> inv_freq_;     // [hd/2], float64 like bllama/model.py
 
-    // KV cache: [sequence][layer][kv head][position][head_dim] (cache_head), fp32 or fp16 (one pair is used), committed lazily by the OS.
+    // KV cache: [sequence][layer][kv head][position][head_dim] (cache_head), fp32 or fp16 (one pair is used); a
+    // sequence's part is committed when first touched, in 2 MiB steps (Model::allocate says why).
     AnonArray<float> k_cache_, v_cache_;
     AnonArray<uint16_t> k16_cache_, v16_cache_;
 

@@ -7,7 +7,6 @@
 
 #include <atomic>
 #include <chrono>
-#include <cmath>
 #include <cstdint>
 #include <stdexcept>
 
@@ -27,7 +26,8 @@ public:
         if (!(timeout_s >= 0.0 && timeout_s <= 3600.0))  // NaN fails both
             throw std::invalid_argument("Doorbell.wait: timeout must be in [0, 3600] seconds");
         using Clock = std::chrono::steady_clock;
-        const auto end = Clock::now() + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(timeout_s));
+        const auto end =
+            Clock::now() + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(timeout_s));
         for (int i = 0;; ++i) {
             if (rings() != seen) return true;
             if (i % 64 == 0 && Clock::now() >= end) return rings() != seen;  // a clock read per ~64 pauses
