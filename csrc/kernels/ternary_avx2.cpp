@@ -92,7 +92,13 @@ struct TileArgs {
     int64_t ldy, rb, re;
     int64_t h0, t0;  // first 8-row half, first token
     const uint8_t* panel = nullptr;  // set: the 2-bit codes of the tile's one group (not w's own)
+    // Decode: the end of the range's codes, up to which the stream prefetches (past it lie other threads' rows).
+    const uint8_t* stream_end = nullptr;
 };
+
+// Decode streams prefetch this far ahead. Zen 3 (AVX2, no AVX-512), 1.7B decode: 1.2x at one thread, 1.2-1.3x at
+// two; the hardware prefetchers alone left a core at ~55% of the bandwidth probe (bench/NOTES-kernels.md).
+constexpr int64_t kStreamPrefetch = 8192;
 
 template <int J>
 inline __m256i plane(__m256i w, __m256i m3) {
@@ -101,8 +107,10 @@ inline __m256i plane(__m256i w, __m256i m3) {
 }
 
 // int16 sums of one 256-column block into acc16 (reset here).
+// stream_end: prefetch the stream kStreamPrefetch ahead of wp[0], up to there (null: no prefetch).
 template <int R, int N>
-inline void block_dot16(__m256i (&acc16)[R][N], const uint8_t* const (&wp)[R], const int8_t* const (&qp)[N], int64_t b) {
+inline void block_dot16(__m256i (&acc16)[R][N], const uint8_t* const (&wp)[R], const int8_t* const (&qp)[N], int64_t b,
+                        const uint8_t* stream_end) {
     const __m256i m3 = _mm256_set1_epi8(3);
     for (int r = 0; r < R; ++r)
         for (int t = 0; t < N; ++t) acc16[r][t] = _mm256_setzero_si256();
@@ -111,6 +119,8 @@ inline void block_dot16(__m256i (&acc16)[R][N], const uint8_t* const (&wp)[R], c
         __m256i wv[R];
 #pragma GCC unroll 8
         for (int r = 0; r < R; ++r) wv[r] = _mm256_load_si256(reinterpret_cast<const __m256i*>(wp[r] + c * kChunkBytes));
+        const uint8_t* ahead = wp[0] + c * kChunkBytes + kStreamPrefetch;
+        if (ahead < stream_end) _mm_prefetch(reinterpret_cast<const char*>(ahead), _MM_HINT_T0);
         const int64_t off = c * kChunkCols;
         auto step = [&](auto jc) {
             constexpr int J = decltype(jc)::value;
@@ -153,7 +163,7 @@ void tile_uniform(const TileArgs& a) {
         for (int t = 0; t < N; ++t) acc[r][t] = _mm256_setzero_si256();
     for (int64_t b = 0; b < w.nb; ++b) {
         __m256i acc16[R][N];
-        block_dot16<R, N>(acc16, wp, qp, b);
+        block_dot16<R, N>(acc16, wp, qp, b, a.stream_end);
         for (int r = 0; r < R; ++r)
             for (int t = 0; t < N; ++t) acc[r][t] = _mm256_add_epi32(acc[r][t], _mm256_madd_epi16(acc16[r][t], ones));
     }
@@ -182,7 +192,7 @@ void tile_blocks(const TileArgs& a) {
         for (int t = 0; t < N; ++t) s[r][t] = _mm256_setzero_ps();
     for (int64_t b = 0; b < w.nb; ++b) {
         __m256i acc16[R][N];
-        block_dot16<R, N>(acc16, wp, qp, b);
+        block_dot16<R, N>(acc16, wp, qp, b, a.stream_end);
         for (int r = 0; r < R; ++r) {
             const int64_t h = a.h0 + r;
             const __m256 d = _mm256_load_ps(w.d_ptr(h / 2) + b * kGroupRows + (h % 2) * 8);
@@ -226,9 +236,10 @@ void ternary_matmul_avx2(const TernaryMatrix& m, const QuantizedActs& x, float* 
     const TernaryMatrix::Impl& w = m.impl();
     const int64_t h_begin = rb / 8, h_end = (re + 7) / 8;
     // Both halves of one group per tile: the matrix is read as one linear stream; 1 half was slower and 4
-    // spill (bench/NOTES-kernels.md, "Measurements from code comments"). Software prefetch made no difference.
+    // spill (bench/NOTES-kernels.md, "Measurements from code comments").
     const int maxr = 2;
     TileArgs a{&w, &x, y, ldy, rb, re, 0, 0};
+    a.stream_end = w.group_ptr((h_end + 1) / 2);
     for (int64_t h = h_begin; h < h_end; h += maxr) {
         const int r = static_cast<int>(std::min<int64_t>(maxr, h_end - h));
         a.h0 = h;
