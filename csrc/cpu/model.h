@@ -180,7 +180,7 @@ private:
     // Scratch, sized for max_batch tokens.
     std::vector<float> xp_;  // [max_batch, max(dim_in, ffn_in)] BitLinear inputs with zeroed padding
     std::vector<float> x_, xn_, q_, k_, v_, att_, gate_, up_, cos_, sin_;
-    std::vector<float> scores_;  // [threads, ctx]
+    std::vector<float> scores_;  // [threads, query heads per kv head, ctx]
     AnonArray<float> kv32_;      // [threads][2][ctx * head_dim]: attend_rows' fp32 keys and values (fp16 cache only)
     std::vector<int64_t> row_pos_, row_slot_;  // [max_batch]: position and sequence of each row of a chunk
     std::vector<int64_t> head_rows_;           // [max_batch]: forward_rows' head rows

@@ -23,6 +23,28 @@ inline float hsum(__m256 v) {
 inline __m256 load8(const float* p) { return _mm256_loadu_ps(p); }
 inline __m256 load8(const uint16_t* p) { return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))); }
 
+// out[i0, i0 + 8 NB) = inv * sum_t scores[t] v_t[i0, i0 + 8 NB). NB is a template argument so that the
+// accumulators stay in registers with no per-lane test: with a run-time lane count, gcc 12 branched before every
+// FMA and kept flags on the stack (the V pass was ~2x slower than the score pass).
+template <int NB, class KV>
+inline void v_block(const float* scores, const KV* v, int64_t stride, int64_t len, int64_t i0, int64_t hd, float inv,
+                    float* out) {
+    constexpr int64_t kAhead = kAttendPrefetchRows;
+    __m256 acc[NB];
+#pragma GCC unroll 8
+    for (int b = 0; b < NB; ++b) acc[b] = _mm256_setzero_ps();
+    for (int64_t t = 0; t < len; ++t) {
+        const __m256 w = _mm256_set1_ps(scores[t]);
+        const KV* vt = v + t * stride + i0;
+        if (i0 == 0 && t + kAhead < len) prefetch_row(vt + kAhead * stride, hd);
+#pragma GCC unroll 8
+        for (int b = 0; b < NB; ++b) acc[b] = _mm256_fmadd_ps(w, load8(vt + 8 * b), acc[b]);
+    }
+    const __m256 vinv = _mm256_set1_ps(inv);
+#pragma GCC unroll 8
+    for (int b = 0; b < NB; ++b) _mm256_storeu_ps(out + i0 + 8 * b, _mm256_mul_ps(acc[b], vinv));
+}
+
 template <class KV>
 void attend(const float* q, const KV* k, const KV* v, int64_t stride, int64_t len, int64_t hd, float scale,
             float* scores, float* out) {
@@ -60,25 +82,118 @@ void attend(const float* q, const KV* k, const KV* v, int64_t stride, int64_t le
         sum += scores[j];
     }
     const float inv = 1.0f / sum;
-    // One pass over the V rows, up to 64 output lanes held in registers.
+    // One pass over the V rows per 64 output lanes, held in registers.
     for (int64_t i0 = 0; i0 < hd; i0 += 64) {
-        const int nb = static_cast<int>((hd - i0 < 64 ? hd - i0 : 64) / 8);
-        __m256 acc[8];
-        for (int b = 0; b < 8; ++b) acc[b] = _mm256_setzero_ps();
-        for (int64_t t = 0; t < len; ++t) {
-            const __m256 w = _mm256_set1_ps(scores[t]);
-            const KV* vt = v + t * stride + i0;
-            if (i0 == 0 && t + kAhead < len) prefetch_row(vt + kAhead * stride, hd);
-#pragma GCC unroll 8
-            for (int b = 0; b < 8; ++b)
-                if (b < nb) acc[b] = _mm256_fmadd_ps(w, load8(vt + 8 * b), acc[b]);
+        switch ((hd - i0 < 64 ? hd - i0 : 64) / 8) {
+            case 8: v_block<8>(scores, v, stride, len, i0, hd, inv, out); break;
+            case 7: v_block<7>(scores, v, stride, len, i0, hd, inv, out); break;
+            case 6: v_block<6>(scores, v, stride, len, i0, hd, inv, out); break;
+            case 5: v_block<5>(scores, v, stride, len, i0, hd, inv, out); break;
+            case 4: v_block<4>(scores, v, stride, len, i0, hd, inv, out); break;
+            case 3: v_block<3>(scores, v, stride, len, i0, hd, inv, out); break;
+            case 2: v_block<2>(scores, v, stride, len, i0, hd, inv, out); break;
+            default: v_block<1>(scores, v, stride, len, i0, hd, inv, out); break;
         }
-        const __m256 vinv = _mm256_set1_ps(inv);
-        for (int b = 0; b < nb; ++b) _mm256_storeu_ps(out + i0 + 8 * b, _mm256_mul_ps(acc[b], vinv));
+    }
+}
+
+// H query heads of one kv head (grouped-query attention) in one pass over the keys and one per 16 value lanes:
+// each fp16 key and value is converted once for all H heads instead of once per head. Every head's arithmetic is
+// attend()'s, in attend()'s order (the same two score accumulators, the same softmax, the same per-lane sum over
+// positions), so each head's output is bit-identical to attend() alone. Needs hd % 16 == 0.
+template <int H>
+void attend_heads_f16(const float* q, const uint16_t* k, const uint16_t* v, int64_t stride, int64_t len, int64_t hd,
+                      float scale, float* scores, float* out) {
+    constexpr int64_t kAhead = kAttendPrefetchRows;
+    float mx[H];
+    for (int h = 0; h < H; ++h) mx[h] = -INFINITY;
+    for (int64_t j = 0; j < len; ++j) {
+        const uint16_t* kj = k + j * stride;
+        if (j + kAhead < len) prefetch_row(kj + kAhead * stride, hd);
+        __m256 a0[H], a1[H];
+#pragma GCC unroll 8
+        for (int h = 0; h < H; ++h) a0[h] = a1[h] = _mm256_setzero_ps();
+        for (int64_t i = 0; i < hd; i += 16) {
+            const __m256 k0 = load8(kj + i), k1 = load8(kj + i + 8);
+#pragma GCC unroll 8
+            for (int h = 0; h < H; ++h) {
+                a0[h] = _mm256_fmadd_ps(_mm256_loadu_ps(q + h * hd + i), k0, a0[h]);
+                a1[h] = _mm256_fmadd_ps(_mm256_loadu_ps(q + h * hd + i + 8), k1, a1[h]);
+            }
+        }
+#pragma GCC unroll 8
+        for (int h = 0; h < H; ++h) {
+            const float s = hsum(_mm256_add_ps(a0[h], a1[h])) * scale;
+            scores[h * len + j] = s;
+            mx[h] = s > mx[h] ? s : mx[h];
+        }
+    }
+    float inv[H];
+    for (int h = 0; h < H; ++h) {
+        float* sc = scores + h * len;
+        const __m256 vmx = _mm256_set1_ps(mx[h]);
+        __m256 vsum = _mm256_setzero_ps();
+        int64_t j = 0;
+        for (; j + 8 <= len; j += 8) {
+            const __m256 e = exp_neg(_mm256_sub_ps(_mm256_loadu_ps(sc + j), vmx));
+            _mm256_storeu_ps(sc + j, e);
+            vsum = _mm256_add_ps(vsum, e);
+        }
+        float sum = hsum(vsum);
+        for (; j < len; ++j) {
+            sc[j] = std::exp(sc[j] - mx[h]);
+            sum += sc[j];
+        }
+        inv[h] = 1.0f / sum;
+    }
+    // 16 value lanes per pass: 2H accumulators, 2 converted values and a broadcast stay in registers.
+    for (int64_t i0 = 0; i0 < hd; i0 += 16) {
+        __m256 acc0[H], acc1[H];
+#pragma GCC unroll 8
+        for (int h = 0; h < H; ++h) acc0[h] = acc1[h] = _mm256_setzero_ps();
+        for (int64_t t = 0; t < len; ++t) {
+            const uint16_t* vt = v + t * stride + i0;
+            if (i0 == 0 && t + kAhead < len) prefetch_row(vt + kAhead * stride, hd);
+            const __m256 v0 = load8(vt), v1 = load8(vt + 8);
+#pragma GCC unroll 8
+            for (int h = 0; h < H; ++h) {
+                const __m256 w = _mm256_broadcast_ss(scores + h * len + t);
+                acc0[h] = _mm256_fmadd_ps(w, v0, acc0[h]);
+                acc1[h] = _mm256_fmadd_ps(w, v1, acc1[h]);
+            }
+        }
+#pragma GCC unroll 8
+        for (int h = 0; h < H; ++h) {
+            const __m256 vinv = _mm256_set1_ps(inv[h]);
+            _mm256_storeu_ps(out + h * hd + i0, _mm256_mul_ps(acc0[h], vinv));
+            _mm256_storeu_ps(out + h * hd + i0 + 8, _mm256_mul_ps(acc1[h], vinv));
+        }
     }
 }
 
 }  // namespace
+
+void attend_group_f16_avx2(const float* q, int64_t heads, const uint16_t* k, const uint16_t* v, int64_t stride,
+                           int64_t len, int64_t hd, float scale, float* scores, float* out) {
+    if (hd % 16 != 0 || heads == 1) {
+        for (int64_t h = 0; h < heads; ++h) attend(q + h * hd, k, v, stride, len, hd, scale, scores, out + h * hd);
+        return;
+    }
+    // Blocks of up to 4 heads (8 score accumulators in registers); a block's scores take H * len floats. A lone
+    // head left over takes the 1-head instance, not attend(): both give attend()'s bits.
+    for (int64_t h = 0; h < heads;) {
+        const int64_t n = heads - h >= 4 ? 4 : heads - h;
+        const float* qh = q + h * hd;
+        float* oh = out + h * hd;
+        switch (n) {
+            case 4: attend_heads_f16<4>(qh, k, v, stride, len, hd, scale, scores, oh); break;
+            case 3: attend_heads_f16<3>(qh, k, v, stride, len, hd, scale, scores, oh); break;
+            case 2: attend_heads_f16<2>(qh, k, v, stride, len, hd, scale, scores, oh); break;
+            default: attend_heads_f16<1>(qh, k, v, stride, len, hd, scale, scores, oh); break;
+        }
+        h += n;
+    }
+}
 
 void to_f16_avx2(const float* x, uint16_t* y, int64_t n) {
     int64_t i = 0;

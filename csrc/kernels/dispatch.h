@@ -72,6 +72,11 @@ struct KernelTable {
     void (*silu_mul)(float* g, const float* u, int64_t n);
     // fp16 to fp32 (exact: every kind gives the same bits); attention copies a prompt chunk's keys with it.
     void (*to_f32)(const uint16_t* x, float* y, int64_t n);
+    // attend_f16 for `heads` query heads that share one kv head (grouped-query attention): head h reads
+    // q + h * hd and writes out + h * hd; scores is scratch for heads * len floats. Each head's output is
+    // bit-identical to this kind's attend_f16 alone (a kind may simply loop over the heads).
+    void (*attend_group_f16)(const float* q, int64_t heads, const uint16_t* k, const uint16_t* v, int64_t stride,
+                             int64_t len, int64_t hd, float scale, float* scores, float* out);
 };
 
 // The table of a kind. Throws std::invalid_argument when this CPU or build cannot run it.

@@ -88,6 +88,39 @@ int main() {
             CHECK(std::memcmp(a.data(), b.data(), hd * sizeof(float)) == 0);
         }
     }
+    // Grouped heads (Model::attend_rows, decode): every kind's attend_group_f16 gives each head exactly the bits of
+    // its own attend_f16 alone, for group sizes that take every block of the AVX2 kernel (4 + a remainder) and
+    // head sizes on and off its hd % 16 path; scores must be only heads * len floats.
+    for (KernelKind kind : kAllKernelKinds) {
+        if (!kernel_supported(kind)) continue;
+        const KernelTable& ak = kernel_table(kind);
+        for (int64_t heads : {1, 2, 3, 4, 5, 8}) {
+            for (int64_t hd : {16, 64, 72, 128}) {
+                for (int64_t len : {1, 9, 40, 301}) {
+                    const int64_t stride = hd * 2 + 16;
+                    std::vector<float> q(heads * hd), kv(len * stride), sc(heads * len), sc1(len);
+                    std::vector<float> want(heads * hd), got(heads * hd, -1.0f);
+                    std::vector<uint16_t> k16(len * stride), v16(len * stride);
+                    for (auto& x : q) x = 3.0f * normal(rng);
+                    for (auto& x : kv) x = normal(rng);
+                    ak.to_f16(kv.data(), k16.data(), len * stride);
+                    for (auto& x : kv) x = normal(rng);
+                    ak.to_f16(kv.data(), v16.data(), len * stride);
+                    for (int64_t h = 0; h < heads; ++h)
+                        ak.attend_f16(q.data() + h * hd, k16.data() + 3, v16.data() + 3, stride, len, hd, 0.125f,
+                                      sc1.data(), want.data() + h * hd);
+                    ak.attend_group_f16(q.data(), heads, k16.data() + 3, v16.data() + 3, stride, len, hd, 0.125f,
+                                        sc.data(), got.data());
+                    const bool same = std::memcmp(want.data(), got.data(), want.size() * sizeof(float)) == 0;
+                    if (!same)
+                        std::fprintf(stderr, "  %s grouped heads %lld hd %lld len %lld differ from one at a time\n",
+                                     kernel_name(kind), (long long)heads, (long long)hd, (long long)len);
+                    CHECK(same);
+                    ++checked;
+                }
+            }
+        }
+    }
     // Extreme scores: one key dominates completely (exp underflow must give 0, not NaN).
     if (kernel_supported(KernelKind::Avx512Vnni) || kernel_supported(KernelKind::Avx2) || kernel_supported(KernelKind::Neon)) {
         const int64_t hd = 64, len = 40;
