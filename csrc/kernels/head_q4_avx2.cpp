@@ -14,6 +14,7 @@
 
 #include "kernels/head_q4.h"
 #include "kernels/simd.h"
+#include "kernels/ternary_avx2.h"
 
 namespace bllama {
 
@@ -25,9 +26,6 @@ inline __m256i broadcast4(const int8_t* x) {  // x[0..4) as one int32, in every 
     return _mm256_set1_epi32(v);
 }
 
-// The nibble stream is prefetched this far ahead, up to the range's end: the ternary stream's distance
-// (ternary_avx2.cpp); the head job went from ~12.6 to ~14.8 GB/s on one Zen 3 core (bench/NOTES-kernels.md).
-constexpr int64_t kStreamPrefetch = 8192;
 // acc[t][h] (lane i = row 16 * tile + 8h + i) for tokens x[0..N), offs[t] = q4_offset_sums of token t.
 template <int N>
 void tile_dot(const Q4Head& w, int64_t tile, const int8_t* const* x, const int32_t* const* offs, __m256 (*acc)[2],
@@ -39,8 +37,10 @@ void tile_dot(const Q4Head& w, int64_t tile, const int8_t* const* x, const int32
     for (int t = 0; t < N; ++t) acc[t][0] = acc[t][1] = _mm256_setzero_ps();
     for (int64_t b = 0; b < nb; ++b) {
         const uint8_t* p = nib + b * kQ4TileBlockBytes;
-        if (p + kStreamPrefetch < stream_end)
-            for (int c = 0; c < 4; ++c) _mm_prefetch(reinterpret_cast<const char*>(p + kStreamPrefetch + 64 * c), _MM_HINT_T0);
+        // The nibble stream, prefetched as the ternary GEMV's (ternary_avx2.h): the head job went from ~12.6 to
+        // ~14.8 GB/s on one Zen 3 core.
+        if (p + kGemvPrefetch < stream_end)
+            for (int c = 0; c < 4; ++c) _mm_prefetch(reinterpret_cast<const char*>(p + kGemvPrefetch + 64 * c), _MM_HINT_T0);
         for (int h = 0; h < 2; ++h) {
             __m256i s16[N];
             for (int t = 0; t < N; ++t) s16[t] = _mm256_setzero_si256();

@@ -96,9 +96,6 @@ struct TileArgs {
     const uint8_t* stream_end = nullptr;
 };
 
-// Decode streams prefetch this far ahead. Zen 3 (AVX2, no AVX-512), 1.7B decode: 1.2x at one thread, 1.2-1.3x at
-// two; the hardware prefetchers alone left a core at ~55% of the bandwidth probe (bench/NOTES-kernels.md).
-constexpr int64_t kStreamPrefetch = 8192;
 
 template <int J>
 inline __m256i plane(__m256i w, __m256i m3) {
@@ -107,7 +104,7 @@ inline __m256i plane(__m256i w, __m256i m3) {
 }
 
 // int16 sums of one 256-column block into acc16 (reset here).
-// stream_end: prefetch the stream kStreamPrefetch ahead of wp[0], up to there (null: no prefetch).
+// stream_end: prefetch the stream kGemvPrefetch ahead of wp[0], up to there (null: no prefetch).
 template <int R, int N>
 inline void block_dot16(__m256i (&acc16)[R][N], const uint8_t* const (&wp)[R], const int8_t* const (&qp)[N], int64_t b,
                         const uint8_t* stream_end) {
@@ -119,7 +116,7 @@ inline void block_dot16(__m256i (&acc16)[R][N], const uint8_t* const (&wp)[R], c
         __m256i wv[R];
 #pragma GCC unroll 8
         for (int r = 0; r < R; ++r) wv[r] = _mm256_load_si256(reinterpret_cast<const __m256i*>(wp[r] + c * kChunkBytes));
-        const uint8_t* ahead = wp[0] + c * kChunkBytes + kStreamPrefetch;
+        const uint8_t* ahead = wp[0] + c * kChunkBytes + kGemvPrefetch;
         if (ahead < stream_end) _mm_prefetch(reinterpret_cast<const char*>(ahead), _MM_HINT_T0);
         const int64_t off = c * kChunkCols;
         auto step = [&](auto jc) {

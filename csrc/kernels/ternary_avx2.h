@@ -1,5 +1,5 @@
 // Private to ternary_avx2.cpp and ternary1_avx2.cpp (the 2-bit and the base-3 layout on AVX2): the small helpers
-// both use, once. Include it only from files built with the AVX2 flags (the _avx2.cpp suffix, CMakeLists.txt).
+// both use, once (head_q4_avx2.cpp takes the prefetch distance too). Include it only from files built with the AVX2 flags (the _avx2.cpp suffix, CMakeLists.txt).
 // Anonymous namespace, as in neon_tiles.h: each file keeps its own copy, compiled with its own flags, and the
 // linker can never hand one ISA's copy to another's file.
 #pragma once
@@ -25,6 +25,11 @@ inline int32_t load_i32(const int8_t* p) {
     std::memcpy(&v, p, 4);
     return v;
 }
+
+// Decode streams (the ternary GEMV, the 4-bit head) prefetch this far ahead, up to their range's end. Zen 3 (AVX2, no
+// AVX-512), 1.7B decode: 1.2x at one thread and 1.15-1.2x at two; the hardware prefetchers alone left a core at ~55%
+// of the bandwidth probe (bench/NOTES-kernels.md, "Sixth session").
+constexpr int64_t kGemvPrefetch = 8192;
 
 // Four int8 activations as one dword in every lane.
 inline __m256i bcast(const int8_t* p) { return _mm256_set1_epi32(load_i32(p)); }
