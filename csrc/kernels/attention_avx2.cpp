@@ -23,6 +23,24 @@ inline float hsum(__m256 v) {
 inline __m256 load8(const float* p) { return _mm256_loadu_ps(p); }
 inline __m256 load8(const uint16_t* p) { return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))); }
 
+// scores[j] = exp(scores[j] - mx) for j < len; returns 1 / their sum.
+inline float softmax_exp(float* scores, int64_t len, float mx) {
+    const __m256 vmx = _mm256_set1_ps(mx);
+    __m256 vsum = _mm256_setzero_ps();
+    int64_t j = 0;
+    for (; j + 8 <= len; j += 8) {
+        const __m256 e = exp_neg(_mm256_sub_ps(_mm256_loadu_ps(scores + j), vmx));
+        _mm256_storeu_ps(scores + j, e);
+        vsum = _mm256_add_ps(vsum, e);
+    }
+    float sum = hsum(vsum);
+    for (; j < len; ++j) {
+        scores[j] = std::exp(scores[j] - mx);
+        sum += scores[j];
+    }
+    return 1.0f / sum;
+}
+
 // out[i0, i0 + 8 NB) = inv * sum_t scores[t] v_t[i0, i0 + 8 NB). NB is a template argument so that the
 // accumulators stay in registers with no per-lane test: with a run-time lane count, gcc 12 branched before every
 // FMA and kept flags on the stack (the V pass was ~2x slower than the score pass).
@@ -68,20 +86,7 @@ void attend(const float* q, const KV* k, const KV* v, int64_t stride, int64_t le
         scores[j] = s;
         mx = s > mx ? s : mx;
     }
-    const __m256 vmx = _mm256_set1_ps(mx);
-    __m256 vsum = _mm256_setzero_ps();
-    int64_t j = 0;
-    for (; j + 8 <= len; j += 8) {
-        const __m256 e = exp_neg(_mm256_sub_ps(_mm256_loadu_ps(scores + j), vmx));
-        _mm256_storeu_ps(scores + j, e);
-        vsum = _mm256_add_ps(vsum, e);
-    }
-    float sum = hsum(vsum);
-    for (; j < len; ++j) {
-        scores[j] = std::exp(scores[j] - mx);
-        sum += scores[j];
-    }
-    const float inv = 1.0f / sum;
+    const float inv = softmax_exp(scores, len, mx);
     // One pass over the V rows per 64 output lanes, held in registers.
     for (int64_t i0 = 0; i0 < hd; i0 += 64) {
         switch ((hd - i0 < 64 ? hd - i0 : 64) / 8) {
@@ -129,23 +134,7 @@ void attend_heads_f16(const float* q, const uint16_t* k, const uint16_t* v, int6
         }
     }
     float inv[H];
-    for (int h = 0; h < H; ++h) {
-        float* sc = scores + h * len;
-        const __m256 vmx = _mm256_set1_ps(mx[h]);
-        __m256 vsum = _mm256_setzero_ps();
-        int64_t j = 0;
-        for (; j + 8 <= len; j += 8) {
-            const __m256 e = exp_neg(_mm256_sub_ps(_mm256_loadu_ps(sc + j), vmx));
-            _mm256_storeu_ps(sc + j, e);
-            vsum = _mm256_add_ps(vsum, e);
-        }
-        float sum = hsum(vsum);
-        for (; j < len; ++j) {
-            sc[j] = std::exp(sc[j] - mx[h]);
-            sum += sc[j];
-        }
-        inv[h] = 1.0f / sum;
-    }
+    for (int h = 0; h < H; ++h) inv[h] = softmax_exp(scores + h * len, len, mx[h]);
     // 16 value lanes per pass: 2H accumulators, 2 converted values and a broadcast stay in registers.
     for (int64_t i0 = 0; i0 < hd; i0 += 16) {
         __m256 acc0[H], acc1[H];
