@@ -17,3 +17,8 @@ for r in 1 2 3; do
       --keep "$WORK/bwab2b/model-2b4t.gguf" > "$OUT/2b4t_pos520_${v}_$r.txt" 2>&1
   done
 done
+# Then ik_llama.cpp (the fastest CPU BitNet peer) on the same weights, 1.7B only: IK=<ik_llama.cpp source>
+# (its llama-bench took ~40 minutes to build on these 2 vCPUs; bench/peer_engines.py builds it under $WORK).
+if [ -n "${IK:-}" ]; then
+  python bench/peer_compare.py --ik "$IK" --work "$WORK" --presets 1.7b --rounds 3 --json "$OUT/peers.json" > "$OUT/peers.txt" 2>&1
+fi
