@@ -131,7 +131,7 @@ void Model::attention(int64_t layer, int64_t n) {
     if (kv_f16_ && H > KVH) {
         // (token, kv head) tasks: a group's heads share one conversion of their keys and values (attend_rows).
         // Fewer tasks than (token, head) pairs balance worse (2B4T decode: 5 on 2 threads), but each costs about
-        // half of its heads one by one (2B4T, position ~520: 5.6 ms a token instead of 10.4, one thread).
+        // half of its heads one by one (2B4T, position ~520: 5.6 ms a token instead of 10.2, one thread).
         const int nc = static_cast<int>(std::min<int64_t>(n * KVH, pool_.size() == 1 ? 1 : pool_.size() * 8));
         pool_.run(nc, [&](int chunk, int thread) {
             int64_t b, e;
