@@ -88,14 +88,15 @@ void Model::attend_rows(int64_t layer, int64_t g, int64_t t0, int64_t t1, int th
         while (u < t1 && row_slot_[u] == row_slot_[t] && row_pos_[u] == row_pos_[u - 1] + 1) ++u;
         if (!kv_f16_ || u - t < kSharedKvRows) {
             for (; t < u; ++t) {
-                if (!kv_f16_) {
+                if (kv_f16_) {
+                    // The group's query heads in one call: their shared keys and values are converted once.
+                    const int64_t base = cache_head(row_slot_[t], layer, g), at = t * D + g * group * hd;
+                    kernels_.attend_group_f16(q_.data() + at, group, k16_cache_.data() + base,
+                                              v16_cache_.data() + base, hd, row_pos_[t] + 1, hd, scale, sc,
+                                              att_.data() + at);
+                } else {
                     for (int64_t h = g * group; h < (g + 1) * group; ++h) attend_one(layer, t, h, thread);
-                    continue;
                 }
-                // The group's query heads in one call: their shared keys and values are converted once.
-                const int64_t base = cache_head(row_slot_[t], layer, g), at = t * D + g * group * hd;
-                kernels_.attend_group_f16(q_.data() + at, group, k16_cache_.data() + base, v16_cache_.data() + base,
-                                          hd, row_pos_[t] + 1, hd, scale, sc, att_.data() + at);
             }
             continue;
         }
@@ -114,7 +115,7 @@ void Model::attend_rows(int64_t layer, int64_t g, int64_t t0, int64_t t1, int th
 }
 
 // Every row's attention, split across the pool: by (kv head, rows) pieces where a prompt chunk's rows can share
-// their keys (attend_rows), else by (token, head) pairs.
+// their keys (attend_rows), else by (token, kv head) or (token, head) pairs (below).
 void Model::attention(int64_t layer, int64_t n) {
     const int64_t H = cfg_.n_heads, KVH = cfg_.n_kv_heads;
     if (kv_f16_ && n >= kSharedKvRows * 2) {
@@ -128,23 +129,21 @@ void Model::attention(int64_t layer, int64_t n) {
         });
         return;
     }
-    if (kv_f16_ && H > KVH) {
-        // (token, kv head) tasks: a group's heads share one conversion of their keys and values (attend_rows).
-        // Fewer tasks than (token, head) pairs balance worse (2B4T decode: 5 on 2 threads), but each costs about
-        // half of its heads one by one (2B4T, position ~520: 5.6 ms a token instead of 10.2, one thread).
-        const int nc = static_cast<int>(std::min<int64_t>(n * KVH, pool_.size() == 1 ? 1 : pool_.size() * 8));
-        pool_.run(nc, [&](int chunk, int thread) {
-            int64_t b, e;
-            split_range(n * KVH, chunk, nc, 1, b, e);
-            for (int64_t task = b; task < e; ++task) attend_rows(layer, task % KVH, task / KVH, task / KVH + 1, thread);
-        });
-        return;
-    }
-    const int nc = static_cast<int>(std::min<int64_t>(n * H, pool_.size() == 1 ? 1 : pool_.size() * 8));
+    // Tasks of (token, kv head) where query heads share a kv head and the cache is fp16: a group's heads then share
+    // one conversion of their keys and values (attend_rows). Fewer tasks than (token, head) pairs balance worse
+    // (2B4T decode: 5 on 2 threads), but each costs about half of its heads one by one (2B4T, position ~520: 5.6 ms
+    // a token instead of 10.2, one thread).
+    const bool grouped = kv_f16_ && H > KVH;
+    const int64_t per_token = grouped ? KVH : H, tasks = n * per_token;
+    const int nc = static_cast<int>(std::min<int64_t>(tasks, pool_.size() == 1 ? 1 : pool_.size() * 8));
     pool_.run(nc, [&](int chunk, int thread) {
         int64_t b, e;
-        split_range(n * H, chunk, nc, 1, b, e);
-        for (int64_t task = b; task < e; ++task) attend_one(layer, task / H, task % H, thread);
+        split_range(tasks, chunk, nc, 1, b, e);
+        for (int64_t task = b; task < e; ++task) {
+            const int64_t t = task / per_token, i = task % per_token;
+            if (grouped) attend_rows(layer, i, t, t + 1, thread);
+            else attend_one(layer, t, i, thread);
+        }
     });
 }
 

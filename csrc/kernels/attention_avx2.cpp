@@ -164,12 +164,13 @@ void attend_heads_f16(const float* q, const uint16_t* k, const uint16_t* v, int6
 
 void attend_group_f16_avx2(const float* q, int64_t heads, const uint16_t* k, const uint16_t* v, int64_t stride,
                            int64_t len, int64_t hd, float scale, float* scores, float* out) {
-    if (hd % 16 != 0 || heads == 1) {
+    if (hd % 16 != 0) {
         for (int64_t h = 0; h < heads; ++h) attend(q + h * hd, k, v, stride, len, hd, scale, scores, out + h * hd);
         return;
     }
     // Blocks of up to 4 heads (8 score accumulators in registers); a block's scores take H * len floats. A lone
-    // head left over takes the 1-head instance, not attend(): both give attend()'s bits.
+    // head (a group of one, or one left over) runs attend() itself: nothing to share, and its 64-lane value pass
+    // is faster than the grouped kernel's 16-lane passes.
     for (int64_t h = 0; h < heads;) {
         const int64_t n = heads - h >= 4 ? 4 : heads - h;
         const float* qh = q + h * hd;
@@ -178,7 +179,7 @@ void attend_group_f16_avx2(const float* q, int64_t heads, const uint16_t* k, con
             case 4: attend_heads_f16<4>(qh, k, v, stride, len, hd, scale, scores, oh); break;
             case 3: attend_heads_f16<3>(qh, k, v, stride, len, hd, scale, scores, oh); break;
             case 2: attend_heads_f16<2>(qh, k, v, stride, len, hd, scale, scores, oh); break;
-            default: attend_heads_f16<1>(qh, k, v, stride, len, hd, scale, scores, oh); break;
+            default: attend(qh, k, v, stride, len, hd, scale, scores, oh); break;
         }
         h += n;
     }

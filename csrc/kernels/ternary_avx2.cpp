@@ -96,7 +96,6 @@ struct TileArgs {
     const uint8_t* stream_end = nullptr;
 };
 
-
 template <int J>
 inline __m256i plane(__m256i w, __m256i m3) {
     if constexpr (J == 0) return _mm256_and_si256(w, m3);

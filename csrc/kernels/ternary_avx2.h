@@ -1,5 +1,6 @@
 // Private to ternary_avx2.cpp and ternary1_avx2.cpp (the 2-bit and the base-3 layout on AVX2): the small helpers
-// both use, once (head_q4_avx2.cpp takes the prefetch distance too). Include it only from files built with the AVX2 flags (the _avx2.cpp suffix, CMakeLists.txt).
+// both use, once (head_q4_avx2.cpp takes the prefetch distance too). Include it only from files built with the AVX2
+// flags (the _avx2.cpp suffix, CMakeLists.txt).
 // Anonymous namespace, as in neon_tiles.h: each file keeps its own copy, compiled with its own flags, and the
 // linker can never hand one ISA's copy to another's file.
 #pragma once
