@@ -115,7 +115,7 @@ void tile(const Args& a) {
                 v = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(acc[r][t], rs)),
                                   _mm256_set1_ps(w.scale / x.act_scale[tt]));
             }
-            _mm256_maskstore_ps(a.y + static_cast<int64_t>(tt) * a.ldy + h * 8, half_mask(h, a.rb, a.re), v);
+            store_half(a.y + static_cast<int64_t>(tt) * a.ldy + h * 8, v, h, a.rb, a.re);
         }
     }
 }
