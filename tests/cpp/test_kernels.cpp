@@ -420,9 +420,10 @@ static void test_simd_vs_scalar() {
     int configs = 0;
     for (int64_t cols : {256, 768, 2048, 2816, 8192})
         for (int64_t rows : {1, 3, 17, 63, 100})
-            // x86 1-4: streaming decode kernels; 5+: GEMM tiles + tails. aarch64 (4-token tiles): 7 is a full tile
+            // x86 1-4: streaming decode kernels; 5+: GEMM tiles + tails; AVX2 from 8: the unpacked-block path, whose
+            // 4-token tiles end in a tail of 3 (11), 2 (14) or 1 (33). aarch64 (4-token tiles): 7 is a full tile
             // then an odd tail, which i8mm's token pairs cover by pairing the last token with itself.
-            for (int64_t n : {1, 2, 3, 4, 5, 7, 16, 33}) {
+            for (int64_t n : {1, 2, 3, 4, 5, 7, 11, 14, 16, 33}) {
                 if (rows * cols * n > 12'000'000 && !(rows == 100 && n == 1)) continue;
                 const bool uniform = (rows + n + cols / 256) % 3 != 0;
                 const auto c = random_codes(rows, cols, 0.15);
