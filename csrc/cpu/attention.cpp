@@ -107,10 +107,12 @@ void Model::attend_rows(int64_t layer, int64_t g, int64_t t0, int64_t t1, int th
         const int64_t base = cache_head(row_slot_[t], layer, g);
         kernels_.to_f32(k16_cache_.data() + base, k32, len * hd);
         kernels_.to_f32(v16_cache_.data() + base, v32, len * hd);
-        for (; t < u; ++t)
-            for (int64_t h = g * group; h < (g + 1) * group; ++h)
-                kernels_.attend_f32(q_.data() + t * D + h * hd, k32, v32, hd, row_pos_[t] + 1, hd, scale, sc,
-                                    att_.data() + t * D + h * hd);
+        // The group's query heads in one call: one pass over the copy for all of them.
+        for (; t < u; ++t) {
+            const int64_t at = t * D + g * group * hd;
+            kernels_.attend_group_f32(q_.data() + at, group, k32, v32, hd, row_pos_[t] + 1, hd, scale, sc,
+                                      att_.data() + at);
+        }
     }
 }
 

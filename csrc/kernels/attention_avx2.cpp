@@ -103,17 +103,17 @@ void attend(const float* q, const KV* k, const KV* v, int64_t stride, int64_t le
 }
 
 // H query heads of one kv head (grouped-query attention) in one pass over the keys and one per 16 value lanes:
-// each fp16 key and value is converted once for all H heads instead of once per head. Every head's arithmetic is
+// each key and value is loaded (and, fp16, converted) once for all H heads instead of once per head. Every head's arithmetic is
 // attend()'s, in attend()'s order (the same two score accumulators, the same softmax, the same per-lane sum over
 // positions), so each head's output is bit-identical to attend() alone. Needs hd % 16 == 0.
-template <int H>
-void attend_heads_f16(const float* q, const uint16_t* k, const uint16_t* v, int64_t stride, int64_t len, int64_t hd,
-                      float scale, float* scores, float* out) {
+template <int H, class KV>
+void attend_heads(const float* q, const KV* k, const KV* v, int64_t stride, int64_t len, int64_t hd, float scale,
+                  float* scores, float* out) {
     constexpr int64_t kAhead = kAttendPrefetchRows;
     float mx[H];
     for (int h = 0; h < H; ++h) mx[h] = -INFINITY;
     for (int64_t j = 0; j < len; ++j) {
-        const uint16_t* kj = k + j * stride;
+        const KV* kj = k + j * stride;
         if (j + kAhead < len) prefetch_row(kj + kAhead * stride, hd);
         __m256 a0[H], a1[H];
 #pragma GCC unroll 8
@@ -141,7 +141,7 @@ void attend_heads_f16(const float* q, const uint16_t* k, const uint16_t* v, int6
 #pragma GCC unroll 8
         for (int h = 0; h < H; ++h) acc0[h] = acc1[h] = _mm256_setzero_ps();
         for (int64_t t = 0; t < len; ++t) {
-            const uint16_t* vt = v + t * stride + i0;
+            const KV* vt = v + t * stride + i0;
             if (i0 == 0 && t + kAhead < len) prefetch_row(vt + kAhead * stride, hd);
             const __m256 v0 = load8(vt), v1 = load8(vt + 8);
 #pragma GCC unroll 8
@@ -160,29 +160,39 @@ void attend_heads_f16(const float* q, const uint16_t* k, const uint16_t* v, int6
     }
 }
 
-}  // namespace
-
-void attend_group_f16_avx2(const float* q, int64_t heads, const uint16_t* k, const uint16_t* v, int64_t stride,
-                           int64_t len, int64_t hd, float scale, float* scores, float* out) {
+// Blocks of up to 4 heads (8 score accumulators in registers); a block's scores take H * len floats. A lone head (a
+// group of one, or one left over) runs attend() itself: nothing to share, and its 64-lane value pass is faster than
+// the grouped kernel's 16-lane passes.
+template <class KV>
+void attend_group(const float* q, int64_t heads, const KV* k, const KV* v, int64_t stride, int64_t len, int64_t hd,
+                  float scale, float* scores, float* out) {
     if (hd % 16 != 0) {
         for (int64_t h = 0; h < heads; ++h) attend(q + h * hd, k, v, stride, len, hd, scale, scores, out + h * hd);
         return;
     }
-    // Blocks of up to 4 heads (8 score accumulators in registers); a block's scores take H * len floats. A lone
-    // head (a group of one, or one left over) runs attend() itself: nothing to share, and its 64-lane value pass
-    // is faster than the grouped kernel's 16-lane passes.
     for (int64_t h = 0; h < heads;) {
         const int64_t n = heads - h >= 4 ? 4 : heads - h;
         const float* qh = q + h * hd;
         float* oh = out + h * hd;
         switch (n) {
-            case 4: attend_heads_f16<4>(qh, k, v, stride, len, hd, scale, scores, oh); break;
-            case 3: attend_heads_f16<3>(qh, k, v, stride, len, hd, scale, scores, oh); break;
-            case 2: attend_heads_f16<2>(qh, k, v, stride, len, hd, scale, scores, oh); break;
+            case 4: attend_heads<4>(qh, k, v, stride, len, hd, scale, scores, oh); break;
+            case 3: attend_heads<3>(qh, k, v, stride, len, hd, scale, scores, oh); break;
+            case 2: attend_heads<2>(qh, k, v, stride, len, hd, scale, scores, oh); break;
             default: attend(qh, k, v, stride, len, hd, scale, scores, oh); break;
         }
         h += n;
     }
+}
+
+}  // namespace
+
+void attend_group_f16_avx2(const float* q, int64_t heads, const uint16_t* k, const uint16_t* v, int64_t stride,
+                           int64_t len, int64_t hd, float scale, float* scores, float* out) {
+    attend_group(q, heads, k, v, stride, len, hd, scale, scores, out);
+}
+void attend_group_f32_avx2(const float* q, int64_t heads, const float* k, const float* v, int64_t stride, int64_t len,
+                           int64_t hd, float scale, float* scores, float* out) {
+    attend_group(q, heads, k, v, stride, len, hd, scale, scores, out);
 }
 
 void to_f16_avx2(const float* x, uint16_t* y, int64_t n) {

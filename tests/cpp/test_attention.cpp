@@ -2,6 +2,7 @@
 // included) for head sizes and lengths that exercise every tail path.
 #include <cmath>
 #include <cstdio>
+#include <algorithm>
 #include <cstring>
 #include <random>
 #include <vector>
@@ -88,9 +89,10 @@ int main() {
             CHECK(std::memcmp(a.data(), b.data(), hd * sizeof(float)) == 0);
         }
     }
-    // Grouped heads (Model::attend_rows, decode): every kind's attend_group_f16 gives each head exactly the bits of
-    // its own attend_f16 alone, for group sizes that take every block of the AVX2 kernel (4 + a remainder) and
-    // head sizes on and off its hd % 16 path; scores must be only heads * len floats.
+    // Grouped heads (Model::attend_rows: decode, and prompt chunks over an fp32 copy): every kind's attend_group_f16
+    // and attend_group_f32 give each head exactly the bits of its own attend_f16 / attend_f32 alone, for group sizes
+    // that take every block of the AVX2 kernel (4 + a remainder) and head sizes on and off its hd % 16 path; scores
+    // must be only heads * len floats.
     for (KernelKind kind : kAllKernelKinds) {
         if (!kernel_supported(kind)) continue;
         const KernelTable& ak = kernel_table(kind);
@@ -111,12 +113,27 @@ int main() {
                                       sc1.data(), want.data() + h * hd);
                     ak.attend_group_f16(q.data(), heads, k16.data() + 3, v16.data() + 3, stride, len, hd, 0.125f,
                                         sc.data(), got.data());
-                    const bool same = std::memcmp(want.data(), got.data(), want.size() * sizeof(float)) == 0;
+                    bool same = std::memcmp(want.data(), got.data(), want.size() * sizeof(float)) == 0;
                     if (!same)
                         std::fprintf(stderr, "  %s grouped heads %lld hd %lld len %lld differ from one at a time\n",
                                      kernel_name(kind), (long long)heads, (long long)hd, (long long)len);
                     CHECK(same);
-                    ++checked;
+                    // The fp32 form (a prompt chunk's copy of the keys and values), on the same values widened.
+                    std::vector<float> k32(len * stride), v32(len * stride);
+                    ak.to_f32(k16.data(), k32.data(), len * stride);
+                    ak.to_f32(v16.data(), v32.data(), len * stride);
+                    for (int64_t h = 0; h < heads; ++h)
+                        ak.attend_f32(q.data() + h * hd, k32.data() + 3, v32.data() + 3, stride, len, hd, 0.125f,
+                                      sc1.data(), want.data() + h * hd);
+                    std::fill(got.begin(), got.end(), -1.0f);
+                    ak.attend_group_f32(q.data(), heads, k32.data() + 3, v32.data() + 3, stride, len, hd, 0.125f,
+                                        sc.data(), got.data());
+                    same = std::memcmp(want.data(), got.data(), want.size() * sizeof(float)) == 0;
+                    if (!same)
+                        std::fprintf(stderr, "  %s grouped fp32 heads %lld hd %lld len %lld differ from one at a time\n",
+                                     kernel_name(kind), (long long)heads, (long long)hd, (long long)len);
+                    CHECK(same);
+                    checked += 2;
                 }
             }
         }
