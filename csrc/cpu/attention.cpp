@@ -61,7 +61,7 @@ void Model::attend_one(int64_t layer, int64_t t, int64_t h, int thread) {
     const int64_t hd = cfg_.head_dim, D = cfg_.dim;
     const int64_t group = cfg_.n_heads / cfg_.n_kv_heads, g = h / group;
     const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
-    float* sc = scores_.data() + static_cast<int64_t>(thread) * group * ctx_;
+    float* sc = scores_.data() + static_cast<int64_t>(thread) * scores_rows() * ctx_;
     // Causal: keys 0 .. row_pos_[t] of the row's own sequence.
     const int64_t base = cache_head(row_slot_[t], layer, g), len = row_pos_[t] + 1;
     const float* q = q_.data() + t * D + h * hd;
@@ -82,7 +82,7 @@ constexpr int64_t kSharedKvRows = 4;
 void Model::attend_rows(int64_t layer, int64_t g, int64_t t0, int64_t t1, int thread) {
     const int64_t group = cfg_.n_heads / cfg_.n_kv_heads, hd = cfg_.head_dim, D = cfg_.dim;
     const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
-    float* sc = scores_.data() + static_cast<int64_t>(thread) * group * ctx_;
+    float* sc = scores_.data() + static_cast<int64_t>(thread) * scores_rows() * ctx_;
     for (int64_t t = t0; t < t1;) {
         int64_t u = t + 1;  // [t, u): one sequence's rows at consecutive positions
         while (u < t1 && row_slot_[u] == row_slot_[t] && row_pos_[u] == row_pos_[u - 1] + 1) ++u;
@@ -107,12 +107,23 @@ void Model::attend_rows(int64_t layer, int64_t g, int64_t t0, int64_t t1, int th
         const int64_t base = cache_head(row_slot_[t], layer, g);
         kernels_.to_f32(k16_cache_.data() + base, k32, len * hd);
         kernels_.to_f32(v16_cache_.data() + base, v32, len * hd);
-        // The group's query heads in one call: one pass over the copy for all of them.
-        for (; t < u; ++t) {
-            const int64_t at = t * D + g * group * hd;
-            kernels_.attend_group_f32(q_.data() + at, group, k32, v32, hd, row_pos_[t] + 1, hd, scale, sc,
-                                      att_.data() + at);
-        }
+        // Every (row, query head) of the run in calls of up to kVectors: the kernel takes them 4 at a time (a row's
+        // heads, then the next rows), each key and value of the copy loaded once for the 4.
+        constexpr int64_t kVectors = 16;
+        const float* qs[kVectors];
+        float* os[kVectors];
+        int64_t lens[kVectors];
+        int64_t n = 0;
+        for (; t < u; ++t)
+            for (int64_t h = g * group; h < (g + 1) * group; ++h) {
+                qs[n] = q_.data() + t * D + h * hd;
+                os[n] = att_.data() + t * D + h * hd;
+                lens[n++] = row_pos_[t] + 1;
+                if (n == kVectors || (t + 1 == u && h + 1 == (g + 1) * group)) {
+                    kernels_.attend_many_f32(qs, lens, n, k32, v32, hd, hd, scale, sc, os);
+                    n = 0;
+                }
+            }
     }
 }
 

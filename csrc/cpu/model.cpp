@@ -205,7 +205,7 @@ void Model::allocate(const LoadOptions& opts) {
     cos_.assign(B * c.head_dim / 2, 0.0f);
     sin_.assign(B * c.head_dim / 2, 0.0f);
     // A thread's scores: one row per query head of a kv group (attend_group_f16).
-    scores_.assign(static_cast<size_t>(pool_.size()) * static_cast<size_t>(c.n_heads / c.n_kv_heads) * ctx_, 0.0f);
+    scores_.assign(static_cast<size_t>(pool_.size() * scores_rows() * ctx_), 0.0f);
     if (kv_f16_) kv32_ = AnonArray<float>(static_cast<size_t>(pool_.size() * 2 * ctx_ * c.head_dim));
     row_pos_.assign(B, 0);
     row_slot_.assign(B, 0);

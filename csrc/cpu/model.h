@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cmath>
+#include <algorithm>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -180,7 +181,10 @@ private:
     // Scratch, sized for max_batch tokens.
     std::vector<float> xp_;  // [max_batch, max(dim_in, ffn_in)] BitLinear inputs with zeroed padding
     std::vector<float> x_, xn_, q_, k_, v_, att_, gate_, up_, cos_, sin_;
-    std::vector<float> scores_;  // [threads, query heads per kv head, ctx]
+    // Score rows a thread's scratch holds: a kv head's query heads (attend_group_f16), at least the 4 vectors that
+    // attend_many_f32 runs at once.
+    int64_t scores_rows() const { return std::max<int64_t>(cfg_.n_heads / cfg_.n_kv_heads, 4); }
+    std::vector<float> scores_;  // [threads, scores_rows(), ctx]
     AnonArray<float> kv32_;      // [threads][2][ctx * head_dim]: attend_rows' fp32 keys and values (fp16 cache only)
     std::vector<int64_t> row_pos_, row_slot_;  // [max_batch]: position and sequence of each row of a chunk
     std::vector<int64_t> head_rows_;           // [max_batch]: forward_rows' head rows

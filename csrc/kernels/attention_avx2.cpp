@@ -102,19 +102,26 @@ void attend(const float* q, const KV* k, const KV* v, int64_t stride, int64_t le
     }
 }
 
-// H query heads of one kv head (grouped-query attention) in one pass over the keys and one per 16 value lanes:
-// each key and value is loaded (and, fp16, converted) once for all H heads instead of once per head. Every head's arithmetic is
-// attend()'s, in attend()'s order (the same two score accumulators, the same softmax, the same per-lane sum over
-// positions), so each head's output is bit-identical to attend() alone. Needs hd % 16 == 0.
+// H query vectors over the same keys and values in one pass over the keys and one per 16 value lanes: each key and
+// value is loaded (and, fp16, converted) once for all H instead of once per vector. Vector h reads q[h], sees
+// positions 0 .. len[h] - 1 and writes out[h]: the query heads of one kv head (grouped-query attention) share a
+// length; a prompt chunk's consecutive rows see one more key each. Every vector's arithmetic is attend()'s, in
+// attend()'s order (the same two score accumulators, the same softmax, the same per-lane sum over positions), so
+// each output is bit-identical to attend() alone. Needs hd % 16 == 0; scores: H * max(len) floats.
 template <int H, class KV>
-void attend_heads(const float* q, const KV* k, const KV* v, int64_t stride, int64_t len, int64_t hd, float scale,
-                  float* scores, float* out) {
+void attend_vectors(const float* const* q, const int64_t* len, const KV* k, const KV* v, int64_t stride, int64_t hd,
+                    float scale, float* scores, float* const* out) {
     constexpr int64_t kAhead = kAttendPrefetchRows;
+    int64_t most = len[0], least = len[0];
+    for (int h = 1; h < H; ++h) {
+        most = len[h] > most ? len[h] : most;
+        least = len[h] < least ? len[h] : least;
+    }
     float mx[H];
     for (int h = 0; h < H; ++h) mx[h] = -INFINITY;
-    for (int64_t j = 0; j < len; ++j) {
+    for (int64_t j = 0; j < most; ++j) {
         const KV* kj = k + j * stride;
-        if (j + kAhead < len) prefetch_row(kj + kAhead * stride, hd);
+        if (j + kAhead < most) prefetch_row(kj + kAhead * stride, hd);
         __m256 a0[H], a1[H];
 #pragma GCC unroll 8
         for (int h = 0; h < H; ++h) a0[h] = a1[h] = _mm256_setzero_ps();
@@ -122,65 +129,70 @@ void attend_heads(const float* q, const KV* k, const KV* v, int64_t stride, int6
             const __m256 k0 = load8(kj + i), k1 = load8(kj + i + 8);
 #pragma GCC unroll 8
             for (int h = 0; h < H; ++h) {
-                a0[h] = _mm256_fmadd_ps(_mm256_loadu_ps(q + h * hd + i), k0, a0[h]);
-                a1[h] = _mm256_fmadd_ps(_mm256_loadu_ps(q + h * hd + i + 8), k1, a1[h]);
+                a0[h] = _mm256_fmadd_ps(_mm256_loadu_ps(q[h] + i), k0, a0[h]);
+                a1[h] = _mm256_fmadd_ps(_mm256_loadu_ps(q[h] + i + 8), k1, a1[h]);
             }
         }
 #pragma GCC unroll 8
         for (int h = 0; h < H; ++h) {
             const float s = hsum(_mm256_add_ps(a0[h], a1[h])) * scale;
-            scores[h * len + j] = s;
-            mx[h] = s > mx[h] ? s : mx[h];
+            scores[h * most + j] = s;  // past len[h]: computed, never used
+            if (j < len[h]) mx[h] = s > mx[h] ? s : mx[h];
         }
     }
     float inv[H];
-    for (int h = 0; h < H; ++h) inv[h] = softmax_exp(scores + h * len, len, mx[h]);
+    for (int h = 0; h < H; ++h) inv[h] = softmax_exp(scores + h * most, len[h], mx[h]);
     // 16 value lanes per pass: 2H accumulators, 2 converted values and a broadcast stay in registers.
     for (int64_t i0 = 0; i0 < hd; i0 += 16) {
         __m256 acc0[H], acc1[H];
 #pragma GCC unroll 8
         for (int h = 0; h < H; ++h) acc0[h] = acc1[h] = _mm256_setzero_ps();
-        for (int64_t t = 0; t < len; ++t) {
+        for (int64_t t = 0; t < least; ++t) {
             const KV* vt = v + t * stride + i0;
-            if (i0 == 0 && t + kAhead < len) prefetch_row(vt + kAhead * stride, hd);
+            if (i0 == 0 && t + kAhead < most) prefetch_row(vt + kAhead * stride, hd);
             const __m256 v0 = load8(vt), v1 = load8(vt + 8);
 #pragma GCC unroll 8
             for (int h = 0; h < H; ++h) {
-                const __m256 w = _mm256_broadcast_ss(scores + h * len + t);
+                const __m256 w = _mm256_broadcast_ss(scores + h * most + t);
                 acc0[h] = _mm256_fmadd_ps(w, v0, acc0[h]);
                 acc1[h] = _mm256_fmadd_ps(w, v1, acc1[h]);
             }
         }
+        for (int64_t t = least; t < most; ++t) {  // the longer vectors' last positions
+            const KV* vt = v + t * stride + i0;
+            const __m256 v0 = load8(vt), v1 = load8(vt + 8);
+#pragma GCC unroll 8
+            for (int h = 0; h < H; ++h)
+                if (t < len[h]) {
+                    const __m256 w = _mm256_broadcast_ss(scores + h * most + t);
+                    acc0[h] = _mm256_fmadd_ps(w, v0, acc0[h]);
+                    acc1[h] = _mm256_fmadd_ps(w, v1, acc1[h]);
+                }
+        }
 #pragma GCC unroll 8
         for (int h = 0; h < H; ++h) {
             const __m256 vinv = _mm256_set1_ps(inv[h]);
-            _mm256_storeu_ps(out + h * hd + i0, _mm256_mul_ps(acc0[h], vinv));
-            _mm256_storeu_ps(out + h * hd + i0 + 8, _mm256_mul_ps(acc1[h], vinv));
+            _mm256_storeu_ps(out[h] + i0, _mm256_mul_ps(acc0[h], vinv));
+            _mm256_storeu_ps(out[h] + i0 + 8, _mm256_mul_ps(acc1[h], vinv));
         }
     }
 }
 
-// Blocks of up to 4 heads (8 score accumulators in registers); a block's scores take H * len floats. A lone head (a
-// group of one, or one left over) runs attend() itself: nothing to share, and its 64-lane value pass is faster than
-// the grouped kernel's 16-lane passes.
+// n vectors in blocks of up to 4 (8 score accumulators in registers); a block's scores take 4 * max(len) floats at
+// most. A lone vector (a group of one, or one left over) runs attend() itself: nothing to share, and its 64-lane
+// value pass is faster than the grouped kernel's 16-lane passes.
 template <class KV>
-void attend_group(const float* q, int64_t heads, const KV* k, const KV* v, int64_t stride, int64_t len, int64_t hd,
-                  float scale, float* scores, float* out) {
-    if (hd % 16 != 0) {
-        for (int64_t h = 0; h < heads; ++h) attend(q + h * hd, k, v, stride, len, hd, scale, scores, out + h * hd);
-        return;
-    }
-    for (int64_t h = 0; h < heads;) {
-        const int64_t n = heads - h >= 4 ? 4 : heads - h;
-        const float* qh = q + h * hd;
-        float* oh = out + h * hd;
-        switch (n) {
-            case 4: attend_heads<4>(qh, k, v, stride, len, hd, scale, scores, oh); break;
-            case 3: attend_heads<3>(qh, k, v, stride, len, hd, scale, scores, oh); break;
-            case 2: attend_heads<2>(qh, k, v, stride, len, hd, scale, scores, oh); break;
-            default: attend(qh, k, v, stride, len, hd, scale, scores, oh); break;
+void attend_many(const float* const* q, const int64_t* len, int64_t n, const KV* k, const KV* v, int64_t stride,
+                 int64_t hd, float scale, float* scores, float* const* out) {
+    for (int64_t i = 0; i < n;) {
+        const int64_t b = hd % 16 != 0 ? 1 : (n - i >= 4 ? 4 : n - i);
+        switch (b) {
+            case 4: attend_vectors<4>(q + i, len + i, k, v, stride, hd, scale, scores, out + i); break;
+            case 3: attend_vectors<3>(q + i, len + i, k, v, stride, hd, scale, scores, out + i); break;
+            case 2: attend_vectors<2>(q + i, len + i, k, v, stride, hd, scale, scores, out + i); break;
+            default: attend(q[i], k, v, stride, len[i], hd, scale, scores, out[i]); break;
         }
-        h += n;
+        i += b;
     }
 }
 
@@ -188,11 +200,22 @@ void attend_group(const float* q, int64_t heads, const KV* k, const KV* v, int64
 
 void attend_group_f16_avx2(const float* q, int64_t heads, const uint16_t* k, const uint16_t* v, int64_t stride,
                            int64_t len, int64_t hd, float scale, float* scores, float* out) {
-    attend_group(q, heads, k, v, stride, len, hd, scale, scores, out);
+    for (int64_t h0 = 0; h0 < heads; h0 += 4) {  // the heads' pointers, 4 at a time
+        const float* qs[4];
+        float* os[4];
+        int64_t lens[4];
+        const int64_t n = heads - h0 < 4 ? heads - h0 : 4;
+        for (int64_t i = 0; i < n; ++i) {
+            qs[i] = q + (h0 + i) * hd;
+            os[i] = out + (h0 + i) * hd;
+            lens[i] = len;
+        }
+        attend_many(qs, lens, n, k, v, stride, hd, scale, scores, os);
+    }
 }
-void attend_group_f32_avx2(const float* q, int64_t heads, const float* k, const float* v, int64_t stride, int64_t len,
-                           int64_t hd, float scale, float* scores, float* out) {
-    attend_group(q, heads, k, v, stride, len, hd, scale, scores, out);
+void attend_many_f32_avx2(const float* const* q, const int64_t* len, int64_t n, const float* k, const float* v,
+                          int64_t stride, int64_t hd, float scale, float* scores, float* const* out) {
+    attend_many(q, len, n, k, v, stride, hd, scale, scores, out);
 }
 
 void to_f16_avx2(const float* x, uint16_t* y, int64_t n) {

@@ -20,42 +20,49 @@ namespace bllama {
 
 namespace {
 
-// attend_group_f16 / _f32 for kinds without a grouped kernel: one attend_f16 / _f32 per head.
-template <class KV, void (*Attend)(const float*, const KV*, const KV*, int64_t, int64_t, int64_t, float, float*, float*)>
-void attend_heads(const float* q, int64_t heads, const KV* k, const KV* v, int64_t stride, int64_t len, int64_t hd,
-                  float scale, float* scores, float* out) {
+// attend_group_f16 for kinds without a grouped kernel: one attend_f16 per head.
+template <void (*Attend)(const float*, const uint16_t*, const uint16_t*, int64_t, int64_t, int64_t, float, float*,
+                         float*)>
+void attend_heads(const float* q, int64_t heads, const uint16_t* k, const uint16_t* v, int64_t stride, int64_t len,
+                  int64_t hd, float scale, float* scores, float* out) {
     for (int64_t h = 0; h < heads; ++h) Attend(q + h * hd, k, v, stride, len, hd, scale, scores, out + h * hd);
+}
+// attend_many_f32 for kinds without a kernel for it: one attend_f32 per vector.
+template <void (*Attend)(const float*, const float*, const float*, int64_t, int64_t, int64_t, float, float*, float*)>
+void attend_each(const float* const* q, const int64_t* len, int64_t n, const float* k, const float* v, int64_t stride,
+                 int64_t hd, float scale, float* scores, float* const* out) {
+    for (int64_t i = 0; i < n; ++i) Attend(q[i], k, v, stride, len[i], hd, scale, scores, out[i]);
 }
 
 const KernelTable kScalar = {quantize_rows_ref,       ternary_matmul_ref, f16_matmul_ref, q8_head_matmul_ref,
                              attend_f32_ref,     attend_f16_ref,     to_f16_ref,         q4_head_matmul_ref,
-                             ternary_matmul_ref, silu_mul_ref, to_f32_ref, attend_heads<uint16_t, attend_f16_ref>,
-                             attend_heads<float, attend_f32_ref>};
+                             ternary_matmul_ref, silu_mul_ref, to_f32_ref, attend_heads<attend_f16_ref>,
+                             attend_each<attend_f32_ref>};
 #ifdef BLLAMA_KERNELS_X86
 const KernelTable kAvx2 = {quantize_rows_avx2,   ternary_matmul_avx2, f16_matmul_avx2, q8_head_matmul_avx2,
                            attend_f32_avx2, attend_f16_avx2,     to_f16_avx2,     q4_head_matmul_avx2,
                            ternary1_matmul_avx2, silu_mul_avx2, to_f32_avx2, attend_group_f16_avx2,
-                           attend_group_f32_avx2};
+                           attend_many_f32_avx2};
 const KernelTable kAvx512 = {quantize_rows_avx512,   ternary_matmul_avx512, f16_matmul_avx512, q8_head_matmul_avx512,
                              attend_f32_avx512, attend_f16_avx512,     to_f16_avx512,     q4_head_matmul_avx512,
                              ternary1_matmul_avx512, silu_mul_avx512, to_f32_avx512,
-                             attend_heads<uint16_t, attend_f16_avx512>, attend_heads<float, attend_f32_avx512>};
+                             attend_heads<attend_f16_avx512>, attend_each<attend_f32_avx512>};
 #endif
 #ifdef BLLAMA_KERNELS_ARM
 // The f16 head and attention are float work that sdot does not help: the dotprod kind shares NEON's.
 const KernelTable kNeon = {quantize_rows_neon,   ternary_matmul_neon, f16_matmul_neon, q8_head_matmul_neon,
                            attend_f32_neon, attend_f16_neon,     to_f16_neon,     q4_head_matmul_neon,
-                           ternary1_matmul_neon, silu_mul_ref, to_f32_neon, attend_heads<uint16_t, attend_f16_neon>,
-                           attend_heads<float, attend_f32_neon>};
+                           ternary1_matmul_neon, silu_mul_ref, to_f32_neon, attend_heads<attend_f16_neon>,
+                           attend_each<attend_f32_neon>};
 const KernelTable kDotprod = {quantize_rows_neon,   ternary_matmul_dotprod, f16_matmul_neon, q8_head_matmul_dotprod,
                               attend_f32_neon, attend_f16_neon,        to_f16_neon,     q4_head_matmul_dotprod,
-                              ternary1_matmul_dotprod, silu_mul_ref, to_f32_neon, attend_heads<uint16_t, attend_f16_neon>,
-                              attend_heads<float, attend_f32_neon>};
+                              ternary1_matmul_dotprod, silu_mul_ref, to_f32_neon, attend_heads<attend_f16_neon>,
+                              attend_each<attend_f32_neon>};
 // smmla only pays where several tokens share the weights: everything but the ternary GEMM is dotprod's.
 const KernelTable kI8mm = {quantize_rows_neon,   ternary_matmul_i8mm, f16_matmul_neon, q8_head_matmul_dotprod,
                            attend_f32_neon, attend_f16_neon,     to_f16_neon,     q4_head_matmul_dotprod,
-                           ternary1_matmul_i8mm, silu_mul_ref, to_f32_neon, attend_heads<uint16_t, attend_f16_neon>,
-                           attend_heads<float, attend_f32_neon>};
+                           ternary1_matmul_i8mm, silu_mul_ref, to_f32_neon, attend_heads<attend_f16_neon>,
+                           attend_each<attend_f32_neon>};
 #endif
 
 // nullptr when this CPU (or this build) cannot run the kind.

@@ -77,9 +77,11 @@ struct KernelTable {
     // bit-identical to this kind's attend_f16 alone (a kind may simply loop over the heads).
     void (*attend_group_f16)(const float* q, int64_t heads, const uint16_t* k, const uint16_t* v, int64_t stride,
                              int64_t len, int64_t hd, float scale, float* scores, float* out);
-    // The same over fp32 keys and values (a prompt chunk's fp32 copy of them): each head bit-identical to attend_f32.
-    void (*attend_group_f32)(const float* q, int64_t heads, const float* k, const float* v, int64_t stride,
-                             int64_t len, int64_t hd, float scale, float* scores, float* out);
+    // n attend_f32 calls over the same fp32 keys and values (a prompt chunk's fp32 copy of them): vector i reads
+    // q[i], sees positions 0 .. len[i] - 1 and writes out[i], bit-identical to attend_f32 alone; scores is scratch
+    // for 4 * max(len) floats. A kind with a kernel for it loads each key and value once for several vectors.
+    void (*attend_many_f32)(const float* const* q, const int64_t* len, int64_t n, const float* k, const float* v,
+                            int64_t stride, int64_t hd, float scale, float* scores, float* const* out);
 };
 
 // The table of a kind. Throws std::invalid_argument when this CPU or build cannot run it.

@@ -24,8 +24,8 @@ void attend_f16_avx2(const float* q, const uint16_t* k, const uint16_t* v, int64
                      int64_t hd, float scale, float* scores, float* out);
 void attend_group_f16_avx2(const float* q, int64_t heads, const uint16_t* k, const uint16_t* v, int64_t stride,
                            int64_t len, int64_t hd, float scale, float* scores, float* out);
-void attend_group_f32_avx2(const float* q, int64_t heads, const float* k, const float* v, int64_t stride, int64_t len,
-                           int64_t hd, float scale, float* scores, float* out);
+void attend_many_f32_avx2(const float* const* q, const int64_t* len, int64_t n, const float* k, const float* v,
+                          int64_t stride, int64_t hd, float scale, float* scores, float* const* out);
 void to_f16_avx2(const float* x, uint16_t* y, int64_t n);
 void to_f32_avx2(const uint16_t* x, float* y, int64_t n);
 void silu_mul_avx2(float* g, const float* u, int64_t n);

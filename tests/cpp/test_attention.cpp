@@ -89,10 +89,10 @@ int main() {
             CHECK(std::memcmp(a.data(), b.data(), hd * sizeof(float)) == 0);
         }
     }
-    // Grouped heads (Model::attend_rows: decode, and prompt chunks over an fp32 copy): every kind's attend_group_f16
-    // and attend_group_f32 give each head exactly the bits of its own attend_f16 / attend_f32 alone, for group sizes
-    // that take every block of the AVX2 kernel (4 + a remainder) and head sizes on and off its hd % 16 path; scores
-    // must be only heads * len floats.
+    // Grouped heads (Model::attend_rows: decode) and many vectors over one fp32 copy (prompt chunks): every kind's
+    // attend_group_f16 and attend_many_f32 give each vector exactly the bits of its own attend_f16 / attend_f32
+    // alone, for counts that take every block of the AVX2 kernel (4 + a remainder), head sizes on and off its
+    // hd % 16 path and lengths that differ within a block; scores must be only heads * len (4 * max len) floats.
     for (KernelKind kind : kAllKernelKinds) {
         if (!kernel_supported(kind)) continue;
         const KernelTable& ak = kernel_table(kind);
@@ -118,19 +118,28 @@ int main() {
                         std::fprintf(stderr, "  %s grouped heads %lld hd %lld len %lld differ from one at a time\n",
                                      kernel_name(kind), (long long)heads, (long long)hd, (long long)len);
                     CHECK(same);
-                    // The fp32 form (a prompt chunk's copy of the keys and values), on the same values widened.
-                    std::vector<float> k32(len * stride), v32(len * stride);
+                    // The fp32 form (a prompt chunk's copy of the keys and values), on the same values widened:
+                    // `heads` vectors as consecutive prompt rows, each seeing one more key than the one before.
+                    std::vector<float> k32(len * stride), v32(len * stride), sc4(4 * len);
                     ak.to_f32(k16.data(), k32.data(), len * stride);
                     ak.to_f32(v16.data(), v32.data(), len * stride);
-                    for (int64_t h = 0; h < heads; ++h)
-                        ak.attend_f32(q.data() + h * hd, k32.data() + 3, v32.data() + 3, stride, len, hd, 0.125f,
-                                      sc1.data(), want.data() + h * hd);
+                    std::vector<const float*> qs(heads);
+                    std::vector<float*> os(heads);
+                    std::vector<int64_t> lens(heads);
+                    const int64_t first = std::max<int64_t>(1, len - heads);
+                    for (int64_t h = 0; h < heads; ++h) {
+                        qs[h] = q.data() + h * hd;
+                        os[h] = got.data() + h * hd;
+                        lens[h] = std::min(len, first + h);  // rising; equal where len runs out (len 1)
+                        ak.attend_f32(qs[h], k32.data() + 3, v32.data() + 3, stride, lens[h], hd, 0.125f, sc1.data(),
+                                      want.data() + h * hd);
+                    }
                     std::fill(got.begin(), got.end(), -1.0f);
-                    ak.attend_group_f32(q.data(), heads, k32.data() + 3, v32.data() + 3, stride, len, hd, 0.125f,
-                                        sc.data(), got.data());
+                    ak.attend_many_f32(qs.data(), lens.data(), heads, k32.data() + 3, v32.data() + 3, stride, hd,
+                                       0.125f, sc4.data(), os.data());
                     same = std::memcmp(want.data(), got.data(), want.size() * sizeof(float)) == 0;
                     if (!same)
-                        std::fprintf(stderr, "  %s grouped fp32 heads %lld hd %lld len %lld differ from one at a time\n",
+                        std::fprintf(stderr, "  %s attend_many_f32 %lld vectors hd %lld len %lld differ from one at a time\n",
                                      kernel_name(kind), (long long)heads, (long long)hd, (long long)len);
                     CHECK(same);
                     checked += 2;
