@@ -86,29 +86,33 @@ void Model::attend_rows(int64_t layer, int64_t g, int64_t t0, int64_t t1, int th
     for (int64_t t = t0; t < t1;) {
         int64_t u = t + 1;  // [t, u): one sequence's rows at consecutive positions
         while (u < t1 && row_slot_[u] == row_slot_[t] && row_pos_[u] == row_pos_[u - 1] + 1) ++u;
-        if (!kv_f16_ || u - t < kSharedKvRows) {
+        const int64_t base = cache_head(row_slot_[t], layer, g);
+        if (kv_f16_ && u - t < kSharedKvRows) {
             for (; t < u; ++t) {
-                if (kv_f16_) {
-                    // The group's query heads in one call: their shared keys and values are converted once.
-                    const int64_t base = cache_head(row_slot_[t], layer, g), at = t * D + g * group * hd;
-                    kernels_.attend_group_f16(q_.data() + at, group, k16_cache_.data() + base,
-                                              v16_cache_.data() + base, hd, row_pos_[t] + 1, hd, scale, sc,
-                                              att_.data() + at);
-                } else {
-                    for (int64_t h = g * group; h < (g + 1) * group; ++h) attend_one(layer, t, h, thread);
-                }
+                // The group's query heads in one call: their shared keys and values are converted once.
+                const int64_t at = t * D + g * group * hd;
+                kernels_.attend_group_f16(q_.data() + at, group, k16_cache_.data() + base, v16_cache_.data() + base,
+                                          hd, row_pos_[t] + 1, hd, scale, sc, att_.data() + at);
             }
             continue;
         }
-        int64_t len = 0;  // keys the run's rows see: positions 0 .. the largest row position
-        for (int64_t r = t; r < u; ++r) len = std::max(len, row_pos_[r] + 1);
-        float* k32 = kv32_.data() + static_cast<int64_t>(thread) * 2 * ctx_ * hd;
-        float* v32 = k32 + ctx_ * hd;
-        const int64_t base = cache_head(row_slot_[t], layer, g);
-        kernels_.to_f32(k16_cache_.data() + base, k32, len * hd);
-        kernels_.to_f32(v16_cache_.data() + base, v32, len * hd);
+        // fp32 keys and values: the cache itself, or an fp16 cache's copy.
+        const float *k, *v;
+        if (!kv_f16_) {
+            k = k_cache_.data() + base;
+            v = v_cache_.data() + base;
+        } else {
+            int64_t len = 0;  // keys the run's rows see: positions 0 .. the largest row position
+            for (int64_t r = t; r < u; ++r) len = std::max(len, row_pos_[r] + 1);
+            float* k32 = kv32_.data() + static_cast<int64_t>(thread) * 2 * ctx_ * hd;
+            float* v32 = k32 + ctx_ * hd;
+            kernels_.to_f32(k16_cache_.data() + base, k32, len * hd);
+            kernels_.to_f32(v16_cache_.data() + base, v32, len * hd);
+            k = k32;
+            v = v32;
+        }
         // Every (row, query head) of the run in calls of up to kVectors: the kernel takes them 4 at a time (a row's
-        // heads, then the next rows), each key and value of the copy loaded once for the 4.
+        // heads, then the next rows), each key and value loaded once for the 4.
         constexpr int64_t kVectors = 16;
         const float* qs[kVectors];
         float* os[kVectors];
@@ -119,11 +123,12 @@ void Model::attend_rows(int64_t layer, int64_t g, int64_t t0, int64_t t1, int th
                 qs[n] = q_.data() + t * D + h * hd;
                 os[n] = att_.data() + t * D + h * hd;
                 lens[n++] = row_pos_[t] + 1;
-                if (n == kVectors || (t + 1 == u && h + 1 == (g + 1) * group)) {
-                    kernels_.attend_many_f32(qs, lens, n, k32, v32, hd, hd, scale, sc, os);
+                if (n == kVectors) {
+                    kernels_.attend_many_f32(qs, lens, n, k, v, hd, hd, scale, sc, os);
                     n = 0;
                 }
             }
+        if (n > 0) kernels_.attend_many_f32(qs, lens, n, k, v, hd, hd, scale, sc, os);
     }
 }
 

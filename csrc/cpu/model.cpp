@@ -204,7 +204,7 @@ void Model::allocate(const LoadOptions& opts) {
     up_.assign(B * F, 0.0f);
     cos_.assign(B * c.head_dim / 2, 0.0f);
     sin_.assign(B * c.head_dim / 2, 0.0f);
-    // A thread's scores: one row per query head of a kv group (attend_group_f16).
+    // A thread's scores: scores_rows() rows of ctx_ (attend_group_f16, attend_many_f32).
     scores_.assign(static_cast<size_t>(pool_.size() * scores_rows() * ctx_), 0.0f);
     if (kv_f16_) kv32_ = AnonArray<float>(static_cast<size_t>(pool_.size() * 2 * ctx_ * c.head_dim));
     row_pos_.assign(B, 0);

@@ -3,8 +3,8 @@
 // single token (decode: GEMV path) and performs no allocation.
 #pragma once
 
-#include <cmath>
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -141,8 +141,9 @@ private:
     void attention(int64_t layer, int64_t n);
     void head(const int64_t* rows, int64_t m, float* logits);  // logits of hidden rows rows[0..m) of x_
     void attend_one(int64_t layer, int64_t t, int64_t h, int thread);
-    // attend_one for every query head of kv head g and rows [t0, t1): a run of prompt rows of one sequence
-    // shares one fp32 copy of its fp16 keys and values (the same bits: the conversion is exact).
+    // attend_one for every query head of kv head g and rows [t0, t1), several query vectors per pass over the keys:
+    // a run of prompt rows of one sequence shares one fp32 copy of its fp16 keys and values (the same bits: the
+    // conversion is exact).
     void attend_rows(int64_t layer, int64_t g, int64_t t0, int64_t t1, int thread);
     void write_kv(int64_t layer, int64_t n, int64_t b, int64_t e);
     void rope_tables(int64_t n);
