@@ -409,10 +409,10 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--step-tokens", type=int, default=None, metavar="N",
                     help="continuous: token rows per engine step, decoding requests first, the rest for joining "
                          "prompts (default 64); smaller: steadier inter-token latency, larger: sooner first tokens")
-    sv.add_argument("--poll", type=float, default=0.0, metavar="SECONDS",
+    sv.add_argument("--poll", type=float, default=1.0, metavar="SECONDS",
                     help="after each request the engine thread spins up to this long waiting for the next one "
-                         "(one core kept busy) instead of sleeping at once: a VM's sleeping core runs the next "
-                         "prompt up to 2x slower; lower time to first token at light load (default 0: off; max 60)")
+                         "instead of sleeping at once (a VM's sleeping core runs the next prompt up to 2x slower), "
+                         "and sleeps sooner when other threads need its core (default 1; 0: off; max 60)")
     sv.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' on all but /health "
                                                     "(default: $BLLAMA_API_KEY; none: no key)")
     sv.add_argument("--allow-host", action="append", default=[], metavar="NAME",

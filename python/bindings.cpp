@@ -423,10 +423,15 @@ PYBIND11_MODULE(_engine, m) {
         .def("ring", &Doorbell::ring)
         .def("rings", &Doorbell::rings)
         .def("wait", [](const Doorbell& d, uint64_t seen, double timeout_s) {
-                py::gil_scoped_release nogil;
-                return d.wait(seen, timeout_s);
+                Doorbell::Wait w;
+                {
+                    py::gil_scoped_release nogil;
+                    w = d.wait(seen, timeout_s);
+                }
+                return w == Doorbell::Wait::rang ? "rang" : w == Doorbell::Wait::timed_out ? "timed_out" : "preempted";
             }, py::arg("seen"), py::arg("timeout_s"),
-            "Spins (the GIL released, no system call) until rings() != seen (True) or timeout_s passes (False).");
+            "Spins (the GIL released, no system call) until rings() != seen ('rang'), timeout_s passes ('timed_out') "
+            "or the spin keeps losing its core to other threads ('preempted').");
 
     // Engine.slot_add when every slot is busy (bllama/runtime/slots.py raises its SlotsFullError from it).
     py::register_exception<SlotsFull>(m, "SlotsFull", PyExc_RuntimeError);

@@ -260,7 +260,7 @@ def test_generate_batch_equals_one_by_one(exported):
 
 def test_doorbell_wait_releases_the_gil_and_wakes_on_a_ring():
     """_engine.Doorbell (bllama serve --poll): a wait spins without the GIL, so a Python thread can ring it; it
-    returns True on that ring, False after its timeout, and a bad timeout is a ValueError."""
+    returns 'rang' on that ring, 'timed_out' after its timeout, and a bad timeout is a ValueError."""
     import time
 
     bell = _engine.Doorbell()
@@ -268,12 +268,12 @@ def test_doorbell_wait_releases_the_gil_and_wakes_on_a_ring():
     ringer = threading.Timer(0.05, bell.ring)  # a Python thread: it needs the GIL while the wait runs
     ringer.start()
     t0 = time.monotonic()
-    assert bell.wait(seen, 30.0) is True
+    assert bell.wait(seen, 30.0) == "rang"
     assert time.monotonic() - t0 < 10
     ringer.join()
     assert bell.rings() == seen + 1
     t0 = time.monotonic()
-    assert bell.wait(bell.rings(), 0.02) is False
+    assert bell.wait(bell.rings(), 0.02) == "timed_out"
     assert time.monotonic() - t0 >= 0.02
     for bad in (-1.0, float("nan"), 1e9):
         with pytest.raises(ValueError, match="timeout"):
