@@ -154,8 +154,8 @@ void Model::forward_rows(const int32_t* tokens, int64_t n, float* logits, bool a
     const ModelConfig& c = cfg_;
     const int64_t D = c.dim, F = c.ffn, KV = c.kv_dim();
     const KernelKind kind = kernel_;
-    // Several chunks per thread so a thread that falls behind (or is descheduled) sheds work.
-    const int nc = pool_.size() == 1 ? 1 : pool_.size() * 4;
+    // Matmul jobs run in chunks_ (several a thread, shrinking): a thread that falls behind, or is descheduled,
+    // sheds work, and the threads finish close together.
 #ifdef BLLAMA_DECODE_PROFILE
     const bool prof_on = n == 1 && logits && !all_logits;
     if (prof_on) {
@@ -217,11 +217,11 @@ void Model::forward_rows(const int32_t* tokens, int64_t n, float* logits, bool a
                 PROF_CHUNK_END(kQkvAttn, thread)
             });
         } else {
-            pool_.run(nc, [&](int i, int) {
+            pool_.run(chunks_.count(), [&](int i, int) {
                 int64_t b, e;
-                split_range(D, i, nc, kRowAlign, b, e);
+                chunks_.range(D, i, kRowAlign, b, e);
                 bitlinear_rows(L.q, qa_dim_, q_.data(), D, n, b, e, kind);
-                split_range(KV, i, nc, kRowAlign, b, e);
+                chunks_.range(KV, i, kRowAlign, b, e);
                 bitlinear_rows(L.k, qa_dim_, k_.data(), KV, n, b, e, kind);
                 bitlinear_rows(L.v, qa_dim_, v_.data(), KV, n, b, e, kind);
             });
@@ -235,11 +235,11 @@ void Model::forward_rows(const int32_t* tokens, int64_t n, float* logits, bool a
         bitlinear_input(pool_, att_.data(), c.sub_norms ? L.attn_sub_norm.data() : nullptr, xp_.data(), n, D, c.dim_in,
                         c.rms_eps, qa_dim_, kind);
         PROF_MARK(kOIn)
-        pool_.run(nc, [&](int i, int th) {
+        pool_.run(chunks_.count(), [&](int i, int th) {
             (void)th;
             PROF_CHUNK_BEGIN
             int64_t b, e;
-            split_range(D, i, nc, kRowAlign, b, e);
+            chunks_.range(D, i, kRowAlign, b, e);
             bitlinear_rows(L.o, qa_dim_, q_.data(), D, n, b, e, kind);
             add_residual(x_.data(), q_.data(), n, D, b, e);
             PROF_CHUNK_END(kO, th)
@@ -250,11 +250,11 @@ void Model::forward_rows(const int32_t* tokens, int64_t n, float* logits, bool a
         bitlinear_input(pool_, x_.data(), L.ffn_norm.data(), xp_.data(), n, D, c.dim_in, c.rms_eps, qa_dim_, kind);
         PROF_MARK(kFfnIn)
         const bool relu_sq = c.activation == Activation::Relu2;
-        pool_.run(nc, [&](int i, int th) {
+        pool_.run(chunks_.count(), [&](int i, int th) {
             (void)th;
             PROF_CHUNK_BEGIN
             int64_t b, e;
-            split_range(F, i, nc, kRowAlign, b, e);
+            chunks_.range(F, i, kRowAlign, b, e);
             bitlinear_rows(L.gate, qa_dim_, gate_.data(), F, n, b, e, kind);
             bitlinear_rows(L.up, qa_dim_, up_.data(), F, n, b, e, kind);
             for (int64_t t = 0; t < n; ++t) {
@@ -271,11 +271,11 @@ void Model::forward_rows(const int32_t* tokens, int64_t n, float* logits, bool a
         bitlinear_input(pool_, gate_.data(), c.sub_norms ? L.ffn_sub_norm.data() : nullptr, xp_.data(), n, F, c.ffn_in,
                         c.rms_eps, qa_ffn_, kind);
         PROF_MARK(kDownIn)
-        pool_.run(nc, [&](int i, int th) {
+        pool_.run(chunks_.count(), [&](int i, int th) {
             (void)th;
             PROF_CHUNK_BEGIN
             int64_t b, e;
-            split_range(D, i, nc, kRowAlign, b, e);
+            chunks_.range(D, i, kRowAlign, b, e);
             bitlinear_rows(L.down, qa_ffn_, q_.data(), D, n, b, e, kind);
             add_residual(x_.data(), q_.data(), n, D, b, e);
             PROF_CHUNK_END(kDown, th)
@@ -301,7 +301,6 @@ void Model::head(const int64_t* rows, int64_t m, float* logits) {
     const ModelConfig& c = cfg_;
     const int64_t D = c.dim, V = c.vocab;
     const KernelKind kind = kernel_;
-    const int nc = pool_.size() == 1 ? 1 : pool_.size() * 4;
 #ifdef BLLAMA_DECODE_PROFILE
     const bool prof_on = g_prof_active;
     double prof_t = prof_on ? prof_now() : 0;
@@ -312,11 +311,11 @@ void Model::head(const int64_t* rows, int64_t m, float* logits) {
         quantize_acts(xn_.data(), m, D, qa_head_, kind);
         PROF_MARK(kHeadIn)
         const bool q4 = head_type_ == HeadType::Q4;
-        pool_.run(nc, [&](int i, int th) {
+        pool_.run(chunks_.count(), [&](int i, int th) {
             (void)th;
             PROF_CHUNK_BEGIN
             int64_t b, e;
-            split_range(V, i, nc, 64, b, e);
+            chunks_.range(V, i, 64, b, e);
             if (b < e) {
                 if (q4) q4_head_matmul(head_q4_, qa_head_, logits, V, b, e, kind);
                 else q8_head_matmul(head_q8_, qa_head_, logits, V, b, e, kind);
@@ -327,11 +326,11 @@ void Model::head(const int64_t* rows, int64_t m, float* logits) {
         return;
     }
     PROF_MARK(kHeadIn)
-    pool_.run(nc, [&](int i, int th) {
+    pool_.run(chunks_.count(), [&](int i, int th) {
         (void)th;
         PROF_CHUNK_BEGIN
         int64_t b, e;
-        split_range(V, i, nc, 64, b, e);
+        chunks_.range(V, i, 64, b, e);
         if (b < e) f16_matmul(head_, D, xn_.data(), m, logits, V, b, e, kind);
         PROF_CHUNK_END(kHead, th)
     });

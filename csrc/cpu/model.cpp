@@ -90,7 +90,7 @@ std::unique_ptr<Model> Model::load(GgufFile file, const LoadOptions& opts) {
 }
 
 Model::Model(GgufFile file, const LoadOptions& opts)
-    : file_(std::move(file)), cfg_(read_config(file_)), kernel_(best_kernel()), kernels_(kernel_table(kernel_)), kv_f16_(opts.kv_f16), pool_(opts.threads, opts.pin_threads) {
+    : file_(std::move(file)), cfg_(read_config(file_)), kernel_(best_kernel()), kernels_(kernel_table(kernel_)), kv_f16_(opts.kv_f16), pool_(opts.threads, opts.pin_threads), chunks_(pool_.size()) {
     load_weights(opts.head, resolve_tq1_layout(opts.tq1_layout, kernel_));
     allocate(opts);
 }

@@ -161,6 +161,7 @@ private:
     const KernelTable& kernels_;  // kernel_'s table: the attention calls go through it
     bool kv_f16_ = false;
     ThreadPool pool_;
+    GuidedChunks chunks_;  // how a matmul job's rows are cut for the pool (engine/threadpool.h says why)
     int64_t ctx_ = 0, max_batch_ = 0;
     int sequences_ = 1;
 

@@ -291,4 +291,18 @@ void ThreadPool::worker(int index) {
     }
 }
 
+GuidedChunks::GuidedChunks(int threads) {
+    starts_.push_back(0.0);
+    if (threads > 1) {
+        const double min_part = 1.0 / kMinParts;
+        double left = 1.0;
+        while (left > 1.5 * min_part) {
+            const double part = std::max(left / (2.0 * threads), min_part);
+            left -= part;
+            starts_.push_back(1.0 - left);
+        }
+    }
+    starts_.push_back(1.0);  // the last chunk takes what is left (under 1.5 / kMinParts), exactly up to 1
+}
+
 }  // namespace bllama

@@ -7,6 +7,7 @@
 // while spinning (an oversubscribed machine) stops spinning at once and spins less for a while.
 #pragma once
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
@@ -100,5 +101,33 @@ inline void split_range(int64_t total, int i, int n, int64_t align, int64_t& beg
     begin = b * align < total ? b * align : total;
     end = e * align < total ? e * align : total;
 }
+
+// Chunks of a pool job that shrink as the job goes on (guided self-scheduling). The pool hands chunks out in index
+// order, so the large ones go first and a job ends on small ones: a thread that finishes early waits for at most a
+// small chunk of another's, where equal chunks (split_range with 4 per thread) left it up to a whole one, 1/8 of the
+// job at 2 threads. Chunk i covers the fractions [starts[i], starts[i + 1]) of any total, so one GuidedChunks serves
+// every matrix of a model and a job whose chunks cover two totals at once (q rows and k/v rows).
+class GuidedChunks {
+public:
+    // Each chunk takes 1/(2 x threads) of what is still unclaimed, and at least 1/kMinParts of the whole; one thread:
+    // one chunk.
+    static constexpr int kMinParts = 64;
+    explicit GuidedChunks(int threads);
+    int count() const { return static_cast<int>(starts_.size()) - 1; }
+    // [begin, end) of chunk i of `total` items, boundaries on multiples of `align` (as split_range); may be empty
+    // when total is small.
+    void range(int64_t total, int i, int64_t align, int64_t& begin, int64_t& end) const {
+        const int64_t units = (total + align - 1) / align;
+        const auto at = [&](int k) {
+            const int64_t u = static_cast<int64_t>(static_cast<double>(units) * starts_[static_cast<size_t>(k)]);
+            return std::min(u * align, total);
+        };
+        begin = at(i);
+        end = at(i + 1);
+    }
+
+private:
+    std::vector<double> starts_;  // starts_[0] = 0 < ... < starts_.back() = 1
+};
 
 }  // namespace bllama

@@ -104,7 +104,46 @@ void every_thread_joins(ThreadPool& pool) {
 
 }  // namespace
 
+// GuidedChunks: for any thread count, total and alignment, the chunks tile [0, total) in order with aligned
+// boundaries; the first takes 1/(2 x threads) of the job (to within one aligned unit: fractions round down), the sizes never grow until the
+// minimum part is reached, and there are few enough that claiming them costs nothing.
+void guided_chunks() {
+    for (int threads = 1; threads <= 16; ++threads) {
+        const GuidedChunks g(threads);
+        CHECK(threads > 1 || g.count() == 1, "one thread: %d chunks", g.count());
+        CHECK(g.count() <= GuidedChunks::kMinParts, "%d threads: %d chunks", threads, g.count());
+        CHECK(threads == 1 || g.count() >= 2 * threads, "%d threads: only %d chunks", threads, g.count());
+        for (int64_t total : {1, 15, 16, 100, 2048, 2560, 6912, 8192, 128256}) {
+            for (int64_t align : {1, 16, 64}) {
+                int64_t prev_end = 0, prev_size = total + 1;
+                bool grew_early = false;
+                for (int i = 0; i < g.count(); ++i) {
+                    int64_t b, e;
+                    g.range(total, i, align, b, e);
+                    CHECK(b == prev_end && e >= b, "%d threads, total %lld, align %lld: chunk %d is [%lld, %lld) after %lld",
+                          threads, (long long)total, (long long)align, i, (long long)b, (long long)e,
+                          (long long)prev_end);
+                    CHECK((b % align == 0) && (e % align == 0 || e == total), "chunk %d [%lld, %lld) not on %lld",
+                          i, (long long)b, (long long)e, (long long)align);
+                    const int64_t units = (total + align - 1) / align, min_size = align * (units / GuidedChunks::kMinParts);
+                    if (e - b > prev_size + align && prev_size > min_size + align) grew_early = true;
+                    if (i == 0 && threads > 1)
+                        CHECK(b == 0 && std::llabs(e - std::min(total, align * (units / (2 * threads)))) <= align,
+                              "%d threads, total %lld: first chunk ends at %lld", threads, (long long)total, (long long)e);
+                    prev_end = e;
+                    if (i + 1 < g.count()) prev_size = e - b;
+                }
+                CHECK(prev_end == total, "%d threads: chunks end at %lld of %lld", threads, (long long)prev_end,
+                      (long long)total);
+                CHECK(!grew_early, "%d threads, total %lld, align %lld: a chunk grew before the minimum size", threads,
+                      (long long)total, (long long)align);
+            }
+        }
+    }
+}
+
 int main() {
+    guided_chunks();
     const int sizes[] = {1, 2, 3, 5, 8};  // 5 and 8 oversubscribe a 2-core machine
     const int spins[] = {0, 50, 1000000};  // never spin, the default, spin "forever" (bounded by preemption only)
     uint32_t seed = 1;
