@@ -1,7 +1,9 @@
 // Kernel benchmark: ternary GEMV (decode) against measured memory bandwidth, ternary GEMM (prefill)
-// in GMAC/s, and the LM heads (f16, q8, q4 alternating) at the 1.7B and 2B4T shapes.
+// in GMAC/s, and the LM heads (f16, q8, q4 alternating) at the 1.7B and 2B4T shapes; --small: the ternary
+// matmuls of the `small` preset only (hidden 512, FFN 1536: the serving benchmark's model, whose prompts are what a
+// request waits for at light load; bench/NOTES-serve.md).
 //
-// Usage: bench_kernels [--json] [--kernel scalar|avx2|avx512|neon|dotprod] [--reps N]
+// Usage: bench_kernels [--json] [--kernel scalar|avx2|avx512|neon|dotprod] [--reps N] [--heads-only | --small]
 //
 // Method. Weights are rotated through a set larger than L3 (kRotateBytes = 256 MiB of packed codes per column
 // width), so every GEMV streams from DRAM, as decode does. Threads: one worker thread is spawned once
@@ -401,11 +403,12 @@ struct Bench {
 
 int main(int argc, char** argv) {
     Bench b;
-    bool json = false, heads_only = false;
+    bool json = false, heads_only = false, small = false;
     for (int i = 1; i < argc; ++i) {
         const std::string a = argv[i];
         if (a == "--json") json = true;
         else if (a == "--heads-only") heads_only = true;
+        else if (a == "--small") small = true;
         else if (a == "--reps" && i + 1 < argc) b.reps = std::max(1, std::atoi(argv[++i]));
         else if (a == "--kernel" && i + 1 < argc) {
             const std::string k = argv[++i];
@@ -414,7 +417,7 @@ int main(int argc, char** argv) {
                 return 2;
             }
         } else {
-            std::fprintf(stderr, "usage: %s [--json] [--kernel scalar|avx2|avx512|neon|dotprod] [--reps N] [--heads-only]\n", argv[0]);
+            std::fprintf(stderr, "usage: %s [--json] [--kernel scalar|avx2|avx512|neon|dotprod] [--reps N] [--heads-only | --small]\n", argv[0]);
             return 2;
         }
     }
@@ -429,6 +432,11 @@ int main(int argc, char** argv) {
                     kernel_name(b.kind), std::thread::hardware_concurrency(), b.reps, load1);
     b.bandwidth();
     const bool gemm = b.kind != KernelKind::Scalar;  // scalar prefill would take minutes
+    if (small) {
+        b.ternary("small", {{"attn q/k/v/o", 512, 512, 4}, {"ffn gate/up", 1536, 512, 2}, {"ffn down", 512, 1536, 1}}, 8, gemm);
+        b.print(json);
+        return 0;
+    }
     if (!heads_only) b.ternary("1.7B", {{"attn q/k/v/o", 2048, 2048, 4}, {"ffn gate/up", 8192, 2048, 2}, {"ffn down", 2048, 8192, 1}}, 24, gemm);
     if (!heads_only) b.ternary("2B4T", {{"attn q/o", 2560, 2560, 2}, {"attn k/v", 640, 2560, 2}, {"ffn gate/up", 6912, 2560, 2}, {"ffn down", 2560, 6912, 1}}, 30, gemm);
     b.heads(32000, 2048);   // the 1.7B preset's head (tests/support/random_gguf.h)
