@@ -358,57 +358,39 @@ constexpr std::array<PanelFn, sizeof...(Ns)> panel_row(std::integer_sequence<int
 const std::array<PanelFn, kPanelN> kPanel[2] = {panel_row<false>(std::make_integer_sequence<int, kPanelN>{}),
                                                 panel_row<true>(std::make_integer_sequence<int, kPanelN>{})};
 
-// Groups a panel pass takes at once: each block of all of them is unpacked (4 KiB each, 16 KiB in all: L1), then
-// every 4-token tile runs over each, so a tile's activations are read from L1 once for the 4 groups instead of
-// once a group from L2 (a 128-token block of activations is 32 KiB).
-constexpr int kPanelGroups = 4;
-
-// Rows of groups g0 .. g0 + ng - 1 (ng <= kPanelGroups) in [rb, re), every token; codes[i]: group g0 + i's 2-bit
-// stream (w's own, or an expanded one).
-void gemm_groups_panel(const TernaryMatrix::Impl& w, const uint8_t* const* codes, int64_t g0, int ng,
-                       const QuantizedActs& x, float* y, int64_t ldy, int64_t rb, int64_t re) {
-    alignas(64) uint8_t panel[kPanelGroups][kPanelBytes];
+// Rows of group g in [rb, re), every token, from `codes` (the group's 2-bit stream: w's own or an expanded one).
+void gemm_group_panel(const TernaryMatrix::Impl& w, const uint8_t* codes, int64_t g, const QuantizedActs& x, float* y,
+                      int64_t ldy, int64_t rb, int64_t re) {
+    alignas(64) uint8_t panel[kPanelBytes];
     thread_local std::vector<float, AlignedAllocator<float>> sums;  // int32 bits when uniform: zero is zero either way
-    const size_t n = static_cast<size_t>(x.n_tokens), per_group = n * kGroupRows;
-    sums.assign(per_group * static_cast<size_t>(ng), 0.0f);
-    PanelArgs a{&w, &x, nullptr, g0, 0, 0, nullptr};
+    const size_t n = static_cast<size_t>(x.n_tokens);
+    sums.assign(n * kGroupRows, 0.0f);
+    PanelArgs a{&w, &x, panel, g, 0, 0, sums.data()};
     for (a.b = 0; a.b < w.nb; ++a.b) {
-        for (int i = 0; i < ng; ++i) {
-            unpack_block(codes[i], a.b, panel[i]);
-            // The next block's codes come from memory while this one's tiles run: unpacking waited on them (a
-            // fifth of this function's samples) with only the hardware prefetchers.
-            if (a.b + 1 < w.nb)
-                for (int64_t off = 0; off < kBlock * 4; off += 64)
-                    _mm_prefetch(reinterpret_cast<const char*>(codes[i] + (a.b + 1) * kBlock * 4 + off), _MM_HINT_T0);
-        }
-        for (a.t0 = 0; a.t0 < x.n_tokens; a.t0 += kPanelN) {
-            const PanelFn tile = kPanel[w.uniform][std::min<int64_t>(kPanelN, x.n_tokens - a.t0) - 1];
-            for (int i = 0; i < ng; ++i) {
-                a.panel = panel[i];
-                a.g = g0 + i;
-                a.sums = sums.data() + per_group * static_cast<size_t>(i);
-                tile(a);
-            }
-        }
+        unpack_block(codes, a.b, panel);
+        // The next block's codes come from memory while this one's tiles run: unpacking waited on them (a fifth of
+        // this function's samples) with only the hardware prefetchers.
+        if (a.b + 1 < w.nb)
+            for (int64_t off = 0; off < kBlock * 4; off += 64)
+                _mm_prefetch(reinterpret_cast<const char*>(codes + (a.b + 1) * kBlock * 4 + off), _MM_HINT_T0);
+        for (a.t0 = 0; a.t0 < x.n_tokens; a.t0 += kPanelN)
+            kPanel[w.uniform][std::min<int64_t>(kPanelN, x.n_tokens - a.t0) - 1](a);
     }
-    for (int i = 0; i < ng; ++i) {
-        const float* gs = sums.data() + per_group * static_cast<size_t>(i);
-        for (size_t t = 0; t < n; ++t)
-            for (int h = 0; h < 2; ++h) {
-                const int64_t hh = 2 * (g0 + i) + h;
-                if (hh * 8 >= re || hh * 8 + 8 <= rb) continue;
-                float* dst = y + static_cast<int64_t>(t) * ldy + hh * 8;
-                __m256 v;
-                if (w.uniform) {
-                    const __m256i acc = _mm256_load_si256(reinterpret_cast<const __m256i*>(gs) + t * 2 + h);
-                    v = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(acc, _mm256_set1_epi32(x.row_sums[t]))),
-                                      _mm256_set1_ps(w.scale / x.act_scale[t]));
-                } else {
-                    v = _mm256_load_ps(gs + (t * 2 + h) * 8);
-                }
-                store_half(dst, v, hh, rb, re);
+    for (size_t t = 0; t < n; ++t)
+        for (int h = 0; h < 2; ++h) {
+            const int64_t hh = 2 * g + h;
+            if (hh * 8 >= re || hh * 8 + 8 <= rb) continue;
+            float* dst = y + static_cast<int64_t>(t) * ldy + hh * 8;
+            __m256 v;
+            if (w.uniform) {
+                const __m256i acc = _mm256_load_si256(reinterpret_cast<const __m256i*>(sums.data()) + t * 2 + h);
+                v = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(acc, _mm256_set1_epi32(x.row_sums[t]))),
+                                  _mm256_set1_ps(w.scale / x.act_scale[t]));
+            } else {
+                v = _mm256_load_ps(sums.data() + (t * 2 + h) * 8);
             }
-    }
+            store_half(dst, v, hh, rb, re);
+        }
 }
 
 }  // namespace
@@ -417,13 +399,8 @@ void ternary_matmul_avx2(const TernaryMatrix& m, const QuantizedActs& x, float* 
                          int64_t re) {
     const TernaryMatrix::Impl& w = m.impl();
     if (x.n_tokens >= kPanelMinTokens) {
-        const int64_t g_end = (re + kGroupRows - 1) / kGroupRows;
-        for (int64_t g = rb / kGroupRows; g < g_end; g += kPanelGroups) {
-            const int ng = static_cast<int>(std::min<int64_t>(kPanelGroups, g_end - g));
-            const uint8_t* codes[kPanelGroups];
-            for (int i = 0; i < ng; ++i) codes[i] = w.group_ptr(g + i);
-            gemm_groups_panel(w, codes, g, ng, x, y, ldy, rb, re);
-        }
+        for (int64_t g = rb / kGroupRows; g < (re + kGroupRows - 1) / kGroupRows; ++g)
+            gemm_group_panel(w, w.group_ptr(g), g, x, y, ldy, rb, re);
         return;
     }
     const int64_t h_begin = rb / 8, h_end = (re + 7) / 8;
@@ -446,7 +423,7 @@ void ternary_matmul_avx2(const TernaryMatrix& m, const QuantizedActs& x, float* 
 void ternary_gemm_group_avx2(const TernaryMatrix& m, const uint8_t* panel, int64_t g, const QuantizedActs& x, float* y,
                              int64_t ldy, int64_t rb, int64_t re) {
     const TernaryMatrix::Impl& w = m.impl();
-    if (x.n_tokens >= kPanelMinTokens) return gemm_groups_panel(w, &panel, g, 1, x, y, ldy, rb, re);
+    if (x.n_tokens >= kPanelMinTokens) return gemm_group_panel(w, panel, g, x, y, ldy, rb, re);
     const int64_t h0 = std::max(2 * g, rb / 8), h1 = std::min(2 * g + 2, (re + 7) / 8);
     if (h1 <= h0) return;
     const int r = static_cast<int>(h1 - h0);
