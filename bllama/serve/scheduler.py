@@ -73,8 +73,9 @@ class SchedulerBase:
         if isinstance(poll_s, bool) or not isinstance(poll_s, (int, float)) or not 0 <= poll_s <= MAX_POLL_S:
             raise ValueError(f"poll must be a number of seconds in [0, {MAX_POLL_S}], got {poll_s!r}")
         self.poll_s = float(poll_s)
-        # With poll_s, an idle engine thread first spins this long in the engine (no GIL, no system call) before it
-        # sleeps, so the core that runs the next request's prompt is awake (engine/doorbell.h says why).
+        # With poll_s, an idle engine thread first spins up to this long in the engine (no GIL, no system call)
+        # before it sleeps, so the core that runs the next request's prompt is awake; the spin ends sooner when
+        # other threads keep taking its core (engine/doorbell.h says why).
         self._bell = engine_module().Doorbell() if self.poll_s > 0 else None
         self.pending: List[Job] = []
         self.work = threading.Condition()
@@ -121,7 +122,7 @@ class SchedulerBase:
 
     def _wait_for_work(self, busy) -> None:
         """Returns once a job waits, the scheduler is closing or busy() (work under way) holds; with poll_s, an idle
-        thread spins up to poll_s before it sleeps on the condition."""
+        thread spins up to poll_s (less when other threads need its core) before it sleeps on the condition."""
         if self._bell is not None:
             seen = self._bell.rings()  # before the check: a submit after it rings past `seen`
             if not (self.pending or self._closing or busy()):

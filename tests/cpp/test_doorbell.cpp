@@ -34,8 +34,9 @@ static bool pin_to(int cpu) {
 // A thread that spins on the waiter's CPU until told to stop: the scheduler then shares that CPU between the two,
 // and the wait must notice and give up long before its timeout (and before the hog's own 20 s limit).
 static void check_gives_way_to_a_thread_on_its_core(Doorbell& bell) {
+    cpu_set_t before;  // this thread's affinity, given back at the end
     const int cpu = sched_getcpu();
-    if (cpu < 0 || !pin_to(cpu)) {
+    if (cpu < 0 || pthread_getaffinity_np(pthread_self(), sizeof before, &before) != 0 || !pin_to(cpu)) {
         std::printf("skipped the preemption check: cannot pin to a CPU\n");
         return;
     }
@@ -54,10 +55,7 @@ static void check_gives_way_to_a_thread_on_its_core(Doorbell& bell) {
     CHECK(w == Wait::preempted, "a wait sharing its CPU with a spinning thread ended %s after %.3f s",
           w == Wait::rang ? "rang" : "timed out", waited);
     CHECK(waited < 10.0, "a wait sharing its CPU took %.3f s to give way", waited);
-    cpu_set_t all;
-    CPU_ZERO(&all);
-    for (int c = 0; c < CPU_SETSIZE; ++c) CPU_SET(c, &all);
-    pthread_setaffinity_np(pthread_self(), sizeof all, &all);
+    pthread_setaffinity_np(pthread_self(), sizeof before, &before);
 }
 #endif
 
