@@ -129,6 +129,7 @@ private:
     std::vector<int32_t> row_next_;
     std::vector<TokenLogprobs> row_logprobs_;
     std::vector<int> joining_;
+    std::vector<int64_t> take_;  // prompt rows each slot runs this step
 };
 
 }  // namespace bllama

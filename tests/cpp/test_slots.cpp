@@ -476,8 +476,9 @@ void test_mixed_step_budgets() {
     }
 }
 
-// What a step runs: decode rows first, then max(budget - decoding, 1) prompt rows, split across joining slots oldest
-// first. Seen through the events: a joining slot's first token comes on the step its last prompt row runs.
+// What a step runs: decode rows first, then max(budget - decoding, 1) prompt rows, split across joining slots with the
+// fewest rows left first (equal prompts: oldest first), the oldest taking at least a quarter. Seen through the
+// events: a joining slot's first token comes on the step its last prompt row runs.
 void test_step_budget_split() {
     const Spec s = small_spec();
     const GgufBuilder g = random_model(s, nullptr);
@@ -505,6 +506,52 @@ void test_step_budget_split() {
     Engine e = make_engine(g, 2);
     CHECK(throws<std::invalid_argument>([&] { e.slots().set_step_tokens(0); }, "step tokens"));
 }
+
+// A short prompt that joins during a long one's prefill is not queued behind all of it, and a stream of prompts that
+// would fill every step's budget cannot starve the first one to join.
+void test_short_prompts_first() {
+    const Spec s = small_spec();
+    const GgufBuilder g = random_model(s, nullptr);
+    {
+        // Budget 16: step 1 runs 4 rows of a (its quarter), b's 6, then 6 more of a; a's other 30 take two steps.
+        Engine e = make_engine(g, 5, false, 16);
+        Slots& slots = e.slots();
+        slots.set_step_tokens(16);
+        const int a = slots.add(SlotRequest{random_ids(40, s.vocab, 220), 2, {}, {}, false, 0});
+        const int b = slots.add(SlotRequest{random_ids(6, s.vocab, 221), 2, {}, {}, false, 0});
+        int first_a = -1, first_b = -1;
+        for (int step = 1; step <= 20 && (first_a < 0 || first_b < 0); ++step)
+            for (const SlotEvent& ev : slots.step()) {
+                if (ev.slot == a && ev.token >= 0 && first_a < 0) first_a = step;
+                if (ev.slot == b && ev.token >= 0 && first_b < 0) first_b = step;
+            }
+        std::printf("  40 then 6 prompt tokens, budget 16: first tokens after %d and %d steps\n", first_a, first_b);
+        CHECK(first_a == 3 && first_b == 1);
+    }
+    {
+        // A 16-token prompt joins at every step (when a slot is free): each would fill the budget alone, and
+        // shortest-first alone would never run the 40-token prompt that joined first; it runs at least 4 rows a step
+        // (more once its rest is the shortest), so it is done within 10 steps.
+        Engine e = make_engine(g, 5, false, 16);
+        Slots& slots = e.slots();
+        slots.set_step_tokens(16);
+        const int a = slots.add(SlotRequest{random_ids(40, s.vocab, 230), 2, {}, {}, false, 0});
+        int first_a = -1, others = 0;
+        for (int step = 1; step <= 30 && first_a < 0; ++step) {
+            try {
+                slots.add(SlotRequest{random_ids(16, s.vocab, 300 + step), 1, {}, {}, false, 0});
+            } catch (const SlotsFull&) {
+            }
+            for (const SlotEvent& ev : slots.step()) {
+                if (ev.slot == a && ev.token >= 0) first_a = step;
+                else if (ev.token >= 0) ++others;
+            }
+        }
+        std::printf("  40 prompt tokens under a stream of 16-token prompts: first token after %d steps (%d others)\n",
+                    first_a, others);
+        CHECK(first_a > 0 && first_a <= 10 && others >= 4);
+    }
+}
 }  // namespace
 
 int main() {
@@ -516,6 +563,7 @@ int main() {
     test_mixed_rows_forward();
     test_mixed_step_budgets();
     test_step_budget_split();
+    test_short_prompts_first();
     if (failures()) {
         std::fprintf(stderr, "test_slots: %d failure(s)\n", failures());
         return 1;
