@@ -250,6 +250,27 @@ def test_cli_serve(files):
         proc.wait(timeout=30)
 
 
+def test_prompts_tokenized_inline_or_in_a_worker_get_one_answer(served, served_chat, monkeypatch):
+    """Short prompts are tokenized on the event loop, long ones in a worker thread: the same tokens either way, and
+    a tokenizer error is a 400 on both paths."""
+    import bllama.serve.app as app
+    url, rt = served
+    chat_url, _ = served_chat
+    body = {"prompt": PROMPT, "max_tokens": 6, "temperature": 0}
+    chat = {"messages": MSGS, "max_tokens": 6, "temperature": 0}
+    assert len(PROMPT) <= app.INLINE_TOKENIZE_CHARS
+    inline = post(url, "/v1/completions", body), post(chat_url, "/v1/chat/completions", chat)
+    monkeypatch.setattr(app, "INLINE_TOKENIZE_CHARS", 0)
+    worker = post(url, "/v1/completions", body), post(chat_url, "/v1/chat/completions", chat)
+    for (s1, r1), (s2, r2) in zip(inline, worker):
+        assert s1 == s2 == 200 and r1["choices"] == r2["choices"] and r1["usage"] == r2["usage"], (r1, r2)
+    assert inline[0][1]["choices"][0]["text"] == rt.generate(PROMPT, 6)
+    for limit in (0, 1 << 20):  # the plain-text model has no chat template: the same refusal on both paths
+        monkeypatch.setattr(app, "INLINE_TOKENIZE_CHARS", limit)
+        status, r = post(url, "/v1/chat/completions", chat)
+        assert status == 400 and "template" in r["error"]["message"], r
+
+
 def test_defaults_fit_the_context_and_harmless_fields_pass(served):
     url, rt = served
     prompt = "ROMEO:"

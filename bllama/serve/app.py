@@ -4,9 +4,9 @@
     POST /v1/chat/completions  {"messages": [{"role": "user", "content": "..."}], ...}  (the file's chat template)
     GET  /v1/models, GET /health, GET /metrics (Prometheus text)
 
-An endpoint reads and checks the body (size and deadline first), tokenizes the prompt in a worker thread (a few at
-a time), queues one Job per choice with the scheduler and answers as JSON or as server-sent events while the
-engine thread produces the text. A client that hangs up ends its sequences; one that stops reading for
+An endpoint reads and checks the body (size and deadline first), tokenizes the prompt (a long one in a worker
+thread, a few at a time), queues one Job per choice with the scheduler and answers as JSON or as server-sent events
+while the engine thread produces the text. A client that hangs up ends its sequences; one that stops reading for
 client_timeout seconds is disconnected. Every refusal is a JSON error with the status that fits.
 """
 from __future__ import annotations
@@ -28,6 +28,10 @@ from .limits import ServeLimits
 from .protocol import (RequestError, bool_option, chat_messages, check_text, error_object, parse_body,
                        sampling_options, text_length)
 from .scheduler import Job
+
+
+# Prompts up to this many characters are tokenized on the event loop (~0.1 ms at most), longer ones in a worker.
+INLINE_TOKENIZE_CHARS = 1024
 
 
 class ClientGone(Exception):
@@ -177,18 +181,27 @@ class ServeApp:
         check_text(prompt, "'prompt'")
         self._check_chars(len(prompt))
         opts = self._options(body, chat=False)
-        return await self._reply(body, "text_completion", "cmpl", lambda rt: rt.encode(prompt), opts)
+        return await self._reply(body, "text_completion", "cmpl", lambda rt: rt.encode(prompt), opts, len(prompt))
 
     async def chat(self, request: Request) -> Response:
         body = await self._body(request)
         messages = chat_messages(body.get("messages"))
-        self._check_chars(text_length(messages))
+        chars = text_length(messages)
+        self._check_chars(chars)
         opts = self._options(body, chat=True)
-        return await self._reply(body, "chat.completion", "chatcmpl", lambda rt: rt.chat_prompt_ids(messages), opts)
+        return await self._reply(body, "chat.completion", "chatcmpl", lambda rt: rt.chat_prompt_ids(messages), opts,
+                                 chars)
 
-    async def _tokenize(self, prompt_ids) -> List[int]:
+    async def _tokenize(self, prompt_ids, chars: int) -> List[int]:
         """prompt_ids(runtime) in a worker thread, at most max_tokenizing at once; the waiting ones count against
-        max_queue like the sequences waiting for a slot."""
+        max_queue like the sequences waiting for a slot. A prompt of at most INLINE_TOKENIZE_CHARS characters is
+        tokenized on the event loop instead (tens of microseconds): the trip to a worker thread and back cost
+        ~0.4 ms, 3-5 ms when the engine's threads held both cores (bench/NOTES-serve.md, item 11)."""
+        if chars <= INLINE_TOKENIZE_CHARS:
+            try:
+                return prompt_ids(self.runtime)
+            except (ValueError, TypeError, KeyError) as e:
+                raise RequestError(str(e).strip("'\"")) from None
         if self._tokenizing is None:
             self._tokenizing = asyncio.Semaphore(self.limits.max_tokenizing)
         if self._waiting_to_tokenize + self.scheduler.queue_depth() >= self.limits.max_queue:
@@ -203,7 +216,7 @@ class ServeApp:
         finally:
             self._waiting_to_tokenize -= 1
 
-    async def _reply(self, body: dict, kind: str, prefix: str, prompt_ids, opts: dict) -> Response:
+    async def _reply(self, body: dict, kind: str, prefix: str, prompt_ids, opts: dict, chars: int) -> Response:
         stream = bool_option(body, "stream")
         options = body.get("stream_options")
         if options is not None and not isinstance(options, dict):
@@ -211,7 +224,7 @@ class ServeApp:
         include_usage = bool_option(options or {}, "include_usage")
         if opts["logprobs"] is not None and not getattr(self.scheduler, "logprobs", False):
             raise RequestError("logprobs need the continuous scheduler (--scheduler continuous)")
-        ids = await self._tokenize(prompt_ids)
+        ids = await self._tokenize(prompt_ids, chars)
         rt = self.runtime
         vocab = getattr(rt, "vocab_size", None)  # checked here, so that no bad prompt fails the others of a batch
         if not ids or (vocab is not None and not all(0 <= t < vocab for t in ids)):
