@@ -224,3 +224,33 @@ def test_a_bad_poll_is_refused_before_serving(model_path, bad):
     with pytest.raises(ValueError, match="poll"):
         Server(Runtime.load(model_path, threads=1, max_sequences=2), ("127.0.0.1", 0), "m", quiet=True,
                scheduler="continuous", poll_s=bad)
+
+
+def test_a_script_that_exits_without_closing_the_server_exits_cleanly(model_path, tmp_path):
+    """The engine thread comes back from its idle spin while the interpreter finalizes (a module-level object's
+    __del__ holds finalization for 1.5 s): the scheduler is closed at exit, so the process ends with 0 instead of
+    aborting in the bindings ("terminate called without an active exception", status 134 before the fix)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+    script = tmp_path / "exits.py"
+    script.write_text(f"""
+import json, threading, time, urllib.request
+class SlowTeardown:
+    def __del__(self):
+        time.sleep(1.5)
+keep = SlowTeardown()
+from bllama import Runtime
+from bllama.serve.server import Server
+srv = Server(Runtime.load({str(model_path)!r}, threads=1, max_sequences=1), ("127.0.0.1", 0), "t", quiet=True,
+             scheduler="continuous", poll_s=1.0)
+threading.Thread(target=srv.serve_forever, daemon=True).start()
+req = urllib.request.Request(srv.url + "/v1/completions", data=json.dumps({{"prompt": "hi", "max_tokens": 2}}).encode(),
+                             headers={{"Content-Type": "application/json"}})
+print(urllib.request.urlopen(req, timeout=60).status)
+""")
+    root = Path(__file__).resolve().parents[1]  # this tree's bllama
+    p = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120,
+                       env={**os.environ, "PYTHONPATH": str(root)})
+    assert p.returncode == 0 and p.stdout.strip() == "200" and "terminate" not in p.stderr, (p.returncode, p.stderr)

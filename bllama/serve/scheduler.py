@@ -7,8 +7,10 @@ a new request joining the running batch at the next step. Both answer each Job t
 """
 from __future__ import annotations
 
+import atexit
 import threading
 import time
+import weakref
 from collections import Counter
 from dataclasses import dataclass, field
 from http import HTTPStatus
@@ -60,6 +62,19 @@ class Job:
             "prompt_tokens": p, "completion_tokens": completion_tokens, "total_tokens": p + completion_tokens}})
 
 
+# Schedulers whose engine thread runs. At exit each is closed before the interpreter finalizes: a daemon engine thread
+# that comes back from the engine (a step, the idle spin) during finalization is ended by CPython with pthread_exit,
+# and that unwinding through the bindings' GIL guard aborted the process ("terminate called without an active
+# exception") when a script exited without Server.close().
+_running: "weakref.WeakSet[SchedulerBase]" = weakref.WeakSet()
+
+
+@atexit.register
+def _close_running() -> None:
+    for s in list(_running):
+        s.close()
+
+
 def shutting_down() -> RequestError:
     return RequestError("the server is shutting down", HTTPStatus.SERVICE_UNAVAILABLE)
 
@@ -84,6 +99,7 @@ class SchedulerBase:
 
     def start(self) -> "SchedulerBase":
         self._thread.start()
+        _running.add(self)
         return self
 
     def submit(self, jobs: List[Job]) -> None:
@@ -113,6 +129,7 @@ class SchedulerBase:
             self._wake_engine()
         if self._thread.is_alive():
             self._thread.join(timeout=30)
+        _running.discard(self)
 
     def _wake_engine(self) -> None:
         """Wakes the engine thread, asleep on the condition or spinning on the doorbell (called with `work` held)."""
