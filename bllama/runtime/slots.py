@@ -91,8 +91,9 @@ class Slots:
                 raise SlotsFullError(str(e)) from None
 
     def step(self) -> List[SlotEvent]:
-        """One decode token for every running slot plus prompt rows of joining slots (fewest rows left
-        first; the first to join takes at least a quarter) up to `step_tokens` rows in all, as one forward on the CPU (each weight read once for all rows), the GIL
+        """One decode token for every running slot plus prompt rows of joining slots (the first to
+        join takes a quarter, prompts that fit in the rest finish now, then the order they joined) up to `step_tokens`
+        rows in all, as one forward on the CPU (each weight read once for all rows), the GIL
         released; one event per slot that produced something (a joining slot whose prompt is not done yet: an
         event without a token), [] when idle. A slot whose event has a finish_reason is free again."""
         with self._rt._engine_turn(slots=True):

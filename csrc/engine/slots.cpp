@@ -176,10 +176,14 @@ std::vector<SlotEvent> Slots::step() {
     int64_t prompt_budget = backend_.prompt_chunk();  // a backend with separate prompt forwards: one chunk a step
     if (backend_.mixed_step())
         prompt_budget = std::min(std::max<int64_t>(step_tokens_ - n_decode, 1), backend_.max_step_rows() - n_decode);
-    // Prompt rows go to the joining slots with the fewest rows left first: a short prompt that arrives during a
-    // long one's prefill gets its first token within a step or two instead of after the whole long prompt (in the
-    // serving benchmark at 4 requests/s the slowest first tokens were short prompts queued so). So that a stream of
-    // short prompts cannot starve a long one, the slot that joined first takes at least a quarter of the budget.
+    // Prompt rows: the slot that joined first takes a quarter of the budget; the joining slots whose whole rest fits
+    // in what is left then finish now, the shortest first (equal ones in the order they joined); what remains goes
+    // to the joining slots in the order they joined. So a short prompt that arrives during a long one's prefill gets
+    // its first token at the next step instead of after the whole long prompt (at 4 requests/s in the serving
+    // benchmark such requests were among the slowest first tokens), and no prompt waits on one that joined after it
+    // unless that one finishes in the same step. Shortest-first for every row (partial prefills included) nearly
+    // doubled the mean time to first token at overload (40 requests/s): long prompts started and then starved held
+    // their slots (bench/NOTES-serve.md, item 11).
     joining_.clear();
     for (int s = 0; s < capacity(); ++s)
         if (slots_[static_cast<size_t>(s)].phase == Phase::Prefill) joining_.push_back(s);
@@ -187,22 +191,28 @@ std::vector<SlotEvent> Slots::step() {
         const State& st = slots_[static_cast<size_t>(s)];
         return static_cast<int64_t>(st.req.prompt.size()) - st.next_prompt;
     };
-    int oldest = -1;
-    for (const int s : joining_)
-        if (oldest < 0 || slots_[static_cast<size_t>(s)].last_used < slots_[static_cast<size_t>(oldest)].last_used) oldest = s;
-    std::sort(joining_.begin(), joining_.end(), [&](int a, int b) {
-        const int64_t la = left(a), lb = left(b);
-        return la != lb ? la < lb : slots_[static_cast<size_t>(a)].last_used < slots_[static_cast<size_t>(b)].last_used;
-    });
+    const auto joined_before = [this](int a, int b) {
+        return slots_[static_cast<size_t>(a)].last_used < slots_[static_cast<size_t>(b)].last_used;
+    };
     std::fill(take_.begin(), take_.end(), 0);
-    if (oldest >= 0 && joining_.size() > 1) {
-        take_[static_cast<size_t>(oldest)] = std::min(left(oldest), std::max<int64_t>(prompt_budget / 4, 1));
-        prompt_budget -= take_[static_cast<size_t>(oldest)];
+    if (joining_.size() > 1) {
+        std::sort(joining_.begin(), joining_.end(), [&](int a, int b) {
+            return left(a) != left(b) ? left(a) < left(b) : joined_before(a, b);
+        });
+        const int oldest = *std::min_element(joining_.begin(), joining_.end(), joined_before);
+        int64_t& first = take_[static_cast<size_t>(oldest)];
+        first = std::min(left(oldest), std::max<int64_t>(prompt_budget / 4, 1));
+        prompt_budget -= first;
+        for (const int s : joining_) {
+            const int64_t rest = left(s) - take_[static_cast<size_t>(s)];
+            if (rest <= prompt_budget) take_[static_cast<size_t>(s)] += rest, prompt_budget -= rest;
+        }
     }
+    std::sort(joining_.begin(), joining_.end(), joined_before);
     for (const int s : joining_) {
         const int64_t m = std::min(prompt_budget, left(s) - take_[static_cast<size_t>(s)]);
-        take_[static_cast<size_t>(s)] += std::max<int64_t>(m, 0);
-        prompt_budget -= std::max<int64_t>(m, 0);
+        take_[static_cast<size_t>(s)] += m;
+        prompt_budget -= m;
     }
     // Each slot's rows lie together, in joining_ order (the events below walk them so).
     size_t n_joining = 0;  // joining slots with rows this step: joining_[0 .. n_joining)

@@ -7,6 +7,7 @@
 #include <cstdio>
 #include <cstring>
 #include <tuple>
+#include <utility>
 #include <map>
 #include <memory>
 #include <random>
@@ -476,9 +477,20 @@ void test_mixed_step_budgets() {
     }
 }
 
-// What a step runs: decode rows first, then max(budget - decoding, 1) prompt rows, split across joining slots with the
-// fewest rows left first (equal prompts: oldest first), the oldest taking at least a quarter. Seen through the
-// events: a joining slot's first token comes on the step its last prompt row runs.
+// Steps until slots a and b each sample their first token (-1: not within 40 steps).
+std::pair<int, int> first_token_steps(Slots& slots, int a, int b) {
+    int first_a = -1, first_b = -1;
+    for (int step = 1; step <= 40 && (first_a < 0 || first_b < 0); ++step)
+        for (const SlotEvent& ev : slots.step()) {
+            if (ev.slot == a && ev.token >= 0 && first_a < 0) first_a = step;
+            if (ev.slot == b && ev.token >= 0 && first_b < 0) first_b = step;
+        }
+    return {first_a, first_b};
+}
+
+// What a step runs: decode rows first, then max(budget - decoding, 1) prompt rows, split across joining slots (equal
+// prompts that cannot finish in one step: oldest first). Seen through the events: a joining slot's first token comes
+// on the step its last prompt row runs.
 void test_step_budget_split() {
     const Spec s = small_spec();
     const GgufBuilder g = random_model(s, nullptr);
@@ -493,12 +505,7 @@ void test_step_budget_split() {
         }
         const int a = slots.add(SlotRequest{random_ids(10, s.vocab, 210), 3, {}, {}, false, 0});
         const int b = slots.add(SlotRequest{random_ids(10, s.vocab, 211), 3, {}, {}, false, 0});
-        int first_a = -1, first_b = -1;
-        for (int step = 1; step <= 40 && (first_a < 0 || first_b < 0); ++step)
-            for (const SlotEvent& ev : slots.step()) {
-                if (ev.slot == a && ev.token >= 0 && first_a < 0) first_a = step;
-                if (ev.slot == b && ev.token >= 0 && first_b < 0) first_b = step;
-            }
+        const auto [first_a, first_b] = first_token_steps(slots, a, b);
         std::printf("  budget %lld, %d decoding: first tokens after %d and %d steps\n", static_cast<long long>(budget),
                     decoding, first_a, first_b);
         CHECK(first_a == want_steps_a && first_b == want_steps_b);
@@ -507,8 +514,9 @@ void test_step_budget_split() {
     CHECK(throws<std::invalid_argument>([&] { e.slots().set_step_tokens(0); }, "step tokens"));
 }
 
-// A short prompt that joins during a long one's prefill is not queued behind all of it, and a stream of prompts that
-// would fill every step's budget cannot starve the first one to join.
+// A short prompt that joins during a long one's prefill finishes at the next step instead of after all of it; a
+// stream of prompts that would fill every step's budget cannot starve the first one to join; prompts that cannot
+// finish in one step go in the order they joined.
 void test_short_prompts_first() {
     const Spec s = small_spec();
     const GgufBuilder g = random_model(s, nullptr);
@@ -519,37 +527,45 @@ void test_short_prompts_first() {
         slots.set_step_tokens(16);
         const int a = slots.add(SlotRequest{random_ids(40, s.vocab, 220), 2, {}, {}, false, 0});
         const int b = slots.add(SlotRequest{random_ids(6, s.vocab, 221), 2, {}, {}, false, 0});
-        int first_a = -1, first_b = -1;
-        for (int step = 1; step <= 20 && (first_a < 0 || first_b < 0); ++step)
-            for (const SlotEvent& ev : slots.step()) {
-                if (ev.slot == a && ev.token >= 0 && first_a < 0) first_a = step;
-                if (ev.slot == b && ev.token >= 0 && first_b < 0) first_b = step;
-            }
+        const auto [first_a, first_b] = first_token_steps(slots, a, b);
         std::printf("  40 then 6 prompt tokens, budget 16: first tokens after %d and %d steps\n", first_a, first_b);
         CHECK(first_a == 3 && first_b == 1);
     }
     {
-        // A 16-token prompt joins at every step (when a slot is free): each would fill the budget alone, and
-        // shortest-first alone would never run the 40-token prompt that joined first; it runs at least 4 rows a step
-        // (more once its rest is the shortest), so it is done within 10 steps.
+        // Two 8-token prompts join at every step (when slots are free): they would fill the budget, and shortest-first
+        // alone would never run the 40-token prompt that joined first. It runs its quarter (4 rows) and what the one
+        // short prompt that fits leaves, 8 rows a step: done after 5 steps, with one short prompt answered a step.
         Engine e = make_engine(g, 5, false, 16);
         Slots& slots = e.slots();
         slots.set_step_tokens(16);
         const int a = slots.add(SlotRequest{random_ids(40, s.vocab, 230), 2, {}, {}, false, 0});
         int first_a = -1, others = 0;
         for (int step = 1; step <= 30 && first_a < 0; ++step) {
-            try {
-                slots.add(SlotRequest{random_ids(16, s.vocab, 300 + step), 1, {}, {}, false, 0});
-            } catch (const SlotsFull&) {
+            for (int k = 0; k < 2; ++k) {
+                try {
+                    slots.add(SlotRequest{random_ids(8, s.vocab, 300 + 2 * step + k), 1, {}, {}, false, 0});
+                } catch (const SlotsFull&) {
+                }
             }
             for (const SlotEvent& ev : slots.step()) {
                 if (ev.slot == a && ev.token >= 0) first_a = step;
                 else if (ev.token >= 0) ++others;
             }
         }
-        std::printf("  40 prompt tokens under a stream of 16-token prompts: first token after %d steps (%d others)\n",
+        std::printf("  40 prompt tokens under a stream of 8-token prompts: first token after %d steps (%d others)\n",
                     first_a, others);
-        CHECK(first_a > 0 && first_a <= 10 && others >= 4);
+        CHECK(first_a == 5 && others == 5);
+    }
+    {
+        // Joining prompts that do not finish this step wait in the order they joined: 30 then 20 tokens, budget 16.
+        Engine e = make_engine(g, 5, false, 16);
+        Slots& slots = e.slots();
+        slots.set_step_tokens(16);
+        const int a = slots.add(SlotRequest{random_ids(30, s.vocab, 240), 2, {}, {}, false, 0});
+        const int b = slots.add(SlotRequest{random_ids(20, s.vocab, 241), 2, {}, {}, false, 0});
+        const auto [first_a, first_b] = first_token_steps(slots, a, b);
+        std::printf("  30 then 20 prompt tokens, budget 16: first tokens after %d and %d steps\n", first_a, first_b);
+        CHECK(first_a == 2 && first_b == 4);
     }
 }
 }  // namespace
