@@ -91,11 +91,11 @@ class Slots:
                 raise SlotsFullError(str(e)) from None
 
     def step(self) -> List[SlotEvent]:
-        """One decode token for every running slot plus prompt rows of joining slots (the first to
-        join takes a quarter, prompts that fit in the rest finish now, then the order they joined) up to `step_tokens`
-        rows in all, as one forward on the CPU (each weight read once for all rows), the GIL
-        released; one event per slot that produced something (a joining slot whose prompt is not done yet: an
-        event without a token), [] when idle. A slot whose event has a finish_reason is free again."""
+        """One decode token for every running slot plus prompt rows of joining slots (the first to join takes a
+        quarter, prompts that fit in the rest finish now, then the order they joined) up to `step_tokens` rows in
+        all, as one forward on the CPU (each weight read once for all rows), the GIL released; one event per slot
+        that produced something (a joining slot whose prompt is not done yet: an event without a token), [] when
+        idle. A slot whose event has a finish_reason is free again."""
         with self._rt._engine_turn(slots=True):
             raw = self._engine.slot_step()
         return [SlotEvent(*e) for e in raw]
