@@ -520,16 +520,18 @@ void test_step_budget_split() {
 void test_short_prompts_first() {
     const Spec s = small_spec();
     const GgufBuilder g = random_model(s, nullptr);
-    {
-        // Budget 16: step 1 runs 4 rows of a (its quarter), b's 6, then 6 more of a; a's other 30 take two steps.
+    // 40 then 6 tokens: step 1 runs 4 rows of the 40 (its quarter), the 6 (they fit), then 6 more of the 40, whose
+    // other 30 take two steps. 30 then 20: the 20 never fit in a step, so they wait for the 30 (the order they joined).
+    for (auto [na, nb, want_a, want_b] : {std::tuple<int, int, int, int>{40, 6, 3, 1}, {30, 20, 2, 4}}) {
         Engine e = make_engine(g, 5, false, 16);
         Slots& slots = e.slots();
         slots.set_step_tokens(16);
-        const int a = slots.add(SlotRequest{random_ids(40, s.vocab, 220), 2, {}, {}, false, 0});
-        const int b = slots.add(SlotRequest{random_ids(6, s.vocab, 221), 2, {}, {}, false, 0});
+        const int a = slots.add(SlotRequest{random_ids(na, s.vocab, 220), 2, {}, {}, false, 0});
+        const int b = slots.add(SlotRequest{random_ids(nb, s.vocab, 221), 2, {}, {}, false, 0});
         const auto [first_a, first_b] = first_token_steps(slots, a, b);
-        std::printf("  40 then 6 prompt tokens, budget 16: first tokens after %d and %d steps\n", first_a, first_b);
-        CHECK(first_a == 3 && first_b == 1);
+        std::printf("  %d then %d prompt tokens, budget 16: first tokens after %d and %d steps\n", na, nb, first_a,
+                    first_b);
+        CHECK(first_a == want_a && first_b == want_b);
     }
     {
         // Two 8-token prompts join at every step (when slots are free): they would fill the budget, and shortest-first
@@ -555,17 +557,6 @@ void test_short_prompts_first() {
         std::printf("  40 prompt tokens under a stream of 8-token prompts: first token after %d steps (%d others)\n",
                     first_a, others);
         CHECK(first_a == 5 && others == 5);
-    }
-    {
-        // Joining prompts that do not finish this step wait in the order they joined: 30 then 20 tokens, budget 16.
-        Engine e = make_engine(g, 5, false, 16);
-        Slots& slots = e.slots();
-        slots.set_step_tokens(16);
-        const int a = slots.add(SlotRequest{random_ids(30, s.vocab, 240), 2, {}, {}, false, 0});
-        const int b = slots.add(SlotRequest{random_ids(20, s.vocab, 241), 2, {}, {}, false, 0});
-        const auto [first_a, first_b] = first_token_steps(slots, a, b);
-        std::printf("  30 then 20 prompt tokens, budget 16: first tokens after %d and %d steps\n", first_a, first_b);
-        CHECK(first_a == 2 && first_b == 4);
     }
 }
 }  // namespace
