@@ -262,7 +262,7 @@ def _add_serve_limits(sv) -> None:
     helps = {"max_body_bytes": "largest request body", "max_prompt_chars": "longest prompt in characters "
              "(default 32 x the context length)", "max_stop": "stop strings per request", "max_stop_chars":
              "characters per stop string", "max_n": "choices (n) per request", "max_queue": "sequences waiting for "
-             "a slot before 429s", "max_tokenizing": "prompts tokenized at once", "max_connections": "open "
+             "a slot before 429s", "max_tokenizing": "prompts over 1 KiB tokenized at once", "max_connections": "open "
              "connections before 503s", "header_timeout_s": "seconds to send a request's headers", "body_timeout_s":
              "seconds to send a request's body", "client_timeout_s": "seconds a client may stop reading a reply",
              "keep_alive_s": "seconds an idle connection stays open"}

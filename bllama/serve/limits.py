@@ -14,7 +14,8 @@ class ServeLimits:
     max_stop_chars: int = 256  # --max-stop-chars: characters per stop string
     max_n: int = 16  # --max-n: choices per request (each one sequence)
     max_queue: int = 64  # --max-queue: sequences waiting for a slot; beyond: 429 with Retry-After
-    max_tokenizing: int = 2  # --max-tokenizing: prompts tokenized at once (the rest wait, counted in the queue)
+    max_tokenizing: int = 2  # --max-tokenizing: prompts over 1 KiB tokenized at once (the rest wait, counted in the
+    # queue); shorter ones are tokenized on the event loop
     max_connections: int = 256  # --max-connections: open connections; beyond: 503 with Retry-After
     header_timeout_s: float = 10.0  # --header-timeout: from connect (or the previous reply) to the end of headers
     body_timeout_s: float = 30.0  # --body-timeout: to receive the whole body once the headers are in
