@@ -197,11 +197,14 @@ class ServeApp:
         max_queue like the sequences waiting for a slot. A prompt of at most INLINE_TOKENIZE_CHARS characters is
         tokenized on the event loop instead (tens of microseconds): the trip to a worker thread and back cost
         ~0.4 ms, 3-5 ms when the engine's threads held both cores (bench/NOTES-serve.md, item 11)."""
-        if chars <= INLINE_TOKENIZE_CHARS:
+        def tokenize(rt) -> List[int]:
             try:
-                return prompt_ids(self.runtime)
-            except (ValueError, TypeError, KeyError) as e:
+                return prompt_ids(rt)
+            except (ValueError, TypeError, KeyError) as e:  # empty prompt, no chat template, a message without content
                 raise RequestError(str(e).strip("'\"")) from None
+
+        if chars <= INLINE_TOKENIZE_CHARS:
+            return tokenize(self.runtime)
         if self._tokenizing is None:
             self._tokenizing = asyncio.Semaphore(self.limits.max_tokenizing)
         if self._waiting_to_tokenize + self.scheduler.queue_depth() >= self.limits.max_queue:
@@ -210,9 +213,7 @@ class ServeApp:
         self._waiting_to_tokenize += 1
         try:
             async with self._tokenizing:
-                return await asyncio.get_running_loop().run_in_executor(None, prompt_ids, self.runtime)
-        except (ValueError, TypeError, KeyError) as e:  # empty prompt, no chat template, a message without content
-            raise RequestError(str(e).strip("'\"")) from None
+                return await asyncio.get_running_loop().run_in_executor(None, tokenize, self.runtime)
         finally:
             self._waiting_to_tokenize -= 1
 
