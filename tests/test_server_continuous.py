@@ -5,11 +5,15 @@ that hangs up frees its slot."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import socket
+import subprocess
+import sys
 import threading
 import time
 import urllib.request
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -230,10 +234,6 @@ def test_a_script_that_exits_without_closing_the_server_exits_cleanly(model_path
     """The engine thread comes back from its idle spin while the interpreter finalizes (a module-level object's
     __del__ holds finalization for 1.5 s): the scheduler is closed at exit, so the process ends with 0 instead of
     aborting in the bindings ("terminate called without an active exception", status 134 before the fix)."""
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
     script = tmp_path / "exits.py"
     script.write_text(f"""
 import json, threading, time, urllib.request
