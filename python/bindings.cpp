@@ -10,7 +10,10 @@
 #include <pybind11/stl.h>
 
 #include <atomic>
+#include <cxxabi.h>
+#include <chrono>
 #include <climits>
+#include <condition_variable>
 #include <cstring>
 #include <memory>
 #include <mutex>
@@ -109,14 +112,100 @@ py::object metadata_value(const GgufFile& f, const GgufKV& kv) {
     }
 }
 
+// Taking the GIL back while the interpreter finalizes ends a daemon thread with pthread_exit (CPython before 3.14),
+// and its unwinding may not leave a noexcept destructor such as py::gil_scoped_release's: a script that exited with a
+// generate() running in a daemon thread aborted ("terminate called without an active exception"). So the GIL is
+// released and taken back here, where that unwinding can pass, and a thread that is being ended does not try again
+// on the way out.
+thread_local bool t_thread_ending = false;
+
+template <class F>
+auto take_gil(F take) {
+    try {
+        return take();
+    } catch (abi::__forced_unwind&) {  // pthread_exit: let it end the thread
+        t_thread_ending = true;
+        throw;
+    }
+}
+
+// At interpreter exit (an atexit hook, before finalization: shutdown_calls) running calls stop at their next token
+// and new ones are refused, and the hook waits a little for calls still in the engine, so that as few as possible are
+// left to take the GIL back during finalization; those that are still there end through take_gil.
+constexpr const char* kExiting = "the Python interpreter is exiting: engine calls are stopped";
+constexpr double kExitWaitSeconds = 2.0;  // a step (a prompt chunk, a token) takes far less
+std::atomic<bool> g_exiting{false};
+std::mutex g_calls_mu;
+std::condition_variable g_calls_done;
+int g_calls = 0;  // calls that released the GIL and have not taken it back
+
+// py::gil_scoped_release that counts the call for the exit hook, refuses to start once it ran, and whose destructor
+// lets a thread exit pass (and then leaves the GIL alone).
+class ReleasedGil {
+public:
+    ReleasedGil() {
+        {
+            const std::lock_guard<std::mutex> lock(g_calls_mu);
+            if (g_exiting.load()) throw std::runtime_error(kExiting);
+            ++g_calls;
+        }
+        state_ = PyEval_SaveThread();
+    }
+    ReleasedGil(const ReleasedGil&) = delete;
+    ReleasedGil& operator=(const ReleasedGil&) = delete;
+    ~ReleasedGil() noexcept(false) {
+        {
+            const std::lock_guard<std::mutex> lock(g_calls_mu);
+            if (--g_calls == 0) g_calls_done.notify_all();
+        }
+        if (!t_thread_ending) take_gil([this] { PyEval_RestoreThread(state_); });
+    }
+
+private:
+    PyThreadState* state_ = nullptr;
+};
+
+// The exit hook: stops and refuses engine calls, then waits up to timeout_s for those in the engine to return.
+// Returns how many are still there.
+int shutdown_calls(double timeout_s) {
+    {
+        const std::lock_guard<std::mutex> lock(g_calls_mu);
+        g_exiting.store(true);
+    }
+    PyThreadState* state = PyEval_SaveThread();  // a call may need the GIL to reach its next token
+    int left;
+    {
+        std::unique_lock<std::mutex> lock(g_calls_mu);
+        g_calls_done.wait_for(lock, std::chrono::duration<double>(timeout_s), [] { return g_calls == 0; });
+        left = g_calls;
+    }
+    PyEval_RestoreThread(state);
+    return left;
+}
+
+// py::gil_scoped_acquire for a callback from the engine; a thread ended while it waits unwinds through the engine.
+class AcquiredGil {
+public:
+    AcquiredGil() : state_(take_gil([] { return PyGILState_Ensure(); })) {}
+    AcquiredGil(const AcquiredGil&) = delete;
+    AcquiredGil& operator=(const AcquiredGil&) = delete;
+    ~AcquiredGil() { PyGILState_Release(state_); }
+
+private:
+    PyGILState_STATE state_;
+};
+
 // A Python token callback called from the engine (which runs without the GIL): takes the GIL, and keeps an
 // exception in `error` for the caller to re-raise once generation returns; an exception ends generation.
 template <class... Args>
 bool call_python(const py::object& fn, std::exception_ptr& error, Args... args) {
-    py::gil_scoped_acquire gil;
+    const AcquiredGil gil;
     if (error) return true;
     try {
         return py::bool_(fn(args...));
+    } catch (abi::__forced_unwind&) {  // the thread was ended inside fn (take_gil says why)
+        t_thread_ending = true;
+        throw;
     } catch (...) {
         error = std::current_exception();
         return true;
@@ -172,7 +261,7 @@ public:
         }
         bool out_of_memory = false;
         {
-            py::gil_scoped_release nogil;
+            const ReleasedGil nogil;
             try {
                 engine_ = std::make_unique<Engine>(path, o);
             } catch (const std::bad_alloc&) {
@@ -231,16 +320,18 @@ public:
         const SamplingParams p = sampling_params(temperature, top_k, top_p, repetition_penalty, seed, do_sample);
 
         std::exception_ptr callback_error;
-        TokenCallback cb;
-        if (!callback.is_none())
-            cb = [&](int32_t token) { return call_python(callback, callback_error, token); };
+        const bool python_cb = !callback.is_none();
+        const TokenCallback cb = [&](int32_t token) {
+            return g_exiting.load() || (python_cb && call_python(callback, callback_error, token));
+        };
         std::vector<int32_t> out;
         {
-            py::gil_scoped_release nogil;
+            const ReleasedGil nogil;
             const Turn turn(*this);
             out = engine_->generate(prompt, max_new_tokens, p, stops, cb);
         }
         if (callback_error) std::rethrow_exception(callback_error);
+        if (g_exiting.load()) throw std::runtime_error(kExiting);  // not a shortened answer passed off as whole
         py::list result(out.size());
         for (size_t i = 0; i < out.size(); ++i) result[i] = out[i];
         return result;
@@ -254,16 +345,19 @@ public:
         for (const auto& p : prompts) ps.push_back(to_ids(p, V, "prompt"));
         const SamplingParams p = sampling_params(temperature, top_k, top_p, repetition_penalty, seed, do_sample);
         std::exception_ptr callback_error;
-        BatchTokenCallback cb;
-        if (!callback.is_none())  // after an exception every sequence ends at its next token
-            cb = [&](int sequence, int32_t token) { return call_python(callback, callback_error, sequence, token); };
+        const bool python_cb = !callback.is_none();
+        // After an exception (or at exit) every sequence ends at its next token.
+        const BatchTokenCallback cb = [&](int sequence, int32_t token) {
+            return g_exiting.load() || (python_cb && call_python(callback, callback_error, sequence, token));
+        };
         std::vector<std::vector<int32_t>> out;
         {
-            py::gil_scoped_release nogil;
+            const ReleasedGil nogil;
             const Turn turn(*this);
             out = engine_->generate_batch(ps, max_new_tokens, p, int32_stops(stop_ids), cb);
         }
         if (callback_error) std::rethrow_exception(callback_error);
+        if (g_exiting.load()) throw std::runtime_error(kExiting);
         py::list result;
         for (const auto& o : out) result.append(py::cast(o));
         return result;
@@ -279,7 +373,7 @@ public:
         py::array_t<float> out({static_cast<py::ssize_t>(toks.size()), static_cast<py::ssize_t>(V)});
         float* dst = out.mutable_data();
         {
-            py::gil_scoped_release nogil;
+            const ReleasedGil nogil;
             const Turn turn(*this);
             engine_->logits(toks, dst);
         }
@@ -297,7 +391,7 @@ public:
         req.stop_ids = int32_stops(stop_ids);
         req.logprob = logprob;
         req.top_logprobs = top_logprobs;
-        py::gil_scoped_release nogil;
+        const ReleasedGil nogil;
         const Turn turn(*this);
         return engine_->slots().add(std::move(req));
     }
@@ -306,7 +400,7 @@ public:
     py::list slot_step() {
         std::vector<SlotEvent> events;
         {
-            py::gil_scoped_release nogil;
+            const ReleasedGil nogil;
             const Turn turn(*this);
             events = engine_->slots().step();
         }
@@ -324,20 +418,20 @@ public:
     }
 
     void slot_cancel(int slot) {
-        py::gil_scoped_release nogil;
+        const ReleasedGil nogil;
         const Turn turn(*this);
         engine_->slots().cancel(slot);
     }
 
     int64_t slot_step_tokens(int64_t n) {  // n > 0: set the step's token budget; returns the budget
-        py::gil_scoped_release nogil;
+        const ReleasedGil nogil;
         const Turn turn(*this);
         if (n > 0) engine_->slots().set_step_tokens(n);
         return engine_->slots().step_tokens();
     }
 
     int slot_active() {
-        py::gil_scoped_release nogil;
+        const ReleasedGil nogil;
         const Turn turn(*this);
         return engine_->slots_active();
     }
@@ -345,7 +439,7 @@ public:
     py::dict last_stats() {
         GenerateStats s;
         {
-            py::gil_scoped_release nogil;  // the call holding the turn may be waiting for the GIL in its callback
+            const ReleasedGil nogil;  // the call holding the turn may be waiting for the GIL in its callback
             const Turn turn(*this);
             s = engine_->last_stats();
         }
@@ -377,7 +471,7 @@ public:
     }
 
     void reset() {
-        py::gil_scoped_release nogil;
+        const ReleasedGil nogil;
         const Turn turn(*this);
         engine_->reset();
     }
@@ -396,6 +490,7 @@ private:
                 throw std::runtime_error("the engine is busy: this thread is already inside a call on it (a token "
                                          "callback may not call back into its own engine)");
             lock.lock();
+            if (g_exiting.load()) throw std::runtime_error(kExiting);  // waited for the turn past the exit hook
             e.owner_.store(std::this_thread::get_id());
         }
         ~Turn() { e.owner_.store(std::thread::id()); }  // before `lock` unlocks
@@ -411,8 +506,12 @@ private:
 PYBIND11_MODULE(_engine, m) {
     m.doc() = "bLLaMa C++ inference engine (BitNet b1.58 ternary LLaMA, GGUF arch 'bitnet')";
 
+    // Imported with the package, before bllama.serve registers its hooks, so those run first (atexit is last in,
+    // first out): a server's engine thread is closed before its calls would be refused.
+    py::module_::import("atexit").attr("register")(py::cpp_function([] { shutdown_calls(kExitWaitSeconds); }));
+
     m.def("read_bandwidth", [](int threads, size_t bytes, int repeats) {
-            py::gil_scoped_release nogil;
+            const ReleasedGil nogil;
             return bllama::measure_read_bandwidth(threads, bytes, repeats) / 1e9;
         }, py::arg("threads"), py::arg("bytes") = size_t(1) << 30, py::arg("repeats") = 5,
         "This machine's memory read bandwidth in GB/s with `threads` threads (best of `repeats`).");
@@ -425,7 +524,7 @@ PYBIND11_MODULE(_engine, m) {
         .def("wait", [](const Doorbell& d, uint64_t seen, double timeout_s) {
                 Doorbell::Wait w;
                 {
-                    py::gil_scoped_release nogil;
+                    const ReleasedGil nogil;
                     w = d.wait(seen, timeout_s);
                 }
                 return w == Doorbell::Wait::rang ? "rang" : w == Doorbell::Wait::timed_out ? "timed_out" : "preempted";

@@ -62,17 +62,19 @@ class Job:
             "prompt_tokens": p, "completion_tokens": completion_tokens, "total_tokens": p + completion_tokens}})
 
 
-# Schedulers whose engine thread runs. At exit each is closed before the interpreter finalizes: a daemon engine thread
-# that comes back from the engine (a step, the idle spin) during finalization is ended by CPython with pthread_exit,
-# and that unwinding through the bindings' GIL guard aborted the process ("terminate called without an active
-# exception") when a script exited without Server.close().
+# Schedulers whose engine thread runs. At exit each is closed (its waiting requests answered 503, its engine thread
+# joined) before the engine's own exit hook (python/bindings.cpp) stops whatever engine calls are left: a daemon engine
+# thread that came back from the engine during finalization used to abort the process.
 _running: "weakref.WeakSet[SchedulerBase]" = weakref.WeakSet()
 
 
-@atexit.register
 def _close_running() -> None:
     for s in list(_running):
         s.close()
+
+
+engine_module()  # registers the engine's hook now, so that this one, registered after it, runs before it
+atexit.register(_close_running)
 
 
 def shutting_down() -> RequestError:
