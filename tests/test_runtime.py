@@ -186,6 +186,8 @@ def test_bad_input_raises_clear_errors(trained, tmp_path):
         rt.generate("ROMEO:", max_new_tokens=rt.context_length)
     with pytest.raises(ValueError):
         Runtime.load(path, threads=0)
+    with pytest.raises(ValueError, match=r"threads must be at most 256 \(this machine has \d+ cores\), got 100000"):
+        Runtime.load(path, threads=100_000)  # used to start threads until the machine could not fork
 
 
 def write_llama_arch_file(path):

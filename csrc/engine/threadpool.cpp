@@ -7,6 +7,7 @@
 #include <set>
 #include <stdexcept>
 #include <string>
+#include <system_error>
 #include <utility>
 
 #if defined(__linux__)
@@ -176,8 +177,16 @@ static std::chrono::microseconds default_spin(int n_threads) {
     return spin_from_env();
 }
 
+static int checked_threads(int n_threads) {
+    if (n_threads > ThreadPool::kMaxThreads)
+        throw std::invalid_argument("threads must be at most " + std::to_string(ThreadPool::kMaxThreads) +
+                                    " (this machine has " + std::to_string(default_thread_count()) + " cores), got " +
+                                    std::to_string(n_threads));
+    return n_threads > 0 ? n_threads : default_thread_count();
+}
+
 ThreadPool::ThreadPool(int n_threads, bool pin, int spin_us)
-    : n_threads_(n_threads > 0 ? n_threads : default_thread_count()),
+    : n_threads_(checked_threads(n_threads)),
       spin_for_(spin_us < 0 ? default_spin(n_threads_) : std::chrono::microseconds(spin_us)) {
     std::vector<int> cpus;
     if (pin || pin_from_env()) cpus = physical_core_cpus();
@@ -187,14 +196,22 @@ ThreadPool::ThreadPool(int n_threads, bool pin, int spin_us)
     workers_.reserve(n_threads_ - 1);
     for (int i = 1; i < n_threads_; ++i) {
         const int cpu = pinned_ ? cpus[static_cast<size_t>(i)] : -1;
-        workers_.emplace_back([this, i, cpu] {
-            if (cpu >= 0) pin_current_thread(cpu);
-            worker(i);
-        });
+        try {
+            workers_.emplace_back([this, i, cpu] {
+                if (cpu >= 0) pin_current_thread(cpu);
+                worker(i);
+            });
+        } catch (const std::system_error& e) {  // the started ones must be joined: a joinable std::thread terminates
+            stop_workers();
+            throw std::runtime_error("could not start engine thread " + std::to_string(i + 1) + " of " +
+                                     std::to_string(n_threads_) + ": " + e.what() + " (ask for fewer threads)");
+        }
     }
 }
 
-ThreadPool::~ThreadPool() {
+ThreadPool::~ThreadPool() { stop_workers(); }
+
+void ThreadPool::stop_workers() noexcept {
     {
         std::lock_guard<std::mutex> lk(mu_);
         stop_.store(true);

@@ -28,7 +28,11 @@ std::vector<int> physical_core_cpus();
 
 class ThreadPool {
 public:
-    // n_threads: total threads, the caller included; <= 0 -> default. pin: worker i runs only on the i-th physical
+    // The most threads a pool takes: past the cores there is nothing to gain, and every thread costs the model its
+    // own scratch; 100,000 asked for used to create threads until the machine could not start a process.
+    static constexpr int kMaxThreads = 256;
+
+    // n_threads: total threads, the caller included; <= 0 -> default; over kMaxThreads -> std::invalid_argument. pin: worker i runs only on the i-th physical
     // core (physical_core_cpus(); the caller's own thread is left as it is, it belongs to the application), so
     // the OS cannot stack two workers on one core or move a worker away from its cache; also set by
     // BLLAMA_PIN=1. Off by default: on a machine shared with other busy processes a pinned worker cannot flee
@@ -62,6 +66,7 @@ public:
     }
 
 private:
+    void stop_workers() noexcept;  // ends and joins every started worker
     using Thunk = void (*)(void*, int, int);
     struct SpinState {  // one per waiting thread: how far its spin budget is cut after preemptions
         int shift = 0, calm = 0;

@@ -2,7 +2,8 @@
 // thread index in range that no other running chunk holds at the same time (per-thread scratch relies on it),
 // whatever the pool size (oversubscribed too: more threads than this machine's cores), the spin budget (0: workers
 // always sleep; huge: they never do) or a worker that is descheduled mid-chunk (sleeps). Exceptions thrown by
-// chunks reach the caller and leave the pool usable; the handoff counter counts exactly the jobs handed out.
+// chunks reach the caller and leave the pool usable; the handoff counter counts exactly the jobs handed out. A pool
+// that asks for too many threads, or cannot start them, throws instead of aborting.
 #include <atomic>
 #include <chrono>
 #include <cstdint>
@@ -12,7 +13,14 @@
 #include <random>
 #include <stdexcept>
 #include <thread>
+#include <string>
 #include <vector>
+
+#include <csignal>
+
+#include <sys/resource.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include "check_msg.h"
 #include "engine/threadpool.h"
@@ -142,8 +150,49 @@ void guided_chunks() {
     }
 }
 
+// Thread counts past kMaxThreads are refused up front; a pool whose threads cannot all start (their stacks do not
+// fit an address-space limit, set in a child process) joins the ones that did and throws, where an unjoined
+// std::thread used to terminate the process.
+void thread_limits() {
+    try {
+        ThreadPool pool(ThreadPool::kMaxThreads + 1);
+        CHECK(false, "a pool of %d threads was created", pool.size());
+    } catch (const std::invalid_argument& e) {
+        CHECK(std::string(e.what()).find("at most 256") != std::string::npos, "message: %s", e.what());
+    }
+#if !defined(__SANITIZE_ADDRESS__) && !defined(__SANITIZE_THREAD__)  // sanitizers reserve more than the limit
+    std::fflush(stdout);
+    const pid_t child = fork();
+    if (child == 0) {
+        const rlim_t limit = rlim_t(512) << 20;  // 512 MiB: about 60 default 8 MiB thread stacks
+        const rlimit rl{limit, limit};
+        if (setrlimit(RLIMIT_AS, &rl) != 0) _exit(3);
+        try {
+            ThreadPool pool(ThreadPool::kMaxThreads);
+            _exit(4);  // every thread started: the limit did not bite
+        } catch (const std::runtime_error& e) {
+            _exit(std::string(e.what()).find("could not start engine thread") != std::string::npos ? 0 : 5);
+        }
+    }
+    int status = 0;
+    bool ended = false;  // a pool left half built can also hang (its condition variable destroyed under waiters)
+    for (int i = 0; i < 3000 && !ended; ++i) {
+        ended = waitpid(child, &status, WNOHANG) == child;
+        if (!ended) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    if (!ended) {
+        kill(child, SIGKILL);
+        waitpid(child, &status, 0);
+    }
+    CHECK(ended && WIFEXITED(status) && WEXITSTATUS(status) == 0, "a pool that could not start its threads: %s %d",
+          !ended ? "hung for 30 s, status" : WIFEXITED(status) ? "exit status" : "killed by signal",
+          WIFEXITED(status) ? WEXITSTATUS(status) : WTERMSIG(status));
+#endif
+}
+
 int main() {
     guided_chunks();
+    thread_limits();
     const int sizes[] = {1, 2, 3, 5, 8};  // 5 and 8 oversubscribe a 2-core machine
     const int spins[] = {0, 50, 1000000};  // never spin, the default, spin "forever" (bounded by preemption only)
     uint32_t seed = 1;
