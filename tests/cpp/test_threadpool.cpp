@@ -184,6 +184,10 @@ void thread_limits() {
         kill(child, SIGKILL);
         waitpid(child, &status, 0);
     }
+    if (ended && WIFEXITED(status) && WEXITSTATUS(status) == 4) {  // e.g. qemu-user, which keeps RLIMIT_AS to itself
+        std::printf("note: the address-space limit did not stop thread creation here; that check was skipped\n");
+        return;
+    }
     CHECK(ended && WIFEXITED(status) && WEXITSTATUS(status) == 0, "a pool that could not start its threads: %s %d",
           !ended ? "hung for 30 s, status" : WIFEXITED(status) ? "exit status" : "killed by signal",
           WIFEXITED(status) ? WEXITSTATUS(status) : WTERMSIG(status));
