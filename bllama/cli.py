@@ -8,6 +8,30 @@ import time
 from pathlib import Path
 
 
+def _int_from(lo: int, hi: int = None):
+    """An argparse type: an integer in [lo, hi] (hi None: no upper bound); argparse names the flag in the error."""
+    def parse(text: str) -> int:
+        v = int(text)  # argparse turns a ValueError into "invalid <name> value"
+        if v < lo or (hi is not None and v > hi):
+            raise argparse.ArgumentTypeError(f"must be {'>= %d' % lo if hi is None else 'in [%d, %d]' % (lo, hi)}, "
+                                             f"got {v}")
+        return v
+    parse.__name__ = "integer"
+    return parse
+
+
+def _seconds(text: str) -> float:
+    """An argparse type: a finite number of seconds or minutes > 0."""
+    v = float(text)
+    if not 0 < v < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return v
+
+
+_seconds.__name__ = "number"
+POSITIVE, NON_NEGATIVE = _int_from(1), _int_from(0)
+
+
 def _parse_overrides(items):
     """--set key=value pairs -> dict with JSON-ish values (numbers, true/false, lists)."""
     out = {}
@@ -32,10 +56,10 @@ def _add_engine_options(p):
 
 
 def _add_sampling(p):
-    p.add_argument("--max-new-tokens", type=int, default=128, help="tokens to generate at most (default 128)")
+    p.add_argument("--max-new-tokens", type=NON_NEGATIVE, default=128, help="tokens to generate at most (default 128)")
     p.add_argument("--do-sample", action="store_true", help="sample instead of greedy decoding")
     p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (with --do-sample)")
-    p.add_argument("--top-k", type=int, default=0, help="keep the k most likely tokens (0: off)")
+    p.add_argument("--top-k", type=NON_NEGATIVE, default=0, help="keep the k most likely tokens (0: off)")
     p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (1.0: off)")
     p.add_argument("--repetition-penalty", type=float, default=1.0, help="divide/multiply logits of seen tokens")
     p.add_argument("--seed", type=int, default=None, help="random seed for sampling")
@@ -287,11 +311,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override a config field, e.g. --set num_layers=4 --set activation=relu2 (repeatable)")
     t.add_argument("--tokenizer", help="an existing SentencePiece tokenizer.model (default: train one)")
-    t.add_argument("--vocab-size", type=int, default=2048, help="pieces of the tokenizer trained when none given")
+    t.add_argument("--vocab-size", type=POSITIVE, default=2048, help="pieces of the tokenizer trained when none given")
     t.add_argument("--out", default="runs/bllama", help="output folder (checkpoints, tokenizer, logs)")
-    t.add_argument("--max-steps", type=int, default=None, help="stop after this many optimizer steps")
-    t.add_argument("--max-minutes", type=float, default=None, help="stop after this much wall time")
-    t.add_argument("--batch-size", type=int, default=None, help="sequences per batch (default: the preset's)")
+    t.add_argument("--max-steps", type=POSITIVE, default=None, help="stop after this many optimizer steps")
+    t.add_argument("--max-minutes", type=_seconds, default=None, help="stop after this much wall time")
+    t.add_argument("--batch-size", type=POSITIVE, default=None, help="sequences per batch (default: the preset's)")
     t.add_argument("--precision", default="auto",
                    help="Lightning precision: auto (bf16-mixed on a GPU with bf16 and on a CPU with bf16 dot products: "
                         "fp32 master weights and optimizer state, bf16 matmuls; 32-true otherwise), 32-true, "
@@ -309,23 +333,23 @@ def build_parser() -> argparse.ArgumentParser:
                    help="recompute each block's activations in the backward pass (less memory, ~1/3 more compute)")
     t.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                    help="torch.compile each transformer block (default: on a GPU yes, on a CPU no)")
-    t.add_argument("--accumulate", type=int, default=1,
+    t.add_argument("--accumulate", type=POSITIVE, default=1,
                    help="micro-batches per optimizer step (global batch = batch size x accumulate x devices)")
-    t.add_argument("--checkpoint-every", type=int, default=None,
+    t.add_argument("--checkpoint-every", type=POSITIVE, default=None,
                    help="also write checkpoints/last.ckpt every N optimizer steps")
-    t.add_argument("--val-every", type=int, default=None, help="validate every N training steps")
-    t.add_argument("--val-batches", type=int, default=None, help="limit validation batches")
+    t.add_argument("--val-every", type=POSITIVE, default=None, help="validate every N training steps")
+    t.add_argument("--val-batches", type=POSITIVE, default=None, help="limit validation batches")
     t.add_argument("--train-split", type=float, default=0.9, help="fraction of blocks for training (rest: val)")
-    t.add_argument("--num-workers", type=int, default=0, help="DataLoader workers")
+    t.add_argument("--num-workers", type=NON_NEGATIVE, default=0, help="DataLoader workers")
     t.add_argument("--sampling", default="sequential", choices=["sequential", "random"],
                    help=".bin token files: consecutive blocks (shuffled) or blocks at random offsets")
-    t.add_argument("--histogram-every", type=int, default=0, help="write a ternary weight histogram PNG every N steps")
+    t.add_argument("--histogram-every", type=NON_NEGATIVE, default=0, help="write a ternary weight histogram PNG every N steps")
     t.add_argument("--resume", default=None,
                    help="a checkpoint to resume from: a .ckpt file, a sharded FSDP checkpoint directory, or 'last'")
     t.add_argument("--init-from", default=None, metavar="PATH",
                    help="start from real weights: a Hugging Face LLaMA / BitNet folder or a .gguf file (its "
                         "architecture, tokenizer and chat template; --preset and --tokenizer are not used)")
-    t.add_argument("--quant-warmup-steps", type=int, default=0, metavar="N",
+    t.add_argument("--quant-warmup-steps", type=NON_NEGATIVE, default=0, metavar="N",
                    help="blend ternary weights and int8 activations in over N steps (converting a full-precision "
                         "model to b1.58)")
     t.add_argument("--sft", action="store_true",
@@ -337,7 +361,7 @@ def build_parser() -> argparse.ArgumentParser:
     g = sub.add_parser("generate", help="generate text from a .gguf model (C++ engine) or a checkpoint (PyTorch)")
     g.add_argument("model", help="model.gguf, or a training output folder / .ckpt")
     g.add_argument("prompt", help="the prompt text")
-    g.add_argument("--threads", type=int, default=None, help="engine threads (default: all cores)")
+    g.add_argument("--threads", type=POSITIVE, default=None, help="engine threads (default: all cores)")
     _add_engine_options(g)
     g.add_argument("--tokenizer", default=None, help="tokenizer.model for a checkpoint (default: beside it)")
     g.add_argument("--chat", action="store_true",
@@ -374,39 +398,39 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("model", help="model.gguf (C++ engine), or a training output folder / .ckpt (PyTorch)")
     v.add_argument("--tokenizer", default=None, help="tokenizer.model for a checkpoint (default: beside it)")
     v.add_argument("--data", required=True, help="a UTF-8 text file")
-    v.add_argument("--max-chars", type=int, default=None, help="evaluate only the first N characters")
-    v.add_argument("--threads", type=int, default=None, help="engine threads")
+    v.add_argument("--max-chars", type=POSITIVE, default=None, help="evaluate only the first N characters")
+    v.add_argument("--threads", type=POSITIVE, default=None, help="engine threads")
     _add_engine_options(v)
     v.set_defaults(func=cmd_eval)
 
     b = sub.add_parser("bench", help="prompt and decode speed of the engine")
     b.add_argument("model", nargs="?", default=None, help="model.gguf (default: a random model of --preset)")
     b.add_argument("--preset", default="1.7b", help="shapes of the random model when no file is given")
-    b.add_argument("--threads", type=int, nargs="+", default=None, help="thread counts to measure (default 1 and all)")
-    b.add_argument("--prompt-tokens", type=int, default=128, help="prompt length (default 128)")
-    b.add_argument("--gen-tokens", type=int, default=64, help="decoded tokens (default 64)")
-    b.add_argument("--repeats", type=int, default=3, help="runs per measurement; the median is reported")
+    b.add_argument("--threads", type=POSITIVE, nargs="+", default=None, help="thread counts to measure (default 1 and all)")
+    b.add_argument("--prompt-tokens", type=POSITIVE, default=128, help="prompt length (default 128)")
+    b.add_argument("--gen-tokens", type=NON_NEGATIVE, default=64, help="decoded tokens (default 64)")
+    b.add_argument("--repeats", type=POSITIVE, default=3, help="runs per measurement; the median is reported")
     b.add_argument("--torch", action="store_true", help="also time the PyTorch quantized model on the same shapes")
     b.add_argument("--json", default=None, help="also write the results to this JSON file")
     _add_engine_options(b)
-    b.add_argument("--sequences", type=int, default=1,
+    b.add_argument("--sequences", type=POSITIVE, default=1,
                    help="decode this many random prompts together (batched decoding; tok/s counts all of them)")
     b.set_defaults(func=cmd_bench)
 
     sv = sub.add_parser("serve", help="serve a .gguf model over HTTP (OpenAI-compatible completions and chat)")
     sv.add_argument("model", help="model.gguf (or a Hugging Face checkpoint folder)")
     sv.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
-    sv.add_argument("--port", type=int, default=8080, help="port (default 8080; 0 picks a free one)")
+    sv.add_argument("--port", type=_int_from(0, 65535), default=8080, help="port (default 8080; 0 picks a free one)")
     sv.add_argument("--name", default=None, help="model id in replies and /v1/models (default: the file's stem)")
-    sv.add_argument("--max-tokens", type=int, default=256, help="new tokens when a request names no max_tokens")
-    sv.add_argument("--threads", type=int, default=None, help="engine threads (default: all cores)")
+    sv.add_argument("--max-tokens", type=POSITIVE, default=256, help="new tokens when a request names no max_tokens")
+    sv.add_argument("--threads", type=POSITIVE, default=None, help="engine threads (default: all cores)")
     _add_engine_options(sv)
-    sv.add_argument("--max-sequences", type=int, default=1,
+    sv.add_argument("--max-sequences", type=POSITIVE, default=1,
                     help="slots: decode up to this many requests together (one KV cache each; default 1)")
     sv.add_argument("--scheduler", choices=["auto", "continuous", "static"], default="auto",
                     help="continuous: requests join the running batch at the next token (default where the engine "
                          "has slots); static: a batch runs to its end before the next starts")
-    sv.add_argument("--step-tokens", type=int, default=None, metavar="N",
+    sv.add_argument("--step-tokens", type=POSITIVE, default=None, metavar="N",
                     help="continuous: token rows per engine step, decoding requests first, the rest for joining "
                          "prompts (default 64); smaller: steadier inter-token latency, larger: sooner first tokens")
     sv.add_argument("--poll", type=float, default=1.0, metavar="SECONDS",
@@ -424,17 +448,17 @@ def build_parser() -> argparse.ArgumentParser:
     sv.set_defaults(func=cmd_serve)
 
     d = sub.add_parser("demo", help="generate with the shipped model, then train, export and run a tiny model")
-    d.add_argument("--steps", type=int, default=300, help="training steps of the demo's own model (default 300)")
+    d.add_argument("--steps", type=POSITIVE, default=300, help="training steps of the demo's own model (default 300)")
     d.add_argument("--out", default="runs/demo", help="output folder")
     d.add_argument("--prompt", default="ROMEO:", help="prompt for both models")
-    d.add_argument("--max-new-tokens", type=int, default=80, help="tokens to generate")
+    d.add_argument("--max-new-tokens", type=NON_NEGATIVE, default=80, help="tokens to generate")
     d.set_defaults(func=cmd_demo)
 
     tk = sub.add_parser("tokenizer", help="tokenizer tools").add_subparsers(dest="tokenizer_command", required=True)
     tt = tk.add_parser("train", help="train a SentencePiece BPE tokenizer (byte fallback) on text files")
     tt.add_argument("files", nargs="+", help="text files")
     tt.add_argument("-o", "--output", required=True, help="model prefix: writes PREFIX.model")
-    tt.add_argument("--vocab-size", type=int, default=32000, help="number of pieces (default 32000)")
+    tt.add_argument("--vocab-size", type=POSITIVE, default=32000, help="number of pieces (default 32000)")
     tt.set_defaults(func=cmd_tokenizer_train)
 
     da = sub.add_parser("data", help="data tools").add_subparsers(dest="data_command", required=True)

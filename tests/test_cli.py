@@ -25,6 +25,25 @@ def test_every_option_has_help():
                 assert action.help, f"bllama {name} {action.option_strings or action.dest} has no help text"
 
 
+@pytest.mark.parametrize("argv, message", [
+    (["train", "d.txt", "--accumulate", "0"], "argument --accumulate: must be >= 1, got 0"),  # trained nothing, rc 0
+    (["train", "d.txt", "--max-steps", "0"], "argument --max-steps: must be >= 1, got 0"),  # ran the preset's steps
+    (["train", "d.txt", "--max-minutes", "nan"], "argument --max-minutes: must be a positive number, got nan"),
+    (["train", "d.txt", "--num-workers", "-1"], "argument --num-workers: must be >= 0, got -1"),
+    (["eval", "m.gguf", "--data", "t.txt", "--max-chars", "-5"], "argument --max-chars: must be >= 1, got -5"),
+    (["bench", "--repeats", "0"], "argument --repeats: must be >= 1, got 0"),  # "no median for empty data"
+    (["serve", "m.gguf", "--port", "70000"], "argument --port: must be in [0, 65535], got 70000"),  # a traceback
+    (["generate", "m.gguf", "hi", "--threads", "abc"], "argument --threads: invalid integer value: 'abc'"),
+    (["generate", "m.gguf", "hi", "--max-new-tokens", "-1"], "argument --max-new-tokens: must be >= 0, got -1"),
+])
+def test_numeric_options_out_of_range_are_usage_errors(argv, message, capsys):
+    """Counts, sizes and ports are checked where they are parsed: exit status 2 and a message naming the flag,
+    before any work (each of these once ran, silently did something else, or ended in a traceback)."""
+    with pytest.raises(SystemExit) as e:
+        build_parser().parse_args(argv)
+    assert e.value.code == 2 and message in capsys.readouterr().err
+
+
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory, sp_corpus_text):
     d = tmp_path_factory.mktemp("cli")
