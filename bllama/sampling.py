@@ -29,8 +29,8 @@ class SamplingParams:
         fix("top_p", float(self.top_p if self.top_p is not None else 1.0))
         fix("repetition_penalty", float(self.repetition_penalty))
         fix("seed", None if self.seed is None else int(self.seed))
-        if math.isnan(self.temperature) or self.temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if not 0 <= self.temperature < math.inf:  # inf would sample uniformly, whatever the logits
+            raise ValueError(f"temperature must be a finite number >= 0, got {self.temperature}")
         if self.top_k < 0:
             raise ValueError(f"top_k must be >= 0, got {self.top_k}")
         if not self.top_p > 0:

@@ -42,6 +42,8 @@ def test_bad_templates_and_messages_say_why():
         render_chat(TEMPLATE, [])
     with pytest.raises(TypeError, match="message 1"):
         render_chat(TEMPLATE, [{"role": "user", "content": "x"}, {"role": "user"}])
+    with pytest.raises(ValueError, match="message 0's content holds a lone UTF-16 surrogate at index 1"):
+        render_chat(TEMPLATE, [{"role": "user", "content": "x\udc00"}])  # no tokenizer can encode it
 
 
 @pytest.fixture(scope="module")

@@ -180,6 +180,13 @@ def test_bad_input_raises_clear_errors(trained, tmp_path):
             Runtime.load(t)
     with pytest.raises(ValueError, match="empty"):
         rt.generate("", max_new_tokens=5)
+    with pytest.raises(ValueError, match="the prompt holds a lone UTF-16 surrogate at index 3"):
+        rt.generate("hi \ud800", max_new_tokens=2)  # was SentencePiece's RuntimeError about a C++ cast
+    with pytest.raises(IndexError, match=r"max_new_tokens \(1180591620717411303424\) exceeds the context"):
+        rt.generate("ROMEO:", max_new_tokens=2**70)  # was pybind11's TypeError with the whole signature
+    with pytest.raises(TypeError, match="max_new_tokens must be an integer, got 2.5"):
+        rt.generate("ROMEO:", max_new_tokens=2.5)  # was quietly 2
+    assert rt.generate_ids_batch([rt.encode("ROMEO:")], np.int64(2), stop_at_eos=False)[0].__len__() == 2
     with pytest.raises(IndexError, match="range"):
         rt.logits([1, rt.vocab_size])
     with pytest.raises(IndexError, match="context"):

@@ -14,8 +14,9 @@ import numpy as np
 from ..tools.evaluate import text_metrics
 from ..sampling import SamplingParams
 from ..tokenizers.from_gguf import tokenizer_from_gguf
+from ..tokenizers.text import check_text
 from .engine import engine_module, check_cuda
-from .slots import Slots
+from .slots import Slots, check_new_tokens
 from .text_stream import _TextStream
 
 
@@ -120,7 +121,7 @@ class Runtime:
             raise TypeError(f"prompt must be a string, got {type(prompt).__name__}")
         if not prompt:
             raise ValueError("the prompt is empty")
-        return self.tokenizer.encode(prompt)
+        return self.tokenizer.encode(check_text(prompt, "the prompt"))
 
     # ---- generation -------------------------------------------------------------------------------------
     @contextmanager
@@ -166,9 +167,9 @@ class Runtime:
         return dict(sampling.engine_kwargs(), stop_ids=self._stop_ids() if stop_at_eos else [])
 
     def _run(self, prompt_ids, max_new_tokens, sampling: SamplingParams, callback, stop_at_eos=True):
-        if max_new_tokens < 0:
-            raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
-        ids = self._engine.generate(list(prompt_ids), int(max_new_tokens), callback=callback,
+        prompt_ids = list(prompt_ids)
+        max_new_tokens = check_new_tokens(max_new_tokens, len(prompt_ids), self.context_length)
+        ids = self._engine.generate(prompt_ids, max_new_tokens, callback=callback,
                                     **self._engine_kwargs(sampling, stop_at_eos))
         self.stats = dict(self._engine.last_stats)
         return ids
@@ -198,11 +199,11 @@ class Runtime:
         with seed + i. A list ends at max_new_tokens or before an EOS id. on_token(i, token) runs for every
         returned token of prompt i (in the calling thread); truthy ends that sequence. text_stream() / text_of()
         turn ids into text."""
-        if max_new_tokens < 0:
-            raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+        prompts = [list(p) for p in prompt_ids]
+        max_new_tokens = check_new_tokens(max_new_tokens, max(map(len, prompts), default=0), self.context_length)
         sampling = SamplingParams.of(sampling, **overrides)
         with self._engine_turn():
-            outs = self._engine.generate_batch([list(p) for p in prompt_ids], int(max_new_tokens),
+            outs = self._engine.generate_batch(prompts, max_new_tokens,
                                                callback=on_token, **self._engine_kwargs(sampling, stop_at_eos))
             self.stats = dict(self._engine.last_stats)
         return [list(o) for o in outs]

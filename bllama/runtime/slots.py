@@ -12,6 +12,7 @@ a later request sharing a prefix with it resumes there (prefix reuse). docs/engi
 """
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
 
@@ -20,6 +21,21 @@ from .engine import engine_module
 
 MAX_TOP_LOGPROBS = 20  # the engine's kMaxTopLogprobs (csrc/engine/slots.h); OpenAI's top_logprobs cap too
 _INT32_MAX = 2**31 - 1
+
+
+def check_new_tokens(max_new_tokens, prompt_tokens: int, context_length: int) -> int:
+    """max_new_tokens as an int, checked before it reaches the engine: TypeError for a bool or a non-integer (2.5,
+    "8"), ValueError below 0, IndexError when the prompt and max_new_tokens do not fit the context length (past
+    2**63 pybind11 itself refused it, with its whole signature)."""
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, numbers.Integral):
+        raise TypeError(f"max_new_tokens must be an integer, got {max_new_tokens!r}")
+    n = int(max_new_tokens)
+    if n < 0:
+        raise ValueError(f"max_new_tokens must be >= 0, got {n}")
+    if n > context_length - prompt_tokens:
+        raise IndexError(f"prompt ({prompt_tokens} tokens) + max_new_tokens ({n}) exceeds the context length "
+                         f"{context_length}")
+    return n
 
 
 class SlotsFullError(RuntimeError):
@@ -71,13 +87,7 @@ class Slots:
                 raise TypeError(f"prompt: token id at index {i} is not an integer: {t!r}")
             if not 0 <= t < vocab:
                 raise IndexError(f"prompt: token id {t} at index {i} is out of range [0, {vocab})")
-        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int):
-            raise TypeError(f"max_new_tokens must be an integer, got {max_new_tokens!r}")
-        if max_new_tokens < 0:
-            raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
-        if max_new_tokens > self._rt.context_length - len(ids):
-            raise IndexError(f"prompt ({len(ids)} tokens) + max_new_tokens ({max_new_tokens}) exceeds the context "
-                             f"length {self._rt.context_length}")
+        max_new_tokens = check_new_tokens(max_new_tokens, len(ids), self._rt.context_length)
         if isinstance(logprobs, bool) or not isinstance(logprobs, int) or not 0 <= logprobs <= MAX_TOP_LOGPROBS:
             raise ValueError(f"logprobs must be an integer in [0, {MAX_TOP_LOGPROBS}], got {logprobs!r}")
         stops = [int(s) for s in stop_ids if 0 <= int(s) < vocab]  # others can never be sampled

@@ -8,6 +8,7 @@ from http import HTTPStatus
 from typing import List
 
 from ..sampling import SamplingParams
+from ..tokenizers.text import check_text as tokenizer_text
 
 # Fields this server cannot honour, each with the values that mean "not used" (those are accepted).
 UNSUPPORTED = {"best_of": (1,), "frequency_penalty": (0,), "presence_penalty": (0,), "echo": (False,),
@@ -49,10 +50,9 @@ def parse_body(raw: bytes) -> dict:
 def check_text(value: str, what: str) -> str:
     """A lone surrogate (JSON allows "\\ud800") cannot be encoded to UTF-8: refused here, not in the tokenizer."""
     try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        raise RequestError(f"{what} holds a lone UTF-16 surrogate, which is not text") from None
-    return value
+        return tokenizer_text(value, what)
+    except ValueError as e:
+        raise RequestError(str(e)) from None
 
 
 def _number(body: dict, key: str, default, kind, lo=None, hi=None, lo_open=False):

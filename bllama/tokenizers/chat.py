@@ -8,6 +8,8 @@ from __future__ import annotations
 import re
 from typing import Dict, List, Mapping, Sequence
 
+from .text import check_text
+
 __all__ = ["render_chat", "encode_chat"]
 
 
@@ -24,6 +26,8 @@ def _check_messages(messages) -> list:
     for i, m in enumerate(messages):
         if not isinstance(m, Mapping) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
             raise TypeError(f"message {i} must be a dict with string 'role' and 'content', got {m!r}")
+        for field in ("role", "content"):
+            check_text(m[field], f"message {i}'s {field}")
         out.append(dict(m))
     return out
 
