@@ -62,7 +62,8 @@ class Runtime:
         many prompts together, one token of each per step: every weight is read once for all of them (on a
         2-core CPU, 4 sequences give 2.4x and 8 give 2.7x the tokens/s of one; docs/engine.md, "Batched decoding").
         context_length: None for the file's; a smaller value caps the KV cache (a file whose context does not fit in
-        memory raises MemoryError saying so). kv_cache_dtype: "float16" (default: half the cache's bytes per token)
+        memory raises MemoryError saying so); a larger one is the file's too (the model never saw positions past
+        it), and .context_length says what was used. kv_cache_dtype: "float16" (default: half the cache's bytes per token)
         or "float32" (exactly the model's function). tq1_layout: how TQ1_0 files are held on the CPU: "auto" (default)
         at 1.6 bits where decoding is faster so (AVX-512 VNNI with VBMI; prompts 5-8% slower), else 2 bits; "2bit"
         repacked to 2 bits (the faster prompt),
