@@ -10,7 +10,6 @@
 #include <pybind11/stl.h>
 
 #include <atomic>
-#include <cxxabi.h>
 #include <chrono>
 #include <climits>
 #include <condition_variable>
@@ -22,6 +21,10 @@
 #include <string>
 #include <thread>
 #include <vector>
+
+#if defined(__GLIBCXX__)  // libstdc++: pthread_exit unwinds the thread with abi::__forced_unwind (take_gil)
+#include <cxxabi.h>
+#endif
 
 #include "engine/doorbell.h"
 #include "engine/engine.h"
@@ -121,12 +124,16 @@ thread_local bool t_thread_ending = false;
 
 template <class F>
 auto take_gil(F take) {
+#if defined(__GLIBCXX__)
     try {
         return take();
     } catch (abi::__forced_unwind&) {  // pthread_exit: let it end the thread
         t_thread_ending = true;
         throw;
     }
+#else
+    return take();
+#endif
 }
 
 // At interpreter exit (an atexit hook, before finalization: shutdown_calls) running calls stop at their next token
@@ -203,10 +210,14 @@ bool call_python(const py::object& fn, std::exception_ptr& error, Args... args) 
     if (error) return true;
     try {
         return py::bool_(fn(args...));
-    } catch (abi::__forced_unwind&) {  // the thread was ended inside fn (take_gil says why)
+    }
+#if defined(__GLIBCXX__)
+    catch (abi::__forced_unwind&) {  // the thread was ended inside fn (take_gil says why)
         t_thread_ending = true;
         throw;
-    } catch (...) {
+    }
+#endif
+    catch (...) {
         error = std::current_exception();
         return true;
     }
