@@ -218,6 +218,20 @@ def test_full_queue_is_a_429_and_too_many_connections_a_503():
         s.server_close()
 
 
+@pytest.mark.parametrize("key", ["", "  "])
+def test_an_empty_api_key_is_refused_not_taken_for_no_key(key, monkeypatch):
+    """`--api-key "$UNSET"` (or an empty $BLLAMA_API_KEY) served every request with no key at all."""
+    from bllama.serve.server import API_KEY_ENV, serve
+
+    with pytest.raises(ValueError, match="API key is empty"):
+        Server(EchoRuntime(), ("127.0.0.1", 0), "echo", quiet=True, api_key=key)
+    with pytest.raises(ValueError, match="--api-key is empty"):
+        serve(EchoRuntime(), port=0, api_key=key)
+    monkeypatch.setenv(API_KEY_ENV, key)
+    with pytest.raises(ValueError, match=f"\\${API_KEY_ENV} is set but empty"):
+        serve(EchoRuntime(), port=0)
+
+
 def test_api_key_host_and_cross_origin():
     s = start(api_key="sekret", allowed_hosts=["bllama.lan"], cors_origins=["http://app.example"])
     try:

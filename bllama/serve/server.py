@@ -71,6 +71,8 @@ class Server:
                  limits: Optional[ServeLimits] = None, api_key: Optional[str] = None,
                  allowed_hosts: Iterable[str] = (), cors_origins: Iterable[str] = (), scheduler: str = "auto",
                  step_tokens: Optional[int] = None, poll_s: float = 0.0):
+        if api_key is not None and (not isinstance(api_key, str) or not api_key.strip()):
+            raise ValueError(f"the API key is empty ({api_key!r}): give one, or None to serve without a key")
         limits = limits or ServeLimits()
         if client_timeout is not None:
             from dataclasses import replace
@@ -153,7 +155,12 @@ def is_loopback(host: str) -> bool:
 def serve(runtime, host: str = "127.0.0.1", port: int = 8080, model_id: Optional[str] = None,
           default_max_tokens: int = 256, api_key: Optional[str] = None, **options) -> None:
     """Serves `runtime` until interrupted (Ctrl-C). api_key: None reads $BLLAMA_API_KEY."""
-    api_key = api_key or os.environ.get(API_KEY_ENV) or None
+    if api_key is None:
+        api_key = os.environ.get(API_KEY_ENV)
+        if api_key is not None and not api_key.strip():  # `export BLLAMA_API_KEY=$UNSET_VARIABLE`: not "no key"
+            raise ValueError(f"${API_KEY_ENV} is set but empty: give it a key, or unset it to serve without one")
+    elif not api_key.strip():  # `--api-key "$UNSET_VARIABLE"` used to serve with no key at all
+        raise ValueError("--api-key is empty: give a key, or leave it out to serve without one")
     if not api_key and not is_loopback(host):
         print(f"warning: listening on {host or 'every address'} without an API key: anyone who can reach this "
               f"port can use the model (set --api-key or ${API_KEY_ENV}; see docs/security.md)", file=sys.stderr,
