@@ -109,6 +109,10 @@ def test_unsupported_configs_name_the_field(ckpts, tmp_path):
         (d / "config.json").write_text(json.dumps(cfg))
         with pytest.raises(HFImportError, match=field):
             load_pretrained(d)
+    ckpt = tmp_path / "last.ckpt"  # a training checkpoint given to --init-from: it was "GGUF magic invalid"
+    ckpt.write_bytes(b"PK\x03\x04" + bytes(64))
+    with pytest.raises(ValueError, match="last.ckpt is not a GGUF file: .* continues with --resume"):
+        load_pretrained(ckpt)
 
 
 def test_llama_converted_exports_and_engine_agrees(ckpts, tmp_path):

@@ -303,6 +303,10 @@ def load_pretrained(path: Union[str, os.PathLike], quantize: Optional[bool] = No
     if not path.exists():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     if path.is_file():
+        with open(path, "rb") as f:
+            if f.read(4) != b"GGUF":  # a .ckpt, .safetensors or .bin: say what is taken instead of "magic invalid"
+                raise ValueError(f"{path} is not a GGUF file: give a .gguf file or a Hugging Face folder (config.json "
+                                 f"and *.safetensors); a bllama training checkpoint (.ckpt) continues with --resume")
         if quantize is False:
             raise ValueError("a GGUF file holds ternary weights: it loads as a b1.58 model (quantize=True)")
         return load_gguf(path, **overrides)
