@@ -116,6 +116,9 @@ def atomic_path(target: PathLike, size_hint: Optional[Union[int, Callable[[], in
     A full disk raises an OSError (ENOSPC) naming `target` and the space needed (size_hint bytes, when known; a
     callable is asked only then, so a writer can say once it knows)."""
     target = Path(target)
+    if target.is_dir() and not target.is_symlink():  # os.replace would fail only after the whole write
+        raise IsADirectoryError(errno.EISDIR, f"cannot write the file {target}: it is a folder (give a file path "
+                                              f"inside it, or another name)")
     target.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temps(target)
     fd, name = tempfile.mkstemp(prefix=_temp_prefix(target), suffix=".tmp", dir=target.parent)

@@ -183,6 +183,8 @@ def cmd_export(args):
     from .train.run_tokenizer import load_run_tokenizer
     from .train.trainer import load_checkpoint
 
+    if args.format == "gguf" and Path(args.output).is_dir():  # before loading and quantizing, not after
+        raise ValueError(f"-o {args.output} is a folder: give the .gguf file's path (or --format hf for a folder)")
     model = load_checkpoint(args.checkpoint)
     template = None
     if args.tokenizer:

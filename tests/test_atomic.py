@@ -29,6 +29,18 @@ def test_atomic_path_failure_keeps_target_and_removes_temp(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.bin"]
 
 
+def test_atomic_path_onto_a_folder_is_refused_before_the_write(tmp_path):
+    """`bllama export -o some_folder` wrote the whole file, then failed in the rename with "Is a directory: '.X.tmp'
+    -> 'X'"; the writer is not even started now, and the folder is left as it was."""
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "keep.txt").write_text("x")
+    with pytest.raises(IsADirectoryError, match="cannot write the file .*models: it is a folder"):
+        with atomic_path(tmp_path / "models"):
+            raise AssertionError("the writer ran")
+    assert [p.name for p in (tmp_path / "models").iterdir()] == ["keep.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["models"]
+
+
 def test_atomic_write_text_and_failure(tmp_path):
     target = tmp_path / "meta.json"
     with atomic_write(target, "w", encoding="utf-8") as fh:
