@@ -221,7 +221,9 @@ def cmd_import(args):
 
 
 def cmd_eval(args):
-    text = Path(args.data).read_text(encoding="utf-8")
+    from .tokenizers.text import read_text_file
+
+    text = read_text_file(args.data)
     if args.max_chars:
         text = text[:args.max_chars]
     if _is_checkpoint(args.model):  # as generate does: the ternary model in PyTorch, the same windows as the engine

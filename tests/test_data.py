@@ -134,6 +134,10 @@ def test_text_file_errors(sp_tokenizer, tmp_path):
     n = len(sp_tokenizer.encode("just a few words")) + 1
     with pytest.raises(ValueError, match=rf"short.txt.*{n} tokens.*needs 1025"):
         ShakespeareDataset.from_file(short, sp_tokenizer, max_length=1024)
+    latin1 = tmp_path / "latin1.txt"  # the codec's own message named only the byte
+    latin1.write_bytes("caf\u00e9 au lait\n".encode("latin-1") * 50)
+    with pytest.raises(ValueError, match=r"latin1.txt is not UTF-8 text \(invalid continuation byte: byte 0xe9\)"):
+        ShakespeareDataset.from_file(latin1, sp_tokenizer)
 
 
 def test_tinyshakespeare(sp_tokenizer):

@@ -11,6 +11,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..tokenizers.sentencepiece import SentencePieceTokenizer
+from ..tokenizers.text import not_utf8
 
 _PROGRESS_MIN_BYTES = 1 << 20  # show a progress bar from 1 MiB of input on
 _TEXT_CHUNK_CHARS = 1 << 20  # plain text files are read and encoded in ~1 MiB pieces
@@ -107,7 +108,14 @@ def _iter_jsonl_batches(path: str, field: str) -> Iterator[tuple[list[str], floa
 
 
 def _iter_text_chunks(path: str, chunk_chars: int) -> Iterator[str]:
-    """Read a text file in pieces that each (but the first) start with '\\n'."""
+    """Read a text file in pieces that each (but the first) start with '\\n'; ValueError naming it if not UTF-8."""
+    try:
+        yield from _text_chunks(path, chunk_chars)
+    except UnicodeDecodeError as e:
+        raise not_utf8(path, e) from None
+
+
+def _text_chunks(path: str, chunk_chars: int) -> Iterator[str]:
     with open(path, encoding="utf-8") as fh:
         carry = ""
         while True:
