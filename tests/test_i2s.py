@@ -157,6 +157,13 @@ def files(tmp_path_factory):
     }
 
 
+def test_bpe_refuses_text_that_is_not_unicode():
+    tok = llama3_style_tokenizer()
+    for encode in (tok.encode, tok.encode_plain):
+        with pytest.raises(ValueError, match="the text holds a lone UTF-16 surrogate at index 1"):
+            encode("a\ud800b")
+
+
 def test_official_style_file_runs_exactly_like_tq2_0(files):
     """I2_S and the b1.58 architectures (ReLU^2 and the tied head by default) give bit-identical logits and
     tokens to the same weights as a TQ2_0 `bitnet` file that names its activation."""

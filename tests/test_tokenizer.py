@@ -64,6 +64,16 @@ def test_byte_fallback_and_no_unk(sp_tokenizer):
     assert sp_tokenizer.unk_id not in sp_tokenizer.encode("".join(VARIED))
 
 
+def test_text_that_is_not_unicode_is_refused_by_name(sp_tokenizer):
+    """A lone surrogate (a command-line argument that is not UTF-8 arrives as one) got SentencePiece's RuntimeError
+    about a C++ cast, from every path that tokenizes."""
+    for encode in (sp_tokenizer.encode, sp_tokenizer.encode_plain):
+        with pytest.raises(ValueError, match="the text holds a lone UTF-16 surrogate at index 3"):
+            encode("hi \udcff there")
+    with pytest.raises(ValueError, match="text 1 holds a lone UTF-16 surrogate at index 0"):
+        sp_tokenizer.encode_batch(["fine", "\ud800"])
+
+
 def test_decode_skips_control_tokens(sp_tokenizer):
     ids = sp_tokenizer.encode("abc def", add_eos=True)
     assert sp_tokenizer.decode(ids) == "abc def"

@@ -14,6 +14,8 @@ from __future__ import annotations
 import json
 from typing import Iterable, List, Optional, Sequence
 
+from .text import check_text
+
 __all__ = ["BPETokenizer", "tokenizer_json_from_gguf"]
 
 TOKEN_TYPE_NORMAL, TOKEN_TYPE_CONTROL, TOKEN_TYPE_USER_DEFINED, TOKEN_TYPE_UNUSED = 1, 3, 4, 5
@@ -97,7 +99,7 @@ class BPETokenizer:
 
     # -- the common interface ------------------------------------------------------------------------------
     def encode(self, text: str, add_bos: bool = True, add_eos: bool = False) -> List[int]:
-        ids = self.tok.encode(text, add_special_tokens=False).ids
+        ids = self.tok.encode(check_text(text, "the text"), add_special_tokens=False).ids
         if add_bos and self.add_bos:
             ids = [self._bos] + ids
         if add_eos and self._eos:
@@ -115,7 +117,7 @@ class BPETokenizer:
             plain = _tokenizers().Tokenizer.from_str(self.json_text)
             plain.encode_special_tokens = True
             self._plain = plain
-        return plain.encode(text, add_special_tokens=False).ids
+        return plain.encode(check_text(text, "the text"), add_special_tokens=False).ids
 
     def special_pieces(self) -> dict:
         """{spelling: id} of the control (special) tokens: what a chat template writes to get them."""

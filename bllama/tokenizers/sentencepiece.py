@@ -23,6 +23,7 @@ from typing import Any, Iterable, Sequence
 import sentencepiece as spm
 
 from ..atomic import atomic_write
+from .text import check_text
 
 __all__ = [
     "TOKEN_TYPE_NORMAL",
@@ -313,18 +314,19 @@ class SentencePieceTokenizer:
 
     # -- core API ---------------------------------------------------------------
     def encode(self, text: str, add_bos: bool = True, add_eos: bool = False) -> list[int]:
-        return self.sp.encode(text, add_bos=add_bos and self.bos_id is not None,
+        return self.sp.encode(check_text(text, "the text"), add_bos=add_bos and self.bos_id is not None,
                               add_eos=add_eos and self.eos_id is not None)
 
     def encode_batch(self, texts: Sequence[str], add_bos: bool = True, add_eos: bool = False,
                      num_threads: int | None = None) -> list[list[int]]:
-        return self.sp.encode(list(texts), add_bos=add_bos and self.bos_id is not None,
+        texts = [check_text(t, f"text {i}") for i, t in enumerate(texts)]
+        return self.sp.encode(texts, add_bos=add_bos and self.bos_id is not None,
                               add_eos=add_eos and self.eos_id is not None,
                               num_threads=num_threads if num_threads is not None else -1)
 
     def encode_plain(self, text: str) -> list[int]:
         """`text` as plain text, no BOS: SentencePiece never produces a control token from text."""
-        return self.sp.encode(text)
+        return self.sp.encode(check_text(text, "the text"))
 
     def special_pieces(self) -> dict[str, int]:
         """{spelling: id} of the control tokens (BOS, EOS, ...): what a chat template writes to get them."""
