@@ -82,9 +82,10 @@ def cmd_train(args):
     from .tokenizers.sentencepiece import SentencePieceTokenizer, train_sentencepiece
     from .train.trainer import dataset_from_paths, resolve_compile, run
 
+    overrides = _parse_overrides(args.set)
+    bLlamaConfig.check_overrides(overrides)  # a typo in --set ends here, not after the tokenizer is trained
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    overrides = _parse_overrides(args.set)
     if args.batch_size:
         overrides["batch_size"] = args.batch_size
     if args.max_steps:

@@ -36,6 +36,31 @@ def test_presets_sizes():
         bLlamaConfig(activation="gelu")
 
 
+def test_config_fields_are_named_typed_and_bounded():
+    """`bllama train --set` values: an unknown name was a TypeError traceback, lr="abc" failed inside torch's
+    optimizer, seq_len=10**8 was killed for memory building RoPE tables."""
+    import numpy as np
+
+    with pytest.raises(ValueError, match=r"unknown config fields: \['foo'\]; the fields are \['vocab_size'"):
+        bLlamaConfig.preset("tiny", foo=1)
+    with pytest.raises(TypeError, match="config field lr must be a float, got 'abc'"):
+        bLlamaConfig.preset("tiny", lr="abc")
+    with pytest.raises(TypeError, match="config field num_layers must be an int, got 2.5"):
+        tiny(num_layers=2.5)
+    with pytest.raises(TypeError, match="config field bias must be a bool, got 1"):
+        tiny(bias=1)
+    with pytest.raises(TypeError, match="betas must be two numbers"):
+        tiny(betas=(0.9,))
+    with pytest.raises(ValueError, match="seq_len must be at most 1048576, got 100000000"):
+        tiny(seq_len=10**8)
+    c = tiny(lr=1, num_layers=np.uint32(3), rope_theta=np.float32(500.0), tie_embeddings=np.bool_(False))
+    assert (type(c.lr), c.num_layers, type(c.num_layers), type(c.rope_theta), c.tie_embeddings) == \
+        (float, 3, int, float, False)
+    with pytest.raises(ValueError, match="config field warmup_steps must be an int, got 'x'"):  # --set, as text
+        bLlamaConfig.check_overrides({"warmup_steps": "x"})
+    bLlamaConfig.check_overrides({"num_heads": 3})  # a bad combination is the config's to refuse, not this
+
+
 def test_bitlinear_training_mode_is_fake_quant_with_ste():
     torch.manual_seed(0)
     layer = BitLinear(256, 32)

@@ -6,11 +6,39 @@
 from __future__ import annotations
 
 import dataclasses
+import numbers
 from dataclasses import dataclass, field
 from typing import Optional
 
 ACTIVATIONS = ("silu", "relu2")
+# Far past any model we know (LLaMA-3: vocab 128256, context 131072, hidden 16384, FFN 53248, 126 layers).
+SIZE_LIMITS = dict(vocab_size=1 << 22, seq_len=1 << 20, hidden_size=1 << 16, num_layers=1024, ffn_size=1 << 18)
 SCHEDULES = ("cosine", "two_stage")
+
+
+def _number(v, kind) -> bool:
+    return isinstance(v, kind) and not isinstance(v, bool) and type(v).__name__ != "bool_"
+
+
+def _typed(f: dataclasses.Field, value):
+    """`value` as field `f`'s annotated type (int, float, bool, str, Optional of one, or a pair of numbers), or
+    TypeError naming the field."""
+    kind = f.type.replace("Optional[", "").rstrip("]")
+    if value is None and f.type.startswith("Optional["):
+        return None
+    if kind == "int" and _number(value, numbers.Integral):
+        return int(value)
+    if kind == "float" and _number(value, numbers.Real):
+        return float(value)
+    if kind == "bool" and type(value).__name__ in ("bool", "bool_"):
+        return bool(value)
+    if kind == "str" and isinstance(value, str):
+        return value
+    if kind == "tuple":
+        if isinstance(value, (tuple, list)) and len(value) == 2 and all(_number(v, numbers.Real) for v in value):
+            return tuple(float(v) for v in value)
+        raise TypeError(f"config field {f.name} must be two numbers, got {value!r}")
+    raise TypeError(f"config field {f.name} must be {'an' if kind == 'int' else 'a'} {kind}, got {value!r}")
 
 
 @dataclass
@@ -50,9 +78,9 @@ class bLlamaConfig:
     activation_checkpointing: bool = False
 
     def __post_init__(self):
+        self._check_types()
         if self.num_kv_heads is None:
             self.num_kv_heads = self.num_heads
-        self.betas = tuple(self.betas)
         if self.activation not in ACTIVATIONS:
             raise ValueError(f"activation must be one of {ACTIVATIONS}, got {self.activation!r}")
         if self.schedule not in SCHEDULES:
@@ -66,6 +94,26 @@ class bLlamaConfig:
         for name in ("vocab_size", "seq_len", "hidden_size", "num_layers", "ffn_size"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+            if getattr(self, name) > SIZE_LIMITS[name]:  # a typo, not a model: seq_len=10**8 filled 24 GiB for RoPE
+                raise ValueError(f"{name} must be at most {SIZE_LIMITS[name]}, got {getattr(self, name)}")
+
+    def _check_types(self) -> None:
+        """Every field has its annotated type (--set lr=abc ended in a TypeError inside torch's optimizer); an int
+        is taken where a float is expected, numpy scalars (a file's metadata) as Python ones."""
+        for f in dataclasses.fields(self):
+            setattr(self, f.name, _typed(f, getattr(self, f.name)))
+
+    @classmethod
+    def check_overrides(cls, overrides: dict) -> None:
+        """ValueError naming the first unknown field or mistyped value of `overrides` (`bllama train --set`), before
+        any work; the rules of the fields together are checked when the config is built."""
+        cls._check_names(overrides)
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        for name, value in overrides.items():
+            try:
+                _typed(fields[name], value)
+            except TypeError as e:
+                raise ValueError(str(e)) from None
 
     @property
     def head_dim(self) -> int:
@@ -81,11 +129,15 @@ class bLlamaConfig:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict) -> "bLlamaConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - known
+    def _check_names(cls, d: dict) -> None:
+        unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
         if unknown:
-            raise ValueError(f"unknown config fields: {sorted(unknown)}")
+            raise ValueError(f"unknown config fields: {sorted(unknown)}; the fields are "
+                             f"{[f.name for f in dataclasses.fields(cls)]}")
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "bLlamaConfig":
+        cls._check_names(d)
         return cls(**d)
 
     def replace(self, **overrides) -> "bLlamaConfig":
@@ -95,6 +147,7 @@ class bLlamaConfig:
     def preset(cls, name: str, **overrides) -> "bLlamaConfig":
         if name not in PRESETS:
             raise ValueError(f"unknown preset {name!r}; choose from {sorted(PRESETS)}")
+        cls._check_names(overrides)
         return cls(**{**PRESETS[name], **overrides})
 
 
