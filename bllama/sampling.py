@@ -34,7 +34,7 @@ class SamplingParams:
         if self.top_k < 0:
             raise ValueError(f"top_k must be >= 0, got {self.top_k}")
         if not self.top_p > 0:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+            raise ValueError(f"top_p must be > 0 (1 or more: off), got {self.top_p}")
         if not self.repetition_penalty > 0 or math.isinf(self.repetition_penalty):
             raise ValueError(f"repetition_penalty must be a positive number, got {self.repetition_penalty}")
 

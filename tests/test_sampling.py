@@ -17,8 +17,8 @@ def test_defaults_are_greedy_and_match_the_engine_defaults():
     ("temperature", -0.1, "temperature must be a finite number >= 0"),
     ("temperature", math.nan, "temperature must be a finite number >= 0"),
     ("temperature", math.inf, "temperature must be a finite number >= 0"),
-    ("top_k", -1, "top_k must be >= 0"), ("top_p", 0.0, r"top_p must be in \(0, 1\]"),
-    ("top_p", math.nan, r"top_p must be in \(0, 1\]"), ("repetition_penalty", 0.0, "repetition_penalty must be"),
+    ("top_k", -1, "top_k must be >= 0"), ("top_p", 0.0, r"top_p must be > 0 \(1 or more: off\)"),
+    ("top_p", math.nan, r"top_p must be > 0 \(1 or more: off\)"), ("repetition_penalty", 0.0, "repetition_penalty must be"),
     ("repetition_penalty", math.inf, "repetition_penalty must be")])
 def test_refuses_what_the_engine_refuses(field, value, message):
     with pytest.raises(ValueError, match=message):

@@ -11,7 +11,7 @@ void validate(const SamplingParams& p) {
     if (!(p.temperature >= 0.0f) || std::isinf(p.temperature))  // inf would sample uniformly, whatever the logits
         throw std::invalid_argument("temperature must be a finite number >= 0, got " + std::to_string(p.temperature));
     if (p.top_k < 0) throw std::invalid_argument("top_k must be >= 0, got " + std::to_string(p.top_k));
-    if (!(p.top_p > 0.0f)) throw std::invalid_argument("top_p must be in (0, 1], got " + std::to_string(p.top_p));
+    if (!(p.top_p > 0.0f)) throw std::invalid_argument("top_p must be > 0 (1 or more: off), got " + std::to_string(p.top_p));
     if (!(p.repetition_penalty > 0.0f) || std::isinf(p.repetition_penalty))
         throw std::invalid_argument("repetition_penalty must be a positive number, got " + std::to_string(p.repetition_penalty));
 }
