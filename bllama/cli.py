@@ -20,15 +20,15 @@ def _int_from(lo: int, hi: int = None):
     return parse
 
 
-def _seconds(text: str) -> float:
-    """An argparse type: a finite number of seconds or minutes > 0."""
+def _positive_number(text: str) -> float:
+    """An argparse type: a finite number > 0 (a duration such as --max-minutes)."""
     v = float(text)
     if not 0 < v < float("inf"):
         raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
     return v
 
 
-_seconds.__name__ = "number"
+_positive_number.__name__ = "number"
 POSITIVE, NON_NEGATIVE = _int_from(1), _int_from(0)
 
 
@@ -319,7 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--vocab-size", type=POSITIVE, default=2048, help="pieces of the tokenizer trained when none given")
     t.add_argument("--out", default="runs/bllama", help="output folder (checkpoints, tokenizer, logs)")
     t.add_argument("--max-steps", type=POSITIVE, default=None, help="stop after this many optimizer steps")
-    t.add_argument("--max-minutes", type=_seconds, default=None, help="stop after this much wall time")
+    t.add_argument("--max-minutes", type=_positive_number, default=None, help="stop after this much wall time")
     t.add_argument("--batch-size", type=POSITIVE, default=None, help="sequences per batch (default: the preset's)")
     t.add_argument("--precision", default="auto",
                    help="Lightning precision: auto (bf16-mixed on a GPU with bf16 and on a CPU with bf16 dot products: "

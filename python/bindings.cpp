@@ -173,21 +173,17 @@ private:
 };
 
 // The exit hook: stops and refuses engine calls, then waits up to timeout_s for those in the engine to return.
-// Returns how many are still there.
-int shutdown_calls(double timeout_s) {
+void shutdown_calls(double timeout_s) {
     {
         const std::lock_guard<std::mutex> lock(g_calls_mu);
         g_exiting.store(true);
     }
     PyThreadState* state = PyEval_SaveThread();  // a call may need the GIL to reach its next token
-    int left;
     {
         std::unique_lock<std::mutex> lock(g_calls_mu);
         g_calls_done.wait_for(lock, std::chrono::duration<double>(timeout_s), [] { return g_calls == 0; });
-        left = g_calls;
     }
     PyEval_RestoreThread(state);
-    return left;
 }
 
 // py::gil_scoped_acquire for a callback from the engine; a thread ended while it waits unwinds through the engine.
