@@ -79,28 +79,14 @@ void f16_gemv_rows(const uint16_t* w, int64_t cols, const float* x, float* y, in
     }
 }
 
-template <int R, int N>
-void f16_rows(const uint16_t* w, int64_t cols, const float* x, int64_t n_tokens, float* y, int64_t ldy, int64_t rb,
-              int64_t re) {
-    int64_t r = rb;
-    for (; r + R <= re; r += R) {
-        int64_t t = 0;
-        for (; t + N <= n_tokens; t += N) f16_tile<R, N>(w, cols, x, y, ldy, r, t);
-        for (; t < n_tokens; ++t) f16_tile<R, 1>(w, cols, x, y, ldy, r, t);
-    }
-    for (; r < re; ++r) {
-        int64_t t = 0;
-        for (; t + N <= n_tokens; t += N) f16_tile<1, N>(w, cols, x, y, ldy, r, t);
-        for (; t < n_tokens; ++t) f16_tile<1, 1>(w, cols, x, y, ldy, r, t);
-    }
-}
-
 }  // namespace
 
 void f16_matmul_avx2(const uint16_t* w, int64_t cols, const float* x, int64_t n_tokens, float* y, int64_t ldy,
                      int64_t rb, int64_t re) {
     if (n_tokens > kF16ExactTokens) {  // prompt chunks: register tiles (another summation order)
-        f16_rows<4, 2>(w, cols, x, n_tokens, y, ldy, rb, re);
+        f16_tiles<4, 2>(rb, re, n_tokens, [&](auto rows, auto tokens, int64_t r, int64_t t) {
+            f16_tile<decltype(rows)::value, decltype(tokens)::value>(w, cols, x, y, ldy, r, t);
+        });
         return;
     }
     for (int64_t t = 0; t < n_tokens; t += 2) {  // up to 2 tokens per pass over the rows (8 accumulators)
