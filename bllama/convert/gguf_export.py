@@ -100,9 +100,6 @@ def export_gguf(model, tokenizer, path: Union[str, os.PathLike], weight_type: st
     padded_ok = isinstance(tokenizer, BPETokenizer) and tokenizer.vocab_size < cfg.vocab_size
     if tokenizer.vocab_size != cfg.vocab_size and not padded_ok:
         raise ValueError(f"tokenizer has {tokenizer.vocab_size} tokens but the model's vocab_size is {cfg.vocab_size}")
-    for dim, what in ((cfg.hidden_size, "hidden_size"), (cfg.ffn_size, "ffn_size")):
-        if dim % QK:
-            raise ValueError(f"{what} {dim} is not a multiple of {QK}, which ternary GGUF blocks need")
 
     gguf_arch(cfg, weight_type, force_arch)  # refuses before anything is written
     if chat_template is not None:

@@ -60,8 +60,21 @@ def add_packed_tensor(writer, name: str, data: np.ndarray, qtype, shape: tuple) 
         writer.add_tensor(name, data, raw_dtype=qtype)
 
 
+def pad_cols(codes: np.ndarray) -> np.ndarray:
+    """Codes [rows, cols] with zero columns appended up to the next multiple of QK: a ternary tensor's stored input
+    length (docs/architecture.md). The engine feeds zero activations to the padding, so it never contributes."""
+    cols = -(-codes.shape[1] // QK) * QK
+    if codes.shape[1] == cols:
+        return codes
+    out = np.zeros((codes.shape[0], cols), np.int8)
+    out[:, :codes.shape[1]] = codes
+    return out
+
+
 def add_ternary_tensor(writer, name: str, codes: np.ndarray, scale: float, weight_type: str) -> None:
-    """Adds the ternary matrix `codes` * `scale` to a gguf.GGUFWriter in `weight_type` (TERNARY_TYPES)."""
+    """Adds the ternary matrix `codes` * `scale` to a gguf.GGUFWriter in `weight_type` (TERNARY_TYPES), its rows
+    zero-padded to whole blocks (pad_cols)."""
+    codes = pad_cols(codes)
     add_packed_tensor(writer, name, *pack_ternary(codes, scale, weight_type), codes.shape)
 
 

@@ -37,7 +37,7 @@ import numpy as np
 
 from ..atomic import atomic_path
 from ..model.config import bLlamaConfig
-from .gguf_schema import QK, ArchitectureError, add_bpe_vocab, gguf_arch, pack_tq2_0
+from .gguf_schema import QK, ArchitectureError, add_bpe_vocab, gguf_arch, pack_tq2_0, pad_cols
 
 PROJ = {"self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
         "self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
@@ -293,14 +293,6 @@ def ternary_from_hf(tensors: _Tensors, prefix: str, out: int, inp: int, linear_c
     return codes, float(np.float32(1.0) / np.float32(inv.item()))
 
 
-def _pad_cols(codes: np.ndarray, cols: int) -> np.ndarray:
-    if codes.shape[1] == cols:
-        return codes
-    out = np.zeros((codes.shape[0], cols), np.int8)
-    out[:, :codes.shape[1]] = codes
-    return out
-
-
 # ---- tokenizer ---------------------------------------------------------------------------------------------------
 def _token_name(v) -> Optional[str]:
     if isinstance(v, dict):
@@ -501,7 +493,7 @@ def _produce(tensors: _Tensors, P: Plan, src) -> Iterator[np.ndarray]:
         codes, scale = ternary_from_hf(tensors, prefix, out, inp, P.linear_class)
         P._scales = getattr(P, "_scales", {})
         P._scales[prefix] = scale
-        yield pack_tq2_0(_pad_cols(codes, inp_pad), 1.0)
+        yield pack_tq2_0(pad_cols(codes), 1.0)
     elif kind == "scale":
         yield np.asarray([P._scales.pop(src[1])], dtype=np.float32)
     else:  # pragma: no cover
