@@ -71,6 +71,23 @@ def test_runtime_chat_renders_encodes_and_generates(chat_file):
         Runtime.load(plain, threads=1).chat(msgs)
 
 
+def test_default_lengths_fit_the_context(chat_file):
+    """max_new_tokens left out asks for up to 256 (chat) or 128 (generate) new tokens, as many as the context still
+    holds: the shipped model's context is 256 tokens, and its chat failed on the default 256 with any prompt."""
+    path, _ = chat_file
+    msgs = [{"role": "user", "content": "Hi"}]
+    n = len(Runtime.load(path, threads=1).chat_prompt_ids(msgs))
+    rt = Runtime.load(path, threads=1, context_length=n + 3)
+    rt.chat(msgs)
+    assert 1 <= rt.stats["decode_tokens"] <= 3
+    rt.generate("Hi", do_sample=True, seed=1)
+    assert rt.stats["prompt_tokens"] + rt.stats["decode_tokens"] <= rt.context_length
+    with pytest.raises(IndexError, match="leaves no room for new tokens in the context length"):
+        rt.generate("Hi " * rt.context_length)
+    with pytest.raises(IndexError, match=r"max_new_tokens \(256\) exceeds the context"):
+        rt.chat(msgs, max_new_tokens=256)  # an explicit length is never cut
+
+
 def test_cli_generate_chat(chat_file):
     path, plain = chat_file
     run = lambda *a: subprocess.run([sys.executable, "-m", "bllama.cli", "generate", *map(str, a)],

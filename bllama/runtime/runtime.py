@@ -16,8 +16,10 @@ from ..sampling import SamplingParams
 from ..tokenizers.from_gguf import tokenizer_from_gguf
 from ..tokenizers.text import check_text
 from .engine import engine_module, check_cuda
-from .slots import Slots, check_new_tokens
+from .slots import Slots, check_new_tokens, default_new_tokens
 from .text_stream import _TextStream
+
+GENERATE_TOKENS, CHAT_TOKENS = 128, 256  # the most new tokens max_new_tokens=None asks for (default_new_tokens)
 
 
 class RuntimeBusyError(RuntimeError):
@@ -175,18 +177,21 @@ class Runtime:
         self.stats = dict(self._engine.last_stats)
         return ids
 
-    def generate(self, prompt: Union[str, Sequence[str]], max_new_tokens: int = 128,
+    def generate(self, prompt: Union[str, Sequence[str]], max_new_tokens: Optional[int] = None,
                  sampling: Optional[SamplingParams] = None, *, stop: Optional[Sequence[str]] = None,
                  stop_at_eos: bool = True, **overrides) -> Union[str, List[str]]:
         """The continuation of `prompt` (without the prompt); a list of prompts gives a list of continuations
         (decoded together when the runtime was loaded with max_sequences > 1; prompt i samples with seed + i, so
         equal prompts still get different samples, and each gets what generate(prompt_i, seed=seed + i) gives).
-        Generation ends at max_new_tokens, at the model's EOS (unless stop_at_eos=False) or at a `stop` string."""
+        Generation ends at max_new_tokens (None: up to 128, as many as the context holds after the prompt), at the
+        model's EOS (unless stop_at_eos=False) or at a `stop` string."""
         sampling = SamplingParams.of(sampling, **overrides)
         if not isinstance(prompt, str):
             prompts = list(prompt)
             if self._engine.config.get("max_sequences", 1) > 1 and len(prompts) > 1:
                 ids = [self.encode(p) for p in prompts]
+                if max_new_tokens is None:
+                    max_new_tokens = default_new_tokens(GENERATE_TOKENS, max(map(len, ids)), self.context_length)
                 outs = self.generate_ids_batch(ids, max_new_tokens, sampling, stop_at_eos=stop_at_eos)
                 return [self.text_of(prompt_ids, out, stop) for prompt_ids, out in zip(ids, outs)]
             return [self.generate(p, max_new_tokens, sampling.for_sequence(i), stop=stop, stop_at_eos=stop_at_eos)
@@ -224,17 +229,19 @@ class Runtime:
         text.flush()
         return text.emitted
 
-    def stream(self, prompt: str, max_new_tokens: int = 128, sampling: Optional[SamplingParams] = None, *,
+    def stream(self, prompt: str, max_new_tokens: Optional[int] = None, sampling: Optional[SamplingParams] = None, *,
                stop: Optional[Sequence[str]] = None, stop_at_eos: bool = True, **overrides) -> Iterator[str]:
         """Yields the continuation's text as it is produced. The engine runs in a worker thread (GIL released)."""
         return self.stream_ids(self.encode(prompt), max_new_tokens, sampling, stop=stop, stop_at_eos=stop_at_eos,
                                **overrides)
 
-    def stream_ids(self, prompt_ids: Sequence[int], max_new_tokens: int = 128,
+    def stream_ids(self, prompt_ids: Sequence[int], max_new_tokens: Optional[int] = None,
                    sampling: Optional[SamplingParams] = None, *, stop: Optional[Sequence[str]] = None,
                    stop_at_eos: bool = True, **overrides) -> Iterator[str]:
         """stream() from token ids (encode() or chat_prompt_ids() give them): nothing runs until the first
-        next(); closing the iterator stops the engine within a few tokens."""
+        next(); closing the iterator stops the engine within a few tokens. max_new_tokens None: generate()'s."""
+        if max_new_tokens is None:
+            max_new_tokens = default_new_tokens(GENERATE_TOKENS, len(prompt_ids), self.context_length)
         sampling = SamplingParams.of(sampling, **overrides)
         text = _TextStream(self.tokenizer, prompt_ids, stop)
         # Bounded: the engine runs at most a few pieces ahead of the reader, so a reader that stops
@@ -294,11 +301,15 @@ class Runtime:
         # Contents are plain text; control tokens come only from the template's markup (BOS included: as the id).
         return encode_chat(self.tokenizer, template, messages, add_generation_prompt)
 
-    def chat(self, messages, max_new_tokens: int = 256, sampling: Optional[SamplingParams] = None, *,
+    def chat(self, messages, max_new_tokens: Optional[int] = None, sampling: Optional[SamplingParams] = None, *,
              stop: Optional[Sequence[str]] = None, stream: bool = False, **overrides) -> Union[str, Iterator[str]]:
         """The assistant's reply to `messages` under the file's chat template; ends at an end-of-turn / EOS id
-        (every id in eos_ids), a `stop` string or max_new_tokens. stream=True yields the text as it comes."""
-        pieces = self.stream_ids(self.chat_prompt_ids(messages), max_new_tokens, sampling, stop=stop,
+        (every id in eos_ids), a `stop` string or max_new_tokens (None: up to 256, as many as the context holds
+        after the prompt). stream=True yields the text as it comes."""
+        ids = self.chat_prompt_ids(messages)
+        if max_new_tokens is None:
+            max_new_tokens = default_new_tokens(CHAT_TOKENS, len(ids), self.context_length)
+        pieces = self.stream_ids(ids, max_new_tokens, sampling, stop=stop,
                                  stop_at_eos=True, **overrides)
         return pieces if stream else "".join(pieces)
 

@@ -38,6 +38,17 @@ def check_new_tokens(max_new_tokens, prompt_tokens: int, context_length: int) ->
     return n
 
 
+def default_new_tokens(cap: int, prompt_tokens: int, context_length: int) -> int:
+    """What max_new_tokens=None means: up to `cap` new tokens, as many as the context holds after the prompt (a
+    256-token model's chat would otherwise fail on any default larger than its context). IndexError when the prompt
+    leaves no room."""
+    room = context_length - prompt_tokens
+    if room < 1:
+        raise IndexError(f"prompt ({prompt_tokens} tokens) leaves no room for new tokens in the context length "
+                         f"{context_length}")
+    return min(cap, room)
+
+
 class SlotsFullError(RuntimeError):
     """Every slot is busy: retry after a step that finished a slot."""
 
