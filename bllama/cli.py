@@ -195,16 +195,16 @@ def cmd_export(args):
     if args.chat_template:
         from .tokenizers.chat_templates import resolve_chat_template
 
-        if args.format != "gguf":
-            raise ValueError("--chat-template is written into GGUF files (--format gguf)")
         template = resolve_chat_template(args.chat_template)
     t0 = time.perf_counter()
     if args.format == "hf":
         from .convert.hf_export import export_hf
 
-        path = export_hf(model, tok, args.output)
+        path = export_hf(model, tok, args.output, chat_template=template)
         size = sum(p.stat().st_size for p in path.iterdir())
-        print(f"wrote {path}/ ({size / 2**20:.1f} MiB, Hugging Face BitNet) in {time.perf_counter() - t0:.1f} s")
+        kind = json.loads((path / "config.json").read_text())["architectures"][0]
+        chat = ", chat template in tokenizer_config.json" if template or getattr(tok, "chat_template", None) else ""
+        print(f"wrote {path}/ ({size / 2**20:.1f} MiB, Hugging Face {kind}{chat}) in {time.perf_counter() - t0:.1f} s")
         return
     path = export_gguf(model, tok, args.output, weight_type=args.type, progress=True, force_arch=args.force_arch,
                        chat_template=template)

@@ -88,3 +88,38 @@ def test_hf_export_refuses_nonempty_folder(trained_tiny, tmp_path):
     (tmp_path / "x" / "f").write_text("keep")
     with pytest.raises(ValueError, match="not empty"):
         export_hf(trained_tiny["model"], trained_tiny["tokenizer"], tmp_path / "x")
+
+
+def test_hf_export_of_a_model_without_sub_norms(sp_tokenizer, tmp_path):
+    """A model converted from a LLaMA has no sub-norms, which transformers' BitNet block always has: it is written
+    as a LlamaForCausalLM with the bitnet quantization_config (it crashed on the missing sub-norm weights), loads in
+    transformers with our logits, and comes back through our import with the chat template it was given."""
+    from transformers import LlamaForCausalLM
+
+    from bllama import bLlama, bLlamaConfig
+    from bllama.convert.hf_export import export_hf
+    from bllama.runtime import Runtime
+    from bllama.tokenizers.chat_templates import resolve_chat_template
+
+    torch.manual_seed(4)
+    model = bLlama(bLlamaConfig(vocab_size=sp_tokenizer.vocab_size, seq_len=64, hidden_size=64, num_heads=4,
+                                num_kv_heads=2, num_layers=2, ffn_size=128, sub_norms=False)).eval()
+    with torch.no_grad():  # the engine keeps the embedding in fp16: make that exact
+        model.model.embed_tokens.weight.copy_(model.model.embed_tokens.weight.half().float())
+    template = resolve_chat_template("chatml")
+    out = export_hf(model, sp_tokenizer, tmp_path / "hf", chat_template=template)
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["architectures"] == ["LlamaForCausalLM"] and cfg["quantization_config"]["quant_method"] == "bitnet"
+    assert json.loads((out / "tokenizer_config.json").read_text())["chat_template"] == template
+    hf = LlamaForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
+    ids = sp_tokenizer.encode("To be, or not to be, that is the question")
+    with torch.no_grad():
+        ours = model.model(torch.tensor([ids]))[0].float().numpy()
+        theirs = hf(torch.tensor([ids])).logits[0].float().numpy()
+    rel = np.abs(ours - theirs).max(-1) / np.abs(ours).max(-1)
+    assert rel[0] < 1e-5 and np.all(rel < 2e-2), rel  # the module docstring's tolerance
+    rt = Runtime.load(out, head="f16", kv_cache_dtype="float32")
+    assert rt.tokenizer.chat_template == template
+    lr = rt.logits(ids)
+    rel = np.abs(lr - ours).max(-1) / np.abs(ours).max(-1)
+    assert rel[0] < 1e-4 and np.all(rel < 2e-2), rel

@@ -103,10 +103,9 @@ def export_gguf(model, tokenizer, path: Union[str, os.PathLike], weight_type: st
 
     gguf_arch(cfg, weight_type, force_arch)  # refuses before anything is written
     if chat_template is not None:
-        from ..tokenizers.chat_templates import check_chat_template
+        from ..tokenizers.chat_templates import check_template_for
 
-        bos, eos = (tokenizer.id_to_piece(i) if i is not None else "" for i in (tokenizer.bos_id, tokenizer.eos_id))
-        check_chat_template(chat_template, bos, eos)
+        check_template_for(tokenizer, chat_template)
 
     path = Path(path)
     w = None  # the size a full disk reports: the tensors' bytes, known once they are added

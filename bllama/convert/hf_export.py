@@ -6,14 +6,16 @@ R = out/4) plus `weight_scale` = our s (`quantization_config.linear_class = "aut
 multiplied by it, `quantization_mode = "offline"`), norms and the embedding in float32, and the tokenizer files
 (tokenizer.model + tokenizer_config.json). The function is the same as ours: HF's AutoBitLinear quantizes
 activations per token to int8 with 127 / absmax exactly like bllama/model/bitlinear.py, its RMSNorm and rotate_half
-RoPE are ours, and its BitNet block puts the sub-norms where we do.
+RoPE are ours, and its BitNet block puts the sub-norms where we do. A model without sub-norms (converted from a
+LLaMA) is written as `LlamaForCausalLM` with the same quantization_config (HF1BitLLM's form, which
+`bllama import` reads back): transformers' LLaMA block is ours without them.
 """
 from __future__ import annotations
 
 import json
 import os
 from pathlib import Path
-from typing import Union
+from typing import Optional, Union
 
 import numpy as np
 import torch
@@ -36,8 +38,10 @@ def pack_hf(codes: np.ndarray) -> np.ndarray:
     return q[0] | (q[1] << 2) | (q[2] << 4) | (q[3] << 6)
 
 
-def export_hf(model, tokenizer, out_dir: Union[str, os.PathLike], dtype: str = "float32") -> Path:
-    """Write the checkpoint folder `out_dir` (created; an existing non-empty folder is refused)."""
+def export_hf(model, tokenizer, out_dir: Union[str, os.PathLike], dtype: str = "float32",
+              chat_template: Optional[str] = None) -> Path:
+    """Write the checkpoint folder `out_dir` (created; an existing non-empty folder is refused). chat_template (else
+    the tokenizer's own) goes into tokenizer_config.json, where transformers' apply_chat_template finds it."""
     from safetensors.torch import save_file
 
     from ..model.transformer import Transformer
@@ -56,6 +60,10 @@ def export_hf(model, tokenizer, out_dir: Union[str, os.PathLike], dtype: str = "
     tdtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}.get(dtype)
     if tdtype is None:
         raise ValueError(f"dtype must be float32, bfloat16 or float16, got {dtype!r}")
+    if chat_template is not None:
+        from ..tokenizers.chat_templates import check_template_for
+
+        check_template_for(tokenizer, chat_template)
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()):
         raise ValueError(f"{out_dir} exists and is not empty")
@@ -69,6 +77,8 @@ def export_hf(model, tokenizer, out_dir: Union[str, os.PathLike], dtype: str = "
         for i, block in enumerate(net.layers):
             p = f"model.layers.{i}."
             for ours, theirs in NORMS.items():
+                if "sub_norm" in ours and not cfg.sub_norms:
+                    continue
                 sd[p + theirs + ".weight"] = block.get_submodule(ours).weight.detach().to(tdtype).contiguous()
             for ours, theirs in NAMES.items():
                 layer = block.get_submodule(ours)
@@ -77,7 +87,8 @@ def export_hf(model, tokenizer, out_dir: Union[str, os.PathLike], dtype: str = "
                 # float32 whatever the model dtype: s is an fp16-rounded float32 in our model
                 sd[p + theirs + ".weight_scale"] = layer.ternary_scale().detach().float().reshape(1).contiguous()
     config = {
-        "architectures": ["BitNetForCausalLM"], "model_type": "bitnet",
+        "architectures": ["BitNetForCausalLM" if cfg.sub_norms else "LlamaForCausalLM"],
+        "model_type": "bitnet" if cfg.sub_norms else "llama",
         "vocab_size": cfg.vocab_size, "hidden_size": cfg.hidden_size, "intermediate_size": cfg.ffn_size,
         "num_hidden_layers": cfg.num_layers, "num_attention_heads": cfg.num_heads,
         "num_key_value_heads": cfg.num_kv_heads, "hidden_act": cfg.activation,
@@ -94,6 +105,9 @@ def export_hf(model, tokenizer, out_dir: Union[str, os.PathLike], dtype: str = "
                "eos_token": piece(tokenizer.eos_id), "unk_token": piece(tokenizer.unk_id),
                "add_bos_token": True, "add_eos_token": False, "legacy": False,
                "model_max_length": cfg.seq_len}
+    template = chat_template or getattr(tokenizer, "chat_template", None)
+    if template:
+        tok_cfg["chat_template"] = template
     with atomic_dir(out_dir) as tmp:
         save_file(sd, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         (tmp / "config.json").write_text(json.dumps(config, indent=2))

@@ -50,6 +50,12 @@ def check_chat_template(template: str, bos_token: str = "", eos_token: str = "",
     return text
 
 
+def check_template_for(tokenizer, template: str) -> str:
+    """check_chat_template with `tokenizer`'s BOS and EOS pieces as the template's bos_token / eos_token."""
+    bos, eos = (tokenizer.id_to_piece(i) if i is not None else "" for i in (tokenizer.bos_id, tokenizer.eos_id))
+    return check_chat_template(template, bos, eos)
+
+
 _REPLY = "\ue000reply\ue001"  # a reply no template touches, so what the template writes after it is its own markup
 
 
