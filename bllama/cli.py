@@ -7,6 +7,8 @@ import sys
 import time
 from pathlib import Path
 
+from .model.config import PRESETS, SHAPE_FIELDS
+
 
 def _int_from(lo: int, hi: int = None):
     """An argparse type: an integer in [lo, hi] (hi None: no upper bound); argparse names the flag in the error."""
@@ -84,6 +86,12 @@ def cmd_train(args):
 
     overrides = _parse_overrides(args.set)
     bLlamaConfig.check_overrides(overrides)  # a typo in --set ends here, not after the tokenizer is trained
+    if args.init_from:  # these were ignored without a word, or failed later blaming the checkpoint's tensors
+        given = [f for f, v in (("--preset", args.preset), ("--tokenizer", args.tokenizer),
+                                ("--vocab-size", args.vocab_size)) if v is not None]
+        given += [f"--set {k}" for k in overrides if k in SHAPE_FIELDS]
+        if given:
+            raise ValueError(f"{', '.join(given)}: --init-from takes the model's shape and tokenizer from the checkpoint")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if args.batch_size:
@@ -111,10 +119,11 @@ def cmd_train(args):
             text_files = [p for p in args.data if p.endswith(".txt")]
             if not text_files:
                 raise SystemExit("no --tokenizer given and no .txt file to train one from")
-            print(f"training a {args.vocab_size}-piece SentencePiece BPE tokenizer on {len(text_files)} file(s)")
-            tok = SentencePieceTokenizer(train_sentencepiece(text_files, out / "tokenizer", vocab_size=args.vocab_size))
+            vocab = args.vocab_size or 2048
+            print(f"training a {vocab}-piece SentencePiece BPE tokenizer on {len(text_files)} file(s)")
+            tok = SentencePieceTokenizer(train_sentencepiece(text_files, out / "tokenizer", vocab_size=vocab))
         overrides["vocab_size"] = tok.vocab_size
-        config = bLlamaConfig.preset(args.preset, **overrides)
+        config = bLlamaConfig.preset(args.preset or "tiny", **overrides)
         model = bLlama(config)
     if args.sft:
         from .train.sft import ChatSFTDataset
@@ -126,7 +135,7 @@ def cmd_train(args):
                         num_workers=args.num_workers, resumable=True, pin_memory=torch.cuda.is_available())
     if resolve_compile(args.compile, args.accelerator):
         model.compile_blocks()
-    print(f"model: {'from ' + args.init_from if args.init_from else 'preset ' + args.preset}, "
+    print(f"model: {'from ' + args.init_from if args.init_from else 'preset ' + (args.preset or 'tiny')}, "
           f"{model.num_parameters() / 1e6:.2f}M parameters; "
           f"data: {len(dataset)} blocks of {config.seq_len} tokens")
     callbacks = []
@@ -312,11 +321,12 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train a model with Lightning", description="Train a bLLaMa model.")
     t.add_argument("data", nargs="+", help="training data: .txt files, .parquet (text column), .jsonl (text "
                                            "field) or .bin token files from `bllama data prepare`")
-    t.add_argument("--preset", default="tiny", help="model preset: tiny, small, 1.7b, 2b4t (default tiny)")
+    t.add_argument("--preset", default=None, choices=sorted(PRESETS), help="model preset (default tiny)")
     t.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override a config field, e.g. --set num_layers=4 --set activation=relu2 (repeatable)")
     t.add_argument("--tokenizer", help="an existing SentencePiece tokenizer.model (default: train one)")
-    t.add_argument("--vocab-size", type=POSITIVE, default=2048, help="pieces of the tokenizer trained when none given")
+    t.add_argument("--vocab-size", type=POSITIVE, default=None,
+                   help="pieces of the tokenizer trained when none given (default 2048)")
     t.add_argument("--out", default="runs/bllama", help="output folder (checkpoints, tokenizer, logs)")
     t.add_argument("--max-steps", type=POSITIVE, default=None, help="stop after this many optimizer steps")
     t.add_argument("--max-minutes", type=_positive_number, default=None, help="stop after this much wall time")
@@ -410,7 +420,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     b = sub.add_parser("bench", help="prompt and decode speed of the engine")
     b.add_argument("model", nargs="?", default=None, help="model.gguf (default: a random model of --preset)")
-    b.add_argument("--preset", default="1.7b", help="shapes of the random model when no file is given")
+    b.add_argument("--preset", default="1.7b", choices=sorted(PRESETS),
+                   help="shapes of the random model when no file is given (default 1.7b)")
     b.add_argument("--threads", type=POSITIVE, nargs="+", default=None, help="thread counts to measure (default 1 and all)")
     b.add_argument("--prompt-tokens", type=POSITIVE, default=128, help="prompt length (default 128)")
     b.add_argument("--gen-tokens", type=NON_NEGATIVE, default=64, help="decoded tokens (default 64)")

@@ -35,6 +35,7 @@ def test_every_option_has_help():
     (["serve", "m.gguf", "--port", "70000"], "argument --port: must be in [0, 65535], got 70000"),  # a traceback
     (["generate", "m.gguf", "hi", "--threads", "abc"], "argument --threads: invalid integer value: 'abc'"),
     (["generate", "m.gguf", "hi", "--max-new-tokens", "-1"], "argument --max-new-tokens: must be >= 0, got -1"),
+    (["train", "d.txt", "--preset", "huge"], "argument --preset: invalid choice: 'huge'"),  # after a tokenizer's training
 ])
 def test_numeric_options_out_of_range_are_usage_errors(argv, message, capsys):
     """Counts, sizes and ports are checked where they are parsed: exit status 2 and a message naming the flag,
@@ -170,6 +171,18 @@ def test_tokenizer_and_data_prepare(tmp_path, sp_corpus_text):
     assert (tmp_path / "tok.model").exists()
     bllama("data", "prepare", tmp_path / "c.txt", "--tokenizer", tmp_path / "tok.model", "-o", tmp_path / "c.bin")
     assert (tmp_path / "c.bin").stat().st_size > 1000
+
+
+def test_init_from_refuses_what_the_checkpoint_decides(tmp_path):
+    """With --init-from the checkpoint gives the shape and the tokenizer: --tokenizer, --preset and --vocab-size were
+    ignored without a word, and --set hidden_size=... failed after loading, blaming the checkpoint's tensors."""
+    r = subprocess.run([sys.executable, "-m", "bllama.cli", "train", str(tmp_path / "d.txt"), "--init-from",
+                        str(tmp_path / "ckpt"), "--tokenizer", "t.model", "--preset", "small", "--set", "hidden_size=128",
+                        "--set", "lr=1e-4", "--out", str(tmp_path / "run")], capture_output=True, text=True)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert ("error: --preset, --tokenizer, --set hidden_size: --init-from takes the model's shape and tokenizer "
+            "from the checkpoint") in r.stderr
+    assert not (tmp_path / "run").exists()
 
 
 def test_bad_paths_fail_with_a_message(tmp_path):

@@ -12,6 +12,9 @@ from typing import Optional
 
 ACTIVATIONS = ("silu", "relu2")
 # Far past any model we know (LLaMA-3: vocab 128256, context 131072, hidden 16384, FFN 53248, 126 layers).
+# The fields that shape a model's weights: a checkpoint it starts from (--init-from) decides them.
+SHAPE_FIELDS = ("vocab_size", "hidden_size", "num_heads", "num_layers", "bias", "num_kv_heads", "ffn_size",
+                "activation", "tie_embeddings", "sub_norms")
 SIZE_LIMITS = dict(vocab_size=1 << 22, seq_len=1 << 20, hidden_size=1 << 16, num_layers=1024, ffn_size=1 << 18)
 SCHEDULES = ("cosine", "two_stage")
 
