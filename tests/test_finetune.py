@@ -183,7 +183,7 @@ def _weights(out):
     return {k: v.clone() for k, v in load_checkpoint(out).state_dict().items()}
 
 
-def test_convert_with_warmup_lowers_loss_and_resumes_exactly(ckpts, tmp_path):
+def test_convert_with_warmup_lowers_loss_and_resumes_exactly(ckpts, tmp_path, capsys):
     """Full-precision LLaMA -> b1.58 with a quantization warm-up through the CLI: the loss stays finite through the
     switch and falls; a run stopped and resumed ends with the weights of an uninterrupted one."""
     import csv
@@ -213,7 +213,9 @@ def test_convert_with_warmup_lowers_loss_and_resumes_exactly(ckpts, tmp_path):
     start = bLlama.from_pretrained(ckpts["llama"])
     model_tok = start.pretrained.tokenizer
     assert b158_loss(load_checkpoint(tmp_path / "a")) < 0.7 * b158_loss(start)
-    _train(common + ["--out", str(tmp_path / "b"), "--max-steps", "8"])
+    capsys.readouterr()
+    _train(common + ["--out", str(tmp_path / "b"), "--max-steps", "4"])  # stops inside the warm-up: says so
+    assert "warning: training stopped at step 4 of the 6 quantization warm-up steps" in capsys.readouterr().err
     _train(common + ["--out", str(tmp_path / "b"), "--max-steps", "16", "--resume",
                      str(tmp_path / "b" / "checkpoints" / "last.ckpt")])
     a, b = _weights(tmp_path / "a"), _weights(tmp_path / "b")

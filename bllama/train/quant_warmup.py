@@ -7,6 +7,8 @@ global step only, so a resumed run blends exactly as an uninterrupted one.
 """
 from __future__ import annotations
 
+import sys
+
 import pytorch_lightning as pl
 
 from ..model.bitlinear import BitLinear
@@ -40,3 +42,9 @@ class QuantWarmup(pl.Callback):
     def on_train_end(self, trainer, pl_module):
         if trainer.global_step >= self.steps:
             set_quant_mix(pl_module, None)
+        elif trainer.is_global_zero:  # else export writes a fully ternary model that was never trained as one
+            lam = warmup_lambda(trainer.global_step, self.steps)
+            print(f"warning: training stopped at step {trainer.global_step} of the {self.steps} quantization warm-up "
+                  f"steps (the model is {lam:.0%} ternary); an export of this checkpoint is fully ternary, the function "
+                  f"it was not trained as: continue with --resume last and a --max-steps past {self.steps}",
+                  file=sys.stderr)
