@@ -8,12 +8,14 @@
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
+#include <pybind11/stl/filesystem.h>
 
 #include <atomic>
 #include <chrono>
 #include <climits>
 #include <condition_variable>
 #include <cstring>
+#include <filesystem>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -243,9 +245,11 @@ SamplingParams sampling_params(float temperature, int top_k, float top_p, float 
 
 class PyEngine {
 public:
-    PyEngine(const std::string& path, std::optional<int> threads, std::optional<int64_t> context_length,
+    // path: str or any os.PathLike (bllama.assets.SHAKESPEARE_MODEL is a pathlib.Path).
+    PyEngine(const std::filesystem::path& file, std::optional<int> threads, std::optional<int64_t> context_length,
              const std::string& kv_cache_dtype, const std::string& head, const std::string& device,
              int max_sequences, const std::string& tq1_layout) {
+        const std::string path = file.string();
         LoadOptions o;
         o.tq1_layout = parse_tq1_layout(tq1_layout);
         if (max_sequences < 1 || max_sequences > 256)
@@ -555,9 +559,9 @@ PYBIND11_MODULE(_engine, m) {
         }
     });
 
-    m.def("gguf_tensors", [](const std::string& path) {
+    m.def("gguf_tensors", [](const std::filesystem::path& file) {
             // The validating reader's view of a file's tensors (gguf-py's reader cannot name bitnet.cpp's I2_S).
-            const GgufFile f = GgufFile::open(path);
+            const GgufFile f = GgufFile::open(file.string());
             py::list out;
             for (const GgufTensor& t : f.tensors()) {
                 py::dict d;
@@ -576,7 +580,7 @@ PYBIND11_MODULE(_engine, m) {
           "The GPU's name and size, or why there is none.");
 
     py::class_<PyEngine>(m, "Engine")
-        .def(py::init<const std::string&, std::optional<int>, std::optional<int64_t>, const std::string&,
+        .def(py::init<const std::filesystem::path&, std::optional<int>, std::optional<int64_t>, const std::string&,
                       const std::string&, const std::string&, int, const std::string&>(),
              py::arg("path"), py::arg("threads") = py::none(), py::arg("context_length") = py::none(),
              py::arg("kv_cache_dtype") = "float16", py::arg("head") = "q4", py::arg("device") = "cpu",
@@ -587,8 +591,9 @@ PYBIND11_MODULE(_engine, m) {
              "LM head to 4 bits with an f16 scale per 32 columns at load (0.28x the f16 head's bytes per token); "
              "'q8' to int8 with per-row scales; 'f16' runs the file's head as is. device='cuda' runs on the GPU (csrc/cuda): weights stay packed there; "
              "max_sequences > 1 keeps a KV cache for that many sequences (CPU: at most 64), decoded together by "
-             "generate_batch. tq1_layout: TQ1_0 files on the CPU: 'auto' (default) keeps them at 1.6 bits where "
-             "this CPU has a base-3 kernel (x86 AVX2 / AVX-512), '2bit' repacks them to 2 bits, 'base3' forces 1.6 bits.")
+             "generate_batch. tq1_layout: TQ1_0 files on the CPU: 'auto' (default) keeps them at 1.6 bits where that "
+             "decodes faster (the AVX-512 VNNI kernels on a CPU with VBMI) and repacks them to 2 bits elsewhere, "
+             "'2bit' always repacks, 'base3' always keeps 1.6 bits (docs/engine.md, \"Files\", kernels/pack).")
         .def_property_readonly("config", &PyEngine::config)
         .def_property_readonly("vocab_size", &PyEngine::vocab_size)
         .def_property_readonly("context_length", &PyEngine::context_length)

@@ -118,6 +118,9 @@ def test_config_and_metadata(exported):
     net, path = exported
     eng = _engine.Engine(path, threads=1, kv_cache_dtype="float32")
     c = eng.config
+    from pathlib import Path  # any os.PathLike (bllama.assets.SHAKESPEARE_MODEL is one): was pybind11's TypeError
+    assert _engine.Engine(Path(path), threads=1).config["vocab_size"] == c["vocab_size"]
+    assert len(_engine.gguf_tensors(Path(path))) == len(_engine.gguf_tensors(path))
     cfg = net.config
     assert (c["vocab_size"], c["hidden_size"], c["num_layers"], c["num_heads"], c["num_kv_heads"], c["ffn_size"]) == \
         (cfg.vocab_size, cfg.hidden_size, cfg.num_layers, cfg.num_heads, cfg.num_kv_heads, cfg.ffn_size)
@@ -263,18 +266,25 @@ def test_doorbell_wait_releases_the_gil_and_wakes_on_a_ring():
     returns 'rang' on that ring, 'timed_out' after its timeout, and a bad timeout is a ValueError."""
     import time
 
+    def wait(seen, timeout_s):  # 'preempted' (the spin gave its core away: a busy machine) is not an answer here
+        for _ in range(100):
+            t0 = time.monotonic()
+            r = bell.wait(seen, timeout_s)
+            if r != "preempted":
+                return r, time.monotonic() - t0
+        pytest.fail("the wait was preempted 100 times")
+
     bell = _engine.Doorbell()
     seen = bell.rings()
     ringer = threading.Timer(0.05, bell.ring)  # a Python thread: it needs the GIL while the wait runs
     ringer.start()
     t0 = time.monotonic()
-    assert bell.wait(seen, 30.0) == "rang"
+    assert wait(seen, 30.0)[0] == "rang"
     assert time.monotonic() - t0 < 10
     ringer.join()
     assert bell.rings() == seen + 1
-    t0 = time.monotonic()
-    assert bell.wait(bell.rings(), 0.02) == "timed_out"
-    assert time.monotonic() - t0 >= 0.02
+    r, waited = wait(bell.rings(), 0.02)
+    assert r == "timed_out" and waited >= 0.02
     for bad in (-1.0, float("nan"), 1e9):
         with pytest.raises(ValueError, match="timeout"):
             bell.wait(bell.rings(), bad)

@@ -70,7 +70,7 @@ class Runtime:
         at 1.6 bits where decoding is faster so (AVX-512 VNNI with VBMI; prompts 5-8% slower), else 2 bits; "2bit"
         repacked to 2 bits (the faster prompt),
         "base3" at 1.6 bits; the
-        logits are bit-identical either way (docs/engine.md, "Weight formats")."""
+        logits are bit-identical either way (docs/engine.md, "Files", kernels/pack)."""
         path = Path(path)
         if head not in ("f16", "q8", "q4"):
             raise ValueError(f"head must be 'f16', 'q8' or 'q4', got {head!r}")

@@ -26,7 +26,7 @@ namespace bllama {
 // (kernels/head_q4.h): 0.28x the f16 head's bytes, held-out perplexity within 0.5% of f16 (bench/head_accuracy.py);
 // the default. A hidden size that is not a multiple of 32 loads Q4 as Q8.
 enum class HeadType { F16, Q8, Q4 };
-// How a TQ1_0 file's projections are held (LoadOptions::tq1_layout; docs/engine.md, "Weight formats").
+// How a TQ1_0 file's projections are held (LoadOptions::tq1_layout; docs/engine.md, "Files", kernels/pack).
 enum class Tq1Layout { Auto, TwoBit, Base3 };
 Tq1Layout parse_tq1_layout(const std::string& s);  // "auto" / "2bit" / "base3"; std::invalid_argument otherwise
 TernaryLayout resolve_tq1_layout(Tq1Layout l, KernelKind kind);  // Auto (and BLLAMA_TQ1_LAYOUT) made concrete
