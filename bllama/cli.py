@@ -177,14 +177,18 @@ def cmd_generate(args):
               f"{s['generated_tokens']} new tokens, decoding at {s['decode_tokens_per_second']:.1f} tok/s]",
               file=sys.stderr)  # the first new token comes from the prompt's forward: decode steps are one fewer
         return
+    from .tokenizers.sentencepiece import load_tokenizer
     from .train.trainer import load_checkpoint, tokenizer_beside
 
     if args.chat:
         raise SystemExit("bllama generate: --chat needs a .gguf model (its chat template)")
     model = load_checkpoint(args.model)
     tok = args.tokenizer or tokenizer_beside(args.model)
-    model.quantize_weights_to_ternary()
-    print(model.generate(args.prompt, tok, max_len=args.max_new_tokens, **_sampling_of(args).as_dict()))
+    model.quantize_weights_to_ternary(verbose=False)  # stdout is the continuation alone
+    text = model.generate(args.prompt, tok, max_len=args.max_new_tokens, **_sampling_of(args).as_dict())
+    tok = load_tokenizer(tok)
+    prompt = tok.decode(tok.encode(args.prompt))
+    print(text[len(prompt):] if text.startswith(prompt) else text)  # the continuation, as from a .gguf file
 
 
 def cmd_export(args):
@@ -243,7 +247,7 @@ def cmd_eval(args):
 
         model = load_checkpoint(args.model)
         tok = SentencePieceTokenizer(args.tokenizer) if args.tokenizer else tokenizer_beside(args.model)
-        model.quantize_weights_to_ternary()
+        model.quantize_weights_to_ternary(verbose=False)  # stdout is the JSON alone
         print(json.dumps(text_metrics(text, tok, model.config.seq_len, torch_logits_fn(model)), indent=2))
         return
     from .runtime import Runtime
