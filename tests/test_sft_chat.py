@@ -62,3 +62,46 @@ def test_sft_model_answers_held_out_chat_prompts_through_the_engine(tmp_path):
                for s in held_out}
     wrong = {s: a for s, a in answers.items() if a != s}
     assert len(wrong) <= 0.1 * len(held_out), wrong
+
+
+GOOD = conversation("1 2 3 4")
+USER, ASSISTANT = GOOD["messages"]
+BAD_LINES = [  # each once ended in a TypeError or AttributeError traceback, or in a message naming no line
+    ({"messages": [{"role": "user", "content": 5}, ASSISTANT]}, "message 0 must be a dict with string 'role'"),
+    ({"messages": [USER, {"role": "assistant", "content": None}]}, "message 1 must be a dict with string 'role'"),
+    ({"messages": [{"content": "hi"}, ASSISTANT]}, "message 0 must be a dict with string 'role'"),
+    ({"messages": ["hello", ASSISTANT]}, "message 0 must be an object with 'role' and 'content'"),
+    ({"messages": "hello"}, "'messages' must be a non-empty list"),
+    ({"messages": []}, "'messages' must be a non-empty list"),
+    ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}, ASSISTANT]},
+     "message 0: only text content parts are supported"),
+    ({"messages": [USER]}, "the conversation has no assistant message to train on"),
+    ({"messages": [{"role": "user", "content": "9 " * 200}, ASSISTANT]},
+     "more than seq_len 64 + 1; split it into shorter conversations or raise seq_len (--set seq_len=N)"),
+]
+
+
+def chats_file(path, *rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize("row, message", BAD_LINES)
+def test_a_bad_conversation_is_refused_naming_its_file_and_line(tmp_path, sp_tokenizer, row, message):
+    from bllama.train.sft import ChatSFTDataset
+
+    path = chats_file(tmp_path / "chats.jsonl", GOOD, row)
+    with pytest.raises(ValueError) as e:
+        ChatSFTDataset([str(path)], sp_tokenizer, TEMPLATE, 64)
+    assert str(e.value).startswith(f"{path}:2: ") and message in str(e.value)
+
+
+def test_text_parts_content_trains_as_its_joined_text(tmp_path, sp_tokenizer):
+    """The list of text parts OpenAI clients send (and `bllama serve` accepts) is the string of its parts."""
+    from bllama.train.sft import ChatSFTDataset
+
+    parts = {"role": "user", "content": [{"type": "text", "text": "Repeat: "}, {"type": "text", "text": "1 2 3 4"}]}
+    path = chats_file(tmp_path / "chats.jsonl", GOOD, {"messages": [parts, ASSISTANT]})
+    ds = ChatSFTDataset([str(path)], sp_tokenizer, TEMPLATE, 64)
+    assert ds.rows[0] == ds.rows[1]
+

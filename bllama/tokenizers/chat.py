@@ -10,14 +10,15 @@ from typing import Dict, List, Mapping, Sequence
 
 from .text import check_text
 
-__all__ = ["render_chat", "encode_chat"]
+__all__ = ["render_chat", "encode_chat", "check_messages"]
 
 
 class ChatTemplateError(ValueError):
     """The template could not be rendered for these messages (its own raise_exception, a syntax or sandbox error)."""
 
 
-def _check_messages(messages) -> list:
+def check_messages(messages) -> list:
+    """Copies of the messages, or TypeError/ValueError before a template sees a role or content that is not text."""
     if isinstance(messages, (str, bytes)) or not isinstance(messages, Sequence):
         raise TypeError("messages must be a list of {'role': ..., 'content': ...} dicts")
     if not messages:
@@ -35,7 +36,7 @@ def _check_messages(messages) -> list:
 def render_chat(template: str, messages, add_generation_prompt: bool = True, bos_token: str = "",
                 eos_token: str = "") -> str:
     """The prompt text for `messages` (a list of {"role", "content"} dicts) under `template`."""
-    return _render(template, _check_messages(messages), add_generation_prompt, bos_token, eos_token)
+    return _render(template, check_messages(messages), add_generation_prompt, bos_token, eos_token)
 
 
 # Message contents are rendered with every control token's spelling (and the mark itself) replaced by the mark and
@@ -50,7 +51,7 @@ def encode_chat(tokenizer, template: str, messages, add_generation_prompt: bool 
     a message whose content spells <|eot_id|> or </s> gets those characters as text, not the control token, so
     users cannot close their turn and forge another. The tokenizer needs special_pieces() ({spelling: id} of its
     control tokens) and encode_plain(text) (text with no control tokens and no BOS)."""
-    msgs = _check_messages(messages)
+    msgs = check_messages(messages)
     specials: Dict[str, int] = {p: i for p, i in tokenizer.special_pieces().items() if p}
     bos = tokenizer.id_to_piece(tokenizer.bos_id) if tokenizer.bos_id is not None else ""
     eos = tokenizer.id_to_piece(tokenizer.eos_id) if tokenizer.eos_id is not None else ""

@@ -1,11 +1,11 @@
 """Chat SFT data (`bllama train chats.jsonl --sft --init-from ...`).
 
-Every line is an OpenAI-style `{"messages": [{"role": ..., "content": ...}, ...]}`. A conversation is rendered with
-the model's own chat template exactly as Runtime.chat renders a prompt (bllama/tokenizers/chat.py, BOS only where
-the template writes it), one turn at a time: the text up to each assistant turn (with the generation prompt) is
-context, the assistant's text and an EOS id after it (unless the template wrote one) are trained on; every other
-label is -100, which the loss ignores. Each conversation is one row, right-padded, so causal attention never
-reaches another conversation or the padding.
+Every line is an OpenAI-style `{"messages": [{"role": ..., "content": ...}, ...]}`, content a string or a list of
+text parts as `bllama serve` reads it. A conversation is rendered with the model's own chat template exactly as
+Runtime.chat renders a prompt (bllama/tokenizers/chat.py, BOS only where the template writes it), one turn at a
+time: the text up to each assistant turn (with the generation prompt) is context, the assistant's text and an EOS id
+after it (unless the template wrote one) are trained on; every other label is -100, which the loss ignores. Each
+conversation is one row, right-padded, so causal attention never reaches another conversation or the padding.
 """
 from __future__ import annotations
 
@@ -16,7 +16,8 @@ from typing import List, Sequence, Tuple
 import torch
 from torch.utils.data import Dataset
 
-from ..tokenizers.chat import encode_rendered  # the encoding Runtime.chat_prompt_ids uses
+from ..serve.protocol import chat_messages
+from ..tokenizers.chat import check_messages, encode_rendered  # the encoding Runtime.chat_prompt_ids uses
 
 IGNORE = -100
 
@@ -54,11 +55,12 @@ def chat_tokens(messages: Sequence[dict], tok, template: str) -> Tuple[List[int]
         trained += [False] * len(context) + [True] * len(reply)
         done = full
     if not any(trained):
-        raise ValueError("a conversation has no assistant message to train on")
+        raise ValueError("the conversation has no assistant message to train on")
     return ids, trained
 
 
-def read_conversations(paths: Sequence[str]) -> List[list]:
+def read_conversations(paths: Sequence[str]) -> List[Tuple[str, list]]:
+    """("file:line", messages) of every conversation; ValueError naming the line of one that is not a chat."""
     out = []
     for p in paths:
         for n, line in enumerate(Path(p).read_text(encoding="utf-8").splitlines(), 1):
@@ -68,7 +70,10 @@ def read_conversations(paths: Sequence[str]) -> List[list]:
                 msgs = json.loads(line)["messages"]
             except (json.JSONDecodeError, KeyError, TypeError) as e:
                 raise ValueError(f"{p}:{n}: expected a JSON object with a 'messages' list ({e})") from e
-            out.append(msgs)
+            try:  # read as the server reads a chat request (text parts joined), so whatever it accepts trains
+                out.append((f"{p}:{n}", check_messages(chat_messages(msgs))))
+            except (TypeError, ValueError) as e:  # check_messages' TypeError is this line's bad type, not a bug
+                raise ValueError(f"{p}:{n}: {e}") from None
     if not out:
         raise ValueError(f"no conversations in {list(paths)}")
     return out
@@ -82,10 +87,14 @@ class ChatSFTDataset(Dataset):
         if not template:
             raise ValueError("--sft needs a chat template: the checkpoint (--init-from) has none")
         self.rows = []
-        for msgs in read_conversations(paths):
-            ids, trained = chat_tokens(msgs, tokenizer, template)
-            if len(ids) - 1 > seq_len:
-                raise ValueError(f"a conversation has {len(ids)} tokens, more than seq_len {seq_len} + 1")
+        for where, msgs in read_conversations(paths):
+            try:
+                ids, trained = chat_tokens(msgs, tokenizer, template)
+            except ValueError as e:
+                raise ValueError(f"{where}: {e}") from None
+            if len(ids) - 1 > seq_len:  # cut, the model would learn replies that stop mid-sentence
+                raise ValueError(f"{where}: the conversation has {len(ids)} tokens, more than seq_len {seq_len} + 1; "
+                                 f"split it into shorter conversations or raise seq_len (--set seq_len=N)")
             self.rows.append((ids, trained))
         self.length = max(len(ids) for ids, _ in self.rows) - 1
         pad = tokenizer.eos_id if tokenizer.eos_id is not None else 0
