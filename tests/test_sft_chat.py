@@ -105,3 +105,21 @@ def test_text_parts_content_trains_as_its_joined_text(tmp_path, sp_tokenizer):
     ds = ChatSFTDataset([str(path)], sp_tokenizer, TEMPLATE, 64)
     assert ds.rows[0] == ds.rows[1]
 
+
+
+@pytest.mark.parametrize("row, message", [BAD_LINES[0], BAD_LINES[3]])
+def test_cli_prints_a_bad_conversation_as_one_error_line(tmp_path, sp_tokenizer, capsys, row, message):
+    from bllama.cli import main
+    from bllama.convert.gguf_export import export_gguf
+    from bllama.model.config import bLlamaConfig
+    from bllama.train.module import bLlama
+
+    config = bLlamaConfig(vocab_size=sp_tokenizer.vocab_size, seq_len=64, hidden_size=256, num_heads=4,
+                          num_layers=1, ffn_size=256)
+    init = export_gguf(bLlama(config), sp_tokenizer, tmp_path / "init.gguf", chat_template=TEMPLATE)
+    path = chats_file(tmp_path / "chats.jsonl", GOOD, row)
+    with pytest.raises(SystemExit) as e:
+        main(["train", str(path), "--sft", "--init-from", str(init), "--out", str(tmp_path / "run"),
+              "--max-steps", "1", "--accelerator", "cpu", "--num-workers", "0", "--no-compile"])
+    assert e.value.code == 2
+    assert f"bllama train: error: {path}:2: {message}" in capsys.readouterr().err
