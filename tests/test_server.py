@@ -167,6 +167,9 @@ def test_stop_strings_and_zero_tokens(served):
     ("/v1/completions", {"prompt": "a", "model": "gpt-4"}, 404, "'gpt-4' is not served here"),
     ("/v1/chat/completions", {"messages": MSGS, "model": "gpt-4"}, 404, "serves 'tiny'"),
     ("/v1/completions", {"prompt": "a", "model": 3}, 404, "3 is not served"),
+    ("/v1/completions", {"prompt": "a", "max_token": 3}, 400, "unknown field 'max_token'"),  # was ignored: 256 tokens
+    ("/v1/completions", {"prompt": "a", "messages": MSGS}, 400, "unknown field 'messages'"),
+    ("/v1/chat/completions", {"messages": MSGS, "prompt": "a"}, 400, "unknown field 'prompt'"),
 ])
 def test_bad_requests_say_why(served, path, body, status, message):
     url, _ = served
@@ -285,7 +288,7 @@ def test_defaults_fit_the_context_and_harmless_fields_pass(served):
                                               "temperature": 0, "response_format": {"type": "text"},
                                               "logit_bias": {}, "tools": [], "n": 1, "seed": -7})
     assert status == 200 and r["usage"]["completion_tokens"] <= 2, r
-    status, r = post(url, "/v1/completions", {"prompt": PROMPT, "max_tokens": 2, "model": "tiny"})  # ours, by name
+    status, r = post(url, "/v1/completions", {"prompt": PROMPT, "max_tokens": 2, "model": "tiny", "user": "u-1"})
     assert status == 200 and r["model"] == "tiny", r
 
 

@@ -14,6 +14,11 @@ from ..tokenizers.text import check_text as tokenizer_text
 UNSUPPORTED = {"best_of": (1,), "frequency_penalty": (0,), "presence_penalty": (0,), "echo": (False,),
                "logit_bias": ({},), "suffix": ("",), "tools": ([],), "tool_choice": ("none",),
                "response_format": ({"type": "text"},)}
+# Every other field a request may hold: anything else is refused, so a misspelt one ("max_token") is never a silent
+# default. `user` (OpenAI's tag for the end user) is accepted and not used.
+REQUEST_FIELDS = {"model", "user", "stream", "stream_options", "max_tokens", "max_completion_tokens", "temperature",
+                  "top_p", "seed", "stop", "n", "logprobs", "top_k", "repetition_penalty", *UNSUPPORTED}
+CHAT_FIELDS, COMPLETION_FIELDS = REQUEST_FIELDS | {"messages", "top_logprobs"}, REQUEST_FIELDS | {"prompt"}
 INT_MAX = 2**31 - 1  # the engine's token counts and top_k are 32-bit: a larger value is refused here, not overflowed
 MAX_TOP_LOGPROBS = 20  # OpenAI's own bound (chat: top_logprobs <= 20; completions: logprobs <= 5)
 
@@ -111,7 +116,11 @@ def sampling_options(body: dict, chat: bool = False, max_stop: int = 16, max_sto
                      max_n: int = 16) -> dict:
     """What an OpenAI request body asks for: {"max_new_tokens" (None when the request sets none), "sampling" (a
     SamplingParams), "stop", "n", "logprobs" (None: none; k: the sampled token's log-probability and the k most
-    likely)}; refuses what the engine would not honour."""
+    likely)}; refuses what the engine would not honour and fields it does not know."""
+    unknown = sorted(k for k in body if k not in (CHAT_FIELDS if chat else COMPLETION_FIELDS))
+    if unknown:
+        raise RequestError(f"unknown field {_short(unknown[0])} (this endpoint reads "
+                           f"{', '.join(sorted(CHAT_FIELDS if chat else COMPLETION_FIELDS))})")
     for key, off in UNSUPPORTED.items():
         if body.get(key) is not None and body[key] not in off:
             raise RequestError(f"'{key}' is not supported by this server (only {off[0]!r} or leaving it out)")
