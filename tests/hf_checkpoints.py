@@ -24,8 +24,9 @@ CHAT_TEMPLATE = "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% 
 
 
 def bpe_tokenizer_json(vocab_size: int = 320) -> str:
-    """A byte-level BPE tokenizer.json (LLaMA-3 style: ByteLevel pre-tokenizer and decoder), specials first."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    """A byte-level BPE tokenizer.json (LLaMA-3 style: ByteLevel pre-tokenizer and decoder, a post-processor that
+    puts <|begin_of_text|> first), specials first."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -33,6 +34,9 @@ def bpe_tokenizer_json(vocab_size: int = 320) -> str:
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIALS, show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     tok.train_from_iterator([TEXT], trainer)
+    bos = SPECIALS[0]
+    tok.post_processor = processors.TemplateProcessing(single=f"{bos} $A", pair=f"{bos} $A {bos}:1 $B:1",
+                                                       special_tokens=[(bos, 0)])
     return tok.to_str()
 
 

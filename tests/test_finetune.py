@@ -127,7 +127,7 @@ def test_llama_converted_exports_and_engine_agrees(ckpts, tmp_path):
     assert m.config.quantize and not m.config.sub_norms
     m.quantize_weights_to_ternary()
     tok = m.pretrained.tokenizer
-    with pytest.raises(ArchitectureError, match="force-arch"):
+    with pytest.raises(ArchitectureError, match="bllama export --force-arch bitnet"):
         export_gguf(m, tok, tmp_path / "m.gguf")
     assert not list(tmp_path.iterdir())
     path = export_gguf(m, tok, tmp_path / "m.gguf", force_arch="bitnet", chat_template=m.pretrained.chat_template)

@@ -178,22 +178,23 @@ def test_sentencepiece_checkpoint_tokenizer(checkpoints, sp_tokenizer):
     assert rt.eos_ids == [sp_tokenizer.eos_id]
 
 
+def edited_copy(src, d, name="config.json", edit=None):
+    """A copy of checkpoint folder `src` at `d`, its JSON file `name` replaced by edit(its content)."""
+    shutil.copytree(src, d)
+    if edit is not None:
+        f = d / name
+        f.write_text(json.dumps(edit(json.loads(f.read_text()) if f.exists() else None)))
+    return d
+
+
 def test_unsupported_checkpoints_say_what(checkpoints, tmp_path):
     from bllama.convert.hf_import import HFImportError, import_hf
 
     _, src = checkpoints["2b4t-like"]
 
     def variant(name, **changes):
-        d = tmp_path / name
-        shutil.copytree(src, d)
-        cfg = json.loads((d / "config.json").read_text())
-        for k, v in changes.items():
-            if v is None:
-                cfg.pop(k, None)
-            else:
-                cfg[k] = v
-        (d / "config.json").write_text(json.dumps(cfg))
-        return d
+        return edited_copy(src, tmp_path / name, edit=lambda cfg: {
+            **{k: v for k, v in cfg.items() if k not in changes}, **{k: v for k, v in changes.items() if v is not None}})
 
     cases = [
         (variant("mistral", model_type="mistral"), "model_type 'mistral'"),
@@ -238,7 +239,7 @@ def test_import_without_sub_norms_follows_the_export_rule(checkpoints, tmp_path)
     from bllama.runtime import Runtime
 
     _, path = checkpoints["llama-bitnet"]
-    with pytest.raises(ArchitectureError, match="force-arch"):
+    with pytest.raises(ArchitectureError, match="bllama import --force-arch bitnet"):  # the command being run
         import_hf(path, tmp_path / "x.gguf", progress=False)
     assert not list(tmp_path.iterdir())
     r = subprocess.run([sys.executable, "-m", "bllama.cli", "import", str(path), "-o", str(tmp_path / "x.gguf"),
@@ -249,3 +250,169 @@ def test_import_without_sub_norms_follows_the_export_rule(checkpoints, tmp_path)
     assert forced._engine.metadata("bllama.sub_norms") is False
     ids = direct.tokenizer.encode(PROMPT)
     assert (forced.logits(ids) == direct.logits(ids)).all()
+
+
+def _refusals(d, match):
+    """The folder is refused, naming `match`, by import, by from_pretrained (train --init-from) and by Runtime.load
+    (generate): all read it through the same code, but each once had its own path to a raw traceback."""
+    from bllama.convert.hf_import import HFImportError, import_hf
+    from bllama.convert.hf_load import load_pretrained
+    from bllama.runtime import Runtime
+
+    for load in (lambda: import_hf(d, d.parent / "x.gguf", progress=False), lambda: load_pretrained(d),
+                 lambda: Runtime.load(d)):
+        with pytest.raises(HFImportError, match=match):
+            load()
+    assert not (d.parent / "x.gguf").exists()
+
+
+def test_same_tensor_in_two_unindexed_files_is_refused(checkpoints, tmp_path):
+    """model.safetensors beside an old copy, no index: the file sorting last used to win without a word."""
+    _, src = checkpoints["2b4t-like"]
+    d = edited_copy(src, tmp_path / "dup")
+    shutil.copy(d / "model.safetensors", d / "zz_old.safetensors")
+    _refusals(d, r"tensor '.*' is in both model.safetensors and zz_old.safetensors")
+
+
+def test_incomplete_safetensors_say_so(checkpoints, tmp_path):
+    _, src = checkpoints["2b4t-like"]
+    d = edited_copy(src, tmp_path / "trunc")
+    data = (d / "model.safetensors").read_bytes()
+    (d / "model.safetensors").write_bytes(data[:len(data) // 2])
+    _refusals(d, "model.safetensors is not a complete safetensors file")
+    d = edited_copy(src, tmp_path / "lfs")
+    (d / "model.safetensors").write_text("version https://git-lfs.github.com/spec/v1\noid sha256:4d7a\nsize 1234\n")
+    _refusals(d, "model.safetensors is a Git LFS pointer.*git lfs pull")
+
+
+@pytest.mark.parametrize("name, edit, match", [
+    ("config.json", lambda c: [c], "config.json: expected a JSON object"),
+    ("config.json", lambda c: {**c, "quantization_config": "bitnet"}, "'quantization_config' = 'bitnet' is not an"),
+    ("config.json", lambda c: {**c, "num_attention_heads": 0}, "'num_attention_heads' = 0 is not a positive"),
+    ("config.json", lambda c: {**c, "num_attention_heads": None}, "'num_attention_heads' is null"),
+    ("config.json", lambda c: {**c, "num_key_value_heads": 3}, "not divisible by num_key_value_heads 3"),
+    ("config.json", lambda c: {**c, "hidden_size": "256"}, "'hidden_size' = '256' is not a positive integer"),
+    ("config.json", lambda c: {**c, "rms_norm_eps": None}, "'rms_norm_eps' is null"),
+    ("config.json", lambda c: {**c, "rope_parameters": {"rope_type": "default", "rope_theta": "abc"}},
+     "'rope_theta' = 'abc' is not a positive number"),
+    ("config.json", lambda c: {**c, "eos_token_id": "<|eot_id|>"}, "config.json eos_token_id = '<|eot_id|>'"),
+    ("generation_config.json", lambda g: {"eos_token_id": [2, "x"]}, "generation_config.json eos_token_id"),
+    ("generation_config.json", lambda g: "x", "generation_config.json: expected a JSON object"),
+    ("tokenizer_config.json", lambda t: [1, 2], "tokenizer_config.json: expected a JSON object"),
+    ("tokenizer_config.json", lambda t: {**t, "chat_template": ["{{ x }}"]}, "'chat_template' is a list, but not"),
+    ("tokenizer_config.json", lambda t: {**t, "add_bos_token": "yes"}, "'add_bos_token' = 'yes' is not true"),
+    ("model.safetensors.index.json", lambda _: {"weight_map": ["model.safetensors"]}, "'weight_map' must be"),
+])
+def test_malformed_config_files_name_the_file_and_field(checkpoints, tmp_path, name, edit, match):
+    _, src = checkpoints["2b4t-like"]
+    _refusals(edited_copy(src, tmp_path / "bad", name, edit), match)
+
+
+@pytest.mark.parametrize("edit, match", [
+    (lambda c: {**c, "vocab_size": c["vocab_size"] + 12}, "vocab_size .* but model.embed_tokens.weight has"),
+    (lambda c: {**c, "tie_word_embeddings": False}, "tie_word_embeddings is false but there is no 'lm_head"),
+    (lambda c: {**c, "num_hidden_layers": 1}, r"num_hidden_layers is 1 but the tensors have layers up to "
+                                              r"model.layers.1"),
+])
+def test_config_contradicting_the_tensors_is_refused(checkpoints, tmp_path, edit, match):
+    _, src = checkpoints["2b4t-like"]
+    _refusals(edited_copy(src, tmp_path / "bad", edit=edit), match)
+
+
+def test_tied_config_with_a_separate_head(checkpoints, tmp_path):
+    """tie_word_embeddings true beside an lm_head.weight: transformers versions disagree on which matrix the head
+    uses, so a differing one is refused; an equal copy is the same model either way and loads tied."""
+    import gguf
+    from safetensors.torch import load_file, save_file
+
+    from bllama.convert.hf_import import import_hf
+
+    _, src = checkpoints["bitnet-bitlinear-untied-silu-theta"]
+    _refusals(edited_copy(src, tmp_path / "differs", edit=lambda c: {**c, "tie_word_embeddings": True}),
+              "tie_word_embeddings is true but 'lm_head.weight' differs")
+    d = edited_copy(src, tmp_path / "equal", edit=lambda c: {**c, "tie_word_embeddings": True})
+    sd = load_file(str(d / "model.safetensors"))
+    sd["lm_head.weight"] = sd["model.embed_tokens.weight"].clone()
+    save_file(sd, str(d / "model.safetensors"))
+    out = import_hf(d, tmp_path / "equal.gguf", progress=False)
+    assert "output.weight" not in {t.name for t in gguf.GGUFReader(str(out)).tensors}
+
+
+def _no_post_processor(tokenizer_json):
+    return {**tokenizer_json, "post_processor": None}
+
+
+@pytest.mark.parametrize("case, tok_config, tok_json, bos", [
+    ("llama3-post-processor", {}, None, True),  # the fixture's TemplateProcessing puts <|begin_of_text|> first
+    ("no-post-processor", {}, _no_post_processor, False),
+    ("add_bos_token-false", {"add_bos_token": False}, None, False),
+    ("add_bos_token-true", {"add_bos_token": True}, _no_post_processor, True),
+    ("smollm-gpt2", {"tokenizer_class": "GPT2Tokenizer", "bos_token": "<|end_of_text|>",
+                     "eos_token": "<|end_of_text|>"}, _no_post_processor, False),
+    ("llama-fast-class", {"tokenizer_class": "LlamaTokenizerFast"}, _no_post_processor, True),
+])
+def test_bpe_bos_follows_the_folder(checkpoints, tmp_path, case, tok_config, tok_json, bos):
+    """BOS is added as the folder says (add_bos_token, else the post-processor, else the class), in the folder's
+    tokenizer and in the imported file; where transformers' versions agree, its ids are the reference."""
+    from transformers import AutoTokenizer
+
+    from bllama.convert.hf_import import import_hf
+    from bllama.runtime import Runtime
+
+    _, src = checkpoints["2b4t-like"]
+    d = edited_copy(src, tmp_path / case, "tokenizer_config.json", lambda t: {**t, **tok_config})
+    if tok_json:
+        f = d / "tokenizer.json"
+        f.write_text(json.dumps(tok_json(json.loads(f.read_text()))))
+    ids = Runtime.load(d).tokenizer.encode(PROMPT)
+    assert (ids[0] == 0) == bos
+    assert Runtime.load(import_hf(d, tmp_path / "m.gguf", progress=False)).tokenizer.encode(PROMPT) == ids
+    # transformers 5 ignores add_bos_token beside a post-processor (4.x honours it for LLaMA classes only); the
+    # folder's explicit word wins here, as in llama.cpp's converter
+    if case in ("llama3-post-processor", "smollm-gpt2", "no-post-processor"):
+        assert AutoTokenizer.from_pretrained(d)(PROMPT)["input_ids"] == ids
+
+
+@pytest.mark.parametrize("add_bos", [None, False])
+def test_sentencepiece_add_bos_token(checkpoints, tmp_path, add_bos):
+    """A LlamaTokenizer folder's add_bos_token false is honoured (it was ignored), in the imported file too; without
+    it, LlamaTokenizer's documented default adds BOS."""
+    from bllama.convert.hf_import import import_hf
+    from bllama.runtime import Runtime
+
+    _, src = checkpoints["1bitllm-padded"]
+    tc = {"tokenizer_class": "LlamaTokenizer", **({} if add_bos is None else {"add_bos_token": add_bos})}
+    d = edited_copy(src, tmp_path / "sp", "tokenizer_config.json", lambda _: tc)
+    rt = Runtime.load(d)
+    ids = rt.tokenizer.encode(PROMPT)
+    assert (ids[0] == rt.tokenizer.bos_id) == (add_bos is None)
+    assert Runtime.load(import_hf(d, tmp_path / "m.gguf", progress=False)).tokenizer.encode(PROMPT) == ids
+    if add_bos is False:
+        from transformers import AutoTokenizer
+
+        assert AutoTokenizer.from_pretrained(d)(PROMPT)["input_ids"] == ids
+
+
+def test_sentencepiece_add_bos_survives_run_folder_and_export(sp_model_path, tmp_path):
+    """An add_bos = False SentencePiece tokenizer (from such a folder) keeps it through a training run's folder and
+    into an exported GGUF file (both used to say add BOS)."""
+    import gguf
+
+    from bllama.convert.gguf_schema import add_tokenizer
+    from bllama.convert.hf_load import _GGUFMetadata, _reader
+    from bllama.tokenizers.from_gguf import tokenizer_from_gguf
+    from bllama.tokenizers.sentencepiece import SentencePieceTokenizer
+    from bllama.train.run_tokenizer import load_run_tokenizer, save_tokenizer_files
+
+    tok = SentencePieceTokenizer(sp_model_path)
+    tok.add_bos = False
+    save_tokenizer_files(tmp_path, tok)
+    assert load_run_tokenizer(tmp_path / "last.ckpt")[0].encode(PROMPT) == tok.encode(PROMPT) != \
+        SentencePieceTokenizer(sp_model_path).encode(PROMPT)
+    w = gguf.GGUFWriter(str(tmp_path / "t.gguf"), "bitnet")
+    add_tokenizer(w, tok)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_ti_data_to_file()
+    w.close()
+    assert tokenizer_from_gguf(_GGUFMetadata(_reader(tmp_path / "t.gguf"))).encode(PROMPT) == tok.encode(PROMPT)

@@ -85,7 +85,7 @@ class ArchitectureError(ValueError):
     """No GGUF architecture name describes the model's graph; the message names the flag that forces one."""
 
 
-def gguf_arch(cfg: bLlamaConfig, weight_type: str, force_arch: Optional[str] = None) -> str:
+def gguf_arch(cfg: bLlamaConfig, weight_type: str, force_arch: Optional[str] = None, command: str = "export") -> str:
     """The general.architecture a model is written under, chosen so that no reader runs a different graph:
 
     * SiLU with sub-norms: llama.cpp's `bitnet` (its graph exactly).
@@ -94,8 +94,9 @@ def gguf_arch(cfg: bLlamaConfig, weight_type: str, force_arch: Optional[str] = N
       does not know `bitnet-b1.58` and refuses the file instead.
     * No sub-norms (LLaMA blocks, e.g. converted from a full-precision LLaMA): refused. llama.cpp's `bitnet`
       graph has sub-norms and its `llama` graph rotates other dimension pairs; no name describes the model.
-      `force_arch="bitnet"` (bllama export --force-arch bitnet) writes it anyway with bllama.sub_norms = false,
-      which our engine honours and other readers reject or misread.
+      `force_arch="bitnet"` (`bllama <command> --force-arch bitnet`, command being the CLI command the refusal
+      should point at) writes it anyway with bllama.sub_norms = false, which our engine honours and other readers
+      reject or misread.
     """
     if force_arch is not None:
         if force_arch not in ARCHES:
@@ -106,7 +107,7 @@ def gguf_arch(cfg: bLlamaConfig, weight_type: str, force_arch: Optional[str] = N
             "this model has no sub-norms (bLlamaConfig.sub_norms = false, LLaMA blocks): no GGUF architecture "
             "describes it (llama.cpp's `bitnet` graph applies sub-norms, its `llama` graph another RoPE layout), "
             "so llama.cpp would refuse or misread the file. Our engine runs it with bllama.sub_norms = false: "
-            "pass force_arch='bitnet' (bllama export --force-arch bitnet) to write it anyway")
+            f"pass force_arch='bitnet' (bllama {command} --force-arch bitnet) to write it anyway")
     if cfg.activation == "relu2":
         return "bitnet-b1.58"
     return "bitnet"
@@ -161,7 +162,7 @@ def add_tokenizer(writer, tokenizer, vocab_size: Optional[int] = None) -> None:
     writer.add_bos_token_id(tokenizer.bos_id)
     writer.add_eos_token_id(tokenizer.eos_id)
     writer.add_unk_token_id(tokenizer.unk_id)
-    writer.add_add_bos_token(True)
+    writer.add_add_bos_token(tokenizer.add_bos)
     writer.add_add_eos_token(False)
     writer.add_array("bllama.tokenizer.sp_model", tokenizer.serialized())  # bytes -> a uint8 array
 

@@ -69,9 +69,27 @@ def checked_activation(cfg: dict, names) -> str:
 def _read_json(path: Path) -> dict:
     try:
         with open(path, encoding="utf-8") as fh:
-            return json.load(fh)
+            data = json.load(fh)
     except json.JSONDecodeError as e:
         raise HFImportError(f"{path}: not valid JSON ({e})") from e
+    if not isinstance(data, dict):  # every file read here is a JSON object; a list would fail later as .get
+        raise HFImportError(f"{path}: expected a JSON object {{...}}, got a {type(data).__name__}")
+    return data
+
+
+def _safe_open(path: Path):
+    """safe_open, with a message saying what the file is when it is not a complete safetensors file."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        return safe_open(str(path), framework="pt")
+    except SafetensorError as e:
+        with open(path, "rb") as fh:
+            lfs = fh.read(40).startswith(b"version https://git-lfs")
+        if lfs:
+            raise HFImportError(f"{path} is a Git LFS pointer, not the weights: run `git lfs pull` in the "
+                                "checkpoint's repository (or download the file itself)") from e
+        raise HFImportError(f"{path} is not a complete safetensors file (truncated or damaged download?): {e}") from e
 
 
 # ---- safetensors, memory-mapped ------------------------------------------------------------------------------
@@ -80,17 +98,21 @@ class _Tensors:
 
     def __init__(self, hf_dir: Path):
         try:
-            from safetensors import safe_open
+            import safetensors  # noqa: F401
         except ImportError as e:  # pragma: no cover
             raise ImportError("importing Hugging Face checkpoints needs `safetensors` (pip install safetensors)") from e
         index = hf_dir / "model.safetensors.index.json"
-        if index.exists():
-            weight_map = _read_json(index).get("weight_map") or {}
-            files = sorted(set(weight_map.values()), key=str)
-            for f in files:  # names inside the folder only: an index must not make us open /etc/... or ../..
+        indexed = index.exists()
+        if indexed:
+            weight_map = _read_json(index).get("weight_map")
+            if not isinstance(weight_map, dict) or not weight_map:
+                raise HFImportError(f"{index}: 'weight_map' must be a non-empty object of tensor name -> file name, "
+                                    f"got {type(weight_map).__name__}")
+            for f in weight_map.values():  # names inside the folder only: an index must not make us open /etc/...
                 parts = Path(f).parts if isinstance(f, str) else ()
                 if not parts or Path(f).is_absolute() or ".." in parts or "\\" in f or ":" in f:
                     raise HFImportError(f"{index}: weight_map names {f!r}, which is not a file name inside {hf_dir}")
+            files = sorted(set(weight_map.values()))
         else:
             files = sorted(p.name for p in hf_dir.glob("*.safetensors"))
             if not files:
@@ -101,9 +123,15 @@ class _Tensors:
         self._handles = {}
         self.where: Dict[str, str] = {}
         for f in files:
-            h = safe_open(str(hf_dir / f), framework="pt")
+            h = _safe_open(hf_dir / f)
             self._handles[f] = h
             for k in h.keys():
+                if indexed:
+                    if weight_map.get(k, f) != f:  # the index names the shard that holds it
+                        continue
+                elif k in self.where:  # nothing says which copy is meant: the last in sort order is a guess
+                    raise HFImportError(f"{hf_dir}: tensor '{k}' is in both {self.where[k]} and {f}, and there is no "
+                                        "model.safetensors.index.json saying which to use; remove the stale file")
                 self.where[k] = f
 
     def names(self):
@@ -160,14 +188,47 @@ class Plan:
         return -(-self.ffn // QK) * QK
 
 
-def _ids(v) -> List[int]:
+_REQUIRED = object()
+
+
+def number(cfg: dict, key: str, kind=int, default=_REQUIRED, *, nullable=False, src="config.json"):
+    """cfg[key] as a positive int / finite float; missing (or null where `nullable`) gives `default`. A wrong JSON
+    type is refused here, naming the field, instead of failing later as a bare TypeError or ZeroDivisionError."""
+    v = cfg.get(key)
+    if v is None and default is not _REQUIRED and (key not in cfg or nullable):
+        return default
     if v is None:
-        return []
-    return [int(x) for x in v] if isinstance(v, (list, tuple)) else [int(v)]
+        raise HFImportError(f"{src} has no '{key}'" if key not in cfg else f"{src}: '{key}' is null")
+    ok = isinstance(v, int) if kind is int else isinstance(v, (int, float)) and np.isfinite(v)
+    if isinstance(v, bool) or not ok or v <= 0:
+        raise HFImportError(f"{src}: '{key}' = {v!r} is not a positive {'integer' if kind is int else 'number'}")
+    return kind(v)
+
+
+def _ids(v, what: str) -> List[int]:
+    """Token ids of a field that holds one id or a list of them (eos_token_id)."""
+    ids = [] if v is None else list(v) if isinstance(v, (list, tuple)) else [v]
+    for i in ids:
+        if isinstance(i, bool) or not isinstance(i, int):
+            raise HFImportError(f"{what} = {v!r}: token ids must be integers (not token strings)")
+    return ids
+
+
+def special_ids(hf_dir: Path, cfg: dict) -> Tuple[Optional[int], List[int]]:
+    """(bos id, eos ids) from config.json and generation_config.json."""
+    gen_path = hf_dir / "generation_config.json"
+    gen = _read_json(gen_path) if gen_path.exists() else {}
+    eos = list(dict.fromkeys(_ids(cfg.get("eos_token_id"), "config.json eos_token_id") +
+                             _ids(gen.get("eos_token_id"), "generation_config.json eos_token_id")))
+    bos = _ids(cfg.get("bos_token_id"), "config.json bos_token_id") or \
+        _ids(gen.get("bos_token_id"), "generation_config.json bos_token_id")
+    if len(bos) > 1:
+        raise HFImportError(f"bos_token_id = {bos}: one id expected")
+    return (bos[0] if bos else None), eos
 
 
 def _rope_theta(cfg: dict) -> float:
-    theta = cfg.get("rope_theta")
+    theta = number(cfg, "rope_theta", float, 10000.0, nullable=True)
     for key in ("rope_parameters", "rope_scaling"):
         rp = cfg.get(key)
         if not rp:
@@ -179,16 +240,72 @@ def _rope_theta(cfg: dict) -> float:
             raise HFImportError(f"RoPE type {kind!r} ({key}) is not supported; only the default (unscaled) RoPE is")
         if rp.get("partial_rotary_factor", 1.0) != 1.0:
             raise HFImportError("partial rotary embeddings (partial_rotary_factor != 1) are not supported")
-        theta = rp.get("rope_theta", theta)
+        theta = number(rp, "rope_theta", float, theta, nullable=True, src=f"config.json {key}")
     if cfg.get("partial_rotary_factor", 1.0) != 1.0:
         raise HFImportError("partial rotary embeddings (partial_rotary_factor != 1) are not supported")
-    return float(theta if theta is not None else 10000.0)
+    return theta
+
+
+def quant_config(cfg: dict) -> dict:
+    qc = cfg.get("quantization_config") or {}
+    if not isinstance(qc, dict):
+        raise HFImportError(f"config.json: 'quantization_config' = {qc!r} is not an object")
+    return qc
+
+
+def _same_rows(tensors: _Tensors, a: str, b: str) -> bool:
+    import torch
+
+    n = tensors.shape(a)[0]
+    chunks = [(i, min(n, i + EMBED_CHUNK_ROWS)) for i in range(0, n, EMBED_CHUNK_ROWS)]
+    return tensors.shape(a) == tensors.shape(b) and all(
+        torch.equal(tensors.rows(a, i, j), tensors.rows(b, i, j)) for i, j in chunks)
+
+
+def checked_heads(cfg: dict) -> Tuple[int, int, int]:
+    """(hidden_size, heads, kv heads), refusing a shape the model cannot have (head_dim must be dim / heads)."""
+    dim, heads = number(cfg, "hidden_size"), number(cfg, "num_attention_heads")
+    kv = number(cfg, "num_key_value_heads", int, heads, nullable=True)
+    if heads % kv:
+        raise HFImportError(f"config.json: num_attention_heads {heads} is not divisible by num_key_value_heads {kv}")
+    if dim % heads or cfg.get("head_dim") not in (None, dim // heads):
+        raise HFImportError(f"config.json: head_dim {cfg.get('head_dim')} with hidden_size {dim} and {heads} heads is "
+                            "not supported (head_dim must be hidden_size / num_attention_heads)")
+    return dim, heads, kv
+
+
+def checked_tensors(cfg: dict, tensors: _Tensors, dim: int, layers: int) -> Tuple[int, bool]:
+    """(vocab, tied): the embedding, head and layer tensors, refused where they contradict config.json (transformers
+    errors on some of these, guesses on others; a checkpoint that disagrees with its config is suspect)."""
+    names = set(tensors.names())
+    emb = "model.embed_tokens.weight"
+    if emb not in names:
+        raise HFImportError(f"missing tensor '{emb}'")
+    vocab, edim = tensors.shape(emb)
+    if edim != dim:
+        raise HFImportError(f"{emb} has {edim} columns, hidden_size is {dim}")
+    if number(cfg, "vocab_size", int, vocab, nullable=True) != vocab:
+        raise HFImportError(f"config.json: vocab_size {cfg['vocab_size']} but {emb} has {vocab} rows")
+    tie = cfg.get("tie_word_embeddings")
+    if tie is not None and not isinstance(tie, bool):
+        raise HFImportError(f"config.json: 'tie_word_embeddings' = {tie!r} is not true or false")
+    if tie is False and "lm_head.weight" not in names:
+        raise HFImportError("config.json: tie_word_embeddings is false but there is no 'lm_head.weight'")
+    # transformers versions differ on which of two differing matrices a tied model uses; an equal copy is harmless
+    if tie and "lm_head.weight" in names and not _same_rows(tensors, emb, "lm_head.weight"):
+        raise HFImportError(f"config.json: tie_word_embeddings is true but 'lm_head.weight' differs from '{emb}'; "
+                            "set it to false to use the separate head, or remove lm_head.weight to tie")
+    present = {int(n.split(".")[2]) for n in names if n.startswith("model.layers.") and n.split(".")[2].isdigit()}
+    if present and max(present) >= layers:
+        raise HFImportError(f"config.json: num_hidden_layers is {layers} but the tensors have layers up to "
+                            f"model.layers.{max(present)}")
+    return int(vocab), bool(tie) or "lm_head.weight" not in names
 
 
 def plan_checkpoint(hf_dir: Path, cfg: dict, tensors: _Tensors) -> Plan:
     mt = cfg.get("model_type")
     archs = cfg.get("architectures") or []
-    qc = cfg.get("quantization_config") or {}
+    qc = quant_config(cfg)
     what = f"model_type {mt!r} (architectures {archs})"
     if qc and qc.get("quant_method") != "bitnet":
         raise HFImportError(f"unsupported quantization_config.quant_method {qc.get('quant_method')!r}: "
@@ -222,31 +339,15 @@ def plan_checkpoint(hf_dir: Path, cfg: dict, tensors: _Tensors) -> Plan:
         raise HFImportError(f"unsupported quantization_config.linear_class {linear_class!r}")
     act = checked_activation(cfg, names)
 
-    need = lambda k: cfg[k] if k in cfg else (_ for _ in ()).throw(HFImportError(f"config.json has no '{k}'"))
-    dim, heads = int(need("hidden_size")), int(need("num_attention_heads"))
-    kv = int(cfg.get("num_key_value_heads") or heads)
-    if dim % heads:
-        raise HFImportError(f"hidden_size {dim} is not divisible by num_attention_heads {heads}")
-    if cfg.get("head_dim") not in (None, dim // heads):
-        raise HFImportError(f"head_dim {cfg['head_dim']} != hidden_size / num_attention_heads = {dim // heads} "
-                            "is not supported")
-    if "model.embed_tokens.weight" not in names:
-        raise HFImportError("missing tensor 'model.embed_tokens.weight'")
-    vocab, edim = tensors.shape("model.embed_tokens.weight")
-    if edim != dim:
-        raise HFImportError(f"model.embed_tokens.weight has {edim} columns, hidden_size is {dim}")
-    tied = bool(cfg.get("tie_word_embeddings", False)) or "lm_head.weight" not in names
-    gen = _read_json(hf_dir / "generation_config.json") if (hf_dir / "generation_config.json").exists() else {}
-    eos: List[int] = []
-    for i in _ids(cfg.get("eos_token_id")) + _ids(gen.get("eos_token_id")):
-        if i not in eos:
-            eos.append(i)
-    bos = cfg.get("bos_token_id", gen.get("bos_token_id"))
-    return Plan(style=style, linear_class=linear_class, sub_norms=sub, activation=act, vocab=int(vocab), dim=dim,
-                ffn=int(need("intermediate_size")), layers=int(need("num_hidden_layers")), heads=heads,
-                kv_heads=kv, context=int(cfg.get("max_position_embeddings") or 2048),
-                rms_eps=float(cfg.get("rms_norm_eps", 1e-6)), rope_theta=_rope_theta(cfg), tied=tied,
-                bos_id=int(bos) if bos is not None else None, eos_ids=eos)
+    dim, heads, kv = checked_heads(cfg)
+    layers = number(cfg, "num_hidden_layers")
+    vocab, tied = checked_tensors(cfg, tensors, dim, layers)
+    bos, eos = special_ids(hf_dir, cfg)
+    return Plan(style=style, linear_class=linear_class, sub_norms=sub, activation=act, vocab=vocab, dim=dim,
+                ffn=number(cfg, "intermediate_size"), layers=layers, heads=heads, kv_heads=kv,
+                context=number(cfg, "max_position_embeddings", int, 2048, nullable=True),
+                rms_eps=number(cfg, "rms_norm_eps", float, 1e-6), rope_theta=_rope_theta(cfg), tied=tied,
+                bos_id=bos, eos_ids=eos)
 
 
 # ---- ternary weights ---------------------------------------------------------------------------------------------
@@ -300,18 +401,51 @@ def _token_name(v) -> Optional[str]:
     return v if isinstance(v, str) else None
 
 
+def _chat_template(hf_dir: Path, tc: dict) -> Optional[str]:
+    if (hf_dir / "chat_template.jinja").exists():
+        return (hf_dir / "chat_template.jinja").read_text(encoding="utf-8")
+    template = tc.get("chat_template")
+    if isinstance(template, list):  # named templates: keep the default one
+        if not all(isinstance(t, dict) for t in template):
+            raise HFImportError(f"{hf_dir / 'tokenizer_config.json'}: 'chat_template' is a list, but not of "
+                                "{\"name\": ..., \"template\": ...} objects")
+        template = next((t.get("template") for t in template if t.get("name") == "default"), None)
+    if template is not None and not isinstance(template, str):
+        raise HFImportError(f"{hf_dir / 'tokenizer_config.json'}: 'chat_template' = {template!r:.80} is not a string")
+    return template
+
+
+def _adds_bos(hf_dir: Path, tc: dict, tokenizer_json: Optional[dict]) -> bool:
+    """Whether transformers' tokenizer for this folder puts BOS first: tokenizer_config.json's add_bos_token,
+    else a tokenizer.json post-processor that starts with a special token (LLaMA-3's TemplateProcessing), else
+    the class's default (only the LLaMA / SentencePiece classes add it; GPT-2 style ones such as SmolLM's don't)."""
+    if "add_bos_token" in tc:
+        if not isinstance(tc["add_bos_token"], bool):
+            raise HFImportError(f"{hf_dir / 'tokenizer_config.json'}: 'add_bos_token' = {tc['add_bos_token']!r} is "
+                                "not true or false")
+        return tc["add_bos_token"]
+    if tokenizer_json is None:  # SentencePiece
+        return True
+    pp = tokenizer_json.get("post_processor") or {}
+    for p in pp.get("processors", [pp]) if isinstance(pp, dict) else ():
+        if isinstance(p, dict) and p.get("type") in ("RobertaProcessing", "BertProcessing"):
+            return True
+        single = p.get("single") if isinstance(p, dict) and p.get("type") == "TemplateProcessing" else None
+        if single:
+            return isinstance(single[0], dict) and "SpecialToken" in single[0]
+    return tc.get("tokenizer_class") in ("LlamaTokenizer", "LlamaTokenizerFast", "CodeLlamaTokenizer",
+                                         "CodeLlamaTokenizerFast")
+
+
 def load_hf_tokenizer(hf_dir: Path, plan: Plan):
     """SentencePiece (tokenizer.model) or byte-level BPE (tokenizer.json); fills plan.bos_id / eos_ids."""
     tc = _read_json(hf_dir / "tokenizer_config.json") if (hf_dir / "tokenizer_config.json").exists() else {}
-    template = tc.get("chat_template")
-    if (hf_dir / "chat_template.jinja").exists():
-        template = (hf_dir / "chat_template.jinja").read_text(encoding="utf-8")
-    if isinstance(template, list):  # named templates: keep the default one
-        template = next((t.get("template") for t in template if t.get("name") == "default"), None)
+    template = _chat_template(hf_dir, tc)
     if (hf_dir / "tokenizer.model").exists():
         from ..tokenizers.sentencepiece import SentencePieceTokenizer
 
         tok = SentencePieceTokenizer.from_file(hf_dir / "tokenizer.model")
+        tok.add_bos = _adds_bos(hf_dir, tc, None)
         if plan.bos_id is None:
             plan.bos_id = tok.bos_id
         if not plan.eos_ids and tok.eos_id is not None:
@@ -321,7 +455,10 @@ def load_hf_tokenizer(hf_dir: Path, plan: Plan):
         from ..tokenizers.bpe import BPETokenizer
 
         text = (hf_dir / "tokenizer.json").read_text(encoding="utf-8")
-        probe = BPETokenizer(text)
+        try:
+            probe = BPETokenizer(text)
+        except ValueError as e:
+            raise HFImportError(f"{hf_dir / 'tokenizer.json'}: {e}") from e
         for key in ("bos_token", "eos_token"):
             tid = probe.piece_to_id(_token_name(tc.get(key))) if _token_name(tc.get(key)) else None
             if tid is not None and key == "bos_token" and plan.bos_id is None:
@@ -329,7 +466,7 @@ def load_hf_tokenizer(hf_dir: Path, plan: Plan):
             if tid is not None and key == "eos_token" and tid not in plan.eos_ids:
                 plan.eos_ids.append(tid)
         tok = BPETokenizer(text, bos_id=plan.bos_id, eos_ids=plan.eos_ids,
-                           add_bos=bool(tc.get("add_bos_token", True)), chat_template=template)
+                           add_bos=_adds_bos(hf_dir, tc, json.loads(text)), chat_template=template)
         kind = "bpe"
     else:
         raise HFImportError(f"{hf_dir}: no tokenizer.model (SentencePiece) or tokenizer.json (BPE) found")
@@ -356,7 +493,7 @@ def _add_tokenizer(w, tok, kind: str, plan: Plan, template: Optional[str]) -> No
         w.add_token_types(types)
         if tok.unk_id is not None:
             w.add_unk_token_id(tok.unk_id)
-        w.add_add_bos_token(True)
+        w.add_add_bos_token(tok.add_bos)
         w.add_array("bllama.tokenizer.sp_model", tok.serialized())
     else:
         add_bpe_vocab(w, tok, plan.vocab)
@@ -401,7 +538,8 @@ def import_hf(hf_dir: Union[str, os.PathLike], output: Union[str, os.PathLike], 
     plan = plan_checkpoint(hf_dir, cfg, tensors)
     tok, tok_kind, template = load_hf_tokenizer(hf_dir, plan)
     P = plan
-    arch = gguf_arch(bLlamaConfig(activation=P.activation, sub_norms=P.sub_norms is not None), "tq2_0", force_arch)
+    arch = gguf_arch(bLlamaConfig(activation=P.activation, sub_norms=P.sub_norms is not None), "tq2_0", force_arch,
+                     command="import")
     kvd = P.kv_heads * P.head_dim
     shapes = {"attn_q": (P.dim, P.dim), "attn_k": (kvd, P.dim), "attn_v": (kvd, P.dim), "attn_output": (P.dim, P.dim),
               "ffn_gate": (P.ffn, P.dim), "ffn_up": (P.ffn, P.dim), "ffn_down": (P.dim, P.ffn)}

@@ -30,7 +30,8 @@ import numpy as np
 import torch
 
 from ..model.config import bLlamaConfig
-from .hf_import import HFImportError, SUB_NORMS, checked_activation, _ids, _read_json, _rope_theta, _Tensors, unpack_hf
+from .hf_import import (HFImportError, SUB_NORMS, checked_activation, checked_heads, checked_tensors, number,
+                        quant_config, special_ids, _read_json, _rope_theta, _Tensors, unpack_hf)
 
 # HF names inside a layer -> ours (Transformer.layers.N.<ours>)
 LAYER_NAMES = {"self_attn.q_proj": "attn.q_proj", "self_attn.k_proj": "attn.k_proj", "self_attn.v_proj": "attn.v_proj",
@@ -60,7 +61,7 @@ def latent_from_ternary(codes: torch.Tensor, scale: float) -> torch.Tensor:
 def _hf_config(cfg: dict, tensors: _Tensors, overrides: dict):
     """(bLlamaConfig, style) of a HF config.json; refuses what the model cannot compute, naming the field."""
     mt = cfg.get("model_type")
-    qc = cfg.get("quantization_config") or {}
+    qc = quant_config(cfg)
     if qc and qc.get("quant_method") != "bitnet":
         raise HFImportError(f"unsupported quantization_config.quant_method {qc.get('quant_method')!r}: full-precision "
                             "weights or 'bitnet' (ternary b1.58) ones can be loaded")
@@ -70,8 +71,9 @@ def _hf_config(cfg: dict, tensors: _Tensors, overrides: dict):
         raise HFImportError(f"unsupported quantization_config.linear_class {qc.get('linear_class')!r}")
     names = set(tensors.names())
     has = lambda suffix: f"model.layers.0.{suffix}.weight" in names
+    context = number(cfg, "max_position_embeddings", int, 2048, nullable=True)
     if mt == "mistral" and cfg.get("sliding_window") not in (None, 0) and \
-            int(cfg["sliding_window"]) < int(cfg.get("max_position_embeddings") or 0):
+            number(cfg, "sliding_window") < context:
         raise HFImportError(f"config sliding_window = {cfg['sliding_window']}: sliding-window attention is not "
                             "implemented (set it to null only if the model never sees longer contexts)")
     if mt == "bitnet":
@@ -84,22 +86,13 @@ def _hf_config(cfg: dict, tensors: _Tensors, overrides: dict):
         raise HFImportError(f"unsupported model_type {mt!r} (architectures {cfg.get('architectures')}): "
                             "LlamaForCausalLM / MistralForCausalLM and BitNetForCausalLM folders can be loaded")
     act = checked_activation(cfg, names)
-    for k in ("hidden_size", "num_attention_heads", "num_hidden_layers", "intermediate_size"):
-        if k not in cfg:
-            raise HFImportError(f"config.json has no '{k}'")
-    dim, heads = int(cfg["hidden_size"]), int(cfg["num_attention_heads"])
-    if cfg.get("head_dim") not in (None, dim // heads) or dim % heads:
-        raise HFImportError(f"head_dim {cfg.get('head_dim')} with hidden_size {dim} and {heads} heads is not "
-                            "supported (head_dim must be hidden_size / num_attention_heads)")
-    vocab, edim = tensors.shape("model.embed_tokens.weight")
-    if edim != dim:
-        raise HFImportError(f"model.embed_tokens.weight has {edim} columns, hidden_size is {dim}")
-    context = int(cfg.get("max_position_embeddings") or 2048)
-    fields = dict(vocab_size=int(vocab), seq_len=min(context, DEFAULT_MAX_SEQ_LEN), hidden_size=dim, num_heads=heads,
-                  num_kv_heads=int(cfg.get("num_key_value_heads") or heads), num_layers=int(cfg["num_hidden_layers"]),
-                  ffn_size=int(cfg["intermediate_size"]), activation=act, rope_theta=_rope_theta(cfg),
-                  rms_eps=float(cfg.get("rms_norm_eps", 1e-6)), sub_norms=sub is not None,
-                  tie_embeddings=bool(cfg.get("tie_word_embeddings", False)) or "lm_head.weight" not in names,
+    dim, heads, kv = checked_heads(cfg)
+    layers = number(cfg, "num_hidden_layers")
+    vocab, tied = checked_tensors(cfg, tensors, dim, layers)
+    fields = dict(vocab_size=vocab, seq_len=min(context, DEFAULT_MAX_SEQ_LEN), hidden_size=dim, num_heads=heads,
+                  num_kv_heads=kv, num_layers=layers,
+                  ffn_size=number(cfg, "intermediate_size"), activation=act, rope_theta=_rope_theta(cfg),
+                  rms_eps=number(cfg, "rms_norm_eps", float, 1e-6), sub_norms=sub is not None, tie_embeddings=tied,
                   quantize=True)  # a full-precision LLaMA too: its weights become latent ones (conversion)
     fields.update(overrides)
     if fields["seq_len"] > context:
@@ -132,10 +125,8 @@ def _hf_tokenizer(hf_dir: Path, cfg: dict, vocab: int) -> Pretrained:
 
     from .hf_import import load_hf_tokenizer
 
-    gen = _read_json(hf_dir / "generation_config.json") if (hf_dir / "generation_config.json").exists() else {}
-    eos = list(dict.fromkeys(_ids(cfg.get("eos_token_id")) + _ids(gen.get("eos_token_id"))))
-    bos = cfg.get("bos_token_id", gen.get("bos_token_id"))
-    plan = SimpleNamespace(vocab=vocab, bos_id=int(bos) if bos is not None else None, eos_ids=eos)
+    bos, eos = special_ids(hf_dir, cfg)
+    plan = SimpleNamespace(vocab=vocab, bos_id=bos, eos_ids=eos)
     tok, kind, template = load_hf_tokenizer(hf_dir, plan)
     if kind == "bpe":
         tok._eos = list(plan.eos_ids)  # every end-of-turn id the config names, not only tokenizer_config's

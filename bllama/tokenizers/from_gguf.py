@@ -32,7 +32,9 @@ def tokenizer_of_gguf(engine):
                             add_bos=bool(get("tokenizer.ggml.add_bos_token", True)),
                             chat_template=get("tokenizer.chat_template"))
     if "bllama.tokenizer.sp_model" in keys:
-        return SentencePieceTokenizer.from_bytes(bytes(bytearray(engine.metadata("bllama.tokenizer.sp_model"))))
+        tok = SentencePieceTokenizer.from_bytes(bytes(bytearray(engine.metadata("bllama.tokenizer.sp_model"))))
+        tok.add_bos = bool(get("tokenizer.ggml.add_bos_token", True))
+        return tok
     if "tokenizer.ggml.tokens" not in keys:
         raise ValueError("the model file carries no tokenizer (no tokenizer.ggml.tokens)")
     model = engine.metadata("tokenizer.ggml.model") if "tokenizer.ggml.model" in keys else "llama"
@@ -53,9 +55,11 @@ def tokenizer_of_gguf(engine):
     if model != "llama":
         raise ValueError(f"unsupported tokenizer.ggml.model {model!r}: SentencePiece 'llama' and byte-level BPE "
                          "'gpt2' are supported")
-    return SentencePieceTokenizer.from_vocab(
+    tok = SentencePieceTokenizer.from_vocab(
         tokens, list(get("tokenizer.ggml.scores", [0.0] * len(tokens))),
         list(get("tokenizer.ggml.token_type", [1] * len(tokens))),
         bos=get("tokenizer.ggml.bos_token_id", 1), eos=get("tokenizer.ggml.eos_token_id", 2),
         unk=get("tokenizer.ggml.unknown_token_id", 0))
+    tok.add_bos = bool(get("tokenizer.ggml.add_bos_token", True))
+    return tok
 

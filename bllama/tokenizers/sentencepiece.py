@@ -215,6 +215,7 @@ class SentencePieceTokenizer:
                 model_proto = fh.read()
         self.model_path = model_path
         self.chat_template: str | None = None  # a GGUF file's tokenizer.chat_template, set by tokenizer_from_gguf
+        self.add_bos = True  # encode()'s BOS; a Hugging Face folder's add_bos_token can turn it off
         self._proto = bytes(model_proto)
         self.sp = spm.SentencePieceProcessor()
         try:
@@ -314,13 +315,14 @@ class SentencePieceTokenizer:
 
     # -- core API ---------------------------------------------------------------
     def encode(self, text: str, add_bos: bool = True, add_eos: bool = False) -> list[int]:
-        return self.sp.encode(check_text(text, "the text"), add_bos=add_bos and self.bos_id is not None,
+        return self.sp.encode(check_text(text, "the text"),
+                              add_bos=add_bos and self.add_bos and self.bos_id is not None,
                               add_eos=add_eos and self.eos_id is not None)
 
     def encode_batch(self, texts: Sequence[str], add_bos: bool = True, add_eos: bool = False,
                      num_threads: int | None = None) -> list[list[int]]:
         texts = [check_text(t, f"text {i}") for i, t in enumerate(texts)]
-        return self.sp.encode(texts, add_bos=add_bos and self.bos_id is not None,
+        return self.sp.encode(texts, add_bos=add_bos and self.add_bos and self.bos_id is not None,
                               add_eos=add_eos and self.eos_id is not None,
                               num_threads=num_threads if num_threads is not None else -1)
 

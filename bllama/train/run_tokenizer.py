@@ -28,6 +28,8 @@ def save_tokenizer_files(out_dir: Path, tokenizer, chat_template: Optional[str] 
             {"bos_id": tokenizer.bos_id, "eos_ids": tokenizer.eos_ids, "add_bos": tokenizer.add_bos}))
     elif hasattr(tokenizer, "save"):
         tokenizer.save(out_dir / "tokenizer.model")
+        if not getattr(tokenizer, "add_bos", True):  # tokenizer.model cannot say so (a HF folder's add_bos_token)
+            atomic_write_text(out_dir / "tokenizer_specials.json", json.dumps({"add_bos": False}))
     if chat_template:
         atomic_write_text(out_dir / "chat_template.jinja", chat_template)
 
@@ -41,11 +43,13 @@ def load_run_tokenizer(checkpoint_path):
     for d in [p] + list(p.parents)[:3]:
         template = (d / "chat_template.jinja").read_text(encoding="utf-8") if (d / "chat_template.jinja").exists() \
             else None
+        sp = json.loads((d / "tokenizer_specials.json").read_text()) if (d / "tokenizer_specials.json").exists() \
+            else {}
         if (d / "tokenizer.model").exists():
-            return SentencePieceTokenizer(d / "tokenizer.model"), template
+            tok = SentencePieceTokenizer(d / "tokenizer.model")
+            tok.add_bos = sp.get("add_bos", True)
+            return tok, template
         if (d / "tokenizer.json").exists():
-            sp = json.loads((d / "tokenizer_specials.json").read_text()) if (d / "tokenizer_specials.json").exists() \
-                else {}
             tok = BPETokenizer.from_file(d / "tokenizer.json", bos_id=sp.get("bos_id"), eos_ids=sp.get("eos_ids", ()),
                                          add_bos=sp.get("add_bos", True), chat_template=template)
             return tok, template
