@@ -96,6 +96,18 @@ def test_documents_packed_with_bos_eos_no_padding(sp_tokenizer):
     assert flat == expected[: len(flat)]
 
 
+def test_documents_without_bos_where_the_tokenizer_adds_none(sp_tokenizer):
+    """A tokenizer that adds no BOS (a Hugging Face folder's add_bos_token = false, e.g. SmolLM) packs documents as
+    `doc EOS`: fine-tuning sees the token stream the model was trained on."""
+    import copy
+
+    tok = copy.copy(sp_tokenizer)
+    tok.add_bos = False
+    ds = PackedDataset.from_documents(DOCS, tok, max_length=16)
+    assert int((ds.tokens == tok.bos_id).sum()) == 0 and int((ds.tokens == tok.eos_id).sum()) == len(DOCS)
+    assert ds.tokens.tolist() == [t for t in _doc_stream(sp_tokenizer, DOCS) if t != tok.bos_id]
+
+
 def test_token_dtype_choice():
     assert token_dtype(32000) == np.uint16
     assert token_dtype(65536) == np.uint16

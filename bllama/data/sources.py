@@ -134,13 +134,14 @@ def _text_chunks(path: str, chunk_chars: int) -> Iterator[str]:
 
 
 class DocumentEncoder:
-    """Encodes documents as ``BOS doc EOS`` id arrays (exact for chunked text)."""
+    """Encodes documents as ``BOS doc EOS`` id arrays (exact for chunked text); ``doc EOS`` where the tokenizer adds
+    no BOS (a Hugging Face folder's add_bos_token, e.g. SmolLM): training then sees what the model always saw."""
 
     def __init__(self, tokenizer: Any, add_bos: bool = True, add_eos: bool = True):
         self.tok = tokenizer
         self.vocab_size = int(tokenizer.vocab_size)
         self.dtype = token_dtype(self.vocab_size)
-        self.bos = getattr(tokenizer, "bos_id", None) if add_bos else None
+        self.bos = getattr(tokenizer, "bos_id", None) if add_bos and getattr(tokenizer, "add_bos", True) else None
         self.eos = tokenizer.eos_id if add_eos else None
         # For a text cut just before a '\n', SentencePiece adds a dummy '▁'
         # prefix that whole-text encoding would not have; no piece contains
