@@ -62,3 +62,21 @@ def test_the_cli_refuses_a_hostile_checkpoint_with_a_clear_message(tmp_path):
     assert r.returncode != 0
     assert "refusing to load" in r.stderr
     assert not marker.exists()
+
+
+def test_a_file_that_is_not_a_checkpoint_says_so(tmp_path):
+    """A text file (`bllama generate notes.txt ...`) went to the unpickler and ended in `KeyError: 105`; a truncated
+    checkpoint must say it is incomplete."""
+    text = tmp_path / "input.txt"
+    text.write_text("hello world\n")
+    with pytest.raises(ValueError, match="input.txt is not a model: give a .gguf file"):
+        load_checkpoint(text)
+    cfg = bLlamaConfig(vocab_size=32, hidden_size=16, num_layers=1, num_heads=2, ffn_size=32, seq_len=8)
+    good = tmp_path / "good.ckpt"
+    torch.save({"state_dict": bLlama(cfg).state_dict(), "hyper_parameters": {"config": cfg.to_dict()},
+                "pytorch-lightning_version": "2.6.0"}, good)
+    assert isinstance(load_checkpoint(good), bLlama)
+    cut = tmp_path / "cut.ckpt"
+    cut.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    with pytest.raises(ValueError, match="cut.ckpt is not a complete checkpoint"):
+        load_checkpoint(cut)

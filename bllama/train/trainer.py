@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import zipfile
 from datetime import timedelta
 from pathlib import Path
 from typing import List, Optional, Sequence
@@ -277,10 +278,21 @@ def load_checkpoint(path) -> bLlama:
         if not is_sharded_checkpoint(path):
             raise FileNotFoundError(f"{path} is a directory but not a sharded checkpoint (no meta.pt and .metadata)")
         return load_sharded_checkpoint(path)
+    if not zipfile.is_zipfile(path):  # torch.save's format; anything else failed deep in the unpickler (KeyError: 105)
+        with open(path, "rb") as f:
+            if f.read(4) == b"PK\x03\x04":  # a zip without its directory at the end
+                raise ValueError(f"{path} is not a complete checkpoint (truncated: the zip archive has no end)")
+        raise ValueError(f"{path} is not a model: give a .gguf file, a Hugging Face folder or a bllama training "
+                         "checkpoint (a .ckpt file or a run folder)")
     try:
         return bLlama.load_from_checkpoint(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         raise UnsafeCheckpointError(_refusal(path, "checkpoint", e)) from None
+    except RuntimeError as e:
+        if "PytorchStreamReader" not in str(e):
+            raise
+        raise ValueError(f"{path} is not a complete checkpoint (truncated or damaged: {str(e).splitlines()[0]})") \
+            from None
 
 
 def tokenizer_beside(checkpoint_path):
