@@ -286,8 +286,7 @@ def cmd_demo(args):
 def cmd_tokenizer_train(args):
     from .tokenizers.sentencepiece import train_sentencepiece
 
-    path = train_sentencepiece(args.files, args.output, vocab_size=args.vocab_size)
-    print(f"wrote {path}")
+    train_sentencepiece(args.files, args.output, vocab_size=args.vocab_size)  # says what it wrote
 
 
 def cmd_data_prepare(args):
@@ -442,7 +441,8 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     sv.add_argument("--port", type=_int_from(0, 65535), default=8080, help="port (default 8080; 0 picks a free one)")
     sv.add_argument("--name", default=None, help="model id in replies and /v1/models (default: the file's stem)")
-    sv.add_argument("--max-tokens", type=POSITIVE, default=256, help="new tokens when a request names no max_tokens")
+    sv.add_argument("--max-tokens", type=POSITIVE, default=256,
+                    help="new tokens when a request names no max_tokens (default 256, or what the context holds)")
     sv.add_argument("--threads", type=POSITIVE, default=None, help="engine threads (default: all cores)")
     _add_engine_options(sv)
     sv.add_argument("--max-sequences", type=POSITIVE, default=1,

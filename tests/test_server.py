@@ -160,7 +160,7 @@ def test_stop_strings_and_zero_tokens(served):
     ("/v1/completions", {"prompt": "a", "max_tokens": "ten"}, 400, "'max_tokens' must be an integer"),
     ("/v1/completions", {"prompt": "a", "stop": 3}, 400, "'stop' must be a string or a list"),
     ("/v1/completions", {"prompt": "word " * 400, "max_tokens": 4}, 400, "context length"),
-    ("/v1/completions", {"prompt": "a", "max_tokens": 5000}, 400, "context length"),
+    ("/v1/completions", {"prompt": "a", "max_tokens": 5000}, 400, "+ max_tokens (5000) exceeds the context length"),
     ("/v1/chat/completions", {"messages": []}, 400, "'messages' must be a non-empty list"),
     ("/v1/chat/completions", {"messages": MSGS}, 400, "no chat template"),
     ("/v1/embeddings", {"input": "a"}, 404, "no such endpoint"),

@@ -167,7 +167,8 @@ void Model::allocate(const LoadOptions& opts) {
     ctx_ = opts.max_context > 0 ? std::min(opts.max_context, c.context) : c.context;
     max_batch_ = std::max<int64_t>(1, std::min<int64_t>(opts.max_batch, ctx_));
     if (opts.sequences < 1 || opts.sequences > max_batch_)
-        throw std::invalid_argument("sequences must be in [1, max_batch = " + std::to_string(max_batch_) + "], got " +
+        throw std::invalid_argument("max_sequences must be in [1, " + std::to_string(max_batch_) +
+                                    "] on the CPU (a step's rows fit one prompt chunk), got " +
                                     std::to_string(opts.sequences));
     sequences_ = opts.sequences;
     // The cache is address space until touched, but refuse sizes no machine could ever fill.
