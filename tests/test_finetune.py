@@ -139,6 +139,24 @@ def test_llama_converted_exports_and_engine_agrees(ckpts, tmp_path):
     assert_logits_match(ours, rt.logits(ids))
 
 
+def test_fine_tuning_on_shorter_blocks_keeps_the_checkpoints_context(ckpts, tmp_path):
+    """--set seq_len=N is the training block length: the exported file declares the checkpoint's context (it declared
+    N, so a model fine-tuned from TinyLlama at 1024 could not take a 2048-token prompt); test_hf_export checks --format
+    hf's max_position_embeddings."""
+    import json
+
+    from bllama import bLlama
+    from bllama.convert.gguf_export import export_gguf
+    from bllama.runtime import Runtime
+
+    source = json.loads((ckpts["packed"] / "config.json").read_text())["max_position_embeddings"]
+    m = bLlama.from_pretrained(ckpts["packed"], seq_len=16).eval()
+    assert m.config.seq_len == 16 and m.config.context == source > 16
+    m.quantize_weights_to_ternary()
+    tok = m.pretrained.tokenizer
+    assert Runtime.load(export_gguf(m, tok, tmp_path / "m.gguf")).context_length == source
+
+
 @pytest.mark.parametrize("weight_type", ["tq2_0", "tq1_0", "i2_s"])
 def test_gguf_loads_back_as_the_same_ternary_model(ckpts, tmp_path, weight_type):
     from bllama import bLlama

@@ -103,13 +103,15 @@ def test_hf_export_of_a_model_without_sub_norms(sp_tokenizer, tmp_path):
 
     torch.manual_seed(4)
     model = bLlama(bLlamaConfig(vocab_size=sp_tokenizer.vocab_size, seq_len=64, hidden_size=64, num_heads=4,
-                                num_kv_heads=2, num_layers=2, ffn_size=128, sub_norms=False)).eval()
+                                num_kv_heads=2, num_layers=2, ffn_size=128, sub_norms=False,
+                                context_length=96)).eval()  # fine-tuned on blocks shorter than its context
     with torch.no_grad():  # the engine keeps the embedding in fp16: make that exact
         model.model.embed_tokens.weight.copy_(model.model.embed_tokens.weight.half().float())
     template = resolve_chat_template("chatml")
     out = export_hf(model, sp_tokenizer, tmp_path / "hf", chat_template=template)
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["architectures"] == ["LlamaForCausalLM"] and cfg["quantization_config"]["quant_method"] == "bitnet"
+    assert cfg["max_position_embeddings"] == 96
     assert json.loads((out / "tokenizer_config.json").read_text())["chat_template"] == template
     hf = LlamaForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
     ids = sp_tokenizer.encode("To be, or not to be, that is the question")

@@ -130,7 +130,7 @@ def pack_ternary(codes: np.ndarray, scale: float, weight_type: str) -> tuple:
 
 def add_bitnet_metadata(writer, cfg: bLlamaConfig) -> None:
     """The llama.cpp `bitnet` hyperparameters plus the bllama.* keys that arch lacks."""
-    writer.add_context_length(cfg.seq_len)
+    writer.add_context_length(cfg.context)
     writer.add_embedding_length(cfg.hidden_size)
     writer.add_block_count(cfg.num_layers)
     writer.add_feed_forward_length(cfg.ffn_size)

@@ -92,7 +92,7 @@ def export_hf(model, tokenizer, out_dir: Union[str, os.PathLike], dtype: str = "
         "vocab_size": cfg.vocab_size, "hidden_size": cfg.hidden_size, "intermediate_size": cfg.ffn_size,
         "num_hidden_layers": cfg.num_layers, "num_attention_heads": cfg.num_heads,
         "num_key_value_heads": cfg.num_kv_heads, "hidden_act": cfg.activation,
-        "max_position_embeddings": cfg.seq_len, "rms_norm_eps": cfg.rms_eps,
+        "max_position_embeddings": cfg.context, "rms_norm_eps": cfg.rms_eps,
         "rope_theta": cfg.rope_theta, "rope_parameters": {"rope_type": "default", "rope_theta": cfg.rope_theta},
         "tie_word_embeddings": bool(cfg.tie_embeddings), "attention_bias": False, "attention_dropout": 0.0,
         "bos_token_id": tokenizer.bos_id, "eos_token_id": tokenizer.eos_id, "pad_token_id": None,
@@ -104,7 +104,7 @@ def export_hf(model, tokenizer, out_dir: Union[str, os.PathLike], dtype: str = "
     tok_cfg = {"tokenizer_class": "LlamaTokenizer", "bos_token": piece(tokenizer.bos_id),
                "eos_token": piece(tokenizer.eos_id), "unk_token": piece(tokenizer.unk_id),
                "add_bos_token": True, "add_eos_token": False, "legacy": False,
-               "model_max_length": cfg.seq_len}
+               "model_max_length": cfg.context}
     template = chat_template or getattr(tokenizer, "chat_template", None)
     if template:
         tok_cfg["chat_template"] = template

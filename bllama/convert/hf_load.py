@@ -93,7 +93,7 @@ def _hf_config(cfg: dict, tensors: _Tensors, overrides: dict):
                   num_kv_heads=kv, num_layers=layers,
                   ffn_size=number(cfg, "intermediate_size"), activation=act, rope_theta=_rope_theta(cfg),
                   rms_eps=number(cfg, "rms_norm_eps", float, 1e-6), sub_norms=sub is not None, tie_embeddings=tied,
-                  quantize=True)  # a full-precision LLaMA too: its weights become latent ones (conversion)
+                  quantize=True, context_length=context)  # a full-precision LLaMA too: its weights become latent ones (conversion)
     fields.update(overrides)
     if fields["seq_len"] > context:
         raise HFImportError(f"seq_len {fields['seq_len']} exceeds the model's max_position_embeddings {context}")
@@ -252,7 +252,8 @@ def load_gguf(path: Union[str, os.PathLike], **overrides):
     tensors = {t.name: t for t in r.tensors}
     emb = tensors["token_embd.weight"]
     dim, heads = int(get(p + "embedding_length")), int(get(p + "attention.head_count"))
-    fields = dict(vocab_size=int(get(p + "vocab_size", emb.shape[1])), seq_len=int(get(p + "context_length")),
+    ctx = int(get(p + "context_length"))
+    fields = dict(vocab_size=int(get(p + "vocab_size", emb.shape[1])), seq_len=ctx, context_length=ctx,
                   hidden_size=dim, num_heads=heads, num_kv_heads=int(get(p + "attention.head_count_kv", heads)),
                   num_layers=int(get(p + "block_count")), ffn_size=int(get(p + "feed_forward_length")),
                   activation=str(get("bllama.activation", "silu" if arch == "bitnet" else "relu2")),

@@ -15,7 +15,7 @@ ACTIVATIONS = ("silu", "relu2")
 # The fields that shape a model's weights: a checkpoint it starts from (--init-from) decides them.
 SHAPE_FIELDS = ("vocab_size", "hidden_size", "num_heads", "num_layers", "bias", "num_kv_heads", "ffn_size",
                 "activation", "tie_embeddings", "sub_norms")
-SIZE_LIMITS = dict(vocab_size=1 << 22, seq_len=1 << 20, hidden_size=1 << 16, num_layers=1024, ffn_size=1 << 18)
+SIZE_LIMITS = dict(vocab_size=1 << 22, seq_len=1 << 20, context_length=1 << 24, hidden_size=1 << 16, num_layers=1024, ffn_size=1 << 18)
 SCHEDULES = ("cosine", "two_stage")
 
 
@@ -65,6 +65,10 @@ class bLlamaConfig:
     # converted from a full-precision LLaMA / HF1BitLLM checkpoints (GGUF bllama.sub_norms = false).
     sub_norms: bool = True
     quantize: bool = True  # False: plain full-precision nn.Linear (the baseline twin in benchmarks)
+    # The context an exported file declares (GGUF context_length, HF max_position_embeddings) when it is longer than
+    # seq_len: a model started from a checkpoint (--init-from) keeps the checkpoint's, whatever block length it is
+    # fine-tuned on. None: seq_len. See `context`.
+    context_length: Optional[int] = None
     # training
     batch_size: int = 8
     lr: float = 1.5e-3
@@ -99,6 +103,8 @@ class bLlamaConfig:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
             if getattr(self, name) > SIZE_LIMITS[name]:  # a typo, not a model: seq_len=10**8 filled 24 GiB for RoPE
                 raise ValueError(f"{name} must be at most {SIZE_LIMITS[name]}, got {getattr(self, name)}")
+        if self.context_length is not None and not 0 < self.context_length <= SIZE_LIMITS["context_length"]:
+            raise ValueError(f"context_length must be in [1, {SIZE_LIMITS['context_length']}], got {self.context_length}")
 
     def _check_types(self) -> None:
         """Every field has its annotated type (--set lr=abc ended in a TypeError inside torch's optimizer); an int
@@ -117,6 +123,11 @@ class bLlamaConfig:
                 _typed(fields[name], value)
             except TypeError as e:
                 raise ValueError(str(e)) from None
+
+    @property
+    def context(self) -> int:
+        """The context length a model file of this model declares: seq_len, or context_length where longer."""
+        return max(self.seq_len, self.context_length or 0)
 
     @property
     def head_dim(self) -> int:
