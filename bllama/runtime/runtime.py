@@ -1,6 +1,7 @@
 """Runtime: the Python face of the C++ engine. `Runtime.load("model.gguf").generate("Once upon a time")`."""
 from __future__ import annotations
 
+import numbers
 import os
 import queue
 import threading
@@ -20,6 +21,19 @@ from .slots import Slots, check_new_tokens, default_new_tokens
 from .text_stream import _TextStream
 
 GENERATE_TOKENS, CHAT_TOKENS = 128, 256  # the most new tokens max_new_tokens=None asks for (default_new_tokens)
+
+
+def _count_arg(name: str, value, optional: bool = False, most: Optional[int] = None):
+    """An integer argument of load() as a Python int (numpy integers too): TypeError for a bool, a float or a string,
+    ValueError past `most` (the engine's own limit), which pybind11 otherwise refused with the engine's whole
+    signature (a float, or past its C int) or took True as 1."""
+    if value is None and optional:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an integer{' or None' if optional else ''}, got {value!r}")
+    if most is not None and value > most:
+        raise ValueError(f"{name} must be at most {most}, got {value}")
+    return int(value)
 
 
 class RuntimeBusyError(RuntimeError):
@@ -71,7 +85,12 @@ class Runtime:
         repacked to 2 bits (the faster prompt),
         "base3" at 1.6 bits; the
         logits are bit-identical either way (docs/engine.md, "Files", kernels/pack)."""
-        path = Path(path)
+        if isinstance(path, (str, os.PathLike)) and not os.fspath(path):
+            raise FileNotFoundError("model file not found: the path is empty")  # Path("") would be the current folder
+        path = Path(path).expanduser()  # "~/models/x.gguf", as a shell would take it
+        threads = _count_arg("threads", threads, optional=True)
+        max_sequences = _count_arg("max_sequences", max_sequences, most=256)
+        context_length = _count_arg("context_length", context_length, optional=True)
         if head not in ("f16", "q8", "q4"):
             raise ValueError(f"head must be 'f16', 'q8' or 'q4', got {head!r}")
         if device not in ("cpu", "cuda"):
@@ -82,7 +101,7 @@ class Runtime:
             raise FileNotFoundError(f"model file not found: {path}")
         if threads is not None and threads < 1:
             raise ValueError(f"threads must be >= 1, got {threads}")
-        if context_length is not None and (not isinstance(context_length, int) or context_length < 1):
+        if context_length is not None and context_length < 1:
             raise ValueError(f"context_length must be a positive integer or None, got {context_length!r}")
         if kv_cache_dtype not in ("float32", "float16"):
             raise ValueError(f"kv_cache_dtype must be 'float32' or 'float16', got {kv_cache_dtype!r}")
