@@ -32,7 +32,13 @@ class _TextStream:
     def __init__(self, tokenizer, prompt_ids, stop: Sequence[str]):
         self.tok, self.tokens = tokenizer, list(prompt_ids)
         # the caller's stops and the model file's own (bllama.stop_strings: a chat template's end-of-turn text)
-        self.stop = [s for s in (*(stop or []), *getattr(tokenizer, "stop_strings", ())) if s]
+        if isinstance(stop, str):  # stop="END" is one stop string (as in OpenAI's API), not "E", "N" and "D"
+            stop = [stop]
+        stop = list(stop or [])
+        for s in stop:
+            if not isinstance(s, str):
+                raise TypeError(f"stop must be a string or a list of strings, got an item {s!r}")
+        self.stop = [s for s in (*stop, *getattr(tokenizer, "stop_strings", ())) if s]
         self.anchor = len(self.tokens)  # tokens before it are decoded into self.final
         self.final = ""  # the continuation's text up to the anchor
         self.emitted = ""
