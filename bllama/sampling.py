@@ -45,6 +45,9 @@ class SamplingParams:
         unknown = set(overrides) - {f.name for f in dataclasses.fields(cls)}
         if unknown:
             raise TypeError(f"unknown sampling option(s): {', '.join(sorted(unknown))}")
+        if sampling is not None and not isinstance(sampling, cls):
+            raise TypeError(f"sampling must be a SamplingParams (or None), got {type(sampling).__name__}; pass "
+                            "the fields as keywords (temperature=0.8) or SamplingParams(**fields)")
         base = sampling if sampling is not None else cls()
         return dataclasses.replace(base, **overrides) if overrides else base
 
@@ -57,4 +60,5 @@ class SamplingParams:
 
     def engine_kwargs(self) -> dict:
         """The engine's generate / generate_batch keyword arguments (a negative seed asks it for a random one)."""
-        return dict(self.as_dict(), seed=-1 if self.seed is None else self.seed)
+        # Any top_k >= vocab keeps every candidate; past 2**31 the engine's int would refuse it with its whole signature.
+        return dict(self.as_dict(), seed=-1 if self.seed is None else self.seed, top_k=min(self.top_k, 2**31 - 1))
