@@ -94,8 +94,9 @@ class Slots:
             raise ValueError("the prompt is empty")
         vocab = self._rt.vocab_size
         for i, t in enumerate(ids):
-            if not isinstance(t, int) or isinstance(t, bool):
+            if not isinstance(t, numbers.Integral) or isinstance(t, bool):  # numpy ids (np.array(ids)) are ids too
                 raise TypeError(f"prompt: token id at index {i} is not an integer: {t!r}")
+            ids[i] = t = int(t)
             if not 0 <= t < vocab:
                 raise IndexError(f"prompt: token id {t} at index {i} is out of range [0, {vocab})")
         max_new_tokens = check_new_tokens(max_new_tokens, len(ids), self._rt.context_length)
@@ -103,7 +104,6 @@ class Slots:
             raise ValueError(f"logprobs must be an integer in [0, {MAX_TOP_LOGPROBS}], got {logprobs!r}")
         stops = [int(s) for s in stop_ids if 0 <= int(s) < vocab]  # others can never be sampled
         kwargs = sampling.engine_kwargs()
-        kwargs["top_k"] = min(kwargs["top_k"], _INT32_MAX)  # any top_k >= vocab keeps every candidate
         with self._rt._engine_turn(slots=True):
             try:
                 return self._engine.slot_add(ids, int(max_new_tokens), stop_ids=stops,
@@ -139,8 +139,11 @@ class Slots:
     def cancel(self, slot: int) -> None:
         """Retires a slot at once (no event); its KV cache and tokens stay for prefix reuse. IndexError for a slot
         outside [0, capacity)."""
-        if isinstance(slot, bool) or not isinstance(slot, int) or not 0 <= slot < self.capacity:
+        if isinstance(slot, bool) or not isinstance(slot, numbers.Integral):
+            raise TypeError(f"slot must be an integer (what add() returned), got {slot!r}")
+        if not 0 <= slot < self.capacity:  # np.int64(0), a slot from an array of them, is slot 0
             raise IndexError(f"slot {slot!r} is out of range [0, {self.capacity})")
+        slot = int(slot)
         with self._rt._engine_turn(slots=True):
             self._engine.slot_cancel(slot)
 
