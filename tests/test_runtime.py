@@ -352,3 +352,57 @@ def test_text_stream_never_shows_half_a_character(kind, sp_tokenizer):
     assert not any("\ufffd" in d for d in deltas), deltas
     whole = tok.decode(prompt + ids)
     assert whole.endswith("".join(deltas)) and "".join(deltas).strip() == text.strip()
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    """The shipped 5M-parameter model: enough for argument handling, no training."""
+    from bllama.assets import SHAKESPEARE_MODEL
+
+    return Runtime.load(SHAKESPEARE_MODEL, threads=1)
+
+
+def test_load_arguments_in_the_callers_terms(shipped, tmp_path, monkeypatch):
+    path = shipped.path
+    with pytest.raises(TypeError, match="threads must be an integer or None, got 1.5"):
+        Runtime.load(path, threads=1.5)  # was pybind11's "incompatible constructor arguments" and the signature
+    with pytest.raises(TypeError, match="threads must be an integer or None, got '2'"):
+        Runtime.load(path, threads="2")  # was "'<' not supported between instances of 'str' and 'int'"
+    with pytest.raises(TypeError, match="threads must be an integer or None, got True"):
+        Runtime.load(path, threads=True)  # was quietly 1 thread
+    with pytest.raises(TypeError, match="max_sequences must be an integer, got None"):
+        Runtime.load(path, max_sequences=None)
+    with pytest.raises(ValueError, match="max_sequences must be at most 256, got 1099511627776"):
+        Runtime.load(path, max_sequences=2**40)  # was pybind11's TypeError with the signature
+    with pytest.raises(TypeError, match="context_length must be an integer or None, got True"):
+        Runtime.load(path, context_length=True)  # was quietly a 1-token context
+    rt = Runtime.load(path, threads=np.int64(1), max_sequences=np.int64(2), context_length=np.int64(64))
+    assert (rt.config["threads"], rt.config["max_sequences"], rt.context_length) == (1, 2, 64)  # numpy ints work
+    with pytest.raises(FileNotFoundError, match="the path is empty"):
+        Runtime.load("")  # was "IsADirectoryError: . is a folder without config.json"
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "m.gguf").write_bytes(open(path, "rb").read())
+    assert Runtime.load("~/m.gguf", threads=1).vocab_size == shipped.vocab_size  # README: Runtime.load("~/models/...")
+
+
+def test_stop_given_as_one_string(shipped):
+    rt = shipped
+    full = rt.generate("ROMEO:", max_new_tokens=20)
+    word = full.split()[2]
+    assert min(full.index(c) for c in word) < full.index(word)  # one of its characters comes earlier
+    # A str is one stop string, as in OpenAI's API; it used to be split into characters (stop="END": "E", "N", "D").
+    assert rt.generate("ROMEO:", max_new_tokens=20, stop=word) == full[:full.index(word)]
+    with pytest.raises(TypeError, match="stop must be a string or a list of strings"):
+        rt.generate("ROMEO:", max_new_tokens=2, stop=[3])  # was "object of type 'int' has no len()"
+
+
+def test_sampling_edges(shipped):
+    rt = shipped
+    # top_k past the engine's int32 keeps every candidate (was pybind11's TypeError with the whole signature).
+    kw = dict(max_new_tokens=8, do_sample=True, seed=1)
+    assert rt.generate("ROMEO:", top_k=10**12, **kw) == rt.generate("ROMEO:", top_k=0, **kw)
+    # A temperature whose reciprocal overflows float32 is greedy, not NaN probabilities and the last id every time.
+    assert rt.generate("ROMEO:", max_new_tokens=8, do_sample=True, temperature=1e-40, seed=1) == \
+        rt.generate("ROMEO:", max_new_tokens=8)
+    with pytest.raises(TypeError, match="sampling must be a SamplingParams"):
+        rt.generate("ROMEO:", max_new_tokens=2, sampling={"temperature": 0.5})  # was AttributeError: 'dict' ...

@@ -335,3 +335,15 @@ def test_step_releases_the_gil(wide_model_path):
     assert seen_in_step.is_set(), "no other thread ran during 40 steps: step() holds the GIL"
     while slots.active():
         slots.step()
+
+
+def test_numpy_ids_and_slot_numbers(solo):
+    """np.array(ids) and np.int64 slots are what a notebook has: they were refused as "not an integer" and, for
+    cancel(np.int64(0)), as "slot 0 is out of range [0, 1)"."""
+    slots = solo.slots()
+    s = slots.add(np.array(solo.encode("To be")), None, 50)
+    slots.step()
+    slots.cancel(np.int64(s))
+    assert slots.active() == 0
+    with pytest.raises(TypeError, match="slot must be an integer"):
+        slots.cancel("0")
