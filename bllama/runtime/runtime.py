@@ -6,6 +6,7 @@ import os
 import queue
 import threading
 import time
+import weakref
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, List, Optional, Sequence, Union
@@ -55,8 +56,13 @@ class Runtime:
         self._engine, self.tokenizer, self.path = engine, tokenizer, path
         self.stats: dict = {}
         self._turn = threading.Lock()
-        self._turn_holder: Optional[int] = None  # the thread whose generation holds _turn
-        self._slots: Optional[Slots] = None
+        # The thread whose generation holds _turn: the Thread object, not get_ident(), which a new thread reuses
+        # once the old one ended (a stream left open by a finished thread made it RuntimeBusyError "this same thread").
+        self._turn_holder: Optional[threading.Thread] = None
+        # Weak: Slots holds the Runtime, so a strong link back was a cycle that kept the engine (its weights, KV
+        # caches and worker threads) alive after `del rt` until the cyclic GC ran. _slots_used: slots() was called.
+        self._slots_ref: Optional["weakref.ref[Slots]"] = None
+        self._slots_used = False
         keys = set(engine.metadata_keys())
         # every id that ends generation: a model may have several (LLaMA-3: <|end_of_text|>, <|eot_id|>)
         eos = list(engine.metadata("bllama.eos_token_ids")) if "bllama.eos_token_ids" in keys else []
@@ -151,13 +157,13 @@ class Runtime:
         """Holds the engine for one generation (a stream holds it from its first next() until it ends or closes), or
         for one call of Slots (slots=True). A one-shot generation while slots are taken raises RuntimeBusyError: it
         would overwrite their KV caches."""
-        me = threading.get_ident()
-        if self._turn_holder == me:
+        me = threading.current_thread()
+        if self._turn_holder is me:
             raise RuntimeBusyError("this Runtime is busy with an unfinished generation of this same thread (an open "
                                    "stream, or a token callback calling back in): finish or close it first, or load "
                                    "another Runtime for concurrent generations")
         with self._turn:
-            if not slots and self._slots is not None:
+            if not slots and self._slots_used:
                 running = self._engine.slot_active()
                 if running:
                     raise RuntimeBusyError(f"this Runtime's slots() hold {running} unfinished request(s): one-shot "
@@ -171,10 +177,12 @@ class Runtime:
 
     def slots(self) -> Slots:
         """Continuous batching over the runtime's max_sequences slots (bllama/runtime/slots.py): add requests at
-        any time, step() all of them one token at a time. The same object on every call."""
-        if self._slots is None:
-            self._slots = Slots(self)
-        return self._slots
+        any time, step() all of them one token at a time. The same object on every call while one is held."""
+        s = self._slots_ref() if self._slots_ref is not None else None
+        if s is None:  # none yet, or the last one was dropped (it holds no state of its own: the engine does)
+            s = Slots(self)
+            self._slots_ref, self._slots_used = weakref.ref(s), True
+        return s
 
     def reset_cache(self) -> None:
         """Forgets every kept KV cache: the next generation runs its whole prompt (RuntimeBusyError while slots run)."""
