@@ -36,3 +36,33 @@ def test_threads_and_interleaved_streams_never_hang(tiny_gguf):
     except subprocess.TimeoutExpired:
         pytest.fail("the Runtime deadlocked: the scenarios did not finish in 120 s")
     assert r.returncode == 0 and r.stdout.strip().endswith("OK"), r.stdout[-2000:] + r.stderr[-4000:]
+
+
+def test_stream_left_open_by_a_finished_thread_makes_others_wait(tmp_path):
+    """The turn's holder was threading.get_ident(), which a new thread reuses once the old one ended: a thread
+    started after one that left a stream open got RuntimeBusyError "this same thread" instead of its turn."""
+    import threading
+
+    from bllama import Runtime
+    from bllama.assets import SHAKESPEARE_MODEL
+
+    rt = Runtime.load(SHAKESPEARE_MODEL, threads=1)
+    left_open = rt.stream("ROMEO:", max_new_tokens=50)
+    t = threading.Thread(target=lambda: next(left_open))
+    t.start()
+    t.join()
+    out, errors = [], []
+
+    def later():
+        try:
+            out.append(rt.generate("ROMEO:", max_new_tokens=3))
+        except Exception as e:
+            errors.append(e)
+
+    waiting = threading.Thread(target=later)
+    waiting.start()
+    waiting.join(1.0)
+    assert not errors and waiting.is_alive()  # waits its turn
+    left_open.close()
+    waiting.join(30)
+    assert not errors and len(out) == 1

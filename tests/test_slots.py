@@ -347,3 +347,28 @@ def test_numpy_ids_and_slot_numbers(solo):
     assert slots.active() == 0
     with pytest.raises(TypeError, match="slot must be an integer"):
         slots.cancel("0")
+
+
+def test_dropped_runtime_with_slots_is_freed_at_once(model_path):
+    """Runtime <-> Slots was a reference cycle: after `del rt` the engine (weights, KV caches, worker threads) lived
+    on until the cyclic GC ran; 50 loads in a loop held 50 engines' threads and memory."""
+    import gc
+    import weakref
+
+    gc.disable()
+    try:
+        rt = Runtime.load(model_path, threads=1, max_sequences=2)
+        slots = rt.slots()
+        assert rt.slots() is slots
+        slots.add(rt.encode("To be"), None, 2)
+        while slots.active():
+            slots.step()
+        with pytest.raises(RuntimeBusyError):  # dropping the Slots object does not hide running slots
+            rt.slots().add(rt.encode("To be"), None, 2)
+            del slots
+            rt.generate("To be", max_new_tokens=2)
+        ref = weakref.ref(rt)
+        del rt
+        assert ref() is None
+    finally:
+        gc.enable()
