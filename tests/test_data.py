@@ -432,6 +432,17 @@ def test_token_dataset_errors_and_split(token_file, tmp_path):
     assert x.shape == (4, 16) and torch.equal(x[:, 1:], y[:, :-1])
 
 
+def test_token_split_keeps_a_block_on_each_side(token_file):
+    """A file of a few blocks splits like the in-memory datasets (at least one block each side): at 0.9 its
+    validation share was short of a block and the file was refused as "corpus too short"."""
+    out, meta, *_ = token_file
+    length = meta["count"] // 4 - 1  # 4 blocks: 10% of the tokens is under one block
+    train, val = TokenDataset(out, length).split(0.9)
+    assert len(train) >= 1 and len(val) == 1 and train.end == val.start == meta["count"] - (length + 1)
+    with pytest.raises(ValueError, match="too few to split"):
+        TokenDataset(out, meta["count"] // 2).split(0.9)
+
+
 def test_datamodule_drives_a_lightning_fit(tmp_path):
     pl = pytest.importorskip("pytorch_lightning")
 

@@ -204,6 +204,14 @@ class TokenDataset(Dataset):
         if not 0.0 < train_fraction < 1.0:
             raise ValueError(f"train_fraction must be in (0, 1), got {train_fraction}")
         cut = self.start + int(round((self.end - self.start) * train_fraction))
+        # Like the in-memory split, each side keeps at least one block: a small file whose validation share fell
+        # short of one block failed as "corpus too short: 53 tokens" although it held several blocks.
+        need = self.max_length + 1
+        if self.end - self.start < 2 * need:
+            raise ValueError(f"{self.path}: {self.end - self.start} tokens are too few to split into a training and a "
+                             f"validation block of max_length={self.max_length} ({2 * need} tokens); use more data "
+                             "or no validation split (train_test_split=1.0, --train-split 1.0)")
+        cut = min(max(cut, self.start + need), self.end - need)
         dtype = self._explicit_dtype
         ns = None
         if self.num_samples != self._n_blocks:
