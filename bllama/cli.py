@@ -82,7 +82,8 @@ def cmd_train(args):
     from .data import TextDataModule
     from .train.module import bLlama
     from .tokenizers.sentencepiece import SentencePieceTokenizer, train_sentencepiece
-    from .train.trainer import dataset_from_paths, resolve_compile, run
+    from .train.run_tokenizer import load_run_tokenizer, save_tokenizer_files
+    from .train.trainer import check_resume, dataset_from_paths, resolve_compile, resume_checkpoint, run
 
     overrides = _parse_overrides(args.set)
     bLlamaConfig.check_overrides(overrides)  # a typo in --set ends here, not after the tokenizer is trained
@@ -93,6 +94,9 @@ def cmd_train(args):
         if given:
             raise ValueError(f"{', '.join(given)}: --init-from takes the model's shape and tokenizer from the checkpoint")
     out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file; give a folder for the checkpoints, tokenizer and logs")
+    resume_from = resume_checkpoint(out, args.resume)
     out.mkdir(parents=True, exist_ok=True)
     if args.batch_size:
         overrides["batch_size"] = args.batch_size
@@ -106,15 +110,15 @@ def cmd_train(args):
     template = None
     if args.init_from:  # the checkpoint's architecture, weights, tokenizer and chat template
         from .convert.hf_load import load_pretrained
-        from .train.run_tokenizer import save_tokenizer_files
 
         model, info = load_pretrained(args.init_from, **overrides)
         config, tok, template = model.config, info.tokenizer, info.chat_template
-        save_tokenizer_files(out, tok, template)
         print(f"initialized from {args.init_from} ({info.source})")
     else:
         if args.tokenizer:
             tok = SentencePieceTokenizer(args.tokenizer)
+        elif resume_from:  # the run's own; training a new one would overwrite it (and differ if the data changed)
+            tok = load_run_tokenizer(resume_from)[0]
         else:
             text_files = [p for p in args.data if p.endswith(".txt")]
             if not text_files:
@@ -125,6 +129,10 @@ def cmd_train(args):
         overrides["vocab_size"] = tok.vocab_size
         config = bLlamaConfig.preset(args.preset or "tiny", **overrides)
         model = bLlama(config)
+    if resume_from:  # before the run folder's files are rewritten
+        check_resume(resume_from, config, tok)
+    if args.init_from:
+        save_tokenizer_files(out, tok, template)
     if args.sft:
         from .train.sft import ChatSFTDataset
 

@@ -213,6 +213,51 @@ def test_train_token_file_with_scale_options_and_resume(run_dir):
     assert torch.load(ckpt, map_location="cpu", weights_only=False)["global_step"] == 6
 
 
+def bllama_fails(*args):
+    """Runs bllama expecting a usage error; returns its stderr."""
+    r = subprocess.run([sys.executable, "-m", "bllama.cli", *map(str, args)], capture_output=True, text=True,
+                       timeout=600)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-3000:]
+    return r.stderr
+
+
+@pytest.fixture(scope="module")
+def other_tokenizer(run_dir):
+    """A tokenizer of the run's vocabulary size but other pieces (trained on other text)."""
+    from bllama.tokenizers.sentencepiece import train_sentencepiece
+
+    text = run_dir / "train.txt"
+    (run_dir / "other.txt").write_text(text.read_text(encoding="utf-8")[60_000:][::-1], encoding="utf-8")
+    return train_sentencepiece([str(run_dir / "other.txt")], str(run_dir / "other"), vocab_size=400)
+
+
+def test_train_refuses_a_token_file_of_another_tokenizer(run_dir, other_tokenizer):
+    """The .bin's sidecar names its tokenizer: ids of another one trained on noise without a word (same vocabulary
+    size) or failed mid-run (a larger one)."""
+    bllama("data", "prepare", run_dir / "train.txt", "--tokenizer", other_tokenizer, "-o", run_dir / "other.bin")
+    err = bllama_fails("train", run_dir / "other.bin", "--tokenizer", run_dir / "run" / "tokenizer.model",
+                       "--max-steps", 1, "--out", run_dir / "other_run")
+    assert "other.bin was made by `bllama data prepare` with another tokenizer" in err
+
+
+def test_resume_refuses_another_shape_or_tokenizer_and_keeps_the_run(run_dir, other_tokenizer, tmp_path):
+    """--resume of a checkpoint with another shape ended in a size-mismatch traceback after config.json and
+    tokenizer.model had been overwritten; another tokenizer of the same size resumed silently."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(run_dir / "run", run)
+    before = {f: (run / f).read_bytes() for f in ("config.json", "tokenizer.model")}
+    common = ["--set", "seq_len=64", "--batch-size", 4, "--max-steps", 8, "--resume", "last", "--out", run]
+    err = bllama_fails("train", run_dir / "train.txt", "--set", "num_layers=2", *common)
+    assert "holds a model with num_layers=1 (this run: 2)" in err
+    err = bllama_fails("train", run_dir / "train.txt", "--set", "num_layers=1", "--tokenizer", other_tokenizer, *common)
+    assert "was trained with another tokenizer" in err
+    assert {f: (run / f).read_bytes() for f in before} == before
+    err = bllama_fails("train", run_dir / "train.txt", "--out", run / "config.json")
+    assert "--out " + str(run / "config.json") + " is a file" in err
+
+
 def test_train_fsdp_on_cpu_fails_with_a_message(run_dir):
     r = subprocess.run([sys.executable, "-m", "bllama.cli", "train", str(run_dir / "train.txt"), "--tokenizer",
                         str(run_dir / "run" / "tokenizer.model"), "--strategy", "fsdp", "--accelerator", "cpu",

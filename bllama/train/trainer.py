@@ -176,12 +176,31 @@ def dataset_from_paths(paths: Sequence[str], tokenizer, max_length: int, samplin
         if s.endswith(".jsonl") or s.endswith(".json"):
             parts.append(JsonlDataset([p], tokenizer=tokenizer, max_length=max_length))
         elif s.endswith(".bin"):
-            parts.append(TokenDataset(p, max_length=max_length, sampling=sampling))
+            parts.append(check_token_file(TokenDataset(p, max_length=max_length, sampling=sampling), tokenizer))
         else:
             parts.append(ShakespeareDataset.from_file(p, tokenizer=tokenizer, max_length=max_length))
     if not parts:
         raise ValueError("no training data given")
     return parts[0] if len(parts) == 1 else ConcatDataset(parts)
+
+
+def check_token_file(ds, tokenizer):
+    """Refuse a token file made with another tokenizer than the run's (its sidecar names the vocabulary): the ids
+    would mean other pieces, so the model would train on noise without a word, or fail mid-run on an id past its
+    vocabulary."""
+    from ..tokenizers.sentencepiece import tokenizer_checksum
+
+    theirs, ours = ds.meta.get("tokenizer_checksum"), tokenizer_checksum(tokenizer)
+    vocab = ds.meta.get("vocab_size")
+    if vocab is not None and vocab != int(tokenizer.vocab_size):
+        other = f"vocab {vocab}, this run's {tokenizer.vocab_size}"
+    elif theirs and ours and theirs != ours:
+        other = "the same vocabulary size, other pieces"
+    else:
+        return ds
+    raise ValueError(f"{ds.path} was made by `bllama data prepare` with another tokenizer than this run's ({other}); "
+                     "train with the tokenizer it was made with, or prepare it again with this one")
+    return ds
 
 
 def make_trainer(out_dir: Path, max_steps: Optional[int] = None, max_minutes: Optional[float] = None,
@@ -237,6 +256,46 @@ def run(out_dir: Path, model: bLlama, tokenizer, datamodule, resume: Optional[st
     trainer = make_trainer(out_dir, **trainer_options)
     trainer.fit(model, datamodule, ckpt_path=resume)
     return trainer
+
+
+def resume_checkpoint(out_dir: Path, resume: Optional[str]) -> Optional[Path]:
+    """The checkpoint that --resume names, or None for a fresh start ('last' in a folder with no checkpoint yet)."""
+    if resume is None:
+        return None
+    path = Path(out_dir) / "checkpoints" / "last.ckpt" if resume == "last" else Path(resume)
+    if not path.exists():
+        if resume == "last":
+            return None
+        raise FileNotFoundError(f"--resume: checkpoint not found: {path}")
+    return path
+
+
+def check_resume(path: Path, config: bLlamaConfig, tokenizer) -> None:
+    """Refuse to resume a checkpoint of another shape or tokenizer before anything is written: Lightning failed with
+    a size-mismatch traceback after config.json and tokenizer.model had been overwritten (the run folder then
+    described a model its checkpoint is not), and another tokenizer of the same size resumed without a word."""
+    from ..model.config import SHAPE_FIELDS
+    from ..tokenizers.sentencepiece import tokenizer_checksum
+    from .run_tokenizer import load_run_tokenizer
+
+    try:  # mmap: only the small hyper-parameters are read, not the weights and optimizer state
+        ckpt = torch_load_data(path / "meta.pt") if path.is_dir() else \
+            torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError as e:
+        raise ValueError(f"--resume: {path} is not a complete checkpoint ({str(e).splitlines()[0]})") from None
+    saved, now = (ckpt.get("hyper_parameters") or {}).get("config") or {}, config.to_dict()
+    diff = [f"{k}={saved[k]!r} (this run: {now.get(k)!r})" for k in SHAPE_FIELDS if k in saved and saved[k] != now.get(k)]
+    if diff:
+        raise ValueError(f"--resume: {path} holds a model with {', '.join(diff)}; resume with the run's settings "
+                         "or start a new --out")
+    try:
+        theirs = tokenizer_checksum(load_run_tokenizer(path)[0])
+    except FileNotFoundError:
+        return
+    ours = tokenizer_checksum(tokenizer)
+    if theirs and ours and theirs != ours:
+        raise ValueError(f"--resume: {path} was trained with another tokenizer than this run's (the run folder's "
+                         "tokenizer); resume with that one (or without --tokenizer) or start a new --out")
 
 
 def is_sharded_checkpoint(path) -> bool:
