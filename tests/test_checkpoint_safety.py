@@ -80,3 +80,17 @@ def test_a_file_that_is_not_a_checkpoint_says_so(tmp_path):
     cut.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
     with pytest.raises(ValueError, match="cut.ckpt is not a complete checkpoint"):
         load_checkpoint(cut)
+
+
+def test_resume_refuses_a_hostile_checkpoint_before_training(tmp_path, sp_model_path):
+    """--resume reads the checkpoint's config first (to refuse another shape): that read is weights-only too."""
+    marker = tmp_path / "pwned"
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+    _evil_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt", marker)
+    (tmp_path / "run" / "tokenizer.model").write_bytes(Path(sp_model_path).read_bytes())
+    (tmp_path / "d.txt").write_text("some text " * 200)
+    r = subprocess.run([sys.executable, "-m", "bllama.cli", "train", str(tmp_path / "d.txt"), "--out",
+                        str(tmp_path / "run"), "--resume", "last", "--max-steps", "1"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode != 0 and "refusing to load" in r.stderr and "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert not marker.exists()

@@ -200,7 +200,6 @@ def check_token_file(ds, tokenizer):
         return ds
     raise ValueError(f"{ds.path} was made by `bllama data prepare` with another tokenizer than this run's ({other}); "
                      "train with the tokenizer it was made with, or prepare it again with this one")
-    return ds
 
 
 def make_trainer(out_dir: Path, max_steps: Optional[int] = None, max_minutes: Optional[float] = None,
@@ -281,6 +280,8 @@ def check_resume(path: Path, config: bLlamaConfig, tokenizer) -> None:
     try:  # mmap: only the small hyper-parameters are read, not the weights and optimizer state
         ckpt = torch_load_data(path / "meta.pt") if path.is_dir() else \
             torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except pickle.UnpicklingError as e:
+        raise UnsafeCheckpointError(_refusal(path, "checkpoint", e)) from None
     except RuntimeError as e:
         raise ValueError(f"--resume: {path} is not a complete checkpoint ({str(e).splitlines()[0]})") from None
     saved, now = (ckpt.get("hyper_parameters") or {}).get("config") or {}, config.to_dict()
