@@ -31,6 +31,17 @@ def _positive_number(text: str) -> float:
 
 
 _positive_number.__name__ = "number"
+
+
+def _fraction(text: str) -> float:
+    """An argparse type: a number in (0, 1] (--train-split; the error named the data module's train_test_split)."""
+    v = float(text)
+    if not 0 < v <= 1:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text}")
+    return v
+
+
+_fraction.__name__ = "number"
 POSITIVE, NON_NEGATIVE = _int_from(1), _int_from(0)
 
 
@@ -365,7 +376,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also write checkpoints/last.ckpt every N optimizer steps")
     t.add_argument("--val-every", type=POSITIVE, default=None, help="validate every N training steps")
     t.add_argument("--val-batches", type=POSITIVE, default=None, help="limit validation batches")
-    t.add_argument("--train-split", type=float, default=0.9, help="fraction of blocks for training (rest: val)")
+    t.add_argument("--train-split", type=_fraction, default=0.9, help="fraction of blocks for training (rest: val)")
     t.add_argument("--num-workers", type=NON_NEGATIVE, default=0, help="DataLoader workers")
     t.add_argument("--sampling", default="sequential", choices=["sequential", "random"],
                    help=".bin token files: consecutive blocks (shuffled) or blocks at random offsets")

@@ -36,6 +36,7 @@ def test_every_option_has_help():
     (["generate", "m.gguf", "hi", "--threads", "abc"], "argument --threads: invalid integer value: 'abc'"),
     (["generate", "m.gguf", "hi", "--max-new-tokens", "-1"], "argument --max-new-tokens: must be >= 0, got -1"),
     (["train", "d.txt", "--preset", "huge"], "argument --preset: invalid choice: 'huge'"),  # after a tokenizer's training
+    (["train", "d.txt", "--train-split", "0"], "argument --train-split: must be in (0, 1], got 0"),
 ])
 def test_numeric_options_out_of_range_are_usage_errors(argv, message, capsys):
     """Counts, sizes and ports are checked where they are parsed: exit status 2 and a message naming the flag,

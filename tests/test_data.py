@@ -150,6 +150,10 @@ def test_text_file_errors(sp_tokenizer, tmp_path):
     latin1.write_bytes("caf\u00e9 au lait\n".encode("latin-1") * 50)
     with pytest.raises(ValueError, match=r"latin1.txt is not UTF-8 text \(invalid continuation byte: byte 0xe9\)"):
         ShakespeareDataset.from_file(latin1, sp_tokenizer)
+    from bllama.train.trainer import dataset_from_paths
+
+    with pytest.raises(ValueError, match=r"is a folder: give its files"):  # was "text file not found"
+        dataset_from_paths([tmp_path], sp_tokenizer, 16)
 
 
 def test_tinyshakespeare(sp_tokenizer):

@@ -171,6 +171,8 @@ def dataset_from_paths(paths: Sequence[str], tokenizer, max_length: int, samplin
         parts.append(GepetoDataset(parquet, tokenizer=tokenizer, max_length=max_length))
     for p in paths:
         s = str(p)
+        if Path(p).is_dir():  # it said "text file not found"
+            raise ValueError(f"{p} is a folder: give its files (e.g. {Path(p) / '*.txt'}, expanded by the shell)")
         if s.endswith(".parquet"):
             continue
         if s.endswith(".jsonl") or s.endswith(".json"):
