@@ -7,8 +7,17 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 from dataclasses import dataclass
 from typing import Optional
+
+
+def _whole(name: str, value) -> int:
+    """An integer field as a Python int (numpy integers too): seed=3.7 or top_k=2.5 were cut to 3 and 2 without a word,
+    and seed="3" read as 3."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an integer, got {value!r}")
+    return int(value)
 
 
 @dataclass(frozen=True)
@@ -25,10 +34,10 @@ class SamplingParams:
         fix = lambda name, value: object.__setattr__(self, name, value)
         fix("do_sample", bool(self.do_sample))
         fix("temperature", float(self.temperature))
-        fix("top_k", int(self.top_k or 0))
+        fix("top_k", 0 if self.top_k is None else _whole("top_k", self.top_k))
         fix("top_p", float(self.top_p if self.top_p is not None else 1.0))
         fix("repetition_penalty", float(self.repetition_penalty))
-        fix("seed", None if self.seed is None else int(self.seed))
+        fix("seed", None if self.seed is None else _whole("seed", self.seed))
         if not 0 <= self.temperature < math.inf:  # inf would sample uniformly, whatever the logits
             raise ValueError(f"temperature must be a finite number >= 0, got {self.temperature}")
         if self.top_k < 0:

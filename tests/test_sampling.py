@@ -43,6 +43,16 @@ def test_of_folds_keyword_overrides_into_one_object():
         SamplingParams.of(temprature=0.5)
 
 
+def test_integer_fields_are_integers():
+    import numpy as np
+
+    for field, bad in (("seed", 3.7), ("seed", "3"), ("top_k", 2.5), ("top_k", True)):
+        with pytest.raises(TypeError, match=f"{field} must be an integer"):
+            SamplingParams(**{field: bad})
+    s = SamplingParams(seed=np.int64(3), top_k=np.int32(5), do_sample=True)
+    assert (s.seed, s.top_k) == (3, 5) and type(s.seed) is int and type(s.top_k) is int
+
+
 def test_for_sequence_numbers_the_seeds():
     assert SamplingParams(seed=7).for_sequence(2).seed == 9
     assert SamplingParams().for_sequence(2).seed is None
