@@ -13,7 +13,6 @@
 #include <atomic>
 #include <chrono>
 #include <climits>
-#include <cmath>
 #include <condition_variable>
 #include <cstring>
 #include <filesystem>
@@ -233,9 +232,7 @@ SamplingParams sampling_params(float temperature, int top_k, float top_p, float 
                                const py::int_& seed, bool do_sample) {
     SamplingParams p;
     p.do_sample = do_sample;
-    // A temperature so small that 1/temperature overflows float (under ~2.9e-39) is the greedy limit: sampling would
-    // scale the top logit's 0 by inf into NaN and return the last id of the vocabulary every time.
-    p.temperature = std::isinf(1.0f / temperature) ? 0.0f : temperature;
+    p.temperature = temperature;
     p.top_k = top_k;
     p.top_p = top_p;
     p.repetition_penalty = repetition_penalty;

@@ -142,7 +142,7 @@ public:
 private:
     // A greedy request without a penalty: the device's own argmax (ties to the lowest id, as the CPU's) is its token.
     static bool device_greedy(const SamplingParams& p) {
-        return (!p.do_sample || p.temperature <= 0.0f) && p.repetition_penalty == 1.0f;
+        return is_greedy(p) && p.repetition_penalty == 1.0f;
     }
     void ensure_slot_state() {
         const size_t S = static_cast<size_t>(model_->slots()), V = static_cast<size_t>(model_->config().vocab);

@@ -376,7 +376,7 @@ void CudaModel::prefill(int slot, const int32_t* tokens, int64_t n, int64_t pos0
 void CudaModel::begin_sequence(int slot, const std::vector<int32_t>& seen, const SamplingParams& p) {
     check_slot(slot);
     DevSampling d;
-    d.greedy = !p.do_sample || p.temperature <= 0.0f;
+    d.greedy = is_greedy(p);
     d.temperature = p.temperature;
     d.top_k = p.top_k;
     d.top_p = p.top_p;

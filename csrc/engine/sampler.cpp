@@ -47,7 +47,7 @@ int32_t Sampler::sample(float* logits) {
     const float rp = params_.repetition_penalty;
     if (rp != 1.0f)
         for (int32_t t : seen_list_) logits[t] = logits[t] > 0.0f ? logits[t] / rp : logits[t] * rp;
-    if (!params_.do_sample || params_.temperature <= 0.0f) return argmax(logits, vocab_);
+    if (is_greedy(params_)) return argmax(logits, vocab_);
     return sample_filtered(logits);
 }
 

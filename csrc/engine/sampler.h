@@ -3,6 +3,7 @@
 // vocabulary; sample() does not allocate. Deterministic for a given seed and token history.
 #pragma once
 
+#include <cmath>
 #include <cstdint>
 #include <random>
 #include <vector>
@@ -22,6 +23,13 @@ struct SamplingParams {
 };
 
 void validate(const SamplingParams& p);  // std::invalid_argument on NaN / negative values
+
+// Whether `p` picks the argmax (every backend asks this one question). A temperature so small that 1/temperature
+// overflows float (under ~2.9e-39) is the greedy limit: sampling would scale the top logit's 0 by inf into NaN and
+// return the vocabulary's last id every time.
+inline bool is_greedy(const SamplingParams& p) {
+    return !p.do_sample || p.temperature <= 0.0f || std::isinf(1.0f / p.temperature);
+}
 
 class Sampler {
 public:
