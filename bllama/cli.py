@@ -22,27 +22,21 @@ def _int_from(lo: int, hi: int = None):
     return parse
 
 
-def _positive_number(text: str) -> float:
-    """An argparse type: a finite number > 0 (a duration such as --max-minutes)."""
-    v = float(text)
-    if not 0 < v < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
-    return v
+def _number_where(ok, what: str):
+    """An argparse type: a float for which ok(value) holds, else an error saying it must be `what`."""
+    def parse(text: str) -> float:
+        v = float(text)
+        if not ok(v):
+            raise argparse.ArgumentTypeError(f"must be {what}, got {text}")
+        return v
+
+    parse.__name__ = "number"  # argparse's "invalid number value: 'abc'"
+    return parse
 
 
-_positive_number.__name__ = "number"
-
-
-def _fraction(text: str) -> float:
-    """An argparse type: a number in (0, 1] (--train-split; the error named the data module's train_test_split)."""
-    v = float(text)
-    if not 0 < v <= 1:
-        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text}")
-    return v
-
-
-_fraction.__name__ = "number"
 POSITIVE, NON_NEGATIVE = _int_from(1), _int_from(0)
+POSITIVE_NUMBER = _number_where(lambda v: 0 < v < float("inf"), "a positive number")  # a duration (--max-minutes)
+FRACTION = _number_where(lambda v: 0 < v <= 1, "in (0, 1]")  # --train-split (the error named train_test_split)
 
 
 def _parse_overrides(items):
@@ -97,6 +91,7 @@ def cmd_train(args):
     from .train.trainer import check_resume, dataset_from_paths, resolve_compile, resume_checkpoint, run
 
     overrides = _parse_overrides(args.set)
+    preset = args.preset or "tiny"  # None: not given (refused with --init-from)
     bLlamaConfig.check_overrides(overrides)  # a typo in --set ends here, not after the tokenizer is trained
     if args.init_from:  # these were ignored without a word, or failed later blaming the checkpoint's tensors
         given = [f for f, v in (("--preset", args.preset), ("--tokenizer", args.tokenizer),
@@ -134,11 +129,11 @@ def cmd_train(args):
             text_files = [p for p in args.data if p.endswith(".txt")]
             if not text_files:
                 raise SystemExit("no --tokenizer given and no .txt file to train one from")
-            vocab = args.vocab_size or 2048
+            vocab = args.vocab_size or 2048  # None: not given (refused with --init-from)
             print(f"training a {vocab}-piece SentencePiece BPE tokenizer on {len(text_files)} file(s)")
             tok = SentencePieceTokenizer(train_sentencepiece(text_files, out / "tokenizer", vocab_size=vocab))
         overrides["vocab_size"] = tok.vocab_size
-        config = bLlamaConfig.preset(args.preset or "tiny", **overrides)
+        config = bLlamaConfig.preset(preset, **overrides)
         model = bLlama(config)
     if resume_from:  # before the run folder's files are rewritten
         check_resume(resume_from, config, tok)
@@ -154,7 +149,7 @@ def cmd_train(args):
                         num_workers=args.num_workers, resumable=True, pin_memory=torch.cuda.is_available())
     if resolve_compile(args.compile, args.accelerator):
         model.compile_blocks()
-    print(f"model: {'from ' + args.init_from if args.init_from else 'preset ' + (args.preset or 'tiny')}, "
+    print(f"model: {'from ' + args.init_from if args.init_from else 'preset ' + preset}, "
           f"{model.num_parameters() / 1e6:.2f}M parameters; "
           f"data: {len(dataset)} blocks of {config.seq_len} tokens")
     callbacks = []
@@ -202,10 +197,9 @@ def cmd_generate(args):
     if args.chat:
         raise SystemExit("bllama generate: --chat needs a .gguf model (its chat template)")
     model = load_checkpoint(args.model)
-    tok = args.tokenizer or tokenizer_beside(args.model)
+    tok = load_tokenizer(args.tokenizer or tokenizer_beside(args.model))
     model.quantize_weights_to_ternary(verbose=False)  # stdout is the continuation alone
     text = model.generate(args.prompt, tok, max_len=args.max_new_tokens, **_sampling_of(args).as_dict())
-    tok = load_tokenizer(tok)
     prompt = tok.decode(tok.encode(args.prompt))
     print(text[len(prompt):] if text.startswith(prompt) else text)  # the continuation, as from a .gguf file
 
@@ -234,8 +228,9 @@ def cmd_export(args):
 
         path = export_hf(model, tok, args.output, chat_template=template)
         size = sum(p.stat().st_size for p in path.iterdir())
-        kind = json.loads((path / "config.json").read_text())["architectures"][0]
-        chat = ", chat template in tokenizer_config.json" if template or getattr(tok, "chat_template", None) else ""
+        kind = json.loads((path / "config.json").read_text())["architectures"][0]  # what was written, not a guess
+        chat = ", chat template in tokenizer_config.json" \
+            if "chat_template" in json.loads((path / "tokenizer_config.json").read_text()) else ""
         print(f"wrote {path}/ ({size / 2**20:.1f} MiB, Hugging Face {kind}{chat}) in {time.perf_counter() - t0:.1f} s")
         return
     path = export_gguf(model, tok, args.output, weight_type=args.type, progress=True, force_arch=args.force_arch,
@@ -351,7 +346,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="pieces of the tokenizer trained when none given (default 2048)")
     t.add_argument("--out", default="runs/bllama", help="output folder (checkpoints, tokenizer, logs)")
     t.add_argument("--max-steps", type=POSITIVE, default=None, help="stop after this many optimizer steps")
-    t.add_argument("--max-minutes", type=_positive_number, default=None, help="stop after this much wall time")
+    t.add_argument("--max-minutes", type=POSITIVE_NUMBER, default=None, help="stop after this much wall time")
     t.add_argument("--batch-size", type=POSITIVE, default=None, help="sequences per batch (default: the preset's)")
     t.add_argument("--precision", default="auto",
                    help="Lightning precision: auto (bf16-mixed on a GPU with bf16 and on a CPU with bf16 dot products: "
@@ -376,7 +371,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also write checkpoints/last.ckpt every N optimizer steps")
     t.add_argument("--val-every", type=POSITIVE, default=None, help="validate every N training steps")
     t.add_argument("--val-batches", type=POSITIVE, default=None, help="limit validation batches")
-    t.add_argument("--train-split", type=_fraction, default=0.9, help="fraction of blocks for training (rest: val)")
+    t.add_argument("--train-split", type=FRACTION, default=0.9, help="fraction of blocks for training (rest: val)")
     t.add_argument("--num-workers", type=NON_NEGATIVE, default=0, help="DataLoader workers")
     t.add_argument("--sampling", default="sequential", choices=["sequential", "random"],
                    help=".bin token files: consecutive blocks (shuffled) or blocks at random offsets")

@@ -12,6 +12,9 @@ from dataclasses import dataclass
 from typing import Optional
 
 
+INT32_MAX = 2**31 - 1  # the engine's token counts, top_k and step budgets are C ints
+
+
 def _whole(name: str, value) -> int:
     """An integer field as a Python int (numpy integers too): seed=3.7 or top_k=2.5 were cut to 3 and 2 without a word,
     and seed="3" read as 3."""
@@ -70,4 +73,4 @@ class SamplingParams:
     def engine_kwargs(self) -> dict:
         """The engine's generate / generate_batch keyword arguments (a negative seed asks it for a random one)."""
         # Any top_k >= vocab keeps every candidate; past 2**31 the engine's int would refuse it with its whole signature.
-        return dict(self.as_dict(), seed=-1 if self.seed is None else self.seed, top_k=min(self.top_k, 2**31 - 1))
+        return dict(self.as_dict(), seed=-1 if self.seed is None else self.seed, top_k=min(self.top_k, INT32_MAX))

@@ -16,11 +16,10 @@ import numbers
 from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
 
-from ..sampling import SamplingParams
+from ..sampling import INT32_MAX, SamplingParams
 from .engine import engine_module
 
 MAX_TOP_LOGPROBS = 20  # the engine's kMaxTopLogprobs (csrc/engine/slots.h); OpenAI's top_logprobs cap too
-_INT32_MAX = 2**31 - 1
 
 
 def check_new_tokens(max_new_tokens, prompt_tokens: int, context_length: int) -> int:
@@ -131,8 +130,8 @@ class Slots:
 
     @step_tokens.setter
     def step_tokens(self, n: int) -> None:
-        if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= _INT32_MAX:
-            raise ValueError(f"step_tokens must be an integer in [1, {_INT32_MAX}], got {n!r}")
+        if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= INT32_MAX:
+            raise ValueError(f"step_tokens must be an integer in [1, {INT32_MAX}], got {n!r}")
         with self._rt._engine_turn(slots=True):
             self._engine.slot_step_tokens(n)
 

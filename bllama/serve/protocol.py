@@ -7,7 +7,7 @@ import math
 from http import HTTPStatus
 from typing import List
 
-from ..sampling import SamplingParams
+from ..sampling import INT32_MAX, SamplingParams
 from ..tokenizers.text import check_text as tokenizer_text
 
 # Fields this server cannot honour, each with the values that mean "not used" (those are accepted).
@@ -19,7 +19,7 @@ UNSUPPORTED = {"best_of": (1,), "frequency_penalty": (0,), "presence_penalty": (
 REQUEST_FIELDS = {"model", "user", "stream", "stream_options", "max_tokens", "max_completion_tokens", "temperature",
                   "top_p", "seed", "stop", "n", "logprobs", "top_k", "repetition_penalty", *UNSUPPORTED}
 CHAT_FIELDS, COMPLETION_FIELDS = REQUEST_FIELDS | {"messages", "top_logprobs"}, REQUEST_FIELDS | {"prompt"}
-INT_MAX = 2**31 - 1  # the engine's token counts and top_k are 32-bit: a larger value is refused here, not overflowed
+INT_MAX = INT32_MAX  # the engine's token counts and top_k are 32-bit: a larger value is refused here, not overflowed
 MAX_TOP_LOGPROBS = 20  # OpenAI's own bound (chat: top_logprobs <= 20; completions: logprobs <= 5)
 
 

@@ -21,6 +21,7 @@ def tokenizer_of_gguf(engine):
 
     keys = set(engine.metadata_keys())
     get = lambda k, d=None: engine.metadata(k) if k in keys else d
+    add_bos = bool(get("tokenizer.ggml.add_bos_token", True))  # False: a SmolLM-style model never saw one
     if "bllama.tokenizer.hf_json" in keys:  # byte-level BPE (LLaMA-3 style tokenizer.json)
         from .bpe import BPETokenizer
 
@@ -29,11 +30,11 @@ def tokenizer_of_gguf(engine):
             ([int(get("tokenizer.ggml.eos_token_id"))] if "tokenizer.ggml.eos_token_id" in keys else [])
         return BPETokenizer(bytes(bytearray(engine.metadata("bllama.tokenizer.hf_json"))).decode("utf-8"),
                             bos_id=get("tokenizer.ggml.bos_token_id"), eos_ids=eos,
-                            add_bos=bool(get("tokenizer.ggml.add_bos_token", True)),
+                            add_bos=add_bos,
                             chat_template=get("tokenizer.chat_template"))
     if "bllama.tokenizer.sp_model" in keys:
         tok = SentencePieceTokenizer.from_bytes(bytes(bytearray(engine.metadata("bllama.tokenizer.sp_model"))))
-        tok.add_bos = bool(get("tokenizer.ggml.add_bos_token", True))
+        tok.add_bos = add_bos
         return tok
     if "tokenizer.ggml.tokens" not in keys:
         raise ValueError("the model file carries no tokenizer (no tokenizer.ggml.tokens)")
@@ -50,7 +51,7 @@ def tokenizer_of_gguf(engine):
         eos = [int(get(k)) for k in ("tokenizer.ggml.eos_token_id", "tokenizer.ggml.eot_token_id",
                                      "tokenizer.ggml.eom_token_id") if k in keys]
         return BPETokenizer(text, bos_id=get("tokenizer.ggml.bos_token_id"), eos_ids=list(dict.fromkeys(eos)),
-                            add_bos=bool(get("tokenizer.ggml.add_bos_token", True)),
+                            add_bos=add_bos,
                             chat_template=get("tokenizer.chat_template"))
     if model != "llama":
         raise ValueError(f"unsupported tokenizer.ggml.model {model!r}: SentencePiece 'llama' and byte-level BPE "
@@ -60,6 +61,6 @@ def tokenizer_of_gguf(engine):
         list(get("tokenizer.ggml.token_type", [1] * len(tokens))),
         bos=get("tokenizer.ggml.bos_token_id", 1), eos=get("tokenizer.ggml.eos_token_id", 2),
         unk=get("tokenizer.ggml.unknown_token_id", 0))
-    tok.add_bos = bool(get("tokenizer.ggml.add_bos_token", True))
+    tok.add_bos = add_bos
     return tok
 
