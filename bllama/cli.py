@@ -278,10 +278,30 @@ def cmd_bench(args):
               head=args.head, device=args.device, sequences=args.sequences)
 
 
+class MissingExtraError(ImportError):
+    """A subcommand needs packages of an optional extra (setup.py's extras_require) that are not installed."""
+
+
+def _serve_function():
+    """bllama.serve.server.serve; without the serve extra (Starlette, uvicorn) a MissingExtraError that says how to
+    install it instead of an import traceback."""
+    try:
+        from .serve.server import serve
+    except ModuleNotFoundError as e:
+        missing = (e.name or "").partition(".")[0]
+        if missing not in ("starlette", "uvicorn"):
+            raise
+        # Not `pip install bllama[serve]`: that would ask the package index for a project of that name.
+        raise MissingExtraError(f"{missing} is not installed: the server needs the serve extra, `pip install -e "
+                                "'.[serve]'` in the repository (or `pip install starlette uvicorn`)") from e
+    return serve
+
+
 def cmd_serve(args):
     from .runtime import Runtime
     from .serve.limits import ServeLimits
-    from .serve.server import serve
+
+    serve = _serve_function()
 
     limits = ServeLimits(**{name: getattr(args, name) for name in ServeLimits.__dataclass_fields__})
     rt = Runtime.load(args.model, threads=args.threads, head=args.head, device=args.device,
@@ -505,13 +525,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None):
-    from .runtime import CudaUnavailableError
+    from .runtime import CudaUnavailableError, EngineUnavailableError
 
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except (FileNotFoundError, IsADirectoryError, ValueError, IndexError, CudaUnavailableError) as e:
-        # Bad input is the user's to fix: a one-line message, not a traceback.
+    except (FileNotFoundError, IsADirectoryError, ValueError, IndexError, CudaUnavailableError,
+            EngineUnavailableError, MissingExtraError) as e:
+        # Bad input, or a missing part of the install, is the user's to fix: one line, not a traceback.
         print(f"bllama {args.command}: error: {e}", file=sys.stderr)
         raise SystemExit(2)
 

@@ -15,3 +15,11 @@ def shakespeare_model() -> Path:
         raise FileNotFoundError(f"the shipped model {SHAKESPEARE_MODEL} is missing (a source install without "
                                 "package data?); reinstall with `pip install -e .` from a clone")
     return SHAKESPEARE_MODEL
+
+
+def shipped_model_hint(path) -> str:
+    """For a model path that does not exist but names the shipped model (the README's `bllama/assets/...` is relative
+    to a clone, which an installed package is not): where this installation's copy is; else ""."""
+    if Path(path).name == SHAKESPEARE_MODEL.name and SHAKESPEARE_MODEL.is_file():
+        return f" (the shipped model of this installation is {SHAKESPEARE_MODEL})"
+    return ""

@@ -1,7 +1,7 @@
 """The Python face of the C++ engine: `Runtime.load("model.gguf").generate("Once upon a time")`. Torch-free."""
-from .engine import CudaUnavailableError, check_cuda, cuda_status
+from .engine import CudaUnavailableError, EngineUnavailableError, check_cuda, cuda_status
 from .runtime import Runtime, RuntimeBusyError
 from .slots import SlotEvent, Slots, SlotsFullError
 
-__all__ = ["Runtime", "RuntimeBusyError", "CudaUnavailableError", "check_cuda", "cuda_status", "Slots", "SlotEvent",
-           "SlotsFullError"]
+__all__ = ["Runtime", "RuntimeBusyError", "CudaUnavailableError", "EngineUnavailableError", "check_cuda", "cuda_status",
+           "Slots", "SlotEvent", "SlotsFullError"]

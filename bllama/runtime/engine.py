@@ -2,11 +2,21 @@
 from __future__ import annotations
 
 
+class EngineUnavailableError(ImportError):
+    """bllama._engine cannot be imported: not built (a source checkout that pip has not installed) or broken. The
+    command line prints its message as one line; PyTorch training and generation do not need the engine."""
+
+
 def engine_module():
     try:
         from .. import _engine
-    except ImportError as e:  # pragma: no cover - depends on the build
-        raise ImportError("the bllama C++ engine is not built; run `pip install -e .` in the repository") from e
+    except ImportError as e:
+        if isinstance(e, ModuleNotFoundError) and e.name == f"{__package__.rpartition('.')[0]}._engine":
+            raise EngineUnavailableError("the bllama C++ engine (bllama._engine) is not built: `pip install -e .` in "
+                                         "the repository builds it (PyTorch training does not need it)") from e
+        # It exists but does not load (a missing shared library, an undefined symbol): say what the loader said.
+        raise EngineUnavailableError(f"the bllama C++ engine (bllama._engine) does not load: {e}; rebuild it with "
+                                     "`pip install -e .` in the repository") from e
     return _engine
 
 

@@ -104,7 +104,9 @@ class Runtime:
         if device == "cuda":
             check_cuda()
         if not path.exists():
-            raise FileNotFoundError(f"model file not found: {path}")
+            from ..assets import shipped_model_hint
+
+            raise FileNotFoundError(f"model file not found: {path}{shipped_model_hint(path)}")
         if threads is not None and threads < 1:
             raise ValueError(f"threads must be >= 1, got {threads}")
         if context_length is not None and context_length < 1:
