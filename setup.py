@@ -120,8 +120,12 @@ class CMakeBuild(build_ext):
         prepare_build_dir(build_dir, chosen=bool(chosen))
         # This build's ninja, every time: pip's isolated build environment is deleted afterwards, and a cache that
         # still named the last one's ninja made every later `pip install` of this checkout fail in CMake.
+        # FindPython's cached findings (_Python_*) are dropped: after a build for another Python version (a 3.11
+        # venv, then a 3.12 one) the first configure found no Python headers, so "pybind11 not found, skipping
+        # the Python module" and "unknown target '_engine'". Found again, the same interpreter gives the same
+        # compile commands, so nothing recompiles.
         args = [f"-DCMAKE_LIBRARY_OUTPUT_DIRECTORY={out_dir}{os.sep}", f"-DPython_EXECUTABLE={sys.executable}",
-                f"-DCMAKE_MAKE_PROGRAM={shutil.which('ninja')}", *engine_cmake_args()]
+                "-U_Python_*", f"-DCMAKE_MAKE_PROGRAM={shutil.which('ninja')}", *engine_cmake_args()]
         jobs = os.environ.get("CMAKE_BUILD_PARALLEL_LEVEL", str(os.cpu_count() or 2))
         print(f"bllama: building the engine module bllama._engine in {build_dir} (shared with tests/run_all.sh's "
               f"ctest build; BLLAMA_CUDA={cuda_choice()})", flush=True)

@@ -107,9 +107,11 @@ def test_cmake_refuses_an_unknown_bllama_cuda(tmp_path):
     assert r.returncode != 0 and "BLLAMA_CUDA must be AUTO, ON or OFF, not 'cpu'" in r.stderr, r.stderr[-2000:]
 
 
-def test_every_build_names_this_environments_ninja(setup_py, monkeypatch, tmp_path):
+def test_every_build_forgets_the_last_builds_environment(setup_py, monkeypatch, tmp_path):
     """A second `pip install` of a checkout failed in CMake: the cache named the ninja of the first build's isolated
-    environment, which pip had deleted. Every configure now passes the ninja on this build's PATH."""
+    environment, which pip had deleted. Every configure now passes the ninja on this build's PATH. And the first
+    build for another Python version (a 3.12 venv after a 3.11 one) found no Python headers in FindPython's cached
+    state ("unknown target '_engine'"): every configure drops that state (-U_Python_*)."""
     from setuptools import Distribution
 
     ninja = tmp_path / "env" / "bin" / "ninja"
@@ -124,3 +126,4 @@ def test_every_build_names_this_environments_ninja(setup_py, monkeypatch, tmp_pa
     cmd.build_extension(ext)
     configure = commands[0]
     assert configure[:2] == ["cmake", "-S"] and f"-DCMAKE_MAKE_PROGRAM={ninja}" in configure
+    assert "-U_Python_*" in configure
