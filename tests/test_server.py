@@ -245,6 +245,7 @@ def test_cli_serve(files):
     try:
         line = proc.stdout.readline()
         assert "serving" in line and "'cli-model'" in line, line + proc.stderr.read() if proc.poll() is not None else line
+        assert "GET /v1/models[/{id}], /health, /metrics)" in line, line
         url = line.split(" at ")[1].split()[0]
         status, r = post(url, "/v1/completions", {"prompt": PROMPT, "max_tokens": 3, "temperature": 0})
         assert status == 200 and r["model"] == "cli-model"

@@ -67,8 +67,8 @@ class EchoRuntime:
         return [[1] * max_new_tokens for _ in prompt_ids]
 
 
-def start(rt=None, **kw):
-    server = Server(rt or EchoRuntime(), ("127.0.0.1", 0), "echo", quiet=True, **kw)
+def start(rt=None, name="echo", **kw):
+    server = Server(rt or EchoRuntime(), ("127.0.0.1", 0), name, quiet=True, **kw)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return server
 
@@ -290,6 +290,20 @@ def test_models_context_length_and_metrics(server):
     assert samples["bllama_completion_tokens_total"] == "3" and samples["bllama_prompt_tokens_total"] == "3"
     assert samples["bllama_time_to_first_token_seconds_count"] == "1" and samples["bllama_queue_depth"] == "0"
     assert samples['bllama_time_to_first_token_seconds_bucket{le="+Inf"}'] == "1" and "bllama_tokens_per_second" in samples
+
+
+def test_a_model_is_retrieved_by_its_id():
+    """GET /v1/models/{id} (the OpenAI clients' models.retrieve) was a 404 "no such endpoint" for the served model."""
+    s = start(name="org/echo-1")
+    try:
+        code, _, body = request(s, "GET", "/v1/models/org/echo-1")  # an id may hold "/"
+        assert code == 200 and body == {"id": "org/echo-1", "object": "model", "created": 0, "owned_by": "bllama",
+                                        "context_length": 1000, "max_model_len": 1000}
+        assert_error(request(s, "GET", "/v1/models/gpt-4o"), 404, "'gpt-4o' is not served here")
+        assert request(s, "POST", "/v1/models/org/echo-1", body={})[0] == 405
+    finally:
+        s.shutdown()
+        s.server_close()
 
 
 def test_n_choices_each_their_own(server):

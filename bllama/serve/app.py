@@ -2,7 +2,7 @@
 
     POST /v1/completions       {"prompt": "...", "max_tokens": 64, "temperature": 0, "stream": false, ...}
     POST /v1/chat/completions  {"messages": [{"role": "user", "content": "..."}], ...}  (the file's chat template)
-    GET  /v1/models, GET /health, GET /metrics (Prometheus text)
+    GET  /v1/models, GET /v1/models/{id}, GET /health, GET /metrics (Prometheus text)
 
 An endpoint reads and checks the body (size and deadline first), tokenizes the prompt (a long one in a worker
 thread, a few at a time), queues one Job per choice with the scheduler and answers as JSON or as server-sent events
@@ -60,6 +60,8 @@ class ServeApp:
         self._token_texts: dict = {}  # token id -> its text in a logprobs object
         self._anchor_ids: Optional[List[int]] = None
         routes = [Route("/health", self.health, methods=["GET"]), Route("/v1/models", self.models, methods=["GET"]),
+                  # the OpenAI clients' models.retrieve(id); an id may hold "/" (--name org/model)
+                  Route("/v1/models/{model:path}", self.model, methods=["GET"]),
                   Route("/metrics", self.metrics_text, methods=["GET"]),
                   Route("/v1/completions", self.completions, methods=["POST"]),
                   Route("/v1/chat/completions", self.chat, methods=["POST"])]
@@ -116,11 +118,20 @@ class ServeApp:
     async def health(self, request: Request) -> Response:
         return JSONResponse({"status": "ok"})
 
-    async def models(self, request: Request) -> Response:
+    def _model_object(self) -> dict:
         ctx = self.runtime.context_length
-        return JSONResponse({"object": "list", "data": [{"id": self.model_id, "object": "model", "created": 0,
-                                                         "owned_by": "bllama", "context_length": ctx,
-                                                         "max_model_len": ctx}]})
+        return {"id": self.model_id, "object": "model", "created": 0, "owned_by": "bllama", "context_length": ctx,
+                "max_model_len": ctx}
+
+    async def models(self, request: Request) -> Response:
+        return JSONResponse({"object": "list", "data": [self._model_object()]})
+
+    async def model(self, request: Request) -> Response:
+        model = request.path_params["model"]
+        if model != self.model_id:  # as a request naming another model: 404, OpenAI's model_not_found
+            raise RequestError(f"the model {model!r} is not served here; this server serves {self.model_id!r} "
+                               f"(GET /v1/models)", HTTPStatus.NOT_FOUND)
+        return JSONResponse(self._model_object())
 
     async def metrics_text(self, request: Request) -> Response:
         s = self.scheduler

@@ -174,7 +174,7 @@ def serve(runtime, host: str = "127.0.0.1", port: int = 8080, model_id: Optional
     polling = f", the idle engine thread spins up to {poll_s:g} s for the next request" if poll_s else ""
     print(f"serving {runtime.path} as '{server.model_id}' at {server.url} ({server.scheduler.kind} batching, "
           f"{server.scheduler.capacity} slot{'s' if server.scheduler.capacity != 1 else ''}{', API key required' if api_key else ''}{polling}; OpenAI-compatible: "
-          f"POST /v1/completions, POST /v1/chat/completions; GET /v1/models, /health, /metrics)", flush=True)
+          f"POST /v1/completions, POST /v1/chat/completions; GET /v1/models[/{{id}}], /health, /metrics)", flush=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:
