@@ -142,6 +142,25 @@ def test_logprob_tokens_keep_their_leading_space(served):
         assert r["choices"][0]["logprobs"]["text_offset"] == [len("".join(tokens[:k])) for k in range(len(tokens))]
 
 
+def test_streamed_logprobs_are_the_unstreamed_ones(served):
+    """Every field of a completion's logprobs object, gathered from its events, is the unstreamed reply's:
+    text_offset used to restart at 0 in every event."""
+    server, _ = served
+    body = {"prompt": "ROMEO:", "max_tokens": 12, "temperature": 0.9, "seed": 3, "logprobs": 2, "n": 2}
+    status, plain = post(server.url, "/v1/completions", body)
+    assert status == 200, plain
+    status, events = post(server.url, "/v1/completions", {**body, "stream": True})
+    assert status == 200 and events[-1] == "[DONE]"
+    chunks = [json.loads(e)["choices"][0] for e in events[:-1]]
+    for choice in plain["choices"]:
+        want = choice["logprobs"]
+        assert len(want["tokens"]) == 12 and want["text_offset"][-1] > 0
+        mine = [c["logprobs"] for c in chunks if c["index"] == choice["index"]]
+        got = {k: [v for lp in mine for v in lp[k]] for k in want}
+        assert got == want
+        assert "".join(c["text"] for c in chunks if c["index"] == choice["index"]) == choice["text"]
+
+
 def test_n_choices_are_separate_seeded_slots(served):
     server, rt = served
     status, r = post(server.url, "/v1/completions", {"prompt": "ROMEO:", "max_tokens": 10, "temperature": 0.9,

@@ -401,8 +401,16 @@ class _Reply(Response):
             if body:
                 await self._send({"type": "http.response.body", "body": body, "more_body": not last})
 
+        # completions' text_offset counts from the start of the choice's text, across its events (each event's
+        # tokens are offset from where the previous event's ended, as in the unstreamed reply)
+        text_offset = [0] * len(self.jobs)
+
         def delta(i: int, text: str, entries=()) -> dict:
-            lp = self._logprobs(list(entries)) if self.logprobs is not None else None
+            lp = None
+            if self.logprobs is not None:
+                lp = self._logprobs(list(entries), text_offset[i])
+                if not self.chat:
+                    text_offset[i] += sum(map(len, lp["tokens"]))
             return {"index": i, "delta": {"content": text}, "logprobs": lp, "finish_reason": None} if self.chat \
                 else {"index": i, "text": text, "logprobs": lp, "finish_reason": None}
 
