@@ -161,6 +161,30 @@ def test_streamed_logprobs_are_the_unstreamed_ones(served):
         assert "".join(c["text"] for c in chunks if c["index"] == choice["index"]) == choice["text"]
 
 
+def test_logprob_bytes_of_byte_tokens_are_their_own(served):
+    """A character split over byte tokens: each token's text is U+FFFD, and its logprobs `bytes` are its own byte(s)
+    (they were U+FFFD's three bytes), so that joined they give the reply's text, in SentencePiece's byte fallback
+    (<0xC3>) and in byte-level BPE (LLaMA-3)."""
+    from types import SimpleNamespace
+
+    from bllama.serve.app import ServeApp, _Reply
+    from test_i2s import llama3_style_tokenizer
+
+    server, rt = served
+    text = "Stra\u00dfe \u0436 \u2603 \U0001F980!"  # characters the test tokenizers have no piece for
+    for app, ids in ((server.app, rt.encode(text)),
+                     (ServeApp(SimpleNamespace(tokenizer=llama3_style_tokenizer()), server.scheduler, server.metrics,
+                               "m"), None)):
+        tok = app.runtime.tokenizer
+        ids = ids if ids is not None else tok.encode(text, add_bos=False)
+        assert any(app.token_text(t) == "\ufffd" for t in ids)  # the test needs byte tokens
+        reply = _Reply(app, [], None, "chat.completion", "id", False, False, 1)
+        content = reply._logprobs([(t, -1.0, ((t, -1.0),)) for t in ids])["content"]
+        # (a SentencePiece word-initial piece keeps its space, as inside a reply)
+        assert b"".join(bytes(c["bytes"]) for c in content).decode("utf-8").lstrip(" ") == text
+        assert [c["top_logprobs"][0]["bytes"] for c in content] == [c["bytes"] for c in content]
+
+
 def test_n_choices_are_separate_seeded_slots(served):
     server, rt = served
     status, r = post(server.url, "/v1/completions", {"prompt": "ROMEO:", "max_tokens": 10, "temperature": 0.9,

@@ -12,6 +12,7 @@ client_timeout seconds is disconnected. Every refusal is a JSON error with the s
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 import uuid
 from http import HTTPStatus
@@ -58,6 +59,7 @@ class ServeApp:
         self._waiting_to_tokenize = 0
         self._mailbox: Optional[Mailbox] = None  # the engine thread's events for the event loop (handoff.py)
         self._token_texts: dict = {}  # token id -> its text in a logprobs object
+        self._token_bytes: dict = {}  # token id -> its bytes (None: its text's), for tokens whose text has U+FFFD
         self._anchor_ids: Optional[List[int]] = None
         routes = [Route("/health", self.health, methods=["GET"]), Route("/v1/models", self.models, methods=["GET"]),
                   # the OpenAI clients' models.retrieve(id); an id may hold "/" (--name org/model)
@@ -85,6 +87,26 @@ class ServeApp:
                 cache[token] = text
             return text
         return cache[token]
+
+    def token_bytes(self, token: int) -> List[int]:
+        """The UTF-8 bytes a token adds to the text (a logprobs object's `bytes`): for a byte token, part of a
+        character split over several tokens, its own byte(s), which token_text() can only show as U+FFFD; joined
+        in order they give the reply's text."""
+        text = self.token_text(token)
+        if "\ufffd" not in text:
+            return list(text.encode("utf-8"))
+        cache = self._token_bytes
+        if token not in cache:
+            try:
+                piece = self.runtime.tokenizer.id_to_piece(token)
+            except Exception:  # noqa: BLE001 - a tokenizer without pieces: the text's bytes
+                piece = None
+            raw = _piece_bytes(piece) if isinstance(piece, str) else None
+            if len(cache) < 1 << 16:
+                cache[token] = raw
+            return list(raw if raw is not None else text.encode("utf-8"))
+        raw = cache[token]
+        return list(raw if raw is not None else text.encode("utf-8"))
 
     def _anchor(self) -> List[int]:
         """A token that decodes to plain text on its own (the last one of "a"), or [] when none is found."""
@@ -266,6 +288,35 @@ class ServeApp:
                       opts["logprobs"])
 
 
+_BYTE_PIECE = re.compile(r"<0x([0-9A-Fa-f]{2})>")  # SentencePiece's byte fallback pieces
+
+
+def _byte_level_chars() -> dict:
+    """Byte-level BPE's (GPT-2, LLaMA-3) printable stand-in of each byte -> the byte."""
+    bs = [*range(ord("!"), ord("~") + 1), *range(ord("\u00a1"), ord("\u00ac") + 1),
+          *range(ord("\u00ae"), ord("\u00ff") + 1)]
+    chars, extra = {chr(b): b for b in bs}, 0
+    for b in range(256):
+        if b not in bs:
+            chars[chr(256 + extra)] = b
+            extra += 1
+    return chars
+
+
+_BYTE_LEVEL = _byte_level_chars()
+
+
+def _piece_bytes(piece: str) -> Optional[bytes]:
+    """The bytes a vocabulary piece stands for, when it spells them: <0xC3> (SentencePiece) or byte-level BPE's
+    stand-in characters ("\u00c3" for 0xC3); None otherwise."""
+    hit = _BYTE_PIECE.fullmatch(piece)
+    if hit:
+        return bytes([int(hit.group(1), 16)])
+    if piece and all(c in _BYTE_LEVEL for c in piece):
+        return bytes(_BYTE_LEVEL[c] for c in piece)
+    return None
+
+
 def _with_seed(sampling, seed):
     import dataclasses
 
@@ -365,7 +416,7 @@ class _Reply(Response):
         text = self.app.token_text
         k = self.logprobs
         if self.chat:
-            item = lambda t, lp: {"token": text(t), "logprob": lp, "bytes": list(text(t).encode("utf-8"))}
+            item = lambda t, lp: {"token": text(t), "logprob": lp, "bytes": self.app.token_bytes(t)}
             return {"content": [{**item(t, lp), "top_logprobs": [item(a, b) for a, b in tops[:k]]}
                                 for t, lp, tops in entries]}
         tokens = [text(t) for t, _, _ in entries]
