@@ -123,9 +123,24 @@ def assert_error(got, status, message):
     ('{"prompt": "a", "repetition_penalty": 1e300}', "'repetition_penalty' must be in"),
     ('{"prompt": "a", "logprobs": 3}', "logprobs need the continuous scheduler"),
     ('{"prompt": "a", "n": 17}', "'n' must be in [1, 16]"),
+    ('{"prompt": "a", "stream": true, "stream_options": {"include_usgae": true}}',
+     "unknown field 'include_usgae' in 'stream_options'"),
+    ('{"prompt": "a", "stream": true, "stream_options": {"continuous_usage_stats": true}}',
+     "unknown field 'continuous_usage_stats' in 'stream_options'"),
+    ('{"prompt": "a", "stream": true, "stream_options": {"include_usage": 1}}', "'include_usage' must be true or false"),
+    ('{"prompt": "a", "stream": true, "stream_options": []}', "'stream_options' must be an object"),
 ])
 def test_strange_values_are_400s(server, body, message):
     assert_error(request(server, raw_body=body.encode()), 400, message)
+
+
+def test_stream_options_that_change_no_text_pass(server):
+    body = {"prompt": "ab", "max_tokens": 2, "stream": True,
+            "stream_options": {"include_usage": True, "include_obfuscation": False}}
+    code, _, text = request(server, body=body)
+    events = [json.loads(e[6:]) for e in text.decode().split("\n\n") if e.startswith("data: {")]
+    assert code == 200 and len(events) == 3 and events[-1]["usage"]["completion_tokens"] == 2, text
+    assert request(server, body={"prompt": "ab", "max_tokens": 2, "stream_options": {}})[0] == 200
 
 
 def test_chat_surrogates_and_methods(server):

@@ -27,7 +27,7 @@ from starlette.routing import Route
 from .handoff import Mailbox
 from .limits import ServeLimits
 from .protocol import (RequestError, bool_option, chat_messages, check_text, error_object, parse_body,
-                       sampling_options, text_length)
+                       sampling_options, stream_usage, text_length)
 from .scheduler import Job
 
 
@@ -252,10 +252,7 @@ class ServeApp:
 
     async def _reply(self, body: dict, kind: str, prefix: str, prompt_ids, opts: dict, chars: int) -> Response:
         stream = bool_option(body, "stream")
-        options = body.get("stream_options")
-        if options is not None and not isinstance(options, dict):
-            raise RequestError(f"'stream_options' must be an object, got {options!r}")
-        include_usage = bool_option(options or {}, "include_usage")
+        include_usage = stream_usage(body)
         if opts["logprobs"] is not None and not getattr(self.scheduler, "logprobs", False):
             raise RequestError("logprobs need the continuous scheduler (--scheduler continuous)")
         ids = await self._tokenize(prompt_ids, chars)

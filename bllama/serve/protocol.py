@@ -112,6 +112,27 @@ def stop_strings(body: dict, max_count: int, max_chars: int) -> list:
     return stop
 
 
+# stream_options fields: include_usage (a last event with the usage); include_obfuscation (OpenAI pads events with
+# random characters against length side channels) changes no text and is accepted as a no-op.
+STREAM_OPTIONS = ("include_usage", "include_obfuscation")
+
+
+def stream_usage(body: dict) -> bool:
+    """stream_options.include_usage; a field of stream_options this server does not know is refused like a
+    misspelt field of the body (an "include_usgae" was a stream without its usage, without a word)."""
+    options = body.get("stream_options")
+    if options is None:
+        return False
+    if not isinstance(options, dict):
+        raise RequestError(f"'stream_options' must be an object, got {_short(options)}")
+    unknown = sorted(k for k in options if k not in STREAM_OPTIONS)
+    if unknown:
+        raise RequestError(f"unknown field {_short(unknown[0])} in 'stream_options' (it reads "
+                           f"{', '.join(STREAM_OPTIONS)})")
+    bool_option(options, "include_obfuscation")
+    return bool_option(options, "include_usage")
+
+
 def sampling_options(body: dict, chat: bool = False, max_stop: int = 16, max_stop_chars: int = 256,
                      max_n: int = 16) -> dict:
     """What an OpenAI request body asks for: {"max_new_tokens" (None when the request sets none), "sampling" (a
