@@ -134,6 +134,22 @@ def test_strange_values_are_400s(server, body, message):
     assert_error(request(server, raw_body=body.encode()), 400, message)
 
 
+def test_a_prompt_that_leaves_no_room_is_refused_in_its_own_words(server):
+    """A prompt past the context was told "ask for at most 0" (and 0 failed too); one that fills it exactly, with no
+    max_tokens, was a 200 with an empty text."""
+    for chars, body, message in (
+            (1001, {"max_tokens": 5}, "the prompt (1001 tokens) exceeds the context length 1000, leaving no room"),
+            (1001, {}, "the prompt (1001 tokens) exceeds the context length 1000"),
+            (1001, {"max_tokens": 0}, "the prompt (1001 tokens) exceeds the context length 1000"),
+            (1000, {}, "the prompt (1000 tokens) fills the context length 1000, leaving no room for new tokens"),
+            (999, {"max_tokens": 2}, "+ max_tokens (2) exceeds the context length 1000: ask for at most 1")):
+        assert_error(request(server, body={"prompt": "b" * chars, **body}), 400, message)
+    code, _, body = request(server, body={"prompt": "b" * 1000, "max_tokens": 0})  # asked for nothing: nothing
+    assert code == 200 and body["choices"][0]["text"] == "" and body["choices"][0]["finish_reason"] == "length"
+    code, _, body = request(server, body={"prompt": "b" * 999})
+    assert code == 200 and body["choices"][0]["text"] == "a"
+
+
 def test_stream_options_that_change_no_text_pass(server):
     body = {"prompt": "ab", "max_tokens": 2, "stream": True,
             "stream_options": {"include_usage": True, "include_obfuscation": False}}

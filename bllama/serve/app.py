@@ -262,11 +262,14 @@ class ServeApp:
             raise RequestError("the prompt encodes to no tokens" if not ids else
                                f"the prompt has token ids outside the vocabulary [0, {vocab})")
         room = rt.context_length - len(ids)
+        if room < 0 or (room == 0 and opts["max_new_tokens"] is None):  # not even one new token fits
+            raise RequestError(f"the prompt ({len(ids)} tokens) {'exceeds' if room else 'fills'} the context length "
+                               f"{rt.context_length}, leaving no room for new tokens: shorten it")
         if opts["max_new_tokens"] is None:  # as much as asked for by default, as fits in the context
-            opts["max_new_tokens"] = max(0, min(self.default_max_tokens, room))
+            opts["max_new_tokens"] = min(self.default_max_tokens, room)
         elif opts["max_new_tokens"] > room:  # said here in the request's own terms (the engine says max_new_tokens)
             raise RequestError(f"the prompt ({len(ids)} tokens) + max_tokens ({opts['max_new_tokens']}) exceeds the "
-                               f"context length {rt.context_length}: ask for at most {max(room, 0)}")
+                               f"context length {rt.context_length}: ask for at most {room}")
         events: asyncio.Queue = asyncio.Queue()
         loop = asyncio.get_running_loop()
         if self._mailbox is None or self._mailbox.loop is not loop:
