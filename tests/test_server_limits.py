@@ -300,9 +300,21 @@ def test_api_key_host_and_cross_origin():
         code, headers, _ = raw(s, ("\r\n".join(pre) + "\r\n\r\n").encode())  # no key: browsers send none
         assert code == 200 and headers["access-control-allow-origin"] == "http://app.example"
         assert "authorization" in headers["access-control-allow-headers"].lower()
+        # the refusals count in /metrics as the endpoints' answers do (401s were not counted at all)
+        assert raw(s, b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: x\r\n\r\n")[0] == 400
+        samples = metric_samples(s, [auth])
+        assert samples['bllama_requests_total{status="401"}'] == "3", samples
+        assert samples['bllama_requests_total{status="403"}'] == "3", samples
+        assert samples['bllama_requests_total{status="400"}'] == "1", samples  # malformed HTTP, before the app
     finally:
         s.shutdown()
         s.server_close()
+
+
+def metric_samples(server, headers=()) -> dict:
+    code, _, text = request(server, "GET", "/metrics", headers=headers)
+    assert code == 200
+    return dict(line.rsplit(" ", 1) for line in text.decode().splitlines() if line and not line.startswith("#"))
 
 
 def test_models_context_length_and_metrics(server):

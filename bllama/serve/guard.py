@@ -26,9 +26,10 @@ def raw_error(status: int, message: str, headers: Iterable = ()) -> bytes:
     return ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body
 
 
-def guarded_protocol(limits):
+def guarded_protocol(limits, metrics=None):
     """uvicorn's h11 protocol with `limits` (a ServeLimits): header_timeout_s from connection (or the previous
-    reply) to the end of the next request's headers, max_connections open at once (503 beyond), JSON 400s."""
+    reply) to the end of the next request's headers, max_connections open at once (503 beyond), JSON 400s.
+    metrics: counts each of those refusals by status (Metrics.request)."""
 
     class GuardedH11Protocol(H11Protocol):
         _timer = None
@@ -67,6 +68,8 @@ def guarded_protocol(limits):
                              f"{limits.header_timeout_s:g} s (--header-timeout)")
 
         def _refuse(self, status, message, headers=()):
+            if metrics is not None:
+                metrics.request(status)
             self.transport.write(raw_error(status, message, headers))
             self.transport.close()
 
@@ -113,11 +116,12 @@ def _is_ip(name: str) -> bool:
 class Guard:
     """ASGI middleware: refuses a request whose Host is not this server's (DNS rebinding: a web page's own name
     resolving to 127.0.0.1), a cross-origin POST that is not JSON (a browser sends those without asking), and,
-    with an API key, any request but /health (and CORS preflights) without `Authorization: Bearer <key>`."""
+    with an API key, any request but /health (and CORS preflights) without `Authorization: Bearer <key>`.
+    metrics: counts each refusal by status (Metrics.request), as the app counts its own answers."""
 
     def __init__(self, app, bound_host: str, api_key: Optional[str] = None, allowed_hosts: Iterable[str] = (),
-                 cors_origins: Iterable[str] = ()):
-        self.app, self.api_key = app, api_key
+                 cors_origins: Iterable[str] = (), metrics=None):
+        self.app, self.api_key, self.metrics = app, api_key, metrics
         self.wildcard = bound_host in WILDCARDS
         self.hosts = {"localhost", "127.0.0.1", "::1", _host_name(bound_host)} | {_host_name(h) for h in allowed_hosts}
         self.cors_origins = set(cors_origins)
@@ -130,6 +134,8 @@ class Guard:
         if refusal is None:
             return await self.app(scope, receive, send)
         status, message, extra = refusal
+        if self.metrics is not None:
+            self.metrics.request(status)
         body = json.dumps(error_object(status, message)).encode()
         await send({"type": "http.response.start", "status": status, "headers": [
             (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),

@@ -104,8 +104,8 @@ class Server:
 
             asgi = CORSMiddleware(asgi, allow_origins=cors_origins, allow_methods=["GET", "POST"],
                                   allow_headers=["authorization", "content-type"])
-        asgi = Guard(asgi, host, api_key, allowed_hosts, cors_origins)
-        config = uvicorn.Config(asgi, http=guarded_protocol(limits), lifespan="off", access_log=not quiet,
+        asgi = Guard(asgi, host, api_key, allowed_hosts, cors_origins, self.metrics)
+        config = uvicorn.Config(asgi, http=guarded_protocol(limits, self.metrics), lifespan="off", access_log=not quiet,
                                 log_level="critical" if quiet else "info", timeout_keep_alive=limits.keep_alive_s,
                                 timeout_graceful_shutdown=limits.client_timeout_s, server_header=False)
         self._uvicorn = _Uvicorn(config, self.scheduler.close)
