@@ -150,6 +150,18 @@ def test_a_prompt_that_leaves_no_room_is_refused_in_its_own_words(server):
     assert code == 200 and body["choices"][0]["text"] == "a"
 
 
+@pytest.mark.parametrize("message", [{"role": "user" + "x" * 32000, "content": "Hi"},
+                                     {"role": "user", "name": "x" * 32001, "content": "Hi"},
+                                     {"role": "user", "content": [{"type": "text", "text": "x" * 16001}] * 2}])
+def test_every_string_of_a_message_counts_toward_the_prompt_size(server, message):
+    """A template renders the role (and may render the name): a 4 MB role passed the size check, which counted the
+    contents only, and was rendered and tokenized on the event loop before the context check refused it."""
+    before = server.runtime.encoded
+    got = request(server, path="/v1/chat/completions", body={"messages": [message]})
+    assert_error(got, 400, "characters long; at most 32000 are allowed (--max-prompt-chars)")
+    assert server.runtime.encoded == before  # refused before tokenizing
+
+
 def test_stream_options_that_change_no_text_pass(server):
     body = {"prompt": "ab", "max_tokens": 2, "stream": True,
             "stream_options": {"include_usage": True, "include_obfuscation": False}}

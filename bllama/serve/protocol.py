@@ -191,8 +191,20 @@ def chat_messages(messages) -> List[dict]:
 
 
 def text_length(messages: List[dict]) -> int:
-    """Characters of the messages' text (what the prompt-size check counts before the template is rendered)."""
-    return sum(len(m.get("content")) for m in messages if isinstance(m.get("content"), str))
+    """Characters of the messages' text (what the prompt-size check counts before the template is rendered): every
+    string a message holds, since a template may render any of them (every template writes the role, some the
+    name). Counting the contents only let a 4 MB role through the check, to be rendered and tokenized in full on
+    the event loop before the context check refused it."""
+    chars, todo = 0, list(messages)
+    while todo:  # not recursive: a body may nest as deep as the JSON parser allowed
+        value = todo.pop()
+        if isinstance(value, str):
+            chars += len(value)
+        elif isinstance(value, dict):
+            todo.extend(value.values())
+        elif isinstance(value, list):
+            todo.extend(value)
+    return chars
 
 
 def error_object(status: int, message: str) -> dict:
