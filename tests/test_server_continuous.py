@@ -185,6 +185,33 @@ def test_logprob_bytes_of_byte_tokens_are_their_own(served):
         assert [c["top_logprobs"][0]["bytes"] for c in content] == [c["bytes"] for c in content]
 
 
+def test_a_name_the_template_drops_is_refused(served):
+    """OpenAI's message `name` under a template that does not render it (this one, as ChatML) was dropped without a
+    word: the model answered as if one speaker had said everything."""
+    server, rt = served
+    url = server.url
+    hi = {"role": "user", "content": "Hi"}
+    named = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi", "name": "alice"}]
+    status, r = post(url, "/v1/chat/completions", {"messages": named, "max_tokens": 2})
+    assert status == 400 and "message 1 has a 'name', which this model's chat template does not use" in \
+        r["error"]["message"], r
+    status, r = post(url, "/v1/chat/completions", {"messages": [{**hi, "name": ["x"]}], "max_tokens": 2})
+    assert status == 400 and "message 0's 'name' must be a string" in r["error"]["message"], r
+    status, r = post(url, "/v1/chat/completions", {"messages": [{**hi, "name": None}], "max_tokens": 3,
+                                                   "temperature": 0})  # no name: as without the field
+    assert status == 200 and r["choices"][0]["message"]["content"] == rt.chat([hi], max_new_tokens=3)
+
+
+def test_a_name_the_template_renders_passes():
+    from types import SimpleNamespace
+
+    from bllama.serve.app import unused_names
+
+    template = "{% for m in messages %}{{ m.role }}{% if m.name %} {{ m.name }}{% endif %}: {{ m.content }}\n{% endfor %}"
+    unused_names(SimpleNamespace(tokenizer=SimpleNamespace(chat_template=template)),
+                 [{"role": "user", "content": "Hi", "name": "alice"}])
+
+
 def test_n_choices_are_separate_seeded_slots(served):
     server, rt = served
     status, r = post(server.url, "/v1/completions", {"prompt": "ROMEO:", "max_tokens": 10, "temperature": 0.9,

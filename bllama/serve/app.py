@@ -222,8 +222,11 @@ class ServeApp:
         chars = text_length(messages)
         self._check_chars(chars)
         opts = self._options(body, chat=True)
-        return await self._reply(body, "chat.completion", "chatcmpl", lambda rt: rt.chat_prompt_ids(messages), opts,
-                                 chars)
+        def prompt_ids(rt) -> List[int]:
+            unused_names(rt, messages)
+            return rt.chat_prompt_ids(messages)
+
+        return await self._reply(body, "chat.completion", "chatcmpl", prompt_ids, opts, chars)
 
     async def _tokenize(self, prompt_ids, chars: int) -> List[int]:
         """prompt_ids(runtime) in a worker thread, at most max_tokenizing at once; the waiting ones count against
@@ -315,6 +318,27 @@ def _piece_bytes(piece: str) -> Optional[bytes]:
     if piece and all(c in _BYTE_LEVEL for c in piece):
         return bytes(_BYTE_LEVEL[c] for c in piece)
     return None
+
+
+def unused_names(runtime, messages: List[dict]) -> None:
+    """RequestError when a message has a `name` (OpenAI's participant name) that the model's chat template does not
+    render, such as ChatML's: the model would never see it, and a multi-party chat would read as one speaker's."""
+    named = [i for i, m in enumerate(messages) if m.get("name") not in (None, "")]
+    if not named:
+        return
+    for i in named:
+        if not isinstance(messages[i]["name"], str):
+            raise RequestError(f"message {i}'s 'name' must be a string, got {messages[i]['name']!r:.60}")
+        check_text(messages[i]["name"], f"message {i}'s name")
+    template = getattr(runtime.tokenizer, "chat_template", None)
+    if not template:
+        return  # chat_prompt_ids says there is no template
+    from ..tokenizers.chat import render_chat
+
+    nameless = [{k: v for k, v in m.items() if k != "name"} for m in messages]
+    if render_chat(template, messages) == render_chat(template, nameless):
+        raise RequestError(f"message {named[0]} has a 'name', which this model's chat template does not use: the "
+                           f"model would not see it. Leave it out, or write it into the content")
 
 
 def _with_seed(sampling, seed):
