@@ -15,8 +15,14 @@ mapfile -t CONFIG < <(python setup.py --print-cmake-args)
 # BLLAMA_CUDA=AUTO (the default) compiles the CUDA backend where nvcc exists and either a GPU driver is present or
 # CI=true; without a driver its tests could only be skipped, and nvcc is most of the build's time.
 has_gpu_driver() { command -v nvidia-smi >/dev/null || [ -e /proc/driver/nvidia/version ] || ldconfig -p 2>/dev/null | grep -q 'libcuda\.so'; }
+# CMakeLists.txt reads BLLAMA_CUDA in any case, with CMake's spellings of on and off: so does this check.
+case "$(printf %s "${BLLAMA_CUDA:-AUTO}" | tr a-z A-Z)" in
+  ON|YES|TRUE|Y|1) CUDA_CHOICE=ON ;;
+  OFF|NO|FALSE|N|0) CUDA_CHOICE=OFF ;;
+  *) CUDA_CHOICE=AUTO ;;  # an unknown word: CMake refuses it by name
+esac
 CUDA_WANTED=no
-if command -v nvcc >/dev/null && { [ "${BLLAMA_CUDA:-AUTO}" = ON ] || { [ "${BLLAMA_CUDA:-AUTO}" = AUTO ] && { [ "${CI:-}" = true ] || has_gpu_driver; }; }; }; then
+if command -v nvcc >/dev/null && { [ "$CUDA_CHOICE" = ON ] || { [ "$CUDA_CHOICE" = AUTO ] && { [ "${CI:-}" = true ] || has_gpu_driver; }; }; }; then
   CUDA_WANTED=yes
 fi
 
@@ -29,7 +35,7 @@ if [ "$CUDA_WANTED" = yes ]; then
     echo "== fetching cuBLASLt headers (nvidia-cublas) for the CUDA build's cuBLASLt path"
     python -m pip install -q "nvidia-cublas>=13,<14"
   fi
-  WHY="CUDA backend included: $( [ "${CI:-}" = true ] && echo CI=true || { [ "${BLLAMA_CUDA:-AUTO}" = ON ] && echo BLLAMA_CUDA=ON || echo 'a GPU driver is present'; })"
+  WHY="CUDA backend included: $( [ "${CI:-}" = true ] && echo CI=true || { [ "$CUDA_CHOICE" = ON ] && echo BLLAMA_CUDA=ON || echo 'a GPU driver is present'; })"
 elif command -v nvcc >/dev/null; then
   WHY="CPU only: nvcc exists but no GPU driver (CI=true or BLLAMA_CUDA=ON compiles the CUDA backend too)"
 else
