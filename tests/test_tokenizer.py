@@ -272,3 +272,46 @@ def test_wrapper_without_eos():
     assert w.eos_id is None and w.vocab_size == 256
     assert w.decode(w.encode("héllo")) == "héllo"
     assert w.encode("ab", add_eos=True) == [97, 98]
+
+
+def test_gguf_vocab_without_space_prefix_is_rebuilt_without_it(sp_tokenizer, tmp_path):
+    """tokenizer.ggml.add_space_prefix = false (llama.cpp converters write it for SentencePiece models trained
+    without the dummy prefix) was ignored: the rebuilt tokenizer put a '▁' before every text, so every prompt's ids
+    differed from the model's. Our own exports write the key, so llama.cpp reads them the same way."""
+    pytest.importorskip("google.protobuf")
+    import gguf
+
+    from bllama.convert.gguf_schema import add_tokenizer
+    from bllama.convert.hf_load import _GGUFMetadata, _reader
+    from bllama.tokenizers.from_gguf import tokenizer_from_gguf
+
+    g = sp_tokenizer.gguf_vocab()
+    ids = (g["bos_token_id"], g["eos_token_id"], g["unknown_token_id"])
+    truth = SentencePieceTokenizer.from_vocab(g["tokens"], g["scores"], g["token_type"], *ids, add_dummy_prefix=False)
+    assert not truth.add_dummy_prefix and sp_tokenizer.add_dummy_prefix
+
+    class Meta:  # the engine's metadata interface over plain values
+        def __init__(self, d):
+            self.d = d
+
+        def metadata_keys(self):
+            return list(self.d)
+
+        def metadata(self, k):
+            return self.d[k]
+
+    meta = {"tokenizer.ggml.model": "llama", "tokenizer.ggml.tokens": g["tokens"], "tokenizer.ggml.scores": g["scores"],
+            "tokenizer.ggml.token_type": g["token_type"], "tokenizer.ggml.bos_token_id": ids[0],
+            "tokenizer.ggml.eos_token_id": ids[1], "tokenizer.ggml.unknown_token_id": ids[2]}
+    for text in ["Hello, world!", "numbers 3.14159", "x"]:
+        assert tokenizer_from_gguf(Meta(meta)).encode(text) == sp_tokenizer.encode(text)  # absent: llama.cpp's true
+        no_prefix = tokenizer_from_gguf(Meta({**meta, "tokenizer.ggml.add_space_prefix": False}))
+        assert no_prefix.encode(text) == truth.encode(text) != sp_tokenizer.encode(text), text
+
+    for tok, want in [(sp_tokenizer, True), (truth, False)]:  # what an export tells llama.cpp
+        w = gguf.GGUFWriter(str(tmp_path / "t.gguf"), "bitnet")
+        add_tokenizer(w, tok)
+        w.write_header_to_file()
+        w.write_kv_data_to_file()
+        w.close()
+        assert _GGUFMetadata(_reader(tmp_path / "t.gguf")).metadata("tokenizer.ggml.add_space_prefix") is want

@@ -163,6 +163,7 @@ def add_tokenizer(writer, tokenizer, vocab_size: Optional[int] = None) -> None:
     writer.add_eos_token_id(tokenizer.eos_id)
     writer.add_unk_token_id(tokenizer.unk_id)
     writer.add_add_bos_token(tokenizer.add_bos)
+    writer.add_add_space_prefix(tokenizer.add_dummy_prefix)  # llama.cpp's default is true
     writer.add_add_eos_token(False)
     writer.add_array("bllama.tokenizer.sp_model", tokenizer.serialized())  # bytes -> a uint8 array
 

@@ -494,6 +494,7 @@ def _add_tokenizer(w, tok, kind: str, plan: Plan, template: Optional[str]) -> No
         if tok.unk_id is not None:
             w.add_unk_token_id(tok.unk_id)
         w.add_add_bos_token(tok.add_bos)
+        w.add_add_space_prefix(tok.add_dummy_prefix)  # llama.cpp's default is true
         w.add_array("bllama.tokenizer.sp_model", tok.serialized())
     else:
         add_bpe_vocab(w, tok, plan.vocab)

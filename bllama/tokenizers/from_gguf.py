@@ -60,7 +60,10 @@ def tokenizer_of_gguf(engine):
         tokens, list(get("tokenizer.ggml.scores", [0.0] * len(tokens))),
         list(get("tokenizer.ggml.token_type", [1] * len(tokens))),
         bos=get("tokenizer.ggml.bos_token_id", 1), eos=get("tokenizer.ggml.eos_token_id", 2),
-        unk=get("tokenizer.ggml.unknown_token_id", 0))
+        unk=get("tokenizer.ggml.unknown_token_id", 0),
+        # llama.cpp's SentencePiece tokenizer puts a space before the text unless the file says not to (converters
+        # write false for models trained without SentencePiece's dummy prefix): every id after it depends on it.
+        add_dummy_prefix=bool(get("tokenizer.ggml.add_space_prefix", True)))
     tok.add_bos = add_bos
     return tok
 
