@@ -416,3 +416,34 @@ def test_sentencepiece_add_bos_survives_run_folder_and_export(sp_model_path, tmp
     w.write_ti_data_to_file()
     w.close()
     assert tokenizer_from_gguf(_GGUFMetadata(_reader(tmp_path / "t.gguf"))).encode(PROMPT) == tok.encode(PROMPT)
+
+
+def test_fields_config_json_leaves_out_take_the_model_types_defaults(checkpoints, tmp_path):
+    """A BitNet config.json without hidden_act / rope_theta / rms_norm_eps is ReLU^2, theta 500000, eps 1e-5 in
+    transformers (BitNetConfig's defaults); the importer and from_pretrained took LLaMA's SiLU, 10000 and 1e-6: both
+    loaded the folder as another model (logits off by ~14% of their scale) without a word."""
+    from bllama import bLlama
+    from bllama.runtime import Runtime
+
+    style, src = checkpoints["2b4t-like"]
+    trimmed = edited_copy(src, tmp_path / "trimmed", edit=lambda cfg: {
+        k: v for k, v in cfg.items() if k not in ("hidden_act", "rope_parameters", "rope_theta", "rms_norm_eps")})
+    rt = Runtime.load(trimmed, head="f16", kv_cache_dtype="float32")
+    assert (rt.config["activation"], rt.config["rope_theta"]) == ("relu2", 500000.0)
+    ids = rt.tokenizer.encode(PROMPT)
+    ref = f16_embeddings(reference_model(trimmed, style))
+    assert (ref.config.hidden_act, ref.config.rms_norm_eps) == ("relu2", 1e-5)
+    with torch.no_grad():
+        r = ref(torch.tensor([ids])).logits[0].float().numpy()
+    assert_logits_match(r, rt.logits(ids))
+    m = bLlama.from_pretrained(trimmed)
+    assert (m.config.activation, m.config.rope_theta, m.config.rms_eps) == ("relu2", 500000.0, 1e-5)
+    # a Mistral folder without sliding_window has transformers' 4096-token window: refused like an explicit one
+    from bllama.convert.hf_import import HFImportError, read_config_json
+
+    mistral = edited_copy(src, tmp_path / "mistral", edit=lambda cfg: {
+        **{k: v for k, v in cfg.items() if k not in ("sliding_window", "max_position_embeddings")},
+        "model_type": "mistral"})
+    assert read_config_json(mistral)["sliding_window"] == 4096
+    with pytest.raises(HFImportError, match="sliding_window = 4096"):
+        bLlama.from_pretrained(mistral)

@@ -77,6 +77,27 @@ def _read_json(path: Path) -> dict:
     return data
 
 
+# What transformers' config class assumes for a field config.json leaves out (a hand-written or trimmed config): a
+# BitNet folder without hidden_act is ReLU^2 with theta 500000 there, not this reader's LLaMA-like fallbacks, and a
+# Mistral folder without sliding_window has a 4096-token window.
+CLASS_DEFAULTS = {
+    "bitnet": {"hidden_act": "relu2", "rope_theta": 500000.0, "rms_norm_eps": 1e-5, "max_position_embeddings": 2048},
+    "llama": {"hidden_act": "silu", "rope_theta": 10000.0, "rms_norm_eps": 1e-6, "max_position_embeddings": 2048},
+    "mistral": {"hidden_act": "silu", "rope_theta": 10000.0, "rms_norm_eps": 1e-6, "max_position_embeddings": 131072,
+                "sliding_window": 4096},
+}
+
+
+def read_config_json(hf_dir: Path) -> dict:
+    """config.json with the fields it leaves out filled in as its model_type's transformers class fills them."""
+    cfg = _read_json(hf_dir / "config.json")
+    defaults = dict(CLASS_DEFAULTS.get(cfg.get("model_type"), {}))
+    rp = cfg.get("rope_parameters") or cfg.get("rope_scaling")
+    if isinstance(rp, dict) and rp.get("rope_theta") is not None:
+        defaults.pop("rope_theta")  # given there (transformers 5's form)
+    return {**defaults, **cfg}
+
+
 def _safe_open(path: Path):
     """safe_open, with a message saying what the file is when it is not a complete safetensors file."""
     from safetensors import SafetensorError, safe_open
@@ -534,7 +555,7 @@ def import_hf(hf_dir: Union[str, os.PathLike], output: Union[str, os.PathLike], 
         raise HFImportError(f"{hf_dir} is not a folder; give a Hugging Face checkpoint folder")
     if not (hf_dir / "config.json").exists():
         raise HFImportError(f"{hf_dir}: no config.json (not a Hugging Face checkpoint folder)")
-    cfg = _read_json(hf_dir / "config.json")
+    cfg = read_config_json(hf_dir)
     tensors = _Tensors(hf_dir)
     plan = plan_checkpoint(hf_dir, cfg, tensors)
     tok, tok_kind, template = load_hf_tokenizer(hf_dir, plan)

@@ -31,7 +31,7 @@ import torch
 
 from ..model.config import bLlamaConfig
 from .hf_import import (HFImportError, SUB_NORMS, checked_activation, checked_heads, checked_tensors, number,
-                        quant_config, special_ids, _read_json, _rope_theta, _Tensors, unpack_hf)
+                        quant_config, read_config_json, special_ids, _rope_theta, _Tensors, unpack_hf)
 
 # HF names inside a layer -> ours (Transformer.layers.N.<ours>)
 LAYER_NAMES = {"self_attn.q_proj": "attn.q_proj", "self_attn.k_proj": "attn.k_proj", "self_attn.v_proj": "attn.v_proj",
@@ -141,7 +141,7 @@ def load_hf(hf_dir: Union[str, os.PathLike], quantize: Optional[bool] = None, **
     hf_dir = Path(hf_dir)
     if not (hf_dir / "config.json").exists():
         raise HFImportError(f"{hf_dir}: no config.json (not a Hugging Face checkpoint folder)")
-    cfg = _read_json(hf_dir / "config.json")
+    cfg = read_config_json(hf_dir)
     tensors = _Tensors(hf_dir)
     if quantize is not None:
         overrides = {**overrides, "quantize": quantize}
