@@ -10,6 +10,31 @@ int64_t positive(const GgufFile& f, const std::string& key, int64_t v, int64_t m
         throw ModelError("metadata '" + key + "' = " + std::to_string(v) + " is out of range [1, " + std::to_string(max) + "]");
     return v;
 }
+// Keys llama.cpp reads for every architecture (so a converter may write them for a bitnet file) that change the
+// model's function in ways this engine does not implement: a file that sets them is refused by name, not run as if
+// they were absent (a silent wrong answer: the same weights under other positions, a longer head or no causal mask).
+void check_unsupported_metadata(const GgufFile& f, const std::string& p, int64_t head_dim) {
+    // RoPE scaling: llama.cpp scales positions by 1 / factor (scale_linear is the older key) under the type "linear"
+    // (its default when the type is absent) and "yarn"; only "none" ignores the factor.
+    const std::string type = f.get_string(p + "rope.scaling.type", "linear");
+    for (const char* k : {"rope.scaling.factor", "rope.scale_linear"}) {
+        if (!f.find(p + k) || type == "none") continue;
+        const double factor = f.get_float(p + k);
+        if (factor != 0.0 && factor != 1.0)
+            throw ModelError("metadata '" + p + k + "' = " + std::to_string(factor) + " (rope.scaling.type '" + type +
+                             "'): RoPE scaling is not supported; this engine runs unscaled RoPE only");
+    }
+    if (f.find(p + "rope.scaling.attn_factor") && f.get_float(p + "rope.scaling.attn_factor") != 1.0)
+        throw ModelError("metadata '" + p + "rope.scaling.attn_factor' = " +
+                         std::to_string(f.get_float(p + "rope.scaling.attn_factor")) + ": RoPE scaling is not supported");
+    // Per-head key / value lengths other than embedding_length / head_count (llama.cpp sizes q, k, v and o by them).
+    for (const char* k : {"attention.key_length", "attention.value_length"})
+        if (f.find(p + k) && f.get_int(p + k) != head_dim)
+            throw ModelError("metadata '" + p + k + "' = " + std::to_string(f.get_int(p + k)) + " but embedding_length / " +
+                             "head_count = " + std::to_string(head_dim) + ": head sizes other than that are not supported");
+    if (f.find(p + "attention.causal") && !f.get_bool(p + "attention.causal"))
+        throw ModelError("metadata '" + p + "attention.causal' = false: non-causal attention is not supported");
+}
 }  // namespace
 
 ModelConfig read_config(const GgufFile& f) {
@@ -49,6 +74,7 @@ ModelConfig read_config(const GgufFile& f) {
             throw ModelError("rope.dimension_count " + std::to_string(rd) + " != head dim " + std::to_string(c.head_dim) +
                              " (partial rotary embeddings are not supported)");
     }
+    check_unsupported_metadata(f, p, c.head_dim);
     c.dim_in = (c.dim + 255) / 256 * 256;  // ternary rows are stored padded to whole 256-blocks
     c.ffn_in = (c.ffn + 255) / 256 * 256;
     c.sub_norms = f.get_bool("bllama.sub_norms", true);

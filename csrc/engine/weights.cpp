@@ -52,10 +52,21 @@ public:
     // Every tensor in the file must be one the model uses: anything else means a different model.
     void check_all_used() const {
         for (const GgufTensor& t : f_.tensors())
-            if (!used_.count(t.name)) throw ModelError("unexpected tensor '" + t.name + "' for a bitnet model");
+            if (!used_.count(t.name)) throw ModelError("unexpected tensor '" + t.name + "' for a bitnet model" + why(t.name));
     }
 
 private:
+    // What a tensor that some converters write means, where its name says it.
+    static std::string why(const std::string& name) {
+        auto ends = [&](const char* sfx) {
+            const size_t n = std::strlen(sfx);
+            return name.size() >= n && name.compare(name.size() - n, n, sfx) == 0;
+        };
+        if (name == "rope_freqs.weight" || ends("rope_factors_long.weight") || ends("rope_factors_short.weight"))
+            return " (per-frequency RoPE factors, e.g. Llama-3.1 rope scaling: not supported)";
+        if (ends(".bias")) return " (biases are not supported)";
+        return "";
+    }
     const GgufFile& f_;
     std::set<std::string> used_;
 };

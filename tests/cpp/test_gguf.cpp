@@ -3,6 +3,7 @@
 // the codes written, and the model loads (also as GGUF v2, other alignments, an f32 embedding).
 #include <cmath>
 #include <cstdio>
+#include <functional>
 
 #include "cpu/model.h"
 #include "engine/engine.h"
@@ -194,6 +195,54 @@ static void test_model_errors() {
     CHECK(throws<FileError>([] { Engine e("/tmp"); }, "not a regular file"));
 }
 
+// Keys llama.cpp reads for every architecture that change the model's function (RoPE scaling, head sizes, the causal
+// mask) were ignored: the file ran as if they were absent. Now each is refused by name, while the values that mean
+// "unchanged" still load and give the same logits; a tensor some converters add says what it is.
+static void test_unsupported_metadata() {
+    Spec s;
+    s.layers = 1;
+    const std::vector<int32_t> ids = {1, 5, 9, 200};
+    const auto want = logits_of(GgufFile::from_bytes(random_model(s, nullptr).build()), ids);
+    auto load = [](const GgufBuilder& g) { Model::load(GgufFile::from_bytes(g.build()), LoadOptions{1, 0, 8}); };
+    struct Case {
+        std::function<void(GgufBuilder&)> add;
+        const char* refusal;  // nullptr: loads with the same logits
+    };
+    const std::vector<Case> cases = {
+        {[](GgufBuilder& g) { g.string("bitnet.rope.scaling.type", "linear"); g.f32("bitnet.rope.scaling.factor", 4.0f); },
+         "metadata 'bitnet.rope.scaling.factor' = 4.000000 (rope.scaling.type 'linear'): RoPE scaling is not supported"},
+        {[](GgufBuilder& g) { g.string("bitnet.rope.scaling.type", "yarn"); g.f32("bitnet.rope.scaling.factor", 8.0f); },
+         "(rope.scaling.type 'yarn'): RoPE scaling"},
+        {[](GgufBuilder& g) { g.f32("bitnet.rope.scaling.factor", 2.0f); },  // no type: llama.cpp's default is linear
+         "(rope.scaling.type 'linear'): RoPE scaling"},
+        {[](GgufBuilder& g) { g.f32("bitnet.rope.scale_linear", 2.0f); }, "'bitnet.rope.scale_linear' = 2.000000"},
+        {[](GgufBuilder& g) { g.f32("bitnet.rope.scaling.attn_factor", 0.5f); }, "rope.scaling.attn_factor"},
+        {[](GgufBuilder& g) { g.u32("bitnet.attention.key_length", 128); },
+         "'bitnet.attention.key_length' = 128 but embedding_length / head_count = 64"},
+        {[](GgufBuilder& g) { g.u32("bitnet.attention.value_length", 32); }, "'bitnet.attention.value_length' = 32"},
+        {[](GgufBuilder& g) { g.boolean("bitnet.attention.causal", false); }, "non-causal attention is not supported"},
+        {[](GgufBuilder& g) { g.tensor("rope_freqs.weight", {32}, G_F32, std::vector<uint8_t>(128)); },
+         "unexpected tensor 'rope_freqs.weight' for a bitnet model (per-frequency RoPE factors"},
+        {[](GgufBuilder& g) { g.tensor("blk.0.attn_q.bias", {256}, G_F32, std::vector<uint8_t>(1024)); },
+         "unexpected tensor 'blk.0.attn_q.bias' for a bitnet model (biases are not supported)"},
+        {[](GgufBuilder& g) { g.string("bitnet.rope.scaling.type", "none"); g.f32("bitnet.rope.scaling.factor", 4.0f); },
+         nullptr},
+        {[](GgufBuilder& g) { g.string("bitnet.rope.scaling.type", "linear"); g.f32("bitnet.rope.scaling.factor", 1.0f); },
+         nullptr},
+        {[](GgufBuilder& g) { g.f32("bitnet.rope.scaling.factor", 0.0f); }, nullptr},  // llama.cpp: 0 is unset
+        {[](GgufBuilder& g) { g.u32("bitnet.attention.key_length", 64); g.u32("bitnet.attention.value_length", 64); },
+         nullptr},
+        {[](GgufBuilder& g) { g.boolean("bitnet.attention.causal", true); g.f32("bitnet.rope.scaling.attn_factor", 1.0f); },
+         nullptr},
+    };
+    for (const Case& c : cases) {
+        GgufBuilder g = random_model(s, nullptr);
+        c.add(g);
+        if (c.refusal) CHECK(throws<ModelError>([&] { load(g); }, c.refusal));
+        else CHECK(logits_of(GgufFile::from_bytes(g.build()), ids) == want);
+    }
+}
+
 int main() {
     test_metadata_round_trip();
     test_ternary_blocks();
@@ -201,6 +250,7 @@ int main() {
     test_variants_load();
     test_model_config();
     test_model_errors();
+    test_unsupported_metadata();
     if (failures()) {
         std::fprintf(stderr, "test_gguf: %d failure(s)\n", failures());
         return 1;
