@@ -32,6 +32,7 @@
 #include "engine/engine.h"
 #include "engine/gguf.h"
 #include "engine/mapped_file.h"
+#include "engine/weights.h"
 #include "membw.h"
 
 namespace py = pybind11;
@@ -573,6 +574,17 @@ PYBIND11_MODULE(_engine, m) {
             }
             return out;
         }, py::arg("path"), "[{name, type, dims (ggml order), nbytes}] of every tensor in a GGUF file.");
+
+    m.def("check_model", [](const std::filesystem::path& file) {
+            // What Engine() checks before it reads a weight (the config and every tensor's name, type and shape),
+            // without loading: for readers of a model file that are not the engine (hf_load.load_gguf).
+            const GgufFile f = GgufFile::open(file.string());
+            try {
+                check_model_tensors(f, read_config(f));
+            } catch (const ModelError& e) {
+                throw ModelError("'" + file.string() + "': " + e.what());
+            }
+        }, py::arg("path"), "Raises ValueError naming what the engine would refuse in the model file at `path`.");
 
     m.def("cuda_compiled", &bllama::cuda_compiled, "True when this build has the CUDA backend.");
     m.def("cuda_device_count", &bllama::cuda_device_count, "CUDA devices visible (0 without a driver or GPU).");

@@ -344,3 +344,75 @@ def test_init_from_under_fsdp_keeps_the_loaded_weights_and_trains(ckpts, tmp_pat
     trained = train_fsdp(tmp_path / "conv", "--max-steps", "16", "--set", "max_steps=16", "--set", "lr=3e-3",
                          "--quant-warmup-steps", "6")
     assert b158_loss(trained) < 0.7 * b158_loss(start)
+
+
+def _foreign_gguf(path, extra_kv=(), extra_tensors=(), varied_block_scales=False):
+    """A small `bitnet` file as another converter may write it: the model of test_engine_bindings._model plus
+    metadata keys / tensors this reader does not copy, or TQ2_0 blocks of several scales (d) in one tensor."""
+    import gguf
+
+    import bllama.convert.gguf_schema as schema
+    from bllama.convert.gguf_export import add_model_tensors
+    from test_engine_bindings import _model
+
+    net = _model()
+    cfg = net.config
+    w = gguf.GGUFWriter(str(path), schema.gguf_arch(cfg, "tq2_0"))
+    schema.add_bitnet_metadata(w, cfg)
+    w.add_tokenizer_model("llama")
+    w.add_token_list(["<unk>", "<s>", "</s>"] + [f"tok{i}" for i in range(3, cfg.vocab_size)])
+    w.add_token_scores([-float(i) for i in range(cfg.vocab_size)])
+    w.add_token_types([2, 3, 3] + [1] * (cfg.vocab_size - 3))
+    for fn, key, value in extra_kv:
+        getattr(w, fn)(key, value)
+    saved = pack = schema.pack_tq2_0
+    if varied_block_scales:  # row r's blocks get d = (1 + r % 3) x the tensor's scale, as llama-quantize may write
+        def pack(codes, scale):
+            out = saved(codes, scale).reshape(codes.shape[0], -1, 66)
+            d = (np.float16(scale) * (1 + np.arange(codes.shape[0]) % 3)).astype(np.float16)
+            out[:, :, 64:] = np.repeat(d[:, None], out.shape[1], 1)[..., None].view(np.uint8)
+            return out.reshape(codes.shape[0], -1)
+    schema.pack_tq2_0 = pack
+    try:
+        add_model_tensors(w, net, "tq2_0")
+    finally:
+        schema.pack_tq2_0 = saved
+    for name, value in extra_tensors:
+        w.add_tensor(name, value)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file(progress=False)
+    w.close()
+    return path
+
+
+@pytest.mark.parametrize("extra_kv, extra_tensors, match", [
+    ([("add_string", "bitnet.rope.scaling.type", "linear"), ("add_float32", "bitnet.rope.scaling.factor", 4.0)], [],
+     "RoPE scaling is not supported"),
+    ([("add_uint32", "bitnet.attention.key_length", 128)], [], "key_length"),
+    ([], [("blk.0.attn_q.bias", np.ones(256, np.float32))], "unexpected tensor 'blk.0.attn_q.bias'"),
+    ([], [("rope_freqs.weight", np.ones(32, np.float32))], "unexpected tensor 'rope_freqs.weight'"),
+], ids=["rope-scaling", "key-length", "bias", "rope-freqs"])
+def test_gguf_the_engine_refuses_is_not_loaded_as_another_model(tmp_path, extra_kv, extra_tensors, match):
+    """from_pretrained(file.gguf) read the keys and tensors it knew and dropped the rest: a file with RoPE scaling, a
+    bias or per-frequency RoPE factors became a training start computing another function, without a word. It
+    now refuses what the engine refuses, with the engine's message."""
+    from bllama import bLlama
+
+    plain = _foreign_gguf(tmp_path / "plain.gguf")
+    assert bLlama.from_pretrained(plain).config.hidden_size == 256
+    bad = _foreign_gguf(tmp_path / "bad.gguf", extra_kv, extra_tensors)
+    with pytest.raises(ValueError, match=match):
+        bLlama.from_pretrained(bad)
+
+
+def test_gguf_with_several_block_scales_in_a_tensor_is_refused(tmp_path):
+    """TQ2_0 blocks with different d (the engine runs them exactly) were all read with the tensor's largest d, so the
+    latent weights computed another function (logits off by ~65% of their scale); one latent scale per tensor cannot
+    hold them, so the file is refused, naming the tensor."""
+    from bllama import _engine, bLlama
+
+    path = _foreign_gguf(tmp_path / "varied.gguf", varied_block_scales=True)
+    _engine.Engine(str(path), threads=1, head="f16")  # a valid model file
+    with pytest.raises(ValueError, match="tensor 'blk.0.attn_q.weight' has blocks with different scales"):
+        bLlama.from_pretrained(path)

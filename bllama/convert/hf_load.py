@@ -229,6 +229,12 @@ def _gguf_ternary(tensor, out: int, inp: int):
         values = gguf.quants.dequantize(tensor.data, tensor.tensor_type).reshape(out, cols)
         codes = np.sign(values).astype(np.int8)
         scale = float(np.abs(values).max()) if codes.any() else 1.0
+        # One latent scale per tensor: blocks with other scales (d; llama-quantize of weights that are not one
+        # ternary matrix times one scale) would all be read as the largest. The engine runs them; training cannot.
+        nonzero = np.abs(values[codes != 0])
+        if nonzero.size and nonzero.min() != nonzero.max():
+            raise ValueError(f"tensor '{tensor.name}' has blocks with different scales ({float(nonzero.min()):g} to "
+                             f"{scale:g}): only one scale per tensor can become latent weights")
     else:
         raise ValueError(f"tensor '{tensor.name}' has type {tensor.tensor_type.name}: TQ2_0, TQ1_0 or I2_S expected")
     return codes[:, :inp], scale
@@ -238,10 +244,15 @@ def load_gguf(path: Union[str, os.PathLike], **overrides):
     """(bLlama, Pretrained) from one of our GGUF files: codes x scale as latent weights."""
     import gguf
 
+    from ..runtime.engine import engine_module
     from ..tokenizers.from_gguf import tokenizer_from_gguf
     from ..train.module import bLlama
     from .gguf_schema import ARCHES, NORMS, PROJECTIONS
 
+    # The engine's own checks first (architecture, every metadata key that changes the function, every tensor's
+    # name, type and shape): what it would refuse to run must not become a training start either; a tensor this
+    # reader does not copy (a bias, RoPE factors) or a key it does not read (RoPE scaling) was a silent other model.
+    engine_module().check_model(path)
     r = _reader(path)
     meta = _GGUFMetadata(r)
     get = lambda k, d=None: meta.metadata(k) if k in meta.fields else d
