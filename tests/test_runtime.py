@@ -252,6 +252,28 @@ def test_foreign_bitnet_file_without_bllama_keys(tmp_path, sp_tokenizer, qtype):
     assert rel < 5e-2, rel  # the bound of test_random_models_match_pytorch, for the same reason
 
 
+def test_tokenizer_larger_than_the_vocabulary_is_refused_at_load(tmp_path, sp_tokenizer):
+    """A file whose tokenizer.ggml.tokens outnumber the embedding's rows (llama.cpp refuses it at load) loaded, and
+    only a prompt that happened to hold a token past the rows failed, as an IndexError about a token id."""
+    from bllama.convert.gguf_export import add_model_tensors
+    from bllama.convert.gguf_schema import add_bitnet_metadata
+
+    cfg = bLlamaConfig(vocab_size=sp_tokenizer.vocab_size - 16, seq_len=64, hidden_size=256, num_heads=4,
+                       num_layers=1, ffn_size=256)
+    model = bLlama(cfg)
+    model.quantize_weights_to_ternary()
+    w = gguf.GGUFWriter(str(tmp_path / "m.gguf"), "bitnet")
+    add_bitnet_metadata(w, cfg)
+    w.add_tokenizer_model("llama")
+    w.add_token_list(sp_tokenizer.pieces()); w.add_token_scores(sp_tokenizer.scores())
+    w.add_token_types(sp_tokenizer.token_types())
+    add_model_tensors(w, model.model, "tq2_0")
+    w.write_header_to_file(); w.write_kv_data_to_file(); w.write_tensors_to_file(); w.close()
+    with pytest.raises(ValueError, match=f"the tokenizer has {sp_tokenizer.vocab_size} tokens but the model's "
+                                         f"vocabulary is {cfg.vocab_size}"):
+        Runtime.load(tmp_path / "m.gguf")
+
+
 class CharTokenizer:
     """Each character a token; lets the text-stream logic be tested without the engine."""
 

@@ -63,6 +63,9 @@ class Runtime:
         # caches and worker threads) alive after `del rt` until the cyclic GC ran. _slots_used: slots() was called.
         self._slots_ref: Optional["weakref.ref[Slots]"] = None
         self._slots_used = False
+        if tokenizer.vocab_size > engine.vocab_size:  # llama.cpp refuses such a file at load, as the importer does
+            raise ValueError(f"{path}: the tokenizer has {tokenizer.vocab_size} tokens but the model's vocabulary is "
+                             f"{engine.vocab_size} (token_embd rows): a prompt holding a token past it has no embedding")
         keys = set(engine.metadata_keys())
         # every id that ends generation: a model may have several (LLaMA-3: <|end_of_text|>, <|eot_id|>)
         eos = list(engine.metadata("bllama.eos_token_ids")) if "bllama.eos_token_ids" in keys else []
