@@ -70,7 +70,7 @@ SAMPLES = ["The quick brown fox", "  leading spaces and 1234567 digits", "can't 
            "line one\nline two\r\n\n\ttab", "<|begin_of_text|>Hello<|eot_id|> world", "", "x" * 50]
 
 
-@pytest.mark.parametrize("pre", ["llama-bpe", "gpt2"])
+@pytest.mark.parametrize("pre", ["llama-bpe", "gpt2", "gpt-2"])
 def test_gpt2_gguf_vocab_rebuilds_the_tokenizer(pre):
     """tokens / token types / merges (what a GGUF file keeps) plus the pre-tokenizer's name give back the
     tokenizer: the same ids for every sample, specials matched whole, and the same text back."""
@@ -89,6 +89,38 @@ def test_gpt2_gguf_vocab_rebuilds_the_tokenizer(pre):
     assert rebuilt.encode("<|eot_id|>", add_bos=False) == [2]
     with pytest.raises(ValueError, match="tokenizer.ggml.pre"):
         tokenizer_json_from_gguf(v["tokens"], v["merges"], v["token_type"], "qwen2")
+
+
+
+@pytest.mark.parametrize("pre, add_bos_key, bos_first", [("default", None, False), ("gpt-2", None, False),
+                                                         ("llama-bpe", None, True), ("default", True, True),
+                                                         ("llama-bpe", False, False)])
+def test_gpt2_gguf_without_add_bos_key_follows_llama_cpp(pre, add_bos_key, bos_first):
+    """Without tokenizer.ggml.add_bos_token, a byte-level BPE file got BOS before every prompt whatever its
+    pre-tokenizer; llama.cpp puts one first for the LLaMA-3 family only (a GPT-2 style model never saw one), so
+    every prompt of such a file started with a token its model does not expect. llama.cpp's name for GPT-2's split,
+    "gpt-2", was refused as unknown."""
+    from hf_checkpoints import bpe_tokenizer_json
+
+    from bllama.tokenizers.from_gguf import tokenizer_from_gguf
+
+    v = BPETokenizer(bpe_tokenizer_json(), bos_id=0, eos_ids=[1]).gguf_vocab()
+    meta = {"tokenizer.ggml.model": "gpt2", "tokenizer.ggml.pre": pre, "tokenizer.ggml.tokens": v["tokens"],
+            "tokenizer.ggml.token_type": v["token_type"], "tokenizer.ggml.merges": v["merges"],
+            "tokenizer.ggml.bos_token_id": 0, "tokenizer.ggml.eos_token_id": 1}
+    if add_bos_key is not None:
+        meta["tokenizer.ggml.add_bos_token"] = add_bos_key
+
+    class Meta:
+        def metadata_keys(self):
+            return list(meta)
+
+        def metadata(self, k):
+            return meta[k]
+
+    tok = tokenizer_from_gguf(Meta())
+    ids = tok.encode("The quick brown fox")
+    assert (ids[0] == 0) is bos_first and ids[int(bos_first):] == tok.encode("The quick brown fox", add_bos=False)
 
 
 def _weights(seed=0):

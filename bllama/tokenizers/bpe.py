@@ -26,7 +26,7 @@ TOKEN_TYPE_NORMAL, TOKEN_TYPE_CONTROL, TOKEN_TYPE_USER_DEFINED, TOKEN_TYPE_UNUSE
 LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
                 r"|\s*[\r\n]+|\s+(?!\S)|\s+")
 LLAMA3_PRE = ("llama-bpe", "llama3", "llama-v3")
-GPT2_PRE = ("gpt2", "default")
+GPT2_PRE = ("gpt-2", "gpt2", "default")  # "gpt-2" is llama.cpp's name for GPT-2's own split
 
 
 def tokenizer_json_from_gguf(tokens: Sequence[str], merges: Sequence[str], token_types: Sequence[int],

@@ -41,17 +41,19 @@ def tokenizer_of_gguf(engine):
     model = engine.metadata("tokenizer.ggml.model") if "tokenizer.ggml.model" in keys else "llama"
     tokens = list(engine.metadata("tokenizer.ggml.tokens"))
     if model == "gpt2":  # byte-level BPE as llama.cpp / bitnet.cpp store it (e.g. the official BitNet 2B-4T file)
-        from .bpe import BPETokenizer, tokenizer_json_from_gguf
+        from .bpe import LLAMA3_PRE, BPETokenizer, tokenizer_json_from_gguf
 
         if "tokenizer.ggml.merges" not in keys:
             raise ValueError("the model file's gpt2 tokenizer has no tokenizer.ggml.merges")
+        pre = str(get("tokenizer.ggml.pre", "default"))
         text = tokenizer_json_from_gguf(tokens, list(engine.metadata("tokenizer.ggml.merges")),
-                                        list(get("tokenizer.ggml.token_type", [1] * len(tokens))),
-                                        str(get("tokenizer.ggml.pre", "default")))
+                                        list(get("tokenizer.ggml.token_type", [1] * len(tokens))), pre)
         eos = [int(get(k)) for k in ("tokenizer.ggml.eos_token_id", "tokenizer.ggml.eot_token_id",
                                      "tokenizer.ggml.eom_token_id") if k in keys]
+        # Without tokenizer.ggml.add_bos_token, llama.cpp puts BOS first for the LLaMA-3 family of pre-tokenizers
+        # only: a GPT-2 style vocabulary (whose model never saw one) gets none.
         return BPETokenizer(text, bos_id=get("tokenizer.ggml.bos_token_id"), eos_ids=list(dict.fromkeys(eos)),
-                            add_bos=add_bos,
+                            add_bos=bool(get("tokenizer.ggml.add_bos_token", pre in LLAMA3_PRE)),
                             chat_template=get("tokenizer.chat_template"))
     if model != "llama":
         raise ValueError(f"unsupported tokenizer.ggml.model {model!r}: SentencePiece 'llama' and byte-level BPE "
