@@ -12,6 +12,7 @@ prompt flips from one position on, max 3.5e-3).
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -447,3 +448,30 @@ def test_fields_config_json_leaves_out_take_the_model_types_defaults(checkpoints
     assert read_config_json(mistral)["sliding_window"] == 4096
     with pytest.raises(HFImportError, match="sliding_window = 4096"):
         bLlama.from_pretrained(mistral)
+
+
+def test_modules_kept_in_full_precision_are_refused(checkpoints, tmp_path):
+    """quantization_config.modules_to_not_convert naming a projection makes transformers run it as a full-precision
+    nn.Linear; the importer and from_pretrained ternarized its float weight instead (a folder with layer 0's
+    down_proj kept in full precision loaded with logits 19% of their scale away from transformers'). Refused now;
+    the usual ["lm_head"] still loads."""
+    from bllama import bLlama
+    from bllama.convert.hf_import import HFImportError, import_hf
+
+    _, src = checkpoints["2b4t-like"]
+
+    def keeping(name, keep):
+        return edited_copy(src, tmp_path / name, edit=lambda cfg: {
+            **cfg, "quantization_config": {**cfg["quantization_config"], "modules_to_not_convert": keep}})
+
+    for name, keep, what in [("one", ["lm_head", "model.layers.0.mlp.down_proj"], "model.layers.0.mlp.down_proj"),
+                             ("suffix", ["o_proj"], "model.layers.0.self_attn.o_proj"),
+                             ("regex", [r"model\.layers\.1\..*"], "model.layers.1.self_attn.q_proj"),
+                             ("prefix", ["model.layers.1"], "model.layers.1.self_attn.q_proj")]:
+        d = keeping(name, keep)
+        with pytest.raises(HFImportError, match=f"keeps '{re.escape(what)}' in full precision"):
+            import_hf(d, tmp_path / "x.gguf", progress=False)
+        with pytest.raises(HFImportError, match="modules_to_not_convert"):
+            bLlama.from_pretrained(d)
+    d = keeping("head-only", ["lm_head", "model.layers.11.mlp"])  # layer 11 does not exist; layer 1 must not match
+    import_hf(d, tmp_path / "ok.gguf", progress=False)

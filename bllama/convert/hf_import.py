@@ -274,6 +274,30 @@ def quant_config(cfg: dict) -> dict:
     return qc
 
 
+def check_all_converted(qc: dict, layers: int) -> None:
+    """Refuses a quantization_config whose modules_to_not_convert keeps a projection in full precision: transformers
+    runs those as plain nn.Linear layers, while this reader would ternarize them (another model). A name matches as
+    transformers matches it: from the start up to a module boundary or as a regular expression, or as a suffix."""
+    import re
+
+    keep = qc.get("modules_to_not_convert") or []
+    if isinstance(keep, str):
+        keep = [keep]
+    if not isinstance(keep, list) or not all(isinstance(k, str) for k in keep):
+        raise HFImportError(f"config.json: quantization_config.modules_to_not_convert = {keep!r} is not a list of names")
+    for i in range(layers):
+        for proj in PROJ:
+            name = f"model.layers.{i}.{proj}"
+            for k in keep:
+                try:
+                    hit = re.match(rf"(?:{k})(?:(?<=\.)|(?=\.|$))", name) is not None
+                except re.error:
+                    hit = False
+                if hit or name.endswith(k):
+                    raise HFImportError(f"quantization_config.modules_to_not_convert {k!r} keeps '{name}' in full "
+                                        "precision: mixed full-precision / ternary projections are not supported")
+
+
 def _same_rows(tensors: _Tensors, a: str, b: str) -> bool:
     import torch
 
@@ -362,6 +386,7 @@ def plan_checkpoint(hf_dir: Path, cfg: dict, tensors: _Tensors) -> Plan:
 
     dim, heads, kv = checked_heads(cfg)
     layers = number(cfg, "num_hidden_layers")
+    check_all_converted(qc, layers)
     vocab, tied = checked_tensors(cfg, tensors, dim, layers)
     bos, eos = special_ids(hf_dir, cfg)
     return Plan(style=style, linear_class=linear_class, sub_norms=sub, activation=act, vocab=vocab, dim=dim,

@@ -30,8 +30,9 @@ import numpy as np
 import torch
 
 from ..model.config import bLlamaConfig
-from .hf_import import (HFImportError, SUB_NORMS, checked_activation, checked_heads, checked_tensors, number,
-                        quant_config, read_config_json, special_ids, _rope_theta, _Tensors, unpack_hf)
+from .hf_import import (HFImportError, SUB_NORMS, check_all_converted, checked_activation, checked_heads,
+                        checked_tensors, number, quant_config, read_config_json, special_ids, _rope_theta, _Tensors,
+                        unpack_hf)
 
 # HF names inside a layer -> ours (Transformer.layers.N.<ours>)
 LAYER_NAMES = {"self_attn.q_proj": "attn.q_proj", "self_attn.k_proj": "attn.k_proj", "self_attn.v_proj": "attn.v_proj",
@@ -88,6 +89,7 @@ def _hf_config(cfg: dict, tensors: _Tensors, overrides: dict):
     act = checked_activation(cfg, names)
     dim, heads, kv = checked_heads(cfg)
     layers = number(cfg, "num_hidden_layers")
+    check_all_converted(qc, layers)
     vocab, tied = checked_tensors(cfg, tensors, dim, layers)
     fields = dict(vocab_size=vocab, seq_len=min(context, DEFAULT_MAX_SEQ_LEN), hidden_size=dim, num_heads=heads,
                   num_kv_heads=kv, num_layers=layers,
