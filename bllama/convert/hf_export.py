@@ -108,7 +108,7 @@ def export_hf(model, tokenizer, out_dir: Union[str, os.PathLike], dtype: str = "
     template = chat_template or getattr(tokenizer, "chat_template", None)
     if template:
         tok_cfg["chat_template"] = template
-    with atomic_dir(out_dir) as tmp:
+    with atomic_dir(out_dir, size_hint=sum(t.numel() * t.element_size() for t in sd.values())) as tmp:
         save_file(sd, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         (tmp / "config.json").write_text(json.dumps(config, indent=2))
         (tmp / "generation_config.json").write_text(json.dumps(

@@ -102,6 +102,8 @@ def _safe_open(path: Path):
     """safe_open, with a message saying what the file is when it is not a complete safetensors file."""
     from safetensors import SafetensorError, safe_open
 
+    with open(path, "rb"):  # safetensors reports a file it may not read as "No such file or directory"
+        pass
     try:
         return safe_open(str(path), framework="pt")
     except SafetensorError as e:

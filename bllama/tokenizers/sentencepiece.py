@@ -15,14 +15,14 @@ behind the same small interface: ``encode(text) -> list[int]``,
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
-import tempfile
 from typing import Any, Iterable, Sequence
 
 import sentencepiece as spm
 
-from ..atomic import atomic_write
+from ..atomic import atomic_files, atomic_write, check_writable
 from .text import check_text
 
 __all__ = [
@@ -118,15 +118,17 @@ def train_sentencepiece(
     for f in file_list:
         if not os.path.isfile(f):
             raise FileNotFoundError(f"tokenizer training file not found: {f}")
+        with open(f, "rb"):  # a PermissionError naming the file, not SentencePiece's RuntimeError after the others
+            pass
     if not file_list and texts is None:
         raise ValueError("train_sentencepiece needs `files` or `texts`")
 
     model_prefix = os.fspath(model_prefix)
     out_dir = os.path.dirname(os.path.abspath(model_prefix))
     os.makedirs(out_dir, exist_ok=True)
+    check_writable(model_prefix + ".model")  # before the training, not after
 
     kwargs: dict[str, Any] = dict(
-        model_prefix=model_prefix,
         model_type="bpe",
         vocab_size=vocab_size,
         character_coverage=character_coverage,
@@ -152,8 +154,14 @@ def train_sentencepiece(
         kwargs["user_defined_symbols"] = list(user_defined_symbols)
     kwargs.update(extra)
 
-    tmp_path = None
-    try:
+    # SentencePiece wrote PREFIX.model and PREFIX.vocab itself, in place: a full disk or a kill while it wrote left
+    # a truncated PREFIX.model where a good one had been. It hands the model over in memory instead (model_writer;
+    # the model then records no output path of this machine) and both files are written through a temporary folder
+    # beside them (with the corpus file of `texts`), moved into place only once both are complete; a killed run's
+    # folder is removed by the next save of that tokenizer.
+    model_bytes = io.BytesIO()
+    kwargs["model_writer"] = model_bytes
+    with atomic_files(model_prefix + ".model", model_prefix + ".vocab") as tmp_dir:
         if texts is not None and not file_list:
             # Only in-memory texts: feed them line by line, no temporary file.
             lines = [ln for t in texts for ln in t.split("\n") if ln]
@@ -163,8 +171,8 @@ def train_sentencepiece(
         else:
             if texts is not None:
                 # Files and texts: add the texts to the corpus through a temporary file.
-                fd, tmp_path = tempfile.mkstemp(suffix=".txt", prefix="bllama_spm_", dir=out_dir)
-                with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                tmp_path = os.path.join(tmp_dir, "texts.txt")
+                with open(tmp_path, "w", encoding="utf-8") as fh:
                     for t in texts:
                         fh.write(t)
                         if not t.endswith("\n"):
@@ -188,11 +196,14 @@ def train_sentencepiece(
                     "use a smaller vocab_size or hard_vocab_limit=False"
                 ) from e
             raise
-    finally:
-        if tmp_path is not None and os.path.exists(tmp_path):
-            os.remove(tmp_path)
+        sp = spm.SentencePieceProcessor(model_proto=model_bytes.getvalue())
+        n = sp.get_piece_size()
+        base = os.path.basename(model_prefix)
+        with open(os.path.join(tmp_dir, base + ".model"), "wb") as fh:
+            fh.write(model_bytes.getvalue())
+        with open(os.path.join(tmp_dir, base + ".vocab"), "w", encoding="utf-8", newline="\n") as fh:
+            fh.writelines(f"{sp.id_to_piece(i)}\t{sp.get_score(i):g}\n" for i in range(n))  # SentencePiece's own
     path = model_prefix + ".model"
-    n = spm.SentencePieceProcessor(model_file=path).get_piece_size()
     note = "" if n == vocab_size else f" (asked for {vocab_size}; corpus too small for more)"
     print(f"bllama: wrote SentencePiece tokenizer to {path} (vocab {n}{note})")
     return path
