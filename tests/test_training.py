@@ -41,6 +41,22 @@ def test_schedules():
     assert after == pytest.approx(2 / 3 * (1 - 0.9 * (mid - 10) / 100))
 
 
+
+def test_a_run_resumed_with_other_checkpoint_options_still_writes_last_ckpt(tmp_path):
+    """Lightning keys its checkpoint callback's state by the options and versions a file name it finds on disk but
+    not in that state: a run resumed with another --checkpoint-every or --val-every wrote last-v1.ckpt, and
+    last.ckpt (what --resume last and export read, and what `bllama train` said it wrote) kept the old step."""
+    cfg = micro_cfg(max_steps=2)
+    make_trainer(tmp_path, max_steps=2, accelerator="cpu", devices=1, enable_progress_bar=False).fit(
+        bLlama(cfg), random_dm(cfg))
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    assert torch.load(last, map_location="cpu", weights_only=True)["global_step"] == 2
+    cfg = micro_cfg(max_steps=4)
+    make_trainer(tmp_path, max_steps=4, accelerator="cpu", devices=1, enable_progress_bar=False, checkpoint_every=1,
+                 val_every=3, limit_val_batches=1).fit(bLlama(cfg), random_dm(cfg), ckpt_path=str(last))
+    assert torch.load(last, map_location="cpu", weights_only=True)["global_step"] == 4
+    assert not list(last.parent.glob("last-v*.ckpt"))
+
 def test_two_stage_turns_weight_decay_off(tmp_path):
     cfg = micro_cfg(schedule="two_stage", max_steps=6)
     model = bLlama(cfg)

@@ -213,8 +213,13 @@ def make_trainer(out_dir: Path, max_steps: Optional[int] = None, max_minutes: Op
     """strategy="fsdp" builds make_fsdp_strategy(...) (the FSDP options apply only to it); any other strategy
     (a name such as "ddp", or a Strategy object) goes to Lightning unchanged. With FSDP, activation checkpointing is
     Lightning's per-block wrapper; with any other strategy set bLlamaConfig.activation_checkpointing instead."""
+    # enable_version_counter=False: last.ckpt is overwritten, never joined by last-v1.ckpt. Lightning versions a name
+    # it finds on disk unless its restored state says it wrote it, and that state is keyed by the options: a run
+    # resumed with another --checkpoint-every or --val-every wrote last-v1.ckpt, and the next --resume last (and
+    # export, and the "wrote last.ckpt" line) took the stale last.ckpt.
     ckpt = LastCheckpoint(dirpath=out_dir / "checkpoints", save_last=True, save_top_k=0 if val_every is None else 1,
-                          monitor="val_loss" if val_every else None, every_n_train_steps=checkpoint_every)
+                          monitor="val_loss" if val_every else None, every_n_train_steps=checkpoint_every,
+                          enable_version_counter=False)
     kwargs = {}
     if val_every:
         kwargs.update(val_check_interval=val_every, check_val_every_n_epoch=None)
