@@ -7,6 +7,7 @@ import sys
 import time
 from pathlib import Path
 
+from .atomic import check_writable
 from .model.config import PRESETS, SHAPE_FIELDS
 
 
@@ -88,6 +89,7 @@ def cmd_train(args):
     from .train.module import bLlama
     from .tokenizers.sentencepiece import SentencePieceTokenizer, train_sentencepiece
     from .train.run_tokenizer import load_run_tokenizer, save_tokenizer_files
+    from .signals import Interrupted
     from .train.trainer import check_resume, dataset_from_paths, resolve_compile, resume_checkpoint, run
 
     overrides = _parse_overrides(args.set)
@@ -104,6 +106,7 @@ def cmd_train(args):
         raise ValueError(f"--out {out} is a file; give a folder for the checkpoints, tokenizer and logs")
     resume_from = resume_checkpoint(out, args.resume)
     out.mkdir(parents=True, exist_ok=True)
+    check_writable(out / "config.json")  # a read-only --out fails now, not after the tokenizer and the data
     if args.batch_size:
         overrides["batch_size"] = args.batch_size
     if args.max_steps:
@@ -161,12 +164,17 @@ def cmd_train(args):
         from .train.callbacks import WeightDistributionCallback
 
         callbacks.append(WeightDistributionCallback(every_n_steps=args.histogram_every, out_dir=out / "weights"))
-    run(out, model, tok, dm, resume=args.resume, max_steps=args.max_steps, max_minutes=args.max_minutes,
-        precision=args.precision, accelerator=args.accelerator, devices=args.devices, strategy=args.strategy,
-        val_every=args.val_every, limit_val_batches=args.val_batches, callbacks=callbacks,
-        accumulate=args.accumulate, activation_checkpointing=recompute and fsdp,
-        sharding_strategy=args.sharding_strategy, state_dict_type=args.state_dict_type,
-        checkpoint_every=args.checkpoint_every)
+    try:
+        run(out, model, tok, dm, resume=args.resume, max_steps=args.max_steps, max_minutes=args.max_minutes,
+            precision=args.precision, accelerator=args.accelerator, devices=args.devices, strategy=args.strategy,
+            val_every=args.val_every, limit_val_batches=args.val_batches, callbacks=callbacks,
+            accumulate=args.accumulate, activation_checkpointing=recompute and fsdp,
+            sharding_strategy=args.sharding_strategy, state_dict_type=args.state_dict_type,
+            checkpoint_every=args.checkpoint_every)
+    except Interrupted as e:
+        if (out / "checkpoints" / "last.ckpt").exists():
+            e.detail += "; continue with the same command and --resume last"
+        raise
     print(f"wrote {out / 'checkpoints' / 'last.ckpt'}, the tokenizer and {out / 'config.json'}")
 
 
@@ -212,6 +220,7 @@ def cmd_export(args):
 
     if args.format == "gguf" and Path(args.output).is_dir():  # before loading and quantizing, not after
         raise ValueError(f"-o {args.output} is a folder: give the .gguf file's path (or --format hf for a folder)")
+    check_writable(args.output)
     model = load_checkpoint(args.checkpoint)
     template = None
     if args.tokenizer:
@@ -243,6 +252,7 @@ def cmd_export(args):
 def cmd_import(args):
     from .convert.hf_import import import_hf
 
+    check_writable(args.output)
     t0 = time.perf_counter()
     path = import_hf(args.hf_dir, args.output, progress=not args.quiet, force_arch=args.force_arch)
     print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB) in {time.perf_counter() - t0:.1f} s")
@@ -327,6 +337,7 @@ def cmd_data_prepare(args):
     from .data import prepare_tokens
     from .tokenizers.sentencepiece import load_tokenizer
 
+    check_writable(args.output)
     prepare_tokens(args.files, load_tokenizer(args.tokenizer), args.output)
 
 
@@ -524,17 +535,57 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _out_of_memory(e: BaseException) -> bool:
+    """MemoryError, or torch's allocator failing (a RuntimeError, CUDA's OutOfMemoryError among them)."""
+    return isinstance(e, MemoryError) or isinstance(e, RuntimeError) and (
+        "can't allocate memory" in str(e) or "out of memory" in str(e).lower())
+
+
+def _memory_message(command: str, e: BaseException) -> str:
+    lines = [line for line in str(e).splitlines() if line.strip()]
+    detail = next((line for line in lines if "allocate" in line), lines[0] if lines else "")
+    detail = detail.split("DefaultCPUAllocator: ")[-1]  # "[enforce fail at alloc_cpu.cpp:127] err == 0. ..."
+    hint = {"train": "; use a smaller --batch-size (with --accumulate to keep the global batch), a shorter "
+                     "--set seq_len=N or --activation-checkpointing"}.get(command, "")
+    return f"out of memory{': ' + detail if detail else ''}{hint}"
+
+
+def _os_error_message(e: OSError) -> str:
+    """'PATH: reason' for an OSError with a file name (permission denied, read-only filesystem, ...)."""
+    if e.filename and e.strerror:
+        return f"{e.filename}: {e.strerror[:1].lower() + e.strerror[1:]}"
+    return e.strerror or str(e)
+
+
 def main(argv=None):
+    from contextlib import nullcontext
+
     from .runtime import CudaUnavailableError, EngineUnavailableError
+    from .signals import as_interrupted, termination_raises
 
     args = build_parser().parse_args(argv)
     try:
-        args.func(args)
+        # kill (SIGTERM) and a closed terminal (SIGHUP) unwind like Ctrl-C, so temporaries are removed; serve has
+        # its own stop
+        with termination_raises() if args.command != "serve" else nullcontext():
+            args.func(args)
+    except KeyboardInterrupt as e:  # Ctrl-C, kill: one line, and the shell's status for that signal (130, 143)
+        e = as_interrupted(e)
+        print(f"bllama {args.command}: {e.message()}", file=sys.stderr)
+        raise SystemExit(e.exit_status)
     except (FileNotFoundError, IsADirectoryError, ValueError, IndexError, CudaUnavailableError,
             EngineUnavailableError, MissingExtraError) as e:
         # Bad input, or a missing part of the install, is the user's to fix: one line, not a traceback.
         print(f"bllama {args.command}: error: {e}", file=sys.stderr)
         raise SystemExit(2)
+    except (MemoryError, RuntimeError) as e:
+        if not _out_of_memory(e):
+            raise
+        print(f"bllama {args.command}: error: {_memory_message(args.command, e)}", file=sys.stderr)
+        raise SystemExit(1)
+    except OSError as e:  # a full disk, a folder it may not write, a file it may not read: the system's to fix
+        print(f"bllama {args.command}: error: {_os_error_message(e)}", file=sys.stderr)
+        raise SystemExit(1)
 
 
 if __name__ == "__main__":

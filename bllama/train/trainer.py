@@ -3,6 +3,9 @@ from __future__ import annotations
 
 import json
 import pickle
+import signal
+import sys
+import threading
 import zipfile
 from datetime import timedelta
 from pathlib import Path
@@ -16,6 +19,7 @@ from pytorch_lightning.plugins.io import TorchCheckpointIO
 from pytorch_lightning.strategies import FSDPStrategy
 
 from ..atomic import atomic_path, remove_path, replace_dir
+from ..signals import NAMES, Interrupted, as_interrupted
 from ..model.config import bLlamaConfig
 from ..model.transformer import Block
 from .module import bLlama
@@ -75,6 +79,62 @@ class LastCheckpoint(ModelCheckpoint):
         super().on_train_end(trainer, pl_module)
         if self.save_last and trainer.global_step > 0 and self._last_global_step_saved != trainer.global_step:
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+
+class StopOnSignal(pl.Callback):
+    """Ctrl-C, kill or a closed terminal (SIGINT, SIGTERM, SIGHUP) during training: the optimizer step under way
+    finishes, LastCheckpoint writes last.ckpt as at any stop (no validation pass on the way out), and run() raises
+    Interrupted naming it, so the run continues with --resume last. Before, Ctrl-C dropped every step since the last
+    periodic checkpoint (all of them without --checkpoint-every) and SIGTERM ended the process with status 0, as if
+    training had finished. A second signal stops at once: a save under way is abandoned and the previous last.ckpt
+    kept. Before the first step (setup, the data loaders) a signal stops at once too: there is nothing to keep.
+    Single-process runs only; under DDP Lightning's own SIGTERM handling stays."""
+
+    def __init__(self):
+        self.signum = None  # the first signal received
+        self.interrupt = None  # the KeyboardInterrupt that ended fit, if one did
+        self._graceful = False
+        self._step_before = 0
+
+    def _install(self, trainer) -> None:
+        if trainer.world_size > 1 or threading.current_thread() is not threading.main_thread():
+            return
+        for signum in NAMES:
+            if signal.getsignal(signum) is not signal.SIG_IGN:  # nohup's SIGHUP stays ignored
+                signal.signal(signum, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        if not self._graceful or self.signum is not None:
+            self.signum = self.signum or signum
+            raise Interrupted(signum)
+        self.signum = signum
+        print(f"\nbllama: {NAMES[signum]}: stopping after this step to write a checkpoint (again to stop at once)",
+              file=sys.stderr, flush=True)
+
+    def setup(self, trainer, pl_module, stage) -> None:
+        self._install(trainer)
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self._graceful = True
+        self._install(trainer)  # again: Lightning put its own SIGTERM handler in since setup
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self._step_before = trainer.global_step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        # at an optimizer step's end only: stopping between accumulated micro-batches would drop their gradients
+        if self.signum is not None and trainer.global_step > self._step_before:
+            trainer.should_stop = True
+            trainer.limit_val_batches = 0  # Lightning validates before a should_stop exit: not on the way out
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        # a signal during a validation pass between steps: stop there rather than after one more step
+        if self.signum is not None and trainer.state.fn == "fit" and trainer.global_step > self._step_before:
+            trainer.should_stop = True
+
+    def on_exception(self, trainer, pl_module, exception) -> None:
+        if isinstance(exception, KeyboardInterrupt):
+            self.interrupt = as_interrupted(exception)
 
 
 class BitFSDPStrategy(FSDPStrategy):
@@ -247,8 +307,10 @@ def make_trainer(out_dir: Path, max_steps: Optional[int] = None, max_minutes: Op
 
 
 def save_run_files(out_dir: Path, config: bLlamaConfig, tokenizer) -> None:
+    from .run_tokenizer import atomic_write_text
+
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
+    atomic_write_text(out_dir / "config.json", json.dumps(config.to_dict(), indent=2))
     if hasattr(tokenizer, "save"):
         tokenizer.save(out_dir / "tokenizer.model")
 
@@ -257,11 +319,46 @@ def run(out_dir: Path, model: bLlama, tokenizer, datamodule, resume: Optional[st
         **trainer_options) -> pl.Trainer:
     """The one training loop behind `bllama train` and the demo: writes the run folder's config.json and
     tokenizer.model, then fits `model` on `datamodule` with make_trainer(out_dir, **trainer_options) (checkpoints in
-    out_dir/checkpoints), from the checkpoint `resume` if given. Returns the trainer."""
+    out_dir/checkpoints), from the checkpoint `resume` if given. Returns the trainer. Ctrl-C or kill stops after the
+    step under way with last.ckpt written (StopOnSignal) and raises Interrupted, whose detail names the checkpoint."""
     save_run_files(out_dir, model.config, tokenizer)
-    trainer = make_trainer(out_dir, **trainer_options)
-    trainer.fit(model, datamodule, ckpt_path=resume)
+    stop = StopOnSignal()
+    trainer = make_trainer(out_dir, **{**trainer_options, "callbacks": [*(trainer_options.get("callbacks") or []),
+                                                                         stop]})
+    on_main = threading.current_thread() is threading.main_thread()
+    handlers = {signum: signal.getsignal(signum) for signum in NAMES} if on_main else {}
+    try:
+        trainer.fit(model, datamodule, ckpt_path=resume)
+    except SystemExit:  # Lightning ends a KeyboardInterrupt with sys.exit(1): say which signal, and what was kept
+        if stop.interrupt is None and stop.signum is None:
+            raise
+        signum = stop.signum or stop.interrupt.signum
+        raise Interrupted(signum, _kept(trainer, out_dir, stopped=False)) from None
+    finally:  # Lightning restores them only where it had installed its own (and sets SIGINT ignored on Ctrl-C)
+        for signum, handler in handlers.items():
+            if handler is not None:
+                signal.signal(signum, handler)
+    if stop.signum is not None:
+        raise Interrupted(stop.signum, _kept(trainer, out_dir, stopped=True))
     return trainer
+
+
+def _kept(trainer: pl.Trainer, out_dir: Path, stopped: bool) -> str:
+    """What an interrupted run left: the step its last.ckpt holds, or that there is none."""
+    ckpt = trainer.checkpoint_callback
+    last = Path(out_dir) / "checkpoints" / "last.ckpt"
+    step = getattr(ckpt, "_last_global_step_saved", 0) if ckpt is not None else 0
+    if stopped and step == trainer.global_step and step > 0:
+        return f"stopped after step {step} and wrote {last}"
+    if step > 0:
+        return f"stopped in step {trainer.global_step + 1}; {last} holds step {step}"
+    if last.exists():
+        try:
+            held = f" (step {torch.load(last, map_location='cpu', weights_only=True, mmap=True)['global_step']})"
+        except Exception:  # noqa: BLE001 - only a detail of the message
+            held = ""
+        return f"stopped before this run wrote a checkpoint; {last} is the earlier one{held}"
+    return "stopped before the first checkpoint: nothing to resume from"
 
 
 def resume_checkpoint(out_dir: Path, resume: Optional[str]) -> Optional[Path]:
