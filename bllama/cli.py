@@ -120,6 +120,7 @@ def cmd_train(args):
     if args.init_from:  # the checkpoint's architecture, weights, tokenizer and chat template
         from .convert.hf_load import load_pretrained
 
+        print(f"loading {args.init_from}", flush=True)
         model, info = load_pretrained(args.init_from, **overrides)
         config, tok, template = model.config, info.tokenizer, info.chat_template
         print(f"initialized from {args.init_from} ({info.source})")
@@ -272,12 +273,13 @@ def cmd_eval(args):
         model = load_checkpoint(args.model)
         tok = SentencePieceTokenizer(args.tokenizer) if args.tokenizer else tokenizer_beside(args.model)
         model.quantize_weights_to_ternary(verbose=False)  # stdout is the JSON alone
-        print(json.dumps(text_metrics(text, tok, model.config.seq_len, torch_logits_fn(model)), indent=2))
+        print(json.dumps(text_metrics(text, tok, model.config.seq_len, torch_logits_fn(model), progress=True),
+                         indent=2))
         return
     from .runtime import Runtime
 
     rt = Runtime.load(args.model, threads=args.threads, head=args.head, device=args.device)
-    print(json.dumps(rt.evaluate(text), indent=2))
+    print(json.dumps(rt.evaluate(text, progress=True), indent=2))
 
 
 def cmd_bench(args):
@@ -330,6 +332,9 @@ def cmd_demo(args):
 def cmd_tokenizer_train(args):
     from .tokenizers.sentencepiece import train_sentencepiece
 
+    size = sum(Path(f).stat().st_size for f in args.files if Path(f).is_file())
+    print(f"training a {args.vocab_size}-piece SentencePiece BPE tokenizer on {len(args.files)} file(s) "
+          f"({size / 2**20:.1f} MiB)", flush=True)  # SentencePiece says nothing until it is done
     train_sentencepiece(args.files, args.output, vocab_size=args.vocab_size)  # says what it wrote
 
 

@@ -131,9 +131,12 @@ def test_invalid_every_n_steps():
         WeightDistributionCallback(every_n_steps=0)
 
 
-def test_progress_bar_of_a_step_bounded_run_has_no_negative_epoch_count(tmp_path):
+def test_progress_bar_of_a_step_bounded_run_has_no_negative_epoch_count(tmp_path, monkeypatch):
     """Lightning's rich bar printed "Epoch 0/-2" for a run bounded by steps (max_epochs -1) (issue #19 item 6)."""
+    import bllama.train.progress as progress
     from bllama.train.trainer import make_trainer
+
+    monkeypatch.setattr(progress, "_interactive", lambda: True)  # the rich bar is the terminal's
 
     trainer = make_trainer(tmp_path, max_steps=5, accelerator="cpu")
     bar = trainer.progress_bar_callback
@@ -143,3 +146,40 @@ def test_progress_bar_of_a_step_bounded_run_has_no_negative_epoch_count(tmp_path
     one = make_trainer(tmp_path, accelerator="cpu")  # one epoch: the limit is still shown
     one.progress_bar_callback.setup(one, None, "fit")
     assert one.progress_bar_callback._get_train_description(0).strip() == "Epoch 0/0"
+
+
+def test_a_run_logged_to_a_file_prints_progress_lines(tmp_path, monkeypatch):
+    """Where stdout is no terminal (`bllama train ... > log`, nohup, a scheduler) rich's bar drew nothing until the
+    run ended: hours without a line. There it prints plain, flushed lines instead."""
+    import io
+
+    import pytorch_lightning as pl
+    import torch
+
+    import bllama.train.progress as progress
+    from bllama import bLlama, bLlamaConfig
+    from bllama.data import PackedDataset, TextDataModule
+    from bllama.train.trainer import make_trainer
+
+    monkeypatch.setattr(progress, "_interactive", lambda: False)
+    assert isinstance(progress.progress_bar(), progress.LineProgress)
+    cfg = bLlamaConfig(vocab_size=64, seq_len=16, hidden_size=32, num_heads=2, num_layers=1, ffn_size=64,
+                       batch_size=2, warmup_steps=1, max_steps=4)
+    tokens = torch.randint(0, 64, (2000,), generator=torch.Generator().manual_seed(0)).numpy()
+    dm = TextDataModule(PackedDataset(tokens, max_length=16), batch_size=2, seed=0, resumable=True)
+    out = io.StringIO()
+    trainer = make_trainer(tmp_path, max_steps=4, accelerator="cpu", val_every=2, limit_val_batches=1,
+                           accumulate=2)
+    bar = trainer.progress_bar_callback
+    assert isinstance(bar, progress.LineProgress)
+    bar.stream, bar.every_s = out, 0
+    trainer.fit(bLlama(cfg), dm)
+    lines = out.getvalue().splitlines()
+    assert lines[0] == "training: step 0 of 4; a line every 0 s"
+    steps = [line for line in lines if line.startswith("step ")]
+    assert [s.split(",")[0] for s in steps] == ["step 1/4 (25.0%)", "step 2/4 (50.0%)", "step 3/4 (75.0%)",
+                                                "step 4/4 (100.0%)"]  # once per optimizer step, not micro-batch
+    assert "train_loss" in steps[-1] and "elapsed" in steps[-1] and "left" in steps[0]
+    assert sum(line.startswith("validation at step 2: val_loss") for line in lines) == 1
+    assert lines[-1].startswith("end: step 4/4 (100.0%)")
+    assert isinstance(pl.Trainer(logger=False).progress_bar_callback, pl.callbacks.ProgressBar)  # untouched

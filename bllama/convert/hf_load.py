@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Union
@@ -56,6 +57,13 @@ def latent_from_ternary(codes: torch.Tensor, scale: float) -> torch.Tensor:
     codes = codes.float()
     frac = float(codes.abs().mean())
     return codes * (scale / frac) if frac > 0 else codes * 0.0
+
+
+def _layers(net, name: str):
+    """net.layers with a bar on stderr where that is a terminal: a large checkpoint takes a while to read."""
+    from tqdm import tqdm
+
+    return tqdm(net.layers, desc=f"loading {name}", unit="layer", disable=None, leave=False, file=sys.stderr)
 
 
 # ---- Hugging Face folders --------------------------------------------------------------------------------------
@@ -155,7 +163,7 @@ def load_hf(hf_dir: Union[str, os.PathLike], quantize: Optional[bool] = None, **
         _copy(net.norm.weight, tensors.get("model.norm.weight"), "model.norm.weight")
         if not config.tie_embeddings:
             _copy(net.lm_head.weight, tensors.get("lm_head.weight"), "lm_head.weight")
-        for i, block in enumerate(net.layers):
+        for i, block in enumerate(_layers(net, hf_dir.name)):
             hp = f"model.layers.{i}."
             names = dict(LAYER_NAMES)
             if sub:
@@ -285,7 +293,7 @@ def load_gguf(path: Union[str, os.PathLike], **overrides):
         net.norm.weight.copy_(f32("output_norm.weight", net.norm.weight.shape))
         if not config.tie_embeddings:
             net.lm_head.weight.copy_(f32("output.weight", net.lm_head.weight.shape))
-        for i, block in enumerate(net.layers):
+        for i, block in enumerate(_layers(net, Path(path).name)):
             for attr, gname in NORMS.items():
                 if "sub_norm" in gname and not config.sub_norms:
                     continue

@@ -366,8 +366,9 @@ class Runtime:
                      decode_tokens_per_second=0.0, stop_reason="none")
         return stats
 
-    def evaluate(self, text: str) -> dict:
-        """Perplexity, NLL per token and bits per character over `text` in context-length windows."""
+    def evaluate(self, text: str, progress: bool = False) -> dict:
+        """Perplexity, NLL per token and bits per character over `text` in context-length windows (progress: a bar
+        on stderr, where that is a terminal)."""
         scored = {"tokens": 0, "seconds": 0.0}
 
         def logits_fn(ids):
@@ -376,7 +377,7 @@ class Runtime:
             scored["seconds"] += self.stats["prompt_seconds"]
             return out
 
-        result = text_metrics(text, self.tokenizer, self.context_length, logits_fn)
+        result = text_metrics(text, self.tokenizer, self.context_length, logits_fn, progress=progress)
         self.stats = self._scoring_stats(scored["tokens"], scored["seconds"])
         return result
 

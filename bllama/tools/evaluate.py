@@ -2,19 +2,27 @@
 from __future__ import annotations
 
 import math
+import sys
 from typing import Callable, Sequence
 
 import numpy as np
 
 
-def windowed_nll(ids: Sequence[int], context: int, logits_fn: Callable[[list], np.ndarray]):
+def windowed_nll(ids: Sequence[int], context: int, logits_fn: Callable[[list], np.ndarray], progress: bool = False):
     """Sum of next-token negative log-likelihoods and their count over non-overlapping windows of `context`
-    tokens; each window is evaluated from scratch (no carried state), so any two engines agree on the recipe."""
+    tokens; each window is evaluated from scratch (no carried state), so any two engines agree on the recipe.
+    progress: a bar on stderr (where it is a terminal) counting the windows."""
     ids = list(ids)
     if len(ids) < 2:
         raise ValueError("need at least 2 tokens to measure perplexity")
     total, count = 0.0, 0
-    for start in range(0, len(ids) - 1, context):
+    starts = range(0, len(ids) - 1, context)
+    if progress:
+        from tqdm import tqdm
+
+        # disable=None: no bar where stderr is not a terminal (a log file would get one line per refresh)
+        starts = tqdm(starts, desc="scoring", unit="window", disable=None, leave=False, file=sys.stderr)
+    for start in starts:
         inputs = ids[start:start + context]
         targets = ids[start + 1:start + context + 1]
         inputs = inputs[:len(targets)]
@@ -26,9 +34,9 @@ def windowed_nll(ids: Sequence[int], context: int, logits_fn: Callable[[list], n
     return total, count
 
 
-def text_metrics(text: str, tokenizer, context: int, logits_fn) -> dict:
+def text_metrics(text: str, tokenizer, context: int, logits_fn, progress: bool = False) -> dict:
     ids = tokenizer.encode(text)
-    nll, n = windowed_nll(ids, context, logits_fn)
+    nll, n = windowed_nll(ids, context, logits_fn, progress=progress)
     return {"tokens": n, "chars": len(text), "nll_per_token": nll / n, "perplexity": math.exp(nll / n),
             "bits_per_char": nll / math.log(2) / max(len(text), 1)}
 
