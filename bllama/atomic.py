@@ -192,6 +192,20 @@ def _make_temp(target: Path, folder: bool = False) -> Path:
 
 
 @contextmanager
+def _full_disk_named(target: Path, tmp: Path, size_hint=None) -> Iterator[None]:
+    """Around a write into `tmp` (a file or folder) for `target`: a failure that is a full disk (out_of_space)
+    removes `tmp` and raises _no_space_error naming `target`; any other failure goes through unchanged."""
+    try:
+        yield
+    except Exception as e:
+        if not out_of_space(e, target.parent):
+            raise
+        written = _size_of(tmp)
+        remove_path(tmp)
+        raise _no_space_error(target, written, size_hint, e) from e
+
+
+@contextmanager
 def atomic_path(target: PathLike, size_hint: Optional[Union[int, Callable[[], int]]] = None) -> Iterator[Path]:
     """Yields a fresh temporary path beside `target` (same folder, so the rename stays on one filesystem) for
     the caller to write. On a clean exit the file is fsynced and renamed over `target`, and the folder fsynced;
@@ -208,15 +222,9 @@ def atomic_path(target: PathLike, size_hint: Optional[Union[int, Callable[[], in
     tmp = _make_temp(target)
     try:
         os.chmod(tmp, 0o666 & ~_umask())
-        try:
+        with _full_disk_named(target, tmp, size_hint):
             yield tmp
             _fsync_file(tmp)
-        except Exception as e:
-            if not out_of_space(e, target.parent):
-                raise
-            written = _size_of(tmp)
-            remove_path(tmp)
-            raise _no_space_error(target, written, size_hint, e) from e
         os.replace(tmp, target)
         _fsync_dir(target.parent)
     finally:
@@ -256,14 +264,8 @@ def atomic_dir(target: PathLike, size_hint: Optional[Union[int, Callable[[], int
     tmp = _make_temp(target, folder=True)
     try:
         os.chmod(tmp, 0o777 & ~_umask())
-        try:
+        with _full_disk_named(target, tmp, size_hint):
             yield tmp
-        except Exception as e:
-            if not out_of_space(e, target.parent):
-                raise
-            written = _size_of(tmp)
-            remove_path(tmp)
-            raise _no_space_error(target, written, size_hint, e) from e
         replace_dir(tmp, target)
     finally:
         remove_path(tmp)
@@ -287,16 +289,10 @@ def atomic_files(*targets: PathLike) -> Iterator[Path]:
     remove_stale_temps(first)
     tmp = _make_temp(first, folder=True)
     try:
-        try:
+        with _full_disk_named(first, tmp):
             yield tmp
             for t in targets:
                 _fsync_file(tmp / t.name)
-        except Exception as e:
-            if not out_of_space(e, first.parent):
-                raise
-            written = _size_of(tmp)
-            remove_path(tmp)
-            raise _no_space_error(first, written, None, e) from e
         for t in targets:
             os.chmod(tmp / t.name, 0o666 & ~_umask())
             os.replace(tmp / t.name, t)
