@@ -9,23 +9,15 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
-from bllama import bLlama, bLlamaConfig
-from bllama.data import PackedDataset, TextDataModule
+from bllama import bLlama
 from bllama.signals import Interrupted, termination_raises
 from bllama.train.trainer import run
+from micro_training import micro_cfg as _micro_cfg, random_dm
 
 
-def micro_cfg(**kw):
-    base = dict(vocab_size=64, seq_len=16, hidden_size=32, num_heads=2, num_kv_heads=2, num_layers=1,
-                ffn_size=64, batch_size=2, warmup_steps=1, max_steps=50)
-    return bLlamaConfig(**{**base, **kw})
-
-
-def random_dm(cfg, n=4000):
-    g = torch.Generator().manual_seed(0)
-    tokens = torch.randint(0, cfg.vocab_size, (n,), generator=g).numpy()
-    return TextDataModule(PackedDataset(tokens, max_length=cfg.seq_len), batch_size=cfg.batch_size, seed=0,
-                          resumable=True)
+def micro_cfg(**kw):  # smaller and longer than the training tests' default: signals land mid-run
+    return _micro_cfg(**{**dict(seq_len=16, hidden_size=32, num_heads=2, num_layers=1, ffn_size=64, batch_size=2,
+                                warmup_steps=1, max_steps=50), **kw})
 
 
 class _Tok:  # run() saves the tokenizer when it can; these tests need none
@@ -50,7 +42,7 @@ def _step_of(ckpt):
 
 
 def _run(out, cfg, *callbacks, **kw):
-    return run(out, bLlama(cfg), _Tok(), random_dm(cfg), max_steps=cfg.max_steps, accelerator="cpu", devices=1,
+    return run(out, bLlama(cfg), _Tok(), random_dm(cfg, n=4000, resumable=True), max_steps=cfg.max_steps, accelerator="cpu", devices=1,
                precision="32-true", enable_progress_bar=False, callbacks=list(callbacks), **kw)
 
 

@@ -8,24 +8,12 @@ import pytorch_lightning as pl
 import torch
 
 from bllama import bLlama, bLlamaConfig
-from bllama.data import PackedDataset, TextDataModule
 from bllama.train.module import lr_multiplier, stage2_start
 from bllama.train.trainer import (AtomicCheckpointIO, BitFSDPStrategy, load_checkpoint, make_fsdp_strategy, make_trainer,
                           resolve_compile, resolve_precision)
+from micro_training import micro_cfg, random_dm
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def micro_cfg(**kw):
-    base = dict(vocab_size=64, seq_len=32, hidden_size=64, num_heads=4, num_kv_heads=2, num_layers=2,
-                ffn_size=128, batch_size=4, warmup_steps=2, max_steps=20)
-    return bLlamaConfig(**{**base, **kw})
-
-
-def random_dm(cfg, n=3000):
-    g = torch.Generator().manual_seed(0)
-    tokens = torch.randint(0, cfg.vocab_size, (n,), generator=g).numpy()
-    return TextDataModule(PackedDataset(tokens, max_length=cfg.seq_len), batch_size=cfg.batch_size, seed=0)
 
 
 def test_schedules():
