@@ -227,6 +227,18 @@ def test_slow_headers_and_bodies_are_cut_off(server):
         d.close()
 
 
+def test_more_choices_than_the_queue_holds_is_a_400_not_an_endless_429():
+    """n choices queue n sequences: with --max-queue 2, n=3 was a 429 ("retry later") on every retry."""
+    s = start(limits=ServeLimits(max_queue=2))
+    try:
+        status, _, reply = request(s, body={"prompt": "a", "max_tokens": 1, "n": 3})
+        assert status == 400 and "at most 2 sequences (--max-queue)" in reply["error"]["message"]
+        status, _, reply = request(s, body={"prompt": "a", "max_tokens": 1, "n": 2})
+        assert status == 200 and len(reply["choices"]) == 2
+    finally:
+        s.shutdown()
+
+
 def test_full_queue_is_a_429_and_too_many_connections_a_503():
     s = start(limits=ServeLimits(max_queue=2, max_connections=8))
     rt = s.runtime
@@ -242,7 +254,9 @@ def test_full_queue_is_a_429_and_too_many_connections_a_503():
         while len(results) < 2 and time.monotonic() < deadline:
             time.sleep(0.01)
         refused = [r for r in results if r[0] == 429]
-        assert refused and refused[0][1]["retry-after"] == "1" and "--max-queue 2" in refused[0][2]["error"]["message"]
+        assert refused and refused[0][1]["retry-after"] == "1"
+        assert "sequences wait already" in refused[0][2]["error"]["message"]
+        assert "--max-queue 2" in refused[0][2]["error"]["message"]
         rt.gate.set()
         for t in threads:
             t.join(60)

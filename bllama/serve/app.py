@@ -202,7 +202,11 @@ class ServeApp:
 
     def _options(self, body: dict, chat: bool) -> dict:
         lim = self.limits
-        return sampling_options(body, chat, lim.max_stop, lim.max_stop_chars, lim.max_n)
+        opts = sampling_options(body, chat, lim.max_stop, lim.max_stop_chars, lim.max_n)
+        if opts["n"] > lim.max_queue:  # n choices queue n sequences: a 429 on every retry
+            raise RequestError(f"'n' is {opts['n']}, but this server queues at most {lim.max_queue} sequences "
+                               f"(--max-queue): ask for at most {lim.max_queue} choices")
+        return opts
 
     async def completions(self, request: Request) -> Response:
         body = await self._body(request)

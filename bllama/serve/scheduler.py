@@ -111,8 +111,9 @@ class SchedulerBase:
             if self._closing:
                 raise shutting_down()
             if len(self.pending) + len(jobs) > self.max_queue:
-                raise RequestError(f"the server is busy: {len(self.pending)} requests wait already (--max-queue "
-                                   f"{self.max_queue}); retry later", HTTPStatus.TOO_MANY_REQUESTS,
+                raise RequestError(f"the server is busy: {len(self.pending)} sequences wait already and this request "
+                                   f"adds {len(jobs)} (--max-queue {self.max_queue} counts each of a request's n "
+                                   f"choices); retry later", HTTPStatus.TOO_MANY_REQUESTS,
                                    {"Retry-After": str(self.retry_after_s)})
             self.pending.extend(jobs)
             self._wake_engine()
