@@ -375,6 +375,41 @@ def test_a_model_is_retrieved_by_its_id():
         s.server_close()
 
 
+class FailingRuntime(EchoRuntime):
+    """Sends one token, then the engine fails: a stream has its 200 and an event out by then."""
+
+    def generate_ids_batch(self, prompt_ids, max_new_tokens, *args, on_token=None):
+        self.gate.wait(60)
+        on_token(0, 1)
+        raise RuntimeError("the engine fell over")
+
+
+def test_metrics_count_streams_that_fail_after_their_200_and_clients_that_hang_up():
+    """A stream that ended in an error event after its 200, and a client that hung up, were counted nowhere."""
+    s = start(FailingRuntime())
+    try:
+        host, port = s.server_address[:2]
+        code, _, text = request(s, body={"prompt": "ab", "max_tokens": 4, "stream": True})
+        assert code == 200 and b"the engine fell over" in text
+        samples = metric_samples(s)
+        assert samples['bllama_requests_total{status="500"}'] == "1", samples
+        assert 'bllama_requests_total{status="200"}' not in samples, samples
+        s.runtime.gate.clear()  # the next request waits in the engine while its client hangs up
+        body = json.dumps({"prompt": "ab", "max_tokens": 4}).encode()
+        with socket.create_connection((host, port), timeout=30) as c:
+            c.sendall(f"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: {len(body)}"
+                      f"\r\n\r\n".encode() + body)
+            time.sleep(0.3)
+        deadline = time.monotonic() + 30
+        while metric_samples(s).get('bllama_requests_total{status="499"}') != "1" and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert metric_samples(s).get('bllama_requests_total{status="499"}') == "1"
+    finally:
+        s.runtime.gate.set()
+        s.shutdown()
+        s.server_close()
+
+
 def test_n_choices_each_their_own(server):
     code, _, body = request(server, body={"prompt": "abc", "max_tokens": 2, "n": 3})
     assert code == 200 and [c["index"] for c in body["choices"]] == [0, 1, 2]

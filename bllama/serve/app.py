@@ -35,6 +35,9 @@ from .scheduler import Job
 INLINE_TOKENIZE_CHARS = 1024
 
 
+CLIENT_GONE = 499  # /metrics' status for a client that hung up before its answer ended (nginx's code for it)
+
+
 class ClientGone(Exception):
     """The client hung up (or stopped reading): its sequences have been cancelled."""
 
@@ -345,6 +348,12 @@ def unused_names(runtime, messages: List[dict]) -> None:
                            f"model would not see it. Leave it out, or write it into the content")
 
 
+def _status_and_message(error: BaseException) -> tuple:
+    if isinstance(error, RequestError):
+        return error.status, str(error)
+    return 500, f"{type(error).__name__}: {error}"
+
+
 def _with_seed(sampling, seed):
     import dataclasses
 
@@ -361,6 +370,7 @@ class _Reply(Response):
         self.created = int(time.time())
         self.chat = kind == "chat.completion"
         self.background = None
+        self._counted = False
 
     async def __call__(self, scope, receive, send) -> None:
         watcher = asyncio.ensure_future(self._watch(receive))
@@ -368,7 +378,7 @@ class _Reply(Response):
         try:
             await (self._streamed() if self.stream else self._plain())
         except ClientGone:
-            pass
+            self._count(CLIENT_GONE)
         finally:
             for j in self.jobs:  # a no-op for finished jobs; ends the sequences of a client that is gone
                 j.cancelled.set()
@@ -407,10 +417,15 @@ class _Reply(Response):
         await self._send({"type": "http.response.start", "status": int(status), "headers": head})
         await self._send({"type": "http.response.body", "body": data})
 
+    def _count(self, status: int, prompt_tokens: int = 0) -> None:
+        """Counts this request in /metrics once, by how it ended."""
+        if not self._counted:
+            self._counted = True
+            self.app.metrics.request(status, prompt_tokens)
+
     async def _error(self, error: BaseException) -> None:
-        status = error.status if isinstance(error, RequestError) else 500
-        message = str(error) if isinstance(error, RequestError) else f"{type(error).__name__}: {error}"
-        self.app.metrics.request(status)
+        status, message = _status_and_message(error)
+        self._count(status)
         await self._send_json(status, error_object(status, message), {"Connection": "close"})
 
     async def _plain(self) -> None:
@@ -426,7 +441,7 @@ class _Reply(Response):
         usage = {"prompt_tokens": p, "completion_tokens": usage["completion_tokens"],
                  "total_tokens": p + usage["completion_tokens"]}
         choices = [self._choice(i, results[i]) for i in range(len(self.jobs))]
-        self.app.metrics.request(200, p)
+        self._count(200, p)
         await self._send_json(200, {"id": self.rid, "object": self.kind, "created": self.created,
                                     "model": self.app.model_id, "choices": choices, "usage": usage})
 
@@ -504,8 +519,8 @@ class _Reply(Response):
                 text, entries = value if isinstance(value, tuple) else (value, ())
                 await event([delta(index, text, entries)])
             elif what == "error":  # the 200 and some events are out: the error is the last event
-                status = value.status if isinstance(value, RequestError) else 500
-                message = str(value) if isinstance(value, RequestError) else f"{type(value).__name__}: {value}"
+                status, message = _status_and_message(value)
+                self._count(status)
                 await flush(b"data: " + json.dumps(error_object(status, message)).encode() + b"\n\n")
                 return
             else:
@@ -521,7 +536,7 @@ class _Reply(Response):
                 await flush()
             index, what, value = await self._next()
         p = len(self.jobs[0].ids)
-        self.app.metrics.request(200, p)
+        self._count(200, p)
         if self.include_usage:
             c = sum(r["usage"]["completion_tokens"] for r in done.values())
             await event([], {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c})

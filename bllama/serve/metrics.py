@@ -60,7 +60,8 @@ class Metrics:
                 lines.extend([f"# HELP bllama_{name} {help_}", f"# TYPE bllama_{name} {kind}"])
                 lines.extend(f"bllama_{name}{labels} {value}" for labels, value in samples)
 
-            metric("requests_total", "counter", "Requests answered, by HTTP status.",
+            metric("requests_total", "counter", "Requests answered, by HTTP status (499: the client hung up first; a stream that fails after its 200 counts "
+                   "under the error's status).",
                    [(f'{{status="{s}"}}', c) for s, c in sorted(self.requests.items())] or [("", 0)])
             metric("prompt_tokens_total", "counter", "Prompt tokens of requests answered.", [("", self.prompt_tokens)])
             metric("prompt_tokens_cached_total", "counter", "Prompt tokens reused from a kept KV cache.",
