@@ -228,3 +228,43 @@ def test_an_output_that_cannot_be_written_fails_before_the_work(tmp_path, capsys
         cli.main(["data", "prepare", "x.txt", "--tokenizer", "t.model", "-o", str(tmp_path / "out" / "t.bin")])
     assert e.value.code == 1
     assert f"cannot write {tmp_path / 'out' / 't.bin'}: no permission to create files there" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_stops_tokenizer_training_at_once(tmp_path, signum):
+    """SentencePiece trains in C++ with the GIL released but never returns to Python until it is done, so Ctrl-C
+    waited for the whole training (minutes on a large corpus). The trainer is replaced here by a C call of the same
+    kind (pbkdf2: GIL released, no signal checks, minutes long); the command must end within seconds."""
+    import subprocess
+    import sys
+    import time
+
+    (tmp_path / "c.txt").write_text("some text to train a tokenizer on\n" * 50, encoding="utf-8")
+    script = f"""
+import hashlib, os, sys
+import bllama.tokenizers.sentencepiece as sp
+class Trainer:
+    @staticmethod
+    def train(**kwargs):
+        print("trainer started", flush=True)
+        hashlib.pbkdf2_hmac("sha256", b"x", b"y", 10**9)
+        raise AssertionError("the signal did not stop the command")
+sp.spm.SentencePieceTrainer = Trainer
+from bllama.cli import main
+sys.exit(main(["tokenizer", "train", {str(tmp_path / 'c.txt')!r}, "-o", {str(tmp_path / 'tok')!r},
+               "--vocab-size", "300"]))
+"""
+    p = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    try:
+        while p.stdout.readline() not in ("trainer started\n", ""):
+            pass
+        sent = time.monotonic()
+        p.send_signal(signum)
+        out, err = p.communicate(timeout=60)
+        took = time.monotonic() - sent
+    finally:
+        p.kill()
+    assert p.returncode == 128 + signum, (p.returncode, err[-3000:])
+    assert took < 30, took  # the replaced trainer runs for minutes
+    assert "Traceback" not in err and sorted(q.name for q in tmp_path.iterdir()) == ["c.txt"], err

@@ -18,6 +18,7 @@ import hashlib
 import io
 import json
 import os
+import threading
 from typing import Any, Iterable, Sequence
 
 import sentencepiece as spm
@@ -65,6 +66,30 @@ _N_BYTES = 256
 # --------------------------------------------------------------------------
 # training
 # --------------------------------------------------------------------------
+def _train_interruptibly(kwargs: dict) -> None:
+    """SentencePieceTrainer.train on a helper thread, the main thread waiting: SentencePiece releases the GIL but
+    never looks at signals, so on the main thread Ctrl-C (or SIGTERM under `termination_raises`) waited for the
+    whole training, minutes on a large corpus. Interrupted, the training is abandoned: it runs on, its result unused,
+    until it ends or the process does (the command line exits at once)."""
+    if threading.current_thread() is not threading.main_thread():  # no signals reach other threads anyway
+        spm.SentencePieceTrainer.train(**kwargs)
+        return
+    failed: list = []
+
+    def train():
+        try:
+            spm.SentencePieceTrainer.train(**kwargs)
+        except BaseException as e:  # noqa: BLE001 - raised again on the caller's thread
+            failed.append(e)
+
+    worker = threading.Thread(target=train, name="sentencepiece-train", daemon=True)
+    worker.start()
+    while worker.is_alive():
+        worker.join(0.1)
+    if failed:
+        raise failed[0]
+
+
 def train_sentencepiece(
     files: str | os.PathLike | Sequence[str | os.PathLike] | None,
     model_prefix: str | os.PathLike,
@@ -182,7 +207,7 @@ def train_sentencepiece(
                 raise ValueError(f"tokenizer training corpus is empty: {file_list}")
             kwargs["input"] = file_list
         try:
-            spm.SentencePieceTrainer.train(**kwargs)
+            _train_interruptibly(kwargs)
         except RuntimeError as e:
             msg = str(e)
             if "required_chars" in msg:
