@@ -109,6 +109,15 @@ def test_unsupported_configs_name_the_field(ckpts, tmp_path):
         (d / "config.json").write_text(json.dumps(cfg))
         with pytest.raises(HFImportError, match=field):
             load_pretrained(d)
+    # transformers 5 writes rope_parameters (with rope_theta) for every model type: an unknown one such as Qwen2 was
+    # a KeyError 'rope_theta' instead of naming the model type
+    d = tmp_path / "qwen2"
+    shutil.copytree(ckpts["llama"], d)
+    cfg = json.loads((d / "config.json").read_text())
+    assert cfg["rope_parameters"]["rope_theta"]
+    (d / "config.json").write_text(json.dumps({**cfg, "model_type": "qwen2", "architectures": ["Qwen2ForCausalLM"]}))
+    with pytest.raises(HFImportError, match="unsupported model_type 'qwen2'"):
+        load_pretrained(d)
     ckpt = tmp_path / "last.ckpt"  # a training checkpoint given to --init-from: it was "GGUF magic invalid"
     ckpt.write_bytes(b"PK\x03\x04" + bytes(64))
     with pytest.raises(ValueError, match="last.ckpt is not a GGUF file: .* continues with --resume"):

@@ -94,7 +94,7 @@ def read_config_json(hf_dir: Path) -> dict:
     defaults = dict(CLASS_DEFAULTS.get(cfg.get("model_type"), {}))
     rp = cfg.get("rope_parameters") or cfg.get("rope_scaling")
     if isinstance(rp, dict) and rp.get("rope_theta") is not None:
-        defaults.pop("rope_theta")  # given there (transformers 5's form)
+        defaults.pop("rope_theta", None)  # given there (transformers 5's form); unknown model types have no defaults
     return {**defaults, **cfg}
 
 
