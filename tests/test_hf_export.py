@@ -125,3 +125,36 @@ def test_hf_export_of_a_model_without_sub_norms(sp_tokenizer, tmp_path):
     lr = rt.logits(ids)
     rel = np.abs(lr - ours).max(-1) / np.abs(ours).max(-1)
     assert rel[0] < 1e-4 and np.all(rel < 2e-2), rel
+
+
+@pytest.mark.parametrize("add_bos", [True, False])
+def test_hf_export_of_a_bpe_model(tmp_path, add_bos):
+    """A model fine-tuned from a checkpoint with a byte-level BPE tokenizer (BitNet 2B4T, LLaMA-3, SmolLM) was refused
+    ("export needs a SentencePiece tokenizer"): it exports with its tokenizer.json, and transformers' tokenizer gives
+    our ids (BOS first exactly when ours puts it there), its model our logits, its generate every end id."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from bllama import bLlama
+    from bllama.convert.hf_export import export_hf
+    from hf_checkpoints import make_checkpoint
+
+    src = make_checkpoint(tmp_path / "src", "bitnet-online", kv_heads=1, vocab=352)  # rows beyond the tokenizer's
+    model = bLlama.from_pretrained(src).eval()
+    tok = model.pretrained.tokenizer
+    tok.add_bos = add_bos
+    out = export_hf(model, tok, tmp_path / "hf", chat_template=model.pretrained.chat_template)
+    text = "The quick brown fox jumps over the lazy dog."
+    ids = tok.encode(text)
+    assert (ids[0] == tok.bos_id) == add_bos
+    assert AutoTokenizer.from_pretrained(out)(text).input_ids == ids
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["eos_token_id"] == tok.eos_ids and len(tok.eos_ids) == 2 and cfg["vocab_size"] == 352
+    hf = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
+    with torch.no_grad():
+        ours = model.model(torch.tensor([ids]))[0].float().numpy()
+        theirs = hf(torch.tensor([ids])).logits[0].float().numpy()
+    rel = np.abs(ours - theirs).max(-1) / np.abs(ours).max(-1)
+    assert rel[0] < 1e-5 and np.all(rel < 2e-2) and np.mean(rel) < 5e-3, rel  # the module docstring's tolerance
+    back = bLlama.from_pretrained(out).pretrained
+    assert back.tokenizer.encode(text) == ids and back.tokenizer.eos_ids == tok.eos_ids
+    assert back.chat_template == model.pretrained.chat_template

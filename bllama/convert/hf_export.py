@@ -4,8 +4,9 @@ The result loads with `transformers.BitNetForCausalLM.from_pretrained` (model_ty
 4.52): the seven projections as packed uint8 [out/4, in] (bits 2i..2i+1 of P[r, c] hold W[i*R + r, c] + 1,
 R = out/4) plus `weight_scale` = our s (`quantization_config.linear_class = "autobitlinear"`: the output is
 multiplied by it, `quantization_mode = "offline"`), norms and the embedding in float32, and the tokenizer files
-(tokenizer.model + tokenizer_config.json). The function is the same as ours: HF's AutoBitLinear quantizes
-activations per token to int8 with 127 / absmax exactly like bllama/model/bitlinear.py, its RMSNorm and rotate_half
+(tokenizer.model, or a byte-level BPE model's tokenizer.json, + tokenizer_config.json). The function is the same as
+ours: HF's AutoBitLinear quantizes activations per token to int8 with 127 / absmax exactly like
+bllama/model/bitlinear.py, its RMSNorm and rotate_half
 RoPE are ours, and its BitNet block puts the sub-norms where we do. A model without sub-norms (converted from a
 LLaMA) is written as `LlamaForCausalLM` with the same quantization_config (HF1BitLLM's form, which
 `bllama import` reads back): transformers' LLaMA block is ours without them.
@@ -38,6 +39,22 @@ def pack_hf(codes: np.ndarray) -> np.ndarray:
     return q[0] | (q[1] << 2) | (q[2] << 4) | (q[3] << 6)
 
 
+def _bpe_json(tokenizer) -> str:
+    """The tokenizer's tokenizer.json with a post-processor that adds BOS exactly when ours does: transformers' fast
+    tokenizer takes that from tokenizer.json alone (add_bos_token in tokenizer_config.json is not read), and ours
+    never runs the post-processor, so the source folder's one may say otherwise (SmolLM: none; a run set add_bos)."""
+    from tokenizers import Tokenizer, processors
+
+    tok = Tokenizer.from_str(tokenizer.json_text)
+    if tokenizer.add_bos:
+        bos = tokenizer.id_to_piece(tokenizer.bos_id)
+        tok.post_processor = processors.TemplateProcessing(
+            single=f"{bos} $A", pair=f"{bos} $A {bos}:1 $B:1", special_tokens=[(bos, tokenizer.bos_id)])
+    else:
+        tok.post_processor = None
+    return tok.to_str()
+
+
 def export_hf(model, tokenizer, out_dir: Union[str, os.PathLike], dtype: str = "float32",
               chat_template: Optional[str] = None) -> Path:
     """Write the checkpoint folder `out_dir` (created; an existing non-empty folder is refused). chat_template (else
@@ -53,9 +70,14 @@ def export_hf(model, tokenizer, out_dir: Union[str, os.PathLike], dtype: str = "
         raise ValueError("this model has full-precision linear layers (quantize=False); only b1.58 models export")
     if cfg.bias:
         raise ValueError("transformers' BitNet has no projection biases; export a model with bias=False")
-    if not isinstance(tokenizer, SentencePieceTokenizer):
-        raise ValueError(f"export needs a SentencePiece tokenizer, got {type(tokenizer).__name__}")
-    if tokenizer.vocab_size != cfg.vocab_size:
+    from ..tokenizers.bpe import BPETokenizer
+
+    bpe = isinstance(tokenizer, BPETokenizer)
+    if not bpe and not isinstance(tokenizer, SentencePieceTokenizer):
+        raise ValueError(f"export needs a SentencePiece or byte-level BPE tokenizer, got {type(tokenizer).__name__}")
+    # a BPE checkpoint's embedding often has more rows than its tokenizer has tokens (LLaMA-3 pads it); transformers
+    # takes that as it is
+    if tokenizer.vocab_size > cfg.vocab_size or (not bpe and tokenizer.vocab_size != cfg.vocab_size):
         raise ValueError(f"tokenizer has {tokenizer.vocab_size} tokens but the model's vocab_size is {cfg.vocab_size}")
     tdtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}.get(dtype)
     if tdtype is None:
@@ -86,6 +108,8 @@ def export_hf(model, tokenizer, out_dir: Union[str, os.PathLike], dtype: str = "
                 sd[p + theirs + ".weight"] = torch.from_numpy(pack_hf(codes))
                 # float32 whatever the model dtype: s is an fp16-rounded float32 in our model
                 sd[p + theirs + ".weight_scale"] = layer.ternary_scale().detach().float().reshape(1).contiguous()
+    # every end-of-turn id (LLaMA-3 instruct: <|end_of_text|> and <|eot_id|>), so transformers' generate stops on each
+    eos = tokenizer.eos_ids if bpe and len(tokenizer.eos_ids) > 1 else tokenizer.eos_id
     config = {
         "architectures": ["BitNetForCausalLM" if cfg.sub_norms else "LlamaForCausalLM"],
         "model_type": "bitnet" if cfg.sub_norms else "llama",
@@ -95,16 +119,16 @@ def export_hf(model, tokenizer, out_dir: Union[str, os.PathLike], dtype: str = "
         "max_position_embeddings": cfg.context, "rms_norm_eps": cfg.rms_eps,
         "rope_theta": cfg.rope_theta, "rope_parameters": {"rope_type": "default", "rope_theta": cfg.rope_theta},
         "tie_word_embeddings": bool(cfg.tie_embeddings), "attention_bias": False, "attention_dropout": 0.0,
-        "bos_token_id": tokenizer.bos_id, "eos_token_id": tokenizer.eos_id, "pad_token_id": None,
+        "bos_token_id": tokenizer.bos_id, "eos_token_id": eos, "pad_token_id": None,
         "torch_dtype": dtype, "dtype": dtype, "use_cache": True,
         "quantization_config": {"quant_method": "bitnet", "linear_class": "autobitlinear",
                                 "quantization_mode": "offline"},
     }
     piece = lambda i: tokenizer.id_to_piece(i) if i is not None else None
-    tok_cfg = {"tokenizer_class": "LlamaTokenizer", "bos_token": piece(tokenizer.bos_id),
-               "eos_token": piece(tokenizer.eos_id), "unk_token": piece(tokenizer.unk_id),
-               "add_bos_token": True, "add_eos_token": False, "legacy": False,
-               "model_max_length": cfg.context}
+    tok_cfg = {"tokenizer_class": "PreTrainedTokenizerFast" if bpe else "LlamaTokenizer",
+               "bos_token": piece(tokenizer.bos_id), "eos_token": piece(tokenizer.eos_id),
+               "unk_token": piece(tokenizer.unk_id), "add_bos_token": True if not bpe else tokenizer.add_bos,
+               "add_eos_token": False, "legacy": False, "model_max_length": cfg.context}
     template = chat_template or getattr(tokenizer, "chat_template", None)
     if template:
         tok_cfg["chat_template"] = template
@@ -112,9 +136,12 @@ def export_hf(model, tokenizer, out_dir: Union[str, os.PathLike], dtype: str = "
         save_file(sd, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         (tmp / "config.json").write_text(json.dumps(config, indent=2))
         (tmp / "generation_config.json").write_text(json.dumps(
-            {"bos_token_id": tokenizer.bos_id, "eos_token_id": tokenizer.eos_id}, indent=2))
+            {"bos_token_id": tokenizer.bos_id, "eos_token_id": eos}, indent=2))
         (tmp / "tokenizer_config.json").write_text(json.dumps(tok_cfg, indent=2))
         (tmp / "special_tokens_map.json").write_text(json.dumps(
             {k: tok_cfg[k] for k in ("bos_token", "eos_token", "unk_token") if tok_cfg[k]}, indent=2))
-        (tmp / "tokenizer.model").write_bytes(tokenizer.serialized())
+        if bpe:
+            (tmp / "tokenizer.json").write_text(_bpe_json(tokenizer), encoding="utf-8")
+        else:
+            (tmp / "tokenizer.model").write_bytes(tokenizer.serialized())
     return out_dir
