@@ -158,3 +158,26 @@ def test_hf_export_of_a_bpe_model(tmp_path, add_bos):
     back = bLlama.from_pretrained(out).pretrained
     assert back.tokenizer.encode(text) == ids and back.tokenizer.eos_ids == tok.eos_ids
     assert back.chat_template == model.pretrained.chat_template
+
+
+@pytest.mark.parametrize("add_bos", [True, False])
+def test_hf_export_keeps_a_sentencepiece_tokenizers_add_bos(sp_model_path, tmp_path, add_bos):
+    """A SentencePiece model that puts no BOS first (a folder with add_bos_token false, fine-tuned and exported) was
+    written with add_bos_token true: transformers and our own import of the export then put a BOS first that the
+    model never saw."""
+    from transformers import AutoTokenizer
+
+    from bllama import bLlama, bLlamaConfig
+    from bllama.convert.hf_export import export_hf
+    from bllama.tokenizers.sentencepiece import SentencePieceTokenizer
+
+    tok = SentencePieceTokenizer(sp_model_path)
+    tok.add_bos = add_bos
+    model = bLlama(bLlamaConfig(vocab_size=tok.vocab_size, seq_len=32, hidden_size=64, num_heads=4, num_kv_heads=2,
+                                num_layers=1, ffn_size=128))
+    out = export_hf(model, tok, tmp_path / "hf")
+    text = "To be, or not to be"
+    ids = tok.encode(text)
+    assert (ids[0] == tok.bos_id) == add_bos
+    assert AutoTokenizer.from_pretrained(out)(text).input_ids == ids
+    assert bLlama.from_pretrained(out).pretrained.tokenizer.encode(text) == ids

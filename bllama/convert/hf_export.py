@@ -127,7 +127,7 @@ def export_hf(model, tokenizer, out_dir: Union[str, os.PathLike], dtype: str = "
     piece = lambda i: tokenizer.id_to_piece(i) if i is not None else None
     tok_cfg = {"tokenizer_class": "PreTrainedTokenizerFast" if bpe else "LlamaTokenizer",
                "bos_token": piece(tokenizer.bos_id), "eos_token": piece(tokenizer.eos_id),
-               "unk_token": piece(tokenizer.unk_id), "add_bos_token": True if not bpe else tokenizer.add_bos,
+               "unk_token": piece(tokenizer.unk_id), "add_bos_token": bool(tokenizer.add_bos),
                "add_eos_token": False, "legacy": False, "model_max_length": cfg.context}
     template = chat_template or getattr(tokenizer, "chat_template", None)
     if template:
