@@ -286,6 +286,27 @@ def test_incomplete_safetensors_say_so(checkpoints, tmp_path):
     _refusals(d, "model.safetensors is a Git LFS pointer.*git lfs pull")
 
 
+def test_sharded_checkpoint_with_a_missing_shard_says_so(checkpoints, tmp_path):
+    """An interrupted download of a sharded checkpoint: the index names a file that is not there."""
+    from safetensors.torch import load_file, save_file
+
+    _, src = checkpoints["2b4t-like"]
+    d = edited_copy(src, tmp_path / "sharded")
+    sd = load_file(str(d / "model.safetensors"))
+    (d / "model.safetensors").unlink()
+    names = sorted(sd)
+    weight_map = {k: f"model-0000{1 + i % 3}-of-00003.safetensors" for i, k in enumerate(names)}
+    for f in sorted(set(weight_map.values())):
+        save_file({k: sd[k] for k in names if weight_map[k] == f}, str(d / f), metadata={"format": "pt"})
+    (d / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    from bllama.convert.hf_import import import_hf
+
+    import_hf(d, tmp_path / "ok.gguf", progress=False)  # complete, it converts
+    (d / "model-00002-of-00003.safetensors").unlink()
+    _refusals(d, r"model.safetensors.index.json names 1 shard\(s\) that are not in .*: model-00002-of-00003"
+                 r".safetensors \(incomplete download")
+
+
 @pytest.mark.parametrize("name, edit, match", [
     ("config.json", lambda c: [c], "config.json: expected a JSON object"),
     ("config.json", lambda c: {**c, "quantization_config": "bitnet"}, "'quantization_config' = 'bitnet' is not an"),

@@ -136,6 +136,11 @@ class _Tensors:
                 if not parts or Path(f).is_absolute() or ".." in parts or "\\" in f or ":" in f:
                     raise HFImportError(f"{index}: weight_map names {f!r}, which is not a file name inside {hf_dir}")
             files = sorted(set(weight_map.values()))
+            missing = [f for f in files if not (hf_dir / f).exists()]
+            if missing:  # an interrupted download; "No such file" alone did not say the index expects it
+                raise HFImportError(f"{index} names {len(missing)} shard(s) that are not in {hf_dir}: "
+                                    f"{', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''} (incomplete "
+                                    "download? fetch the missing files)")
         else:
             files = sorted(p.name for p in hf_dir.glob("*.safetensors"))
             if not files:
