@@ -59,6 +59,25 @@ def test_full_precision_llama_equals_transformers(ckpts, name):
     assert rel.max() <= 1e-4, rel
 
 
+@pytest.mark.parametrize("name", ["packed", "online"])
+def test_b158_checkpoint_is_not_loaded_full_precision(ckpts, name, tmp_path, capsys):
+    """quantize=False (or train --init-from ... --set quantize=false) on a BitNet checkpoint ran the latent weights
+    unternarized, packed ones as codes * s / f: a model that was neither the checkpoint's nor its master weights'."""
+    from bllama import bLlama
+    from bllama.cli import main
+    from bllama.convert.hf_import import HFImportError
+
+    with pytest.raises(HFImportError, match="quantize=False: this is a b1.58 checkpoint .*quant_method bitnet"):
+        bLlama.from_pretrained(ckpts[name], quantize=False)
+    data = tmp_path / "t.txt"
+    data.write_text("some text " * 50)
+    with pytest.raises(SystemExit):
+        main(["train", str(data), "--init-from", str(ckpts[name]), "--set", "quantize=false", "--out",
+              str(tmp_path / "run"), "--max-steps", "1", "--accelerator", "cpu", "--no-compile"])
+    assert "quantize=False: this is a b1.58 checkpoint" in capsys.readouterr().err
+    assert bLlama.from_pretrained(ckpts[name]).config.quantize
+
+
 @pytest.mark.parametrize("name,linear_class", [("packed", "autobitlinear"), ("packed-bitlinear", "bitlinear")])
 def test_packed_bitnet_equals_transformers(ckpts, name, linear_class):
     from bllama import bLlama

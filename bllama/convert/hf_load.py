@@ -105,6 +105,13 @@ def _hf_config(cfg: dict, tensors: _Tensors, overrides: dict):
                   rms_eps=number(cfg, "rms_norm_eps", float, 1e-6), sub_norms=sub is not None, tie_embeddings=tied,
                   quantize=True, context_length=context)  # a full-precision LLaMA too: its weights become latent ones (conversion)
     fields.update(overrides)
+    # A b1.58 checkpoint's function ternarizes its weights; full-precision layers would run the latent weights
+    # instead (packed ones: codes * s / f, off by the factor 1/f), another model. A full-precision BitNet (no
+    # quantization_config) is what transformers runs with plain nn.Linear, so that one may stay unquantized.
+    if not fields["quantize"] and (qc or (mt != "bitnet" and sub is not None)):
+        why = "quantization_config.quant_method bitnet" if qc else f"sub-norms {sub[0]}"
+        raise HFImportError(f"quantize=False: this is a b1.58 checkpoint ({why}) whose function ternarizes its "
+                            "weights; it loads as a b1.58 model (quantize=True) only")
     if fields["seq_len"] > context:
         raise HFImportError(f"seq_len {fields['seq_len']} exceeds the model's max_position_embeddings {context}")
     return bLlamaConfig(**fields), style, sub, qc.get("linear_class", "bitlinear")
