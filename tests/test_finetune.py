@@ -59,6 +59,21 @@ def test_full_precision_llama_equals_transformers(ckpts, name):
     assert rel.max() <= 1e-4, rel
 
 
+def test_engine_and_import_point_a_full_precision_llama_to_conversion(ckpts, tmp_path):
+    """generate / import of a LLaMA folder said only "not supported": the message gives the command that converts it."""
+    import re
+
+    from bllama.convert.hf_import import HFImportError, import_hf
+    from bllama.runtime import Runtime
+
+    for load in (lambda: import_hf(ckpts["llama"], tmp_path / "x.gguf", progress=False),
+                 lambda: Runtime.load(ckpts["llama"])):
+        with pytest.raises(HFImportError, match=re.escape(f"convert it first: bllama train TEXT --init-from "
+                                                          f"{ckpts['llama']} --quant-warmup-steps N")):
+            load()
+    assert not (tmp_path / "x.gguf").exists()
+
+
 @pytest.mark.parametrize("name", ["packed", "online"])
 def test_b158_checkpoint_is_not_loaded_full_precision(ckpts, name, tmp_path, capsys):
     """quantize=False (or train --init-from ... --set quantize=false) on a BitNet checkpoint ran the latent weights

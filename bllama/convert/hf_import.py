@@ -380,7 +380,9 @@ def plan_checkpoint(hf_dir: Path, cfg: dict, tensors: _Tensors) -> Plan:
             style, sub = "llama-bitnet", None
         else:
             raise HFImportError(f"{what} has no bitnet quantization_config and no 1bitLLM sub-norms "
-                                "(inner_attn_ln / ffn_layernorm): a full-precision LLaMA is not supported")
+                                "(inner_attn_ln / ffn_layernorm): a full-precision LLaMA is not a b1.58 model; "
+                                f"convert it first: bllama train TEXT --init-from {hf_dir} --quant-warmup-steps N "
+                                "--out RUN, then bllama export RUN --force-arch bitnet")
     else:
         raise HFImportError(f"unsupported {what}: supported are BitNetForCausalLM (model_type 'bitnet'), "
                             "LlamaForCausalLM with quant_method 'bitnet', and 1bitLLM-style LLaMA checkpoints")
