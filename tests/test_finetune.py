@@ -59,6 +59,30 @@ def test_full_precision_llama_equals_transformers(ckpts, name):
     assert rel.max() <= 1e-4, rel
 
 
+@pytest.mark.parametrize("tensor", ["model.layers.1.mlp.down_proj.weight", "model.layers.0.input_layernorm.weight"])
+def test_integer_weights_are_refused_not_cast(ckpts, tmp_path, tensor):
+    """An int8 tensor where a float weight belongs (another quantization scheme's codes, no quantization_config)
+    was cast to float and loaded: a model with weights of -127..127."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from bllama import bLlama
+    from bllama.convert.hf_import import HFImportError, import_hf
+
+    for name in ("llama", "online"):
+        d = tmp_path / name
+        shutil.copytree(ckpts[name], d)
+        sd = load_file(str(d / "model.safetensors"))
+        sd[tensor] = sd[tensor].float().clamp(-1, 1).mul(127).round().to(torch.int8)
+        save_file(sd, str(d / "model.safetensors"), metadata={"format": "pt"})
+        with pytest.raises(HFImportError, match=f"tensor '{tensor}' has dtype int8"):
+            bLlama.from_pretrained(d)
+    with pytest.raises(HFImportError, match=rf"tensor '{tensor}' has dtype (torch\.)?(int8|I8)"):  # bllama import
+        import_hf(d, tmp_path / "x.gguf", progress=False)
+    assert not (tmp_path / "x.gguf").exists()
+
+
 def test_engine_and_import_point_a_full_precision_llama_to_conversion(ckpts, tmp_path):
     """generate / import of a LLaMA folder said only "not supported": the message gives the command that converts it."""
     import re

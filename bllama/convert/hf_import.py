@@ -179,6 +179,10 @@ class _Tensors:
     def shape(self, name) -> Tuple[int, ...]:
         return tuple(self._h(name).get_slice(name).get_shape())
 
+    def dtype(self, name) -> str:
+        """The safetensors dtype name (F32, BF16, U8, I8, ...), without reading the data."""
+        return self._h(name).get_slice(name).get_dtype()
+
     def rows(self, name, a, b):
         return self._h(name).get_slice(name)[a:b]
 
@@ -622,6 +626,9 @@ def import_hf(hf_dir: Union[str, os.PathLike], output: Union[str, os.PathLike], 
             jobs.append((bp + gn + ".scale", (1,), np.float32, None, ("scale", hp + hn)))
     # Check the source shapes of norms / head up front so a bad checkpoint fails before writing anything.
     for _, _, _, _, src in jobs:
+        if src[0] in ("f32", "embed") and tensors.dtype(src[1]) not in ("F32", "F16", "BF16", "F64"):
+            raise HFImportError(f"tensor '{src[1]}' has dtype {tensors.dtype(src[1])}; float32 / bfloat16 / float16 "
+                                "expected (integers would be taken as the weights' values)")
         if src[0] == "f32" and tensors.shape(src[1]) != src[2]:
             raise HFImportError(f"tensor '{src[1]}' has shape {list(tensors.shape(src[1]))}, expected {list(src[2])}")
         if src[0] == "embed" and tensors.shape(src[1]) != (P.vocab, P.dim):

@@ -132,6 +132,9 @@ def _hf_weight(tensors: _Tensors, prefix: str, linear_class: str) -> torch.Tenso
 
 
 def _copy(param: torch.Tensor, value: torch.Tensor, name: str) -> None:
+    if not value.is_floating_point():  # int8 codes of some other quantization scheme would be cast to -127..127
+        raise HFImportError(f"tensor '{name}' has dtype {str(value.dtype).replace('torch.', '')}; float weights "
+                            "(float32 / bfloat16 / float16), or packed uint8 projections with a weight_scale, expected")
     if tuple(value.shape) != tuple(param.shape):
         raise HFImportError(f"tensor '{name}' has shape {list(value.shape)}, the model expects {list(param.shape)}")
     param.copy_(value.to(param.dtype))
