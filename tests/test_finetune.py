@@ -167,6 +167,19 @@ def test_unsupported_configs_name_the_field(ckpts, tmp_path):
         (d / "config.json").write_text(json.dumps(cfg))
         with pytest.raises(HFImportError, match=field):
             load_pretrained(d)
+    # a classification model has a score head, no lm_head: it loaded with the embedding as a tied LM head
+    from safetensors.torch import load_file, save_file
+
+    d = tmp_path / "cls"
+    shutil.copytree(ckpts["llama"], d)
+    sd = load_file(str(d / "model.safetensors"))
+    sd["score.weight"] = sd.pop("lm_head.weight")[:3].clone()
+    save_file(sd, str(d / "model.safetensors"), metadata={"format": "pt"})
+    cfg = json.loads((d / "config.json").read_text())
+    cfg.pop("tie_word_embeddings")
+    (d / "config.json").write_text(json.dumps({**cfg, "architectures": ["LlamaForSequenceClassification"]}))
+    with pytest.raises(HFImportError, match=r"architectures \['LlamaForSequenceClassification'\] is not a causal"):
+        load_pretrained(d)
     # transformers 5 writes rope_parameters (with rope_theta) for every model type: an unknown one such as Qwen2 was
     # a KeyError 'rope_theta' instead of naming the model type
     d = tmp_path / "qwen2"

@@ -52,8 +52,13 @@ class HFImportError(ValueError):
 
 
 def checked_activation(cfg: dict, names) -> str:
-    """The checkpoint's activation, after refusing what no bLLaMa model computes (another activation, projection
-    biases); import and from_pretrained share these refusals."""
+    """The checkpoint's activation, after refusing what no bLLaMa model computes (another head than a language
+    model's, another activation, projection biases); import and from_pretrained share these refusals."""
+    archs = cfg.get("architectures") or []
+    other = [a for a in (archs if isinstance(archs, list) else [archs]) if not str(a).endswith("ForCausalLM")]
+    if other:  # LlamaForSequenceClassification: a score head (and no lm_head) would have become a tied LM head
+        raise HFImportError(f"config.json: architectures {archs} is not a causal language model (*ForCausalLM); "
+                            "only language-model checkpoints can be loaded")
     act = cfg.get("hidden_act", "silu")
     if act not in ("silu", "relu2"):
         raise HFImportError(f"unsupported hidden_act {act!r}: the engine implements 'silu' and 'relu2'")
