@@ -117,6 +117,24 @@ def test_b158_checkpoint_is_not_loaded_full_precision(ckpts, name, tmp_path, cap
     assert bLlama.from_pretrained(ckpts[name]).config.quantize
 
 
+def test_swish_is_silu(ckpts, tmp_path):
+    """hidden_act "swish" (nn.SiLU in transformers) was refused as an unsupported activation."""
+    import json
+    import shutil
+
+    from bllama import bLlama
+
+    d = tmp_path / "swish"
+    shutil.copytree(ckpts["llama"], d)
+    (d / "config.json").write_text(json.dumps({**json.loads((d / "config.json").read_text()), "hidden_act": "swish"}))
+    m = bLlama.from_pretrained(d, quantize=False).eval()
+    assert m.config.activation == "silu"
+    ids = m.pretrained.tokenizer.encode(PROMPT)
+    r = reference_model(d, "llama")(torch.tensor([ids])).logits[0].detach().float().numpy()
+    rel = np.abs(r - logits_of(m, ids)).max(-1) / np.abs(r).max(-1)
+    assert rel.max() <= 1e-4, rel
+
+
 @pytest.mark.parametrize("name,linear_class", [("packed", "autobitlinear"), ("packed-bitlinear", "bitlinear")])
 def test_packed_bitnet_equals_transformers(ckpts, name, linear_class):
     from bllama import bLlama

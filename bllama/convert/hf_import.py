@@ -60,6 +60,7 @@ def checked_activation(cfg: dict, names) -> str:
         raise HFImportError(f"config.json: architectures {archs} is not a causal language model (*ForCausalLM); "
                             "only language-model checkpoints can be loaded")
     act = cfg.get("hidden_act", "silu")
+    act = "silu" if act == "swish" else act  # transformers' ACT2FN maps "swish" to nn.SiLU
     if act not in ("silu", "relu2"):
         raise HFImportError(f"unsupported hidden_act {act!r}: the engine implements 'silu' and 'relu2'")
     for k in ("attention_bias", "mlp_bias"):
