@@ -173,11 +173,16 @@ def test_hf_export_keeps_a_sentencepiece_tokenizers_add_bos(sp_model_path, tmp_p
 
     tok = SentencePieceTokenizer(sp_model_path)
     tok.add_bos = add_bos
-    model = bLlama(bLlamaConfig(vocab_size=tok.vocab_size, seq_len=32, hidden_size=64, num_heads=4, num_kv_heads=2,
-                                num_layers=1, ffn_size=128))
+    # more embedding rows than tokens (a checkpoint padded to a round size): that was refused too
+    model = bLlama(bLlamaConfig(vocab_size=tok.vocab_size + 16, seq_len=32, hidden_size=64, num_heads=4,
+                                num_kv_heads=2, num_layers=1, ffn_size=128))
     out = export_hf(model, tok, tmp_path / "hf")
     text = "To be, or not to be"
     ids = tok.encode(text)
     assert (ids[0] == tok.bos_id) == add_bos
     assert AutoTokenizer.from_pretrained(out)(text).input_ids == ids
-    assert bLlama.from_pretrained(out).pretrained.tokenizer.encode(text) == ids
+    back = bLlama.from_pretrained(out)
+    assert back.pretrained.tokenizer.encode(text) == ids and back.config.vocab_size == tok.vocab_size + 16
+    with pytest.raises(ValueError, match=f"tokenizer has {tok.vocab_size} tokens but the model's vocab_size is 300"):
+        export_hf(bLlama(bLlamaConfig(vocab_size=300, seq_len=32, hidden_size=64, num_heads=4, num_kv_heads=2,
+                                      num_layers=1, ffn_size=128)), tok, tmp_path / "small")

@@ -75,9 +75,9 @@ def export_hf(model, tokenizer, out_dir: Union[str, os.PathLike], dtype: str = "
     bpe = isinstance(tokenizer, BPETokenizer)
     if not bpe and not isinstance(tokenizer, SentencePieceTokenizer):
         raise ValueError(f"export needs a SentencePiece or byte-level BPE tokenizer, got {type(tokenizer).__name__}")
-    # a BPE checkpoint's embedding often has more rows than its tokenizer has tokens (LLaMA-3 pads it); transformers
-    # takes that as it is
-    if tokenizer.vocab_size > cfg.vocab_size or (not bpe and tokenizer.vocab_size != cfg.vocab_size):
+    # a checkpoint's embedding often has more rows than its tokenizer has tokens (padded to a round number); both
+    # transformers and our import take that as it is
+    if tokenizer.vocab_size > cfg.vocab_size:
         raise ValueError(f"tokenizer has {tokenizer.vocab_size} tokens but the model's vocab_size is {cfg.vocab_size}")
     tdtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}.get(dtype)
     if tdtype is None:
