@@ -186,3 +186,21 @@ def test_hf_export_keeps_a_sentencepiece_tokenizers_add_bos(sp_model_path, tmp_p
     with pytest.raises(ValueError, match=f"tokenizer has {tok.vocab_size} tokens but the model's vocab_size is 300"):
         export_hf(bLlama(bLlamaConfig(vocab_size=300, seq_len=32, hidden_size=64, num_heads=4, num_kv_heads=2,
                                       num_layers=1, ffn_size=128)), tok, tmp_path / "small")
+
+
+def test_hf_export_of_a_bpe_model_whose_bos_has_a_space_and_colon(tmp_path):
+    """The BOS post-processor was built from the template string syntax, which cannot spell such a token."""
+    from transformers import AutoTokenizer
+
+    from bllama import bLlama, bLlamaConfig
+    from bllama.convert.hf_export import export_hf
+    from bllama.tokenizers.bpe import BPETokenizer
+    from hf_checkpoints import SPECIALS, bpe_tokenizer_json
+
+    text = bpe_tokenizer_json().replace(SPECIALS[0], "<bos: x>")
+    tok = BPETokenizer(text, bos_id=0, eos_ids=[1])
+    assert tok.id_to_piece(0) == "<bos: x>" and tok.add_bos
+    model = bLlama(bLlamaConfig(vocab_size=tok.vocab_size, seq_len=32, hidden_size=64, num_heads=4, num_kv_heads=2,
+                                num_layers=1, ffn_size=128))
+    out = export_hf(model, tok, tmp_path / "hf")
+    assert AutoTokenizer.from_pretrained(out)("The quick brown fox").input_ids == tok.encode("The quick brown fox")

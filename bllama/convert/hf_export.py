@@ -42,17 +42,21 @@ def pack_hf(codes: np.ndarray) -> np.ndarray:
 def _bpe_json(tokenizer) -> str:
     """The tokenizer's tokenizer.json with a post-processor that adds BOS exactly when ours does: transformers' fast
     tokenizer takes that from tokenizer.json alone (add_bos_token in tokenizer_config.json is not read), and ours
-    never runs the post-processor, so the source folder's one may say otherwise (SmolLM: none; a run set add_bos)."""
-    from tokenizers import Tokenizer, processors
-
-    tok = Tokenizer.from_str(tokenizer.json_text)
+    never runs the post-processor, so the source folder's one may say otherwise (SmolLM: none; a run set add_bos).
+    Written as JSON, not the template string syntax, which cannot spell a token with a space or a colon."""
+    data = json.loads(tokenizer.json_text)
     if tokenizer.add_bos:
         bos = tokenizer.id_to_piece(tokenizer.bos_id)
-        tok.post_processor = processors.TemplateProcessing(
-            single=f"{bos} $A", pair=f"{bos} $A {bos}:1 $B:1", special_tokens=[(bos, tokenizer.bos_id)])
+        item = lambda kind, name, type_id: {kind: {"id": name, "type_id": type_id}}
+        data["post_processor"] = {
+            "type": "TemplateProcessing",
+            "single": [item("SpecialToken", bos, 0), item("Sequence", "A", 0)],
+            "pair": [item("SpecialToken", bos, 0), item("Sequence", "A", 0), item("SpecialToken", bos, 1),
+                     item("Sequence", "B", 1)],
+            "special_tokens": {bos: {"id": bos, "ids": [tokenizer.bos_id], "tokens": [bos]}}}
     else:
-        tok.post_processor = None
-    return tok.to_str()
+        data["post_processor"] = None
+    return json.dumps(data, ensure_ascii=False)
 
 
 def export_hf(model, tokenizer, out_dir: Union[str, os.PathLike], dtype: str = "float32",
