@@ -198,6 +198,18 @@ def test_unsupported_configs_name_the_field(ckpts, tmp_path):
     (d / "config.json").write_text(json.dumps({**cfg, "architectures": ["LlamaForSequenceClassification"]}))
     with pytest.raises(HFImportError, match=r"architectures \['LlamaForSequenceClassification'\] is not a causal"):
         load_pretrained(d)
+    # a block with a tensor nothing reads (QK-norm of a Qwen3 / OLMo-2 style block labelled llama) loaded without it
+    d = tmp_path / "qknorm"
+    shutil.copytree(ckpts["llama"], d)
+    sd = load_file(str(d / "model.safetensors"))
+    sd["model.layers.1.self_attn.q_norm.weight"] = torch.ones(16)
+    save_file(sd, str(d / "model.safetensors"), metadata={"format": "pt"})
+    with pytest.raises(HFImportError, match=r"tensor 'model.layers.1.self_attn.q_norm.weight' \(1 such\) is not part"):
+        load_pretrained(d)
+    del sd["model.layers.1.self_attn.q_norm.weight"]  # the RoPE buffer older transformers saved is no such tensor
+    sd["model.layers.1.self_attn.rotary_emb.inv_freq"] = torch.ones(8)
+    save_file(sd, str(d / "model.safetensors"), metadata={"format": "pt"})
+    assert load_pretrained(d)[0].config.num_layers == 2
     # transformers 5 writes rope_parameters (with rope_theta) for every model type: an unknown one such as Qwen2 was
     # a KeyError 'rope_theta' instead of naming the model type
     d = tmp_path / "qwen2"

@@ -361,6 +361,16 @@ def checked_tensors(cfg: dict, tensors: _Tensors, dim: int, layers: int) -> Tupl
     if present and max(present) >= layers:
         raise HFImportError(f"config.json: num_hidden_layers is {layers} but the tensors have layers up to "
                             f"model.layers.{max(present)}")
+    # A layer tensor nothing reads is part of another block (QK-norm, a gate): skipping it was another model.
+    # rotary_emb.inv_freq is a buffer older transformers saved; the config's rope_theta gives the same values.
+    known = {f"{m}.{kind}" for m in PROJ for kind in ("weight", "weight_scale")} | \
+        {f"{m}.weight" for m in ("input_layernorm", "post_attention_layernorm", *SUB_NORMS["bitnet"],
+                                 *SUB_NORMS["1bitllm"])} | {"self_attn.rotary_emb.inv_freq"}
+    unknown = sorted(n for n in names if n.startswith("model.layers.") and n.split(".", 3)[3:] and
+                     n.split(".", 3)[3] not in known and not n.endswith(".bias"))
+    if unknown:
+        raise HFImportError(f"tensor '{unknown[0]}' ({len(unknown)} such) is not part of a LLaMA / BitNet block: "
+                            "this architecture is not supported")
     return int(vocab), bool(tie) or "lm_head.weight" not in names
 
 
