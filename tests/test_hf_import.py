@@ -305,6 +305,10 @@ def test_sharded_checkpoint_with_a_missing_shard_says_so(checkpoints, tmp_path):
     (d / "model-00002-of-00003.safetensors").unlink()
     _refusals(d, r"model.safetensors.index.json names 1 shard\(s\) that are not in .*: model-00002-of-00003"
                  r".safetensors \(incomplete download")
+    # a shard from another download: the index promises tensors it does not hold
+    save_file({k: sd[k] for k in names[:1]}, str(d / "model-00002-of-00003.safetensors"), metadata={"format": "pt"})
+    _refusals(d, r"model.safetensors.index.json puts tensor '.*' \(\d+ such\) in model-00002-of-00003.safetensors, "
+                 r"which does not hold it")
 
 
 @pytest.mark.parametrize("name, edit, match", [

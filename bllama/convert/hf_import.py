@@ -167,6 +167,10 @@ class _Tensors:
                     raise HFImportError(f"{hf_dir}: tensor '{k}' is in both {self.where[k]} and {f}, and there is no "
                                         "model.safetensors.index.json saying which to use; remove the stale file")
                 self.where[k] = f
+        lost = [k for k in weight_map if k not in self.where] if indexed else []
+        if lost:  # reported later as a bare "missing tensor", or not at all where nothing reads it
+            raise HFImportError(f"{index} puts tensor '{lost[0]}' ({len(lost)} such) in {weight_map[lost[0]]}, which "
+                                "does not hold it: a stale index or a shard from another download")
 
     def names(self):
         return self.where.keys()
