@@ -266,12 +266,12 @@ def cmd_eval(args):
     if args.max_chars:
         text = text[:args.max_chars]
     if _is_checkpoint(args.model):  # as generate does: the ternary model in PyTorch, the same windows as the engine
-        from .tokenizers.sentencepiece import SentencePieceTokenizer
+        from .tokenizers.sentencepiece import load_tokenizer
         from .tools.evaluate import text_metrics, torch_logits_fn
         from .train.trainer import load_checkpoint, tokenizer_beside
 
         model = load_checkpoint(args.model)
-        tok = SentencePieceTokenizer(args.tokenizer) if args.tokenizer else tokenizer_beside(args.model)
+        tok = load_tokenizer(args.tokenizer or tokenizer_beside(args.model))
         model.quantize_weights_to_ternary(verbose=False)  # stdout is the JSON alone
         print(json.dumps(text_metrics(text, tok, model.config.seq_len, torch_logits_fn(model), progress=True),
                          indent=2))
@@ -431,7 +431,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("prompt", help="the prompt text")
     g.add_argument("--threads", type=POSITIVE, default=None, help="engine threads (default: all cores)")
     _add_engine_options(g)
-    g.add_argument("--tokenizer", default=None, help="tokenizer.model for a checkpoint (default: beside it)")
+    g.add_argument("--tokenizer", default=None, help="tokenizer.model for a checkpoint (default: the run's own, beside it)")
     g.add_argument("--chat", action="store_true",
                    help="(.gguf) send the prompt as one user message through the file's chat template")
     _add_sampling(g)
@@ -464,7 +464,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     v = sub.add_parser("eval", help="perplexity and bits per character of a model on a text file")
     v.add_argument("model", help="model.gguf (C++ engine), or a training output folder / .ckpt (PyTorch)")
-    v.add_argument("--tokenizer", default=None, help="tokenizer.model for a checkpoint (default: beside it)")
+    v.add_argument("--tokenizer", default=None, help="tokenizer.model for a checkpoint (default: the run's own, beside it)")
     v.add_argument("--data", required=True, help="a UTF-8 text file")
     v.add_argument("--max-chars", type=POSITIVE, default=None, help="evaluate only the first N characters")
     v.add_argument("--threads", type=POSITIVE, default=None, help="engine threads")

@@ -526,3 +526,31 @@ def test_gguf_with_several_block_scales_in_a_tensor_is_refused(tmp_path):
     _engine.Engine(str(path), threads=1, head="f16")  # a valid model file
     with pytest.raises(ValueError, match="tensor 'blk.0.attn_q.weight' has blocks with different scales"):
         bLlama.from_pretrained(path)
+
+
+def test_generate_and_eval_of_a_run_from_a_bpe_checkpoint(ckpts, tmp_path, capsys):
+    """A run started from a byte-level BPE checkpoint writes tokenizer.json, not tokenizer.model: `bllama generate RUN`
+    and `bllama eval RUN` stopped with "no tokenizer.model next to RUN; pass --tokenizer" (and --tokenizer took only a
+    SentencePiece model). They use the run's own tokenizer, as export does."""
+    import json
+
+    from bllama.cli import main
+    from bllama.train.run_tokenizer import load_run_tokenizer
+
+    from hf_checkpoints import TEXT
+
+    data = tmp_path / "text.txt"
+    data.write_text(TEXT * 2, encoding="utf-8")
+    out = tmp_path / "run"
+    _train([str(data), "--init-from", str(ckpts["packed"]), "--batch-size", "2", "--set", "seq_len=32",
+            "--max-steps", "1", "--out", str(out)])
+    assert (out / "tokenizer.json").exists() and not (out / "tokenizer.model").exists()
+    capsys.readouterr()
+    main(["generate", str(out), "The quick brown", "--max-new-tokens", "4"])
+    text = capsys.readouterr().out.strip("\n")
+    tok, _ = load_run_tokenizer(out)
+    assert text and len(tok.encode(text)) <= 4 + tok.add_bos  # the continuation, in the run's tokenizer
+    (tmp_path / "held.txt").write_text(TEXT[:400], encoding="utf-8")
+    main(["eval", str(out), "--data", str(tmp_path / "held.txt")])
+    metrics = json.loads(capsys.readouterr().out)
+    assert metrics["chars"] == 400 and metrics["tokens"] == len(tok.encode(TEXT[:400])) - tok.add_bos

@@ -460,12 +460,8 @@ def load_checkpoint(path) -> bLlama:
 
 
 def tokenizer_beside(checkpoint_path):
-    """The tokenizer.model that bllama train wrote next to its checkpoints."""
-    from ..tokenizers.sentencepiece import SentencePieceTokenizer
+    """The tokenizer that bllama train wrote next to its checkpoints: tokenizer.model, or the tokenizer.json of a run
+    started from a byte-level BPE checkpoint (--init-from a LLaMA-3 / BitNet 2B4T folder)."""
+    from .run_tokenizer import load_run_tokenizer
 
-    p = Path(checkpoint_path)
-    for d in [p] + list(p.parents)[:3]:
-        cand = d / "tokenizer.model"
-        if cand.exists():
-            return SentencePieceTokenizer(cand)
-    raise FileNotFoundError(f"no tokenizer.model next to {checkpoint_path}; pass --tokenizer")
+    return load_run_tokenizer(checkpoint_path)[0]
