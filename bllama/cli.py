@@ -66,11 +66,13 @@ def _add_engine_options(p):
 def _add_sampling(p):
     p.add_argument("--max-new-tokens", type=NON_NEGATIVE, default=128, help="tokens to generate at most (default 128)")
     p.add_argument("--do-sample", action="store_true", help="sample instead of greedy decoding")
-    p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (with --do-sample)")
-    p.add_argument("--top-k", type=NON_NEGATIVE, default=0, help="keep the k most likely tokens (0: off)")
-    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (1.0: off)")
-    p.add_argument("--repetition-penalty", type=float, default=1.0, help="divide/multiply logits of seen tokens")
-    p.add_argument("--seed", type=int, default=None, help="random seed for sampling")
+    p.add_argument("--temperature", type=float, default=1.0,
+                   help="sampling temperature (with --do-sample; default 1.0)")
+    p.add_argument("--top-k", type=NON_NEGATIVE, default=0, help="keep the k most likely tokens (default 0: off)")
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (default 1.0: off)")
+    p.add_argument("--repetition-penalty", type=float, default=1.0,
+                   help="divide positive / multiply negative logits of seen tokens by this (default 1.0: off)")
+    p.add_argument("--seed", type=int, default=None, help="random seed for sampling (default: a fresh one each run)")
 
 
 def _sampling_of(args):
@@ -380,18 +382,23 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--tokenizer", help="an existing SentencePiece tokenizer.model (default: train one)")
     t.add_argument("--vocab-size", type=POSITIVE, default=None,
                    help="pieces of the tokenizer trained when none given (default 2048)")
-    t.add_argument("--out", default="runs/bllama", help="output folder (checkpoints, tokenizer, logs)")
-    t.add_argument("--max-steps", type=POSITIVE, default=None, help="stop after this many optimizer steps")
-    t.add_argument("--max-minutes", type=POSITIVE_NUMBER, default=None, help="stop after this much wall time")
+    t.add_argument("--out", default="runs/bllama",
+                   help="output folder (checkpoints, tokenizer, logs; default runs/bllama)")
+    t.add_argument("--max-steps", type=POSITIVE, default=None,
+                   help="stop after this many optimizer steps (default: one pass over the data, or --max-minutes)")
+    t.add_argument("--max-minutes", type=POSITIVE_NUMBER, default=None,
+                   help="stop after this many minutes of wall time (default: no limit)")
     t.add_argument("--batch-size", type=POSITIVE, default=None, help="sequences per batch (default: the preset's)")
     t.add_argument("--precision", default="auto",
-                   help="Lightning precision: auto (bf16-mixed on a GPU with bf16 and on a CPU with bf16 dot products: "
-                        "fp32 master weights and optimizer state, bf16 matmuls; 32-true otherwise), 32-true, "
+                   help="Lightning precision: auto (the default: bf16-mixed on a GPU with bf16 and on a CPU with bf16 dot "
+                        "products: fp32 master weights and optimizer state, bf16 matmuls; 32-true otherwise), 32-true, "
                         "bf16-mixed, ...")
-    t.add_argument("--accelerator", default="auto", help="cpu, gpu or auto")
-    t.add_argument("--devices", default="auto", help="number of devices (or auto)")
+    t.add_argument("--accelerator", default="auto", help="cpu, gpu or auto (default)")
+    t.add_argument("--devices", default="auto",
+                   help="number of devices, or auto (default: every GPU, or one CPU process)")
     t.add_argument("--strategy", default="auto",
-                   help="auto, ddp (small models, also on CPUs), fsdp (GPUs: one FSDP unit per transformer block)")
+                   help="auto (default), ddp (small models, also on CPUs), fsdp (GPUs: one FSDP unit per transformer "
+                        "block)")
     t.add_argument("--sharding-strategy", default="FULL_SHARD", choices=["FULL_SHARD", "SHARD_GRAD_OP",
                                                                          "HYBRID_SHARD", "NO_SHARD"],
                    help="with --strategy fsdp: what is sharded (default FULL_SHARD: weights, gradients, optimizer)")
@@ -402,16 +409,22 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                    help="torch.compile each transformer block (default: on a GPU yes, on a CPU no)")
     t.add_argument("--accumulate", type=POSITIVE, default=1,
-                   help="micro-batches per optimizer step (global batch = batch size x accumulate x devices)")
+                   help="micro-batches per optimizer step (default 1; global batch = batch size x accumulate x "
+                        "devices)")
     t.add_argument("--checkpoint-every", type=POSITIVE, default=None,
                    help="also write checkpoints/last.ckpt every N optimizer steps")
-    t.add_argument("--val-every", type=POSITIVE, default=None, help="validate every N training steps")
-    t.add_argument("--val-batches", type=POSITIVE, default=None, help="limit validation batches")
-    t.add_argument("--train-split", type=FRACTION, default=0.9, help="fraction of blocks for training (rest: val)")
-    t.add_argument("--num-workers", type=NON_NEGATIVE, default=0, help="DataLoader workers")
+    t.add_argument("--val-every", type=POSITIVE, default=None,
+                   help="validate every N training steps (default: after each pass over the data)")
+    t.add_argument("--val-batches", type=POSITIVE, default=None, help="validate on at most N batches (default: all)")
+    t.add_argument("--train-split", type=FRACTION, default=0.9,
+                   help="fraction of blocks for training, the rest for validation (default 0.9)")
+    t.add_argument("--num-workers", type=NON_NEGATIVE, default=0,
+                   help="DataLoader worker processes (default 0: load in the training process)")
     t.add_argument("--sampling", default="sequential", choices=["sequential", "random"],
-                   help=".bin token files: consecutive blocks (shuffled) or blocks at random offsets")
-    t.add_argument("--histogram-every", type=NON_NEGATIVE, default=0, help="write a ternary weight histogram PNG every N steps")
+                   help=".bin token files: consecutive blocks, shuffled (sequential, the default) or blocks at random "
+                        "offsets")
+    t.add_argument("--histogram-every", type=NON_NEGATIVE, default=0,
+                   help="write a ternary weight histogram PNG every N steps (default 0: never)")
     t.add_argument("--resume", default=None,
                    help="a checkpoint to resume from: a .ckpt file, a sharded FSDP checkpoint directory, or 'last'")
     t.add_argument("--init-from", default=None, metavar="PATH",
@@ -419,11 +432,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "architecture, tokenizer and chat template; --preset and --tokenizer are not used)")
     t.add_argument("--quant-warmup-steps", type=NON_NEGATIVE, default=0, metavar="N",
                    help="blend ternary weights and int8 activations in over N steps (converting a full-precision "
-                        "model to b1.58)")
+                        "model to b1.58; default 0: quantized from the first step)")
     t.add_argument("--sft", action="store_true",
                    help="chat SFT: the data are JSONL lines of {\"messages\": [...]}, rendered with the model's chat "
                         "template; only assistant tokens are trained on")
-    t.add_argument("--seed", type=int, default=42, help="random seed")
+    t.add_argument("--seed", type=int, default=42, help="random seed (default 42)")
     t.set_defaults(func=cmd_train)
 
     g = sub.add_parser("generate", help="generate text from a .gguf model (C++ engine) or a checkpoint (PyTorch)")
@@ -431,7 +444,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("prompt", help="the prompt text")
     g.add_argument("--threads", type=POSITIVE, default=None, help="engine threads (default: all cores)")
     _add_engine_options(g)
-    g.add_argument("--tokenizer", default=None, help="tokenizer.model for a checkpoint (default: the run's own, beside it)")
+    g.add_argument("--tokenizer", default=None,
+                   help="tokenizer.model for a checkpoint (default: the run's own, beside it)")
     g.add_argument("--chat", action="store_true",
                    help="(.gguf) send the prompt as one user message through the file's chat template")
     _add_sampling(g)
@@ -441,7 +455,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("checkpoint", help="a .ckpt file or a training output folder")
     e.add_argument("-o", "--output", required=True, help="the .gguf file (or, with --format hf, the folder) to write")
     e.add_argument("--format", default="gguf", choices=["gguf", "hf"],
-                   help="gguf (our engine, llama.cpp) or hf (a transformers BitNetForCausalLM folder)")
+                   help="gguf (the default: our engine, llama.cpp) or hf (a transformers BitNetForCausalLM folder)")
     e.add_argument("--type", default="tq2_0", choices=["tq2_0", "tq1_0", "i2_s"],
                    help="ternary weight type (default tq2_0; tq1_0: 1.6 bits; i2_s: bitnet.cpp's type, which upstream "
                         "llama.cpp cannot read)")
@@ -464,10 +478,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     v = sub.add_parser("eval", help="perplexity and bits per character of a model on a text file")
     v.add_argument("model", help="model.gguf (C++ engine), or a training output folder / .ckpt (PyTorch)")
-    v.add_argument("--tokenizer", default=None, help="tokenizer.model for a checkpoint (default: the run's own, beside it)")
+    v.add_argument("--tokenizer", default=None,
+                   help="tokenizer.model for a checkpoint (default: the run's own, beside it)")
     v.add_argument("--data", required=True, help="a UTF-8 text file")
-    v.add_argument("--max-chars", type=POSITIVE, default=None, help="evaluate only the first N characters")
-    v.add_argument("--threads", type=POSITIVE, default=None, help="engine threads")
+    v.add_argument("--max-chars", type=POSITIVE, default=None,
+                   help="evaluate only the first N characters (default: the whole file)")
+    v.add_argument("--threads", type=POSITIVE, default=None, help="engine threads (default: all cores)")
     _add_engine_options(v)
     v.set_defaults(func=cmd_eval)
 
@@ -478,12 +494,14 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--threads", type=POSITIVE, nargs="+", default=None, help="thread counts to measure (default 1 and all)")
     b.add_argument("--prompt-tokens", type=POSITIVE, default=128, help="prompt length (default 128)")
     b.add_argument("--gen-tokens", type=NON_NEGATIVE, default=64, help="decoded tokens (default 64)")
-    b.add_argument("--repeats", type=POSITIVE, default=3, help="runs per measurement; the median is reported")
+    b.add_argument("--repeats", type=POSITIVE, default=3,
+                   help="runs per measurement; the median is reported (default 3)")
     b.add_argument("--torch", action="store_true", help="also time the PyTorch quantized model on the same shapes")
     b.add_argument("--json", default=None, help="also write the results to this JSON file")
     _add_engine_options(b)
     b.add_argument("--sequences", type=POSITIVE, default=1,
-                   help="decode this many random prompts together (batched decoding; tok/s counts all of them)")
+                   help="decode this many random prompts together (default 1; batched decoding: tok/s counts all of "
+                        "them)")
     b.set_defaults(func=cmd_bench)
 
     sv = sub.add_parser("serve", help="serve a .gguf model over HTTP (OpenAI-compatible completions and chat)")
@@ -519,9 +537,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("demo", help="generate with the shipped model, then train, export and run a tiny model")
     d.add_argument("--steps", type=POSITIVE, default=300, help="training steps of the demo's own model (default 300)")
-    d.add_argument("--out", default="runs/demo", help="output folder")
-    d.add_argument("--prompt", default="ROMEO:", help="prompt for both models")
-    d.add_argument("--max-new-tokens", type=NON_NEGATIVE, default=80, help="tokens to generate")
+    d.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
+    d.add_argument("--prompt", default="ROMEO:", help="prompt for both models (default 'ROMEO:')")
+    d.add_argument("--max-new-tokens", type=NON_NEGATIVE, default=80, help="tokens to generate (default 80)")
     d.set_defaults(func=cmd_demo)
 
     tk = sub.add_parser("tokenizer", help="tokenizer tools").add_subparsers(dest="tokenizer_command", required=True)

@@ -25,6 +25,32 @@ def test_every_option_has_help():
                 assert action.help, f"bllama {name} {action.option_strings or action.dest} has no help text"
 
 
+
+def test_every_option_with_a_default_names_it():
+    """`bllama train --help` said nothing of --out runs/bllama, --seed 42 or --train-split 0.9, nor generate's
+    temperature: a user had to read cli.py. An option whose default is a value says it in its help (None: not given,
+    and a flag that is off, need not)."""
+    import argparse
+
+    def options(parser, name):
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for sub_name, sub in action.choices.items():
+                    yield from options(sub, f"{name} {sub_name}".strip())
+            elif action.option_strings and not isinstance(action, (argparse._HelpAction, argparse._VersionAction,
+                                                                     argparse._StoreTrueAction)):
+                yield name, action
+
+    checked = 0
+    for name, action in options(build_parser(), ""):
+        if action.default is None or action.default == []:
+            continue
+        checked += 1
+        assert "default" in action.help, f"bllama {name} {action.option_strings[0]}: the help does not name its " \
+                                         f"default {action.default!r}: {action.help!r}"
+    assert checked > 30  # the walk found the subcommands' options
+
+
 @pytest.mark.parametrize("argv, message", [
     (["train", "d.txt", "--accumulate", "0"], "argument --accumulate: must be >= 1, got 0"),  # trained nothing, rc 0
     (["train", "d.txt", "--max-steps", "0"], "argument --max-steps: must be >= 1, got 0"),  # ran the preset's steps
