@@ -38,6 +38,7 @@ def _number_where(ok, what: str):
 POSITIVE, NON_NEGATIVE = _int_from(1), _int_from(0)
 POSITIVE_NUMBER = _number_where(lambda v: 0 < v < float("inf"), "a positive number")  # a duration (--max-minutes)
 FRACTION = _number_where(lambda v: 0 < v <= 1, "in (0, 1]")  # --train-split (the error named train_test_split)
+SECONDS = _number_where(lambda v: v > 0, "a positive number of seconds")  # serve's timeouts; inf: none
 
 
 def _parse_overrides(items):
@@ -362,7 +363,8 @@ def _add_serve_limits(sv) -> None:
     for name, f in ServeLimits.__dataclass_fields__.items():
         seconds = name.endswith("_s")
         flag = "--" + (name[:-2] if seconds else name).replace("_", "-")
-        sv.add_argument(flag, dest=name, type=float if seconds else int, default=f.default,
+        # checked here, so the error names the flag (ServeLimits said "header_timeout_s must be > 0")
+        sv.add_argument(flag, dest=name, type=SECONDS if seconds else POSITIVE, default=f.default,
                         help=helps[name] + (f" (default {f.default})" if f.default is not None else ""))
 
 
@@ -521,7 +523,8 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--step-tokens", type=POSITIVE, default=None, metavar="N",
                     help="continuous: token rows per engine step, decoding requests first, the rest for joining "
                          "prompts (default 64); smaller: steadier inter-token latency, larger: sooner first tokens")
-    sv.add_argument("--poll", type=float, default=1.0, metavar="SECONDS",
+    sv.add_argument("--poll", type=_number_where(lambda v: 0 <= v <= 60, "in [0, 60] seconds"), default=1.0,
+                    metavar="SECONDS",
                     help="after each request the engine thread spins up to this long waiting for the next one "
                          "instead of sleeping at once (a VM's sleeping core runs the next prompt up to 2x slower), "
                          "and sleeps sooner when other threads need its core (default 1; 0: off; max 60)")

@@ -63,6 +63,13 @@ def test_every_option_with_a_default_names_it():
     (["generate", "m.gguf", "hi", "--max-new-tokens", "-1"], "argument --max-new-tokens: must be >= 0, got -1"),
     (["train", "d.txt", "--preset", "huge"], "argument --preset: invalid choice: 'huge'"),  # after a tokenizer's training
     (["train", "d.txt", "--train-split", "0"], "argument --train-split: must be in (0, 1], got 0"),
+    # these said "header_timeout_s must be > 0", "max_n must be > 0", "poll must be ..." (not the flag's name), the
+    # poll only after the model had loaded
+    (["serve", "m.gguf", "--header-timeout", "0"], "argument --header-timeout: must be a positive number of seconds"),
+    (["serve", "m.gguf", "--keep-alive", "nan"], "argument --keep-alive: must be a positive number of seconds"),
+    (["serve", "m.gguf", "--max-n", "0"], "argument --max-n: must be >= 1, got 0"),
+    (["serve", "m.gguf", "--max-body-bytes", "-1"], "argument --max-body-bytes: must be >= 1, got -1"),
+    (["serve", "m.gguf", "--poll", "61"], "argument --poll: must be in [0, 60] seconds, got 61"),
 ])
 def test_numeric_options_out_of_range_are_usage_errors(argv, message, capsys):
     """Counts, sizes and ports are checked where they are parsed: exit status 2 and a message naming the flag,
