@@ -239,6 +239,32 @@ def test_more_choices_than_the_queue_holds_is_a_400_not_an_endless_429():
         s.shutdown()
 
 
+@pytest.mark.parametrize("size", [20_000, 60_000])
+def test_headers_over_16_kib_are_refused_however_they_arrive(server, size):
+    """h11 bounds only headers that have not ended: a 20 or 60 KiB header sent in one piece was parsed and answered
+    200 though docs/security.md promises 16 KiB in all, and dripped ones got a 400 that blamed a malformed request.
+    Whole or dripped, the same headers now get a 431 that names the limit; headers just under it still pass."""
+    from bllama.serve.limits import MAX_HEADER_BYTES
+
+    big = f"X-Big: {'a' * size}"
+    code, _, body = request(server, "GET", "/health", headers=[big])  # one sendall: one read on loopback
+    assert code == 431 and f"at most {MAX_HEADER_BYTES}" in body["error"]["message"], (code, body)
+    host, port = server.server_address[:2]
+    with socket.create_connection((host, port), timeout=30) as s:  # the same headers in 1 KiB pieces
+        s.sendall(f"GET /health HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n".encode())
+        try:
+            for i in range(0, len(big), 1024):
+                s.sendall(big[i:i + 1024].encode())
+                time.sleep(0.001)
+            s.sendall(b"\r\n\r\n")
+        except OSError:
+            pass  # refused and closed before the last piece
+        reply = s.makefile("rb").read()
+    assert reply.startswith(b"HTTP/1.1 431") and f"at most {MAX_HEADER_BYTES}".encode() in reply, reply[:300]
+    fits = f"X-Fits: {'a' * (MAX_HEADER_BYTES - 200)}"
+    assert request(server, "GET", "/health", headers=[fits])[0] == 200
+
+
 def test_full_queue_is_a_429_and_too_many_connections_a_503():
     s = start(limits=ServeLimits(max_queue=2, max_connections=8))
     rt = s.runtime

@@ -12,6 +12,7 @@ from urllib.parse import urlsplit
 
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from .limits import MAX_HEADER_BYTES
 from .protocol import error_object
 
 WILDCARDS = ("", "0.0.0.0", "::")
@@ -91,6 +92,10 @@ def guarded_protocol(limits, metrics=None):
 
         def send_400_response(self, msg: str):
             self._disarm()
+            if len(self.conn.trailing_data[0]) > MAX_HEADER_BYTES:  # h11's "receive buffer too long", unnamed
+                self._refuse(HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE, f"the request line and headers are over "
+                             f"{MAX_HEADER_BYTES} bytes; at most {MAX_HEADER_BYTES} are accepted")
+                return
             self._refuse(HTTPStatus.BAD_REQUEST, "malformed HTTP request (its request line, a header or its "
                          "Content-Length / Transfer-Encoding could not be read)")
 
@@ -143,6 +148,11 @@ class Guard:
         await send({"type": "http.response.body", "body": body})
 
     def _refusal(self, scope, headers) -> Optional[tuple]:
+        size = len(scope["method"]) + len(scope["raw_path"]) + len(scope["query_string"]) + \
+            sum(len(k) + len(v) + 4 for k, v in scope["headers"])  # ": " and CRLF
+        if size > MAX_HEADER_BYTES:
+            return (HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE, f"the request line and headers are {size} bytes; at "
+                    f"most {MAX_HEADER_BYTES} are accepted", ())
         host = headers.get("host")
         if host is not None:
             name = _host_name(host)

@@ -5,6 +5,12 @@ from dataclasses import dataclass
 from typing import Optional
 
 
+# A request's line and headers, in bytes. h11 (uvicorn's parser) holds at most this much of headers that have not
+# ended, but parses headers that arrive whole in one read (up to asyncio's 256 KiB) whatever their size; the Guard
+# refuses those beyond it too, so the limit is the headers' size, not the size of the pieces they came in.
+MAX_HEADER_BYTES = 16 << 10
+
+
 @dataclass(frozen=True)
 class ServeLimits:
     max_body_bytes: int = 4 << 20  # --max-body-bytes: a larger body is refused (413) before it is read

@@ -22,7 +22,7 @@ import uvicorn
 
 from .app import ServeApp
 from .guard import Guard, guarded_protocol
-from .limits import ServeLimits
+from .limits import MAX_HEADER_BYTES, ServeLimits
 from .metrics import Metrics
 from .scheduler import StaticScheduler
 
@@ -107,7 +107,8 @@ class Server:
         asgi = Guard(asgi, host, api_key, allowed_hosts, cors_origins, self.metrics)
         config = uvicorn.Config(asgi, http=guarded_protocol(limits, self.metrics), lifespan="off", access_log=not quiet,
                                 log_level="critical" if quiet else "info", timeout_keep_alive=limits.keep_alive_s,
-                                timeout_graceful_shutdown=limits.client_timeout_s, server_header=False)
+                                timeout_graceful_shutdown=limits.client_timeout_s, server_header=False,
+                                h11_max_incomplete_event_size=MAX_HEADER_BYTES)
         self._uvicorn = _Uvicorn(config, self.scheduler.close)
         self._served = threading.Event()
 
