@@ -104,6 +104,9 @@ def cmd_train(args):
         given += [f"--set {k}" for k in overrides if k in SHAPE_FIELDS]
         if given:
             raise ValueError(f"{', '.join(given)}: --init-from takes the model's shape and tokenizer from the checkpoint")
+    if args.sft and not args.init_from:  # it stopped after the tokenizer and model, or blamed the missing tokenizer
+        raise ValueError("--sft needs --init-from: the conversations are rendered with the checkpoint's chat "
+                         "template, and a model trained from scratch has none")
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} is a file; give a folder for the checkpoints, tokenizer and logs")

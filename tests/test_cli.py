@@ -221,6 +221,18 @@ def test_init_from_refuses_what_the_checkpoint_decides(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+
+@pytest.mark.parametrize("extra", [[], ["--tokenizer", "t.model"]])
+def test_sft_without_init_from_says_what_it_needs(tmp_path, extra):
+    """`bllama train chats.jsonl --sft` said "no --tokenizer given and no .txt file to train one from"; with a
+    --tokenizer it built the model, then said the checkpoint (--init-from) had no chat template. Both now say at once
+    that --sft needs --init-from, and write nothing."""
+    r = subprocess.run([sys.executable, "-m", "bllama.cli", "train", str(tmp_path / "chats.jsonl"), "--sft", *extra,
+                        "--out", str(tmp_path / "run")], capture_output=True, text=True)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert "error: --sft needs --init-from" in r.stderr and not (tmp_path / "run").exists()
+
+
 def test_bad_paths_fail_with_a_message(tmp_path):
     r = subprocess.run([sys.executable, "-m", "bllama.cli", "generate", str(tmp_path / "nope.gguf"), "hi"],
                        capture_output=True, text=True)
