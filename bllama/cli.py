@@ -251,7 +251,9 @@ def cmd_export(args):
         return
     path = export_gguf(model, tok, args.output, weight_type=args.type, progress=True, force_arch=args.force_arch,
                        chat_template=template)
-    chat = f", chat template {args.chat_template}" if args.chat_template else ""
+    # a fine-tuned run's own template goes in too: say so, or a user cannot tell that --chat will work
+    chat = f", chat template {args.chat_template}" if args.chat_template else ", the run's chat template" \
+        if template else ", no chat template"
     print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB, {args.type}{chat}) "
           f"in {time.perf_counter() - t0:.1f} s")
 

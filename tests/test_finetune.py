@@ -554,3 +554,9 @@ def test_generate_and_eval_of_a_run_from_a_bpe_checkpoint(ckpts, tmp_path, capsy
     main(["eval", str(out), "--data", str(tmp_path / "held.txt")])
     metrics = json.loads(capsys.readouterr().out)
     assert metrics["chars"] == 400 and metrics["tokens"] == len(tok.encode(TEXT[:400])) - tok.add_bos
+    main(["export", str(out), "-o", str(tmp_path / "m.gguf")])  # carries the run's chat template, and says so
+    assert ", the run's chat template)" in capsys.readouterr().out
+    from bllama._engine import Engine
+    from hf_checkpoints import CHAT_TEMPLATE
+
+    assert Engine(str(tmp_path / "m.gguf")).metadata("tokenizer.chat_template") == CHAT_TEMPLATE
