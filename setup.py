@@ -151,7 +151,7 @@ if __name__ == "__main__":
         # The README and CI pin torch==2.13.0 (the README says how to get its CPU build); any torch >= 2.5 works.
         install_requires=["torch>=2.5", "pytorch-lightning>=2.2", "sentencepiece>=0.2", "protobuf", "numpy",
                           "gguf>=0.10", "pyarrow", "tqdm", "matplotlib", "tokenizers>=0.19", "safetensors>=0.4",
-                          "jinja2"],  # chat templates (bllama/chat.py); torch brings it too
+                          "jinja2"],  # chat templates (bllama/tokenizers/chat.py); torch brings it too
         # transformers (+ accelerate, which its bitnet quantizer requires) is only the reference in tests: neither
         # pulls another torch when torch is already installed (checked with `pip install --dry-run -e ".[test]"`).
         # triton: the fused activation quantizer's test runs its kernel on the CPU through Triton's interpreter.
