@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -447,7 +448,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.set_defaults(func=cmd_train)
 
     g = sub.add_parser("generate", help="generate text from a .gguf model (C++ engine) or a checkpoint (PyTorch)")
-    g.add_argument("model", help="model.gguf, or a training output folder / .ckpt")
+    # "~/models/x" quoted reaches us unexpanded: Runtime.load expands it, the folder / checkpoint test must too
+    g.add_argument("model", type=os.path.expanduser, help="model.gguf, or a training output folder / .ckpt")
     g.add_argument("prompt", help="the prompt text")
     g.add_argument("--threads", type=POSITIVE, default=None, help="engine threads (default: all cores)")
     _add_engine_options(g)
@@ -484,7 +486,8 @@ def build_parser() -> argparse.ArgumentParser:
     im.set_defaults(func=cmd_import)
 
     v = sub.add_parser("eval", help="perplexity and bits per character of a model on a text file")
-    v.add_argument("model", help="model.gguf (C++ engine), or a training output folder / .ckpt (PyTorch)")
+    v.add_argument("model", type=os.path.expanduser,
+                   help="model.gguf (C++ engine), or a training output folder / .ckpt (PyTorch)")
     v.add_argument("--tokenizer", default=None,
                    help="tokenizer.model for a checkpoint (default: the run's own, beside it)")
     v.add_argument("--data", required=True, help="a UTF-8 text file")
