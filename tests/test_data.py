@@ -553,3 +553,22 @@ def test_resumable_datamodule_continues_where_a_crashed_run_stopped(tmp_path):
     plain = run("plain", crash_at=5, resumable=False)
     assert plain[:4] + run("plain2", ckpt=str(tmp_path / "plain" / "last.ckpt"), resumable=False) != \
         run("plainfull", resumable=False)
+
+
+# ---------------------------------------------------------------- what real corpora look like
+def test_training_files_are_packed_into_one_stream(sp_tokenizer, tmp_path):
+    """`bllama train a.txt b.jsonl c.parquet` made a dataset per file: a file shorter than a block refused the
+    run ("corpus too short") although the files together held many, and every file's partial last block was lost."""
+    from bllama.train.trainer import dataset_from_paths
+
+    big, small = tmp_path / "big.txt", tmp_path / "small.txt"
+    big.write_text("\n".join(DOCS) * 3, encoding="utf-8")
+    small.write_text("a short note\n", encoding="utf-8")
+    _write_jsonl(tmp_path / "shard.jsonl", DOCS[:2])
+    _write_parquet(tmp_path / "shard.pq", DOCS[2:])
+    files = [big, small, tmp_path / "shard.jsonl", tmp_path / "shard.pq"]
+    ds = dataset_from_paths(files, sp_tokenizer, 64)
+    expected = [t for f in (big, small) for t in [1] + sp_tokenizer.encode(f.read_text(), add_bos=False) + [2]]
+    expected += _doc_stream(sp_tokenizer, DOCS)
+    assert ds.tokens.tolist() == expected  # in the order given, each document once
+    assert len(ds) == (len(expected) - 1) // 64

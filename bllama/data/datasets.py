@@ -72,6 +72,16 @@ class PackedDataset(Dataset):
         PackedDataset.__init__(obj, enc.documents(docs), max_length, vocab_size=enc.vocab_size, source=source)
         return obj
 
+    @classmethod
+    def from_files(cls, paths: str | os.PathLike | Sequence[str | os.PathLike], tokenizer: Any,
+                   max_length: int = 1024, *, text_field: str = "text", add_bos: bool = True,
+                   progress: bool | None = None) -> "PackedDataset":
+        """Text, parquet and JSON-lines files (the kind chosen by extension, as in tokenize_files) in one stream: a
+        file shorter than a block is fine, and only the stream's last partial block is left out."""
+        obj = cls.__new__(cls)
+        obj._load_files(expand_paths(paths), tokenizer, max_length, text_field, add_bos, progress)
+        return obj
+
     def _load_files(self, files: Sequence[str], tokenizer: Any, max_length: int, text_field: str,
                     add_bos: bool, progress: bool | None, kind: str | None = None) -> None:
         tok = load_tokenizer(tokenizer)

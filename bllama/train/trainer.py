@@ -220,27 +220,22 @@ def resolve_compile(compile: Optional[bool], accelerator: str = "auto") -> bool:
 
 
 def dataset_from_paths(paths: Sequence[str], tokenizer, max_length: int, sampling: str = "sequential"):
-    """One packed dataset from text (.txt), parquet, JSONL or prepared token files (.bin)."""
+    """One packed dataset from text, parquet and JSONL files (one token stream, in the order given) and prepared
+    token files (.bin)."""
     from torch.utils.data import ConcatDataset
 
-    from ..data import GepetoDataset, JsonlDataset, ShakespeareDataset, TokenDataset
+    from ..data import PackedDataset, TokenDataset
 
-    parts = []
-    parquet = [p for p in paths if str(p).endswith(".parquet")]
-    if parquet:
-        parts.append(GepetoDataset(parquet, tokenizer=tokenizer, max_length=max_length))
     for p in paths:
-        s = str(p)
         if Path(p).is_dir():  # it said "text file not found"
             raise ValueError(f"{p} is a folder: give its files (e.g. {Path(p) / '*.txt'}, expanded by the shell)")
-        if s.endswith(".parquet"):
-            continue
-        if s.endswith(".jsonl") or s.endswith(".json"):
-            parts.append(JsonlDataset([p], tokenizer=tokenizer, max_length=max_length))
-        elif s.endswith(".bin"):
+    # All document files are packed into one stream: a dataset per file refused a run whose one small file was
+    # shorter than a block ("corpus too short") and dropped the partial last block of every file.
+    docs = [p for p in paths if not str(p).endswith(".bin")]
+    parts = [PackedDataset.from_files(docs, tokenizer, max_length)] if docs else []
+    for p in paths:
+        if str(p).endswith(".bin"):
             parts.append(check_token_file(TokenDataset(p, max_length=max_length, sampling=sampling), tokenizer))
-        else:
-            parts.append(ShakespeareDataset.from_file(p, tokenizer=tokenizer, max_length=max_length))
     if not parts:
         raise ValueError("no training data given")
     return parts[0] if len(parts) == 1 else ConcatDataset(parts)
