@@ -155,7 +155,7 @@ def cmd_train(args):
 
         dataset = ChatSFTDataset(args.data, tok, template or getattr(tok, "chat_template", None), config.seq_len)
     else:
-        dataset = dataset_from_paths(args.data, tok, config.seq_len, sampling=args.sampling)
+        dataset = dataset_from_paths(args.data, tok, config.seq_len, sampling=args.sampling, text_field=args.text_field)
     dm = TextDataModule(dataset, batch_size=config.batch_size, train_test_split=args.train_split, seed=args.seed,
                         num_workers=args.num_workers, resumable=True, pin_memory=torch.cuda.is_available())
     if resolve_compile(args.compile, args.accelerator):
@@ -352,7 +352,7 @@ def cmd_data_prepare(args):
     from .tokenizers.sentencepiece import load_tokenizer
 
     check_writable(args.output)
-    prepare_tokens(args.files, load_tokenizer(args.tokenizer), args.output)
+    prepare_tokens(args.files, load_tokenizer(args.tokenizer), args.output, text_field=args.text_field)
 
 
 def _add_serve_limits(sv) -> None:
@@ -431,6 +431,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--sampling", default="sequential", choices=["sequential", "random"],
                    help=".bin token files: consecutive blocks, shuffled (sequential, the default) or blocks at random "
                         "offsets")
+    t.add_argument("--text-field", default="text", metavar="NAME",
+                   help="the JSONL field / parquet column holding each document (default text)")
     t.add_argument("--histogram-every", type=NON_NEGATIVE, default=0,
                    help="write a ternary weight histogram PNG every N steps (default 0: never)")
     t.add_argument("--resume", default=None,
@@ -565,6 +567,8 @@ def build_parser() -> argparse.ArgumentParser:
     dp.add_argument("files", nargs="+", help="text, parquet or JSONL files")
     dp.add_argument("--tokenizer", required=True, help="tokenizer.model")
     dp.add_argument("-o", "--output", required=True, help="the token file to write (.bin)")
+    dp.add_argument("--text-field", default="text", metavar="NAME",
+                    help="the JSONL field / parquet column holding each document (default text)")
     dp.set_defaults(func=cmd_data_prepare)
     return p
 

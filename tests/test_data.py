@@ -556,6 +556,57 @@ def test_resumable_datamodule_continues_where_a_crashed_run_stopped(tmp_path):
 
 
 # ---------------------------------------------------------------- what real corpora look like
+def test_bad_records_name_the_file_and_the_place(sp_tokenizer, tmp_path):
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    latin1 = tmp_path / "latin1.jsonl"  # the codec's message named neither the file nor the line
+    latin1.write_bytes(b'{"text": "ok"}\n{"text": "caf\xe9"}\n')
+    with pytest.raises(ValueError, match=r"latin1.jsonl:2: not UTF-8 \(invalid continuation byte: byte 0xe9\)"):
+        JsonlDataset(latin1, sp_tokenizer, max_length=8)
+    arr = tmp_path / "array.jsonl"
+    arr.write_text('["a list"]\n')
+    with pytest.raises(ValueError, match=r"array.jsonl:1: a JSON list, not an object with a 'text' field"):
+        JsonlDataset(arr, sp_tokenizer, max_length=8)
+    other = tmp_path / "other.jsonl"
+    _write_jsonl(other, DOCS, field="content")
+    with pytest.raises(ValueError, match=r"other.jsonl:1: no 'text' field \(fields: 'content', 'id'\).*--text-field"):
+        JsonlDataset(other, sp_tokenizer, max_length=8)
+    # an int column of zeros and nulls read as a file of empty documents and was skipped without a word
+    _write_parquet(tmp_path / "good.parquet", DOCS)
+    pq.write_table(pa.table({"text": pa.array([0, None, 0], pa.int64())}), tmp_path / "ints.parquet")
+    with pytest.raises(ValueError, match=r"ints.parquet: column 'text' is int64, not text"):
+        GepetoDataset([tmp_path / "good.parquet", tmp_path / "ints.parquet"], sp_tokenizer, max_length=8)
+    # a damaged data page said only "Corrupt snappy compressed data."
+    big = tmp_path / "big.parquet"
+    pq.write_table(pa.table({"text": [f"document number {i}" for i in range(3000)]}), big, compression="snappy")
+    data = bytearray(big.read_bytes())
+    data[3000:3100] = bytes(100)
+    (tmp_path / "damaged.parquet").write_bytes(bytes(data))
+    with pytest.raises(ValueError, match=r"damaged.parquet: not a readable parquet file"):
+        GepetoDataset(tmp_path / "damaged.parquet", sp_tokenizer, max_length=8)
+    # the types that do hold text are read
+    pq.write_table(pa.table({"text": pa.array(DOCS, pa.large_string())}), tmp_path / "large.parquet")
+    pq.write_table(pa.table({"text": pa.array(DOCS).dictionary_encode()}), tmp_path / "dict.parquet")
+    for name in ("large.parquet", "dict.parquet"):
+        ds = GepetoDataset(tmp_path / name, sp_tokenizer, max_length=8)
+        assert ds.tokens.tolist() == _doc_stream(sp_tokenizer, DOCS)
+
+
+def test_text_field_picks_another_field(sp_tokenizer, tmp_path):
+    from bllama.cli import build_parser
+    from bllama.train.trainer import dataset_from_paths
+
+    _write_jsonl(tmp_path / "c.jsonl", DOCS, field="content")
+    _write_parquet(tmp_path / "c.parquet", DOCS[::-1], column="content")
+    ds = dataset_from_paths([tmp_path / "c.jsonl", tmp_path / "c.parquet"], sp_tokenizer, 8, text_field="content")
+    assert ds.tokens.tolist() == _doc_stream(sp_tokenizer, DOCS + DOCS[::-1])
+    for argv in (["train", "c.jsonl"], ["data", "prepare", "c.jsonl", "--tokenizer", "t.model", "-o", "c.bin"]):
+        assert build_parser().parse_args(argv + ["--text-field", "content"]).text_field == "content"
+    meta = prepare_tokens(tmp_path / "c.jsonl", sp_tokenizer, tmp_path / "c.bin", text_field="content", progress=False)
+    assert meta["documents"] == len(DOCS)
+
+
 def test_training_files_are_packed_into_one_stream(sp_tokenizer, tmp_path):
     """`bllama train a.txt b.jsonl c.parquet` made a dataset per file: a file shorter than a block refused the
     run ("corpus too short") although the files together held many, and every file's partial last block was lost."""

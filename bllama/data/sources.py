@@ -65,18 +65,27 @@ def _iter_parquet_batches(path: str, field: str) -> Iterator[tuple[list[str], fl
         pf = pq.ParquetFile(path)
     except Exception as e:
         raise ValueError(f"{path}: not a readable parquet file ({e})") from e
+    import pyarrow as pa
+
     names = pf.schema_arrow.names
     if field not in names:
-        raise ValueError(f"{path}: no {field!r} column (columns: {names})")
+        raise ValueError(f"{path}: no {field!r} column (columns: {names}); another column is read with "
+                         "--text-field NAME (text_column= or text_field= in Python)")
+    # The type is checked on the schema, not on the values: an int column of zeros (falsy, so skipped as empty) was
+    # read as a corpus of no documents without a word.
+    typ = pf.schema_arrow.field(field).type
+    value_type = typ.value_type if pa.types.is_dictionary(typ) else typ
+    if not (pa.types.is_string(value_type) or pa.types.is_large_string(value_type) or pa.types.is_null(value_type)
+            or getattr(pa.types, "is_string_view", lambda t: False)(value_type)):
+        raise ValueError(f"{path}: column {field!r} is {typ}, not text (a string column is needed)")
     total_rows = max(pf.metadata.num_rows, 1)
     size = os.path.getsize(path)
-    for batch in pf.iter_batches(batch_size=_PARQUET_BATCH_ROWS, columns=[field]):
-        col = batch.column(0).to_pylist()
-        docs = [t for t in col if t]
-        for t in docs:
-            if not isinstance(t, str):
-                raise ValueError(f"{path}: column {field!r} holds {type(t).__name__}, not text")
-        yield docs, size * len(col) / total_rows
+    try:
+        for batch in pf.iter_batches(batch_size=_PARQUET_BATCH_ROWS, columns=[field]):
+            col = batch.column(0).to_pylist()
+            yield [t for t in col if t], size * len(col) / total_rows
+    except (OSError, pa.ArrowException) as e:  # a damaged page said only "Corrupt snappy compressed data."
+        raise ValueError(f"{path}: not a readable parquet file ({e})") from e
 
 
 def _iter_jsonl_batches(path: str, field: str) -> Iterator[tuple[list[str], float]]:
@@ -90,10 +99,16 @@ def _iter_jsonl_batches(path: str, field: str) -> Iterator[tuple[list[str], floa
                 continue
             try:
                 obj = json.loads(line)
+            except UnicodeDecodeError as e:  # the codec's message named neither the file nor the line
+                raise ValueError(f"{path}:{lineno}: not UTF-8 ({e.reason}: byte 0x{e.object[e.start]:02x}); "
+                                 "convert the file, e.g. iconv -f latin1 -t utf-8") from None
             except json.JSONDecodeError as e:
                 raise ValueError(f"{path}:{lineno}: invalid JSON ({e})") from e
-            if not isinstance(obj, dict) or field not in obj:
-                raise ValueError(f"{path}:{lineno}: no {field!r} field")
+            if not isinstance(obj, dict):
+                raise ValueError(f"{path}:{lineno}: a JSON {type(obj).__name__}, not an object with a {field!r} field")
+            if field not in obj:
+                raise ValueError(f"{path}:{lineno}: no {field!r} field (fields: {', '.join(map(repr, obj)) or 'none'}); "
+                                 "another field is read with --text-field NAME (text_field= in Python)")
             text = obj[field]
             if text is None:
                 continue

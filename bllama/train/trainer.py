@@ -219,7 +219,8 @@ def resolve_compile(compile: Optional[bool], accelerator: str = "auto") -> bool:
     return compile if compile is not None else trains_on_gpu(accelerator)
 
 
-def dataset_from_paths(paths: Sequence[str], tokenizer, max_length: int, sampling: str = "sequential"):
+def dataset_from_paths(paths: Sequence[str], tokenizer, max_length: int, sampling: str = "sequential",
+                       text_field: str = "text"):
     """One packed dataset from text, parquet and JSONL files (one token stream, in the order given) and prepared
     token files (.bin)."""
     from torch.utils.data import ConcatDataset
@@ -232,7 +233,7 @@ def dataset_from_paths(paths: Sequence[str], tokenizer, max_length: int, samplin
     # All document files are packed into one stream: a dataset per file refused a run whose one small file was
     # shorter than a block ("corpus too short") and dropped the partial last block of every file.
     docs = [p for p in paths if not str(p).endswith(".bin")]
-    parts = [PackedDataset.from_files(docs, tokenizer, max_length)] if docs else []
+    parts = [PackedDataset.from_files(docs, tokenizer, max_length, text_field=text_field)] if docs else []
     for p in paths:
         if str(p).endswith(".bin"):
             parts.append(check_token_file(TokenDataset(p, max_length=max_length, sampling=sampling), tokenizer))
