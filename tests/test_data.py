@@ -623,3 +623,10 @@ def test_training_files_are_packed_into_one_stream(sp_tokenizer, tmp_path):
     expected += _doc_stream(sp_tokenizer, DOCS)
     assert ds.tokens.tolist() == expected  # in the order given, each document once
     assert len(ds) == (len(expected) - 1) // 64
+
+
+def test_byte_order_mark_is_not_text(sp_tokenizer, tmp_path):
+    p = tmp_path / "windows.txt"  # the U+FEFF was trained on as the first token of the corpus
+    p.write_bytes(b"\xef\xbb\xbf" + ("\n".join(DOCS)).encode("utf-8"))
+    ds = ShakespeareDataset.from_file(p, sp_tokenizer, max_length=8)
+    assert ds.tokens.tolist() == [1] + sp_tokenizer.encode("\n".join(DOCS), add_bos=False) + [2]

@@ -131,7 +131,8 @@ def _iter_text_chunks(path: str, chunk_chars: int) -> Iterator[str]:
 
 
 def _text_chunks(path: str, chunk_chars: int) -> Iterator[str]:
-    with open(path, encoding="utf-8") as fh:
+    # utf-8-sig: a byte-order mark (Windows editors write one) is not text and was trained on as a U+FEFF token
+    with open(path, encoding="utf-8-sig") as fh:
         carry = ""
         while True:
             block = fh.read(chunk_chars)
