@@ -630,3 +630,19 @@ def test_byte_order_mark_is_not_text(sp_tokenizer, tmp_path):
     p.write_bytes(b"\xef\xbb\xbf" + ("\n".join(DOCS)).encode("utf-8"))
     ds = ShakespeareDataset.from_file(p, sp_tokenizer, max_length=8)
     assert ds.tokens.tolist() == [1] + sp_tokenizer.encode("\n".join(DOCS), add_bos=False) + [2]
+
+
+def test_a_long_line_is_read_in_pieces(sp_tokenizer, tmp_path):
+    """A file of one long line was held and encoded whole: a 19 MB line took 1 GB and time quadratic in its length.
+    It is now cut before lone spaces, and the tokens are still those of whole-text encoding."""
+    text = " ".join(DOCS).replace("\n", " ") * 20 + " x  y \t z"
+    p = tmp_path / "one-line.txt"
+    p.write_text(text, encoding="utf-8")
+    expected = [1] + sp_tokenizer.encode(text, add_bos=False) + [2]
+    pieces = [a for a, _ in tokenize_files([str(p)], sp_tokenizer, chunk_chars=64, progress=False)]
+    assert len(pieces) > len(text) // 128  # read in pieces of about chunk_chars, not held whole
+    assert np.concatenate(pieces).tolist() == expected
+    # no lone space for several chunks: cut anyway, so memory stays bounded
+    p.write_text("x" * 2000, encoding="utf-8")
+    pieces = [a for a, _ in tokenize_files([str(p)], sp_tokenizer, chunk_chars=64, progress=False)]
+    assert len(pieces) > 2000 // (64 * 8)

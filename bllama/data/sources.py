@@ -15,6 +15,7 @@ from ..tokenizers.text import not_utf8
 
 _PROGRESS_MIN_BYTES = 1 << 20  # show a progress bar from 1 MiB of input on
 _TEXT_CHUNK_CHARS = 1 << 20  # plain text files are read and encoded in ~1 MiB pieces
+_LONG_RUN_CHUNKS = 4  # a text with neither newline nor lone space over this many chunks is cut anywhere
 _PARQUET_BATCH_ROWS = 1024
 _JSONL_BATCH_DOCS = 1024
 _JSONL_EXT = (".jsonl", ".ndjson", ".json")
@@ -140,13 +141,32 @@ def _text_chunks(path: str, chunk_chars: int) -> Iterator[str]:
                 break
             buf = carry + block
             cut = buf.rfind("\n")
-            if cut <= 0:  # no newline to cut at (or only at 0): keep reading
+            if cut <= 0:
+                # A line longer than a chunk is cut before a lone space (exact, see text_chunk): waiting for a
+                # newline held the whole line, and a 19 MB one-line file took 1 GB to encode (and quadratic time).
+                cut = _space_cut(buf)
+            if cut <= 0 and len(buf) >= _LONG_RUN_CHUNKS * chunk_chars:
+                # nothing to cut at for several chunks (base64, text without spaces): cut anyway, which may tokenize
+                # these few characters differently from whole-text encoding
+                cut = len(buf)
+            if cut <= 0:
                 carry = buf
                 continue
             yield buf[:cut]
             carry = buf[cut:]
         if carry:
             yield carry
+
+
+def _space_cut(buf: str) -> int:
+    """The index of the last space with a non-space on both sides, or -1."""
+    i = len(buf) - 1
+    while True:
+        i = buf.rfind(" ", 1, i)
+        if i <= 0:
+            return -1
+        if not buf[i - 1].isspace() and not buf[i + 1].isspace():
+            return i
 
 
 class DocumentEncoder:
@@ -167,6 +187,9 @@ class DocumentEncoder:
             nl = tokenizer.encode("\n", add_bos=False)
             if nl and nl[-1] == tokenizer.piece_to_id("<0x0A>"):
                 self.cont_prefix = nl[:-1]
+        # A text cut before a lone space (_text_chunks): SentencePiece pieces never span a lone space, and its
+        # dummy prefix stands for that space, so the piece text starts without it.
+        self.space_is_prefix = isinstance(tokenizer, SentencePieceTokenizer) and tokenizer.add_dummy_prefix
 
     def _enc(self, texts: list[str]) -> list[list[int]]:
         batch = getattr(self.tok, "encode_batch", None)
@@ -192,8 +215,11 @@ class DocumentEncoder:
         return self._array(flat, len(flat))
 
     def text_chunk(self, text: str, first: bool, last: bool) -> np.ndarray:
+        newline_cut = text.startswith("\n")
+        if not first and self.space_is_prefix and text.startswith(" "):
+            text = text[1:]
         ids = self.tok.encode(text, add_bos=False, add_eos=False)
-        if not first and self.cont_prefix is not None:
+        if not first and newline_cut and self.cont_prefix is not None:
             k = len(self.cont_prefix)
             if ids[:k] == self.cont_prefix:
                 ids = ids[k:]
