@@ -646,3 +646,20 @@ def test_a_long_line_is_read_in_pieces(sp_tokenizer, tmp_path):
     p.write_text("x" * 2000, encoding="utf-8")
     pieces = [a for a, _ in tokenize_files([str(p)], sp_tokenizer, chunk_chars=64, progress=False)]
     assert len(pieces) > 2000 // (64 * 8)
+
+
+def test_token_ids_past_the_vocabulary_name_the_file_and_position(token_file, tmp_path):
+    out, meta, _, _ = token_file
+    bad = tmp_path / "bad.bin"
+    data = np.fromfile(out, dtype="<u2")
+    data[100] = meta["vocab_size"] + 7  # a damaged file: the embedding failed with "index out of range in self"
+    data.tofile(bad)
+    (tmp_path / "bad.bin.json").write_text(json.dumps(meta))
+    ds = TokenDataset(bad, max_length=16)
+    ds[0]
+    with pytest.raises(ValueError, match=rf"bad.bin: token {meta['vocab_size'] + 7} at position 100 is outside the "
+                                         rf"vocabulary of {meta['vocab_size']}"):
+        ds[100 // 16]
+    (tmp_path / "bare.bin").write_bytes(data.tobytes())
+    with pytest.raises(FileNotFoundError, match=r"bare.bin.json.*sidecar.*bllama data prepare"):
+        TokenDataset(tmp_path / "bare.bin", max_length=16)

@@ -118,7 +118,8 @@ class TokenDataset(Dataset):
             itemsize = np.dtype(dtype).itemsize
             self.meta = {"dtype": np.dtype(dtype).name, "count": os.path.getsize(path) // itemsize}
         else:
-            raise FileNotFoundError(f"token metadata not found: {meta_path} (pass dtype= to read a bare token file)")
+            raise FileNotFoundError(f"token metadata not found: {meta_path}: a token file is read with the sidecar that "
+                                    "`bllama data prepare` writes beside it (in Python, dtype= reads a bare one)")
         self.dtype = np.dtype(self.meta["dtype"]).newbyteorder("<")
         count = int(self.meta["count"])
         size = os.path.getsize(path)
@@ -195,7 +196,15 @@ class TokenDataset(Dataset):
 
     def __getitem__(self, idx: int) -> tuple[torch.Tensor, torch.Tensor]:
         o = self.offset(int(idx))
-        block = torch.from_numpy(np.array(self._tokens()[o:o + self.max_length + 1], dtype=np.int64))
+        arr = np.array(self._tokens()[o:o + self.max_length + 1], dtype=np.int64)
+        vocab = self.vocab_size
+        if vocab is not None and arr.max() >= vocab:
+            # a damaged file or a sidecar from another file: the embedding failed with "index out of range in self"
+            # on a CPU and a device-side assert on a GPU, naming neither the file nor the place
+            at = int(np.argmax(arr >= vocab))
+            raise ValueError(f"{self.path}: token {int(arr[at])} at position {o + at} is outside the vocabulary of "
+                             f"{vocab} named by its sidecar; the file is damaged or not from this sidecar")
+        block = torch.from_numpy(arr)
         return block[:-1], block[1:]
 
     def split(self, train_fraction: float = 0.9) -> tuple["TokenDataset", "TokenDataset"]:
