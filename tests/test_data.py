@@ -663,3 +663,19 @@ def test_token_ids_past_the_vocabulary_name_the_file_and_position(token_file, tm
     (tmp_path / "bare.bin").write_bytes(data.tobytes())
     with pytest.raises(FileNotFoundError, match=r"bare.bin.json.*sidecar.*bllama data prepare"):
         TokenDataset(tmp_path / "bare.bin", max_length=16)
+
+
+def test_a_token_files_sidecar_among_the_data_is_not_a_corpus(sp_tokenizer, token_file, tmp_path):
+    """`bllama train data/*` names corpus.bin and corpus.bin.json: the sidecar was read as JSONL and failed as
+    "corpus.bin.json:1: invalid JSON"."""
+    from bllama.train.trainer import dataset_from_paths
+
+    out, meta, _, _ = token_file
+    sidecar = str(out) + ".json"
+    for paths in ([out, sidecar], [sidecar, out], [sidecar]):
+        ds = dataset_from_paths(paths, sp_tokenizer, 16)
+        assert isinstance(ds, TokenDataset) and ds.num_tokens == meta["count"]
+    text = tmp_path / "more.txt"
+    text.write_text("\n".join(DOCS), encoding="utf-8")
+    ds = dataset_from_paths([text, out, sidecar], sp_tokenizer, 16)
+    assert [type(d) for d in ds.datasets] == [PackedDataset, TokenDataset]

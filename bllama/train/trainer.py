@@ -232,11 +232,15 @@ def dataset_from_paths(paths: Sequence[str], tokenizer, max_length: int, samplin
             raise ValueError(f"{p} is a folder: give its files (e.g. {Path(p) / '*.txt'}, expanded by the shell)")
     # All document files are packed into one stream: a dataset per file refused a run whose one small file was
     # shorter than a block ("corpus too short") and dropped the partial last block of every file.
-    docs = [p for p in paths if not str(p).endswith(".bin")]
+    # A token file's JSON sidecar (`bllama train data/*` names both) is part of the token file, not a JSONL corpus:
+    # it failed as "corpus.bin.json:1: invalid JSON".
+    sidecar = {str(p) for p in paths if str(p).endswith(".bin.json") and Path(str(p)[:-len(".json")]).is_file()}
+    bins = list(dict.fromkeys(str(p)[:-len(".json")] if str(p) in sidecar else str(p) for p in paths
+                              if str(p).endswith(".bin") or str(p) in sidecar))
+    docs = [p for p in paths if not str(p).endswith(".bin") and str(p) not in sidecar]
     parts = [PackedDataset.from_files(docs, tokenizer, max_length, text_field=text_field)] if docs else []
-    for p in paths:
-        if str(p).endswith(".bin"):
-            parts.append(check_token_file(TokenDataset(p, max_length=max_length, sampling=sampling), tokenizer))
+    for p in bins:
+        parts.append(check_token_file(TokenDataset(p, max_length=max_length, sampling=sampling), tokenizer))
     if not parts:
         raise ValueError("no training data given")
     return parts[0] if len(parts) == 1 else ConcatDataset(parts)
