@@ -568,6 +568,10 @@ def test_bad_records_name_the_file_and_the_place(sp_tokenizer, tmp_path):
     arr.write_text('["a list"]\n')
     with pytest.raises(ValueError, match=r"array.jsonl:1: a JSON list, not an object with a 'text' field"):
         JsonlDataset(arr, sp_tokenizer, max_length=8)
+    pretty = tmp_path / "pretty.json"  # .json is read as JSON lines: say so where a whole-file JSON fails
+    pretty.write_text(json.dumps([{"text": d} for d in DOCS], indent=2))
+    with pytest.raises(ValueError, match=r"pretty.json:1: invalid JSON .*one object per line"):
+        JsonlDataset(pretty, sp_tokenizer, max_length=8)
     other = tmp_path / "other.jsonl"
     _write_jsonl(other, DOCS, field="content")
     with pytest.raises(ValueError, match=r"other.jsonl:1: no 'text' field \(fields: 'content', 'id'\).*--text-field"):

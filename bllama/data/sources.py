@@ -20,6 +20,8 @@ _PARQUET_BATCH_ROWS = 1024
 _JSONL_BATCH_DOCS = 1024
 _JSONL_EXT = (".jsonl", ".ndjson", ".json")
 _PARQUET_EXT = (".parquet", ".pq")
+# .json files are read as JSON lines too; a whole-file array or a pretty-printed object fails on its first line
+_JSONL_FORM = "JSON lines are read: one object per line, e.g. jq -c '.[]' in.json > out.jsonl for an array"
 
 
 def token_dtype(vocab_size: int) -> np.dtype:
@@ -104,9 +106,10 @@ def _iter_jsonl_batches(path: str, field: str) -> Iterator[tuple[list[str], floa
                 raise ValueError(f"{path}:{lineno}: not UTF-8 ({e.reason}: byte 0x{e.object[e.start]:02x}); "
                                  "convert the file, e.g. iconv -f latin1 -t utf-8") from None
             except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{lineno}: invalid JSON ({e})") from e
+                raise ValueError(f"{path}:{lineno}: invalid JSON ({e}); {_JSONL_FORM}") from e
             if not isinstance(obj, dict):
-                raise ValueError(f"{path}:{lineno}: a JSON {type(obj).__name__}, not an object with a {field!r} field")
+                raise ValueError(f"{path}:{lineno}: a JSON {type(obj).__name__}, not an object with a {field!r} field; "
+                                 f"{_JSONL_FORM}")
             if field not in obj:
                 raise ValueError(f"{path}:{lineno}: no {field!r} field (fields: {', '.join(map(repr, obj)) or 'none'}); "
                                  "another field is read with --text-field NAME (text_field= in Python)")
