@@ -683,3 +683,38 @@ def test_a_token_files_sidecar_among_the_data_is_not_a_corpus(sp_tokenizer, toke
     text.write_text("\n".join(DOCS), encoding="utf-8")
     ds = dataset_from_paths([text, out, sidecar], sp_tokenizer, 16)
     assert [type(d) for d in ds.datasets] == [PackedDataset, TokenDataset]
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_random_token_blocks_change_each_epoch_of_an_epoch_based_fit(token_file, workers):
+    """Under a Trainer with max_epochs nothing told a randomly sampled TokenDataset the epoch: every epoch trained
+    on the same offsets. Each epoch now draws its own, the same in worker processes and from run to run."""
+    import pytorch_lightning as pl
+
+    out, _, _, _ = token_file
+
+    def fit():
+        starts = {}
+
+        class Probe(pl.LightningModule):
+            def __init__(self):
+                super().__init__()
+                self.w = torch.nn.Parameter(torch.zeros(1))
+
+            def training_step(self, batch, i):
+                starts.setdefault(self.current_epoch, []).extend(batch[0][:, :4].tolist())
+                return (self.w ** 2).sum()
+
+            def configure_optimizers(self):
+                return torch.optim.SGD(self.parameters(), lr=0.1)
+
+        ds = TokenDataset(out, max_length=8, sampling="random", num_samples=12, seed=3)
+        dm = TextDataModule(ds, batch_size=4, train_test_split=1.0, num_workers=workers)
+        pl.Trainer(max_epochs=3, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                   enable_model_summary=False, accelerator="cpu").fit(Probe(), dm)
+        return starts
+
+    starts = fit()
+    assert sorted(starts) == [0, 1, 2] and all(len(v) == 12 for v in starts.values())
+    assert sorted(starts[0]) != sorted(starts[1]) != sorted(starts[2])
+    assert fit() == starts

@@ -69,6 +69,24 @@ class StreamSampler(torch.utils.data.distributed.DistributedSampler):
         return self.length
 
 
+class _PassSampler(torch.utils.data.Sampler):
+    """Pass ``epoch`` of a :class:`StreamDataset` (sample numbers ``epoch * n ...``), for an epoch-based run: the
+    pass number travels in the index, so a randomly sampled :class:`TokenDataset` draws new offsets each epoch, in
+    worker processes too (Lightning calls ``set_epoch`` here, in the main process)."""
+
+    def __init__(self, n: int):
+        self.n, self.epoch = int(n), 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __iter__(self):
+        return iter(range(self.epoch * self.n, (self.epoch + 1) * self.n))
+
+    def __len__(self) -> int:
+        return self.n
+
+
 class _StreamLoader(DataLoader):
     """The loader of a :class:`StreamSampler`. Its position is the trainer's global step, which Lightning restores
     before it builds the loader, so there is nothing of its own to save; having ``state_dict``/``load_state_dict``
@@ -140,6 +158,11 @@ class TextDataModule(pl.LightningDataModule):
         pass
 
     def _loader(self, ds: Dataset, shuffle: bool) -> DataLoader:
+        if shuffle and hasattr(ds, "set_epoch"):
+            # nothing told the dataset the epoch: a randomly sampled TokenDataset served the same offsets every epoch
+            return DataLoader(StreamDataset(ds, seed=self.seed), batch_size=self.batch_size,
+                              sampler=_PassSampler(len(ds)), num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
+                              pin_memory=self.pin_memory, drop_last=self.drop_last)
         return DataLoader(
             ds,
             batch_size=self.batch_size,
