@@ -664,6 +664,10 @@ def test_token_ids_past_the_vocabulary_name_the_file_and_position(token_file, tm
     with pytest.raises(ValueError, match=rf"bad.bin: token {meta['vocab_size'] + 7} at position 100 is outside the "
                                          rf"vocabulary of {meta['vocab_size']}"):
         ds[100 // 16]
+    for dtype in ("bogus", "float16"):  # "data type 'bogus' not understood", naming no file; floats read as ids
+        (tmp_path / "bad.bin.json").write_text(json.dumps(dict(meta, dtype=dtype)))
+        with pytest.raises(ValueError, match=rf"bad.bin.json: token dtype '{dtype}' is not an integer type"):
+            TokenDataset(bad, max_length=16)
     (tmp_path / "bare.bin").write_bytes(data.tobytes())
     with pytest.raises(FileNotFoundError, match=r"bare.bin.json.*sidecar.*bllama data prepare"):
         TokenDataset(tmp_path / "bare.bin", max_length=16)

@@ -120,7 +120,14 @@ class TokenDataset(Dataset):
         else:
             raise FileNotFoundError(f"token metadata not found: {meta_path}: a token file is read with the sidecar that "
                                     "`bllama data prepare` writes beside it (in Python, dtype= reads a bare one)")
-        self.dtype = np.dtype(self.meta["dtype"]).newbyteorder("<")
+        try:  # a hand-edited or foreign sidecar's dtype raised numpy's TypeError, naming no file
+            self.dtype = np.dtype(self.meta["dtype"]).newbyteorder("<")
+        except TypeError:
+            self.dtype = None
+        if self.dtype is None or self.dtype.kind not in "ui":
+            raise ValueError(f"{meta_path if os.path.isfile(meta_path) else path}: token dtype "
+                             f"{self.meta['dtype']!r} is not an integer type (bllama data prepare writes uint16 or "
+                             "uint32)")
         count = int(self.meta["count"])
         size = os.path.getsize(path)
         if size != count * self.dtype.itemsize:
