@@ -500,6 +500,14 @@ def test_random_token_file_stream_changes_offsets_per_pass(token_file):
     assert not torch.equal(ds[0][0], ds[n][0])  # same block index, next pass: another random offset
     again = StreamDataset(TokenDataset(path, max_length=16, sampling="random", seed=1), shuffle=False)
     assert torch.equal(ds[n][0], again[n][0]) and torch.equal(ds[0][0], again[0][0])
+    # with a text file (`bllama train a.txt b.bin --sampling random`) the .bin sits in a split of a ConcatDataset:
+    # it was never told the pass
+    text = PackedDataset(np.arange(33, dtype=np.uint16), max_length=16)
+    dm = TextDataModule(torch.utils.data.ConcatDataset([text, TokenDataset(path, max_length=16, sampling="random")]),
+                        train_test_split=0.9)
+    mixed = StreamDataset(dm.train_dataset, shuffle=False)
+    n = len(mixed)
+    assert not torch.equal(mixed[n - 1][0], mixed[2 * n - 1][0])
 
 
 def test_resumable_datamodule_continues_where_a_crashed_run_stopped(tmp_path):

@@ -41,9 +41,23 @@ class StreamDataset(Dataset):
 
     def __getitem__(self, g: int):
         e, i = self.index(g)
-        if hasattr(self.base, "set_epoch"):
-            self.base.set_epoch(e)
+        _set_epoch(self.base, e)
         return self.base[i]
+
+
+def _epoch_datasets(ds: Dataset) -> list:
+    """The datasets with ``set_epoch`` in ds, through Subset and ConcatDataset: a random .bin given with a text file
+    (`bllama train a.txt b.bin --sampling random`) sits in a split of their concatenation, and was never told the
+    pass, so every pass drew the same offsets."""
+    if hasattr(ds, "set_epoch"):
+        return [ds]
+    inner = [ds.dataset] if isinstance(ds, Subset) else getattr(ds, "datasets", [])
+    return [d for part in inner for d in _epoch_datasets(part)]
+
+
+def _set_epoch(ds: Dataset, epoch: int) -> None:
+    for d in _epoch_datasets(ds):
+        d.set_epoch(epoch)
 
 
 class StreamSampler(torch.utils.data.distributed.DistributedSampler):
@@ -158,7 +172,7 @@ class TextDataModule(pl.LightningDataModule):
         pass
 
     def _loader(self, ds: Dataset, shuffle: bool) -> DataLoader:
-        if shuffle and hasattr(ds, "set_epoch"):
+        if shuffle and _epoch_datasets(ds):
             # nothing told the dataset the epoch: a randomly sampled TokenDataset served the same offsets every epoch
             return DataLoader(StreamDataset(ds, seed=self.seed), batch_size=self.batch_size,
                               sampler=_PassSampler(len(ds)), num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
