@@ -190,6 +190,10 @@ def test_train_errors(tmp_path):
     many_chars.write_text("".join(chr(0x4E00 + i) for i in range(120)) * 20 + "\n", encoding="utf-8")
     with pytest.raises(ValueError, match="distinct characters"):
         train_sentencepiece(many_chars, tmp_path / "tok", vocab_size=300)
+    one_line = tmp_path / "one-line.txt"  # SentencePiece skips it whole and said "INTERNAL: [!sentences_.empty()]"
+    one_line.write_text("a long line of words " * 100, encoding="utf-8")
+    with pytest.raises(ValueError, match=r"no line of .*one-line.txt.* longer than max_sentence_length=1000 bytes"):
+        train_sentencepiece(one_line, tmp_path / "tok", vocab_size=300, max_sentence_length=1000)
 
 
 def test_training_is_deterministic(tmp_path):

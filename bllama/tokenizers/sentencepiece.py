@@ -215,6 +215,12 @@ def train_sentencepiece(
                     f"vocab_size={vocab_size} is too small for the distinct characters this corpus needs "
                     f"({msg.strip().rsplit(']', 1)[-1].strip()}); raise vocab_size or lower character_coverage"
                 ) from e
+            if "sentences_.empty()" in msg:  # SentencePiece's own words: "INTERNAL: ... [!sentences_.empty()]"
+                raise ValueError(
+                    f"no line of {file_list or 'texts'} to train a tokenizer on: lines longer than "
+                    f"max_sentence_length={max_sentence_length} bytes are skipped (a file of one long line); break "
+                    "the text into lines, or give an existing tokenizer (--tokenizer)"
+                ) from e
             if "Vocabulary size" in msg or "vocab_size" in msg:
                 raise ValueError(
                     f"corpus too small for vocab_size={vocab_size} ({msg.strip()}); "
