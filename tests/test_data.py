@@ -568,6 +568,8 @@ def test_bad_records_name_the_file_and_the_place(sp_tokenizer, tmp_path):
     pa = pytest.importorskip("pyarrow")
     import pyarrow.parquet as pq
 
+    from bllama.train.trainer import dataset_from_paths
+
     latin1 = tmp_path / "latin1.jsonl"  # the codec's message named neither the file nor the line
     latin1.write_bytes(b'{"text": "ok"}\n{"text": "caf\xe9"}\n')
     with pytest.raises(ValueError, match=r"latin1.jsonl:2: not UTF-8 \(invalid continuation byte: byte 0xe9\)"):
@@ -584,6 +586,12 @@ def test_bad_records_name_the_file_and_the_place(sp_tokenizer, tmp_path):
     _write_jsonl(other, DOCS, field="content")
     with pytest.raises(ValueError, match=r"other.jsonl:1: no 'text' field \(fields: 'content', 'id'\).*--text-field"):
         JsonlDataset(other, sp_tokenizer, max_length=8)
+    import gzip
+
+    packed = tmp_path / "docs.jsonl.gz"  # was "not UTF-8 text (...: byte 0x8b); convert it, e.g. iconv -f latin1"
+    packed.write_bytes(gzip.compress(b'{"text": "hello"}\n'))
+    with pytest.raises(ValueError, match=r"docs.jsonl.gz is gzip-compressed; decompress it first \(gunzip -k"):
+        dataset_from_paths([packed], sp_tokenizer, 8)
     # an int column of zeros and nulls read as a file of empty documents and was skipped without a word
     _write_parquet(tmp_path / "good.parquet", DOCS)
     pq.write_table(pa.table({"text": pa.array([0, None, 0], pa.int64())}), tmp_path / "ints.parquet")

@@ -61,6 +61,20 @@ def file_kind(path: str) -> str:
     return "text"
 
 
+# Compressed corpora (.jsonl.gz, .txt.zst) are common downloads; read as text they were reported as "not UTF-8
+# text ... convert it, e.g. iconv -f latin1", which sends the user the wrong way.
+_COMPRESSED = ((b"\x1f\x8b", "gzip", "gunzip -k"), (b"\x28\xb5\x2f\xfd", "zstd", "unzstd"),
+               (b"\xfd7zXZ\x00", "xz", "unxz -k"), (b"BZh", "bzip2", "bunzip2 -k"))
+
+
+def _refuse_compressed(path: str) -> None:
+    with open(path, "rb") as fh:
+        head = fh.read(6)
+    for magic, name, tool in _COMPRESSED:
+        if head.startswith(magic) and (name != "bzip2" or head[3:4].isdigit()):
+            raise ValueError(f"{path} is {name}-compressed; decompress it first ({tool} {os.path.basename(path)})")
+
+
 def _iter_parquet_batches(path: str, field: str) -> Iterator[tuple[list[str], float]]:
     import pyarrow.parquet as pq
 
@@ -261,6 +275,8 @@ def tokenize_files(
               dynamic_ncols=True, leave=False) as bar:
         for path in files:
             fkind = kind or file_kind(path)
+            if fkind != "parquet":
+                _refuse_compressed(path)
             if fkind == "text":
                 pending: str | None = None
                 first = True
