@@ -96,6 +96,22 @@ def test_a_bad_conversation_is_refused_naming_its_file_and_line(tmp_path, sp_tok
     assert str(e.value).startswith(f"{path}:2: ") and message in str(e.value)
 
 
+def test_chats_written_by_other_tools_are_read_line_by_line(tmp_path, sp_tokenizer):
+    """json.dumps(ensure_ascii=False) leaves U+2028 and U+0085 raw inside strings; str.splitlines cut the line there
+    ("invalid JSON"). A BOM failed line 1; a Latin-1 byte raised the codec's error naming no file."""
+    from bllama.train.sft import ChatSFTDataset
+
+    odd = {"messages": [{"role": "user", "content": "Repeat: 1\u2028 2\x85 3\r"}, ASSISTANT]}
+    path = tmp_path / "chats.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + "".join(json.dumps(r, ensure_ascii=False) + "\r\n"
+                                             for r in (GOOD, odd)).encode("utf-8"))
+    ds = ChatSFTDataset([str(path)], sp_tokenizer, TEMPLATE, 64)
+    assert len(ds.rows) == 2 and ds.rows[0] != ds.rows[1]
+    path.write_bytes(json.dumps(GOOD).encode() + b"\n" + json.dumps(GOOD).encode().replace(b"Repeat", b"R\xe9p"))
+    with pytest.raises(ValueError, match=r"chats.jsonl is not UTF-8 text"):
+        ChatSFTDataset([str(path)], sp_tokenizer, TEMPLATE, 64)
+
+
 def test_text_parts_content_trains_as_its_joined_text(tmp_path, sp_tokenizer):
     """The list of text parts OpenAI clients send (and `bllama serve` accepts) is the string of its parts."""
     from bllama.train.sft import ChatSFTDataset

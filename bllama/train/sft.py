@@ -18,6 +18,7 @@ from torch.utils.data import Dataset
 
 from ..serve.protocol import chat_messages
 from ..tokenizers.chat import check_messages, encode_rendered  # the encoding Runtime.chat_prompt_ids uses
+from ..tokenizers.text import read_text_file
 
 IGNORE = -100
 
@@ -63,7 +64,9 @@ def read_conversations(paths: Sequence[str]) -> List[Tuple[str, list]]:
     """("file:line", messages) of every conversation; ValueError naming the line of one that is not a chat."""
     out = []
     for p in paths:
-        for n, line in enumerate(Path(p).read_text(encoding="utf-8").splitlines(), 1):
+        # split at "\n" only: str.splitlines also cut at U+2028, U+0085, ... which json.dumps(ensure_ascii=False)
+        # leaves raw inside strings, so a valid line failed as invalid JSON; a BOM is not part of line 1
+        for n, line in enumerate(read_text_file(p).removeprefix("\ufeff").split("\n"), 1):
             if not line.strip():
                 continue
             try:
