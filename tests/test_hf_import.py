@@ -500,3 +500,46 @@ def test_modules_kept_in_full_precision_are_refused(checkpoints, tmp_path):
             bLlama.from_pretrained(d)
     d = keeping("head-only", ["lm_head", "model.layers.11.mlp"])  # layer 11 does not exist; layer 1 must not match
     import_hf(d, tmp_path / "ok.gguf", progress=False)
+
+
+def _tokenizer_folder(d, tok_json: str, tok_config: dict):
+    """A folder holding only a tokenizer (tokenizer.json + tokenizer_config.json), no model."""
+    d.mkdir(parents=True)
+    (d / "tokenizer.json").write_text(tok_json, encoding="utf-8")
+    (d / "tokenizer_config.json").write_text(json.dumps(tok_config))
+    return d
+
+
+def _folder_and_gguf_tokenizers(d, tmp_path, vocab=320):
+    """The folder's tokenizer as a training run gets it (bLlama.from_pretrained), and as the file `bllama import`
+    writes from it gives it back (Runtime.load of the GGUF)."""
+    import gguf
+
+    from bllama.convert.hf_import import _add_tokenizer, load_hf_tokenizer
+    from bllama.convert.hf_load import _GGUFMetadata, _hf_tokenizer, _reader
+    from bllama.tokenizers.from_gguf import tokenizer_from_gguf
+
+    plan = type("Plan", (), {"vocab": vocab, "bos_id": None, "eos_ids": []})()
+    tok, kind, template = load_hf_tokenizer(d, plan)
+    w = gguf.GGUFWriter(str(tmp_path / "tok.gguf"), "bitnet")
+    _add_tokenizer(w, tok, kind, plan, template)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_ti_data_to_file()
+    w.close()
+    return _hf_tokenizer(d, {}, vocab).tokenizer, tokenizer_from_gguf(_GGUFMetadata(_reader(tmp_path / "tok.gguf")))
+
+
+def test_bpe_bos_named_only_by_the_post_processor(tmp_path):
+    """A LLaMA-3 style folder whose BOS id is named nowhere but in its post-processor's template (no bos_token,
+    no config.json bos_token_id) got no BOS at all; the template's id is taken."""
+    from transformers import AutoTokenizer
+
+    from hf_checkpoints import bpe_tokenizer_json
+
+    d = _tokenizer_folder(tmp_path / "tok", bpe_tokenizer_json(), {"tokenizer_class": "PreTrainedTokenizerFast"})
+    ref = AutoTokenizer.from_pretrained(d)(PROMPT)["input_ids"]
+    assert ref[0] == 0  # <|begin_of_text|>, as the template says
+    for tok in _folder_and_gguf_tokenizers(d, tmp_path):
+        assert tok.bos_id == 0
+        assert tok.encode(PROMPT) == ref

@@ -494,6 +494,35 @@ def _chat_template(hf_dir: Path, tc: dict) -> Optional[str]:
     return template
 
 
+def _post_processor_ends(hf_dir: Path, tokenizer_json: dict) -> Optional[Tuple[Optional[int], Optional[int]]]:
+    """(id of the special token the tokenizer.json post-processor puts before a single text, id of the one it puts
+    after it), each None where it puts none; None when it has no template (no post-processor, or ByteLevel only).
+    TemplateProcessing names its tokens by spelling, with their ids in special_tokens; Roberta/Bert processors
+    carry [spelling, id] pairs."""
+    pp = tokenizer_json.get("post_processor") or {}
+    ends = None
+    for p in pp.get("processors", [pp]) if isinstance(pp, dict) else ():
+        if not isinstance(p, dict):
+            continue
+        if p.get("type") in ("RobertaProcessing", "BertProcessing"):
+            cls, sep = p.get("cls") or [None, None], p.get("sep") or [None, None]
+            ends = (cls[1], sep[1])
+        elif p.get("type") == "TemplateProcessing" and p.get("single"):
+            table = p.get("special_tokens") or {}
+
+            def special_id(item):
+                name = item.get("SpecialToken", {}).get("id") if isinstance(item, dict) else None
+                if name is None:
+                    return None
+                ids = (table.get(name) or {}).get("ids") or []
+                if len(ids) != 1 or isinstance(ids[0], bool) or not isinstance(ids[0], int):
+                    raise HFImportError(f"{hf_dir / 'tokenizer.json'}: the post-processor's special token {name!r} "
+                                        f"has ids {ids!r}; one integer id expected")
+                return ids[0]
+            ends = (special_id(p["single"][0]), special_id(p["single"][-1]))
+    return ends
+
+
 def _adds_bos(hf_dir: Path, tc: dict, tokenizer_json: Optional[dict]) -> bool:
     """Whether transformers' tokenizer for this folder puts BOS first: tokenizer_config.json's add_bos_token,
     else a tokenizer.json post-processor that starts with a special token (LLaMA-3's TemplateProcessing), else
@@ -505,13 +534,9 @@ def _adds_bos(hf_dir: Path, tc: dict, tokenizer_json: Optional[dict]) -> bool:
         return tc["add_bos_token"]
     if tokenizer_json is None:  # SentencePiece
         return True
-    pp = tokenizer_json.get("post_processor") or {}
-    for p in pp.get("processors", [pp]) if isinstance(pp, dict) else ():
-        if isinstance(p, dict) and p.get("type") in ("RobertaProcessing", "BertProcessing"):
-            return True
-        single = p.get("single") if isinstance(p, dict) and p.get("type") == "TemplateProcessing" else None
-        if single:
-            return isinstance(single[0], dict) and "SpecialToken" in single[0]
+    ends = _post_processor_ends(hf_dir, tokenizer_json)
+    if ends is not None:
+        return ends[0] is not None
     return tc.get("tokenizer_class") in ("LlamaTokenizer", "LlamaTokenizerFast", "CodeLlamaTokenizer",
                                          "CodeLlamaTokenizerFast")
 
@@ -544,8 +569,14 @@ def load_hf_tokenizer(hf_dir: Path, plan: Plan):
                 plan.bos_id = tid
             if tid is not None and key == "eos_token" and tid not in plan.eos_ids:
                 plan.eos_ids.append(tid)
+        tok_json = json.loads(text)
+        first = (_post_processor_ends(hf_dir, tok_json) or (None, None))[0]
+        if plan.bos_id is None and first is not None:
+            # A LLaMA-3 style folder may name its BOS only in the post-processor's template: without this id the
+            # BOS the model always saw first was silently left out.
+            plan.bos_id = first
         tok = BPETokenizer(text, bos_id=plan.bos_id, eos_ids=plan.eos_ids,
-                           add_bos=_adds_bos(hf_dir, tc, json.loads(text)), chat_template=template)
+                           add_bos=_adds_bos(hf_dir, tc, tok_json), chat_template=template)
         kind = "bpe"
     else:
         raise HFImportError(f"{hf_dir}: no tokenizer.model (SentencePiece) or tokenizer.json (BPE) found")
