@@ -543,3 +543,61 @@ def test_bpe_bos_named_only_by_the_post_processor(tmp_path):
     for tok in _folder_and_gguf_tokenizers(d, tmp_path):
         assert tok.bos_id == 0
         assert tok.encode(PROMPT) == ref
+
+
+def _eos_last(tok_json: str) -> str:
+    """tok_json with a post-processor that puts <|begin_of_text|> before and <|end_of_text|> after every text."""
+    from tokenizers import Tokenizer, processors
+
+    t = Tokenizer.from_str(tok_json)
+    bos, eos = SPECIALS[0], SPECIALS[1]
+    t.post_processor = processors.TemplateProcessing(single=f"{bos} $A {eos}", pair=f"{bos} $A {eos} $B:1 {eos}:1",
+                                                     special_tokens=[(bos, 0), (eos, 1)])
+    return t.to_str()
+
+
+@pytest.mark.parametrize("case", ["template", "add_eos_token"])
+def test_bpe_eos_after_every_text_follows_the_folder(tmp_path, case):
+    """A folder whose tokenizer ends every text with EOS (a template "<s> $A </s>", or add_eos_token) lost that
+    EOS: in the folder's tokenizer, in the imported file (tokenizer.ggml.add_eos_token was always false) and in a
+    training run's folder. EOS goes last as transformers puts it, and a bare piece of text (add_bos=False) gets
+    none, as before."""
+    from transformers import AutoTokenizer
+
+    from bllama.train.run_tokenizer import load_run_tokenizer, save_tokenizer_files
+    from hf_checkpoints import bpe_tokenizer_json
+
+    tc = {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": SPECIALS[0], "eos_token": SPECIALS[1]}
+    if case == "template":
+        d = _tokenizer_folder(tmp_path / case, _eos_last(bpe_tokenizer_json()), tc)
+    else:
+        d = _tokenizer_folder(tmp_path / case, bpe_tokenizer_json(), {**tc, "add_eos_token": True})
+    ref = AutoTokenizer.from_pretrained(d)
+    folder, from_gguf = _folder_and_gguf_tokenizers(d, tmp_path)
+    save_tokenizer_files(tmp_path / "run", folder)
+    run, _ = load_run_tokenizer(tmp_path / "run" / "last.ckpt")
+    for tok in (folder, from_gguf, run):
+        ids = tok.encode(PROMPT)
+        if case == "template":  # transformers 5 drops add_eos_token beside a post-processor (see above)
+            assert ids == ref(PROMPT)["input_ids"]
+        assert ids[0] == 0 and ids[-1] == 1 and tok.eos_id == 1
+        assert tok.encode(PROMPT, add_bos=False) == ids[1:-1]
+        assert tok.encode(PROMPT, add_eos=False) == ids[:-1]
+
+
+def test_sentencepiece_add_eos_token(checkpoints, tmp_path):
+    """A LlamaTokenizer folder's add_eos_token true (every text ends with </s>) was ignored, in the imported file
+    too."""
+    from transformers import AutoTokenizer
+
+    from bllama.convert.hf_import import import_hf
+    from bllama.runtime import Runtime
+
+    _, src = checkpoints["1bitllm-padded"]
+    d = edited_copy(src, tmp_path / "sp", "tokenizer_config.json",
+                    lambda _: {"tokenizer_class": "LlamaTokenizer", "bos_token": "<s>", "eos_token": "</s>",
+                               "add_bos_token": True, "add_eos_token": True})
+    ids = Runtime.load(d).tokenizer.encode(PROMPT)
+    assert ids == AutoTokenizer.from_pretrained(d)(PROMPT)["input_ids"]
+    assert ids[-1] == 2
+    assert Runtime.load(import_hf(d, tmp_path / "m.gguf", progress=False)).tokenizer.encode(PROMPT) == ids

@@ -319,3 +319,37 @@ def test_gguf_vocab_without_space_prefix_is_rebuilt_without_it(sp_tokenizer, tmp
         w.write_kv_data_to_file()
         w.close()
         assert _GGUFMetadata(_reader(tmp_path / "t.gguf")).metadata("tokenizer.ggml.add_space_prefix") is want
+
+
+def test_gguf_add_eos_token_is_honoured(sp_tokenizer, tmp_path):
+    """tokenizer.ggml.add_eos_token = true (llama.cpp then ends every tokenized text with EOS) was ignored by the
+    tokenizer rebuilt from a GGUF file; our exports write the tokenizer's own setting instead of always false."""
+    import gguf
+
+    from bllama.convert.gguf_schema import add_tokenizer
+    from bllama.convert.hf_load import _GGUFMetadata, _reader
+    from bllama.tokenizers.from_gguf import tokenizer_from_gguf
+
+    text = "Hello, world!"
+    plain = sp_tokenizer.encode(text)
+    for add_eos in (False, True):
+        tok = SentencePieceTokenizer(sp_tokenizer.model_path)
+        tok.add_eos = add_eos
+        w = gguf.GGUFWriter(str(tmp_path / "t.gguf"), "bitnet")
+        add_tokenizer(w, tok)
+        w.write_header_to_file()
+        w.write_kv_data_to_file()
+        w.close()
+        meta = _GGUFMetadata(_reader(tmp_path / "t.gguf"))
+        assert meta.metadata("tokenizer.ggml.add_eos_token") is add_eos
+        for rebuilt in (tokenizer_from_gguf(meta), _without_sp_model(meta)):  # ours, and llama.cpp's own keys
+            assert rebuilt.encode(text) == plain + [sp_tokenizer.eos_id] * add_eos
+            assert rebuilt.encode(text, add_bos=False) == plain[1:]
+
+
+def _without_sp_model(meta):
+    """The tokenizer rebuilt from a file's llama.cpp keys alone (as from a file other tools wrote)."""
+    from bllama.tokenizers.from_gguf import tokenizer_from_gguf
+
+    meta.fields = {k: v for k, v in meta.fields.items() if k != "bllama.tokenizer.sp_model"}
+    return tokenizer_from_gguf(meta)

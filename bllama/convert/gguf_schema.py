@@ -164,7 +164,7 @@ def add_tokenizer(writer, tokenizer, vocab_size: Optional[int] = None) -> None:
     writer.add_unk_token_id(tokenizer.unk_id)
     writer.add_add_bos_token(tokenizer.add_bos)
     writer.add_add_space_prefix(tokenizer.add_dummy_prefix)  # llama.cpp's default is true
-    writer.add_add_eos_token(False)
+    writer.add_add_eos_token(tokenizer.add_eos)
     writer.add_array("bllama.tokenizer.sp_model", tokenizer.serialized())  # bytes -> a uint8 array
 
 
@@ -184,7 +184,7 @@ def add_bpe_vocab(writer, tokenizer, vocab_size: int) -> None:
 def add_bpe_tokenizer(writer, tokenizer, vocab_size: int) -> None:
     """add_bpe_vocab with the tokenizer's own BOS and EOS ids."""
     add_bpe_vocab(writer, tokenizer, vocab_size)
-    writer.add_add_eos_token(False)
+    writer.add_add_eos_token(tokenizer.add_eos)
     if tokenizer.bos_id is not None:
         writer.add_bos_token_id(tokenizer.bos_id)
     if tokenizer.eos_ids:

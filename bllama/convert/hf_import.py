@@ -541,6 +541,21 @@ def _adds_bos(hf_dir: Path, tc: dict, tokenizer_json: Optional[dict]) -> bool:
                                          "CodeLlamaTokenizerFast")
 
 
+def _adds_eos(hf_dir: Path, tc: dict, tokenizer_json: Optional[dict], eos_named: Optional[int]) -> Optional[int]:
+    """The id transformers' tokenizer for this folder puts after every text, or None: tokenizer_config.json's
+    add_eos_token (its eos_token), else a tokenizer.json post-processor that ends with a special token."""
+    if "add_eos_token" in tc:
+        if not isinstance(tc["add_eos_token"], bool):
+            raise HFImportError(f"{hf_dir / 'tokenizer_config.json'}: 'add_eos_token' = {tc['add_eos_token']!r} is "
+                                "not true or false")
+        if tc["add_eos_token"] and eos_named is None:
+            raise HFImportError(f"{hf_dir / 'tokenizer_config.json'}: 'add_eos_token' is true but no eos_token is "
+                                "named (tokenizer_config.json eos_token, or config.json eos_token_id)")
+        return eos_named if tc["add_eos_token"] else None
+    ends = _post_processor_ends(hf_dir, tokenizer_json) if tokenizer_json is not None else None
+    return ends[1] if ends is not None else None
+
+
 def load_hf_tokenizer(hf_dir: Path, plan: Plan):
     """SentencePiece (tokenizer.model) or byte-level BPE (tokenizer.json); fills plan.bos_id / eos_ids."""
     tc = _read_json(hf_dir / "tokenizer_config.json") if (hf_dir / "tokenizer_config.json").exists() else {}
@@ -554,6 +569,10 @@ def load_hf_tokenizer(hf_dir: Path, plan: Plan):
             plan.bos_id = tok.bos_id
         if not plan.eos_ids and tok.eos_id is not None:
             plan.eos_ids = [tok.eos_id]
+        appended = _adds_eos(hf_dir, tc, None, tok.eos_id)
+        tok.add_eos = appended is not None
+        if appended is not None:  # SentencePiece appends its own </s>: the file's eos_token_id must be that one
+            plan.eos_ids = [appended] + [i for i in plan.eos_ids if i != appended]
         kind = "sentencepiece"
     elif (hf_dir / "tokenizer.json").exists():
         from ..tokenizers.bpe import BPETokenizer
@@ -575,8 +594,16 @@ def load_hf_tokenizer(hf_dir: Path, plan: Plan):
             # A LLaMA-3 style folder may name its BOS only in the post-processor's template: without this id the
             # BOS the model always saw first was silently left out.
             plan.bos_id = first
+        named = _token_name(tc.get("eos_token"))
+        appended = _adds_eos(hf_dir, tc, tok_json, (probe.piece_to_id(named) if named else None) or
+                             (plan.eos_ids[0] if plan.eos_ids else None))
+        if appended is not None:
+            # every text ends with it (add_eos_token, or a template "... $A </s>"): first, so that it is what encode
+            # appends and what the file's tokenizer.ggml.eos_token_id (what llama.cpp appends) says
+            plan.eos_ids[:] = [appended] + [i for i in plan.eos_ids if i != appended]
         tok = BPETokenizer(text, bos_id=plan.bos_id, eos_ids=plan.eos_ids,
-                           add_bos=_adds_bos(hf_dir, tc, tok_json), chat_template=template)
+                           add_bos=_adds_bos(hf_dir, tc, tok_json), add_eos=appended is not None,
+                           chat_template=template)
         kind = "bpe"
     else:
         raise HFImportError(f"{hf_dir}: no tokenizer.model (SentencePiece) or tokenizer.json (BPE) found")
@@ -608,7 +635,7 @@ def _add_tokenizer(w, tok, kind: str, plan: Plan, template: Optional[str]) -> No
         w.add_array("bllama.tokenizer.sp_model", tok.serialized())
     else:
         add_bpe_vocab(w, tok, plan.vocab)
-    w.add_add_eos_token(False)
+    w.add_add_eos_token(tok.add_eos)
     if plan.bos_id is not None:
         w.add_bos_token_id(plan.bos_id)
     if plan.eos_ids:

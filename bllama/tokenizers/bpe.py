@@ -1,9 +1,10 @@
 """Byte-level BPE tokenizers (LLaMA-3 style `tokenizer.json`) through the Hugging Face `tokenizers` library.
 
 `BPETokenizer` has the same small interface as `SentencePieceTokenizer`: ``encode(text, add_bos=True,
-add_eos=False)``, ``decode(ids)``, ``bos_id``, ``eos_id``, ``eos_ids`` (every id that ends generation),
-``unk_id``, ``vocab_size``. BOS is prepended by us (never by the file's post-processor) so that encoding does
-not depend on how a given tokenizer.json configures its template.
+add_eos=None)``, ``decode(ids)``, ``bos_id``, ``eos_id``, ``eos_ids`` (every id that ends generation),
+``unk_id``, ``vocab_size``. BOS and EOS are added by us (never by the file's post-processor) as ``add_bos`` /
+``add_eos`` say (the importer reads them from the folder's tokenizer_config.json and post-processor), so that
+encoding does not depend on how a given tokenizer.json configures its template.
 
 In a GGUF file the tokenizer lives twice: the exact `tokenizer.json` bytes in ``bllama.tokenizer.hf_json``
 (what the Runtime uses) and the standard ``tokenizer.ggml.model = "gpt2"`` tokens / token types / merges so
@@ -76,7 +77,7 @@ class BPETokenizer:
     """A `tokenizers.Tokenizer` plus the model's special ids."""
 
     def __init__(self, json_text: str, bos_id: Optional[int] = None, eos_ids: Sequence[int] = (),
-                 add_bos: bool = True, chat_template: Optional[str] = None):
+                 add_bos: bool = True, chat_template: Optional[str] = None, add_eos: bool = False):
         tk = _tokenizers()
         try:
             self.tok = tk.Tokenizer.from_str(json_text)
@@ -86,6 +87,7 @@ class BPETokenizer:
         self._bos = bos_id
         self._eos = [int(i) for i in eos_ids]
         self.add_bos = bool(add_bos) and bos_id is not None
+        self.add_eos = bool(add_eos) and bool(self._eos)  # the model's texts end with eos_ids[0]
         self.chat_template = chat_template
         n = self.vocab_size
         for what, i in [("bos", bos_id)] + [("eos", e) for e in self._eos]:
@@ -98,15 +100,21 @@ class BPETokenizer:
             return cls(fh.read(), **kw)
 
     # -- the common interface ------------------------------------------------------------------------------
-    def encode(self, text: str, add_bos: bool = True, add_eos: bool = False) -> List[int]:
+    def encode(self, text: str, add_bos: bool = True, add_eos: Optional[bool] = None) -> List[int]:
+        """Token ids of `text`: BOS first where the model uses one (add_bos=False: never); EOS last with
+        add_eos=True, never with False, and with None (the default) where the model's tokenizer ends every text
+        with it (add_eos_token) unless add_bos=False asked for a bare piece of text."""
         ids = self.tok.encode(check_text(text, "the text"), add_special_tokens=False).ids
         if add_bos and self.add_bos:
             ids = [self._bos] + ids
+        if add_eos is None:
+            add_eos = add_bos and self.add_eos
         if add_eos and self._eos:
             ids = ids + [self._eos[0]]
         return ids
 
-    def encode_batch(self, texts: Sequence[str], add_bos: bool = True, add_eos: bool = False) -> List[List[int]]:
+    def encode_batch(self, texts: Sequence[str], add_bos: bool = True,
+                     add_eos: Optional[bool] = None) -> List[List[int]]:
         return [self.encode(t, add_bos, add_eos) for t in texts]
 
     def encode_plain(self, text: str) -> List[int]:

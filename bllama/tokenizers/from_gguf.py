@@ -22,6 +22,8 @@ def tokenizer_of_gguf(engine):
     keys = set(engine.metadata_keys())
     get = lambda k, d=None: engine.metadata(k) if k in keys else d
     add_bos = bool(get("tokenizer.ggml.add_bos_token", True))  # False: a SmolLM-style model never saw one
+    # llama.cpp ends every tokenized text with EOS where this is true (its default is false)
+    add_eos = bool(get("tokenizer.ggml.add_eos_token", False))
     if "bllama.tokenizer.hf_json" in keys:  # byte-level BPE (LLaMA-3 style tokenizer.json)
         from .bpe import BPETokenizer
 
@@ -30,11 +32,11 @@ def tokenizer_of_gguf(engine):
             ([int(get("tokenizer.ggml.eos_token_id"))] if "tokenizer.ggml.eos_token_id" in keys else [])
         return BPETokenizer(bytes(bytearray(engine.metadata("bllama.tokenizer.hf_json"))).decode("utf-8"),
                             bos_id=get("tokenizer.ggml.bos_token_id"), eos_ids=eos,
-                            add_bos=add_bos,
+                            add_bos=add_bos, add_eos=add_eos,
                             chat_template=get("tokenizer.chat_template"))
     if "bllama.tokenizer.sp_model" in keys:
         tok = SentencePieceTokenizer.from_bytes(bytes(bytearray(engine.metadata("bllama.tokenizer.sp_model"))))
-        tok.add_bos = add_bos
+        tok.add_bos, tok.add_eos = add_bos, add_eos
         return tok
     if "tokenizer.ggml.tokens" not in keys:
         raise ValueError("the model file carries no tokenizer (no tokenizer.ggml.tokens)")
@@ -53,7 +55,7 @@ def tokenizer_of_gguf(engine):
         # Without tokenizer.ggml.add_bos_token, llama.cpp puts BOS first for the LLaMA-3 family of pre-tokenizers
         # only: a GPT-2 style vocabulary (whose model never saw one) gets none.
         return BPETokenizer(text, bos_id=get("tokenizer.ggml.bos_token_id"), eos_ids=list(dict.fromkeys(eos)),
-                            add_bos=bool(get("tokenizer.ggml.add_bos_token", pre in LLAMA3_PRE)),
+                            add_bos=bool(get("tokenizer.ggml.add_bos_token", pre in LLAMA3_PRE)), add_eos=add_eos,
                             chat_template=get("tokenizer.chat_template"))
     if model != "llama":
         raise ValueError(f"unsupported tokenizer.ggml.model {model!r}: SentencePiece 'llama' and byte-level BPE "
@@ -66,6 +68,6 @@ def tokenizer_of_gguf(engine):
         # llama.cpp's SentencePiece tokenizer puts a space before the text unless the file says not to (converters
         # write false for models trained without SentencePiece's dummy prefix): every id after it depends on it.
         add_dummy_prefix=bool(get("tokenizer.ggml.add_space_prefix", True)))
-    tok.add_bos = add_bos
+    tok.add_bos, tok.add_eos = add_bos, add_eos
     return tok
 

@@ -258,6 +258,7 @@ class SentencePieceTokenizer:
         self.model_path = model_path
         self.chat_template: str | None = None  # a GGUF file's tokenizer.chat_template, set by tokenizer_from_gguf
         self.add_bos = True  # encode()'s BOS; a Hugging Face folder's add_bos_token can turn it off
+        self.add_eos = False  # encode()'s EOS by default; a folder's add_eos_token (or a GGUF's) turns it on
         self._proto = bytes(model_proto)
         self.sp = spm.SentencePieceProcessor()
         try:
@@ -356,14 +357,21 @@ class SentencePieceTokenizer:
         return cls(model_proto=m.SerializeToString())
 
     # -- core API ---------------------------------------------------------------
-    def encode(self, text: str, add_bos: bool = True, add_eos: bool = False) -> list[int]:
+    def encode(self, text: str, add_bos: bool = True, add_eos: bool | None = None) -> list[int]:
+        """Token ids of `text`: BOS first where the model uses one (add_bos=False: never); EOS last with
+        add_eos=True, never with False, and with None (the default) where the model's tokenizer ends every text
+        with it (add_eos) unless add_bos=False asked for a bare piece of text."""
+        if add_eos is None:
+            add_eos = add_bos and self.add_eos
         return self.sp.encode(check_text(text, "the text"),
                               add_bos=add_bos and self.add_bos and self.bos_id is not None,
                               add_eos=add_eos and self.eos_id is not None)
 
-    def encode_batch(self, texts: Sequence[str], add_bos: bool = True, add_eos: bool = False,
+    def encode_batch(self, texts: Sequence[str], add_bos: bool = True, add_eos: bool | None = None,
                      num_threads: int | None = None) -> list[list[int]]:
         texts = [check_text(t, f"text {i}") for i, t in enumerate(texts)]
+        if add_eos is None:
+            add_eos = add_bos and self.add_eos
         return self.sp.encode(texts, add_bos=add_bos and self.add_bos and self.bos_id is not None,
                               add_eos=add_eos and self.eos_id is not None,
                               num_threads=num_threads if num_threads is not None else -1)
@@ -489,11 +497,13 @@ class SentencePieceTokenizer:
         return f"SentencePieceTokenizer({src!r}, vocab_size={self.vocab_size})"
 
     def __getstate__(self):
-        return {"model_path": self.model_path, "proto": self._proto}
+        return {"model_path": self.model_path, "proto": self._proto, "add_bos": self.add_bos,
+                "add_eos": self.add_eos}
 
     def __setstate__(self, state):
         self.__init__(model_proto=state["proto"])
         self.model_path = state["model_path"]
+        self.add_bos, self.add_eos = state.get("add_bos", True), state.get("add_eos", False)
 
 
 def _user_defined_from_proto(proto: bytes) -> list[int]:

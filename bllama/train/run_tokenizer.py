@@ -25,11 +25,14 @@ def save_tokenizer_files(out_dir: Path, tokenizer, chat_template: Optional[str] 
     if isinstance(tokenizer, BPETokenizer):
         atomic_write_text(out_dir / "tokenizer.json", tokenizer.json_text)
         atomic_write_text(out_dir / "tokenizer_specials.json", json.dumps(
-            {"bos_id": tokenizer.bos_id, "eos_ids": tokenizer.eos_ids, "add_bos": tokenizer.add_bos}))
+            {"bos_id": tokenizer.bos_id, "eos_ids": tokenizer.eos_ids, "add_bos": tokenizer.add_bos,
+             "add_eos": tokenizer.add_eos}))
     elif hasattr(tokenizer, "save"):
         tokenizer.save(out_dir / "tokenizer.model")
-        if not getattr(tokenizer, "add_bos", True):  # tokenizer.model cannot say so (a HF folder's add_bos_token)
-            atomic_write_text(out_dir / "tokenizer_specials.json", json.dumps({"add_bos": False}))
+        # tokenizer.model cannot say these (a HF folder's add_bos_token / add_eos_token)
+        if not getattr(tokenizer, "add_bos", True) or getattr(tokenizer, "add_eos", False):
+            atomic_write_text(out_dir / "tokenizer_specials.json", json.dumps(
+                {"add_bos": getattr(tokenizer, "add_bos", True), "add_eos": getattr(tokenizer, "add_eos", False)}))
     if chat_template:
         atomic_write_text(out_dir / "chat_template.jinja", chat_template)
 
@@ -47,10 +50,11 @@ def load_run_tokenizer(checkpoint_path):
             else {}
         if (d / "tokenizer.model").exists():
             tok = SentencePieceTokenizer(d / "tokenizer.model")
-            tok.add_bos = sp.get("add_bos", True)
+            tok.add_bos, tok.add_eos = sp.get("add_bos", True), sp.get("add_eos", False)
             return tok, template
         if (d / "tokenizer.json").exists():
             tok = BPETokenizer.from_file(d / "tokenizer.json", bos_id=sp.get("bos_id"), eos_ids=sp.get("eos_ids", ()),
-                                         add_bos=sp.get("add_bos", True), chat_template=template)
+                                         add_bos=sp.get("add_bos", True), add_eos=sp.get("add_eos", False),
+                                         chat_template=template)
             return tok, template
     raise FileNotFoundError(f"no tokenizer.model or tokenizer.json next to {checkpoint_path}; pass --tokenizer")
