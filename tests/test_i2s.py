@@ -88,8 +88,94 @@ def test_gpt2_gguf_vocab_rebuilds_the_tokenizer(pre):
         assert rebuilt.decode(rebuilt.encode(text)) == ref.decode(ref.encode(text))
     assert rebuilt.encode("<|eot_id|>", add_bos=False) == [2]
     with pytest.raises(ValueError, match="tokenizer.ggml.pre"):
-        tokenizer_json_from_gguf(v["tokens"], v["merges"], v["token_type"], "qwen2")
+        tokenizer_json_from_gguf(v["tokens"], v["merges"], v["token_type"], "deepseek-coder")
 
+
+
+def byte_level_tokenizer(kind: str) -> BPETokenizer:
+    """A small byte-level BPE with the pre-tokenizer of GPT-2, LLaMA-3, Qwen2 (and its NFC) or SmolLM, built as their
+    tokenizer.json files have it."""
+    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+
+    from bllama.tokenizers.bpe import LLAMA3_SPLIT, QWEN2_SPLIT
+
+    tok = Tokenizer(models.BPE())
+    split = lambda r: [pre_tokenizers.Split(Regex(r), behavior="isolated"),
+                       pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)]
+    tok.pre_tokenizer = {
+        "gpt2": lambda: pre_tokenizers.ByteLevel(add_prefix_space=False),
+        "llama3": lambda: pre_tokenizers.Sequence(split(LLAMA3_SPLIT)),
+        "qwen2": lambda: pre_tokenizers.Sequence(split(QWEN2_SPLIT)),
+        "smollm": lambda: pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),
+                                                   pre_tokenizers.ByteLevel(add_prefix_space=False)]),
+    }[kind]()
+    if kind == "qwen2":
+        tok.normalizer = normalizers.NFC()
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=SPECIALS, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator([TEXT + " 12345 3.14159 (x) can't WON'T naïve café 日本語\n\n\tend  ok"] * 3, trainer)
+    return BPETokenizer(tok.to_str(), bos_id=0, eos_ids=[1, 2])
+
+
+def _tokenizer_gguf(tmp_path, tok):
+    import gguf
+
+    from bllama.convert.gguf_schema import add_tokenizer
+    from bllama.convert.hf_load import _GGUFMetadata, _reader
+
+    w = gguf.GGUFWriter(str(tmp_path / "tok.gguf"), "bitnet")
+    add_tokenizer(w, tok)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.close()
+    return _GGUFMetadata(_reader(tmp_path / "tok.gguf"))
+
+
+@pytest.mark.parametrize("kind, name", [("gpt2", "gpt-2"), ("llama3", "llama-bpe"), ("qwen2", "qwen2"),
+                                        ("smollm", "smollm")])
+def test_export_names_the_pre_tokenizer_llama_cpp_splits_with(tmp_path, kind, name):
+    """tokenizer.ggml.pre was chosen by vocabulary size ("llama-bpe" from 128000 tokens, else "default"), so
+    llama.cpp split an exported GPT-2, Qwen2 or SmolLM style tokenizer's text its own default way: other token ids,
+    silently. It is now the name of the tokenizer's own split, and the tokenizer rebuilt from the file's llama.cpp
+    keys alone (as from a file llama.cpp wrote) gives the same ids."""
+    from bllama.tokenizers.from_gguf import tokenizer_from_gguf
+
+    ref = byte_level_tokenizer(kind)
+    meta = _tokenizer_gguf(tmp_path, ref)
+    assert meta.metadata("tokenizer.ggml.pre") == name
+    meta.fields = {k: v for k, v in meta.fields.items() if k != "bllama.tokenizer.hf_json"}
+    rebuilt = tokenizer_from_gguf(meta)
+    for text in SAMPLES + ["x (12345) 3.14159 + a|b", "e\u0301 cafe\u0301 ñ"]:
+        assert rebuilt.encode(text) == ref.encode(text), text
+
+
+def test_export_of_a_pre_tokenizer_llama_cpp_cannot_name_warns(tmp_path):
+    """A split llama.cpp has no name for is said at export, and the key is left out (llama.cpp then warns that
+    generation quality will be degraded) rather than naming another split; our engine reads the exact JSON."""
+    import json
+
+    ref = byte_level_tokenizer("gpt2")
+    tj = json.loads(ref.json_text)
+    tj["pre_tokenizer"] = {"type": "Sequence", "pretokenizers": [{"type": "Punctuation", "behavior": "Isolated"},
+                                                                 tj["pre_tokenizer"]]}
+    tok = BPETokenizer(json.dumps(tj), bos_id=0, eos_ids=[1])
+    with pytest.warns(UserWarning, match="not one llama.cpp knows by name"):
+        meta = _tokenizer_gguf(tmp_path, tok)
+    assert "tokenizer.ggml.pre" not in meta.fields
+
+
+def test_default_pre_splits_as_llama_cpp_does():
+    """"default" (or no tokenizer.ggml.pre) is llama.cpp's own split, which is not GPT-2's: punctuation runs first,
+    then GPT-2's regex, digit runs, 3-digit groups. It was read as GPT-2's."""
+    from tokenizers import Tokenizer
+
+    v = byte_level_tokenizer("gpt2").gguf_vocab()
+    pre = Tokenizer.from_str(tokenizer_json_from_gguf(v["tokens"], v["merges"], v["token_type"], "default"))
+    gpt2 = Tokenizer.from_str(tokenizer_json_from_gguf(v["tokens"], v["merges"], v["token_type"], "gpt-2"))
+    split = lambda t, s: [p for p, _ in t.pre_tokenizer.pre_tokenize_str(s)]
+    assert split(pre, "x (12345)") == ["x", "Ġ", "(", "123", "45", ")"]
+    assert split(gpt2, "x (12345)") == ["x", "Ġ(", "12345", ")"]
 
 
 @pytest.mark.parametrize("pre, add_bos_key, bos_first", [("default", None, False), ("gpt-2", None, False),

@@ -171,9 +171,27 @@ def add_tokenizer(writer, tokenizer, vocab_size: Optional[int] = None) -> None:
 def add_bpe_vocab(writer, tokenizer, vocab_size: int) -> None:
     """A byte-level BPE tokenizer (tokenizer.json) as llama.cpp's `gpt2` arrays plus the exact JSON bytes; the
     BOS/EOS ids are the caller's (the importer takes them from the checkpoint's config)."""
+    import json
+    import warnings
+
+    from ..tokenizers.bpe import llama_cpp_pre
+
     v = tokenizer.gguf_vocab(vocab_size)
     writer.add_tokenizer_model("gpt2")
-    writer.add_tokenizer_pre("llama-bpe" if tokenizer.vocab_size >= 128000 else "default")
+    tok_json = json.loads(tokenizer.json_text)
+    pre = llama_cpp_pre(tok_json)
+    if pre is not None:
+        writer.add_tokenizer_pre(pre)
+    else:
+        # No name makes llama.cpp split text as this tokenizer does. Left out, llama.cpp falls back to its own
+        # "default" split and says that generation quality will be degraded; our engine reads the exact
+        # tokenizer.json (bllama.tokenizer.hf_json) and is not affected.
+        warnings.warn(
+            f"this tokenizer's pre-tokenizer ({json.dumps(tok_json.get('pre_tokenizer'))[:200]}, normalizer "
+            f"{(tok_json.get('normalizer') or {}).get('type')}, model {(tok_json.get('model') or {}).get('type')}) "
+            "is not one llama.cpp knows by name (GPT-2's, LLaMA-3's, Qwen2's and SmolLM's byte-level BPE are): the "
+            "file leaves tokenizer.ggml.pre out. Our engine tokenizes it exactly; llama.cpp would split text its "
+            "default way and give other token ids", stacklevel=2)
     writer.add_token_list(v["tokens"])
     writer.add_token_types(v["token_type"])
     writer.add_token_merges(v["merges"])

@@ -21,13 +21,53 @@ __all__ = ["BPETokenizer", "tokenizer_json_from_gguf"]
 
 TOKEN_TYPE_NORMAL, TOKEN_TYPE_CONTROL, TOKEN_TYPE_USER_DEFINED, TOKEN_TYPE_UNUSED = 1, 3, 4, 5
 
-# A GGUF file names its pre-tokenizer (tokenizer.ggml.pre, llama.cpp's names) rather than storing it. The split
-# patterns of the two families we rebuild: LLaMA-3's (letters, numbers of up to 3 digits, punctuation runs, newline
-# runs), and GPT-2's, which is byte-level BPE's own default (ByteLevel with use_regex).
+# A GGUF file names its pre-tokenizer (tokenizer.ggml.pre, llama.cpp's names) rather than storing it, and llama.cpp
+# splits text with its own regexes for that name. The families we name and rebuild, with llama.cpp's names for each:
+# LLaMA-3's split (letters, numbers of up to 3 digits, punctuation runs, newline runs), Qwen2's (the same with single
+# digits), GPT-2's (byte-level BPE's own default: ByteLevel with use_regex), SmolLM's (single digits, then GPT-2's),
+# and llama.cpp's "default" (what it uses for that name or a missing one: punctuation runs, GPT-2's, digit runs,
+# then 3-digit groups, applied one after the other).
 LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
                 r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+QWEN2_SPLIT = LLAMA3_SPLIT.replace(r"\p{N}{1,3}", r"\p{N}")
+GPT2_SPLIT = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)"
+DEFAULT_SPLITS = (r"[\p{P}\$\+<=>\^~\|]+", GPT2_SPLIT, r"\p{N}+", "[0-9][0-9][0-9]")
 LLAMA3_PRE = ("llama-bpe", "llama3", "llama-v3")
-GPT2_PRE = ("gpt-2", "gpt2", "default")  # "gpt-2" is llama.cpp's name for GPT-2's own split
+QWEN2_PRE = ("qwen2", "deepseek-r1-qwen", "megrez")
+SMOLLM_PRE = ("smollm",)
+GPT2_PRE = ("gpt-2", "gpt2")  # "gpt-2" is llama.cpp's name for GPT-2's own split ("gpt2" is not one, read anyway)
+DEFAULT_PRE = ("default",)
+
+
+def _split(regex: str) -> dict:
+    return {"type": "Split", "pattern": {"Regex": regex}, "behavior": "Isolated", "invert": False}
+
+
+def _byte_level(use_regex: bool) -> dict:
+    return {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": use_regex}
+
+
+def llama_cpp_pre(tokenizer_json: dict) -> Optional[str]:
+    """llama.cpp's tokenizer.ggml.pre name for a tokenizer.json's pre-tokenizer (the name under which llama.cpp splits
+    text the same way), or None when it has none: not byte-level BPE, or a split llama.cpp does not know by name."""
+    model, pre = tokenizer_json.get("model") or {}, tokenizer_json.get("pre_tokenizer") or {}
+    if model.get("type") != "BPE" or (tokenizer_json.get("normalizer") or {}).get("type") not in (None, "NFC"):
+        return None  # llama.cpp's gpt2 vocabulary runs no normalizer (NFC: Qwen2's, which llama.cpp skips too)
+    shape = []
+    for step in pre.get("pretokenizers", []) if pre.get("type") == "Sequence" else [pre]:
+        kind = step.get("type")
+        if kind == "ByteLevel" and not step.get("add_prefix_space"):
+            shape.append(("ByteLevel", bool(step.get("use_regex", True))))
+        elif kind == "Split" and step.get("behavior") == "Isolated" and not step.get("invert"):
+            shape.append(("Split", (step.get("pattern") or {}).get("Regex")))
+        elif kind == "Digits":
+            shape.append(("Digits", bool(step.get("individual_digits"))))
+        else:
+            return None
+    return {(("ByteLevel", True),): GPT2_PRE[0],
+            (("Split", LLAMA3_SPLIT), ("ByteLevel", False)): LLAMA3_PRE[0],
+            (("Split", QWEN2_SPLIT), ("ByteLevel", False)): QWEN2_PRE[0],
+            (("Digits", True), ("ByteLevel", True)): SMOLLM_PRE[0]}.get(tuple(shape))
 
 
 def tokenizer_json_from_gguf(tokens: Sequence[str], merges: Sequence[str], token_types: Sequence[int],
@@ -36,14 +76,19 @@ def tokenizer_json_from_gguf(tokens: Sequence[str], merges: Sequence[str], token
     the pre-tokenizer's name), as in files converted by llama.cpp or bitnet.cpp without our own
     `bllama.tokenizer.hf_json`. Control and user-defined tokens become added tokens (matched whole, before BPE)."""
     if pre in LLAMA3_PRE:
-        pre_tokenizer = {"type": "Sequence", "pretokenizers": [
-            {"type": "Split", "pattern": {"Regex": LLAMA3_SPLIT}, "behavior": "Isolated", "invert": False},
-            {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": False}]}
+        pre_tokenizer = {"type": "Sequence", "pretokenizers": [_split(LLAMA3_SPLIT), _byte_level(False)]}
+    elif pre in QWEN2_PRE:
+        pre_tokenizer = {"type": "Sequence", "pretokenizers": [_split(QWEN2_SPLIT), _byte_level(False)]}
+    elif pre in SMOLLM_PRE:
+        pre_tokenizer = {"type": "Sequence", "pretokenizers": [{"type": "Digits", "individual_digits": True},
+                                                               _byte_level(True)]}
     elif pre in GPT2_PRE:
-        pre_tokenizer = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True}
+        pre_tokenizer = _byte_level(True)
+    elif pre in DEFAULT_PRE:
+        pre_tokenizer = {"type": "Sequence", "pretokenizers": [_split(r) for r in DEFAULT_SPLITS] + [_byte_level(False)]}
     else:
         raise ValueError(f"unsupported tokenizer.ggml.pre {pre!r}: byte-level BPE files with the pre-tokenizer "
-                         f"{', '.join(LLAMA3_PRE + GPT2_PRE)} can be read")
+                         f"{', '.join(LLAMA3_PRE + QWEN2_PRE + SMOLLM_PRE + GPT2_PRE + DEFAULT_PRE)} can be read")
     if len(token_types) != len(tokens):
         raise ValueError(f"tokenizer.ggml.token_type has {len(token_types)} entries for {len(tokens)} tokens")
     # Every token goes into the BPE vocabulary (the library gives an added token that is not in it the next free
@@ -58,8 +103,10 @@ def tokenizer_json_from_gguf(tokens: Sequence[str], merges: Sequence[str], token
     model = {"type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": None,
              "end_of_word_suffix": None, "fuse_unk": False, "byte_fallback": False,
              "ignore_merges": pre in LLAMA3_PRE, "vocab": vocab, "merges": [str(m) for m in merges]}
+    # Qwen2's tokenizer composes text (NFC) before splitting it; llama.cpp skips that, the model was trained with it
+    normalizer = {"type": "NFC"} if pre in QWEN2_PRE else None
     return json.dumps({"version": "1.0", "truncation": None, "padding": None, "added_tokens": added,
-                       "normalizer": None, "pre_tokenizer": pre_tokenizer, "post_processor": None,
+                       "normalizer": normalizer, "pre_tokenizer": pre_tokenizer, "post_processor": None,
                        "decoder": {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True,
                                    "use_regex": True},
                        "model": model})
