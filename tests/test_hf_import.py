@@ -601,3 +601,35 @@ def test_sentencepiece_add_eos_token(checkpoints, tmp_path):
     assert ids == AutoTokenizer.from_pretrained(d)(PROMPT)["input_ids"]
     assert ids[-1] == 2
     assert Runtime.load(import_hf(d, tmp_path / "m.gguf", progress=False)).tokenizer.encode(PROMPT) == ids
+
+
+def test_sentencepiece_folder_with_tokens_added_in_tokenizer_json(sp_model_path, tmp_path):
+    """A LLaMA-2 style folder (tokenizer.model) whose tokenizer.json adds ChatML's tokens (a common fine-tune) was
+    read from tokenizer.model alone: <|im_start|> became a dozen text pieces and the model's rows for the added ids
+    were never used. transformers reads the tokenizer.json; so do we now. The same tokens listed only in
+    added_tokens.json are refused by name."""
+    from transformers import AutoTokenizer
+
+    from bllama.convert.hf_import import HFImportError, load_hf_tokenizer
+
+    src = tmp_path / "src"
+    src.mkdir()
+    shutil.copy(sp_model_path, src / "tokenizer.model")
+    (src / "tokenizer_config.json").write_text(json.dumps(
+        {"tokenizer_class": "LlamaTokenizer", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>",
+         "add_bos_token": True}))
+    hf = AutoTokenizer.from_pretrained(src)
+    hf.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
+    d = tmp_path / "chatml"
+    hf.save_pretrained(d)
+    shutil.copy(sp_model_path, d / "tokenizer.model")  # as hub folders written by transformers 4 have it
+    ref = AutoTokenizer.from_pretrained(d)
+    text = "<|im_start|>user\nOnce upon a time<|im_end|>"
+    assert ref(text)["input_ids"][1] == len(ref) - 2  # the added id: what the model was fine-tuned with
+    for tok in _folder_and_gguf_tokenizers(d, tmp_path, vocab=len(ref)):
+        assert tok.encode(text) == ref(text)["input_ids"]
+        assert tok.special_pieces()["<|im_end|>"] == len(ref) - 1
+    (d / "tokenizer.json").unlink()
+    (d / "added_tokens.json").write_text(json.dumps({"<|im_start|>": len(ref) - 2, "<|im_end|>": len(ref) - 1}))
+    with pytest.raises(HFImportError, match=r"added_tokens.json adds tokens that tokenizer.model does not have"):
+        load_hf_tokenizer(d, type("Plan", (), {"vocab": len(ref), "bos_id": None, "eos_ids": []})())

@@ -556,14 +556,38 @@ def _adds_eos(hf_dir: Path, tc: dict, tokenizer_json: Optional[dict], eos_named:
     return ends[1] if ends is not None else None
 
 
+def _sp_lacks_added_tokens(hf_dir: Path, sp) -> bool:
+    """Whether the folder's tokenizer.json adds tokens its tokenizer.model does not have (ChatML's <|im_start|> added
+    to a LLaMA-2 vocabulary): transformers then uses the tokenizer.json, and so must we. Such tokens listed only in
+    added_tokens.json (a folder without tokenizer.json) cannot be rebuilt here: refused, naming them."""
+    if (hf_dir / "tokenizer.json").exists():
+        added = [(t.get("content"), t.get("id")) for t in
+                 _read_json(hf_dir / "tokenizer.json").get("added_tokens") or [] if isinstance(t, dict)]
+        return any(i != sp.piece_to_id(c) or i >= sp.vocab_size for c, i in added if isinstance(c, str))
+    if (hf_dir / "added_tokens.json").exists():
+        extra = {c: i for c, i in _read_json(hf_dir / "added_tokens.json").items()
+                 if not isinstance(i, int) or i >= sp.vocab_size or sp.piece_to_id(c) != i}
+        if extra:
+            raise HFImportError(f"{hf_dir / 'added_tokens.json'} adds tokens that tokenizer.model does not have "
+                                f"({', '.join(f'{c!r} = {i}' for c, i in list(extra.items())[:5])}): give the folder "
+                                "a tokenizer.json with them (transformers' save_pretrained writes one)")
+    return False
+
+
 def load_hf_tokenizer(hf_dir: Path, plan: Plan):
-    """SentencePiece (tokenizer.model) or byte-level BPE (tokenizer.json); fills plan.bos_id / eos_ids."""
+    """SentencePiece (tokenizer.model) or BPE (tokenizer.json, also where it adds tokens to a tokenizer.model beside
+    it); fills plan.bos_id / eos_ids."""
     tc = _read_json(hf_dir / "tokenizer_config.json") if (hf_dir / "tokenizer_config.json").exists() else {}
     template = _chat_template(hf_dir, tc)
+    sp = None
     if (hf_dir / "tokenizer.model").exists():
         from ..tokenizers.sentencepiece import SentencePieceTokenizer
 
-        tok = SentencePieceTokenizer.from_file(hf_dir / "tokenizer.model")
+        sp = SentencePieceTokenizer.from_file(hf_dir / "tokenizer.model")
+        if _sp_lacks_added_tokens(hf_dir, sp):
+            sp = None
+    if sp is not None:
+        tok = sp
         tok.add_bos = _adds_bos(hf_dir, tc, None)
         if plan.bos_id is None:
             plan.bos_id = tok.bos_id
