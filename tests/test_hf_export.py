@@ -127,8 +127,8 @@ def test_hf_export_of_a_model_without_sub_norms(sp_tokenizer, tmp_path):
     assert rel[0] < 1e-4 and np.all(rel < 2e-2), rel
 
 
-@pytest.mark.parametrize("add_bos", [True, False])
-def test_hf_export_of_a_bpe_model(tmp_path, add_bos):
+@pytest.mark.parametrize("add_bos,add_eos", [(True, False), (False, False), (True, True)])
+def test_hf_export_of_a_bpe_model(tmp_path, add_bos, add_eos):
     """A model fine-tuned from a checkpoint with a byte-level BPE tokenizer (BitNet 2B4T, LLaMA-3, SmolLM) was refused
     ("export needs a SentencePiece tokenizer"): it exports with its tokenizer.json, and transformers' tokenizer gives
     our ids (BOS first exactly when ours puts it there), its model our logits, its generate every end id."""
@@ -141,11 +141,11 @@ def test_hf_export_of_a_bpe_model(tmp_path, add_bos):
     src = make_checkpoint(tmp_path / "src", "bitnet-online", kv_heads=1, vocab=352)  # rows beyond the tokenizer's
     model = bLlama.from_pretrained(src).eval()
     tok = model.pretrained.tokenizer
-    tok.add_bos = add_bos
+    tok.add_bos, tok.add_eos = add_bos, add_eos  # add_eos: every text ends with EOS (written False before)
     out = export_hf(model, tok, tmp_path / "hf", chat_template=model.pretrained.chat_template)
     text = "The quick brown fox jumps over the lazy dog."
     ids = tok.encode(text)
-    assert (ids[0] == tok.bos_id) == add_bos
+    assert (ids[0] == tok.bos_id) == add_bos and (ids[-1] == tok.eos_id) == add_eos
     assert AutoTokenizer.from_pretrained(out)(text).input_ids == ids
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["eos_token_id"] == tok.eos_ids and len(tok.eos_ids) == 2 and cfg["vocab_size"] == 352
@@ -160,8 +160,8 @@ def test_hf_export_of_a_bpe_model(tmp_path, add_bos):
     assert back.chat_template == model.pretrained.chat_template
 
 
-@pytest.mark.parametrize("add_bos", [True, False])
-def test_hf_export_keeps_a_sentencepiece_tokenizers_add_bos(sp_model_path, tmp_path, add_bos):
+@pytest.mark.parametrize("add_bos,add_eos", [(True, False), (False, False), (True, True)])
+def test_hf_export_keeps_a_sentencepiece_tokenizers_add_bos(sp_model_path, tmp_path, add_bos, add_eos):
     """A SentencePiece model that puts no BOS first (a folder with add_bos_token false, fine-tuned and exported) was
     written with add_bos_token true: transformers and our own import of the export then put a BOS first that the
     model never saw."""
@@ -172,14 +172,14 @@ def test_hf_export_keeps_a_sentencepiece_tokenizers_add_bos(sp_model_path, tmp_p
     from bllama.tokenizers.sentencepiece import SentencePieceTokenizer
 
     tok = SentencePieceTokenizer(sp_model_path)
-    tok.add_bos = add_bos
+    tok.add_bos, tok.add_eos = add_bos, add_eos
     # more embedding rows than tokens (a checkpoint padded to a round size): that was refused too
     model = bLlama(bLlamaConfig(vocab_size=tok.vocab_size + 16, seq_len=32, hidden_size=64, num_heads=4,
                                 num_kv_heads=2, num_layers=1, ffn_size=128))
     out = export_hf(model, tok, tmp_path / "hf")
     text = "To be, or not to be"
     ids = tok.encode(text)
-    assert (ids[0] == tok.bos_id) == add_bos
+    assert (ids[0] == tok.bos_id) == add_bos and (ids[-1] == tok.eos_id) == add_eos
     assert AutoTokenizer.from_pretrained(out)(text).input_ids == ids
     back = bLlama.from_pretrained(out)
     assert back.pretrained.tokenizer.encode(text) == ids and back.config.vocab_size == tok.vocab_size + 16

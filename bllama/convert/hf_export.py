@@ -40,22 +40,28 @@ def pack_hf(codes: np.ndarray) -> np.ndarray:
 
 
 def _bpe_json(tokenizer) -> str:
-    """The tokenizer's tokenizer.json with a post-processor that adds BOS exactly when ours does: transformers' fast
-    tokenizer takes that from tokenizer.json alone (add_bos_token in tokenizer_config.json is not read), and ours
-    never runs the post-processor, so the source folder's one may say otherwise (SmolLM: none; a run set add_bos).
-    Written as JSON, not the template string syntax, which cannot spell a token with a space or a colon."""
+    """The tokenizer's tokenizer.json with a post-processor that adds BOS (and EOS) exactly when ours does:
+    transformers' fast tokenizer takes that from tokenizer.json alone (add_bos_token / add_eos_token in
+    tokenizer_config.json are not read), and ours never runs the post-processor, so the source folder's one may say
+    otherwise (SmolLM: none; a run set add_bos). Written as JSON, not the template string syntax, which cannot spell a
+    token with a space or a colon."""
     data = json.loads(tokenizer.json_text)
-    if tokenizer.add_bos:
-        bos = tokenizer.id_to_piece(tokenizer.bos_id)
-        item = lambda kind, name, type_id: {kind: {"id": name, "type_id": type_id}}
-        data["post_processor"] = {
-            "type": "TemplateProcessing",
-            "single": [item("SpecialToken", bos, 0), item("Sequence", "A", 0)],
-            "pair": [item("SpecialToken", bos, 0), item("Sequence", "A", 0), item("SpecialToken", bos, 1),
-                     item("Sequence", "B", 1)],
-            "special_tokens": {bos: {"id": bos, "ids": [tokenizer.bos_id], "tokens": [bos]}}}
-    else:
+    ends = [(tokenizer.bos_id, 0)] if tokenizer.add_bos else []
+    ends += [(tokenizer.eos_id, 1)] if getattr(tokenizer, "add_eos", False) else []
+    if not ends:
         data["post_processor"] = None
+        return json.dumps(data, ensure_ascii=False)
+    special = lambda name, type_id: {"SpecialToken": {"id": name, "type_id": type_id}}
+    sequence = lambda name, type_id: {"Sequence": {"id": name, "type_id": type_id}}
+
+    def around(seq: str, type_id: int) -> list:
+        out = [special(tokenizer.id_to_piece(i), type_id) for i, end in ends if end == 0] + [sequence(seq, type_id)]
+        return out + [special(tokenizer.id_to_piece(i), type_id) for i, end in ends if end == 1]
+
+    data["post_processor"] = {
+        "type": "TemplateProcessing", "single": around("A", 0), "pair": around("A", 0) + around("B", 1),
+        "special_tokens": {tokenizer.id_to_piece(i): {"id": tokenizer.id_to_piece(i), "ids": [i],
+                                                      "tokens": [tokenizer.id_to_piece(i)]} for i, _ in ends}}
     return json.dumps(data, ensure_ascii=False)
 
 
@@ -132,7 +138,7 @@ def export_hf(model, tokenizer, out_dir: Union[str, os.PathLike], dtype: str = "
     tok_cfg = {"tokenizer_class": "PreTrainedTokenizerFast" if bpe else "LlamaTokenizer",
                "bos_token": piece(tokenizer.bos_id), "eos_token": piece(tokenizer.eos_id),
                "unk_token": piece(tokenizer.unk_id), "add_bos_token": bool(tokenizer.add_bos),
-               "add_eos_token": False, "legacy": False, "model_max_length": cfg.context}
+               "add_eos_token": bool(getattr(tokenizer, "add_eos", False)), "legacy": False, "model_max_length": cfg.context}
     template = chat_template or getattr(tokenizer, "chat_template", None)
     if template:
         tok_cfg["chat_template"] = template
