@@ -178,6 +178,11 @@ class BPETokenizer:
         """{spelling: id} of the control (special) tokens: what a chat template writes to get them."""
         return {t.content: int(i) for i, t in self.tok.get_added_tokens_decoder().items() if t.special}
 
+    def matched_pieces(self) -> dict:
+        """{spelling: id} of the added tokens not marked special: the library finds them in any text, plain text
+        included (a fine-tune's ChatML markers are sometimes added so)."""
+        return {t.content: int(i) for i, t in self.tok.get_added_tokens_decoder().items() if not t.special}
+
     def decode(self, ids: Iterable[int]) -> str:
         return self.tok.decode([int(i) for i in ids], skip_special_tokens=True)
 

@@ -53,9 +53,13 @@ def encode_chat(tokenizer, template: str, messages, add_generation_prompt: bool 
     control tokens) and encode_plain(text) (text with no control tokens and no BOS)."""
     msgs = check_messages(messages)
     specials: Dict[str, int] = {p: i for p, i in tokenizer.special_pieces().items() if p}
+    # Markers the template writes that are not control tokens (added tokens not marked special, SentencePiece's
+    # user-defined pieces) are found in plain text too: a message spelling one would forge a turn.
+    matched = getattr(tokenizer, "matched_pieces", dict)()
+    markers = {p: i for p, i in matched.items() if p and p in template and p not in specials}
     bos = tokenizer.id_to_piece(tokenizer.bos_id) if tokenizer.bos_id is not None else ""
     eos = tokenizer.id_to_piece(tokenizer.eos_id) if tokenizer.eos_id is not None else ""
-    table = [_MARK] + sorted(specials, key=len, reverse=True)
+    table = [_MARK] + sorted({**specials, **markers}, key=len, reverse=True)
     if len(table) > 0xFFFD - (_CODE0 & 0xFFFF):
         raise ValueError(f"the tokenizer has {len(table)} control tokens, too many to escape")
     escape = re.compile("|".join(re.escape(t) for t in table))
@@ -64,7 +68,25 @@ def encode_chat(tokenizer, template: str, messages, add_generation_prompt: bool 
         m["content"] = escape.sub(lambda hit: codes[hit.group(0)], m["content"])
     text = _render(template, msgs, add_generation_prompt, bos, eos)
     unescape = re.compile(re.escape(_MARK) + "([\U000F0000-\U000FFFFD])")
-    plain = lambda t: tokenizer.encode_plain(unescape.sub(lambda hit: table[ord(hit.group(1)) - _CODE0], t))
+
+    def plain(t: str) -> List[int]:
+        """A piece of rendered text as plain text, escaped spellings restored; a marker's spelling is encoded as
+        its first character and the rest apart, since whole it would be found as the marker."""
+        ids: List[int] = []
+        pos, pending = 0, ""
+        for hit in unescape.finditer(t):
+            spelling = table[ord(hit.group(1)) - _CODE0]
+            pending += t[pos:hit.start()]
+            pos = hit.end()
+            if spelling in markers:
+                ids += tokenizer.encode_plain(pending + spelling[:1]) if pending or spelling[:1] else []
+                pending = spelling[1:]
+            else:
+                pending += spelling
+        pending += t[pos:]
+        return ids + (tokenizer.encode_plain(pending) if pending else [])
+
+    # the template's own markers stay in the text, found by the tokenizer as always (and as encode_rendered does)
     return _encode_split(tokenizer, text, specials, plain)
 
 

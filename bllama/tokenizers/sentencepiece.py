@@ -388,6 +388,19 @@ class SentencePieceTokenizer:
             self._control_cache = pieces
         return dict(pieces)
 
+    def matched_pieces(self) -> dict[str, int]:
+        """{spelling: id} of the user-defined pieces: SentencePiece finds them whole in any text (a fine-tune's
+        ChatML markers are sometimes added so)."""
+        pieces = getattr(self, "_user_cache", None)
+        if pieces is None:
+            from sentencepiece import sentencepiece_model_pb2
+
+            proto = sentencepiece_model_pb2.ModelProto.FromString(self.serialized())
+            user = sentencepiece_model_pb2.ModelProto.SentencePiece.USER_DEFINED
+            pieces = {p.piece: i for i, p in enumerate(proto.pieces) if p.type == user}
+            self._user_cache = pieces
+        return dict(pieces)
+
     def decode(self, ids: Iterable[int]) -> str:
         """Decode ids to text; control tokens (BOS/EOS/...) are dropped."""
         if hasattr(ids, "tolist"):
