@@ -4,6 +4,7 @@
 #include <chrono>
 #include <cstdlib>
 #include <fstream>
+#include <optional>
 #include <set>
 #include <stdexcept>
 #include <string>
@@ -16,6 +17,7 @@
 #endif
 
 #include "engine/cpu_relax.h"
+#include "engine/env_options.h"
 
 namespace bllama {
 
@@ -25,14 +27,16 @@ namespace {
 // ~10 us), so back-to-back jobs find the workers awake. BLLAMA_SPIN_US overrides it (read once); the constructor's
 // spin_us overrides both.
 constexpr long kDefaultSpinUs = 50;
-std::chrono::microseconds spin_from_env() {
-    static const std::chrono::microseconds v = [] {
-        const char* e = std::getenv("BLLAMA_SPIN_US");
-        const long us = e ? std::strtol(e, nullptr, 10) : kDefaultSpinUs;
-        return std::chrono::microseconds(us < 0 ? 0 : us);
+constexpr long kMaxEnvSpinUs = 60L * 1000 * 1000;
+// BLLAMA_SPIN_US when it is set to a valid count (read once), else nothing.
+std::optional<std::chrono::microseconds> env_spin() {
+    static const std::optional<std::chrono::microseconds> v = [] () -> std::optional<std::chrono::microseconds> {
+        if (const std::optional<long> us = env_count("BLLAMA_SPIN_US", kMaxEnvSpinUs)) return std::chrono::microseconds(*us);
+        return std::nullopt;
     }();
     return v;
 }
+std::chrono::microseconds spin_from_env() { return env_spin().value_or(std::chrono::microseconds(kDefaultSpinUs)); }
 constexpr int kSpinCheckEvery = 16;  // pause instructions between clock reads (~0.2-1 us)
 // A gap this long between two clock reads of a spin means the thread was descheduled: the machine has more
 // runnable threads than cores, and spinning on would burn the timeslice of a thread that everyone waits for
@@ -126,10 +130,7 @@ std::vector<int> physical_core_cpus() {
 
 namespace {
 bool pin_from_env() {
-    static const bool v = [] {
-        const char* e = std::getenv("BLLAMA_PIN");
-        return e && e[0] == '1';
-    }();
+    static const bool v = env_switch("BLLAMA_PIN").value_or(false);
     return v;
 }
 
@@ -173,7 +174,7 @@ int default_thread_count() {
 // another of the pool's threads needs for its chunk (4 threads on 2 cores, 1.7B decode: 27.6 tok/s without the spin,
 // 26.0 with it; bench/NOTES-kernels.md). BLLAMA_SPIN_US or spin_us still set it.
 static std::chrono::microseconds default_spin(int n_threads) {
-    if (std::getenv("BLLAMA_SPIN_US") == nullptr && n_threads > default_thread_count()) return std::chrono::microseconds(0);
+    if (!env_spin() && n_threads > default_thread_count()) return std::chrono::microseconds(0);
     return spin_from_env();
 }
 

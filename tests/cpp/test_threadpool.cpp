@@ -23,6 +23,7 @@
 #include <unistd.h>
 
 #include "check_msg.h"
+#include "engine/env_options.h"
 #include "engine/threadpool.h"
 
 using namespace bllama;
@@ -110,6 +111,17 @@ void every_thread_joins(ThreadPool& pool) {
     });
 }
 
+// BLLAMA_PIN=yes meant off, BLLAMA_HUGE_PAGES=no on, BLLAMA_SPIN_US=abc 0 us (and turned off the oversubscribed
+// pool's no-spin rule): the values the engine accepts, and nothing else.
+void env_values() {
+    for (const char* on : {"1", "on", "ON", "true", "True", "yes"}) CHECK(parse_switch(on) == true, "%s", on);
+    for (const char* off : {"0", "off", "false", "FALSE", "no"}) CHECK(parse_switch(off) == false, "%s", off);
+    for (const char* bad : {"", "2", "yes please", " 1", "y", "enable"}) CHECK(!parse_switch(bad), "'%s'", bad);
+    CHECK(parse_count("0", 100) == 0L && parse_count("50", 100) == 50L && parse_count("100", 100) == 100L, "counts");
+    for (const char* bad : {"", "abc", "-5", "+5", " 5", "5 ", "5us", "101", "99999999999999999999999", "1e3"})
+        CHECK(!parse_count(bad, 100), "'%s'", bad);
+}
+
 }  // namespace
 
 // GuidedChunks: for any thread count, total and alignment, the chunks tile [0, total) in order with aligned
@@ -195,6 +207,7 @@ void thread_limits() {
 }
 
 int main() {
+    env_values();
     guided_chunks();
     thread_limits();
     const int sizes[] = {1, 2, 3, 5, 8};  // 5 and 8 oversubscribe a 2-core machine
