@@ -202,8 +202,9 @@ def cmd_generate(args):
                   if args.chat else rt.stream(args.prompt, args.max_new_tokens, sampling))
         for piece in pieces:
             print(piece, end="", flush=True)
+        print()  # stdout ends its line, as from a checkpoint (the report line went to stderr with it)
         s = rt.stats
-        print(f"\n[{s['prompt_tokens']} prompt tokens at {s['prompt_tokens_per_second']:.1f} tok/s, "
+        print(f"[{s['prompt_tokens']} prompt tokens at {s['prompt_tokens_per_second']:.1f} tok/s, "
               f"{s['generated_tokens']} new tokens, decoding at {s['decode_tokens_per_second']:.1f} tok/s]",
               file=sys.stderr)  # the first new token comes from the prompt's forward: decode steps are one fewer
         return

@@ -106,6 +106,8 @@ def test_export_generate_eval_bench(run_dir):
     assert gguf_path.exists() and str(gguf_path) in out
     out = bllama("generate", gguf_path, "The Python", "--max-new-tokens", 8)
     assert "tok/s" in out
+    out = bllama("generate", gguf_path, "The Python", "--max-new-tokens", 8, stdout_only=True)
+    assert out.strip() and out.endswith("\n")  # the continuation's line ends on stdout, as a checkpoint's does
     out = bllama("generate", run_dir / "run", "The Python", "--max-new-tokens", 8, stdout_only=True)
     assert out.strip() and not out.startswith("The Python")  # the continuation alone, as from the .gguf file
     out = bllama("eval", run_dir / "run", "--data", run_dir / "train.txt", "--max-chars", 3000, stdout_only=True)
