@@ -85,6 +85,21 @@ def _sampling_of(args):
                           repetition_penalty=args.repetition_penalty, seed=args.seed)
 
 
+# SentencePiece samples at most 2M lines anyway: documents past this many characters would only cost memory
+TOKENIZER_RECORD_CHARS = 128 << 20
+
+
+def _first_chars(docs, limit: int) -> list:
+    """Documents in order until `limit` characters are taken (the last one cut)."""
+    out, left = [], limit
+    for d in docs:
+        if left <= 0:
+            break
+        out.append(d[:left])
+        left -= len(out[-1])
+    return out
+
+
 def cmd_train(args):
     import torch
 
@@ -137,12 +152,20 @@ def cmd_train(args):
         elif resume_from:  # the run's own; training a new one would overwrite it (and differ if the data changed)
             tok = load_run_tokenizer(resume_from)[0]
         else:
+            from .data.sources import file_kind, record_documents
+
             text_files = [p for p in args.data if p.endswith(".txt")]
-            if not text_files:
-                raise SystemExit("no --tokenizer given and no .txt file to train one from")
+            record_files = [p for p in args.data if not p.endswith((".bin", ".bin.json")) and file_kind(p) != "text"]
+            if not text_files and not record_files:
+                raise SystemExit("no --tokenizer given and no .txt, JSONL or parquet file to train one from")
             vocab = args.vocab_size or 2048  # None: not given (refused with --init-from)
-            print(f"training a {vocab}-piece SentencePiece BPE tokenizer on {len(text_files)} file(s)")
-            tok = SentencePieceTokenizer(train_sentencepiece(text_files, out / "tokenizer", vocab_size=vocab))
+            print(f"training a {vocab}-piece SentencePiece BPE tokenizer on {len(text_files) + len(record_files)} "
+                  f"file(s)" + (f" (their first {TOKENIZER_RECORD_CHARS >> 20} Mi characters of JSONL / parquet "
+                                "documents)" if record_files else ""))
+            texts = _first_chars((d for f in record_files for d in record_documents(f, args.text_field)),
+                                 TOKENIZER_RECORD_CHARS) if record_files else None
+            tok = SentencePieceTokenizer(train_sentencepiece(text_files or None, out / "tokenizer", vocab_size=vocab,
+                                                             texts=texts))
         overrides["vocab_size"] = tok.vocab_size
         config = bLlamaConfig.preset(preset, **overrides)
         model = bLlama(config)

@@ -211,6 +211,30 @@ def test_tokenizer_and_data_prepare(tmp_path, sp_corpus_text):
     assert (tmp_path / "c.bin").stat().st_size > 1000
 
 
+def test_train_on_jsonl_and_parquet_trains_its_tokenizer_from_them(tmp_path, sp_corpus_text):
+    """`bllama train data.jsonl` with no --tokenizer stopped with "no .txt file to train one from": the tokenizer is
+    trained from the documents of the JSONL and parquet files now (their --text-field), and from a .txt beside them."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from bllama.tokenizers.sentencepiece import SentencePieceTokenizer
+
+    paras = [p for p in sp_corpus_text[:90_000].split("\n\n") if p.strip()]
+    with open(tmp_path / "a.jsonl", "w", encoding="utf-8") as fh:
+        for p in paras[: len(paras) // 2]:
+            fh.write(json.dumps({"body": p}) + "\n")
+    pq.write_table(pa.table({"body": paras[len(paras) // 2:]}), tmp_path / "b.parquet")
+    out = bllama("train", tmp_path / "a.jsonl", tmp_path / "b.parquet", "--text-field", "body", "--preset", "tiny",
+                 "--vocab-size", 400, "--max-steps", 1, "--set", "num_layers=1", "--set", "seq_len=64",
+                 "--batch-size", 2, "--out", tmp_path / "run")
+    assert "training a 400-piece SentencePiece BPE tokenizer on 2 file(s)" in out, out
+    tok = SentencePieceTokenizer(tmp_path / "run" / "tokenizer.model")
+    assert tok.vocab_size == 400 and (tmp_path / "run" / "checkpoints" / "last.ckpt").exists()
+    # its pieces come from these documents: a frequent word of them is one piece or two
+    word = max(set(sp_corpus_text[:90_000].split()), key=sp_corpus_text[:90_000].split().count)
+    assert len(tok.encode(word, add_bos=False)) <= 2, word
+
+
 def test_init_from_refuses_what_the_checkpoint_decides(tmp_path):
     """With --init-from the checkpoint gives the shape and the tokenizer: --tokenizer, --preset and --vocab-size were
     ignored without a word, and --set hidden_size=... failed after loading, blaming the checkpoint's tensors."""

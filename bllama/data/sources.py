@@ -247,6 +247,18 @@ class DocumentEncoder:
         return self._array(ids, len(ids))
 
 
+def record_documents(path: str, text_field: str = "text") -> Iterator[str]:
+    """The documents of a parquet or JSON-lines file, one at a time (what tokenize_files reads from it)."""
+    kind = file_kind(path)
+    if kind == "text":
+        raise ValueError(f"{path}: not a parquet or JSON-lines file")
+    if kind != "parquet":
+        _refuse_compressed(path)
+    batches = _iter_parquet_batches(path, text_field) if kind == "parquet" else _iter_jsonl_batches(path, text_field)
+    for docs, _ in batches:
+        yield from docs
+
+
 def tokenize_files(
     files: Sequence[str],
     tokenizer: Any,
