@@ -62,7 +62,7 @@ def make_checkpoint(path: Path, style: str = "bitnet", *, hidden: int = 256, ffn
                     heads: int = 4, kv_heads: int = 2, act: str = "relu2", tied: bool = True,
                     linear_class: str = "autobitlinear", vocab: int = 0, tokenizer: str = "bpe", sp_model=None,
                     theta: float = 500000.0, rope_form: str = "parameters", seed: int = 0, context: int = 128,
-                    rms_eps: float = 1e-5, dtype=torch.float32) -> Path:
+                    rms_eps: float = 1e-5, dtype=torch.float32, rope_scaling: dict = None) -> Path:
     """Write a checkpoint folder.
 
     style: "bitnet" (BitNetForCausalLM, packed weights + weight_scale of `linear_class`),
@@ -70,6 +70,7 @@ def make_checkpoint(path: Path, style: str = "bitnet", *, hidden: int = 256, ffn
            "llama-bitnet" (LlamaForCausalLM with quant_method bitnet: packed, no sub-norms),
            "1bitllm" (model_type llama, latent weights, sub-norms inner_attn_ln / ffn_layernorm, no quant config),
            "llama" (a full-precision LlamaForCausalLM, weights stored as `dtype`).
+    rope_scaling: extra rope_parameters (Llama-3.1's: rope_type "llama3", factor, low/high_freq_factor, ...).
     """
     from safetensors.torch import save_file
     from transformers import BitNetConfig, BitNetForCausalLM, LlamaConfig, LlamaForCausalLM
@@ -95,11 +96,12 @@ def make_checkpoint(path: Path, style: str = "bitnet", *, hidden: int = 256, ffn
                   num_attention_heads=heads, num_key_value_heads=kv_heads, hidden_act=act,
                   max_position_embeddings=context, rms_norm_eps=rms_eps, tie_word_embeddings=tied,
                   bos_token_id=bos, eos_token_id=eos if len(eos) > 1 else eos[0])
+    rope = {"rope_type": "default", "rope_theta": theta, **(rope_scaling or {})}
     if style in ("llama-bitnet", "llama"):
-        cfg = LlamaConfig(**common, rope_parameters={"rope_type": "default", "rope_theta": theta})
+        cfg = LlamaConfig(**common, rope_parameters=rope)
         model = LlamaForCausalLM(cfg)
     else:
-        cfg = BitNetConfig(**common, rope_parameters={"rope_type": "default", "rope_theta": theta})
+        cfg = BitNetConfig(**common, rope_parameters=rope)
         model = BitNetForCausalLM(cfg)
     _randomize(model, seed)
     sd = {}

@@ -172,7 +172,8 @@ def test_unsupported_configs_name_the_field(ckpts, tmp_path):
     from bllama.convert.hf_import import HFImportError
     from bllama.convert.hf_load import load_pretrained
 
-    for patch, field in [({"rope_scaling": {"rope_type": "llama3", "factor": 8.0}}, "rope_scaling"),
+    for patch, field in [({"rope_scaling": {"rope_type": "yarn", "factor": 8.0}}, "rope_scaling"),
+                         ({"rope_scaling": {"rope_type": "llama3", "factor": 8.0}}, "low_freq_factor"),  # incomplete
                          ({"model_type": "gpt2"}, "model_type"),
                          ({"quantization_config": {"quant_method": "gptq"}}, "quant_method"),
                          ({"attention_bias": True}, "attention_bias"),
@@ -501,7 +502,7 @@ def _foreign_gguf(path, extra_kv=(), extra_tensors=(), varied_block_scales=False
      "RoPE scaling is not supported"),
     ([("add_uint32", "bitnet.attention.key_length", 128)], [], "key_length"),
     ([], [("blk.0.attn_q.bias", np.ones(256, np.float32))], "unexpected tensor 'blk.0.attn_q.bias'"),
-    ([], [("rope_freqs.weight", np.ones(32, np.float32))], "unexpected tensor 'rope_freqs.weight'"),
+    ([], [("rope_freqs.weight", np.ones(32, np.float32))], "rope_freqs.weight .*without bllama.rope_scaling"),
 ], ids=["rope-scaling", "key-length", "bias", "rope-freqs"])
 def test_gguf_the_engine_refuses_is_not_loaded_as_another_model(tmp_path, extra_kv, extra_tensors, match):
     """from_pretrained(file.gguf) read the keys and tensors it knew and dropped the rest: a file with RoPE scaling, a

@@ -57,6 +57,10 @@ CASES = {
     "bitnet-online": ("bitnet-online", dict(act="relu2", kv_heads=1)),
     "llama-bitnet": ("llama-bitnet", dict(act="silu", linear_class="bitlinear", tied=False, theta=1000042.0)),
     "1bitllm-padded": ("1bitllm", dict(act="silu", hidden=320, ffn=864, heads=4, kv_heads=4, tokenizer="sp")),
+    # Llama-3.1's RoPE scaling, with an original context short enough that the prompt's positions feel it
+    "llama3-rope": ("llama-bitnet", dict(act="silu", linear_class="bitlinear", tied=True, theta=10000.0,
+                                         rope_scaling=dict(rope_type="llama3", factor=8.0, low_freq_factor=1.0,
+                                                           high_freq_factor=4.0, original_max_position_embeddings=16))),
 }
 
 
@@ -105,6 +109,53 @@ def test_wrong_scale_semantics_would_be_caught(checkpoints, tmp_path):
         r = ref(torch.tensor([ids])).logits[0].float().numpy()
     with pytest.raises(AssertionError):
         assert_logits_match(r, rt.logits(ids))
+
+
+def test_llama3_rope_scaling_is_applied_and_kept(checkpoints, tmp_path):
+    """Llama-3.1 / 3.2 folders (rope_type llama3) were refused. Our RoPE frequencies equal transformers'; the engine
+    is closer to transformers with the scaling than the same folder without it (in this tiny random model RoPE moves
+    the logits by less than the import tolerance, so the comparison is of the two distances); and the scaling
+    survives GGUF and HF exports."""
+    from bllama import bLlama
+    from bllama.convert.gguf_export import export_gguf
+    from bllama.convert.hf_export import export_hf
+    from bllama.model.transformer import rope_divisors
+    from bllama.runtime import Runtime
+
+    style, src = checkpoints["llama3-rope"]
+    ref = reference_model(src, style)
+    model = bLlama.from_pretrained(src).eval()
+    c = model.config
+    scaling = json.loads((src / "config.json").read_text())["rope_parameters"]
+    assert c.rope_scaling == {k: scaling[k] for k in c.rope_scaling}
+    ours = 1.0 / (c.rope_theta ** (torch.arange(0, c.head_dim, 2, dtype=torch.float64) / c.head_dim))
+    ours = ours / rope_divisors(c.head_dim, c.rope_theta, c.rope_scaling)
+    theirs = ref.model.rotary_emb.inv_freq.double()
+    assert torch.allclose(ours, theirs, rtol=1e-6) and not torch.allclose(ours * 1.1, theirs, rtol=0.05)
+
+    plain = edited_copy(src, tmp_path / "plain", edit=lambda cfg: {
+        **cfg, "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0}})
+    rt = Runtime.load(src, head="f16", kv_cache_dtype="float32")
+    ids = rt.tokenizer.encode(PROMPT * 3)  # ~90 positions: RoPE's effect grows with them
+    with torch.no_grad():
+        r = f16_embeddings(reference_model(src, style))(torch.tensor([ids])).logits[0].float().numpy()
+        r32 = ref(torch.tensor([ids])).logits[0].float().numpy()
+    rel = lambda logits: float((np.abs(r - logits).max(-1) / np.abs(r).max(-1)).mean())
+    unscaled = rel(Runtime.load(plain, head="f16", kv_cache_dtype="float32").logits(ids))
+    assert rel(rt.logits(ids)) * 4 < unscaled, (rel(rt.logits(ids)), unscaled)
+    with torch.no_grad():  # the PyTorch model (f32 embedding, re-ternarized latent weights) against transformers
+        logits = model.model(torch.tensor([ids]))[0].float().numpy()
+    assert (np.abs(r32 - logits).max(-1) / np.abs(r32).max(-1)).mean() * 4 < unscaled
+
+    gguf_path = export_gguf(model, model.pretrained.tokenizer, tmp_path / "m.gguf", force_arch="bitnet")
+    assert bLlama.from_pretrained(gguf_path).config.rope_scaling == c.rope_scaling
+    assert rel(Runtime.load(gguf_path, head="f16", kv_cache_dtype="float32").logits(ids)) * 4 < unscaled
+    out = export_hf(model, model.pretrained.tokenizer, tmp_path / "hf")
+    assert bLlama.from_pretrained(out).config.rope_scaling == c.rope_scaling
+    from transformers import AutoModelForCausalLM
+
+    back = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
+    assert torch.allclose(back.model.rotary_emb.inv_freq.double(), theirs)
 
 
 def test_import_cli_and_gguf_contents(checkpoints, tmp_path):

@@ -17,6 +17,7 @@ import torch
 
 from ..atomic import atomic_path
 from ..model.config import bLlamaConfig
+from ..model.transformer import rope_divisors
 from .gguf_schema import (FILE_TYPE_I2_S, NORMS, PROJECTIONS, QK, TERNARY_TYPES, add_bitnet_metadata,
                           add_ternary_tensor, add_tokenizer, gguf_arch)
 
@@ -30,6 +31,9 @@ def add_model_tensors(writer, net, weight_type: str, progress: bool = False) -> 
     with torch.no_grad():
         writer.add_tensor("token_embd.weight", f32(net.embed_tokens.weight).astype(np.float16))
         writer.add_tensor("output_norm.weight", f32(net.norm.weight))
+        cfg = net.config
+        if cfg.rope_scaling is not None:  # llama.cpp's form of Llama-3.1's scaling: a divisor per RoPE frequency
+            writer.add_tensor("rope_freqs.weight", f32(rope_divisors(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling)))
         if not net.config.tie_embeddings:
             writer.add_tensor("output.weight", f32(net.lm_head.weight).astype(np.float16))
         for i, block in enumerate(tqdm(net.layers, desc="packing ternary layers", unit="layer",

@@ -143,6 +143,10 @@ def add_bitnet_metadata(writer, cfg: bLlamaConfig) -> None:
     writer.add_string("bllama.activation", cfg.activation)
     writer.add_bool("bllama.tie_embeddings", cfg.tie_embeddings)
     writer.add_bool("bllama.sub_norms", cfg.sub_norms)
+    if cfg.rope_scaling is not None:  # the engine reads rope_freqs.weight; our loaders the scaling it comes from
+        import json
+
+        writer.add_string("bllama.rope_scaling", json.dumps(cfg.rope_scaling))
 
 
 def add_tokenizer(writer, tokenizer, vocab_size: Optional[int] = None) -> None:

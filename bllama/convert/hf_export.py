@@ -127,13 +127,16 @@ def export_hf(model, tokenizer, out_dir: Union[str, os.PathLike], dtype: str = "
         "num_hidden_layers": cfg.num_layers, "num_attention_heads": cfg.num_heads,
         "num_key_value_heads": cfg.num_kv_heads, "hidden_act": cfg.activation,
         "max_position_embeddings": cfg.context, "rms_norm_eps": cfg.rms_eps,
-        "rope_theta": cfg.rope_theta, "rope_parameters": {"rope_type": "default", "rope_theta": cfg.rope_theta},
+        "rope_theta": cfg.rope_theta, "rope_parameters": {"rope_type": "default", "rope_theta": cfg.rope_theta}
+        if cfg.rope_scaling is None else {**cfg.rope_scaling, "rope_theta": cfg.rope_theta},
         "tie_word_embeddings": bool(cfg.tie_embeddings), "attention_bias": False, "attention_dropout": 0.0,
         "bos_token_id": tokenizer.bos_id, "eos_token_id": eos, "pad_token_id": None,
         "torch_dtype": dtype, "dtype": dtype, "use_cache": True,
         "quantization_config": {"quant_method": "bitnet", "linear_class": "autobitlinear",
                                 "quantization_mode": "offline"},
     }
+    if cfg.rope_scaling is not None:  # transformers 4.x reads the scaling from here
+        config["rope_scaling"] = dict(cfg.rope_scaling)
     piece = lambda i: tokenizer.id_to_piece(i) if i is not None else None
     tok_cfg = {"tokenizer_class": "PreTrainedTokenizerFast" if bpe else "LlamaTokenizer",
                "bos_token": piece(tokenizer.bos_id), "eos_token": piece(tokenizer.eos_id),

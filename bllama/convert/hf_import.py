@@ -214,6 +214,7 @@ class Plan:
     rms_eps: float
     rope_theta: float
     tied: bool
+    rope_scaling: Optional[dict] = None
     bos_id: Optional[int] = None
     eos_ids: List[int] = field(default_factory=list)
 
@@ -278,14 +279,30 @@ def _rope_theta(cfg: dict) -> float:
         if not isinstance(rp, dict):
             raise HFImportError(f"config '{key}' = {rp!r} is not a dict")
         kind = rp.get("rope_type", rp.get("type", "default"))
-        if kind not in ("default", None):
-            raise HFImportError(f"RoPE type {kind!r} ({key}) is not supported; only the default (unscaled) RoPE is")
+        if kind not in ("default", None, "llama3"):
+            raise HFImportError(f"RoPE type {kind!r} ({key}) is not supported; the default (unscaled) RoPE and "
+                                "Llama-3.1's 'llama3' scaling are")
         if rp.get("partial_rotary_factor", 1.0) != 1.0:
             raise HFImportError("partial rotary embeddings (partial_rotary_factor != 1) are not supported")
         theta = number(rp, "rope_theta", float, theta, nullable=True, src=f"config.json {key}")
     if cfg.get("partial_rotary_factor", 1.0) != 1.0:
         raise HFImportError("partial rotary embeddings (partial_rotary_factor != 1) are not supported")
     return theta
+
+
+def rope_scaling_of(cfg: dict) -> Optional[dict]:
+    """Llama-3.1's RoPE scaling (rope_parameters in transformers 5, rope_scaling before), checked, or None."""
+    from ..model.config import checked_rope_scaling
+
+    _rope_theta(cfg)  # refuses every other kind
+    for key in ("rope_parameters", "rope_scaling"):
+        rp = cfg.get(key)
+        if isinstance(rp, dict) and rp.get("rope_type", rp.get("type")) == "llama3":
+            try:
+                return checked_rope_scaling(rp)
+            except ValueError as e:
+                raise HFImportError(f"config.json {key}: {e}") from None
+    return None
 
 
 def quant_config(cfg: dict) -> dict:
@@ -426,7 +443,7 @@ def plan_checkpoint(hf_dir: Path, cfg: dict, tensors: _Tensors) -> Plan:
                 ffn=number(cfg, "intermediate_size"), layers=layers, heads=heads, kv_heads=kv,
                 context=number(cfg, "max_position_embeddings", int, 2048, nullable=True),
                 rms_eps=number(cfg, "rms_norm_eps", float, 1e-6), rope_theta=_rope_theta(cfg), tied=tied,
-                bos_id=bos, eos_ids=eos)
+                rope_scaling=rope_scaling_of(cfg), bos_id=bos, eos_ids=eos)
 
 
 # ---- ternary weights ---------------------------------------------------------------------------------------------
@@ -711,6 +728,11 @@ def import_hf(hf_dir: Union[str, os.PathLike], output: Union[str, os.PathLike], 
     emb = "model.embed_tokens.weight"
     jobs.append(("token_embd.weight", (P.vocab, P.dim), np.float16, None, ("embed", emb)))
     jobs.append(("output_norm.weight", (P.dim,), np.float32, None, ("f32", "model.norm.weight", (P.dim,))))
+    if P.rope_scaling is not None:  # llama.cpp's form of Llama-3.1's scaling: a divisor per RoPE frequency
+        from ..model.transformer import rope_divisors
+
+        div = rope_divisors(P.head_dim, P.rope_theta, P.rope_scaling).numpy().astype(np.float32)
+        jobs.append(("rope_freqs.weight", (P.head_dim // 2,), np.float32, None, ("const", div)))
     if not P.tied:
         jobs.append(("output.weight", (P.vocab, P.dim), np.float16, None, ("embed", "lm_head.weight")))
     for i in range(P.layers):
@@ -758,6 +780,8 @@ def import_hf(hf_dir: Union[str, os.PathLike], output: Union[str, os.PathLike], 
             w.add_bool("bllama.tie_embeddings", P.tied)
             w.add_bool("bllama.sub_norms", P.sub_norms is not None)
             w.add_string("bllama.source", f"hf:{P.style}:{P.linear_class}")
+            if P.rope_scaling is not None:
+                w.add_string("bllama.rope_scaling", json.dumps(P.rope_scaling))
             _add_tokenizer(w, tok, tok_kind, P, template)
             for gname, shape, dtype, raw, _ in jobs:
                 nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
@@ -785,7 +809,9 @@ def import_hf(hf_dir: Union[str, os.PathLike], output: Union[str, os.PathLike], 
 def _produce(tensors: _Tensors, P: Plan, src) -> Iterator[np.ndarray]:
     """The bytes of one output tensor, in one or more chunks."""
     kind = src[0]
-    if kind == "embed":
+    if kind == "const":
+        yield src[1]
+    elif kind == "embed":
         n = tensors.shape(src[1])[0]
         for a in range(0, n, EMBED_CHUNK_ROWS):
             yield tensors.rows(src[1], a, min(n, a + EMBED_CHUNK_ROWS)).float().numpy().astype(np.float16)

@@ -32,7 +32,8 @@ import torch
 
 from ..model.config import bLlamaConfig
 from .hf_import import (HFImportError, SUB_NORMS, check_all_converted, checked_activation, checked_heads,
-                        checked_tensors, number, quant_config, read_config_json, special_ids, _rope_theta, _Tensors,
+                        checked_tensors, number, quant_config, read_config_json, rope_scaling_of, special_ids, _rope_theta,
+                        _Tensors,
                         unpack_hf)
 
 # HF names inside a layer -> ours (Transformer.layers.N.<ours>)
@@ -102,6 +103,7 @@ def _hf_config(cfg: dict, tensors: _Tensors, overrides: dict):
     fields = dict(vocab_size=vocab, seq_len=min(context, DEFAULT_MAX_SEQ_LEN), hidden_size=dim, num_heads=heads,
                   num_kv_heads=kv, num_layers=layers,
                   ffn_size=number(cfg, "intermediate_size"), activation=act, rope_theta=_rope_theta(cfg),
+                  rope_scaling=rope_scaling_of(cfg),
                   rms_eps=number(cfg, "rms_norm_eps", float, 1e-6), sub_norms=sub is not None, tie_embeddings=tied,
                   quantize=True, context_length=context)  # a full-precision LLaMA too: its weights become latent ones (conversion)
     fields.update(overrides)
@@ -291,7 +293,8 @@ def load_gguf(path: Union[str, os.PathLike], **overrides):
                   rope_theta=float(get(p + "rope.freq_base", 10000.0)),
                   rms_eps=float(get(p + "attention.layer_norm_rms_epsilon")),
                   tie_embeddings=bool(get("bllama.tie_embeddings", "output.weight" not in tensors)),
-                  sub_norms=bool(get("bllama.sub_norms", True)))
+                  sub_norms=bool(get("bllama.sub_norms", True)),
+                  rope_scaling=_gguf_rope_scaling(path, get, tensors))
     fields.update(overrides)
     config = bLlamaConfig(**fields)
     model = bLlama(config)
@@ -318,6 +321,36 @@ def load_gguf(path: Union[str, os.PathLike], **overrides):
     tok = tokenizer_from_gguf(meta)
     template = get("tokenizer.chat_template")
     return model, Pretrained(tokenizer=tok, chat_template=str(template) if template else None, source="gguf")
+
+
+def _gguf_rope_scaling(path, get, tensors) -> Optional[dict]:
+    """A GGUF file's RoPE scaling: rope_freqs.weight (what the engine and llama.cpp apply), from the scaling our
+    files name in bllama.rope_scaling; divisors without that name (another converter's) cannot be trained on."""
+    import json
+
+    from ..model.config import checked_rope_scaling
+    from ..model.transformer import rope_divisors
+
+    named = get("bllama.rope_scaling")
+    if "rope_freqs.weight" not in tensors:
+        if named is not None:
+            raise ValueError(f"{path}: bllama.rope_scaling is set but the file has no rope_freqs.weight")
+        return None
+    if named is None:
+        raise ValueError(f"{path}: rope_freqs.weight (per-frequency RoPE divisors) without bllama.rope_scaling: the "
+                         "scaling they come from is not named, so this file cannot become a training start")
+    try:
+        scaling = checked_rope_scaling(json.loads(str(named)))
+    except (ValueError, TypeError, AttributeError) as e:
+        raise ValueError(f"{path}: bllama.rope_scaling: {e}") from None
+    dim, heads = int(get(get("general.architecture") + ".embedding_length")), \
+        int(get(get("general.architecture") + ".attention.head_count"))
+    theta = float(get(get("general.architecture") + ".rope.freq_base", 10000.0))
+    want = rope_divisors(dim // heads, theta, scaling).numpy()
+    have = np.asarray(tensors["rope_freqs.weight"].data, dtype=np.float32).reshape(-1)
+    if have.shape != want.shape or not np.allclose(have, want, rtol=1e-6):
+        raise ValueError(f"{path}: rope_freqs.weight does not match bllama.rope_scaling {scaling}")
+    return scaling
 
 
 def load_pretrained(path: Union[str, os.PathLike], quantize: Optional[bool] = None, **overrides):

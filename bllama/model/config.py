@@ -37,11 +37,35 @@ def _typed(f: dataclasses.Field, value):
         return bool(value)
     if kind == "str" and isinstance(value, str):
         return value
+    if kind == "dict" and isinstance(value, dict):
+        return dict(value)
     if kind == "tuple":
         if isinstance(value, (tuple, list)) and len(value) == 2 and all(_number(v, numbers.Real) for v in value):
             return tuple(float(v) for v in value)
         raise TypeError(f"config field {f.name} must be two numbers, got {value!r}")
     raise TypeError(f"config field {f.name} must be {'an' if kind == 'int' else 'a'} {kind}, got {value!r}")
+
+
+LLAMA3_ROPE_KEYS = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
+
+
+def checked_rope_scaling(scaling: Optional[dict]) -> Optional[dict]:
+    """The one RoPE scaling the models here compute (Llama-3.1's), in its canonical form, or ValueError."""
+    if scaling is None:
+        return None
+    kind = scaling.get("rope_type", scaling.get("type"))
+    if kind != "llama3":
+        raise ValueError(f"rope_scaling: rope_type {kind!r} is not supported; only 'llama3' (Llama-3.1's) is")
+    out = {"rope_type": "llama3"}
+    for key in LLAMA3_ROPE_KEYS:
+        v = scaling.get(key)
+        if not _number(v, numbers.Real) or not 0 < v < 1e9:
+            raise ValueError(f"rope_scaling: {key} must be a positive number, got {v!r}")
+        out[key] = float(v) if key != "original_max_position_embeddings" else int(v)
+    if not out["high_freq_factor"] > out["low_freq_factor"]:
+        raise ValueError(f"rope_scaling: high_freq_factor ({out['high_freq_factor']}) must be above low_freq_factor "
+                         f"({out['low_freq_factor']})")
+    return out
 
 
 @dataclass
@@ -59,6 +83,9 @@ class bLlamaConfig:
     ffn_size: int = 8192
     activation: str = "silu"  # "silu" or "relu2"
     rope_theta: float = 10000.0
+    # Llama-3.1's RoPE scaling (HF rope_parameters of rope_type "llama3": factor, low_freq_factor, high_freq_factor,
+    # original_max_position_embeddings): low frequencies are divided by up to `factor`. None: plain RoPE.
+    rope_scaling: Optional[dict] = None
     rms_eps: float = 1e-5
     tie_embeddings: bool = True
     # RMSNorms before o_proj and down_proj (the b1.58 "subln" blocks). False: plain LLaMA blocks, as in models
@@ -103,6 +130,7 @@ class bLlamaConfig:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
             if getattr(self, name) > SIZE_LIMITS[name]:  # a typo, not a model: seq_len=10**8 filled 24 GiB for RoPE
                 raise ValueError(f"{name} must be at most {SIZE_LIMITS[name]}, got {getattr(self, name)}")
+        self.rope_scaling = checked_rope_scaling(self.rope_scaling)
         if self.context_length is not None and not 0 < self.context_length <= SIZE_LIMITS["context_length"]:
             raise ValueError(f"context_length must be in [1, {SIZE_LIMITS['context_length']}], got {self.context_length}")
 

@@ -34,9 +34,25 @@ def linear_class(config: bLlamaConfig):
     return BitLinear if config.quantize else nn.Linear
 
 
+def rope_divisors(head_dim: int, theta: float, scaling: Optional[dict]) -> torch.Tensor:
+    """What each RoPE frequency is divided by (float64 [head_dim / 2]): ones, or Llama-3.1's scaling (frequencies
+    whose wavelength is past the original context divided by `factor`, short ones kept, a smooth blend between);
+    GGUF files carry them as rope_freqs.weight."""
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim))
+    s = scaling
+    if s is None:
+        return torch.ones_like(inv_freq)
+    old = s["original_max_position_embeddings"]
+    wavelen = 2 * math.pi / inv_freq
+    smooth = ((old / wavelen - s["low_freq_factor"]) / (s["high_freq_factor"] - s["low_freq_factor"])).clamp(0, 1)
+    # smooth 0 (wavelength past old / low_freq_factor): divided by factor; 1 (under old / high_freq_factor): kept
+    return 1.0 / ((1 - smooth) / s["factor"] + smooth)
+
+
 def rope_cache(config: bLlamaConfig, device=None):
     hd = config.head_dim
     inv_freq = 1.0 / (config.rope_theta ** (torch.arange(0, hd, 2, dtype=torch.float64, device=device) / hd))
+    inv_freq = inv_freq / rope_divisors(hd, config.rope_theta, config.rope_scaling).to(device)
     angles = torch.outer(torch.arange(config.seq_len, dtype=torch.float64, device=device), inv_freq)
     return torch.cos(angles).float(), torch.sin(angles).float()
 

@@ -37,7 +37,8 @@ enum class Device { Cpu, Cuda };
 
 // RoPE frequency of pair i: float64 then rounded once, as bllama/model.py does (every backend uses this).
 inline double rope_inv_freq(const ModelConfig& c, int64_t i) {
-    return 1.0 / std::pow(static_cast<double>(c.rope_theta), 2.0 * static_cast<double>(i) / static_cast<double>(c.head_dim));
+    const double f = 1.0 / std::pow(static_cast<double>(c.rope_theta), 2.0 * static_cast<double>(i) / static_cast<double>(c.head_dim));
+    return c.rope_divisors.empty() ? f : f / static_cast<double>(c.rope_divisors[static_cast<size_t>(i)]);
 }
 
 struct LoadOptions {

@@ -1,5 +1,8 @@
 #include "engine/config.h"
 
+#include <cmath>
+#include <cstring>
+
 namespace bllama {
 
 const char* activation_name(Activation a) { return a == Activation::Relu2 ? "relu2" : "silu"; }
@@ -34,6 +37,22 @@ void check_unsupported_metadata(const GgufFile& f, const std::string& p, int64_t
                              "head_count = " + std::to_string(head_dim) + ": head sizes other than that are not supported");
     if (f.find(p + "attention.causal") && !f.get_bool(p + "attention.causal"))
         throw ModelError("metadata '" + p + "attention.causal' = false: non-causal attention is not supported");
+}
+// rope_freqs.weight (llama.cpp's form of Llama-3.1's RoPE scaling): one divisor per frequency, each finite and > 0.
+std::vector<float> read_rope_divisors(const GgufFile& f, int64_t head_dim) {
+    const GgufTensor* t = f.find_tensor("rope_freqs.weight");
+    if (!t) return {};
+    const int64_t n = head_dim / 2;
+    if (t->type != static_cast<uint32_t>(GgmlType::F32) || t->n_dims != 1 || t->dims[0] != n)
+        throw ModelError("tensor 'rope_freqs.weight' must be F32 [" + std::to_string(n) +
+                         "] (one divisor per RoPE frequency of the head dim " + std::to_string(head_dim) + ")");
+    std::vector<float> v(static_cast<size_t>(n));
+    std::memcpy(v.data(), t->data, v.size() * sizeof(float));
+    for (size_t i = 0; i < v.size(); ++i)
+        if (!(std::isfinite(v[i]) && v[i] > 0.0f))
+            throw ModelError("tensor 'rope_freqs.weight' element " + std::to_string(i) + " = " + std::to_string(v[i]) +
+                             ": RoPE frequency divisors must be finite and > 0");
+    return v;
 }
 }  // namespace
 
@@ -75,6 +94,7 @@ ModelConfig read_config(const GgufFile& f) {
                              " (partial rotary embeddings are not supported)");
     }
     check_unsupported_metadata(f, p, c.head_dim);
+    c.rope_divisors = read_rope_divisors(f, c.head_dim);
     c.dim_in = (c.dim + 255) / 256 * 256;  // ternary rows are stored padded to whole 256-blocks
     c.ffn_in = (c.ffn + 255) / 256 * 256;
     c.sub_norms = f.get_bool("bllama.sub_norms", true);

@@ -4,6 +4,7 @@
 #include <cstdint>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 #include "engine/gguf.h"
 
@@ -40,6 +41,9 @@ struct ModelConfig {
     // (HF1BitLLM / Falcon3-1.58bit LLaMA blocks); o_proj and down_proj read their inputs unnormalized.
     bool sub_norms = true;
     uint32_t weight_type = 35;  // ggml type of the projections (TQ2_0, TQ1_0 or I2_S)
+    // rope_freqs.weight: what each RoPE frequency is divided by ([head_dim / 2], Llama-3.1's scaling as llama.cpp
+    // stores it); empty: plain RoPE.
+    std::vector<float> rope_divisors;
 
     int64_t kv_dim() const { return n_kv_heads * head_dim; }
 };

@@ -62,8 +62,8 @@ private:
             const size_t n = std::strlen(sfx);
             return name.size() >= n && name.compare(name.size() - n, n, sfx) == 0;
         };
-        if (name == "rope_freqs.weight" || ends("rope_factors_long.weight") || ends("rope_factors_short.weight"))
-            return " (per-frequency RoPE factors, e.g. Llama-3.1 rope scaling: not supported)";
+        if (ends("rope_factors_long.weight") || ends("rope_factors_short.weight"))
+            return " (Phi-3's long / short RoPE factors: not supported)";
         if (ends(".bias")) return " (biases are not supported)";
         return "";
     }
@@ -116,6 +116,7 @@ ModelTensors check_model_tensors(const GgufFile& f, const ModelConfig& c) {
     m.embedding = &tc.get("token_embd.weight", {c.dim, c.vocab}, {GgmlType::F16, GgmlType::F32});
     if (!c.tied) m.output = &tc.get("output.weight", {c.dim, c.vocab}, {GgmlType::F16, GgmlType::F32});
     m.output_norm = &tc.get("output_norm.weight", {c.dim}, {GgmlType::F32});
+    if (!c.rope_divisors.empty()) tc.get("rope_freqs.weight", {c.head_dim / 2}, {GgmlType::F32});  // read_config's
     m.layers.resize(static_cast<size_t>(c.n_layers));
     for (int64_t l = 0; l < c.n_layers; ++l) {
         const std::string p = "blk." + std::to_string(l) + ".";

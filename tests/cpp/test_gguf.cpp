@@ -1,6 +1,7 @@
 // GGUF round trip: a random bitnet model written by the test writer is read back through the
 // memory-mapped reader (metadata of every type, tensors, data bytes), its ternary blocks decode to
 // the codes written, and the model loads (also as GGUF v2, other alignments, an f32 embedding).
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <functional>
@@ -222,7 +223,13 @@ static void test_unsupported_metadata() {
         {[](GgufBuilder& g) { g.u32("bitnet.attention.value_length", 32); }, "'bitnet.attention.value_length' = 32"},
         {[](GgufBuilder& g) { g.boolean("bitnet.attention.causal", false); }, "non-causal attention is not supported"},
         {[](GgufBuilder& g) { g.tensor("rope_freqs.weight", {32}, G_F32, std::vector<uint8_t>(128)); },
-         "unexpected tensor 'rope_freqs.weight' for a bitnet model (per-frequency RoPE factors"},
+         "tensor 'rope_freqs.weight' element 0 = 0.000000: RoPE frequency divisors must be finite and > 0"},
+        {[](GgufBuilder& g) { g.tensor("rope_freqs.weight", {16}, G_F32, f32_bytes(std::vector<float>(16, 1.0f))); },
+         "tensor 'rope_freqs.weight' must be F32 [32]"},
+        {[](GgufBuilder& g) { g.tensor("blk.0.rope_factors_long.weight", {32}, G_F32, std::vector<uint8_t>(128)); },
+         "(Phi-3's long / short RoPE factors: not supported)"},
+        {[](GgufBuilder& g) { g.tensor("rope_freqs.weight", {32}, G_F32, f32_bytes(std::vector<float>(32, 1.0f))); },
+         nullptr},  // divisors of 1: plain RoPE
         {[](GgufBuilder& g) { g.tensor("blk.0.attn_q.bias", {256}, G_F32, std::vector<uint8_t>(1024)); },
          "unexpected tensor 'blk.0.attn_q.bias' for a bitnet model (biases are not supported)"},
         {[](GgufBuilder& g) { g.string("bitnet.rope.scaling.type", "none"); g.f32("bitnet.rope.scaling.factor", 4.0f); },
@@ -241,6 +248,17 @@ static void test_unsupported_metadata() {
         if (c.refusal) CHECK(throws<ModelError>([&] { load(g); }, c.refusal));
         else CHECK(logits_of(GgufFile::from_bytes(g.build()), ids) == want);
     }
+    // Llama-3.1's scaling divides the low frequencies (rope_freqs.weight was refused): dividing the lowest one by 8
+    // changes the logits from position 1 on and leaves position 0 (angle 0 whatever the frequency) as it was.
+    // bllama/model/transformer.py's rope_divisors and tests/test_hf_import.py check the values against transformers.
+    std::vector<float> div(32, 1.0f);
+    div[31] = 8.0f;
+    GgufBuilder g = random_model(s, nullptr);
+    g.tensor("rope_freqs.weight", {32}, G_F32, f32_bytes(div));
+    const auto scaled = logits_of(GgufFile::from_bytes(g.build()), ids);
+    CHECK(scaled != want);
+    CHECK(std::equal(scaled.begin(), scaled.begin() + static_cast<std::ptrdiff_t>(scaled.size() / ids.size()),
+                     want.begin()));
 }
 
 int main() {
