@@ -286,15 +286,16 @@ def load_gguf(path: Union[str, os.PathLike], **overrides):
     emb = tensors["token_embd.weight"]
     dim, heads = int(get(p + "embedding_length")), int(get(p + "attention.head_count"))
     ctx = int(get(p + "context_length"))
+    theta = float(get(p + "rope.freq_base", 10000.0))
     fields = dict(vocab_size=int(get(p + "vocab_size", emb.shape[1])), seq_len=ctx, context_length=ctx,
                   hidden_size=dim, num_heads=heads, num_kv_heads=int(get(p + "attention.head_count_kv", heads)),
                   num_layers=int(get(p + "block_count")), ffn_size=int(get(p + "feed_forward_length")),
                   activation=str(get("bllama.activation", "silu" if arch == "bitnet" else "relu2")),
-                  rope_theta=float(get(p + "rope.freq_base", 10000.0)),
+                  rope_theta=theta,
                   rms_eps=float(get(p + "attention.layer_norm_rms_epsilon")),
                   tie_embeddings=bool(get("bllama.tie_embeddings", "output.weight" not in tensors)),
                   sub_norms=bool(get("bllama.sub_norms", True)),
-                  rope_scaling=_gguf_rope_scaling(path, get, tensors))
+                  rope_scaling=_gguf_rope_scaling(path, get("bllama.rope_scaling"), tensors, dim // heads, theta))
     fields.update(overrides)
     config = bLlamaConfig(**fields)
     model = bLlama(config)
@@ -323,15 +324,13 @@ def load_gguf(path: Union[str, os.PathLike], **overrides):
     return model, Pretrained(tokenizer=tok, chat_template=str(template) if template else None, source="gguf")
 
 
-def _gguf_rope_scaling(path, get, tensors) -> Optional[dict]:
+def _gguf_rope_scaling(path, named, tensors, head_dim: int, theta: float) -> Optional[dict]:
     """A GGUF file's RoPE scaling: rope_freqs.weight (what the engine and llama.cpp apply), from the scaling our
-    files name in bllama.rope_scaling; divisors without that name (another converter's) cannot be trained on."""
-    import json
-
+    files name in bllama.rope_scaling (`named`); divisors without that name (another converter's) cannot be trained
+    on."""
     from ..model.config import checked_rope_scaling
     from ..model.transformer import rope_divisors
 
-    named = get("bllama.rope_scaling")
     if "rope_freqs.weight" not in tensors:
         if named is not None:
             raise ValueError(f"{path}: bllama.rope_scaling is set but the file has no rope_freqs.weight")
@@ -343,10 +342,7 @@ def _gguf_rope_scaling(path, get, tensors) -> Optional[dict]:
         scaling = checked_rope_scaling(json.loads(str(named)))
     except (ValueError, TypeError, AttributeError) as e:
         raise ValueError(f"{path}: bllama.rope_scaling: {e}") from None
-    dim, heads = int(get(get("general.architecture") + ".embedding_length")), \
-        int(get(get("general.architecture") + ".attention.head_count"))
-    theta = float(get(get("general.architecture") + ".rope.freq_base", 10000.0))
-    want = rope_divisors(dim // heads, theta, scaling).numpy()
+    want = rope_divisors(head_dim, theta, scaling).numpy()
     have = np.asarray(tensors["rope_freqs.weight"].data, dtype=np.float32).reshape(-1)
     if have.shape != want.shape or not np.allclose(have, want, rtol=1e-6):
         raise ValueError(f"{path}: rope_freqs.weight does not match bllama.rope_scaling {scaling}")

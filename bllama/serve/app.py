@@ -136,8 +136,9 @@ class ServeApp:
         return json_error(e.status, str(e), e.headers, close=True)
 
     async def _server_error(self, request: Request, e: Exception) -> Response:  # a bug of ours: said, not hidden
-        self.metrics.request(500)
-        return json_error(500, f"{type(e).__name__}: {e}", close=True)
+        status, message = _status_and_message(e)
+        self.metrics.request(status)
+        return json_error(status, message, close=True)
 
     # ---- GET --------------------------------------------------------------------------------------------
     async def health(self, request: Request) -> Response:

@@ -79,7 +79,7 @@ def encode_chat(tokenizer, template: str, messages, add_generation_prompt: bool 
             pending += t[pos:hit.start()]
             pos = hit.end()
             if spelling in markers:
-                ids += tokenizer.encode_plain(pending + spelling[:1]) if pending or spelling[:1] else []
+                ids += tokenizer.encode_plain(pending + spelling[0])  # markers are never empty (`if p` above)
                 pending = spelling[1:]
             else:
                 pending += spelling
