@@ -309,6 +309,7 @@ public:
         d["activation"] = activation_name(c.activation);
         d["tie_embeddings"] = c.tied;
         d["sub_norms"] = c.sub_norms;
+        d["qk_norm"] = c.qk_norm;
         d["weight_type"] = ggml_type_name(c.weight_type);
         const BackendInfo info = engine_->info();
         d["device"] = info.device;

@@ -62,18 +62,20 @@ def make_checkpoint(path: Path, style: str = "bitnet", *, hidden: int = 256, ffn
                     heads: int = 4, kv_heads: int = 2, act: str = "relu2", tied: bool = True,
                     linear_class: str = "autobitlinear", vocab: int = 0, tokenizer: str = "bpe", sp_model=None,
                     theta: float = 500000.0, rope_form: str = "parameters", seed: int = 0, context: int = 128,
-                    rms_eps: float = 1e-5, dtype=torch.float32, rope_scaling: dict = None) -> Path:
+                    rms_eps: float = 1e-5, dtype=torch.float32, rope_scaling: dict = None, head_dim: int = None) -> Path:
     """Write a checkpoint folder.
 
     style: "bitnet" (BitNetForCausalLM, packed weights + weight_scale of `linear_class`),
            "bitnet-online" (BitNetForCausalLM, autobitlinear online: latent weights),
            "llama-bitnet" (LlamaForCausalLM with quant_method bitnet: packed, no sub-norms),
            "1bitllm" (model_type llama, latent weights, sub-norms inner_attn_ln / ffn_layernorm, no quant config),
-           "llama" (a full-precision LlamaForCausalLM, weights stored as `dtype`).
+           "llama" (a full-precision LlamaForCausalLM, weights stored as `dtype`),
+           "qwen3" / "qwen3-bitnet" (Qwen3ForCausalLM: QK-norm; full precision, or packed as "llama-bitnet").
+    head_dim: an explicit per-head width (config.json head_dim; Qwen3's default is 128).
     rope_scaling: extra rope_parameters (Llama-3.1's: rope_type "llama3", factor, low/high_freq_factor, ...).
     """
     from safetensors.torch import save_file
-    from transformers import BitNetConfig, BitNetForCausalLM, LlamaConfig, LlamaForCausalLM
+    from transformers import BitNetConfig, BitNetForCausalLM, LlamaConfig, LlamaForCausalLM, Qwen3Config, Qwen3ForCausalLM
     from transformers.integrations.bitnet import pack_weights
 
     path = Path(path)
@@ -97,7 +99,12 @@ def make_checkpoint(path: Path, style: str = "bitnet", *, hidden: int = 256, ffn
                   max_position_embeddings=context, rms_norm_eps=rms_eps, tie_word_embeddings=tied,
                   bos_token_id=bos, eos_token_id=eos if len(eos) > 1 else eos[0])
     rope = {"rope_type": "default", "rope_theta": theta, **(rope_scaling or {})}
-    if style in ("llama-bitnet", "llama"):
+    if head_dim is not None:
+        common["head_dim"] = head_dim
+    if style in ("qwen3", "qwen3-bitnet"):
+        cfg = Qwen3Config(**common, rope_parameters=rope)
+        model = Qwen3ForCausalLM(cfg)
+    elif style in ("llama-bitnet", "llama"):
         cfg = LlamaConfig(**common, rope_parameters=rope)
         model = LlamaForCausalLM(cfg)
     else:
@@ -108,7 +115,7 @@ def make_checkpoint(path: Path, style: str = "bitnet", *, hidden: int = 256, ffn
     for k, v in model.state_dict().items():
         if k == "lm_head.weight" and tied:
             continue
-        if k.endswith("_proj.weight") and style in ("bitnet", "llama-bitnet"):
+        if k.endswith("_proj.weight") and style in ("bitnet", "llama-bitnet", "qwen3-bitnet"):
             codes, s = _ternarize(v.float())
             sd[k] = pack_weights(codes.clone()).contiguous()
             ws = s if linear_class == "autobitlinear" else 1.0 / s
@@ -124,7 +131,7 @@ def make_checkpoint(path: Path, style: str = "bitnet", *, hidden: int = 256, ffn
     if rope_form == "theta":  # the older config form
         d.pop("rope_parameters", None)
         d["rope_theta"] = theta
-    if style in ("bitnet", "llama-bitnet"):
+    if style in ("bitnet", "llama-bitnet", "qwen3-bitnet"):
         d["quantization_config"] = {"quant_method": "bitnet", "linear_class": linear_class,
                                     "quantization_mode": "offline"}
     elif style == "bitnet-online":

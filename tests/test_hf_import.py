@@ -61,7 +61,19 @@ CASES = {
     "llama3-rope": ("llama-bitnet", dict(act="silu", linear_class="bitlinear", tied=True, theta=10000.0,
                                          rope_scaling=dict(rope_type="llama3", factor=8.0, low_freq_factor=1.0,
                                                            high_freq_factor=4.0, original_max_position_embeddings=16))),
+    # Qwen3: QK-norm (random weights around 1) and heads of 96 with hidden 256 / 4 heads: q is 256 -> 384, o 384 ->
+    # 256, stored padded to 512 inputs
+    "qwen3-head-dim": ("qwen3-bitnet", dict(act="silu", linear_class="bitlinear", tied=True, theta=1e6, rms_eps=1e-6,
+                                            heads=4, kv_heads=2, head_dim=96)),
+    # 4 kv heads of 32 (hidden 256 / 4 = 64): the engine's fused q/k/v + attention job with one thread
+    "qwen3-fused": ("qwen3-bitnet", dict(act="silu", linear_class="autobitlinear", tied=False, theta=1e6,
+                                         heads=8, kv_heads=4, head_dim=32)),
+    # a LLaMA-family folder (Mistral-Nemo's shape: heads wider than hidden / heads) without QK-norm
+    "llama-head-dim": ("llama-bitnet", dict(act="silu", linear_class="autobitlinear", tied=False, heads=4,
+                                            kv_heads=2, head_dim=128)),
 }
+THREADS = {"qwen3-fused": 1}
+NO_SUB_NORMS = ("llama-bitnet", "qwen3-bitnet")
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +88,8 @@ def test_engine_matches_transformers(checkpoints, name):
     from bllama.runtime import Runtime
 
     style, path = checkpoints[name]
-    rt = Runtime.load(path, head="f16", kv_cache_dtype="float32")  # imported on the fly; the exact model
+    # imported on the fly; the exact model
+    rt = Runtime.load(path, head="f16", kv_cache_dtype="float32", threads=THREADS.get(name))
     ids = rt.tokenizer.encode(PROMPT)
     assert len(ids) > 10
     ref = f16_embeddings(reference_model(path, style))
@@ -88,8 +101,10 @@ def test_engine_matches_transformers(checkpoints, name):
     hf = json.loads((path / "config.json").read_text())
     assert cfg["hidden_size"] == hf["hidden_size"] and cfg["num_kv_heads"] == hf["num_key_value_heads"]
     assert cfg["activation"] == hf["hidden_act"]
-    assert cfg["sub_norms"] == (style != "llama-bitnet")
+    assert cfg["sub_norms"] == (style not in NO_SUB_NORMS)
     assert cfg["tie_embeddings"] == hf["tie_word_embeddings"]
+    assert cfg["head_dim"] == (hf.get("head_dim") or hf["hidden_size"] // hf["num_attention_heads"])
+    assert cfg["qk_norm"] == (hf["model_type"] == "qwen3")
 
 
 def test_wrong_scale_semantics_would_be_caught(checkpoints, tmp_path):
@@ -105,6 +120,24 @@ def test_wrong_scale_semantics_would_be_caught(checkpoints, tmp_path):
     rt = Runtime.load(bad, head="f16", kv_cache_dtype="float32")  # exact, so only the relabelling can fail it
     ids = rt.tokenizer.encode(PROMPT)
     ref = f16_embeddings(reference_model(src, style))
+    with torch.no_grad():
+        r = ref(torch.tensor([ids])).logits[0].float().numpy()
+    with pytest.raises(AssertionError):
+        assert_logits_match(r, rt.logits(ids))
+
+
+def test_skipping_qk_norm_would_be_caught(checkpoints):
+    """The comparison can fail: transformers' Qwen3 without its q_norm / k_norm (random weights around 1) is another
+    model by more than the tolerance, so the match above shows the engine applies them."""
+    from bllama.runtime import Runtime
+
+    style, src = checkpoints["qwen3-head-dim"]
+    rt = Runtime.load(src, head="f16", kv_cache_dtype="float32")
+    ids = rt.tokenizer.encode(PROMPT)
+    ref = f16_embeddings(reference_model(src, style))
+    for layer in ref.model.layers:
+        layer.self_attn.q_norm = torch.nn.Identity()
+        layer.self_attn.k_norm = torch.nn.Identity()
     with torch.no_grad():
         r = ref(torch.tensor([ids])).logits[0].float().numpy()
     with pytest.raises(AssertionError):

@@ -18,7 +18,7 @@ import torch
 from ..atomic import atomic_path
 from ..model.config import bLlamaConfig
 from ..model.transformer import rope_divisors
-from .gguf_schema import (FILE_TYPE_I2_S, NORMS, PROJECTIONS, QK, TERNARY_TYPES, add_bitnet_metadata,
+from .gguf_schema import (FILE_TYPE_I2_S, NORMS, PROJECTIONS, QK, QK_NORMS, TERNARY_TYPES, add_bitnet_metadata,
                           add_ternary_tensor, add_tokenizer, gguf_arch)
 
 
@@ -41,6 +41,8 @@ def add_model_tensors(writer, net, weight_type: str, progress: bool = False) -> 
             for attr, gname in NORMS.items():
                 if "sub_norm" in gname and not net.config.sub_norms:
                     continue
+                writer.add_tensor(f"blk.{i}.{gname}.weight", f32(block.get_submodule(attr).weight))
+            for attr, gname in QK_NORMS.items() if cfg.qk_norm else ():
                 writer.add_tensor(f"blk.{i}.{gname}.weight", f32(block.get_submodule(attr).weight))
             for attr, gname in PROJECTIONS.items():
                 layer = block.get_submodule(attr)

@@ -17,6 +17,7 @@ PROJECTIONS = {"attn.q_proj": "attn_q", "attn.k_proj": "attn_k", "attn.v_proj": 
                "mlp.down_proj": "ffn_down"}
 NORMS = {"input_layernorm": "attn_norm", "attn.sub_norm": "attn_sub_norm",
          "post_attention_layernorm": "ffn_norm", "mlp.sub_norm": "ffn_sub_norm"}
+QK_NORMS = {"attn.q_norm": "attn_q_norm", "attn.k_norm": "attn_k_norm"}  # llama.cpp's qwen3 names; qk_norm only
 QK = 256
 
 
@@ -108,6 +109,11 @@ def gguf_arch(cfg: bLlamaConfig, weight_type: str, force_arch: Optional[str] = N
             "describes it (llama.cpp's `bitnet` graph applies sub-norms, its `llama` graph another RoPE layout), "
             "so llama.cpp would refuse or misread the file. Our engine runs it with bllama.sub_norms = false: "
             f"pass force_arch='bitnet' (bllama {command} --force-arch bitnet) to write it anyway")
+    if cfg.qk_norm:
+        raise ArchitectureError(
+            "this model has QK-norm (bLlamaConfig.qk_norm, Qwen3's q_norm / k_norm): llama.cpp's `bitnet` graphs do not "
+            "apply it, so llama.cpp would refuse or misread the file. Our engine runs it: pass force_arch='bitnet' "
+            f"(bllama {command} --force-arch bitnet) to write it anyway")
     if cfg.activation == "relu2":
         return "bitnet-b1.58"
     return "bitnet"
@@ -139,6 +145,9 @@ def add_bitnet_metadata(writer, cfg: bLlamaConfig) -> None:
     writer.add_layer_norm_rms_eps(cfg.rms_eps)
     writer.add_rope_freq_base(cfg.rope_theta)
     writer.add_rope_dimension_count(cfg.head_dim)
+    if cfg.attn_head_dim is not None:  # llama.cpp's per-head q/k and v widths (else embedding_length / head_count)
+        writer.add_key_length(cfg.head_dim)
+        writer.add_value_length(cfg.head_dim)
     writer.add_vocab_size(cfg.vocab_size)
     writer.add_string("bllama.activation", cfg.activation)
     writer.add_bool("bllama.tie_embeddings", cfg.tie_embeddings)

@@ -9,7 +9,9 @@ ours: HF's AutoBitLinear quantizes activations per token to int8 with 127 / absm
 bllama/model/bitlinear.py, its RMSNorm and rotate_half
 RoPE are ours, and its BitNet block puts the sub-norms where we do. A model without sub-norms (converted from a
 LLaMA) is written as `LlamaForCausalLM` with the same quantization_config (HF1BitLLM's form, which
-`bllama import` reads back): transformers' LLaMA block is ours without them.
+`bllama import` reads back): transformers' LLaMA block is ours without them; one with QK-norm (converted from a
+Qwen3) as `Qwen3ForCausalLM`, whose block is the LLaMA one with q_norm / k_norm before RoPE. An explicit head width
+(attn_head_dim) is config.json's head_dim, which all three classes size their projections by.
 """
 from __future__ import annotations
 
@@ -28,6 +30,7 @@ NAMES = {"attn.q_proj": "self_attn.q_proj", "attn.k_proj": "self_attn.k_proj", "
          "mlp.down_proj": "mlp.down_proj"}
 NORMS = {"input_layernorm": "input_layernorm", "attn.sub_norm": "self_attn.attn_sub_norm",
          "post_attention_layernorm": "post_attention_layernorm", "mlp.sub_norm": "mlp.ffn_sub_norm"}
+QK_NORMS = {"attn.q_norm": "self_attn.q_norm", "attn.k_norm": "self_attn.k_norm"}
 
 
 def pack_hf(codes: np.ndarray) -> np.ndarray:
@@ -80,6 +83,13 @@ def export_hf(model, tokenizer, out_dir: Union[str, os.PathLike], dtype: str = "
         raise ValueError("this model has full-precision linear layers (quantize=False); only b1.58 models export")
     if cfg.bias:
         raise ValueError("transformers' BitNet has no projection biases; export a model with bias=False")
+    if cfg.sub_norms and cfg.qk_norm:
+        raise ValueError("no transformers class has both b1.58 sub-norms and QK-norm (BitNet has the first, Qwen3 "
+                         "the second); this model cannot be exported as a Hugging Face checkpoint")
+    if cfg.sub_norms and cfg.attn_dim != cfg.hidden_size:
+        raise ValueError(f"transformers' BitNet sizes its attention sub-norm by hidden_size ({cfg.hidden_size}), this "
+                         f"model's is num_heads x head_dim = {cfg.attn_dim}: it cannot be exported as a Hugging Face "
+                         "BitNet checkpoint")
     from ..tokenizers.bpe import BPETokenizer
 
     bpe = isinstance(tokenizer, BPETokenizer)
@@ -112,6 +122,8 @@ def export_hf(model, tokenizer, out_dir: Union[str, os.PathLike], dtype: str = "
                 if "sub_norm" in ours and not cfg.sub_norms:
                     continue
                 sd[p + theirs + ".weight"] = block.get_submodule(ours).weight.detach().to(tdtype).contiguous()
+            for ours, theirs in QK_NORMS.items() if cfg.qk_norm else ():
+                sd[p + theirs + ".weight"] = block.get_submodule(ours).weight.detach().to(tdtype).contiguous()
             for ours, theirs in NAMES.items():
                 layer = block.get_submodule(ours)
                 codes = layer.ternary_codes().cpu().numpy().astype(np.int8)
@@ -120,9 +132,11 @@ def export_hf(model, tokenizer, out_dir: Union[str, os.PathLike], dtype: str = "
                 sd[p + theirs + ".weight_scale"] = layer.ternary_scale().detach().float().reshape(1).contiguous()
     # every end-of-turn id (LLaMA-3 instruct: <|end_of_text|> and <|eot_id|>), so transformers' generate stops on each
     eos = tokenizer.eos_ids if bpe and len(tokenizer.eos_ids) > 1 else tokenizer.eos_id
+    arch, model_type = ("BitNetForCausalLM", "bitnet") if cfg.sub_norms else \
+        ("Qwen3ForCausalLM", "qwen3") if cfg.qk_norm else ("LlamaForCausalLM", "llama")
     config = {
-        "architectures": ["BitNetForCausalLM" if cfg.sub_norms else "LlamaForCausalLM"],
-        "model_type": "bitnet" if cfg.sub_norms else "llama",
+        "architectures": [arch],
+        "model_type": model_type, "head_dim": cfg.head_dim,
         "vocab_size": cfg.vocab_size, "hidden_size": cfg.hidden_size, "intermediate_size": cfg.ffn_size,
         "num_hidden_layers": cfg.num_layers, "num_attention_heads": cfg.num_heads,
         "num_key_value_heads": cfg.num_kv_heads, "hidden_act": cfg.activation,
@@ -137,6 +151,8 @@ def export_hf(model, tokenizer, out_dir: Union[str, os.PathLike], dtype: str = "
     }
     if cfg.rope_scaling is not None:  # transformers 4.x reads the scaling from here
         config["rope_scaling"] = dict(cfg.rope_scaling)
+    if cfg.qk_norm:  # Qwen3Config's default would be sliding windows off anyway; said, not assumed
+        config["use_sliding_window"] = False
     piece = lambda i: tokenizer.id_to_piece(i) if i is not None else None
     tok_cfg = {"tokenizer_class": "PreTrainedTokenizerFast" if bpe else "LlamaTokenizer",
                "bos_token": piece(tokenizer.bos_id), "eos_token": piece(tokenizer.eos_id),

@@ -91,6 +91,9 @@ CLASS_DEFAULTS = {
     "llama": {"hidden_act": "silu", "rope_theta": 10000.0, "rms_norm_eps": 1e-6, "max_position_embeddings": 2048},
     "mistral": {"hidden_act": "silu", "rope_theta": 10000.0, "rms_norm_eps": 1e-6, "max_position_embeddings": 131072,
                 "sliding_window": 4096},
+    # Qwen3Config: heads of 128 whatever hidden_size / num_attention_heads is, an untied head
+    "qwen3": {"hidden_act": "silu", "rope_theta": 10000.0, "rms_norm_eps": 1e-6, "max_position_embeddings": 32768,
+              "head_dim": 128, "tie_word_embeddings": False, "use_sliding_window": False},
 }
 
 
@@ -217,10 +220,16 @@ class Plan:
     rope_scaling: Optional[dict] = None
     bos_id: Optional[int] = None
     eos_ids: List[int] = field(default_factory=list)
+    attn_head_dim: Optional[int] = None  # config.json head_dim where it is not dim / heads
+    qk_norm: bool = False                # Qwen3's q_norm / k_norm
 
     @property
     def head_dim(self):
-        return self.dim // self.heads
+        return self.attn_head_dim if self.attn_head_dim is not None else self.dim // self.heads
+
+    @property
+    def attn_dim(self):
+        return self.heads * self.head_dim
 
     @property
     def dim_in(self):
@@ -346,18 +355,62 @@ def _same_rows(tensors: _Tensors, a: str, b: str) -> bool:
 
 
 def checked_heads(cfg: dict) -> Tuple[int, int, int]:
-    """(hidden_size, heads, kv heads), refusing a shape the model cannot have (head_dim must be dim / heads)."""
+    """(hidden_size, heads, kv heads), refusing a shape the model cannot have; an explicit head_dim is
+    checked_attention's."""
     dim, heads = number(cfg, "hidden_size"), number(cfg, "num_attention_heads")
     kv = number(cfg, "num_key_value_heads", int, heads, nullable=True)
     if heads % kv:
         raise HFImportError(f"config.json: num_attention_heads {heads} is not divisible by num_key_value_heads {kv}")
-    if dim % heads or cfg.get("head_dim") not in (None, dim // heads):
-        raise HFImportError(f"config.json: head_dim {cfg.get('head_dim')} with hidden_size {dim} and {heads} heads is "
-                            "not supported (head_dim must be hidden_size / num_attention_heads)")
+    if dim % heads and cfg.get("head_dim") is None:
+        raise HFImportError(f"config.json: hidden_size {dim} is not divisible by num_attention_heads {heads} and "
+                            "there is no head_dim")
     return dim, heads, kv
 
 
-def checked_tensors(cfg: dict, tensors: _Tensors, dim: int, layers: int) -> Tuple[int, bool]:
+def checked_attention(cfg: dict, tensors: "_Tensors", dim: int, heads: int, kv: int) -> Tuple[Optional[int], bool]:
+    """(head dim where config.json's head_dim is not hidden_size / heads, else None; QK-norm), refusing the attention
+    variants the model does not compute: sliding windows (Qwen3's use_sliding_window, any layer_types entry but
+    full_attention), a head_dim the projections contradict, QK-norm weights missing or of another shape."""
+    from ..model.config import SIZE_LIMITS
+
+    mt = cfg.get("model_type")
+    if cfg.get("use_sliding_window"):
+        raise HFImportError("config use_sliding_window = true: sliding-window attention is not implemented")
+    layer_types = cfg.get("layer_types") or []
+    other = sorted({str(t) for t in layer_types if t != "full_attention"}) if isinstance(layer_types, list) else \
+        [repr(layer_types)]
+    if other:
+        raise HFImportError(f"config layer_types has {other[0]!r} layers: only full_attention is implemented")
+    hd = number(cfg, "head_dim", int, None, nullable=True)
+    if hd is not None and (hd % 2 or hd > SIZE_LIMITS["attn_head_dim"]):
+        raise HFImportError(f"config.json: head_dim {hd} must be even (RoPE) and at most "
+                            f"{SIZE_LIMITS['attn_head_dim']}")
+    head_dim = hd if hd is not None else dim // heads
+    names = set(tensors.names())
+    for proj, want, ax in (("q_proj", heads * head_dim, 0), ("k_proj", kv * head_dim, 0), ("o_proj", heads * head_dim, 1)):
+        name = f"model.layers.0.self_attn.{proj}.weight"
+        if name not in names:
+            continue
+        shape = tensors.shape(name)
+        have = shape[ax] * (4 if ax == 0 and tensors.dtype(name) == "U8" else 1)  # packed: 4 rows a byte
+        if len(shape) != 2 or have != want:
+            raise HFImportError(f"tensor '{name}' has shape {list(shape)}, but config.json's {heads} heads "
+                                f"(num_key_value_heads {kv}) of head_dim {head_dim} need {want} "
+                                f"{'outputs' if ax == 0 else 'inputs'}")
+    qk_norm = mt == "qwen3"
+    if qk_norm:
+        for i in range(number(cfg, "num_hidden_layers")):
+            for n in ("q_norm", "k_norm"):
+                name = f"model.layers.{i}.self_attn.{n}.weight"
+                if name not in names:
+                    raise HFImportError(f"missing tensor '{name}' (Qwen3's QK-norm)")
+                if tensors.shape(name) != (head_dim,):
+                    raise HFImportError(f"tensor '{name}' has shape {list(tensors.shape(name))}, expected "
+                                        f"[{head_dim}] (head_dim)")
+    return (hd if hd is not None and (dim % heads or hd != dim // heads) else None), qk_norm
+
+
+def checked_tensors(cfg: dict, tensors: _Tensors, dim: int, layers: int, qk_norm: bool = False) -> Tuple[int, bool]:
     """(vocab, tied): the embedding, head and layer tensors, refused where they contradict config.json (transformers
     errors on some of these, guesses on others; a checkpoint that disagrees with its config is suspect)."""
     names = set(tensors.names())
@@ -386,7 +439,8 @@ def checked_tensors(cfg: dict, tensors: _Tensors, dim: int, layers: int) -> Tupl
     # rotary_emb.inv_freq is a buffer older transformers saved; the config's rope_theta gives the same values.
     known = {f"{m}.{kind}" for m in PROJ for kind in ("weight", "weight_scale")} | \
         {f"{m}.weight" for m in ("input_layernorm", "post_attention_layernorm", *SUB_NORMS["bitnet"],
-                                 *SUB_NORMS["1bitllm"])} | {"self_attn.rotary_emb.inv_freq"}
+                                 *SUB_NORMS["1bitllm"])} | {"self_attn.rotary_emb.inv_freq"} | \
+        ({"self_attn.q_norm.weight", "self_attn.k_norm.weight"} if qk_norm else set())
     unknown = sorted(n for n in names if n.startswith("model.layers.") and n.split(".", 3)[3:] and
                      n.split(".", 3)[3] not in known and not n.endswith(".bias"))
     if unknown:
@@ -412,7 +466,7 @@ def plan_checkpoint(hf_dir: Path, cfg: dict, tensors: _Tensors) -> Plan:
             raise HFImportError(f"{what} without a bitnet quantization_config runs full-precision linears; "
                                 "not a b1.58 checkpoint")
         style, sub = "bitnet", SUB_NORMS["bitnet"]
-    elif mt == "llama":
+    elif mt in ("llama", "qwen3"):
         if has(SUB_NORMS["1bitllm"][0]):
             style, sub = "1bitllm", SUB_NORMS["1bitllm"]
         elif has(SUB_NORMS["bitnet"][0]):
@@ -426,7 +480,8 @@ def plan_checkpoint(hf_dir: Path, cfg: dict, tensors: _Tensors) -> Plan:
                                 "--out RUN, then bllama export RUN --force-arch bitnet")
     else:
         raise HFImportError(f"unsupported {what}: supported are BitNetForCausalLM (model_type 'bitnet'), "
-                            "LlamaForCausalLM with quant_method 'bitnet', and 1bitLLM-style LLaMA checkpoints")
+                            "LlamaForCausalLM / Qwen3ForCausalLM with quant_method 'bitnet', and 1bitLLM-style LLaMA "
+                            "checkpoints")
     if sub and not has(sub[1]):
         raise HFImportError(f"checkpoint has '{sub[0]}' but no '{sub[1]}' sub-norm in layer 0")
     linear_class = qc.get("linear_class", "bitlinear")
@@ -435,15 +490,17 @@ def plan_checkpoint(hf_dir: Path, cfg: dict, tensors: _Tensors) -> Plan:
     act = checked_activation(cfg, names)
 
     dim, heads, kv = checked_heads(cfg)
+    attn_head_dim, qk_norm = checked_attention(cfg, tensors, dim, heads, kv)
     layers = number(cfg, "num_hidden_layers")
     check_all_converted(qc, layers)
-    vocab, tied = checked_tensors(cfg, tensors, dim, layers)
+    vocab, tied = checked_tensors(cfg, tensors, dim, layers, qk_norm)
     bos, eos = special_ids(hf_dir, cfg)
     return Plan(style=style, linear_class=linear_class, sub_norms=sub, activation=act, vocab=vocab, dim=dim,
                 ffn=number(cfg, "intermediate_size"), layers=layers, heads=heads, kv_heads=kv,
                 context=number(cfg, "max_position_embeddings", int, 2048, nullable=True),
                 rms_eps=number(cfg, "rms_norm_eps", float, 1e-6), rope_theta=_rope_theta(cfg), tied=tied,
-                rope_scaling=rope_scaling_of(cfg), bos_id=bos, eos_ids=eos)
+                rope_scaling=rope_scaling_of(cfg), bos_id=bos, eos_ids=eos, attn_head_dim=attn_head_dim,
+                qk_norm=qk_norm)
 
 
 # ---- ternary weights ---------------------------------------------------------------------------------------------
@@ -717,10 +774,11 @@ def import_hf(hf_dir: Union[str, os.PathLike], output: Union[str, os.PathLike], 
     plan = plan_checkpoint(hf_dir, cfg, tensors)
     tok, tok_kind, template = load_hf_tokenizer(hf_dir, plan)
     P = plan
-    arch = gguf_arch(bLlamaConfig(activation=P.activation, sub_norms=P.sub_norms is not None), "tq2_0", force_arch,
-                     command="import")
+    arch = gguf_arch(bLlamaConfig(activation=P.activation, sub_norms=P.sub_norms is not None, qk_norm=P.qk_norm),
+                     "tq2_0", force_arch, command="import")
     kvd = P.kv_heads * P.head_dim
-    shapes = {"attn_q": (P.dim, P.dim), "attn_k": (kvd, P.dim), "attn_v": (kvd, P.dim), "attn_output": (P.dim, P.dim),
+    shapes = {"attn_q": (P.attn_dim, P.dim), "attn_k": (kvd, P.dim), "attn_v": (kvd, P.dim),
+              "attn_output": (P.dim, P.attn_dim),
               "ffn_gate": (P.ffn, P.dim), "ffn_up": (P.ffn, P.dim), "ffn_down": (P.dim, P.ffn)}
 
     # Every tensor's name, numpy shape, dtype, ggml type and a function producing its bytes (in order).
@@ -739,7 +797,9 @@ def import_hf(hf_dir: Union[str, os.PathLike], output: Union[str, os.PathLike], 
         hp, bp = f"model.layers.{i}.", f"blk.{i}."
         norms = [("input_layernorm", "attn_norm", P.dim), ("post_attention_layernorm", "ffn_norm", P.dim)]
         if P.sub_norms:
-            norms += [(P.sub_norms[0], "attn_sub_norm", P.dim), (P.sub_norms[1], "ffn_sub_norm", P.ffn)]
+            norms += [(P.sub_norms[0], "attn_sub_norm", P.attn_dim), (P.sub_norms[1], "ffn_sub_norm", P.ffn)]
+        if P.qk_norm:  # llama.cpp's qwen3 names
+            norms += [("self_attn.q_norm", "attn_q_norm", P.head_dim), ("self_attn.k_norm", "attn_k_norm", P.head_dim)]
         for hn, gn, n in norms:
             jobs.append((bp + gn + ".weight", (n,), np.float32, None, ("f32", hp + hn + ".weight", (n,))))
         for hn, gn in PROJ.items():
@@ -774,6 +834,9 @@ def import_hf(hf_dir: Union[str, os.PathLike], output: Union[str, os.PathLike], 
             w.add_layer_norm_rms_eps(P.rms_eps)
             w.add_rope_freq_base(P.rope_theta)
             w.add_rope_dimension_count(P.head_dim)
+            if P.attn_head_dim is not None:  # llama.cpp's per-head q/k and v widths
+                w.add_key_length(P.head_dim)
+                w.add_value_length(P.head_dim)
             w.add_vocab_size(P.vocab)
             w.add_file_type(gguf.LlamaFileType.MOSTLY_TQ2_0)
             w.add_string("bllama.activation", P.activation)

@@ -2,8 +2,8 @@
 
 Sources:
 
-* Hugging Face `LlamaForCausalLM`-family folders (model_type llama / mistral without sliding window) in fp16, bf16
-  or fp32: no sub-norms, so the model gets `sub_norms=False`. With `quantize=False` it is the checkpoint's function
+* Hugging Face `LlamaForCausalLM`-family folders (model_type llama / mistral without sliding window, an explicit
+  head_dim included) and `Qwen3ForCausalLM` ones (model_type qwen3: QK-norm, head_dim) in fp16, bf16 or fp32: no sub-norms, so the model gets `sub_norms=False`. With `quantize=False` it is the checkpoint's function
   exactly (full-precision nn.Linear); with `quantize=True` (the default) the weights become the latent weights of
   BitLinear layers, which is where 1.58-bit conversion starts (`--quant-warmup-steps`).
 * Hugging Face `BitNetForCausalLM` folders: latent (bf16 master / `quantization_mode: online`) weights are taken as
@@ -31,8 +31,8 @@ import numpy as np
 import torch
 
 from ..model.config import bLlamaConfig
-from .hf_import import (HFImportError, SUB_NORMS, check_all_converted, checked_activation, checked_heads,
-                        checked_tensors, number, quant_config, read_config_json, rope_scaling_of, special_ids, _rope_theta,
+from .hf_import import (HFImportError, SUB_NORMS, check_all_converted, checked_activation, checked_attention,
+                        checked_heads, checked_tensors, number, quant_config, read_config_json, rope_scaling_of, special_ids, _rope_theta,
                         _Tensors,
                         unpack_hf)
 
@@ -41,6 +41,7 @@ LAYER_NAMES = {"self_attn.q_proj": "attn.q_proj", "self_attn.k_proj": "attn.k_pr
                "self_attn.o_proj": "attn.o_proj", "mlp.gate_proj": "mlp.gate_proj", "mlp.up_proj": "mlp.up_proj",
                "mlp.down_proj": "mlp.down_proj", "input_layernorm": "input_layernorm",
                "post_attention_layernorm": "post_attention_layernorm"}
+QK_NORMS = {"self_attn.q_norm": "attn.q_norm", "self_attn.k_norm": "attn.k_norm"}  # Qwen3's
 DEFAULT_MAX_SEQ_LEN = 4096  # a 128k-context model trains on blocks this long unless seq_len is given
 
 
@@ -88,20 +89,22 @@ def _hf_config(cfg: dict, tensors: _Tensors, overrides: dict):
                             "implemented (set it to null only if the model never sees longer contexts)")
     if mt == "bitnet":
         style, sub = "bitnet", SUB_NORMS["bitnet"]
-    elif mt in ("llama", "mistral"):
+    elif mt in ("llama", "mistral", "qwen3"):
         sub = SUB_NORMS["1bitllm"] if has(SUB_NORMS["1bitllm"][0]) else \
             SUB_NORMS["bitnet"] if has(SUB_NORMS["bitnet"][0]) else None
         style = "1bitllm" if sub == SUB_NORMS["1bitllm"] else "llama-bitnet" if qc else "llama"
     else:
         raise HFImportError(f"unsupported model_type {mt!r} (architectures {cfg.get('architectures')}): "
-                            "LlamaForCausalLM / MistralForCausalLM and BitNetForCausalLM folders can be loaded")
+                            "LlamaForCausalLM / MistralForCausalLM / Qwen3ForCausalLM and BitNetForCausalLM folders "
+                            "can be loaded")
     act = checked_activation(cfg, names)
     dim, heads, kv = checked_heads(cfg)
+    attn_head_dim, qk_norm = checked_attention(cfg, tensors, dim, heads, kv)
     layers = number(cfg, "num_hidden_layers")
     check_all_converted(qc, layers)
-    vocab, tied = checked_tensors(cfg, tensors, dim, layers)
+    vocab, tied = checked_tensors(cfg, tensors, dim, layers, qk_norm)
     fields = dict(vocab_size=vocab, seq_len=min(context, DEFAULT_MAX_SEQ_LEN), hidden_size=dim, num_heads=heads,
-                  num_kv_heads=kv, num_layers=layers,
+                  num_kv_heads=kv, num_layers=layers, attn_head_dim=attn_head_dim, qk_norm=qk_norm,
                   ffn_size=number(cfg, "intermediate_size"), activation=act, rope_theta=_rope_theta(cfg),
                   rope_scaling=rope_scaling_of(cfg),
                   rms_eps=number(cfg, "rms_norm_eps", float, 1e-6), sub_norms=sub is not None, tie_embeddings=tied,
@@ -180,6 +183,8 @@ def load_hf(hf_dir: Union[str, os.PathLike], quantize: Optional[bool] = None, **
             names = dict(LAYER_NAMES)
             if sub:
                 names.update({sub[0]: "attn.sub_norm", sub[1]: "mlp.sub_norm"})
+            if config.qk_norm:
+                names.update(QK_NORMS)
             for hn, ours in names.items():
                 param = block.get_submodule(ours).weight
                 value = _hf_weight(tensors, hp + hn, linear_class) if hn.endswith("_proj") else \
@@ -269,7 +274,7 @@ def load_gguf(path: Union[str, os.PathLike], **overrides):
     from ..runtime.engine import engine_module
     from ..tokenizers.from_gguf import tokenizer_from_gguf
     from ..train.module import bLlama
-    from .gguf_schema import ARCHES, NORMS, PROJECTIONS
+    from .gguf_schema import ARCHES, NORMS, PROJECTIONS, QK_NORMS
 
     # The engine's own checks first (architecture, every metadata key that changes the function, every tensor's
     # name, type and shape): what it would refuse to run must not become a training start either; a tensor this
@@ -285,6 +290,10 @@ def load_gguf(path: Union[str, os.PathLike], **overrides):
     tensors = {t.name: t for t in r.tensors}
     emb = tensors["token_embd.weight"]
     dim, heads = int(get(p + "embedding_length")), int(get(p + "attention.head_count"))
+    # key_length: heads of another width than dim / heads (the engine has refused key_length != value_length)
+    key_length = get(p + "attention.key_length")
+    head_dim = int(key_length) if key_length is not None else dim // heads
+    attn_head_dim = head_dim if key_length is not None and (dim % heads or head_dim != dim // heads) else None
     ctx = int(get(p + "context_length"))
     theta = float(get(p + "rope.freq_base", 10000.0))
     fields = dict(vocab_size=int(get(p + "vocab_size", emb.shape[1])), seq_len=ctx, context_length=ctx,
@@ -294,8 +303,9 @@ def load_gguf(path: Union[str, os.PathLike], **overrides):
                   rope_theta=theta,
                   rms_eps=float(get(p + "attention.layer_norm_rms_epsilon")),
                   tie_embeddings=bool(get("bllama.tie_embeddings", "output.weight" not in tensors)),
-                  sub_norms=bool(get("bllama.sub_norms", True)),
-                  rope_scaling=_gguf_rope_scaling(path, get("bllama.rope_scaling"), tensors, dim // heads, theta))
+                  sub_norms=bool(get("bllama.sub_norms", True)), attn_head_dim=attn_head_dim,
+                  qk_norm="blk.0.attn_q_norm.weight" in tensors,  # the engine has checked every layer has both
+                  rope_scaling=_gguf_rope_scaling(path, get("bllama.rope_scaling"), tensors, head_dim, theta))
     fields.update(overrides)
     config = bLlamaConfig(**fields)
     model = bLlama(config)
@@ -311,6 +321,9 @@ def load_gguf(path: Union[str, os.PathLike], **overrides):
             for attr, gname in NORMS.items():
                 if "sub_norm" in gname and not config.sub_norms:
                     continue
+                w = block.get_submodule(attr).weight
+                w.copy_(f32(f"blk.{i}.{gname}.weight", w.shape))
+            for attr, gname in QK_NORMS.items() if config.qk_norm else ():
                 w = block.get_submodule(attr).weight
                 w.copy_(f32(f"blk.{i}.{gname}.weight", w.shape))
             for attr, gname in PROJECTIONS.items():

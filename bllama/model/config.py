@@ -14,8 +14,9 @@ ACTIVATIONS = ("silu", "relu2")
 # Far past any model we know (LLaMA-3: vocab 128256, context 131072, hidden 16384, FFN 53248, 126 layers).
 # The fields that shape a model's weights: a checkpoint it starts from (--init-from) decides them.
 SHAPE_FIELDS = ("vocab_size", "hidden_size", "num_heads", "num_layers", "bias", "num_kv_heads", "ffn_size",
-                "activation", "tie_embeddings", "sub_norms")
-SIZE_LIMITS = dict(vocab_size=1 << 22, seq_len=1 << 20, context_length=1 << 24, hidden_size=1 << 16, num_layers=1024, ffn_size=1 << 18)
+                "activation", "tie_embeddings", "sub_norms", "attn_head_dim", "qk_norm")
+SIZE_LIMITS = dict(vocab_size=1 << 22, seq_len=1 << 20, context_length=1 << 24, hidden_size=1 << 16, num_layers=1024, ffn_size=1 << 18,
+                   attn_head_dim=1024)
 SCHEDULES = ("cosine", "two_stage")
 
 
@@ -82,6 +83,11 @@ class bLlamaConfig:
     num_kv_heads: Optional[int] = None  # None: same as num_heads (no grouped-query attention)
     ffn_size: int = 8192
     activation: str = "silu"  # "silu" or "relu2"
+    # Per-head q/k/v width where it is not hidden_size / num_heads (Qwen3-0.6B: hidden 1024, 16 heads of 128): q_proj
+    # is hidden -> num_heads * head_dim, o_proj back. None: hidden_size / num_heads. See `head_dim`.
+    attn_head_dim: Optional[int] = None
+    # Qwen3's QK-norm: an RMSNorm over each head's head_dim on q and k, after the projections and before RoPE.
+    qk_norm: bool = False
     rope_theta: float = 10000.0
     # Llama-3.1's RoPE scaling (HF rope_parameters of rope_type "llama3": factor, low_freq_factor, high_freq_factor,
     # original_max_position_embeddings): low frequencies are divided by up to `factor`. None: plain RoPE.
@@ -119,12 +125,17 @@ class bLlamaConfig:
             raise ValueError(f"activation must be one of {ACTIVATIONS}, got {self.activation!r}")
         if self.schedule not in SCHEDULES:
             raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
-        if self.hidden_size % self.num_heads:
-            raise ValueError(f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}")
+        if self.num_heads <= 0 or self.num_kv_heads <= 0:
+            raise ValueError(f"num_heads and num_kv_heads must be positive, got {self.num_heads}, {self.num_kv_heads}")
+        if self.attn_head_dim is None and self.hidden_size % self.num_heads:
+            raise ValueError(f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads} (set "
+                             "attn_head_dim for heads of another width)")
+        if self.attn_head_dim is not None and not 0 < self.attn_head_dim <= SIZE_LIMITS["attn_head_dim"]:
+            raise ValueError(f"attn_head_dim must be in [1, {SIZE_LIMITS['attn_head_dim']}], got {self.attn_head_dim}")
         if self.num_heads % self.num_kv_heads:
             raise ValueError(f"num_heads {self.num_heads} is not divisible by num_kv_heads {self.num_kv_heads}")
-        if (self.hidden_size // self.num_heads) % 2:
-            raise ValueError("head dimension must be even for RoPE")
+        if self.head_dim % 2:
+            raise ValueError(f"head dimension {self.head_dim} must be even for RoPE")
         for name in ("vocab_size", "seq_len", "hidden_size", "num_layers", "ffn_size"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
@@ -159,7 +170,13 @@ class bLlamaConfig:
 
     @property
     def head_dim(self) -> int:
-        return self.hidden_size // self.num_heads
+        return self.attn_head_dim if self.attn_head_dim is not None else self.hidden_size // self.num_heads
+
+    @property
+    def attn_dim(self) -> int:
+        """The width of the attention heads together: q_proj's outputs, o_proj's inputs (hidden_size unless
+        attn_head_dim says otherwise)."""
+        return self.num_heads * self.head_dim
 
     @property
     def lr2(self) -> float:

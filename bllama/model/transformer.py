@@ -86,18 +86,24 @@ class Attention(nn.Module):
         Linear = linear_class(config)
         self.config = config
         hd, kv = config.head_dim, config.num_kv_heads * config.head_dim
-        self.q_proj = Linear(config.hidden_size, config.hidden_size, bias=config.bias)
+        self.q_proj = Linear(config.hidden_size, config.attn_dim, bias=config.bias)
         self.k_proj = Linear(config.hidden_size, kv, bias=config.bias)
         self.v_proj = Linear(config.hidden_size, kv, bias=config.bias)
-        self.o_proj = Linear(config.hidden_size, config.hidden_size, bias=config.bias)
-        self.sub_norm = RMSNorm(config.hidden_size, config.rms_eps) if config.sub_norms else nn.Identity()
+        self.o_proj = Linear(config.attn_dim, config.hidden_size, bias=config.bias)
+        self.sub_norm = RMSNorm(config.attn_dim, config.rms_eps) if config.sub_norms else nn.Identity()
         self.head_dim = hd
+        if config.qk_norm:  # Qwen3: each head of q and k RMS-normed over its head_dim before RoPE
+            self.q_norm = RMSNorm(hd, config.rms_eps)
+            self.k_norm = RMSNorm(hd, config.rms_eps)
 
     def forward(self, x, cos, sin, cache: Optional[KVCache], layer: int, start: int):
         B, T, _ = x.shape
         c = self.config
-        q = self.q_proj(x).view(B, T, c.num_heads, self.head_dim).transpose(1, 2)
-        k = self.k_proj(x).view(B, T, c.num_kv_heads, self.head_dim).transpose(1, 2)
+        q = self.q_proj(x).view(B, T, c.num_heads, self.head_dim)
+        k = self.k_proj(x).view(B, T, c.num_kv_heads, self.head_dim)
+        if c.qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = q.transpose(1, 2), k.transpose(1, 2)
         v = self.v_proj(x).view(B, T, c.num_kv_heads, self.head_dim).transpose(1, 2)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if cache is None:
@@ -110,7 +116,7 @@ class Attention(nn.Module):
         y = F.scaled_dot_product_attention(q, k.to(q.dtype), v.to(q.dtype), attn_mask=mask, is_causal=causal,
                                            dropout_p=c.dropout if self.training else 0.0,
                                            enable_gqa=c.num_kv_heads != c.num_heads)
-        y = y.transpose(1, 2).reshape(B, T, c.hidden_size)
+        y = y.transpose(1, 2).reshape(B, T, c.attn_dim)
         return self.o_proj(self.sub_norm(y))
 
 

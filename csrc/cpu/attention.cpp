@@ -58,7 +58,7 @@ void Model::write_kv(int64_t layer, int64_t n, int64_t b, int64_t e) {
 // att_[t, h*hd:(h+1)*hd] = softmax(q k^T / sqrt(hd)) v over positions 0 .. row_pos_[t] of sequence row_slot_[t],
 // with `thread`'s score row.
 void Model::attend_one(int64_t layer, int64_t t, int64_t h, int thread) {
-    const int64_t hd = cfg_.head_dim, D = cfg_.dim;
+    const int64_t hd = cfg_.head_dim, D = cfg_.attn_dim;  // q_ and att_ rows: all heads
     const int64_t group = cfg_.n_heads / cfg_.n_kv_heads, g = h / group;
     const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
     float* sc = scores_.data() + static_cast<int64_t>(thread) * scores_rows() * ctx_;
@@ -80,7 +80,7 @@ void Model::attend_one(int64_t layer, int64_t t, int64_t h, int thread) {
 constexpr int64_t kSharedKvRows = 4;
 
 void Model::attend_rows(int64_t layer, int64_t g, int64_t t0, int64_t t1, int thread) {
-    const int64_t group = cfg_.n_heads / cfg_.n_kv_heads, hd = cfg_.head_dim, D = cfg_.dim;
+    const int64_t group = cfg_.n_heads / cfg_.n_kv_heads, hd = cfg_.head_dim, D = cfg_.attn_dim;  // q_, att_ rows
     const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
     float* sc = scores_.data() + static_cast<int64_t>(thread) * scores_rows() * ctx_;
     for (int64_t t = t0; t < t1;) {

@@ -38,6 +38,17 @@ void rmsnorm(const float* x, const float* w, float* out, int64_t n, int64_t d, f
     }
 }
 
+// Qwen3's QK-norm: heads [h0, h1) of every row of x [n, n_heads * hd] RMS-normed over their own hd values, in
+// place (rmsnorm reads a value before it writes it), before RoPE.
+void head_rmsnorm(float* x, const std::vector<float>& w, int64_t n, int64_t n_heads, int64_t hd, int64_t h0,
+                  int64_t h1, float eps) {
+    for (int64_t t = 0; t < n; ++t)
+        for (int64_t h = h0; h < h1; ++h) {
+            float* u = x + (t * n_heads + h) * hd;
+            rmsnorm(u, w.data(), u, 1, hd, eps);
+        }
+}
+
 // BitLinear input: rows of rmsnorm(x, w) (or x itself when w is null: no sub-norm) written at stride dp
 // with the padding [d, dp) zeroed, so padded weight columns meet zero activations; then quantized. A prompt chunk's
 // rows are split across the pool (each row's bits do not depend on which thread runs it): run by one thread they
@@ -152,7 +163,7 @@ void Model::forward_batch(const int32_t* tokens, const int64_t* pos, const int32
 
 void Model::forward_rows(const int32_t* tokens, int64_t n, float* logits, bool all_logits) {
     const ModelConfig& c = cfg_;
-    const int64_t D = c.dim, F = c.ffn, KV = c.kv_dim();
+    const int64_t D = c.dim, F = c.ffn, KV = c.kv_dim(), QD = c.attn_dim;
     const KernelKind kind = kernel_;
     // Matmul jobs run in chunks_ (several a thread, shrinking): a thread that falls behind, or is descheduled,
     // sheds work, and the threads finish close together.
@@ -200,13 +211,17 @@ void Model::forward_rows(const int32_t* tokens, int64_t n, float* logits, bool a
             pool_.run(static_cast<int>(KVH), [&](int g, int thread) {
                 PROF_CHUNK_BEGIN
                 const int64_t qb = g * group * hd, qe = qb + group * hd, kb = g * hd, ke = kb + hd;
-                bitlinear_rows(L.q, qa_dim_, q_.data(), D, n, qb, qe, kind);
+                bitlinear_rows(L.q, qa_dim_, q_.data(), QD, n, qb, qe, kind);
                 bitlinear_rows(L.k, qa_dim_, k_.data(), KV, n, kb, ke, kind);
                 bitlinear_rows(L.v, qa_dim_, v_.data(), KV, n, kb, ke, kind);
 #ifdef BLLAMA_DECODE_PROFILE
                 const double pm_ = prof_on ? prof_now() : 0;
                 if (prof_on && thread < 16) g_prof.qkv_busy[thread] += pm_ - pc0_;
 #endif
+                if (c.qk_norm) {
+                    head_rmsnorm(q_.data(), L.q_norm, n, c.n_heads, hd, g * group, (g + 1) * group, c.rms_eps);
+                    head_rmsnorm(k_.data(), L.k_norm, n, KVH, hd, g, g + 1, c.rms_eps);
+                }
                 apply_rope(q_.data(), n, c.n_heads, g * group, (g + 1) * group);
                 apply_rope(k_.data(), n, KVH, g, g + 1);
                 write_kv(l, n, kb, ke);
@@ -219,12 +234,16 @@ void Model::forward_rows(const int32_t* tokens, int64_t n, float* logits, bool a
         } else {
             pool_.run(chunks_.count(), [&](int i, int) {
                 int64_t b, e;
-                chunks_.range(D, i, kRowAlign, b, e);
-                bitlinear_rows(L.q, qa_dim_, q_.data(), D, n, b, e, kind);
+                chunks_.range(QD, i, kRowAlign, b, e);
+                bitlinear_rows(L.q, qa_dim_, q_.data(), QD, n, b, e, kind);
                 chunks_.range(KV, i, kRowAlign, b, e);
                 bitlinear_rows(L.k, qa_dim_, k_.data(), KV, n, b, e, kind);
                 bitlinear_rows(L.v, qa_dim_, v_.data(), KV, n, b, e, kind);
             });
+            if (c.qk_norm) {
+                head_rmsnorm(q_.data(), L.q_norm, n, c.n_heads, hd, 0, c.n_heads, c.rms_eps);
+                head_rmsnorm(k_.data(), L.k_norm, n, KVH, hd, 0, KVH, c.rms_eps);
+            }
             apply_rope(q_.data(), n, c.n_heads, 0, c.n_heads);
             apply_rope(k_.data(), n, KVH, 0, KVH);
             write_kv(l, n, 0, KV);
@@ -232,15 +251,15 @@ void Model::forward_rows(const int32_t* tokens, int64_t n, float* logits, bool a
         }
         PROF_MARK(kQkvAttn)
 
-        bitlinear_input(pool_, att_.data(), c.sub_norms ? L.attn_sub_norm.data() : nullptr, xp_.data(), n, D, c.dim_in,
-                        c.rms_eps, qa_dim_, kind);
+        bitlinear_input(pool_, att_.data(), c.sub_norms ? L.attn_sub_norm.data() : nullptr, xp_.data(), n, QD,
+                        c.attn_in, c.rms_eps, qa_attn_, kind);
         PROF_MARK(kOIn)
         pool_.run(chunks_.count(), [&](int i, int th) {
             (void)th;
             PROF_CHUNK_BEGIN
             int64_t b, e;
             chunks_.range(D, i, kRowAlign, b, e);
-            bitlinear_rows(L.o, qa_dim_, q_.data(), D, n, b, e, kind);
+            bitlinear_rows(L.o, qa_attn_, q_.data(), D, n, b, e, kind);
             add_residual(x_.data(), q_.data(), n, D, b, e);
             PROF_CHUNK_END(kO, th)
         });

@@ -152,6 +152,10 @@ void Model::load_weights(HeadType head, TernaryLayout tq1) {
             L.ffn_sub_norm = f32_values(*T.ffn_sub_norm);
         }
         L.ffn_norm = f32_values(*T.ffn_norm);
+        if (c.qk_norm) {
+            L.q_norm = f32_values(*T.attn_q_norm);
+            L.k_norm = f32_values(*T.attn_k_norm);
+        }
         L.q = bitlinear(file_, arena, T.q, tq1);
         L.k = bitlinear(file_, arena, T.k, tq1);
         L.v = bitlinear(file_, arena, T.v, tq1);
@@ -193,14 +197,14 @@ void Model::allocate(const LoadOptions& opts) {
     advise_huge_pages(k_cache_.data(), k_cache_.size() * sizeof(float));
     advise_huge_pages(v_cache_.data(), v_cache_.size() * sizeof(float));
 
-    const size_t B = static_cast<size_t>(max_batch_), D = c.dim, F = c.ffn, KV = c.kv_dim();
+    const size_t B = static_cast<size_t>(max_batch_), D = c.dim, F = c.ffn, KV = c.kv_dim(), QD = c.attn_dim;
     x_.assign(B * D, 0.0f);
     xn_.assign(B * std::max(D, F), 0.0f);
-    xp_.assign(B * std::max(c.dim_in, c.ffn_in), 0.0f);  // BitLinear inputs, rows padded with zeros
-    q_.assign(B * D, 0.0f);
+    xp_.assign(B * std::max({c.dim_in, c.ffn_in, c.attn_in}), 0.0f);  // BitLinear inputs, rows padded with zeros
+    q_.assign(B * std::max(D, QD), 0.0f);  // also the o and down projections' outputs (D wide)
     k_.assign(B * KV, 0.0f);
     v_.assign(B * KV, 0.0f);
-    att_.assign(B * D, 0.0f);
+    att_.assign(B * QD, 0.0f);
     gate_.assign(B * F, 0.0f);
     up_.assign(B * F, 0.0f);
     cos_.assign(B * c.head_dim / 2, 0.0f);
@@ -216,6 +220,7 @@ void Model::allocate(const LoadOptions& opts) {
     // Size the activation buffers once at the largest batch so forward() never grows them.
     quantize_acts(xp_.data(), max_batch_, c.dim_in, qa_dim_, kernel_);
     quantize_acts(xp_.data(), max_batch_, c.ffn_in, qa_ffn_, kernel_);
+    quantize_acts(xp_.data(), max_batch_, c.attn_in, qa_attn_, kernel_);
     if (head_type_ != HeadType::F16) quantize_acts(xn_.data(), max_batch_, c.dim, qa_head_, kernel_);
 }
 

@@ -68,6 +68,7 @@ struct BitLinear {
 
 struct LayerWeights {
     std::vector<float> attn_norm, attn_sub_norm, ffn_norm, ffn_sub_norm;
+    std::vector<float> q_norm, k_norm;  // [head_dim], QK-norm only (ModelConfig::qk_norm)
     BitLinear q, k, v, o, gate, up, down;
 };
 
@@ -183,7 +184,7 @@ private:
 
     // Scratch, sized for max_batch tokens.
     std::vector<float> xp_;  // [max_batch, max(dim_in, ffn_in)] BitLinear inputs with zeroed padding
-    std::vector<float> x_, xn_, q_, k_, v_, att_, gate_, up_, cos_, sin_;
+    std::vector<float> x_, xn_, q_, k_, v_, att_, gate_, up_, cos_, sin_;  // q_, att_: rows of attn_dim
     // Score rows a thread's scratch holds: a kv head's query heads (attend_group_f16), at least the 4 vectors that
     // attend_many_f32 runs at once.
     int64_t scores_rows() const { return std::max<int64_t>(cfg_.n_heads / cfg_.n_kv_heads, 4); }
@@ -192,6 +193,7 @@ private:
     std::vector<int64_t> row_pos_, row_slot_;  // [max_batch]: position and sequence of each row of a chunk
     std::vector<int64_t> head_rows_;           // [max_batch]: forward_rows' head rows
     QuantizedActs qa_dim_, qa_ffn_, qa_head_;
+    QuantizedActs qa_attn_;  // o's input: attn_in wide (dim_in unless the heads are of another width)
 };
 
 }  // namespace bllama

@@ -16,7 +16,7 @@ int64_t positive(const GgufFile& f, const std::string& key, int64_t v, int64_t m
 // Keys llama.cpp reads for every architecture (so a converter may write them for a bitnet file) that change the
 // model's function in ways this engine does not implement: a file that sets them is refused by name, not run as if
 // they were absent (a silent wrong answer: the same weights under other positions, a longer head or no causal mask).
-void check_unsupported_metadata(const GgufFile& f, const std::string& p, int64_t head_dim) {
+void check_unsupported_metadata(const GgufFile& f, const std::string& p) {
     // RoPE scaling: llama.cpp scales positions by 1 / factor (scale_linear is the older key) under the type "linear"
     // (its default when the type is absent) and "yarn"; only "none" ignores the factor.
     const std::string type = f.get_string(p + "rope.scaling.type", "linear");
@@ -30,11 +30,6 @@ void check_unsupported_metadata(const GgufFile& f, const std::string& p, int64_t
     if (f.find(p + "rope.scaling.attn_factor") && f.get_float(p + "rope.scaling.attn_factor") != 1.0)
         throw ModelError("metadata '" + p + "rope.scaling.attn_factor' = " +
                          std::to_string(f.get_float(p + "rope.scaling.attn_factor")) + ": RoPE scaling is not supported");
-    // Per-head key / value lengths other than embedding_length / head_count (llama.cpp sizes q, k, v and o by them).
-    for (const char* k : {"attention.key_length", "attention.value_length"})
-        if (f.find(p + k) && f.get_int(p + k) != head_dim)
-            throw ModelError("metadata '" + p + k + "' = " + std::to_string(f.get_int(p + k)) + " but embedding_length / " +
-                             "head_count = " + std::to_string(head_dim) + ": head sizes other than that are not supported");
     if (f.find(p + "attention.causal") && !f.get_bool(p + "attention.causal"))
         throw ModelError("metadata '" + p + "attention.causal' = false: non-causal attention is not supported");
 }
@@ -81,9 +76,25 @@ ModelConfig read_config(const GgufFile& f) {
     if (!(c.rope_theta > 1.0f && c.rope_theta < 1e12f))
         throw ModelError("metadata '" + p + "rope.freq_base' = " + std::to_string(c.rope_theta) + " is not in (1, 1e12)");
 
-    if (c.dim % c.n_heads != 0)
-        throw ModelError("embedding_length " + std::to_string(c.dim) + " is not divisible by head_count " + std::to_string(c.n_heads));
-    c.head_dim = c.dim / c.n_heads;
+    // Per-head widths: llama.cpp's key_length / value_length (q, k, v and o are sized by them), else dim / heads.
+    // Values of another width than keys (DeepSeek's MLA) are a different attention.
+    const bool has_kl = f.find(p + "attention.key_length") != nullptr, has_vl = f.find(p + "attention.value_length") != nullptr;
+    if (has_kl || has_vl) {
+        if (!has_kl || !has_vl || f.get_int(p + "attention.key_length") != f.get_int(p + "attention.value_length"))
+            throw ModelError("metadata '" + p + "attention.key_length' and 'attention.value_length' must both be given and "
+                             "equal (" + (has_kl ? std::to_string(f.get_int(p + "attention.key_length")) : "absent") +
+                             " vs " + (has_vl ? std::to_string(f.get_int(p + "attention.value_length")) : "absent") +
+                             "): value heads of another width than key heads are not supported");
+        c.head_dim = geti("attention.key_length", 1 << 12);
+    } else {
+        if (c.dim % c.n_heads != 0)
+            throw ModelError("embedding_length " + std::to_string(c.dim) + " is not divisible by head_count " +
+                             std::to_string(c.n_heads) + " (and there is no attention.key_length)");
+        c.head_dim = c.dim / c.n_heads;
+    }
+    c.attn_dim = c.n_heads * c.head_dim;
+    if (c.attn_dim > (1 << 20))
+        throw ModelError("head_count x key_length = " + std::to_string(c.attn_dim) + " is out of range [1, 1048576]");
     if (c.head_dim % 2 != 0) throw ModelError("head dim " + std::to_string(c.head_dim) + " must be even for RoPE");
     if (c.n_heads % c.n_kv_heads != 0)
         throw ModelError("head_count " + std::to_string(c.n_heads) + " is not a multiple of head_count_kv " + std::to_string(c.n_kv_heads));
@@ -93,10 +104,11 @@ ModelConfig read_config(const GgufFile& f) {
             throw ModelError("rope.dimension_count " + std::to_string(rd) + " != head dim " + std::to_string(c.head_dim) +
                              " (partial rotary embeddings are not supported)");
     }
-    check_unsupported_metadata(f, p, c.head_dim);
+    check_unsupported_metadata(f, p);
     c.rope_divisors = read_rope_divisors(f, c.head_dim);
     c.dim_in = (c.dim + 255) / 256 * 256;  // ternary rows are stored padded to whole 256-blocks
     c.ffn_in = (c.ffn + 255) / 256 * 256;
+    c.attn_in = (c.attn_dim + 255) / 256 * 256;
     c.sub_norms = f.get_bool("bllama.sub_norms", true);
 
     const std::string act = f.get_string("bllama.activation", b158 ? "relu2" : "silu");
@@ -120,6 +132,7 @@ ModelConfig read_config(const GgufFile& f) {
     const GgufTensor* q0 = f.find_tensor("blk.0.attn_q.weight");
     if (!q0) throw ModelError("missing tensor 'blk.0.attn_q.weight'");
     c.weight_type = q0->type;
+    c.qk_norm = f.find_tensor("blk.0.attn_q_norm.weight") || f.find_tensor("blk.0.attn_k_norm.weight");
     return c;
 }
 

@@ -26,12 +26,14 @@ struct ModelConfig {
     int64_t n_layers = 0;    // L
     int64_t n_heads = 0;     // H
     int64_t n_kv_heads = 0;  // Hkv
-    int64_t head_dim = 0;    // D / H
+    int64_t head_dim = 0;    // D / H, or attention.key_length (Qwen3-0.6B: D 1024, 16 heads of 128)
+    int64_t attn_dim = 0;    // H * head_dim: q's outputs, o's inputs (D unless key_length says otherwise)
     int64_t ffn = 0;         // F
     // Stored (padded) input lengths of the ternary tensors: D and F rounded up to a multiple of 256.
     // A logical length that is not a multiple of 256 is stored zero-padded; the engine feeds zero
     // activations to the padding, so the stored pad codes never contribute.
     int64_t dim_in = 0, ffn_in = 0;
+    int64_t attn_in = 0;     // o's stored input length: attn_dim rounded up to a multiple of 256
     int64_t context = 0;     // T as stored in the file
     float rms_eps = 1e-5f;
     float rope_theta = 10000.0f;
@@ -40,6 +42,9 @@ struct ModelConfig {
     // bllama.sub_norms (default true): the "subln" block. False: no attn_sub_norm / ffn_sub_norm
     // (HF1BitLLM / Falcon3-1.58bit LLaMA blocks); o_proj and down_proj read their inputs unnormalized.
     bool sub_norms = true;
+    // Qwen3's QK-norm (blk.N.attn_q_norm / attn_k_norm, f32 [head_dim]): each head of q and k RMS-normed before RoPE.
+    // Present in the file or not; a file with one of the two is refused.
+    bool qk_norm = false;
     uint32_t weight_type = 35;  // ggml type of the projections (TQ2_0, TQ1_0 or I2_S)
     // rope_freqs.weight: what each RoPE frequency is divided by ([head_dim / 2], Llama-3.1's scaling as llama.cpp
     // stores it); empty: plain RoPE.

@@ -123,15 +123,19 @@ ModelTensors check_model_tensors(const GgufFile& f, const ModelConfig& c) {
         LayerTensors& L = m.layers[static_cast<size_t>(l)];
         L.attn_norm = &tc.get(p + "attn_norm.weight", {c.dim}, {GgmlType::F32});
         if (c.sub_norms) {  // without them, a file that still has the tensors fails check_all_used()
-            L.attn_sub_norm = &tc.get(p + "attn_sub_norm.weight", {c.dim}, {GgmlType::F32});
+            L.attn_sub_norm = &tc.get(p + "attn_sub_norm.weight", {c.attn_dim}, {GgmlType::F32});
             L.ffn_sub_norm = &tc.get(p + "ffn_sub_norm.weight", {c.ffn}, {GgmlType::F32});
         }
         L.ffn_norm = &tc.get(p + "ffn_norm.weight", {c.dim}, {GgmlType::F32});
+        if (c.qk_norm) {  // both in every layer: one without the other is a file some step left half-written
+            L.attn_q_norm = &tc.get(p + "attn_q_norm.weight", {c.head_dim}, {GgmlType::F32});
+            L.attn_k_norm = &tc.get(p + "attn_k_norm.weight", {c.head_dim}, {GgmlType::F32});
+        }
         // Inputs are stored padded to whole 256-blocks (config.h, dim_in / ffn_in).
-        L.q = bitlinear(tc, p + "attn_q", c.dim_in, c.dim);
+        L.q = bitlinear(tc, p + "attn_q", c.dim_in, c.attn_dim);
         L.k = bitlinear(tc, p + "attn_k", c.dim_in, c.kv_dim());
         L.v = bitlinear(tc, p + "attn_v", c.dim_in, c.kv_dim());
-        L.o = bitlinear(tc, p + "attn_output", c.dim_in, c.dim);
+        L.o = bitlinear(tc, p + "attn_output", c.attn_in, c.dim);
         L.gate = bitlinear(tc, p + "ffn_gate", c.dim_in, c.ffn);
         L.up = bitlinear(tc, p + "ffn_up", c.dim_in, c.ffn);
         L.down = bitlinear(tc, p + "ffn_down", c.ffn_in, c.dim);
@@ -141,7 +145,7 @@ ModelTensors check_model_tensors(const GgufFile& f, const ModelConfig& c) {
     if (m.output) check_finite(*m.output);
     check_finite(*m.output_norm);
     for (const LayerTensors& L : m.layers)
-        for (const GgufTensor* t : {L.attn_norm, L.ffn_norm, L.attn_sub_norm, L.ffn_sub_norm})
+        for (const GgufTensor* t : {L.attn_norm, L.ffn_norm, L.attn_sub_norm, L.ffn_sub_norm, L.attn_q_norm, L.attn_k_norm})
             if (t) check_finite(*t);
     return m;
 }

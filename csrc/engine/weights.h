@@ -25,7 +25,8 @@ struct BitLinearTensor {
 
 struct LayerTensors {
     const GgufTensor *attn_norm = nullptr, *ffn_norm = nullptr;          // f32 [D]
-    const GgufTensor *attn_sub_norm = nullptr, *ffn_sub_norm = nullptr;  // f32 [D] / [F]; null without sub-norms
+    const GgufTensor *attn_sub_norm = nullptr, *ffn_sub_norm = nullptr;  // f32 [H * hd] / [F]; null without sub-norms
+    const GgufTensor *attn_q_norm = nullptr, *attn_k_norm = nullptr;      // f32 [hd]; null without QK-norm
     BitLinearTensor q, k, v, o, gate, up, down;
 };
 
