@@ -144,6 +144,17 @@ def make_checkpoint(path: Path, style: str = "bitnet", *, hidden: int = 256, ffn
     return path
 
 
+def fp16_scales(ref, linear_class):
+    """The reference with its weight_scale rounded to fp16, as bLlama (and the GGUF file) hold every scale."""
+    with torch.no_grad():
+        for n, b in list(ref.named_buffers()) + list(ref.named_parameters()):
+            if n.endswith("weight_scale"):
+                s = b.float() if linear_class == "autobitlinear" else 1.0 / b.float()
+                s = s.half().float()
+                b.copy_(s if linear_class == "autobitlinear" else 1.0 / s)
+    return ref
+
+
 def reference_model(path: Path, style: str):
     """The transformers model that defines the checkpoint's function (float32, eval mode)."""
     from transformers import AutoModelForCausalLM, BitNetForCausalLM

@@ -10,7 +10,7 @@ pytest.importorskip("safetensors")
 
 import torch  # noqa: E402
 
-from hf_checkpoints import make_checkpoint, reference_model  # noqa: E402
+from hf_checkpoints import fp16_scales, make_checkpoint, reference_model  # noqa: E402
 from test_hf_import import assert_logits_match  # noqa: E402
 
 PROMPT = "The quick brown fox jumps over the lazy dog once upon a time"
@@ -34,17 +34,6 @@ def ckpts(tmp_path_factory):
 def logits_of(model, ids):
     with torch.no_grad():
         return model(torch.tensor([ids]))[0].float().numpy()
-
-
-def fp16_scales(ref, linear_class):
-    """The reference with its weight_scale rounded to fp16, as bLlama (and the GGUF file) hold every scale."""
-    with torch.no_grad():
-        for n, b in list(ref.named_buffers()) + list(ref.named_parameters()):
-            if n.endswith("weight_scale"):
-                s = b.float() if linear_class == "autobitlinear" else 1.0 / b.float()
-                s = s.half().float()
-                b.copy_(s if linear_class == "autobitlinear" else 1.0 / s)
-    return ref
 
 
 @pytest.mark.parametrize("name", ["llama", "llama-tied"])

@@ -26,7 +26,7 @@ pytest.importorskip("tokenizers")
 
 import torch  # noqa: E402
 
-from hf_checkpoints import SPECIALS, make_checkpoint, reference_model  # noqa: E402
+from hf_checkpoints import SPECIALS, fp16_scales, make_checkpoint, reference_model  # noqa: E402
 
 PROMPT = "Once upon a time the quick brown fox jumps over the lazy dog."
 
@@ -717,3 +717,159 @@ def test_sentencepiece_folder_with_tokens_added_in_tokenizer_json(sp_model_path,
     (d / "added_tokens.json").write_text(json.dumps({"<|im_start|>": len(ref) - 2, "<|im_end|>": len(ref) - 1}))
     with pytest.raises(HFImportError, match=r"added_tokens.json adds tokens that tokenizer.model does not have"):
         load_hf_tokenizer(d, type("Plan", (), {"vocab": len(ref), "bos_id": None, "eos_ids": []})())
+
+
+def test_qwen3_exports_round_trip_and_every_engine_path_agrees(checkpoints, tmp_path):
+    """A Qwen3 folder with QK-norm and heads of 96 (hidden 256 / 4 heads): bLlama computes transformers' function,
+    its GGUF export (forced: no llama.cpp graph has QK-norm under `bitnet`) says key_length 96 and carries the norms,
+    the engine runs it as PyTorch does in the prompt path, single-token decode and batched decode, the file loads
+    back as the same model, and the HF export is a Qwen3ForCausalLM transformers runs the same."""
+    import gguf
+    from transformers import AutoModelForCausalLM
+
+    from bllama import bLlama
+    from bllama.convert.gguf_export import export_gguf
+    from bllama.convert.gguf_schema import ArchitectureError, gguf_arch
+    from bllama.convert.hf_export import export_hf
+    from bllama.runtime import Runtime
+
+    style, src = checkpoints["qwen3-head-dim"]
+    m = bLlama.from_pretrained(src).eval()
+    c = m.config
+    assert (c.attn_head_dim, c.qk_norm, c.sub_norms, c.head_dim, c.attn_dim) == (96, True, False, 96, 384)
+    f16_embeddings(m.model)  # as the GGUF file holds them
+    tok = m.pretrained.tokenizer
+    ids = tok.encode(PROMPT)
+    with torch.no_grad():
+        ours = m.model(torch.tensor([ids]))[0].float().numpy()
+        ref = fp16_scales(f16_embeddings(reference_model(src, style)), "bitlinear")  # bLlama's scales are fp16
+        r = ref(torch.tensor([ids])).logits[0].float().numpy()
+    # evaluation order differs (PyTorch against PyTorch): an int8 activation may flip at any position
+    assert (np.abs(r - ours).max(-1) / np.abs(r).max(-1)).max() < 2e-3
+
+    with pytest.raises(ArchitectureError, match="force-arch bitnet"):
+        export_gguf(m, tok, tmp_path / "m.gguf")
+    with pytest.raises(ArchitectureError, match="QK-norm"):  # with sub-norms, llama.cpp's graph still lacks it
+        gguf_arch(c.replace(sub_norms=True), "tq2_0")
+    path = export_gguf(m, tok, tmp_path / "m.gguf", force_arch="bitnet")
+    rd = gguf.GGUFReader(str(path))
+    assert int(rd.fields["bitnet.attention.key_length"].contents()) == 96
+    assert int(rd.fields["bitnet.attention.value_length"].contents()) == 96
+    t = {t.name: t for t in rd.tensors}
+    assert t["blk.1.attn_k_norm.weight"].tensor_type == gguf.GGMLQuantizationType.F32
+    assert list(t["blk.1.attn_q_norm.weight"].shape) == [96]
+    rt = Runtime.load(path, head="f16", kv_cache_dtype="float32")
+    assert (rt.config["head_dim"], rt.config["qk_norm"]) == (96, True)
+    assert_logits_match(ours, rt.logits(ids))
+    # decode, one token at a time: its greedy tokens are the prompt path's argmax at every step
+    gen = rt._engine.generate(ids, 6, stop_ids=[])
+    assert len(gen) == 6
+    full = rt.logits(ids + gen[:-1])
+    assert list(full[len(ids) - 1:].argmax(-1)) == gen
+    # batched decode (several sequences' rows in one step) gives each sequence's own tokens
+    batch = Runtime.load(path, head="f16", kv_cache_dtype="float32", max_sequences=2)
+    assert batch._engine.generate_batch([ids, ids[:7]], 6, stop_ids=[]) == [gen, rt._engine.generate(ids[:7], 6,
+                                                                                                     stop_ids=[])]
+
+    back = bLlama.from_pretrained(path).eval()
+    assert (back.config.attn_head_dim, back.config.qk_norm) == (96, True)
+    for (_, a), (_, b) in zip(m.model.bitlinears(), back.model.bitlinears()):
+        assert torch.equal(a.ternary_codes(), b.ternary_codes())
+    assert torch.equal(back.model.layers[1].attn.k_norm.weight, m.model.layers[1].attn.k_norm.weight)
+
+    out = export_hf(m, tok, tmp_path / "hf")
+    hf = json.loads((out / "config.json").read_text())
+    assert (hf["model_type"], hf["architectures"], hf["head_dim"]) == ("qwen3", ["Qwen3ForCausalLM"], 96)
+    theirs = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
+    assert type(theirs).__name__ == "Qwen3ForCausalLM"
+    with torch.no_grad():
+        assert_logits_match(ours, theirs(torch.tensor([ids])).logits[0].float().numpy())
+    again = bLlama.from_pretrained(out).config
+    assert (again.attn_head_dim, again.qk_norm, again.sub_norms) == (96, True, False)
+
+
+def test_llama_head_dim_exports_as_llama(checkpoints, tmp_path):
+    """A LLaMA folder with an explicit head_dim (no QK-norm) goes back out as a LlamaForCausalLM with that head_dim;
+    a b1.58 model with sub-norms and heads of another width is refused by HF export (transformers' BitNet sizes
+    its attention sub-norm by hidden_size)."""
+    from transformers import AutoModelForCausalLM
+
+    from bllama import bLlama
+    from bllama.convert.hf_export import export_hf
+
+    _, src = checkpoints["llama-head-dim"]
+    m = bLlama.from_pretrained(src).eval()
+    assert (m.config.head_dim, m.config.attn_dim, m.config.qk_norm) == (128, 512, False)
+    out = export_hf(m, m.pretrained.tokenizer, tmp_path / "hf")
+    theirs = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
+    assert type(theirs).__name__ == "LlamaForCausalLM" and theirs.config.head_dim == 128
+    ids = m.pretrained.tokenizer.encode(PROMPT)
+    with torch.no_grad():
+        assert_logits_match(m.model(torch.tensor([ids]))[0].float().numpy(),
+                            theirs(torch.tensor([ids])).logits[0].float().numpy())
+    with pytest.raises(ValueError, match="attention sub-norm by hidden_size"):
+        export_hf(bLlama(m.config.replace(sub_norms=True)), m.pretrained.tokenizer, tmp_path / "hf2")
+
+
+@pytest.mark.parametrize("edit, match", [
+    (lambda c: {**c, "use_sliding_window": True}, "use_sliding_window = true"),
+    (lambda c: {**c, "layer_types": ["full_attention", "sliding_attention"]}, "layer_types has 'sliding_attention'"),
+    (lambda c: {**c, "attention_bias": True}, "attention_bias = true"),
+    (lambda c: {**c, "head_dim": 64}, r"q_proj.weight' has shape \[96, 256\], but .* head_dim 64 need 256 outputs"),
+    (lambda c: {**c, "head_dim": 95}, "head_dim 95 must be even"),
+])
+def test_qwen3_variants_the_model_does_not_compute_are_refused(checkpoints, tmp_path, edit, match):
+    _, src = checkpoints["qwen3-head-dim"]
+    _refusals(edited_copy(src, tmp_path / "bad", edit=edit), match)
+
+
+@pytest.mark.parametrize("change, match", [
+    ("drop", r"missing tensor 'model.layers.1.self_attn.k_norm.weight' \(Qwen3's QK-norm\)"),
+    ("shape", r"'model.layers.1.self_attn.k_norm.weight' has shape \[48\], expected \[96\]"),
+])
+def test_qwen3_qk_norm_tensors_are_checked(checkpoints, tmp_path, change, match):
+    from safetensors.torch import load_file, save_file
+
+    _, src = checkpoints["qwen3-head-dim"]
+    d = edited_copy(src, tmp_path / "bad")
+    sd = load_file(str(d / "model.safetensors"))
+    name = "model.layers.1.self_attn.k_norm.weight"
+    if change == "drop":
+        del sd[name]
+    else:
+        sd[name] = sd[name][:48].clone()
+    save_file(sd, str(d / "model.safetensors"), metadata={"format": "pt"})
+    _refusals(d, match)
+    # and a LLaMA folder may not carry them (its transformers class would ignore them)
+    if change == "drop":
+        _refusals(edited_copy(src, tmp_path / "llama", edit=lambda c: {**c, "model_type": "llama",
+                                                                        "architectures": ["LlamaForCausalLM"]}),
+                  r"self_attn.q_norm.weight' \(\d+ such\) is not part of a LLaMA / BitNet block")
+
+
+def test_train_init_from_a_full_precision_qwen3(tmp_path, capsys):
+    """bllama train --init-from a full-precision Qwen3 folder (quantize=False: exactly transformers' function; the
+    default: its b1.58 conversion) runs a step and exports a file the engine runs with the folder's heads."""
+    from bllama import bLlama
+    from bllama.cli import main
+    from bllama.runtime import Runtime
+
+    from hf_checkpoints import TEXT
+
+    src = make_checkpoint(tmp_path / "qwen3", "qwen3", act="silu", tied=False, heads=4, kv_heads=2, head_dim=96,
+                          theta=1e6, rms_eps=1e-6)
+    fp = bLlama.from_pretrained(src, quantize=False).eval()
+    ids = fp.pretrained.tokenizer.encode(PROMPT)
+    with torch.no_grad():
+        r = reference_model(src, "qwen3")(torch.tensor([ids])).logits[0].float().numpy()
+        ours = fp.model(torch.tensor([ids]))[0].float().numpy()
+    assert (np.abs(r - ours).max(-1) / np.abs(r).max(-1)).max() <= 1e-4
+    data = tmp_path / "text.txt"
+    data.write_text(TEXT * 2, encoding="utf-8")
+    out = tmp_path / "run"
+    main(["train", str(data), "--init-from", str(src), "--batch-size", "2", "--set", "seq_len=32", "--max-steps", "1",
+          "--out", str(out), "--accelerator", "cpu", "--precision", "32-true", "--num-workers", "0", "--no-compile"])
+    main(["export", str(out), "-o", str(tmp_path / "m.gguf"), "--force-arch", "bitnet"])
+    rt = Runtime.load(tmp_path / "m.gguf")
+    assert (rt.config["head_dim"], rt.config["qk_norm"], rt.config["sub_norms"]) == (96, True, False)
+    assert len(rt._engine.generate(ids, 3, stop_ids=[])) == 3

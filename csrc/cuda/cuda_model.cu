@@ -111,7 +111,8 @@ void CudaModel::upload(const GgufFile& file) {
             total_words += static_cast<size_t>(b->rows * (b->cols / 16));
     words_ = DeviceBuffer<uint32_t>(total_words);
     weight_bytes_ = total_words * 4;
-    const size_t norms_per_layer = static_cast<size_t>(2 * c.dim + (c.sub_norms ? c.dim + c.ffn : 0));
+    const size_t norms_per_layer = static_cast<size_t>(2 * c.dim + (c.sub_norms ? c.attn_dim + c.ffn : 0) +
+                                                       (c.qk_norm ? 2 * c.head_dim : 0));
     norms_ = DeviceBuffer<float>(static_cast<size_t>(L) * norms_per_layer + static_cast<size_t>(c.dim));
 
     size_t wpos = 0, npos = 0;
@@ -161,9 +162,13 @@ void CudaModel::upload(const GgufFile& file) {
         g.ffn_norm = put_norm(*w.ffn_norm);
         g.attn_sub_norm = c.sub_norms ? put_norm(*w.attn_sub_norm) : nullptr;
         g.ffn_sub_norm = c.sub_norms ? put_norm(*w.ffn_sub_norm) : nullptr;
+        if (c.qk_norm) {
+            g.q_norm = put_norm(*w.attn_q_norm);
+            g.k_norm = put_norm(*w.attn_k_norm);
+        }
     }
     output_norm_ = put_norm(*t.output_norm);
-    qkv_rows_ = static_cast<int>(c.dim + 2 * c.kv_dim());
+    qkv_rows_ = static_cast<int>(c.attn_dim + 2 * c.kv_dim());
 
     // The embedding and head as f16 (converted when the file has f32), as the CPU reads them.
     const size_t table = static_cast<size_t>(c.vocab * c.dim);
@@ -235,13 +240,13 @@ void CudaModel::allocate() {
     slot_buf_ = DeviceBuffer<int32_t>(M);
     x_ = DeviceBuffer<float>(M * c.dim);
     qkv_ = DeviceBuffer<float>(M * qkv_rows_);
-    att_ = DeviceBuffer<float>(M * c.dim);
+    att_ = DeviceBuffer<float>(M * c.attn_dim);
     gate_ = DeviceBuffer<float>(M * c.ffn);
     xn_ = DeviceBuffer<float>(M * c.dim);
     logits_ = DeviceBuffer<float>(static_cast<size_t>(logit_rows_) * c.vocab);
     const size_t attn_ws = attention_decode_workspace_floats(S, static_cast<int>(c.n_heads), static_cast<int>(c.head_dim));
     attn_ws_ = DeviceBuffer<float>(std::max<size_t>(1, attn_ws));
-    const size_t cols = static_cast<size_t>(std::max(c.dim_in, c.ffn_in));
+    const size_t cols = static_cast<size_t>(std::max({c.dim_in, c.ffn_in, c.attn_in}));
     act_q_ = DeviceBuffer<int8_t>(M * cols);
     act_scale_ = DeviceBuffer<float>(M);
     act_sum_ = DeviceBuffer<int32_t>(M);
@@ -310,6 +315,7 @@ void CudaModel::layers(int n, const int32_t* d_pos, const int32_t* d_slot, bool 
     const ModelConfig& c = cfg_;
     const int D = static_cast<int>(c.dim), F = static_cast<int>(c.ffn), H = static_cast<int>(c.n_heads);
     const int Hkv = static_cast<int>(c.n_kv_heads), hd = static_cast<int>(c.head_dim);
+    const int QD = static_cast<int>(c.attn_dim);  // att_ rows, o's inputs
     const int n_layers = static_cast<int>(c.n_layers);
     cudaStream_t s = stream_.get();
     const Epilogue glu = c.activation == Activation::Relu2 ? Epilogue::GluRelu2 : Epilogue::GluSilu;
@@ -317,13 +323,14 @@ void CudaModel::layers(int n, const int32_t* d_pos, const int32_t* d_slot, bool 
     for (int l = 0; l < n_layers; ++l) {
         const Layer& L = layers_[static_cast<size_t>(l)];
         normed_matmul(L.qkv, x_.get(), D, L.attn_norm, D, n, qkv_.get(), qkv_rows_, Epilogue::Store);
+        if (c.qk_norm) qk_norm(qkv_.get(), qkv_rows_, n, H, Hkv, hd, L.q_norm, L.k_norm, c.rms_eps, s);
         rope_kv_write(qkv_.get(), qkv_rows_, n, d_pos, d_slot, l, H, Hkv, hd, cos_.get(), sin_.get(), kv_, s);
         if (prompt)
-            attention_prefill(qkv_.get(), qkv_rows_, n, pos0, slot, l, H, Hkv, hd, kv_, att_.get(), D, s);
+            attention_prefill(qkv_.get(), qkv_rows_, n, pos0, slot, l, H, Hkv, hd, kv_, att_.get(), QD, s);
         else
-            attention_decode(qkv_.get(), qkv_rows_, n, d_pos, d_slot, l, H, Hkv, hd, kv_, att_.get(), D,
+            attention_decode(qkv_.get(), qkv_rows_, n, d_pos, d_slot, l, H, Hkv, hd, kv_, att_.get(), QD,
                              attn_ws_.get(), s);
-        normed_matmul(L.o, att_.get(), D, L.attn_sub_norm, D, n, x_.get(), D, Epilogue::AddTo);
+        normed_matmul(L.o, att_.get(), QD, L.attn_sub_norm, QD, n, x_.get(), D, Epilogue::AddTo);
         normed_matmul(L.gate_up, x_.get(), D, L.ffn_norm, D, n, gate_.get(), F, glu);
         normed_matmul(L.down, gate_.get(), F, L.ffn_sub_norm, F, n, x_.get(), D, Epilogue::AddTo);
     }

@@ -103,6 +103,7 @@ private:
     struct Layer {
         DevTernary qkv, o, gate_up, down;
         const float *attn_norm, *attn_sub_norm, *ffn_norm, *ffn_sub_norm;  // sub-norms null when absent
+        const float *q_norm = nullptr, *k_norm = nullptr;                  // QK-norm only
     };
 
     void upload(const GgufFile& file);

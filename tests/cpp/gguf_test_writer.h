@@ -27,6 +27,10 @@ struct Spec {
     bool relu2 = false, tied = true, tq1 = false, out_scales = false, f32_embedding = false;
     float rope_theta = 10000.0f, eps = 1e-5f;
     uint32_t seed = 1;
+    int64_t head_dim = 0;  // 0: dim / heads; else attention.key_length / value_length (Qwen3-style heads)
+    bool qk_norm = false;  // blk.N.attn_q_norm / attn_k_norm (Qwen3)
+    int64_t meta_head_dim = 0;  // > 0: the head width the metadata says, whatever the tensors have (a broken file)
+    int64_t hd() const { return head_dim ? head_dim : dim / heads; }
 };
 
 struct RefLinear {
@@ -38,6 +42,7 @@ struct RefLinear {
 
 struct RefLayer {
     std::vector<float> attn_norm, attn_sub_norm, ffn_norm, ffn_sub_norm;
+    std::vector<float> q_norm, k_norm;  // [hd], qk_norm only
     RefLinear q, k, v, o, gate, up, down;
 };
 
@@ -73,7 +78,12 @@ inline GgufBuilder random_model(const Spec& s, RefModel* ref) {
     g.u32("bitnet.attention.head_count_kv", static_cast<uint32_t>(s.kv_heads));
     g.f32("bitnet.attention.layer_norm_rms_epsilon", s.eps);
     g.f32("bitnet.rope.freq_base", s.rope_theta);
-    g.u32("bitnet.rope.dimension_count", static_cast<uint32_t>(s.dim / s.heads));
+    const int64_t meta_hd = s.meta_head_dim ? s.meta_head_dim : s.hd();
+    g.u32("bitnet.rope.dimension_count", static_cast<uint32_t>(meta_hd));
+    if (s.head_dim || s.meta_head_dim) {
+        g.u32("bitnet.attention.key_length", static_cast<uint32_t>(meta_hd));
+        g.u32("bitnet.attention.value_length", static_cast<uint32_t>(meta_hd));
+    }
     g.u32("bitnet.vocab_size", static_cast<uint32_t>(s.vocab));
     g.string("bllama.activation", s.relu2 ? "relu2" : "silu");
     g.boolean("bllama.tie_embeddings", s.tied);
@@ -126,8 +136,13 @@ inline GgufBuilder random_model(const Spec& s, RefModel* ref) {
         L.codes.resize(static_cast<size_t>(in * out));
         for (auto& c : L.codes) c = static_cast<int8_t>(trit(rng));
         L.scale = bllama::f16_to_f32(bllama::f32_to_f16((0.5f + uni(rng)) / std::sqrt(static_cast<float>(in))));
-        auto data = s.tq1 ? encode_tq1_0(L.codes, out, in, L.scale) : encode_tq2_0(L.codes, out, in, L.scale);
-        g.tensor(prefix + ".weight", {uint64_t(in), uint64_t(out)}, s.tq1 ? G_TQ1_0 : G_TQ2_0, data);
+        // Stored inputs are padded with zero codes to whole 256-blocks (heads * head_dim need not be a multiple).
+        const int64_t in_pad = (in + 255) / 256 * 256;
+        std::vector<int8_t> padded(static_cast<size_t>(in_pad * out), 0);
+        for (int64_t r = 0; r < out; ++r)
+            std::copy(L.codes.begin() + r * in, L.codes.begin() + (r + 1) * in, padded.begin() + r * in_pad);
+        auto data = s.tq1 ? encode_tq1_0(padded, out, in_pad, L.scale) : encode_tq2_0(padded, out, in_pad, L.scale);
+        g.tensor(prefix + ".weight", {uint64_t(in_pad), uint64_t(out)}, s.tq1 ? G_TQ1_0 : G_TQ2_0, data);
         if (s.out_scales) {
             L.out_scale = 0.5f + uni(rng);
             g.tensor(prefix + ".scale", {1}, G_F32, f32_bytes({L.out_scale}));
@@ -138,19 +153,23 @@ inline GgufBuilder random_model(const Spec& s, RefModel* ref) {
     norm("output_norm.weight", s.dim, m.output_norm);
     if (s.tied) m.head = m.embd;
     else f16_matrix("output.weight", m.head);
-    const int64_t kvd = s.dim / s.heads * s.kv_heads;
+    const int64_t kvd = s.hd() * s.kv_heads, qd = s.hd() * s.heads;
     m.layers.resize(static_cast<size_t>(s.layers));
     for (int64_t l = 0; l < s.layers; ++l) {
         RefLayer& L = m.layers[static_cast<size_t>(l)];
         const std::string p = "blk." + std::to_string(l) + ".";
         norm(p + "attn_norm.weight", s.dim, L.attn_norm);
-        norm(p + "attn_sub_norm.weight", s.dim, L.attn_sub_norm);
+        norm(p + "attn_sub_norm.weight", qd, L.attn_sub_norm);
         norm(p + "ffn_norm.weight", s.dim, L.ffn_norm);
         norm(p + "ffn_sub_norm.weight", s.ffn, L.ffn_sub_norm);
-        linear(p + "attn_q", s.dim, s.dim, L.q);
+        if (s.qk_norm) {
+            norm(p + "attn_q_norm.weight", s.hd(), L.q_norm);
+            norm(p + "attn_k_norm.weight", s.hd(), L.k_norm);
+        }
+        linear(p + "attn_q", s.dim, qd, L.q);
         linear(p + "attn_k", s.dim, kvd, L.k);
         linear(p + "attn_v", s.dim, kvd, L.v);
-        linear(p + "attn_output", s.dim, s.dim, L.o);
+        linear(p + "attn_output", qd, s.dim, L.o);
         linear(p + "ffn_gate", s.dim, s.ffn, L.gate);
         linear(p + "ffn_up", s.dim, s.ffn, L.up);
         linear(p + "ffn_down", s.ffn, s.dim, L.down);

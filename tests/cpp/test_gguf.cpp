@@ -218,9 +218,15 @@ static void test_unsupported_metadata() {
          "(rope.scaling.type 'linear'): RoPE scaling"},
         {[](GgufBuilder& g) { g.f32("bitnet.rope.scale_linear", 2.0f); }, "'bitnet.rope.scale_linear' = 2.000000"},
         {[](GgufBuilder& g) { g.f32("bitnet.rope.scaling.attn_factor", 0.5f); }, "rope.scaling.attn_factor"},
+        // Heads of another width are read (test_head_dim_and_qk_norm); values narrower than keys, or a width
+        // the tensors contradict, are refused.
         {[](GgufBuilder& g) { g.u32("bitnet.attention.key_length", 128); },
-         "'bitnet.attention.key_length' = 128 but embedding_length / head_count = 64"},
-        {[](GgufBuilder& g) { g.u32("bitnet.attention.value_length", 32); }, "'bitnet.attention.value_length' = 32"},
+         "'bitnet.attention.key_length' and 'attention.value_length' must both be given and equal (128 vs absent)"},
+        {[](GgufBuilder& g) { g.u32("bitnet.attention.value_length", 32); }, "must both be given and equal (absent vs 32)"},
+        {[](GgufBuilder& g) { g.u32("bitnet.attention.key_length", 64); g.u32("bitnet.attention.value_length", 32); },
+         "must both be given and equal (64 vs 32)"},
+        {[](GgufBuilder& g) { g.u32("bitnet.attention.key_length", 128); g.u32("bitnet.attention.value_length", 128); },
+         "rope.dimension_count 64 != head dim 128"},
         {[](GgufBuilder& g) { g.boolean("bitnet.attention.causal", false); }, "non-causal attention is not supported"},
         {[](GgufBuilder& g) { g.tensor("rope_freqs.weight", {32}, G_F32, std::vector<uint8_t>(128)); },
          "tensor 'rope_freqs.weight' element 0 = 0.000000: RoPE frequency divisors must be finite and > 0"},
@@ -261,6 +267,73 @@ static void test_unsupported_metadata() {
                      want.begin()));
 }
 
+// Qwen3-style files: attention.key_length other than embedding_length / head_count sizes q, k, v, o and the
+// attention sub-norm; attn_q_norm / attn_k_norm come as a pair of f32 [head_dim] in every layer. (test_model.cpp
+// checks their logits against the scalar reference.)
+static void test_head_dim_and_qk_norm() {
+    Spec s;
+    s.head_dim = 96;
+    s.qk_norm = true;
+    TempFile tf("hd");
+    tf.write(random_model(s, nullptr).build());
+    Engine eng(tf.path);
+    const ModelConfig& c = eng.config();
+    CHECK(c.head_dim == 96 && c.attn_dim == 384 && c.attn_in == 512 && c.qk_norm && c.dim_in == 256);
+    auto load = [](const GgufBuilder& g) { Model::load(GgufFile::from_bytes(g.build()), LoadOptions{1, 0, 8}); };
+    Spec plain;
+    plain.layers = 2;
+    const std::vector<float> norm(64, 1.0f);
+    {
+        GgufBuilder g = random_model(plain, nullptr);
+        g.tensor("blk.0.attn_q_norm.weight", {64}, G_F32, f32_bytes(norm));
+        CHECK(throws<ModelError>([&] { load(g); }, "missing tensor 'blk.0.attn_k_norm.weight'"));
+    }
+    {
+        GgufBuilder g = random_model(plain, nullptr);
+        for (int l = 0; l < 2; ++l) {
+            const std::string p = "blk." + std::to_string(l) + ".";
+            g.tensor(p + "attn_q_norm.weight", {32}, G_F32, f32_bytes(std::vector<float>(32, 1.0f)));
+            g.tensor(p + "attn_k_norm.weight", {64}, G_F32, f32_bytes(norm));
+        }
+        CHECK(throws<ModelError>([&] { load(g); }, "tensor 'blk.0.attn_q_norm.weight' has ggml dims {32}, expected {64}"));
+    }
+    {
+        GgufBuilder g = random_model(plain, nullptr);
+        g.tensor("blk.1.attn_q_norm.weight", {64}, G_F32, f32_bytes(norm));
+        g.tensor("blk.1.attn_k_norm.weight", {64}, G_F32, f32_bytes(norm));
+        CHECK(throws<ModelError>([&] { load(g); }, "unexpected tensor 'blk.1.attn_q_norm.weight'"));
+    }
+    {  // layer 0 only: every layer must have them
+        GgufBuilder g = random_model(plain, nullptr);
+        g.tensor("blk.0.attn_q_norm.weight", {64}, G_F32, f32_bytes(norm));
+        g.tensor("blk.0.attn_k_norm.weight", {64}, G_F32, f32_bytes(norm));
+        CHECK(throws<ModelError>([&] { load(g); }, "missing tensor 'blk.1.attn_q_norm.weight'"));
+    }
+    {  // a NaN in a QK-norm weight is refused by name, as in every other norm
+        Spec one = plain;
+        one.layers = 1;
+        GgufBuilder g = random_model(one, nullptr);
+        std::vector<float> bad = norm;
+        bad[5] = std::nanf("");
+        g.tensor("blk.0.attn_q_norm.weight", {64}, G_F32, f32_bytes(norm));
+        g.tensor("blk.0.attn_k_norm.weight", {64}, G_F32, f32_bytes(bad));
+        CHECK(throws<ModelError>([&] { load(g); }, "tensor 'blk.0.attn_k_norm.weight' holds a non-finite value"));
+    }
+    {  // a width no model has
+        GgufBuilder g = random_model(plain, nullptr);
+        g.u32("bitnet.attention.key_length", 1 << 13);
+        g.u32("bitnet.attention.value_length", 1 << 13);
+        CHECK(throws<ModelError>([&] { load(g); }, "'bitnet.attention.key_length' = 8192 is out of range [1, 4096]"));
+    }
+    {  // a width the tensors contradict: 4 heads of 128 need a 512-wide sub-norm and q, the file's are 384
+        Spec wide = plain;
+        wide.head_dim = 96;
+        wide.meta_head_dim = 128;
+        GgufBuilder g = random_model(wide, nullptr);
+        CHECK(throws<ModelError>([&] { load(g); }, "tensor 'blk.0.attn_sub_norm.weight' has ggml dims {384}, expected {512}"));
+    }
+}
+
 int main() {
     test_metadata_round_trip();
     test_ternary_blocks();
@@ -269,6 +342,7 @@ int main() {
     test_model_config();
     test_model_errors();
     test_unsupported_metadata();
+    test_head_dim_and_qk_norm();
     if (failures()) {
         std::fprintf(stderr, "test_gguf: %d failure(s)\n", failures());
         return 1;

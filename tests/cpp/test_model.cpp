@@ -7,6 +7,7 @@
 #include <cstring>
 #include <map>
 #include <memory>
+#include <tuple>
 
 #include "engine/engine.h"
 #include "engine/sampler.h"
@@ -48,7 +49,7 @@ Vec bitlinear(const RefLinear& L, const Vec& xd) {
 // Logits [n][V] for the whole sequence.
 std::vector<Vec> forward(const RefModel& m, const std::vector<int32_t>& ids) {
     const Spec& s = m.spec;
-    const int64_t D = s.dim, H = s.heads, hd = D / H, Hkv = s.kv_heads, group = H / Hkv, n = ids.size();
+    const int64_t D = s.dim, H = s.heads, hd = s.hd(), Hkv = s.kv_heads, group = H / Hkv, n = ids.size();
     std::vector<Vec> x(n, Vec(D));
     for (int64_t t = 0; t < n; ++t)
         for (int64_t i = 0; i < D; ++i) x[t][i] = m.embd[ids[t] * D + i];
@@ -71,11 +72,17 @@ std::vector<Vec> forward(const RefModel& m, const std::vector<int32_t>& ids) {
             q[t] = bitlinear(L.q, h);
             k[t] = bitlinear(L.k, h);
             v[t] = bitlinear(L.v, h);
+            if (s.qk_norm)  // Qwen3: each head RMS-normed over its hd values, before RoPE
+                for (auto [u, heads, w] : {std::tuple{&q[t], H, &L.q_norm}, std::tuple{&k[t], Hkv, &L.k_norm}})
+                    for (int64_t hh = 0; hh < heads; ++hh) {
+                        const Vec part = rmsnorm(Vec(u->begin() + hh * hd, u->begin() + (hh + 1) * hd), *w, s.eps);
+                        std::copy(part.begin(), part.end(), u->begin() + hh * hd);
+                    }
             rope(q[t], H, t);
             rope(k[t], Hkv, t);
         }
         for (int64_t t = 0; t < n; ++t) {
-            Vec o(D, 0.0);
+            Vec o(H * hd, 0.0);
             for (int64_t h = 0; h < H; ++h) {
                 const int64_t g = h / group;
                 Vec sc(t + 1);
@@ -218,6 +225,25 @@ static void test_forward_vs_reference() {
     mha.rope_theta = 500000.0f;
     mha.seed = 11;
     check_config("mha 3 layers f32-emb theta5e5", mha);
+    // Qwen3-style heads: 4 of 96 with hidden 256 (q 256 -> 384, o 384 -> 256 stored padded to 512) and QK-norm.
+    Spec qwen = gqa;
+    qwen.head_dim = 96;
+    qwen.qk_norm = true;
+    qwen.seed = 13;
+    check_config("head_dim 96 qk-norm padded o", qwen);
+    // 4 kv heads of 48 (wider q than hidden: 8 x 48 = 384): one thread runs the fused q/k/v + attention job.
+    Spec fused = qwen;
+    fused.heads = 8;
+    fused.kv_heads = 4;
+    fused.head_dim = 48;
+    fused.tq1 = true;
+    fused.seed = 17;
+    check_config("fused head_dim 48 qk-norm tq1", fused);
+    // Heads narrower than hidden / heads (4 x 32 = 128 < 256), without QK-norm.
+    Spec narrow = gqa;
+    narrow.head_dim = 32;
+    narrow.seed = 19;
+    check_config("head_dim 32 narrow", narrow);
 }
 
 // The opt-in fp16 KV cache stays close to the fp32 one (K/V rounded to 11 significant bits).

@@ -117,6 +117,11 @@ void rope_kv_write(float* qkv, int ldq, int n, const int32_t* pos, const int32_t
                    int Hkv, int hd, const float* cos_tab, const float* sin_tab, KvCache kv,
                    cudaStream_t stream);
 
+// Qwen3's QK-norm, before rope_kv_write: each of the H q heads and Hkv k heads of qkv's n rows (layout as there)
+// RMS-normalized over its hd values in place, times q_w / k_w [hd] (hd <= 256).
+void qk_norm(float* qkv, int ldq, int n, int H, int Hkv, int hd, const float* q_w, const float* k_w, float eps,
+             cudaStream_t stream);
+
 // Decode attention: token t's query (row t of q, stride ldq, H heads of hd) attends positions
 // 0 .. pos[t] of slot[t] in the cache (causal, GQA: head h reads kv head h / (H / Hkv), scale 1/sqrt(hd)).
 // The sequence is split into chunks processed by separate blocks (flash-decoding) and combined with a

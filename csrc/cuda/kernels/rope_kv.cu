@@ -10,6 +10,7 @@
 #include "cuda/kernels/cuda_util.cuh"
 #include "cuda/kernels/kernels.cuh"
 #include "cuda/kernels/launch.cuh"
+#include "cuda/kernels/norm_common.cuh"
 
 namespace bllama {
 namespace cuda {
@@ -60,7 +61,39 @@ __global__ void rope_kv_kernel(float* __restrict__ qkv, int ldq, const int32_t* 
     }
 }
 
+// Qwen3's QK-norm: block (head, t) RMS-normalizes head `head` of token t's q (head < H) or k (H <= head) in place,
+// one warp per head (hd <= 256). The sum of squares in norm_common.cuh's canonical order, as the other norms here.
+__global__ void qk_norm_kernel(float* __restrict__ qkv, int ldq, int H, int hd, const float* __restrict__ q_w,
+                               const float* __restrict__ k_w, float eps) {
+    pdl_trigger();
+    pdl_wait();
+    __shared__ float chunk_sums[8];  // hd <= 256: at most 2 chunks of 128
+    const int head = blockIdx.x, t = blockIdx.y, lane = threadIdx.x;
+    float* u = qkv + static_cast<int64_t>(t) * ldq + static_cast<int64_t>(head) * hd;
+    const float* w = head < H ? q_w : k_w;
+    const int K = (hd + detail::kNormChunk - 1) / detail::kNormChunk;
+    for (int k = 0; k < K; ++k) {
+        float e[detail::kNormGroup];
+        const int k0 = (k * 32 + lane) * detail::kNormGroup;
+#pragma unroll
+        for (int c = 0; c < detail::kNormGroup; ++c) e[c] = k0 + c < hd ? u[k0 + c] : 0.0f;
+        const float s = detail::warp_sum_xor(detail::sumsq_group(e));
+        if (lane == 0) chunk_sums[k] = s;
+    }
+    __syncwarp();
+    const float r = detail::rms_factor(detail::lane_sums_total(chunk_sums, K, lane), hd, eps);
+    for (int i = lane; i < hd; i += 32) u[i] = detail::norm_value(u[i], r, w[i]);  // every read above is done
+}
+
 }  // namespace
+
+void qk_norm(float* qkv, int ldq, int n, int H, int Hkv, int hd, const float* q_w, const float* k_w, float eps,
+             cudaStream_t stream) {
+    if (n <= 0) return;
+    if (hd <= 0 || hd > 256 || H <= 0 || Hkv <= 0) throw std::invalid_argument("qk_norm: bad head shape");
+    if (n > 65535) throw std::invalid_argument("qk_norm: at most 65535 tokens per call");
+    launch(qk_norm_kernel, dim3(H + Hkv, n), 32, 0, stream, qkv, ldq, H, hd, q_w, k_w, eps);
+}
 
 void rope_kv_write(float* qkv, int ldq, int n, const int32_t* pos, const int32_t* slot, int layer, int H, int Hkv,
                    int hd, const float* cos_tab, const float* sin_tab, KvCache kv, cudaStream_t stream) {
