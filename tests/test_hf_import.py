@@ -49,6 +49,14 @@ def assert_logits_match(ref_logits: np.ndarray, ours: np.ndarray):
     assert np.mean(ref_logits.argmax(-1) == ours.argmax(-1)) >= 0.9
 
 
+def assert_equal_but_for_ties(ref_logits: np.ndarray, ours: np.ndarray):
+    """Two evaluations of one model that agree to float rounding except where an int8 activation sits on a .5 tie
+    (bLlama's PyTorch against the engine or transformers: in this folder the qwen3 case's layer-1 o_proj input at
+    position 0 is 1e-6 from one, any position may have such a tie): most positions exact, none far off."""
+    rel = np.abs(ref_logits - ours).max(-1) / np.abs(ref_logits).max(-1)
+    assert np.median(rel) < 1e-5 and rel.max() < 5e-3, rel
+
+
 CASES = {
     # name: (style, kwargs)
     "2b4t-like": ("bitnet", dict(act="relu2", linear_class="autobitlinear", tied=True)),
@@ -744,8 +752,7 @@ def test_qwen3_exports_round_trip_and_every_engine_path_agrees(checkpoints, tmp_
         ours = m.model(torch.tensor([ids]))[0].float().numpy()
         ref = fp16_scales(f16_embeddings(reference_model(src, style)), "bitlinear")  # bLlama's scales are fp16
         r = ref(torch.tensor([ids])).logits[0].float().numpy()
-    # evaluation order differs (PyTorch against PyTorch): an int8 activation may flip at any position
-    assert (np.abs(r - ours).max(-1) / np.abs(r).max(-1)).max() < 2e-3
+    assert_equal_but_for_ties(r, ours)
 
     with pytest.raises(ArchitectureError, match="force-arch bitnet"):
         export_gguf(m, tok, tmp_path / "m.gguf")
@@ -760,7 +767,7 @@ def test_qwen3_exports_round_trip_and_every_engine_path_agrees(checkpoints, tmp_
     assert list(t["blk.1.attn_q_norm.weight"].shape) == [96]
     rt = Runtime.load(path, head="f16", kv_cache_dtype="float32")
     assert (rt.config["head_dim"], rt.config["qk_norm"]) == (96, True)
-    assert_logits_match(ours, rt.logits(ids))
+    assert_equal_but_for_ties(ours, rt.logits(ids))
     # decode, one token at a time: its greedy tokens are the prompt path's argmax at every step
     gen = rt._engine.generate(ids, 6, stop_ids=[])
     assert len(gen) == 6
@@ -783,7 +790,7 @@ def test_qwen3_exports_round_trip_and_every_engine_path_agrees(checkpoints, tmp_
     theirs = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
     assert type(theirs).__name__ == "Qwen3ForCausalLM"
     with torch.no_grad():
-        assert_logits_match(ours, theirs(torch.tensor([ids])).logits[0].float().numpy())
+        assert_equal_but_for_ties(ours, theirs(torch.tensor([ids])).logits[0].float().numpy())
     again = bLlama.from_pretrained(out).config
     assert (again.attn_head_dim, again.qk_norm, again.sub_norms) == (96, True, False)
 
@@ -805,8 +812,8 @@ def test_llama_head_dim_exports_as_llama(checkpoints, tmp_path):
     assert type(theirs).__name__ == "LlamaForCausalLM" and theirs.config.head_dim == 128
     ids = m.pretrained.tokenizer.encode(PROMPT)
     with torch.no_grad():
-        assert_logits_match(m.model(torch.tensor([ids]))[0].float().numpy(),
-                            theirs(torch.tensor([ids])).logits[0].float().numpy())
+        assert_equal_but_for_ties(m.model(torch.tensor([ids]))[0].float().numpy(),
+                                  theirs(torch.tensor([ids])).logits[0].float().numpy())
     with pytest.raises(ValueError, match="attention sub-norm by hidden_size"):
         export_hf(bLlama(m.config.replace(sub_norms=True)), m.pretrained.tokenizer, tmp_path / "hf2")
 
@@ -844,7 +851,7 @@ def test_qwen3_qk_norm_tensors_are_checked(checkpoints, tmp_path, change, match)
     if change == "drop":
         _refusals(edited_copy(src, tmp_path / "llama", edit=lambda c: {**c, "model_type": "llama",
                                                                         "architectures": ["LlamaForCausalLM"]}),
-                  r"self_attn.q_norm.weight' \(\d+ such\) is not part of a LLaMA / BitNet block")
+                  r"self_attn.k_norm.weight' \(\d+ such\) is not part of a LLaMA / BitNet block")
 
 
 def test_train_init_from_a_full_precision_qwen3(tmp_path, capsys):
