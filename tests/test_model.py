@@ -61,6 +61,35 @@ def test_config_fields_are_named_typed_and_bounded():
     bLlamaConfig.check_overrides({"num_heads": 3})  # a bad combination is the config's to refuse, not this
 
 
+def test_explicit_head_dim_and_qk_norm():
+    """attn_head_dim (Qwen3 / Mistral-Nemo heads: not hidden / heads) sizes q, k, v, o and the attention sub-norm;
+    qk_norm adds a [head_dim] RMSNorm for q and k. Bad widths are refused; both survive to_dict / from_dict, and
+    the model runs with a KV cache as without."""
+    c = tiny(attn_head_dim=24, qk_norm=True)
+    assert (c.head_dim, c.attn_dim) == (24, 96)
+    assert bLlamaConfig.from_dict(c.to_dict()) == c
+    m = Transformer(c).eval()
+    a = m.layers[0].attn
+    assert tuple(a.q_proj.weight.shape) == (96, 64) and tuple(a.k_proj.weight.shape) == (48, 64)
+    assert tuple(a.o_proj.weight.shape) == (64, 96) and tuple(a.sub_norm.weight.shape) == (96,)
+    assert tuple(a.q_norm.weight.shape) == tuple(a.k_norm.weight.shape) == (24,)
+    assert not hasattr(Transformer(tiny()).layers[0].attn, "q_norm")
+    from bllama.model.transformer import KVCache
+
+    ids = torch.randint(0, 97, (2, 9))
+    with torch.no_grad():
+        full = m(ids)
+        cache = KVCache(c, 2, "cpu")
+        parts = torch.cat([m(ids[:, :4], cache, 0), m(ids[:, 4:5], cache, 4), m(ids[:, 5:], cache, 5)], 1)
+    torch.testing.assert_close(parts, full, rtol=1e-4, atol=1e-4)
+    assert tiny(hidden_size=60, num_heads=8, attn_head_dim=16).head_dim == 16  # 60 / 8 need not divide
+    for bad, match in [(dict(attn_head_dim=0), "attn_head_dim must be in"), (dict(attn_head_dim=4096), "attn_head_dim must be in"),
+                       (dict(attn_head_dim=15), "head dimension 15 must be even"),
+                       (dict(hidden_size=60, num_heads=8), "set attn_head_dim")]:
+        with pytest.raises(ValueError, match=match):
+            tiny(**bad)
+
+
 def test_bitlinear_training_mode_is_fake_quant_with_ste():
     torch.manual_seed(0)
     layer = BitLinear(256, 32)
@@ -99,7 +128,8 @@ def test_activation_quantization_matches_recipe():
     assert xq.tolist() == [[64.0, -127.0, 32.0, 0.0]]  # 63.5 rounds half to even -> 64
 
 
-@pytest.mark.parametrize("kw", [dict(), dict(activation="relu2", tie_embeddings=False), dict(num_kv_heads=1)])
+@pytest.mark.parametrize("kw", [dict(), dict(activation="relu2", tie_embeddings=False), dict(num_kv_heads=1),
+                                dict(attn_head_dim=24, qk_norm=True)])
 def test_cached_generation_equals_uncached(kw):
     torch.manual_seed(2)
     m = Transformer(tiny(**kw)).eval()
