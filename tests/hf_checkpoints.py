@@ -62,7 +62,8 @@ def make_checkpoint(path: Path, style: str = "bitnet", *, hidden: int = 256, ffn
                     heads: int = 4, kv_heads: int = 2, act: str = "relu2", tied: bool = True,
                     linear_class: str = "autobitlinear", vocab: int = 0, tokenizer: str = "bpe", sp_model=None,
                     theta: float = 500000.0, rope_form: str = "parameters", seed: int = 0, context: int = 128,
-                    rms_eps: float = 1e-5, dtype=torch.float32, rope_scaling: dict = None, head_dim: int = None) -> Path:
+                    rms_eps: float = 1e-5, dtype=torch.float32, rope_scaling: dict = None,
+                    head_dim: int = None) -> Path:
     """Write a checkpoint folder.
 
     style: "bitnet" (BitNetForCausalLM, packed weights + weight_scale of `linear_class`),
@@ -75,7 +76,8 @@ def make_checkpoint(path: Path, style: str = "bitnet", *, hidden: int = 256, ffn
     rope_scaling: extra rope_parameters (Llama-3.1's: rope_type "llama3", factor, low/high_freq_factor, ...).
     """
     from safetensors.torch import save_file
-    from transformers import BitNetConfig, BitNetForCausalLM, LlamaConfig, LlamaForCausalLM, Qwen3Config, Qwen3ForCausalLM
+    from transformers import BitNetConfig, BitNetForCausalLM, LlamaConfig, LlamaForCausalLM
+    from transformers import Qwen3Config, Qwen3ForCausalLM
     from transformers.integrations.bitnet import pack_weights
 
     path = Path(path)

@@ -83,7 +83,8 @@ def test_explicit_head_dim_and_qk_norm():
         parts = torch.cat([m(ids[:, :4], cache, 0), m(ids[:, 4:5], cache, 4), m(ids[:, 5:], cache, 5)], 1)
     torch.testing.assert_close(parts, full, rtol=1e-4, atol=1e-4)
     assert tiny(hidden_size=60, num_heads=8, attn_head_dim=16).head_dim == 16  # 60 / 8 need not divide
-    for bad, match in [(dict(attn_head_dim=0), "attn_head_dim must be in"), (dict(attn_head_dim=4096), "attn_head_dim must be in"),
+    for bad, match in [(dict(attn_head_dim=0), "attn_head_dim must be in"),
+                       (dict(attn_head_dim=4096), "attn_head_dim must be in"),
                        (dict(attn_head_dim=15), "head dimension 15 must be even"),
                        (dict(hidden_size=60, num_heads=8), "set attn_head_dim")]:
         with pytest.raises(ValueError, match=match):

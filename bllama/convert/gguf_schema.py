@@ -111,9 +111,9 @@ def gguf_arch(cfg: bLlamaConfig, weight_type: str, force_arch: Optional[str] = N
             f"pass force_arch='bitnet' (bllama {command} --force-arch bitnet) to write it anyway")
     if cfg.qk_norm:
         raise ArchitectureError(
-            "this model has QK-norm (bLlamaConfig.qk_norm, Qwen3's q_norm / k_norm): llama.cpp's `bitnet` graphs do not "
-            "apply it, so llama.cpp would refuse or misread the file. Our engine runs it: pass force_arch='bitnet' "
-            f"(bllama {command} --force-arch bitnet) to write it anyway")
+            "this model has QK-norm (bLlamaConfig.qk_norm, Qwen3's q_norm / k_norm): llama.cpp's `bitnet` graphs do "
+            "not apply it, so llama.cpp would refuse or misread the file. Our engine runs it: pass "
+            f"force_arch='bitnet' (bllama {command} --force-arch bitnet) to write it anyway")
     if cfg.activation == "relu2":
         return "bitnet-b1.58"
     return "bitnet"

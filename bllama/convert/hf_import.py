@@ -387,7 +387,8 @@ def checked_attention(cfg: dict, tensors: "_Tensors", dim: int, heads: int, kv: 
                             f"{SIZE_LIMITS['attn_head_dim']}")
     head_dim = hd if hd is not None else dim // heads
     names = set(tensors.names())
-    for proj, want, ax in (("q_proj", heads * head_dim, 0), ("k_proj", kv * head_dim, 0), ("o_proj", heads * head_dim, 1)):
+    for proj, want, ax in (("q_proj", heads * head_dim, 0), ("k_proj", kv * head_dim, 0),
+                           ("o_proj", heads * head_dim, 1)):
         name = f"model.layers.0.self_attn.{proj}.weight"
         if name not in names:
             continue

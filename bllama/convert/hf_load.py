@@ -3,7 +3,8 @@
 Sources:
 
 * Hugging Face `LlamaForCausalLM`-family folders (model_type llama / mistral without sliding window, an explicit
-  head_dim included) and `Qwen3ForCausalLM` ones (model_type qwen3: QK-norm, head_dim) in fp16, bf16 or fp32: no sub-norms, so the model gets `sub_norms=False`. With `quantize=False` it is the checkpoint's function
+  head_dim included) and `Qwen3ForCausalLM` ones (model_type qwen3: QK-norm, head_dim) in fp16, bf16
+  or fp32: no sub-norms, so the model gets `sub_norms=False`. With `quantize=False` it is the checkpoint's function
   exactly (full-precision nn.Linear); with `quantize=True` (the default) the weights become the latent weights of
   BitLinear layers, which is where 1.58-bit conversion starts (`--quant-warmup-steps`).
 * Hugging Face `BitNetForCausalLM` folders: latent (bf16 master / `quantization_mode: online`) weights are taken as
@@ -31,10 +32,11 @@ import numpy as np
 import torch
 
 from ..model.config import bLlamaConfig
-from .hf_import import (HFImportError, SUB_NORMS, check_all_converted, checked_activation, checked_attention,
-                        checked_heads, checked_tensors, number, quant_config, read_config_json, rope_scaling_of, special_ids, _rope_theta,
+from .hf_import import (HFImportError, SUB_NORMS, check_all_converted, checked_activation, checked_heads,
+                        checked_tensors, number, quant_config, read_config_json, rope_scaling_of, special_ids, _rope_theta,
                         _Tensors,
                         unpack_hf)
+from .hf_import import checked_attention  # explicit head_dim, Qwen3's QK-norm
 
 # HF names inside a layer -> ours (Transformer.layers.N.<ours>)
 LAYER_NAMES = {"self_attn.q_proj": "attn.q_proj", "self_attn.k_proj": "attn.k_proj", "self_attn.v_proj": "attn.v_proj",
