@@ -273,8 +273,9 @@ def test_gpu_prompt_longer_than_a_chunk(tmp_path):
 
 # Imported Hugging Face checkpoints reach what our own exports never do: D and F stored zero-padded to a multiple
 # of 256 (1bitLLM shape: D 320 -> 512, F 864 -> 1024, head_dim 80, the non-vectorized attention path), blocks
-# without sub-norms (LLaMA-BitNet), per-projection output scales (every import), a single kv head (bitnet-online).
-HF_CASES = ["1bitllm-padded", "llama-bitnet", "bitnet-online"]
+# without sub-norms (LLaMA-BitNet), per-projection output scales (every import), a single kv head (bitnet-online),
+# Qwen3's QK-norm kernel with heads of 96 (q 384 wide, o's input padded to 512) and heads wider than hidden / heads.
+HF_CASES = ["1bitllm-padded", "llama-bitnet", "bitnet-online", "qwen3-head-dim", "qwen3-fused", "llama-head-dim"]
 
 
 @needs_gpu
