@@ -13,8 +13,8 @@ from typing import Optional
 ACTIVATIONS = ("silu", "relu2")
 # Far past any model we know (LLaMA-3: vocab 128256, context 131072, hidden 16384, FFN 53248, 126 layers).
 # The fields that shape a model's weights: a checkpoint it starts from (--init-from) decides them.
-SHAPE_FIELDS = ("vocab_size", "hidden_size", "num_heads", "num_layers", "bias", "num_kv_heads", "ffn_size",
-                "activation", "tie_embeddings", "sub_norms", "attn_head_dim", "qk_norm")
+SHAPE_FIELDS = ("vocab_size", "hidden_size", "num_heads", "num_layers", "bias", "qkv_bias", "num_kv_heads",
+                "ffn_size", "activation", "tie_embeddings", "sub_norms", "attn_head_dim", "qk_norm")
 SIZE_LIMITS = dict(vocab_size=1 << 22, seq_len=1 << 20, context_length=1 << 24, hidden_size=1 << 16, num_layers=1024, ffn_size=1 << 18,
                    attn_head_dim=1024)
 SCHEDULES = ("cosine", "two_stage")
@@ -78,8 +78,11 @@ class bLlamaConfig:
     num_heads: int = 16
     num_layers: int = 24
     dropout: float = 0.0
-    bias: bool = False
+    bias: bool = False  # every linear layer has a bias
     # model (what the b1.58 "subln" LLaMA needs on top)
+    # Biases on q_proj / k_proj / v_proj only (Qwen2's attention; GGUF blk.N.attn_{q,k,v}.bias), added in float after
+    # the ternary matmul and before RoPE. Implied by `bias`, which puts one on every linear.
+    qkv_bias: bool = False
     num_kv_heads: Optional[int] = None  # None: same as num_heads (no grouped-query attention)
     ffn_size: int = 8192
     activation: str = "silu"  # "silu" or "relu2"

@@ -86,9 +86,10 @@ class Attention(nn.Module):
         Linear = linear_class(config)
         self.config = config
         hd, kv = config.head_dim, config.num_kv_heads * config.head_dim
-        self.q_proj = Linear(config.hidden_size, config.attn_dim, bias=config.bias)
-        self.k_proj = Linear(config.hidden_size, kv, bias=config.bias)
-        self.v_proj = Linear(config.hidden_size, kv, bias=config.bias)
+        qkv_bias = config.bias or config.qkv_bias
+        self.q_proj = Linear(config.hidden_size, config.attn_dim, bias=qkv_bias)
+        self.k_proj = Linear(config.hidden_size, kv, bias=qkv_bias)
+        self.v_proj = Linear(config.hidden_size, kv, bias=qkv_bias)
         self.o_proj = Linear(config.attn_dim, config.hidden_size, bias=config.bias)
         self.sub_norm = RMSNorm(config.attn_dim, config.rms_eps) if config.sub_norms else nn.Identity()
         self.head_dim = hd
