@@ -490,7 +490,7 @@ def _foreign_gguf(path, extra_kv=(), extra_tensors=(), varied_block_scales=False
     ([("add_string", "bitnet.rope.scaling.type", "linear"), ("add_float32", "bitnet.rope.scaling.factor", 4.0)], [],
      "RoPE scaling is not supported"),
     ([("add_uint32", "bitnet.attention.key_length", 128)], [], "key_length"),
-    ([], [("blk.0.attn_q.bias", np.ones(256, np.float32))], "unexpected tensor 'blk.0.attn_q.bias'"),
+    ([], [("blk.0.attn_output.bias", np.ones(256, np.float32))], "unexpected tensor 'blk.0.attn_output.bias'"),
     ([], [("rope_freqs.weight", np.ones(32, np.float32))], "rope_freqs.weight .*without bllama.rope_scaling"),
 ], ids=["rope-scaling", "key-length", "bias", "rope-freqs"])
 def test_gguf_the_engine_refuses_is_not_loaded_as_another_model(tmp_path, extra_kv, extra_tensors, match):

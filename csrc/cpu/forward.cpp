@@ -84,7 +84,8 @@ void add_residual(float* x, const float* y, int64_t n, int64_t d, int64_t rb, in
 
 inline float relu2(float z) { return z > 0.0f ? z * z : 0.0f; }
 
-// y[:, rb:re] = W x for one BitLinear, times its optional output scale.
+// y[:, rb:re] = W x for one BitLinear, times its optional output scale, plus its optional bias. Every path (prompt
+// rows, decode, the fused q/k/v + attention job, batched rows) projects through here, before RoPE.
 void bitlinear_rows(const BitLinear& b, const QuantizedActs& x, float* y, int64_t ldy, int64_t n, int64_t rb,
                     int64_t re, KernelKind kind) {
     if (rb >= re) return;
@@ -92,6 +93,9 @@ void bitlinear_rows(const BitLinear& b, const QuantizedActs& x, float* y, int64_
     if (b.has_out_scale)
         for (int64_t t = 0; t < n; ++t)
             for (int64_t r = rb; r < re; ++r) y[t * ldy + r] *= b.out_scale;
+    if (!b.bias.empty())
+        for (int64_t t = 0; t < n; ++t)
+            for (int64_t r = rb; r < re; ++r) y[t * ldy + r] += b.bias[static_cast<size_t>(r)];
 }
 
 }  // namespace

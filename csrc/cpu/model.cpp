@@ -32,6 +32,7 @@ BitLinear bitlinear(const GgufFile& f, WeightArena& arena, const BitLinearTensor
     f.release(*t.weight);  // now held in the kernels' layout: keeps peak RSS near the model's own size
     b.out_scale = t.out_scale;
     b.has_out_scale = t.has_out_scale;
+    if (t.bias) b.bias = f32_values(*t.bias);
     return b;
 }
 

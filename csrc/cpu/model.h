@@ -64,6 +64,7 @@ struct BitLinear {
     TernaryMatrix w;
     float out_scale = 1.0f;
     bool has_out_scale = false;
+    std::vector<float> bias;  // [rows] added after the scale; empty: none (no cost)
 };
 
 struct LayerWeights {

@@ -167,6 +167,7 @@ void CudaModel::upload(const GgufFile& file) {
             g.k_norm = put_norm(*w.attn_k_norm);
         }
     }
+    upload_qkv_biases(t);
     output_norm_ = put_norm(*t.output_norm);
     qkv_rows_ = static_cast<int>(c.attn_dim + 2 * c.kv_dim());
 
@@ -286,11 +287,41 @@ size_t CudaModel::head_bytes() const {
 }
 
 size_t CudaModel::device_bytes() const {
-    return words_.bytes() + norms_.bytes() + embd_.bytes() + head_owned_.bytes() + head_q8_.bytes() + head_q8_scale_.bytes() + cos_.bytes() + sin_.bytes() +
+    return words_.bytes() + norms_.bytes() + biases_.bytes() + embd_.bytes() + head_owned_.bytes() + head_q8_.bytes() + head_q8_scale_.bytes() + cos_.bytes() + sin_.bytes() +
            k32_.bytes() + v32_.bytes() + k16_.bytes() + v16_.bytes() + tok_buf_.bytes() + pos_buf_.bytes() +
            slot_buf_.bytes() + x_.bytes() + qkv_.bytes() + att_.bytes() + gate_.bytes() + xn_.bytes() +
            logits_.bytes() + attn_ws_.bytes() + act_q_.bytes() + act_scale_.bytes() + act_sum_.bytes() +
            d_seen_.bytes() + sample_ws_.bytes();
+}
+
+void CudaModel::upload_qkv_biases(const ModelTensors& t) {
+    const size_t rows = static_cast<size_t>(cfg_.attn_dim + 2 * cfg_.kv_dim());
+    size_t biased = 0;
+    for (const LayerTensors& w : t.layers) biased += (w.q.bias || w.k.bias || w.v.bias) ? 1 : 0;
+    if (biased == 0) return;  // rope_kv_write gets null: no work for models without biases
+    // rope_kv_write adds the biases after qk_norm has run, where the CPU (and PyTorch) add them before it
+    if (cfg_.qk_norm)
+        throw std::invalid_argument("q/k/v biases together with QK-norm are not supported by the CUDA backend");
+    biases_ = DeviceBuffer<float>(biased * rows);
+    std::vector<float> host(rows);
+    size_t at = 0;
+    for (size_t l = 0; l < t.layers.size(); ++l) {
+        const LayerTensors& w = t.layers[l];
+        if (!(w.q.bias || w.k.bias || w.v.bias)) continue;
+        std::fill(host.begin(), host.end(), 0.0f);  // a missing one of the three adds zeros
+        size_t col = 0;
+        for (const BitLinearTensor* b : {&w.q, &w.k, &w.v}) {
+            if (b->bias) {
+                const std::vector<float> v = f32_values(*b->bias);
+                std::copy(v.begin(), v.end(), host.begin() + static_cast<std::ptrdiff_t>(col));
+            }
+            col += static_cast<size_t>(b->rows);
+        }
+        float* dst = biases_.get() + at;
+        CUDA_CHECK(cudaMemcpy(dst, host.data(), rows * 4, cudaMemcpyHostToDevice));
+        layers_[l].qkv_bias = dst;
+        at += rows;
+    }
 }
 
 void CudaModel::check_slot(int slot) const {
@@ -324,7 +355,8 @@ void CudaModel::layers(int n, const int32_t* d_pos, const int32_t* d_slot, bool 
         const Layer& L = layers_[static_cast<size_t>(l)];
         normed_matmul(L.qkv, x_.get(), D, L.attn_norm, D, n, qkv_.get(), qkv_rows_, Epilogue::Store);
         if (c.qk_norm) qk_norm(qkv_.get(), qkv_rows_, n, H, Hkv, hd, L.q_norm, L.k_norm, c.rms_eps, s);
-        rope_kv_write(qkv_.get(), qkv_rows_, n, d_pos, d_slot, l, H, Hkv, hd, cos_.get(), sin_.get(), kv_, s);
+        rope_kv_write(qkv_.get(), qkv_rows_, n, d_pos, d_slot, l, H, Hkv, hd, cos_.get(), sin_.get(), kv_, s,
+                      L.qkv_bias);
         if (prompt)
             attention_prefill(qkv_.get(), qkv_rows_, n, pos0, slot, l, H, Hkv, hd, kv_, att_.get(), QD, s);
         else

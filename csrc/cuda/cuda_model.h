@@ -19,6 +19,7 @@
 #include "cuda/kernels/kernels.cuh"
 #include "engine/config.h"
 #include "engine/sampler.h"
+#include "engine/weights.h"
 
 namespace bllama {
 namespace cuda {
@@ -104,9 +105,11 @@ private:
         DevTernary qkv, o, gate_up, down;
         const float *attn_norm, *attn_sub_norm, *ffn_norm, *ffn_sub_norm;  // sub-norms null when absent
         const float *q_norm = nullptr, *k_norm = nullptr;                  // QK-norm only
+        const float* qkv_bias = nullptr;  // [qkv rows], zeros where q, k or v has none; null when none has one
     };
 
     void upload(const GgufFile& file);
+    void upload_qkv_biases(const ModelTensors& t);  // after layers_ exists
     void allocate();
     void matmul(const DevTernary& w, int n, float* y, int ldy, Epilogue ep);
     // y (ep) W * quant(rmsnorm(x, norm_w)) for n rows of d values at stride ldx: rmsnorm_quant, then matmul.
@@ -131,6 +134,7 @@ private:
 
     DeviceBuffer<uint32_t> words_;   // every ternary matrix, back to back
     DeviceBuffer<float> norms_;      // every norm weight, back to back
+    DeviceBuffer<float> biases_;     // the layers' q|k|v biases, back to back (empty: no layer has one)
     DeviceBuffer<__half> embd_, head_owned_;
     const __half* head_ = nullptr;   // embd_ when tied; null with the q8 head
     DeviceBuffer<int8_t> head_q8_;   // the CPU's head="q8" ([V, D] int8, one scale per row), or empty

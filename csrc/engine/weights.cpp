@@ -64,7 +64,7 @@ private:
         };
         if (ends("rope_factors_long.weight") || ends("rope_factors_short.weight"))
             return " (Phi-3's long / short RoPE factors: not supported)";
-        if (ends(".bias")) return " (biases are not supported)";
+        if (ends(".bias")) return " (biases are supported on attn_q / attn_k / attn_v only)";
         return "";
     }
     const GgufFile& f_;
@@ -94,7 +94,7 @@ void check_finite(const GgufTensor& t) {
         throw ModelError("tensor '" + t.name + "' holds a non-finite value (NaN or Inf) at element " + std::to_string(bad));
 }
 
-BitLinearTensor bitlinear(TensorChecker& tc, const std::string& prefix, int64_t in, int64_t out) {
+BitLinearTensor bitlinear(TensorChecker& tc, const std::string& prefix, int64_t in, int64_t out, bool may_have_bias = false) {
     BitLinearTensor b;
     b.weight = &tc.get(prefix + ".weight", {in, out}, {GgmlType::TQ2_0, GgmlType::TQ1_0, GgmlType::I2_S});
     b.rows = out;
@@ -104,6 +104,10 @@ BitLinearTensor bitlinear(TensorChecker& tc, const std::string& prefix, int64_t 
         std::memcpy(&b.out_scale, s->data, 4);
         if (!std::isfinite(b.out_scale)) throw ModelError("tensor '" + prefix + ".scale' is not finite");
         b.has_out_scale = true;
+    }
+    if (may_have_bias && tc.find(prefix + ".bias")) {
+        b.bias = &tc.get(prefix + ".bias", {out}, {GgmlType::F32});
+        check_finite(*b.bias);
     }
     return b;
 }
@@ -132,9 +136,10 @@ ModelTensors check_model_tensors(const GgufFile& f, const ModelConfig& c) {
             L.attn_k_norm = &tc.get(p + "attn_k_norm.weight", {c.head_dim}, {GgmlType::F32});
         }
         // Inputs are stored padded to whole 256-blocks (config.h, dim_in / ffn_in).
-        L.q = bitlinear(tc, p + "attn_q", c.dim_in, c.attn_dim);
-        L.k = bitlinear(tc, p + "attn_k", c.dim_in, c.kv_dim());
-        L.v = bitlinear(tc, p + "attn_v", c.dim_in, c.kv_dim());
+        // q, k and v may each have a bias (Qwen2); any other bias fails check_all_used().
+        L.q = bitlinear(tc, p + "attn_q", c.dim_in, c.attn_dim, true);
+        L.k = bitlinear(tc, p + "attn_k", c.dim_in, c.kv_dim(), true);
+        L.v = bitlinear(tc, p + "attn_v", c.dim_in, c.kv_dim(), true);
         L.o = bitlinear(tc, p + "attn_output", c.attn_in, c.dim);
         L.gate = bitlinear(tc, p + "ffn_gate", c.dim_in, c.ffn);
         L.up = bitlinear(tc, p + "ffn_up", c.dim_in, c.ffn);

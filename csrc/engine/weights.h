@@ -21,6 +21,9 @@ struct BitLinearTensor {
     int64_t rows = 0, cols = 0;          // out features, stored (256-padded) in features
     float out_scale = 1.0f;              // the optional "<prefix>.scale" tensor
     bool has_out_scale = false;
+    // The optional "<prefix>.bias" (attn_q / attn_k / attn_v only, as llama.cpp's qwen2 writes them): f32 [rows],
+    // finite, added to the output after the scale and before RoPE. Null: none.
+    const GgufTensor* bias = nullptr;
 };
 
 struct LayerTensors {
@@ -38,7 +41,7 @@ struct ModelTensors {
 };
 
 // Throws ModelError naming the first tensor that is missing, of the wrong type or shape, unexpected, or holding a
-// non-finite value (norms, embedding, head, ".scale"; block scales are checked as the blocks are packed). The pointers live as long as `f`.
+// non-finite value (norms, embedding, head, ".scale", ".bias"; block scales are checked as the blocks are packed). The pointers live as long as `f`.
 ModelTensors check_model_tensors(const GgufFile& f, const ModelConfig& c);
 
 // An f32 tensor's values (the mapping may be unaligned for floats).

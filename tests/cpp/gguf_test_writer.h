@@ -25,6 +25,7 @@ namespace testutil {
 struct Spec {
     int64_t vocab = 384, dim = 256, layers = 2, heads = 4, kv_heads = 2, ffn = 512, context = 96;
     bool relu2 = false, tied = true, tq1 = false, out_scales = false, f32_embedding = false;
+    bool qkv_bias = false;  // blk.N.attn_{q,k,v}.bias (Qwen2), large enough to move every logit
     float rope_theta = 10000.0f, eps = 1e-5f;
     uint32_t seed = 1;
     int64_t head_dim = 0;  // 0: dim / heads; else attention.key_length / value_length (Qwen3-style heads)
@@ -38,6 +39,7 @@ struct RefLinear {
     std::vector<int8_t> codes;  // [rows, cols]
     float scale = 0;            // already rounded to fp16
     float out_scale = 1.0f;
+    std::vector<float> bias;    // [rows] added after out_scale; empty: none
 };
 
 struct RefLayer {
@@ -146,6 +148,14 @@ inline GgufBuilder random_model(const Spec& s, RefModel* ref) {
         if (s.out_scales) {
             L.out_scale = 0.5f + uni(rng);
             g.tensor(prefix + ".scale", {1}, G_F32, f32_bytes({L.out_scale}));
+        }
+        const bool biased = prefix.size() > 7 && (prefix.compare(prefix.size() - 7, 7, ".attn_q") == 0 ||
+                                                  prefix.compare(prefix.size() - 7, 7, ".attn_k") == 0 ||
+                                                  prefix.compare(prefix.size() - 7, 7, ".attn_v") == 0);
+        if (s.qkv_bias && biased) {  // about the size of the projection's outputs, as Qwen2's are
+            L.bias.resize(static_cast<size_t>(out));
+            for (auto& b : L.bias) b = 0.7f * normal(rng);
+            g.tensor(prefix + ".bias", {uint64_t(out)}, G_F32, f32_bytes(L.bias));
         }
     };
 

@@ -236,8 +236,30 @@ static void test_unsupported_metadata() {
          "(Phi-3's long / short RoPE factors: not supported)"},
         {[](GgufBuilder& g) { g.tensor("rope_freqs.weight", {32}, G_F32, f32_bytes(std::vector<float>(32, 1.0f))); },
          nullptr},  // divisors of 1: plain RoPE
-        {[](GgufBuilder& g) { g.tensor("blk.0.attn_q.bias", {256}, G_F32, std::vector<uint8_t>(1024)); },
-         "unexpected tensor 'blk.0.attn_q.bias' for a bitnet model (biases are not supported)"},
+        // q/k/v biases (Qwen2's): zeros load and change nothing; every other bias, and a bias of another shape, type
+        // or with a non-finite value, is refused by name (test_model.cpp checks nonzero ones against the reference)
+        {[](GgufBuilder& g) { g.tensor("blk.0.attn_q.bias", {256}, G_F32, std::vector<uint8_t>(1024)); }, nullptr},
+        {[](GgufBuilder& g) { g.tensor("blk.0.attn_output.bias", {256}, G_F32, std::vector<uint8_t>(1024)); },
+         "unexpected tensor 'blk.0.attn_output.bias' for a bitnet model (biases are supported on attn_q / attn_k / "
+         "attn_v only)"},
+        {[](GgufBuilder& g) { g.tensor("blk.0.ffn_up.bias", {512}, G_F32, std::vector<uint8_t>(2048)); },
+         "unexpected tensor 'blk.0.ffn_up.bias'"},
+        {[](GgufBuilder& g) { g.tensor("blk.0.attn_k.bias", {256}, G_F32, std::vector<uint8_t>(1024)); },
+         "tensor 'blk.0.attn_k.bias' has ggml dims {256}, expected {128}"},
+        {[](GgufBuilder& g) { g.tensor("blk.0.attn_q.bias", {256, 1}, G_F32, std::vector<uint8_t>(1024)); },
+         "tensor 'blk.0.attn_q.bias' has ggml dims {256, 1}, expected {256}"},
+        {[](GgufBuilder& g) { g.tensor("blk.0.attn_v.bias", {128}, G_F16, std::vector<uint8_t>(256)); },
+         "tensor 'blk.0.attn_v.bias' has type F16, expected F32"},
+        {[](GgufBuilder& g) {
+             std::vector<float> b(128, 0.5f);
+             b[3] = std::nanf("");
+             g.tensor("blk.0.attn_v.bias", {128}, G_F32, f32_bytes(b));
+         },
+         "tensor 'blk.0.attn_v.bias' holds a non-finite value (NaN or Inf) at element 3"},
+        {[](GgufBuilder& g) {
+             g.tensor("blk.0.attn_k.bias", {128}, G_F32, f32_bytes(std::vector<float>(128, INFINITY)));
+         },
+         "tensor 'blk.0.attn_k.bias' holds a non-finite value (NaN or Inf) at element 0"},
         {[](GgufBuilder& g) { g.string("bitnet.rope.scaling.type", "none"); g.f32("bitnet.rope.scaling.factor", 4.0f); },
          nullptr},
         {[](GgufBuilder& g) { g.string("bitnet.rope.scaling.type", "linear"); g.f32("bitnet.rope.scaling.factor", 1.0f); },

@@ -42,6 +42,7 @@ Vec bitlinear(const RefLinear& L, const Vec& xd) {
         int64_t acc = 0;
         for (int64_t c = 0; c < L.cols; ++c) acc += L.codes[r * L.cols + c] * xq[c];
         y[r] = static_cast<double>(static_cast<float>(acc) * (L.scale / a)) * L.out_scale;
+        if (!L.bias.empty()) y[r] += L.bias[static_cast<size_t>(r)];  // before RoPE, as Qwen2 adds it
     }
     return y;
 }
@@ -244,6 +245,43 @@ static void test_forward_vs_reference() {
     narrow.head_dim = 32;
     narrow.seed = 19;
     check_config("head_dim 32 narrow", narrow);
+    // q/k/v biases: 4 kv heads make one thread's pass the fused q/k/v + attention job, two threads' the split one
+    Spec biased = gqa;
+    biased.qkv_bias = true;
+    biased.heads = 8;
+    biased.kv_heads = 4;
+    biased.seed = 13;
+    check_config("qkv-bias fused/split", biased);
+    Spec biased_scaled = relu;
+    biased_scaled.qkv_bias = true;
+    check_config("qkv-bias mqa tq1_0 scales", biased_scaled);
+}
+
+// The biases matter: the engine follows the reference with them, and is far from the same model without them (so
+// the checks above would catch a bias that is dropped or added after RoPE).
+static void test_qkv_bias_changes_logits() {
+    Spec s;
+    s.qkv_bias = true;
+    s.seed = 17;
+    RefModel m;
+    const GgufBuilder g = random_model(s, &m);
+    const auto ids = random_ids(12, s.vocab, 5);
+    const auto want = ref::forward(m, ids);
+    for (RefLayer& L : m.layers)
+        for (RefLinear* p : {&L.q, &L.k, &L.v}) p->bias.clear();
+    const auto unbiased = ref::forward(m, ids);
+    const auto got = make_engine(g, 2, 64).logits(ids);
+    double err = 0, moved = 0, scale = 0;
+    for (size_t t = 0; t < ids.size(); ++t)
+        for (int64_t r = 0; r < s.vocab; ++r) {
+            const double v = got[t * s.vocab + r];
+            err = std::max(err, std::fabs(v - want[t][static_cast<size_t>(r)]));
+            moved = std::max(moved, std::fabs(v - unbiased[t][static_cast<size_t>(r)]));
+            scale = std::max(scale, std::fabs(want[t][static_cast<size_t>(r)]));
+        }
+    std::printf("  qkv bias: max err %.2e, max change from the biases %.2e (max |logit| %.3f)\n", err, moved, scale);
+    CHECK(err < 0.05 * std::max(1.0, scale));
+    CHECK(moved > 0.2 * scale);
 }
 
 // The opt-in fp16 KV cache stays close to the fp32 one (K/V rounded to 11 significant bits).
@@ -442,8 +480,9 @@ static void test_generate() {
 // sequence run alone (every kernel works row by row; each sequence has its own KV cache), for fp32 and fp16
 // caches, all sequences and a subset in another row order, prompts longer than a chunk; generate_batch equals generate() per prompt,
 // greedy with a repetition penalty and seeded sampling alike; bad slots, batch sizes and positions are refused.
-static void test_batched_decode() {
+static void test_batched_decode(bool qkv_bias) {
     Spec s;
+    s.qkv_bias = qkv_bias;
     s.context = 64;
     s.layers = 2;
     GgufBuilder g = random_model(s, nullptr);
@@ -573,7 +612,9 @@ int main() {
     test_kv_f16();
     test_sampler();
     test_generate();
-    test_batched_decode();
+    test_qkv_bias_changes_logits();
+    test_batched_decode(false);
+    test_batched_decode(true);
     if (failures()) {
         std::fprintf(stderr, "test_model: %d failure(s)\n", failures());
         return 1;

@@ -112,10 +112,11 @@ struct KvCache {
 
 // For each token t (0 <= t < n) of qkv [n, ldq] (q at columns [0, H*hd), k at [H*hd, H*hd + KV), v next):
 // rotates q and k in place with NEOX RoPE at position pos[t] (cos/sin tables [ctx, hd/2], fp32, built on
-// the host exactly like the CPU's), then stores k and v in the cache at (slot[t], layer, pos[t]).
+// the host exactly like the CPU's), then stores k and v in the cache at (slot[t], layer, pos[t]). bias (null:
+// none): [H*hd + 2*KV], added to q, k and v first (Qwen2's q/k/v biases: after the projection, before RoPE).
 void rope_kv_write(float* qkv, int ldq, int n, const int32_t* pos, const int32_t* slot, int layer, int H,
                    int Hkv, int hd, const float* cos_tab, const float* sin_tab, KvCache kv,
-                   cudaStream_t stream);
+                   cudaStream_t stream, const float* bias = nullptr);
 
 // Qwen3's QK-norm, before rope_kv_write: each of the H q heads and Hkv k heads of qkv's n rows (layout as there)
 // RMS-normalized over its hd values in place, times q_w / k_w [hd] (hd <= 256).

@@ -3,6 +3,7 @@
 // Grid (ceil(items / 256), n), one thread per item of token blockIdx.y: items are the rotation pairs of
 // the H query heads and the Hkv key heads ((H + Hkv) * hd/2 of them), then the KV values of v. Each
 // item is independent, so there are no barriers; a pair is read, rotated and written by one thread.
+// An optional q|k|v bias is added first (fp32, as the CPU adds it after the projection).
 // The rotation uses the CPU's fp32 operations with explicit roundings (no FMA contraction):
 //   u[i] = u1*c - u2*s,  u[i + hd/2] = u1*s + u2*c.
 #include <stdexcept>
@@ -24,7 +25,8 @@ __device__ __forceinline__ void store_kv(void* cache, bool f16, int64_t at, floa
 
 __global__ void rope_kv_kernel(float* __restrict__ qkv, int ldq, const int32_t* __restrict__ pos,
                                const int32_t* __restrict__ slot, int layer, int H, int Hkv, int hd,
-                               const float* __restrict__ cos_tab, const float* __restrict__ sin_tab, KvCache kv) {
+                               const float* __restrict__ cos_tab, const float* __restrict__ sin_tab, KvCache kv,
+                               const float* __restrict__ bias) {
     pdl_trigger();
     pdl_wait();  // before the early exit below (launch.cuh)
     const int t = blockIdx.y;
@@ -45,7 +47,11 @@ __global__ void rope_kv_kernel(float* __restrict__ qkv, int ldq, const int32_t* 
         const float s = sin_tab[static_cast<int64_t>(p) * half + i];
         // q heads first, then k heads: the k columns start right after the q columns.
         float* u = row + head * hd;
-        const float u1 = u[i], u2 = u[i + half];
+        float u1 = u[i], u2 = u[i + half];
+        if (bias) {  // fp32 adds, as the CPU's bitlinear_rows does them
+            u1 = __fadd_rn(u1, bias[head * hd + i]);
+            u2 = __fadd_rn(u2, bias[head * hd + i + half]);
+        }
         const float r1 = __fsub_rn(__fmul_rn(u1, c), __fmul_rn(u2, s));
         const float r2 = __fadd_rn(__fmul_rn(u1, s), __fmul_rn(u2, c));
         u[i] = r1;
@@ -57,7 +63,9 @@ __global__ void rope_kv_kernel(float* __restrict__ qkv, int ldq, const int32_t* 
         }
     } else {
         const int j = e - n_pairs;
-        store_kv(kv.v, kv.f16, at + j, row[H * hd + KV + j]);
+        float v = row[H * hd + KV + j];
+        if (bias) row[H * hd + KV + j] = v = __fadd_rn(v, bias[H * hd + KV + j]);
+        store_kv(kv.v, kv.f16, at + j, v);
     }
 }
 
@@ -96,14 +104,15 @@ void qk_norm(float* qkv, int ldq, int n, int H, int Hkv, int hd, const float* q_
 }
 
 void rope_kv_write(float* qkv, int ldq, int n, const int32_t* pos, const int32_t* slot, int layer, int H, int Hkv,
-                   int hd, const float* cos_tab, const float* sin_tab, KvCache kv, cudaStream_t stream) {
+                   int hd, const float* cos_tab, const float* sin_tab, KvCache kv, cudaStream_t stream,
+                   const float* bias) {
     if (n <= 0) return;
     if (hd <= 0 || hd % 2 || H <= 0 || Hkv <= 0 || Hkv * hd != kv.kv_dim)
         throw std::invalid_argument("rope_kv_write: bad head shape");
     if (n > 65535) throw std::invalid_argument("rope_kv_write: at most 65535 tokens per call");
     const int items = (H + Hkv) * (hd / 2) + Hkv * hd;
     const dim3 grid((items + 255) / 256, n);
-    launch(rope_kv_kernel, grid, 256, 0, stream, qkv, ldq, pos, slot, layer, H, Hkv, hd, cos_tab, sin_tab, kv);
+    launch(rope_kv_kernel, grid, 256, 0, stream, qkv, ldq, pos, slot, layer, H, Hkv, hd, cos_tab, sin_tab, kv, bias);
 }
 
 }  // namespace cuda
