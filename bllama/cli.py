@@ -490,14 +490,15 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("checkpoint", help="a .ckpt file or a training output folder")
     e.add_argument("-o", "--output", required=True, help="the .gguf file (or, with --format hf, the folder) to write")
     e.add_argument("--format", default="gguf", choices=["gguf", "hf"],
-                   help="gguf (the default: our engine, llama.cpp) or hf (a transformers BitNetForCausalLM folder)")
+                   help="gguf (the default: our engine, llama.cpp) or hf (a transformers folder: BitNetForCausalLM, or "
+                        "LlamaForCausalLM / Qwen2ForCausalLM for a model without sub-norms)")
     e.add_argument("--type", default="tq2_0", choices=["tq2_0", "tq1_0", "i2_s"],
                    help="ternary weight type (default tq2_0; tq1_0: 1.6 bits; i2_s: bitnet.cpp's type, which upstream "
                         "llama.cpp cannot read)")
     e.add_argument("--tokenizer", default=None, help="tokenizer.model (default: the one beside the checkpoint)")
     e.add_argument("--force-arch", default=None, choices=["bitnet", "bitnet-b1.58"],
                    help="write this general.architecture even where it does not describe the model (a model without "
-                        "sub-norms: only our engine runs such a file correctly)")
+                        "sub-norms, or with q/k/v biases: only our engine runs such a file correctly)")
     e.add_argument("--chat-template", default=None, metavar="NAME|FILE",
                    help="store a chat template so chat and `bllama serve` chat work: a built-in name (chatml, "
                         "llama3) or a Jinja file in the Hugging Face convention; it must render before it is written")

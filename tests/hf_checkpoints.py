@@ -44,7 +44,9 @@ def _randomize(model, seed: int, std: float = 0.05):
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in model.named_parameters():
-            if p.dim() == 1:  # norms: around one, not exactly one, so a dropped/misplaced norm shows
+            if name.endswith(".bias"):  # Qwen2's q/k/v biases: as large as the projections' outputs, so they matter
+                p.copy_(0.5 * torch.randn(p.shape, generator=g))
+            elif p.dim() == 1:  # norms: around one, not exactly one, so a dropped/misplaced norm shows
                 p.copy_(1.0 + 0.3 * torch.randn(p.shape, generator=g))
             elif "embed_tokens" in name or "lm_head" in name:
                 p.copy_(torch.randn(p.shape, generator=g))
@@ -71,13 +73,14 @@ def make_checkpoint(path: Path, style: str = "bitnet", *, hidden: int = 256, ffn
            "llama-bitnet" (LlamaForCausalLM with quant_method bitnet: packed, no sub-norms),
            "1bitllm" (model_type llama, latent weights, sub-norms inner_attn_ln / ffn_layernorm, no quant config),
            "llama" (a full-precision LlamaForCausalLM, weights stored as `dtype`),
-           "qwen3" / "qwen3-bitnet" (Qwen3ForCausalLM: QK-norm; full precision, or packed as "llama-bitnet").
+           "qwen3" / "qwen3-bitnet" (Qwen3ForCausalLM: QK-norm; full precision, or packed as "llama-bitnet"),
+           "qwen2-bitnet" / "qwen2": Qwen2ForCausalLM (q/k/v biases), packed as "llama-bitnet" / full precision.
     head_dim: an explicit per-head width (config.json head_dim; Qwen3's default is 128).
     rope_scaling: extra rope_parameters (Llama-3.1's: rope_type "llama3", factor, low/high_freq_factor, ...).
     """
     from safetensors.torch import save_file
-    from transformers import BitNetConfig, BitNetForCausalLM, LlamaConfig, LlamaForCausalLM
-    from transformers import Qwen3Config, Qwen3ForCausalLM
+    from transformers import (BitNetConfig, BitNetForCausalLM, LlamaConfig, LlamaForCausalLM, Qwen2Config,
+                              Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM)
     from transformers.integrations.bitnet import pack_weights
 
     path = Path(path)
@@ -103,12 +106,16 @@ def make_checkpoint(path: Path, style: str = "bitnet", *, hidden: int = 256, ffn
     rope = {"rope_type": "default", "rope_theta": theta, **(rope_scaling or {})}
     if head_dim is not None:
         common["head_dim"] = head_dim
+    packed = style in ("bitnet", "llama-bitnet", "qwen2-bitnet", "qwen3-bitnet")
     if style in ("qwen3", "qwen3-bitnet"):
         cfg = Qwen3Config(**common, rope_parameters=rope)
         model = Qwen3ForCausalLM(cfg)
     elif style in ("llama-bitnet", "llama"):
         cfg = LlamaConfig(**common, rope_parameters=rope)
         model = LlamaForCausalLM(cfg)
+    elif style in ("qwen2-bitnet", "qwen2"):
+        cfg = Qwen2Config(**common, rope_parameters=rope, use_sliding_window=False)
+        model = Qwen2ForCausalLM(cfg)
     else:
         cfg = BitNetConfig(**common, rope_parameters=rope)
         model = BitNetForCausalLM(cfg)
@@ -117,7 +124,7 @@ def make_checkpoint(path: Path, style: str = "bitnet", *, hidden: int = 256, ffn
     for k, v in model.state_dict().items():
         if k == "lm_head.weight" and tied:
             continue
-        if k.endswith("_proj.weight") and style in ("bitnet", "llama-bitnet", "qwen3-bitnet"):
+        if k.endswith("_proj.weight") and packed:
             codes, s = _ternarize(v.float())
             sd[k] = pack_weights(codes.clone()).contiguous()
             ws = s if linear_class == "autobitlinear" else 1.0 / s
@@ -133,7 +140,7 @@ def make_checkpoint(path: Path, style: str = "bitnet", *, hidden: int = 256, ffn
     if rope_form == "theta":  # the older config form
         d.pop("rope_parameters", None)
         d["rope_theta"] = theta
-    if style in ("bitnet", "llama-bitnet", "qwen3-bitnet"):
+    if packed:
         d["quantization_config"] = {"quant_method": "bitnet", "linear_class": linear_class,
                                     "quantization_mode": "offline"}
     elif style == "bitnet-online":

@@ -24,7 +24,7 @@ def _export(net, path, weight_type="tq2_0"):
     from bllama.convert.gguf_schema import add_bitnet_metadata, gguf_arch
 
     cfg = net.config
-    w = gguf.GGUFWriter(str(path), gguf_arch(cfg, weight_type))
+    w = gguf.GGUFWriter(str(path), gguf_arch(cfg, weight_type, "bitnet" if cfg.qkv_bias else None))
     add_bitnet_metadata(w, cfg)
     w.add_tokenizer_model("llama")
     w.add_token_list([f"tok{i}" for i in range(cfg.vocab_size - 1)] + ["caf\u00e9"])
@@ -58,13 +58,16 @@ def _model(seed=0, **kw):
         for m in net.modules():
             if type(m).__name__ == "RMSNorm":
                 m.weight.uniform_(0.5, 1.5)
+            elif getattr(m, "bias", None) is not None:  # q/k/v biases as large as the projections' outputs
+                m.bias.normal_(0, 0.5)
     for _, m in net.bitlinears():
         m.quantize()
     return net
 
 
-@pytest.fixture(scope="module", params=[dict(), dict(num_kv_heads=2, activation="relu2", tie_embeddings=False)],
-                ids=["silu-tied", "gqa-relu2-untied"])
+@pytest.fixture(scope="module", params=[dict(), dict(num_kv_heads=2, activation="relu2", tie_embeddings=False),
+                                        dict(qkv_bias=True, sub_norms=False, num_kv_heads=2)],
+                ids=["silu-tied", "gqa-relu2-untied", "qwen2-like-qkv-bias"])
 def exported(request, tmp_path_factory):
     net = _model(**request.param)
     path = tmp_path_factory.mktemp("eng") / "m.gguf"

@@ -201,13 +201,17 @@ def test_unsupported_configs_name_the_field(ckpts, tmp_path):
     save_file(sd, str(d / "model.safetensors"), metadata={"format": "pt"})
     assert load_pretrained(d)[0].config.num_layers == 2
     # transformers 5 writes rope_parameters (with rope_theta) for every model type: an unknown one such as Qwen2 was
-    # a KeyError 'rope_theta' instead of naming the model type
-    d = tmp_path / "qwen2"
+    # a KeyError 'rope_theta' instead of naming the model type (Qwen2 loads now; Qwen3 adds QK-norms)
+    d = tmp_path / "qwen3"
     shutil.copytree(ckpts["llama"], d)
     cfg = json.loads((d / "config.json").read_text())
     assert cfg["rope_parameters"]["rope_theta"]
+    (d / "config.json").write_text(json.dumps({**cfg, "model_type": "qwen3", "architectures": ["Qwen3ForCausalLM"]}))
+    with pytest.raises(HFImportError, match="unsupported model_type 'qwen3'"):
+        load_pretrained(d)
+    # a LLaMA folder relabelled Qwen2 lacks the biases a Qwen2 block has: transformers would start them from its init
     (d / "config.json").write_text(json.dumps({**cfg, "model_type": "qwen2", "architectures": ["Qwen2ForCausalLM"]}))
-    with pytest.raises(HFImportError, match="unsupported model_type 'qwen2'"):
+    with pytest.raises(HFImportError, match="missing tensor 'model.layers.0.self_attn.k_proj.bias' \\(6 such\\)"):
         load_pretrained(d)
     ckpt = tmp_path / "last.ckpt"  # a training checkpoint given to --init-from: it was "GGUF magic invalid"
     ckpt.write_bytes(b"PK\x03\x04" + bytes(64))
@@ -341,6 +345,49 @@ def test_convert_with_warmup_lowers_loss_and_resumes_exactly(ckpts, tmp_path, ca
     for k in a:
         assert torch.allclose(a[k], b[k], atol=1e-6), k
     assert (tmp_path / "a" / "tokenizer.json").exists() and (tmp_path / "a" / "chat_template.jinja").exists()
+
+
+def test_qwen2_converts_fine_tunes_exports_and_runs(tmp_path, capsys):
+    """A full-precision Qwen2 folder (q/k/v biases) end to end through the CLI: train --init-from (the biases train
+    with the rest), export to GGUF (--force-arch: no llama.cpp ternary graph has the biases) and to a Hugging Face
+    Qwen2ForCausalLM folder; the engine runs both as the PyTorch checkpoint computes."""
+    from transformers import AutoModelForCausalLM
+
+    from bllama.cli import main
+    from bllama.runtime import Runtime
+    from bllama.train.trainer import load_checkpoint
+    from hf_checkpoints import TEXT
+
+    src = make_checkpoint(tmp_path / "qwen2", "qwen2", act="silu", tied=True, theta=1000000.0)
+    data = tmp_path / "text.txt"
+    data.write_text(TEXT * 2, encoding="utf-8")
+    _train([str(data), "--init-from", str(src), "--quant-warmup-steps", "2", "--batch-size", "2", "--set",
+            "seq_len=32", "--set", "max_steps=4", "--set", "warmup_steps=1", "--out", str(tmp_path / "run"),
+            "--max-steps", "4", "--seed", "1"])
+    model = load_checkpoint(tmp_path / "run").eval()
+    assert model.config.qkv_bias and not model.config.sub_norms
+    from safetensors.torch import load_file  # the biases moved with training (parameters like the rest)
+
+    b0 = load_file(str(src / "model.safetensors"))["model.layers.0.self_attn.q_proj.bias"]
+    assert not torch.equal(model.model.layers[0].attn.q_proj.bias.detach(), b0)
+
+    with pytest.raises(SystemExit):
+        main(["export", str(tmp_path / "run"), "-o", str(tmp_path / "refused.gguf")])
+    assert "--force-arch bitnet" in capsys.readouterr().err and not (tmp_path / "refused.gguf").exists()
+    main(["export", str(tmp_path / "run"), "-o", str(tmp_path / "m.gguf"), "--force-arch", "bitnet"])
+    main(["export", str(tmp_path / "run"), "-o", str(tmp_path / "hf"), "--format", "hf"])
+    assert "Hugging Face Qwen2ForCausalLM" in capsys.readouterr().out
+    ids = Runtime.load(tmp_path / "m.gguf").tokenizer.encode(TEXT[:200])[:32]  # the run's seq_len
+    with torch.no_grad():
+        want = model.model(torch.tensor([ids]))[0].numpy()
+        hf = AutoModelForCausalLM.from_pretrained(tmp_path / "hf", dtype=torch.float32).eval()
+        theirs = hf(torch.tensor([ids])).logits[0].numpy()
+    scale = float(np.abs(want).max())
+    # f16 embedding in the GGUF, int8 rounding-boundary flips: ~1% of the scale (test_engine_bindings says why)
+    for got in (Runtime.load(tmp_path / "m.gguf", head="f16", kv_cache_dtype="float32").logits(ids),
+                Runtime.load(tmp_path / "hf", head="f16", kv_cache_dtype="float32").logits(ids), theirs):
+        assert np.abs(got - want).max() < 0.05 * scale
+        assert (got.argmax(-1) == want.argmax(-1)).mean() >= 0.9
 
 
 def test_quant_blend_ends_are_linear_and_bitlinear():
@@ -504,6 +551,30 @@ def test_gguf_the_engine_refuses_is_not_loaded_as_another_model(tmp_path, extra_
     bad = _foreign_gguf(tmp_path / "bad.gguf", extra_kv, extra_tensors)
     with pytest.raises(ValueError, match=match):
         bLlama.from_pretrained(bad)
+
+
+def test_gguf_with_some_qkv_biases_loads_them_and_zeros_for_the_rest(tmp_path):
+    """A file with q/k/v biases (llama.cpp's qwen2 names) becomes a qkv_bias model; a bias the file leaves out is
+    zeros, which is what the engine adds for it."""
+    from bllama import _engine, bLlama
+
+    q = np.linspace(-2, 2, 256).astype(np.float32)
+    path = _foreign_gguf(tmp_path / "b.gguf", extra_tensors=[("blk.1.attn_q.bias", q)])
+    model = bLlama.from_pretrained(path).eval()
+    assert model.config.qkv_bias
+    attn = model.model.layers[1].attn
+    assert np.array_equal(attn.q_proj.bias.detach().numpy(), q) and not attn.k_proj.bias.any()
+    assert not model.model.layers[0].attn.q_proj.bias.any() and model.model.layers[0].attn.o_proj.bias is None
+    ids = [1, 5, 9, 20, 7]
+    with torch.no_grad():
+        want = model.model(torch.tensor([ids]))[0].numpy()
+    got = _engine.Engine(str(path), threads=1, head="f16", kv_cache_dtype="float32").logits(ids)
+    plain = _engine.Engine(str(_foreign_gguf(tmp_path / "p.gguf")), threads=1, head="f16",
+                           kv_cache_dtype="float32").logits(ids)
+    scale = float(np.abs(want).max())
+    assert np.abs(got - want).max() < 1e-2 * scale < np.abs(plain - want).max()
+    with pytest.raises(ValueError, match="qkv_bias=False, but the file's q/k/v projections have biases"):
+        bLlama.from_pretrained(path, qkv_bias=False)
 
 
 def test_gguf_with_several_block_scales_in_a_tensor_is_refused(tmp_path):

@@ -64,6 +64,10 @@ CASES = {
                                                           rope_form="theta", theta=10000.0)),
     "bitnet-online": ("bitnet-online", dict(act="relu2", kv_heads=1)),
     "llama-bitnet": ("llama-bitnet", dict(act="silu", linear_class="bitlinear", tied=False, theta=1000042.0)),
+    # Qwen2: q/k/v biases (autobitlinear scales them with the output, bitlinear adds them as stored), theta 1e6
+    "qwen2-bitnet": ("qwen2-bitnet", dict(act="silu", linear_class="autobitlinear", tied=True, theta=1000000.0)),
+    "qwen2-bitnet-bitlinear": ("qwen2-bitnet", dict(act="silu", linear_class="bitlinear", tied=False,
+                                                    theta=1000000.0, kv_heads=1, seed=3)),
     "1bitllm-padded": ("1bitllm", dict(act="silu", hidden=320, ffn=864, heads=4, kv_heads=4, tokenizer="sp")),
     # Llama-3.1's RoPE scaling, with an original context short enough that the prompt's positions feel it
     "llama3-rope": ("llama-bitnet", dict(act="silu", linear_class="bitlinear", tied=True, theta=10000.0,
@@ -81,7 +85,7 @@ CASES = {
                                             kv_heads=2, head_dim=128)),
 }
 THREADS = {"qwen3-fused": 1}
-NO_SUB_NORMS = ("llama-bitnet", "qwen3-bitnet")
+NO_SUB_NORMS = ("llama-bitnet", "qwen3-bitnet", "qwen2-bitnet")
 
 
 @pytest.fixture(scope="module")
@@ -880,3 +884,161 @@ def test_train_init_from_a_full_precision_qwen3(tmp_path, capsys):
     rt = Runtime.load(tmp_path / "m.gguf")
     assert (rt.config["head_dim"], rt.config["qk_norm"], rt.config["sub_norms"]) == (96, True, False)
     assert len(rt._engine.generate(ids, 3, stop_ids=[])) == 3
+
+
+def _zero_biases(src, d):
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(src, d)
+    sd = load_file(str(d / "model.safetensors"))
+    save_file({k: v * 0 if k.endswith(".bias") else v for k, v in sd.items()}, str(d / "model.safetensors"),
+              metadata={"format": "pt"})
+    return d
+
+
+def test_qwen2_biases_are_what_the_comparison_checks(checkpoints, tmp_path):
+    """The Qwen2 cases can fail: the same folder with its q/k/v biases zeroed (the engine dropping them) is far
+    outside the tolerance, and the PyTorch model (from_pretrained) with its biases matches transformers too."""
+    from bllama import bLlama
+    from bllama.runtime import Runtime
+
+    style, src = checkpoints["qwen2-bitnet"]
+    ref = f16_embeddings(reference_model(src, style))
+    rt = Runtime.load(src, head="f16", kv_cache_dtype="float32")
+    ids = rt.tokenizer.encode(PROMPT)
+    with torch.no_grad():
+        r = ref(torch.tensor([ids])).logits[0].float().numpy()
+    unbiased = Runtime.load(_zero_biases(src, tmp_path / "zeroed"), head="f16", kv_cache_dtype="float32")
+    with pytest.raises(AssertionError):
+        assert_logits_match(r, unbiased.logits(ids))
+    model = bLlama.from_pretrained(src).eval()
+    assert model.config.qkv_bias and not model.config.sub_norms and model.pretrained.source == "hf:qwen2-bitnet"
+    attn = model.model.layers[0].attn
+    assert attn.q_proj.bias is not None and attn.o_proj.bias is None and model.model.layers[0].mlp.up_proj.bias is None
+    with torch.no_grad():  # its scales are fp16-rounded (latent weights re-ternarized): ~1e-3, not the engine's 1e-5
+        assert_close_logits(r, f16_embeddings(model.model)(torch.tensor([ids]))[0].float().numpy())
+
+
+def assert_close_logits(ref_logits: np.ndarray, ours: np.ndarray, tol: float = 1e-2):
+    rel = np.abs(ref_logits - ours).max(-1) / np.abs(ref_logits).max(-1)
+    assert rel.max() < tol, rel
+    assert np.mean(ref_logits.argmax(-1) == ours.argmax(-1)) >= 0.9
+
+
+def test_qwen2_gguf_and_hf_exports_keep_the_biases(checkpoints, tmp_path):
+    """GGUF: written as llama.cpp's qwen2 names them (blk.N.attn_q.bias, f32 [out]) under --force-arch bitnet (no
+    ternary llama.cpp graph has them), read back by the engine and by from_pretrained. HF: a Qwen2ForCausalLM that
+    transformers loads with the same function and our import reads back."""
+    import gguf
+    from transformers import AutoModelForCausalLM
+
+    from bllama import bLlama
+    from bllama.convert.gguf_export import export_gguf
+    from bllama.convert.gguf_schema import ArchitectureError, gguf_arch
+    from bllama.convert.hf_export import export_hf
+    from bllama.runtime import Runtime
+
+    style, src = checkpoints["qwen2-bitnet-bitlinear"]
+    model = bLlama.from_pretrained(src).eval()
+    ids = Runtime.load(src).tokenizer.encode(PROMPT)
+    with torch.no_grad():
+        r = f16_embeddings(reference_model(src, style))(torch.tensor([ids])).logits[0].float().numpy()
+        ours = model.model(torch.tensor([ids]))[0].float().numpy()
+    tok = model.pretrained.tokenizer
+    with pytest.raises(ArchitectureError, match="force_arch='bitnet'"):  # no sub-norms: refused before the biases
+        export_gguf(model, tok, tmp_path / "refused.gguf")
+    with pytest.raises(ArchitectureError, match="q/k/v biases .*--force-arch bitnet"):
+        gguf_arch(model.config.replace(sub_norms=True), "tq2_0")
+    path = export_gguf(model, tok, tmp_path / "m.gguf", force_arch="bitnet")
+    t = {t.name: t for t in gguf.GGUFReader(str(path)).tensors}
+    kv = model.config.num_kv_heads * model.config.head_dim
+    for name, n in (("attn_q", model.config.hidden_size), ("attn_k", kv), ("attn_v", kv)):
+        b = t[f"blk.1.{name}.bias"]
+        assert b.tensor_type == gguf.GGMLQuantizationType.F32 and list(b.shape) == [n]
+    assert not any(n.endswith(".bias") and "attn_output" in n for n in t)
+    assert_close_logits(r, Runtime.load(path, head="f16", kv_cache_dtype="float32").logits(ids))
+    assert_close_logits(r, ours)
+    back = bLlama.from_pretrained(path)
+    assert back.config.qkv_bias
+    for a, b in zip(model.model.layers, back.model.layers):
+        for p in ("q_proj", "k_proj", "v_proj"):
+            assert torch.equal(getattr(a.attn, p).bias, getattr(b.attn, p).bias)
+
+    out = export_hf(model, tok, tmp_path / "hf")
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["model_type"] == "qwen2" and cfg["architectures"] == ["Qwen2ForCausalLM"]
+    hf = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
+    with torch.no_grad():
+        theirs = hf(torch.tensor([ids])).logits[0].float().numpy()
+    assert_logits_match(ours, theirs)  # the same weights; the bias divided by s and multiplied back
+    again = bLlama.from_pretrained(out)
+    assert again.config.qkv_bias
+    torch.testing.assert_close(again.model.layers[0].attn.k_proj.bias, model.model.layers[0].attn.k_proj.bias)
+    with pytest.raises(ValueError, match="sub-norms and q/k/v biases"):
+        export_hf(bLlama(model.config.replace(sub_norms=True)), tok, tmp_path / "hf2")
+
+
+def test_full_precision_qwen2_loads_for_conversion_and_is_refused_by_import(tmp_path, sp_model_path):
+    """A plain Qwen2 folder (Qwen2.5-0.5B's form) is a conversion start (from_pretrained / train --init-from): with
+    quantize=False it is transformers' function; bllama import / Runtime.load refuse it, saying how to convert."""
+    from bllama import bLlama
+    from bllama.convert.hf_import import HFImportError, import_hf
+
+    src = make_checkpoint(tmp_path / "qwen2", "qwen2", act="silu", tied=True, theta=1000000.0)
+    model = bLlama.from_pretrained(src, quantize=False).eval()
+    assert model.config.qkv_bias and model.pretrained.source == "hf:qwen2"
+    ids = model.pretrained.tokenizer.encode(PROMPT)
+    with torch.no_grad():
+        r = reference_model(src, "qwen2")(torch.tensor([ids])).logits[0].float().numpy()
+        ours = model.model(torch.tensor([ids]))[0].float().numpy()
+    np.testing.assert_allclose(ours, r, rtol=1e-4, atol=1e-4 * np.abs(r).max())
+    assert bLlama.from_pretrained(src).config.quantize  # the default: latent weights of BitLinear layers
+    with pytest.raises(HFImportError, match="full-precision Qwen2 is not a b1.58 model"):
+        import_hf(src, tmp_path / "x.gguf", progress=False)
+
+
+def test_qwen2_what_would_be_silently_wrong_is_refused(checkpoints, tmp_path):
+    """Sliding-window attention, biases other than q/k/v (or on a LLaMA), a missing q/k/v bias, Qwen2 with sub-norms:
+    each refused by import and from_pretrained alike, naming the field or tensor."""
+    from safetensors.torch import load_file, save_file
+
+    from bllama.convert.hf_import import HFImportError, import_hf
+    from bllama.convert.hf_load import load_pretrained
+
+    _, src = checkpoints["qwen2-bitnet"]
+
+    def tensors(name, edit):
+        d = edited_copy(src, tmp_path / name)
+        sd = load_file(str(d / "model.safetensors"))
+        edit(sd)
+        save_file(sd, str(d / "model.safetensors"), metadata={"format": "pt"})
+        return d
+
+    cases = [
+        (edited_copy(src, tmp_path / "swa", edit=lambda c: {**c, "use_sliding_window": True, "sliding_window": 64}),
+         "use_sliding_window = true"),
+        (edited_copy(src, tmp_path / "layer-types", edit=lambda c: {
+            **c, "layer_types": ["full_attention", "sliding_attention"]}), "layer_types has 'sliding_attention'"),
+        (tensors("o-bias", lambda sd: sd.update({"model.layers.0.self_attn.o_proj.bias": torch.zeros(256)})),
+         "bias tensor 'model.layers.0.self_attn.o_proj.bias'"),
+        (tensors("mlp-bias", lambda sd: sd.update({"model.layers.1.mlp.up_proj.bias": torch.zeros(512)})),
+         "bias tensor 'model.layers.1.mlp.up_proj.bias'"),
+        (tensors("no-k-bias", lambda sd: sd.pop("model.layers.1.self_attn.k_proj.bias")),
+         "missing tensor 'model.layers.1.self_attn.k_proj.bias'"),
+        (tensors("bias-shape", lambda sd: sd.update({"model.layers.0.self_attn.v_proj.bias": torch.zeros(64)})),
+         r"'model.layers.0.self_attn.v_proj.bias' has shape \[64\], expected \[128\]"),
+        (tensors("bias-nan", lambda sd: sd.update(
+            {"model.layers.0.self_attn.q_proj.bias": torch.full((256,), float("nan"))})),
+         "'model.layers.0.self_attn.q_proj.bias' holds a non-finite value"),
+        (tensors("sub-norms", lambda sd: sd.update({"model.layers.0.self_attn.attn_sub_norm.weight": torch.ones(256)})),
+         "sub-norm 'self_attn.attn_sub_norm'"),
+        (edited_copy(src, tmp_path / "llama", edit=lambda c: {**c, "model_type": "llama",
+                                                               "architectures": ["LlamaForCausalLM"]}),
+         "bias tensor 'model.layers.0.self_attn.k_proj.bias'"),
+    ]
+    for d, msg in cases:
+        with pytest.raises(HFImportError, match=msg):  # forced: no sub-norms is refused before the tensors are read
+            import_hf(d, tmp_path / "x.gguf", progress=False, force_arch="bitnet")
+        with pytest.raises(HFImportError, match=msg):
+            load_pretrained(d)
+    assert not (tmp_path / "x.gguf").exists()

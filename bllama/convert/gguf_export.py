@@ -18,7 +18,7 @@ import torch
 from ..atomic import atomic_path
 from ..model.config import bLlamaConfig
 from ..model.transformer import rope_divisors
-from .gguf_schema import (FILE_TYPE_I2_S, NORMS, PROJECTIONS, QK, QK_NORMS, TERNARY_TYPES, add_bitnet_metadata,
+from .gguf_schema import (BIASED, FILE_TYPE_I2_S, NORMS, PROJECTIONS, QK, QK_NORMS, TERNARY_TYPES, add_bitnet_metadata,
                           add_ternary_tensor, add_tokenizer, gguf_arch)
 
 
@@ -48,6 +48,8 @@ def add_model_tensors(writer, net, weight_type: str, progress: bool = False) -> 
                 layer = block.get_submodule(attr)
                 add_ternary_tensor(writer, f"blk.{i}.{gname}.weight", layer.ternary_codes().cpu().numpy(),
                                    float(layer.ternary_scale()), weight_type)
+                if gname in BIASED and layer.bias is not None:
+                    writer.add_tensor(f"blk.{i}.{gname}.bias", f32(layer.bias))
 
 
 def end_of_turn_stops(tokenizer, template: str) -> tuple:

@@ -15,6 +15,9 @@ FILE_TYPE_I2_S = 40  # bitnet.cpp's LLAMA_FTYPE_MOSTLY_I2_S
 PROJECTIONS = {"attn.q_proj": "attn_q", "attn.k_proj": "attn_k", "attn.v_proj": "attn_v",
                "attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
                "mlp.down_proj": "ffn_down"}
+# The projections that may carry a bias (bLlamaConfig.qkv_bias), written as llama.cpp's qwen2 writes them:
+# blk.N.<name>.bias, f32 [out features].
+BIASED = ("attn_q", "attn_k", "attn_v")
 NORMS = {"input_layernorm": "attn_norm", "attn.sub_norm": "attn_sub_norm",
          "post_attention_layernorm": "ffn_norm", "mlp.sub_norm": "ffn_sub_norm"}
 QK_NORMS = {"attn.q_norm": "attn_q_norm", "attn.k_norm": "attn_k_norm"}  # llama.cpp's qwen3 names; qk_norm only
@@ -93,6 +96,7 @@ def gguf_arch(cfg: bLlamaConfig, weight_type: str, force_arch: Optional[str] = N
     * ReLU^2 with sub-norms: bitnet.cpp's `bitnet-b1.58` (the 2B-4T graph). llama.cpp's `bitnet` graph is SiLU, so
       a ReLU^2 file under `bitnet` would run there with the wrong activation and no error; upstream llama.cpp
       does not know `bitnet-b1.58` and refuses the file instead.
+    * q/k/v biases (qkv_bias, from a Qwen2): refused the same way; no ternary graph of llama.cpp has them.
     * No sub-norms (LLaMA blocks, e.g. converted from a full-precision LLaMA): refused. llama.cpp's `bitnet`
       graph has sub-norms and its `llama` graph rotates other dimension pairs; no name describes the model.
       `force_arch="bitnet"` (`bllama <command> --force-arch bitnet`, command being the CLI command the refusal
@@ -114,6 +118,12 @@ def gguf_arch(cfg: bLlamaConfig, weight_type: str, force_arch: Optional[str] = N
             "this model has QK-norm (bLlamaConfig.qk_norm, Qwen3's q_norm / k_norm): llama.cpp's `bitnet` graphs do "
             "not apply it, so llama.cpp would refuse or misread the file. Our engine runs it: pass "
             f"force_arch='bitnet' (bllama {command} --force-arch bitnet) to write it anyway")
+    if cfg.qkv_bias:
+        raise ArchitectureError(
+            "this model has q/k/v biases (bLlamaConfig.qkv_bias, Qwen2's attention): llama.cpp's `bitnet` graph has "
+            "none, so llama.cpp and bitnet.cpp would refuse the file. Our engine adds them (blk.N.attn_q.bias, as "
+            f"llama.cpp's qwen2 names them): pass force_arch='bitnet' (bllama {command} --force-arch bitnet) to write "
+            "it anyway")
     if cfg.activation == "relu2":
         return "bitnet-b1.58"
     return "bitnet"

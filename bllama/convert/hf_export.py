@@ -10,8 +10,11 @@ bllama/model/bitlinear.py, its RMSNorm and rotate_half
 RoPE are ours, and its BitNet block puts the sub-norms where we do. A model without sub-norms (converted from a
 LLaMA) is written as `LlamaForCausalLM` with the same quantization_config (HF1BitLLM's form, which
 `bllama import` reads back): transformers' LLaMA block is ours without them; one with QK-norm (converted from a
-Qwen3) as `Qwen3ForCausalLM`, whose block is the LLaMA one with q_norm / k_norm before RoPE. An explicit head width
-(attn_head_dim) is config.json's head_dim, which all three classes size their projections by.
+Qwen3) as `Qwen3ForCausalLM`, whose block is the LLaMA one with q_norm / k_norm before RoPE; with q/k/v biases
+(converted from a Qwen2) as `Qwen2ForCausalLM`, whose q_proj / k_proj / v_proj carry them. AutoBitLinear multiplies
+the bias by weight_scale with the output, so the file holds ours divided by s. An explicit head width (attn_head_dim)
+is config.json's head_dim, which every class sizes its projections by. A model with sub-norms and q/k/v biases, or
+with both QK-norm and biases, has no transformers class and is refused.
 """
 from __future__ import annotations
 
@@ -90,6 +93,13 @@ def export_hf(model, tokenizer, out_dir: Union[str, os.PathLike], dtype: str = "
         raise ValueError(f"transformers' BitNet sizes its attention sub-norm by hidden_size ({cfg.hidden_size}), this "
                          f"model's is num_heads x head_dim = {cfg.attn_dim}: it cannot be exported as a Hugging Face "
                          "BitNet checkpoint")
+    if cfg.qkv_bias and cfg.sub_norms:
+        raise ValueError("this model has sub-norms and q/k/v biases (qkv_bias): no transformers class has both "
+                         "(BitNet's attention_bias would add an o_proj bias, Qwen2 has no sub-norms); export it as "
+                         "GGUF")
+    if cfg.qkv_bias and cfg.qk_norm:
+        raise ValueError("this model has QK-norm and q/k/v biases: no transformers class has both (Qwen3 has the "
+                         "first, Qwen2 the second); export it as GGUF")
     from ..tokenizers.bpe import BPETokenizer
 
     bpe = isinstance(tokenizer, BPETokenizer)
@@ -129,14 +139,18 @@ def export_hf(model, tokenizer, out_dir: Union[str, os.PathLike], dtype: str = "
                 codes = layer.ternary_codes().cpu().numpy().astype(np.int8)
                 sd[p + theirs + ".weight"] = torch.from_numpy(pack_hf(codes))
                 # float32 whatever the model dtype: s is an fp16-rounded float32 in our model
-                sd[p + theirs + ".weight_scale"] = layer.ternary_scale().detach().float().reshape(1).contiguous()
+                s = layer.ternary_scale().detach().float().reshape(1)
+                sd[p + theirs + ".weight_scale"] = s.contiguous()
+                if layer.bias is not None:  # AutoBitLinear: (x W^T + b) * weight_scale
+                    sd[p + theirs + ".bias"] = (layer.bias.detach().float() / s).to(tdtype).contiguous()
     # every end-of-turn id (LLaMA-3 instruct: <|end_of_text|> and <|eot_id|>), so transformers' generate stops on each
     eos = tokenizer.eos_ids if bpe and len(tokenizer.eos_ids) > 1 else tokenizer.eos_id
-    arch, model_type = ("BitNetForCausalLM", "bitnet") if cfg.sub_norms else \
-        ("Qwen3ForCausalLM", "qwen3") if cfg.qk_norm else ("LlamaForCausalLM", "llama")
+    kind = "bitnet" if cfg.sub_norms else "qwen3" if cfg.qk_norm else "qwen2" if cfg.qkv_bias else "llama"
+    classes = {"bitnet": "BitNetForCausalLM", "qwen3": "Qwen3ForCausalLM", "qwen2": "Qwen2ForCausalLM",
+               "llama": "LlamaForCausalLM"}
     config = {
-        "architectures": [arch],
-        "model_type": model_type, "head_dim": cfg.head_dim,
+        "architectures": [classes[kind]],
+        "model_type": kind, "head_dim": cfg.head_dim,
         "vocab_size": cfg.vocab_size, "hidden_size": cfg.hidden_size, "intermediate_size": cfg.ffn_size,
         "num_hidden_layers": cfg.num_layers, "num_attention_heads": cfg.num_heads,
         "num_key_value_heads": cfg.num_kv_heads, "hidden_act": cfg.activation,
@@ -149,6 +163,10 @@ def export_hf(model, tokenizer, out_dir: Union[str, os.PathLike], dtype: str = "
         "quantization_config": {"quant_method": "bitnet", "linear_class": "autobitlinear",
                                 "quantization_mode": "offline"},
     }
+    if kind == "qwen2":  # every layer full attention (we have no sliding window); Qwen2 reads no attention_bias
+        config.update(use_sliding_window=False, sliding_window=None, max_window_layers=cfg.num_layers,
+                      layer_types=["full_attention"] * cfg.num_layers)
+        del config["attention_bias"]
     if cfg.rope_scaling is not None:  # transformers 4.x reads the scaling from here
         config["rope_scaling"] = dict(cfg.rope_scaling)
     if cfg.qk_norm:  # Qwen3Config's default would be sliding windows off anyway; said, not assumed

@@ -11,6 +11,9 @@ Supported (everything else raises `HFImportError`, a ValueError naming what is u
   of ones would still normalize, so it is not an equivalent). No GGUF architecture describes that graph, so
   `bllama import` refuses it unless `--force-arch bitnet` is given (gguf_schema.gguf_arch, the rule export uses;
   ReLU^2 models go under `bitnet-b1.58`); Runtime.load of such a folder forces it, the file being its own.
+* `Qwen2ForCausalLM` (model_type `qwen2`) with `quant_method: bitnet`: the same, plus its q_proj / k_proj / v_proj
+  biases as `blk.N.attn_{q,k,v}.bias` F32 (llama.cpp's qwen2 names; hf_bias says how AutoBitLinear scales them).
+  Sliding-window attention and biases on any other projection are refused.
 * 1bitLLM (`bitnet_b1_58-large` / `-3B`): full-precision latent weights, sub-norms `inner_attn_ln` /
   `ffn_layernorm`, no quantization_config: ternarized per tensor (absmean, s = mean|W|) at import.
 
@@ -51,9 +54,9 @@ class HFImportError(ValueError):
     """The folder is not a checkpoint this importer supports; the message says what is unsupported."""
 
 
-def checked_activation(cfg: dict, names) -> str:
+def checked_activation(cfg: dict) -> str:
     """The checkpoint's activation, after refusing what no bLLaMa model computes (another head than a language
-    model's, another activation, projection biases); import and from_pretrained share these refusals."""
+    model's, another activation; checked_biases refuses biases); import and from_pretrained share these refusals."""
     archs = cfg.get("architectures") or []
     other = [a for a in (archs if isinstance(archs, list) else [archs]) if not str(a).endswith("ForCausalLM")]
     if other:  # LlamaForSequenceClassification: a score head (and no lm_head) would have become a tied LM head
@@ -63,13 +66,70 @@ def checked_activation(cfg: dict, names) -> str:
     act = "silu" if act == "swish" else act  # transformers' ACT2FN maps "swish" to nn.SiLU
     if act not in ("silu", "relu2"):
         raise HFImportError(f"unsupported hidden_act {act!r}: the engine implements 'silu' and 'relu2'")
-    for k in ("attention_bias", "mlp_bias"):
-        if cfg.get(k):
-            raise HFImportError(f"config {k} = true: projection biases are not supported")
-    biases = sorted(n for n in names if n.endswith(".bias"))
-    if biases:
-        raise HFImportError(f"bias tensors are not supported (e.g. '{biases[0]}')")
     return act
+
+
+QKV = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")
+
+
+def checked_biases(cfg: dict, names, layers: int) -> bool:
+    """Whether the checkpoint's q_proj / k_proj / v_proj have biases (Qwen2's attention: all three in every layer),
+    after refusing every other bias and what a Qwen2 block does not compute (sliding-window attention; sub-norms,
+    which transformers' Qwen2 drops and our 1bitLLM / BitNet styles would apply), naming the field or tensor. Import
+    and from_pretrained share these refusals."""
+    qwen2 = cfg.get("model_type") == "qwen2"
+    if not qwen2:  # LLaMA's attention_bias puts one on o_proj too; Qwen2's classes do not read these keys
+        for k in ("attention_bias", "mlp_bias"):
+            if cfg.get(k):
+                raise HFImportError(f"config {k} = true: projection biases are not supported (only Qwen2's q_proj / "
+                                    "k_proj / v_proj ones)")
+    allowed = {f"model.layers.{i}.{m}.bias" for i in range(layers) for m in QKV} if qwen2 else set()
+    biases = {n for n in names if n.endswith(".bias")}
+    other = sorted(biases - allowed)
+    if other:
+        raise HFImportError(f"bias tensor '{other[0]}' ({len(other)} such) is not supported: only Qwen2's q_proj / "
+                            "k_proj / v_proj biases are")
+    if not qwen2:
+        return False
+    missing = sorted(allowed - biases)
+    if missing:  # transformers would start it from its init: not the checkpoint's function
+        raise HFImportError(f"missing tensor '{missing[0]}' ({len(missing)} such): Qwen2's q_proj / k_proj / v_proj "
+                            "have biases")
+    subs = [n for n in (*SUB_NORMS["bitnet"], *SUB_NORMS["1bitllm"]) if f"model.layers.0.{n}.weight" in names]
+    if subs:
+        raise HFImportError(f"model_type 'qwen2' with sub-norm '{subs[0]}': Qwen2 blocks have no sub-norms")
+    if cfg.get("use_sliding_window"):
+        raise HFImportError(f"config use_sliding_window = true (sliding_window {cfg.get('sliding_window')}, "
+                            f"max_window_layers {cfg.get('max_window_layers')}): sliding-window attention is not "
+                            "implemented")
+    kinds = cfg.get("layer_types")
+    if kinds is not None and (not isinstance(kinds, list) or any(k != "full_attention" for k in kinds)):
+        other = [k for k in kinds if k != "full_attention"] if isinstance(kinds, list) else [kinds]
+        raise HFImportError(f"config layer_types has {other[0]!r}: only 'full_attention' layers are supported "
+                            "(sliding-window attention is not implemented)")
+    return True
+
+
+def hf_bias(tensors, prefix: str, out: int, linear_class: str):
+    """The fp32 bias [out] added after the ternary matmul of projection `prefix`, as transformers computes it: its
+    AutoBitLinear multiplies the output, bias included, by an offline (packed) weight's weight_scale; BitLinear and
+    online quantization add the bias as stored."""
+    import torch
+
+    name = prefix + ".bias"
+    b = tensors.get(name)
+    if not b.is_floating_point():
+        raise HFImportError(f"tensor '{name}' has dtype {str(b.dtype).replace('torch.', '')}; float expected")
+    if tuple(b.shape) != (out,):
+        raise HFImportError(f"tensor '{name}' has shape {list(b.shape)}, expected [{out}]")
+    b = b.float()
+    if linear_class == "autobitlinear" and tensors.dtype(prefix + ".weight") == "U8":
+        if prefix + ".weight_scale" not in tensors:
+            raise HFImportError(f"packed tensor '{prefix}.weight' has no '{prefix}.weight_scale'")
+        b = b * tensors.get(prefix + ".weight_scale").float().reshape(-1)[0]
+    if not torch.isfinite(b).all():
+        raise HFImportError(f"tensor '{name}' holds a non-finite value (NaN or Inf)")
+    return b
 
 
 def _read_json(path: Path) -> dict:
@@ -203,7 +263,7 @@ class _Tensors:
 # ---- what the checkpoint is ------------------------------------------------------------------------------------
 @dataclass
 class Plan:
-    style: str                     # "bitnet" | "llama-bitnet" | "1bitllm"
+    style: str                     # "bitnet" | "llama-bitnet" | "qwen2-bitnet" | "1bitllm"
     linear_class: str              # "autobitlinear" (multiply by weight_scale) | "bitlinear" (divide)
     sub_norms: Optional[Tuple[str, str]]
     activation: str
@@ -218,6 +278,7 @@ class Plan:
     rope_theta: float
     tied: bool
     rope_scaling: Optional[dict] = None
+    qkv_bias: bool = False         # q_proj / k_proj / v_proj biases (Qwen2)
     bos_id: Optional[int] = None
     eos_ids: List[int] = field(default_factory=list)
     attn_head_dim: Optional[int] = None  # config.json head_dim where it is not dim / heads
@@ -467,6 +528,12 @@ def plan_checkpoint(hf_dir: Path, cfg: dict, tensors: _Tensors) -> Plan:
             raise HFImportError(f"{what} without a bitnet quantization_config runs full-precision linears; "
                                 "not a b1.58 checkpoint")
         style, sub = "bitnet", SUB_NORMS["bitnet"]
+    elif mt == "qwen2":  # LLaMA blocks with q/k/v biases; transformers' Qwen2 has no sub-norms
+        if not qc:
+            raise HFImportError(f"{what} has no bitnet quantization_config: a full-precision Qwen2 is not a b1.58 "
+                                f"model; convert it first: bllama train TEXT --init-from {hf_dir} --quant-warmup-steps "
+                                "N --out RUN, then bllama export RUN --force-arch bitnet")
+        style, sub = "qwen2-bitnet", None  # checked_biases refuses sub-norms
     elif mt in ("llama", "qwen3"):
         if has(SUB_NORMS["1bitllm"][0]):
             style, sub = "1bitllm", SUB_NORMS["1bitllm"]
@@ -481,27 +548,29 @@ def plan_checkpoint(hf_dir: Path, cfg: dict, tensors: _Tensors) -> Plan:
                                 "--out RUN, then bllama export RUN --force-arch bitnet")
     else:
         raise HFImportError(f"unsupported {what}: supported are BitNetForCausalLM (model_type 'bitnet'), "
-                            "LlamaForCausalLM / Qwen3ForCausalLM with quant_method 'bitnet', and 1bitLLM-style LLaMA "
+                            "LlamaForCausalLM / Qwen2ForCausalLM / Qwen3ForCausalLM with quant_method 'bitnet', and "
+                            "1bitLLM-style LLaMA "
                             "checkpoints")
     if sub and not has(sub[1]):
         raise HFImportError(f"checkpoint has '{sub[0]}' but no '{sub[1]}' sub-norm in layer 0")
     linear_class = qc.get("linear_class", "bitlinear")
     if linear_class not in ("bitlinear", "autobitlinear"):
         raise HFImportError(f"unsupported quantization_config.linear_class {linear_class!r}")
-    act = checked_activation(cfg, names)
+    act = checked_activation(cfg)
 
     dim, heads, kv = checked_heads(cfg)
     attn_head_dim, qk_norm = checked_attention(cfg, tensors, dim, heads, kv)
     layers = number(cfg, "num_hidden_layers")
     check_all_converted(qc, layers)
+    qkv_bias = checked_biases(cfg, names, layers)
     vocab, tied = checked_tensors(cfg, tensors, dim, layers, qk_norm)
     bos, eos = special_ids(hf_dir, cfg)
     return Plan(style=style, linear_class=linear_class, sub_norms=sub, activation=act, vocab=vocab, dim=dim,
                 ffn=number(cfg, "intermediate_size"), layers=layers, heads=heads, kv_heads=kv,
                 context=number(cfg, "max_position_embeddings", int, 2048, nullable=True),
                 rms_eps=number(cfg, "rms_norm_eps", float, 1e-6), rope_theta=_rope_theta(cfg), tied=tied,
-                rope_scaling=rope_scaling_of(cfg), bos_id=bos, eos_ids=eos, attn_head_dim=attn_head_dim,
-                qk_norm=qk_norm)
+                rope_scaling=rope_scaling_of(cfg), qkv_bias=qkv_bias, bos_id=bos, eos_ids=eos,
+                attn_head_dim=attn_head_dim, qk_norm=qk_norm)
 
 
 # ---- ternary weights ---------------------------------------------------------------------------------------------
@@ -775,8 +844,8 @@ def import_hf(hf_dir: Union[str, os.PathLike], output: Union[str, os.PathLike], 
     plan = plan_checkpoint(hf_dir, cfg, tensors)
     tok, tok_kind, template = load_hf_tokenizer(hf_dir, plan)
     P = plan
-    arch = gguf_arch(bLlamaConfig(activation=P.activation, sub_norms=P.sub_norms is not None, qk_norm=P.qk_norm),
-                     "tq2_0", force_arch, command="import")
+    arch = gguf_arch(bLlamaConfig(activation=P.activation, sub_norms=P.sub_norms is not None, qkv_bias=P.qkv_bias,
+                                  qk_norm=P.qk_norm), "tq2_0", force_arch, command="import")
     kvd = P.kv_heads * P.head_dim
     shapes = {"attn_q": (P.attn_dim, P.dim), "attn_k": (kvd, P.dim), "attn_v": (kvd, P.dim),
               "attn_output": (P.dim, P.attn_dim),
@@ -809,8 +878,12 @@ def import_hf(hf_dir: Union[str, os.PathLike], output: Union[str, os.PathLike], 
             jobs.append((bp + gn + ".weight", (out, inp_pad // QK * 66), np.uint8, gguf.GGMLQuantizationType.TQ2_0,
                          ("ternary", hp + hn, out, inp, inp_pad)))
             jobs.append((bp + gn + ".scale", (1,), np.float32, None, ("scale", hp + hn)))
+            if P.qkv_bias and hn in QKV:  # llama.cpp's qwen2 names: blk.N.attn_q.bias, f32 [out]
+                jobs.append((bp + gn + ".bias", (out,), np.float32, None, ("bias", hp + hn, out)))
     # Check the source shapes of norms / head up front so a bad checkpoint fails before writing anything.
     for _, _, _, _, src in jobs:
+        if src[0] == "bias":  # dtype, shape, finite: small enough to read twice
+            hf_bias(tensors, src[1], src[2], P.linear_class)
         if src[0] in ("f32", "embed") and tensors.dtype(src[1]) not in ("F32", "F16", "BF16", "F64"):
             raise HFImportError(f"tensor '{src[1]}' has dtype {tensors.dtype(src[1])}; float32 / bfloat16 / float16 "
                                 "expected (integers would be taken as the weights' values)")
@@ -887,6 +960,8 @@ def _produce(tensors: _Tensors, P: Plan, src) -> Iterator[np.ndarray]:
         P._scales = getattr(P, "_scales", {})
         P._scales[prefix] = scale
         yield pack_tq2_0(pad_cols(codes), 1.0)
+    elif kind == "bias":
+        yield hf_bias(tensors, src[1], src[2], P.linear_class).numpy().astype(np.float32)
     elif kind == "scale":
         yield np.asarray([P._scales.pop(src[1])], dtype=np.float32)
     else:  # pragma: no cover

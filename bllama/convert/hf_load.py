@@ -3,7 +3,8 @@
 Sources:
 
 * Hugging Face `LlamaForCausalLM`-family folders (model_type llama / mistral without sliding window, an explicit
-  head_dim included) and `Qwen3ForCausalLM` ones (model_type qwen3: QK-norm, head_dim) in fp16, bf16
+  head_dim included), `Qwen3ForCausalLM` ones (model_type qwen3: QK-norm, head_dim) and `Qwen2ForCausalLM` ones
+  (model_type qwen2, whose q_proj / k_proj / v_proj biases become `qkv_bias=True`) in fp16, bf16
   or fp32: no sub-norms, so the model gets `sub_norms=False`. With `quantize=False` it is the checkpoint's function
   exactly (full-precision nn.Linear); with `quantize=True` (the default) the weights become the latent weights of
   BitLinear layers, which is where 1.58-bit conversion starts (`--quant-warmup-steps`).
@@ -32,10 +33,9 @@ import numpy as np
 import torch
 
 from ..model.config import bLlamaConfig
-from .hf_import import (HFImportError, SUB_NORMS, check_all_converted, checked_activation, checked_heads,
-                        checked_tensors, number, quant_config, read_config_json, rope_scaling_of, special_ids, _rope_theta,
-                        _Tensors,
-                        unpack_hf)
+from .hf_import import (HFImportError, QKV, SUB_NORMS, check_all_converted, checked_activation, checked_biases,
+                        checked_heads, checked_tensors, hf_bias, number, quant_config, read_config_json,
+                        rope_scaling_of, special_ids, _rope_theta, _Tensors, unpack_hf)
 from .hf_import import checked_attention  # explicit head_dim, Qwen3's QK-norm
 
 # HF names inside a layer -> ours (Transformer.layers.N.<ours>)
@@ -91,27 +91,34 @@ def _hf_config(cfg: dict, tensors: _Tensors, overrides: dict):
                             "implemented (set it to null only if the model never sees longer contexts)")
     if mt == "bitnet":
         style, sub = "bitnet", SUB_NORMS["bitnet"]
+    elif mt == "qwen2":  # LLaMA blocks with q/k/v biases (checked_biases refuses sub-norms)
+        style, sub = "qwen2-bitnet" if qc else "qwen2", None
     elif mt in ("llama", "mistral", "qwen3"):
         sub = SUB_NORMS["1bitllm"] if has(SUB_NORMS["1bitllm"][0]) else \
             SUB_NORMS["bitnet"] if has(SUB_NORMS["bitnet"][0]) else None
         style = "1bitllm" if sub == SUB_NORMS["1bitllm"] else "llama-bitnet" if qc else "llama"
     else:
         raise HFImportError(f"unsupported model_type {mt!r} (architectures {cfg.get('architectures')}): "
-                            "LlamaForCausalLM / MistralForCausalLM / Qwen3ForCausalLM and BitNetForCausalLM folders "
-                            "can be loaded")
-    act = checked_activation(cfg, names)
+                            "LlamaForCausalLM / MistralForCausalLM / Qwen2ForCausalLM / Qwen3ForCausalLM and "
+                            "BitNetForCausalLM folders can be loaded")
+    act = checked_activation(cfg)
     dim, heads, kv = checked_heads(cfg)
     attn_head_dim, qk_norm = checked_attention(cfg, tensors, dim, heads, kv)
     layers = number(cfg, "num_hidden_layers")
     check_all_converted(qc, layers)
+    qkv_bias = checked_biases(cfg, names, layers)
     vocab, tied = checked_tensors(cfg, tensors, dim, layers, qk_norm)
     fields = dict(vocab_size=vocab, seq_len=min(context, DEFAULT_MAX_SEQ_LEN), hidden_size=dim, num_heads=heads,
                   num_kv_heads=kv, num_layers=layers, attn_head_dim=attn_head_dim, qk_norm=qk_norm,
                   ffn_size=number(cfg, "intermediate_size"), activation=act, rope_theta=_rope_theta(cfg),
                   rope_scaling=rope_scaling_of(cfg),
                   rms_eps=number(cfg, "rms_norm_eps", float, 1e-6), sub_norms=sub is not None, tie_embeddings=tied,
+                  qkv_bias=qkv_bias,
                   quantize=True, context_length=context)  # a full-precision LLaMA too: its weights become latent ones (conversion)
     fields.update(overrides)
+    if fields["qkv_bias"] != qkv_bias:  # the biases are part of the checkpoint's function, or there are none to load
+        raise HFImportError(f"qkv_bias={fields['qkv_bias']}: this checkpoint's q_proj / k_proj / v_proj have "
+                            f"{'biases' if qkv_bias else 'no biases'} (qkv_bias={qkv_bias})")
     # A b1.58 checkpoint's function ternarizes its weights; full-precision layers would run the latent weights
     # instead (packed ones: codes * s / f, off by the factor 1/f), another model. A full-precision BitNet (no
     # quantization_config) is what transformers runs with plain nn.Linear, so that one may stay unquantized.
@@ -192,6 +199,10 @@ def load_hf(hf_dir: Union[str, os.PathLike], quantize: Optional[bool] = None, **
                 value = _hf_weight(tensors, hp + hn, linear_class) if hn.endswith("_proj") else \
                     tensors.get(hp + hn + ".weight")
                 _copy(param, value, hp + hn + ".weight")
+            if config.qkv_bias:
+                for hn in QKV:
+                    layer = block.get_submodule(LAYER_NAMES[hn])
+                    _copy(layer.bias, hf_bias(tensors, hp + hn, layer.out_features, linear_class), hp + hn + ".bias")
     info = _hf_tokenizer(hf_dir, cfg, config.vocab_size)
     info.source = f"hf:{style}"
     return model, info
@@ -276,7 +287,7 @@ def load_gguf(path: Union[str, os.PathLike], **overrides):
     from ..runtime.engine import engine_module
     from ..tokenizers.from_gguf import tokenizer_from_gguf
     from ..train.module import bLlama
-    from .gguf_schema import ARCHES, NORMS, PROJECTIONS, QK_NORMS
+    from .gguf_schema import ARCHES, BIASED, NORMS, PROJECTIONS, QK_NORMS
 
     # The engine's own checks first (architecture, every metadata key that changes the function, every tensor's
     # name, type and shape): what it would refuse to run must not become a training start either; a tensor this
@@ -307,8 +318,13 @@ def load_gguf(path: Union[str, os.PathLike], **overrides):
                   tie_embeddings=bool(get("bllama.tie_embeddings", "output.weight" not in tensors)),
                   sub_norms=bool(get("bllama.sub_norms", True)), attn_head_dim=attn_head_dim,
                   qk_norm="blk.0.attn_q_norm.weight" in tensors,  # the engine has checked every layer has both
+                  # the engine adds any of these it finds (and refused every other bias); a missing one is zeros
+                  qkv_bias=any(n.endswith(".bias") for n in tensors),
                   rope_scaling=_gguf_rope_scaling(path, get("bllama.rope_scaling"), tensors, head_dim, theta))
+    has_bias = fields["qkv_bias"]
     fields.update(overrides)
+    if has_bias and not (fields["qkv_bias"] or fields.get("bias")):
+        raise ValueError(f"{path}: qkv_bias=False, but the file's q/k/v projections have biases")
     config = bLlamaConfig(**fields)
     model = bLlama(config)
     net = model.model
@@ -334,6 +350,9 @@ def load_gguf(path: Union[str, os.PathLike], **overrides):
                 if f"blk.{i}.{gname}.scale" in tensors:  # imported HF files: d = 1 and the scale beside it
                     scale *= float(np.asarray(tensors[f"blk.{i}.{gname}.scale"].data).reshape(-1)[0])
                 layer.weight.copy_(latent_from_ternary(torch.from_numpy(codes), scale))
+                if gname in BIASED and layer.bias is not None:
+                    b = f"blk.{i}.{gname}.bias"
+                    layer.bias.copy_(f32(b, layer.bias.shape) if b in tensors else torch.zeros_like(layer.bias))
     tok = tokenizer_from_gguf(meta)
     template = get("tokenizer.chat_template")
     return model, Pretrained(tokenizer=tok, chat_template=str(template) if template else None, source="gguf")
