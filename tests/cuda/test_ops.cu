@@ -365,71 +365,79 @@ void test_rope_kv() {
     const HeadCfg cfgs[] = {{32, 32, 64}, {20, 5, 128}, {4, 2, 6}, {8, 1, 40}, {2, 2, 256}};
     for (const HeadCfg& hc : cfgs) {
         for (bool f16 : {false, true}) {
-            for (int n : {1, 3, 7}) {
-                const int KV = hc.Hkv * hc.hd, ctx = 64, layers = 2, slots = 3, layer = 1;
-                const int ldq = hc.H * hc.hd + 2 * KV + (n == 3 ? 5 : 0);
-                std::vector<float> cs, sn;
-                rope_tables(ctx, hc.hd, 10000.0, cs, sn);
-                TestCache cache(slots, layers, ctx, KV, f16);
-                cache.fill_random(1.0f);
-                cache.upload();
-                const auto before_k = cache.hk, before_v = cache.hv;
-                std::vector<int32_t> pos(n), slot(n);
-                for (int t = 0; t < n; ++t) {  // distinct (slot, pos) pairs
-                    slot[t] = t % slots;
-                    pos[t] = randint(0, ctx - 1);
-                    for (int u = 0; u < t; ++u)
-                        if (slot[u] == slot[t] && pos[u] == pos[t]) pos[t] = (pos[t] + 1 + t) % ctx, u = -1;
-                }
-                std::vector<float> qkv(static_cast<size_t>(n) * ldq);
-                for (auto& f : qkv) f = randn() * 2.0f;
-                auto dq = to_dev(qkv);
-                auto dp = to_dev(pos);
-                auto ds = to_dev(slot);
-                auto dc = to_dev(cs);
-                auto dsn = to_dev(sn);
-                cu::rope_kv_write(dq.get(), ldq, n, dp.get(), ds.get(), layer, hc.H, hc.Hkv, hc.hd, dc.get(), dsn.get(),
-                                  cache.desc(), nullptr);
-                auto out = from_dev(dq, qkv.size());
-                cache.download();
+            for (bool biased : {false, true}) {  // Qwen2's q/k/v biases: added before the rotation, v's written back
+                for (int n : {1, 3, 7}) {
+                    const int KV = hc.Hkv * hc.hd, ctx = 64, layers = 2, slots = 3, layer = 1;
+                    const int ldq = hc.H * hc.hd + 2 * KV + (n == 3 ? 5 : 0);
+                    std::vector<float> cs, sn;
+                    rope_tables(ctx, hc.hd, 10000.0, cs, sn);
+                    TestCache cache(slots, layers, ctx, KV, f16);
+                    cache.fill_random(1.0f);
+                    cache.upload();
+                    const auto before_k = cache.hk, before_v = cache.hv;
+                    std::vector<int32_t> pos(n), slot(n);
+                    for (int t = 0; t < n; ++t) {  // distinct (slot, pos) pairs
+                        slot[t] = t % slots;
+                        pos[t] = randint(0, ctx - 1);
+                        for (int u = 0; u < t; ++u)
+                            if (slot[u] == slot[t] && pos[u] == pos[t]) pos[t] = (pos[t] + 1 + t) % ctx, u = -1;
+                    }
+                    std::vector<float> qkv(static_cast<size_t>(n) * ldq);
+                    for (auto& f : qkv) f = randn() * 2.0f;
+                    auto dq = to_dev(qkv);
+                    auto dp = to_dev(pos);
+                    auto ds = to_dev(slot);
+                    auto dc = to_dev(cs);
+                    auto dsn = to_dev(sn);
+                    std::vector<float> bias(static_cast<size_t>(hc.H * hc.hd + 2 * KV));
+                    for (auto& b : bias) b = randn();
+                    auto db = to_dev(bias);
+                    cu::rope_kv_write(dq.get(), ldq, n, dp.get(), ds.get(), layer, hc.H, hc.Hkv, hc.hd, dc.get(),
+                                      dsn.get(), cache.desc(), nullptr, biased ? db.get() : nullptr);
+                    auto out = from_dev(dq, qkv.size());
+                    cache.download();
 
-                // Expected rows, and the expected cache: the original with exactly n rows replaced.
-                const int half = hc.hd / 2;
-                std::vector<float> exp = qkv;
-                auto exp_k = before_k, exp_v = before_v;
-                int bad_rot = 0;
-                for (int t = 0; t < n; ++t) {
-                    float* r = exp.data() + static_cast<size_t>(t) * ldq;
-                    const float* c = cs.data() + static_cast<size_t>(pos[t]) * half;
-                    const float* s = sn.data() + static_cast<size_t>(pos[t]) * half;
-                    for (int hh = 0; hh < hc.H + hc.Hkv; ++hh) {
-                        float* u = r + hh * hc.hd;
-                        for (int i = 0; i < half; ++i) {
-                            const float u1 = u[i], u2 = u[i + half];
-                            u[i] = u1 * c[i] - u2 * s[i];
-                            u[i + half] = u1 * s[i] + u2 * c[i];
-                            const float* g = out.data() + static_cast<size_t>(t) * ldq + hh * hc.hd;
-                            const float mag = std::fabs(u1) + std::fabs(u2);
-                            bad_rot += !(std::fabs(g[i] - u[i]) <= 1e-6f * mag) ||
-                                       !(std::fabs(g[i + half] - u[i + half]) <= 1e-6f * mag);
+                    // Expected rows, and the expected cache: the original with exactly n rows replaced.
+                    const int half = hc.hd / 2;
+                    std::vector<float> exp = qkv;
+                    if (biased)
+                        for (int t = 0; t < n; ++t)
+                            for (size_t j = 0; j < bias.size(); ++j) exp[static_cast<size_t>(t) * ldq + j] += bias[j];
+                    auto exp_k = before_k, exp_v = before_v;
+                    int bad_rot = 0;
+                    for (int t = 0; t < n; ++t) {
+                        float* r = exp.data() + static_cast<size_t>(t) * ldq;
+                        const float* c = cs.data() + static_cast<size_t>(pos[t]) * half;
+                        const float* s = sn.data() + static_cast<size_t>(pos[t]) * half;
+                        for (int hh = 0; hh < hc.H + hc.Hkv; ++hh) {
+                            float* u = r + hh * hc.hd;
+                            for (int i = 0; i < half; ++i) {
+                                const float u1 = u[i], u2 = u[i + half];
+                                u[i] = u1 * c[i] - u2 * s[i];
+                                u[i + half] = u1 * s[i] + u2 * c[i];
+                                const float* g = out.data() + static_cast<size_t>(t) * ldq + hh * hc.hd;
+                                const float mag = std::fabs(u1) + std::fabs(u2);
+                                bad_rot += !(std::fabs(g[i] - u[i]) <= 1e-6f * mag) ||
+                                           !(std::fabs(g[i + half] - u[i + half]) <= 1e-6f * mag);
+                            }
+                        }
+                        const int64_t at = cache.row(slot[t], layer, pos[t]);
+                        for (int j = 0; j < KV; ++j) {
+                            // The cache gets the GPU's rotated k (checked above), stored as fp32 or fp16.
+                            cache.set(exp_k, at + j, out[static_cast<size_t>(t) * ldq + hc.H * hc.hd + j]);
+                            cache.set(exp_v, at + j, r[hc.H * hc.hd + KV + j]);
                         }
                     }
-                    const int64_t at = cache.row(slot[t], layer, pos[t]);
-                    for (int j = 0; j < KV; ++j) {
-                        // The cache gets the GPU's rotated k (checked above), stored as fp32 or fp16.
-                        cache.set(exp_k, at + j, out[static_cast<size_t>(t) * ldq + hc.H * hc.hd + j]);
-                        cache.set(exp_v, at + j, r[hc.H * hc.hd + KV + j]);
-                    }
+                    int bad_rest = 0;  // v as given (plus its bias) and the padding columns untouched
+                    for (int t = 0; t < n; ++t)
+                        for (int j = (hc.H + hc.Hkv) * hc.hd; j < ldq; ++j)
+                            bad_rest += std::memcmp(&out[static_cast<size_t>(t) * ldq + j],
+                                                    &exp[static_cast<size_t>(t) * ldq + j], 4) != 0;
+                    const bool cache_ok = cache.hk == exp_k && cache.hv == exp_v;
+                    CHECK(bad_rot == 0 && bad_rest == 0 && cache_ok,
+                          "rope_kv H=%d Hkv=%d hd=%d f16=%d bias=%d n=%d: %d rotations off, %d other values changed, "
+                          "cache %s", hc.H, hc.Hkv, hc.hd, f16, biased, n, bad_rot, bad_rest, cache_ok ? "ok" : "WRONG");
                 }
-                int bad_rest = 0;  // v and the padding columns untouched
-                for (int t = 0; t < n; ++t)
-                    for (int j = (hc.H + hc.Hkv) * hc.hd; j < ldq; ++j)
-                        bad_rest += std::memcmp(&out[static_cast<size_t>(t) * ldq + j],
-                                                &qkv[static_cast<size_t>(t) * ldq + j], 4) != 0;
-                const bool cache_ok = cache.hk == exp_k && cache.hv == exp_v;
-                CHECK(bad_rot == 0 && bad_rest == 0 && cache_ok,
-                      "rope_kv H=%d Hkv=%d hd=%d f16=%d n=%d: %d rotations off, %d other values changed, cache %s",
-                      hc.H, hc.Hkv, hc.hd, f16, n, bad_rot, bad_rest, cache_ok ? "ok" : "WRONG");
             }
         }
     }
