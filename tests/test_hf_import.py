@@ -569,6 +569,16 @@ def test_fields_config_json_leaves_out_take_the_model_types_defaults(checkpoints
     assert read_config_json(mistral)["sliding_window"] == 4096
     with pytest.raises(HFImportError, match="sliding_window = 4096"):
         bLlama.from_pretrained(mistral)
+    # a trimmed Qwen2 config: Qwen2Config's 32768-token context, not the 2048 fallback
+    from transformers import Qwen2Config
+
+    _, qwen2 = checkpoints["qwen2-bitnet"]
+    left_out = ("max_position_embeddings", "rms_norm_eps", "hidden_act", "rope_parameters", "rope_theta")
+    got = read_config_json(edited_copy(qwen2, tmp_path / "qwen2-trimmed",
+                                       edit=lambda cfg: {k: v for k, v in cfg.items() if k not in left_out}))
+    want = Qwen2Config()
+    assert [got[k] for k in left_out[:3]] + [got["rope_theta"]] == \
+        [want.max_position_embeddings, want.rms_norm_eps, want.hidden_act, want.rope_parameters["rope_theta"]]
 
 
 def test_modules_kept_in_full_precision_are_refused(checkpoints, tmp_path):

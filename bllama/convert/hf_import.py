@@ -154,6 +154,8 @@ CLASS_DEFAULTS = {
     # Qwen3Config: heads of 128 whatever hidden_size / num_attention_heads is, an untied head
     "qwen3": {"hidden_act": "silu", "rope_theta": 10000.0, "rms_norm_eps": 1e-6, "max_position_embeddings": 32768,
               "head_dim": 128, "tie_word_embeddings": False, "use_sliding_window": False},
+    "qwen2": {"hidden_act": "silu", "rope_theta": 10000.0, "rms_norm_eps": 1e-6, "max_position_embeddings": 32768,
+              "tie_word_embeddings": False, "use_sliding_window": False},
 }
 
 
