@@ -201,13 +201,17 @@ def test_unsupported_configs_name_the_field(ckpts, tmp_path):
     save_file(sd, str(d / "model.safetensors"), metadata={"format": "pt"})
     assert load_pretrained(d)[0].config.num_layers == 2
     # transformers 5 writes rope_parameters (with rope_theta) for every model type: an unknown one such as Qwen2 was
-    # a KeyError 'rope_theta' instead of naming the model type (Qwen2 loads now; Qwen3 adds QK-norms)
-    d = tmp_path / "qwen3"
+    # a KeyError 'rope_theta' instead of naming the model type (Qwen2 and Qwen3 load now; Gemma's block differs)
+    d = tmp_path / "gemma"
     shutil.copytree(ckpts["llama"], d)
     cfg = json.loads((d / "config.json").read_text())
     assert cfg["rope_parameters"]["rope_theta"]
+    (d / "config.json").write_text(json.dumps({**cfg, "model_type": "gemma", "architectures": ["GemmaForCausalLM"]}))
+    with pytest.raises(HFImportError, match="unsupported model_type 'gemma'"):
+        load_pretrained(d)
+    # a LLaMA folder relabelled Qwen3 lacks the QK-norms a Qwen3 block has
     (d / "config.json").write_text(json.dumps({**cfg, "model_type": "qwen3", "architectures": ["Qwen3ForCausalLM"]}))
-    with pytest.raises(HFImportError, match="unsupported model_type 'qwen3'"):
+    with pytest.raises(HFImportError, match="missing tensor 'model.layers.0.self_attn.q_norm.weight'"):
         load_pretrained(d)
     # a LLaMA folder relabelled Qwen2 lacks the biases a Qwen2 block has: transformers would start them from its init
     (d / "config.json").write_text(json.dumps({**cfg, "model_type": "qwen2", "architectures": ["Qwen2ForCausalLM"]}))
