@@ -255,6 +255,11 @@ static void test_forward_vs_reference() {
     Spec biased_scaled = relu;
     biased_scaled.qkv_bias = true;
     check_config("qkv-bias mqa tq1_0 scales", biased_scaled);
+    // both: the bias belongs to the projection, so it comes before the QK-norm (PyTorch's order; CUDA refuses this)
+    Spec both = qwen;
+    both.qkv_bias = true;
+    both.seed = 23;
+    check_config("qkv-bias + qk-norm head_dim 96", both);
 }
 
 // The biases matter: the engine follows the reference with them, and is far from the same model without them (so
