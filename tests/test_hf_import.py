@@ -294,7 +294,8 @@ def test_unsupported_checkpoints_say_what(checkpoints, tmp_path):
             **{k: v for k, v in cfg.items() if k not in changes}, **{k: v for k, v in changes.items() if v is not None}})
 
     cases = [
-        (variant("mistral", model_type="mistral"), "model_type 'mistral'"),
+        (variant("mistral", model_type="mistral", sliding_window=16), "sliding_window = 16"),
+        (variant("gemma", model_type="gemma"), "model_type 'gemma'"),
         (variant("gptq", quantization_config={"quant_method": "gptq"}), "quant_method 'gptq'"),
         (variant("gelu", hidden_act="gelu"), "hidden_act 'gelu'"),
         (variant("yarn", rope_parameters={"rope_type": "yarn", "rope_theta": 1e4, "factor": 4.0}), "RoPE type 'yarn'"),
@@ -1052,3 +1053,19 @@ def test_qwen2_what_would_be_silently_wrong_is_refused(checkpoints, tmp_path):
         with pytest.raises(HFImportError, match=msg):
             load_pretrained(d)
     assert not (tmp_path / "x.gguf").exists()
+
+
+def test_mistral_folder_imports_as_llama(checkpoints, tmp_path):
+    """`bllama import` takes a MistralForCausalLM b1.58 folder without a window inside its context (it refused
+    model_type mistral while from_pretrained took it): the same file as the LLaMA folder it is a copy of."""
+    from bllama.convert.hf_import import import_hf
+    from bllama.runtime import Runtime
+
+    _, src = checkpoints["llama-bitnet"]
+    mistral = edited_copy(src, tmp_path / "mistral", edit=lambda cfg: {
+        **cfg, "model_type": "mistral", "architectures": ["MistralForCausalLM"], "sliding_window": None})
+    a = import_hf(src, tmp_path / "llama.gguf", progress=False, force_arch="bitnet")
+    b = import_hf(mistral, tmp_path / "mistral.gguf", progress=False, force_arch="bitnet")
+    ra, rb = Runtime.load(a, head="f16"), Runtime.load(b, head="f16")
+    ids = ra.tokenizer.encode(PROMPT)
+    np.testing.assert_array_equal(ra.logits(ids), rb.logits(ids))

@@ -98,16 +98,7 @@ def checked_biases(cfg: dict, names, layers: int) -> bool:
     subs = [n for n in (*SUB_NORMS["bitnet"], *SUB_NORMS["1bitllm"]) if f"model.layers.0.{n}.weight" in names]
     if subs:
         raise HFImportError(f"model_type 'qwen2' with sub-norm '{subs[0]}': Qwen2 blocks have no sub-norms")
-    if cfg.get("use_sliding_window"):
-        raise HFImportError(f"config use_sliding_window = true (sliding_window {cfg.get('sliding_window')}, "
-                            f"max_window_layers {cfg.get('max_window_layers')}): sliding-window attention is not "
-                            "implemented")
-    kinds = cfg.get("layer_types")
-    if kinds is not None and (not isinstance(kinds, list) or any(k != "full_attention" for k in kinds)):
-        other = [k for k in kinds if k != "full_attention"] if isinstance(kinds, list) else [kinds]
-        raise HFImportError(f"config layer_types has {other[0]!r}: only 'full_attention' layers are supported "
-                            "(sliding-window attention is not implemented)")
-    return True
+    return True  # sliding windows: checked_attention
 
 
 def hf_bias(tensors, prefix: str, out: int, linear_class: str):
@@ -439,6 +430,11 @@ def checked_attention(cfg: dict, tensors: "_Tensors", dim: int, heads: int, kv: 
     mt = cfg.get("model_type")
     if cfg.get("use_sliding_window"):
         raise HFImportError("config use_sliding_window = true: sliding-window attention is not implemented")
+    # Mistral reads sliding_window alone (Qwen's only with use_sliding_window); a window past the context is none
+    context = number(cfg, "max_position_embeddings", int, 2048, nullable=True)
+    if mt == "mistral" and cfg.get("sliding_window") not in (None, 0) and number(cfg, "sliding_window") < context:
+        raise HFImportError(f"config sliding_window = {cfg['sliding_window']}: sliding-window attention is not "
+                            "implemented (set it to null only if the model never sees longer contexts)")
     layer_types = cfg.get("layer_types") or []
     other = sorted({str(t) for t in layer_types if t != "full_attention"}) if isinstance(layer_types, list) else \
         [repr(layer_types)]
@@ -536,7 +532,7 @@ def plan_checkpoint(hf_dir: Path, cfg: dict, tensors: _Tensors) -> Plan:
                                 f"model; convert it first: bllama train TEXT --init-from {hf_dir} --quant-warmup-steps "
                                 "N --out RUN, then bllama export RUN --force-arch bitnet")
         style, sub = "qwen2-bitnet", None  # checked_biases refuses sub-norms
-    elif mt in ("llama", "qwen3"):
+    elif mt in ("llama", "mistral", "qwen3"):
         if has(SUB_NORMS["1bitllm"][0]):
             style, sub = "1bitllm", SUB_NORMS["1bitllm"]
         elif has(SUB_NORMS["bitnet"][0]):
@@ -550,9 +546,8 @@ def plan_checkpoint(hf_dir: Path, cfg: dict, tensors: _Tensors) -> Plan:
                                 "--out RUN, then bllama export RUN --force-arch bitnet")
     else:
         raise HFImportError(f"unsupported {what}: supported are BitNetForCausalLM (model_type 'bitnet'), "
-                            "LlamaForCausalLM / Qwen2ForCausalLM / Qwen3ForCausalLM with quant_method 'bitnet', and "
-                            "1bitLLM-style LLaMA "
-                            "checkpoints")
+                            "LlamaForCausalLM / MistralForCausalLM / Qwen2ForCausalLM / Qwen3ForCausalLM with "
+                            "quant_method 'bitnet', and 1bitLLM-style LLaMA checkpoints")
     if sub and not has(sub[1]):
         raise HFImportError(f"checkpoint has '{sub[0]}' but no '{sub[1]}' sub-norm in layer 0")
     linear_class = qc.get("linear_class", "bitlinear")

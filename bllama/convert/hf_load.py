@@ -85,10 +85,6 @@ def _hf_config(cfg: dict, tensors: _Tensors, overrides: dict):
     names = set(tensors.names())
     has = lambda suffix: f"model.layers.0.{suffix}.weight" in names
     context = number(cfg, "max_position_embeddings", int, 2048, nullable=True)
-    if mt == "mistral" and cfg.get("sliding_window") not in (None, 0) and \
-            number(cfg, "sliding_window") < context:
-        raise HFImportError(f"config sliding_window = {cfg['sliding_window']}: sliding-window attention is not "
-                            "implemented (set it to null only if the model never sees longer contexts)")
     if mt == "bitnet":
         style, sub = "bitnet", SUB_NORMS["bitnet"]
     elif mt == "qwen2":  # LLaMA blocks with q/k/v biases (checked_biases refuses sub-norms)
