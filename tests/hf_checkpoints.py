@@ -40,6 +40,44 @@ def bpe_tokenizer_json(vocab_size: int = 320) -> str:
     return tok.to_str()
 
 
+QWEN_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+QWEN_CHAT_TEMPLATE = ("{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + "
+                      "'<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}"
+                      "{% endif %}")
+
+
+def use_qwen_tokenizer(path: Path) -> Path:
+    """Give a checkpoint folder a Qwen2 / Qwen3-style tokenizer: byte-level BPE behind Qwen2's split regex, a
+    ByteLevel post-processor (no BOS added), tokenizer_config's bos_token null and eos <|im_end|>, ChatML, while
+    config.json still names <|endoftext|> as bos_token_id (as the released folders do)."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+
+    tok = Tokenizer(models.BPE())
+    split = Regex(r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|"
+                  r"\s*[\r\n]+|\s+(?!\S)|\s+")
+    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Split(split, behavior="isolated"),
+                                                 pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    tok.decoder = decoders.ByteLevel()
+    tok.post_processor = processors.ByteLevel(trim_offsets=False)
+    tok.train_from_iterator([TEXT], trainers.BpeTrainer(vocab_size=300, special_tokens=QWEN_SPECIALS,
+                                                        show_progress=False,
+                                                        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    path = Path(path)
+    tok.save(str(path / "tokenizer.json"))
+    ids = {s: tok.token_to_id(s) for s in QWEN_SPECIALS}
+    (path / "tokenizer_config.json").write_text(json.dumps({
+        "bos_token": None, "eos_token": "<|im_end|>", "pad_token": "<|endoftext|>", "errors": "replace",
+        "chat_template": QWEN_CHAT_TEMPLATE, "tokenizer_class": "Qwen2Tokenizer",
+        "added_tokens_decoder": {str(i): {"content": s, "special": True, "lstrip": False, "rstrip": False,
+                                          "normalized": False, "single_word": False} for s, i in ids.items()}}))
+    cfg = json.loads((path / "config.json").read_text())
+    cfg["bos_token_id"], cfg["eos_token_id"] = ids["<|endoftext|>"], ids["<|im_end|>"]
+    (path / "config.json").write_text(json.dumps(cfg))
+    (path / "generation_config.json").write_text(json.dumps(
+        {"bos_token_id": ids["<|endoftext|>"], "eos_token_id": [ids["<|im_end|>"], ids["<|endoftext|>"]]}))
+    return path
+
+
 def _randomize(model, seed: int, std: float = 0.05):
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():

@@ -1069,3 +1069,30 @@ def test_mistral_folder_imports_as_llama(checkpoints, tmp_path):
     ra, rb = Runtime.load(a, head="f16"), Runtime.load(b, head="f16")
     ids = ra.tokenizer.encode(PROMPT)
     np.testing.assert_array_equal(ra.logits(ids), rb.logits(ids))
+
+
+def test_qwen_style_tokenizer_matches_transformers(checkpoints, tmp_path):
+    """A Qwen2 / Qwen3 folder's tokenizer (no BOS added although config.json names one, <|im_end|> ending a turn,
+    ChatML): our token ids for plain text and for chats equal AutoTokenizer's, and both end-of-turn ids stop."""
+    from transformers import AutoTokenizer
+
+    from bllama.runtime import Runtime
+    from bllama.tokenizers.chat import encode_chat
+
+    from hf_checkpoints import use_qwen_tokenizer
+
+    _, src = checkpoints["qwen2-bitnet"]
+    d = use_qwen_tokenizer(edited_copy(src, tmp_path / "qwen-tok"))
+    theirs = AutoTokenizer.from_pretrained(d)
+    rt = Runtime.load(d, head="f16")
+    ours = rt.tokenizer
+    for text in ("The quick brown fox", " leading space", "Hello, world!\n\nNew   lines\r\n", "tiny model's run 42"):
+        assert ours.encode(text) == theirs.encode(text), text
+    assert not ours.add_bos
+    assert set(ours.eos_ids) == {theirs.convert_tokens_to_ids("<|im_end|>"), theirs.convert_tokens_to_ids("<|endoftext|>")}
+    for msgs in ([{"role": "user", "content": "Hi there"}],
+                 [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hello,\nworld!"},
+                  {"role": "assistant", "content": "Sure."}, {"role": "user", "content": "tiny model's run"}]):
+        want = theirs.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True)
+        want = want["input_ids"] if hasattr(want, "keys") else want
+        assert encode_chat(ours, ours.chat_template, msgs) == list(want)
