@@ -310,6 +310,7 @@ public:
         d["tie_embeddings"] = c.tied;
         d["sub_norms"] = c.sub_norms;
         d["qk_norm"] = c.qk_norm;
+        d["qkv_bias"] = c.qkv_bias;
         d["weight_type"] = ggml_type_name(c.weight_type);
         const BackendInfo info = engine_->info();
         d["device"] = info.device;

@@ -117,6 +117,7 @@ def test_engine_matches_transformers(checkpoints, name):
     assert cfg["tie_embeddings"] == hf["tie_word_embeddings"]
     assert cfg["head_dim"] == (hf.get("head_dim") or hf["hidden_size"] // hf["num_attention_heads"])
     assert cfg["qk_norm"] == (hf["model_type"] == "qwen3")
+    assert cfg["qkv_bias"] == (hf["model_type"] == "qwen2")
 
 
 def test_wrong_scale_semantics_would_be_caught(checkpoints, tmp_path):

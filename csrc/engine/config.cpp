@@ -2,6 +2,7 @@
 
 #include <cmath>
 #include <cstring>
+#include <string>
 
 namespace bllama {
 
@@ -133,6 +134,9 @@ ModelConfig read_config(const GgufFile& f) {
     if (!q0) throw ModelError("missing tensor 'blk.0.attn_q.weight'");
     c.weight_type = q0->type;
     c.qk_norm = f.find_tensor("blk.0.attn_q_norm.weight") || f.find_tensor("blk.0.attn_k_norm.weight");
+    for (int64_t l = 0; l < c.n_layers && !c.qkv_bias; ++l)  // any layer: a bias a file leaves out is zeros
+        for (const char* m : {"attn_q", "attn_k", "attn_v"})
+            c.qkv_bias = c.qkv_bias || f.find_tensor("blk." + std::to_string(l) + "." + m + ".bias");
     return c;
 }
 

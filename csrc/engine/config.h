@@ -45,6 +45,8 @@ struct ModelConfig {
     // Qwen3's QK-norm (blk.N.attn_q_norm / attn_k_norm, f32 [head_dim]): each head of q and k RMS-normed before RoPE.
     // Present in the file or not; a file with one of the two is refused.
     bool qk_norm = false;
+    // Qwen2's q/k/v biases (blk.N.attn_{q,k,v}.bias) in any layer; what weights.cpp checks and the backends add.
+    bool qkv_bias = false;
     uint32_t weight_type = 35;  // ggml type of the projections (TQ2_0, TQ1_0 or I2_S)
     // rope_freqs.weight: what each RoPE frequency is divided by ([head_dim / 2], Llama-3.1's scaling as llama.cpp
     // stores it); empty: plain RoPE.
