@@ -1,8 +1,9 @@
 #include "engine/config.h"
 
 #include <cmath>
-#include <cstring>
 #include <string>
+
+#include "engine/weights.h"  // f32_values
 
 namespace bllama {
 
@@ -42,8 +43,7 @@ std::vector<float> read_rope_divisors(const GgufFile& f, int64_t head_dim) {
     if (t->type != static_cast<uint32_t>(GgmlType::F32) || t->n_dims != 1 || t->dims[0] != n)
         throw ModelError("tensor 'rope_freqs.weight' must be F32 [" + std::to_string(n) +
                          "] (one divisor per RoPE frequency of the head dim " + std::to_string(head_dim) + ")");
-    std::vector<float> v(static_cast<size_t>(n));
-    std::memcpy(v.data(), t->data, v.size() * sizeof(float));
+    const std::vector<float> v = f32_values(*t);
     for (size_t i = 0; i < v.size(); ++i)
         if (!(std::isfinite(v[i]) && v[i] > 0.0f))
             throw ModelError("tensor 'rope_freqs.weight' element " + std::to_string(i) + " = " + std::to_string(v[i]) +
