@@ -33,17 +33,17 @@ import numpy as np
 import torch
 
 from ..model.config import bLlamaConfig
-from .hf_import import (HFImportError, QKV, SUB_NORMS, check_all_converted, checked_activation, checked_biases,
-                        checked_heads, checked_tensors, hf_bias, number, quant_config, read_config_json,
-                        rope_scaling_of, special_ids, _rope_theta, _Tensors, unpack_hf)
-from .hf_import import checked_attention  # explicit head_dim, Qwen3's QK-norm
+from .hf_export import QK_NORMS as _QK_NORMS_TO_HF
+from .hf_import import (HFImportError, QKV, SUB_NORMS, check_all_converted, checked_activation, checked_attention,
+                        checked_biases, checked_heads, checked_tensors, hf_bias, number, quant_config,
+                        read_config_json, rope_scaling_of, special_ids, _rope_theta, _Tensors, unpack_hf)
 
 # HF names inside a layer -> ours (Transformer.layers.N.<ours>)
 LAYER_NAMES = {"self_attn.q_proj": "attn.q_proj", "self_attn.k_proj": "attn.k_proj", "self_attn.v_proj": "attn.v_proj",
                "self_attn.o_proj": "attn.o_proj", "mlp.gate_proj": "mlp.gate_proj", "mlp.up_proj": "mlp.up_proj",
                "mlp.down_proj": "mlp.down_proj", "input_layernorm": "input_layernorm",
                "post_attention_layernorm": "post_attention_layernorm"}
-QK_NORMS = {"self_attn.q_norm": "attn.q_norm", "self_attn.k_norm": "attn.k_norm"}  # Qwen3's
+HF_QK_NORMS = {theirs: ours for ours, theirs in _QK_NORMS_TO_HF.items()}  # Qwen3's, HF name -> ours
 DEFAULT_MAX_SEQ_LEN = 4096  # a 128k-context model trains on blocks this long unless seq_len is given
 
 
@@ -189,7 +189,7 @@ def load_hf(hf_dir: Union[str, os.PathLike], quantize: Optional[bool] = None, **
             if sub:
                 names.update({sub[0]: "attn.sub_norm", sub[1]: "mlp.sub_norm"})
             if config.qk_norm:
-                names.update(QK_NORMS)
+                names.update(HF_QK_NORMS)
             for hn, ours in names.items():
                 param = block.get_submodule(ours).weight
                 value = _hf_weight(tensors, hp + hn, linear_class) if hn.endswith("_proj") else \
